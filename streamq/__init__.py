@@ -1,0 +1,33 @@
+"""streamq: colour quantization of image collections larger than memory.
+
+Data flow: ingest (files -> Zarr store) -> fit (palette) -> quantize (labels) -> export.
+"""
+
+from streamq._version import __version__
+from streamq.config import StreamQConfig, load_config
+from streamq.errors import (
+    ConfigError,
+    StoreExistsError,
+    StoreLayoutError,
+    StoreMismatchError,
+    StreamQError,
+)
+from streamq.info import collection_info
+from streamq.ingest import IngestSummary, ingest
+from streamq.store import Collection, open_store
+
+__all__ = [
+    "Collection",
+    "ConfigError",
+    "IngestSummary",
+    "StoreExistsError",
+    "StoreLayoutError",
+    "StoreMismatchError",
+    "StreamQConfig",
+    "StreamQError",
+    "__version__",
+    "collection_info",
+    "ingest",
+    "load_config",
+    "open_store",
+]

@@ -1,0 +1,1 @@
+"""The ``streamq`` command line: a thin layer over the library API."""

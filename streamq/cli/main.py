@@ -1,0 +1,157 @@
+"""``streamq`` commands, listed in pipeline order."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from streamq._version import __version__
+from streamq.cli.options import config_opt, json_opt, overwrite_opt, progress_opt, scheduler_opt
+from streamq.errors import StreamQError
+
+log = logging.getLogger("streamq.cli")
+
+
+class _Ordered(click.Group):
+    """Keep commands in the order they were added (pipeline order) in ``--help``."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn streamq errors into one line on stderr and exit status 1 (traceback at -vv)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            return fn(*args, **kwargs)
+        except (StreamQError, OSError) as exc:
+            if ctx.obj and ctx.obj.get("verbosity", 0) >= 2:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+    return wrapper
+
+
+@click.group(cls=_Ordered, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="streamq")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug and tracebacks).")
+@click.option("-q", "--quiet", count=True, help="Less output: errors only, no progress bar.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
+    """Colour quantization of image collections larger than memory.
+
+    Pipeline: ingest -> (fit -> quantize -> export); info looks at a store.
+    """
+    from streamq.report import set_log_level
+
+    verbosity = verbose - quiet
+    ctx.obj = {"verbosity": verbosity, "quiet": quiet > 0}
+    set_log_level(max(10, 30 - 10 * verbosity))
+
+
+def _progress(ctx: click.Context, flag: bool | None) -> bool | None:
+    return False if ctx.obj["quiet"] else flag
+
+
+@cli.command("example")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("-n", "--images", "n_images", default=60, show_default=True, help="Number of images.")
+@click.option("--seed", default=0, show_default=True, help="Random seed of the crops.")
+@click.option("--size", type=int, default=None, help="Fixed square size (LFW: 250); default mixed sizes.")
+@_handle_errors
+def example_cmd(out: str, n_images: int, seed: int, size: int | None) -> None:
+    """Write an LFW-shaped example folder cut from photos bundled with installed packages."""
+    from streamq.examples import make_collection
+
+    paths = make_collection(out, n_images, seed=seed, size=size)
+    names = {p.parent.name for p in paths}
+    click.echo(f"wrote {len(paths)} images of {len(names)} names under {out}")
+
+
+@cli.command("ingest")
+@click.argument("src", required=False)
+@click.argument("store", required=False)
+@config_opt
+@scheduler_opt
+@click.option("--chunk-pixels", type=int, default=None, help="Pixels per chunk [default: 4194304].")
+@click.option("--codec", type=click.Choice(["zstd", "lz4", "none"]), default=None,
+              help="Compression of pixel chunks [default: zstd].")
+@click.option("--max-pixels", type=int, default=None, help="Skip images with more pixels than this.")
+@click.option("--strict", is_flag=True, default=None, help="Exit with status 3 when any input was skipped.")
+@overwrite_opt
+@progress_opt
+@json_opt
+@click.pass_context
+@_handle_errors
+def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_path: str | None,
+               scheduler: str | None, chunk_pixels: int | None, codec: str | None,
+               max_pixels: int | None, strict: bool | None, overwrite: bool,
+               progress: bool | None, as_json: bool) -> None:
+    """Decode the images under SRC (folder, glob or list file) into the Zarr store STORE.
+
+    Parallel on Dask and resumable: rerun the same command after an interruption.
+    Unreadable inputs are skipped and recorded with a reason (see `streamq info`).
+    """
+    from streamq.config import load_config
+    from streamq.ingest import ingest
+
+    cfg = load_config(config_path, **{
+        "ingest.source": src, "store": store, "dask.scheduler": scheduler,
+        "ingest.chunk_pixels": chunk_pixels, "ingest.codec": codec,
+        "ingest.max_pixels": max_pixels, "ingest.strict": strict})
+    summary = ingest(None, None, config=cfg, overwrite=overwrite, progress=_progress(ctx, progress))
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    elif not ctx.obj["quiet"]:
+        click.echo(str(summary))
+    if cfg.ingest.strict and summary.n_skipped:
+        click.echo(f"error: {summary.n_skipped} inputs were skipped and --strict is set", err=True)
+        ctx.exit(3)
+
+
+@cli.command("info")
+@click.argument("store")
+@json_opt
+@click.option("--top", default=10, show_default=True, help="How many labels and shapes to list.")
+@click.option("--grid", type=click.Path(dir_okay=False), default=None,
+              help="Write a grid of sample images titled with their labels to this PNG.")
+@click.option("--grid-shape", default="2x5", show_default=True, help="Grid rows x columns.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the grid's sample.")
+@_handle_errors
+def info_cmd(store: str, as_json: bool, top: int, grid: str | None, grid_shape: str, seed: int) -> None:
+    """Show what STORE holds: images, pixels, sizes, labels, shapes, skipped inputs."""
+    from streamq.info import collection_info, format_info, save_grid
+    from streamq.store import open_store
+
+    coll = open_store(store)
+    info = collection_info(coll, top=top)
+    if grid:
+        try:
+            rows, cols = (int(x) for x in grid_shape.lower().split("x"))
+        except ValueError:
+            raise click.BadParameter(f"{grid_shape!r} is not ROWSxCOLS, e.g. 2x5",
+                                     param_hint="--grid-shape") from None
+        info["grid"] = {"path": grid, "ids": save_grid(coll, grid, rows, cols, seed=seed)}
+    click.echo(json.dumps(info, indent=2) if as_json else format_info(info))
+
+
+def main() -> None:
+    try:
+        cli(prog_name="streamq")
+    except KeyboardInterrupt:
+        click.echo("interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""Configuration: frozen per-stage dataclasses, YAML loading and validation.
+
+A configuration is a :class:`StreamQConfig` made of one section per stage. It is read
+from YAML (``configs/*.yaml``), from a dict, or built in Python; command-line flags
+override single keys with dotted names (``ingest.chunk_pixels``). Every key is checked
+once, here: an unknown key or a bad value raises :class:`~streamq.errors.ConfigError`
+with a one-line message naming the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from streamq.errors import ConfigError
+
+__all__ = [
+    "DaskConfig",
+    "IngestConfig",
+    "StreamQConfig",
+    "fingerprint",
+    "load_config",
+    "parse_config",
+]
+
+Check = Callable[[Any], str | None]
+
+
+def _opt(default: Any, check: Check | None = None, doc: str = "") -> Any:
+    return field(default=default, metadata={"check": check, "doc": doc})
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "a number > 0"
+
+
+def _at_least(low: int) -> Check:
+    return lambda v: None if v >= low else f"an integer >= {low}"
+
+
+def _rgb(v: Any) -> str | None:
+    return None if len(v) == 3 and all(0 <= c <= 255 for c in v) else "three integers in 0..255"
+
+
+@dataclass(frozen=True)
+class DaskConfig:
+    """Where the work runs.
+
+    ``scheduler`` is ``None`` (start a ``LocalCluster`` sized to the machine and close
+    it at the end), ``"threads"`` or ``"sync"`` (in-process, for small jobs and
+    debugging), or the address of a running scheduler such as ``tcp://10.0.0.1:8786``.
+    """
+
+    scheduler: str | None = _opt(None, doc="None, 'threads', 'sync' or a scheduler address")
+    n_workers: int | None = _opt(None, _at_least(1), "local cluster workers (default: cores)")
+    threads_per_worker: int | None = _opt(None, _at_least(1), "threads per local worker")
+    memory_limit: str | None = _opt(None, doc="memory limit per local worker, e.g. '2GiB'")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How images become a store (see ``docs/store-format.md``)."""
+
+    source: str | None = _opt(None, doc="folder, glob pattern or text file listing paths")
+    chunk_pixels: int = _opt(4_194_304, _at_least(1024), "pixels per chunk of the pixel array")
+    codec: Literal["zstd", "lz4", "none"] = _opt("zstd", doc="compression of pixel chunks")
+    level: int | None = _opt(None, _at_least(0), "codec level (default: the codec's fast level)")
+    max_pixels: int = _opt(178_956_970, _at_least(1), "images with more pixels are skipped")
+    background: tuple[int, int, int] = _opt(
+        (255, 255, 255), _rgb, "RGB colour that transparent pixels are composited on"
+    )
+    strict: bool = _opt(False, doc="exit non-zero when any input was skipped")
+    files_per_scan_task: int = _opt(512, _at_least(1), "files per header-scan task")
+
+
+@dataclass(frozen=True)
+class StreamQConfig:
+    """The whole configuration, one section per stage."""
+
+    store: str | None = _opt(None, doc="path of the Zarr store")
+    dask: DaskConfig = field(default_factory=DaskConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+    def replace(self, **dotted: Any) -> StreamQConfig:
+        """Return a copy with dotted keys (``ingest.codec="lz4"``) replaced; ``None`` is ignored."""
+        data = to_dict(self)
+        for key, value in dotted.items():
+            if value is None:
+                continue
+            _set_dotted(data, key.replace("__", "."), value)
+        return parse_config(data)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is tuple:
+        return "a list of " + str(len(typing.get_args(tp))) + " values"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Return ``value`` as type ``tp`` or raise TypeError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value)
+            except TypeError:
+                pass
+        raise TypeError
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise TypeError
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise TypeError
+        return tuple(_coerce(a, v) for a, v in zip(args, value, strict=True))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise TypeError
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError
+    raise TypeError
+
+
+def _parse_section(cls: type, data: Any, prefix: str, source: str) -> Any:
+    where = f"{source}: " if source else ""
+    if isinstance(data, cls):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}key '{prefix.rstrip('.') or '(top level)'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}unknown key '{prefix}{unknown[0]}' (expected one of: {', '.join(sorted(fields))})"
+        )
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        key = prefix + name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _parse_section(tp, value, key + ".", source)
+            continue
+        try:
+            coerced = _coerce(tp, value)
+        except TypeError:
+            raise ConfigError(f"{where}key '{key}' has value {value!r}, expected {_type_name(tp)}") from None
+        check = fields[name].metadata.get("check")
+        if coerced is not None and check is not None:
+            problem = check(coerced)
+            if problem:
+                raise ConfigError(f"{where}key '{key}' has value {value!r}, expected {problem}")
+        values[name] = coerced
+    return cls(**values)
+
+
+def parse_config(data: Mapping[str, Any] | StreamQConfig | None, source: str = "") -> StreamQConfig:
+    """Validate a mapping (for example parsed YAML) and return a :class:`StreamQConfig`."""
+    if isinstance(data, StreamQConfig):
+        return data
+    cfg = _parse_section(StreamQConfig, data, "", source)
+    env = os.environ.get("STREAMQ_SCHEDULER")
+    if env and (data is None or "scheduler" not in (data.get("dask") or {})):
+        cfg = dataclasses.replace(cfg, dask=dataclasses.replace(cfg.dask, scheduler=env))
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> StreamQConfig:
+    """Read a YAML file (or start from defaults) and apply dotted-key overrides.
+
+    Relative paths inside the file (``store``, ``ingest.source``) are resolved against
+    the file's folder, so a config works from any working directory.
+    """
+    data: dict[str, Any] = {}
+    source = ""
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {source} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{source}: not valid YAML{at}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+        data = loaded or {}
+        base = p.resolve().parent
+        for dotted in ("store", "ingest.source"):
+            section, _, key = dotted.rpartition(".")
+            node = data.get(section) if section else data
+            if isinstance(node, dict) and isinstance(node.get(key), str):
+                node[key] = _resolve(node[key], base)
+    cfg = parse_config(data, source)
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def _resolve(value: str, base: Path) -> str:
+    if "://" in value or os.path.isabs(value):
+        return value
+    return str(base / os.path.expanduser(value)) if not value.startswith("~") else os.path.expanduser(value)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain JSON-ready dict of a config object (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash of a config section or any JSON-ready value."""
+    data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def describe() -> list[tuple[str, Any, str]]:
+    """Every key with its default and help text, for docs and ``configs/default.yaml``."""
+    rows: list[tuple[str, Any, str]] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], prefix + f.name + ".")
+            else:
+                rows.append((prefix + f.name, f.default, f.metadata.get("doc", "")))
+
+    walk(StreamQConfig, "")
+    return rows

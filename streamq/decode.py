@@ -1,0 +1,187 @@
+"""Reading one image file: its header (size, mode) and its pixels as RGB uint8.
+
+The conversion rules (documented in ``docs/store-format.md``):
+
+* EXIF orientation is applied first, so stored images are upright.
+* ``1``, ``L``, ``P`` (opaque), ``RGB``, ``CMYK``, ``YCbCr``: Pillow's ``convert("RGB")``.
+  CMYK uses Pillow's plain formula (no ICC colour management).
+* 16-bit data (``I;16*``, ``I``, 16-bit RGB/RGBA PNG and TIFF) is *scaled*, not
+  truncated: ``v8 = round(v16 * 255 / 65535)``. Pillow reads 16-bit RGB files as 8-bit
+  by dropping the low byte, so those files are decoded with ``pypng`` / ``tifffile``.
+* Anything with transparency (``LA``, ``PA``, ``RGBA``, ``P`` or ``L``/``RGB`` with a
+  transparency key) is composited on ``background``:
+  ``out = (c * a + bg * (255 - a) + 127) // 255`` per channel.
+* GIF, TIFF and other multi-frame files: the first frame.
+* Float images (mode ``F``) are skipped with a reason: their value range is unknown.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["Header", "decode_rgb", "read_header"]
+
+_TRANSPOSING = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+_ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
+_EXIF_TRANSPOSE = {  # the same table as PIL.ImageOps.exif_transpose
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the file header says, before any pixel is decoded."""
+
+    width: int  # after EXIF orientation
+    height: int
+    mode: str  # Pillow's mode of the file ("RGB", "P", "I;16", ...), "RGB;16" for 16-bit RGB
+
+
+class _Skip(Exception):
+    """Internal: the file is not usable; the message is the recorded reason."""
+
+
+def _open(path: str, max_pixels: int) -> Image.Image:
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise _Skip(f"cannot read file: {exc.strerror or exc}") from None
+    if size == 0:
+        raise _Skip("empty file (0 bytes)")
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Image.open(path)
+    except Image.DecompressionBombError:
+        raise _Skip(f"image is larger than the limit max_pixels={max_pixels}") from None
+    except UnidentifiedImageError:
+        raise _Skip("not an image Pillow can identify") from None
+    except OSError as exc:
+        raise _Skip(f"cannot open image: {exc}") from None
+
+
+def _is_rgb16(im: Image.Image) -> bool:
+    tile = getattr(im, "tile", None) or []
+    if im.mode not in ("RGB", "RGBA") or not tile:
+        return False
+    args = tile[0].args if hasattr(tile[0], "args") else tile[0][3]
+    rawmode = args[0] if isinstance(args, tuple) and args else args
+    return isinstance(rawmode, str) and ";16" in rawmode
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # malformed EXIF: Pillow ignores it when decoding too
+        return 1
+
+
+def _header_of(im: Image.Image, max_pixels: int) -> Header:
+    w, h = im.size
+    if w * h > max_pixels:
+        raise _Skip(f"image has {w * h} pixels, over the limit max_pixels={max_pixels}")
+    if w == 0 or h == 0:
+        raise _Skip(f"image has no pixels ({w}x{h})")
+    if _orientation(im) in _TRANSPOSING:
+        w, h = h, w
+    mode = "RGB;16" if _is_rgb16(im) and im.mode == "RGB" else im.mode
+    mode = "RGBA;16" if _is_rgb16(im) and im.mode == "RGBA" else mode
+    if mode == "F":
+        raise _Skip("floating-point image (mode F): value range unknown, convert it first")
+    return Header(width=w, height=h, mode=mode)
+
+
+def read_header(path: str, max_pixels: int) -> Header | str:
+    """Return the image's :class:`Header`, or a one-line reason why it cannot be used."""
+    try:
+        with _open(path, max_pixels) as im:
+            return _header_of(im, max_pixels)
+    except _Skip as exc:
+        return str(exc)
+    except Exception as exc:  # any decoder error is a property of the file, not of streamq
+        return f"cannot read image header: {type(exc).__name__}: {exc}"
+
+
+def _scale16(a: np.ndarray) -> np.ndarray:
+    a = np.clip(a.astype(np.int64), 0, 65535)
+    return ((a * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    rgb = rgba[..., :3].astype(np.uint32)
+    a = rgba[..., 3:4].astype(np.uint32)
+    bg = np.asarray(background, dtype=np.uint32)
+    return ((rgb * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+def _read_rgb16(path: str, im: Image.Image) -> np.ndarray:
+    """Full 16-bit RGB(A) samples of a PNG or TIFF that Pillow would truncate."""
+    if im.format == "PNG":
+        import png
+
+        w, h, rows, info = png.Reader(filename=path).asDirect()
+        planes = info["planes"]
+        data = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(h, w, planes)
+        if info.get("bitdepth", 16) != 16:
+            raise _Skip(f"unexpected PNG bit depth {info.get('bitdepth')}")
+        return data
+    if im.format == "TIFF":
+        import tifffile
+
+        data = tifffile.imread(path, key=0)
+        if data.dtype != np.uint16 or data.ndim != 3 or data.shape[2] not in (3, 4):
+            raise _Skip(f"unexpected 16-bit TIFF layout {data.dtype} {data.shape}")
+        return data
+    raise _Skip(f"16-bit RGB {im.format} files are not supported")
+
+
+def _to_rgb(path: str, im: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
+    mode = im.mode
+    if _is_rgb16(im):
+        data = _read_rgb16(path, im)
+        orient = _orientation(im)
+        rgb = _scale16(data[..., :3]) if data.shape[2] == 3 else None
+        if rgb is None:
+            rgb = _composite(_scale16(data), background)
+        method = _EXIF_TRANSPOSE.get(orient)
+        if method is not None:
+            rgb = np.asarray(Image.fromarray(rgb).transpose(method))
+        return rgb
+    im = ImageOps.exif_transpose(im)
+    if mode.startswith("I;16") or mode == "I":
+        return np.repeat(_scale16(np.asarray(im))[..., None], 3, axis=2)
+    has_key = "transparency" in im.info
+    if mode in _ALPHA_MODES or has_key:
+        return _composite(np.asarray(im.convert("RGBA")), background)
+    if mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im)
+
+
+def decode_rgb(path: str, max_pixels: int, background: tuple[int, int, int]) -> np.ndarray | str:
+    """Decode ``path`` to an ``(H, W, 3)`` uint8 array, or return the reason it cannot be."""
+    try:
+        with _open(path, max_pixels) as im:
+            _header_of(im, max_pixels)
+            im.seek(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                im.load()
+            rgb = _to_rgb(path, im, background)
+    except _Skip as exc:
+        return str(exc)
+    except Exception as exc:
+        return f"cannot decode image: {type(exc).__name__}: {exc}"
+    return np.ascontiguousarray(rgb, dtype=np.uint8)

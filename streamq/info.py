@@ -1,0 +1,103 @@
+"""Looking at a collection: the tutorial's exploration step, at scale.
+
+:func:`collection_info` gathers counts from the store's tables only (no pixel is read);
+:func:`format_info` renders them as text; :func:`save_grid` draws a grid of sample images
+titled with their labels, like the tutorial's face grid.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from streamq.ingest import _stored_bytes
+from streamq.store import Collection, open_store
+
+__all__ = ["collection_info", "format_info", "save_grid"]
+
+
+def collection_info(store: str | os.PathLike[str] | Collection, top: int = 10) -> dict[str, Any]:
+    """Counts and shapes of a collection, JSON-ready."""
+    coll = store if isinstance(store, Collection) else open_store(store)
+    labels = Counter(coll.labels)
+    shapes = Counter(f"{h}x{w}" for h, w in coll.shapes)
+    stored = _stored_bytes(coll.store.array_path("pixels"))
+    ingest = coll.store.section("ingest")
+    ranked = labels.most_common()
+    return {
+        "store": coll.path,
+        "source": ingest.get("root"),
+        "n_images": len(coll),
+        "n_pixels": coll.n_pixels,
+        "raw_bytes": coll.n_pixels * 3,
+        "stored_bytes": stored,
+        "n_labels": len(labels),
+        "labels_top": [{"label": k, "count": v} for k, v in ranked[:top]],
+        "labels_tail": {"n_labels": max(0, len(ranked) - top),
+                        "n_images": sum(v for _, v in ranked[top:])},
+        "labels_with_one_image": sum(1 for v in labels.values() if v == 1),
+        "shapes_top": [{"shape": k, "count": v} for k, v in shapes.most_common(top)],
+        "n_shapes": len(shapes),
+        "n_skipped": len(coll.skipped),
+        "skipped": [{"path": s.path, "reason": s.reason} for s in coll.skipped],
+        "settings": ingest.get("settings", {}),
+    }
+
+
+def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
+    """Human-readable report of :func:`collection_info`."""
+    raw, stored = info["raw_bytes"], info["stored_bytes"]
+    lines = [
+        f"store        {info['store']}",
+        f"source       {info['source']}",
+        f"images       {info['n_images']}",
+        f"pixels       {info['n_pixels']:,} ({info['n_pixels'] / 1e6:.2f} Mpx)",
+        f"size         {stored / 2**20:.1f} MiB stored, {raw / 2**20:.1f} MiB raw"
+        + (f" ({stored / raw:.0%})" if raw else ""),
+        f"labels       {info['n_labels']} ({info['labels_with_one_image']} with one image)",
+        "",
+        "images per label:",
+    ]
+    width = max([len(x["label"] or "(none)") for x in info["labels_top"]] + [5])
+    for x in info["labels_top"]:
+        lines.append(f"  {x['label'] or '(none)':<{width}}  {x['count']}")
+    tail = info["labels_tail"]
+    if tail["n_labels"]:
+        lines.append(f"  ... {tail['n_labels']} more labels with {tail['n_images']} images")
+    lines += ["", f"image shapes (HxW, {info['n_shapes']} distinct):"]
+    for x in info["shapes_top"]:
+        lines.append(f"  {x['shape']:>11}  {x['count']}")
+    lines += ["", f"skipped inputs: {info['n_skipped']}"]
+    for s in info["skipped"][:max_skipped]:
+        lines.append(f"  {s['path']}: {s['reason']}")
+    if info["n_skipped"] > max_skipped:
+        lines.append(f"  ... {info['n_skipped'] - max_skipped} more (see --json)")
+    return "\n".join(lines)
+
+
+def save_grid(store: str | os.PathLike[str] | Collection, out: str | os.PathLike[str],
+              rows: int = 2, cols: int = 5, seed: int = 0, ids: list[int] | None = None) -> list[int]:
+    """Save a ``rows x cols`` grid of images titled with their labels; return the ids shown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    coll = store if isinstance(store, Collection) else open_store(store)
+    n = min(rows * cols, len(coll))
+    if ids is None:
+        rng = np.random.default_rng(seed)
+        ids = sorted(int(i) for i in rng.choice(len(coll), size=n, replace=False))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, ids, strict=False):
+        ax.imshow(coll.read(i))
+        ax.set_title(coll.labels[i].replace("_", " ") or f"#{i}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.fspath(out), dpi=100)
+    plt.close(fig)
+    return list(ids)

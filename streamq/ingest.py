@@ -1,0 +1,423 @@
+"""Ingest: find image files, decode them on Dask, and write their pixels into a store.
+
+The stage runs in four steps, each safe to interrupt:
+
+1. **List** the inputs (a folder, a glob pattern or a text file of paths), sorted by
+   relative path, so image ids are stable.
+2. **Scan** every file's header in parallel (size, mode, EXIF orientation): cheap, and
+   enough to give each image its place in the flat ``pixels`` array.
+3. **Plan**: images are packed back to back (no padding), the array is cut into chunks,
+   and consecutive chunks are grouped into write *tasks*. A task owns its chunks outright
+   and decodes every image that overlaps them, so no chunk ever has two writers; a task
+   boundary is put where no large image straddles it (an image that does straddle is
+   decoded by both tasks, each writing its own part). The plan is saved in the store.
+4. **Write**: pending tasks run on the workers; each writes its pixels and then its
+   completion record. A rerun runs only tasks without a record, then consolidates the
+   records into the final image table and skipped list.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from streamq.config import IngestConfig, StreamQConfig, fingerprint, parse_config
+from streamq.decode import Header, decode_rgb, read_header
+from streamq.errors import ConfigError, StoreExistsError, StoreMismatchError, StreamQError
+from streamq.report import progress_bar, timer
+from streamq.scheduler import Runner, runner
+from streamq.store import (
+    IMAGES,
+    PLAN,
+    SKIPPED,
+    Store,
+    _exists,
+    _is_store,
+    write_task_report,
+)
+
+__all__ = ["IngestSummary", "ingest", "list_sources"]
+
+log = logging.getLogger(__name__)
+
+MAX_CHUNKS_PER_TASK = 8
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class IngestSummary:
+    """What an ingest run did; ``str()`` gives the one-line summary the CLI prints."""
+
+    store: str
+    n_images: int
+    n_pixels: int
+    n_labels: int
+    n_skipped: int
+    skipped_first: list[tuple[str, str]]
+    stored_bytes: int
+    status: str  # "ingested", "resumed" or "already complete"
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        raw = self.n_pixels * 3
+        ratio = f"{self.stored_bytes / raw:.0%} of raw" if raw else "empty"
+        text = (f"{self.status}: {self.n_images} images, {self.n_pixels / 1e6:.2f} Mpx, "
+                f"{self.n_labels} labels, {self.n_skipped} skipped; "
+                f"stored {self.stored_bytes / 2**20:.1f} MiB ({ratio}) in {self.store}")
+        if self.skipped_first:
+            text += "\nskipped: " + "; ".join(f"{p} ({r})" for p, r in self.skipped_first)
+        return text
+
+
+# -- 1. listing --------------------------------------------------------------------------
+def _image_extensions() -> set[str]:
+    Image.init()
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def list_sources(src: str | os.PathLike[str]) -> tuple[str, list[str], list[tuple[str, str]]]:
+    """Resolve ``src`` to ``(root, sorted relative paths, listed-but-missing skips)``.
+
+    ``src`` is a folder (searched recursively for files with an image extension), a glob
+    pattern (``photos/**/*.jpg``), a text file listing one path per line (``#`` starts a
+    comment; relative paths are relative to the list file), or one image file.
+    """
+    src = os.fspath(src)
+    missing: list[tuple[str, str]] = []
+    if os.path.isdir(src):
+        root = os.path.abspath(src)
+        exts = _image_extensions()
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in filenames:
+                if os.path.splitext(name)[1].lower() in exts:
+                    files.append(os.path.join(dirpath, name))
+    elif _GLOB_CHARS & set(src):
+        prefix = src[: min(src.index(c) for c in _GLOB_CHARS if c in src)]
+        root = os.path.abspath(os.path.dirname(prefix) or ".")
+        files = [os.path.abspath(p) for p in glob.glob(src, recursive=True) if os.path.isfile(p)]
+        if not files:
+            raise ConfigError(f"source pattern {src!r} matches no files")
+    elif os.path.isfile(src) and os.path.splitext(src)[1].lower() in _image_extensions():
+        root = os.path.dirname(os.path.abspath(src))
+        files = [os.path.abspath(src)]
+    elif os.path.isfile(src):
+        base = os.path.dirname(os.path.abspath(src))
+        files = []
+        with open(src, encoding="utf-8") as fh:
+            for line in fh:
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                p = os.path.normpath(os.path.join(base, os.path.expanduser(line)))
+                if os.path.isfile(p):
+                    files.append(p)
+                else:
+                    missing.append((line, "listed file does not exist"))
+        if not files and not missing:
+            raise ConfigError(f"source list {src} names no files")
+        root = os.path.commonpath([os.path.dirname(p) for p in files]) if files else base
+    else:
+        raise ConfigError(
+            f"source {src} does not exist (expected a folder, a glob pattern or a text file of paths)"
+        )
+    rel = sorted({os.path.relpath(p, root).replace(os.sep, "/") for p in files})
+    return root, rel, missing
+
+
+def _label_of(rel: str) -> str:
+    parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+    return parent.rsplit("/", 1)[-1]
+
+
+def _source_fingerprint(root: str, rel: Sequence[str]) -> str:
+    h = hashlib.sha256(root.encode())
+    for r in rel:
+        try:
+            st = os.stat(os.path.join(root, r))
+            h.update(f"{r}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{r}\0missing\n".encode())
+    return h.hexdigest()[:16]
+
+
+# -- 2. header scan ------------------------------------------------------------------------
+def _scan_batch(args: tuple[str, list[str], int]) -> list[tuple[int, int, str] | str]:
+    root, rels, max_pixels = args
+    out: list[tuple[int, int, str] | str] = []
+    for r in rels:
+        h = read_header(os.path.join(root, r), max_pixels)
+        out.append((h.height, h.width, h.mode) if isinstance(h, Header) else h)
+    return out
+
+
+# -- 3. planning ---------------------------------------------------------------------------
+def plan_tasks(offsets: np.ndarray, sizes: np.ndarray, n_pixels: int, chunk: int,
+               max_chunks: int = MAX_CHUNKS_PER_TASK) -> tuple[np.ndarray, np.ndarray]:
+    """Group chunks into write tasks; return ``(chunk_start, chunk_stop)`` per task.
+
+    A boundary between chunks becomes a task boundary when the image straddling it (if
+    any) is at most 1/8 of a chunk, or when the task already has ``max_chunks`` chunks.
+    """
+    n_chunks = -(-n_pixels // chunk) if n_pixels else 0
+    if n_chunks == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    bounds = np.arange(1, n_chunks, dtype=np.int64) * chunk
+    idx = np.searchsorted(offsets, bounds, side="right") - 1
+    ends = offsets + sizes
+    straddle = np.where((idx >= 0) & (offsets[np.maximum(idx, 0)] < bounds)
+                        & (ends[np.maximum(idx, 0)] > bounds), sizes[np.maximum(idx, 0)], 0)
+    starts, stops = [0], []
+    for b, cost in zip(range(1, n_chunks), straddle, strict=True):
+        if b - starts[-1] >= max_chunks or cost <= chunk // 8:
+            stops.append(b)
+            starts.append(b)
+    stops.append(n_chunks)
+    return np.asarray(starts, np.int64), np.asarray(stops, np.int64)
+
+
+# -- 4. the write task (runs on a worker) ------------------------------------------------------
+def _write_task(args: dict[str, Any]) -> dict[str, Any]:
+    import zarr
+
+    a, b = args["px_start"], args["px_stop"]
+    buf = np.zeros((b - a, 3), dtype=np.uint8)
+    failed: list[list[Any]] = []
+    for image_id, rel, off, h, w in args["images"]:
+        rgb = decode_rgb(os.path.join(args["root"], rel), args["max_pixels"], tuple(args["background"]))
+        if isinstance(rgb, np.ndarray) and rgb.shape != (h, w, 3):
+            rgb = f"decoded size {rgb.shape[1]}x{rgb.shape[0]} differs from header {w}x{h}"
+        if isinstance(rgb, str):
+            if a <= off < b:  # the task holding the image's first pixel records it
+                failed.append([int(image_id), rgb])
+            continue
+        flat = rgb.reshape(-1, 3)
+        lo, hi = max(off, a), min(off + h * w, b)
+        buf[lo - a: hi - a] = flat[lo - off: hi - off]
+    pixels = zarr.open_array(f"{args['store']}/pixels", mode="r+")
+    pixels[a:b] = buf
+    report = {"failed": failed, "pixels": int(b - a)}
+    write_task_report(args["store"], args["task"], report)  # completion record, after the data
+    return report
+
+
+# -- the stage -------------------------------------------------------------------------------
+def _settings(cfg: IngestConfig) -> dict[str, Any]:
+    keep = ("chunk_pixels", "codec", "level", "max_pixels", "background")
+    return {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k in keep}
+
+
+def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | None = None, *,
+           config: StreamQConfig | dict[str, Any] | None = None, overwrite: bool = False,
+           progress: bool | None = None, **options: Any) -> IngestSummary:
+    """Ingest the images under ``src`` into the store at ``store``.
+
+    Parameters
+    ----------
+    src : str or path
+        A folder, a glob pattern, or a text file listing paths (see :func:`list_sources`).
+        ``None`` takes ``ingest.source`` from ``config``.
+    store : str or path
+        Where the Zarr store is written; ``None`` takes ``store`` from ``config``.
+    config : StreamQConfig or dict, optional
+        Full configuration; ``options`` override its ``ingest`` keys
+        (``chunk_pixels=...``, ``codec=...``) and ``scheduler=...`` its ``dask.scheduler``.
+    overwrite : bool, default=False
+        Replace a store made from other inputs or settings instead of refusing.
+    progress : bool, optional
+        Force the progress bar on or off (default: on when stderr is a terminal).
+
+    Returns
+    -------
+    IngestSummary
+    """
+    cfg = parse_config(config)
+    sched = options.pop("scheduler", None)
+    cfg = cfg.replace(**{f"ingest.{k}": v for k, v in options.items()},
+                      **{"dask.scheduler": sched, "ingest.source": None if src is None else os.fspath(src),
+                         "store": None if store is None else os.fspath(store)})
+    if cfg.ingest.source is None:
+        raise ConfigError("no source given: pass SRC or set key 'ingest.source'")
+    if cfg.store is None:
+        raise ConfigError("no store given: pass STORE or set key 'store'")
+    icfg = cfg.ingest
+    timings: dict[str, float] = {}
+    with timer("listing inputs", timings):
+        root, rel, missing = list_sources(icfg.source)
+        source_fp = _source_fingerprint(root, rel)
+    settings = _settings(icfg)
+    settings_fp = fingerprint(settings)
+
+    st = _open_or_create(cfg.store, root, source_fp, settings_fp, overwrite)
+    state = st.section("ingest")
+    if state.get("state") == "complete":
+        log.info("Store %s already holds this ingest; nothing to do", st.path)
+        return _summary(st, "already complete", state.get("timings", {}))
+
+    status = "resumed" if state.get("state") == "planned" else "ingested"
+    with runner(cfg.dask) as run:
+        if state.get("state") != "planned":
+            with timer("scanning headers", timings):
+                headers = _scan(run, root, rel, icfg, progress)
+            with timer("planning", timings):
+                _write_plan(st, root, rel, headers, missing, icfg, source_fp, settings_fp, settings)
+        with timer("decoding and writing", timings):
+            _run_tasks(run, st, root, icfg, progress)
+    with timer("consolidating", timings):
+        _consolidate(st, timings)
+    summary = _summary(st, status, timings)
+    log.info("%s", summary)
+    return summary
+
+
+def _open_or_create(path: str, root: str, source_fp: str, settings_fp: str, overwrite: bool) -> Store:
+    p = os.path.abspath(os.path.expanduser(path)) if "://" not in path else path
+    if _exists(p) and _is_store(p):
+        st = Store.open(p, mode="r+")
+        state = st.section("ingest")
+        if not state:
+            if not overwrite:
+                raise StoreExistsError(f"{p} is a streamq store without an ingest record; pass --overwrite to replace it")
+        elif state.get("source_fingerprint") == source_fp and state.get("settings_fingerprint") == settings_fp:
+            return st
+        elif not overwrite:
+            what = ("other inputs" if state.get("source_fingerprint") != source_fp else "other settings")
+            before = state.get("root") if what == "other inputs" else state.get("settings")
+            raise StoreMismatchError(
+                f"{p} was ingested from {what} ({before}); pass --overwrite to replace it, "
+                "or choose another store"
+            )
+        return Store.create(p, overwrite=True)
+    return Store.create(p, overwrite=overwrite)
+
+
+def _scan(run: Runner, root: str, rel: list[str], icfg: IngestConfig, progress: bool | None) -> list[Any]:
+    n = icfg.files_per_scan_task
+    batches = [(root, rel[i:i + n], icfg.max_pixels) for i in range(0, len(rel), n)]
+    futures = {run.submit(_scan_batch, b): i for i, b in enumerate(batches)}
+    results: list[Any] = [None] * len(batches)
+    with progress_bar(len(rel), "scanning", "file", progress) as bar:
+        for fut in run.as_completed(futures):
+            i = futures[fut]
+            results[i] = fut.result()
+            bar.update(len(batches[i][1]))
+    return [h for batch in results for h in batch]
+
+
+def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
+                missing: list[tuple[str, str]], icfg: IngestConfig,
+                source_fp: str, settings_fp: str, settings: dict[str, Any]) -> None:
+    ok = [i for i, h in enumerate(headers) if not isinstance(h, str)]
+    skipped = missing + [(rel[i], h) for i, h in enumerate(headers) if isinstance(h, str)]
+    heights = np.asarray([headers[i][0] for i in ok], dtype=np.int64)
+    widths = np.asarray([headers[i][1] for i in ok], dtype=np.int64)
+    sizes = heights * widths
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if len(ok) else np.zeros(0, np.int64)
+    n_pixels = int(sizes.sum())
+    st.set_section("ingest", {"state": "planning"})
+    st.write_table(PLAN, {
+        "path": [rel[i] for i in ok],
+        "label": [_label_of(rel[i]) for i in ok],
+        "mode": [headers[i][2] for i in ok],
+        "offset": offsets, "height": heights, "width": widths,
+    })
+    st.write_table("ingest/scan_skipped", {"path": [p for p, _ in skipped],
+                                            "reason": [r for _, r in skipped]})
+    st.create_pixels(n_pixels, icfg.chunk_pixels, icfg.codec, icfg.level)
+    starts, stops = plan_tasks(offsets, sizes, n_pixels, icfg.chunk_pixels)
+    st.create_task_table(starts, stops)
+    st.set_section("ingest", {
+        "state": "planned", "root": root, "source_fingerprint": source_fp,
+        "settings_fingerprint": settings_fp, "settings": settings,
+        "n_inputs": len(rel) + len(missing), "n_planned": len(ok), "n_pixels_planned": n_pixels,
+        "n_tasks": len(starts),
+    })
+    log.info("Planned %d images (%d pixels) in %d tasks; %d inputs skipped at scan",
+             len(ok), n_pixels, len(starts), len(skipped))
+
+
+def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, progress: bool | None) -> None:
+    plan = st.read_table(PLAN, ("path", "offset", "height", "width"))
+    tasks = st.read_table("ingest/tasks", ("chunk_start", "chunk_stop"))
+    reports = st.task_reports()
+    pending = [t for t in range(len(reports)) if not reports[t]]
+    if not pending:
+        return
+    offsets = plan["offset"]
+    sizes = plan["height"] * plan["width"]
+    ends = offsets + sizes
+    n_pixels = int(sizes.sum())
+    chunk = icfg.chunk_pixels
+    log.info("%d of %d write tasks to run", len(pending), len(reports))
+    futures = {}
+    for t in pending:
+        a = int(tasks["chunk_start"][t]) * chunk
+        b = min(int(tasks["chunk_stop"][t]) * chunk, n_pixels)
+        lo = int(np.searchsorted(ends, a, side="right"))
+        hi = int(np.searchsorted(offsets, b, side="left"))
+        images = [(i, str(plan["path"][i]), int(offsets[i]), int(plan["height"][i]), int(plan["width"][i]))
+                  for i in range(lo, hi) if sizes[i] > 0]
+        args = {"store": st.path, "task": t, "root": root, "px_start": a, "px_stop": b,
+                "images": images, "max_pixels": icfg.max_pixels, "background": list(icfg.background)}
+        futures[run.submit(_write_task, args)] = b - a
+    with progress_bar(sum(futures.values()), "ingesting", "px", progress) as bar:
+        for fut in run.as_completed(futures):
+            fut.result()
+            bar.update(futures[fut])
+
+
+def _consolidate(st: Store, timings: dict[str, float]) -> None:
+    reports = st.task_reports()
+    if any(not r for r in reports):
+        raise StreamQError(f"{st.path}: some ingest tasks have no completion record; rerun ingest")
+    failed: dict[int, str] = {}
+    for r in reports:
+        for image_id, reason in json.loads(r)["failed"]:
+            failed[int(image_id)] = reason
+    plan = st.read_table(PLAN, ("path", "label", "mode", "offset", "height", "width"))
+    keep = np.asarray([i not in failed for i in range(len(plan["path"]))], dtype=bool)
+    st.write_table(IMAGES, {k: (v[keep] if len(v) else v) for k, v in plan.items()})
+    scan = st.read_table("ingest/scan_skipped", ("path", "reason"))
+    skipped = sorted(list(zip(scan["path"], scan["reason"], strict=True))
+                     + [(plan["path"][i], reason) for i, reason in failed.items()])
+    st.write_table(SKIPPED, {"path": [p for p, _ in skipped], "reason": [r for _, r in skipped]})
+    state = st.section("ingest")
+    state.update({"state": "complete", "timings": timings,
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    st.set_section("ingest", state)
+
+
+def _summary(st: Store, status: str, timings: dict[str, float]) -> IngestSummary:
+    from streamq.store import Collection
+
+    coll = Collection(st)
+    return IngestSummary(
+        store=st.path, n_images=len(coll), n_pixels=coll.n_pixels, n_labels=len(set(coll.labels)),
+        n_skipped=len(coll.skipped), skipped_first=[(s.path, s.reason) for s in coll.skipped[:5]],
+        stored_bytes=_stored_bytes(st.array_path("pixels")), status=status, timings=timings,
+    )
+
+
+def _stored_bytes(path: str) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, f))
+            except OSError:
+                pass
+    return total

@@ -1,0 +1,53 @@
+"""Logging, timing and progress, in one place.
+
+Library modules log through ``logging.getLogger(__name__)`` and never configure
+logging; the CLI calls :func:`set_log_level`. Progress bars go to stderr and only when
+it is a terminal (or when forced), so logs and pipes stay clean.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = ["progress_bar", "set_log_level", "timer"]
+
+log = logging.getLogger("streamq")
+_handler: logging.Handler | None = None
+
+
+def set_log_level(level: int) -> None:
+    """Attach one stderr handler to the ``streamq`` logger and set its level."""
+    global _handler
+    if _handler is None:
+        _handler = logging.StreamHandler(sys.stderr)
+        _handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        log.addHandler(_handler)
+    log.setLevel(level)
+
+
+@contextmanager
+def timer(what: str, timings: dict[str, float] | None = None) -> Iterator[None]:
+    """Log how long a block took and store it in ``timings[what]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - start
+        if timings is not None:
+            timings[what] = round(elapsed, 3)
+        log.info("Finished %s in %.2f s", what, elapsed)
+
+
+def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool | None = None) -> Any:
+    """A tqdm bar on stderr; disabled when stderr is not a terminal unless ``enabled``."""
+    from tqdm import tqdm
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not enabled,
+                file=sys.stderr, leave=False, dynamic_ncols=True)

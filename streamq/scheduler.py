@@ -1,0 +1,124 @@
+"""Where tasks run: a local cluster, an existing Dask cluster, or this process.
+
+:func:`runner` is a context manager yielding a :class:`Runner`, a small executor
+interface (``submit`` / ``as_completed``) that stages use without knowing which
+backend is behind it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from streamq.config import DaskConfig
+from streamq.errors import ConfigError, StreamQError
+
+__all__ = ["Runner", "runner"]
+
+log = logging.getLogger(__name__)
+
+
+class Runner:
+    """Submit functions and collect their futures, on Dask or in this process."""
+
+    def __init__(self, client: Any | None, pool: cf.Executor | None, description: str) -> None:
+        self.client = client
+        self._pool = pool
+        self.description = description
+
+    @property
+    def n_workers(self) -> int:
+        if self.client is not None:
+            return max(1, len(self.client.scheduler_info(n_workers=-1).get("workers", {})))
+        return getattr(self._pool, "_max_workers", 1)
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.client is not None:
+            return self.client.submit(fn, *args, pure=False, **kwargs)
+        assert self._pool is not None
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def as_completed(self, futures: Iterable[Any]) -> Iterator[Any]:
+        futures = list(futures)
+        if self.client is not None:
+            from distributed import as_completed
+
+            yield from as_completed(futures)
+        else:
+            yield from cf.as_completed(futures)
+
+    def map_ordered(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
+        """Run ``fn(item)`` for every item and return the results in input order."""
+        futures = [self.submit(fn, item) for item in items]
+        if self.client is not None:
+            return list(self.client.gather(futures))
+        return [f.result() for f in futures]
+
+
+class _SyncPool(cf.Executor):
+    """Runs each submitted call at once, in the caller's thread (for debugging)."""
+
+    _max_workers = 1
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        fut: cf.Future[Any] = cf.Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # the future carries it, as a pool would
+            fut.set_exception(exc)
+        return fut
+
+
+@contextmanager
+def runner(cfg: DaskConfig) -> Iterator[Runner]:
+    """Open the backend named by ``cfg.scheduler`` and close what was opened here."""
+    sched = cfg.scheduler
+    if sched == "sync":
+        yield Runner(None, _SyncPool(), "in-process (synchronous)")
+        return
+    if sched == "threads":
+        n = cfg.n_workers or os.cpu_count() or 1
+        with cf.ThreadPoolExecutor(max_workers=n) as pool:
+            yield Runner(None, pool, f"in-process ({n} threads)")
+        return
+
+    from distributed import Client, LocalCluster
+
+    if sched is None:
+        n_workers = cfg.n_workers or os.cpu_count() or 1
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=cfg.threads_per_worker or 1,
+            memory_limit=cfg.memory_limit or "auto",
+            processes=True,
+            dashboard_address=":0",
+        )
+        try:
+            with Client(cluster) as client:
+                log.info("Started a local Dask cluster: %s workers, dashboard %s",
+                         n_workers, client.dashboard_link)
+                yield Runner(client, None, f"local cluster ({n_workers} workers)")
+        finally:
+            cluster.close()
+        return
+
+    if "://" not in sched:
+        raise ConfigError(
+            f"key 'dask.scheduler' has value {sched!r}, expected 'threads', 'sync' or an "
+            "address like tcp://HOST:PORT"
+        )
+    try:
+        client = Client(sched, timeout="10s")
+    except (OSError, TimeoutError) as exc:
+        raise StreamQError(
+            f"cannot reach the Dask scheduler at {sched} ({type(exc).__name__}); check the "
+            "address and that the scheduler is running"
+        ) from None
+    try:
+        yield Runner(client, None, f"Dask cluster at {sched}")
+    finally:
+        client.close()

@@ -1,0 +1,269 @@
+"""The on-disk layout of a collection: the only module that knows names and paths.
+
+A store is a Zarr v3 group (see ``docs/store-format.md``)::
+
+    STORE/
+      zarr.json                 attributes: "streamq" (format), "ingest" (state, settings, summary)
+      pixels/                   (P, 3) uint8, every image's pixels back to back, row-major
+      images/{path,label,mode,offset,height,width}   one row per stored image (id = row)
+      skipped/{path,reason}     inputs that were not stored, and why
+      ingest/plan/...           the ingest plan (every image with a readable header)
+      ingest/tasks/{chunk_start,chunk_stop,report}   one row per write task; "report" is
+                                the completion record, written after the task's pixels
+
+Every array is written whole by one writer, or chunk by chunk by the one task that owns
+that chunk, so no two writers ever touch the same chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+
+from streamq._version import __version__
+from streamq.errors import StoreExistsError, StoreLayoutError
+
+__all__ = ["FORMAT_VERSION", "Collection", "Store", "open_store"]
+
+FORMAT_VERSION = 1
+TABLE_CHUNK = 65_536
+PIXELS = "pixels"
+IMAGES = "images"
+SKIPPED = "skipped"
+PLAN = "ingest/plan"
+TASKS = "ingest/tasks"
+IMAGE_COLUMNS = ("path", "label", "mode", "offset", "height", "width")
+SKIP_COLUMNS = ("path", "reason")
+
+
+def compressors(codec: str, level: int | None) -> Any:
+    """The Zarr compressor list for a codec name from the config."""
+    if codec == "zstd":
+        return [ZstdCodec(level=1 if level is None else level)]
+    if codec == "lz4":
+        return [BloscCodec(cname="lz4", clevel=5 if level is None else level,
+                           shuffle=BloscShuffle.noshuffle, typesize=1)]
+    return None
+
+
+class Store:
+    """A streamq store at ``path`` (a local folder)."""
+
+    def __init__(self, path: str, group: zarr.Group) -> None:
+        self.path = path
+        self.group = group
+
+    # -- opening -----------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], overwrite: bool = False) -> Store:
+        """Create an empty store; an existing one is replaced only with ``overwrite``."""
+        path = _normalise(path)
+        if _exists(path) and not overwrite:
+            raise StoreExistsError(f"{path} already exists; pass --overwrite to replace it")
+        if _exists(path) and not _is_store(path) and os.listdir(path):
+            raise StoreExistsError(
+                f"{path} exists and is not a streamq store; refusing to overwrite it"
+            )
+        group = zarr.open_group(path, mode="w", zarr_format=3)
+        group.attrs["streamq"] = {"format_version": FORMAT_VERSION, "created_with": __version__}
+        return cls(path, group)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], mode: str = "r") -> Store:
+        """Open an existing store, checking that it is one and of a version we read."""
+        path = _normalise(path)
+        if not _exists(path):
+            raise StoreLayoutError(f"{path} does not exist (expected a streamq store)")
+        try:
+            group = zarr.open_group(path, mode=mode, zarr_format=3)
+        except Exception:
+            raise StoreLayoutError(f"{path} is not a streamq store (no Zarr v3 group there)") from None
+        meta = group.attrs.get("streamq")
+        if not isinstance(meta, dict) or "format_version" not in meta:
+            raise StoreLayoutError(f"{path} is a Zarr group but not a streamq store")
+        if meta["format_version"] != FORMAT_VERSION:
+            raise StoreLayoutError(
+                f"{path} has store format_version {meta['format_version']}, this streamq "
+                f"{__version__} reads version {FORMAT_VERSION}"
+            )
+        return cls(path, group)
+
+    # -- attributes ----------------------------------------------------------------
+    def section(self, name: str) -> dict[str, Any]:
+        """A top-level attribute dict (``{}`` when absent)."""
+        value = self.group.attrs.get(name)
+        return dict(value) if isinstance(value, Mapping) else {}
+
+    def set_section(self, name: str, value: Mapping[str, Any]) -> None:
+        self.group.attrs[name] = json.loads(json.dumps(value))
+
+    # -- arrays --------------------------------------------------------------------
+    def array_path(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    def create_pixels(self, n_pixels: int, chunk_pixels: int, codec: str, level: int | None) -> None:
+        zarr.create_array(
+            self.path,
+            name=PIXELS,
+            shape=(n_pixels, 3),
+            chunks=(chunk_pixels, 3),
+            dtype="uint8",
+            fill_value=0,
+            compressors=compressors(codec, level),
+            dimension_names=["pixel", "channel"],
+            overwrite=True,
+        )
+
+    def pixels(self) -> zarr.Array:
+        return self.group[PIXELS]  # type: ignore[return-value]
+
+    def has(self, name: str) -> bool:
+        try:
+            self.group[name]
+        except KeyError:
+            return False
+        return True
+
+    def write_table(self, prefix: str, columns: Mapping[str, np.ndarray | Sequence[Any]]) -> None:
+        """Write equal-length columns as 1-d arrays ``prefix/<name>`` (strings as UTF-8)."""
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"columns of {prefix} differ in length: {lengths}")
+        for name, values in columns.items():
+            data = _as_column(values)
+            arr = zarr.create_array(
+                self.path,
+                name=f"{prefix}/{name}",
+                shape=data.shape,
+                chunks=(max(1, min(len(data), TABLE_CHUNK)),),
+                dtype=data.dtype if data.dtype.kind != "U" else str,
+                overwrite=True,
+            )
+            if len(data):
+                arr[:] = data
+
+    def read_table(self, prefix: str, names: Sequence[str]) -> dict[str, np.ndarray]:
+        out = {}
+        for name in names:
+            data = self.group[f"{prefix}/{name}"][:]
+            out[name] = np.asarray(data, dtype=object if data.dtype.kind in "TUO" else data.dtype)
+        return out
+
+    def create_task_table(self, chunk_start: np.ndarray, chunk_stop: np.ndarray) -> None:
+        self.write_table(TASKS, {"chunk_start": chunk_start, "chunk_stop": chunk_stop})
+        # One element per chunk, so each task writes its own record without conflict.
+        zarr.create_array(self.path, name=f"{TASKS}/report", shape=(len(chunk_start),),
+                          chunks=(1,), dtype=str, overwrite=True)
+
+    def task_reports(self) -> np.ndarray:
+        return np.asarray(self.group[f"{TASKS}/report"][:], dtype=object)
+
+
+def _as_column(values: np.ndarray | Sequence[Any]) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind in "OUT" or (arr.size == 0 and not isinstance(values, np.ndarray)):
+        return np.asarray([str(v) for v in values], dtype=np.str_) if len(values) else np.zeros(0, "U1")
+    return arr
+
+
+def _normalise(path: str | os.PathLike[str]) -> str:
+    p = os.fspath(path)
+    if "://" in p:
+        return p.rstrip("/")
+    return os.path.abspath(os.path.expanduser(p))
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _is_store(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "zarr.json"))
+
+
+def write_task_report(store_path: str, task: int, report: Mapping[str, Any]) -> None:
+    """Record that ``task`` finished (called by the task itself, after its pixels)."""
+    arr = zarr.open_array(f"{store_path}/{TASKS}/report", mode="r+")
+    arr[task] = json.dumps(report, sort_keys=True)
+
+
+# -- reading a finished collection -------------------------------------------------------
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+class Collection:
+    """A finished collection: ``len()``, ``read(i)``, ``paths``, ``labels``, ``shapes``.
+
+    Examples
+    --------
+    >>> coll = open_store("faces.zarr")            # doctest: +SKIP
+    >>> coll.read(0).shape                         # doctest: +SKIP
+    (250, 250, 3)
+    """
+
+    def __init__(self, store: Store) -> None:
+        state = store.section("ingest").get("state")
+        if state != "complete":
+            raise StoreLayoutError(
+                f"{store.path} has no finished ingest (state: {state or 'none'}); "
+                "run `streamq ingest` to finish it"
+            )
+        self.store = store
+        t = store.read_table(IMAGES, IMAGE_COLUMNS)
+        self.paths: list[str] = [str(p) for p in t["path"]]
+        self.labels: list[str] = [str(v) for v in t["label"]]
+        self.modes: list[str] = [str(v) for v in t["mode"]]
+        self.offsets: np.ndarray = t["offset"].astype(np.int64)
+        self.heights: np.ndarray = t["height"].astype(np.int64)
+        self.widths: np.ndarray = t["width"].astype(np.int64)
+        s = store.read_table(SKIPPED, SKIP_COLUMNS)
+        self.skipped: list[Skipped] = [Skipped(str(p), str(r)) for p, r in zip(s["path"], s["reason"], strict=True)]
+        self._pixels = store.pixels()
+
+    @property
+    def path(self) -> str:
+        return self.store.path
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        return [(int(h), int(w)) for h, w in zip(self.heights, self.widths, strict=True)]
+
+    @property
+    def n_pixels(self) -> int:
+        return int((self.heights * self.widths).sum())
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self.read(i)
+
+    def read(self, i: int) -> np.ndarray:
+        """Pixels of image ``i`` as an ``(H, W, 3)`` uint8 array."""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"image id {i} out of range for a collection of {n} images")
+        i %= n
+        start = int(self.offsets[i])
+        h, w = int(self.heights[i]), int(self.widths[i])
+        return np.asarray(self._pixels[start:start + h * w]).reshape(h, w, 3)
+
+    def __repr__(self) -> str:
+        return (f"<Collection {self.path}: {len(self)} images, {self.n_pixels} pixels, "
+                f"{len(set(self.labels))} labels, {len(self.skipped)} skipped>")
+
+
+def open_store(path: str | os.PathLike[str]) -> Collection:
+    """Open a finished store for reading."""
+    return Collection(Store.open(path))
