@@ -89,6 +89,7 @@ def _orientation(im: Image.Image) -> int:
 
 
 def _header_of(im: Image.Image, max_pixels: int) -> Header:
+    rgb16 = _is_rgb16(im)  # before anything loads the image and drops its tile list
     w, h = im.size
     if w * h > max_pixels:
         raise _Skip(f"image has {w * h} pixels, over the limit max_pixels={max_pixels}")
@@ -96,8 +97,7 @@ def _header_of(im: Image.Image, max_pixels: int) -> Header:
         raise _Skip(f"image has no pixels ({w}x{h})")
     if _orientation(im) in _TRANSPOSING:
         w, h = h, w
-    mode = "RGB;16" if _is_rgb16(im) and im.mode == "RGB" else im.mode
-    mode = "RGBA;16" if _is_rgb16(im) and im.mode == "RGBA" else mode
+    mode = im.mode + ";16" if rgb16 else im.mode
     if mode == "F":
         raise _Skip("floating-point image (mode F): value range unknown, convert it first")
     return Header(width=w, height=h, mode=mode)
@@ -131,9 +131,10 @@ def _read_rgb16(path: str, im: Image.Image) -> np.ndarray:
     if im.format == "PNG":
         import png
 
-        w, h, rows, info = png.Reader(filename=path).asDirect()
-        planes = info["planes"]
-        data = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(h, w, planes)
+        with open(path, "rb") as fh:
+            w, h, rows, info = png.Reader(file=fh).asDirect()
+            data = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows])
+        data = data.reshape(h, w, info["planes"])
         if info.get("bitdepth", 16) != 16:
             raise _Skip(f"unexpected PNG bit depth {info.get('bitdepth')}")
         return data
@@ -147,9 +148,9 @@ def _read_rgb16(path: str, im: Image.Image) -> np.ndarray:
     raise _Skip(f"16-bit RGB {im.format} files are not supported")
 
 
-def _to_rgb(path: str, im: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
+def _to_rgb(path: str, im: Image.Image, header: Header, background: tuple[int, int, int]) -> np.ndarray:
     mode = im.mode
-    if _is_rgb16(im):
+    if header.mode in ("RGB;16", "RGBA;16"):
         data = _read_rgb16(path, im)
         orient = _orientation(im)
         rgb = _scale16(data[..., :3]) if data.shape[2] == 3 else None
@@ -174,12 +175,11 @@ def decode_rgb(path: str, max_pixels: int, background: tuple[int, int, int]) -> 
     """Decode ``path`` to an ``(H, W, 3)`` uint8 array, or return the reason it cannot be."""
     try:
         with _open(path, max_pixels) as im:
-            _header_of(im, max_pixels)
-            im.seek(0)
+            header = _header_of(im, max_pixels)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 im.load()
-            rgb = _to_rgb(path, im, background)
+            rgb = _to_rgb(path, im, header, background)
     except _Skip as exc:
         return str(exc)
     except Exception as exc:

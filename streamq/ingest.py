@@ -33,7 +33,7 @@ from PIL import Image
 
 from streamq.config import IngestConfig, StreamQConfig, fingerprint, parse_config
 from streamq.decode import Header, decode_rgb, read_header
-from streamq.errors import ConfigError, StoreExistsError, StoreMismatchError, StreamQError
+from streamq.errors import ConfigError, StoreMismatchError, StreamQError
 from streamq.report import progress_bar, timer
 from streamq.scheduler import Runner, runner
 from streamq.store import (
@@ -130,7 +130,8 @@ def list_sources(src: str | os.PathLike[str]) -> tuple[str, list[str], list[tupl
                     missing.append((line, "listed file does not exist"))
         if not files and not missing:
             raise ConfigError(f"source list {src} names no files")
-        root = os.path.commonpath([os.path.dirname(p) for p in files]) if files else base
+        inside = all(os.path.commonpath([base, p]) == base for p in files)
+        root = base if inside or not files else os.path.commonpath([os.path.dirname(p) for p in files])
     else:
         raise ConfigError(
             f"source {src} does not exist (expected a folder, a glob pattern or a text file of paths)"
@@ -139,9 +140,9 @@ def list_sources(src: str | os.PathLike[str]) -> tuple[str, list[str], list[tupl
     return root, rel, missing
 
 
-def _label_of(rel: str) -> str:
-    parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
-    return parent.rsplit("/", 1)[-1]
+def _label_of(root: str, rel: str) -> str:
+    """The name of the image's parent folder (LFW: the person)."""
+    return os.path.basename(os.path.dirname(os.path.join(root, rel)))
 
 
 def _source_fingerprint(root: str, rel: Sequence[str]) -> str:
@@ -289,9 +290,8 @@ def _open_or_create(path: str, root: str, source_fp: str, settings_fp: str, over
     if _exists(p) and _is_store(p):
         st = Store.open(p, mode="r+")
         state = st.section("ingest")
-        if not state:
-            if not overwrite:
-                raise StoreExistsError(f"{p} is a streamq store without an ingest record; pass --overwrite to replace it")
+        if state.get("state") in (None, "planning"):
+            pass  # created or interrupted before its plan was saved: nothing to keep
         elif state.get("source_fingerprint") == source_fp and state.get("settings_fingerprint") == settings_fp:
             return st
         elif not overwrite:
@@ -331,7 +331,7 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
     st.set_section("ingest", {"state": "planning"})
     st.write_table(PLAN, {
         "path": [rel[i] for i in ok],
-        "label": [_label_of(rel[i]) for i in ok],
+        "label": [_label_of(root, rel[i]) for i in ok],
         "mode": [headers[i][2] for i in ok],
         "offset": offsets, "height": heights, "width": widths,
     })

@@ -71,8 +71,9 @@ class Store:
             raise StoreExistsError(
                 f"{path} exists and is not a streamq store; refusing to overwrite it"
             )
-        group = zarr.open_group(path, mode="w", zarr_format=3)
-        group.attrs["streamq"] = {"format_version": FORMAT_VERSION, "created_with": __version__}
+        # One write of zarr.json: a kill can never leave a group without its format record.
+        group = zarr.create_group(path, overwrite=True, zarr_format=3, attributes={
+            "streamq": {"format_version": FORMAT_VERSION, "created_with": __version__}})
         return cls(path, group)
 
     @classmethod

@@ -1,0 +1,117 @@
+"""Shared fixtures: one Dask cluster and one set of test collections per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from streamq.examples import make_collection
+
+
+@pytest.fixture(scope="session")
+def cluster_address():
+    """A real LocalCluster with two worker processes, shared by the whole session."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0", memory_limit="2GiB") as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
+def faces_dir(tmp_path_factory) -> Path:
+    """An LFW-shaped tree of mixed-size JPEG crops of bundled photos."""
+    root = tmp_path_factory.mktemp("faces")
+    make_collection(root, 48, seed=1, min_side=30, max_side=160)
+    return root
+
+
+def _odd_images(root: Path) -> dict[str, str]:
+    """Write one file per odd mode and per kind of bad input; return {relpath: kind}."""
+    from sklearn.datasets import load_sample_image
+
+    rng = np.random.default_rng(7)
+    photo = load_sample_image("flower.jpg")[100:160, 200:290]  # 60x90 RGB
+    (root / "modes").mkdir(parents=True)
+    (root / "bad").mkdir()
+    kinds = {}
+
+    def save(name: str, im: Image.Image, **kw: object) -> None:
+        im.save(root / name, **kw)
+        kinds[name] = "ok"
+
+    rgb = Image.fromarray(photo)
+    save("modes/rgb.png", rgb)
+    save("modes/l.png", rgb.convert("L"))
+    save("modes/one_bit.png", rgb.convert("1"))
+    save("modes/p.png", rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16))
+    p_t = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    save("modes/p_transparent.png", p_t, transparency=3)
+    alpha = rng.integers(0, 256, size=photo.shape[:2], dtype=np.uint8)
+    save("modes/la.png", Image.fromarray(np.dstack([np.asarray(rgb.convert("L")), alpha])).convert("LA"))
+    save("modes/rgba.png", Image.fromarray(np.dstack([photo, alpha])))
+    g16 = rng.integers(0, 65536, size=(40, 50), dtype=np.uint16)
+    save("modes/i16.png", Image.fromarray(g16))
+    save("modes/cmyk.jpg", rgb.convert("CMYK"), quality=95)
+    save("modes/cmyk.tif", rgb.convert("CMYK"))
+    save("modes/rgb.webp", rgb, lossless=True)
+    save("modes/rgb.bmp", rgb)
+    frames = [rgb.convert("P", palette=Image.Palette.ADAPTIVE), rgb.rotate(90).convert("P")]
+    frames[0].save(root / "modes/anim.gif", save_all=True, append_images=frames[1:])
+    kinds["modes/anim.gif"] = "ok"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    save("modes/exif_rot.jpg", rgb, exif=exif.tobytes(), quality=95)
+    import tifffile
+
+    rgb16 = rng.integers(0, 65536, size=(20, 30, 3), dtype=np.uint16)
+    tifffile.imwrite(root / "modes/rgb16.tif", rgb16, photometric="rgb")
+    kinds["modes/rgb16.tif"] = "ok"
+    import png
+
+    png.from_array(rgb16.reshape(20, 90), mode="RGB;16").save(str(root / "modes/rgb16.png"))
+    kinds["modes/rgb16.png"] = "ok"
+    save("modes/f32.tif", Image.fromarray(rng.random((10, 10), dtype=np.float32)))
+    kinds["modes/f32.tif"] = "bad"
+
+    (root / "bad/empty.jpg").write_bytes(b"")
+    (root / "bad/not_an_image.png").write_text("hello, I am text")
+    good = (root / "modes/rgb.png").read_bytes()
+    (root / "bad/truncated.png").write_bytes(good[: len(good) // 2])
+    jpg = root / "bad/truncated.jpg"
+    rgb.save(jpg, quality=90)
+    jpg.write_bytes(jpg.read_bytes()[:400])
+    Image.new("RGB", (300, 200)).save(root / "bad/too_big.png")
+    for name in ("bad/empty.jpg", "bad/not_an_image.png", "bad/truncated.png",
+                 "bad/truncated.jpg", "bad/too_big.png"):
+        kinds[name] = "bad"
+    (root / "notes.txt").write_text("not an image extension: ignored by folder listing")
+    return kinds
+
+
+@pytest.fixture(scope="session")
+def odd_dir(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("odd")
+    return root, _odd_images(root)
+
+
+@pytest.fixture(scope="session")
+def faces_store(faces_dir, tmp_path_factory, cluster_address) -> str:
+    """The faces collection ingested once on the real cluster, with small chunks."""
+    import streamq
+
+    path = str(tmp_path_factory.mktemp("stores") / "faces.zarr")
+    streamq.ingest(faces_dir, path, chunk_pixels=20_000, scheduler=cluster_address, progress=False)
+    return path
+
+
+def pillow_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+    """Independent reference: Pillow's own RGB conversion, orientation applied."""
+    from PIL import ImageOps
+
+    with Image.open(path) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))

@@ -1,0 +1,66 @@
+"""Configuration: every key validated with a one-line message; defaults; overrides."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from streamq.config import describe, load_config, parse_config
+from streamq.errors import ConfigError
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"ingest": {"chunk_pixel": 3}}, "unknown key 'ingest.chunk_pixel'"),
+    ({"ingst": {}}, "unknown key 'ingst'"),
+    ({"ingest": {"codec": "gzip"}}, "key 'ingest.codec' has value 'gzip', expected one of 'zstd', 'lz4', 'none'"),
+    ({"ingest": {"chunk_pixels": 10}}, "key 'ingest.chunk_pixels' has value 10, expected an integer >= 1024"),
+    ({"ingest": {"chunk_pixels": "big"}}, "key 'ingest.chunk_pixels' has value 'big', expected an integer"),
+    ({"ingest": {"strict": "yes"}}, "key 'ingest.strict' has value 'yes', expected true or false"),
+    ({"ingest": {"background": [0, 0]}}, "key 'ingest.background' has value [0, 0], expected a list of 3 values"),
+    ({"ingest": {"background": [0, 0, 256]}}, "expected three integers in 0..255"),
+    ({"dask": {"n_workers": 0}}, "key 'dask.n_workers' has value 0, expected an integer >= 1"),
+    ({"ingest": 5}, "key 'ingest' must be a mapping"),
+])
+def test_bad_values_one_line(data, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("ingest: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: not valid YAML at line"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_overrides_win_and_none_is_ignored(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("ingest:\n  codec: lz4\n  chunk_pixels: 2048\n")
+    cfg = load_config(p, **{"ingest.codec": "none", "ingest.chunk_pixels": None})
+    assert cfg.ingest.codec == "none"
+    assert cfg.ingest.chunk_pixels == 2048
+
+
+def test_env_scheduler(monkeypatch):
+    monkeypatch.setenv("STREAMQ_SCHEDULER", "tcp://127.0.0.1:9")
+    assert parse_config({}).dask.scheduler == "tcp://127.0.0.1:9"
+    assert parse_config({"dask": {"scheduler": "threads"}}).dask.scheduler == "threads"
+
+
+def test_default_yaml_lists_every_key_with_its_default():
+    from pathlib import Path
+
+    data = yaml.safe_load((Path(__file__).parents[1] / "configs" / "default.yaml").read_text())
+    flat = {}
+    for section, values in data.items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{k}": v for k, v in values.items()})
+        else:
+            flat[section] = values
+    expected = {k: (list(v) if isinstance(v, tuple) else v) for k, v, _ in describe()}
+    assert flat == expected
+    parse_config(data)  # and it is valid

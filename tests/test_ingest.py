@@ -1,0 +1,156 @@
+"""Ingest on a real Dask cluster: exact pixels, layout, listing, reruns and refusals."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+from conftest import pillow_rgb
+from helpers import assert_same_store
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import streamq
+from streamq.errors import ConfigError, StoreLayoutError, StoreMismatchError
+from streamq.ingest import list_sources, plan_tasks
+
+
+def test_every_image_equals_pillow_decode(faces_store, faces_dir):
+    coll = streamq.open_store(faces_store)
+    files = sorted(p.relative_to(faces_dir).as_posix() for p in faces_dir.rglob("*.jpg"))
+    assert coll.paths == files  # sorted relative paths: stable ids
+    assert len(coll) == 48
+    assert not coll.skipped
+    for i, rel in enumerate(coll.paths):
+        np.testing.assert_array_equal(coll.read(i), pillow_rgb(faces_dir / rel))
+    assert coll.labels == [p.split("/")[0] for p in coll.paths]
+
+
+def test_flat_layout_has_no_padding_and_images_straddle_chunks(faces_store):
+    coll = streamq.open_store(faces_store)
+    pixels = zarr.open_array(f"{faces_store}/pixels", mode="r")
+    assert pixels.shape == (coll.n_pixels, 3)  # no padding at all
+    assert pixels.chunks == (20_000, 3)
+    ends = coll.offsets + coll.heights * coll.widths
+    straddling = (coll.offsets // 20_000) != ((ends - 1) // 20_000)
+    assert straddling.sum() >= 3  # the test exercises images split across chunks and tasks
+    np.testing.assert_array_equal(coll.offsets[1:], ends[:-1])
+
+
+def test_tasks_partition_chunks(faces_store):
+    g = zarr.open_group(faces_store, mode="r")
+    starts, stops = g["ingest/tasks/chunk_start"][:], g["ingest/tasks/chunk_stop"][:]
+    n_chunks = -(-g["pixels"].shape[0] // 20_000)
+    assert starts[0] == 0
+    assert stops[-1] == n_chunks
+    np.testing.assert_array_equal(starts[1:], stops[:-1])
+    assert len(starts) > 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 5000), min_size=1, max_size=60), chunk=st.integers(50, 3000))
+def test_plan_tasks_properties(sizes, chunk):
+    sizes = np.asarray(sizes, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    n = int(sizes.sum())
+    starts, stops = plan_tasks(offsets, sizes, n, chunk, max_chunks=4)
+    n_chunks = -(-n // chunk)
+    if n == 0:
+        assert len(starts) == 0
+        return
+    # a partition of the chunks into runs of 1..4
+    assert starts[0] == 0
+    assert stops[-1] == n_chunks
+    assert (starts[1:] == stops[:-1]).all()
+    assert ((stops - starts) >= 1).all()
+    assert ((stops - starts) <= 4).all()
+    # a boundary inside a task is straddled by an image larger than chunk/8
+    ends = offsets + sizes
+    for a, b in zip(starts, stops, strict=True):
+        for c in range(a + 1, b):
+            x = c * chunk
+            big = [(o < x < e) and s > chunk // 8 for o, e, s in zip(offsets, ends, sizes, strict=True)]
+            assert any(big)
+
+
+def test_rerun_is_noop(faces_store, faces_dir, cluster_address):
+    before = zarr.open_group(faces_store, mode="r").attrs.asdict()
+    summary = streamq.ingest(faces_dir, faces_store, chunk_pixels=20_000,
+                             scheduler=cluster_address, progress=False)
+    assert summary.status == "already complete"
+    assert zarr.open_group(faces_store, mode="r").attrs.asdict() == before
+
+
+def test_other_settings_or_source_refused(faces_store, faces_dir, odd_dir, tmp_path):
+    with pytest.raises(StoreMismatchError, match="other settings"):
+        streamq.ingest(faces_dir, faces_store, chunk_pixels=30_000, scheduler="sync")
+    with pytest.raises(StoreMismatchError, match="other inputs"):
+        streamq.ingest(odd_dir[0], faces_store, chunk_pixels=20_000, scheduler="sync")
+
+
+def test_overwrite_replaces(faces_dir, tmp_path):
+    path = tmp_path / "s.zarr"
+    streamq.ingest(faces_dir, path, scheduler="sync", chunk_pixels=50_000, progress=False)
+    s = streamq.ingest(faces_dir, path, scheduler="sync", chunk_pixels=30_000,
+                       overwrite=True, progress=False)
+    assert s.status == "ingested"
+    assert zarr.open_array(f"{path}/pixels", mode="r").chunks == (30_000, 3)
+
+
+def test_schedulers_give_identical_stores(faces_store, faces_dir, tmp_path):
+    for sched in ("threads", "sync"):
+        path = tmp_path / f"{sched}.zarr"
+        streamq.ingest(faces_dir, path, chunk_pixels=20_000, scheduler=sched, progress=False)
+        assert_same_store(path, faces_store)
+
+
+def test_glob_and_list_sources(faces_dir, tmp_path):
+    root, rel, missing = list_sources(str(faces_dir / "*" / "*_000[12].jpg"))
+    assert root == str(faces_dir)
+    assert rel
+    assert all(r.split("_")[-1] in ("0001.jpg", "0002.jpg") for r in rel)
+    listing = tmp_path / "list.txt"
+    chosen = sorted(p.relative_to(faces_dir).as_posix() for p in faces_dir.rglob("*.jpg"))[::10]
+    listing.write_text("# chosen images\n" + "\n".join(str(faces_dir / c) for c in chosen)
+                       + "\n\nmissing/nope.jpg\n")
+    path = tmp_path / "l.zarr"
+    streamq.ingest(listing, path, scheduler="sync", progress=False)
+    coll = streamq.open_store(path)
+    assert coll.paths == chosen  # common root of the listed files is the faces folder
+    assert coll.labels == [c.split("/")[0] for c in chosen]
+    assert [(s.path, s.reason) for s in coll.skipped] == [("missing/nope.jpg", "listed file does not exist")]
+
+
+def test_missing_source_is_one_line_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist") as err:
+        streamq.ingest(tmp_path / "nope", tmp_path / "s.zarr", scheduler="sync")
+    assert "\n" not in str(err.value)
+
+
+def test_open_store_rejects_non_stores_and_other_versions(faces_store, tmp_path):
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(StoreLayoutError, match="not a streamq store"):
+        streamq.open_store(tmp_path / "plain")
+    with pytest.raises(StoreLayoutError, match="does not exist"):
+        streamq.open_store(tmp_path / "missing")
+    zarr.open_group(str(tmp_path / "z.zarr"), mode="w")
+    with pytest.raises(StoreLayoutError, match="not a streamq store"):
+        streamq.open_store(tmp_path / "z.zarr")
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(faces_store, copy)
+    g = zarr.open_group(str(copy), mode="r+")
+    g.attrs["streamq"] = {"format_version": 99}
+    with pytest.raises(StoreLayoutError, match="format_version 99"):
+        streamq.open_store(copy)
+
+
+def test_collection_api(faces_store):
+    coll = streamq.open_store(faces_store)
+    h, w = coll.shapes[3]
+    assert coll.read(3).shape == (h, w, 3)
+    assert coll.read(-1).shape[2] == 3
+    with pytest.raises(IndexError):
+        coll.read(len(coll))
+    assert "48 images" in repr(coll)

@@ -1,0 +1,45 @@
+"""kill -9 at random moments, then the same command: the same store as an uninterrupted run."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+
+import pytest
+from helpers import assert_same_store, run_and_kill, streamq_cmd
+
+from streamq.examples import make_collection
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def big_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume_src")
+    make_collection(root, 160, seed=3, size=200)
+    return root
+
+
+def _ingest_cmd(src, store, sched):
+    extra = [] if sched == "local" else ["--scheduler", sched]  # "local": a LocalCluster of processes
+    return streamq_cmd("-q", "ingest", str(src), str(store), "--chunk-pixels", "16384", *extra)
+
+
+@pytest.mark.parametrize("sched", ["threads", "local"])
+def test_kill_during_ingest_then_rerun(big_dir, tmp_path, sched):
+    sched_arg = sched
+    ref = tmp_path / "ref.zarr"
+    t0 = time.monotonic()
+    subprocess.run(_ingest_cmd(big_dir, ref, sched_arg), check=True)
+    duration = time.monotonic() - t0
+    rng = random.Random(11 if sched == "threads" else 12)
+    store = tmp_path / "killed.zarr"
+    kills = 0
+    for _ in range(3):  # several kills, each at a random moment, resuming in between
+        if run_and_kill(_ingest_cmd(big_dir, store, sched_arg), rng.uniform(0.3, duration)) is None:
+            kills += 1
+    assert kills >= 1
+    done = subprocess.run(_ingest_cmd(big_dir, store, sched_arg), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert_same_store(ref, store)
