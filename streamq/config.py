@@ -26,6 +26,7 @@ from streamq.errors import ConfigError
 
 __all__ = [
     "DaskConfig",
+    "FitConfig",
     "IngestConfig",
     "StreamQConfig",
     "fingerprint",
@@ -83,6 +84,49 @@ class IngestConfig:
     files_per_scan_task: int = _opt(512, _at_least(1), "files per header-scan task")
 
 
+def _k(v: Any) -> str | None:
+    return None if 2 <= v <= 65_536 else "an integer from 2 to 65536"
+
+
+def _fraction(v: Any) -> str | None:
+    return None if 0 < v <= 1 else "a number in (0, 1]"
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How the shared palette is learned (see ``streamq.fit``)."""
+
+    colors: int = _opt(16, _k, "palette size K (2..65536)")
+    algorithm: Literal["minibatch", "lloyd"] = _opt(
+        "minibatch", doc="minibatch: streamed MiniBatchKMeans; lloyd: exact K-Means on all pixels")
+    init: Literal["k-means++", "random"] = _opt("k-means++", doc="initial centres method")
+    init_size: int = _opt(50_000, _at_least(2), "pixels in the initial sample (drawn collection-wide)")
+    n_init: int = _opt(1, _at_least(1), "k-means starts on the initial sample (lloyd: on the histogram)")
+    batch_size: int = _opt(65_536, _at_least(16), "pixels per partial_fit step")
+    batches_per_task: int = _opt(8, _at_least(1), "batches drawn by one sampling task")
+    chunks_per_task: int = _opt(8, _at_least(1), "chunks one sampling task reads")
+    prefetch: int = _opt(4, _at_least(1), "sampling tasks in flight (ordered window)")
+    tol: float = _opt(1e-4, _positive, "stop when no centre moves more than this ([0, 1] units)")
+    patience: int = _opt(10, _at_least(1), "... for this many consecutive steps")
+    max_steps: int = _opt(2000, _at_least(1), "stop after this many steps")
+    max_pixels: int | None = _opt(None, _at_least(1), "stop after this many sampled pixels")
+    max_epochs: float = _opt(20.0, _positive, "stop after sampling this many times the collection")
+    max_iter: int = _opt(300, _at_least(1), "lloyd: maximum iterations")
+    polish_size: int = _opt(1_000_000, _at_least(0),
+                            "minibatch: pixels of the final Lloyd polish sample (0: no polish)")
+    polish_iter: int = _opt(50, _at_least(1), "minibatch: maximum polish iterations")
+    refine: bool = _opt(False, doc="lloyd: start from the mini-batch palette instead of k-means++")
+    color_space: Literal["rgb", "oklab"] = _opt("rgb", doc="space the distances are measured in")
+    reassignment_ratio: float = _opt(0.01, lambda v: None if v >= 0 else "a number >= 0",
+                                     "MiniBatchKMeans reassignment of low-count centres")
+    validation_size: int = _opt(200_000, _at_least(1000), "held-out pixels for MSE/PSNR and counts")
+    seed: int = _opt(0, _at_least(0), "random seed: same seed, same palette")
+    checkpoint_steps: int = _opt(50, _at_least(1), "checkpoint every this many steps ...")
+    checkpoint_seconds: float = _opt(30.0, _positive, "... or this many seconds")
+    client_threads: int | None = _opt(None, _at_least(1),
+                                      "OpenMP threads of the client's model update (default 1)")
+
+
 @dataclass(frozen=True)
 class StreamQConfig:
     """The whole configuration, one section per stage."""
@@ -90,6 +134,7 @@ class StreamQConfig:
     store: str | None = _opt(None, doc="path of the Zarr store")
     dask: DaskConfig = field(default_factory=DaskConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
 
     def replace(self, **dotted: Any) -> StreamQConfig:
         """Return a copy with dotted keys (``ingest.codec="lz4"``) replaced; ``None`` is ignored."""

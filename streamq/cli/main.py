@@ -119,6 +119,54 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
         ctx.exit(3)
 
 
+@cli.command("fit")
+@click.argument("store", required=False)
+@config_opt
+@scheduler_opt
+@click.option("-k", "--colors", type=int, default=None, help="Palette size K, 2..65536 [default: 16].")
+@click.option("--algorithm", type=click.Choice(["minibatch", "lloyd"]), default=None,
+              help="minibatch (default): streamed MiniBatchKMeans; lloyd: exact K-Means on all pixels.")
+@click.option("--init", type=click.Choice(["k-means++", "random"]), default=None,
+              help="Initial centres [default: k-means++].")
+@click.option("--refine", is_flag=True, default=None, help="lloyd: start from the mini-batch palette.")
+@click.option("--color-space", type=click.Choice(["rgb", "oklab"]), default=None,
+              help="Space distances are measured in [default: rgb].")
+@click.option("--tol", type=float, default=None, help="Stop when no centre moves more than this [default: 1e-4].")
+@click.option("--max-steps", type=int, default=None, help="Stop after this many mini-batch steps.")
+@click.option("--max-iter", type=int, default=None, help="lloyd: stop after this many iterations.")
+@click.option("--batch-size", type=int, default=None, help="Pixels per partial_fit step [default: 65536].")
+@click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
+@overwrite_opt
+@progress_opt
+@json_opt
+@click.pass_context
+@_handle_errors
+def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, scheduler: str | None,
+            colors: int | None, algorithm: str | None, init: str | None, refine: bool | None,
+            color_space: str | None, tol: float | None, max_steps: int | None, max_iter: int | None,
+            batch_size: int | None, seed: int | None, overwrite: bool, progress: bool | None,
+            as_json: bool) -> None:
+    """Learn one K-colour palette for the whole collection in STORE.
+
+    Resumable: rerun the same command after an interruption for a bit-identical palette.
+    """
+    from streamq.config import load_config
+    from streamq.fit import fit
+
+    cfg = load_config(config_path, **{
+        "store": store, "dask.scheduler": scheduler, "fit.colors": colors,
+        "fit.algorithm": algorithm, "fit.init": init, "fit.refine": refine,
+        "fit.color_space": color_space, "fit.tol": tol, "fit.max_steps": max_steps,
+        "fit.max_iter": max_iter, "fit.batch_size": batch_size, "fit.seed": seed})
+    if cfg.store is None:
+        raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
+    result = fit(cfg.store, config=cfg, overwrite=overwrite, progress=_progress(ctx, progress))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    elif not ctx.obj["quiet"]:
+        click.echo(str(result))
+
+
 @cli.command("info")
 @click.argument("store")
 @json_opt

@@ -1,0 +1,123 @@
+"""Pixel streaming: seeded, collection-wide samples of pixels, drawn by Dask tasks.
+
+A *draw* is identified by ``(seed, stream, index)`` and its content depends on nothing
+else, so batches are the same whatever the scheduling or the number of workers. Draws
+come in blocks that together pick every chunk about once (systematic sampling in
+proportion to each chunk's valid pixels, shuffled); a draw reads its ``chunks_per_task``
+picked chunks once each and takes an equal share of its pixels from each, uniformly
+among the chunk's valid pixels. Every pixel of the collection is equally likely to be
+drawn, and a few draws already cover the collection evenly (low variance), which matters
+for the validation estimate and the polish sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["PixelSource", "draw_pixels"]
+
+STREAM_INIT = 0
+STREAM_VALIDATION = 1
+STREAM_TRAIN = 2
+STREAM_POLISH = 3
+SAMPLE_PART = 10_000  # pixels per sampling task of the init and validation samples
+POLISH_PART = 20_000  # ... and of the polish sample
+
+
+@dataclass(frozen=True)
+class PixelSource:
+    """Where the valid pixels of a collection are: runs of stored images in ``pixels``."""
+
+    pixels_path: str
+    chunk: int
+    run_start: np.ndarray  # int64, sorted, disjoint runs [start, stop) of valid pixels
+    run_stop: np.ndarray
+    weights: np.ndarray  # float64 per chunk: valid pixels in it
+
+    @classmethod
+    def from_images(cls, pixels_path: str, chunk: int, n_chunks: int,
+                    offsets: np.ndarray, sizes: np.ndarray) -> PixelSource:
+        order = np.argsort(offsets, kind="stable")
+        starts, stops = offsets[order].astype(np.int64), (offsets + sizes)[order].astype(np.int64)
+        keep = stops > starts
+        starts, stops = starts[keep], stops[keep]
+        if len(starts):
+            first = np.flatnonzero(np.concatenate([[True], starts[1:] != stops[:-1]]))
+            run_start = starts[first]
+            run_stop = np.concatenate([stops[first[1:] - 1], stops[-1:]])
+        else:
+            run_start = run_stop = np.zeros(0, np.int64)
+        weights = np.zeros(n_chunks, dtype=np.float64)
+        for a, b in zip(run_start, run_stop, strict=True):
+            c0, c1 = a // chunk, (b - 1) // chunk
+            for c in range(c0, c1 + 1):
+                weights[c] += min(b, (c + 1) * chunk) - max(a, c * chunk)
+        return cls(pixels_path, chunk, run_start, run_stop, weights)
+
+    @property
+    def n_valid(self) -> int:
+        return int(self.weights.sum())
+
+    def chunk_runs(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """Valid runs inside chunk ``c``, relative to the chunk's first pixel."""
+        lo, hi = c * self.chunk, (c + 1) * self.chunk
+        i0 = int(np.searchsorted(self.run_stop, lo, side="right"))
+        i1 = int(np.searchsorted(self.run_start, hi, side="left"))
+        a = np.maximum(self.run_start[i0:i1], lo) - lo
+        b = np.minimum(self.run_stop[i0:i1], hi) - lo
+        return a, b
+
+
+def chunk_picks(source: PixelSource, seed: int, stream: int, block: int, n_picks: int) -> np.ndarray:
+    """``n_picks`` chunk ids for one block of draws: systematic sampling, shuffled.
+
+    Each chunk is picked ``n_picks * w_c / W`` times rounded up or down (its share of the
+    valid pixels), so a block of draws covers the collection evenly; the shuffle spreads
+    the picks of neighbouring chunks over the block's draws.
+    """
+    rng = np.random.default_rng([seed, stream, block, 0x5EED])
+    cum = np.cumsum(source.weights)
+    points = (rng.random() + np.arange(n_picks)) * (cum[-1] / n_picks)
+    picks = np.minimum(np.searchsorted(cum, points, side="right"), len(cum) - 1)
+    return rng.permutation(picks)
+
+
+def draws_per_block(source: PixelSource, chunks_per_task: int) -> int:
+    """How many draws share one block of chunk picks (about one pick per chunk)."""
+    return max(1, -(-len(source.weights) // chunks_per_task))
+
+
+def draw_pixels(source: PixelSource, seed: int, stream: int, index: int, n: int,
+                chunks_per_task: int) -> np.ndarray:
+    """Draw ``n`` pixels (``(n, 3)`` uint8), a pure function of ``(seed, stream, index)``.
+
+    The draw reads ``chunks_per_task`` chunks, its slice of the block's
+    :func:`chunk_picks`, takes an equal share of the pixels from each pick, uniformly among
+    the chunk's valid pixels, and returns them shuffled.
+    """
+    import zarr
+
+    per_block = draws_per_block(source, chunks_per_task)
+    block, pos = divmod(index, per_block)
+    picks = chunk_picks(source, seed, stream, block, per_block * chunks_per_task)
+    slots = picks[pos * chunks_per_task:(pos + 1) * chunks_per_task]
+    rng = np.random.default_rng([seed, stream, index])
+    share = np.full(len(slots), n // len(slots))
+    share[: n % len(slots)] += 1
+    arr = zarr.open_array(source.pixels_path, mode="r")
+    parts = []
+    for c in np.unique(slots):
+        m = int(share[slots == c].sum())
+        a, b = source.chunk_runs(int(c))
+        lengths = b - a
+        cum = np.cumsum(lengths)
+        u = rng.integers(0, int(cum[-1]), size=m)
+        r = np.searchsorted(cum, u, side="right")
+        pos_in_chunk = a[r] + (u - (cum[r] - lengths[r]))
+        lo = int(c) * source.chunk
+        data = np.asarray(arr[lo:lo + int(b[-1])])
+        parts.append(data[pos_in_chunk])
+    out = np.concatenate(parts)
+    return out[rng.permutation(len(out))]

@@ -1,0 +1,74 @@
+"""Compiled inner loops (numba): nearest-centre assignment and 24-bit colour histograms."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["assign", "histogram24"]
+
+
+# Serial loops that release the GIL: parallelism comes from Dask tasks, or from the
+# thread blocks of ``assign(..., n_threads=N)``; numba's own parallel layers are not safe to
+# call from several threads at once.
+@numba.njit(nogil=True, cache=True)
+def _assign(x: np.ndarray, centers: np.ndarray, labels: np.ndarray, dist: np.ndarray) -> None:
+    n, d = x.shape
+    k = centers.shape[0]
+    for i in range(n):
+        best = np.inf
+        arg = 0
+        for j in range(k):
+            s = 0.0
+            for c in range(d):
+                t = x[i, c] - centers[j, c]
+                s += t * t
+            if s < best:
+                best = s
+                arg = j
+        labels[i] = arg
+        dist[i] = best
+
+
+def assign(x: np.ndarray, centers: np.ndarray, n_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the nearest centre of each row of ``x`` (first on ties) and its squared distance.
+
+    Exact: distances are summed in float64 coordinate by coordinate (no expansion trick).
+    """
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    centers = np.ascontiguousarray(centers, dtype=np.float64)
+    labels = np.empty(len(x), dtype=np.int64)
+    dist = np.empty(len(x), dtype=np.float64)
+    if n_threads <= 1 or len(x) < 100_000:
+        if len(x):
+            _assign(x, centers, labels, dist)
+        return labels, dist
+    from concurrent.futures import ThreadPoolExecutor
+
+    bounds = np.linspace(0, len(x), n_threads * 4 + 1).astype(np.int64)
+    with ThreadPoolExecutor(n_threads) as pool:
+        list(pool.map(lambda i: _assign(x[bounds[i]:bounds[i + 1]], centers,
+                                        labels[bounds[i]:bounds[i + 1]], dist[bounds[i]:bounds[i + 1]]),
+                      range(len(bounds) - 1)))
+    return labels, dist
+
+
+@numba.njit(cache=True)
+def _hist24(rgb: np.ndarray, hist: np.ndarray) -> None:
+    for i in range(rgb.shape[0]):
+        hist[(np.int64(rgb[i, 0]) << 16) | (np.int64(rgb[i, 1]) << 8) | np.int64(rgb[i, 2])] += 1
+
+
+def histogram24(rgb: np.ndarray, hist: np.ndarray | None = None) -> np.ndarray:
+    """Add the ``(n, 3)`` uint8 pixels to a dense ``2**24`` int64 histogram (made if None)."""
+    if hist is None:
+        hist = np.zeros(1 << 24, dtype=np.int64)
+    if len(rgb):
+        _hist24(np.ascontiguousarray(rgb, dtype=np.uint8), hist)
+    return hist
+
+
+def codes_to_rgb(codes: np.ndarray) -> np.ndarray:
+    """24-bit colour codes back to ``(n, 3)`` uint8."""
+    codes = np.asarray(codes, dtype=np.int64)
+    return np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=1).astype(np.uint8)

@@ -1,0 +1,201 @@
+"""Palette fit against in-memory references, determinism, resume state, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans, MiniBatchKMeans
+
+import streamq
+from streamq.batches import STREAM_TRAIN, draw_pixels
+from streamq.checkpoint import CheckpointMismatchError
+from streamq.colorspace import to_rgb8, to_space
+from streamq.errors import ConfigError, StoreMismatchError
+from streamq.fit import _source, fit
+from streamq.kernels import codes_to_rgb
+from streamq.lloyd import kmeans_plusplus_weighted
+
+
+@pytest.fixture(scope="module")
+def fit_store(faces_dir, tmp_path_factory):
+    """The faces collection with chunks of several images each (sampling draws from chunks)."""
+    path = tmp_path_factory.mktemp("fit") / "faces64k.zarr"
+    streamq.ingest(faces_dir, path, chunk_pixels=65_536, scheduler="threads", progress=False)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def all_pixels(fit_store):
+    coll = streamq.open_store(fit_store)
+    return np.concatenate([coll.read(i).reshape(-1, 3) for i in range(len(coll))])
+
+
+@pytest.fixture
+def store_copy(fit_store, tmp_path):
+    import shutil
+
+    dst = tmp_path / "copy.zarr"
+    shutil.copytree(fit_store, dst)
+    return str(dst)
+
+
+def full_mse(pixels, palette, centres, space="rgb"):
+    from streamq.kernels import assign
+
+    labels, _ = assign(to_space(pixels, space), centres)
+    return float(((pixels.astype(float) - palette[labels].astype(float)) ** 2).mean())
+
+
+def test_lloyd_matches_sklearn_kmeans_from_same_start(store_copy, all_pixels):
+    k = 6
+    res = fit(store_copy, colors=k, algorithm="lloyd", n_init=1, seed=3, tol=1e-12,
+              max_iter=500, scheduler="threads")
+    # the same k-means++ start, computed from the same histogram, handed to scikit-learn
+    codes, counts = np.unique((all_pixels.astype(np.int64) << [16, 8, 0]).sum(1), return_counts=True)
+    x = to_space(codes_to_rgb(codes), "rgb").astype(np.float64)
+    start = kmeans_plusplus_weighted(x, counts, k, 3)
+    ref = KMeans(n_clusters=k, init=start, n_init=1, tol=0, max_iter=500, algorithm="lloyd")
+    ref.fit(all_pixels / 255.0)
+    order_a, order_b = np.lexsort(res.centers.T), np.lexsort(ref.cluster_centers_.T)
+    np.testing.assert_allclose(res.centers[order_a], ref.cluster_centers_[order_b], atol=1e-9)
+    assert res.stop_reason.startswith("converged")
+
+
+def test_minibatch_mse_close_to_lloyd(store_copy, all_pixels, tmp_path):
+    mb = fit(store_copy, colors=8, seed=0, max_steps=300, scheduler="threads")
+    lloyd = fit(store_copy, colors=8, algorithm="lloyd", n_init=3, seed=0,
+                scheduler="threads", overwrite=True)
+    mse_mb = full_mse(all_pixels, mb.palette, mb.centers)
+    mse_ll = full_mse(all_pixels, lloyd.palette, lloyd.centers)
+    assert mse_ll <= mse_mb <= 1.03 * mse_ll, (mse_mb, mse_ll)
+    assert abs(lloyd.mse - mse_ll) / mse_ll < 0.1  # the CLI's estimate is close to the truth
+    assert len({tuple(c) for c in mb.palette}) == 8  # K distinct colours
+
+
+def test_streamed_fit_equals_plain_partial_fit_loop(store_copy):
+    """The streamed fit is exactly a plain loop of partial_fit over the seeded batches."""
+    res = fit(store_copy, colors=8, seed=5, tol=1e-12, max_steps=12, batch_size=4096,
+              batches_per_task=3, polish_size=0, scheduler="threads")
+    assert res.steps == 12
+    assert res.stop_reason == "max_steps"
+    coll = streamq.open_store(store_copy)
+    source = _source(coll)
+    from streamq.config import FitConfig
+    from streamq.fit import _initial_centres
+    from streamq.scheduler import Runner, _SyncPool
+
+    fcfg = FitConfig(colors=8, seed=5, batch_size=4096, batches_per_task=3, polish_size=0)
+    init = _initial_centres(Runner(None, _SyncPool(), "sync"), source, fcfg)
+    ref = MiniBatchKMeans(8, init=init, n_init=1, batch_size=4096, compute_labels=False, random_state=5)
+    for t in range(4):
+        data = draw_pixels(source, 5, STREAM_TRAIN, t, 3 * 4096, fcfg.chunks_per_task)
+        for j in range(3):
+            ref.partial_fit(to_space(data[j * 4096:(j + 1) * 4096], "rgb"))
+    assert np.array_equal(ref.cluster_centers_.astype(np.float64), res.centers)
+
+
+def test_same_seed_same_palette_on_any_scheduler(store_copy, fit_store, cluster_address, tmp_path):
+    import shutil
+
+    from distributed import LocalCluster
+
+    kw = dict(colors=12, seed=9, max_steps=40, batch_size=8192)
+    results = [fit(store_copy, scheduler="threads", **kw).centers]
+    for name, sched in (("sync", "sync"), ("procs2", cluster_address)):
+        p = tmp_path / f"{name}.zarr"
+        shutil.copytree(fit_store, p)
+        results.append(fit(str(p), scheduler=sched, **kw).centers)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0") as one:
+        p = tmp_path / "procs1.zarr"
+        shutil.copytree(fit_store, p)
+        results.append(fit(str(p), scheduler=one.scheduler_address, **kw).centers)
+    for r in results[1:]:
+        assert np.array_equal(r, results[0])
+
+
+def test_rerun_noop_and_refusals(store_copy):
+    a = fit(store_copy, colors=5, seed=1, max_steps=20, scheduler="threads")
+    b = fit(store_copy, colors=5, seed=1, max_steps=20, scheduler="threads")
+    assert b.status == "already complete"
+    assert np.array_equal(a.centers, b.centers)
+    with pytest.raises(StoreMismatchError, match="colors=5"):
+        fit(store_copy, colors=6, scheduler="threads")
+    c = fit(store_copy, colors=6, max_steps=20, scheduler="threads", overwrite=True)
+    assert c.k == 6
+    assert streamq.fit.load_fit(store_copy).k == 6
+
+
+def test_checkpoint_from_other_sklearn_refused(store_copy):
+    from streamq.checkpoint import encode_state, estimator_state
+    from streamq.config import FitConfig
+    from streamq.fit import _fit_fingerprint
+    from streamq.store import Store
+
+    fit(store_copy, colors=4, max_steps=10, scheduler="threads")
+    st = Store.open(store_copy, mode="r+")
+    model = MiniBatchKMeans(4, n_init=1, random_state=0).partial_fit(np.random.rand(100, 3))
+    state = estimator_state(model)
+    state["sklearn"] = "0.1"
+    fp = _fit_fingerprint(st, FitConfig(colors=4, max_steps=10))
+    st.group["fit/checkpoint"][0] = encode_state({
+        "fingerprint": fp, "phase": "minibatch", "model": state, "cursor": 3, "pixels_seen": 1,
+        "calm": 0, "history": {"step": np.zeros(0)}})
+    st.set_section("fit", {**st.section("fit"), "state": "running"})
+    with pytest.raises(CheckpointMismatchError, match="scikit-learn 0.1"):
+        fit(store_copy, colors=4, max_steps=10, scheduler="threads")
+
+
+def test_too_few_colours_is_a_clear_error(tmp_path):
+    from PIL import Image
+
+    for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        (tmp_path / "flat" / "Solid").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20, 20), colour).save(tmp_path / "flat" / "Solid" / f"Solid_{i:04d}.png")
+    streamq.ingest(tmp_path / "flat", tmp_path / "flat.zarr", scheduler="sync", progress=False)
+    for algorithm in ("minibatch", "lloyd"):
+        with pytest.raises(ConfigError, match="only 3 distinct colours, fewer than colors=5") as e:
+            fit(str(tmp_path / "flat.zarr"), colors=5, algorithm=algorithm, scheduler="sync", overwrite=True)
+        assert "\n" not in str(e.value)
+    res = fit(str(tmp_path / "flat.zarr"), colors=3, algorithm="lloyd", scheduler="sync", overwrite=True)
+    assert sorted(map(tuple, res.palette)) == [(0, 0, 255), (0, 255, 0), (255, 0, 0)]
+
+
+@pytest.mark.parametrize(("flag", "message"), [
+    (["-k", "1"], "key 'fit.colors' has value 1, expected an integer from 2 to 65536"),
+    (["-k", "70000"], "key 'fit.colors' has value 70000, expected an integer from 2 to 65536"),
+    (["--tol", "0"], "key 'fit.tol' has value 0.0, expected a number > 0"),
+    (["--tol", "-1"], "key 'fit.tol' has value -1.0, expected a number > 0"),
+])
+def test_bad_flags_are_one_line(store_copy, flag, message):
+    from click.testing import CliRunner
+
+    from streamq.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["fit", store_copy, *flag])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {message}"
+
+
+def test_unknown_algorithm_is_refused(store_copy):
+    from click.testing import CliRunner
+
+    from streamq.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["fit", store_copy, "--algorithm", "elkan"])
+    assert result.exit_code == 2
+    assert "'elkan' is not one of" in result.output
+    with pytest.raises(ConfigError, match="key 'fit.algorithm' has value 'elkan'"):
+        fit(store_copy, algorithm="elkan")
+
+
+def test_oklab_fit_stores_rgb_palette(store_copy, all_pixels):
+    res = fit(store_copy, colors=8, color_space="oklab", max_steps=60, scheduler="threads")
+    assert res.palette.dtype == np.uint8
+    np.testing.assert_array_equal(res.palette, to_rgb8(res.centers, "oklab"))
+    assert 10 < res.psnr < 60
+
+
+def test_colour_space_round_trip():
+    rgb = np.random.default_rng(0).integers(0, 256, size=(5000, 3), dtype=np.uint8)
+    for space in ("rgb", "oklab"):
+        np.testing.assert_array_equal(to_rgb8(to_space(rgb, space), space), rgb)
