@@ -44,7 +44,20 @@ def collection_info(store: str | os.PathLike[str] | Collection, top: int = 10) -
         "n_skipped": len(coll.skipped),
         "skipped": [{"path": s.path, "reason": s.reason} for s in coll.skipped],
         "settings": ingest.get("settings", {}),
+        "fit": _fit_summary(coll),
     }
+
+
+def _fit_summary(coll: Collection) -> dict[str, Any] | None:
+    fit = coll.store.section("fit")
+    if not fit:
+        return None
+    out = {"state": fit.get("state"), **fit.get("summary", {})}
+    if fit.get("state") == "complete":
+        p = coll.store.read_table("fit/palette", ("r", "g", "b", "count"))
+        out["palette_hex"] = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in zip(p["r"], p["g"], p["b"], strict=True)]
+        out["counts"] = [int(c) for c in p["count"]]
+    return out
 
 
 def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
@@ -70,6 +83,19 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
     lines += ["", f"image shapes (HxW, {info['n_shapes']} distinct):"]
     for x in info["shapes_top"]:
         lines.append(f"  {x['shape']:>11}  {x['count']}")
+    fit = info.get("fit")
+    if fit:
+        lines += [""]
+        if fit["state"] != "complete":
+            lines.append(f"palette      {fit['state']} (rerun `streamq fit` to finish it)")
+        else:
+            lines.append(f"palette      K={fit['k']} ({fit['algorithm']}, {fit['color_space']}), "
+                         f"{fit['steps']} steps, {fit['pixels_seen'] / 1e6:.1f} Mpx seen, "
+                         f"estimated PSNR {fit['psnr']:.2f} dB")
+            lines.append(f"stopped      {fit['stop_reason']}")
+            order = np.argsort(fit["counts"])[::-1][:16]
+            lines.append("colours      " + " ".join(fit["palette_hex"][i] for i in order)
+                         + (" ..." if fit["k"] > 16 else ""))
     lines += ["", f"skipped inputs: {info['n_skipped']}"]
     for s in info["skipped"][:max_skipped]:
         lines.append(f"  {s['path']}: {s['reason']}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans, MiniBatchKMeans
@@ -199,3 +201,23 @@ def test_colour_space_round_trip():
     rgb = np.random.default_rng(0).integers(0, 256, size=(5000, 3), dtype=np.uint8)
     for space in ("rgb", "oklab"):
         np.testing.assert_array_equal(to_rgb8(to_space(rgb, space), space), rgb)
+
+
+def test_info_and_cli_show_the_fit(store_copy):
+    from click.testing import CliRunner
+
+    from streamq.cli.main import cli
+
+    runner = CliRunner()
+    out = runner.invoke(cli, ["fit", store_copy, "-k", "5", "--max-steps", "20", "--scheduler", "threads"])
+    assert out.exit_code == 0, out.output
+    line = out.output.strip()
+    assert line.startswith("fitted: K=5 (minibatch, rgb), 20 steps")
+    assert "PSNR" in line
+    assert "stopped: max_steps" in line
+    js = json.loads(runner.invoke(cli, ["info", store_copy, "--json"]).output)
+    assert js["fit"]["k"] == 5
+    assert len(js["fit"]["palette_hex"]) == 5
+    assert js["fit"]["state"] == "complete"
+    text = runner.invoke(cli, ["info", store_copy]).output
+    assert "palette      K=5 (minibatch, rgb), 20 steps" in text
