@@ -12,12 +12,14 @@ from streamq.errors import (
     StoreMismatchError,
     StreamQError,
 )
+from streamq.fit import FitResult, fit, load_fit
 from streamq.info import collection_info
 from streamq.ingest import IngestSummary, ingest
 from streamq.store import Collection, open_store
 
 __all__ = [
     "Collection",
+    "FitResult",
     "ConfigError",
     "IngestSummary",
     "StoreExistsError",
@@ -27,7 +29,9 @@ __all__ = [
     "StreamQError",
     "__version__",
     "collection_info",
+    "fit",
     "ingest",
     "load_config",
+    "load_fit",
     "open_store",
 ]
