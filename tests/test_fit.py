@@ -124,7 +124,7 @@ def test_rerun_noop_and_refusals(store_copy):
         fit(store_copy, colors=6, scheduler="threads")
     c = fit(store_copy, colors=6, max_steps=20, scheduler="threads", overwrite=True)
     assert c.k == 6
-    assert streamq.fit.load_fit(store_copy).k == 6
+    assert streamq.load_fit(store_copy).k == 6
 
 
 def test_checkpoint_from_other_sklearn_refused(store_copy):
