@@ -12,7 +12,7 @@ from streamq.errors import (
     StoreMismatchError,
     StreamQError,
 )
-from streamq.fit import FitResult, fit, load_fit
+from streamq.fit import FitResult, collection_mse, fit, load_fit
 from streamq.info import collection_info
 from streamq.ingest import IngestSummary, ingest
 from streamq.store import Collection, open_store
@@ -29,6 +29,7 @@ __all__ = [
     "StreamQError",
     "__version__",
     "collection_info",
+    "collection_mse",
     "fit",
     "ingest",
     "load_config",

@@ -55,7 +55,7 @@ from streamq.report import progress_bar, timer
 from streamq.scheduler import Runner, runner
 from streamq.store import Collection, Store
 
-__all__ = ["FitResult", "fit", "load_fit"]
+__all__ = ["FitResult", "collection_mse", "fit", "load_fit"]
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,46 @@ def fit(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
     return result
 
 
+def histogram(run: Runner, st: Store, source: PixelSource, progress: bool | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The collection's distinct colours and counts, computed once and kept in the store."""
+    ingest = st.section("ingest")
+    data = [ingest.get("source_fingerprint"), ingest.get("settings_fingerprint")]
+    sec = st.section("colors")
+    if sec.get("state") == "complete" and sec.get("data") == data:
+        t = st.read_table("colors", ("code", "count"))
+        return t["code"].astype(np.int64), t["count"].astype(np.int64)
+    with progress_bar(len(source.weights), "histogram", "chunk", progress) as bar:
+        codes, counts = collection_histogram(run, source, bar.update)
+    st.write_table("colors", {"code": codes, "count": counts})
+    st.set_section("colors", {"state": "complete", "data": data, "n_distinct": len(codes)})
+    return codes, counts
+
+
+def collection_mse(store: str, centers: np.ndarray | None = None, color_space: str | None = None,
+                   scheduler: str | None = "threads") -> float:
+    """Exact MSE (uint8 RGB units) of a palette over every pixel of the collection.
+
+    Each pixel goes to its nearest centre in the fit's colour space and is compared with that
+    centre's RGB colour, as quantize does. Uses the store's colour histogram (computed once).
+    Defaults to the store's fitted palette.
+    """
+    from streamq.config import DaskConfig
+
+    st = Store.open(store, mode="r+")
+    if centers is None:
+        res = load_fit(store)
+        centers, color_space = res.centers, res.color_space
+    space = color_space or "rgb"
+    with runner(DaskConfig(scheduler=scheduler)) as run:
+        codes, counts = histogram(run, st, _source(Collection(st)))
+    rgb = codes_to_rgb(codes)
+    palette = to_rgb8(np.asarray(centers), space).astype(np.float64)
+    labels, _ = assign(to_space(rgb, space), centers, n_threads=2)
+    err = ((rgb.astype(np.float64) - palette[labels]) ** 2).sum(1)
+    return float((err * counts).sum() / (3 * counts.sum()))
+
+
 def _psnr(mse: float) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
@@ -255,7 +295,7 @@ def _save_checkpoint(st: Store, state: dict[str, Any]) -> None:
     st.group[CHECKPOINT][0] = encode_state(state)  # one key, written atomically
 
 
-def _initial_centres(run: Runner, source: PixelSource, fcfg: FitConfig) -> np.ndarray:
+def _initial_centres(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig) -> np.ndarray:
     from sklearn.cluster import KMeans
 
     sample = _draw_many(run, source, fcfg.seed, STREAM_INIT, fcfg.init_size, fcfg.chunks_per_task)
@@ -263,7 +303,7 @@ def _initial_centres(run: Runner, source: PixelSource, fcfg: FitConfig) -> np.nd
     k = fcfg.colors
     if len(codes) < k:
         # Too few distinct colours in the sample: look at the whole collection.
-        hist_codes, counts = collection_histogram(run, source)
+        hist_codes, counts = histogram(run, st, source)
         if len(hist_codes) < k:
             raise ConfigError(
                 f"the collection has only {len(hist_codes)} distinct colours, fewer than "
@@ -288,7 +328,7 @@ def _fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig,
         history = {k: list(v) for k, v in ckpt["history"].items()}
         log.info("Resuming the mini-batch fit at step %d", cursor)
     else:
-        init = _initial_centres(run, source, fcfg)
+        init = _initial_centres(run, st, source, fcfg)
         model = MiniBatchKMeans(n_clusters=fcfg.colors, init=init, n_init=1, batch_size=B,
                                 compute_labels=False, random_state=fcfg.seed,
                                 reassignment_ratio=fcfg.reassignment_ratio)
@@ -374,8 +414,7 @@ def _polish(run: Runner, source: PixelSource, fcfg: FitConfig, centres: np.ndarr
 def _fit_lloyd(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig, fp: str,
                ckpt: dict[str, Any] | None, progress: bool | None,
                start: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
-    with progress_bar(len(source.weights), "histogram", "chunk", progress) as bar:
-        codes, counts = collection_histogram(run, source, bar.update)
+    codes, counts = histogram(run, st, source, progress)
     x = to_space(codes_to_rgb(codes), fcfg.color_space).astype(np.float64)
     k = fcfg.colors
     if len(codes) < k:

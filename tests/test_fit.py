@@ -69,6 +69,9 @@ def test_minibatch_mse_close_to_lloyd(store_copy, all_pixels, tmp_path):
                 scheduler="threads", overwrite=True)
     mse_mb = full_mse(all_pixels, mb.palette, mb.centers)
     mse_ll = full_mse(all_pixels, lloyd.palette, lloyd.centers)
+    # the histogram-based exact MSE agrees with a plain pass over every pixel
+    assert streamq.collection_mse(store_copy) == pytest.approx(mse_ll, rel=1e-12)
+    assert streamq.collection_mse(store_copy, mb.centers, "rgb") == pytest.approx(mse_mb, rel=1e-12)
     assert mse_ll <= mse_mb <= 1.03 * mse_ll, (mse_mb, mse_ll)
     assert abs(lloyd.mse - mse_ll) / mse_ll < 0.1  # the CLI's estimate is close to the truth
     assert len({tuple(c) for c in mb.palette}) == 8  # K distinct colours
@@ -87,7 +90,7 @@ def test_streamed_fit_equals_plain_partial_fit_loop(store_copy):
     from streamq.scheduler import Runner, _SyncPool
 
     fcfg = FitConfig(colors=8, seed=5, batch_size=4096, batches_per_task=3, polish_size=0)
-    init = _initial_centres(Runner(None, _SyncPool(), "sync"), source, fcfg)
+    init = _initial_centres(Runner(None, _SyncPool(), "sync"), coll.store, source, fcfg)
     ref = MiniBatchKMeans(8, init=init, n_init=1, batch_size=4096, compute_labels=False, random_state=5)
     for t in range(4):
         data = draw_pixels(source, 5, STREAM_TRAIN, t, 3 * 4096, fcfg.chunks_per_task)
