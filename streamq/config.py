@@ -26,6 +26,7 @@ from streamq.errors import ConfigError
 
 __all__ = [
     "DaskConfig",
+    "ExportConfig",
     "FitConfig",
     "IngestConfig",
     "StreamQConfig",
@@ -128,6 +129,19 @@ class FitConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """How quantized images are written (see ``streamq.export``)."""
+
+    out: str | None = _opt(None, doc="output folder")
+    format: Literal["png", "jpeg", "webp"] = _opt("png", doc="png (palette PNG for K <= 256), jpeg or webp")
+    dither: bool = _opt(False, doc="Floyd-Steinberg dithering")
+    png_level: int = _opt(1, lambda v: None if 0 <= v <= 9 else "an integer in 0..9",
+                          "zlib level of PNG files")
+    quality: int = _opt(95, lambda v: None if 1 <= v <= 100 else "an integer in 1..100",
+                        "JPEG/WebP quality")
+
+
+@dataclass(frozen=True)
 class StreamQConfig:
     """The whole configuration, one section per stage."""
 
@@ -135,6 +149,7 @@ class StreamQConfig:
     dask: DaskConfig = field(default_factory=DaskConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     fit: FitConfig = field(default_factory=FitConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def replace(self, **dotted: Any) -> StreamQConfig:
         """Return a copy with dotted keys (``ingest.codec="lz4"``) replaced; ``None`` is ignored."""
@@ -282,7 +297,7 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
             raise ConfigError(f"{source}: expected a mapping of keys at the top level")
         data = loaded or {}
         base = p.resolve().parent
-        for dotted in ("store", "ingest.source"):
+        for dotted in ("store", "ingest.source", "export.out"):
             section, _, key = dotted.rpartition(".")
             node = data.get(section) if section else data
             if isinstance(node, dict) and isinstance(node.get(key), str):

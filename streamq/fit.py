@@ -185,6 +185,9 @@ def fit(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
                 f"{st.path} already has a palette fitted with other parameters "
                 f"({_describe(prev.get('config', {}))}); pass --overwrite to replace it")
     st.set_section(FIT, {"state": "running", "fingerprint": fp, "config": to_dict(fcfg)})
+    labels = st.section("quantize")
+    if labels and labels.get("fit_fingerprint") != fp:  # labels of the old palette: say so
+        st.set_section("quantize", {**labels, "state": "stale"})
     if not st.has(CHECKPOINT):
         zarr.create_array(st.path, name=CHECKPOINT, shape=(1,), chunks=(1,), dtype=str, overwrite=True)
 

@@ -72,3 +72,78 @@ def codes_to_rgb(codes: np.ndarray) -> np.ndarray:
     """24-bit colour codes back to ``(n, 3)`` uint8."""
     codes = np.asarray(codes, dtype=np.int64)
     return np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=1).astype(np.uint8)
+
+
+@numba.njit(nogil=True, cache=True)
+def _map_labels(rgb: np.ndarray, lut: np.ndarray, palette: np.ndarray,
+                labels: np.ndarray, err: np.ndarray, misses: np.ndarray) -> int:
+    """Look every pixel up; return how many missed (their indices go to ``misses``)."""
+    n_miss = 0
+    for i in range(rgb.shape[0]):
+        c = (np.int64(rgb[i, 0]) << 16) | (np.int64(rgb[i, 1]) << 8) | np.int64(rgb[i, 2])
+        lab = lut[c]
+        if lab < 0:
+            misses[n_miss] = i
+            n_miss += 1
+            continue
+        labels[i] = lab
+        s = 0
+        for j in range(3):
+            t = np.int64(rgb[i, j]) - np.int64(palette[lab, j])
+            s += t * t
+        err[i] = s
+    return n_miss
+
+
+@numba.njit(nogil=True, cache=True)
+def _distinct(rgb: np.ndarray, idx: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Distinct 24-bit codes of ``rgb[idx]`` (``seen`` is all False before and after)."""
+    out = np.empty(len(idx), dtype=np.int64)
+    n = 0
+    for i in idx:
+        c = (np.int64(rgb[i, 0]) << 16) | (np.int64(rgb[i, 1]) << 8) | np.int64(rgb[i, 2])
+        if not seen[c]:
+            seen[c] = True
+            out[n] = c
+            n += 1
+    for k in range(n):
+        seen[out[k]] = False
+    return out[:n]
+
+
+class LabelTable:
+    """Exact nearest-centre labels for 24-bit colours, filled lazily (a 2**24 lookup table).
+
+    Only colours that occur are ever computed, with :func:`assign` on their coordinates in the
+    fit's colour space; every later pixel of a known colour is one table lookup.
+    """
+
+    def __init__(self, centers: np.ndarray, palette: np.ndarray, space: str) -> None:
+        self.centers = np.ascontiguousarray(centers, dtype=np.float64)
+        self.palette = np.ascontiguousarray(palette, dtype=np.int64)
+        self.space = space
+        self.lut = np.full(1 << 24, -1, dtype=np.int32)
+        self._seen = np.zeros(1 << 24, dtype=np.bool_)
+
+    def labels(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (int32) and squared RGB error per pixel (int64) of ``(n, 3)`` uint8 pixels."""
+        from streamq.colorspace import to_space
+
+        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+        labels = np.empty(len(rgb), dtype=np.int32)
+        err = np.empty(len(rgb), dtype=np.int64)
+        misses = np.empty(len(rgb), dtype=np.int64)
+        n_miss = _map_labels(rgb, self.lut, self.palette, labels, err, misses)
+        if n_miss:
+            idx = misses[:n_miss]
+            sub = rgb[idx]
+            new = _distinct(rgb, idx, self._seen)
+            lab, _ = assign(to_space(codes_to_rgb(new), self.space), self.centers)
+            self.lut[new] = lab
+            again = np.empty(n_miss, dtype=np.int64)
+            sub_labels = np.empty(n_miss, dtype=np.int32)
+            sub_err = np.empty(n_miss, dtype=np.int64)
+            _map_labels(sub, self.lut, self.palette, sub_labels, sub_err, again)
+            labels[idx] = sub_labels
+            err[idx] = sub_err
+        return labels, err

@@ -12,14 +12,16 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from streamq.config import DaskConfig
 from streamq.errors import ConfigError, StreamQError
 
-__all__ = ["Runner", "runner"]
+__all__ = ["Runner", "runner", "shared"]
 
 log = logging.getLogger(__name__)
+_SHARED: ContextVar[Runner | None] = ContextVar("streamq_runner", default=None)
 
 
 class Runner:
@@ -74,8 +76,25 @@ class _SyncPool(cf.Executor):
 
 
 @contextmanager
+def shared(run: Runner) -> Iterator[Runner]:
+    """Make every :func:`runner` inside this block reuse ``run`` (one cluster for a pipeline)."""
+    token = _SHARED.set(run)
+    try:
+        yield run
+    finally:
+        _SHARED.reset(token)
+
+
+@contextmanager
 def runner(cfg: DaskConfig) -> Iterator[Runner]:
-    """Open the backend named by ``cfg.scheduler`` and close what was opened here."""
+    """Open the backend named by ``cfg.scheduler`` and close what was opened here.
+
+    Inside :func:`shared`, the shared runner is yielded instead and left open.
+    """
+    active = _SHARED.get()
+    if active is not None:
+        yield active
+        return
     sched = cfg.scheduler
     if sched == "sync":
         yield Runner(None, _SyncPool(), "in-process (synchronous)")

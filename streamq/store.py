@@ -157,14 +157,20 @@ class Store:
             out[name] = np.asarray(data, dtype=object if data.dtype.kind in "TUO" else data.dtype)
         return out
 
+    def create_records(self, name: str, n: int) -> None:
+        """``n`` empty completion records (one chunk each: each task writes only its own)."""
+        zarr.create_array(self.path, name=name, shape=(n,), chunks=(1,), dtype=str, overwrite=True)
+
+    def records(self, name: str) -> np.ndarray:
+        """Completion records as an object array of JSON strings (``""`` while pending)."""
+        return np.asarray(self.group[name][:], dtype=object)
+
     def create_task_table(self, chunk_start: np.ndarray, chunk_stop: np.ndarray) -> None:
         self.write_table(TASKS, {"chunk_start": chunk_start, "chunk_stop": chunk_stop})
-        # One element per chunk, so each task writes its own record without conflict.
-        zarr.create_array(self.path, name=f"{TASKS}/report", shape=(len(chunk_start),),
-                          chunks=(1,), dtype=str, overwrite=True)
+        self.create_records(f"{TASKS}/report", len(chunk_start))
 
     def task_reports(self) -> np.ndarray:
-        return np.asarray(self.group[f"{TASKS}/report"][:], dtype=object)
+        return self.records(f"{TASKS}/report")
 
 
 def _as_column(values: np.ndarray | Sequence[Any]) -> np.ndarray:
@@ -189,10 +195,15 @@ def _is_store(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "zarr.json"))
 
 
+def write_record(store_path: str, name: str, i: int, report: Mapping[str, Any]) -> None:
+    """Record that task ``i`` finished (called by the task itself, after its data)."""
+    arr = zarr.open_array(f"{store_path}/{name}", mode="r+")
+    arr[i] = json.dumps(report, sort_keys=True)
+
+
 def write_task_report(store_path: str, task: int, report: Mapping[str, Any]) -> None:
-    """Record that ``task`` finished (called by the task itself, after its pixels)."""
-    arr = zarr.open_array(f"{store_path}/{TASKS}/report", mode="r+")
-    arr[task] = json.dumps(report, sort_keys=True)
+    """Completion record of an ingest write task."""
+    write_record(store_path, f"{TASKS}/report", task, report)
 
 
 # -- reading a finished collection -------------------------------------------------------

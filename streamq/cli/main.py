@@ -50,7 +50,8 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
     """Colour quantization of image collections larger than memory.
 
-    Pipeline: ingest -> (fit -> quantize -> export); info looks at a store.
+    Pipeline: ingest -> fit -> quantize -> export (or all of them: run CONFIG.yaml);
+    info looks at a store.
     """
     from streamq.report import set_log_level
 
@@ -165,6 +166,97 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
         click.echo(json.dumps(result.to_dict(), indent=2))
     elif not ctx.obj["quiet"]:
         click.echo(str(result))
+
+
+@cli.command("quantize")
+@click.argument("store", required=False)
+@config_opt
+@scheduler_opt
+@progress_opt
+@json_opt
+@click.pass_context
+@_handle_errors
+def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
+                 scheduler: str | None, progress: bool | None, as_json: bool) -> None:
+    """Label every pixel of STORE with its nearest palette colour, chunk by chunk.
+
+    Also computes per-image and collection MSE/PSNR (see `streamq info`). Resumable.
+    """
+    from streamq.config import load_config
+    from streamq.quantize import quantize
+
+    cfg = load_config(config_path, **{"store": store, "dask.scheduler": scheduler})
+    if cfg.store is None:
+        raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
+    summary = quantize(cfg.store, config=cfg, progress=_progress(ctx, progress))
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    elif not ctx.obj["quiet"]:
+        click.echo(str(summary))
+
+
+@cli.command("export")
+@click.argument("store", required=False)
+@click.argument("out", required=False)
+@config_opt
+@scheduler_opt
+@click.option("--format", "fmt", type=click.Choice(["png", "jpeg", "webp"]), default=None,
+              help="File format [default: png, a palette PNG when K <= 256].")
+@click.option("--dither", is_flag=True, default=None, help="Floyd-Steinberg dithering.")
+@click.option("--label", "labels", multiple=True, help="Only images with this label (repeatable).")
+@click.option("--ids", default=None, help="Only these image ids, e.g. 0,5,10-20.")
+@click.option("--png-level", type=int, default=None, help="zlib level of PNG files, 0..9 [default: 1].")
+@overwrite_opt
+@progress_opt
+@json_opt
+@click.pass_context
+@_handle_errors
+def export_cmd(ctx: click.Context, store: str | None, out: str | None, config_path: str | None,
+               scheduler: str | None, fmt: str | None, dither: bool | None, labels: tuple[str, ...],
+               ids: str | None, png_level: int | None, overwrite: bool, progress: bool | None,
+               as_json: bool) -> None:
+    """Rebuild the quantized images of STORE as files under OUT, mirroring the source tree."""
+    from streamq.config import load_config
+    from streamq.export import export
+
+    cfg = load_config(config_path, **{"store": store, "dask.scheduler": scheduler, "export.out": out,
+                                      "export.format": fmt, "export.dither": dither,
+                                      "export.png_level": png_level})
+    if cfg.store is None or cfg.export.out is None:
+        raise click.UsageError("pass STORE and OUT (or set keys 'store' and 'export.out')")
+    e = cfg.export
+    summary = export(cfg.store, e.out, format=e.format, dither=e.dither, labels=list(labels) or None,
+                     ids=ids, png_level=e.png_level, quality=e.quality, overwrite=overwrite,
+                     config=cfg, progress=_progress(ctx, progress))
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    elif not ctx.obj["quiet"]:
+        click.echo(str(summary))
+
+
+@cli.command("run")
+@click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
+@scheduler_opt
+@overwrite_opt
+@progress_opt
+@json_opt
+@click.pass_context
+@_handle_errors
+def run_cmd(ctx: click.Context, config_path: str, scheduler: str | None, overwrite: bool,
+            progress: bool | None, as_json: bool) -> None:
+    """Run ingest -> fit -> quantize -> export as described by CONFIG.yaml.
+
+    Rerun the same command after an interruption: every stage resumes or is skipped when done.
+    """
+    from streamq.config import load_config
+    from streamq.pipeline import run
+
+    cfg = load_config(config_path, **{"dask.scheduler": scheduler})
+    report = run(cfg, progress=_progress(ctx, progress), overwrite=overwrite)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    elif not ctx.obj["quiet"]:
+        click.echo(str(report))
 
 
 @cli.command("info")

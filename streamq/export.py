@@ -1,0 +1,253 @@
+"""Export: rebuild every image from its labels and the palette, as files under OUT.
+
+Files mirror the source tree (``Person/Person_0001.jpg`` -> ``OUT/Person/Person_0001.png``):
+a palette PNG (mode ``P``) for K <= 256, else RGB; ``--format jpeg|webp`` writes RGB;
+``--dither`` re-quantizes the stored pixels to the palette with Floyd-Steinberg error
+diffusion (Pillow's, nearest colour in RGB). Output paths never leave OUT, whatever the
+stored names contain. Each file is written under a temporary name and renamed, so a file
+that exists is complete: a rerun skips it. ``OUT/.streamq-export.json`` records what made
+the files; a different export into the same OUT is refused unless ``overwrite``.
+``--zarr`` writes labels + palette + image table as a compact Zarr store instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamq._version import __version__
+from streamq.config import StreamQConfig, parse_config
+from streamq.errors import ConfigError, StoreExistsError, StreamQError
+from streamq.report import progress_bar, timer
+from streamq.scheduler import runner
+from streamq.store import Collection, Store
+
+__all__ = ["ExportSummary", "export", "safe_output_path"]
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+MANIFEST = ".streamq-export.json"
+PIXELS_PER_TASK = 16_000_000
+_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass
+class ExportSummary:
+    out: str
+    format: str
+    n_images: int
+    n_written: int
+    n_existing: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"exported {self.n_images} images as {self.format} to {self.out} "
+                f"({self.n_written} written, {self.n_existing} already there)")
+
+
+def safe_output_path(out: str, rel: str, ext: str, fallback: str) -> str:
+    """``out/rel`` with its extension replaced, guaranteed to stay inside ``out``.
+
+    Absolute paths lose their root, ``..`` and ``.`` components become ``_`` or vanish,
+    control characters become ``_``; if the result still escapes (a symlink), ``fallback``
+    (a name made from the image id) is used under ``out/_unsafe``.
+    """
+    parts = []
+    for p in re.split(r"[/\\]+", rel):
+        if p in ("", "."):
+            continue
+        parts.append("_" if p == ".." else _BAD_CHARS.sub("_", p))
+    if not parts:
+        parts = [fallback]
+    stem, _ = os.path.splitext(parts[-1])
+    parts[-1] = (stem or fallback) + ext
+    root = os.path.realpath(out)
+    path = os.path.join(root, *parts)
+    real = os.path.realpath(path)
+    if os.path.commonpath([root, real]) != root or real == root:
+        return os.path.join(root, "_unsafe", fallback + ext)
+    return path
+
+
+def _write_atomic(img: Any, path: str, fmt: str, options: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        img.save(tmp, format=fmt.upper() if fmt != "jpeg" else "JPEG", **options)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _export_task(args: dict[str, Any]) -> tuple[int, int]:
+    import zarr
+    from PIL import Image
+
+    palette = np.asarray(args["palette"], dtype=np.uint8)
+    k = len(palette)
+    fmt = args["format"]
+    labels_arr = zarr.open_array(f"{args['store']}/quantize/labels", mode="r")
+    pixels_arr = zarr.open_array(f"{args['store']}/pixels", mode="r") if args["dither"] else None
+    flat_pal = palette.reshape(-1).tolist()
+    pal_img = None
+    if args["dither"]:
+        pal_img = Image.new("P", (1, 1))
+        pal_img.putpalette(flat_pal + flat_pal[-3:] * (256 - k))
+    written = existing = 0
+    for path, off, h, w in args["images"]:
+        if os.path.exists(path):
+            existing += 1
+            continue
+        if pixels_arr is not None:
+            rgb = np.asarray(pixels_arr[off:off + h * w]).reshape(h, w, 3)
+            img = Image.fromarray(rgb).quantize(palette=pal_img, dither=Image.Dither.FLOYDSTEINBERG)
+            if fmt != "png":
+                img = img.convert("RGB")
+        else:
+            lab = np.asarray(labels_arr[off:off + h * w]).reshape(h, w)
+            if fmt == "png" and k <= 256:
+                img = Image.fromarray(lab.astype(np.uint8))  # mode L ...
+                img.putpalette(flat_pal)  # ... becomes P with the palette
+            else:
+                img = Image.fromarray(palette[lab])
+        _write_atomic(img, path, fmt, args["options"])
+        written += 1
+    return written, existing
+
+
+def _parse_ids(ids: str | list[int] | None, n: int) -> list[int] | None:
+    if ids is None:
+        return None
+    if isinstance(ids, list):
+        out = ids
+    else:
+        out = []
+        for part in ids.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            if not m:
+                raise ConfigError(f"--ids value {part!r} is not an id or a range like 10-20")
+            a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+            out.extend(range(a, b + 1))
+    bad = [i for i in out if not 0 <= i < n]
+    if bad:
+        raise ConfigError(f"--ids names image {bad[0]}, but ids run from 0 to {n - 1}")
+    return sorted(set(out))
+
+
+def export(store: str, out: str, *, format: str = "png", dither: bool = False,
+           labels: list[str] | None = None, ids: str | list[int] | None = None,
+           png_level: int = 1, quality: int = 95, overwrite: bool = False,
+           config: StreamQConfig | dict[str, Any] | None = None, scheduler: str | None = None,
+           progress: bool | None = None) -> ExportSummary:
+    """Write the quantized images of ``store`` under ``out`` (see the module docstring)."""
+    if format not in FORMATS:
+        raise ConfigError(f"export format {format!r} is not one of {', '.join(FORMATS)}")
+    cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
+    st = Store.open(store)
+    coll = Collection(st)
+    q = st.section("quantize")
+    fit_fp = st.section("fit").get("fingerprint")
+    if q.get("state") != "complete" or q.get("fit_fingerprint") != fit_fp:
+        state = "stale (the palette was refitted)" if q.get("state") == "stale" else q.get("state", "missing")
+        raise StreamQError(f"{st.path}: labels are {state}; run `streamq quantize` first")
+    from streamq.fit import load_fit
+
+    palette = load_fit(st.path).palette
+    chosen = _select(coll, labels, _parse_ids(ids, len(coll)))
+    out = os.path.abspath(out)
+    manifest = {"store": st.path, "fit_fingerprint": fit_fp, "format": format, "dither": dither,
+                "png_level": png_level, "quality": quality, "streamq": __version__}
+    _check_manifest(out, manifest, overwrite)
+    ext = FORMATS[format]
+    options = {"compress_level": png_level} if format == "png" else {"quality": quality}
+    paths = [safe_output_path(out, coll.paths[i], ext, f"{i:08d}") for i in chosen]
+    seen: dict[str, int] = {}
+    for n, (i, p) in enumerate(zip(chosen, paths, strict=True)):
+        if p in seen:  # photo.jpg and photo.png both become photo.png: keep both
+            paths[n] = safe_output_path(out, coll.paths[i] + ext, ext, f"{i:08d}")
+        seen[paths[n]] = i
+    timings: dict[str, float] = {}
+    tasks, current, budget = [], [], 0
+    for i, p in zip(chosen, paths, strict=True):
+        current.append((p, int(coll.offsets[i]), int(coll.heights[i]), int(coll.widths[i])))
+        budget += int(coll.heights[i] * coll.widths[i])
+        if budget >= PIXELS_PER_TASK:
+            tasks.append(current)
+            current, budget = [], 0
+    if current:
+        tasks.append(current)
+    common = {"store": st.path, "palette": palette.tolist(), "format": format, "dither": dither,
+              "options": options}
+    written = existing = 0
+    with timer("exporting", timings), runner(cfg.dask) as run:
+        futures = {run.submit(_export_task, {**common, "images": t}): len(t) for t in tasks}
+        with progress_bar(len(chosen), "exporting", "image", progress) as bar:
+            for fut in run.as_completed(futures):
+                w, e = fut.result()
+                written += w
+                existing += e
+                bar.update(futures[fut])
+    summary = ExportSummary(out=out, format=format, n_images=len(chosen), n_written=written,
+                            n_existing=existing, timings=timings)
+    log.info("%s", summary)
+    return summary
+
+
+def _select(coll: Collection, labels: list[str] | None, ids: list[int] | None) -> list[int]:
+    chosen = list(range(len(coll))) if ids is None else ids
+    if labels:
+        known = set(coll.labels)
+        missing = [lab for lab in labels if lab not in known]
+        if missing:
+            raise ConfigError(f"--label {missing[0]!r} is not a label of this collection")
+        wanted = set(labels)
+        chosen = [i for i in chosen if coll.labels[i] in wanted]
+    return chosen
+
+
+def _check_manifest(out: str, manifest: dict[str, Any], overwrite: bool) -> None:
+    path = os.path.join(out, MANIFEST)
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                old = json.load(fh)
+        except (OSError, ValueError):
+            old = {}
+        same = {k: old.get(k) for k in manifest if k != "streamq"} == \
+               {k: v for k, v in manifest.items() if k != "streamq"}
+        if not same:
+            if not overwrite:
+                raise StoreExistsError(
+                    f"{out} holds an export made differently ({old.get('format')}, palette "
+                    f"{old.get('fit_fingerprint')}); pass --overwrite to replace it")
+            _remove_exported(out)
+    elif os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise StoreExistsError(f"{out} is not empty and holds no streamq export; choose another "
+                               "folder or pass --overwrite")
+    os.makedirs(out, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _remove_exported(out: str) -> None:
+    """Remove files a previous export wrote (image files only), before writing new ones."""
+    for dirpath, _, files in os.walk(out):
+        for f in files:
+            if os.path.splitext(f)[1] in FORMATS.values() or ".tmp-" in f:
+                os.remove(os.path.join(dirpath, f))

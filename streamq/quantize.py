@@ -1,0 +1,183 @@
+"""Quantize: a palette label for every pixel, chunk by chunk on Dask.
+
+Each task owns one chunk of ``pixels`` and writes the same chunk of ``quantize/labels``
+(uint8 for K <= 256, uint16 above), so no chunk has two writers. A label is the nearest
+palette centre in the fit's colour space (exact; first centre on ties), found through a
+lazily filled 2**24 lookup table kept by each worker (:class:`streamq.kernels.LabelTable`).
+Each task then writes its completion record: the squared error of every image it touches,
+from which per-image and collection MSE/PSNR are consolidated. A rerun runs only tasks
+without a record; a new palette makes old labels stale, and they are recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+
+from streamq.config import StreamQConfig, parse_config
+from streamq.errors import StreamQError
+from streamq.report import progress_bar, timer
+from streamq.scheduler import runner
+from streamq.store import Collection, Store, compressors, write_record
+
+__all__ = ["QuantizeSummary", "labels_dtype", "quantize"]
+
+log = logging.getLogger(__name__)
+
+QUANTIZE = "quantize"
+LABELS = "quantize/labels"
+RECORDS = "quantize/records"
+_TABLES: dict[str, Any] = {}  # per worker process: fit fingerprint -> LabelTable
+
+
+def labels_dtype(k: int) -> np.dtype:
+    return np.dtype(np.uint8 if k <= 256 else np.uint16)
+
+
+@dataclass
+class QuantizeSummary:
+    store: str
+    k: int
+    n_images: int
+    n_pixels: int
+    mse: float
+    psnr: float
+    status: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"{self.status}: {self.n_pixels / 1e6:.2f} Mpx of {self.n_images} images labelled "
+                f"with K={self.k}; collection MSE {self.mse:.2f}, PSNR {self.psnr:.2f} dB")
+
+
+def _psnr(mse: float) -> float:
+    return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def _table(args: dict[str, Any]) -> Any:
+    from streamq.kernels import LabelTable
+
+    key = args["fit_fingerprint"]
+    table = _TABLES.get(key)
+    if table is None:
+        _TABLES.clear()  # one palette at a time: the table is 64 MiB
+        table = LabelTable(np.asarray(args["centers"]), np.asarray(args["palette"]), args["space"])
+        _TABLES[key] = table
+    return table
+
+
+def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
+    c, chunk, store = args["chunk_index"], args["chunk"], args["store"]
+    pixels = zarr.open_array(f"{store}/pixels", mode="r")
+    lo = c * chunk
+    hi = min(lo + chunk, pixels.shape[0])
+    rgb = np.asarray(pixels[lo:hi])
+    labels, err = _table(args).labels(rgb)
+    out = zarr.open_array(f"{store}/{LABELS}", mode="r+")
+    out[lo:hi] = labels.astype(out.dtype)
+    sse = []
+    for image_id, off, size in args["images"]:
+        a, b = max(off, lo) - lo, min(off + size, hi) - lo
+        sse.append([int(image_id), int(err[a:b].sum())])
+    report = {"sse": sse, "pixels": int(hi - lo)}
+    write_record(store, RECORDS, c, report)
+    return report
+
+
+def quantize(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
+             progress: bool | None = None, scheduler: str | None = None) -> QuantizeSummary:
+    """Label every pixel of ``store`` with its nearest palette colour (resumable).
+
+    Returns
+    -------
+    QuantizeSummary
+        With the collection's exact MSE and PSNR; per-image values are in the store.
+    """
+    from streamq.fit import load_fit
+
+    cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
+    st = Store.open(store, mode="r+")
+    coll = Collection(st)
+    fit_sec = st.section("fit")
+    if fit_sec.get("state") != "complete":
+        raise StreamQError(f"{st.path} has no fitted palette; run `streamq fit` first")
+    fit_fp = fit_sec["fingerprint"]
+    sec = st.section(QUANTIZE)
+    if sec.get("fit_fingerprint") == fit_fp and sec.get("state") == "complete":
+        log.info("Labels in %s are up to date; nothing to do", st.path)
+        return _summary(st, "already complete", sec.get("timings", {}))
+    result = load_fit(st.path)
+    pixels = st.pixels()
+    chunk = int(pixels.chunks[0])
+    n_chunks = -(-int(pixels.shape[0]) // chunk)
+    timings: dict[str, float] = {}
+    if sec.get("fit_fingerprint") != fit_fp or sec.get("state") not in ("running", "complete"):
+        if sec:
+            log.info("Palette changed since the last quantize: recomputing all labels")
+        ingest = st.section("ingest").get("settings", {})
+        st.set_section(QUANTIZE, {"state": "starting", "fit_fingerprint": fit_fp})
+        zarr.create_array(st.path, name=LABELS, shape=(int(pixels.shape[0]),), chunks=(chunk,),
+                          dtype=labels_dtype(result.k), fill_value=0, overwrite=True,
+                          compressors=compressors(ingest.get("codec", "zstd"), ingest.get("level")),
+                          dimension_names=["pixel"])
+        st.create_records(RECORDS, n_chunks)
+        st.set_section(QUANTIZE, {"state": "running", "fit_fingerprint": fit_fp, "k": result.k})
+    records = st.records(RECORDS)
+    pending = [c for c in range(n_chunks) if not records[c]]
+    offsets = coll.offsets
+    sizes = coll.heights * coll.widths
+    ends = offsets + sizes
+    common = {"store": st.path, "chunk": chunk, "fit_fingerprint": fit_fp, "space": result.color_space,
+              "centers": result.centers.tolist(), "palette": result.palette.tolist()}
+    with timer("labelling", timings), runner(cfg.dask) as run:
+        futures = {}
+        for c in pending:
+            lo, hi = c * chunk, (c + 1) * chunk
+            i0 = int(np.searchsorted(ends, lo, side="right"))
+            i1 = int(np.searchsorted(offsets, hi, side="left"))
+            images = [(i, int(offsets[i]), int(sizes[i])) for i in range(i0, i1) if sizes[i]]
+            futures[run.submit(_quantize_task, {**common, "chunk_index": c, "images": images})] = c
+        with progress_bar(len(futures), "quantizing", "chunk", progress) as bar:
+            for fut in run.as_completed(futures):
+                fut.result()
+                bar.update(1)
+    with timer("consolidating", timings):
+        _consolidate(st, coll, fit_fp, result.k, timings)
+    summary = _summary(st, "quantized", timings)
+    log.info("%s", summary)
+    return summary
+
+
+def _consolidate(st: Store, coll: Collection, fit_fp: str, k: int, timings: dict[str, float]) -> None:
+    records = st.records(RECORDS)
+    if any(not r for r in records):
+        raise StreamQError(f"{st.path}: some quantize tasks have no completion record; rerun quantize")
+    sse = np.zeros(len(coll), dtype=np.int64)
+    for r in records:
+        for image_id, value in json.loads(r)["sse"]:
+            sse[image_id] += value
+    n = 3 * coll.heights * coll.widths
+    mse = np.where(n > 0, sse / np.maximum(n, 1), 0.0)
+    psnr = np.asarray([_psnr(m) for m in mse])
+    st.write_table("quantize/images", {"sse": sse, "mse": mse, "psnr": psnr})
+    total = float(sse.sum() / max(1, n.sum()))
+    st.set_section(QUANTIZE, {"state": "complete", "fit_fingerprint": fit_fp, "k": k,
+                              "mse": total, "psnr": _psnr(total), "timings": timings,
+                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def _summary(st: Store, status: str, timings: dict[str, float]) -> QuantizeSummary:
+    sec = st.section(QUANTIZE)
+    coll = Collection(st)
+    return QuantizeSummary(store=st.path, k=sec["k"], n_images=len(coll), n_pixels=coll.n_pixels,
+                           mse=sec["mse"], psnr=sec["psnr"], status=status, timings=timings)
