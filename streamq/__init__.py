@@ -12,13 +12,19 @@ from streamq.errors import (
     StoreMismatchError,
     StreamQError,
 )
+from streamq.export import ExportSummary, export
 from streamq.fit import FitResult, collection_mse, fit, load_fit
 from streamq.info import collection_info
 from streamq.ingest import IngestSummary, ingest
+from streamq.pipeline import RunReport, run
+from streamq.quantize import QuantizeSummary, quantize
 from streamq.store import Collection, open_store
 
 __all__ = [
     "Collection",
+    "ExportSummary",
+    "QuantizeSummary",
+    "RunReport",
     "FitResult",
     "ConfigError",
     "IngestSummary",
@@ -30,9 +36,12 @@ __all__ = [
     "__version__",
     "collection_info",
     "collection_mse",
+    "export",
     "fit",
     "ingest",
     "load_config",
     "load_fit",
     "open_store",
+    "quantize",
+    "run",
 ]

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 MANIFEST = ".streamq-export.json"
+TMP_DIR = ".streamq-tmp"  # half-written files live here until renamed; emptied at every start
 PIXELS_PER_TASK = 16_000_000
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -79,9 +81,11 @@ def safe_output_path(out: str, rel: str, ext: str, fallback: str) -> str:
     return path
 
 
-def _write_atomic(img: Any, path: str, fmt: str, options: dict[str, Any]) -> None:
+def _write_atomic(img: Any, path: str, tmp_dir: str, fmt: str, options: dict[str, Any]) -> None:
+    import uuid
+
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = os.path.join(tmp_dir, f"{uuid.uuid4().hex}{os.path.splitext(path)[1]}")
     try:
         img.save(tmp, format=fmt.upper() if fmt != "jpeg" else "JPEG", **options)
         os.replace(tmp, path)
@@ -121,7 +125,7 @@ def _export_task(args: dict[str, Any]) -> tuple[int, int]:
                 img.putpalette(flat_pal)  # ... becomes P with the palette
             else:
                 img = Image.fromarray(palette[lab])
-        _write_atomic(img, path, fmt, args["options"])
+        _write_atomic(img, path, args["tmp_dir"], fmt, args["options"])
         written += 1
     return written, existing
 
@@ -190,8 +194,11 @@ def export(store: str, out: str, *, format: str = "png", dither: bool = False,
             current, budget = [], 0
     if current:
         tasks.append(current)
+    tmp_dir = os.path.join(out, TMP_DIR)
+    shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a killed run
+    os.makedirs(tmp_dir)
     common = {"store": st.path, "palette": palette.tolist(), "format": format, "dither": dither,
-              "options": options}
+              "options": options, "tmp_dir": tmp_dir}
     written = existing = 0
     with timer("exporting", timings), runner(cfg.dask) as run:
         futures = {run.submit(_export_task, {**common, "images": t}): len(t) for t in tasks}
@@ -201,6 +208,7 @@ def export(store: str, out: str, *, format: str = "png", dither: bool = False,
                 written += w
                 existing += e
                 bar.update(futures[fut])
+    shutil.rmtree(tmp_dir, ignore_errors=True)
     summary = ExportSummary(out=out, format=format, n_images=len(chosen), n_written=written,
                             n_existing=existing, timings=timings)
     log.info("%s", summary)
@@ -235,7 +243,7 @@ def _check_manifest(out: str, manifest: dict[str, Any], overwrite: bool) -> None
                     f"{out} holds an export made differently ({old.get('format')}, palette "
                     f"{old.get('fit_fingerprint')}); pass --overwrite to replace it")
             _remove_exported(out)
-    elif os.path.isdir(out) and os.listdir(out) and not overwrite:
+    elif os.path.isdir(out) and set(os.listdir(out)) - {TMP_DIR} and not overwrite:
         raise StoreExistsError(f"{out} is not empty and holds no streamq export; choose another "
                                "folder or pass --overwrite")
     os.makedirs(out, exist_ok=True)
@@ -249,5 +257,5 @@ def _remove_exported(out: str) -> None:
     """Remove files a previous export wrote (image files only), before writing new ones."""
     for dirpath, _, files in os.walk(out):
         for f in files:
-            if os.path.splitext(f)[1] in FORMATS.values() or ".tmp-" in f:
+            if os.path.splitext(f)[1] in FORMATS.values():
                 os.remove(os.path.join(dirpath, f))

@@ -45,7 +45,20 @@ def collection_info(store: str | os.PathLike[str] | Collection, top: int = 10) -
         "skipped": [{"path": s.path, "reason": s.reason} for s in coll.skipped],
         "settings": ingest.get("settings", {}),
         "fit": _fit_summary(coll),
+        "labels": _labels_summary(coll),
     }
+
+
+def _labels_summary(coll: Collection) -> dict[str, Any] | None:
+    q = coll.store.section("quantize")
+    if not q:
+        return None
+    out = {k: q.get(k) for k in ("state", "k", "mse", "psnr")}
+    if q.get("state") == "complete":
+        t = coll.store.read_table("quantize/images", ("psnr",))
+        order = np.argsort(t["psnr"], kind="stable")[:5]
+        out["worst"] = [{"id": int(i), "path": coll.paths[i], "psnr": float(t["psnr"][i])} for i in order]
+    return out
 
 
 def _fit_summary(coll: Collection) -> dict[str, Any] | None:
@@ -96,6 +109,15 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
             order = np.argsort(fit["counts"])[::-1][:16]
             lines.append("colours      " + " ".join(fit["palette_hex"][i] for i in order)
                          + (" ..." if fit["k"] > 16 else ""))
+    q = info.get("labels")
+    if q:
+        if q["state"] == "complete":
+            lines.append(f"labels       K={q['k']}, collection MSE {q['mse']:.2f}, PSNR {q['psnr']:.2f} dB")
+            lines.append("worst PSNR   " + ", ".join(f"{w['path']} {w['psnr']:.1f} dB" for w in q["worst"][:3]))
+        elif q["state"] == "stale":
+            lines.append("labels       stale: the palette was refitted; run `streamq quantize`")
+        else:
+            lines.append(f"labels       {q['state']} (rerun `streamq quantize` to finish)")
     lines += ["", f"skipped inputs: {info['n_skipped']}"]
     for s in info["skipped"][:max_skipped]:
         lines.append(f"  {s['path']}: {s['reason']}")

@@ -124,6 +124,9 @@ class LabelTable:
         self.space = space
         self.lut = np.full(1 << 24, -1, dtype=np.int32)
         self._seen = np.zeros(1 << 24, dtype=np.bool_)
+        import threading
+
+        self._lock = threading.Lock()  # tasks in threads share a table; misses fill it one at a time
 
     def labels(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Labels (int32) and squared RGB error per pixel (int64) of ``(n, 3)`` uint8 pixels."""
@@ -137,13 +140,17 @@ class LabelTable:
         if n_miss:
             idx = misses[:n_miss]
             sub = rgb[idx]
-            new = _distinct(rgb, idx, self._seen)
-            lab, _ = assign(to_space(codes_to_rgb(new), self.space), self.centers)
-            self.lut[new] = lab
+            with self._lock:
+                new = _distinct(rgb, idx, self._seen)
+                new = new[self.lut[new] < 0]
+                if len(new):
+                    lab, _ = assign(to_space(codes_to_rgb(new), self.space), self.centers)
+                    self.lut[new] = lab
             again = np.empty(n_miss, dtype=np.int64)
             sub_labels = np.empty(n_miss, dtype=np.int32)
             sub_err = np.empty(n_miss, dtype=np.int64)
-            _map_labels(sub, self.lut, self.palette, sub_labels, sub_err, again)
+            if _map_labels(sub, self.lut, self.palette, sub_labels, sub_err, again):
+                raise RuntimeError("label table still misses colours after filling them")
             labels[idx] = sub_labels
             err[idx] = sub_err
         return labels, err

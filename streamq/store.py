@@ -86,6 +86,8 @@ class Store:
             group = zarr.open_group(path, mode=mode, zarr_format=3)
         except Exception:
             raise StoreLayoutError(f"{path} is not a streamq store (no Zarr v3 group there)") from None
+        if mode != "r" and "://" not in path:
+            _remove_partial_files(path)
         meta = group.attrs.get("streamq")
         if not isinstance(meta, dict) or "format_version" not in meta:
             raise StoreLayoutError(f"{path} is a Zarr group but not a streamq store")
@@ -185,6 +187,17 @@ def _normalise(path: str | os.PathLike[str]) -> str:
     if "://" in p:
         return p.rstrip("/")
     return os.path.abspath(os.path.expanduser(p))
+
+
+def _remove_partial_files(path: str) -> None:
+    """Remove the temporary files zarr's atomic writes leave behind when killed."""
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            if f.endswith(".partial"):
+                try:
+                    os.remove(os.path.join(dirpath, f))
+                except OSError:
+                    pass
 
 
 def _exists(path: str) -> bool:

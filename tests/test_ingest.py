@@ -154,3 +154,16 @@ def test_collection_api(faces_store):
     with pytest.raises(IndexError):
         coll.read(len(coll))
     assert "48 images" in repr(coll)
+
+
+def test_stale_partial_files_are_removed_on_write_open(faces_store, tmp_path):
+    from streamq.store import Store
+
+    copy = tmp_path / "p.zarr"
+    shutil.copytree(faces_store, copy)
+    junk = copy / "zarr.abc123.partial"
+    junk.write_bytes(b"half a write")
+    Store.open(copy)  # read-only: leaves it
+    assert junk.exists()
+    Store.open(copy, mode="r+")
+    assert not junk.exists()

@@ -1,0 +1,125 @@
+"""Export: files decode back to palette[labels], paths stay inside OUT, reruns skip files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+
+import streamq
+from streamq.errors import ConfigError, StoreExistsError
+from streamq.export import safe_output_path
+
+
+@pytest.fixture(scope="module")
+def quantized(faces_dir, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("e") / "e.zarr")
+    streamq.ingest(faces_dir, path, chunk_pixels=30_000, scheduler="threads", progress=False)
+    streamq.fit(path, colors=12, max_steps=30, scheduler="threads")
+    streamq.quantize(path, scheduler="threads")
+    return path
+
+
+def _expected(store, i):
+    coll = streamq.open_store(store)
+    labels = zarr.open_array(f"{store}/quantize/labels", mode="r")
+    a, (h, w) = int(coll.offsets[i]), coll.shapes[i]
+    return streamq.load_fit(store).palette[np.asarray(labels[a:a + h * w])].reshape(h, w, 3)
+
+
+def test_png_decodes_to_palette_of_labels(quantized, tmp_path, cluster_address):
+    out = tmp_path / "out"
+    s = streamq.export(quantized, out, scheduler=cluster_address)
+    coll = streamq.open_store(quantized)
+    assert s.n_written == len(coll)
+    for i, rel in enumerate(coll.paths):
+        path = out / (os.path.splitext(rel)[0] + ".png")
+        with Image.open(path) as im:
+            assert im.mode == "P"
+            np.testing.assert_array_equal(np.asarray(im.convert("RGB")), _expected(quantized, i))
+    again = streamq.export(quantized, out, scheduler="threads")
+    assert again.n_written == 0
+    assert again.n_existing == len(coll)
+
+
+def test_other_formats_dither_and_selection(quantized, tmp_path):
+    coll = streamq.open_store(quantized)
+    label = coll.labels[0]
+    s = streamq.export(quantized, tmp_path / "jpg", format="jpeg", labels=[label], scheduler="threads")
+    assert s.n_images == coll.labels.count(label)
+    files = sorted((tmp_path / "jpg").rglob("*.jpg"))
+    assert len(files) == s.n_images
+    assert all(f.parent.name == label for f in files)
+    streamq.export(quantized, tmp_path / "webp", format="webp", ids="0,2-3", scheduler="threads")
+    assert len(list((tmp_path / "webp").rglob("*.webp"))) == 3
+    streamq.export(quantized, tmp_path / "dith", dither=True, ids=[0], scheduler="threads")
+    with Image.open(tmp_path / "dith" / (os.path.splitext(coll.paths[0])[0] + ".png")) as im:
+        dithered = np.asarray(im.convert("RGB"))
+    pal = {tuple(c) for c in streamq.load_fit(quantized).palette}
+    assert {tuple(c) for c in dithered.reshape(-1, 3)} <= pal  # palette colours only
+    assert not np.array_equal(dithered, _expected(quantized, 0))
+    with pytest.raises(ConfigError, match="--label 'Nobody'"):
+        streamq.export(quantized, tmp_path / "x", labels=["Nobody"])
+    with pytest.raises(ConfigError, match="ids run from 0"):
+        streamq.export(quantized, tmp_path / "y", ids="99999")
+
+
+def test_other_export_into_same_folder_refused(quantized, tmp_path):
+    out = tmp_path / "o"
+    streamq.export(quantized, out, ids=[0], scheduler="threads")
+    with pytest.raises(StoreExistsError, match="made differently"):
+        streamq.export(quantized, out, format="jpeg", ids=[0], scheduler="threads")
+    s = streamq.export(quantized, out, format="jpeg", ids=[0], overwrite=True, scheduler="threads")
+    assert s.n_written == 1
+    assert not list(out.rglob("*.png"))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("keep me")
+    with pytest.raises(StoreExistsError, match="not empty"):
+        streamq.export(quantized, tmp_path / "full")
+
+
+@pytest.mark.parametrize("name", ["../../evil.jpg", "/etc/passwd", "a/../../b.png", "..",
+                                  "ctrl\x01char.jpg", "./././x.jpg", "deep/../../../../up.jpg",
+                                  "", "dir/.jpg"])
+def test_safe_output_path_never_leaves_out(tmp_path, name):
+    out = tmp_path / "out"
+    out.mkdir()
+    p = safe_output_path(str(out), name, ".png", "00000001")
+    root = os.path.realpath(out)
+    assert os.path.commonpath([root, os.path.realpath(p)]) == root
+    assert p != root
+    assert p.endswith(".png")
+    assert "\x01" not in p
+
+
+def test_hostile_names_in_a_store(quantized, tmp_path):
+    store = tmp_path / "hostile.zarr"
+    shutil.copytree(quantized, store)
+    g = zarr.open_group(str(store), mode="r+")
+    paths = np.asarray(g["images/path"][:], dtype=object)
+    paths[0], paths[1], paths[2] = "../../../escape.jpg", "/tmp/absolute.jpg", "x/../../y.jpg"
+    g["images/path"][:] = paths.astype(str)
+    out = tmp_path / "out"
+    s = streamq.export(str(store), out, ids="0-2", scheduler="threads")
+    assert s.n_written == 3
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["_/_/_/escape.png", "tmp/absolute.png", "x/_/_/y.png"]
+    assert not (tmp_path / "escape.png").exists()
+    assert not os.path.exists("/tmp/absolute.png")
+
+
+def test_more_than_256_colours_export_rgb(faces_dir, tmp_path):
+    store = str(tmp_path / "big.zarr")
+    streamq.ingest(faces_dir, store, chunk_pixels=50_000, scheduler="threads", progress=False)
+    streamq.fit(store, colors=300, max_steps=10, batch_size=8192, polish_size=0, scheduler="threads")
+    streamq.quantize(store, scheduler="threads")
+    streamq.export(store, tmp_path / "out", ids=[0, 1], scheduler="threads")
+    coll = streamq.open_store(store)
+    for i in (0, 1):
+        with Image.open(tmp_path / "out" / (os.path.splitext(coll.paths[i])[0] + ".png")) as im:
+            assert im.mode == "RGB"
+            np.testing.assert_array_equal(np.asarray(im), _expected(store, i))
