@@ -16,6 +16,7 @@ from streamq.export import ExportSummary, export
 from streamq.fit import FitResult, collection_mse, fit, load_fit
 from streamq.info import collection_info
 from streamq.ingest import IngestSummary, ingest
+from streamq.per_image import PerImageSummary, fit_per_image
 from streamq.pipeline import RunReport, run
 from streamq.quantize import QuantizeSummary, quantize
 from streamq.store import Collection, open_store
@@ -23,6 +24,7 @@ from streamq.store import Collection, open_store
 __all__ = [
     "Collection",
     "ExportSummary",
+    "PerImageSummary",
     "QuantizeSummary",
     "RunReport",
     "FitResult",
@@ -38,6 +40,7 @@ __all__ = [
     "collection_mse",
     "export",
     "fit",
+    "fit_per_image",
     "ingest",
     "load_config",
     "load_fit",

@@ -29,6 +29,7 @@ __all__ = [
     "ExportConfig",
     "FitConfig",
     "IngestConfig",
+    "PerImageConfig",
     "StreamQConfig",
     "fingerprint",
     "load_config",
@@ -128,11 +129,30 @@ class FitConfig:
                                       "OpenMP threads of the client's model update (default 1)")
 
 
+def _ks(v: Any) -> str | None:
+    return None if all(2 <= k <= 256 for k in v) and len(set(v)) == len(v) else \
+        "distinct integers from 2 to 256"
+
+
+@dataclass(frozen=True)
+class PerImageConfig:
+    """One palette per image: the tutorial's k-means on a pixel sample, at collection scale."""
+
+    enabled: bool = _opt(False, doc="streamq run: fit per-image palettes instead of a shared one")
+    colors: tuple[int, ...] = _opt((2, 6, 30), _ks, "palette sizes; one result per K")
+    sample: float = _opt(0.7, _fraction, "fraction of each image's pixels the k-means is fitted on")
+    init: Literal["k-means++", "random"] = _opt("k-means++", doc="initial centres method")
+    n_init: int = _opt(1, _at_least(1), "k-means starts per image")
+    seed: int = _opt(0, _at_least(0), "random seed of the samples and starts")
+    pixels_per_task: int = _opt(4_000_000, _at_least(1), "image pixels one task fits")
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """How quantized images are written (see ``streamq.export``)."""
 
     out: str | None = _opt(None, doc="output folder")
+    per_image: int | None = _opt(None, _at_least(2), "export the per-image result of this K")
     format: Literal["png", "jpeg", "webp"] = _opt("png", doc="png (palette PNG for K <= 256), jpeg or webp")
     dither: bool = _opt(False, doc="Floyd-Steinberg dithering")
     png_level: int = _opt(1, lambda v: None if 0 <= v <= 9 else "an integer in 0..9",
@@ -149,6 +169,7 @@ class StreamQConfig:
     dask: DaskConfig = field(default_factory=DaskConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     fit: FitConfig = field(default_factory=FitConfig)
+    per_image: PerImageConfig = field(default_factory=PerImageConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def replace(self, **dotted: Any) -> StreamQConfig:
@@ -177,7 +198,10 @@ def _type_name(tp: Any) -> str:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(_type_name(a) for a in args) + " or null"
     if origin is tuple:
-        return "a list of " + str(len(typing.get_args(tp))) + " values"
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return "a list of " + _type_name(args[0]).replace("an integer", "integers")
+        return "a list of " + str(len(args)) + " values"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
@@ -204,6 +228,13 @@ def _coerce(tp: Any, value: Any) -> Any:
         raise TypeError
     if origin is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            if isinstance(value, int | str) and not isinstance(value, bool):
+                value = [v for v in str(value).split(",") if v.strip()]  # "2,6,30" from a flag
+            if not isinstance(value, list | tuple) or not value:
+                raise TypeError
+            return tuple(_coerce(args[0], int(v) if isinstance(v, str) and v.strip().isdigit() else v)
+                         for v in value)
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise TypeError
         return tuple(_coerce(a, v) for a, v in zip(args, value, strict=True))

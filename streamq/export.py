@@ -98,21 +98,25 @@ def _export_task(args: dict[str, Any]) -> tuple[int, int]:
     import zarr
     from PIL import Image
 
-    palette = np.asarray(args["palette"], dtype=np.uint8)
-    k = len(palette)
     fmt = args["format"]
-    labels_arr = zarr.open_array(f"{args['store']}/quantize/labels", mode="r")
+    k_img = args["per_image"]
+    labels_name = f"per_image/k{k_img}/labels" if k_img else "quantize/labels"
+    labels_arr = zarr.open_array(f"{args['store']}/{labels_name}", mode="r")
     pixels_arr = zarr.open_array(f"{args['store']}/pixels", mode="r") if args["dither"] else None
-    flat_pal = palette.reshape(-1).tolist()
-    pal_img = None
-    if args["dither"]:
-        pal_img = Image.new("P", (1, 1))
-        pal_img.putpalette(flat_pal + flat_pal[-3:] * (256 - k))
+    palettes = (zarr.open_array(f"{args['store']}/per_image/k{k_img}/palette", mode="r")
+                if k_img else None)
     written = existing = 0
-    for path, off, h, w in args["images"]:
+    for image_id, path, off, h, w in args["images"]:
         if os.path.exists(path):
             existing += 1
             continue
+        palette = np.asarray(palettes[image_id] if palettes is not None else args["palette"], dtype=np.uint8)
+        k = len(palette)
+        flat_pal = palette.reshape(-1).tolist()
+        pal_img = None
+        if args["dither"]:
+            pal_img = Image.new("P", (1, 1))
+            pal_img.putpalette(flat_pal + flat_pal[-3:] * (256 - k))
         if pixels_arr is not None:
             rgb = np.asarray(pixels_arr[off:off + h * w]).reshape(h, w, 3)
             img = Image.fromarray(rgb).quantize(palette=pal_img, dither=Image.Dither.FLOYDSTEINBERG)
@@ -154,7 +158,7 @@ def _parse_ids(ids: str | list[int] | None, n: int) -> list[int] | None:
 
 def export(store: str, out: str, *, format: str = "png", dither: bool = False,
            labels: list[str] | None = None, ids: str | list[int] | None = None,
-           png_level: int = 1, quality: int = 95, overwrite: bool = False,
+           per_image: int | None = None, png_level: int = 1, quality: int = 95, overwrite: bool = False,
            config: StreamQConfig | dict[str, Any] | None = None, scheduler: str | None = None,
            progress: bool | None = None) -> ExportSummary:
     """Write the quantized images of ``store`` under ``out`` (see the module docstring)."""
@@ -163,17 +167,28 @@ def export(store: str, out: str, *, format: str = "png", dither: bool = False,
     cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
     st = Store.open(store)
     coll = Collection(st)
-    q = st.section("quantize")
-    fit_fp = st.section("fit").get("fingerprint")
-    if q.get("state") != "complete" or q.get("fit_fingerprint") != fit_fp:
+    if per_image is None:
+        q = st.section("quantize")
+        fit_fp = st.section("fit").get("fingerprint")
+        ok = q.get("state") == "complete" and q.get("fit_fingerprint") == fit_fp
+        from streamq.fit import load_fit
+
+        palette = load_fit(st.path).palette.tolist() if ok else None
+    else:
+        from streamq.per_image import load_per_image
+
+        load_per_image(st.path, per_image)  # checks they exist
+        q = st.section(f"per_image_quantize_k{per_image}")
+        fit_fp = st.section("per_image").get("fingerprint")
+        ok = q.get("state") == "complete" and q.get("fingerprint") == fit_fp
+        palette = None
+    if not ok:
         state = "stale (the palette was refitted)" if q.get("state") == "stale" else q.get("state", "missing")
         raise StreamQError(f"{st.path}: labels are {state}; run `streamq quantize` first")
-    from streamq.fit import load_fit
-
-    palette = load_fit(st.path).palette
     chosen = _select(coll, labels, _parse_ids(ids, len(coll)))
     out = os.path.abspath(out)
-    manifest = {"store": st.path, "fit_fingerprint": fit_fp, "format": format, "dither": dither,
+    manifest = {"store": st.path, "fit_fingerprint": fit_fp, "per_image": per_image,
+                "format": format, "dither": dither,
                 "png_level": png_level, "quality": quality, "streamq": __version__}
     _check_manifest(out, manifest, overwrite)
     ext = FORMATS[format]
@@ -187,7 +202,7 @@ def export(store: str, out: str, *, format: str = "png", dither: bool = False,
     timings: dict[str, float] = {}
     tasks, current, budget = [], [], 0
     for i, p in zip(chosen, paths, strict=True):
-        current.append((p, int(coll.offsets[i]), int(coll.heights[i]), int(coll.widths[i])))
+        current.append((i, p, int(coll.offsets[i]), int(coll.heights[i]), int(coll.widths[i])))
         budget += int(coll.heights[i] * coll.widths[i])
         if budget >= PIXELS_PER_TASK:
             tasks.append(current)
@@ -197,8 +212,8 @@ def export(store: str, out: str, *, format: str = "png", dither: bool = False,
     tmp_dir = os.path.join(out, TMP_DIR)
     shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a killed run
     os.makedirs(tmp_dir)
-    common = {"store": st.path, "palette": palette.tolist(), "format": format, "dither": dither,
-              "options": options, "tmp_dir": tmp_dir}
+    common = {"store": st.path, "palette": palette, "per_image": per_image, "format": format,
+              "dither": dither, "options": options, "tmp_dir": tmp_dir}
     written = existing = 0
     with timer("exporting", timings), runner(cfg.dask) as run:
         futures = {run.submit(_export_task, {**common, "images": t}): len(t) for t in tasks}

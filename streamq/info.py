@@ -46,7 +46,20 @@ def collection_info(store: str | os.PathLike[str] | Collection, top: int = 10) -
         "settings": ingest.get("settings", {}),
         "fit": _fit_summary(coll),
         "labels": _labels_summary(coll),
+        "per_image": _per_image_summary(coll),
     }
+
+
+def _per_image_summary(coll: Collection) -> dict[str, Any] | None:
+    sec = coll.store.section("per_image")
+    if not sec:
+        return None
+    out: dict[str, Any] = {"state": sec.get("state"), "colors": sec.get("colors"),
+                           "sample": sec.get("config", {}).get("sample"), "results": {}}
+    for k in sec.get("colors") or []:
+        q = coll.store.section(f"per_image_quantize_k{k}")
+        out["results"][str(k)] = {"labels": q.get("state", "missing"), "mean_psnr": q.get("mean_psnr")}
+    return out
 
 
 def _labels_summary(coll: Collection) -> dict[str, Any] | None:
@@ -118,6 +131,13 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
             lines.append("labels       stale: the palette was refitted; run `streamq quantize`")
         else:
             lines.append(f"labels       {q['state']} (rerun `streamq quantize` to finish)")
+    p = info.get("per_image")
+    if p:
+        lines.append(f"per-image    K={','.join(map(str, p['colors'] or []))} on {p['sample']} of each "
+                     f"image's pixels ({p['state']})")
+        for k, r in p["results"].items():
+            psnr = f"mean PSNR {r['mean_psnr']:.2f} dB" if r["mean_psnr"] is not None else ""
+            lines.append(f"  K={k:<4} labels {r['labels']}  {psnr}")
     lines += ["", f"skipped inputs: {info['n_skipped']}"]
     for s in info["skipped"][:max_skipped]:
         lines.append(f"  {s['path']}: {s['reason']}")

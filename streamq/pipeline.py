@@ -48,11 +48,22 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
     report = RunReport()
     with runner(cfg.dask) as run, shared(run):  # one cluster for every stage
         report.stages["ingest"] = ingest(None, None, config=cfg, overwrite=overwrite, progress=progress)
-        report.stages["fit"] = fit(cfg.store, config=cfg, overwrite=overwrite, progress=progress)
+        if cfg.per_image.enabled:
+            from streamq.per_image import fit_per_image
+
+            report.stages["fit"] = fit_per_image(cfg.store, config=cfg, overwrite=overwrite,
+                                                 progress=progress)
+        else:
+            report.stages["fit"] = fit(cfg.store, config=cfg, overwrite=overwrite, progress=progress)
         report.stages["quantize"] = quantize(cfg.store, config=cfg, progress=progress)
-        if cfg.export.out is not None:
-            e = cfg.export
-            report.stages["export"] = export(cfg.store, e.out, format=e.format, dither=e.dither,
-                                             png_level=e.png_level, quality=e.quality,
-                                             overwrite=overwrite, config=cfg, progress=progress)
+        e = cfg.export
+        if e.out is not None:
+            kw = dict(format=e.format, dither=e.dither, png_level=e.png_level, quality=e.quality,
+                      overwrite=overwrite, config=cfg, progress=progress)
+            if cfg.per_image.enabled:  # one folder per K: OUT/k2, OUT/k6, ...
+                for k in cfg.per_image.colors:
+                    report.stages[f"export k={k}"] = export(cfg.store, os.path.join(e.out, f"k{k}"),
+                                                            per_image=k, **kw)
+            else:
+                report.stages["export"] = export(cfg.store, e.out, per_image=e.per_image, **kw)
     return report

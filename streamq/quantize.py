@@ -98,19 +98,35 @@ def quantize(store: str, *, config: StreamQConfig | dict[str, Any] | None = None
              progress: bool | None = None, scheduler: str | None = None) -> QuantizeSummary:
     """Label every pixel of ``store`` with its nearest palette colour (resumable).
 
+    Labels are computed for the shared palette and for per-image palettes, whichever are
+    fitted.
+
     Returns
     -------
     QuantizeSummary
-        With the collection's exact MSE and PSNR; per-image values are in the store.
+        With the collection's exact MSE and PSNR (per-image values are in the store); a
+        ``PerImageSummary`` when only per-image palettes are fitted.
     """
-    from streamq.fit import load_fit
+    from streamq.per_image import quantize_per_image
 
     cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
     st = Store.open(store, mode="r+")
+    shared = st.section("fit").get("state") == "complete"
+    per_image = st.section("per_image").get("state") == "complete"
+    if not shared and not per_image:
+        raise StreamQError(f"{st.path} has no fitted palette; run `streamq fit` first")
+    result: Any = _quantize_shared(st, cfg, progress) if shared else None
+    if per_image:
+        summary = quantize_per_image(store, config=cfg, progress=progress)
+        result = result or summary
+    return result
+
+
+def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None) -> QuantizeSummary:
+    from streamq.fit import load_fit
+
     coll = Collection(st)
     fit_sec = st.section("fit")
-    if fit_sec.get("state") != "complete":
-        raise StreamQError(f"{st.path} has no fitted palette; run `streamq fit` first")
     fit_fp = fit_sec["fingerprint"]
     sec = st.section(QUANTIZE)
     if sec.get("fit_fingerprint") == fit_fp and sec.get("state") == "complete":

@@ -124,7 +124,12 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
 @click.argument("store", required=False)
 @config_opt
 @scheduler_opt
-@click.option("-k", "--colors", type=int, default=None, help="Palette size K, 2..65536 [default: 16].")
+@click.option("-k", "--colors", default=None,
+              help="Palette size K, 2..65536 [default: 16]; with --per-image a list like 2,6,30.")
+@click.option("--per-image", is_flag=True, default=False,
+              help="One palette per image (k-means on a pixel sample of each image), for each K.")
+@click.option("--sample", type=float, default=None,
+              help="--per-image: fraction of each image's pixels to fit on [default: 0.7].")
 @click.option("--algorithm", type=click.Choice(["minibatch", "lloyd"]), default=None,
               help="minibatch (default): streamed MiniBatchKMeans; lloyd: exact K-Means on all pixels.")
 @click.option("--init", type=click.Choice(["k-means++", "random"]), default=None,
@@ -143,19 +148,39 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
 @click.pass_context
 @_handle_errors
 def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, scheduler: str | None,
-            colors: int | None, algorithm: str | None, init: str | None, refine: bool | None,
+            colors: str | None, per_image: bool, sample: float | None,
+            algorithm: str | None, init: str | None, refine: bool | None,
             color_space: str | None, tol: float | None, max_steps: int | None, max_iter: int | None,
             batch_size: int | None, seed: int | None, overwrite: bool, progress: bool | None,
             as_json: bool) -> None:
-    """Learn one K-colour palette for the whole collection in STORE.
+    """Learn one K-colour palette for the whole collection in STORE (or one per image).
 
     Resumable: rerun the same command after an interruption for a bit-identical palette.
     """
     from streamq.config import load_config
     from streamq.fit import fit
 
+    if per_image:
+        from streamq.per_image import fit_per_image
+
+        cfg = load_config(config_path, **{
+            "store": store, "dask.scheduler": scheduler, "per_image.colors": colors,
+            "per_image.sample": sample, "per_image.init": init, "per_image.seed": seed})
+        if cfg.store is None:
+            raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
+        summary = fit_per_image(cfg.store, config=cfg, overwrite=overwrite,
+                                progress=_progress(ctx, progress))
+        if as_json:
+            click.echo(json.dumps(summary.to_dict(), indent=2))
+        elif not ctx.obj["quiet"]:
+            click.echo(str(summary))
+        return
+    if colors is not None and not colors.strip().isdigit():
+        raise click.BadParameter(f"{colors!r} is not one integer (lists need --per-image)",
+                                 param_hint="--colors")
     cfg = load_config(config_path, **{
-        "store": store, "dask.scheduler": scheduler, "fit.colors": colors,
+        "store": store, "dask.scheduler": scheduler,
+        "fit.colors": None if colors is None else int(colors),
         "fit.algorithm": algorithm, "fit.init": init, "fit.refine": refine,
         "fit.color_space": color_space, "fit.tol": tol, "fit.max_steps": max_steps,
         "fit.max_iter": max_iter, "fit.batch_size": batch_size, "fit.seed": seed})
@@ -188,11 +213,17 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
     cfg = load_config(config_path, **{"store": store, "dask.scheduler": scheduler})
     if cfg.store is None:
         raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
+    from streamq.per_image import PerImageSummary, summary_of
+
     summary = quantize(cfg.store, config=cfg, progress=_progress(ctx, progress))
+    summaries = [summary]
+    per_image = summary_of(cfg.store)
+    if per_image is not None and not isinstance(summary, PerImageSummary):
+        summaries.append(per_image)
     if as_json:
-        click.echo(json.dumps(summary.to_dict(), indent=2))
+        click.echo(json.dumps([s.to_dict() for s in summaries], indent=2))
     elif not ctx.obj["quiet"]:
-        click.echo(str(summary))
+        click.echo("\n".join(map(str, summaries)))
 
 
 @cli.command("export")
@@ -206,6 +237,8 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
 @click.option("--label", "labels", multiple=True, help="Only images with this label (repeatable).")
 @click.option("--ids", default=None, help="Only these image ids, e.g. 0,5,10-20.")
 @click.option("--png-level", type=int, default=None, help="zlib level of PNG files, 0..9 [default: 1].")
+@click.option("--per-image", "per_image", type=int, default=None, metavar="K",
+              help="Export the per-image palettes of this K instead of the shared palette.")
 @overwrite_opt
 @progress_opt
 @json_opt
@@ -213,20 +246,21 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
 @_handle_errors
 def export_cmd(ctx: click.Context, store: str | None, out: str | None, config_path: str | None,
                scheduler: str | None, fmt: str | None, dither: bool | None, labels: tuple[str, ...],
-               ids: str | None, png_level: int | None, overwrite: bool, progress: bool | None,
-               as_json: bool) -> None:
+               ids: str | None, png_level: int | None, per_image: int | None, overwrite: bool,
+               progress: bool | None, as_json: bool) -> None:
     """Rebuild the quantized images of STORE as files under OUT, mirroring the source tree."""
     from streamq.config import load_config
     from streamq.export import export
 
     cfg = load_config(config_path, **{"store": store, "dask.scheduler": scheduler, "export.out": out,
                                       "export.format": fmt, "export.dither": dither,
-                                      "export.png_level": png_level})
+                                      "export.png_level": png_level, "export.per_image": per_image})
     if cfg.store is None or cfg.export.out is None:
         raise click.UsageError("pass STORE and OUT (or set keys 'store' and 'export.out')")
     e = cfg.export
     summary = export(cfg.store, e.out, format=e.format, dither=e.dither, labels=list(labels) or None,
-                     ids=ids, png_level=e.png_level, quality=e.quality, overwrite=overwrite,
+                     ids=ids, per_image=e.per_image, png_level=e.png_level, quality=e.quality,
+                     overwrite=overwrite,
                      config=cfg, progress=_progress(ctx, progress))
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))

@@ -1,0 +1,301 @@
+"""One palette per image: the tutorial's workflow at collection scale.
+
+For every image and every K, ``KMeans(n_clusters=K, init="k-means++")`` is fitted on a
+seeded random ``sample`` fraction (default 70%) of the image's pixels, scaled to [0, 1];
+then every pixel is labelled with its nearest centre (as ``KMeans.predict`` does). Fitting
+runs in Dask tasks over groups of images, each recording its palettes when done (so a rerun
+fits only unfinished groups); labelling runs per chunk like the shared-palette quantize.
+
+Layout: ``per_image/k{K}/{center,palette}`` hold ``(N, K, 3)`` arrays, ``labels`` the
+``(P,)`` labels, ``images/{sse,mse,psnr}`` the per-image errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+
+from streamq.colorspace import to_space
+from streamq.config import PerImageConfig, StreamQConfig, fingerprint, parse_config, to_dict
+from streamq.errors import StoreMismatchError, StreamQError
+from streamq.report import progress_bar, timer
+from streamq.scheduler import runner
+from streamq.store import Collection, Store, compressors, write_record
+
+__all__ = ["PerImageSummary", "fit_image", "fit_per_image", "load_per_image", "quantize_per_image"]
+
+log = logging.getLogger(__name__)
+
+SECTION = "per_image"
+RECORDS = "per_image/records"
+
+
+@dataclass
+class PerImageSummary:
+    store: str
+    colors: list[int]
+    n_images: int
+    status: str
+    mean_psnr: dict[int, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        text = f"{self.status}: per-image palettes K={','.join(map(str, self.colors))} for {self.n_images} images"
+        if self.mean_psnr:
+            text += "; mean PSNR " + ", ".join(f"K={k}: {v:.2f} dB" for k, v in self.mean_psnr.items())
+        return text
+
+
+def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
+              init: str = "k-means++", n_init: int = 1) -> np.ndarray:
+    """The tutorial's palette of one image: k-means on a seeded ``sample`` of its pixels.
+
+    ``rgb`` is ``(n, 3)`` uint8; returns ``(k, 3)`` float centres in [0, 1] units.
+    """
+    from sklearn.cluster import KMeans
+
+    x = to_space(rgb, "rgb")
+    n = len(x)
+    m = min(n, max(k, int(round(sample * n))))
+    rng = np.random.default_rng([seed, image_id])
+    idx = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
+    if m < k:  # fewer pixels than colours: every pixel is a centre, the rest repeat the first
+        centres = np.concatenate([x, np.repeat(x[:1], k - n, axis=0)])
+        return centres.astype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fewer distinct colours than k: duplicate centres
+        km = KMeans(n_clusters=k, init=init, n_init=n_init, random_state=seed).fit(x[idx])
+    return km.cluster_centers_.astype(np.float64)
+
+
+def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
+    from threadpoolctl import threadpool_limits
+
+    pixels = zarr.open_array(f"{args['store']}/pixels", mode="r")
+    a, b = args["px_start"], args["px_stop"]
+    data = np.asarray(pixels[a:b])
+    result: dict[str, list[Any]] = {str(k): [] for k in args["colors"]}
+    with threadpool_limits(1):  # tasks are the parallelism
+        for image_id, off, size in args["images"]:
+            rgb = data[off - a: off - a + size]
+            for k in args["colors"]:
+                c = fit_image(rgb, k, args["sample"], args["seed"], image_id, args["init"], args["n_init"])
+                result[str(k)].append([image_id, c.reshape(-1).tolist()])
+    write_record(args["store"], RECORDS, args["task"], result)
+    return {"n": len(args["images"])}
+
+
+def _fingerprint(st: Store, pcfg: PerImageConfig) -> str:
+    ingest = st.section("ingest")
+    semantic = {k: v for k, v in to_dict(pcfg).items() if k not in ("enabled", "pixels_per_task")}
+    return fingerprint({"data": [ingest.get("source_fingerprint"), ingest.get("settings_fingerprint")],
+                        "per_image": semantic})
+
+
+def fit_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
+                  overwrite: bool = False, progress: bool | None = None,
+                  scheduler: str | None = None, **options: Any) -> PerImageSummary:
+    """Fit one palette per image and per K (``options`` override ``per_image`` keys)."""
+    cfg = parse_config(config)
+    cfg = cfg.replace(**{f"per_image.{k}": v for k, v in options.items()}, **{"dask.scheduler": scheduler})
+    pcfg = cfg.per_image
+    st = Store.open(store, mode="r+")
+    coll = Collection(st)
+    fp = _fingerprint(st, pcfg)
+    sec = st.section(SECTION)
+    if sec and not overwrite:
+        if sec.get("fingerprint") != fp:
+            old = sec.get("config", {})
+            raise StoreMismatchError(
+                f"{st.path} already has per-image palettes with other parameters (colors="
+                f"{old.get('colors')}, sample={old.get('sample')}, seed={old.get('seed')}); "
+                "pass --overwrite to replace them")
+        if sec.get("state") == "complete":
+            return _summary(st, "already complete")
+    timings: dict[str, float] = {}
+    sizes = coll.heights * coll.widths
+    if not sec or overwrite or sec.get("state") == "planning":
+        tasks, cur, budget = [], [], 0
+        for i in range(len(coll)):
+            cur.append(i)
+            budget += int(sizes[i])
+            if budget >= pcfg.pixels_per_task:
+                tasks.append(cur)
+                cur, budget = [], 0
+        if cur:
+            tasks.append(cur)
+        st.set_section(SECTION, {"state": "planning", "fingerprint": fp})
+        st.write_table("per_image/tasks", {"first": np.asarray([t[0] for t in tasks], np.int64),
+                                           "last": np.asarray([t[-1] for t in tasks], np.int64)})
+        st.create_records(RECORDS, len(tasks))
+        st.set_section(SECTION, {"state": "running", "fingerprint": fp, "config": to_dict(pcfg),
+                                 "colors": list(pcfg.colors), "n_tasks": len(tasks)})
+    t = st.read_table("per_image/tasks", ("first", "last"))
+    records = st.records(RECORDS)
+    pending = [i for i in range(len(records)) if not records[i]]
+    with timer("per-image fit", timings), runner(cfg.dask) as run:
+        futures = {}
+        for ti in pending:
+            ids = range(int(t["first"][ti]), int(t["last"][ti]) + 1)
+            images = [(i, int(coll.offsets[i]), int(sizes[i])) for i in ids]
+            a = images[0][1]
+            b = images[-1][1] + images[-1][2]
+            args = {"store": st.path, "task": ti, "px_start": a, "px_stop": b, "images": images,
+                    "colors": list(pcfg.colors), "sample": pcfg.sample, "seed": pcfg.seed,
+                    "init": pcfg.init, "n_init": pcfg.n_init}
+            futures[run.submit(_fit_task, args)] = len(images)
+        with progress_bar(sum(futures.values()), "per-image fit", "image", progress) as bar:
+            for fut in run.as_completed(futures):
+                fut.result()
+                bar.update(futures[fut])
+    with timer("consolidating", timings):
+        records = st.records(RECORDS)
+        for k in pcfg.colors:
+            centres = np.zeros((len(coll), k, 3), dtype=np.float64)
+            for r in records:
+                for image_id, flat in json.loads(r)[str(k)]:
+                    centres[image_id] = np.asarray(flat, dtype=np.float64).reshape(k, 3)
+            _write_3d(st, f"per_image/k{k}/center", centres)
+            _write_3d(st, f"per_image/k{k}/palette", np.round(np.clip(centres * 255, 0, 255)).astype(np.uint8))
+        st.set_section(SECTION, {**st.section(SECTION), "state": "complete", "timings": timings,
+                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        for k in pcfg.colors:  # labels of earlier palettes are stale now
+            q = st.section(f"per_image_quantize_k{k}")
+            if q and q.get("fingerprint") != fp:
+                st.set_section(f"per_image_quantize_k{k}", {**q, "state": "stale"})
+    return _summary(st, "fitted", timings)
+
+
+def _write_3d(st: Store, name: str, data: np.ndarray) -> None:
+    arr = zarr.create_array(st.path, name=name, shape=data.shape, dtype=data.dtype,
+                            chunks=(max(1, min(len(data), 4096)),) + data.shape[1:], overwrite=True)
+    if data.size:
+        arr[:] = data
+
+
+def load_per_image(store: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(centres, palettes)`` of every image for ``k``: ``(N, k, 3)`` float and uint8."""
+    st = Store.open(store)
+    sec = st.section(SECTION)
+    if sec.get("state") != "complete" or k not in sec.get("colors", []):
+        have = sec.get("colors") if sec.get("state") == "complete" else "none"
+        raise StreamQError(f"{st.path} has no per-image palettes for K={k} (fitted: {have}); "
+                           f"run `streamq fit --per-image --colors {k}`")
+    return (np.asarray(st.group[f"per_image/k{k}/center"][:]),
+            np.asarray(st.group[f"per_image/k{k}/palette"][:]))
+
+
+def _label_task(args: dict[str, Any]) -> dict[str, Any]:
+    from streamq.kernels import assign
+
+    store, c, chunk, k = args["store"], args["chunk_index"], args["chunk"], args["k"]
+    pixels = zarr.open_array(f"{store}/pixels", mode="r")
+    lo = c * chunk
+    hi = min(lo + chunk, pixels.shape[0])
+    rgb = np.asarray(pixels[lo:hi])
+    labels = np.zeros(hi - lo, dtype=np.uint8 if k <= 256 else np.uint16)
+    centres = zarr.open_array(f"{store}/per_image/k{k}/center", mode="r")
+    palettes = zarr.open_array(f"{store}/per_image/k{k}/palette", mode="r")
+    ids = [i for i, _, _ in args["images"]]
+    cen = np.asarray(centres[min(ids):max(ids) + 1]) if ids else None
+    pal = np.asarray(palettes[min(ids):max(ids) + 1]).astype(np.int64) if ids else None
+    sse = []
+    for image_id, off, size in args["images"]:
+        a, b = max(off, lo) - lo, min(off + size, hi) - lo
+        j = image_id - min(ids)
+        lab, _ = assign(to_space(rgb[a:b], "rgb"), cen[j])
+        labels[a:b] = lab
+        err = ((rgb[a:b].astype(np.int64) - pal[j][lab]) ** 2).sum()
+        sse.append([int(image_id), int(err)])
+    out = zarr.open_array(f"{store}/per_image/k{k}/labels", mode="r+")
+    out[lo:hi] = labels
+    report = {"sse": sse}
+    write_record(store, f"per_image/k{k}/label_records", c, report)
+    return report
+
+
+def quantize_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
+                       progress: bool | None = None, scheduler: str | None = None) -> PerImageSummary:
+    """Label every pixel with its image's own palette, for every fitted K (resumable)."""
+    cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
+    st = Store.open(store, mode="r+")
+    coll = Collection(st)
+    sec = st.section(SECTION)
+    if sec.get("state") != "complete":
+        raise StreamQError(f"{st.path} has no per-image palettes; run `streamq fit --per-image` first")
+    fp = sec["fingerprint"]
+    pixels = st.pixels()
+    chunk = int(pixels.chunks[0])
+    n_chunks = -(-int(pixels.shape[0]) // chunk)
+    offsets, sizes = coll.offsets, coll.heights * coll.widths
+    ends = offsets + sizes
+    timings: dict[str, float] = {}
+    codec = st.section("ingest").get("settings", {})
+    with timer("per-image labelling", timings), runner(cfg.dask) as run:
+        for k in sec["colors"]:
+            name = f"per_image_quantize_k{k}"
+            q = st.section(name)
+            if q.get("state") == "complete" and q.get("fingerprint") == fp:
+                continue
+            if q.get("fingerprint") != fp or q.get("state") not in ("running",):
+                zarr.create_array(st.path, name=f"per_image/k{k}/labels", shape=(int(pixels.shape[0]),),
+                                  chunks=(chunk,), dtype=np.uint8 if k <= 256 else np.uint16,
+                                  fill_value=0, overwrite=True, dimension_names=["pixel"],
+                                  compressors=compressors(codec.get("codec", "zstd"), codec.get("level")))
+                st.create_records(f"per_image/k{k}/label_records", n_chunks)
+                st.set_section(name, {"state": "running", "fingerprint": fp})
+            records = st.records(f"per_image/k{k}/label_records")
+            futures = []
+            for c in (c for c in range(n_chunks) if not records[c]):
+                lo, hi = c * chunk, (c + 1) * chunk
+                i0 = int(np.searchsorted(ends, lo, side="right"))
+                i1 = int(np.searchsorted(offsets, hi, side="left"))
+                images = [(i, int(offsets[i]), int(sizes[i])) for i in range(i0, i1) if sizes[i]]
+                futures.append(run.submit(_label_task, {"store": st.path, "chunk_index": c,
+                                                        "chunk": chunk, "k": k, "images": images}))
+            with progress_bar(len(futures), f"labelling K={k}", "chunk", progress) as bar:
+                for fut in run.as_completed(futures):
+                    fut.result()
+                    bar.update(1)
+            sse = np.zeros(len(coll), dtype=np.int64)
+            for r in st.records(f"per_image/k{k}/label_records"):
+                for image_id, value in json.loads(r)["sse"]:
+                    sse[image_id] += value
+            n = 3 * sizes
+            mse = sse / np.maximum(n, 1)
+            psnr = np.asarray([math.inf if m == 0 else 10 * math.log10(255 ** 2 / m) for m in mse])
+            st.write_table(f"per_image/k{k}/images", {"sse": sse, "mse": mse, "psnr": psnr})
+            st.set_section(name, {"state": "complete", "fingerprint": fp,
+                                  "mean_psnr": float(np.mean(psnr[np.isfinite(psnr)])) if len(psnr) else 0.0})
+    return _summary(st, "quantized", timings)
+
+
+def summary_of(store: str) -> PerImageSummary | None:
+    """The per-image results in ``store``, or None when there are none."""
+    st = Store.open(store)
+    if st.section(SECTION).get("state") != "complete":
+        return None
+    return _summary(st, "per-image")
+
+
+def _summary(st: Store, status: str, timings: dict[str, float] | None = None) -> PerImageSummary:
+    sec = st.section(SECTION)
+    coll = Collection(st)
+    mean = {}
+    for k in sec.get("colors", []):
+        q = st.section(f"per_image_quantize_k{k}")
+        if q.get("state") == "complete":
+            mean[k] = q["mean_psnr"]
+    return PerImageSummary(store=st.path, colors=list(sec.get("colors", [])), n_images=len(coll),
+                           status=status, mean_psnr=mean, timings=timings or {})

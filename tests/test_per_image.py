@@ -1,0 +1,111 @@
+"""Per-image palettes (the tutorial at scale) against a plain in-memory scikit-learn loop."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+from conftest import pillow_rgb
+from PIL import Image
+from sklearn.cluster import KMeans
+
+import streamq
+from streamq.errors import StoreMismatchError, StreamQError
+from streamq.per_image import fit_per_image, load_per_image
+
+
+@pytest.fixture(scope="module")
+def fitted(faces_dir, tmp_path_factory, cluster_address):
+    path = str(tmp_path_factory.mktemp("pi") / "pi.zarr")
+    streamq.ingest(faces_dir, path, chunk_pixels=30_000, scheduler="threads", progress=False)
+    fit_per_image(path, colors=[2, 6, 30], sample=0.7, seed=4, pixels_per_task=100_000,
+                  scheduler=cluster_address)
+    streamq.quantize(path, scheduler=cluster_address)
+    return path
+
+
+def _reference(path_on_disk, image_id, k, seed=4, sample=0.7):
+    """The tutorial, in memory: decode, scale to [0, 1], 70% sample, KMeans, predict."""
+    rgb = pillow_rgb(path_on_disk).reshape(-1, 3)
+    x = (rgb.astype(np.float32) * np.float32(1 / 255))
+    n = len(x)
+    m = int(round(sample * n))
+    idx = np.sort(np.random.default_rng([seed, image_id]).choice(n, size=m, replace=False))
+    km = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit(x[idx])
+    return km, rgb, x
+
+
+@pytest.mark.parametrize("k", [2, 6, 30])
+def test_same_result_as_a_plain_sklearn_loop(fitted, faces_dir, k):
+    coll = streamq.open_store(fitted)
+    centres, palettes = load_per_image(fitted, k)
+    labels = zarr.open_array(f"{fitted}/per_image/k{k}/labels", mode="r")
+    psnr = zarr.open_group(fitted, mode="r")[f"per_image/k{k}/images/psnr"][:]
+    for i in (0, 11, len(coll) - 1):
+        km, rgb, x = _reference(faces_dir / coll.paths[i], i, k)
+        # equal up to float32 rounding (OpenMP reductions differ with the thread count)
+        np.testing.assert_allclose(centres[i], km.cluster_centers_, rtol=0, atol=2e-5)
+        a, n = int(coll.offsets[i]), len(rgb)
+        ours = np.asarray(labels[a:a + n]).astype(np.int64)
+        ref = km.predict(x)
+        assert (ours != ref).mean() < 1e-3  # ties and float32 rounding aside
+        rebuilt = palettes[i][ours].astype(float)
+        mse = ((rgb - rebuilt) ** 2).mean()
+        assert psnr[i] == pytest.approx(10 * np.log10(255 ** 2 / mse), rel=1e-9)
+
+
+def test_export_and_info_per_image(fitted, tmp_path):
+    from click.testing import CliRunner
+
+    from streamq.cli.main import cli
+
+    coll = streamq.open_store(fitted)
+    s = streamq.export(fitted, tmp_path / "k6", per_image=6, ids=[0, 1], scheduler="threads")
+    assert s.n_written == 2
+    _, palettes = load_per_image(fitted, 6)
+    labels = zarr.open_array(f"{fitted}/per_image/k6/labels", mode="r")
+    with Image.open(tmp_path / "k6" / (os.path.splitext(coll.paths[1])[0] + ".png")) as im:
+        assert im.mode == "P"
+        a, (h, w) = int(coll.offsets[1]), coll.shapes[1]
+        expected = palettes[1][np.asarray(labels[a:a + h * w])].reshape(h, w, 3)
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), expected)
+    info = CliRunner().invoke(cli, ["info", fitted]).output
+    assert "per-image    K=2,6,30 on 0.7" in info
+    assert "K=30   labels complete" in info
+    with pytest.raises(StreamQError, match="no per-image palettes for K=5"):
+        streamq.export(fitted, tmp_path / "k5", per_image=5)
+
+
+def test_psnr_grows_with_k(fitted):
+    g = zarr.open_group(fitted, mode="r")
+    p2, p6, p30 = (g[f"per_image/k{k}/images/psnr"][:] for k in (2, 6, 30))
+    assert (p6 >= p2 - 1e-9).mean() > 0.95
+    assert (p30 >= p6 - 1e-9).mean() > 0.95
+
+
+def test_rerun_noop_other_params_refused(fitted, tmp_path):
+    copy = str(tmp_path / "c.zarr")
+    shutil.copytree(fitted, copy)
+    assert fit_per_image(copy, colors=[2, 6, 30], sample=0.7, seed=4, scheduler="sync").status \
+        == "already complete"
+    with pytest.raises(StoreMismatchError, match="other parameters"):
+        fit_per_image(copy, colors=[3], scheduler="sync")
+
+
+def test_cli_per_image_and_list_needs_flag(fitted, tmp_path):
+    from click.testing import CliRunner
+
+    from streamq.cli.main import cli
+
+    copy = str(tmp_path / "c.zarr")
+    shutil.copytree(fitted, copy)
+    r = CliRunner().invoke(cli, ["fit", copy, "-k", "2,6", "--scheduler", "threads"])
+    assert r.exit_code == 2
+    assert "lists need --per-image" in r.output
+    r = CliRunner().invoke(cli, ["fit", copy, "--per-image", "-k", "3,4", "--sample", "0.5",
+                                 "--scheduler", "threads", "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("fitted: per-image palettes K=3,4 for 48 images")
