@@ -76,7 +76,7 @@ class IngestConfig:
 
     source: str | None = _opt(None, doc="folder, glob pattern or text file listing paths")
     chunk_pixels: int = _opt(4_194_304, _at_least(1024), "pixels per chunk of the pixel array")
-    codec: Literal["zstd", "lz4", "none"] = _opt("zstd", doc="compression of pixel chunks")
+    codec: Literal["zstd", "lz4", "none"] = _opt("lz4", doc="compression of pixel chunks")
     level: int | None = _opt(None, _at_least(0), "codec level (default: the codec's fast level)")
     max_pixels: int = _opt(178_956_970, _at_least(1), "images with more pixels are skipped")
     background: tuple[int, int, int] = _opt(

@@ -252,7 +252,7 @@ def quantize_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | N
                 zarr.create_array(st.path, name=f"per_image/k{k}/labels", shape=(int(pixels.shape[0]),),
                                   chunks=(chunk,), dtype=np.uint8 if k <= 256 else np.uint16,
                                   fill_value=0, overwrite=True, dimension_names=["pixel"],
-                                  compressors=compressors(codec.get("codec", "zstd"), codec.get("level")))
+                                  compressors=compressors(codec.get("codec", "lz4"), codec.get("level")))
                 st.create_records(f"per_image/k{k}/label_records", n_chunks)
                 st.set_section(name, {"state": "running", "fingerprint": fp})
             records = st.records(f"per_image/k{k}/label_records")

@@ -144,7 +144,7 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None) -> Qu
         st.set_section(QUANTIZE, {"state": "starting", "fit_fingerprint": fit_fp})
         zarr.create_array(st.path, name=LABELS, shape=(int(pixels.shape[0]),), chunks=(chunk,),
                           dtype=labels_dtype(result.k), fill_value=0, overwrite=True,
-                          compressors=compressors(ingest.get("codec", "zstd"), ingest.get("level")),
+                          compressors=compressors(ingest.get("codec", "lz4"), ingest.get("level")),
                           dimension_names=["pixel"])
         st.create_records(RECORDS, n_chunks)
         st.set_section(QUANTIZE, {"state": "running", "fit_fingerprint": fit_fp, "k": result.k})

@@ -86,7 +86,7 @@ def example_cmd(out: str, n_images: int, seed: int, size: int | None) -> None:
 @scheduler_opt
 @click.option("--chunk-pixels", type=int, default=None, help="Pixels per chunk [default: 4194304].")
 @click.option("--codec", type=click.Choice(["zstd", "lz4", "none"]), default=None,
-              help="Compression of pixel chunks [default: zstd].")
+              help="Compression of pixel chunks [default: lz4].")
 @click.option("--max-pixels", type=int, default=None, help="Skip images with more pixels than this.")
 @click.option("--strict", is_flag=True, default=None, help="Exit with status 3 when any input was skipped.")
 @overwrite_opt

@@ -1,0 +1,156 @@
+"""Quantize and export throughput, against scikit-learn's predict and the Zarr I/O ceiling.
+
+On the cached real-photo collection of ``benchmarks/fit.py`` (LFW-shaped 250x250 crops), with
+a K-colour palette fitted once, in one run:
+
+- ``kernel``: streamq's exact assignment (``LabelTable``: lazily filled 2**24 table) vs
+  ``MiniBatchKMeans.predict`` on the same 10 Mpx of collection pixels, one thread each and
+  as configured (cold table = first pass, warm = second);
+- ``io ceiling``: Dask tasks that read each pixel chunk and write a uint8 array of the same
+  chunking and codec, no compute;
+- ``quantize``: ``streamq.quantize`` (read, label, write, per-image errors), whole stage;
+- ``export``: ``streamq.export`` to palette PNGs at zlib levels 1 and 6.
+
+Run from the repository root::
+
+    python benchmarks/quantize.py --images 3200 --k 64 256 --json /tmp/streamq-bench/quantize.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import build_store, median, timed  # noqa: E402
+
+import streamq  # noqa: E402
+from streamq.config import DaskConfig  # noqa: E402
+from streamq.scheduler import runner  # noqa: E402
+from streamq.store import Store, compressors  # noqa: E402
+
+
+def _io_task(args: tuple[str, int, int]) -> int:
+    store, c, chunk = args
+    px = zarr.open_array(f"{store}/pixels", mode="r")
+    out = zarr.open_array(f"{store}/bench_io", mode="r+")
+    lo, hi = c * chunk, min((c + 1) * chunk, px.shape[0])
+    data = np.asarray(px[lo:hi])
+    out[lo:hi] = data[:, 1]  # real bytes (an all-zero chunk would not be written)
+    return hi - lo
+
+
+def io_ceiling(store: str) -> float:
+    st = Store.open(store, mode="r+")
+    px = st.pixels()
+    chunk = int(px.chunks[0])
+    settings = st.section("ingest")["settings"]
+    zarr.create_array(store, name="bench_io", shape=(px.shape[0],), chunks=(chunk,), dtype="uint8",
+                      compressors=compressors(settings["codec"], settings["level"]), overwrite=True)
+    n_chunks = -(-px.shape[0] // chunk)
+    with runner(DaskConfig()) as run:
+        run.map_ordered(_io_task, [(store, 0, chunk)])  # warm the workers
+        t0 = time.perf_counter()
+        run.map_ordered(_io_task, [(store, c, chunk) for c in range(n_chunks)])
+        return time.perf_counter() - t0
+
+
+def kernel(store: str, k: int, n: int) -> dict[str, float]:
+    from sklearn.cluster import MiniBatchKMeans
+    from threadpoolctl import threadpool_limits
+
+    from streamq.colorspace import to_space
+    from streamq.kernels import LabelTable
+
+    res = streamq.load_fit(store)
+    px = np.asarray(zarr.open_array(f"{store}/pixels", mode="r")[:n])
+    est = MiniBatchKMeans(k)
+    est.cluster_centers_ = res.centers.astype(np.float32)
+    est._n_threads = 2
+    est.n_features_in_ = 3
+    x = to_space(px, "rgb")
+    out: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ref = est.predict(x)
+    out["sklearn_predict_mpx_s"] = n / 1e6 / (time.perf_counter() - t0)
+    with threadpool_limits(1):
+        t0 = time.perf_counter()
+        est.predict(x)
+        out["sklearn_predict_1thread_mpx_s"] = n / 1e6 / (time.perf_counter() - t0)
+    table = LabelTable(res.centers, res.palette, "rgb")
+    t0 = time.perf_counter()
+    ours, _ = table.labels(px)
+    out["streamq_cold_mpx_s"] = n / 1e6 / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    table.labels(px)
+    out["streamq_warm_mpx_s"] = n / 1e6 / (time.perf_counter() - t0)
+    out["label_agreement"] = float((ours == ref).mean())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=3200)
+    ap.add_argument("--k", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--kernel-pixels", type=int, default=10_000_000)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/streamq-bench"))
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    base = build_store(args.workdir, args.images)
+    n_pixels = streamq.open_store(base).n_pixels
+    results: dict[str, dict[str, float]] = {}
+    io_times = [io_ceiling(base) for _ in range(args.repeats)]
+    io_mpx = n_pixels / 1e6 / median(io_times)
+    print(f"I/O ceiling (read pixels, write uint8, no compute): {io_mpx:.0f} Mpx/s", flush=True)
+    for k in args.k:
+        store = str(args.workdir / f"quantize-k{k}.zarr")
+        if not Path(store).exists():
+            shutil.copytree(base, store)
+        streamq.fit(store, colors=k, progress=False)
+        row = kernel(store, k, min(args.kernel_pixels, n_pixels))
+        times = []
+        for _ in range(args.repeats):
+            Store.open(store, mode="r+").set_section("quantize", {})
+            t, peak, summary = timed(lambda store=store: streamq.quantize(store, progress=False))
+            times.append(t)
+        row["quantize_mpx_s"] = n_pixels / 1e6 / median(times)
+        row["quantize_over_io"] = row["quantize_mpx_s"] / io_mpx
+        row["quantize_peak_gib"] = peak / 2**30
+        for level in (1, 6):
+            out = args.workdir / f"export-k{k}-l{level}"
+            etimes = []
+            for _ in range(args.repeats):
+                shutil.rmtree(out, ignore_errors=True)
+                t, _, _ = timed(lambda out=out, level=level, store=store: streamq.export(
+                    store, out, png_level=level, progress=False))
+                etimes.append(t)
+            size = sum(p.stat().st_size for p in out.rglob("*.png"))
+            row[f"export_png{level}_mpx_s"] = n_pixels / 1e6 / median(etimes)
+            row[f"export_png{level}_bytes_per_px"] = size / n_pixels
+        results[str(k)] = row
+        print(f"K={k}: " + ", ".join(f"{a}={b:.3g}" for a, b in row.items()), flush=True)
+    print(f"\ncollection {n_pixels / 1e6:.0f} Mpx, medians of {args.repeats}; I/O ceiling {io_mpx:.0f} Mpx/s")
+    print(f"{'K':>4}{'predict':>9}{'1 thr':>8}{'ours cold':>11}{'warm':>8}{'x predict':>10}"
+          f"{'quantize':>10}{'/io':>6}{'png1':>7}{'png6':>7}")
+    for k, r in results.items():
+        print(f"{k:>4}{r['sklearn_predict_mpx_s']:>9.1f}{r['sklearn_predict_1thread_mpx_s']:>8.1f}"
+              f"{r['streamq_cold_mpx_s']:>11.1f}{r['streamq_warm_mpx_s']:>8.1f}"
+              f"{r['streamq_warm_mpx_s'] / r['sklearn_predict_mpx_s']:>10.1f}"
+              f"{r['quantize_mpx_s']:>10.1f}{r['quantize_over_io']:>6.2f}"
+              f"{r['export_png1_mpx_s']:>7.1f}{r['export_png6_mpx_s']:>7.1f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"n_pixels": n_pixels, "io_mpx_s": io_mpx, "k": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
