@@ -410,7 +410,8 @@ def _polish(run: Runner, source: PixelSource, fcfg: FitConfig, centres: np.ndarr
                         POLISH_PART)
     codes, counts = np.unique((sample.astype(np.int64) << np.array([16, 8, 0])).sum(1), return_counts=True)
     x = to_space(codes_to_rgb(codes), fcfg.color_space).astype(np.float64)
-    polished, _, n_iter, _ = weighted_lloyd(x, counts, centres, fcfg.tol, fcfg.polish_iter)
+    polished, _, n_iter, _ = weighted_lloyd(x, counts, centres, fcfg.tol, fcfg.polish_iter,
+                                            n_threads=_lloyd_threads(fcfg))
     return polished, n_iter
 
 
@@ -446,7 +447,8 @@ def _fit_lloyd(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig, fp:
                 last_save[0] = time.monotonic()
 
         centres, inertia, n_iter, converged = weighted_lloyd(
-            x, counts, state["centres"], fcfg.tol, fcfg.max_iter, on_iter, start_iter=state["iteration"])
+            x, counts, state["centres"], fcfg.tol, fcfg.max_iter, on_iter,
+            start_iter=state["iteration"], n_threads=_lloyd_threads(fcfg))
         if inertia < state["best_inertia"]:
             state.update(best_centres=centres, best_inertia=inertia,
                          best_history=list(state["history"]), best_converged=converged)
@@ -465,6 +467,13 @@ def _fit_lloyd(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig, fp:
         "exact_mse": float(state["best_inertia"] / n_px),
     }
     return np.asarray(state["best_centres"], dtype=np.float64), info
+
+
+def _lloyd_threads(fcfg: FitConfig) -> int:
+    """Lloyd runs on the client while the workers wait: all cores, unless limited."""
+    import os
+
+    return fcfg.client_threads or os.cpu_count() or 1
 
 
 def _ensure_distinct(centres: np.ndarray, val: np.ndarray, space: str) -> np.ndarray:

@@ -76,7 +76,7 @@ def kmeans_plusplus_weighted(x: np.ndarray, w: np.ndarray, k: int, seed: int) ->
 
 def weighted_lloyd(x: np.ndarray, w: np.ndarray, centres: np.ndarray, tol: float, max_iter: int,
                    on_iter: Callable[[int, np.ndarray, float, float], bool | None] | None = None,
-                   start_iter: int = 0) -> tuple[np.ndarray, float, int, bool]:
+                   start_iter: int = 0, n_threads: int = 1) -> tuple[np.ndarray, float, int, bool]:
     """Lloyd iterations on points ``x`` with weights ``w`` from ``centres``.
 
     Stops when no centre moves more than ``tol`` (Euclidean, in the units of ``x``), when
@@ -95,7 +95,7 @@ def weighted_lloyd(x: np.ndarray, w: np.ndarray, centres: np.ndarray, tol: float
     it = start_iter
     converged = False
     while it < max_iter:
-        labels, dist = assign(x, centres)
+        labels, dist = assign(x, centres, n_threads)
         sums = np.stack([np.bincount(labels, weights=w * x[:, j], minlength=k) for j in range(d)], 1)
         weight = np.bincount(labels, weights=w, minlength=k)
         new = centres.copy()
@@ -116,5 +116,5 @@ def weighted_lloyd(x: np.ndarray, w: np.ndarray, centres: np.ndarray, tol: float
         if shift < tol or unchanged:
             converged = True
             break
-    _, dist = assign(x, centres)
+    _, dist = assign(x, centres, n_threads)
     return centres, float((dist * w).sum()), it, converged
