@@ -51,6 +51,7 @@ from streamq.config import FitConfig, StreamQConfig, fingerprint, parse_config, 
 from streamq.errors import ConfigError, StoreMismatchError
 from streamq.kernels import assign, codes_to_rgb
 from streamq.lloyd import collection_histogram, kmeans_plusplus_weighted, weighted_lloyd
+from streamq.metrics import psnr
 from streamq.report import progress_bar, timer
 from streamq.scheduler import Runner, runner
 from streamq.store import Collection, Store
@@ -220,7 +221,7 @@ def fit(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
         store=st.path, k=fcfg.colors, algorithm=fcfg.algorithm, color_space=fcfg.color_space,
         centers=centres, palette=palette, counts=counts, history=info["history"],
         steps=info["steps"], pixels_seen=info["pixels_seen"], stop_reason=info["stop_reason"],
-        mse=mse, psnr=_psnr(mse), seconds=round(time.perf_counter() - started, 3),
+        mse=mse, psnr=psnr(mse), seconds=round(time.perf_counter() - started, 3),
         seed=fcfg.seed, config=to_dict(fcfg))
     _save_result(st, result, fp, timings)
     log.info("%s", result)
@@ -265,10 +266,6 @@ def collection_mse(store: str, centers: np.ndarray | None = None, color_space: s
     labels, _ = assign(to_space(rgb, space), centers, n_threads=2)
     err = ((rgb.astype(np.float64) - palette[labels]) ** 2).sum(1)
     return float((err * counts).sum() / (3 * counts.sum()))
-
-
-def _psnr(mse: float) -> float:
-    return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
 def _describe(c: dict[str, Any]) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ import zarr
 from streamq.colorspace import to_space
 from streamq.config import PerImageConfig, StreamQConfig, fingerprint, parse_config, to_dict
 from streamq.errors import StoreMismatchError, StreamQError
+from streamq.metrics import errors_from_records
 from streamq.report import progress_bar, timer
 from streamq.scheduler import runner
 from streamq.store import Collection, Store, compressors, write_record
@@ -268,16 +268,11 @@ def quantize_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | N
                 for fut in run.as_completed(futures):
                     fut.result()
                     bar.update(1)
-            sse = np.zeros(len(coll), dtype=np.int64)
-            for r in st.records(f"per_image/k{k}/label_records"):
-                for image_id, value in json.loads(r)["sse"]:
-                    sse[image_id] += value
-            n = 3 * sizes
-            mse = sse / np.maximum(n, 1)
-            psnr = np.asarray([math.inf if m == 0 else 10 * math.log10(255 ** 2 / m) for m in mse])
-            st.write_table(f"per_image/k{k}/images", {"sse": sse, "mse": mse, "psnr": psnr})
+            errors = errors_from_records(st.records(f"per_image/k{k}/label_records"), sizes)
+            st.write_table(f"per_image/k{k}/images", errors)
+            finite = errors["psnr"][np.isfinite(errors["psnr"])]
             st.set_section(name, {"state": "complete", "fingerprint": fp,
-                                  "mean_psnr": float(np.mean(psnr[np.isfinite(psnr)])) if len(psnr) else 0.0})
+                                  "mean_psnr": float(finite.mean()) if len(finite) else 0.0})
     return _summary(st, "quantized", timings)
 
 

@@ -11,9 +11,7 @@ without a record; a new palette makes old labels stale, and they are recomputed.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,6 +21,7 @@ import zarr
 
 from streamq.config import StreamQConfig, parse_config
 from streamq.errors import StreamQError
+from streamq.metrics import errors_from_records, psnr
 from streamq.report import progress_bar, timer
 from streamq.scheduler import runner
 from streamq.store import Collection, Store, compressors, write_record
@@ -58,10 +57,6 @@ class QuantizeSummary:
     def __str__(self) -> str:
         return (f"{self.status}: {self.n_pixels / 1e6:.2f} Mpx of {self.n_images} images labelled "
                 f"with K={self.k}; collection MSE {self.mse:.2f}, PSNR {self.psnr:.2f} dB")
-
-
-def _psnr(mse: float) -> float:
-    return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
 def _table(args: dict[str, Any]) -> Any:
@@ -178,17 +173,12 @@ def _consolidate(st: Store, coll: Collection, fit_fp: str, k: int, timings: dict
     records = st.records(RECORDS)
     if any(not r for r in records):
         raise StreamQError(f"{st.path}: some quantize tasks have no completion record; rerun quantize")
-    sse = np.zeros(len(coll), dtype=np.int64)
-    for r in records:
-        for image_id, value in json.loads(r)["sse"]:
-            sse[image_id] += value
-    n = 3 * coll.heights * coll.widths
-    mse = np.where(n > 0, sse / np.maximum(n, 1), 0.0)
-    psnr = np.asarray([_psnr(m) for m in mse])
-    st.write_table("quantize/images", {"sse": sse, "mse": mse, "psnr": psnr})
-    total = float(sse.sum() / max(1, n.sum()))
+    sizes = coll.heights * coll.widths
+    errors = errors_from_records(records, sizes)
+    st.write_table("quantize/images", errors)
+    total = float(errors["sse"].sum() / max(1, 3 * sizes.sum()))
     st.set_section(QUANTIZE, {"state": "complete", "fit_fingerprint": fit_fp, "k": k,
-                              "mse": total, "psnr": _psnr(total), "timings": timings,
+                              "mse": total, "psnr": psnr(total), "timings": timings,
                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
