@@ -75,7 +75,8 @@ class IngestConfig:
     """How images become a store (see ``docs/store-format.md``)."""
 
     source: str | None = _opt(None, doc="folder, glob pattern or text file listing paths")
-    chunk_pixels: int = _opt(4_194_304, _at_least(1024), "pixels per chunk of the pixel array")
+    chunk_pixels: int = _opt(4_194_304, lambda v: None if 1024 <= v <= 2**28 else "an integer in 1024..2**28",
+                             "pixels per chunk of the pixel array")
     codec: Literal["zstd", "lz4", "none"] = _opt("lz4", doc="compression of pixel chunks")
     level: int | None = _opt(None, _at_least(0), "codec level (default: the codec's fast level)")
     max_pixels: int = _opt(178_956_970, _at_least(1), "images with more pixels are skipped")
@@ -122,7 +123,8 @@ class FitConfig:
     reassignment_ratio: float = _opt(0.01, lambda v: None if v >= 0 else "a number >= 0",
                                      "MiniBatchKMeans reassignment of low-count centres")
     validation_size: int = _opt(200_000, _at_least(1000), "held-out pixels for MSE/PSNR and counts")
-    seed: int = _opt(0, _at_least(0), "random seed: same seed, same palette")
+    seed: int = _opt(0, lambda v: None if 0 <= v < 2**32 - 64 else "an integer in 0..2**32-65",
+                     "random seed: same seed, same palette")
     checkpoint_steps: int = _opt(50, _at_least(1), "checkpoint every this many steps ...")
     checkpoint_seconds: float = _opt(30.0, _positive, "... or this many seconds")
     client_threads: int | None = _opt(None, _at_least(1),
@@ -143,7 +145,8 @@ class PerImageConfig:
     sample: float = _opt(0.7, _fraction, "fraction of each image's pixels the k-means is fitted on")
     init: Literal["k-means++", "random"] = _opt("k-means++", doc="initial centres method")
     n_init: int = _opt(1, _at_least(1), "k-means starts per image")
-    seed: int = _opt(0, _at_least(0), "random seed of the samples and starts")
+    seed: int = _opt(0, lambda v: None if 0 <= v < 2**32 else "an integer in 0..2**32-1",
+                     "random seed of the samples and starts")
     pixels_per_task: int = _opt(4_000_000, _at_least(1), "image pixels one task fits")
 
 

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 MANIFEST = ".streamq-export.json"
-TMP_DIR = ".streamq-tmp"  # half-written files live here until renamed; emptied at every start
+TMP_DIR = ".streamq-tmp-files"  # half-written files live here until renamed; emptied at every start
 PIXELS_PER_TASK = 16_000_000
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -183,22 +183,30 @@ def export(store: str, out: str, *, format: str = "png", dither: bool = False,
         ok = q.get("state") == "complete" and q.get("fingerprint") == fit_fp
         palette = None
     if not ok:
-        state = "stale (the palette was refitted)" if q.get("state") == "stale" else q.get("state", "missing")
+        state = q.get("state", "missing")
+        state = "stale (the palette was refitted)" if state in ("stale", "complete") else state
         raise StreamQError(f"{st.path}: labels are {state}; run `streamq quantize` first")
+    k = len(palette) if palette is not None else per_image
+    if dither and k is not None and k > 256:
+        raise ConfigError(f"--dither needs a palette of at most 256 colours, this one has {k}")
     chosen = _select(coll, labels, _parse_ids(ids, len(coll)))
     out = os.path.abspath(out)
     manifest = {"store": st.path, "fit_fingerprint": fit_fp, "per_image": per_image,
                 "format": format, "dither": dither,
                 "png_level": png_level, "quality": quality, "streamq": __version__}
-    _check_manifest(out, manifest, overwrite)
+    _check_out(out, st)
     ext = FORMATS[format]
     options = {"compress_level": png_level} if format == "png" else {"quality": quality}
     paths = [safe_output_path(out, coll.paths[i], ext, f"{i:08d}") for i in chosen]
-    seen: dict[str, int] = {}
+    seen: set[str] = set()
     for n, (i, p) in enumerate(zip(chosen, paths, strict=True)):
         if p in seen:  # photo.jpg and photo.png both become photo.png: keep both
-            paths[n] = safe_output_path(out, coll.paths[i] + ext, ext, f"{i:08d}")
-        seen[paths[n]] = i
+            p = safe_output_path(out, coll.paths[i] + ext, ext, f"{i:08d}")
+            if p in seen:  # names equal once cleaned: fall back to the id
+                p = os.path.join(os.path.realpath(out), "_unsafe", f"{i:08d}{ext}")
+            paths[n] = p
+        seen.add(paths[n])
+    _check_manifest(out, manifest, overwrite, paths)
     timings: dict[str, float] = {}
     tasks, current, budget = [], [], 0
     for i, p in zip(chosen, paths, strict=True):
@@ -242,35 +250,48 @@ def _select(coll: Collection, labels: list[str] | None, ids: list[int] | None) -
     return chosen
 
 
-def _check_manifest(out: str, manifest: dict[str, Any], overwrite: bool) -> None:
+def _check_out(out: str, st: Store) -> None:
+    """Refuse an output folder that is, holds or sits inside the store or the source tree."""
+    real = os.path.realpath(out)
+    for what, other in (("the store", st.path), ("the ingested source folder", st.section("ingest").get("root"))):
+        if not other or "://" in other:
+            continue
+        o = os.path.realpath(other)
+        if os.path.commonpath([real, o]) in (real, o):
+            raise StoreExistsError(f"output folder {out} overlaps {what} {other}; choose another folder")
+
+
+def _check_manifest(out: str, manifest: dict[str, Any], overwrite: bool,
+                    planned: list[str]) -> None:
+    """Refuse an export into a folder holding a different one, unless ``overwrite``.
+
+    With ``overwrite``, only the files this export is about to write are removed (never
+    anything else in the folder), *before* the new manifest is written: a rerun after a kill
+    then skips only files that this export wrote.
+    """
     path = os.path.join(out, MANIFEST)
+    old: dict[str, Any] | None = None
     if os.path.exists(path):
         try:
             with open(path, encoding="utf-8") as fh:
                 old = json.load(fh)
         except (OSError, ValueError):
             old = {}
-        same = {k: old.get(k) for k in manifest if k != "streamq"} == \
-               {k: v for k, v in manifest.items() if k != "streamq"}
-        if not same:
-            if not overwrite:
-                raise StoreExistsError(
-                    f"{out} holds an export made differently ({old.get('format')}, palette "
-                    f"{old.get('fit_fingerprint')}); pass --overwrite to replace it")
-            _remove_exported(out)
     elif os.path.isdir(out) and set(os.listdir(out)) - {TMP_DIR} and not overwrite:
         raise StoreExistsError(f"{out} is not empty and holds no streamq export; choose another "
                                "folder or pass --overwrite")
+    same = old is not None and {k: old.get(k) for k in manifest if k != "streamq"} == \
+        {k: v for k, v in manifest.items() if k != "streamq"}
+    if old is not None and not same and not overwrite:
+        raise StoreExistsError(
+            f"{out} holds an export made differently ({old.get('format')}, palette "
+            f"{old.get('fit_fingerprint')}); pass --overwrite to replace it")
+    if overwrite:
+        for p in planned:
+            if os.path.exists(p):
+                os.remove(p)
     os.makedirs(out, exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2, sort_keys=True)
     os.replace(tmp, path)
-
-
-def _remove_exported(out: str) -> None:
-    """Remove files a previous export wrote (image files only), before writing new ones."""
-    for dirpath, _, files in os.walk(out):
-        for f in files:
-            if os.path.splitext(f)[1] in FORMATS.values():
-                os.remove(os.path.join(dirpath, f))

@@ -171,26 +171,24 @@ def fit(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
     coll = Collection(st)
     if coll.n_pixels == 0:
         raise ConfigError(f"{st.path}: the collection has no pixels to fit")
+    if fcfg.algorithm == "minibatch" or fcfg.refine:
+        if fcfg.batch_size < fcfg.colors:
+            raise ConfigError(f"key 'fit.batch_size' has value {fcfg.batch_size}, expected at least "
+                              f"colors={fcfg.colors} (each step needs a pixel per centre)")
     fp = _fit_fingerprint(st, fcfg)
     prev = st.section(FIT)
-    if prev and overwrite:
-        _clear(st)
-    elif prev:
+    if prev and not overwrite:
         if prev.get("fingerprint") == fp and prev.get("state") == "complete":
             log.info("Palette in %s already fitted with these parameters; nothing to do", st.path)
             result = load_fit(st.path)
             result.status = "already complete"
             return result
         if prev.get("fingerprint") != fp:
+            what = "palette" if prev.get("state") == "complete" else "unfinished fit"
             raise StoreMismatchError(
-                f"{st.path} already has a palette fitted with other parameters "
-                f"({_describe(prev.get('config', {}))}); pass --overwrite to replace it")
-    st.set_section(FIT, {"state": "running", "fingerprint": fp, "config": to_dict(fcfg)})
-    labels = st.section("quantize")
-    if labels and labels.get("fit_fingerprint") != fp:  # labels of the old palette: say so
-        st.set_section("quantize", {**labels, "state": "stale"})
-    if not st.has(CHECKPOINT):
-        zarr.create_array(st.path, name=CHECKPOINT, shape=(1,), chunks=(1,), dtype=str, overwrite=True)
+                f"{st.path} already has a {what} with other parameters "
+                f"({_differences(prev.get('config', {}), to_dict(fcfg))}); "
+                "pass --overwrite to replace it")
 
     started = time.perf_counter()
     source = _source(coll)
@@ -200,8 +198,20 @@ def fit(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
     # The model update runs on the client: keep its OpenMP/BLAS threads from fighting the
     # workers for the same cores (k=64 partial_fit drops from ~8 to ~1.4 Mpx/s when they do).
     with runner(cfg.dask) as run, threadpool_limits(limits=fcfg.client_threads or 1):
+        # Everything is checked and the cluster reached: only now touch the stored fit.
+        if prev and overwrite:
+            _clear(st)
+        st.set_section(FIT, {"state": "running", "fingerprint": fp, "config": to_dict(fcfg)})
+        labels = st.section("quantize")
+        if labels and labels.get("fit_fingerprint") != fp:  # labels of the old palette: say so
+            st.set_section("quantize", {**labels, "state": "stale"})
+        if not st.has(CHECKPOINT):
+            zarr.create_array(st.path, name=CHECKPOINT, shape=(1,), chunks=(1,), dtype=str,
+                              overwrite=True)
         ckpt = _load_checkpoint(st, fp)
-        if fcfg.algorithm == "minibatch" or fcfg.refine:
+        centres = None
+        resuming_lloyd = ckpt is not None and ckpt.get("phase") == "lloyd"
+        if fcfg.algorithm == "minibatch" or (fcfg.refine and not resuming_lloyd):
             with timer("mini-batch fit", timings):
                 centres, info = _fit_minibatch(run, st, source, fcfg, fp, ckpt, progress)
         if fcfg.algorithm == "lloyd":
@@ -268,9 +278,11 @@ def collection_mse(store: str, centers: np.ndarray | None = None, color_space: s
     return float((err * counts).sum() / (3 * counts.sum()))
 
 
-def _describe(c: dict[str, Any]) -> str:
-    keys = ("colors", "algorithm", "seed", "color_space")
-    return ", ".join(f"{k}={c.get(k)}" for k in keys if k in c)
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``key=old (now new)`` for every fit key that differs, for refusal messages."""
+    diff = [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in sorted(new)
+            if k not in _NON_SEMANTIC and old.get(k) != new.get(k)]
+    return ", ".join(diff) or "other data"
 
 
 def _clear(st: Store) -> None:
@@ -435,6 +447,9 @@ def _fit_lloyd(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig, fp:
         if state["centres"] is None:
             init = start if start is not None else kmeans_plusplus_weighted(x, counts, k, fcfg.seed + s)
             state["centres"], state["iteration"], state["history"] = np.asarray(init, np.float64), 0, []
+        # A checkpoint taken at the converging iteration: do not iterate again on resume.
+        done = bool(state["history"]) and state["history"][-1][1] < fcfg.tol
+        limit = state["iteration"] if done else fcfg.max_iter
 
         def on_iter(it: int, centres: np.ndarray, shift: float, inertia: float) -> None:
             state["history"].append([it, shift, inertia])
@@ -444,8 +459,9 @@ def _fit_lloyd(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig, fp:
                 last_save[0] = time.monotonic()
 
         centres, inertia, n_iter, converged = weighted_lloyd(
-            x, counts, state["centres"], fcfg.tol, fcfg.max_iter, on_iter,
+            x, counts, state["centres"], fcfg.tol, limit, on_iter,
             start_iter=state["iteration"], n_threads=_lloyd_threads(fcfg))
+        converged = converged or done
         if inertia < state["best_inertia"]:
             state.update(best_centres=centres, best_inertia=inertia,
                          best_history=list(state["history"]), best_converged=converged)

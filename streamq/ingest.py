@@ -106,32 +106,36 @@ def list_sources(src: str | os.PathLike[str]) -> tuple[str, list[str], list[tupl
             for name in filenames:
                 if os.path.splitext(name)[1].lower() in exts:
                     files.append(os.path.join(dirpath, name))
-    elif _GLOB_CHARS & set(src):
-        prefix = src[: min(src.index(c) for c in _GLOB_CHARS if c in src)]
-        root = os.path.abspath(os.path.dirname(prefix) or ".")
-        files = [os.path.abspath(p) for p in glob.glob(src, recursive=True) if os.path.isfile(p)]
-        if not files:
-            raise ConfigError(f"source pattern {src!r} matches no files")
     elif os.path.isfile(src) and os.path.splitext(src)[1].lower() in _image_extensions():
         root = os.path.dirname(os.path.abspath(src))
         files = [os.path.abspath(src)]
     elif os.path.isfile(src):
         base = os.path.dirname(os.path.abspath(src))
         files = []
-        with open(src, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                p = os.path.normpath(os.path.join(base, os.path.expanduser(line)))
-                if os.path.isfile(p):
-                    files.append(p)
-                else:
-                    missing.append((line, "listed file does not exist"))
+        try:
+            with open(src, encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+        except UnicodeDecodeError:
+            raise ConfigError(f"source {src} is neither an image nor a UTF-8 text file listing paths") from None
+        for line in lines:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            p = os.path.normpath(os.path.join(base, os.path.expanduser(line)))
+            if os.path.isfile(p):
+                files.append(p)
+            else:
+                missing.append((line, "listed file does not exist"))
         if not files and not missing:
             raise ConfigError(f"source list {src} names no files")
         inside = all(os.path.commonpath([base, p]) == base for p in files)
         root = base if inside or not files else os.path.commonpath([os.path.dirname(p) for p in files])
+    elif _GLOB_CHARS & set(src):
+        prefix = src[: min(src.index(c) for c in _GLOB_CHARS if c in src)]
+        root = os.path.abspath(os.path.dirname(prefix) or ".")
+        files = [os.path.abspath(p) for p in glob.glob(src, recursive=True) if os.path.isfile(p)]
+        if not files:
+            raise ConfigError(f"source pattern {src!r} matches no files")
     else:
         raise ConfigError(
             f"source {src} does not exist (expected a folder, a glob pattern or a text file of paths)"

@@ -101,8 +101,13 @@ def runner(cfg: DaskConfig) -> Iterator[Runner]:
         return
     if sched == "threads":
         n = cfg.n_workers or os.cpu_count() or 1
-        with cf.ThreadPoolExecutor(max_workers=n) as pool:
+        pool = cf.ThreadPoolExecutor(max_workers=n)
+        try:
             yield Runner(None, pool, f"in-process ({n} threads)")
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: drop queued tasks
+            raise
+        pool.shutdown(wait=True)
         return
 
     from distributed import Client, LocalCluster
@@ -132,7 +137,7 @@ def runner(cfg: DaskConfig) -> Iterator[Runner]:
         )
     try:
         client = Client(sched, timeout="10s")
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:
         raise StreamQError(
             f"cannot reach the Dask scheduler at {sched} ({type(exc).__name__}); check the "
             "address and that the scheduler is running"

@@ -105,7 +105,8 @@ class Store:
         return dict(value) if isinstance(value, Mapping) else {}
 
     def set_section(self, name: str, value: Mapping[str, Any]) -> None:
-        self.group.attrs[name] = json.loads(json.dumps(value))
+        """Write a top-level attribute; NaN and infinities become null (strict JSON)."""
+        self.group.attrs[name] = _finite(json.loads(json.dumps(value)))
 
     # -- arrays --------------------------------------------------------------------
     def array_path(self, name: str) -> str:
@@ -116,7 +117,7 @@ class Store:
             self.path,
             name=PIXELS,
             shape=(n_pixels, 3),
-            chunks=(chunk_pixels, 3),
+            chunks=(max(1, min(chunk_pixels, n_pixels)), 3),
             dtype="uint8",
             fill_value=0,
             compressors=compressors(codec, level),
@@ -175,6 +176,16 @@ class Store:
         return self.records(f"{TASKS}/report")
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _as_column(values: np.ndarray | Sequence[Any]) -> np.ndarray:
     arr = np.asarray(values)
     if arr.dtype.kind in "OUT" or (arr.size == 0 and not isinstance(values, np.ndarray)):
@@ -189,13 +200,21 @@ def _normalise(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.path.expanduser(p))
 
 
-def _remove_partial_files(path: str) -> None:
-    """Remove the temporary files zarr's atomic writes leave behind when killed."""
+def _remove_partial_files(path: str, min_age: float = 60.0) -> None:
+    """Remove the temporary files zarr's atomic writes leave behind when killed.
+
+    Only files older than ``min_age`` seconds: a younger one may belong to a write in flight.
+    """
+    import time
+
+    now = time.time()
     for dirpath, _, files in os.walk(path):
         for f in files:
             if f.endswith(".partial"):
+                p = os.path.join(dirpath, f)
                 try:
-                    os.remove(os.path.join(dirpath, f))
+                    if now - os.path.getmtime(p) > min_age:
+                        os.remove(p)
                 except OSError:
                     pass
 

@@ -75,11 +75,23 @@ def test_other_export_into_same_folder_refused(quantized, tmp_path):
         streamq.export(quantized, out, format="jpeg", ids=[0], scheduler="threads")
     s = streamq.export(quantized, out, format="jpeg", ids=[0], overwrite=True, scheduler="threads")
     assert s.n_written == 1
-    assert not list(out.rglob("*.png"))
+    assert len(list(out.rglob("*.jpg"))) == 1
+    assert len(list(out.rglob("*.png"))) == 1  # overwrite removes only what it rewrites
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "mine.txt").write_text("keep me")
+    Image.new("RGB", (4, 4)).save(tmp_path / "full" / "holiday.png")
     with pytest.raises(StoreExistsError, match="not empty"):
         streamq.export(quantized, tmp_path / "full")
+    streamq.export(quantized, tmp_path / "full", ids=[0], overwrite=True, scheduler="threads")
+    assert (tmp_path / "full" / "mine.txt").exists()
+    assert (tmp_path / "full" / "holiday.png").exists()
+
+
+def test_output_folder_may_not_overlap_source_or_store(quantized, faces_dir):
+    for out in (faces_dir, faces_dir / "sub", quantized, os.path.dirname(quantized)):
+        with pytest.raises(StoreExistsError, match="overlaps"):
+            streamq.export(quantized, out, overwrite=True)
+    assert any(faces_dir.rglob("*.jpg"))  # nothing was deleted
 
 
 @pytest.mark.parametrize("name", ["../../evil.jpg", "/etc/passwd", "a/../../b.png", "..",

@@ -224,3 +224,43 @@ def test_info_and_cli_show_the_fit(store_copy):
     assert js["fit"]["state"] == "complete"
     text = runner.invoke(cli, ["info", store_copy]).output
     assert "palette      K=5 (minibatch, rgb), 20 steps" in text
+
+
+def test_lloyd_resumed_from_its_converging_iteration_is_identical(store_copy, tmp_path, monkeypatch):
+    """A kill right after the checkpoint of the converging iteration must not add an iteration."""
+    import importlib
+    import shutil
+
+    from streamq.checkpoint import encode_state
+    from streamq.config import FitConfig
+
+    fit_module = importlib.import_module("streamq.fit")  # the module, not streamq.fit()
+
+    fresh = tmp_path / "fresh.zarr"
+    shutil.copytree(store_copy, fresh)
+    saved = []
+    real_save = fit_module._save_checkpoint
+    monkeypatch.setattr(fit_module, "_save_checkpoint",
+                        lambda st, state: (saved.append(encode_state(state)), real_save(st, state)))
+    kw = dict(colors=6, algorithm="lloyd", n_init=1, tol=1e-3, checkpoint_steps=1, scheduler="threads")
+    ref = fit(store_copy, **kw)
+    monkeypatch.setattr(fit_module, "_save_checkpoint", real_save)
+    from streamq.checkpoint import decode_state
+
+    states = [decode_state(s) for s in saved]
+    converging = [s for s in states if s["start"] == 0 and s["history"] and s["history"][-1][1] < 1e-3]
+    assert converging  # the run saved a checkpoint at the iteration where it converged
+    from streamq.store import Store
+
+    st = Store.open(fresh, mode="r+")
+    fit(str(fresh), **{**kw, "max_iter": 1})  # creates the sections and arrays of a fit
+    fp = fit_module._fit_fingerprint(st, FitConfig(colors=6, algorithm="lloyd", n_init=1, tol=1e-3,
+                                                   checkpoint_steps=1))
+    state = converging[-1]
+    state["fingerprint"] = fp
+    st.group["fit/checkpoint"][0] = encode_state(state)
+    st.set_section("fit", {**st.section("fit"), "state": "running", "fingerprint": fp})
+    resumed = fit(str(fresh), **kw)
+    assert np.array_equal(resumed.centers, ref.centers)
+    for key in ref.history:
+        assert np.array_equal(resumed.history[key], ref.history[key])

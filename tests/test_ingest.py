@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -163,7 +165,11 @@ def test_stale_partial_files_are_removed_on_write_open(faces_store, tmp_path):
     shutil.copytree(faces_store, copy)
     junk = copy / "zarr.abc123.partial"
     junk.write_bytes(b"half a write")
+    fresh = copy / "zarr.def456.partial"  # may be a write in flight: kept
+    fresh.write_bytes(b"in flight")
+    os.utime(junk, (time.time() - 3600, time.time() - 3600))
     Store.open(copy)  # read-only: leaves it
     assert junk.exists()
     Store.open(copy, mode="r+")
     assert not junk.exists()
+    assert fresh.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -313,8 +314,13 @@ def info_cmd(store: str, as_json: bool, top: int, grid: str | None, grid_shape: 
         try:
             rows, cols = (int(x) for x in grid_shape.lower().split("x"))
         except ValueError:
-            raise click.BadParameter(f"{grid_shape!r} is not ROWSxCOLS, e.g. 2x5",
-                                     param_hint="--grid-shape") from None
+            rows = cols = 0
+        if rows < 1 or cols < 1:
+            raise click.BadParameter(f"{grid_shape!r} is not ROWSxCOLS with both at least 1, e.g. 2x5",
+                                     param_hint="--grid-shape")
+        if os.path.splitext(grid)[1].lower() not in (".png", ".jpg", ".jpeg", ".pdf", ".svg"):
+            raise click.BadParameter(f"{grid!r} should end in .png, .jpg, .pdf or .svg",
+                                     param_hint="--grid")
         info["grid"] = {"path": grid, "ids": save_grid(coll, grid, rows, cols, seed=seed)}
     click.echo(json.dumps(info, indent=2) if as_json else format_info(info))
 
