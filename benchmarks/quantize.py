@@ -34,7 +34,7 @@ from common import build_store, median, timed  # noqa: E402
 import streamq  # noqa: E402
 from streamq.config import DaskConfig  # noqa: E402
 from streamq.scheduler import runner  # noqa: E402
-from streamq.store import Store, compressors  # noqa: E402
+from streamq.store import Store  # noqa: E402
 
 
 def _io_task(args: tuple[str, int, int]) -> int:
@@ -50,10 +50,8 @@ def _io_task(args: tuple[str, int, int]) -> int:
 def io_ceiling(store: str) -> float:
     st = Store.open(store, mode="r+")
     px = st.pixels()
-    chunk = int(px.chunks[0])
-    settings = st.section("ingest")["settings"]
-    zarr.create_array(store, name="bench_io", shape=(px.shape[0],), chunks=(chunk,), dtype="uint8",
-                      compressors=compressors(settings["codec"], settings["level"]), overwrite=True)
+    chunk, _ = st.pixel_layout()
+    st.create_labels("bench_io", np.uint8)
     n_chunks = -(-px.shape[0] // chunk)
     with runner(DaskConfig()) as run:
         run.map_ordered(_io_task, [(store, 0, chunk)])  # warm the workers

@@ -1,13 +1,15 @@
 """Pixel streaming: seeded, collection-wide samples of pixels, drawn by Dask tasks.
 
+The unit of reading is a *block*: one inner chunk of the sharded pixel array (default
+256 Ki pixels, about 0.8 MB), which Zarr reads without touching the rest of its shard.
 A *draw* is identified by ``(seed, stream, index)`` and its content depends on nothing
 else, so batches are the same whatever the scheduling or the number of workers. Draws
-come in blocks that together pick every chunk about once (systematic sampling in
-proportion to each chunk's valid pixels, shuffled); a draw reads its ``chunks_per_task``
-picked chunks once each and takes an equal share of its pixels from each, uniformly
-among the chunk's valid pixels. Every pixel of the collection is equally likely to be
-drawn, and a few draws already cover the collection evenly (low variance), which matters
-for the validation estimate and the polish sample.
+come in rounds that together pick every block about once (systematic sampling in
+proportion to each block's valid pixels, shuffled); a draw reads its ``reads`` picked
+blocks once each and takes an equal share of its pixels from each, uniformly among the
+block's valid pixels. Every pixel of the collection is equally likely to be drawn, and a
+few draws already cover the collection evenly (low variance), which matters for the
+validation estimate and the polish sample.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ STREAM_INIT = 0
 STREAM_VALIDATION = 1
 STREAM_TRAIN = 2
 STREAM_POLISH = 3
-SAMPLE_PART = 10_000  # pixels per sampling task of the init and validation samples
-POLISH_PART = 20_000  # ... and of the polish sample
+SAMPLE_PER_READ = 2_048  # pixels taken from each block read by the init/validation/polish samples
 
 
 @dataclass(frozen=True)
@@ -84,25 +85,25 @@ def chunk_picks(source: PixelSource, seed: int, stream: int, block: int, n_picks
     return rng.permutation(picks)
 
 
-def draws_per_block(source: PixelSource, chunks_per_task: int) -> int:
+def draws_per_round(source: PixelSource, reads: int) -> int:
     """How many draws share one block of chunk picks (about one pick per chunk)."""
-    return max(1, -(-len(source.weights) // chunks_per_task))
+    return max(1, -(-len(source.weights) // reads))
 
 
 def draw_pixels(source: PixelSource, seed: int, stream: int, index: int, n: int,
-                chunks_per_task: int) -> np.ndarray:
+                reads: int) -> np.ndarray:
     """Draw ``n`` pixels (``(n, 3)`` uint8), a pure function of ``(seed, stream, index)``.
 
-    The draw reads ``chunks_per_task`` chunks, its slice of the block's
+    The draw reads ``reads`` chunks, its slice of the block's
     :func:`chunk_picks`, takes an equal share of the pixels from each pick, uniformly among
     the chunk's valid pixels, and returns them shuffled.
     """
     import zarr
 
-    per_block = draws_per_block(source, chunks_per_task)
+    per_block = draws_per_round(source, reads)
     block, pos = divmod(index, per_block)
-    picks = chunk_picks(source, seed, stream, block, per_block * chunks_per_task)
-    slots = picks[pos * chunks_per_task:(pos + 1) * chunks_per_task]
+    picks = chunk_picks(source, seed, stream, block, per_block * reads)
+    slots = picks[pos * reads:(pos + 1) * reads]
     rng = np.random.default_rng([seed, stream, index])
     share = np.full(len(slots), n // len(slots))
     share[: n % len(slots)] += 1

@@ -76,7 +76,9 @@ class IngestConfig:
 
     source: str | None = _opt(None, doc="folder, glob pattern or text file listing paths")
     chunk_pixels: int = _opt(4_194_304, lambda v: None if 1024 <= v <= 2**28 else "an integer in 1024..2**28",
-                             "pixels per chunk of the pixel array")
+                             "pixels per shard of the pixel array (one write task each)")
+    block_pixels: int = _opt(262_144, _at_least(1024),
+                             "pixels per inner chunk (the unit the sampler reads)")
     codec: Literal["zstd", "lz4", "none"] = _opt("lz4", doc="compression of pixel chunks")
     level: int | None = _opt(None, _at_least(0), "codec level (default: the codec's fast level)")
     max_pixels: int = _opt(178_956_970, _at_least(1), "images with more pixels are skipped")
@@ -107,7 +109,7 @@ class FitConfig:
     n_init: int = _opt(1, _at_least(1), "k-means starts on the initial sample (lloyd: on the histogram)")
     batch_size: int = _opt(65_536, _at_least(16), "pixels per partial_fit step")
     batches_per_task: int = _opt(8, _at_least(1), "batches drawn by one sampling task")
-    chunks_per_task: int = _opt(8, _at_least(1), "chunks one sampling task reads")
+    blocks_per_task: int = _opt(64, _at_least(1), "inner chunks one sampling task reads")
     prefetch: int = _opt(4, _at_least(1), "sampling tasks in flight (ordered window)")
     tol: float = _opt(1e-4, _positive, "stop when no centre moves more than this ([0, 1] units)")
     patience: int = _opt(10, _at_least(1), "... for this many consecutive steps")

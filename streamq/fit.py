@@ -30,8 +30,7 @@ import numpy as np
 import zarr
 
 from streamq.batches import (
-    POLISH_PART,
-    SAMPLE_PART,
+    SAMPLE_PER_READ,
     STREAM_INIT,
     STREAM_POLISH,
     STREAM_TRAIN,
@@ -126,16 +125,18 @@ def _fit_fingerprint(st: Store, fcfg: FitConfig) -> str:
 
 def _source(coll: Collection) -> PixelSource:
     arr = coll.store.pixels()
-    chunk = int(arr.chunks[0])
-    n_chunks = max(1, -(-int(arr.shape[0]) // chunk))
-    return PixelSource.from_images(coll.store.array_path("pixels"), chunk, n_chunks,
+    _, block = coll.store.pixel_layout()
+    n_blocks = max(1, -(-int(arr.shape[0]) // block))
+    return PixelSource.from_images(coll.store.array_path("pixels"), block, n_blocks,
                                    coll.offsets, coll.heights * coll.widths)
 
 
 def _draw_many(run: Runner, source: PixelSource, seed: int, stream: int, n: int,
-               chunks_per_task: int, per_task: int = SAMPLE_PART) -> np.ndarray:
+               reads: int) -> np.ndarray:
+    """``n`` pixels drawn collection-wide, ``SAMPLE_PER_READ`` from each block read."""
+    per_task = SAMPLE_PER_READ * reads
     parts = [(i, min(per_task, n - i * per_task)) for i in range(-(-n // per_task))]
-    results = run.map_ordered(_draw_part, [(source, seed, stream, i, m, chunks_per_task) for i, m in parts])
+    results = run.map_ordered(_draw_part, [(source, seed, stream, i, m, reads) for i, m in parts])
     return np.concatenate(results) if results else np.zeros((0, 3), np.uint8)
 
 
@@ -220,7 +221,7 @@ def fit(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
                                            start=centres if fcfg.refine else None)
         with timer("validation", timings):
             val = _draw_many(run, source, fcfg.seed, STREAM_VALIDATION, fcfg.validation_size,
-                             fcfg.chunks_per_task)
+                             fcfg.blocks_per_task)
     centres = _ensure_distinct(centres, to_space(val, fcfg.color_space), fcfg.color_space)
     palette = to_rgb8(centres, fcfg.color_space)
     labels, _ = assign(to_space(val, fcfg.color_space), centres)
@@ -310,7 +311,7 @@ def _save_checkpoint(st: Store, state: dict[str, Any]) -> None:
 def _initial_centres(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig) -> np.ndarray:
     from sklearn.cluster import KMeans
 
-    sample = _draw_many(run, source, fcfg.seed, STREAM_INIT, fcfg.init_size, fcfg.chunks_per_task)
+    sample = _draw_many(run, source, fcfg.seed, STREAM_INIT, fcfg.init_size, fcfg.blocks_per_task)
     codes = np.unique((sample.astype(np.int64) << np.array([16, 8, 0])).sum(1))
     k = fcfg.colors
     if len(codes) < k:
@@ -340,7 +341,8 @@ def _fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig,
         history = {k: list(v) for k, v in ckpt["history"].items()}
         log.info("Resuming the mini-batch fit at step %d", cursor)
     else:
-        init = _initial_centres(run, st, source, fcfg)
+        with timer("initial centres"):
+            init = _initial_centres(run, st, source, fcfg)
         model = MiniBatchKMeans(n_clusters=fcfg.colors, init=init, n_init=1, batch_size=B,
                                 compute_labels=False, random_state=fcfg.seed,
                                 reassignment_ratio=fcfg.reassignment_ratio)
@@ -366,7 +368,7 @@ def _fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig,
         bar.update(cursor)
         while not stop_reason:
             while len(window) < fcfg.prefetch and next_task * G < max_steps:
-                args = (source, fcfg.seed, STREAM_TRAIN, next_task, G * B, fcfg.chunks_per_task)
+                args = (source, fcfg.seed, STREAM_TRAIN, next_task, G * B, fcfg.blocks_per_task)
                 window.append((next_task, run.submit(_draw_part, args)))
                 next_task += 1
             task, fut = window.popleft()
@@ -402,7 +404,8 @@ def _fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig,
         _save_checkpoint(st, {"fingerprint": fp, "phase": "minibatch-done",
                               "minibatch_centres": centres, "minibatch_info": info})
     elif fcfg.polish_size:
-        centres, n_iter = _polish(run, source, fcfg, centres)
+        with timer("polish"):
+            centres, n_iter = _polish(run, source, fcfg, centres)
         info["stop_reason"] += f"; polished by {n_iter} Lloyd iterations on {fcfg.polish_size} pixels"
         info["polish_iterations"] = n_iter
     return centres, info
@@ -415,8 +418,9 @@ def _polish(run: Runner, source: PixelSource, fcfg: FitConfig, centres: np.ndarr
     above a Lloyd optimum in MSE; exact Lloyd steps on a large uniform sample close that gap
     at a cost that does not grow with the collection.
     """
-    sample = _draw_many(run, source, fcfg.seed, STREAM_POLISH, fcfg.polish_size, fcfg.chunks_per_task,
-                        POLISH_PART)
+    with timer("polish sample"):
+        sample = _draw_many(run, source, fcfg.seed, STREAM_POLISH, fcfg.polish_size,
+                            fcfg.blocks_per_task)
     codes, counts = np.unique((sample.astype(np.int64) << np.array([16, 8, 0])).sum(1), return_counts=True)
     x = to_space(codes_to_rgb(codes), fcfg.color_space).astype(np.float64)
     polished, _, n_iter, _ = weighted_lloyd(x, counts, centres, fcfg.tol, fcfg.polish_iter,

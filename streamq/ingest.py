@@ -222,7 +222,7 @@ def _write_task(args: dict[str, Any]) -> dict[str, Any]:
 
 # -- the stage -------------------------------------------------------------------------------
 def _settings(cfg: IngestConfig) -> dict[str, Any]:
-    keep = ("chunk_pixels", "codec", "level", "max_pixels", "background")
+    keep = ("chunk_pixels", "block_pixels", "codec", "level", "max_pixels", "background")
     return {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k in keep}
 
 
@@ -341,8 +341,9 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
     })
     st.write_table("ingest/scan_skipped", {"path": [p for p, _ in skipped],
                                             "reason": [r for _, r in skipped]})
-    st.create_pixels(n_pixels, icfg.chunk_pixels, icfg.codec, icfg.level)
-    starts, stops = plan_tasks(offsets, sizes, n_pixels, icfg.chunk_pixels)
+    st.create_pixels(n_pixels, icfg.chunk_pixels, icfg.block_pixels, icfg.codec, icfg.level)
+    shard, _ = st.pixel_layout()
+    starts, stops = plan_tasks(offsets, sizes, n_pixels, shard)
     st.create_task_table(starts, stops)
     st.set_section("ingest", {
         "state": "planned", "root": root, "source_fingerprint": source_fp,
@@ -365,7 +366,7 @@ def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, progress: 
     sizes = plan["height"] * plan["width"]
     ends = offsets + sizes
     n_pixels = int(sizes.sum())
-    chunk = icfg.chunk_pixels
+    chunk, _ = st.pixel_layout()
     log.info("%d of %d write tasks to run", len(pending), len(reports))
     futures = {}
     for t in pending:

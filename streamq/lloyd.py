@@ -23,7 +23,7 @@ __all__ = ["collection_histogram", "kmeans_plusplus_weighted", "weighted_lloyd"]
 
 log = logging.getLogger(__name__)
 
-CHUNKS_PER_HIST_TASK = 8
+PIXELS_PER_HIST_TASK = 32 * 2**20  # each task zeroes and scans a 128 MiB table: amortise it
 
 
 def _hist_task(args: tuple[PixelSource, int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -47,9 +47,9 @@ def _hist_task(args: tuple[PixelSource, int, int]) -> tuple[np.ndarray, np.ndarr
 def collection_histogram(run: Any, source: PixelSource,
                          on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(codes, counts)`` of every distinct colour of the collection (codes sorted)."""
-    n_chunks = len(source.weights)
-    groups = [(source, c, min(c + CHUNKS_PER_HIST_TASK, n_chunks))
-              for c in range(0, n_chunks, CHUNKS_PER_HIST_TASK)]
+    n_blocks = len(source.weights)
+    step = max(1, PIXELS_PER_HIST_TASK // source.chunk)
+    groups = [(source, c, min(c + step, n_blocks)) for c in range(0, n_blocks, step)]
     futures = {run.submit(_hist_task, g): g for g in groups}
     total = np.zeros(1 << 24, dtype=np.int64)
     for fut in run.as_completed(futures):

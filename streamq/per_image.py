@@ -28,7 +28,7 @@ from streamq.errors import StoreMismatchError, StreamQError
 from streamq.metrics import errors_from_records
 from streamq.report import progress_bar, timer
 from streamq.scheduler import runner
-from streamq.store import Collection, Store, compressors, write_record
+from streamq.store import Collection, Store, labels_dtype, write_record
 
 __all__ = ["PerImageSummary", "fit_image", "fit_per_image", "load_per_image", "quantize_per_image"]
 
@@ -204,7 +204,7 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     lo = c * chunk
     hi = min(lo + chunk, pixels.shape[0])
     rgb = np.asarray(pixels[lo:hi])
-    labels = np.zeros(hi - lo, dtype=np.uint8 if k <= 256 else np.uint16)
+    labels = np.zeros(hi - lo, dtype=labels_dtype(k))
     centres = zarr.open_array(f"{store}/per_image/k{k}/center", mode="r")
     palettes = zarr.open_array(f"{store}/per_image/k{k}/palette", mode="r")
     ids = [i for i, _, _ in args["images"]]
@@ -236,12 +236,10 @@ def quantize_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | N
         raise StreamQError(f"{st.path} has no per-image palettes; run `streamq fit --per-image` first")
     fp = sec["fingerprint"]
     pixels = st.pixels()
-    chunk = int(pixels.chunks[0])
+    chunk, _ = st.pixel_layout()
     n_chunks = -(-int(pixels.shape[0]) // chunk)
-    offsets, sizes = coll.offsets, coll.heights * coll.widths
-    ends = offsets + sizes
+    sizes = coll.heights * coll.widths
     timings: dict[str, float] = {}
-    codec = st.section("ingest").get("settings", {})
     with timer("per-image labelling", timings), runner(cfg.dask) as run:
         for k in sec["colors"]:
             name = f"per_image_quantize_k{k}"
@@ -249,19 +247,13 @@ def quantize_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | N
             if q.get("state") == "complete" and q.get("fingerprint") == fp:
                 continue
             if q.get("fingerprint") != fp or q.get("state") not in ("running",):
-                zarr.create_array(st.path, name=f"per_image/k{k}/labels", shape=(int(pixels.shape[0]),),
-                                  chunks=(chunk,), dtype=np.uint8 if k <= 256 else np.uint16,
-                                  fill_value=0, overwrite=True, dimension_names=["pixel"],
-                                  compressors=compressors(codec.get("codec", "lz4"), codec.get("level")))
+                st.create_labels(f"per_image/k{k}/labels", labels_dtype(k))
                 st.create_records(f"per_image/k{k}/label_records", n_chunks)
                 st.set_section(name, {"state": "running", "fingerprint": fp})
             records = st.records(f"per_image/k{k}/label_records")
             futures = []
             for c in (c for c in range(n_chunks) if not records[c]):
-                lo, hi = c * chunk, (c + 1) * chunk
-                i0 = int(np.searchsorted(ends, lo, side="right"))
-                i1 = int(np.searchsorted(offsets, hi, side="left"))
-                images = [(i, int(offsets[i]), int(sizes[i])) for i in range(i0, i1) if sizes[i]]
+                images = coll.overlapping(c * chunk, (c + 1) * chunk)
                 futures.append(run.submit(_label_task, {"store": st.path, "chunk_index": c,
                                                         "chunk": chunk, "k": k, "images": images}))
             with progress_bar(len(futures), f"labelling K={k}", "chunk", progress) as bar:

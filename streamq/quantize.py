@@ -24,7 +24,7 @@ from streamq.errors import StreamQError
 from streamq.metrics import errors_from_records, psnr
 from streamq.report import progress_bar, timer
 from streamq.scheduler import runner
-from streamq.store import Collection, Store, compressors, write_record
+from streamq.store import Collection, Store, labels_dtype, write_record
 
 __all__ = ["QuantizeSummary", "labels_dtype", "quantize"]
 
@@ -34,10 +34,6 @@ QUANTIZE = "quantize"
 LABELS = "quantize/labels"
 RECORDS = "quantize/records"
 _TABLES: dict[str, Any] = {}  # per worker process: fit fingerprint -> LabelTable
-
-
-def labels_dtype(k: int) -> np.dtype:
-    return np.dtype(np.uint8 if k <= 256 else np.uint16)
 
 
 @dataclass
@@ -129,34 +125,24 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None) -> Qu
         return _summary(st, "already complete", sec.get("timings", {}))
     result = load_fit(st.path)
     pixels = st.pixels()
-    chunk = int(pixels.chunks[0])
+    chunk, _ = st.pixel_layout()
     n_chunks = -(-int(pixels.shape[0]) // chunk)
     timings: dict[str, float] = {}
     if sec.get("fit_fingerprint") != fit_fp or sec.get("state") not in ("running", "complete"):
         if sec:
             log.info("Palette changed since the last quantize: recomputing all labels")
-        ingest = st.section("ingest").get("settings", {})
         st.set_section(QUANTIZE, {"state": "starting", "fit_fingerprint": fit_fp})
-        zarr.create_array(st.path, name=LABELS, shape=(int(pixels.shape[0]),), chunks=(chunk,),
-                          dtype=labels_dtype(result.k), fill_value=0, overwrite=True,
-                          compressors=compressors(ingest.get("codec", "lz4"), ingest.get("level")),
-                          dimension_names=["pixel"])
+        st.create_labels(LABELS, labels_dtype(result.k))
         st.create_records(RECORDS, n_chunks)
         st.set_section(QUANTIZE, {"state": "running", "fit_fingerprint": fit_fp, "k": result.k})
     records = st.records(RECORDS)
     pending = [c for c in range(n_chunks) if not records[c]]
-    offsets = coll.offsets
-    sizes = coll.heights * coll.widths
-    ends = offsets + sizes
     common = {"store": st.path, "chunk": chunk, "fit_fingerprint": fit_fp, "space": result.color_space,
               "centers": result.centers.tolist(), "palette": result.palette.tolist()}
     with timer("labelling", timings), runner(cfg.dask) as run:
         futures = {}
         for c in pending:
-            lo, hi = c * chunk, (c + 1) * chunk
-            i0 = int(np.searchsorted(ends, lo, side="right"))
-            i1 = int(np.searchsorted(offsets, hi, side="left"))
-            images = [(i, int(offsets[i]), int(sizes[i])) for i in range(i0, i1) if sizes[i]]
+            images = coll.overlapping(c * chunk, (c + 1) * chunk)
             futures[run.submit(_quantize_task, {**common, "chunk_index": c, "images": images})] = c
         with progress_bar(len(futures), "quantizing", "chunk", progress) as bar:
             for fut in run.as_completed(futures):

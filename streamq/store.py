@@ -30,7 +30,7 @@ from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 from streamq._version import __version__
 from streamq.errors import StoreExistsError, StoreLayoutError
 
-__all__ = ["FORMAT_VERSION", "Collection", "Store", "open_store"]
+__all__ = ["FORMAT_VERSION", "Collection", "Store", "labels_dtype", "open_store"]
 
 FORMAT_VERSION = 1
 TABLE_CHUNK = 65_536
@@ -41,6 +41,11 @@ PLAN = "ingest/plan"
 TASKS = "ingest/tasks"
 IMAGE_COLUMNS = ("path", "label", "mode", "offset", "height", "width")
 SKIP_COLUMNS = ("path", "reason")
+
+
+def labels_dtype(k: int) -> np.dtype:
+    """uint8 labels for K <= 256 colours, uint16 above."""
+    return np.dtype(np.uint8 if k <= 256 else np.uint16)
 
 
 def compressors(codec: str, level: int | None) -> Any:
@@ -112,12 +117,18 @@ class Store:
     def array_path(self, name: str) -> str:
         return f"{self.path}/{name}"
 
-    def create_pixels(self, n_pixels: int, chunk_pixels: int, codec: str, level: int | None) -> None:
+    def create_pixels(self, n_pixels: int, chunk_pixels: int, block_pixels: int, codec: str,
+                      level: int | None) -> None:
+        """The flat pixel array: shards of ``chunk_pixels`` (one writer each) made of inner
+        chunks of ``block_pixels`` (the unit a sampler reads)."""
+        block = max(1, min(block_pixels, chunk_pixels, n_pixels))
+        shard = -(-max(1, min(chunk_pixels, n_pixels)) // block) * block
         zarr.create_array(
             self.path,
             name=PIXELS,
             shape=(n_pixels, 3),
-            chunks=(max(1, min(chunk_pixels, n_pixels)), 3),
+            shards=(shard, 3) if shard > block else None,
+            chunks=(block, 3),
             dtype="uint8",
             fill_value=0,
             compressors=compressors(codec, level),
@@ -127,6 +138,23 @@ class Store:
 
     def pixels(self) -> zarr.Array:
         return self.group[PIXELS]  # type: ignore[return-value]
+
+    def pixel_layout(self) -> tuple[int, int]:
+        """``(shard, block)`` pixel counts of ``pixels``: the write unit and the read unit."""
+        arr = self.pixels()
+        block = int(arr.chunks[0])
+        shards = getattr(arr, "shards", None)
+        return (int(shards[0]) if shards else block), block
+
+    def create_labels(self, name: str, dtype: Any) -> zarr.Array:
+        """A ``(P,)`` label array laid out like ``pixels`` (same shards and blocks, codec)."""
+        shard, block = self.pixel_layout()
+        settings = self.section("ingest").get("settings", {})
+        return zarr.create_array(
+            self.path, name=name, shape=(int(self.pixels().shape[0]),),
+            shards=(shard,) if shard > block else None, chunks=(block,), dtype=dtype,
+            fill_value=0, overwrite=True, dimension_names=["pixel"],
+            compressors=compressors(settings.get("codec", "lz4"), settings.get("level")))
 
     def has(self, name: str) -> bool:
         try:
@@ -288,6 +316,13 @@ class Collection:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def overlapping(self, lo: int, hi: int) -> list[tuple[int, int, int]]:
+        """``(id, offset, n_pixels)`` of every image with pixels in ``[lo, hi)``."""
+        sizes = self.heights * self.widths
+        i0 = int(np.searchsorted(self.offsets + sizes, lo, side="right"))
+        i1 = int(np.searchsorted(self.offsets, hi, side="left"))
+        return [(i, int(self.offsets[i]), int(sizes[i])) for i in range(i0, i1) if sizes[i]]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(len(self)):

@@ -93,7 +93,7 @@ def test_streamed_fit_equals_plain_partial_fit_loop(store_copy):
     init = _initial_centres(Runner(None, _SyncPool(), "sync"), coll.store, source, fcfg)
     ref = MiniBatchKMeans(8, init=init, n_init=1, batch_size=4096, compute_labels=False, random_state=5)
     for t in range(4):
-        data = draw_pixels(source, 5, STREAM_TRAIN, t, 3 * 4096, fcfg.chunks_per_task)
+        data = draw_pixels(source, 5, STREAM_TRAIN, t, 3 * 4096, fcfg.blocks_per_task)
         for j in range(3):
             ref.partial_fit(to_space(data[j * 4096:(j + 1) * 4096], "rgb"))
     assert np.array_equal(ref.cluster_centers_.astype(np.float64), res.centers)

@@ -173,3 +173,21 @@ def test_stale_partial_files_are_removed_on_write_open(faces_store, tmp_path):
     Store.open(copy, mode="r+")
     assert not junk.exists()
     assert fresh.exists()
+
+
+def test_sharded_layout_reads_blocks(faces_dir, tmp_path):
+    """Shards of chunk_pixels (one writer each) made of block_pixels inner chunks."""
+    path = tmp_path / "sharded.zarr"
+    streamq.ingest(faces_dir, path, chunk_pixels=65_536, block_pixels=16_384, scheduler="threads",
+                   progress=False)
+    px = zarr.open_array(f"{path}/pixels", mode="r")
+    assert px.shards == (65_536, 3)
+    assert px.chunks == (16_384, 3)
+    coll = streamq.open_store(path)
+    for i in range(len(coll)):
+        np.testing.assert_array_equal(coll.read(i), pillow_rgb(faces_dir / coll.paths[i]))
+    streamq.fit(str(path), colors=4, max_steps=10, scheduler="threads")
+    streamq.quantize(str(path), scheduler="threads")
+    labels = zarr.open_array(f"{path}/quantize/labels", mode="r")
+    assert labels.shards == (65_536,)
+    assert labels.chunks == (16_384,)
