@@ -38,7 +38,7 @@ def build_store(workdir: Path, n_images: int, size: int | None = 250, seed: int 
     src = build_collection(workdir, n_images, size, seed)
     store = workdir / f"store-{n_images}-{size}-s{seed}.zarr"
     t0 = time.perf_counter()
-    s = streamq.ingest(src, store, progress=False)
+    s = streamq.ingest(src, store, progress=False, overwrite=True)  # re-ingest if settings changed
     if s.status != "already complete":
         print(f"ingested {s.n_pixels / 1e6:.0f} Mpx into {store} ({time.perf_counter() - t0:.1f} s)",
               flush=True)

@@ -24,7 +24,7 @@ STREAM_INIT = 0
 STREAM_VALIDATION = 1
 STREAM_TRAIN = 2
 STREAM_POLISH = 3
-SAMPLE_PER_READ = 2_048  # pixels taken from each block read by the init/validation/polish samples
+SAMPLE_PER_READ = 1_024  # pixels taken from each block read by the init/validation/polish samples
 
 
 @dataclass(frozen=True)

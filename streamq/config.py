@@ -105,8 +105,8 @@ class FitConfig:
     algorithm: Literal["minibatch", "lloyd"] = _opt(
         "minibatch", doc="minibatch: streamed MiniBatchKMeans; lloyd: exact K-Means on all pixels")
     init: Literal["k-means++", "random"] = _opt("k-means++", doc="initial centres method")
-    init_size: int = _opt(50_000, _at_least(2), "pixels in the initial sample (drawn collection-wide)")
-    n_init: int = _opt(1, _at_least(1), "k-means starts on the initial sample (lloyd: on the histogram)")
+    init_size: int = _opt(200_000, _at_least(2), "pixels in the initial sample (drawn collection-wide)")
+    n_init: int = _opt(3, _at_least(1), "k-means starts on the initial sample (lloyd: on the histogram)")
     batch_size: int = _opt(65_536, _at_least(16), "pixels per partial_fit step")
     batches_per_task: int = _opt(8, _at_least(1), "batches drawn by one sampling task")
     blocks_per_task: int = _opt(64, _at_least(1), "inner chunks one sampling task reads")

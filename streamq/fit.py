@@ -325,7 +325,10 @@ def _initial_centres(run: Runner, st: Store, source: PixelSource, fcfg: FitConfi
         return kmeans_plusplus_weighted(x, counts, k, fcfg.seed).astype(np.float32)
     x = to_space(sample, fcfg.color_space)
     km = KMeans(n_clusters=k, init=fcfg.init, n_init=fcfg.n_init, random_state=fcfg.seed)
-    return km.fit(x).cluster_centers_.astype(np.float32)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # KMeans sums in thread order: one thread, one result
+        return km.fit(x).cluster_centers_.astype(np.float32)
 
 
 def _fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig, fp: str,

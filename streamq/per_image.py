@@ -73,25 +73,26 @@ def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
     if m < k:  # fewer pixels than colours: every pixel is a centre, the rest repeat the first
         centres = np.concatenate([x, np.repeat(x[:1], k - n, axis=0)])
         return centres.astype(np.float64)
-    with warnings.catch_warnings():
+    from threadpoolctl import threadpool_limits
+
+    # One thread: KMeans sums in thread order, so this makes the palette independent of the
+    # machine and scheduler (and tasks are the parallelism anyway).
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")  # fewer distinct colours than k: duplicate centres
         km = KMeans(n_clusters=k, init=init, n_init=n_init, random_state=seed).fit(x[idx])
     return km.cluster_centers_.astype(np.float64)
 
 
 def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
-    from threadpoolctl import threadpool_limits
-
     pixels = zarr.open_array(f"{args['store']}/pixels", mode="r")
     a, b = args["px_start"], args["px_stop"]
     data = np.asarray(pixels[a:b])
     result: dict[str, list[Any]] = {str(k): [] for k in args["colors"]}
-    with threadpool_limits(1):  # tasks are the parallelism
-        for image_id, off, size in args["images"]:
-            rgb = data[off - a: off - a + size]
-            for k in args["colors"]:
-                c = fit_image(rgb, k, args["sample"], args["seed"], image_id, args["init"], args["n_init"])
-                result[str(k)].append([image_id, c.reshape(-1).tolist()])
+    for image_id, off, size in args["images"]:
+        rgb = data[off - a: off - a + size]
+        for k in args["colors"]:
+            c = fit_image(rgb, k, args["sample"], args["seed"], image_id, args["init"], args["n_init"])
+            result[str(k)].append([image_id, c.reshape(-1).tolist()])
     write_record(args["store"], RECORDS, args["task"], result)
     return {"n": len(args["images"])}
 
