@@ -499,25 +499,27 @@ def _lloyd_threads(fcfg: FitConfig) -> int:
 def _ensure_distinct(centres: np.ndarray, val: np.ndarray, space: str) -> np.ndarray:
     """Make the uint8 palette hold K distinct colours where the data allows.
 
-    A centre whose uint8 colour repeats another's is moved to the validation pixel that is
-    farthest from its nearest centre among those whose colour is not yet in the palette.
+    Every centre whose uint8 colour repeats an earlier centre's is moved to a held-out pixel
+    whose colour is not in the palette yet, taking the pixels worst served by the palette
+    first (one assignment pass, whatever the number of duplicates).
     """
+    rgb = to_rgb8(centres, space)
+    _, first = np.unique(rgb, axis=0, return_index=True)
+    dup = np.setdiff1d(np.arange(len(centres)), first)
+    if not len(dup):
+        return centres
     centres = centres.copy()
-    for _ in range(len(centres)):
-        rgb = to_rgb8(centres, space)
-        _, first = np.unique(rgb, axis=0, return_index=True)
-        dup = np.setdiff1d(np.arange(len(centres)), first)
-        if not len(dup):
+    _, d = assign(val, centres)
+    used = {tuple(c) for c in rgb[first]}
+    val_rgb = to_rgb8(val, space)
+    todo = list(dup)
+    for i in np.argsort(-d, kind="stable"):
+        if not todo:
             break
-        _, d = assign(val, centres)
-        used = {tuple(c) for c in rgb[first]}
-        val_rgb = to_rgb8(val, space)
-        for i in np.argsort(-d, kind="stable"):
-            if tuple(val_rgb[i]) not in used:
-                centres[dup[0]] = val[i]
-                break
-        else:
-            break
+        colour = tuple(val_rgb[i])
+        if colour not in used:
+            used.add(colour)
+            centres[todo.pop(0)] = val[i]
     return centres
 
 
