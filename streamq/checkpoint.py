@@ -16,7 +16,6 @@ import json
 from typing import Any
 
 import numpy as np
-import sklearn
 
 from streamq.errors import StreamQError
 
@@ -75,6 +74,8 @@ def decode_state(text: str) -> dict[str, Any]:
 
 def estimator_state(est: Any) -> dict[str, Any]:
     """Parameters and every learned/private attribute of a scikit-learn estimator."""
+    import sklearn
+
     params = est.get_params(deep=False)
     attrs = {k: v for k, v in vars(est).items() if k not in params}
     return {"class": type(est).__name__, "sklearn": sklearn.__version__,
@@ -83,6 +84,7 @@ def estimator_state(est: Any) -> dict[str, Any]:
 
 def restore_estimator(state: dict[str, Any]) -> Any:
     """Rebuild the estimator saved by :func:`estimator_state`, refusing other versions."""
+    import sklearn
     from sklearn import cluster
 
     if state["sklearn"] != sklearn.__version__:

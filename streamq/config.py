@@ -119,7 +119,7 @@ class FitConfig:
     max_iter: int = _opt(300, _at_least(1), "lloyd: maximum iterations")
     polish_size: int = _opt(1_000_000, _at_least(0),
                             "minibatch: pixels of the final Lloyd polish sample (0: no polish)")
-    polish_iter: int = _opt(50, _at_least(1), "minibatch: maximum polish iterations")
+    polish_iter: int = _opt(300, _at_least(1), "minibatch: maximum polish iterations")
     refine: bool = _opt(False, doc="lloyd: start from the mini-batch palette instead of k-means++")
     color_space: Literal["rgb", "oklab"] = _opt("rgb", doc="space the distances are measured in")
     reassignment_ratio: float = _opt(0.01, lambda v: None if v >= 0 else "a number >= 0",

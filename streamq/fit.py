@@ -45,10 +45,9 @@ from streamq.checkpoint import (
     estimator_state,
     restore_estimator,
 )
-from streamq.colorspace import to_rgb8, to_space
+from streamq.colorspace import codes_to_rgb, rgb_to_codes, to_rgb8, to_space
 from streamq.config import FitConfig, StreamQConfig, fingerprint, parse_config, to_dict
 from streamq.errors import ConfigError, StoreMismatchError
-from streamq.kernels import assign, codes_to_rgb
 from streamq.lloyd import collection_histogram, kmeans_plusplus_weighted, weighted_lloyd
 from streamq.metrics import psnr
 from streamq.report import progress_bar, timer
@@ -56,6 +55,13 @@ from streamq.scheduler import Runner, runner
 from streamq.store import Collection, Store
 
 __all__ = ["FitResult", "collection_mse", "fit", "load_fit"]
+
+
+def assign(x: np.ndarray, centers: np.ndarray, n_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`streamq.kernels.assign`, imported on first use (numba is slow to import)."""
+    from streamq.kernels import assign as _assign
+
+    return _assign(x, centers, n_threads)
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +318,7 @@ def _initial_centres(run: Runner, st: Store, source: PixelSource, fcfg: FitConfi
     from sklearn.cluster import KMeans
 
     sample = _draw_many(run, source, fcfg.seed, STREAM_INIT, fcfg.init_size, fcfg.blocks_per_task)
-    codes = np.unique((sample.astype(np.int64) << np.array([16, 8, 0])).sum(1))
+    codes = np.unique(rgb_to_codes(sample))
     k = fcfg.colors
     if len(codes) < k:
         # Too few distinct colours in the sample: look at the whole collection.
@@ -424,7 +430,7 @@ def _polish(run: Runner, source: PixelSource, fcfg: FitConfig, centres: np.ndarr
     with timer("polish sample"):
         sample = _draw_many(run, source, fcfg.seed, STREAM_POLISH, fcfg.polish_size,
                             fcfg.blocks_per_task)
-    codes, counts = np.unique((sample.astype(np.int64) << np.array([16, 8, 0])).sum(1), return_counts=True)
+    codes, counts = np.unique(rgb_to_codes(sample), return_counts=True)
     x = to_space(codes_to_rgb(codes), fcfg.color_space).astype(np.float64)
     polished, _, n_iter, _ = weighted_lloyd(x, counts, centres, fcfg.tol, fcfg.polish_iter,
                                             n_threads=_lloyd_threads(fcfg))

@@ -68,10 +68,7 @@ def histogram24(rgb: np.ndarray, hist: np.ndarray | None = None) -> np.ndarray:
     return hist
 
 
-def codes_to_rgb(codes: np.ndarray) -> np.ndarray:
-    """24-bit colour codes back to ``(n, 3)`` uint8."""
-    codes = np.asarray(codes, dtype=np.int64)
-    return np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=1).astype(np.uint8)
+from streamq.colorspace import codes_to_rgb  # noqa: E402  (re-exported)
 
 
 @numba.njit(nogil=True, cache=True)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from streamq.batches import PixelSource
-from streamq.kernels import assign, codes_to_rgb, histogram24
+from streamq.colorspace import codes_to_rgb
 
 __all__ = ["collection_histogram", "kmeans_plusplus_weighted", "weighted_lloyd"]
 
@@ -28,6 +28,8 @@ PIXELS_PER_HIST_TASK = 32 * 2**20  # each task zeroes and scans a 128 MiB table:
 
 def _hist_task(args: tuple[PixelSource, int, int]) -> tuple[np.ndarray, np.ndarray]:
     import zarr
+
+    from streamq.kernels import histogram24
 
     source, c0, c1 = args
     arr = zarr.open_array(source.pixels_path, mode="r")
@@ -87,6 +89,8 @@ def weighted_lloyd(x: np.ndarray, w: np.ndarray, centres: np.ndarray, tol: float
     Returns ``(centres, inertia, n_iter, converged)``; inertia is the weighted sum of
     squared distances for the returned centres.
     """
+    from streamq.kernels import assign
+
     x = np.ascontiguousarray(x, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
     centres = np.array(centres, dtype=np.float64)
