@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from streamq.batches import PixelSource
-from streamq.colorspace import codes_to_rgb
 
 __all__ = ["collection_histogram", "kmeans_plusplus_weighted", "weighted_lloyd"]
 
@@ -62,10 +61,6 @@ def collection_histogram(run: Any, source: PixelSource,
             on_progress(g[2] - g[1])
     codes = np.flatnonzero(total)
     return codes.astype(np.int64), total[codes]
-
-
-def distinct_colours(codes: np.ndarray) -> np.ndarray:
-    return codes_to_rgb(codes)
 
 
 def kmeans_plusplus_weighted(x: np.ndarray, w: np.ndarray, k: int, seed: int) -> np.ndarray:
