@@ -44,6 +44,7 @@ import platform
 import shutil
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -101,7 +102,10 @@ def _write_chunk(args: tuple[str, int, int, list[tuple[str, int]]]) -> int:
         flat = _decode(path).reshape(-1, 3)
         lo, hi = max(off, a), min(off + len(flat), b)
         buf[lo - a: hi - a] = flat[lo - off: hi - off]
-    zarr.open_array(store, mode="r+")[a:b] = buf
+    try:
+        zarr.open_array(store, mode="r+")[a:b] = buf
+    except Exception as exc:  # zarr's exceptions do not all survive pickling back to the parent
+        raise RuntimeError(f"writing {store}[{a}:{b}]: {type(exc).__name__}: {exc}") from None
     return b - a
 
 
@@ -376,7 +380,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     paths = [str(src / r) for r in list_jpegs(src)]
     n_px = args.images * args.size * args.size  # checked against what is written below
     chunk, block, n = args.chunk_pixels, args.block_pixels, args.procs
-    loop_store, sq_store = str(workdir / "loop.zarr"), str(workdir / "streamq.zarr")
+    # Stores go to a folder of this run's own: concurrent runs sharing --workdir (and its
+    # cached collection) never delete each other's stores.
+    run_dir = Path(tempfile.mkdtemp(prefix="ingest-run-", dir=workdir))
+    loop_store, sq_store = str(run_dir / "loop.zarr"), str(run_dir / "streamq.zarr")
 
     # Plain fork (Python 3.11's Linux default): a pool starts in ~20 ms, where forkserver and
     # spawn take ~0.4 s. zarr resets its event loop in a forked child (os.register_at_fork).
@@ -396,50 +403,56 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise RuntimeError(f"{what}: {got} pixels, expected {n_px}")
 
     git_at_start = git_state()
-    t_all = time.perf_counter()
-    with ctx.Pool(1) as p:  # read every file once, untimed
-        p.map(_decode_batch, _batches(paths, len(paths) // 4 + 1))
-    for r in range(args.repeats):
-        check_px(res.measure("decode", run_decode, ctx, paths, n), "decode")
-        print(f"repeat {r + 1}: (a) decode {' ' * 19}{res.last('decode')}", flush=True)
-        for label, codec, level in codecs:
-            clean()
-            got = res.measure(f"loop/{label}", run_loop, ctx, paths, loop_store, n, chunk,
-                              block, codec, level, reset=lambda: shutil.rmtree(loop_store, True))
-            check_px(got, "hand-written loop")
-            print(f"repeat {r + 1}: (b) loop    {label:<14} {res.last(f'loop/{label}')}",
-                  flush=True)
-            summary = res.measure(f"streamq/{label}", run_streamq, src, sq_store, chunk, block,
-                                  codec, level, None, reset=lambda: shutil.rmtree(sq_store, True))
-            check_px(summary.n_pixels, "streamq")
-            stages.setdefault(f"streamq/{label}", []).append(summary.timings)
-            stored[label] = summary.stored_bytes
-            stored[f"loop/{label}"] = disk_bytes(loop_store)
-            print(f"repeat {r + 1}: (c) streamq {label:<14} {res.last(f'streamq/{label}')}",
-                  flush=True)
-            check_px(res.measure(f"read/{label}", read_all, f"{sq_store}/pixels", chunk), "read")
-            if r == 0:
-                checks[label] = same_pixels(loop_store, f"{sq_store}/pixels", chunk)
-                if not checks[label]:
-                    print(f"WARNING: loop and streamq pixels differ for {label}", flush=True)
-        clean()
-        # The same ingest on an already running cluster, warmed up by one tiny ingest.
-        cluster = res.measure("cluster-start", start_cluster, n, retries=0)
-        try:
-            warm_src = build_collection(workdir, 20, 64)
-            run_streamq(warm_src, sq_store, chunk, block, codecs[0][1], codecs[0][2],
-                        cluster.scheduler_address)
+    try:
+        t_all = time.perf_counter()
+        with ctx.Pool(1) as p:  # read every file once, untimed
+            p.map(_decode_batch, _batches(paths, len(paths) // 4 + 1))
+        for r in range(args.repeats):
+            check_px(res.measure("decode", run_decode, ctx, paths, n), "decode")
+            print(f"repeat {r + 1}: (a) decode {' ' * 19}{res.last('decode')}", flush=True)
             for label, codec, level in codecs:
-                summary = res.measure(f"streamq-warm/{label}", run_streamq, src, sq_store, chunk,
-                                      block, codec, level, cluster.scheduler_address,
-                                      reset=clean)
-                stages.setdefault(f"streamq-warm/{label}", []).append(summary.timings)
-                print(f"repeat {r + 1}: (c) running {label:<14} "
-                      f"{res.last(f'streamq-warm/{label}')}", flush=True)
-        finally:
-            cluster.close()
-        clean()
-    total = time.perf_counter() - t_all
+                clean()
+                got = res.measure(f"loop/{label}", run_loop, ctx, paths, loop_store, n,
+                                  chunk, block, codec, level,
+                                  reset=lambda: shutil.rmtree(loop_store, True))
+                check_px(got, "hand-written loop")
+                print(f"repeat {r + 1}: (b) loop    {label:<14} {res.last(f'loop/{label}')}",
+                      flush=True)
+                summary = res.measure(f"streamq/{label}", run_streamq, src, sq_store, chunk,
+                                      block, codec, level, None,
+                                      reset=lambda: shutil.rmtree(sq_store, True))
+                check_px(summary.n_pixels, "streamq")
+                stages.setdefault(f"streamq/{label}", []).append(summary.timings)
+                stored[label] = summary.stored_bytes
+                stored[f"loop/{label}"] = disk_bytes(loop_store)
+                print(f"repeat {r + 1}: (c) streamq {label:<14} {res.last(f'streamq/{label}')}",
+                      flush=True)
+                got = res.measure(f"read/{label}", read_all, f"{sq_store}/pixels", chunk)
+                check_px(got, "read")
+                if r == 0:
+                    checks[label] = same_pixels(loop_store, f"{sq_store}/pixels", chunk)
+                    if not checks[label]:
+                        print(f"WARNING: loop and streamq pixels differ for {label}", flush=True)
+            clean()
+            # The same ingest on an already running cluster, warmed up by one tiny ingest.
+            cluster = res.measure("cluster-start", start_cluster, n, retries=0)
+            try:
+                warm_src = build_collection(workdir, 20, 64)
+                run_streamq(warm_src, sq_store, chunk, block, codecs[0][1], codecs[0][2],
+                            cluster.scheduler_address)
+                for label, codec, level in codecs:
+                    summary = res.measure(f"streamq-warm/{label}", run_streamq, src, sq_store,
+                                          chunk, block, codec, level,
+                                          cluster.scheduler_address, reset=clean)
+                    stages.setdefault(f"streamq-warm/{label}", []).append(summary.timings)
+                    print(f"repeat {r + 1}: (c) running {label:<14} "
+                          f"{res.last(f'streamq-warm/{label}')}", flush=True)
+            finally:
+                cluster.close()
+            clean()
+        total = time.perf_counter() - t_all
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
     result = _report(args, codecs, n_px, res, stages, stored, checks, total, git_at_start)
     if args.json:
@@ -458,7 +471,8 @@ def _report(args: argparse.Namespace, codecs: list[tuple[str, str, int | None]],
     others = [run["others_cpu_s"] / run["wall_s"] for runs in res.runs.values() for run in runs]
     print()
     print(f"{args.images} JPEGs {args.size}x{args.size} = {mpx:.1f} Mpx, chunk_pixels "
-          f"{args.chunk_pixels}, block_pixels {args.block_pixels}, {args.procs} processes, medians of {args.repeats} runs; "
+          f"{args.chunk_pixels}, block_pixels {args.block_pixels}, {args.procs} processes, "
+          f"medians of {args.repeats} runs; "
           f"benchmark took {total:.0f} s; other programs used a median "
           f"{_median(others):.2f} cores (max {max(others):.2f}) during the kept runs; "
           f"{sum(map(len, res.rejected.values()))} noisy runs redone, {res.n_noisy()} noisy "
@@ -507,11 +521,11 @@ def _report(args: argparse.Namespace, codecs: list[tuple[str, str, int | None]],
                     "zarr": zarr.__version__, "pillow": Image.__version__,
                     "git": {"start": git_at_start, "end": git_state()}},
         "settings": {"images": args.images, "size": args.size, "repeats": args.repeats,
-                     "chunk_pixels": args.chunk_pixels, "block_pixels": args.block_pixels, "procs": args.procs, "mpx": mpx,
-                     "codecs": args.codecs},
+                     "chunk_pixels": args.chunk_pixels, "block_pixels": args.block_pixels,
+                     "procs": args.procs, "mpx": mpx, "codecs": args.codecs},
         "decode_mpx_s": dec, "others_cores_median": _median(others),
-        "rows": rows, "runs": res.runs, "rejected_runs": res.rejected, "stage_medians_s": stage_meds, "stored_bytes": stored,
-        "total_s": total,
+        "rows": rows, "runs": res.runs, "rejected_runs": res.rejected,
+        "stage_medians_s": stage_meds, "stored_bytes": stored, "total_s": total,
     }
 
 
