@@ -75,6 +75,25 @@ class _SyncPool(cf.Executor):
         return fut
 
 
+MMAP_THRESHOLD = 64 * 2**20
+
+
+def _worker_malloc_settings() -> None:
+    """Let worker processes keep buffers below 64 MiB on the heap.
+
+    Dask starts workers with ``MALLOC_TRIM_THRESHOLD_`` set, which also freezes glibc's
+    mmap threshold at 128 KiB: every decoded image and shard buffer is then mmapped and
+    unmapped, page by page. Measured on ingest (312 Mpx, 2 workers): 31 -> 50 Mpx/s and
+    17 -> 10 worker CPU-s with ``MALLOC_MMAP_THRESHOLD_`` at 64 MiB. A value the user set in
+    Dask's configuration wins.
+    """
+    import dask
+
+    key = "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_"
+    if dask.config.get(key, None) is None:
+        dask.config.set({key: MMAP_THRESHOLD})
+
+
 @contextmanager
 def shared(run: Runner) -> Iterator[Runner]:
     """Make every :func:`runner` inside this block reuse ``run`` (one cluster for a pipeline)."""
@@ -114,6 +133,7 @@ def runner(cfg: DaskConfig) -> Iterator[Runner]:
 
     if sched is None:
         n_workers = cfg.n_workers or os.cpu_count() or 1
+        _worker_malloc_settings()
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=cfg.threads_per_worker or 1,
