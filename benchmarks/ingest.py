@@ -13,8 +13,9 @@ Builds (once, cached in ``--workdir``) an LFW-shaped collection of real-photo JP
                  layout (shards of ``block_pixels`` inner chunks) and codec as streamq.
 (c) ``streamq``  ``streamq.ingest(src, store, ...)`` with the default local Dask cluster,
                  timed as a whole (cluster start included), and ``streamq-warm``: the same call
-                 given the address of an already running LocalCluster of the same shape, whose
-                 workers have already run one tiny ingest (imports done).
+                 given the address of an already running local cluster, started by streamq's
+                 own runner (same shape and worker settings), whose workers have already run
+                 one tiny ingest (imports done).
 
 Every timed run starts from an absent store; pool/cluster start-up is inside the timing of
 ``decode``, ``loop`` and ``streamq`` and outside that of ``streamq-warm``. Also reported:
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import json
 import logging
 import multiprocessing as mp
@@ -47,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -257,12 +260,15 @@ def parse_codecs(text: str) -> list[tuple[str, str, int | None]]:
     return out
 
 
-def start_cluster(n_workers: int) -> Any:
-    """A LocalCluster shaped like the one ``streamq.ingest`` starts by default."""
-    from distributed import LocalCluster
+@contextlib.contextmanager
+def running_cluster(n_workers: int) -> Iterator[str]:
+    """The local cluster ``streamq.ingest`` starts by default (streamq's own runner, so with
+    the same worker settings), kept running; yields its scheduler address."""
+    from streamq.config import parse_config
+    from streamq.scheduler import runner
 
-    return LocalCluster(n_workers=n_workers, threads_per_worker=1, memory_limit="auto",
-                        processes=True, dashboard_address=":0")
+    with runner(parse_config({"dask": {"n_workers": n_workers}}).dask) as run:
+        yield run.client.scheduler.address
 
 
 def git_state() -> dict[str, Any]:
@@ -367,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-others", type=float, default=0.25,
                     help="redo a run during which other programs used more cores than this")
     ap.add_argument("--retries", type=int, default=2, help="redos per run (0: never)")
-    ap.add_argument("--extra-time", type=float, default=120,
+    ap.add_argument("--extra-time", type=float, default=60,
                     help="seconds the run may spend waiting for quiet and redoing noisy runs")
     args = ap.parse_args(argv)
 
@@ -435,15 +441,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         print(f"WARNING: loop and streamq pixels differ for {label}", flush=True)
             clean()
             # The same ingest on an already running cluster, warmed up by one tiny ingest.
-            cluster = res.measure("cluster-start", start_cluster, n, retries=0)
+            cluster = contextlib.ExitStack()
+            address = res.measure("cluster-start", cluster.enter_context, running_cluster(n),
+                                  retries=0)
             try:
                 warm_src = build_collection(workdir, 20, 64)
                 run_streamq(warm_src, sq_store, chunk, block, codecs[0][1], codecs[0][2],
-                            cluster.scheduler_address)
+                            address)
                 for label, codec, level in codecs:
                     summary = res.measure(f"streamq-warm/{label}", run_streamq, src, sq_store,
                                           chunk, block, codec, level,
-                                          cluster.scheduler_address, reset=clean)
+                                          address, reset=clean)
                     stages.setdefault(f"streamq-warm/{label}", []).append(summary.timings)
                     print(f"repeat {r + 1}: (c) running {label:<14} "
                           f"{res.last(f'streamq-warm/{label}')}", flush=True)
