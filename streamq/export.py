@@ -208,15 +208,9 @@ def export(store: str, out: str, *, format: str = "png", dither: bool = False,
         seen.add(paths[n])
     _check_manifest(out, manifest, overwrite, paths)
     timings: dict[str, float] = {}
-    tasks, current, budget = [], [], 0
-    for i, p in zip(chosen, paths, strict=True):
-        current.append((i, p, int(coll.offsets[i]), int(coll.heights[i]), int(coll.widths[i])))
-        budget += int(coll.heights[i] * coll.widths[i])
-        if budget >= PIXELS_PER_TASK:
-            tasks.append(current)
-            current, budget = [], 0
-    if current:
-        tasks.append(current)
+    path_of = dict(zip(chosen, paths, strict=True))
+    tasks = [[(i, path_of[i], int(coll.offsets[i]), int(coll.heights[i]), int(coll.widths[i]))
+              for i in group] for group in coll.groups_by_pixels(chosen, PIXELS_PER_TASK)]
     tmp_dir = os.path.join(out, TMP_DIR)
     shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a killed run
     os.makedirs(tmp_dir)

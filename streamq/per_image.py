@@ -127,15 +127,7 @@ def fit_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | None =
     timings: dict[str, float] = {}
     sizes = coll.heights * coll.widths
     if not sec or overwrite or sec.get("state") == "planning":
-        tasks, cur, budget = [], [], 0
-        for i in range(len(coll)):
-            cur.append(i)
-            budget += int(sizes[i])
-            if budget >= pcfg.pixels_per_task:
-                tasks.append(cur)
-                cur, budget = [], 0
-        if cur:
-            tasks.append(cur)
+        tasks = coll.groups_by_pixels(range(len(coll)), pcfg.pixels_per_task)
         st.set_section(SECTION, {"state": "planning", "fingerprint": fp})
         st.write_table("per_image/tasks", {"first": np.asarray([t[0] for t in tasks], np.int64),
                                            "last": np.asarray([t[-1] for t in tasks], np.int64)})

@@ -317,6 +317,21 @@ class Collection:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def groups_by_pixels(self, ids: Sequence[int], budget: int) -> list[list[int]]:
+        """Split ``ids`` (in order) into runs of about ``budget`` pixels: one task each."""
+        groups: list[list[int]] = []
+        current: list[int] = []
+        total = 0
+        for i in ids:
+            current.append(i)
+            total += int(self.heights[i] * self.widths[i])
+            if total >= budget:
+                groups.append(current)
+                current, total = [], 0
+        if current:
+            groups.append(current)
+        return groups
+
     def overlapping(self, lo: int, hi: int) -> list[tuple[int, int, int]]:
         """``(id, offset, n_pixels)`` of every image with pixels in ``[lo, hi)``."""
         sizes = self.heights * self.widths
