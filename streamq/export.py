@@ -25,7 +25,7 @@ import numpy as np
 from streamq._version import __version__
 from streamq.config import StreamQConfig, parse_config
 from streamq.errors import ConfigError, StoreExistsError, StreamQError
-from streamq.report import progress_bar, timer
+from streamq.console import progress_bar, timer
 from streamq.scheduler import runner
 from streamq.store import Collection, Store
 

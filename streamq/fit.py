@@ -50,7 +50,7 @@ from streamq.config import FitConfig, StreamQConfig, fingerprint, parse_config, 
 from streamq.errors import ConfigError, StoreMismatchError
 from streamq.lloyd import collection_histogram, kmeans_plusplus_weighted, weighted_lloyd
 from streamq.metrics import psnr
-from streamq.report import progress_bar, timer
+from streamq.console import progress_bar, timer
 from streamq.scheduler import Runner, runner
 from streamq.store import Collection, Store
 

@@ -26,7 +26,7 @@ from streamq.colorspace import to_space
 from streamq.config import PerImageConfig, StreamQConfig, fingerprint, parse_config, to_dict
 from streamq.errors import StoreMismatchError, StreamQError
 from streamq.metrics import errors_from_records
-from streamq.report import progress_bar, timer
+from streamq.console import progress_bar, timer
 from streamq.scheduler import runner
 from streamq.store import Collection, Store, labels_dtype, write_record
 

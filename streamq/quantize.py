@@ -22,7 +22,7 @@ import zarr
 from streamq.config import StreamQConfig, parse_config
 from streamq.errors import StreamQError
 from streamq.metrics import errors_from_records, psnr
-from streamq.report import progress_bar, timer
+from streamq.console import progress_bar, timer
 from streamq.scheduler import runner
 from streamq.store import Collection, Store, labels_dtype, write_record
 

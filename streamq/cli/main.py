@@ -54,7 +54,7 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
     Pipeline: ingest -> fit -> quantize -> export (or all of them: run CONFIG.yaml);
     info looks at a store.
     """
-    from streamq.report import set_log_level
+    from streamq.console import set_log_level
 
     verbosity = verbose - quiet
     ctx.obj = {"verbosity": verbosity, "quiet": quiet > 0}
