@@ -28,6 +28,18 @@ def set_log_level(level: int) -> None:
         _handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         log.addHandler(_handler)
     log.setLevel(level)
+    # Dask's client logs its own account (with tracebacks) of a lost scheduler; streamq turns
+    # that into one line of its own, so below -v the client's messages stay out of the way.
+    client_log = logging.getLogger("distributed.client")
+    for f in [f for f in client_log.filters if isinstance(f, _BelowCritical)]:
+        client_log.removeFilter(f)
+    if level > logging.INFO:
+        client_log.addFilter(_BelowCritical())
+
+
+class _BelowCritical(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.CRITICAL
 
 
 @contextmanager

@@ -24,8 +24,8 @@ import numpy as np
 
 from streamq._version import __version__
 from streamq.config import StreamQConfig, parse_config
-from streamq.errors import ConfigError, StoreExistsError, StreamQError
 from streamq.console import progress_bar, timer
+from streamq.errors import ConfigError, StoreExistsError, StreamQError
 from streamq.scheduler import runner
 from streamq.store import Collection, Store
 
@@ -218,6 +218,7 @@ def export(store: str, out: str, *, format: str = "png", dither: bool = False,
               "dither": dither, "options": options, "tmp_dir": tmp_dir}
     written = existing = 0
     with timer("exporting", timings), runner(cfg.dask) as run:
+        run.check_paths(st.path, out)
         futures = {run.submit(_export_task, {**common, "images": t}): len(t) for t in tasks}
         with progress_bar(len(chosen), "exporting", "image", progress) as bar:
             for fut in run.as_completed(futures):

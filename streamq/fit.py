@@ -47,10 +47,10 @@ from streamq.checkpoint import (
 )
 from streamq.colorspace import codes_to_rgb, rgb_to_codes, to_rgb8, to_space
 from streamq.config import FitConfig, StreamQConfig, fingerprint, parse_config, to_dict
+from streamq.console import progress_bar, timer
 from streamq.errors import ConfigError, StoreMismatchError
 from streamq.lloyd import collection_histogram, kmeans_plusplus_weighted, weighted_lloyd
 from streamq.metrics import psnr
-from streamq.console import progress_bar, timer
 from streamq.scheduler import Runner, runner
 from streamq.store import Collection, Store
 
@@ -205,6 +205,7 @@ def fit(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
     # The model update runs on the client: keep its OpenMP/BLAS threads from fighting the
     # workers for the same cores (k=64 partial_fit drops from ~8 to ~1.4 Mpx/s when they do).
     with runner(cfg.dask) as run, threadpool_limits(limits=fcfg.client_threads or 1):
+        run.check_paths(st.path)
         # Everything is checked and the cluster reached: only now touch the stored fit.
         if prev and overwrite:
             _clear(st)
@@ -277,6 +278,7 @@ def collection_mse(store: str, centers: np.ndarray | None = None, color_space: s
         centers, color_space = res.centers, res.color_space
     space = color_space or "rgb"
     with runner(DaskConfig(scheduler=scheduler)) as run:
+        run.check_paths(st.path)
         codes, counts = histogram(run, st, _source(Collection(st)))
     rgb = codes_to_rgb(codes)
     palette = to_rgb8(np.asarray(centers), space).astype(np.float64)

@@ -32,9 +32,9 @@ import numpy as np
 from PIL import Image
 
 from streamq.config import IngestConfig, StreamQConfig, fingerprint, parse_config
+from streamq.console import progress_bar, timer
 from streamq.decode import Header, decode_rgb, read_header
 from streamq.errors import ConfigError, StoreMismatchError, StreamQError
-from streamq.console import progress_bar, timer
 from streamq.scheduler import Runner, runner
 from streamq.store import (
     IMAGES,
@@ -275,6 +275,7 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | N
 
     status = "resumed" if state.get("state") == "planned" else "ingested"
     with runner(cfg.dask) as run:
+        run.check_paths(root, st.path)
         if state.get("state") != "planned":
             with timer("scanning headers", timings):
                 headers = _scan(run, root, rel, icfg, progress)

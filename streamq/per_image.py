@@ -24,9 +24,9 @@ import zarr
 
 from streamq.colorspace import to_space
 from streamq.config import PerImageConfig, StreamQConfig, fingerprint, parse_config, to_dict
+from streamq.console import progress_bar, timer
 from streamq.errors import StoreMismatchError, StreamQError
 from streamq.metrics import errors_from_records
-from streamq.console import progress_bar, timer
 from streamq.scheduler import runner
 from streamq.store import Collection, Store, labels_dtype, write_record
 
@@ -138,6 +138,7 @@ def fit_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | None =
     records = st.records(RECORDS)
     pending = [i for i in range(len(records)) if not records[i]]
     with timer("per-image fit", timings), runner(cfg.dask) as run:
+        run.check_paths(st.path)
         futures = {}
         for ti in pending:
             ids = range(int(t["first"][ti]), int(t["last"][ti]) + 1)
@@ -234,6 +235,7 @@ def quantize_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | N
     sizes = coll.heights * coll.widths
     timings: dict[str, float] = {}
     with timer("per-image labelling", timings), runner(cfg.dask) as run:
+        run.check_paths(st.path)
         for k in sec["colors"]:
             name = f"per_image_quantize_k{k}"
             q = st.section(name)

@@ -20,9 +20,9 @@ import numpy as np
 import zarr
 
 from streamq.config import StreamQConfig, parse_config
+from streamq.console import progress_bar, timer
 from streamq.errors import StreamQError
 from streamq.metrics import errors_from_records, psnr
-from streamq.console import progress_bar, timer
 from streamq.scheduler import runner
 from streamq.store import Collection, Store, labels_dtype, write_record
 
@@ -140,6 +140,7 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None) -> Qu
     common = {"store": st.path, "chunk": chunk, "fit_fingerprint": fit_fp, "space": result.color_space,
               "centers": result.centers.tolist(), "palette": result.palette.tolist()}
     with timer("labelling", timings), runner(cfg.dask) as run:
+        run.check_paths(st.path)
         futures = {}
         for c in pending:
             images = coll.overlapping(c * chunk, (c + 1) * chunk)

@@ -27,10 +27,31 @@ _SHARED: ContextVar[Runner | None] = ContextVar("streamq_runner", default=None)
 class Runner:
     """Submit functions and collect their futures, on Dask or in this process."""
 
-    def __init__(self, client: Any | None, pool: cf.Executor | None, description: str) -> None:
+    def __init__(self, client: Any | None, pool: cf.Executor | None, description: str,
+                 remote: bool = False) -> None:
         self.client = client
         self._pool = pool
         self.description = description
+        self.remote = remote  # workers may live on other machines
+        self._seen: set[str] = set()
+
+    def check_paths(self, *paths: str) -> None:
+        """Fail with one line unless every worker of a remote cluster sees these local paths.
+
+        A store or source folder on the client's own disk is invisible to workers on other
+        machines; without this check they would fail task by task with file-not-found errors.
+        """
+        todo = [p for p in paths if "://" not in p and p not in self._seen]
+        if not todo or not self.remote or self.client is None:
+            return
+        seen = self.client.run(_missing_paths, todo)
+        for worker, missing in sorted(seen.items()):
+            if missing:
+                raise StreamQError(
+                    f"Dask worker {worker} cannot see {missing[0]}: stores and sources must be on "
+                    "a filesystem every worker mounts at the same absolute path (or at an s3:// URL)"
+                )
+        self._seen.update(todo)
 
     @property
     def n_workers(self) -> int:
@@ -73,6 +94,21 @@ class _SyncPool(cf.Executor):
         except BaseException as exc:  # the future carries it, as a pool would
             fut.set_exception(exc)
         return fut
+
+
+def _missing_paths(paths: list[str]) -> list[str]:
+    return [p for p in paths if not os.path.exists(p)]
+
+
+def _lost_scheduler(exc: BaseException, client: Any) -> bool:
+    """Did ``exc`` come from losing the connection to the scheduler?"""
+    from distributed.comm.core import CommClosedError
+
+    if isinstance(exc, CommClosedError):
+        return True
+    if isinstance(exc, cf.CancelledError | TimeoutError | OSError):
+        return client.status != "running"
+    return False
 
 
 MMAP_THRESHOLD = 64 * 2**20
@@ -171,6 +207,13 @@ def runner(cfg: DaskConfig) -> Iterator[Runner]:
             "address and that the scheduler is running"
         ) from None
     try:
-        yield Runner(client, None, f"Dask cluster at {sched}")
+        yield Runner(client, None, f"Dask cluster at {sched}", remote=True)
+    except Exception as exc:
+        if _lost_scheduler(exc, client):
+            raise StreamQError(
+                f"lost the Dask scheduler at {sched} mid-job ({type(exc).__name__}); start a "
+                "cluster and rerun the same command: finished work is kept in the store"
+            ) from exc
+        raise
     finally:
         client.close()

@@ -28,6 +28,32 @@ def assert_same_store(a, b) -> None:
         np.testing.assert_array_equal(ca[name], cb[name], err_msg=name)
 
 
+def output_files(out) -> dict[str, str]:
+    """{relative path: sha256} of every exported file under ``out`` (the manifest left out)."""
+    import hashlib
+    from pathlib import Path
+
+    out = Path(out)
+    files = {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(out.rglob("*")) if p.is_file()}
+    files.pop(".streamq-export.json", None)
+    return files
+
+
+def assert_same_results(store_a, store_b, out_a=None, out_b=None, n_files=None) -> None:
+    """Same collection, palette, labels and per-image errors; same exported files."""
+    assert_same_store(store_a, store_b)
+    ga, gb = zarr.open_group(str(store_a), mode="r"), zarr.open_group(str(store_b), mode="r")
+    for name in ("quantize/labels", "fit/palette/r", "fit/palette/g", "fit/palette/b",
+                 "fit/palette/center_0", "quantize/images/sse"):
+        assert np.array_equal(ga[name][:], gb[name][:]), name
+    if out_a is not None:
+        fa, fb = output_files(out_a), output_files(out_b)
+        assert fa == fb
+        if n_files is not None:
+            assert len(fa) == n_files
+
+
 def streamq_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "streamq.cli.main", *args]
 
@@ -50,3 +76,102 @@ def run_and_kill(cmd: list[str], after: float, env: dict | None = None) -> int |
         pass
     proc.wait()
     return None
+
+
+class ProcessCluster:
+    """A real ``dask scheduler`` and ``dask worker`` processes on 127.0.0.1 (random ports).
+
+    Workers get the same malloc settings streamq gives the workers of its local clusters.
+    """
+
+    def __init__(self, workdir, n_workers: int = 2, memory_limit: str = "2GiB",
+                 worker_prefix: tuple[str, ...] = ()) -> None:
+        self.workdir = str(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.memory_limit = memory_limit
+        self.scheduler_file = os.path.join(self.workdir, "scheduler.json")
+        self.scheduler: subprocess.Popen | None = None
+        self.workers: dict[str, subprocess.Popen] = {}
+        self._n = 0
+        self.start_scheduler()
+        for _ in range(n_workers):
+            self.add_worker(worker_prefix)
+        self.wait_for_workers(n_workers)
+
+    @property
+    def address(self) -> str:
+        import json
+
+        with open(self.scheduler_file) as f:
+            return json.load(f)["address"]
+
+    def _popen(self, args: list[str], log_name: str, env: dict | None = None,
+               prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+        with open(os.path.join(self.workdir, log_name), "ab") as log:
+            return subprocess.Popen([*prefix, sys.executable, "-m", *args], stdout=log,
+                                    stderr=log, start_new_session=True, env=env)
+
+    def start_scheduler(self) -> None:
+        if os.path.exists(self.scheduler_file):
+            os.remove(self.scheduler_file)
+        self.scheduler = self._popen(
+            ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--dashboard-address", ":0", "--scheduler-file", self.scheduler_file,
+             "--idle-timeout", "600"], "scheduler.log")
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.scheduler_file):
+            if time.monotonic() > deadline or self.scheduler.poll() is not None:
+                raise RuntimeError("the dask scheduler did not start; see scheduler.log")
+            time.sleep(0.05)
+
+    def add_worker(self, prefix: tuple[str, ...] = ()) -> str:
+        """Start one single-threaded worker process (its command after ``prefix``); its name."""
+        from streamq.scheduler import MMAP_THRESHOLD
+
+        self._n += 1
+        name = f"w{self._n}"
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD),
+                   MALLOC_TRIM_THRESHOLD_=str(MMAP_THRESHOLD))
+        self.workers[name] = self._popen(
+            ["distributed.cli.dask_worker", "--scheduler-file", self.scheduler_file,
+             "--nthreads", "1", "--nworkers", "1", "--no-nanny", "--name", name,
+             "--memory-limit", self.memory_limit, "--host", "127.0.0.1",
+             "--local-directory", self.workdir], f"{name}.log", env=env, prefix=prefix)
+        return name
+
+    def wait_for_workers(self, n: int, timeout: float = 60) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout="20s") as c:
+            c.wait_for_workers(n, timeout=timeout)
+
+    def kill_worker(self, name: str) -> None:
+        proc = self.workers.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def kill_scheduler(self) -> None:
+        assert self.scheduler is not None
+        os.killpg(self.scheduler.pid, signal.SIGKILL)
+        self.scheduler.wait()
+        self.scheduler = None
+
+    def close(self) -> None:
+        for name in list(self.workers):
+            self.kill_worker(name)
+        if self.scheduler is not None:
+            self.kill_scheduler()
+
+    def __enter__(self) -> ProcessCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def wait_until(predicate, timeout: float = 60, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached in time")
+        time.sleep(interval)
