@@ -201,11 +201,13 @@ def runner(cfg: DaskConfig) -> Iterator[Runner]:
         )
     try:
         client = Client(sched, timeout="10s")
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise StreamQError(
-            f"cannot reach the Dask scheduler at {sched} ({type(exc).__name__}); check the "
-            "address and that the scheduler is running"
-        ) from None
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        hint = "check the address and that the scheduler is running"
+        if sched.startswith("tls://"):
+            hint = ("check the address and Dask's TLS settings (distributed.comm.tls.ca-file, "
+                    ".client.cert, .client.key; see README)")
+        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise StreamQError(f"cannot reach the Dask scheduler at {sched} ({detail}); {hint}") from None
     try:
         yield Runner(client, None, f"Dask cluster at {sched}", remote=True)
     except Exception as exc:

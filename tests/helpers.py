@@ -85,11 +85,15 @@ class ProcessCluster:
     """
 
     def __init__(self, workdir, n_workers: int = 2, memory_limit: str = "2GiB",
-                 worker_prefix: tuple[str, ...] = ()) -> None:
+                 worker_prefix: tuple[str, ...] = (), tls: tuple[str, str, str] | None = None
+                 ) -> None:
         self.workdir = str(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self.memory_limit = memory_limit
         self.scheduler_file = os.path.join(self.workdir, "scheduler.json")
+        # (CA file, certificate, key): every process then speaks TLS only
+        self._tls = [] if tls is None else ["--tls-ca-file", tls[0], "--tls-cert", tls[1],
+                                            "--tls-key", tls[2]]
         self.scheduler: subprocess.Popen | None = None
         self.workers: dict[str, subprocess.Popen] = {}
         self._n = 0
@@ -117,7 +121,8 @@ class ProcessCluster:
         self.scheduler = self._popen(
             ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
              "--dashboard-address", ":0", "--scheduler-file", self.scheduler_file,
-             "--idle-timeout", "600"], "scheduler.log")
+             "--idle-timeout", "600", *self._tls,
+             *(["--protocol", "tls"] if self._tls else [])], "scheduler.log")
         deadline = time.monotonic() + 30
         while not os.path.exists(self.scheduler_file):
             if time.monotonic() > deadline or self.scheduler.poll() is not None:
@@ -136,13 +141,23 @@ class ProcessCluster:
             ["distributed.cli.dask_worker", "--scheduler-file", self.scheduler_file,
              "--nthreads", "1", "--nworkers", "1", "--no-nanny", "--name", name,
              "--memory-limit", self.memory_limit, "--host", "127.0.0.1",
-             "--local-directory", self.workdir], f"{name}.log", env=env, prefix=prefix)
+             "--local-directory", self.workdir, *self._tls], f"{name}.log", env=env,
+            prefix=prefix)
         return name
 
-    def wait_for_workers(self, n: int, timeout: float = 60) -> None:
+    def client(self):
         from distributed import Client
+        from distributed.security import Security
 
-        with Client(self.address, timeout="20s") as c:
+        if not self._tls:
+            return Client(self.address, timeout="20s")
+        ca, cert, key = self._tls[1], self._tls[3], self._tls[5]
+        sec = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key,
+                       require_encryption=True)
+        return Client(self.address, timeout="20s", security=sec)
+
+    def wait_for_workers(self, n: int, timeout: float = 60) -> None:
+        with self.client() as c:
             c.wait_for_workers(n, timeout=timeout)
 
     def kill_worker(self, name: str) -> None:

@@ -71,8 +71,6 @@ def test_pipeline_on_scheduler_and_worker_processes_equals_local_run(src, refere
 
 def _kill_worker_during(procs, stage, key_prefix):
     """Run ``stage()`` in a thread; SIGKILL a worker while it runs a ``key_prefix`` task."""
-    from distributed import Client
-
     errors = []
 
     def target():
@@ -83,7 +81,7 @@ def _kill_worker_during(procs, stage, key_prefix):
 
     thread = threading.Thread(target=target)
     killed = {}
-    with Client(procs.address, timeout="20s") as client:
+    with procs.client() as client:
         names = {addr: w["name"] for addr, w in client.scheduler_info(n_workers=-1)["workers"].items()}
         thread.start()
 
@@ -186,3 +184,31 @@ def test_workers_that_cannot_see_the_store_are_named(ingested, tmp_path):
     assert len(lines) == 1, res.stderr
     assert "cannot see" in lines[0]
     assert str(ingested) in lines[0]
+
+
+def test_tls_scheduler_through_dask_configuration(ingested, tmp_path):
+    """Dask's own configuration passes through: here TLS settings from DASK_* variables."""
+    import os
+
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make a test certificate")
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    store = tmp_path / "tls.zarr"
+    shutil.copytree(ingested, store)
+    with ProcessCluster(tmp_path / "dask", n_workers=1, tls=(cert, cert, key)) as cluster:
+        assert cluster.address.startswith("tls://")
+        cmd = streamq_cmd("fit", str(store), "--colors", "4", "--algorithm", "lloyd", "--max-iter", "5",
+                          "--scheduler", cluster.address)
+        plain = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        env = dict(os.environ, DASK_DISTRIBUTED__COMM__TLS__CA_FILE=cert,
+                   DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=cert,
+                   DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=key)
+        secure = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert plain.returncode != 0  # no certificate: refused, in one line
+    assert len(plain.stderr.strip().splitlines()) == 1, plain.stderr
+    assert "cannot reach the Dask scheduler" in plain.stderr
+    assert secure.returncode == 0, secure.stderr
+    assert "4 colours" in secure.stdout or "K=4" in secure.stdout, secure.stdout
