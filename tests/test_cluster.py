@@ -67,6 +67,12 @@ def test_pipeline_on_scheduler_and_worker_processes_equals_local_run(src, refere
     assert report.stages["export"].n_written == N_IMAGES
     assert_same_results(reference / "ref.zarr", tmp_path / "procs.zarr",
                         reference / "ref-out", tmp_path / "procs-out", n_files=N_IMAGES)
+    # progress bars follow the cluster's tasks too (forced on: stderr is not a terminal here)
+    res = subprocess.run(streamq_cmd("export", str(tmp_path / "procs.zarr"), str(tmp_path / "again"),
+                                     "--progress", "--scheduler", procs.address),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "exporting: 100%|" in res.stderr or f"{N_IMAGES}/{N_IMAGES}" in res.stderr, res.stderr
 
 
 def _kill_worker_during(procs, stage, key_prefix):
