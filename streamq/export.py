@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -94,6 +95,19 @@ def _write_atomic(img: Any, path: str, tmp_dir: str, fmt: str, options: dict[str
             os.remove(tmp)
 
 
+def _contiguous_runs(images: list[tuple[int, str, int, int, int]]
+                     ) -> Iterator[list[tuple[int, str, int, int, int]]]:
+    """Split ``(id, path, offset, h, w)`` rows into runs whose pixels lie back to back."""
+    run: list[tuple[int, str, int, int, int]] = []
+    for item in images:
+        if run and item[2] != run[-1][2] + run[-1][3] * run[-1][4]:
+            yield run
+            run = []
+        run.append(item)
+    if run:
+        yield run
+
+
 def _export_task(args: dict[str, Any]) -> tuple[int, int]:
     import zarr
     from PIL import Image
@@ -101,36 +115,42 @@ def _export_task(args: dict[str, Any]) -> tuple[int, int]:
     fmt = args["format"]
     k_img = args["per_image"]
     labels_name = f"per_image/k{k_img}/labels" if k_img else "quantize/labels"
-    labels_arr = zarr.open_array(f"{args['store']}/{labels_name}", mode="r")
-    pixels_arr = zarr.open_array(f"{args['store']}/pixels", mode="r") if args["dither"] else None
+    todo = [item for item in args["images"] if not os.path.exists(item[1])]
+    existing = len(args["images"]) - len(todo)
+    if not todo:
+        return 0, existing
+    # One read per run of neighbouring images, not one per image: a small image would
+    # otherwise decode a whole inner chunk of the shard for a few of its pixels.
+    source = zarr.open_array(f"{args['store']}/{'pixels' if args['dither'] else labels_name}",
+                             mode="r")
     palettes = (zarr.open_array(f"{args['store']}/per_image/k{k_img}/palette", mode="r")
                 if k_img else None)
-    written = existing = 0
-    for image_id, path, off, h, w in args["images"]:
-        if os.path.exists(path):
-            existing += 1
-            continue
-        palette = np.asarray(palettes[image_id] if palettes is not None else args["palette"], dtype=np.uint8)
-        k = len(palette)
-        flat_pal = palette.reshape(-1).tolist()
-        pal_img = None
-        if args["dither"]:
-            pal_img = Image.new("P", (1, 1))
-            pal_img.putpalette(flat_pal + flat_pal[-3:] * (256 - k))
-        if pixels_arr is not None:
-            rgb = np.asarray(pixels_arr[off:off + h * w]).reshape(h, w, 3)
-            img = Image.fromarray(rgb).quantize(palette=pal_img, dither=Image.Dither.FLOYDSTEINBERG)
-            if fmt != "png":
-                img = img.convert("RGB")
-        else:
-            lab = np.asarray(labels_arr[off:off + h * w]).reshape(h, w)
-            if fmt == "png" and k <= 256:
-                img = Image.fromarray(lab.astype(np.uint8))  # mode L ...
+    written = 0
+    for run in _contiguous_runs(todo):
+        start = run[0][2]
+        block = np.asarray(source[start:run[-1][2] + run[-1][3] * run[-1][4]])
+        run_palettes = (np.asarray(palettes[run[0][0]:run[-1][0] + 1])
+                        if palettes is not None else None)
+        for image_id, path, off, h, w in run:
+            palette = np.asarray(run_palettes[image_id - run[0][0]] if run_palettes is not None
+                                 else args["palette"], dtype=np.uint8)
+            k = len(palette)
+            flat_pal = palette.reshape(-1).tolist()
+            data = block[off - start:off - start + h * w]
+            if args["dither"]:
+                pal_img = Image.new("P", (1, 1))
+                pal_img.putpalette(flat_pal + flat_pal[-3:] * (256 - k))
+                img = Image.fromarray(data.reshape(h, w, 3)).quantize(
+                    palette=pal_img, dither=Image.Dither.FLOYDSTEINBERG)
+                if fmt != "png":
+                    img = img.convert("RGB")
+            elif fmt == "png" and k <= 256:
+                img = Image.fromarray(data.reshape(h, w).astype(np.uint8, copy=False))  # mode L ...
                 img.putpalette(flat_pal)  # ... becomes P with the palette
             else:
-                img = Image.fromarray(palette[lab])
-        _write_atomic(img, path, args["tmp_dir"], fmt, args["options"])
-        written += 1
+                img = Image.fromarray(palette[data.reshape(h, w)])
+            _write_atomic(img, path, args["tmp_dir"], fmt, args["options"])
+            written += 1
     return written, existing
 
 
