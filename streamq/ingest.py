@@ -32,9 +32,9 @@ import numpy as np
 from PIL import Image
 
 from streamq.config import IngestConfig, StreamQConfig, fingerprint, parse_config
+from streamq.console import progress_bar, timer
 from streamq.decode import Header, decode_rgb, read_header
 from streamq.errors import ConfigError, StoreMismatchError, StreamQError
-from streamq.console import progress_bar, timer
 from streamq.scheduler import Runner, runner
 from streamq.store import (
     IMAGES,
@@ -275,6 +275,7 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | N
 
     status = "resumed" if state.get("state") == "planned" else "ingested"
     with runner(cfg.dask) as run:
+        facts = run.facts()
         if state.get("state") != "planned":
             with timer("scanning headers", timings):
                 headers = _scan(run, root, rel, icfg, progress)
@@ -283,7 +284,8 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | N
         with timer("decoding and writing", timings):
             _run_tasks(run, st, root, icfg, progress)
     with timer("consolidating", timings):
-        _consolidate(st, timings)
+        _consolidate(st, timings, facts)
+    st.set_section("ingest", {**st.section("ingest"), "timings": timings})  # with consolidating
     summary = _summary(st, status, timings)
     log.info("%s", summary)
     return summary
@@ -385,7 +387,7 @@ def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, progress: 
             bar.update(futures[fut])
 
 
-def _consolidate(st: Store, timings: dict[str, float]) -> None:
+def _consolidate(st: Store, timings: dict[str, float], facts: dict[str, Any]) -> None:
     reports = st.task_reports()
     if any(not r for r in reports):
         raise StreamQError(f"{st.path}: some ingest tasks have no completion record; rerun ingest")
@@ -401,7 +403,7 @@ def _consolidate(st: Store, timings: dict[str, float]) -> None:
                      + [(plan["path"][i], reason) for i, reason in failed.items()])
     st.write_table(SKIPPED, {"path": [p for p, _ in skipped], "reason": [r for _, r in skipped]})
     state = st.section("ingest")
-    state.update({"state": "complete", "timings": timings,
+    state.update({"state": "complete", "timings": timings, "runtime": facts,
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     st.set_section("ingest", state)
 
