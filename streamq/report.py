@@ -137,7 +137,7 @@ class Context:
 
 def _read_strided(arr: Any, off: int, h: int, w: int, side: int) -> np.ndarray:
     """Rows of a flat per-pixel array as ``(h', w', ...)``, every ``step``-th row and column."""
-    step = max(1, -(-max(h, w) // side)) if side else 1
+    step = max(1, -(-max(h, w) // side))
     tail = tuple(arr.shape[1:])
     if h * w <= READ_WHOLE or step == 1:
         return np.asarray(arr[off:off + h * w]).reshape((h, w) + tail)[::step, ::step]
@@ -487,7 +487,7 @@ def quality(ctx: Context) -> Section | None:
                                  for fn in (np.min, np.median, np.mean, np.max)),
          int(np.isinf(r.psnr).sum())] for r, f in zip(ready, finite, strict=True)], "psnr-stats")
     coll = ctx.coll
-    for r in ready:
+    for r in ready if ctx.cfg.worst else []:
         worst = worst_images(r.psnr, ctx.cfg.worst)
         rows = []
         for rank, i in enumerate(worst, 1):

@@ -268,6 +268,20 @@ def test_labels_from_files_are_escaped_and_lloyd_curve(lloyd_store, browser, tmp
         assert f"iterations\t{steps:,}" in conv
 
 
+def test_stale_labels_after_a_refit(shared_store, browser, tmp_path):
+    path = str(tmp_path / "s.zarr")
+    shutil.copytree(shared_store, path)
+    streamq.fit(path, colors=6, max_steps=10, polish_size=0, scheduler="threads", overwrite=True)
+    out = tmp_path / "stale.html"
+    summary = streamq.report(path, out, samples=3)
+    assert summary.missing == ["labels for shared K=6 are stale: run `streamq quantize STORE`."]
+    with opened(browser, out, tmp_path / "stale.png") as page:
+        assert len(_data(page, "#palette .swatch", "data-hex")) == 6
+        assert "stale" in page.inner_text("#overview")
+        assert _data(page, "figure.pair", "data-psnr-shared") == [None] * 3  # originals only
+        assert page.query_selector_all(".worst") == []
+
+
 def test_reads_only_the_images_it_shows(shared_store, tmp_path):
     """Every pixel and label shard of images not shown is made unreadable: the report works."""
     path = tmp_path / "s.zarr"
@@ -297,6 +311,24 @@ def test_reads_only_the_images_it_shows(shared_store, tmp_path):
     files[("pixels", min(needed))].write_bytes(b"not a chunk")
     with pytest.raises(Exception):  # noqa: B017, PT011 (zarr's codec error)
         streamq.report(path, tmp_path / "r2.html", ids=[3, 17], worst=2)
+
+
+@pytest.mark.parametrize(("h", "w", "side"), [(2100, 2000, 320), (30, 50, 320), (301, 7, 96)])
+def test_strided_preview_equals_numpy_slicing(h, w, side):
+    """Large images are read row by row at the displayed stride: same pixels as slicing."""
+    from streamq.report import READ_WHOLE, _read_strided
+
+    rng = np.random.default_rng(h)
+    img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    flat = np.concatenate([np.zeros((123, 3), np.uint8), img.reshape(-1, 3)])
+    arr = zarr.create_array(zarr.storage.MemoryStore(), shape=flat.shape, chunks=(65_536, 3),
+                            dtype="uint8")
+    arr[:] = flat
+    step = -(-max(h, w) // side)
+    got = _read_strided(arr, 123, h, w, side)
+    np.testing.assert_array_equal(got, img[::step, ::step])
+    assert max(got.shape[:2]) <= side
+    assert (h * w > READ_WHOLE) == (h == 2100)  # the row-by-row path is exercised
 
 
 def test_cli_report_and_one_line_errors(shared_store, tmp_path):
