@@ -188,9 +188,10 @@ def _figure(width: float, height: float, layout: str | None = "constrained") -> 
 def table_html(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
     """A table; every cell is escaped unless it is a :class:`Raw`."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    thead = f"<thead><tr>{head}</tr></thead>" if any(header) else ""
     body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, Raw) else esc(c)}</td>" for c in r)
                    + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table class="{cls}">{thead}<tbody>{body}</tbody></table>'
 
 
 class Raw(str):
