@@ -1,6 +1,7 @@
 """streamq: colour quantization of image collections larger than memory.
 
-Data flow: ingest (files -> Zarr store) -> fit (palette) -> quantize (labels) -> export.
+Data flow: ingest (files -> Zarr store) -> fit (palette) -> quantize (labels) -> export;
+``report`` writes an HTML page of a store at any stage.
 """
 
 from streamq._version import __version__
@@ -19,6 +20,7 @@ from streamq.ingest import IngestSummary, ingest
 from streamq.per_image import PerImageSummary, fit_per_image
 from streamq.pipeline import RunReport, run
 from streamq.quantize import QuantizeSummary, quantize
+from streamq.report import ReportSummary, report
 from streamq.store import Collection, open_store
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "ExportSummary",
     "PerImageSummary",
     "QuantizeSummary",
+    "ReportSummary",
     "RunReport",
     "FitResult",
     "ConfigError",
@@ -46,5 +49,6 @@ __all__ = [
     "load_fit",
     "open_store",
     "quantize",
+    "report",
     "run",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "FitConfig",
     "IngestConfig",
     "PerImageConfig",
+    "ReportConfig",
     "StreamQConfig",
     "fingerprint",
     "load_config",
@@ -170,6 +171,19 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """What ``streamq report`` shows (see ``streamq.report``)."""
+
+    out: str | None = _opt(None, doc="HTML file to write; streamq run writes it at the end when set")
+    samples: int = _opt(8, _at_least(0), "images shown before and after quantization")
+    seed: int = _opt(0, _at_least(0), "seed of that sample")
+    worst: int = _opt(10, _at_least(0), "worst images by PSNR listed with thumbnails, per result")
+    top_labels: int = _opt(20, _at_least(1), "labels in the images-per-label chart")
+    max_colors: int = _opt(256, _at_least(1), "palette swatches shown (most used first)")
+    max_skipped: int = _opt(200, _at_least(0), "skipped inputs listed")
+
+
+@dataclass(frozen=True)
 class StreamQConfig:
     """The whole configuration, one section per stage."""
 
@@ -179,6 +193,7 @@ class StreamQConfig:
     fit: FitConfig = field(default_factory=FitConfig)
     per_image: PerImageConfig = field(default_factory=PerImageConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def replace(self, **dotted: Any) -> StreamQConfig:
         """Return a copy with dotted keys (``ingest.codec="lz4"``) replaced; ``None`` is ignored."""
@@ -336,7 +351,7 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
             raise ConfigError(f"{source}: expected a mapping of keys at the top level")
         data = loaded or {}
         base = p.resolve().parent
-        for dotted in ("store", "ingest.source", "export.out"):
+        for dotted in ("store", "ingest.source", "export.out", "report.out"):
             section, _, key = dotted.rpartition(".")
             node = data.get(section) if section else data
             if isinstance(node, dict) and isinstance(node.get(key), str):

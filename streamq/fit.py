@@ -206,6 +206,7 @@ def fit(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
     # workers for the same cores (k=64 partial_fit drops from ~8 to ~1.4 Mpx/s when they do).
     with runner(cfg.dask) as run, threadpool_limits(limits=fcfg.client_threads or 1):
         run.check_paths(st.path)
+        facts = run.facts()
         # Everything is checked and the cluster reached: only now touch the stored fit.
         if prev and overwrite:
             _clear(st)
@@ -241,7 +242,7 @@ def fit(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
         steps=info["steps"], pixels_seen=info["pixels_seen"], stop_reason=info["stop_reason"],
         mse=mse, psnr=psnr(mse), seconds=round(time.perf_counter() - started, 3),
         seed=fcfg.seed, config=to_dict(fcfg))
-    _save_result(st, result, fp, timings)
+    _save_result(st, result, fp, timings, facts)
     log.info("%s", result)
     return result
 
@@ -546,7 +547,8 @@ def _ensure_distinct(centres: np.ndarray, val: np.ndarray, space: str) -> np.nda
     return centres
 
 
-def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float]) -> None:
+def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float],
+                 facts: dict[str, Any]) -> None:
     st.write_table("fit/palette", {"center_0": r.centers[:, 0], "center_1": r.centers[:, 1],
                                    "center_2": r.centers[:, 2], "r": r.palette[:, 0],
                                    "g": r.palette[:, 1], "b": r.palette[:, 2], "count": r.counts})
@@ -554,7 +556,7 @@ def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float]) ->
     summary = {k: v for k, v in asdict(r).items()
                if k not in ("centers", "palette", "counts", "history", "config", "status")}
     st.set_section(FIT, {"state": "complete", "fingerprint": fp, "config": r.config,
-                         "summary": summary, "timings": timings,
+                         "summary": summary, "timings": timings, "runtime": facts,
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     st.group[CHECKPOINT][0] = ""  # the result is saved; the working state is not needed
 

@@ -16,7 +16,7 @@ import numpy as np
 from streamq.ingest import _stored_bytes
 from streamq.store import Collection, open_store
 
-__all__ = ["collection_info", "format_info", "save_grid"]
+__all__ = ["collection_info", "format_info", "save_grid", "worst_images"]
 
 
 def collection_info(store: str | os.PathLike[str] | Collection, top: int = 10) -> dict[str, Any]:
@@ -62,6 +62,11 @@ def _per_image_summary(coll: Collection) -> dict[str, Any] | None:
     return out
 
 
+def worst_images(psnr: np.ndarray, n: int) -> list[int]:
+    """Ids of the ``n`` images with the lowest PSNR, lowest first (lower id first on ties)."""
+    return [int(i) for i in np.argsort(np.asarray(psnr, dtype=np.float64), kind="stable")[:n]]
+
+
 def _labels_summary(coll: Collection) -> dict[str, Any] | None:
     q = coll.store.section("quantize")
     if not q:
@@ -69,8 +74,8 @@ def _labels_summary(coll: Collection) -> dict[str, Any] | None:
     out = {k: q.get(k) for k in ("state", "k", "mse", "psnr")}
     if q.get("state") == "complete":
         t = coll.store.read_table("quantize/images", ("psnr",))
-        order = np.argsort(t["psnr"], kind="stable")[:5]
-        out["worst"] = [{"id": int(i), "path": coll.paths[i], "psnr": float(t["psnr"][i])} for i in order]
+        out["worst"] = [{"id": i, "path": coll.paths[i], "psnr": float(t["psnr"][i])}
+                        for i in worst_images(t["psnr"], 5)]
     return out
 
 

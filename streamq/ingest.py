@@ -276,6 +276,7 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | N
     status = "resumed" if state.get("state") == "planned" else "ingested"
     with runner(cfg.dask) as run:
         run.check_paths(root, st.path)
+        facts = run.facts()
         if state.get("state") != "planned":
             with timer("scanning headers", timings):
                 headers = _scan(run, root, rel, icfg, progress)
@@ -284,7 +285,8 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | N
         with timer("decoding and writing", timings):
             _run_tasks(run, st, root, icfg, progress)
     with timer("consolidating", timings):
-        _consolidate(st, timings)
+        _consolidate(st, timings, facts)
+    st.set_section("ingest", {**st.section("ingest"), "timings": timings})  # with consolidating
     summary = _summary(st, status, timings)
     log.info("%s", summary)
     return summary
@@ -386,7 +388,7 @@ def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, progress: 
             bar.update(futures[fut])
 
 
-def _consolidate(st: Store, timings: dict[str, float]) -> None:
+def _consolidate(st: Store, timings: dict[str, float], facts: dict[str, Any]) -> None:
     reports = st.task_reports()
     if any(not r for r in reports):
         raise StreamQError(f"{st.path}: some ingest tasks have no completion record; rerun ingest")
@@ -402,7 +404,7 @@ def _consolidate(st: Store, timings: dict[str, float]) -> None:
                      + [(plan["path"][i], reason) for i, reason in failed.items()])
     st.write_table(SKIPPED, {"path": [p for p, _ in skipped], "reason": [r for _, r in skipped]})
     state = st.section("ingest")
-    state.update({"state": "complete", "timings": timings,
+    state.update({"state": "complete", "timings": timings, "runtime": facts,
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     st.set_section("ingest", state)
 

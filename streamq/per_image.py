@@ -139,6 +139,7 @@ def fit_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | None =
     pending = [i for i in range(len(records)) if not records[i]]
     with timer("per-image fit", timings), runner(cfg.dask) as run:
         run.check_paths(st.path)
+        facts = run.facts()
         futures = {}
         for ti in pending:
             ids = range(int(t["first"][ti]), int(t["last"][ti]) + 1)
@@ -163,11 +164,12 @@ def fit_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | None =
             _write_3d(st, f"per_image/k{k}/center", centres)
             _write_3d(st, f"per_image/k{k}/palette", np.round(np.clip(centres * 255, 0, 255)).astype(np.uint8))
         st.set_section(SECTION, {**st.section(SECTION), "state": "complete", "timings": timings,
-                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                                 "runtime": facts, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         for k in pcfg.colors:  # labels of earlier palettes are stale now
             q = st.section(f"per_image_quantize_k{k}")
             if q and q.get("fingerprint") != fp:
                 st.set_section(f"per_image_quantize_k{k}", {**q, "state": "stale"})
+    st.set_section(SECTION, {**st.section(SECTION), "timings": timings})  # with consolidating
     return _summary(st, "fitted", timings)
 
 
@@ -236,11 +238,13 @@ def quantize_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | N
     timings: dict[str, float] = {}
     with timer("per-image labelling", timings), runner(cfg.dask) as run:
         run.check_paths(st.path)
+        facts = run.facts()
         for k in sec["colors"]:
             name = f"per_image_quantize_k{k}"
             q = st.section(name)
             if q.get("state") == "complete" and q.get("fingerprint") == fp:
                 continue
+            started = time.perf_counter()
             if q.get("fingerprint") != fp or q.get("state") not in ("running",):
                 st.create_labels(f"per_image/k{k}/labels", labels_dtype(k))
                 st.create_records(f"per_image/k{k}/label_records", n_chunks)
@@ -259,7 +263,10 @@ def quantize_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | N
             st.write_table(f"per_image/k{k}/images", errors)
             finite = errors["psnr"][np.isfinite(errors["psnr"])]
             st.set_section(name, {"state": "complete", "fingerprint": fp,
-                                  "mean_psnr": float(finite.mean()) if len(finite) else 0.0})
+                                  "mean_psnr": float(finite.mean()) if len(finite) else 0.0,
+                                  "timings": {"labelling": round(time.perf_counter() - started, 3)},
+                                  "runtime": facts,
+                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return _summary(st, "quantized", timings)
 
 

@@ -1,4 +1,4 @@
-"""``streamq run``: ingest -> fit -> quantize -> export from one configuration.
+"""``streamq run``: ingest -> fit -> quantize -> export (-> report) from one configuration.
 
 Every stage is resumable and a no-op when already done, so rerunning the same command after
 an interruption at any point finishes with the same outputs as an uninterrupted run.
@@ -66,4 +66,8 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
                                                             per_image=k, **kw)
             else:
                 report.stages["export"] = export(cfg.store, e.out, per_image=e.per_image, **kw)
+    if cfg.report.out is not None:
+        from streamq.report import report as write_report
+
+        report.stages["report"] = write_report(cfg.store, config=cfg)
     return report

@@ -141,6 +141,7 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None) -> Qu
               "centers": result.centers.tolist(), "palette": result.palette.tolist()}
     with timer("labelling", timings), runner(cfg.dask) as run:
         run.check_paths(st.path)
+        facts = run.facts()
         futures = {}
         for c in pending:
             images = coll.overlapping(c * chunk, (c + 1) * chunk)
@@ -150,13 +151,15 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None) -> Qu
                 fut.result()
                 bar.update(1)
     with timer("consolidating", timings):
-        _consolidate(st, coll, fit_fp, result.k, timings)
+        _consolidate(st, coll, fit_fp, result.k, timings, facts)
+    st.set_section(QUANTIZE, {**st.section(QUANTIZE), "timings": timings})  # with consolidating
     summary = _summary(st, "quantized", timings)
     log.info("%s", summary)
     return summary
 
 
-def _consolidate(st: Store, coll: Collection, fit_fp: str, k: int, timings: dict[str, float]) -> None:
+def _consolidate(st: Store, coll: Collection, fit_fp: str, k: int, timings: dict[str, float],
+                 facts: dict[str, Any]) -> None:
     records = st.records(RECORDS)
     if any(not r for r in records):
         raise StreamQError(f"{st.path}: some quantize tasks have no completion record; rerun quantize")
@@ -165,7 +168,7 @@ def _consolidate(st: Store, coll: Collection, fit_fp: str, k: int, timings: dict
     st.write_table("quantize/images", errors)
     total = float(errors["sse"].sum() / max(1, 3 * sizes.sum()))
     st.set_section(QUANTIZE, {"state": "complete", "fit_fingerprint": fit_fp, "k": k,
-                              "mse": total, "psnr": psnr(total), "timings": timings,
+                              "mse": total, "psnr": psnr(total), "timings": timings, "runtime": facts,
                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from streamq.config import DaskConfig
 from streamq.errors import ConfigError, StreamQError
 
-__all__ = ["Runner", "runner", "shared"]
+__all__ = ["Runner", "library_versions", "runner", "shared"]
 
 log = logging.getLogger(__name__)
 _SHARED: ContextVar[Runner | None] = ContextVar("streamq_runner", default=None)
@@ -59,6 +59,11 @@ class Runner:
             return max(1, len(self.client.scheduler_info(n_workers=-1).get("workers", {})))
         return getattr(self._pool, "_max_workers", 1)
 
+    def facts(self) -> dict[str, Any]:
+        """Where and with what a stage ran: stored as ``runtime`` in the stage's section."""
+        return {"cluster": self.description, "workers": self.n_workers,
+                "versions": library_versions()}
+
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.client is not None:
             return self.client.submit(fn, *args, pure=False, **kwargs)
@@ -80,6 +85,27 @@ class Runner:
         if self.client is not None:
             return list(self.client.gather(futures))
         return [f.result() for f in futures]
+
+
+# Distributions whose versions can change a result (or its speed); recorded with every stage.
+_LIBRARIES = ("numpy", "scikit-learn", "dask", "distributed", "zarr", "numcodecs",
+              "pillow", "numba", "matplotlib")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of Python and of the libraries streamq's results depend on."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from streamq._version import __version__
+
+    out: dict[str, str | None] = {"streamq": __version__, "python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 class _SyncPool(cf.Executor):

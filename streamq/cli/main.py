@@ -52,7 +52,7 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
     """Colour quantization of image collections larger than memory.
 
     Pipeline: ingest -> fit -> quantize -> export (or all of them: run CONFIG.yaml);
-    info looks at a store.
+    info and report (an HTML page) look at a store.
     """
     from streamq.console import set_log_level
 
@@ -323,6 +323,42 @@ def info_cmd(store: str, as_json: bool, top: int, grid: str | None, grid_shape: 
                                      param_hint="--grid")
         info["grid"] = {"path": grid, "ids": save_grid(coll, grid, rows, cols, seed=seed)}
     click.echo(json.dumps(info, indent=2) if as_json else format_info(info))
+
+
+@cli.command("report")
+@click.argument("store", required=False)
+@click.argument("out", required=False)
+@config_opt
+@click.option("--samples", type=int, default=None,
+              help="Images shown before and after quantization [default: 8].")
+@click.option("--ids", default=None, help="Choose the shown images among these ids, e.g. 0,5,10-20.")
+@click.option("--label", "labels", multiple=True, help="... or among images with this label (repeatable).")
+@click.option("--seed", type=int, default=None, help="Seed of the sample of images [default: 0].")
+@click.option("--worst", type=int, default=None,
+              help="Worst images by PSNR listed with thumbnails [default: 10].")
+@json_opt
+@click.pass_context
+@_handle_errors
+def report_cmd(ctx: click.Context, store: str | None, out: str | None, config_path: str | None,
+               samples: int | None, ids: str | None, labels: tuple[str, ...], seed: int | None,
+               worst: int | None, as_json: bool) -> None:
+    """Write an HTML report of STORE to OUT.html: one self-contained page, readable offline.
+
+    Palette, before/after images, convergence, PSNR, collection statistics and run facts:
+    whatever the store holds so far, and what is missing.
+    """
+    from streamq.config import load_config
+    from streamq.report import report
+
+    cfg = load_config(config_path, **{"store": store, "report.out": out, "report.samples": samples,
+                                      "report.seed": seed, "report.worst": worst})
+    if cfg.store is None or cfg.report.out is None:
+        raise click.UsageError("pass STORE and OUT (or set keys 'store' and 'report.out')")
+    summary = report(cfg.store, config=cfg, ids=ids, labels=list(labels) or None)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    elif not ctx.obj["quiet"]:
+        click.echo(str(summary))
 
 
 def main() -> None:

@@ -1,0 +1,374 @@
+"""The HTML report, opened in headless Chromium, checked against the store's own arrays."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+from PIL import Image
+
+import streamq
+from streamq.cli.main import cli
+from streamq.errors import ConfigError
+from streamq.per_image import fit_per_image
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# A label that is also HTML: it must show as text, never as markup.
+EVIL = "<img src=x onerror=console.error('label-xss')>&amp;\"'"
+
+
+# -- stores at each stage ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shared_store(faces_store, tmp_path_factory, cluster_address):
+    """The faces collection with one 12-colour palette, quantized on the cluster."""
+    path = str(tmp_path_factory.mktemp("rep") / "shared.zarr")
+    shutil.copytree(faces_store, path)
+    streamq.fit(path, colors=12, max_steps=40, batch_size=8192, scheduler="threads")
+    streamq.quantize(path, scheduler=cluster_address)
+    return path
+
+
+@pytest.fixture(scope="module")
+def per_image_store(faces_store, tmp_path_factory, cluster_address):
+    """The faces collection with per-image palettes for K = 2, 6, 30 (the tutorial)."""
+    path = str(tmp_path_factory.mktemp("rep") / "per_image.zarr")
+    shutil.copytree(faces_store, path)
+    fit_per_image(path, colors=[2, 6, 30], sample=0.7, seed=3, pixels_per_task=200_000,
+                  scheduler=cluster_address)
+    streamq.quantize(path, scheduler=cluster_address)
+    return path
+
+
+@pytest.fixture(scope="module")
+def evil_dir(tmp_path_factory):
+    """Crops of a bundled photo under a folder whose name is HTML, plus a bad file."""
+    from sklearn.datasets import load_sample_image
+
+    root = tmp_path_factory.mktemp("evil")
+    photo = load_sample_image("china.jpg")
+    for label, n in ((EVIL, 3), ("Plain", 2)):
+        (root / label).mkdir()
+        for j in range(n):
+            crop = photo[40 * j: 40 * j + 36, 60 * j: 60 * j + 44]
+            Image.fromarray(crop).save(root / label / f"{label}_{j:04d}.png")
+    (root / "Plain" / "<b>empty<b>.png").write_bytes(b"")
+    return root
+
+
+@pytest.fixture(scope="module")
+def lloyd_store(evil_dir, tmp_path_factory):
+    """The HTML-named collection fitted with exact Lloyd and quantized."""
+    path = str(tmp_path_factory.mktemp("rep") / "lloyd.zarr")
+    streamq.ingest(evil_dir, path, scheduler="threads", progress=False)
+    streamq.fit(path, colors=5, algorithm="lloyd", scheduler="threads")
+    streamq.quantize(path, scheduler="threads")
+    return path
+
+
+# -- the browser -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, driven by Playwright (no browser download)."""
+    from playwright.sync_api import sync_playwright
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("chromium is not installed: `apt-get install chromium` (.ci/run does it)")
+    with sync_playwright() as p:
+        # Playwright adds --headless and a fresh temporary --user-data-dir itself.
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+@contextmanager
+def opened(browser, html_path, shot_path):
+    """Open the page offline; check it loads with every image and no console error."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors, requests = [], []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: requests.append(r.url))
+    try:
+        response = page.goto(Path(html_path).as_uri(), wait_until="load")
+        assert response is not None
+        assert response.ok
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])")
+        assert images, "the page has no images"
+        assert all(c and w > 0 and h > 0 for c, w, h in images), images
+        assert errors == []
+        assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+        page.screenshot(path=str(shot_path), full_page=True)
+        with Image.open(shot_path) as im:
+            assert im.format == "PNG"
+            rgb = np.asarray(im.convert("RGB"))
+        assert rgb.shape[0] > 900
+        assert rgb.shape[1] == 1200
+        assert rgb.std() > 20  # not blank
+        codes = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+        assert len(np.unique(codes)) > 200  # figures and photos, not a flat page
+        yield page
+    finally:
+        page.close()
+
+
+def _texts(page, selector):
+    return page.eval_on_selector_all(selector, "els => els.map(e => e.innerText)")
+
+
+def _data(page, selector, attr):
+    return page.eval_on_selector_all(selector, f"els => els.map(e => e.getAttribute('{attr}'))")
+
+
+def _worst_reference(psnr, n):
+    """The n lowest PSNR, lowest first, lower id first on ties (a plain sort)."""
+    return sorted(range(len(psnr)), key=lambda i: (psnr[i], i))[:n]
+
+
+# -- tests ------------------------------------------------------------------------------------
+def test_ingest_only(faces_store, browser, tmp_path):
+    before = zarr.open_group(faces_store, mode="r").attrs.asdict()
+    out = tmp_path / "ingest.html"
+    summary = streamq.report(faces_store, out)
+    assert any("no palette yet" in m for m in summary.missing)
+    with opened(browser, out, tmp_path / "ingest.png") as page:
+        assert _data(page, "section", "id") == ["overview", "collection", "palette", "samples",
+                                                 "convergence", "quality", "run"]
+        overview = page.inner_text("#overview")
+        assert "48 images" in overview
+        assert "streamq fit STORE -k K" in overview
+        assert page.query_selector_all(".swatch") == []
+        ids = [int(i) for i in _data(page, "figure.pair", "data-id")]
+        assert len(ids) == 8
+        assert ids == sorted(set(ids))
+        assert "computed by `streamq quantize STORE`" in page.inner_text("#quality")
+        coll = streamq.open_store(faces_store)
+        counts = {lab: coll.labels.count(lab) for lab in set(coll.labels)}
+        rows = [r.split("\t") for r in _texts(page, "table.labels tbody tr")]
+        assert {r[0]: int(r[1]) for r in rows} == counts
+        assert "ingest" in page.inner_text("table.timings")
+    assert zarr.open_group(faces_store, mode="r").attrs.asdict() == before  # read only
+
+
+def test_shared_palette_matches_store(shared_store, browser, tmp_path):
+    out = tmp_path / "shared.html"
+    summary = streamq.report(shared_store, out, worst=7, seed=5)
+    assert summary.missing == []
+    g = zarr.open_group(shared_store, mode="r")
+    r, gr, b, count = (np.asarray(g[f"fit/palette/{c}"][:]) for c in ("r", "g", "b", "count"))
+    order = sorted(range(len(count)), key=lambda j: (-count[j], j))
+    psnr = np.asarray(g["quantize/images/psnr"][:])
+    with opened(browser, out, tmp_path / "shared.png") as page:
+        hexes = _data(page, "#palette .swatch", "data-hex")
+        assert hexes == [f"#{r[j]:02x}{gr[j]:02x}{b[j]:02x}" for j in order]
+        assert [int(c) for c in _data(page, "#palette .swatch", "data-count")] == [int(count[j]) for j in order]
+        for text, j in zip(_texts(page, "#palette .swatch"), order, strict=True):
+            assert f"{int(count[j]):,}" in text
+        # before/after: every shown image with its stored PSNR, in the caption too
+        ids = [int(i) for i in _data(page, "figure.pair", "data-id")]
+        assert len(ids) == 8
+        shown = [float(v) for v in _data(page, "figure.pair", "data-psnr-shared")]
+        assert shown == [float(psnr[i]) for i in ids]
+        for caption, i in zip(_texts(page, "figure.pair figcaption"), ids, strict=True):
+            assert f"PSNR {psnr[i]:.2f} dB" in caption
+        # the worst list is the 7 lowest PSNR, with their values
+        rows = [t.split("\t") for t in _texts(page, ".worst[data-result=shared] tbody tr")]
+        assert [int(row[1]) for row in rows] == _worst_reference(psnr, 7)
+        assert [float(v) for v in _data(page, ".worst .psnr", "data-psnr")] == \
+            [float(psnr[i]) for i in _worst_reference(psnr, 7)]
+        assert len(page.query_selector_all(".worst img.thumb")) == 14
+        # convergence and run facts
+        conv = page.inner_text("#convergence")
+        assert f"history points\t{g['fit/history/step'].shape[0]:,}" in conv
+        facts = page.inner_text("#run")
+        assert "shared fit" in facts
+        assert "Dask cluster at tcp://127.0.0.1" in facts  # quantize ran on the session cluster
+        import sklearn
+
+        assert f"scikit-learn\t{sklearn.__version__}" in facts
+        assert "seed\t0" in facts
+    # the same seed shows the same images, another seed others (built with one section only)
+    from streamq.report import before_after
+
+    again = tmp_path / "again.html"
+    s = streamq.report(shared_store, again, seed=5, sections=[before_after])
+    assert s.sections == ["Before and after"]
+    other = tmp_path / "other.html"
+    streamq.report(shared_store, other, seed=6, sections=[before_after])
+
+    def shown(p):
+        return [int(x.split('"')[0]) for x in Path(p).read_text().split('class="pair" data-id="')[1:]]
+
+    assert shown(again) == ids
+    assert shown(other) != ids
+
+
+def test_per_image_rows_palettes_and_worst(per_image_store, browser, tmp_path):
+    out = tmp_path / "per_image.html"
+    streamq.report(per_image_store, out, samples=5, worst=4)
+    g = zarr.open_group(per_image_store, mode="r")
+    coll = streamq.open_store(per_image_store)
+    psnr = {k: np.asarray(g[f"per_image/k{k}/images/psnr"][:]) for k in (2, 6, 30)}
+    with opened(browser, out, tmp_path / "per_image.png") as page:
+        ids = [int(i) for i in _data(page, "figure.pair", "data-id")]
+        assert len(ids) == 5
+        for k in (2, 6, 30):
+            assert [float(v) for v in _data(page, "figure.pair", f"data-psnr-k{k}")] == \
+                [float(psnr[k][i]) for i in ids]
+            rows = [t.split("\t") for t in _texts(page, f".worst[data-result=k{k}] tbody tr")]
+            assert [int(row[1]) for row in rows] == _worst_reference(psnr[k], 4)
+        captions = _texts(page, "figure.pair figcaption")
+        assert all("per-image K=2" in c and "per-image K=30" in c for c in captions)
+        # per-image palettes of the first sampled images, sorted by their own pixel counts
+        blocks = page.query_selector_all(".per-image-palette")
+        assert [int(b.get_attribute("data-id")) for b in blocks] == ids[:4]
+        for block in blocks:
+            i = int(block.get_attribute("data-id"))
+            a, n = int(coll.offsets[i]), int(coll.heights[i] * coll.widths[i])
+            rows = block.eval_on_selector_all(".pi-k", "rows => rows.map(r => Array.from("
+                                              "r.querySelectorAll('.swatch'), s => [s.dataset.hex, "
+                                              "Number(s.dataset.count)]))")
+            for row, k in zip(rows, (2, 6, 30), strict=True):
+                labels = np.asarray(g[f"per_image/k{k}/labels"][a:a + n]).astype(np.int64)
+                counts = np.bincount(labels, minlength=k)
+                pal = np.asarray(g[f"per_image/k{k}/palette"][i])
+                order = sorted(range(k), key=lambda j: (-counts[j], j))
+                assert row == [["#{:02x}{:02x}{:02x}".format(*pal[j]), int(counts[j])] for j in order]
+        assert "no collection-wide convergence curve" in page.inner_text("#convergence")
+        assert "per-image labels K=30" in page.inner_text("#run")
+
+
+def test_labels_from_files_are_escaped_and_lloyd_curve(lloyd_store, browser, tmp_path):
+    out = tmp_path / "evil.html"
+    streamq.report(lloyd_store, out, labels=[EVIL])
+    text = out.read_text()
+    assert EVIL not in text
+    assert "<b>empty<b>" not in text
+    with opened(browser, out, tmp_path / "evil.png") as page:  # also: no console error
+        assert page.query_selector_all("img[src=x]") == []
+        assert page.query_selector_all("b") == []
+        assert EVIL in page.inner_text("#collection")  # shown as text, exactly
+        assert "<b>empty<b>.png" in page.inner_text("#collection")  # a skipped input
+        coll = streamq.open_store(lloyd_store)
+        ids = [int(i) for i in _data(page, "figure.pair", "data-id")]
+        assert ids == [i for i, lab in enumerate(coll.labels) if lab == EVIL]
+        assert all(EVIL in c for c in _texts(page, "figure.pair figcaption"))
+        conv = page.inner_text("#convergence")
+        steps = zarr.open_group(lloyd_store, mode="r")["fit/history/step"].shape[0]
+        assert "lloyd in rgb" in conv
+        assert f"iterations\t{steps:,}" in conv
+
+
+def test_stale_labels_after_a_refit(shared_store, browser, tmp_path):
+    path = str(tmp_path / "s.zarr")
+    shutil.copytree(shared_store, path)
+    streamq.fit(path, colors=6, max_steps=10, polish_size=0, scheduler="threads", overwrite=True)
+    out = tmp_path / "stale.html"
+    summary = streamq.report(path, out, samples=3)
+    assert summary.missing == ["labels for shared K=6 are stale: run `streamq quantize STORE`."]
+    with opened(browser, out, tmp_path / "stale.png") as page:
+        assert len(_data(page, "#palette .swatch", "data-hex")) == 6
+        assert "stale" in page.inner_text("#overview")
+        assert _data(page, "figure.pair", "data-psnr-shared") == [None] * 3  # originals only
+        assert page.query_selector_all(".worst") == []
+
+
+def test_reads_only_the_images_it_shows(shared_store, tmp_path):
+    """Every pixel and label shard of images not shown is made unreadable: the report works."""
+    path = tmp_path / "s.zarr"
+    shutil.copytree(shared_store, path)
+    coll = streamq.open_store(path)
+    psnr = np.asarray(zarr.open_group(str(path), mode="r")["quantize/images/psnr"][:])
+    shown = {3, 17} | set(_worst_reference(psnr, 2))
+    shard, _ = coll.store.pixel_layout()
+    needed = set()
+    for i in shown:
+        a, n = int(coll.offsets[i]), int(coll.heights[i] * coll.widths[i])
+        needed |= set(range(a // shard, (a + n - 1) // shard + 1))
+
+    def chunk_files(name):
+        root = path / name / "c"
+        return {int(p.relative_to(root).parts[0]): p for p in root.rglob("*") if p.is_file()}
+
+    files = {**{("pixels", c): p for c, p in chunk_files("pixels").items()},
+             **{("labels", c): p for c, p in chunk_files("quantize/labels").items()}}
+    assert len(files) > 2 * len(needed) + 4
+    for (_, c), p in files.items():
+        if c not in needed:
+            p.write_bytes(b"not a chunk")
+    summary = streamq.report(path, tmp_path / "r.html", ids=[3, 17], worst=2)
+    assert summary.missing == []
+    # and the corruption is real: damaging a shown image's shard breaks the report
+    files[("pixels", min(needed))].write_bytes(b"not a chunk")
+    with pytest.raises(Exception):  # noqa: B017, PT011 (zarr's codec error)
+        streamq.report(path, tmp_path / "r2.html", ids=[3, 17], worst=2)
+
+
+@pytest.mark.parametrize(("h", "w", "side"), [(2100, 2000, 320), (30, 50, 320), (301, 7, 96)])
+def test_strided_preview_equals_numpy_slicing(h, w, side):
+    """Large images are read row by row at the displayed stride: same pixels as slicing."""
+    from streamq.report import READ_WHOLE, _read_strided
+
+    rng = np.random.default_rng(h)
+    img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    flat = np.concatenate([np.zeros((123, 3), np.uint8), img.reshape(-1, 3)])
+    arr = zarr.create_array(zarr.storage.MemoryStore(), shape=flat.shape, chunks=(65_536, 3),
+                            dtype="uint8")
+    arr[:] = flat
+    step = -(-max(h, w) // side)
+    got = _read_strided(arr, 123, h, w, side)
+    np.testing.assert_array_equal(got, img[::step, ::step])
+    assert max(got.shape[:2]) <= side
+    assert (h * w > READ_WHOLE) == (h == 2100)  # the row-by-row path is exercised
+
+
+def test_cli_report_and_one_line_errors(shared_store, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli.html"
+    r = runner.invoke(cli, ["report", shared_store, str(out), "--ids", "0,5-6", "--samples", "2",
+                            "--worst", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["out"] == str(out)
+    assert out.read_text().count('class="pair"') == 2
+    coll = streamq.open_store(shared_store)
+    cases = [
+        ([str(tmp_path / "x.txt")], "should end in .html"),
+        ([os.path.join(shared_store, "r.html")], "is inside the store"),
+        ([str(tmp_path / "y.html"), "--label", "Nobody"], "--label 'Nobody' is not a label"),
+        ([str(tmp_path / "y.html"), "--ids", "0", "--label", coll.labels[-1]], "no image has both"),
+        ([str(tmp_path / "y.html"), "--ids", "9999"], "--ids names image 9999"),
+    ]
+    for args, message in cases:
+        r = runner.invoke(cli, ["report", shared_store, *args])
+        assert r.exit_code == 1, (args, r.output)
+        assert message in r.output
+        assert r.output.strip().count("\n") == 0
+    r = runner.invoke(cli, ["--help"])
+    assert r.output.index("  info ") < r.output.index("  report ")
+    with pytest.raises(ConfigError, match="no output given"):
+        streamq.report(shared_store)
+
+
+def test_run_writes_the_report_when_configured(evil_dir, tmp_path):
+    from streamq.config import load_config
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"store: s.zarr\ningest:\n  source: {evil_dir}\nfit:\n  colors: 4\n"
+                   "  max_steps: 10\n  polish_size: 0\n  batch_size: 1024\n"
+                   "dask:\n  scheduler: threads\nreport:\n  out: out/report.html\n  samples: 2\n")
+    assert load_config(cfg).report.out == str(tmp_path / "out" / "report.html")
+    result = streamq.run(str(cfg), progress=False)
+    assert "report" in result.stages
+    text = (tmp_path / "out" / "report.html").read_text()
+    assert text.count('class="pair"') == 2
+    assert "data-psnr-shared" in text
