@@ -9,6 +9,7 @@ from streamq.errors import (
     ConfigError,
     StoreExistsError,
     StoreLayoutError,
+    StoreLockedError,
     StoreMismatchError,
     StreamQError,
 )
@@ -16,6 +17,7 @@ from streamq.export import ExportSummary, export
 from streamq.fit import FitResult, collection_mse, fit, load_fit
 from streamq.info import collection_info
 from streamq.ingest import IngestSummary, ingest
+from streamq.lock import store_lock
 from streamq.per_image import PerImageSummary, fit_per_image
 from streamq.pipeline import RunReport, run
 from streamq.quantize import QuantizeSummary, quantize
@@ -32,6 +34,7 @@ __all__ = [
     "IngestSummary",
     "StoreExistsError",
     "StoreLayoutError",
+    "StoreLockedError",
     "StoreMismatchError",
     "StreamQConfig",
     "StreamQError",
@@ -47,4 +50,5 @@ __all__ = [
     "open_store",
     "quantize",
     "run",
+    "store_lock",
 ]
