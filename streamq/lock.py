@@ -53,10 +53,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamq._version import __version__
 from streamq.errors import ConfigError, StoreLayoutError, StoreLockedError
+
+if TYPE_CHECKING:
+    from streamq.config import LockConfig
 
 __all__ = ["LOCK_SUFFIX", "LockOwner", "StoreLock", "lock_path", "read_lock", "store_lock",
            "unlock"]
@@ -503,7 +506,7 @@ if hasattr(os, "register_at_fork"):
 @contextlib.contextmanager
 def store_lock(store: str | os.PathLike[str], command: str | None = None, *,
                operation: str = "write", create: bool = False,
-               config: Any = None) -> Iterator[StoreLock | None]:
+               config: LockConfig | None = None) -> Iterator[StoreLock | None]:
     """Hold the write lock of ``store`` for the duration of the ``with`` block.
 
     Parameters
@@ -553,8 +556,8 @@ def store_lock(store: str | os.PathLike[str], command: str | None = None, *,
     if create and not files.parent_exists(path):
         files.make_parent(path)
     lock = StoreLock(store, command=command, operation=operation,
-                     stale_after=getattr(config, "stale_after", DEFAULT_STALE_AFTER),
-                     heartbeat=getattr(config, "heartbeat", DEFAULT_HEARTBEAT), files=files)
+                     stale_after=config.stale_after if config else DEFAULT_STALE_AFTER,
+                     heartbeat=config.heartbeat if config else DEFAULT_HEARTBEAT, files=files)
     lock.acquire()
     with _held_guard:
         _held[path] = _Held(lock, me)
@@ -583,7 +586,7 @@ def read_lock(store: str | os.PathLike[str]) -> LockOwner | None:
 
 
 def unlock(store: str | os.PathLike[str], *, force: bool = False,
-           config: Any = None) -> tuple[LockOwner, str] | None:
+           config: LockConfig | None = None) -> tuple[LockOwner, str] | None:
     """Remove the lock of a job that is gone; returns (owner, why) or None if not locked.
 
     Refuses (StoreLockedError) while the owner runs on this host, and, without ``force``,
@@ -596,7 +599,7 @@ def unlock(store: str | os.PathLike[str], *, force: bool = False,
     if files is None:
         raise StoreLayoutError(f"{store}: stores at URLs are not locked yet; nothing to unlock")
     path = lock_path(store)
-    stale_after = getattr(config, "stale_after", DEFAULT_STALE_AFTER)
+    stale_after = config.stale_after if config else DEFAULT_STALE_AFTER
     record = StoreLock(store, command=None, operation="unlock", stale_after=stale_after,
                        heartbeat=stale_after / 2, files=files).record
     for _ in range(100):
