@@ -10,6 +10,7 @@ from streamq.errors import (
     ConfigError,
     StoreExistsError,
     StoreLayoutError,
+    StoreLockedError,
     StoreMismatchError,
     StreamQError,
 )
@@ -17,6 +18,7 @@ from streamq.export import ExportSummary, export
 from streamq.fit import FitResult, collection_mse, fit, load_fit
 from streamq.info import collection_info
 from streamq.ingest import IngestSummary, ingest
+from streamq.lock import store_lock
 from streamq.per_image import PerImageSummary, fit_per_image
 from streamq.pipeline import RunReport, run
 from streamq.quantize import QuantizeSummary, quantize
@@ -35,6 +37,7 @@ __all__ = [
     "IngestSummary",
     "StoreExistsError",
     "StoreLayoutError",
+    "StoreLockedError",
     "StoreMismatchError",
     "StreamQConfig",
     "StreamQError",
@@ -51,4 +54,5 @@ __all__ = [
     "quantize",
     "report",
     "run",
+    "store_lock",
 ]

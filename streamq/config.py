@@ -29,6 +29,7 @@ __all__ = [
     "ExportConfig",
     "FitConfig",
     "IngestConfig",
+    "LockConfig",
     "PerImageConfig",
     "ReportConfig",
     "StreamQConfig",
@@ -184,6 +185,19 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class LockConfig:
+    """The store's write lock (see ``streamq.lock``).
+
+    A lock whose owner runs on another host is stale once its heartbeat is older than
+    ``stale_after``; on the same host the owner's pid decides at once.
+    """
+
+    stale_after: float = _opt(60.0, _positive,
+                              "seconds without heartbeat after which another host's lock is stale")
+    heartbeat: float = _opt(10.0, _positive, "seconds between heartbeats of a running job's lock")
+
+
+@dataclass(frozen=True)
 class StreamQConfig:
     """The whole configuration, one section per stage."""
 
@@ -194,6 +208,7 @@ class StreamQConfig:
     per_image: PerImageConfig = field(default_factory=PerImageConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    lock: LockConfig = field(default_factory=LockConfig)
 
     def replace(self, **dotted: Any) -> StreamQConfig:
         """Return a copy with dotted keys (``ingest.codec="lz4"``) replaced; ``None`` is ignored."""

@@ -12,6 +12,7 @@ __all__ = [
     "ImageReadError",
     "StoreExistsError",
     "StoreLayoutError",
+    "StoreLockedError",
     "StoreMismatchError",
     "StreamQError",
     "StreamQWarning",
@@ -36,6 +37,10 @@ class StoreExistsError(StreamQError, FileExistsError):
 
 class StoreMismatchError(StreamQError, ValueError):
     """The existing store was made from other inputs or settings than those requested."""
+
+
+class StoreLockedError(StreamQError):
+    """Another job holds the store's write lock (the message names it: command, pid, host)."""
 
 
 class ImageReadError(StreamQError, OSError):

@@ -50,6 +50,7 @@ from streamq.config import FitConfig, StreamQConfig, fingerprint, parse_config, 
 from streamq.console import progress_bar, timer
 from streamq.errors import ConfigError, StoreMismatchError
 from streamq.lloyd import collection_histogram, kmeans_plusplus_weighted, weighted_lloyd
+from streamq.lock import store_lock
 from streamq.metrics import psnr
 from streamq.scheduler import Runner, runner
 from streamq.store import Collection, Store
@@ -173,6 +174,11 @@ def fit(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
     cfg = parse_config(config)
     sched = options.pop("scheduler", None)
     cfg = cfg.replace(**{f"fit.{k}": v for k, v in options.items()}, **{"dask.scheduler": sched})
+    with store_lock(store, operation="fit", config=cfg.lock):
+        return _fit(store, cfg, overwrite, progress)
+
+
+def _fit(store: str, cfg: StreamQConfig, overwrite: bool, progress: bool | None) -> FitResult:
     fcfg = cfg.fit
     st = Store.open(store, mode="r+")
     coll = Collection(st)
@@ -273,14 +279,15 @@ def collection_mse(store: str, centers: np.ndarray | None = None, color_space: s
     """
     from streamq.config import DaskConfig
 
-    st = Store.open(store, mode="r+")
-    if centers is None:
-        res = load_fit(store)
-        centers, color_space = res.centers, res.color_space
-    space = color_space or "rgb"
-    with runner(DaskConfig(scheduler=scheduler)) as run:
-        run.check_paths(st.path)
-        codes, counts = histogram(run, st, _source(Collection(st)))
+    with store_lock(store, operation="collection_mse"):  # may store the colour histogram
+        st = Store.open(store, mode="r+")
+        if centers is None:
+            res = load_fit(store)
+            centers, color_space = res.centers, res.color_space
+        space = color_space or "rgb"
+        with runner(DaskConfig(scheduler=scheduler)) as run:
+            run.check_paths(st.path)
+            codes, counts = histogram(run, st, _source(Collection(st)))
     rgb = codes_to_rgb(codes)
     palette = to_rgb8(np.asarray(centers), space).astype(np.float64)
     labels, _ = assign(to_space(rgb, space), centers, n_threads=2)

@@ -35,6 +35,7 @@ from streamq.config import IngestConfig, StreamQConfig, fingerprint, parse_confi
 from streamq.console import progress_bar, timer
 from streamq.decode import Header, decode_rgb, read_header
 from streamq.errors import ConfigError, StoreMismatchError, StreamQError
+from streamq.lock import store_lock
 from streamq.scheduler import Runner, runner
 from streamq.store import (
     IMAGES,
@@ -259,6 +260,11 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | N
         raise ConfigError("no source given: pass SRC or set key 'ingest.source'")
     if cfg.store is None:
         raise ConfigError("no store given: pass STORE or set key 'store'")
+    with store_lock(cfg.store, operation="ingest", create=True, config=cfg.lock):
+        return _ingest(cfg, overwrite, progress)
+
+
+def _ingest(cfg: StreamQConfig, overwrite: bool, progress: bool | None) -> IngestSummary:
     icfg = cfg.ingest
     timings: dict[str, float] = {}
     with timer("listing inputs", timings):

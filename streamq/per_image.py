@@ -26,6 +26,7 @@ from streamq.colorspace import to_space
 from streamq.config import PerImageConfig, StreamQConfig, fingerprint, parse_config, to_dict
 from streamq.console import progress_bar, timer
 from streamq.errors import StoreMismatchError, StreamQError
+from streamq.lock import store_lock
 from streamq.metrics import errors_from_records
 from streamq.scheduler import runner
 from streamq.store import Collection, Store, labels_dtype, write_record
@@ -110,6 +111,12 @@ def fit_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | None =
     """Fit one palette per image and per K (``options`` override ``per_image`` keys)."""
     cfg = parse_config(config)
     cfg = cfg.replace(**{f"per_image.{k}": v for k, v in options.items()}, **{"dask.scheduler": scheduler})
+    with store_lock(store, operation="fit --per-image", config=cfg.lock):
+        return _fit_per_image(store, cfg, overwrite, progress)
+
+
+def _fit_per_image(store: str, cfg: StreamQConfig, overwrite: bool, progress: bool | None
+                   ) -> PerImageSummary:
     pcfg = cfg.per_image
     st = Store.open(store, mode="r+")
     coll = Collection(st)
@@ -225,6 +232,11 @@ def quantize_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | N
                        progress: bool | None = None, scheduler: str | None = None) -> PerImageSummary:
     """Label every pixel with its image's own palette, for every fitted K (resumable)."""
     cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
+    with store_lock(store, operation="quantize --per-image", config=cfg.lock):
+        return _quantize_per_image(store, cfg, progress)
+
+
+def _quantize_per_image(store: str, cfg: StreamQConfig, progress: bool | None) -> PerImageSummary:
     st = Store.open(store, mode="r+")
     coll = Collection(st)
     sec = st.section(SECTION)

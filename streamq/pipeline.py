@@ -43,10 +43,14 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
     cfg = load_config(config) if isinstance(config, str | os.PathLike) else parse_config(config)
     if cfg.store is None or cfg.ingest.source is None:
         raise ConfigError("streamq run needs keys 'store' and 'ingest.source' in the config")
+    from streamq.lock import store_lock
     from streamq.scheduler import runner, shared
 
     report = RunReport()
-    with runner(cfg.dask) as run, shared(run):  # one cluster for every stage
+    # One lock for every stage (the stages take it again: it is re-entrant in this thread),
+    # so no other job can slip in between two stages; and one cluster for every stage.
+    with (store_lock(cfg.store, operation="run", create=True, config=cfg.lock),
+          runner(cfg.dask) as run, shared(run)):
         report.stages["ingest"] = ingest(None, None, config=cfg, overwrite=overwrite, progress=progress)
         if cfg.per_image.enabled:
             from streamq.per_image import fit_per_image

@@ -22,6 +22,7 @@ import zarr
 from streamq.config import StreamQConfig, parse_config
 from streamq.console import progress_bar, timer
 from streamq.errors import StreamQError
+from streamq.lock import store_lock
 from streamq.metrics import errors_from_records, psnr
 from streamq.scheduler import runner
 from streamq.store import Collection, Store, labels_dtype, write_record
@@ -98,9 +99,14 @@ def quantize(store: str, *, config: StreamQConfig | dict[str, Any] | None = None
         With the collection's exact MSE and PSNR (per-image values are in the store); a
         ``PerImageSummary`` when only per-image palettes are fitted.
     """
+    cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
+    with store_lock(store, operation="quantize", config=cfg.lock):
+        return _quantize(store, cfg, progress)
+
+
+def _quantize(store: str, cfg: StreamQConfig, progress: bool | None) -> Any:
     from streamq.per_image import quantize_per_image
 
-    cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
     st = Store.open(store, mode="r+")
     shared = st.section("fit").get("state") == "complete"
     per_image = st.section("per_image").get("state") == "complete"

@@ -359,6 +359,29 @@ def report_cmd(ctx: click.Context, store: str | None, out: str | None, config_pa
         click.echo(json.dumps(summary.to_dict(), indent=2))
     elif not ctx.obj["quiet"]:
         click.echo(str(summary))
+@cli.command("unlock")
+@click.argument("store")
+@click.option("--force", is_flag=True,
+              help="Also remove a lock whose owner runs on another host and still sends heartbeats.")
+@config_opt
+@_handle_errors
+def unlock_cmd(store: str, force: bool, config_path: str | None) -> None:
+    """Remove the write lock (STORE.lock) of a job that is gone.
+
+    Seldom needed: the next command that writes STORE takes a stale lock over by itself.
+    Refuses while the owner runs on this host; an owner on another host is removed when its
+    heartbeat is older than lock.stale_after, or at once with --force.
+    """
+    from streamq.config import load_config
+    from streamq.lock import unlock
+
+    cfg = load_config(config_path)
+    removed = unlock(store, force=force, config=cfg.lock)
+    if removed is None:
+        click.echo(f"{store} is not locked")
+    else:
+        owner, why = removed
+        click.echo(f"removed the lock of {owner.describe()}: {why}")
 
 
 def main() -> None:

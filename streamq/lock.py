@@ -1,0 +1,627 @@
+"""One writer per store: a lock file beside the store, with stale-lock take-over.
+
+Every command that writes a store runs inside :func:`store_lock`; readers (``info``,
+``export``, :func:`streamq.open_store`) never look at the lock. The lock is the file
+``STORE.lock`` next to the store folder (``faces.zarr`` -> ``faces.zarr.lock``), holding its
+owner as JSON (see ``docs/store-format.md``). It lives *beside* the store because
+``ingest --overwrite`` replaces the whole store folder, and a first ingest must hold the lock
+before the store exists.
+
+Protocol (every step is one atomic filesystem operation, see :class:`LocalFiles`):
+
+* **Take**: create ``STORE.lock`` exclusively (hard link of a complete temporary file, so
+  nobody ever reads a half-written lock). If it exists, its owner is either alive (refuse
+  with :class:`~streamq.errors.StoreLockedError` naming it) or *stale*:
+
+  - same host: its pid is gone, a zombie, or now a different process (start time differs);
+  - another host: no heartbeat for ``stale_after`` seconds (the holder rewrites the
+    ``heartbeat`` field every ``heartbeat_interval`` seconds from a background thread).
+
+* **Take over** a stale lock whose token is ``T``: first create ``STORE.lock.claim-T``
+  exclusively. Tokens are never reused, so exactly one process holds the claim for ``T``;
+  everyone else backs off and then finds the winner's fresh lock. The claim holder re-reads
+  the lock, renames it to ``STORE.lock.broken-T`` (atomic), checks that the moved file is the
+  stale one it judged (if its owner refreshed it meanwhile it is put back), deletes it,
+  removes the claim, and creates the lock as above. A claim is itself a lock record: one
+  left by a ``kill -9`` during a take-over is stale by the same rules and is broken by a
+  claim on the claim.
+* **Release**: rename the lock to a name of our own, check it is still ours, delete it.
+
+Locks are re-entrant within one thread (``streamq run`` holds the lock for all stages and
+the stages take it again), refused to other threads of the same process.
+
+The limits of a lease across hosts apply: clocks must agree to well within ``stale_after``,
+and a holder that stops heartbeating for longer than ``stale_after`` (paused, partitioned)
+loses the lock; its heartbeat thread notices, logs an error and the job ends with
+:class:`~streamq.errors.StoreLockedError`. On one host pids make the lock exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import getpass
+import hashlib
+import json
+import logging
+import os
+import shlex
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from streamq._version import __version__
+from streamq.errors import ConfigError, StoreLayoutError, StoreLockedError
+
+if TYPE_CHECKING:
+    from streamq.config import LockConfig
+
+__all__ = ["LOCK_SUFFIX", "LockOwner", "StoreLock", "lock_path", "read_lock", "store_lock",
+           "unlock"]
+
+log = logging.getLogger(__name__)
+
+LOCK_SUFFIX = ".lock"
+LOCK_FORMAT = 1
+DEFAULT_STALE_AFTER = 60.0
+DEFAULT_HEARTBEAT = 10.0
+_PATIENCE = 10.0      # seconds to wait for another process that is taking over a stale lock
+_MAX_DEPTH = 3        # claims on claims on claims: deeper means something is badly wrong
+
+
+# -- the few filesystem operations the lock needs --------------------------------------------
+class LocalFiles:
+    """Lock-file operations on a local (or NFS) filesystem.
+
+    Everything the protocol needs: an exclusive create, a read, an atomic replace (heartbeat),
+    an atomic rename that fails when the source is gone, and a remove. An fsspec backend would
+    map them to a conditional put (``If-None-Match: *``), get, conditional put
+    (``If-Match``), copy + conditional delete, and delete.
+    """
+
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        """Create ``path`` holding ``data``; False (and no change) if it already exists."""
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        _write_synced(tmp, data)
+        try:
+            os.link(tmp, path)  # atomic, fails if path exists, and path appears complete
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+                raise
+            return self._create_excl_fallback(path, data)  # filesystems without hard links
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+
+    @staticmethod
+    def _create_excl_fallback(path: str, data: bytes) -> bool:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:  # readers may see it empty for a moment: see _parse
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+
+    def read(self, path: str) -> bytes | None:
+        """The file's bytes, or None if it does not exist."""
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def age(self, path: str) -> float | None:
+        """Seconds since the file was last written, or None if it does not exist."""
+        try:
+            return time.time() - os.stat(path).st_mtime
+        except FileNotFoundError:
+            return None
+
+    def replace(self, path: str, data: bytes) -> None:
+        """Atomically replace the file's content (readers see the old or the new bytes)."""
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        _write_synced(tmp, data)
+        os.replace(tmp, path)
+
+    def rename(self, src: str, dst: str) -> bool:
+        """Atomically move ``src`` to ``dst`` (a name nobody else uses); False if src is gone."""
+        try:
+            os.rename(src, dst)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def remove(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+    def parent_exists(self, path: str) -> bool:
+        return os.path.isdir(os.path.dirname(path))
+
+    def make_parent(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+
+def _write_synced(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _files_for(store: str) -> LocalFiles | None:
+    """The filesystem backend of a store path (None: this kind of store is not locked yet)."""
+    return None if "://" in store else LocalFiles()
+
+
+def lock_path(store: str | os.PathLike[str]) -> str:
+    """Where the lock of ``store`` lives: ``STORE.lock`` beside it (symlinks resolved)."""
+    p = os.fspath(store)
+    if "://" in p:
+        return p.rstrip("/") + LOCK_SUFFIX
+    return os.path.realpath(os.path.expanduser(p)).rstrip(os.sep) + LOCK_SUFFIX
+
+
+# -- who holds a lock -----------------------------------------------------------------------
+@dataclass
+class LockOwner:
+    """The job named in a lock file (``raw`` keeps every field as read)."""
+
+    token: str
+    command: str = "?"
+    operation: str = "?"
+    host: str = "?"
+    pid: int | None = None
+    user: str = "?"
+    started: str = "?"
+    process_start: float | None = None
+    heartbeat: float | None = None
+    heartbeat_interval: float | None = None
+    stale_after: float | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def describe(self) -> str:
+        """One line: command, pid, host, user, start time."""
+        return (f"{self.command!r} ({self.operation}, pid {self.pid} on host {self.host}, "
+                f"user {self.user}, started {self.started})")
+
+
+def _parse(data: bytes) -> LockOwner:
+    """The owner recorded in lock bytes; an unreadable file gets a token from its bytes."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+        if not isinstance(raw, dict) or not isinstance(raw.get("token"), str):
+            raise ValueError("no token")
+    except (ValueError, UnicodeDecodeError):
+        return LockOwner(token="unreadable-" + hashlib.sha256(data).hexdigest()[:16],
+                         command="(unreadable lock file)", raw={})
+
+    def num(key: str) -> float | None:
+        v = raw.get(key)
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    pid = raw.get("pid")
+    return LockOwner(
+        token=raw["token"], command=str(raw.get("command", "?")),
+        operation=str(raw.get("operation", "?")), host=str(raw.get("host", "?")),
+        pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+        user=str(raw.get("user", "?")), started=str(raw.get("started", "?")),
+        process_start=num("process_start"), heartbeat=num("heartbeat"),
+        heartbeat_interval=num("heartbeat_interval"), stale_after=num("stale_after"), raw=raw)
+
+
+def _hostname() -> str:
+    return socket.gethostname()
+
+
+def _process_start(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
+def _stale_reason(owner: LockOwner, age: float | None, default_stale_after: float) -> str | None:
+    """Why the owner of a lock is gone, or None while it may still be running.
+
+    ``age`` is how long ago the lock file was written (used for unreadable files only).
+    """
+    stale_after = owner.stale_after or default_stale_after
+    if not owner.raw:  # unreadable: a create without hard links in progress, or junk
+        if age is not None and age > stale_after:
+            return f"unreadable lock file last written {age:.0f} s ago"
+        return None
+    if owner.host == _hostname() and owner.pid is not None:
+        import psutil
+
+        try:
+            proc = psutil.Process(owner.pid)
+            status = proc.status()
+            started = proc.create_time()
+        except psutil.NoSuchProcess:
+            return f"pid {owner.pid} is not running on this host"
+        except (psutil.AccessDenied, OSError):
+            return None  # exists, and we may not look at it: assume alive
+        if status == psutil.STATUS_ZOMBIE:
+            return f"pid {owner.pid} has exited (zombie)"
+        if owner.process_start is not None and abs(started - owner.process_start) > 1.0:
+            return f"pid {owner.pid} is now another process (started at another time)"
+        return None
+    beat = owner.heartbeat
+    if beat is None:
+        return "no heartbeat recorded" if age is None or age > stale_after else None
+    silent = time.time() - beat
+    if silent > stale_after:
+        return f"no heartbeat from host {owner.host} for {silent:.0f} s (stale after {stale_after:g} s)"
+    return None
+
+
+def _command_line() -> str:
+    """This process's command line, as a user would type it (``streamq fit ...``)."""
+    argv = list(sys.argv)
+    first = argv[0] if argv else ""
+    if os.path.basename(first) == "streamq" or first.endswith(os.path.join("streamq", "cli", "main.py")):
+        parts = ["streamq", *argv[1:]]
+    else:
+        try:
+            import psutil
+
+            parts = psutil.Process().cmdline()
+        except Exception:
+            parts = [sys.executable, *argv]
+    text = " ".join(shlex.join(parts).split())  # one line whatever the arguments hold
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return str(os.getuid()) if hasattr(os, "getuid") else "?"
+
+
+# -- the lock ---------------------------------------------------------------------------------
+class StoreLock:
+    """The write lock of one store, taken by :meth:`acquire` and given back by :meth:`release`.
+
+    Not re-entrant by itself (two instances in one process exclude each other like two
+    processes); use :func:`store_lock` for the re-entrant context manager.
+    """
+
+    def __init__(self, store: str | os.PathLike[str], *, command: str | None = None,
+                 operation: str = "write", stale_after: float = DEFAULT_STALE_AFTER,
+                 heartbeat: float = DEFAULT_HEARTBEAT, files: LocalFiles | None = None) -> None:
+        if not heartbeat > 0 or stale_after < 2 * heartbeat:
+            raise ConfigError(f"key 'lock.stale_after' has value {stale_after!r}, expected at least "
+                              f"twice 'lock.heartbeat' ({heartbeat!r})")
+        self.store = os.fspath(store)
+        self.path = lock_path(self.store)
+        self.files = files or LocalFiles()
+        self.stale_after = float(stale_after)
+        self.heartbeat = float(heartbeat)
+        self.token = uuid.uuid4().hex
+        self.record: dict[str, Any] = {
+            "streamq_lock": LOCK_FORMAT, "token": self.token,
+            "store": self.path[: -len(LOCK_SUFFIX)],
+            "command": command or _command_line(), "operation": operation,
+            "host": _hostname(), "pid": os.getpid(), "user": _user(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "process_start": _process_start(os.getpid()),
+            "heartbeat": time.time(), "heartbeat_interval": self.heartbeat,
+            "stale_after": self.stale_after, "streamq_version": __version__,
+        }
+        self.held = False
+        self.lost: LockOwner | str | None = None  # set by the heartbeat thread
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def owner(self) -> LockOwner:
+        return _parse(self._bytes())
+
+    def _bytes(self) -> bytes:
+        return json.dumps(self.record, indent=1).encode()
+
+    # -- taking ------------------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Take the lock, taking over a stale one; raise StoreLockedError if a live job holds it."""
+        deadline = time.monotonic() + _PATIENCE
+        while True:
+            self.record["heartbeat"] = time.time()
+            if self.files.create_exclusive(self.path, self._bytes()):
+                break
+            if time.monotonic() > deadline:
+                raise StoreLockedError(f"{self.store}: the lock {self.path} kept changing for "
+                                       f"{_PATIENCE:g} s; other jobs are taking it; try again")
+            data = self.files.read(self.path)
+            if data is None:
+                continue  # released in between: try again
+            owner = _parse(data)
+            reason = _stale_reason(owner, self.files.age(self.path), self.stale_after)
+            if reason is None:
+                raise StoreLockedError(_locked_message(self.store, self.path, owner))
+            if not _break(self.files, self.path, data, owner, reason, self.record, 0):
+                time.sleep(0.02)  # another process is taking it over: see who wins
+        self.held = True
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name=f"streamq-lock {self.path}",
+                                        daemon=True)
+        self._thread.start()
+        log.debug("Locked %s (%s)", self.store, self.path)
+
+    def _beat(self) -> None:
+        """Refresh the heartbeat until released; notice when the lock is no longer ours."""
+        while not self._stop.wait(self.heartbeat):
+            try:
+                data = self.files.read(self.path)
+                if data is None or _parse(data).token != self.token:
+                    self.lost = _parse(data) if data is not None else "removed"
+                    who = self.lost.describe() if isinstance(self.lost, LockOwner) else "nobody"
+                    log.error("The lock on %s is no longer this job's (now held by %s): another "
+                              "job may be writing the store; this job will stop with an error",
+                              self.store, who)
+                    return
+                self.record["heartbeat"] = time.time()
+                self.files.replace(self.path, self._bytes())
+            except OSError as exc:
+                log.warning("Could not refresh the lock %s: %s", self.path, exc)
+
+    # -- giving back -----------------------------------------------------------------------
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lock if it is still ours."""
+        if not self.held:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.held = False
+        if self.lost is None:
+            _remove_if_token(self.files, self.path, self.token, f"{self.path}.release-{self.token}")
+        log.debug("Unlocked %s", self.store)
+
+    def __enter__(self) -> StoreLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _locked_message(store: str, path: str, owner: LockOwner) -> str:
+    if not owner.raw:
+        return (f"{store} is locked: the lock file {path} is being written, or is unreadable "
+                "and younger than lock.stale_after; try again")
+    beat = ""
+    if owner.host != _hostname() and owner.heartbeat is not None:
+        beat = f", last heartbeat {max(0.0, time.time() - owner.heartbeat):.0f} s ago"
+    return (f"{store} is locked by another job: {owner.describe()}{beat}; wait for it to "
+            f"finish (lock file {path}; a lock whose job is gone is taken over automatically)")
+
+
+def _claim_record(record: dict[str, Any], of: str) -> bytes:
+    claim = {**record, "token": uuid.uuid4().hex, "claim_of": of, "heartbeat": time.time()}
+    return json.dumps(claim, indent=1).encode()
+
+
+def _break(files: LocalFiles, path: str, data: bytes, owner: LockOwner, reason: str,
+           record: dict[str, Any], depth: int) -> bool:
+    """Remove the stale lock file ``path`` (read as ``data``) if we win its take-over claim.
+
+    Returns True when the stale file is gone (by us or anyone), False when another process
+    holds the claim, or the file changed and must be judged again.
+    """
+    claim = f"{path}.claim-{owner.token}"
+    mine = _claim_record(record, owner.token)
+    if not files.create_exclusive(claim, mine):
+        if depth >= _MAX_DEPTH:
+            return False
+        cdata = files.read(claim)
+        if cdata is None:
+            return False  # just finished by someone: judge the lock again
+        cowner = _parse(cdata)
+        creason = _stale_reason(cowner, files.age(claim), owner.stale_after or DEFAULT_STALE_AFTER)
+        if creason is None:
+            return False  # a live process is taking it over
+        if not _break(files, claim, cdata, cowner, creason, record, depth + 1):
+            return False
+        if not files.create_exclusive(claim, mine):
+            return False
+    my_token = json.loads(mine)["token"]
+    try:
+        now = files.read(path)
+        if now is None:
+            return True
+        if now != data:  # refreshed or replaced since we judged it
+            return False
+        moved = f"{path}.broken-{owner.token}"
+        if not files.rename(path, moved):
+            return True
+        got = files.read(moved)
+        if got != data:  # its owner refreshed it between our read and the rename: put it back
+            if got is not None and not files.create_exclusive(path, got):
+                log.error("Lock %s was replaced while it was being restored; its owner %s has "
+                          "lost it", path, _parse(got).describe())
+            files.remove(moved)
+            return False
+        files.remove(moved)
+        kind = "take-over claim" if depth else "stale lock"
+        log.warning("Removed the %s %s of %s: %s", kind, path, owner.describe(), reason)
+        return True
+    finally:
+        _remove_if_token(files, claim, my_token, f"{claim}.release-{my_token}")
+
+
+def _remove_if_token(files: LocalFiles, path: str, token: str, moved: str) -> bool:
+    """Remove ``path`` only if it holds ``token``: move it aside, check, delete or put back."""
+    if not files.rename(path, moved):
+        return False
+    got = files.read(moved)
+    if got is not None and _parse(got).token != token:
+        if not files.create_exclusive(path, got):
+            log.error("Lock %s was replaced while it was being restored", path)
+        files.remove(moved)
+        return False
+    files.remove(moved)
+    return True
+
+
+# -- re-entrant use --------------------------------------------------------------------------
+@dataclass
+class _Held:
+    lock: StoreLock
+    thread: int
+    depth: int = 1
+
+
+_held: dict[str, _Held] = {}
+_held_guard = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    global _held_guard
+    _held.clear()  # a forked child is another process: it holds nothing
+    _held_guard = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+@contextlib.contextmanager
+def store_lock(store: str | os.PathLike[str], command: str | None = None, *,
+               operation: str = "write", create: bool = False,
+               config: LockConfig | None = None) -> Iterator[StoreLock | None]:
+    """Hold the write lock of ``store`` for the duration of the ``with`` block.
+
+    Parameters
+    ----------
+    store : str or path
+        The store folder. The lock is ``STORE.lock`` beside it.
+    command : str, optional
+        What to show other jobs; default this process's command line.
+    operation : str
+        The stage taking the lock (``ingest``, ``fit``, ...), shown to other jobs.
+    create : bool, default=False
+        The store may not exist yet (ingest): create its parent folder if needed. Otherwise
+        a store that does not exist is a :class:`~streamq.errors.StoreLayoutError`.
+    config : LockConfig, optional
+        ``stale_after`` and ``heartbeat`` seconds (default 60 and 10).
+
+    Re-entrant in the thread that holds it; another thread of this process, or another
+    process, gets :class:`~streamq.errors.StoreLockedError` naming the holder. Yields the
+    :class:`StoreLock` (None for URL stores, which are not locked yet).
+    """
+    store = os.fspath(store)
+    files = _files_for(store)
+    if files is None:
+        log.warning("%s: stores at URLs are not locked yet; make sure no other job writes it",
+                    store)
+        yield None
+        return
+    path = lock_path(store)
+    me = threading.get_ident()
+    with _held_guard:
+        held = _held.get(path)
+        if held is not None and held.thread == me:
+            held.depth += 1
+        elif held is not None:
+            raise StoreLockedError(
+                f"{store} is locked by another thread of this process: {held.lock.owner.describe()}")
+    if held is not None:
+        try:
+            yield held.lock
+        finally:
+            with _held_guard:
+                held.depth -= 1
+        return
+    if not create and not files.exists(os.path.abspath(os.path.expanduser(store))):
+        raise StoreLayoutError(f"{os.path.abspath(os.path.expanduser(store))} does not exist "
+                               "(expected a streamq store)")
+    if create and not files.parent_exists(path):
+        files.make_parent(path)
+    lock = StoreLock(store, command=command, operation=operation,
+                     stale_after=config.stale_after if config else DEFAULT_STALE_AFTER,
+                     heartbeat=config.heartbeat if config else DEFAULT_HEARTBEAT, files=files)
+    lock.acquire()
+    with _held_guard:
+        _held[path] = _Held(lock, me)
+    failed = True
+    try:
+        yield lock
+        failed = False
+    finally:
+        with _held_guard:
+            _held.pop(path, None)
+        lock.release()
+        if lock.lost is not None and not failed:
+            who = lock.lost.describe() if isinstance(lock.lost, LockOwner) else "nobody (removed)"
+            raise StoreLockedError(
+                f"{store}: this job lost its lock while it ran (now held by {who}); another job "
+                "may have written the store at the same time: rerun the command when it is done")
+
+
+# -- looking and unlocking -------------------------------------------------------------------
+def read_lock(store: str | os.PathLike[str]) -> LockOwner | None:
+    """The owner of the store's lock, or None when it is not locked."""
+    store = os.fspath(store)
+    files = _files_for(store)
+    data = files.read(lock_path(store)) if files is not None else None
+    return None if data is None else _parse(data)
+
+
+def unlock(store: str | os.PathLike[str], *, force: bool = False,
+           config: LockConfig | None = None) -> tuple[LockOwner, str] | None:
+    """Remove the lock of a job that is gone; returns (owner, why) or None if not locked.
+
+    Refuses (StoreLockedError) while the owner runs on this host, and, without ``force``,
+    while the owner on another host still sends heartbeats. This is never needed for
+    correctness (the next writer takes a stale lock over); it tidies up, and with ``force``
+    frees a store whose owner's host is known to be down before ``stale_after`` has passed.
+    """
+    store = os.fspath(store)
+    files = _files_for(store)
+    if files is None:
+        raise StoreLayoutError(f"{store}: stores at URLs are not locked yet; nothing to unlock")
+    path = lock_path(store)
+    stale_after = config.stale_after if config else DEFAULT_STALE_AFTER
+    record = StoreLock(store, command=None, operation="unlock", stale_after=stale_after,
+                       heartbeat=stale_after / 2, files=files).record
+    for _ in range(100):
+        data = files.read(path)
+        if data is None:
+            return None
+        owner = _parse(data)
+        reason = _stale_reason(owner, files.age(path), stale_after)
+        if reason is None and not owner.raw:
+            raise StoreLockedError(f"{store}: the lock file {path} is being written (or unreadable "
+                                   f"and younger than {stale_after:g} s); try again later")
+        if reason is None:
+            if owner.host == _hostname():
+                raise StoreLockedError(
+                    f"{store}: the job holding the lock is still running on this host: "
+                    f"{owner.describe()}; stop it first")
+            if not force:
+                raise StoreLockedError(
+                    _locked_message(store, path, owner).split("; wait")[0]
+                    + "; if that job is gone, rerun with --force")
+            reason = "removed by hand (--force)"
+        if _break(files, path, data, owner, reason, record, 0):
+            return owner, reason
+        time.sleep(0.02)
+    raise StoreLockedError(f"{store}: the lock keeps changing; another job is taking it over")
