@@ -1,6 +1,7 @@
 """streamq: colour quantization of image collections larger than memory.
 
-Data flow: ingest (files -> Zarr store) -> fit (palette) -> quantize (labels) -> export.
+Data flow: ingest (files -> Zarr store) -> fit (palette) -> quantize (labels) -> export;
+cluster_images groups the images by their colours.
 """
 
 from streamq._version import __version__
@@ -14,6 +15,7 @@ from streamq.errors import (
 )
 from streamq.export import ExportSummary, export
 from streamq.fit import FitResult, collection_mse, fit, load_fit
+from streamq.groups import ImageGroups, cluster_images, load_groups
 from streamq.info import collection_info
 from streamq.ingest import IngestSummary, ingest
 from streamq.per_image import PerImageSummary, fit_per_image
@@ -28,6 +30,7 @@ __all__ = [
     "QuantizeSummary",
     "RunReport",
     "FitResult",
+    "ImageGroups",
     "ConfigError",
     "IngestSummary",
     "StoreExistsError",
@@ -36,6 +39,7 @@ __all__ = [
     "StreamQConfig",
     "StreamQError",
     "__version__",
+    "cluster_images",
     "collection_info",
     "collection_mse",
     "export",
@@ -44,6 +48,7 @@ __all__ = [
     "ingest",
     "load_config",
     "load_fit",
+    "load_groups",
     "open_store",
     "quantize",
     "run",

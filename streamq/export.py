@@ -24,8 +24,8 @@ import numpy as np
 
 from streamq._version import __version__
 from streamq.config import StreamQConfig, parse_config
-from streamq.errors import ConfigError, StoreExistsError, StreamQError
 from streamq.console import progress_bar, timer
+from streamq.errors import ConfigError, StoreExistsError, StreamQError
 from streamq.scheduler import runner
 from streamq.store import Collection, Store
 

@@ -32,9 +32,9 @@ import numpy as np
 from PIL import Image
 
 from streamq.config import IngestConfig, StreamQConfig, fingerprint, parse_config
+from streamq.console import progress_bar, timer
 from streamq.decode import Header, decode_rgb, read_header
 from streamq.errors import ConfigError, StoreMismatchError, StreamQError
-from streamq.console import progress_bar, timer
 from streamq.scheduler import Runner, runner
 from streamq.store import (
     IMAGES,

@@ -24,9 +24,9 @@ import zarr
 
 from streamq.colorspace import to_space
 from streamq.config import PerImageConfig, StreamQConfig, fingerprint, parse_config, to_dict
+from streamq.console import progress_bar, timer
 from streamq.errors import StoreMismatchError, StreamQError
 from streamq.metrics import errors_from_records
-from streamq.console import progress_bar, timer
 from streamq.scheduler import runner
 from streamq.store import Collection, Store, labels_dtype, write_record
 
@@ -159,8 +159,8 @@ def fit_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | None =
             for r in records:
                 for image_id, flat in json.loads(r)[str(k)]:
                     centres[image_id] = np.asarray(flat, dtype=np.float64).reshape(k, 3)
-            _write_3d(st, f"per_image/k{k}/center", centres)
-            _write_3d(st, f"per_image/k{k}/palette", np.round(np.clip(centres * 255, 0, 255)).astype(np.uint8))
+            st.write_array(f"per_image/k{k}/center", centres)
+            st.write_array(f"per_image/k{k}/palette", np.round(np.clip(centres * 255, 0, 255)).astype(np.uint8))
         st.set_section(SECTION, {**st.section(SECTION), "state": "complete", "timings": timings,
                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         for k in pcfg.colors:  # labels of earlier palettes are stale now
@@ -168,13 +168,6 @@ def fit_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | None =
             if q and q.get("fingerprint") != fp:
                 st.set_section(f"per_image_quantize_k{k}", {**q, "state": "stale"})
     return _summary(st, "fitted", timings)
-
-
-def _write_3d(st: Store, name: str, data: np.ndarray) -> None:
-    arr = zarr.create_array(st.path, name=name, shape=data.shape, dtype=data.dtype,
-                            chunks=(max(1, min(len(data), 4096)),) + data.shape[1:], overwrite=True)
-    if data.size:
-        arr[:] = data
 
 
 def load_per_image(store: str, k: int) -> tuple[np.ndarray, np.ndarray]:

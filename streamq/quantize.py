@@ -20,9 +20,9 @@ import numpy as np
 import zarr
 
 from streamq.config import StreamQConfig, parse_config
+from streamq.console import progress_bar, timer
 from streamq.errors import StreamQError
 from streamq.metrics import errors_from_records, psnr
-from streamq.console import progress_bar, timer
 from streamq.scheduler import runner
 from streamq.store import Collection, Store, labels_dtype, write_record
 
