@@ -1,7 +1,8 @@
 """streamq: colour quantization of image collections larger than memory.
 
 Data flow: ingest (files -> Zarr store) -> fit (palette) -> quantize (labels) -> export;
-``report`` writes an HTML page of a store at any stage.
+``cluster_images`` groups the images by their colours; ``report`` writes an HTML page of a
+store at any stage.
 """
 
 from streamq._version import __version__
@@ -16,6 +17,7 @@ from streamq.errors import (
 )
 from streamq.export import ExportSummary, export
 from streamq.fit import FitResult, collection_mse, fit, load_fit
+from streamq.groups import ImageGroups, cluster_images, load_groups
 from streamq.info import collection_info
 from streamq.ingest import IngestSummary, ingest
 from streamq.lock import store_lock
@@ -33,6 +35,7 @@ __all__ = [
     "ReportSummary",
     "RunReport",
     "FitResult",
+    "ImageGroups",
     "ConfigError",
     "IngestSummary",
     "StoreExistsError",
@@ -42,6 +45,7 @@ __all__ = [
     "StreamQConfig",
     "StreamQError",
     "__version__",
+    "cluster_images",
     "collection_info",
     "collection_mse",
     "export",
@@ -50,6 +54,7 @@ __all__ = [
     "ingest",
     "load_config",
     "load_fit",
+    "load_groups",
     "open_store",
     "quantize",
     "report",

@@ -10,15 +10,19 @@ blocks once each and takes an equal share of its pixels from each, uniformly amo
 block's valid pixels. Every pixel of the collection is equally likely to be drawn, and a
 few draws already cover the collection evenly (low variance), which matters for the
 validation estimate and the polish sample.
+
+Nothing here is specific to pixels: a source over a 2-d array of one row per image
+(:meth:`PixelSource.whole`) draws image descriptors the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["PixelSource", "draw_pixels"]
+__all__ = ["PixelSource", "draw_pixels", "draw_sample", "draw_task"]
 
 STREAM_INIT = 0
 STREAM_VALIDATION = 1
@@ -56,6 +60,13 @@ class PixelSource:
             for c in range(c0, c1 + 1):
                 weights[c] += min(b, (c + 1) * chunk) - max(a, c * chunk)
         return cls(pixels_path, chunk, run_start, run_stop, weights)
+
+    @classmethod
+    def whole(cls, path: str, chunk: int, n_rows: int) -> PixelSource:
+        """Every row of an array of ``n_rows`` rows read in chunks of ``chunk`` rows."""
+        n_chunks = max(1, -(-n_rows // chunk))
+        return cls.from_images(path, chunk, n_chunks, np.zeros(1, np.int64),
+                               np.full(1, n_rows, np.int64))
 
     @property
     def n_valid(self) -> int:
@@ -122,3 +133,18 @@ def draw_pixels(source: PixelSource, seed: int, stream: int, index: int, n: int,
         parts.append(data[pos_in_chunk])
     out = np.concatenate(parts)
     return out[rng.permutation(len(out))]
+
+
+def draw_task(args: tuple[PixelSource, int, int, int, int, int]) -> np.ndarray:
+    """:func:`draw_pixels` of one argument tuple (the form a Dask task is given)."""
+    return draw_pixels(*args)
+
+
+def draw_sample(run: Any, source: PixelSource, seed: int, stream: int, n: int,
+                reads: int) -> np.ndarray:
+    """``n`` rows drawn collection-wide by Dask tasks (``run``: a ``streamq.scheduler.Runner``),
+    ``SAMPLE_PER_READ`` from each chunk read, in a fixed order."""
+    per_task = SAMPLE_PER_READ * reads
+    parts = [(i, min(per_task, n - i * per_task)) for i in range(-(-n // per_task))]
+    results = run.map_ordered(draw_task, [(source, seed, stream, i, m, reads) for i, m in parts])
+    return np.concatenate(results) if results else np.zeros((0, 3), np.uint8)

@@ -6,21 +6,25 @@ A checkpoint holds every attribute that ``MiniBatchKMeans.partial_fit`` reads or
 state, ...), found generically from the estimator's ``__dict__``, plus the caller's
 cursor and history. Arrays are stored as base64 of their raw bytes with dtype and shape,
 so a restored estimator continues bit for bit. The checkpoint is one element of a Zarr
-string array: one key, written atomically by the store (temporary file, then rename).
+string array: one key, written atomically by the store (temporary file, then rename);
+:func:`read_checkpoint` / :func:`write_checkpoint` / :func:`clear_checkpoint` handle that slot.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from streamq.errors import StreamQError
 
-__all__ = ["CheckpointMismatchError", "decode_state", "encode_state", "estimator_state",
-           "restore_estimator"]
+if TYPE_CHECKING:
+    from streamq.store import Store
+
+__all__ = ["CheckpointMismatchError", "clear_checkpoint", "decode_state", "encode_state",
+           "estimator_state", "read_checkpoint", "restore_estimator", "write_checkpoint"]
 
 
 class CheckpointMismatchError(StreamQError, ValueError):
@@ -96,3 +100,35 @@ def restore_estimator(state: dict[str, Any]) -> Any:
     for k, v in state["attrs"].items():
         setattr(est, k, v)
     return est
+
+
+def read_checkpoint(st: Store, name: str, fingerprint: str, what: str) -> dict[str, Any] | None:
+    """The checkpoint in slot ``name`` (created empty if missing), or None when empty.
+
+    A checkpoint of another ``fingerprint`` (other data or parameters) is refused.
+    """
+    import zarr
+
+    if not st.has(name):
+        zarr.create_array(st.path, name=name, shape=(1,), chunks=(1,), dtype=str, overwrite=True)
+        return None
+    text = st.group[name][0]
+    if not text:
+        return None
+    state = decode_state(str(text))
+    if state.get("fingerprint") != fingerprint:
+        raise CheckpointMismatchError(
+            f"{st.path}: the {what} checkpoint belongs to other data or parameters; "
+            "rerun with --overwrite to start again")
+    return state
+
+
+def write_checkpoint(st: Store, name: str, state: dict[str, Any]) -> None:
+    """Replace the checkpoint in slot ``name`` (one key, written atomically)."""
+    st.group[name][0] = encode_state(state)
+
+
+def clear_checkpoint(st: Store, name: str) -> None:
+    """Empty slot ``name``: the result is saved, the working state is no longer needed."""
+    if st.has(name):
+        st.group[name][0] = ""

@@ -25,6 +25,7 @@ import yaml
 from streamq.errors import ConfigError
 
 __all__ = [
+    "ClusterImagesConfig",
     "DaskConfig",
     "ExportConfig",
     "FitConfig",
@@ -47,6 +48,10 @@ def _opt(default: Any, check: Check | None = None, doc: str = "") -> Any:
 
 def _positive(v: Any) -> str | None:
     return None if v > 0 else "a number > 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "a number >= 0"
 
 
 def _at_least(low: int) -> Check:
@@ -127,7 +132,7 @@ class FitConfig:
                               "on the polish sample; the lowest inertia wins")
     refine: bool = _opt(False, doc="lloyd: start from the mini-batch palette instead of k-means++")
     color_space: Literal["rgb", "oklab"] = _opt("rgb", doc="space the distances are measured in")
-    reassignment_ratio: float = _opt(0.01, lambda v: None if v >= 0 else "a number >= 0",
+    reassignment_ratio: float = _opt(0.01, _non_negative,
                                      "MiniBatchKMeans reassignment of low-count centres")
     validation_size: int = _opt(200_000, _at_least(1000), "held-out pixels for MSE/PSNR and counts")
     seed: int = _opt(0, lambda v: None if 0 <= v < 2**32 - 64 else "an integer in 0..2**32-65",
@@ -155,6 +160,40 @@ class PerImageConfig:
     seed: int = _opt(0, lambda v: None if 0 <= v < 2**32 else "an integer in 0..2**32-1",
                      "random seed of the samples and starts")
     pixels_per_task: int = _opt(4_000_000, _at_least(1), "image pixels one task fits")
+
+
+@dataclass(frozen=True)
+class ClusterImagesConfig:
+    """How images are grouped by their colours (see ``streamq.groups``)."""
+
+    enabled: bool = _opt(False, doc="streamq run: group the images after quantize")
+    groups: int = _opt(8, _at_least(2), "number of image groups G")
+    descriptor: Literal["histogram", "histogram+moments"] = _opt(
+        "histogram", doc="histogram over the shared palette (K bins, sums to 1), optionally "
+                         "followed by the mean and std of each RGB channel (/255)")
+    moments_weight: float = _opt(1.0, _non_negative,
+                                 "histogram+moments: factor on the six moments when clustering")
+    init_size: int = _opt(10_000, _at_least(2),
+                          "images in the k-means++ initial sample (every image when fewer)")
+    n_init: int = _opt(3, _at_least(1), "k-means starts on the initial sample")
+    batch_size: int = _opt(1024, _at_least(2), "images per partial_fit step")
+    batches_per_task: int = _opt(4, _at_least(1), "batches drawn by one sampling task")
+    blocks_per_task: int = _opt(16, _at_least(1), "descriptor chunks one sampling task reads")
+    prefetch: int = _opt(4, _at_least(1), "sampling tasks in flight (ordered window)")
+    tol: float = _opt(1e-4, _positive, "stop when no group centre moves more than this ...")
+    patience: int = _opt(10, _at_least(1), "... for this many consecutive steps")
+    max_steps: int = _opt(1000, _at_least(1), "stop after this many steps")
+    max_epochs: float = _opt(20.0, _positive, "stop after sampling this many times every image")
+    reassignment_ratio: float = _opt(0.01, _non_negative,
+                                     "MiniBatchKMeans reassignment of low-count centres")
+    seed: int = _opt(0, lambda v: None if 0 <= v < 2**32 - 64 else "an integer in 0..2**32-65",
+                     "random seed: same seed, same groups")
+    rows_per_chunk: int = _opt(1024, _at_least(1),
+                               "images per chunk of the descriptor and result arrays")
+    pixels_per_task: int = _opt(16_000_000, _at_least(1),
+                                "image pixels one descriptor task reads at a time")
+    checkpoint_steps: int = _opt(50, _at_least(1), "checkpoint every this many steps ...")
+    checkpoint_seconds: float = _opt(30.0, _positive, "... or this many seconds")
 
 
 @dataclass(frozen=True)
@@ -206,6 +245,7 @@ class StreamQConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     per_image: PerImageConfig = field(default_factory=PerImageConfig)
+    cluster_images: ClusterImagesConfig = field(default_factory=ClusterImagesConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     lock: LockConfig = field(default_factory=LockConfig)
@@ -391,6 +431,13 @@ def fingerprint(obj: Any) -> str:
     data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
     blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any], ignore: Any = ()) -> str:
+    """``key=old (now new)`` for every key that differs (except ``ignore``), for refusals."""
+    diff = [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in sorted(new)
+            if k not in ignore and old.get(k) != new.get(k)]
+    return ", ".join(diff) or "other data"
 
 
 def describe() -> list[tuple[str, Any, str]]:

@@ -19,7 +19,6 @@ after ``kill -9`` gives a bit-identical palette.
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import time
@@ -27,31 +26,38 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import zarr
 
 from streamq.batches import (
-    SAMPLE_PER_READ,
     STREAM_INIT,
     STREAM_POLISH,
     STREAM_TRAIN,
     STREAM_VALIDATION,
     PixelSource,
-    draw_pixels,
+    draw_sample,
+    draw_task,
 )
 from streamq.checkpoint import (
-    CheckpointMismatchError,
-    decode_state,
-    encode_state,
+    clear_checkpoint,
     estimator_state,
+    read_checkpoint,
     restore_estimator,
+    write_checkpoint,
 )
 from streamq.colorspace import codes_to_rgb, rgb_to_codes, to_rgb8, to_space
-from streamq.config import FitConfig, StreamQConfig, fingerprint, parse_config, to_dict
+from streamq.config import FitConfig, StreamQConfig, differences, fingerprint, parse_config, to_dict
 from streamq.console import progress_bar, timer
 from streamq.errors import ConfigError, StoreMismatchError
 from streamq.lloyd import collection_histogram, kmeans_plusplus_weighted, weighted_lloyd
 from streamq.lock import store_lock
 from streamq.metrics import psnr
+from streamq.minibatch import (
+    LoopSettings,
+    LoopState,
+    kmeans_start,
+    new_model,
+    step_limit,
+    stream_partial_fit,
+)
 from streamq.scheduler import Runner, runner
 from streamq.store import Collection, Store
 
@@ -138,19 +144,6 @@ def _source(coll: Collection) -> PixelSource:
                                    coll.offsets, coll.heights * coll.widths)
 
 
-def _draw_many(run: Runner, source: PixelSource, seed: int, stream: int, n: int,
-               reads: int) -> np.ndarray:
-    """``n`` pixels drawn collection-wide, ``SAMPLE_PER_READ`` from each block read."""
-    per_task = SAMPLE_PER_READ * reads
-    parts = [(i, min(per_task, n - i * per_task)) for i in range(-(-n // per_task))]
-    results = run.map_ordered(_draw_part, [(source, seed, stream, i, m, reads) for i, m in parts])
-    return np.concatenate(results) if results else np.zeros((0, 3), np.uint8)
-
-
-def _draw_part(args: tuple[PixelSource, int, int, int, int, int]) -> np.ndarray:
-    return draw_pixels(*args)
-
-
 def fit(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
         overwrite: bool = False, progress: bool | None = None, **options: Any) -> FitResult:
     """Fit a K-colour palette for the collection in ``store``.
@@ -200,7 +193,7 @@ def _fit(store: str, cfg: StreamQConfig, overwrite: bool, progress: bool | None)
             what = "palette" if prev.get("state") == "complete" else "unfinished fit"
             raise StoreMismatchError(
                 f"{st.path} already has a {what} with other parameters "
-                f"({_differences(prev.get('config', {}), to_dict(fcfg))}); "
+                f"({differences(prev.get('config', {}), to_dict(fcfg), _NON_SEMANTIC)}); "
                 "pass --overwrite to replace it")
 
     started = time.perf_counter()
@@ -217,13 +210,8 @@ def _fit(store: str, cfg: StreamQConfig, overwrite: bool, progress: bool | None)
         if prev and overwrite:
             _clear(st)
         st.set_section(FIT, {"state": "running", "fingerprint": fp, "config": to_dict(fcfg)})
-        labels = st.section("quantize")
-        if labels and labels.get("fit_fingerprint") != fp:  # labels of the old palette: say so
-            st.set_section("quantize", {**labels, "state": "stale"})
-        if not st.has(CHECKPOINT):
-            zarr.create_array(st.path, name=CHECKPOINT, shape=(1,), chunks=(1,), dtype=str,
-                              overwrite=True)
-        ckpt = _load_checkpoint(st, fp)
+        st.mark_stale(fp)  # labels and image groups of the old palette: say so
+        ckpt = read_checkpoint(st, CHECKPOINT, fp, "fit")
         centres = None
         resuming_lloyd = ckpt is not None and ckpt.get("phase") == "lloyd"
         if fcfg.algorithm == "minibatch" or (fcfg.refine and not resuming_lloyd):
@@ -234,7 +222,7 @@ def _fit(store: str, cfg: StreamQConfig, overwrite: bool, progress: bool | None)
                 centres, info = _fit_lloyd(run, st, source, fcfg, fp, ckpt, progress,
                                            start=centres if fcfg.refine else None)
         with timer("validation", timings):
-            val = _draw_many(run, source, fcfg.seed, STREAM_VALIDATION, fcfg.validation_size,
+            val = draw_sample(run, source, fcfg.seed, STREAM_VALIDATION, fcfg.validation_size,
                              fcfg.blocks_per_task)
     centres = _ensure_distinct(centres, to_space(val, fcfg.color_space), fcfg.color_space)
     palette = to_rgb8(centres, fcfg.color_space)
@@ -295,39 +283,17 @@ def collection_mse(store: str, centers: np.ndarray | None = None, color_space: s
     return float((err * counts).sum() / (3 * counts.sum()))
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """``key=old (now new)`` for every fit key that differs, for refusal messages."""
-    diff = [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in sorted(new)
-            if k not in _NON_SEMANTIC and old.get(k) != new.get(k)]
-    return ", ".join(diff) or "other data"
-
-
 def _clear(st: Store) -> None:
     st.set_section(FIT, {})
-    if st.has(CHECKPOINT):
-        st.group[CHECKPOINT][0] = ""
-
-
-def _load_checkpoint(st: Store, fp: str) -> dict[str, Any] | None:
-    text = st.group[CHECKPOINT][0]
-    if not text:
-        return None
-    state = decode_state(str(text))
-    if state.get("fingerprint") != fp:
-        raise CheckpointMismatchError(
-            f"{st.path}: the fit checkpoint belongs to other data or parameters; "
-            "rerun with --overwrite to start again")
-    return state
+    clear_checkpoint(st, CHECKPOINT)
 
 
 def _save_checkpoint(st: Store, state: dict[str, Any]) -> None:
-    st.group[CHECKPOINT][0] = encode_state(state)  # one key, written atomically
+    write_checkpoint(st, CHECKPOINT, state)
 
 
 def _initial_centres(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig) -> np.ndarray:
-    from sklearn.cluster import KMeans
-
-    sample = _draw_many(run, source, fcfg.seed, STREAM_INIT, fcfg.init_size, fcfg.blocks_per_task)
+    sample = draw_sample(run, source, fcfg.seed, STREAM_INIT, fcfg.init_size, fcfg.blocks_per_task)
     codes = np.unique(rgb_to_codes(sample))
     k = fcfg.colors
     if len(codes) < k:
@@ -340,84 +306,40 @@ def _initial_centres(run: Runner, st: Store, source: PixelSource, fcfg: FitConfi
         x = to_space(codes_to_rgb(hist_codes), fcfg.color_space).astype(np.float64)
         return kmeans_plusplus_weighted(x, counts, k, fcfg.seed).astype(np.float32)
     x = to_space(sample, fcfg.color_space)
-    km = KMeans(n_clusters=k, init=fcfg.init, n_init=fcfg.n_init, random_state=fcfg.seed)
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):  # KMeans sums in thread order: one thread, one result
-        return km.fit(x).cluster_centers_.astype(np.float32)
+    return kmeans_start(x, k, fcfg.init, fcfg.n_init, fcfg.seed).astype(np.float32)
 
 
 def _fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig, fp: str,
                    ckpt: dict[str, Any] | None, progress: bool | None) -> tuple[np.ndarray, dict[str, Any]]:
-    from sklearn.cluster import MiniBatchKMeans
-
     B, G = fcfg.batch_size, fcfg.batches_per_task
     if ckpt is not None and ckpt.get("phase") == "minibatch-done":
         return ckpt["minibatch_centres"], ckpt["minibatch_info"]
     if ckpt is not None and ckpt.get("phase") == "minibatch":
         model = restore_estimator(ckpt["model"])
-        cursor, seen, calm = ckpt["cursor"], ckpt["pixels_seen"], ckpt["calm"]
-        history = {k: list(v) for k, v in ckpt["history"].items()}
-        log.info("Resuming the mini-batch fit at step %d", cursor)
+        state = LoopState.from_dict(ckpt)
+        log.info("Resuming the mini-batch fit at step %d", state.cursor)
     else:
         with timer("initial centres"):
             init = _initial_centres(run, st, source, fcfg)
-        model = MiniBatchKMeans(n_clusters=fcfg.colors, init=init, n_init=1, batch_size=B,
-                                compute_labels=False, random_state=fcfg.seed,
-                                reassignment_ratio=fcfg.reassignment_ratio)
-        cursor, seen, calm = 0, 0, 0
-        history = {k: [] for k in HISTORY_KEYS}
-    limits = {"max_steps": fcfg.max_steps,
-              "max_epochs": max(1, math.ceil(fcfg.max_epochs * source.n_valid / B))}
-    if fcfg.max_pixels is not None:
-        limits["max_pixels"] = max(1, -(-fcfg.max_pixels // B))
-    limit_name = min(limits, key=lambda k: (limits[k], k != "max_steps"))
-    max_steps = limits[limit_name]
+        model = new_model(fcfg.colors, init, B, fcfg.seed, fcfg.reassignment_ratio)
+        state = LoopState()
+    max_steps, limit_name = step_limit(fcfg.max_steps, fcfg.max_epochs, source.n_valid, B,
+                                       max_pixels=fcfg.max_pixels)
 
-    def save(phase: str = "minibatch") -> None:
-        _save_checkpoint(st, {"fingerprint": fp, "phase": phase, "model": estimator_state(model),
-                              "cursor": cursor, "pixels_seen": seen, "calm": calm,
-                              "history": {k: np.asarray(v) for k, v in history.items()}})
+    def save() -> None:
+        _save_checkpoint(st, {"fingerprint": fp, "phase": "minibatch",
+                              "model": estimator_state(model), **state.to_dict()})
 
-    window: collections.deque[tuple[int, Any]] = collections.deque()
-    next_task = cursor // G
-    stop_reason = limit_name if cursor >= max_steps else ""
-    last_save = time.monotonic()
-    with progress_bar(max_steps, "fitting", "step", progress) as bar:
-        bar.update(cursor)
-        while not stop_reason:
-            while len(window) < fcfg.prefetch and next_task * G < max_steps:
-                args = (source, fcfg.seed, STREAM_TRAIN, next_task, G * B, fcfg.blocks_per_task)
-                window.append((next_task, run.submit(_draw_part, args)))
-                next_task += 1
-            task, fut = window.popleft()
-            data = fut.result()
-            for j in range(cursor - task * G, G):
-                x = to_space(data[j * B:(j + 1) * B], fcfg.color_space)
-                before = (model.cluster_centers_.copy() if hasattr(model, "cluster_centers_")
-                          else np.asarray(model.init, dtype=np.float32))
-                _, d = assign(x[:4096], before)  # batch inertia estimate, before the update
-                model.partial_fit(x)
-                shift = float(np.sqrt(((model.cluster_centers_ - before) ** 2).sum(1)).max())
-                cursor += 1
-                seen += len(x)
-                calm = calm + 1 if shift < fcfg.tol else 0
-                for k, v in zip(HISTORY_KEYS, (cursor, seen, shift, float(d.mean())), strict=True):
-                    history[k].append(v)
-                bar.update(1)
-                if calm >= fcfg.patience:
-                    stop_reason = f"converged (no centre moved more than tol={fcfg.tol:g} for {fcfg.patience} steps)"
-                elif cursor >= max_steps:
-                    stop_reason = limit_name
-                if stop_reason:
-                    break
-                if cursor % fcfg.checkpoint_steps == 0 or time.monotonic() - last_save > fcfg.checkpoint_seconds:
-                    save()
-                    last_save = time.monotonic()
-    for _, fut in window:
-        fut.cancel()
-    info = {"history": {k: np.asarray(v) for k, v in history.items()}, "steps": cursor,
-            "pixels_seen": seen, "stop_reason": stop_reason}
+    def task(i: int) -> tuple[Any, Any]:
+        return draw_task, (source, fcfg.seed, STREAM_TRAIN, i, G * B, fcfg.blocks_per_task)
+
+    stop_reason = stream_partial_fit(run, model, task, LoopSettings.of(fcfg), state, max_steps,
+                                     limit_name, save, progress=progress,
+                                     prepare=lambda x: to_space(x, fcfg.color_space))
+    history = state.history_arrays()
+    history["pixels_seen"] = history.pop("seen")
+    info = {"history": {k: history[k] for k in HISTORY_KEYS}, "steps": state.cursor,
+            "pixels_seen": state.seen, "stop_reason": stop_reason}
     centres = model.cluster_centers_.astype(np.float64)
     if fcfg.algorithm == "lloyd":  # --refine: keep the mini-batch result through a restart
         _save_checkpoint(st, {"fingerprint": fp, "phase": "minibatch-done",
@@ -441,7 +363,7 @@ def _polish(run: Runner, source: PixelSource, fcfg: FitConfig, centres: np.ndarr
     at a cost that does not grow with the collection.
     """
     with timer("polish sample"):
-        sample = _draw_many(run, source, fcfg.seed, STREAM_POLISH, fcfg.polish_size,
+        sample = draw_sample(run, source, fcfg.seed, STREAM_POLISH, fcfg.polish_size,
                             fcfg.blocks_per_task)
     codes, counts = np.unique(rgb_to_codes(sample), return_counts=True)
     x = to_space(codes_to_rgb(codes), fcfg.color_space).astype(np.float64)
@@ -565,7 +487,7 @@ def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float],
     st.set_section(FIT, {"state": "complete", "fingerprint": fp, "config": r.config,
                          "summary": summary, "timings": timings, "runtime": facts,
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    st.group[CHECKPOINT][0] = ""  # the result is saved; the working state is not needed
+    clear_checkpoint(st, CHECKPOINT)  # the result is saved; the working state is not needed
 
 
 def load_fit(store: str) -> FitResult:

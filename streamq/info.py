@@ -47,7 +47,14 @@ def collection_info(store: str | os.PathLike[str] | Collection, top: int = 10) -
         "fit": _fit_summary(coll),
         "labels": _labels_summary(coll),
         "per_image": _per_image_summary(coll),
+        "groups": _groups_summary(coll),
     }
+
+
+def _groups_summary(coll: Collection) -> dict[str, Any] | None:
+    from streamq.groups import summary_of
+
+    return summary_of(coll.store)
 
 
 def _per_image_summary(coll: Collection) -> dict[str, Any] | None:
@@ -143,6 +150,19 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
         for k, r in p["results"].items():
             psnr = f"mean PSNR {r['mean_psnr']:.2f} dB" if r["mean_psnr"] is not None else ""
             lines.append(f"  K={k:<4} labels {r['labels']}  {psnr}")
+    g = info.get("groups")
+    if g:
+        if g["state"] == "complete":
+            lines.append(f"groups       {g['groups']} ({g['descriptor']}, K={g['k']}), images per group: "
+                         + " ".join(map(str, g["sizes"])))
+            if g["ari"] is not None:
+                lines.append(f"  vs labels  ARI {g['ari']:.3f}, NMI {g['nmi']:.3f} "
+                             f"({g['n_labels']} labels)")
+        elif g["state"] == "stale":
+            lines.append("groups       stale: the palette was refitted; run `streamq quantize` "
+                         "and `streamq cluster-images`")
+        else:
+            lines.append(f"groups       {g['state']} (rerun `streamq cluster-images` to finish)")
     lines += ["", f"skipped inputs: {info['n_skipped']}"]
     for s in info["skipped"][:max_skipped]:
         lines.append(f"  {s['path']}: {s['reason']}")

@@ -168,8 +168,8 @@ def _fit_per_image(store: str, cfg: StreamQConfig, overwrite: bool, progress: bo
             for r in records:
                 for image_id, flat in json.loads(r)[str(k)]:
                     centres[image_id] = np.asarray(flat, dtype=np.float64).reshape(k, 3)
-            _write_3d(st, f"per_image/k{k}/center", centres)
-            _write_3d(st, f"per_image/k{k}/palette", np.round(np.clip(centres * 255, 0, 255)).astype(np.uint8))
+            st.write_array(f"per_image/k{k}/center", centres)
+            st.write_array(f"per_image/k{k}/palette", np.round(np.clip(centres * 255, 0, 255)).astype(np.uint8))
         st.set_section(SECTION, {**st.section(SECTION), "state": "complete", "timings": timings,
                                  "runtime": facts, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         for k in pcfg.colors:  # labels of earlier palettes are stale now
@@ -178,13 +178,6 @@ def _fit_per_image(store: str, cfg: StreamQConfig, overwrite: bool, progress: bo
                 st.set_section(f"per_image_quantize_k{k}", {**q, "state": "stale"})
     st.set_section(SECTION, {**st.section(SECTION), "timings": timings})  # with consolidating
     return _summary(st, "fitted", timings)
-
-
-def _write_3d(st: Store, name: str, data: np.ndarray) -> None:
-    arr = zarr.create_array(st.path, name=name, shape=data.shape, dtype=data.dtype,
-                            chunks=(max(1, min(len(data), 4096)),) + data.shape[1:], overwrite=True)
-    if data.size:
-        arr[:] = data
 
 
 def load_per_image(store: str, k: int) -> tuple[np.ndarray, np.ndarray]:

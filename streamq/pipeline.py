@@ -1,4 +1,5 @@
-"""``streamq run``: ingest -> fit -> quantize -> export (-> report) from one configuration.
+"""``streamq run``: ingest -> fit -> quantize (-> cluster images) -> export (-> report) from one
+configuration.
 
 Every stage is resumable and a no-op when already done, so rerunning the same command after
 an interruption at any point finishes with the same outputs as an uninterrupted run.
@@ -43,6 +44,9 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
     cfg = load_config(config) if isinstance(config, str | os.PathLike) else parse_config(config)
     if cfg.store is None or cfg.ingest.source is None:
         raise ConfigError("streamq run needs keys 'store' and 'ingest.source' in the config")
+    if cfg.cluster_images.enabled and cfg.per_image.enabled:
+        raise ConfigError("key 'cluster_images.enabled' needs the shared palette, but "
+                          "'per_image.enabled' is true (per-image palettes only)")
     from streamq.lock import store_lock
     from streamq.scheduler import runner, shared
 
@@ -60,6 +64,11 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
         else:
             report.stages["fit"] = fit(cfg.store, config=cfg, overwrite=overwrite, progress=progress)
         report.stages["quantize"] = quantize(cfg.store, config=cfg, progress=progress)
+        if cfg.cluster_images.enabled:
+            from streamq.groups import cluster_images
+
+            report.stages["groups"] = cluster_images(cfg.store, config=cfg, overwrite=overwrite,
+                                                     progress=progress)
         e = cfg.export
         if e.out is not None:
             kw = dict(format=e.format, dither=e.dither, png_level=e.png_level, quality=e.quality,

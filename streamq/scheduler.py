@@ -10,7 +10,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -78,6 +78,22 @@ class Runner:
             yield from as_completed(futures)
         else:
             yield from cf.as_completed(futures)
+
+    def wait(self, futures: Mapping[Any, int], desc: str, unit: str, progress: bool | None,
+             total: int | None = None) -> list[Any]:
+        """Wait for ``futures`` (each worth its value on a progress bar of ``total``, by
+        default their sum; the rest counts as done already); results in completion order."""
+        from streamq.console import progress_bar
+
+        todo = sum(futures.values())
+        total = todo if total is None else total
+        results = []
+        with progress_bar(total, desc, unit, progress) as bar:
+            bar.update(total - todo)
+            for fut in self.as_completed(futures):
+                results.append(fut.result())
+                bar.update(futures[fut])
+        return results
 
     def map_ordered(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
         """Run ``fn(item)`` for every item and return the results in input order."""

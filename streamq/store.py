@@ -30,7 +30,7 @@ from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 from streamq._version import __version__
 from streamq.errors import StoreExistsError, StoreLayoutError
 
-__all__ = ["FORMAT_VERSION", "Collection", "Store", "labels_dtype", "open_store"]
+__all__ = ["FORMAT_VERSION", "Collection", "Store", "labels_dtype", "open_store", "runs_by_weight"]
 
 FORMAT_VERSION = 1
 TABLE_CHUNK = 65_536
@@ -41,6 +41,8 @@ PLAN = "ingest/plan"
 TASKS = "ingest/tasks"
 IMAGE_COLUMNS = ("path", "label", "mode", "offset", "height", "width")
 SKIP_COLUMNS = ("path", "reason")
+# Sections whose results belong to one palette: attribute ``fit_fingerprint`` names it.
+PALETTE_RESULTS = ("quantize", "groups")
 
 
 def labels_dtype(k: int) -> np.dtype:
@@ -113,6 +115,13 @@ class Store:
         """Write a top-level attribute; NaN and infinities become null (strict JSON)."""
         self.group.attrs[name] = _finite(json.loads(json.dumps(value)))
 
+    def mark_stale(self, fit_fingerprint: str) -> None:
+        """Mark every result computed with another palette than ``fit_fingerprint`` stale."""
+        for name in PALETTE_RESULTS:
+            sec = self.section(name)
+            if sec and sec.get("fit_fingerprint") != fit_fingerprint and sec.get("state") != "stale":
+                self.set_section(name, {**sec, "state": "stale"})
+
     # -- arrays --------------------------------------------------------------------
     def array_path(self, name: str) -> str:
         return f"{self.path}/{name}"
@@ -155,6 +164,22 @@ class Store:
             shards=(shard,) if shard > block else None, chunks=(block,), dtype=dtype,
             fill_value=0, overwrite=True, dimension_names=["pixel"],
             compressors=compressors(settings.get("codec", "lz4"), settings.get("level")))
+
+    def create_rows(self, name: str, shape: tuple[int, ...], rows_per_chunk: int,
+                    dtype: Any) -> zarr.Array:
+        """An empty array of one row per image, in chunks of ``rows_per_chunk`` whole rows
+        (the unit one task writes)."""
+        return zarr.create_array(self.path, name=name, shape=shape, dtype=dtype, fill_value=0,
+                                 chunks=(max(1, min(rows_per_chunk, shape[0])),) + shape[1:],
+                                 overwrite=True)
+
+    def write_array(self, name: str, data: np.ndarray) -> None:
+        """Write a whole n-d array at once (one writer), chunked along its first axis."""
+        arr = zarr.create_array(self.path, name=name, shape=data.shape, dtype=data.dtype,
+                                chunks=(max(1, min(len(data), 4096)),) + data.shape[1:],
+                                overwrite=True)
+        if data.size:
+            arr[:] = data
 
     def has(self, name: str) -> bool:
         try:
@@ -255,6 +280,21 @@ def _is_store(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "zarr.json"))
 
 
+def runs_by_weight(weights: Sequence[int], budget: int) -> list[range]:
+    """Split positions ``0..len(weights)-1`` (in order) into runs whose weights add up to
+    about ``budget``: each run closes as soon as it reaches ``budget``."""
+    runs: list[range] = []
+    start, total = 0, 0
+    for i, w in enumerate(weights):
+        total += int(w)
+        if total >= budget:
+            runs.append(range(start, i + 1))
+            start, total = i + 1, 0
+    if start < len(weights):
+        runs.append(range(start, len(weights)))
+    return runs
+
+
 def write_record(store_path: str, name: str, i: int, report: Mapping[str, Any]) -> None:
     """Record that task ``i`` finished (called by the task itself, after its data)."""
     arr = zarr.open_array(f"{store_path}/{name}", mode="r+")
@@ -319,18 +359,9 @@ class Collection:
 
     def groups_by_pixels(self, ids: Sequence[int], budget: int) -> list[list[int]]:
         """Split ``ids`` (in order) into runs of about ``budget`` pixels: one task each."""
-        groups: list[list[int]] = []
-        current: list[int] = []
-        total = 0
-        for i in ids:
-            current.append(i)
-            total += int(self.heights[i] * self.widths[i])
-            if total >= budget:
-                groups.append(current)
-                current, total = [], 0
-        if current:
-            groups.append(current)
-        return groups
+        ids = list(ids)
+        sizes = [int(self.heights[i] * self.widths[i]) for i in ids]
+        return [[ids[j] for j in run] for run in runs_by_weight(sizes, budget)]
 
     def overlapping(self, lo: int, hi: int) -> list[tuple[int, int, int]]:
         """``(id, offset, n_pixels)`` of every image with pixels in ``[lo, hi)``."""

@@ -13,7 +13,15 @@ from typing import Any
 import click
 
 from streamq._version import __version__
-from streamq.cli.options import config_opt, json_opt, overwrite_opt, progress_opt, scheduler_opt
+from streamq.cli.options import (
+    config_opt,
+    json_opt,
+    max_steps_opt,
+    overwrite_opt,
+    progress_opt,
+    scheduler_opt,
+    seed_opt,
+)
 from streamq.errors import StreamQError
 
 log = logging.getLogger("streamq.cli")
@@ -51,8 +59,8 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
     """Colour quantization of image collections larger than memory.
 
-    Pipeline: ingest -> fit -> quantize -> export (or all of them: run CONFIG.yaml);
-    info and report (an HTML page) look at a store.
+    Pipeline: ingest -> fit -> quantize -> [cluster-images] -> export (or all of them:
+    run CONFIG.yaml); info and report (an HTML page) look at a store.
     """
     from streamq.console import set_log_level
 
@@ -139,10 +147,10 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
 @click.option("--color-space", type=click.Choice(["rgb", "oklab"]), default=None,
               help="Space distances are measured in [default: rgb].")
 @click.option("--tol", type=float, default=None, help="Stop when no centre moves more than this [default: 1e-4].")
-@click.option("--max-steps", type=int, default=None, help="Stop after this many mini-batch steps.")
+@max_steps_opt
 @click.option("--max-iter", type=int, default=None, help="lloyd: stop after this many iterations.")
 @click.option("--batch-size", type=int, default=None, help="Pixels per partial_fit step [default: 65536].")
-@click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
+@seed_opt
 @overwrite_opt
 @progress_opt
 @json_opt
@@ -225,6 +233,52 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
         click.echo(json.dumps([s.to_dict() for s in summaries], indent=2))
     elif not ctx.obj["quiet"]:
         click.echo("\n".join(map(str, summaries)))
+
+
+@cli.command("cluster-images")
+@click.argument("store", required=False)
+@config_opt
+@scheduler_opt
+@click.option("-g", "--groups", type=int, default=None, help="Number of image groups G [default: 8].")
+@click.option("--descriptor", type=click.Choice(["histogram", "histogram+moments"]), default=None,
+              help="Palette histogram of each image, optionally with its colour moments "
+                   "[default: histogram].")
+@click.option("--moments-weight", type=float, default=None,
+              help="histogram+moments: factor on the six colour moments [default: 1.0].")
+@click.option("--batch-size", type=int, default=None, help="Images per partial_fit step [default: 1024].")
+@click.option("--tol", type=float, default=None, help="Stop when no group centre moves more than this.")
+@max_steps_opt
+@seed_opt
+@overwrite_opt
+@progress_opt
+@json_opt
+@click.pass_context
+@_handle_errors
+def cluster_images_cmd(ctx: click.Context, store: str | None, config_path: str | None,
+                       scheduler: str | None, groups: int | None, descriptor: str | None,
+                       moments_weight: float | None, batch_size: int | None, tol: float | None,
+                       max_steps: int | None, seed: int | None, overwrite: bool,
+                       progress: bool | None, as_json: bool) -> None:
+    """Group the images of STORE by their colours (palette histograms), into G groups.
+
+    Needs the labels of `streamq quantize`. Resumable; `streamq info` shows the groups.
+    """
+    from streamq.config import load_config
+    from streamq.groups import cluster_images
+
+    cfg = load_config(config_path, **{
+        "store": store, "dask.scheduler": scheduler, "cluster_images.groups": groups,
+        "cluster_images.descriptor": descriptor, "cluster_images.moments_weight": moments_weight,
+        "cluster_images.batch_size": batch_size, "cluster_images.tol": tol,
+        "cluster_images.max_steps": max_steps, "cluster_images.seed": seed})
+    if cfg.store is None:
+        raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
+    result = cluster_images(cfg.store, config=cfg, overwrite=overwrite,
+                            progress=_progress(ctx, progress))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    elif not ctx.obj["quiet"]:
+        click.echo(str(result))
 
 
 @cli.command("export")

@@ -22,3 +22,6 @@ progress_opt = click.option(
     "--progress/--no-progress", default=None,
     help="Show a progress bar on stderr (default: when stderr is a terminal).")
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+seed_opt = click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
+max_steps_opt = click.option("--max-steps", type=int, default=None,
+                             help="Stop after this many mini-batch steps.")

@@ -1,0 +1,418 @@
+"""Image groups: the images of a collection clustered by their colours.
+
+Each image is described by its histogram over the shared palette, optionally followed by
+its colour moments (``streamq.descriptors``; computed by Dask tasks from the labels that
+``streamq quantize`` wrote). The clustered vector is the descriptor with the six moments
+multiplied by ``moments_weight``: the histogram sums to 1 and each moment lies in [0, 1], so
+with the default weight 1 a moment counts about as much as a large histogram bin.
+
+The images are clustered into G groups by scikit-learn ``MiniBatchKMeans.partial_fit`` over
+batches of descriptors streamed from the store by the loop the palette fit uses
+(``streamq.minibatch``: seeded batches, an ordered window of Dask tasks, JSON checkpoints,
+stopping by tol/patience/max steps/max epochs), from k-means++ centres fitted on a sample
+of descriptors (every image when there are at most ``init_size``). Dask tasks then give
+every image its nearest group centre and its distance to it. Where the images have labels
+(their folder names), the groups are compared with them: adjusted Rand index, normalised
+mutual information and the contingency table (sklearn.metrics).
+
+Every phase resumes: descriptor and assignment tasks write completion records after their
+rows, the clustering loop checkpoints its whole state. Results belong to one palette: a
+refit marks them stale, and the next run recomputes them. Layout: ``docs/store-format.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+
+from streamq.batches import STREAM_INIT, STREAM_TRAIN, PixelSource, draw_sample, draw_task
+from streamq.checkpoint import (
+    clear_checkpoint,
+    estimator_state,
+    read_checkpoint,
+    restore_estimator,
+    write_checkpoint,
+)
+from streamq.config import (
+    ClusterImagesConfig,
+    StreamQConfig,
+    differences,
+    fingerprint,
+    parse_config,
+    to_dict,
+)
+from streamq.console import timer
+from streamq.descriptors import DESCRIPTORS, describe, n_features, prepare, read_plan
+from streamq.errors import ConfigError, StoreMismatchError, StreamQError
+from streamq.lock import store_lock
+from streamq.minibatch import (
+    HISTORY_KEYS,
+    LoopSettings,
+    LoopState,
+    kmeans_start,
+    new_model,
+    step_limit,
+    stream_partial_fit,
+)
+from streamq.scheduler import Runner, runner
+from streamq.store import Collection, Store, write_record
+
+__all__ = ["ImageGroups", "cluster_images", "load_groups"]
+
+log = logging.getLogger(__name__)
+
+SECTION = "groups"
+CHECKPOINT = "groups/checkpoint"
+CENTERS = "groups/centers"
+HISTORY = "groups/history"
+GROUP = "groups/images/group"
+DISTANCE = "groups/images/distance"
+ASSIGN_RECORDS = "groups/assign_records"
+OVERLAP = "groups/overlap"
+LABELS = "groups/labels"
+# Keys that change how fast grouping runs or how often it saves, not what it computes.
+_NON_SEMANTIC = {"enabled", "prefetch", "checkpoint_steps", "checkpoint_seconds", "pixels_per_task"}
+
+
+@dataclass
+class ImageGroups:
+    """Image groups of a store; ``str()`` is the one-line summary the CLI prints.
+
+    ``group[i]`` is image ``i``'s group, ``distance[i]`` its Euclidean distance to that
+    group's centre; ``centers`` are ``(G, D)`` in the clustered space (descriptors with
+    moments weighted). ``ari``, ``nmi`` and the contingency table compare the groups with
+    the images' labels (None when no image has a label).
+    """
+
+    store: str
+    groups: int
+    descriptor: str
+    moments_weight: float
+    k: int
+    group: np.ndarray  # (N,) int32
+    distance: np.ndarray  # (N,) float64
+    centers: np.ndarray  # (G, D) float64
+    sizes: np.ndarray  # (G,) int64
+    ari: float | None
+    nmi: float | None
+    label_names: list[str]  # the columns of the contingency table
+    overlap: dict[str, np.ndarray]  # non-zero cells: group, label (index), count
+    steps: int
+    stop_reason: str
+    inertia: float  # mean squared distance of an image to its group centre
+    seconds: float
+    seed: int
+    config: dict[str, Any] = field(default_factory=dict)
+    status: str = "grouped"
+
+    @property
+    def contingency(self) -> np.ndarray:
+        """``(G, L)`` int64: images of group ``g`` with label ``label_names[l]``."""
+        table = np.zeros((self.groups, len(self.label_names)), dtype=np.int64)
+        table[self.overlap["group"], self.overlap["label"]] = self.overlap["count"]
+        return table
+
+    def members(self, g: int) -> np.ndarray:
+        """Ids of the images of group ``g``, closest to its centre first."""
+        ids = np.flatnonzero(self.group == g)
+        return ids[np.argsort(self.distance[ids], kind="stable")]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (the per-image arrays are left out: see :func:`load_groups`)."""
+        return {"store": self.store, "groups": self.groups, "descriptor": self.descriptor,
+                "moments_weight": self.moments_weight, "k": self.k, "sizes": self.sizes.tolist(),
+                "ari": self.ari, "nmi": self.nmi, "steps": self.steps,
+                "stop_reason": self.stop_reason, "inertia": self.inertia,
+                "seconds": self.seconds, "seed": self.seed, "config": self.config,
+                "status": self.status}
+
+    def __str__(self) -> str:
+        text = (f"{self.status}: {len(self.group)} images in {self.groups} groups "
+                f"({self.descriptor}, K={self.k}), sizes {' '.join(map(str, self.sizes))}")
+        if self.ari is not None:
+            text += f"; ARI {self.ari:.3f}, NMI {self.nmi:.3f} against the image labels"
+        return text + f"; {self.steps} steps, stopped: {self.stop_reason}"
+
+
+def _palette_labels(st: Store) -> tuple[str, int]:
+    """Fingerprint and K of the shared palette whose labels are complete, or a clear error."""
+    fit = st.section("fit")
+    if fit.get("state") != "complete":
+        raise StreamQError(f"{st.path} has no shared palette; run `streamq fit` and "
+                           "`streamq quantize` first")
+    q = st.section("quantize")
+    if q.get("state") == "complete" and q.get("fit_fingerprint") == fit.get("fingerprint"):
+        return str(fit["fingerprint"]), int(q["k"])
+    if not q:
+        what = "has no pixel labels yet"
+    elif q.get("state") in ("stale", "complete"):
+        what = "has stale labels (the palette was refitted)"
+    else:
+        what = "has unfinished labels"
+    raise StreamQError(f"{st.path} {what}; run `streamq quantize` first")
+
+
+def _weights(gcfg: ClusterImagesConfig, k: int) -> np.ndarray:
+    """Per-feature factors of the clustered space: 1 on the histogram, the moment weight."""
+    w = np.ones(n_features(gcfg.descriptor, k))
+    w[k:] = gcfg.moments_weight
+    return w
+
+
+def cluster_images(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
+                   overwrite: bool = False, progress: bool | None = None,
+                   scheduler: str | None = None, **options: Any) -> ImageGroups:
+    """Group the images of ``store`` into G groups by their colour descriptors (resumable).
+
+    Parameters
+    ----------
+    store : str
+        A store with a shared palette and its labels (``streamq quantize``).
+    config : StreamQConfig or dict, optional
+        Full configuration; ``options`` override its ``cluster_images`` keys (``groups=8``,
+        ``descriptor="histogram+moments"``, ``seed=1``, ...).
+    overwrite : bool, default=False
+        Recompute, replacing groups made with other parameters. Without it, finished groups
+        with the same parameters are returned as they are, an interrupted run is resumed,
+        and groups with other parameters are refused. Groups of an older palette are always
+        recomputed.
+
+    Returns
+    -------
+    ImageGroups
+    """
+    cfg = parse_config(config)
+    cfg = cfg.replace(**{f"cluster_images.{k}": v for k, v in options.items()},
+                      **{"dask.scheduler": scheduler})
+    with store_lock(store, operation="cluster-images", config=cfg.lock):
+        return _cluster_images(store, cfg, overwrite, progress)
+
+
+def _cluster_images(store: str, cfg: StreamQConfig, overwrite: bool,
+                    progress: bool | None) -> ImageGroups:
+    gcfg = cfg.cluster_images
+    st = Store.open(store, mode="r+")
+    coll = Collection(st)
+    fit_fp, k = _palette_labels(st)
+    n = len(coll)
+    if gcfg.groups > n:
+        raise ConfigError(f"key 'cluster_images.groups' has value {gcfg.groups}, but the collection "
+                          f"has only {n} images; choose --groups {n} or fewer")
+    if gcfg.batch_size < gcfg.groups:
+        raise ConfigError(f"key 'cluster_images.batch_size' has value {gcfg.batch_size}, expected "
+                          f"at least groups={gcfg.groups} (each step needs an image per group)")
+    desc_fp = fingerprint({"palette": fit_fp, "descriptor": gcfg.descriptor,
+                           "rows_per_chunk": gcfg.rows_per_chunk})
+    semantic = {key: v for key, v in to_dict(gcfg).items() if key not in _NON_SEMANTIC}
+    fp = fingerprint({"palette": fit_fp, "groups": semantic})
+    sec = st.section(SECTION)
+    if sec and not overwrite:
+        if sec.get("fit_fingerprint") == fit_fp and sec.get("fingerprint") != fp:
+            raise StoreMismatchError(
+                f"{st.path} already has image groups with other parameters "
+                f"({differences(sec.get('config', {}), to_dict(gcfg), _NON_SEMANTIC)}); "
+                "pass --overwrite to replace them")
+        if sec.get("fingerprint") == fp and sec.get("state") == "complete":
+            log.info("Image groups in %s are up to date; nothing to do", st.path)
+            result = load_groups(st.path)
+            result.status = "already complete"
+            return result
+    if sec and sec.get("fit_fingerprint") != fit_fp:
+        log.info("Palette changed since the last grouping: recomputing the image groups")
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    from threadpoolctl import threadpool_limits
+
+    # The model update runs on the client: one thread, one result, and no fight with workers.
+    with runner(cfg.dask) as run, threadpool_limits(limits=1):
+        run.check_paths(st.path)
+        if overwrite or sec.get("fingerprint") != fp or sec.get("state") == "planning":
+            reuse = sec.get("descriptor_fingerprint") == desc_fp and bool(sec.get("described"))
+            kept = {"descriptor_fingerprint": desc_fp, "described": True} if reuse else {}
+            st.set_section(SECTION, {"state": "planning", "fingerprint": fp,
+                                     "fit_fingerprint": fit_fp, **kept})
+            clear_checkpoint(st, CHECKPOINT)
+            if not reuse:
+                prepare(st, coll, gcfg.descriptor, k, gcfg.rows_per_chunk, gcfg.pixels_per_task)
+            st.set_section(SECTION, {"state": "describing", "fingerprint": fp,
+                                     "fit_fingerprint": fit_fp, "descriptor_fingerprint": desc_fp,
+                                     "config": to_dict(gcfg), "k": k, **kept})
+        sec = st.section(SECTION)
+        if not sec.get("described"):
+            with timer("describing images", timings):
+                describe(run, st, coll, gcfg.descriptor, k, gcfg.pixels_per_task, progress)
+            sec = {**sec, "described": True}
+            st.set_section(SECTION, sec)
+        if sec["state"] in ("describing", "clustering"):
+            sec = {**sec, "state": "clustering"}
+            st.set_section(SECTION, sec)
+            with timer("clustering", timings):
+                centres, info = _cluster(run, st, n, k, gcfg, fp, progress)
+            st.write_array(CENTERS, centres)
+            st.write_table(HISTORY, info.pop("history"))
+            st.create_rows(GROUP, (n,), gcfg.rows_per_chunk, np.int32)
+            st.create_rows(DISTANCE, (n,), gcfg.rows_per_chunk, np.float64)
+            st.create_records(ASSIGN_RECORDS, len(read_plan(st)))
+            sec = {**sec, "state": "assigning", "clustering": info}
+            st.set_section(SECTION, sec)
+        with timer("assigning", timings):
+            _assign(run, st, gcfg, k, progress)
+        with timer("comparing with labels", timings):
+            summary = _consolidate(st, coll, gcfg.groups)
+    seconds = round(time.perf_counter() - started, 3)
+    st.set_section(SECTION, {**sec, "state": "complete", "summary": {**summary, **sec["clustering"]},
+                             "timings": timings, "seconds": seconds,
+                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    clear_checkpoint(st, CHECKPOINT)
+    result = load_groups(st.path)
+    log.info("%s", result)
+    return result
+
+
+def _cluster(run: Runner, st: Store, n: int, k: int, gcfg: ClusterImagesConfig, fp: str,
+             progress: bool | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Streamed mini-batch k-means over the descriptors; resumes from the checkpoint."""
+    B, G = gcfg.batch_size, gcfg.batches_per_task
+    source = PixelSource.whole(st.array_path(DESCRIPTORS), gcfg.rows_per_chunk, n)
+    weights = _weights(gcfg, k)
+    ckpt = read_checkpoint(st, CHECKPOINT, fp, "image groups")
+    if ckpt is not None:
+        model = restore_estimator(ckpt["model"])
+        state = LoopState.from_dict(ckpt)
+        log.info("Resuming the image grouping at step %d", state.cursor)
+    else:
+        with timer("initial group centres"):
+            model = new_model(gcfg.groups, _initial_centres(run, st, source, n, weights, gcfg),
+                              B, gcfg.seed, gcfg.reassignment_ratio)
+        state = LoopState()
+    max_steps, limit_name = step_limit(gcfg.max_steps, gcfg.max_epochs, n, B)
+
+    def save() -> None:
+        write_checkpoint(st, CHECKPOINT, {"fingerprint": fp, "model": estimator_state(model),
+                                          **state.to_dict()})
+
+    def task(i: int) -> tuple[Any, Any]:
+        return draw_task, (source, gcfg.seed, STREAM_TRAIN, i, G * B, gcfg.blocks_per_task)
+
+    stop_reason = stream_partial_fit(run, model, task, LoopSettings.of(gcfg), state, max_steps,
+                                     limit_name, save, prepare=lambda x: x * weights,
+                                     progress=progress, desc="grouping")
+    info = {"history": {key: np.asarray(state.history[key]) for key in HISTORY_KEYS},
+            "steps": state.cursor, "images_seen": state.seen, "stop_reason": stop_reason}
+    return model.cluster_centers_.astype(np.float64), info
+
+
+def _initial_centres(run: Runner, st: Store, source: PixelSource, n: int, weights: np.ndarray,
+                     gcfg: ClusterImagesConfig) -> np.ndarray:
+    """k-means++ (best of ``n_init``) on every descriptor, or on a collection-wide sample."""
+    if n <= gcfg.init_size:
+        sample = np.asarray(zarr.open_array(source.pixels_path, mode="r")[:])
+    else:
+        sample = draw_sample(run, source, gcfg.seed, STREAM_INIT, gcfg.init_size,
+                             gcfg.blocks_per_task)
+    x = sample * weights
+    distinct = len(np.unique(x, axis=0))
+    if distinct < gcfg.groups:
+        where = "the collection has" if n <= gcfg.init_size else "a sample of the collection has"
+        raise ConfigError(f"{where} only {distinct} distinct image descriptors, fewer than "
+                          f"groups={gcfg.groups}; choose --groups {distinct} or fewer")
+    return kmeans_start(x, gcfg.groups, "k-means++", gcfg.n_init, gcfg.seed)
+
+
+def _assign_task(args: dict[str, Any]) -> dict[str, Any]:
+    from streamq.kernels import assign
+
+    store = args["store"]
+    r0, r1 = args["rows"]
+    x = np.asarray(zarr.open_array(f"{store}/{DESCRIPTORS}", mode="r")[r0:r1])
+    groups, d2 = assign(x * np.asarray(args["weights"]), np.asarray(args["centers"]))
+    zarr.open_array(f"{store}/{GROUP}", mode="r+")[r0:r1] = groups.astype(np.int32)
+    zarr.open_array(f"{store}/{DISTANCE}", mode="r+")[r0:r1] = np.sqrt(d2)
+    report = {"sizes": np.bincount(groups, minlength=len(args["centers"])).tolist(),
+              "sse": float(d2.sum())}
+    write_record(store, ASSIGN_RECORDS, args["task"], report)
+    return report
+
+
+def _assign(run: Runner, st: Store, gcfg: ClusterImagesConfig, k: int,
+            progress: bool | None) -> None:
+    """Every image's nearest group centre, by the tasks that have no record yet."""
+    centres = np.asarray(st.group[CENTERS][:])
+    common = {"store": st.path, "centers": centres.tolist(), "weights": _weights(gcfg, k).tolist()}
+    records = st.records(ASSIGN_RECORDS)
+    tasks = read_plan(st)
+    futures = {run.submit(_assign_task, {**common, "task": i, "rows": [r0, r1]}): r1 - r0
+               for i, (r0, r1) in enumerate(tasks) if not records[i]}
+    run.wait(futures, "assigning", "image", progress, total=tasks[-1][1] if tasks else 0)
+    if any(not r for r in st.records(ASSIGN_RECORDS)):
+        raise StreamQError(f"{st.path}: some group assignment tasks have no completion record; "
+                           "rerun `streamq cluster-images`")
+
+
+def _consolidate(st: Store, coll: Collection, n_groups: int) -> dict[str, Any]:
+    """Group sizes and the overlap of groups and image labels (stored); the summary numbers."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    group = np.asarray(st.group[GROUP][:]).astype(np.int64)
+    distance = np.asarray(st.group[DISTANCE][:])
+    sizes = np.bincount(group, minlength=n_groups)
+    summary: dict[str, Any] = {"groups": n_groups, "sizes": sizes.tolist(),
+                               "inertia": float((distance ** 2).mean()) if len(group) else 0.0,
+                               "ari": None, "nmi": None, "n_labels": 0}
+    names: np.ndarray = np.zeros(0, dtype=str)
+    cells = {"group": np.zeros(0, np.int64), "label": np.zeros(0, np.int64),
+             "count": np.zeros(0, np.int64)}
+    if any(coll.labels):
+        names, label = np.unique(np.asarray(coll.labels, dtype=str), return_inverse=True)
+        codes, counts = np.unique(group * len(names) + label, return_counts=True)
+        cells = {"group": codes // len(names), "label": codes % len(names), "count": counts}
+        summary.update(ari=float(adjusted_rand_score(label, group)),
+                       nmi=float(normalized_mutual_info_score(label, group)),
+                       n_labels=len(names))
+    st.write_table(LABELS, {"name": names})
+    st.write_table(OVERLAP, cells)
+    return summary
+
+
+def load_groups(store: str) -> ImageGroups:
+    """The image groups saved in ``store`` by :func:`cluster_images`."""
+    st = Store.open(store)
+    sec = st.section(SECTION)
+    if sec.get("state") == "stale" or (sec and sec.get("fit_fingerprint") != st.section("fit").get("fingerprint")):
+        raise StreamQError(f"{st.path}: the image groups are stale (the palette was refitted); "
+                           "run `streamq quantize` and `streamq cluster-images`")
+    if sec.get("state") != "complete":
+        raise StreamQError(f"{st.path} has no image groups; run `streamq cluster-images` first")
+    s, cfg = sec["summary"], sec["config"]
+    cells = st.read_table(OVERLAP, ("group", "label", "count"))
+    return ImageGroups(
+        store=st.path, groups=s["groups"], descriptor=cfg["descriptor"],
+        moments_weight=cfg["moments_weight"], k=sec["k"],
+        group=np.asarray(st.group[GROUP][:]), distance=np.asarray(st.group[DISTANCE][:]),
+        centers=np.asarray(st.group[CENTERS][:]), sizes=np.asarray(s["sizes"], dtype=np.int64),
+        ari=s["ari"], nmi=s["nmi"],
+        label_names=[str(v) for v in st.read_table(LABELS, ("name",))["name"]],
+        overlap={key: v.astype(np.int64) for key, v in cells.items()},
+        steps=s["steps"], stop_reason=s["stop_reason"], inertia=s["inertia"],
+        seconds=sec.get("seconds", 0.0), seed=cfg["seed"], config=cfg)
+
+
+def summary_of(store: Store) -> dict[str, Any] | None:
+    """The groups section of an open store for ``streamq info`` (None when there is none)."""
+    sec = store.section(SECTION)
+    if not sec:
+        return None
+    state = sec.get("state")
+    if state == "complete" and sec.get("fit_fingerprint") != store.section("fit").get("fingerprint"):
+        state = "stale"
+    cfg = sec.get("config", {})
+    return {"state": state, "descriptor": cfg.get("descriptor"), "k": sec.get("k"),
+            **{key: sec.get("summary", {}).get(key) for key in
+               ("groups", "sizes", "ari", "nmi", "n_labels", "steps", "stop_reason")}}
+
