@@ -63,6 +63,34 @@ def collection_histogram(run: Any, source: PixelSource,
     return codes.astype(np.int64), total[codes]
 
 
+def grid_points(rgb: np.ndarray, space: str, k: int, min_per_centre: int = 8
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted points that stand for the ``(n, 3)`` uint8 pixels ``rgb`` on a coarse RGB grid.
+
+    Each occupied cell of a grid with 5 bits per channel (32,768 cells) becomes one point:
+    the mean of its pixels in ``space``, weighted by their number. Lloyd iterations on these
+    points cost ~20x less than on a 1 Mpx sample's distinct colours and land in the same basin
+    (a cell is at most 8 levels wide per channel, small against the gaps between K <= 256
+    palette colours); the fit uses them to choose among starts, then finishes on the exact
+    sample. When the grid leaves fewer than ``min_per_centre`` points per centre (a large K or
+    a narrow collection), finer grids are tried, up to every distinct colour.
+    """
+    from streamq.colorspace import to_space
+
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    for bits in (5, 6, 7, 8):
+        q = (rgb >> (8 - bits)).astype(np.int64)
+        key = (q[:, 0] << (2 * bits)) | (q[:, 1] << bits) | q[:, 2]
+        cells, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+        if len(cells) >= min_per_centre * k:
+            break
+    x = to_space(rgb, space).astype(np.float64)
+    inverse = inverse.reshape(-1)
+    means = np.stack([np.bincount(inverse, weights=x[:, j], minlength=len(cells))
+                      for j in range(x.shape[1])], axis=1) / counts[:, None]
+    return means, counts.astype(np.float64)
+
+
 def kmeans_plusplus_weighted(x: np.ndarray, w: np.ndarray, k: int, seed: int) -> np.ndarray:
     """k-means++ seeding on weighted points (scikit-learn's, with sample weights)."""
     from sklearn.cluster import kmeans_plusplus

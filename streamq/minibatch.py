@@ -95,7 +95,8 @@ def step_limit(max_steps: int, max_epochs: float, n_items: int, batch_size: int,
     return limits[name], name
 
 
-def kmeans_start(x: np.ndarray, k: int, init: str, n_init: int, seed: int) -> np.ndarray:
+def kmeans_start(x: np.ndarray, k: int, init: str, n_init: int, seed: int,
+                 sample_weight: np.ndarray | None = None) -> np.ndarray:
     """Initial centres: scikit-learn ``KMeans`` (best of ``n_init`` starts) on a sample.
 
     Runs on one thread: ``KMeans`` sums in thread order, so one thread gives one result
@@ -106,7 +107,7 @@ def kmeans_start(x: np.ndarray, k: int, init: str, n_init: int, seed: int) -> np
 
     km = KMeans(n_clusters=k, init=init, n_init=n_init, random_state=seed)
     with threadpool_limits(1):
-        return km.fit(x).cluster_centers_
+        return km.fit(x, sample_weight=sample_weight).cluster_centers_
 
 
 def new_model(k: int, init: np.ndarray, batch_size: int, seed: int,

@@ -49,7 +49,7 @@ def test_kill_run_at_random_moments(src, tmp_path, sched):
     rng = random.Random(31 if sched == "threads" else 32)
     kills = 0
     for _ in range(4):
-        if run_and_kill(streamq_cmd("-q", "run", str(cfg)), rng.uniform(0.5, duration)) is None:
+        if run_and_kill(streamq_cmd("-q", "run", str(cfg)), rng.uniform(0.2, 0.75) * duration) is None:
             kills += 1
     assert kills >= 2
     done = subprocess.run(streamq_cmd("run", str(cfg)), capture_output=True, text=True)

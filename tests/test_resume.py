@@ -37,7 +37,7 @@ def test_kill_during_ingest_then_rerun(big_dir, tmp_path, sched):
     store = tmp_path / "killed.zarr"
     kills = 0
     for _ in range(3):  # several kills, each at a random moment, resuming in between
-        if run_and_kill(_ingest_cmd(big_dir, store, sched_arg), rng.uniform(0.3, duration)) is None:
+        if run_and_kill(_ingest_cmd(big_dir, store, sched_arg), rng.uniform(0.2, 0.8) * duration) is None:
             kills += 1
     assert kills >= 1
     done = subprocess.run(_ingest_cmd(big_dir, store, sched_arg), capture_output=True, text=True)
@@ -76,7 +76,7 @@ def test_kill_during_fit_then_rerun_is_bit_identical(fit_ready, tmp_path, algori
     kills = 0
     for _ in range(3):
         if run_and_kill(streamq_cmd("-q", "fit", str(killed), "--config", str(cfg)),
-                        rng.uniform(1.0, duration)) is None:
+                        rng.uniform(0.3, 0.8) * duration) is None:
             kills += 1
     assert kills >= 1
     done = subprocess.run(streamq_cmd("-q", "fit", str(killed), "--config", str(cfg)),
