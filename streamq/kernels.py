@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 
@@ -125,14 +127,15 @@ class LabelTable:
 
         self._lock = threading.Lock()  # tasks in threads share a table; misses fill it one at a time
 
-    def labels(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Labels (int32) and squared RGB error per pixel (int64) of ``(n, 3)`` uint8 pixels."""
+    def labels(self, rgb: np.ndarray, dtype: Any = np.int32) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (``dtype``) and squared RGB error per pixel (int32: at most 3 * 255**2) of
+        ``(n, 3)`` uint8 pixels."""
         from streamq.colorspace import to_space
 
         rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-        labels = np.empty(len(rgb), dtype=np.int32)
-        err = np.empty(len(rgb), dtype=np.int64)
-        misses = np.empty(len(rgb), dtype=np.int64)
+        labels = np.empty(len(rgb), dtype=dtype)
+        err = np.empty(len(rgb), dtype=np.int32)
+        misses = np.empty(len(rgb), dtype=np.int32)
         n_miss = _map_labels(rgb, self.lut, self.palette, labels, err, misses)
         if n_miss:
             idx = misses[:n_miss]
@@ -143,9 +146,9 @@ class LabelTable:
                 if len(new):
                     lab, _ = assign(to_space(codes_to_rgb(new), self.space), self.centers)
                     self.lut[new] = lab
-            again = np.empty(n_miss, dtype=np.int64)
-            sub_labels = np.empty(n_miss, dtype=np.int32)
-            sub_err = np.empty(n_miss, dtype=np.int64)
+            again = np.empty(n_miss, dtype=np.int32)
+            sub_labels = np.empty(n_miss, dtype=dtype)
+            sub_err = np.empty(n_miss, dtype=np.int32)
             if _map_labels(sub, self.lut, self.palette, sub_labels, sub_err, again):
                 raise RuntimeError("label table still misses colours after filling them")
             labels[idx] = sub_labels

@@ -74,13 +74,13 @@ def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
     lo = c * chunk
     hi = min(lo + chunk, pixels.shape[0])
     rgb = np.asarray(pixels[lo:hi])
-    labels, err = _table(args).labels(rgb)
     out = zarr.open_array(f"{store}/{LABELS}", mode="r+")
-    out[lo:hi] = labels.astype(out.dtype)
+    labels, err = _table(args).labels(rgb, out.dtype)
+    out[lo:hi] = labels
     sse = []
     for image_id, off, size in args["images"]:
         a, b = max(off, lo) - lo, min(off + size, hi) - lo
-        sse.append([int(image_id), int(err[a:b].sum())])
+        sse.append([int(image_id), int(err[a:b].sum(dtype=np.int64))])
     report = {"sse": sse, "pixels": int(hi - lo)}
     write_record(store, RECORDS, c, report)
     return report
