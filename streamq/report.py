@@ -593,9 +593,9 @@ def image_groups(ctx: Context) -> Section | None:
           f"palette histograms and colour moments (weighted {res.moments_weight:g})")
     body = (f"<p>{len(res.group):,} images in {res.groups} groups by their {esc(by)} over the "
             f"shared palette (K={res.k}); {res.steps:,} mini-batch step{'s' if res.steps != 1 else ''}, stopped: "
-            f"{esc(res.stop_reason)}. Each group shows up to "
-            f"{ctx.cfg.group_samples} of its images, the nearest to its centre first, above its "
-            "centre's palette histogram.</p>")
+            f"{esc(res.stop_reason)}. Each group: its centre as a palette histogram (colours by "
+            f"share), then up to {ctx.cfg.group_samples} of its images, the nearest to the centre "
+            "first.</p>")
     limit = ctx.cfg.max_groups
     blocks = []
     for g in range(min(res.groups, limit)):
