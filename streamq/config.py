@@ -221,6 +221,11 @@ class ReportConfig:
     top_labels: int = _opt(20, _at_least(1), "labels in the images-per-label chart")
     max_colors: int = _opt(256, _at_least(1), "palette swatches shown (most used first)")
     max_skipped: int = _opt(200, _at_least(0), "skipped inputs listed")
+    group_samples: int = _opt(8, _at_least(0),
+                              "images shown per image group, the nearest to its centre first")
+    group_labels: int = _opt(10, _at_least(1),
+                             "label columns of the groups x labels table; the rest make 'other'")
+    max_groups: int = _opt(50, _at_least(1), "image groups shown with their images")
 
 
 @dataclass(frozen=True)

@@ -267,6 +267,8 @@ def _select(coll: Collection, labels: list[str] | None, ids: list[int] | None) -
 
 def _check_out(out: str, st: Store) -> None:
     """Refuse an output folder that is, holds or sits inside the store or the source tree."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise StoreExistsError(f"output folder {out} is a file; choose a folder")
     real = os.path.realpath(out)
     for what, other in (("the store", st.path), ("the ingested source folder", st.section("ingest").get("root"))):
         if not other or "://" in other:

@@ -189,8 +189,10 @@ def save_grid(store: str | os.PathLike[str] | Collection, out: str | os.PathLike
         ax.axis("off")
     for ax, i in zip(axes.flat, ids, strict=False):
         ax.imshow(coll.read(i))
-        ax.set_title(coll.labels[i].replace("_", " ") or f"#{i}", fontsize=9)
+        # Labels are folder names: '$' in them is text, not matplotlib mathtext.
+        ax.set_title(coll.labels[i].replace("_", " ") or f"#{i}", fontsize=9, parse_math=False)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(os.fspath(out), dpi=100)
     plt.close(fig)
     return list(ids)

@@ -35,7 +35,7 @@ import numpy as np
 
 from streamq.config import ReportConfig, StreamQConfig, parse_config
 from streamq.console import timer
-from streamq.errors import ConfigError, StoreLayoutError
+from streamq.errors import ConfigError, StoreLayoutError, StreamQError
 from streamq.store import Collection, Store
 
 __all__ = ["SECTIONS", "Context", "ReportSummary", "Result", "Section", "report"]
@@ -256,6 +256,16 @@ def overview(ctx: Context) -> Section:
         rows.append([f"labels, {r.title}", r.state, what])
     if per and per.get("state") != "complete":
         rows.append(["per-image palettes", per.get("state"), "rerun `streamq fit --per-image`"])
+    groups = _groups_state(ctx)
+    if groups:
+        g_state = groups["state"]
+        what = (f"{groups['groups']} groups ({groups['descriptor']}, K={groups['k']})"
+                + (f", ARI {groups['ari']:.3f} / NMI {groups['nmi']:.3f} against the labels"
+                   if groups["ari"] is not None else "") if g_state == "complete"
+                else _groups_command(ctx, g_state))
+        rows.append(["image groups", g_state, what])
+        if g_state != "complete":
+            ctx.missing.append(f"image groups are {g_state}: {_groups_command(ctx, g_state)}.")
     if state != "complete":
         ctx.missing.append(f"ingest is not finished (state: {state}): run `streamq ingest` again; "
                            "nothing else can be shown yet.")
@@ -504,6 +514,128 @@ def quality(ctx: Context) -> Section | None:
     return Section("quality", "Image quality (PSNR)", body)
 
 
+def _groups_state(ctx: Context) -> dict[str, Any] | None:
+    """The groups section of the store as ``streamq info`` shows it (None when there is none)."""
+    from streamq.groups import summary_of
+
+    return summary_of(ctx.store)
+
+
+def _groups_command(ctx: Context, state: str) -> str:
+    """What makes the image groups complete (for a note)."""
+    shared = next((r for r in ctx.results if r.key == "shared"), None)
+    if shared is None:
+        return ("run `streamq fit STORE -k K` and `streamq quantize STORE`, then "
+                "`streamq cluster-images STORE --groups G`")
+    if not shared.ready:
+        return "run `streamq quantize STORE`, then `streamq cluster-images STORE`"
+    if state == "missing":
+        return "run `streamq cluster-images STORE --groups G`"
+    return "run `streamq cluster-images STORE`"
+
+
+def histogram_bar_html(palette: np.ndarray, shares: np.ndarray) -> str:
+    """A stacked bar of palette colours, each as wide as its share (largest first)."""
+    shares = np.clip(np.asarray(shares, dtype=np.float64), 0, None)
+    total = float(shares.sum())
+    if total > 0:
+        shares = shares / total
+    segments = []
+    for j in np.argsort(-shares, kind="stable"):
+        if shares[j] <= 0:
+            break
+        r, g, b = (int(v) for v in palette[j])
+        hexcode = f"#{r:02x}{g:02x}{b:02x}"
+        segments.append(f'<span class="seg" data-index="{int(j)}" data-hex="{hexcode}" '
+                        f'data-share="{float(shares[j])!r}" title="{hexcode} {shares[j]:.1%}" '
+                        f'style="width:{100 * shares[j]:.3f}%;background:{hexcode}"></span>')
+    return f'<div class="hbar">{"".join(segments)}</div>'
+
+
+def contingency_html(table: np.ndarray, names: Sequence[str], top: int) -> str:
+    """Groups x labels counts: the ``top`` labels with most images, the rest as one column."""
+    totals = table.sum(0)
+    order = np.argsort(-totals, kind="stable")  # most images first, label order on ties
+    shown, rest = order[:top], order[top:]
+    header = ["group", *[names[j] or "(none)" for j in shown]]
+    if len(rest):
+        header.append(f"other ({len(rest):,} labels)")
+    header.append("images")
+    rows: list[list[Any]] = []
+    for g, row in enumerate(table):
+        cells: list[Any] = [f"group {g}", *(int(row[j]) for j in shown)]
+        if len(rest):
+            cells.append(int(row[rest].sum()))
+        rows.append([*cells, int(row.sum())])
+    rows.append(["all groups", *(int(totals[j]) for j in shown),
+                 *([int(totals[rest].sum())] if len(rest) else []), int(totals.sum())])
+    return table_html(header, rows, "contingency")
+
+
+def image_groups(ctx: Context) -> Section | None:
+    """Images grouped by their colours: members per group, centres, overlap with the labels."""
+    if ctx.coll is None:
+        return None
+    title = "Image groups"
+    state = (_groups_state(ctx) or {}).get("state", "missing")
+    if state != "complete":
+        what = {"missing": "No image groups yet", "stale": "The image groups are stale (the "
+                "palette was refitted)"}.get(state, f"The image groups are {state} (interrupted)")
+        return Section("groups", title, ctx.note(f"{what}: {_groups_command(ctx, state)}."))
+    from streamq.groups import load_groups
+
+    shared = next((r for r in ctx.results if r.key == "shared"), None)
+    if shared is None or shared.shared_palette is None:  # a refit under way
+        return Section("groups", title, ctx.note(
+            f"The shared palette is not finished: {_groups_command(ctx, 'stale')}."))
+    res = load_groups(ctx.store.path)
+    by = ("palette histograms" if res.descriptor == "histogram" else
+          f"palette histograms and colour moments (weighted {res.moments_weight:g})")
+    body = (f"<p>{len(res.group):,} images in {res.groups} groups by their {esc(by)} over the "
+            f"shared palette (K={res.k}); {res.steps:,} mini-batch step{'s' if res.steps != 1 else ''}, stopped: "
+            f"{esc(res.stop_reason)}. Each group: its centre as a palette histogram (colours by "
+            f"share), then up to {ctx.cfg.group_samples} of its images, the nearest to the centre "
+            "first.</p>")
+    limit = ctx.cfg.max_groups
+    blocks = []
+    for g in range(min(res.groups, limit)):
+        members = res.members(g)
+        size = len(members)
+        figs = "".join(
+            f'<figure class="member" data-id="{int(i)}">'
+            + array_html(ctx.image(int(i), THUMB_SIDE), f"image {int(i)}, group {g}")
+            + f"<figcaption>#{int(i)} {esc(ctx.coll.labels[i])}</figcaption></figure>"
+            for i in members[:ctx.cfg.group_samples])
+        more = (f'<p class="note">{size - ctx.cfg.group_samples:,} more images.</p>'
+                if size > ctx.cfg.group_samples else "")
+        if not size:
+            figs = '<p class="note">No image is nearest to this centre.</p>'
+        blocks.append(f'<div class="group" data-group="{g}" data-size="{size}">'
+                      f"<h3>Group {g} · {size:,} image{'s' if size != 1 else ''}</h3>"
+                      + histogram_bar_html(shared.shared_palette, res.centers[g, :res.k])
+                      + f'<div class="members">{figs}</div>{more}</div>')
+    body += f'<div class="groups">{"".join(blocks)}</div>'
+    if res.groups > limit:
+        body += (f'<p class="note">{res.groups - limit:,} more groups not shown '
+                 f"(report.max_groups={limit}).</p>")
+    body += "<h3>Groups and labels</h3>"
+    if res.ari is None:
+        body += ("<p>The images have no labels (folder names), so the groups cannot be compared "
+                 "with them.</p>")
+    elif len(res.label_names) == 1:
+        body += (f"<p>Every image has the same label ({esc(res.label_names[0] or '(none)')}), "
+                 "so the groups cannot be compared with labels.</p>")
+    else:
+        names = res.label_names
+        body += (f'<p class="overlap">Adjusted Rand index <b class="ari" data-ari="{res.ari!r}">'
+                 f'{res.ari:.3f}</b>, normalised mutual information <b class="nmi" '
+                 f'data-nmi="{res.nmi!r}">{res.nmi:.3f}</b> between the groups and the '
+                 f"{len(names):,} image labels (1: the groups are the labels; an ARI near 0: "
+                 "no closer than a random grouping). Images per group and label:</p>")
+        body += contingency_html(res.contingency, names, ctx.cfg.group_labels)
+    return Section("groups", title, body)
+
+
 def run_facts(ctx: Context) -> Section:
     """Versions, configuration, seeds, timings per stage and the cluster each stage used."""
     from streamq.scheduler import library_versions
@@ -513,6 +645,7 @@ def run_facts(ctx: Context) -> Section:
               ("per_image", "per-image fit")]
     per = st.section("per_image")
     stages += [(f"per_image_quantize_k{k}", f"per-image labels K={k}") for k in per.get("colors") or []]
+    stages.append(("groups", "image groups"))
     rows, versions = [], {}
     for key, name in stages:
         sec = st.section(key)
@@ -544,7 +677,8 @@ def run_facts(ctx: Context) -> Section:
         ["created with streamq", meta.get("created_with")]], "facts")
     configs = [("ingest settings", st.section("ingest").get("settings")),
                ("fit configuration", st.section("fit").get("config")),
-               ("per-image configuration", per.get("config"))]
+               ("per-image configuration", per.get("config")),
+               ("image groups configuration", st.section("groups").get("config"))]
     for title, conf in configs:
         if conf:
             seed = f" (seed {conf['seed']})" if "seed" in conf else ""
@@ -556,7 +690,7 @@ def run_facts(ctx: Context) -> Section:
 #: The page, in order. A builder takes the :class:`Context` and returns a :class:`Section`
 #: (or ``None`` to leave it out); add a section by adding a builder here.
 SECTIONS: list[Callable[[Context], Section | None]] = [
-    overview, collection, palette, before_after, convergence, quality, run_facts]
+    overview, collection, palette, before_after, convergence, quality, image_groups, run_facts]
 
 
 # -- assembling the page -------------------------------------------------------------------------
@@ -685,11 +819,15 @@ def report(store: str | os.PathLike[str], out: str | os.PathLike[str] | None = N
         if section is not None:
             built.append(section)
     page = _page(st, built)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = out + ".partial"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(page)
-    os.replace(tmp, out)
+    try:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(page)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise StreamQError(f"cannot write the report {out}: {exc.strerror or exc}; choose "
+                           "another place for OUT") from exc
     summary = ReportSummary(out=out, bytes=len(page.encode()), sections=[s.title for s in built],
                             missing=ctx.missing, seconds=round(time.perf_counter() - started, 3))
     log.info("%s", summary)
@@ -711,6 +849,10 @@ th{background:#f5f5f5} img{max-width:100%;height:auto} img.thumb{image-rendering
 .pi-k{display:flex;align-items:center;gap:8px} .pi-k>span{width:46px;font-weight:bold}
 .missing{background:#fff3e0;border-left:4px solid #fb8c00;padding:6px 10px}
 .note{color:#666;font-size:12px} figcaption{color:#555;font-size:12px}
+.hbar{display:flex;height:14px;width:100%;max-width:640px;border:1px solid #0002;margin:4px 0}
+.hbar .seg{display:block;height:100%}
+.members{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start}
+.members figure{margin:2px 0;font-size:11px;max-width:100px;overflow-wrap:anywhere}
 .pairs{display:flex;flex-wrap:wrap;gap:8px 18px;align-items:flex-start} figure{margin:6px 0;max-width:100%}
 """
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import PER_PHOTO, PHOTOS
 from PIL import Image
 
 from streamq.examples import make_collection
@@ -106,6 +107,42 @@ def faces_store(faces_dir, tmp_path_factory, cluster_address) -> str:
 
     path = str(tmp_path_factory.mktemp("stores") / "faces.zarr")
     streamq.ingest(faces_dir, path, chunk_pixels=20_000, scheduler=cluster_address, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory) -> Path:
+    """Crops of four bundled photos (a quarter of their size, then half to all of that),
+    in one folder per photo: the folder (label) names the group an image belongs to."""
+    from streamq.examples import source_photos
+
+    root = tmp_path_factory.mktemp("photos")
+    photos = source_photos()
+    rng = np.random.default_rng(5)
+    for name in PHOTOS:
+        im = Image.fromarray(photos[name])
+        small = np.asarray(im.resize((im.width // 4, im.height // 4), Image.Resampling.BOX))
+        (root / name).mkdir()
+        ph, pw = small.shape[:2]
+        for j in range(PER_PHOTO):
+            h, w = int(rng.integers(ph // 2, ph + 1)), int(rng.integers(pw // 2, pw + 1))
+            y, x = int(rng.integers(0, ph - h + 1)), int(rng.integers(0, pw - w + 1))
+            Image.fromarray(small[y:y + h, x:x + w]).save(root / name / f"{name}_{j:04d}.jpg",
+                                                          quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def photo_store(photo_dir, tmp_path_factory, cluster_address) -> str:
+    """The photos ingested on the session cluster (small shards: images straddle them), a
+    12-colour palette and its labels. Tests that change it work on a copy."""
+    import streamq
+
+    path = str(tmp_path_factory.mktemp("groups") / "photos.zarr")
+    streamq.ingest(photo_dir, path, chunk_pixels=20_000, scheduler=cluster_address, progress=False)
+    streamq.fit(path, colors=12, max_steps=40, batch_size=4096, polish_size=100_000,
+                scheduler="threads")
+    streamq.quantize(path, scheduler=cluster_address, progress=False)
     return path
 
 

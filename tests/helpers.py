@@ -11,6 +11,10 @@ import time
 import numpy as np
 import zarr
 
+# The photo collection of the image-group tests (conftest: photo_dir, photo_store).
+PHOTOS = ("China_Temple", "Coffee", "Flower", "Rocket")  # distinct colours, by construction
+PER_PHOTO = 12
+
 
 def store_content(path) -> dict[str, np.ndarray]:
     """Every array of a store's finished collection, for equality checks."""

@@ -17,12 +17,20 @@ def runner():
     return CliRunner()
 
 
+PIPELINE = ["example", "ingest", "info", "fit", "quantize", "cluster-images", "export", "report",
+            "run", "unlock"]
+
+
 def test_help_lists_commands_in_pipeline_order(runner):
     result = runner.invoke(cli, ["--help"])
     assert result.exit_code == 0
-    order = [result.output.index(f"  {c} ") for c in ("example", "ingest", "info")]
-    assert order == sorted(order)
-    for cmd in ("example", "ingest", "info"):
+    listing = result.output.split("Commands:\n", 1)[1].strip().splitlines()
+    assert [line.split()[0] for line in listing] == PIPELINE  # every command, in this order
+    for line in listing:  # each with a whole one-line description
+        name, text = line.split(None, 1)
+        assert text.endswith(".")
+        assert "..." not in text
+    for cmd in PIPELINE:
         sub = runner.invoke(cli, [cmd, "--help"])
         assert sub.exit_code == 0
         assert "Usage:" in sub.output
@@ -101,3 +109,73 @@ def test_example_command(runner, tmp_path):
         assert f.name.startswith(f.parent.name + "_")
         with Image.open(f) as im:
             assert im.size == (64, 64)
+
+
+def test_grid_titles_with_dollar_signs(runner, tmp_path):
+    """Labels are folder names: '$' in them is text (matplotlib mathtext would fail on some)."""
+    from sklearn.datasets import load_sample_image
+
+    photo = load_sample_image("china.jpg")
+    labels = ["Price_$5", "a$b^c$_x", "bad$^$math", r"x$\frac$"]
+    for n, label in enumerate(labels):
+        (tmp_path / "src" / label).mkdir(parents=True)
+        Image.fromarray(photo[50 * n: 50 * n + 40, :48]).save(tmp_path / "src" / label / "a.png")
+    store = str(tmp_path / "s.zarr")
+    assert runner.invoke(cli, ["ingest", str(tmp_path / "src"), store, "--scheduler", "threads"]).exit_code == 0
+    grid = tmp_path / "new" / "grid.png"  # a new folder too
+    result = runner.invoke(cli, ["info", store, "--grid", str(grid), "--grid-shape", "1x4"])
+    assert result.exit_code == 0, result.output
+    with Image.open(grid) as im:
+        assert im.size == (880, 260)
+
+
+def test_unexpected_errors_are_one_line_unless_vv(runner, faces_store, tmp_path):
+    import shutil
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(faces_store, store)
+    for chunk in (store / "pixels" / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.write_bytes(b"not a chunk")  # a damaged store
+    result = runner.invoke(cli, ["info", str(store), "--grid", str(tmp_path / "g.png")])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: unexpected ")
+    assert result.output.rstrip().endswith("(a damaged store or a bug: rerun with -vv for the traceback)")
+    assert result.output.strip().count("\n") == 0
+    result = runner.invoke(cli, ["-vv", "info", str(store), "--grid", str(tmp_path / "g.png")])
+    assert result.exit_code == 1
+    assert result.exception is not None
+    assert not isinstance(result.exception, SystemExit)  # the traceback, as asked
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["report", "{missing}", "{tmp}/r.html"], "does not exist (expected a streamq store)"),
+    (["report", "{faces}", "/proc/streamq-report.html"], "cannot write the report"),
+    (["cluster-images", "{missing}"], "does not exist (expected a streamq store)"),
+    (["cluster-images", "{faces}", "-g", "2"], "has no shared palette; run `streamq fit` and "
+                                               "`streamq quantize` first"),
+    (["export", "{photos}", "{tmp}/afile", "--scheduler", "threads"], "output folder {tmp}/afile is a file; choose a folder"),
+    (["info", "{missing}"], "does not exist"),
+])
+def test_command_errors_are_one_line(runner, faces_store, photo_store, tmp_path, args, message):
+    (tmp_path / "afile").write_text("x")
+    fill = {"missing": str(tmp_path / "missing.zarr"), "tmp": str(tmp_path), "faces": faces_store,
+            "photos": photo_store}
+    result = runner.invoke(cli, [a.format(**fill) for a in args])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: ")
+    assert message.format(**fill) in result.output
+    assert result.output.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["example", "{tmp}/ex", "--size", "0"], "Invalid value for '--size': 0 is not in the range x>=1"),
+    (["example", "{tmp}/ex", "-n", "0"], "0 is not in the range x>=1"),
+    (["info", "{faces}", "--top", "0"], "Invalid value for '--top'"),
+])
+def test_bad_flags_are_usage_errors(runner, faces_store, tmp_path, args, message):
+    fill = {"tmp": str(tmp_path), "faces": faces_store}
+    result = runner.invoke(cli, [a.format(**fill) for a in args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -12,57 +12,20 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from helpers import run_and_kill, streamq_cmd
-from PIL import Image
+from helpers import PER_PHOTO, PHOTOS, run_and_kill, streamq_cmd
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 import streamq
 from streamq.cli.main import cli
 from streamq.errors import ConfigError, StoreMismatchError, StreamQError
 
-PHOTOS = ("China_Temple", "Coffee", "Flower", "Rocket")  # distinct colours, by construction
-PER_PHOTO = 12
 SMALL = {"rows_per_chunk": 8, "pixels_per_task": 30_000}  # several tasks over straddling images
 
 
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory):
-    """Crops of four bundled photos (a quarter of their size, then half to all of that),
-    in one folder per photo: the folder (label) names the group an image belongs to."""
-    from streamq.examples import source_photos
-
-    root = tmp_path_factory.mktemp("photos")
-    photos = source_photos()
-    rng = np.random.default_rng(5)
-    for name in PHOTOS:
-        im = Image.fromarray(photos[name])
-        small = np.asarray(im.resize((im.width // 4, im.height // 4), Image.Resampling.BOX))
-        (root / name).mkdir()
-        ph, pw = small.shape[:2]
-        for j in range(PER_PHOTO):
-            h, w = int(rng.integers(ph // 2, ph + 1)), int(rng.integers(pw // 2, pw + 1))
-            y, x = int(rng.integers(0, ph - h + 1)), int(rng.integers(0, pw - w + 1))
-            Image.fromarray(small[y:y + h, x:x + w]).save(root / name / f"{name}_{j:04d}.jpg",
-                                                          quality=90)
-    return root
-
-
-@pytest.fixture(scope="module")
-def quantized(photo_dir, tmp_path_factory, cluster_address):
-    """Ingested on the session cluster (small shards: images straddle them), a 12-colour
-    palette and its labels."""
-    path = str(tmp_path_factory.mktemp("groups") / "photos.zarr")
-    streamq.ingest(photo_dir, path, chunk_pixels=20_000, scheduler=cluster_address, progress=False)
-    streamq.fit(path, colors=12, max_steps=40, batch_size=4096, polish_size=100_000,
-                scheduler="threads")
-    streamq.quantize(path, scheduler=cluster_address, progress=False)
-    return path
-
-
 @pytest.fixture
-def store(quantized, tmp_path):
+def store(photo_store, tmp_path):
     dst = tmp_path / "s.zarr"
-    shutil.copytree(quantized, dst)
+    shutil.copytree(photo_store, dst)
     return str(dst)
 
 
@@ -126,12 +89,12 @@ def test_descriptors_and_assignment_equal_numpy(store, cluster_address):
     np.testing.assert_array_equal(res.sizes, np.bincount(res.group, minlength=3))
 
 
-def test_same_seed_same_groups_whatever_the_scheduler(quantized, tmp_path, cluster_address):
+def test_same_seed_same_groups_whatever_the_scheduler(photo_store, tmp_path, cluster_address):
     kw = dict(groups=4, batch_size=16, max_steps=40, tol=1e-12, seed=3, **SMALL)
     out = {}
     for sched in ("threads", cluster_address):
         dst = tmp_path / f"{len(out)}.zarr"
-        shutil.copytree(quantized, dst)
+        shutil.copytree(photo_store, dst)
         out[sched] = streamq.cluster_images(str(dst), scheduler=sched, **kw)
     a, b = out.values()
     assert a.steps == b.steps == 40
@@ -143,15 +106,15 @@ def test_same_seed_same_groups_whatever_the_scheduler(quantized, tmp_path, clust
     np.testing.assert_array_equal(ha, hb)
 
 
-def test_kill_then_rerun_gives_the_same_groups(quantized, tmp_path):
+def test_kill_then_rerun_gives_the_same_groups(photo_store, tmp_path):
     cfg = tmp_path / "groups.yaml"
     cfg.write_text("dask:\n  scheduler: threads\n"
                    "cluster_images:\n  groups: 4\n  descriptor: histogram+moments\n"
                    "  batch_size: 8\n  max_steps: 120\n  max_epochs: 100\n  tol: 1.0e-12\n  rows_per_chunk: 8\n"
                    "  pixels_per_task: 30000\n  checkpoint_steps: 7\n")
     ref, killed = tmp_path / "ref.zarr", tmp_path / "killed.zarr"
-    shutil.copytree(quantized, ref)
-    shutil.copytree(quantized, killed)
+    shutil.copytree(photo_store, ref)
+    shutil.copytree(photo_store, killed)
     t0 = time.monotonic()
     subprocess.run(streamq_cmd("-q", "cluster-images", str(ref), "--config", str(cfg)), check=True)
     duration = time.monotonic() - t0

@@ -72,6 +72,15 @@ def lloyd_store(evil_dir, tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def groups_store(photo_store, tmp_path_factory):
+    """The photo collection (12-colour palette, quantized) grouped into 4 image groups."""
+    path = str(tmp_path_factory.mktemp("rep") / "groups.zarr")
+    shutil.copytree(photo_store, path)
+    streamq.cluster_images(path, groups=4, scheduler="threads", rows_per_chunk=8)
+    return path
+
+
 # -- the browser -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser():
@@ -142,7 +151,7 @@ def test_ingest_only(faces_store, browser, tmp_path):
     assert any("no palette yet" in m for m in summary.missing)
     with opened(browser, out, tmp_path / "ingest.png") as page:
         assert _data(page, "section", "id") == ["overview", "collection", "palette", "samples",
-                                                 "convergence", "quality", "run"]
+                                                 "convergence", "quality", "groups", "run"]
         overview = page.inner_text("#overview")
         assert "48 images" in overview
         assert "streamq fit STORE -k K" in overview
@@ -151,6 +160,8 @@ def test_ingest_only(faces_store, browser, tmp_path):
         assert len(ids) == 8
         assert ids == sorted(set(ids))
         assert "computed by `streamq quantize STORE`" in page.inner_text("#quality")
+        assert ("No image groups yet: run `streamq fit STORE -k K` and `streamq quantize STORE`, "
+                "then `streamq cluster-images STORE --groups G`.") in page.inner_text("#groups")
         coll = streamq.open_store(faces_store)
         counts = {lab: coll.labels.count(lab) for lab in set(coll.labels)}
         rows = [r.split("\t") for r in _texts(page, "table.labels tbody tr")]
@@ -196,6 +207,9 @@ def test_shared_palette_matches_store(shared_store, browser, tmp_path):
 
         assert f"scikit-learn\t{sklearn.__version__}" in facts
         assert "seed\t0" in facts
+        assert "No image groups yet: run `streamq cluster-images STORE --groups G`." in \
+            page.inner_text("#groups")
+        assert page.query_selector_all(".group") == []
     # the same seed shows the same images, another seed others (built with one section only)
     from streamq.report import before_after
 
@@ -282,13 +296,124 @@ def test_stale_labels_after_a_refit(shared_store, browser, tmp_path):
         assert page.query_selector_all(".worst") == []
 
 
-def test_reads_only_the_images_it_shows(shared_store, tmp_path):
-    """Every pixel and label shard of images not shown is made unreadable: the report works."""
-    path = tmp_path / "s.zarr"
-    shutil.copytree(shared_store, path)
+def _groups_reference(store):
+    """Groups x labels counts by a plain loop over ``groups/images/group`` and ``images/label``."""
+    g = zarr.open_group(store, mode="r")
+    group = np.asarray(g["groups/images/group"][:])
+    labels = [str(x) for x in g["images/label"][:]]
+    names = sorted(set(labels))
+    table = np.zeros((g["groups/centers"].shape[0], len(names)), dtype=np.int64)
+    for gi, lab in zip(group, labels, strict=True):
+        table[gi, names.index(lab)] += 1
+    return group, labels, names, table
+
+
+def _png_of(src):
+    """The pixels of a ``data:image/png;base64,...`` URI."""
+    import base64
+    import io
+
+    head, data = src.split(",", 1)
+    assert head == "data:image/png;base64"
+    with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_image_groups_section(groups_store, browser, tmp_path):
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    out = tmp_path / "groups.html"
+    summary = streamq.report(groups_store, out, samples=2, worst=1, group_samples=3,
+                             group_labels=2)
+    assert summary.missing == []
+    assert "Image groups" in summary.sections
+    g = zarr.open_group(groups_store, mode="r")
+    group, labels, names, table = _groups_reference(groups_store)
+    distance = np.asarray(g["groups/images/distance"][:])
+    centers = np.asarray(g["groups/centers"][:])
+    stored = g.attrs["groups"]["summary"]
+    k = g.attrs["groups"]["k"]
+    pal = np.stack([np.asarray(g[f"fit/palette/{c}"][:]) for c in "rgb"], 1)
+    coll = streamq.open_store(groups_store)
+    with opened(browser, out, tmp_path / "groups.png") as page:  # every image loads
+        assert "image groups\tcomplete\t4 groups (histogram, K=12)" in page.inner_text("#overview")
+        blocks = page.query_selector_all("#groups .group")
+        assert [int(b.get_attribute("data-group")) for b in blocks] == [0, 1, 2, 3]
+        for block in blocks:
+            gi = int(block.get_attribute("data-group"))
+            members = np.flatnonzero(group == gi)
+            assert int(block.get_attribute("data-size")) == len(members)
+            assert f"Group {gi} · {len(members)} images" in block.inner_text()
+            # up to 3 members, nearest to the centre first; each thumbnail is that image
+            shown = block.eval_on_selector_all(
+                "figure.member", "els => els.map(e => [Number(e.dataset.id), "
+                "e.querySelector('img').src, e.querySelector('figcaption').innerText])")
+            ids = [i for i, _, _ in shown]
+            assert ids == sorted(members.tolist(), key=lambda i: (distance[i], i))[:3]
+            assert all(group[i] == gi for i in ids)
+            for i, src, caption in shown:
+                img = coll.read(i)
+                step = -(-max(img.shape[:2]) // 96)
+                np.testing.assert_array_equal(_png_of(src), img[::step, ::step])
+                assert caption == f"#{i} {labels[i]}"
+            # the centre as a palette histogram: colours by share, largest first
+            segs = block.eval_on_selector_all(
+                ".hbar .seg", "els => els.map(e => [e.dataset.hex, Number(e.dataset.share)])")
+            share = np.clip(centers[gi, :k], 0, None) / np.clip(centers[gi, :k], 0, None).sum()
+            order = [j for j in sorted(range(k), key=lambda j: (-share[j], j)) if share[j] > 0]
+            assert [h for h, _ in segs] == ["#{:02x}{:02x}{:02x}".format(*pal[j]) for j in order]
+            np.testing.assert_allclose([v for _, v in segs], share[order], rtol=1e-12)
+        # overlap with the labels: the stored scores, equal to sklearn's on the stored arrays
+        ari = float(page.get_attribute("#groups .ari", "data-ari"))
+        nmi = float(page.get_attribute("#groups .nmi", "data-nmi"))
+        assert (ari, nmi) == (stored["ari"], stored["nmi"])
+        assert ari == pytest.approx(adjusted_rand_score(labels, group), abs=1e-12)
+        assert nmi == pytest.approx(normalized_mutual_info_score(labels, group), abs=1e-12)
+        assert ari > 0.9
+        # groups x the 2 labels with most images (name order on ties) + other + total
+        top = sorted(range(len(names)), key=lambda j: (-table[:, j].sum(), j))[:2]
+        rest = [j for j in range(len(names)) if j not in top]
+        assert _texts(page, "table.contingency thead th") == [
+            "group", *[names[j] for j in top], f"other ({len(rest)} labels)", "images"]
+        rows = [r.split("\t") for r in _texts(page, "table.contingency tbody tr")]
+        expect = [[f"group {gi}", *(str(table[gi, j]) for j in top),
+                   str(table[gi, rest].sum()), str(table[gi].sum())] for gi in range(4)]
+        expect.append(["all groups", *(str(table[:, j].sum()) for j in top),
+                       str(table[:, rest].sum()), str(len(group))])
+        assert rows == expect
+        assert "image groups" in page.inner_text("#run")
+    # with room for every label: one column each, no "other"
+    streamq.report(groups_store, out, samples=1, worst=0, group_samples=0)
+    with opened(browser, out, tmp_path / "groups2.png") as page:
+        assert page.query_selector_all("figure.member") == []
+        assert _texts(page, "table.contingency thead th") == ["group", *names, "images"]
+        rows = [r.split("\t") for r in _texts(page, "table.contingency tbody tr")]
+        assert [[int(v) for v in r[1:-1]] for r in rows[:-1]] == table.tolist()
+
+
+def test_image_groups_stale_after_a_refit(groups_store, tmp_path):
+    path = str(tmp_path / "g.zarr")
+    shutil.copytree(groups_store, path)
+    streamq.fit(path, colors=6, max_steps=10, polish_size=0, scheduler="threads", overwrite=True)
+    out = tmp_path / "stale.html"
+    summary = streamq.report(path, out, samples=1, worst=0)
+    step = "run `streamq quantize STORE`, then `streamq cluster-images STORE`"
+    assert f"image groups are stale: {step}." in summary.missing
+    text = out.read_text()
+    assert f"The image groups are stale (the palette was refitted): {step}." in text
+    assert 'class="group"' not in text
+    streamq.quantize(path, scheduler="threads")
+    summary = streamq.report(path, out, samples=1, worst=0)
+    assert summary.missing == ["image groups are stale: run `streamq cluster-images STORE`."]
+    streamq.cluster_images(path, groups=4, scheduler="threads")
+    assert streamq.report(path, out, samples=1, worst=0).missing == []
+    assert out.read_text().count('class="group"') == 4
+
+
+def _damage_all_but(path, shown):
+    """Make every pixel and label shard unreadable except those of the images ``shown``;
+    return {(array, shard): file} of all of them."""
     coll = streamq.open_store(path)
-    psnr = np.asarray(zarr.open_group(str(path), mode="r")["quantize/images/psnr"][:])
-    shown = {3, 17} | set(_worst_reference(psnr, 2))
     shard, _ = coll.store.pixel_layout()
     needed = set()
     for i in shown:
@@ -305,12 +430,35 @@ def test_reads_only_the_images_it_shows(shared_store, tmp_path):
     for (_, c), p in files.items():
         if c not in needed:
             p.write_bytes(b"not a chunk")
+    return {key: p for key, p in files.items() if key[1] in needed}
+
+
+def test_reads_only_the_images_it_shows(shared_store, tmp_path):
+    """Every pixel and label shard of images not shown is made unreadable: the report works."""
+    path = tmp_path / "s.zarr"
+    shutil.copytree(shared_store, path)
+    psnr = np.asarray(zarr.open_group(str(path), mode="r")["quantize/images/psnr"][:])
+    kept = _damage_all_but(path, {3, 17} | set(_worst_reference(psnr, 2)))
     summary = streamq.report(path, tmp_path / "r.html", ids=[3, 17], worst=2)
     assert summary.missing == []
     # and the corruption is real: damaging a shown image's shard breaks the report
-    files[("pixels", min(needed))].write_bytes(b"not a chunk")
+    kept[min(k for k in kept if k[0] == "pixels")].write_bytes(b"not a chunk")
     with pytest.raises(Exception):  # noqa: B017, PT011 (zarr's codec error)
         streamq.report(path, tmp_path / "r2.html", ids=[3, 17], worst=2)
+
+
+def test_image_groups_read_only_the_images_shown(groups_store, tmp_path):
+    """The groups section reads the pixels of the members it shows, and no other."""
+    path = tmp_path / "g.zarr"
+    shutil.copytree(groups_store, path)
+    res = streamq.load_groups(str(path))
+    shown = {int(res.members(g)[0]) for g in range(res.groups)}
+    _damage_all_but(path, shown | {0})
+    summary = streamq.report(path, tmp_path / "r.html", ids=[0], samples=1, worst=0,
+                             group_samples=1)
+    assert summary.missing == []
+    text = (tmp_path / "r.html").read_text()
+    assert text.count('class="member"') == res.groups
 
 
 @pytest.mark.parametrize(("h", "w", "side"), [(2100, 2000, 320), (30, 50, 320), (301, 7, 96)])

@@ -27,25 +27,45 @@ from streamq.errors import StreamQError
 log = logging.getLogger("streamq.cli")
 
 
+#: ``streamq --help`` lists the commands in this order: the pipeline, then the helpers.
+ORDER = ["example", "ingest", "info", "fit", "quantize", "cluster-images", "export", "report",
+         "run", "unlock"]
+
+
 class _Ordered(click.Group):
-    """Keep commands in the order they were added (pipeline order) in ``--help``."""
+    """List commands in pipeline order (:data:`ORDER`, then any other) in ``--help``."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)
+        known = [c for c in ORDER if c in self.commands]
+        return known + [c for c in self.commands if c not in known]
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn streamq errors into one line on stderr and exit status 1 (traceback at -vv)."""
+    """Turn errors into one line on stderr and exit status 1 (the traceback at -vv).
+
+    streamq's own errors and OS errors say what to fix; anything else is unexpected (a
+    damaged store, a bug): its one line says so and how to see the traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
         try:
             return fn(*args, **kwargs)
-        except (StreamQError, OSError) as exc:
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
             if ctx.obj and ctx.obj.get("verbosity", 0) >= 2:
                 raise
-            click.echo(f"error: {exc}", err=True)
+            if isinstance(exc, StreamQError | OSError):
+                click.echo(f"error: {_one_line(exc)}", err=True)
+            else:
+                click.echo(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (a damaged "
+                           "store or a bug: rerun with -vv for the traceback)", err=True)
             ctx.exit(1)
 
     return wrapper
@@ -60,7 +80,8 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
     """Colour quantization of image collections larger than memory.
 
     Pipeline: ingest -> fit -> quantize -> [cluster-images] -> export (or all of them:
-    run CONFIG.yaml); info and report (an HTML page) look at a store.
+    run CONFIG.yaml); info and report (an HTML page) look at a store. Tutorial:
+    docs/tutorial.md.
     """
     from streamq.console import set_log_level
 
@@ -73,11 +94,13 @@ def _progress(ctx: click.Context, flag: bool | None) -> bool | None:
     return False if ctx.obj["quiet"] else flag
 
 
-@cli.command("example")
+@cli.command("example", short_help="Write an LFW-shaped example folder of photo crops.")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("-n", "--images", "n_images", default=60, show_default=True, help="Number of images.")
+@click.option("-n", "--images", "n_images", type=click.IntRange(min=1), default=60,
+              show_default=True, help="Number of images.")
 @click.option("--seed", default=0, show_default=True, help="Random seed of the crops.")
-@click.option("--size", type=int, default=None, help="Fixed square size (LFW: 250); default mixed sizes.")
+@click.option("--size", type=click.IntRange(min=1), default=None,
+              help="Fixed square size (LFW: 250); default mixed sizes.")
 @_handle_errors
 def example_cmd(out: str, n_images: int, seed: int, size: int | None) -> None:
     """Write an LFW-shaped example folder cut from photos bundled with installed packages."""
@@ -88,7 +111,7 @@ def example_cmd(out: str, n_images: int, seed: int, size: int | None) -> None:
     click.echo(f"wrote {len(paths)} images of {len(names)} names under {out}")
 
 
-@cli.command("ingest")
+@cli.command("ingest", short_help="Decode a folder of images into a Zarr store.")
 @click.argument("src", required=False)
 @click.argument("store", required=False)
 @config_opt
@@ -129,7 +152,7 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
         ctx.exit(3)
 
 
-@cli.command("fit")
+@cli.command("fit", short_help="Learn a K-colour palette (or one per image).")
 @click.argument("store", required=False)
 @config_opt
 @scheduler_opt
@@ -202,7 +225,7 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
         click.echo(str(result))
 
 
-@cli.command("quantize")
+@cli.command("quantize", short_help="Label every pixel with its nearest palette colour.")
 @click.argument("store", required=False)
 @config_opt
 @scheduler_opt
@@ -235,7 +258,7 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
         click.echo("\n".join(map(str, summaries)))
 
 
-@cli.command("cluster-images")
+@cli.command("cluster-images", short_help="Group the images by their palette histograms.")
 @click.argument("store", required=False)
 @config_opt
 @scheduler_opt
@@ -281,7 +304,7 @@ def cluster_images_cmd(ctx: click.Context, store: str | None, config_path: str |
         click.echo(str(result))
 
 
-@cli.command("export")
+@cli.command("export", short_help="Write the quantized images as image files.")
 @click.argument("store", required=False)
 @click.argument("out", required=False)
 @config_opt
@@ -323,7 +346,7 @@ def export_cmd(ctx: click.Context, store: str | None, out: str | None, config_pa
         click.echo(str(summary))
 
 
-@cli.command("run")
+@cli.command("run", short_help="Run every stage from one YAML configuration.")
 @click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
 @scheduler_opt
 @overwrite_opt
@@ -348,10 +371,11 @@ def run_cmd(ctx: click.Context, config_path: str, scheduler: str | None, overwri
         click.echo(str(report))
 
 
-@cli.command("info")
+@cli.command("info", short_help="Show what a store holds; a grid of samples.")
 @click.argument("store")
 @json_opt
-@click.option("--top", default=10, show_default=True, help="How many labels and shapes to list.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
+              help="How many labels and shapes to list.")
 @click.option("--grid", type=click.Path(dir_okay=False), default=None,
               help="Write a grid of sample images titled with their labels to this PNG.")
 @click.option("--grid-shape", default="2x5", show_default=True, help="Grid rows x columns.")
@@ -379,7 +403,7 @@ def info_cmd(store: str, as_json: bool, top: int, grid: str | None, grid_shape: 
     click.echo(json.dumps(info, indent=2) if as_json else format_info(info))
 
 
-@cli.command("report")
+@cli.command("report", short_help="Write a one-file HTML report of a store.")
 @click.argument("store", required=False)
 @click.argument("out", required=False)
 @config_opt
@@ -413,7 +437,9 @@ def report_cmd(ctx: click.Context, store: str | None, out: str | None, config_pa
         click.echo(json.dumps(summary.to_dict(), indent=2))
     elif not ctx.obj["quiet"]:
         click.echo(str(summary))
-@cli.command("unlock")
+
+
+@cli.command("unlock", short_help="Remove the write lock of a job that is gone.")
 @click.argument("store")
 @click.option("--force", is_flag=True,
               help="Also remove a lock whose owner runs on another host and still sends heartbeats.")
