@@ -111,15 +111,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           "written |", "|---|" + "---|" * len(args.workers) + "---|---|"]
     extrap: dict[str, Any] = {}
     for s, m in base.items():
-        if s == "fit":  # sampling bounds the fit: its time does not grow with the collection
+        if s == "fit":  # sampling bounds the fit: its time and tasks do not grow with the collection
             times = [max(m["wall_s"])] * len(args.workers)
+            tasks, written = float(max(m["tasks"])), 0.0
         else:
             times = [m["fixed_s"] + m["worker_s_per_mpx"] * total_mpx / n for n in args.workers]
-        tasks = m["tasks_per_gpx"] * total_mpx / 1e3
-        written = m["written_bytes_per_mpx"] * total_mpx
+            tasks = m["tasks_per_gpx"] * total_mpx / 1e3
+            written = m["written_bytes_per_mpx"] * total_mpx
         extrap[s] = {"seconds": dict(zip(args.workers, times, strict=True)), "tasks": tasks,
                      "written_bytes": written}
-        ex.append(f"| {s} | " + " | ".join(f"{t / 3600:.1f} h" for t in times)
+        ex.append(f"| {s} | " + " | ".join(f"{t / 3600:.2f} h" for t in times)
                   + f" | {tasks:,.0f} | {written / 1e12:.1f} TB |")
     print(table)
     print()
