@@ -9,6 +9,7 @@ from streamq._version import __version__
 from streamq.config import StreamQConfig, load_config
 from streamq.errors import (
     ConfigError,
+    StoreError,
     StoreExistsError,
     StoreLayoutError,
     StoreLockedError,
@@ -38,6 +39,7 @@ __all__ = [
     "ImageGroups",
     "ConfigError",
     "IngestSummary",
+    "StoreError",
     "StoreExistsError",
     "StoreLayoutError",
     "StoreLockedError",

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from streamq.fs import Location
+
 __all__ = ["PixelSource", "draw_pixels", "draw_sample", "draw_task"]
 
 STREAM_INIT = 0
@@ -33,17 +35,19 @@ SAMPLE_PER_READ = 1_024  # pixels taken from each block read by the init/validat
 
 @dataclass(frozen=True)
 class PixelSource:
-    """Where the valid pixels of a collection are: runs of stored images in ``pixels``."""
+    """Where the valid pixels of a collection are: runs of stored images in ``pixels`` (or
+    the rows of another array of the store, ``array``)."""
 
-    pixels_path: str
+    store: Location  # the store (tasks open it themselves)
     chunk: int
     run_start: np.ndarray  # int64, sorted, disjoint runs [start, stop) of valid pixels
     run_stop: np.ndarray
     weights: np.ndarray  # float64 per chunk: valid pixels in it
+    array: str = "pixels"  # the array read, inside the store
 
     @classmethod
-    def from_images(cls, pixels_path: str, chunk: int, n_chunks: int,
-                    offsets: np.ndarray, sizes: np.ndarray) -> PixelSource:
+    def from_images(cls, store: Location, chunk: int, n_chunks: int,
+                    offsets: np.ndarray, sizes: np.ndarray, array: str = "pixels") -> PixelSource:
         order = np.argsort(offsets, kind="stable")
         starts, stops = offsets[order].astype(np.int64), (offsets + sizes)[order].astype(np.int64)
         keep = stops > starts
@@ -59,14 +63,14 @@ class PixelSource:
             c0, c1 = a // chunk, (b - 1) // chunk
             for c in range(c0, c1 + 1):
                 weights[c] += min(b, (c + 1) * chunk) - max(a, c * chunk)
-        return cls(pixels_path, chunk, run_start, run_stop, weights)
+        return cls(store, chunk, run_start, run_stop, weights, array)
 
     @classmethod
-    def whole(cls, path: str, chunk: int, n_rows: int) -> PixelSource:
-        """Every row of an array of ``n_rows`` rows read in chunks of ``chunk`` rows."""
+    def whole(cls, store: Location, array: str, chunk: int, n_rows: int) -> PixelSource:
+        """Every row of ``array`` (``n_rows`` rows) of ``store``, read in chunks of ``chunk`` rows."""
         n_chunks = max(1, -(-n_rows // chunk))
-        return cls.from_images(path, chunk, n_chunks, np.zeros(1, np.int64),
-                               np.full(1, n_rows, np.int64))
+        return cls.from_images(store, chunk, n_chunks, np.zeros(1, np.int64),
+                               np.full(1, n_rows, np.int64), array)
 
     @property
     def n_valid(self) -> int:
@@ -109,7 +113,7 @@ def draw_pixels(source: PixelSource, seed: int, stream: int, index: int, n: int,
     :func:`chunk_picks`, takes an equal share of the pixels from each pick, uniformly among
     the chunk's valid pixels, and returns them shuffled.
     """
-    import zarr
+    from streamq.store import open_array
 
     per_block = draws_per_round(source, reads)
     block, pos = divmod(index, per_block)
@@ -118,7 +122,7 @@ def draw_pixels(source: PixelSource, seed: int, stream: int, index: int, n: int,
     rng = np.random.default_rng([seed, stream, index])
     share = np.full(len(slots), n // len(slots))
     share[: n % len(slots)] += 1
-    arr = zarr.open_array(source.pixels_path, mode="r")
+    arr = open_array(source.store, source.array)
     parts = []
     for c in np.unique(slots):
         m = int(share[slots == c].sum())

@@ -6,7 +6,8 @@ A checkpoint holds every attribute that ``MiniBatchKMeans.partial_fit`` reads or
 state, ...), found generically from the estimator's ``__dict__``, plus the caller's
 cursor and history. Arrays are stored as base64 of their raw bytes with dtype and shape,
 so a restored estimator continues bit for bit. The checkpoint is one element of a Zarr
-string array: one key, written atomically by the store (temporary file, then rename);
+string array: one key, written atomically by the store (temporary file, then rename; on S3
+one PUT);
 :func:`read_checkpoint` / :func:`write_checkpoint` / :func:`clear_checkpoint` handle that slot.
 """
 
@@ -107,10 +108,8 @@ def read_checkpoint(st: Store, name: str, fingerprint: str, what: str) -> dict[s
 
     A checkpoint of another ``fingerprint`` (other data or parameters) is refused.
     """
-    import zarr
-
     if not st.has(name):
-        zarr.create_array(st.path, name=name, shape=(1,), chunks=(1,), dtype=str, overwrite=True)
+        st.create_array(name, shape=(1,), chunks=(1,), dtype=str)
         return None
     text = st.group[name][0]
     if not text:
@@ -124,7 +123,8 @@ def read_checkpoint(st: Store, name: str, fingerprint: str, what: str) -> dict[s
 
 
 def write_checkpoint(st: Store, name: str, state: dict[str, Any]) -> None:
-    """Replace the checkpoint in slot ``name`` (one key, written atomically)."""
+    """Replace the checkpoint in slot ``name`` (one key, written atomically: a temporary file
+    renamed locally, one PUT on S3)."""
     st.group[name][0] = encode_state(state)
 
 

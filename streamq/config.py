@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from streamq.errors import ConfigError
+from streamq.fs import looks_like_url
 
 __all__ = [
     "ClusterImagesConfig",
@@ -200,7 +201,7 @@ class ClusterImagesConfig:
 class ExportConfig:
     """How quantized images are written (see ``streamq.export``)."""
 
-    out: str | None = _opt(None, doc="output folder")
+    out: str | None = _opt(None, doc="output folder or URL (s3://BUCKET/PATH)")
     per_image: int | None = _opt(None, _at_least(2), "export the per-image result of this K")
     format: Literal["png", "jpeg", "webp"] = _opt("png", doc="png (palette PNG for K <= 256), jpeg or webp")
     dither: bool = _opt(False, doc="Floyd-Steinberg dithering")
@@ -245,7 +246,10 @@ class LockConfig:
 class StreamQConfig:
     """The whole configuration, one section per stage."""
 
-    store: str | None = _opt(None, doc="path of the Zarr store")
+    store: str | None = _opt(None, doc="path or URL (s3://BUCKET/PATH) of the Zarr store")
+    storage_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "check": None, "doc": "options of the filesystem of URL stores and outputs (s3fs: "
+                              "endpoint_url, key, secret, anon, client_kwargs, ...)"})
     dask: DaskConfig = field(default_factory=DaskConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     fit: FitConfig = field(default_factory=FitConfig)
@@ -280,6 +284,8 @@ def _type_name(tp: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is dict:
+        return "a mapping of option names to values"
     if origin is tuple:
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
@@ -309,6 +315,13 @@ def _coerce(tp: Any, value: Any) -> Any:
         if value in typing.get_args(tp):
             return value
         raise TypeError
+    if origin is dict:  # plain JSON data, e.g. storage options
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise TypeError
+        try:
+            return json.loads(json.dumps(dict(value)))
+        except (TypeError, ValueError):
+            raise TypeError from None
     if origin is tuple:
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
@@ -421,7 +434,7 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
 
 
 def _resolve(value: str, base: Path) -> str:
-    if "://" in value or os.path.isabs(value):
+    if looks_like_url(value) or os.path.isabs(value):
         return value
     return str(base / os.path.expanduser(value)) if not value.startswith("~") else os.path.expanduser(value)
 
@@ -455,7 +468,8 @@ def describe() -> list[tuple[str, Any, str]]:
             if dataclasses.is_dataclass(hints[f.name]):
                 walk(hints[f.name], prefix + f.name + ".")
             else:
-                rows.append((prefix + f.name, f.default, f.metadata.get("doc", "")))
+                default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+                rows.append((prefix + f.name, default, f.metadata.get("doc", "")))
 
     walk(StreamQConfig, "")
     return rows

@@ -20,11 +20,10 @@ import logging
 from typing import Any
 
 import numpy as np
-import zarr
 
 from streamq.errors import StreamQError
 from streamq.scheduler import Runner
-from streamq.store import Collection, Store, runs_by_weight, write_record
+from streamq.store import PIXELS, Collection, Store, open_array, runs_by_weight, write_record
 
 __all__ = ["DESCRIPTORS", "KINDS", "N_MOMENTS", "describe", "describe_image", "n_features",
            "plan", "read_plan"]
@@ -96,8 +95,8 @@ def read_plan(st: Store) -> list[tuple[int, int]]:
 def _describe_task(args: dict[str, Any]) -> dict[str, Any]:
     store, k, kind = args["store"], args["k"], args["kind"]
     r0, r1 = args["rows"]
-    labels = zarr.open_array(f"{store}/quantize/labels", mode="r")
-    pixels = zarr.open_array(f"{store}/pixels", mode="r") if kind == "histogram+moments" else None
+    labels = open_array(store, "quantize/labels")
+    pixels = open_array(store, PIXELS) if kind == "histogram+moments" else None
     images = args["images"]
     out = np.zeros((r1 - r0, n_features(kind, k)))
     for run in runs_by_weight([size for _, _, size in images], args["budget"]):
@@ -109,7 +108,7 @@ def _describe_task(args: dict[str, Any]) -> dict[str, Any]:
         for image_id, off, size in part:
             seg = slice(off - a, off - a + size)
             out[image_id - r0] = describe_image(lab[seg], k, rgb[seg] if rgb is not None else None)
-    zarr.open_array(f"{store}/{DESCRIPTORS}", mode="r+")[r0:r1] = out
+    open_array(store, DESCRIPTORS, mode="r+")[r0:r1] = out
     report = {"rows": [r0, r1], "pixels": int(sum(size for _, _, size in images))}
     write_record(store, RECORDS, args["task"], report)
     return report
@@ -126,7 +125,7 @@ def describe(run: Runner, st: Store, coll: Collection, kind: str, k: int, pixels
         if records[i]:
             continue
         images = [(j, int(coll.offsets[j]), int(sizes[j])) for j in range(r0, r1)]
-        args = {"store": st.path, "task": i, "rows": [r0, r1], "images": images, "k": k,
+        args = {"store": st.location, "task": i, "rows": [r0, r1], "images": images, "k": k,
                 "kind": kind, "budget": pixels_per_task}
         futures[run.submit(_describe_task, args)] = r1 - r0
     run.wait(futures, "describing", "image", progress, total=len(coll))

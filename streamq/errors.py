@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "ImageReadError",
+    "StoreError",
     "StoreExistsError",
     "StoreLayoutError",
     "StoreLockedError",
@@ -29,6 +30,10 @@ class ConfigError(StreamQError, ValueError):
 
 class StoreLayoutError(StreamQError, FileNotFoundError):
     """A path is not a streamq store, or a store of another format version."""
+
+
+class StoreError(StreamQError, OSError):
+    """A store or output location cannot be used: a bad URL, a missing package, no access."""
 
 
 class StoreExistsError(StreamQError, FileExistsError):

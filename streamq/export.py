@@ -4,8 +4,9 @@ Files mirror the source tree (``Person/Person_0001.jpg`` -> ``OUT/Person/Person_
 a palette PNG (mode ``P``) for K <= 256, else RGB; ``--format jpeg|webp`` writes RGB;
 ``--dither`` re-quantizes the stored pixels to the palette with Floyd-Steinberg error
 diffusion (Pillow's, nearest colour in RGB). Output paths never leave OUT, whatever the
-stored names contain. Each file is written under a temporary name and renamed, so a file
-that exists is complete: a rerun skips it. ``OUT/.streamq-export.json`` records what made
+stored names contain. Each file is written under a temporary name and renamed (on an object
+store such as ``s3://bucket/out``: one PUT per file), so a file that exists is complete: a
+rerun skips it. ``OUT/.streamq-export.json`` records what made
 the files; a different export into the same OUT is refused unless ``overwrite``.
 ``--zarr`` writes labels + palette + image table as a compact Zarr store instead.
 """
@@ -27,8 +28,9 @@ from streamq._version import __version__
 from streamq.config import StreamQConfig, parse_config
 from streamq.console import progress_bar, timer
 from streamq.errors import ConfigError, StoreExistsError, StreamQError
+from streamq.fs import Location, check_access, join, location, storage_errors
 from streamq.scheduler import runner
-from streamq.store import Collection, Store
+from streamq.store import PIXELS, Collection, Store, open_array, store_location
 
 __all__ = ["ExportSummary", "export", "safe_output_path"]
 
@@ -63,7 +65,8 @@ def safe_output_path(out: str, rel: str, ext: str, fallback: str) -> str:
 
     Absolute paths lose their root, ``..`` and ``.`` components become ``_`` or vanish,
     control characters become ``_``; if the result still escapes (a symlink), ``fallback``
-    (a name made from the image id) is used under ``out/_unsafe``.
+    (a name made from the image id) is used under ``out/_unsafe``. ``out`` may be a URL
+    (``s3://bucket/out``): object keys have no symlinks, so the cleaned parts stay under it.
     """
     parts = []
     for p in re.split(r"[/\\]+", rel):
@@ -74,6 +77,8 @@ def safe_output_path(out: str, rel: str, ext: str, fallback: str) -> str:
         parts = [fallback]
     stem, _ = os.path.splitext(parts[-1])
     parts[-1] = (stem or fallback) + ext
+    if "://" in out:
+        return join(out, *parts)
     root = os.path.realpath(out)
     path = os.path.join(root, *parts)
     real = os.path.realpath(path)
@@ -108,23 +113,37 @@ def _contiguous_runs(images: list[tuple[int, str, int, int, int]]
         yield run
 
 
+def _put(img: Any, path: str, fs: Any, fmt: str, options: dict[str, Any]) -> None:
+    """Encode in memory and write the file as one object (one PUT: complete or absent)."""
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt.upper() if fmt != "jpeg" else "JPEG", **options)
+    fs.pipe_file(path, buf.getvalue())
+
+
 def _export_task(args: dict[str, Any]) -> tuple[int, int]:
-    import zarr
+    out: Location = args["out"]
+    with storage_errors(out):
+        return _export_images(args, None if out.is_local else out.filesystem())
+
+
+def _export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
     from PIL import Image
 
     fmt = args["format"]
     k_img = args["per_image"]
+    store = args["store"]
     labels_name = f"per_image/k{k_img}/labels" if k_img else "quantize/labels"
-    todo = [item for item in args["images"] if not os.path.exists(item[1])]
+    # Object stores: the client skipped files already there with one listing.
+    todo = [item for item in args["images"] if fs is not None or not os.path.exists(item[1])]
     existing = len(args["images"]) - len(todo)
     if not todo:
         return 0, existing
     # One read per run of neighbouring images, not one per image: a small image would
     # otherwise decode a whole inner chunk of the shard for a few of its pixels.
-    source = zarr.open_array(f"{args['store']}/{'pixels' if args['dither'] else labels_name}",
-                             mode="r")
-    palettes = (zarr.open_array(f"{args['store']}/per_image/k{k_img}/palette", mode="r")
-                if k_img else None)
+    source = open_array(store, PIXELS if args["dither"] else labels_name)
+    palettes = open_array(store, f"per_image/k{k_img}/palette") if k_img else None
     written = 0
     for run in _contiguous_runs(todo):
         start = run[0][2]
@@ -149,7 +168,10 @@ def _export_task(args: dict[str, Any]) -> tuple[int, int]:
                 img.putpalette(flat_pal)  # ... becomes P with the palette
             else:
                 img = Image.fromarray(palette[data.reshape(h, w)])
-            _write_atomic(img, path, args["tmp_dir"], fmt, args["options"])
+            if fs is None:
+                _write_atomic(img, path, args["tmp_dir"], fmt, args["options"])
+            else:
+                _put(img, path, fs, fmt, args["options"])
             written += 1
     return written, existing
 
@@ -176,16 +198,21 @@ def _parse_ids(ids: str | list[int] | None, n: int) -> list[int] | None:
     return sorted(set(out))
 
 
-def export(store: str, out: str, *, format: str = "png", dither: bool = False,
-           labels: list[str] | None = None, ids: str | list[int] | None = None,
-           per_image: int | None = None, png_level: int = 1, quality: int = 95, overwrite: bool = False,
+def export(store: str | Location, out: str | Location, *, format: str = "png",
+           dither: bool = False, labels: list[str] | None = None,
+           ids: str | list[int] | None = None, per_image: int | None = None, png_level: int = 1,
+           quality: int = 95, overwrite: bool = False,
            config: StreamQConfig | dict[str, Any] | None = None, scheduler: str | None = None,
-           progress: bool | None = None) -> ExportSummary:
-    """Write the quantized images of ``store`` under ``out`` (see the module docstring)."""
+           progress: bool | None = None, storage_options: dict[str, Any] | None = None) -> ExportSummary:
+    """Write the quantized images of ``store`` under ``out`` (see the module docstring).
+
+    ``store`` and ``out`` are local paths or URLs (``s3://bucket/out``); ``storage_options``
+    (default: ``config``'s, else the store's) reach both.
+    """
     if format not in FORMATS:
         raise ConfigError(f"export format {format!r} is not one of {', '.join(FORMATS)}")
     cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
-    st = Store.open(store)
+    st = Store.open(store_location(store, storage_options, cfg.storage_options))
     coll = Collection(st)
     if per_image is None:
         q = st.section("quantize")
@@ -193,11 +220,11 @@ def export(store: str, out: str, *, format: str = "png", dither: bool = False,
         ok = q.get("state") == "complete" and q.get("fit_fingerprint") == fit_fp
         from streamq.fit import load_fit
 
-        palette = load_fit(st.path).palette.tolist() if ok else None
+        palette = load_fit(st.location).palette.tolist() if ok else None
     else:
         from streamq.per_image import load_per_image
 
-        load_per_image(st.path, per_image)  # checks they exist
+        load_per_image(st.location, per_image)  # checks they exist
         q = st.section(f"per_image_quantize_k{per_image}")
         fit_fp = st.section("per_image").get("fingerprint")
         ok = q.get("state") == "complete" and q.get("fingerprint") == fit_fp
@@ -210,11 +237,14 @@ def export(store: str, out: str, *, format: str = "png", dither: bool = False,
     if dither and k is not None and k > 256:
         raise ConfigError(f"--dither needs a palette of at most 256 colours, this one has {k}")
     chosen = _select(coll, labels, _parse_ids(ids, len(coll)))
-    out = os.path.abspath(out)
+    out_loc = location(out, storage_options if storage_options is not None
+                       else (cfg.storage_options or st.location.options))
+    check_access(out_loc)
+    out = out_loc.url
     manifest = {"store": st.path, "fit_fingerprint": fit_fp, "per_image": per_image,
                 "format": format, "dither": dither,
                 "png_level": png_level, "quality": quality, "streamq": __version__}
-    _check_out(out, st)
+    _check_out(out_loc, st)
     ext = FORMATS[format]
     options = {"compress_level": png_level} if format == "png" else {"quality": quality}
     paths = [safe_output_path(out, coll.paths[i], ext, f"{i:08d}") for i in chosen]
@@ -223,30 +253,37 @@ def export(store: str, out: str, *, format: str = "png", dither: bool = False,
         if p in seen:  # photo.jpg and photo.png both become photo.png: keep both
             p = safe_output_path(out, coll.paths[i] + ext, ext, f"{i:08d}")
             if p in seen:  # names equal once cleaned: fall back to the id
-                p = os.path.join(os.path.realpath(out), "_unsafe", f"{i:08d}{ext}")
+                p = join(out if not out_loc.is_local else os.path.realpath(out), "_unsafe",
+                         f"{i:08d}{ext}")
             paths[n] = p
         seen.add(paths[n])
-    _check_manifest(out, manifest, overwrite, paths)
+    _check_manifest(out_loc, manifest, overwrite, paths)
     timings: dict[str, float] = {}
     path_of = dict(zip(chosen, paths, strict=True))
+    # Locally each task skips files that exist; on an object store one listing does it here.
+    there = set() if out_loc.is_local else _listing(out_loc)
+    todo = [i for i in chosen if path_of[i] not in there]
     tasks = [[(i, path_of[i], int(coll.offsets[i]), int(coll.heights[i]), int(coll.widths[i]))
-              for i in group] for group in coll.groups_by_pixels(chosen, PIXELS_PER_TASK)]
-    tmp_dir = os.path.join(out, TMP_DIR)
-    shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a killed run
-    os.makedirs(tmp_dir)
-    common = {"store": st.path, "palette": palette, "per_image": per_image, "format": format,
-              "dither": dither, "options": options, "tmp_dir": tmp_dir}
-    written = existing = 0
+              for i in group] for group in coll.groups_by_pixels(todo, PIXELS_PER_TASK)]
+    tmp_dir = os.path.join(out, TMP_DIR) if out_loc.is_local else None  # S3: one PUT per file
+    if tmp_dir is not None:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a killed run
+        os.makedirs(tmp_dir)
+    common = {"store": st.location, "out": out_loc, "palette": palette, "per_image": per_image,
+              "format": format, "dither": dither, "options": options, "tmp_dir": tmp_dir}
+    written, existing = 0, len(chosen) - len(todo)
     with timer("exporting", timings), runner(cfg.dask) as run:
         run.check_paths(st.path, out)
         futures = {run.submit(_export_task, {**common, "images": t}): len(t) for t in tasks}
         with progress_bar(len(chosen), "exporting", "image", progress) as bar:
+            bar.update(existing)
             for fut in run.as_completed(futures):
                 w, e = fut.result()
                 written += w
                 existing += e
                 bar.update(futures[fut])
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    if tmp_dir is not None:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     summary = ExportSummary(out=out, format=format, n_images=len(chosen), n_written=written,
                             n_existing=existing, timings=timings)
     log.info("%s", summary)
@@ -265,8 +302,16 @@ def _select(coll: Collection, labels: list[str] | None, ids: list[int] | None) -
     return chosen
 
 
-def _check_out(out: str, st: Store) -> None:
+def _check_out(out_loc: Location, st: Store) -> None:
     """Refuse an output folder that is, holds or sits inside the store or the source tree."""
+    out = out_loc.url
+    if not out_loc.is_local:  # only a store under the same URL scheme can overlap
+        other = st.path
+        if "://" in other and other.split("://")[0] == out.split("://")[0]:
+            a, b = out.rstrip("/") + "/", other.rstrip("/") + "/"
+            if a.startswith(b) or b.startswith(a):
+                raise StoreExistsError(f"output {out} overlaps the store {other}; choose another URL")
+        return
     if os.path.exists(out) and not os.path.isdir(out):
         raise StoreExistsError(f"output folder {out} is a file; choose a folder")
     real = os.path.realpath(out)
@@ -278,7 +323,7 @@ def _check_out(out: str, st: Store) -> None:
             raise StoreExistsError(f"output folder {out} overlaps {what} {other}; choose another folder")
 
 
-def _check_manifest(out: str, manifest: dict[str, Any], overwrite: bool,
+def _check_manifest(out_loc: Location, manifest: dict[str, Any], overwrite: bool,
                     planned: list[str]) -> None:
     """Refuse an export into a folder holding a different one, unless ``overwrite``.
 
@@ -286,15 +331,15 @@ def _check_manifest(out: str, manifest: dict[str, Any], overwrite: bool,
     anything else in the folder), *before* the new manifest is written: a rerun after a kill
     then skips only files that this export wrote.
     """
-    path = os.path.join(out, MANIFEST)
+    out = out_loc.url
+    man = out_loc.join(MANIFEST)
     old: dict[str, Any] | None = None
-    if os.path.exists(path):
+    if man.exists():
         try:
-            with open(path, encoding="utf-8") as fh:
-                old = json.load(fh)
+            old = json.loads(man.read_bytes())
         except (OSError, ValueError):
             old = {}
-    elif os.path.isdir(out) and set(os.listdir(out)) - {TMP_DIR} and not overwrite:
+    elif {n for n in out_loc.listdir() if not n.startswith(".streamq-")} and not overwrite:
         raise StoreExistsError(f"{out} is not empty and holds no streamq export; choose another "
                                "folder or pass --overwrite")
     same = old is not None and {k: old.get(k) for k in manifest if k != "streamq"} == \
@@ -304,11 +349,32 @@ def _check_manifest(out: str, manifest: dict[str, Any], overwrite: bool,
             f"{out} holds an export made differently ({old.get('format')}, palette "
             f"{old.get('fit_fingerprint')}); pass --overwrite to replace it")
     if overwrite:
+        _remove_existing(out_loc, planned)
+    if out_loc.is_local:
+        os.makedirs(out, exist_ok=True)
+    man.write_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode())
+
+
+def _remove_existing(out_loc: Location, planned: list[str]) -> None:
+    """Remove those of the ``planned`` files that exist (one listing and one bulk delete on S3)."""
+    if out_loc.is_local:
         for p in planned:
             if os.path.exists(p):
                 os.remove(p)
-    os.makedirs(out, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+        return
+    have = _listing(out_loc)
+    doomed = [p for p in planned if p in have]
+    if doomed:
+        with storage_errors(out_loc):
+            out_loc.filesystem().rm(doomed)
+
+
+def _listing(out_loc: Location) -> set[str]:
+    """URLs of every object under ``out_loc`` (one paginated listing)."""
+    with storage_errors(out_loc):
+        fs = out_loc.filesystem()
+        fs.invalidate_cache(out_loc.url)
+        try:
+            return {f"{out_loc.scheme}://{p}" for p in fs.find(out_loc.url)}
+        except FileNotFoundError:
+            return set()

@@ -47,6 +47,7 @@ from streamq.colorspace import codes_to_rgb, rgb_to_codes, to_rgb8, to_space
 from streamq.config import FitConfig, StreamQConfig, differences, fingerprint, parse_config, to_dict
 from streamq.console import progress_bar, timer
 from streamq.errors import ConfigError, StoreMismatchError
+from streamq.fs import Location, check_access, location
 from streamq.lloyd import (
     collection_histogram,
     grid_points,
@@ -64,7 +65,7 @@ from streamq.minibatch import (
     stream_partial_fit,
 )
 from streamq.scheduler import Runner, runner
-from streamq.store import Collection, Store
+from streamq.store import Collection, Store, store_location
 
 __all__ = ["FitResult", "collection_mse", "fit", "load_fit"]
 
@@ -145,18 +146,19 @@ def _source(coll: Collection) -> PixelSource:
     arr = coll.store.pixels()
     _, block = coll.store.pixel_layout()
     n_blocks = max(1, -(-int(arr.shape[0]) // block))
-    return PixelSource.from_images(coll.store.array_path("pixels"), block, n_blocks,
+    return PixelSource.from_images(coll.store.location, block, n_blocks,
                                    coll.offsets, coll.heights * coll.widths)
 
 
-def fit(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
-        overwrite: bool = False, progress: bool | None = None, **options: Any) -> FitResult:
+def fit(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None = None,
+        overwrite: bool = False, progress: bool | None = None,
+        storage_options: dict[str, Any] | None = None, **options: Any) -> FitResult:
     """Fit a K-colour palette for the collection in ``store``.
 
     Parameters
     ----------
     store : str
-        A store with a finished ingest.
+        A store with a finished ingest: a local folder or a URL (``s3://bucket/x.zarr``).
     config : StreamQConfig or dict, optional
         Full configuration; ``options`` override its ``fit`` keys (``colors=64``,
         ``algorithm="lloyd"``, ``seed=1``, ...) and ``scheduler=...`` its ``dask.scheduler``.
@@ -164,6 +166,8 @@ def fit(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
         Start a new fit, replacing any palette or checkpoint in the store. Without it, a
         finished fit with the same parameters is returned as is, an interrupted one is
         resumed, and one with other parameters is refused.
+    storage_options : dict, optional
+        Options of the store's filesystem when it is a URL; default: ``config``'s.
 
     Returns
     -------
@@ -172,11 +176,13 @@ def fit(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
     cfg = parse_config(config)
     sched = options.pop("scheduler", None)
     cfg = cfg.replace(**{f"fit.{k}": v for k, v in options.items()}, **{"dask.scheduler": sched})
-    with store_lock(store, operation="fit", config=cfg.lock):
-        return _fit(store, cfg, overwrite, progress)
+    loc = store_location(store, storage_options, cfg.storage_options)
+    check_access(loc)
+    with store_lock(loc.url, operation="fit", config=cfg.lock):
+        return _fit(loc, cfg, overwrite, progress)
 
 
-def _fit(store: str, cfg: StreamQConfig, overwrite: bool, progress: bool | None) -> FitResult:
+def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | None) -> FitResult:
     fcfg = cfg.fit
     st = Store.open(store, mode="r+")
     coll = Collection(st)
@@ -191,7 +197,7 @@ def _fit(store: str, cfg: StreamQConfig, overwrite: bool, progress: bool | None)
     if prev and not overwrite:
         if prev.get("fingerprint") == fp and prev.get("state") == "complete":
             log.info("Palette in %s already fitted with these parameters; nothing to do", st.path)
-            result = load_fit(st.path)
+            result = load_fit(st.location)
             result.status = "already complete"
             return result
         if prev.get("fingerprint") != fp:
@@ -262,8 +268,9 @@ def histogram(run: Runner, st: Store, source: PixelSource, progress: bool | None
     return codes, counts
 
 
-def collection_mse(store: str, centers: np.ndarray | None = None, color_space: str | None = None,
-                   scheduler: str | None = "threads") -> float:
+def collection_mse(store: str | Location, centers: np.ndarray | None = None,
+                   color_space: str | None = None, scheduler: str | None = "threads",
+                   storage_options: dict[str, Any] | None = None) -> float:
     """Exact MSE (uint8 RGB units) of a palette over every pixel of the collection.
 
     Each pixel goes to its nearest centre in the fit's colour space and is compared with that
@@ -272,10 +279,12 @@ def collection_mse(store: str, centers: np.ndarray | None = None, color_space: s
     """
     from streamq.config import DaskConfig
 
-    with store_lock(store, operation="collection_mse"):  # may store the colour histogram
-        st = Store.open(store, mode="r+")
+    loc = location(store, storage_options)
+    check_access(loc)
+    with store_lock(loc.url, operation="collection_mse"):  # may store the colour histogram
+        st = Store.open(loc, mode="r+")
         if centers is None:
-            res = load_fit(store)
+            res = load_fit(st.location)
             centers, color_space = res.centers, res.color_space
         space = color_space or "rgb"
         with runner(DaskConfig(scheduler=scheduler)) as run:
@@ -503,9 +512,9 @@ def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float],
     clear_checkpoint(st, CHECKPOINT)  # the result is saved; the working state is not needed
 
 
-def load_fit(store: str) -> FitResult:
+def load_fit(store: str | Location, storage_options: dict[str, Any] | None = None) -> FitResult:
     """The palette saved in ``store`` by :func:`fit`."""
-    st = Store.open(store)
+    st = Store.open(store, storage_options=storage_options)
     sec = st.section(FIT)
     if sec.get("state") != "complete":
         raise ConfigError(f"{st.path} has no fitted palette; run `streamq fit` first")

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import zarr
 
 from streamq.batches import STREAM_INIT, STREAM_TRAIN, PixelSource, draw_sample, draw_task
 from streamq.checkpoint import (
@@ -49,6 +48,7 @@ from streamq.config import (
 from streamq.console import timer
 from streamq.descriptors import DESCRIPTORS, describe, n_features, prepare, read_plan
 from streamq.errors import ConfigError, StoreMismatchError, StreamQError
+from streamq.fs import Location, check_access
 from streamq.lock import store_lock
 from streamq.minibatch import (
     HISTORY_KEYS,
@@ -60,7 +60,7 @@ from streamq.minibatch import (
     stream_partial_fit,
 )
 from streamq.scheduler import Runner, runner
-from streamq.store import Collection, Store, write_record
+from streamq.store import Collection, Store, open_array, store_location, write_record
 
 __all__ = ["ImageGroups", "cluster_images", "load_groups"]
 
@@ -164,9 +164,10 @@ def _weights(gcfg: ClusterImagesConfig, k: int) -> np.ndarray:
     return w
 
 
-def cluster_images(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
+def cluster_images(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None = None,
                    overwrite: bool = False, progress: bool | None = None,
-                   scheduler: str | None = None, **options: Any) -> ImageGroups:
+                   scheduler: str | None = None, storage_options: dict[str, Any] | None = None,
+                   **options: Any) -> ImageGroups:
     """Group the images of ``store`` into G groups by their colour descriptors (resumable).
 
     Parameters
@@ -181,6 +182,8 @@ def cluster_images(store: str, *, config: StreamQConfig | dict[str, Any] | None 
         with the same parameters are returned as they are, an interrupted run is resumed,
         and groups with other parameters are refused. Groups of an older palette are always
         recomputed.
+    storage_options : dict, optional
+        Options of the store's filesystem when it is a URL; default: ``config``'s.
 
     Returns
     -------
@@ -189,11 +192,13 @@ def cluster_images(store: str, *, config: StreamQConfig | dict[str, Any] | None 
     cfg = parse_config(config)
     cfg = cfg.replace(**{f"cluster_images.{k}": v for k, v in options.items()},
                       **{"dask.scheduler": scheduler})
-    with store_lock(store, operation="cluster-images", config=cfg.lock):
-        return _cluster_images(store, cfg, overwrite, progress)
+    loc = store_location(store, storage_options, cfg.storage_options)
+    check_access(loc)
+    with store_lock(loc.url, operation="cluster-images", config=cfg.lock):
+        return _cluster_images(loc, cfg, overwrite, progress)
 
 
-def _cluster_images(store: str, cfg: StreamQConfig, overwrite: bool,
+def _cluster_images(store: Location, cfg: StreamQConfig, overwrite: bool,
                     progress: bool | None) -> ImageGroups:
     gcfg = cfg.cluster_images
     st = Store.open(store, mode="r+")
@@ -219,7 +224,7 @@ def _cluster_images(store: str, cfg: StreamQConfig, overwrite: bool,
                 "pass --overwrite to replace them")
         if sec.get("fingerprint") == fp and sec.get("state") == "complete":
             log.info("Image groups in %s are up to date; nothing to do", st.path)
-            result = load_groups(st.path)
+            result = load_groups(st.location)
             result.status = "already complete"
             return result
     if sec and sec.get("fit_fingerprint") != fit_fp:
@@ -270,7 +275,7 @@ def _cluster_images(store: str, cfg: StreamQConfig, overwrite: bool,
                              "timings": timings, "seconds": seconds,
                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     clear_checkpoint(st, CHECKPOINT)
-    result = load_groups(st.path)
+    result = load_groups(st.location)
     log.info("%s", result)
     return result
 
@@ -279,7 +284,7 @@ def _cluster(run: Runner, st: Store, n: int, k: int, gcfg: ClusterImagesConfig, 
              progress: bool | None) -> tuple[np.ndarray, dict[str, Any]]:
     """Streamed mini-batch k-means over the descriptors; resumes from the checkpoint."""
     B, G = gcfg.batch_size, gcfg.batches_per_task
-    source = PixelSource.whole(st.array_path(DESCRIPTORS), gcfg.rows_per_chunk, n)
+    source = PixelSource.whole(st.location, DESCRIPTORS, gcfg.rows_per_chunk, n)
     weights = _weights(gcfg, k)
     ckpt = read_checkpoint(st, CHECKPOINT, fp, "image groups")
     if ckpt is not None:
@@ -312,7 +317,7 @@ def _initial_centres(run: Runner, st: Store, source: PixelSource, n: int, weight
                      gcfg: ClusterImagesConfig) -> np.ndarray:
     """k-means++ (best of ``n_init``) on every descriptor, or on a collection-wide sample."""
     if n <= gcfg.init_size:
-        sample = np.asarray(zarr.open_array(source.pixels_path, mode="r")[:])
+        sample = np.asarray(open_array(source.store, source.array)[:])
     else:
         sample = draw_sample(run, source, gcfg.seed, STREAM_INIT, gcfg.init_size,
                              gcfg.blocks_per_task)
@@ -330,10 +335,10 @@ def _assign_task(args: dict[str, Any]) -> dict[str, Any]:
 
     store = args["store"]
     r0, r1 = args["rows"]
-    x = np.asarray(zarr.open_array(f"{store}/{DESCRIPTORS}", mode="r")[r0:r1])
+    x = np.asarray(open_array(store, DESCRIPTORS)[r0:r1])
     groups, d2 = assign(x * np.asarray(args["weights"]), np.asarray(args["centers"]))
-    zarr.open_array(f"{store}/{GROUP}", mode="r+")[r0:r1] = groups.astype(np.int32)
-    zarr.open_array(f"{store}/{DISTANCE}", mode="r+")[r0:r1] = np.sqrt(d2)
+    open_array(store, GROUP, mode="r+")[r0:r1] = groups.astype(np.int32)
+    open_array(store, DISTANCE, mode="r+")[r0:r1] = np.sqrt(d2)
     report = {"sizes": np.bincount(groups, minlength=len(args["centers"])).tolist(),
               "sse": float(d2.sum())}
     write_record(store, ASSIGN_RECORDS, args["task"], report)
@@ -344,7 +349,7 @@ def _assign(run: Runner, st: Store, gcfg: ClusterImagesConfig, k: int,
             progress: bool | None) -> None:
     """Every image's nearest group centre, by the tasks that have no record yet."""
     centres = np.asarray(st.group[CENTERS][:])
-    common = {"store": st.path, "centers": centres.tolist(), "weights": _weights(gcfg, k).tolist()}
+    common = {"store": st.location, "centers": centres.tolist(), "weights": _weights(gcfg, k).tolist()}
     records = st.records(ASSIGN_RECORDS)
     tasks = read_plan(st)
     futures = {run.submit(_assign_task, {**common, "task": i, "rows": [r0, r1]}): r1 - r0
@@ -380,9 +385,9 @@ def _consolidate(st: Store, coll: Collection, n_groups: int) -> dict[str, Any]:
     return summary
 
 
-def load_groups(store: str) -> ImageGroups:
+def load_groups(store: str | Location, storage_options: dict[str, Any] | None = None) -> ImageGroups:
     """The image groups saved in ``store`` by :func:`cluster_images`."""
-    st = Store.open(store)
+    st = Store.open(store, storage_options=storage_options)
     sec = st.section(SECTION)
     if sec.get("state") == "stale" or (sec and sec.get("fit_fingerprint") != st.section("fit").get("fingerprint")):
         raise StreamQError(f"{st.path}: the image groups are stale (the palette was refitted); "

@@ -13,18 +13,19 @@ from typing import Any
 
 import numpy as np
 
-from streamq.ingest import _stored_bytes
-from streamq.store import Collection, open_store
+from streamq.fs import Location
+from streamq.store import PIXELS, Collection, open_store
 
 __all__ = ["collection_info", "format_info", "save_grid", "worst_images"]
 
 
-def collection_info(store: str | os.PathLike[str] | Collection, top: int = 10) -> dict[str, Any]:
-    """Counts and shapes of a collection, JSON-ready."""
-    coll = store if isinstance(store, Collection) else open_store(store)
+def collection_info(store: str | os.PathLike[str] | Location | Collection, top: int = 10,
+                    storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Counts and shapes of a collection, JSON-ready (``storage_options`` for URLs)."""
+    coll = store if isinstance(store, Collection) else open_store(store, storage_options)
     labels = Counter(coll.labels)
     shapes = Counter(f"{h}x{w}" for h, w in coll.shapes)
-    stored = _stored_bytes(coll.store.array_path("pixels"))
+    stored = coll.store.stored_bytes(PIXELS)
     ingest = coll.store.section("ingest")
     ranked = labels.most_common()
     return {
@@ -171,15 +172,17 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
     return "\n".join(lines)
 
 
-def save_grid(store: str | os.PathLike[str] | Collection, out: str | os.PathLike[str],
-              rows: int = 2, cols: int = 5, seed: int = 0, ids: list[int] | None = None) -> list[int]:
-    """Save a ``rows x cols`` grid of images titled with their labels; return the ids shown."""
+def save_grid(store: str | os.PathLike[str] | Location | Collection, out: str | os.PathLike[str],
+              rows: int = 2, cols: int = 5, seed: int = 0, ids: list[int] | None = None,
+              storage_options: dict[str, Any] | None = None) -> list[int]:
+    """Save a ``rows x cols`` grid of images titled with their labels (a local file); return
+    the ids shown."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    coll = store if isinstance(store, Collection) else open_store(store)
+    coll = store if isinstance(store, Collection) else open_store(store, storage_options)
     n = min(rows * cols, len(coll))
     if ids is None:
         rng = np.random.default_rng(seed)

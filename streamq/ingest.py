@@ -35,15 +35,18 @@ from streamq.config import IngestConfig, StreamQConfig, fingerprint, parse_confi
 from streamq.console import progress_bar, timer
 from streamq.decode import Header, decode_rgb, read_header
 from streamq.errors import ConfigError, StoreMismatchError, StreamQError
+from streamq.fs import Location, check_access
 from streamq.lock import store_lock
 from streamq.scheduler import Runner, runner
 from streamq.store import (
     IMAGES,
+    PIXELS,
     PLAN,
     SKIPPED,
     Store,
-    _exists,
-    _is_store,
+    is_store,
+    open_array,
+    store_location,
     write_task_report,
 )
 
@@ -198,8 +201,6 @@ def plan_tasks(offsets: np.ndarray, sizes: np.ndarray, n_pixels: int, chunk: int
 
 # -- 4. the write task (runs on a worker) ------------------------------------------------------
 def _write_task(args: dict[str, Any]) -> dict[str, Any]:
-    import zarr
-
     a, b = args["px_start"], args["px_stop"]
     buf = np.zeros((b - a, 3), dtype=np.uint8)
     failed: list[list[Any]] = []
@@ -214,7 +215,7 @@ def _write_task(args: dict[str, Any]) -> dict[str, Any]:
         flat = rgb.reshape(-1, 3)
         lo, hi = max(off, a), min(off + h * w, b)
         buf[lo - a: hi - a] = flat[lo - off: hi - off]
-    pixels = zarr.open_array(f"{args['store']}/pixels", mode="r+")
+    pixels = open_array(args["store"], PIXELS, mode="r+")
     pixels[a:b] = buf
     report = {"failed": failed, "pixels": int(b - a)}
     write_task_report(args["store"], args["task"], report)  # completion record, after the data
@@ -227,9 +228,10 @@ def _settings(cfg: IngestConfig) -> dict[str, Any]:
     return {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k in keep}
 
 
-def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | None = None, *,
-           config: StreamQConfig | dict[str, Any] | None = None, overwrite: bool = False,
-           progress: bool | None = None, **options: Any) -> IngestSummary:
+def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | Location | None = None,
+           *, config: StreamQConfig | dict[str, Any] | None = None, overwrite: bool = False,
+           progress: bool | None = None, storage_options: dict[str, Any] | None = None,
+           **options: Any) -> IngestSummary:
     """Ingest the images under ``src`` into the store at ``store``.
 
     Parameters
@@ -238,7 +240,8 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | N
         A folder, a glob pattern, or a text file listing paths (see :func:`list_sources`).
         ``None`` takes ``ingest.source`` from ``config``.
     store : str or path
-        Where the Zarr store is written; ``None`` takes ``store`` from ``config``.
+        Where the Zarr store is written: a local folder or a URL such as
+        ``s3://bucket/faces.zarr``; ``None`` takes ``store`` from ``config``.
     config : StreamQConfig or dict, optional
         Full configuration; ``options`` override its ``ingest`` keys
         (``chunk_pixels=...``, ``codec=...``) and ``scheduler=...`` its ``dask.scheduler``.
@@ -246,6 +249,9 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | N
         Replace a store made from other inputs or settings instead of refusing.
     progress : bool, optional
         Force the progress bar on or off (default: on when stderr is a terminal).
+    storage_options : dict, optional
+        Options of the store's filesystem when it is a URL (``endpoint_url``, ``key``,
+        ``secret``, ...); default: ``storage_options`` of ``config``.
 
     Returns
     -------
@@ -255,16 +261,19 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | N
     sched = options.pop("scheduler", None)
     cfg = cfg.replace(**{f"ingest.{k}": v for k, v in options.items()},
                       **{"dask.scheduler": sched, "ingest.source": None if src is None else os.fspath(src),
-                         "store": None if store is None else os.fspath(store)})
+                         "store": None if store is None or isinstance(store, Location) else os.fspath(store)})
     if cfg.ingest.source is None:
         raise ConfigError("no source given: pass SRC or set key 'ingest.source'")
-    if cfg.store is None:
+    if cfg.store is None and store is None:
         raise ConfigError("no store given: pass STORE or set key 'store'")
-    with store_lock(cfg.store, operation="ingest", create=True, config=cfg.lock):
-        return _ingest(cfg, overwrite, progress)
+    loc = store_location(store if isinstance(store, Location) else cfg.store, storage_options,
+                         cfg.storage_options)
+    check_access(loc)
+    with store_lock(loc.url, operation="ingest", create=True, config=cfg.lock):
+        return _ingest(loc, cfg, overwrite, progress)
 
 
-def _ingest(cfg: StreamQConfig, overwrite: bool, progress: bool | None) -> IngestSummary:
+def _ingest(loc: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | None) -> IngestSummary:
     icfg = cfg.ingest
     timings: dict[str, float] = {}
     with timer("listing inputs", timings):
@@ -273,7 +282,7 @@ def _ingest(cfg: StreamQConfig, overwrite: bool, progress: bool | None) -> Inges
     settings = _settings(icfg)
     settings_fp = fingerprint(settings)
 
-    st = _open_or_create(cfg.store, root, source_fp, settings_fp, overwrite)
+    st = _open_or_create(loc, root, source_fp, settings_fp, overwrite)
     state = st.section("ingest")
     if state.get("state") == "complete":
         log.info("Store %s already holds this ingest; nothing to do", st.path)
@@ -298,9 +307,9 @@ def _ingest(cfg: StreamQConfig, overwrite: bool, progress: bool | None) -> Inges
     return summary
 
 
-def _open_or_create(path: str, root: str, source_fp: str, settings_fp: str, overwrite: bool) -> Store:
-    p = os.path.abspath(os.path.expanduser(path)) if "://" not in path else path
-    if _exists(p) and _is_store(p):
+def _open_or_create(p: Location, root: str, source_fp: str, settings_fp: str, overwrite: bool) -> Store:
+    check_access(p)
+    if p.exists() and is_store(p):
         st = Store.open(p, mode="r+")
         state = st.section("ingest")
         if state.get("state") in (None, "planning"):
@@ -385,7 +394,7 @@ def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, progress: 
         hi = int(np.searchsorted(offsets, b, side="left"))
         images = [(i, str(plan["path"][i]), int(offsets[i]), int(plan["height"][i]), int(plan["width"][i]))
                   for i in range(lo, hi) if sizes[i] > 0]
-        args = {"store": st.path, "task": t, "root": root, "px_start": a, "px_stop": b,
+        args = {"store": st.location, "task": t, "root": root, "px_start": a, "px_stop": b,
                 "images": images, "max_pixels": icfg.max_pixels, "background": list(icfg.background)}
         futures[run.submit(_write_task, args)] = b - a
     with progress_bar(sum(futures.values()), "ingesting", "px", progress) as bar:
@@ -422,16 +431,5 @@ def _summary(st: Store, status: str, timings: dict[str, float]) -> IngestSummary
     return IngestSummary(
         store=st.path, n_images=len(coll), n_pixels=coll.n_pixels, n_labels=len(set(coll.labels)),
         n_skipped=len(coll.skipped), skipped_first=[(s.path, s.reason) for s in coll.skipped[:5]],
-        stored_bytes=_stored_bytes(st.array_path("pixels")), status=status, timings=timings,
+        stored_bytes=st.stored_bytes(PIXELS), status=status, timings=timings,
     )
-
-
-def _stored_bytes(path: str) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(dirpath, f))
-            except OSError:
-                pass
-    return total

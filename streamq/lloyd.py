@@ -26,12 +26,11 @@ PIXELS_PER_HIST_TASK = 32 * 2**20  # each task zeroes and scans a 128 MiB table:
 
 
 def _hist_task(args: tuple[PixelSource, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    import zarr
-
     from streamq.kernels import histogram24
+    from streamq.store import open_array
 
     source, c0, c1 = args
-    arr = zarr.open_array(source.pixels_path, mode="r")
+    arr = open_array(source.store, source.array)
     hist = np.zeros(1 << 24, dtype=np.int64)
     for c in range(c0, c1):
         a, b = source.chunk_runs(c)

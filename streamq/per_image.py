@@ -20,16 +20,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import zarr
 
 from streamq.colorspace import to_space
 from streamq.config import PerImageConfig, StreamQConfig, fingerprint, parse_config, to_dict
 from streamq.console import progress_bar, timer
 from streamq.errors import StoreMismatchError, StreamQError
+from streamq.fs import Location, check_access
 from streamq.lock import store_lock
 from streamq.metrics import errors_from_records
 from streamq.scheduler import runner
-from streamq.store import Collection, Store, labels_dtype, write_record
+from streamq.store import (
+    PIXELS,
+    Collection,
+    Store,
+    labels_dtype,
+    open_array,
+    store_location,
+    write_record,
+)
 
 __all__ = ["PerImageSummary", "fit_image", "fit_per_image", "load_per_image", "quantize_per_image"]
 
@@ -85,7 +93,7 @@ def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
 
 
 def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
-    pixels = zarr.open_array(f"{args['store']}/pixels", mode="r")
+    pixels = open_array(args["store"], PIXELS)
     a, b = args["px_start"], args["px_stop"]
     data = np.asarray(pixels[a:b])
     result: dict[str, list[Any]] = {str(k): [] for k in args["colors"]}
@@ -105,17 +113,20 @@ def _fingerprint(st: Store, pcfg: PerImageConfig) -> str:
                         "per_image": semantic})
 
 
-def fit_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
+def fit_per_image(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None = None,
                   overwrite: bool = False, progress: bool | None = None,
-                  scheduler: str | None = None, **options: Any) -> PerImageSummary:
+                  scheduler: str | None = None, storage_options: dict[str, Any] | None = None,
+                  **options: Any) -> PerImageSummary:
     """Fit one palette per image and per K (``options`` override ``per_image`` keys)."""
     cfg = parse_config(config)
     cfg = cfg.replace(**{f"per_image.{k}": v for k, v in options.items()}, **{"dask.scheduler": scheduler})
-    with store_lock(store, operation="fit --per-image", config=cfg.lock):
-        return _fit_per_image(store, cfg, overwrite, progress)
+    loc = store_location(store, storage_options, cfg.storage_options)
+    check_access(loc)
+    with store_lock(loc.url, operation="fit --per-image", config=cfg.lock):
+        return _fit_per_image(loc, cfg, overwrite, progress)
 
 
-def _fit_per_image(store: str, cfg: StreamQConfig, overwrite: bool, progress: bool | None
+def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | None
                    ) -> PerImageSummary:
     pcfg = cfg.per_image
     st = Store.open(store, mode="r+")
@@ -153,7 +164,7 @@ def _fit_per_image(store: str, cfg: StreamQConfig, overwrite: bool, progress: bo
             images = [(i, int(coll.offsets[i]), int(sizes[i])) for i in ids]
             a = images[0][1]
             b = images[-1][1] + images[-1][2]
-            args = {"store": st.path, "task": ti, "px_start": a, "px_stop": b, "images": images,
+            args = {"store": st.location, "task": ti, "px_start": a, "px_stop": b, "images": images,
                     "colors": list(pcfg.colors), "sample": pcfg.sample, "seed": pcfg.seed,
                     "init": pcfg.init, "n_init": pcfg.n_init}
             futures[run.submit(_fit_task, args)] = len(images)
@@ -180,9 +191,10 @@ def _fit_per_image(store: str, cfg: StreamQConfig, overwrite: bool, progress: bo
     return _summary(st, "fitted", timings)
 
 
-def load_per_image(store: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+def load_per_image(store: str | Location, k: int,
+                   storage_options: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(centres, palettes)`` of every image for ``k``: ``(N, k, 3)`` float and uint8."""
-    st = Store.open(store)
+    st = Store.open(store, storage_options=storage_options)
     sec = st.section(SECTION)
     if sec.get("state") != "complete" or k not in sec.get("colors", []):
         have = sec.get("colors") if sec.get("state") == "complete" else "none"
@@ -196,13 +208,13 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     from streamq.kernels import assign
 
     store, c, chunk, k = args["store"], args["chunk_index"], args["chunk"], args["k"]
-    pixels = zarr.open_array(f"{store}/pixels", mode="r")
+    pixels = open_array(store, PIXELS)
     lo = c * chunk
     hi = min(lo + chunk, pixels.shape[0])
     rgb = np.asarray(pixels[lo:hi])
     labels = np.zeros(hi - lo, dtype=labels_dtype(k))
-    centres = zarr.open_array(f"{store}/per_image/k{k}/center", mode="r")
-    palettes = zarr.open_array(f"{store}/per_image/k{k}/palette", mode="r")
+    centres = open_array(store, f"per_image/k{k}/center")
+    palettes = open_array(store, f"per_image/k{k}/palette")
     ids = [i for i, _, _ in args["images"]]
     cen = np.asarray(centres[min(ids):max(ids) + 1]) if ids else None
     pal = np.asarray(palettes[min(ids):max(ids) + 1]).astype(np.int64) if ids else None
@@ -214,22 +226,25 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
         labels[a:b] = lab
         err = ((rgb[a:b].astype(np.int64) - pal[j][lab]) ** 2).sum()
         sse.append([int(image_id), int(err)])
-    out = zarr.open_array(f"{store}/per_image/k{k}/labels", mode="r+")
+    out = open_array(store, f"per_image/k{k}/labels", mode="r+")
     out[lo:hi] = labels
     report = {"sse": sse}
     write_record(store, f"per_image/k{k}/label_records", c, report)
     return report
 
 
-def quantize_per_image(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
-                       progress: bool | None = None, scheduler: str | None = None) -> PerImageSummary:
+def quantize_per_image(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None = None,
+                       progress: bool | None = None, scheduler: str | None = None,
+                       storage_options: dict[str, Any] | None = None) -> PerImageSummary:
     """Label every pixel with its image's own palette, for every fitted K (resumable)."""
     cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
-    with store_lock(store, operation="quantize --per-image", config=cfg.lock):
-        return _quantize_per_image(store, cfg, progress)
+    loc = store_location(store, storage_options, cfg.storage_options)
+    check_access(loc)
+    with store_lock(loc.url, operation="quantize --per-image", config=cfg.lock):
+        return _quantize_per_image(loc, cfg, progress)
 
 
-def _quantize_per_image(store: str, cfg: StreamQConfig, progress: bool | None) -> PerImageSummary:
+def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | None) -> PerImageSummary:
     st = Store.open(store, mode="r+")
     coll = Collection(st)
     sec = st.section(SECTION)
@@ -258,7 +273,7 @@ def _quantize_per_image(store: str, cfg: StreamQConfig, progress: bool | None) -
             futures = []
             for c in (c for c in range(n_chunks) if not records[c]):
                 images = coll.overlapping(c * chunk, (c + 1) * chunk)
-                futures.append(run.submit(_label_task, {"store": st.path, "chunk_index": c,
+                futures.append(run.submit(_label_task, {"store": st.location, "chunk_index": c,
                                                         "chunk": chunk, "k": k, "images": images}))
             with progress_bar(len(futures), f"labelling K={k}", "chunk", progress) as bar:
                 for fut in run.as_completed(futures):
@@ -275,9 +290,10 @@ def _quantize_per_image(store: str, cfg: StreamQConfig, progress: bool | None) -
     return _summary(st, "quantized", timings)
 
 
-def summary_of(store: str) -> PerImageSummary | None:
+def summary_of(store: str | Location,
+               storage_options: dict[str, Any] | None = None) -> PerImageSummary | None:
     """The per-image results in ``store``, or None when there are none."""
-    st = Store.open(store)
+    st = Store.open(store, storage_options=storage_options)
     if st.section(SECTION).get("state") != "complete":
         return None
     return _summary(st, "per-image")

@@ -14,6 +14,7 @@ from typing import Any
 
 from streamq.config import StreamQConfig, load_config, parse_config
 from streamq.errors import ConfigError
+from streamq.fs import check_access, join, location
 
 __all__ = ["RunReport", "run"]
 
@@ -50,10 +51,12 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
     from streamq.lock import store_lock
     from streamq.scheduler import runner, shared
 
+    loc = location(cfg.store, cfg.storage_options)  # a bad URL is refused before anything
+    check_access(loc)
     report = RunReport()
     # One lock for every stage (the stages take it again: it is re-entrant in this thread),
     # so no other job can slip in between two stages; and one cluster for every stage.
-    with (store_lock(cfg.store, operation="run", create=True, config=cfg.lock),
+    with (store_lock(loc.url, operation="run", create=True, config=cfg.lock),
           runner(cfg.dask) as run, shared(run)):
         report.stages["ingest"] = ingest(None, None, config=cfg, overwrite=overwrite, progress=progress)
         if cfg.per_image.enabled:
@@ -75,7 +78,7 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
                       overwrite=overwrite, config=cfg, progress=progress)
             if cfg.per_image.enabled:  # one folder per K: OUT/k2, OUT/k6, ...
                 for k in cfg.per_image.colors:
-                    report.stages[f"export k={k}"] = export(cfg.store, os.path.join(e.out, f"k{k}"),
+                    report.stages[f"export k={k}"] = export(cfg.store, join(e.out, f"k{k}"),
                                                             per_image=k, **kw)
             else:
                 report.stages["export"] = export(cfg.store, e.out, per_image=e.per_image, **kw)

@@ -17,15 +17,23 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import zarr
 
 from streamq.config import StreamQConfig, parse_config
 from streamq.console import progress_bar, timer
 from streamq.errors import StreamQError
+from streamq.fs import Location
 from streamq.lock import store_lock
 from streamq.metrics import errors_from_records, psnr
 from streamq.scheduler import runner
-from streamq.store import Collection, Store, labels_dtype, write_record
+from streamq.store import (
+    PIXELS,
+    Collection,
+    Store,
+    labels_dtype,
+    open_array,
+    store_location,
+    write_record,
+)
 
 __all__ = ["QuantizeSummary", "labels_dtype", "quantize"]
 
@@ -70,11 +78,11 @@ def _table(args: dict[str, Any]) -> Any:
 
 def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
     c, chunk, store = args["chunk_index"], args["chunk"], args["store"]
-    pixels = zarr.open_array(f"{store}/pixels", mode="r")
+    pixels = open_array(store, PIXELS)
     lo = c * chunk
     hi = min(lo + chunk, pixels.shape[0])
     rgb = np.asarray(pixels[lo:hi])
-    out = zarr.open_array(f"{store}/{LABELS}", mode="r+")
+    out = open_array(store, LABELS, mode="r+")
     labels, err = _table(args).labels(rgb, out.dtype)
     out[lo:hi] = labels
     sse = []
@@ -86,12 +94,14 @@ def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def quantize(store: str, *, config: StreamQConfig | dict[str, Any] | None = None,
-             progress: bool | None = None, scheduler: str | None = None) -> QuantizeSummary:
+def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None = None,
+             progress: bool | None = None, scheduler: str | None = None,
+             storage_options: dict[str, Any] | None = None) -> QuantizeSummary:
     """Label every pixel of ``store`` with its nearest palette colour (resumable).
 
     Labels are computed for the shared palette and for per-image palettes, whichever are
-    fitted.
+    fitted. ``storage_options`` are those of the store's filesystem when it is a URL
+    (default: ``config``'s).
 
     Returns
     -------
@@ -100,11 +110,12 @@ def quantize(store: str, *, config: StreamQConfig | dict[str, Any] | None = None
         ``PerImageSummary`` when only per-image palettes are fitted.
     """
     cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
-    with store_lock(store, operation="quantize", config=cfg.lock):
-        return _quantize(store, cfg, progress)
+    loc = store_location(store, storage_options, cfg.storage_options)
+    with store_lock(loc.url, operation="quantize", config=cfg.lock):
+        return _quantize(loc, cfg, progress)
 
 
-def _quantize(store: str, cfg: StreamQConfig, progress: bool | None) -> Any:
+def _quantize(store: Location, cfg: StreamQConfig, progress: bool | None) -> Any:
     from streamq.per_image import quantize_per_image
 
     st = Store.open(store, mode="r+")
@@ -114,7 +125,7 @@ def _quantize(store: str, cfg: StreamQConfig, progress: bool | None) -> Any:
         raise StreamQError(f"{st.path} has no fitted palette; run `streamq fit` first")
     result: Any = _quantize_shared(st, cfg, progress) if shared else None
     if per_image:
-        summary = quantize_per_image(store, config=cfg, progress=progress)
+        summary = quantize_per_image(st.location, config=cfg, progress=progress)
         result = result or summary
     return result
 
@@ -129,7 +140,7 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None) -> Qu
     if sec.get("fit_fingerprint") == fit_fp and sec.get("state") == "complete":
         log.info("Labels in %s are up to date; nothing to do", st.path)
         return _summary(st, "already complete", sec.get("timings", {}))
-    result = load_fit(st.path)
+    result = load_fit(st.location)
     pixels = st.pixels()
     chunk, _ = st.pixel_layout()
     n_chunks = -(-int(pixels.shape[0]) // chunk)
@@ -143,7 +154,7 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None) -> Qu
         st.set_section(QUANTIZE, {"state": "running", "fit_fingerprint": fit_fp, "k": result.k})
     records = st.records(RECORDS)
     pending = [c for c in range(n_chunks) if not records[c]]
-    common = {"store": st.path, "chunk": chunk, "fit_fingerprint": fit_fp, "space": result.color_space,
+    common = {"store": st.location, "chunk": chunk, "fit_fingerprint": fit_fp, "space": result.color_space,
               "centers": result.centers.tolist(), "palette": result.palette.tolist()}
     with timer("labelling", timings), runner(cfg.dask) as run:
         run.check_paths(st.path)

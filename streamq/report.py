@@ -36,7 +36,8 @@ import numpy as np
 from streamq.config import ReportConfig, StreamQConfig, parse_config
 from streamq.console import timer
 from streamq.errors import ConfigError, StoreLayoutError, StreamQError
-from streamq.store import Collection, Store
+from streamq.fs import Location
+from streamq.store import Collection, Store, store_location
 
 __all__ = ["SECTIONS", "Context", "ReportSummary", "Result", "Section", "report"]
 
@@ -588,7 +589,7 @@ def image_groups(ctx: Context) -> Section | None:
     if shared is None or shared.shared_palette is None:  # a refit under way
         return Section("groups", title, ctx.note(
             f"The shared palette is not finished: {_groups_command(ctx, 'stale')}."))
-    res = load_groups(ctx.store.path)
+    res = load_groups(ctx.store.location)
     by = ("palette histograms" if res.descriptor == "histogram" else
           f"palette histograms and colour moments (weighted {res.moments_weight:g})")
     body = (f"<p>{len(res.group):,} images in {res.groups} groups by their {esc(by)} over the "
@@ -755,19 +756,20 @@ def _sample(coll: Collection, n: int, seed: int, ids: Any, labels: Sequence[str]
     return sorted(int(pool[j]) for j in rng.choice(len(pool), size=n, replace=False))
 
 
-def report(store: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
+def report(store: str | os.PathLike[str] | Location, out: str | os.PathLike[str] | None = None, *,
            config: StreamQConfig | dict[str, Any] | None = None, ids: str | list[int] | None = None,
            labels: Sequence[str] | None = None,
            sections: Sequence[Callable[[Context], Section | None]] | None = None,
-           **options: Any) -> ReportSummary:
+           storage_options: dict[str, Any] | None = None, **options: Any) -> ReportSummary:
     """Write an HTML report of ``store`` to ``out`` (one self-contained ``.html`` file).
 
     Parameters
     ----------
     store : str or path
-        A streamq store at any stage.
+        A streamq store at any stage: a folder or a URL (``s3://bucket/x.zarr``, reached with
+        ``storage_options``, default ``config``'s).
     out : str or path, optional
-        The page to write (``.html``); default: key ``report.out`` of ``config``.
+        The page to write (``.html``, a local file); default: key ``report.out`` of ``config``.
     config : StreamQConfig or dict, optional
         ``options`` override its ``report`` keys (``samples=8``, ``worst=10``, ``seed=0``,
         ``max_colors=256``, ``max_skipped=200``).
@@ -790,8 +792,8 @@ def report(store: str | os.PathLike[str], out: str | os.PathLike[str] | None = N
     out = os.path.abspath(rcfg.out)
     if os.path.splitext(out)[1].lower() not in (".html", ".htm"):
         raise ConfigError(f"report output {out} should end in .html")
-    st = Store.open(store)
-    if os.path.commonpath([out, st.path]) == st.path:
+    st = Store.open(store_location(store, storage_options, cfg.storage_options))
+    if st.location.is_local and os.path.commonpath([out, st.path]) == st.path:
         raise ConfigError(f"report output {out} is inside the store {st.path}; write it elsewhere")
     if os.path.isdir(out):
         raise ConfigError(f"report output {out} is a folder; give a file name ending in .html")

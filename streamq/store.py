@@ -13,6 +13,11 @@ A store is a Zarr v3 group (see ``docs/store-format.md``)::
 
 Every array is written whole by one writer, or chunk by chunk by the one task that owns
 that chunk, so no two writers ever touch the same chunk.
+
+A store lives in a local folder (Zarr's ``LocalStore``) or at a URL such as
+``s3://bucket/collection.zarr`` (Zarr's ``FsspecStore``), given as a
+:class:`~streamq.fs.Location`; Dask tasks receive the location and open arrays themselves
+(:func:`open_array`).
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
 from streamq._version import __version__
-from streamq.errors import StoreExistsError, StoreLayoutError
+from streamq.errors import StoreError, StoreExistsError, StoreLayoutError
+from streamq.fs import Location, check_access, location, storage_errors
 
-__all__ = ["FORMAT_VERSION", "Collection", "Store", "labels_dtype", "open_store", "runs_by_weight"]
+__all__ = ["FORMAT_VERSION", "Collection", "Store", "labels_dtype", "open_array", "open_store",
+           "runs_by_weight"]
 
 FORMAT_VERSION = 1
 TABLE_CHUNK = 65_536
@@ -60,40 +67,60 @@ def compressors(codec: str, level: int | None) -> Any:
     return None
 
 
-class Store:
-    """A streamq store at ``path`` (a local folder)."""
+StoreTarget = str | os.PathLike[str] | Location
 
-    def __init__(self, path: str, group: zarr.Group) -> None:
-        self.path = path
+
+class Store:
+    """A streamq store at ``location`` (a local folder or a URL); ``path`` is its text."""
+
+    def __init__(self, loc: Location, group: zarr.Group) -> None:
+        self.location = loc
+        self.path = loc.url
         self.group = group
+        self._root = zarr_root(loc)
 
     # -- opening -----------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike[str], overwrite: bool = False) -> Store:
+    def create(cls, target: StoreTarget, overwrite: bool = False,
+               storage_options: Mapping[str, Any] | None = None) -> Store:
         """Create an empty store; an existing one is replaced only with ``overwrite``."""
-        path = _normalise(path)
-        if _exists(path) and not overwrite:
+        loc = location(target, storage_options)
+        path = loc.url
+        check_access(loc)
+        exists = loc.exists()
+        if exists and not overwrite:
             raise StoreExistsError(f"{path} already exists; pass --overwrite to replace it")
-        if _exists(path) and not _is_store(path) and os.listdir(path):
+        if exists and not is_store(loc) and _entries(loc):
             raise StoreExistsError(
                 f"{path} exists and is not a streamq store; refusing to overwrite it"
             )
         # One write of zarr.json: a kill can never leave a group without its format record.
-        group = zarr.create_group(path, overwrite=True, zarr_format=3, attributes={
-            "streamq": {"format_version": FORMAT_VERSION, "created_with": __version__}})
-        return cls(path, group)
+        with storage_errors(loc):
+            group = zarr.create_group(zarr_root(loc), overwrite=True, zarr_format=3, attributes={
+                "streamq": {"format_version": FORMAT_VERSION, "created_with": __version__}})
+        return cls(loc, group)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], mode: str = "r") -> Store:
+    def open(cls, target: StoreTarget, mode: str = "r",
+             storage_options: Mapping[str, Any] | None = None) -> Store:
         """Open an existing store, checking that it is one and of a version we read."""
-        path = _normalise(path)
-        if not _exists(path):
-            raise StoreLayoutError(f"{path} does not exist (expected a streamq store)")
+        loc = location(target, storage_options)
+        path = loc.url
+        check_access(loc)
+        missing = StoreLayoutError(f"{path} does not exist (expected a streamq store)")
+        if loc.is_local and not loc.exists():
+            raise missing
         try:
-            group = zarr.open_group(path, mode=mode, zarr_format=3)
+            with storage_errors(loc):
+                group = zarr.open_group(zarr_root(loc, read_only=mode == "r"), mode=mode,
+                                        zarr_format=3)
+        except StoreError:
+            raise
         except Exception:
+            if not loc.is_local and not loc.exists():  # a URL: look only when it failed
+                raise missing from None
             raise StoreLayoutError(f"{path} is not a streamq store (no Zarr v3 group there)") from None
-        if mode != "r" and "://" not in path:
+        if mode != "r" and loc.is_local:
             _remove_partial_files(path)
         meta = group.attrs.get("streamq")
         if not isinstance(meta, dict) or "format_version" not in meta:
@@ -103,7 +130,7 @@ class Store:
                 f"{path} has store format_version {meta['format_version']}, this streamq "
                 f"{__version__} reads version {FORMAT_VERSION}"
             )
-        return cls(path, group)
+        return cls(loc, group)
 
     # -- attributes ----------------------------------------------------------------
     def section(self, name: str) -> dict[str, Any]:
@@ -123,8 +150,13 @@ class Store:
                 self.set_section(name, {**sec, "state": "stale"})
 
     # -- arrays --------------------------------------------------------------------
-    def array_path(self, name: str) -> str:
-        return f"{self.path}/{name}"
+    def create_array(self, name: str, **kwargs: Any) -> zarr.Array:
+        """``zarr.create_array`` at ``name`` inside this store (``overwrite=True``)."""
+        return zarr.create_array(self._root, name=name, overwrite=True, **kwargs)
+
+    def stored_bytes(self, name: str) -> int:
+        """Bytes stored for array or group ``name`` (compressed, as on disk or in the bucket)."""
+        return self.location.join(name).tree_size()
 
     def create_pixels(self, n_pixels: int, chunk_pixels: int, block_pixels: int, codec: str,
                       level: int | None) -> None:
@@ -133,7 +165,7 @@ class Store:
         block = max(1, min(block_pixels, chunk_pixels, n_pixels))
         shard = -(-max(1, min(chunk_pixels, n_pixels)) // block) * block
         zarr.create_array(
-            self.path,
+            self._root,
             name=PIXELS,
             shape=(n_pixels, 3),
             shards=(shard, 3) if shard > block else None,
@@ -160,7 +192,7 @@ class Store:
         shard, block = self.pixel_layout()
         settings = self.section("ingest").get("settings", {})
         return zarr.create_array(
-            self.path, name=name, shape=(int(self.pixels().shape[0]),),
+            self._root, name=name, shape=(int(self.pixels().shape[0]),),
             shards=(shard,) if shard > block else None, chunks=(block,), dtype=dtype,
             fill_value=0, overwrite=True, dimension_names=["pixel"],
             compressors=compressors(settings.get("codec", "lz4"), settings.get("level")))
@@ -169,13 +201,13 @@ class Store:
                     dtype: Any) -> zarr.Array:
         """An empty array of one row per image, in chunks of ``rows_per_chunk`` whole rows
         (the unit one task writes)."""
-        return zarr.create_array(self.path, name=name, shape=shape, dtype=dtype, fill_value=0,
+        return zarr.create_array(self._root, name=name, shape=shape, dtype=dtype, fill_value=0,
                                  chunks=(max(1, min(rows_per_chunk, shape[0])),) + shape[1:],
                                  overwrite=True)
 
     def write_array(self, name: str, data: np.ndarray) -> None:
         """Write a whole n-d array at once (one writer), chunked along its first axis."""
-        arr = zarr.create_array(self.path, name=name, shape=data.shape, dtype=data.dtype,
+        arr = zarr.create_array(self._root, name=name, shape=data.shape, dtype=data.dtype,
                                 chunks=(max(1, min(len(data), 4096)),) + data.shape[1:],
                                 overwrite=True)
         if data.size:
@@ -196,7 +228,7 @@ class Store:
         for name, values in columns.items():
             data = _as_column(values)
             arr = zarr.create_array(
-                self.path,
+                self._root,
                 name=f"{prefix}/{name}",
                 shape=data.shape,
                 chunks=(max(1, min(len(data), TABLE_CHUNK)),),
@@ -215,7 +247,7 @@ class Store:
 
     def create_records(self, name: str, n: int) -> None:
         """``n`` empty completion records (one chunk each: each task writes only its own)."""
-        zarr.create_array(self.path, name=name, shape=(n,), chunks=(1,), dtype=str, overwrite=True)
+        zarr.create_array(self._root, name=name, shape=(n,), chunks=(1,), dtype=str, overwrite=True)
 
     def records(self, name: str) -> np.ndarray:
         """Completion records as an object array of JSON strings (``""`` while pending)."""
@@ -246,13 +278,6 @@ def _as_column(values: np.ndarray | Sequence[Any]) -> np.ndarray:
     return arr
 
 
-def _normalise(path: str | os.PathLike[str]) -> str:
-    p = os.fspath(path)
-    if "://" in p:
-        return p.rstrip("/")
-    return os.path.abspath(os.path.expanduser(p))
-
-
 def _remove_partial_files(path: str, min_age: float = 60.0) -> None:
     """Remove the temporary files zarr's atomic writes leave behind when killed.
 
@@ -272,12 +297,47 @@ def _remove_partial_files(path: str, min_age: float = 60.0) -> None:
                     pass
 
 
-def _exists(path: str) -> bool:
-    return os.path.exists(path)
+def is_store(loc: Location) -> bool:
+    """Whether ``loc`` holds a Zarr group's ``zarr.json``."""
+    if loc.is_local:
+        return os.path.isfile(os.path.join(loc.url, "zarr.json"))
+    return loc.join("zarr.json").exists()
 
 
-def _is_store(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "zarr.json"))
+def _entries(loc: Location) -> list[str]:
+    return os.listdir(loc.url) if loc.is_local else loc.listdir()
+
+
+def zarr_root(loc: Location, read_only: bool = False) -> Any:
+    """What Zarr opens for ``loc``: the path itself (``LocalStore``) or an ``FsspecStore``."""
+    if loc.is_local:
+        return loc.url
+    options = dict(loc.options)
+    if loc.scheme == "s3":
+        # Chunks and shards are small objects: one GET each, without the HEAD that s3fs
+        # sends first to split large objects into concurrent ranged reads.
+        options.setdefault("max_concurrency", 1)
+    with storage_errors(loc):
+        from zarr.storage import FsspecStore
+
+        return FsspecStore.from_url(loc.url, storage_options=options, read_only=read_only)
+
+
+def open_array(loc: Location, name: str, mode: str = "r") -> zarr.Array:
+    """Open array ``name`` of the store at ``loc`` (what Dask tasks call, on the workers)."""
+    if loc.is_local:
+        return zarr.open_array(f"{loc.url}/{name}", mode=mode)
+    return zarr.open_array(zarr_root(loc, read_only=mode == "r"), path=name, mode=mode,
+                           zarr_format=3)
+
+
+def write_record(store: Location, name: str, i: int, report: Mapping[str, Any]) -> None:
+    """Record that task ``i`` finished (called by the task itself, after its data).
+
+    The record is its own chunk: one file locally, one object (one PUT) on an object store.
+    """
+    arr = open_array(store, name, mode="r+")
+    arr[i] = json.dumps(report, sort_keys=True)
 
 
 def runs_by_weight(weights: Sequence[int], budget: int) -> list[range]:
@@ -295,15 +355,9 @@ def runs_by_weight(weights: Sequence[int], budget: int) -> list[range]:
     return runs
 
 
-def write_record(store_path: str, name: str, i: int, report: Mapping[str, Any]) -> None:
-    """Record that task ``i`` finished (called by the task itself, after its data)."""
-    arr = zarr.open_array(f"{store_path}/{name}", mode="r+")
-    arr[i] = json.dumps(report, sort_keys=True)
-
-
-def write_task_report(store_path: str, task: int, report: Mapping[str, Any]) -> None:
+def write_task_report(store: Location, task: int, report: Mapping[str, Any]) -> None:
     """Completion record of an ingest write task."""
-    write_record(store_path, f"{TASKS}/report", task, report)
+    write_record(store, f"{TASKS}/report", task, report)
 
 
 # -- reading a finished collection -------------------------------------------------------
@@ -389,6 +443,15 @@ class Collection:
                 f"{len(set(self.labels))} labels, {len(self.skipped)} skipped>")
 
 
-def open_store(path: str | os.PathLike[str]) -> Collection:
-    """Open a finished store for reading."""
-    return Collection(Store.open(path))
+def open_store(path: StoreTarget, storage_options: Mapping[str, Any] | None = None) -> Collection:
+    """Open a finished store for reading (``storage_options`` for URLs such as ``s3://``)."""
+    return Collection(Store.open(path, storage_options=storage_options))
+
+
+def store_location(store: StoreTarget, storage_options: Mapping[str, Any] | None,
+                   config_options: Mapping[str, Any]) -> Location:
+    """The location a stage works on: explicit options win, then a Location's own, then the
+    configuration's ``storage_options``."""
+    if storage_options is None and not isinstance(store, Location):
+        storage_options = config_options
+    return location(store, storage_options)

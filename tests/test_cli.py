@@ -179,3 +179,20 @@ def test_bad_flags_are_usage_errors(runner, faces_store, tmp_path, args, message
     assert result.exit_code == 2
     assert message in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_storage_option_flags():
+    import click
+
+    from streamq.cli.options import storage_overrides
+
+    got = storage_overrides(["anon=true", "key=0123", "max_concurrency=4", "endpoint_url=http://h:9000",
+                             "client_kwargs.region_name=eu-west-1", "secret=a=b"])
+    assert got == {"storage_options.anon": True, "storage_options.key": "0123",
+                   "storage_options.max_concurrency": 4,
+                   "storage_options.endpoint_url": "http://h:9000",
+                   "storage_options.client_kwargs.region_name": "eu-west-1",
+                   "storage_options.secret": "a=b"}
+    for bad in ("novalue", "=x", "a..b=1"):
+        with pytest.raises(click.BadParameter, match="is not KEY=VALUE"):
+            storage_overrides([bad])

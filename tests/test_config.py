@@ -21,6 +21,8 @@ from streamq.errors import ConfigError
     ({"ingest": {"background": [0, 0, 256]}}, "expected three integers in 0..255"),
     ({"dask": {"n_workers": 0}}, "key 'dask.n_workers' has value 0, expected an integer >= 1"),
     ({"ingest": 5}, "key 'ingest' must be a mapping"),
+    ({"storage_options": 5}, "key 'storage_options' has value 5, expected a mapping of option names to values"),
+    ({"storage_options": ["anon"]}, "key 'storage_options' has value ['anon'], expected a mapping"),
 ])
 def test_bad_values_one_line(data, message):
     with pytest.raises(ConfigError) as err:
@@ -56,12 +58,25 @@ def test_default_yaml_lists_every_key_with_its_default():
     from pathlib import Path
 
     data = yaml.safe_load((Path(__file__).parents[1] / "configs" / "default.yaml").read_text())
+    sections = {key.split(".")[0] for key, _, _ in describe() if "." in key}
     flat = {}
     for section, values in data.items():
-        if isinstance(values, dict):
+        if section in sections:
             flat.update({f"{section}.{k}": v for k, v in values.items()})
         else:
             flat[section] = values
     expected = {k: (list(v) if isinstance(v, tuple) else v) for k, v, _ in describe()}
     assert flat == expected
     parse_config(data)  # and it is valid
+
+
+def test_storage_options_from_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("store: s3://bucket/x.zarr\nstorage_options:\n  endpoint_url: http://127.0.0.1:9000\n"
+                 "  client_kwargs: {region_name: us-east-1}\nexport:\n  out: s3://bucket/out\n")
+    cfg = load_config(p, **{"storage_options.key": "k", "storage_options.client_kwargs.region_name": "eu"})
+    assert cfg.store == "s3://bucket/x.zarr"  # URLs are not resolved against the file's folder
+    assert cfg.export.out == "s3://bucket/out"
+    assert cfg.storage_options == {"endpoint_url": "http://127.0.0.1:9000", "key": "k",
+                                   "client_kwargs": {"region_name": "eu"}}
+    assert parse_config({}).storage_options == {}

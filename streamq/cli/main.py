@@ -21,6 +21,8 @@ from streamq.cli.options import (
     progress_opt,
     scheduler_opt,
     seed_opt,
+    storage_opt,
+    storage_overrides,
 )
 from streamq.errors import StreamQError
 
@@ -121,6 +123,7 @@ def example_cmd(out: str, n_images: int, seed: int, size: int | None) -> None:
               help="Compression of pixel chunks [default: lz4].")
 @click.option("--max-pixels", type=int, default=None, help="Skip images with more pixels than this.")
 @click.option("--strict", is_flag=True, default=None, help="Exit with status 3 when any input was skipped.")
+@storage_opt
 @overwrite_opt
 @progress_opt
 @json_opt
@@ -128,10 +131,11 @@ def example_cmd(out: str, n_images: int, seed: int, size: int | None) -> None:
 @_handle_errors
 def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_path: str | None,
                scheduler: str | None, chunk_pixels: int | None, codec: str | None,
-               max_pixels: int | None, strict: bool | None, overwrite: bool,
-               progress: bool | None, as_json: bool) -> None:
+               max_pixels: int | None, strict: bool | None, storage_options: tuple[str, ...],
+               overwrite: bool, progress: bool | None, as_json: bool) -> None:
     """Decode the images under SRC (folder, glob or list file) into the Zarr store STORE.
 
+    STORE is a folder or a URL such as s3://bucket/faces.zarr (see --storage-option).
     Parallel on Dask and resumable: rerun the same command after an interruption.
     Unreadable inputs are skipped and recorded with a reason (see `streamq info`).
     """
@@ -141,7 +145,8 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
     cfg = load_config(config_path, **{
         "ingest.source": src, "store": store, "dask.scheduler": scheduler,
         "ingest.chunk_pixels": chunk_pixels, "ingest.codec": codec,
-        "ingest.max_pixels": max_pixels, "ingest.strict": strict})
+        "ingest.max_pixels": max_pixels, "ingest.strict": strict},
+        **storage_overrides(storage_options))
     summary = ingest(None, None, config=cfg, overwrite=overwrite, progress=_progress(ctx, progress))
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
@@ -174,6 +179,7 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
 @click.option("--max-iter", type=int, default=None, help="lloyd: stop after this many iterations.")
 @click.option("--batch-size", type=int, default=None, help="Pixels per partial_fit step [default: 65536].")
 @seed_opt
+@storage_opt
 @overwrite_opt
 @progress_opt
 @json_opt
@@ -183,8 +189,8 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
             colors: str | None, per_image: bool, sample: float | None,
             algorithm: str | None, init: str | None, refine: bool | None,
             color_space: str | None, tol: float | None, max_steps: int | None, max_iter: int | None,
-            batch_size: int | None, seed: int | None, overwrite: bool, progress: bool | None,
-            as_json: bool) -> None:
+            batch_size: int | None, seed: int | None, storage_options: tuple[str, ...],
+            overwrite: bool, progress: bool | None, as_json: bool) -> None:
     """Learn one K-colour palette for the whole collection in STORE (or one per image).
 
     Resumable: rerun the same command after an interruption for a bit-identical palette.
@@ -197,7 +203,8 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
 
         cfg = load_config(config_path, **{
             "store": store, "dask.scheduler": scheduler, "per_image.colors": colors,
-            "per_image.sample": sample, "per_image.init": init, "per_image.seed": seed})
+            "per_image.sample": sample, "per_image.init": init, "per_image.seed": seed},
+            **storage_overrides(storage_options))
         if cfg.store is None:
             raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
         summary = fit_per_image(cfg.store, config=cfg, overwrite=overwrite,
@@ -215,7 +222,8 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
         "fit.colors": None if colors is None else int(colors),
         "fit.algorithm": algorithm, "fit.init": init, "fit.refine": refine,
         "fit.color_space": color_space, "fit.tol": tol, "fit.max_steps": max_steps,
-        "fit.max_iter": max_iter, "fit.batch_size": batch_size, "fit.seed": seed})
+        "fit.max_iter": max_iter, "fit.batch_size": batch_size, "fit.seed": seed},
+        **storage_overrides(storage_options))
     if cfg.store is None:
         raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
     result = fit(cfg.store, config=cfg, overwrite=overwrite, progress=_progress(ctx, progress))
@@ -229,12 +237,14 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
 @click.argument("store", required=False)
 @config_opt
 @scheduler_opt
+@storage_opt
 @progress_opt
 @json_opt
 @click.pass_context
 @_handle_errors
 def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
-                 scheduler: str | None, progress: bool | None, as_json: bool) -> None:
+                 scheduler: str | None, storage_options: tuple[str, ...], progress: bool | None,
+                 as_json: bool) -> None:
     """Label every pixel of STORE with its nearest palette colour, chunk by chunk.
 
     Also computes per-image and collection MSE/PSNR (see `streamq info`). Resumable.
@@ -242,14 +252,15 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
     from streamq.config import load_config
     from streamq.quantize import quantize
 
-    cfg = load_config(config_path, **{"store": store, "dask.scheduler": scheduler})
+    cfg = load_config(config_path, **{"store": store, "dask.scheduler": scheduler},
+                      **storage_overrides(storage_options))
     if cfg.store is None:
         raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
     from streamq.per_image import PerImageSummary, summary_of
 
     summary = quantize(cfg.store, config=cfg, progress=_progress(ctx, progress))
     summaries = [summary]
-    per_image = summary_of(cfg.store)
+    per_image = summary_of(cfg.store, cfg.storage_options)
     if per_image is not None and not isinstance(summary, PerImageSummary):
         summaries.append(per_image)
     if as_json:
@@ -272,6 +283,7 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
 @click.option("--tol", type=float, default=None, help="Stop when no group centre moves more than this.")
 @max_steps_opt
 @seed_opt
+@storage_opt
 @overwrite_opt
 @progress_opt
 @json_opt
@@ -280,8 +292,8 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
 def cluster_images_cmd(ctx: click.Context, store: str | None, config_path: str | None,
                        scheduler: str | None, groups: int | None, descriptor: str | None,
                        moments_weight: float | None, batch_size: int | None, tol: float | None,
-                       max_steps: int | None, seed: int | None, overwrite: bool,
-                       progress: bool | None, as_json: bool) -> None:
+                       max_steps: int | None, seed: int | None, storage_options: tuple[str, ...],
+                       overwrite: bool, progress: bool | None, as_json: bool) -> None:
     """Group the images of STORE by their colours (palette histograms), into G groups.
 
     Needs the labels of `streamq quantize`. Resumable; `streamq info` shows the groups.
@@ -293,7 +305,8 @@ def cluster_images_cmd(ctx: click.Context, store: str | None, config_path: str |
         "store": store, "dask.scheduler": scheduler, "cluster_images.groups": groups,
         "cluster_images.descriptor": descriptor, "cluster_images.moments_weight": moments_weight,
         "cluster_images.batch_size": batch_size, "cluster_images.tol": tol,
-        "cluster_images.max_steps": max_steps, "cluster_images.seed": seed})
+        "cluster_images.max_steps": max_steps, "cluster_images.seed": seed},
+        **storage_overrides(storage_options))
     if cfg.store is None:
         raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
     result = cluster_images(cfg.store, config=cfg, overwrite=overwrite,
@@ -317,6 +330,7 @@ def cluster_images_cmd(ctx: click.Context, store: str | None, config_path: str |
 @click.option("--png-level", type=int, default=None, help="zlib level of PNG files, 0..9 [default: 1].")
 @click.option("--per-image", "per_image", type=int, default=None, metavar="K",
               help="Export the per-image palettes of this K instead of the shared palette.")
+@storage_opt
 @overwrite_opt
 @progress_opt
 @json_opt
@@ -324,15 +338,20 @@ def cluster_images_cmd(ctx: click.Context, store: str | None, config_path: str |
 @_handle_errors
 def export_cmd(ctx: click.Context, store: str | None, out: str | None, config_path: str | None,
                scheduler: str | None, fmt: str | None, dither: bool | None, labels: tuple[str, ...],
-               ids: str | None, png_level: int | None, per_image: int | None, overwrite: bool,
+               ids: str | None, png_level: int | None, per_image: int | None,
+               storage_options: tuple[str, ...], overwrite: bool,
                progress: bool | None, as_json: bool) -> None:
-    """Rebuild the quantized images of STORE as files under OUT, mirroring the source tree."""
+    """Rebuild the quantized images of STORE as files under OUT, mirroring the source tree.
+
+    OUT is a folder or a URL such as s3://bucket/faces-64 (one object per image).
+    """
     from streamq.config import load_config
     from streamq.export import export
 
     cfg = load_config(config_path, **{"store": store, "dask.scheduler": scheduler, "export.out": out,
                                       "export.format": fmt, "export.dither": dither,
-                                      "export.png_level": png_level, "export.per_image": per_image})
+                                      "export.png_level": png_level, "export.per_image": per_image},
+                      **storage_overrides(storage_options))
     if cfg.store is None or cfg.export.out is None:
         raise click.UsageError("pass STORE and OUT (or set keys 'store' and 'export.out')")
     e = cfg.export
@@ -349,12 +368,14 @@ def export_cmd(ctx: click.Context, store: str | None, out: str | None, config_pa
 @cli.command("run", short_help="Run every stage from one YAML configuration.")
 @click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
 @scheduler_opt
+@storage_opt
 @overwrite_opt
 @progress_opt
 @json_opt
 @click.pass_context
 @_handle_errors
-def run_cmd(ctx: click.Context, config_path: str, scheduler: str | None, overwrite: bool,
+def run_cmd(ctx: click.Context, config_path: str, scheduler: str | None,
+            storage_options: tuple[str, ...], overwrite: bool,
             progress: bool | None, as_json: bool) -> None:
     """Run ingest -> fit -> quantize -> export as described by CONFIG.yaml.
 
@@ -363,7 +384,7 @@ def run_cmd(ctx: click.Context, config_path: str, scheduler: str | None, overwri
     from streamq.config import load_config
     from streamq.pipeline import run
 
-    cfg = load_config(config_path, **{"dask.scheduler": scheduler})
+    cfg = load_config(config_path, **{"dask.scheduler": scheduler}, **storage_overrides(storage_options))
     report = run(cfg, progress=_progress(ctx, progress), overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
@@ -373,6 +394,8 @@ def run_cmd(ctx: click.Context, config_path: str, scheduler: str | None, overwri
 
 @cli.command("info", short_help="Show what a store holds; a grid of samples.")
 @click.argument("store")
+@config_opt
+@storage_opt
 @json_opt
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
               help="How many labels and shapes to list.")
@@ -381,12 +404,15 @@ def run_cmd(ctx: click.Context, config_path: str, scheduler: str | None, overwri
 @click.option("--grid-shape", default="2x5", show_default=True, help="Grid rows x columns.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the grid's sample.")
 @_handle_errors
-def info_cmd(store: str, as_json: bool, top: int, grid: str | None, grid_shape: str, seed: int) -> None:
+def info_cmd(store: str, config_path: str | None, storage_options: tuple[str, ...], as_json: bool,
+             top: int, grid: str | None, grid_shape: str, seed: int) -> None:
     """Show what STORE holds: images, pixels, sizes, labels, shapes, skipped inputs."""
+    from streamq.config import load_config
     from streamq.info import collection_info, format_info, save_grid
     from streamq.store import open_store
 
-    coll = open_store(store)
+    cfg = load_config(config_path, **storage_overrides(storage_options))
+    coll = open_store(store, cfg.storage_options)
     info = collection_info(coll, top=top)
     if grid:
         try:
@@ -414,12 +440,13 @@ def info_cmd(store: str, as_json: bool, top: int, grid: str | None, grid_shape: 
 @click.option("--seed", type=int, default=None, help="Seed of the sample of images [default: 0].")
 @click.option("--worst", type=int, default=None,
               help="Worst images by PSNR listed with thumbnails [default: 10].")
+@storage_opt
 @json_opt
 @click.pass_context
 @_handle_errors
 def report_cmd(ctx: click.Context, store: str | None, out: str | None, config_path: str | None,
                samples: int | None, ids: str | None, labels: tuple[str, ...], seed: int | None,
-               worst: int | None, as_json: bool) -> None:
+               worst: int | None, storage_options: tuple[str, ...], as_json: bool) -> None:
     """Write an HTML report of STORE to OUT.html: one self-contained page, readable offline.
 
     Palette, before/after images, convergence, PSNR, collection statistics and run facts:
@@ -429,7 +456,8 @@ def report_cmd(ctx: click.Context, store: str | None, out: str | None, config_pa
     from streamq.report import report
 
     cfg = load_config(config_path, **{"store": store, "report.out": out, "report.samples": samples,
-                                      "report.seed": seed, "report.worst": worst})
+                                      "report.seed": seed, "report.worst": worst},
+                      **storage_overrides(storage_options))
     if cfg.store is None or cfg.report.out is None:
         raise click.UsageError("pass STORE and OUT (or set keys 'store' and 'report.out')")
     summary = report(cfg.store, config=cfg, ids=ids, labels=list(labels) or None)

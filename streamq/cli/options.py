@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -25,3 +26,35 @@ json_opt = click.option("--json", "as_json", is_flag=True, help="Print machine-r
 seed_opt = click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
 max_steps_opt = click.option("--max-steps", type=int, default=None,
                              help="Stop after this many mini-batch steps.")
+storage_opt = click.option(
+    "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+    help="Option of the filesystem of a URL store or output (s3://...), e.g. "
+         "endpoint_url=http://127.0.0.1:9000, anon=true, client_kwargs.region_name=eu-west-1 "
+         "(repeatable; overrides key 'storage_options' of --config).")
+
+# Values that stay text even when they look like numbers.
+_TEXT_OPTIONS = {"key", "secret", "token", "username", "password", "profile", "region_name",
+                 "endpoint_url"}
+
+
+def storage_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``--storage-option`` values as dotted config overrides (``storage_options.KEY``).
+
+    ``true``/``false`` become booleans and integers become numbers (except for credentials
+    and names); a dotted KEY such as ``client_kwargs.region_name`` sets a nested option.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not all(key.split(".")):
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--storage-option")
+        value: Any = text
+        if text.strip().lower() in ("true", "false"):
+            value = text.strip().lower() == "true"
+        elif key.rsplit(".", 1)[-1] not in _TEXT_OPTIONS and re.fullmatch(r"-?\d+", text.strip()):
+            value = int(text)
+        elif key.rsplit(".", 1)[-1] not in _TEXT_OPTIONS and re.fullmatch(r"-?\d+\.\d*", text.strip()):
+            value = float(text)
+        out[f"storage_options.{key}"] = value
+    return out

@@ -1,0 +1,299 @@
+"""Where stores and outputs live: a local folder, or an fsspec URL such as ``s3://bucket/x.zarr``.
+
+A :class:`Location` is an absolute local path or a URL, plus the storage options that reach
+it (for S3: ``endpoint_url``, ``key``/``secret``, ``anon``, ``client_kwargs``...). It is
+small and picklable: Dask tasks receive it and open the store themselves, so pixels and
+labels never pass through the client. Local paths stay plain paths handled by ``os`` (and
+Zarr's ``LocalStore``), as fast as before; URLs go through fsspec.
+
+Whole-file writes are atomic in both worlds: locally a temporary file is fsynced and renamed
+over the target; on an object store one object is written by one PUT, which readers see
+whole or not at all.
+
+Problems with a URL -- an unknown scheme, a missing package, no credentials, an unreachable
+endpoint, a missing bucket, access denied -- become one-line :class:`~streamq.errors.StoreError`
+messages that say what to check (:func:`storage_errors`, :func:`check_access`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import posixpath
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamq.errors import StoreError
+
+__all__ = ["SCHEMES", "Location", "check_access", "join", "location", "looks_like_url",
+           "storage_errors"]
+
+log = logging.getLogger(__name__)
+
+SCHEMES = {"s3": "s3fs"}  # URL scheme -> the package that implements it
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(/+)")
+_UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError",
+                "ReadTimeoutError", "ProxyConnectionError", "ClientConnectorError",
+                "ServerTimeoutError", "ConnectionRefusedError", "FSTimeoutError"}
+_NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}
+_CHECKED: set[str] = set()  # buckets found usable by this process (scheme, bucket, options)
+
+
+def looks_like_url(text: str) -> bool:
+    """Whether ``text`` is meant as a URL (``scheme:/...``), well formed or not."""
+    return bool(_SCHEME.match(text))
+
+
+def join(base: str, *names: str) -> str:
+    """``base/name/...`` for a local path or a URL."""
+    if "://" in base:
+        return posixpath.join(base.rstrip("/"), *names)
+    return os.path.join(base, *names)
+
+
+@dataclass(frozen=True, repr=False)
+class Location:
+    """A local folder or file (absolute path) or a URL, with the storage options to reach it.
+
+    Build one with :func:`location`, which checks the URL. ``repr`` never shows the options
+    (they may hold credentials).
+    """
+
+    url: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Location({self.url!r})"
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.url
+
+    @property
+    def scheme(self) -> str:
+        return self.url.split("://", 1)[0] if not self.is_local else "file"
+
+    @property
+    def bucket(self) -> str:
+        """The first component after ``scheme://`` (for S3, the bucket)."""
+        return self.url.split("://", 1)[1].split("/", 1)[0] if not self.is_local else ""
+
+    def join(self, *names: str) -> Location:
+        return Location(join(self.url, *names), self.options)
+
+    # -- the fsspec filesystem of a URL ---------------------------------------------------
+    def filesystem(self, **extra: Any) -> Any:
+        """The (synchronous) fsspec filesystem of this URL; instances are cached by fsspec."""
+        if self.is_local:
+            raise ValueError(f"{self.url} is a local path, not a URL")
+        package = SCHEMES[self.scheme]
+        try:
+            import fsspec
+
+            return fsspec.filesystem(self.scheme, **dict(self.options), **extra)
+        except ImportError:
+            raise StoreError(f"{self.url} needs the {package} package: pip install "
+                             f"'streamq[{self.scheme}]' (or pip install {package})") from None
+        except TypeError as exc:
+            raise StoreError(f"storage options for {self.url} were not accepted by {package} "
+                             f"({exc}); check key 'storage_options'") from None
+
+    # -- whole files (local: os; URL: fsspec) ---------------------------------------------
+    def exists(self) -> bool:
+        """Whether a file, or anything below this prefix, exists."""
+        if self.is_local:
+            return os.path.exists(self.url)
+        with storage_errors(self):
+            fs = self.filesystem()
+            fs.invalidate_cache(self.url)
+            return bool(fs.exists(self.url))
+
+    def listdir(self) -> list[str]:
+        """Names directly below this folder or prefix (``[]`` when there is none)."""
+        if self.is_local:
+            return os.listdir(self.url) if os.path.isdir(self.url) else []
+        with storage_errors(self):
+            fs = self.filesystem()
+            fs.invalidate_cache(self.url)
+            try:
+                entries = fs.ls(self.url, detail=False)
+            except FileNotFoundError:
+                return []
+        own = self.url.split("://", 1)[1].rstrip("/")
+        return sorted({posixpath.basename(str(e).rstrip("/")) for e in entries
+                       if str(e).rstrip("/") != own})
+
+    def read_bytes(self) -> bytes:
+        if self.is_local:
+            with open(self.url, "rb") as fh:
+                return fh.read()
+        with storage_errors(self):
+            return bytes(self.filesystem().cat_file(self.url))
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write the whole file atomically: temporary file, fsync, rename (local) or one PUT."""
+        if not self.is_local:
+            with storage_errors(self):
+                self.filesystem().pipe_file(self.url, data)
+            return
+        folder = os.path.dirname(self.url)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(self.url)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.url)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def remove(self) -> None:
+        """Remove one file; a missing one is fine."""
+        if self.is_local:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.url)
+            return
+        with storage_errors(self), contextlib.suppress(FileNotFoundError):
+            self.filesystem().rm_file(self.url)
+
+    def tree_size(self) -> int:
+        """Bytes stored in every file below this folder or prefix."""
+        if self.is_local:
+            total = 0
+            for dirpath, _, files in os.walk(self.url):
+                for f in files:
+                    with contextlib.suppress(OSError):
+                        total += os.path.getsize(os.path.join(dirpath, f))
+            return total
+        with storage_errors(self):
+            fs = self.filesystem()
+            fs.invalidate_cache(self.url)
+            try:
+                return int(fs.du(self.url, total=True))
+            except FileNotFoundError:
+                return 0
+
+    def endpoint(self) -> str:
+        """Where requests go, for messages: the endpoint_url option or the provider default."""
+        client = self.options.get("client_kwargs") or {}
+        return str(self.options.get("endpoint_url") or client.get("endpoint_url")
+                   or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+                   or "the default AWS endpoint")
+
+
+def location(target: str | os.PathLike[str] | Location,
+             storage_options: Mapping[str, Any] | None = None) -> Location:
+    """Check and normalise a store or output path: a local path, ``file://`` or ``s3://``.
+
+    ``storage_options`` go with URLs (local paths ignore them); a :class:`Location` keeps its
+    own options unless ``storage_options`` is given.
+
+    Raises
+    ------
+    StoreError
+        For an unsupported scheme (``foo://x``), a malformed URL (``s3:/x``) or one without
+        a bucket (``s3://``).
+    """
+    if isinstance(target, Location):
+        return target if storage_options is None else Location(target.url, dict(storage_options))
+    text = os.fspath(target)
+    m = _SCHEME.match(text)
+    if m is None:
+        return Location(os.path.abspath(os.path.expanduser(text)))
+    scheme, slashes = m.group(1).lower(), m.group(2)
+    rest = text[m.end():]
+    example = "a local path or s3://BUCKET/PATH (e.g. s3://bucket/collection.zarr)"
+    if scheme == "file" and len(slashes) >= 2:
+        return Location(os.path.abspath("/" + rest))
+    if scheme not in SCHEMES:
+        raise StoreError(f"unsupported URL scheme {scheme!r} in {text!r}: use {example}")
+    if slashes != "//":
+        raise StoreError(f"{text!r} is not a valid URL: use {example}")
+    rest = rest.strip("/")
+    if not rest:
+        raise StoreError(f"{text!r} names no bucket: use {example}")
+    if storage_options is not None and not isinstance(storage_options, Mapping):
+        raise StoreError(f"storage options for {text} must be a mapping, got {storage_options!r}")
+    return Location(f"{scheme}://{rest}", dict(storage_options or {}))
+
+
+def _explain(exc: BaseException, loc: Location) -> str | None:
+    """A one-line message for a failure to use ``loc``, or None to let ``exc`` through."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    if names & _NO_CREDENTIALS:
+        return (f"no credentials for {loc.url}: set storage options 'key' and 'secret' (or "
+                "'anon: true' for a public bucket), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if names & _UNREACHABLE:
+        return (f"cannot reach {loc.endpoint()} for {loc.url} ({type(exc).__name__}): check storage "
+                "option 'endpoint_url', the network, and that the server is running")
+    if isinstance(exc, ValueError) and str(exc).startswith("Invalid endpoint"):
+        return f"{exc} for {loc.url}: storage option 'endpoint_url' must look like http://HOST:PORT"
+    if isinstance(exc, PermissionError):
+        return (f"access to {loc.url} was denied ({exc}): check storage options 'key'/'secret' "
+                "and the bucket's permissions")
+    if isinstance(exc, ImportError):
+        package = SCHEMES.get(loc.scheme, loc.scheme)
+        return f"{loc.url} needs the {package} package: pip install 'streamq[{loc.scheme}]'"
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(loc: Location) -> Iterator[None]:
+    """Turn credential, network and permission failures on ``loc`` into one-line StoreErrors."""
+    if loc.is_local:
+        yield
+        return
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as exc:
+        message = _explain(exc, loc)
+        if message is None:
+            raise
+        raise StoreError(message) from None
+
+
+def check_access(loc: Location) -> None:
+    """Fail early, in one line, when a URL cannot be used (no-op for local paths).
+
+    Looks at the bucket with few retries (a wrong endpoint fails in about a second instead
+    of the dozen seconds of the provider's retry schedule), once per process and bucket:
+    a missing bucket, missing
+    credentials or an unreachable endpoint each give a :class:`StoreError` naming the URL
+    and what to check. Being refused the bucket itself is not fatal: access may be granted
+    to objects only, and later calls tell.
+    """
+    if loc.is_local:
+        return
+    key = json.dumps([loc.scheme, loc.bucket, loc.options], sort_keys=True, default=repr)
+    if key in _CHECKED:
+        return
+    extra: dict[str, Any] = {}
+    if loc.scheme == "s3":
+        config = dict(loc.options.get("config_kwargs") or {})
+        config.setdefault("retries", {"max_attempts": 2})
+        config.setdefault("connect_timeout", 10)
+        extra["config_kwargs"] = config
+    probe = Location(loc.url, {k: v for k, v in loc.options.items() if k != "config_kwargs"})
+    fs = probe.filesystem(**extra)
+    with storage_errors(loc):
+        try:
+            fs.info(loc.bucket)
+        except FileNotFoundError:
+            raise StoreError(
+                f"bucket {loc.bucket!r} of {loc.url} does not exist at {loc.endpoint()}: create it, "
+                "or check the URL and storage option 'endpoint_url'") from None
+        except PermissionError as exc:
+            log.debug("No access to bucket %s itself (%s); going on", loc.bucket, exc)
+    _CHECKED.add(key)

@@ -1,0 +1,424 @@
+"""Stores and outputs on S3: a real moto S3 server on loopback, the real engine, compared with
+the same pipeline on local disk (same palette bit for bit, same labels, same images)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+from helpers import run_and_kill, streamq_cmd
+from PIL import Image
+
+import streamq
+from streamq.cli.main import cli
+from streamq.errors import StoreError
+from streamq.export import safe_output_path
+from streamq.fs import location
+
+BUCKET = "bucket"
+SECRET = "streamq-test-secret"
+FIT = dict(colors=8, max_steps=40, tol=1e-9, batch_size=4096, init_size=20_000,
+           validation_size=20_000, polish_size=50_000, checkpoint_steps=3)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """moto's S3 server in its own process on 127.0.0.1, with one bucket; yields the storage
+    options that reach it (passed explicitly to every stage, so Dask workers get them too)."""
+    import boto3
+
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    old = os.environ.get("AWS_EC2_METADATA_DISABLED")
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"  # never look for instance credentials
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="streamq-test",
+                     aws_secret_access_key=SECRET, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        yield {"endpoint_url": endpoint, "key": "streamq-test", "secret": SECRET,
+               "client_kwargs": {"region_name": "us-east-1"}}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        if old is None:
+            os.environ.pop("AWS_EC2_METADATA_DISABLED", None)
+        else:
+            os.environ["AWS_EC2_METADATA_DISABLED"] = old
+
+
+def _client(opts):
+    """A boto3 client: an independent reader of what streamq wrote."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=opts["endpoint_url"], aws_access_key_id=opts["key"],
+                        aws_secret_access_key=opts["secret"], region_name="us-east-1")
+
+
+def _objects(opts, prefix: str) -> dict[str, bytes]:
+    client = _client(opts)
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/"):
+        for obj in page.get("Contents", []):
+            out[obj["Key"][len(prefix) + 1:]] = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+    return out
+
+
+def _local_files(root) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _assert_same_images(local: dict[str, bytes], remote: dict[str, bytes], n: int) -> None:
+    local = {k: v for k, v in local.items() if not k.startswith(".streamq")}
+    remote = {k: v for k, v in remote.items() if not k.startswith(".streamq")}
+    assert sorted(local) == sorted(remote)
+    assert len(local) == n
+    for name, data in local.items():
+        with Image.open(io.BytesIO(data)) as a, Image.open(io.BytesIO(remote[name])) as b:
+            assert a.mode == b.mode == "P", name
+            assert a.getpalette() == b.getpalette(), name
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def pair(s3, faces_dir, tmp_path_factory, cluster_address):
+    """The faces pipeline (ingest -> fit -> quantize -> export) on local disk and on S3, on the
+    session's Dask cluster (its worker processes open the S3 store themselves)."""
+    root = tmp_path_factory.mktemp("s3pair")
+    local, remote = str(root / "faces.zarr"), f"s3://{BUCKET}/faces.zarr"
+    out_local, out_remote = root / "faces-out", f"s3://{BUCKET}/faces-out"
+    results = {}
+    for name, store, out in (("local", local, str(out_local)), ("s3", remote, out_remote)):
+        kw = dict(scheduler=cluster_address, progress=False, storage_options=s3)
+        streamq.ingest(faces_dir, store, chunk_pixels=65_536, **kw)
+        fitted = streamq.fit(store, seed=3, **FIT, **kw)
+        quantized = streamq.quantize(store, **kw)
+        exported = streamq.export(store, out, **kw)
+        results[name] = (fitted, quantized, exported)
+    return {"local": local, "s3": remote, "out_local": out_local, "out_s3": out_remote,
+            "results": results, "options": s3}
+
+
+def test_pipeline_on_s3_matches_local(pair):
+    opts = pair["options"]
+    (fit_l, q_l, e_l), (fit_s, q_s, e_s) = pair["results"]["local"], pair["results"]["s3"]
+    assert np.array_equal(fit_l.centers, fit_s.centers)  # bit-equal
+    assert np.array_equal(fit_l.palette, fit_s.palette)
+    assert fit_l.steps == fit_s.steps == FIT["max_steps"]
+    assert q_l.mse == q_s.mse
+    assert e_s.n_written == e_l.n_written == 48
+    # Read the S3 store with zarr's own URL handling, not streamq's.
+    gl = zarr.open_group(pair["local"], mode="r")
+    gs = zarr.open_group(pair["s3"], mode="r", storage_options=opts)
+    for name in ("pixels", "images/path", "images/offset", "quantize/labels", "fit/palette/r",
+                 "fit/palette/center_0", "quantize/images/sse"):
+        np.testing.assert_array_equal(gl[name][:], gs[name][:], err_msg=name)
+    assert gs.attrs["quantize"]["state"] == "complete"
+    # Every exported image: the same pixels and palette, read back with boto3.
+    _assert_same_images(_local_files(pair["out_local"]), _objects(opts, "faces-out"), 48)
+    # No credential was written anywhere in the store or the export.
+    for prefix in ("faces.zarr", "faces-out"):
+        assert not [k for k, v in _objects(opts, prefix).items() if SECRET.encode() in v]
+
+
+def test_info_on_s3(pair):
+    opts = pair["options"]
+    info_l = streamq.collection_info(pair["local"])
+    info_s = streamq.collection_info(pair["s3"], storage_options=opts)
+    for key in ("n_images", "n_pixels", "labels_top", "shapes_top", "labels"):
+        assert info_l[key] == info_s[key], key
+    drop = ("store", "seconds")
+    assert ({k: v for k, v in info_l["fit"].items() if k not in drop}
+            == {k: v for k, v in info_s["fit"].items() if k not in drop})
+    assert info_s["stored_bytes"] == info_l["stored_bytes"] > 0  # same compressed shards
+    args = ["info", pair["s3"], "--storage-option", f"endpoint_url={opts['endpoint_url']}",
+            "--storage-option", f"key={opts['key']}", "--storage-option", f"secret={opts['secret']}",
+            "--storage-option", "client_kwargs.region_name=us-east-1"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "images       48" in result.output
+    assert "palette      K=8" in result.output
+
+
+def test_export_to_s3_rerun_skips_and_overwrite_keeps_other_objects(pair, cluster_address):
+    opts = pair["options"]
+    again = streamq.export(pair["s3"], pair["out_s3"], scheduler=cluster_address, progress=False,
+                           storage_options=opts)
+    assert (again.n_written, again.n_existing) == (0, 48)
+    client = _client(opts)
+    client.put_object(Bucket=BUCKET, Key="faces-out/notes.txt", Body=b"mine")
+    first = sorted(k for k in _objects(opts, "faces-out") if k.endswith(".png"))[0]
+    client.put_object(Bucket=BUCKET, Key=f"faces-out/{first}", Body=b"broken")
+    redo = streamq.export(pair["s3"], pair["out_s3"], scheduler="threads", progress=False,
+                          storage_options=opts, ids="0-4", overwrite=True)
+    assert (redo.n_written, redo.n_existing) == (5, 0)
+    after = _objects(opts, "faces-out")
+    assert after["notes.txt"] == b"mine"  # not an export file: left alone
+    _assert_same_images(_local_files(pair["out_local"]),
+                        {k: v for k, v in after.items() if k != "notes.txt"}, 48)
+
+
+def test_per_image_on_s3_matches_local(pair, cluster_address):
+    opts = pair["options"]
+    for store in (pair["local"], pair["s3"]):
+        streamq.fit_per_image(store, colors=[4], pixels_per_task=100_000, scheduler=cluster_address,
+                              progress=False, storage_options=opts)
+        streamq.quantize(store, scheduler=cluster_address, progress=False, storage_options=opts)
+    gl = zarr.open_group(pair["local"], mode="r")
+    gs = zarr.open_group(pair["s3"], mode="r", storage_options=opts)
+    for k in (4,):
+        for name in ("center", "palette", "labels", "images/sse"):
+            np.testing.assert_array_equal(gl[f"per_image/k{k}/{name}"][:], gs[f"per_image/k{k}/{name}"][:],
+                                          err_msg=f"k{k}/{name}")
+
+
+def test_colour_histogram_cache_on_s3(pair, cluster_address):
+    opts = pair["options"]
+    centers = streamq.load_fit(pair["local"]).centers
+    mse_l = streamq.collection_mse(pair["local"], centers, "rgb", scheduler=cluster_address)
+    mse_s = streamq.collection_mse(pair["s3"], centers, "rgb", scheduler=cluster_address,
+                                   storage_options=opts)
+    assert mse_l == mse_s
+    assert mse_l == pytest.approx(pair["results"]["local"][1].mse, rel=1e-9)  # = quantize's MSE
+    gs = zarr.open_group(pair["s3"], mode="r", storage_options=opts)
+    assert gs.attrs["colors"]["state"] == "complete"
+    np.testing.assert_array_equal(zarr.open_group(pair["local"], mode="r")["colors/code"][:],
+                                  gs["colors/code"][:])
+
+
+def test_image_groups_and_report_on_s3(pair, cluster_address, tmp_path):
+    opts = pair["options"]
+    local, remote = (streamq.cluster_images(store, groups=3, max_steps=20, scheduler=cluster_address,
+                                            progress=False, storage_options=opts)
+                     for store in (pair["local"], pair["s3"]))
+    np.testing.assert_array_equal(local.group, remote.group)
+    np.testing.assert_array_equal(local.centers, remote.centers)
+    assert streamq.load_groups(pair["s3"], storage_options=opts).groups == 3
+    on_disk = streamq.report(pair["local"], tmp_path / "local.html")
+    on_s3 = streamq.report(pair["s3"], tmp_path / "s3.html", storage_options=opts)
+    assert on_s3.sections == on_disk.sections  # every section the local store gives
+    assert on_s3.missing == on_disk.missing
+    assert f"s3://{BUCKET}/faces.zarr" in (tmp_path / "s3.html").read_text(encoding="utf-8")
+
+
+def _run_config(path, src, store, out, opts):
+    lines = [f"store: {store}", "dask:\n  scheduler: threads",
+             f"ingest:\n  source: {src}\n  chunk_pixels: 32768",
+             "fit:\n" + "".join(f"  {k}: {v}\n" for k, v in {**FIT, "colors": 6, "max_steps": 30,
+                                                           "tol": "1.0e-9"}.items()),
+             f"export:\n  out: {out}"]
+    if opts is not None:
+        lines.insert(1, "storage_options: " + json.dumps(opts))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _kill_when(cmd, condition, timeout=300.0):
+    """Start ``cmd`` in its own process group and SIGKILL it as soon as ``condition()`` holds.
+
+    Returns the exit code if it finished first, else None.
+    """
+    import signal
+
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if condition():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return None
+        time.sleep(0.2)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+@pytest.mark.slow
+def test_run_on_s3_killed_and_rerun(s3, faces_dir, tmp_path):
+    ref = _run_config(tmp_path / "ref.yaml", faces_dir, "ref.zarr", "ref-out", None)
+    t0 = time.monotonic()
+    subprocess.run(streamq_cmd("-q", "run", str(ref)), check=True)
+    local_seconds = time.monotonic() - t0
+    store, out = f"s3://{BUCKET}/resume.zarr", f"s3://{BUCKET}/resume-out"
+    cfg = _run_config(tmp_path / "s3.yaml", faces_dir, store, out, s3)
+    rng = random.Random(41)
+    client = _client(s3)
+
+    def checkpoint() -> str | None:  # the ETag of the running fit's checkpoint object
+        try:
+            return client.head_object(Bucket=BUCKET, Key="resume.zarr/fit/checkpoint/c/0")["ETag"]
+        except client.exceptions.ClientError:
+            return None
+
+    run_and_kill(streamq_cmd("-q", "run", str(cfg)), rng.uniform(2.0, local_seconds / 3))
+    before = checkpoint()
+    # Killed in the middle of the fit, right after this run wrote a checkpoint.
+    assert _kill_when(streamq_cmd("-q", "run", str(cfg)),
+                      lambda: checkpoint() not in (None, before)) is None
+    root = json.loads(client.get_object(Bucket=BUCKET, Key="resume.zarr/zarr.json")["Body"].read())
+    assert root["attributes"]["fit"]["state"] == "running"
+    run_and_kill(streamq_cmd("-q", "run", str(cfg)), rng.uniform(2.0, local_seconds))
+    # The last run takes its storage options from flags instead of the file.
+    bare = _run_config(tmp_path / "bare.yaml", faces_dir, store, out, None)
+    flags = [x for k, v in (("endpoint_url", s3["endpoint_url"]), ("key", s3["key"]),
+                            ("secret", s3["secret"]), ("client_kwargs.region_name", "us-east-1"))
+             for x in ("--storage-option", f"{k}={v}")]
+    done = subprocess.run(streamq_cmd("run", str(bare), *flags), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    gl = zarr.open_group(str(tmp_path / "ref.zarr"), mode="r")
+    gs = zarr.open_group(store, mode="r", storage_options=s3)
+    for name in ("pixels", "images/path", "fit/palette/center_0", "fit/palette/center_1",
+                 "fit/palette/center_2", "fit/palette/r", "fit/history/shift", "quantize/labels"):
+        np.testing.assert_array_equal(gl[name][:], gs[name][:], err_msg=name)
+    _assert_same_images(_local_files(tmp_path / "ref-out"), _objects(s3, "resume-out"), 48)
+
+
+# -- failures: one line, saying what to check ------------------------------------------------------
+def _one_line_error(args):
+    t0 = time.monotonic()
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ")
+    return lines[0], time.monotonic() - t0
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("foo://bucket/x.zarr", "unsupported URL scheme 'foo'"),
+    ("s3:/bucket/x.zarr", "'s3:/bucket/x.zarr' is not a valid URL"),
+    ("s3://", "names no bucket"),
+])
+def test_bad_urls(url, message, faces_dir):
+    for args in (["info", url], ["ingest", str(faces_dir), url, "--scheduler", "sync"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1
+        assert len(result.output.strip().splitlines()) == 1
+        assert result.output.startswith("error: ")
+        assert message in result.output
+        assert "s3://BUCKET/PATH" in result.output
+    with pytest.raises(StoreError, match="unsupported URL scheme|not a valid URL|names no bucket"):
+        streamq.open_store(url)
+
+
+def test_config_url_is_not_made_relative(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("store: s3:/bucket/x.zarr\nexport:\n  out: s3://bucket/out\n")
+    loaded = streamq.load_config(cfg)
+    assert (loaded.store, loaded.export.out) == ("s3:/bucket/x.zarr", "s3://bucket/out")
+    with pytest.raises(StoreError, match="not a valid URL"):
+        location(loaded.store)
+
+
+def test_unreachable_endpoint(s3):
+    closed = _free_port()
+    line, seconds = _one_line_error(["info", f"s3://{BUCKET}/faces.zarr", "--storage-option",
+                                     f"endpoint_url=http://127.0.0.1:{closed}",
+                                     "--storage-option", "key=k", "--storage-option", "secret=s"])
+    assert f"cannot reach http://127.0.0.1:{closed} for s3://{BUCKET}/faces.zarr" in line
+    assert "check storage option 'endpoint_url'" in line
+    assert seconds < 20  # few retries, not the provider's full schedule
+
+
+def test_missing_bucket(pair, faces_dir):
+    s3 = pair["options"]
+    flags = [x for k in ("endpoint_url", "key", "secret") for x in ("--storage-option", f"{k}={s3[k]}")]
+    line, _ = _one_line_error(["ingest", str(faces_dir), "s3://no-such-bucket/x.zarr", *flags])
+    assert ("bucket 'no-such-bucket' of s3://no-such-bucket/x.zarr does not exist at "
+            f"{s3['endpoint_url']}: create it, or check the URL and storage option 'endpoint_url'") in line
+    with pytest.raises(StoreError, match="bucket 'no-such-bucket' of s3://no-such-bucket/out"):
+        streamq.export(pair["local"], "s3://no-such-bucket/out", scheduler="sync", storage_options=s3)
+
+
+def test_missing_store_and_not_a_store(s3, faces_dir):
+    with pytest.raises(streamq.StoreLayoutError, match="does not exist"):
+        streamq.open_store(f"s3://{BUCKET}/nothing-here.zarr", storage_options=s3)
+    _client(s3).put_object(Bucket=BUCKET, Key="not-a-store/readme.txt", Body=b"x")
+    with pytest.raises(streamq.StoreLayoutError, match="is not a streamq store"):
+        streamq.open_store(f"s3://{BUCKET}/not-a-store", storage_options=s3)
+    with pytest.raises(streamq.StoreExistsError, match="already exists"):
+        streamq.ingest(faces_dir, f"s3://{BUCKET}/not-a-store", storage_options=s3, scheduler="sync")
+
+
+def test_no_credentials(s3, tmp_path, monkeypatch):
+    for name in [k for k in os.environ if k.startswith("AWS_") and k != "AWS_EC2_METADATA_DISABLED"]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    line, _ = _one_line_error(["info", f"s3://{BUCKET}/faces.zarr", "--storage-option",
+                               f"endpoint_url={s3['endpoint_url']}"])
+    assert f"no credentials for s3://{BUCKET}/faces.zarr" in line
+    assert "'key' and 'secret'" in line
+
+
+def test_missing_s3fs(faces_dir):
+    code = ("import sys; sys.modules['s3fs'] = None; from streamq.cli.main import main; "
+            f"sys.argv = ['streamq', 'ingest', {str(faces_dir)!r}, 's3://bucket/x.zarr']; main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: s3://bucket/x.zarr needs the s3fs package: pip install 'streamq[s3]' (or pip install s3fs)"]
+
+
+# -- small parts ---------------------------------------------------------------------------------------
+def test_urls_keep_outputs_inside_out():
+    out = "s3://bucket/out"
+    assert safe_output_path(out, "Ann/Ann_0001.jpg", ".png", "00000001") == "s3://bucket/out/Ann/Ann_0001.png"
+    for rel in ("../../etc/passwd", "/abs/x.jpg", "a/../../b.jpg", "..\\..\\c.jpg", "x\x00y/z\n.jpg"):
+        p = safe_output_path(out, rel, ".png", "00000007")
+        assert p.startswith(out + "/"), p
+        assert ".." not in p.split("/"), p
+        assert not any(ord(c) < 32 for c in p), p
+
+
+def test_location_hides_options_and_parses():
+    loc = location("s3://bucket/x.zarr/", {"secret": "hush"})
+    assert (loc.url, loc.bucket, loc.is_local) == ("s3://bucket/x.zarr", "bucket", False)
+    assert "hush" not in repr(loc)
+    assert "hush" not in repr({"store": loc})
+    assert location("file:///tmp/a.zarr").url == "/tmp/a.zarr"
+    assert location("rel.zarr").url == os.path.abspath("rel.zarr")
+    assert location("odd:name").is_local  # a colon without a slash is a file name
+
+
+def test_access_denied_is_one_line():
+    from streamq.fs import storage_errors
+
+    loc = location("s3://bucket/x.zarr", {"endpoint_url": "http://127.0.0.1:9"})
+    with pytest.raises(StoreError, match=r"^access to s3://bucket/x.zarr was denied \(Access Denied\): "
+                                         "check storage options 'key'/'secret'"), storage_errors(loc):
+        raise PermissionError("Access Denied")
+    with pytest.raises(KeyError), storage_errors(loc):  # anything else goes through untouched
+        raise KeyError("x")
