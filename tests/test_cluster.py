@@ -121,7 +121,7 @@ def test_worker_killed_during_fit(src, reference, ingested, procs, tmp_path):
     shutil.copytree(ingested, store)
     cfg = _config(tmp_path, src, "fit", procs.address)
     _kill_worker_during(procs, lambda: streamq.fit(str(store), config=cfg, progress=False),
-                        "_draw_part")
+                        "draw_task")
     ref, got = zarr.open_group(str(reference / "ref.zarr"), mode="r"), zarr.open_group(str(store), mode="r")
     for name in ("fit/palette/center_0", "fit/palette/center_1", "fit/palette/center_2",
                  "fit/palette/r", "fit/palette/g", "fit/palette/b"):
