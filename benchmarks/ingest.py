@@ -58,7 +58,7 @@ import zarr
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_collection  # noqa: E402
+from common import build_collection, git_commit  # noqa: E402
 
 import streamq  # noqa: E402
 from streamq.config import IngestConfig  # noqa: E402
@@ -271,21 +271,6 @@ def running_cluster(n_workers: int) -> Iterator[str]:
         yield run.client.scheduler.address
 
 
-def git_state() -> dict[str, Any]:
-    """The commit of the checkout streamq is imported from, and whether streamq/ is edited."""
-    import subprocess
-
-    root = Path(streamq.__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "streamq"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return {}
-    return {"commit": head, "streamq_modified": bool(dirty)}
-
-
 def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
@@ -408,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if got != n_px:
             raise RuntimeError(f"{what}: {got} pixels, expected {n_px}")
 
-    git_at_start = git_state()
+    git_at_start = git_commit()
     try:
         t_all = time.perf_counter()
         with ctx.Pool(1) as p:  # read every file once, untimed
@@ -527,7 +512,7 @@ def _report(args: argparse.Namespace, codecs: list[tuple[str, str, int | None]],
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "streamq": streamq.__version__,
                     "zarr": zarr.__version__, "pillow": Image.__version__,
-                    "git": {"start": git_at_start, "end": git_state()}},
+                    "git": {"start": git_at_start, "end": git_commit()}},
         "settings": {"images": args.images, "size": args.size, "repeats": args.repeats,
                      "chunk_pixels": args.chunk_pixels, "block_pixels": args.block_pixels,
                      "procs": args.procs, "mpx": mpx, "codecs": args.codecs},
