@@ -128,9 +128,9 @@ class FitConfig:
     polish_size: int = _opt(1_000_000, _at_least(0),
                             "minibatch: pixels of the final Lloyd polish sample (0: no polish)")
     polish_iter: int = _opt(300, _at_least(1), "minibatch: maximum polish iterations")
-    polish_starts: int = _opt(3, _at_least(1),
-                              "minibatch: polish from the mini-batch centres and k-means++ starts "
-                              "on the polish sample; the lowest inertia wins")
+    polish_starts: int = _opt(16, _at_least(1),
+                              "minibatch: polish starts (the mini-batch centres and k-means++) "
+                              "raced on the polish sample's colour grid; the best 3 finish exactly")
     refine: bool = _opt(False, doc="lloyd: start from the mini-batch palette instead of k-means++")
     color_space: Literal["rgb", "oklab"] = _opt("rgb", doc="space the distances are measured in")
     reassignment_ratio: float = _opt(0.01, _non_negative,
