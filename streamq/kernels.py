@@ -74,23 +74,69 @@ from streamq.colorspace import codes_to_rgb  # noqa: E402  (re-exported)
 
 
 @numba.njit(nogil=True, cache=True)
-def _map_labels(rgb: np.ndarray, lut: np.ndarray, palette: np.ndarray,
-                labels: np.ndarray, err: np.ndarray, misses: np.ndarray) -> int:
-    """Look every pixel up; return how many missed (their indices go to ``misses``)."""
+def _lookup_all(rgb: np.ndarray, lut: np.ndarray, palette: np.ndarray, packed: bool,
+                labels: np.ndarray, ends: np.ndarray, sse: np.ndarray, misses: np.ndarray) -> int:
+    """Look every pixel up; return how many missed (their indices go to ``misses``).
+
+    Writes ``labels[i]`` and adds each pixel's squared RGB error to ``sse[s]`` of its segment
+    (segment ``s`` is ``[ends[s - 1], ends[s])``; the last ends at ``len(rgb)``). A ``packed``
+    table holds ``label | error << 8`` (K <= 256): the error is a shift, not a computation.
+    """
     n_miss = 0
-    for i in range(rgb.shape[0]):
+    start = 0
+    for s in range(ends.shape[0]):
+        stop = ends[s]
+        acc = np.int64(0)
+        for i in range(start, stop):
+            c = (np.int64(rgb[i, 0]) << 16) | (np.int64(rgb[i, 1]) << 8) | np.int64(rgb[i, 2])
+            v = lut[c]
+            if v < 0:
+                misses[n_miss] = i
+                n_miss += 1
+            elif packed:
+                labels[i] = v & 255
+                acc += v >> 8
+            else:
+                labels[i] = v
+                for j in range(3):
+                    d = np.int64(rgb[i, j]) - palette[v, j]
+                    acc += d * d
+        sse[s] += acc
+        start = stop
+    return n_miss
+
+
+@numba.njit(nogil=True, cache=True)
+def _lookup_some(rgb: np.ndarray, idx: np.ndarray, lut: np.ndarray, palette: np.ndarray,
+                 packed: bool, labels: np.ndarray, ends: np.ndarray, sse: np.ndarray,
+                 err: np.ndarray) -> int:
+    """:func:`_lookup_all` for the sorted pixel indices ``idx`` only, also writing ``err[i]``
+    when ``err`` is not empty; returns how many still missed (0 after a fill)."""
+    s = 0
+    n_miss = 0
+    want_err = err.shape[0] > 0
+    for t in range(idx.shape[0]):
+        i = idx[t]
+        while s < ends.shape[0] - 1 and i >= ends[s]:
+            s += 1
         c = (np.int64(rgb[i, 0]) << 16) | (np.int64(rgb[i, 1]) << 8) | np.int64(rgb[i, 2])
-        lab = lut[c]
-        if lab < 0:
-            misses[n_miss] = i
+        v = lut[c]
+        if v < 0:
             n_miss += 1
             continue
+        if packed:
+            lab = v & 255
+            e = np.int64(v >> 8)
+        else:
+            lab = v
+            e = np.int64(0)
+            for j in range(3):
+                d = np.int64(rgb[i, j]) - palette[lab, j]
+                e += d * d
         labels[i] = lab
-        s = 0
-        for j in range(3):
-            t = np.int64(rgb[i, j]) - np.int64(palette[lab, j])
-            s += t * t
-        err[i] = s
+        sse[s] += e
+        if want_err:
+            err[i] = e
     return n_miss
 
 
@@ -114,43 +160,70 @@ class LabelTable:
     """Exact nearest-centre labels for 24-bit colours, filled lazily (a 2**24 lookup table).
 
     Only colours that occur are ever computed, with :func:`assign` on their coordinates in the
-    fit's colour space; every later pixel of a known colour is one table lookup.
+    fit's colour space; every later pixel of a known colour is one table lookup. For K <= 256
+    an entry also holds the colour's squared error to its palette colour (``label | err << 8``,
+    at most 8 + 18 bits), which the per-image error sums then read instead of recomputing.
     """
 
     def __init__(self, centers: np.ndarray, palette: np.ndarray, space: str) -> None:
         self.centers = np.ascontiguousarray(centers, dtype=np.float64)
         self.palette = np.ascontiguousarray(palette, dtype=np.int64)
         self.space = space
+        self.packed = len(self.palette) <= 256
         self.lut = np.full(1 << 24, -1, dtype=np.int32)
         self._seen = np.zeros(1 << 24, dtype=np.bool_)
         import threading
 
         self._lock = threading.Lock()  # tasks in threads share a table; misses fill it one at a time
 
+    def _fill(self, rgb: np.ndarray, idx: np.ndarray) -> None:
+        """Compute the table entries of the colours of ``rgb[idx]`` that have none yet."""
+        from streamq.colorspace import to_space
+
+        with self._lock:
+            new = _distinct(rgb, idx, self._seen)
+            new = new[self.lut[new] < 0]
+            if not len(new):
+                return
+            colours = codes_to_rgb(new)
+            lab, _ = assign(to_space(colours, self.space), self.centers)
+            if self.packed:
+                err = ((colours.astype(np.int64) - self.palette[lab]) ** 2).sum(1)
+                self.lut[new] = (lab.astype(np.int64) | (err << 8)).astype(np.int32)
+            else:
+                self.lut[new] = lab
+
+    def labels_sse(self, rgb: np.ndarray, dtype: Any, ends: np.ndarray,
+                   want_err: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Labels (``dtype``) of ``(n, 3)`` uint8 pixels, the summed squared RGB error of each
+        segment (segment ``s`` ends before ``ends[s]``; the last ends at ``n``), and the error
+        per pixel (int32) when ``want_err`` (else an empty array)."""
+        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+        n = len(rgb)
+        ends = np.asarray(ends, dtype=np.int64)
+        if not len(ends) or ends[-1] != n:
+            ends = np.append(ends, n)
+        labels = np.empty(n, dtype=dtype)
+        sse = np.zeros(len(ends), dtype=np.int64)
+        err = np.empty(n if want_err else 0, dtype=np.int32)
+        if want_err:  # the per-pixel path: every pixel through the indexed loop
+            idx = np.arange(n, dtype=np.int64)
+            if _lookup_some(rgb, idx, self.lut, self.palette, self.packed, labels, ends, sse, err):
+                self._fill(rgb, idx)
+                sse[:] = 0
+                _lookup_some(rgb, idx, self.lut, self.palette, self.packed, labels, ends, sse, err)
+            return labels, sse, err
+        misses = np.empty(n, dtype=np.int64)
+        n_miss = _lookup_all(rgb, self.lut, self.palette, self.packed, labels, ends, sse, misses)
+        if n_miss:
+            idx = misses[:n_miss].copy()
+            self._fill(rgb, idx)
+            if _lookup_some(rgb, idx, self.lut, self.palette, self.packed, labels, ends, sse, err):
+                raise RuntimeError("label table still misses colours after filling them")
+        return labels, sse, err
+
     def labels(self, rgb: np.ndarray, dtype: Any = np.int32) -> tuple[np.ndarray, np.ndarray]:
         """Labels (``dtype``) and squared RGB error per pixel (int32: at most 3 * 255**2) of
         ``(n, 3)`` uint8 pixels."""
-        from streamq.colorspace import to_space
-
-        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-        labels = np.empty(len(rgb), dtype=dtype)
-        err = np.empty(len(rgb), dtype=np.int32)
-        misses = np.empty(len(rgb), dtype=np.int32)
-        n_miss = _map_labels(rgb, self.lut, self.palette, labels, err, misses)
-        if n_miss:
-            idx = misses[:n_miss]
-            sub = rgb[idx]
-            with self._lock:
-                new = _distinct(rgb, idx, self._seen)
-                new = new[self.lut[new] < 0]
-                if len(new):
-                    lab, _ = assign(to_space(codes_to_rgb(new), self.space), self.centers)
-                    self.lut[new] = lab
-            again = np.empty(n_miss, dtype=np.int32)
-            sub_labels = np.empty(n_miss, dtype=dtype)
-            sub_err = np.empty(n_miss, dtype=np.int32)
-            if _map_labels(sub, self.lut, self.palette, sub_labels, sub_err, again):
-                raise RuntimeError("label table still misses colours after filling them")
-            labels[idx] = sub_labels
-            err[idx] = sub_err
+        labels, _, err = self.labels_sse(rgb, dtype, np.zeros(0, np.int64), want_err=True)
         return labels, err

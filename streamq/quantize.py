@@ -83,12 +83,22 @@ def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
     hi = min(lo + chunk, pixels.shape[0])
     rgb = np.asarray(pixels[lo:hi])
     out = open_array(store, LABELS, mode="r+")
-    labels, err = _table(args).labels(rgb, out.dtype)
-    out[lo:hi] = labels
-    sse = []
-    for image_id, off, size in args["images"]:
+    # Segments of this shard: each image's part of it, and the gaps between (skipped inputs).
+    bounds, seg_of = [], []
+    pos = 0
+    for _, off, size in args["images"]:
         a, b = max(off, lo) - lo, min(off + size, hi) - lo
-        sse.append([int(image_id), int(err[a:b].sum(dtype=np.int64))])
+        if a > pos:
+            bounds.append(a)  # a gap
+        seg_of.append(len(bounds))
+        bounds.append(b)
+        pos = b
+    if pos < hi - lo:
+        bounds.append(hi - lo)
+    labels, seg_sse, _ = _table(args).labels_sse(rgb, out.dtype, np.asarray(bounds, np.int64))
+    out[lo:hi] = labels
+    sse = [[int(image_id), int(seg_sse[s])]
+           for (image_id, _, _), s in zip(args["images"], seg_of, strict=True)]
     report = {"sse": sse, "pixels": int(hi - lo)}
     write_record(store, RECORDS, c, report)
     return report
