@@ -8,7 +8,8 @@ stored names contain. Each file is written under a temporary name and renamed (o
 store such as ``s3://bucket/out``: one PUT per file), so a file that exists is complete: a
 rerun skips it. ``OUT/.streamq-export.json`` records what made
 the files; a different export into the same OUT is refused unless ``overwrite``.
-``--zarr`` writes labels + palette + image table as a compact Zarr store instead.
+(The compact form — labels + palette + image table — is the store itself; an
+``export --zarr`` that copies it out on its own is not built yet.)
 """
 
 from __future__ import annotations
