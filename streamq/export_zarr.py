@@ -277,10 +277,15 @@ def export_zarr(store: str | Location, out: str | Location, *, labels: list[str]
             for fut in run.as_completed(futures):
                 fut.result()
                 bar.update(1)
+    now = Store.open(st.location)  # attributes as they are now, not as first read
     for r in results:
         if any(not rec for rec in dest.records(r.name("label_records"))):
             raise StreamQError(f"{out_loc.url}: some label chunks of {r.name('labels')} have no "
                                "completion record; rerun the export")
+        # readers do not lock the store: a refit meanwhile would have mixed two palettes
+        if ready_labels(now, r.info["k"] if r.group else None) != r.info["fit_fingerprint"]:
+            raise StreamQError(f"{st.path} was refitted during the export to {out_loc.url}; "
+                               "rerun the export with --overwrite")
     dest.set_section(ATTR, {**dest.section(ATTR), "state": "complete", "timings": timings,
                             "runtime": facts, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     summary = ZarrExportSummary(out=out_loc.url, results=names, n_images=len(chosen),
@@ -362,7 +367,8 @@ def _copy_task(args: dict[str, Any]) -> dict[str, Any]:
 def _existing(out_loc: Location) -> dict[str, Any] | None:
     """The export attributes at ``out_loc``; None when there is nothing there. Anything
     else than a streamq Zarr export is refused (never replaced, even with ``overwrite``)."""
-    entries = out_loc.listdir()
+    # zarr's temporary files (``*.partial``) are what a kill while creating the group leaves
+    entries = [e for e in out_loc.listdir() if not e.endswith(".partial")]
     if not entries:
         return None
     meta: Any = None

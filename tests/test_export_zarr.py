@@ -3,6 +3,7 @@ zarr + numpy and compared with the PNG export and with the store's own arrays.""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -199,7 +200,7 @@ def test_per_image_palettes_one_group_per_k(per_image_store, tmp_path, cluster_a
         streamq.export(per_image_store, tmp_path / "y", per_image=[2, 6])
 
 
-def test_more_than_256_colours_and_a_refit(faces_store, tmp_path):
+def test_more_than_256_colours_and_a_refit(faces_store, tmp_path, monkeypatch):
     store = str(tmp_path / "big.zarr")
     shutil.copytree(faces_store, store)
     fit = dict(colors=300, max_steps=5, batch_size=4096, polish_size=0, init_size=20_000,
@@ -225,6 +226,19 @@ def test_more_than_256_colours_and_a_refit(faces_store, tmp_path):
     assert export_attrs(out)["results"][0]["fit_fingerprint"] == new
     for i, img in rebuilt(out).items():
         np.testing.assert_array_equal(img, store_image(store, i))
+    # a refit while an export runs (readers take no lock) fails it instead of completing it
+    ez = importlib.import_module("streamq.export_zarr")  # the module, not streamq.export_zarr()
+    copy = ez._copy_task
+
+    def refit_meanwhile(args):
+        g = zarr.open_group(store, mode="r+")
+        g.attrs["fit"] = {**g.attrs["fit"], "fingerprint": "refitted"}
+        return copy(args)
+
+    monkeypatch.setattr(ez, "_copy_task", refit_meanwhile)
+    with pytest.raises(StreamQError, match="refitted"):
+        streamq.export(store, tmp_path / "during.zarr", zarr=True, scheduler="sync", progress=False)
+    assert export_attrs(tmp_path / "during.zarr")["state"] == "writing"
 
 
 def test_kill_mid_export_then_rerun_gives_the_same_arrays(photo_store, tmp_path):

@@ -349,11 +349,15 @@ def export_cmd(ctx: click.Context, store: str | None, out: str | None, config_pa
 
     OUT is a folder or a URL such as s3://bucket/faces-64 (one object per image).
 
-    With --zarr, OUT (e.g. faces-labels.zarr) becomes a stand-alone Zarr store holding only
-    the palette, the labels of the selected images packed back to back, and the image table
-    (id, path, label, height, width, offset, MSE/PSNR): image j is
-    palette[labels[offset[j]:offset[j] + height[j]*width[j]]].reshape(height[j], width[j], 3).
-    Resumable; a rerun of a finished export does nothing.
+    With --zarr, OUT (e.g. faces-labels.zarr) becomes a stand-alone Zarr store of the
+    palette, the labels of the selected images packed back to back, and the image table
+    (id, path, label, height, width, offset, MSE/PSNR); --per-image 2,6,30 gives one group
+    per K. Resumable; a rerun of a finished export does nothing. With plain zarr + numpy,
+    image j is:
+
+    \b
+      palette[labels[offset[j] : offset[j] + height[j] * width[j]]]
+          .reshape(height[j], width[j], 3)
     """
     from streamq.config import load_config
     from streamq.export import export
