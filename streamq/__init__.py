@@ -17,6 +17,7 @@ from streamq.errors import (
     StreamQError,
 )
 from streamq.export import ExportSummary, export
+from streamq.export_zarr import ZarrExportSummary, export_zarr
 from streamq.fit import FitResult, collection_mse, fit, load_fit
 from streamq.groups import ImageGroups, cluster_images, load_groups
 from streamq.info import collection_info
@@ -46,11 +47,13 @@ __all__ = [
     "StoreMismatchError",
     "StreamQConfig",
     "StreamQError",
+    "ZarrExportSummary",
     "__version__",
     "cluster_images",
     "collection_info",
     "collection_mse",
     "export",
+    "export_zarr",
     "fit",
     "fit_per_image",
     "ingest",

@@ -197,18 +197,28 @@ class ClusterImagesConfig:
     checkpoint_seconds: float = _opt(30.0, _positive, "... or this many seconds")
 
 
+def _export_ks(v: Any) -> str | None:
+    ks = v if isinstance(v, tuple) else (v,)
+    return None if all(k >= 2 for k in ks) else "integers >= 2"
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """How quantized images are written (see ``streamq.export``)."""
 
     out: str | None = _opt(None, doc="output folder or URL (s3://BUCKET/PATH)")
-    per_image: int | None = _opt(None, _at_least(2), "export the per-image result of this K")
+    zarr: bool = _opt(False, doc="write OUT as a Zarr store of labels + palette + image table "
+                                 "instead of image files")
+    per_image: int | tuple[int, ...] | None = _opt(
+        None, _export_ks, "export the per-image result of this K (zarr: a list, one group each)")
     format: Literal["png", "jpeg", "webp"] = _opt("png", doc="png (palette PNG for K <= 256), jpeg or webp")
     dither: bool = _opt(False, doc="Floyd-Steinberg dithering")
     png_level: int = _opt(1, lambda v: None if 0 <= v <= 9 else "an integer in 0..9",
                           "zlib level of PNG files")
     quality: int = _opt(95, lambda v: None if 1 <= v <= 100 else "an integer in 1..100",
                         "JPEG/WebP quality")
+    zarr_chunk_pixels: int | None = _opt(None, _at_least(1),
+                                         "zarr: pixels per chunk of the labels (default: the store's)")
 
 
 @dataclass(frozen=True)

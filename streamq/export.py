@@ -8,8 +8,8 @@ stored names contain. Each file is written under a temporary name and renamed (o
 store such as ``s3://bucket/out``: one PUT per file), so a file that exists is complete: a
 rerun skips it. ``OUT/.streamq-export.json`` records what made
 the files; a different export into the same OUT is refused unless ``overwrite``.
-(The compact form — labels + palette + image table — is the store itself; an
-``export --zarr`` that copies it out on its own is not built yet.)
+The compact form -- labels + palette + image table as arrays, no image files -- is
+``export(..., zarr=True)`` (:mod:`streamq.export_zarr`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from streamq.errors import ConfigError, StoreExistsError, StreamQError
 from streamq.fs import Location, check_access, join, location, storage_errors
 from streamq.scheduler import runner
 from streamq.store import PIXELS, Collection, Store, open_array, store_location
+
+if TYPE_CHECKING:
+    from streamq.export_zarr import ZarrExportSummary
 
 __all__ = ["ExportSummary", "export", "safe_output_path"]
 
@@ -199,41 +202,49 @@ def _parse_ids(ids: str | list[int] | None, n: int) -> list[int] | None:
     return sorted(set(out))
 
 
-def export(store: str | Location, out: str | Location, *, format: str = "png",
-           dither: bool = False, labels: list[str] | None = None,
-           ids: str | list[int] | None = None, per_image: int | None = None, png_level: int = 1,
-           quality: int = 95, overwrite: bool = False,
+def export(store: str | Location, out: str | Location, *, zarr: bool = False,
+           format: str | None = None, dither: bool = False, labels: list[str] | None = None,
+           ids: str | list[int] | None = None, per_image: int | Sequence[int] | None = None,
+           png_level: int = 1, quality: int = 95, overwrite: bool = False,
            config: StreamQConfig | dict[str, Any] | None = None, scheduler: str | None = None,
-           progress: bool | None = None, storage_options: dict[str, Any] | None = None) -> ExportSummary:
+           progress: bool | None = None, storage_options: dict[str, Any] | None = None
+           ) -> ExportSummary | ZarrExportSummary:
     """Write the quantized images of ``store`` under ``out`` (see the module docstring).
 
     ``store`` and ``out`` are local paths or URLs (``s3://bucket/out``); ``storage_options``
-    (default: ``config``'s, else the store's) reach both.
+    (default: ``config``'s, else the store's) reach both. ``format`` is ``png`` (default),
+    ``jpeg`` or ``webp``. With ``zarr=True``, ``out`` becomes a Zarr store of labels,
+    palettes and the image table instead (:func:`streamq.export_zarr.export_zarr`; there
+    ``per_image`` may list several K).
     """
+    if zarr:
+        if format is not None or dither:
+            raise ConfigError("--format and --dither apply to image files; --zarr writes the "
+                              "labels and palettes themselves")
+        from streamq.export_zarr import export_zarr
+
+        return export_zarr(store, out, labels=labels, ids=ids, per_image=per_image,
+                           overwrite=overwrite, config=config, scheduler=scheduler,
+                           progress=progress, storage_options=storage_options)
+    format = format or "png"
     if format not in FORMATS:
         raise ConfigError(f"export format {format!r} is not one of {', '.join(FORMATS)}")
+    if per_image is not None and not isinstance(per_image, int):
+        ks = list(per_image)
+        if len(ks) != 1:
+            raise ConfigError(f"--per-image {','.join(map(str, ks))}: image files are exported "
+                              "for one K at a time (several K in one output need --zarr)")
+        per_image = int(ks[0])
     cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
     st = Store.open(store_location(store, storage_options, cfg.storage_options))
     coll = Collection(st)
+    fit_fp = ready_labels(st, per_image)
     if per_image is None:
-        q = st.section("quantize")
-        fit_fp = st.section("fit").get("fingerprint")
-        ok = q.get("state") == "complete" and q.get("fit_fingerprint") == fit_fp
         from streamq.fit import load_fit
 
-        palette = load_fit(st.location).palette.tolist() if ok else None
+        palette = load_fit(st.location).palette.tolist()
     else:
-        from streamq.per_image import load_per_image
-
-        load_per_image(st.location, per_image)  # checks they exist
-        q = st.section(f"per_image_quantize_k{per_image}")
-        fit_fp = st.section("per_image").get("fingerprint")
-        ok = q.get("state") == "complete" and q.get("fingerprint") == fit_fp
         palette = None
-    if not ok:
-        state = q.get("state", "missing")
-        state = "stale (the palette was refitted)" if state in ("stale", "complete") else state
-        raise StreamQError(f"{st.path}: labels are {state}; run `streamq quantize` first")
     k = len(palette) if palette is not None else per_image
     if dither and k is not None and k > 256:
         raise ConfigError(f"--dither needs a palette of at most 256 colours, this one has {k}")
@@ -289,6 +300,27 @@ def export(store: str | Location, out: str | Location, *, format: str = "png",
                             n_existing=existing, timings=timings)
     log.info("%s", summary)
     return summary
+
+
+def ready_labels(st: Store, per_image: int | None) -> str:
+    """Fingerprint of the palette whose labels ``st`` holds complete: the shared fit's, or
+    (``per_image`` = K) the per-image fit's; missing or stale labels are refused in one line."""
+    if per_image is None:
+        q = st.section("quantize")
+        fit_fp = st.section("fit").get("fingerprint")
+        ok = q.get("state") == "complete" and q.get("fit_fingerprint") == fit_fp
+    else:
+        from streamq.per_image import load_per_image
+
+        load_per_image(st.location, per_image)  # checks they exist
+        q = st.section(f"per_image_quantize_k{per_image}")
+        fit_fp = st.section("per_image").get("fingerprint")
+        ok = q.get("state") == "complete" and q.get("fingerprint") == fit_fp
+    if not ok:
+        state = q.get("state", "missing")
+        state = "stale (the palette was refitted)" if state in ("stale", "complete") else state
+        raise StreamQError(f"{st.path}: labels are {state}; run `streamq quantize` first")
+    return str(fit_fp)
 
 
 def _select(coll: Collection, labels: list[str] | None, ids: list[int] | None) -> list[int]:

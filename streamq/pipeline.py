@@ -73,7 +73,13 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
             report.stages["groups"] = cluster_images(cfg.store, config=cfg, overwrite=overwrite,
                                                      progress=progress)
         e = cfg.export
-        if e.out is not None:
+        if e.out is not None and e.zarr:  # one Zarr store; per-image: one group per K
+            ks = e.per_image
+            if ks is None and cfg.per_image.enabled:
+                ks = tuple(cfg.per_image.colors)
+            report.stages["export"] = export(cfg.store, e.out, zarr=True, per_image=ks,
+                                             overwrite=overwrite, config=cfg, progress=progress)
+        elif e.out is not None:
             kw = dict(format=e.format, dither=e.dither, png_level=e.png_level, quality=e.quality,
                       overwrite=overwrite, config=cfg, progress=progress)
             if cfg.per_image.enabled:  # one folder per K: OUT/k2, OUT/k6, ...

@@ -194,3 +194,22 @@ def wait_until(predicate, timeout: float = 60, interval: float = 0.02) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not reached in time")
         time.sleep(interval)
+
+
+def run_until(cmd: list[str], predicate, timeout: float = 120, env: dict | None = None) -> int | None:
+    """Start ``cmd`` in its own process group and SIGKILL the whole group as soon as
+    ``predicate()`` is true (polled every 5 ms): a kill at a chosen point of the run, not at a
+    guessed time. Returns the exit code if it finished first, else None."""
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if predicate() or time.monotonic() > deadline:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            return None
+        time.sleep(0.005)
+    return proc.returncode

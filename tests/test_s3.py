@@ -189,6 +189,32 @@ def test_export_to_s3_rerun_skips_and_overwrite_keeps_other_objects(pair, cluste
                         {k: v for k, v in after.items() if k != "notes.txt"}, 48)
 
 
+def test_zarr_export_on_s3_matches_local(pair, cluster_address, tmp_path):
+    opts = pair["options"]
+    out_s3, out_local = f"s3://{BUCKET}/faces-labels.zarr", tmp_path / "faces-labels.zarr"
+    s = streamq.export(pair["s3"], out_s3, zarr=True, ids="0-39", scheduler=cluster_address,
+                       progress=False, storage_options=opts)
+    streamq.export(pair["local"], out_local, zarr=True, ids="0-39", scheduler="threads",
+                   progress=False)
+    assert (s.status, s.n_images) == ("exported", 40)
+    gl = zarr.open_group(str(out_local), mode="r")
+    gs = zarr.open_group(out_s3, mode="r", storage_options=opts)  # zarr's own URL handling
+    names = sorted(n for n, a in gl.members(max_depth=None) if isinstance(a, zarr.Array))
+    assert "labels" in names
+    assert names == sorted(n for n, a in gs.members(max_depth=None) if isinstance(a, zarr.Array))
+    for name in names:
+        np.testing.assert_array_equal(gl[name][:], gs[name][:], err_msg=name)
+    assert gs.attrs["streamq_export"]["state"] == "complete"
+    before = _objects(opts, "faces-labels.zarr")
+    again = streamq.export(pair["s3"], out_s3, zarr=True, ids="0-39", scheduler="threads",
+                           progress=False, storage_options=opts)
+    assert again.status == "already complete"
+    assert _objects(opts, "faces-labels.zarr") == before
+    assert not [k for k, v in before.items() if SECRET.encode() in v]
+    with pytest.raises(streamq.StoreExistsError, match="it holds a streamq image export"):
+        streamq.export(pair["s3"], pair["out_s3"], zarr=True, overwrite=True, storage_options=opts)
+
+
 def test_per_image_on_s3_matches_local(pair, cluster_address):
     opts = pair["options"]
     for store in (pair["local"], pair["s3"]):

@@ -317,19 +317,23 @@ def cluster_images_cmd(ctx: click.Context, store: str | None, config_path: str |
         click.echo(str(result))
 
 
-@cli.command("export", short_help="Write the quantized images as image files.")
+@cli.command("export", short_help="Write the quantized images as image files (or Zarr arrays).")
 @click.argument("store", required=False)
 @click.argument("out", required=False)
 @config_opt
 @scheduler_opt
+@click.option("--zarr", "as_zarr", is_flag=True, default=None,
+              help="Write OUT as a Zarr v3 store of labels + palette + image table (no image "
+                   "files); layout in docs/store-format.md.")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpeg", "webp"]), default=None,
               help="File format [default: png, a palette PNG when K <= 256].")
 @click.option("--dither", is_flag=True, default=None, help="Floyd-Steinberg dithering.")
 @click.option("--label", "labels", multiple=True, help="Only images with this label (repeatable).")
 @click.option("--ids", default=None, help="Only these image ids, e.g. 0,5,10-20.")
 @click.option("--png-level", type=int, default=None, help="zlib level of PNG files, 0..9 [default: 1].")
-@click.option("--per-image", "per_image", type=int, default=None, metavar="K",
-              help="Export the per-image palettes of this K instead of the shared palette.")
+@click.option("--per-image", "per_image", default=None, metavar="K",
+              help="Export the per-image palettes of this K instead of the shared palette "
+                   "(--zarr: also a list such as 2,6,30, one group per K).")
 @storage_opt
 @overwrite_opt
 @progress_opt
@@ -337,28 +341,45 @@ def cluster_images_cmd(ctx: click.Context, store: str | None, config_path: str |
 @click.pass_context
 @_handle_errors
 def export_cmd(ctx: click.Context, store: str | None, out: str | None, config_path: str | None,
-               scheduler: str | None, fmt: str | None, dither: bool | None, labels: tuple[str, ...],
-               ids: str | None, png_level: int | None, per_image: int | None,
-               storage_options: tuple[str, ...], overwrite: bool,
+               scheduler: str | None, as_zarr: bool | None, fmt: str | None, dither: bool | None,
+               labels: tuple[str, ...], ids: str | None, png_level: int | None,
+               per_image: str | None, storage_options: tuple[str, ...], overwrite: bool,
                progress: bool | None, as_json: bool) -> None:
     """Rebuild the quantized images of STORE as files under OUT, mirroring the source tree.
 
     OUT is a folder or a URL such as s3://bucket/faces-64 (one object per image).
+
+    With --zarr, OUT (e.g. faces-labels.zarr) becomes a stand-alone Zarr store of the
+    palette, the labels of the selected images packed back to back, and the image table
+    (id, path, label, height, width, offset, MSE/PSNR); --per-image 2,6,30 gives one group
+    per K. Resumable; a rerun of a finished export does nothing. With plain zarr + numpy,
+    image j is:
+
+    \b
+      palette[labels[offset[j] : offset[j] + height[j] * width[j]]]
+          .reshape(height[j], width[j], 3)
     """
     from streamq.config import load_config
     from streamq.export import export
 
     cfg = load_config(config_path, **{"store": store, "dask.scheduler": scheduler, "export.out": out,
-                                      "export.format": fmt, "export.dither": dither,
-                                      "export.png_level": png_level, "export.per_image": per_image},
+                                      "export.zarr": as_zarr, "export.format": fmt,
+                                      "export.dither": dither, "export.png_level": png_level,
+                                      "export.per_image": per_image},
                       **storage_overrides(storage_options))
     if cfg.store is None or cfg.export.out is None:
         raise click.UsageError("pass STORE and OUT (or set keys 'store' and 'export.out')")
     e = cfg.export
-    summary = export(cfg.store, e.out, format=e.format, dither=e.dither, labels=list(labels) or None,
-                     ids=ids, per_image=e.per_image, png_level=e.png_level, quality=e.quality,
-                     overwrite=overwrite,
-                     config=cfg, progress=_progress(ctx, progress))
+    common = dict(labels=list(labels) or None, ids=ids, per_image=e.per_image,
+                  overwrite=overwrite, config=cfg, progress=_progress(ctx, progress))
+    if e.zarr:
+        if fmt is not None or dither or png_level is not None:
+            raise click.UsageError("--format, --dither and --png-level are for image files, "
+                                   "not --zarr")
+        summary: Any = export(cfg.store, e.out, zarr=True, **common)
+    else:
+        summary = export(cfg.store, e.out, format=e.format, dither=e.dither,
+                         png_level=e.png_level, quality=e.quality, **common)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
     elif not ctx.obj["quiet"]:
