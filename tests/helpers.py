@@ -67,19 +67,7 @@ def run_and_kill(cmd: list[str], after: float, env: dict | None = None) -> int |
 
     Returns the exit code if it finished before the kill, else None.
     """
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + after
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return proc.returncode
-        time.sleep(0.01)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-    return None
+    return run_until(cmd, lambda: False, timeout=after, env=env)
 
 
 class ProcessCluster:
