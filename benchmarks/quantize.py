@@ -7,6 +7,7 @@ a K-colour palette fitted once, in one run:
   ``MiniBatchKMeans.predict`` on the same 10 Mpx of collection pixels, on one thread and on
   both cores (predict: its OpenMP threads; streamq: two threads over two halves sharing one
   table); cold table = first pass, warm = median of the next five (predict: median of 3);
+  this process gets the malloc settings of streamq's workers for both;
 - ``io ceiling``: Dask tasks that read each pixel chunk and write a uint8 array of the same
   chunking and codec, no compute;
 - ``quantize``: ``streamq.quantize`` (read, label, write, per-image errors), whole stage:
@@ -64,6 +65,19 @@ def io_ceiling(store: str) -> float:
         t0 = time.perf_counter()
         run.map_ordered(_io_task, [(store, c, chunk) for c in range(n_chunks)])
         return time.perf_counter() - t0
+
+
+def _worker_malloc() -> None:
+    """Give this process the glibc settings of streamq's workers (buffers below 64 MiB stay
+    on the heap and are reused rather than mapped and faulted in afresh on every call), so
+    that predict and the table are both timed as they run inside a worker."""
+    import ctypes
+
+    from streamq.scheduler import MMAP_THRESHOLD
+
+    libc = ctypes.CDLL("libc.so.6")
+    for option in (-1, -3):  # M_TRIM_THRESHOLD, M_MMAP_THRESHOLD
+        libc.mallopt(option, MMAP_THRESHOLD)
 
 
 def kernel(store: str, k: int, n: int) -> dict[str, float]:
@@ -143,6 +157,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    _worker_malloc()
     base = build_store(args.workdir, args.images)
     n_pixels = streamq.open_store(base).n_pixels
     results: dict[str, dict[str, float]] = {}
