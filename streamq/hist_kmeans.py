@@ -1,0 +1,679 @@
+"""Fast k-means of one image on its colour histogram, and exact nearest-centre labels.
+
+The per-image ``histogram`` method. An image's pixel sample is reduced to its distinct
+colours with their counts: *exactly* the same k-means problem (identical pixels always share
+a cluster) on ~5x fewer points for photos. Then:
+
+- **weighted greedy k-means++** (scikit-learn's rule: ``2 + int(log K)`` candidates per
+  centre, the one that lowers the potential most is kept), every random number drawn from
+  one seeded NumPy generator. The points are grouped by the cell of a 16x16x16 grid, each
+  cell knowing its bounding box and its largest current distance, so a candidate skips the
+  cells it cannot bring closer: the same centres as the plain loop over every point;
+- **weighted Lloyd with bounds** (after Hamerly, with Newling and Fleuret's "ns" bounds):
+  each point keeps the exact distances to its centre, to its second nearest centre and to
+  the third, with the iteration they were measured at; a point is examined again only when
+  those distances, moved by how far the centres have travelled since, no longer prove that
+  its centre is the nearest, and then by a search over the centres sorted along the points'
+  principal axis. The iterations are Lloyd's exactly, and the run stops as scikit-learn's
+  does (squared centre shifts summing to at most ``tol`` times the mean variance, labels
+  unchanged, or ``max_iter``);
+- **exact labels** for every pixel (first centre on ties, as ``argmin``): the same sorted
+  search started from the previous pixel's centre, with a small cache of recent colours.
+
+Loops are serial and release the GIL: the parallelism comes from the tasks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+__all__ = ["distinct_colours", "fit_histogram", "inertia", "kmeans_plusplus", "label_pixels", "lloyd"]
+
+# The coordinates ``colorspace.to_space(rgb, "rgb")`` gives each channel value, in float64.
+CHANNEL = (np.arange(256, dtype=np.float32) * np.float32(1 / 255)).astype(np.float64)
+_GREY = np.full(3, 1 / math.sqrt(3))
+_EPS = 1e-12  # slack on every bound test: float rounding never prunes a candidate that counts
+
+
+def distinct_colours(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(points, counts)``: the distinct colours of ``(n, 3)`` uint8 pixels as float64
+    coordinates (``value / 255`` as :func:`streamq.colorspace.to_space`), sorted by their
+    24-bit code, and how many pixels have each."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    code = (rgb[:, 0].astype(np.int32) << 16) | (rgb[:, 1].astype(np.int32) << 8) | rgb[:, 2]
+    codes, counts = np.unique(code, return_counts=True)
+    points = np.stack([CHANNEL[codes >> 16], CHANNEL[(codes >> 8) & 255], CHANNEL[codes & 255]], 1)
+    return points, counts.astype(np.float64)
+
+
+@numba.njit(nogil=True, cache=True)
+def _covariance(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    total = 0.0
+    mean = np.zeros(3)
+    for i in range(x.shape[0]):
+        total += w[i]
+        for t in range(3):
+            mean[t] += w[i] * x[i, t]
+    cov = np.zeros((3, 3))
+    if total <= 0:
+        return cov
+    mean /= total
+    for i in range(x.shape[0]):
+        for a in range(3):
+            da = x[i, a] - mean[a]
+            for b in range(a, 3):
+                cov[a, b] += w[i] * da * (x[i, b] - mean[b])
+    for a in range(3):
+        for b in range(a, 3):
+            cov[a, b] /= total
+            cov[b, a] = cov[a, b]
+    return cov
+
+
+def _axis(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Unit principal axis of the rows of ``x`` (weights ``w``; the grey axis when
+    degenerate). Only the speed of the searches depends on it, never their results."""
+    if len(x) < 2:
+        return _GREY.copy()
+    w = np.ones(len(x)) if w is None else np.ascontiguousarray(w, np.float64)
+    cov = _covariance(np.ascontiguousarray(x, np.float64), w)
+    if not np.isfinite(cov).all() or not cov.any():
+        return _GREY.copy()
+    axis = np.linalg.eigh(cov)[1][:, -1]
+    return np.ascontiguousarray(axis / np.linalg.norm(axis), dtype=np.float64)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _d2(x: np.ndarray, i: int, c: np.ndarray, j: int) -> float:
+    a = x[i, 0] - c[j, 0]
+    b = x[i, 1] - c[j, 1]
+    d = x[i, 2] - c[j, 2]
+    return a * a + b * b + d * d
+
+
+# --- k-means++ -----------------------------------------------------------------------------
+
+@numba.njit(nogil=True, cache=True)
+def _cell_stats(closest: np.ndarray, w: np.ndarray, start: np.ndarray, c: int,
+                csum: np.ndarray, cmax: np.ndarray) -> None:
+    s = 0.0
+    m = 0.0
+    for i in range(start[c], start[c + 1]):
+        s += w[i] * closest[i]
+        if closest[i] > m:
+            m = closest[i]
+    csum[c] = s
+    cmax[c] = m
+
+
+@numba.njit(nogil=True, cache=True)
+def _draw(target: float, w: np.ndarray, closest: np.ndarray, start: np.ndarray,
+          csum: np.ndarray) -> int:
+    """First point whose cumulative ``w * closest`` exceeds ``target`` (the last point with
+    any mass when rounding runs past the end)."""
+    acc = 0.0
+    last = -1
+    for c in range(csum.shape[0]):
+        if csum[c] > 0:
+            last = c
+        if acc + csum[c] > target:
+            for i in range(start[c], start[c + 1]):
+                acc += w[i] * closest[i]
+                if acc > target:
+                    return i
+            break  # rounding inside the cell: fall back to the last point with mass
+        acc += csum[c]
+    c = last if last >= 0 else csum.shape[0] - 1
+    for i in range(start[c + 1] - 1, start[c] - 1, -1):
+        if closest[i] > 0:
+            return i
+    return start[c + 1] - 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _gain(j: int, x: np.ndarray, w: np.ndarray, closest: np.ndarray, start: np.ndarray,
+          lo: np.ndarray, hi: np.ndarray, csum: np.ndarray, cmax: np.ndarray, apply: bool) -> float:
+    """How much the potential drops if point ``j`` becomes a centre (and, when ``apply``,
+    make it one). A cell is skipped when its bounding box is farther from ``j`` than its
+    largest current distance: none of its points can come closer."""
+    gain = 0.0
+    for c in range(csum.shape[0]):
+        box = 0.0
+        for t in range(3):
+            v = x[j, t]
+            g = lo[c, t] - v if v < lo[c, t] else (v - hi[c, t] if v > hi[c, t] else 0.0)
+            box += g * g
+        if box > cmax[c] + _EPS:
+            continue
+        changed = False
+        for i in range(start[c], start[c + 1]):
+            d = _d2(x, i, x, j)
+            if d < closest[i]:
+                gain += w[i] * (closest[i] - d)
+                if apply:
+                    closest[i] = d
+                    changed = True
+        if changed:
+            _cell_stats(closest, w, start, c, csum, cmax)
+    return gain
+
+
+@numba.njit(nogil=True, cache=True)
+def _kmeanspp(x: np.ndarray, w: np.ndarray, start: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+              k: int, first: float, uniforms: np.ndarray, chosen: np.ndarray) -> None:
+    n = x.shape[0]
+    nc = start.shape[0] - 1
+    total = 0.0
+    for i in range(n):
+        total += w[i]
+    acc = 0.0
+    i0 = n - 1
+    for i in range(n):
+        acc += w[i]
+        if acc > first * total:
+            i0 = i
+            break
+    chosen[0] = i0
+    closest = np.empty(n)
+    for i in range(n):
+        closest[i] = _d2(x, i, x, i0)
+    csum = np.empty(nc)
+    cmax = np.empty(nc)
+    for c in range(nc):
+        _cell_stats(closest, w, start, c, csum, cmax)
+    for c in range(1, k):
+        pot = 0.0
+        for q in range(nc):
+            pot += csum[q]
+        best = np.inf
+        best_j = -1
+        for t in range(uniforms.shape[1]):
+            j = _draw(uniforms[c, t] * pot, w, closest, start, csum)
+            p = pot - _gain(j, x, w, closest, start, lo, hi, csum, cmax, False)
+            if p < best:
+                best = p
+                best_j = j
+        chosen[c] = best_j
+        _gain(best_j, x, w, closest, start, lo, hi, csum, cmax, True)
+
+
+_CELLS = 16  # grid cells per axis in k-means++
+
+
+@numba.njit(nogil=True, cache=True)
+def _cells(x: np.ndarray, cells: int, order: np.ndarray) -> np.ndarray:
+    """Counting sort of the points by grid cell (stable); returns the cell starts."""
+    n = x.shape[0]
+    low = np.empty(3)
+    scale = np.empty(3)
+    for t in range(3):
+        a = np.inf
+        b = -np.inf
+        for i in range(n):
+            a = min(a, x[i, t])
+            b = max(b, x[i, t])
+        low[t] = a
+        scale[t] = cells / (b - a) if b > a else 0.0
+    cell = np.empty(n, dtype=np.int64)
+    count = np.zeros(cells ** 3 + 1, dtype=np.int64)
+    for i in range(n):
+        c = 0
+        for t in range(3):
+            q = int(math.floor((x[i, t] - low[t]) * scale[t]))
+            c = c * cells + min(max(q, 0), cells - 1)
+        cell[i] = c
+        count[c + 1] += 1
+    occupied = 0
+    for c in range(cells ** 3):
+        if count[c + 1]:
+            occupied += 1
+        count[c + 1] += count[c]
+    start = np.empty(occupied + 1, dtype=np.int64)
+    m = 0
+    for c in range(cells ** 3):
+        if count[c + 1] > count[c]:
+            start[m] = count[c]
+            m += 1
+    start[occupied] = n
+    for i in range(n):
+        c = cell[i]
+        order[count[c]] = i
+        count[c] += 1
+    return start
+
+
+def cell_order(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How k-means++ arranges the points: ``(order, start)``, the points sorted by the cell of
+    a 16x16x16 grid over their bounding box (then by index), and where each occupied cell
+    starts in that order (with the end appended)."""
+    order = np.empty(len(x), dtype=np.int64)
+    start = _cells(np.ascontiguousarray(x, np.float64), _CELLS, order)
+    return order, start
+
+
+def kmeans_plusplus(x: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy weighted k-means++: ``k`` distinct rows of ``x`` as initial centres.
+
+    Each step draws ``2 + int(log k)`` candidates with probability ``w * D(x)**2`` (the
+    points taken in :func:`cell_order`) and keeps the one that lowers the potential
+    ``sum(w * D**2)`` most. ``x`` needs at least ``k`` distinct rows; the draws come from
+    ``rng`` only (one uniform, then a ``(k, trials)`` block), so the result is deterministic.
+    """
+    x = np.ascontiguousarray(x, np.float64)
+    if len(x) < k:
+        raise ValueError(f"k-means++ needs at least k={k} points, got {len(x)}")
+    trials = 2 + int(math.log(k))
+    first = float(rng.random())
+    uniforms = rng.random((k, trials))
+    order, start = cell_order(x)
+    xs = np.ascontiguousarray(x[order])
+    ws = np.ascontiguousarray(np.asarray(w, np.float64)[order])
+    lo = np.ascontiguousarray(np.minimum.reduceat(xs, start[:-1], axis=0))
+    hi = np.ascontiguousarray(np.maximum.reduceat(xs, start[:-1], axis=0))
+    chosen = np.empty(k, dtype=np.int64)
+    _kmeanspp(xs, ws, start, lo, hi, k, first, uniforms, chosen)
+    return xs[chosen].copy()
+
+
+# --- Lloyd ---------------------------------------------------------------------------------
+
+@numba.njit(nogil=True, cache=True)
+def _sort_centres(c: np.ndarray, axis: np.ndarray, order: np.ndarray, sp: np.ndarray) -> None:
+    k = c.shape[0]
+    pc = np.empty(k)
+    for j in range(k):
+        pc[j] = c[j, 0] * axis[0] + c[j, 1] * axis[1] + c[j, 2] * axis[2]
+    o = np.argsort(pc, kind="mergesort")
+    for r in range(k):
+        order[r] = o[r]
+        sp[r] = pc[o[r]]
+
+
+@numba.njit(nogil=True, cache=True)
+def _nearest3(x: np.ndarray, i: int, p: float, c: np.ndarray, order: np.ndarray,
+              sp: np.ndarray) -> tuple[int, float, int, float, float]:
+    """The nearest centre of point ``i`` (first on ties) and its squared distance, the second
+    nearest and its squared distance, and the squared distance to the third nearest (inf when
+    there are only two centres). ``p`` is the point's projection, ``sp`` the sorted
+    projections of the centres (``order[r]`` is the centre of rank ``r``): the search goes
+    outward from ``p`` and stops on each side when the gap alone exceeds the third distance."""
+    k = c.shape[0]
+    b1 = np.inf
+    b2 = np.inf
+    b3 = np.inf
+    a1 = -1
+    a2 = -1
+    if k <= 8:  # a few centres: look at all of them
+        for j in range(k):
+            s = _d2(x, i, c, j)
+            if s < b1:
+                b3 = b2
+                b2 = b1
+                a2 = a1
+                b1 = s
+                a1 = j
+            elif s < b2:
+                b3 = b2
+                b2 = s
+                a2 = j
+            elif s < b3:
+                b3 = s
+        return a1, b1, a2, b2, b3
+    up = np.searchsorted(sp, p)
+    down = up - 1
+    while up < k or down >= 0:
+        for side in range(2):
+            if side == 0:
+                if up >= k:
+                    continue
+                g = sp[up] - p
+                if g * g > b3 + _EPS:
+                    up = k
+                    continue
+                j = order[up]
+                up += 1
+            else:
+                if down < 0:
+                    continue
+                g = p - sp[down]
+                if g * g > b3 + _EPS:
+                    down = -1
+                    continue
+                j = order[down]
+                down -= 1
+            s = _d2(x, i, c, j)
+            if s < b1 or (s == b1 and j < a1):
+                b3 = b2
+                b2 = b1
+                a2 = a1
+                b1 = s
+                a1 = j
+            elif s < b2 or (s == b2 and j < a2):
+                b3 = b2
+                b2 = s
+                a2 = j
+            elif s < b3:
+                b3 = s
+    return a1, b1, a2, b2, b3
+
+
+@numba.njit(nogil=True, cache=True)
+def _means(x: np.ndarray, w: np.ndarray, labels: np.ndarray, old: np.ndarray, new: np.ndarray,
+           weight: np.ndarray) -> None:
+    k = new.shape[0]
+    new[:] = 0.0
+    weight[:] = 0.0
+    for i in range(x.shape[0]):
+        a = labels[i]
+        weight[a] += w[i]
+        for t in range(3):
+            new[a, t] += w[i] * x[i, t]
+    for j in range(k):
+        for t in range(3):
+            new[j, t] = new[j, t] / weight[j] if weight[j] > 0 else old[j, t]
+
+
+@numba.njit(nogil=True, cache=True)
+def _bounded_lloyd(x: np.ndarray, w: np.ndarray, axis: np.ndarray, centres: np.ndarray,
+                   tol: float, max_iter: int, labels: np.ndarray) -> tuple[int, bool]:
+    """Weighted Lloyd from ``centres`` (updated in place), skipping points that cannot move.
+
+    Each point remembers exact distances measured at some iteration: to its own centre, to
+    its second nearest centre (by name), and to the third nearest (a bound for every other
+    centre). A bound now is such a distance moved by how far the centre(s) concerned have
+    travelled *since it was measured* (Newling and Fleuret's "ns" bounds; the third one by
+    the largest travel of any centre). A point is examined again only when its own centre
+    may be farther than the others, or than half the distance from its centre to the next
+    one (Hamerly's test); most points near a boundary between two clusters are settled by
+    re-measuring those two distances, without a search.
+    """
+    n = x.shape[0]
+    k = centres.shape[0]
+    px = np.empty(n)
+    for i in range(n):
+        px[i] = x[i, 0] * axis[0] + x[i, 1] * axis[1] + x[i, 2] * axis[2]
+    order = np.empty(k, dtype=np.int64)
+    sp = np.empty(k)
+    _sort_centres(centres, axis, order, sp)
+    second = np.empty(n, dtype=np.int64)
+    d1 = np.empty(n)  # distance to the own centre, measured at iteration t1
+    d2 = np.empty(n)  # distance to the centre ``second``, at t2
+    d3 = np.empty(n)  # distance to the third nearest centre, at t3
+    t1 = np.zeros(n, dtype=np.int64)
+    t2 = np.zeros(n, dtype=np.int64)
+    t3 = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        a1, b1, a2, b2, b3 = _nearest3(x, i, px[i], centres, order, sp)
+        labels[i] = a1
+        second[i] = a2
+        d1[i] = math.sqrt(b1)
+        d2[i] = math.sqrt(b2)
+        d3[i] = math.sqrt(b3)
+    history = np.empty((max_iter + 1, k, 3))  # the centres of every iteration
+    history[0] = centres
+    disp = np.zeros((max_iter + 1, k))  # how far each centre is now from where it was at t
+    far = np.zeros(max_iter + 1)  # the largest of disp[t]
+    new = np.empty_like(centres)
+    weight = np.empty(k)
+    half = np.empty(k)
+    it = 0
+    converged = False
+    while it < max_iter:
+        it += 1
+        _means(x, w, labels, centres, new, weight)
+        n_empty = 0
+        for j in range(k):
+            if weight[j] == 0:
+                n_empty += 1
+        if n_empty:  # an empty cluster takes the point farthest from its centre
+            dist = np.empty(n)
+            for i in range(n):
+                dist[i] = -w[i] * _d2(x, i, centres, labels[i])
+            rank = np.argsort(dist, kind="mergesort")
+            e = 0
+            for j in range(k):
+                if weight[j] == 0:
+                    new[j] = x[rank[e]]
+                    e += 1
+        total = 0.0
+        for j in range(k):
+            total += _d2(new, j, centres, j)
+        centres[:] = new
+        history[it] = centres
+        if total <= tol:
+            converged = True
+            break
+        for t in range(it):
+            m = 0.0
+            for j in range(k):
+                d = math.sqrt(_d2(centres, j, history[t], j))
+                disp[t, j] = d
+                if d > m:
+                    m = d
+            far[t] = m
+        for j in range(k):
+            best = np.inf
+            for q in range(k):
+                if q != j:
+                    s2 = _d2(centres, j, centres, q)
+                    if s2 < best:
+                        best = s2
+            half[j] = 0.5 * math.sqrt(best)
+        _sort_centres(centres, axis, order, sp)
+        changed = 0
+        for i in range(n):
+            a = labels[i]
+            b = second[i]
+            upper = d1[i] + disp[t1[i], a]
+            low3 = d3[i] - far[t3[i]]
+            low2 = d2[i] - disp[t2[i], b]
+            if upper + _EPS < max(half[a], min(low2, low3)):
+                continue
+            if t1[i] < it:
+                upper = math.sqrt(_d2(x, i, centres, a))
+                d1[i] = upper
+                t1[i] = it
+                if upper + _EPS < max(half[a], min(low2, low3)):
+                    continue
+            if t2[i] < it and b >= 0:
+                low2 = math.sqrt(_d2(x, i, centres, b))
+                d2[i] = low2
+                t2[i] = it
+                if upper + _EPS < max(half[a], min(low2, low3)):
+                    continue
+            a1, b1, a2, b2, b3 = _nearest3(x, i, px[i], centres, order, sp)
+            second[i] = a2
+            d1[i] = math.sqrt(b1)
+            d2[i] = math.sqrt(b2)
+            d3[i] = math.sqrt(b3)
+            t1[i] = it
+            t2[i] = it
+            t3[i] = it
+            if a1 != a:
+                labels[i] = a1
+                changed += 1
+        if changed == 0 and n_empty == 0:  # strict convergence: the means would not move
+            converged = True
+            break
+    return it, converged
+
+
+def lloyd(x: np.ndarray, w: np.ndarray, centres: np.ndarray, tol: float = 1e-4,
+          max_iter: int = 300) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """Weighted Lloyd on points ``x`` (``(n, 3)``, weights ``w``) from ``centres``.
+
+    Each iteration labels every point with its nearest centre (first on ties), then moves
+    every centre to the weighted mean of its points (a centre left empty takes the point
+    with the largest ``w * D**2``). ``tol`` is relative, as scikit-learn's: the run stops
+    when the squared centre shifts of an iteration sum to at most ``tol`` times the mean
+    per-coordinate weighted variance of ``x``, or when no label changes.
+
+    Returns ``(centres, labels, n_iter, converged)``; ``labels`` are those of the last
+    labelling step.
+    """
+    x = np.ascontiguousarray(x, np.float64)
+    w = np.ascontiguousarray(w, np.float64)
+    mean = (w[:, None] * x).sum(0) / w.sum()
+    var = float((w[:, None] * (x - mean) ** 2).sum(0).mean() / w.sum())
+    c = np.array(centres, dtype=np.float64, order="C")
+    labels = np.empty(len(x), dtype=np.int64)
+    it, converged = _bounded_lloyd(x, w, _axis(x, w), c, tol * var, max_iter, labels)
+    return c, labels, it, converged
+
+
+def fit_histogram(rgb: np.ndarray, k: int, rng: np.random.Generator, init: str = "k-means++",
+                  n_init: int = 1, tol: float = 1e-4, max_iter: int = 300) -> np.ndarray:
+    """K-means of the ``(n, 3)`` uint8 pixels ``rgb`` through their distinct colours.
+
+    ``init`` is ``"k-means++"`` (:func:`kmeans_plusplus`) or ``"random"`` (``k`` distinct
+    colours drawn with probability proportional to their counts); with ``n_init > 1`` the
+    run with the lowest inertia wins (the first on ties). Returns ``(k, 3)`` float64 centres
+    in [0, 1] units. With at most ``k`` distinct colours, every colour is a centre and the
+    rest repeat the first.
+    """
+    x, w = distinct_colours(rgb)
+    if len(x) <= k:
+        return np.concatenate([x, np.repeat(x[:1], k - len(x), axis=0)])
+    best: tuple[float, np.ndarray] | None = None
+    for _ in range(n_init):
+        if init == "k-means++":
+            start = kmeans_plusplus(x, w, k, rng)
+        elif init == "random":
+            start = x[np.sort(rng.choice(len(x), size=k, replace=False, p=w / w.sum()))]
+        else:
+            raise ValueError(f"unknown init {init!r}, expected 'k-means++' or 'random'")
+        centres = lloyd(x, w, start, tol, max_iter)[0]
+        if n_init == 1:
+            return centres
+        e = inertia(x, w, centres)
+        if best is None or e < best[0]:
+            best = (e, centres)
+    assert best is not None
+    return best[1]
+
+
+# --- labels --------------------------------------------------------------------------------
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _nearest(x: np.ndarray, i: int, p: float, c: np.ndarray, order: np.ndarray, sp: np.ndarray,
+             a: int) -> tuple[int, float]:
+    """Nearest centre of point ``i`` (first on ties) and its squared distance, searched
+    outward from the projection ``p`` with centre ``a`` as the first bound."""
+    k = c.shape[0]
+    best = _d2(x, i, c, a)
+    up = np.searchsorted(sp, p)
+    down = up - 1
+    while up < k or down >= 0:
+        if up < k:
+            g = sp[up] - p
+            if g * g > best + _EPS:
+                up = k
+            else:
+                j = order[up]
+                s = _d2(x, i, c, j)
+                if s < best or (s == best and j < a):
+                    best = s
+                    a = j
+                up += 1
+        if down >= 0:
+            g = p - sp[down]
+            if g * g > best + _EPS:
+                down = -1
+            else:
+                j = order[down]
+                s = _d2(x, i, c, j)
+                if s < best or (s == best and j < a):
+                    best = s
+                    a = j
+                down -= 1
+    return a, best
+
+
+@numba.njit(nogil=True, cache=True)
+def _inertia(x: np.ndarray, w: np.ndarray, c: np.ndarray, axis: np.ndarray, order: np.ndarray,
+             sp: np.ndarray) -> float:
+    total = 0.0
+    a = 0
+    for i in range(x.shape[0]):
+        p = x[i, 0] * axis[0] + x[i, 1] * axis[1] + x[i, 2] * axis[2]
+        a, d = _nearest(x, i, p, c, order, sp, a)
+        total += w[i] * d
+    return total
+
+
+def _sorted_centres(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    axis = _axis(c)
+    order = np.empty(len(c), dtype=np.int64)
+    sp = np.empty(len(c))
+    _sort_centres(c, axis, order, sp)
+    return axis, order, sp
+
+
+def inertia(x: np.ndarray, w: np.ndarray, centres: np.ndarray) -> float:
+    """``sum(w * D**2)``: weighted squared distance of each point to its nearest centre."""
+    c = np.ascontiguousarray(centres, dtype=np.float64)
+    return float(_inertia(np.ascontiguousarray(x, np.float64), np.asarray(w, np.float64), c,
+                          *_sorted_centres(c)))
+
+
+_CACHE_BITS = 14  # entries of the label cache: 2**14 colours
+
+
+@numba.njit(nogil=True, cache=True)
+def _label(rgb: np.ndarray, table: np.ndarray, c: np.ndarray, order: np.ndarray,
+           sp: np.ndarray, axis: np.ndarray, palette: np.ndarray, labels: np.ndarray,
+           err: np.ndarray) -> int:
+    q = np.empty((1, 3))
+    # a direct-mapped cache of recent colours: (code + 1, label, error); photos repeat colours
+    size = 1 << _CACHE_BITS
+    key = np.zeros(size, dtype=np.int64)
+    value = np.empty(size, dtype=np.int64)
+    lab = 0
+    total = 0
+    for i in range(rgb.shape[0]):
+        code = (np.int64(rgb[i, 0]) << 16) | (np.int64(rgb[i, 1]) << 8) | np.int64(rgb[i, 2])
+        slot = ((code * 2654435761) >> 11) & (size - 1)
+        if key[slot] == code + 1:
+            v = value[slot]
+            lab = v & 0xFFFFF
+            e = v >> 20
+        else:
+            for t in range(3):
+                q[0, t] = table[rgb[i, t]]
+            p = q[0, 0] * axis[0] + q[0, 1] * axis[1] + q[0, 2] * axis[2]
+            lab, _ = _nearest(q, 0, p, c, order, sp, lab)  # the previous centre bounds first
+            e = 0
+            for t in range(3):
+                dv = np.int64(rgb[i, t]) - palette[lab, t]
+                e += dv * dv
+            key[slot] = code + 1
+            value[slot] = lab | (e << 20)
+        labels[i] = lab
+        if err.shape[0]:
+            err[i] = e
+        total += e
+    return total
+
+
+def label_pixels(rgb: np.ndarray, centres: np.ndarray, palette: np.ndarray | None = None,
+                 want_err: bool = False) -> tuple[np.ndarray, int, np.ndarray]:
+    """Exact nearest centre of ``(n, 3)`` uint8 pixels, in ``value / 255`` coordinates.
+
+    The same labels as an ``argmin`` over float64 squared distances (first centre on ties).
+    Returns ``(labels, sse, err)``: int64 labels, the summed squared RGB error to ``palette``
+    (``(k, 3)`` uint8, default the rounded centres), and the error per pixel (int64) when
+    ``want_err`` (else an empty array).
+    """
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    c = np.ascontiguousarray(centres, dtype=np.float64)
+    if palette is None:
+        palette = np.round(np.clip(c * 255, 0, 255)).astype(np.uint8)
+    pal = np.ascontiguousarray(palette, dtype=np.int64)
+    axis, order, sp = _sorted_centres(c)
+    labels = np.empty(len(rgb), dtype=np.int64)
+    err = np.empty(len(rgb) if want_err else 0, dtype=np.int64)
+    sse = _label(rgb, CHANNEL, c, order, sp, axis, pal, labels, err) if len(rgb) else 0
+    return labels, int(sse), err
