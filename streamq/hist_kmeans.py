@@ -133,37 +133,65 @@ def _draw(target: float, w: np.ndarray, closest: np.ndarray, start: np.ndarray,
     return start[c + 1] - 1
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _gain_cell(j: int, c: int, x: np.ndarray, w: np.ndarray, closest: np.ndarray,
+               start: np.ndarray, lo: np.ndarray, hi: np.ndarray, csum: np.ndarray,
+               cmax: np.ndarray, apply: bool) -> float:
+    box = 0.0
+    for t in range(3):
+        v = x[j, t]
+        g = lo[c, t] - v if v < lo[c, t] else (v - hi[c, t] if v > hi[c, t] else 0.0)
+        box += g * g
+    if box > cmax[c] + _EPS:
+        return 0.0  # the cell's box is farther than any of its points' current distance
+    gain = 0.0
+    changed = False
+    for i in range(start[c], start[c + 1]):
+        d = _d2(x, i, x, j)
+        if d < closest[i]:
+            gain += w[i] * (closest[i] - d)
+            if apply:
+                closest[i] = d
+                changed = True
+    if changed:
+        _cell_stats(closest, w, start, c, csum, cmax)
+    return gain
+
+
 @numba.njit(nogil=True, cache=True)
 def _gain(j: int, x: np.ndarray, w: np.ndarray, closest: np.ndarray, start: np.ndarray,
-          lo: np.ndarray, hi: np.ndarray, csum: np.ndarray, cmax: np.ndarray, apply: bool) -> float:
+          lo: np.ndarray, hi: np.ndarray, csum: np.ndarray, cmax: np.ndarray, top: float,
+          grid: np.ndarray, low: np.ndarray, scale: np.ndarray, apply: bool) -> float:
     """How much the potential drops if point ``j`` becomes a centre (and, when ``apply``,
-    make it one). A cell is skipped when its bounding box is farther from ``j`` than its
-    largest current distance: none of its points can come closer."""
+    make it one). Only cells within ``sqrt(top)`` (the largest current distance) of ``j`` can
+    change: they are enumerated on the grid when that is fewer than the occupied cells."""
+    cells = grid.shape[0]
+    r = math.sqrt(top) + 1e-9
+    q0 = np.empty(3, dtype=np.int64)
+    q1 = np.empty(3, dtype=np.int64)
+    volume = 1
+    for t in range(3):
+        q0[t] = max(int(math.floor((x[j, t] - r - low[t]) * scale[t])) - 1, 0)
+        q1[t] = min(int(math.floor((x[j, t] + r - low[t]) * scale[t])) + 1, cells - 1)
+        volume *= q1[t] - q0[t] + 1
     gain = 0.0
-    for c in range(csum.shape[0]):
-        box = 0.0
-        for t in range(3):
-            v = x[j, t]
-            g = lo[c, t] - v if v < lo[c, t] else (v - hi[c, t] if v > hi[c, t] else 0.0)
-            box += g * g
-        if box > cmax[c] + _EPS:
-            continue
-        changed = False
-        for i in range(start[c], start[c + 1]):
-            d = _d2(x, i, x, j)
-            if d < closest[i]:
-                gain += w[i] * (closest[i] - d)
-                if apply:
-                    closest[i] = d
-                    changed = True
-        if changed:
-            _cell_stats(closest, w, start, c, csum, cmax)
+    if volume < csum.shape[0]:
+        for a in range(q0[0], q1[0] + 1):
+            for b in range(q0[1], q1[1] + 1):
+                for e in range(q0[2], q1[2] + 1):
+                    c = grid[a, b, e]
+                    if c >= 0:
+                        gain += _gain_cell(j, c, x, w, closest, start, lo, hi, csum, cmax, apply)
+    else:
+        for c in range(csum.shape[0]):
+            gain += _gain_cell(j, c, x, w, closest, start, lo, hi, csum, cmax, apply)
     return gain
 
 
 @numba.njit(nogil=True, cache=True)
 def _kmeanspp(x: np.ndarray, w: np.ndarray, start: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-              k: int, first: float, uniforms: np.ndarray, chosen: np.ndarray) -> None:
+              grid: np.ndarray, low: np.ndarray, scale: np.ndarray, k: int, first: float,
+              uniforms: np.ndarray, chosen: np.ndarray) -> None:
     n = x.shape[0]
     nc = start.shape[0] - 1
     total = 0.0
@@ -186,29 +214,33 @@ def _kmeanspp(x: np.ndarray, w: np.ndarray, start: np.ndarray, lo: np.ndarray, h
         _cell_stats(closest, w, start, c, csum, cmax)
     for c in range(1, k):
         pot = 0.0
+        top = 0.0
         for q in range(nc):
             pot += csum[q]
+            top = max(top, cmax[q])
         best = np.inf
         best_j = -1
         for t in range(uniforms.shape[1]):
             j = _draw(uniforms[c, t] * pot, w, closest, start, csum)
-            p = pot - _gain(j, x, w, closest, start, lo, hi, csum, cmax, False)
+            p = pot - _gain(j, x, w, closest, start, lo, hi, csum, cmax, top, grid, low, scale,
+                            False)
             if p < best:
                 best = p
                 best_j = j
         chosen[c] = best_j
-        _gain(best_j, x, w, closest, start, lo, hi, csum, cmax, True)
+        _gain(best_j, x, w, closest, start, lo, hi, csum, cmax, top, grid, low, scale, True)
 
 
 _CELLS = 16  # grid cells per axis in k-means++
 
 
 @numba.njit(nogil=True, cache=True)
-def _cells(x: np.ndarray, cells: int, order: np.ndarray) -> np.ndarray:
-    """Counting sort of the points by grid cell (stable); returns the cell starts."""
+def _cells(x: np.ndarray, cells: int, order: np.ndarray, grid: np.ndarray, low: np.ndarray,
+           scale: np.ndarray) -> np.ndarray:
+    """Counting sort of the points by grid cell (stable); returns the occupied cells' starts
+    and fills ``grid`` (cell -> occupied cell number, -1 when empty), ``low`` and ``scale``
+    (a point's cell along axis ``t`` is ``floor((x - low[t]) * scale[t])``)."""
     n = x.shape[0]
-    low = np.empty(3)
-    scale = np.empty(3)
     for t in range(3):
         a = np.inf
         b = -np.inf
@@ -226,9 +258,12 @@ def _cells(x: np.ndarray, cells: int, order: np.ndarray) -> np.ndarray:
             c = c * cells + min(max(q, 0), cells - 1)
         cell[i] = c
         count[c + 1] += 1
+    flat = grid.reshape(-1)
     occupied = 0
     for c in range(cells ** 3):
+        flat[c] = -1
         if count[c + 1]:
+            flat[c] = occupied
             occupied += 1
         count[c + 1] += count[c]
     start = np.empty(occupied + 1, dtype=np.int64)
@@ -245,13 +280,20 @@ def _cells(x: np.ndarray, cells: int, order: np.ndarray) -> np.ndarray:
     return start
 
 
+def _cell_layout(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    order = np.empty(len(x), dtype=np.int64)
+    grid = np.empty((_CELLS, _CELLS, _CELLS), dtype=np.int64)
+    low = np.empty(3)
+    scale = np.empty(3)
+    start = _cells(np.ascontiguousarray(x, np.float64), _CELLS, order, grid, low, scale)
+    return order, start, grid, low, scale
+
+
 def cell_order(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """How k-means++ arranges the points: ``(order, start)``, the points sorted by the cell of
     a 16x16x16 grid over their bounding box (then by index), and where each occupied cell
     starts in that order (with the end appended)."""
-    order = np.empty(len(x), dtype=np.int64)
-    start = _cells(np.ascontiguousarray(x, np.float64), _CELLS, order)
-    return order, start
+    return _cell_layout(x)[:2]
 
 
 def kmeans_plusplus(x: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -268,13 +310,13 @@ def kmeans_plusplus(x: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generat
     trials = 2 + int(math.log(k))
     first = float(rng.random())
     uniforms = rng.random((k, trials))
-    order, start = cell_order(x)
+    order, start, grid, low, scale = _cell_layout(x)
     xs = np.ascontiguousarray(x[order])
     ws = np.ascontiguousarray(np.asarray(w, np.float64)[order])
     lo = np.ascontiguousarray(np.minimum.reduceat(xs, start[:-1], axis=0))
     hi = np.ascontiguousarray(np.maximum.reduceat(xs, start[:-1], axis=0))
     chosen = np.empty(k, dtype=np.int64)
-    _kmeanspp(xs, ws, start, lo, hi, k, first, uniforms, chosen)
+    _kmeanspp(xs, ws, start, lo, hi, grid, low, scale, k, first, uniforms, chosen)
     return xs[chosen].copy()
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -188,7 +189,9 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
         run.check_paths(st.path)
         facts = run.facts()
         futures = {}
-        for ti in pending:
+        # the largest tasks first, so that no worker is left with a big one at the end
+        cost = {ti: int(sizes[int(t["first"][ti]):int(t["last"][ti]) + 1].sum()) for ti in pending}
+        for ti in sorted(pending, key=lambda ti: -cost[ti]):
             ids = range(int(t["first"][ti]), int(t["last"][ti]) + 1)
             images = [(i, int(coll.offsets[i]), int(sizes[i])) for i in ids]
             a = images[0][1]
@@ -247,13 +250,23 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     ids = [i for i, _, _ in args["images"]]
     cen = np.asarray(centres[min(ids):max(ids) + 1]) if ids else None
     pal = np.asarray(palettes[min(ids):max(ids) + 1]) if ids else None
-    sse = []
-    for image_id, off, size in args["images"]:
+
+    def one(image: tuple[int, int, int]) -> list[int]:
+        image_id, off, size = image
         a, b = max(off, lo) - lo, min(off + size, hi) - lo
         j = image_id - min(ids)
         lab, err, _ = label_pixels(rgb[a:b], cen[j], pal[j])  # exact nearest centre
         labels[a:b] = lab
-        sse.append([int(image_id), err])
+        return [int(image_id), err]
+
+    threads = min(args.get("threads", 1), len(ids), os.cpu_count() or 1)
+    if threads > 1:  # fewer chunks than workers: this task uses the idle cores (no GIL held)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            sse = list(pool.map(one, args["images"]))
+    else:
+        sse = [one(image) for image in args["images"]]
     out = open_array(store, f"per_image/k{k}/labels", mode="r+")
     out[lo:hi] = labels
     report = {"sse": sse}
@@ -299,10 +312,13 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
                 st.set_section(name, {"state": "running", "fingerprint": fp})
             records = st.records(f"per_image/k{k}/label_records")
             futures = []
-            for c in (c for c in range(n_chunks) if not records[c]):
+            todo = [c for c in range(n_chunks) if not records[c]]
+            threads = max(1, run.n_workers // max(1, len(todo)))
+            for c in todo:
                 images = coll.overlapping(c * chunk, (c + 1) * chunk)
                 futures.append(run.submit(_label_task, {"store": st.location, "chunk_index": c,
-                                                        "chunk": chunk, "k": k, "images": images}))
+                                                        "chunk": chunk, "k": k, "images": images,
+                                                        "threads": threads}))
             with progress_bar(len(futures), f"labelling K={k}", "chunk", progress) as bar:
                 for fut in run.as_completed(futures):
                     fut.result()
