@@ -73,17 +73,21 @@ def _covariance(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return cov
 
 
-def _axis(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
-    """Unit principal axis of the rows of ``x`` (weights ``w``; the grey axis when
-    degenerate). Only the speed of the searches depends on it, never their results."""
-    if len(x) < 2:
-        return _GREY.copy()
-    w = np.ones(len(x)) if w is None else np.ascontiguousarray(w, np.float64)
-    cov = _covariance(np.ascontiguousarray(x, np.float64), w)
+def _principal(cov: np.ndarray) -> np.ndarray:
+    """Unit principal axis of a covariance (the grey axis when degenerate)."""
     if not np.isfinite(cov).all() or not cov.any():
         return _GREY.copy()
     axis = np.linalg.eigh(cov)[1][:, -1]
     return np.ascontiguousarray(axis / np.linalg.norm(axis), dtype=np.float64)
+
+
+def _axis(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Unit principal axis of the rows of ``x`` (weights ``w``). Only the speed of the
+    searches depends on it, never their results."""
+    if len(x) < 2:
+        return _GREY.copy()
+    w = np.ones(len(x)) if w is None else np.ascontiguousarray(w, np.float64)
+    return _principal(_covariance(np.ascontiguousarray(x, np.float64), w))
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -558,11 +562,11 @@ def lloyd(x: np.ndarray, w: np.ndarray, centres: np.ndarray, tol: float = 1e-4,
     """
     x = np.ascontiguousarray(x, np.float64)
     w = np.ascontiguousarray(w, np.float64)
-    mean = (w[:, None] * x).sum(0) / w.sum()
-    var = float((w[:, None] * (x - mean) ** 2).sum(0).mean() / w.sum())
+    cov = _covariance(x, w)
+    var = float(np.trace(cov)) / 3
     c = np.array(centres, dtype=np.float64, order="C")
     labels = np.empty(len(x), dtype=np.int64)
-    it, converged = _bounded_lloyd(x, w, _axis(x, w), c, tol * var, max_iter, labels)
+    it, converged = _bounded_lloyd(x, w, _principal(cov), c, tol * var, max_iter, labels)
     return c, labels, it, converged
 
 

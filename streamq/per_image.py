@@ -220,7 +220,7 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             if q and q.get("fingerprint") != fp:
                 st.set_section(f"per_image_quantize_k{k}", {**q, "state": "stale"})
     st.set_section(SECTION, {**st.section(SECTION), "timings": timings})  # with consolidating
-    return _summary(st, "fitted", timings)
+    return _summary(st, "fitted", timings, len(coll))
 
 
 def load_per_image(store: str | Location, k: int,
@@ -331,7 +331,7 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
                                   "timings": {"labelling": round(time.perf_counter() - started, 3)},
                                   "runtime": facts,
                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return _summary(st, "quantized", timings)
+    return _summary(st, "quantized", timings, len(coll))
 
 
 def summary_of(store: str | Location,
@@ -343,13 +343,14 @@ def summary_of(store: str | Location,
     return _summary(st, "per-image")
 
 
-def _summary(st: Store, status: str, timings: dict[str, float] | None = None) -> PerImageSummary:
+def _summary(st: Store, status: str, timings: dict[str, float] | None = None,
+             n_images: int | None = None) -> PerImageSummary:
     sec = st.section(SECTION)
-    coll = Collection(st)
+    n_images = len(Collection(st)) if n_images is None else n_images
     mean = {}
     for k in sec.get("colors", []):
         q = st.section(f"per_image_quantize_k{k}")
         if q.get("state") == "complete":
             mean[k] = q["mean_psnr"]
-    return PerImageSummary(store=st.path, colors=list(sec.get("colors", [])), n_images=len(coll),
+    return PerImageSummary(store=st.path, colors=list(sec.get("colors", [])), n_images=n_images,
                            status=status, mean_psnr=mean, timings=timings or {})
