@@ -113,14 +113,13 @@ def run_streamq(store: str, root: Path, ks: list[int], methods: list[str]) -> di
         n = len(coll)
         china = coll.paths.index(CHINA)
         for method in methods:  # warm: imports and compiled loops in every worker
-            streamq.fit_per_image(store, colors=[3], overwrite=True, pixels_per_task=400_000,
-                                  method=method, progress=False)
+            streamq.fit_per_image(store, colors=[3], overwrite=True, method=method, progress=False)
             streamq.quantize(store, progress=False)
         for k in ks:
             for method in methods:
                 t0 = time.perf_counter()
-                streamq.fit_per_image(store, colors=[k], overwrite=True, pixels_per_task=400_000,
-                                      method=method, progress=False)
+                streamq.fit_per_image(store, colors=[k], overwrite=True, method=method,
+                                      progress=False)
                 t1 = time.perf_counter()
                 Store.open(store, mode="r+").set_section(f"per_image_quantize_k{k}", {})  # relabel
                 t2 = time.perf_counter()

@@ -163,7 +163,8 @@ class PerImageConfig:
     n_init: int = _opt(1, _at_least(1), "k-means starts per image")
     seed: int = _opt(0, lambda v: None if 0 <= v < 2**32 else "an integer in 0..2**32-1",
                      "random seed of the samples and starts")
-    pixels_per_task: int = _opt(4_000_000, _at_least(1), "image pixels one task fits")
+    pixels_per_task: int = _opt(4_000_000, _at_least(1), "image pixels one task fits at most "
+                                "(a small collection gets about four tasks per worker)")
 
 
 @dataclass(frozen=True)

@@ -174,20 +174,23 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             return _summary(st, "already complete")
     timings: dict[str, float] = {}
     sizes = coll.heights * coll.widths
-    if not sec or overwrite or sec.get("state") == "planning":
-        tasks = coll.groups_by_pixels(range(len(coll)), pcfg.pixels_per_task)
-        st.set_section(SECTION, {"state": "planning", "fingerprint": fp})
-        st.write_table("per_image/tasks", {"first": np.asarray([t[0] for t in tasks], np.int64),
-                                           "last": np.asarray([t[-1] for t in tasks], np.int64)})
-        st.create_records(RECORDS, len(tasks))
-        st.set_section(SECTION, {"state": "running", "fingerprint": fp, "config": to_dict(pcfg),
-                                 "colors": list(pcfg.colors), "n_tasks": len(tasks)})
-    t = st.read_table("per_image/tasks", ("first", "last"))
-    records = st.records(RECORDS)
-    pending = [i for i in range(len(records)) if not records[i]]
     with timer("per-image fit", timings), runner(cfg.dask) as run:
         run.check_paths(st.path)
         facts = run.facts()
+        if not sec or overwrite or sec.get("state") == "planning":
+            # at most pixels_per_task per task, and a small collection still gets about four
+            # tasks per worker (the plan is stored: a resumed run keeps it, whatever its workers)
+            budget = min(pcfg.pixels_per_task, max(1, -(-int(sizes.sum()) // (4 * run.n_workers))))
+            tasks = coll.groups_by_pixels(range(len(coll)), budget)
+            st.set_section(SECTION, {"state": "planning", "fingerprint": fp})
+            st.write_table("per_image/tasks", {"first": np.asarray([t[0] for t in tasks], np.int64),
+                                               "last": np.asarray([t[-1] for t in tasks], np.int64)})
+            st.create_records(RECORDS, len(tasks))
+            st.set_section(SECTION, {"state": "running", "fingerprint": fp, "config": to_dict(pcfg),
+                                     "colors": list(pcfg.colors), "n_tasks": len(tasks)})
+        t = st.read_table("per_image/tasks", ("first", "last"))
+        records = st.records(RECORDS)
+        pending = [i for i in range(len(records)) if not records[i]]
         futures = {}
         # the largest tasks first, so that no worker is left with a big one at the end
         cost = {ti: int(sizes[int(t["first"][ti]):int(t["last"][ti]) + 1].sum()) for ti in pending}
@@ -237,7 +240,7 @@ def load_per_image(store: str | Location, k: int,
 
 
 def _label_task(args: dict[str, Any]) -> dict[str, Any]:
-    from streamq.hist_kmeans import label_pixels
+    from streamq.nearest import label_pixels
 
     store, c, chunk, k = args["store"], args["chunk_index"], args["chunk"], args["k"]
     pixels = open_array(store, PIXELS)

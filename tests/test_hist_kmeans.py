@@ -1,4 +1,5 @@
-"""The compiled per-image k-means (``streamq.hist_kmeans``) against plain references.
+"""The compiled per-image k-means (``streamq.hist_kmeans``) and exact labels
+(``streamq.nearest``) against plain references.
 
 References: NumPy loops written from the definitions (greedy weighted k-means++ over the same
 draws, weighted Lloyd with ``argmin`` labels and ``bincount`` means), scikit-learn ``KMeans``
@@ -15,15 +16,8 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import load_sample_image
 
 from streamq.colorspace import to_space
-from streamq.hist_kmeans import (
-    cell_order,
-    distinct_colours,
-    fit_histogram,
-    inertia,
-    kmeans_plusplus,
-    label_pixels,
-    lloyd,
-)
+from streamq.hist_kmeans import cell_order, distinct_colours, fit_histogram, kmeans_plusplus, lloyd
+from streamq.nearest import inertia, label_pixels
 
 
 @pytest.fixture(scope="module")
