@@ -156,11 +156,15 @@ class PerImageConfig:
     enabled: bool = _opt(False, doc="streamq run: fit per-image palettes instead of a shared one")
     colors: tuple[int, ...] = _opt((2, 6, 30), _ks, "palette sizes; one result per K")
     sample: float = _opt(0.7, _fraction, "fraction of each image's pixels the k-means is fitted on")
+    method: Literal["kmeans", "histogram"] = _opt(
+        "kmeans", doc="kmeans: scikit-learn KMeans on the sample (the tutorial's, exactly); "
+                      "histogram: the same k-means on the sample's distinct colours, compiled")
     init: Literal["k-means++", "random"] = _opt("k-means++", doc="initial centres method")
     n_init: int = _opt(1, _at_least(1), "k-means starts per image")
     seed: int = _opt(0, lambda v: None if 0 <= v < 2**32 else "an integer in 0..2**32-1",
                      "random seed of the samples and starts")
-    pixels_per_task: int = _opt(4_000_000, _at_least(1), "image pixels one task fits")
+    pixels_per_task: int = _opt(4_000_000, _at_least(1), "image pixels one task fits at most "
+                                "(a small collection gets about four tasks per worker)")
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,8 @@ def _per_image_summary(coll: Collection) -> dict[str, Any] | None:
     if not sec:
         return None
     out: dict[str, Any] = {"state": sec.get("state"), "colors": sec.get("colors"),
-                           "sample": sec.get("config", {}).get("sample"), "results": {}}
+                           "sample": sec.get("config", {}).get("sample"),
+                           "method": sec.get("config", {}).get("method", "kmeans"), "results": {}}
     for k in sec.get("colors") or []:
         q = coll.store.section(f"per_image_quantize_k{k}")
         out["results"][str(k)] = {"labels": q.get("state", "missing"), "mean_psnr": q.get("mean_psnr")}
@@ -147,7 +148,7 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
     p = info.get("per_image")
     if p:
         lines.append(f"per-image    K={','.join(map(str, p['colors'] or []))} on {p['sample']} of each "
-                     f"image's pixels ({p['state']})")
+                     f"image's pixels, method {p['method']} ({p['state']})")
         for k, r in p["results"].items():
             psnr = f"mean PSNR {r['mean_psnr']:.2f} dB" if r["mean_psnr"] is not None else ""
             lines.append(f"  K={k:<4} labels {r['labels']}  {psnr}")

@@ -1,10 +1,13 @@
 """One palette per image: the tutorial's workflow at collection scale.
 
-For every image and every K, ``KMeans(n_clusters=K, init="k-means++")`` is fitted on a
-seeded random ``sample`` fraction (default 70%) of the image's pixels, scaled to [0, 1];
-then every pixel is labelled with its nearest centre (as ``KMeans.predict`` does). Fitting
-runs in Dask tasks over groups of images, each recording its palettes when done (so a rerun
-fits only unfinished groups); labelling runs per chunk like the shared-palette quantize.
+For every image and every K, k-means with k-means++ starts is fitted on a seeded random
+``sample`` fraction (default 70%) of the image's pixels, scaled to [0, 1]; then every pixel
+is labelled with its exact nearest centre (as ``KMeans.predict`` does). ``method`` chooses
+the fit: ``kmeans`` is the tutorial's scikit-learn ``KMeans`` on the sample, ``histogram``
+the same k-means on the sample's distinct colours with compiled loops
+(:mod:`streamq.hist_kmeans`), many times faster at large K. Fitting runs in Dask tasks over
+groups of images, each recording its palettes when done (so a rerun fits only unfinished
+groups); labelling runs per chunk like the shared-palette quantize.
 
 Layout: ``per_image/k{K}/{center,palette}`` hold ``(N, K, 3)`` arrays, ``labels`` the
 ``(P,)`` labels, ``images/{sse,mse,psnr}`` the per-image errors.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -39,7 +43,8 @@ from streamq.store import (
     write_record,
 )
 
-__all__ = ["PerImageSummary", "fit_image", "fit_per_image", "load_per_image", "quantize_per_image"]
+__all__ = ["PerImageSummary", "fit_image", "fit_per_image", "load_per_image", "quantize_per_image",
+           "sample_index"]
 
 log = logging.getLogger(__name__)
 
@@ -66,29 +71,46 @@ class PerImageSummary:
         return text
 
 
-def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
-              init: str = "k-means++", n_init: int = 1) -> np.ndarray:
-    """The tutorial's palette of one image: k-means on a seeded ``sample`` of its pixels.
-
-    ``rgb`` is ``(n, 3)`` uint8; returns ``(k, 3)`` float centres in [0, 1] units.
-    """
-    from sklearn.cluster import KMeans
-
-    x = to_space(rgb, "rgb")
-    n = len(x)
+def sample_index(n: int, k: int, sample: float, seed: int, image_id: int) -> np.ndarray:
+    """Sorted indices of the seeded ``sample`` fraction (at least ``k``) of ``n`` pixels."""
     m = min(n, max(k, int(round(sample * n))))
     rng = np.random.default_rng([seed, image_id])
-    idx = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
-    if m < k:  # fewer pixels than colours: every pixel is a centre, the rest repeat the first
-        centres = np.concatenate([x, np.repeat(x[:1], k - n, axis=0)])
-        return centres.astype(np.float64)
+    return np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
+
+
+def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
+              init: str = "k-means++", n_init: int = 1, method: str = "kmeans",
+              index: np.ndarray | None = None) -> np.ndarray:
+    """The palette of one image: k-means on a seeded ``sample`` of its pixels.
+
+    ``rgb`` is ``(n, 3)`` uint8; returns ``(k, 3)`` float centres in [0, 1] units.
+    ``method="kmeans"`` is the tutorial's ``KMeans(init=init, n_init=n_init)`` on the
+    sample; ``"histogram"`` runs the same k-means (to the same stopping rule) on the
+    sample's distinct colours weighted by their counts, with compiled loops
+    (:mod:`streamq.hist_kmeans`): other random starts, so other centres, of the same
+    quality. ``index`` is :func:`sample_index` when the caller has it already.
+    """
+    n = len(rgb)
+    idx = sample_index(n, k, sample, seed, image_id) if index is None else index
+    if len(idx) < k:  # fewer pixels than colours: every pixel is a centre, the rest repeat the first
+        x = to_space(rgb, "rgb")
+        return np.concatenate([x, np.repeat(x[:1], k - n, axis=0)]).astype(np.float64)
+    if method == "histogram":
+        from streamq.hist_kmeans import fit_histogram
+
+        # one generator per (image, K): palettes do not depend on which other K are fitted
+        return fit_histogram(rgb[idx], k, np.random.default_rng([seed, image_id, k]), init, n_init)
+    if method != "kmeans":
+        raise ValueError(f"unknown per-image method {method!r}, expected 'kmeans' or 'histogram'")
+    from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
+    x = to_space(rgb[idx], "rgb")
     # One thread: KMeans sums in thread order, so this makes the palette independent of the
     # machine and scheduler (and tasks are the parallelism anyway).
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")  # fewer distinct colours than k: duplicate centres
-        km = KMeans(n_clusters=k, init=init, n_init=n_init, random_state=seed).fit(x[idx])
+        km = KMeans(n_clusters=k, init=init, n_init=n_init, random_state=seed).fit(x)
     return km.cluster_centers_.astype(np.float64)
 
 
@@ -99,8 +121,13 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, list[Any]] = {str(k): [] for k in args["colors"]}
     for image_id, off, size in args["images"]:
         rgb = data[off - a: off - a + size]
+        index: dict[int, np.ndarray] = {}  # one sample per image, whatever the K (unless tiny)
         for k in args["colors"]:
-            c = fit_image(rgb, k, args["sample"], args["seed"], image_id, args["init"], args["n_init"])
+            m = min(size, max(k, int(round(args["sample"] * size))))
+            if m not in index:
+                index[m] = sample_index(size, k, args["sample"], args["seed"], image_id)
+            c = fit_image(rgb, k, args["sample"], args["seed"], image_id, args["init"],
+                          args["n_init"], args["method"], index[m])
             result[str(k)].append([image_id, c.reshape(-1).tolist()])
     write_record(args["store"], RECORDS, args["task"], result)
     return {"n": len(args["images"])}
@@ -109,6 +136,8 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
 def _fingerprint(st: Store, pcfg: PerImageConfig) -> str:
     ingest = st.section("ingest")
     semantic = {k: v for k, v in to_dict(pcfg).items() if k not in ("enabled", "pixels_per_task")}
+    if semantic.get("method") == "kmeans":  # the only method before there was a choice
+        del semantic["method"]
     return fingerprint({"data": [ingest.get("source_fingerprint"), ingest.get("settings_fingerprint")],
                         "per_image": semantic})
 
@@ -138,35 +167,41 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             old = sec.get("config", {})
             raise StoreMismatchError(
                 f"{st.path} already has per-image palettes with other parameters (colors="
-                f"{old.get('colors')}, sample={old.get('sample')}, seed={old.get('seed')}); "
+                f"{old.get('colors')}, sample={old.get('sample')}, seed={old.get('seed')}, "
+                f"method={old.get('method', 'kmeans')}); "
                 "pass --overwrite to replace them")
         if sec.get("state") == "complete":
             return _summary(st, "already complete")
     timings: dict[str, float] = {}
     sizes = coll.heights * coll.widths
-    if not sec or overwrite or sec.get("state") == "planning":
-        tasks = coll.groups_by_pixels(range(len(coll)), pcfg.pixels_per_task)
-        st.set_section(SECTION, {"state": "planning", "fingerprint": fp})
-        st.write_table("per_image/tasks", {"first": np.asarray([t[0] for t in tasks], np.int64),
-                                           "last": np.asarray([t[-1] for t in tasks], np.int64)})
-        st.create_records(RECORDS, len(tasks))
-        st.set_section(SECTION, {"state": "running", "fingerprint": fp, "config": to_dict(pcfg),
-                                 "colors": list(pcfg.colors), "n_tasks": len(tasks)})
-    t = st.read_table("per_image/tasks", ("first", "last"))
-    records = st.records(RECORDS)
-    pending = [i for i in range(len(records)) if not records[i]]
     with timer("per-image fit", timings), runner(cfg.dask) as run:
         run.check_paths(st.path)
         facts = run.facts()
+        if not sec or overwrite or sec.get("state") == "planning":
+            # at most pixels_per_task per task, and a small collection still gets about four
+            # tasks per worker (the plan is stored: a resumed run keeps it, whatever its workers)
+            budget = min(pcfg.pixels_per_task, max(1, -(-int(sizes.sum()) // (4 * run.n_workers))))
+            tasks = coll.groups_by_pixels(range(len(coll)), budget)
+            st.set_section(SECTION, {"state": "planning", "fingerprint": fp})
+            st.write_table("per_image/tasks", {"first": np.asarray([t[0] for t in tasks], np.int64),
+                                               "last": np.asarray([t[-1] for t in tasks], np.int64)})
+            st.create_records(RECORDS, len(tasks))
+            st.set_section(SECTION, {"state": "running", "fingerprint": fp, "config": to_dict(pcfg),
+                                     "colors": list(pcfg.colors), "n_tasks": len(tasks)})
+        t = st.read_table("per_image/tasks", ("first", "last"))
+        records = st.records(RECORDS)
+        pending = [i for i in range(len(records)) if not records[i]]
         futures = {}
-        for ti in pending:
+        # the largest tasks first, so that no worker is left with a big one at the end
+        cost = {ti: int(sizes[int(t["first"][ti]):int(t["last"][ti]) + 1].sum()) for ti in pending}
+        for ti in sorted(pending, key=lambda ti: -cost[ti]):
             ids = range(int(t["first"][ti]), int(t["last"][ti]) + 1)
             images = [(i, int(coll.offsets[i]), int(sizes[i])) for i in ids]
             a = images[0][1]
             b = images[-1][1] + images[-1][2]
             args = {"store": st.location, "task": ti, "px_start": a, "px_stop": b, "images": images,
                     "colors": list(pcfg.colors), "sample": pcfg.sample, "seed": pcfg.seed,
-                    "init": pcfg.init, "n_init": pcfg.n_init}
+                    "init": pcfg.init, "n_init": pcfg.n_init, "method": pcfg.method}
             futures[run.submit(_fit_task, args)] = len(images)
         with progress_bar(sum(futures.values()), "per-image fit", "image", progress) as bar:
             for fut in run.as_completed(futures):
@@ -188,7 +223,7 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             if q and q.get("fingerprint") != fp:
                 st.set_section(f"per_image_quantize_k{k}", {**q, "state": "stale"})
     st.set_section(SECTION, {**st.section(SECTION), "timings": timings})  # with consolidating
-    return _summary(st, "fitted", timings)
+    return _summary(st, "fitted", timings, len(coll))
 
 
 def load_per_image(store: str | Location, k: int,
@@ -205,7 +240,7 @@ def load_per_image(store: str | Location, k: int,
 
 
 def _label_task(args: dict[str, Any]) -> dict[str, Any]:
-    from streamq.kernels import assign
+    from streamq.nearest import label_pixels
 
     store, c, chunk, k = args["store"], args["chunk_index"], args["chunk"], args["k"]
     pixels = open_array(store, PIXELS)
@@ -217,15 +252,24 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     palettes = open_array(store, f"per_image/k{k}/palette")
     ids = [i for i, _, _ in args["images"]]
     cen = np.asarray(centres[min(ids):max(ids) + 1]) if ids else None
-    pal = np.asarray(palettes[min(ids):max(ids) + 1]).astype(np.int64) if ids else None
-    sse = []
-    for image_id, off, size in args["images"]:
+    pal = np.asarray(palettes[min(ids):max(ids) + 1]) if ids else None
+
+    def one(image: tuple[int, int, int]) -> list[int]:
+        image_id, off, size = image
         a, b = max(off, lo) - lo, min(off + size, hi) - lo
         j = image_id - min(ids)
-        lab, _ = assign(to_space(rgb[a:b], "rgb"), cen[j])
+        lab, err, _ = label_pixels(rgb[a:b], cen[j], pal[j])  # exact nearest centre
         labels[a:b] = lab
-        err = ((rgb[a:b].astype(np.int64) - pal[j][lab]) ** 2).sum()
-        sse.append([int(image_id), int(err)])
+        return [int(image_id), err]
+
+    threads = min(args.get("threads", 1), len(ids), os.cpu_count() or 1)
+    if threads > 1:  # fewer chunks than workers: this task uses the idle cores (no GIL held)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            sse = list(pool.map(one, args["images"]))
+    else:
+        sse = [one(image) for image in args["images"]]
     out = open_array(store, f"per_image/k{k}/labels", mode="r+")
     out[lo:hi] = labels
     report = {"sse": sse}
@@ -271,10 +315,13 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
                 st.set_section(name, {"state": "running", "fingerprint": fp})
             records = st.records(f"per_image/k{k}/label_records")
             futures = []
-            for c in (c for c in range(n_chunks) if not records[c]):
+            todo = [c for c in range(n_chunks) if not records[c]]
+            threads = max(1, run.n_workers // max(1, len(todo)))
+            for c in todo:
                 images = coll.overlapping(c * chunk, (c + 1) * chunk)
                 futures.append(run.submit(_label_task, {"store": st.location, "chunk_index": c,
-                                                        "chunk": chunk, "k": k, "images": images}))
+                                                        "chunk": chunk, "k": k, "images": images,
+                                                        "threads": threads}))
             with progress_bar(len(futures), f"labelling K={k}", "chunk", progress) as bar:
                 for fut in run.as_completed(futures):
                     fut.result()
@@ -287,7 +334,7 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
                                   "timings": {"labelling": round(time.perf_counter() - started, 3)},
                                   "runtime": facts,
                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return _summary(st, "quantized", timings)
+    return _summary(st, "quantized", timings, len(coll))
 
 
 def summary_of(store: str | Location,
@@ -299,13 +346,14 @@ def summary_of(store: str | Location,
     return _summary(st, "per-image")
 
 
-def _summary(st: Store, status: str, timings: dict[str, float] | None = None) -> PerImageSummary:
+def _summary(st: Store, status: str, timings: dict[str, float] | None = None,
+             n_images: int | None = None) -> PerImageSummary:
     sec = st.section(SECTION)
-    coll = Collection(st)
+    n_images = len(Collection(st)) if n_images is None else n_images
     mean = {}
     for k in sec.get("colors", []):
         q = st.section(f"per_image_quantize_k{k}")
         if q.get("state") == "complete":
             mean[k] = q["mean_psnr"]
-    return PerImageSummary(store=st.path, colors=list(sec.get("colors", [])), n_images=len(coll),
+    return PerImageSummary(store=st.path, colors=list(sec.get("colors", [])), n_images=n_images,
                            status=status, mean_psnr=mean, timings=timings or {})

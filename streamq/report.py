@@ -249,7 +249,8 @@ def overview(ctx: Context) -> Section:
     if per.get("state") == "complete":
         colors = ",".join(map(str, per.get("colors") or []))
         rows.append(["per-image palettes", "complete", f"K={colors} on "
-                     f"{per.get('config', {}).get('sample')} of each image's pixels"])
+                     f"{per.get('config', {}).get('sample')} of each image's pixels, method "
+                     f"{per.get('config', {}).get('method', 'kmeans')}"])
     for r in ctx.results:
         what = ("mean PSNR " + _fmt_psnr(float(np.mean(r.psnr[np.isfinite(r.psnr)])))
                 if r.ready and r.psnr is not None and np.isfinite(r.psnr).any() else

@@ -8,6 +8,7 @@ backend is behind it.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -110,6 +111,11 @@ _LIBRARIES = ("numpy", "scikit-learn", "dask", "distributed", "zarr", "numcodecs
 
 def library_versions() -> dict[str, str | None]:
     """Installed versions of Python and of the libraries streamq's results depend on."""
+    return dict(_library_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _library_versions() -> dict[str, str | None]:  # looked up once per process (~15 ms)
     import platform
     from importlib.metadata import PackageNotFoundError, version
 

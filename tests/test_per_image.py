@@ -13,8 +13,10 @@ from PIL import Image
 from sklearn.cluster import KMeans
 
 import streamq
-from streamq.errors import StoreMismatchError, StreamQError
-from streamq.per_image import fit_per_image, load_per_image
+from streamq.colorspace import to_space
+from streamq.config import parse_config
+from streamq.errors import ConfigError, StoreMismatchError, StreamQError
+from streamq.per_image import fit_image, fit_per_image, load_per_image, sample_index
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,93 @@ def test_cli_per_image_and_list_needs_flag(fitted, tmp_path):
     r = CliRunner().invoke(cli, ["fit", copy, "-k", "2,6", "--scheduler", "threads"])
     assert r.exit_code == 2
     assert "lists need --per-image" in r.output
+    r = CliRunner().invoke(cli, ["fit", copy, "-k", "4", "--method", "histogram", "--scheduler", "threads"])
+    assert r.exit_code == 2
+    assert "--method applies to per-image palettes: add --per-image" in r.output
     r = CliRunner().invoke(cli, ["fit", copy, "--per-image", "-k", "3,4", "--sample", "0.5",
-                                 "--scheduler", "threads", "--overwrite"])
+                                 "--method", "histogram", "--scheduler", "threads", "--overwrite"])
     assert r.exit_code == 0, r.output
     assert r.output.startswith("fitted: per-image palettes K=3,4 for 48 images")
+    assert "method histogram" in CliRunner().invoke(cli, ["info", copy]).output
+
+
+# --- the histogram method -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fitted_hist(faces_dir, tmp_path_factory, cluster_address):
+    path = str(tmp_path_factory.mktemp("pih") / "pih.zarr")
+    streamq.ingest(faces_dir, path, chunk_pixels=30_000, scheduler="threads", progress=False)
+    fit_per_image(path, colors=[2, 6, 30], sample=0.7, seed=4, method="histogram",
+                  pixels_per_task=100_000, scheduler=cluster_address)
+    streamq.quantize(path, scheduler=cluster_address)
+    return path
+
+
+@pytest.mark.parametrize("k", [2, 6, 30])
+def test_histogram_method_same_as_in_memory_and_exact_labels(fitted_hist, faces_dir, k):
+    coll = streamq.open_store(fitted_hist)
+    centres, palettes = load_per_image(fitted_hist, k)
+    labels = zarr.open_array(f"{fitted_hist}/per_image/k{k}/labels", mode="r")
+    psnr = zarr.open_group(fitted_hist, mode="r")[f"per_image/k{k}/images/psnr"][:]
+    for i in (0, 11, len(coll) - 1):
+        rgb = pillow_rgb(faces_dir / coll.paths[i]).reshape(-1, 3)  # decoded again, in memory
+        ref = fit_image(rgb, k, 0.7, 4, i, method="histogram")
+        np.testing.assert_array_equal(centres[i], ref)  # bit for bit, whatever ran it
+        x = to_space(rgb, "rgb").astype(np.float64)
+        nearest = ((x[:, None, :] - centres[i][None]) ** 2).sum(2).argmin(1)
+        a = int(coll.offsets[i])
+        np.testing.assert_array_equal(np.asarray(labels[a:a + len(rgb)]), nearest)
+        mse = ((rgb - palettes[i][nearest].astype(float)) ** 2).mean()
+        assert psnr[i] == pytest.approx(10 * np.log10(255 ** 2 / mse), rel=1e-9)
+
+
+def test_histogram_method_as_good_as_kmeans(fitted, fitted_hist):
+    g, h = zarr.open_group(fitted, mode="r"), zarr.open_group(fitted_hist, mode="r")
+    for k in (2, 6, 30):
+        ours = h[f"per_image/k{k}/images/psnr"][:]
+        ref = g[f"per_image/k{k}/images/psnr"][:]
+        finite = np.isfinite(ours) & np.isfinite(ref)
+        assert ours[finite].mean() > ref[finite].mean() - 0.1  # the same k-means, other starts
+
+
+def test_histogram_method_deterministic_across_runners_and_resume(fitted_hist, tmp_path):
+    copy = str(tmp_path / "c.zarr")
+    shutil.copytree(fitted_hist, copy)
+    want = {k: load_per_image(fitted_hist, k)[0] for k in (2, 6, 30)}
+    # other tasks (many small ones), other runner: the same palettes
+    fit_per_image(copy, colors=[2, 6, 30], sample=0.7, seed=4, method="histogram",
+                  pixels_per_task=7_000, scheduler="threads", overwrite=True)
+    for k in (2, 6, 30):
+        np.testing.assert_array_equal(load_per_image(copy, k)[0], want[k])
+    # an interrupted run: half the task records missing, the section still running
+    st = zarr.open_group(copy, mode="r+")
+    records = zarr.open_array(f"{copy}/per_image/records", mode="r+")
+    n = records.shape[0]
+    for i in range(0, n, 2):
+        records[i] = ""
+    st.attrs["per_image"] = {**st.attrs["per_image"], "state": "running"}
+    assert fit_per_image(copy, colors=[2, 6, 30], sample=0.7, seed=4, method="histogram",
+                         scheduler="sync").status == "fitted"
+    for k in (2, 6, 30):
+        np.testing.assert_array_equal(load_per_image(copy, k)[0], want[k])
+    # and the kmeans palettes of the same store are other parameters
+    with pytest.raises(StoreMismatchError, match="method=histogram"):
+        fit_per_image(copy, colors=[2, 6, 30], sample=0.7, seed=4, scheduler="sync")
+
+
+def test_method_key_validated():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"per_image": {"method": "fast"}})
+    assert "key 'per_image.method' has value 'fast', expected one of 'kmeans', 'histogram'" in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="unknown per-image method 'fast'"):
+        fit_image(np.zeros((50, 3), np.uint8), 2, 0.7, 0, 0, method="fast")
+
+
+def test_sample_index_is_seeded_per_image():
+    a = sample_index(1000, 2, 0.7, 3, 5)
+    assert len(a) == 700
+    assert np.all(np.diff(a) > 0)
+    np.testing.assert_array_equal(a, sample_index(1000, 30, 0.7, 3, 5))
+    assert not np.array_equal(a, sample_index(1000, 2, 0.7, 3, 6))
+    np.testing.assert_array_equal(sample_index(10, 30, 0.7, 3, 5), np.arange(10))

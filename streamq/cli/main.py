@@ -167,6 +167,10 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
               help="One palette per image (k-means on a pixel sample of each image), for each K.")
 @click.option("--sample", type=float, default=None,
               help="--per-image: fraction of each image's pixels to fit on [default: 0.7].")
+@click.option("--method", type=click.Choice(["kmeans", "histogram"]), default=None,
+              help="--per-image: kmeans (scikit-learn KMeans, the tutorial's) or histogram "
+                   "(the same k-means on the sample's distinct colours, compiled; faster) "
+                   "[default: kmeans].")
 @click.option("--algorithm", type=click.Choice(["minibatch", "lloyd"]), default=None,
               help="minibatch (default): streamed MiniBatchKMeans; lloyd: exact K-Means on all pixels.")
 @click.option("--init", type=click.Choice(["k-means++", "random"]), default=None,
@@ -186,7 +190,7 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
 @click.pass_context
 @_handle_errors
 def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, scheduler: str | None,
-            colors: str | None, per_image: bool, sample: float | None,
+            colors: str | None, per_image: bool, sample: float | None, method: str | None,
             algorithm: str | None, init: str | None, refine: bool | None,
             color_space: str | None, tol: float | None, max_steps: int | None, max_iter: int | None,
             batch_size: int | None, seed: int | None, storage_options: tuple[str, ...],
@@ -203,7 +207,8 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
 
         cfg = load_config(config_path, **{
             "store": store, "dask.scheduler": scheduler, "per_image.colors": colors,
-            "per_image.sample": sample, "per_image.init": init, "per_image.seed": seed},
+            "per_image.sample": sample, "per_image.method": method, "per_image.init": init,
+            "per_image.seed": seed},
             **storage_overrides(storage_options))
         if cfg.store is None:
             raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
@@ -214,6 +219,8 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
         elif not ctx.obj["quiet"]:
             click.echo(str(summary))
         return
+    if method is not None:
+        raise click.UsageError("--method applies to per-image palettes: add --per-image")
     if colors is not None and not colors.strip().isdigit():
         raise click.BadParameter(f"{colors!r} is not one integer (lists need --per-image)",
                                  param_hint="--colors")

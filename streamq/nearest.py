@@ -1,0 +1,277 @@
+"""Exact nearest centres in colour space, searched over centres sorted along one axis.
+
+The centres are sorted by their projection on an axis (the principal axis of the centres or
+of the points); a query walks outward from its own projection and stops on each side as
+soon as the projection gap alone exceeds the best squared distance found, so it measures a
+few centres instead of all K. Results are those of an ``argmin`` over float64 squared
+distances (first centre on ties): only the speed depends on the axis.
+
+Used by the per-image palettes: labels of every pixel (:func:`label_pixels`), the inertia
+of weighted points, and the searches inside the compiled Lloyd of :mod:`streamq.hist_kmeans`.
+Loops are serial and release the GIL.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+__all__ = ["CHANNEL", "inertia", "label_pixels"]
+
+# The coordinates ``colorspace.to_space(rgb, "rgb")`` gives each channel value, in float64.
+CHANNEL = (np.arange(256, dtype=np.float32) * np.float32(1 / 255)).astype(np.float64)
+_GREY = np.full(3, 1 / math.sqrt(3))
+_EPS = 1e-12  # slack on every bound test: float rounding never prunes a candidate that counts
+
+
+@numba.njit(nogil=True, cache=True)
+def _covariance(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    total = 0.0
+    mean = np.zeros(3)
+    for i in range(x.shape[0]):
+        total += w[i]
+        for t in range(3):
+            mean[t] += w[i] * x[i, t]
+    cov = np.zeros((3, 3))
+    if total <= 0:
+        return cov
+    mean /= total
+    for i in range(x.shape[0]):
+        for a in range(3):
+            da = x[i, a] - mean[a]
+            for b in range(a, 3):
+                cov[a, b] += w[i] * da * (x[i, b] - mean[b])
+    for a in range(3):
+        for b in range(a, 3):
+            cov[a, b] /= total
+            cov[b, a] = cov[a, b]
+    return cov
+
+
+def _principal(cov: np.ndarray) -> np.ndarray:
+    """Unit principal axis of a covariance (the grey axis when degenerate)."""
+    if not np.isfinite(cov).all() or not cov.any():
+        return _GREY.copy()
+    axis = np.linalg.eigh(cov)[1][:, -1]
+    return np.ascontiguousarray(axis / np.linalg.norm(axis), dtype=np.float64)
+
+
+def _axis(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Unit principal axis of the rows of ``x`` (weights ``w``). Only the speed of the
+    searches depends on it, never their results."""
+    if len(x) < 2:
+        return _GREY.copy()
+    w = np.ones(len(x)) if w is None else np.ascontiguousarray(w, np.float64)
+    return _principal(_covariance(np.ascontiguousarray(x, np.float64), w))
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _d2(x: np.ndarray, i: int, c: np.ndarray, j: int) -> float:
+    a = x[i, 0] - c[j, 0]
+    b = x[i, 1] - c[j, 1]
+    d = x[i, 2] - c[j, 2]
+    return a * a + b * b + d * d
+
+
+@numba.njit(nogil=True, cache=True)
+def _sort_centres(c: np.ndarray, axis: np.ndarray, order: np.ndarray, sp: np.ndarray) -> None:
+    k = c.shape[0]
+    pc = np.empty(k)
+    for j in range(k):
+        pc[j] = c[j, 0] * axis[0] + c[j, 1] * axis[1] + c[j, 2] * axis[2]
+    o = np.argsort(pc, kind="mergesort")
+    for r in range(k):
+        order[r] = o[r]
+        sp[r] = pc[o[r]]
+
+
+@numba.njit(nogil=True, cache=True)
+def _nearest3(x: np.ndarray, i: int, p: float, c: np.ndarray, order: np.ndarray,
+              sp: np.ndarray) -> tuple[int, float, int, float, float]:
+    """The nearest centre of point ``i`` (first on ties) and its squared distance, the second
+    nearest and its squared distance, and the squared distance to the third nearest (inf when
+    there are only two centres). ``p`` is the point's projection, ``sp`` the sorted
+    projections of the centres (``order[r]`` is the centre of rank ``r``): the search goes
+    outward from ``p`` and stops on each side when the gap alone exceeds the third distance."""
+    k = c.shape[0]
+    b1 = np.inf
+    b2 = np.inf
+    b3 = np.inf
+    a1 = -1
+    a2 = -1
+    if k <= 8:  # a few centres: look at all of them
+        for j in range(k):
+            s = _d2(x, i, c, j)
+            if s < b1:
+                b3 = b2
+                b2 = b1
+                a2 = a1
+                b1 = s
+                a1 = j
+            elif s < b2:
+                b3 = b2
+                b2 = s
+                a2 = j
+            elif s < b3:
+                b3 = s
+        return a1, b1, a2, b2, b3
+    up = np.searchsorted(sp, p)
+    down = up - 1
+    while up < k or down >= 0:
+        for side in range(2):
+            if side == 0:
+                if up >= k:
+                    continue
+                g = sp[up] - p
+                if g * g > b3 + _EPS:
+                    up = k
+                    continue
+                j = order[up]
+                up += 1
+            else:
+                if down < 0:
+                    continue
+                g = p - sp[down]
+                if g * g > b3 + _EPS:
+                    down = -1
+                    continue
+                j = order[down]
+                down -= 1
+            s = _d2(x, i, c, j)
+            if s < b1 or (s == b1 and j < a1):
+                b3 = b2
+                b2 = b1
+                a2 = a1
+                b1 = s
+                a1 = j
+            elif s < b2 or (s == b2 and j < a2):
+                b3 = b2
+                b2 = s
+                a2 = j
+            elif s < b3:
+                b3 = s
+    return a1, b1, a2, b2, b3
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _nearest(x: np.ndarray, i: int, p: float, c: np.ndarray, order: np.ndarray, sp: np.ndarray,
+             a: int) -> tuple[int, float]:
+    """Nearest centre of point ``i`` (first on ties) and its squared distance, searched
+    outward from the projection ``p`` with centre ``a`` as the first bound."""
+    k = c.shape[0]
+    best = _d2(x, i, c, a)
+    up = np.searchsorted(sp, p)
+    down = up - 1
+    while up < k or down >= 0:
+        if up < k:
+            g = sp[up] - p
+            if g * g > best + _EPS:
+                up = k
+            else:
+                j = order[up]
+                s = _d2(x, i, c, j)
+                if s < best or (s == best and j < a):
+                    best = s
+                    a = j
+                up += 1
+        if down >= 0:
+            g = p - sp[down]
+            if g * g > best + _EPS:
+                down = -1
+            else:
+                j = order[down]
+                s = _d2(x, i, c, j)
+                if s < best or (s == best and j < a):
+                    best = s
+                    a = j
+                down -= 1
+    return a, best
+
+
+@numba.njit(nogil=True, cache=True)
+def _inertia(x: np.ndarray, w: np.ndarray, c: np.ndarray, axis: np.ndarray, order: np.ndarray,
+             sp: np.ndarray) -> float:
+    total = 0.0
+    a = 0
+    for i in range(x.shape[0]):
+        p = x[i, 0] * axis[0] + x[i, 1] * axis[1] + x[i, 2] * axis[2]
+        a, d = _nearest(x, i, p, c, order, sp, a)
+        total += w[i] * d
+    return total
+
+
+def _sorted_centres(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    axis = _axis(c)
+    order = np.empty(len(c), dtype=np.int64)
+    sp = np.empty(len(c))
+    _sort_centres(c, axis, order, sp)
+    return axis, order, sp
+
+
+def inertia(x: np.ndarray, w: np.ndarray, centres: np.ndarray) -> float:
+    """``sum(w * D**2)``: weighted squared distance of each point to its nearest centre."""
+    c = np.ascontiguousarray(centres, dtype=np.float64)
+    return float(_inertia(np.ascontiguousarray(x, np.float64), np.asarray(w, np.float64), c,
+                          *_sorted_centres(c)))
+
+
+_CACHE_BITS = 14  # entries of the label cache: 2**14 colours
+
+
+@numba.njit(nogil=True, cache=True)
+def _label(rgb: np.ndarray, table: np.ndarray, c: np.ndarray, order: np.ndarray,
+           sp: np.ndarray, axis: np.ndarray, palette: np.ndarray, labels: np.ndarray,
+           err: np.ndarray) -> int:
+    q = np.empty((1, 3))
+    # a direct-mapped cache of recent colours: (code + 1, label, error); photos repeat colours
+    size = 1 << _CACHE_BITS
+    key = np.zeros(size, dtype=np.int64)
+    value = np.empty(size, dtype=np.int64)
+    lab = 0
+    total = 0
+    for i in range(rgb.shape[0]):
+        code = (np.int64(rgb[i, 0]) << 16) | (np.int64(rgb[i, 1]) << 8) | np.int64(rgb[i, 2])
+        slot = ((code * 2654435761) >> 11) & (size - 1)
+        if key[slot] == code + 1:
+            v = value[slot]
+            lab = v & 0xFFFFF
+            e = v >> 20
+        else:
+            for t in range(3):
+                q[0, t] = table[rgb[i, t]]
+            p = q[0, 0] * axis[0] + q[0, 1] * axis[1] + q[0, 2] * axis[2]
+            lab, _ = _nearest(q, 0, p, c, order, sp, lab)  # the previous centre bounds first
+            e = 0
+            for t in range(3):
+                dv = np.int64(rgb[i, t]) - palette[lab, t]
+                e += dv * dv
+            key[slot] = code + 1
+            value[slot] = lab | (e << 20)
+        labels[i] = lab
+        if err.shape[0]:
+            err[i] = e
+        total += e
+    return total
+
+
+def label_pixels(rgb: np.ndarray, centres: np.ndarray, palette: np.ndarray | None = None,
+                 want_err: bool = False) -> tuple[np.ndarray, int, np.ndarray]:
+    """Exact nearest centre of ``(n, 3)`` uint8 pixels, in ``value / 255`` coordinates.
+
+    The same labels as an ``argmin`` over float64 squared distances (first centre on ties).
+    Returns ``(labels, sse, err)``: int64 labels, the summed squared RGB error to ``palette``
+    (``(k, 3)`` uint8, default the rounded centres), and the error per pixel (int64) when
+    ``want_err`` (else an empty array).
+    """
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    c = np.ascontiguousarray(centres, dtype=np.float64)
+    if palette is None:
+        palette = np.round(np.clip(c * 255, 0, 255)).astype(np.uint8)
+    pal = np.ascontiguousarray(palette, dtype=np.int64)
+    axis, order, sp = _sorted_centres(c)
+    labels = np.empty(len(rgb), dtype=np.int64)
+    err = np.empty(len(rgb) if want_err else 0, dtype=np.int64)
+    sse = _label(rgb, CHANNEL, c, order, sp, axis, pal, labels, err) if len(rgb) else 0
+    return labels, int(sse), err
