@@ -7,6 +7,8 @@ from typing import Any
 import numba
 import numpy as np
 
+from streamq.nearest import assign_rows, sorted_centres
+
 __all__ = ["assign", "histogram24"]
 
 
@@ -32,108 +34,24 @@ def _assign(x: np.ndarray, centers: np.ndarray, labels: np.ndarray, dist: np.nda
         dist[i] = best
 
 
-# Projections are compared with this much slack, far above their rounding error: the search
-# may look at a centre more than strictly needed, never at one less.
-_SLACK = 1e-9
+SORTED_FROM_K = 16  # from this many centres on, 3-d rows use the sorted search
 
 
-@numba.njit(nogil=True, cache=True)
-def _assign_sorted(x: np.ndarray, centers: np.ndarray, order: np.ndarray, pos: np.ndarray,
-                   proj: np.ndarray, axis: np.ndarray, labels: np.ndarray, dist: np.ndarray) -> None:
-    """:func:`_assign` with the centres sorted by their projection ``proj`` on the unit
-    vector ``axis`` (``centers[t]`` is original centre ``order[t]``, and original centre ``j`` is ``centers[pos[j]]``).
-
-    Each row starts at the centres nearest along the axis and widens outwards until the gap
-    along the axis alone exceeds the best distance found: since ``(axis . (x - c))**2 <=
-    |x - c|**2``, no centre further out can be nearer. Distances are the same float64 sums
-    as :func:`_assign`, and ties go to the lowest original index, so results are identical.
-    """
-    n, d = x.shape
-    k = centers.shape[0]
-    for i in range(n):
-        p = 0.0
-        for c in range(d):
-            p += x[i, c] * axis[c]
-        lo = 0
-        hi = k
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if proj[mid] < p:
-                lo = mid + 1
-            else:
-                hi = mid
-        a = lo - 1
-        b = lo
-        best = np.inf
-        arg = k
-        if i > 0:  # the previous row's centre: for sorted or neighbouring rows, a tight bound
-            j = pos[labels[i - 1]]
-            best = 0.0
-            for c in range(d):
-                t = x[i, c] - centers[j, c]
-                best += t * t
-            arg = order[j]
-        while a >= 0 or b < k:
-            ga = p - proj[a] if a >= 0 else np.inf
-            gb = proj[b] - p if b < k else np.inf
-            if ga <= gb:
-                j = a
-                g = ga
-                a -= 1
-            else:
-                j = b
-                g = gb
-                b += 1
-            g -= _SLACK
-            if g > 0.0 and g * g > best:
-                break
-            s = 0.0
-            for c in range(d):
-                t = x[i, c] - centers[j, c]
-                s += t * t
-            if s < best or (s == best and order[j] < arg):
-                best = s
-                arg = order[j]
-        labels[i] = arg
-        dist[i] = best
-
-
-def _sorted_centres(centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Centres sorted along their principal axis: (sorted centres, original index of each,
-    sorted position of each original, projection, unit axis)."""
-    axis = np.zeros(centers.shape[1])
-    spread = centers - centers.mean(0)
-    if np.any(spread):
-        _, vecs = np.linalg.eigh(spread.T @ spread)
-        axis = vecs[:, -1]
-    else:
-        axis[0] = 1.0
-    axis = np.ascontiguousarray(axis / np.linalg.norm(axis))
-    proj = centers @ axis
-    order = np.argsort(proj, kind="stable")
-    pos = np.empty_like(order)
-    pos[order] = np.arange(len(order))
-    return (np.ascontiguousarray(centers[order]), order.astype(np.int64), pos.astype(np.int64),
-            np.ascontiguousarray(proj[order]), axis)
-
-
-SORTED_FROM_K = 16  # below this the plain loop is as fast
-
-
-def _assign_block(x: np.ndarray, centers: np.ndarray, sort: tuple[np.ndarray, ...] | None,
+def _assign_block(x: np.ndarray, centers: np.ndarray, search: tuple[np.ndarray, ...] | None,
                   labels: np.ndarray, dist: np.ndarray) -> None:
-    if sort is None:
+    if search is None:
         _assign(x, centers, labels, dist)
     else:
-        _assign_sorted(x, *sort, labels, dist)
+        assign_rows(x, centers, search, labels, dist)
 
 
 def assign(x: np.ndarray, centers: np.ndarray, n_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Index of the nearest centre of each row of ``x`` (first on ties) and its squared distance.
 
-    Exact: distances are summed in float64 coordinate by coordinate (no expansion trick). From
-    ``SORTED_FROM_K`` centres on, each row only visits the centres near it along the centres'
-    principal axis (same result, a fraction of the distance computations).
+    Exact: distances are summed in float64 coordinate by coordinate (no expansion trick). For
+    3-d rows and from ``SORTED_FROM_K`` centres on, each row only visits the centres near it
+    along the centres' principal axis (:mod:`streamq.nearest`: same result, a fraction of the
+    distance computations).
     """
     x = np.ascontiguousarray(x, dtype=np.float64)
     centers = np.ascontiguousarray(centers, dtype=np.float64)
@@ -141,7 +59,8 @@ def assign(x: np.ndarray, centers: np.ndarray, n_threads: int = 1) -> tuple[np.n
     dist = np.empty(len(x), dtype=np.float64)
     if not len(x):
         return labels, dist
-    sort = _sorted_centres(centers) if len(centers) >= SORTED_FROM_K else None
+    sort = (sorted_centres(centers) if x.shape[1] == 3 and len(centers) >= SORTED_FROM_K
+            else None)
     if n_threads <= 1 or len(x) < 100_000:
         _assign_block(x, centers, sort, labels, dist)
         return labels, dist

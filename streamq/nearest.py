@@ -7,7 +7,8 @@ few centres instead of all K. Results are those of an ``argmin`` over float64 sq
 distances (first centre on ties): only the speed depends on the axis.
 
 Used by the per-image palettes: labels of every pixel (:func:`label_pixels`), the inertia
-of weighted points, and the searches inside the compiled Lloyd of :mod:`streamq.hist_kmeans`.
+of weighted points, and the searches inside the compiled Lloyd of :mod:`streamq.hist_kmeans`;
+and by :func:`streamq.kernels.assign` for 3-d rows (:func:`assign_rows`).
 Loops are serial and release the GIL.
 """
 
@@ -18,7 +19,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["CHANNEL", "inertia", "label_pixels"]
+__all__ = ["CHANNEL", "assign_rows", "inertia", "label_pixels", "sorted_centres"]
 
 # The coordinates ``colorspace.to_space(rgb, "rgb")`` gives each channel value, in float64.
 CHANNEL = (np.arange(256, dtype=np.float32) * np.float32(1 / 255)).astype(np.float64)
@@ -200,6 +201,40 @@ def _inertia(x: np.ndarray, w: np.ndarray, c: np.ndarray, axis: np.ndarray, orde
         a, d = _nearest(x, i, p, c, order, sp, a)
         total += w[i] * d
     return total
+
+
+@numba.njit(nogil=True, cache=True)
+def _assign(x: np.ndarray, c: np.ndarray, axis: np.ndarray, order: np.ndarray, sp: np.ndarray,
+            labels: np.ndarray, dist: np.ndarray) -> None:
+    a = 0
+    for i in range(x.shape[0]):
+        p = x[i, 0] * axis[0] + x[i, 1] * axis[1] + x[i, 2] * axis[2]
+        a, d = _nearest(x, i, p, c, order, sp, a)  # the previous row's centre bounds first
+        labels[i] = a
+        dist[i] = d
+
+
+def assign_rows(x: np.ndarray, centres: np.ndarray,
+                search: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                labels: np.ndarray | None = None, dist: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre (first on ties) and squared distance of each ``(n, 3)`` float64 row.
+
+    ``search`` is :func:`sorted_centres` of ``centres`` (computed when None); ``labels``
+    (int64) and ``dist`` (float64) are filled when given.
+    """
+    c = np.ascontiguousarray(centres, dtype=np.float64)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    labels = np.empty(len(x), dtype=np.int64) if labels is None else labels
+    dist = np.empty(len(x), dtype=np.float64) if dist is None else dist
+    if len(x):
+        _assign(x, c, *(search or sorted_centres(c)), labels, dist)
+    return labels, dist
+
+
+def sorted_centres(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(axis, order, sorted projections)`` of the centres ``c``: what the searches need."""
+    return _sorted_centres(np.ascontiguousarray(c, dtype=np.float64))
 
 
 def _sorted_centres(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
