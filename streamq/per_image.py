@@ -300,14 +300,18 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
     n_chunks = -(-int(pixels.shape[0]) // chunk)
     sizes = coll.heights * coll.widths
     timings: dict[str, float] = {}
+    pending = [k for k in sec["colors"]
+               if not (st.section(f"per_image_quantize_k{k}").get("state") == "complete"
+                       and st.section(f"per_image_quantize_k{k}").get("fingerprint") == fp)]
+    if not pending:  # nothing to do: no cluster to start
+        log.info("Per-image labels in %s are up to date; nothing to do", st.path)
+        return _summary(st, "already complete", timings, len(coll))
     with timer("per-image labelling", timings), runner(cfg.dask) as run:
         run.check_paths(st.path)
         facts = run.facts()
-        for k in sec["colors"]:
+        for k in pending:
             name = f"per_image_quantize_k{k}"
             q = st.section(name)
-            if q.get("state") == "complete" and q.get("fingerprint") == fp:
-                continue
             started = time.perf_counter()
             if q.get("fingerprint") != fp or q.get("state") not in ("running",):
                 st.create_labels(f"per_image/k{k}/labels", labels_dtype(k))

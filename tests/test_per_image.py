@@ -199,3 +199,11 @@ def test_sample_index_is_seeded_per_image():
     np.testing.assert_array_equal(a, sample_index(1000, 30, 0.7, 3, 5))
     assert not np.array_equal(a, sample_index(1000, 2, 0.7, 3, 6))
     np.testing.assert_array_equal(sample_index(10, 30, 0.7, 3, 5), np.arange(10))
+
+
+def test_quantize_rerun_needs_no_cluster(fitted):
+    # Every per-image K is labelled: a rerun is a no-op that does not even reach for a
+    # scheduler (this address has nobody listening).
+    summary = streamq.quantize(fitted, scheduler="tcp://127.0.0.1:9")
+    assert summary.status == "already complete"
+    assert set(summary.mean_psnr) == {2, 6, 30}
