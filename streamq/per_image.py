@@ -71,9 +71,14 @@ class PerImageSummary:
         return text
 
 
+def sample_size(n: int, k: int, sample: float) -> int:
+    """Pixels in the sample of an ``n``-pixel image: the ``sample`` fraction, at least ``k``."""
+    return min(n, max(k, int(round(sample * n))))
+
+
 def sample_index(n: int, k: int, sample: float, seed: int, image_id: int) -> np.ndarray:
     """Sorted indices of the seeded ``sample`` fraction (at least ``k``) of ``n`` pixels."""
-    m = min(n, max(k, int(round(sample * n))))
+    m = sample_size(n, k, sample)
     rng = np.random.default_rng([seed, image_id])
     return np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
 
@@ -123,7 +128,7 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
         rgb = data[off - a: off - a + size]
         index: dict[int, np.ndarray] = {}  # one sample per image, whatever the K (unless tiny)
         for k in args["colors"]:
-            m = min(size, max(k, int(round(args["sample"] * size))))
+            m = sample_size(size, k, args["sample"])
             if m not in index:
                 index[m] = sample_index(size, k, args["sample"], args["seed"], image_id)
             c = fit_image(rgb, k, args["sample"], args["seed"], image_id, args["init"],
@@ -300,9 +305,9 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
     n_chunks = -(-int(pixels.shape[0]) // chunk)
     sizes = coll.heights * coll.widths
     timings: dict[str, float] = {}
-    pending = [k for k in sec["colors"]
-               if not (st.section(f"per_image_quantize_k{k}").get("state") == "complete"
-                       and st.section(f"per_image_quantize_k{k}").get("fingerprint") == fp)]
+    sections = {k: st.section(f"per_image_quantize_k{k}") for k in sec["colors"]}
+    pending = [k for k, q in sections.items()
+               if not (q.get("state") == "complete" and q.get("fingerprint") == fp)]
     if not pending:  # nothing to do: no cluster to start
         log.info("Per-image labels in %s are up to date; nothing to do", st.path)
         return _summary(st, "already complete", timings, len(coll))
@@ -311,7 +316,7 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
         facts = run.facts()
         for k in pending:
             name = f"per_image_quantize_k{k}"
-            q = st.section(name)
+            q = sections[k]
             started = time.perf_counter()
             if q.get("fingerprint") != fp or q.get("state") not in ("running",):
                 st.create_labels(f"per_image/k{k}/labels", labels_dtype(k))
