@@ -131,17 +131,22 @@ def kernel(store: str, k: int, n: int) -> dict[str, float]:
     return out
 
 
+def quantize_runs(store: str, repeats: int, **kwargs: object) -> list[tuple[float, int]]:
+    """``(seconds, peak RSS)`` of ``repeats`` full quantize stages (labels dropped before each)."""
+    out = []
+    for _ in range(repeats):
+        Store.open(store, mode="r+").set_section("quantize", {})
+        t, peak, _ = timed(lambda: streamq.quantize(store, progress=False, **kwargs))
+        out.append((t, peak))
+    return out
+
+
 def on_running_cluster(store: str, n_pixels: int, repeats: int, io_mpx: float) -> dict[str, float]:
     """The stage inside a pipeline (``streamq run`` shares one cluster across stages): the
     first call on freshly started workers (their tables and compiled code cold), then the
     median of ``repeats`` more calls (tables warm)."""
-    times = []
     with runner(DaskConfig()) as run, shared(run):
-        for _ in range(repeats + 1):
-            Store.open(store, mode="r+").set_section("quantize", {})
-            t0 = time.perf_counter()
-            streamq.quantize(store, progress=False)
-            times.append(time.perf_counter() - t0)
+        times = [t for t, _ in quantize_runs(store, repeats + 1)]
     first, warm = n_pixels / 1e6 / times[0], n_pixels / 1e6 / median(times[1:])
     return {"quantize_running_first_mpx_s": first, "quantize_running_warm_mpx_s": warm,
             "quantize_running_warm_over_io": warm / io_mpx}
@@ -170,20 +175,14 @@ def main() -> None:
             shutil.copytree(base, store)
         streamq.fit(store, colors=k, progress=False)
         row = kernel(store, k, min(args.kernel_pixels, n_pixels))
-        times = []
-        for _ in range(args.repeats):
-            Store.open(store, mode="r+").set_section("quantize", {})
-            t, peak, summary = timed(lambda store=store: streamq.quantize(store, progress=False))
-            times.append(t)
+        runs = quantize_runs(store, args.repeats)
+        times, peak = [t for t, _ in runs], max(p for _, p in runs)
         row["quantize_mpx_s"] = n_pixels / 1e6 / median(times)
         row["quantize_over_io"] = row["quantize_mpx_s"] / io_mpx
         row["quantize_peak_gib"] = peak / 2**30
         row.update(on_running_cluster(store, n_pixels, args.repeats, io_mpx))
-        times = []
-        for _ in range(args.repeats):  # in-process threads: no cluster start, one shared table
-            Store.open(store, mode="r+").set_section("quantize", {})
-            t, _, _ = timed(lambda store=store: streamq.quantize(store, progress=False, scheduler="threads"))
-            times.append(t)
+        # in-process threads: no cluster start, one shared table
+        times = [t for t, _ in quantize_runs(store, args.repeats, scheduler="threads")]
         row["quantize_threads_mpx_s"] = n_pixels / 1e6 / median(times)
         for level in (1, 6):
             out = args.workdir / f"export-k{k}-l{level}"
