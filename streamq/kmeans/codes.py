@@ -1,0 +1,44 @@
+"""24-bit colour codes: the one place that packs ``(r, g, b)`` uint8 into ``r << 16 | g << 8 | b``.
+
+An RGB8 collection of any size has at most ``2**24`` distinct colours, so every exact
+computation over all its pixels (the colour histogram, the label tables, k-means on the
+histogram) works on these codes. ``code24`` is the compiled form for numba loops;
+:func:`rgb_to_codes` / :func:`codes_to_rgb` are the array forms.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["CHANNEL", "N_CODES", "code24", "codes_to_points", "codes_to_rgb", "rgb_to_codes"]
+
+N_CODES = 1 << 24
+
+# The coordinate ``colorspace.to_space(rgb, "rgb")`` gives each channel value, in float64.
+CHANNEL = (np.arange(256, dtype=np.float32) * np.float32(1 / 255)).astype(np.float64)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def code24(rgb: np.ndarray, i: int) -> np.int64:
+    """The code of row ``i`` of an ``(n, 3)`` uint8 array (compiled loops only)."""
+    return (np.int64(rgb[i, 0]) << 16) | (np.int64(rgb[i, 1]) << 8) | np.int64(rgb[i, 2])
+
+
+def rgb_to_codes(rgb: np.ndarray) -> np.ndarray:
+    """``(n, 3)`` uint8 colours to 24-bit codes (int64)."""
+    rgb = np.asarray(rgb).astype(np.int64, copy=False)
+    return (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+
+
+def codes_to_rgb(codes: np.ndarray) -> np.ndarray:
+    """24-bit colour codes back to ``(n, 3)`` uint8."""
+    codes = np.asarray(codes, dtype=np.int64)
+    return np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=1).astype(np.uint8)
+
+
+def codes_to_points(codes: np.ndarray) -> np.ndarray:
+    """24-bit codes to ``(n, 3)`` float64 RGB coordinates in [0, 1] (``value / 255`` as
+    :func:`streamq.colorspace.to_space` computes it, widened to float64)."""
+    codes = np.asarray(codes, dtype=np.int64)
+    return np.stack([CHANNEL[codes >> 16], CHANNEL[(codes >> 8) & 255], CHANNEL[codes & 255]], 1)
