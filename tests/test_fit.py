@@ -80,7 +80,7 @@ def test_minibatch_mse_close_to_lloyd(store_copy, all_pixels, tmp_path):
 def test_streamed_fit_equals_plain_partial_fit_loop(store_copy):
     """The streamed fit is exactly a plain loop of partial_fit over the seeded batches."""
     res = fit(store_copy, colors=8, seed=5, tol=1e-12, max_steps=12, batch_size=4096,
-              batches_per_task=3, polish_size=0, scheduler="threads")
+              batches_per_task=3, scheduler="threads")
     assert res.steps == 12
     assert res.stop_reason == "max_steps"
     coll = streamq.open_store(store_copy)
@@ -89,7 +89,7 @@ def test_streamed_fit_equals_plain_partial_fit_loop(store_copy):
     from streamq.fit import _initial_centres
     from streamq.scheduler import Runner, _SyncPool
 
-    fcfg = FitConfig(colors=8, seed=5, batch_size=4096, batches_per_task=3, polish_size=0)
+    fcfg = FitConfig(colors=8, seed=5, batch_size=4096, batches_per_task=3)
     init = _initial_centres(Runner(None, _SyncPool(), "sync"), coll.store, source, fcfg)
     ref = MiniBatchKMeans(8, init=init, n_init=1, batch_size=4096, compute_labels=False, random_state=5)
     for t in range(4):

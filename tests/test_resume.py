@@ -65,7 +65,7 @@ def test_kill_during_fit_then_rerun_is_bit_identical(fit_ready, tmp_path, algori
         "dask:\n  scheduler: threads\n"
         f"fit:\n  colors: 24\n  algorithm: {algorithm}\n  tol: 1.0e-9\n  max_steps: 300\n"
         "  batch_size: 16384\n  checkpoint_steps: 7\n  max_iter: 60\n  n_init: 2\n"
-        "  polish_size: 200000\n")
+        "")
     ref, killed = tmp_path / "ref.zarr", tmp_path / "killed.zarr"
     shutil.copytree(fit_ready, ref)
     shutil.copytree(fit_ready, killed)

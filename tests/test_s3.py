@@ -27,8 +27,7 @@ from streamq.fs import location
 
 BUCKET = "bucket"
 SECRET = "streamq-test-secret"
-FIT = dict(colors=8, max_steps=40, tol=1e-9, batch_size=4096, init_size=20_000,
-           validation_size=20_000, polish_size=50_000, checkpoint_steps=3)
+FIT = dict(colors=8, max_steps=40, tol=1e-9, batch_size=4096, init_size=20_000, checkpoint_steps=3)
 
 
 def _free_port() -> int:

@@ -1,6 +1,23 @@
 """The k-means core: exact nearest-centre search, weighted k-means++, weighted Lloyd.
 
 No I/O and no Dask: plain arrays in, arrays out. Every stage that clusters colours (the
-shared fit, ``--algorithm lloyd``, the per-image ``histogram`` method, quantize's label
-tables) calls these functions, so there is one definition of each step.
+shared fit, ``--algorithm lloyd``, the per-image ``histogram`` method, image groups) and
+quantize's label tables call these, so each step has one definition:
+
+- :mod:`streamq.kmeans.codes`: 24-bit colour codes (the histogram's keys);
+- :mod:`streamq.kmeans.nearest`: exact nearest centre, ties to the lowest index;
+- :mod:`streamq.kmeans.table`: a ``2**24`` label table for a fixed palette;
+- :mod:`streamq.kmeans.plusplus`: greedy weighted k-means++;
+- :mod:`streamq.kmeans.lloyd`: weighted Lloyd with distance bounds, scikit-learn's ``tol``;
+- :mod:`streamq.kmeans.kmeans`: starts + Lloyd, best of several.
 """
+
+from streamq.kmeans.codes import codes_to_points, codes_to_rgb, distinct_colours, rgb_to_codes
+from streamq.kmeans.kmeans import initial_centers, kmeans
+from streamq.kmeans.lloyd import LloydResult, lloyd, tolerance
+from streamq.kmeans.nearest import assign, inertia, label_pixels
+from streamq.kmeans.plusplus import kmeans_plusplus
+
+__all__ = ["LloydResult", "assign", "codes_to_points", "codes_to_rgb", "distinct_colours",
+           "inertia", "initial_centers", "kmeans", "kmeans_plusplus", "label_pixels", "lloyd",
+           "rgb_to_codes", "tolerance"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["CHANNEL", "N_CODES", "code24", "codes_to_points", "codes_to_rgb", "rgb_to_codes"]
+__all__ = ["CHANNEL", "N_CODES", "code24", "codes_to_points", "codes_to_rgb", "distinct_colours",
+           "rgb_to_codes"]
 
 N_CODES = 1 << 24
 
@@ -42,3 +43,10 @@ def codes_to_points(codes: np.ndarray) -> np.ndarray:
     :func:`streamq.colorspace.to_space` computes it, widened to float64)."""
     codes = np.asarray(codes, dtype=np.int64)
     return np.stack([CHANNEL[codes >> 16], CHANNEL[(codes >> 8) & 255], CHANNEL[codes & 255]], 1)
+
+
+def distinct_colours(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, counts)``: the distinct 24-bit codes of ``(n, 3)`` uint8 pixels, sorted, and
+    how many pixels have each (int64)."""
+    codes, counts = np.unique(rgb_to_codes(np.ascontiguousarray(rgb, np.uint8)), return_counts=True)
+    return codes, counts.astype(np.int64)
