@@ -233,7 +233,10 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
         steps=info["steps"], pixels_seen=info["pixels_seen"], stop_reason=info["stop_reason"],
         mse=mse, psnr=psnr(mse), seconds=round(time.perf_counter() - started, 3),
         seed=fcfg.seed, config=to_dict(fcfg))
-    _save_result(st, result, fp, timings, facts)
+    extra = {"starts": best["results"]}
+    if mb_centres is not None:  # the mini-batch phase's palette, before the exact phase
+        extra["minibatch_centers"] = np.asarray(mb_centres).tolist()
+    _save_result(st, result, fp, timings, facts, extra)
     log.info("%s", result)
     return result
 
@@ -422,6 +425,8 @@ def _fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centres: np.
     results.sort(key=lambda r: r["start"])
     best = min(results, key=lambda r: (r["inertia"], r["start"]))
     best["n_starts"] = len(inits)
+    best["results"] = [{"start": r["start"], "inertia": r["inertia"], "iterations": r["iteration"],
+                        "stop": r["stop"]} for r in results]
     best["from_minibatch"] = mb_centres is not None and best["start"] == 0
     for r in results:
         log.debug("lloyd start %d: inertia %.9g after %d iterations (%s)", r["start"],
@@ -483,7 +488,7 @@ def _ensure_distinct(centres: np.ndarray, points: np.ndarray, space: str) -> np.
 
 
 def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float],
-                 facts: dict[str, Any]) -> None:
+                 facts: dict[str, Any], extra: dict[str, Any]) -> None:
     st.write_table("fit/palette", {"center_0": r.centers[:, 0], "center_1": r.centers[:, 1],
                                    "center_2": r.centers[:, 2], "r": r.palette[:, 0],
                                    "g": r.palette[:, 1], "b": r.palette[:, 2], "count": r.counts})
@@ -491,7 +496,7 @@ def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float],
     summary = {k: v for k, v in asdict(r).items()
                if k not in ("centers", "palette", "counts", "history", "config", "status")}
     st.set_section(FIT, {"state": "complete", "fingerprint": fp, "config": r.config,
-                         "summary": summary, "timings": timings, "runtime": facts,
+                         "summary": summary, "timings": timings, "runtime": facts, **extra,
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     clear_checkpoint(st, CHECKPOINT)  # the result is saved; the working state is not needed
 
