@@ -10,7 +10,7 @@ fit runs in two phases:
    (``streamq.batches``, ``streamq.minibatch``), from k-means on an initial sample. Sampling
    tasks run ahead in a bounded window and are consumed in a fixed order, so the result
    depends only on the seed. It gives a good start after seeing a fraction of the pixels.
-2. **Exact Lloyd** (``streamq.kmeans.lloyd``) on the full histogram to convergence, from the
+2. **Exact Lloyd** (``streamq.kmeans.bounded``) on the full histogram to convergence, from the
    mini-batch centres (when there are any) and from ``n_init`` weighted k-means++ starts,
    each start a Dask task on the workers; the lowest exact inertia wins (the first start on
    ties). ``--algorithm lloyd`` is this phase alone.
@@ -317,7 +317,7 @@ def _initial_centres(run: Runner, source: PixelSource, fcfg: FitConfig, x_all: n
 def _fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig, fp: str,
                    ckpt: dict[str, Any] | None, x_all: np.ndarray, counts_all: np.ndarray,
                    progress: bool | None) -> tuple[np.ndarray, dict[str, Any]]:
-    from streamq.kmeans.lloyd import tolerance
+    from streamq.kmeans.bounded import tolerance
 
     B, G = fcfg.batch_size, fcfg.batches_per_task
     if ckpt is not None and ckpt.get("phase") == "minibatch":
@@ -351,63 +351,91 @@ def _fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig,
 
 # --- phase 2: exact Lloyd on the histogram, several starts side by side -------------------------
 
-_POINTS: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = {}
+GRID_BITS = 6  # the race runs on a 64-level-per-channel grid of the histogram
+FINISHERS = 2  # starts finished on every distinct colour
+
+_POINTS: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
 
 
-def _worker_points(store: Location, key: str, space: str) -> tuple[np.ndarray, np.ndarray]:
-    """The histogram as weighted points, read once per process and fit (``key``)."""
+def _worker_points(store: Location, key: str, space: str) -> dict[str, np.ndarray]:
+    """The histogram as weighted points, and its coarse grid, read once per process and fit."""
+    from streamq.kmeans.codes import cell_means
+
     k = (store.url, key, space)
     if k not in _POINTS:
         _POINTS.clear()  # one histogram at a time
         codes = np.asarray(open_array(store, "colors/code")[:], dtype=np.int64)
         counts = np.asarray(open_array(store, "colors/count")[:], dtype=np.float64)
-        _POINTS[k] = (_points(codes, space), counts)
+        x = _points(codes, space)
+        gx, gw = cell_means(codes, counts, x, GRID_BITS)
+        if 2 * len(gx) > len(x):  # a grid that saves little: race on the colours themselves
+            gx, gw = x, counts
+        _POINTS[k] = {"x": x, "w": counts, "gx": gx, "gw": gw}
     return _POINTS[k]
 
 
-def _start_task(args: dict[str, Any]) -> dict[str, Any]:
-    """Run one Lloyd start to the end (on a worker), checkpointing in its slot of ``fit/starts``."""
-    from streamq.kmeans import initial_centers, lloyd
-
+def _slot(args: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
     slot = open_array(args["store"], STARTS, mode="r+")
-    s = args["start"]
-    text = str(slot[s])
+    text = str(slot[args["start"]])
     state = decode_state(text) if text else None
     if state is not None and state.get("fingerprint") != args["fingerprint"]:
         state = None
-    if state is not None and state.get("done"):
+    return slot, state
+
+
+def _race_task(args: dict[str, Any]) -> dict[str, Any]:
+    """One start (the given centres or k-means++) run to convergence on the coarse grid."""
+    from streamq.kmeans import initial_centers, lloyd
+
+    slot, state = _slot(args)
+    if state is not None:
         return state
-    x, w = _worker_points(args["store"], args["key"], args["space"])
-    if state is None:
-        init = args["init"]
-        if init is None:  # k-means++ start j draws from its own generator
-            init = initial_centers(x, w, args["k"], args["init_method"],
-                                   np.random.default_rng([args["seed"], 1000 + args["plusplus"]]))
-        state = {"fingerprint": args["fingerprint"], "start": s, "done": False,
-                 "centers": np.asarray(init, np.float64), "iteration": 0, "history": []}
+    p = _worker_points(args["store"], args["key"], args["space"])
+    init = args["init"]
+    if init is None:  # k-means++ start j draws from its own generator
+        init = initial_centers(p["gx"], p["gw"], args["k"], args["init_method"],
+                               np.random.default_rng([args["seed"], 1000 + args["plusplus"]]))
+    res = lloyd(p["gx"], p["gw"], init, tol=0, max_iter=args["max_iter"])  # to a fixed point
+    state = {"fingerprint": args["fingerprint"], "start": args["start"], "done": False,
+             "grid_inertia": res.inertia, "grid_iterations": res.n_iter,
+             "centers": res.centers, "iteration": 0, "history": []}
+    slot[args["start"]] = encode_state(state)
+    return state
+
+
+def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
+    """Exact Lloyd on every distinct colour from a start's grid result, checkpointed in its slot."""
+    from streamq.kmeans import lloyd
+
+    slot, state = _slot(args)
+    assert state is not None, "a start is finished after its race"
+    if state["done"]:
+        return state
+    p = _worker_points(args["store"], args["key"], args["space"])
     history: list[list[float]] = list(state["history"])
     last_save = [time.monotonic()]
 
-    def on_iter(it: int, centers: np.ndarray, rows: list[tuple[int, float, float]]) -> None:
+    def on_iter(it: int, centers: np.ndarray, rows: list[tuple[int, float, int]]) -> None:
         if (it % args["checkpoint_steps"] == 0
                 or time.monotonic() - last_save[0] > args["checkpoint_seconds"]):
-            slot[s] = encode_state({**state, "centers": centers, "iteration": it,
-                                    "history": history + [list(r) for r in rows]})
+            slot[args["start"]] = encode_state({**state, "centers": centers, "iteration": it,
+                                                "history": history + [list(r) for r in rows]})
             last_save[0] = time.monotonic()
 
-    res = lloyd(x, w, state["centers"], tol=args["tol"], max_iter=args["max_iter"],
+    res = lloyd(p["x"], p["w"], state["centers"], tol=args["tol"], max_iter=args["max_iter"],
                 start_iter=state["iteration"], on_iter=on_iter)
     history.extend(list(r) for r in res.history)
     done = {**state, "done": True, "centers": res.centers, "iteration": res.n_iter,
             "history": history, "inertia": res.inertia, "stop": res.stop}
-    slot[s] = encode_state(done)
+    slot[args["start"]] = encode_state(done)
     return done
 
 
 def _fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centres: np.ndarray | None,
                progress: bool | None) -> dict[str, Any]:
-    """Exact Lloyd from the mini-batch centres (if any) and ``n_init`` k-means++ starts, each
-    a task; the lowest inertia wins (the first start on ties)."""
+    """The mini-batch centres (if any) and ``n_init`` k-means++ starts race to convergence on
+    the coarse colour grid (one task each); the ``FINISHERS`` best run exact Lloyd on every
+    distinct colour (one task each); the lowest exact inertia wins (the first start on ties)."""
     inits: list[np.ndarray | None] = [] if mb_centres is None else [np.asarray(mb_centres)]
     inits += [None] * fcfg.n_init
     if not st.has(STARTS) or st.group[STARTS].shape[0] != len(inits):
@@ -419,18 +447,25 @@ def _fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centres: np.
             "max_iter": fcfg.max_iter, "checkpoint_steps": fcfg.checkpoint_steps,
             "checkpoint_seconds": fcfg.checkpoint_seconds}
     first = len(inits) - fcfg.n_init  # slot of k-means++ start 0
-    futures = {run.submit(_start_task, {**base, "start": s, "init": init, "plusplus": s - first}): 1
+    futures = {run.submit(_race_task, {**base, "start": s, "init": init, "plusplus": s - first}): 1
                for s, init in enumerate(inits)}
-    results = run.wait(futures, "lloyd starts", "start", progress)
-    results.sort(key=lambda r: r["start"])
+    raced = sorted(run.wait(futures, "lloyd starts", "start", progress),
+                   key=lambda r: (r["grid_inertia"], r["start"]))
+    finishers = sorted(r["start"] for r in raced[:FINISHERS])
+    futures = {run.submit(_finish_task, {**base, "start": s}): 1 for s in finishers}
+    results = sorted(run.wait(futures, "exact lloyd", "start", progress), key=lambda r: r["start"])
     best = min(results, key=lambda r: (r["inertia"], r["start"]))
     best["n_starts"] = len(inits)
-    best["results"] = [{"start": r["start"], "inertia": r["inertia"], "iterations": r["iteration"],
-                        "stop": r["stop"]} for r in results]
     best["from_minibatch"] = mb_centres is not None and best["start"] == 0
-    for r in results:
-        log.debug("lloyd start %d: inertia %.9g after %d iterations (%s)", r["start"],
-                  r["inertia"], r["iteration"], r["stop"])
+    done = {r["start"]: r for r in results}
+    best["results"] = [
+        {"start": r["start"], "grid_inertia": r["grid_inertia"],
+         "grid_iterations": r["grid_iterations"],
+         **({"inertia": done[r["start"]]["inertia"], "iterations": done[r["start"]]["iteration"],
+             "stop": done[r["start"]]["stop"]} if r["start"] in done else {})}
+        for r in sorted(raced, key=lambda r: r["start"])]
+    for r in best["results"]:
+        log.debug("lloyd start %s", r)
     return best
 
 
@@ -444,15 +479,18 @@ def _join_history(info: dict[str, Any], best: dict[str, Any], n_px: int,
     h["step"] = np.concatenate([h["step"], steps0 + rows[:, 0]]).astype(np.int64)
     h["pixels_seen"] = np.concatenate([h["pixels_seen"], seen0 + rows[:, 0] * n_px]).astype(np.int64)
     h["shift"] = np.concatenate([h["shift"], rows[:, 1]])
-    h["inertia"] = np.concatenate([h["inertia"], rows[:, 2] / n_px])
+    objective = np.full(len(rows), np.nan)  # Lloyd's objective: known at the end
+    objective[-1:] = best["inertia"] / n_px
+    h["inertia"] = np.concatenate([h["inertia"], objective])
     n_iter = int(best["iteration"])
     which = ("the mini-batch centres" if best["from_minibatch"]
              else f"k-means++ start {best['start'] - (best['n_starts'] - fcfg.n_init) + 1}")
     how = {"labels": "converged (no label changed)",
            "tol": f"converged (squared centre shift within tol={fcfg.tol:g} of the variance)",
            "max_iter": f"max_iter={fcfg.max_iter}"}[best["stop"]]
-    lloyd = (f"exact Lloyd on every pixel, best of {best['n_starts']} starts ({which}): "
-             f"{how} after {n_iter} iterations")
+    lloyd = (f"exact Lloyd on every pixel, best of {best['n_starts']} starts raced on the "
+             f"colour grid, {FINISHERS} finished ({which}): {how} after "
+             f"{best['grid_iterations']} + {n_iter} iterations")
     reason = f"{info['stop_reason']}; {lloyd}" if info["stop_reason"] else lloyd
     return {"history": h, "steps": steps0 + n_iter, "pixels_seen": seen0 + n_iter * n_px,
             "stop_reason": reason}

@@ -6,7 +6,7 @@ as a pure function of the seed and ``i`` (see ``streamq.batches``); a window of 
 tasks runs ahead and results are consumed in task order, so the model depends only on the
 seed, never on scheduling, while client memory stays bounded. Stopping: for ``patience``
 consecutive steps the squared centre shifts of a step sum to at most ``tol`` times the data's
-mean variance per coordinate (scikit-learn's ``tol``, as :mod:`streamq.kmeans.lloyd` uses it),
+mean variance per coordinate (scikit-learn's ``tol``, as :mod:`streamq.kmeans.bounded` uses it),
 or a step limit (:func:`step_limit`).
 
 The caller checkpoints the estimator and the :class:`LoopState` through a ``save`` callback,

@@ -20,6 +20,7 @@ from streamq.kmeans import (
     codes_to_points,
     codes_to_rgb,
     distinct_colours,
+    fixed_point,
     inertia,
     kmeans,
     kmeans_plusplus,
@@ -82,29 +83,36 @@ def _labels(x, c):
 
 
 def _reference_lloyd(x, w, centres, tol=1e-4, max_iter=300):
-    """Weighted Lloyd: argmin labels, bincount means, scikit-learn's stop and empty rules."""
-    mean = np.average(x, axis=0, weights=w)
-    threshold = tol * np.average((x - mean) ** 2, axis=0, weights=w).mean()
+    """Weighted Lloyd from its definition: argmin labels, exact integer sums of the fixed-point
+    points, scikit-learn's stopping rule and empty-cluster rule."""
+    X, W, f = fixed_point(x, w)
+    xq = X * 2.0**-f
+    mean = np.average(xq, axis=0, weights=w)
+    threshold = tol * np.average((xq - mean) ** 2, axis=0, weights=w).mean()
     k, d = centres.shape
-    labels = _labels(x, centres)
+    labels = _labels(xq, centres)
     for it in range(1, max_iter + 1):
-        sums = np.stack([np.bincount(labels, weights=w * x[:, j], minlength=k) for j in range(d)], 1)
-        weight = np.bincount(labels, weights=w, minlength=k)
+        sums = np.zeros((k, d), np.int64)
+        np.add.at(sums, labels, W[:, None] * X)
+        weight = np.bincount(labels, weights=W, minlength=k).astype(np.int64)
         empty = np.flatnonzero(weight == 0)
         if len(empty):  # the farthest points from their centres, moved with their weight
-            far = np.argsort(-((x - centres[labels]) ** 2).sum(1), kind="stable")
+            far = np.argsort(-((xq - centres[labels]) ** 2).sum(1), kind="stable")
             for j, i in zip(empty, far, strict=False):
-                sums[labels[i]] -= w[i] * x[i]
-                weight[labels[i]] -= w[i]
-                sums[j], weight[j] = w[i] * x[i], w[i]
-        new = np.where(weight[:, None] > 0, sums / np.where(weight > 0, weight, 1)[:, None], centres)
+                sums[labels[i]] -= W[i] * X[i]
+                weight[labels[i]] -= W[i]
+                sums[j], weight[j] = W[i] * X[i], W[i]
+                labels[i] = j
+        safe = np.where(weight > 0, weight, 1).astype(np.float64)
+        new = np.where(weight[:, None] > 0, sums.astype(np.float64) / safe[:, None] * 2.0**-f,
+                       centres)
         shift = ((new - centres) ** 2).sum()
         centres = new
-        if tol > 0 and shift <= threshold:
-            return centres, it, "tol"
-        new_labels = _labels(x, centres)
+        new_labels = _labels(xq, centres)
         changed = (new_labels != labels).any()
         labels = new_labels
+        if tol > 0 and shift <= threshold:
+            return centres, it, "tol"
         if not changed and not len(empty):
             return centres, it, "labels"
     return centres, max_iter, "max_iter"

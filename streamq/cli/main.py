@@ -177,16 +177,17 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
 @click.option("--init", type=click.Choice(["k-means++", "random"]), default=None,
               help="Initial centres [default: k-means++].")
 @click.option("--n-init", type=int, default=None,
-              help="k-means++ starts of the exact Lloyd, run side by side [default: 3].")
+              help="k-means++ starts raced on the colour grid, side by side; the best 2 finish "
+                   "on every colour [default: 8].")
 @click.option("--color-space", type=click.Choice(["rgb", "oklab"]), default=None,
               help="Space distances are measured in [default: rgb].")
 @click.option("--tol", type=float, default=None,
               help="Stop when the squared centre shifts of a step sum to at most TOL times the "
                    "pixels' variance (scikit-learn's rule); 0: exact Lloyd runs to zero label "
-                   "changes [default: 1e-4].")
+                   "changes [default: 0].")
 @max_steps_opt
 @click.option("--max-iter", type=int, default=None,
-              help="Exact Lloyd: stop a start after this many iterations [default: 300].")
+              help="Exact Lloyd: stop a start after this many iterations [default: 1000].")
 @click.option("--batch-size", type=int, default=None, help="Pixels per partial_fit step [default: 65536].")
 @seed_opt
 @storage_opt

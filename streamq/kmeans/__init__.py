@@ -8,16 +8,16 @@ quantize's label tables call these, so each step has one definition:
 - :mod:`streamq.kmeans.nearest`: exact nearest centre, ties to the lowest index;
 - :mod:`streamq.kmeans.table`: a ``2**24`` label table for a fixed palette;
 - :mod:`streamq.kmeans.plusplus`: greedy weighted k-means++;
-- :mod:`streamq.kmeans.lloyd`: weighted Lloyd with distance bounds, scikit-learn's ``tol``;
-- :mod:`streamq.kmeans.kmeans`: starts + Lloyd, best of several.
+- :mod:`streamq.kmeans.bounded`: weighted Lloyd with distance bounds, scikit-learn's ``tol``;
+- :mod:`streamq.kmeans.starts`: starts + Lloyd, best of several.
 """
 
+from streamq.kmeans.bounded import LloydResult, fixed_point, lloyd, tolerance
 from streamq.kmeans.codes import codes_to_points, codes_to_rgb, distinct_colours, rgb_to_codes
-from streamq.kmeans.kmeans import initial_centers, kmeans
-from streamq.kmeans.lloyd import LloydResult, lloyd, tolerance
 from streamq.kmeans.nearest import assign, inertia, label_pixels
 from streamq.kmeans.plusplus import kmeans_plusplus
+from streamq.kmeans.starts import initial_centers, kmeans
 
 __all__ = ["LloydResult", "assign", "codes_to_points", "codes_to_rgb", "distinct_colours",
-           "inertia", "initial_centers", "kmeans", "kmeans_plusplus", "label_pixels", "lloyd",
+           "fixed_point", "inertia", "initial_centers", "kmeans", "kmeans_plusplus", "label_pixels", "lloyd",
            "rgb_to_codes", "tolerance"]

@@ -7,7 +7,7 @@ alone exceeds the best squared distance found, so it measures a few centres inst
 K. Results are those of an ``argmin`` over float64 squared distances summed coordinate by
 coordinate (no expansion trick): only the speed depends on the axis.
 
-Used everywhere a colour meets a palette: the bounded Lloyd of :mod:`streamq.kmeans.lloyd`,
+Used everywhere a colour meets a palette: the bounded Lloyd of :mod:`streamq.kmeans.bounded`,
 the label tables of :mod:`streamq.kmeans.table`, per-image labels (:func:`label_pixels`),
 inertia. Loops are serial and release the GIL; :func:`assign` splits large inputs over
 threads (each row's result does not depend on the split).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamq.kmeans.lloyd import LloydResult, lloyd
+from streamq.kmeans.bounded import LloydResult, lloyd
 from streamq.kmeans.plusplus import kmeans_plusplus
 
 __all__ = ["INITS", "initial_centers", "kmeans"]
@@ -28,7 +28,7 @@ def kmeans(x: np.ndarray, w: np.ndarray | None, k: int, rng: np.random.Generator
            init: str = "k-means++", n_init: int = 1, tol: float = 1e-4,
            max_iter: int = 300) -> LloydResult:
     """Weighted k-means of the distinct points ``x``: ``n_init`` starts from ``rng`` (drawn
-    one after the other), each run by :func:`streamq.kmeans.lloyd.lloyd`; the lowest inertia
+    one after the other), each run by :func:`streamq.kmeans.bounded.lloyd`; the lowest inertia
     wins (the first on ties). With at most ``k`` points, every point is a centre and the rest
     repeat the first.
     """
