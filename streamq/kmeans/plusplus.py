@@ -118,20 +118,10 @@ def _gain(j: int, x: np.ndarray, w: np.ndarray, closest: np.ndarray, start: np.n
 
 @numba.njit(nogil=True, cache=True)
 def _kmeanspp(x: np.ndarray, w: np.ndarray, start: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-              grid: np.ndarray, low: np.ndarray, scale: np.ndarray, k: int, first: float,
+              grid: np.ndarray, low: np.ndarray, scale: np.ndarray, k: int, i0: int,
               uniforms: np.ndarray, chosen: np.ndarray) -> None:
     n = x.shape[0]
     nc = start.shape[0] - 1
-    total = 0.0
-    for i in range(n):
-        total += w[i]
-    acc = 0.0
-    i0 = n - 1
-    for i in range(n):
-        acc += w[i]
-        if acc > first * total:
-            i0 = i
-            break
     chosen[0] = i0
     closest = np.empty(n)
     for i in range(n):
@@ -234,20 +224,10 @@ def _dist2(x: np.ndarray, i: int, y: np.ndarray, j: int) -> float:
 
 
 @numba.njit(nogil=True, cache=True)
-def _kmeanspp_plain(x: np.ndarray, w: np.ndarray, k: int, first: float, uniforms: np.ndarray,
+def _kmeanspp_plain(x: np.ndarray, w: np.ndarray, k: int, i0: int, uniforms: np.ndarray,
                     chosen: np.ndarray) -> None:
     """The same greedy rule over every point of any dimension, in the points' own order."""
     n = x.shape[0]
-    total = 0.0
-    for i in range(n):
-        total += w[i]
-    acc = 0.0
-    i0 = n - 1
-    for i in range(n):
-        acc += w[i]
-        if acc > first * total:
-            i0 = i
-            break
     chosen[0] = i0
     closest = np.empty(n)
     for i in range(n):
@@ -285,6 +265,12 @@ def _kmeanspp_plain(x: np.ndarray, w: np.ndarray, k: int, first: float, uniforms
             closest[i] = min(closest[i], _dist2(x, i, x, best_j))
 
 
+def _first(w: np.ndarray, u: float) -> int:
+    """The first centre: the first point whose running weight exceeds ``u`` of the total."""
+    cum = np.cumsum(w)  # summed in order
+    return int(min(np.searchsorted(cum, u * cum[-1], side="right"), len(w) - 1))
+
+
 def kmeans_plusplus(x: np.ndarray, w: np.ndarray | None, k: int, rng: np.random.Generator
                     ) -> np.ndarray:
     """Greedy weighted k-means++: ``k`` rows of ``x`` as initial centres.
@@ -302,12 +288,12 @@ def kmeans_plusplus(x: np.ndarray, w: np.ndarray | None, k: int, rng: np.random.
     uniforms = rng.random((k, trials))
     chosen = np.empty(k, dtype=np.int64)
     if x.shape[1] != 3:
-        _kmeanspp_plain(x, w, k, first, uniforms, chosen)
+        _kmeanspp_plain(x, w, k, _first(w, first), uniforms, chosen)
         return x[chosen].copy()
     order, start, grid, low, scale = _cell_layout(x)
     xs = np.ascontiguousarray(x[order])
     ws = np.ascontiguousarray(w[order])
     lo = np.ascontiguousarray(np.minimum.reduceat(xs, start[:-1], axis=0))
     hi = np.ascontiguousarray(np.maximum.reduceat(xs, start[:-1], axis=0))
-    _kmeanspp(xs, ws, start, lo, hi, grid, low, scale, k, first, uniforms, chosen)
+    _kmeanspp(xs, ws, start, lo, hi, grid, low, scale, k, _first(ws, first), uniforms, chosen)
     return xs[chosen].copy()
