@@ -82,7 +82,8 @@ def test_default_fit_reaches_the_exact_reference(store_copy, all_pixels, k):
     assert mse_mb <= mse_ref * 1.0005, (mse_mb, mse_ref)
     assert mb.mse == pytest.approx(mse_mb, rel=1e-12)  # the summary's MSE is exact
     assert "exact Lloyd on every pixel, best of 17 starts" in mb.stop_reason
-    assert mb.stop_reason.endswith("iterations") and "converged (no label changed)" in mb.stop_reason
+    assert mb.stop_reason.endswith("iterations")
+    assert "converged (no label changed)" in mb.stop_reason
     lloyd = fit(store_copy, colors=k, algorithm="lloyd", seed=0, scheduler="threads",
                 overwrite=True)
     mse_ll = full_mse(all_pixels, lloyd.palette, lloyd.centers)
