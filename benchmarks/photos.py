@@ -247,7 +247,7 @@ def collection_colors(root: str | os.PathLike[str], procs: int | None = None) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, required=True, help="work folder (the tiles go below)")
+    ap.add_argument("--out", type=Path, help="work folder (the tiles go below)")
     ap.add_argument("--images", type=int, default=13233)
     ap.add_argument("--size", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
@@ -258,6 +258,8 @@ def main() -> None:
         for p in PHOTOS:
             print(f"{p.name:28} {p.package:28} {p.ref}")
         return
+    if args.out is None:
+        ap.error("--out is required")
     try:
         root = build_photo_collection(args.out, args.images, args.size, args.seed)
     except RuntimeError as e:
