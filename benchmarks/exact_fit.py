@@ -289,10 +289,10 @@ def table(res: dict[str, Any]) -> str:
     samp = res["sample_script"]
     rows = [[f"exact reference: `KMeans(n_init=3, tol=0)` on {res['distinct_colors']:,} "
              f"distinct colours, weighted ({ref['iterations_total']} iterations)",
-             _t([exact_t]), f"{ref['mse']:.3f}", "1.000", ""],
+             _t([exact_t]), f"{ref['mse']:.3f}", "1", ""],
             [f"sample script: `KMeans(random_state=0)` on a {res['sample_pixels'] / 1e6:g} Mpx "
              f"sample (iterations {median(samp['iterations']):g})", _t(samp["seconds"]),
-             f"{median(samp['mse']):.3f}", f"{median(samp['mse']) / ref['mse']:.3f}", ""]]
+             f"{median(samp['mse']):.3f}", f"{median(samp['mse']) / ref['mse']:.4f}", ""]]
     for name, key, ratio, base in (("streamq default", "streamq_default", "sample script",
                                     median(samp["seconds"])),
                                    ("streamq `--algorithm lloyd`", "streamq_lloyd",
@@ -300,7 +300,7 @@ def table(res: dict[str, Any]) -> str:
         r = res[key]
         rows.append([f"{name} ({r['algorithm']}, {median(r['steps']):g} steps)",
                      _t(r["seconds"]), f"{median(r['mse']):.3f}",
-                     f"{median(r['mse']) / ref['mse']:.3f}",
+                     f"{median(r['mse']) / ref['mse']:.4f}",
                      f"{median(r['seconds']) / base:.2f}× {ratio}"])
     head = (f"K = {res['k']} ({n_px:,} pixels; MSE: mean over pixels of the R+G+B squared "
             f"error, uint8 units, palette rounded to uint8)\n\n")
@@ -331,7 +331,13 @@ def main() -> None:
     ap.add_argument("--recompute-reference", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="default: WORKDIR/exact_fit.json")
     ap.add_argument("--md", type=Path, default=None, help="also write the tables here")
+    ap.add_argument("--tables", type=Path, default=None, metavar="JSON",
+                    help="print the tables of a saved run and exit")
     args = ap.parse_args()
+    if args.tables:
+        for res in json.loads(args.tables.read_text())["results"]:
+            print(f"{table(res)}\n")
+        return
     exit_on_signals()
     args.workdir.mkdir(parents=True, exist_ok=True)
     out_json = args.json or args.workdir / "exact_fit.json"
