@@ -28,7 +28,9 @@ programs) before every timed pass that reads them, so each pass reads the folder
 as a user's first run would; ``fincore`` on a sample checks that nothing stayed resident.
 ``--cache warm`` instead reads every file once before the first pass (all passes then read
 from memory). Written files are not synced inside a pass (neither the floor's nor streamq's);
-``sync`` runs between passes, after the previous outputs are deleted.
+``sync`` runs before every pass; every pass writes into a folder of its own, and all are
+deleted at the end (a deletion between passes would overlap the next pass's writes with the
+filesystem's discards).
 
 Each pass also records the load average before it and the CPU seconds other programs used
 during it (machine busy time from ``/proc/stat`` minus ours), since the machine is shared.
@@ -329,16 +331,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     args.workdir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-floor-", dir=args.workdir))
-    out, store, cfg = run_dir / "png", run_dir / "store.zarr", run_dir / "run.yaml"
-    write_config(cfg, src, store, out, args.colors)
     passes: dict[str, list[dict[str, Any]]] = {k: [] for k in ("decode", "write", "floor", "run")}
     resident: list[float | None] = []
     checks: dict[str, Any] = {}
 
     def reset(reads: bool) -> None:
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.rmtree(store, ignore_errors=True)
-        os.sync()
+        os.sync()  # outputs are deleted at the end: no deletion (nor discard) runs meanwhile
         if reads and args.cache == "cold":
             evict(paths)
             resident.append(resident_fraction(paths))
@@ -350,6 +348,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in range(args.repeats):
             tag = f"[{r + 1}/{args.repeats}]"
             for mode in ("decode", "write", "floor"):
+                out = run_dir / f"floor-{mode}-{r + 1}"
                 reset(mode != "write")
                 res = measured(floor_pass, "both" if mode == "floor" else mode, src, out, items,
                                args.procs, args.png_level, args.colors, args.per_task)
@@ -358,6 +357,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 passes[mode].append(res)
                 print(f"{tag} floor {mode:<6} {res['wall_s']:6.2f} s (cpu {res['cpu_s']:5.1f} s,"
                       f" others {res['others_cores']:.2f} cores)", flush=True)
+            out, store = run_dir / f"run-{r + 1}" / "png", run_dir / f"run-{r + 1}" / "store.zarr"
+            cfg = run_dir / f"run-{r + 1}.yaml"
+            write_config(cfg, src, store, out, args.colors)
             reset(True)
             res = measured(run_pass, cmd, cfg, env, run_dir / f"run-{r + 1}.log")
             res["inside"] = stage_timings(store, res["report"])
