@@ -10,6 +10,9 @@ A store is a Zarr v3 group (see ``docs/store-format.md``)::
       ingest/plan/...           the ingest plan (every image with a readable header)
       ingest/tasks/{chunk_start,chunk_stop,report}   one row per write task; "report" is
                                 the completion record, written after the task's pixels
+      ingest/colors/{T}/{code,count}   the colours of the pixels task T stored, and their
+                                counts (written by the task, before its completion record)
+      colors/{code,count}       the collection's colour histogram (the parts summed)
 
 Every array is written whole by one writer, or chunk by chunk by the one task that owns
 that chunk, so no two writers ever touch the same chunk.
@@ -46,6 +49,9 @@ IMAGES = "images"
 SKIPPED = "skipped"
 PLAN = "ingest/plan"
 TASKS = "ingest/tasks"
+TASK_COLORS = "ingest/colors"
+COLORS = "colors"
+COLOR_CHUNK = 1 << 20  # codes per chunk of a colour table (8 MiB of int64)
 IMAGE_COLUMNS = ("path", "label", "mode", "offset", "height", "width")
 SKIP_COLUMNS = ("path", "reason")
 # Sections whose results belong to one palette: attribute ``fit_fingerprint`` names it.
@@ -55,6 +61,12 @@ PALETTE_RESULTS = ("quantize", "groups")
 def labels_dtype(k: int) -> np.dtype:
     """uint8 labels for K <= 256 colours, uint16 above."""
     return np.dtype(np.uint8 if k <= 256 else np.uint16)
+
+
+def count_compressors() -> Any:
+    """The codec of colour tables (sorted int64 codes, counts): Blosc-LZ4 over shuffled
+    bytes, fast enough for the write tasks and the merge, and compact on these numbers."""
+    return [BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle)]
 
 
 def compressors(codec: str, level: int | None) -> Any:
@@ -220,23 +232,11 @@ class Store:
             return False
         return True
 
-    def write_table(self, prefix: str, columns: Mapping[str, np.ndarray | Sequence[Any]]) -> None:
-        """Write equal-length columns as 1-d arrays ``prefix/<name>`` (strings as UTF-8)."""
-        lengths = {len(v) for v in columns.values()}
-        if len(lengths) > 1:
-            raise ValueError(f"columns of {prefix} differ in length: {lengths}")
-        for name, values in columns.items():
-            data = _as_column(values)
-            arr = zarr.create_array(
-                self._root,
-                name=f"{prefix}/{name}",
-                shape=data.shape,
-                chunks=(max(1, min(len(data), TABLE_CHUNK)),),
-                dtype=data.dtype if data.dtype.kind != "U" else str,
-                overwrite=True,
-            )
-            if len(data):
-                arr[:] = data
+    def write_table(self, prefix: str, columns: Mapping[str, np.ndarray | Sequence[Any]],
+                    chunk: int = TABLE_CHUNK, compressors: Any = "auto") -> None:
+        """Write equal-length columns as 1-d arrays ``prefix/<name>`` (strings as UTF-8),
+        in chunks of ``chunk`` rows, compressed with ``compressors`` (default: Zarr's)."""
+        _write_columns(self._root, prefix, columns, chunk, compressors)
 
     def read_table(self, prefix: str, names: Sequence[str]) -> dict[str, np.ndarray]:
         out = {}
@@ -256,9 +256,48 @@ class Store:
     def create_task_table(self, chunk_start: np.ndarray, chunk_stop: np.ndarray) -> None:
         self.write_table(TASKS, {"chunk_start": chunk_start, "chunk_stop": chunk_stop})
         self.create_records(f"{TASKS}/report", len(chunk_start))
+        zarr.create_group(self._root, path=TASK_COLORS, overwrite=True, zarr_format=3)
 
     def task_reports(self) -> np.ndarray:
         return self.records(f"{TASKS}/report")
+
+    def task_colors(self, task: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(codes, counts)`` that write task ``task`` stored (trust them only once its
+        completion record exists)."""
+        t = self.read_table(f"{TASK_COLORS}/{task}", ("code", "count"))
+        return t["code"].astype(np.int64), t["count"].astype(np.int64)
+
+    def task_color_parts(self) -> set[int]:
+        """The write tasks that have stored colour counts (complete or not)."""
+        if not self.has(TASK_COLORS):
+            return set()
+        return {int(k) for k in self.group[TASK_COLORS].group_keys()}  # type: ignore[union-attr]
+
+    def delete(self, name: str) -> None:
+        """Remove array or group ``name`` and everything under it (absent: nothing to do)."""
+        if self.has(name):
+            with storage_errors(self.location):
+                del self.group[name]
+
+
+def _write_columns(root: Any, prefix: str, columns: Mapping[str, np.ndarray | Sequence[Any]],
+                   chunk: int = TABLE_CHUNK, compressors: Any = "auto") -> None:
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"columns of {prefix} differ in length: {lengths}")
+    for name, values in columns.items():
+        data = _as_column(values)
+        arr = zarr.create_array(
+            root,
+            name=f"{prefix}/{name}",
+            shape=data.shape,
+            chunks=(max(1, min(len(data), chunk)),),
+            dtype=data.dtype if data.dtype.kind != "U" else str,
+            compressors=compressors,
+            overwrite=True,
+        )
+        if len(data):
+            arr[:] = data
 
 
 def _finite(value: Any) -> Any:
@@ -358,6 +397,14 @@ def runs_by_weight(weights: Sequence[int], budget: int) -> list[range]:
 def write_task_report(store: Location, task: int, report: Mapping[str, Any]) -> None:
     """Completion record of an ingest write task."""
     write_record(store, f"{TASKS}/report", task, report)
+
+
+def write_task_colors(store: Location, task: int, codes: np.ndarray, counts: np.ndarray) -> None:
+    """The colour counts of the pixels ingest write task ``task`` stores (called by the
+    task, before its completion record: the record vouches for them)."""
+    _write_columns(zarr_root(store), f"{TASK_COLORS}/{task}",
+                   {"code": np.asarray(codes, np.int64), "count": np.asarray(counts, np.int64)},
+                   COLOR_CHUNK, count_compressors())
 
 
 # -- reading a finished collection -------------------------------------------------------

@@ -1,0 +1,197 @@
+"""Exact colour histograms: the distinct 24-bit colours of uint8 RGB pixels and their counts.
+
+:func:`count_colors` counts in a dense table of ``2**24`` uint32 counters (64 MiB), one per
+thread and reused across calls, and lists every code the first time its counter leaves
+zero. Reading the counts out and zeroing them again then visits only those codes, so a call
+costs O(pixels + distinct colours), never O(2**24): cheap enough to run inside every ingest
+write task. The loop releases the GIL, so threads count in parallel, each in its own table.
+
+:class:`ColorTotals` sums such sparse histograms (of parts of a collection) exactly, in a
+dense int64 table.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+
+from streamq.kmeans.codes import N_CODES, code24
+
+__all__ = ["ColorTotals", "count_colors"]
+
+# Pixels counted per pass of the uint32 table (a counter holds at most this many).
+PASS_PIXELS = (1 << 32) - 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _count(rgb: np.ndarray, starts: np.ndarray, stops: np.ndarray, table: np.ndarray,
+           touched: np.ndarray) -> int:
+    """Add rows ``[starts[s], stops[s])`` of ``rgb`` to ``table``; list new codes in ``touched``."""
+    n = 0
+    for s in range(starts.shape[0]):
+        for i in range(starts[s], stops[s]):
+            c = code24(rgb, i)
+            v = table[c]
+            if v == 0:
+                touched[n] = c
+                n += 1
+            table[c] = v + 1
+    return n
+
+
+@numba.njit(nogil=True, cache=True)
+def _take(table: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> None:
+    """``counts[j] = table[codes[j]]``, zeroing those counters."""
+    for j in range(codes.shape[0]):
+        c = codes[j]
+        counts[j] = table[c]
+        table[c] = 0
+
+
+class _Scratch(threading.local):
+    """One thread's table and list of touched codes, allocated on first use."""
+
+    table: np.ndarray | None = None
+    touched: np.ndarray | None = None
+    dirty = False  # a call was interrupted between counting and zeroing
+
+
+_scratch = _Scratch()
+
+
+def _arrays() -> tuple[np.ndarray, np.ndarray]:
+    s = _scratch
+    if s.table is None or s.touched is None:
+        s.table = np.zeros(N_CODES, dtype=np.uint32)
+        s.touched = np.empty(N_CODES, dtype=np.uint32)
+    elif s.dirty:
+        s.table.fill(0)
+    s.dirty = False
+    return s.table, s.touched
+
+
+def _runs(n: int, starts: np.ndarray | None, stops: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    if starts is None and stops is None:
+        return np.zeros(1, np.int64), np.full(1, n, np.int64)
+    if starts is None or stops is None:
+        raise ValueError("give both starts and stops, or neither")
+    a = np.ascontiguousarray(starts, dtype=np.int64).reshape(-1)
+    b = np.ascontiguousarray(stops, dtype=np.int64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"starts ({len(a)}) and stops ({len(b)}) differ in length")
+    if len(a) and (a.min() < 0 or b.max() > n or (b < a).any()):
+        raise ValueError(f"runs must satisfy 0 <= start <= stop <= {n} (the number of pixels)")
+    return a, b
+
+
+def _passes(starts: np.ndarray, stops: np.ndarray, limit: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Split the runs into groups of at most ``limit`` pixels each (cutting runs if needed)."""
+    out, cur_a, cur_b, size = [], [], [], 0
+    for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+        while b > a:
+            take = min(b - a, limit - size)
+            cur_a.append(a)
+            cur_b.append(a + take)
+            size += take
+            a += take
+            if size == limit:
+                out.append((np.asarray(cur_a, np.int64), np.asarray(cur_b, np.int64)))
+                cur_a, cur_b, size = [], [], 0
+    if cur_a:
+        out.append((np.asarray(cur_a, np.int64), np.asarray(cur_b, np.int64)))
+    return out
+
+
+def _count_pass(rgb: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    table, touched = _arrays()
+    _scratch.dirty = True
+    n = _count(rgb, starts, stops, table, touched)
+    codes = np.sort(touched[:n])
+    counts = np.empty(n, dtype=np.int64)
+    _take(table, codes, counts)
+    _scratch.dirty = False
+    return codes.astype(np.int64), counts
+
+
+def count_colors(rgb: np.ndarray, starts: np.ndarray | None = None,
+                 stops: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct colours of ``(n, 3)`` uint8 pixels and how many times each occurs.
+
+    Parameters
+    ----------
+    rgb : ndarray of shape (n, 3), uint8
+        The pixels.
+    starts, stops : ndarray of int, optional
+        Count only rows ``[starts[i], stops[i])`` for every ``i`` (default: every row).
+
+    Returns
+    -------
+    codes : ndarray of shape (d,), int64
+        The distinct 24-bit codes ``r << 16 | g << 8 | b``, sorted.
+    counts : ndarray of shape (d,), int64
+        How many counted pixels have each colour (all > 0).
+
+    Examples
+    --------
+    >>> rgb = np.array([[0, 0, 1], [255, 0, 0], [0, 0, 1]], dtype=np.uint8)
+    >>> count_colors(rgb)
+    (array([       1, 16711680]), array([2, 1]))
+    """
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if rgb.ndim != 2 or rgb.shape[1] != 3:
+        raise ValueError(f"rgb has shape {rgb.shape}, expected (n, 3)")
+    starts, stops = _runs(len(rgb), starts, stops)
+    if int((stops - starts).sum()) <= PASS_PIXELS:
+        return _count_pass(rgb, starts, stops)
+    parts = [_count_pass(rgb, a, b) for a, b in _passes(starts, stops, PASS_PIXELS)]
+    codes, inverse = np.unique(np.concatenate([c for c, _ in parts]), return_inverse=True)
+    counts = np.zeros(len(codes), dtype=np.int64)
+    np.add.at(counts, inverse, np.concatenate([n for _, n in parts]))
+    return codes, counts
+
+
+@numba.njit(nogil=True, cache=True)
+def _add(total: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> None:
+    for j in range(codes.shape[0]):
+        total[codes[j]] += counts[j]
+
+
+class ColorTotals:
+    """The exact sum of sparse colour histograms, in a dense int64 table of ``2**24``
+    counters (128 MiB, allocated on the first :meth:`add`).
+
+    Examples
+    --------
+    >>> totals = ColorTotals()
+    >>> totals.add(np.array([1, 5]), np.array([2, 3]))
+    >>> totals.add(np.array([5]), np.array([4]))
+    >>> totals.result()
+    (array([1, 5]), array([2, 7]))
+    """
+
+    def __init__(self) -> None:
+        self._total: np.ndarray | None = None
+
+    def add(self, codes: np.ndarray, counts: np.ndarray) -> None:
+        """Add ``counts[j]`` pixels of colour ``codes[j]`` (24-bit codes) for every ``j``."""
+        codes = np.ascontiguousarray(codes, dtype=np.int64)
+        counts = np.ascontiguousarray(counts, dtype=np.int64)
+        if codes.shape != counts.shape or codes.ndim != 1:
+            raise ValueError(f"codes {codes.shape} and counts {counts.shape} must be 1-d and alike")
+        if not len(codes):
+            return
+        if codes.min() < 0 or codes.max() >= N_CODES:
+            raise ValueError(f"colour codes must lie in [0, {N_CODES}), got "
+                             f"[{codes.min()}, {codes.max()}]")
+        if self._total is None:
+            self._total = np.zeros(N_CODES, dtype=np.int64)
+        _add(self._total, codes, counts)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(codes, counts)`` of every colour with a nonzero total, codes sorted (int64)."""
+        if self._total is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        codes = np.flatnonzero(self._total).astype(np.int64)
+        return codes, self._total[codes]

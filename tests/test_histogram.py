@@ -1,0 +1,275 @@
+"""The colour histogram: the counting kernel, ingest's per-task counts and their sum, resumes,
+and the one pass for stores ingested before ingest counted colours."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+import zarr
+from helpers import run_until, streamq_cmd
+
+import streamq
+from streamq.examples import make_collection
+from streamq.histogram import histogram, load_histogram
+from streamq.kmeans import histogram as kernel
+from streamq.kmeans.histogram import ColorTotals, count_colors
+from streamq.store import Store
+
+
+def _unique(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Independent reference: numpy's unique over the packed codes."""
+    rgb = rgb.astype(np.int64)
+    return np.unique((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2], return_counts=True)
+
+
+def store_bincount(path) -> tuple[np.ndarray, np.ndarray]:
+    """Independent reference: ``np.bincount`` of every stored pixel of every image, read
+    with zarr from ``pixels`` and the images table."""
+    g = zarr.open_group(str(path), mode="r")
+    pixels = g["pixels"]
+    off, h, w = (g[f"images/{k}"][:] for k in ("offset", "height", "width"))
+    parts = [np.asarray(pixels[o:o + n]).astype(np.int64) for o, n in zip(off, h * w, strict=True)]
+    rgb = np.concatenate(parts) if parts else np.zeros((0, 3), np.int64)
+    counts = np.bincount((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2], minlength=1 << 24)
+    codes = np.flatnonzero(counts)
+    return codes, counts[codes]
+
+
+def assert_histogram(path, computed: str = "ingest") -> None:
+    """The stored table (read with zarr, as fit reads it) equals the bincount."""
+    codes, counts = store_bincount(path)
+    g = zarr.open_group(str(path), mode="r")
+    sec = g.attrs["colors"]
+    ingest = g.attrs["ingest"]
+    assert sec["state"] == "complete"
+    assert sec["data"] == [ingest["source_fingerprint"], ingest["settings_fingerprint"]]
+    assert sec["n_distinct"] == len(codes)
+    assert sec["computed"] == computed
+    np.testing.assert_array_equal(g["colors/code"][:], codes)
+    np.testing.assert_array_equal(g["colors/count"][:], counts)
+    assert g["colors/count"].dtype == np.int64
+
+
+# -- the kernel --------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [0, 1, 7, 1000, 200_000])
+def test_kernel_equals_unique_on_random_pixels(n):
+    rng = np.random.default_rng(n)
+    for high in (4, 256):  # many repeats, then nearly all distinct
+        rgb = rng.integers(0, high, size=(n, 3), dtype=np.uint8)
+        codes, counts = count_colors(rgb)
+        ref_codes, ref_counts = _unique(rgb)
+        np.testing.assert_array_equal(codes, ref_codes)
+        np.testing.assert_array_equal(counts, ref_counts)
+        assert codes.dtype == counts.dtype == np.int64
+
+
+def test_kernel_counts_only_the_given_runs():
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 8, size=(5000, 3), dtype=np.uint8)
+    starts, stops = np.array([0, 100, 100, 4000]), np.array([50, 100, 3000, 5000])
+    codes, counts = count_colors(rgb, starts, stops)
+    ref = _unique(np.concatenate([rgb[a:b] for a, b in zip(starts, stops, strict=True)]))
+    np.testing.assert_array_equal(codes, ref[0])
+    np.testing.assert_array_equal(counts, ref[1])
+    empty = count_colors(rgb, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert len(empty[0]) == len(empty[1]) == 0
+    with pytest.raises(ValueError, match="start <= stop"):
+        count_colors(rgb, [10], [5001])
+    with pytest.raises(ValueError, match="expected"):
+        count_colors(rgb[:, :2])
+
+
+def test_kernel_equals_unique_on_a_photo():
+    from sklearn.datasets import load_sample_image
+
+    rgb = load_sample_image("china.jpg").reshape(-1, 3)
+    codes, counts = count_colors(rgb)
+    ref_codes, ref_counts = _unique(rgb)
+    np.testing.assert_array_equal(codes, ref_codes)
+    np.testing.assert_array_equal(counts, ref_counts)
+    again = count_colors(rgb[::2])  # the reused table was left clean
+    np.testing.assert_array_equal(again[1], _unique(rgb[::2])[1])
+
+
+def test_kernel_splits_counts_over_passes(monkeypatch):
+    monkeypatch.setattr(kernel, "PASS_PIXELS", 1000)  # a uint32 counter would overflow
+    rgb = np.zeros((4500, 3), np.uint8)
+    rgb[::3] = 7
+    codes, counts = count_colors(rgb, [0, 10], [5, 4500])
+    ref = _unique(np.concatenate([rgb[:5], rgb[10:]]))
+    np.testing.assert_array_equal(codes, ref[0])
+    np.testing.assert_array_equal(counts, ref[1])
+
+
+def test_kernel_recovers_from_an_interrupted_call(monkeypatch):
+    rgb = np.random.default_rng(2).integers(0, 256, size=(10_000, 3), dtype=np.uint8)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kernel, "_take", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        count_colors(rgb)  # counted, never read out nor zeroed
+    monkeypatch.undo()
+    np.testing.assert_array_equal(count_colors(rgb[:10])[1], _unique(rgb[:10])[1])
+
+
+def test_kernel_from_two_threads_at_once():
+    from sklearn.datasets import load_sample_image
+
+    photos = [load_sample_image(n).reshape(-1, 3) for n in ("china.jpg", "flower.jpg")]
+    refs = [_unique(p) for p in photos]
+    start = threading.Barrier(2)
+    errors: list[str] = []
+
+    def work(i: int) -> None:
+        start.wait()
+        for _ in range(3):
+            codes, counts = count_colors(photos[i])
+            if not (np.array_equal(codes, refs[i][0]) and np.array_equal(counts, refs[i][1])):
+                errors.append(f"thread {i}: wrong counts")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_color_totals_sum_parts_exactly():
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, size=(30_000, 3), dtype=np.uint8) // 16
+    totals = ColorTotals()
+    assert len(totals.result()[0]) == 0
+    for a in range(0, len(rgb), 7000):
+        totals.add(*count_colors(rgb[a:a + 7000]))
+    codes, counts = totals.result()
+    np.testing.assert_array_equal(codes, _unique(rgb)[0])
+    np.testing.assert_array_equal(counts, _unique(rgb)[1])
+    with pytest.raises(ValueError, match="colour codes"):
+        totals.add(np.array([1 << 24]), np.array([1]))
+
+
+# -- ingest writes it ---------------------------------------------------------------------------
+def test_ingest_histogram_equals_bincount_of_stored_pixels(faces_store):
+    assert_histogram(faces_store)
+    st = Store.open(faces_store)
+    reports = [json.loads(r) for r in st.task_reports()]
+    assert len(reports) > 1
+    assert st.task_color_parts() == set(range(len(reports)))
+    assert sum(r["colors"]["pixels"] for r in reports) == streamq.open_store(faces_store).n_pixels
+
+
+@pytest.fixture(scope="module")
+def odd_store(odd_dir, tmp_path_factory, cluster_address):
+    path = tmp_path_factory.mktemp("odd-hist") / "odd.zarr"
+    streamq.ingest(odd_dir[0], path, max_pixels=50_000, chunk_pixels=4096,
+                   scheduler=cluster_address, progress=False)
+    return path
+
+
+def test_ingest_histogram_leaves_out_failed_images(odd_store):
+    coll = streamq.open_store(odd_store)
+    failed = [s for s in coll.skipped if s.reason.startswith("cannot decode")]
+    assert failed  # images planned from their header, then lost: zero gaps in pixels
+    assert coll.store.pixels().shape[0] > coll.n_pixels
+    assert_histogram(odd_store)
+
+
+# -- resumes --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def resume_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hist_resume_src")
+    make_collection(root, 60, seed=4, size=200)
+    return root
+
+
+def _ingest_cmd(src, store):
+    return streamq_cmd("-q", "ingest", str(src), str(store), "--chunk-pixels", "8192",
+                       "--scheduler", "threads")
+
+
+def _n_records(path) -> int:
+    try:
+        reports = zarr.open_array(f"{path}/ingest/tasks/report", mode="r")[:]
+    except Exception:  # not planned yet
+        return 0
+    return sum(bool(r) for r in reports)
+
+
+def test_kill_during_ingest_then_rerun(resume_dir, tmp_path):
+    store = tmp_path / "killed.zarr"
+    code = run_until(_ingest_cmd(resume_dir, store), lambda: _n_records(store) >= 5)
+    assert code is None, "ingest finished before it was killed"
+    n_tasks = zarr.open_array(f"{store}/ingest/tasks/report", mode="r").shape[0]
+    assert 5 <= _n_records(store) < n_tasks
+    done = subprocess.run(_ingest_cmd(resume_dir, store), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert_histogram(store)
+
+
+def test_interrupted_merge_is_redone(faces_store, faces_dir, tmp_path, cluster_address):
+    """The state a kill during the merge leaves: tasks all recorded, the table half written."""
+    store = tmp_path / "merge.zarr"
+    shutil.copytree(faces_store, store)
+    g = zarr.open_group(str(store), mode="r+")
+    g.attrs["ingest"] = {**g.attrs["ingest"], "state": "planned"}
+    g.attrs["colors"] = {}
+    zarr.create_array(str(store), name="colors/count", shape=(3,), dtype="int64", overwrite=True)
+    summary = streamq.ingest(faces_dir, store, chunk_pixels=20_000, scheduler=cluster_address,
+                             progress=False)
+    assert summary.status == "resumed"
+    assert "merging colour counts" in summary.timings
+    assert_histogram(store)
+
+
+# -- stores without one ----------------------------------------------------------------------
+class NoTasks:
+    """A runner that fails if anything is submitted: proves nothing is recomputed."""
+
+    def submit(self, *args, **kwargs):
+        raise AssertionError("the histogram was recomputed")
+
+
+def test_old_store_gets_one_pass_once(faces_store, tmp_path, cluster_address):
+    from streamq.config import DaskConfig
+    from streamq.fit import histogram as fit_histogram
+    from streamq.histogram import pixel_source
+    from streamq.scheduler import runner
+
+    path = tmp_path / "old.zarr"
+    shutil.copytree(faces_store, path)
+    st = Store.open(path, mode="r+")
+    st.delete("colors")
+    st.delete("ingest/colors")  # as ingested before ingest counted colours
+    st.set_section("colors", {})
+    assert load_histogram(st) is None
+    with runner(DaskConfig(scheduler=cluster_address)) as run:
+        codes, counts = histogram(run, st, pixel_source(st))
+    ref = store_bincount(path)
+    np.testing.assert_array_equal(codes, ref[0])
+    np.testing.assert_array_equal(counts, ref[1])
+    assert_histogram(path, computed="pass")
+    for again in (histogram(NoTasks(), st, None), load_histogram(str(path)),
+                  fit_histogram(NoTasks(), st, pixel_source(st))):  # fit reads the same table
+        np.testing.assert_array_equal(again[0], codes)
+        np.testing.assert_array_equal(again[1], counts)
+
+
+def test_missing_table_is_summed_from_task_counts(faces_store, tmp_path):
+    path = tmp_path / "parts.zarr"
+    shutil.copytree(faces_store, path)
+    st = Store.open(path, mode="r+")
+    st.delete("colors")
+    st.set_section("colors", {})
+    codes, counts = histogram(NoTasks(), st)
+    ref = store_bincount(path)
+    np.testing.assert_array_equal(codes, ref[0])
+    np.testing.assert_array_equal(counts, ref[1])
+    assert_histogram(path)
