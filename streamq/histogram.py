@@ -5,8 +5,8 @@ computation over all its pixels (Lloyd k-means, the exact MSE of a palette) work
 histogram: the distinct 24-bit codes ``r << 16 | g << 8 | b`` and their counts.
 
 Ingest writes it: every write task counts the colours of the pixels it stores
-(:func:`streamq.kmeans.histogram.count_colors`) into ``ingest/colors/{task}/{code,count}``
-before its completion record, and the parts are summed into ``colors/{code,count}`` at the
+(:func:`streamq.kmeans.histogram.count_colors`) into its row of ``ingest/colors`` before
+its completion record, and the rows are summed into ``colors/{code,count}`` at the
 end (:func:`merge_task_colors`, :func:`save_histogram`). For a store ingested before ingest
 counted colours, :func:`histogram` makes it once, in one Dask pass over the pixels.
 
@@ -29,7 +29,15 @@ from streamq.console import progress_bar
 from streamq.errors import StreamQError
 from streamq.fs import Location
 from streamq.kmeans.histogram import ColorTotals, count_colors
-from streamq.store import COLOR_CHUNK, COLORS, Collection, Store, count_compressors, open_array
+from streamq.store import (
+    COLOR_CHUNK,
+    COLORS,
+    TASK_COLORS,
+    Collection,
+    Store,
+    count_compressors,
+    open_array,
+)
 
 __all__ = ["histogram", "load_histogram", "merge_task_colors", "pixel_source", "save_histogram"]
 
@@ -68,7 +76,7 @@ def save_histogram(st: Store, codes: np.ndarray, counts: np.ndarray, computed: s
 def merge_task_colors(st: Store, totals: ColorTotals | None = None,
                       added: set[int] | frozenset[int] = frozenset()
                       ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Sum the colour counts of every ingest write task (``ingest/colors/*``).
+    """Sum the colour counts of every ingest write task (the rows of ``ingest/colors``).
 
     ``totals`` may already hold the parts of the tasks in ``added``. Returns None when some
     task has no part (it finished before ingest counted colours, or the parts were deleted).
@@ -77,8 +85,7 @@ def merge_task_colors(st: Store, totals: ColorTotals | None = None,
     if any(not r for r in reports):
         raise StreamQError(f"{st.path}: some ingest tasks have no completion record; rerun ingest")
     records = [json.loads(r) for r in reports]
-    parts = st.task_color_parts()
-    if any("colors" not in r or t not in parts for t, r in enumerate(records)):
+    if not st.has(TASK_COLORS) or any("colors" not in r for r in records):
         return None
     totals = totals if totals is not None else ColorTotals()
     for t, record in enumerate(records):
@@ -89,8 +96,8 @@ def merge_task_colors(st: Store, totals: ColorTotals | None = None,
 
 def task_part(st: Store, task: int, record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Task ``task``'s colour counts, checked against its completion record."""
-    codes, counts = st.task_colors(task)
     expected = record["colors"]
+    codes, counts = st.task_colors(task, expected["distinct"])
     if len(codes) != expected["distinct"] or int(counts.sum()) != expected["pixels"]:
         raise StreamQError(
             f"{st.path}: the colour counts of ingest task {task} ({len(codes)} colours, "

@@ -37,7 +37,7 @@ from streamq.console import progress_bar, timer
 from streamq.decode import Header, decode_rgb, read_header
 from streamq.errors import ConfigError, StoreMismatchError, StreamQError
 from streamq.fs import Location, check_access
-from streamq.histogram import merge_task_colors, save_histogram, task_part
+from streamq.histogram import merge_task_colors, save_histogram
 from streamq.kmeans.histogram import ColorTotals, count_colors
 from streamq.lock import store_lock
 from streamq.scheduler import Runner, runner
@@ -204,7 +204,8 @@ def plan_tasks(offsets: np.ndarray, sizes: np.ndarray, n_pixels: int, chunk: int
 
 
 # -- 4. the write task (runs on a worker) ------------------------------------------------------
-def _write_task(args: dict[str, Any]) -> dict[str, Any]:
+def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Decode, write and count one task's pixels; return its record and colour counts."""
     a, b = args["px_start"], args["px_stop"]
     buf = np.zeros((b - a, 3), dtype=np.uint8)
     failed: list[list[Any]] = []
@@ -229,7 +230,7 @@ def _write_task(args: dict[str, Any]) -> dict[str, Any]:
     report = {"failed": failed, "pixels": int(b - a),
               "colors": {"distinct": len(codes), "pixels": int(counts.sum())}}
     write_task_report(args["store"], args["task"], report)  # completion record, after the data
-    return report
+    return report, codes, counts
 
 
 # -- the stage -------------------------------------------------------------------------------
@@ -414,10 +415,10 @@ def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, progress: 
                 "images": images, "max_pixels": icfg.max_pixels, "background": list(icfg.background)}
         futures[run.submit(_write_task, args)] = (t, b - a)
     with progress_bar(sum(n for _, n in futures.values()), "ingesting", "px", progress) as bar:
-        for fut in run.as_completed(futures):
-            report = fut.result()
-            t, n = futures[fut]
-            totals.add(*task_part(st, t, report))  # summed while the other tasks run
+        for fut in run.as_completed(list(futures)):
+            _, codes, counts = fut.result()  # the counts the task stored, as it returns them
+            t, n = futures.pop(fut)  # released: the worker drops its copy
+            totals.add(codes, counts)  # summed while the other tasks run
             added.add(t)
             bar.update(n)
     return totals, added

@@ -96,14 +96,15 @@ def test_kernel_equals_unique_on_a_photo():
     np.testing.assert_array_equal(again[1], _unique(rgb[::2])[1])
 
 
-def test_kernel_splits_counts_over_passes(monkeypatch):
-    monkeypatch.setattr(kernel, "PASS_PIXELS", 1000)  # a uint32 counter would overflow
-    rgb = np.zeros((4500, 3), np.uint8)
-    rgb[::3] = 7
-    codes, counts = count_colors(rgb, [0, 10], [5, 4500])
-    ref = _unique(np.concatenate([rgb[:5], rgb[10:]]))
-    np.testing.assert_array_equal(codes, ref[0])
-    np.testing.assert_array_equal(counts, ref[1])
+def test_kernel_counts_past_one_byte_per_colour():
+    """Counters are one byte: each wrap past 255 is an event, added back exactly."""
+    sizes = {0: 1, 1: 254, 2: 255, 3: 256, 0x123456: 510, 0xFFFFFF: 70_001}
+    codes = np.repeat(np.array(list(sizes), np.int64), list(sizes.values()))
+    rng = np.random.default_rng(5)
+    rgb = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], 1).astype(np.uint8)
+    got_codes, got_counts = count_colors(rgb[rng.permutation(len(rgb))])
+    np.testing.assert_array_equal(got_codes, sorted(sizes))
+    np.testing.assert_array_equal(got_counts, [sizes[c] for c in sorted(sizes)])
 
 
 def test_kernel_recovers_from_an_interrupted_call(monkeypatch):
@@ -162,7 +163,7 @@ def test_ingest_histogram_equals_bincount_of_stored_pixels(faces_store):
     st = Store.open(faces_store)
     reports = [json.loads(r) for r in st.task_reports()]
     assert len(reports) > 1
-    assert st.task_color_parts() == set(range(len(reports)))
+    assert st.group["ingest/colors"].shape == (len(reports), 2, 1 << 24)
     assert sum(r["colors"]["pixels"] for r in reports) == streamq.open_store(faces_store).n_pixels
 
 
