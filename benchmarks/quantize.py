@@ -85,7 +85,7 @@ def kernel(store: str, k: int, n: int) -> dict[str, float]:
     from threadpoolctl import threadpool_limits
 
     from streamq.colorspace import to_space
-    from streamq.kernels import LabelTable
+    from streamq.kmeans.table import LabelTable
 
     res = streamq.load_fit(store)
     px = np.asarray(zarr.open_array(f"{store}/pixels", mode="r")[:n])

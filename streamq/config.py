@@ -113,29 +113,28 @@ class FitConfig:
     algorithm: Literal["minibatch", "lloyd"] = _opt(
         "minibatch", doc="minibatch: streamed MiniBatchKMeans; lloyd: exact K-Means on all pixels")
     init: Literal["k-means++", "random"] = _opt("k-means++", doc="initial centres method")
-    init_size: int = _opt(200_000, _at_least(2), "pixels in the initial sample (drawn collection-wide)")
-    n_init: int = _opt(3, _at_least(1), "k-means starts on the initial sample (lloyd: on the histogram)")
+    init_size: int = _opt(200_000, _at_least(2),
+                          "minibatch: pixels of the initial sample (drawn collection-wide)")
+    n_init: int = _opt(16, _at_least(1), "k-means++ starts raced on the colour grid, each a "
+                       "task (minibatch adds its own result as one more start); the best 2 "
+                       "finish on every colour")
     batch_size: int = _opt(65_536, _at_least(16), "pixels per partial_fit step")
     batches_per_task: int = _opt(8, _at_least(1), "batches drawn by one sampling task")
     blocks_per_task: int = _opt(64, _at_least(1), "inner chunks one sampling task reads")
     prefetch: int = _opt(4, _at_least(1), "sampling tasks in flight (ordered window)")
-    tol: float = _opt(1e-4, _positive, "stop when no centre moves more than this ([0, 1] units)")
-    patience: int = _opt(10, _at_least(1), "... for this many consecutive steps")
-    max_steps: int = _opt(2000, _at_least(1), "stop after this many steps")
-    max_pixels: int | None = _opt(None, _at_least(1), "stop after this many sampled pixels")
-    max_epochs: float = _opt(20.0, _positive, "stop after sampling this many times the collection")
-    max_iter: int = _opt(300, _at_least(1), "lloyd: maximum iterations")
-    polish_size: int = _opt(1_000_000, _at_least(0),
-                            "minibatch: pixels of the final Lloyd polish sample (0: no polish)")
-    polish_iter: int = _opt(300, _at_least(1), "minibatch: maximum polish iterations")
-    polish_starts: int = _opt(16, _at_least(1),
-                              "minibatch: polish starts (the mini-batch centres and k-means++) "
-                              "raced on the polish sample's colour grid; the best 3 finish exactly")
-    refine: bool = _opt(False, doc="lloyd: start from the mini-batch palette instead of k-means++")
+    tol: float = _opt(0.0, _non_negative,
+                      "stop when the squared centre shifts of a step sum to at most tol times "
+                      "the pixels' mean variance (scikit-learn's rule); 0: exact Lloyd runs to "
+                      "zero label changes, mini-batch to max_steps")
+    patience: int = _opt(10, _at_least(1), "minibatch: ... for this many consecutive steps")
+    max_steps: int = _opt(100, _at_least(1), "minibatch: stop after this many steps")
+    max_pixels: int | None = _opt(None, _at_least(1), "minibatch: stop after this many sampled pixels")
+    max_epochs: float = _opt(20.0, _positive,
+                             "minibatch: stop after sampling this many times the collection")
+    max_iter: int = _opt(1000, _at_least(1), "exact Lloyd: maximum iterations per start")
     color_space: Literal["rgb", "oklab"] = _opt("rgb", doc="space the distances are measured in")
     reassignment_ratio: float = _opt(0.01, _non_negative,
                                      "MiniBatchKMeans reassignment of low-count centres")
-    validation_size: int = _opt(200_000, _at_least(1000), "held-out pixels for MSE/PSNR and counts")
     seed: int = _opt(0, lambda v: None if 0 <= v < 2**32 - 64 else "an integer in 0..2**32-65",
                      "random seed: same seed, same palette")
     checkpoint_steps: int = _opt(50, _at_least(1), "checkpoint every this many steps ...")
@@ -185,7 +184,8 @@ class ClusterImagesConfig:
     batches_per_task: int = _opt(4, _at_least(1), "batches drawn by one sampling task")
     blocks_per_task: int = _opt(16, _at_least(1), "descriptor chunks one sampling task reads")
     prefetch: int = _opt(4, _at_least(1), "sampling tasks in flight (ordered window)")
-    tol: float = _opt(1e-4, _positive, "stop when no group centre moves more than this ...")
+    tol: float = _opt(1e-4, _positive, "stop when the squared group centre shifts of a step sum "
+                      "to at most tol times the descriptors' mean variance ...")
     patience: int = _opt(10, _at_least(1), "... for this many consecutive steps")
     max_steps: int = _opt(1000, _at_least(1), "stop after this many steps")
     max_epochs: float = _opt(20.0, _positive, "stop after sampling this many times every image")

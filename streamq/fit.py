@@ -1,85 +1,65 @@
-"""Fit one palette for a whole collection.
+"""Fit one palette for a whole collection: exact K-Means over every pixel.
 
-``minibatch`` (default): scikit-learn's ``MiniBatchKMeans`` on the client is updated with
-``partial_fit`` on pixel batches that Dask workers draw collection-wide (``streamq.batches``).
-Sampling tasks run ahead in a bounded window and are consumed in a fixed order, so the
-palette depends only on the seed, and client memory stays bounded. The initial centres
-come from k-means (``k-means++`` or ``random`` starts) on an initial sample drawn across
-the whole collection. Stopping: no centre moves more than ``tol`` for ``patience``
-consecutive steps, or ``max_steps`` / ``max_pixels``.
+An RGB8 collection of any size has at most ``2**24`` distinct colours, so K-Means over every
+pixel is K-Means over the collection's colour histogram (``streamq.histogram``: each distinct
+colour weighted by its pixel count) — a bounded problem whatever the number of pixels. The
+fit runs in two phases:
 
-``lloyd``: exact K-Means over every pixel, via the collection's colour histogram
-(``streamq.lloyd``), from weighted k-means++ starts (best of ``n_init``) or, with
-``refine``, from the mini-batch palette.
+1. ``minibatch`` only: a scikit-learn ``MiniBatchKMeans`` on the client is updated with
+   ``partial_fit`` on pixel batches that Dask workers draw collection-wide
+   (``streamq.batches``, ``streamq.minibatch``), from k-means on an initial sample. Sampling
+   tasks run ahead in a bounded window and are consumed in a fixed order, so the result
+   depends only on the seed. It gives a good start after seeing a fraction of the pixels.
+2. **Exact Lloyd** (``streamq.kmeans.bounded``) on the full histogram to convergence, from the
+   mini-batch centres (when there are any) and from ``n_init`` weighted k-means++ starts,
+   each start a Dask task on the workers; the lowest exact inertia wins (the first start on
+   ties). ``--algorithm lloyd`` is this phase alone.
 
-Both checkpoint their whole state in the store (``streamq.checkpoint``) every
-``checkpoint_steps`` steps or ``checkpoint_seconds`` seconds: rerunning the same command
-after ``kill -9`` gives a bit-identical palette.
+Both phases checkpoint in the store (``streamq.checkpoint``, JSON): the mini-batch state
+every ``checkpoint_steps`` steps or ``checkpoint_seconds`` seconds, and each Lloyd start in
+its own slot of ``fit/starts`` as often. Rerunning the same command after ``kill -9`` gives
+a bit-identical palette. The summary's MSE is exact: over every pixel, from the histogram.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from streamq.batches import (
-    STREAM_INIT,
-    STREAM_POLISH,
-    STREAM_TRAIN,
-    STREAM_VALIDATION,
-    PixelSource,
-    draw_sample,
-    draw_task,
-)
+from streamq.batches import STREAM_INIT, STREAM_TRAIN, PixelSource, draw_sample, draw_task
 from streamq.checkpoint import (
     clear_checkpoint,
+    decode_state,
+    encode_state,
     estimator_state,
     read_checkpoint,
     restore_estimator,
     write_checkpoint,
 )
-from streamq.colorspace import codes_to_rgb, rgb_to_codes, to_rgb8, to_space
+from streamq.colorspace import to_rgb8, to_space
 from streamq.config import FitConfig, StreamQConfig, differences, fingerprint, parse_config, to_dict
-from streamq.console import progress_bar, timer
+from streamq.console import timer
 from streamq.errors import ConfigError, StoreMismatchError
 from streamq.fs import Location, check_access, location
-from streamq.lloyd import (
-    collection_histogram,
-    grid_points,
-    kmeans_plusplus_weighted,
-    weighted_lloyd,
-)
+from streamq.histogram import histogram
 from streamq.lock import store_lock
 from streamq.metrics import psnr
-from streamq.minibatch import (
-    LoopSettings,
-    LoopState,
-    kmeans_start,
-    new_model,
-    step_limit,
-    stream_partial_fit,
-)
+from streamq.minibatch import LoopSettings, LoopState, new_model, step_limit, stream_partial_fit
 from streamq.scheduler import Runner, runner
-from streamq.store import Collection, Store, store_location
+from streamq.store import Collection, Store, open_array, store_location
 
 __all__ = ["FitResult", "collection_mse", "fit", "load_fit"]
-
-
-def assign(x: np.ndarray, centers: np.ndarray, n_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`streamq.kernels.assign`, imported on first use (numba is slow to import)."""
-    from streamq.kernels import assign as _assign
-
-    return _assign(x, centers, n_threads)
 
 log = logging.getLogger(__name__)
 
 FIT = "fit"
 CHECKPOINT = "fit/checkpoint"
+STARTS = "fit/starts"  # one slot per exact Lloyd start: its checkpoint, then its result
 HISTORY_KEYS = ("step", "pixels_seen", "shift", "inertia")
 # Keys that change how fast a fit runs or how often it saves, not what it computes.
 _NON_SEMANTIC = {"prefetch", "checkpoint_steps", "checkpoint_seconds", "client_threads"}
@@ -95,12 +75,12 @@ class FitResult:
     color_space: str
     centers: np.ndarray  # (K, 3) float64 in the fit's colour space
     palette: np.ndarray  # (K, 3) uint8 sRGB
-    counts: np.ndarray  # (K,) int64, estimated pixels per colour (validation sample)
+    counts: np.ndarray  # (K,) int64, pixels per colour (exact)
     history: dict[str, np.ndarray]
     steps: int
     pixels_seen: int
     stop_reason: str
-    mse: float  # estimated, in uint8 RGB units, on the validation sample
+    mse: float  # exact, over every pixel, in uint8 RGB units (mean over pixels and channels)
     psnr: float
     seconds: float
     seed: int
@@ -131,7 +111,7 @@ class FitResult:
     def __str__(self) -> str:
         return (f"{self.status}: K={self.k} ({self.algorithm}, {self.color_space}), "
                 f"{self.steps} steps, {self.pixels_seen / 1e6:.2f} Mpx seen, "
-                f"estimated MSE {self.mse:.2f} / PSNR {self.psnr:.2f} dB, "
+                f"MSE {self.mse:.2f} / PSNR {self.psnr:.2f} dB over every pixel, "
                 f"stopped: {self.stop_reason}, {self.seconds:.1f} s")
 
 
@@ -188,10 +168,9 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
     coll = Collection(st)
     if coll.n_pixels == 0:
         raise ConfigError(f"{st.path}: the collection has no pixels to fit")
-    if fcfg.algorithm == "minibatch" or fcfg.refine:
-        if fcfg.batch_size < fcfg.colors:
-            raise ConfigError(f"key 'fit.batch_size' has value {fcfg.batch_size}, expected at least "
-                              f"colors={fcfg.colors} (each step needs a pixel per centre)")
+    if fcfg.algorithm == "minibatch" and fcfg.batch_size < fcfg.colors:
+        raise ConfigError(f"key 'fit.batch_size' has value {fcfg.batch_size}, expected at least "
+                          f"colors={fcfg.colors} (each step needs a pixel per centre)")
     fp = _fit_fingerprint(st, fcfg)
     prev = st.section(FIT)
     if prev and not overwrite:
@@ -222,50 +201,65 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
             _clear(st)
         st.set_section(FIT, {"state": "running", "fingerprint": fp, "config": to_dict(fcfg)})
         st.mark_stale(fp)  # labels and image groups of the old palette: say so
+        with timer("histogram", timings):
+            codes, counts = histogram(run, st, source, progress)
+        if len(codes) < fcfg.colors:
+            raise ConfigError(
+                f"the collection has only {len(codes)} distinct colours, fewer than "
+                f"colors={fcfg.colors}; choose --colors {len(codes)} or fewer")
+        x = _points(codes, fcfg.color_space)
         ckpt = read_checkpoint(st, CHECKPOINT, fp, "fit")
-        centres = None
-        resuming_lloyd = ckpt is not None and ckpt.get("phase") == "lloyd"
-        if fcfg.algorithm == "minibatch" or (fcfg.refine and not resuming_lloyd):
-            with timer("mini-batch fit", timings):
-                centres, info = _fit_minibatch(run, st, source, fcfg, fp, ckpt, progress)
-        if fcfg.algorithm == "lloyd":
-            with timer("lloyd fit", timings):
-                centres, info = _fit_lloyd(run, st, source, fcfg, fp, ckpt, progress,
-                                           start=centres if fcfg.refine else None)
-        with timer("validation", timings):
-            val = draw_sample(run, source, fcfg.seed, STREAM_VALIDATION, fcfg.validation_size,
-                             fcfg.blocks_per_task)
-    centres = _ensure_distinct(centres, to_space(val, fcfg.color_space), fcfg.color_space)
+        mb_centres, info = None, {"history": {k: np.zeros(0) for k in HISTORY_KEYS}, "steps": 0,
+                                  "pixels_seen": 0, "stop_reason": ""}
+        if fcfg.algorithm == "minibatch":
+            if ckpt is not None and ckpt.get("phase") == "exact":
+                mb_centres, info = ckpt["minibatch_centres"], ckpt["minibatch_info"]
+            else:
+                with timer("mini-batch fit", timings):
+                    mb_centres, info = _fit_minibatch(run, st, source, fcfg, fp, ckpt, x, counts,
+                                                      progress)
+                write_checkpoint(st, CHECKPOINT, {"fingerprint": fp, "phase": "exact",
+                                                  "minibatch_centres": mb_centres,
+                                                  "minibatch_info": info})
+        with timer("exact lloyd", timings):
+            best = _fit_exact(run, st, fcfg, fp, mb_centres, progress)
+    centres = _ensure_distinct(best["centers"], x, fcfg.color_space)
     palette = to_rgb8(centres, fcfg.color_space)
-    labels, _ = assign(to_space(val, fcfg.color_space), centres)
-    err = val.astype(np.float64) - palette[labels].astype(np.float64)
-    mse = float((err ** 2).mean())
-    counts = np.round(np.bincount(labels, minlength=len(centres)) * (coll.n_pixels / len(val))).astype(np.int64)
+    mse, pixel_counts = _exact_mse(x, codes, counts, centres, palette)
+    info = _join_history(info, best, int(counts.sum()), fcfg)
     result = FitResult(
         store=st.path, k=fcfg.colors, algorithm=fcfg.algorithm, color_space=fcfg.color_space,
-        centers=centres, palette=palette, counts=counts, history=info["history"],
+        centers=centres, palette=palette, counts=pixel_counts, history=info["history"],
         steps=info["steps"], pixels_seen=info["pixels_seen"], stop_reason=info["stop_reason"],
         mse=mse, psnr=psnr(mse), seconds=round(time.perf_counter() - started, 3),
         seed=fcfg.seed, config=to_dict(fcfg))
-    _save_result(st, result, fp, timings, facts)
+    extra = {"starts": best["results"]}
+    if mb_centres is not None:  # the mini-batch phase's palette, before the exact phase
+        extra["minibatch_centers"] = np.asarray(mb_centres).tolist()
+    _save_result(st, result, fp, timings, facts, extra)
     log.info("%s", result)
     return result
 
 
-def histogram(run: Runner, st: Store, source: PixelSource, progress: bool | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """The collection's distinct colours and counts, computed once and kept in the store."""
-    ingest = st.section("ingest")
-    data = [ingest.get("source_fingerprint"), ingest.get("settings_fingerprint")]
-    sec = st.section("colors")
-    if sec.get("state") == "complete" and sec.get("data") == data:
-        t = st.read_table("colors", ("code", "count"))
-        return t["code"].astype(np.int64), t["count"].astype(np.int64)
-    with progress_bar(len(source.weights), "histogram", "chunk", progress) as bar:
-        codes, counts = collection_histogram(run, source, bar.update)
-    st.write_table("colors", {"code": codes, "count": counts})
-    st.set_section("colors", {"state": "complete", "data": data, "n_distinct": len(codes)})
-    return codes, counts
+def _points(codes: np.ndarray, space: str) -> np.ndarray:
+    """The distinct colours ``codes`` as float64 points of the fit's colour space."""
+    from streamq.kmeans.codes import codes_to_rgb
+
+    return to_space(codes_to_rgb(codes), space).astype(np.float64)
+
+
+def _exact_mse(x: np.ndarray, codes: np.ndarray, counts: np.ndarray, centres: np.ndarray,
+               palette: np.ndarray) -> tuple[float, np.ndarray]:
+    """MSE over every pixel (uint8 RGB units; nearest centre in the fit's space, compared with
+    its palette colour, as quantize does) and the pixels of each palette colour."""
+    from streamq.kmeans.codes import codes_to_rgb
+    from streamq.kmeans.nearest import assign
+
+    labels, _ = assign(x, centres, n_threads=os.cpu_count() or 1)
+    err = ((codes_to_rgb(codes).astype(np.float64) - palette[labels].astype(np.float64)) ** 2).sum(1)
+    n = float(counts.sum())
+    pixel_counts = np.bincount(labels, weights=counts, minlength=len(centres)).astype(np.int64)
+    return float((err * counts).sum() / (3 * n)), pixel_counts
 
 
 def collection_mse(store: str | Location, centers: np.ndarray | None = None,
@@ -274,10 +268,11 @@ def collection_mse(store: str | Location, centers: np.ndarray | None = None,
     """Exact MSE (uint8 RGB units) of a palette over every pixel of the collection.
 
     Each pixel goes to its nearest centre in the fit's colour space and is compared with that
-    centre's RGB colour, as quantize does. Uses the store's colour histogram (computed once).
-    Defaults to the store's fitted palette.
+    centre's RGB colour, as quantize does. Uses the store's colour histogram (computed once
+    for a store ingested without one). Defaults to the store's fitted palette.
     """
     from streamq.config import DaskConfig
+    from streamq.kmeans.codes import codes_to_rgb
 
     loc = location(store, storage_options)
     check_access(loc)
@@ -290,61 +285,57 @@ def collection_mse(store: str | Location, centers: np.ndarray | None = None,
         with runner(DaskConfig(scheduler=scheduler)) as run:
             run.check_paths(st.path)
             codes, counts = histogram(run, st, _source(Collection(st)))
-    rgb = codes_to_rgb(codes)
-    palette = to_rgb8(np.asarray(centers), space).astype(np.float64)
-    labels, _ = assign(to_space(rgb, space), centers, n_threads=2)
-    err = ((rgb.astype(np.float64) - palette[labels]) ** 2).sum(1)
-    return float((err * counts).sum() / (3 * counts.sum()))
+    centers = np.asarray(centers, dtype=np.float64)
+    x = to_space(codes_to_rgb(codes), space).astype(np.float64)
+    return _exact_mse(x, codes, counts, centers, to_rgb8(centers, space))[0]
 
 
 def _clear(st: Store) -> None:
     st.set_section(FIT, {})
     clear_checkpoint(st, CHECKPOINT)
+    if st.has(STARTS):
+        st.create_records(STARTS, 0)
 
 
-def _save_checkpoint(st: Store, state: dict[str, Any]) -> None:
-    write_checkpoint(st, CHECKPOINT, state)
+# --- phase 1: the streamed mini-batch fit -------------------------------------------------------
 
+def _initial_centres(run: Runner, source: PixelSource, fcfg: FitConfig, x_all: np.ndarray,
+                     counts_all: np.ndarray) -> np.ndarray:
+    """k-means (one k-means++ start, to the default ``tol``) on the distinct colours of a
+    collection-wide sample, or on the whole histogram when the sample has fewer than K colours:
+    a start for the mini-batch steps, which only give a start for the exact phase."""
+    from streamq.kmeans import kmeans
+    from streamq.kmeans.codes import distinct_colours
 
-def _initial_centres(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig) -> np.ndarray:
     sample = draw_sample(run, source, fcfg.seed, STREAM_INIT, fcfg.init_size, fcfg.blocks_per_task)
-    codes = np.unique(rgb_to_codes(sample))
-    k = fcfg.colors
-    if len(codes) < k:
-        # Too few distinct colours in the sample: look at the whole collection.
-        hist_codes, counts = histogram(run, st, source)
-        if len(hist_codes) < k:
-            raise ConfigError(
-                f"the collection has only {len(hist_codes)} distinct colours, fewer than "
-                f"colors={k}; choose --colors {len(hist_codes)} or fewer")
-        x = to_space(codes_to_rgb(hist_codes), fcfg.color_space).astype(np.float64)
-        return kmeans_plusplus_weighted(x, counts, k, fcfg.seed).astype(np.float32)
-    # k-means on the sample's coarse colour grid: the same basin as on the raw sample at a
-    # fraction of the cost (see streamq.lloyd.grid_points); mini-batch steps refine it.
-    gx, gw = grid_points(sample, fcfg.color_space, k)
-    return kmeans_start(gx, k, fcfg.init, fcfg.n_init, fcfg.seed, sample_weight=gw).astype(np.float32)
+    codes, counts = distinct_colours(sample)
+    x, w = (_points(codes, fcfg.color_space), counts) if len(codes) >= fcfg.colors else (x_all, counts_all)
+    res = kmeans(x, w, fcfg.colors, np.random.default_rng([fcfg.seed, STREAM_INIT]),
+                 init=fcfg.init, n_init=1, max_iter=fcfg.max_iter)
+    return res.centers.astype(np.float32)
 
 
 def _fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig, fp: str,
-                   ckpt: dict[str, Any] | None, progress: bool | None) -> tuple[np.ndarray, dict[str, Any]]:
+                   ckpt: dict[str, Any] | None, x_all: np.ndarray, counts_all: np.ndarray,
+                   progress: bool | None) -> tuple[np.ndarray, dict[str, Any]]:
+    from streamq.kmeans.bounded import tolerance
+
     B, G = fcfg.batch_size, fcfg.batches_per_task
-    if ckpt is not None and ckpt.get("phase") == "minibatch-done":
-        return ckpt["minibatch_centres"], ckpt["minibatch_info"]
     if ckpt is not None and ckpt.get("phase") == "minibatch":
         model = restore_estimator(ckpt["model"])
         state = LoopState.from_dict(ckpt)
         log.info("Resuming the mini-batch fit at step %d", state.cursor)
     else:
         with timer("initial centres"):
-            init = _initial_centres(run, st, source, fcfg)
+            init = _initial_centres(run, source, fcfg, x_all, counts_all)
         model = new_model(fcfg.colors, init, B, fcfg.seed, fcfg.reassignment_ratio)
-        state = LoopState()
+        state = LoopState(scale=tolerance(x_all, counts_all, 1.0))  # the pixels' variance
     max_steps, limit_name = step_limit(fcfg.max_steps, fcfg.max_epochs, source.n_valid, B,
                                        max_pixels=fcfg.max_pixels)
 
     def save() -> None:
-        _save_checkpoint(st, {"fingerprint": fp, "phase": "minibatch",
-                              "model": estimator_state(model), **state.to_dict()})
+        write_checkpoint(st, CHECKPOINT, {"fingerprint": fp, "phase": "minibatch",
+                                          "model": estimator_state(model), **state.to_dict()})
 
     def task(i: int) -> tuple[Any, Any]:
         return draw_task, (source, fcfg.seed, STREAM_TRAIN, i, G * B, fcfg.blocks_per_task)
@@ -355,160 +346,188 @@ def _fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig,
     history = state.history_arrays()
     history["pixels_seen"] = history.pop("seen")
     info = {"history": {k: history[k] for k in HISTORY_KEYS}, "steps": state.cursor,
-            "pixels_seen": state.seen, "stop_reason": stop_reason}
-    centres = model.cluster_centers_.astype(np.float64)
-    if fcfg.algorithm == "lloyd":  # --refine: keep the mini-batch result through a restart
-        _save_checkpoint(st, {"fingerprint": fp, "phase": "minibatch-done",
-                              "minibatch_centres": centres, "minibatch_info": info})
-    elif fcfg.polish_size:
-        with timer("polish"):
-            centres, n_iter = _polish(run, source, fcfg, centres)
-        info["stop_reason"] += (f"; polished by {n_iter} Lloyd iterations on {fcfg.polish_size} "
-                                f"pixels (best of {fcfg.polish_starts} starts)")
-        info["polish_iterations"] = n_iter
-    return centres, info
+            "pixels_seen": state.seen, "stop_reason": f"mini-batch: {stop_reason}"}
+    return model.cluster_centers_.astype(np.float64), info
 
 
-POLISH_FINALS = 3  # polish starts finished by exact Lloyd after the race on the colour grid
+# --- phase 2: exact Lloyd on the histogram, several starts side by side -------------------------
+
+GRID_BITS = 6  # the race runs on a 64-level-per-channel grid of the histogram
+FINISHERS = 2  # starts finished on every distinct colour
+
+_POINTS: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
 
 
-def _polish(run: Runner, source: PixelSource, fcfg: FitConfig, centres: np.ndarray) -> tuple[np.ndarray, int]:
-    """Lloyd iterations on a collection-wide sample, from the mini-batch centres and from
-    ``polish_starts - 1`` weighted k-means++ starts; the lowest exact inertia wins.
+def _worker_points(store: Location, key: str, space: str) -> dict[str, np.ndarray]:
+    """The histogram as weighted points, and its coarse grid, read once per process and fit."""
+    from streamq.kmeans.codes import cell_means
 
-    Mini-batch updates leave centres where the decaying learning rate froze them, a few %
-    above a Lloyd optimum in MSE, and the basin they end in depends on the initial sample;
-    Lloyd steps on a large uniform sample, from several starts, close that gap at a cost
-    that does not grow with the collection. The starts first run to convergence on the
-    sample's coarse colour grid (:func:`streamq.lloyd.grid_points`, ~20x cheaper per
-    iteration); the grid ranks starts only roughly (measured on 200 Mpx of photos: the start
-    ranked last of 3 on the grid ended best), so the best ``POLISH_FINALS`` of them are each
-    finished by exact Lloyd on the sample's distinct colours, and the lowest inertia there wins.
-    """
-    with timer("polish sample"):
-        sample = draw_sample(run, source, fcfg.seed, STREAM_POLISH, fcfg.polish_size,
-                            fcfg.blocks_per_task)
-    threads = _lloyd_threads(fcfg)
-    gx, gw = grid_points(sample, fcfg.color_space, fcfg.colors)
-    raced: list[tuple[float, int, np.ndarray]] = []
-    for s in range(fcfg.polish_starts):
-        if s == 0:
-            start = centres
-        elif len(gx) >= fcfg.colors:
-            start = kmeans_plusplus_weighted(gx, gw, fcfg.colors, fcfg.seed + 1000 + s)
-        else:
-            break
-        polished, inertia, n_iter, _ = weighted_lloyd(gx, gw, start, fcfg.tol, fcfg.polish_iter,
-                                                      n_threads=threads)
-        log.debug("polish start %d: grid inertia %.6g after %d iterations", s, inertia, n_iter)
-        raced.append((inertia, s, polished))
-    raced.sort(key=lambda r: (r[0], r[1]))
-    codes, counts = np.unique(rgb_to_codes(sample), return_counts=True)
-    x = to_space(codes_to_rgb(codes), fcfg.color_space).astype(np.float64)
-    best, best_inertia, best_iter = centres, math.inf, 0
-    for _, s, start in raced[:POLISH_FINALS]:
-        polished, inertia, n_iter, _ = weighted_lloyd(x, counts, start, fcfg.tol, fcfg.polish_iter,
-                                                      n_threads=threads)
-        log.debug("polish start %d: exact inertia %.6g after %d iterations", s, inertia, n_iter)
-        if inertia < best_inertia:
-            best, best_inertia, best_iter = polished, inertia, n_iter
-    return best, best_iter
+    k = (store.url, key, space)
+    if k not in _POINTS:
+        _POINTS.clear()  # one histogram at a time
+        codes = np.asarray(open_array(store, "colors/code")[:], dtype=np.int64)
+        counts = np.asarray(open_array(store, "colors/count")[:], dtype=np.float64)
+        x = _points(codes, space)
+        gx, gw = cell_means(codes, counts, x, GRID_BITS)
+        if 2 * len(gx) > len(x):  # a grid that saves little: race on the colours themselves
+            gx, gw = x, counts
+        _POINTS[k] = {"x": x, "w": counts, "gx": gx, "gw": gw}
+    return _POINTS[k]
 
 
-def _fit_lloyd(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig, fp: str,
-               ckpt: dict[str, Any] | None, progress: bool | None,
-               start: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
-    codes, counts = histogram(run, st, source, progress)
-    x = to_space(codes_to_rgb(codes), fcfg.color_space).astype(np.float64)
-    k = fcfg.colors
-    if len(codes) < k:
-        raise ConfigError(f"the collection has only {len(codes)} distinct colours, fewer than "
-                          f"colors={k}; choose --colors {len(codes)} or fewer")
-    n_starts = 1 if start is not None else fcfg.n_init
-    state = ckpt if ckpt is not None and ckpt.get("phase") == "lloyd" else None
-    if state is None:
-        state = {"fingerprint": fp, "phase": "lloyd", "start": 0, "iteration": 0, "centres": None,
-                 "best_centres": None, "best_inertia": math.inf, "history": [],
-                 "best_history": []}
-    else:
-        log.info("Resuming Lloyd at start %d, iteration %d", state["start"], state["iteration"])
+def _slot(args: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    slot = open_array(args["store"], STARTS, mode="r+")
+    text = str(slot[args["start"]])
+    state = decode_state(text) if text else None
+    if state is not None and state.get("fingerprint") != args["fingerprint"]:
+        state = None
+    return slot, state
+
+
+def _race_task(args: dict[str, Any]) -> dict[str, Any]:
+    """One start (the given centres or k-means++) run to convergence on the coarse grid."""
+    from streamq.kmeans import initial_centers, lloyd
+
+    slot, state = _slot(args)
+    if state is not None:
+        return state
+    p = _worker_points(args["store"], args["key"], args["space"])
+    init = args["init"]
+    if init is None:  # k-means++ start j draws from its own generator
+        init = initial_centers(p["gx"], p["gw"], args["k"], args["init_method"],
+                               np.random.default_rng([args["seed"], 1000 + args["plusplus"]]))
+    res = lloyd(p["gx"], p["gw"], init, tol=0, max_iter=args["max_iter"])  # to a fixed point
+    state = {"fingerprint": args["fingerprint"], "start": args["start"], "done": False,
+             "grid_inertia": res.inertia, "grid_iterations": res.n_iter,
+             "centers": res.centers, "iteration": 0, "history": []}
+    slot[args["start"]] = encode_state(state)
+    return state
+
+
+def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
+    """Exact Lloyd on every distinct colour from a start's grid result, checkpointed in its slot."""
+    from streamq.kmeans import lloyd
+
+    slot, state = _slot(args)
+    assert state is not None, "a start is finished after its race"
+    if state["done"]:
+        return state
+    p = _worker_points(args["store"], args["key"], args["space"])
+    history: list[list[float]] = list(state["history"])
     last_save = [time.monotonic()]
-    while state["start"] < n_starts:
-        s = state["start"]
-        if state["centres"] is None:
-            init = start if start is not None else kmeans_plusplus_weighted(x, counts, k, fcfg.seed + s)
-            state["centres"], state["iteration"], state["history"] = np.asarray(init, np.float64), 0, []
-        # A checkpoint taken at the converging iteration: do not iterate again on resume.
-        done = bool(state["history"]) and state["history"][-1][1] < fcfg.tol
-        limit = state["iteration"] if done else fcfg.max_iter
 
-        def on_iter(it: int, centres: np.ndarray, shift: float, inertia: float) -> None:
-            state["history"].append([it, shift, inertia])
-            state["centres"], state["iteration"] = centres, it
-            if it % fcfg.checkpoint_steps == 0 or time.monotonic() - last_save[0] > fcfg.checkpoint_seconds:
-                _save_checkpoint(st, state)
-                last_save[0] = time.monotonic()
+    def on_iter(it: int, centers: np.ndarray, rows: list[tuple[int, float, int]]) -> None:
+        if (it % args["checkpoint_steps"] == 0
+                or time.monotonic() - last_save[0] > args["checkpoint_seconds"]):
+            slot[args["start"]] = encode_state({**state, "centers": centers, "iteration": it,
+                                                "history": history + [list(r) for r in rows]})
+            last_save[0] = time.monotonic()
 
-        centres, inertia, n_iter, converged = weighted_lloyd(
-            x, counts, state["centres"], fcfg.tol, limit, on_iter,
-            start_iter=state["iteration"], n_threads=_lloyd_threads(fcfg))
-        converged = converged or done
-        if inertia < state["best_inertia"]:
-            state.update(best_centres=centres, best_inertia=inertia,
-                         best_history=list(state["history"]), best_converged=converged)
-        state.update(start=s + 1, centres=None)
-        _save_checkpoint(st, state)
-    hist = np.asarray(state["best_history"], dtype=np.float64).reshape(-1, 3)
-    n_px = float(counts.sum())
-    info = {
-        "history": {"step": hist[:, 0].astype(np.int64),
-                    "pixels_seen": (hist[:, 0] * n_px).astype(np.int64),
-                    "shift": hist[:, 1], "inertia": hist[:, 2] / n_px},
-        "steps": int(hist[-1, 0]) if len(hist) else 0,
-        "pixels_seen": int(n_px * (hist[-1, 0] if len(hist) else 0)),
-        "stop_reason": (f"converged (no centre moved more than tol={fcfg.tol:g})"
-                        if state.get("best_converged") else "max_iter"),
-        "exact_mse": float(state["best_inertia"] / n_px),
-    }
-    return np.asarray(state["best_centres"], dtype=np.float64), info
+    res = lloyd(p["x"], p["w"], state["centers"], tol=args["tol"], max_iter=args["max_iter"],
+                start_iter=state["iteration"], on_iter=on_iter)
+    history.extend(list(r) for r in res.history)
+    done = {**state, "done": True, "centers": res.centers, "iteration": res.n_iter,
+            "history": history, "inertia": res.inertia, "stop": res.stop}
+    slot[args["start"]] = encode_state(done)
+    return done
 
 
-def _lloyd_threads(fcfg: FitConfig) -> int:
-    """Lloyd runs on the client while the workers wait: all cores, unless limited."""
-    import os
+def _fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centres: np.ndarray | None,
+               progress: bool | None) -> dict[str, Any]:
+    """The mini-batch centres (if any) and ``n_init`` k-means++ starts race to convergence on
+    the coarse colour grid (one task each); the ``FINISHERS`` best run exact Lloyd on every
+    distinct colour (one task each); the lowest exact inertia wins (the first start on ties)."""
+    inits: list[np.ndarray | None] = [] if mb_centres is None else [np.asarray(mb_centres)]
+    inits += [None] * fcfg.n_init
+    if not st.has(STARTS) or st.group[STARTS].shape[0] != len(inits):
+        st.create_records(STARTS, len(inits))
+    sec = st.section("colors")
+    key = fingerprint([sec.get("data"), sec.get("n_distinct")])
+    base = {"store": st.location, "fingerprint": fp, "key": key, "space": fcfg.color_space,
+            "k": fcfg.colors, "init_method": fcfg.init, "seed": fcfg.seed, "tol": fcfg.tol,
+            "max_iter": fcfg.max_iter, "checkpoint_steps": fcfg.checkpoint_steps,
+            "checkpoint_seconds": fcfg.checkpoint_seconds}
+    first = len(inits) - fcfg.n_init  # slot of k-means++ start 0
+    futures = {run.submit(_race_task, {**base, "start": s, "init": init, "plusplus": s - first}): 1
+               for s, init in enumerate(inits)}
+    raced = sorted(run.wait(futures, "lloyd starts", "start", progress),
+                   key=lambda r: (r["grid_inertia"], r["start"]))
+    finishers = sorted(r["start"] for r in raced[:FINISHERS])
+    futures = {run.submit(_finish_task, {**base, "start": s}): 1 for s in finishers}
+    results = sorted(run.wait(futures, "exact lloyd", "start", progress), key=lambda r: r["start"])
+    best = min(results, key=lambda r: (r["inertia"], r["start"]))
+    best["n_starts"] = len(inits)
+    best["from_minibatch"] = mb_centres is not None and best["start"] == 0
+    done = {r["start"]: r for r in results}
+    best["results"] = [
+        {"start": r["start"], "grid_inertia": r["grid_inertia"],
+         "grid_iterations": r["grid_iterations"],
+         **({"inertia": done[r["start"]]["inertia"], "iterations": done[r["start"]]["iteration"],
+             "stop": done[r["start"]]["stop"]} if r["start"] in done else {})}
+        for r in sorted(raced, key=lambda r: r["start"])]
+    for r in best["results"]:
+        log.debug("lloyd start %s", r)
+    return best
 
-    return fcfg.client_threads or os.cpu_count() or 1
+
+def _join_history(info: dict[str, Any], best: dict[str, Any], n_px: int,
+                  fcfg: FitConfig) -> dict[str, Any]:
+    """The mini-batch history followed by the winning Lloyd start's iterations."""
+    h = {k: np.asarray(v) for k, v in info["history"].items()}
+    rows = np.asarray(best["history"], dtype=np.float64).reshape(-1, 3)
+    steps0 = int(info["steps"])
+    seen0 = int(info["pixels_seen"])
+    h["step"] = np.concatenate([h["step"], steps0 + rows[:, 0]]).astype(np.int64)
+    h["pixels_seen"] = np.concatenate([h["pixels_seen"], seen0 + rows[:, 0] * n_px]).astype(np.int64)
+    h["shift"] = np.concatenate([h["shift"], rows[:, 1]])
+    objective = np.full(len(rows), np.nan)  # Lloyd's objective: known at the end
+    objective[-1:] = best["inertia"] / n_px
+    h["inertia"] = np.concatenate([h["inertia"], objective])
+    n_iter = int(best["iteration"])
+    which = ("the mini-batch centres" if best["from_minibatch"]
+             else f"k-means++ start {best['start'] - (best['n_starts'] - fcfg.n_init) + 1}")
+    how = {"labels": "converged (no label changed)",
+           "tol": f"converged (squared centre shift within tol={fcfg.tol:g} of the variance)",
+           "max_iter": f"max_iter={fcfg.max_iter}"}[best["stop"]]
+    lloyd = (f"exact Lloyd on every pixel, best of {best['n_starts']} starts raced on the "
+             f"colour grid, {FINISHERS} finished ({which}): {how} after "
+             f"{best['grid_iterations']} + {n_iter} iterations")
+    reason = f"{info['stop_reason']}; {lloyd}" if info["stop_reason"] else lloyd
+    return {"history": h, "steps": steps0 + n_iter, "pixels_seen": seen0 + n_iter * n_px,
+            "stop_reason": reason}
 
 
-def _ensure_distinct(centres: np.ndarray, val: np.ndarray, space: str) -> np.ndarray:
+def _ensure_distinct(centres: np.ndarray, points: np.ndarray, space: str) -> np.ndarray:
     """Make the uint8 palette hold K distinct colours where the data allows.
 
-    Every centre whose uint8 colour repeats an earlier centre's is moved to a held-out pixel
-    whose colour is not in the palette yet, taking the pixels worst served by the palette
+    Every centre whose uint8 colour repeats an earlier centre's is moved to a colour of the
+    collection that is not in the palette yet, taking the colours worst served by the palette
     first (one assignment pass, whatever the number of duplicates).
     """
+    from streamq.kmeans.nearest import assign
+
     rgb = to_rgb8(centres, space)
     _, first = np.unique(rgb, axis=0, return_index=True)
     dup = np.setdiff1d(np.arange(len(centres)), first)
     if not len(dup):
         return centres
     centres = centres.copy()
-    _, d = assign(val, centres)
+    _, d = assign(points, centres)
     used = {tuple(c) for c in rgb[first]}
-    val_rgb = to_rgb8(val, space)
+    rgb_points = to_rgb8(points, space)
     todo = list(dup)
     for i in np.argsort(-d, kind="stable"):
         if not todo:
             break
-        colour = tuple(val_rgb[i])
+        colour = tuple(rgb_points[i])
         if colour not in used:
             used.add(colour)
-            centres[todo.pop(0)] = val[i]
+            centres[todo.pop(0)] = points[i]
     return centres
 
 
 def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float],
-                 facts: dict[str, Any]) -> None:
+                 facts: dict[str, Any], extra: dict[str, Any]) -> None:
     st.write_table("fit/palette", {"center_0": r.centers[:, 0], "center_1": r.centers[:, 1],
                                    "center_2": r.centers[:, 2], "r": r.palette[:, 0],
                                    "g": r.palette[:, 1], "b": r.palette[:, 2], "count": r.counts})
@@ -516,7 +535,7 @@ def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float],
     summary = {k: v for k, v in asdict(r).items()
                if k not in ("centers", "palette", "counts", "history", "config", "status")}
     st.set_section(FIT, {"state": "complete", "fingerprint": fp, "config": r.config,
-                         "summary": summary, "timings": timings, "runtime": facts,
+                         "summary": summary, "timings": timings, "runtime": facts, **extra,
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     clear_checkpoint(st, CHECKPOINT)  # the result is saved; the working state is not needed
 

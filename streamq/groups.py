@@ -54,7 +54,6 @@ from streamq.minibatch import (
     HISTORY_KEYS,
     LoopSettings,
     LoopState,
-    kmeans_start,
     new_model,
     step_limit,
     stream_partial_fit,
@@ -293,9 +292,9 @@ def _cluster(run: Runner, st: Store, n: int, k: int, gcfg: ClusterImagesConfig, 
         log.info("Resuming the image grouping at step %d", state.cursor)
     else:
         with timer("initial group centres"):
-            model = new_model(gcfg.groups, _initial_centres(run, st, source, n, weights, gcfg),
-                              B, gcfg.seed, gcfg.reassignment_ratio)
-        state = LoopState()
+            init, scale = _initial_centres(run, st, source, n, weights, gcfg)
+            model = new_model(gcfg.groups, init, B, gcfg.seed, gcfg.reassignment_ratio)
+        state = LoopState(scale=scale)
     max_steps, limit_name = step_limit(gcfg.max_steps, gcfg.max_epochs, n, B)
 
     def save() -> None:
@@ -314,8 +313,9 @@ def _cluster(run: Runner, st: Store, n: int, k: int, gcfg: ClusterImagesConfig, 
 
 
 def _initial_centres(run: Runner, st: Store, source: PixelSource, n: int, weights: np.ndarray,
-                     gcfg: ClusterImagesConfig) -> np.ndarray:
-    """k-means++ (best of ``n_init``) on every descriptor, or on a collection-wide sample."""
+                     gcfg: ClusterImagesConfig) -> tuple[np.ndarray, float]:
+    """k-means (best of ``n_init`` k-means++ starts) on every descriptor, or on a
+    collection-wide sample, and the sample's mean variance per coordinate."""
     if n <= gcfg.init_size:
         sample = np.asarray(open_array(source.store, source.array)[:])
     else:
@@ -327,11 +327,15 @@ def _initial_centres(run: Runner, st: Store, source: PixelSource, n: int, weight
         where = "the collection has" if n <= gcfg.init_size else "a sample of the collection has"
         raise ConfigError(f"{where} only {distinct} distinct image descriptors, fewer than "
                           f"groups={gcfg.groups}; choose --groups {distinct} or fewer")
-    return kmeans_start(x, gcfg.groups, "k-means++", gcfg.n_init, gcfg.seed)
+    from streamq.kmeans import kmeans
+
+    res = kmeans(x, None, gcfg.groups, np.random.default_rng([gcfg.seed, STREAM_INIT]),
+                 n_init=gcfg.n_init, tol=gcfg.tol, max_iter=300)
+    return res.centers.astype(np.float32), float(x.var(axis=0).mean())
 
 
 def _assign_task(args: dict[str, Any]) -> dict[str, Any]:
-    from streamq.kernels import assign
+    from streamq.kmeans.nearest import assign
 
     store = args["store"]
     r0, r1 = args["rows"]

@@ -131,7 +131,7 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
         else:
             lines.append(f"palette      K={fit['k']} ({fit['algorithm']}, {fit['color_space']}), "
                          f"{fit['steps']} steps, {fit['pixels_seen'] / 1e6:.1f} Mpx seen, "
-                         f"estimated PSNR {fit['psnr']:.2f} dB")
+                         f"PSNR {fit['psnr']:.2f} dB")
             lines.append(f"stopped      {fit['stop_reason']}")
             order = np.argsort(fit["counts"])[::-1][:16]
             lines.append("colours      " + " ".join(fit["palette_hex"][i] for i in order)

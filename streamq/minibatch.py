@@ -4,8 +4,10 @@ One scikit-learn ``MiniBatchKMeans`` on the client is updated with ``partial_fit
 after batch. Batches come from Dask tasks: task ``i`` returns ``batches_per_task`` batches
 as a pure function of the seed and ``i`` (see ``streamq.batches``); a window of ``prefetch``
 tasks runs ahead and results are consumed in task order, so the model depends only on the
-seed, never on scheduling, while client memory stays bounded. Stopping: no centre moves more
-than ``tol`` for ``patience`` consecutive steps, or a step limit (:func:`step_limit`).
+seed, never on scheduling, while client memory stays bounded. Stopping: for ``patience``
+consecutive steps the squared centre shifts of a step sum to at most ``tol`` times the data's
+mean variance per coordinate (scikit-learn's ``tol``, as :mod:`streamq.kmeans.bounded` uses it),
+or a step limit (:func:`step_limit`).
 
 The caller checkpoints the estimator and the :class:`LoopState` through a ``save`` callback,
 called every ``checkpoint_steps`` steps or ``checkpoint_seconds`` seconds; a loop restarted
@@ -29,8 +31,8 @@ from streamq.console import progress_bar
 if TYPE_CHECKING:
     from streamq.scheduler import Runner
 
-__all__ = ["HISTORY_KEYS", "LoopSettings", "LoopState", "kmeans_start", "new_model",
-           "step_limit", "stream_partial_fit"]
+__all__ = ["HISTORY_KEYS", "LoopSettings", "LoopState", "new_model", "step_limit",
+           "stream_partial_fit"]
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +60,24 @@ class LoopSettings:
 
 @dataclass
 class LoopState:
-    """Where the loop is: steps done, samples seen, calm steps in a row, history."""
+    """Where the loop is: steps done, samples seen, calm steps in a row, history, and the
+    data's mean variance per coordinate (``scale``: ``tol`` is relative to it)."""
 
     cursor: int = 0
     seen: int = 0
     calm: int = 0
+    scale: float = 1.0
     history: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in HISTORY_KEYS})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (through ``streamq.checkpoint``) state for a checkpoint."""
-        return {"cursor": self.cursor, "seen": self.seen, "calm": self.calm,
+        return {"cursor": self.cursor, "seen": self.seen, "calm": self.calm, "scale": self.scale,
                 "history": {k: np.asarray(v) for k, v in self.history.items()}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoopState:
         return cls(cursor=int(d["cursor"]), seen=int(d["seen"]), calm=int(d["calm"]),
+                   scale=float(d.get("scale", 1.0)),
                    history={k: list(v) for k, v in d["history"].items()})
 
     def history_arrays(self) -> dict[str, np.ndarray]:
@@ -95,21 +100,6 @@ def step_limit(max_steps: int, max_epochs: float, n_items: int, batch_size: int,
     return limits[name], name
 
 
-def kmeans_start(x: np.ndarray, k: int, init: str, n_init: int, seed: int,
-                 sample_weight: np.ndarray | None = None) -> np.ndarray:
-    """Initial centres: scikit-learn ``KMeans`` (best of ``n_init`` starts) on a sample.
-
-    Runs on one thread: ``KMeans`` sums in thread order, so one thread gives one result
-    whatever the machine.
-    """
-    from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
-
-    km = KMeans(n_clusters=k, init=init, n_init=n_init, random_state=seed)
-    with threadpool_limits(1):
-        return km.fit(x, sample_weight=sample_weight).cluster_centers_
-
-
 def new_model(k: int, init: np.ndarray, batch_size: int, seed: int,
               reassignment_ratio: float) -> Any:
     """A ``MiniBatchKMeans`` that starts from the centres ``init``."""
@@ -129,9 +119,10 @@ def stream_partial_fit(run: Runner, model: Any, task: Callable[[int], tuple[Call
 
     ``task(i)`` gives ``(fn, args)``: ``fn(args)`` returns the rows of batches
     ``i * batches_per_task ...`` back to back; ``prepare`` turns a batch into the model's
-    features (default: as is). ``state`` is updated in place.
+    features (default: as is). ``state`` is updated in place; its ``shift`` history holds each
+    step's summed squared centre shift.
     """
-    from streamq.kernels import assign
+    from streamq.kmeans.nearest import assign
 
     B, G = settings.batch_size, settings.batches_per_task
     window: collections.deque[tuple[int, Any]] = collections.deque()
@@ -155,17 +146,17 @@ def stream_partial_fit(run: Runner, model: Any, task: Callable[[int], tuple[Call
                           else np.asarray(model.init))
                 _, d = assign(x[:INERTIA_ROWS], before)  # batch inertia, before the update
                 model.partial_fit(x)
-                shift = float(np.sqrt(((model.cluster_centers_ - before) ** 2).sum(1)).max())
+                shift = float(((model.cluster_centers_ - before) ** 2).sum())
                 state.cursor += 1
                 state.seen += len(x)
-                state.calm = state.calm + 1 if shift < settings.tol else 0
+                state.calm = state.calm + 1 if shift <= settings.tol * state.scale else 0
                 for k, v in zip(HISTORY_KEYS, (state.cursor, state.seen, shift, float(d.mean())),
                                 strict=True):
                     state.history[k].append(v)
                 bar.update(1)
                 if state.calm >= settings.patience:
-                    stop_reason = (f"converged (no centre moved more than tol={settings.tol:g} "
-                                   f"for {settings.patience} steps)")
+                    stop_reason = (f"converged (squared centre shift within tol={settings.tol:g} "
+                                   f"of the variance for {settings.patience} steps)")
                 elif state.cursor >= max_steps:
                     stop_reason = limit_name
                 if stop_reason:

@@ -5,7 +5,7 @@ For every image and every K, k-means with k-means++ starts is fitted on a seeded
 is labelled with its exact nearest centre (as ``KMeans.predict`` does). ``method`` chooses
 the fit: ``kmeans`` is the tutorial's scikit-learn ``KMeans`` on the sample, ``histogram``
 the same k-means on the sample's distinct colours with compiled loops
-(:mod:`streamq.hist_kmeans`), many times faster at large K. Fitting runs in Dask tasks over
+(:mod:`streamq.kmeans`), many times faster at large K. Fitting runs in Dask tasks over
 groups of images, each recording its palettes when done (so a rerun fits only unfinished
 groups); labelling runs per chunk like the shared-palette quantize.
 
@@ -92,7 +92,7 @@ def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
     ``method="kmeans"`` is the tutorial's ``KMeans(init=init, n_init=n_init)`` on the
     sample; ``"histogram"`` runs the same k-means (to the same stopping rule) on the
     sample's distinct colours weighted by their counts, with compiled loops
-    (:mod:`streamq.hist_kmeans`): other random starts, so other centres, of the same
+    (:mod:`streamq.kmeans`): other random starts, so other centres, of the same
     quality. ``index`` is :func:`sample_index` when the caller has it already.
     """
     n = len(rgb)
@@ -101,10 +101,12 @@ def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
         x = to_space(rgb, "rgb")
         return np.concatenate([x, np.repeat(x[:1], k - n, axis=0)]).astype(np.float64)
     if method == "histogram":
-        from streamq.hist_kmeans import fit_histogram
+        from streamq.kmeans import codes_to_points, distinct_colours, kmeans
 
+        codes, counts = distinct_colours(rgb[idx])
         # one generator per (image, K): palettes do not depend on which other K are fitted
-        return fit_histogram(rgb[idx], k, np.random.default_rng([seed, image_id, k]), init, n_init)
+        return kmeans(codes_to_points(codes), counts, k, np.random.default_rng([seed, image_id, k]),
+                      init=init, n_init=n_init).centers
     if method != "kmeans":
         raise ValueError(f"unknown per-image method {method!r}, expected 'kmeans' or 'histogram'")
     from sklearn.cluster import KMeans
@@ -245,7 +247,7 @@ def load_per_image(store: str | Location, k: int,
 
 
 def _label_task(args: dict[str, Any]) -> dict[str, Any]:
-    from streamq.nearest import label_pixels
+    from streamq.kmeans.nearest import label_pixels
 
     store, c, chunk, k = args["store"], args["chunk_index"], args["chunk"], args["k"]
     pixels = open_array(store, PIXELS)

@@ -3,7 +3,7 @@
 Each task owns one chunk of ``pixels`` and writes the same chunk of ``quantize/labels``
 (uint8 for K <= 256, uint16 above), so no chunk has two writers. A label is the nearest
 palette centre in the fit's colour space (exact; first centre on ties), found through a
-lazily filled 2**24 lookup table kept by each worker (:class:`streamq.kernels.LabelTable`).
+lazily filled 2**24 lookup table kept by each worker (:class:`streamq.kmeans.table.LabelTable`).
 Each task then writes its completion record: the squared error of every image it touches,
 from which per-image and collection MSE/PSNR are consolidated. A rerun runs only tasks
 without a record; a new palette makes old labels stale, and they are recomputed.
@@ -65,7 +65,7 @@ class QuantizeSummary:
 
 
 def _table(args: dict[str, Any]) -> Any:
-    from streamq.kernels import LabelTable
+    from streamq.kmeans.table import LabelTable
 
     key = args["fit_fingerprint"]
     table = _TABLES.get(key)

@@ -242,7 +242,7 @@ def overview(ctx: Context) -> Section:
                  if ctx.coll is not None else "run `streamq ingest SRC STORE` to finish it"])
     if fit:
         s = fit.get("summary", {})
-        what = (f"K={s.get('k')} ({s.get('algorithm')}, {s.get('color_space')}), estimated PSNR "
+        what = (f"K={s.get('k')} ({s.get('algorithm')}, {s.get('color_space')}), PSNR "
                 f"{_fmt_psnr(s['psnr'])}" if fit.get("state") == "complete" else
                 "rerun `streamq fit` to finish it")
         rows.append(["shared palette", fit.get("state"), what])
@@ -347,10 +347,8 @@ def palette(ctx: Context) -> Section | None:
     if fit and fit.get("state") == "complete":
         hexes = fit["palette_hex"]
         rgb = np.asarray([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in hexes], dtype=np.uint8)
-        held_out = ctx.store.section("fit").get("config", {}).get("validation_size")
-        body += (f"<h3>Shared palette: {len(hexes)} colours</h3><p>Sorted by pixel count, "
-                 f"estimated from {esc(held_out)} held-out pixels and scaled to the "
-                 "collection.</p>")
+        body += (f"<h3>Shared palette: {len(hexes)} colours</h3><p>Sorted by pixel count "
+                 "(every pixel of the collection, counted on its colour histogram).</p>")
         body += swatches_html(rgb, np.asarray(fit["counts"]), ctx.cfg.max_colors)
     elif fit:
         body += ctx.note(f"The shared palette is {fit.get('state')}: rerun `streamq fit`.")
@@ -466,7 +464,7 @@ def convergence(ctx: Context) -> Section | None:
         ["algorithm", f"{s['algorithm']} in {s['color_space']}"], ["K", s["k"]],
         ["steps" if not lloyd else "iterations", f"{s['steps']:,}"],
         ["pixels seen", f"{s['pixels_seen']:,}"], ["stopped", s["stop_reason"]],
-        ["estimated MSE / PSNR", f"{s['mse']:.2f} / {_fmt_psnr(s['psnr'])} (held-out sample)"],
+        ["MSE / PSNR", f"{s['mse']:.2f} / {_fmt_psnr(s['psnr'])} (every pixel)"],
         ["history points", f"{len(x):,}"]], "facts")
     return Section("convergence", "Convergence", body)
 

@@ -140,7 +140,7 @@ def photo_store(photo_dir, tmp_path_factory, cluster_address) -> str:
 
     path = str(tmp_path_factory.mktemp("groups") / "photos.zarr")
     streamq.ingest(photo_dir, path, chunk_pixels=20_000, scheduler=cluster_address, progress=False)
-    streamq.fit(path, colors=12, max_steps=40, batch_size=4096, polish_size=100_000,
+    streamq.fit(path, colors=12, max_steps=40, batch_size=4096,
                 scheduler="threads")
     streamq.quantize(path, scheduler=cluster_address, progress=False)
     return path

@@ -36,7 +36,7 @@ def _config(tmp, src, name, scheduler):
         "dask": {"scheduler": scheduler},
         "ingest": {"source": str(src), "chunk_pixels": 16384, "block_pixels": 4096},
         "fit": {"colors": 16, "max_steps": 120, "tol": 1e-9, "batch_size": 8192,
-                "checkpoint_steps": 10, "polish_size": 200_000},
+                "checkpoint_steps": 10},
         "export": {"out": str(tmp / f"{name}-out")},
     }
 

@@ -179,7 +179,7 @@ def test_rerun_is_a_noop_other_settings_refused_refit_makes_stale(store):
     assert info["ari"] == first.ari
     text = runner.invoke(cli, ["info", store]).output
     assert "groups       4 (histogram, K=12), images per group: " + " ".join(map(str, first.sizes)) in text
-    streamq.fit(store, colors=6, max_steps=20, polish_size=10_000, scheduler="threads",
+    streamq.fit(store, colors=6, max_steps=20, scheduler="threads",
                 overwrite=True)
     assert "groups       stale" in runner.invoke(cli, ["info", store]).output
     with pytest.raises(StreamQError, match="stale"):
@@ -223,7 +223,7 @@ def test_cli_json(store):
 def test_run_groups_the_images_when_enabled(photo_dir, tmp_path):
     cfg = tmp_path / "run.yaml"
     text = (f"store: run.zarr\ndask:\n  scheduler: threads\ningest:\n  source: {photo_dir}\n"
-            "fit:\n  colors: 12\n  max_steps: 30\n  polish_size: 50000\n"
+            "fit:\n  colors: 12\n  max_steps: 30\n"
             "cluster_images:\n  enabled: true\n  groups: 4\n")
     cfg.write_text(text)
     report = streamq.run(cfg)

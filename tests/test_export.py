@@ -127,7 +127,7 @@ def test_hostile_names_in_a_store(quantized, tmp_path):
 def test_more_than_256_colours_export_rgb(faces_dir, tmp_path):
     store = str(tmp_path / "big.zarr")
     streamq.ingest(faces_dir, store, chunk_pixels=50_000, scheduler="threads", progress=False)
-    streamq.fit(store, colors=300, max_steps=10, batch_size=8192, polish_size=0, scheduler="threads")
+    streamq.fit(store, colors=300, max_steps=10, batch_size=8192, scheduler="threads")
     streamq.quantize(store, scheduler="threads")
     streamq.export(store, tmp_path / "out", ids=[0, 1], scheduler="threads")
     coll = streamq.open_store(store)

@@ -203,8 +203,7 @@ def test_per_image_palettes_one_group_per_k(per_image_store, tmp_path, cluster_a
 def test_more_than_256_colours_and_a_refit(faces_store, tmp_path, monkeypatch):
     store = str(tmp_path / "big.zarr")
     shutil.copytree(faces_store, store)
-    fit = dict(colors=300, max_steps=5, batch_size=4096, polish_size=0, init_size=20_000,
-               validation_size=20_000, scheduler="threads")
+    fit = dict(colors=300, max_steps=5, batch_size=4096, init_size=20_000, scheduler="threads")
     streamq.fit(store, **fit)
     streamq.quantize(store, scheduler="threads")
     out = tmp_path / "big-labels.zarr"

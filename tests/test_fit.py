@@ -14,8 +14,7 @@ from streamq.checkpoint import CheckpointMismatchError
 from streamq.colorspace import to_rgb8, to_space
 from streamq.errors import ConfigError, StoreMismatchError
 from streamq.fit import _source, fit
-from streamq.kernels import codes_to_rgb
-from streamq.lloyd import kmeans_plusplus_weighted
+from streamq.kmeans import codes_to_rgb, initial_centers
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,7 @@ def store_copy(fit_store, tmp_path):
 
 
 def full_mse(pixels, palette, centres, space="rgb"):
-    from streamq.kernels import assign
+    from streamq.kmeans import assign
 
     labels, _ = assign(to_space(pixels, space), centres)
     return float(((pixels.astype(float) - palette[labels].astype(float)) ** 2).mean())
@@ -50,53 +49,79 @@ def full_mse(pixels, palette, centres, space="rgb"):
 
 def test_lloyd_matches_sklearn_kmeans_from_same_start(store_copy, all_pixels):
     k = 6
-    res = fit(store_copy, colors=k, algorithm="lloyd", n_init=1, seed=3, tol=1e-12,
+    res = fit(store_copy, colors=k, algorithm="lloyd", n_init=1, seed=3, tol=0,
               max_iter=500, scheduler="threads")
-    # the same k-means++ start, computed from the same histogram, handed to scikit-learn
+    # the same k-means++ start, computed from the same histogram, handed to scikit-learn,
+    # which runs on every pixel (not on the histogram)
     codes, counts = np.unique((all_pixels.astype(np.int64) << [16, 8, 0]).sum(1), return_counts=True)
     x = to_space(codes_to_rgb(codes), "rgb").astype(np.float64)
-    start = kmeans_plusplus_weighted(x, counts, k, 3)
+    start = initial_centers(x, counts, k, "k-means++", np.random.default_rng([3, 1000]))
     ref = KMeans(n_clusters=k, init=start, n_init=1, tol=0, max_iter=500, algorithm="lloyd")
-    ref.fit(all_pixels / 255.0)
+    ref.fit(to_space(all_pixels, "rgb").astype(np.float64))
     order_a, order_b = np.lexsort(res.centers.T), np.lexsort(ref.cluster_centers_.T)
     np.testing.assert_allclose(res.centers[order_a], ref.cluster_centers_[order_b], atol=1e-9)
-    assert res.stop_reason.startswith("converged")
+    assert "converged (no label changed)" in res.stop_reason
+    assert res.mse == pytest.approx(full_mse(all_pixels, res.palette, res.centers), rel=1e-12)
 
 
-def test_minibatch_mse_close_to_lloyd(store_copy, all_pixels, tmp_path):
-    mb = fit(store_copy, colors=8, seed=0, max_steps=300, scheduler="threads")
-    lloyd = fit(store_copy, colors=8, algorithm="lloyd", n_init=3, seed=0,
-                scheduler="threads", overwrite=True)
+def _exact_reference(pixels, k, n_init=3):
+    """scikit-learn KMeans on every pixel's colour weighted by its count, best of ``n_init``
+    k-means++ starts, run to zero label changes: the exact reference."""
+    codes, counts = np.unique((pixels.astype(np.int64) << [16, 8, 0]).sum(1), return_counts=True)
+    x = to_space(codes_to_rgb(codes), "rgb").astype(np.float64)
+    km = KMeans(n_clusters=k, n_init=n_init, tol=0, max_iter=10_000, random_state=0)
+    return km.fit(x, sample_weight=counts).cluster_centers_
+
+
+@pytest.mark.parametrize("k", [8, 24])
+def test_default_fit_reaches_the_exact_reference(store_copy, all_pixels, k):
+    mb = fit(store_copy, colors=k, seed=0, max_steps=100, scheduler="threads", overwrite=True)
     mse_mb = full_mse(all_pixels, mb.palette, mb.centers)
+    ref = _exact_reference(all_pixels, k)
+    mse_ref = full_mse(all_pixels, to_rgb8(ref, "rgb"), ref)
+    assert mse_mb <= mse_ref * 1.0005, (mse_mb, mse_ref)
+    assert mb.mse == pytest.approx(mse_mb, rel=1e-12)  # the summary's MSE is exact
+    assert "exact Lloyd on every pixel, best of 17 starts" in mb.stop_reason
+    assert mb.stop_reason.endswith("iterations")
+    assert "converged (no label changed)" in mb.stop_reason
+    lloyd = fit(store_copy, colors=k, algorithm="lloyd", seed=0, scheduler="threads",
+                overwrite=True)
     mse_ll = full_mse(all_pixels, lloyd.palette, lloyd.centers)
     # the histogram-based exact MSE agrees with a plain pass over every pixel
     assert streamq.collection_mse(store_copy) == pytest.approx(mse_ll, rel=1e-12)
     assert streamq.collection_mse(store_copy, mb.centers, "rgb") == pytest.approx(mse_mb, rel=1e-12)
-    assert mse_ll <= mse_mb <= 1.03 * mse_ll, (mse_mb, mse_ll)
-    assert abs(lloyd.mse - mse_ll) / mse_ll < 0.1  # the CLI's estimate is close to the truth
-    assert len({tuple(c) for c in mb.palette}) == 8  # K distinct colours
+    # the default's starts are lloyd's k-means++ starts plus the mini-batch centres
+    assert mse_mb <= mse_ll
+    assert len({tuple(c) for c in mb.palette}) == k  # K distinct colours
+    counts = np.bincount(streamq.kmeans.assign(to_space(all_pixels, "rgb"), lloyd.centers)[0],
+                         minlength=k)
+    np.testing.assert_array_equal(lloyd.counts, counts)  # pixels per colour, exact
 
 
 def test_streamed_fit_equals_plain_partial_fit_loop(store_copy):
     """The streamed fit is exactly a plain loop of partial_fit over the seeded batches."""
     res = fit(store_copy, colors=8, seed=5, tol=1e-12, max_steps=12, batch_size=4096,
-              batches_per_task=3, polish_size=0, scheduler="threads")
-    assert res.steps == 12
-    assert res.stop_reason == "max_steps"
+              batches_per_task=3, scheduler="threads")
+    assert res.stop_reason.startswith("mini-batch: max_steps; exact Lloyd")
     coll = streamq.open_store(store_copy)
     source = _source(coll)
     from streamq.config import FitConfig
     from streamq.fit import _initial_centres
+    from streamq.histogram import histogram
     from streamq.scheduler import Runner, _SyncPool
 
-    fcfg = FitConfig(colors=8, seed=5, batch_size=4096, batches_per_task=3, polish_size=0)
-    init = _initial_centres(Runner(None, _SyncPool(), "sync"), coll.store, source, fcfg)
+    fcfg = FitConfig(colors=8, seed=5, batch_size=4096, batches_per_task=3)
+    run = Runner(None, _SyncPool(), "sync")
+    codes, counts = histogram(run, coll.store, source)
+    x = to_space(codes_to_rgb(codes), "rgb").astype(np.float64)
+    init = _initial_centres(run, source, fcfg, x, counts)
     ref = MiniBatchKMeans(8, init=init, n_init=1, batch_size=4096, compute_labels=False, random_state=5)
     for t in range(4):
         data = draw_pixels(source, 5, STREAM_TRAIN, t, 3 * 4096, fcfg.blocks_per_task)
         for j in range(3):
             ref.partial_fit(to_space(data[j * 4096:(j + 1) * 4096], "rgb"))
-    assert np.array_equal(ref.cluster_centers_.astype(np.float64), res.centers)
+    mb = np.asarray(coll.store.section("fit")["minibatch_centers"])
+    assert np.array_equal(ref.cluster_centers_.astype(np.float64), mb)
 
 
 def test_same_seed_same_palette_on_any_scheduler(store_copy, fit_store, cluster_address, tmp_path):
@@ -168,8 +193,8 @@ def test_too_few_colours_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize(("flag", "message"), [
     (["-k", "1"], "key 'fit.colors' has value 1, expected an integer from 2 to 65536"),
     (["-k", "70000"], "key 'fit.colors' has value 70000, expected an integer from 2 to 65536"),
-    (["--tol", "0"], "key 'fit.tol' has value 0.0, expected a number > 0"),
-    (["--tol", "-1"], "key 'fit.tol' has value -1.0, expected a number > 0"),
+    (["--tol", "-1"], "key 'fit.tol' has value -1.0, expected a number >= 0"),
+    (["--n-init", "0"], "key 'fit.n_init' has value 0, expected an integer >= 1"),
 ])
 def test_bad_flags_are_one_line(store_copy, flag, message):
     from click.testing import CliRunner
@@ -215,55 +240,15 @@ def test_info_and_cli_show_the_fit(store_copy):
     out = runner.invoke(cli, ["fit", store_copy, "-k", "5", "--max-steps", "20", "--scheduler", "threads"])
     assert out.exit_code == 0, out.output
     line = out.output.strip()
-    assert line.startswith("fitted: K=5 (minibatch, rgb), 20 steps")
-    assert "PSNR" in line
-    assert "stopped: max_steps" in line
+    assert line.startswith("fitted: K=5 (minibatch, rgb), ")
+    assert "dB over every pixel" in line
+    assert "stopped: mini-batch: max_steps; exact Lloyd on every pixel, best of 17 starts" in line
     js = json.loads(runner.invoke(cli, ["info", store_copy, "--json"]).output)
     assert js["fit"]["k"] == 5
     assert len(js["fit"]["palette_hex"]) == 5
     assert js["fit"]["state"] == "complete"
     text = runner.invoke(cli, ["info", store_copy]).output
-    assert "palette      K=5 (minibatch, rgb), 20 steps" in text
-
-
-def test_lloyd_resumed_from_its_converging_iteration_is_identical(store_copy, tmp_path, monkeypatch):
-    """A kill right after the checkpoint of the converging iteration must not add an iteration."""
-    import importlib
-    import shutil
-
-    from streamq.checkpoint import encode_state
-    from streamq.config import FitConfig
-
-    fit_module = importlib.import_module("streamq.fit")  # the module, not streamq.fit()
-
-    fresh = tmp_path / "fresh.zarr"
-    shutil.copytree(store_copy, fresh)
-    saved = []
-    real_save = fit_module._save_checkpoint
-    monkeypatch.setattr(fit_module, "_save_checkpoint",
-                        lambda st, state: (saved.append(encode_state(state)), real_save(st, state)))
-    kw = dict(colors=6, algorithm="lloyd", n_init=1, tol=1e-3, checkpoint_steps=1, scheduler="threads")
-    ref = fit(store_copy, **kw)
-    monkeypatch.setattr(fit_module, "_save_checkpoint", real_save)
-    from streamq.checkpoint import decode_state
-
-    states = [decode_state(s) for s in saved]
-    converging = [s for s in states if s["start"] == 0 and s["history"] and s["history"][-1][1] < 1e-3]
-    assert converging  # the run saved a checkpoint at the iteration where it converged
-    from streamq.store import Store
-
-    st = Store.open(fresh, mode="r+")
-    fit(str(fresh), **{**kw, "max_iter": 1})  # creates the sections and arrays of a fit
-    fp = fit_module._fit_fingerprint(st, FitConfig(colors=6, algorithm="lloyd", n_init=1, tol=1e-3,
-                                                   checkpoint_steps=1))
-    state = converging[-1]
-    state["fingerprint"] = fp
-    st.group["fit/checkpoint"][0] = encode_state(state)
-    st.set_section("fit", {**st.section("fit"), "state": "running", "fingerprint": fp})
-    resumed = fit(str(fresh), **kw)
-    assert np.array_equal(resumed.centers, ref.centers)
-    for key in ref.history:
-        assert np.array_equal(resumed.history[key], ref.history[key])
+    assert "palette      K=5 (minibatch, rgb), " in text
 
 
 def test_duplicate_palette_colours_are_replaced_by_worst_served_pixels():

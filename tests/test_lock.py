@@ -158,7 +158,7 @@ def quantized(tmp_path) -> tuple[Path, Path]:
     make_collection(src, 6, seed=3, min_side=20, max_side=60)
     store = tmp_path / "q.zarr"
     streamq.ingest(src, store, scheduler="sync", progress=False)
-    streamq.fit(str(store), colors=4, algorithm="lloyd", validation_size=2000, scheduler="sync",
+    streamq.fit(str(store), colors=4, algorithm="lloyd", scheduler="sync",
                 progress=False)
     streamq.quantize(str(store), scheduler="sync", progress=False)
     return store, src
@@ -432,7 +432,7 @@ def test_run_takes_the_lock_once_for_every_stage(tmp_path, caplog):
     make_collection(src, 5, seed=4, min_side=20, max_side=50)
     store = tmp_path / "r.zarr"
     cfg = {"store": str(store), "ingest": {"source": str(src)}, "dask": {"scheduler": "sync"},
-           "fit": {"colors": 3, "algorithm": "lloyd", "validation_size": 1000},
+           "fit": {"colors": 3, "algorithm": "lloyd"},
            "export": {"out": str(tmp_path / "out")}}
     with caplog.at_level(logging.DEBUG, logger="streamq.lock"):
         report = streamq.run(cfg, progress=False)

@@ -29,7 +29,7 @@ def _config(tmp_path, src, name, sched):
         f"store: {name}.zarr\n{sched_line}"
         f"ingest:\n  source: {src}\n  chunk_pixels: 65536\n"
         "fit:\n  colors: 16\n  max_steps: 150\n  tol: 1.0e-9\n  batch_size: 16384\n"
-        "  checkpoint_steps: 10\n  polish_size: 300000\n"
+        "  checkpoint_steps: 10\n"
         f"export:\n  out: {name}-out\n")
     return cfg
 

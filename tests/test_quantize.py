@@ -36,8 +36,7 @@ def _pixels(store):
 @pytest.mark.parametrize(("k", "space", "dtype"), [(64, "rgb", np.uint8), (300, "rgb", np.uint16),
                                                     (32, "oklab", np.uint8)])
 def test_labels_equal_sklearn_predict_except_ties(store, cluster_address, k, space, dtype):
-    res = streamq.fit(store, colors=k, color_space=space, max_steps=30, batch_size=8192,
-                      polish_size=0, scheduler="threads")
+    res = streamq.fit(store, colors=k, color_space=space, max_steps=30, batch_size=8192, scheduler="threads")
     summary = quantize(store, scheduler=cluster_address, progress=False)
     labels = zarr.open_array(f"{store}/quantize/labels", mode="r")
     assert labels.dtype == dtype

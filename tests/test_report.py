@@ -285,7 +285,7 @@ def test_labels_from_files_are_escaped_and_lloyd_curve(lloyd_store, browser, tmp
 def test_stale_labels_after_a_refit(shared_store, browser, tmp_path):
     path = str(tmp_path / "s.zarr")
     shutil.copytree(shared_store, path)
-    streamq.fit(path, colors=6, max_steps=10, polish_size=0, scheduler="threads", overwrite=True)
+    streamq.fit(path, colors=6, max_steps=10, scheduler="threads", overwrite=True)
     out = tmp_path / "stale.html"
     summary = streamq.report(path, out, samples=3)
     assert summary.missing == ["labels for shared K=6 are stale: run `streamq quantize STORE`."]
@@ -394,7 +394,7 @@ def test_image_groups_section(groups_store, browser, tmp_path):
 def test_image_groups_stale_after_a_refit(groups_store, tmp_path):
     path = str(tmp_path / "g.zarr")
     shutil.copytree(groups_store, path)
-    streamq.fit(path, colors=6, max_steps=10, polish_size=0, scheduler="threads", overwrite=True)
+    streamq.fit(path, colors=6, max_steps=10, scheduler="threads", overwrite=True)
     out = tmp_path / "stale.html"
     summary = streamq.report(path, out, samples=1, worst=0)
     step = "run `streamq quantize STORE`, then `streamq cluster-images STORE`"
@@ -512,7 +512,7 @@ def test_run_writes_the_report_when_configured(evil_dir, tmp_path):
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"store: s.zarr\ningest:\n  source: {evil_dir}\nfit:\n  colors: 4\n"
-                   "  max_steps: 10\n  polish_size: 0\n  batch_size: 1024\n"
+                   "  max_steps: 10\n  batch_size: 1024\n"
                    "dask:\n  scheduler: threads\nreport:\n  out: out/report.html\n  samples: 2\n")
     assert load_config(cfg).report.out == str(tmp_path / "out" / "report.html")
     result = streamq.run(str(cfg), progress=False)

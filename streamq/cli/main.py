@@ -172,15 +172,22 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
                    "(the same k-means on the sample's distinct colours, compiled; faster) "
                    "[default: kmeans].")
 @click.option("--algorithm", type=click.Choice(["minibatch", "lloyd"]), default=None,
-              help="minibatch (default): streamed MiniBatchKMeans; lloyd: exact K-Means on all pixels.")
+              help="minibatch (default): streamed MiniBatchKMeans, then exact Lloyd on every "
+                   "pixel from its centres and k-means++ starts; lloyd: the exact Lloyd alone.")
 @click.option("--init", type=click.Choice(["k-means++", "random"]), default=None,
               help="Initial centres [default: k-means++].")
-@click.option("--refine", is_flag=True, default=None, help="lloyd: start from the mini-batch palette.")
+@click.option("--n-init", type=int, default=None,
+              help="k-means++ starts raced on the colour grid, side by side; the best 2 finish "
+                   "on every colour [default: 16].")
 @click.option("--color-space", type=click.Choice(["rgb", "oklab"]), default=None,
               help="Space distances are measured in [default: rgb].")
-@click.option("--tol", type=float, default=None, help="Stop when no centre moves more than this [default: 1e-4].")
+@click.option("--tol", type=float, default=None,
+              help="Stop when the squared centre shifts of a step sum to at most TOL times the "
+                   "pixels' variance (scikit-learn's rule); 0: exact Lloyd runs to zero label "
+                   "changes [default: 0].")
 @max_steps_opt
-@click.option("--max-iter", type=int, default=None, help="lloyd: stop after this many iterations.")
+@click.option("--max-iter", type=int, default=None,
+              help="Exact Lloyd: stop a start after this many iterations [default: 1000].")
 @click.option("--batch-size", type=int, default=None, help="Pixels per partial_fit step [default: 65536].")
 @seed_opt
 @storage_opt
@@ -191,7 +198,7 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
 @_handle_errors
 def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, scheduler: str | None,
             colors: str | None, per_image: bool, sample: float | None, method: str | None,
-            algorithm: str | None, init: str | None, refine: bool | None,
+            algorithm: str | None, init: str | None, n_init: int | None,
             color_space: str | None, tol: float | None, max_steps: int | None, max_iter: int | None,
             batch_size: int | None, seed: int | None, storage_options: tuple[str, ...],
             overwrite: bool, progress: bool | None, as_json: bool) -> None:
@@ -227,7 +234,7 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
     cfg = load_config(config_path, **{
         "store": store, "dask.scheduler": scheduler,
         "fit.colors": None if colors is None else int(colors),
-        "fit.algorithm": algorithm, "fit.init": init, "fit.refine": refine,
+        "fit.algorithm": algorithm, "fit.init": init, "fit.n_init": n_init,
         "fit.color_space": color_space, "fit.tol": tol, "fit.max_steps": max_steps,
         "fit.max_iter": max_iter, "fit.batch_size": batch_size, "fit.seed": seed},
         **storage_overrides(storage_options))

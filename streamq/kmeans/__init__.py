@@ -1,6 +1,24 @@
 """The k-means core: exact nearest-centre search, weighted k-means++, weighted Lloyd.
 
 No I/O and no Dask: plain arrays in, arrays out. Every stage that clusters colours (the
-shared fit, ``--algorithm lloyd``, the per-image ``histogram`` method, quantize's label
-tables) calls these functions, so there is one definition of each step.
+shared fit, ``--algorithm lloyd``, the per-image ``histogram`` method, image groups) and
+quantize's label tables call these, so each step has one definition:
+
+- :mod:`streamq.kmeans.codes`: 24-bit colour codes (the histogram's keys);
+- :mod:`streamq.kmeans.histogram`: counting colours in a reused table, exact sums of counts;
+- :mod:`streamq.kmeans.nearest`: exact nearest centre, ties to the lowest index;
+- :mod:`streamq.kmeans.table`: a ``2**24`` label table for a fixed palette;
+- :mod:`streamq.kmeans.plusplus`: greedy weighted k-means++;
+- :mod:`streamq.kmeans.bounded`: weighted Lloyd with distance bounds, scikit-learn's ``tol``;
+- :mod:`streamq.kmeans.starts`: starts + Lloyd, best of several.
 """
+
+from streamq.kmeans.bounded import LloydResult, fixed_point, lloyd, tolerance
+from streamq.kmeans.codes import codes_to_points, codes_to_rgb, distinct_colours, rgb_to_codes
+from streamq.kmeans.nearest import assign, inertia, label_pixels
+from streamq.kmeans.plusplus import kmeans_plusplus
+from streamq.kmeans.starts import initial_centers, kmeans
+
+__all__ = ["LloydResult", "assign", "codes_to_points", "codes_to_rgb", "distinct_colours",
+           "fixed_point", "inertia", "initial_centers", "kmeans", "kmeans_plusplus", "label_pixels", "lloyd",
+           "rgb_to_codes", "tolerance"]

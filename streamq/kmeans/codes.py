@@ -11,7 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["CHANNEL", "N_CODES", "code24", "codes_to_points", "codes_to_rgb", "rgb_to_codes"]
+__all__ = ["CHANNEL", "N_CODES", "cell_means", "code24", "codes_to_points", "codes_to_rgb", "distinct_colours",
+           "rgb_to_codes"]
 
 N_CODES = 1 << 24
 
@@ -42,3 +43,30 @@ def codes_to_points(codes: np.ndarray) -> np.ndarray:
     :func:`streamq.colorspace.to_space` computes it, widened to float64)."""
     codes = np.asarray(codes, dtype=np.int64)
     return np.stack([CHANNEL[codes >> 16], CHANNEL[(codes >> 8) & 255], CHANNEL[codes & 255]], 1)
+
+
+def distinct_colours(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, counts)``: the distinct 24-bit codes of ``(n, 3)`` uint8 pixels, sorted, and
+    how many pixels have each (int64)."""
+    codes, counts = np.unique(rgb_to_codes(np.ascontiguousarray(rgb, np.uint8)), return_counts=True)
+    return codes, counts.astype(np.int64)
+
+
+def cell_means(codes: np.ndarray, counts: np.ndarray, points: np.ndarray, bits: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The histogram on a coarser colour grid: for each occupied cell of ``2**bits`` levels per
+    channel, the weighted mean of its colours' ``points`` (any colour space) and its count.
+
+    Cells are in code order; a cell is at most ``2**(8 - bits)`` levels wide per channel, so
+    k-means on the cells lands near k-means on the colours at a fraction of the cost.
+    """
+    codes = np.asarray(codes, np.int64)
+    shift = 8 - bits
+    key = (((codes >> (16 + shift)) & ((1 << bits) - 1)) << (2 * bits)
+           | ((codes >> (8 + shift)) & ((1 << bits) - 1)) << bits
+           | ((codes & 255) >> shift))
+    _, inverse = np.unique(key, return_inverse=True)
+    weight = np.bincount(inverse, weights=counts)
+    means = np.stack([np.bincount(inverse, weights=counts * points[:, j])
+                      for j in range(points.shape[1])], 1) / weight[:, None]
+    return means, weight

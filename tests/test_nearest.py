@@ -1,4 +1,4 @@
-"""The compiled kernels against plain numpy references."""
+"""Exact nearest centres and the 24-bit label table against plain numpy references."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from streamq.colorspace import to_space
-from streamq.kernels import SORTED_FROM_K, LabelTable, assign
+from streamq.kmeans.nearest import SORTED_FROM_K, assign
+from streamq.kmeans.table import LabelTable
 
 
 def _nearest(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,9 @@
-"""Compiled inner loops (numba): nearest-centre assignment and 24-bit colour histograms."""
+"""Exact labels of 24-bit colours through a lazily filled ``2**24`` lookup table.
+
+Quantize labels every pixel of a collection against one palette: each worker keeps a
+:class:`LabelTable`, computes the nearest centre (:func:`streamq.kmeans.nearest.assign`)
+only for colours it has not met yet, and looks every other pixel up.
+"""
 
 from __future__ import annotations
 
@@ -7,89 +12,11 @@ from typing import Any
 import numba
 import numpy as np
 
-from streamq.nearest import assign_rows, sorted_centres
+from streamq.kmeans.codes import code24, codes_to_rgb
+from streamq.kmeans.nearest import assign
 
-__all__ = ["assign", "histogram24"]
+__all__ = ["LabelTable"]
 
-
-# Serial loops that release the GIL: parallelism comes from Dask tasks, or from the
-# thread blocks of ``assign(..., n_threads=N)``; numba's own parallel layers are not safe to
-# call from several threads at once.
-@numba.njit(nogil=True, cache=True)
-def _assign(x: np.ndarray, centers: np.ndarray, labels: np.ndarray, dist: np.ndarray) -> None:
-    n, d = x.shape
-    k = centers.shape[0]
-    for i in range(n):
-        best = np.inf
-        arg = 0
-        for j in range(k):
-            s = 0.0
-            for c in range(d):
-                t = x[i, c] - centers[j, c]
-                s += t * t
-            if s < best:
-                best = s
-                arg = j
-        labels[i] = arg
-        dist[i] = best
-
-
-SORTED_FROM_K = 16  # from this many centres on, 3-d rows use the sorted search
-
-
-def _assign_block(x: np.ndarray, centers: np.ndarray, search: tuple[np.ndarray, ...] | None,
-                  labels: np.ndarray, dist: np.ndarray) -> None:
-    if search is None:
-        _assign(x, centers, labels, dist)
-    else:
-        assign_rows(x, centers, search, labels, dist)
-
-
-def assign(x: np.ndarray, centers: np.ndarray, n_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Index of the nearest centre of each row of ``x`` (first on ties) and its squared distance.
-
-    Exact: distances are summed in float64 coordinate by coordinate (no expansion trick). For
-    3-d rows and from ``SORTED_FROM_K`` centres on, each row only visits the centres near it
-    along the centres' principal axis (:mod:`streamq.nearest`: same result, a fraction of the
-    distance computations).
-    """
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    centers = np.ascontiguousarray(centers, dtype=np.float64)
-    labels = np.empty(len(x), dtype=np.int64)
-    dist = np.empty(len(x), dtype=np.float64)
-    if not len(x):
-        return labels, dist
-    sort = (sorted_centres(centers) if x.shape[1] == 3 and len(centers) >= SORTED_FROM_K
-            else None)
-    if n_threads <= 1 or len(x) < 100_000:
-        _assign_block(x, centers, sort, labels, dist)
-        return labels, dist
-    from concurrent.futures import ThreadPoolExecutor
-
-    bounds = np.linspace(0, len(x), n_threads * 4 + 1).astype(np.int64)
-    with ThreadPoolExecutor(n_threads) as pool:
-        list(pool.map(lambda i: _assign_block(x[bounds[i]:bounds[i + 1]], centers, sort,
-                                              labels[bounds[i]:bounds[i + 1]], dist[bounds[i]:bounds[i + 1]]),
-                      range(len(bounds) - 1)))
-    return labels, dist
-
-
-@numba.njit(cache=True)
-def _hist24(rgb: np.ndarray, hist: np.ndarray) -> None:
-    for i in range(rgb.shape[0]):
-        hist[(np.int64(rgb[i, 0]) << 16) | (np.int64(rgb[i, 1]) << 8) | np.int64(rgb[i, 2])] += 1
-
-
-def histogram24(rgb: np.ndarray, hist: np.ndarray | None = None) -> np.ndarray:
-    """Add the ``(n, 3)`` uint8 pixels to a dense ``2**24`` int64 histogram (made if None)."""
-    if hist is None:
-        hist = np.zeros(1 << 24, dtype=np.int64)
-    if len(rgb):
-        _hist24(np.ascontiguousarray(rgb, dtype=np.uint8), hist)
-    return hist
-
-
-from streamq.colorspace import codes_to_rgb  # noqa: E402  (re-exported)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -107,7 +34,7 @@ def _lookup_all(rgb: np.ndarray, lut: np.ndarray, palette: np.ndarray, packed: b
         stop = ends[s]
         acc = np.int64(0)
         for i in range(start, stop):
-            c = (np.int64(rgb[i, 0]) << 16) | (np.int64(rgb[i, 1]) << 8) | np.int64(rgb[i, 2])
+            c = code24(rgb, i)
             v = lut[c]
             if v < 0:
                 misses[n_miss] = i
@@ -138,7 +65,7 @@ def _lookup_some(rgb: np.ndarray, idx: np.ndarray, lut: np.ndarray, palette: np.
         i = idx[t]
         while s < ends.shape[0] - 1 and i >= ends[s]:
             s += 1
-        c = (np.int64(rgb[i, 0]) << 16) | (np.int64(rgb[i, 1]) << 8) | np.int64(rgb[i, 2])
+        c = code24(rgb, i)
         v = lut[c]
         if v < 0:
             n_miss += 1
@@ -165,7 +92,7 @@ def _distinct(rgb: np.ndarray, idx: np.ndarray, seen: np.ndarray) -> np.ndarray:
     out = np.empty(len(idx), dtype=np.int64)
     n = 0
     for i in idx:
-        c = (np.int64(rgb[i, 0]) << 16) | (np.int64(rgb[i, 1]) << 8) | np.int64(rgb[i, 2])
+        c = code24(rgb, i)
         if not seen[c]:
             seen[c] = True
             out[n] = c

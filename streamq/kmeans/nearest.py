@@ -1,15 +1,16 @@
-"""Exact nearest centres in colour space, searched over centres sorted along one axis.
+"""Exact nearest centres: ties go to the lowest index, whatever the search.
 
-The centres are sorted by their projection on an axis (the principal axis of the centres or
-of the points); a query walks outward from its own projection and stops on each side as
-soon as the projection gap alone exceeds the best squared distance found, so it measures a
-few centres instead of all K. Results are those of an ``argmin`` over float64 squared
-distances (first centre on ties): only the speed depends on the axis.
+:func:`assign` labels rows of any dimension. For 3-d rows (colours) the centres are sorted
+by their projection on an axis (the principal axis of the centres or of the points); a query
+walks outward from its own projection and stops on each side as soon as the projection gap
+alone exceeds the best squared distance found, so it measures a few centres instead of all
+K. Results are those of an ``argmin`` over float64 squared distances summed coordinate by
+coordinate (no expansion trick): only the speed depends on the axis.
 
-Used by the per-image palettes: labels of every pixel (:func:`label_pixels`), the inertia
-of weighted points, and the searches inside the compiled Lloyd of :mod:`streamq.hist_kmeans`;
-and by :func:`streamq.kernels.assign` for 3-d rows (:func:`assign_rows`).
-Loops are serial and release the GIL.
+Used everywhere a colour meets a palette: the bounded Lloyd of :mod:`streamq.kmeans.bounded`,
+the label tables of :mod:`streamq.kmeans.table`, per-image labels (:func:`label_pixels`),
+inertia. Loops are serial and release the GIL; :func:`assign` splits large inputs over
+threads (each row's result does not depend on the split).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["CHANNEL", "assign_rows", "inertia", "label_pixels", "sorted_centres"]
+from streamq.kmeans.codes import CHANNEL, code24
 
-# The coordinates ``colorspace.to_space(rgb, "rgb")`` gives each channel value, in float64.
-CHANNEL = (np.arange(256, dtype=np.float32) * np.float32(1 / 255)).astype(np.float64)
+__all__ = ["SORTED_FROM_K", "assign", "assign_rows", "inertia", "label_pixels", "sorted_centres"]
+
 _GREY = np.full(3, 1 / math.sqrt(3))
 _EPS = 1e-12  # slack on every bound test: float rounding never prunes a candidate that counts
 
@@ -267,7 +268,7 @@ def _label(rgb: np.ndarray, table: np.ndarray, c: np.ndarray, order: np.ndarray,
     lab = 0
     total = 0
     for i in range(rgb.shape[0]):
-        code = (np.int64(rgb[i, 0]) << 16) | (np.int64(rgb[i, 1]) << 8) | np.int64(rgb[i, 2])
+        code = code24(rgb, i)
         slot = ((code * 2654435761) >> 11) & (size - 1)
         if key[slot] == code + 1:
             v = value[slot]
@@ -310,3 +311,68 @@ def label_pixels(rgb: np.ndarray, centres: np.ndarray, palette: np.ndarray | Non
     err = np.empty(len(rgb) if want_err else 0, dtype=np.int64)
     sse = _label(rgb, CHANNEL, c, order, sp, axis, pal, labels, err) if len(rgb) else 0
     return labels, int(sse), err
+
+
+# Serial loop for rows of any dimension; parallelism comes from Dask tasks or from the thread
+# blocks of ``assign(..., n_threads=N)`` (numba's own parallel layers are not safe to call
+# from several threads at once).
+@numba.njit(nogil=True, cache=True)
+def _assign_plain(x: np.ndarray, centers: np.ndarray, labels: np.ndarray, dist: np.ndarray) -> None:
+    n, d = x.shape
+    k = centers.shape[0]
+    for i in range(n):
+        best = np.inf
+        arg = 0
+        for j in range(k):
+            s = 0.0
+            for c in range(d):
+                t = x[i, c] - centers[j, c]
+                s += t * t
+            if s < best:
+                best = s
+                arg = j
+        labels[i] = arg
+        dist[i] = best
+
+
+SORTED_FROM_K = 16  # from this many centres on, 3-d rows use the sorted search
+
+
+def _assign_block(x: np.ndarray, centers: np.ndarray,
+                  search: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+                  labels: np.ndarray, dist: np.ndarray) -> None:
+    if search is None:
+        _assign_plain(x, centers, labels, dist)
+    else:
+        assign_rows(x, centers, search, labels, dist)
+
+
+def assign(x: np.ndarray, centers: np.ndarray, n_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the nearest centre of each row of ``x`` (first on ties) and its squared distance.
+
+    Exact for any dimension; for 3-d rows and from ``SORTED_FROM_K`` centres on, each row only
+    visits the centres near it along the centres' principal axis (same result, a fraction of
+    the distance computations). ``n_threads > 1`` splits large inputs into blocks.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    centers = np.ascontiguousarray(centers, dtype=np.float64)
+    labels = np.empty(len(x), dtype=np.int64)
+    dist = np.empty(len(x), dtype=np.float64)
+    if not len(x):
+        return labels, dist
+    sort = (sorted_centres(centers) if x.shape[1] == 3 and len(centers) >= SORTED_FROM_K
+            else None)
+    if n_threads <= 1 or len(x) < 100_000:
+        _assign_block(x, centers, sort, labels, dist)
+        return labels, dist
+    from concurrent.futures import ThreadPoolExecutor
+
+    bounds = np.linspace(0, len(x), n_threads * 4 + 1).astype(np.int64)
+
+    def block(b: int) -> None:
+        s = slice(bounds[b], bounds[b + 1])
+        _assign_block(x[s], centers, sort, labels[s], dist[s])
+
+    with ThreadPoolExecutor(n_threads) as pool:
+        list(pool.map(block, range(len(bounds) - 1)))
+    return labels, dist

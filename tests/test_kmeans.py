@@ -1,0 +1,295 @@
+"""The k-means core (``streamq.kmeans``) against plain references.
+
+References: NumPy loops written from the definitions (greedy weighted k-means++ over the same
+draws, weighted Lloyd with ``argmin`` labels, ``bincount`` means and scikit-learn's stopping
+and empty-cluster rules), scikit-learn ``KMeans`` with ``sample_weight`` from the same start,
+and an ``argmin`` over float64 distances.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.datasets import load_sample_image
+
+from streamq.colorspace import to_space
+from streamq.kmeans import (
+    codes_to_points,
+    codes_to_rgb,
+    distinct_colours,
+    fixed_point,
+    inertia,
+    kmeans,
+    kmeans_plusplus,
+    label_pixels,
+    lloyd,
+    rgb_to_codes,
+    tolerance,
+)
+from streamq.kmeans.plusplus import cell_order
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    """A real photo's pixels: a 120x150 crop of scikit-learn's china.jpg, (n, 3) uint8."""
+    return np.ascontiguousarray(load_sample_image("china.jpg")[150:270, 300:450].reshape(-1, 3))
+
+
+def _points(rgb):
+    codes, counts = distinct_colours(rgb)
+    return codes_to_points(codes), counts.astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def points(photo):
+    return _points(photo[np.random.default_rng(0).choice(len(photo), 12_000, replace=False)])
+
+
+@pytest.fixture(scope="module")
+def whole_photo():
+    """Every distinct colour of a whole real photo (~96 k points), with counts."""
+    return _points(load_sample_image("flower.jpg").reshape(-1, 3))
+
+
+def _reference_kmeanspp(x, w, k, rng, order=None):
+    """Greedy weighted k-means++ from its definition, over the points in ``order``."""
+    trials = 2 + int(math.log(k))
+    first = rng.random()
+    uniforms = rng.random((k, trials))
+    order = np.arange(len(x)) if order is None else order
+    xs, ws = x[order], w[order]
+    cum = np.cumsum(ws)
+    chosen = [int(np.searchsorted(cum, first * cum[-1], side="right"))]
+    closest = ((xs - xs[chosen[0]]) ** 2).sum(1)
+    for c in range(1, k):
+        cum = np.cumsum(ws * closest)
+        best = None
+        for t in range(trials):
+            j = min(int(np.searchsorted(cum, uniforms[c, t] * cum[-1], side="right")), len(xs) - 1)
+            cand = np.minimum(closest, ((xs - xs[j]) ** 2).sum(1))
+            pot = (ws * cand).sum()
+            if best is None or pot < best[0]:
+                best = (pot, j, cand)
+        chosen.append(best[1])
+        closest = best[2]
+    return xs[chosen]
+
+
+def _labels(x, c):
+    return ((x[:, None, :] - c[None]) ** 2).sum(2).argmin(1)
+
+
+def _reference_lloyd(x, w, centres, tol=1e-4, max_iter=300):
+    """Weighted Lloyd from its definition: argmin labels, exact integer sums of the fixed-point
+    points, scikit-learn's stopping rule and empty-cluster rule."""
+    X, W, f = fixed_point(x, w)
+    xq = X * 2.0**-f
+    mean = np.average(xq, axis=0, weights=w)
+    threshold = tol * np.average((xq - mean) ** 2, axis=0, weights=w).mean()
+    k, d = centres.shape
+    labels = _labels(xq, centres)
+    for it in range(1, max_iter + 1):
+        sums = np.zeros((k, d), np.int64)
+        np.add.at(sums, labels, W[:, None] * X)
+        weight = np.bincount(labels, weights=W, minlength=k).astype(np.int64)
+        empty = np.flatnonzero(weight == 0)
+        if len(empty):  # the farthest points from their centres, moved with their weight
+            far = np.argsort(-((xq - centres[labels]) ** 2).sum(1), kind="stable")
+            for j, i in zip(empty, far, strict=False):
+                sums[labels[i]] -= W[i] * X[i]
+                weight[labels[i]] -= W[i]
+                sums[j], weight[j] = W[i] * X[i], W[i]
+                labels[i] = j
+        safe = np.where(weight > 0, weight, 1).astype(np.float64)
+        new = np.where(weight[:, None] > 0, sums.astype(np.float64) / safe[:, None] * 2.0**-f,
+                       centres)
+        shift = ((new - centres) ** 2).sum()
+        centres = new
+        new_labels = _labels(xq, centres)
+        changed = (new_labels != labels).any()
+        labels = new_labels
+        if tol > 0 and shift <= threshold:
+            return centres, it, "tol"
+        if not changed and not len(empty):
+            return centres, it, "labels"
+    return centres, max_iter, "max_iter"
+
+
+def test_codes_round_trip_and_distinct_colours(photo):
+    codes, counts = distinct_colours(photo)
+    ref_codes, ref_counts = np.unique(photo.astype(np.int64) @ np.array([1 << 16, 1 << 8, 1]),
+                                      return_counts=True)
+    np.testing.assert_array_equal(codes, ref_codes)
+    np.testing.assert_array_equal(counts, ref_counts)
+    np.testing.assert_array_equal(rgb_to_codes(codes_to_rgb(codes)), codes)
+    np.testing.assert_array_equal(codes_to_points(codes),
+                                  to_space(codes_to_rgb(codes), "rgb").astype(np.float64))
+
+
+@pytest.mark.parametrize("k", [2, 6, 30, 64])
+def test_kmeans_plusplus_is_the_plain_greedy_loop(points, k):
+    x, w = points
+    ours = kmeans_plusplus(x, w, k, np.random.default_rng(k))
+    ref = _reference_kmeanspp(x, w, k, np.random.default_rng(k), cell_order(x)[0])
+    np.testing.assert_array_equal(ours, ref)
+    assert len(np.unique(ours, axis=0)) == k
+
+
+def test_kmeans_plusplus_any_dimension():
+    rng = np.random.default_rng(0)
+    x = rng.random((500, 5))
+    w = rng.integers(1, 4, 500).astype(float)
+    ours = kmeans_plusplus(x, w, 7, np.random.default_rng(1))
+    np.testing.assert_array_equal(ours, _reference_kmeanspp(x, w, 7, np.random.default_rng(1)))
+
+
+@pytest.mark.parametrize("k", [2, 6, 30, 64])
+@pytest.mark.parametrize("tol", [1e-4, 0.0])
+def test_bounded_lloyd_is_plain_weighted_lloyd_bit_for_bit(points, k, tol):
+    x, w = points
+    start = kmeans_plusplus(x, w, k, np.random.default_rng(1))
+    res = lloyd(x, w, start, tol=tol, max_iter=1000)
+    plain = lloyd(x, w, start, tol=tol, max_iter=1000, bounds=False)
+    ref, ref_iter, ref_stop = _reference_lloyd(x, w, start, tol=tol, max_iter=1000)
+    assert (res.n_iter, res.stop) == (ref_iter, ref_stop)
+    np.testing.assert_array_equal(res.centers, ref)
+    np.testing.assert_array_equal(plain.centers, ref)
+    np.testing.assert_array_equal(res.labels, _labels(x, res.centers))
+    assert res.inertia == pytest.approx(inertia(x, w, res.centers), rel=1e-12)
+    assert [r[0] for r in res.history] == list(range(1, res.n_iter + 1))
+
+
+def test_lloyd_on_a_whole_photo_is_bit_for_bit_with_and_without_bounds(whole_photo):
+    x, w = whole_photo
+    start = kmeans_plusplus(x, w, 256, np.random.default_rng(5))
+    res = lloyd(x, w, start, tol=0, max_iter=40)
+    plain = lloyd(x, w, start, tol=0, max_iter=40, bounds=False)
+    np.testing.assert_array_equal(res.centers, plain.centers)
+    np.testing.assert_array_equal(res.labels, plain.labels)
+    assert res.history == plain.history
+
+
+@pytest.mark.parametrize("k", [5, 40])
+def test_lloyd_matches_sklearn_with_sample_weight(points, k):
+    x, w = points
+    start = kmeans_plusplus(x, w, k, np.random.default_rng(2))
+    ours = lloyd(x, w, start, tol=0, max_iter=500)  # to the fixed point, both
+    km = KMeans(n_clusters=k, init=start, n_init=1, tol=0, max_iter=500, algorithm="lloyd")
+    km.fit(x, sample_weight=w)
+    np.testing.assert_allclose(ours.centers, km.cluster_centers_, rtol=0, atol=1e-9)
+    assert ours.inertia == pytest.approx(km.inertia_, rel=1e-9)
+    assert ours.stop == "labels"
+
+
+def test_tolerance_is_relative_to_the_weighted_variance(points):
+    x, w = points
+    pixels = np.repeat(x, w.astype(int), axis=0)  # the pixels the points stand for
+    assert tolerance(x, w, 1e-3) == pytest.approx(1e-3 * pixels.var(axis=0).mean(), rel=1e-9)
+    assert tolerance(x, w, 0) == 0
+
+
+def test_lloyd_refills_an_empty_cluster():
+    x = np.array([[0, 0, 0], [0.1, 0, 0], [1, 1, 1], [0.9, 1, 1]], dtype=np.float64)
+    w = np.array([1.0, 1.0, 1.0, 5.0])
+    start = np.array([[0.05, 0, 0], [0.95, 1, 1], [5, 5, 5]])  # the third centre gets nothing
+    res = lloyd(x, w, start, tol=0)
+    ref, ref_iter, _ = _reference_lloyd(x, w, start, tol=0)
+    assert len(np.unique(res.centers, axis=0)) == 3
+    np.testing.assert_array_equal(res.centers, ref)
+    assert res.n_iter == ref_iter
+    assert res.inertia < 0.01
+
+
+@pytest.mark.parametrize("tol", [1e-4, 0.0])
+def test_lloyd_resumed_from_any_checkpoint_is_identical(points, tol):
+    x, w = points
+    start = kmeans_plusplus(x, w, 16, np.random.default_rng(3))
+    saved = []
+    ref = lloyd(x, w, start, tol=tol, max_iter=1000,
+                on_iter=lambda it, c, rows: saved.append((it, c.copy(), list(rows))))
+    assert len(saved) == ref.n_iter - 1  # every update the run went on from
+    for it, centres, rows in saved[:: max(1, len(saved) // 6)] + saved[-1:]:
+        resumed = lloyd(x, w, centres, tol=tol, max_iter=1000, start_iter=it)
+        np.testing.assert_array_equal(resumed.centers, ref.centers)
+        assert (resumed.n_iter, resumed.stop) == (ref.n_iter, ref.stop)
+        assert rows + resumed.history == ref.history
+
+
+def test_lloyd_any_dimension_and_max_iter():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(m, 0.1, (200, 4)) for m in (0, 1, 2)])
+    start = x[[0, 1, 2]]
+    res = lloyd(x, None, start, tol=0, max_iter=500)
+    ref, ref_iter, _ = _reference_lloyd(x, np.ones(len(x)), start, tol=0, max_iter=500)
+    np.testing.assert_array_equal(res.centers, ref)
+    assert res.n_iter == ref_iter
+    short = lloyd(x, None, start, tol=0, max_iter=1)
+    assert (short.n_iter, short.stop, short.converged) == (1, "max_iter", False)
+    with pytest.raises(ValueError, match=r"centers of shape \(3, 3\) do not match"):
+        lloyd(x, None, x[:3, :3])
+
+
+@pytest.mark.parametrize("k", [2, 7, 64, 256])
+def test_labels_are_the_exact_nearest_centre(photo, k):
+    rng = np.random.default_rng(k)
+    centres = rng.random((k, 3))
+    centres[-1] = centres[0]  # an exact tie: argmin takes the first
+    x = to_space(photo, "rgb").astype(np.float64)
+    ref = _labels(x, centres)
+    palette = np.round(centres * 255).astype(np.uint8)
+    labels, sse, err = label_pixels(photo, centres, palette, want_err=True)
+    np.testing.assert_array_equal(labels, ref)
+    expected = ((photo.astype(np.int64) - palette[ref]) ** 2).sum(1)
+    np.testing.assert_array_equal(err, expected)
+    assert sse == expected.sum()
+    assert not (labels == k - 1).any()
+
+
+def test_labels_of_fitted_centres_on_pixel_lattice_ties():
+    # centres on the colour lattice itself and a pixel exactly between two of them
+    centres = to_space(np.array([[10, 10, 10], [12, 10, 10], [200, 30, 40]], np.uint8), "rgb")
+    pixels = np.array([[11, 10, 10], [10, 10, 10], [12, 10, 10], [199, 30, 40]], np.uint8)
+    labels, _, _ = label_pixels(pixels, centres)
+    x = to_space(pixels, "rgb").astype(np.float64)
+    np.testing.assert_array_equal(labels, _labels(x, centres.astype(np.float64)))
+
+
+def test_kmeans_is_deterministic_and_handles_few_points(photo):
+    x, w = _points(photo)
+    a = kmeans(x, w, 16, np.random.default_rng([3, 4, 16])).centers
+    b = kmeans(x, w, 16, np.random.default_rng([3, 4, 16])).centers
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, kmeans(x, w, 16, np.random.default_rng([3, 5, 16])).centers)
+    few_x, few_w = _points(np.array([[1, 2, 3], [1, 2, 3], [200, 100, 0]], np.uint8))
+    c = kmeans(few_x, few_w, 4, np.random.default_rng(0)).centers
+    np.testing.assert_array_equal(c, few_x[[0, 1, 0, 0]])
+
+
+def test_best_of_several_starts_and_random_init(points, photo):
+    x, w = _points(photo)
+    one = kmeans(x, w, 12, np.random.default_rng(9))
+    best = kmeans(x, w, 12, np.random.default_rng(9), n_init=3)
+    assert best.inertia <= one.inertia
+    rnd = kmeans(x, w, 12, np.random.default_rng(9), init="random").centers
+    assert rnd.shape == (12, 3)
+    assert np.isfinite(rnd).all()
+    with pytest.raises(ValueError, match="unknown init 'kmeans'"):
+        kmeans(x, w, 12, np.random.default_rng(9), init="kmeans")
+    px, pw = points
+    with pytest.raises(ValueError, match="at least k=5 points"):
+        kmeans_plusplus(px[:4], pw[:4], 5, np.random.default_rng(0))
+
+
+def test_same_quality_as_sklearn_kmeans_on_the_sample(photo):
+    """Another start, the same algorithm: within a few hundredths of a dB of KMeans."""
+    idx = np.sort(np.random.default_rng(0).choice(len(photo), int(0.7 * len(photo)), replace=False))
+    x, w = _points(photo[idx])
+    for k in (6, 30):
+        ours = kmeans(x, w, k, np.random.default_rng(k)).centers
+        km = KMeans(n_clusters=k, n_init=1, random_state=0).fit(to_space(photo[idx], "rgb"))
+        e_ours = label_pixels(photo, ours)[1]
+        e_ref = label_pixels(photo, km.cluster_centers_)[1]
+        assert 10 * np.log10(e_ref / e_ours) > -0.1  # dB
