@@ -39,7 +39,7 @@ from streamq.store import (
     open_array,
 )
 
-__all__ = ["histogram", "load_histogram", "merge_task_colors", "pixel_source", "save_histogram"]
+__all__ = ["histogram", "load_histogram", "merge_task_colors", "save_histogram"]
 
 log = logging.getLogger(__name__)
 
@@ -107,30 +107,13 @@ def task_part(st: Store, task: int, record: dict[str, Any]) -> tuple[np.ndarray,
 
 
 # -- the one pass, for stores ingested before ingest counted colours --------------------------
-def pixel_source(st: Store) -> PixelSource:
-    """The stored images' pixels of ``st``, by blocks (gaps left by failed images excluded)."""
-    coll = Collection(st)
-    _, block = st.pixel_layout()
-    n_blocks = max(1, -(-int(st.pixels().shape[0]) // block))
-    return PixelSource.from_images(st.location, block, n_blocks, coll.offsets,
-                                   coll.heights * coll.widths)
-
-
-def _runs(source: PixelSource, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    """Valid runs inside pixels ``[lo, hi)``, relative to ``lo``."""
-    i0 = int(np.searchsorted(source.run_stop, lo, side="right"))
-    i1 = int(np.searchsorted(source.run_start, hi, side="left"))
-    return (np.maximum(source.run_start[i0:i1], lo) - lo,
-            np.minimum(source.run_stop[i0:i1], hi) - lo)
-
-
 def _count_task(args: tuple[PixelSource, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Colour counts of the valid pixels of chunks ``[c0, c1)`` of the source."""
     source, c0, c1 = args
-    lo, hi = c0 * source.chunk, c1 * source.chunk
-    a, b = _runs(source, lo, hi)
+    a, b = source.chunk_runs(c0, c1)
     if not len(a):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lo = c0 * source.chunk
     data = np.asarray(open_array(source.store, source.array)[lo:lo + int(b[-1])])
     return count_colors(data, a, b)
 
@@ -154,7 +137,7 @@ def histogram(run: Any, st: Store, source: PixelSource | None = None,
 
     The stored table when it is complete; else the sum of ingest's per-task counts when
     every task wrote them; else one Dask pass over ``source`` (default:
-    :func:`pixel_source`; ``run``: a :class:`streamq.scheduler.Runner`). Whatever was
+    :meth:`PixelSource.of_collection`; ``run``: a :class:`streamq.scheduler.Runner`). Whatever was
     computed is stored, so it happens once.
     """
     stored = load_histogram(st)
@@ -167,7 +150,8 @@ def histogram(run: Any, st: Store, source: PixelSource | None = None,
     else:
         log.info("%s: counting the colours of every pixel (a store ingested before ingest "
                  "counted them); done once", st.path)
-        codes, counts = _one_pass(run, source if source is not None else pixel_source(st), progress)
+        source = source if source is not None else PixelSource.of_collection(Collection(st))
+        codes, counts = _one_pass(run, source, progress)
         computed = "pass"
     save_histogram(st, codes, counts, computed)
     return codes, counts

@@ -238,7 +238,22 @@ class Store:
                     chunk: int = TABLE_CHUNK, compressors: Any = "auto") -> None:
         """Write equal-length columns as 1-d arrays ``prefix/<name>`` (strings as UTF-8),
         in chunks of ``chunk`` rows, compressed with ``compressors`` (default: Zarr's)."""
-        _write_columns(self._root, prefix, columns, chunk, compressors)
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"columns of {prefix} differ in length: {lengths}")
+        for name, values in columns.items():
+            data = _as_column(values)
+            arr = zarr.create_array(
+                self._root,
+                name=f"{prefix}/{name}",
+                shape=data.shape,
+                chunks=(max(1, min(len(data), chunk)),),
+                dtype=data.dtype if data.dtype.kind != "U" else str,
+                compressors=compressors,
+                overwrite=True,
+            )
+            if len(data):
+                arr[:] = data
 
     def read_table(self, prefix: str, names: Sequence[str]) -> dict[str, np.ndarray]:
         out = {}
@@ -272,32 +287,6 @@ class Store:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         part = np.asarray(self.group[TASK_COLORS][task, :, :n])
         return part[0], part[1]
-
-    def delete(self, name: str) -> None:
-        """Remove array or group ``name`` and everything under it (absent: nothing to do)."""
-        if self.has(name):
-            with storage_errors(self.location):
-                del self.group[name]
-
-
-def _write_columns(root: Any, prefix: str, columns: Mapping[str, np.ndarray | Sequence[Any]],
-                   chunk: int = TABLE_CHUNK, compressors: Any = "auto") -> None:
-    lengths = {len(v) for v in columns.values()}
-    if len(lengths) > 1:
-        raise ValueError(f"columns of {prefix} differ in length: {lengths}")
-    for name, values in columns.items():
-        data = _as_column(values)
-        arr = zarr.create_array(
-            root,
-            name=f"{prefix}/{name}",
-            shape=data.shape,
-            chunks=(max(1, min(len(data), chunk)),),
-            dtype=data.dtype if data.dtype.kind != "U" else str,
-            compressors=compressors,
-            overwrite=True,
-        )
-        if len(data):
-            arr[:] = data
 
 
 def _finite(value: Any) -> Any:
