@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 import zarr
-from helpers import run_until, streamq_cmd
+from helpers import assert_histogram, run_until, store_bincount, streamq_cmd
 
 import streamq
 from streamq.examples import make_collection
@@ -25,34 +25,6 @@ def _unique(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Independent reference: numpy's unique over the packed codes."""
     rgb = rgb.astype(np.int64)
     return np.unique((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2], return_counts=True)
-
-
-def store_bincount(path) -> tuple[np.ndarray, np.ndarray]:
-    """Independent reference: ``np.bincount`` of every stored pixel of every image, read
-    with zarr from ``pixels`` and the images table."""
-    g = zarr.open_group(str(path), mode="r")
-    pixels = g["pixels"]
-    off, h, w = (g[f"images/{k}"][:] for k in ("offset", "height", "width"))
-    parts = [np.asarray(pixels[o:o + n]).astype(np.int64) for o, n in zip(off, h * w, strict=True)]
-    rgb = np.concatenate(parts) if parts else np.zeros((0, 3), np.int64)
-    counts = np.bincount((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2], minlength=1 << 24)
-    codes = np.flatnonzero(counts)
-    return codes, counts[codes]
-
-
-def assert_histogram(path, computed: str = "ingest") -> None:
-    """The stored table (read with zarr, as fit reads it) equals the bincount."""
-    codes, counts = store_bincount(path)
-    g = zarr.open_group(str(path), mode="r")
-    sec = g.attrs["colors"]
-    ingest = g.attrs["ingest"]
-    assert sec["state"] == "complete"
-    assert sec["data"] == [ingest["source_fingerprint"], ingest["settings_fingerprint"]]
-    assert sec["n_distinct"] == len(codes)
-    assert sec["computed"] == computed
-    np.testing.assert_array_equal(g["colors/code"][:], codes)
-    np.testing.assert_array_equal(g["colors/count"][:], counts)
-    assert g["colors/count"].dtype == np.int64
 
 
 # -- the kernel --------------------------------------------------------------------------------
@@ -205,6 +177,8 @@ def _n_records(path) -> int:
 
 
 def test_kill_during_ingest_then_rerun(resume_dir, tmp_path):
+    """kill -9 once 5 write tasks have recorded, then the same command: the rerun sums the
+    rows of the killed run's tasks with the counts of its own."""
     store = tmp_path / "killed.zarr"
     code = run_until(_ingest_cmd(resume_dir, store), lambda: _n_records(store) >= 5)
     assert code is None, "ingest finished before it was killed"
@@ -232,44 +206,61 @@ def test_interrupted_merge_is_redone(faces_store, faces_dir, tmp_path, cluster_a
 
 # -- stores without one ----------------------------------------------------------------------
 class NoTasks:
-    """A runner that fails if anything is submitted: proves nothing is recomputed."""
+    """A runner that fails if anything is submitted: proves no pass over the pixels runs."""
 
     def submit(self, *args, **kwargs):
-        raise AssertionError("the histogram was recomputed")
+        raise AssertionError("the histogram was counted from the pixels")
 
 
-def test_old_store_gets_one_pass_once(faces_store, tmp_path, cluster_address):
-    from streamq.config import DaskConfig
-    from streamq.fit import histogram as fit_histogram
-    from streamq.histogram import pixel_source
-    from streamq.scheduler import runner
+def as_old_store(src, path) -> None:
+    """Copy store ``src`` to ``path`` as ingest left stores before it counted colours: no
+    ``ingest/colors`` rows, no ``colors`` table nor attribute, records without ``colors``."""
+    shutil.copytree(src, path)
+    g = zarr.open_group(str(path), mode="r+")
+    del g["colors"], g["ingest/colors"]
+    del g.attrs["colors"]
+    reports = g["ingest/tasks/report"]
+    for t, text in enumerate(reports[:]):
+        reports[t] = json.dumps({k: v for k, v in json.loads(text).items() if k != "colors"},
+                                sort_keys=True)
 
+
+def _table_files(path) -> dict[str, int]:
+    """Modification time (ns) of every file of the ``colors`` table."""
+    return {str(p.relative_to(path)): p.stat().st_mtime_ns for p in (path / "colors").rglob("*")
+            if p.is_file()}
+
+
+def test_old_store_gets_one_pass_once(faces_store, tmp_path, cluster_address, caplog):
+    """The first fit of an old store counts every stored pixel in one pass (an OKLab fit: the
+    distinct colours are transformed, not the pixels); the second fit reads the table."""
     path = tmp_path / "old.zarr"
-    shutil.copytree(faces_store, path)
-    st = Store.open(path, mode="r+")
-    st.delete("colors")
-    st.delete("ingest/colors")  # as ingested before ingest counted colours
-    st.set_section("colors", {})
-    assert load_histogram(st) is None
-    with runner(DaskConfig(scheduler=cluster_address)) as run:
-        codes, counts = histogram(run, st, pixel_source(st))
-    ref = store_bincount(path)
-    np.testing.assert_array_equal(codes, ref[0])
-    np.testing.assert_array_equal(counts, ref[1])
+    as_old_store(faces_store, path)
+    assert load_histogram(str(path)) is None
+    kw = dict(algorithm="lloyd", color_space="oklab", scheduler=cluster_address, progress=False)
+    with caplog.at_level("INFO", logger="streamq.histogram"):
+        first = streamq.fit(path, colors=6, **kw)
     assert_histogram(path, computed="pass")
-    for again in (histogram(NoTasks(), st, None), load_histogram(str(path)),
-                  fit_histogram(NoTasks(), st, pixel_source(st))):  # fit reads the same table
-        np.testing.assert_array_equal(again[0], codes)
-        np.testing.assert_array_equal(again[1], counts)
+    section = zarr.open_group(str(path), mode="r").attrs["colors"]
+    files = _table_files(path)
+    assert files
+    with caplog.at_level("INFO", logger="streamq.histogram"):
+        second = streamq.fit(path, colors=7, overwrite=True, **kw)
+    passes = [r for r in caplog.records if "counting the colours of every pixel" in r.message]
+    assert len(passes) == 1  # the first fit's pass, and no other
+    assert zarr.open_group(str(path), mode="r").attrs["colors"] == section
+    assert _table_files(path) == files  # the table was not rewritten
+    n_pixels = streamq.open_store(path).n_pixels
+    assert first.counts.sum() == second.counts.sum() == n_pixels  # every pixel, from the table
+    assert not Store.open(path).has("ingest/colors")
 
 
 def test_missing_table_is_summed_from_task_counts(faces_store, tmp_path):
     path = tmp_path / "parts.zarr"
     shutil.copytree(faces_store, path)
-    st = Store.open(path, mode="r+")
-    st.delete("colors")
-    st.set_section("colors", {})
-    codes, counts = histogram(NoTasks(), st)
+    g = zarr.open_group(str(path), mode="r+")
+    del g["colors"], g.attrs["colors"]
+    codes, counts = histogram(NoTasks(), Store.open(path, mode="r+"))
     ref = store_bincount(path)
     np.testing.assert_array_equal(codes, ref[0])
     np.testing.assert_array_equal(counts, ref[1])
