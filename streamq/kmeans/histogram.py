@@ -5,10 +5,15 @@ thread and reused across calls, and lists every code the first time its counter 
 zero. A counter that would pass 255 starts again at 1 and the overflow is logged as an
 event (one per 255 pixels of that colour, so at most ``n / 255``). Reading the counts out
 and zeroing them again then visits only the listed codes, so a call costs O(pixels +
-distinct colours), never O(2**24): cheap enough to run inside every ingest write task (about
-2-3 ns per pixel; one-byte counters keep the table four times smaller than 32-bit ones, which
-measured 30% faster on photos). The loop releases the GIL, so threads count in parallel,
-each in its own table.
+distinct colours), never O(2**24): cheap enough to run inside every ingest write task (3.7
+ns per pixel on 4 Mpx of photo tiles with the caches evicted before each call, two processes
+counting at once; 5-6 ns inside ingest's write tasks; one-byte counters keep the table four
+times smaller than 32-bit ones, which measured 30% faster on photos). The counting loop's
+block size and prefetch distance barely matter (14.5-18.5 ms for 4 Mpx from 32 to 256 pixels
+ahead, 4 Ki to 64 Ki pixels a block); without the prefetch it is 5-40% slower. A two-pass
+count by buckets of the high 12 bits, each counted in a 4 Ki table in L1, measured 1.6-2.3
+times slower. The loop releases the GIL, so threads count in parallel, each in its own
+table.
 
 :class:`ColorTotals` sums such sparse histograms (of parts of a collection) exactly, in a
 dense int64 table.
