@@ -1,8 +1,9 @@
 """Ingest throughput: Pillow decode vs a hand-written Zarr writer vs ``streamq.ingest``.
 
 Builds (once, cached in ``--workdir``) an LFW-shaped collection of real-photo JPEG crops with
-:func:`streamq.examples.make_collection`, then measures, side by side and in Mpx/s (median of
-``--repeats`` runs):
+:func:`streamq.examples.make_collection` (or, with ``--photoset``, the first ``--images``
+tiles of the benchmark photo collection, ``benchmarks/photos.py``), then measures, side by
+side and in Mpx/s (median of ``--repeats`` runs):
 
 (a) ``decode``   Pillow decode of every file to a numpy RGB array (discarded), on a process
                  pool with one process per core: the ceiling for any ingest.
@@ -14,8 +15,10 @@ Builds (once, cached in ``--workdir``) an LFW-shaped collection of real-photo JP
 (c) ``streamq``  ``streamq.ingest(src, store, ...)`` with the default local Dask cluster,
                  timed as a whole (cluster start included), and ``streamq-warm``: the same call
                  given the address of an already running local cluster, started by streamq's
-                 own runner (same shape and worker settings), whose workers have already run
-                 one tiny ingest (imports done).
+                 own runner (same shape and worker settings), whose workers have all run
+                 tasks of one tiny ingest (imports done). streamq also counts the colours of
+                 the pixels it stores (the store's colour histogram); the loop (b) counts
+                 nothing, so (c)/(b) is the price of streamq, colour counting included.
 
 Every timed run starts from an absent store; pool/cluster start-up is inside the timing of
 ``decode``, ``loop`` and ``streamq`` and outside that of ``streamq-warm``. Also reported:
@@ -59,6 +62,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_collection, git_commit  # noqa: E402
+from photos import build_photo_collection  # noqa: E402
 
 import streamq  # noqa: E402
 from streamq.config import IngestConfig  # noqa: E402
@@ -66,6 +70,7 @@ from streamq.store import compressors  # noqa: E402
 
 DEFAULT_CODECS = "lz4,zstd:1,zstd:3,none"
 FILES_PER_DECODE_TASK = 64
+WARM_CHUNK = 8192  # pixels per task of the warm-up ingest (20 images of 64 x 64: 10 tasks)
 
 
 # -- the collection ------------------------------------------------------------------------
@@ -343,6 +348,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=5000, help="images in the collection")
     ap.add_argument("--size", type=int, default=250, help="side of each square crop (LFW: 250)")
+    ap.add_argument("--photoset", action="store_true",
+                    help="tiles of the benchmark photo collection (benchmarks/photos.py) instead "
+                         "of streamq.examples crops")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
     ap.add_argument("--workdir", default="/tmp/streamq-bench", help="collection cache + stores")
     ap.add_argument("--codecs", default=DEFAULT_CODECS,
@@ -367,7 +375,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     codecs = parse_codecs(args.codecs)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    src = build_collection(workdir, args.images, args.size)
+    src = (build_photo_collection(workdir, args.images, args.size) if args.photoset
+           else build_collection(workdir, args.images, args.size))
     paths = [str(src / r) for r in list_jpegs(src)]
     n_px = args.images * args.size * args.size  # checked against what is written below
     chunk, block, n = args.chunk_pixels, args.block_pixels, args.procs
@@ -421,17 +430,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 got = res.measure(f"read/{label}", read_all, f"{sq_store}/pixels", chunk)
                 check_px(got, "read")
                 if r == 0:
+                    counted = zarr.open_group(sq_store, mode="r").attrs["colors"]["n_pixels"]
+                    check_px(counted, "streamq's colour counts")
                     checks[label] = same_pixels(loop_store, f"{sq_store}/pixels", chunk)
                     if not checks[label]:
                         print(f"WARNING: loop and streamq pixels differ for {label}", flush=True)
             clean()
-            # The same ingest on an already running cluster, warmed up by one tiny ingest.
+            # The same ingest on an already running cluster, warmed up by one tiny ingest in
+            # small chunks, so that every worker runs write tasks (imports and compiled
+            # kernels loaded) before the timed runs.
             cluster = contextlib.ExitStack()
             address = res.measure("cluster-start", cluster.enter_context, running_cluster(n),
                                   retries=0)
             try:
                 warm_src = build_collection(workdir, 20, 64)
-                run_streamq(warm_src, sq_store, chunk, block, codecs[0][1], codecs[0][2],
+                run_streamq(warm_src, sq_store, WARM_CHUNK, None, codecs[0][1], codecs[0][2],
                             address)
                 for label, codec, level in codecs:
                     summary = res.measure(f"streamq-warm/{label}", run_streamq, src, sq_store,
@@ -463,7 +476,8 @@ def _report(args: argparse.Namespace, codecs: list[tuple[str, str, int | None]],
     dec = mpx / res.med("decode")
     others = [run["others_cpu_s"] / run["wall_s"] for runs in res.runs.values() for run in runs]
     print()
-    print(f"{args.images} JPEGs {args.size}x{args.size} = {mpx:.1f} Mpx, chunk_pixels "
+    what = "photo-collection tiles" if args.photoset else "JPEGs"
+    print(f"{args.images} {what} {args.size}x{args.size} = {mpx:.1f} Mpx, chunk_pixels "
           f"{args.chunk_pixels}, block_pixels {args.block_pixels}, {args.procs} processes, "
           f"medians of {args.repeats} runs; "
           f"benchmark took {total:.0f} s; other programs used a median "
@@ -513,7 +527,8 @@ def _report(args: argparse.Namespace, codecs: list[tuple[str, str, int | None]],
                     "python": platform.python_version(), "streamq": streamq.__version__,
                     "zarr": zarr.__version__, "pillow": Image.__version__,
                     "git": {"start": git_at_start, "end": git_commit()}},
-        "settings": {"images": args.images, "size": args.size, "repeats": args.repeats,
+        "settings": {"images": args.images, "size": args.size, "photoset": args.photoset,
+                     "repeats": args.repeats,
                      "chunk_pixels": args.chunk_pixels, "block_pixels": args.block_pixels,
                      "procs": args.procs, "mpx": mpx, "codecs": args.codecs},
         "decode_mpx_s": dec, "others_cores_median": _median(others),

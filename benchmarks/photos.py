@@ -185,20 +185,32 @@ def build_photo_collection(workdir: str | os.PathLike[str], n_images: int = 1323
 
     ``n_images`` tiles of ``size`` x ``size`` pixels, spread evenly over ``photos`` (see the
     module's docstring), built on ``procs`` processes (default: every core). A folder whose
-    marker file matches the parameters and photo list is returned as is.
+    marker file matches the parameters and photo list is returned as is; with a larger one
+    built in ``workdir``, its first ``n_images`` tiles are hard-linked instead of cut again.
     """
     root = Path(workdir) / f"photoset-{n_images}-{size}-s{seed}"
     marker = root / _DONE
     fp = _fingerprint(photos, n_images, size, seed, quality)
     if marker.is_file() and marker.read_text().strip() == fp:
         return root
-    ensure_photos(photos)
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    t0 = time.perf_counter()
     ids: list[list[int]] = [[] for _ in photos]
     for j in range(n_images):
         ids[j % len(photos)].append(j)
+    larger = _larger_built(Path(workdir), n_images, size, seed, quality, photos)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    if larger is not None:  # tile j depends on (seed, j) alone: link the first n_images
+        for p, i in zip(photos, ids, strict=True):
+            if i:
+                (root / p.name).mkdir()
+            for n in range(1, len(i) + 1):
+                name = f"{p.name}/{p.name}_{n:04d}.jpg"
+                os.link(larger / name, root / name)
+        marker.write_text(f"{fp}\n")
+        print(f"linked the first {n_images} tiles of {larger} into {root}", flush=True)
+        return root
+    ensure_photos(photos)
+    t0 = time.perf_counter()
     tasks = [(p, i, root, size, seed, quality) for p, i in zip(photos, ids, strict=True) if i]
     procs = max(1, min(procs or os.cpu_count() or 1, len(tasks)))
     if procs > 1:
@@ -210,6 +222,18 @@ def build_photo_collection(workdir: str | os.PathLike[str], n_images: int = 1323
     print(f"built {done} JPEG tiles of {len(tasks)} photos in {root} "
           f"({time.perf_counter() - t0:.1f} s)", flush=True)
     return root
+
+
+def _larger_built(workdir: Path, n_images: int, size: int, seed: int, quality: int,
+                  photos: tuple[Photo, ...]) -> Path | None:
+    """A complete tile folder of the same photos, size, seed and quality with more tiles."""
+    for root in sorted(workdir.glob(f"photoset-*-{size}-s{seed}")):
+        n = root.name.split("-")[1]
+        marker = root / _DONE
+        if (n.isdigit() and int(n) > n_images and marker.is_file()
+                and marker.read_text().strip() == _fingerprint(photos, int(n), size, seed, quality)):
+            return root
+    return None
 
 
 def _count(paths: list[Path]) -> np.ndarray:

@@ -18,11 +18,14 @@ Nothing here is specific to pixels: a source over a 2-d array of one row per ima
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from streamq.fs import Location
+
+if TYPE_CHECKING:
+    from streamq.store import Collection
 
 __all__ = ["PixelSource", "draw_pixels", "draw_sample", "draw_task"]
 
@@ -66,6 +69,15 @@ class PixelSource:
         return cls(store, chunk, run_start, run_stop, weights, array)
 
     @classmethod
+    def of_collection(cls, coll: Collection) -> PixelSource:
+        """The stored images' pixels of ``coll``, read by the store's blocks (the gaps that
+        images which failed to decode leave in ``pixels`` excluded)."""
+        st = coll.store
+        _, block = st.pixel_layout()
+        n_blocks = max(1, -(-int(st.pixels().shape[0]) // block))
+        return cls.from_images(st.location, block, n_blocks, coll.offsets, coll.heights * coll.widths)
+
+    @classmethod
     def whole(cls, store: Location, array: str, chunk: int, n_rows: int) -> PixelSource:
         """Every row of ``array`` (``n_rows`` rows) of ``store``, read in chunks of ``chunk`` rows."""
         n_chunks = max(1, -(-n_rows // chunk))
@@ -76,9 +88,10 @@ class PixelSource:
     def n_valid(self) -> int:
         return int(self.weights.sum())
 
-    def chunk_runs(self, c: int) -> tuple[np.ndarray, np.ndarray]:
-        """Valid runs inside chunk ``c``, relative to the chunk's first pixel."""
-        lo, hi = c * self.chunk, (c + 1) * self.chunk
+    def chunk_runs(self, c: int, c_stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Valid runs inside chunk ``c`` (chunks ``[c, c_stop)`` if given), relative to the
+        first pixel of chunk ``c``."""
+        lo, hi = c * self.chunk, (c + 1 if c_stop is None else c_stop) * self.chunk
         i0 = int(np.searchsorted(self.run_stop, lo, side="right"))
         i1 = int(np.searchsorted(self.run_start, hi, side="left"))
         a = np.maximum(self.run_start[i0:i1], lo) - lo

@@ -122,14 +122,6 @@ def _fit_fingerprint(st: Store, fcfg: FitConfig) -> str:
                         "fit": semantic})
 
 
-def _source(coll: Collection) -> PixelSource:
-    arr = coll.store.pixels()
-    _, block = coll.store.pixel_layout()
-    n_blocks = max(1, -(-int(arr.shape[0]) // block))
-    return PixelSource.from_images(coll.store.location, block, n_blocks,
-                                   coll.offsets, coll.heights * coll.widths)
-
-
 def fit(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None = None,
         overwrite: bool = False, progress: bool | None = None,
         storage_options: dict[str, Any] | None = None, **options: Any) -> FitResult:
@@ -187,7 +179,7 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
                 "pass --overwrite to replace it")
 
     started = time.perf_counter()
-    source = _source(coll)
+    source = PixelSource.of_collection(coll)
     timings: dict[str, float] = {}
     from threadpoolctl import threadpool_limits
 
@@ -272,7 +264,6 @@ def collection_mse(store: str | Location, centers: np.ndarray | None = None,
     for a store ingested without one). Defaults to the store's fitted palette.
     """
     from streamq.config import DaskConfig
-    from streamq.kmeans.codes import codes_to_rgb
 
     loc = location(store, storage_options)
     check_access(loc)
@@ -284,10 +275,9 @@ def collection_mse(store: str | Location, centers: np.ndarray | None = None,
         space = color_space or "rgb"
         with runner(DaskConfig(scheduler=scheduler)) as run:
             run.check_paths(st.path)
-            codes, counts = histogram(run, st, _source(Collection(st)))
+            codes, counts = histogram(run, st)
     centers = np.asarray(centers, dtype=np.float64)
-    x = to_space(codes_to_rgb(codes), space).astype(np.float64)
-    return _exact_mse(x, codes, counts, centers, to_rgb8(centers, space))[0]
+    return _exact_mse(_points(codes, space), codes, counts, centers, to_rgb8(centers, space))[0]
 
 
 def _clear(st: Store) -> None:

@@ -1,67 +1,157 @@
-"""The collection's colour histogram: every distinct colour and its pixel count, kept in the store."""
+"""The collection's colour histogram, kept in the store as table ``colors``.
+
+An RGB8 collection of any size has at most ``2**24`` distinct colours, so every exact
+computation over all its pixels (Lloyd k-means, the exact MSE of a palette) works on its
+histogram: the distinct 24-bit codes ``r << 16 | g << 8 | b`` and their counts.
+
+Ingest writes it: every write task counts the colours of the pixels it stores
+(:func:`streamq.kmeans.histogram.count_colors`) into its row of ``ingest/colors`` before
+its completion record, and the rows are summed into ``colors/{code,count}`` at the
+end (:func:`merge_task_colors`, :func:`save_histogram`). For a store ingested before ingest
+counted colours, :func:`histogram` makes it once, in one Dask pass over the pixels.
+
+Section ``colors`` says whose data the table describes::
+
+    {"state": "complete", "data": [source_fingerprint, settings_fingerprint],
+     "n_distinct": 1234567, "n_pixels": 827062500, "computed": "ingest"}
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import logging
 from typing import Any
 
 import numpy as np
 
 from streamq.batches import PixelSource
 from streamq.console import progress_bar
-from streamq.store import Store, open_array
+from streamq.errors import StreamQError
+from streamq.fs import Location
+from streamq.kmeans.histogram import ColorTotals, count_colors
+from streamq.store import (
+    COLOR_CHUNK,
+    COLORS,
+    TASK_COLORS,
+    Collection,
+    Store,
+    count_compressors,
+    open_array,
+)
 
-__all__ = ["histogram"]
+__all__ = ["histogram", "load_histogram", "merge_task_colors", "save_histogram"]
 
-PIXELS_PER_HIST_TASK = 32 * 2**20
+log = logging.getLogger(__name__)
 
-
-def _hist_task(args: tuple[PixelSource, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    from streamq.kmeans.codes import rgb_to_codes
-
-    source, c0, c1 = args
-    arr = open_array(source.store, source.array)
-    hist = np.zeros(1 << 24, dtype=np.int64)
-    for c in range(c0, c1):
-        a, b = source.chunk_runs(c)
-        if not len(a):
-            continue
-        lo = c * source.chunk
-        data = np.asarray(arr[lo:lo + int(b[-1])])
-        for s, e in zip(a, b, strict=True):
-            hist += np.bincount(rgb_to_codes(data[s:e]), minlength=1 << 24)
-    codes = np.flatnonzero(hist)
-    return codes.astype(np.int64), hist[codes]
+PIXELS_PER_TASK = 8 * 2**20  # pixels read and counted by one task of the one-pass histogram
 
 
-def _collection_histogram(run: Any, source: PixelSource,
-                          on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    n_blocks = len(source.weights)
-    step = max(1, PIXELS_PER_HIST_TASK // source.chunk)
-    groups = [(source, c, min(c + step, n_blocks)) for c in range(0, n_blocks, step)]
-    futures = {run.submit(_hist_task, g): g for g in groups}
-    total = np.zeros(1 << 24, dtype=np.int64)
-    for fut in run.as_completed(futures):
-        codes, counts = fut.result()
-        total[codes] += counts
-        if on_progress:
-            g = futures[fut]
-            on_progress(g[2] - g[1])
-    codes = np.flatnonzero(total)
-    return codes.astype(np.int64), total[codes]
-
-
-def histogram(run: Any, st: Store, source: PixelSource, progress: bool | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """The collection's distinct colours and counts, computed once and kept in the store."""
+def _data(st: Store) -> list[Any]:
+    """What the histogram describes: the store's ingest (inputs and settings)."""
     ingest = st.section("ingest")
-    data = [ingest.get("source_fingerprint"), ingest.get("settings_fingerprint")]
-    sec = st.section("colors")
-    if sec.get("state") == "complete" and sec.get("data") == data:
-        t = st.read_table("colors", ("code", "count"))
-        return t["code"].astype(np.int64), t["count"].astype(np.int64)
-    with progress_bar(len(source.weights), "histogram", "chunk", progress) as bar:
-        codes, counts = _collection_histogram(run, source, bar.update)
-    st.write_table("colors", {"code": codes, "count": counts})
-    st.set_section("colors", {"state": "complete", "data": data, "n_distinct": len(codes)})
+    return [ingest.get("source_fingerprint"), ingest.get("settings_fingerprint")]
+
+
+def load_histogram(store: Store | Location | str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The stored ``(codes, counts)`` (int64, codes sorted), or None when the store has no
+    complete histogram of its current ingest."""
+    st = store if isinstance(store, Store) else Store.open(store)
+    sec = st.section(COLORS)
+    if sec.get("state") != "complete" or sec.get("data") != _data(st):
+        return None
+    t = st.read_table(COLORS, ("code", "count"))
+    return t["code"].astype(np.int64), t["count"].astype(np.int64)
+
+
+def save_histogram(st: Store, codes: np.ndarray, counts: np.ndarray, computed: str) -> None:
+    """Store ``(codes, counts)`` as the histogram of the store's ingest; ``computed`` says
+    how it was made (``"ingest"`` or ``"pass"``)."""
+    st.set_section(COLORS, {})  # a kill while the table is rewritten leaves no complete one
+    st.write_table(COLORS, {"code": np.asarray(codes, np.int64), "count": np.asarray(counts, np.int64)},
+                   COLOR_CHUNK, count_compressors())
+    st.set_section(COLORS, {"state": "complete", "data": _data(st), "n_distinct": len(codes),
+                            "n_pixels": int(np.sum(counts)), "computed": computed})
+
+
+def merge_task_colors(st: Store, totals: ColorTotals | None = None,
+                      added: set[int] | frozenset[int] = frozenset()
+                      ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Sum the colour counts of every ingest write task (the rows of ``ingest/colors``).
+
+    ``totals`` may already hold the parts of the tasks in ``added``. Returns None when some
+    task has no part (it finished before ingest counted colours, or the parts were deleted).
+    """
+    reports = st.task_reports()
+    if any(not r for r in reports):
+        raise StreamQError(f"{st.path}: some ingest tasks have no completion record; rerun ingest")
+    records = [json.loads(r) for r in reports]
+    if not st.has(TASK_COLORS) or any("colors" not in r for r in records):
+        return None
+    totals = totals if totals is not None else ColorTotals()
+    for t, record in enumerate(records):
+        if t not in added:
+            totals.add(*task_part(st, t, record))
+    return totals.result()
+
+
+def task_part(st: Store, task: int, record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Task ``task``'s colour counts, checked against its completion record."""
+    expected = record["colors"]
+    codes, counts = st.task_colors(task, expected["distinct"])
+    if len(codes) != expected["distinct"] or int(counts.sum()) != expected["pixels"]:
+        raise StreamQError(
+            f"{st.path}: the colour counts of ingest task {task} ({len(codes)} colours, "
+            f"{int(counts.sum())} pixels) differ from its completion record ({expected}); "
+            "rerun ingest with --overwrite")
+    return codes, counts
+
+
+# -- the one pass, for stores ingested before ingest counted colours --------------------------
+def _count_task(args: tuple[PixelSource, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Colour counts of the valid pixels of chunks ``[c0, c1)`` of the source."""
+    source, c0, c1 = args
+    a, b = source.chunk_runs(c0, c1)
+    if not len(a):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lo = c0 * source.chunk
+    data = np.asarray(open_array(source.store, source.array)[lo:lo + int(b[-1])])
+    return count_colors(data, a, b)
+
+
+def _one_pass(run: Any, source: PixelSource, progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
+    n_chunks = len(source.weights)
+    step = max(1, PIXELS_PER_TASK // source.chunk)
+    groups = [(source, c, min(c + step, n_chunks)) for c in range(0, n_chunks, step)]
+    futures = {run.submit(_count_task, g): g[2] - g[1] for g in groups}
+    totals = ColorTotals()
+    with progress_bar(n_chunks, "histogram", "chunk", progress) as bar:
+        for fut in run.as_completed(futures):
+            totals.add(*fut.result())
+            bar.update(futures[fut])
+    return totals.result()
+
+
+def histogram(run: Any, st: Store, source: PixelSource | None = None,
+              progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The collection's distinct colours and their counts (int64, codes sorted).
+
+    The stored table when it is complete; else the sum of ingest's per-task counts when
+    every task wrote them; else one Dask pass over ``source`` (default:
+    :meth:`PixelSource.of_collection`; ``run``: a :class:`streamq.scheduler.Runner`). Whatever was
+    computed is stored, so it happens once.
+    """
+    stored = load_histogram(st)
+    if stored is not None:
+        return stored
+    merged = merge_task_colors(st)
+    if merged is not None:
+        codes, counts = merged
+        computed = "ingest"
+    else:
+        log.info("%s: counting the colours of every pixel (a store ingested before ingest "
+                 "counted them); done once", st.path)
+        source = source if source is not None else PixelSource.of_collection(Collection(st))
+        codes, counts = _one_pass(run, source, progress)
+        computed = "pass"
+    save_histogram(st, codes, counts, computed)
     return codes, counts

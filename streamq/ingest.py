@@ -11,9 +11,10 @@ The stage runs in four steps, each safe to interrupt:
    and decodes every image that overlaps them, so no chunk ever has two writers; a task
    boundary is put where no large image straddles it (an image that does straddle is
    decoded by both tasks, each writing its own part). The plan is saved in the store.
-4. **Write**: pending tasks run on the workers; each writes its pixels and then its
-   completion record. A rerun runs only tasks without a record, then consolidates the
-   records into the final image table and skipped list.
+4. **Write**: pending tasks run on the workers; each writes its pixels, the counts of the
+   colours of those pixels, and then its completion record. A rerun runs only tasks without
+   a record, then sums the colour counts into the collection's histogram (table ``colors``)
+   and consolidates the records into the final image table and skipped list.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from streamq.console import progress_bar, timer
 from streamq.decode import Header, decode_rgb, read_header
 from streamq.errors import ConfigError, StoreMismatchError, StreamQError
 from streamq.fs import Location, check_access
+from streamq.histogram import merge_task_colors, save_histogram
+from streamq.kmeans.histogram import ColorTotals, count_colors
 from streamq.lock import store_lock
 from streamq.scheduler import Runner, runner
 from streamq.store import (
@@ -47,6 +50,7 @@ from streamq.store import (
     is_store,
     open_array,
     store_location,
+    write_task_colors,
     write_task_report,
 )
 
@@ -200,10 +204,12 @@ def plan_tasks(offsets: np.ndarray, sizes: np.ndarray, n_pixels: int, chunk: int
 
 
 # -- 4. the write task (runs on a worker) ------------------------------------------------------
-def _write_task(args: dict[str, Any]) -> dict[str, Any]:
+def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Decode, write and count one task's pixels; return its record and colour counts."""
     a, b = args["px_start"], args["px_stop"]
     buf = np.zeros((b - a, 3), dtype=np.uint8)
     failed: list[list[Any]] = []
+    stored: list[tuple[int, int]] = []  # rows of buf holding decoded pixels
     for image_id, rel, off, h, w in args["images"]:
         rgb = decode_rgb(os.path.join(args["root"], rel), args["max_pixels"], tuple(args["background"]))
         if isinstance(rgb, np.ndarray) and rgb.shape != (h, w, 3):
@@ -215,11 +221,16 @@ def _write_task(args: dict[str, Any]) -> dict[str, Any]:
         flat = rgb.reshape(-1, 3)
         lo, hi = max(off, a), min(off + h * w, b)
         buf[lo - a: hi - a] = flat[lo - off: hi - off]
+        stored.append((lo - a, hi - a))
     pixels = open_array(args["store"], PIXELS, mode="r+")
     pixels[a:b] = buf
-    report = {"failed": failed, "pixels": int(b - a)}
+    runs = np.asarray(stored, dtype=np.int64).reshape(-1, 2)
+    codes, counts = count_colors(buf, runs[:, 0], runs[:, 1])
+    write_task_colors(args["store"], args["task"], codes, counts)
+    report = {"failed": failed, "pixels": int(b - a),
+              "colors": {"distinct": len(codes), "pixels": int(counts.sum())}}
     write_task_report(args["store"], args["task"], report)  # completion record, after the data
-    return report
+    return report, codes, counts
 
 
 # -- the stage -------------------------------------------------------------------------------
@@ -298,7 +309,9 @@ def _ingest(loc: Location, cfg: StreamQConfig, overwrite: bool, progress: bool |
             with timer("planning", timings):
                 _write_plan(st, root, rel, headers, missing, icfg, source_fp, settings_fp, settings)
         with timer("decoding and writing", timings):
-            _run_tasks(run, st, root, icfg, progress)
+            totals, added = _run_tasks(run, st, root, icfg, progress)
+    with timer("merging colour counts", timings):
+        _merge_colors(st, totals, added)
     with timer("consolidating", timings):
         _consolidate(st, timings, facts)
     st.set_section("ingest", {**st.section("ingest"), "timings": timings})  # with consolidating
@@ -373,13 +386,17 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
              len(ok), n_pixels, len(starts), len(skipped))
 
 
-def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, progress: bool | None) -> None:
+def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, progress: bool | None
+               ) -> tuple[ColorTotals, set[int]]:
+    """Run the pending write tasks; return the sum of their colour counts and their ids."""
     plan = st.read_table(PLAN, ("path", "offset", "height", "width"))
     tasks = st.read_table("ingest/tasks", ("chunk_start", "chunk_stop"))
     reports = st.task_reports()
     pending = [t for t in range(len(reports)) if not reports[t]]
+    totals: ColorTotals = ColorTotals()
+    added: set[int] = set()
     if not pending:
-        return
+        return totals, added
     offsets = plan["offset"]
     sizes = plan["height"] * plan["width"]
     ends = offsets + sizes
@@ -396,11 +413,25 @@ def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, progress: 
                   for i in range(lo, hi) if sizes[i] > 0]
         args = {"store": st.location, "task": t, "root": root, "px_start": a, "px_stop": b,
                 "images": images, "max_pixels": icfg.max_pixels, "background": list(icfg.background)}
-        futures[run.submit(_write_task, args)] = b - a
-    with progress_bar(sum(futures.values()), "ingesting", "px", progress) as bar:
-        for fut in run.as_completed(futures):
-            fut.result()
-            bar.update(futures[fut])
+        futures[run.submit(_write_task, args)] = (t, b - a)
+    with progress_bar(sum(n for _, n in futures.values()), "ingesting", "px", progress) as bar:
+        for fut in run.as_completed(list(futures)):
+            _, codes, counts = fut.result()  # the counts the task stored, as it returns them
+            t, n = futures.pop(fut)  # released: the worker drops its copy
+            totals.add(codes, counts)  # summed while the other tasks run
+            added.add(t)
+            bar.update(n)
+    return totals, added
+
+
+def _merge_colors(st: Store, totals: ColorTotals, added: set[int]) -> None:
+    """Sum every task's colour counts into the collection's histogram (table ``colors``)."""
+    merged = merge_task_colors(st, totals, added)
+    if merged is None:
+        log.info("Some ingest tasks ran before ingest counted colours: the colour histogram "
+                 "will be computed when first needed")
+        return
+    save_histogram(st, *merged, computed="ingest")
 
 
 def _consolidate(st: Store, timings: dict[str, float], facts: dict[str, Any]) -> None:

@@ -10,6 +10,10 @@ A store is a Zarr v3 group (see ``docs/store-format.md``)::
       ingest/plan/...           the ingest plan (every image with a readable header)
       ingest/tasks/{chunk_start,chunk_stop,report}   one row per write task; "report" is
                                 the completion record, written after the task's pixels
+      ingest/colors             (T, 2, 2**24) int64: row t holds the d_t distinct colours of
+                                the pixels task t stored ([t, 0, :d_t]) and their counts
+                                ([t, 1, :d_t]), written by the task before its record
+      colors/{code,count}       the collection's colour histogram (the rows summed)
 
 Every array is written whole by one writer, or chunk by chunk by the one task that owns
 that chunk, so no two writers ever touch the same chunk.
@@ -46,6 +50,10 @@ IMAGES = "images"
 SKIPPED = "skipped"
 PLAN = "ingest/plan"
 TASKS = "ingest/tasks"
+TASK_COLORS = "ingest/colors"
+COLORS = "colors"
+COLOR_CHUNK = 1 << 18  # colours per chunk of a colour table (2 MiB of int64 codes)
+N_CODES = 1 << 24  # distinct 24-bit colours
 IMAGE_COLUMNS = ("path", "label", "mode", "offset", "height", "width")
 SKIP_COLUMNS = ("path", "reason")
 # Sections whose results belong to one palette: attribute ``fit_fingerprint`` names it.
@@ -55,6 +63,12 @@ PALETTE_RESULTS = ("quantize", "groups")
 def labels_dtype(k: int) -> np.dtype:
     """uint8 labels for K <= 256 colours, uint16 above."""
     return np.dtype(np.uint8 if k <= 256 else np.uint16)
+
+
+def count_compressors() -> Any:
+    """The codec of colour tables (sorted int64 codes, counts): Blosc-LZ4 over shuffled
+    bytes, fast enough for the write tasks and the merge, and compact on these numbers."""
+    return [BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle)]
 
 
 def compressors(codec: str, level: int | None) -> Any:
@@ -220,8 +234,10 @@ class Store:
             return False
         return True
 
-    def write_table(self, prefix: str, columns: Mapping[str, np.ndarray | Sequence[Any]]) -> None:
-        """Write equal-length columns as 1-d arrays ``prefix/<name>`` (strings as UTF-8)."""
+    def write_table(self, prefix: str, columns: Mapping[str, np.ndarray | Sequence[Any]],
+                    chunk: int = TABLE_CHUNK, compressors: Any = "auto") -> None:
+        """Write equal-length columns as 1-d arrays ``prefix/<name>`` (strings as UTF-8),
+        in chunks of ``chunk`` rows, compressed with ``compressors`` (default: Zarr's)."""
         lengths = {len(v) for v in columns.values()}
         if len(lengths) > 1:
             raise ValueError(f"columns of {prefix} differ in length: {lengths}")
@@ -231,8 +247,9 @@ class Store:
                 self._root,
                 name=f"{prefix}/{name}",
                 shape=data.shape,
-                chunks=(max(1, min(len(data), TABLE_CHUNK)),),
+                chunks=(max(1, min(len(data), chunk)),),
                 dtype=data.dtype if data.dtype.kind != "U" else str,
+                compressors=compressors,
                 overwrite=True,
             )
             if len(data):
@@ -256,9 +273,20 @@ class Store:
     def create_task_table(self, chunk_start: np.ndarray, chunk_stop: np.ndarray) -> None:
         self.write_table(TASKS, {"chunk_start": chunk_start, "chunk_stop": chunk_stop})
         self.create_records(f"{TASKS}/report", len(chunk_start))
+        zarr.create_array(self._root, name=TASK_COLORS, shape=(len(chunk_start), 2, N_CODES),
+                          chunks=(1, 2, COLOR_CHUNK), dtype="int64", fill_value=0,
+                          compressors=count_compressors(), overwrite=True)
 
     def task_reports(self) -> np.ndarray:
         return self.records(f"{TASKS}/report")
+
+    def task_colors(self, task: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` colours and counts that write task ``task`` stored (trust them only once
+        its completion record exists; it gives ``n``)."""
+        if not n:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        part = np.asarray(self.group[TASK_COLORS][task, :, :n])
+        return part[0], part[1]
 
 
 def _finite(value: Any) -> Any:
@@ -358,6 +386,19 @@ def runs_by_weight(weights: Sequence[int], budget: int) -> list[range]:
 def write_task_report(store: Location, task: int, report: Mapping[str, Any]) -> None:
     """Completion record of an ingest write task."""
     write_record(store, f"{TASKS}/report", task, report)
+
+
+def write_task_colors(store: Location, task: int, codes: np.ndarray, counts: np.ndarray) -> None:
+    """The colour counts of the pixels ingest write task ``task`` stores (called by the
+    task, before its completion record: the record gives their number and vouches for them).
+
+    One row of one array made at planning: no array to create per task (a quarter of the
+    cost of writing two new arrays; measured 4 vs 11-13 ms per task of 90 k colours).
+    """
+    if len(codes):
+        part = open_array(store, TASK_COLORS, mode="r+")
+        part[task, :, :len(codes)] = np.stack([np.asarray(codes, np.int64),
+                                               np.asarray(counts, np.int64)])
 
 
 # -- reading a finished collection -------------------------------------------------------

@@ -201,3 +201,31 @@ def run_until(cmd: list[str], predicate, timeout: float = 120, env: dict | None 
             return None
         time.sleep(0.005)
     return proc.returncode
+
+
+def store_bincount(path) -> tuple[np.ndarray, np.ndarray]:
+    """Independent reference: ``np.bincount`` of every stored pixel of every image, read
+    with zarr from ``pixels`` and the images table."""
+    g = zarr.open_group(str(path), mode="r")
+    pixels = g["pixels"]
+    off, h, w = (g[f"images/{k}"][:] for k in ("offset", "height", "width"))
+    parts = [np.asarray(pixels[o:o + n]).astype(np.int64) for o, n in zip(off, h * w, strict=True)]
+    rgb = np.concatenate(parts) if parts else np.zeros((0, 3), np.int64)
+    counts = np.bincount((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2], minlength=1 << 24)
+    codes = np.flatnonzero(counts)
+    return codes, counts[codes]
+
+
+def assert_histogram(path, computed: str = "ingest") -> None:
+    """The stored table (read with zarr, as fit reads it) equals the bincount."""
+    codes, counts = store_bincount(path)
+    g = zarr.open_group(str(path), mode="r")
+    sec = g.attrs["colors"]
+    ingest = g.attrs["ingest"]
+    assert sec["state"] == "complete"
+    assert sec["data"] == [ingest["source_fingerprint"], ingest["settings_fingerprint"]]
+    assert sec["n_distinct"] == len(codes)
+    assert sec["computed"] == computed
+    np.testing.assert_array_equal(g["colors/code"][:], codes)
+    np.testing.assert_array_equal(g["colors/count"][:], counts)
+    assert g["colors/count"].dtype == np.int64

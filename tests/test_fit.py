@@ -9,11 +9,11 @@ import pytest
 from sklearn.cluster import KMeans, MiniBatchKMeans
 
 import streamq
-from streamq.batches import STREAM_TRAIN, draw_pixels
+from streamq.batches import STREAM_TRAIN, PixelSource, draw_pixels
 from streamq.checkpoint import CheckpointMismatchError
 from streamq.colorspace import to_rgb8, to_space
 from streamq.errors import ConfigError, StoreMismatchError
-from streamq.fit import _source, fit
+from streamq.fit import fit
 from streamq.kmeans import codes_to_rgb, initial_centers
 
 
@@ -104,7 +104,7 @@ def test_streamed_fit_equals_plain_partial_fit_loop(store_copy):
               batches_per_task=3, scheduler="threads")
     assert res.stop_reason.startswith("mini-batch: max_steps; exact Lloyd")
     coll = streamq.open_store(store_copy)
-    source = _source(coll)
+    source = PixelSource.of_collection(coll)
     from streamq.config import FitConfig
     from streamq.fit import _initial_centres
     from streamq.histogram import histogram

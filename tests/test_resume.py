@@ -7,7 +7,7 @@ import subprocess
 import time
 
 import pytest
-from helpers import assert_same_store, run_and_kill, streamq_cmd
+from helpers import assert_histogram, assert_same_store, run_and_kill, streamq_cmd
 
 from streamq.examples import make_collection
 
@@ -43,6 +43,7 @@ def test_kill_during_ingest_then_rerun(big_dir, tmp_path, sched):
     done = subprocess.run(_ingest_cmd(big_dir, store, sched_arg), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert_same_store(ref, store)
+    assert_histogram(store)  # the killed runs' colour counts and the last run's, summed
 
 
 @pytest.fixture(scope="module")

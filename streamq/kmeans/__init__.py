@@ -5,6 +5,7 @@ shared fit, ``--algorithm lloyd``, the per-image ``histogram`` method, image gro
 quantize's label tables call these, so each step has one definition:
 
 - :mod:`streamq.kmeans.codes`: 24-bit colour codes (the histogram's keys);
+- :mod:`streamq.kmeans.histogram`: counting colours in a reused table, exact sums of counts;
 - :mod:`streamq.kmeans.nearest`: exact nearest centre, ties to the lowest index;
 - :mod:`streamq.kmeans.table`: a ``2**24`` label table for a fixed palette;
 - :mod:`streamq.kmeans.plusplus`: greedy weighted k-means++;
