@@ -201,6 +201,18 @@ def test_sample_index_is_seeded_per_image():
     np.testing.assert_array_equal(sample_index(10, 30, 0.7, 3, 5), np.arange(10))
 
 
+@pytest.mark.parametrize("n", [1, 3, 100, 9_999, 10_000, 10_001, 12_345, 200_000])
+@pytest.mark.parametrize("sample", [0.015, 0.03, 0.049, 0.3, 0.7, 0.99])
+def test_sample_index_is_the_sorted_seeded_choice(n, sample):
+    # the fast path (no final shuffle, a mask instead of a sort) draws the same set
+    for k in (2, 256):
+        m = min(n, max(k, int(round(sample * n))))
+        got = sample_index(n, k, sample, 3, 5)
+        want = (np.sort(np.random.default_rng([3, 5]).choice(n, size=m, replace=False)) if m < n
+                else np.arange(n))
+        np.testing.assert_array_equal(got, want)
+
+
 def test_quantize_rerun_needs_no_cluster(fitted):
     # Every per-image K is labelled: a rerun is a no-op that does not even reach for a
     # scheduler (this address has nobody listening).
