@@ -134,6 +134,10 @@ def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
 
 
 def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
+    if args["method"] == "histogram":  # on a cold numba cache, the workers share the compiling
+        from streamq.kmeans.precompile import precompile
+
+        precompile()
     pixels = open_array(args["store"], PIXELS)
     a, b = args["px_start"], args["px_stop"]
     data = np.asarray(pixels[a:b])

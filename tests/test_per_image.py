@@ -219,3 +219,33 @@ def test_quantize_rerun_needs_no_cluster(fitted):
     summary = streamq.quantize(fitted, scheduler="tcp://127.0.0.1:9")
     assert summary.status == "already complete"
     assert set(summary.mean_psnr) == {2, 6, 30}
+
+
+_COLD_SCRIPT = """
+import numpy as np
+from streamq.kmeans import label_pixels
+from streamq.kmeans.precompile import per_image_kernels, precompile
+from streamq.per_image import fit_image
+
+assert precompile() == 4 and precompile() == 0
+rgb = (np.random.default_rng(0).random((20000, 3)) ** 2 * 255).astype(np.uint8)
+for k in (2, 30):
+    label_pixels(rgb, fit_image(rgb, k, 0.7, 0, 0, method="histogram"))
+print([len(d.signatures) for d, _ in per_image_kernels()])
+"""
+
+
+def test_precompiled_signatures_are_the_ones_the_path_calls(tmp_path):
+    # On an empty numba cache, two processes at once (as a cluster's workers start): each
+    # kernel is compiled for the declared types and the fit and labelling add no others.
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    procs = [subprocess.Popen([sys.executable, "-c", _COLD_SCRIPT], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        assert out.strip() == "[1, 1, 1, 1]"
+    assert len(list((tmp_path / "numba").rglob("*.nbi"))) >= 4
