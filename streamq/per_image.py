@@ -93,6 +93,15 @@ def sample_index(n: int, k: int, sample: float, seed: int, image_id: int) -> np.
     return np.sort(rng.choice(n, size=m, replace=False))
 
 
+def _sample_histogram(rgb: np.ndarray, m: int, seed: int, image_id: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct colours and counts of the pixels :func:`sample_index` picks (``m`` of
+    them), drawn and counted in one compiled pass (:mod:`streamq.kmeans.sampling`)."""
+    from streamq.kmeans.sampling import sample_histogram
+
+    return sample_histogram(rgb, m, np.random.default_rng([seed, image_id]))
+
+
 def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
               init: str = "k-means++", n_init: int = 1, method: str = "kmeans",
               index: np.ndarray | None = None,
@@ -108,14 +117,17 @@ def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
     ``histogram`` the sample's :func:`streamq.kmeans.distinct_colours` (histogram method).
     """
     n = len(rgb)
-    idx = sample_index(n, k, sample, seed, image_id) if index is None else index
-    if len(idx) < k:  # fewer pixels than colours: every pixel is a centre, the rest repeat the first
+    m = sample_size(n, k, sample) if index is None else len(index)
+    if m < k:  # fewer pixels than colours: every pixel is a centre, the rest repeat the first
         x = to_space(rgb, "rgb")
         return np.concatenate([x, np.repeat(x[:1], k - n, axis=0)]).astype(np.float64)
     if method == "histogram":
         from streamq.kmeans import codes_to_points, distinct_colours, kmeans
 
-        codes, counts = distinct_colours(rgb, idx) if histogram is None else histogram
+        if histogram is None:  # drawn and counted in one pass unless the caller has the index
+            histogram = (_sample_histogram(rgb, m, seed, image_id) if index is None
+                         else distinct_colours(rgb, index))
+        codes, counts = histogram
         # one generator per (image, K): palettes do not depend on which other K are fitted
         return kmeans(codes_to_points(codes), counts, k, np.random.default_rng([seed, image_id, k]),
                       init=init, n_init=n_init).centers
@@ -124,6 +136,7 @@ def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
+    idx = sample_index(n, k, sample, seed, image_id) if index is None else index
     x = to_space(rgb[idx], "rgb")
     # One thread: KMeans sums in thread order, so this makes the palette independent of the
     # machine and scheduler (and tasks are the parallelism anyway).
@@ -148,14 +161,13 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
         hist: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # and its histogram
         for k in args["colors"]:
             m = sample_size(size, k, args["sample"])
-            if m not in index:
+            if args["method"] == "histogram":
+                if m not in hist and m >= k:
+                    hist[m] = _sample_histogram(rgb, m, args["seed"], image_id)
+            elif m not in index:
                 index[m] = sample_index(size, k, args["sample"], args["seed"], image_id)
-            if args["method"] == "histogram" and m not in hist and m >= k:
-                from streamq.kmeans import distinct_colours
-
-                hist[m] = distinct_colours(rgb, index[m])
             c = fit_image(rgb, k, args["sample"], args["seed"], image_id, args["init"],
-                          args["n_init"], args["method"], index[m], hist.get(m))
+                          args["n_init"], args["method"], index.get(m), hist.get(m))
             result[str(k)].append([image_id, c.reshape(-1).tolist()])
     write_record(args["store"], RECORDS, args["task"], result)
     return {"n": len(args["images"])}

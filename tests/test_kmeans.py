@@ -143,6 +143,50 @@ def test_distinct_colours_of_chosen_rows(photo):
     assert [len(a) for a in distinct_colours(photo[:0])] == [0, 0]
 
 
+@pytest.mark.parametrize("n", [10_001, 12_345, 200_003])
+@pytest.mark.parametrize("fraction", [0.0201, 0.03, 0.3, 0.7, 0.999])
+def test_sample_histogram_is_the_seeded_choice(photo, n, fraction):
+    from streamq.kmeans.sampling import sample_histogram, takes_fisher_yates
+
+    rgb = np.resize(photo, (n, 3))
+    m = int(round(fraction * n))
+    assert takes_fisher_yates(n, m)
+    for seed in ([0, 1], [4, 7, 2]):
+        idx = np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
+        want = distinct_colours(rgb, idx)
+        got = sample_histogram(rgb, m, np.random.default_rng(seed))
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_sample_shuffle_resumes_when_draws_run_out():
+    from streamq.kmeans.sampling import _shuffle
+
+    n = 30_000
+    for m in (601, 15_000, n - 1):
+        rng = np.random.default_rng([1, 2])
+        pos = np.arange(n, dtype=np.int32)
+        used = np.zeros(1, np.int64)
+        draws = rng.bit_generator.random_raw(5).view(np.uint32)
+        i = n - 1
+        while (i := _shuffle(pos, i, n - m - 1, draws, used)) != n - m - 1:
+            draws = np.concatenate([draws[used[0]:], rng.bit_generator.random_raw(3).view(np.uint32)])
+            used[0] = 0
+        want = np.sort(np.random.default_rng([1, 2]).choice(n, size=m, replace=False))
+        np.testing.assert_array_equal(np.sort(pos[n - m:]), want)
+
+
+def test_sample_histogram_small_sizes_take_numpy(photo):
+    from streamq.kmeans.sampling import sample_histogram
+
+    for n, m in ((500, 350), (20_000, 300), (20_000, 20_000)):
+        rgb = np.resize(photo, (n, 3))
+        idx = (np.sort(np.random.default_rng(3).choice(n, size=m, replace=False)) if m < n
+               else np.arange(n))
+        got = sample_histogram(rgb, m, np.random.default_rng(3))
+        np.testing.assert_array_equal(got[1], distinct_colours(rgb, idx)[1])
+
+
 @pytest.mark.parametrize("k", [2, 6, 30, 64])
 def test_kmeans_plusplus_is_the_plain_greedy_loop(points, k):
     x, w = points

@@ -47,8 +47,8 @@ _guard = threading.Lock()
 def per_image_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
     """``(dispatcher, argument types)`` of the per-image path (``--method histogram``), the
     costliest to compile first: k-means++, Lloyd, pixel labels (for the quantize that
-    follows the fit), colour counting."""
-    from streamq.kmeans import codes, filtering, nearest, plusplus
+    follows the fit), the sample's shuffle and colour counts."""
+    from streamq.kmeans import filtering, nearest, plusplus, sampling
 
     return [
         (plusplus._kmeanspp, (_F2, _F1, _I1, _F2, _F2, types.int64[:, :, ::1], _F1, _F1, _I64,
@@ -57,7 +57,9 @@ def per_image_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
                           _F1, _I1, _I2, _I1, _I1, _F1, _I1, _F1, _F1, _BOOL)),
         (nearest._label, (types.uint8[:, ::1], _F1, _F2, _I1, _F1, _F1, _I2, _I1, _I1, _F2, _I1,
                           _I1)),
-        (codes._count_codes, (types.uint8[:, ::1], _I1, _BOOL, types.int32[::1], _I1)),
+        (sampling._shuffle, (types.int32[::1], _I64, _I64, types.uint32[::1], _I1)),
+        (sampling._count_at, (types.uint8[:, ::1], types.int32[::1], _I64, types.uint8[::1],
+                              types.int32[::1], _I1)),
     ]
 
 
@@ -103,7 +105,8 @@ def precompile(kernels: list[tuple[Any, tuple[Any, ...]]] | None = None) -> int:
     Cheap once done in a process (a set lookup), so tasks call it on entry.
     """
     kernels = per_image_kernels() if kernels is None else kernels
-    todo = [(d, sig) for d, sig in kernels if (_key(d), str(sig)) not in _done]
+    todo = [(d, sig) for d, sig in kernels
+            if hasattr(d, "compile") and (_key(d), str(sig)) not in _done]  # (NUMBA_DISABLE_JIT)
     if not todo:
         return 0
     with _guard:  # one thread of a process at a time (numba has its own compiler lock too)
