@@ -115,7 +115,7 @@ class FitConfig:
     init: Literal["k-means++", "random"] = _opt("k-means++", doc="initial centres method")
     init_size: int = _opt(200_000, _at_least(2),
                           "minibatch: pixels of the initial sample (drawn collection-wide)")
-    n_init: int = _opt(8, _at_least(1), "k-means++ starts raced on the colour grid, each a "
+    n_init: int = _opt(16, _at_least(1), "k-means++ starts raced on the colour grid, each a "
                        "task (minibatch adds its own result as one more start); the best 2 "
                        "finish on every colour")
     batch_size: int = _opt(65_536, _at_least(16), "pixels per partial_fit step")

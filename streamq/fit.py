@@ -301,8 +301,9 @@ def _clear(st: Store) -> None:
 
 def _initial_centres(run: Runner, source: PixelSource, fcfg: FitConfig, x_all: np.ndarray,
                      counts_all: np.ndarray) -> np.ndarray:
-    """k-means (best of ``n_init`` starts) on the distinct colours of a collection-wide
-    sample, or on the whole histogram when the sample has fewer than K colours."""
+    """k-means (one k-means++ start, to the default ``tol``) on the distinct colours of a
+    collection-wide sample, or on the whole histogram when the sample has fewer than K colours:
+    a start for the mini-batch steps, which only give a start for the exact phase."""
     from streamq.kmeans import kmeans
     from streamq.kmeans.codes import distinct_colours
 
@@ -310,7 +311,7 @@ def _initial_centres(run: Runner, source: PixelSource, fcfg: FitConfig, x_all: n
     codes, counts = distinct_colours(sample)
     x, w = (_points(codes, fcfg.color_space), counts) if len(codes) >= fcfg.colors else (x_all, counts_all)
     res = kmeans(x, w, fcfg.colors, np.random.default_rng([fcfg.seed, STREAM_INIT]),
-                 init=fcfg.init, n_init=fcfg.n_init, tol=fcfg.tol, max_iter=fcfg.max_iter)
+                 init=fcfg.init, n_init=1, max_iter=fcfg.max_iter)
     return res.centers.astype(np.float32)
 
 

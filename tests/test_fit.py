@@ -81,7 +81,9 @@ def test_default_fit_reaches_the_exact_reference(store_copy, all_pixels, k):
     mse_ref = full_mse(all_pixels, to_rgb8(ref, "rgb"), ref)
     assert mse_mb <= mse_ref * 1.0005, (mse_mb, mse_ref)
     assert mb.mse == pytest.approx(mse_mb, rel=1e-12)  # the summary's MSE is exact
-    assert "exact Lloyd on every pixel, best of 4 starts" in mb.stop_reason
+    assert "exact Lloyd on every pixel, best of 17 starts" in mb.stop_reason
+    assert mb.stop_reason.endswith("iterations")
+    assert "converged (no label changed)" in mb.stop_reason
     lloyd = fit(store_copy, colors=k, algorithm="lloyd", seed=0, scheduler="threads",
                 overwrite=True)
     mse_ll = full_mse(all_pixels, lloyd.palette, lloyd.centers)
@@ -240,7 +242,7 @@ def test_info_and_cli_show_the_fit(store_copy):
     line = out.output.strip()
     assert line.startswith("fitted: K=5 (minibatch, rgb), ")
     assert "dB over every pixel" in line
-    assert "stopped: mini-batch: max_steps; exact Lloyd on every pixel, best of 4 starts" in line
+    assert "stopped: mini-batch: max_steps; exact Lloyd on every pixel, best of 17 starts" in line
     js = json.loads(runner.invoke(cli, ["info", store_copy, "--json"]).output)
     assert js["fit"]["k"] == 5
     assert len(js["fit"]["palette_hex"]) == 5

@@ -97,7 +97,8 @@ def test_kill_during_fit_then_rerun_is_bit_identical(fit_ready, tmp_path, algori
     shutil.copytree(fit_ready, killed)
     subprocess.run(streamq_cmd("-q", "fit", str(ref), "--config", str(cfg)), check=True)
     a = load_fit(str(ref))
-    n_iter = min(r["iterations"] for r in Store.open(str(ref)).section("fit")["starts"])
+    n_iter = min(r["iterations"] for r in Store.open(str(ref)).section("fit")["starts"]
+                 if "iterations" in r)  # the starts that were finished on every colour
     rng = random.Random(21 if algorithm == "minibatch" else 22)
     points = [("lloyd", rng.randint(3, max(3, n_iter // 3))),
               ("lloyd", rng.randint(n_iter // 2, max(n_iter // 2, n_iter - 3)))]
@@ -118,4 +119,4 @@ def test_kill_during_fit_then_rerun_is_bit_identical(fit_ready, tmp_path, algori
     assert np.array_equal(a.palette, b.palette)
     assert a.steps == b.steps
     for key in a.history:
-        assert np.array_equal(a.history[key], b.history[key])
+        assert np.array_equal(a.history[key], b.history[key], equal_nan=True)

@@ -178,7 +178,7 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
               help="Initial centres [default: k-means++].")
 @click.option("--n-init", type=int, default=None,
               help="k-means++ starts raced on the colour grid, side by side; the best 2 finish "
-                   "on every colour [default: 8].")
+                   "on every colour [default: 16].")
 @click.option("--color-space", type=click.Choice(["rgb", "oklab"]), default=None,
               help="Space distances are measured in [default: rgb].")
 @click.option("--tol", type=float, default=None,

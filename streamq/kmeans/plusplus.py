@@ -26,14 +26,14 @@ __all__ = ["cell_layout", "cell_order", "kmeans_plusplus"]
 
 @numba.njit(nogil=True, cache=True)
 def _kmeanspp(x: np.ndarray, w: np.ndarray, start: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-              grid: np.ndarray, low: np.ndarray, scale: np.ndarray, k: int, first: float,
+              grid: np.ndarray, low: np.ndarray, scale: np.ndarray, k: int, i0: int,
               uniforms: np.ndarray, chosen: np.ndarray, closest: np.ndarray, csum: np.ndarray,
               cmax: np.ndarray) -> None:
     """The greedy rule on the points sorted by cell (cell ``c`` holds points
     ``start[c]:start[c+1]`` in the box ``lo[c]``..``hi[c]``).
 
-    ``csum[c]`` and ``cmax[c]`` are the sum of ``w * closest`` and the largest ``closest`` of
-    cell ``c``. A candidate ``j`` only visits the cells within ``sqrt(top)`` (the largest
+    ``i0`` is the first centre (:func:`_first`). ``csum[c]`` and ``cmax[c]`` are the sum of
+    ``w * closest`` and the largest ``closest`` of cell ``c``. A candidate ``j`` only visits the cells within ``sqrt(top)`` (the largest
     current distance) of it, enumerated on the grid when that is fewer than the occupied
     cells, and of those only the ones whose box is within a point's current distance.
     One function, its work arrays (``closest``, ``csum``, ``cmax``) allocated by the caller:
@@ -44,16 +44,6 @@ def _kmeanspp(x: np.ndarray, w: np.ndarray, start: np.ndarray, lo: np.ndarray, h
     nc = start.shape[0] - 1
     cells = grid.shape[0]
     trials = uniforms.shape[1]
-    total = 0.0
-    for i in range(n):
-        total += w[i]
-    acc = 0.0
-    i0 = n - 1
-    for i in range(n):
-        acc += w[i]
-        if acc > first * total:
-            i0 = i
-            break
     chosen[0] = i0
     for i in range(n):
         d0 = x[i, 0] - x[i0, 0]
@@ -208,20 +198,10 @@ def _dist2(x: np.ndarray, i: int, y: np.ndarray, j: int) -> float:
 
 
 @numba.njit(nogil=True, cache=True)
-def _kmeanspp_plain(x: np.ndarray, w: np.ndarray, k: int, first: float, uniforms: np.ndarray,
+def _kmeanspp_plain(x: np.ndarray, w: np.ndarray, k: int, i0: int, uniforms: np.ndarray,
                     chosen: np.ndarray) -> None:
     """The same greedy rule over every point of any dimension, in the points' own order."""
     n = x.shape[0]
-    total = 0.0
-    for i in range(n):
-        total += w[i]
-    acc = 0.0
-    i0 = n - 1
-    for i in range(n):
-        acc += w[i]
-        if acc > first * total:
-            i0 = i
-            break
     chosen[0] = i0
     closest = np.empty(n)
     for i in range(n):
@@ -259,6 +239,12 @@ def _kmeanspp_plain(x: np.ndarray, w: np.ndarray, k: int, first: float, uniforms
             closest[i] = min(closest[i], _dist2(x, i, x, best_j))
 
 
+def _first(w: np.ndarray, u: float) -> int:
+    """The first centre: the first point whose running weight exceeds ``u`` of the total."""
+    cum = np.cumsum(w)  # summed in order
+    return int(min(np.searchsorted(cum, u * cum[-1], side="right"), len(w) - 1))
+
+
 def kmeans_plusplus(x: np.ndarray, w: np.ndarray | None, k: int, rng: np.random.Generator,
                     layout: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
     """Greedy weighted k-means++: ``k`` rows of ``x`` as initial centres.
@@ -277,7 +263,7 @@ def kmeans_plusplus(x: np.ndarray, w: np.ndarray | None, k: int, rng: np.random.
     uniforms = rng.random((k, trials))
     chosen = np.empty(k, dtype=np.int64)
     if x.shape[1] != 3:
-        _kmeanspp_plain(x, w, k, first, uniforms, chosen)
+        _kmeanspp_plain(x, w, k, _first(w, first), uniforms, chosen)
         return x[chosen].copy()
     order, start, grid, low, scale = cell_layout(x) if layout is None else layout
     xs = np.ascontiguousarray(x[order])
@@ -285,6 +271,6 @@ def kmeans_plusplus(x: np.ndarray, w: np.ndarray | None, k: int, rng: np.random.
     lo = np.ascontiguousarray(np.minimum.reduceat(xs, start[:-1], axis=0))
     hi = np.ascontiguousarray(np.maximum.reduceat(xs, start[:-1], axis=0))
     nc = len(start) - 1
-    _kmeanspp(xs, ws, start, lo, hi, grid, low, scale, k, first, uniforms, chosen, np.empty(len(x)),
-              np.empty(nc), np.empty(nc))
+    _kmeanspp(xs, ws, start, lo, hi, grid, low, scale, k, _first(ws, first), uniforms, chosen,
+              np.empty(len(x)), np.empty(nc), np.empty(nc))
     return xs[chosen].copy()

@@ -52,7 +52,7 @@ def per_image_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
 
     return [
         (plusplus._kmeanspp, (_F2, _F1, _I1, _F2, _F2, types.int64[:, :, ::1], _F1, _F1, _I64,
-                              _F64, _F2, _I1, _F1, _F1, _F1)),
+                              _I64, _F2, _I1, _F1, _F1, _F1)),
         (filtering._run, (_F2, _I2, _I1, _I1, _F2, _F2, _F2, _F2, _F64, _F64, _BOOL, _I64, _I1,
                           _F1, _I1, _I2, _I1, _I1, _F1, _I1, _F1, _F1, _BOOL)),
         (nearest._label, (types.uint8[:, ::1], _F1, _F2, _I1, _F1, _F1, _I2, _I1, _I1, _F2, _I1,
