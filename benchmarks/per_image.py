@@ -2,12 +2,12 @@
 
 The photos: every photo of 1 to 10 Mpx among the wallpaper photos of four Debian packages
 (``mate-backgrounds``, ``lomiri-wallpapers-16.04``, ``lomiri-wallpapers-20.04``,
-``plasma-workspace-wallpapers``: the apt sources of the ``bench-photos`` collection; 32
-photos, 1.3-9.8 Mpx, 130 Mpx in all), whole, as shipped. Missing packages are installed when
+``plasma-workspace-wallpapers``: the apt photos of ``benchmarks/photos.py``; 32 photos,
+1.3-9.8 Mpx, 137.8 Mpx in all), whole, as shipped. Missing packages are installed when
 run as root (else the error names the command). ``--crops`` runs the older set instead
 (crops of bundled photos plus scikit-learn's ``china.jpg``, 2.8 Mpx in all).
 
-For each K (default 2, 6, 30, 64, 256) and each of ``--repeats`` rounds, interleaved:
+For each K (default 2, 4, 8, ..., 256) and each of ``--repeats`` rounds, interleaved:
 
 - ``streamq`` (``--methods``, default ``histogram``): ``fit --per-image`` + ``quantize`` from
   an ingested store (ingest excluded), both cores (a LocalCluster of 2 workers).
@@ -57,6 +57,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from photos import PHOTOS, ensure_photos  # noqa: E402
+
 import streamq  # noqa: E402
 from streamq.examples import make_collection  # noqa: E402
 
@@ -66,33 +68,6 @@ PIL_METHODS = {"MEDIANCUT": Image.Quantize.MEDIANCUT, "MAXCOVERAGE": Image.Quant
                "FASTOCTREE": Image.Quantize.FASTOCTREE}
 METHODS = ("kmeans", "histogram")
 MIN_MPX, MAX_MPX = 1.0, 10.0
-
-_MATE = "/usr/share/backgrounds/mate/nature"
-_BG = "/usr/share/backgrounds"
-_KDE = "/usr/share/wallpapers"
-# (name, file, apt package): the photographs (no renders, vector art or paintings) of these
-# packages; the ones of 1-10 Mpx are used
-PHOTOS: tuple[tuple[str, str, str], ...] = (
-    *((f"Mate_{n}", f"{_MATE}/{n}.jpg", "mate-backgrounds")
-      for n in ("Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird",
-                "RainDrops", "Storm", "TwoWings", "Wood", "YellowFlower")),
-    *((f"Ubuntu_{n}", f"{_BG}/{f}.jpg", "lomiri-wallpapers-16.04")
-      for n, f in (("Bridge", "Bridge_by_Sander_Klootwijk"), ("Dragonfly", "Dragonfly_by_Bolly"),
-                   ("Fig", "Picture_0B_by_freespace"), ("Brushes", "Picture_1A_by_freespace"),
-                   ("Wine", "Wine_by_Jakkub_Mede"),
-                   ("Aitzgorri", "aitzgorri_by_Aitzol_Berasategi"),
-                   ("Free", "free_by_Peter_Nerlich"),
-                   ("Friends", "friends_by_Aitzol_Berasategi"),
-                   ("Greentock", "greentock_by_Peter_Nerlich"),
-                   ("Life", "life_by_Aitzol_Berasategi"),
-                   ("Picos_de_Europa", "picosdeeuropa_by_Aitzol_Berasategi"),
-                   ("Seeding", "seeding_by_Clements_Engelhardt"),
-                   ("Sunset", "sunset_by_Aitzol_Berasategi"))),
-    ("Ubuntu_Kleiber", f"{_BG}/Kleiber_by_Lukas_Baubkus.jpg", "lomiri-wallpapers-20.04"),
-    *((f"Plasma_{n}", f"{_KDE}/{n}/contents/images/2560x1600.jpg", "plasma-workspace-wallpapers")
-      for n in ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow",
-                "FallenLeaf", "Grey", "Kite", "OneStandsOut", "Path", "summer_1am")),
-)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -110,30 +85,18 @@ def median(values: list[float]) -> float:
 
 # --- the photos --------------------------------------------------------------------------------
 
-def ensure_packages() -> None:
-    missing = sorted({pkg for _, path, pkg in PHOTOS if not Path(path).is_file()})
-    if not missing:
-        return
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
-    if os.geteuid() != 0:
-        raise RuntimeError(f"photo files missing: run `sudo {' '.join(cmd)}`")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, stdout=subprocess.DEVNULL, check=True)
-        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, check=True)
-
-
 def photo_collection(workdir: Path) -> Path:
-    """A folder ``<Name>/<Name>.jpg`` (symlinks) of the photos of 1-10 Mpx."""
-    ensure_packages()
+    """A folder ``<Name>/<Name>.jpg`` (symlinks) of the apt photos of 1-10 Mpx."""
+    apt = tuple(p for p in PHOTOS if p.source == "apt")
+    ensure_photos(apt)
     root = workdir / "per-image-photos"
     shutil.rmtree(root, ignore_errors=True)
-    for name, path, _ in PHOTOS:
-        with Image.open(path) as im:
+    for p in apt:
+        with Image.open(p.ref) as im:
             mpx = im.size[0] * im.size[1] / 1e6
         if MIN_MPX <= mpx <= MAX_MPX:
-            (root / name).mkdir(parents=True)
-            (root / name / f"{name}.jpg").symlink_to(path)
+            (root / p.name).mkdir(parents=True)
+            (root / p.name / f"{p.name}.jpg").symlink_to(p.ref)
     return root
 
 
@@ -308,7 +271,7 @@ def tutorial_china(seed: int = 0) -> dict[str, dict[int, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--k", type=int, nargs="+", default=[2, 6, 30, 64, 256])
+    ap.add_argument("--k", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64, 128, 256])
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=["histogram"],
                     help="streamq per-image methods to run (kmeans: slow on big photos)")
     ap.add_argument("--repeats", type=int, default=1, help="rounds per K (medians are quoted)")

@@ -20,7 +20,7 @@ import math
 import numba
 import numpy as np
 
-from streamq.kmeans.codes import CHANNEL
+from streamq.kmeans.codes import CHANNEL, pixels_in
 
 __all__ = ["SORTED_FROM_K", "assign", "assign_rows", "inertia", "label_pixels", "sorted_centres"]
 
@@ -319,7 +319,7 @@ def label_pixels(rgb: np.ndarray, centres: np.ndarray, palette: np.ndarray | Non
     (``(k, 3)`` uint8, default the rounded centres), and the error per pixel (int64) when
     ``want_err`` (else an empty array).
     """
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    rgb = pixels_in(rgb)
     c = np.ascontiguousarray(centres, dtype=np.float64)
     if palette is None:
         palette = np.round(np.clip(c * 255, 0, 255)).astype(np.uint8)

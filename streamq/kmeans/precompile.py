@@ -39,6 +39,8 @@ _I2 = types.int64[:, ::1]
 _I64 = types.int64
 _F64 = types.float64
 _BOOL = types.boolean
+# pixels: read-only (streamq.kmeans.codes.pixels_in)
+_RGB = types.Array(types.uint8, 2, "C", readonly=True)
 
 _done: set[tuple[str, str]] = set()
 _guard = threading.Lock()
@@ -48,18 +50,16 @@ def per_image_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
     """``(dispatcher, argument types)`` of the per-image path (``--method histogram``), the
     costliest to compile first: k-means++, Lloyd, pixel labels (for the quantize that
     follows the fit), the sample's shuffle and colour counts."""
-    from streamq.kmeans import filtering, nearest, plusplus, sampling
+    from streamq.kmeans import codes, filtering, nearest, plusplus, sampling
 
     return [
         (plusplus._kmeanspp, (_F2, _F1, _I1, _F2, _F2, types.int64[:, :, ::1], _F1, _F1, _I64,
                               _I64, _F2, _I1, _F1, _F1, _F1)),
         (filtering._run, (_F2, _I2, _I1, _I1, _F2, _F2, _F2, _F2, _F64, _F64, _BOOL, _I64, _I1,
                           _F1, _I1, _I2, _I1, _I1, _F1, _I1, _F1, _F1, _BOOL)),
-        (nearest._label, (types.uint8[:, ::1], _F1, _F2, _I1, _F1, _F1, _I2, _I1, _I1, _F2, _I1,
-                          _I1)),
+        (nearest._label, (_RGB, _F1, _F2, _I1, _F1, _F1, _I2, _I1, _I1, _F2, _I1, _I1)),
         (sampling._shuffle, (types.int32[::1], _I64, _I64, types.uint32[::1], _I1)),
-        (sampling._count_at, (types.uint8[:, ::1], types.int32[::1], _I64, types.uint8[::1],
-                              types.int32[::1], _I1)),
+        (codes._count_codes, (_RGB, types.uint8[::1], _BOOL, types.int32[::1], _I1)),
     ]
 
 

@@ -6,9 +6,9 @@ takes the generator's own 32-bit draws (``random_raw`` 64-bit words, low half fi
 order of PCG64's ``next_uint32``) and makes the same choices as NumPy's ``choice`` for these
 sizes: a partial Fisher-Yates shuffle of ``0..n-1`` from the end, each step swapping position
 ``i`` with one drawn uniformly in ``0..i`` by Lemire's method (NumPy's
-``random_bounded_uint64``), whose last ``m`` positions are the sample. Then it counts the
-sampled pixels' 24-bit codes. Positions are int32 and nothing is sorted but the distinct
-colours.
+``random_bounded_uint64``), whose last ``m`` positions are the sample. Then
+:func:`~streamq.kmeans.codes.distinct_colours` counts the sampled pixels' 24-bit codes in
+pixel order. Positions are int32 and nothing is sorted but the distinct colours.
 
 Only for the sizes where NumPy takes that path (``n > 10000`` and ``m > n // 50``), for a
 fresh PCG64 generator on a little-endian machine (else NumPy draws the sample); tests check
@@ -22,7 +22,7 @@ import sys
 import numba
 import numpy as np
 
-from streamq.kmeans.codes import N_CODES
+from streamq.kmeans.codes import distinct_colours
 
 __all__ = ["sample_histogram", "takes_fisher_yates"]
 
@@ -64,34 +64,12 @@ def _shuffle(pos: np.ndarray, start: int, stop: int, draws: np.ndarray, used: np
     return stop
 
 
-@numba.njit(nogil=True, cache=True)
-def _count_at(rgb: np.ndarray, pos: np.ndarray, first: int, mask: np.ndarray, table: np.ndarray,
-              seen: np.ndarray) -> int:
-    """Count the codes of the pixels at ``pos[first:]`` in ``table``, listing each code's
-    first sight in ``seen``; returns how many distinct codes. The pixels are marked in
-    ``mask`` (zeros) and counted in pixel order: neighbouring pixels share colours, so the
-    table stays in cache (in shuffled order every count would miss it)."""
-    for r in range(first, pos.shape[0]):
-        mask[pos[r]] = 1
-    d = 0
-    for p in range(rgb.shape[0]):
-        if mask[p]:
-            code = (np.int64(rgb[p, 0]) << 16) | (np.int64(rgb[p, 1]) << 8) | np.int64(rgb[p, 2])
-            if table[code] == 0:
-                seen[d] = code
-                d += 1
-            table[code] += 1
-    return d
-
-
 def sample_histogram(rgb: np.ndarray, m: int, rng: np.random.Generator
                      ) -> tuple[np.ndarray, np.ndarray]:
     """``(codes, counts)`` of the pixels a fresh ``rng.choice(len(rgb), m, replace=False)``
     would pick, sorted by code (as :func:`streamq.kmeans.codes.distinct_colours`). Outside
     the sizes of :func:`takes_fisher_yates`, or for a generator other than PCG64, NumPy draws
     the sample."""
-    from streamq.kmeans.codes import distinct_colours
-
     rgb = np.ascontiguousarray(rgb, np.uint8)
     n = len(rgb)
     if (not takes_fisher_yates(n, m) or type(rng.bit_generator) is not np.random.PCG64
@@ -106,8 +84,4 @@ def sample_histogram(rgb: np.ndarray, m: int, rng: np.random.Generator
     while (i := _shuffle(pos, i, n - m - 1, draws, used)) != n - m - 1:
         draws = np.concatenate([draws[used[0]:], rng.bit_generator.random_raw(64).view(np.uint32)])
         used[0] = 0
-    table = np.zeros(N_CODES, dtype=np.int32)
-    seen = np.empty(min(m, N_CODES), dtype=np.int64)
-    d = _count_at(rgb, pos, n - m, np.zeros(n, np.uint8), table, seen)
-    codes = np.sort(seen[:d])
-    return codes, table[codes].astype(np.int64)
+    return distinct_colours(rgb, pos[n - m:])
