@@ -31,8 +31,8 @@ tutorial: 17.04 / 23.68 / 29.78 dB) next to streamq's per-image methods on that 
 
 Run from the repository root (and alone: heavy runs must not overlap other measurements)::
 
-    flock /tmp/streamq-bench.lock python benchmarks/per_image.py --repeats 3 \\
-        --json /tmp/streamq-bench/per_image.json
+    flock /tmp/streamq-bench.lock env NUMBA_CACHE_DIR="$(mktemp -d)" \\
+        python benchmarks/per_image.py --repeats 3 --no-pillow --json /tmp/streamq-bench/per_image.json
 """
 
 from __future__ import annotations
