@@ -79,13 +79,33 @@ def sample_size(n: int, k: int, sample: float) -> int:
 def sample_index(n: int, k: int, sample: float, seed: int, image_id: int) -> np.ndarray:
     """Sorted indices of the seeded ``sample`` fraction (at least ``k``) of ``n`` pixels."""
     m = sample_size(n, k, sample)
+    if m >= n:
+        return np.arange(n)
     rng = np.random.default_rng([seed, image_id])
-    return np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
+    if n <= 10_000 or m > n // 20 or m <= n // 50:
+        # The set of ``rng.choice(n, m, replace=False)``, drawn without its final shuffle:
+        # for these sizes NumPy picks the set alike with or without it (a partial tail
+        # shuffle, or Floyd's algorithm for few pixels; tests check it), and a mask puts it in
+        # order in O(n) instead of a sort. A 4 Mpx image: 0.2 s instead of 0.7 s.
+        mask = np.zeros(n, dtype=bool)
+        mask[rng.choice(n, size=m, replace=False, shuffle=False)] = True
+        return np.flatnonzero(mask)
+    return np.sort(rng.choice(n, size=m, replace=False))
+
+
+def _sample_histogram(rgb: np.ndarray, m: int, seed: int, image_id: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct colours and counts of the pixels :func:`sample_index` picks (``m`` of
+    them), drawn and counted in one compiled pass (:mod:`streamq.kmeans.sampling`)."""
+    from streamq.kmeans.sampling import sample_histogram
+
+    return sample_histogram(rgb, m, np.random.default_rng([seed, image_id]))
 
 
 def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
               init: str = "k-means++", n_init: int = 1, method: str = "kmeans",
-              index: np.ndarray | None = None) -> np.ndarray:
+              index: np.ndarray | None = None,
+              histogram: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """The palette of one image: k-means on a seeded ``sample`` of its pixels.
 
     ``rgb`` is ``(n, 3)`` uint8; returns ``(k, 3)`` float centres in [0, 1] units.
@@ -93,17 +113,21 @@ def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
     sample; ``"histogram"`` runs the same k-means (to the same stopping rule) on the
     sample's distinct colours weighted by their counts, with compiled loops
     (:mod:`streamq.kmeans`): other random starts, so other centres, of the same
-    quality. ``index`` is :func:`sample_index` when the caller has it already.
+    quality. ``index`` is :func:`sample_index` when the caller has it already, and
+    ``histogram`` the sample's :func:`streamq.kmeans.distinct_colours` (histogram method).
     """
     n = len(rgb)
-    idx = sample_index(n, k, sample, seed, image_id) if index is None else index
-    if len(idx) < k:  # fewer pixels than colours: every pixel is a centre, the rest repeat the first
+    m = sample_size(n, k, sample) if index is None else len(index)
+    if m < k:  # fewer pixels than colours: every pixel is a centre, the rest repeat the first
         x = to_space(rgb, "rgb")
         return np.concatenate([x, np.repeat(x[:1], k - n, axis=0)]).astype(np.float64)
     if method == "histogram":
         from streamq.kmeans import codes_to_points, distinct_colours, kmeans
 
-        codes, counts = distinct_colours(rgb[idx])
+        if histogram is None:  # drawn and counted in one pass unless the caller has the index
+            histogram = (_sample_histogram(rgb, m, seed, image_id) if index is None
+                         else distinct_colours(rgb, index))
+        codes, counts = histogram
         # one generator per (image, K): palettes do not depend on which other K are fitted
         return kmeans(codes_to_points(codes), counts, k, np.random.default_rng([seed, image_id, k]),
                       init=init, n_init=n_init).centers
@@ -112,6 +136,7 @@ def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
+    idx = sample_index(n, k, sample, seed, image_id) if index is None else index
     x = to_space(rgb[idx], "rgb")
     # One thread: KMeans sums in thread order, so this makes the palette independent of the
     # machine and scheduler (and tasks are the parallelism anyway).
@@ -122,6 +147,10 @@ def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
 
 
 def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
+    if args["method"] == "histogram":  # on a cold numba cache, the workers share the compiling
+        from streamq.kmeans.precompile import precompile
+
+        precompile()
     pixels = open_array(args["store"], PIXELS)
     a, b = args["px_start"], args["px_stop"]
     data = np.asarray(pixels[a:b])
@@ -129,12 +158,16 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
     for image_id, off, size in args["images"]:
         rgb = data[off - a: off - a + size]
         index: dict[int, np.ndarray] = {}  # one sample per image, whatever the K (unless tiny)
+        hist: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # and its histogram
         for k in args["colors"]:
             m = sample_size(size, k, args["sample"])
-            if m not in index:
+            if args["method"] == "histogram":
+                if m not in hist and m >= k:
+                    hist[m] = _sample_histogram(rgb, m, args["seed"], image_id)
+            elif m not in index:
                 index[m] = sample_index(size, k, args["sample"], args["seed"], image_id)
             c = fit_image(rgb, k, args["sample"], args["seed"], image_id, args["init"],
-                          args["n_init"], args["method"], index[m])
+                          args["n_init"], args["method"], index.get(m), hist.get(m))
             result[str(k)].append([image_id, c.reshape(-1).tolist()])
     write_record(args["store"], RECORDS, args["task"], result)
     return {"n": len(args["images"])}

@@ -29,7 +29,8 @@ from streamq.kmeans import (
     rgb_to_codes,
     tolerance,
 )
-from streamq.kmeans.plusplus import cell_order
+from streamq.kmeans.filtering import lloyd_cells
+from streamq.kmeans.plusplus import cell_layout, cell_order
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +130,63 @@ def test_codes_round_trip_and_distinct_colours(photo):
                                   to_space(codes_to_rgb(codes), "rgb").astype(np.float64))
 
 
+def test_distinct_colours_of_chosen_rows(photo):
+    idx = np.sort(np.random.default_rng(1).choice(len(photo), 5_000, replace=False))
+    codes, counts = distinct_colours(photo, idx)
+    ref_codes, ref_counts = distinct_colours(photo[idx])
+    np.testing.assert_array_equal(codes, ref_codes)
+    np.testing.assert_array_equal(counts, ref_counts)
+    assert counts.dtype == np.int64
+    assert counts.sum() == 5_000
+    flat = np.zeros((40, 3), np.uint8)  # one colour: a count above every other
+    np.testing.assert_array_equal(distinct_colours(flat)[1], [40])
+    assert [len(a) for a in distinct_colours(photo[:0])] == [0, 0]
+
+
+@pytest.mark.parametrize("n", [10_001, 12_345, 200_003])
+@pytest.mark.parametrize("fraction", [0.0201, 0.03, 0.3, 0.7, 0.999])
+def test_sample_histogram_is_the_seeded_choice(photo, n, fraction):
+    from streamq.kmeans.sampling import sample_histogram, takes_fisher_yates
+
+    rgb = np.resize(photo, (n, 3))
+    m = int(round(fraction * n))
+    assert takes_fisher_yates(n, m)
+    for seed in ([0, 1], [4, 7, 2]):
+        idx = np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
+        want = distinct_colours(rgb, idx)
+        got = sample_histogram(rgb, m, np.random.default_rng(seed))
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_sample_shuffle_resumes_when_draws_run_out():
+    from streamq.kmeans.sampling import _shuffle
+
+    n = 30_000
+    for m in (601, 15_000, n - 1):
+        rng = np.random.default_rng([1, 2])
+        pos = np.arange(n, dtype=np.int32)
+        used = np.zeros(1, np.int64)
+        draws = rng.bit_generator.random_raw(5).view(np.uint32)
+        i = n - 1
+        while (i := _shuffle(pos, i, n - m - 1, draws, used)) != n - m - 1:
+            draws = np.concatenate([draws[used[0]:], rng.bit_generator.random_raw(3).view(np.uint32)])
+            used[0] = 0
+        want = np.sort(np.random.default_rng([1, 2]).choice(n, size=m, replace=False))
+        np.testing.assert_array_equal(np.sort(pos[n - m:]), want)
+
+
+def test_sample_histogram_small_sizes_take_numpy(photo):
+    from streamq.kmeans.sampling import sample_histogram
+
+    for n, m in ((500, 350), (20_000, 300), (20_000, 20_000)):
+        rgb = np.resize(photo, (n, 3))
+        idx = (np.sort(np.random.default_rng(3).choice(n, size=m, replace=False)) if m < n
+               else np.arange(n))
+        got = sample_histogram(rgb, m, np.random.default_rng(3))
+        np.testing.assert_array_equal(got[1], distinct_colours(rgb, idx)[1])
+
+
 @pytest.mark.parametrize("k", [2, 6, 30, 64])
 def test_kmeans_plusplus_is_the_plain_greedy_loop(points, k):
     x, w = points
@@ -160,6 +218,61 @@ def test_bounded_lloyd_is_plain_weighted_lloyd_bit_for_bit(points, k, tol):
     np.testing.assert_array_equal(res.labels, _labels(x, res.centers))
     assert res.inertia == pytest.approx(inertia(x, w, res.centers), rel=1e-12)
     assert [r[0] for r in res.history] == list(range(1, res.n_iter + 1))
+
+
+def _same_result(a, b):
+    np.testing.assert_array_equal(a.centers, b.centers)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert (a.inertia, a.n_iter, a.stop, a.history) == (b.inertia, b.n_iter, b.stop, b.history)
+
+
+@pytest.mark.parametrize("k", [2, 3, 6, 30, 64, 256])
+@pytest.mark.parametrize("tol", [1e-4, 0.0])
+def test_lloyd_cells_is_bounded_lloyd_bit_for_bit(whole_photo, k, tol):
+    x, w = whole_photo
+    start = kmeans_plusplus(x, w, k, np.random.default_rng(k))
+    order, cells = cell_order(x)
+    _same_result(lloyd_cells(x, w, start, tol=tol, max_iter=120, order=order, start=cells),
+                 lloyd(x, w, start, tol=tol, max_iter=120))
+    # any grouping of the points into cells: the same result
+    one = np.array([0, len(x)])
+    _same_result(lloyd_cells(x, w, start, tol=tol, max_iter=120, order=np.arange(len(x)), start=one),
+                 lloyd(x, w, start, tol=tol, max_iter=120))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_lloyd_cells_ties_and_empty_clusters_as_bounded(seed):
+    # points on a coarse lattice (many exact ties), several starts on one point and some far
+    # away: clusters go empty and are refilled, at the first update and later
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 400))
+    k = int(rng.integers(2, min(n, 40)))
+    x = rng.integers(0, 4, size=(n, 3)) / 3.0
+    w = rng.integers(1, 5, size=n).astype(float)
+    start = np.concatenate([x[:1].repeat(k // 2, 0), rng.random((k - k // 2, 3)) * 2 - 0.5])
+    for tol in (1e-4, 0.0):
+        _same_result(lloyd_cells(x, w, start, tol=tol), lloyd(x, w, start, tol=tol))
+    for max_iter in (0, 1, 2):
+        _same_result(lloyd_cells(x, None, start, max_iter=max_iter),
+                     lloyd(x, None, start, max_iter=max_iter))
+
+
+def test_kmeans_takes_lloyd_cells_for_colours_with_the_same_result(whole_photo, photo):
+    x, w = whole_photo
+    for k in (6, 64):
+        rng = np.random.default_rng([1, k])
+        ours = kmeans(x, w, k, rng, n_init=2)
+        rng = np.random.default_rng([1, k])
+        best = None
+        for _ in range(2):  # the same starts, bounded Lloyd
+            res = lloyd(x, w, kmeans_plusplus(x, w, k, rng), tol=1e-4)
+            best = res if best is None or res.inertia < best.inertia else best
+        _same_result(ours, best)
+    layout = cell_layout(x)
+    np.testing.assert_array_equal(kmeans_plusplus(x, w, 9, np.random.default_rng(0), layout),
+                                  kmeans_plusplus(x, w, 9, np.random.default_rng(0)))
+    with pytest.raises(ValueError, match="3-d points"):
+        lloyd_cells(x[:, :2], w, x[:2, :2])
 
 
 def test_lloyd_on_a_whole_photo_is_bit_for_bit_with_and_without_bounds(whole_photo):

@@ -201,9 +201,80 @@ def test_sample_index_is_seeded_per_image():
     np.testing.assert_array_equal(sample_index(10, 30, 0.7, 3, 5), np.arange(10))
 
 
+@pytest.mark.parametrize("n", [1, 3, 100, 9_999, 10_000, 10_001, 12_345, 200_000])
+@pytest.mark.parametrize("sample", [0.015, 0.03, 0.049, 0.3, 0.7, 0.99])
+def test_sample_index_is_the_sorted_seeded_choice(n, sample):
+    # the fast path (no final shuffle, a mask instead of a sort) draws the same set
+    for k in (2, 256):
+        m = min(n, max(k, int(round(sample * n))))
+        got = sample_index(n, k, sample, 3, 5)
+        want = (np.sort(np.random.default_rng([3, 5]).choice(n, size=m, replace=False)) if m < n
+                else np.arange(n))
+        np.testing.assert_array_equal(got, want)
+
+
 def test_quantize_rerun_needs_no_cluster(fitted):
     # Every per-image K is labelled: a rerun is a no-op that does not even reach for a
     # scheduler (this address has nobody listening).
     summary = streamq.quantize(fitted, scheduler="tcp://127.0.0.1:9")
     assert summary.status == "already complete"
     assert set(summary.mean_psnr) == {2, 6, 30}
+
+
+_CHINA = """
+import numpy as np
+from sklearn.datasets import load_sample_image  # decoded by Pillow
+from streamq.kmeans import label_pixels
+from streamq.kmeans.precompile import per_image_kernels, precompile
+from streamq.per_image import fit_image
+
+rgb = np.ascontiguousarray(load_sample_image("china.jpg").reshape(-1, 3))
+"""
+
+_COLD_SCRIPT = _CHINA + """
+assert precompile() == 5 and precompile() == 0
+for k, px in ((2, rgb), (30, rgb.copy())):  # pixels read-only (as Pillow gives them) and not
+    assert px.flags.writeable == (k == 30)
+    label_pixels(px, fit_image(px, k, 0.7, 0, 0, method="histogram"))
+print([len(d.signatures) for d, _ in per_image_kernels()])
+"""
+
+_AFTER_WARMUP_SCRIPT = _CHINA + """
+for k in (2, 30):
+    label_pixels(rgb, fit_image(rgb, k, 0.7, 0, 0, method="histogram"))
+stats = [d.stats for d, _ in per_image_kernels()]
+print(sum(sum(s.cache_hits.values()) for s in stats), sum(sum(s.cache_misses.values()) for s in stats))
+"""
+
+
+def _python(script: str, env: dict[str, str], *args: str):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, *(("-c", script) if script else ()), *args], env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _output(proc) -> str:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return out.strip()
+
+
+def test_precompiled_signatures_are_the_ones_the_path_calls(tmp_path):
+    # On an empty numba cache, two processes at once (as a cluster's workers start): each
+    # kernel is compiled for the declared types and the fit and labelling add no others,
+    # whether the pixels are writable (read from the store) or not (decoded by Pillow).
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    for p in [_python(_COLD_SCRIPT, env) for _ in range(2)]:
+        assert _output(p) == "[1, 1, 1, 1, 1]"
+    assert len(list((tmp_path / "numba").rglob("*.nbi"))) >= 5
+
+
+def test_warmup_command_leaves_nothing_to_compile(tmp_path):
+    # `streamq warmup` on an empty cache compiles the kernels; a later process fits and
+    # labels a real photo loading every one of them from the cache, compiling none.
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    warm = _output(_python("", env, "-m", "streamq.cli.main", "warmup"))
+    assert warm.startswith("5 per-image kernels compiled or loaded in")
+    assert _output(_python(_AFTER_WARMUP_SCRIPT, env)) == "5 0"

@@ -31,7 +31,7 @@ log = logging.getLogger("streamq.cli")
 
 #: ``streamq --help`` lists the commands in this order: the pipeline, then the helpers.
 ORDER = ["example", "ingest", "info", "fit", "quantize", "cluster-images", "export", "report",
-         "run", "unlock"]
+         "run", "unlock", "warmup"]
 
 
 class _Ordered(click.Group):
@@ -525,6 +525,27 @@ def unlock_cmd(store: str, force: bool, config_path: str | None) -> None:
     else:
         owner, why = removed
         click.echo(f"removed the lock of {owner.describe()}: {why}")
+
+
+@cli.command("warmup", short_help="Compile the per-image kernels ahead of their first use.")
+@click.pass_context
+@_handle_errors
+def warmup_cmd(ctx: click.Context) -> None:
+    """Compile the loops of `fit --per-image --method histogram` and of its labelling into
+    numba's on-disk cache, so that the first fit does not compile them (a few seconds).
+
+    Once per installation (and after an upgrade of streamq or numba), for example in the
+    image or environment build; later runs only load them. Cluster workers share the cache
+    when they share the installation's files.
+    """
+    import time
+
+    from streamq.kmeans.precompile import precompile
+
+    t0 = time.perf_counter()
+    n = precompile()
+    if not ctx.obj["quiet"]:
+        click.echo(f"{n} per-image kernels compiled or loaded in {time.perf_counter() - t0:.1f} s")
 
 
 def main() -> None:

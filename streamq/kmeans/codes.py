@@ -11,8 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["CHANNEL", "N_CODES", "cell_means", "code24", "codes_to_points", "codes_to_rgb", "distinct_colours",
-           "rgb_to_codes"]
+__all__ = ["CHANNEL", "N_CODES", "cell_means", "code24", "codes_to_points", "codes_to_rgb",
+           "distinct_colours", "rgb_to_codes"]
 
 N_CODES = 1 << 24
 
@@ -45,11 +45,57 @@ def codes_to_points(codes: np.ndarray) -> np.ndarray:
     return np.stack([CHANNEL[codes >> 16], CHANNEL[(codes >> 8) & 255], CHANNEL[codes & 255]], 1)
 
 
-def distinct_colours(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(codes, counts)``: the distinct 24-bit codes of ``(n, 3)`` uint8 pixels, sorted, and
-    how many pixels have each (int64)."""
-    codes, counts = np.unique(rgb_to_codes(np.ascontiguousarray(rgb, np.uint8)), return_counts=True)
-    return codes, counts.astype(np.int64)
+@numba.njit(nogil=True, cache=True)
+def _count_codes(rgb: np.ndarray, mask: np.ndarray, every: bool, table: np.ndarray,
+                 seen: np.ndarray) -> int:
+    """Count in ``table`` the codes of the rows of ``rgb`` (every row when ``every``, else the
+    rows where ``mask`` is set), in row order: neighbouring pixels share colours, so the table
+    stays in cache. Each code's first sight is listed in ``seen``; returns how many distinct
+    codes."""
+    m = 0
+    for p in range(rgb.shape[0]):
+        if every or mask[p]:
+            code = (np.int64(rgb[p, 0]) << 16) | (np.int64(rgb[p, 1]) << 8) | np.int64(rgb[p, 2])
+            if table[code] == 0:
+                seen[m] = code
+                m += 1
+            table[code] += 1
+    return m
+
+
+def pixels_in(rgb: np.ndarray) -> np.ndarray:
+    """``(n, 3)`` uint8 pixels as the compiled loops take them: C-contiguous and read-only (a
+    view, no copy), so that pixels read from a store and pixels decoded by Pillow (read-only)
+    share one compiled version of each loop."""
+    v = np.ascontiguousarray(rgb, np.uint8).view()
+    v.flags.writeable = False
+    return v
+
+
+def distinct_colours(rgb: np.ndarray, index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, counts)``: the distinct 24-bit codes of ``(n, 3)`` uint8 pixels (the rows
+    ``index`` of them when given: distinct row numbers, any integer type), sorted, and how
+    many pixels have each (int64).
+
+    One pass over the pixels with a ``2**24`` count table (64 MiB, of which only the pages of
+    occurring colours are touched), then a sort of the distinct codes only.
+    """
+    rgb = pixels_in(rgb)
+    every = index is None
+    n = len(rgb) if index is None else len(index)
+    if n == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    if n >= 2**31:  # int32 counts
+        codes, counts = np.unique(rgb_to_codes(rgb if every else rgb[index]), return_counts=True)
+        return codes, counts.astype(np.int64)
+    mask = np.zeros(0 if every else len(rgb), dtype=np.uint8)
+    if not every:
+        mask[index] = 1
+    table = np.zeros(N_CODES, dtype=np.int32)
+    seen = np.empty(min(n, N_CODES), dtype=np.int64)
+    m = _count_codes(rgb, mask, every, table, seen)
+    codes = np.sort(seen[:m])
+    return codes, table[codes].astype(np.int64)
 
 
 def cell_means(codes: np.ndarray, counts: np.ndarray, points: np.ndarray, bits: int

@@ -20,7 +20,7 @@ import math
 import numba
 import numpy as np
 
-from streamq.kmeans.codes import CHANNEL, code24
+from streamq.kmeans.codes import CHANNEL, pixels_in
 
 __all__ = ["SORTED_FROM_K", "assign", "assign_rows", "inertia", "label_pixels", "sorted_centres"]
 
@@ -61,12 +61,18 @@ def _principal(cov: np.ndarray) -> np.ndarray:
 
 
 def _axis(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
-    """Unit principal axis of the rows of ``x`` (weights ``w``). Only the speed of the
-    searches depends on it, never their results."""
+    """Unit principal axis of the rows of ``x`` (weights ``w``; the centres of a search). Only
+    the speed of the searches depends on it, never their results. In NumPy: a handful of
+    centres is not worth a compiled loop's compilation."""
     if len(x) < 2:
         return _GREY.copy()
-    w = np.ones(len(x)) if w is None else np.ascontiguousarray(w, np.float64)
-    return _principal(_covariance(np.ascontiguousarray(x, np.float64), w))
+    x = np.asarray(x, np.float64)
+    w = np.ones(len(x)) if w is None else np.asarray(w, np.float64)
+    total = w.sum()
+    if not total > 0:
+        return _GREY.copy()
+    d = x - (w @ x) / total
+    return _principal((d * w[:, None]).T @ d / total)
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -77,16 +83,28 @@ def _d2(x: np.ndarray, i: int, c: np.ndarray, j: int) -> float:
     return a * a + b * b + d * d
 
 
-@numba.njit(nogil=True, cache=True)
 def _sort_centres(c: np.ndarray, axis: np.ndarray, order: np.ndarray, sp: np.ndarray) -> None:
-    k = c.shape[0]
-    pc = np.empty(k)
-    for j in range(k):
-        pc[j] = c[j, 0] * axis[0] + c[j, 1] * axis[1] + c[j, 2] * axis[2]
-    o = np.argsort(pc, kind="mergesort")
-    for r in range(k):
-        order[r] = o[r]
-        sp[r] = pc[o[r]]
+    """Fill ``order`` (centres by projection on ``axis``, stable) and ``sp`` (their sorted
+    projections). In NumPy: a compiled sort costs seconds of compilation for microseconds of
+    work on at most a few thousand centres."""
+    pc = c[:, 0] * axis[0] + c[:, 1] * axis[1] + c[:, 2] * axis[2]
+    order[:] = np.argsort(pc, kind="stable")
+    sp[:] = pc[order]
+
+
+@numba.njit(nogil=True, cache=True)
+def _first_at_least(sp: np.ndarray, p: float) -> int:
+    """``np.searchsorted(sp, p)``: the first index whose value is at least ``p`` (a loop:
+    cheaper to compile than NumPy's)."""
+    lo = 0
+    hi = sp.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if sp[mid] < p:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 @numba.njit(nogil=True, cache=True)
@@ -119,7 +137,7 @@ def _nearest3(x: np.ndarray, i: int, p: float, c: np.ndarray, order: np.ndarray,
             elif s < b3:
                 b3 = s
         return a1, b1, a2, b2, b3
-    up = np.searchsorted(sp, p)
+    up = _first_at_least(sp, p)
     down = up - 1
     while up < k or down >= 0:
         for side in range(2):
@@ -164,7 +182,7 @@ def _nearest(x: np.ndarray, i: int, p: float, c: np.ndarray, order: np.ndarray, 
     outward from the projection ``p`` with centre ``a`` as the first bound."""
     k = c.shape[0]
     best = _d2(x, i, c, a)
-    up = np.searchsorted(sp, p)
+    up = _first_at_least(sp, p)
     down = up - 1
     while up < k or down >= 0:
         if up < k:
@@ -259,17 +277,17 @@ _CACHE_BITS = 14  # entries of the label cache: 2**14 colours
 @numba.njit(nogil=True, cache=True)
 def _label(rgb: np.ndarray, table: np.ndarray, c: np.ndarray, order: np.ndarray,
            sp: np.ndarray, axis: np.ndarray, palette: np.ndarray, labels: np.ndarray,
-           err: np.ndarray) -> int:
-    q = np.empty((1, 3))
-    # a direct-mapped cache of recent colours: (code + 1, label, error); photos repeat colours
-    size = 1 << _CACHE_BITS
-    key = np.zeros(size, dtype=np.int64)
-    value = np.empty(size, dtype=np.int64)
+           err: np.ndarray, q: np.ndarray, key: np.ndarray, value: np.ndarray) -> int:
+    """Label pixels through a direct-mapped cache of recent colours (photos repeat colours):
+    ``key[slot]`` is the code + 1 of the colour held (zeros: empty), ``value[slot]`` its
+    label and error packed. ``q`` is a ``(1, 3)`` work row (the work arrays come from the
+    caller: a NumPy allocation in compiled code costs tenths of a second of compilation)."""
+    mask = key.shape[0] - 1
     lab = 0
     total = 0
     for i in range(rgb.shape[0]):
-        code = code24(rgb, i)
-        slot = ((code * 2654435761) >> 11) & (size - 1)
+        code = (np.int64(rgb[i, 0]) << 16) | (np.int64(rgb[i, 1]) << 8) | np.int64(rgb[i, 2])
+        slot = ((code * 2654435761) >> 11) & mask
         if key[slot] == code + 1:
             v = value[slot]
             lab = v & 0xFFFFF
@@ -301,7 +319,7 @@ def label_pixels(rgb: np.ndarray, centres: np.ndarray, palette: np.ndarray | Non
     (``(k, 3)`` uint8, default the rounded centres), and the error per pixel (int64) when
     ``want_err`` (else an empty array).
     """
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    rgb = pixels_in(rgb)
     c = np.ascontiguousarray(centres, dtype=np.float64)
     if palette is None:
         palette = np.round(np.clip(c * 255, 0, 255)).astype(np.uint8)
@@ -309,7 +327,9 @@ def label_pixels(rgb: np.ndarray, centres: np.ndarray, palette: np.ndarray | Non
     axis, order, sp = _sorted_centres(c)
     labels = np.empty(len(rgb), dtype=np.int64)
     err = np.empty(len(rgb) if want_err else 0, dtype=np.int64)
-    sse = _label(rgb, CHANNEL, c, order, sp, axis, pal, labels, err) if len(rgb) else 0
+    size = 1 << _CACHE_BITS
+    sse = _label(rgb, CHANNEL, c, order, sp, axis, pal, labels, err, np.empty((1, 3)),
+                 np.zeros(size, np.int64), np.empty(size, np.int64)) if len(rgb) else 0
     return labels, int(sse), err
 
 

@@ -19,117 +19,46 @@ import math
 import numba
 import numpy as np
 
-from streamq.kmeans.nearest import _EPS, _d2
+from streamq.kmeans.nearest import _EPS
 
-__all__ = ["cell_order", "kmeans_plusplus"]
-
-
-@numba.njit(nogil=True, cache=True)
-def _cell_stats(closest: np.ndarray, w: np.ndarray, start: np.ndarray, c: int,
-                csum: np.ndarray, cmax: np.ndarray) -> None:
-    s = 0.0
-    m = 0.0
-    for i in range(start[c], start[c + 1]):
-        s += w[i] * closest[i]
-        if closest[i] > m:
-            m = closest[i]
-    csum[c] = s
-    cmax[c] = m
-
-
-@numba.njit(nogil=True, cache=True)
-def _draw(target: float, w: np.ndarray, closest: np.ndarray, start: np.ndarray,
-          csum: np.ndarray) -> int:
-    """First point whose cumulative ``w * closest`` exceeds ``target`` (the last point with
-    any mass when rounding runs past the end)."""
-    acc = 0.0
-    last = -1
-    for c in range(csum.shape[0]):
-        if csum[c] > 0:
-            last = c
-        if acc + csum[c] > target:
-            for i in range(start[c], start[c + 1]):
-                acc += w[i] * closest[i]
-                if acc > target:
-                    return i
-            break  # rounding inside the cell: fall back to the last point with mass
-        acc += csum[c]
-    c = last if last >= 0 else csum.shape[0] - 1
-    for i in range(start[c + 1] - 1, start[c] - 1, -1):
-        if closest[i] > 0:
-            return i
-    return start[c + 1] - 1
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _gain_cell(j: int, c: int, x: np.ndarray, w: np.ndarray, closest: np.ndarray,
-               start: np.ndarray, lo: np.ndarray, hi: np.ndarray, csum: np.ndarray,
-               cmax: np.ndarray, apply: bool) -> float:
-    box = 0.0
-    for t in range(3):
-        v = x[j, t]
-        g = lo[c, t] - v if v < lo[c, t] else (v - hi[c, t] if v > hi[c, t] else 0.0)
-        box += g * g
-    if box > cmax[c] + _EPS:
-        return 0.0  # the cell's box is farther than any of its points' current distance
-    gain = 0.0
-    changed = False
-    for i in range(start[c], start[c + 1]):
-        d = _d2(x, i, x, j)
-        if d < closest[i]:
-            gain += w[i] * (closest[i] - d)
-            if apply:
-                closest[i] = d
-                changed = True
-    if changed:
-        _cell_stats(closest, w, start, c, csum, cmax)
-    return gain
-
-
-@numba.njit(nogil=True, cache=True)
-def _gain(j: int, x: np.ndarray, w: np.ndarray, closest: np.ndarray, start: np.ndarray,
-          lo: np.ndarray, hi: np.ndarray, csum: np.ndarray, cmax: np.ndarray, top: float,
-          grid: np.ndarray, low: np.ndarray, scale: np.ndarray, apply: bool) -> float:
-    """How much the potential drops if point ``j`` becomes a centre (and, when ``apply``,
-    make it one). Only cells within ``sqrt(top)`` (the largest current distance) of ``j`` can
-    change: they are enumerated on the grid when that is fewer than the occupied cells."""
-    cells = grid.shape[0]
-    r = math.sqrt(top) + 1e-9
-    q0 = np.empty(3, dtype=np.int64)
-    q1 = np.empty(3, dtype=np.int64)
-    volume = 1
-    for t in range(3):
-        q0[t] = max(int(math.floor((x[j, t] - r - low[t]) * scale[t])) - 1, 0)
-        q1[t] = min(int(math.floor((x[j, t] + r - low[t]) * scale[t])) + 1, cells - 1)
-        volume *= q1[t] - q0[t] + 1
-    gain = 0.0
-    if volume < csum.shape[0]:
-        for a in range(q0[0], q1[0] + 1):
-            for b in range(q0[1], q1[1] + 1):
-                for e in range(q0[2], q1[2] + 1):
-                    c = grid[a, b, e]
-                    if c >= 0:
-                        gain += _gain_cell(j, c, x, w, closest, start, lo, hi, csum, cmax, apply)
-    else:
-        for c in range(csum.shape[0]):
-            gain += _gain_cell(j, c, x, w, closest, start, lo, hi, csum, cmax, apply)
-    return gain
+__all__ = ["cell_layout", "cell_order", "kmeans_plusplus"]
 
 
 @numba.njit(nogil=True, cache=True)
 def _kmeanspp(x: np.ndarray, w: np.ndarray, start: np.ndarray, lo: np.ndarray, hi: np.ndarray,
               grid: np.ndarray, low: np.ndarray, scale: np.ndarray, k: int, i0: int,
-              uniforms: np.ndarray, chosen: np.ndarray) -> None:
+              uniforms: np.ndarray, chosen: np.ndarray, closest: np.ndarray, csum: np.ndarray,
+              cmax: np.ndarray) -> None:
+    """The greedy rule on the points sorted by cell (cell ``c`` holds points
+    ``start[c]:start[c+1]`` in the box ``lo[c]``..``hi[c]``).
+
+    ``i0`` is the first centre (:func:`_first`). ``csum[c]`` and ``cmax[c]`` are the sum of
+    ``w * closest`` and the largest ``closest`` of cell ``c``. A candidate ``j`` only visits the cells within ``sqrt(top)`` (the largest
+    current distance) of it, enumerated on the grid when that is fewer than the occupied
+    cells, and of those only the ones whose box is within a point's current distance.
+    One function, its work arrays (``closest``, ``csum``, ``cmax``) allocated by the caller:
+    every compiled callee and every NumPy allocation in compiled code costs tenths of a second
+    of compilation on first use.
+    """
     n = x.shape[0]
     nc = start.shape[0] - 1
+    cells = grid.shape[0]
+    trials = uniforms.shape[1]
     chosen[0] = i0
-    closest = np.empty(n)
     for i in range(n):
-        closest[i] = _d2(x, i, x, i0)
-    csum = np.empty(nc)
-    cmax = np.empty(nc)
+        d0 = x[i, 0] - x[i0, 0]
+        d1 = x[i, 1] - x[i0, 1]
+        d2 = x[i, 2] - x[i0, 2]
+        closest[i] = d0 * d0 + d1 * d1 + d2 * d2
     for c in range(nc):
-        _cell_stats(closest, w, start, c, csum, cmax)
+        s = 0.0
+        m = 0.0
+        for i in range(start[c], start[c + 1]):
+            s += w[i] * closest[i]
+            if closest[i] > m:
+                m = closest[i]
+        csum[c] = s
+        cmax[c] = m
     for c in range(1, k):
         pot = 0.0
         top = 0.0
@@ -138,80 +67,125 @@ def _kmeanspp(x: np.ndarray, w: np.ndarray, start: np.ndarray, lo: np.ndarray, h
             top = max(top, cmax[q])
         best = np.inf
         best_j = -1
-        for t in range(uniforms.shape[1]):
-            j = _draw(uniforms[c, t] * pot, w, closest, start, csum)
-            p = pot - _gain(j, x, w, closest, start, lo, hi, csum, cmax, top, grid, low, scale,
-                            False)
-            if p < best:
-                best = p
+        for t in range(trials + 1):  # the trials, then the best of them becomes a centre
+            apply = t == trials
+            if apply:
+                j = best_j
+            else:
+                # the draw: the first point whose cumulative w * closest exceeds the target
+                # (the last point with any mass when rounding runs past the end)
+                target = uniforms[c, t] * pot
+                acc = 0.0
+                last = -1
+                j = -1
+                for b in range(nc):
+                    if csum[b] > 0:
+                        last = b
+                    if acc + csum[b] > target:
+                        for i in range(start[b], start[b + 1]):
+                            acc += w[i] * closest[i]
+                            if acc > target:
+                                j = i
+                                break
+                        break  # (rounding inside the cell: fall back as below)
+                    acc += csum[b]
+                if j < 0:
+                    b = last if last >= 0 else nc - 1
+                    j = start[b + 1] - 1
+                    for i in range(start[b + 1] - 1, start[b] - 1, -1):
+                        if closest[i] > 0:
+                            j = i
+                            break
+            # the gain of j: cells near it, on the grid or all of them
+            r = math.sqrt(top) + 1e-9
+            a0 = max(int(math.floor((x[j, 0] - r - low[0]) * scale[0])) - 1, 0)
+            a1 = min(int(math.floor((x[j, 0] + r - low[0]) * scale[0])) + 1, cells - 1)
+            b0 = max(int(math.floor((x[j, 1] - r - low[1]) * scale[1])) - 1, 0)
+            b1 = min(int(math.floor((x[j, 1] + r - low[1]) * scale[1])) + 1, cells - 1)
+            e0 = max(int(math.floor((x[j, 2] - r - low[2]) * scale[2])) - 1, 0)
+            e1 = min(int(math.floor((x[j, 2] + r - low[2]) * scale[2])) + 1, cells - 1)
+            nb = b1 - b0 + 1
+            ne = e1 - e0 + 1
+            volume = (a1 - a0 + 1) * nb * ne
+            on_grid = volume < nc
+            gain = 0.0
+            for v in range(volume if on_grid else nc):
+                if on_grid:
+                    cc = grid[a0 + v // (nb * ne), b0 + (v // ne) % nb, e0 + v % ne]
+                    if cc < 0:
+                        continue
+                else:
+                    cc = v
+                box = 0.0
+                for u in range(3):
+                    y = x[j, u]
+                    g = lo[cc, u] - y if y < lo[cc, u] else (y - hi[cc, u] if y > hi[cc, u] else 0.0)
+                    box += g * g
+                if box > cmax[cc] + _EPS:
+                    continue  # the cell's box is farther than any of its points' current distance
+                part = 0.0
+                changed = False
+                for i in range(start[cc], start[cc + 1]):
+                    d0 = x[i, 0] - x[j, 0]
+                    d1 = x[i, 1] - x[j, 1]
+                    d2 = x[i, 2] - x[j, 2]
+                    d = d0 * d0 + d1 * d1 + d2 * d2
+                    if d < closest[i]:
+                        part += w[i] * (closest[i] - d)
+                        if apply:
+                            closest[i] = d
+                            changed = True
+                gain += part
+                if changed:
+                    s = 0.0
+                    m = 0.0
+                    for i in range(start[cc], start[cc + 1]):
+                        s += w[i] * closest[i]
+                        if closest[i] > m:
+                            m = closest[i]
+                    csum[cc] = s
+                    cmax[cc] = m
+            if apply:
+                chosen[c] = j
+            elif pot - gain < best:
+                best = pot - gain
                 best_j = j
-        chosen[c] = best_j
-        _gain(best_j, x, w, closest, start, lo, hi, csum, cmax, top, grid, low, scale, True)
 
 
 _CELLS = 16  # grid cells per axis in k-means++
 
 
-@numba.njit(nogil=True, cache=True)
-def _cells(x: np.ndarray, cells: int, order: np.ndarray, grid: np.ndarray, low: np.ndarray,
-           scale: np.ndarray) -> np.ndarray:
-    """Counting sort of the points by grid cell (stable); returns the occupied cells' starts
-    and fills ``grid`` (cell -> occupied cell number, -1 when empty), ``low`` and ``scale``
-    (a point's cell along axis ``t`` is ``floor((x - low[t]) * scale[t])``)."""
-    n = x.shape[0]
+def cell_layout(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(order, start, grid, low, scale)``: the points sorted by grid cell (stable), the
+    occupied cells' starts (with the end appended), ``grid`` (cell -> occupied cell number,
+    -1 when empty), and ``low``, ``scale`` (a point's cell along axis ``t`` is
+    ``floor((x - low[t]) * scale[t])``, clipped to the grid). In NumPy: no compilation."""
+    x = np.ascontiguousarray(x, np.float64)
+    cells = _CELLS
+    low = x.min(axis=0) if len(x) else np.zeros(3)
+    span = (x.max(axis=0) if len(x) else np.zeros(3)) - low
+    scale = np.zeros(3)
     for t in range(3):
-        a = np.inf
-        b = -np.inf
-        for i in range(n):
-            a = min(a, x[i, t])
-            b = max(b, x[i, t])
-        low[t] = a
-        scale[t] = cells / (b - a) if b > a else 0.0
-    cell = np.empty(n, dtype=np.int64)
-    count = np.zeros(cells ** 3 + 1, dtype=np.int64)
-    for i in range(n):
-        c = 0
-        for t in range(3):
-            q = int(math.floor((x[i, t] - low[t]) * scale[t]))
-            c = c * cells + min(max(q, 0), cells - 1)
-        cell[i] = c
-        count[c + 1] += 1
-    flat = grid.reshape(-1)
-    occupied = 0
-    for c in range(cells ** 3):
-        flat[c] = -1
-        if count[c + 1]:
-            flat[c] = occupied
-            occupied += 1
-        count[c + 1] += count[c]
-    start = np.empty(occupied + 1, dtype=np.int64)
-    m = 0
-    for c in range(cells ** 3):
-        if count[c + 1] > count[c]:
-            start[m] = count[c]
-            m += 1
-    start[occupied] = n
-    for i in range(n):
-        c = cell[i]
-        order[count[c]] = i
-        count[c] += 1
-    return start
-
-
-def _cell_layout(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    order = np.empty(len(x), dtype=np.int64)
-    grid = np.empty((_CELLS, _CELLS, _CELLS), dtype=np.int64)
-    low = np.empty(3)
-    scale = np.empty(3)
-    start = _cells(np.ascontiguousarray(x, np.float64), _CELLS, order, grid, low, scale)
-    return order, start, grid, low, scale
+        if span[t] > 0:
+            scale[t] = cells / span[t]
+    cell = np.zeros(len(x), dtype=np.int16)
+    for t in range(3):
+        q = np.clip(np.floor((x[:, t] - low[t]) * scale[t]), 0, cells - 1).astype(np.int16)
+        cell = cell * np.int16(cells) + q
+    order = np.argsort(cell, kind="stable").astype(np.int64)
+    counts = np.bincount(cell, minlength=cells ** 3)
+    occupied = np.flatnonzero(counts)
+    start = np.concatenate([[0], np.cumsum(counts[occupied])]).astype(np.int64)
+    grid = np.full(cells ** 3, -1, dtype=np.int64)
+    grid[occupied] = np.arange(len(occupied))
+    return order, start, grid.reshape(cells, cells, cells), np.ascontiguousarray(low, np.float64), scale
 
 
 def cell_order(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """How k-means++ arranges the points: ``(order, start)``, the points sorted by the cell of
     a 16x16x16 grid over their bounding box (then by index), and where each occupied cell
     starts in that order (with the end appended)."""
-    return _cell_layout(x)[:2]
+    return cell_layout(x)[:2]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -271,13 +245,14 @@ def _first(w: np.ndarray, u: float) -> int:
     return int(min(np.searchsorted(cum, u * cum[-1], side="right"), len(w) - 1))
 
 
-def kmeans_plusplus(x: np.ndarray, w: np.ndarray | None, k: int, rng: np.random.Generator
-                    ) -> np.ndarray:
+def kmeans_plusplus(x: np.ndarray, w: np.ndarray | None, k: int, rng: np.random.Generator,
+                    layout: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
     """Greedy weighted k-means++: ``k`` rows of ``x`` as initial centres.
 
     ``x`` is ``(n, d)`` (any ``d``; 3-d points use the grid, in :func:`cell_order`), ``w``
     its weights (None: all 1). ``x`` needs at least ``k`` distinct rows for ``k`` distinct
     centres. The result depends only on ``x``, ``w``, ``k`` and the generator's state.
+    ``layout`` is ``cell_layout(x)`` when the caller has it already (3-d points).
     """
     x = np.ascontiguousarray(x, np.float64)
     w = np.ones(len(x)) if w is None else np.ascontiguousarray(w, np.float64)
@@ -290,10 +265,12 @@ def kmeans_plusplus(x: np.ndarray, w: np.ndarray | None, k: int, rng: np.random.
     if x.shape[1] != 3:
         _kmeanspp_plain(x, w, k, _first(w, first), uniforms, chosen)
         return x[chosen].copy()
-    order, start, grid, low, scale = _cell_layout(x)
+    order, start, grid, low, scale = cell_layout(x) if layout is None else layout
     xs = np.ascontiguousarray(x[order])
     ws = np.ascontiguousarray(w[order])
     lo = np.ascontiguousarray(np.minimum.reduceat(xs, start[:-1], axis=0))
     hi = np.ascontiguousarray(np.maximum.reduceat(xs, start[:-1], axis=0))
-    _kmeanspp(xs, ws, start, lo, hi, grid, low, scale, k, _first(ws, first), uniforms, chosen)
+    nc = len(start) - 1
+    _kmeanspp(xs, ws, start, lo, hi, grid, low, scale, k, _first(ws, first), uniforms, chosen,
+              np.empty(len(x)), np.empty(nc), np.empty(nc))
     return xs[chosen].copy()
