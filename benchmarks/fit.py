@@ -4,7 +4,7 @@ On a real-photo collection (LFW-shaped 250x250 JPEG crops of photos bundled with
 packages, built and ingested once, cached in ``--workdir``), in one run and side by side:
 
 - ``streamq minibatch``: ``streamq.fit`` with the defaults (a LocalCluster, streamed batches,
-  polish); timed whole, cluster start included;
+  then exact Lloyd on the colour histogram); timed whole, cluster start included;
 - ``streamq lloyd``: ``--algorithm lloyd`` to convergence, best of ``n_init`` k-means++ starts
   on the colour histogram: the exact reference MSE;
 - ``sklearn KMeans``: ``KMeans(64, n_init=1)`` on a 10 Mpx uniform in-memory sample;
