@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SPACES", "codes_to_rgb", "rgb_to_codes", "to_rgb8", "to_rgb_float", "to_space"]
+__all__ = ["SPACES", "to_rgb8", "to_rgb_float", "to_space"]
 
 SPACES = ("rgb", "oklab")
 
@@ -61,15 +61,3 @@ def to_rgb_float(x: np.ndarray, space: str) -> np.ndarray:
 def to_rgb8(x: np.ndarray, space: str) -> np.ndarray:
     """Centres in ``space`` to the nearest sRGB uint8 colours."""
     return np.round(to_rgb_float(x, space)).astype(np.uint8)
-
-
-def rgb_to_codes(rgb: np.ndarray) -> np.ndarray:
-    """``(n, 3)`` uint8 colours to 24-bit codes ``r << 16 | g << 8 | b`` (int64)."""
-    rgb = np.asarray(rgb, dtype=np.int64)
-    return (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
-
-
-def codes_to_rgb(codes: np.ndarray) -> np.ndarray:
-    """24-bit colour codes back to ``(n, 3)`` uint8."""
-    codes = np.asarray(codes, dtype=np.int64)
-    return np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=1).astype(np.uint8)

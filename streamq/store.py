@@ -235,9 +235,9 @@ class Store:
         return True
 
     def write_table(self, prefix: str, columns: Mapping[str, np.ndarray | Sequence[Any]],
-                    chunk: int = TABLE_CHUNK, compressors: Any = "auto") -> None:
+                    chunk: int = TABLE_CHUNK, codecs: Any = "auto") -> None:
         """Write equal-length columns as 1-d arrays ``prefix/<name>`` (strings as UTF-8),
-        in chunks of ``chunk`` rows, compressed with ``compressors`` (default: Zarr's)."""
+        in chunks of ``chunk`` rows, compressed with ``codecs`` (default: Zarr's)."""
         lengths = {len(v) for v in columns.values()}
         if len(lengths) > 1:
             raise ValueError(f"columns of {prefix} differ in length: {lengths}")
@@ -249,7 +249,7 @@ class Store:
                 shape=data.shape,
                 chunks=(max(1, min(len(data), chunk)),),
                 dtype=data.dtype if data.dtype.kind != "U" else str,
-                compressors=compressors,
+                compressors=codecs,
                 overwrite=True,
             )
             if len(data):

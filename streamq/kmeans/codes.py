@@ -55,7 +55,7 @@ def _count_codes(rgb: np.ndarray, mask: np.ndarray, every: bool, table: np.ndarr
     m = 0
     for p in range(rgb.shape[0]):
         if every or mask[p]:
-            code = (np.int64(rgb[p, 0]) << 16) | (np.int64(rgb[p, 1]) << 8) | np.int64(rgb[p, 2])
+            code = code24(rgb, p)
             if table[code] == 0:
                 seen[m] = code
                 m += 1

@@ -20,7 +20,7 @@ import math
 import numba
 import numpy as np
 
-from streamq.kmeans.codes import CHANNEL, pixels_in
+from streamq.kmeans.codes import CHANNEL, code24, pixels_in
 
 __all__ = ["SORTED_FROM_K", "assign", "assign_rows", "inertia", "label_pixels", "sorted_centres"]
 
@@ -286,7 +286,7 @@ def _label(rgb: np.ndarray, table: np.ndarray, c: np.ndarray, order: np.ndarray,
     lab = 0
     total = 0
     for i in range(rgb.shape[0]):
-        code = (np.int64(rgb[i, 0]) << 16) | (np.int64(rgb[i, 1]) << 8) | np.int64(rgb[i, 2])
+        code = code24(rgb, i)
         slot = ((code * 2654435761) >> 11) & mask
         if key[slot] == code + 1:
             v = value[slot]
