@@ -365,6 +365,19 @@ def _worker_points(store: Location, key: str, space: str) -> dict[str, np.ndarra
     return _POINTS[k]
 
 
+def _layout(p: dict[str, Any], which: str) -> tuple[np.ndarray, ...] | None:
+    """The cell layout of the points ``which`` (``x`` or ``gx``), made once per process, for
+    colour points only (:func:`streamq.kmeans.converge` and k-means++ use it)."""
+    from streamq.kmeans.plusplus import cell_layout
+
+    pts = p[which]
+    if pts.shape[1] != 3:
+        return None
+    if "layout_" + which not in p:
+        p["layout_" + which] = cell_layout(pts)
+    return p["layout_" + which]
+
+
 def _slot(args: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
     slot = open_array(args["store"], STARTS, mode="r+")
     text = str(slot[args["start"]])
@@ -376,17 +389,20 @@ def _slot(args: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
 
 def _race_task(args: dict[str, Any]) -> dict[str, Any]:
     """One start (the given centres or k-means++) run to convergence on the coarse grid."""
-    from streamq.kmeans import initial_centers, lloyd
+    from streamq.kmeans import converge, initial_centers
 
     slot, state = _slot(args)
     if state is not None:
         return state
     p = _worker_points(args["store"], args["key"], args["space"])
+    layout = _layout(p, "gx")
     init = args["init"]
     if init is None:  # k-means++ start j draws from its own generator
         init = initial_centers(p["gx"], p["gw"], args["k"], args["init_method"],
-                               np.random.default_rng([args["seed"], 1000 + args["plusplus"]]))
-    res = lloyd(p["gx"], p["gw"], init, tol=0, max_iter=args["max_iter"])  # to a fixed point
+                               np.random.default_rng([args["seed"], 1000 + args["plusplus"]]),
+                               layout)
+    res = converge(p["gx"], p["gw"], init, layout=layout, tol=0,
+                   max_iter=args["max_iter"])  # to a fixed point
     state = {"fingerprint": args["fingerprint"], "start": args["start"], "done": False,
              "grid_inertia": res.inertia, "grid_iterations": res.n_iter,
              "centers": res.centers, "iteration": 0, "history": []}
@@ -396,7 +412,7 @@ def _race_task(args: dict[str, Any]) -> dict[str, Any]:
 
 def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
     """Exact Lloyd on every distinct colour from a start's grid result, checkpointed in its slot."""
-    from streamq.kmeans import lloyd
+    from streamq.kmeans import converge
 
     slot, state = _slot(args)
     assert state is not None, "a start is finished after its race"
@@ -413,8 +429,9 @@ def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
                                                 "history": history + [list(r) for r in rows]})
             last_save[0] = time.monotonic()
 
-    res = lloyd(p["x"], p["w"], state["centers"], tol=args["tol"], max_iter=args["max_iter"],
-                start_iter=state["iteration"], on_iter=on_iter)
+    res = converge(p["x"], p["w"], np.asarray(state["centers"]), layout=_layout(p, "x"),
+                   tol=args["tol"], max_iter=args["max_iter"], start_iter=state["iteration"],
+                   on_iter=on_iter)
     history.extend(list(r) for r in res.history)
     done = {**state, "done": True, "centers": res.centers, "iteration": res.n_iter,
             "history": history, "inertia": res.inertia, "stop": res.stop}

@@ -255,6 +255,10 @@ def test_lloyd_cells_ties_and_empty_clusters_as_bounded(seed):
     for max_iter in (0, 1, 2):
         _same_result(lloyd_cells(x, None, start, max_iter=max_iter),
                      lloyd(x, None, start, max_iter=max_iter))
+    hooked: list[int] = []  # handing back after every update: the same, refills included
+    _same_result(lloyd_cells(x, w, start, tol=0, on_iter=lambda it, c, rows: hooked.append(it)),
+                 lloyd(x, w, start, tol=0))
+    assert hooked == list(range(1, len(hooked) + 1))
 
 
 def test_kmeans_takes_lloyd_cells_for_colours_with_the_same_result(whole_photo, photo):
@@ -329,6 +333,31 @@ def test_lloyd_resumed_from_any_checkpoint_is_identical(points, tol):
         np.testing.assert_array_equal(resumed.centers, ref.centers)
         assert (resumed.n_iter, resumed.stop) == (ref.n_iter, ref.stop)
         assert rows + resumed.history == ref.history
+
+
+@pytest.mark.parametrize("tol", [1e-4, 0.0])
+def test_lloyd_cells_checkpoints_and_resumes_as_bounded_lloyd(whole_photo, tol):
+    x, w = whole_photo
+    start = kmeans_plusplus(x, w, 24, np.random.default_rng(4))
+    order, cells = cell_order(x)
+    seen, saved = [], []
+    ref = lloyd(x, w, start, tol=tol, max_iter=300,
+                on_iter=lambda it, c, rows: seen.append((it, c.copy(), list(rows))))
+    ours = lloyd_cells(x, w, start, tol=tol, max_iter=300, order=order, start=cells,
+                       on_iter=lambda it, c, rows: saved.append((it, c.copy(), list(rows))))
+    _same_result(ours, ref)
+    assert len(saved) == len(seen) == ref.n_iter - 1
+    for (it_a, c_a, rows_a), (it_b, c_b, rows_b) in zip(saved, seen, strict=True):
+        assert (it_a, rows_a) == (it_b, rows_b)
+        np.testing.assert_array_equal(c_a, c_b)
+    for it, centres, rows in saved[:: max(1, len(saved) // 5)] + saved[-1:]:
+        resumed = lloyd_cells(x, w, centres, tol=tol, max_iter=300, order=order, start=cells,
+                              start_iter=it)
+        np.testing.assert_array_equal(resumed.centers, ref.centers)
+        assert (resumed.n_iter, resumed.stop) == (ref.n_iter, ref.stop)
+        assert rows + resumed.history == ref.history
+    capped = lloyd_cells(x, w, start, tol=tol, max_iter=5, on_iter=lambda *a: None)
+    _same_result(capped, lloyd(x, w, start, tol=tol, max_iter=5))
 
 
 def test_lloyd_any_dimension_and_max_iter():

@@ -17,8 +17,8 @@ from streamq.kmeans.bounded import LloydResult, fixed_point, lloyd, tolerance
 from streamq.kmeans.codes import codes_to_points, codes_to_rgb, distinct_colours, rgb_to_codes
 from streamq.kmeans.nearest import assign, inertia, label_pixels
 from streamq.kmeans.plusplus import kmeans_plusplus
-from streamq.kmeans.starts import initial_centers, kmeans
+from streamq.kmeans.starts import converge, initial_centers, kmeans
 
-__all__ = ["LloydResult", "assign", "codes_to_points", "codes_to_rgb", "distinct_colours",
+__all__ = ["LloydResult", "assign", "codes_to_points", "codes_to_rgb", "converge", "distinct_colours",
            "fixed_point", "inertia", "initial_centers", "kmeans", "kmeans_plusplus", "label_pixels", "lloyd",
            "rgb_to_codes", "tolerance"]

@@ -27,6 +27,7 @@ runs several times faster than the bounds, which pay a pass over every point eac
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -179,9 +180,16 @@ _REFILL = 3
 
 def lloyd_cells(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol: float = 1e-4,
                 max_iter: int = 300, order: np.ndarray | None = None,
-                start: np.ndarray | None = None) -> LloydResult:
-    """:func:`streamq.kmeans.bounded.lloyd` of 3-d points (same arguments, no checkpoints):
-    the same :class:`~streamq.kmeans.bounded.LloydResult`, bit for bit.
+                start: np.ndarray | None = None, start_iter: int = 0,
+                on_iter: Callable[[int, np.ndarray, list[tuple[int, float, int]]], object]
+                | None = None) -> LloydResult:
+    """:func:`streamq.kmeans.bounded.lloyd` of 3-d points (the same arguments, checkpoints
+    included): the same :class:`~streamq.kmeans.bounded.LloydResult`, bit for bit.
+
+    With ``on_iter`` the compiled loop hands back after every update (its state stays in
+    the work arrays) so the hook sees ``(it, centers, history)`` as ``lloyd`` gives them; a
+    run resumed from saved ``centers`` and ``start_iter`` labels the points afresh, which
+    gives the labels, sums and hence the updates of the unbroken run.
 
     ``order`` and ``start`` are a grouping of the points into cells, as
     :func:`streamq.kmeans.plusplus.cell_order` returns (computed when None); any grouping
@@ -210,9 +218,9 @@ def lloyd_cells(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol
     lo = np.ascontiguousarray(np.minimum.reduceat(xs, start[:-1], axis=0))
     hi = np.ascontiguousarray(np.maximum.reduceat(xs, start[:-1], axis=0))
     labels = np.full(n, -1, dtype=np.int64)
-    max_iter = max(max_iter, 0)
-    shifts = np.empty(max_iter)
-    changes = np.empty(max_iter, dtype=np.int64)
+    total = max(max_iter - start_iter, 0)  # updates left to this call
+    shifts = np.empty(total)
+    changes = np.empty(total, dtype=np.int64)
     S = np.zeros((k, 3), np.int64)
     N = np.zeros(k, np.int64)
     new = np.empty((k, 3))
@@ -222,20 +230,30 @@ def lloyd_cells(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol
     work = (np.empty(k, np.int64), np.empty(k), pure, due, state)
     threshold = tolerance(xq, w, tol)
     resume = False
+    limit = total if on_iter is None else min(total, 1)  # updates before handing back
+    rows: list[tuple[int, float, int]] = []
     while True:
-        stop = _run(xs, Xs, Ws, start, lo, hi, c, new, scale, threshold, tol > 0, max_iter, labels,
+        stop = _run(xs, Xs, Ws, start, lo, hi, c, new, scale, threshold, tol > 0, limit, labels,
                     shifts, changes, S, N, *work, resume)
-        if stop != _REFILL:
-            break
-        _refill(xq, order, start, c, labels, Xs, Ws, S, N, pure, due)
-        resume = True
+        if stop == _REFILL:
+            _refill(xq, order, start, c, labels, Xs, Ws, S, N, pure, due)
+            resume = True
+            continue
+        resume = False
+        if stop == 0 and limit < total and on_iter is not None:  # a pause after an update
+            i = limit - 1
+            rows.append((start_iter + limit, float(shifts[i]), int(changes[i])))
+            on_iter(start_iter + limit, c, rows)
+            limit += 1
+            continue
+        break
     it = int(state[0])
     out = np.empty(n, dtype=np.int64)
     out[order] = labels
     e = xq - c[out]
-    total = np.cumsum(w * (e[:, 0] * e[:, 0] + e[:, 1] * e[:, 1] + e[:, 2] * e[:, 2]))[-1]
-    history = [(i + 1, float(shifts[i]), int(changes[i])) for i in range(it)]
-    return LloydResult(centers=c, labels=out, inertia=float(total), n_iter=it,
+    inertia = np.cumsum(w * (e[:, 0] * e[:, 0] + e[:, 1] * e[:, 1] + e[:, 2] * e[:, 2]))[-1]
+    history = [(start_iter + i + 1, float(shifts[i]), int(changes[i])) for i in range(it)]
+    return LloydResult(centers=c, labels=out, inertia=float(inertia), n_iter=start_iter + it,
                        stop=_STOP_NAMES[stop], history=history)
 
 

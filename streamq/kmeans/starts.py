@@ -8,13 +8,15 @@ cheaper to compile), on the grid k-means++ has made already.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from streamq.kmeans.bounded import LloydResult, lloyd
 from streamq.kmeans.filtering import lloyd_cells
 from streamq.kmeans.plusplus import cell_layout, kmeans_plusplus
 
-__all__ = ["CELLS_MAX_K", "INITS", "initial_centers", "kmeans"]
+__all__ = ["CELLS_MAX_K", "INITS", "converge", "initial_centers", "kmeans"]
 
 INITS = ("k-means++", "random")
 CELLS_MAX_K = 512  # lloyd_cells bounds every centre against every grid cell: for moderate K
@@ -32,6 +34,21 @@ def initial_centers(x: np.ndarray, w: np.ndarray | None, k: int, init: str,
         p = None if w is None else np.asarray(w, np.float64) / np.sum(w)
         return np.asarray(x, np.float64)[np.sort(rng.choice(len(x), size=k, replace=False, p=p))]
     raise ValueError(f"unknown init {init!r}, expected one of {', '.join(map(repr, INITS))}")
+
+
+def converge(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *,
+             layout: tuple[np.ndarray, ...] | None = None, **kwargs: Any) -> LloydResult:
+    """Lloyd from ``centers`` (``kwargs`` as :func:`~streamq.kmeans.bounded.lloyd`'s:
+    ``tol``, ``max_iter``, ``start_iter``, ``on_iter``) by whichever of its two equal forms is
+    faster: :func:`~streamq.kmeans.filtering.lloyd_cells` for colours (3-d points) and up to
+    ``CELLS_MAX_K`` centres, on ``layout`` (:func:`~streamq.kmeans.plusplus.cell_layout` of
+    ``x``, computed when None), else the bounds of :func:`~streamq.kmeans.bounded.lloyd`."""
+    x = np.ascontiguousarray(x, np.float64)
+    if x.ndim == 2 and x.shape[1] == 3 and len(centers) <= CELLS_MAX_K and len(x) > 0:
+        if layout is None:
+            layout = cell_layout(x)
+        return lloyd_cells(x, w, centers, order=layout[0], start=layout[1], **kwargs)
+    return lloyd(x, w, centers, **kwargs)
 
 
 def kmeans(x: np.ndarray, w: np.ndarray | None, k: int, rng: np.random.Generator, *,
@@ -54,11 +71,7 @@ def kmeans(x: np.ndarray, w: np.ndarray | None, k: int, rng: np.random.Generator
     best: LloydResult | None = None
     for _ in range(n_init):
         start = initial_centers(x, w, k, init, rng, layout)
-        if layout is not None:
-            result = lloyd_cells(x, w, start, tol=tol, max_iter=max_iter, order=layout[0],
-                                 start=layout[1])
-        else:
-            result = lloyd(x, w, start, tol=tol, max_iter=max_iter)
+        result = converge(x, w, start, layout=layout, tol=tol, max_iter=max_iter)
         if best is None or result.inertia < best.inertia:
             best = result
     assert best is not None
