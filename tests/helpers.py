@@ -229,3 +229,35 @@ def assert_histogram(path, computed: str = "ingest") -> None:
     np.testing.assert_array_equal(g["colors/code"][:], codes)
     np.testing.assert_array_equal(g["colors/count"][:], counts)
     assert g["colors/count"].dtype == np.int64
+
+
+def chromium() -> str:
+    """A Chromium binary for the report tests: ``STREAMQ_CHROMIUM``, else one on ``PATH``,
+    else Debian's package, installed here and now when this process may (root and
+    ``apt-get``: a fresh Debian machine, as CI's). Anything else fails with one line saying
+    what to install; the report tests are never skipped."""
+    import shutil
+
+    import pytest
+
+    for c in (os.environ.get("STREAMQ_CHROMIUM"), shutil.which("chromium"),
+              shutil.which("chromium-browser"), "/usr/bin/chromium"):
+        if c and os.path.exists(c):
+            return c
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        pytest.fail("the report tests need Chromium: install Debian's `chromium` package (or "
+                    "set STREAMQ_CHROMIUM to a Chromium binary); the test session installs it "
+                    "itself only as root with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print("Installing Debian's chromium for the report tests (apt-get)...", file=sys.stderr)
+    for cmd in ([apt, "update", "-qq"],
+                [apt, "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
+            pytest.fail(f"`{' '.join(cmd)}` failed ({done.returncode}): {tail[0]}")
+    found = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(found):
+        pytest.fail("apt-get installed chromium but no `chromium` binary is on PATH")
+    return found
