@@ -389,17 +389,13 @@ def _check_manifest(out_loc: Location, manifest: dict[str, Any], overwrite: bool
 
 
 def _remove_existing(out_loc: Location, planned: list[str]) -> None:
-    """Remove those of the ``planned`` files that exist (one listing and one bulk delete on S3)."""
+    """Remove those of the ``planned`` files that exist, each by its name (on S3: one listing,
+    then DeleteObjects with those keys)."""
     if out_loc.is_local:
-        for p in planned:
-            if os.path.exists(p):
-                os.remove(p)
+        out_loc.remove_files(planned)  # missing ones are skipped
         return
     have = _listing(out_loc)
-    doomed = [p for p in planned if p in have]
-    if doomed:
-        with storage_errors(out_loc):
-            out_loc.filesystem().rm(doomed)
+    out_loc.remove_files(p for p in planned if p in have)
 
 
 def _listing(out_loc: Location) -> set[str]:

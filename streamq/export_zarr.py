@@ -46,7 +46,7 @@ from streamq._version import __version__
 from streamq.config import StreamQConfig, fingerprint, parse_config
 from streamq.console import progress_bar, timer
 from streamq.errors import ConfigError, StoreExistsError, StreamQError
-from streamq.export import MANIFEST, _check_out, _parse_ids, _select, ready_labels
+from streamq.export import MANIFEST, _check_out, _listing, _parse_ids, _select, ready_labels
 from streamq.fs import Location, check_access, location, storage_errors
 from streamq.scheduler import runner
 from streamq.store import (
@@ -434,11 +434,8 @@ def _create(out_loc: Location, fp: str, replace: bool) -> zarr.Group:
                 else:
                     os.remove(path)
         else:
-            with storage_errors(out_loc):
-                fs = out_loc.filesystem()
-                doomed = [out_loc.join(n).url for n in out_loc.listdir() if n != "zarr.json"]
-                if doomed:
-                    fs.rm(doomed, recursive=True)
+            root = out_loc.join("zarr.json").url
+            out_loc.remove_files(sorted(k for k in _listing(out_loc) if k != root))
     with storage_errors(out_loc):
         return zarr.create_group(zarr_root(out_loc), overwrite=True, zarr_format=3, attributes={
             ATTR: {"format_version": FORMAT_VERSION, "state": "planning", "fingerprint": fp}})

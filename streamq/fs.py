@@ -10,6 +10,11 @@ Whole-file writes are atomic in both worlds: locally a temporary file is fsynced
 over the target; on an object store one object is written by one PUT, which readers see
 whole or not at all.
 
+Deletes name their files or keys one by one (:meth:`Location.remove_files`,
+:func:`delete_keys`): fsspec's ``rm`` reads ``[``, ``*`` and ``?`` in a path as a glob
+pattern, so ``photo[1].png`` would delete ``photo1.png`` and keep itself. streamq never calls
+it, and Zarr's stores at URLs delete through :func:`delete_keys` too (``store.zarr_root``).
+
 Problems with a URL -- an unknown scheme, a missing package, no credentials, an unreachable
 endpoint, a missing bucket, access denied -- become one-line :class:`~streamq.errors.StoreError`
 messages that say what to check (:func:`storage_errors`, :func:`check_access`).
@@ -24,14 +29,14 @@ import os
 import posixpath
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from streamq.errors import StoreError
 
-__all__ = ["SCHEMES", "Location", "check_access", "join", "location", "looks_like_url",
-           "storage_errors"]
+__all__ = ["SCHEMES", "Location", "check_access", "delete_keys", "join", "location",
+           "looks_like_url", "storage_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,9 @@ _UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClo
                 "ServerTimeoutError", "ConnectionRefusedError", "FSTimeoutError"}
 _NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}
 _CHECKED: set[str] = set()  # buckets found usable by this process (scheme, bucket, options)
+_DELETE_BATCH = 1000  # keys per S3 DeleteObjects request (its limit)
+# s3fs reads this in any path as "the object version ...", silently dropping it from the key
+_VERSION_MARK = "?versionId="
 
 
 def looks_like_url(text: str) -> bool:
@@ -166,6 +174,24 @@ class Location:
         with storage_errors(self), contextlib.suppress(FileNotFoundError):
             self.filesystem().rm_file(self.url)
 
+    def remove_files(self, urls: Iterable[str]) -> None:
+        """Remove exactly these files (URLs or paths below this location); missing ones are
+        fine. Each is one name: ``[``, ``*`` and ``?`` are characters of it, never a pattern.
+        On S3 one DeleteObjects request per 1000 keys."""
+        urls = list(urls)
+        if self.is_local:
+            for path in urls:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            return
+        if not urls:
+            return
+        with storage_errors(self):
+            from fsspec.asyn import sync
+
+            fs = self.filesystem()
+            sync(fs.loop, delete_keys, fs, urls)
+
     def tree_size(self) -> int:
         """Bytes stored in every file below this folder or prefix."""
         if self.is_local:
@@ -222,9 +248,49 @@ def location(target: str | os.PathLike[str] | Location,
     rest = rest.strip("/")
     if not rest:
         raise StoreError(f"{text!r} names no bucket: use {example}")
+    if _VERSION_MARK in rest:
+        raise StoreError(f"{text!r} holds {_VERSION_MARK!r}, which {SCHEMES[scheme]} reads as an "
+                         "object version, not as part of the name: choose another name")
     if storage_options is not None and not isinstance(storage_options, Mapping):
         raise StoreError(f"storage options for {text} must be a mapping, got {storage_options!r}")
     return Location(f"{scheme}://{rest}", dict(storage_options or {}))
+
+
+async def delete_keys(fs: Any, paths: Sequence[str]) -> None:
+    """Delete exactly the objects ``paths`` (``bucket/key`` or ``scheme://bucket/key``) with
+    the asynchronous fsspec filesystem ``fs``; missing ones are fine.
+
+    Every path is one key, taken literally (fsspec's ``rm`` would expand ``[``, ``*`` and
+    ``?`` as a glob). On S3: DeleteObjects with the keys themselves, 1000 per request; a key
+    the server refused to delete raises (``PermissionError`` when access was denied).
+    """
+    if not paths:
+        return
+    if hasattr(fs, "_call_s3"):  # s3fs
+        by_bucket: dict[str, list[str]] = {}
+        for p in paths:
+            bucket, _, key = p.split("://", 1)[-1].partition("/")
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in by_bucket.items():
+            for i in range(0, len(keys), _DELETE_BATCH):
+                part = keys[i:i + _DELETE_BATCH]
+                out = await fs._call_s3("delete_objects", Bucket=bucket, Delete={
+                    "Objects": [{"Key": k} for k in part], "Quiet": True})
+                errors = out.get("Errors") or []
+                if errors:
+                    first = errors[0]
+                    what = (f"could not delete s3://{bucket}/{first.get('Key')} "
+                            f"({first.get('Code')}: {first.get('Message')})"
+                            + (f" nor {len(errors) - 1} other objects" if len(errors) > 1 else ""))
+                    if first.get("Code") == "AccessDenied":
+                        raise PermissionError(what)
+                    raise StoreError(what)
+    else:
+        for p in paths:
+            with contextlib.suppress(FileNotFoundError):
+                await fs._rm_file(p)
+    for p in paths:
+        fs.invalidate_cache(p)
 
 
 def _explain(exc: BaseException, loc: Location) -> str | None:

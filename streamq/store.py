@@ -26,6 +26,7 @@ A store lives in a local folder (Zarr's ``LocalStore``) or at a URL such as
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,10 +36,11 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+from zarr.storage import FsspecStore
 
 from streamq._version import __version__
 from streamq.errors import StoreError, StoreExistsError, StoreLayoutError
-from streamq.fs import Location, check_access, location, storage_errors
+from streamq.fs import Location, check_access, delete_keys, location, storage_errors
 
 __all__ = ["FORMAT_VERSION", "Collection", "Store", "labels_dtype", "open_array", "open_store",
            "runs_by_weight"]
@@ -346,9 +348,35 @@ def zarr_root(loc: Location, read_only: bool = False) -> Any:
         # sends first to split large objects into concurrent ranged reads.
         options.setdefault("max_concurrency", 1)
     with storage_errors(loc):
-        from zarr.storage import FsspecStore
+        return _LiteralFsspecStore.from_url(loc.url, storage_options=options, read_only=read_only)
 
-        return FsspecStore.from_url(loc.url, storage_options=options, read_only=read_only)
+
+class _LiteralFsspecStore(FsspecStore):
+    """Zarr's ``FsspecStore``, deleting named keys only.
+
+    ``FsspecStore`` deletes with fsspec's ``rm``, which reads ``[``, ``*`` and ``?`` in a path
+    as a glob: replacing ``s3://b/photos[1].zarr`` (every create with ``overwrite=True``) would
+    delete ``s3://b/photos1.zarr`` instead. Here a key is deleted by its name, and a "folder"
+    by listing the keys under its prefix (a literal listing) and deleting each of them.
+    """
+
+    def _path(self, key: str) -> str:
+        return f"{self.path.rstrip('/')}/{key}".rstrip("/") if key else self.path.rstrip("/")
+
+    async def delete(self, key: str) -> None:
+        self._check_writable()
+        with contextlib.suppress(*self.allowed_exceptions):
+            await delete_keys(self.fs, [self._path(key)])
+
+    async def delete_dir(self, prefix: str) -> None:
+        self._check_writable()
+        root = self._path(prefix)
+        with contextlib.suppress(*self.allowed_exceptions):
+            keys = await self.fs._find(root)
+            await delete_keys(self.fs, [k for k in keys if k.startswith(root + "/")])
+
+    async def clear(self) -> None:
+        await self.delete_dir("")
 
 
 def open_array(loc: Location, name: str, mode: str = "r") -> zarr.Array:

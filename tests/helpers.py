@@ -261,3 +261,23 @@ def chromium() -> str:
     if not os.path.exists(found):
         pytest.fail("apt-get installed chromium but no `chromium` binary is on PATH")
     return found
+
+# Image names holding glob characters, and for each a name the glob would match: a file or
+# object a user keeps beside the export, which no delete may touch.
+GLOB_NAMES = {"photo[1].png": "photo1.png", "star*.png": "starry.png", "what?.png": "whatX.png",
+              "set[ab]/x.png": "seta/x.png"}
+
+
+def write_glob_collection(root) -> list[str]:
+    """Small crops of a bundled photo saved under the names of :data:`GLOB_NAMES`."""
+    from pathlib import Path
+
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    photo = load_sample_image("flower.jpg")
+    root = Path(root)
+    for j, name in enumerate(GLOB_NAMES):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo[60 * j:60 * j + 40, 80 * j:80 * j + 50]).save(root / name)
+    return list(GLOB_NAMES)

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import zarr
+from helpers import GLOB_NAMES, write_glob_collection
 from PIL import Image
 
 import streamq
@@ -135,3 +136,38 @@ def test_more_than_256_colours_export_rgb(faces_dir, tmp_path):
         with Image.open(tmp_path / "out" / (os.path.splitext(coll.paths[i])[0] + ".png")) as im:
             assert im.mode == "RGB"
             np.testing.assert_array_equal(np.asarray(im), _expected(store, i))
+
+
+def test_glob_characters_in_names_and_paths(tmp_path):
+    """Names and paths with ``[ ] * ?`` on local disk: overwrites replace exactly the export's
+    own files (``photo[1].png``), never what a pattern would match (the user's ``photo1.png``)."""
+    src = tmp_path / "src"
+    write_glob_collection(src)
+    mine = {"glob1.zarr/zarr.json": "a user's store", "lab1.zarr/zarr.json": "another store",
+            **{f"out[1]/{theirs}": theirs for theirs in GLOB_NAMES.values()}}
+    for rel, text in mine.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    store, out = str(tmp_path / "glob[1].zarr"), tmp_path / "out[1]"
+    for overwrite in (False, True):
+        streamq.ingest(src, store, chunk_pixels=4096, overwrite=overwrite, scheduler="threads",
+                       progress=False)
+    streamq.fit(store, colors=4, max_steps=10, batch_size=1024, init_size=2000, scheduler="threads")
+    streamq.quantize(store, scheduler="threads")
+    coll = streamq.open_store(store)
+    assert sorted(coll.paths) == sorted(GLOB_NAMES)
+    first = streamq.export(store, out, overwrite=True, scheduler="threads", progress=False)
+    for i in range(len(coll)):  # a stale file in place of each: the overwrite must replace it
+        (out / (os.path.splitext(coll.paths[i])[0] + ".png")).write_bytes(b"stale")
+    again = streamq.export(store, out, overwrite=True, scheduler="threads", progress=False)
+    assert (first.n_written, again.n_written, again.n_existing) == (4, 4, 0)
+    for i, rel in enumerate(coll.paths):
+        with Image.open(out / (os.path.splitext(rel)[0] + ".png")) as im:
+            np.testing.assert_array_equal(np.asarray(im.convert("RGB")), _expected(store, i))
+    lab = tmp_path / "lab[1].zarr"
+    streamq.export(store, lab, zarr=True, ids="0-1", scheduler="threads", progress=False)
+    replaced = streamq.export(store, lab, zarr=True, ids="0-2", overwrite=True,
+                              scheduler="threads", progress=False)
+    assert replaced.n_images == len(zarr.open_group(str(lab), mode="r")["images/id"][:]) == 3
+    for rel, text in mine.items():
+        assert (tmp_path / rel).read_text() == text, rel

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from helpers import run_and_kill, streamq_cmd
+from helpers import GLOB_NAMES, run_and_kill, streamq_cmd, write_glob_collection
 from PIL import Image
 
 import streamq
@@ -187,6 +187,46 @@ def test_export_to_s3_rerun_skips_and_overwrite_keeps_other_objects(pair, cluste
     assert after["notes.txt"] == b"mine"  # not an export file: left alone
     _assert_same_images(_local_files(pair["out_local"]),
                         {k: v for k, v in after.items() if k != "notes.txt"}, 48)
+
+
+def test_glob_characters_in_names_and_urls(s3, tmp_path):
+    """Image names and URLs with ``[ ] * ?``: every delete names its keys, never a pattern.
+    Objects the patterns would match (a user's ``photo1.png`` beside ``photo[1].png``, a
+    store ``glob1.zarr`` beside ``glob[1].zarr``) survive every overwrite."""
+    src = tmp_path / "src"
+    write_glob_collection(src)
+    client = _client(s3)
+    mine = {"glob1.zarr/zarr.json": b"a user's store", "out1/photo1.png": b"a user's image",
+            "lab1.zarr/zarr.json": b"another user's store",
+            **{f"out[1]/{theirs}": theirs.encode() for theirs in GLOB_NAMES.values()}}
+    for key, body in mine.items():
+        client.put_object(Bucket=BUCKET, Key=key, Body=body)
+    kw = dict(scheduler="threads", progress=False, storage_options=s3)
+    fit = dict(colors=4, max_steps=10, batch_size=1024, init_size=2000, seed=1)
+    local, remote = str(tmp_path / "glob[1].zarr"), f"s3://{BUCKET}/glob[1].zarr"
+    for store in (local, remote):
+        for overwrite in (False, True):
+            streamq.ingest(src, store, chunk_pixels=4096, overwrite=overwrite, **kw)
+        streamq.fit(store, **fit, **kw)
+        streamq.quantize(store, **kw)
+    assert sorted(streamq.open_store(remote, storage_options=s3).paths) == sorted(GLOB_NAMES)
+    streamq.export(local, tmp_path / "out", **kw)
+    out = f"s3://{BUCKET}/out[1]"
+    first = streamq.export(remote, out, overwrite=True, **kw)  # OUT holds the user's files
+    again = streamq.export(remote, out, overwrite=True, **kw)  # replaces exactly its own files
+    assert (first.n_written, again.n_written, again.n_existing) == (4, 4, 0)
+    objects = _objects(s3, "out[1]")
+    for theirs in GLOB_NAMES.values():
+        assert objects.pop(theirs) == theirs.encode()
+    _assert_same_images(_local_files(tmp_path / "out"), objects, len(GLOB_NAMES))
+    lab = f"s3://{BUCKET}/lab[1].zarr"
+    streamq.export(remote, lab, zarr=True, ids="0-1", **kw)
+    replaced = streamq.export(remote, lab, zarr=True, ids="0-2", overwrite=True, **kw)
+    assert (replaced.status, replaced.n_images) == ("exported", 3)
+    g = zarr.open_group(lab, mode="r", storage_options=s3)
+    assert len(g["images/id"][:]) == 3
+    for key, body in mine.items():
+        assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == body, key
 
 
 def test_zarr_export_on_s3_matches_local(pair, cluster_address, tmp_path):
@@ -448,3 +488,10 @@ def test_access_denied_is_one_line():
         raise PermissionError("Access Denied")
     with pytest.raises(KeyError), storage_errors(loc):  # anything else goes through untouched
         raise KeyError("x")
+
+
+def test_version_marker_in_url_is_refused():
+    # s3fs would read the rest as an object version and write or delete another key
+    with pytest.raises(StoreError, match=r"holds '\?versionId=', which s3fs reads as an object "
+                                         "version"):
+        location("s3://bucket/a?versionId=1.zarr")
