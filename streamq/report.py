@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import re
 import struct
 import time
 import warnings
@@ -52,6 +53,17 @@ READ_WHOLE = 4_000_000  # images up to this many pixels are read whole, larger r
 def esc(value: Any) -> str:
     """HTML-escaped text of any value (quotes too: safe in attributes)."""
     return html.escape(str(value), quote=True)
+
+
+def attr_name(text: str) -> str:
+    """``text`` made a safe part of an attribute name (escaping cannot do that): letters,
+    digits, ``-`` and ``_`` stay, anything else becomes ``_``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def _count(value: Any) -> int | None:
+    """A positive integer read from the store's attributes (a K), or None if it is not one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 # -- what a report is made of ----------------------------------------------------------------
@@ -360,7 +372,7 @@ def palette(ctx: Context) -> Section | None:
                  "(palette order where its labels are missing).</p>")
         for i in shown:
             rows = "".join(
-                f'<div class="pi-k"><span>K={r.k}</span>'
+                f'<div class="pi-k"><span>K={esc(r.k)}</span>'
                 + swatches_html(ctx.palette(r, i), ctx.label_counts(r, i) if r.ready else None,
                                 ctx.cfg.max_colors) + "</div>" for r in per)
             body += (f'<div class="per-image-palette" data-id="{i}"><h4>#{i} '
@@ -407,7 +419,7 @@ def before_after(ctx: Context) -> Section | None:
         caption = " · ".join([f"#{i} {coll.labels[i]} ({coll.paths[i]}, {h}×{w} shown of "
                               f"{coll.heights[i]}×{coll.widths[i]})"]
                              + [f"{r.title}: PSNR {_fmt_psnr(float(r.psnr[i]))}" for r in ready])
-        psnrs = " ".join(f'data-psnr-{r.key}="{float(r.psnr[i])!r}"' for r in ready)
+        psnrs = " ".join(f'data-psnr-{attr_name(r.key)}="{float(r.psnr[i])!r}"' for r in ready)
         img = figure_html(fig, f"image {i} before and after quantization")
         width = img.split('width="', 1)[1].split('"', 1)[0]
         figures.append(f'<figure class="pair" data-id="{i}" {psnrs} style="width:{width}px">'
@@ -591,8 +603,8 @@ def image_groups(ctx: Context) -> Section | None:
     res = load_groups(ctx.store.location)
     by = ("palette histograms" if res.descriptor == "histogram" else
           f"palette histograms and colour moments (weighted {res.moments_weight:g})")
-    body = (f"<p>{len(res.group):,} images in {res.groups} groups by their {esc(by)} over the "
-            f"shared palette (K={res.k}); {res.steps:,} mini-batch step{'s' if res.steps != 1 else ''}, stopped: "
+    body = (f"<p>{len(res.group):,} images in {esc(res.groups)} groups by their {esc(by)} over "
+            f"the shared palette (K={esc(res.k)}); {res.steps:,} mini-batch step{'s' if res.steps != 1 else ''}, stopped: "
             f"{esc(res.stop_reason)}. Each group: its centre as a palette histogram (colours by "
             f"share), then up to {ctx.cfg.group_samples} of its images, the nearest to the centre "
             "first.</p>")
@@ -627,9 +639,10 @@ def image_groups(ctx: Context) -> Section | None:
                  "so the groups cannot be compared with labels.</p>")
     else:
         names = res.label_names
-        body += (f'<p class="overlap">Adjusted Rand index <b class="ari" data-ari="{res.ari!r}">'
-                 f'{res.ari:.3f}</b>, normalised mutual information <b class="nmi" '
-                 f'data-nmi="{res.nmi!r}">{res.nmi:.3f}</b> between the groups and the '
+        body += (f'<p class="overlap">Adjusted Rand index <b class="ari" '
+                 f'data-ari="{esc(repr(res.ari))}">{res.ari:.3f}</b>, normalised mutual '
+                 f'information <b class="nmi" data-nmi="{esc(repr(res.nmi))}">{res.nmi:.3f}</b> '
+                 'between the groups and the '
                  f"{len(names):,} image labels (1: the groups are the labels; an ARI near 0: "
                  "no closer than a random grouping). Images per group and label:</p>")
         body += contingency_html(res.contingency, names, ctx.cfg.group_labels)
@@ -713,8 +726,10 @@ class ReportSummary:
         return text
 
 
-def _results(st: Store) -> list[Result]:
-    out = []
+def _results(st: Store) -> tuple[list[Result], list[str]]:
+    """The label sets of the store, and a note for each K in its attributes that is not one
+    (a damaged store: such a value is shown, escaped, and left out)."""
+    out, problems = [], []
     fit, q = st.section("fit"), st.section("quantize")
     if fit.get("state") == "complete":
         p = st.read_table("fit/palette", ("r", "g", "b"))
@@ -727,7 +742,12 @@ def _results(st: Store) -> list[Result]:
                           "streamq quantize STORE"))
     per = st.section("per_image")
     if per.get("state") == "complete":
-        for k in per.get("colors") or []:
+        for value in per.get("colors") or []:
+            k = _count(value)
+            if k is None:
+                problems.append(f"the per-image K value {value!r} (store attribute "
+                                "per_image.colors) is not a positive integer: left out.")
+                continue
             q = st.section(f"per_image_quantize_k{k}")
             state = ("complete" if q.get("state") == "complete" and q.get("fingerprint") == per["fingerprint"]
                      else "stale" if q.get("state") in ("complete", "stale") else q.get("state", "missing"))
@@ -735,7 +755,7 @@ def _results(st: Store) -> list[Result]:
                               f"per_image/k{k}/palette", None,
                               _psnr(st, f"per_image/k{k}/images") if state == "complete" else None,
                               "streamq quantize STORE"))
-    return out
+    return out, problems
 
 
 def _psnr(st: Store, prefix: str) -> np.ndarray:
@@ -803,16 +823,17 @@ def report(store: str | os.PathLike[str] | Location, out: str | os.PathLike[str]
     info = None
     sample: list[int] = []
     results: list[Result] = []
+    problems: list[str] = []
     if coll is not None:
         from streamq.info import collection_info
 
         info = collection_info(coll, top=rcfg.top_labels)
         sample = _sample(coll, rcfg.samples, rcfg.seed, ids, labels)
-        results = _results(st)
+        results, problems = _results(st)
     chosen_by = (f"chosen with ids={ids!r} labels={list(labels or [])!r}" if ids or labels
                  else f"a seeded sample (seed {rcfg.seed})")
     chosen_by += f", at most {rcfg.samples}"
-    ctx = Context(st, coll, info, rcfg, chosen_by, sample, results)
+    ctx = Context(st, coll, info, rcfg, chosen_by, sample, results, missing=problems)
     built: list[Section] = []
     for builder in sections if sections is not None else SECTIONS:
         with timer(f"report section {builder.__name__}"):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -430,6 +432,56 @@ def _damage_all_but(path, shown):
         if c not in needed:
             p.write_bytes(b"not a chunk")
     return {key: p for key, p in files.items() if key[1] in needed}
+
+
+class _Page(HTMLParser):
+    """Every start tag with its attributes, and the page's text (entities decoded)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self.text: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, attrs))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+HOSTILE_K = "<img src=x onerror=alert(1)>"
+
+
+def test_hostile_values_from_store_attributes_are_escaped(lloyd_store, tmp_path):
+    """A store whose per-image K (attribute per_image.colors, and the arrays named after it) is
+    markup: the page holds it as text only, never as a tag or an attribute."""
+    from streamq.report import SECTIONS, before_after
+
+    path = tmp_path / "hostile.zarr"
+    shutil.copytree(lloyd_store, path)
+    fit_per_image(str(path), colors=[3], scheduler="threads")
+    streamq.quantize(str(path), scheduler="threads")
+    os.rename(path / "per_image" / "k3", path / "per_image" / f"k{HOSTILE_K}")
+    meta = json.loads((path / "zarr.json").read_text())
+    attrs = meta["attributes"]
+    attrs["per_image"]["colors"] = [HOSTILE_K]
+    labels = attrs.pop("per_image_quantize_k3")
+    # The whole page with the labels missing (K in the per-image palettes), then the page part
+    # that names an attribute after K, with the labels there.
+    for section, builders in (({}, SECTIONS), ({f"per_image_quantize_k{HOSTILE_K}": labels},
+                                               [before_after])):
+        (path / "zarr.json").write_text(json.dumps({**meta, "attributes": {**attrs, **section}}))
+        summary = streamq.report(path, tmp_path / "r.html", samples=3, sections=builders)
+        page = _Page((tmp_path / "r.html").read_text(encoding="utf-8"))
+        assert [t for t, _ in page.tags if t == "img"]  # the figures
+        for tag, attributes in page.tags:
+            names = [n for n, _ in attributes]
+            assert "onerror" not in names, (tag, attributes)
+            assert all(re.fullmatch(r"[a-z0-9_-]+", n) for n in names), (tag, attributes)
+        assert any(HOSTILE_K in m for m in summary.missing)
+        if builders is SECTIONS:
+            assert HOSTILE_K in "".join(page.text)  # shown, as text
 
 
 def test_reads_only_the_images_it_shows(shared_store, tmp_path):
