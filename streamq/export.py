@@ -4,7 +4,9 @@ Files mirror the source tree (``Person/Person_0001.jpg`` -> ``OUT/Person/Person_
 a palette PNG (mode ``P``) for K <= 256, else RGB; ``--format jpeg|webp`` writes RGB;
 ``--dither`` re-quantizes the stored pixels to the palette with Floyd-Steinberg error
 diffusion (Pillow's, nearest colour in RGB). Output paths never leave OUT, whatever the
-stored names contain. Each file is written under a temporary name and renamed (on an object
+stored names contain. Names that some file system would take for one file (``A.jpg`` and
+``a.JPG``, ``photo.jpg`` and ``photo.png``, one accented name composed and decomposed) get
+distinct names, decided over the whole collection (:func:`output_names`). Each file is written under a temporary name and renamed (on an object
 store such as ``s3://bucket/out``: one PUT per file), so a file that exists is complete: a
 rerun skips it. ``OUT/.streamq-export.json`` records what made
 the files; a different export into the same OUT is refused unless ``overwrite``.
@@ -19,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,7 +39,7 @@ from streamq.store import PIXELS, Collection, Store, open_array, store_location
 if TYPE_CHECKING:
     from streamq.export_zarr import ZarrExportSummary
 
-__all__ = ["ExportSummary", "export", "safe_output_path"]
+__all__ = ["ExportSummary", "export", "name_key", "output_names", "safe_output_path"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ MANIFEST = ".streamq-export.json"
 TMP_DIR = ".streamq-tmp-files"  # half-written files live here until renamed; emptied at every start
 PIXELS_PER_TASK = 16_000_000
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_VERSION_MARK = "?versionId="  # s3fs reads it as an object version: never part of a name
 
 
 @dataclass
@@ -55,13 +59,19 @@ class ExportSummary:
     n_written: int
     n_existing: int
     timings: dict[str, float] = field(default_factory=dict)
+    #: exported images whose file is not named after them, as their names clash with others'
+    #: (``{"id", "path", "file"}``); the manifest lists those of the whole collection
+    renamed: list[dict[str, Any]] = field(default_factory=list)
+    manifest: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def __str__(self) -> str:
+        renamed = (f"; {len(self.renamed)} renamed as their names clash with others', listed in "
+                   f"{self.manifest}" if self.renamed else "")
         return (f"exported {self.n_images} images as {self.format} to {self.out} "
-                f"({self.n_written} written, {self.n_existing} already there)")
+                f"({self.n_written} written, {self.n_existing} already there{renamed})")
 
 
 def safe_output_path(out: str, rel: str, ext: str, fallback: str) -> str:
@@ -72,23 +82,78 @@ def safe_output_path(out: str, rel: str, ext: str, fallback: str) -> str:
     (a name made from the image id) is used under ``out/_unsafe``. ``out`` may be a URL
     (``s3://bucket/out``): object keys have no symlinks, so the cleaned parts stay under it.
     """
+    return _inside(out, _clean_parts(rel, ext, fallback), fallback + ext)
+
+
+def _clean_parts(rel: str, ext: str, fallback: str) -> list[str]:
+    """The components of ``rel`` made safe (see :func:`safe_output_path`), extension replaced."""
     parts = []
     for p in re.split(r"[/\\]+", rel):
         if p in ("", "."):
             continue
-        parts.append("_" if p == ".." else _BAD_CHARS.sub("_", p))
+        p = "_" if p == ".." else _BAD_CHARS.sub("_", p)
+        parts.append(p.replace(_VERSION_MARK, "_versionId="))
     if not parts:
         parts = [fallback]
     stem, _ = os.path.splitext(parts[-1])
     parts[-1] = (stem or fallback) + ext
+    return parts
+
+
+def _inside(out: str, parts: Sequence[str], fallback: str) -> str:
+    """``out/parts...``; locally ``out/_unsafe/fallback`` when a symlink would lead outside."""
     if "://" in out:
         return join(out, *parts)
     root = os.path.realpath(out)
     path = os.path.join(root, *parts)
     real = os.path.realpath(path)
     if os.path.commonpath([root, real]) != root or real == root:
-        return os.path.join(root, "_unsafe", fallback + ext)
+        return os.path.join(root, "_unsafe", fallback)
     return path
+
+
+def name_key(name: str) -> str:
+    """``name`` as file systems may compare it: case-folded and Unicode NFC-normalised. Two
+    names with one key are one file on a case-insensitive (Windows, macOS) or normalising
+    (macOS) file system."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+
+
+def output_names(paths: Sequence[str], ext: str) -> tuple[list[str], dict[int, str]]:
+    """The file name (relative to OUT, ``/``-separated) of every image of a collection, and
+    ``{id: name}`` of those not named after their image.
+
+    An image's name is its stored path made safe (:func:`safe_output_path`) with ``ext``.
+    Names are compared by :func:`name_key`; where several images share one (``A.jpg``,
+    ``a.JPG``; ``photo.jpg``, ``photo.png``), or a name is also a folder of other images,
+    the image with the lowest id keeps it and the others get the first free
+    ``stem~2``, ``stem~3``, ... in id order (never a name another image has). It is decided
+    over the whole collection, so any selection, rerun or resume gives an image one name.
+    """
+    natural = ["/".join(_clean_parts(p, ext, f"{i:08d}")) for i, p in enumerate(paths)]
+    keys = [name_key(n) for n in natural]
+    folders = {k[:j] for k in keys for j, c in enumerate(k) if c == "/"}
+    taken: set[str] = set()
+    clashes = []
+    for i, key in enumerate(keys):
+        if key in taken or key in folders:
+            clashes.append(i)
+        else:
+            taken.add(key)
+    names = list(natural)
+    for i in clashes:
+        folder, _, base = natural[i].rpartition("/")
+        stem, suffix = os.path.splitext(base)
+        n = 2
+        while True:
+            name = f"{folder}/{stem}~{n}{suffix}" if folder else f"{stem}~{n}{suffix}"
+            key = name_key(name)
+            if key not in taken and key not in folders:
+                break
+            n += 1
+        taken.add(key)
+        names[i] = name
+    return names, {i: names[i] for i in clashes}
 
 
 def _write_atomic(img: Any, path: str, tmp_dir: str, fmt: str, options: dict[str, Any]) -> None:
@@ -259,16 +324,15 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     _check_out(out_loc, st)
     ext = FORMATS[format]
     options = {"compress_level": png_level} if format == "png" else {"quality": quality}
-    paths = [safe_output_path(out, coll.paths[i], ext, f"{i:08d}") for i in chosen]
-    seen: set[str] = set()
-    for n, (i, p) in enumerate(zip(chosen, paths, strict=True)):
-        if p in seen:  # photo.jpg and photo.png both become photo.png: keep both
-            p = safe_output_path(out, coll.paths[i] + ext, ext, f"{i:08d}")
-            if p in seen:  # names equal once cleaned: fall back to the id
-                p = join(out if not out_loc.is_local else os.path.realpath(out), "_unsafe",
-                         f"{i:08d}{ext}")
-            paths[n] = p
-        seen.add(paths[n])
+    names, clashes = output_names(coll.paths, ext)
+    paths = [_inside(out, names[i].split("/"), f"{i:08d}{ext}") for i in chosen]
+    manifest["renamed"] = [{"id": i, "path": coll.paths[i], "file": name}
+                           for i, name in sorted(clashes.items())]
+    renamed = [{"id": i, "path": coll.paths[i], "file": clashes[i]} for i in chosen
+               if i in clashes]
+    for r in renamed:
+        log.debug("image %d (%s) is exported as %s: its name clashes with another's",
+                  r["id"], r["path"], r["file"])
     _check_manifest(out_loc, manifest, overwrite, paths)
     timings: dict[str, float] = {}
     path_of = dict(zip(chosen, paths, strict=True))
@@ -297,7 +361,8 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     if tmp_dir is not None:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     summary = ExportSummary(out=out, format=format, n_images=len(chosen), n_written=written,
-                            n_existing=existing, timings=timings)
+                            n_existing=existing, timings=timings, renamed=renamed,
+                            manifest=out_loc.join(MANIFEST).url)
     log.info("%s", summary)
     return summary
 
@@ -375,9 +440,17 @@ def _check_manifest(out_loc: Location, manifest: dict[str, Any], overwrite: bool
     elif {n for n in out_loc.listdir() if not n.startswith(".streamq-")} and not overwrite:
         raise StoreExistsError(f"{out} is not empty and holds no streamq export; choose another "
                                "folder or pass --overwrite")
+    if old is not None:
+        old.setdefault("renamed", [])  # before names were compared case-folded: none listed
     same = old is not None and {k: old.get(k) for k in manifest if k != "streamq"} == \
         {k: v for k, v in manifest.items() if k != "streamq"}
     if old is not None and not same and not overwrite:
+        settings = {k: v for k, v in manifest.items() if k not in ("streamq", "renamed")}
+        if {k: old.get(k) for k in settings} == settings:
+            raise StoreExistsError(
+                f"{out} holds this export with other names for the images whose names clash "
+                "(made by an older streamq, which compared names otherwise); pass --overwrite "
+                "to redo it")
         raise StoreExistsError(
             f"{out} holds an export made differently ({old.get('format')}, palette "
             f"{old.get('fit_fingerprint')}); pass --overwrite to replace it")

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import unicodedata
 
 import numpy as np
 import pytest
 import zarr
+from click.testing import CliRunner
 from helpers import GLOB_NAMES, write_glob_collection
 from PIL import Image
 
 import streamq
+from streamq.cli.main import cli
 from streamq.errors import ConfigError, StoreExistsError
-from streamq.export import safe_output_path
+from streamq.export import output_names, safe_output_path
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +175,85 @@ def test_glob_characters_in_names_and_paths(tmp_path):
     assert replaced.n_images == len(zarr.open_group(str(lab), mode="r")["images/id"][:]) == 3
     for rel, text in mine.items():
         assert (tmp_path / rel).read_text() == text, rel
+
+
+# Names one case-insensitive or normalising file system takes for one file: two that differ
+# only by case, one name composed (NFC) and decomposed (NFD), two extensions of one stem, and
+# a file whose output name is a folder of another image.
+CLASHING = ["Face.jpg", "face.JPG", "caf\u00e9.png", "cafe\u0301.png", "x.jpg", "x.png",
+            "X.PNG/in.png"]
+
+
+def _fold(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def test_names_that_clash_on_some_file_systems(tmp_path):
+    from sklearn.datasets import load_sample_image
+
+    photo = load_sample_image("china.jpg")
+    src = tmp_path / "src"
+    for j, name in enumerate(CLASHING):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo[50 * j:50 * j + 30, 70 * j:70 * j + 40]).save(
+            src / name, format="PNG" if name.lower().endswith(".png") else "JPEG")
+    store = str(tmp_path / "clash.zarr")
+    streamq.ingest(src, store, scheduler="threads", progress=False)
+    streamq.fit(store, colors=4, max_steps=10, batch_size=1024, init_size=2000, scheduler="threads")
+    streamq.quantize(store, scheduler="threads")
+    coll = streamq.open_store(store)
+    assert sorted(coll.paths) == sorted(CLASHING)
+    # Expected: by folded output name, the lowest id keeps it; x.png is also a folder: both go.
+    natural = [os.path.splitext(p)[0] + ".png" for p in coll.paths]
+    keep = {}
+    for i, n in enumerate(natural):
+        keep.setdefault(_fold(n), i)
+    expect_renamed = {i for i, n in enumerate(natural)
+                      if keep[_fold(n)] != i or _fold(n) == "x.png"}
+    assert len(expect_renamed) == 4
+    out = tmp_path / "out"
+    s = streamq.export(store, out, scheduler="threads", progress=False)
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
+                   and p.name != ".streamq-export.json")
+    assert s.n_written == len(files) == len(coll)
+    folded = [_fold(f) for f in files]
+    folders = {f.rsplit("/", 1)[0] for f in folded if "/" in f}
+    assert len(set(folded)) == len(files)  # one file each, even where case and form are ignored
+    assert not folders & set(folded)
+    assert {r["id"] for r in s.renamed} == expect_renamed
+    file_of = {i: natural[i] for i in range(len(coll))} | {r["id"]: r["file"] for r in s.renamed}
+    assert sorted(file_of.values()) == files
+    for i, f in file_of.items():
+        assert (f in {r["file"] for r in s.renamed}) == ("~" in f)
+        with Image.open(out / f) as im:
+            np.testing.assert_array_equal(np.asarray(im.convert("RGB")), _expected(store, i))
+    manifest = json.loads((out / ".streamq-export.json").read_text())
+    assert manifest["renamed"] == sorted(s.renamed, key=lambda r: r["id"])
+    assert f"{len(expect_renamed)} renamed" in str(s)
+    assert str(s).endswith(f"listed in {out / '.streamq-export.json'})")
+    # A rerun, a selection and the CLI give each image the same name.
+    again = streamq.export(store, out, scheduler="threads", progress=False)
+    assert (again.n_written, again.n_existing) == (0, len(coll))
+    one = min(expect_renamed)
+    streamq.export(store, tmp_path / "one", ids=[one], scheduler="threads", progress=False)
+    assert [p.relative_to(tmp_path / "one").as_posix() for p in (tmp_path / "one").rglob("*.png")] \
+        == [file_of[one]]
+    result = CliRunner().invoke(cli, ["export", store, str(tmp_path / "cli"), "--scheduler",
+                                      "threads", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines() == [str(s).replace(str(out), str(tmp_path / "cli"))]
+    # An export made before names were compared this way lists no renames: redone on request.
+    del manifest["renamed"]
+    (out / ".streamq-export.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreExistsError, match="other names for the images whose names clash"):
+        streamq.export(store, out, scheduler="threads", progress=False)
+    redo = streamq.export(store, out, overwrite=True, scheduler="threads", progress=False)
+    assert redo.n_written == len(coll)
+
+
+def test_output_names_never_take_another_images_name():
+    names, renamed = output_names(["a.jpg", "A.png", "a~2.jpg", "d/b.jpg", "D/B.jpg",
+                                   "s3?versionId=7.jpg"], ".png")
+    assert names == ["a.png", "A~3.png", "a~2.png", "d/b.png", "D/B~2.png", "s3_versionId=7.png"]
+    assert renamed == {1: "A~3.png", 4: "D/B~2.png"}
+    assert output_names(["D/B.jpg", "d/b.jpg"], ".png")[0] == ["D/B.png", "d/b~2.png"]

@@ -361,7 +361,9 @@ def export_cmd(ctx: click.Context, store: str | None, out: str | None, config_pa
                progress: bool | None, as_json: bool) -> None:
     """Rebuild the quantized images of STORE as files under OUT, mirroring the source tree.
 
-    OUT is a folder or a URL such as s3://bucket/faces-64 (one object per image).
+    OUT is a folder or a URL such as s3://bucket/faces-64 (one object per image). Names
+    that a case-insensitive file system would take for one file (A.jpg, a.JPG) are told
+    apart as a~2.png, ...: the summary counts them and OUT/.streamq-export.json lists them.
 
     With --zarr, OUT (e.g. faces-labels.zarr) becomes a stand-alone Zarr store of the
     palette, the labels of the selected images packed back to back, and the image table
