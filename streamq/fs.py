@@ -22,6 +22,7 @@ messages that say what to check (:func:`storage_errors`, :func:`check_access`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -48,6 +49,7 @@ _UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClo
 _NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}
 _CHECKED: set[str] = set()  # buckets found usable by this process (scheme, bucket, options)
 _DELETE_BATCH = 1000  # keys per S3 DeleteObjects request (its limit)
+_DELETE_CONCURRENCY = 4  # DeleteObjects requests in flight
 # s3fs reads this in any path as "the object version ...", silently dropping it from the key
 _VERSION_MARK = "?versionId="
 
@@ -167,12 +169,7 @@ class Location:
 
     def remove(self) -> None:
         """Remove one file; a missing one is fine."""
-        if self.is_local:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.url)
-            return
-        with storage_errors(self), contextlib.suppress(FileNotFoundError):
-            self.filesystem().rm_file(self.url)
+        self.remove_files([self.url])
 
     def remove_files(self, urls: Iterable[str]) -> None:
         """Remove exactly these files (URLs or paths below this location); missing ones are
@@ -271,20 +268,25 @@ async def delete_keys(fs: Any, paths: Sequence[str]) -> None:
         for p in paths:
             bucket, _, key = p.split("://", 1)[-1].partition("/")
             by_bucket.setdefault(bucket, []).append(key)
-        for bucket, keys in by_bucket.items():
-            for i in range(0, len(keys), _DELETE_BATCH):
-                part = keys[i:i + _DELETE_BATCH]
-                out = await fs._call_s3("delete_objects", Bucket=bucket, Delete={
-                    "Objects": [{"Key": k} for k in part], "Quiet": True})
-                errors = out.get("Errors") or []
-                if errors:
-                    first = errors[0]
-                    what = (f"could not delete s3://{bucket}/{first.get('Key')} "
-                            f"({first.get('Code')}: {first.get('Message')})"
-                            + (f" nor {len(errors) - 1} other objects" if len(errors) > 1 else ""))
-                    if first.get("Code") == "AccessDenied":
-                        raise PermissionError(what)
-                    raise StoreError(what)
+
+        async def one(bucket: str, part: list[str]) -> None:
+            out = await fs._call_s3("delete_objects", Bucket=bucket, Delete={
+                "Objects": [{"Key": k} for k in part], "Quiet": True})
+            errors = out.get("Errors") or []
+            if errors:
+                first = errors[0]
+                what = (f"could not delete s3://{bucket}/{first.get('Key')} "
+                        f"({first.get('Code')}: {first.get('Message')})"
+                        + (f" nor {len(errors) - 1} other objects" if len(errors) > 1 else ""))
+                if first.get("Code") == "AccessDenied":
+                    raise PermissionError(what)
+                raise StoreError(what)
+
+        requests = [(bucket, keys[i:i + _DELETE_BATCH]) for bucket, keys in by_bucket.items()
+                    for i in range(0, len(keys), _DELETE_BATCH)]
+        for i in range(0, len(requests), _DELETE_CONCURRENCY):
+            await asyncio.gather(*(one(b, part) for b, part in
+                                   requests[i:i + _DELETE_CONCURRENCY]))
     else:
         for p in paths:
             with contextlib.suppress(FileNotFoundError):

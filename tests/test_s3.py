@@ -490,6 +490,24 @@ def test_access_denied_is_one_line():
         raise KeyError("x")
 
 
+def test_zarr_deletes_on_a_store_url_with_glob_characters(s3):
+    """Zarr deletes a chunk that becomes all fill value: the chunk's own key, not what the
+    store URL read as a pattern matches."""
+    from streamq.store import zarr_root
+
+    client = _client(s3)
+    client.put_object(Bucket=BUCKET, Key="z1.zarr/a/c/0", Body=b"a user's object")
+    root = zarr_root(location(f"s3://{BUCKET}/z[1].zarr", s3))
+    arr = zarr.create_array(root, name="a", shape=(8,), chunks=(4,), dtype="uint8", fill_value=0)
+    arr[:4] = 1
+    assert "a/c/0" in _objects(s3, "z[1].zarr")
+    arr[:4] = 0  # an empty chunk: zarr deletes its key
+    assert np.array_equal(zarr.open_array(root, path="a", mode="r")[:], np.zeros(8, np.uint8))
+    assert client.get_object(Bucket=BUCKET, Key="z1.zarr/a/c/0")["Body"].read() == b"a user's object"
+    zarr.create_array(root, name="a", shape=(8,), chunks=(4,), dtype="uint8", overwrite=True)
+    assert client.get_object(Bucket=BUCKET, Key="z1.zarr/a/c/0")["Body"].read() == b"a user's object"
+
+
 def test_version_marker_in_url_is_refused():
     # s3fs would read the rest as an object version and write or delete another key
     with pytest.raises(StoreError, match=r"holds '\?versionId=', which s3fs reads as an object "
