@@ -4,10 +4,12 @@ Files mirror the source tree (``Person/Person_0001.jpg`` -> ``OUT/Person/Person_
 a palette PNG (mode ``P``) for K <= 256, else RGB; ``--format jpeg|webp`` writes RGB;
 ``--dither`` re-quantizes the stored pixels to the palette with Floyd-Steinberg error
 diffusion (Pillow's, nearest colour in RGB). Output paths never leave OUT, whatever the
-stored names contain. Each file is written under a temporary name and renamed (on an object
-store such as ``s3://bucket/out``: one PUT per file), so a file that exists is complete: a
-rerun skips it. ``OUT/.streamq-export.json`` records what made
-the files; a different export into the same OUT is refused unless ``overwrite``.
+stored names contain; a byte of a source name that is not UTF-8 is written ``%HH``
+(:func:`streamq.names.output_name`), so every output name is valid text. Each file is
+written under a temporary name and renamed (on an object store such as ``s3://bucket/out``:
+one PUT per file), so a file that exists is complete: a rerun skips it.
+``OUT/.streamq-export.json`` records what made the files; a different export into the same
+OUT is refused unless ``overwrite``.
 The compact form -- labels + palette + image table as arrays, no image files -- is
 ``export(..., zarr=True)`` (:mod:`streamq.export_zarr`).
 """
@@ -30,6 +32,7 @@ from streamq.config import StreamQConfig, parse_config
 from streamq.console import progress_bar, timer
 from streamq.errors import ConfigError, StoreExistsError, StreamQError
 from streamq.fs import Location, check_access, join, location, storage_errors
+from streamq.names import output_name, source_name
 from streamq.scheduler import runner
 from streamq.store import PIXELS, Collection, Store, open_array, store_location
 
@@ -259,11 +262,12 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     _check_out(out_loc, st)
     ext = FORMATS[format]
     options = {"compress_level": png_level} if format == "png" else {"quality": quality}
-    paths = [safe_output_path(out, coll.paths[i], ext, f"{i:08d}") for i in chosen]
+    # any source name makes a valid name: see streamq.names.output_name
+    paths = [safe_output_path(out, output_name(coll.paths[i]), ext, f"{i:08d}") for i in chosen]
     seen: set[str] = set()
     for n, (i, p) in enumerate(zip(chosen, paths, strict=True)):
         if p in seen:  # photo.jpg and photo.png both become photo.png: keep both
-            p = safe_output_path(out, coll.paths[i] + ext, ext, f"{i:08d}")
+            p = safe_output_path(out, output_name(coll.paths[i]) + ext, ext, f"{i:08d}")
             if p in seen:  # names equal once cleaned: fall back to the id
                 p = join(out if not out_loc.is_local else os.path.realpath(out), "_unsafe",
                          f"{i:08d}{ext}")
@@ -348,7 +352,9 @@ def _check_out(out_loc: Location, st: Store) -> None:
     if os.path.exists(out) and not os.path.isdir(out):
         raise StoreExistsError(f"output folder {out} is a file; choose a folder")
     real = os.path.realpath(out)
-    for what, other in (("the store", st.path), ("the ingested source folder", st.section("ingest").get("root"))):
+    root = st.section("ingest").get("root")
+    for what, other in (("the store", st.path),
+                        ("the ingested source folder", root and source_name(root))):
         if not other or "://" in other:
             continue
         o = os.path.realpath(other)

@@ -15,6 +15,9 @@ The stage runs in four steps, each safe to interrupt:
    colours of those pixels, and then its completion record. A rerun runs only tasks without
    a record, then sums the colour counts into the collection's histogram (table ``colors``)
    and consolidates the records into the final image table and skipped list.
+
+File names may be any bytes: the store keeps them in a reversible text form
+(:mod:`streamq.names`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from streamq.fs import Location, check_access
 from streamq.histogram import merge_task_colors, save_histogram
 from streamq.kmeans.histogram import ColorTotals, count_colors
 from streamq.lock import store_lock
+from streamq.names import source_name, stored_name
 from streamq.scheduler import Runner, runner
 from streamq.store import (
     IMAGES,
@@ -101,7 +105,8 @@ def list_sources(src: str | os.PathLike[str]) -> tuple[str, list[str], list[tupl
 
     ``src`` is a folder (searched recursively for files with an image extension), a glob
     pattern (``photos/**/*.jpg``), a text file listing one path per line (``#`` starts a
-    comment; relative paths are relative to the list file), or one image file.
+    comment; relative paths are relative to the list file), or one image file. Names are
+    as ``os`` gives them (any bytes; see :mod:`streamq.names` for how a store keeps them).
     """
     src = os.fspath(src)
     missing: list[tuple[str, str]] = []
@@ -158,22 +163,24 @@ def _label_of(root: str, rel: str) -> str:
 
 
 def _source_fingerprint(root: str, rel: Sequence[str]) -> str:
-    h = hashlib.sha256(root.encode())
+    """Hash of the name (its bytes: any name), size and mtime of every input."""
+    h = hashlib.sha256(os.fsencode(root))
     for r in rel:
         try:
             st = os.stat(os.path.join(root, r))
-            h.update(f"{r}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(os.fsencode(r) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:
-            h.update(f"{r}\0missing\n".encode())
+            h.update(os.fsencode(r) + b"\0missing\n")
     return h.hexdigest()[:16]
 
 
 # -- 2. header scan ------------------------------------------------------------------------
 def _scan_batch(args: tuple[str, list[str], int]) -> list[tuple[int, int, str] | str]:
+    """Headers of files given by their stored names (see :mod:`streamq.names`)."""
     root, rels, max_pixels = args
     out: list[tuple[int, int, str] | str] = []
     for r in rels:
-        h = read_header(os.path.join(root, r), max_pixels)
+        h = read_header(os.path.join(source_name(root), source_name(r)), max_pixels)
         out.append((h.height, h.width, h.mode) if isinstance(h, Header) else h)
     return out
 
@@ -210,8 +217,10 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
     buf = np.zeros((b - a, 3), dtype=np.uint8)
     failed: list[list[Any]] = []
     stored: list[tuple[int, int]] = []  # rows of buf holding decoded pixels
+    root = source_name(args["root"])
     for image_id, rel, off, h, w in args["images"]:
-        rgb = decode_rgb(os.path.join(args["root"], rel), args["max_pixels"], tuple(args["background"]))
+        rgb = decode_rgb(os.path.join(root, source_name(rel)), args["max_pixels"],
+                         tuple(args["background"]))
         if isinstance(rgb, np.ndarray) and rgb.shape != (h, w, 3):
             rgb = f"decoded size {rgb.shape[1]}x{rgb.shape[0]} differs from header {w}x{h}"
         if isinstance(rgb, str):
@@ -342,7 +351,8 @@ def _open_or_create(p: Location, root: str, source_fp: str, settings_fp: str, ov
 
 def _scan(run: Runner, root: str, rel: list[str], icfg: IngestConfig, progress: bool | None) -> list[Any]:
     n = icfg.files_per_scan_task
-    batches = [(root, rel[i:i + n], icfg.max_pixels) for i in range(0, len(rel), n)]
+    names = [stored_name(r) for r in rel]  # plain text to the workers, whatever the names
+    batches = [(stored_name(root), names[i:i + n], icfg.max_pixels) for i in range(0, len(rel), n)]
     futures = {run.submit(_scan_batch, b): i for i, b in enumerate(batches)}
     results: list[Any] = [None] * len(batches)
     with progress_bar(len(rel), "scanning", "file", progress) as bar:
@@ -357,7 +367,8 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
                 missing: list[tuple[str, str]], icfg: IngestConfig,
                 source_fp: str, settings_fp: str, settings: dict[str, Any]) -> None:
     ok = [i for i, h in enumerate(headers) if not isinstance(h, str)]
-    skipped = missing + [(rel[i], h) for i, h in enumerate(headers) if isinstance(h, str)]
+    skipped = [(stored_name(p), r) for p, r in missing] \
+        + [(stored_name(rel[i]), h) for i, h in enumerate(headers) if isinstance(h, str)]
     heights = np.asarray([headers[i][0] for i in ok], dtype=np.int64)
     widths = np.asarray([headers[i][1] for i in ok], dtype=np.int64)
     sizes = heights * widths
@@ -365,8 +376,8 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
     n_pixels = int(sizes.sum())
     st.set_section("ingest", {"state": "planning"})
     st.write_table(PLAN, {
-        "path": [rel[i] for i in ok],
-        "label": [_label_of(root, rel[i]) for i in ok],
+        "path": [stored_name(rel[i]) for i in ok],
+        "label": [stored_name(_label_of(root, rel[i])) for i in ok],
         "mode": [headers[i][2] for i in ok],
         "offset": offsets, "height": heights, "width": widths,
     })
@@ -377,7 +388,7 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
     starts, stops = plan_tasks(offsets, sizes, n_pixels, shard)
     st.create_task_table(starts, stops)
     st.set_section("ingest", {
-        "state": "planned", "root": root, "source_fingerprint": source_fp,
+        "state": "planned", "root": stored_name(root), "source_fingerprint": source_fp,
         "settings_fingerprint": settings_fp, "settings": settings,
         "n_inputs": len(rel) + len(missing), "n_planned": len(ok), "n_pixels_planned": n_pixels,
         "n_tasks": len(starts),
@@ -411,8 +422,9 @@ def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, progress: 
         hi = int(np.searchsorted(offsets, b, side="left"))
         images = [(i, str(plan["path"][i]), int(offsets[i]), int(plan["height"][i]), int(plan["width"][i]))
                   for i in range(lo, hi) if sizes[i] > 0]
-        args = {"store": st.location, "task": t, "root": root, "px_start": a, "px_stop": b,
-                "images": images, "max_pixels": icfg.max_pixels, "background": list(icfg.background)}
+        args = {"store": st.location, "task": t, "root": stored_name(root), "px_start": a,
+                "px_stop": b, "images": images, "max_pixels": icfg.max_pixels,
+                "background": list(icfg.background)}
         futures[run.submit(_write_task, args)] = (t, b - a)
     with progress_bar(sum(n for _, n in futures.values()), "ingesting", "px", progress) as bar:
         for fut in run.as_completed(list(futures)):
