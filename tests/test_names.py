@@ -85,7 +85,8 @@ def test_non_utf8_names_are_stored_read_and_exported(odd_names, tmp_path, cluste
         np.testing.assert_array_equal(got, palette[labels[off:off + h * w]].reshape(h, w, 3))
 
 
-@given(st.lists(st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b and b"\0" not in b),
+@given(st.lists(st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b
+                                                          and b"\0" not in b),
                 min_size=1, max_size=3))
 def test_stored_form_round_trips_any_name(parts):
     name = os.fsdecode(b"/".join(parts))
