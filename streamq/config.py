@@ -34,6 +34,7 @@ __all__ = [
     "LockConfig",
     "PerImageConfig",
     "ReportConfig",
+    "RetryConfig",
     "StreamQConfig",
     "fingerprint",
     "load_config",
@@ -257,6 +258,20 @@ class LockConfig:
 
 
 @dataclass(frozen=True)
+class RetryConfig:
+    """Reads and writes that fail for a reason outside the input (see ``streamq.faults``).
+
+    An error such as EIO, EMFILE, ENOSPC, ESTALE or a MemoryError is retried, never recorded
+    as a bad input; when the last try fails too, the stage stops with one line.
+    """
+
+    attempts: int = _opt(4, _at_least(1), "tries in all of a read or write that fails with a "
+                         "transient error (EIO, EMFILE, ENOSPC, ESTALE, EAGAIN, MemoryError, ...)")
+    wait: float = _opt(0.5, _non_negative,
+                       "seconds before the second try; doubled before each next")
+
+
+@dataclass(frozen=True)
 class StreamQConfig:
     """The whole configuration, one section per stage."""
 
@@ -272,6 +287,7 @@ class StreamQConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     lock: LockConfig = field(default_factory=LockConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
 
     def replace(self, **dotted: Any) -> StreamQConfig:
         """Return a copy with dotted keys (``ingest.codec="lz4"``) replaced; ``None`` is ignored."""

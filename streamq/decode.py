@@ -13,6 +13,11 @@ The conversion rules (documented in ``docs/store-format.md``):
   ``out = (c * a + bg * (255 - a) + 127) // 255`` per channel.
 * GIF, TIFF and other multi-frame files: the first frame.
 * Float images (mode ``F``) are skipped with a reason: their value range is unknown.
+
+A file that cannot be used is a *bad input*: the functions return the reason as a string.
+An error of the machine rather than of the file (EIO, EMFILE, ENOSPC, ESTALE, EAGAIN,
+``MemoryError``..., see :func:`streamq.faults.is_transient`) is raised instead, for the
+caller to retry: it says nothing about the file.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from streamq.faults import is_transient
 
 __all__ = ["Header", "decode_rgb", "read_header"]
 
@@ -56,6 +63,8 @@ def _open(path: str, max_pixels: int) -> Image.Image:
     try:
         size = os.path.getsize(path)
     except OSError as exc:
+        if is_transient(exc):
+            raise
         raise _Skip(f"cannot read file: {exc.strerror or exc}") from None
     if size == 0:
         raise _Skip("empty file (0 bytes)")
@@ -69,6 +78,8 @@ def _open(path: str, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise _Skip("not an image Pillow can identify") from None
     except OSError as exc:
+        if is_transient(exc):
+            raise
         raise _Skip(f"cannot open image: {exc}") from None
 
 
@@ -104,13 +115,17 @@ def _header_of(im: Image.Image, max_pixels: int) -> Header:
 
 
 def read_header(path: str, max_pixels: int) -> Header | str:
-    """Return the image's :class:`Header`, or a one-line reason why it cannot be used."""
+    """Return the image's :class:`Header`, or a one-line reason why it cannot be used.
+
+    Raises the error of a transient fault (see the module docstring)."""
     try:
         with _open(path, max_pixels) as im:
             return _header_of(im, max_pixels)
     except _Skip as exc:
         return str(exc)
-    except Exception as exc:  # any decoder error is a property of the file, not of streamq
+    except Exception as exc:  # a decoder error is a property of the file, not of streamq
+        if is_transient(exc):
+            raise
         return f"cannot read image header: {type(exc).__name__}: {exc}"
 
 
@@ -172,7 +187,9 @@ def _to_rgb(path: str, im: Image.Image, header: Header, background: tuple[int, i
 
 
 def decode_rgb(path: str, max_pixels: int, background: tuple[int, int, int]) -> np.ndarray | str:
-    """Decode ``path`` to an ``(H, W, 3)`` uint8 array, or return the reason it cannot be."""
+    """Decode ``path`` to an ``(H, W, 3)`` uint8 array, or return the reason it cannot be.
+
+    Raises the error of a transient fault (see the module docstring)."""
     try:
         with _open(path, max_pixels) as im:
             header = _header_of(im, max_pixels)
@@ -183,5 +200,7 @@ def decode_rgb(path: str, max_pixels: int, background: tuple[int, int, int]) -> 
     except _Skip as exc:
         return str(exc)
     except Exception as exc:
+        if is_transient(exc):
+            raise
         return f"cannot decode image: {type(exc).__name__}: {exc}"
     return np.ascontiguousarray(rgb, dtype=np.uint8)

@@ -7,8 +7,11 @@ Messages are one line: they name the file, key or value and say what was expecte
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ConfigError",
+    "FaultError",
     "ImageReadError",
     "StoreError",
     "StoreExistsError",
@@ -46,6 +49,19 @@ class StoreMismatchError(StreamQError, ValueError):
 
 class StoreLockedError(StreamQError):
     """Another job holds the store's write lock (the message names it: command, pid, host)."""
+
+
+class FaultError(StreamQError, OSError):
+    """A read or write failed for a reason of the machine, not of the input (a full disk, no
+    free file descriptors, an I/O error, no memory), after retries when the reason may pass;
+    the message is one line naming the file, the error and its errno name."""
+
+    def __init__(self, message: str, errno_value: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_value
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (Dask) intact
+        return type(self), (str(self), self.errno)
 
 
 class ImageReadError(StreamQError, OSError):

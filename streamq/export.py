@@ -4,12 +4,16 @@ Files mirror the source tree (``Person/Person_0001.jpg`` -> ``OUT/Person/Person_
 a palette PNG (mode ``P``) for K <= 256, else RGB; ``--format jpeg|webp`` writes RGB;
 ``--dither`` re-quantizes the stored pixels to the palette with Floyd-Steinberg error
 diffusion (Pillow's, nearest colour in RGB). Output paths never leave OUT, whatever the
-stored names contain. Names that some file system would take for one file (``A.jpg`` and
-``a.JPG``, ``photo.jpg`` and ``photo.png``, one accented name composed and decomposed) get
-distinct names, decided over the whole collection (:func:`output_names`). Each file is written under a temporary name and renamed (on an object
+stored names contain; a byte of a source name that is not UTF-8 is written ``%HH``
+(:func:`streamq.names.output_name`), so every output name is valid text. Names that some file
+system would take for one file (``A.jpg`` and ``a.JPG``, ``photo.jpg`` and ``photo.png``, one
+accented name composed and decomposed) get distinct names, decided over the whole collection
+(:func:`output_names`). Each file is written under a temporary name and renamed (on an object
 store such as ``s3://bucket/out``: one PUT per file), so a file that exists is complete: a
-rerun skips it. ``OUT/.streamq-export.json`` records what made
-the files; a different export into the same OUT is refused unless ``overwrite``.
+rerun skips it. A write that fails for a reason outside the image (a full disk...) is
+retried, then stops the export in one line (:mod:`streamq.faults`).
+``OUT/.streamq-export.json`` records what made the files; a different export into the same
+OUT is refused unless ``overwrite``.
 The compact form -- labels + palette + image table as arrays, no image files -- is
 ``export(..., zarr=True)`` (:mod:`streamq.export_zarr`).
 """
@@ -32,7 +36,9 @@ from streamq._version import __version__
 from streamq.config import StreamQConfig, parse_config
 from streamq.console import progress_bar, timer
 from streamq.errors import ConfigError, StoreExistsError, StreamQError
+from streamq.faults import retrying
 from streamq.fs import Location, check_access, join, location, storage_errors
+from streamq.names import output_name, source_name
 from streamq.scheduler import runner
 from streamq.store import PIXELS, Collection, Store, open_array, store_location
 
@@ -211,12 +217,15 @@ def _export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
         return 0, existing
     # One read per run of neighbouring images, not one per image: a small image would
     # otherwise decode a whole inner chunk of the shard for a few of its pixels.
-    source = open_array(store, PIXELS if args["dither"] else labels_name)
+    retry = args.get("retry")
+    name = PIXELS if args["dither"] else labels_name
+    source = open_array(store, name)
     palettes = open_array(store, f"per_image/k{k_img}/palette") if k_img else None
     written = 0
     for run in _contiguous_runs(todo):
-        start = run[0][2]
-        block = np.asarray(source[start:run[-1][2] + run[-1][3] * run[-1][4]])
+        start, stop = run[0][2], run[-1][2] + run[-1][3] * run[-1][4]
+        block = retrying(lambda a=start, b=stop: np.asarray(source[a:b]), "read",
+                         store.join(name).url, retry)
         run_palettes = (np.asarray(palettes[run[0][0]:run[-1][0] + 1])
                         if palettes is not None else None)
         for image_id, path, off, h, w in run:
@@ -238,7 +247,9 @@ def _export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
             else:
                 img = Image.fromarray(palette[data.reshape(h, w)])
             if fs is None:
-                _write_atomic(img, path, args["tmp_dir"], fmt, args["options"])
+                retrying(lambda i=img, p=path: _write_atomic(i, p, args["tmp_dir"], fmt,
+                                                             args["options"]),
+                         "write", path, retry, write=True)
             else:
                 _put(img, path, fs, fmt, args["options"])
             written += 1
@@ -324,7 +335,8 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     _check_out(out_loc, st)
     ext = FORMATS[format]
     options = {"compress_level": png_level} if format == "png" else {"quality": quality}
-    names, clashes = output_names(coll.paths, ext)
+    # any source name makes a valid name: see streamq.names.output_name
+    names, clashes = output_names([output_name(p) for p in coll.paths], ext)
     paths = [_inside(out, names[i].split("/"), f"{i:08d}{ext}") for i in chosen]
     manifest["renamed"] = [{"id": i, "path": coll.paths[i], "file": name}
                            for i, name in sorted(clashes.items())]
@@ -333,7 +345,8 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     for r in renamed:
         log.debug("image %d (%s) is exported as %s: its name clashes with another's",
                   r["id"], r["path"], r["file"])
-    _check_manifest(out_loc, manifest, overwrite, paths)
+    retrying(lambda: _check_manifest(out_loc, manifest, overwrite, paths), "write", out,
+             cfg.retry, write=True)
     timings: dict[str, float] = {}
     path_of = dict(zip(chosen, paths, strict=True))
     # Locally each task skips files that exist; on an object store one listing does it here.
@@ -346,7 +359,8 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
         shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a killed run
         os.makedirs(tmp_dir)
     common = {"store": st.location, "out": out_loc, "palette": palette, "per_image": per_image,
-              "format": format, "dither": dither, "options": options, "tmp_dir": tmp_dir}
+              "format": format, "dither": dither, "options": options, "tmp_dir": tmp_dir,
+              "retry": cfg.retry}
     written, existing = 0, len(chosen) - len(todo)
     with timer("exporting", timings), runner(cfg.dask) as run:
         run.check_paths(st.path, out)
@@ -413,7 +427,9 @@ def _check_out(out_loc: Location, st: Store) -> None:
     if os.path.exists(out) and not os.path.isdir(out):
         raise StoreExistsError(f"output folder {out} is a file; choose a folder")
     real = os.path.realpath(out)
-    for what, other in (("the store", st.path), ("the ingested source folder", st.section("ingest").get("root"))):
+    root = st.section("ingest").get("root")
+    for what, other in (("the store", st.path),
+                        ("the ingested source folder", root and source_name(root))):
         if not other or "://" in other:
             continue
         o = os.path.realpath(other)

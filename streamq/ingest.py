@@ -15,6 +15,11 @@ The stage runs in four steps, each safe to interrupt:
    colours of those pixels, and then its completion record. A rerun runs only tasks without
    a record, then sums the colour counts into the collection's histogram (table ``colors``)
    and consolidates the records into the final image table and skipped list.
+
+File names may be any bytes: the store keeps them in a reversible text form
+(:mod:`streamq.names`). A read or write that fails for a reason of the machine (EIO, EMFILE,
+ENOSPC, MemoryError...) is retried and, if it lasts, stops the stage in one line; it is
+never recorded as a bad input (:mod:`streamq.faults`).
 """
 
 from __future__ import annotations
@@ -25,27 +30,31 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from streamq.config import IngestConfig, StreamQConfig, fingerprint, parse_config
+from streamq.config import IngestConfig, RetryConfig, StreamQConfig, fingerprint, parse_config
 from streamq.console import progress_bar, timer
 from streamq.decode import Header, decode_rgb, read_header
 from streamq.errors import ConfigError, StoreMismatchError, StreamQError
+from streamq.faults import retrying
 from streamq.fs import Location, check_access
 from streamq.histogram import merge_task_colors, save_histogram
 from streamq.kmeans.histogram import ColorTotals, count_colors
 from streamq.lock import store_lock
+from streamq.names import source_name, stored_name
 from streamq.scheduler import Runner, runner
 from streamq.store import (
     IMAGES,
     PIXELS,
     PLAN,
     SKIPPED,
+    TASK_COLORS,
+    TASKS,
     Store,
     is_store,
     open_array,
@@ -101,7 +110,8 @@ def list_sources(src: str | os.PathLike[str]) -> tuple[str, list[str], list[tupl
 
     ``src`` is a folder (searched recursively for files with an image extension), a glob
     pattern (``photos/**/*.jpg``), a text file listing one path per line (``#`` starts a
-    comment; relative paths are relative to the list file), or one image file.
+    comment; relative paths are relative to the list file), or one image file. Names are
+    as ``os`` gives them (any bytes; see :mod:`streamq.names` for how a store keeps them).
     """
     src = os.fspath(src)
     missing: list[tuple[str, str]] = []
@@ -158,22 +168,25 @@ def _label_of(root: str, rel: str) -> str:
 
 
 def _source_fingerprint(root: str, rel: Sequence[str]) -> str:
-    h = hashlib.sha256(root.encode())
+    """Hash of the name (its bytes: any name), size and mtime of every input."""
+    h = hashlib.sha256(os.fsencode(root))
     for r in rel:
         try:
             st = os.stat(os.path.join(root, r))
-            h.update(f"{r}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(os.fsencode(r) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:
-            h.update(f"{r}\0missing\n".encode())
+            h.update(os.fsencode(r) + b"\0missing\n")
     return h.hexdigest()[:16]
 
 
 # -- 2. header scan ------------------------------------------------------------------------
-def _scan_batch(args: tuple[str, list[str], int]) -> list[tuple[int, int, str] | str]:
-    root, rels, max_pixels = args
+def _scan_batch(args: tuple[str, list[str], int, RetryConfig]) -> list[tuple[int, int, str] | str]:
+    """Headers of files given by their stored names (see :mod:`streamq.names`)."""
+    root, rels, max_pixels, retry = args
     out: list[tuple[int, int, str] | str] = []
     for r in rels:
-        h = read_header(os.path.join(root, r), max_pixels)
+        path = os.path.join(source_name(root), source_name(r))
+        h = retrying(lambda p=path: read_header(p, max_pixels), "read", path, retry)
         out.append((h.height, h.width, h.mode) if isinstance(h, Header) else h)
     return out
 
@@ -205,13 +218,20 @@ def plan_tasks(offsets: np.ndarray, sizes: np.ndarray, n_pixels: int, chunk: int
 
 # -- 4. the write task (runs on a worker) ------------------------------------------------------
 def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Decode, write and count one task's pixels; return its record and colour counts."""
+    """Decode, write and count one task's pixels; return its record and colour counts.
+
+    Transient faults of reads and writes are retried (:func:`streamq.faults.retrying`); one
+    that lasts fails the task, and so the stage, before its record is written."""
     a, b = args["px_start"], args["px_stop"]
+    retry, store = args.get("retry"), args["store"]
     buf = np.zeros((b - a, 3), dtype=np.uint8)
     failed: list[list[Any]] = []
     stored: list[tuple[int, int]] = []  # rows of buf holding decoded pixels
+    root, background = source_name(args["root"]), tuple(args["background"])
     for image_id, rel, off, h, w in args["images"]:
-        rgb = decode_rgb(os.path.join(args["root"], rel), args["max_pixels"], tuple(args["background"]))
+        path = os.path.join(root, source_name(rel))
+        rgb = retrying(lambda p=path: decode_rgb(p, args["max_pixels"], background), "read", path,
+                       retry)
         if isinstance(rgb, np.ndarray) and rgb.shape != (h, w, 3):
             rgb = f"decoded size {rgb.shape[1]}x{rgb.shape[0]} differs from header {w}x{h}"
         if isinstance(rgb, str):
@@ -222,14 +242,21 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
         lo, hi = max(off, a), min(off + h * w, b)
         buf[lo - a: hi - a] = flat[lo - off: hi - off]
         stored.append((lo - a, hi - a))
-    pixels = open_array(args["store"], PIXELS, mode="r+")
-    pixels[a:b] = buf
+
+    def write(fn: Any, name: str) -> None:
+        retrying(fn, "write", store.join(name).url, retry, write=True)
+
+    def write_pixels() -> None:
+        open_array(store, PIXELS, mode="r+")[a:b] = buf
+
+    write(write_pixels, PIXELS)
     runs = np.asarray(stored, dtype=np.int64).reshape(-1, 2)
     codes, counts = count_colors(buf, runs[:, 0], runs[:, 1])
-    write_task_colors(args["store"], args["task"], codes, counts)
+    write(lambda: write_task_colors(store, args["task"], codes, counts), TASK_COLORS)
     report = {"failed": failed, "pixels": int(b - a),
               "colors": {"distinct": len(codes), "pixels": int(counts.sum())}}
-    write_task_report(args["store"], args["task"], report)  # completion record, after the data
+    # the completion record, after the data
+    write(lambda: write_task_report(store, args["task"], report), f"{TASKS}/report")
     return report, codes, counts
 
 
@@ -300,21 +327,27 @@ def _ingest(loc: Location, cfg: StreamQConfig, overwrite: bool, progress: bool |
         return _summary(st, "already complete", state.get("timings", {}))
 
     status = "resumed" if state.get("state") == "planned" else "ingested"
+    retry = cfg.retry
+
+    def write(fn: Any) -> None:  # a step of the client that writes the store: retried whole
+        retrying(fn, "write", st.path, retry, write=True)
+
     with runner(cfg.dask) as run:
         run.check_paths(root, st.path)
         facts = run.facts()
         if state.get("state") != "planned":
             with timer("scanning headers", timings):
-                headers = _scan(run, root, rel, icfg, progress)
+                headers = _scan(run, root, rel, icfg, retry, progress)
             with timer("planning", timings):
-                _write_plan(st, root, rel, headers, missing, icfg, source_fp, settings_fp, settings)
+                write(lambda: _write_plan(st, root, rel, headers, missing, icfg, source_fp,
+                                          settings_fp, settings))
         with timer("decoding and writing", timings):
-            totals, added = _run_tasks(run, st, root, icfg, progress)
+            totals, added = _run_tasks(run, st, root, icfg, retry, progress)
     with timer("merging colour counts", timings):
-        _merge_colors(st, totals, added)
+        _merge_colors(st, totals, added, write)
     with timer("consolidating", timings):
-        _consolidate(st, timings, facts)
-    st.set_section("ingest", {**st.section("ingest"), "timings": timings})  # with consolidating
+        write(lambda: _consolidate(st, timings, facts))
+    write(lambda: st.set_section("ingest", {**st.section("ingest"), "timings": timings}))
     summary = _summary(st, status, timings)
     log.info("%s", summary)
     return summary
@@ -340,9 +373,12 @@ def _open_or_create(p: Location, root: str, source_fp: str, settings_fp: str, ov
     return Store.create(p, overwrite=overwrite)
 
 
-def _scan(run: Runner, root: str, rel: list[str], icfg: IngestConfig, progress: bool | None) -> list[Any]:
+def _scan(run: Runner, root: str, rel: list[str], icfg: IngestConfig, retry: RetryConfig,
+          progress: bool | None) -> list[Any]:
     n = icfg.files_per_scan_task
-    batches = [(root, rel[i:i + n], icfg.max_pixels) for i in range(0, len(rel), n)]
+    names = [stored_name(r) for r in rel]  # plain text to the workers, whatever the names
+    batches = [(stored_name(root), names[i:i + n], icfg.max_pixels, retry)
+               for i in range(0, len(rel), n)]
     futures = {run.submit(_scan_batch, b): i for i, b in enumerate(batches)}
     results: list[Any] = [None] * len(batches)
     with progress_bar(len(rel), "scanning", "file", progress) as bar:
@@ -357,7 +393,8 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
                 missing: list[tuple[str, str]], icfg: IngestConfig,
                 source_fp: str, settings_fp: str, settings: dict[str, Any]) -> None:
     ok = [i for i, h in enumerate(headers) if not isinstance(h, str)]
-    skipped = missing + [(rel[i], h) for i, h in enumerate(headers) if isinstance(h, str)]
+    skipped = [(stored_name(p), r) for p, r in missing] \
+        + [(stored_name(rel[i]), h) for i, h in enumerate(headers) if isinstance(h, str)]
     heights = np.asarray([headers[i][0] for i in ok], dtype=np.int64)
     widths = np.asarray([headers[i][1] for i in ok], dtype=np.int64)
     sizes = heights * widths
@@ -365,8 +402,8 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
     n_pixels = int(sizes.sum())
     st.set_section("ingest", {"state": "planning"})
     st.write_table(PLAN, {
-        "path": [rel[i] for i in ok],
-        "label": [_label_of(root, rel[i]) for i in ok],
+        "path": [stored_name(rel[i]) for i in ok],
+        "label": [stored_name(_label_of(root, rel[i])) for i in ok],
         "mode": [headers[i][2] for i in ok],
         "offset": offsets, "height": heights, "width": widths,
     })
@@ -377,7 +414,7 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
     starts, stops = plan_tasks(offsets, sizes, n_pixels, shard)
     st.create_task_table(starts, stops)
     st.set_section("ingest", {
-        "state": "planned", "root": root, "source_fingerprint": source_fp,
+        "state": "planned", "root": stored_name(root), "source_fingerprint": source_fp,
         "settings_fingerprint": settings_fp, "settings": settings,
         "n_inputs": len(rel) + len(missing), "n_planned": len(ok), "n_pixels_planned": n_pixels,
         "n_tasks": len(starts),
@@ -386,8 +423,8 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
              len(ok), n_pixels, len(starts), len(skipped))
 
 
-def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, progress: bool | None
-               ) -> tuple[ColorTotals, set[int]]:
+def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, retry: RetryConfig,
+               progress: bool | None) -> tuple[ColorTotals, set[int]]:
     """Run the pending write tasks; return the sum of their colour counts and their ids."""
     plan = st.read_table(PLAN, ("path", "offset", "height", "width"))
     tasks = st.read_table("ingest/tasks", ("chunk_start", "chunk_stop"))
@@ -411,8 +448,9 @@ def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, progress: 
         hi = int(np.searchsorted(offsets, b, side="left"))
         images = [(i, str(plan["path"][i]), int(offsets[i]), int(plan["height"][i]), int(plan["width"][i]))
                   for i in range(lo, hi) if sizes[i] > 0]
-        args = {"store": st.location, "task": t, "root": root, "px_start": a, "px_stop": b,
-                "images": images, "max_pixels": icfg.max_pixels, "background": list(icfg.background)}
+        args = {"store": st.location, "task": t, "root": stored_name(root), "px_start": a,
+                "px_stop": b, "images": images, "max_pixels": icfg.max_pixels,
+                "background": list(icfg.background), "retry": retry}
         futures[run.submit(_write_task, args)] = (t, b - a)
     with progress_bar(sum(n for _, n in futures.values()), "ingesting", "px", progress) as bar:
         for fut in run.as_completed(list(futures)):
@@ -424,14 +462,16 @@ def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, progress: 
     return totals, added
 
 
-def _merge_colors(st: Store, totals: ColorTotals, added: set[int]) -> None:
-    """Sum every task's colour counts into the collection's histogram (table ``colors``)."""
+def _merge_colors(st: Store, totals: ColorTotals, added: set[int],
+                  write: Callable[[Callable[[], None]], None]) -> None:
+    """Sum every task's colour counts into the collection's histogram (table ``colors``),
+    saved through ``write`` (which may call its function again: the sum is done once)."""
     merged = merge_task_colors(st, totals, added)
     if merged is None:
         log.info("Some ingest tasks ran before ingest counted colours: the colour histogram "
                  "will be computed when first needed")
         return
-    save_histogram(st, *merged, computed="ingest")
+    write(lambda: save_histogram(st, *merged, computed="ingest"))
 
 
 def _consolidate(st: Store, timings: dict[str, float], facts: dict[str, Any]) -> None:

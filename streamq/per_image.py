@@ -29,6 +29,7 @@ from streamq.colorspace import to_space
 from streamq.config import PerImageConfig, StreamQConfig, fingerprint, parse_config, to_dict
 from streamq.console import progress_bar, timer
 from streamq.errors import StoreMismatchError, StreamQError
+from streamq.faults import retrying
 from streamq.fs import Location, check_access
 from streamq.lock import store_lock
 from streamq.metrics import errors_from_records
@@ -311,9 +312,16 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     else:
         sse = [one(image) for image in args["images"]]
     out = open_array(store, f"per_image/k{k}/labels", mode="r+")
-    out[lo:hi] = labels
+
+    def write_labels() -> None:
+        out[lo:hi] = labels
+
+    retry = args.get("retry")
+    retrying(write_labels, "write", store.join(f"per_image/k{k}/labels").url, retry, write=True)
     report = {"sse": sse}
-    write_record(store, f"per_image/k{k}/label_records", c, report)
+    records = f"per_image/k{k}/label_records"
+    retrying(lambda: write_record(store, records, c, report), "write", store.join(records).url,
+             retry, write=True)  # the completion record, after the labels
     return report
 
 
@@ -365,7 +373,8 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
                 images = coll.overlapping(c * chunk, (c + 1) * chunk)
                 futures.append(run.submit(_label_task, {"store": st.location, "chunk_index": c,
                                                         "chunk": chunk, "k": k, "images": images,
-                                                        "threads": threads}))
+                                                        "threads": threads,
+                                                        "retry": cfg.retry}))
             with progress_bar(len(futures), f"labelling K={k}", "chunk", progress) as bar:
                 for fut in run.as_completed(futures):
                     fut.result()

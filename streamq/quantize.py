@@ -21,6 +21,7 @@ import numpy as np
 from streamq.config import StreamQConfig, parse_config
 from streamq.console import progress_bar, timer
 from streamq.errors import StreamQError
+from streamq.faults import retrying
 from streamq.fs import Location
 from streamq.lock import store_lock
 from streamq.metrics import errors_from_records, psnr
@@ -77,11 +78,11 @@ def _table(args: dict[str, Any]) -> Any:
 
 
 def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
-    c, chunk, store = args["chunk_index"], args["chunk"], args["store"]
+    c, chunk, store, retry = args["chunk_index"], args["chunk"], args["store"], args.get("retry")
     pixels = open_array(store, PIXELS)
     lo = c * chunk
     hi = min(lo + chunk, pixels.shape[0])
-    rgb = np.asarray(pixels[lo:hi])
+    rgb = retrying(lambda: np.asarray(pixels[lo:hi]), "read", store.join(PIXELS).url, retry)
     out = open_array(store, LABELS, mode="r+")
     # Segments of this shard: each image's part of it, and the gaps between (skipped inputs).
     bounds, seg_of = [], []
@@ -96,11 +97,16 @@ def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
     if pos < hi - lo:
         bounds.append(hi - lo)
     labels, seg_sse, _ = _table(args).labels_sse(rgb, out.dtype, np.asarray(bounds, np.int64))
-    out[lo:hi] = labels
+
+    def write_labels() -> None:
+        out[lo:hi] = labels
+
+    retrying(write_labels, "write", store.join(LABELS).url, retry, write=True)
     sse = [[int(image_id), int(seg_sse[s])]
            for (image_id, _, _), s in zip(args["images"], seg_of, strict=True)]
     report = {"sse": sse, "pixels": int(hi - lo)}
-    write_record(store, RECORDS, c, report)
+    retrying(lambda: write_record(store, RECORDS, c, report), "write", store.join(RECORDS).url,
+             retry, write=True)  # the completion record, after the labels
     return report
 
 
@@ -155,17 +161,26 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None) -> Qu
     chunk, _ = st.pixel_layout()
     n_chunks = -(-int(pixels.shape[0]) // chunk)
     timings: dict[str, float] = {}
+
+    def write(fn: Any) -> None:  # a step of the client that writes the store: retried whole
+        retrying(fn, "write", st.path, cfg.retry, write=True)
+
     if sec.get("fit_fingerprint") != fit_fp or sec.get("state") not in ("running", "complete"):
         if sec:
             log.info("Palette changed since the last quantize: recomputing all labels")
-        st.set_section(QUANTIZE, {"state": "starting", "fit_fingerprint": fit_fp})
-        st.create_labels(LABELS, labels_dtype(result.k))
-        st.create_records(RECORDS, n_chunks)
-        st.set_section(QUANTIZE, {"state": "running", "fit_fingerprint": fit_fp, "k": result.k})
+
+        def start() -> None:
+            st.set_section(QUANTIZE, {"state": "starting", "fit_fingerprint": fit_fp})
+            st.create_labels(LABELS, labels_dtype(result.k))
+            st.create_records(RECORDS, n_chunks)
+            st.set_section(QUANTIZE, {"state": "running", "fit_fingerprint": fit_fp, "k": result.k})
+
+        write(start)
     records = st.records(RECORDS)
     pending = [c for c in range(n_chunks) if not records[c]]
     common = {"store": st.location, "chunk": chunk, "fit_fingerprint": fit_fp, "space": result.color_space,
-              "centers": result.centers.tolist(), "palette": result.palette.tolist()}
+              "centers": result.centers.tolist(), "palette": result.palette.tolist(),
+              "retry": cfg.retry}
     with timer("labelling", timings), runner(cfg.dask) as run:
         run.check_paths(st.path)
         facts = run.facts()
@@ -178,8 +193,8 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None) -> Qu
                 fut.result()
                 bar.update(1)
     with timer("consolidating", timings):
-        _consolidate(st, coll, fit_fp, result.k, timings, facts)
-    st.set_section(QUANTIZE, {**st.section(QUANTIZE), "timings": timings})  # with consolidating
+        write(lambda: _consolidate(st, coll, fit_fp, result.k, timings, facts))
+    write(lambda: st.set_section(QUANTIZE, {**st.section(QUANTIZE), "timings": timings}))
     summary = _summary(st, "quantized", timings)
     log.info("%s", summary)
     return summary
