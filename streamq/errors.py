@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "ImageReadError",
+    "LockLostError",
     "StoreError",
     "StoreExistsError",
     "StoreLayoutError",
@@ -46,6 +47,11 @@ class StoreMismatchError(StreamQError, ValueError):
 
 class StoreLockedError(StreamQError):
     """Another job holds the store's write lock (the message names it: command, pid, host)."""
+
+
+class LockLostError(StoreLockedError):
+    """This job's write lock was taken over by another job (the message names it); the job
+    stops before its next write."""
 
 
 class ImageReadError(StreamQError, OSError):
