@@ -9,6 +9,7 @@ from streamq._version import __version__
 from streamq.config import StreamQConfig, load_config
 from streamq.errors import (
     ConfigError,
+    LockLostError,
     StoreError,
     StoreExistsError,
     StoreLayoutError,
@@ -40,6 +41,7 @@ __all__ = [
     "ImageGroups",
     "ConfigError",
     "IngestSummary",
+    "LockLostError",
     "StoreError",
     "StoreExistsError",
     "StoreLayoutError",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from streamq.errors import StreamQError
+from streamq.lock import check_writer
 
 if TYPE_CHECKING:
     from streamq.store import Store
@@ -125,10 +126,12 @@ def read_checkpoint(st: Store, name: str, fingerprint: str, what: str) -> dict[s
 def write_checkpoint(st: Store, name: str, state: dict[str, Any]) -> None:
     """Replace the checkpoint in slot ``name`` (one key, written atomically: a temporary file
     renamed locally, one PUT on S3)."""
+    check_writer()
     st.group[name][0] = encode_state(state)
 
 
 def clear_checkpoint(st: Store, name: str) -> None:
     """Empty slot ``name``: the result is saved, the working state is no longer needed."""
     if st.has(name):
+        check_writer()
         st.group[name][0] = ""

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from streamq import redact
 from streamq.errors import ConfigError
 from streamq.fs import looks_like_url
 
@@ -315,7 +316,7 @@ def _type_name(tp: Any) -> str:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(_type_name(a) for a in args) + " or null"
     if origin is dict:
-        return "a mapping of option names to values"
+        return "a mapping of option names to plain values (text, numbers, true/false, lists)"
     if origin is tuple:
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
@@ -385,6 +386,15 @@ def _coerce(tp: Any, value: Any) -> Any:
     raise TypeError
 
 
+def _shown(key: str, value: Any) -> str:
+    """``value`` as an error message may show it: storage options only redacted."""
+    if key.split(".")[0] != "storage_options":
+        return repr(value)
+    if isinstance(value, Mapping):
+        return repr(redact.options(value))
+    return f"of type {type(value).__name__} (not shown: it may hold credentials)"
+
+
 def _parse_section(cls: type, data: Any, prefix: str, source: str) -> Any:
     where = f"{source}: " if source else ""
     if isinstance(data, cls):
@@ -410,12 +420,13 @@ def _parse_section(cls: type, data: Any, prefix: str, source: str) -> Any:
         try:
             coerced = _coerce(tp, value)
         except TypeError:
-            raise ConfigError(f"{where}key '{key}' has value {value!r}, expected {_type_name(tp)}") from None
+            raise ConfigError(f"{where}key '{key}' has value {_shown(key, value)}, expected "
+                              f"{_type_name(tp)}") from None
         check = fields[name].metadata.get("check")
         if coerced is not None and check is not None:
             problem = check(coerced)
             if problem:
-                raise ConfigError(f"{where}key '{key}' has value {value!r}, expected {problem}")
+                raise ConfigError(f"{where}key '{key}' has value {_shown(key, value)}, expected {problem}")
         values[name] = coerced
     return cls(**values)
 
@@ -425,6 +436,7 @@ def parse_config(data: Mapping[str, Any] | StreamQConfig | None, source: str = "
     if isinstance(data, StreamQConfig):
         return data
     cfg = _parse_section(StreamQConfig, data, "", source)
+    redact.remember(cfg.storage_options)  # kept out of every message from now on
     env = os.environ.get("STREAMQ_SCHEDULER")
     if env and (data is None or "scheduler" not in (data.get("dask") or {})):
         cfg = dataclasses.replace(cfg, dask=dataclasses.replace(cfg.dask, scheduler=env))

@@ -25,7 +25,7 @@ def set_log_level(level: int) -> None:
     global _handler
     if _handler is None:
         _handler = logging.StreamHandler(sys.stderr)
-        _handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        _handler.setFormatter(_Redacting("%(levelname)s %(name)s: %(message)s"))
         log.addHandler(_handler)
     log.setLevel(level)
     # Dask's client logs its own account (with tracebacks) of a lost scheduler; streamq turns
@@ -35,6 +35,15 @@ def set_log_level(level: int) -> None:
         client_log.removeFilter(f)
     if level > logging.INFO:
         client_log.addFilter(_BelowCritical())
+
+
+class _Redacting(logging.Formatter):
+    """Log lines without URL credentials or remembered storage-option secrets."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from streamq import redact
+
+        return redact.text(super().format(record))
 
 
 class _BelowCritical(logging.Filter):

@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "FaultError",
     "ImageReadError",
+    "LockLostError",
     "StoreError",
     "StoreExistsError",
     "StoreLayoutError",
@@ -62,6 +63,11 @@ class FaultError(StreamQError, OSError):
 
     def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (Dask) intact
         return type(self), (str(self), self.errno)
+
+
+class LockLostError(StoreLockedError):
+    """This job's write lock was taken over by another job (the message names it); the job
+    stops before its next write."""
 
 
 class ImageReadError(StreamQError, OSError):

@@ -38,6 +38,7 @@ from streamq.console import progress_bar, timer
 from streamq.errors import ConfigError, StoreExistsError, StreamQError
 from streamq.faults import retrying
 from streamq.fs import Location, check_access, join, location, storage_errors
+from streamq.lock import check_writer
 from streamq.names import output_name, source_name
 from streamq.scheduler import runner
 from streamq.store import PIXELS, Collection, Store, open_array, store_location
@@ -246,6 +247,7 @@ def _export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
                 img.putpalette(flat_pal)  # ... becomes P with the palette
             else:
                 img = Image.fromarray(palette[data.reshape(h, w)])
+            check_writer()  # under `streamq run`: the store's lock must still be this job's
             if fs is None:
                 retrying(lambda i=img, p=path: _write_atomic(i, p, args["tmp_dir"], fmt,
                                                              args["options"]),

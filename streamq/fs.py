@@ -34,7 +34,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamq import redact
 from streamq.errors import StoreError
+from streamq.lock import check_writer
 
 __all__ = ["SCHEMES", "Location", "check_access", "delete_keys", "join", "location",
            "looks_like_url", "storage_errors"]
@@ -114,7 +116,7 @@ class Location:
                              f"'streamq[{self.scheme}]' (or pip install {package})") from None
         except TypeError as exc:
             raise StoreError(f"storage options for {self.url} were not accepted by {package} "
-                             f"({exc}); check key 'storage_options'") from None
+                             f"({redact.text(str(exc))}); check key 'storage_options'") from None
 
     # -- whole files (local: os; URL: fsspec) ---------------------------------------------
     def exists(self) -> bool:
@@ -150,6 +152,7 @@ class Location:
 
     def write_bytes(self, data: bytes) -> None:
         """Write the whole file atomically: temporary file, fsync, rename (local) or one PUT."""
+        check_writer()
         if not self.is_local:
             with storage_errors(self):
                 self.filesystem().pipe_file(self.url, data)
@@ -207,11 +210,15 @@ class Location:
                 return 0
 
     def endpoint(self) -> str:
-        """Where requests go, for messages: the endpoint_url option or the provider default."""
+        """Where requests go, for messages: the endpoint_url option or the provider default
+        (without any ``user:password@``)."""
         client = self.options.get("client_kwargs") or {}
-        return str(self.options.get("endpoint_url") or client.get("endpoint_url")
-                   or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-                   or "the default AWS endpoint")
+        if not isinstance(client, Mapping):
+            client = {}
+        return redact.url(str(self.options.get("endpoint_url") or client.get("endpoint_url")
+                              or os.environ.get("AWS_ENDPOINT_URL_S3")
+                              or os.environ.get("AWS_ENDPOINT_URL")
+                              or "the default AWS endpoint"))
 
 
 def location(target: str | os.PathLike[str] | Location,
@@ -219,14 +226,17 @@ def location(target: str | os.PathLike[str] | Location,
     """Check and normalise a store or output path: a local path, ``file://`` or ``s3://``.
 
     ``storage_options`` go with URLs (local paths ignore them); a :class:`Location` keeps its
-    own options unless ``storage_options`` is given.
+    own options unless ``storage_options`` is given. Their credentials are noted so that no
+    message shows them (:func:`streamq.redact.remember`).
 
     Raises
     ------
     StoreError
-        For an unsupported scheme (``foo://x``), a malformed URL (``s3:/x``) or one without
-        a bucket (``s3://``).
+        For an unsupported scheme (``foo://x``), a malformed URL (``s3:/x``), one without
+        a bucket (``s3://``) or with credentials in it (``s3://KEY:SECRET@bucket``).
     """
+    if isinstance(storage_options, Mapping):
+        redact.remember(storage_options)
     if isinstance(target, Location):
         return target if storage_options is None else Location(target.url, dict(storage_options))
     text = os.fspath(target)
@@ -236,6 +246,9 @@ def location(target: str | os.PathLike[str] | Location,
     scheme, slashes = m.group(1).lower(), m.group(2)
     rest = text[m.end():]
     example = "a local path or s3://BUCKET/PATH (e.g. s3://bucket/collection.zarr)"
+    if "@" in rest.split("/", 1)[0] and scheme != "file":
+        raise StoreError(f"{redact.url(text)!r} has credentials in the URL: give them as storage "
+                         "options 'key' and 'secret' (or AWS_* variables) and use " + example)
     if scheme == "file" and len(slashes) >= 2:
         return Location(os.path.abspath("/" + rest))
     if scheme not in SCHEMES:
@@ -249,7 +262,16 @@ def location(target: str | os.PathLike[str] | Location,
         raise StoreError(f"{text!r} holds {_VERSION_MARK!r}, which {SCHEMES[scheme]} reads as an "
                          "object version, not as part of the name: choose another name")
     if storage_options is not None and not isinstance(storage_options, Mapping):
-        raise StoreError(f"storage options for {text} must be a mapping, got {storage_options!r}")
+        raise StoreError(f"storage options for {text} must be a mapping of option names to "
+                         f"values, got a {type(storage_options).__name__}")
+    for where, opts in (("", storage_options or {}),
+                        ("client_kwargs.", (storage_options or {}).get("client_kwargs"))):
+        endpoint = opts.get("endpoint_url") if isinstance(opts, Mapping) else None
+        if isinstance(endpoint, str) and redact.url(endpoint) != endpoint:
+            raise StoreError(
+                f"storage option '{where}endpoint_url' ({redact.url(endpoint)}) has credentials "
+                "in it, which S3 clients refuse: give them as storage options 'key' and "
+                "'secret' (or AWS_* variables)")
     return Location(f"{scheme}://{rest}", dict(storage_options or {}))
 
 
@@ -305,10 +327,11 @@ def _explain(exc: BaseException, loc: Location) -> str | None:
         return (f"cannot reach {loc.endpoint()} for {loc.url} ({type(exc).__name__}): check storage "
                 "option 'endpoint_url', the network, and that the server is running")
     if isinstance(exc, ValueError) and str(exc).startswith("Invalid endpoint"):
-        return f"{exc} for {loc.url}: storage option 'endpoint_url' must look like http://HOST:PORT"
+        return (f"{redact.text(str(exc))} for {loc.url}: storage option 'endpoint_url' must look "
+                "like http://HOST:PORT")
     if isinstance(exc, PermissionError):
-        return (f"access to {loc.url} was denied ({exc}): check storage options 'key'/'secret' "
-                "and the bucket's permissions")
+        return (f"access to {loc.url} was denied ({redact.text(str(exc))}): check storage options "
+                "'key'/'secret' and the bucket's permissions")
     if isinstance(exc, ImportError):
         package = SCHEMES.get(loc.scheme, loc.scheme)
         return f"{loc.url} needs the {package} package: pip install 'streamq[{loc.scheme}]'"
@@ -347,6 +370,18 @@ def check_access(loc: Location) -> None:
     key = json.dumps([loc.scheme, loc.bucket, loc.options], sort_keys=True, default=repr)
     if key in _CHECKED:
         return
+    try:
+        _probe(loc)
+    except (TypeError, ValueError, AttributeError) as exc:  # s3fs/botocore on a bad option
+        raise StoreError(
+            f"storage options for {loc.url} were not accepted by {SCHEMES[loc.scheme]} "
+            f"({type(exc).__name__}: {redact.text(str(exc))}); check key 'storage_options' "
+            f"(given: {redact.options(loc.options)})") from None
+    _CHECKED.add(key)
+
+
+def _probe(loc: Location) -> None:
+    """Look at the bucket of ``loc``, with few retries (see :func:`check_access`)."""
     extra: dict[str, Any] = {}
     if loc.scheme == "s3":
         config = dict(loc.options.get("config_kwargs") or {})
@@ -364,4 +399,3 @@ def check_access(loc: Location) -> None:
                 "or check the URL and storage option 'endpoint_url'") from None
         except PermissionError as exc:
             log.debug("No access to bucket %s itself (%s); going on", loc.bucket, exc)
-    _CHECKED.add(key)

@@ -13,9 +13,12 @@ Protocol (every step is one atomic filesystem operation, see :class:`LocalFiles`
   nobody ever reads a half-written lock). If it exists, its owner is either alive (refuse
   with :class:`~streamq.errors.StoreLockedError` naming it) or *stale*:
 
-  - same host: its pid is gone, a zombie, or now a different process (start time differs);
-  - another host: no heartbeat for ``stale_after`` seconds (the holder rewrites the
-    ``heartbeat`` field every ``heartbeat_interval`` seconds from a background thread).
+  - same host, same boot (``boot_id``) and same pid namespace (``pid_ns``): its pid is
+    gone, a zombie, or now a different process (start time differs);
+  - anywhere else (another host, or a container with the same host name but its own pid
+    namespace, or a lock that does not say): no heartbeat for ``stale_after`` seconds (the
+    holder rewrites the ``heartbeat`` field every ``heartbeat_interval`` seconds from a
+    background thread).
 
 * **Take over** a stale lock whose token is ``T``: first create ``STORE.lock.claim-T``
   exclusively. Tokens are never reused, so exactly one process holds the claim for ``T``;
@@ -26,19 +29,33 @@ Protocol (every step is one atomic filesystem operation, see :class:`LocalFiles`
   left by a ``kill -9`` during a take-over is stale by the same rules and is broken by a
   claim on the claim.
 * **Release**: rename the lock to a name of our own, check it is still ours, delete it.
+* **Heartbeat**: replace the lock file (temporary file + rename) only if it still holds our
+  token; the read and the rename happen under an exclusive ``flock`` of the side file
+  ``STORE.lock.guard`` (removed after each use), which take-overs and releases hold too
+  around their read-compare-rename, so a heartbeat can never overwrite another job's lock.
+
+A job that finds its lock taken over (the heartbeat, or :func:`check_writer` before every
+write of a stage: each chunk, record, checkpoint and attribute) stops with
+:class:`~streamq.errors.LockLostError` naming the new owner. Dask tasks check too: a task
+submitted while the lock was held reads the lock file before it writes.
+
+Nothing secret is recorded: the command line has its ``--storage-option`` values and URL
+credentials redacted (:mod:`streamq.redact`), and the file is readable by its owner only.
 
 Locks are re-entrant within one thread (``streamq run`` holds the lock for all stages and
 the stages take it again), refused to other threads of the same process.
 
 The limits of a lease across hosts apply: clocks must agree to well within ``stale_after``,
 and a holder that stops heartbeating for longer than ``stale_after`` (paused, partitioned)
-loses the lock; its heartbeat thread notices, logs an error and the job ends with
-:class:`~streamq.errors.StoreLockedError`. On one host pids make the lock exact.
+loses the lock; it notices before its next write and ends with
+:class:`~streamq.errors.LockLostError`. Within one host, boot and pid namespace, pids make the
+lock exact.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import getpass
 import hashlib
@@ -55,14 +72,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from streamq import redact
 from streamq._version import __version__
-from streamq.errors import ConfigError, StoreLayoutError, StoreLockedError
+from streamq.errors import ConfigError, LockLostError, StoreLayoutError, StoreLockedError
 
 if TYPE_CHECKING:
     from streamq.config import LockConfig
 
-__all__ = ["LOCK_SUFFIX", "LockOwner", "StoreLock", "lock_path", "read_lock", "store_lock",
-           "unlock"]
+__all__ = ["LOCK_SUFFIX", "LockOwner", "StoreLock", "check_writer", "guard_task", "lock_path",
+           "read_lock", "store_lock", "unlock"]
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +97,10 @@ class LocalFiles:
     """Lock-file operations on a local (or NFS) filesystem.
 
     Everything the protocol needs: an exclusive create, a read, an atomic replace (heartbeat),
-    an atomic rename that fails when the source is gone, and a remove. An fsspec backend would
-    map them to a conditional put (``If-None-Match: *``), get, conditional put
-    (``If-Match``), copy + conditional delete, and delete.
+    an atomic rename that fails when the source is gone, a remove, and a short exclusive
+    section (:meth:`guard`) in which a read and a replace or rename act as one step. An
+    fsspec backend would map them to a conditional put (``If-None-Match: *``), get,
+    conditional put (``If-Match``), copy + conditional delete, and delete.
     """
 
     def create_exclusive(self, path: str, data: bytes) -> bool:
@@ -104,7 +123,7 @@ class LocalFiles:
     @staticmethod
     def _create_excl_fallback(path: str, data: bytes) -> bool:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except FileExistsError:
             return False
         with os.fdopen(fd, "wb") as f:  # readers may see it empty for a moment: see _parse
@@ -134,6 +153,60 @@ class LocalFiles:
         _write_synced(tmp, data)
         os.replace(tmp, path)
 
+    def replace_if(self, path: str, token: str, data: bytes) -> bytes | None:
+        """Replace the file with ``data`` only if it still holds ``token``, as one step.
+
+        Returns None when replaced, else what the file holds instead (``b""`` when it is gone).
+        """
+        with self.guard(path):
+            now = self.read(path)
+            if now is None or _parse(now).token != token:
+                return now if now is not None else b""
+            self.replace(path, data)
+            return None
+
+    @contextlib.contextmanager
+    def guard(self, path: str) -> Iterator[None]:
+        """Hold an exclusive ``flock`` of ``PATH.guard`` (every process that changes ``path``
+        takes it around its read-compare-change); the side file is removed on the way out.
+
+        Where ``flock`` is not supported the block runs unguarded: the take-over still
+        checks, after renaming a lock away, that it moved the file it judged.
+        """
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            yield
+            return
+        side = f"{path}.guard"
+        while True:
+            try:
+                fd = os.open(side, os.O_CREAT | os.O_RDWR, 0o600)
+            except OSError as exc:
+                log.debug("No lock guard %s (%s); going on without it", side, exc)
+                yield
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                os.close(fd)
+                log.debug("No flock on %s (%s); going on without it", side, exc)
+                yield
+                return
+            try:  # the name may have been removed (and made again) while we waited
+                same = os.stat(side).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(side)  # while still held: a waiter then finds the name gone, retries
+            os.close(fd)
+
     def rename(self, src: str, dst: str) -> bool:
         """Atomically move ``src`` to ``dst`` (a name nobody else uses); False if src is gone."""
         try:
@@ -157,7 +230,8 @@ class LocalFiles:
 
 
 def _write_synced(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)  # readable by its owner only
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -192,12 +266,20 @@ class LockOwner:
     heartbeat: float | None = None
     heartbeat_interval: float | None = None
     stale_after: float | None = None
+    boot_id: str | None = None
+    pid_ns: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def describe(self) -> str:
-        """One line: command, pid, host, user, start time."""
-        return (f"{self.command!r} ({self.operation}, pid {self.pid} on host {self.host}, "
-                f"user {self.user}, started {self.started})")
+        """One line: command, pid, host, user, start time (credentials never shown, even
+        from a lock written by an older streamq)."""
+        return (f"{redact.command(self.command)!r} ({self.operation}, pid {self.pid} on host "
+                f"{self.host}{self._namespace_note()}, user {self.user}, started {self.started})")
+
+    def _namespace_note(self) -> str:
+        if self.host != _hostname() or not self.raw or _same_instance(self):
+            return ""
+        return ", another pid namespace or boot"
 
 
 def _parse(data: bytes) -> LockOwner:
@@ -214,6 +296,10 @@ def _parse(data: bytes) -> LockOwner:
         v = raw.get(key)
         return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
+    def text(key: str) -> str | None:
+        v = raw.get(key)
+        return v if isinstance(v, str) else None
+
     pid = raw.get("pid")
     return LockOwner(
         token=raw["token"], command=str(raw.get("command", "?")),
@@ -221,11 +307,41 @@ def _parse(data: bytes) -> LockOwner:
         pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
         user=str(raw.get("user", "?")), started=str(raw.get("started", "?")),
         process_start=num("process_start"), heartbeat=num("heartbeat"),
-        heartbeat_interval=num("heartbeat_interval"), stale_after=num("stale_after"), raw=raw)
+        heartbeat_interval=num("heartbeat_interval"), stale_after=num("stale_after"),
+        boot_id=text("boot_id"), pid_ns=text("pid_ns"), raw=raw)
 
 
 def _hostname() -> str:
     return socket.gethostname()
+
+
+_BOOT_ID: list[str | None] = []
+
+
+def _boot_id() -> str | None:
+    """This machine's boot id (Linux; None elsewhere): another boot means another process."""
+    if not _BOOT_ID:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+                _BOOT_ID.append(f.read().strip() or None)
+        except OSError:
+            _BOOT_ID.append(None)
+    return _BOOT_ID[0]
+
+
+def _pid_ns() -> str | None:
+    """This process's pid namespace (``pid:[4026531836]``; None where there is none)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _same_instance(owner: LockOwner) -> bool:
+    """Whether the owner's pid means a process we can look at: same host name, same boot,
+    same pid namespace (containers sharing a host name each have their own)."""
+    return (owner.host == _hostname() and owner.boot_id == _boot_id()
+            and owner.pid_ns == _pid_ns())
 
 
 def _process_start(pid: int) -> float | None:
@@ -247,7 +363,7 @@ def _stale_reason(owner: LockOwner, age: float | None, default_stale_after: floa
         if age is not None and age > stale_after:
             return f"unreadable lock file last written {age:.0f} s ago"
         return None
-    if owner.host == _hostname() and owner.pid is not None:
+    if owner.pid is not None and _same_instance(owner):
         import psutil
 
         try:
@@ -268,12 +384,14 @@ def _stale_reason(owner: LockOwner, age: float | None, default_stale_after: floa
         return "no heartbeat recorded" if age is None or age > stale_after else None
     silent = time.time() - beat
     if silent > stale_after:
-        return f"no heartbeat from host {owner.host} for {silent:.0f} s (stale after {stale_after:g} s)"
+        return (f"no heartbeat from host {owner.host}{owner._namespace_note()} for "
+                f"{silent:.0f} s (stale after {stale_after:g} s)")
     return None
 
 
 def _command_line() -> str:
-    """This process's command line, as a user would type it (``streamq fit ...``)."""
+    """This process's command line, as a user would type it (``streamq fit ...``), with
+    storage option values and URL credentials redacted."""
     argv = list(sys.argv)
     first = argv[0] if argv else ""
     if os.path.basename(first) == "streamq" or first.endswith(os.path.join("streamq", "cli", "main.py")):
@@ -285,7 +403,7 @@ def _command_line() -> str:
             parts = psutil.Process().cmdline()
         except Exception:
             parts = [sys.executable, *argv]
-    text = " ".join(shlex.join(parts).split())  # one line whatever the arguments hold
+    text = " ".join(shlex.join(redact.argv(parts)).split())  # one line, nothing secret
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -319,10 +437,11 @@ class StoreLock:
         self.record: dict[str, Any] = {
             "streamq_lock": LOCK_FORMAT, "token": self.token,
             "store": self.path[: -len(LOCK_SUFFIX)],
-            "command": command or _command_line(), "operation": operation,
-            "host": _hostname(), "pid": os.getpid(), "user": _user(),
+            "command": redact.command(command) if command else _command_line(),
+            "operation": operation, "host": _hostname(), "pid": os.getpid(), "user": _user(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "process_start": _process_start(os.getpid()),
+            "boot_id": _boot_id(), "pid_ns": _pid_ns(),
             "heartbeat": time.time(), "heartbeat_interval": self.heartbeat,
             "stale_after": self.stale_after, "streamq_version": __version__,
         }
@@ -349,7 +468,12 @@ class StoreLock:
             if time.monotonic() > deadline:
                 raise StoreLockedError(f"{self.store}: the lock {self.path} kept changing for "
                                        f"{_PATIENCE:g} s; other jobs are taking it; try again")
-            data = self.files.read(self.path)
+            try:
+                data = self.files.read(self.path)
+            except PermissionError:
+                raise StoreLockedError(
+                    f"{self.store} is locked by a job of another user: its lock file "
+                    f"{self.path} is readable by its owner only") from None
             if data is None:
                 continue  # released in between: try again
             owner = _parse(data)
@@ -369,18 +493,41 @@ class StoreLock:
         """Refresh the heartbeat until released; notice when the lock is no longer ours."""
         while not self._stop.wait(self.heartbeat):
             try:
-                data = self.files.read(self.path)
-                if data is None or _parse(data).token != self.token:
-                    self.lost = _parse(data) if data is not None else "removed"
-                    who = self.lost.describe() if isinstance(self.lost, LockOwner) else "nobody"
-                    log.error("The lock on %s is no longer this job's (now held by %s): another "
-                              "job may be writing the store; this job will stop with an error",
-                              self.store, who)
-                    return
                 self.record["heartbeat"] = time.time()
-                self.files.replace(self.path, self._bytes())
+                found = self.files.replace_if(self.path, self.token, self._bytes())
             except OSError as exc:
                 log.warning("Could not refresh the lock %s: %s", self.path, exc)
+                continue
+            if found is not None:
+                self._lose(found)
+                return
+
+    def _lose(self, found: bytes) -> None:
+        """Note that the lock file now holds ``found`` (``b""``: nothing) instead of ours."""
+        if self.lost is None:
+            owner = _new_owner(self.files, self.path, found)
+            self.lost = owner if owner is not None else "removed"
+            log.debug("The lock %s is no longer this job's: %s", self.path, self.lost_message())
+
+    def lost_message(self) -> str:
+        """One line: this job's lock was taken over, by whom, and what to do."""
+        return _lost_message(self.store, self.lost)
+
+    def check(self) -> None:
+        """Raise :class:`~streamq.errors.LockLostError` if the lock is no longer this job's.
+
+        Reads the lock file (a few hundred bytes): cheap enough before every write. A file
+        that cannot be read for another reason leaves the verdict to the heartbeat.
+        """
+        if self.lost is None and self.held:
+            try:
+                data = self.files.read(self.path)
+            except OSError:
+                data = self._bytes()  # unknown: the heartbeat will tell
+            if data is None or _parse(data).token != self.token:
+                self._lose(data or b"")
+        if self.lost is not None:
+            raise LockLostError(self.lost_message())
 
     # -- giving back -----------------------------------------------------------------------
     def release(self) -> None:
@@ -403,12 +550,29 @@ class StoreLock:
         self.release()
 
 
+def _new_owner(files: LocalFiles, path: str, found: bytes | None) -> LockOwner | None:
+    """Who holds the lock instead of us: ``found``, or, when the file was gone (a take-over
+    between its rename and its create), whoever creates it within a second."""
+    deadline = time.monotonic() + 1.0
+    while not found and time.monotonic() < deadline:
+        time.sleep(0.02)
+        with contextlib.suppress(OSError):
+            found = files.read(path)
+    return _parse(found) if found else None
+
+
+def _lost_message(store: str, owner: LockOwner | str | None) -> str:
+    who = owner.describe() if isinstance(owner, LockOwner) else "nobody (its lock file was removed)"
+    return (f"{store}: this job's write lock was taken over by {who}; it stopped before writing "
+            "more: rerun the same command when that job is done")
+
+
 def _locked_message(store: str, path: str, owner: LockOwner) -> str:
     if not owner.raw:
         return (f"{store} is locked: the lock file {path} is being written, or is unreadable "
                 "and younger than lock.stale_after; try again")
     beat = ""
-    if owner.host != _hostname() and owner.heartbeat is not None:
+    if not _same_instance(owner) and owner.heartbeat is not None:
         beat = f", last heartbeat {max(0.0, time.time() - owner.heartbeat):.0f} s ago"
     return (f"{store} is locked by another job: {owner.describe()}{beat}; wait for it to "
             f"finish (lock file {path}; a lock whose job is gone is taken over automatically)")
@@ -444,14 +608,15 @@ def _break(files: LocalFiles, path: str, data: bytes, owner: LockOwner, reason: 
             return False
     my_token = json.loads(mine)["token"]
     try:
-        now = files.read(path)
-        if now is None:
-            return True
-        if now != data:  # refreshed or replaced since we judged it
-            return False
         moved = f"{path}.broken-{owner.token}"
-        if not files.rename(path, moved):
-            return True
+        with files.guard(path):  # no heartbeat can replace it between the compare and the move
+            now = files.read(path)
+            if now is None:
+                return True
+            if now != data:  # refreshed or replaced since we judged it
+                return False
+            if not files.rename(path, moved):
+                return True
         got = files.read(moved)
         if got != data:  # its owner refreshed it between our read and the rename: put it back
             if got is not None and not files.create_exclusive(path, got):
@@ -469,8 +634,12 @@ def _break(files: LocalFiles, path: str, data: bytes, owner: LockOwner, reason: 
 
 def _remove_if_token(files: LocalFiles, path: str, token: str, moved: str) -> bool:
     """Remove ``path`` only if it holds ``token``: move it aside, check, delete or put back."""
-    if not files.rename(path, moved):
-        return False
+    with files.guard(path):
+        now = files.read(path)
+        if now is None or _parse(now).token != token:
+            return False  # not ours (any more): leave it alone
+        if not files.rename(path, moved):
+            return False
     got = files.read(moved)
     if got is not None and _parse(got).token != token:
         if not files.create_exclusive(path, got):
@@ -570,10 +739,82 @@ def store_lock(store: str | os.PathLike[str], command: str | None = None, *,
             _held.pop(path, None)
         lock.release()
         if lock.lost is not None and not failed:
-            who = lock.lost.describe() if isinstance(lock.lost, LockOwner) else "nobody (removed)"
-            raise StoreLockedError(
-                f"{store}: this job lost its lock while it ran (now held by {who}); another job "
-                "may have written the store at the same time: rerun the command when it is done")
+            raise LockLostError(lock.lost_message())
+
+
+# -- stopping before a write once the lock is lost -------------------------------------------
+#: In a task submitted by a lock holder: (lock file, token, store) of each lock it held.
+_task_locks: contextvars.ContextVar[tuple[tuple[str, str, str], ...]] = contextvars.ContextVar(
+    "streamq_task_locks", default=())
+
+
+def _locks_of_this_thread() -> list[StoreLock]:
+    me = threading.get_ident()
+    with _held_guard:
+        return [h.lock for h in _held.values() if h.thread == me]
+
+
+def check_writer() -> None:
+    """Raise :class:`~streamq.errors.LockLostError` if a write now would be made without the
+    lock it depends on; called before every chunk, record, checkpoint and attribute write.
+
+    In the thread that holds store locks: each of them is checked (:meth:`StoreLock.check`).
+    In a task submitted while locks were held (:func:`guard_task`, on any worker): their lock
+    files are read and must still hold the submitter's tokens. Elsewhere (readers, a library
+    caller without a lock): nothing to check.
+    """
+    held = _task_locks.get()
+    if held:
+        for path, token, store in held:
+            try:
+                data = LocalFiles().read(path)
+            except OSError:
+                continue  # cannot tell from here; the job's heartbeat will
+            if data is None or _parse(data).token != token:
+                raise LockLostError(_lost_message(store, _new_owner(LocalFiles(), path, data)))
+        return
+    for lock in _locks_of_this_thread():
+        lock.check()
+
+
+class _Guarded:
+    """A task function that runs with the submitter's locks to check (see :func:`guard_task`)."""
+
+    def __init__(self, fn: Any, locks: tuple[tuple[str, str, str], ...]) -> None:
+        self.fn = fn
+        self.locks = locks
+        self.__name__ = getattr(fn, "__name__", "task")  # Dask names the task after it
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        reset = _task_locks.set(self.locks)
+        try:
+            check_writer()
+            return self.fn(*args, **kwargs)
+        except LockLostError:
+            _quiet_worker_log()
+            raise
+        finally:
+            _task_locks.reset(reset)
+
+
+class _NoLockLost(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LockLostError" not in record.getMessage()
+
+
+def _quiet_worker_log() -> None:
+    """Keep a Dask worker from logging each task a lost lock stopped ("Compute Failed" with
+    a traceback, once per task): the job says it once, in one line."""
+    worker_log = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _NoLockLost) for f in worker_log.filters):
+        worker_log.addFilter(_NoLockLost())
+
+
+def guard_task(fn: Any) -> Any:
+    """``fn`` as a task that checks, before it starts and before each write, that the locks
+    this thread holds now are still this job's (``fn`` itself when it holds none)."""
+    locks = tuple((lk.path, lk.token, lk.store) for lk in _locks_of_this_thread())
+    return _Guarded(fn, locks) if locks else fn
 
 
 # -- looking and unlocking -------------------------------------------------------------------
@@ -612,7 +853,7 @@ def unlock(store: str | os.PathLike[str], *, force: bool = False,
             raise StoreLockedError(f"{store}: the lock file {path} is being written (or unreadable "
                                    f"and younger than {stale_after:g} s); try again later")
         if reason is None:
-            if owner.host == _hostname():
+            if _same_instance(owner):
                 raise StoreLockedError(
                     f"{store}: the job holding the lock is still running on this host: "
                     f"{owner.describe()}; stop it first")

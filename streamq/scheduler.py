@@ -66,19 +66,32 @@ class Runner:
                 "versions": library_versions()}
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` as a task. Under a store lock, the task checks before
+        it starts and before each write that the lock is still this job's (and this call
+        checks before submitting)."""
+        from streamq.lock import check_writer, guard_task
+
+        check_writer()
+        fn = guard_task(fn)
         if self.client is not None:
             return self.client.submit(fn, *args, pure=False, **kwargs)
         assert self._pool is not None
         return self._pool.submit(fn, *args, **kwargs)
 
     def as_completed(self, futures: Iterable[Any]) -> Iterator[Any]:
+        """The futures as they finish; under a store lock, each only while it is still ours."""
+        from streamq.lock import check_writer
+
         futures = list(futures)
         if self.client is not None:
             from distributed import as_completed
 
-            yield from as_completed(futures)
+            done: Iterable[Any] = as_completed(futures)
         else:
-            yield from cf.as_completed(futures)
+            done = cf.as_completed(futures)
+        for fut in done:
+            check_writer()
+            yield fut
 
     def wait(self, futures: Mapping[Any, int], desc: str, unit: str, progress: bool | None,
              total: int | None = None) -> list[Any]:
@@ -242,6 +255,9 @@ def runner(cfg: DaskConfig) -> Iterator[Runner]:
             cluster.close()
         return
 
+    from streamq import redact
+
+    shown = redact.url(sched)  # an address is recorded with results: never its credentials
     if "://" not in sched:
         raise ConfigError(
             f"key 'dask.scheduler' has value {sched!r}, expected 'threads', 'sync' or an "
@@ -254,14 +270,14 @@ def runner(cfg: DaskConfig) -> Iterator[Runner]:
         if sched.startswith("tls://"):
             hint = ("check the address and Dask's TLS settings (distributed.comm.tls.ca-file, "
                     ".client.cert, .client.key; see README)")
-        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise StreamQError(f"cannot reach the Dask scheduler at {sched} ({detail}); {hint}") from None
+        detail = redact.text(str(exc).splitlines()[0][:160]) if str(exc) else type(exc).__name__
+        raise StreamQError(f"cannot reach the Dask scheduler at {shown} ({detail}); {hint}") from None
     try:
-        yield Runner(client, None, f"Dask cluster at {sched}", remote=True)
+        yield Runner(client, None, f"Dask cluster at {shown}", remote=True)
     except Exception as exc:
         if _lost_scheduler(exc, client):
             raise StreamQError(
-                f"lost the Dask scheduler at {sched} mid-job ({type(exc).__name__}); start a "
+                f"lost the Dask scheduler at {shown} mid-job ({type(exc).__name__}); start a "
                 "cluster and rerun the same command: finished work is kept in the store"
             ) from exc
         raise

@@ -41,6 +41,7 @@ from zarr.storage import FsspecStore
 from streamq._version import __version__
 from streamq.errors import StoreError, StoreExistsError, StoreLayoutError
 from streamq.fs import Location, check_access, delete_keys, location, storage_errors
+from streamq.lock import check_writer
 
 __all__ = ["FORMAT_VERSION", "Collection", "Store", "labels_dtype", "open_array", "open_store",
            "runs_by_weight"]
@@ -110,6 +111,7 @@ class Store:
             raise StoreExistsError(
                 f"{path} exists and is not a streamq store; refusing to overwrite it"
             )
+        check_writer()
         # One write of zarr.json: a kill can never leave a group without its format record.
         with storage_errors(loc):
             group = zarr.create_group(zarr_root(loc), overwrite=True, zarr_format=3, attributes={
@@ -156,6 +158,7 @@ class Store:
 
     def set_section(self, name: str, value: Mapping[str, Any]) -> None:
         """Write a top-level attribute; NaN and infinities become null (strict JSON)."""
+        check_writer()
         self.group.attrs[name] = _finite(json.loads(json.dumps(value)))
 
     def mark_stale(self, fit_fingerprint: str) -> None:
@@ -168,6 +171,7 @@ class Store:
     # -- arrays --------------------------------------------------------------------
     def create_array(self, name: str, **kwargs: Any) -> zarr.Array:
         """``zarr.create_array`` at ``name`` inside this store (``overwrite=True``)."""
+        check_writer()
         return zarr.create_array(self._root, name=name, overwrite=True, **kwargs)
 
     def stored_bytes(self, name: str) -> int:
@@ -178,6 +182,7 @@ class Store:
                       level: int | None) -> None:
         """The flat pixel array: shards of ``chunk_pixels`` (one writer each) made of inner
         chunks of ``block_pixels`` (the unit a sampler reads)."""
+        check_writer()
         block = max(1, min(block_pixels, chunk_pixels, n_pixels))
         shard = -(-max(1, min(chunk_pixels, n_pixels)) // block) * block
         zarr.create_array(
@@ -205,6 +210,7 @@ class Store:
 
     def create_labels(self, name: str, dtype: Any) -> zarr.Array:
         """A ``(P,)`` label array laid out like ``pixels`` (same shards and blocks, codec)."""
+        check_writer()
         shard, block = self.pixel_layout()
         settings = self.section("ingest").get("settings", {})
         return zarr.create_array(
@@ -217,12 +223,14 @@ class Store:
                     dtype: Any) -> zarr.Array:
         """An empty array of one row per image, in chunks of ``rows_per_chunk`` whole rows
         (the unit one task writes)."""
+        check_writer()
         return zarr.create_array(self._root, name=name, shape=shape, dtype=dtype, fill_value=0,
                                  chunks=(max(1, min(rows_per_chunk, shape[0])),) + shape[1:],
                                  overwrite=True)
 
     def write_array(self, name: str, data: np.ndarray) -> None:
         """Write a whole n-d array at once (one writer), chunked along its first axis."""
+        check_writer()
         arr = zarr.create_array(self._root, name=name, shape=data.shape, dtype=data.dtype,
                                 chunks=(max(1, min(len(data), 4096)),) + data.shape[1:],
                                 overwrite=True)
@@ -240,6 +248,7 @@ class Store:
                     chunk: int = TABLE_CHUNK, codecs: Any = "auto") -> None:
         """Write equal-length columns as 1-d arrays ``prefix/<name>`` (strings as UTF-8),
         in chunks of ``chunk`` rows, compressed with ``codecs`` (default: Zarr's)."""
+        check_writer()
         lengths = {len(v) for v in columns.values()}
         if len(lengths) > 1:
             raise ValueError(f"columns of {prefix} differ in length: {lengths}")
@@ -266,6 +275,7 @@ class Store:
 
     def create_records(self, name: str, n: int) -> None:
         """``n`` empty completion records (one chunk each: each task writes only its own)."""
+        check_writer()
         zarr.create_array(self._root, name=name, shape=(n,), chunks=(1,), dtype=str, overwrite=True)
 
     def records(self, name: str) -> np.ndarray:
@@ -275,6 +285,7 @@ class Store:
     def create_task_table(self, chunk_start: np.ndarray, chunk_stop: np.ndarray) -> None:
         self.write_table(TASKS, {"chunk_start": chunk_start, "chunk_stop": chunk_stop})
         self.create_records(f"{TASKS}/report", len(chunk_start))
+        check_writer()
         zarr.create_array(self._root, name=TASK_COLORS, shape=(len(chunk_start), 2, N_CODES),
                           chunks=(1, 2, COLOR_CHUNK), dtype="int64", fill_value=0,
                           compressors=count_compressors(), overwrite=True)
@@ -380,7 +391,12 @@ class _LiteralFsspecStore(FsspecStore):
 
 
 def open_array(loc: Location, name: str, mode: str = "r") -> zarr.Array:
-    """Open array ``name`` of the store at ``loc`` (what Dask tasks call, on the workers)."""
+    """Open array ``name`` of the store at ``loc`` (what Dask tasks call, on the workers).
+
+    Opening to write first checks that a job holding the store lock still holds it.
+    """
+    if mode != "r":
+        check_writer()
     if loc.is_local:
         return zarr.open_array(f"{loc.url}/{name}", mode=mode)
     return zarr.open_array(zarr_root(loc, read_only=mode == "r"), path=name, mode=mode,

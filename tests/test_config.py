@@ -21,8 +21,11 @@ from streamq.errors import ConfigError
     ({"ingest": {"background": [0, 0, 256]}}, "expected three integers in 0..255"),
     ({"dask": {"n_workers": 0}}, "key 'dask.n_workers' has value 0, expected an integer >= 1"),
     ({"ingest": 5}, "key 'ingest' must be a mapping"),
-    ({"storage_options": 5}, "key 'storage_options' has value 5, expected a mapping of option names to values"),
-    ({"storage_options": ["anon"]}, "key 'storage_options' has value ['anon'], expected a mapping"),
+    ({"storage_options": 5}, "key 'storage_options' has value of type int (not shown: it may "
+                             "hold credentials), expected a mapping of option names to plain values"),
+    ({"storage_options": ["sEcReT"]}, "key 'storage_options' has value of type list (not shown"),
+    ({"storage_options": {"secret": "sEcReT", "t": {1, 2}}},
+     "key 'storage_options' has value {'secret': '***', 't': '***'}, expected a mapping"),
 ])
 def test_bad_values_one_line(data, message):
     with pytest.raises(ConfigError) as err:

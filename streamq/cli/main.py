@@ -53,6 +53,8 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     damaged store, a bug): its one line says so and how to see the traceback.
     """
 
+    from streamq import redact
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
@@ -63,10 +65,11 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             if ctx.obj and ctx.obj.get("verbosity", 0) >= 2:
                 raise
+            line = redact.text(_one_line(exc))  # no credential, whatever raised it
             if isinstance(exc, StreamQError | OSError):
-                click.echo(f"error: {_one_line(exc)}", err=True)
+                click.echo(f"error: {line}", err=True)
             else:
-                click.echo(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (a damaged "
+                click.echo(f"error: unexpected {type(exc).__name__}: {line} (a damaged "
                            "store or a bug: rerun with -vv for the traceback)", err=True)
             ctx.exit(1)
 

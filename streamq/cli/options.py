@@ -47,8 +47,14 @@ def storage_overrides(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip()
-        if not sep or not key or not all(key.split(".")):
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--storage-option")
+        if not sep:  # the value is not shown: it may be a credential given without its KEY=
+            raise click.BadParameter("a value without '=' (not shown: it may hold a credential); "
+                                     "expected KEY=VALUE such as secret=...",
+                                     param_hint="--storage-option")
+        if not key or not all(key.split(".")):
+            raise click.BadParameter(f"KEY {key!r} is empty or has an empty part; expected "
+                                     "KEY=VALUE such as client_kwargs.region_name=eu-west-1",
+                                     param_hint="--storage-option")
         value: Any = text
         if text.strip().lower() in ("true", "false"):
             value = text.strip().lower() == "true"
