@@ -24,6 +24,7 @@ from streamq.groups import ImageGroups, cluster_images, load_groups
 from streamq.info import collection_info
 from streamq.ingest import IngestSummary, ingest
 from streamq.lock import store_lock
+from streamq.palettes import Palette, read_palette, write_palette
 from streamq.per_image import PerImageSummary, fit_per_image
 from streamq.pipeline import RunReport, run
 from streamq.quantize import QuantizeSummary, quantize
@@ -42,6 +43,7 @@ __all__ = [
     "ConfigError",
     "IngestSummary",
     "LockLostError",
+    "Palette",
     "StoreError",
     "StoreExistsError",
     "StoreLayoutError",
@@ -64,7 +66,9 @@ __all__ = [
     "load_groups",
     "open_store",
     "quantize",
+    "read_palette",
     "report",
     "run",
     "store_lock",
+    "write_palette",
 ]

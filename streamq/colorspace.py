@@ -4,6 +4,10 @@ Pixels are stored as sRGB uint8. :func:`to_space` maps them to float32 coordinat
 k-means measures distances: ``rgb`` is ``value / 255`` (so ``tol`` is in [0, 1] units);
 ``oklab`` is Björn Ottosson's perceptual Oklab (L in [0, 1]). :func:`to_rgb8` maps centres
 back to the sRGB uint8 palette that is always stored beside them.
+
+``rgb8`` is not a fit's space but the one a given palette's own colours are labelled in
+(``quantize --palette``, :meth:`streamq.fit.FitResult.label_space`): the uint8 values as
+floats, so squared distances are exact integers and equal distances tie exactly.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ def to_space(rgb8: np.ndarray, space: str) -> np.ndarray:
     """``(n, 3)`` uint8 sRGB pixels to float32 coordinates in ``space``."""
     if space == "rgb":
         return rgb8.astype(np.float32) * np.float32(1 / 255)
+    if space == "rgb8":
+        return rgb8.astype(np.float32)
     if space == "oklab":
         lin = _LINEAR_LUT[rgb8]
         lms = np.cbrt(lin @ _M1.T)
@@ -52,6 +58,8 @@ def to_rgb_float(x: np.ndarray, space: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if space == "rgb":
         return np.clip(x * 255.0, 0, 255)
+    if space == "rgb8":
+        return np.clip(x, 0, 255)
     if space == "oklab":
         lms = (x @ _M2_INV.T) ** 3
         return _linear_to_srgb(lms @ _M1_INV.T) * 255.0

@@ -334,6 +334,9 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     manifest = {"store": st.path, "fit_fingerprint": fit_fp, "per_image": per_image,
                 "format": format, "dither": dither,
                 "png_level": png_level, "quality": quality, "streamq": __version__}
+    given = st.section("fit").get("palette_source") if per_image is None else None
+    if given:  # a palette given to quantize --palette: where it came from
+        manifest["palette_source"] = given
     _check_out(out_loc, st)
     ext = FORMATS[format]
     options = {"compress_level": png_level} if format == "png" else {"quality": quality}

@@ -121,7 +121,8 @@ def _results(st: Store, ks: list[int] | None) -> list[_Result]:
         fit = load_fit(st.location)
         plan = [("", "quantize", {"palette": "shared", "k": fit.k, "color_space": fit.color_space,
                                   "algorithm": fit.algorithm, "seed": fit.seed,
-                                  "fit_fingerprint": fp})]
+                                  "fit_fingerprint": fp,
+                                  "palette_source": fit.palette_source})]
     else:
         pcfg = st.section("per_image").get("config", {})
         plan = [(f"k{k}", f"per_image/k{k}", {

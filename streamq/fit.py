@@ -86,6 +86,16 @@ class FitResult:
     seed: int
     config: dict[str, Any] = field(default_factory=dict)
     status: str = "fitted"
+    # A given palette (quantize --palette): where it came from (streamq.palettes); None: k-means
+    palette_source: dict[str, Any] | None = None
+
+    def label_space(self) -> tuple[str, np.ndarray]:
+        """The colour space and centres quantize labels pixels in: the fit's, except for a
+        given palette's own colours in RGB, compared in integer uint8 units (``rgb8``) so
+        that colours at equal distances tie exactly (and the lowest index wins)."""
+        if self.color_space == "rgb" and (self.palette_source or {}).get("centers") == "palette":
+            return "rgb8", self.palette.astype(np.float64)
+        return self.color_space, self.centers
 
     def estimator(self) -> Any:
         """The palette as a fitted scikit-learn ``KMeans`` (predict works on ``to_space`` pixels)."""
@@ -109,6 +119,12 @@ class FitResult:
         return d
 
     def __str__(self) -> str:
+        if self.palette_source is not None:
+            from streamq.palettes import describe_source
+
+            return (f"{self.status}: K={self.k} given palette ({self.color_space}): "
+                    f"{describe_source(self.palette_source)}; MSE {self.mse:.2f} / PSNR "
+                    f"{self.psnr:.2f} dB over every pixel")
         return (f"{self.status}: K={self.k} ({self.algorithm}, {self.color_space}), "
                 f"{self.steps} steps, {self.pixels_seen / 1e6:.2f} Mpx seen, "
                 f"MSE {self.mse:.2f} / PSNR {self.psnr:.2f} dB over every pixel, "
@@ -171,6 +187,12 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
             result = load_fit(st.location)
             result.status = "already complete"
             return result
+        if prev.get("fingerprint") != fp and prev.get("palette_source"):
+            from streamq.palettes import describe_source
+
+            raise StoreMismatchError(
+                f"{st.path} already has a given palette ({describe_source(prev['palette_source'])}"
+                "); pass --overwrite to replace it with a fit")
         if prev.get("fingerprint") != fp:
             what = "palette" if prev.get("state") == "complete" else "unfinished fit"
             raise StoreMismatchError(
@@ -540,7 +562,8 @@ def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float],
                                    "g": r.palette[:, 1], "b": r.palette[:, 2], "count": r.counts})
     st.write_table("fit/history", {k: np.asarray(v) for k, v in r.history.items()})
     summary = {k: v for k, v in asdict(r).items()
-               if k not in ("centers", "palette", "counts", "history", "config", "status")}
+               if k not in ("centers", "palette", "counts", "history", "config", "status",
+                            "palette_source")}
     st.set_section(FIT, {"state": "complete", "fingerprint": fp, "config": r.config,
                          "summary": summary, "timings": timings, "runtime": facts, **extra,
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -561,4 +584,6 @@ def load_fit(store: str | Location, storage_options: dict[str, Any] | None = Non
         centers=np.stack([p["center_0"], p["center_1"], p["center_2"]], 1),
         palette=np.stack([p["r"], p["g"], p["b"]], 1).astype(np.uint8), counts=p["count"],
         history=h, steps=s["steps"], pixels_seen=s["pixels_seen"], stop_reason=s["stop_reason"],
-        mse=s["mse"], psnr=s["psnr"], seconds=s["seconds"], seed=s["seed"], config=sec["config"])
+        mse=s["mse"], psnr=s["psnr"], seconds=s["seconds"], seed=s["seed"], config=sec["config"],
+        status="given" if sec.get("palette_source") else "fitted",
+        palette_source=sec.get("palette_source"))

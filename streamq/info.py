@@ -92,7 +92,8 @@ def _fit_summary(coll: Collection) -> dict[str, Any] | None:
     fit = coll.store.section("fit")
     if not fit:
         return None
-    out = {"state": fit.get("state"), **fit.get("summary", {})}
+    out = {"state": fit.get("state"), **fit.get("summary", {}),
+           "palette_source": fit.get("palette_source")}  # None: a k-means fit
     if fit.get("state") == "complete":
         p = coll.store.read_table("fit/palette", ("r", "g", "b", "count"))
         out["palette_hex"] = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in zip(p["r"], p["g"], p["b"], strict=True)]
@@ -128,11 +129,18 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
         lines += [""]
         if fit["state"] != "complete":
             lines.append(f"palette      {fit['state']} (rerun `streamq fit` to finish it)")
+        elif fit.get("palette_source"):
+            from streamq.palettes import describe_source
+
+            lines.append(f"palette      K={fit['k']} given ({fit['color_space']}), "
+                         f"PSNR {fit['psnr']:.2f} dB")
+            lines.append(f"from         {describe_source(fit['palette_source'])}")
         else:
             lines.append(f"palette      K={fit['k']} ({fit['algorithm']}, {fit['color_space']}), "
                          f"{fit['steps']} steps, {fit['pixels_seen'] / 1e6:.1f} Mpx seen, "
                          f"PSNR {fit['psnr']:.2f} dB")
             lines.append(f"stopped      {fit['stop_reason']}")
+        if fit["state"] == "complete":
             order = np.argsort(fit["counts"])[::-1][:16]
             lines.append("colours      " + " ".join(fit["palette_hex"][i] for i in order)
                          + (" ..." if fit["k"] > 16 else ""))

@@ -7,11 +7,15 @@ lazily filled 2**24 lookup table kept by each worker (:class:`streamq.kmeans.tab
 Each task then writes its completion record: the squared error of every image it touches,
 from which per-image and collection MSE/PSNR are consolidated. A rerun runs only tasks
 without a record; a new palette makes old labels stale, and they are recomputed.
+
+``palette=SRC`` first makes a given palette (a palette file, an image or another store) the
+store's shared palette (:mod:`streamq.remap`); it is then labelled like a fitted one.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,7 +24,7 @@ import numpy as np
 
 from streamq.config import StreamQConfig, parse_config
 from streamq.console import progress_bar, timer
-from streamq.errors import StreamQError
+from streamq.errors import ConfigError, StreamQError
 from streamq.faults import retrying
 from streamq.fs import Location
 from streamq.lock import store_lock
@@ -112,12 +116,22 @@ def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
 
 def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None = None,
              progress: bool | None = None, scheduler: str | None = None,
-             storage_options: dict[str, Any] | None = None) -> QuantizeSummary:
+             storage_options: dict[str, Any] | None = None,
+             palette: str | os.PathLike[str] | None = None, color_space: str | None = None,
+             overwrite: bool = False) -> QuantizeSummary:
     """Label every pixel of ``store`` with its nearest palette colour (resumable).
 
     Labels are computed for the shared palette and for per-image palettes, whichever are
     fitted. ``storage_options`` are those of the store's filesystem when it is a URL
     (default: ``config``'s).
+
+    ``palette`` labels with a given palette instead of a fitted one: a ``.gpl``, ``.act``,
+    ``.json`` or ``.hex``/``.txt`` file, an image or another store (see
+    :mod:`streamq.palettes`), which becomes the store's shared palette (see
+    :mod:`streamq.remap`). ``color_space`` (``rgb`` or ``oklab``) is the space distances are
+    measured in (default: the source store's fit's, else this store's fit's, else ``rgb``);
+    ``overwrite`` replaces another palette of the store (a fit or another given palette). The
+    same palette again changes nothing.
 
     Returns
     -------
@@ -125,9 +139,20 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
         With the collection's exact MSE and PSNR (per-image values are in the store); a
         ``PerImageSummary`` when only per-image palettes are fitted.
     """
+    from streamq.colorspace import SPACES
+
+    if palette is None and (color_space is not None or overwrite):
+        raise ConfigError("color_space and overwrite apply to a given palette (--palette SRC)")
+    if color_space is not None and color_space not in SPACES:
+        raise ConfigError(f"color_space {color_space!r} is not one of {', '.join(SPACES)}")
     cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
     loc = store_location(store, storage_options, cfg.storage_options)
     with store_lock(loc.url, operation="quantize", config=cfg.lock):
+        if palette is not None:
+            from streamq.remap import use_palette
+
+            use_palette(Store.open(loc, mode="r+"), palette, cfg, color_space=color_space,
+                        overwrite=overwrite, progress=progress, storage_options=storage_options)
         return _quantize(loc, cfg, progress)
 
 
@@ -178,8 +203,9 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None) -> Qu
         write(start)
     records = st.records(RECORDS)
     pending = [c for c in range(n_chunks) if not records[c]]
-    common = {"store": st.location, "chunk": chunk, "fit_fingerprint": fit_fp, "space": result.color_space,
-              "centers": result.centers.tolist(), "palette": result.palette.tolist(),
+    space, centers = result.label_space()  # a given palette in RGB: integer distances
+    common = {"store": st.location, "chunk": chunk, "fit_fingerprint": fit_fp, "space": space,
+              "centers": centers.tolist(), "palette": result.palette.tolist(),
               "retry": cfg.retry}
     with timer("labelling", timings), runner(cfg.dask) as run:
         run.check_paths(st.path)

@@ -257,6 +257,10 @@ def overview(ctx: Context) -> Section:
         what = (f"K={s.get('k')} ({s.get('algorithm')}, {s.get('color_space')}), PSNR "
                 f"{_fmt_psnr(s['psnr'])}" if fit.get("state") == "complete" else
                 "rerun `streamq fit` to finish it")
+        if fit.get("state") == "complete" and fit.get("palette_source"):
+            from streamq.palettes import describe_source
+
+            what += f", given: {describe_source(fit['palette_source'])}"
         rows.append(["shared palette", fit.get("state"), what])
     if per.get("state") == "complete":
         colors = ",".join(map(str, per.get("colors") or []))
@@ -361,6 +365,11 @@ def palette(ctx: Context) -> Section | None:
         rgb = np.asarray([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in hexes], dtype=np.uint8)
         body += (f"<h3>Shared palette: {len(hexes)} colours</h3><p>Sorted by pixel count "
                  "(every pixel of the collection, counted on its colour histogram).</p>")
+        if fit.get("palette_source"):
+            from streamq.palettes import describe_source
+
+            body += (f'<p class="palette-source">Given, not fitted: '
+                     f"{esc(describe_source(fit['palette_source']))}.</p>")
         body += swatches_html(rgb, np.asarray(fit["counts"]), ctx.cfg.max_colors)
     elif fit:
         body += ctx.note(f"The shared palette is {fit.get('state')}: rerun `streamq fit`.")
@@ -440,6 +449,12 @@ def convergence(ctx: Context) -> Section | None:
         return Section("convergence", "Convergence", ctx.note(
             "No finished shared fit, so no convergence curve: run `streamq fit STORE`."))
     s = fit["summary"]
+    if fit.get("palette_source"):
+        from streamq.palettes import describe_source
+
+        return Section("convergence", "Convergence", "<p>The shared palette was given (" +
+                       esc(describe_source(fit["palette_source"])) + "), not fitted: there is "
+                       "no convergence curve.</p>")
     h = ctx.store.read_table("fit/history", ("step", "pixels_seen", "shift", "inertia"))
     lloyd = s["algorithm"] == "lloyd"
     tol = fit.get("config", {}).get("tol")

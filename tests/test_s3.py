@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -513,3 +514,28 @@ def test_version_marker_in_url_is_refused():
     with pytest.raises(StoreError, match=r"holds '\?versionId=', which s3fs reads as an object "
                                          "version"):
         location("s3://bucket/a?versionId=1.zarr")
+
+
+def test_palettes_travel_through_s3(pair, tmp_path):
+    """A store on S3 as the palette of a local store gives that store's labels; palette files
+    are written to and read from S3."""
+    from streamq.palettes import read_palette, write_palette
+
+    opts = pair["options"]
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(pair["local"], copy)
+    streamq.quantize(copy, palette=pair["s3"], overwrite=True, scheduler="threads",
+                     storage_options=opts)
+    given = zarr.open_group(str(copy), mode="r").attrs["fit"]["palette_source"]
+    assert given["path"] == pair["s3"]
+    assert given["kind"] == "store"
+    np.testing.assert_array_equal(zarr.open_array(f"{copy}/quantize/labels", mode="r")[:],
+                                  zarr.open_array(f"{pair['local']}/quantize/labels", mode="r")[:])
+    palette = streamq.load_fit(pair["s3"], storage_options=opts).palette
+    url = f"s3://{BUCKET}/palettes/faces.gpl"
+    write_palette(url, palette, name="faces", storage_options=opts)
+    body = _client(opts).get_object(Bucket=BUCKET, Key="palettes/faces.gpl")["Body"].read()
+    assert body.startswith(b"GIMP Palette\nName: faces\n")
+    back = read_palette(url, storage_options=opts)
+    np.testing.assert_array_equal(back.colors, palette)
+    assert back.source["path"] == url

@@ -193,6 +193,10 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
               help="Exact Lloyd: stop a start after this many iterations [default: 1000].")
 @click.option("--batch-size", type=int, default=None, help="Pixels per partial_fit step [default: 65536].")
 @seed_opt
+@click.option("--save-palette", "save_palette", metavar="FILE", default=None,
+              help="Also write the palette to FILE: .gpl (GIMP), .act (Adobe, at most 256 "
+                   "colours), .json or .hex/.txt, by its extension; give it to `streamq "
+                   "quantize OTHER --palette FILE` (or give this store itself).")
 @storage_opt
 @overwrite_opt
 @progress_opt
@@ -203,8 +207,9 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
             colors: str | None, per_image: bool, sample: float | None, method: str | None,
             algorithm: str | None, init: str | None, n_init: int | None,
             color_space: str | None, tol: float | None, max_steps: int | None, max_iter: int | None,
-            batch_size: int | None, seed: int | None, storage_options: tuple[str, ...],
-            overwrite: bool, progress: bool | None, as_json: bool) -> None:
+            batch_size: int | None, seed: int | None, save_palette: str | None,
+            storage_options: tuple[str, ...], overwrite: bool, progress: bool | None,
+            as_json: bool) -> None:
     """Learn one K-colour palette for the whole collection in STORE (or one per image).
 
     Resumable: rerun the same command after an interruption for a bit-identical palette.
@@ -212,6 +217,9 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
     from streamq.config import load_config
     from streamq.fit import fit
 
+    if per_image and save_palette is not None:
+        raise click.UsageError("--save-palette writes the shared palette: it does not go with "
+                               "--per-image")
     if per_image:
         from streamq.per_image import fit_per_image
 
@@ -243,39 +251,67 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
         **storage_overrides(storage_options))
     if cfg.store is None:
         raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
+    if save_palette is not None:  # a bad FILE is refused before the fit, not after
+        from streamq.palettes import check_palette_path
+
+        check_palette_path(save_palette, cfg.fit.colors)
     result = fit(cfg.store, config=cfg, overwrite=overwrite, progress=_progress(ctx, progress))
+    saved = None
+    if save_palette is not None:
+        from streamq.palettes import write_palette
+
+        name = f"streamq {os.path.basename(result.store.rstrip('/'))} K={result.k}"
+        fmt = write_palette(save_palette, result.palette, name=name,
+                            storage_options=cfg.storage_options or None)
+        saved = f"wrote the palette to {save_palette} ({fmt}, {result.k} colours)"
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(json.dumps({**result.to_dict(), "saved_palette": save_palette}, indent=2))
     elif not ctx.obj["quiet"]:
-        click.echo(str(result))
+        click.echo(str(result) + (f"\n{saved}" if saved else ""))
 
 
 @cli.command("quantize", short_help="Label every pixel with its nearest palette colour.")
 @click.argument("store", required=False)
 @config_opt
 @scheduler_opt
+@click.option("--palette", "palette", metavar="SRC", default=None,
+              help="Use this palette instead of a fitted one: a .gpl, .act, .json or .hex/.txt "
+                   "file, an image (the palette entries it uses, or its distinct colours, at "
+                   "most 65536) or another store (its fitted palette). It becomes STORE's "
+                   "palette; the same palette again does nothing.")
+@click.option("--color-space", type=click.Choice(["rgb", "oklab"]), default=None,
+              help="--palette: space distances are measured in [default: the source store's "
+                   "fit's, else STORE's fit's, else rgb].")
+@click.option("--overwrite", is_flag=True,
+              help="--palette: replace STORE's palette (a fit or another given palette).")
 @storage_opt
 @progress_opt
 @json_opt
 @click.pass_context
 @_handle_errors
 def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
-                 scheduler: str | None, storage_options: tuple[str, ...], progress: bool | None,
+                 scheduler: str | None, palette: str | None, color_space: str | None,
+                 overwrite: bool, storage_options: tuple[str, ...], progress: bool | None,
                  as_json: bool) -> None:
     """Label every pixel of STORE with its nearest palette colour, chunk by chunk.
 
     Also computes per-image and collection MSE/PSNR (see `streamq info`). Resumable.
+    With --palette SRC, the palette is given rather than fitted: exact nearest colour, ties
+    to the lowest index (its position in SRC).
     """
     from streamq.config import load_config
     from streamq.quantize import quantize
 
+    if palette is None and (color_space is not None or overwrite):
+        raise click.UsageError("--color-space and --overwrite go with --palette SRC")
     cfg = load_config(config_path, **{"store": store, "dask.scheduler": scheduler},
                       **storage_overrides(storage_options))
     if cfg.store is None:
         raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
     from streamq.per_image import PerImageSummary, summary_of
 
-    summary = quantize(cfg.store, config=cfg, progress=_progress(ctx, progress))
+    summary = quantize(cfg.store, config=cfg, progress=_progress(ctx, progress), palette=palette,
+                       color_space=color_space, overwrite=overwrite)
     summaries = [summary]
     per_image = summary_of(cfg.store, cfg.storage_options)
     if per_image is not None and not isinstance(summary, PerImageSummary):
@@ -283,7 +319,14 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
     if as_json:
         click.echo(json.dumps([s.to_dict() for s in summaries], indent=2))
     elif not ctx.obj["quiet"]:
-        click.echo("\n".join(map(str, summaries)))
+        lines = list(map(str, summaries))
+        if palette is not None:
+            from streamq.fit import load_fit
+            from streamq.palettes import describe_source
+
+            given = load_fit(cfg.store, cfg.storage_options).palette_source
+            lines.insert(0, f"palette: {describe_source(given)}")
+        click.echo("\n".join(lines))
 
 
 @cli.command("cluster-images", short_help="Group the images by their palette histograms.")

@@ -1,0 +1,169 @@
+"""A given palette as the store's shared palette (``streamq quantize STORE --palette SRC``).
+
+The palette of ``SRC`` (:func:`streamq.palettes.read_palette`: a palette file, an image or
+another store) is written where a fit writes its palette (``fit/palette``, attribute
+``fit``), so that quantize, export, ``--zarr``, cluster-images, the report and info use it
+as they use a fitted one. Attribute ``fit`` then says it was given, not fitted:
+``summary.algorithm`` is ``"palette"``, ``config`` is ``{colors, color_space, palette:
+"given"}`` and ``palette_source`` says where it came from (kind, path, name, number of
+colours, SHA-256 of the colours; for a store, its fit's fingerprint, algorithm and colour
+space) and whose ``centers`` the labels use: ``"palette"`` (the colours themselves) or
+``"fit"`` (a source store's float k-means centres).
+
+Labels are the exact nearest palette colour (the first on ties) in the colour space chosen
+by, in order: ``color_space``; a source store's fit's; this store's fit's; ``rgb``. A given
+palette's own colours in RGB are compared in integer uint8 units (``rgb8``), so equal
+distances tie exactly; a source store's centres are used as that store's quantize uses
+them, so its labels are those of that store's fit.
+
+The palette's fingerprint covers the collection, the colours, the colour space and the
+centres, never the file's name: giving the same palette again (from any file) changes
+nothing, and replacing another palette (a fit, or another given palette) needs
+``overwrite``. The pixels per colour and the MSE/PSNR over every pixel come from the colour
+histogram, labelled by the same rule as quantize's label tables.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from streamq.colorspace import to_space
+from streamq.config import StreamQConfig, fingerprint
+from streamq.errors import StoreMismatchError
+from streamq.fit import FIT, HISTORY_KEYS, FitResult, _clear, _save_result, load_fit
+from streamq.metrics import psnr
+from streamq.palettes import Palette, colors_sha256, describe_source, read_palette
+from streamq.store import Collection, Store
+
+__all__ = ["use_palette"]
+
+log = logging.getLogger(__name__)
+
+_BLOCK = 1 << 20  # histogram colours labelled at a time
+
+
+def use_palette(st: Store, src: str | os.PathLike[str], cfg: StreamQConfig, *,
+                color_space: str | None = None, overwrite: bool = False,
+                progress: bool | None = None,
+                storage_options: dict[str, Any] | None = None) -> FitResult:
+    """Make the palette of ``src`` the shared palette of ``st`` (under its write lock).
+
+    A no-op (status ``already given``) when ``st`` already has this palette in this colour
+    space; another palette in ``st`` is replaced only with ``overwrite``. ``storage_options``
+    reach ``src`` at a URL (default: ``cfg``'s).
+    """
+    coll = Collection(st)  # a finished ingest
+    settings = st.section("ingest").get("settings", {})
+    options = storage_options if storage_options is not None else dict(cfg.storage_options)
+    pal = read_palette(src, storage_options=options or None,
+                       background=tuple(settings.get("background", cfg.ingest.background)),
+                       max_pixels=int(settings.get("max_pixels", cfg.ingest.max_pixels)))
+    prev = st.section(FIT)
+    space = (color_space or pal.color_space or prev.get("config", {}).get("color_space")
+             or "rgb")
+    centres, whose = _centres(pal, space)
+    source = {**pal.source, "centers": whose}
+    fp = _fingerprint(st, pal, space, centres, whose)
+    if prev.get("fingerprint") == fp and prev.get("state") == "complete":
+        log.info("%s already has this palette (%s); nothing to do", st.path, pal.describe())
+        result = load_fit(st.location)
+        result.status = "already given"
+        return result
+    if prev and not overwrite:
+        raise StoreMismatchError(f"{st.path} already has {_what(prev)}; pass --overwrite to "
+                                 f"replace it with the palette of {os.fspath(src)}")
+    started = time.perf_counter()
+    if prev:
+        _clear(st)
+    st.mark_stale(fp)  # labels and image groups of the old palette
+    result = FitResult(
+        store=st.path, k=pal.k, algorithm="palette", color_space=space, centers=centres,
+        palette=pal.colors, counts=np.zeros(pal.k, np.int64),
+        history={k: np.zeros(0, np.int64 if k in ("step", "pixels_seen") else np.float64)
+                 for k in HISTORY_KEYS},
+        steps=0, pixels_seen=0, stop_reason=f"given palette: {describe_source(source)}",
+        mse=0.0, psnr=0.0, seconds=0.0, seed=0,
+        config={"colors": pal.k, "color_space": space, "palette": "given"},
+        status="given", palette_source=source)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    facts, (codes, counts) = _histogram(st, coll, cfg, progress)
+    timings["histogram"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    result.counts, result.mse = _counts_mse(result, codes, counts)
+    timings["labelling colours"] = round(time.perf_counter() - t0, 3)
+    result.psnr = psnr(result.mse)
+    result.seconds = round(time.perf_counter() - started, 3)
+    _save_result(st, result, fp, timings, facts, {"palette_source": source})
+    log.info("%s", result)
+    return result
+
+
+def _centres(pal: Palette, space: str) -> tuple[np.ndarray, str]:
+    """The centres in ``space`` and whose they are: a source store's own (when its fit is
+    in ``space``), else the palette colours'."""
+    if pal.centers is not None and pal.color_space == space:
+        return np.asarray(pal.centers, np.float64), str(pal.source.get("centers", "fit"))
+    return to_space(pal.colors, space).astype(np.float64), "palette"
+
+
+def _fingerprint(st: Store, pal: Palette, space: str, centres: np.ndarray, whose: str) -> str:
+    ingest = st.section("ingest")
+    return fingerprint({
+        "data": [ingest.get("source_fingerprint"), ingest.get("settings_fingerprint")],
+        "palette": {"colors": colors_sha256(pal.colors), "color_space": space, "centers": whose,
+                    "centers_sha256": colors_sha256(np.ascontiguousarray(centres, "<f8")
+                                                    .view(np.uint8).reshape(-1, 3))}})
+
+
+def _what(prev: dict[str, Any]) -> str:
+    """The palette a store holds, for a refusal."""
+    if prev.get("state") != "complete":
+        return f"an unfinished fit (state: {prev.get('state') or 'none'})"
+    s = prev.get("summary", {})
+    if prev.get("palette_source"):
+        return f"another given palette ({describe_source(prev['palette_source'])})"
+    return f"a fitted palette (K={s.get('k')}, {s.get('algorithm')}, {s.get('color_space')})"
+
+
+def _histogram(st: Store, coll: Collection, cfg: StreamQConfig,
+               progress: bool | None) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    """The collection's colour histogram: the stored one, else made once (a Dask pass for a
+    store ingested before ingest counted colours); with the facts of where it ran."""
+    from streamq.histogram import histogram, load_histogram
+    from streamq.scheduler import library_versions, runner
+
+    stored = load_histogram(st)
+    if stored is not None:
+        return {"cluster": "client", "workers": 0, "versions": library_versions()}, stored
+    from streamq.batches import PixelSource
+
+    with runner(cfg.dask) as run:
+        run.check_paths(st.path)
+        return run.facts(), histogram(run, st, PixelSource.of_collection(coll), progress)
+
+
+def _counts_mse(result: FitResult, codes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, float]:
+    """Pixels per palette colour and the MSE over every pixel (uint8 RGB units), each
+    distinct colour labelled as quantize's label tables label it."""
+    from streamq.kmeans.codes import codes_to_rgb
+    from streamq.kmeans.nearest import assign
+
+    space, centres = result.label_space()
+    palette = result.palette.astype(np.int64)
+    per_colour = np.zeros(result.k, np.int64)
+    sse = 0
+    for a in range(0, len(codes), _BLOCK):
+        rgb = codes_to_rgb(codes[a:a + _BLOCK])
+        labels, _ = assign(to_space(rgb, space), centres, n_threads=os.cpu_count() or 1)
+        n = counts[a:a + _BLOCK]
+        err = ((rgb.astype(np.int64) - palette[labels]) ** 2).sum(1)
+        sse += int((err * n).sum())
+        np.add.at(per_colour, labels, n)
+    total = int(counts.sum())
+    return per_colour, (sse / (3 * total) if total else 0.0)
