@@ -199,6 +199,7 @@ def test_export_zarr_info_and_report_show_where_the_palette_came_from(store, tmp
         a, n = int(coll.offsets[i]), int(coll.heights[i] * coll.widths[i])
         with Image.open(out / (os.path.splitext(coll.paths[i])[0] + ".png")) as im:
             assert im.mode == "P"
+            assert im.getpalette("RGB") == pal.colors.ravel().tolist()  # SRC's order
             decoded = np.asarray(im.convert("RGB"))
         want = pal.colors[np.asarray(labels[a:a + n])].reshape(decoded.shape)
         np.testing.assert_array_equal(decoded, want)
