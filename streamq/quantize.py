@@ -117,8 +117,8 @@ def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
 def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None = None,
              progress: bool | None = None, scheduler: str | None = None,
              storage_options: dict[str, Any] | None = None,
-             palette: str | os.PathLike[str] | None = None, color_space: str | None = None,
-             overwrite: bool = False) -> QuantizeSummary:
+             overwrite: bool = False, palette: str | os.PathLike[str] | None = None,
+             color_space: str | None = None) -> QuantizeSummary:
     """Label every pixel of ``store`` with its nearest palette colour (resumable).
 
     Labels are computed for the shared palette and for per-image palettes, whichever are
@@ -141,8 +141,8 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
     """
     from streamq.colorspace import SPACES
 
-    if palette is None and (color_space is not None or overwrite):
-        raise ConfigError("color_space and overwrite apply to a given palette (--palette SRC)")
+    if palette is None and color_space is not None:
+        raise ConfigError("color_space applies to a given palette (--palette SRC)")
     if color_space is not None and color_space not in SPACES:
         raise ConfigError(f"color_space {color_space!r} is not one of {', '.join(SPACES)}")
     cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})

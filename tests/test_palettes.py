@@ -179,4 +179,4 @@ def test_cli_bad_palette_is_one_line_on_stderr(faces_store, tmp_path):
                      "and an optional name, got '300 0 0'"]
     res = CliRunner().invoke(cli, ["quantize", faces_store, "--color-space", "oklab"])
     assert res.exit_code == 2
-    assert "--color-space and --overwrite go with --palette" in res.output
+    assert "--color-space goes with --palette SRC" in res.output

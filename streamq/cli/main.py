@@ -282,16 +282,16 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
 @click.option("--color-space", type=click.Choice(["rgb", "oklab"]), default=None,
               help="--palette: space distances are measured in [default: the source store's "
                    "fit's, else STORE's fit's, else rgb].")
-@click.option("--overwrite", is_flag=True,
-              help="--palette: replace STORE's palette (a fit or another given palette).")
 @storage_opt
+@click.option("--overwrite", is_flag=True,
+              help="With --palette: replace STORE's palette (a fit or another given palette).")
 @progress_opt
 @json_opt
 @click.pass_context
 @_handle_errors
 def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
                  scheduler: str | None, palette: str | None, color_space: str | None,
-                 overwrite: bool, storage_options: tuple[str, ...], progress: bool | None,
+                 storage_options: tuple[str, ...], overwrite: bool, progress: bool | None,
                  as_json: bool) -> None:
     """Label every pixel of STORE with its nearest palette colour, chunk by chunk.
 
@@ -302,16 +302,16 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
     from streamq.config import load_config
     from streamq.quantize import quantize
 
-    if palette is None and (color_space is not None or overwrite):
-        raise click.UsageError("--color-space and --overwrite go with --palette SRC")
+    if palette is None and color_space is not None:
+        raise click.UsageError("--color-space goes with --palette SRC")
     cfg = load_config(config_path, **{"store": store, "dask.scheduler": scheduler},
                       **storage_overrides(storage_options))
     if cfg.store is None:
         raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
     from streamq.per_image import PerImageSummary, summary_of
 
-    summary = quantize(cfg.store, config=cfg, progress=_progress(ctx, progress), palette=palette,
-                       color_space=color_space, overwrite=overwrite)
+    summary = quantize(cfg.store, config=cfg, progress=_progress(ctx, progress),
+                       overwrite=overwrite, palette=palette, color_space=color_space)
     summaries = [summary]
     per_image = summary_of(cfg.store, cfg.storage_options)
     if per_image is not None and not isinstance(summary, PerImageSummary):
