@@ -172,6 +172,31 @@ def test_info_on_s3(pair):
     assert "palette      K=8" in result.output
 
 
+def test_palettes_travel_through_s3(pair, tmp_path):
+    """A store on S3 as the palette of a local store gives that store's labels; palette files
+    are written to and read from S3."""
+    from streamq.palettes import read_palette, write_palette
+
+    opts = pair["options"]
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(pair["local"], copy)
+    streamq.quantize(copy, palette=pair["s3"], overwrite=True, scheduler="threads",
+                     storage_options=opts)
+    given = zarr.open_group(str(copy), mode="r").attrs["fit"]["palette_source"]
+    assert given["path"] == pair["s3"]
+    assert given["kind"] == "store"
+    np.testing.assert_array_equal(zarr.open_array(f"{copy}/quantize/labels", mode="r")[:],
+                                  zarr.open_array(f"{pair['local']}/quantize/labels", mode="r")[:])
+    palette = streamq.load_fit(pair["s3"], storage_options=opts).palette
+    url = f"s3://{BUCKET}/palettes/faces.gpl"
+    write_palette(url, palette, name="faces", storage_options=opts)
+    body = _client(opts).get_object(Bucket=BUCKET, Key="palettes/faces.gpl")["Body"].read()
+    assert body.startswith(b"GIMP Palette\nName: faces\n")
+    back = read_palette(url, storage_options=opts)
+    np.testing.assert_array_equal(back.colors, palette)
+    assert back.source["path"] == url
+
+
 def test_export_to_s3_rerun_skips_and_overwrite_keeps_other_objects(pair, cluster_address):
     opts = pair["options"]
     again = streamq.export(pair["s3"], pair["out_s3"], scheduler=cluster_address, progress=False,
@@ -514,28 +539,3 @@ def test_version_marker_in_url_is_refused():
     with pytest.raises(StoreError, match=r"holds '\?versionId=', which s3fs reads as an object "
                                          "version"):
         location("s3://bucket/a?versionId=1.zarr")
-
-
-def test_palettes_travel_through_s3(pair, tmp_path):
-    """A store on S3 as the palette of a local store gives that store's labels; palette files
-    are written to and read from S3."""
-    from streamq.palettes import read_palette, write_palette
-
-    opts = pair["options"]
-    copy = tmp_path / "copy.zarr"
-    shutil.copytree(pair["local"], copy)
-    streamq.quantize(copy, palette=pair["s3"], overwrite=True, scheduler="threads",
-                     storage_options=opts)
-    given = zarr.open_group(str(copy), mode="r").attrs["fit"]["palette_source"]
-    assert given["path"] == pair["s3"]
-    assert given["kind"] == "store"
-    np.testing.assert_array_equal(zarr.open_array(f"{copy}/quantize/labels", mode="r")[:],
-                                  zarr.open_array(f"{pair['local']}/quantize/labels", mode="r")[:])
-    palette = streamq.load_fit(pair["s3"], storage_options=opts).palette
-    url = f"s3://{BUCKET}/palettes/faces.gpl"
-    write_palette(url, palette, name="faces", storage_options=opts)
-    body = _client(opts).get_object(Bucket=BUCKET, Key="palettes/faces.gpl")["Body"].read()
-    assert body.startswith(b"GIMP Palette\nName: faces\n")
-    back = read_palette(url, storage_options=opts)
-    np.testing.assert_array_equal(back.colors, palette)
-    assert back.source["path"] == url
