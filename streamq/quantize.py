@@ -127,7 +127,7 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
     """
     cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
     loc = store_location(store, storage_options, cfg.storage_options)
-    with store_lock(loc.url, operation="quantize", config=cfg.lock):
+    with store_lock(loc, operation="quantize", config=cfg.lock):
         return _quantize(loc, cfg, progress)
 
 
