@@ -585,6 +585,7 @@ def _finished_ingest(opts, name: str) -> None:
     assert _keys(opts, f"{name}.lock") == []  # nor a probe object left beside it
 
 
+@pytest.mark.slow
 def test_second_job_on_an_s3_store_is_refused_and_a_killed_one_taken_over(s3, lock_src):
     name = "locked.zarr"
     cmd = _ingest_cmd(lock_src, name, s3)
@@ -647,6 +648,7 @@ else:
 """
 
 
+@pytest.mark.slow
 def test_a_killed_job_in_another_pid_namespace_is_taken_over_when_its_lease_expires(
         s3, lock_src, tmp_path):
     """Its pid says nothing here (a container sharing the host name): only the lease does."""
@@ -720,6 +722,7 @@ lock.release()
 """
 
 
+@pytest.mark.slow
 def test_a_job_whose_s3_lock_is_taken_over_stops_with_one_line(s3, lock_src, tmp_path):
     name = "taken.zarr"
     cfg = tmp_path / "fast.yaml"
@@ -806,6 +809,7 @@ class _Proxy:
         self.server.server_close()
 
 
+@pytest.mark.slow
 def test_an_endpoint_without_conditional_writes_is_refused_unless_no_lock(s3, tmp_path):
     from streamq.examples import make_collection
 
