@@ -250,12 +250,16 @@ class LockConfig:
     """The store's write lock (see ``streamq.lock``).
 
     A lock whose owner runs on another host is stale once its heartbeat is older than
-    ``stale_after``; on the same host the owner's pid decides at once.
+    ``stale_after``; on the same host the owner's pid decides at once. Stores on an object
+    store are locked with conditional writes; an endpoint without them is refused unless
+    ``enabled`` is false (then make sure no other job writes the store).
     """
 
     stale_after: float = _opt(60.0, _positive,
                               "seconds without heartbeat after which another host's lock is stale")
     heartbeat: float = _opt(10.0, _positive, "seconds between heartbeats of a running job's lock")
+    enabled: bool = _opt(True, doc="take the store's write lock; false (--no-lock) writes without "
+                         "it, for an object store without conditional writes")
 
 
 @dataclass(frozen=True)

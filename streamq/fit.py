@@ -166,7 +166,7 @@ def fit(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None 
     cfg = cfg.replace(**{f"fit.{k}": v for k, v in options.items()}, **{"dask.scheduler": sched})
     loc = store_location(store, storage_options, cfg.storage_options)
     check_access(loc)
-    with store_lock(loc.url, operation="fit", config=cfg.lock):
+    with store_lock(loc, operation="fit", config=cfg.lock):
         return _fit(loc, cfg, overwrite, progress)
 
 
@@ -289,7 +289,7 @@ def collection_mse(store: str | Location, centers: np.ndarray | None = None,
 
     loc = location(store, storage_options)
     check_access(loc)
-    with store_lock(loc.url, operation="collection_mse"):  # may store the colour histogram
+    with store_lock(loc, operation="collection_mse"):  # may store the colour histogram
         st = Store.open(loc, mode="r+")
         if centers is None:
             res = load_fit(st.location)

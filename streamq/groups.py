@@ -193,7 +193,7 @@ def cluster_images(store: str | Location, *, config: StreamQConfig | dict[str, A
                       **{"dask.scheduler": scheduler})
     loc = store_location(store, storage_options, cfg.storage_options)
     check_access(loc)
-    with store_lock(loc.url, operation="cluster-images", config=cfg.lock):
+    with store_lock(loc, operation="cluster-images", config=cfg.lock):
         return _cluster_images(loc, cfg, overwrite, progress)
 
 

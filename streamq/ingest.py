@@ -307,7 +307,7 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | L
     loc = store_location(store if isinstance(store, Location) else cfg.store, storage_options,
                          cfg.storage_options)
     check_access(loc)
-    with store_lock(loc.url, operation="ingest", create=True, config=cfg.lock):
+    with store_lock(loc, operation="ingest", create=True, config=cfg.lock):
         return _ingest(loc, cfg, overwrite, progress)
 
 

@@ -5,9 +5,14 @@ Every command that writes a store runs inside :func:`store_lock`; readers (``inf
 ``STORE.lock`` next to the store folder (``faces.zarr`` -> ``faces.zarr.lock``), holding its
 owner as JSON (see ``docs/store-format.md``). It lives *beside* the store because
 ``ingest --overwrite`` replaces the whole store folder, and a first ingest must hold the lock
-before the store exists.
+before the store exists. A store at a URL (``s3://bucket/faces.zarr``) has the same record in
+the object ``s3://bucket/faces.zarr.lock``, taken, refreshed, taken over and released with
+conditional writes (``If-None-Match: *``, ``If-Match``): see :mod:`streamq.objectlock`, which
+describes that protocol; the owner record, the staleness rules and the lost-lock behaviour
+below are the same for both.
 
-Protocol (every step is one atomic filesystem operation, see :class:`LocalFiles`):
+Protocol on a filesystem (every step is one atomic filesystem operation, see
+:class:`LocalFiles`):
 
 * **Take**: create ``STORE.lock`` exclusively (hard link of a complete temporary file, so
   nobody ever reads a half-written lock). If it exists, its owner is either alive (refuse
@@ -68,7 +73,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +83,8 @@ from streamq.errors import ConfigError, LockLostError, StoreLayoutError, StoreLo
 
 if TYPE_CHECKING:
     from streamq.config import LockConfig
+    from streamq.fs import Location
+    from streamq.objectlock import ObjectFiles
 
 __all__ = ["LOCK_SUFFIX", "LockOwner", "StoreLock", "check_writer", "guard_task", "lock_path",
            "read_lock", "store_lock", "unlock"]
@@ -100,8 +107,11 @@ class LocalFiles:
     an atomic rename that fails when the source is gone, a remove, and a short exclusive
     section (:meth:`guard`) in which a read and a replace or rename act as one step. An
     fsspec backend would map them to a conditional put (``If-None-Match: *``), get,
-    conditional put (``If-Match``), copy + conditional delete, and delete.
+    conditional put (``If-Match``), copy + conditional delete, and delete
+    (:class:`streamq.objectlock.ObjectFiles` does so, with its own take-over).
     """
+
+    local = True  # checks read the lock file every time (a cheap local read)
 
     def create_exclusive(self, path: str, data: bytes) -> bool:
         """Create ``path`` holding ``data``; False (and no change) if it already exists."""
@@ -228,6 +238,25 @@ class LocalFiles:
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
 
+    # -- the steps of the protocol that differ between backends ----------------------------
+    def take_over(self, path: str, data: bytes, owner: LockOwner, reason: str,
+                  record: dict[str, Any], mine: bytes) -> str:
+        """Remove the stale lock ``data`` through a claim (then the caller creates its own).
+
+        Returns ``"again"`` when it is gone (create at once), ``"wait"`` when another process
+        is taking it over or it changed.
+        """
+        return "again" if _break(self, path, data, owner, reason, record, 0) else "wait"
+
+    def remove_if_token(self, path: str, token: str) -> bool:
+        """Remove the lock if it holds ``token`` (release)."""
+        return _remove_if_token(self, path, token, f"{path}.release-{token}")
+
+    def remove_stale(self, path: str, data: bytes, owner: LockOwner, reason: str,
+                     record: dict[str, Any]) -> bool:
+        """Remove the lock ``data`` judged removable (unlock); False if it must be judged again."""
+        return _break(self, path, data, owner, reason, record, 0)
+
 
 def _write_synced(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)  # readable by its owner only
@@ -237,14 +266,34 @@ def _write_synced(path: str, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _files_for(store: str) -> LocalFiles | None:
-    """The filesystem backend of a store path (None: this kind of store is not locked yet)."""
-    return None if "://" in store else LocalFiles()
+def _target(store: str | os.PathLike[str] | Location,
+            storage_options: Mapping[str, Any] | None = None) -> tuple[str, Location | None]:
+    """The store's text and, for a URL, its checked :class:`~streamq.fs.Location`."""
+    if hasattr(store, "url") and hasattr(store, "options"):  # a Location
+        loc = store if storage_options is None else type(store)(store.url, dict(storage_options))
+        return loc.url, (None if loc.is_local else loc)
+    text = os.fspath(store)  # type: ignore[arg-type]
+    if "://" not in text:
+        return text, None
+    from streamq.fs import location
+
+    loc = location(text, storage_options)
+    return loc.url, (None if loc.is_local else loc)
 
 
-def lock_path(store: str | os.PathLike[str]) -> str:
-    """Where the lock of ``store`` lives: ``STORE.lock`` beside it (symlinks resolved)."""
-    p = os.fspath(store)
+def _files_for(loc: Location | None) -> LocalFiles | ObjectFiles:
+    """The lock backend of a store: its filesystem (local path) or its object store (URL)."""
+    if loc is None:
+        return LocalFiles()
+    from streamq.objectlock import ObjectFiles
+
+    return ObjectFiles(loc)
+
+
+def lock_path(store: str | os.PathLike[str] | Location) -> str:
+    """Where the lock of ``store`` lives: ``STORE.lock`` beside it (local symlinks resolved;
+    for a URL the object ``STORE.lock`` beside the store's prefix)."""
+    p = store.url if hasattr(store, "url") else os.fspath(store)  # type: ignore[union-attr]
     if "://" in p:
         return p.rstrip("/") + LOCK_SUFFIX
     return os.path.realpath(os.path.expanduser(p)).rstrip(os.sep) + LOCK_SUFFIX
@@ -418,19 +467,23 @@ def _user() -> str:
 class StoreLock:
     """The write lock of one store, taken by :meth:`acquire` and given back by :meth:`release`.
 
-    Not re-entrant by itself (two instances in one process exclude each other like two
-    processes); use :func:`store_lock` for the re-entrant context manager.
+    ``store`` is a local path, or a URL (or :class:`~streamq.fs.Location`) of a store on an
+    object store, whose lock is the object ``STORE.lock`` (:mod:`streamq.objectlock`;
+    ``storage_options`` reach it). Not re-entrant by itself (two instances in one process
+    exclude each other like two processes); use :func:`store_lock` for the re-entrant
+    context manager.
     """
 
-    def __init__(self, store: str | os.PathLike[str], *, command: str | None = None,
+    def __init__(self, store: str | os.PathLike[str] | Location, *, command: str | None = None,
                  operation: str = "write", stale_after: float = DEFAULT_STALE_AFTER,
-                 heartbeat: float = DEFAULT_HEARTBEAT, files: LocalFiles | None = None) -> None:
+                 heartbeat: float = DEFAULT_HEARTBEAT, files: LocalFiles | ObjectFiles | None = None,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
         if not heartbeat > 0 or stale_after < 2 * heartbeat:
             raise ConfigError(f"key 'lock.stale_after' has value {stale_after!r}, expected at least "
                               f"twice 'lock.heartbeat' ({heartbeat!r})")
-        self.store = os.fspath(store)
+        self.store, loc = _target(store, storage_options)
         self.path = lock_path(self.store)
-        self.files = files or LocalFiles()
+        self.files = files if files is not None else _files_for(loc)
         self.stale_after = float(stale_after)
         self.heartbeat = float(heartbeat)
         self.token = uuid.uuid4().hex
@@ -447,6 +500,7 @@ class StoreLock:
         }
         self.held = False
         self.lost: LockOwner | str | None = None  # set by the heartbeat thread
+        self._trusted_until = 0.0  # object stores: checks need no read before this (time.time)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -456,6 +510,10 @@ class StoreLock:
 
     def _bytes(self) -> bytes:
         return json.dumps(self.record, indent=1).encode()
+
+    def _confirmed(self, beat: float) -> None:
+        """The lock held our token with heartbeat ``beat``: trust it for a while (leases)."""
+        self._trusted_until = _trust_until(beat, self.heartbeat, self.stale_after)
 
     # -- taking ------------------------------------------------------------------------------
     def acquire(self) -> None:
@@ -471,6 +529,8 @@ class StoreLock:
             try:
                 data = self.files.read(self.path)
             except PermissionError:
+                if not self.files.local:
+                    raise
                 raise StoreLockedError(
                     f"{self.store} is locked by a job of another user: its lock file "
                     f"{self.path} is readable by its owner only") from None
@@ -480,9 +540,15 @@ class StoreLock:
             reason = _stale_reason(owner, self.files.age(self.path), self.stale_after)
             if reason is None:
                 raise StoreLockedError(_locked_message(self.store, self.path, owner))
-            if not _break(self.files, self.path, data, owner, reason, self.record, 0):
+            self.record["heartbeat"] = time.time()
+            verdict = self.files.take_over(self.path, data, owner, reason, self.record,
+                                           self._bytes())
+            if verdict == "held":
+                break
+            if verdict == "wait":
                 time.sleep(0.02)  # another process is taking it over: see who wins
         self.held = True
+        self._confirmed(self.record["heartbeat"])
         self._stop.clear()
         self._thread = threading.Thread(target=self._beat, name=f"streamq-lock {self.path}",
                                         daemon=True)
@@ -493,14 +559,16 @@ class StoreLock:
         """Refresh the heartbeat until released; notice when the lock is no longer ours."""
         while not self._stop.wait(self.heartbeat):
             try:
-                self.record["heartbeat"] = time.time()
+                beat = self.record["heartbeat"] = time.time()
                 found = self.files.replace_if(self.path, self.token, self._bytes())
             except OSError as exc:
-                log.warning("Could not refresh the lock %s: %s", self.path, exc)
+                log.warning("Could not refresh the lock %s: %s", self.path,
+                            redact.text(str(exc)))
                 continue
             if found is not None:
                 self._lose(found)
                 return
+            self._confirmed(beat)
 
     def _lose(self, found: bytes) -> None:
         """Note that the lock file now holds ``found`` (``b""``: nothing) instead of ours."""
@@ -516,16 +584,23 @@ class StoreLock:
     def check(self) -> None:
         """Raise :class:`~streamq.errors.LockLostError` if the lock is no longer this job's.
 
-        Reads the lock file (a few hundred bytes): cheap enough before every write. A file
-        that cannot be read for another reason leaves the verdict to the heartbeat.
+        Reads the lock file (a few hundred bytes): cheap enough before every write. On an
+        object store the read is skipped while the lease of the last confirmation lasts (see
+        :mod:`streamq.objectlock`). A lock that cannot be read for another reason leaves the
+        verdict to the heartbeat.
         """
         if self.lost is None and self.held:
+            if not self.files.local and time.time() < self._trusted_until:
+                return
             try:
                 data = self.files.read(self.path)
             except OSError:
                 data = self._bytes()  # unknown: the heartbeat will tell
-            if data is None or _parse(data).token != self.token:
+            owner = _parse(data) if data is not None else None
+            if owner is None or owner.token != self.token:
                 self._lose(data or b"")
+            elif not self.files.local and owner.heartbeat is not None:
+                self._confirmed(owner.heartbeat)
         if self.lost is not None:
             raise LockLostError(self.lost_message())
 
@@ -539,7 +614,7 @@ class StoreLock:
             self._thread.join()
         self.held = False
         if self.lost is None:
-            _remove_if_token(self.files, self.path, self.token, f"{self.path}.release-{self.token}")
+            self.files.remove_if_token(self.path, self.token)
         log.debug("Unlocked %s", self.store)
 
     def __enter__(self) -> StoreLock:
@@ -550,7 +625,15 @@ class StoreLock:
         self.release()
 
 
-def _new_owner(files: LocalFiles, path: str, found: bytes | None) -> LockOwner | None:
+def _trust_until(beat: float, interval: float, stale_after: float) -> float:
+    """Until when a lock seen holding our token with heartbeat ``beat`` cannot have been
+    taken over by a job that follows the protocol (it needs ``stale_after`` of silence), with
+    a margin of half of it for clocks and delays; at most 1.5 heartbeats, so a lock removed by
+    hand is noticed soon."""
+    return beat + min(1.5 * interval, stale_after / 2)
+
+
+def _new_owner(files: LocalFiles | ObjectFiles, path: str, found: bytes | None) -> LockOwner | None:
     """Who holds the lock instead of us: ``found``, or, when the file was gone (a take-over
     between its rename and its create), whoever creates it within a second."""
     deadline = time.monotonic() + 1.0
@@ -574,8 +657,9 @@ def _locked_message(store: str, path: str, owner: LockOwner) -> str:
     beat = ""
     if not _same_instance(owner) and owner.heartbeat is not None:
         beat = f", last heartbeat {max(0.0, time.time() - owner.heartbeat):.0f} s ago"
+    what = "lock object" if "://" in path else "lock file"
     return (f"{store} is locked by another job: {owner.describe()}{beat}; wait for it to "
-            f"finish (lock file {path}; a lock whose job is gone is taken over automatically)")
+            f"finish ({what} {path}; a lock whose job is gone is taken over automatically)")
 
 
 def _claim_record(record: dict[str, Any], of: str) -> bytes:
@@ -673,34 +757,43 @@ if hasattr(os, "register_at_fork"):
 
 
 @contextlib.contextmanager
-def store_lock(store: str | os.PathLike[str], command: str | None = None, *,
+def store_lock(store: str | os.PathLike[str] | Location, command: str | None = None, *,
                operation: str = "write", create: bool = False,
-               config: LockConfig | None = None) -> Iterator[StoreLock | None]:
+               config: LockConfig | None = None,
+               storage_options: Mapping[str, Any] | None = None) -> Iterator[StoreLock | None]:
     """Hold the write lock of ``store`` for the duration of the ``with`` block.
 
     Parameters
     ----------
-    store : str or path
-        The store folder. The lock is ``STORE.lock`` beside it.
+    store : str, path or Location
+        The store folder, or its URL (``s3://bucket/faces.zarr``). The lock is
+        ``STORE.lock`` beside it: a file, or an object taken with conditional writes
+        (:mod:`streamq.objectlock`).
     command : str, optional
         What to show other jobs; default this process's command line.
     operation : str
         The stage taking the lock (``ingest``, ``fit``, ...), shown to other jobs.
     create : bool, default=False
         The store may not exist yet (ingest): create its parent folder if needed. Otherwise
-        a store that does not exist is a :class:`~streamq.errors.StoreLayoutError`.
+        a local store that does not exist is a :class:`~streamq.errors.StoreLayoutError`
+        (a missing store at a URL is found by the stage that opens it).
     config : LockConfig, optional
-        ``stale_after`` and ``heartbeat`` seconds (default 60 and 10).
+        ``stale_after`` and ``heartbeat`` seconds (default 60 and 10); ``enabled`` false
+        writes without a lock (yields None).
+    storage_options : mapping, optional
+        Options of a URL store's filesystem (a :class:`~streamq.fs.Location` brings its own).
 
     Re-entrant in the thread that holds it; another thread of this process, or another
     process, gets :class:`~streamq.errors.StoreLockedError` naming the holder. Yields the
-    :class:`StoreLock` (None for URL stores, which are not locked yet).
+    :class:`StoreLock`. An object store that does not honour conditional writes is refused
+    with a :class:`~streamq.errors.StoreError` (unless ``config.enabled`` is false).
     """
-    store = os.fspath(store)
-    files = _files_for(store)
-    if files is None:
-        log.warning("%s: stores at URLs are not locked yet; make sure no other job writes it",
-                    store)
+    store, loc = _target(store, storage_options)
+    if config is not None and not config.enabled:
+        if store not in _unlocked_warned:
+            _unlocked_warned.add(store)
+            log.warning("%s: written without its lock (lock.enabled is false, or --no-lock): "
+                        "make sure no other job writes it meanwhile", store)
         yield None
         return
     path = lock_path(store)
@@ -719,11 +812,21 @@ def store_lock(store: str | os.PathLike[str], command: str | None = None, *,
             with _held_guard:
                 held.depth -= 1
         return
-    if not create and not files.exists(os.path.abspath(os.path.expanduser(store))):
-        raise StoreLayoutError(f"{os.path.abspath(os.path.expanduser(store))} does not exist "
-                               "(expected a streamq store)")
-    if create and not files.parent_exists(path):
-        files.make_parent(path)
+    files: LocalFiles | ObjectFiles
+    if loc is not None:
+        from streamq.fs import check_access
+        from streamq.objectlock import ObjectFiles, check_support
+
+        check_access(loc)  # a missing bucket, no credentials...: one line, before any write
+        files = ObjectFiles(loc)
+        check_support(files, store, path)
+    else:
+        files = LocalFiles()
+        folder = os.path.abspath(os.path.expanduser(store))
+        if not create and not files.exists(folder):
+            raise StoreLayoutError(f"{folder} does not exist (expected a streamq store)")
+        if create and not files.parent_exists(path):
+            files.make_parent(path)
     lock = StoreLock(store, command=command, operation=operation,
                      stale_after=config.stale_after if config else DEFAULT_STALE_AFTER,
                      heartbeat=config.heartbeat if config else DEFAULT_HEARTBEAT, files=files)
@@ -742,10 +845,16 @@ def store_lock(store: str | os.PathLike[str], command: str | None = None, *,
             raise LockLostError(lock.lost_message())
 
 
+_unlocked_warned: set[str] = set()  # stores this process said it writes without a lock
+
+
 # -- stopping before a write once the lock is lost -------------------------------------------
-#: In a task submitted by a lock holder: (lock file, token, store) of each lock it held.
-_task_locks: contextvars.ContextVar[tuple[tuple[str, str, str], ...]] = contextvars.ContextVar(
+#: In a task submitted by a lock holder: (backend, lock path, token, store) of each lock held.
+_TaskLock = tuple["LocalFiles | ObjectFiles", str, str, str]
+_task_locks: contextvars.ContextVar[tuple[_TaskLock, ...]] = contextvars.ContextVar(
     "streamq_task_locks", default=())
+#: In a worker process: until when a lock on an object store was last seen holding a token.
+_task_trust: dict[tuple[str, str], float] = {}
 
 
 def _locks_of_this_thread() -> list[StoreLock]:
@@ -760,18 +869,26 @@ def check_writer() -> None:
 
     In the thread that holds store locks: each of them is checked (:meth:`StoreLock.check`).
     In a task submitted while locks were held (:func:`guard_task`, on any worker): their lock
-    files are read and must still hold the submitter's tokens. Elsewhere (readers, a library
-    caller without a lock): nothing to check.
+    files are read and must still hold the submitter's tokens (on an object store, at most
+    once per lease, see :mod:`streamq.objectlock`). Elsewhere (readers, a library caller
+    without a lock): nothing to check.
     """
     held = _task_locks.get()
     if held:
-        for path, token, store in held:
+        for files, path, token, store in held:
+            if not files.local and time.time() < _task_trust.get((path, token), 0.0):
+                continue
             try:
-                data = LocalFiles().read(path)
+                data = files.read(path)
             except OSError:
                 continue  # cannot tell from here; the job's heartbeat will
-            if data is None or _parse(data).token != token:
-                raise LockLostError(_lost_message(store, _new_owner(LocalFiles(), path, data)))
+            owner = _parse(data) if data is not None else None
+            if owner is None or owner.token != token:
+                raise LockLostError(_lost_message(store, _new_owner(files, path, data)))
+            if not files.local and owner.heartbeat is not None:
+                _task_trust[(path, token)] = _trust_until(
+                    owner.heartbeat, owner.heartbeat_interval or DEFAULT_HEARTBEAT,
+                    owner.stale_after or DEFAULT_STALE_AFTER)
         return
     for lock in _locks_of_this_thread():
         lock.check()
@@ -780,7 +897,7 @@ def check_writer() -> None:
 class _Guarded:
     """A task function that runs with the submitter's locks to check (see :func:`guard_task`)."""
 
-    def __init__(self, fn: Any, locks: tuple[tuple[str, str, str], ...]) -> None:
+    def __init__(self, fn: Any, locks: tuple[_TaskLock, ...]) -> None:
         self.fn = fn
         self.locks = locks
         self.__name__ = getattr(fn, "__name__", "task")  # Dask names the task after it
@@ -813,33 +930,39 @@ def _quiet_worker_log() -> None:
 def guard_task(fn: Any) -> Any:
     """``fn`` as a task that checks, before it starts and before each write, that the locks
     this thread holds now are still this job's (``fn`` itself when it holds none)."""
-    locks = tuple((lk.path, lk.token, lk.store) for lk in _locks_of_this_thread())
+    locks = tuple((lk.files, lk.path, lk.token, lk.store) for lk in _locks_of_this_thread())
     return _Guarded(fn, locks) if locks else fn
 
 
 # -- looking and unlocking -------------------------------------------------------------------
-def read_lock(store: str | os.PathLike[str]) -> LockOwner | None:
+def read_lock(store: str | os.PathLike[str] | Location,
+              storage_options: Mapping[str, Any] | None = None) -> LockOwner | None:
     """The owner of the store's lock, or None when it is not locked."""
-    store = os.fspath(store)
-    files = _files_for(store)
-    data = files.read(lock_path(store)) if files is not None else None
+    store, loc = _target(store, storage_options)
+    data = _files_for(loc).read(lock_path(store))
     return None if data is None else _parse(data)
 
 
-def unlock(store: str | os.PathLike[str], *, force: bool = False,
-           config: LockConfig | None = None) -> tuple[LockOwner, str] | None:
+def unlock(store: str | os.PathLike[str] | Location, *, force: bool = False,
+           config: LockConfig | None = None,
+           storage_options: Mapping[str, Any] | None = None) -> tuple[LockOwner, str] | None:
     """Remove the lock of a job that is gone; returns (owner, why) or None if not locked.
 
     Refuses (StoreLockedError) while the owner runs on this host, and, without ``force``,
     while the owner on another host still sends heartbeats. This is never needed for
     correctness (the next writer takes a stale lock over); it tidies up, and with ``force``
     frees a store whose owner's host is known to be down before ``stale_after`` has passed.
+    On an object store the lock is deleted only if it is still the one judged (a DELETE
+    with ``If-Match``, see :mod:`streamq.objectlock`).
     """
-    store = os.fspath(store)
-    files = _files_for(store)
-    if files is None:
-        raise StoreLayoutError(f"{store}: stores at URLs are not locked yet; nothing to unlock")
+    store, loc = _target(store, storage_options)
+    files = _files_for(loc)
+    if loc is not None:
+        from streamq.fs import check_access
+
+        check_access(loc)
     path = lock_path(store)
+    what = "lock object" if loc is not None else "lock file"
     stale_after = config.stale_after if config else DEFAULT_STALE_AFTER
     record = StoreLock(store, command=None, operation="unlock", stale_after=stale_after,
                        heartbeat=stale_after / 2, files=files).record
@@ -850,7 +973,7 @@ def unlock(store: str | os.PathLike[str], *, force: bool = False,
         owner = _parse(data)
         reason = _stale_reason(owner, files.age(path), stale_after)
         if reason is None and not owner.raw:
-            raise StoreLockedError(f"{store}: the lock file {path} is being written (or unreadable "
+            raise StoreLockedError(f"{store}: the {what} {path} is being written (or unreadable "
                                    f"and younger than {stale_after:g} s); try again later")
         if reason is None:
             if _same_instance(owner):
@@ -862,7 +985,7 @@ def unlock(store: str | os.PathLike[str], *, force: bool = False,
                     _locked_message(store, path, owner).split("; wait")[0]
                     + "; if that job is gone, rerun with --force")
             reason = "removed by hand (--force)"
-        if _break(files, path, data, owner, reason, record, 0):
+        if files.remove_stale(path, data, owner, reason, record):
             return owner, reason
         time.sleep(0.02)
     raise StoreLockedError(f"{store}: the lock keeps changing; another job is taking it over")

@@ -192,7 +192,7 @@ def fit_per_image(store: str | Location, *, config: StreamQConfig | dict[str, An
     cfg = cfg.replace(**{f"per_image.{k}": v for k, v in options.items()}, **{"dask.scheduler": scheduler})
     loc = store_location(store, storage_options, cfg.storage_options)
     check_access(loc)
-    with store_lock(loc.url, operation="fit --per-image", config=cfg.lock):
+    with store_lock(loc, operation="fit --per-image", config=cfg.lock):
         return _fit_per_image(loc, cfg, overwrite, progress)
 
 
@@ -332,7 +332,7 @@ def quantize_per_image(store: str | Location, *, config: StreamQConfig | dict[st
     cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
     loc = store_location(store, storage_options, cfg.storage_options)
     check_access(loc)
-    with store_lock(loc.url, operation="quantize --per-image", config=cfg.lock):
+    with store_lock(loc, operation="quantize --per-image", config=cfg.lock):
         return _quantize_per_image(loc, cfg, progress)
 
 

@@ -56,7 +56,7 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
     report = RunReport()
     # One lock for every stage (the stages take it again: it is re-entrant in this thread),
     # so no other job can slip in between two stages; and one cluster for every stage.
-    with (store_lock(loc.url, operation="run", create=True, config=cfg.lock),
+    with (store_lock(loc, operation="run", create=True, config=cfg.lock),
           runner(cfg.dask) as run, shared(run)):
         report.stages["ingest"] = ingest(None, None, config=cfg, overwrite=overwrite, progress=progress)
         if cfg.per_image.enabled:

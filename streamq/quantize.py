@@ -147,7 +147,7 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
         raise ConfigError(f"color_space {color_space!r} is not one of {', '.join(SPACES)}")
     cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
     loc = store_location(store, storage_options, cfg.storage_options)
-    with store_lock(loc.url, operation="quantize", config=cfg.lock):
+    with store_lock(loc, operation="quantize", config=cfg.lock):
         if palette is not None:
             from streamq.remap import use_palette
 

@@ -539,3 +539,374 @@ def test_version_marker_in_url_is_refused():
     with pytest.raises(StoreError, match=r"holds '\?versionId=', which s3fs reads as an object "
                                          "version"):
         location("s3://bucket/a?versionId=1.zarr")
+
+
+# -- the write lock of a store on S3 -------------------------------------------------------------
+LOCK_SOURCE = 24  # images of the lock tests' collection: about 25 ingest tasks of 4096 pixels
+
+
+@pytest.fixture(scope="module")
+def lock_src(tmp_path_factory):
+    from streamq.examples import make_collection
+
+    root = tmp_path_factory.mktemp("locksrc")
+    make_collection(root, LOCK_SOURCE, seed=5, min_side=40, max_side=90)
+    return root
+
+
+def _flags(opts) -> list[str]:
+    return [x for k, v in (("endpoint_url", opts["endpoint_url"]), ("key", opts["key"]),
+                           ("secret", opts["secret"]), ("client_kwargs.region_name", "us-east-1"))
+            for x in ("--storage-option", f"{k}={v}")]
+
+
+def _ingest_cmd(src, name: str, opts, *extra: str) -> list[str]:
+    return streamq_cmd("ingest", str(src), f"s3://{BUCKET}/{name}", "--chunk-pixels", "4096",
+                       "--scheduler", "sync", *_flags(opts), *extra)
+
+
+def _lock_record(opts, name: str) -> dict | None:
+    client = _client(opts)
+    try:
+        body = client.get_object(Bucket=BUCKET, Key=f"{name}.lock")["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return None
+    assert SECRET.encode() not in body
+    return json.loads(body)
+
+
+def _keys(opts, prefix: str) -> list[str]:
+    pages = _client(opts).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def _n_records(opts, name: str) -> int:
+    return len(_keys(opts, f"{name}/ingest/tasks/report/c/"))
+
+
+def _start_job(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _until(condition, proc: subprocess.Popen | None = None, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the job ended first: {proc.stderr.read()}")
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _signal(proc: subprocess.Popen, sig) -> None:
+    import signal
+
+    os.killpg(proc.pid, getattr(signal, sig))
+
+
+def _finished_ingest(opts, name: str) -> None:
+    coll = streamq.open_store(f"s3://{BUCKET}/{name}", storage_options=opts)
+    assert len(coll) == LOCK_SOURCE
+    assert _lock_record(opts, name) is None  # released
+    assert _keys(opts, f"{name}.lock") == []  # nor a probe object left beside it
+
+
+@pytest.mark.slow
+def test_second_job_on_an_s3_store_is_refused_and_a_killed_one_taken_over(s3, lock_src):
+    name = "locked.zarr"
+    cmd = _ingest_cmd(lock_src, name, s3)
+    job = _start_job(cmd)
+    try:
+        _until(lambda: _n_records(s3, name) >= 1, job)  # it holds the lock and writes
+        _signal(job, "SIGSTOP")  # frozen mid-ingest: alive, silent
+        rec = _lock_record(s3, name)
+        assert rec["pid"] == job.pid
+        assert rec["host"] == socket.gethostname()
+        assert rec["operation"] == "ingest"
+        assert rec["boot_id"]
+        assert rec["pid_ns"]
+        assert rec["process_start"]
+        assert rec["token"]
+        assert "secret=***" in rec["command"]
+        before = _n_records(s3, name)
+
+        second = subprocess.run(streamq_cmd("-q", *cmd[3:]), capture_output=True, text=True)
+        assert second.returncode == 1
+        assert second.stderr.count("\n") == 1, second.stderr
+        assert second.stderr.startswith(f"error: s3://{BUCKET}/{name} is locked by another job: "
+                                        f"\"streamq ingest {lock_src} s3://{BUCKET}/{name} "), \
+            second.stderr
+        assert f"(ingest, pid {job.pid} on host {socket.gethostname()}, " in second.stderr
+        assert f"lock object s3://{BUCKET}/{name}.lock" in second.stderr
+        assert SECRET not in second.stderr
+        line, _ = _one_line_error(["unlock", f"s3://{BUCKET}/{name}", *_flags(s3)])
+        assert "the job holding the lock is still running on this host" in line
+        assert _lock_record(s3, name)["token"] == rec["token"]
+        assert _n_records(s3, name) == before  # the refused jobs wrote nothing
+    finally:
+        _signal(job, "SIGKILL")
+        job.wait()
+    assert _lock_record(s3, name)["token"] == rec["token"]  # left behind by the killed job
+
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"Took over the stale lock s3://{BUCKET}/{name}.lock of \"streamq ingest" in done.stderr
+    assert f"pid {job.pid} is not running on this host" in done.stderr
+    _finished_ingest(s3, name)
+
+
+# Started ahead (imports done), tries once to take the lock when told to, and says how it went.
+S3_CHECKER = r"""
+import json, sys
+from streamq.errors import StoreLockedError
+from streamq.lock import StoreLock
+
+lock = StoreLock(sys.argv[1], command="checker", storage_options=json.loads(sys.argv[2]))
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    lock.acquire()
+except StoreLockedError as exc:
+    print("refused " + str(exc), flush=True)
+else:
+    print("won", flush=True)
+    lock.release()
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_job_in_another_pid_namespace_is_taken_over_when_its_lease_expires(
+        s3, lock_src, tmp_path):
+    """Its pid says nothing here (a container sharing the host name): only the lease does."""
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare --pid is not permitted here: {probe.stderr.decode().strip()}")
+    name = "lease.zarr"
+    cfg = tmp_path / "lease.yaml"
+    cfg.write_text("lock:\n  heartbeat: 1.0\n  stale_after: 4.0\n")
+    cmd = _ingest_cmd(lock_src, name, s3, "--config", str(cfg))
+    checker = subprocess.Popen([sys.executable, "-c", S3_CHECKER, f"s3://{BUCKET}/{name}",
+                                json.dumps(s3)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    job = _start_job(["unshare", "--pid", "--fork", "--mount-proc", *cmd])
+    try:
+        assert checker.stdout.readline() == "ready\n", checker.stderr.read()
+        _until(lambda: _n_records(s3, name) >= 1, job)
+    finally:
+        _signal(job, "SIGKILL")
+        job.wait()
+    killed = time.time()
+    try:
+        checker.stdin.write("go\n")  # at once: within the lease of the killed job
+        checker.stdin.flush()
+        line = checker.stdout.readline()
+        assert time.time() - killed < 4.0
+    finally:
+        checker.stdin.close()
+        checker.wait(timeout=60)
+    rec = _lock_record(s3, name)
+    assert rec["pid_ns"] != os.readlink("/proc/self/ns/pid")
+    assert rec["stale_after"] == 4.0
+    assert line.startswith(f"refused s3://{BUCKET}/{name} is locked by another job: "
+                           "\"streamq ingest "), line
+    assert f"pid {rec['pid']} on host {socket.gethostname()}, another pid namespace" in line
+    assert ", last heartbeat " in line
+
+    time.sleep(max(0.0, rec["heartbeat"] + rec["stale_after"] + 0.2 - time.time()))
+    done = subprocess.run(cmd, capture_output=True, text=True)  # the same command, after it
+    assert done.returncode == 0, done.stderr
+    assert f"Took over the stale lock s3://{BUCKET}/{name}.lock" in done.stderr
+    assert "another pid namespace or boot for " in done.stderr
+    _finished_ingest(s3, name)
+
+
+# Waits for "go", then makes the lock look like that of a host whose heartbeat stopped an hour
+# ago (a conditional PUT on the ETag it read, as a frozen host's lock would look after its
+# lease) and takes it over; says when it holds it and keeps it until stdin closes.
+S3_INTRUDER = r"""
+import json, sys, time
+import fsspec
+from streamq.lock import StoreLock
+
+url, opts = sys.argv[1], json.loads(sys.argv[2])
+fs = fsspec.filesystem("s3", **opts)
+bucket, key = url.split("://", 1)[1].split("/", 1)
+print("ready", flush=True)
+sys.stdin.readline()
+got = fs.call_s3("get_object", Bucket=bucket, Key=key + ".lock")
+from fsspec.asyn import sync
+rec = json.loads(sync(fs.loop, got["Body"].read))
+rec.update(heartbeat=time.time() - 3600, host="frozen-host.example")
+fs.call_s3("put_object", Bucket=bucket, Key=key + ".lock", Body=json.dumps(rec).encode(),
+           IfMatch=got["ETag"])
+lock = StoreLock(url, command="intruder-job --take-over", storage_options=opts)
+lock.acquire()
+print("won", flush=True)
+sys.stdin.readline()
+lock.release()
+"""
+
+
+@pytest.mark.slow
+def test_a_job_whose_s3_lock_is_taken_over_stops_with_one_line(s3, lock_src, tmp_path):
+    name = "taken.zarr"
+    cfg = tmp_path / "fast.yaml"
+    cfg.write_text("lock:\n  heartbeat: 0.5\n  stale_after: 2.0\n")
+    intruder = subprocess.Popen([sys.executable, "-c", S3_INTRUDER, f"s3://{BUCKET}/{name}",
+                                 json.dumps(s3)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    job = _start_job(_ingest_cmd(lock_src, name, s3, "--config", str(cfg)))
+    try:
+        assert intruder.stdout.readline() == "ready\n"
+        _until(lambda: _n_records(s3, name) >= 1, job)
+        _signal(job, "SIGSTOP")  # its host freezes ...
+        frozen = time.time()
+        written = _n_records(s3, name)
+        intruder.stdin.write("go\n")
+        intruder.stdin.flush()
+        assert intruder.stdout.readline() == "won\n", intruder.stderr.read()
+        time.sleep(max(0.0, frozen + 1.0 - time.time()))  # longer than the job's lease of 0.75 s
+        _signal(job, "SIGCONT")  # ... and wakes up
+        _, err = job.communicate(timeout=120)
+        assert job.returncode == 1
+        assert err.count("\n") == 1, err
+        assert err.startswith(f"error: s3://{BUCKET}/{name}: this job's write lock was taken over "
+                              f"by 'intruder-job --take-over' (write, pid {intruder.pid} on host "
+                              f"{socket.gethostname()}"), err
+        assert _n_records(s3, name) <= written + 1  # at most the write past its check
+        assert _lock_record(s3, name)["pid"] == intruder.pid  # left to its new owner
+    finally:
+        if job.poll() is None:
+            _signal(job, "SIGKILL")
+            job.wait()
+        intruder.stdin.close()
+        intruder.wait(timeout=60)
+    assert intruder.returncode == 0, intruder.stderr.read()
+    assert _lock_record(s3, name) is None
+
+
+class _Proxy:
+    """An S3 endpoint that ignores some conditional headers: a real HTTP proxy in front of the
+    moto server that drops them from the requests it forwards (as servers without conditional
+    writes do)."""
+
+    def __init__(self, target: str, drop: set[tuple[str, str]]) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        host, port = urlsplit(target).hostname, urlsplit(target).port
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items()
+                           if (self.command, k.lower()) not in drop and k.lower() != "host"}
+                conn = http.client.HTTPConnection(host, port, timeout=60)
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.slow
+def test_an_endpoint_without_conditional_writes_is_refused_unless_no_lock(s3, tmp_path):
+    from streamq.examples import make_collection
+
+    src = tmp_path / "src"
+    make_collection(src, 3, seed=6, min_side=30, max_side=50)
+    proxy = _Proxy(s3["endpoint_url"], {("PUT", "if-none-match"), ("PUT", "if-match"),
+                                        ("DELETE", "if-match")})
+    try:
+        opts = {**s3, "endpoint_url": proxy.url}
+        name = "nolock.zarr"
+        refused = subprocess.run(_ingest_cmd(src, name, opts), capture_output=True, text=True)
+        assert refused.returncode == 1
+        assert refused.stderr.count("\n") == 1, refused.stderr
+        assert refused.stderr.startswith(
+            f"error: s3://{BUCKET}/{name}: the object store at {proxy.url} does not honour "
+            "conditional writes (a PUT with If-None-Match: * replaced an existing object)")
+        assert "pass --no-lock (config key lock.enabled: false)" in refused.stderr
+        assert _keys(s3, name) == []  # nothing written: no store, no lock, no probe object
+        done = subprocess.run(_ingest_cmd(src, name, opts, "--no-lock"), capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stderr
+        assert f"s3://{BUCKET}/{name}: written without its lock" in done.stderr
+        assert len(streamq.open_store(f"s3://{BUCKET}/{name}", storage_options=s3)) == 3
+        assert _keys(s3, f"{name}.lock") == []
+    finally:
+        proxy.close()
+
+
+def test_lock_release_and_unlock_on_s3(s3):
+    """Release and ``streamq unlock`` delete a lock only if it is still the one they judged:
+    with ``If-Match`` where the server honours it on DELETE, else by read-compare-delete."""
+    from streamq.lock import StoreLock, read_lock, store_lock, unlock
+
+    client = _client(s3)
+    client.put_object(Bucket=BUCKET, Key="unlock.zarr/zarr.json", Body=b"{}")
+    proxy = _Proxy(s3["endpoint_url"], {("DELETE", "if-match")})
+    try:
+        for opts in (s3, {**s3, "endpoint_url": proxy.url}):
+            store = f"s3://{BUCKET}/unlock.zarr"
+            with store_lock(store, command="me", storage_options=opts) as lk:
+                assert read_lock(store, opts).token == lk.token
+                with pytest.raises(streamq.StoreLockedError, match="still running on this host"):
+                    unlock(store, force=True, storage_options=opts)
+            assert read_lock(store, opts) is None
+            # A lock taken over meanwhile is never deleted by the job that lost it.
+            a = StoreLock(store, command="a", storage_options=opts)
+            a.acquire()
+            rec = _lock_record(s3, "unlock.zarr")
+            client.put_object(Bucket=BUCKET, Key="unlock.zarr.lock", Body=json.dumps(
+                {**rec, "token": "b" * 32, "command": "b"}).encode())
+            a.release()
+            assert _lock_record(s3, "unlock.zarr")["command"] == "b"
+            with pytest.raises(streamq.StoreLockedError, match=f"pid {os.getpid()} "):
+                StoreLock(store, storage_options=opts).acquire()
+            # `streamq unlock`: another host's live lock only with --force.
+            client.put_object(Bucket=BUCKET, Key="unlock.zarr.lock", Body=json.dumps(
+                {**rec, "token": "c" * 32, "host": "far.example", "pid": 4242,
+                 "heartbeat": time.time()}).encode())
+            args = ["unlock", store, "--storage-option", f"endpoint_url={opts['endpoint_url']}",
+                    "--storage-option", f"key={opts['key']}", "--storage-option",
+                    f"secret={opts['secret']}"]
+            line, _ = _one_line_error(args)
+            assert "pid 4242 on host far.example" in line
+            assert "rerun with --force" in line
+            result = CliRunner().invoke(cli, [*args, "--force"])
+            assert result.exit_code == 0, result.output
+            assert "removed the lock of" in result.output
+            assert "far.example" in result.output
+            assert read_lock(store, opts) is None
+            result = CliRunner().invoke(cli, args)
+            assert result.output.strip() == f"{store} is not locked"
+    finally:
+        proxy.close()
+    assert _keys(s3, "unlock.zarr.lock") == []

@@ -17,6 +17,7 @@ from streamq.cli.options import (
     config_opt,
     json_opt,
     max_steps_opt,
+    no_lock_opt,
     overwrite_opt,
     progress_opt,
     scheduler_opt,
@@ -99,6 +100,11 @@ def _progress(ctx: click.Context, flag: bool | None) -> bool | None:
     return False if ctx.obj["quiet"] else flag
 
 
+def _lock_overrides(no_lock: bool) -> dict[str, Any]:
+    """``--no-lock`` as a config override (absent: the config file decides)."""
+    return {"lock.enabled": False} if no_lock else {}
+
+
 @cli.command("example", short_help="Write an LFW-shaped example folder of photo crops.")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("-n", "--images", "n_images", type=click.IntRange(min=1), default=60,
@@ -127,6 +133,7 @@ def example_cmd(out: str, n_images: int, seed: int, size: int | None) -> None:
 @click.option("--max-pixels", type=int, default=None, help="Skip images with more pixels than this.")
 @click.option("--strict", is_flag=True, default=None, help="Exit with status 3 when any input was skipped.")
 @storage_opt
+@no_lock_opt
 @overwrite_opt
 @progress_opt
 @json_opt
@@ -135,7 +142,7 @@ def example_cmd(out: str, n_images: int, seed: int, size: int | None) -> None:
 def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_path: str | None,
                scheduler: str | None, chunk_pixels: int | None, codec: str | None,
                max_pixels: int | None, strict: bool | None, storage_options: tuple[str, ...],
-               overwrite: bool, progress: bool | None, as_json: bool) -> None:
+               no_lock: bool, overwrite: bool, progress: bool | None, as_json: bool) -> None:
     """Decode the images under SRC (folder, glob or list file) into the Zarr store STORE.
 
     STORE is a folder or a URL such as s3://bucket/faces.zarr (see --storage-option).
@@ -149,7 +156,7 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
         "ingest.source": src, "store": store, "dask.scheduler": scheduler,
         "ingest.chunk_pixels": chunk_pixels, "ingest.codec": codec,
         "ingest.max_pixels": max_pixels, "ingest.strict": strict},
-        **storage_overrides(storage_options))
+        **storage_overrides(storage_options), **_lock_overrides(no_lock))
     summary = ingest(None, None, config=cfg, overwrite=overwrite, progress=_progress(ctx, progress))
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
@@ -198,6 +205,7 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
                    "colours), .json or .hex/.txt, by its extension; give it to `streamq "
                    "quantize OTHER --palette FILE` (or give this store itself).")
 @storage_opt
+@no_lock_opt
 @overwrite_opt
 @progress_opt
 @json_opt
@@ -208,8 +216,8 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
             algorithm: str | None, init: str | None, n_init: int | None,
             color_space: str | None, tol: float | None, max_steps: int | None, max_iter: int | None,
             batch_size: int | None, seed: int | None, save_palette: str | None,
-            storage_options: tuple[str, ...], overwrite: bool, progress: bool | None,
-            as_json: bool) -> None:
+            storage_options: tuple[str, ...], no_lock: bool, overwrite: bool,
+            progress: bool | None, as_json: bool) -> None:
     """Learn one K-colour palette for the whole collection in STORE (or one per image).
 
     Resumable: rerun the same command after an interruption for a bit-identical palette.
@@ -227,7 +235,7 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
             "store": store, "dask.scheduler": scheduler, "per_image.colors": colors,
             "per_image.sample": sample, "per_image.method": method, "per_image.init": init,
             "per_image.seed": seed},
-            **storage_overrides(storage_options))
+            **storage_overrides(storage_options), **_lock_overrides(no_lock))
         if cfg.store is None:
             raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
         summary = fit_per_image(cfg.store, config=cfg, overwrite=overwrite,
@@ -248,7 +256,7 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
         "fit.algorithm": algorithm, "fit.init": init, "fit.n_init": n_init,
         "fit.color_space": color_space, "fit.tol": tol, "fit.max_steps": max_steps,
         "fit.max_iter": max_iter, "fit.batch_size": batch_size, "fit.seed": seed},
-        **storage_overrides(storage_options))
+        **storage_overrides(storage_options), **_lock_overrides(no_lock))
     if cfg.store is None:
         raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
     if save_palette is not None:  # a bad FILE is refused before the fit, not after
@@ -285,14 +293,15 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
 @storage_opt
 @click.option("--overwrite", is_flag=True,
               help="With --palette: replace STORE's palette (a fit or another given palette).")
+@no_lock_opt
 @progress_opt
 @json_opt
 @click.pass_context
 @_handle_errors
 def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
                  scheduler: str | None, palette: str | None, color_space: str | None,
-                 storage_options: tuple[str, ...], overwrite: bool, progress: bool | None,
-                 as_json: bool) -> None:
+                 storage_options: tuple[str, ...], no_lock: bool, overwrite: bool,
+                 progress: bool | None, as_json: bool) -> None:
     """Label every pixel of STORE with its nearest palette colour, chunk by chunk.
 
     Also computes per-image and collection MSE/PSNR (see `streamq info`). Resumable.
@@ -305,7 +314,7 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
     if palette is None and color_space is not None:
         raise click.UsageError("--color-space goes with --palette SRC")
     cfg = load_config(config_path, **{"store": store, "dask.scheduler": scheduler},
-                      **storage_overrides(storage_options))
+                      **storage_overrides(storage_options), **_lock_overrides(no_lock))
     if cfg.store is None:
         raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
     from streamq.per_image import PerImageSummary, summary_of
@@ -344,6 +353,7 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
 @max_steps_opt
 @seed_opt
 @storage_opt
+@no_lock_opt
 @overwrite_opt
 @progress_opt
 @json_opt
@@ -353,7 +363,8 @@ def cluster_images_cmd(ctx: click.Context, store: str | None, config_path: str |
                        scheduler: str | None, groups: int | None, descriptor: str | None,
                        moments_weight: float | None, batch_size: int | None, tol: float | None,
                        max_steps: int | None, seed: int | None, storage_options: tuple[str, ...],
-                       overwrite: bool, progress: bool | None, as_json: bool) -> None:
+                       no_lock: bool, overwrite: bool, progress: bool | None,
+                       as_json: bool) -> None:
     """Group the images of STORE by their colours (palette histograms), into G groups.
 
     Needs the labels of `streamq quantize`. Resumable; `streamq info` shows the groups.
@@ -366,7 +377,7 @@ def cluster_images_cmd(ctx: click.Context, store: str | None, config_path: str |
         "cluster_images.descriptor": descriptor, "cluster_images.moments_weight": moments_weight,
         "cluster_images.batch_size": batch_size, "cluster_images.tol": tol,
         "cluster_images.max_steps": max_steps, "cluster_images.seed": seed},
-        **storage_overrides(storage_options))
+        **storage_overrides(storage_options), **_lock_overrides(no_lock))
     if cfg.store is None:
         raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
     result = cluster_images(cfg.store, config=cfg, overwrite=overwrite,
@@ -452,13 +463,14 @@ def export_cmd(ctx: click.Context, store: str | None, out: str | None, config_pa
 @click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
 @scheduler_opt
 @storage_opt
+@no_lock_opt
 @overwrite_opt
 @progress_opt
 @json_opt
 @click.pass_context
 @_handle_errors
 def run_cmd(ctx: click.Context, config_path: str, scheduler: str | None,
-            storage_options: tuple[str, ...], overwrite: bool,
+            storage_options: tuple[str, ...], no_lock: bool, overwrite: bool,
             progress: bool | None, as_json: bool) -> None:
     """Run ingest -> fit -> quantize -> export as described by CONFIG.yaml.
 
@@ -467,7 +479,8 @@ def run_cmd(ctx: click.Context, config_path: str, scheduler: str | None,
     from streamq.config import load_config
     from streamq.pipeline import run
 
-    cfg = load_config(config_path, **{"dask.scheduler": scheduler}, **storage_overrides(storage_options))
+    cfg = load_config(config_path, **{"dask.scheduler": scheduler},
+                      **storage_overrides(storage_options), **_lock_overrides(no_lock))
     report = run(cfg, progress=_progress(ctx, progress), overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
@@ -555,19 +568,22 @@ def report_cmd(ctx: click.Context, store: str | None, out: str | None, config_pa
 @click.option("--force", is_flag=True,
               help="Also remove a lock whose owner runs on another host and still sends heartbeats.")
 @config_opt
+@storage_opt
 @_handle_errors
-def unlock_cmd(store: str, force: bool, config_path: str | None) -> None:
+def unlock_cmd(store: str, force: bool, config_path: str | None,
+               storage_options: tuple[str, ...]) -> None:
     """Remove the write lock (STORE.lock) of a job that is gone.
 
     Seldom needed: the next command that writes STORE takes a stale lock over by itself.
     Refuses while the owner runs on this host; an owner on another host is removed when its
-    heartbeat is older than lock.stale_after, or at once with --force.
+    heartbeat is older than lock.stale_after, or at once with --force. STORE may be a URL
+    (s3://bucket/faces.zarr: the lock is the object s3://bucket/faces.zarr.lock).
     """
     from streamq.config import load_config
     from streamq.lock import unlock
 
-    cfg = load_config(config_path)
-    removed = unlock(store, force=force, config=cfg.lock)
+    cfg = load_config(config_path, **storage_overrides(storage_options))
+    removed = unlock(store, force=force, config=cfg.lock, storage_options=cfg.storage_options)
     if removed is None:
         click.echo(f"{store} is not locked")
     else:

@@ -31,6 +31,10 @@ storage_opt = click.option(
     help="Option of the filesystem of a URL store or output (s3://...), e.g. "
          "endpoint_url=http://127.0.0.1:9000, anon=true, client_kwargs.region_name=eu-west-1 "
          "(repeatable; overrides key 'storage_options' of --config).")
+no_lock_opt = click.option(
+    "--no-lock", is_flag=True, default=False,
+    help="Write the store without taking its write lock (key lock.enabled: false): only for an "
+         "object store without conditional writes, and only when no other job writes the store.")
 
 # Values that stay text even when they look like numbers.
 _TEXT_OPTIONS = {"key", "secret", "token", "username", "password", "profile", "region_name",
