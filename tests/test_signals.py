@@ -57,7 +57,7 @@ def _start(tmp_path, mode: str) -> subprocess.Popen:
     return proc
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_runs_cleanup_then_exits_with_one_line(tmp_path, sig):
     proc = _start(tmp_path, "plain")
     proc.send_signal(sig)
