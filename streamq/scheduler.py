@@ -197,6 +197,41 @@ def _worker_malloc_settings() -> dict[str, int]:
     return out
 
 
+def _start_local_cluster(**kwargs: Any) -> Any:
+    """A started ``LocalCluster(**kwargs)``, closed again if this thread is interrupted (by
+    a signal's exception) while it starts.
+
+    It starts in a helper thread born with SIGINT and SIGTERM blocked, and the cluster's
+    threads and worker processes inherit that for good (``streamq._local_worker``): Ctrl-C
+    sends SIGINT to the whole process group, a service manager SIGTERM, and workers that took
+    them while importing would die or print a ``KeyboardInterrupt`` traceback each. The
+    signals still reach this process, whose handlers run in the main thread.
+    """
+    import signal
+    from multiprocessing import resource_tracker
+
+    from distributed import LocalCluster
+
+    # Started later from a cluster thread, the tracker would unblock them in that thread.
+    resource_tracker.ensure_running()
+    pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamq-cluster-start")
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        future = pool.submit(LocalCluster, **kwargs)  # the thread starts here, signals blocked
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    try:
+        return future.result()
+    except BaseException:
+        try:  # interrupted: close the cluster once it is up, so no worker outlives us
+            future.result().close()
+        except Exception:  # noqa: BLE001  (it failed to start: nothing to close)
+            pass
+        raise
+    finally:
+        pool.shutdown(wait=False)
+
+
 @contextmanager
 def shared(run: Runner) -> Iterator[Runner]:
     """Make every :func:`runner` inside this block reuse ``run`` (one cluster for a pipeline)."""
@@ -232,19 +267,22 @@ def runner(cfg: DaskConfig) -> Iterator[Runner]:
         pool.shutdown(wait=True)
         return
 
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if sched is None:
         n_workers = cfg.n_workers or os.cpu_count() or 1
         import dask
 
         with dask.config.set(_worker_malloc_settings()):  # only for the workers started here
-            cluster = LocalCluster(
+            cluster = _start_local_cluster(
                 n_workers=n_workers,
                 threads_per_worker=cfg.threads_per_worker or 1,
                 memory_limit=cfg.memory_limit or "auto",
                 processes=True,
                 dashboard_address=":0",
+                # workers that ignore SIGINT/SIGTERM, close quietly (streamq._local_worker)
+                preload=[*dask.config.get("distributed.worker.preload", []),
+                         "streamq._local_worker"],
             )
         try:
             with Client(cluster) as client:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import zarr
@@ -62,12 +63,183 @@ def streamq_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "streamq.cli.main", *args]
 
 
-def run_and_kill(cmd: list[str], after: float, env: dict | None = None) -> int | None:
-    """Start ``cmd`` in its own process group and SIGKILL the whole group after ``after`` s.
+# -- where a job has got to, and killing it there -------------------------------------------
+#: The stages of a job as :func:`stage_progress` names them, in the order they run.
+STAGES = ("ingest", "fit", "fit:minibatch", "fit:lloyd", "quantize", "groups:describe",
+          "groups:cluster", "groups:assign", "export")
 
-    Returns the exit code if it finished before the kill, else None.
+
+def stage_progress(store, out=None, storage_options=None) -> tuple[str, int]:
+    """Where a job writing ``store`` (and exporting to the folder or URL ``out``) has got to,
+    read from what it has written so far: ``(stage, n)``, the first unfinished stage and
+
+    - ``ingest``: write tasks with a completion record;
+    - ``fit``: not started; ``fit:minibatch``: the step of the fit's checkpoint;
+      ``fit:lloyd``: the largest iteration an exact Lloyd start has checkpointed (0 while the
+      starts race on the colour grid);
+    - ``quantize``: tasks with a completion record (of labels for the current palette);
+    - ``groups:describe`` / ``groups:assign``: tasks with a record; ``groups:cluster``: the
+      step of the grouping's checkpoint;
+    - ``export``: image files under ``out`` (its manifest and temporary files left out).
+
+    ``("", 0)`` before ingest has a plan, and while what it reads is half-written (look
+    again); ``("done", 0)`` when the store is finished and no ``out`` is given.
     """
-    return run_until(cmd, lambda: False, timeout=after, env=env)
+    from streamq.checkpoint import decode_state
+
+    def done(name: str) -> int:
+        return sum(1 for r in g[name][:] if r)
+
+    try:
+        g = zarr.open_group(str(store), mode="r", storage_options=storage_options)
+        attrs = g.attrs.asdict()
+        sec = attrs.get("ingest", {})
+        if sec.get("state") != "complete":
+            return ("ingest", done("ingest/tasks/report")) if sec.get("state") == "planned" else ("", 0)
+        fit = attrs.get("fit", {})
+        if fit.get("state") != "complete":
+            if fit.get("state") != "running":
+                return "fit", 0
+            text = str(g["fit/checkpoint"][0]) if "fit/checkpoint" in g else ""
+            state = decode_state(text) if text else {}
+            if state.get("phase") == "minibatch":
+                return "fit:minibatch", int(state["cursor"])
+            if state.get("phase") != "exact" and fit["config"]["algorithm"] == "minibatch":
+                return "fit:minibatch", 0
+            its = [decode_state(str(t)).get("iteration", 0)
+                   for t in (g["fit/starts"][:] if "fit/starts" in g else []) if t]
+            return "fit:lloyd", max(its, default=0)
+        q = attrs.get("quantize", {})
+        if q.get("fit_fingerprint") != fit["fingerprint"] or q.get("state") != "complete":
+            running = q.get("fit_fingerprint") == fit["fingerprint"] and q.get("state") == "running"
+            return "quantize", done("quantize/records") if running else 0
+        groups = attrs.get("groups", {})
+        if groups.get("state") in ("planning", "describing"):
+            return "groups:describe", 0 if groups["state"] == "planning" else done(
+                "groups/describe_records")
+        if groups.get("state") == "clustering":
+            text = str(g["groups/checkpoint"][0]) if "groups/checkpoint" in g else ""
+            return "groups:cluster", int(decode_state(text)["cursor"]) if text else 0
+        if groups.get("state") == "assigning":
+            return "groups:assign", done("groups/assign_records")
+        if out is None:
+            return "done", 0
+        return "export", _n_exported(out, storage_options)
+    except Exception:  # noqa: BLE001  (a store being written: look again)
+        return "", 0
+
+
+def _n_exported(out, storage_options=None) -> int:
+    from streamq.export import MANIFEST, TMP_DIR
+
+    out = str(out)
+    if "://" in out:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(out, **(storage_options or {}))
+        fs.invalidate_cache()
+        try:
+            return sum(1 for p in fs.find(path) if not p.rsplit("/", 1)[-1].startswith(".streamq"))
+        except FileNotFoundError:
+            return 0
+    n = 0
+    for _, dirnames, files in os.walk(out):
+        dirnames[:] = [d for d in dirnames if d != TMP_DIR]
+        n += sum(1 for f in files if f != MANIFEST)
+    return n
+
+
+def reached(store, stage: str, n: int, out=None, storage_options=None):
+    """A predicate for :func:`kill_when`: the job is in ``stage`` with at least ``n`` done."""
+    def predicate() -> bool:
+        now, at = stage_progress(store, out, storage_options)
+        return now == stage and at >= n
+
+    return predicate
+
+
+@dataclass
+class Kill:
+    """How a job ended that :func:`kill_when` signalled."""
+
+    signal: int
+    returncode: int
+    stderr: str
+    seen: tuple[str, int] | None  # stage_progress when the predicate held, if given a store
+
+    def assert_clean_exit(self) -> None:
+        """SIGINT/SIGTERM: status 128 + signal and exactly one line on stderr saying so."""
+        name = signal.Signals(self.signal).name
+        assert self.returncode == 128 + self.signal, (self.returncode, self.stderr)
+        assert self.stderr == f"streamq: interrupted by {name}; rerun the same command to resume\n", \
+            self.stderr
+
+
+def kill_when(cmd: list[str], predicate, sig: int = signal.SIGKILL, timeout: float = 300,
+              interval: float = 0.005, env: dict | None = None, progress=None) -> Kill:
+    """Start ``cmd`` in its own process group and send ``sig`` as soon as ``predicate()``
+    holds (polled every ``interval`` s): a kill at a chosen point of the run, not at a guessed
+    time. SIGKILL goes to the whole group (nothing survives, as with ``kill -9`` on a job),
+    SIGTERM to the command's process alone (``kill PID``), SIGINT to the whole group (Ctrl-C
+    in a terminal); after SIGTERM and SIGINT the command must end by itself within a minute,
+    and leave no process of its group behind.
+
+    Fails unless the predicate held while the command was still running (a kill that lands
+    after the end proves nothing). ``progress()`` (e.g. a :func:`stage_progress` partial)
+    is read once more right after the predicate held and returned as ``seen``.
+    """
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=err, env=env, text=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while not predicate():
+                if proc.poll() is not None:
+                    err.seek(0)
+                    raise AssertionError(f"the command ended (status {proc.returncode}) before "
+                                         f"the kill point: {err.read()[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"kill point not reached in {timeout:g} s")
+                time.sleep(interval)
+            seen = progress() if progress is not None else None
+            assert proc.poll() is None, "the command ended as the kill point was reached"
+            if sig == signal.SIGTERM:
+                os.kill(proc.pid, sig)
+            else:
+                os.killpg(proc.pid, sig)
+            returncode = proc.wait(timeout=60)
+            if sig != signal.SIGKILL:
+                _wait_group_gone(proc.pid)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        err.seek(0)
+        return Kill(sig, returncode, err.read(), seen)
+
+
+def _wait_group_gone(pgid: int, timeout: float = 20) -> None:
+    """Wait until no live process of group ``pgid`` is left (zombies do not count)."""
+    import psutil
+
+    def alive() -> list[int]:
+        out = []
+        for p in psutil.process_iter(["status"]):
+            try:
+                if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                    out.append(p.pid)
+            except (ProcessLookupError, psutil.Error):
+                pass
+        return out
+
+    deadline = time.monotonic() + timeout
+    while left := alive():
+        if time.monotonic() > deadline:
+            os.killpg(pgid, signal.SIGKILL)
+            raise AssertionError(f"processes {left} of the interrupted command outlived it")
+        time.sleep(0.05)
 
 
 class ProcessCluster:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import shutil
 import subprocess
-import time
 
 import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from helpers import PER_PHOTO, PHOTOS, run_and_kill, streamq_cmd
+from helpers import PER_PHOTO, PHOTOS, kill_when, reached, stage_progress, streamq_cmd
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 import streamq
@@ -115,16 +115,18 @@ def test_kill_then_rerun_gives_the_same_groups(photo_store, tmp_path):
     ref, killed = tmp_path / "ref.zarr", tmp_path / "killed.zarr"
     shutil.copytree(photo_store, ref)
     shutil.copytree(photo_store, killed)
-    t0 = time.monotonic()
     subprocess.run(streamq_cmd("-q", "cluster-images", str(ref), "--config", str(cfg)), check=True)
-    duration = time.monotonic() - t0
+    n_describe = zarr.open_group(str(ref), mode="r")["groups/describe_records"].shape[0]
+    assert n_describe >= 4
     rng = random.Random(31)
-    kills = 0
-    for _ in range(2):  # kill -9 at random moments, resuming in between
-        if run_and_kill(streamq_cmd("-q", "cluster-images", str(killed), "--config", str(cfg)),
-                        rng.uniform(0.3, 0.8) * duration) is None:
-            kills += 1
-    assert kills >= 1
+    # kill -9 inside the description of the images, then inside the clustering (its step,
+    # checkpointed every 7), resuming in between
+    for stage, n in (("groups:describe", rng.randint(1, n_describe - 2)),
+                     ("groups:cluster", 7 * rng.randint(2, 12))):
+        kill = kill_when(streamq_cmd("-q", "cluster-images", str(killed), "--config", str(cfg)),
+                         reached(killed, stage, n),
+                         progress=functools.partial(stage_progress, killed))
+        assert kill.seen[0] == stage, kill.seen  # killed inside the stage
     done = subprocess.run(streamq_cmd("cluster-images", str(killed), "--config", str(cfg)),
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

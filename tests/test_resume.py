@@ -1,13 +1,22 @@
-"""kill -9 at random moments, then the same command: the same store as an uninterrupted run."""
+"""kill -9 at points inside a stage, then the same command: the same store as an
+uninterrupted run."""
 
 from __future__ import annotations
 
+import functools
 import random
 import subprocess
-import time
 
 import pytest
-from helpers import assert_histogram, assert_same_store, run_and_kill, streamq_cmd
+import zarr
+from helpers import (
+    assert_histogram,
+    assert_same_store,
+    kill_when,
+    reached,
+    stage_progress,
+    streamq_cmd,
+)
 
 from streamq.examples import make_collection
 
@@ -28,18 +37,20 @@ def _ingest_cmd(src, store, sched):
 
 @pytest.mark.parametrize("sched", ["threads", "local"])
 def test_kill_during_ingest_then_rerun(big_dir, tmp_path, sched):
+    """kill -9 after a number of write tasks chosen by a seeded RNG (three times, or twice on
+    a local cluster, resuming in between), then the same command: the same store and colour
+    counts."""
     sched_arg = sched
     ref = tmp_path / "ref.zarr"
-    t0 = time.monotonic()
     subprocess.run(_ingest_cmd(big_dir, ref, sched_arg), check=True)
-    duration = time.monotonic() - t0
+    n_tasks = zarr.open_group(str(ref), mode="r")["ingest/tasks/report"].shape[0]
+    assert n_tasks >= 8
     rng = random.Random(11 if sched == "threads" else 12)
     store = tmp_path / "killed.zarr"
-    kills = 0
-    for _ in range(3):  # several kills, each at a random moment, resuming in between
-        if run_and_kill(_ingest_cmd(big_dir, store, sched_arg), rng.uniform(0.2, 0.8) * duration) is None:
-            kills += 1
-    assert kills >= 1
+    for n in sorted(rng.sample(range(1, n_tasks - 1), 3 if sched == "threads" else 2)):
+        kill = kill_when(_ingest_cmd(big_dir, store, sched_arg), reached(store, "ingest", n),
+                         progress=functools.partial(stage_progress, store))
+        assert kill.seen[0] == "ingest", kill.seen  # killed inside the stage
     done = subprocess.run(_ingest_cmd(big_dir, store, sched_arg), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert_same_store(ref, store)
@@ -53,29 +64,6 @@ def fit_ready(big_dir, tmp_path_factory):
     return path
 
 
-def _fit_progress(store):
-    """``(phase, step)`` of a fit running in ``store``: the largest iteration any exact Lloyd
-    start has checkpointed, else the mini-batch step of its checkpoint (("", 0) before)."""
-    import zarr
-
-    from streamq.checkpoint import decode_state
-
-    try:
-        g = zarr.open_group(str(store), mode="r")
-        if "fit/starts" in g and g["fit/starts"].shape[0]:
-            its = [decode_state(str(t)).get("iteration", 0) for t in g["fit/starts"][:] if t]
-            if its:
-                return "lloyd", max(its)
-        text = str(g["fit/checkpoint"][0]) if "fit/checkpoint" in g else ""
-        if text:
-            state = decode_state(text)
-            if state.get("phase") == "minibatch":
-                return "minibatch", int(state["cursor"])
-    except Exception:  # noqa: BLE001  (a store being written: look again)
-        pass
-    return "", 0
-
-
 @pytest.mark.parametrize("algorithm", ["minibatch", "lloyd"])
 def test_kill_during_fit_then_rerun_is_bit_identical(fit_ready, tmp_path, algorithm):
     """kill -9 inside each phase (mini-batch steps, exact Lloyd iterations), at points chosen
@@ -83,7 +71,6 @@ def test_kill_during_fit_then_rerun_is_bit_identical(fit_ready, tmp_path, algori
     import shutil
 
     import numpy as np
-    from helpers import run_until
 
     from streamq.fit import load_fit
     from streamq.store import Store
@@ -101,17 +88,15 @@ def test_kill_during_fit_then_rerun_is_bit_identical(fit_ready, tmp_path, algori
     n_iter = min(r["iterations"] for r in Store.open(str(ref)).section("fit")["starts"]
                  if "iterations" in r)  # the starts that were finished on every colour
     rng = random.Random(21 if algorithm == "minibatch" else 22)
-    points = [("lloyd", rng.randint(3, max(3, n_iter // 3))),
-              ("lloyd", rng.randint(n_iter // 2, max(n_iter // 2, n_iter - 3)))]
+    points = [("fit:lloyd", rng.randint(3, max(3, n_iter // 3))),
+              ("fit:lloyd", rng.randint(n_iter // 2, max(n_iter // 2, n_iter - 3)))]
     if algorithm == "minibatch":
-        points.insert(0, ("minibatch", rng.randint(6, 40)))
+        points.insert(0, ("fit:minibatch", rng.randint(6, 40)))
     for phase, step in points:
-        def reached(phase=phase, step=step):
-            now, at = _fit_progress(killed)
-            return now == phase and at >= step
-
-        code = run_until(streamq_cmd("-q", "fit", str(killed), "--config", str(cfg)), reached)
-        assert code is None, f"the fit finished before reaching {phase} step {step}"
+        kill = kill_when(streamq_cmd("-q", "fit", str(killed), "--config", str(cfg)),
+                         reached(killed, phase, step),
+                         progress=functools.partial(stage_progress, killed))
+        assert kill.seen[0] == phase, kill.seen  # killed inside the phase
     done = subprocess.run(streamq_cmd("-q", "fit", str(killed), "--config", str(cfg)),
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

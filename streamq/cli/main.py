@@ -6,7 +6,6 @@ import functools
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -613,11 +612,11 @@ def warmup_cmd(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    try:
-        cli(prog_name="streamq")
-    except KeyboardInterrupt:
-        click.echo("interrupted; rerun the same command to resume", err=True)
-        sys.exit(130)
+    """The ``streamq`` command: SIGINT and SIGTERM end it after its cleanup, with status 130
+    or 143 and one line (:mod:`streamq.cli.signals`)."""
+    from streamq.cli.signals import call_exiting_on_signals
+
+    call_exiting_on_signals(lambda: cli(prog_name="streamq"))
 
 
 if __name__ == "__main__":
