@@ -255,13 +255,15 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
 @config_opt
 @scheduler_opt
 @storage_opt
+@click.option("--overwrite", is_flag=True,
+              help="Compute every label again, even those up to date with the palette.")
 @progress_opt
 @json_opt
 @click.pass_context
 @_handle_errors
 def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
-                 scheduler: str | None, storage_options: tuple[str, ...], progress: bool | None,
-                 as_json: bool) -> None:
+                 scheduler: str | None, storage_options: tuple[str, ...], overwrite: bool,
+                 progress: bool | None, as_json: bool) -> None:
     """Label every pixel of STORE with its nearest palette colour, chunk by chunk.
 
     Also computes per-image and collection MSE/PSNR (see `streamq info`). Resumable.
@@ -275,7 +277,8 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
         raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
     from streamq.per_image import PerImageSummary, summary_of
 
-    summary = quantize(cfg.store, config=cfg, progress=_progress(ctx, progress))
+    summary = quantize(cfg.store, config=cfg, progress=_progress(ctx, progress),
+                       overwrite=overwrite)
     summaries = [summary]
     per_image = summary_of(cfg.store, cfg.storage_options)
     if per_image is not None and not isinstance(summary, PerImageSummary):
