@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["checksum", "chunk_files", "sync_all", "sync_chunks", "sync_files", "sync_tree"]
+__all__ = ["checksum", "chunk_files", "chunk_keys", "sync_all", "sync_chunks", "sync_files",
+           "sync_tree"]
 
 _LIBC: Any = None
 
@@ -101,16 +102,20 @@ def sync_tree(root: str, up_to: str | None = None) -> None:
         _fsync(f, directory=True)
 
 
-def chunk_files(root: str, name: str, arr: Any, lo: int, hi: int) -> list[str]:
-    """Local paths of the chunk files (shards) of array ``name`` of the store folder ``root``
-    that hold its rows ``[lo, hi)`` (first axis; the other axes in one chunk)."""
+def chunk_keys(arr: Any, lo: int, hi: int) -> list[str]:
+    """Keys (relative to the array) of the chunks, or shards, of ``arr`` that hold its rows
+    ``[lo, hi)`` (first axis; the other axes in one chunk)."""
     if hi <= lo:
         return []
     grid = int((getattr(arr, "shards", None) or arr.chunks)[0])
     rest = (0,) * (len(arr.shape) - 1)
-    return [os.path.join(root, *name.split("/"),
-                         *arr.metadata.encode_chunk_key((i, *rest)).split("/"))
-            for i in range(lo // grid, (hi - 1) // grid + 1)]
+    return [arr.metadata.encode_chunk_key((i, *rest)) for i in range(lo // grid, (hi - 1) // grid + 1)]
+
+
+def chunk_files(root: str, name: str, arr: Any, lo: int, hi: int) -> list[str]:
+    """Local paths of the chunk files of array ``name`` of the store folder ``root`` that hold
+    its rows ``[lo, hi)``."""
+    return [os.path.join(root, *name.split("/"), *k.split("/")) for k in chunk_keys(arr, lo, hi)]
 
 
 def sync_chunks(root: str, name: str, arr: Any, lo: int, hi: int) -> None:

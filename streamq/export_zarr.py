@@ -65,8 +65,8 @@ from streamq.store import (
     compressors,
     open_array,
     store_location,
-    sync_written,
     write_record,
+    write_rows,
     zarr_root,
 )
 
@@ -410,8 +410,7 @@ def _copy_task(args: dict[str, Any]) -> dict[str, Any]:
             _check_source(args)  # replaced meanwhile: say so rather than what failed
             raise
         _check_source(args)  # what was read is what the export was planned from
-        dest[lo:hi] = buf
-        sync_written(out, args["labels"], dest, lo, hi)  # durable before its record
+        write_rows(out, args["labels"], dest, lo, hi, buf)  # durable before its record
         report = {"pixels": hi - lo, "images": args["n_images"], "crc32": checksum(buf)}
         if args.get("identity") is not None:
             report["labels"] = args["identity"]

@@ -61,7 +61,7 @@ from streamq.store import (
     is_store,
     open_array,
     store_location,
-    sync_written,
+    write_rows,
     write_task_colors,
     write_task_report,
 )
@@ -289,9 +289,8 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
         retrying(fn, "write", store.join(name).url, retry, write=True)
 
     def write_pixels() -> None:
-        arr = open_array(store, PIXELS, mode="r+")
-        arr[a:b] = buf
-        sync_written(store, PIXELS, arr, a, b)  # on disk before the record that vouches for it
+        # on disk before the record that vouches for it
+        write_rows(store, PIXELS, open_array(store, PIXELS, mode="r+"), a, b, buf)
 
     write(write_pixels, PIXELS)
     runs = np.asarray(stored, dtype=np.int64).reshape(-1, 2)

@@ -43,8 +43,8 @@ from streamq.store import (
     labels_dtype,
     open_array,
     store_location,
-    sync_written,
     write_record,
+    write_rows,
 )
 
 __all__ = ["PerImageSummary", "fit_image", "fit_per_image", "load_per_image", "quantize_per_image",
@@ -324,8 +324,7 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     out = open_array(store, name, mode="r+")
 
     def write_labels() -> None:
-        out[lo:hi] = labels
-        sync_written(store, name, out, lo, hi)  # on disk before the record that vouches for it
+        write_rows(store, name, out, lo, hi, labels)  # durable before the record
 
     retry = args.get("retry")
     retrying(write_labels, "write", store.join(name).url, retry, write=True)

@@ -36,8 +36,8 @@ from streamq.store import (
     labels_dtype,
     open_array,
     store_location,
-    sync_written,
     write_record,
+    write_rows,
 )
 
 __all__ = ["QuantizeSummary", "labels_dtype", "quantize"]
@@ -126,8 +126,7 @@ def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
     labels, seg_sse, _ = _table(args).labels_sse(rgb, out.dtype, np.asarray(bounds, np.int64))
 
     def write_labels() -> None:
-        out[lo:hi] = labels
-        sync_written(store, LABELS, out, lo, hi)  # on disk before the record that vouches for it
+        write_rows(store, LABELS, out, lo, hi, labels)  # durable before the record
 
     retrying(write_labels, "write", store.join(LABELS).url, retry, write=True)
     sse = [[int(image_id), int(seg_sse[s])]

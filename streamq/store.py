@@ -40,7 +40,7 @@ from zarr.storage import FsspecStore
 
 from streamq import durable
 from streamq._version import __version__
-from streamq.errors import StoreError, StoreExistsError, StoreLayoutError
+from streamq.errors import StoreError, StoreExistsError, StoreLayoutError, StreamQError
 from streamq.fs import Location, check_access, delete_keys, location, storage_errors
 from streamq.lock import check_writer
 
@@ -473,6 +473,28 @@ def sync_written(store: Location, name: str, arr: zarr.Array, lo: int, hi: int) 
         durable.sync_chunks(store.url, name, arr, lo, hi)
 
 
+def write_rows(store: Location, name: str, arr: zarr.Array, lo: int, hi: int,
+               data: np.ndarray) -> None:
+    """``arr[lo:hi] = data`` (rows of whole chunks a task owns), then :func:`sync_written`.
+
+    Zarr reads a shard before writing into it; one torn by a power loss (it no longer
+    decodes) is removed and the write done again: the task owns it and rewrites all of it.
+    """
+    try:
+        arr[lo:hi] = data
+    except (OSError, MemoryError, StreamQError):
+        raise
+    except Exception:  # noqa: BLE001  (a damaged chunk in the way)
+        remove_chunks(store, name, durable.chunk_keys(arr, lo, hi))
+        arr[lo:hi] = data
+    sync_written(store, name, arr, lo, hi)
+
+
+def remove_chunks(store: Location, name: str, keys: Sequence[str]) -> None:
+    """Remove chunk ``keys`` of array ``name`` (a torn chunk, before it is written again)."""
+    store.remove_files([store.join(*name.split("/"), *k.split("/")).url for k in keys])
+
+
 def runs_by_weight(weights: Sequence[int], budget: int) -> list[range]:
     """Split positions ``0..len(weights)-1`` (in order) into runs whose weights add up to
     about ``budget``: each run closes as soon as it reaches ``budget``."""
@@ -502,11 +524,17 @@ def write_task_colors(store: Location, task: int, codes: np.ndarray, counts: np.
     """
     if len(codes):
         part = open_array(store, TASK_COLORS, mode="r+")
-        part[task, :, :len(codes)] = np.stack([np.asarray(codes, np.int64),
-                                               np.asarray(counts, np.int64)])
+        data = np.stack([np.asarray(codes, np.int64), np.asarray(counts, np.int64)])
+        keys = [part.metadata.encode_chunk_key((task, 0, j))
+                for j in range(-(-len(codes) // COLOR_CHUNK))]
+        try:
+            part[task, :, :len(codes)] = data
+        except (OSError, MemoryError, StreamQError):
+            raise
+        except Exception:  # noqa: BLE001  (a torn chunk of the row in the way: rewritten)
+            remove_chunks(store, TASK_COLORS, keys)
+            part[task, :, :len(codes)] = data
         if store.is_local:
-            keys = [part.metadata.encode_chunk_key((task, 0, j))
-                    for j in range(-(-len(codes) // COLOR_CHUNK))]
             durable.sync_files([os.path.join(store.url, *TASK_COLORS.split("/"), *k.split("/"))
                                 for k in keys], up_to=store.url)
 
