@@ -9,9 +9,14 @@ stored names contain; a byte of a source name that is not UTF-8 is written ``%HH
 system would take for one file (``A.jpg`` and ``a.JPG``, ``photo.jpg`` and ``photo.png``, one
 accented name composed and decomposed) get distinct names, decided over the whole collection
 (:func:`output_names`). Each file is written under a temporary name and renamed (on an object
-store such as ``s3://bucket/out``: one PUT per file), so a file that exists is complete: a
-rerun skips it. A write that fails for a reason outside the image (a full disk...) is
-retried, then stops the export in one line (:mod:`streamq.faults`).
+store such as ``s3://bucket/out``: one PUT per file); a task then makes its files durable and
+records them with their CRC-32 and the labels they were made from (``OUT/.streamq-records``),
+and a rerun skips only files a record of the current labels vouches for. Every task checks,
+after each read of labels and before its record, that the store's labels are still those the
+export started with (readers take no lock: a quantize or refit may run beside it), else stops
+the export in one line (:class:`~streamq.errors.LabelsChangedError`). A write that fails for a
+reason outside the image (a full disk...) is retried, then stops the export in one line
+(:mod:`streamq.faults`).
 ``OUT/.streamq-export.json`` records what made the files; a different export into the same
 OUT is refused unless ``overwrite``.
 The compact form -- labels + palette + image table as arrays, no image files -- is
@@ -57,7 +62,7 @@ log = logging.getLogger(__name__)
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 MANIFEST = ".streamq-export.json"
 TMP_DIR = ".streamq-tmp-files"  # half-written files live here until renamed; emptied at every start
-RECORDS_DIR = ".streamq-records"  # completion records: files written, their CRC-32, the labels
+RECORDS_DIR = ".streamq-records"  # completion records: files written, their CRC-32, the palette
 RECORDS_INDEX = "index.json"  # the records of a finished run, merged
 PIXELS_PER_TASK = 16_000_000
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -342,7 +347,7 @@ def labels_changed_message(store: str) -> str:
 
 
 def _write_file_record(args: dict[str, Any], written: dict[str, list[int]]) -> None:
-    """The task's completion record: the files it wrote, their checksums, the labels."""
+    """The task's completion record: the files it wrote, their checksums, the palette."""
     if not written:
         return
     import uuid
@@ -350,7 +355,7 @@ def _write_file_record(args: dict[str, Any], written: dict[str, list[int]]) -> N
     first = min(written)
     name = f"{zlib.crc32(first.encode()):08x}-{uuid.uuid4().hex[:12]}.json"
     rec = args["out"].join(RECORDS_DIR, name)
-    data = json.dumps({"labels": args["labels"], "files": written}, sort_keys=True).encode()
+    data = json.dumps({"fit": args["fit"], "files": written}, sort_keys=True).encode()
     retrying(lambda: rec.write_bytes(data), "write", rec.url, args.get("retry"), write=True)
     if args["out"].is_local:  # its name in the records folder, and that folder's in OUT
         sync_files([rec.url], up_to=args["out"].url)
@@ -451,7 +456,7 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     timings: dict[str, float] = {}
     path_of = dict(zip(chosen, paths, strict=True))
     root = os.path.realpath(out) if out_loc.is_local else out.rstrip("/")  # where paths start
-    recorded = recorded_files(out_loc, identity)
+    recorded = recorded_files(out_loc, fit_fp)
     # A file is done when a record of these labels names it with its checksum: locally each
     # task reads it back to compare; on an object store one listing of sizes does it here.
     todo = list(chosen)
@@ -467,7 +472,7 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
         os.makedirs(tmp_dir)
     common = {"store": st.location, "out": out_loc, "palette": palette, "per_image": per_image,
               "format": format, "dither": dither, "options": options, "tmp_dir": tmp_dir,
-              "retry": cfg.retry, "labels": identity, "root": root}
+              "retry": cfg.retry, "labels": identity, "fit": fit_fp, "root": root}
     written, existing = 0, len(chosen) - len(todo)
     with timer("exporting", timings), runner(cfg.dask) as run:
         run.check_paths(st.path, out)
@@ -487,7 +492,7 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     # The last check, before the summary: every record of this run names these labels.
     if read_identity(st.location, per_image, not dither) != identity:
         raise LabelsChangedError(labels_changed_message(st.path))
-    retrying(lambda: _merge_records(out_loc, identity), "write", out, cfg.retry, write=True)
+    retrying(lambda: _merge_records(out_loc, fit_fp), "write", out, cfg.retry, write=True)
     summary = ExportSummary(out=out, format=format, n_images=len(chosen), n_written=written,
                             n_existing=existing, timings=timings, renamed=renamed,
                             manifest=out_loc.join(MANIFEST).url)
@@ -503,7 +508,7 @@ def labels_identity(st: Store, per_image: int | None, labels: bool = True) -> st
     after a read has read what it started with."""
     ingest = st.section("ingest")
     parts: dict[str, Any] = {"ingest": [ingest.get(k) for k in (
-        "state", "source_fingerprint", "settings_fingerprint", "plan_id")]}
+        "state", "source_fingerprint", "settings_fingerprint")]}
     if per_image is None:
         fit, q = st.section("fit"), st.section("quantize")
         keys: tuple[str, ...] = ("state", "fit_fingerprint", "labels_id")
@@ -524,9 +529,10 @@ def read_identity(store: Location, per_image: int | None, labels: bool = True) -
         return None
 
 
-def recorded_files(out: str | Location, identity: str | None = None) -> dict[str, list[int]]:
+def recorded_files(out: str | Location, fit: str | None = None) -> dict[str, list[int]]:
     """``{file relative to OUT: [crc32, size]}`` of every file the records of the export at
-    ``out`` vouch for (only those made from labels ``identity``, when given)."""
+    ``out`` vouch for (only those made with the palette of fingerprint ``fit``, when given:
+    labels are a function of it)."""
     out_loc = out if isinstance(out, Location) else location(out)
     files: dict[str, list[int]] = {}
     for rec in _record_files(out_loc):
@@ -536,7 +542,7 @@ def recorded_files(out: str | Location, identity: str | None = None) -> dict[str
             continue  # torn or gone: its files are written again
         if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
             continue
-        if identity is None or data.get("labels") == identity:
+        if fit is None or data.get("fit") == fit:
             files.update(data["files"])
     return files
 
@@ -546,15 +552,15 @@ def _record_files(out_loc: Location) -> list[Location]:
     return [folder.join(n) for n in folder.listdir() if n.endswith(".json")]
 
 
-def _merge_records(out_loc: Location, identity: str) -> None:
+def _merge_records(out_loc: Location, fit: str) -> None:
     """Merge the records of these labels into one file and remove the others (written first,
     so a kill between leaves duplicates, never a file without its record)."""
     files = _record_files(out_loc)
     if [f.url.rsplit("/", 1)[-1] for f in files] in ([], [RECORDS_INDEX]):
         return
-    merged = recorded_files(out_loc, identity)
+    merged = recorded_files(out_loc, fit)
     index = out_loc.join(RECORDS_DIR, RECORDS_INDEX)
-    index.write_bytes(json.dumps({"labels": identity, "files": merged}, sort_keys=True).encode())
+    index.write_bytes(json.dumps({"fit": fit, "files": merged}, sort_keys=True).encode())
     if out_loc.is_local:
         sync_files([index.url], up_to=out_loc.url)
     out_loc.remove_files([f.url for f in files if f.url != index.url])

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -463,7 +462,7 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
         "state": "planned", "root": stored_name(root), "source_fingerprint": source_fp,
         "settings_fingerprint": settings_fp, "settings": settings,
         "n_inputs": len(rel) + len(missing), "n_planned": len(ok), "n_pixels_planned": n_pixels,
-        "n_tasks": len(starts), "plan_id": uuid.uuid4().hex,  # in every record of this plan
+        "n_tasks": len(starts),
     })
     log.info("Planned %d images (%d pixels) in %d tasks; %d inputs skipped at scan",
              len(ok), n_pixels, len(starts), len(skipped))
@@ -477,7 +476,9 @@ def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, retry: Ret
     plan = st.read_table(PLAN, ("path", "offset", "height", "width"))
     tasks = st.read_table("ingest/tasks", ("chunk_start", "chunk_stop"))
     reports = st.task_reports()
-    plan_id = st.section("ingest").get("plan_id")
+    sec = st.section("ingest")
+    # in every record: one of another plan (left by a replaced store) is never trusted
+    plan_id = fingerprint([sec.get("source_fingerprint"), sec.get("settings_fingerprint")])
     totals: ColorTotals = ColorTotals()
     added: set[int] = set()
     if not len(reports):

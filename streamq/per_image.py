@@ -295,7 +295,7 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     if expect is not None:  # recorded by an earlier run: keep it if its labels are intact
         from streamq.quantize import recorded_labels_ok
 
-        if recorded_labels_ok(store, name, lo, hi, expect, args.get("labels_id"), args.get("retry")):
+        if recorded_labels_ok(store, name, lo, hi, expect, args["fit"], args.get("retry")):
             return {**expect, "status": "verified"}
     rgb = np.asarray(pixels[lo:hi])
     labels = np.zeros(hi - lo, dtype=labels_dtype(k))
@@ -328,7 +328,7 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
 
     retry = args.get("retry")
     retrying(write_labels, "write", store.join(name).url, retry, write=True)
-    report = {"sse": sse, "crc32": checksum(labels), "labels_id": args.get("labels_id")}
+    report = {"sse": sse, "crc32": checksum(labels), "fit": args["fit"]}
     records = f"per_image/k{k}/label_records"
     retrying(lambda: write_record(store, records, c, report), "write", store.join(records).url,
              retry, write=True)  # the completion record, after the labels
@@ -375,7 +375,7 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
             q = sections[k]
             started = time.perf_counter()
             if q.get("fingerprint") != fp or q.get("state") not in ("running",) or overwrite:
-                # a new labelling, named in every record (see streamq.quantize)
+                # a new labelling (see streamq.quantize)
                 labels_id = uuid.uuid4().hex
                 st.set_section(name, {"state": "starting", "fingerprint": fp,
                                       "labels_id": labels_id})
@@ -393,8 +393,7 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
                 futures.append(run.submit(_label_task, {
                     "store": st.location, "chunk_index": c, "chunk": chunk, "k": k,
                     "images": images, "threads": threads, "retry": cfg.retry,
-                    "labels_id": labels_id,
-                    "expect": json.loads(records[c]) if records[c] else None}))
+                    "fit": fp, "expect": json.loads(records[c]) if records[c] else None}))
             with progress_bar(len(futures), f"labelling K={k}", "chunk", progress) as bar:
                 for fut in run.as_completed(futures):
                     fut.result()

@@ -82,11 +82,11 @@ def _table(args: dict[str, Any]) -> Any:
 
 
 def recorded_labels_ok(store: Location, name: str, lo: int, hi: int, record: dict[str, Any],
-                       labels_id: str | None, retry: Any) -> bool:
+                       fit: str, retry: Any) -> bool:
     """Whether labels ``[lo, hi)`` of array ``name`` are those a completion record of an
-    earlier run vouches for: the same labelling (``labels_id``) and the same checksum (a
-    record without one, from an older streamq, is trusted)."""
-    if record.get("labels_id") != labels_id:
+    earlier run vouches for: labels of the same palette (``fit``, its fingerprint: labels
+    are a function of it) with the same checksum."""
+    if record.get("fit") != fit:
         return False
     if "crc32" not in record:
         return True
@@ -107,7 +107,7 @@ def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
     hi = min(lo + chunk, pixels.shape[0])
     expect = args.get("expect")
     if expect is not None:  # recorded by an earlier run: keep it if its labels are intact
-        if recorded_labels_ok(store, LABELS, lo, hi, expect, args.get("labels_id"), retry):
+        if recorded_labels_ok(store, LABELS, lo, hi, expect, args["fit_fingerprint"], retry):
             return {**expect, "status": "verified"}
     rgb = retrying(lambda: np.asarray(pixels[lo:hi]), "read", store.join(PIXELS).url, retry)
     out = open_array(store, LABELS, mode="r+")
@@ -132,7 +132,7 @@ def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
     sse = [[int(image_id), int(seg_sse[s])]
            for (image_id, _, _), s in zip(args["images"], seg_of, strict=True)]
     report = {"sse": sse, "pixels": int(hi - lo), "crc32": checksum(labels),
-              "labels_id": args.get("labels_id")}
+              "fit": args["fit_fingerprint"]}
     retrying(lambda: write_record(store, RECORDS, c, report), "write", store.join(RECORDS).url,
              retry, write=True)  # the completion record, after the labels
     return {**report, "status": "redone" if expect is not None else "ran"}
@@ -201,8 +201,7 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
             or overwrite:
         if sec and not overwrite:
             log.info("Palette changed since the last quantize: recomputing all labels")
-        # A new labelling, named in every record: records of an earlier one never count, and
-        # readers (export) see that the labels they read may have changed under them.
+        # A new labelling: readers (export) see that the labels they read may change under them
         labels_id = uuid.uuid4().hex
 
         def start() -> None:
@@ -214,11 +213,10 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
                                       "labels_id": labels_id})
 
         write(start)
-    labels_id = st.section(QUANTIZE).get("labels_id")
     records = st.records(RECORDS)
     common = {"store": st.location, "chunk": chunk, "fit_fingerprint": fit_fp, "space": result.color_space,
               "centers": result.centers.tolist(), "palette": result.palette.tolist(),
-              "retry": cfg.retry, "labels_id": labels_id}
+              "retry": cfg.retry}
     with timer("labelling", timings), runner(cfg.dask) as run:
         run.check_paths(st.path)
         facts = run.facts()
