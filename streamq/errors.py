@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "FaultError",
     "ImageReadError",
+    "LabelsChangedError",
     "LockLostError",
     "StoreError",
     "StoreExistsError",
@@ -68,6 +69,11 @@ class FaultError(StreamQError, OSError):
 class LockLostError(StoreLockedError):
     """This job's write lock was taken over by another job (the message names it); the job
     stops before its next write."""
+
+
+class LabelsChangedError(StreamQError):
+    """The labels or palette an export was reading changed under it (a quantize, fit or
+    ingest ran meanwhile: readers take no lock); nothing made from them is recorded."""
 
 
 class ImageReadError(StreamQError, OSError):

@@ -9,9 +9,14 @@ stored names contain; a byte of a source name that is not UTF-8 is written ``%HH
 system would take for one file (``A.jpg`` and ``a.JPG``, ``photo.jpg`` and ``photo.png``, one
 accented name composed and decomposed) get distinct names, decided over the whole collection
 (:func:`output_names`). Each file is written under a temporary name and renamed (on an object
-store such as ``s3://bucket/out``: one PUT per file), so a file that exists is complete: a
-rerun skips it. A write that fails for a reason outside the image (a full disk...) is
-retried, then stops the export in one line (:mod:`streamq.faults`).
+store such as ``s3://bucket/out``: one PUT per file); a task then makes its files durable and
+records them with their CRC-32 and the labels they were made from (``OUT/.streamq-records``),
+and a rerun skips only files a record of the current labels vouches for. Every task checks,
+after each read of labels and before its record, that the store's labels are still those the
+export started with (readers take no lock: a quantize or refit may run beside it), else stops
+the export in one line (:class:`~streamq.errors.LabelsChangedError`). A write that fails for a
+reason outside the image (a full disk...) is retried, then stops the export in one line
+(:mod:`streamq.faults`).
 ``OUT/.streamq-export.json`` records what made the files; a different export into the same
 OUT is refused unless ``overwrite``.
 The compact form -- labels + palette + image table as arrays, no image files -- is
@@ -20,12 +25,14 @@ The compact form -- labels + palette + image table as arrays, no image files -- 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import unicodedata
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,9 +40,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from streamq._version import __version__
-from streamq.config import StreamQConfig, parse_config
+from streamq.config import StreamQConfig, fingerprint, parse_config
 from streamq.console import progress_bar, timer
-from streamq.errors import ConfigError, StoreExistsError, StreamQError
+from streamq.durable import sync_all, sync_files
+from streamq.errors import ConfigError, LabelsChangedError, StoreExistsError, StreamQError
 from streamq.faults import retrying
 from streamq.fs import Location, check_access, join, location, storage_errors
 from streamq.lock import check_writer
@@ -46,13 +54,16 @@ from streamq.store import PIXELS, Collection, Store, open_array, store_location
 if TYPE_CHECKING:
     from streamq.export_zarr import ZarrExportSummary
 
-__all__ = ["ExportSummary", "export", "name_key", "output_names", "safe_output_path"]
+__all__ = ["ExportSummary", "export", "labels_identity", "name_key", "output_names",
+           "recorded_files", "safe_output_path"]
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 MANIFEST = ".streamq-export.json"
 TMP_DIR = ".streamq-tmp-files"  # half-written files live here until renamed; emptied at every start
+RECORDS_DIR = ".streamq-records"  # completion records: files written, their CRC-32, the palette
+RECORDS_INDEX = "index.json"  # the records of a finished run, merged
 PIXELS_PER_TASK = 16_000_000
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _VERSION_MARK = "?versionId="  # s3fs reads it as an object version: never part of a name
@@ -163,13 +174,24 @@ def output_names(paths: Sequence[str], ext: str) -> tuple[list[str], dict[int, s
     return names, {i: names[i] for i in clashes}
 
 
-def _write_atomic(img: Any, path: str, tmp_dir: str, fmt: str, options: dict[str, Any]) -> None:
+def _encode(img: Any, fmt: str, options: dict[str, Any]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt.upper() if fmt != "jpeg" else "JPEG", **options)
+    return buf.getvalue()
+
+
+def _write_atomic(data: bytes, path: str, tmp_dir: str) -> None:
+    """Write ``path`` through a temporary file and a rename: a file that exists is complete
+    (made durable with the rest of its task's files, before the task's record)."""
     import uuid
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = os.path.join(tmp_dir, f"{uuid.uuid4().hex}{os.path.splitext(path)[1]}")
     try:
-        img.save(tmp, format=fmt.upper() if fmt != "jpeg" else "JPEG", **options)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -189,13 +211,17 @@ def _contiguous_runs(images: list[tuple[int, str, int, int, int]]
         yield run
 
 
-def _put(img: Any, path: str, fs: Any, fmt: str, options: dict[str, Any]) -> None:
-    """Encode in memory and write the file as one object (one PUT: complete or absent)."""
-    import io
-
-    buf = io.BytesIO()
-    img.save(buf, format=fmt.upper() if fmt != "jpeg" else "JPEG", **options)
-    fs.pipe_file(path, buf.getvalue())
+def _file_ok(path: str, expect: list[int] | None) -> bool:
+    """Whether local file ``path`` is the one its record describes (``[crc32, size]``)."""
+    if expect is None:
+        return False
+    try:
+        if os.path.getsize(path) != expect[1]:
+            return False
+        with open(path, "rb") as fh:
+            return zlib.crc32(fh.read()) == expect[0]
+    except OSError:
+        return False
 
 
 def _export_task(args: dict[str, Any]) -> tuple[int, int]:
@@ -205,14 +231,29 @@ def _export_task(args: dict[str, Any]) -> tuple[int, int]:
 
 
 def _export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
+    """Write one task's images; return ``(written, found complete)``.
+
+    A file is complete when a record of this export names it with its checksum and the
+    labels it was made from (locally the file is read back to compare; on an object store the
+    client compared sizes in its listing and sent only the others). After each read of labels
+    the store's labels are checked to be those the export started with; after the last file,
+    the files are made durable, the labels checked once more, and the task's record written.
+    """
     from PIL import Image
 
     fmt = args["format"]
     k_img = args["per_image"]
     store = args["store"]
     labels_name = f"per_image/k{k_img}/labels" if k_img else "quantize/labels"
-    # Object stores: the client skipped files already there with one listing.
-    todo = [item for item in args["images"] if fs is not None or not os.path.exists(item[1])]
+    expect = args.get("expect") or {}
+    root = args.get("root")
+    if fs is not None:  # an object store: the client sent only files without a matching record
+        todo = list(args["images"])
+    elif root is None:  # no records (a direct call): a file that exists is done
+        todo = [item for item in args["images"] if not os.path.exists(item[1])]
+    else:
+        todo = [item for item in args["images"]
+                if not _file_ok(item[1], expect.get(_rel(root, item[1])))]
     existing = len(args["images"]) - len(todo)
     if not todo:
         return 0, existing
@@ -220,42 +261,104 @@ def _export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
     # otherwise decode a whole inner chunk of the shard for a few of its pixels.
     retry = args.get("retry")
     name = PIXELS if args["dither"] else labels_name
-    source = open_array(store, name)
-    palettes = open_array(store, f"per_image/k{k_img}/palette") if k_img else None
-    written = 0
-    for run in _contiguous_runs(todo):
-        start, stop = run[0][2], run[-1][2] + run[-1][3] * run[-1][4]
-        block = retrying(lambda a=start, b=stop: np.asarray(source[a:b]), "read",
-                         store.join(name).url, retry)
-        run_palettes = (np.asarray(palettes[run[0][0]:run[-1][0] + 1])
-                        if palettes is not None else None)
-        for image_id, path, off, h, w in run:
-            palette = np.asarray(run_palettes[image_id - run[0][0]] if run_palettes is not None
-                                 else args["palette"], dtype=np.uint8)
-            k = len(palette)
-            flat_pal = palette.reshape(-1).tolist()
-            data = block[off - start:off - start + h * w]
-            if args["dither"]:
-                pal_img = Image.new("P", (1, 1))
-                pal_img.putpalette(flat_pal + flat_pal[-3:] * (256 - k))
-                img = Image.fromarray(data.reshape(h, w, 3)).quantize(
-                    palette=pal_img, dither=Image.Dither.FLOYDSTEINBERG)
-                if fmt != "png":
-                    img = img.convert("RGB")
-            elif fmt == "png" and k <= 256:
-                img = Image.fromarray(data.reshape(h, w).astype(np.uint8, copy=False))  # mode L ...
-                img.putpalette(flat_pal)  # ... becomes P with the palette
-            else:
-                img = Image.fromarray(palette[data.reshape(h, w)])
-            check_writer()  # under `streamq run`: the store's lock must still be this job's
+    written: dict[str, list[int]] = {}  # relative name -> [crc32, size]
+    paths: list[str] = []
+    try:
+        try:
+            source = open_array(store, name)
+            palettes = open_array(store, f"per_image/k{k_img}/palette") if k_img else None
+        except Exception:
+            _check_labels(args)  # replaced meanwhile: say so rather than what failed
+            raise
+        for run in _contiguous_runs(todo):
+            start, stop = run[0][2], run[-1][2] + run[-1][3] * run[-1][4]
+            try:
+                block = retrying(lambda a=start, b=stop: np.asarray(source[a:b]), "read",
+                                 store.join(name).url, retry)
+                run_palettes = (np.asarray(palettes[run[0][0]:run[-1][0] + 1])
+                                if palettes is not None else None)
+            except Exception:
+                _check_labels(args)
+                raise
+            _check_labels(args)  # what was read is what the export started with
+            for image_id, path, off, h, w in run:
+                palette = np.asarray(run_palettes[image_id - run[0][0]] if run_palettes is not None
+                                     else args["palette"], dtype=np.uint8)
+                k = len(palette)
+                flat_pal = palette.reshape(-1).tolist()
+                data = block[off - start:off - start + h * w]
+                if args["dither"]:
+                    pal_img = Image.new("P", (1, 1))
+                    pal_img.putpalette(flat_pal + flat_pal[-3:] * (256 - k))
+                    img = Image.fromarray(data.reshape(h, w, 3)).quantize(
+                        palette=pal_img, dither=Image.Dither.FLOYDSTEINBERG)
+                    if fmt != "png":
+                        img = img.convert("RGB")
+                elif fmt == "png" and k <= 256:
+                    img = Image.fromarray(data.reshape(h, w).astype(np.uint8, copy=False))  # L ...
+                    img.putpalette(flat_pal)  # ... becomes P with the palette
+                else:
+                    img = Image.fromarray(palette[data.reshape(h, w)])
+                encoded = _encode(img, fmt, args["options"])
+                check_writer()  # under `streamq run`: the store's lock must still be this job's
+                paths.append(path)
+                if fs is None:
+                    retrying(lambda d=encoded, p=path: _write_atomic(d, p, args["tmp_dir"]),
+                             "write", path, retry, write=True)
+                else:
+                    fs.pipe_file(path, encoded)  # one PUT: complete or absent
+                if root is not None:
+                    written[_rel(root, path)] = [zlib.crc32(encoded), len(encoded)]
+        if root is not None:
             if fs is None:
-                retrying(lambda i=img, p=path: _write_atomic(i, p, args["tmp_dir"], fmt,
-                                                             args["options"]),
-                         "write", path, retry, write=True)
-            else:
-                _put(img, path, fs, fmt, args["options"])
-            written += 1
-    return written, existing
+                retrying(lambda: sync_all(paths, up_to=root), "write", root, retry, write=True)
+            _check_labels(args)  # last: no record for files made from labels that changed
+            _write_file_record(args, written)
+    except LabelsChangedError:
+        _remove_written(args["out"], paths)  # not counted as done: a rerun writes them again
+        raise
+    return len(paths), existing
+
+
+def _rel(root: str, path: str) -> str:
+    """``path`` relative to the export's root folder, ``/``-separated (its record key)."""
+    return path[len(root.rstrip("/" + os.sep)) + 1:].replace(os.sep, "/")
+
+
+def _remove_written(out: Location, paths: list[str]) -> None:
+    with contextlib.suppress(OSError, StreamQError):
+        out.remove_files(paths)
+
+
+def _check_labels(args: dict[str, Any]) -> None:
+    """Stop the task unless the store's labels (and palette) are still those the export
+    started with: a quantize, fit or ingest may run beside it (readers take no lock)."""
+    expected = args.get("labels")
+    if expected is None:
+        return
+    if read_identity(args["store"], args["per_image"], not args["dither"]) != expected:
+        raise LabelsChangedError(labels_changed_message(args["store"].url))
+
+
+def labels_changed_message(store: str) -> str:
+    return (f"{store}: the labels changed under this export (the store was quantized again, "
+            "refitted or ingested again meanwhile); nothing made from them is kept as done: "
+            "run the export again once that has finished")
+
+
+def _write_file_record(args: dict[str, Any], written: dict[str, list[int]]) -> None:
+    """The task's completion record: the files it wrote, their checksums, the palette."""
+    if not written:
+        return
+    import uuid
+
+    first = min(written)
+    name = f"{zlib.crc32(first.encode()):08x}-{uuid.uuid4().hex[:12]}.json"
+    rec = args["out"].join(RECORDS_DIR, name)
+    data = json.dumps({"fit": args["fit"], "files": written}, sort_keys=True).encode()
+    retrying(lambda: rec.write_bytes(data), "write", rec.url, args.get("retry"), write=True)
+    if args["out"].is_local:  # its name in the records folder, and that folder's in OUT
+        sync_files([rec.url], up_to=args["out"].url)
 
 
 def _parse_ids(ids: str | list[int] | None, n: int) -> list[int] | None:
@@ -317,6 +420,7 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     st = Store.open(store_location(store, storage_options, cfg.storage_options))
     coll = Collection(st)
     fit_fp = ready_labels(st, per_image)
+    identity = labels_identity(st, per_image, labels=not dither)  # re-checked by every task
     if per_image is None:
         from streamq.fit import load_fit
 
@@ -354,9 +458,15 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
              cfg.retry, write=True)
     timings: dict[str, float] = {}
     path_of = dict(zip(chosen, paths, strict=True))
-    # Locally each task skips files that exist; on an object store one listing does it here.
-    there = set() if out_loc.is_local else _listing(out_loc)
-    todo = [i for i in chosen if path_of[i] not in there]
+    root = os.path.realpath(out) if out_loc.is_local else out.rstrip("/")  # where paths start
+    recorded = recorded_files(out_loc, fit_fp)
+    # A file is done when a record of these labels names it with its checksum: locally each
+    # task reads it back to compare; on an object store one listing of sizes does it here.
+    todo = list(chosen)
+    if not out_loc.is_local:
+        sizes = _listing_sizes(out_loc)
+        todo = [i for i in chosen if sizes.get(path_of[i]) != (
+            recorded.get(_rel(root, path_of[i])) or [None, -1])[1]]
     tasks = [[(i, path_of[i], int(coll.offsets[i]), int(coll.heights[i]), int(coll.widths[i]))
               for i in group] for group in coll.groups_by_pixels(todo, PIXELS_PER_TASK)]
     tmp_dir = os.path.join(out, TMP_DIR) if out_loc.is_local else None  # S3: one PUT per file
@@ -365,11 +475,14 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
         os.makedirs(tmp_dir)
     common = {"store": st.location, "out": out_loc, "palette": palette, "per_image": per_image,
               "format": format, "dither": dither, "options": options, "tmp_dir": tmp_dir,
-              "retry": cfg.retry}
+              "retry": cfg.retry, "labels": identity, "fit": fit_fp, "root": root}
     written, existing = 0, len(chosen) - len(todo)
     with timer("exporting", timings), runner(cfg.dask) as run:
         run.check_paths(st.path, out)
-        futures = {run.submit(_export_task, {**common, "images": t}): len(t) for t in tasks}
+        futures = {}
+        for t in tasks:
+            expect = {r: recorded[r] for r in (_rel(root, item[1]) for item in t) if r in recorded}
+            futures[run.submit(_export_task, {**common, "images": t, "expect": expect})] = len(t)
         with progress_bar(len(chosen), "exporting", "image", progress) as bar:
             bar.update(existing)
             for fut in run.as_completed(futures):
@@ -379,11 +492,93 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
                 bar.update(futures[fut])
     if tmp_dir is not None:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+    # The last check, before the summary: every record of this run names these labels.
+    if read_identity(st.location, per_image, not dither) != identity:
+        raise LabelsChangedError(labels_changed_message(st.path))
+    retrying(lambda: _merge_records(out_loc, fit_fp), "write", out, cfg.retry, write=True)
     summary = ExportSummary(out=out, format=format, n_images=len(chosen), n_written=written,
                             n_existing=existing, timings=timings, renamed=renamed,
                             manifest=out_loc.join(MANIFEST).url)
     log.info("%s", summary)
     return summary
+
+
+def labels_identity(st: Store, per_image: int | None, labels: bool = True) -> str:
+    """A fingerprint of what an export reads from ``st``: the ingest (pixels, image table),
+    the palette's fit (shared, or per-image when ``per_image`` = K) and, with ``labels``, the
+    labelling: its state and ``labels_id``, new whenever quantize starts writing labels. Every
+    process that changes any of them changes it first, so a reader that finds it unchanged
+    after a read has read what it started with."""
+    ingest = st.section("ingest")
+    parts: dict[str, Any] = {"ingest": [ingest.get(k) for k in (
+        "state", "source_fingerprint", "settings_fingerprint")]}
+    if per_image is None:
+        fit, q = st.section("fit"), st.section("quantize")
+        keys: tuple[str, ...] = ("state", "fit_fingerprint", "labels_id")
+    else:
+        fit, q = st.section("per_image"), st.section(f"per_image_quantize_k{per_image}")
+        keys = ("state", "fingerprint", "labels_id")
+    parts["fit"] = [fit.get("state"), fit.get("fingerprint")]
+    if labels:
+        parts["labels"] = [q.get(k) for k in keys]
+    return fingerprint(parts)
+
+
+def read_identity(store: Location, per_image: int | None, labels: bool = True) -> str | None:
+    """:func:`labels_identity` of the store as it is now (None when it cannot be opened)."""
+    try:
+        return labels_identity(Store.open(store), per_image, labels)
+    except StreamQError:
+        return None
+
+
+def recorded_files(out: str | Location, fit: str | None = None) -> dict[str, list[int]]:
+    """``{file relative to OUT: [crc32, size]}`` of every file the records of the export at
+    ``out`` vouch for (only those made with the palette of fingerprint ``fit``, when given:
+    labels are a function of it)."""
+    out_loc = out if isinstance(out, Location) else location(out)
+    files: dict[str, list[int]] = {}
+    for rec in _record_files(out_loc):
+        try:
+            data = json.loads(rec.read_bytes())
+        except (OSError, ValueError):
+            continue  # torn or gone: its files are written again
+        if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+            continue
+        if fit is None or data.get("fit") == fit:
+            files.update(data["files"])
+    return files
+
+
+def _record_files(out_loc: Location) -> list[Location]:
+    folder = out_loc.join(RECORDS_DIR)
+    return [folder.join(n) for n in folder.listdir() if n.endswith(".json")]
+
+
+def _merge_records(out_loc: Location, fit: str) -> None:
+    """Merge the records of these labels into one file and remove the others (written first,
+    so a kill between leaves duplicates, never a file without its record)."""
+    files = _record_files(out_loc)
+    if [f.url.rsplit("/", 1)[-1] for f in files] in ([], [RECORDS_INDEX]):
+        return
+    merged = recorded_files(out_loc, fit)
+    index = out_loc.join(RECORDS_DIR, RECORDS_INDEX)
+    index.write_bytes(json.dumps({"fit": fit, "files": merged}, sort_keys=True).encode())
+    if out_loc.is_local:
+        sync_files([index.url], up_to=out_loc.url)
+    out_loc.remove_files([f.url for f in files if f.url != index.url])
+
+
+def _listing_sizes(out_loc: Location) -> dict[str, int]:
+    """``{URL: size}`` of every object under ``out_loc`` (one paginated listing)."""
+    with storage_errors(out_loc):
+        fs = out_loc.filesystem()
+        fs.invalidate_cache(out_loc.url)
+        try:
+            found = fs.find(out_loc.url, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {f"{out_loc.scheme}://{p}": int(info.get("size") or 0) for p, info in found.items()}
 
 
 def ready_labels(st: Store, per_image: int | None) -> str:
@@ -475,7 +670,8 @@ def _check_manifest(out_loc: Location, manifest: dict[str, Any], overwrite: bool
         raise StoreExistsError(
             f"{out} holds an export made differently ({old.get('format')}, palette "
             f"{old.get('fit_fingerprint')}); pass --overwrite to replace it")
-    if overwrite:
+    if overwrite:  # the records first: a file without its record is written again
+        out_loc.remove_files([f.url for f in _record_files(out_loc)])
         _remove_existing(out_loc, planned)
     if out_loc.is_local:
         os.makedirs(out, exist_ok=True)

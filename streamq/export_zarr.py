@@ -34,7 +34,6 @@ import logging
 import os
 import shutil
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -45,8 +44,19 @@ import zarr
 from streamq._version import __version__
 from streamq.config import StreamQConfig, fingerprint, parse_config
 from streamq.console import progress_bar, timer
-from streamq.errors import ConfigError, StoreExistsError, StreamQError
-from streamq.export import MANIFEST, _check_out, _listing, _parse_ids, _select, ready_labels
+from streamq.durable import checksum
+from streamq.errors import ConfigError, LabelsChangedError, StoreExistsError, StreamQError
+from streamq.export import (
+    MANIFEST,
+    _check_out,
+    _listing,
+    _parse_ids,
+    _select,
+    labels_changed_message,
+    labels_identity,
+    read_identity,
+    ready_labels,
+)
 from streamq.fs import Location, check_access, location, storage_errors
 from streamq.scheduler import runner
 from streamq.store import (
@@ -56,6 +66,7 @@ from streamq.store import (
     open_array,
     store_location,
     write_record,
+    write_rows,
     zarr_root,
 )
 
@@ -98,6 +109,12 @@ class _Result:
     labels: str  # the store's labels array
     errors: str | None  # prefix of the store's images/{mse,psnr}, when written
     info: dict[str, Any]  # what the export's attributes say about it
+    identity: str  # the labels it was planned from (streamq.export.labels_identity)
+
+    @property
+    def k(self) -> int | None:
+        """The per-image K (None: the shared palette)."""
+        return int(self.info["k"]) if self.group else None
 
     def name(self, array: str) -> str:
         return f"{self.group}/{array}" if self.group else array
@@ -139,7 +156,9 @@ def _results(st: Store, ks: list[int] | None) -> list[_Result]:
                 "errors": has_errors,
                 "read": f"image j = {pal}[{pre}labels[offset[j]:offset[j] + height[j] * width[j]]]"
                         ".reshape(height[j], width[j], 3)"}
-        results.append(_Result(group, labels, errors if has_errors else None, info))
+        k = int(info["k"]) if group else None
+        results.append(_Result(group, labels, errors if has_errors else None, info,
+                               labels_identity(st, k)))
     return results
 
 
@@ -264,19 +283,22 @@ def export_zarr(store: str | Location, out: str | Location, *, labels: list[str]
         futures = []
         for r in results:
             records = dest.records(r.name("label_records"))
-            done += sum(1 for rec in records if rec)
-            for c in (c for c in range(n_chunks) if not records[c]):
+            for c in range(n_chunks):  # recorded chunks too: each task checks its record first
                 lo, hi = c * shard, min((c + 1) * shard, n_pixels)
                 segments, n_img = _segments(src_offsets, offsets, sizes, lo, hi)
                 futures.append(run.submit(_copy_task, {
                     "store": st.location, "out": out_loc, "source": r.labels,
                     "labels": r.name("labels"), "records": r.name("label_records"),
                     "chunk_index": c, "lo": lo, "hi": hi, "segments": segments,
-                    "n_images": n_img}))
+                    "n_images": n_img, "per_image": r.k, "identity": r.identity,
+                    "expect": json.loads(records[c]) if records[c] else None}))
+        written = 0
         with progress_bar(total, "exporting labels", "chunk", progress) as bar:
-            bar.update(done)
             for fut in run.as_completed(futures):
-                fut.result()
+                if fut.result().get("status") == "verified":
+                    done += 1
+                else:
+                    written += 1
                 bar.update(1)
     now = Store.open(st.location)  # attributes as they are now, not as first read
     for r in results:
@@ -284,13 +306,15 @@ def export_zarr(store: str | Location, out: str | Location, *, labels: list[str]
             raise StreamQError(f"{out_loc.url}: some label chunks of {r.name('labels')} have no "
                                "completion record; rerun the export")
         # readers do not lock the store: a refit meanwhile would have mixed two palettes
-        if ready_labels(now, r.info["k"] if r.group else None) != r.info["fit_fingerprint"]:
+        if ready_labels(now, r.k) != r.info["fit_fingerprint"]:
             raise StreamQError(f"{st.path} was refitted during the export to {out_loc.url}; "
                                "rerun the export with --overwrite")
+        if labels_identity(now, r.k) != r.identity:  # quantized again meanwhile
+            raise LabelsChangedError(labels_changed_message(st.path))
     dest.set_section(ATTR, {**dest.section(ATTR), "state": "complete", "timings": timings,
                             "runtime": facts, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     summary = ZarrExportSummary(out=out_loc.url, results=names, n_images=len(chosen),
-                                n_pixels=n_pixels, n_chunks=total, n_written=len(futures),
+                                n_pixels=n_pixels, n_chunks=total, n_written=written,
                                 n_existing=done, status="exported", timings=timings)
     log.info("%s", summary)
     return summary
@@ -347,21 +371,49 @@ def _segments(src_offsets: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, l
     return segs, i1 - i0
 
 
+def _check_source(args: dict[str, Any]) -> None:
+    """Stop unless the store's labels are still those the export was planned from."""
+    if args.get("identity") is not None and \
+            read_identity(args["store"], args.get("per_image")) != args["identity"]:
+        raise LabelsChangedError(labels_changed_message(args["store"].url))
+
+
+def _chunk_ok(out: Location, args: dict[str, Any]) -> bool:
+    """Whether the chunk an earlier run recorded holds what its record says (its CRC-32; the
+    export's fingerprint names the fit, and labels are a function of it): then the task has
+    nothing to do."""
+    expect = args["expect"]
+    try:
+        data = np.asarray(open_array(out, args["labels"])[args["lo"]:args["hi"]])
+    except StreamQError:
+        raise
+    except Exception:  # noqa: BLE001  (a chunk that no longer decodes: torn, rewrite it)
+        return False
+    return "crc32" not in expect or checksum(data) == expect["crc32"]
+
+
 def _copy_task(args: dict[str, Any]) -> dict[str, Any]:
-    """Fill one chunk of an exported labels array, then record it (its own chunk)."""
+    """Fill one chunk of an exported labels array, then record it (its own chunk); a chunk
+    recorded by an earlier run is read back and kept when its checksum matches."""
     out: Location = args["out"]
     with storage_errors(args["store"]), storage_errors(out):
-        src = open_array(args["store"], args["source"])
-        dest = open_array(out, args["labels"], mode="r+")
-        lo, hi = args["lo"], args["hi"]
-        buf = np.zeros(hi - lo, dtype=dest.dtype)
-        for s0, s1, o0 in args["segments"]:
-            buf[o0 - lo:o0 - lo + s1 - s0] = src[s0:s1]
-        dest[lo:hi] = buf
-        report = {"pixels": hi - lo, "images": args["n_images"],
-                  "crc32": zlib.crc32(buf.astype(buf.dtype.newbyteorder("<")).tobytes())}
+        if args.get("expect") is not None and _chunk_ok(out, args):
+            return {**args["expect"], "status": "verified"}
+        try:
+            src = open_array(args["store"], args["source"])
+            lo, hi = args["lo"], args["hi"]
+            dest = open_array(out, args["labels"], mode="r+")
+            buf = np.zeros(hi - lo, dtype=dest.dtype)
+            for s0, s1, o0 in args["segments"]:
+                buf[o0 - lo:o0 - lo + s1 - s0] = src[s0:s1]
+        except Exception:
+            _check_source(args)  # replaced meanwhile: say so rather than what failed
+            raise
+        _check_source(args)  # what was read is what the export was planned from
+        write_rows(out, args["labels"], dest, lo, hi, buf)  # durable before its record
+        report = {"pixels": hi - lo, "images": args["n_images"], "crc32": checksum(buf)}
         write_record(out, args["records"], args["chunk_index"], report)
-    return report
+    return {**report, "status": "written"}
 
 
 # -- what is at OUT --------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from PIL import Image
 from streamq.config import IngestConfig, RetryConfig, StreamQConfig, fingerprint, parse_config
 from streamq.console import progress_bar, timer
 from streamq.decode import Header, decode_rgb, read_header
+from streamq.durable import checksum
 from streamq.errors import ConfigError, StoreMismatchError, StreamQError
 from streamq.faults import retrying
 from streamq.fs import Location, check_access
@@ -59,6 +60,7 @@ from streamq.store import (
     is_store,
     open_array,
     store_location,
+    write_rows,
     write_task_colors,
     write_task_report,
 )
@@ -217,13 +219,52 @@ def plan_tasks(offsets: np.ndarray, sizes: np.ndarray, n_pixels: int, chunk: int
 
 
 # -- 4. the write task (runs on a worker) ------------------------------------------------------
-def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Decode, write and count one task's pixels; return its record and colour counts.
+def _colors_checksum(codes: np.ndarray, counts: np.ndarray) -> int:
+    return checksum(np.stack([np.asarray(codes, np.int64), np.asarray(counts, np.int64)]))
+
+
+def _verify_task(args: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The colour counts of a task recorded by an earlier run when its pixels and counts are
+    still what its record says (checksums, plan), else None: the task runs again."""
+    record, a, b = args["expect"], args["px_start"], args["px_stop"]
+    if record.get("plan") != args.get("plan"):
+        return None
+    store, retry = args["store"], args.get("retry")
+    try:
+        if "crc32" in record:
+            pixels = retrying(lambda: np.asarray(open_array(store, PIXELS)[a:b]), "read",
+                              store.join(PIXELS).url, retry)
+            if checksum(pixels) != record["crc32"]:
+                return None
+        n = int(record.get("colors", {}).get("distinct", 0))
+        part = np.zeros((2, 0), np.int64)
+        if n:
+            part = retrying(lambda: np.asarray(open_array(store, TASK_COLORS)[args["task"], :, :n]),
+                            "read", store.join(TASK_COLORS).url, retry)
+        if "colors_crc32" in record and _colors_checksum(part[0], part[1]) != record["colors_crc32"]:
+            return None
+    except StreamQError:
+        raise
+    except Exception:  # noqa: BLE001  (a chunk that no longer decodes: torn, rewrite it)
+        return None
+    return part[0], part[1]
+
+
+def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.ndarray, str]:
+    """Decode, write and count one task's pixels; return its record, colour counts and what
+    it did (``ran``; for a task recorded by an earlier run, ``verified`` when its data
+    matched its record's checksums, else ``redone``).
 
     Transient faults of reads and writes are retried (:func:`streamq.faults.retrying`); one
     that lasts fails the task, and so the stage, before its record is written."""
     a, b = args["px_start"], args["px_stop"]
     retry, store = args.get("retry"), args["store"]
+    status = "ran"
+    if args.get("expect") is not None:
+        found = _verify_task(args)
+        if found is not None:
+            return args["expect"], found[0], found[1], "verified"
+        status = "redone"
     buf = np.zeros((b - a, 3), dtype=np.uint8)
     failed: list[list[Any]] = []
     stored: list[tuple[int, int]] = []  # rows of buf holding decoded pixels
@@ -247,17 +288,21 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
         retrying(fn, "write", store.join(name).url, retry, write=True)
 
     def write_pixels() -> None:
-        open_array(store, PIXELS, mode="r+")[a:b] = buf
+        # on disk before the record that vouches for it
+        write_rows(store, PIXELS, open_array(store, PIXELS, mode="r+"), a, b, buf)
 
     write(write_pixels, PIXELS)
     runs = np.asarray(stored, dtype=np.int64).reshape(-1, 2)
     codes, counts = count_colors(buf, runs[:, 0], runs[:, 1])
     write(lambda: write_task_colors(store, args["task"], codes, counts), TASK_COLORS)
     report = {"failed": failed, "pixels": int(b - a),
-              "colors": {"distinct": len(codes), "pixels": int(counts.sum())}}
+              "colors": {"distinct": len(codes), "pixels": int(counts.sum())},
+              "crc32": checksum(buf), "colors_crc32": _colors_checksum(codes, counts)}
+    if args.get("plan") is not None:
+        report["plan"] = args["plan"]
     # the completion record, after the data
     write(lambda: write_task_report(store, args["task"], report), f"{TASKS}/report")
-    return report, codes, counts
+    return report, codes, counts, status
 
 
 # -- the stage -------------------------------------------------------------------------------
@@ -425,23 +470,28 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
 
 def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, retry: RetryConfig,
                progress: bool | None) -> tuple[ColorTotals, set[int]]:
-    """Run the pending write tasks; return the sum of their colour counts and their ids."""
+    """Run the pending write tasks, and check those an earlier run recorded (their data
+    against their records' checksums; any that differs runs again); return the sum of their
+    colour counts and their ids."""
     plan = st.read_table(PLAN, ("path", "offset", "height", "width"))
     tasks = st.read_table("ingest/tasks", ("chunk_start", "chunk_stop"))
     reports = st.task_reports()
-    pending = [t for t in range(len(reports)) if not reports[t]]
+    sec = st.section("ingest")
+    # in every record: one of another plan (left by a replaced store) is never trusted
+    plan_id = fingerprint([sec.get("source_fingerprint"), sec.get("settings_fingerprint")])
     totals: ColorTotals = ColorTotals()
     added: set[int] = set()
-    if not pending:
+    if not len(reports):
         return totals, added
     offsets = plan["offset"]
     sizes = plan["height"] * plan["width"]
     ends = offsets + sizes
     n_pixels = int(sizes.sum())
     chunk, _ = st.pixel_layout()
-    log.info("%d of %d write tasks to run", len(pending), len(reports))
+    log.info("%d of %d write tasks to run, %d to check", sum(1 for r in reports if not r),
+             len(reports), sum(1 for r in reports if r))
     futures = {}
-    for t in pending:
+    for t in range(len(reports)):
         a = int(tasks["chunk_start"][t]) * chunk
         b = min(int(tasks["chunk_stop"][t]) * chunk, n_pixels)
         lo = int(np.searchsorted(ends, a, side="right"))
@@ -450,15 +500,23 @@ def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, retry: Ret
                   for i in range(lo, hi) if sizes[i] > 0]
         args = {"store": st.location, "task": t, "root": stored_name(root), "px_start": a,
                 "px_stop": b, "images": images, "max_pixels": icfg.max_pixels,
-                "background": list(icfg.background), "retry": retry}
+                "background": list(icfg.background), "retry": retry, "plan": plan_id,
+                "expect": json.loads(reports[t]) if reports[t] else None}
         futures[run.submit(_write_task, args)] = (t, b - a)
+    redone = []
     with progress_bar(sum(n for _, n in futures.values()), "ingesting", "px", progress) as bar:
         for fut in run.as_completed(list(futures)):
-            _, codes, counts = fut.result()  # the counts the task stored, as it returns them
+            _, codes, counts, status = fut.result()  # the counts the task stored
             t, n = futures.pop(fut)  # released: the worker drops its copy
             totals.add(codes, counts)  # summed while the other tasks run
             added.add(t)
             bar.update(n)
+            if status == "redone":
+                redone.append(t)
+    if redone:
+        log.warning("%d ingest task(s) recorded by an earlier run no longer matched their "
+                    "records (lost in a power loss?) and were written again: %s", len(redone),
+                    ", ".join(map(str, sorted(redone)[:10])))
     return totals, added
 
 

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 from streamq.colorspace import to_space
 from streamq.config import PerImageConfig, StreamQConfig, fingerprint, parse_config, to_dict
 from streamq.console import progress_bar, timer
+from streamq.durable import checksum
 from streamq.errors import StoreMismatchError, StreamQError
 from streamq.faults import retrying
 from streamq.fs import Location, check_access
@@ -42,6 +44,7 @@ from streamq.store import (
     open_array,
     store_location,
     write_record,
+    write_rows,
 )
 
 __all__ = ["PerImageSummary", "fit_image", "fit_per_image", "load_per_image", "quantize_per_image",
@@ -287,6 +290,13 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     pixels = open_array(store, PIXELS)
     lo = c * chunk
     hi = min(lo + chunk, pixels.shape[0])
+    name = f"per_image/k{k}/labels"
+    expect = args.get("expect")
+    if expect is not None:  # recorded by an earlier run: keep it if its labels are intact
+        from streamq.quantize import recorded_labels_ok
+
+        if recorded_labels_ok(store, name, lo, hi, expect, args["fit"], args.get("retry")):
+            return {**expect, "status": "verified"}
     rgb = np.asarray(pixels[lo:hi])
     labels = np.zeros(hi - lo, dtype=labels_dtype(k))
     centres = open_array(store, f"per_image/k{k}/center")
@@ -311,32 +321,35 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
             sse = list(pool.map(one, args["images"]))
     else:
         sse = [one(image) for image in args["images"]]
-    out = open_array(store, f"per_image/k{k}/labels", mode="r+")
+    out = open_array(store, name, mode="r+")
 
     def write_labels() -> None:
-        out[lo:hi] = labels
+        write_rows(store, name, out, lo, hi, labels)  # durable before the record
 
     retry = args.get("retry")
-    retrying(write_labels, "write", store.join(f"per_image/k{k}/labels").url, retry, write=True)
-    report = {"sse": sse}
+    retrying(write_labels, "write", store.join(name).url, retry, write=True)
+    report = {"sse": sse, "crc32": checksum(labels), "fit": args["fit"]}
     records = f"per_image/k{k}/label_records"
     retrying(lambda: write_record(store, records, c, report), "write", store.join(records).url,
              retry, write=True)  # the completion record, after the labels
-    return report
+    return {**report, "status": "redone" if expect is not None else "ran"}
 
 
 def quantize_per_image(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None = None,
                        progress: bool | None = None, scheduler: str | None = None,
-                       storage_options: dict[str, Any] | None = None) -> PerImageSummary:
-    """Label every pixel with its image's own palette, for every fitted K (resumable)."""
+                       storage_options: dict[str, Any] | None = None,
+                       overwrite: bool = False) -> PerImageSummary:
+    """Label every pixel with its image's own palette, for every fitted K (resumable;
+    ``overwrite`` labels again even the K whose labels are up to date)."""
     cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
     loc = store_location(store, storage_options, cfg.storage_options)
     check_access(loc)
     with store_lock(loc, operation="quantize --per-image", config=cfg.lock):
-        return _quantize_per_image(loc, cfg, progress)
+        return _quantize_per_image(loc, cfg, progress, overwrite)
 
 
-def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | None) -> PerImageSummary:
+def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | None,
+                        overwrite: bool = False) -> PerImageSummary:
     st = Store.open(store, mode="r+")
     coll = Collection(st)
     sec = st.section(SECTION)
@@ -350,7 +363,7 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
     timings: dict[str, float] = {}
     sections = {k: st.section(f"per_image_quantize_k{k}") for k in sec["colors"]}
     pending = [k for k, q in sections.items()
-               if not (q.get("state") == "complete" and q.get("fingerprint") == fp)]
+               if overwrite or not (q.get("state") == "complete" and q.get("fingerprint") == fp)]
     if not pending:  # nothing to do: no cluster to start
         log.info("Per-image labels in %s are up to date; nothing to do", st.path)
         return _summary(st, "already complete", timings, len(coll))
@@ -361,20 +374,26 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
             name = f"per_image_quantize_k{k}"
             q = sections[k]
             started = time.perf_counter()
-            if q.get("fingerprint") != fp or q.get("state") not in ("running",):
+            if q.get("fingerprint") != fp or q.get("state") not in ("running",) or overwrite:
+                # a new labelling (see streamq.quantize)
+                labels_id = uuid.uuid4().hex
+                st.set_section(name, {"state": "starting", "fingerprint": fp,
+                                      "labels_id": labels_id})
                 st.create_labels(f"per_image/k{k}/labels", labels_dtype(k))
                 st.create_records(f"per_image/k{k}/label_records", n_chunks)
-                st.set_section(name, {"state": "running", "fingerprint": fp})
+                st.set_section(name, {"state": "running", "fingerprint": fp,
+                                      "labels_id": labels_id})
+            labels_id = st.section(name).get("labels_id")
             records = st.records(f"per_image/k{k}/label_records")
             futures = []
             todo = [c for c in range(n_chunks) if not records[c]]
             threads = max(1, run.n_workers // max(1, len(todo)))
-            for c in todo:
+            for c in range(n_chunks):  # recorded chunks too: each task checks its record first
                 images = coll.overlapping(c * chunk, (c + 1) * chunk)
-                futures.append(run.submit(_label_task, {"store": st.location, "chunk_index": c,
-                                                        "chunk": chunk, "k": k, "images": images,
-                                                        "threads": threads,
-                                                        "retry": cfg.retry}))
+                futures.append(run.submit(_label_task, {
+                    "store": st.location, "chunk_index": c, "chunk": chunk, "k": k,
+                    "images": images, "threads": threads, "retry": cfg.retry,
+                    "fit": fp, "expect": json.loads(records[c]) if records[c] else None}))
             with progress_bar(len(futures), f"labelling K={k}", "chunk", progress) as bar:
                 for fut in run.as_completed(futures):
                     fut.result()
@@ -382,7 +401,7 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
             errors = errors_from_records(st.records(f"per_image/k{k}/label_records"), sizes)
             st.write_table(f"per_image/k{k}/images", errors)
             finite = errors["psnr"][np.isfinite(errors["psnr"])]
-            st.set_section(name, {"state": "complete", "fingerprint": fp,
+            st.set_section(name, {"state": "complete", "fingerprint": fp, "labels_id": labels_id,
                                   "mean_psnr": float(finite.mean()) if len(finite) else 0.0,
                                   "timings": {"labelling": round(time.perf_counter() - started, 3)},
                                   "runtime": facts,

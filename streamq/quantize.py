@@ -14,9 +14,11 @@ store's shared palette (:mod:`streamq.remap`); it is then labelled like a fitted
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +26,7 @@ import numpy as np
 
 from streamq.config import StreamQConfig, parse_config
 from streamq.console import progress_bar, timer
+from streamq.durable import checksum
 from streamq.errors import ConfigError, StreamQError
 from streamq.faults import retrying
 from streamq.fs import Location
@@ -38,6 +41,7 @@ from streamq.store import (
     open_array,
     store_location,
     write_record,
+    write_rows,
 )
 
 __all__ = ["QuantizeSummary", "labels_dtype", "quantize"]
@@ -81,11 +85,34 @@ def _table(args: dict[str, Any]) -> Any:
     return table
 
 
+def recorded_labels_ok(store: Location, name: str, lo: int, hi: int, record: dict[str, Any],
+                       fit: str, retry: Any) -> bool:
+    """Whether labels ``[lo, hi)`` of array ``name`` are those a completion record of an
+    earlier run vouches for: labels of the same palette (``fit``, its fingerprint: labels
+    are a function of it) with the same checksum."""
+    if record.get("fit") != fit:
+        return False
+    if "crc32" not in record:
+        return True
+    try:
+        data = retrying(lambda: np.asarray(open_array(store, name)[lo:hi]), "read",
+                        store.join(name).url, retry)
+    except StreamQError:
+        raise
+    except Exception:  # noqa: BLE001  (a chunk that no longer decodes: torn, rewrite it)
+        return False
+    return checksum(data) == record["crc32"]
+
+
 def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
     c, chunk, store, retry = args["chunk_index"], args["chunk"], args["store"], args.get("retry")
     pixels = open_array(store, PIXELS)
     lo = c * chunk
     hi = min(lo + chunk, pixels.shape[0])
+    expect = args.get("expect")
+    if expect is not None:  # recorded by an earlier run: keep it if its labels are intact
+        if recorded_labels_ok(store, LABELS, lo, hi, expect, args["fit_fingerprint"], retry):
+            return {**expect, "status": "verified"}
     rgb = retrying(lambda: np.asarray(pixels[lo:hi]), "read", store.join(PIXELS).url, retry)
     out = open_array(store, LABELS, mode="r+")
     # Segments of this shard: each image's part of it, and the gaps between (skipped inputs).
@@ -103,15 +130,16 @@ def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
     labels, seg_sse, _ = _table(args).labels_sse(rgb, out.dtype, np.asarray(bounds, np.int64))
 
     def write_labels() -> None:
-        out[lo:hi] = labels
+        write_rows(store, LABELS, out, lo, hi, labels)  # durable before the record
 
     retrying(write_labels, "write", store.join(LABELS).url, retry, write=True)
     sse = [[int(image_id), int(seg_sse[s])]
            for (image_id, _, _), s in zip(args["images"], seg_of, strict=True)]
-    report = {"sse": sse, "pixels": int(hi - lo)}
+    report = {"sse": sse, "pixels": int(hi - lo), "crc32": checksum(labels),
+              "fit": args["fit_fingerprint"]}
     retrying(lambda: write_record(store, RECORDS, c, report), "write", store.join(RECORDS).url,
              retry, write=True)  # the completion record, after the labels
-    return report
+    return {**report, "status": "redone" if expect is not None else "ran"}
 
 
 def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None = None,
@@ -123,7 +151,7 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
 
     Labels are computed for the shared palette and for per-image palettes, whichever are
     fitted. ``storage_options`` are those of the store's filesystem when it is a URL
-    (default: ``config``'s).
+    (default: ``config``'s). ``overwrite`` computes every label again, even up-to-date ones.
 
     ``palette`` labels with a given palette instead of a fitted one: a ``.gpl``, ``.act``,
     ``.json`` or ``.hex``/``.txt`` file, an image or another store (see
@@ -153,10 +181,11 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
 
             use_palette(Store.open(loc, mode="r+"), palette, cfg, color_space=color_space,
                         overwrite=overwrite, progress=progress, storage_options=storage_options)
-        return _quantize(loc, cfg, progress)
+        return _quantize(loc, cfg, progress, overwrite)
 
 
-def _quantize(store: Location, cfg: StreamQConfig, progress: bool | None) -> Any:
+def _quantize(store: Location, cfg: StreamQConfig, progress: bool | None,
+              overwrite: bool = False) -> Any:
     from streamq.per_image import quantize_per_image
 
     st = Store.open(store, mode="r+")
@@ -164,21 +193,23 @@ def _quantize(store: Location, cfg: StreamQConfig, progress: bool | None) -> Any
     per_image = st.section("per_image").get("state") == "complete"
     if not shared and not per_image:
         raise StreamQError(f"{st.path} has no fitted palette; run `streamq fit` first")
-    result: Any = _quantize_shared(st, cfg, progress) if shared else None
+    result: Any = _quantize_shared(st, cfg, progress, overwrite) if shared else None
     if per_image:
-        summary = quantize_per_image(st.location, config=cfg, progress=progress)
+        summary = quantize_per_image(st.location, config=cfg, progress=progress,
+                                     overwrite=overwrite)
         result = result or summary
     return result
 
 
-def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None) -> QuantizeSummary:
+def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
+                     overwrite: bool = False) -> QuantizeSummary:
     from streamq.fit import load_fit
 
     coll = Collection(st)
     fit_sec = st.section("fit")
     fit_fp = fit_sec["fingerprint"]
     sec = st.section(QUANTIZE)
-    if sec.get("fit_fingerprint") == fit_fp and sec.get("state") == "complete":
+    if sec.get("fit_fingerprint") == fit_fp and sec.get("state") == "complete" and not overwrite:
         log.info("Labels in %s are up to date; nothing to do", st.path)
         return _summary(st, "already complete", sec.get("timings", {}))
     result = load_fit(st.location)
@@ -190,19 +221,23 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None) -> Qu
     def write(fn: Any) -> None:  # a step of the client that writes the store: retried whole
         retrying(fn, "write", st.path, cfg.retry, write=True)
 
-    if sec.get("fit_fingerprint") != fit_fp or sec.get("state") not in ("running", "complete"):
-        if sec:
+    if sec.get("fit_fingerprint") != fit_fp or sec.get("state") not in ("running", "complete") \
+            or overwrite:
+        if sec and not overwrite:
             log.info("Palette changed since the last quantize: recomputing all labels")
+        # A new labelling: readers (export) see that the labels they read may change under them
+        labels_id = uuid.uuid4().hex
 
         def start() -> None:
-            st.set_section(QUANTIZE, {"state": "starting", "fit_fingerprint": fit_fp})
+            st.set_section(QUANTIZE, {"state": "starting", "fit_fingerprint": fit_fp,
+                                      "labels_id": labels_id})
             st.create_labels(LABELS, labels_dtype(result.k))
             st.create_records(RECORDS, n_chunks)
-            st.set_section(QUANTIZE, {"state": "running", "fit_fingerprint": fit_fp, "k": result.k})
+            st.set_section(QUANTIZE, {"state": "running", "fit_fingerprint": fit_fp, "k": result.k,
+                                      "labels_id": labels_id})
 
         write(start)
     records = st.records(RECORDS)
-    pending = [c for c in range(n_chunks) if not records[c]]
     space, centers = result.label_space()  # a given palette in RGB: integer distances
     common = {"store": st.location, "chunk": chunk, "fit_fingerprint": fit_fp, "space": space,
               "centers": centers.tolist(), "palette": result.palette.tolist(),
@@ -211,13 +246,21 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None) -> Qu
         run.check_paths(st.path)
         facts = run.facts()
         futures = {}
-        for c in pending:
+        for c in range(n_chunks):  # recorded chunks too: each task checks its record first
             images = coll.overlapping(c * chunk, (c + 1) * chunk)
-            futures[run.submit(_quantize_task, {**common, "chunk_index": c, "images": images})] = c
+            expect = json.loads(records[c]) if records[c] else None
+            futures[run.submit(_quantize_task, {**common, "chunk_index": c, "images": images,
+                                                "expect": expect})] = c
+        redone = []
         with progress_bar(len(futures), "quantizing", "chunk", progress) as bar:
             for fut in run.as_completed(futures):
-                fut.result()
+                if fut.result().get("status") == "redone":
+                    redone.append(futures[fut])
                 bar.update(1)
+        if redone:
+            log.warning("%d label chunk(s) recorded by an earlier run no longer matched their "
+                        "records (lost in a power loss?) and were written again: %s",
+                        len(redone), ", ".join(map(str, sorted(redone)[:10])))
     with timer("consolidating", timings):
         write(lambda: _consolidate(st, coll, fit_fp, result.k, timings, facts))
     write(lambda: st.set_section(QUANTIZE, {**st.section(QUANTIZE), "timings": timings}))
@@ -236,6 +279,7 @@ def _consolidate(st: Store, coll: Collection, fit_fp: str, k: int, timings: dict
     st.write_table("quantize/images", errors)
     total = float(errors["sse"].sum() / max(1, 3 * sizes.sum()))
     st.set_section(QUANTIZE, {"state": "complete", "fit_fingerprint": fit_fp, "k": k,
+                              "labels_id": st.section(QUANTIZE).get("labels_id"),
                               "mse": total, "psnr": psnr(total), "timings": timings, "runtime": facts,
                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 

@@ -38,8 +38,9 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 from zarr.storage import FsspecStore
 
+from streamq import durable
 from streamq._version import __version__
-from streamq.errors import StoreError, StoreExistsError, StoreLayoutError
+from streamq.errors import StoreError, StoreExistsError, StoreLayoutError, StreamQError
 from streamq.fs import Location, check_access, delete_keys, location, storage_errors
 from streamq.lock import check_writer
 
@@ -116,6 +117,8 @@ class Store:
         with storage_errors(loc):
             group = zarr.create_group(zarr_root(loc), overwrite=True, zarr_format=3, attributes={
                 "streamq": {"format_version": FORMAT_VERSION, "created_with": __version__}})
+        if loc.is_local:  # the new store's name in its parent folder too
+            durable.sync_tree(os.path.join(path, "zarr.json"), os.path.dirname(path))
         return cls(loc, group)
 
     @classmethod
@@ -160,6 +163,18 @@ class Store:
         """Write a top-level attribute; NaN and infinities become null (strict JSON)."""
         check_writer()
         self.group.attrs[name] = _finite(json.loads(json.dumps(value)))
+        self.sync("zarr.json")
+
+    def sync(self, name: str = "") -> None:
+        """Make array, group or file ``name`` (``""``: the store's own ``zarr.json``) durable
+        with everything in it, and its name in each folder up to the store (local stores only:
+        an object store keeps a PUT that returned). Every client write ends with it, so no
+        attribute -- ``complete`` -- reaches the disk before what it vouches for."""
+        if not self.location.is_local:
+            return
+        root = self.location.url
+        target = os.path.join(root, *name.split("/")) if name else os.path.join(root, "zarr.json")
+        durable.sync_tree(target, root)
 
     def mark_stale(self, fit_fingerprint: str) -> None:
         """Mark every result computed with another palette than ``fit_fingerprint`` stale."""
@@ -172,7 +187,9 @@ class Store:
     def create_array(self, name: str, **kwargs: Any) -> zarr.Array:
         """``zarr.create_array`` at ``name`` inside this store (``overwrite=True``)."""
         check_writer()
-        return zarr.create_array(self._root, name=name, overwrite=True, **kwargs)
+        arr = zarr.create_array(self._root, name=name, overwrite=True, **kwargs)
+        self.sync(name)
+        return arr
 
     def stored_bytes(self, name: str) -> int:
         """Bytes stored for array or group ``name`` (compressed, as on disk or in the bucket)."""
@@ -197,6 +214,7 @@ class Store:
             dimension_names=["pixel", "channel"],
             overwrite=True,
         )
+        self.sync(PIXELS)
 
     def pixels(self) -> zarr.Array:
         return self.group[PIXELS]  # type: ignore[return-value]
@@ -213,20 +231,24 @@ class Store:
         check_writer()
         shard, block = self.pixel_layout()
         settings = self.section("ingest").get("settings", {})
-        return zarr.create_array(
+        arr = zarr.create_array(
             self._root, name=name, shape=(int(self.pixels().shape[0]),),
             shards=(shard,) if shard > block else None, chunks=(block,), dtype=dtype,
             fill_value=0, overwrite=True, dimension_names=["pixel"],
             compressors=compressors(settings.get("codec", "lz4"), settings.get("level")))
+        self.sync(name)
+        return arr
 
     def create_rows(self, name: str, shape: tuple[int, ...], rows_per_chunk: int,
                     dtype: Any) -> zarr.Array:
         """An empty array of one row per image, in chunks of ``rows_per_chunk`` whole rows
         (the unit one task writes)."""
         check_writer()
-        return zarr.create_array(self._root, name=name, shape=shape, dtype=dtype, fill_value=0,
-                                 chunks=(max(1, min(rows_per_chunk, shape[0])),) + shape[1:],
-                                 overwrite=True)
+        arr = zarr.create_array(self._root, name=name, shape=shape, dtype=dtype, fill_value=0,
+                                chunks=(max(1, min(rows_per_chunk, shape[0])),) + shape[1:],
+                                overwrite=True)
+        self.sync(name)
+        return arr
 
     def write_array(self, name: str, data: np.ndarray) -> None:
         """Write a whole n-d array at once (one writer), chunked along its first axis."""
@@ -236,6 +258,7 @@ class Store:
                                 overwrite=True)
         if data.size:
             arr[:] = data
+        self.sync(name)
 
     def has(self, name: str) -> bool:
         try:
@@ -265,6 +288,7 @@ class Store:
             )
             if len(data):
                 arr[:] = data
+        self.sync(prefix)
 
     def read_table(self, prefix: str, names: Sequence[str]) -> dict[str, np.ndarray]:
         out = {}
@@ -277,10 +301,27 @@ class Store:
         """``n`` empty completion records (one chunk each: each task writes only its own)."""
         check_writer()
         zarr.create_array(self._root, name=name, shape=(n,), chunks=(1,), dtype=str, overwrite=True)
+        self.sync(name)
 
     def records(self, name: str) -> np.ndarray:
-        """Completion records as an object array of JSON strings (``""`` while pending)."""
-        return np.asarray(self.group[name][:], dtype=object)
+        """Completion records as an object array of JSON strings (``""`` while pending).
+
+        A record that cannot be read or is not a JSON object (torn by a power loss on a
+        filesystem that did not keep what it was told to) reads as ``""``: its task runs again.
+        """
+        arr = self.group[name]
+        try:
+            values = list(np.asarray(arr[:], dtype=object))
+        except Exception:  # noqa: BLE001  (a damaged chunk: read them one by one)
+            values = []
+            for i in range(arr.shape[0]):
+                try:
+                    values.append(arr[i])
+                except Exception:  # noqa: BLE001
+                    values.append("")
+        out = np.empty(len(values), dtype=object)
+        out[:] = [v if _is_record(v) else "" for v in values]
+        return out
 
     def create_task_table(self, chunk_start: np.ndarray, chunk_stop: np.ndarray) -> None:
         self.write_table(TASKS, {"chunk_start": chunk_start, "chunk_stop": chunk_stop})
@@ -289,6 +330,7 @@ class Store:
         zarr.create_array(self._root, name=TASK_COLORS, shape=(len(chunk_start), 2, N_CODES),
                           chunks=(1, 2, COLOR_CHUNK), dtype="int64", fill_value=0,
                           compressors=count_compressors(), overwrite=True)
+        self.sync(TASK_COLORS)
 
     def task_reports(self) -> np.ndarray:
         return self.records(f"{TASKS}/report")
@@ -300,6 +342,16 @@ class Store:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         part = np.asarray(self.group[TASK_COLORS][task, :, :n])
         return part[0], part[1]
+
+
+def _is_record(value: Any) -> bool:
+    """Whether ``value`` is a completion record: the text of a JSON object."""
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        return isinstance(json.loads(value), dict)
+    except ValueError:
+        return False
 
 
 def _finite(value: Any) -> Any:
@@ -410,6 +462,37 @@ def write_record(store: Location, name: str, i: int, report: Mapping[str, Any]) 
     """
     arr = open_array(store, name, mode="r+")
     arr[i] = json.dumps(report, sort_keys=True)
+    if store.is_local:  # the record's own file: durable before anything trusts it
+        durable.sync_files(durable.chunk_files(store.url, name, arr, i, i + 1), up_to=store.url)
+
+
+def sync_written(store: Location, name: str, arr: zarr.Array, lo: int, hi: int) -> None:
+    """Make the chunks of rows ``[lo, hi)`` of array ``name`` that a task just wrote durable
+    (local stores; a PUT to an object store is): called before the task's record."""
+    if store.is_local:
+        durable.sync_chunks(store.url, name, arr, lo, hi)
+
+
+def write_rows(store: Location, name: str, arr: zarr.Array, lo: int, hi: int,
+               data: np.ndarray) -> None:
+    """``arr[lo:hi] = data`` (rows of whole chunks a task owns), then :func:`sync_written`.
+
+    Zarr reads a shard before writing into it; one torn by a power loss (it no longer
+    decodes) is removed and the write done again: the task owns it and rewrites all of it.
+    """
+    try:
+        arr[lo:hi] = data
+    except (OSError, MemoryError, StreamQError):
+        raise
+    except Exception:  # noqa: BLE001  (a damaged chunk in the way)
+        remove_chunks(store, name, durable.chunk_keys(arr, lo, hi))
+        arr[lo:hi] = data
+    sync_written(store, name, arr, lo, hi)
+
+
+def remove_chunks(store: Location, name: str, keys: Sequence[str]) -> None:
+    """Remove chunk ``keys`` of array ``name`` (a torn chunk, before it is written again)."""
+    store.remove_files([store.join(*name.split("/"), *k.split("/")).url for k in keys])
 
 
 def runs_by_weight(weights: Sequence[int], budget: int) -> list[range]:
@@ -441,8 +524,19 @@ def write_task_colors(store: Location, task: int, codes: np.ndarray, counts: np.
     """
     if len(codes):
         part = open_array(store, TASK_COLORS, mode="r+")
-        part[task, :, :len(codes)] = np.stack([np.asarray(codes, np.int64),
-                                               np.asarray(counts, np.int64)])
+        data = np.stack([np.asarray(codes, np.int64), np.asarray(counts, np.int64)])
+        keys = [part.metadata.encode_chunk_key((task, 0, j))
+                for j in range(-(-len(codes) // COLOR_CHUNK))]
+        try:
+            part[task, :, :len(codes)] = data
+        except (OSError, MemoryError, StreamQError):
+            raise
+        except Exception:  # noqa: BLE001  (a torn chunk of the row in the way: rewritten)
+            remove_chunks(store, TASK_COLORS, keys)
+            part[task, :, :len(codes)] = data
+        if store.is_local:
+            durable.sync_files([os.path.join(store.url, *TASK_COLORS.split("/"), *k.split("/"))
+                                for k in keys], up_to=store.url)
 
 
 # -- reading a finished collection -------------------------------------------------------

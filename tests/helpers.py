@@ -34,15 +34,15 @@ def assert_same_store(a, b) -> None:
 
 
 def output_files(out) -> dict[str, str]:
-    """{relative path: sha256} of every exported file under ``out`` (the manifest left out)."""
+    """{relative path: sha256} of every exported file under ``out`` (the manifest and the
+    completion records, ``.streamq-*``, left out)."""
     import hashlib
     from pathlib import Path
 
     out = Path(out)
-    files = {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in sorted(out.rglob("*")) if p.is_file()}
-    files.pop(".streamq-export.json", None)
-    return files
+    return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*"))
+            if p.is_file() and not p.relative_to(out).parts[0].startswith(".streamq-")}
 
 
 def assert_same_results(store_a, store_b, out_a=None, out_b=None, n_files=None) -> None:

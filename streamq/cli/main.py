@@ -291,7 +291,8 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
                    "fit's, else STORE's fit's, else rgb].")
 @storage_opt
 @click.option("--overwrite", is_flag=True,
-              help="With --palette: replace STORE's palette (a fit or another given palette).")
+              help="Compute every label again, even those up to date; with --palette also "
+                   "replace STORE's palette (a fit or another given palette).")
 @no_lock_opt
 @progress_opt
 @json_opt
