@@ -366,3 +366,16 @@ def git_commit() -> dict[str, Any]:
     except (OSError, subprocess.CalledProcessError):
         return {}
     return {"commit": head, "streamq_modified": bool(dirty)}
+
+
+def write_results(json_path: Path | None, result: dict[str, Any], md_path: Path | None = None,
+                  markdown: str = "") -> None:
+    """Write a benchmark's ``result`` as JSON and its ``markdown`` summary, where asked."""
+    import json
+
+    for path, text in ((json_path, json.dumps(result, indent=2, default=str) + "\n"),
+                       (md_path, markdown + "\n")):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}", flush=True)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import random
 import shutil
@@ -58,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' progress reader and kill helper
 
-from common import git_commit  # noqa: E402
+from common import git_commit, write_results  # noqa: E402
 from helpers import kill_when, output_files, reached, stage_progress  # noqa: E402
 from photos import build_photo_collection  # noqa: E402
 
@@ -263,14 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "clean_exits": sum(r["clean_exit"] for r in clean), "signalled": len(clean),
         "rows": rows, "markdown": line, "benchmark_s": round(time.perf_counter() - started, 1),
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        print(f"wrote {args.json}", flush=True)
-    if args.md:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(line + "\n")
-        print(f"wrote {args.md}", flush=True)
+    write_results(args.json, result, args.md, line)
     return result
 
 

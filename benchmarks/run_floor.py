@@ -64,7 +64,15 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import du, exit_on_signals, git_commit, kill_descendants, markdown_table, median  # noqa: E402
+from common import (  # noqa: E402
+    du,
+    exit_on_signals,
+    git_commit,
+    kill_descendants,
+    markdown_table,
+    median,
+    write_results,
+)
 
 import streamq  # noqa: E402
 from streamq.config import ExportConfig  # noqa: E402
@@ -454,14 +462,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "export_over_write": stage_med["export"] / med["write"]},
         "passes": passes, "benchmark_s": bench_s,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        print(f"wrote {args.json}", flush=True)
-    if args.md:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(text + "\n")
-        print(f"wrote {args.md}", flush=True)
+    write_results(args.json, result, args.md, text)
     return result
 
 
