@@ -421,14 +421,21 @@ def chromium() -> str:
         pytest.fail("the report tests need Chromium: install Debian's `chromium` package (or "
                     "set STREAMQ_CHROMIUM to a Chromium binary); the test session installs it "
                     "itself only as root with apt-get")
+    import fcntl
+
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print("Installing Debian's chromium for the report tests (apt-get)...", file=sys.stderr)
-    for cmd in ([apt, "update", "-qq"],
-                [apt, "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
-            pytest.fail(f"`{' '.join(cmd)}` failed ({done.returncode}): {tail[0]}")
+    # test processes (pytest -n) install one at a time: the second finds it installed
+    with open(os.path.join("/tmp", "streamq-tests-chromium.lock"), "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not (shutil.which("chromium") or os.path.exists("/usr/bin/chromium")):
+            print("Installing Debian's chromium for the report tests (apt-get)...",
+                  file=sys.stderr)
+            for cmd in ([apt, "update", "-qq"],
+                        [apt, "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if done.returncode != 0:
+                    tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
+                    pytest.fail(f"`{' '.join(cmd)}` failed ({done.returncode}): {tail[0]}")
     found = shutil.which("chromium") or "/usr/bin/chromium"
     if not os.path.exists(found):
         pytest.fail("apt-get installed chromium but no `chromium` binary is on PATH")

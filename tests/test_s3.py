@@ -335,7 +335,7 @@ def test_image_groups_and_report_on_s3(pair, cluster_address, tmp_path):
 def _run_config(path, src, store, out, opts):
     lines = [f"store: {store}", "dask:\n  scheduler: threads",
              f"ingest:\n  source: {src}\n  chunk_pixels: 32768",
-             "fit:\n" + "".join(f"  {k}: {v}\n" for k, v in {**FIT, "colors": 6, "max_steps": 30,
+             "fit:\n" + "".join(f"  {k}: {v}\n" for k, v in {**FIT, "colors": 6, "max_steps": 60,
                                                            "tol": "1.0e-9"}.items()),
              f"export:\n  out: {out}"]
     if opts is not None:
@@ -356,7 +356,9 @@ def test_run_on_s3_killed_and_rerun(s3, faces_dir, tmp_path):
     rng = random.Random(41)
     client = _client(s3)
     progress = functools.partial(stage_progress, store, out, s3)
-    for stage, n in (("fit:minibatch", 3 * rng.randint(2, 7)), ("export", rng.randint(1, 24))):
+    # early in the 60 mini-batch steps: a poll of the bucket takes tens of ms, so a late target
+    # can be overtaken by the end of the phase on a busy machine
+    for stage, n in (("fit:minibatch", 3 * rng.randint(1, 5)), ("export", rng.randint(1, 24))):
         kill = kill_when(streamq_cmd("-q", "run", str(cfg)), reached(store, stage, n, out, s3),
                          interval=0.05, progress=progress)
         assert kill.seen[0] == stage, kill.seen  # killed inside the stage
