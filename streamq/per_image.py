@@ -293,7 +293,7 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     name = f"per_image/k{k}/labels"
     expect = args.get("expect")
     if expect is not None:  # recorded by an earlier run: keep it if its labels are intact
-        from streamq.quantize import recorded_labels_ok
+        from streamq.durable import recorded_labels_ok
 
         if recorded_labels_ok(store, name, lo, hi, expect, args["fit"], args.get("retry")):
             return {**expect, "status": "verified"}

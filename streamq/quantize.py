@@ -26,7 +26,7 @@ import numpy as np
 
 from streamq.config import StreamQConfig, parse_config
 from streamq.console import progress_bar, timer
-from streamq.durable import checksum
+from streamq.durable import checksum, recorded_labels_ok
 from streamq.errors import ConfigError, StreamQError
 from streamq.faults import retrying
 from streamq.fs import Location
@@ -83,25 +83,6 @@ def _table(args: dict[str, Any]) -> Any:
         table = LabelTable(np.asarray(args["centers"]), np.asarray(args["palette"]), args["space"])
         _TABLES[key] = table
     return table
-
-
-def recorded_labels_ok(store: Location, name: str, lo: int, hi: int, record: dict[str, Any],
-                       fit: str, retry: Any) -> bool:
-    """Whether labels ``[lo, hi)`` of array ``name`` are those a completion record of an
-    earlier run vouches for: labels of the same palette (``fit``, its fingerprint: labels
-    are a function of it) with the same checksum."""
-    if record.get("fit") != fit:
-        return False
-    if "crc32" not in record:
-        return True
-    try:
-        data = retrying(lambda: np.asarray(open_array(store, name)[lo:hi]), "read",
-                        store.join(name).url, retry)
-    except StreamQError:
-        raise
-    except Exception:  # noqa: BLE001  (a chunk that no longer decodes: torn, rewrite it)
-        return False
-    return checksum(data) == record["crc32"]
 
 
 def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
