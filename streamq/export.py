@@ -356,6 +356,7 @@ def _write_file_record(args: dict[str, Any], written: dict[str, list[int]]) -> N
     name = f"{zlib.crc32(first.encode()):08x}-{uuid.uuid4().hex[:12]}.json"
     rec = args["out"].join(RECORDS_DIR, name)
     data = json.dumps({"fit": args["fit"], "files": written}, sort_keys=True).encode()
+    check_writer()
     retrying(lambda: rec.write_bytes(data), "write", rec.url, args.get("retry"), write=True)
     if args["out"].is_local:  # its name in the records folder, and that folder's in OUT
         sync_files([rec.url], up_to=args["out"].url)
@@ -563,6 +564,7 @@ def _merge_records(out_loc: Location, fit: str) -> None:
         return
     merged = recorded_files(out_loc, fit)
     index = out_loc.join(RECORDS_DIR, RECORDS_INDEX)
+    check_writer()
     index.write_bytes(json.dumps({"fit": fit, "files": merged}, sort_keys=True).encode())
     if out_loc.is_local:
         sync_files([index.url], up_to=out_loc.url)
@@ -675,6 +677,7 @@ def _check_manifest(out_loc: Location, manifest: dict[str, Any], overwrite: bool
         _remove_existing(out_loc, planned)
     if out_loc.is_local:
         os.makedirs(out, exist_ok=True)
+    check_writer()
     man.write_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode())
 
 

@@ -36,7 +36,6 @@ from typing import Any
 
 from streamq import redact
 from streamq.errors import StoreError
-from streamq.lock import check_writer
 
 __all__ = ["SCHEMES", "Location", "check_access", "delete_keys", "join", "location",
            "looks_like_url", "storage_errors"]
@@ -151,8 +150,8 @@ class Location:
             return bytes(self.filesystem().cat_file(self.url))
 
     def write_bytes(self, data: bytes) -> None:
-        """Write the whole file atomically: temporary file, fsync, rename (local) or one PUT."""
-        check_writer()
+        """Write the whole file atomically: temporary file, fsync, rename (local) or one PUT.
+        A caller writing for a stage checks its store lock first (``lock.check_writer``)."""
         if not self.is_local:
             with storage_errors(self):
                 self.filesystem().pipe_file(self.url, data)
