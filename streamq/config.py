@@ -143,6 +143,9 @@ class FitConfig:
     checkpoint_seconds: float = _opt(30.0, _positive, "... or this many seconds")
     client_threads: int | None = _opt(None, _at_least(1),
                                       "OpenMP threads of the client's model update (default 1)")
+    fixed_colors: str | None = _opt(
+        None, doc="palette source (.gpl, .act, .json, .hex, image or store) whose colours the "
+                  "palette keeps exactly as its first entries; K counts them")
 
 
 def _ks(v: Any) -> str | None:
@@ -166,6 +169,9 @@ class PerImageConfig:
                      "random seed of the samples and starts")
     pixels_per_task: int = _opt(4_000_000, _at_least(1), "image pixels one task fits at most "
                                 "(a small collection gets about four tasks per worker)")
+    fixed_colors: str | None = _opt(
+        None, doc="histogram method: palette source whose colours every image's palette keeps "
+                  "exactly as its first entries; each K counts them")
 
 
 @dataclass(frozen=True)
@@ -450,7 +456,7 @@ def parse_config(data: Mapping[str, Any] | StreamQConfig | None, source: str = "
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> StreamQConfig:
     """Read a YAML file (or start from defaults) and apply dotted-key overrides.
 
-    Relative paths inside the file (``store``, ``ingest.source``) are resolved against
+    Relative paths inside the file (``store``, ``ingest.source``, ...) are resolved against
     the file's folder, so a config works from any working directory.
     """
     data: dict[str, Any] = {}
@@ -470,7 +476,8 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
             raise ConfigError(f"{source}: expected a mapping of keys at the top level")
         data = loaded or {}
         base = p.resolve().parent
-        for dotted in ("store", "ingest.source", "export.out", "report.out"):
+        for dotted in ("store", "ingest.source", "export.out", "report.out", "fit.fixed_colors",
+                       "per_image.fixed_colors"):
             section, _, key = dotted.rpartition(".")
             node = data.get(section) if section else data
             if isinstance(node, dict) and isinstance(node.get(key), str):

@@ -203,6 +203,11 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
               help="Also write the palette to FILE: .gpl (GIMP), .act (Adobe, at most 256 "
                    "colours), .json or .hex/.txt, by its extension; give it to `streamq "
                    "quantize OTHER --palette FILE` (or give this store itself).")
+@click.option("--fixed-colors", "fixed_colors", metavar="SRC", default=None,
+              help="Keep these colours in the palette exactly, as its first entries, and fit "
+                   "the others: a .gpl, .act, .json or .hex/.txt file, an image or a store, as "
+                   "for quantize --palette. K counts them (-k 64 with 8 fixed fits 56); "
+                   "repeats are dropped. With --per-image: --method histogram.")
 @storage_opt
 @no_lock_opt
 @overwrite_opt
@@ -215,7 +220,7 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
             algorithm: str | None, init: str | None, n_init: int | None,
             color_space: str | None, tol: float | None, max_steps: int | None, max_iter: int | None,
             batch_size: int | None, seed: int | None, save_palette: str | None,
-            storage_options: tuple[str, ...], no_lock: bool, overwrite: bool,
+            fixed_colors: str | None, storage_options: tuple[str, ...], no_lock: bool, overwrite: bool,
             progress: bool | None, as_json: bool) -> None:
     """Learn one K-colour palette for the whole collection in STORE (or one per image).
 
@@ -233,7 +238,7 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
         cfg = load_config(config_path, **{
             "store": store, "dask.scheduler": scheduler, "per_image.colors": colors,
             "per_image.sample": sample, "per_image.method": method, "per_image.init": init,
-            "per_image.seed": seed},
+            "per_image.seed": seed, "per_image.fixed_colors": fixed_colors},
             **storage_overrides(storage_options), **_lock_overrides(no_lock))
         if cfg.store is None:
             raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
@@ -254,7 +259,8 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
         "fit.colors": None if colors is None else int(colors),
         "fit.algorithm": algorithm, "fit.init": init, "fit.n_init": n_init,
         "fit.color_space": color_space, "fit.tol": tol, "fit.max_steps": max_steps,
-        "fit.max_iter": max_iter, "fit.batch_size": batch_size, "fit.seed": seed},
+        "fit.max_iter": max_iter, "fit.batch_size": batch_size, "fit.seed": seed,
+        "fit.fixed_colors": fixed_colors},
         **storage_overrides(storage_options), **_lock_overrides(no_lock))
     if cfg.store is None:
         raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
