@@ -108,7 +108,8 @@ def photo_points():
 @pytest.mark.parametrize("form", ["bounded", "cells"])
 def test_lloyd_holds_fixed_centres_and_matches_the_reference(photo_points, form):
     """Fixed centres at any positions (one far from every colour: always empty, never
-    refilled) stay bit for bit; the free ones end where the NumPy reference ends."""
+    refilled when a free cluster is) stay bit for bit; the free ones end where the NumPy
+    reference ends."""
     x, w = photo_points
     k = 10
     start = initial_centers(x, w, k, "k-means++", np.random.default_rng(3))
@@ -117,6 +118,7 @@ def test_lloyd_holds_fixed_centres_and_matches_the_reference(photo_points, form)
     start[1] = [1.0, 1.0, 1.0]
     start[4] = [0.0, 0.0, 0.0]
     start[8] = [3.0, -2.0, 3.0]  # far from every colour: an empty cluster that must stay
+    start[9] = start[2]  # a free duplicate: empty, so the empty-cluster rule runs
     run = lloyd if form == "bounded" else lloyd_cells
     res = run(x, w, start, tol=0, max_iter=500, fixed=fixed)
     assert np.array_equal(res.centers[fixed], start[fixed])

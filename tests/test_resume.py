@@ -64,10 +64,11 @@ def fit_ready(big_dir, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("algorithm", ["minibatch", "lloyd"])
+@pytest.mark.parametrize("algorithm", ["minibatch", "lloyd", "minibatch+fixed"])
 def test_kill_during_fit_then_rerun_is_bit_identical(fit_ready, tmp_path, algorithm):
     """kill -9 inside each phase (mini-batch steps, exact Lloyd iterations), at points chosen
-    from observed progress, then the same command: the same palette bit for bit."""
+    from observed progress, then the same command: the same palette bit for bit (with fixed
+    colours too: the mini-batch model's are put back after every step)."""
     import shutil
 
     import numpy as np
@@ -75,11 +76,14 @@ def test_kill_during_fit_then_rerun_is_bit_identical(fit_ready, tmp_path, algori
     from streamq.fit import load_fit
     from streamq.store import Store
 
+    algorithm, _, fixed = algorithm.partition("+")
     cfg = tmp_path / "fit.yaml"
+    (tmp_path / "fixed.hex").write_text("ffffff\n000000\ne30613\n005ca9\n")
     cfg.write_text(
         "dask:\n  scheduler: threads\n"
         f"fit:\n  colors: 24\n  algorithm: {algorithm}\n  tol: 0\n  max_steps: 60\n"
-        "  batch_size: 16384\n  checkpoint_steps: 3\n  max_iter: 400\n  n_init: 2\n")
+        "  batch_size: 16384\n  checkpoint_steps: 3\n  max_iter: 400\n  n_init: 2\n"
+        + ("  fixed_colors: fixed.hex\n" if fixed else ""))
     ref, killed = tmp_path / "ref.zarr", tmp_path / "killed.zarr"
     shutil.copytree(fit_ready, ref)
     shutil.copytree(fit_ready, killed)
@@ -101,6 +105,8 @@ def test_kill_during_fit_then_rerun_is_bit_identical(fit_ready, tmp_path, algori
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     b = load_fit(str(killed))
+    if fixed:
+        assert a.palette[:4].tolist() == [[255, 255, 255], [0, 0, 0], [227, 6, 19], [0, 92, 169]]
     assert np.array_equal(a.centers, b.centers)  # bit-identical
     assert np.array_equal(a.palette, b.palette)
     assert a.steps == b.steps
