@@ -88,6 +88,8 @@ class FitResult:
     status: str = "fitted"
     # A given palette (quantize --palette): where it came from (streamq.palettes); None: k-means
     palette_source: dict[str, Any] | None = None
+    # fit --quality: the target, the K range searched and every K tried (streamq.quality)
+    quality: dict[str, Any] | None = None
 
     def label_space(self) -> tuple[str, np.ndarray]:
         """The colour space and centres quantize labels pixels in: the fit's, except for a
@@ -125,15 +127,22 @@ class FitResult:
             return (f"{self.status}: K={self.k} given palette ({self.color_space}): "
                     f"{describe_source(self.palette_source)}; MSE {self.mse:.2f} / PSNR "
                     f"{self.psnr:.2f} dB over every pixel")
-        return (f"{self.status}: K={self.k} ({self.algorithm}, {self.color_space}), "
+        line = (f"{self.status}: K={self.k} ({self.algorithm}, {self.color_space}), "
                 f"{self.steps} steps, {self.pixels_seen / 1e6:.2f} Mpx seen, "
                 f"MSE {self.mse:.2f} / PSNR {self.psnr:.2f} dB over every pixel, "
                 f"stopped: {self.stop_reason}, {self.seconds:.1f} s")
+        if self.quality is not None:
+            from streamq.quality import describe_quality
+
+            line += f"; {describe_quality(self.quality)}"
+        return line
 
 
 def _fit_fingerprint(st: Store, fcfg: FitConfig) -> str:
     ingest = st.section("ingest")
     semantic = {k: v for k, v in to_dict(fcfg).items() if k not in _NON_SEMANTIC}
+    if fcfg.quality is None:  # fits of a given K keep the fingerprints they had
+        semantic = {k: v for k, v in semantic.items() if k not in ("quality", "k_range")}
     return fingerprint({"data": [ingest.get("source_fingerprint"), ingest.get("settings_fingerprint")],
                         "fit": semantic})
 
@@ -172,6 +181,10 @@ def fit(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None 
 
 def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | None) -> FitResult:
     fcfg = cfg.fit
+    if fcfg.quality is not None:  # a K search: exact Lloyd at each K (streamq.quality)
+        from streamq.quality import search_config
+
+        fcfg = search_config(fcfg)
     st = Store.open(store, mode="r+")
     coll = Collection(st)
     if coll.n_pixels == 0:
@@ -217,6 +230,10 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
         st.mark_stale(fp)  # labels and image groups of the old palette: say so
         with timer("histogram", timings):
             codes, counts = histogram(run, st, source, progress)
+        if fcfg.quality is not None:  # the smallest K reaching a PSNR target
+            from streamq.quality import fit_quality
+
+            return fit_quality(run, st, fcfg, fp, codes, counts, timings, facts, started, progress)
         if len(codes) < fcfg.colors:
             raise ConfigError(
                 f"the collection has only {len(codes)} distinct colours, fewer than "
@@ -563,7 +580,7 @@ def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float],
     st.write_table("fit/history", {k: np.asarray(v) for k, v in r.history.items()})
     summary = {k: v for k, v in asdict(r).items()
                if k not in ("centers", "palette", "counts", "history", "config", "status",
-                            "palette_source")}
+                            "palette_source") and (k != "quality" or r.quality is not None)}
     st.set_section(FIT, {"state": "complete", "fingerprint": fp, "config": r.config,
                          "summary": summary, "timings": timings, "runtime": facts, **extra,
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -586,4 +603,4 @@ def load_fit(store: str | Location, storage_options: dict[str, Any] | None = Non
         history=h, steps=s["steps"], pixels_seen=s["pixels_seen"], stop_reason=s["stop_reason"],
         mse=s["mse"], psnr=s["psnr"], seconds=s["seconds"], seed=s["seed"], config=sec["config"],
         status="given" if sec.get("palette_source") else "fitted",
-        palette_source=sec.get("palette_source"))
+        palette_source=sec.get("palette_source"), quality=s.get("quality"))

@@ -94,6 +94,8 @@ def _fit_summary(coll: Collection) -> dict[str, Any] | None:
         return None
     out = {"state": fit.get("state"), **fit.get("summary", {}),
            "palette_source": fit.get("palette_source")}  # None: a k-means fit
+    if fit.get("error"):  # a quality search that failed below its MIN (streamq.quality)
+        out.update(error=fit["error"], quality=fit.get("quality"))
     if fit.get("state") == "complete":
         p = coll.store.read_table("fit/palette", ("r", "g", "b", "count"))
         out["palette_hex"] = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in zip(p["r"], p["g"], p["b"], strict=True)]
@@ -127,7 +129,9 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
     fit = info.get("fit")
     if fit:
         lines += [""]
-        if fit["state"] != "complete":
+        if fit.get("error"):
+            lines.append(f"palette      none: {fit['error']}")
+        elif fit["state"] != "complete":
             lines.append(f"palette      {fit['state']} (rerun `streamq fit` to finish it)")
         elif fit.get("palette_source"):
             from streamq.palettes import describe_source
@@ -140,6 +144,10 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
                          f"{fit['steps']} steps, {fit['pixels_seen'] / 1e6:.1f} Mpx seen, "
                          f"PSNR {fit['psnr']:.2f} dB")
             lines.append(f"stopped      {fit['stop_reason']}")
+            if fit.get("quality"):
+                from streamq.quality import describe_quality
+
+                lines.append(f"target       {describe_quality(fit['quality'])}")
         if fit["state"] == "complete":
             order = np.argsort(fit["counts"])[::-1][:16]
             lines.append("colours      " + " ".join(fit["palette_hex"][i] for i in order)
