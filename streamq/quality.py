@@ -178,7 +178,7 @@ def search(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndarray,
                 b = mid
             else:
                 a = mid + 1
-        chosen = fitted(b)
+        chosen = next(r for r in tried if r["k"] == b)  # b was fitted: hi or a mid
     record = {"min": qmin, "max": qmax, "k_range": list(fcfg.k_range), "searched": [lo, hi],
               "k": chosen["k"], "reached": reaches(chosen),
               "tried": [[r["k"], r["mse"]] for r in tried]}
