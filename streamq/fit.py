@@ -159,6 +159,9 @@ def fit(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None 
     config : StreamQConfig or dict, optional
         Full configuration; ``options`` override its ``fit`` keys (``colors=64``,
         ``algorithm="lloyd"``, ``seed=1``, ...) and ``scheduler=...`` its ``dask.scheduler``.
+        ``quality=(MIN, MAX)`` (and ``k_range=(LO, HI)``) chooses K instead of ``colors``:
+        the smallest reaching MAX dB (:mod:`streamq.quality`; below MIN it raises
+        :class:`streamq.quality.QualityError`).
     overwrite : bool, default=False
         Start a new fit, replacing any palette or checkpoint in the store. Without it, a
         finished fit with the same parameters is returned as is, an interrupted one is
