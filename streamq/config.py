@@ -34,6 +34,7 @@ __all__ = [
     "IngestConfig",
     "LockConfig",
     "PerImageConfig",
+    "QuantizeConfig",
     "ReportConfig",
     "RetryConfig",
     "StreamQConfig",
@@ -103,6 +104,18 @@ def _k(v: Any) -> str | None:
     return None if 2 <= v <= 65_536 else "an integer from 2 to 65536"
 
 
+def _quality(v: Any) -> str | None:
+    lo, hi = v
+    return None if 0 <= lo <= hi <= 100 else \
+        "[MIN, MAX]: PSNR targets in dB with 0 <= MIN <= MAX <= 100, e.g. [30, 40]"
+
+
+def _k_range(v: Any) -> str | None:
+    lo, hi = v
+    return None if 2 <= lo <= hi <= 65_536 else \
+        "[LO, HI]: the K searched, integers with 2 <= LO <= HI <= 65536, e.g. [2, 256]"
+
+
 def _fraction(v: Any) -> str | None:
     return None if 0 < v <= 1 else "a number in (0, 1]"
 
@@ -143,6 +156,11 @@ class FitConfig:
     checkpoint_seconds: float = _opt(30.0, _positive, "... or this many seconds")
     client_threads: int | None = _opt(None, _at_least(1),
                                       "OpenMP threads of the client's model update (default 1)")
+    quality: tuple[float, float] | None = _opt(
+        None, _quality, "[MIN, MAX] PSNR in dB: fit the smallest K of k_range whose exact "
+        "Lloyd palette reaches MAX (colors and algorithm are then not used); fail (exit 99) "
+        "when even the largest stays below MIN")
+    k_range: tuple[int, int] = _opt((2, 256), _k_range, "quality: the K searched, [LO, HI]")
     fixed_colors: str | None = _opt(
         None, doc="palette source (.gpl, .act, .json, .hex, image or store) whose colours the "
                   "palette keeps exactly as its first entries; K counts them")
@@ -172,6 +190,17 @@ class PerImageConfig:
     fixed_colors: str | None = _opt(
         None, doc="histogram method: palette source whose colours every image's palette keeps "
                   "exactly as its first entries; each K counts them")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """How pixels are labelled (see ``streamq.quantize``)."""
+
+    palette: str | None = _opt(None, doc="a given palette instead of a fitted one (quantize "
+                               "--palette): .gpl, .act, .json, .hex/.txt, an image or a store")
+    color_space: Literal["rgb", "oklab"] | None = _opt(
+        None, doc="palette: space distances are measured in (default: the source store's "
+                  "fit's, else the store's fit's, else rgb)")
 
 
 @dataclass(frozen=True)
@@ -294,6 +323,7 @@ class StreamQConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     per_image: PerImageConfig = field(default_factory=PerImageConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     cluster_images: ClusterImagesConfig = field(default_factory=ClusterImagesConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -476,8 +506,8 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
             raise ConfigError(f"{source}: expected a mapping of keys at the top level")
         data = loaded or {}
         base = p.resolve().parent
-        for dotted in ("store", "ingest.source", "export.out", "report.out", "fit.fixed_colors",
-                       "per_image.fixed_colors"):
+        for dotted in ("store", "ingest.source", "export.out", "report.out", "quantize.palette",
+                       "fit.fixed_colors", "per_image.fixed_colors"):
             section, _, key = dotted.rpartition(".")
             node = data.get(section) if section else data
             if isinstance(node, dict) and isinstance(node.get(key), str):

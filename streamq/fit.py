@@ -94,6 +94,8 @@ class FitResult:
     status: str = "fitted"
     # A given palette (quantize --palette): where it came from (streamq.palettes); None: k-means
     palette_source: dict[str, Any] | None = None
+    # fit --quality: the target, the K range searched and every K tried (streamq.quality)
+    quality: dict[str, Any] | None = None
     n_fixed: int = 0  # the first n_fixed colours are fixed colours (streamq.fixed), kept exactly
 
     def label_space(self) -> tuple[str, np.ndarray]:
@@ -133,15 +135,22 @@ class FitResult:
                     f"{describe_source(self.palette_source)}; MSE {self.mse:.2f} / PSNR "
                     f"{self.psnr:.2f} dB over every pixel")
         fixed = f", {self.n_fixed} fixed" if self.n_fixed else ""
-        return (f"{self.status}: K={self.k} ({self.algorithm}, {self.color_space}{fixed}), "
+        line = (f"{self.status}: K={self.k} ({self.algorithm}, {self.color_space}{fixed}), "
                 f"{self.steps} steps, {self.pixels_seen / 1e6:.2f} Mpx seen, "
                 f"MSE {self.mse:.2f} / PSNR {self.psnr:.2f} dB over every pixel, "
                 f"stopped: {self.stop_reason}, {self.seconds:.1f} s")
+        if self.quality is not None:
+            from streamq.quality import describe_quality
+
+            line += f"; {describe_quality(self.quality)}"
+        return line
 
 
 def _fit_fingerprint(st: Store, fcfg: FitConfig, fixed: FixedColors | None = None) -> str:
     ingest = st.section("ingest")
     semantic = {k: v for k, v in to_dict(fcfg).items() if k not in _NON_SEMANTIC}
+    if fcfg.quality is None:  # fits of a given K keep the fingerprints they had
+        semantic = {k: v for k, v in semantic.items() if k not in ("quality", "k_range")}
     if semantic.get("fixed_colors") is None:
         semantic.pop("fixed_colors", None)  # as before there were fixed colours
     else:  # the colours themselves, wherever the file is
@@ -162,6 +171,9 @@ def fit(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None 
     config : StreamQConfig or dict, optional
         Full configuration; ``options`` override its ``fit`` keys (``colors=64``,
         ``algorithm="lloyd"``, ``seed=1``, ...) and ``scheduler=...`` its ``dask.scheduler``.
+        ``quality=(MIN, MAX)`` (and ``k_range=(LO, HI)``) chooses K instead of ``colors``:
+        the smallest reaching MAX dB (:mod:`streamq.quality`; below MIN it raises
+        :class:`streamq.quality.QualityError`).
     overwrite : bool, default=False
         Start a new fit, replacing any palette or checkpoint in the store. Without it, a
         finished fit with the same parameters is returned as is, an interrupted one is
@@ -184,6 +196,13 @@ def fit(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None 
 
 def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | None) -> FitResult:
     fcfg = cfg.fit
+    if fcfg.quality is not None and fcfg.fixed_colors is not None:
+        raise ConfigError("key 'fit.fixed_colors' does not go with 'fit.quality' (the K search "
+                          "fits without fixed colours); give --colors K with --fixed-colors")
+    if fcfg.quality is not None:  # a K search: exact Lloyd at each K (streamq.quality)
+        from streamq.quality import search_config
+
+        fcfg = search_config(fcfg)
     st = Store.open(store, mode="r+")
     coll = Collection(st)
     if coll.n_pixels == 0:
@@ -232,6 +251,10 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
         st.mark_stale(fp)  # labels and image groups of the old palette: say so
         with timer("histogram", timings):
             codes, counts = histogram(run, st, source, progress)
+        if fcfg.quality is not None:  # the smallest K reaching a PSNR target
+            from streamq.quality import fit_quality
+
+            return fit_quality(run, st, fcfg, fp, codes, counts, timings, facts, started, progress)
         if len(codes) < fcfg.colors:
             raise ConfigError(
                 f"the collection has only {len(codes)} distinct colours, fewer than "
@@ -598,7 +621,8 @@ def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float],
     st.write_table("fit/history", {k: np.asarray(v) for k, v in r.history.items()})
     summary = {k: v for k, v in asdict(r).items()
                if k not in ("centers", "palette", "counts", "history", "config", "status",
-                            "palette_source")}
+                            "palette_source") and (k != "quality" or r.quality is not None)
+               and (k != "n_fixed" or r.n_fixed)}
     st.set_section(FIT, {"state": "complete", "fingerprint": fp, "config": r.config,
                          "summary": summary, "timings": timings, "runtime": facts, **extra,
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -621,4 +645,5 @@ def load_fit(store: str | Location, storage_options: dict[str, Any] | None = Non
         history=h, steps=s["steps"], pixels_seen=s["pixels_seen"], stop_reason=s["stop_reason"],
         mse=s["mse"], psnr=s["psnr"], seconds=s["seconds"], seed=s["seed"], config=sec["config"],
         status="given" if sec.get("palette_source") else "fitted",
-        palette_source=sec.get("palette_source"), n_fixed=int(s.get("n_fixed", 0)))
+        palette_source=sec.get("palette_source"), quality=s.get("quality"),
+        n_fixed=int(s.get("n_fixed", 0)))

@@ -96,6 +96,8 @@ def _fit_summary(coll: Collection) -> dict[str, Any] | None:
         return None
     out = {"state": fit.get("state"), **fit.get("summary", {}),
            "palette_source": fit.get("palette_source")}  # None: a k-means fit
+    if fit.get("error"):  # a quality search that failed below its MIN (streamq.quality)
+        out.update(error=fit["error"], quality=fit.get("quality"))
     if fit.get("fixed_colors"):
         out["fixed_colors"] = fit["fixed_colors"]
     if fit.get("state") == "complete":
@@ -140,7 +142,9 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
     fit = info.get("fit")
     if fit:
         lines += [""]
-        if fit["state"] != "complete":
+        if fit.get("error"):
+            lines.append(f"palette      none: {fit['error']}")
+        elif fit["state"] != "complete":
             lines.append(f"palette      {fit['state']} (rerun `streamq fit` to finish it)")
         elif fit.get("palette_source"):
             from streamq.palettes import describe_source
@@ -153,6 +157,10 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
                          f"{fit['steps']} steps, {fit['pixels_seen'] / 1e6:.1f} Mpx seen, "
                          f"PSNR {fit['psnr']:.2f} dB")
             lines.append(f"stopped      {fit['stop_reason']}")
+            if fit.get("quality"):
+                from streamq.quality import describe_quality
+
+                lines.append(f"target       {describe_quality(fit['quality'])}")
             if fit.get("fixed_colors"):
                 lines.append(f"fixed        {_fixed_line(fit['fixed_colors'])}")
         if fit["state"] == "complete":

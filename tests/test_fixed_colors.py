@@ -340,6 +340,8 @@ def test_per_image_palettes_keep_fixed_colours(store_copy, brand_gpl):
                  ["--per-image", "-k", "2,6", "--method", "histogram"],
                  "(key 'per_image.fixed_colors'): 2 distinct colours, expected fewer than "
                  "colors=2", id="per-image-F>=K"),
+    pytest.param("GIMP Palette\n1 2 3\n", ["--quality", "20-30"],
+                 "key 'fit.fixed_colors' does not go with 'fit.quality'", id="quality"),
 ])
 def test_bad_fixed_colours_are_one_line_errors(store_copy, tmp_path, content, args, message):
     src = tmp_path / "fixed.gpl"
