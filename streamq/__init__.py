@@ -3,9 +3,12 @@
 Data flow: ingest (files -> Zarr store) -> fit (palette) -> quantize (labels) -> export;
 ``cluster_images`` groups the images by their colours; ``report`` writes an HTML page of a
 store at any stage.
+``ingest_array`` makes a store from arrays, ``Collection.to_dask`` reads one as Dask arrays, and
+``ColorQuantizer`` is the palette fit as a scikit-learn estimator.
 """
 
 from streamq._version import __version__
+from streamq.arrays import ingest_array
 from streamq.config import StreamQConfig, load_config
 from streamq.errors import (
     ConfigError,
@@ -31,8 +34,17 @@ from streamq.quantize import QuantizeSummary, quantize
 from streamq.report import ReportSummary, report
 from streamq.store import Collection, open_store
 
+
+def __getattr__(name: str) -> object:
+    if name == "ColorQuantizer":  # imports scikit-learn: only when asked for
+        from streamq.estimator import ColorQuantizer
+
+        return ColorQuantizer
+    raise AttributeError(f"module 'streamq' has no attribute {name!r}")
+
 __all__ = [
     "Collection",
+    "ColorQuantizer",
     "ExportSummary",
     "PerImageSummary",
     "QuantizeSummary",
@@ -61,6 +73,7 @@ __all__ = [
     "fit",
     "fit_per_image",
     "ingest",
+    "ingest_array",
     "load_config",
     "load_fit",
     "load_groups",

@@ -65,8 +65,9 @@ def timer(what: str, timings: dict[str, float] | None = None) -> Iterator[None]:
 
 
 def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool | None = None) -> Any:
-    """A tqdm bar on stderr; disabled when stderr is not a terminal unless ``enabled``."""
-    from tqdm import tqdm
+    """A tqdm bar on stderr; disabled when stderr is not a terminal unless ``enabled``. In
+    Jupyter, tqdm's notebook bar (when ipywidgets is installed)."""
+    from tqdm.auto import tqdm
 
     if enabled is None:
         enabled = sys.stderr.isatty()

@@ -30,7 +30,7 @@ def collection_info(store: str | os.PathLike[str] | Location | Collection, top: 
     ranked = labels.most_common()
     return {
         "store": coll.path,
-        "source": ingest.get("root"),
+        "source": ingest.get("root") or ingest.get("source"),
         "n_images": len(coll),
         "n_pixels": coll.n_pixels,
         "raw_bytes": coll.n_pixels * 3,

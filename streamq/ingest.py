@@ -258,7 +258,7 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
     Transient faults of reads and writes are retried (:func:`streamq.faults.retrying`); one
     that lasts fails the task, and so the stage, before its record is written."""
     a, b = args["px_start"], args["px_stop"]
-    retry, store = args.get("retry"), args["store"]
+    retry = args.get("retry")
     status = "ran"
     if args.get("expect") is not None:
         found = _verify_task(args)
@@ -283,6 +283,16 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
         lo, hi = max(off, a), min(off + h * w, b)
         buf[lo - a: hi - a] = flat[lo - off: hi - off]
         stored.append((lo - a, hi - a))
+    return (*store_task_pixels(args, buf, stored, failed), status)
+
+
+def store_task_pixels(args: dict[str, Any], buf: np.ndarray, stored: list[tuple[int, int]],
+                      failed: list[list[Any]]) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """The end of every ingest write task (files or arrays): write the task's pixels ``buf``
+    (rows ``[lo, hi)`` of each of ``stored`` hold image pixels), then their colour counts,
+    then the completion record naming the ``failed`` images; return the record and counts."""
+    a, b = args["px_start"], args["px_stop"]
+    retry, store = args.get("retry"), args["store"]
 
     def write(fn: Any, name: str) -> None:
         retrying(fn, "write", store.join(name).url, retry, write=True)
@@ -302,7 +312,7 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
         report["plan"] = args["plan"]
     # the completion record, after the data
     write(lambda: write_task_report(store, args["task"], report), f"{TASKS}/report")
-    return report, codes, counts, status
+    return report, codes, counts
 
 
 # -- the stage -------------------------------------------------------------------------------
@@ -436,7 +446,10 @@ def _scan(run: Runner, root: str, rel: list[str], icfg: IngestConfig, retry: Ret
 
 def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
                 missing: list[tuple[str, str]], icfg: IngestConfig,
-                source_fp: str, settings_fp: str, settings: dict[str, Any]) -> None:
+                source_fp: str, settings_fp: str, settings: dict[str, Any],
+                labels: Sequence[str] | None = None, extra: dict[str, Any] | None = None) -> None:
+    """Save the plan: the image table, the skipped inputs, the pixel array and the write tasks.
+    ``labels`` (one per input) replace the folder names; ``extra`` adds keys to the section."""
     ok = [i for i, h in enumerate(headers) if not isinstance(h, str)]
     skipped = [(stored_name(p), r) for p, r in missing] \
         + [(stored_name(rel[i]), h) for i, h in enumerate(headers) if isinstance(h, str)]
@@ -448,7 +461,8 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
     st.set_section("ingest", {"state": "planning"})
     st.write_table(PLAN, {
         "path": [stored_name(rel[i]) for i in ok],
-        "label": [stored_name(_label_of(root, rel[i])) for i in ok],
+        "label": [stored_name(_label_of(root, rel[i]) if labels is None else labels[i])
+                  for i in ok],
         "mode": [headers[i][2] for i in ok],
         "offset": offsets, "height": heights, "width": widths,
     })
@@ -462,7 +476,7 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
         "state": "planned", "root": stored_name(root), "source_fingerprint": source_fp,
         "settings_fingerprint": settings_fp, "settings": settings,
         "n_inputs": len(rel) + len(missing), "n_planned": len(ok), "n_pixels_planned": n_pixels,
-        "n_tasks": len(starts),
+        "n_tasks": len(starts), **(extra or {}),
     })
     log.info("Planned %d images (%d pixels) in %d tasks; %d inputs skipped at scan",
              len(ok), n_pixels, len(starts), len(skipped))

@@ -617,6 +617,28 @@ class Collection:
         h, w = int(self.heights[i]), int(self.widths[i])
         return np.asarray(self._pixels[start:start + h * w]).reshape(h, w, 3)
 
+    def pixel_labels(self, i: int, per_image: int | None = None) -> np.ndarray:
+        """Palette labels of image ``i`` as an ``(H, W)`` array (after ``quantize``; with
+        ``per_image`` = K those of the image's own K-colour palette)."""
+        from streamq.arrays import read_image
+
+        return read_image(self, i, "labels", per_image)
+
+    def quantized(self, i: int, per_image: int | None = None) -> np.ndarray:
+        """Image ``i`` quantized: each pixel its palette colour, ``(H, W, 3)`` uint8."""
+        from streamq.arrays import read_image
+
+        return read_image(self, i, "quantized", per_image)
+
+    def to_dask(self, kind: str = "pixels", *, per_image: int | None = None,
+                stack: bool = False) -> Any:
+        """Lazy Dask arrays of every image's ``pixels``, ``labels`` or ``quantized`` pixels:
+        a list, or with ``stack`` one ``(N, H, W[, 3])`` array (see
+        :func:`streamq.arrays.dask_images`)."""
+        from streamq.arrays import dask_images
+
+        return dask_images(self, kind, per_image=per_image, stack=stack)
+
     def __repr__(self) -> str:
         return (f"<Collection {self.path}: {len(self)} images, {self.n_pixels} pixels, "
                 f"{len(set(self.labels))} labels, {len(self.skipped)} skipped>")
