@@ -631,13 +631,13 @@ class Collection:
         return read_image(self, i, "quantized", per_image)
 
     def to_dask(self, kind: str = "pixels", *, per_image: int | None = None,
-                stack: bool = False) -> Any:
+                stack: bool = False, chunk_pixels: int | None = None) -> Any:
         """Lazy Dask arrays of every image's ``pixels``, ``labels`` or ``quantized`` pixels:
         a list, or with ``stack`` one ``(N, H, W[, 3])`` array (see
         :func:`streamq.arrays.dask_images`)."""
         from streamq.arrays import dask_images
 
-        return dask_images(self, kind, per_image=per_image, stack=stack)
+        return dask_images(self, kind, per_image=per_image, stack=stack, chunk_pixels=chunk_pixels)
 
     def __repr__(self) -> str:
         return (f"<Collection {self.path}: {len(self)} images, {self.n_pixels} pixels, "
