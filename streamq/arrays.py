@@ -413,7 +413,7 @@ def _labels_source(coll: Collection, per_image: int | None) -> tuple[str, str, n
     ``(K, 3)`` or the per-image palettes ``(N, K, 3)``; missing or stale labels are refused."""
     from streamq.export import ready_labels
 
-    st = coll.store
+    st = Store.open(coll.store.location)  # as it is now: quantize may have run since
     identity = ready_labels(st, per_image)
     if per_image is None:
         from streamq.fit import load_fit
@@ -453,7 +453,8 @@ def _source_of(coll: Collection, kind: str, per_image: int | None
     if kind == "pixels":
         return PIXELS, "", None, np.dtype(np.uint8)
     name, identity, palettes = _labels_source(coll, per_image)
-    return name, identity, palettes if kind == "quantized" else None, coll.store.group[name].dtype
+    return (name, identity, palettes if kind == "quantized" else None,
+            open_array(coll.store.location, name).dtype)
 
 
 def read_image(coll: Collection, i: int, kind: str = "pixels",

@@ -119,18 +119,22 @@ class Frames:
 
 
 def test_interrupted_ingest_resumes(tmp_path):
-    data = np.stack(_crops(12, 30, 40, seed=5))
-    broken = Frames(data, fail_at=9)
-    with pytest.raises(OSError, match="frame 9 is unreadable"):
-        streamq.ingest_array(broken, tmp_path / "a.zarr", scheduler="sync", progress=False, **SMALL)
+    data = np.stack(_crops(20, 30, 40, seed=5))
+    layout = {"chunk_pixels": 1024, "block_pixels": 1024}  # 24 shards in 3 write tasks
+    broken = Frames(data, fail_at=19)  # in the last task
+    with pytest.raises(OSError, match="frame 19 is unreadable"):
+        streamq.ingest_array(broken, tmp_path / "a.zarr", scheduler="sync", progress=False,
+                             **layout)
     with pytest.raises(StreamQError, match="no finished ingest"):
         streamq.open_store(tmp_path / "a.zarr")
     frames = Frames(data)
     summary = streamq.ingest_array(frames, tmp_path / "a.zarr", scheduler="sync", progress=False,
-                                   **SMALL)
+                                   **layout)
     assert summary.status == "resumed"
-    assert 0 < frames.reads < broken.reads + len(data)  # finished tasks were not read again
-    streamq.ingest_array(data, tmp_path / "b.zarr", scheduler="threads", progress=False, **SMALL)
+    full = Frames(data)
+    streamq.ingest_array(full, tmp_path / "b.zarr", scheduler="sync", progress=False, **layout)
+    assert zarr.open_group(str(tmp_path / "b.zarr"), mode="r")["ingest/tasks/report"].shape == (3,)
+    assert 0 < frames.reads < full.reads / 2  # the finished tasks were not read again
     _same_data(str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr"))
 
 

@@ -99,9 +99,10 @@ def test_store_fit_equals_cli_fit_and_predict_equals_quantize(photo, tmp_path):
     assert q.fit_result_.algorithm == "minibatch"  # the default of `streamq fit`
     np.testing.assert_array_equal(q.cluster_centers_, cli.centers)
     np.testing.assert_array_equal(q.palette_, cli.palette)
-    # lazy labels computed from the pixels are the labels quantize stores
-    streamq.quantize(stores[1], scheduler="threads", progress=False)
+    # lazy labels computed from the pixels are the labels quantize stores (read through a
+    # collection opened before quantize ran)
     coll = streamq.open_store(stores[1])
+    streamq.quantize(stores[1], scheduler="threads", progress=False)
     predicted = [a.compute(scheduler="sync") for a in q.predict(stores[1])]
     for i, lab in enumerate(predicted):
         np.testing.assert_array_equal(lab, coll.pixel_labels(i))
