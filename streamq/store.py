@@ -547,7 +547,8 @@ class Skipped:
 
 
 class Collection:
-    """A finished collection: ``len()``, ``read(i)``, ``paths``, ``labels``, ``shapes``.
+    """A finished collection: ``len()``, ``read(i)``, ``paths``, ``labels``, ``shapes``;
+    after quantize ``pixel_labels(i)`` and ``quantized(i)``; ``to_dask()`` for lazy arrays.
 
     Examples
     --------

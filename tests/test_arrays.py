@@ -184,13 +184,28 @@ def test_lazy_labels_and_quantized_equal_the_quantize_output(photo_store, cluste
         coll.to_dask("labels", stack=True)
 
 
-def test_stacked_pixels_and_missing_labels(tmp_path):
+def test_zarr_array_in_stacked_pixels_out_and_missing_labels(tmp_path):
     data = np.stack(_crops(4, 21, 33, seed=6))
-    streamq.ingest_array(data, tmp_path / "s.zarr", scheduler="threads", progress=False, **SMALL)
+    source = zarr.create_array(str(tmp_path / "source.zarr"), shape=data.shape, dtype="uint8",
+                               chunks=(1, 8, 33, 3))
+    source[:] = data
+    streamq.ingest_array(source, tmp_path / "s.zarr", scheduler="threads", progress=False,
+                         **SMALL)
     coll = streamq.open_store(tmp_path / "s.zarr")
+    assert coll.paths == ["000000", "000001", "000002", "000003"]  # the array's order
     stacked = coll.to_dask("pixels", stack=True, chunk_pixels=200)
     assert stacked.shape == data.shape
     assert stacked.numblocks[1] > 1
     np.testing.assert_array_equal(stacked.compute(scheduler="sync"), data)
     with pytest.raises(StreamQError, match=r"labels are missing; run `streamq quantize` first"):
         coll.to_dask("labels")
+    # an image's own palette (fit --per-image), read through the same collection
+    streamq.fit_per_image(tmp_path / "s.zarr", colors=[3], scheduler="threads", progress=False)
+    streamq.quantize(tmp_path / "s.zarr", scheduler="threads", progress=False)
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    labels, palettes = g["per_image/k3/labels"][:], g["per_image/k3/palette"][:]
+    quantized = coll.to_dask("quantized", per_image=3)
+    for i in range(len(coll)):
+        expect = labels[coll.offsets[i]:coll.offsets[i] + 21 * 33].reshape(21, 33)
+        np.testing.assert_array_equal(coll.pixel_labels(i, per_image=3), expect)
+        np.testing.assert_array_equal(quantized[i].compute(scheduler="sync"), palettes[i][expect])

@@ -4,14 +4,14 @@ scikit-learn ``KMeans`` from the same start, and the same palette as ``streamq f
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
-from helpers import streamq_cmd
+from click.testing import CliRunner
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import streamq
+from streamq.cli.main import cli
 from streamq.colorspace import to_space
 from streamq.estimator import ColorQuantizer
 
@@ -91,14 +91,15 @@ def test_store_fit_equals_cli_fit_and_predict_equals_quantize(photo, tmp_path):
     streamq.ingest_array([photo, photo[:40, :50]], stores[0], scheduler="threads",
                          progress=False, **SMALL)
     shutil.copytree(stores[0], stores[1])
-    subprocess.run(streamq_cmd("fit", stores[0], "-k", "6", "--seed", "3", "--n-init", "4",
-                               "--scheduler", "threads"), check=True, capture_output=True)
-    cli = streamq.load_fit(stores[0])
+    done = CliRunner().invoke(cli, ["fit", stores[0], "-k", "6", "--seed", "3", "--n-init", "4",
+                                    "--scheduler", "threads"])
+    assert done.exit_code == 0, done.output
+    by_cli = streamq.load_fit(stores[0])
     q = ColorQuantizer(n_colors=6, random_state=3, n_init=4, scheduler="threads",
                        progress=False).fit(stores[1])
     assert q.fit_result_.algorithm == "minibatch"  # the default of `streamq fit`
-    np.testing.assert_array_equal(q.cluster_centers_, cli.centers)
-    np.testing.assert_array_equal(q.palette_, cli.palette)
+    np.testing.assert_array_equal(q.cluster_centers_, by_cli.centers)
+    np.testing.assert_array_equal(q.palette_, by_cli.palette)
     # lazy labels computed from the pixels are the labels quantize stores (read through a
     # collection opened before quantize ran)
     coll = streamq.open_store(stores[1])
