@@ -34,6 +34,7 @@ __all__ = [
     "IngestConfig",
     "LockConfig",
     "PerImageConfig",
+    "QuantizeConfig",
     "ReportConfig",
     "RetryConfig",
     "StreamQConfig",
@@ -143,6 +144,14 @@ class FitConfig:
     checkpoint_seconds: float = _opt(30.0, _positive, "... or this many seconds")
     client_threads: int | None = _opt(None, _at_least(1),
                                       "OpenMP threads of the client's model update (default 1)")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """What quantize measures besides the labels (see ``streamq.quantize``)."""
+
+    ssim: bool = _opt(True, doc="SSIM of every image on its luma, beside MSE/PSNR "
+                                "(see streamq.ssim); false (--no-ssim) labels faster")
 
 
 def _ks(v: Any) -> str | None:
@@ -288,6 +297,7 @@ class StreamQConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     per_image: PerImageConfig = field(default_factory=PerImageConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     cluster_images: ClusterImagesConfig = field(default_factory=ClusterImagesConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
