@@ -211,3 +211,13 @@ def test_per_image_palettes_get_ssim_too(small_store):
     ref = stored_references(small_store, "per_image/k4/labels", lambda i: pal[i])
     np.testing.assert_allclose(g["per_image/k4/images/ssim"][:], ref, rtol=0, atol=1e-6)
     assert g.attrs["per_image_quantize_k4"]["ssim_mean"] == pytest.approx(np.mean(ref))
+
+
+def test_given_palette_gets_ssim(small_store, photo_store):
+    # quantize --palette: another store's palette, labelled through the same chunkwise path
+    streamq.quantize(small_store, palette=photo_store, overwrite=True, scheduler="threads")
+    palette = streamq.load_fit(photo_store).palette
+    ref = stored_references(small_store, "quantize/labels", lambda i: palette)
+    g = zarr.open_group(small_store, mode="r")
+    np.testing.assert_allclose(g["quantize/images/ssim"][:], ref, rtol=0, atol=1e-6)
+    assert g.attrs["quantize"]["ssim_min"] == pytest.approx(min(ref), abs=1e-6)
