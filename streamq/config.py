@@ -104,6 +104,18 @@ def _k(v: Any) -> str | None:
     return None if 2 <= v <= 65_536 else "an integer from 2 to 65536"
 
 
+def _quality(v: Any) -> str | None:
+    lo, hi = v
+    return None if 0 <= lo <= hi <= 100 else \
+        "[MIN, MAX]: PSNR targets in dB with 0 <= MIN <= MAX <= 100, e.g. [30, 40]"
+
+
+def _k_range(v: Any) -> str | None:
+    lo, hi = v
+    return None if 2 <= lo <= hi <= 65_536 else \
+        "[LO, HI]: the K searched, integers with 2 <= LO <= HI <= 65536, e.g. [2, 256]"
+
+
 def _fraction(v: Any) -> str | None:
     return None if 0 < v <= 1 else "a number in (0, 1]"
 
@@ -144,14 +156,14 @@ class FitConfig:
     checkpoint_seconds: float = _opt(30.0, _positive, "... or this many seconds")
     client_threads: int | None = _opt(None, _at_least(1),
                                       "OpenMP threads of the client's model update (default 1)")
-
-
-@dataclass(frozen=True)
-class QuantizeConfig:
-    """What quantize measures besides the labels (see ``streamq.quantize``)."""
-
-    ssim: bool = _opt(True, doc="SSIM of every image on its luma, beside MSE/PSNR "
-                                "(see streamq.ssim); false (--no-ssim) labels faster")
+    quality: tuple[float, float] | None = _opt(
+        None, _quality, "[MIN, MAX] PSNR in dB: fit the smallest K of k_range whose exact "
+        "Lloyd palette reaches MAX (colors and algorithm are then not used); fail (exit 99) "
+        "when even the largest stays below MIN")
+    k_range: tuple[int, int] = _opt((2, 256), _k_range, "quality: the K searched, [LO, HI]")
+    fixed_colors: str | None = _opt(
+        None, doc="palette source (.gpl, .act, .json, .hex, image or store) whose colours the "
+                  "palette keeps exactly as its first entries; K counts them")
 
 
 def _ks(v: Any) -> str | None:
@@ -175,6 +187,22 @@ class PerImageConfig:
                      "random seed of the samples and starts")
     pixels_per_task: int = _opt(4_000_000, _at_least(1), "image pixels one task fits at most "
                                 "(a small collection gets about four tasks per worker)")
+    fixed_colors: str | None = _opt(
+        None, doc="histogram method: palette source whose colours every image's palette keeps "
+                  "exactly as its first entries; each K counts them")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """How pixels are labelled (see ``streamq.quantize``)."""
+
+    palette: str | None = _opt(None, doc="a given palette instead of a fitted one (quantize "
+                               "--palette): .gpl, .act, .json, .hex/.txt, an image or a store")
+    color_space: Literal["rgb", "oklab"] | None = _opt(
+        None, doc="palette: space distances are measured in (default: the source store's "
+                  "fit's, else the store's fit's, else rgb)")
+    ssim: bool = _opt(True, doc="SSIM of every image on its luma, beside MSE/PSNR "
+                                "(see streamq.ssim); false (--no-ssim) labels faster")
 
 
 @dataclass(frozen=True)
@@ -460,7 +488,7 @@ def parse_config(data: Mapping[str, Any] | StreamQConfig | None, source: str = "
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> StreamQConfig:
     """Read a YAML file (or start from defaults) and apply dotted-key overrides.
 
-    Relative paths inside the file (``store``, ``ingest.source``) are resolved against
+    Relative paths inside the file (``store``, ``ingest.source``, ...) are resolved against
     the file's folder, so a config works from any working directory.
     """
     data: dict[str, Any] = {}
@@ -480,7 +508,8 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
             raise ConfigError(f"{source}: expected a mapping of keys at the top level")
         data = loaded or {}
         base = p.resolve().parent
-        for dotted in ("store", "ingest.source", "export.out", "report.out"):
+        for dotted in ("store", "ingest.source", "export.out", "report.out", "quantize.palette",
+                       "fit.fixed_colors", "per_image.fixed_colors"):
             section, _, key = dotted.rpartition(".")
             node = data.get(section) if section else data
             if isinstance(node, dict) and isinstance(node.get(key), str):

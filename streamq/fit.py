@@ -15,6 +15,11 @@ fit runs in two phases:
    each start a Dask task on the workers; the lowest exact inertia wins (the first start on
    ties). ``--algorithm lloyd`` is this phase alone.
 
+With fixed colours (``fixed_colors``, :mod:`streamq.fixed`) the palette's first ``F``
+centres are those colours in both phases: the mini-batch model's are put back after every
+step, and every Lloyd start holds them (k-means++ starts from them); the other ``K - F``
+move.
+
 Both phases checkpoint in the store (``streamq.checkpoint``, JSON): the mini-batch state
 every ``checkpoint_steps`` steps or ``checkpoint_seconds`` seconds, and each Lloyd start in
 its own slot of ``fit/starts`` as often. Rerunning the same command after ``kill -9`` gives
@@ -45,6 +50,7 @@ from streamq.colorspace import to_rgb8, to_space
 from streamq.config import FitConfig, StreamQConfig, differences, fingerprint, parse_config, to_dict
 from streamq.console import timer
 from streamq.errors import ConfigError, StoreMismatchError
+from streamq.fixed import FixedColors, read_fixed_colors
 from streamq.fs import Location, check_access, location
 from streamq.histogram import histogram
 from streamq.lock import store_lock
@@ -88,6 +94,9 @@ class FitResult:
     status: str = "fitted"
     # A given palette (quantize --palette): where it came from (streamq.palettes); None: k-means
     palette_source: dict[str, Any] | None = None
+    # fit --quality: the target, the K range searched and every K tried (streamq.quality)
+    quality: dict[str, Any] | None = None
+    n_fixed: int = 0  # the first n_fixed colours are fixed colours (streamq.fixed), kept exactly
 
     def label_space(self) -> tuple[str, np.ndarray]:
         """The colour space and centres quantize labels pixels in: the fit's, except for a
@@ -125,15 +134,27 @@ class FitResult:
             return (f"{self.status}: K={self.k} given palette ({self.color_space}): "
                     f"{describe_source(self.palette_source)}; MSE {self.mse:.2f} / PSNR "
                     f"{self.psnr:.2f} dB over every pixel")
-        return (f"{self.status}: K={self.k} ({self.algorithm}, {self.color_space}), "
+        fixed = f", {self.n_fixed} fixed" if self.n_fixed else ""
+        line = (f"{self.status}: K={self.k} ({self.algorithm}, {self.color_space}{fixed}), "
                 f"{self.steps} steps, {self.pixels_seen / 1e6:.2f} Mpx seen, "
                 f"MSE {self.mse:.2f} / PSNR {self.psnr:.2f} dB over every pixel, "
                 f"stopped: {self.stop_reason}, {self.seconds:.1f} s")
+        if self.quality is not None:
+            from streamq.quality import describe_quality
+
+            line += f"; {describe_quality(self.quality)}"
+        return line
 
 
-def _fit_fingerprint(st: Store, fcfg: FitConfig) -> str:
+def _fit_fingerprint(st: Store, fcfg: FitConfig, fixed: FixedColors | None = None) -> str:
     ingest = st.section("ingest")
     semantic = {k: v for k, v in to_dict(fcfg).items() if k not in _NON_SEMANTIC}
+    if fcfg.quality is None:  # fits of a given K keep the fingerprints they had
+        semantic = {k: v for k, v in semantic.items() if k not in ("quality", "k_range")}
+    if semantic.get("fixed_colors") is None:
+        semantic.pop("fixed_colors", None)  # as before there were fixed colours
+    else:  # the colours themselves, wherever the file is
+        semantic["fixed_colors"] = fixed.sha256 if fixed is not None else semantic["fixed_colors"]
     return fingerprint({"data": [ingest.get("source_fingerprint"), ingest.get("settings_fingerprint")],
                         "fit": semantic})
 
@@ -150,6 +171,9 @@ def fit(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None 
     config : StreamQConfig or dict, optional
         Full configuration; ``options`` override its ``fit`` keys (``colors=64``,
         ``algorithm="lloyd"``, ``seed=1``, ...) and ``scheduler=...`` its ``dask.scheduler``.
+        ``quality=(MIN, MAX)`` (and ``k_range=(LO, HI)``) chooses K instead of ``colors``:
+        the smallest reaching MAX dB (:mod:`streamq.quality`; below MIN it raises
+        :class:`streamq.quality.QualityError`).
     overwrite : bool, default=False
         Start a new fit, replacing any palette or checkpoint in the store. Without it, a
         finished fit with the same parameters is returned as is, an interrupted one is
@@ -172,6 +196,13 @@ def fit(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None 
 
 def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | None) -> FitResult:
     fcfg = cfg.fit
+    if fcfg.quality is not None and fcfg.fixed_colors is not None:
+        raise ConfigError("key 'fit.fixed_colors' does not go with 'fit.quality' (the K search "
+                          "fits without fixed colours); give --colors K with --fixed-colors")
+    if fcfg.quality is not None:  # a K search: exact Lloyd at each K (streamq.quality)
+        from streamq.quality import search_config
+
+        fcfg = search_config(fcfg)
     st = Store.open(store, mode="r+")
     coll = Collection(st)
     if coll.n_pixels == 0:
@@ -179,7 +210,10 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
     if fcfg.algorithm == "minibatch" and fcfg.batch_size < fcfg.colors:
         raise ConfigError(f"key 'fit.batch_size' has value {fcfg.batch_size}, expected at least "
                           f"colors={fcfg.colors} (each step needs a pixel per centre)")
-    fp = _fit_fingerprint(st, fcfg)
+    fixed = (read_fixed_colors(fcfg.fixed_colors, fcfg.colors,
+                               storage_options=cfg.storage_options or None)
+             if fcfg.fixed_colors is not None else None)
+    fp = _fit_fingerprint(st, fcfg, fixed)
     prev = st.section(FIT)
     if prev and not overwrite:
         if prev.get("fingerprint") == fp and prev.get("state") == "complete":
@@ -217,11 +251,16 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
         st.mark_stale(fp)  # labels and image groups of the old palette: say so
         with timer("histogram", timings):
             codes, counts = histogram(run, st, source, progress)
+        if fcfg.quality is not None:  # the smallest K reaching a PSNR target
+            from streamq.quality import fit_quality
+
+            return fit_quality(run, st, fcfg, fp, codes, counts, timings, facts, started, progress)
         if len(codes) < fcfg.colors:
             raise ConfigError(
                 f"the collection has only {len(codes)} distinct colours, fewer than "
                 f"colors={fcfg.colors}; choose --colors {len(codes)} or fewer")
         x = _points(codes, fcfg.color_space)
+        held = None if fixed is None else fixed.centres(fcfg.color_space)
         ckpt = read_checkpoint(st, CHECKPOINT, fp, "fit")
         mb_centres, info = None, {"history": {k: np.zeros(0) for k in HISTORY_KEYS}, "steps": 0,
                                   "pixels_seen": 0, "stop_reason": ""}
@@ -231,14 +270,17 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
             else:
                 with timer("mini-batch fit", timings):
                     mb_centres, info = _fit_minibatch(run, st, source, fcfg, fp, ckpt, x, counts,
-                                                      progress)
+                                                      progress, held)
                 write_checkpoint(st, CHECKPOINT, {"fingerprint": fp, "phase": "exact",
                                                   "minibatch_centres": mb_centres,
                                                   "minibatch_info": info})
         with timer("exact lloyd", timings):
-            best = _fit_exact(run, st, fcfg, fp, mb_centres, progress)
+            best = _fit_exact(run, st, fcfg, fp, mb_centres, progress, held)
     centres = _ensure_distinct(best["centers"], x, fcfg.color_space)
     palette = to_rgb8(centres, fcfg.color_space)
+    if fixed is not None:  # held by every step; stored as the given uint8 values
+        assert np.array_equal(centres[:fixed.n], held), "fixed centres moved"
+        palette[:fixed.n] = fixed.rgb
     mse, pixel_counts = _exact_mse(x, codes, counts, centres, palette)
     info = _join_history(info, best, int(counts.sum()), fcfg)
     result = FitResult(
@@ -246,8 +288,10 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
         centers=centres, palette=palette, counts=pixel_counts, history=info["history"],
         steps=info["steps"], pixels_seen=info["pixels_seen"], stop_reason=info["stop_reason"],
         mse=mse, psnr=psnr(mse), seconds=round(time.perf_counter() - started, 3),
-        seed=fcfg.seed, config=to_dict(fcfg))
-    extra = {"starts": best["results"]}
+        seed=fcfg.seed, config=to_dict(fcfg), n_fixed=0 if fixed is None else fixed.n)
+    extra: dict[str, Any] = {"starts": best["results"]}
+    if fixed is not None:
+        extra["fixed_colors"] = fixed.record()
     if mb_centres is not None:  # the mini-batch phase's palette, before the exact phase
         extra["minibatch_centers"] = np.asarray(mb_centres).tolist()
     _save_result(st, result, fp, timings, facts, extra)
@@ -312,10 +356,11 @@ def _clear(st: Store) -> None:
 # --- phase 1: the streamed mini-batch fit -------------------------------------------------------
 
 def _initial_centres(run: Runner, source: PixelSource, fcfg: FitConfig, x_all: np.ndarray,
-                     counts_all: np.ndarray) -> np.ndarray:
+                     counts_all: np.ndarray, fixed: np.ndarray | None = None) -> np.ndarray:
     """k-means (one k-means++ start, to the default ``tol``) on the distinct colours of a
     collection-wide sample, or on the whole histogram when the sample has fewer than K colours:
-    a start for the mini-batch steps, which only give a start for the exact phase."""
+    a start for the mini-batch steps, which only give a start for the exact phase. ``fixed``
+    centres come first and stay."""
     from streamq.kmeans import kmeans
     from streamq.kmeans.codes import distinct_colours
 
@@ -323,13 +368,14 @@ def _initial_centres(run: Runner, source: PixelSource, fcfg: FitConfig, x_all: n
     codes, counts = distinct_colours(sample)
     x, w = (_points(codes, fcfg.color_space), counts) if len(codes) >= fcfg.colors else (x_all, counts_all)
     res = kmeans(x, w, fcfg.colors, np.random.default_rng([fcfg.seed, STREAM_INIT]),
-                 init=fcfg.init, n_init=1, max_iter=fcfg.max_iter)
+                 init=fcfg.init, n_init=1, max_iter=fcfg.max_iter, fixed=fixed)
     return res.centers.astype(np.float32)
 
 
 def _fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig, fp: str,
                    ckpt: dict[str, Any] | None, x_all: np.ndarray, counts_all: np.ndarray,
-                   progress: bool | None) -> tuple[np.ndarray, dict[str, Any]]:
+                   progress: bool | None, fixed: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, dict[str, Any]]:
     from streamq.kmeans.bounded import tolerance
 
     B, G = fcfg.batch_size, fcfg.batches_per_task
@@ -339,7 +385,7 @@ def _fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig,
         log.info("Resuming the mini-batch fit at step %d", state.cursor)
     else:
         with timer("initial centres"):
-            init = _initial_centres(run, source, fcfg, x_all, counts_all)
+            init = _initial_centres(run, source, fcfg, x_all, counts_all, fixed)
         model = new_model(fcfg.colors, init, B, fcfg.seed, fcfg.reassignment_ratio)
         state = LoopState(scale=tolerance(x_all, counts_all, 1.0))  # the pixels' variance
     max_steps, limit_name = step_limit(fcfg.max_steps, fcfg.max_epochs, source.n_valid, B,
@@ -354,12 +400,15 @@ def _fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig,
 
     stop_reason = stream_partial_fit(run, model, task, LoopSettings.of(fcfg), state, max_steps,
                                      limit_name, save, progress=progress,
-                                     prepare=lambda x: to_space(x, fcfg.color_space))
+                                     prepare=lambda x: to_space(x, fcfg.color_space), fixed=fixed)
     history = state.history_arrays()
     history["pixels_seen"] = history.pop("seen")
     info = {"history": {k: history[k] for k in HISTORY_KEYS}, "steps": state.cursor,
             "pixels_seen": state.seen, "stop_reason": f"mini-batch: {stop_reason}"}
-    return model.cluster_centers_.astype(np.float64), info
+    centres = model.cluster_centers_.astype(np.float64)
+    if fixed is not None:  # exactly, not their float32 copies in the model
+        centres[:len(fixed)] = fixed
+    return centres, info
 
 
 # --- phase 2: exact Lloyd on the histogram, several starts side by side -------------------------
@@ -409,6 +458,14 @@ def _slot(args: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
     return slot, state
 
 
+def _held(args: dict[str, Any]) -> np.ndarray | None:
+    """The mask of a start's fixed centres (its first ones), or None."""
+    from streamq.kmeans.starts import fixed_first
+
+    fixed = args.get("fixed")
+    return None if fixed is None else fixed_first(args["k"], len(fixed))
+
+
 def _race_task(args: dict[str, Any]) -> dict[str, Any]:
     """One start (the given centres or k-means++) run to convergence on the coarse grid."""
     from streamq.kmeans import converge, initial_centers
@@ -418,13 +475,13 @@ def _race_task(args: dict[str, Any]) -> dict[str, Any]:
         return state
     p = _worker_points(args["store"], args["key"], args["space"])
     layout = _layout(p, "gx")
-    init = args["init"]
+    init, fixed = args["init"], args.get("fixed")
     if init is None:  # k-means++ start j draws from its own generator
         init = initial_centers(p["gx"], p["gw"], args["k"], args["init_method"],
                                np.random.default_rng([args["seed"], 1000 + args["plusplus"]]),
-                               layout)
-    res = converge(p["gx"], p["gw"], init, layout=layout, tol=0,
-                   max_iter=args["max_iter"])  # to a fixed point
+                               layout, fixed)
+    res = converge(p["gx"], p["gw"], init, layout=layout, tol=0, max_iter=args["max_iter"],
+                   fixed=_held(args))  # to a fixed point
     state = {"fingerprint": args["fingerprint"], "start": args["start"], "done": False,
              "grid_inertia": res.inertia, "grid_iterations": res.n_iter,
              "centers": res.centers, "iteration": 0, "history": []}
@@ -453,7 +510,7 @@ def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
 
     res = converge(p["x"], p["w"], np.asarray(state["centers"]), layout=_layout(p, "x"),
                    tol=args["tol"], max_iter=args["max_iter"], start_iter=state["iteration"],
-                   on_iter=on_iter)
+                   on_iter=on_iter, fixed=_held(args))
     history.extend(list(r) for r in res.history)
     done = {**state, "done": True, "centers": res.centers, "iteration": res.n_iter,
             "history": history, "inertia": res.inertia, "stop": res.stop}
@@ -462,10 +519,11 @@ def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centres: np.ndarray | None,
-               progress: bool | None) -> dict[str, Any]:
+               progress: bool | None, fixed: np.ndarray | None = None) -> dict[str, Any]:
     """The mini-batch centres (if any) and ``n_init`` k-means++ starts race to convergence on
     the coarse colour grid (one task each); the ``FINISHERS`` best run exact Lloyd on every
-    distinct colour (one task each); the lowest exact inertia wins (the first start on ties)."""
+    distinct colour (one task each); the lowest exact inertia wins (the first start on ties).
+    Every start holds the ``fixed`` centres (its first ones)."""
     inits: list[np.ndarray | None] = [] if mb_centres is None else [np.asarray(mb_centres)]
     inits += [None] * fcfg.n_init
     if not st.has(STARTS) or st.group[STARTS].shape[0] != len(inits):
@@ -475,7 +533,7 @@ def _fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centres: np.
     base = {"store": st.location, "fingerprint": fp, "key": key, "space": fcfg.color_space,
             "k": fcfg.colors, "init_method": fcfg.init, "seed": fcfg.seed, "tol": fcfg.tol,
             "max_iter": fcfg.max_iter, "checkpoint_steps": fcfg.checkpoint_steps,
-            "checkpoint_seconds": fcfg.checkpoint_seconds}
+            "checkpoint_seconds": fcfg.checkpoint_seconds, "fixed": fixed}
     first = len(inits) - fcfg.n_init  # slot of k-means++ start 0
     futures = {run.submit(_race_task, {**base, "start": s, "init": init, "plusplus": s - first}): 1
                for s, init in enumerate(inits)}
@@ -563,7 +621,8 @@ def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float],
     st.write_table("fit/history", {k: np.asarray(v) for k, v in r.history.items()})
     summary = {k: v for k, v in asdict(r).items()
                if k not in ("centers", "palette", "counts", "history", "config", "status",
-                            "palette_source")}
+                            "palette_source") and (k != "quality" or r.quality is not None)
+               and (k != "n_fixed" or r.n_fixed)}
     st.set_section(FIT, {"state": "complete", "fingerprint": fp, "config": r.config,
                          "summary": summary, "timings": timings, "runtime": facts, **extra,
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -586,4 +645,5 @@ def load_fit(store: str | Location, storage_options: dict[str, Any] | None = Non
         history=h, steps=s["steps"], pixels_seen=s["pixels_seen"], stop_reason=s["stop_reason"],
         mse=s["mse"], psnr=s["psnr"], seconds=s["seconds"], seed=s["seed"], config=sec["config"],
         status="given" if sec.get("palette_source") else "fitted",
-        palette_source=sec.get("palette_source"))
+        palette_source=sec.get("palette_source"), quality=s.get("quality"),
+        n_fixed=int(s.get("n_fixed", 0)))

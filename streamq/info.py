@@ -65,6 +65,8 @@ def _per_image_summary(coll: Collection) -> dict[str, Any] | None:
     out: dict[str, Any] = {"state": sec.get("state"), "colors": sec.get("colors"),
                            "sample": sec.get("config", {}).get("sample"),
                            "method": sec.get("config", {}).get("method", "kmeans"), "results": {}}
+    if sec.get("fixed_colors"):
+        out["fixed_colors"] = sec["fixed_colors"]
     for k in sec.get("colors") or []:
         q = coll.store.section(f"per_image_quantize_k{k}")
         out["results"][str(k)] = {"labels": q.get("state", "missing"), "mean_psnr": q.get("mean_psnr")}
@@ -99,11 +101,24 @@ def _fit_summary(coll: Collection) -> dict[str, Any] | None:
         return None
     out = {"state": fit.get("state"), **fit.get("summary", {}),
            "palette_source": fit.get("palette_source")}  # None: a k-means fit
+    if fit.get("error"):  # a quality search that failed below its MIN (streamq.quality)
+        out.update(error=fit["error"], quality=fit.get("quality"))
+    if fit.get("fixed_colors"):
+        out["fixed_colors"] = fit["fixed_colors"]
     if fit.get("state") == "complete":
         p = coll.store.read_table("fit/palette", ("r", "g", "b", "count"))
         out["palette_hex"] = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in zip(p["r"], p["g"], p["b"], strict=True)]
         out["counts"] = [int(c) for c in p["count"]]
     return out
+
+
+def _fixed_line(record: dict[str, Any]) -> str:
+    """Fixed colours (:meth:`streamq.fixed.FixedColors.record`) in one line."""
+    from streamq.palettes import describe_source
+
+    shown = " ".join(record["colors"][:8]) + (" ..." if record["n"] > 8 else "")
+    return (f"{record['n']} colours, entries {record['positions']}: {shown} "
+            f"(from {describe_source(record['source'])})")
 
 
 def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
@@ -132,7 +147,9 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
     fit = info.get("fit")
     if fit:
         lines += [""]
-        if fit["state"] != "complete":
+        if fit.get("error"):
+            lines.append(f"palette      none: {fit['error']}")
+        elif fit["state"] != "complete":
             lines.append(f"palette      {fit['state']} (rerun `streamq fit` to finish it)")
         elif fit.get("palette_source"):
             from streamq.palettes import describe_source
@@ -145,6 +162,12 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
                          f"{fit['steps']} steps, {fit['pixels_seen'] / 1e6:.1f} Mpx seen, "
                          f"PSNR {fit['psnr']:.2f} dB")
             lines.append(f"stopped      {fit['stop_reason']}")
+            if fit.get("quality"):
+                from streamq.quality import describe_quality
+
+                lines.append(f"target       {describe_quality(fit['quality'])}")
+            if fit.get("fixed_colors"):
+                lines.append(f"fixed        {_fixed_line(fit['fixed_colors'])}")
         if fit["state"] == "complete":
             order = np.argsort(fit["counts"])[::-1][:16]
             lines.append("colours      " + " ".join(fit["palette_hex"][i] for i in order)
@@ -169,6 +192,8 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
     if p:
         lines.append(f"per-image    K={','.join(map(str, p['colors'] or []))} on {p['sample']} of each "
                      f"image's pixels, method {p['method']} ({p['state']})")
+        if p.get("fixed_colors"):
+            lines.append(f"  fixed      {_fixed_line(p['fixed_colors'])}")
         for k, r in p["results"].items():
             psnr = f"mean PSNR {r['mean_psnr']:.2f} dB" if r["mean_psnr"] is not None else ""
             lines.append(f"  K={k:<4} labels {r['labels']}  {psnr}")

@@ -114,13 +114,18 @@ def stream_partial_fit(run: Runner, model: Any, task: Callable[[int], tuple[Call
                        settings: LoopSettings, state: LoopState, max_steps: int, limit_name: str,
                        save: Callable[[], None], *,
                        prepare: Callable[[np.ndarray], np.ndarray] | None = None,
-                       progress: bool | None = None, desc: str = "fitting") -> str:
+                       progress: bool | None = None, desc: str = "fitting",
+                       fixed: np.ndarray | None = None) -> str:
     """Run ``partial_fit`` steps from ``state`` until a stop; return the reason.
 
     ``task(i)`` gives ``(fn, args)``: ``fn(args)`` returns the rows of batches
     ``i * batches_per_task ...`` back to back; ``prepare`` turns a batch into the model's
     features (default: as is). ``state`` is updated in place; its ``shift`` history holds each
     step's summed squared centre shift.
+
+    ``fixed`` (``(F, d)``) holds the model's first ``F`` centres in place: ``partial_fit`` has
+    no such option, so they are put back after every step (before the shift is measured and
+    before any checkpoint, so a resumed loop continues bit for bit).
     """
     from streamq.kmeans.nearest import assign
 
@@ -146,6 +151,8 @@ def stream_partial_fit(run: Runner, model: Any, task: Callable[[int], tuple[Call
                           else np.asarray(model.init))
                 _, d = assign(x[:INERTIA_ROWS], before)  # batch inertia, before the update
                 model.partial_fit(x)
+                if fixed is not None:
+                    model.cluster_centers_[:len(fixed)] = fixed
                 shift = float(((model.cluster_centers_ - before) ** 2).sum())
                 state.cursor += 1
                 state.seen += len(x)

@@ -9,6 +9,10 @@ the same k-means on the sample's distinct colours with compiled loops
 groups of images, each recording its palettes when done (so a rerun fits only unfinished
 groups); labelling runs per chunk like the shared-palette quantize.
 
+With fixed colours (``fixed_colors``, :mod:`streamq.fixed`; the ``histogram`` method only:
+scikit-learn's ``KMeans`` cannot hold centres) every palette's first ``F`` entries are those
+colours and k-means fits the other ``K - F`` of each image.
+
 Layout: ``per_image/k{K}/{center,palette}`` hold ``(N, K, 3)`` arrays, ``labels`` the
 ``(P,)`` labels, ``images/{sse,mse,psnr}`` the per-image errors.
 """
@@ -30,8 +34,9 @@ from streamq.colorspace import to_space
 from streamq.config import PerImageConfig, StreamQConfig, fingerprint, parse_config, to_dict
 from streamq.console import progress_bar, timer
 from streamq.durable import checksum
-from streamq.errors import StoreMismatchError, StreamQError
+from streamq.errors import ConfigError, StoreMismatchError, StreamQError
 from streamq.faults import retrying
+from streamq.fixed import FixedColors, read_fixed_colors
 from streamq.fs import Location, check_access
 from streamq.lock import store_lock
 from streamq.metrics import errors_from_records
@@ -109,7 +114,8 @@ def _sample_histogram(rgb: np.ndarray, m: int, seed: int, image_id: int
 def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
               init: str = "k-means++", n_init: int = 1, method: str = "kmeans",
               index: np.ndarray | None = None,
-              histogram: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+              histogram: tuple[np.ndarray, np.ndarray] | None = None,
+              fixed: np.ndarray | None = None) -> np.ndarray:
     """The palette of one image: k-means on a seeded ``sample`` of its pixels.
 
     ``rgb`` is ``(n, 3)`` uint8; returns ``(k, 3)`` float centres in [0, 1] units.
@@ -119,9 +125,24 @@ def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
     (:mod:`streamq.kmeans`): other random starts, so other centres, of the same
     quality. ``index`` is :func:`sample_index` when the caller has it already, and
     ``histogram`` the sample's :func:`streamq.kmeans.distinct_colours` (histogram method).
+    ``fixed`` (``(F, 3)`` uint8, histogram method) are the first ``F`` centres, held.
     """
     n = len(rgb)
     m = sample_size(n, k, sample) if index is None else len(index)
+    if fixed is not None and len(fixed):
+        if method != "histogram":
+            raise ValueError("fixed colours need the histogram method")
+        from streamq.kmeans import codes_to_points, distinct_colours, kmeans, rgb_to_codes
+
+        if m < k:  # fewer pixels than colours: all of them (kmeans takes every colour then)
+            histogram = distinct_colours(rgb)
+        elif histogram is None:
+            histogram = (_sample_histogram(rgb, m, seed, image_id) if index is None
+                         else distinct_colours(rgb, index))
+        codes, counts = histogram
+        return kmeans(codes_to_points(codes), counts, k, np.random.default_rng([seed, image_id, k]),
+                      init=init, n_init=n_init,
+                      fixed=codes_to_points(rgb_to_codes(np.asarray(fixed, np.uint8)))).centers
     if m < k:  # fewer pixels than colours: every pixel is a centre, the rest repeat the first
         x = to_space(rgb, "rgb")
         return np.concatenate([x, np.repeat(x[:1], k - n, axis=0)]).astype(np.float64)
@@ -159,6 +180,7 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
     a, b = args["px_start"], args["px_stop"]
     data = np.asarray(pixels[a:b])
     result: dict[str, list[Any]] = {str(k): [] for k in args["colors"]}
+    fixed = None if args.get("fixed") is None else np.asarray(args["fixed"], np.uint8).reshape(-1, 3)
     for image_id, off, size in args["images"]:
         rgb = data[off - a: off - a + size]
         index: dict[int, np.ndarray] = {}  # one sample per image, whatever the K (unless tiny)
@@ -171,15 +193,19 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
             elif m not in index:
                 index[m] = sample_index(size, k, args["sample"], args["seed"], image_id)
             c = fit_image(rgb, k, args["sample"], args["seed"], image_id, args["init"],
-                          args["n_init"], args["method"], index.get(m), hist.get(m))
+                          args["n_init"], args["method"], index.get(m), hist.get(m), fixed)
             result[str(k)].append([image_id, c.reshape(-1).tolist()])
     write_record(args["store"], RECORDS, args["task"], result)
     return {"n": len(args["images"])}
 
 
-def _fingerprint(st: Store, pcfg: PerImageConfig) -> str:
+def _fingerprint(st: Store, pcfg: PerImageConfig, fixed: FixedColors | None = None) -> str:
     ingest = st.section("ingest")
     semantic = {k: v for k, v in to_dict(pcfg).items() if k not in ("enabled", "pixels_per_task")}
+    if semantic.get("fixed_colors") is None:
+        semantic.pop("fixed_colors", None)  # as before there were fixed colours
+    elif fixed is not None:  # the colours themselves, wherever the file is
+        semantic["fixed_colors"] = fixed.sha256
     if semantic.get("method") == "kmeans":  # the only method before there was a choice
         del semantic["method"]
     return fingerprint({"data": [ingest.get("source_fingerprint"), ingest.get("settings_fingerprint")],
@@ -204,7 +230,16 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
     pcfg = cfg.per_image
     st = Store.open(store, mode="r+")
     coll = Collection(st)
-    fp = _fingerprint(st, pcfg)
+    fixed = None
+    if pcfg.fixed_colors is not None:
+        if pcfg.method != "histogram":
+            raise ConfigError(f"key 'per_image.fixed_colors' needs per_image.method 'histogram', "
+                              f"got {pcfg.method!r} (scikit-learn's KMeans cannot hold centres "
+                              "fixed); add --method histogram")
+        fixed = read_fixed_colors(pcfg.fixed_colors, min(pcfg.colors),
+                                  key="per_image.fixed_colors",
+                                  storage_options=cfg.storage_options or None)
+    fp = _fingerprint(st, pcfg, fixed)
     sec = st.section(SECTION)
     if sec and not overwrite:
         if sec.get("fingerprint") != fp:
@@ -230,8 +265,9 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             st.write_table("per_image/tasks", {"first": np.asarray([t[0] for t in tasks], np.int64),
                                                "last": np.asarray([t[-1] for t in tasks], np.int64)})
             st.create_records(RECORDS, len(tasks))
+            extra = {} if fixed is None else {"fixed_colors": fixed.record()}
             st.set_section(SECTION, {"state": "running", "fingerprint": fp, "config": to_dict(pcfg),
-                                     "colors": list(pcfg.colors), "n_tasks": len(tasks)})
+                                     "colors": list(pcfg.colors), "n_tasks": len(tasks), **extra})
         t = st.read_table("per_image/tasks", ("first", "last"))
         records = st.records(RECORDS)
         pending = [i for i in range(len(records)) if not records[i]]
@@ -245,7 +281,8 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             b = images[-1][1] + images[-1][2]
             args = {"store": st.location, "task": ti, "px_start": a, "px_stop": b, "images": images,
                     "colors": list(pcfg.colors), "sample": pcfg.sample, "seed": pcfg.seed,
-                    "init": pcfg.init, "n_init": pcfg.n_init, "method": pcfg.method}
+                    "init": pcfg.init, "n_init": pcfg.n_init, "method": pcfg.method,
+                    "fixed": None if fixed is None else fixed.rgb.tolist()}
             futures[run.submit(_fit_task, args)] = len(images)
         with progress_bar(sum(futures.values()), "per-image fit", "image", progress) as bar:
             for fut in run.as_completed(futures):

@@ -1,5 +1,5 @@
 """``streamq run``: ingest -> fit -> quantize (-> cluster images) -> export (-> report) from one
-configuration.
+configuration. With key ``quantize.palette`` the given palette takes the fit's place.
 
 Every stage is resumable and a no-op when already done, so rerunning the same command after
 an interruption at any point finishes with the same outputs as an uninterrupted run.
@@ -48,6 +48,16 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
     if cfg.cluster_images.enabled and cfg.per_image.enabled:
         raise ConfigError("key 'cluster_images.enabled' needs the shared palette, but "
                           "'per_image.enabled' is true (per-image palettes only)")
+    if cfg.fit.quality is not None and cfg.per_image.enabled:
+        raise ConfigError("key 'fit.quality' chooses the K of the shared palette, but "
+                          "'per_image.enabled' is true (per-image palettes take their K from "
+                          "'per_image.colors')")
+    if cfg.quantize.palette is not None and cfg.per_image.enabled:
+        raise ConfigError("key 'quantize.palette' gives the shared palette, but "
+                          "'per_image.enabled' is true (per-image palettes only)")
+    if cfg.quantize.palette is not None and cfg.fit.quality is not None:
+        raise ConfigError("keys 'quantize.palette' and 'fit.quality' exclude each other: a "
+                          "given palette is not fitted")
     from streamq.lock import store_lock
     from streamq.scheduler import runner, shared
 
@@ -64,9 +74,17 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
 
             report.stages["fit"] = fit_per_image(cfg.store, config=cfg, overwrite=overwrite,
                                                  progress=progress)
-        else:
+        elif cfg.quantize.palette is None:
             report.stages["fit"] = fit(cfg.store, config=cfg, overwrite=overwrite, progress=progress)
-        report.stages["quantize"] = quantize(cfg.store, config=cfg, progress=progress)
+        # quantize.palette: the given palette takes the fit's place (streamq.remap); overwrite
+        # then also replaces another palette of the store
+        labelled = quantize(cfg.store, config=cfg, progress=progress,
+                            overwrite=overwrite and cfg.quantize.palette is not None)
+        if cfg.quantize.palette is not None:
+            from streamq.fit import load_fit
+
+            report.stages["palette"] = load_fit(cfg.store, cfg.storage_options)
+        report.stages["quantize"] = labelled
         if cfg.cluster_images.enabled:
             from streamq.groups import cluster_images
 

@@ -183,7 +183,8 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
     fitted. ``storage_options`` are those of the store's filesystem when it is a URL
     (default: ``config``'s). ``overwrite`` computes every label again, even up-to-date ones.
 
-    ``palette`` labels with a given palette instead of a fitted one: a ``.gpl``, ``.act``,
+    ``palette`` (default: ``config``'s key ``quantize.palette``, and ``color_space`` its
+    ``quantize.color_space``) labels with a given palette instead of a fitted one: a ``.gpl``, ``.act``,
     ``.json`` or ``.hex``/``.txt`` file, an image or another store (see
     :mod:`streamq.palettes`), which becomes the store's shared palette (see
     :mod:`streamq.remap`). ``color_space`` (``rgb`` or ``oklab``) is the space distances are
@@ -202,11 +203,14 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
     """
     from streamq.colorspace import SPACES
 
+    cfg = parse_config(config).replace(**{"dask.scheduler": scheduler, "quantize.ssim": ssim})
+    palette = palette if palette is not None else cfg.quantize.palette  # or key quantize.*
+    color_space = color_space if color_space is not None else cfg.quantize.color_space
     if palette is None and color_space is not None:
-        raise ConfigError("color_space applies to a given palette (--palette SRC)")
+        raise ConfigError("color_space applies to a given palette (--palette SRC, or key "
+                          "'quantize.palette')")
     if color_space is not None and color_space not in SPACES:
         raise ConfigError(f"color_space {color_space!r} is not one of {', '.join(SPACES)}")
-    cfg = parse_config(config).replace(**{"dask.scheduler": scheduler, "quantize.ssim": ssim})
     loc = store_location(store, storage_options, cfg.storage_options)
     with store_lock(loc, operation="quantize", config=cfg.lock):
         if palette is not None:

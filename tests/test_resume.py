@@ -35,14 +35,21 @@ def _ingest_cmd(src, store, sched):
     return streamq_cmd("-q", "ingest", str(src), str(store), "--chunk-pixels", "16384", *extra)
 
 
+@pytest.fixture(scope="module")
+def ref_store(big_dir, tmp_path_factory):
+    """An uninterrupted ingest on the threaded scheduler, the reference of the kill tests."""
+    path = tmp_path_factory.mktemp("ingest_ref") / "ref.zarr"
+    subprocess.run(_ingest_cmd(big_dir, path, "threads"), check=True)
+    return path
+
+
 @pytest.mark.parametrize("sched", ["threads", "local"])
-def test_kill_during_ingest_then_rerun(big_dir, tmp_path, sched):
+def test_kill_during_ingest_then_rerun(big_dir, ref_store, tmp_path, sched):
     """kill -9 after a number of write tasks chosen by a seeded RNG (three times, or twice on
     a local cluster, resuming in between), then the same command: the same store and colour
-    counts."""
+    counts (as the threaded scheduler's uninterrupted ingest: the store does not depend on it)."""
     sched_arg = sched
-    ref = tmp_path / "ref.zarr"
-    subprocess.run(_ingest_cmd(big_dir, ref, sched_arg), check=True)
+    ref = ref_store
     n_tasks = zarr.open_group(str(ref), mode="r")["ingest/tasks/report"].shape[0]
     assert n_tasks >= 8
     rng = random.Random(11 if sched == "threads" else 12)
@@ -57,17 +64,11 @@ def test_kill_during_ingest_then_rerun(big_dir, tmp_path, sched):
     assert_histogram(store)  # the killed runs' colour counts and the last run's, summed
 
 
-@pytest.fixture(scope="module")
-def fit_ready(big_dir, tmp_path_factory):
-    path = tmp_path_factory.mktemp("fit_resume") / "base.zarr"
-    subprocess.run(_ingest_cmd(big_dir, path, "threads"), check=True)
-    return path
-
-
-@pytest.mark.parametrize("algorithm", ["minibatch", "lloyd"])
-def test_kill_during_fit_then_rerun_is_bit_identical(fit_ready, tmp_path, algorithm):
+@pytest.mark.parametrize("algorithm", ["minibatch", "lloyd", "minibatch+fixed"])
+def test_kill_during_fit_then_rerun_is_bit_identical(ref_store, tmp_path, algorithm):
     """kill -9 inside each phase (mini-batch steps, exact Lloyd iterations), at points chosen
-    from observed progress, then the same command: the same palette bit for bit."""
+    from observed progress, then the same command: the same palette bit for bit (with fixed
+    colours too: the mini-batch model's are put back after every step)."""
     import shutil
 
     import numpy as np
@@ -75,14 +76,17 @@ def test_kill_during_fit_then_rerun_is_bit_identical(fit_ready, tmp_path, algori
     from streamq.fit import load_fit
     from streamq.store import Store
 
+    algorithm, _, fixed = algorithm.partition("+")
     cfg = tmp_path / "fit.yaml"
+    (tmp_path / "fixed.hex").write_text("ffffff\n000000\ne30613\n005ca9\n")
     cfg.write_text(
         "dask:\n  scheduler: threads\n"
         f"fit:\n  colors: 24\n  algorithm: {algorithm}\n  tol: 0\n  max_steps: 60\n"
-        "  batch_size: 16384\n  checkpoint_steps: 3\n  max_iter: 400\n  n_init: 2\n")
+        "  batch_size: 16384\n  checkpoint_steps: 3\n  max_iter: 400\n  n_init: 2\n"
+        + ("  fixed_colors: fixed.hex\n" if fixed else ""))
     ref, killed = tmp_path / "ref.zarr", tmp_path / "killed.zarr"
-    shutil.copytree(fit_ready, ref)
-    shutil.copytree(fit_ready, killed)
+    shutil.copytree(ref_store, ref)
+    shutil.copytree(ref_store, killed)
     subprocess.run(streamq_cmd("-q", "fit", str(ref), "--config", str(cfg)), check=True)
     a = load_fit(str(ref))
     n_iter = min(r["iterations"] for r in Store.open(str(ref)).section("fit")["starts"]
@@ -101,6 +105,8 @@ def test_kill_during_fit_then_rerun_is_bit_identical(fit_ready, tmp_path, algori
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     b = load_fit(str(killed))
+    if fixed:
+        assert a.palette[:4].tolist() == [[255, 255, 255], [0, 0, 0], [227, 6, 19], [0, 92, 169]]
     assert np.array_equal(a.centers, b.centers)  # bit-identical
     assert np.array_equal(a.palette, b.palette)
     assert a.steps == b.steps

@@ -71,7 +71,7 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             else:
                 click.echo(f"error: unexpected {type(exc).__name__}: {line} (a damaged "
                            "store or a bug: rerun with -vv for the traceback)", err=True)
-            ctx.exit(1)
+            ctx.exit(getattr(exc, "exit_status", 1))  # fit --quality below MIN: 99
 
     return wrapper
 
@@ -199,10 +199,21 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
               help="Exact Lloyd: stop a start after this many iterations [default: 1000].")
 @click.option("--batch-size", type=int, default=None, help="Pixels per partial_fit step [default: 65536].")
 @seed_opt
+@click.option("--quality", metavar="MIN-MAX", default=None,
+              help="Instead of -k: the smallest K in --k-range whose palette (exact Lloyd, as "
+                   "--algorithm lloyd) reaches PSNR MAX dB over every pixel; exit status 99 "
+                   "when even the largest K stays below MIN. MAX alone: MIN is 0.")
+@click.option("--k-range", "k_range", metavar="LO-HI", default=None,
+              help="--quality: the K searched [default: 2-256].")
 @click.option("--save-palette", "save_palette", metavar="FILE", default=None,
               help="Also write the palette to FILE: .gpl (GIMP), .act (Adobe, at most 256 "
                    "colours), .json or .hex/.txt, by its extension; give it to `streamq "
                    "quantize OTHER --palette FILE` (or give this store itself).")
+@click.option("--fixed-colors", "fixed_colors", metavar="SRC", default=None,
+              help="Keep these colours in the palette exactly, as its first entries, and fit "
+                   "the others: a .gpl, .act, .json or .hex/.txt file, an image or a store, as "
+                   "for quantize --palette. K counts them (-k 64 with 8 fixed fits 56); "
+                   "repeats are dropped. With --per-image: --method histogram.")
 @storage_opt
 @no_lock_opt
 @overwrite_opt
@@ -214,16 +225,22 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
             colors: str | None, per_image: bool, sample: float | None, method: str | None,
             algorithm: str | None, init: str | None, n_init: int | None,
             color_space: str | None, tol: float | None, max_steps: int | None, max_iter: int | None,
-            batch_size: int | None, seed: int | None, save_palette: str | None,
+            batch_size: int | None, seed: int | None, quality: str | None,
+            k_range: str | None, save_palette: str | None, fixed_colors: str | None,
             storage_options: tuple[str, ...], no_lock: bool, overwrite: bool,
             progress: bool | None, as_json: bool) -> None:
     """Learn one K-colour palette for the whole collection in STORE (or one per image).
 
+    With --quality MIN-MAX, K is the smallest of --k-range whose palette reaches MAX dB.
     Resumable: rerun the same command after an interruption for a bit-identical palette.
     """
     from streamq.config import load_config
     from streamq.fit import fit
+    from streamq.quality import check_flags, parse_range
 
+    check_flags(quality, k_range, colors=colors, per_image=per_image, algorithm=algorithm)
+    targets = {"fit.quality": None if quality is None else parse_range(quality, "--quality"),
+               "fit.k_range": None if k_range is None else parse_range(k_range, "--k-range", True)}
     if per_image and save_palette is not None:
         raise click.UsageError("--save-palette writes the shared palette: it does not go with "
                                "--per-image")
@@ -233,7 +250,7 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
         cfg = load_config(config_path, **{
             "store": store, "dask.scheduler": scheduler, "per_image.colors": colors,
             "per_image.sample": sample, "per_image.method": method, "per_image.init": init,
-            "per_image.seed": seed},
+            "per_image.seed": seed, "per_image.fixed_colors": fixed_colors},
             **storage_overrides(storage_options), **_lock_overrides(no_lock))
         if cfg.store is None:
             raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
@@ -254,14 +271,15 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
         "fit.colors": None if colors is None else int(colors),
         "fit.algorithm": algorithm, "fit.init": init, "fit.n_init": n_init,
         "fit.color_space": color_space, "fit.tol": tol, "fit.max_steps": max_steps,
-        "fit.max_iter": max_iter, "fit.batch_size": batch_size, "fit.seed": seed},
+        "fit.max_iter": max_iter, "fit.batch_size": batch_size, "fit.seed": seed,
+        "fit.fixed_colors": fixed_colors, **targets},
         **storage_overrides(storage_options), **_lock_overrides(no_lock))
     if cfg.store is None:
         raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
     if save_palette is not None:  # a bad FILE is refused before the fit, not after
         from streamq.palettes import check_palette_path
 
-        check_palette_path(save_palette, cfg.fit.colors)
+        check_palette_path(save_palette, cfg.fit.k_range[0] if cfg.fit.quality else cfg.fit.colors)
     result = fit(cfg.store, config=cfg, overwrite=overwrite, progress=_progress(ctx, progress))
     saved = None
     if save_palette is not None:
@@ -314,11 +332,14 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
     from streamq.config import load_config
     from streamq.quantize import quantize
 
-    if palette is None and color_space is not None:
-        raise click.UsageError("--color-space goes with --palette SRC")
     cfg = load_config(config_path, **{"store": store, "dask.scheduler": scheduler,
+                                      "quantize.palette": palette,
+                                      "quantize.color_space": color_space,
                                       "quantize.ssim": False if no_ssim else None},
                       **storage_overrides(storage_options), **_lock_overrides(no_lock))
+    palette, color_space = cfg.quantize.palette, cfg.quantize.color_space  # flags or --config
+    if palette is None and color_space is not None:
+        raise click.UsageError("--color-space goes with --palette SRC")
     if cfg.store is None:
         raise click.UsageError("no store given: pass STORE or set key 'store' in --config")
     from streamq.per_image import PerImageSummary, summary_of

@@ -32,6 +32,10 @@ changes.
 from its own centre (squared distance, unweighted; ties to the lowest index), whose weight
 leaves its old cluster.
 
+**Fixed centres** (``fixed``, a mask): a fixed centre takes its nearest points like any
+other, but never moves, and when it has no points it stays empty (only the other empty
+clusters take the farthest points). Without it every centre is free.
+
 **Checkpoints**: ``on_iter`` is called after every update the run goes on from; the state
 of a run is its centres and iteration count, so ``lloyd(x, w, saved_centers,
 start_iter=saved_it, ...)`` continues bit for bit.
@@ -56,7 +60,7 @@ from streamq.kmeans.nearest import (
     assign,
 )
 
-__all__ = ["LloydResult", "fixed_point", "lloyd", "tolerance"]
+__all__ = ["LloydResult", "fixed_mask", "fixed_point", "lloyd", "tolerance"]
 
 MAX_TOTAL_WEIGHT = 2**46  # int64 sums of 2**16-scaled points: a fit over ~70 Tpx at most
 
@@ -86,6 +90,16 @@ def tolerance(x: np.ndarray, w: np.ndarray, tol: float) -> float:
     mean = (w @ x) / w.sum()
     var = (w @ ((x - mean) ** 2)) / w.sum()
     return float(tol * var.mean())
+
+
+def fixed_mask(fixed: np.ndarray | None, k: int) -> np.ndarray:
+    """``fixed`` as a boolean mask of ``k`` centres (None: none fixed), checked."""
+    if fixed is None:
+        return np.zeros(k, dtype=np.bool_)
+    mask = np.ascontiguousarray(fixed, dtype=np.bool_)
+    if mask.shape != (k,):
+        raise ValueError(f"fixed mask of shape {mask.shape}, expected ({k},) (one per centre)")
+    return mask
 
 
 def fixed_point(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -134,11 +148,16 @@ def _move(X: np.ndarray, W: np.ndarray, i: int, a: int, b: int, S: np.ndarray, N
 
 
 @numba.njit(nogil=True, cache=True)
-def _means(S: np.ndarray, N: np.ndarray, old: np.ndarray, scale: float, new: np.ndarray) -> int:
-    """The centres of the sums (an empty cluster keeps its centre); returns how many are empty."""
+def _means(S: np.ndarray, N: np.ndarray, old: np.ndarray, scale: float, new: np.ndarray,
+           fixed: np.ndarray) -> int:
+    """The centres of the sums (an empty cluster and a ``fixed`` centre keep their centres);
+    returns how many clusters that are not fixed are empty."""
     empty = 0
     for j in range(S.shape[0]):
-        if N[j] > 0:
+        if fixed[j]:
+            for t in range(S.shape[1]):
+                new[j, t] = old[j, t]
+        elif N[j] > 0:
             for t in range(S.shape[1]):
                 new[j, t] = np.float64(S[j, t]) / np.float64(N[j]) * scale
         else:
@@ -150,8 +169,8 @@ def _means(S: np.ndarray, N: np.ndarray, old: np.ndarray, scale: float, new: np.
 
 @numba.njit(nogil=True, cache=True)
 def _relocate(x: np.ndarray, X: np.ndarray, W: np.ndarray, labels: np.ndarray, old: np.ndarray,
-              S: np.ndarray, N: np.ndarray, moved: np.ndarray) -> int:
-    """Give each empty cluster the point farthest from its own centre (ties: lowest index); the
+              S: np.ndarray, N: np.ndarray, moved: np.ndarray, fixed: np.ndarray) -> int:
+    """Give each empty cluster that is not ``fixed`` the point farthest from its own centre (ties: lowest index); the
     point's label and weight go with it. Returns how many points moved (listed in ``moved``)."""
     n = x.shape[0]
     far = np.empty(n)
@@ -164,7 +183,7 @@ def _relocate(x: np.ndarray, X: np.ndarray, W: np.ndarray, labels: np.ndarray, o
     rank = np.argsort(far, kind="mergesort")
     r = 0
     for j in range(S.shape[0]):
-        if N[j] == 0:
+        if N[j] == 0 and not fixed[j]:
             i = rank[r]
             r += 1
             _move(X, W, i, labels[i], j, S, N)
@@ -330,7 +349,7 @@ class _Plain:
 def lloyd(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol: float = 1e-4,
           max_iter: int = 300, start_iter: int = 0,
           on_iter: Callable[[int, np.ndarray, list[tuple[int, float, int]]], object] | None = None,
-          bounds: bool = True) -> LloydResult:
+          bounds: bool = True, fixed: np.ndarray | None = None) -> LloydResult:
     """Weighted Lloyd on points ``x`` (``(n, d)``, whole weights ``w``, None: all 1) from
     ``centers``.
 
@@ -343,7 +362,8 @@ def lloyd(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol: floa
     history so far: one ``(it, shift, changed)`` row per update (the summed squared centre
     shift, and how many labels the new centres changed). Saving ``centers`` and ``it`` there
     is a complete checkpoint. ``bounds=False`` labels 3-d points without bounds (the same
-    result, slower: for comparisons).
+    result, slower: for comparisons). ``fixed`` (``(K,)`` booleans) marks the centres that
+    never move (see the module docstring).
     """
     w = np.ones(len(x)) if w is None else np.ascontiguousarray(w, np.float64)
     X, W, f = fixed_point(x, w)
@@ -353,6 +373,7 @@ def lloyd(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol: floa
     if c.ndim != 2 or c.shape[1] != xq.shape[1]:
         raise ValueError(f"centers of shape {c.shape} do not match points of shape {xq.shape}")
     threshold = tolerance(xq, w, tol)
+    held = fixed_mask(fixed, len(c))
     step = _Bounded(xq, w, c) if bounds and xq.shape[1] == 3 else _Plain(xq, w, c)
     S = np.empty(c.shape, dtype=np.int64)
     N = np.empty(len(c), dtype=np.int64)
@@ -363,11 +384,11 @@ def lloyd(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol: floa
     it = start_iter
     stop = "max_iter"
     while it < max_iter:
-        n_empty = _means(S, N, c, scale, new)
+        n_empty = _means(S, N, c, scale, new, held)
         if n_empty:  # the farthest points refill the empty clusters, then the means again
-            n_moved = _relocate(xq, X, W, step.labels, c, S, N, moved)
+            n_moved = _relocate(xq, X, W, step.labels, c, S, N, moved, held)
             step.forget(moved[:n_moved])
-            _means(S, N, c, scale, new)
+            _means(S, N, c, scale, new, held)
         shift, travel = _shift(new, c)
         c, new = new, c
         it += 1

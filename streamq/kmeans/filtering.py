@@ -32,7 +32,7 @@ from collections.abc import Callable
 import numba
 import numpy as np
 
-from streamq.kmeans.bounded import LloydResult, fixed_point, tolerance
+from streamq.kmeans.bounded import LloydResult, fixed_mask, fixed_point, tolerance
 
 __all__ = ["lloyd_cells"]
 
@@ -44,7 +44,7 @@ def _run(x: np.ndarray, X: np.ndarray, W: np.ndarray, start: np.ndarray, lo: np.
          hi: np.ndarray, c: np.ndarray, new: np.ndarray, scale: float, threshold: float,
          use_tol: bool, max_iter: int, labels: np.ndarray, shifts: np.ndarray, changes: np.ndarray,
          S: np.ndarray, N: np.ndarray, cand: np.ndarray, mind: np.ndarray, pure: np.ndarray,
-         due: np.ndarray, state: np.ndarray, resume: bool) -> int:
+         due: np.ndarray, state: np.ndarray, resume: bool, fixed: np.ndarray) -> int:
     """Lloyd on points ``x`` (fixed-point values ``X``, weights ``W``) sorted by cell (cell
     ``b`` holds points ``start[b]:start[b+1]`` in the box ``lo[b]``..``hi[b]``), from the
     centres ``c`` (updated in place) and ``state`` = ``[updates done, drift, empty clusters]``.
@@ -57,6 +57,8 @@ def _run(x: np.ndarray, X: np.ndarray, W: np.ndarray, start: np.ndarray, lo: np.
     allocated by the caller (every NumPy allocation in compiled code costs tenths of a second
     of compilation): ``S``, ``N`` zeros; ``pure`` (the label of every point of a cell, or -1)
     all -1; ``due`` (a pure cell needs no look while the drift stays below it) all -inf.
+    A centre ``j`` with ``fixed[j]`` keeps its place: it takes its nearest points like any
+    other, but its update leaves it where it is, and it is never counted as empty.
     """
     k = c.shape[0]
     nc = start.shape[0] - 1
@@ -72,7 +74,10 @@ def _run(x: np.ndarray, X: np.ndarray, W: np.ndarray, start: np.ndarray, lo: np.
             # --- the update: centres of the sums (an empty cluster keeps its centre) ---
             n_empty = 0
             for j in range(k):
-                if N[j] > 0:
+                if fixed[j]:
+                    for t in range(3):
+                        new[j, t] = c[j, t]
+                elif N[j] > 0:
                     for t in range(3):
                         new[j, t] = np.float64(S[j, t]) / np.float64(N[j]) * scale
                 else:
@@ -182,7 +187,7 @@ def lloyd_cells(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol
                 max_iter: int = 300, order: np.ndarray | None = None,
                 start: np.ndarray | None = None, start_iter: int = 0,
                 on_iter: Callable[[int, np.ndarray, list[tuple[int, float, int]]], object]
-                | None = None) -> LloydResult:
+                | None = None, fixed: np.ndarray | None = None) -> LloydResult:
     """:func:`streamq.kmeans.bounded.lloyd` of 3-d points (the same arguments, checkpoints
     included): the same :class:`~streamq.kmeans.bounded.LloydResult`, bit for bit.
 
@@ -193,7 +198,8 @@ def lloyd_cells(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol
 
     ``order`` and ``start`` are a grouping of the points into cells, as
     :func:`streamq.kmeans.plusplus.cell_order` returns (computed when None); any grouping
-    gives the same result, a compact one gives it sooner.
+    gives the same result, a compact one gives it sooner. ``fixed`` is ``lloyd``'s: a mask of
+    the centres that never move.
     """
     x = np.ascontiguousarray(x, np.float64)
     if x.ndim != 2 or x.shape[1] != 3 or not len(x):
@@ -229,14 +235,15 @@ def lloyd_cells(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol
     state = np.zeros(3)
     work = (np.empty(k, np.int64), np.empty(k), pure, due, state)
     threshold = tolerance(xq, w, tol)
+    held = fixed_mask(fixed, k)
     resume = False
     limit = total if on_iter is None else min(total, 1)  # updates before handing back
     rows: list[tuple[int, float, int]] = []
     while True:
         stop = _run(xs, Xs, Ws, start, lo, hi, c, new, scale, threshold, tol > 0, limit, labels,
-                    shifts, changes, S, N, *work, resume)
+                    shifts, changes, S, N, *work, resume, held)
         if stop == _REFILL:
-            _refill(xq, order, start, c, labels, Xs, Ws, S, N, pure, due)
+            _refill(xq, order, start, c, labels, Xs, Ws, S, N, pure, due, held)
             resume = True
             continue
         resume = False
@@ -259,10 +266,11 @@ def lloyd_cells(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol
 
 def _refill(xq: np.ndarray, order: np.ndarray, start: np.ndarray, c: np.ndarray,
             labels: np.ndarray, Xs: np.ndarray, Ws: np.ndarray, S: np.ndarray, N: np.ndarray,
-            pure: np.ndarray, due: np.ndarray) -> None:
-    """Each empty cluster, in order, takes the point farthest from its own centre (squared
-    distance, ties to the lowest index; the ranking is made once, before any move), with its
-    weight: :mod:`streamq.kmeans.bounded`'s rule, in NumPy (rare: not worth compiling)."""
+            pure: np.ndarray, due: np.ndarray, fixed: np.ndarray) -> None:
+    """Each empty cluster that is not ``fixed``, in order, takes the point farthest from its
+    own centre (squared distance, ties to the lowest index; the ranking is made once, before
+    any move), with its weight: :mod:`streamq.kmeans.bounded`'s rule, in NumPy (rare: not
+    worth compiling)."""
     n = len(order)
     lab = np.empty(n, dtype=np.int64)
     lab[order] = labels
@@ -272,7 +280,7 @@ def _refill(xq: np.ndarray, order: np.ndarray, start: np.ndarray, c: np.ndarray,
     where[order] = np.arange(n)
     r = 0
     for j in range(len(N)):
-        if N[j] == 0:
+        if N[j] == 0 and not fixed[j]:
             p = where[rank[r]]
             r += 1
             a = labels[p]

@@ -10,6 +10,10 @@ knowing its bounding box and its largest current distance, so a candidate skips 
 cannot bring closer: the same centres as the plain loop over every point, in the grid's
 point order (:func:`cell_order`). Points of other dimensions (image descriptors) take the
 plain loop in their own order.
+
+With ``fixed`` centres (colours a palette must keep) the seeding starts from them instead of
+a first drawn point: every point's distance is its distance to the nearest fixed centre, and
+the greedy rule adds the other ``K - F`` centres.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ def _kmeanspp(x: np.ndarray, w: np.ndarray, start: np.ndarray, lo: np.ndarray, h
     """The greedy rule on the points sorted by cell (cell ``c`` holds points
     ``start[c]:start[c+1]`` in the box ``lo[c]``..``hi[c]``).
 
-    ``i0`` is the first centre (:func:`_first`). ``csum[c]`` and ``cmax[c]`` are the sum of
+    ``i0`` is the first centre (:func:`_first`); ``i0 = -1``: none is drawn, ``closest``
+    holds each point's squared distance to the fixed centres already (``chosen[0]`` is -1). ``csum[c]`` and ``cmax[c]`` are the sum of
     ``w * closest`` and the largest ``closest`` of cell ``c``. A candidate ``j`` only visits the cells within ``sqrt(top)`` (the largest
     current distance) of it, enumerated on the grid when that is fewer than the occupied
     cells, and of those only the ones whose box is within a point's current distance.
@@ -45,11 +50,12 @@ def _kmeanspp(x: np.ndarray, w: np.ndarray, start: np.ndarray, lo: np.ndarray, h
     cells = grid.shape[0]
     trials = uniforms.shape[1]
     chosen[0] = i0
-    for i in range(n):
-        d0 = x[i, 0] - x[i0, 0]
-        d1 = x[i, 1] - x[i0, 1]
-        d2 = x[i, 2] - x[i0, 2]
-        closest[i] = d0 * d0 + d1 * d1 + d2 * d2
+    if i0 >= 0:
+        for i in range(n):
+            d0 = x[i, 0] - x[i0, 0]
+            d1 = x[i, 1] - x[i0, 1]
+            d2 = x[i, 2] - x[i0, 2]
+            closest[i] = d0 * d0 + d1 * d1 + d2 * d2
     for c in range(nc):
         s = 0.0
         m = 0.0
@@ -199,13 +205,14 @@ def _dist2(x: np.ndarray, i: int, y: np.ndarray, j: int) -> float:
 
 @numba.njit(nogil=True, cache=True)
 def _kmeanspp_plain(x: np.ndarray, w: np.ndarray, k: int, i0: int, uniforms: np.ndarray,
-                    chosen: np.ndarray) -> None:
-    """The same greedy rule over every point of any dimension, in the points' own order."""
+                    chosen: np.ndarray, closest: np.ndarray) -> None:
+    """The same greedy rule over every point of any dimension, in the points' own order
+    (``i0`` and ``closest`` as :func:`_kmeanspp`'s)."""
     n = x.shape[0]
     chosen[0] = i0
-    closest = np.empty(n)
-    for i in range(n):
-        closest[i] = _dist2(x, i, x, i0)
+    if i0 >= 0:
+        for i in range(n):
+            closest[i] = _dist2(x, i, x, i0)
     for c in range(1, k):
         pot = 0.0
         for i in range(n):
@@ -245,32 +252,63 @@ def _first(w: np.ndarray, u: float) -> int:
     return int(min(np.searchsorted(cum, u * cum[-1], side="right"), len(w) - 1))
 
 
+def _to_fixed(x: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """Each point's squared distance to the nearest of the ``fixed`` centres."""
+    d = np.full(len(x), np.inf)
+    for f in fixed:
+        e = x - f
+        np.minimum(d, (e * e).sum(axis=1), out=d)
+    return d
+
+
 def kmeans_plusplus(x: np.ndarray, w: np.ndarray | None, k: int, rng: np.random.Generator,
-                    layout: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+                    layout: tuple[np.ndarray, ...] | None = None,
+                    fixed: np.ndarray | None = None) -> np.ndarray:
     """Greedy weighted k-means++: ``k`` rows of ``x`` as initial centres.
 
     ``x`` is ``(n, d)`` (any ``d``; 3-d points use the grid, in :func:`cell_order`), ``w``
     its weights (None: all 1). ``x`` needs at least ``k`` distinct rows for ``k`` distinct
     centres. The result depends only on ``x``, ``w``, ``k`` and the generator's state.
     ``layout`` is ``cell_layout(x)`` when the caller has it already (3-d points).
+
+    ``fixed`` (``(F, d)``, ``F < k``): the first ``F`` centres are these, the other ``k - F``
+    rows of ``x`` chosen by the greedy rule from the points' distances to them (no first
+    draw; the generator gives one ``(k - F + 1, trials)`` block).
     """
     x = np.ascontiguousarray(x, np.float64)
     w = np.ones(len(x)) if w is None else np.ascontiguousarray(w, np.float64)
-    if len(x) < k:
-        raise ValueError(f"k-means++ needs at least k={k} points, got {len(x)}")
+    held = None if fixed is None else np.asarray(fixed, np.float64).reshape(-1, x.shape[1])
+    n_fixed = 0 if held is None else len(held)
+    if n_fixed >= k:
+        raise ValueError(f"k-means++ with {n_fixed} fixed centres needs k > {n_fixed}, got {k}")
+    if len(x) < k - n_fixed:
+        raise ValueError(f"k-means++ needs at least k={k - n_fixed} points, got {len(x)}")
     trials = 2 + int(math.log(k))
-    first = float(rng.random())
-    uniforms = rng.random((k, trials))
-    chosen = np.empty(k, dtype=np.int64)
+    if held is None:
+        first = float(rng.random())
+        uniforms = rng.random((k, trials))
+        m = k
+    else:  # row 0 of the block is unused: the fixed centres take the first draw's place
+        uniforms = rng.random((k - n_fixed + 1, trials))
+        m = k - n_fixed + 1
+    chosen = np.empty(m, dtype=np.int64)
     if x.shape[1] != 3:
-        _kmeanspp_plain(x, w, k, _first(w, first), uniforms, chosen)
-        return x[chosen].copy()
+        closest = np.empty(len(x)) if held is None else _to_fixed(x, held)
+        _kmeanspp_plain(x, w, m, -1 if held is not None else _first(w, first), uniforms, chosen,
+                        closest)
+        if held is None:
+            return x[chosen].copy()
+        return np.concatenate([held, x[chosen[1:]]])
     order, start, grid, low, scale = cell_layout(x) if layout is None else layout
     xs = np.ascontiguousarray(x[order])
     ws = np.ascontiguousarray(w[order])
     lo = np.ascontiguousarray(np.minimum.reduceat(xs, start[:-1], axis=0))
     hi = np.ascontiguousarray(np.maximum.reduceat(xs, start[:-1], axis=0))
     nc = len(start) - 1
-    _kmeanspp(xs, ws, start, lo, hi, grid, low, scale, k, _first(ws, first), uniforms, chosen,
-              np.empty(len(x)), np.empty(nc), np.empty(nc))
-    return xs[chosen].copy()
+    closest = np.empty(len(x)) if held is None else _to_fixed(xs, held)
+    _kmeanspp(xs, ws, start, lo, hi, grid, low, scale, m,
+              -1 if held is not None else _first(ws, first), uniforms, chosen, closest,
+              np.empty(nc), np.empty(nc))
+    if held is None:
+        return xs[chosen].copy()
+    return np.concatenate([held, xs[chosen[1:]]])

@@ -39,6 +39,7 @@ _I2 = types.int64[:, ::1]
 _I64 = types.int64
 _F64 = types.float64
 _BOOL = types.boolean
+_B1 = types.boolean[::1]
 # pixels: read-only (streamq.kmeans.codes.pixels_in)
 _RGB = types.Array(types.uint8, 2, "C", readonly=True)
 
@@ -56,7 +57,7 @@ def per_image_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
         (plusplus._kmeanspp, (_F2, _F1, _I1, _F2, _F2, types.int64[:, :, ::1], _F1, _F1, _I64,
                               _I64, _F2, _I1, _F1, _F1, _F1)),
         (filtering._run, (_F2, _I2, _I1, _I1, _F2, _F2, _F2, _F2, _F64, _F64, _BOOL, _I64, _I1,
-                          _F1, _I1, _I2, _I1, _I1, _F1, _I1, _F1, _F1, _BOOL)),
+                          _F1, _I1, _I2, _I1, _I1, _F1, _I1, _F1, _F1, _BOOL, _B1)),
         (nearest._label, (_RGB, _F1, _F2, _I1, _F1, _F1, _I2, _I1, _I1, _F2, _I1, _I1)),
         (sampling._shuffle, (types.int32[::1], _I64, _I64, types.uint32[::1], _I1)),
         (codes._count_codes, (_RGB, types.uint8[::1], _BOOL, types.int32[::1], _I1)),

@@ -1,0 +1,213 @@
+"""A quality target instead of K: the smallest palette that reaches a PSNR (``fit --quality``).
+
+``fit.quality = [MIN, MAX]`` (PSNR in dB over every pixel) asks for the smallest K of
+``fit.k_range = [LO, HI]`` whose palette reaches MAX, as pngquant's ``--quality MIN-MAX``.
+Each K tried is fitted exactly as ``streamq fit -k K --algorithm lloyd`` with the same seed,
+``n_init``, ``init``, ``tol`` and ``max_iter`` fits it (:func:`streamq.fit._fit_exact`: k-means++
+starts raced on the colour grid, the best finished by exact Lloyd on every distinct colour,
+each start a Dask task), and its MSE is exact, from the colour histogram
+(:mod:`streamq.histogram`). So a search costs one histogram, read once, and a few Lloyd runs
+on it, never a pass over the pixels per K.
+
+**The search.** ``HI`` is fitted first (capped at the number of distinct colours, where the
+MSE is 0): below MIN, the fit fails with :class:`QualityError` (exit status 99, one line);
+below MAX but at least MIN, ``HI`` is the palette (the best the range allows, as pngquant
+does). Otherwise a binary search over ``[LO, HI]`` keeps ``HI`` reaching MAX and ``LO - 1``
+missing it, so the K it ends on reaches MAX and ``K - 1`` was fitted and misses it (unless
+``K = LO``). k-means gives a local optimum, so the PSNR is not strictly monotone in K: a K
+below ``K - 1`` that the search did not try may, rarely and by a fraction of a dB near the
+target, reach MAX too. The result is the smallest K reaching MAX whose predecessor misses it,
+found with about ``log2(HI - LO)`` fits instead of ``HI - LO``; the record lists every K tried.
+
+**Resume.** Each K's result (its centres, pixels per colour, MSE and Lloyd record) is added
+to the fit's checkpoint (JSON, :mod:`streamq.checkpoint`) as soon as it is known, and the K
+being fitted checkpoints its Lloyd starts as any fit does; a rerun after ``kill -9`` reads
+them back and continues, ending with the same K and palette. A search that fails below MIN
+leaves its record, so a rerun fails again at once.
+
+**What is stored.** The fit is saved as any fit (``fit/palette``, ``fit/history``, attribute
+``fit``) with ``algorithm = "lloyd"`` and ``k`` the chosen K; ``summary.quality`` holds the
+target, the range searched and every K tried with its MSE, and ``streamq info`` shows it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from typing import Any
+
+import numpy as np
+
+from streamq.checkpoint import read_checkpoint, write_checkpoint
+from streamq.colorspace import to_rgb8
+from streamq.config import FitConfig, fingerprint, to_dict
+from streamq.errors import ConfigError, StreamQError
+from streamq.metrics import psnr
+from streamq.scheduler import Runner
+from streamq.store import Store
+
+__all__ = ["EXIT_STATUS", "QualityError", "check_flags", "describe_quality", "fit_quality", "parse_range", "search",
+           "search_config"]
+
+log = logging.getLogger(__name__)
+
+EXIT_STATUS = 99  # as pngquant's when the quality is below MIN
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+
+
+class QualityError(StreamQError):
+    """Even the largest K searched gives a PSNR below the quality target's MIN."""
+
+    exit_status = EXIT_STATUS
+
+
+def parse_range(text: str, flag: str, integers: bool = False) -> list[float] | list[int]:
+    """``"MIN-MAX"`` (or ``"MAX"`` alone: MIN 0) as ``[MIN, MAX]``; with ``integers``,
+    ``"LO-HI"`` as ``[LO, HI]``. Order and bounds are checked with the config keys."""
+    number = r"(\d+)" if integers else _NUMBER
+    m = re.fullmatch(rf"\s*{number}\s*(?:-\s*{number}\s*)?", text)
+    if m is None or (integers and m.group(2) is None):
+        what = "LO-HI, two integers such as 2-256" if integers else \
+            "MIN-MAX in dB such as 30-40 (or MAX alone, MIN being 0)"
+        raise ConfigError(f"{flag} {text!r} is not {what}")
+    if integers:
+        return [int(m.group(1)), int(m.group(2))]
+    lo, hi = m.group(1), m.group(2)
+    return [0.0, float(lo)] if hi is None else [float(lo), float(hi)]
+
+
+def check_flags(quality: Any, k_range: Any, *, colors: Any = None, per_image: bool = False,
+                algorithm: str | None = None) -> None:
+    """Refuse flags that do not go with ``--quality`` (one line each)."""
+    if quality is None:
+        if k_range is not None:
+            raise ConfigError("--k-range goes with --quality MIN-MAX (the K searched)")
+        return
+    if per_image:
+        raise ConfigError("--quality chooses the K of the shared palette; per-image palettes "
+                          "take their K as a list (--per-image --colors 2,6,30)")
+    if colors is not None:
+        raise ConfigError("--colors and --quality exclude each other: --quality chooses K "
+                          "in --k-range")
+    if algorithm == "minibatch":
+        raise ConfigError("--quality fits each K by exact Lloyd on the colour histogram "
+                          "(--algorithm lloyd), not minibatch")
+
+
+def search_config(fcfg: FitConfig) -> FitConfig:
+    """The fit keys a quality search runs with: exact Lloyd on the histogram (no pixel pass
+    per K), and ``colors`` set to the largest K searched (it is not used otherwise), so that
+    the fit's fingerprint depends on the target and range only."""
+    return dataclasses.replace(fcfg, algorithm="lloyd", colors=fcfg.k_range[1])
+
+
+def describe_quality(q: dict[str, Any]) -> str:
+    """The search's outcome in one phrase, for the summary line and ``streamq info``."""
+    qmin, qmax, (lo, hi), k = q["min"], q["max"], q["searched"], q["k"]
+    tried = {int(t): float(m) for t, m in q["tried"]}
+    n = f"{len(tried)} K fitted"
+    head = f"quality {qmin:g}-{qmax:g} dB"
+    if not q["reached"]:
+        return (f"{head}: no K in {lo}..{hi} reaches {qmax:g} dB; K={k}, the largest, gives "
+                f"{psnr(tried[k]):.2f} dB (at least MIN); {n}")
+    if k == lo:
+        return f"{head}: K={k}, the smallest K in {lo}..{hi}, reaches {qmax:g} dB; {n}"
+    return (f"{head}: K={k} is the smallest K in {lo}..{hi} reaching {qmax:g} dB (K={k - 1}: "
+            f"{psnr(tried[k - 1]):.2f} dB); {n}")
+
+
+def search(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndarray,
+           counts: np.ndarray, progress: bool | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Find the K of the target ``fcfg.quality`` (see the module's docstring).
+
+    Returns the chosen K's record (``k``, ``mse``, ``centers``, ``counts``, ``best``: the
+    Lloyd result of :func:`streamq.fit._fit_exact`) and the search's record for the summary.
+    Raises :class:`QualityError` when the largest K stays below MIN.
+    """
+    from streamq.fit import CHECKPOINT, _ensure_distinct, _exact_mse, _fit_exact, _points
+
+    assert fcfg.quality is not None
+    qmin, qmax = fcfg.quality
+    lo, hi = fcfg.k_range
+    if len(codes) < lo:
+        raise ConfigError(f"the collection has only {len(codes)} distinct colours, fewer than "
+                          f"the smallest K of key 'fit.k_range' {[lo, hi]}; start the range at "
+                          f"{len(codes)} or below")
+    hi = min(hi, len(codes))  # K = the distinct colours: every pixel exact
+    x = _points(codes, fcfg.color_space)
+    ckpt = read_checkpoint(st, CHECKPOINT, fp, "fit")
+    tried: list[dict[str, Any]] = list(ckpt["tried"]) if ckpt and "tried" in ckpt else []
+
+    def fitted(k: int) -> dict[str, Any]:
+        for rec in tried:
+            if rec["k"] == k:
+                log.info("quality search: K=%d: PSNR %.2f dB (recorded)", k, psnr(rec["mse"]))
+                return rec
+        best = _fit_exact(run, st, dataclasses.replace(fcfg, colors=k), fingerprint([fp, k]),
+                          None, progress)
+        centres = _ensure_distinct(best["centers"], x, fcfg.color_space)
+        mse, pixel_counts = _exact_mse(x, codes, counts, centres,
+                                       to_rgb8(centres, fcfg.color_space))
+        rec = {"k": k, "mse": mse, "centers": centres, "counts": pixel_counts, "best": best}
+        tried.append(rec)
+        write_checkpoint(st, CHECKPOINT, {"fingerprint": fp, "phase": "quality", "tried": tried})
+        log.info("quality search: K=%d: PSNR %.2f dB", k, psnr(mse))
+        return rec
+
+    def reaches(rec: dict[str, Any]) -> bool:
+        return psnr(rec["mse"]) >= qmax
+
+    top = fitted(hi)
+    if psnr(top["mse"]) < qmin:
+        record = {"min": qmin, "max": qmax, "k_range": list(fcfg.k_range), "searched": [lo, hi],
+                  "k": None, "reached": False, "tried": [[r["k"], r["mse"]] for r in tried]}
+        message = (f"{st.path}: quality {qmin:g}-{qmax:g} dB not reached: K={hi}, the largest "
+                   f"K searched ({lo}..{hi}), gives PSNR {psnr(top['mse']):.2f} dB, below MIN "
+                   f"{qmin:g} dB; widen key 'fit.k_range' (--k-range) or lower MIN")
+        st.set_section("fit", {**st.section("fit"), "state": "failed", "error": message,
+                               "quality": record})
+        raise QualityError(message)
+    chosen = top
+    if reaches(top):
+        a, b = lo, hi  # b reaches MAX; every K below a that was tried misses it
+        while a < b:
+            mid = (a + b) // 2
+            if reaches(fitted(mid)):
+                b = mid
+            else:
+                a = mid + 1
+        chosen = next(r for r in tried if r["k"] == b)  # b was fitted: hi or a mid
+    record = {"min": qmin, "max": qmax, "k_range": list(fcfg.k_range), "searched": [lo, hi],
+              "k": chosen["k"], "reached": reaches(chosen),
+              "tried": [[r["k"], r["mse"]] for r in tried]}
+    return chosen, record
+
+
+def fit_quality(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndarray,
+                counts: np.ndarray, timings: dict[str, float], facts: dict[str, Any],
+                started: float, progress: bool | None) -> Any:
+    """The quality search of :func:`streamq.fit.fit`, after the histogram: the chosen K's
+    palette saved as the store's fit; a :class:`streamq.fit.FitResult`."""
+    from streamq.console import timer
+    from streamq.fit import HISTORY_KEYS, FitResult, _join_history, _save_result
+
+    with timer("quality search", timings):
+        chosen, record = search(run, st, fcfg, fp, codes, counts, progress)
+    fk = dataclasses.replace(fcfg, colors=chosen["k"])
+    empty = {"history": {k: np.zeros(0) for k in HISTORY_KEYS}, "steps": 0, "pixels_seen": 0,
+             "stop_reason": ""}
+    info = _join_history(empty, chosen["best"], int(counts.sum()), fk)
+    centres = np.asarray(chosen["centers"], np.float64)
+    result = FitResult(
+        store=st.path, k=chosen["k"], algorithm=fcfg.algorithm, color_space=fcfg.color_space,
+        centers=centres, palette=to_rgb8(centres, fcfg.color_space),
+        counts=np.asarray(chosen["counts"], np.int64), history=info["history"],
+        steps=info["steps"], pixels_seen=info["pixels_seen"], stop_reason=info["stop_reason"],
+        mse=float(chosen["mse"]), psnr=psnr(float(chosen["mse"])),
+        seconds=round(time.perf_counter() - started, 3), seed=fcfg.seed, config=to_dict(fcfg),
+        quality=record)
+    _save_result(st, result, fp, timings, facts, {"starts": chosen["best"]["results"]})
+    log.info("%s", result)
+    return result
