@@ -201,6 +201,8 @@ class QuantizeConfig:
     color_space: Literal["rgb", "oklab"] | None = _opt(
         None, doc="palette: space distances are measured in (default: the source store's "
                   "fit's, else the store's fit's, else rgb)")
+    ssim: bool = _opt(True, doc="SSIM of every image on its luma, beside MSE/PSNR "
+                                "(see streamq.ssim); false (--no-ssim) labels faster")
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ table -- and nothing else: no pixels, no working state, no image files. Layout
       zarr.json                       attribute "streamq_export": format, state, source, results
       images/{id,path,label,height,width,offset}   one row per exported image
       palette, centers, labels        the shared palette's result (K,3) uint8, (K,3) float, (P,)
-      images/{mse,psnr}               its per-image errors, when quantize wrote them
-      k{K}/{palette,centers,labels,images/{mse,psnr}}   or one group per per-image K:
+      images/{mse,psnr[,ssim]}        its per-image errors (and SSIM), when quantize wrote them
+      k{K}/{palette,centers,labels,images/{mse,psnr[,ssim]}}   or one group per per-image K:
                                       (n,K,3) palettes and centres, one row per exported image
       label_records, k{K}/label_records   completion record of each chunk of a labels array
 
@@ -107,7 +107,7 @@ class _Result:
 
     group: str  # "" (shared palette, at the root) or "k{K}"
     labels: str  # the store's labels array
-    errors: str | None  # prefix of the store's images/{mse,psnr}, when written
+    errors: str | None  # prefix of the store's images/{mse,psnr[,ssim]}, when written
     info: dict[str, Any]  # what the export's attributes say about it
     identity: str  # the labels it was planned from (streamq.export.labels_identity)
 
@@ -150,10 +150,11 @@ def _results(st: Store, ks: list[int] | None) -> list[_Result]:
         labels = "quantize/labels" if not group else f"{prefix}/labels"
         errors = f"{prefix}/images"
         has_errors = st.has(f"{errors}/mse") and st.has(f"{errors}/psnr")
+        has_ssim = has_errors and st.has(f"{errors}/ssim")  # quantize.ssim (streamq.ssim)
         pre = f"{group}/" if group else ""
         pal = f"{pre}palette[j]" if group else "palette"
         info = {"group": group, **info, "labels_dtype": str(open_array(st.location, labels).dtype),
-                "errors": has_errors,
+                "errors": has_errors, "ssim": has_ssim,
                 "read": f"image j = {pal}[{pre}labels[offset[j]:offset[j] + height[j] * width[j]]]"
                         ".reshape(height[j], width[j], 3)"}
         k = int(info["k"]) if group else None
@@ -338,7 +339,8 @@ def _write_tables(st: Store, coll: Collection, dest: Store, results: list[_Resul
             for src, dst in (("palette", "palette"), ("center", "centers")):
                 _copy_rows(st, f"per_image/{r.group}/{src}", dest, r.name(dst), chosen)
         if r.errors is not None:
-            errors = st.read_table(r.errors, ("mse", "psnr"))
+            errors = st.read_table(r.errors, ("mse", "psnr", "ssim") if r.info.get("ssim")
+                                   else ("mse", "psnr"))
             dest.write_table(r.name("images"), {k: v[chosen] for k, v in errors.items()})
 
 

@@ -87,6 +87,11 @@ def _labels_summary(coll: Collection) -> dict[str, Any] | None:
         t = coll.store.read_table("quantize/images", ("psnr",))
         out["worst"] = [{"id": i, "path": coll.paths[i], "psnr": float(t["psnr"][i])}
                         for i in worst_images(t["psnr"], 5)]
+        if q.get("ssim"):  # per-image SSIM (streamq.ssim); NaN: smaller than its window
+            v = coll.store.read_table("quantize/images", ("ssim",))["ssim"].astype(np.float64)
+            out.update({k: q.get(k) for k in ("ssim_mean", "ssim_min", "ssim_images")})
+            out["worst_ssim"] = [{"id": i, "path": coll.paths[i], "ssim": float(v[i])}
+                                 for i in worst_images(v, 5) if np.isfinite(v[i])]
     return out
 
 
@@ -172,6 +177,13 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
         if q["state"] == "complete":
             lines.append(f"labels       K={q['k']}, collection MSE {q['mse']:.2f}, PSNR {q['psnr']:.2f} dB")
             lines.append("worst PSNR   " + ", ".join(f"{w['path']} {w['psnr']:.1f} dB" for w in q["worst"][:3]))
+            if q.get("ssim_mean") is not None:
+                n_none = info["n_images"] - q["ssim_images"]
+                lines.append(f"SSIM         mean {q['ssim_mean']:.4f}, min {q['ssim_min']:.4f} "
+                             "(luma, 11x11 Gaussian window)"
+                             + (f"; {n_none} images under 11x11 have none" if n_none else ""))
+                lines.append("worst SSIM   " + ", ".join(f"{w['path']} {w['ssim']:.4f}"
+                                                         for w in q["worst_ssim"][:3]))
         elif q["state"] == "stale":
             lines.append("labels       stale: the palette was refitted; run `streamq quantize`")
         else:

@@ -328,13 +328,23 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     lo = c * chunk
     hi = min(lo + chunk, pixels.shape[0])
     name = f"per_image/k{k}/labels"
+    want_ssim = args.get("ssim", False)
     expect = args.get("expect")
+    verified = False  # labels recorded and intact, their SSIM missing (labelled with --no-ssim)
     if expect is not None:  # recorded by an earlier run: keep it if its labels are intact
         from streamq.durable import recorded_labels_ok
 
         if recorded_labels_ok(store, name, lo, hi, expect, args["fit"], args.get("retry")):
-            return {**expect, "status": "verified"}
-    rgb = np.asarray(pixels[lo:hi])
+            if not want_ssim or "ssim" in expect:
+                return {**expect, "status": "verified"}
+            verified = True
+    start, stop = lo, hi  # the pixels read: the chunk, and the rows around it SSIM needs
+    if want_ssim:
+        from streamq.ssim import halo
+
+        start, stop = halo(args["images"], args["shapes"], lo, hi)
+    ext = np.asarray(pixels[start:stop])
+    rgb = ext[lo - start:hi - start]
     labels = np.zeros(hi - lo, dtype=labels_dtype(k))
     centres = open_array(store, f"per_image/k{k}/center")
     palettes = open_array(store, f"per_image/k{k}/palette")
@@ -358,18 +368,34 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
             sse = list(pool.map(one, args["images"]))
     else:
         sse = [one(image) for image in args["images"]]
-    out = open_array(store, name, mode="r+")
-
-    def write_labels() -> None:
-        write_rows(store, name, out, lo, hi, labels)  # durable before the record
-
     retry = args.get("retry")
-    retrying(write_labels, "write", store.join(name).url, retry, write=True)
-    report = {"sse": sse, "crc32": checksum(labels), "fit": args["fit"]}
+    if verified:
+        report = dict(expect or {})
+    else:
+        out = open_array(store, name, mode="r+")
+
+        def write_labels() -> None:
+            write_rows(store, name, out, lo, hi, labels)  # durable before the record
+
+        retrying(write_labels, "write", store.join(name).url, retry, write=True)
+        report = {"sse": sse, "crc32": checksum(labels), "fit": args["fit"]}
+    if want_ssim:
+        from streamq.ssim import chunk_ssim, luma
+
+        parts = [labels]  # the rows around the chunk, labelled again with their image's palette
+        if start < lo:
+            j = args["images"][0][0] - min(ids)
+            parts.insert(0, label_pixels(ext[:lo - start], cen[j], pal[j])[0].astype(labels.dtype))
+        if stop > hi:
+            j = args["images"][-1][0] - min(ids)
+            parts.append(label_pixels(ext[hi - start:], cen[j], pal[j])[0].astype(labels.dtype))
+        report["ssim"] = chunk_ssim(ext, np.concatenate(parts), start, lo, hi, args["images"],
+                                    args["shapes"], lambda i: luma(pal[i - min(ids)]))
     records = f"per_image/k{k}/label_records"
     retrying(lambda: write_record(store, records, c, report), "write", store.join(records).url,
              retry, write=True)  # the completion record, after the labels
-    return {**report, "status": "redone" if expect is not None else "ran"}
+    status = "ssim added" if verified else "redone" if expect is not None else "ran"
+    return {**report, "status": status}
 
 
 def quantize_per_image(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None = None,
@@ -399,8 +425,13 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
     sizes = coll.heights * coll.widths
     timings: dict[str, float] = {}
     sections = {k: st.section(f"per_image_quantize_k{k}") for k in sec["colors"]}
-    pending = [k for k, q in sections.items()
-               if overwrite or not (q.get("state") == "complete" and q.get("fingerprint") == fp)]
+    want_ssim = cfg.quantize.ssim
+
+    def up_to_date(q: dict[str, Any]) -> bool:  # labels of these palettes (SSIM aside)
+        return q.get("state") == "complete" and q.get("fingerprint") == fp
+
+    pending = [k for k, q in sections.items() if overwrite or not up_to_date(q)
+               or (want_ssim and not q.get("ssim"))]
     if not pending:  # nothing to do: no cluster to start
         log.info("Per-image labels in %s are up to date; nothing to do", st.path)
         return _summary(st, "already complete", timings, len(coll))
@@ -411,7 +442,8 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
             name = f"per_image_quantize_k{k}"
             q = sections[k]
             started = time.perf_counter()
-            if q.get("fingerprint") != fp or q.get("state") not in ("running",) or overwrite:
+            keep = q.get("state") == "running" and q.get("fingerprint") == fp or up_to_date(q)
+            if not keep or overwrite:  # (up to date: only their SSIM is missing)
                 # a new labelling (see streamq.quantize)
                 labels_id = uuid.uuid4().hex
                 st.set_section(name, {"state": "starting", "fingerprint": fp,
@@ -427,19 +459,32 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
             threads = max(1, run.n_workers // max(1, len(todo)))
             for c in range(n_chunks):  # recorded chunks too: each task checks its record first
                 images = coll.overlapping(c * chunk, (c + 1) * chunk)
+                shapes = [[int(coll.heights[i]), int(coll.widths[i])] for i, _, _ in images]
                 futures.append(run.submit(_label_task, {
                     "store": st.location, "chunk_index": c, "chunk": chunk, "k": k,
-                    "images": images, "threads": threads, "retry": cfg.retry,
+                    "images": images, "shapes": shapes, "ssim": want_ssim,
+                    "threads": threads, "retry": cfg.retry,
                     "fit": fp, "expect": json.loads(records[c]) if records[c] else None}))
             with progress_bar(len(futures), f"labelling K={k}", "chunk", progress) as bar:
                 for fut in run.as_completed(futures):
                     fut.result()
                     bar.update(1)
-            errors = errors_from_records(st.records(f"per_image/k{k}/label_records"), sizes)
+            records = st.records(f"per_image/k{k}/label_records")
+            errors = errors_from_records(records, sizes)
+            stats: dict[str, Any] = {"ssim": want_ssim}
+            if want_ssim:
+                from streamq.ssim import ssim_from_records, ssim_stats
+
+                errors["ssim"] = ssim_from_records(records,
+                                                   np.stack([coll.heights, coll.widths], 1))
+                stats.update(ssim_stats(errors["ssim"]))
+            elif st.has(f"per_image/k{k}/images/ssim"):  # of earlier labels: not these
+                st.remove(f"per_image/k{k}/images/ssim")
             st.write_table(f"per_image/k{k}/images", errors)
             finite = errors["psnr"][np.isfinite(errors["psnr"])]
             st.set_section(name, {"state": "complete", "fingerprint": fp, "labels_id": labels_id,
                                   "mean_psnr": float(finite.mean()) if len(finite) else 0.0,
+                                  **stats,
                                   "timings": {"labelling": round(time.perf_counter() - started, 3)},
                                   "runtime": facts,
                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

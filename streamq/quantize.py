@@ -5,8 +5,11 @@ Each task owns one chunk of ``pixels`` and writes the same chunk of ``quantize/l
 palette centre in the fit's colour space (exact; first centre on ties), found through a
 lazily filled 2**24 lookup table kept by each worker (:class:`streamq.kmeans.table.LabelTable`).
 Each task then writes its completion record: the squared error of every image it touches,
-from which per-image and collection MSE/PSNR are consolidated. A rerun runs only tasks
-without a record; a new palette makes old labels stale, and they are recomputed.
+from which per-image and collection MSE/PSNR are consolidated, and (``quantize.ssim``, on by
+default) the sums of each image's SSIM map over its pixels in the chunk
+(:mod:`streamq.ssim`; the task reads the few rows around its chunk the window needs). A
+rerun runs only tasks without a record (or, when SSIM is wanted, without SSIM in it); a new
+palette makes old labels stale, and they are recomputed.
 
 ``palette=SRC`` first makes a given palette (a palette file, an image or another store) the
 store's shared palette (:mod:`streamq.remap`); it is then labelled like a fitted one.
@@ -64,13 +67,15 @@ class QuantizeSummary:
     psnr: float
     status: str
     timings: dict[str, float] = field(default_factory=dict)
+    ssim: float | None = None  # mean per-image SSIM (None: not computed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (f"{self.status}: {self.n_pixels / 1e6:.2f} Mpx of {self.n_images} images labelled "
+        text = (f"{self.status}: {self.n_pixels / 1e6:.2f} Mpx of {self.n_images} images labelled "
                 f"with K={self.k}; collection MSE {self.mse:.2f}, PSNR {self.psnr:.2f} dB")
+        return text + (f", mean SSIM {self.ssim:.4f}" if self.ssim is not None else "")
 
 
 def _table(args: dict[str, Any]) -> Any:
@@ -85,16 +90,58 @@ def _table(args: dict[str, Any]) -> Any:
     return table
 
 
+def _ssim_sums(args: dict[str, Any], table: Any, ext: np.ndarray, start: int, lo: int, hi: int,
+               labels: np.ndarray) -> list[list[float | int]]:
+    """SSIM sums of the images of chunk ``[lo, hi)`` (``labels``), from the pixels ``ext``
+    read from ``start`` on: the rows around the chunk are labelled again here."""
+    from streamq.ssim import chunk_ssim, luma
+
+    one = np.zeros(1, np.int64)
+    parts = [labels]
+    if start < lo:
+        one[0] = lo - start
+        parts.insert(0, table.labels_sse(ext[:lo - start], labels.dtype, one)[0])
+    if start + len(ext) > hi:
+        one[0] = start + len(ext) - hi
+        parts.append(table.labels_sse(ext[hi - start:], labels.dtype, one)[0])
+    lut = luma(np.asarray(args["palette"], dtype=np.uint8))
+    return chunk_ssim(ext, np.concatenate(parts) if len(parts) > 1 else labels, start, lo, hi,
+                      args["images"], args["shapes"], lambda _: lut)
+
+
 def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
     c, chunk, store, retry = args["chunk_index"], args["chunk"], args["store"], args.get("retry")
     pixels = open_array(store, PIXELS)
     lo = c * chunk
     hi = min(lo + chunk, pixels.shape[0])
+    want_ssim = args.get("ssim", False)
+    start, stop = lo, hi  # the pixels read: the chunk, and the rows around it SSIM needs
+    if want_ssim:
+        from streamq.ssim import halo
+
+        start, stop = halo(args["images"], args["shapes"], lo, hi)
+
+    def read() -> np.ndarray:
+        return retrying(lambda: np.asarray(pixels[start:stop]), "read", store.join(PIXELS).url,
+                        retry)
+
     expect = args.get("expect")
     if expect is not None:  # recorded by an earlier run: keep it if its labels are intact
         if recorded_labels_ok(store, LABELS, lo, hi, expect, args["fit_fingerprint"], retry):
-            return {**expect, "status": "verified"}
-    rgb = retrying(lambda: np.asarray(pixels[lo:hi]), "read", store.join(PIXELS).url, retry)
+            if not want_ssim or "ssim" in expect:
+                return {**expect, "status": "verified"}
+            # labelled without SSIM (--no-ssim): the same labels again, in memory, for it
+            ext = read()
+            dtype = labels_dtype(len(args["palette"]))
+            labels = _table(args).labels_sse(ext[lo - start:hi - start], dtype,
+                                             np.asarray([hi - lo], np.int64))[0]
+            report = {**expect,
+                      "ssim": _ssim_sums(args, _table(args), ext, start, lo, hi, labels)}
+            retrying(lambda: write_record(store, RECORDS, c, report), "write",
+                     store.join(RECORDS).url, retry, write=True)
+            return {**report, "status": "ssim added"}
+    ext = read()
+    rgb = ext[lo - start:hi - start]
     out = open_array(store, LABELS, mode="r+")
     # Segments of this shard: each image's part of it, and the gaps between (skipped inputs).
     bounds, seg_of = [], []
@@ -118,6 +165,8 @@ def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
            for (image_id, _, _), s in zip(args["images"], seg_of, strict=True)]
     report = {"sse": sse, "pixels": int(hi - lo), "crc32": checksum(labels),
               "fit": args["fit_fingerprint"]}
+    if want_ssim:
+        report["ssim"] = _ssim_sums(args, _table(args), ext, start, lo, hi, labels)
     retrying(lambda: write_record(store, RECORDS, c, report), "write", store.join(RECORDS).url,
              retry, write=True)  # the completion record, after the labels
     return {**report, "status": "redone" if expect is not None else "ran"}
@@ -127,7 +176,7 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
              progress: bool | None = None, scheduler: str | None = None,
              storage_options: dict[str, Any] | None = None,
              overwrite: bool = False, palette: str | os.PathLike[str] | None = None,
-             color_space: str | None = None) -> QuantizeSummary:
+             color_space: str | None = None, ssim: bool | None = None) -> QuantizeSummary:
     """Label every pixel of ``store`` with its nearest palette colour (resumable).
 
     Labels are computed for the shared palette and for per-image palettes, whichever are
@@ -143,6 +192,9 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
     ``overwrite`` replaces another palette of the store (a fit or another given palette). The
     same palette again changes nothing.
 
+    ``ssim`` (default: ``config``'s ``quantize.ssim``, true) also computes each image's SSIM
+    (:mod:`streamq.ssim`); labels recorded without it get it on the next run that wants it.
+
     Returns
     -------
     QuantizeSummary
@@ -151,7 +203,7 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
     """
     from streamq.colorspace import SPACES
 
-    cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
+    cfg = parse_config(config).replace(**{"dask.scheduler": scheduler, "quantize.ssim": ssim})
     palette = palette if palette is not None else cfg.quantize.palette  # or key quantize.*
     color_space = color_space if color_space is not None else cfg.quantize.color_space
     if palette is None and color_space is not None:
@@ -194,9 +246,12 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
     fit_sec = st.section("fit")
     fit_fp = fit_sec["fingerprint"]
     sec = st.section(QUANTIZE)
+    want_ssim = cfg.quantize.ssim
     if sec.get("fit_fingerprint") == fit_fp and sec.get("state") == "complete" and not overwrite:
-        log.info("Labels in %s are up to date; nothing to do", st.path)
-        return _summary(st, "already complete", sec.get("timings", {}))
+        if sec.get("ssim") or not want_ssim:
+            log.info("Labels in %s are up to date; nothing to do", st.path)
+            return _summary(st, "already complete", sec.get("timings", {}))
+        log.info("Labels in %s are up to date; computing their SSIM", st.path)
     result = load_fit(st.location)
     pixels = st.pixels()
     chunk, _ = st.pixel_layout()
@@ -226,16 +281,17 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
     space, centers = result.label_space()  # a given palette in RGB: integer distances
     common = {"store": st.location, "chunk": chunk, "fit_fingerprint": fit_fp, "space": space,
               "centers": centers.tolist(), "palette": result.palette.tolist(),
-              "retry": cfg.retry}
+              "retry": cfg.retry, "ssim": want_ssim}
     with timer("labelling", timings), runner(cfg.dask) as run:
         run.check_paths(st.path)
         facts = run.facts()
         futures = {}
         for c in range(n_chunks):  # recorded chunks too: each task checks its record first
             images = coll.overlapping(c * chunk, (c + 1) * chunk)
+            shapes = [[int(coll.heights[i]), int(coll.widths[i])] for i, _, _ in images]
             expect = json.loads(records[c]) if records[c] else None
             futures[run.submit(_quantize_task, {**common, "chunk_index": c, "images": images,
-                                                "expect": expect})] = c
+                                                "shapes": shapes, "expect": expect})] = c
         redone = []
         with progress_bar(len(futures), "quantizing", "chunk", progress) as bar:
             for fut in run.as_completed(futures):
@@ -247,7 +303,7 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
                         "records (lost in a power loss?) and were written again: %s",
                         len(redone), ", ".join(map(str, sorted(redone)[:10])))
     with timer("consolidating", timings):
-        write(lambda: _consolidate(st, coll, fit_fp, result.k, timings, facts))
+        write(lambda: _consolidate(st, coll, fit_fp, result.k, timings, facts, want_ssim))
     write(lambda: st.set_section(QUANTIZE, {**st.section(QUANTIZE), "timings": timings}))
     summary = _summary(st, "quantized", timings)
     log.info("%s", summary)
@@ -255,22 +311,31 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
 
 
 def _consolidate(st: Store, coll: Collection, fit_fp: str, k: int, timings: dict[str, float],
-                 facts: dict[str, Any]) -> None:
+                 facts: dict[str, Any], want_ssim: bool = False) -> None:
     records = st.records(RECORDS)
     if any(not r for r in records):
         raise StreamQError(f"{st.path}: some quantize tasks have no completion record; rerun quantize")
     sizes = coll.heights * coll.widths
     errors = errors_from_records(records, sizes)
+    stats: dict[str, Any] = {"ssim": want_ssim}
+    if want_ssim:
+        from streamq.ssim import ssim_from_records, ssim_stats
+
+        errors["ssim"] = ssim_from_records(records, np.stack([coll.heights, coll.widths], 1))
+        stats.update(ssim_stats(errors["ssim"]))
+    elif st.has("quantize/images/ssim"):  # of earlier labels: not these
+        st.remove("quantize/images/ssim")
     st.write_table("quantize/images", errors)
     total = float(errors["sse"].sum() / max(1, 3 * sizes.sum()))
     st.set_section(QUANTIZE, {"state": "complete", "fit_fingerprint": fit_fp, "k": k,
                               "labels_id": st.section(QUANTIZE).get("labels_id"),
-                              "mse": total, "psnr": psnr(total), "timings": timings, "runtime": facts,
-                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                              "mse": total, "psnr": psnr(total), **stats, "timings": timings,
+                              "runtime": facts, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def _summary(st: Store, status: str, timings: dict[str, float]) -> QuantizeSummary:
     sec = st.section(QUANTIZE)
     coll = Collection(st)
     return QuantizeSummary(store=st.path, k=sec["k"], n_images=len(coll), n_pixels=coll.n_pixels,
-                           mse=sec["mse"], psnr=sec["psnr"], status=status, timings=timings)
+                           mse=sec["mse"], psnr=sec["psnr"], status=status, timings=timings,
+                           ssim=sec.get("ssim_mean") if sec.get("ssim") else None)

@@ -89,6 +89,7 @@ class Result:
     shared_palette: np.ndarray | None  # shared: (K, 3) uint8
     psnr: np.ndarray | None  # per-image PSNR when complete
     command: str  # what makes it complete
+    ssim: np.ndarray | None = None  # per-image SSIM when complete and computed (NaN: too small)
 
     @property
     def ready(self) -> bool:
@@ -496,8 +497,40 @@ def convergence(ctx: Context) -> Section | None:
     return Section("convergence", "Convergence", body)
 
 
+def _fmt_ssim(v: float | None) -> str:
+    return "—" if v is None or not np.isfinite(v) else f"{v:.4f}"
+
+
+def _ssim_html(ctx: Context, ready: list[Result]) -> str:
+    """The distribution of per-image SSIM of every result that has it, and its statistics."""
+    have = [r for r in ready if r.ssim is not None]
+    notes = "".join(ctx.note(f"No SSIM for {r.title}: it was quantized with --no-ssim; "
+                             "`streamq quantize STORE` adds it.") for r in ready if r.ssim is None)
+    if not have:
+        return notes
+    fig = _figure(7, 3.4)
+    ax = fig.add_subplot()
+    finite = [r.ssim[np.isfinite(r.ssim)] for r in have]
+    lo = min((float(f.min()) for f in finite if len(f)), default=0.0)
+    bins = np.linspace(min(lo, 1 - 1e-6), 1.0, 31)
+    for r, f in zip(have, finite, strict=True):
+        ax.hist(f, bins=bins, histtype="step", lw=1.5,
+                label=f"{r.title} (median {np.median(f):.3f})" if len(f) else r.title)
+    ax.set_xlabel("SSIM (luma, 11x11 Gaussian window, sigma 1.5)")
+    ax.set_ylabel("images")
+    ax.set_title("Per-image SSIM")
+    ax.legend(loc="upper left", fontsize=8)
+    body = figure_html(fig, "histogram of per-image SSIM", cls="fig ssim-hist")
+    body += table_html(["result", "images", "min", "median", "mean", "max", "none (< 11x11)"], [
+        [r.title, len(f), *(f"{fn(f):.4f}" if len(f) else "—"
+                            for fn in (np.min, np.median, np.mean, np.max)),
+         int(len(r.ssim) - len(f))] for r, f in zip(have, finite, strict=True)], "ssim-stats")
+    return body + notes
+
+
 def quality(ctx: Context) -> Section | None:
-    """Per-image PSNR: its distribution for every result, and the worst images with thumbnails."""
+    """Per-image PSNR and SSIM: their distributions for every result, and the worst images
+    (by PSNR) with thumbnails."""
     if ctx.coll is None:
         return None
     from streamq.info import worst_images
@@ -524,6 +557,7 @@ def quality(ctx: Context) -> Section | None:
         [r.title, len(r.psnr), *(f"{fn(f):.2f}" if len(f) else "—"
                                  for fn in (np.min, np.median, np.mean, np.max)),
          int(np.isinf(r.psnr).sum())] for r, f in zip(ready, finite, strict=True)], "psnr-stats")
+    body += _ssim_html(ctx, ready)
     coll = ctx.coll
     for r in ready if ctx.cfg.worst else []:
         worst = worst_images(r.psnr, ctx.cfg.worst)
@@ -531,14 +565,18 @@ def quality(ctx: Context) -> Section | None:
         for rank, i in enumerate(worst, 1):
             thumbs = Raw(array_html(ctx.image(i, THUMB_SIDE), f"image {i}") + " "
                          + array_html(ctx.quantized(r, i, THUMB_SIDE), f"image {i}, {r.title}"))
+            ssim = None if r.ssim is None else float(r.ssim[i])
             rows.append([rank, i, coll.labels[i], coll.paths[i],
                          Raw(f'<span class="psnr" data-psnr="{float(r.psnr[i])!r}">'
-                             f"{esc(_fmt_psnr(float(r.psnr[i])))}</span>"), thumbs])
-        body += (f'<h3>Worst {len(worst)} images, {esc(r.title)}</h3>'
+                             f"{esc(_fmt_psnr(float(r.psnr[i])))}</span>"),
+                         Raw(f'<span class="ssim" data-ssim="{"" if ssim is None else repr(ssim)}">'
+                             f"{esc(_fmt_ssim(ssim))}</span>"), thumbs])
+        body += (f'<h3>Worst {len(worst)} images by PSNR, {esc(r.title)}</h3>'
                  f'<div class="worst" data-result="{esc(r.key)}">'
-                 + table_html(["rank", "id", "label", "path", "PSNR", "original · quantized"], rows)
+                 + table_html(["rank", "id", "label", "path", "PSNR", "SSIM",
+                               "original · quantized"], rows)
                  + "</div>")
-    return Section("quality", "Image quality (PSNR)", body)
+    return Section("quality", "Image quality (PSNR, SSIM)", body)
 
 
 def _groups_state(ctx: Context) -> dict[str, Any] | None:
@@ -754,7 +792,9 @@ def _results(st: Store) -> tuple[list[Result], list[str]]:
         out.append(Result("shared", f"shared K={k}", k, state, "quantize/labels", None,
                           np.stack([p["r"], p["g"], p["b"]], 1).astype(np.uint8),
                           _psnr(st, "quantize/images") if state == "complete" else None,
-                          "streamq quantize STORE"))
+                          "streamq quantize STORE",
+                          _ssim(st, "quantize/images") if state == "complete" and q.get("ssim")
+                          else None))
     per = st.section("per_image")
     if per.get("state") == "complete":
         for value in per.get("colors") or []:
@@ -769,12 +809,18 @@ def _results(st: Store) -> tuple[list[Result], list[str]]:
             out.append(Result(f"k{k}", f"per-image K={k}", k, state, f"per_image/k{k}/labels",
                               f"per_image/k{k}/palette", None,
                               _psnr(st, f"per_image/k{k}/images") if state == "complete" else None,
-                              "streamq quantize STORE"))
+                              "streamq quantize STORE",
+                              _ssim(st, f"per_image/k{k}/images")
+                              if state == "complete" and q.get("ssim") else None))
     return out, problems
 
 
 def _psnr(st: Store, prefix: str) -> np.ndarray:
     return st.read_table(prefix, ("psnr",))["psnr"].astype(np.float64)
+
+
+def _ssim(st: Store, prefix: str) -> np.ndarray:
+    return st.read_table(prefix, ("ssim",))["ssim"].astype(np.float64)
 
 
 def _sample(coll: Collection, n: int, seed: int, ids: Any, labels: Sequence[str] | None) -> list[int]:

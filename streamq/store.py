@@ -267,6 +267,12 @@ class Store:
             return False
         return True
 
+    def remove(self, name: str) -> None:
+        """Remove array or group ``name`` (a result that no longer holds)."""
+        check_writer()
+        del self.group[name]
+        self.sync(name.rpartition("/")[0])
+
     def write_table(self, prefix: str, columns: Mapping[str, np.ndarray | Sequence[Any]],
                     chunk: int = TABLE_CHUNK, codecs: Any = "auto") -> None:
         """Write equal-length columns as 1-d arrays ``prefix/<name>`` (strings as UTF-8),

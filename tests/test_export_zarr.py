@@ -97,12 +97,13 @@ def test_zarr_export_is_the_png_export_as_arrays(photo_store, tmp_path, cluster_
     np.testing.assert_array_equal(g["palette"][:], fit.palette)
     np.testing.assert_array_equal(g["centers"][:], fit.centers)
     src = zarr.open_group(photo_store, mode="r")
-    for k in ("mse", "psnr"):
+    for k in ("mse", "psnr", "ssim"):
         np.testing.assert_array_equal(g[f"images/{k}"][:], src[f"quantize/images/{k}"][:])
     a = export_attrs(out)
     assert (a["format_version"], a["state"], a["n_images"]) == (1, "complete", len(coll))
     (r,) = a["results"]
     assert (r["group"], r["k"], r["color_space"], r["labels_dtype"]) == ("", 12, "rgb", "uint8")
+    assert (r["errors"], r["ssim"]) == (True, True)
     assert r["fit_fingerprint"] == src.attrs["fit"]["fingerprint"]  # a refit is detectable
     assert a["store"]["source_fingerprint"] == src.attrs["ingest"]["source_fingerprint"]
     # completion records: one per chunk, with the CRC-32 of the chunk's labels
@@ -138,8 +139,9 @@ def test_selection_repacks_labels(photo_store, tmp_path):
     assert g["labels"].shape == (sizes.sum(),)
     for i, img in rebuilt(out).items():
         np.testing.assert_array_equal(img, store_image(photo_store, i))
-    psnr = zarr.open_group(photo_store, mode="r")["quantize/images/psnr"][:]
-    np.testing.assert_array_equal(g["images/psnr"][:], psnr[ids])
+    src = zarr.open_group(photo_store, mode="r")
+    for name in ("psnr", "ssim"):  # the selected images' rows
+        np.testing.assert_array_equal(g[f"images/{name}"][:], src[f"quantize/images/{name}"][:][ids])
     assert export_attrs(out)["selection"]["ids"] == "1,3-5,40"
     # by label, through the command line, together with ids
     label = PHOTOS[2]
@@ -177,7 +179,9 @@ def test_per_image_palettes_one_group_per_k(per_image_store, tmp_path, cluster_a
         assert g[f"k{k}/palette"].shape == (len(coll), k, 3)
         np.testing.assert_array_equal(g[f"k{k}/palette"][:], src[f"per_image/k{k}/palette"][:])
         np.testing.assert_array_equal(g[f"k{k}/centers"][:], src[f"per_image/k{k}/center"][:])
-        np.testing.assert_array_equal(g[f"k{k}/images/mse"][:], src[f"per_image/k{k}/images/mse"][:])
+        for name in ("mse", "ssim"):
+            np.testing.assert_array_equal(g[f"k{k}/images/{name}"][:],
+                                          src[f"per_image/k{k}/images/{name}"][:])
     streamq.export(per_image_store, tmp_path / "png6", per_image=6, scheduler="threads", progress=False)
     images = rebuilt(out, "k6")
     for i, rel in enumerate(coll.paths):

@@ -198,6 +198,16 @@ def test_shared_palette_matches_store(shared_store, browser, tmp_path):
         assert [float(v) for v in _data(page, ".worst .psnr", "data-psnr")] == \
             [float(psnr[i]) for i in _worst_reference(psnr, 7)]
         assert len(page.query_selector_all(".worst img.thumb")) == 14
+        # SSIM: its histogram and statistics, and each worst image's stored value
+        ssim = np.asarray(g["quantize/images/ssim"][:])
+        assert [float(v) for v in _data(page, ".worst .ssim", "data-ssim")] == \
+            [float(ssim[i]) for i in _worst_reference(psnr, 7)]
+        for row, i in zip(rows, _worst_reference(psnr, 7), strict=True):
+            assert row[5] == f"{ssim[i]:.4f}"
+        assert len(page.query_selector_all("#quality img.ssim-hist")) == 1
+        (stats,) = [t.split("\t") for t in _texts(page, "table.ssim-stats tbody tr")]
+        assert stats == ["shared K=12", "48", *(f"{fn(ssim):.4f}" for fn in
+                                                (np.min, np.median, np.mean, np.max)), "0"]
         # convergence and run facts
         conv = page.inner_text("#convergence")
         assert f"history points\t{g['fit/history/step'].shape[0]:,}" in conv
@@ -241,6 +251,12 @@ def test_per_image_rows_palettes_and_worst(per_image_store, browser, tmp_path):
                 [float(psnr[k][i]) for i in ids]
             rows = [t.split("\t") for t in _texts(page, f".worst[data-result=k{k}] tbody tr")]
             assert [int(row[1]) for row in rows] == _worst_reference(psnr[k], 4)
+            ssim = np.asarray(g[f"per_image/k{k}/images/ssim"][:])
+            assert [float(v) for v in _data(page, f".worst[data-result=k{k}] .ssim",
+                                            "data-ssim")] == \
+                [float(ssim[i]) for i in _worst_reference(psnr[k], 4)]
+        assert [t.split("\t")[0] for t in _texts(page, "table.ssim-stats tbody tr")] == \
+            ["per-image K=2", "per-image K=6", "per-image K=30"]
         captions = _texts(page, "figure.pair figcaption")
         assert all("per-image K=2" in c and "per-image K=30" in c for c in captions)
         # per-image palettes of the first sampled images, sorted by their own pixel counts
@@ -295,6 +311,21 @@ def test_stale_labels_after_a_refit(shared_store, browser, tmp_path):
         assert "stale" in page.inner_text("#overview")
         assert _data(page, "figure.pair", "data-psnr-shared") == [None] * 3  # originals only
         assert page.query_selector_all(".worst") == []
+
+
+def test_labels_without_ssim_are_named(lloyd_store, tmp_path):
+    from streamq.report import quality
+
+    path = str(tmp_path / "l.zarr")
+    shutil.copytree(lloyd_store, path)
+    streamq.quantize(path, ssim=False, overwrite=True, scheduler="threads")
+    out = tmp_path / "no-ssim.html"
+    streamq.report(path, out, worst=3, sections=[quality])
+    text = out.read_text()
+    assert "No SSIM for shared K=5: it was quantized with --no-ssim" in text
+    assert "ssim-hist" not in text
+    assert "ssim-stats" not in text
+    assert text.count('<span class="ssim" data-ssim="">—</span>') == 3
 
 
 def _groups_reference(store):

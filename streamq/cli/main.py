@@ -311,6 +311,8 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
 @click.option("--overwrite", is_flag=True,
               help="Compute every label again, even those up to date; with --palette also "
                    "replace STORE's palette (a fit or another given palette).")
+@click.option("--no-ssim", is_flag=True,
+              help="Skip the per-image SSIM (labels faster; config key quantize.ssim).")
 @no_lock_opt
 @progress_opt
 @json_opt
@@ -319,10 +321,11 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
 def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
                  scheduler: str | None, palette: str | None, color_space: str | None,
                  storage_options: tuple[str, ...], no_lock: bool, overwrite: bool,
-                 progress: bool | None, as_json: bool) -> None:
+                 no_ssim: bool, progress: bool | None, as_json: bool) -> None:
     """Label every pixel of STORE with its nearest palette colour, chunk by chunk.
 
-    Also computes per-image and collection MSE/PSNR (see `streamq info`). Resumable.
+    Also computes per-image and collection MSE/PSNR and each image's SSIM on its luma
+    (see `streamq info`). Resumable.
     With --palette SRC, the palette is given rather than fitted: exact nearest colour, ties
     to the lowest index (its position in SRC).
     """
@@ -331,7 +334,8 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
 
     cfg = load_config(config_path, **{"store": store, "dask.scheduler": scheduler,
                                       "quantize.palette": palette,
-                                      "quantize.color_space": color_space},
+                                      "quantize.color_space": color_space,
+                                      "quantize.ssim": False if no_ssim else None},
                       **storage_overrides(storage_options), **_lock_overrides(no_lock))
     palette, color_space = cfg.quantize.palette, cfg.quantize.color_space  # flags or --config
     if palette is None and color_space is not None:
