@@ -162,6 +162,8 @@ def retrying(fn: Callable[[], T], action: str, target: str, policy: RetryConfig 
                 spent = time.monotonic() - started
                 hint = _HINTS.get(code or 0, "check the device, the (network) filesystem and "
                                   "the system log")
+                if not isinstance(cause, OSError) or cause.errno is None:
+                    hint = "check the network and the server"
                 if isinstance(cause, MemoryError):
                     hint = _HINTS[errno.ENOMEM]
                 raise FaultError(

@@ -366,12 +366,12 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | L
         return _ingest(loc, cfg, overwrite, progress, src_options)
 
 
-def _list_inputs(src: str, options: dict[str, Any]
+def _list_inputs(src: str, options: dict[str, Any], retry: RetryConfig
                  ) -> tuple[SourceRoot, list[str], list[tuple[str, str]], str, dict[str, int]]:
     """``(where the images are, sorted names, listed-but-missing skips, fingerprint, sizes)``
     of a local source (:func:`list_sources`) or a URL source (:mod:`streamq.sources`)."""
     src = sources.local_path(src)
-    listing = sources.list_urls(src, options) if sources.is_remote(src) \
+    listing = sources.list_urls(src, options, retry) if sources.is_remote(src) \
         else sources.local_url_list(src)
     if listing is not None:
         return (listing.source(options), listing.rel, [], sources.fingerprint(listing),
@@ -385,7 +385,8 @@ def _ingest(loc: Location, cfg: StreamQConfig, overwrite: bool, progress: bool |
     icfg = cfg.ingest
     timings: dict[str, float] = {}
     with timer("listing inputs", timings):
-        source, rel, missing, source_fp, sizes = _list_inputs(icfg.source, src_options or {})
+        source, rel, missing, source_fp, sizes = _list_inputs(icfg.source, src_options or {},
+                                                                 cfg.retry)
         root = source_name(source.root)
     settings = _settings(icfg)
     settings_fp = fingerprint(settings)

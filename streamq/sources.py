@@ -47,7 +47,7 @@ from typing import Any
 from streamq import redact
 from streamq.config import RetryConfig
 from streamq.decode import Header, decode_rgb, read_header
-from streamq.errors import ConfigError, StoreError
+from streamq.errors import ConfigError, StoreError, StreamQError
 from streamq.faults import http_status, retrying
 from streamq.fs import Location, check_access, looks_like_url
 from streamq.names import source_name
@@ -233,7 +233,7 @@ class SourceRoot:
             return retrying(attempt, "read", url, retry)
         except FileNotFoundError:
             return f"object not found (404): {url}"
-        except StoreError:
+        except StreamQError:  # a fault that outlasted its retries, an access error
             raise
         except Exception as exc:
             message = explain(exc, url, self.options)
@@ -398,8 +398,8 @@ def local_url_list(src: str) -> Listing | None:
     return None if urls is None else _from_urls(urls, text)
 
 
-def list_urls(src: str, options: Mapping[str, Any]) -> Listing:
-    """List the URL source ``src``.
+def list_urls(src: str, options: Mapping[str, Any], retry: RetryConfig | None = None) -> Listing:
+    """List the URL source ``src`` (transient faults retried as ``retry`` says).
 
     Raises one-line errors: :class:`StoreError` for access problems (missing bucket, access
     denied, no credentials, unreachable endpoint, unknown scheme, missing package),
@@ -411,7 +411,7 @@ def list_urls(src: str, options: Mapping[str, Any]) -> Listing:
         check_access(Location(src.rstrip("/"), dict(options)), "source")
     fs, path = _filesystem(src, options)
     try:
-        return _list(fs, src, path, scheme)
+        return retrying(lambda: _list(fs, src, path, scheme), "list", src, retry)
     except (StoreError, ConfigError):
         raise
     except Exception as exc:
