@@ -84,7 +84,8 @@ class DaskConfig:
 class IngestConfig:
     """How images become a store (see ``docs/store-format.md``)."""
 
-    source: str | None = _opt(None, doc="folder, glob pattern or text file listing paths")
+    source: str | None = _opt(None, doc="folder, glob pattern or text file listing paths; or a "
+                               "URL read by the workers (s3://BUCKET/PREFIX/, a list of URLs)")
     chunk_pixels: int = _opt(4_194_304, lambda v: None if 1024 <= v <= 2**28 else "an integer in 1024..2**28",
                              "pixels per shard of the pixel array (one write task each)")
     block_pixels: int = _opt(262_144, _at_least(1024),
