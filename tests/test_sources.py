@@ -43,6 +43,15 @@ BAD = {"bad/empty.jpg": "empty file (0 bytes)",
        "bad/big.png": "image has 4096 pixels, over the limit max_pixels=4000"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _pillow_limit():
+    """An ingest run in this process (``scheduler="threads"``) sets Pillow's process-wide
+    ``MAX_IMAGE_PIXELS`` to its ``max_pixels``: put it back for the tests that follow."""
+    before = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = before
+
+
 def _write_photos(root: Path) -> list[str]:
     """Small real photo crops: JPEGs (24-40 px a side) in one folder per photo, PNGs in
     ``png/``, and a few bad files; their names relative to ``root``."""
