@@ -85,7 +85,8 @@ class DaskConfig:
 class IngestConfig:
     """How images become a store (see ``docs/store-format.md``)."""
 
-    source: str | None = _opt(None, doc="folder, glob pattern or text file listing paths")
+    source: str | None = _opt(None, doc="folder, glob pattern or text file listing paths; or a "
+                               "URL read by the workers (s3://BUCKET/PREFIX/, a list of URLs)")
     chunk_pixels: int = _opt(4_194_304, lambda v: None if 1024 <= v <= 2**28 else "an integer in 1024..2**28",
                              "pixels per shard of the pixel array (one write task each)")
     block_pixels: int = _opt(262_144, _at_least(1024),
@@ -321,6 +322,10 @@ class StreamQConfig:
     storage_options: dict[str, Any] = field(default_factory=dict, metadata={
         "check": None, "doc": "options of the filesystem of URL stores and outputs (s3fs: "
                               "endpoint_url, key, secret, anon, client_kwargs, ...)"})
+    source_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "check": None, "doc": "options of the filesystem of a URL source (ingest.source: "
+                              "s3://..., gs://..., a list of URLs); empty: storage_options when "
+                              "the store is local or on the same kind of URL"})
     dask: DaskConfig = field(default_factory=DaskConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     fit: FitConfig = field(default_factory=FitConfig)
@@ -430,7 +435,7 @@ def _coerce(tp: Any, value: Any) -> Any:
 
 def _shown(key: str, value: Any) -> str:
     """``value`` as an error message may show it: storage options only redacted."""
-    if key.split(".")[0] != "storage_options":
+    if key.split(".")[0] not in ("storage_options", "source_options"):
         return repr(value)
     if isinstance(value, Mapping):
         return repr(redact.options(value))
@@ -479,6 +484,7 @@ def parse_config(data: Mapping[str, Any] | StreamQConfig | None, source: str = "
         return data
     cfg = _parse_section(StreamQConfig, data, "", source)
     redact.remember(cfg.storage_options)  # kept out of every message from now on
+    redact.remember(cfg.source_options)
     env = os.environ.get("STREAMQ_SCHEDULER")
     if env and (data is None or "scheduler" not in (data.get("dask") or {})):
         cfg = dataclasses.replace(cfg, dask=dataclasses.replace(cfg.dask, scheduler=env))

@@ -18,20 +18,29 @@ A file that cannot be used is a *bad input*: the functions return the reason as 
 An error of the machine rather than of the file (EIO, EMFILE, ENOSPC, ESTALE, EAGAIN,
 ``MemoryError``..., see :func:`streamq.faults.is_transient`) is raised instead, for the
 caller to retry: it says nothing about the file.
+
+An image is given as a path, or -- for sources read over a network (:mod:`streamq.sources`)
+-- as the file's bytes or an open binary file object with a ``size`` attribute.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from streamq.faults import is_transient
 
-__all__ = ["Header", "decode_rgb", "read_header"]
+__all__ = ["Header", "ImageSource", "decode_rgb", "read_header"]
+
+#: A path, the file's bytes, or an open binary file object with a ``size`` attribute.
+ImageSource = str | bytes | IO[bytes]
 
 _TRANSPOSING = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
@@ -59,9 +68,27 @@ class _Skip(Exception):
     """Internal: the file is not usable; the message is the recorded reason."""
 
 
-def _open(path: str, max_pixels: int) -> Image.Image:
+def _size(src: ImageSource) -> int:
+    if isinstance(src, str):
+        return os.path.getsize(src)
+    if isinstance(src, bytes | bytearray | memoryview):
+        return len(src)
+    return int(src.size)  # type: ignore[union-attr]
+
+
+def _stream(src: ImageSource) -> str | IO[bytes]:
+    """What Pillow, pypng and tifffile open: the path, or a file object at its start."""
+    if isinstance(src, str):
+        return src
+    if isinstance(src, bytes | bytearray | memoryview):
+        return io.BytesIO(src)
+    src.seek(0)
+    return src
+
+
+def _open(path: ImageSource, max_pixels: int) -> Image.Image:
     try:
-        size = os.path.getsize(path)
+        size = _size(path)
     except OSError as exc:
         if is_transient(exc):
             raise
@@ -72,7 +99,7 @@ def _open(path: str, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return Image.open(path)
+            return Image.open(_stream(path))
     except Image.DecompressionBombError:
         raise _Skip(f"image is larger than the limit max_pixels={max_pixels}") from None
     except UnidentifiedImageError:
@@ -114,7 +141,7 @@ def _header_of(im: Image.Image, max_pixels: int) -> Header:
     return Header(width=w, height=h, mode=mode)
 
 
-def read_header(path: str, max_pixels: int) -> Header | str:
+def read_header(path: ImageSource, max_pixels: int) -> Header | str:
     """Return the image's :class:`Header`, or a one-line reason why it cannot be used.
 
     Raises the error of a transient fault (see the module docstring)."""
@@ -141,12 +168,13 @@ def _composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray
     return ((rgb * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
 
 
-def _read_rgb16(path: str, im: Image.Image) -> np.ndarray:
+def _read_rgb16(path: ImageSource, im: Image.Image) -> np.ndarray:
     """Full 16-bit RGB(A) samples of a PNG or TIFF that Pillow would truncate."""
     if im.format == "PNG":
         import png
 
-        with open(path, "rb") as fh:
+        stream = _stream(path)
+        with open(stream, "rb") if isinstance(stream, str) else nullcontext(stream) as fh:
             w, h, rows, info = png.Reader(file=fh).asDirect()
             data = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows])
         data = data.reshape(h, w, info["planes"])
@@ -156,14 +184,14 @@ def _read_rgb16(path: str, im: Image.Image) -> np.ndarray:
     if im.format == "TIFF":
         import tifffile
 
-        data = tifffile.imread(path, key=0)
+        data = tifffile.imread(_stream(path), key=0)
         if data.dtype != np.uint16 or data.ndim != 3 or data.shape[2] not in (3, 4):
             raise _Skip(f"unexpected 16-bit TIFF layout {data.dtype} {data.shape}")
         return data
     raise _Skip(f"16-bit RGB {im.format} files are not supported")
 
 
-def _to_rgb(path: str, im: Image.Image, header: Header, background: tuple[int, int, int]) -> np.ndarray:
+def _to_rgb(path: ImageSource, im: Image.Image, header: Header, background: tuple[int, int, int]) -> np.ndarray:
     mode = im.mode
     if header.mode in ("RGB;16", "RGBA;16"):
         data = _read_rgb16(path, im)
@@ -186,7 +214,8 @@ def _to_rgb(path: str, im: Image.Image, header: Header, background: tuple[int, i
     return np.asarray(im)
 
 
-def decode_rgb(path: str, max_pixels: int, background: tuple[int, int, int]) -> np.ndarray | str:
+def decode_rgb(path: ImageSource, max_pixels: int,
+               background: tuple[int, int, int]) -> np.ndarray | str:
     """Decode ``path`` to an ``(H, W, 3)`` uint8 array, or return the reason it cannot be.
 
     Raises the error of a transient fault (see the module docstring)."""

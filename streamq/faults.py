@@ -9,6 +9,13 @@ a :class:`~streamq.errors.FaultError`: one line naming the file, the error and i
 name. Such a fault is never recorded as a bad input: a rerun of the same command retries it,
 keeping the work already done. Any other OS error on a write stops the stage at once, in the
 same form.
+
+Reads and writes over a network (object stores, HTTP sources) fail in more ways, and the
+same rule applies: a timeout, a connection refused, reset or closed, and an answer with HTTP
+status 408, 429 or 5xx (S3's ``SlowDown``, ``ServiceUnavailable``, ``InternalError``) are
+transient; an answer that is about the object itself -- 403 (access denied) or 404 (no such
+key) -- is not, and is left to the caller to report in one line (see
+:mod:`streamq.sources`).
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from streamq import redact
 from streamq.config import RetryConfig
 from streamq.errors import FaultError, StreamQError
 
-__all__ = ["TRANSIENT_ERRNOS", "is_transient", "retrying"]
+__all__ = ["NETWORK_ERRORS", "TRANSIENT_ERRNOS", "TRANSIENT_STATUSES", "http_status",
+           "is_transient", "retrying"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,15 @@ _HINTS = {errno.ENOSPC: "free some space", getattr(errno, "EDQUOT", -1): "free s
           errno.EMFILE: "raise the open-files limit (ulimit -n)",
           errno.ENFILE: "close other programs or raise the system's open-files limit",
           errno.ENOMEM: "give the workers more memory"}
+#: Exceptions of network clients (botocore, aiohttp, urllib3) that say the connection, not the
+#: object, failed; matched by class name so that none of those packages is imported here.
+NETWORK_ERRORS = frozenset({
+    "EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError",
+    "HTTPClientError", "ProxyConnectionError", "ClientConnectorError", "ClientOSError",
+    "ServerDisconnectedError", "ServerTimeoutError", "ClientPayloadError", "IncompleteRead",
+    "ProtocolError", "ResponseParserError", "ConnectionError"})
+#: HTTP statuses of an answer that may differ next time: timeout, too many requests, 5xx.
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr's temporary name of a chunk in flight
 
 
@@ -54,6 +72,26 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a failed request (aiohttp's ``status``, botocore's response), if any."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code if isinstance(code, int) else None
+    return None
+
+
+def _is_network_fault(exc: BaseException) -> bool:
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    if {c.__name__ for c in type(exc).__mro__} & NETWORK_ERRORS:
+        return True
+    return http_status(exc) in TRANSIENT_STATUSES
+
+
 def _transient_cause(exc: BaseException) -> BaseException | None:
     for e in _chain(exc):
         if isinstance(e, FaultError):
@@ -62,12 +100,17 @@ def _transient_cause(exc: BaseException) -> BaseException | None:
             return e
         if isinstance(e, OSError) and e.errno in TRANSIENT_ERRNOS:
             return e
+        if isinstance(e, FileNotFoundError | PermissionError):
+            return None  # about the object (404, 403), whatever raised it
+        if _is_network_fault(e):
+            return e
     return None
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an error it was raised from) is a fault of the machine that may
-    go away: an OS error with a transient errno, or ``MemoryError``."""
+    """Whether ``exc`` (or an error it was raised from) is a fault of the machine or the
+    network that may go away: an OS error with a transient errno, ``MemoryError``, a timeout,
+    a failed connection, or an HTTP answer 408, 429 or 5xx."""
     return _transient_cause(exc) is not None
 
 
@@ -75,7 +118,11 @@ def _describe(exc: BaseException, target: str) -> tuple[str, str, int | None]:
     """``(file, 'what happened (errno N NAME)', errno)`` for a message."""
     if isinstance(exc, MemoryError):
         return target, "out of memory (MemoryError)", None
-    assert isinstance(exc, OSError)
+    if not isinstance(exc, OSError) or (exc.errno is None and not exc.strerror):
+        status = http_status(exc)
+        detail = redact.text(" ".join(str(exc).split())) or "no detail"
+        what = f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "") + f": {detail}"
+        return target, what[:300], None
     name = errno.errorcode.get(exc.errno or -1, "")
     what = exc.strerror or str(exc) or type(exc).__name__
     code = f" (errno {exc.errno} {name})" if exc.errno is not None else ""
@@ -101,7 +148,7 @@ def retrying(fn: Callable[[], T], action: str, target: str, policy: RetryConfig 
             return fn()
         except StreamQError:
             raise
-        except (OSError, MemoryError) as exc:
+        except Exception as exc:  # noqa: BLE001  (only transient faults are kept, see below)
             cause = _transient_cause(exc)
             if cause is None:
                 if write and isinstance(exc, OSError) and exc.errno is not None:
@@ -115,6 +162,8 @@ def retrying(fn: Callable[[], T], action: str, target: str, policy: RetryConfig 
                 spent = time.monotonic() - started
                 hint = _HINTS.get(code or 0, "check the device, the (network) filesystem and "
                                   "the system log")
+                if not isinstance(cause, OSError) or cause.errno is None:
+                    hint = "check the network and the server"
                 if isinstance(cause, MemoryError):
                     hint = _HINTS[errno.ENOMEM]
                 raise FaultError(

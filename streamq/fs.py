@@ -316,20 +316,23 @@ async def delete_keys(fs: Any, paths: Sequence[str]) -> None:
         fs.invalidate_cache(p)
 
 
-def _explain(exc: BaseException, loc: Location) -> str | None:
-    """A one-line message for a failure to use ``loc``, or None to let ``exc`` through."""
+def _explain(exc: BaseException, loc: Location, kind: str = "storage") -> str | None:
+    """A one-line message for a failure to use ``loc``, or None to let ``exc`` through.
+
+    ``kind`` names the options that reach it in the hints: ``storage`` (stores and outputs,
+    key ``storage_options``) or ``source`` (ingest's sources, key ``source_options``)."""
     names = {c.__name__ for c in type(exc).__mro__}
     if names & _NO_CREDENTIALS:
-        return (f"no credentials for {loc.url}: set storage options 'key' and 'secret' (or "
+        return (f"no credentials for {loc.url}: set {kind} options 'key' and 'secret' (or "
                 "'anon: true' for a public bucket), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
     if names & _UNREACHABLE:
-        return (f"cannot reach {loc.endpoint()} for {loc.url} ({type(exc).__name__}): check storage "
+        return (f"cannot reach {loc.endpoint()} for {loc.url} ({type(exc).__name__}): check {kind} "
                 "option 'endpoint_url', the network, and that the server is running")
     if isinstance(exc, ValueError) and str(exc).startswith("Invalid endpoint"):
-        return (f"{redact.text(str(exc))} for {loc.url}: storage option 'endpoint_url' must look "
+        return (f"{redact.text(str(exc))} for {loc.url}: {kind} option 'endpoint_url' must look "
                 "like http://HOST:PORT")
     if isinstance(exc, PermissionError):
-        return (f"access to {loc.url} was denied ({redact.text(str(exc))}): check storage options "
+        return (f"access to {loc.url} was denied ({redact.text(str(exc))}): check {kind} options "
                 "'key'/'secret' and the bucket's permissions")
     if isinstance(exc, ImportError):
         package = SCHEMES.get(loc.scheme, loc.scheme)
@@ -338,8 +341,9 @@ def _explain(exc: BaseException, loc: Location) -> str | None:
 
 
 @contextlib.contextmanager
-def storage_errors(loc: Location) -> Iterator[None]:
-    """Turn credential, network and permission failures on ``loc`` into one-line StoreErrors."""
+def storage_errors(loc: Location, kind: str = "storage") -> Iterator[None]:
+    """Turn credential, network and permission failures on ``loc`` into one-line StoreErrors
+    (``kind``: which options the hints name, see :func:`_explain`)."""
     if loc.is_local:
         yield
         return
@@ -348,13 +352,13 @@ def storage_errors(loc: Location) -> Iterator[None]:
     except StoreError:
         raise
     except Exception as exc:
-        message = _explain(exc, loc)
+        message = _explain(exc, loc, kind)
         if message is None:
             raise
         raise StoreError(message) from None
 
 
-def check_access(loc: Location) -> None:
+def check_access(loc: Location, kind: str = "storage") -> None:
     """Fail early, in one line, when a URL cannot be used (no-op for local paths).
 
     Looks at the bucket with few retries (a wrong endpoint fails in about a second instead
@@ -362,7 +366,8 @@ def check_access(loc: Location) -> None:
     a missing bucket, missing
     credentials or an unreachable endpoint each give a :class:`StoreError` naming the URL
     and what to check. Being refused the bucket itself is not fatal: access may be granted
-    to objects only, and later calls tell.
+    to objects only, and later calls tell. ``kind`` names the options in the hints
+    (``storage`` or ``source``, see :func:`_explain`).
     """
     if loc.is_local:
         return
@@ -370,16 +375,16 @@ def check_access(loc: Location) -> None:
     if key in _CHECKED:
         return
     try:
-        _probe(loc)
+        _probe(loc, kind)
     except (TypeError, ValueError, AttributeError) as exc:  # s3fs/botocore on a bad option
         raise StoreError(
-            f"storage options for {loc.url} were not accepted by {SCHEMES[loc.scheme]} "
-            f"({type(exc).__name__}: {redact.text(str(exc))}); check key 'storage_options' "
+            f"{kind} options for {loc.url} were not accepted by {SCHEMES[loc.scheme]} "
+            f"({type(exc).__name__}: {redact.text(str(exc))}); check key '{kind}_options' "
             f"(given: {redact.options(loc.options)})") from None
     _CHECKED.add(key)
 
 
-def _probe(loc: Location) -> None:
+def _probe(loc: Location, kind: str = "storage") -> None:
     """Look at the bucket of ``loc``, with few retries (see :func:`check_access`)."""
     extra: dict[str, Any] = {}
     if loc.scheme == "s3":
@@ -389,12 +394,13 @@ def _probe(loc: Location) -> None:
         extra["config_kwargs"] = config
     probe = Location(loc.url, {k: v for k, v in loc.options.items() if k != "config_kwargs"})
     fs = probe.filesystem(**extra)
-    with storage_errors(loc):
+    with storage_errors(loc, kind):
         try:
             fs.info(loc.bucket)
         except FileNotFoundError:
+            fix = "create it, or check" if kind == "storage" else "check"
             raise StoreError(
-                f"bucket {loc.bucket!r} of {loc.url} does not exist at {loc.endpoint()}: create it, "
-                "or check the URL and storage option 'endpoint_url'") from None
+                f"bucket {loc.bucket!r} of {loc.url} does not exist at {loc.endpoint()}: {fix} "
+                f"the URL and {kind} option 'endpoint_url'") from None
         except PermissionError as exc:
             log.debug("No access to bucket %s itself (%s); going on", loc.bucket, exc)

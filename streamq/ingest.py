@@ -30,16 +30,17 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from streamq import redact, sources
 from streamq.config import IngestConfig, RetryConfig, StreamQConfig, fingerprint, parse_config
 from streamq.console import progress_bar, timer
-from streamq.decode import Header, decode_rgb, read_header
+from streamq.decode import Header
 from streamq.durable import checksum
 from streamq.errors import ConfigError, StoreMismatchError, StreamQError
 from streamq.faults import retrying
@@ -49,6 +50,7 @@ from streamq.kmeans.histogram import ColorTotals, count_colors
 from streamq.lock import store_lock
 from streamq.names import source_name, stored_name
 from streamq.scheduler import Runner, runner
+from streamq.sources import SourceRoot
 from streamq.store import (
     IMAGES,
     PIXELS,
@@ -182,15 +184,13 @@ def _source_fingerprint(root: str, rel: Sequence[str]) -> str:
 
 
 # -- 2. header scan ------------------------------------------------------------------------
-def _scan_batch(args: tuple[str, list[str], int, RetryConfig]) -> list[tuple[int, int, str] | str]:
-    """Headers of files given by their stored names (see :mod:`streamq.names`)."""
-    root, rels, max_pixels, retry = args
-    out: list[tuple[int, int, str] | str] = []
-    for r in rels:
-        path = os.path.join(source_name(root), source_name(r))
-        h = retrying(lambda p=path: read_header(p, max_pixels), "read", path, retry)
-        out.append((h.height, h.width, h.mode) if isinstance(h, Header) else h)
-    return out
+def _scan_batch(args: tuple[SourceRoot, list[str], int, RetryConfig, list[int | None]]
+                ) -> list[tuple[int, int, str] | str]:
+    """Headers of files given by their stored names (see :mod:`streamq.names`), read where
+    they live (a folder, or a URL: :mod:`streamq.sources`)."""
+    source, rels, max_pixels, retry, sizes = args
+    return [(h.height, h.width, h.mode) if isinstance(h, Header) else h
+            for h in source.headers(rels, sizes, max_pixels, retry)]
 
 
 # -- 3. planning ---------------------------------------------------------------------------
@@ -268,11 +268,10 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
     buf = np.zeros((b - a, 3), dtype=np.uint8)
     failed: list[list[Any]] = []
     stored: list[tuple[int, int]] = []  # rows of buf holding decoded pixels
-    root, background = source_name(args["root"]), tuple(args["background"])
-    for image_id, rel, off, h, w in args["images"]:
-        path = os.path.join(root, source_name(rel))
-        rgb = retrying(lambda p=path: decode_rgb(p, args["max_pixels"], background), "read", path,
-                       retry)
+    source, background = args["source"], tuple(args["background"])
+    decoded = source.pixels([item[1] for item in args["images"]], args["max_pixels"], background,
+                            retry)
+    for (image_id, _, off, h, w), rgb in zip(args["images"], decoded, strict=True):
         if isinstance(rgb, np.ndarray) and rgb.shape != (h, w, 3):
             rgb = f"decoded size {rgb.shape[1]}x{rgb.shape[0]} differs from header {w}x{h}"
         if isinstance(rgb, str):
@@ -324,14 +323,16 @@ def _settings(cfg: IngestConfig) -> dict[str, Any]:
 def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | Location | None = None,
            *, config: StreamQConfig | dict[str, Any] | None = None, overwrite: bool = False,
            progress: bool | None = None, storage_options: dict[str, Any] | None = None,
-           **options: Any) -> IngestSummary:
+           source_options: dict[str, Any] | None = None, **options: Any) -> IngestSummary:
     """Ingest the images under ``src`` into the store at ``store``.
 
     Parameters
     ----------
     src : str or path
-        A folder, a glob pattern, or a text file listing paths (see :func:`list_sources`).
-        ``None`` takes ``ingest.source`` from ``config``.
+        A folder, a glob pattern, or a text file listing paths (see :func:`list_sources`);
+        or a URL read by the workers themselves: a prefix (``s3://bucket/photos/``), a glob,
+        one image, or a text file listing URLs, local or at a URL (see
+        :mod:`streamq.sources`). ``None`` takes ``ingest.source`` from ``config``.
     store : str or path
         Where the Zarr store is written: a local folder or a URL such as
         ``s3://bucket/faces.zarr``; ``None`` takes ``store`` from ``config``.
@@ -345,6 +346,10 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | L
     storage_options : dict, optional
         Options of the store's filesystem when it is a URL (``endpoint_url``, ``key``,
         ``secret``, ...); default: ``storage_options`` of ``config``.
+    source_options : dict, optional
+        Options of the source's filesystem when it is a URL; default: ``source_options`` of
+        ``config``, else the store's storage options when the store is local or on the same
+        kind of URL (see :func:`streamq.sources.source_options`).
 
     Returns
     -------
@@ -361,17 +366,38 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | L
         raise ConfigError("no store given: pass STORE or set key 'store'")
     loc = store_location(store if isinstance(store, Location) else cfg.store, storage_options,
                          cfg.storage_options)
+    if isinstance(source_options, Mapping):
+        redact.remember(source_options)
+    src_options = sources.source_options(
+        cfg.ingest.source, source_options if source_options is not None else cfg.source_options,
+        loc.url, storage_options if storage_options is not None else cfg.storage_options)
     check_access(loc)
     with store_lock(loc, operation="ingest", create=True, config=cfg.lock):
-        return _ingest(loc, cfg, overwrite, progress)
+        return _ingest(loc, cfg, overwrite, progress, src_options)
 
 
-def _ingest(loc: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | None) -> IngestSummary:
+def _list_inputs(src: str, options: dict[str, Any], retry: RetryConfig
+                 ) -> tuple[SourceRoot, list[str], list[tuple[str, str]], str, dict[str, int]]:
+    """``(where the images are, sorted names, listed-but-missing skips, fingerprint, sizes)``
+    of a local source (:func:`list_sources`) or a URL source (:mod:`streamq.sources`)."""
+    src = sources.local_path(src)
+    listing = sources.list_urls(src, options, retry) if sources.is_remote(src) \
+        else sources.local_url_list(src)
+    if listing is not None:
+        return (listing.source(options), listing.rel, [], sources.fingerprint(listing),
+                listing.sizes)
+    root, rel, missing = list_sources(src)
+    return SourceRoot(stored_name(root)), rel, missing, _source_fingerprint(root, rel), {}
+
+
+def _ingest(loc: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | None,
+            src_options: dict[str, Any] | None = None) -> IngestSummary:
     icfg = cfg.ingest
     timings: dict[str, float] = {}
     with timer("listing inputs", timings):
-        root, rel, missing = list_sources(icfg.source)
-        source_fp = _source_fingerprint(root, rel)
+        source, rel, missing, source_fp, sizes = _list_inputs(icfg.source, src_options or {},
+                                                                 cfg.retry)
+        root = source_name(source.root)
     settings = _settings(icfg)
     settings_fp = fingerprint(settings)
 
@@ -392,12 +418,12 @@ def _ingest(loc: Location, cfg: StreamQConfig, overwrite: bool, progress: bool |
         facts = run.facts()
         if state.get("state") != "planned":
             with timer("scanning headers", timings):
-                headers = _scan(run, root, rel, icfg, retry, progress)
+                headers = _scan(run, source, rel, icfg, retry, progress, sizes)
             with timer("planning", timings):
                 write(lambda: _write_plan(st, root, rel, headers, missing, icfg, source_fp,
                                           settings_fp, settings))
         with timer("decoding and writing", timings):
-            totals, added = _run_tasks(run, st, root, icfg, retry, progress)
+            totals, added = _run_tasks(run, st, source, icfg, retry, progress)
     with timer("merging colour counts", timings):
         _merge_colors(st, totals, added, write)
     with timer("consolidating", timings):
@@ -428,12 +454,12 @@ def _open_or_create(p: Location, root: str, source_fp: str, settings_fp: str, ov
     return Store.create(p, overwrite=overwrite)
 
 
-def _scan(run: Runner, root: str, rel: list[str], icfg: IngestConfig, retry: RetryConfig,
-          progress: bool | None) -> list[Any]:
+def _scan(run: Runner, source: SourceRoot, rel: list[str], icfg: IngestConfig,
+          retry: RetryConfig, progress: bool | None, sizes: dict[str, int]) -> list[Any]:
     n = icfg.files_per_scan_task
     names = [stored_name(r) for r in rel]  # plain text to the workers, whatever the names
-    batches = [(stored_name(root), names[i:i + n], icfg.max_pixels, retry)
-               for i in range(0, len(rel), n)]
+    batches = [(source, names[i:i + n], icfg.max_pixels, retry,
+                [sizes.get(r) for r in rel[i:i + n]]) for i in range(0, len(rel), n)]
     futures = {run.submit(_scan_batch, b): i for i, b in enumerate(batches)}
     results: list[Any] = [None] * len(batches)
     with progress_bar(len(rel), "scanning", "file", progress) as bar:
@@ -482,8 +508,8 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
              len(ok), n_pixels, len(starts), len(skipped))
 
 
-def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, retry: RetryConfig,
-               progress: bool | None) -> tuple[ColorTotals, set[int]]:
+def _run_tasks(run: Runner, st: Store, source: SourceRoot, icfg: IngestConfig,
+               retry: RetryConfig, progress: bool | None) -> tuple[ColorTotals, set[int]]:
     """Run the pending write tasks, and check those an earlier run recorded (their data
     against their records' checksums; any that differs runs again); return the sum of their
     colour counts and their ids."""
@@ -512,7 +538,7 @@ def _run_tasks(run: Runner, st: Store, root: str, icfg: IngestConfig, retry: Ret
         hi = int(np.searchsorted(offsets, b, side="left"))
         images = [(i, str(plan["path"][i]), int(offsets[i]), int(plan["height"][i]), int(plan["width"][i]))
                   for i in range(lo, hi) if sizes[i] > 0]
-        args = {"store": st.location, "task": t, "root": stored_name(root), "px_start": a,
+        args = {"store": st.location, "task": t, "source": source, "px_start": a,
                 "px_stop": b, "images": images, "max_pixels": icfg.max_pixels,
                 "background": list(icfg.background), "retry": retry, "plan": plan_id,
                 "expect": json.loads(reports[t]) if reports[t] else None}

@@ -10,7 +10,8 @@ text of a foreign exception passes it through this module first:
   that say *where* rather than *who* (:data:`PUBLIC_OPTIONS`; URLs without their userinfo);
 * :func:`url`: any ``scheme://user:password@host`` in a text becomes ``scheme://***@host``;
 * :func:`argv` / :func:`command`: a command line (a list, or one line of text) with the values
-  of ``--storage-option`` redacted like :func:`options` and URLs like :func:`url`;
+  of ``--storage-option`` and ``--source-option`` redacted like :func:`options` and URLs like
+  :func:`url`;
 * :func:`text`: free text (an exception message) with URL userinfo and every credential this
   process has seen in storage options (:func:`remember`) replaced by ``***``.
 """
@@ -22,7 +23,8 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["PUBLIC_OPTIONS", "REDACTED", "argv", "command", "options", "remember", "text", "url"]
+__all__ = ["OPTION_FLAGS", "PUBLIC_OPTIONS", "REDACTED", "argv", "command", "options", "remember",
+           "text", "url"]
 
 REDACTED = "***"
 
@@ -105,8 +107,13 @@ def text(value: str, extra: Iterable[str] = ()) -> str:
     return out
 
 
+#: Flags whose values are storage options (``KEY=VALUE``).
+OPTION_FLAGS = ("--storage-option", "--source-option")
+
+
 def _storage_item(item: str) -> str:
-    """One ``KEY=VALUE`` of ``--storage-option``, its value redacted unless public."""
+    """One ``KEY=VALUE`` of ``--storage-option``/``--source-option``, its value redacted
+    unless public."""
     key, sep, value = item.partition("=")
     if not sep:
         return REDACTED  # not KEY=VALUE: the whole of it may be a credential
@@ -115,25 +122,27 @@ def _storage_item(item: str) -> str:
 
 
 def argv(parts: Sequence[str]) -> list[str]:
-    """A command line safe to record or show: ``--storage-option`` values redacted (see
-    :func:`options`), URL userinfo and remembered credentials removed from every argument."""
+    """A command line safe to record or show: ``--storage-option`` and ``--source-option``
+    values redacted (see :func:`options`), URL userinfo and remembered credentials removed
+    from every argument."""
     out: list[str] = []
     after_flag = False
     for part in parts:
+        flag = part.split("=", 1)[0]
         if after_flag:
             out.append(_storage_item(part))
             after_flag = False
-        elif part == "--storage-option":
+        elif part in OPTION_FLAGS:
             out.append(part)
             after_flag = True
-        elif part.startswith("--storage-option="):
-            out.append("--storage-option=" + _storage_item(part.split("=", 1)[1]))
+        elif flag in OPTION_FLAGS and "=" in part:
+            out.append(flag + "=" + _storage_item(part.split("=", 1)[1]))
         else:
             out.append(text(part))
     return out
 
 
-_FLAG_VALUE = re.compile(r"(--storage-option(?:=|\s+))('[^']*'?|\"[^\"]*\"?|\S+)")
+_FLAG_VALUE = re.compile(r"(--(?:storage|source)-option(?:=|\s+))('[^']*'?|\"[^\"]*\"?|\S+)")
 
 
 def command(line: str) -> str:

@@ -12,9 +12,21 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
+# The bucket of the moto S3 server (conftest: s3) and the secret that reaches it.
+BUCKET = "bucket"
+SECRET = "streamq-test-secret"
+
 # The photo collection of the image-group tests (conftest: photo_dir, photo_store).
 PHOTOS = ("China_Temple", "Coffee", "Flower", "Rocket")  # distinct colours, by construction
 PER_PHOTO = 12
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def store_content(path) -> dict[str, np.ndarray]:

@@ -19,13 +19,16 @@ import pytest
 import zarr
 from click.testing import CliRunner
 from helpers import (
+    BUCKET,
     GLOB_NAMES,
+    SECRET,
     kill_when,
     reached,
     stage_progress,
     streamq_cmd,
     write_glob_collection,
 )
+from helpers import free_port as _free_port
 from PIL import Image
 
 import streamq
@@ -34,56 +37,7 @@ from streamq.errors import StoreError
 from streamq.export import safe_output_path
 from streamq.fs import location
 
-BUCKET = "bucket"
-SECRET = "streamq-test-secret"
 FIT = dict(colors=8, max_steps=40, tol=1e-9, batch_size=4096, init_size=20_000, checkpoint_steps=3)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory):
-    """moto's S3 server in its own process on 127.0.0.1, with one bucket; yields the storage
-    options that reach it (passed explicitly to every stage, so Dask workers get them too)."""
-    import boto3
-
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    old = os.environ.get("AWS_EC2_METADATA_DISABLED")
-    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"  # never look for instance credentials
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
-        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="streamq-test",
-                     aws_secret_access_key=SECRET, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-        yield {"endpoint_url": endpoint, "key": "streamq-test", "secret": SECRET,
-               "client_kwargs": {"region_name": "us-east-1"}}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        if old is None:
-            os.environ.pop("AWS_EC2_METADATA_DISABLED", None)
-        else:
-            os.environ["AWS_EC2_METADATA_DISABLED"] = old
 
 
 def _client(opts):

@@ -21,6 +21,8 @@ from streamq.cli.options import (
     progress_opt,
     scheduler_opt,
     seed_opt,
+    source_opt,
+    source_overrides,
     storage_opt,
     storage_overrides,
 )
@@ -132,6 +134,7 @@ def example_cmd(out: str, n_images: int, seed: int, size: int | None) -> None:
 @click.option("--max-pixels", type=int, default=None, help="Skip images with more pixels than this.")
 @click.option("--strict", is_flag=True, default=None, help="Exit with status 3 when any input was skipped.")
 @storage_opt
+@source_opt
 @no_lock_opt
 @overwrite_opt
 @progress_opt
@@ -141,9 +144,12 @@ def example_cmd(out: str, n_images: int, seed: int, size: int | None) -> None:
 def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_path: str | None,
                scheduler: str | None, chunk_pixels: int | None, codec: str | None,
                max_pixels: int | None, strict: bool | None, storage_options: tuple[str, ...],
-               no_lock: bool, overwrite: bool, progress: bool | None, as_json: bool) -> None:
+               source_options: tuple[str, ...], no_lock: bool, overwrite: bool,
+               progress: bool | None, as_json: bool) -> None:
     """Decode the images under SRC (folder, glob or list file) into the Zarr store STORE.
 
+    SRC may be a URL read by the workers themselves: a prefix such as s3://bucket/photos/, a
+    glob, or a text file (local or at a URL) listing image URLs (see --source-option).
     STORE is a folder or a URL such as s3://bucket/faces.zarr (see --storage-option).
     Parallel on Dask and resumable: rerun the same command after an interruption.
     Unreadable inputs are skipped and recorded with a reason (see `streamq info`).
@@ -155,7 +161,8 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
         "ingest.source": src, "store": store, "dask.scheduler": scheduler,
         "ingest.chunk_pixels": chunk_pixels, "ingest.codec": codec,
         "ingest.max_pixels": max_pixels, "ingest.strict": strict},
-        **storage_overrides(storage_options), **_lock_overrides(no_lock))
+        **storage_overrides(storage_options), **source_overrides(source_options),
+        **_lock_overrides(no_lock))
     summary = ingest(None, None, config=cfg, overwrite=overwrite, progress=_progress(ctx, progress))
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
@@ -488,6 +495,7 @@ def export_cmd(ctx: click.Context, store: str | None, out: str | None, config_pa
 @click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
 @scheduler_opt
 @storage_opt
+@source_opt
 @no_lock_opt
 @overwrite_opt
 @progress_opt
@@ -495,8 +503,8 @@ def export_cmd(ctx: click.Context, store: str | None, out: str | None, config_pa
 @click.pass_context
 @_handle_errors
 def run_cmd(ctx: click.Context, config_path: str, scheduler: str | None,
-            storage_options: tuple[str, ...], no_lock: bool, overwrite: bool,
-            progress: bool | None, as_json: bool) -> None:
+            storage_options: tuple[str, ...], source_options: tuple[str, ...], no_lock: bool,
+            overwrite: bool, progress: bool | None, as_json: bool) -> None:
     """Run ingest -> fit -> quantize -> export as described by CONFIG.yaml.
 
     Rerun the same command after an interruption: every stage resumes or is skipped when done.
@@ -505,7 +513,8 @@ def run_cmd(ctx: click.Context, config_path: str, scheduler: str | None,
     from streamq.pipeline import run
 
     cfg = load_config(config_path, **{"dask.scheduler": scheduler},
-                      **storage_overrides(storage_options), **_lock_overrides(no_lock))
+                      **storage_overrides(storage_options), **source_overrides(source_options),
+                      **_lock_overrides(no_lock))
     report = run(cfg, progress=_progress(ctx, progress), overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))

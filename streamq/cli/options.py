@@ -31,6 +31,11 @@ storage_opt = click.option(
     help="Option of the filesystem of a URL store or output (s3://...), e.g. "
          "endpoint_url=http://127.0.0.1:9000, anon=true, client_kwargs.region_name=eu-west-1 "
          "(repeatable; overrides key 'storage_options' of --config).")
+source_opt = click.option(
+    "--source-option", "source_options", multiple=True, metavar="KEY=VALUE",
+    help="Option of the filesystem of a URL source (s3://..., gs://..., a list of URLs), as "
+         "--storage-option; default: the storage options when the store is local or on the "
+         "same kind of URL (repeatable; overrides key 'source_options' of --config).")
 no_lock_opt = click.option(
     "--no-lock", is_flag=True, default=False,
     help="Write the store without taking its write lock (key lock.enabled: false): only for an "
@@ -41,8 +46,10 @@ _TEXT_OPTIONS = {"key", "secret", "token", "username", "password", "profile", "r
                  "endpoint_url"}
 
 
-def storage_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``--storage-option`` values as dotted config overrides (``storage_options.KEY``).
+def storage_overrides(items: Sequence[str], section: str = "storage_options",
+                      flag: str = "--storage-option") -> dict[str, Any]:
+    """``--storage-option`` values as dotted config overrides (``storage_options.KEY``; or
+    those of ``flag`` under ``section``, e.g. ``--source-option``, ``source_options``).
 
     ``true``/``false`` become booleans and integers become numbers (except for credentials
     and names); a dotted KEY such as ``client_kwargs.region_name`` sets a nested option.
@@ -54,11 +61,11 @@ def storage_overrides(items: Sequence[str]) -> dict[str, Any]:
         if not sep:  # the value is not shown: it may be a credential given without its KEY=
             raise click.BadParameter("a value without '=' (not shown: it may hold a credential); "
                                      "expected KEY=VALUE such as secret=...",
-                                     param_hint="--storage-option")
+                                     param_hint=flag)
         if not key or not all(key.split(".")):
             raise click.BadParameter(f"KEY {key!r} is empty or has an empty part; expected "
                                      "KEY=VALUE such as client_kwargs.region_name=eu-west-1",
-                                     param_hint="--storage-option")
+                                     param_hint=flag)
         value: Any = text
         if text.strip().lower() in ("true", "false"):
             value = text.strip().lower() == "true"
@@ -66,5 +73,10 @@ def storage_overrides(items: Sequence[str]) -> dict[str, Any]:
             value = int(text)
         elif key.rsplit(".", 1)[-1] not in _TEXT_OPTIONS and re.fullmatch(r"-?\d+\.\d*", text.strip()):
             value = float(text)
-        out[f"storage_options.{key}"] = value
+        out[f"{section}.{key}"] = value
     return out
+
+
+def source_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``--source-option`` values as dotted config overrides (``source_options.KEY``)."""
+    return storage_overrides(items, "source_options", "--source-option")

@@ -1,0 +1,489 @@
+"""Where ingest's images come from: a local folder, glob or list file, or URLs.
+
+A source given as a URL (``s3://bucket/photos/``, ``gs://...``, any protocol of an installed
+fsspec filesystem), or a text file listing URLs (local or itself at a URL, such as
+``https://host/list.txt``), is **listed by the client** and **read by the workers** straight
+from where it lives: a task receives the :class:`SourceRoot` (the URL prefix and the storage
+options that reach it) and the names of its images, and opens each itself. No pixel and no
+file passes through the client.
+
+- **Listing** (:func:`list_urls`): a prefix is listed recursively (one paginated listing on
+  S3) and filtered by image extension, like a local folder; a glob (``s3://b/p/**/*.jpg``)
+  by fsspec's glob; one image URL is a collection of one; any other object is read as a list
+  of URLs (or of keys relative to it). Names are relative to the common prefix, so image ids,
+  labels (the parent folder) and export paths are those of the same files on a disk.
+- **Fingerprint** (:func:`fingerprint`): name, size, ETag and modification time of every
+  object, as the listing gives them; a rerun on changed objects is refused as on a disk. For
+  a list of URLs the list itself is fingerprinted (its objects are not looked at by the
+  client).
+- **Reading** (:meth:`SourceRoot.header`, :meth:`SourceRoot.pixels`): the header scan reads
+  through a buffered file (the first block of 256 KiB is usually enough; over HTTP, whose
+  servers need not answer range requests, the whole file); the write task fetches the whole
+  object in one request and decodes it from memory.
+- **Failures**: a timeout, a failed connection or an HTTP 408/429/5xx answer is retried like
+  a fault of the machine (:mod:`streamq.faults`), then stops the stage in one line. An object
+  that is not there (404) is a skipped input with its reason, as a missing listed file is.
+  Access denied (401/403), no credentials or an unreachable endpoint stop the stage in one
+  line naming the URL and the options to check; so do a missing bucket or prefix at listing.
+
+URLs with credentials (``user:password@``), HTTP URLs with a query string (``?...``, often a
+signature) and object versions (``?versionId=``) are refused: names are stored in the store,
+and none of these may be written there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import re
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamq import redact
+from streamq.config import RetryConfig
+from streamq.decode import Header, decode_rgb, read_header
+from streamq.errors import ConfigError, StoreError, StreamQError
+from streamq.faults import http_status, retrying
+from streamq.fs import Location, check_access, looks_like_url
+from streamq.names import source_name
+
+__all__ = ["Listing", "SourceRoot", "explain", "fingerprint", "is_remote", "list_urls",
+           "local_path", "local_url_list", "source_options", "url_list_lines"]
+
+log = logging.getLogger(__name__)
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(/*)")
+_GLOB_CHARS = set("*?[")
+HEADER_BLOCK = 256 * 1024  # bytes per request of the header scan's buffered reads
+CONCURRENCY = 8  # requests in flight per task reading a URL source
+_HTTP = ("http", "https")
+_DENIED = (401, 403)
+
+
+# -- what a source is ------------------------------------------------------------------------
+def _scheme(text: str) -> str:
+    m = _SCHEME.match(text)
+    return m.group(1).lower() if m else ""
+
+
+def is_remote(src: str) -> bool:
+    """Whether ``src`` is a URL read through fsspec (``file://`` is a local path)."""
+    return looks_like_url(src) and _scheme(src) != "file"
+
+
+def local_path(src: str) -> str:
+    """``file:///abs/path`` as the path ``/abs/path``; anything else unchanged."""
+    m = _SCHEME.match(src)
+    if m and m.group(1).lower() == "file" and m.group(2):
+        return os.path.abspath("/" + src[m.end():])
+    return src
+
+
+def source_options(src: str, given: Mapping[str, Any] | None, store: str | None,
+                   storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options that reach the source ``src``: ``given`` (``--source-option``, key
+    ``source_options``) when there are any, else the store's storage options if the store
+    is local or uses the same scheme as ``src``, else none."""
+    if given:
+        return dict(given)
+    store_scheme = _scheme(store) if store and looks_like_url(store) else ""
+    if storage_options and store_scheme in ("", "file", _scheme(src)):
+        return dict(storage_options)
+    return {}
+
+
+def _image_extensions() -> set[str]:
+    from PIL import Image
+
+    Image.init()
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def _check_url(url: str, where: str) -> str:
+    """``url`` if it may be stored as a name, else a one-line ConfigError."""
+    if redact.url(url) != url:
+        raise ConfigError(f"{where}: {redact.url(url)!r} has credentials in the URL: give them "
+                          "as source options (e.g. 'key' and 'secret') instead")
+    if _scheme(url) in _HTTP and ("?" in url or "#" in url):
+        raise ConfigError(f"{where}: {url.split('?', 1)[0].split('#', 1)[0]}?... has a query "
+                          "string or fragment, which may hold a signature and would be stored "
+                          "as the image's name: list plain URLs and give credentials as source "
+                          "options")
+    if "?versionId=" in url:
+        raise ConfigError(f"{where}: {url!r} names an object version (?versionId=), which "
+                          "would be stored as part of the image's name: list plain URLs")
+    return url
+
+
+# -- reading on the workers ----------------------------------------------------------------
+class _Tracked:
+    """A file object that remembers the error of its last failed read (Pillow turns any
+    error into a decoding failure; this tells a failed request from a bad file)."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.size = f.size
+        self.error: BaseException | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._f.read(n)
+        except Exception as exc:
+            self.error = exc
+            raise
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._f.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+@dataclass(frozen=True, repr=False)
+class SourceRoot:
+    """Where a task finds its images: a local folder (``root`` in stored form, see
+    :mod:`streamq.names`) or a URL prefix with the options of its filesystem.
+
+    Small and picklable: tasks receive it. ``repr`` never shows the options.
+    """
+
+    root: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"SourceRoot({self.root!r})"
+
+    @property
+    def is_local(self) -> bool:
+        return not is_remote(self.root)
+
+    def path(self, rel: str) -> str:
+        """The path or URL of the image stored as ``rel``."""
+        return os.path.join(source_name(self.root), source_name(rel))
+
+    def header(self, rel: str, max_pixels: int, retry: RetryConfig | None,
+               size: int | None = None) -> Header | str:
+        """The image's header, or the reason it cannot be used (see :func:`read_header`)."""
+        path = self.path(rel)
+        if self.is_local:
+            return retrying(lambda: read_header(path, max_pixels), "read", path, retry)
+
+        def attempt() -> Header | str:
+            fs, target = _filesystem(path, self.options)
+            if _scheme(path) in _HTTP:  # servers need not support ranges: fetch it whole
+                return read_header(bytes(fs.cat_file(target)), max_pixels)
+            kw = {"size": size} if size is not None else {}
+            with fs.open(target, "rb", block_size=HEADER_BLOCK, cache_type="readahead", **kw) as f:
+                tracked = _Tracked(f)
+                found = read_header(tracked, max_pixels)  # type: ignore[arg-type]
+                if tracked.error is not None:
+                    raise tracked.error
+                return found
+
+        return self._reading(attempt, path, retry)
+
+    def headers(self, rels: Sequence[str], sizes: Sequence[int | None], max_pixels: int,
+                retry: RetryConfig | None) -> list[Header | str]:
+        """:meth:`header` of each name, in order; :data:`CONCURRENCY` requests in flight
+        for a URL source."""
+        return list(_ordered(lambda item: self.header(item[0], max_pixels, retry, item[1]),
+                             list(zip(rels, sizes, strict=True)), not self.is_local))
+
+    def pixels(self, rels: Sequence[str], max_pixels: int, background: tuple[int, int, int],
+               retry: RetryConfig | None) -> Iterator[Any]:
+        """Each image as ``(H, W, 3)`` uint8, or the reason it cannot be (see
+        :func:`decode_rgb`), in order. A URL is fetched whole in one request, with
+        :data:`CONCURRENCY` requests in flight, and decoded here from memory."""
+        if self.is_local:
+            for rel in rels:
+                path = self.path(rel)
+                yield retrying(lambda p=path: decode_rgb(p, max_pixels, background), "read", path,
+                               retry)
+            return
+        for data in _ordered(lambda rel: self._fetch(rel, retry), list(rels), True):
+            yield data if isinstance(data, str) else decode_rgb(data, max_pixels, background)
+
+    def _fetch(self, rel: str, retry: RetryConfig | None) -> bytes | str:
+        path = self.path(rel)
+
+        def attempt() -> bytes:
+            fs, target = _filesystem(path, self.options)
+            return bytes(fs.cat_file(target))
+
+        return self._reading(attempt, path, retry)
+
+    def _reading(self, attempt: Any, url: str, retry: RetryConfig | None) -> Any:
+        """``attempt()`` with transient faults retried; a missing object as a skip reason,
+        access problems as one-line StoreErrors."""
+        try:
+            return retrying(attempt, "read", url, retry)
+        except FileNotFoundError:
+            return f"object not found (404): {url}"
+        except StreamQError:  # a fault that outlasted its retries, an access error
+            raise
+        except Exception as exc:
+            message = explain(exc, url, self.options)
+            if message is not None:
+                raise StoreError(message) from None
+            return f"cannot read object: {type(exc).__name__}: {_detail(exc)}"
+
+
+def _ordered(fn: Callable[[Any], Any], items: list[Any], threads: bool) -> Iterator[Any]:
+    """``map(fn, items)``; with ``threads``, at most :data:`CONCURRENCY` calls running ahead
+    of the one whose result is next (network reads wait, they do not compute)."""
+    if not threads or len(items) < 2:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        window: deque[Future[Any]] = deque()
+        for item in items:
+            window.append(pool.submit(fn, item))
+            if len(window) >= CONCURRENCY:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
+def _detail(exc: BaseException) -> str:
+    return redact.text(" ".join(str(exc).split()))[:200] or "no detail"
+
+
+def explain(exc: BaseException, url: str, options: Mapping[str, Any]) -> str | None:
+    """A one-line message for an access failure on the source ``url``, or None."""
+    status = http_status(exc)
+    if isinstance(exc, PermissionError) or status in _DENIED:
+        return (f"access to {url} was denied ({_detail(exc)}): check source options "
+                "(--source-option, key 'source_options') and the permissions of the source")
+    if _scheme(url) == "s3":
+        message = fs_explain(exc, Location(url, dict(options)))
+        if message is not None:
+            return message
+    names = {c.__name__ for c in type(exc).__mro__}
+    if "DefaultCredentialsError" in names or "RefreshError" in names:
+        return (f"no credentials for {url} ({_detail(exc)}): give them as source options "
+                "(--source-option, key 'source_options')")
+    if isinstance(exc, ConnectionError | TimeoutError) or "ClientConnectorError" in names:
+        return (f"cannot reach the server of {url} ({type(exc).__name__}): check the URL, the "
+                "source options, the network, and that the server is running")
+    return None
+
+
+def fs_explain(exc: BaseException, loc: Location) -> str | None:
+    from streamq.fs import _explain
+
+    return _explain(exc, loc, "source")
+
+
+def _filesystem(url: str, options: Mapping[str, Any]) -> tuple[Any, str]:
+    """The fsspec filesystem of ``url`` (instances are cached by fsspec) and its path in it."""
+    import fsspec
+
+    scheme = _scheme(url)
+    try:
+        cls = fsspec.get_filesystem_class(scheme)
+    except ValueError:
+        raise StoreError(f"unsupported URL scheme {scheme!r} in {url!r}: no installed fsspec "
+                         "filesystem reads it (e.g. s3:// needs s3fs, gs:// gcsfs)") from None
+    except ImportError as exc:
+        raise StoreError(f"{url} needs a package that is not installed: "
+                         f"{_detail(exc)}") from None
+    try:
+        fs = cls(**dict(options))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"source options for {url} were not accepted by {cls.__name__} "
+                         f"({_detail(exc)}); check --source-option / key 'source_options' "
+                         f"(given: {redact.options(options)})") from None
+    return fs, url if scheme in _HTTP else fs._strip_protocol(url)
+
+
+# -- listing on the client -----------------------------------------------------------------
+@dataclass
+class Listing:
+    """What a URL source holds: ``root`` (a URL prefix), the image names relative to it
+    (sorted), their sizes and stamps (size, ETag, modification time) when the listing gave
+    them, and the text of a list of URLs when the source was one."""
+
+    root: str
+    rel: list[str]
+    sizes: dict[str, int] = field(default_factory=dict)
+    stamps: dict[str, str] = field(default_factory=dict)
+    list_text: str | None = None
+
+    def source(self, options: Mapping[str, Any]) -> SourceRoot:
+        return SourceRoot(self.root, dict(options))
+
+
+def _stamp(info: Mapping[str, Any]) -> str:
+    etag = next((info[k] for k in ("ETag", "etag", "md5Hash", "crc32c", "checksum")
+                 if info.get(k)), "")
+    mtime = next((info[k] for k in ("LastModified", "mtime", "updated", "last_modified",
+                                    "modified", "created") if info.get(k)), "")
+    return f"{info.get('size')}\0{str(etag).strip(chr(34))}\0{mtime}"
+
+
+def fingerprint(listing: Listing) -> str:
+    """Hash of the root, every name and (where the listing gave them) size, ETag and mtime;
+    of the list's text for a list of URLs."""
+    h = hashlib.sha256(listing.root.encode())
+    if listing.list_text is not None:
+        h.update(b"\0list\0" + listing.list_text.encode())
+    for r in listing.rel:
+        h.update(r.encode("utf-8", "surrogateescape") + b"\0"
+                 + listing.stamps.get(r, "").encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def url_list_lines(text: str, where: str, base: str | None = None) -> list[str] | None:
+    """The URLs of a list (one a line, ``#`` comments), or None when its first entry is not
+    a URL (a list of local paths). Relative entries are joined to ``base`` (the list's own
+    URL folder) when given; a list mixing URLs and paths otherwise is a ConfigError."""
+    entries = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
+               if line.strip() and not line.strip().startswith("#")]
+    if not entries or (base is None and not looks_like_url(entries[0][1])):
+        return None
+    urls = []
+    for n, line in entries:
+        if not looks_like_url(line):
+            if base is None:
+                raise ConfigError(f"{where} line {n}: {line!r} is not a URL, but the list starts "
+                                  "with URLs: list URLs only, or paths only")
+            line = posixpath.join(base, line)
+        urls.append(_check_url(line, f"{where} line {n}"))
+    schemes = sorted({_scheme(u) for u in urls})
+    if len(schemes) > 1:
+        raise ConfigError(f"{where} lists URLs of several schemes ({', '.join(schemes)}): list "
+                          "one kind (one set of source options reaches them)")
+    if schemes == ["file"]:
+        raise ConfigError(f"{where} lists file:// URLs: list plain paths instead")
+    return urls
+
+
+def _from_urls(urls: Sequence[str], text: str) -> Listing:
+    """Root = the longest common folder of the URLs; names relative to it."""
+    scheme = _scheme(urls[0])
+    bodies = sorted({u.split("://", 1)[1] for u in urls})
+    common = posixpath.commonpath([posixpath.dirname(b) or "." for b in bodies]) \
+        if len(bodies) > 1 else posixpath.dirname(bodies[0])
+    common = "" if common == "." else common
+    root = f"{scheme}://{common}"
+    rel = [b[len(common):].lstrip("/") if common else b for b in bodies]
+    return Listing(root=root, rel=sorted(rel), list_text=text)
+
+
+def local_url_list(src: str) -> Listing | None:
+    """The URLs listed by the local text file ``src``, or None when it is not a list of
+    URLs (a folder, an image, a list of paths: :func:`streamq.ingest.list_sources` reads it)."""
+    if not os.path.isfile(src) or os.path.splitext(src)[1].lower() in _image_extensions():
+        return None
+    try:
+        with open(src, encoding="utf-8") as fh:
+            text = fh.read()
+    except (UnicodeDecodeError, OSError):
+        return None
+    urls = url_list_lines(text, f"source list {src}")
+    return None if urls is None else _from_urls(urls, text)
+
+
+def list_urls(src: str, options: Mapping[str, Any], retry: RetryConfig | None = None) -> Listing:
+    """List the URL source ``src`` (transient faults retried as ``retry`` says).
+
+    Raises one-line errors: :class:`StoreError` for access problems (missing bucket, access
+    denied, no credentials, unreachable endpoint, unknown scheme, missing package),
+    :class:`ConfigError` for a source that holds no images or a malformed list.
+    """
+    _check_url(src, "source")
+    scheme = _scheme(src)
+    if scheme == "s3":
+        check_access(Location(src.rstrip("/"), dict(options)), "source")
+    fs, path = _filesystem(src, options)
+    try:
+        return retrying(lambda: _list(fs, src, path, scheme), "list", src, retry)
+    except (StoreError, ConfigError):
+        raise
+    except Exception as exc:
+        message = explain(exc, src, options)
+        if message is None:
+            raise
+        raise StoreError(message) from None
+
+
+def _list(fs: Any, src: str, path: str, scheme: str) -> Listing:
+    exts = _image_extensions()
+
+    def is_image(p: str) -> bool:
+        return posixpath.splitext(p)[1].lower() in exts
+
+    def url_of(p: str) -> str:
+        return p if scheme in _HTTP else f"{scheme}://{p.lstrip('/')}"
+
+    if scheme in _HTTP:  # no listing over HTTP: one image, or a list of URLs
+        if is_image(path):
+            return _from_urls([src], src)
+        try:
+            text = bytes(fs.cat_file(path)).decode("utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"source list {src} does not exist (404)") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"source {src} is neither an image nor a UTF-8 text file listing "
+                              "URLs") from None
+        urls = url_list_lines(text, f"source list {src}", base=posixpath.dirname(src))
+        if not urls:
+            raise ConfigError(f"source list {src} names no images")
+        return _from_urls(urls, text)
+
+    if _GLOB_CHARS & set(path):
+        prefix = path[: min(path.index(c) for c in _GLOB_CHARS if c in path)]
+        root = posixpath.dirname(prefix).rstrip("/")
+        found = {p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"}
+        if not found:
+            raise ConfigError(f"source pattern {src!r} matches no objects")
+    else:
+        fs.invalidate_cache(path)
+        try:
+            info = fs.info(path)
+        except FileNotFoundError:
+            raise ConfigError(f"source {src} does not exist: no object or prefix of that name "
+                              "(check the URL)") from None
+        if info.get("type") == "directory":
+            root = path.rstrip("/")
+            found = {p: i for p, i in fs.find(root, detail=True).items()
+                     if i.get("type", "file") == "file" and is_image(p)}
+            if not found:
+                raise ConfigError(f"source {src} holds no image objects (by extension, as "
+                                  "Pillow knows them)")
+        elif is_image(path):
+            root, found = posixpath.dirname(path), {path: info}
+        else:  # a list of URLs (or of names relative to it)
+            try:
+                text = bytes(fs.cat_file(path)).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ConfigError(f"source {src} is neither an image nor a UTF-8 text file "
+                                  "listing URLs") from None
+            urls = url_list_lines(text, f"source list {src}",
+                                  base=posixpath.dirname(url_of(path)))
+            if not urls:
+                raise ConfigError(f"source list {src} names no images")
+            return _from_urls(urls, text)
+    rel, sizes, stamps = [], {}, {}
+    for p, info in found.items():
+        r = p[len(root):].lstrip("/")
+        rel.append(r)
+        if info.get("size") is not None:
+            sizes[r] = int(info["size"])
+        stamps[r] = _stamp(info)
+    log.info("Listed %d image objects under %s", len(rel), url_of(root))
+    return Listing(root=url_of(root), rel=sorted(rel), sizes=sizes, stamps=stamps)
