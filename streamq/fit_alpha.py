@@ -49,7 +49,7 @@ from streamq.store import ALPHA, COLOR_CHUNK, Collection, Store, count_compresso
 if TYPE_CHECKING:
     from streamq.fit import FitResult
 
-__all__ = ["fit_rgba", "rgba_histogram"]
+__all__ = ["fit_rgba", "refuse_alpha", "rgba_histogram"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,14 @@ COLORS_RGBA = "colors_rgba"
 PIXELS_PER_TASK = 8 * 2**20  # pixels one counting task reads
 GRID_SHIFT = 3  # the starts race on cells of 8 levels per channel (32 per channel)
 FINISHERS = 2
+
+
+def refuse_alpha(coll: Collection, what: str) -> None:
+    """One line, for a stage that works in RGB only, when ``coll`` has images with alpha."""
+    if coll.n_alpha:
+        raise ConfigError(
+            f"{coll.path} has {coll.n_alpha} images with alpha; {what} works on opaque colours "
+            "only: ingest again with --alpha flatten (composited on the background) to use it")
 
 
 # -- the RGBA histogram --------------------------------------------------------------------------

@@ -204,6 +204,9 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
     pcfg = cfg.per_image
     st = Store.open(store, mode="r+")
     coll = Collection(st)
+    from streamq.fit_alpha import refuse_alpha
+
+    refuse_alpha(coll, "fit --per-image")
     fp = _fingerprint(st, pcfg)
     sec = st.section(SECTION)
     if sec and not overwrite:
