@@ -49,7 +49,7 @@ from streamq.store import ALPHA, COLOR_CHUNK, Collection, Store, count_compresso
 if TYPE_CHECKING:
     from streamq.fit import FitResult
 
-__all__ = ["fit_rgba", "refuse_alpha", "rgba_histogram"]
+__all__ = ["fit_rgba", "kmeans_rgba", "refuse_alpha", "rgba_histogram"]
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +248,27 @@ def exact_errors(x: np.ndarray, rgba: np.ndarray, counts: np.ndarray, centres: n
     return float((err * counts).sum() / (4 * n)), per
 
 
+def kmeans_rgba(codes: np.ndarray, counts: np.ndarray, k: int, *, n_init: int = 16,
+                seed: int = 0, init: str = "k-means++", tol: float = 0.0,
+                max_iter: int = 1000) -> dict[str, Any]:
+    """The palette of an RGBA histogram (distinct codes of :func:`streamq.rgba.rgba_codes`,
+    sorted, and their counts; at least ``k`` of them): the k-means of :func:`fit_rgba`, with
+    K distinct uint8 entries where the data allows, those with transparency first.
+
+    Returns ``_kmeans``'s dict with ``metric_centers`` (``(K, 4)`` in the metric space of
+    :func:`streamq.rgba.to_metric`), ``palette`` (straight ``(K, 3)`` uint8) and ``alpha``."""
+    rgba = codes_to_rgba(codes)
+    x = to_metric(rgba / 255.0)
+    best = _kmeans(x, counts, codes, k, n_init, seed, init, tol, max_iter)
+    centres = _ensure_distinct(best["centers"], x, rgba)
+    palette, alpha = palette_of(from_metric(centres))
+    # entries with transparency first (the fully transparent one, when pinned, at 0): a
+    # palette PNG's tRNS chunk then stops at the last of them, as pngquant orders it
+    order = np.lexsort((np.arange(len(alpha)), alpha == 255))
+    return {**best, "metric_centers": centres[order], "palette": palette[order],
+            "alpha": alpha[order]}
+
+
 # -- the stage -------------------------------------------------------------------------------------
 def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fp: str, clear: bool,
              progress: bool | None) -> FitResult:
@@ -276,18 +297,12 @@ def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fp: str, clear: bo
         raise ConfigError(
             f"the collection has only {len(codes)} distinct RGBA colours, fewer than "
             f"colors={fcfg.colors}; choose --colors {len(codes)} or fewer")
-    rgba = codes_to_rgba(codes)
-    x = to_metric(rgba / 255.0)
     with timer("exact lloyd", timings):
-        best = _kmeans(x, counts, codes, fcfg.colors, fcfg.n_init, fcfg.seed, fcfg.init,
-                       fcfg.tol, fcfg.max_iter)
-    centres = _ensure_distinct(best["centers"], x, rgba)
-    palette, alpha = palette_of(from_metric(centres))
-    # entries with transparency first (the fully transparent one, when pinned, at 0): a
-    # palette PNG's tRNS chunk then stops at the last of them, as pngquant orders it
-    order = np.lexsort((np.arange(len(alpha)), alpha == 255))
-    centres, palette, alpha = centres[order], palette[order], alpha[order]
-    mse, pixel_counts = exact_errors(x, rgba, counts, centres, palette, alpha)
+        best = kmeans_rgba(codes, counts, fcfg.colors, n_init=fcfg.n_init, seed=fcfg.seed,
+                           init=fcfg.init, tol=fcfg.tol, max_iter=fcfg.max_iter)
+    centres, palette, alpha = best["metric_centers"], best["palette"], best["alpha"]
+    x = to_metric(codes_to_rgba(codes) / 255.0)
+    mse, pixel_counts = exact_errors(x, codes_to_rgba(codes), counts, centres, palette, alpha)
     n_px = int(counts.sum())
     rows = np.asarray(best["history"], dtype=np.float64).reshape(-1, 3)
     objective = np.full(len(rows), np.nan)

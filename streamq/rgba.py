@@ -30,9 +30,12 @@ premultiplied by :func:`premultiplied`).
 A 24-bit colour has ``2**24`` values and a dense table (the label table of
 :mod:`streamq.kmeans.table`, the counters of :mod:`streamq.kmeans.histogram`); a 32-bit one
 has ``2**32`` (``r' <= a``: about ``2**30`` occur at most), too many for a dense table per
-worker, so RGBA colours are counted and labelled by sorting (:func:`count_rgba`,
-:class:`RgbaLabels`): the distinct colours of a chunk, then one nearest-centre search per
-distinct colour.
+worker. So the pixels are split: **opaque** ones (``a = 255``, most pixels of most images,
+and every pixel of an opaque image) go through the 24-bit tricks — counted in the dense
+table, labelled through a ``2**24`` label table filled in the RGBA distance — and only the
+others (soft edges, transparent areas) are counted and labelled by sorting: the distinct
+codes of the chunk, then one nearest-centre search per distinct colour
+(:func:`count_rgba`, :class:`RgbaLabels`; measured by ``benchmarks/alpha_vs_pngquant.py``).
 """
 
 from __future__ import annotations
@@ -81,9 +84,30 @@ def codes_to_rgba(codes: np.ndarray) -> np.ndarray:
 
 
 def count_rgba(rgb: np.ndarray, alpha: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct codes (sorted) of the pixels and their counts (int64)."""
-    codes, counts = np.unique(rgba_codes(rgb, alpha), return_counts=True)
-    return codes, counts.astype(np.int64)
+    """Distinct codes (sorted) of the pixels and their counts (int64): the opaque pixels in
+    the dense 24-bit table, the others by sorting their codes."""
+    from streamq.kmeans.histogram import count_colors
+
+    rgb = np.ascontiguousarray(np.asarray(rgb).reshape(-1, 3), dtype=np.uint8)
+    if alpha is None:
+        opaque = np.ones(len(rgb), bool)
+    else:
+        alpha = np.asarray(alpha).reshape(-1)
+        opaque = alpha == 255
+    parts = []
+    if opaque.all():
+        codes, counts = count_colors(rgb)
+        return (codes << 8) | 255, counts
+    if opaque.any():
+        codes, counts = count_colors(rgb[opaque])
+        parts.append(((codes << 8) | 255, counts))
+    clear = alpha == 0  # type: ignore[operator]  (premultiplied: all code 0)
+    if clear.any():
+        parts.append((np.zeros(1, np.int64), np.asarray([int(clear.sum())], np.int64)))
+    rest = ~opaque & ~clear
+    codes, counts = np.unique(rgba_codes(rgb[rest], alpha[rest]), return_counts=True)  # type: ignore[index]
+    parts.append((codes, counts.astype(np.int64)))
+    return merge_counts(parts)
 
 
 def merge_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -131,16 +155,48 @@ def premultiplied(palette: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.concatenate([premultiply(rgba), rgba[:, 3:]], axis=1)
 
 
+def _opaque_table(metric_centres: np.ndarray, target: np.ndarray) -> Any:
+    """A :class:`~streamq.kmeans.table.LabelTable` of opaque colours (K <= 256): labels by
+    the RGBA distance, errors over the four channels (at most ``4 * 255**2``: the packed
+    entry's 18 bits hold it)."""
+    from streamq.kmeans.table import LabelTable
+
+    class _Opaque(LabelTable):
+        def _fill(self, rgb: np.ndarray, idx: np.ndarray) -> None:
+            from streamq.kmeans.codes import codes_to_rgb
+            from streamq.kmeans.nearest import assign
+            from streamq.kmeans.table import _distinct
+
+            with self._lock:
+                new = _distinct(rgb, idx, self._seen)
+                new = new[self.lut[new] < 0]
+                if not len(new):
+                    return
+                colours = codes_to_rgb(new).astype(np.int64)
+                rgba = np.concatenate([colours, np.full((len(new), 1), 255)], axis=1)
+                lab, _ = assign(to_metric(rgba / 255.0), metric_centres)
+                err = ((rgba - target[lab]) ** 2).sum(1)
+                self.lut[new] = (lab.astype(np.int64) | (err << 8)).astype(np.int32)
+
+    return _Opaque(np.zeros((len(target), 3)), target[:, :3], "rgb")
+
+
 class RgbaLabels:
     """Exact nearest-centre labels of premultiplied RGBA pixels (first centre on ties), and
     their squared errors against the palette's premultiplied colours.
 
     ``centres``: ``(K, 4)`` premultiplied RGBA in ``[0, 1]`` (the fit's float centres);
-    ``palette``, ``alpha``: the uint8 palette errors are measured against."""
+    ``palette``, ``alpha``: the uint8 palette errors are measured against. Opaque pixels go
+    through a lazily filled ``2**24`` label table (K <= 256), the others through their
+    distinct colours."""
 
     def __init__(self, centres: np.ndarray, palette: np.ndarray, alpha: np.ndarray) -> None:
         self.metric_centres = np.ascontiguousarray(to_metric(centres))
         self.target = premultiplied(palette, alpha).astype(np.int64)
+        self.table = (_opaque_table(self.metric_centres, self.target)
+                      if len(self.target) <= 256 else None)
+        lab, err = self.distinct(np.zeros(1, np.int64))  # the fully transparent colour
+        self.clear_label, self.clear_err = int(lab[0]), int(err[0])
 
     def distinct(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Labels (int64) and squared error (int64, uint8 units) of distinct ``codes``."""
@@ -160,14 +216,36 @@ class RgbaLabels:
         """Labels (``dtype``) of ``(n, 3)`` premultiplied pixels with alpha ``(n,)`` (None:
         opaque), and the summed squared RGBA error of each segment (segment ``s`` ends
         before ``ends[s]``; the last ends at ``n``), as :class:`~streamq.kmeans.table.LabelTable`."""
-        codes = rgba_codes(rgb, alpha)
-        n = len(codes)
+        rgb = np.ascontiguousarray(np.asarray(rgb).reshape(-1, 3), dtype=np.uint8)
+        n = len(rgb)
         ends = np.asarray(ends, dtype=np.int64)
         if not len(ends) or ends[-1] != n:
             ends = np.append(ends, n)
-        uniq, inv = np.unique(codes, return_inverse=True)
-        lab, err = self.distinct(uniq)
-        labels = lab[inv].astype(dtype)
-        cum = np.concatenate([[0], np.cumsum(err[inv])])
-        starts = np.concatenate([[0], ends[:-1]])
-        return labels, (cum[ends] - cum[starts]).astype(np.int64)
+        alpha = np.full(n, 255, np.uint8) if alpha is None else np.asarray(alpha).reshape(-1)
+        opaque = alpha == 255
+        if self.table is not None and opaque.all():  # an opaque chunk: the 24-bit path only
+            return self.table.labels_sse(rgb, dtype, ends)[:2]
+        labels = np.empty(n, dtype=dtype)
+        sse = np.zeros(len(ends), np.int64)
+        # each part's segments end where the segment ends fall among that part's pixels
+        if self.table is not None and opaque.any():
+            before = np.concatenate([[0], np.cumsum(opaque)])
+            lab, part_sse, _ = self.table.labels_sse(rgb[opaque], dtype, before[ends])
+            labels[opaque] = lab
+            sse += part_sse[:len(ends)]
+        elif self.table is None:
+            opaque = np.zeros(n, bool)  # K > 256: every pixel by its distinct colour
+        clear = alpha == 0
+        if clear.any():
+            labels[clear] = self.clear_label
+            before_clear = np.concatenate([[0], np.cumsum(clear)])[ends]
+            sse += np.diff(np.concatenate([[0], before_clear])) * self.clear_err
+        rest = ~opaque & ~clear
+        if rest.any():
+            uniq, inv = np.unique(rgba_codes(rgb[rest], alpha[rest]), return_inverse=True)
+            lab, err = self.distinct(uniq)
+            labels[rest] = lab[inv]
+            cum = np.concatenate([[0], np.cumsum(err[inv])])
+            stop = np.concatenate([[0], np.cumsum(rest)])[ends]  # such pixels before each end
+            sse += cum[stop] - cum[np.concatenate([[0], stop[:-1]])]
+        return labels, sse

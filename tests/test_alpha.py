@@ -229,3 +229,34 @@ def test_rgb_only_stages_refuse_alpha(alpha_store, tmp_path):
     pal.write_text('["#000000", "#ffffff"]')
     with pytest.raises(ConfigError, match="quantize --palette works on opaque colours only"):
         streamq.quantize(copy, palette=pal, scheduler="threads")
+
+
+@pytest.mark.parametrize("k", [40, 300])
+def test_rgba_labels_and_counts_split_by_alpha(k):
+    """Opaque pixels through the 24-bit table, transparent ones at once, soft ones by their
+    distinct colours: the same labels, segment errors and counts as every pixel by its own
+    nearest-centre search (K > 256: no table)."""
+    from helpers import soft_mask
+
+    from streamq.decode import premultiply
+    from streamq.examples import source_photos
+    from streamq.rgba import RgbaLabels, count_rgba, palette_of, rgba_codes
+
+    photo = source_photos()["Astronaut"][::2, ::2]
+    rgba = np.dstack([photo, soft_mask(*photo.shape[:2], seed=5)]).reshape(-1, 4)
+    prem, alpha = premultiply(rgba), rgba[:, 3]
+    rng = np.random.default_rng(2)
+    centres = np.concatenate([prem, alpha[:, None]], 1)[rng.choice(len(rgba), k)] / 255.0
+    pal, a = palette_of(centres)
+    table = RgbaLabels(centres, pal, a)
+    ends = np.sort(rng.integers(0, len(rgba), 9))
+    labels, sse = table.labels_sse(prem, alpha, np.uint16, ends)
+    lab, err = table.distinct(rgba_codes(prem, alpha))
+    np.testing.assert_array_equal(labels, lab)
+    bounds = np.concatenate([[0], ends, [len(rgba)]])
+    np.testing.assert_array_equal(sse, [err[x:y].sum() for x, y in zip(bounds[:-1], bounds[1:],
+                                                                           strict=True)])
+    codes, counts = count_rgba(prem, alpha)
+    expected = np.unique(rgba_codes(prem, alpha), return_counts=True)
+    np.testing.assert_array_equal(codes, expected[0])
+    np.testing.assert_array_equal(counts, expected[1])
