@@ -13,13 +13,14 @@ composited on black (``Δc'``) and on white (``Δc' - Δa``), and takes per chan
     d(p, q) = Σ_c [Δc'² + (Δc' - Δa)²] / 2 = |T p - T q|²,
     T(r', g', b', a) = (r' - a/2, g' - a/2, b' - a/2, a·√3/2),
 
-a squared Euclidean distance after a linear map (it is at least half and at most the max
-form), so k-means in ``T`` space is exact k-means (a centre is the weighted mean of its
-pixels in premultiplied RGBA as well) and every k-means tool of :mod:`streamq.kmeans` runs
-on it unchanged. An alpha difference alone weighs as a colour difference of the same size
-on each of the three channels on a white background, half of that on average over the two
-backgrounds: as in libimagequant, where alpha is scaled like an average channel
-(``LIQ_WEIGHT_A`` 0.625 beside the channel weights 0.5, 1, 0.45).
+a squared Euclidean distance after a linear map, between half the max form and the max form
+itself. So k-means in ``T`` space is exact k-means (a centre is the weighted mean of its
+pixels in premultiplied RGBA as well) and the nearest-centre search of
+:mod:`streamq.kmeans` runs on it unchanged. An alpha difference ``δ`` alone costs as a
+difference ``δ`` on every channel on white and nothing on black: ``3δ²/2``. In libimagequant
+alpha is scaled like an average channel (``LIQ_WEIGHT_A`` 0.625 beside the channel weights
+0.5, 1, 0.45); here every channel weighs 1, alpha included. As libimagequant does, the fit
+never moves a fully transparent palette entry (:mod:`streamq.fit_alpha`).
 
 **Errors** (MSE, PSNR) of images with alpha are over premultiplied RGBA in uint8 units: the
 mean over pixels and the four channels ``r', g', b', a`` of the squared difference between
