@@ -289,7 +289,8 @@ def _exact_mse(x: np.ndarray, codes: np.ndarray, counts: np.ndarray, centres: np
 def collection_mse(store: str | Location, centers: np.ndarray | None = None,
                    color_space: str | None = None, scheduler: str | None = "threads",
                    storage_options: dict[str, Any] | None = None) -> float:
-    """Exact MSE (uint8 RGB units) of a palette over every pixel of the collection.
+    """Exact MSE (uint8 RGB units) of a palette over every pixel of the collection (for a
+    collection with alpha: ``(K, 4)`` premultiplied RGBA centres, MSE over premultiplied RGBA).
 
     Each pixel goes to its nearest centre in the fit's colour space and is compared with that
     centre's RGB colour, as quantize does. Uses the store's colour histogram (computed once
@@ -305,8 +306,13 @@ def collection_mse(store: str | Location, centers: np.ndarray | None = None,
             res = load_fit(st.location)
             centers, color_space = res.centers, res.color_space
         space = color_space or "rgb"
+        coll = Collection(st)
         with runner(DaskConfig(scheduler=scheduler)) as run:
             run.check_paths(st.path)
+            if coll.n_alpha:  # premultiplied RGBA centres, errors over the four channels
+                from streamq.fit_alpha import rgba_mse
+
+                return rgba_mse(run, st, coll, np.asarray(centers, dtype=np.float64))
             codes, counts = histogram(run, st)
     centers = np.asarray(centers, dtype=np.float64)
     return _exact_mse(_points(codes, space), codes, counts, centers, to_rgb8(centers, space))[0]

@@ -49,7 +49,7 @@ from streamq.store import ALPHA, COLOR_CHUNK, Collection, Store, count_compresso
 if TYPE_CHECKING:
     from streamq.fit import FitResult
 
-__all__ = ["fit_rgba", "kmeans_rgba", "refuse_alpha", "rgba_histogram"]
+__all__ = ["fit_rgba", "kmeans_rgba", "refuse_alpha", "rgba_histogram", "rgba_mse"]
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,19 @@ def kmeans_rgba(codes: np.ndarray, counts: np.ndarray, k: int, *, n_init: int = 
     order = np.lexsort((np.arange(len(alpha)), alpha == 255))
     return {**best, "metric_centers": centres[order], "palette": palette[order],
             "alpha": alpha[order]}
+
+
+def rgba_mse(run: Runner, st: Store, coll: Collection, centres: np.ndarray) -> float:
+    """Exact MSE over premultiplied RGBA of the palette of ``centres`` (``(K, 4)``
+    premultiplied RGBA in [0, 1]) over every pixel of ``coll``."""
+    if centres.ndim != 2 or centres.shape[1] != 4:
+        raise ConfigError(f"{st.path} has images with alpha: centres must be (K, 4) "
+                          f"premultiplied RGBA, got shape {centres.shape}")
+    codes, counts = rgba_histogram(run, st, coll)
+    rgba = codes_to_rgba(codes)
+    palette, alpha = palette_of(centres)
+    return exact_errors(to_metric(rgba / 255.0), rgba, counts, to_metric(centres), palette,
+                        alpha)[0]
 
 
 # -- the stage -------------------------------------------------------------------------------------

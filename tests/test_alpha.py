@@ -73,6 +73,11 @@ def test_ingest_keeps_alpha(alpha_store, alpha_dir):
     g = zarr.open_group(alpha_store, mode="r")
     assert g.attrs["streamq"]["format_version"] == 2
     assert "alpha" not in g.attrs["ingest"]["settings"]  # the default: not in the settings
+    info = streamq.collection_info(alpha_store)
+    assert info["n_images_with_alpha"] == sum(v == "alpha" for v in kinds.values())
+    from streamq.info import format_info
+
+    assert "(8 with alpha)" in format_info(info)
 
 
 def test_fit_is_exact_kmeans_on_rgba(alpha_store):
@@ -107,6 +112,7 @@ def test_fit_is_exact_kmeans_on_rgba(alpha_store):
     mse = ((px * 255 - target[labels]) ** 2).mean()
     assert fit.mse == pytest.approx(mse, rel=1e-12)
     assert g.attrs["quantize"]["mse"] == pytest.approx(mse, rel=1e-12)
+    assert streamq.collection_mse(alpha_store) == pytest.approx(mse, rel=1e-12)
     # per image: over the four channels of every pixel
     sizes = (coll.heights * coll.widths).astype(int)
     per_image = np.split(((px * 255 - target[labels]) ** 2).sum(1), np.cumsum(sizes)[:-1])
