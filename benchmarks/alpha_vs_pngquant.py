@@ -169,7 +169,8 @@ def _streamq_one(args: tuple[str, str, int]) -> None:
     codes, counts = count_rgba(rgb, alpha)
     k = min(k, len(codes))
     res = kmeans_rgba(codes, counts, k, n_init=4)
-    table = RgbaLabels(from_metric(res["metric_centers"]), res["palette"], res["alpha"])
+    table = RgbaLabels(from_metric(res["metric_centers"]), res["palette"], res["alpha"],
+                       table=False)  # one image: its distinct colours, no 2**24 table
     labels = table.labels_sse(rgb, alpha, np.uint8, np.zeros(0, np.int64))[0].reshape(h, w)
     img = Image.fromarray(labels)
     img.putpalette(res["palette"].reshape(-1).tolist())
@@ -267,8 +268,8 @@ def main() -> None:
     if shutil.which("pngquant") is None:
         sys.exit("pngquant is not installed: apt-get install pngquant")
     ks = [64] if args.quick else [int(k) for k in args.colors.split(",")]
-    paths = measure_paths(0.5 if args.quick else args.path_mpx)
-    print("counting / labelling, Mpx/s: " + ", ".join(f"{k} {v:.1f}" for k, v in paths.items()),
+    speeds = measure_paths(0.5 if args.quick else args.path_mpx)
+    print("counting / labelling, Mpx/s: " + ", ".join(f"{k} {v:.1f}" for k, v in speeds.items()),
           flush=True)
     work = Path(tempfile.mkdtemp(prefix="streamq-alpha-"))
     sets = {"icons": find_icons(4 if args.quick else args.icons),
@@ -279,7 +280,7 @@ def main() -> None:
     from distributed import LocalCluster
 
     result: dict[str, Any] = {"sets": {n: p for n, p in sets.items()}, "rows": [],
-                              "paths": paths}
+                              "paths": speeds}
     rows = []
     with cf.ProcessPoolExecutor(args.workers) as pool, \
             LocalCluster(n_workers=args.workers, threads_per_worker=1,
@@ -307,7 +308,7 @@ def main() -> None:
     table = markdown_table(header, rows)
     paths_table = markdown_table(
         ["pixels", "count 24-bit", "count RGBA", "label 24-bit", "label RGBA"],
-        [[f"{paths['mpx']:.1f} Mpx, K={paths['k']}"] + [f"{paths[k]:.1f} Mpx/s" for k in (
+        [[f"{speeds['mpx']:.1f} Mpx, K={speeds['k']}"] + [f"{speeds[k]:.1f} Mpx/s" for k in (
             "count_24bit_mpx_s", "count_rgba_mpx_s", "label_24bit_mpx_s", "label_rgba_mpx_s")]])
     print(table + "\n\n" + paths_table)
     write_results(args.json, result, args.markdown, table + "\n\n" + paths_table)

@@ -188,14 +188,16 @@ class RgbaLabels:
 
     ``centres``: ``(K, 4)`` premultiplied RGBA in ``[0, 1]`` (the fit's float centres);
     ``palette``, ``alpha``: the uint8 palette errors are measured against. Opaque pixels go
-    through a lazily filled ``2**24`` label table (K <= 256), the others through their
-    distinct colours."""
+    through a lazily filled ``2**24`` label table (K <= 256; 80 MB, worth it over many
+    pixels: ``table=False`` labels them by their distinct colours too), the others through
+    their distinct colours."""
 
-    def __init__(self, centres: np.ndarray, palette: np.ndarray, alpha: np.ndarray) -> None:
+    def __init__(self, centres: np.ndarray, palette: np.ndarray, alpha: np.ndarray,
+                 table: bool = True) -> None:
         self.metric_centres = np.ascontiguousarray(to_metric(centres))
         self.target = premultiplied(palette, alpha).astype(np.int64)
         self.table = (_opaque_table(self.metric_centres, self.target)
-                      if len(self.target) <= 256 else None)
+                      if table and len(self.target) <= 256 else None)
         lab, err = self.distinct(np.zeros(1, np.int64))  # the fully transparent colour
         self.clear_label, self.clear_err = int(lab[0]), int(err[0])
 
