@@ -306,7 +306,7 @@ def _export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
                     img = _with_alpha(palette, alpha, data.reshape(h, w), fmt, args["background"])
                 else:
                     img = Image.fromarray(palette[data.reshape(h, w)])
-                encoded = _encode(img, fmt, {**args["options"], **trns})
+                encoded = _encode(img, fmt, {**args["options"], **(trns if img.mode == "P" else {})})
                 check_writer()  # under `streamq run`: the store's lock must still be this job's
                 paths.append(path)
                 if fs is None:

@@ -266,3 +266,19 @@ def test_rgba_labels_and_counts_split_by_alpha(k):
     expected = np.unique(rgba_codes(prem, alpha), return_counts=True)
     np.testing.assert_array_equal(codes, expected[0])
     np.testing.assert_array_equal(counts, expected[1])
+
+
+def test_more_than_256_colours_export_rgba(alpha_store, tmp_path):
+    """K > 256: uint16 labels, RGBA PNGs (no palette PNG can hold the palette)."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(alpha_store, copy)
+    streamq.fit(copy, colors=300, n_init=2, overwrite=True, scheduler="threads")
+    streamq.quantize(copy, scheduler="threads", progress=False)
+    streamq.export(copy, tmp_path / "out", scheduler="threads", progress=False)
+    coll = streamq.open_store(copy)
+    i = coll.paths.index("cut/la.png")
+    labels, pal = _quantized(str(copy), i)
+    assert labels.dtype == np.uint16
+    with Image.open(tmp_path / "out/cut/la.png") as im:
+        assert im.mode == "RGBA"
+        np.testing.assert_array_equal(np.asarray(im), pal[labels])
