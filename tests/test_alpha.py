@@ -282,3 +282,20 @@ def test_more_than_256_colours_export_rgba(alpha_store, tmp_path):
     with Image.open(tmp_path / "out/cut/la.png") as im:
         assert im.mode == "RGBA"
         np.testing.assert_array_equal(np.asarray(im), pal[labels])
+
+
+def test_interrupted_rgba_fit_reruns_to_the_same_palette(alpha_store, tmp_path):
+    """The RGBA fit keeps no checkpoint: a rerun after a kill (fit still running, RGBA
+    histogram half written) counts again and ends with the same palette, bit for bit."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(alpha_store, copy)
+    g = zarr.open_group(str(copy), mode="r+")
+    g.attrs["fit"] = {**g.attrs["fit"], "state": "running"}
+    g.attrs["colors_rgba"] = {"state": "writing"}
+    done = streamq.load_fit(alpha_store)
+    again = streamq.fit(copy, colors=K, n_init=4, scheduler="threads")
+    assert again.status == "fitted"
+    np.testing.assert_array_equal(again.centers, done.centers)
+    np.testing.assert_array_equal(again.alpha, done.alpha)
+    np.testing.assert_array_equal(again.palette, done.palette)
+    assert zarr.open_group(str(copy), mode="r").attrs["colors_rgba"]["state"] == "complete"
