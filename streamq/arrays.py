@@ -3,7 +3,7 @@
 **In** (:func:`ingest_array`): an ``(N, H, W, C)`` array (NumPy, Dask, Zarr, an xarray
 ``DataArray``, or anything with ``shape``, ``dtype``, slicing and ``__array__``), one
 ``(H, W, C)`` image, or a sequence of ``(H, W, C)`` images of any sizes, with ``C`` = 3 (RGB)
-or 4 (RGBA, composited on ``ingest.background`` as ingest does for files with alpha), uint8
+or 4 (RGBA: alpha kept as ingest keeps a file's, see ``ingest.alpha``), uint8
 or uint16 (scaled as ingest scales 16-bit files: ``round(v * 255 / 65535)``). The images are
 planned and written as a file ingest writes them -- the same plan, write tasks, colour counts
 and completion records (:mod:`streamq.ingest`) -- so the store is the same as one made from
@@ -32,7 +32,7 @@ import numpy as np
 
 from streamq.config import StreamQConfig, fingerprint, parse_config
 from streamq.console import progress_bar, timer
-from streamq.decode import _composite, _scale16
+from streamq.decode import _composite, _scale16, premultiply
 from streamq.errors import ConfigError
 from streamq.fs import Location, check_access
 from streamq.ingest import (
@@ -50,7 +50,7 @@ from streamq.kmeans.histogram import ColorTotals
 from streamq.lock import check_writer, guard_task, store_lock
 from streamq.names import stored_name
 from streamq.scheduler import Runner, runner
-from streamq.store import PIXELS, PLAN, Collection, Store, open_array, store_location
+from streamq.store import ALPHA, PIXELS, PLAN, Collection, Store, open_array, store_location
 
 __all__ = ["KINDS", "dask_images", "ingest_array", "read_image"]
 
@@ -145,14 +145,22 @@ def _source(array: Any) -> _Source:
                    [np.dtype(a.dtype) for a in images], f"sequence of {len(images)} images")
 
 
-def _rgb8(part: Any, background: Sequence[int]) -> np.ndarray:
-    """Rows of an image as RGB uint8, by the rules of :mod:`streamq.decode`."""
+def _rgb8(part: Any, background: Sequence[int], keep_alpha: bool = False
+          ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows of an image as RGB uint8 and, with ``keep_alpha``, their alpha, by the rules of
+    :mod:`streamq.decode`: colours premultiplied by alpha when it is kept (the plan made the
+    alpha array), else composited on ``background``."""
     a = np.asarray(part)
     if a.dtype == np.uint16:
         a = _scale16(a)
+    alpha = None
     if a.shape[-1] == 4:
-        a = _composite(a, tuple(background))
-    return np.ascontiguousarray(a, dtype=np.uint8)
+        if keep_alpha:
+            alpha = np.ascontiguousarray(a[..., 3], dtype=np.uint8)
+            a = premultiply(a)
+        else:
+            a = _composite(a, tuple(background))
+    return np.ascontiguousarray(a, dtype=np.uint8), alpha
 
 
 def _fill_task(args: dict[str, Any], *parts: Any) -> tuple[dict[str, Any], np.ndarray, np.ndarray, str]:
@@ -160,15 +168,24 @@ def _fill_task(args: dict[str, Any], *parts: Any) -> tuple[dict[str, Any], np.nd
     shards, converted and written as a file ingest task writes decoded files."""
     a, b = args["px_start"], args["px_stop"]
     buf = np.zeros((b - a, 3), dtype=np.uint8)
+    keep_alpha = bool(args.get("alpha"))  # the plan made the alpha array
+    abuf = np.full(b - a, 255, dtype=np.uint8) if keep_alpha else None
+    with_alpha: list[int] = []  # plan rows of the images with a transparent pixel here
     stored = []
-    for (_, off, h, w, r0), part in zip(args["images"], parts, strict=True):
-        flat = _rgb8(part, args["background"]).reshape(-1, 3)
+    for (_, off, h, w, r0), row, part in zip(args["images"], args["plan_rows"], parts,
+                                             strict=True):
+        rgb, alpha = _rgb8(part, args["background"], keep_alpha)
         base = off + r0 * w  # the pixel index of the part's first row
         lo, hi = max(off, a), min(off + h * w, b)
-        buf[lo - a: hi - a] = flat[lo - base: hi - base]
+        buf[lo - a: hi - a] = rgb.reshape(-1, 3)[lo - base: hi - base]
         stored.append((lo - a, hi - a))
+        if alpha is not None and abuf is not None:
+            rows = alpha.reshape(-1)[lo - base: hi - base]
+            abuf[lo - a: hi - a] = rows
+            if len(rows) and int(rows.min()) < 255:
+                with_alpha.append(int(row))
     status = "redone" if args.get("expect") is not None else "ran"
-    return (*store_task_pixels(args, buf, stored, []), status)
+    return (*store_task_pixels(args, buf, stored, [], abuf, with_alpha), status)
 
 
 def _computed(fn: Any, args: dict[str, Any], parts: Sequence[Any]) -> Any:
@@ -214,7 +231,8 @@ def ingest_array(array: Any, store: str | os.PathLike[str] | Location, *,
     ----------
     array : array-like or sequence of array-likes
         ``(N, H, W, C)``, one ``(H, W, C)`` image, or a sequence of ``(H, W, C)`` images, with
-        ``C`` = 3 or 4 (alpha composited on ``ingest.background``), uint8 or uint16 (scaled to
+        ``C`` = 3 or 4 (alpha kept as ingest keeps it, or with ``alpha="flatten"`` composited
+        on ``ingest.background``), uint8 or uint16 (scaled to
         8 bits). NumPy, Dask, Zarr, xarray, or anything with ``shape``, ``dtype``, slicing and
         ``__array__``.
     store : str or path
@@ -291,7 +309,8 @@ def _ingest_array(loc: Location, cfg: StreamQConfig, src: _Source, names: list[s
                 headers.append(f"image has {h * w} pixels, over the limit "
                                f"max_pixels={icfg.max_pixels}")
             else:
-                headers.append((h, w, _MODES[c] + _DTYPES[dtype]))
+                # RGBA images may carry transparent pixels: alpha kept as ingest keeps it
+                headers.append((h, w, _MODES[c] + _DTYPES[dtype], c == 4))
         with timer("planning", timings):
             write(lambda: _write_plan(st, "", names, headers, [], icfg, source_fp, settings_fp,
                                       settings, labels=labels, extra={"source": src.description}))
@@ -326,19 +345,22 @@ def _task_args(st: Store, cfg: StreamQConfig, background: Sequence[int], names: 
     ends = offsets + sizes
     n_pixels = int(sizes.sum())
     chunk, _ = st.pixel_layout()
+    keep_alpha = st.has(ALPHA)  # made by the plan: some image is RGBA and alpha is kept
     for t in range(len(reports)):
         a = int(tasks["chunk_start"][t]) * chunk
         b = min(int(tasks["chunk_stop"][t]) * chunk, n_pixels)
         lo = int(np.searchsorted(ends, a, side="right"))
         hi = int(np.searchsorted(offsets, b, side="left"))
-        images = []
+        images, rows = [], []
         for i in range(lo, hi):
             off, h, w = int(offsets[i]), int(heights[i]), int(widths[i])
             if h * w:
                 r0 = (max(off, a) - off) // w
                 images.append((index[str(plan["path"][i])], off, h, w, r0))
+                rows.append(i)
         args = {"store": st.location, "task": t, "px_start": a, "px_stop": b,
-                "images": images, "background": list(background), "retry": cfg.retry,
+                "images": images, "plan_rows": rows, "alpha": keep_alpha,
+                "background": list(background), "retry": cfg.retry,
                 "plan": plan_id, "expect": json.loads(reports[t]) if reports[t] else None}
         yield args, b - a
 

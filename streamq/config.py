@@ -95,8 +95,12 @@ class IngestConfig:
     level: int | None = _opt(None, _at_least(0), "codec level (default: the codec's fast level)")
     max_pixels: int = _opt(178_956_970, _at_least(1), "images with more pixels are skipped")
     background: tuple[int, int, int] = _opt(
-        (255, 255, 255), _rgb, "RGB colour that transparent pixels are composited on"
+        (255, 255, 255), _rgb, "RGB colour that transparent pixels are composited on "
+        "(alpha: flatten)"
     )
+    alpha: Literal["keep", "flatten"] = _opt(
+        "keep", doc="keep: an image with any transparent pixel keeps its alpha (premultiplied "
+        "colours + alpha plane); flatten: composite every image on background")
     strict: bool = _opt(False, doc="exit non-zero when any input was skipped")
     files_per_scan_task: int = _opt(512, _at_least(1), "files per header-scan task")
 

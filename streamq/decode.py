@@ -9,8 +9,11 @@ The conversion rules (documented in ``docs/store-format.md``):
   truncated: ``v8 = round(v16 * 255 / 65535)``. Pillow reads 16-bit RGB files as 8-bit
   by dropping the low byte, so those files are decoded with ``pypng`` / ``tifffile``.
 * Anything with transparency (``LA``, ``PA``, ``RGBA``, ``P`` or ``L``/``RGB`` with a
-  transparency key) is composited on ``background``:
-  ``out = (c * a + bg * (255 - a) + 127) // 255`` per channel.
+  transparency key) is composited on ``background`` by :func:`decode_rgb`:
+  ``out = (c * a + bg * (255 - a) + 127) // 255`` per channel. :func:`decode_rgba` keeps
+  the alpha instead: an image with any pixel whose alpha is below 255 gives its colours
+  *premultiplied* by alpha (the same formula with a black background) and its alpha plane;
+  an image whose every pixel is opaque gives exactly what :func:`decode_rgb` gives.
 * GIF, TIFF and other multi-frame files: the first frame.
 * Float images (mode ``F``) are skipped with a reason: their value range is unknown.
 
@@ -37,7 +40,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from streamq.faults import is_transient
 
-__all__ = ["Header", "ImageSource", "decode_rgb", "read_header"]
+__all__ = ["Header", "ImageSource", "decode_rgb", "decode_rgba", "premultiply", "read_header"]
 
 #: A path, the file's bytes, or an open binary file object with a ``size`` attribute.
 ImageSource = str | bytes | IO[bytes]
@@ -62,6 +65,7 @@ class Header:
     width: int  # after EXIF orientation
     height: int
     mode: str  # Pillow's mode of the file ("RGB", "P", "I;16", ...), "RGB;16" for 16-bit RGB
+    alpha: bool = False  # the file may hold transparent pixels (an alpha band or a colour key)
 
 
 class _Skip(Exception):
@@ -138,7 +142,8 @@ def _header_of(im: Image.Image, max_pixels: int) -> Header:
     mode = im.mode + ";16" if rgb16 else im.mode
     if mode == "F":
         raise _Skip("floating-point image (mode F): value range unknown, convert it first")
-    return Header(width=w, height=h, mode=mode)
+    alpha = im.mode in _ALPHA_MODES or "transparency" in im.info
+    return Header(width=w, height=h, mode=mode, alpha=alpha)
 
 
 def read_header(path: ImageSource, max_pixels: int) -> Header | str:
@@ -191,41 +196,51 @@ def _read_rgb16(path: ImageSource, im: Image.Image) -> np.ndarray:
     raise _Skip(f"16-bit RGB {im.format} files are not supported")
 
 
-def _to_rgb(path: ImageSource, im: Image.Image, header: Header, background: tuple[int, int, int]) -> np.ndarray:
+def premultiply(rgba: np.ndarray) -> np.ndarray:
+    """The colours of ``(..., 4)`` uint8 RGBA premultiplied by alpha, as uint8 RGB:
+    ``(c * a + 127) // 255`` (the composite on black)."""
+    return _composite(rgba, (0, 0, 0))
+
+
+def _to_array(path: ImageSource, im: Image.Image, header: Header) -> np.ndarray:
+    """``(H, W, 3)`` RGB, or ``(H, W, 4)`` RGBA (straight, not premultiplied) for an image
+    that may hold transparent pixels."""
     mode = im.mode
     if header.mode in ("RGB;16", "RGBA;16"):
-        data = _read_rgb16(path, im)
-        orient = _orientation(im)
-        rgb = _scale16(data[..., :3]) if data.shape[2] == 3 else None
-        if rgb is None:
-            rgb = _composite(_scale16(data), background)
-        method = _EXIF_TRANSPOSE.get(orient)
+        data = _scale16(_read_rgb16(path, im))
+        method = _EXIF_TRANSPOSE.get(_orientation(im))
         if method is not None:
-            rgb = np.asarray(Image.fromarray(rgb).transpose(method))
-        return rgb
+            data = np.asarray(Image.fromarray(data).transpose(method))
+        return data
     im = ImageOps.exif_transpose(im)
     if mode.startswith("I;16") or mode == "I":
         return np.repeat(_scale16(np.asarray(im))[..., None], 3, axis=2)
     has_key = "transparency" in im.info
     if mode in _ALPHA_MODES or has_key:
-        return _composite(np.asarray(im.convert("RGBA")), background)
+        return np.asarray(im.convert("RGBA"))
     if mode != "RGB":
         im = im.convert("RGB")
     return np.asarray(im)
 
 
+def _decode(path: ImageSource, max_pixels: int) -> np.ndarray:
+    with _open(path, max_pixels) as im:
+        header = _header_of(im, max_pixels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im.load()
+        return _to_array(path, im, header)
+
+
 def decode_rgb(path: ImageSource, max_pixels: int,
                background: tuple[int, int, int]) -> np.ndarray | str:
-    """Decode ``path`` to an ``(H, W, 3)`` uint8 array, or return the reason it cannot be.
+    """Decode ``path`` to an ``(H, W, 3)`` uint8 array, or return the reason it cannot be
+    (transparency composited on ``background``).
 
     Raises the error of a transient fault (see the module docstring)."""
     try:
-        with _open(path, max_pixels) as im:
-            header = _header_of(im, max_pixels)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                im.load()
-            rgb = _to_rgb(path, im, header, background)
+        data = _decode(path, max_pixels)
+        rgb = _composite(data, background) if data.shape[2] == 4 else data
     except _Skip as exc:
         return str(exc)
     except Exception as exc:
@@ -233,3 +248,29 @@ def decode_rgb(path: ImageSource, max_pixels: int,
             raise
         return f"cannot decode image: {type(exc).__name__}: {exc}"
     return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+def decode_rgba(path: ImageSource, max_pixels: int
+                ) -> tuple[np.ndarray, np.ndarray | None] | str:
+    """Decode ``path`` keeping its alpha: ``(rgb, alpha)``, or the reason it cannot be.
+
+    For an image with any pixel whose alpha is below 255, ``rgb`` is ``(H, W, 3)`` uint8 of
+    colours premultiplied by alpha (:func:`premultiply`) and ``alpha`` its ``(H, W)`` uint8
+    alpha; for any other image ``alpha`` is None and ``rgb`` is what :func:`decode_rgb`
+    gives. Raises the error of a transient fault (see the module docstring)."""
+    try:
+        data = _decode(path, max_pixels)
+        alpha = None
+        if data.shape[2] == 4:
+            if int(data[..., 3].min()) < 255:
+                alpha = np.ascontiguousarray(data[..., 3], dtype=np.uint8)
+            rgb = premultiply(data)  # all opaque: the colours themselves, as decode_rgb's
+        else:
+            rgb = data
+    except _Skip as exc:
+        return str(exc)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        return f"cannot decode image: {type(exc).__name__}: {exc}"
+    return np.ascontiguousarray(rgb, dtype=np.uint8), alpha

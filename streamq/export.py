@@ -3,7 +3,10 @@
 Files mirror the source tree (``Person/Person_0001.jpg`` -> ``OUT/Person/Person_0001.png``):
 a palette PNG (mode ``P``) for K <= 256, else RGB; ``--format jpeg|webp`` writes RGB;
 ``--dither`` re-quantizes the stored pixels to the palette with Floyd-Steinberg error
-diffusion (Pillow's, nearest colour in RGB). Output paths never leave OUT, whatever the
+diffusion (Pillow's, nearest colour in RGB). A palette with alpha (a collection with
+transparent images, :mod:`streamq.fit_alpha`) gives palette PNGs with a ``tRNS`` chunk (the
+alpha of each entry up to the last transparent one), RGBA PNG and WebP files, and JPEG files
+composited on the ingest's ``background``. Output paths never leave OUT, whatever the
 stored names contain; a byte of a source name that is not UTF-8 is written ``%HH``
 (:func:`streamq.names.output_name`), so every output name is valid text. Names that some file
 system would take for one file (``A.jpg`` and ``a.JPG``, ``photo.jpg`` and ``photo.png``, one
@@ -261,6 +264,8 @@ def _export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
     # otherwise decode a whole inner chunk of the shard for a few of its pixels.
     retry = args.get("retry")
     name = PIXELS if args["dither"] else labels_name
+    alpha = None if args.get("alpha") is None else np.asarray(args["alpha"], dtype=np.uint8)
+    trns = _trns(alpha) if fmt == "png" else {}
     written: dict[str, list[int]] = {}  # relative name -> [crc32, size]
     paths: list[str] = []
     try:
@@ -297,9 +302,11 @@ def _export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
                 elif fmt == "png" and k <= 256:
                     img = Image.fromarray(data.reshape(h, w).astype(np.uint8, copy=False))  # L ...
                     img.putpalette(flat_pal)  # ... becomes P with the palette
+                elif alpha is not None:
+                    img = _with_alpha(palette, alpha, data.reshape(h, w), fmt, args["background"])
                 else:
                     img = Image.fromarray(palette[data.reshape(h, w)])
-                encoded = _encode(img, fmt, args["options"])
+                encoded = _encode(img, fmt, {**args["options"], **(trns if img.mode == "P" else {})})
                 check_writer()  # under `streamq run`: the store's lock must still be this job's
                 paths.append(path)
                 if fs is None:
@@ -318,6 +325,29 @@ def _export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
         _remove_written(args["out"], paths)  # not counted as done: a rerun writes them again
         raise
     return len(paths), existing
+
+
+def _trns(alpha: np.ndarray | None) -> dict[str, Any]:
+    """Pillow's option for a palette PNG's ``tRNS`` chunk: the alpha of every entry up to the
+    last one below 255 (none when every entry is opaque)."""
+    if alpha is None or not (alpha < 255).any():
+        return {}
+    last = int(np.flatnonzero(alpha < 255)[-1])
+    return {"transparency": bytes(alpha[:last + 1].tolist())}
+
+
+def _with_alpha(palette: np.ndarray, alpha: np.ndarray, labels: np.ndarray, fmt: str,
+                background: Sequence[int]) -> Any:
+    """An image of straight colours ``palette`` with ``alpha``: RGBA, or for JPEG the
+    colours composited on ``background`` (as ingest's ``alpha: flatten``)."""
+    from PIL import Image
+
+    rgba = np.concatenate([palette, alpha[:, None]], axis=1)[labels]
+    if fmt == "jpeg":
+        c, a = rgba[..., :3].astype(np.uint32), rgba[..., 3:].astype(np.uint32)
+        bg = np.asarray(background, dtype=np.uint32)
+        return Image.fromarray(((c * a + bg * (255 - a) + 127) // 255).astype(np.uint8))
+    return Image.fromarray(rgba, mode="RGBA")
 
 
 def _rel(root: str, path: str) -> str:
@@ -422,12 +452,18 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     coll = Collection(st)
     fit_fp = ready_labels(st, per_image)
     identity = labels_identity(st, per_image, labels=not dither)  # re-checked by every task
+    alpha = None
     if per_image is None:
         from streamq.fit import load_fit
 
-        palette = load_fit(st.location).palette.tolist()
+        fitted = load_fit(st.location)
+        palette = fitted.palette.tolist()
+        alpha = None if fitted.alpha is None else fitted.alpha.tolist()
     else:
         palette = None
+    if alpha is not None and dither:
+        raise ConfigError("--dither is not available for a palette with alpha (this store's "
+                          "images have transparent pixels)")
     k = len(palette) if palette is not None else per_image
     if dither and k is not None and k > 256:
         raise ConfigError(f"--dither needs a palette of at most 256 colours, this one has {k}")
@@ -439,6 +475,8 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     manifest = {"store": st.path, "fit_fingerprint": fit_fp, "per_image": per_image,
                 "format": format, "dither": dither,
                 "png_level": png_level, "quality": quality, "streamq": __version__}
+    if alpha is not None:  # only then: the manifest of an opaque collection is unchanged
+        manifest["alpha"] = True
     given = st.section("fit").get("palette_source") if per_image is None else None
     if given:  # a palette given to quantize --palette: where it came from
         manifest["palette_source"] = given
@@ -476,7 +514,10 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
         os.makedirs(tmp_dir)
     common = {"store": st.location, "out": out_loc, "palette": palette, "per_image": per_image,
               "format": format, "dither": dither, "options": options, "tmp_dir": tmp_dir,
-              "retry": cfg.retry, "labels": identity, "fit": fit_fp, "root": root}
+              "retry": cfg.retry, "labels": identity, "fit": fit_fp, "root": root,
+              "alpha": alpha,
+              "background": st.section("ingest").get("settings", {}).get("background",
+                                                                         [255, 255, 255])}
     written, existing = 0, len(chosen) - len(todo)
     with timer("exporting", timings), runner(cfg.dask) as run:
         run.check_paths(st.path, out)

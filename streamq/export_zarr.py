@@ -9,6 +9,8 @@ table -- and nothing else: no pixels, no working state, no image files. Layout
       zarr.json                       attribute "streamq_export": format, state, source, results
       images/{id,path,label,height,width,offset}   one row per exported image
       palette, centers, labels        the shared palette's result (K,3) uint8, (K,3) float, (P,)
+                                      (a palette with alpha: (K,4) straight RGBA uint8 and
+                                      (K,4) premultiplied RGBA float centres)
       images/{mse,psnr[,ssim]}        its per-image errors (and SSIM), when quantize wrote them
       k{K}/{palette,centers,labels,images/{mse,psnr[,ssim]}}   or one group per per-image K:
                                       (n,K,3) palettes and centres, one row per exported image
@@ -140,6 +142,8 @@ def _results(st: Store, ks: list[int] | None) -> list[_Result]:
                                   "algorithm": fit.algorithm, "seed": fit.seed,
                                   "fit_fingerprint": fp,
                                   "palette_source": fit.palette_source})]
+        if fit.alpha is not None:  # only then: an opaque collection's export is unchanged
+            plan[0][2]["alpha"] = True
     else:
         pcfg = st.section("per_image").get("config", {})
         plan = [(f"k{k}", f"per_image/k{k}", {
@@ -153,10 +157,11 @@ def _results(st: Store, ks: list[int] | None) -> list[_Result]:
         has_ssim = has_errors and st.has(f"{errors}/ssim")  # quantize.ssim (streamq.ssim)
         pre = f"{group}/" if group else ""
         pal = f"{pre}palette[j]" if group else "palette"
+        bands = 4 if info.get("alpha") else 3
         info = {"group": group, **info, "labels_dtype": str(open_array(st.location, labels).dtype),
                 "errors": has_errors, "ssim": has_ssim,
                 "read": f"image j = {pal}[{pre}labels[offset[j]:offset[j] + height[j] * width[j]]]"
-                        ".reshape(height[j], width[j], 3)"}
+                        f".reshape(height[j], width[j], {bands})"}
         k = int(info["k"]) if group else None
         results.append(_Result(group, labels, errors if has_errors else None, info,
                                labels_identity(st, k)))
@@ -333,7 +338,10 @@ def _write_tables(st: Store, coll: Collection, dest: Store, results: list[_Resul
             from streamq.fit import load_fit
 
             fit = load_fit(st.location)
-            dest.write_array("palette", np.asarray(fit.palette, dtype=np.uint8))
+            palette = np.asarray(fit.palette, dtype=np.uint8)
+            if fit.alpha is not None:  # straight RGBA
+                palette = np.concatenate([palette, fit.alpha.reshape(-1, 1)], axis=1)
+            dest.write_array("palette", palette)
             dest.write_array("centers", np.asarray(fit.centers, dtype=np.float64))
         else:
             for src, dst in (("palette", "palette"), ("center", "centers")):

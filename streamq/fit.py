@@ -97,6 +97,10 @@ class FitResult:
     # fit --quality: the target, the K range searched and every K tried (streamq.quality)
     quality: dict[str, Any] | None = None
     n_fixed: int = 0  # the first n_fixed colours are fixed colours (streamq.fixed), kept exactly
+    # (K,) uint8 alpha of each colour for a collection with alpha (streamq.fit_alpha): then
+    # ``centers`` are (K, 4) premultiplied RGBA in [0, 1], ``palette`` straight colours, and
+    # MSE/PSNR over premultiplied RGBA; None for an opaque collection
+    alpha: np.ndarray | None = None
 
     def label_space(self) -> tuple[str, np.ndarray]:
         """The colour space and centres quantize labels pixels in: the fit's, except for a
@@ -112,7 +116,7 @@ class FitResult:
 
         est = KMeans(n_clusters=self.k, init=self.centers, n_init=1)
         est.cluster_centers_ = self.centers.copy()
-        est.n_features_in_ = 3
+        est.n_features_in_ = self.centers.shape[1]
         est._n_features_out = self.k
         est._n_threads = 1
         est.labels_ = np.zeros(0, dtype=np.int32)
@@ -124,6 +128,8 @@ class FitResult:
         d = asdict(self)
         for key in ("centers", "palette", "counts"):
             d[key] = np.asarray(d[key]).tolist()
+        if self.alpha is not None:
+            d["alpha"] = np.asarray(self.alpha).tolist()
         d["history"] = {k: np.asarray(v).tolist() for k, v in self.history.items()}
         return d
 
@@ -234,6 +240,10 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
                 f"({differences(prev.get('config', {}), to_dict(fcfg), _NON_SEMANTIC)}); "
                 "pass --overwrite to replace it")
 
+    if coll.n_alpha:  # images with alpha: k-means on premultiplied RGBA
+        from streamq.fit_alpha import fit_rgba
+
+        return fit_rgba(st, coll, cfg, fp, bool(prev and overwrite), progress)
     started = time.perf_counter()
     source = PixelSource.of_collection(coll)
     timings: dict[str, float] = {}
@@ -323,7 +333,8 @@ def _exact_mse(x: np.ndarray, codes: np.ndarray, counts: np.ndarray, centres: np
 def collection_mse(store: str | Location, centers: np.ndarray | None = None,
                    color_space: str | None = None, scheduler: str | None = "threads",
                    storage_options: dict[str, Any] | None = None) -> float:
-    """Exact MSE (uint8 RGB units) of a palette over every pixel of the collection.
+    """Exact MSE (uint8 RGB units) of a palette over every pixel of the collection (for a
+    collection with alpha: ``(K, 4)`` premultiplied RGBA centres, MSE over premultiplied RGBA).
 
     Each pixel goes to its nearest centre in the fit's colour space and is compared with that
     centre's RGB colour, as quantize does. Uses the store's colour histogram (computed once
@@ -339,8 +350,13 @@ def collection_mse(store: str | Location, centers: np.ndarray | None = None,
             res = load_fit(st.location)
             centers, color_space = res.centers, res.color_space
         space = color_space or "rgb"
+        coll = Collection(st)
         with runner(DaskConfig(scheduler=scheduler)) as run:
             run.check_paths(st.path)
+            if coll.n_alpha:  # premultiplied RGBA centres, errors over the four channels
+                from streamq.fit_alpha import rgba_mse
+
+                return rgba_mse(run, st, coll, np.asarray(centers, dtype=np.float64))
             codes, counts = histogram(run, st)
     centers = np.asarray(centers, dtype=np.float64)
     return _exact_mse(_points(codes, space), codes, counts, centers, to_rgb8(centers, space))[0]
@@ -615,13 +631,15 @@ def _ensure_distinct(centres: np.ndarray, points: np.ndarray, space: str) -> np.
 
 def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float],
                  facts: dict[str, Any], extra: dict[str, Any]) -> None:
-    st.write_table("fit/palette", {"center_0": r.centers[:, 0], "center_1": r.centers[:, 1],
-                                   "center_2": r.centers[:, 2], "r": r.palette[:, 0],
-                                   "g": r.palette[:, 1], "b": r.palette[:, 2], "count": r.counts})
+    columns = {f"center_{j}": r.centers[:, j] for j in range(r.centers.shape[1])}
+    columns.update({"r": r.palette[:, 0], "g": r.palette[:, 1], "b": r.palette[:, 2]})
+    if r.alpha is not None:  # a palette with alpha (streamq.fit_alpha)
+        columns["a"] = r.alpha
+    st.write_table("fit/palette", {**columns, "count": r.counts})
     st.write_table("fit/history", {k: np.asarray(v) for k, v in r.history.items()})
     summary = {k: v for k, v in asdict(r).items()
                if k not in ("centers", "palette", "counts", "history", "config", "status",
-                            "palette_source") and (k != "quality" or r.quality is not None)
+                            "palette_source", "alpha") and (k != "quality" or r.quality is not None)
                and (k != "n_fixed" or r.n_fixed)}
     st.set_section(FIT, {"state": "complete", "fingerprint": fp, "config": r.config,
                          "summary": summary, "timings": timings, "runtime": facts, **extra,
@@ -635,15 +653,18 @@ def load_fit(store: str | Location, storage_options: dict[str, Any] | None = Non
     sec = st.section(FIT)
     if sec.get("state") != "complete":
         raise ConfigError(f"{st.path} has no fitted palette; run `streamq fit` first")
-    p = st.read_table("fit/palette", ("center_0", "center_1", "center_2", "r", "g", "b", "count"))
+    rgba = st.has("fit/palette/a")  # a palette with alpha (streamq.fit_alpha)
+    dims = 4 if rgba else 3
+    p = st.read_table("fit/palette", tuple(f"center_{j}" for j in range(dims))
+                      + ("r", "g", "b", "count") + (("a",) if rgba else ()))
     h = st.read_table("fit/history", HISTORY_KEYS)
     s = sec["summary"]
     return FitResult(
         store=st.path, k=s["k"], algorithm=s["algorithm"], color_space=s["color_space"],
-        centers=np.stack([p["center_0"], p["center_1"], p["center_2"]], 1),
+        centers=np.stack([p[f"center_{j}"] for j in range(dims)], 1),
         palette=np.stack([p["r"], p["g"], p["b"]], 1).astype(np.uint8), counts=p["count"],
         history=h, steps=s["steps"], pixels_seen=s["pixels_seen"], stop_reason=s["stop_reason"],
         mse=s["mse"], psnr=s["psnr"], seconds=s["seconds"], seed=s["seed"], config=sec["config"],
         status="given" if sec.get("palette_source") else "fitted",
         palette_source=sec.get("palette_source"), quality=s.get("quality"),
-        n_fixed=int(s.get("n_fixed", 0)))
+        n_fixed=int(s.get("n_fixed", 0)), alpha=p["a"].astype(np.uint8) if rgba else None)

@@ -28,10 +28,12 @@ def collection_info(store: str | os.PathLike[str] | Location | Collection, top: 
     stored = coll.store.stored_bytes(PIXELS)
     ingest = coll.store.section("ingest")
     ranked = labels.most_common()
+    alpha = {"n_images_with_alpha": coll.n_alpha} if coll.n_alpha else {}  # only then: as before
     return {
         "store": coll.path,
         "source": ingest.get("root") or ingest.get("source"),
         "n_images": len(coll),
+        **alpha,
         "n_pixels": coll.n_pixels,
         "raw_bytes": coll.n_pixels * 3,
         "stored_bytes": stored,
@@ -127,7 +129,8 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
     lines = [
         f"store        {info['store']}",
         f"source       {info['source']}",
-        f"images       {info['n_images']}",
+        f"images       {info['n_images']}" + (
+            f" ({info['n_images_with_alpha']} with alpha)" if info.get("n_images_with_alpha") else ""),
         f"pixels       {info['n_pixels']:,} ({info['n_pixels'] / 1e6:.2f} Mpx)",
         f"size         {stored / 2**20:.1f} MiB stored, {raw / 2**20:.1f} MiB raw"
         + (f" ({stored / raw:.0%})" if raw else ""),

@@ -5,16 +5,22 @@ The stage runs in four steps, each safe to interrupt:
 1. **List** the inputs (a folder, a glob pattern or a text file of paths), sorted by
    relative path, so image ids are stable.
 2. **Scan** every file's header in parallel (size, mode, EXIF orientation): cheap, and
-   enough to give each image its place in the flat ``pixels`` array.
+   enough to give each image its place in the flat ``pixels`` array, and to tell whether it
+   may hold transparent pixels.
 3. **Plan**: images are packed back to back (no padding), the array is cut into chunks,
    and consecutive chunks are grouped into write *tasks*. A task owns its chunks outright
    and decodes every image that overlaps them, so no chunk ever has two writers; a task
    boundary is put where no large image straddles it (an image that does straddle is
-   decoded by both tasks, each writing its own part). The plan is saved in the store.
+   decoded by both tasks, each writing its own part). The plan is saved in the store. When
+   some image may hold transparent pixels (and ``alpha`` is ``keep``), the plan also makes
+   the ``alpha`` array, laid out like ``pixels`` and written by the same tasks.
 4. **Write**: pending tasks run on the workers; each writes its pixels, the counts of the
    colours of those pixels, and then its completion record. A rerun runs only tasks without
    a record, then sums the colour counts into the collection's histogram (table ``colors``)
-   and consolidates the records into the final image table and skipped list.
+   and consolidates the records into the final image table and skipped list. An image with
+   a transparent pixel keeps its alpha (premultiplied colours in ``pixels``, alpha in
+   ``alpha``, flagged in ``images/has_alpha``); a collection without one gets neither array,
+   and is stored byte for byte as when every image was composited on the background.
 
 File names may be any bytes: the store keeps them in a reversible text form
 (:mod:`streamq.names`). A read or write that fails for a reason of the machine (EIO, EMFILE,
@@ -52,6 +58,8 @@ from streamq.names import source_name, stored_name
 from streamq.scheduler import Runner, runner
 from streamq.sources import SourceRoot
 from streamq.store import (
+    ALPHA,
+    ALPHA_FORMAT_VERSION,
     IMAGES,
     PIXELS,
     PLAN,
@@ -185,11 +193,11 @@ def _source_fingerprint(root: str, rel: Sequence[str]) -> str:
 
 # -- 2. header scan ------------------------------------------------------------------------
 def _scan_batch(args: tuple[SourceRoot, list[str], int, RetryConfig, list[int | None]]
-                ) -> list[tuple[int, int, str] | str]:
+                ) -> list[tuple[int, int, str, bool] | str]:
     """Headers of files given by their stored names (see :mod:`streamq.names`), read where
     they live (a folder, or a URL: :mod:`streamq.sources`)."""
     source, rels, max_pixels, retry, sizes = args
-    return [(h.height, h.width, h.mode) if isinstance(h, Header) else h
+    return [(h.height, h.width, h.mode, h.alpha) if isinstance(h, Header) else h
             for h in source.headers(rels, sizes, max_pixels, retry)]
 
 
@@ -243,6 +251,11 @@ def _verify_task(args: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
                             "read", store.join(TASK_COLORS).url, retry)
         if "colors_crc32" in record and _colors_checksum(part[0], part[1]) != record["colors_crc32"]:
             return None
+        if args.get("alpha"):  # the alpha rows: as recorded, or all 255 (no transparent pixel)
+            alpha = retrying(lambda: np.asarray(open_array(store, ALPHA)[a:b]), "read",
+                             store.join(ALPHA).url, retry)
+            if checksum(alpha) != record.get("alpha_crc32", checksum(np.full(b - a, 255, np.uint8))):
+                return None
     except StreamQError:
         raise
     except Exception:  # noqa: BLE001  (a chunk that no longer decodes: torn, rewrite it)
@@ -266,12 +279,16 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
             return args["expect"], found[0], found[1], "verified"
         status = "redone"
     buf = np.zeros((b - a, 3), dtype=np.uint8)
+    keep_alpha = bool(args.get("alpha"))  # the plan made the alpha array
+    abuf = np.full(b - a, 255, dtype=np.uint8) if keep_alpha else None
+    with_alpha: list[int] = []  # images with a transparent pixel in this task's rows
     failed: list[list[Any]] = []
     stored: list[tuple[int, int]] = []  # rows of buf holding decoded pixels
     source, background = args["source"], tuple(args["background"])
     decoded = source.pixels([item[1] for item in args["images"]], args["max_pixels"], background,
-                            retry)
-    for (image_id, _, off, h, w), rgb in zip(args["images"], decoded, strict=True):
+                            retry, alpha=keep_alpha)
+    for (image_id, _, off, h, w), got in zip(args["images"], decoded, strict=True):
+        rgb, alpha = got if isinstance(got, tuple) else (got, None)
         if isinstance(rgb, np.ndarray) and rgb.shape != (h, w, 3):
             rgb = f"decoded size {rgb.shape[1]}x{rgb.shape[0]} differs from header {w}x{h}"
         if isinstance(rgb, str):
@@ -282,14 +299,23 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
         lo, hi = max(off, a), min(off + h * w, b)
         buf[lo - a: hi - a] = flat[lo - off: hi - off]
         stored.append((lo - a, hi - a))
-    return (*store_task_pixels(args, buf, stored, failed), status)
+        if alpha is not None and abuf is not None:
+            part = alpha.reshape(-1)[lo - off: hi - off]
+            abuf[lo - a: hi - a] = part
+            if len(part) and int(part.min()) < 255:
+                with_alpha.append(int(image_id))
+    return (*store_task_pixels(args, buf, stored, failed, abuf, with_alpha), status)
 
 
 def store_task_pixels(args: dict[str, Any], buf: np.ndarray, stored: list[tuple[int, int]],
-                      failed: list[list[Any]]) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+                      failed: list[list[Any]], abuf: np.ndarray | None = None,
+                      with_alpha: list[int] | None = None
+                      ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """The end of every ingest write task (files or arrays): write the task's pixels ``buf``
-    (rows ``[lo, hi)`` of each of ``stored`` hold image pixels), then their colour counts,
-    then the completion record naming the ``failed`` images; return the record and counts."""
+    (rows ``[lo, hi)`` of each of ``stored`` hold image pixels) and their alpha ``abuf`` when
+    the plan made the alpha array (``with_alpha``: the images with a transparent pixel in
+    these rows), then their colour counts, then the completion record naming the ``failed``
+    images; return the record and counts."""
     a, b = args["px_start"], args["px_stop"]
     retry, store = args.get("retry"), args["store"]
 
@@ -301,12 +327,18 @@ def store_task_pixels(args: dict[str, Any], buf: np.ndarray, stored: list[tuple[
         write_rows(store, PIXELS, open_array(store, PIXELS, mode="r+"), a, b, buf)
 
     write(write_pixels, PIXELS)
+    if abuf is not None:  # chunks of 255 only are not stored (Zarr skips fill values)
+        write(lambda: write_rows(store, ALPHA, open_array(store, ALPHA, mode="r+"), a, b, abuf),
+              ALPHA)
     runs = np.asarray(stored, dtype=np.int64).reshape(-1, 2)
     codes, counts = count_colors(buf, runs[:, 0], runs[:, 1])
     write(lambda: write_task_colors(store, args["task"], codes, counts), TASK_COLORS)
     report = {"failed": failed, "pixels": int(b - a),
               "colors": {"distinct": len(codes), "pixels": int(counts.sum())},
               "crc32": checksum(buf), "colors_crc32": _colors_checksum(codes, counts)}
+    if with_alpha and abuf is not None:  # only then: opaque collections' records are unchanged
+        report["alpha"] = sorted(with_alpha)
+        report["alpha_crc32"] = checksum(abuf)
     if args.get("plan") is not None:
         report["plan"] = args["plan"]
     # the completion record, after the data
@@ -317,7 +349,10 @@ def store_task_pixels(args: dict[str, Any], buf: np.ndarray, stored: list[tuple[
 # -- the stage -------------------------------------------------------------------------------
 def _settings(cfg: IngestConfig) -> dict[str, Any]:
     keep = ("chunk_pixels", "block_pixels", "codec", "level", "max_pixels", "background")
-    return {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k in keep}
+    out = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k in keep}
+    if cfg.alpha != "keep":  # the default is left out: settings as before alpha was kept
+        out["alpha"] = cfg.alpha
+    return out
 
 
 def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | Location | None = None,
@@ -480,6 +515,7 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
     skipped = [(stored_name(p), r) for p, r in missing] \
         + [(stored_name(rel[i]), h) for i, h in enumerate(headers) if isinstance(h, str)]
     heights = np.asarray([headers[i][0] for i in ok], dtype=np.int64)
+    maybe_alpha = icfg.alpha == "keep" and any(headers[i][3] for i in ok)
     widths = np.asarray([headers[i][1] for i in ok], dtype=np.int64)
     sizes = heights * widths
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if len(ok) else np.zeros(0, np.int64)
@@ -495,6 +531,8 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
     st.write_table("ingest/scan_skipped", {"path": [p for p, _ in skipped],
                                             "reason": [r for _, r in skipped]})
     st.create_pixels(n_pixels, icfg.chunk_pixels, icfg.block_pixels, icfg.codec, icfg.level)
+    if maybe_alpha:  # some image may be transparent: its alpha, written by the same tasks
+        st.create_labels(ALPHA, "uint8", fill_value=255)
     shard, _ = st.pixel_layout()
     starts, stops = plan_tasks(offsets, sizes, n_pixels, shard)
     st.create_task_table(starts, stops)
@@ -528,6 +566,7 @@ def _run_tasks(run: Runner, st: Store, source: SourceRoot, icfg: IngestConfig,
     ends = offsets + sizes
     n_pixels = int(sizes.sum())
     chunk, _ = st.pixel_layout()
+    keep_alpha = st.has(ALPHA)  # made by the plan (never by a plan of an older streamq)
     log.info("%d of %d write tasks to run, %d to check", sum(1 for r in reports if not r),
              len(reports), sum(1 for r in reports if r))
     futures = {}
@@ -541,6 +580,7 @@ def _run_tasks(run: Runner, st: Store, source: SourceRoot, icfg: IngestConfig,
         args = {"store": st.location, "task": t, "source": source, "px_start": a,
                 "px_stop": b, "images": images, "max_pixels": icfg.max_pixels,
                 "background": list(icfg.background), "retry": retry, "plan": plan_id,
+                "alpha": keep_alpha,
                 "expect": json.loads(reports[t]) if reports[t] else None}
         futures[run.submit(_write_task, args)] = (t, b - a)
     redone = []
@@ -577,12 +617,21 @@ def _consolidate(st: Store, timings: dict[str, float], facts: dict[str, Any]) ->
     if any(not r for r in reports):
         raise StreamQError(f"{st.path}: some ingest tasks have no completion record; rerun ingest")
     failed: dict[int, str] = {}
+    alpha: set[int] = set()
     for r in reports:
-        for image_id, reason in json.loads(r)["failed"]:
+        rec = json.loads(r)
+        for image_id, reason in rec["failed"]:
             failed[int(image_id)] = reason
+        alpha.update(int(i) for i in rec.get("alpha", ()))
     plan = st.read_table(PLAN, ("path", "label", "mode", "offset", "height", "width"))
     keep = np.asarray([i not in failed for i in range(len(plan["path"]))], dtype=bool)
     st.write_table(IMAGES, {k: (v[keep] if len(v) else v) for k, v in plan.items()})
+    has_alpha = np.asarray([i in alpha for i in range(len(plan["path"]))], dtype=bool)[keep]
+    if has_alpha.any():
+        st.write_table(IMAGES, {"has_alpha": has_alpha})
+        st.set_section("streamq", {**st.section("streamq"), "format_version": ALPHA_FORMAT_VERSION})
+    elif st.has(ALPHA):  # no image is transparent after all: the store of an opaque collection
+        st.remove(ALPHA)
     scan = st.read_table("ingest/scan_skipped", ("path", "reason"))
     skipped = sorted(list(zip(scan["path"], scan["reason"], strict=True))
                      + [(plan["path"][i], reason) for i, reason in failed.items()])

@@ -16,13 +16,15 @@ def psnr(mse: float) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
-def errors_from_records(records: Iterable[str], sizes: np.ndarray) -> dict[str, np.ndarray]:
+def errors_from_records(records: Iterable[str], sizes: np.ndarray,
+                        channels: int = 3) -> dict[str, np.ndarray]:
     """Sum the ``[image_id, squared_error]`` pairs of completion records into per-image
-    ``sse``, ``mse`` and ``psnr`` arrays (``sizes``: pixels per image)."""
+    ``sse``, ``mse`` and ``psnr`` arrays (``sizes``: pixels per image; ``channels`` per
+    pixel: 3, or 4 for errors over premultiplied RGBA)."""
     sse = np.zeros(len(sizes), dtype=np.int64)
     for r in records:
         for image_id, value in json.loads(r)["sse"]:
             sse[image_id] += value
-    n = 3 * np.asarray(sizes, dtype=np.int64)
+    n = channels * np.asarray(sizes, dtype=np.int64)
     mse = sse / np.maximum(n, 1)
     return {"sse": sse, "mse": mse, "psnr": np.asarray([psnr(m) for m in mse])}

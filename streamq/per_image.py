@@ -230,6 +230,9 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
     pcfg = cfg.per_image
     st = Store.open(store, mode="r+")
     coll = Collection(st)
+    from streamq.fit_alpha import refuse_alpha
+
+    refuse_alpha(coll, "fit --per-image")
     fixed = None
     if pcfg.fixed_colors is not None:
         if pcfg.method != "histogram":

@@ -3,7 +3,9 @@
 Each task owns one chunk of ``pixels`` and writes the same chunk of ``quantize/labels``
 (uint8 for K <= 256, uint16 above), so no chunk has two writers. A label is the nearest
 palette centre in the fit's colour space (exact; first centre on ties), found through a
-lazily filled 2**24 lookup table kept by each worker (:class:`streamq.kmeans.table.LabelTable`).
+lazily filled 2**24 lookup table kept by each worker (:class:`streamq.kmeans.table.LabelTable`);
+for a palette with alpha, the nearest centre in premultiplied RGBA of each distinct colour of
+the chunk (:class:`streamq.rgba.RgbaLabels`), errors over the four channels.
 Each task then writes its completion record: the squared error of every image it touches,
 from which per-image and collection MSE/PSNR are consolidated, and (``quantize.ssim``, on by
 default) the sums of each image's SSIM map over its pixels in the chunk
@@ -37,6 +39,7 @@ from streamq.lock import store_lock
 from streamq.metrics import errors_from_records, psnr
 from streamq.scheduler import runner
 from streamq.store import (
+    ALPHA,
     PIXELS,
     Collection,
     Store,
@@ -80,12 +83,18 @@ class QuantizeSummary:
 
 def _table(args: dict[str, Any]) -> Any:
     from streamq.kmeans.table import LabelTable
+    from streamq.rgba import RgbaLabels
 
     key = args["fit_fingerprint"]
     table = _TABLES.get(key)
     if table is None:
         _TABLES.clear()  # one palette at a time: the table is 64 MiB
-        table = LabelTable(np.asarray(args["centers"]), np.asarray(args["palette"]), args["space"])
+        if args.get("alpha") is not None:  # a palette with alpha: premultiplied RGBA
+            table = RgbaLabels(np.asarray(args["centers"]), np.asarray(args["palette"]),
+                               np.asarray(args["alpha"]))
+        else:
+            table = LabelTable(np.asarray(args["centers"]), np.asarray(args["palette"]),
+                               args["space"])
         _TABLES[key] = table
     return table
 
@@ -155,7 +164,13 @@ def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
         pos = b
     if pos < hi - lo:
         bounds.append(hi - lo)
-    labels, seg_sse, _ = _table(args).labels_sse(rgb, out.dtype, np.asarray(bounds, np.int64))
+    if args.get("alpha") is not None:
+        alpha = retrying(lambda: np.asarray(open_array(store, ALPHA)[lo:hi]), "read",
+                         store.join(ALPHA).url, retry)
+        labels, seg_sse = _table(args).labels_sse(rgb, alpha, out.dtype,
+                                                  np.asarray(bounds, np.int64))
+    else:
+        labels, seg_sse, _ = _table(args).labels_sse(rgb, out.dtype, np.asarray(bounds, np.int64))
 
     def write_labels() -> None:
         write_rows(store, LABELS, out, lo, hi, labels)  # durable before the record
@@ -247,6 +262,9 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
     fit_fp = fit_sec["fingerprint"]
     sec = st.section(QUANTIZE)
     want_ssim = cfg.quantize.ssim
+    if want_ssim and st.has(ALPHA):  # SSIM is defined here on the luma of opaque colours
+        log.info("SSIM is not computed for a collection with alpha")
+        want_ssim = False
     if sec.get("fit_fingerprint") == fit_fp and sec.get("state") == "complete" and not overwrite:
         if sec.get("ssim") or not want_ssim:
             log.info("Labels in %s are up to date; nothing to do", st.path)
@@ -282,6 +300,8 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
     common = {"store": st.location, "chunk": chunk, "fit_fingerprint": fit_fp, "space": space,
               "centers": centers.tolist(), "palette": result.palette.tolist(),
               "retry": cfg.retry, "ssim": want_ssim}
+    if result.alpha is not None:  # a palette with alpha: errors over premultiplied RGBA
+        common["alpha"] = result.alpha.tolist()
     with timer("labelling", timings), runner(cfg.dask) as run:
         run.check_paths(st.path)
         facts = run.facts()
@@ -303,7 +323,9 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
                         "records (lost in a power loss?) and were written again: %s",
                         len(redone), ", ".join(map(str, sorted(redone)[:10])))
     with timer("consolidating", timings):
-        write(lambda: _consolidate(st, coll, fit_fp, result.k, timings, facts, want_ssim))
+        channels = 3 if result.alpha is None else 4
+        write(lambda: _consolidate(st, coll, fit_fp, result.k, timings, facts, want_ssim,
+                                   channels))
     write(lambda: st.set_section(QUANTIZE, {**st.section(QUANTIZE), "timings": timings}))
     summary = _summary(st, "quantized", timings)
     log.info("%s", summary)
@@ -311,12 +333,12 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
 
 
 def _consolidate(st: Store, coll: Collection, fit_fp: str, k: int, timings: dict[str, float],
-                 facts: dict[str, Any], want_ssim: bool = False) -> None:
+                 facts: dict[str, Any], want_ssim: bool = False, channels: int = 3) -> None:
     records = st.records(RECORDS)
     if any(not r for r in records):
         raise StreamQError(f"{st.path}: some quantize tasks have no completion record; rerun quantize")
     sizes = coll.heights * coll.widths
-    errors = errors_from_records(records, sizes)
+    errors = errors_from_records(records, sizes, channels)
     stats: dict[str, Any] = {"ssim": want_ssim}
     if want_ssim:
         from streamq.ssim import ssim_from_records, ssim_stats
@@ -326,7 +348,7 @@ def _consolidate(st: Store, coll: Collection, fit_fp: str, k: int, timings: dict
     elif st.has("quantize/images/ssim"):  # of earlier labels: not these
         st.remove("quantize/images/ssim")
     st.write_table("quantize/images", errors)
-    total = float(errors["sse"].sum() / max(1, 3 * sizes.sum()))
+    total = float(errors["sse"].sum() / max(1, channels * sizes.sum()))
     st.set_section(QUANTIZE, {"state": "complete", "fit_fingerprint": fit_fp, "k": k,
                               "labels_id": st.section(QUANTIZE).get("labels_id"),
                               "mse": total, "psnr": psnr(total), **stats, "timings": timings,

@@ -58,6 +58,9 @@ def use_palette(st: Store, src: str | os.PathLike[str], cfg: StreamQConfig, *,
     reach ``src`` at a URL (default: ``cfg``'s).
     """
     coll = Collection(st)  # a finished ingest
+    from streamq.fit_alpha import refuse_alpha
+
+    refuse_alpha(coll, "quantize --palette")
     settings = st.section("ingest").get("settings", {})
     options = storage_options if storage_options is not None else dict(cfg.storage_options)
     pal = read_palette(src, storage_options=options or None,

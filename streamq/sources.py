@@ -46,7 +46,7 @@ from typing import Any
 
 from streamq import redact
 from streamq.config import RetryConfig
-from streamq.decode import Header, decode_rgb, read_header
+from streamq.decode import Header, decode_rgb, decode_rgba, read_header
 from streamq.errors import ConfigError, StoreError, StreamQError
 from streamq.faults import http_status, retrying
 from streamq.fs import Location, check_access, looks_like_url
@@ -204,18 +204,23 @@ class SourceRoot:
                              list(zip(rels, sizes, strict=True)), not self.is_local))
 
     def pixels(self, rels: Sequence[str], max_pixels: int, background: tuple[int, int, int],
-               retry: RetryConfig | None) -> Iterator[Any]:
+               retry: RetryConfig | None, alpha: bool = False) -> Iterator[Any]:
         """Each image as ``(H, W, 3)`` uint8, or the reason it cannot be (see
-        :func:`decode_rgb`), in order. A URL is fetched whole in one request, with
+        :func:`decode_rgb`), in order; with ``alpha`` as ``(rgb, alpha)`` (see
+        :func:`decode_rgba`). A URL is fetched whole in one request, with
         :data:`CONCURRENCY` requests in flight, and decoded here from memory."""
+        def decode(src: Any) -> Any:
+            if alpha:
+                return decode_rgba(src, max_pixels)
+            return decode_rgb(src, max_pixels, background)
+
         if self.is_local:
             for rel in rels:
                 path = self.path(rel)
-                yield retrying(lambda p=path: decode_rgb(p, max_pixels, background), "read", path,
-                               retry)
+                yield retrying(lambda p=path: decode(p), "read", path, retry)
             return
         for data in _ordered(lambda rel: self._fetch(rel, retry), list(rels), True):
-            yield data if isinstance(data, str) else decode_rgb(data, max_pixels, background)
+            yield data if isinstance(data, str) else decode(data)
 
     def _fetch(self, rel: str, retry: RetryConfig | None) -> bytes | str:
         path = self.path(rel)

@@ -5,7 +5,10 @@ A store is a Zarr v3 group (see ``docs/store-format.md``)::
     STORE/
       zarr.json                 attributes: "streamq" (format), "ingest" (state, settings, summary)
       pixels/                   (P, 3) uint8, every image's pixels back to back, row-major
+      alpha/                    (P,) uint8 alpha of every pixel, laid out like pixels; only in
+                                a store with an image that has a transparent pixel
       images/{path,label,mode,offset,height,width}   one row per stored image (id = row)
+      images/has_alpha          (N,) bool: the image has a transparent pixel (only with alpha/)
       skipped/{path,reason}     inputs that were not stored, and why
       ingest/plan/...           the ingest plan (every image with a readable header)
       ingest/tasks/{chunk_start,chunk_stop,report}   one row per write task; "report" is
@@ -44,12 +47,18 @@ from streamq.errors import StoreError, StoreExistsError, StoreLayoutError, Strea
 from streamq.fs import Location, check_access, delete_keys, location, storage_errors
 from streamq.lock import check_writer
 
-__all__ = ["FORMAT_VERSION", "Collection", "Store", "labels_dtype", "open_array", "open_store",
+__all__ = ["ALPHA", "ALPHA_FORMAT_VERSION", "FORMAT_VERSION", "HAS_ALPHA", "Collection", "Store", "labels_dtype", "open_array", "open_store",
            "runs_by_weight"]
 
 FORMAT_VERSION = 1
+#: the version of a store with an image that keeps its alpha (``alpha``, ``images/has_alpha``):
+#: a reader of version 1 only would take its premultiplied pixels for opaque ones
+ALPHA_FORMAT_VERSION = 2
+READ_VERSIONS = (FORMAT_VERSION, ALPHA_FORMAT_VERSION)
 TABLE_CHUNK = 65_536
 PIXELS = "pixels"
+ALPHA = "alpha"
+HAS_ALPHA = "images/has_alpha"
 IMAGES = "images"
 SKIPPED = "skipped"
 PLAN = "ingest/plan"
@@ -146,10 +155,10 @@ class Store:
         meta = group.attrs.get("streamq")
         if not isinstance(meta, dict) or "format_version" not in meta:
             raise StoreLayoutError(f"{path} is a Zarr group but not a streamq store")
-        if meta["format_version"] != FORMAT_VERSION:
+        if meta["format_version"] not in READ_VERSIONS:
             raise StoreLayoutError(
                 f"{path} has store format_version {meta['format_version']}, this streamq "
-                f"{__version__} reads version {FORMAT_VERSION}"
+                f"{__version__} reads versions {', '.join(map(str, READ_VERSIONS))}"
             )
         return cls(loc, group)
 
@@ -226,7 +235,7 @@ class Store:
         shards = getattr(arr, "shards", None)
         return (int(shards[0]) if shards else block), block
 
-    def create_labels(self, name: str, dtype: Any) -> zarr.Array:
+    def create_labels(self, name: str, dtype: Any, fill_value: int = 0) -> zarr.Array:
         """A ``(P,)`` label array laid out like ``pixels`` (same shards and blocks, codec)."""
         check_writer()
         shard, block = self.pixel_layout()
@@ -234,10 +243,14 @@ class Store:
         arr = zarr.create_array(
             self._root, name=name, shape=(int(self.pixels().shape[0]),),
             shards=(shard,) if shard > block else None, chunks=(block,), dtype=dtype,
-            fill_value=0, overwrite=True, dimension_names=["pixel"],
+            fill_value=fill_value, overwrite=True, dimension_names=["pixel"],
             compressors=compressors(settings.get("codec", "lz4"), settings.get("level")))
         self.sync(name)
         return arr
+
+    def alpha(self) -> zarr.Array | None:
+        """The ``(P,)`` alpha array, or None in a store without transparent pixels."""
+        return self.group[ALPHA] if self.has(ALPHA) else None  # type: ignore[return-value]
 
     def create_rows(self, name: str, shape: tuple[int, ...], rows_per_chunk: int,
                     dtype: Any) -> zarr.Array:
@@ -268,7 +281,8 @@ class Store:
         return True
 
     def remove(self, name: str) -> None:
-        """Remove array or group ``name`` (a result that no longer holds)."""
+        """Remove array or group ``name`` and everything in it (a result that no longer
+        holds)."""
         check_writer()
         del self.group[name]
         self.sync(name.rpartition("/")[0])
@@ -581,6 +595,10 @@ class Collection:
         s = store.read_table(SKIPPED, SKIP_COLUMNS)
         self.skipped: list[Skipped] = [Skipped(str(p), str(r)) for p, r in zip(s["path"], s["reason"], strict=True)]
         self._pixels = store.pixels()
+        self._alpha = store.alpha() if store.has(HAS_ALPHA) else None
+        #: (N,) bool: which images have a transparent pixel (alpha kept, see read_alpha)
+        self.has_alpha: np.ndarray = (np.asarray(store.group[HAS_ALPHA][:], dtype=bool)
+                                      if self._alpha is not None else np.zeros(len(self.paths), bool))
 
     @property
     def path(self) -> str:
@@ -614,14 +632,22 @@ class Collection:
         for i in range(len(self)):
             yield self.read(i)
 
-    def read(self, i: int) -> np.ndarray:
-        """Pixels of image ``i`` as an ``(H, W, 3)`` uint8 array."""
+    @property
+    def n_alpha(self) -> int:
+        """Number of images with a transparent pixel (0: an opaque collection)."""
+        return int(self.has_alpha.sum())
+
+    def _span(self, i: int) -> tuple[int, int, int]:
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"image id {i} out of range for a collection of {n} images")
         i %= n
-        start = int(self.offsets[i])
-        h, w = int(self.heights[i]), int(self.widths[i])
+        return int(self.offsets[i]), int(self.heights[i]), int(self.widths[i])
+
+    def read(self, i: int) -> np.ndarray:
+        """Pixels of image ``i`` as an ``(H, W, 3)`` uint8 array (for an image with alpha:
+        its colours premultiplied by alpha, see :meth:`read_alpha`)."""
+        start, h, w = self._span(i)
         return np.asarray(self._pixels[start:start + h * w]).reshape(h, w, 3)
 
     def pixel_labels(self, i: int, per_image: int | None = None) -> np.ndarray:
@@ -646,8 +672,17 @@ class Collection:
 
         return dask_images(self, kind, per_image=per_image, stack=stack, chunk_pixels=chunk_pixels)
 
+    def read_alpha(self, i: int) -> np.ndarray:
+        """Alpha of image ``i`` as an ``(H, W)`` uint8 array (255 everywhere for an image
+        without transparent pixels)."""
+        start, h, w = self._span(i)
+        if self._alpha is None or not self.has_alpha[i]:
+            return np.full((h, w), 255, np.uint8)
+        return np.asarray(self._alpha[start:start + h * w]).reshape(h, w)
+
     def __repr__(self) -> str:
-        return (f"<Collection {self.path}: {len(self)} images, {self.n_pixels} pixels, "
+        alpha = f", {self.n_alpha} with alpha" if self.n_alpha else ""
+        return (f"<Collection {self.path}: {len(self)} images{alpha}, {self.n_pixels} pixels, "
                 f"{len(set(self.labels))} labels, {len(self.skipped)} skipped>")
 
 

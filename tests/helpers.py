@@ -472,3 +472,56 @@ def write_glob_collection(root) -> list[str]:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(photo[60 * j:60 * j + 40, 80 * j:80 * j + 50]).save(root / name)
     return list(GLOB_NAMES)
+
+
+# -- images with alpha -------------------------------------------------------------------------
+def soft_mask(h: int, w: int, seed: int) -> np.ndarray:
+    """A cut-out's alpha: opaque inside an ellipse, a soft edge (every level from 1 to 254)
+    and fully transparent corners."""
+    rng = np.random.default_rng(seed)
+    cy, cx = h * rng.uniform(0.4, 0.6), w * rng.uniform(0.4, 0.6)
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.sqrt(((yy - cy) / (0.42 * h)) ** 2 + ((xx - cx) / (0.42 * w)) ** 2)
+    return np.clip(np.round((1.25 - r) / 0.5 * 255), 0, 255).astype(np.uint8)
+
+
+def write_alpha_collection(root, n: int = 6, seed: int = 3) -> dict[str, str]:
+    """Cut-outs of bundled photos (RGBA PNGs with a soft alpha mask, one LA PNG, one palette
+    PNG with a transparent entry) beside opaque ones (an RGBA PNG whose alpha is all 255, a
+    JPEG); return ``{relative path: kind}`` (``alpha`` or ``opaque``)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from streamq.examples import source_photos
+
+    root = Path(root)
+    photos = source_photos()
+    rng = np.random.default_rng(seed)
+    kinds = {}
+    names = ("Coffee", "Flower", "Chelsea", "Astronaut", "Rocket", "China_Temple")
+    (root / "cut").mkdir(parents=True, exist_ok=True)
+    (root / "plain").mkdir(exist_ok=True)
+    for j in range(n):
+        photo = photos[names[j % len(names)]]
+        h, w = int(rng.integers(40, 90)), int(rng.integers(40, 90))
+        y, x = int(rng.integers(0, photo.shape[0] - 2 * h)), int(rng.integers(0, photo.shape[1] - 2 * w))
+        crop = np.asarray(Image.fromarray(photo[y:y + 2 * h, x:x + 2 * w]).resize(
+            (w, h), Image.Resampling.BOX))
+        rgba = np.dstack([crop, soft_mask(h, w, seed + j)])
+        Image.fromarray(rgba).save(root / "cut" / f"cut_{j:02d}.png")
+        kinds[f"cut/cut_{j:02d}.png"] = "alpha"
+    grey = np.asarray(Image.fromarray(photos["Coins"][:60, :80]).convert("L"))
+    Image.fromarray(np.dstack([grey, soft_mask(60, 80, 99)])).convert("LA").save(root / "cut/la.png")
+    kinds["cut/la.png"] = "alpha"
+    p = Image.fromarray(photos["Coffee"][100:150, 100:170]).convert(
+        "P", palette=Image.Palette.ADAPTIVE, colors=32)
+    p.save(root / "cut/keyed.png", transparency=0)
+    kinds["cut/keyed.png"] = "alpha"
+    opaque = photos["Rocket"][50:110, 200:270]
+    Image.fromarray(np.dstack([opaque, np.full(opaque.shape[:2], 255, np.uint8)])).save(
+        root / "plain/rgba_opaque.png")
+    kinds["plain/rgba_opaque.png"] = "opaque"
+    Image.fromarray(photos["Chelsea"][100:160, 100:180]).save(root / "plain/cat.jpg", quality=90)
+    kinds["plain/cat.jpg"] = "opaque"
+    return kinds

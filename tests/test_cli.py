@@ -71,7 +71,7 @@ def test_errors_are_one_line(runner, tmp_path):
     result = runner.invoke(cli, ["ingest", "--config", str(bad), "x", "y"])
     assert result.exit_code == 1
     assert result.output.strip() == (f"error: {bad}: unknown key 'ingest.chunk_pixel' (expected one of: "
-                                      "background, block_pixels, chunk_pixels, codec, files_per_scan_task, level, "
+                                      "alpha, background, block_pixels, chunk_pixels, codec, files_per_scan_task, level, "
                                       "max_pixels, source, strict)")
 
 

@@ -18,7 +18,7 @@ def odd_store(odd_dir, tmp_path_factory, cluster_address):
     root, _ = odd_dir
     path = tmp_path_factory.mktemp("odd") / "odd.zarr"
     streamq.ingest(root, path, max_pixels=50_000, background=BG, chunk_pixels=4096,
-                   scheduler=cluster_address, progress=False)
+                   alpha="flatten", scheduler=cluster_address, progress=False)
     return streamq.open_store(path)
 
 

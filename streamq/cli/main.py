@@ -133,6 +133,9 @@ def example_cmd(out: str, n_images: int, seed: int, size: int | None) -> None:
               help="Compression of pixel chunks [default: lz4].")
 @click.option("--max-pixels", type=int, default=None, help="Skip images with more pixels than this.")
 @click.option("--strict", is_flag=True, default=None, help="Exit with status 3 when any input was skipped.")
+@click.option("--alpha", type=click.Choice(["keep", "flatten"]), default=None,
+              help="keep: images with transparent pixels keep their alpha; flatten: composite "
+                   "them on the background [default: keep].")
 @storage_opt
 @source_opt
 @no_lock_opt
@@ -143,9 +146,9 @@ def example_cmd(out: str, n_images: int, seed: int, size: int | None) -> None:
 @_handle_errors
 def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_path: str | None,
                scheduler: str | None, chunk_pixels: int | None, codec: str | None,
-               max_pixels: int | None, strict: bool | None, storage_options: tuple[str, ...],
-               source_options: tuple[str, ...], no_lock: bool, overwrite: bool,
-               progress: bool | None, as_json: bool) -> None:
+               max_pixels: int | None, strict: bool | None, alpha: str | None,
+               storage_options: tuple[str, ...], source_options: tuple[str, ...],
+               no_lock: bool, overwrite: bool, progress: bool | None, as_json: bool) -> None:
     """Decode the images under SRC (folder, glob or list file) into the Zarr store STORE.
 
     SRC may be a URL read by the workers themselves: a prefix such as s3://bucket/photos/, a
@@ -160,7 +163,7 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
     cfg = load_config(config_path, **{
         "ingest.source": src, "store": store, "dask.scheduler": scheduler,
         "ingest.chunk_pixels": chunk_pixels, "ingest.codec": codec,
-        "ingest.max_pixels": max_pixels, "ingest.strict": strict},
+        "ingest.max_pixels": max_pixels, "ingest.strict": strict, "ingest.alpha": alpha},
         **storage_overrides(storage_options), **source_overrides(source_options),
         **_lock_overrides(no_lock))
     summary = ingest(None, None, config=cfg, overwrite=overwrite, progress=_progress(ctx, progress))

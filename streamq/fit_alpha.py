@@ -1,0 +1,344 @@
+"""The palette fit of a collection with alpha: exact k-means on premultiplied RGBA.
+
+When some image kept its alpha at ingest (``images/has_alpha``), :func:`streamq.fit.fit`
+hands over to :func:`fit_rgba`: k-means with the alpha-aware distance of
+:mod:`streamq.rgba` (libimagequant's comparison on black and on white, as a Euclidean
+distance) over every pixel, opaque ones included (alpha 255). It runs on the collection's
+**RGBA histogram** — every distinct premultiplied RGBA colour with its pixel count, table
+``colors_rgba`` — counted in one Dask pass over ``pixels`` and ``alpha`` at the first fit and
+kept in the store (a 32-bit colour has no dense counting table: each task sorts its
+pixels' codes, the client merges the sorted counts).
+
+As the RGB fit's exact phase: ``n_init`` weighted k-means++ starts run Lloyd to a fixed
+point on a coarse grid of the histogram (cell means, 32 levels per channel), the best two
+finish by exact Lloyd on every distinct colour, the lowest exact inertia wins. There is no
+mini-batch phase (``algorithm`` makes no difference here) and no checkpoint: the fit is a
+deterministic function of the histogram and the seed, so a rerun after a kill gives the
+same palette (the histogram, once stored, is not counted again). Only ``color_space: rgb``.
+
+The palette is stored as straight (not premultiplied) colours ``fit/palette/{r,g,b}`` with
+their alpha ``fit/palette/a``, and the float centres in premultiplied RGBA
+``fit/palette/center_{0..3}``. Its MSE/PSNR are over premultiplied RGBA (four channels).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from streamq.batches import PixelSource
+from streamq.config import StreamQConfig, fingerprint, to_dict
+from streamq.console import progress_bar, timer
+from streamq.errors import ConfigError
+from streamq.metrics import psnr
+from streamq.rgba import (
+    codes_to_rgba,
+    count_rgba,
+    from_metric,
+    merge_counts,
+    palette_of,
+    premultiplied,
+    to_metric,
+)
+from streamq.scheduler import Runner, runner
+from streamq.store import ALPHA, COLOR_CHUNK, Collection, Store, count_compressors, open_array
+
+if TYPE_CHECKING:
+    from streamq.fit import FitResult
+
+__all__ = ["fit_rgba", "kmeans_rgba", "refuse_alpha", "rgba_histogram", "rgba_mse"]
+
+log = logging.getLogger(__name__)
+
+COLORS_RGBA = "colors_rgba"
+PIXELS_PER_TASK = 8 * 2**20  # pixels one counting task reads
+GRID_SHIFT = 3  # the starts race on cells of 8 levels per channel (32 per channel)
+FINISHERS = 2
+
+
+def refuse_alpha(coll: Collection, what: str) -> None:
+    """One line, for a stage that works in RGB only, when ``coll`` has images with alpha."""
+    if coll.n_alpha:
+        raise ConfigError(
+            f"{coll.path} has {coll.n_alpha} images with alpha; {what} works on opaque colours "
+            "only: ingest again with --alpha flatten (composited on the background) to use it")
+
+
+# -- the RGBA histogram --------------------------------------------------------------------------
+def _count_task(args: tuple[PixelSource, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """RGBA colour counts of the valid pixels of chunks ``[c0, c1)``."""
+    source, c0, c1 = args
+    a, b = source.chunk_runs(c0, c1)
+    if not len(a):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lo = c0 * source.chunk
+    rgb = np.asarray(open_array(source.store, "pixels")[lo:lo + int(b[-1])])
+    alpha = np.asarray(open_array(source.store, ALPHA)[lo:lo + int(b[-1])])
+    keep = np.concatenate([np.arange(s, e) for s, e in zip(a, b, strict=True)])
+    return count_rgba(rgb[keep], alpha[keep])
+
+
+def _data(st: Store) -> list[Any]:
+    sec = st.section("ingest")
+    return [sec.get("source_fingerprint"), sec.get("settings_fingerprint")]
+
+
+def rgba_histogram(run: Runner, st: Store, coll: Collection,
+                   progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every distinct premultiplied RGBA colour of the collection (codes of
+    :func:`streamq.rgba.rgba_codes`, sorted) and its pixel count: the stored table when it
+    describes this ingest, else one Dask pass over the pixels, then stored."""
+    sec = st.section(COLORS_RGBA)
+    if sec.get("state") == "complete" and sec.get("data") == _data(st):
+        return (np.asarray(st.group[f"{COLORS_RGBA}/code"][:], np.int64),
+                np.asarray(st.group[f"{COLORS_RGBA}/count"][:], np.int64))
+    source = PixelSource.of_collection(coll)
+    n_chunks = len(source.weights)
+    step = max(1, PIXELS_PER_TASK // source.chunk)
+    groups = [(source, c, min(c + step, n_chunks)) for c in range(0, n_chunks, step)]
+    futures = {run.submit(_count_task, g): g[2] - g[1] for g in groups}
+    parts = []
+    with progress_bar(n_chunks, "RGBA histogram", "chunk", progress) as bar:
+        for fut in run.as_completed(futures):
+            parts.append(fut.result())
+            bar.update(futures[fut])
+    codes, counts = merge_counts(parts)
+    st.set_section(COLORS_RGBA, {"state": "writing"})
+    st.write_table(COLORS_RGBA, {"code": codes, "count": counts}, chunk=COLOR_CHUNK,
+                   codecs=count_compressors())
+    st.set_section(COLORS_RGBA, {"state": "complete", "data": _data(st),
+                                 "n_distinct": len(codes), "n_pixels": int(counts.sum()),
+                                 "computed": "pass"})
+    return codes, counts
+
+
+# -- k-means ---------------------------------------------------------------------------------------
+def _grid(codes: np.ndarray, counts: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted means of the points ``x`` per grid cell (codes >> GRID_SHIFT per channel);
+    the fully transparent colour (code 0) is a cell of its own, the first."""
+    mask = (0xFF >> GRID_SHIFT) << GRID_SHIFT
+    cell = np.where(codes == 0, -1, codes & ((mask << 24) | (mask << 16) | (mask << 8) | mask))
+    uniq, inv = np.unique(cell, return_inverse=True)
+    w = np.bincount(inv, weights=counts, minlength=len(uniq))
+    means = np.stack([np.bincount(inv, weights=counts * x[:, j], minlength=len(uniq))
+                      for j in range(x.shape[1])], axis=1) / w[:, None]
+    return means, w
+
+
+def _lloyd(x: np.ndarray, w: np.ndarray, centres: np.ndarray, fixed: int, tol: float,
+           max_iter: int) -> dict[str, Any]:
+    """Weighted Lloyd from ``centres`` whose first ``fixed`` rows never move (libimagequant
+    never moves a fully transparent entry). A cluster left empty takes the point farthest
+    from its centre. Stops when no label changes, on scikit-learn's ``tol`` rule (the squared
+    centre shift at most ``tol`` times the points' mean variance) or after ``max_iter``."""
+    from streamq.kmeans.nearest import assign
+
+    c = np.array(centres, dtype=np.float64)
+    k = len(c)
+    wsum = float(w.sum())
+    mean = (w[:, None] * x).sum(0) / wsum
+    threshold = tol * float((w * ((x - mean) ** 2).sum(1)).sum() / wsum / x.shape[1])
+    labels, d = assign(x, c)
+    history: list[tuple[int, float, int]] = []
+    stop, it = "max_iter", 0
+    while it < max_iter:
+        n = np.bincount(labels, weights=w, minlength=k)
+        new = c.copy()
+        for j in range(x.shape[1]):
+            s = np.bincount(labels, weights=w * x[:, j], minlength=k)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                new[:, j] = np.where(n > 0, s / np.maximum(n, 1e-300), c[:, j])
+        new[:fixed] = c[:fixed]
+        empty = [j for j in range(fixed, k) if n[j] == 0]
+        if empty:  # the farthest points refill the empty clusters
+            far = np.argsort(-d, kind="stable")[:len(empty)]
+            new[empty] = x[far]
+        shift = float(((new - c) ** 2).sum())
+        c = new
+        it += 1
+        new_labels, d = assign(x, c)
+        changed = int((new_labels != labels).sum())
+        labels = new_labels
+        history.append((it, shift, changed))
+        if tol > 0 and shift <= threshold:
+            stop = "tol"
+            break
+        if changed == 0 and not empty:
+            stop = "labels"
+            break
+    return {"centers": c, "inertia": float((w * d).sum()), "n_iter": it, "stop": stop,
+            "history": history}
+
+
+def _kmeans(x: np.ndarray, w: np.ndarray, codes: np.ndarray, k: int, n_init: int, seed: int,
+            init: str, tol: float, max_iter: int) -> dict[str, Any]:
+    """Best of ``n_init`` starts raced on the grid, ``FINISHERS`` finished on every colour.
+    With fully transparent pixels (code 0) the first centre is fully transparent and stays so."""
+    from streamq.kmeans import initial_centers
+
+    fixed = 1 if len(codes) and codes[0] == 0 else 0
+    gx, gw = _grid(codes, w, x)
+    if 2 * len(gx) > len(x) or len(gx) < k:  # a grid that saves little: race on the colours
+        gx, gw = x, w.astype(np.float64)
+    pin = np.zeros((fixed, x.shape[1]))
+    free = gx[fixed:] if fixed and np.all(gx[0] == 0) else gx  # the pinned point is no start
+    fw = gw[len(gx) - len(free):]
+    raced = []
+    for j in range(n_init):
+        start = initial_centers(free, fw, k - fixed, init, np.random.default_rng([seed, 1000 + j]))
+        res = _lloyd(gx, gw, np.concatenate([pin, start]), fixed, 0.0, max_iter)
+        raced.append((res["inertia"], j, res))
+    raced.sort(key=lambda r: (r[0], r[1]))
+    finished = []
+    for _, j, res in raced[:FINISHERS]:
+        exact = _lloyd(x, w.astype(np.float64), res["centers"], fixed, tol, max_iter)
+        finished.append((exact["inertia"], j, exact, res))
+    inertia, j, best, grid = min(finished, key=lambda r: (r[0], r[1]))
+    done = {fj: e for _, fj, e, _ in finished}
+    return {"centers": best["centers"], "inertia": inertia, "start": j, "stop": best["stop"],
+            "history": best["history"], "iterations": best["n_iter"], "fixed": fixed,
+            "grid_iterations": grid["n_iter"],
+            "starts": [{"start": s, "grid_inertia": gi, "grid_iterations": r["n_iter"],
+                        **({"inertia": done[s]["inertia"], "iterations": done[s]["n_iter"],
+                            "stop": done[s]["stop"]} if s in done else {})}
+                       for gi, s, r in sorted(raced, key=lambda r: r[1])]}
+
+
+def _ensure_distinct(centres: np.ndarray, x: np.ndarray, rgba: np.ndarray) -> np.ndarray:
+    """Move every centre (metric space) whose uint8 RGBA entry repeats an earlier one to the
+    colour worst served by the palette that is not in it yet."""
+    from streamq.kmeans.nearest import assign
+
+    pal, alpha = palette_of(from_metric(centres))
+    entries = np.concatenate([pal, alpha[:, None]], axis=1)
+    _, first = np.unique(entries, axis=0, return_index=True)
+    dup = np.setdiff1d(np.arange(len(centres)), first)
+    if not len(dup):
+        return centres
+    centres = centres.copy()
+    _, d = assign(x, centres)
+    used = {tuple(e) for e in entries[first]}
+    todo = list(dup)
+    for i in np.argsort(-d, kind="stable"):
+        if not todo:
+            break
+        p, a = palette_of(rgba[i:i + 1] / 255.0)
+        entry = (*p[0], a[0])
+        if entry not in used:
+            used.add(entry)
+            centres[todo.pop(0)] = x[i]
+    return centres
+
+
+def exact_errors(x: np.ndarray, rgba: np.ndarray, counts: np.ndarray, centres: np.ndarray,
+                 palette: np.ndarray, alpha: np.ndarray) -> tuple[float, np.ndarray]:
+    """MSE over premultiplied RGBA (uint8 units, four channels) of every pixel labelled with
+    its nearest centre (metric space) and compared with that entry's premultiplied colour;
+    and the pixels of each entry."""
+    from streamq.kmeans.nearest import assign
+
+    labels, _ = assign(x, centres)
+    target = premultiplied(palette, alpha).astype(np.int64)
+    err = ((rgba.astype(np.int64) - target[labels]) ** 2).sum(1)
+    n = float(counts.sum())
+    per = np.bincount(labels, weights=counts, minlength=len(centres)).astype(np.int64)
+    return float((err * counts).sum() / (4 * n)), per
+
+
+def kmeans_rgba(codes: np.ndarray, counts: np.ndarray, k: int, *, n_init: int = 16,
+                seed: int = 0, init: str = "k-means++", tol: float = 0.0,
+                max_iter: int = 1000) -> dict[str, Any]:
+    """The palette of an RGBA histogram (distinct codes of :func:`streamq.rgba.rgba_codes`,
+    sorted, and their counts; at least ``k`` of them): the k-means of :func:`fit_rgba`, with
+    K distinct uint8 entries where the data allows, those with transparency first.
+
+    Returns ``_kmeans``'s dict with ``metric_centers`` (``(K, 4)`` in the metric space of
+    :func:`streamq.rgba.to_metric`), ``palette`` (straight ``(K, 3)`` uint8) and ``alpha``."""
+    rgba = codes_to_rgba(codes)
+    x = to_metric(rgba / 255.0)
+    best = _kmeans(x, counts, codes, k, n_init, seed, init, tol, max_iter)
+    centres = _ensure_distinct(best["centers"], x, rgba)
+    palette, alpha = palette_of(from_metric(centres))
+    # entries with transparency first (the fully transparent one, when pinned, at 0): a
+    # palette PNG's tRNS chunk then stops at the last of them, as pngquant orders it
+    order = np.lexsort((np.arange(len(alpha)), alpha == 255))
+    return {**best, "metric_centers": centres[order], "palette": palette[order],
+            "alpha": alpha[order]}
+
+
+def rgba_mse(run: Runner, st: Store, coll: Collection, centres: np.ndarray) -> float:
+    """Exact MSE over premultiplied RGBA of the palette of ``centres`` (``(K, 4)``
+    premultiplied RGBA in [0, 1]) over every pixel of ``coll``."""
+    if centres.ndim != 2 or centres.shape[1] != 4:
+        raise ConfigError(f"{st.path} has images with alpha: centres must be (K, 4) "
+                          f"premultiplied RGBA, got shape {centres.shape}")
+    codes, counts = rgba_histogram(run, st, coll)
+    rgba = codes_to_rgba(codes)
+    palette, alpha = palette_of(centres)
+    return exact_errors(to_metric(rgba / 255.0), rgba, counts, to_metric(centres), palette,
+                        alpha)[0]
+
+
+# -- the stage -------------------------------------------------------------------------------------
+def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fp: str, clear: bool,
+             progress: bool | None) -> FitResult:
+    """Fit the palette of a collection with alpha (see the module docstring). ``fp`` is the
+    fit's fingerprint; ``clear`` replaces a fit already in the store."""
+    from streamq.fit import FIT, FitResult, _clear, _save_result
+
+    fcfg = cfg.fit
+    if fcfg.color_space != "rgb":
+        raise ConfigError(
+            f"{st.path} has {coll.n_alpha} images with alpha, fitted in premultiplied RGBA: "
+            f"color_space {fcfg.color_space!r} is not available for them; use rgb, or ingest "
+            "with alpha: flatten")
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    with runner(cfg.dask) as run:
+        run.check_paths(st.path)
+        facts = run.facts()
+        if clear:
+            _clear(st)
+        st.set_section(FIT, {"state": "running", "fingerprint": fp, "config": to_dict(fcfg)})
+        st.mark_stale(fp)
+        with timer("RGBA histogram", timings):
+            codes, counts = rgba_histogram(run, st, coll, progress)
+    if len(codes) < fcfg.colors:
+        raise ConfigError(
+            f"the collection has only {len(codes)} distinct RGBA colours, fewer than "
+            f"colors={fcfg.colors}; choose --colors {len(codes)} or fewer")
+    with timer("exact lloyd", timings):
+        best = kmeans_rgba(codes, counts, fcfg.colors, n_init=fcfg.n_init, seed=fcfg.seed,
+                           init=fcfg.init, tol=fcfg.tol, max_iter=fcfg.max_iter)
+    centres, palette, alpha = best["metric_centers"], best["palette"], best["alpha"]
+    x = to_metric(codes_to_rgba(codes) / 255.0)
+    mse, pixel_counts = exact_errors(x, codes_to_rgba(codes), counts, centres, palette, alpha)
+    n_px = int(counts.sum())
+    rows = np.asarray(best["history"], dtype=np.float64).reshape(-1, 3)
+    objective = np.full(len(rows), np.nan)
+    objective[-1:] = best["inertia"] / n_px
+    history = {"step": rows[:, 0].astype(np.int64),
+               "pixels_seen": (rows[:, 0] * n_px).astype(np.int64),
+               "shift": rows[:, 1], "inertia": objective}
+    how = {"labels": "converged (no label changed)",
+           "tol": f"converged (squared centre shift within tol={fcfg.tol:g} of the variance)",
+           "max_iter": f"max_iter={fcfg.max_iter}"}[best["stop"]]
+    pinned = ", the fully transparent colour kept" if best["fixed"] else ""
+    reason = (f"exact Lloyd on every premultiplied RGBA colour ({len(codes)}{pinned}), best of "
+              f"{fcfg.n_init} starts raced on the colour grid, {FINISHERS} finished "
+              f"(k-means++ start {best['start'] + 1}): {how} after {best['grid_iterations']} + "
+              f"{best['iterations']} iterations")
+    result = FitResult(
+        store=st.path, k=fcfg.colors, algorithm=fcfg.algorithm, color_space="rgb",
+        centers=from_metric(centres), palette=palette, counts=pixel_counts, history=history,
+        steps=best["iterations"], pixels_seen=best["iterations"] * n_px, stop_reason=reason,
+        mse=mse, psnr=psnr(mse), seconds=round(time.perf_counter() - started, 3),
+        seed=fcfg.seed, config=to_dict(fcfg), alpha=alpha)
+    _save_result(st, result, fp, timings, facts,
+                 {"starts": best["starts"], "rgba": {"histogram": fingerprint(_data(st)),
+                                                     "n_distinct": len(codes)}})
+    log.info("%s", result)
+    return result

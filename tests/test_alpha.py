@@ -1,0 +1,317 @@
+"""Alpha end to end: cut-outs of real photos with soft alpha masks, through ingest, the RGBA
+fit, quantize and every export; opaque collections exactly as before alpha was kept."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from helpers import write_alpha_collection
+from PIL import Image
+
+import streamq
+from streamq.errors import ConfigError
+
+K = 12
+
+
+@pytest.fixture(scope="module")
+def alpha_dir(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("alpha_src")
+    return root, write_alpha_collection(root)
+
+
+@pytest.fixture(scope="module")
+def alpha_store(alpha_dir, tmp_path_factory, cluster_address) -> str:
+    """Ingested in small shards (images straddle tasks), a K-colour fit, its labels."""
+    path = str(tmp_path_factory.mktemp("alpha") / "alpha.zarr")
+    streamq.ingest(alpha_dir[0], path, chunk_pixels=4096, scheduler=cluster_address,
+                   progress=False)
+    streamq.fit(path, colors=K, n_init=4, scheduler="threads")
+    streamq.quantize(path, scheduler=cluster_address, progress=False)
+    return path
+
+
+def _source_rgba(path) -> np.ndarray:
+    """Independent reference: Pillow's own RGBA conversion of the file."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGBA"))
+
+
+def _premultiply(rgba: np.ndarray) -> np.ndarray:
+    c, a = rgba[..., :3].astype(np.float64), rgba[..., 3:].astype(np.float64)
+    return np.floor(c * a / 255 + 0.5).astype(np.uint8)  # round half up, as (c*a + 127)//255
+
+
+def _quantized(store: str, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, (K, 4) straight RGBA palette) of image ``i`` from the store's arrays."""
+    coll = streamq.open_store(store)
+    g = zarr.open_group(store, mode="r")
+    off, h, w = int(coll.offsets[i]), int(coll.heights[i]), int(coll.widths[i])
+    labels = np.asarray(g["quantize/labels"][off:off + h * w]).reshape(h, w)
+    pal = np.stack([g[f"fit/palette/{c}"][:] for c in "rgba"], axis=1).astype(np.uint8)
+    return labels, pal
+
+
+def test_ingest_keeps_alpha(alpha_store, alpha_dir):
+    root, kinds = alpha_dir
+    coll = streamq.open_store(alpha_store)
+    assert sorted(coll.paths) == sorted(kinds)
+    for i, name in enumerate(coll.paths):
+        rgba = _source_rgba(root / name)
+        assert bool(coll.has_alpha[i]) == (kinds[name] == "alpha"), name
+        np.testing.assert_array_equal(coll.read_alpha(i), rgba[..., 3], err_msg=name)
+        np.testing.assert_array_equal(coll.read(i), _premultiply(rgba), err_msg=name)
+    cut = root / "cut/cut_00.png"
+    a = _source_rgba(cut)[..., 3]
+    assert (a == 0).any()
+    assert ((a > 0) & (a < 255)).any()
+    g = zarr.open_group(alpha_store, mode="r")
+    assert g.attrs["streamq"]["format_version"] == 2
+    assert "alpha" not in g.attrs["ingest"]["settings"]  # the default: not in the settings
+    info = streamq.collection_info(alpha_store)
+    assert info["n_images_with_alpha"] == sum(v == "alpha" for v in kinds.values())
+    from streamq.info import format_info
+
+    assert "(8 with alpha)" in format_info(info)
+
+
+def test_fit_is_exact_kmeans_on_rgba(alpha_store):
+    """Against a numpy reference of the distance (the mean of the squared errors of the two
+    composites, on black and on white): every pixel is labelled with its nearest centre, every
+    centre but the pinned transparent one is the mean of its pixels, and the fit's and
+    quantize's MSE are the premultiplied RGBA MSE of the labelled pixels."""
+    coll = streamq.open_store(alpha_store)
+    fit = streamq.load_fit(alpha_store)
+    assert fit.alpha is not None
+    assert fit.centers.shape == (K, 4)
+    px = np.concatenate([np.dstack([coll.read(i), coll.read_alpha(i)]).reshape(-1, 4)
+                         for i in range(len(coll))]).astype(np.float64) / 255
+    black, white = px[:, :3], px[:, :3] + 1 - px[:, 3:]
+    cb, cw = fit.centers[:, :3], fit.centers[:, :3] + 1 - fit.centers[:, 3:]
+    d = (((black[:, None] - cb[None]) ** 2).sum(2) + ((white[:, None] - cw[None]) ** 2).sum(2)) / 2
+    labels = np.argmin(d, axis=1)
+    g = zarr.open_group(alpha_store, mode="r")
+    stored = np.concatenate([g["quantize/labels"][int(o):int(o) + int(h * w)]
+                             for o, h, w in zip(coll.offsets, coll.heights, coll.widths, strict=True)])
+    np.testing.assert_array_equal(stored, labels)
+    # the fully transparent colour is kept, exactly, at index 0 (tRNS entries come first)
+    assert (px[:, 3] == 0).any()
+    np.testing.assert_array_equal(fit.centers[0], 0)
+    assert fit.alpha[0] == 0
+    assert (np.diff((fit.alpha == 255).astype(int)) >= 0).all()  # transparent ones first
+    for j in range(1, K):
+        np.testing.assert_allclose(fit.centers[j], px[labels == j].mean(0), rtol=0, atol=1e-12)
+    pal = np.concatenate([fit.palette, fit.alpha[:, None]], axis=1)
+    target = _premultiply(pal).astype(np.float64)
+    target = np.concatenate([target, pal[:, 3:]], axis=1)
+    mse = ((px * 255 - target[labels]) ** 2).mean()
+    assert fit.mse == pytest.approx(mse, rel=1e-12)
+    assert g.attrs["quantize"]["mse"] == pytest.approx(mse, rel=1e-12)
+    assert streamq.collection_mse(alpha_store) == pytest.approx(mse, rel=1e-12)
+    # per image: over the four channels of every pixel
+    sizes = (coll.heights * coll.widths).astype(int)
+    per_image = np.split(((px * 255 - target[labels]) ** 2).sum(1), np.cumsum(sizes)[:-1])
+    np.testing.assert_allclose(g["quantize/images/mse"][:],
+                               [e.sum() / (4 * n) for e, n in zip(per_image, sizes, strict=True)])
+
+
+def test_png_export_keeps_transparency(alpha_store, alpha_dir, tmp_path, cluster_address):
+    root, kinds = alpha_dir
+    out = tmp_path / "png"
+    streamq.export(alpha_store, out, scheduler=cluster_address, progress=False)
+    coll = streamq.open_store(alpha_store)
+    for i, name in enumerate(coll.paths):
+        labels, pal = _quantized(alpha_store, i)
+        with Image.open((out / name).with_suffix(".png")) as im:
+            assert im.mode == "P"
+            trns = im.info["transparency"]
+            decoded = np.asarray(im.convert("RGBA"))
+        assert isinstance(trns, bytes)
+        assert list(trns) == pal[:len(trns), 3].tolist()
+        assert (pal[len(trns):, 3] == 255).all()  # entries past tRNS are opaque
+        np.testing.assert_array_equal(decoded[..., 3], pal[labels, 3], err_msg=name)
+        np.testing.assert_array_equal(decoded[..., :3], pal[labels, :3], err_msg=name)
+        src = _source_rgba(root / name)[..., 3]
+        assert (decoded[..., 3][src == 0] == 0).all(), name  # transparent stays transparent
+    # soft edges survive as soft alpha, not flattened
+    decoded = np.asarray(Image.open(out / "cut/cut_01.png").convert("RGBA"))[..., 3]
+    assert len(np.unique(decoded[(decoded > 0) & (decoded < 255)])) >= 2
+
+
+@pytest.mark.parametrize("fmt", ["webp", "jpeg"])
+def test_rgb_formats_with_alpha(alpha_store, tmp_path, cluster_address, fmt):
+    out = tmp_path / fmt
+    streamq.export(alpha_store, out, format=fmt, scheduler=cluster_address, progress=False)
+    coll = streamq.open_store(alpha_store)
+    i = coll.paths.index("cut/cut_02.png")
+    labels, pal = _quantized(alpha_store, i)
+    ext = ".webp" if fmt == "webp" else ".jpg"
+    with Image.open(out / ("cut/cut_02" + ext)) as im:
+        decoded = np.asarray(im)
+    if fmt == "webp":  # RGBA; the alpha plane is coded losslessly
+        assert decoded.shape[2] == 4
+        np.testing.assert_array_equal(decoded[..., 3], pal[labels, 3])
+    else:  # composited on the ingest's background (white), lossy
+        rgb = pal[labels, :3].astype(float)
+        a = pal[labels, 3:].astype(float) / 255
+        assert np.abs(decoded - (rgb * a + 255 * (1 - a))).mean() < 6
+
+
+def test_zarr_export_has_rgba_palette(alpha_store, tmp_path, cluster_address):
+    out = tmp_path / "arrays.zarr"
+    streamq.export(alpha_store, out, zarr=True, scheduler=cluster_address, progress=False)
+    g = zarr.open_group(str(out), mode="r")
+    fit = streamq.load_fit(alpha_store)
+    np.testing.assert_array_equal(g["palette"][:], np.concatenate(
+        [fit.palette, fit.alpha[:, None]], axis=1))
+    res = g.attrs["streamq_export"]["results"][0]
+    assert res["alpha"] is True
+    assert res["read"].endswith("width[j], 4)")
+
+
+def test_opaque_collection_unchanged(tmp_path, cluster_address):
+    """Every array, record, attribute and exported file as the streamq before alpha was kept
+    made them (tests/data/opaque_reference.json, see tests/opaque_reference.py), for a
+    collection that holds files able to carry alpha but without a transparent pixel."""
+    from opaque_reference import make_opaque_collection, run_all
+
+    expected = json.loads((Path(__file__).parent / "data/opaque_reference.json").read_text())
+    make_opaque_collection(tmp_path / "src")
+    got = run_all(tmp_path / "src", tmp_path, scheduler=cluster_address)
+    alpha_names = {"alpha", "images/has_alpha", "colors_rgba/code", "colors_rgba/count",
+                   "fit/palette/a", "fit/palette/center_3", "colors_rgba"}
+    # Arrays, attributes and manifest keys of the reference are all there and the same; what
+    # other features may add beside them, never anything of alpha (no alpha array left).
+    for part in ("store", "zarr_export"):
+        assert not alpha_names & set(got[part]), part
+        assert {k: got[part].get(k) for k in expected[part]} == expected[part], part
+    for part in ("png", "webp"):
+        assert got[part] == expected[part], part
+    for key, value in expected["attributes"].items():
+        if key in ("ingest_keys", "top_level"):
+            assert set(value) <= set(got["attributes"][key]), key
+            assert not alpha_names & set(got["attributes"][key]), key
+        elif isinstance(value, dict):
+            assert {k: got["attributes"][key].get(k) for k in value} == value, key
+        else:
+            assert got["attributes"][key] == value, key
+    assert set(expected["manifest_keys"]) <= set(got["manifest_keys"])
+    assert "alpha" not in got["manifest_keys"]
+
+
+def test_flatten_is_the_old_ingest(alpha_dir, tmp_path):
+    root, _ = alpha_dir
+    path = tmp_path / "flat.zarr"
+    streamq.ingest(root, path, alpha="flatten", background=(10, 200, 30), scheduler="threads",
+                   progress=False)
+    coll = streamq.open_store(path)
+    g = zarr.open_group(str(path), mode="r")
+    assert "alpha" not in g
+    assert not coll.has_alpha.any()
+    assert g.attrs["streamq"]["format_version"] == 1
+    assert g.attrs["ingest"]["settings"]["alpha"] == "flatten"
+    i = coll.paths.index("cut/cut_03.png")
+    rgba = _source_rgba(root / "cut/cut_03.png").astype(np.uint32)
+    bg = np.asarray((10, 200, 30), np.uint32)
+    expected = (rgba[..., :3] * rgba[..., 3:] + bg * (255 - rgba[..., 3:]) + 127) // 255
+    np.testing.assert_array_equal(coll.read(i), expected)
+
+
+def test_resumed_ingest_checks_alpha_rows(alpha_store, tmp_path):
+    """A rerun of an ingest whose records exist checks the alpha rows against their records
+    too: a lost alpha chunk is written again."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(alpha_store, copy)
+    src = streamq.open_store(alpha_store)
+    g = zarr.open_group(str(copy), mode="r+")
+    g.attrs["ingest"] = {**g.attrs["ingest"], "state": "planned"}
+    shard = next(p for p in sorted((copy / "alpha" / "c").iterdir()))
+    shard.unlink()  # lost in a crash
+    streamq.ingest(g.attrs["ingest"]["root"], copy, chunk_pixels=4096, scheduler="threads",
+                   progress=False)
+    coll = streamq.open_store(copy)
+    for i in range(len(coll)):
+        np.testing.assert_array_equal(coll.read_alpha(i), src.read_alpha(i))
+    np.testing.assert_array_equal(coll.has_alpha, src.has_alpha)
+
+
+def test_rgb_only_stages_refuse_alpha(alpha_store, tmp_path):
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(alpha_store, copy)
+    with pytest.raises(ConfigError, match=r"has 8 images with alpha; fit --per-image works on"):
+        streamq.fit_per_image(copy, colors=[4], scheduler="threads")
+    with pytest.raises(ConfigError, match="color_space 'oklab' is not available"):
+        streamq.fit(copy, colors=4, color_space="oklab", overwrite=True, scheduler="threads")
+    pal = tmp_path / "p.json"
+    pal.write_text('["#000000", "#ffffff"]')
+    with pytest.raises(ConfigError, match="quantize --palette works on opaque colours only"):
+        streamq.quantize(copy, palette=pal, scheduler="threads")
+
+
+@pytest.mark.parametrize("k", [40, 300])
+def test_rgba_labels_and_counts_split_by_alpha(k):
+    """Opaque pixels through the 24-bit table, transparent ones at once, soft ones by their
+    distinct colours: the same labels, segment errors and counts as every pixel by its own
+    nearest-centre search (K > 256: no table)."""
+    from helpers import soft_mask
+
+    from streamq.decode import premultiply
+    from streamq.examples import source_photos
+    from streamq.rgba import RgbaLabels, count_rgba, palette_of, rgba_codes
+
+    photo = source_photos()["Astronaut"][::2, ::2]
+    rgba = np.dstack([photo, soft_mask(*photo.shape[:2], seed=5)]).reshape(-1, 4)
+    prem, alpha = premultiply(rgba), rgba[:, 3]
+    rng = np.random.default_rng(2)
+    centres = np.concatenate([prem, alpha[:, None]], 1)[rng.choice(len(rgba), k)] / 255.0
+    pal, a = palette_of(centres)
+    table = RgbaLabels(centres, pal, a)
+    ends = np.sort(rng.integers(0, len(rgba), 9))
+    labels, sse = table.labels_sse(prem, alpha, np.uint16, ends)
+    lab, err = table.distinct(rgba_codes(prem, alpha))
+    np.testing.assert_array_equal(labels, lab)
+    bounds = np.concatenate([[0], ends, [len(rgba)]])
+    np.testing.assert_array_equal(sse, [err[x:y].sum() for x, y in zip(bounds[:-1], bounds[1:],
+                                                                           strict=True)])
+    codes, counts = count_rgba(prem, alpha)
+    expected = np.unique(rgba_codes(prem, alpha), return_counts=True)
+    np.testing.assert_array_equal(codes, expected[0])
+    np.testing.assert_array_equal(counts, expected[1])
+
+
+def test_more_than_256_colours_export_rgba(alpha_store, tmp_path):
+    """K > 256: uint16 labels, RGBA PNGs (no palette PNG can hold the palette)."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(alpha_store, copy)
+    streamq.fit(copy, colors=300, n_init=2, overwrite=True, scheduler="threads")
+    streamq.quantize(copy, scheduler="threads", progress=False)
+    streamq.export(copy, tmp_path / "out", scheduler="threads", progress=False)
+    coll = streamq.open_store(copy)
+    i = coll.paths.index("cut/la.png")
+    labels, pal = _quantized(str(copy), i)
+    assert labels.dtype == np.uint16
+    with Image.open(tmp_path / "out/cut/la.png") as im:
+        assert im.mode == "RGBA"
+        np.testing.assert_array_equal(np.asarray(im), pal[labels])
+
+
+def test_interrupted_rgba_fit_reruns_to_the_same_palette(alpha_store, tmp_path):
+    """The RGBA fit keeps no checkpoint: a rerun after a kill (fit still running, RGBA
+    histogram half written) counts again and ends with the same palette, bit for bit."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(alpha_store, copy)
+    g = zarr.open_group(str(copy), mode="r+")
+    g.attrs["fit"] = {**g.attrs["fit"], "state": "running"}
+    g.attrs["colors_rgba"] = {"state": "writing"}
+    done = streamq.load_fit(alpha_store)
+    again = streamq.fit(copy, colors=K, n_init=4, scheduler="threads")
+    assert again.status == "fitted"
+    np.testing.assert_array_equal(again.centers, done.centers)
+    np.testing.assert_array_equal(again.alpha, done.alpha)
+    np.testing.assert_array_equal(again.palette, done.palette)
+    assert zarr.open_group(str(copy), mode="r").attrs["colors_rgba"]["state"] == "complete"
