@@ -37,13 +37,12 @@ from streamq.errors import ConfigError
 from streamq.fs import Location, check_access
 from streamq.ingest import (
     IngestSummary,
-    _consolidate,
-    _merge_colors,
     _open_or_create,
     _settings,
     _summary,
     _verify_task,
     _write_plan,
+    finish_ingest,
     store_task_pixels,
 )
 from streamq.kmeans.histogram import ColorTotals
@@ -320,14 +319,7 @@ def _ingest_array(loc: Location, cfg: StreamQConfig, src: _Source, names: list[s
         with timer("writing", timings):
             totals, added = _run_array_tasks(run, st, src, names, icfg.background, cfg,
                                              progress)
-    with timer("merging colour counts", timings):
-        _merge_colors(st, totals, added, write)
-    with timer("consolidating", timings):
-        write(lambda: _consolidate(st, timings, facts))
-    write(lambda: st.set_section("ingest", {**st.section("ingest"), "timings": timings}))
-    summary = _summary(st, status, timings)
-    log.info("%s", summary)
-    return summary
+    return finish_ingest(st, totals, added, status, timings, facts, write)
 
 
 def _task_args(st: Store, cfg: StreamQConfig, background: Sequence[int], names: list[str]

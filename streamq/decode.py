@@ -232,21 +232,28 @@ def _decode(path: ImageSource, max_pixels: int) -> np.ndarray:
         return _to_array(path, im, header)
 
 
-def decode_rgb(path: ImageSource, max_pixels: int,
-               background: tuple[int, int, int]) -> np.ndarray | str:
-    """Decode ``path`` to an ``(H, W, 3)`` uint8 array, or return the reason it cannot be
-    (transparency composited on ``background``).
-
-    Raises the error of a transient fault (see the module docstring)."""
+def _decoded(path: ImageSource, max_pixels: int) -> np.ndarray | str:
+    """:func:`_decode`, or the reason the file cannot be used; transient faults raised."""
     try:
-        data = _decode(path, max_pixels)
-        rgb = _composite(data, background) if data.shape[2] == 4 else data
+        return _decode(path, max_pixels)
     except _Skip as exc:
         return str(exc)
     except Exception as exc:
         if is_transient(exc):
             raise
         return f"cannot decode image: {type(exc).__name__}: {exc}"
+
+
+def decode_rgb(path: ImageSource, max_pixels: int,
+               background: tuple[int, int, int]) -> np.ndarray | str:
+    """Decode ``path`` to an ``(H, W, 3)`` uint8 array, or return the reason it cannot be
+    (transparency composited on ``background``).
+
+    Raises the error of a transient fault (see the module docstring)."""
+    data = _decoded(path, max_pixels)
+    if isinstance(data, str):
+        return data
+    rgb = _composite(data, background) if data.shape[2] == 4 else data
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
@@ -258,19 +265,14 @@ def decode_rgba(path: ImageSource, max_pixels: int
     colours premultiplied by alpha (:func:`premultiply`) and ``alpha`` its ``(H, W)`` uint8
     alpha; for any other image ``alpha`` is None and ``rgb`` is what :func:`decode_rgb`
     gives. Raises the error of a transient fault (see the module docstring)."""
-    try:
-        data = _decode(path, max_pixels)
-        alpha = None
-        if data.shape[2] == 4:
-            if int(data[..., 3].min()) < 255:
-                alpha = np.ascontiguousarray(data[..., 3], dtype=np.uint8)
-            rgb = premultiply(data)  # all opaque: the colours themselves, as decode_rgb's
-        else:
-            rgb = data
-    except _Skip as exc:
-        return str(exc)
-    except Exception as exc:
-        if is_transient(exc):
-            raise
-        return f"cannot decode image: {type(exc).__name__}: {exc}"
+    data = _decoded(path, max_pixels)
+    if isinstance(data, str):
+        return data
+    alpha = None
+    if data.shape[2] == 4:
+        if int(data[..., 3].min()) < 255:
+            alpha = np.ascontiguousarray(data[..., 3], dtype=np.uint8)
+        rgb = premultiply(data)  # all opaque: the colours themselves, as decode_rgb's
+    else:
+        rgb = data
     return np.ascontiguousarray(rgb, dtype=np.uint8), alpha

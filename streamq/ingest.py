@@ -459,6 +459,14 @@ def _ingest(loc: Location, cfg: StreamQConfig, overwrite: bool, progress: bool |
                                           settings_fp, settings))
         with timer("decoding and writing", timings):
             totals, added = _run_tasks(run, st, source, icfg, retry, progress)
+    return finish_ingest(st, totals, added, status, timings, facts, write)
+
+
+def finish_ingest(st: Store, totals: ColorTotals, added: set[int], status: str,
+                  timings: dict[str, float], facts: dict[str, Any],
+                  write: Callable[[Callable[[], None]], None]) -> IngestSummary:
+    """The end of every ingest (files or arrays), once each write task has its record: merge
+    the colour counts, consolidate the image table from the records, save the timings."""
     with timer("merging colour counts", timings):
         _merge_colors(st, totals, added, write)
     with timer("consolidating", timings):
