@@ -145,3 +145,17 @@ def test_export_leaves_images_over_max_pixels_to_zarr(banded, tmp_path):
     labels = zarr.open_group(tmp_path / "out.zarr", mode="r")["labels"]
     ref = zarr.open_group(store, mode="r")["quantize/labels"]
     np.testing.assert_array_equal(np.asarray(labels[:H * W]), np.asarray(ref[:H * W]))
+
+
+def test_cli_large_skip(mosaic_dir, tmp_path):
+    import subprocess
+
+    from helpers import streamq_cmd
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(mosaic_dir / "big.tif", src / "big.tif")
+    out = subprocess.run(streamq_cmd("ingest", str(src), str(tmp_path / "s.zarr"), "--scheduler",
+                                     "threads", "--max-pixels", str(LIMIT), "--large", "skip",
+                                     "--json"), capture_output=True, text=True, check=True)
+    assert '"n_skipped": 1' in out.stdout
