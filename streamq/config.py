@@ -101,6 +101,9 @@ class IngestConfig:
     alpha: Literal["keep", "flatten"] = _opt(
         "keep", doc="keep: an image with any transparent pixel keeps its alpha (premultiplied "
         "colours + alpha plane); flatten: composite every image on background")
+    large: Literal["bands", "skip"] = _opt(
+        "bands", doc="images over max_pixels: bands: a TIFF/BigTIFF is read in bands of rows by "
+        "the write tasks, never whole (others are skipped); skip: every one is skipped")
     strict: bool = _opt(False, doc="exit non-zero when any input was skipped")
     files_per_scan_task: int = _opt(512, _at_least(1), "files per header-scan task")
 

@@ -9,7 +9,7 @@ skewed like LFW's (a few names with many images, many with one or two).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +122,38 @@ def make_collection(out: str | os.PathLike[str], n_images: int = 60, *, seed: in
         Image.fromarray(np.ascontiguousarray(crop)).save(path, quality=quality)
         written.append(path)
     return written
+
+
+def write_mosaic(path: str | os.PathLike[str], height: int, width: int, *, seed: int = 0,
+                 tile: int = 256, cell: tuple[int, int] = (288, 384), level: int = 1) -> None:
+    """A tiled BigTIFF ``(height, width)`` RGB mosaic of crops of the bundled photos (one crop
+    per ``cell``, from a random photo at a random place), written one row of tiles at a time
+    (never whole in memory), deflate-compressed at ``level``."""
+    import tifffile
+
+    photos = [p for p in source_photos().values()
+              if p.shape[0] >= cell[0] and p.shape[1] >= cell[1]]
+    rng = np.random.default_rng(seed)
+    rows, cols = -(-height // cell[0]), -(-width // cell[1])
+    which = rng.integers(0, len(photos), (rows, cols))
+    fy, fx = rng.random((rows, cols)), rng.random((rows, cols))
+    n_tx = -(-width // tile)
+
+    def tiles() -> Iterator[np.ndarray]:
+        for ty in range(0, height, tile):
+            band = np.zeros((tile, n_tx * tile, 3), np.uint8)
+            for r in range(ty // cell[0], min(rows, -(-(ty + tile) // cell[0]))):
+                y0, y1 = max(ty, r * cell[0]), min(ty + tile, (r + 1) * cell[0], height)
+                for c in range(cols):
+                    p = photos[which[r, c]]
+                    oy = int(fy[r, c] * (p.shape[0] - cell[0]))
+                    ox = int(fx[r, c] * (p.shape[1] - cell[1]))
+                    x0, x1 = c * cell[1], min((c + 1) * cell[1], width)
+                    band[y0 - ty:y1 - ty, x0:x1] = p[oy + y0 - r * cell[0]:oy + y1 - r * cell[0],
+                                                     ox:ox + x1 - x0]
+            for tx in range(n_tx):
+                yield band[:, tx * tile:(tx + 1) * tile]
+
+    tifffile.imwrite(path, tiles(), shape=(height, width, 3), dtype=np.uint8, tile=(tile, tile),
+                     photometric="rgb", bigtiff=True, compression="zlib",
+                     compressionargs={"level": level})

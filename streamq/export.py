@@ -84,6 +84,9 @@ class ExportSummary:
     #: (``{"id", "path", "file"}``); the manifest lists those of the whole collection
     renamed: list[dict[str, Any]] = field(default_factory=list)
     manifest: str = ""
+    #: selected images over ``ingest.max_pixels`` (read in bands at ingest): not written, as
+    #: an image file is encoded whole; ``--zarr`` exports them chunk by chunk
+    too_large: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,8 +94,10 @@ class ExportSummary:
     def __str__(self) -> str:
         renamed = (f"; {len(self.renamed)} renamed as their names clash with others', listed in "
                    f"{self.manifest}" if self.renamed else "")
+        large = (f"; {len(self.too_large)} image(s) over max_pixels not written (an image "
+                 "file is encoded whole): export them with --zarr" if self.too_large else "")
         return (f"exported {self.n_images} images as {self.format} to {self.out} "
-                f"({self.n_written} written, {self.n_existing} already there{renamed})")
+                f"({self.n_written} written, {self.n_existing} already there{renamed}{large})")
 
 
 def safe_output_path(out: str, rel: str, ext: str, fallback: str) -> str:
@@ -468,6 +473,7 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     if dither and k is not None and k > 256:
         raise ConfigError(f"--dither needs a palette of at most 256 colours, this one has {k}")
     chosen = _select(coll, labels, _parse_ids(ids, len(coll)))
+    chosen, too_large = _without_large(st, coll, chosen)
     out_loc = location(out, storage_options if storage_options is not None
                        else (cfg.storage_options or st.location.options))
     check_access(out_loc)
@@ -540,9 +546,24 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     retrying(lambda: _merge_records(out_loc, fit_fp), "write", out, cfg.retry, write=True)
     summary = ExportSummary(out=out, format=format, n_images=len(chosen), n_written=written,
                             n_existing=existing, timings=timings, renamed=renamed,
-                            manifest=out_loc.join(MANIFEST).url)
+                            manifest=out_loc.join(MANIFEST).url, too_large=too_large)
     log.info("%s", summary)
     return summary
+
+
+def _without_large(st: Store, coll: Collection, chosen: list[int]) -> tuple[list[int], list[int]]:
+    """``(chosen images to write, those over the ingest's max_pixels)``: an image that large
+    was read in bands (:mod:`streamq.bands`) and is never encoded whole."""
+    limit = st.section("ingest").get("settings", {}).get("max_pixels")
+    if limit is None:
+        return chosen, []
+    large = [i for i in chosen if int(coll.heights[i]) * int(coll.widths[i]) > int(limit)]
+    for i in large:
+        log.warning("image %d (%s, %dx%d) is over max_pixels=%d: not written as a file (it "
+                    "would be encoded whole); export it with --zarr", i, coll.paths[i],
+                    int(coll.widths[i]), int(coll.heights[i]), int(limit))
+    skip = set(large)
+    return [i for i in chosen if i not in skip], large
 
 
 def labels_identity(st: Store, per_image: int | None, labels: bool = True) -> str:

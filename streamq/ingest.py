@@ -43,13 +43,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from streamq import redact, sources
+from streamq import bands, redact, sources
 from streamq.config import IngestConfig, RetryConfig, StreamQConfig, fingerprint, parse_config
 from streamq.console import progress_bar, timer
 from streamq.decode import Header
 from streamq.durable import checksum
 from streamq.errors import ConfigError, StoreMismatchError, StreamQError
-from streamq.faults import retrying
+from streamq.faults import is_transient, retrying
 from streamq.fs import Location, check_access
 from streamq.histogram import merge_task_colors, save_histogram
 from streamq.kmeans.histogram import ColorTotals, count_colors
@@ -192,13 +192,25 @@ def _source_fingerprint(root: str, rel: Sequence[str]) -> str:
 
 
 # -- 2. header scan ------------------------------------------------------------------------
-def _scan_batch(args: tuple[SourceRoot, list[str], int, RetryConfig, list[int | None]]
-                ) -> list[tuple[int, int, str, bool] | str]:
+def _scan_batch(args: tuple[Any, ...]) -> list[tuple[int, int, str, bool] | str]:
     """Headers of files given by their stored names (see :mod:`streamq.names`), read where
-    they live (a folder, or a URL: :mod:`streamq.sources`)."""
-    source, rels, max_pixels, retry, sizes = args
+    they live (a folder, or a URL: :mod:`streamq.sources`). ``args``: source, names,
+    max_pixels, retry, sizes and optionally ``ingest.large``: with ``bands``, a TIFF over
+    max_pixels gets its header for reading in bands (:mod:`streamq.bands`)."""
+    source, rels, max_pixels, retry, sizes, *rest = args
+    found = list(source.headers(rels, sizes, max_pixels, retry))
+    if rest and rest[0] == "bands":
+        for i, h in enumerate(found):
+            if isinstance(h, str) and bands.over_limit(h):
+                found[i] = retrying(lambda rel=rels[i], h=h: _band_header(source, rel, h),
+                                    "read", source.path(rels[i]), retry)
     return [(h.height, h.width, h.mode, h.alpha) if isinstance(h, Header) else h
-            for h in source.headers(rels, sizes, max_pixels, retry)]
+            for h in found]
+
+
+def _band_header(source: SourceRoot, rel: str, reason: str) -> Header | str:
+    with bands.opened(source, rel) as src:
+        return bands.band_header(src, reason)
 
 
 # -- 3. planning ---------------------------------------------------------------------------
@@ -285,9 +297,23 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
     failed: list[list[Any]] = []
     stored: list[tuple[int, int]] = []  # rows of buf holding decoded pixels
     source, background = args["source"], tuple(args["background"])
-    decoded = source.pixels([item[1] for item in args["images"]], args["max_pixels"], background,
-                            retry, alpha=keep_alpha)
-    for (image_id, _, off, h, w), got in zip(args["images"], decoded, strict=True):
+    max_pixels = args["max_pixels"]
+    # an image over max_pixels is in the plan only to be read in bands (streamq.bands)
+    decoded = source.pixels([item[1] for item in args["images"] if item[3] * item[4] <= max_pixels],
+                            max_pixels, background, retry, alpha=keep_alpha)
+    for image_id, rel, off, h, w in args["images"]:
+        if h * w > max_pixels:
+            lo, hi = max(off, a), min(off + h * w, b)
+            found = retrying(lambda i=(rel, off, w, lo, hi): _fill_bands(args, buf, abuf, *i),
+                             "read", source.path(rel), retry)
+            if isinstance(found, str):  # any task meeting the failure records it
+                failed.append([int(image_id), found])
+                continue
+            stored.append((lo - a, hi - a))
+            if found:
+                with_alpha.append(int(image_id))
+            continue
+        got = next(decoded)
         rgb, alpha = got if isinstance(got, tuple) else (got, None)
         if isinstance(rgb, np.ndarray) and rgb.shape != (h, w, 3):
             rgb = f"decoded size {rgb.shape[1]}x{rgb.shape[0]} differs from header {w}x{h}"
@@ -305,6 +331,32 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
             if len(part) and int(part.min()) < 255:
                 with_alpha.append(int(image_id))
     return (*store_task_pixels(args, buf, stored, failed, abuf, with_alpha), status)
+
+
+def _fill_bands(args: dict[str, Any], buf: np.ndarray, abuf: np.ndarray | None, rel: str,
+                off: int, w: int, lo: int, hi: int) -> bool | str:
+    """Pixels ``[lo, hi)`` of an image read in bands (:mod:`streamq.bands`) into the task's
+    buffers; return whether a stored alpha is below 255 there, or the reason it failed."""
+    a = args["px_start"]
+    transparent = False
+    try:
+        with bands.opened(args["source"], rel) as src:
+            for top, rgb, alpha in bands.read_rows(src, (lo - off) // w, -(-(hi - off) // w),
+                                                   abuf is not None, tuple(args["background"])):
+                start = off + top * w  # the pixel index of the band's first pixel
+                p, q = max(lo, start), min(hi, start + rgb.shape[0] * w)
+                buf[p - a: q - a] = rgb.reshape(-1, 3)[p - start: q - start]
+                if alpha is not None and abuf is not None:
+                    part = alpha.reshape(-1)[p - start: q - start]
+                    abuf[p - a: q - a] = part
+                    transparent = transparent or (len(part) > 0 and int(part.min()) < 255)
+    except StreamQError:
+        raise
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        return f"cannot read image in bands: {type(exc).__name__}: {exc}"
+    return transparent
 
 
 def store_task_pixels(args: dict[str, Any], buf: np.ndarray, stored: list[tuple[int, int]],
@@ -352,6 +404,8 @@ def _settings(cfg: IngestConfig) -> dict[str, Any]:
     out = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k in keep}
     if cfg.alpha != "keep":  # the default is left out: settings as before alpha was kept
         out["alpha"] = cfg.alpha
+    if cfg.large != "bands":  # likewise
+        out["large"] = cfg.large
     return out
 
 
@@ -502,7 +556,7 @@ def _scan(run: Runner, source: SourceRoot, rel: list[str], icfg: IngestConfig,
     n = icfg.files_per_scan_task
     names = [stored_name(r) for r in rel]  # plain text to the workers, whatever the names
     batches = [(source, names[i:i + n], icfg.max_pixels, retry,
-                [sizes.get(r) for r in rel[i:i + n]]) for i in range(0, len(rel), n)]
+                [sizes.get(r) for r in rel[i:i + n]], icfg.large) for i in range(0, len(rel), n)]
     futures = {run.submit(_scan_batch, b): i for i, b in enumerate(batches)}
     results: list[Any] = [None] * len(batches)
     with progress_bar(len(rel), "scanning", "file", progress) as bar:

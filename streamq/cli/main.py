@@ -136,6 +136,9 @@ def example_cmd(out: str, n_images: int, seed: int, size: int | None) -> None:
 @click.option("--alpha", type=click.Choice(["keep", "flatten"]), default=None,
               help="keep: images with transparent pixels keep their alpha; flatten: composite "
                    "them on the background [default: keep].")
+@click.option("--large", type=click.Choice(["bands", "skip"]), default=None,
+              help="Images over --max-pixels: bands: read a TIFF/BigTIFF in bands of rows, "
+                   "never whole; skip: skip every one [default: bands].")
 @storage_opt
 @source_opt
 @no_lock_opt
@@ -147,7 +150,7 @@ def example_cmd(out: str, n_images: int, seed: int, size: int | None) -> None:
 def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_path: str | None,
                scheduler: str | None, chunk_pixels: int | None, codec: str | None,
                max_pixels: int | None, strict: bool | None, alpha: str | None,
-               storage_options: tuple[str, ...], source_options: tuple[str, ...],
+               large: str | None, storage_options: tuple[str, ...], source_options: tuple[str, ...],
                no_lock: bool, overwrite: bool, progress: bool | None, as_json: bool) -> None:
     """Decode the images under SRC (folder, glob or list file) into the Zarr store STORE.
 
@@ -163,7 +166,8 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
     cfg = load_config(config_path, **{
         "ingest.source": src, "store": store, "dask.scheduler": scheduler,
         "ingest.chunk_pixels": chunk_pixels, "ingest.codec": codec,
-        "ingest.max_pixels": max_pixels, "ingest.strict": strict, "ingest.alpha": alpha},
+        "ingest.max_pixels": max_pixels, "ingest.strict": strict, "ingest.alpha": alpha,
+        "ingest.large": large},
         **storage_overrides(storage_options), **source_overrides(source_options),
         **_lock_overrides(no_lock))
     summary = ingest(None, None, config=cfg, overwrite=overwrite, progress=_progress(ctx, progress))
