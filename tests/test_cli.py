@@ -71,8 +71,8 @@ def test_errors_are_one_line(runner, tmp_path):
     result = runner.invoke(cli, ["ingest", "--config", str(bad), "x", "y"])
     assert result.exit_code == 1
     assert result.output.strip() == (f"error: {bad}: unknown key 'ingest.chunk_pixel' (expected one of: "
-                                      "alpha, background, block_pixels, chunk_pixels, codec, files_per_scan_task, level, "
-                                      "max_pixels, source, strict)")
+                                      "alpha, background, block_pixels, chunk_pixels, codec, files_per_scan_task, large, "
+                                      "level, max_pixels, source, strict)")
 
 
 def test_strict_exit_code_and_summary(runner, odd_dir, tmp_path):
