@@ -51,6 +51,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = [item for unit in sorted(units.values(), key=weight, reverse=True) for item in unit]
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_distributed_default():
+    """Each test starts on dask's default scheduler: Dask clients closed in another order
+    than they were opened (each puts back the configuration it found) can leave
+    ``scheduler: dask.distributed`` set with no client, which depends on the tests a worker
+    ran before. A test that wants a client opens one."""
+    import dask
+
+    if dask.config.get("scheduler", None) == "dask.distributed":
+        from distributed import default_client
+
+        try:
+            default_client()
+        except ValueError:  # no client: a leftover
+            dask.config.config.pop("scheduler", None)
+
+
 @pytest.fixture(scope="session")
 def cluster_address():
     """A real LocalCluster with two worker processes, shared by the whole session."""
