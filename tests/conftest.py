@@ -16,6 +16,57 @@ from PIL import Image
 
 from streamq.examples import make_collection
 
+# -- how the suite spreads over ``pytest -n`` workers (pyproject: --dist loadgroup) ------------
+#: A test of these marks runs real subprocesses or clusters.
+_HEAVY_MARKS = ("slow", "distributed")
+
+
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(
+        d.scope in ("module", "class", "package") for defs in info.name2fixturedefs.values()
+        for d in defs)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n`` with ``--dist loadgroup``: the tests of a module that share a
+    module-scoped fixture (a reference run, a fitted store, a cluster of processes) run on one
+    worker, so the fixture is built once, not once per worker; and the heaviest units (such a
+    group, or a test with real subprocesses) start first, so no worker is left with a long
+    test at the end while the other idles. Order within a unit is kept."""
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        if _uses_module_fixture(item):
+            group = item.nodeid.split("::", 1)[0]
+            item.add_marker(pytest.mark.xdist_group(group))
+        else:
+            group = item.nodeid
+        units.setdefault(group, []).append(item)
+
+    def weight(unit: list[pytest.Item]) -> tuple[int, int]:
+        heavy = sum(1 for item in unit if any(item.get_closest_marker(m) for m in _HEAVY_MARKS))
+        return heavy, len(unit)
+
+    items[:] = [item for unit in sorted(units.values(), key=weight, reverse=True) for item in unit]
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_distributed_default():
+    """Each test starts on dask's default scheduler: Dask clients closed in another order
+    than they were opened (each puts back the configuration it found) can leave
+    ``scheduler: dask.distributed`` set with no client, which depends on the tests a worker
+    ran before. A test that wants a client opens one."""
+    import dask
+
+    if dask.config.get("scheduler", None) == "dask.distributed":
+        from distributed import default_client
+
+        try:
+            default_client()
+        except ValueError:  # no client: a leftover
+            dask.config.config.pop("scheduler", None)
+
 
 @pytest.fixture(scope="session")
 def cluster_address():

@@ -207,7 +207,8 @@ def test_per_image_palettes_one_group_per_k(per_image_store, tmp_path, cluster_a
 def test_more_than_256_colours_and_a_refit(faces_store, tmp_path, monkeypatch):
     store = str(tmp_path / "big.zarr")
     shutil.copytree(faces_store, store)
-    fit = dict(colors=300, max_steps=5, batch_size=4096, init_size=20_000, scheduler="threads")
+    fit = dict(colors=300, max_steps=5, batch_size=4096, init_size=20_000, n_init=2, max_iter=20,
+               scheduler="threads")  # few starts and iterations: the count of colours matters here
     streamq.fit(store, **fit)
     streamq.quantize(store, scheduler="threads")
     out = tmp_path / "big-labels.zarr"

@@ -17,11 +17,14 @@ from streamq.examples import make_collection
 
 pytestmark = pytest.mark.slow
 
+#: Images of the collection: enough for several tasks in each stage and files to export.
+N_IMAGES = 60
+
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory):
     root = tmp_path_factory.mktemp("run_src")
-    make_collection(root, 120, seed=5, min_side=60, max_side=240)
+    make_collection(root, N_IMAGES, seed=5, min_side=60, max_side=240)
     return root
 
 
@@ -31,7 +34,7 @@ def _config(tmp_path, src, name, sched):
     cfg.write_text(
         f"store: {name}.zarr\n{sched_line}"
         f"ingest:\n  source: {src}\n  chunk_pixels: 65536\n"
-        "fit:\n  colors: 16\n  max_steps: 150\n  tol: 1.0e-9\n  batch_size: 16384\n"
+        "fit:\n  colors: 16\n  max_steps: 80\n  tol: 1.0e-9\n  batch_size: 16384\n"
         "  checkpoint_steps: 10\n"
         f"export:\n  out: {name}-out\n")
     return cfg
@@ -75,7 +78,7 @@ def test_kill_run_inside_each_stage(src, ref, tmp_path, sched):
     cfg = _config(tmp_path, src, "killed", sched)
     store, out = tmp_path / "killed.zarr", tmp_path / "killed-out"
     rng = random.Random(31 if sched == "threads" else 32)
-    points = _kill_points(ref / "ref.zarr", rng, 120)
+    points = _kill_points(ref / "ref.zarr", rng, N_IMAGES)
     sigs = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT]
     sigs.append(rng.choice(sigs))
     rng.shuffle(sigs)
@@ -90,14 +93,14 @@ def test_kill_run_inside_each_stage(src, ref, tmp_path, sched):
             assert not (tmp_path / "killed.zarr.lock").exists()  # cleanup ran
     done = subprocess.run(streamq_cmd("run", str(cfg)), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert_same_results(ref / "ref.zarr", store, ref / "ref-out", out, n_files=120)
+    assert_same_results(ref / "ref.zarr", store, ref / "ref-out", out, n_files=N_IMAGES)
 
 
 def test_run_api_and_rerun_is_noop(src, tmp_path):
     cfg = _config(tmp_path, src, "api", "threads")
     report = streamq.run(cfg)
     assert set(report.stages) == {"ingest", "fit", "quantize", "export"}
-    assert report.stages["export"].n_written == 120
+    assert report.stages["export"].n_written == N_IMAGES
     again = streamq.run(cfg)
     assert again.stages["ingest"].status == "already complete"
     assert again.stages["fit"].status == "already complete"

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def big_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume_src")
-    make_collection(root, 160, seed=3, size=200)
+    make_collection(root, 80, seed=3, size=160)
     return root
 
 
