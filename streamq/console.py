@@ -7,6 +7,7 @@ it is a terminal (or when forced), so logs and pipes stay clean.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -64,12 +65,27 @@ def timer(what: str, timings: dict[str, float] | None = None) -> Iterator[None]:
         log.info("Finished %s in %.2f s", what, elapsed)
 
 
+@functools.cache
+def _bar_class() -> Any:
+    from tqdm.auto import tqdm
+
+    class Bar(tqdm):  # type: ignore[misc,valid-type]
+        """A bar whose last count is drawn before it is cleared: a stage that finishes
+        within tqdm's refresh interval still shows it reached its total."""
+
+        def close(self) -> None:
+            if not self.disable and not getattr(self, "_drawn_last", False):
+                self._drawn_last = True
+                self.refresh()
+            super().close()
+
+    return Bar
+
+
 def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool | None = None) -> Any:
     """A tqdm bar on stderr; disabled when stderr is not a terminal unless ``enabled``. In
     Jupyter, tqdm's notebook bar (when ipywidgets is installed)."""
-    from tqdm.auto import tqdm
-
     if enabled is None:
         enabled = sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not enabled,
-                file=sys.stderr, leave=False, dynamic_ncols=True)
+    return _bar_class()(total=total, desc=desc, unit=unit, unit_scale=True,
+                        disable=not enabled, file=sys.stderr, leave=False, dynamic_ncols=True)
