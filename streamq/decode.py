@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ __all__ = ["Header", "ImageSource", "decode_rgb", "decode_rgba", "premultiply", 
 #: A path, the file's bytes, or an open binary file object with a ``size`` attribute.
 ImageSource = str | bytes | IO[bytes]
 
+#: Held while Pillow's process-wide pixel limit is ours (threads of one worker open images)
+_PIL_LIMIT = threading.Lock()
 _TRANSPOSING = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 _EXIF_TRANSPOSE = {  # the same table as PIL.ImageOps.exif_transpose
@@ -99,11 +102,15 @@ def _open(path: ImageSource, max_pixels: int) -> Image.Image:
         raise _Skip(f"cannot read file: {exc.strerror or exc}") from None
     if size == 0:
         raise _Skip("empty file (0 bytes)")
-    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _PIL_LIMIT:
             warnings.simplefilter("ignore")
-            return Image.open(_stream(path))
+            # Pillow's limit is process-wide: ours for this open only, the caller's kept
+            old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+            try:
+                return Image.open(_stream(path))
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
     except Image.DecompressionBombError:
         raise _Skip(f"image is larger than the limit max_pixels={max_pixels}") from None
     except UnidentifiedImageError:

@@ -127,3 +127,20 @@ def test_no_good_image_lost_next_to_a_bad_one(odd_store, odd_dir):
         if name.startswith("modes/") and "16" not in name and "rgba" not in name \
                 and name not in ("modes/la.png", "modes/p_transparent.png", "modes/exif_rot.jpg"):
             np.testing.assert_array_equal(odd_store.read(i), pillow_rgb(odd_dir[0] / name))
+
+
+def test_pillow_pixel_limit_of_the_caller_is_kept(tmp_path):
+    """Pillow's limit is process-wide: a decode uses ``max_pixels`` for its own open only, so
+    a program (or a later in-process stage) keeps its own limit and warnings."""
+    from streamq.decode import decode_rgb, read_header
+
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(path)
+    before = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = 1_000
+        assert isinstance(decode_rgb(str(path), 10**6, (255, 255, 255)), np.ndarray)
+        assert read_header(str(path), 10).startswith("image is larger")  # 2000 > 10: skipped
+        assert Image.MAX_IMAGE_PIXELS == 1_000
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
