@@ -601,32 +601,20 @@ def _join_history(info: dict[str, Any], best: dict[str, Any], n_px: int,
 
 
 def _ensure_distinct(centres: np.ndarray, points: np.ndarray, space: str) -> np.ndarray:
-    """Make the uint8 palette hold K distinct colours where the data allows.
+    """Make the uint8 palette hold K distinct colours where the data allows: every centre
+    whose uint8 colour repeats an earlier centre's moves to a colour of the collection not in
+    the palette yet, worst served first (:func:`streamq.kmeans.nearest.spread_duplicates`)."""
+    from streamq.kmeans.nearest import spread_duplicates
 
-    Every centre whose uint8 colour repeats an earlier centre's is moved to a colour of the
-    collection that is not in the palette yet, taking the colours worst served by the palette
-    first (one assignment pass, whatever the number of duplicates).
-    """
-    from streamq.kmeans.nearest import assign
+    rgb_points: np.ndarray | None = None
 
-    rgb = to_rgb8(centres, space)
-    _, first = np.unique(rgb, axis=0, return_index=True)
-    dup = np.setdiff1d(np.arange(len(centres)), first)
-    if not len(dup):
-        return centres
-    centres = centres.copy()
-    _, d = assign(points, centres)
-    used = {tuple(c) for c in rgb[first]}
-    rgb_points = to_rgb8(points, space)
-    todo = list(dup)
-    for i in np.argsort(-d, kind="stable"):
-        if not todo:
-            break
-        colour = tuple(rgb_points[i])
-        if colour not in used:
-            used.add(colour)
-            centres[todo.pop(0)] = points[i]
-    return centres
+    def colour(i: int) -> tuple[Any, ...]:
+        nonlocal rgb_points
+        if rgb_points is None:  # only once a colour repeats
+            rgb_points = to_rgb8(points, space)
+        return tuple(rgb_points[i])
+
+    return spread_duplicates(centres, points, to_rgb8(centres, space), colour)
 
 
 def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float],

@@ -209,28 +209,17 @@ def _kmeans(x: np.ndarray, w: np.ndarray, codes: np.ndarray, k: int, n_init: int
 
 def _ensure_distinct(centres: np.ndarray, x: np.ndarray, rgba: np.ndarray) -> np.ndarray:
     """Move every centre (metric space) whose uint8 RGBA entry repeats an earlier one to the
-    colour worst served by the palette that is not in it yet."""
-    from streamq.kmeans.nearest import assign
+    colour worst served by the palette that is not in it yet
+    (:func:`streamq.kmeans.nearest.spread_duplicates`)."""
+    from streamq.kmeans.nearest import spread_duplicates
 
     pal, alpha = palette_of(from_metric(centres))
-    entries = np.concatenate([pal, alpha[:, None]], axis=1)
-    _, first = np.unique(entries, axis=0, return_index=True)
-    dup = np.setdiff1d(np.arange(len(centres)), first)
-    if not len(dup):
-        return centres
-    centres = centres.copy()
-    _, d = assign(x, centres)
-    used = {tuple(e) for e in entries[first]}
-    todo = list(dup)
-    for i in np.argsort(-d, kind="stable"):
-        if not todo:
-            break
+
+    def entry(i: int) -> tuple[Any, ...]:
         p, a = palette_of(rgba[i:i + 1] / 255.0)
-        entry = (*p[0], a[0])
-        if entry not in used:
-            used.add(entry)
-            centres[todo.pop(0)] = x[i]
-    return centres
+        return (*p[0], a[0])
+
+    return spread_duplicates(centres, x, np.concatenate([pal, alpha[:, None]], axis=1), entry)
 
 
 def exact_errors(x: np.ndarray, rgba: np.ndarray, counts: np.ndarray, centres: np.ndarray,

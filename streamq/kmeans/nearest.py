@@ -16,13 +16,16 @@ threads (each row's result does not depend on the split).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numba
 import numpy as np
 
 from streamq.kmeans.codes import CHANNEL, code24, pixels_in
 
-__all__ = ["SORTED_FROM_K", "assign", "assign_rows", "inertia", "label_pixels", "sorted_centres"]
+__all__ = ["SORTED_FROM_K", "assign", "assign_rows", "inertia", "label_pixels", "sorted_centres",
+           "spread_duplicates"]
 
 _GREY = np.full(3, 1 / math.sqrt(3))
 _EPS = 1e-12  # slack on every bound test: float rounding never prunes a candidate that counts
@@ -396,3 +399,27 @@ def assign(x: np.ndarray, centers: np.ndarray, n_threads: int = 1) -> tuple[np.n
     with ThreadPoolExecutor(n_threads) as pool:
         list(pool.map(block, range(len(bounds) - 1)))
     return labels, dist
+
+
+def spread_duplicates(centres: np.ndarray, points: np.ndarray, centre_keys: np.ndarray,
+                      point_key: Callable[[int], tuple[Any, ...]]) -> np.ndarray:
+    """Move every centre whose key (a row of ``centre_keys``: its palette entry) repeats an
+    earlier centre's to a point whose key (``point_key(i)``) is not taken yet, taking the
+    points worst served by the centres first (one assignment pass, whatever the number of
+    duplicates); ``centres`` themselves when no key repeats."""
+    _, first = np.unique(centre_keys, axis=0, return_index=True)
+    dup = np.setdiff1d(np.arange(len(centres)), first)
+    if not len(dup):
+        return centres
+    centres = centres.copy()
+    _, d = assign(points, centres)
+    used = {tuple(k) for k in centre_keys[first]}
+    todo = list(dup)
+    for i in np.argsort(-d, kind="stable"):
+        if not todo:
+            break
+        key = point_key(int(i))
+        if key not in used:
+            used.add(key)
+            centres[todo.pop(0)] = points[i]
+    return centres
