@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from streamq.config import StreamQConfig, fingerprint, parse_config
+from streamq.config import StreamQConfig, fingerprint
 from streamq.console import progress_bar, timer
 from streamq.decode import _composite, _scale16, premultiply
 from streamq.errors import ConfigError
@@ -43,6 +43,7 @@ from streamq.ingest import (
     _verify_task,
     _write_plan,
     finish_ingest,
+    ingest_config,
     store_task_pixels,
 )
 from streamq.kmeans.histogram import ColorTotals
@@ -253,11 +254,7 @@ def ingest_array(array: Any, store: str | os.PathLike[str] | Location, *,
     -------
     IngestSummary
     """
-    cfg = parse_config(config)
-    sched = options.pop("scheduler", None)
-    cfg = cfg.replace(**{f"ingest.{k}": v for k, v in options.items()},
-                      **{"dask.scheduler": sched,
-                         "store": None if isinstance(store, Location) else os.fspath(store)})
+    cfg = ingest_config(config, store, options)
     src = _source(array)
     n = len(src.shapes)
     if names is None:

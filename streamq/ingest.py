@@ -444,11 +444,8 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | L
     -------
     IngestSummary
     """
-    cfg = parse_config(config)
-    sched = options.pop("scheduler", None)
-    cfg = cfg.replace(**{f"ingest.{k}": v for k, v in options.items()},
-                      **{"dask.scheduler": sched, "ingest.source": None if src is None else os.fspath(src),
-                         "store": None if store is None or isinstance(store, Location) else os.fspath(store)})
+    cfg = ingest_config(config, store, options,
+                        {"ingest.source": None if src is None else os.fspath(src)})
     if cfg.ingest.source is None:
         raise ConfigError("no source given: pass SRC or set key 'ingest.source'")
     if cfg.store is None and store is None:
@@ -514,6 +511,20 @@ def _ingest(loc: Location, cfg: StreamQConfig, overwrite: bool, progress: bool |
         with timer("decoding and writing", timings):
             totals, added = _run_tasks(run, st, source, icfg, retry, progress)
     return finish_ingest(st, totals, added, status, timings, facts, write)
+
+
+def ingest_config(config: StreamQConfig | dict[str, Any] | None,
+                  store: str | os.PathLike[str] | Location | None, options: dict[str, Any],
+                  extra: dict[str, Any] | None = None) -> StreamQConfig:
+    """The configuration of an ingest call (files or arrays): ``config`` with the keyword
+    ``options`` as ``ingest`` keys (``scheduler`` as ``dask.scheduler``), ``store`` when it is
+    a path or URL, and the ``extra`` keys."""
+    options = dict(options)
+    sched = options.pop("scheduler", None)
+    return parse_config(config).replace(
+        **{f"ingest.{k}": v for k, v in options.items()}, **(extra or {}),
+        **{"dask.scheduler": sched,
+           "store": None if store is None or isinstance(store, Location) else os.fspath(store)})
 
 
 def finish_ingest(st: Store, totals: ColorTotals, added: set[int], status: str,
