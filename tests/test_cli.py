@@ -199,3 +199,65 @@ def test_storage_option_flags():
     for bad, key in (("=x", "''"), ("a..b=1", "'a..b'")):
         with pytest.raises(click.BadParameter, match=f"KEY {key} is empty or has an empty part"):
             storage_overrides([bad])
+
+
+# Every option whose help shows a default, with the config key it overrides (the list format).
+HELP_DEFAULTS = {
+    ("ingest", "--chunk-pixels"): ("ingest.chunk_pixels", ","),
+    ("ingest", "--codec"): ("ingest.codec", ","),
+    ("ingest", "--max-pixels"): ("ingest.max_pixels", ","),
+    ("ingest", "--alpha"): ("ingest.alpha", ","),
+    ("ingest", "--large"): ("ingest.large", ","),
+    ("fit", "--colors"): ("fit.colors", ","),
+    ("fit", "--sample"): ("per_image.sample", ","),
+    ("fit", "--method"): ("per_image.method", ","),
+    ("fit", "--algorithm"): ("fit.algorithm", ","),
+    ("fit", "--init"): ("fit.init", ","),
+    ("fit", "--n-init"): ("fit.n_init", ","),
+    ("fit", "--color-space"): ("fit.color_space", ","),
+    ("fit", "--tol"): ("fit.tol", ","),
+    ("fit", "--max-steps"): ("fit.max_steps", ","),
+    ("fit", "--max-iter"): ("fit.max_iter", ","),
+    ("fit", "--batch-size"): ("fit.batch_size", ","),
+    ("fit", "--seed"): ("fit.seed", ","),
+    ("fit", "--k-range"): ("fit.k_range", "-"),
+    ("cluster-images", "--groups"): ("cluster_images.groups", ","),
+    ("cluster-images", "--descriptor"): ("cluster_images.descriptor", ","),
+    ("cluster-images", "--moments-weight"): ("cluster_images.moments_weight", ","),
+    ("cluster-images", "--batch-size"): ("cluster_images.batch_size", ","),
+    ("cluster-images", "--tol"): ("cluster_images.tol", ","),
+    ("cluster-images", "--max-steps"): ("cluster_images.max_steps", ","),
+    ("cluster-images", "--seed"): ("cluster_images.seed", ","),
+    ("quantize", "--color-space"): (None, ","),  # the default is a rule, not a value
+    ("export", "--format"): ("export.format", ","),
+    ("export", "--png-level"): ("export.png_level", ","),
+    ("report", "--samples"): ("report.samples", ","),
+    ("report", "--seed"): ("report.seed", ","),
+    ("report", "--worst"): ("report.worst", ","),
+}
+
+
+def test_help_defaults_are_the_config_defaults():
+    """A default in a help text is the config's (not a copy that can drift), and every option
+    that overrides a config key with a default says it."""
+    import click
+
+    from streamq.config import describe
+
+    defaults = {key: value for key, value, _ in describe()}
+    shown = {}
+    for name, cmd in cli.commands.items():
+        ctx = click.Context(cmd, info_name=name)
+        for param in cmd.params:
+            if isinstance(param, click.Option) and not param.show_default:
+                help_text = " ".join(param.get_help_record(ctx)[1].split())
+                if "[default: " in help_text:
+                    shown[(name, param.opts[-1])] = help_text
+    assert set(shown) == set(HELP_DEFAULTS)
+    for where, (key, sep) in HELP_DEFAULTS.items():
+        if key is None:
+            continue
+        value = defaults[key]
+        text = sep.join(map(str, value)) if isinstance(value, tuple) else str(value)
+        assert f"[default: {text}" in shown[where], (where, key, shown[where])
+    assert "[default: 2,6,30]" in shown[("fit", "--colors")]  # per_image.colors

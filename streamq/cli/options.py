@@ -1,4 +1,4 @@
-"""Options shared by several commands."""
+"""Options shared by several commands, and the defaults their help texts show."""
 
 from __future__ import annotations
 
@@ -8,7 +8,26 @@ from typing import Any
 
 import click
 
+from streamq.config import describe
+
 F = Callable[..., Any]
+
+#: Every config key's default (``fit.colors`` -> 16): help texts show them from here, not copies.
+_DEFAULTS: dict[str, Any] = {key: value for key, value, _ in describe()}
+
+
+def default_of(key: str) -> Any:
+    """The default of config key ``key`` (a dotted name such as ``fit.colors``)."""
+    return _DEFAULTS[key]
+
+
+def shown_default(key: str, sep: str = ",") -> str:
+    """``[default: VALUE]`` for a help text, VALUE being the default of config key ``key``;
+    a list's items are joined by ``sep`` (``2,6,30``; ``sep="-"`` for a range ``2-256``)."""
+    value = default_of(key)
+    text = sep.join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return f"[default: {text}]"
+
 
 config_opt = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -23,9 +42,20 @@ progress_opt = click.option(
     "--progress/--no-progress", default=None,
     help="Show a progress bar on stderr (default: when stderr is a terminal).")
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-seed_opt = click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
-max_steps_opt = click.option("--max-steps", type=int, default=None,
-                             help="Stop after this many mini-batch steps.")
+
+
+def seed_opt(key: str) -> Callable[[F], F]:
+    """``--seed``, overriding config key ``key`` (e.g. ``fit.seed``)."""
+    return click.option("--seed", type=int, default=None,
+                        help=f"Random seed {shown_default(key)}.")
+
+
+def max_steps_opt(key: str) -> Callable[[F], F]:
+    """``--max-steps``, overriding config key ``key`` (e.g. ``fit.max_steps``)."""
+    return click.option("--max-steps", type=int, default=None,
+                        help=f"Stop after this many mini-batch steps {shown_default(key)}.")
+
+
 storage_opt = click.option(
     "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
     help="Option of the filesystem of a URL store or output (s3://...), e.g. "

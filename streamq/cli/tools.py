@@ -1,0 +1,57 @@
+"""``streamq unlock`` and ``streamq warmup``: helpers beside the pipeline."""
+
+from __future__ import annotations
+
+import click
+
+from streamq.cli.common import handle_errors
+from streamq.cli.options import config_opt, storage_opt, storage_overrides
+
+
+@click.command("unlock", short_help="Remove the write lock of a job that is gone.")
+@click.argument("store")
+@click.option("--force", is_flag=True,
+              help="Also remove a lock whose owner runs on another host and still sends heartbeats.")
+@config_opt
+@storage_opt
+@handle_errors
+def unlock_cmd(store: str, force: bool, config_path: str | None,
+               storage_options: tuple[str, ...]) -> None:
+    """Remove the write lock (STORE.lock) of a job that is gone.
+
+    Seldom needed: the next command that writes STORE takes a stale lock over by itself.
+    Refuses while the owner runs on this host; an owner on another host is removed when its
+    heartbeat is older than lock.stale_after, or at once with --force. STORE may be a URL
+    (s3://bucket/faces.zarr: the lock is the object s3://bucket/faces.zarr.lock).
+    """
+    from streamq.config import load_config
+    from streamq.lock import unlock
+
+    cfg = load_config(config_path, **storage_overrides(storage_options))
+    removed = unlock(store, force=force, config=cfg.lock, storage_options=cfg.storage_options)
+    if removed is None:
+        click.echo(f"{store} is not locked")
+    else:
+        owner, why = removed
+        click.echo(f"removed the lock of {owner.describe()}: {why}")
+
+
+@click.command("warmup", short_help="Compile the per-image kernels ahead of their first use.")
+@click.pass_context
+@handle_errors
+def warmup_cmd(ctx: click.Context) -> None:
+    """Compile the loops of `fit --per-image --method histogram` and of its labelling into
+    numba's on-disk cache, so that the first fit does not compile them (a few seconds).
+
+    Once per installation (and after an upgrade of streamq or numba), for example in the
+    image or environment build; later runs only load them. Cluster workers share the cache
+    when they share the installation's files.
+    """
+    import time
+
+    from streamq.kmeans.precompile import precompile
+
+    t0 = time.perf_counter()
+    n = precompile()
+    if not ctx.obj["quiet"]:
+        click.echo(f"{n} per-image kernels compiled or loaded in {time.perf_counter() - t0:.1f} s")
