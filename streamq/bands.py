@@ -135,6 +135,7 @@ def read_rows(src: ImageSource, r0: int, r1: int, keep_alpha: bool,
 
     with _page(src) as page:
         arr = zarr.open(page.aszarr(), mode="r")
+        assert isinstance(arr, zarr.Array), "the Zarr store of one TIFF page holds one array"
         w = int(page.imagewidth)
         step = max(1, band_pixels // max(w, 1))
         for top in range(r0, r1, step):

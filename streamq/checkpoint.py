@@ -18,8 +18,9 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import zarr
 
-from streamq.errors import StreamQError
+from streamq.errors import StoreLayoutError, StreamQError
 from streamq.lock import check_writer
 
 if TYPE_CHECKING:
@@ -104,6 +105,14 @@ def restore_estimator(state: dict[str, Any]) -> Any:
     return est
 
 
+def _slot(st: Store, name: str) -> zarr.Array:
+    """The one-string array of slot ``name``."""
+    arr = st.group[name]
+    if not isinstance(arr, zarr.Array):
+        raise StoreLayoutError(f"{st.path}: {name} is a Zarr group, expected the checkpoint array")
+    return arr
+
+
 def read_checkpoint(st: Store, name: str, fingerprint: str, what: str) -> dict[str, Any] | None:
     """The checkpoint in slot ``name`` (created empty if missing), or None when empty.
 
@@ -112,7 +121,7 @@ def read_checkpoint(st: Store, name: str, fingerprint: str, what: str) -> dict[s
     if not st.has(name):
         st.create_array(name, shape=(1,), chunks=(1,), dtype=str)
         return None
-    text = st.group[name][0]
+    text = _slot(st, name)[0]
     if not text:
         return None
     state = decode_state(str(text))
@@ -127,11 +136,11 @@ def write_checkpoint(st: Store, name: str, state: dict[str, Any]) -> None:
     """Replace the checkpoint in slot ``name`` (one key, written atomically: a temporary file
     renamed locally, one PUT on S3)."""
     check_writer()
-    st.group[name][0] = encode_state(state)
+    _slot(st, name)[0] = encode_state(state)
 
 
 def clear_checkpoint(st: Store, name: str) -> None:
     """Empty slot ``name``: the result is saved, the working state is no longer needed."""
     if st.has(name):
         check_writer()
-        st.group[name][0] = ""
+        _slot(st, name)[0] = ""

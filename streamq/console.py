@@ -69,7 +69,7 @@ def timer(what: str, timings: dict[str, float] | None = None) -> Iterator[None]:
 def _bar_class() -> Any:
     from tqdm.auto import tqdm
 
-    class Bar(tqdm):  # type: ignore[misc,valid-type]
+    class Bar(tqdm):
         """A bar whose last count is drawn before it is cleared: a stage that finishes
         within tqdm's refresh interval still shows it reached its total."""
 

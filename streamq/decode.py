@@ -80,7 +80,8 @@ def _size(src: ImageSource) -> int:
         return os.path.getsize(src)
     if isinstance(src, bytes | bytearray | memoryview):
         return len(src)
-    return int(src.size)  # type: ignore[union-attr]
+    # IO[bytes] has no size; the file objects given here (fsspec files) carry one
+    return int(src.size)  # type: ignore[attr-defined]
 
 
 def _stream(src: ImageSource) -> str | IO[bytes]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, OneToOneFeatureMixin, TransformerMixin
@@ -37,6 +37,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from streamq.colorspace import SPACES, to_rgb8, to_space
 from streamq.fs import Location
+
+if TYPE_CHECKING:
+    from streamq.fit import FitResult
 
 __all__ = ["ColorQuantizer"]
 
@@ -142,6 +145,17 @@ class ColorQuantizer(OneToOneFeatureMixin, ClusterMixin, TransformerMixin, BaseE
     fit_result_ : FitResult or None
         The store's fit (palette, history, MSE/PSNR...) when fitted on a store.
     """
+
+    # The fitted attributes' types (declared only: ``fit`` sets them on the instance, which is
+    # what scikit-learn's ``check_is_fitted`` looks for).
+    cluster_centers_: np.ndarray
+    palette_: np.ndarray | None
+    labels_: Any
+    inertia_: float
+    n_iter_: int
+    n_features_in_: int
+    color_input_: bool
+    fit_result_: FitResult | None
 
     def __init__(self, n_colors: int = 16, *, algorithm: str = "auto", color_space: str = "rgb",
                  init: Any = "k-means++", n_init: int = 16, max_iter: int = 1000,
@@ -391,7 +405,10 @@ class ColorQuantizer(OneToOneFeatureMixin, ClusterMixin, TransformerMixin, BaseE
         return self._labels(rows, colours).reshape(shape)
 
     def _quantized(self, labels: np.ndarray, colours: bool) -> np.ndarray:
-        return self.palette_[labels] if colours else self.cluster_centers_[labels]
+        if not colours:
+            return self.cluster_centers_[labels]
+        assert self.palette_ is not None, "a model fitted on colours has a palette"
+        return self.palette_[labels]
 
     def transform(self, X: Any) -> Any:
         """Every pixel replaced by its palette colour (uint8, the shape of ``X``), or for

@@ -7,6 +7,7 @@ an interruption at any point finishes with the same outputs as an uninterrupted 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -98,14 +99,14 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
             report.stages["export"] = export(cfg.store, e.out, zarr=True, per_image=ks,
                                              overwrite=overwrite, config=cfg, progress=progress)
         elif e.out is not None:
-            kw = dict(format=e.format, dither=e.dither, png_level=e.png_level, quality=e.quality,
-                      overwrite=overwrite, config=cfg, progress=progress)
+            to_files = functools.partial(
+                export, cfg.store, format=e.format, dither=e.dither, png_level=e.png_level,
+                quality=e.quality, overwrite=overwrite, config=cfg, progress=progress)
             if cfg.per_image.enabled:  # one folder per K: OUT/k2, OUT/k6, ...
                 for k in cfg.per_image.colors:
-                    report.stages[f"export k={k}"] = export(cfg.store, join(e.out, f"k{k}"),
-                                                            per_image=k, **kw)
+                    report.stages[f"export k={k}"] = to_files(join(e.out, f"k{k}"), per_image=k)
             else:
-                report.stages["export"] = export(cfg.store, e.out, per_image=e.per_image, **kw)
+                report.stages["export"] = to_files(e.out, per_image=e.per_image)
     if cfg.report.out is not None:
         from streamq.report import report as write_report
 

@@ -42,11 +42,14 @@ codes of the chunk, then one nearest-centre search per distinct colour
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from streamq.decode import premultiply
+
+if TYPE_CHECKING:
+    from streamq.kmeans.table import LabelTable
 
 __all__ = ["RgbaLabels", "codes_to_rgba", "count_rgba", "from_metric", "merge_counts",
            "palette_of", "premultiplied", "rgba_codes", "to_metric"]
@@ -90,11 +93,8 @@ def count_rgba(rgb: np.ndarray, alpha: np.ndarray | None) -> tuple[np.ndarray, n
     from streamq.kmeans.histogram import count_colors
 
     rgb = np.ascontiguousarray(np.asarray(rgb).reshape(-1, 3), dtype=np.uint8)
-    if alpha is None:
-        opaque = np.ones(len(rgb), bool)
-    else:
-        alpha = np.asarray(alpha).reshape(-1)
-        opaque = alpha == 255
+    alpha = np.full(len(rgb), 255, np.uint8) if alpha is None else np.asarray(alpha).reshape(-1)
+    opaque = alpha == 255
     parts = []
     if opaque.all():
         codes, counts = count_colors(rgb)
@@ -102,11 +102,11 @@ def count_rgba(rgb: np.ndarray, alpha: np.ndarray | None) -> tuple[np.ndarray, n
     if opaque.any():
         codes, counts = count_colors(rgb[opaque])
         parts.append(((codes << 8) | 255, counts))
-    clear = alpha == 0  # type: ignore[operator]  (premultiplied: all code 0)
+    clear = alpha == 0  # premultiplied: all code 0
     if clear.any():
         parts.append((np.zeros(1, np.int64), np.asarray([int(clear.sum())], np.int64)))
     rest = ~opaque & ~clear
-    codes, counts = np.unique(rgba_codes(rgb[rest], alpha[rest]), return_counts=True)  # type: ignore[index]
+    codes, counts = np.unique(rgba_codes(rgb[rest], alpha[rest]), return_counts=True)
     parts.append((codes, counts.astype(np.int64)))
     return merge_counts(parts)
 
@@ -156,7 +156,7 @@ def premultiplied(palette: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.concatenate([premultiply(rgba), rgba[:, 3:]], axis=1)
 
 
-def _opaque_table(metric_centres: np.ndarray, target: np.ndarray) -> Any:
+def _opaque_table(metric_centres: np.ndarray, target: np.ndarray) -> LabelTable:
     """A :class:`~streamq.kmeans.table.LabelTable` of opaque colours (K <= 256): labels by
     the RGBA distance, errors over the four channels (at most ``4 * 255**2``: the packed
     entry's 18 bits hold it)."""

@@ -33,6 +33,7 @@ and none of these may be written there.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -42,7 +43,9 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
+
+import numpy as np
 
 from streamq import redact
 from streamq.config import RetryConfig
@@ -51,6 +54,13 @@ from streamq.errors import ConfigError, StoreError, StreamQError
 from streamq.faults import http_status, retrying
 from streamq.fs import Location, check_access, looks_like_url
 from streamq.names import source_name
+
+#: What :meth:`SourceRoot.pixels` gives per image: the RGB pixels, ``(rgb, alpha)``, or the
+#: reason the image cannot be used
+Decoded: TypeAlias = np.ndarray | tuple[np.ndarray, np.ndarray | None] | str
+
+T = TypeVar("T")
+A = TypeVar("A")
 
 __all__ = ["Listing", "SourceRoot", "explain", "fingerprint", "is_remote", "list_urls",
            "local_path", "local_url_list", "source_options", "url_list_lines"]
@@ -204,12 +214,12 @@ class SourceRoot:
                              list(zip(rels, sizes, strict=True)), not self.is_local))
 
     def pixels(self, rels: Sequence[str], max_pixels: int, background: tuple[int, int, int],
-               retry: RetryConfig | None, alpha: bool = False) -> Iterator[Any]:
+               retry: RetryConfig | None, alpha: bool = False) -> Iterator[Decoded]:
         """Each image as ``(H, W, 3)`` uint8, or the reason it cannot be (see
         :func:`decode_rgb`), in order; with ``alpha`` as ``(rgb, alpha)`` (see
         :func:`decode_rgba`). A URL is fetched whole in one request, with
         :data:`CONCURRENCY` requests in flight, and decoded here from memory."""
-        def decode(src: Any) -> Any:
+        def decode(src: bytes | str) -> Decoded:
             if alpha:
                 return decode_rgba(src, max_pixels)
             return decode_rgb(src, max_pixels, background)
@@ -217,7 +227,7 @@ class SourceRoot:
         if self.is_local:
             for rel in rels:
                 path = self.path(rel)
-                yield retrying(lambda p=path: decode(p), "read", path, retry)
+                yield retrying(functools.partial(decode, path), "read", path, retry)
             return
         for data in _ordered(lambda rel: self._fetch(rel, retry), list(rels), True):
             yield data if isinstance(data, str) else decode(data)
@@ -231,7 +241,8 @@ class SourceRoot:
 
         return self._reading(attempt, path, retry)
 
-    def _reading(self, attempt: Any, url: str, retry: RetryConfig | None) -> Any:
+    def _reading(self, attempt: Callable[[], T], url: str, retry: RetryConfig | None
+                 ) -> T | str:
         """``attempt()`` with transient faults retried; a missing object as a skip reason,
         access problems as one-line StoreErrors."""
         try:
@@ -247,14 +258,14 @@ class SourceRoot:
             return f"cannot read object: {type(exc).__name__}: {_detail(exc)}"
 
 
-def _ordered(fn: Callable[[Any], Any], items: list[Any], threads: bool) -> Iterator[Any]:
+def _ordered(fn: Callable[[A], T], items: list[A], threads: bool) -> Iterator[T]:
     """``map(fn, items)``; with ``threads``, at most :data:`CONCURRENCY` calls running ahead
     of the one whose result is next (network reads wait, they do not compute)."""
     if not threads or len(items) < 2:
         yield from map(fn, items)
         return
     with ThreadPoolExecutor(CONCURRENCY) as pool:
-        window: deque[Future[Any]] = deque()
+        window: deque[Future[T]] = deque()
         for item in items:
             window.append(pool.submit(fn, item))
             if len(window) >= CONCURRENCY:

@@ -22,6 +22,7 @@ dense int64 table.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
@@ -31,6 +32,10 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from streamq.kmeans.codes import N_CODES, code24
+
+if TYPE_CHECKING:
+    from numba.core.base import BaseContext
+    from numba.core.typing.templates import Signature
 
 __all__ = ["ColorTotals", "count_colors"]
 
@@ -46,9 +51,10 @@ def _prefetch(typingctx: object, arr: types.Array, index: types.Integer) -> obje
     A write task meets its table cold (decoding evicted it): fetching the counter of the
     pixel ``_AHEAD`` rows on hides those misses.
     """
-    def codegen(context: object, builder: ir.IRBuilder, signature: object, args: tuple) -> object:
+    def codegen(context: BaseContext, builder: ir.IRBuilder, signature: Signature,
+                args: tuple) -> object:
         arrty = signature.args[0]
-        ary = context.make_array(arrty)(context, builder, args[0])  # type: ignore[attr-defined]
+        ary = context.make_array(arrty)(context, builder, args[0])
         ptr = cgutils.get_item_pointer2(
             context, builder, data=ary.data, shape=cgutils.unpack_tuple(builder, ary.shape),
             strides=cgutils.unpack_tuple(builder, ary.strides), layout=arrty.layout,
@@ -58,7 +64,7 @@ def _prefetch(typingctx: object, arr: types.Array, index: types.Integer) -> obje
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), name)
         builder.call(fn, [ptr, i32(1), i32(3), i32(1)])  # write, keep in all levels, data
-        return context.get_dummy_value()  # type: ignore[attr-defined]
+        return context.get_dummy_value()
 
     return types.void(arr, index), codegen
 
@@ -84,7 +90,9 @@ def _count(rgb: np.ndarray, starts: np.ndarray, stops: np.ndarray, table: np.nda
                 block[j] = code24(rgb, a + j)
             block[k:k + _AHEAD] = 0
             for j in range(k):
-                _prefetch(table, block[j + _AHEAD])
+                # numba's stub types the call with the typing function's own parameters
+                # (typingctx included); compiled code passes only (arr, index)
+                _prefetch(table, block[j + _AHEAD])  # type: ignore[call-arg]
                 c = block[j]
                 v = table[c]
                 touched[n] = c  # kept only when new: no branch on a poorly predicted path
