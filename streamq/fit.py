@@ -31,14 +31,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from streamq.batches import STREAM_INIT, STREAM_TRAIN, PixelSource, draw_sample, draw_task
 from streamq.checkpoint import (
-    clear_checkpoint,
     decode_state,
     encode_state,
     estimator_state,
@@ -49,6 +47,7 @@ from streamq.checkpoint import (
 from streamq.colorspace import to_rgb8, to_space
 from streamq.config import FitConfig, StreamQConfig, differences, fingerprint, parse_config, to_dict
 from streamq.console import timer
+from streamq.describe import describe_source
 from streamq.errors import ConfigError, StoreMismatchError
 from streamq.fixed import FixedColors, read_fixed_colors
 from streamq.fs import Location, check_access, location
@@ -56,6 +55,16 @@ from streamq.histogram import histogram
 from streamq.lock import store_lock
 from streamq.metrics import psnr
 from streamq.minibatch import LoopSettings, LoopState, new_model, step_limit, stream_partial_fit
+from streamq.results import (
+    CHECKPOINT,
+    FIT,
+    HISTORY_KEYS,
+    STARTS,
+    FitResult,
+    clear_fit,
+    load_fit,
+    save_fit,
+)
 from streamq.scheduler import Runner, runner
 from streamq.store import Collection, Store, open_array, store_location
 
@@ -63,93 +72,8 @@ __all__ = ["FitResult", "collection_mse", "fit", "load_fit"]
 
 log = logging.getLogger(__name__)
 
-FIT = "fit"
-CHECKPOINT = "fit/checkpoint"
-STARTS = "fit/starts"  # one slot per exact Lloyd start: its checkpoint, then its result
-HISTORY_KEYS = ("step", "pixels_seen", "shift", "inertia")
 # Keys that change how fast a fit runs or how often it saves, not what it computes.
 _NON_SEMANTIC = {"prefetch", "checkpoint_steps", "checkpoint_seconds", "client_threads"}
-
-
-@dataclass
-class FitResult:
-    """A fitted palette; ``str()`` is the one-line summary the CLI prints."""
-
-    store: str
-    k: int
-    algorithm: str
-    color_space: str
-    centers: np.ndarray  # (K, 3) float64 in the fit's colour space
-    palette: np.ndarray  # (K, 3) uint8 sRGB
-    counts: np.ndarray  # (K,) int64, pixels per colour (exact)
-    history: dict[str, np.ndarray]
-    steps: int
-    pixels_seen: int
-    stop_reason: str
-    mse: float  # exact, over every pixel, in uint8 RGB units (mean over pixels and channels)
-    psnr: float
-    seconds: float
-    seed: int
-    config: dict[str, Any] = field(default_factory=dict)
-    status: str = "fitted"
-    # A given palette (quantize --palette): where it came from (streamq.palettes); None: k-means
-    palette_source: dict[str, Any] | None = None
-    # fit --quality: the target, the K range searched and every K tried (streamq.quality)
-    quality: dict[str, Any] | None = None
-    n_fixed: int = 0  # the first n_fixed colours are fixed colours (streamq.fixed), kept exactly
-    # (K,) uint8 alpha of each colour for a collection with alpha (streamq.fit_alpha): then
-    # ``centers`` are (K, 4) premultiplied RGBA in [0, 1], ``palette`` straight colours, and
-    # MSE/PSNR over premultiplied RGBA; None for an opaque collection
-    alpha: np.ndarray | None = None
-
-    def label_space(self) -> tuple[str, np.ndarray]:
-        """The colour space and centres quantize labels pixels in: the fit's, except for a
-        given palette's own colours in RGB, compared in integer uint8 units (``rgb8``) so
-        that colours at equal distances tie exactly (and the lowest index wins)."""
-        if self.color_space == "rgb" and (self.palette_source or {}).get("centers") == "palette":
-            return "rgb8", self.palette.astype(np.float64)
-        return self.color_space, self.centers
-
-    def estimator(self) -> Any:
-        """The palette as a fitted scikit-learn ``KMeans`` (predict works on ``to_space`` pixels)."""
-        from sklearn.cluster import KMeans
-
-        est = KMeans(n_clusters=self.k, init=self.centers, n_init=1)
-        est.cluster_centers_ = self.centers.copy()
-        est.n_features_in_ = self.centers.shape[1]
-        est._n_features_out = self.k
-        est._n_threads = 1
-        est.labels_ = np.zeros(0, dtype=np.int32)
-        est.inertia_ = float("nan")
-        est.n_iter_ = self.steps
-        return est
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for key in ("centers", "palette", "counts"):
-            d[key] = np.asarray(d[key]).tolist()
-        if self.alpha is not None:
-            d["alpha"] = np.asarray(self.alpha).tolist()
-        d["history"] = {k: np.asarray(v).tolist() for k, v in self.history.items()}
-        return d
-
-    def __str__(self) -> str:
-        if self.palette_source is not None:
-            from streamq.palettes import describe_source
-
-            return (f"{self.status}: K={self.k} given palette ({self.color_space}): "
-                    f"{describe_source(self.palette_source)}; MSE {self.mse:.2f} / PSNR "
-                    f"{self.psnr:.2f} dB over every pixel")
-        fixed = f", {self.n_fixed} fixed" if self.n_fixed else ""
-        line = (f"{self.status}: K={self.k} ({self.algorithm}, {self.color_space}{fixed}), "
-                f"{self.steps} steps, {self.pixels_seen / 1e6:.2f} Mpx seen, "
-                f"MSE {self.mse:.2f} / PSNR {self.psnr:.2f} dB over every pixel, "
-                f"stopped: {self.stop_reason}, {self.seconds:.1f} s")
-        if self.quality is not None:
-            from streamq.quality import describe_quality
-
-            line += f"; {describe_quality(self.quality)}"
-        return line
 
 
 def _fit_fingerprint(st: Store, fcfg: FitConfig, fixed: FixedColors | None = None) -> str:
@@ -228,8 +152,6 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
             result.status = "already complete"
             return result
         if prev.get("fingerprint") != fp and prev.get("palette_source"):
-            from streamq.palettes import describe_source
-
             raise StoreMismatchError(
                 f"{st.path} already has a given palette ({describe_source(prev['palette_source'])}"
                 "); pass --overwrite to replace it with a fit")
@@ -256,9 +178,8 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
         facts = run.facts()
         # Everything is checked and the cluster reached: only now touch the stored fit.
         if prev and overwrite:
-            _clear(st)
+            clear_fit(st)
         st.set_section(FIT, {"state": "running", "fingerprint": fp, "config": to_dict(fcfg)})
-        st.mark_stale(fp)  # labels and image groups of the old palette: say so
         with timer("histogram", timings):
             codes, counts = histogram(run, st, source, progress)
         if fcfg.quality is not None:  # the smallest K reaching a PSNR target
@@ -304,7 +225,7 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
         extra["fixed_colors"] = fixed.record()
     if mb_centres is not None:  # the mini-batch phase's palette, before the exact phase
         extra["minibatch_centers"] = np.asarray(mb_centres).tolist()
-    _save_result(st, result, fp, timings, facts, extra)
+    save_fit(st, result, fp, timings, facts, extra)
     log.info("%s", result)
     return result
 
@@ -360,13 +281,6 @@ def collection_mse(store: str | Location, centers: np.ndarray | None = None,
             codes, counts = histogram(run, st)
     centers = np.asarray(centers, dtype=np.float64)
     return _exact_mse(_points(codes, space), codes, counts, centers, to_rgb8(centers, space))[0]
-
-
-def _clear(st: Store) -> None:
-    st.set_section(FIT, {})
-    clear_checkpoint(st, CHECKPOINT)
-    if st.has(STARTS):
-        st.create_records(STARTS, 0)
 
 
 # --- phase 1: the streamed mini-batch fit -------------------------------------------------------
@@ -617,42 +531,3 @@ def _ensure_distinct(centres: np.ndarray, points: np.ndarray, space: str) -> np.
     return spread_duplicates(centres, points, to_rgb8(centres, space), colour)
 
 
-def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float],
-                 facts: dict[str, Any], extra: dict[str, Any]) -> None:
-    columns = {f"center_{j}": r.centers[:, j] for j in range(r.centers.shape[1])}
-    columns.update({"r": r.palette[:, 0], "g": r.palette[:, 1], "b": r.palette[:, 2]})
-    if r.alpha is not None:  # a palette with alpha (streamq.fit_alpha)
-        columns["a"] = r.alpha
-    st.write_table("fit/palette", {**columns, "count": r.counts})
-    st.write_table("fit/history", {k: np.asarray(v) for k, v in r.history.items()})
-    summary = {k: v for k, v in asdict(r).items()
-               if k not in ("centers", "palette", "counts", "history", "config", "status",
-                            "palette_source", "alpha") and (k != "quality" or r.quality is not None)
-               and (k != "n_fixed" or r.n_fixed)}
-    st.set_section(FIT, {"state": "complete", "fingerprint": fp, "config": r.config,
-                         "summary": summary, "timings": timings, "runtime": facts, **extra,
-                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    clear_checkpoint(st, CHECKPOINT)  # the result is saved; the working state is not needed
-
-
-def load_fit(store: str | Location, storage_options: dict[str, Any] | None = None) -> FitResult:
-    """The palette saved in ``store`` by :func:`fit`."""
-    st = Store.open(store, storage_options=storage_options)
-    sec = st.section(FIT)
-    if sec.get("state") != "complete":
-        raise ConfigError(f"{st.path} has no fitted palette; run `streamq fit` first")
-    rgba = st.has("fit/palette/a")  # a palette with alpha (streamq.fit_alpha)
-    dims = 4 if rgba else 3
-    p = st.read_table("fit/palette", tuple(f"center_{j}" for j in range(dims))
-                      + ("r", "g", "b", "count") + (("a",) if rgba else ()))
-    h = st.read_table("fit/history", HISTORY_KEYS)
-    s = sec["summary"]
-    return FitResult(
-        store=st.path, k=s["k"], algorithm=s["algorithm"], color_space=s["color_space"],
-        centers=np.stack([p[f"center_{j}"] for j in range(dims)], 1),
-        palette=np.stack([p["r"], p["g"], p["b"]], 1).astype(np.uint8), counts=p["count"],
-        history=h, steps=s["steps"], pixels_seen=s["pixels_seen"], stop_reason=s["stop_reason"],
-        mse=s["mse"], psnr=s["psnr"], seconds=s["seconds"], seed=s["seed"], config=sec["config"],
-        status="given" if sec.get("palette_source") else "fitted",
-        palette_source=sec.get("palette_source"), quality=s.get("quality"),
-        n_fixed=int(s.get("n_fixed", 0)), alpha=p["a"].astype(np.uint8) if rgba else None)

@@ -43,8 +43,10 @@ import numpy as np
 from streamq.checkpoint import read_checkpoint, write_checkpoint
 from streamq.colorspace import to_rgb8
 from streamq.config import FitConfig, fingerprint, to_dict
+from streamq.describe import describe_quality
 from streamq.errors import ConfigError, StreamQError
 from streamq.metrics import psnr
+from streamq.results import CHECKPOINT, HISTORY_KEYS, FitResult, save_fit
 from streamq.scheduler import Runner
 from streamq.store import Store
 
@@ -103,21 +105,6 @@ def search_config(fcfg: FitConfig) -> FitConfig:
     return dataclasses.replace(fcfg, algorithm="lloyd", colors=fcfg.k_range[1])
 
 
-def describe_quality(q: dict[str, Any]) -> str:
-    """The search's outcome in one phrase, for the summary line and ``streamq info``."""
-    qmin, qmax, (lo, hi), k = q["min"], q["max"], q["searched"], q["k"]
-    tried = {int(t): float(m) for t, m in q["tried"]}
-    n = f"{len(tried)} K fitted"
-    head = f"quality {qmin:g}-{qmax:g} dB"
-    if not q["reached"]:
-        return (f"{head}: no K in {lo}..{hi} reaches {qmax:g} dB; K={k}, the largest, gives "
-                f"{psnr(tried[k]):.2f} dB (at least MIN); {n}")
-    if k == lo:
-        return f"{head}: K={k}, the smallest K in {lo}..{hi}, reaches {qmax:g} dB; {n}"
-    return (f"{head}: K={k} is the smallest K in {lo}..{hi} reaching {qmax:g} dB (K={k - 1}: "
-            f"{psnr(tried[k - 1]):.2f} dB); {n}")
-
-
 def search(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndarray,
            counts: np.ndarray, progress: bool | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Find the K of the target ``fcfg.quality`` (see the module's docstring).
@@ -126,7 +113,7 @@ def search(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndarray,
     Lloyd result of :func:`streamq.fit._fit_exact`) and the search's record for the summary.
     Raises :class:`QualityError` when the largest K stays below MIN.
     """
-    from streamq.fit import CHECKPOINT, _ensure_distinct, _exact_mse, _fit_exact, _points
+    from streamq.fit import _ensure_distinct, _exact_mse, _fit_exact, _points
 
     assert fcfg.quality is not None
     qmin, qmax = fcfg.quality
@@ -191,7 +178,7 @@ def fit_quality(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndar
     """The quality search of :func:`streamq.fit.fit`, after the histogram: the chosen K's
     palette saved as the store's fit; a :class:`streamq.fit.FitResult`."""
     from streamq.console import timer
-    from streamq.fit import HISTORY_KEYS, FitResult, _join_history, _save_result
+    from streamq.fit import _join_history
 
     with timer("quality search", timings):
         chosen, record = search(run, st, fcfg, fp, codes, counts, progress)
@@ -208,6 +195,6 @@ def fit_quality(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndar
         mse=float(chosen["mse"]), psnr=psnr(float(chosen["mse"])),
         seconds=round(time.perf_counter() - started, 3), seed=fcfg.seed, config=to_dict(fcfg),
         quality=record)
-    _save_result(st, result, fp, timings, facts, {"starts": chosen["best"]["results"]})
+    save_fit(st, result, fp, timings, facts, {"starts": chosen["best"]["results"]})
     log.info("%s", result)
     return result
