@@ -238,8 +238,8 @@ class ColorQuantizer(OneToOneFeatureMixin, ClusterMixin, TransformerMixin, BaseE
 
     def _fit_store(self, X: Any, algorithm: str, seed: int) -> ColorQuantizer:
         import streamq
-        from streamq.fit import _points
         from streamq.kmeans.nearest import inertia
+        from streamq.lloyd import points
         from streamq.store import Collection, Store
 
         target = X.store.location if isinstance(X, Collection) else X
@@ -252,7 +252,7 @@ class ColorQuantizer(OneToOneFeatureMixin, ClusterMixin, TransformerMixin, BaseE
         self.n_features_in_ = 3
         self.cluster_centers_ = np.asarray(result.centers, dtype=np.float64)
         self.palette_ = np.asarray(result.palette, dtype=np.uint8)
-        self.inertia_ = inertia(_points(hist["code"], result.color_space),
+        self.inertia_ = inertia(points(hist["code"], result.color_space),
                                 hist["count"].astype(np.float64), self.cluster_centers_)
         self.n_iter_ = int(result.steps)
         self.fit_result_ = result
@@ -282,16 +282,16 @@ class ColorQuantizer(OneToOneFeatureMixin, ClusterMixin, TransformerMixin, BaseE
 
     def _fit_colours(self, codes: np.ndarray, counts: np.ndarray, seed: int) -> None:
         """Exact K-Means on a colour histogram, as the exact phase of ``streamq fit``."""
-        from streamq.fit import FINISHERS, GRID_BITS, _ensure_distinct, _points
         from streamq.kmeans import converge, initial_centers
         from streamq.kmeans.codes import cell_means
         from streamq.kmeans.nearest import inertia
         from streamq.kmeans.plusplus import cell_layout
+        from streamq.lloyd import FINISHERS, GRID_BITS, ensure_distinct, points
 
         k, space = int(self.n_colors), self.color_space
         if len(codes) < k:
             raise ValueError(f"X has {len(codes)} distinct colours, fewer than n_colors={k}")
-        x = _points(codes, space)
+        x = points(codes, space)
         w = counts.astype(np.float64)
         layout = cell_layout(x)
         if isinstance(self.init, str):
@@ -317,7 +317,7 @@ class ColorQuantizer(OneToOneFeatureMixin, ClusterMixin, TransformerMixin, BaseE
             best = converge(x, w, start, layout=layout, tol=float(self.tol),
                             max_iter=self.max_iter)
             n_iter = best.n_iter
-        centres = _ensure_distinct(best.centers, x, space)
+        centres = ensure_distinct(best.centers, x, space)
         self.cluster_centers_ = centres
         self.palette_ = to_rgb8(centres, space)
         self.inertia_ = inertia(x, w, centres)

@@ -3,7 +3,7 @@
 ``fit.quality = [MIN, MAX]`` (PSNR in dB over every pixel) asks for the smallest K of
 ``fit.k_range = [LO, HI]`` whose palette reaches MAX, as pngquant's ``--quality MIN-MAX``.
 Each K tried is fitted exactly as ``streamq fit -k K --algorithm lloyd`` with the same seed,
-``n_init``, ``init``, ``tol`` and ``max_iter`` fits it (:func:`streamq.fit._fit_exact`: k-means++
+``n_init``, ``init``, ``tol`` and ``max_iter`` fits it (:func:`streamq.lloyd.fit_exact`: k-means++
 starts raced on the colour grid, the best finished by exact Lloyd on every distinct colour,
 each start a Dask task), and its MSE is exact, from the colour histogram
 (:mod:`streamq.histogram`). So a search costs one histogram, read once, and a few Lloyd runs
@@ -45,6 +45,7 @@ from streamq.colorspace import to_rgb8
 from streamq.config import FitConfig, fingerprint, to_dict
 from streamq.describe import describe_quality
 from streamq.errors import ConfigError, StreamQError
+from streamq.lloyd import ensure_distinct, exact_mse, fit_exact, join_history, points
 from streamq.metrics import psnr
 from streamq.results import CHECKPOINT, HISTORY_KEYS, FitResult, save_fit
 from streamq.scheduler import Runner
@@ -110,10 +111,9 @@ def search(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndarray,
     """Find the K of the target ``fcfg.quality`` (see the module's docstring).
 
     Returns the chosen K's record (``k``, ``mse``, ``centers``, ``counts``, ``best``: the
-    Lloyd result of :func:`streamq.fit._fit_exact`) and the search's record for the summary.
+    Lloyd result of :func:`streamq.lloyd.fit_exact`) and the search's record for the summary.
     Raises :class:`QualityError` when the largest K stays below MIN.
     """
-    from streamq.fit import _ensure_distinct, _exact_mse, _fit_exact, _points
 
     assert fcfg.quality is not None
     qmin, qmax = fcfg.quality
@@ -123,7 +123,7 @@ def search(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndarray,
                           f"the smallest K of key 'fit.k_range' {[lo, hi]}; start the range at "
                           f"{len(codes)} or below")
     hi = min(hi, len(codes))  # K = the distinct colours: every pixel exact
-    x = _points(codes, fcfg.color_space)
+    x = points(codes, fcfg.color_space)
     ckpt = read_checkpoint(st, CHECKPOINT, fp, "fit")
     tried: list[dict[str, Any]] = list(ckpt["tried"]) if ckpt and "tried" in ckpt else []
 
@@ -132,10 +132,10 @@ def search(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndarray,
             if rec["k"] == k:
                 log.info("quality search: K=%d: PSNR %.2f dB (recorded)", k, psnr(rec["mse"]))
                 return rec
-        best = _fit_exact(run, st, dataclasses.replace(fcfg, colors=k), fingerprint([fp, k]),
+        best = fit_exact(run, st, dataclasses.replace(fcfg, colors=k), fingerprint([fp, k]),
                           None, progress)
-        centres = _ensure_distinct(best["centers"], x, fcfg.color_space)
-        mse, pixel_counts = _exact_mse(x, codes, counts, centres,
+        centres = ensure_distinct(best["centers"], x, fcfg.color_space)
+        mse, pixel_counts = exact_mse(x, codes, counts, centres,
                                        to_rgb8(centres, fcfg.color_space))
         rec = {"k": k, "mse": mse, "centers": centres, "counts": pixel_counts, "best": best}
         tried.append(rec)
@@ -178,14 +178,13 @@ def fit_quality(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndar
     """The quality search of :func:`streamq.fit.fit`, after the histogram: the chosen K's
     palette saved as the store's fit; a :class:`streamq.fit.FitResult`."""
     from streamq.console import timer
-    from streamq.fit import _join_history
 
     with timer("quality search", timings):
         chosen, record = search(run, st, fcfg, fp, codes, counts, progress)
     fk = dataclasses.replace(fcfg, colors=chosen["k"])
     empty = {"history": {k: np.zeros(0) for k in HISTORY_KEYS}, "steps": 0, "pixels_seen": 0,
              "stop_reason": ""}
-    info = _join_history(empty, chosen["best"], int(counts.sum()), fk)
+    info = join_history(empty, chosen["best"], int(counts.sum()), fk)
     centres = np.asarray(chosen["centers"], np.float64)
     result = FitResult(
         store=st.path, k=chosen["k"], algorithm=fcfg.algorithm, color_space=fcfg.color_space,
