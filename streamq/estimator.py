@@ -237,16 +237,16 @@ class ColorQuantizer(OneToOneFeatureMixin, ClusterMixin, TransformerMixin, BaseE
         return self
 
     def _fit_store(self, X: Any, algorithm: str, seed: int) -> ColorQuantizer:
-        import streamq
+        from streamq.fit import fit
         from streamq.kmeans.nearest import inertia
         from streamq.lloyd import points
         from streamq.store import Collection, Store
 
         target = X.store.location if isinstance(X, Collection) else X
-        result = streamq.fit(target, overwrite=self.overwrite, progress=self.progress,
-                             scheduler=self.scheduler, colors=self.n_colors, algorithm=algorithm,
-                             color_space=self.color_space, init=self.init, n_init=self.n_init,
-                             max_iter=self.max_iter, tol=float(self.tol), seed=seed)
+        result = fit(target, overwrite=self.overwrite, progress=self.progress,
+                     scheduler=self.scheduler, colors=self.n_colors, algorithm=algorithm,
+                     color_space=self.color_space, init=self.init, n_init=self.n_init,
+                     max_iter=self.max_iter, tol=float(self.tol), seed=seed)
         hist = Store.open(target).read_table("colors", ("code", "count"))
         self.color_input_ = True
         self.n_features_in_ = 3
@@ -362,10 +362,9 @@ class ColorQuantizer(OneToOneFeatureMixin, ClusterMixin, TransformerMixin, BaseE
     def _lazy(self, X: Any, quantize: bool) -> Any:
         """Labels (or quantized pixels) of a Dask array or of every image of a store."""
         if _is_store(X):
-            import streamq
-            from streamq.store import Collection
+            from streamq.store import Collection, open_store
 
-            coll = X if isinstance(X, Collection) else streamq.open_store(X)
+            coll = X if isinstance(X, Collection) else open_store(X)
             return [self._lazy(img, quantize) for img in coll.to_dask("pixels")]
         if X.dtype not in _COLOUR_DTYPES or X.ndim < 2 or X.shape[-1] != 3:
             raise ValueError(f"a Dask array X must hold uint8/uint16 colours, (..., 3); got "
