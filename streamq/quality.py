@@ -176,7 +176,7 @@ def fit_quality(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndar
                 counts: np.ndarray, timings: dict[str, float], facts: dict[str, Any],
                 started: float, progress: bool | None) -> Any:
     """The quality search of :func:`streamq.fit.fit`, after the histogram: the chosen K's
-    palette saved as the store's fit; a :class:`streamq.fit.FitResult`."""
+    palette saved as the store's fit; a :class:`streamq.results.FitResult`."""
     from streamq.console import timer
 
     with timer("quality search", timings):
