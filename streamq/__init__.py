@@ -13,6 +13,7 @@ from streamq.config import StreamQConfig, load_config
 from streamq.errors import (
     ConfigError,
     LockLostError,
+    StageNotReadyError,
     StoreError,
     StoreExistsError,
     StoreLayoutError,
@@ -22,16 +23,17 @@ from streamq.errors import (
 )
 from streamq.export import ExportSummary, export
 from streamq.export_zarr import ZarrExportSummary, export_zarr
-from streamq.fit import FitResult, collection_mse, fit, load_fit
-from streamq.groups import ImageGroups, cluster_images, load_groups
-from streamq.info import collection_info
+from streamq.fit import collection_mse, fit
+from streamq.groups import cluster_images
 from streamq.ingest import IngestSummary, ingest
 from streamq.lock import store_lock
+from streamq.overview import collection_info
 from streamq.palettes import Palette, read_palette, write_palette
 from streamq.per_image import PerImageSummary, fit_per_image
 from streamq.pipeline import RunReport, run
 from streamq.quantize import QuantizeSummary, quantize
 from streamq.report import ReportSummary, report
+from streamq.results import FitResult, ImageGroups, load_fit, load_groups
 from streamq.store import Collection, open_store
 
 
@@ -56,6 +58,7 @@ __all__ = [
     "IngestSummary",
     "LockLostError",
     "Palette",
+    "StageNotReadyError",
     "StoreError",
     "StoreExistsError",
     "StoreLayoutError",

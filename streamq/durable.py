@@ -28,12 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from streamq.errors import StreamQError
-from streamq.faults import retrying
-from streamq.fs import Location
-from streamq.store import open_array
-
-__all__ = ["checksum", "chunk_files", "chunk_keys", "recorded_labels_ok", "sync_all", "sync_chunks", "sync_files",
+__all__ = ["checksum", "chunk_files", "chunk_keys", "sync_all", "sync_chunks", "sync_files",
            "sync_tree"]
 
 _LIBC: Any = None
@@ -157,20 +152,3 @@ def sync_all(paths: Iterable[str], up_to: str | None = None) -> None:
     sync_files(paths, up_to)
 
 
-def recorded_labels_ok(store: Location, name: str, lo: int, hi: int, record: dict[str, Any],
-                       fit: str, retry: Any) -> bool:
-    """Whether labels ``[lo, hi)`` of array ``name`` are those a completion record of an
-    earlier run vouches for: labels of the same palette (``fit``, its fingerprint: labels
-    are a function of it) with the same checksum."""
-    if record.get("fit") != fit:
-        return False
-    if "crc32" not in record:
-        return True
-    try:
-        data = retrying(lambda: np.asarray(open_array(store, name)[lo:hi]), "read",
-                        store.join(name).url, retry)
-    except StreamQError:
-        raise
-    except Exception:  # noqa: BLE001  (a chunk that no longer decodes: torn, rewrite it)
-        return False
-    return checksum(data) == record["crc32"]

@@ -1,4 +1,4 @@
-"""Exceptions and warnings raised by streamq.
+"""Exceptions raised by streamq.
 
 Every error derives from :class:`StreamQError` and, where callers already catch a
 builtin (``ValueError``, ``OSError``, ``FileNotFoundError``), from that builtin too.
@@ -12,7 +12,6 @@ from typing import Any
 __all__ = [
     "ConfigError",
     "FaultError",
-    "ImageReadError",
     "LabelsChangedError",
     "LockLostError",
     "StoreError",
@@ -20,8 +19,8 @@ __all__ = [
     "StoreLayoutError",
     "StoreLockedError",
     "StoreMismatchError",
+    "StageNotReadyError",
     "StreamQError",
-    "StreamQWarning",
 ]
 
 
@@ -76,9 +75,14 @@ class LabelsChangedError(StreamQError):
     ingest ran meanwhile: readers take no lock); nothing made from them is recorded."""
 
 
-class ImageReadError(StreamQError, OSError):
-    """An input file could not be read as an image (recorded as a skip, not raised by ingest)."""
+class StageNotReadyError(StreamQError):
+    """A stage needs the result of another one that is missing, unfinished or stale; the
+    message (one line) ends with the command to run first, kept in ``commands``."""
 
+    def __init__(self, what: str, *commands: str) -> None:
+        self.what, self.commands = what, commands
+        run = " and ".join(f"`{c}`" for c in commands)
+        super().__init__(f"{what}; run {run} first")
 
-class StreamQWarning(UserWarning):
-    """Something worth knowing that does not stop the run."""
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (Dask) intact
+        return type(self), (self.what, *self.commands)

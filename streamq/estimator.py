@@ -251,22 +251,22 @@ class ColorQuantizer(OneToOneFeatureMixin, ClusterMixin, TransformerMixin, BaseE
         return self
 
     def _fit_store(self, X: Any, algorithm: str, seed: int) -> ColorQuantizer:
-        import streamq
-        from streamq.fit import _points
+        from streamq.fit import fit
         from streamq.kmeans.nearest import inertia
+        from streamq.lloyd import points
         from streamq.store import Collection, Store
 
         target = X.store.location if isinstance(X, Collection) else X
-        result = streamq.fit(target, overwrite=self.overwrite, progress=self.progress,
-                             scheduler=self.scheduler, colors=self.n_colors, algorithm=algorithm,
-                             color_space=self.color_space, init=self.init, n_init=self.n_init,
-                             max_iter=self.max_iter, tol=float(self.tol), seed=seed)
+        result = fit(target, overwrite=self.overwrite, progress=self.progress,
+                     scheduler=self.scheduler, colors=self.n_colors, algorithm=algorithm,
+                     color_space=self.color_space, init=self.init, n_init=self.n_init,
+                     max_iter=self.max_iter, tol=float(self.tol), seed=seed)
         hist = Store.open(target).read_table("colors", ("code", "count"))
         self.color_input_ = True
         self.n_features_in_ = 3
         self.cluster_centers_ = np.asarray(result.centers, dtype=np.float64)
         self.palette_ = np.asarray(result.palette, dtype=np.uint8)
-        self.inertia_ = inertia(_points(hist["code"], result.color_space),
+        self.inertia_ = inertia(points(hist["code"], result.color_space),
                                 hist["count"].astype(np.float64), self.cluster_centers_)
         self.n_iter_ = int(result.steps)
         self.fit_result_ = result
@@ -296,16 +296,16 @@ class ColorQuantizer(OneToOneFeatureMixin, ClusterMixin, TransformerMixin, BaseE
 
     def _fit_colours(self, codes: np.ndarray, counts: np.ndarray, seed: int) -> None:
         """Exact K-Means on a colour histogram, as the exact phase of ``streamq fit``."""
-        from streamq.fit import FINISHERS, GRID_BITS, _ensure_distinct, _points
         from streamq.kmeans import converge, initial_centers
         from streamq.kmeans.codes import cell_means
         from streamq.kmeans.nearest import inertia
         from streamq.kmeans.plusplus import cell_layout
+        from streamq.lloyd import FINISHERS, GRID_BITS, ensure_distinct, points
 
         k, space = int(self.n_colors), self.color_space
         if len(codes) < k:
             raise ValueError(f"X has {len(codes)} distinct colours, fewer than n_colors={k}")
-        x = _points(codes, space)
+        x = points(codes, space)
         w = counts.astype(np.float64)
         layout = cell_layout(x)
         if isinstance(self.init, str):
@@ -331,7 +331,7 @@ class ColorQuantizer(OneToOneFeatureMixin, ClusterMixin, TransformerMixin, BaseE
             best = converge(x, w, start, layout=layout, tol=float(self.tol),
                             max_iter=self.max_iter)
             n_iter = best.n_iter
-        centres = _ensure_distinct(best.centers, x, space)
+        centres = ensure_distinct(best.centers, x, space)
         self.cluster_centers_ = centres
         self.palette_ = to_rgb8(centres, space)
         self.inertia_ = inertia(x, w, centres)
@@ -376,10 +376,9 @@ class ColorQuantizer(OneToOneFeatureMixin, ClusterMixin, TransformerMixin, BaseE
     def _lazy(self, X: Any, quantize: bool) -> Any:
         """Labels (or quantized pixels) of a Dask array or of every image of a store."""
         if _is_store(X):
-            import streamq
-            from streamq.store import Collection
+            from streamq.store import Collection, open_store
 
-            coll = X if isinstance(X, Collection) else streamq.open_store(X)
+            coll = X if isinstance(X, Collection) else open_store(X)
             return [self._lazy(img, quantize) for img in coll.to_dask("pixels")]
         if X.dtype not in _COLOUR_DTYPES or X.ndim < 2 or X.shape[-1] != 3:
             raise ValueError(f"a Dask array X must hold uint8/uint16 colours, (..., 3); got "

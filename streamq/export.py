@@ -43,15 +43,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from streamq._version import __version__
-from streamq.config import StreamQConfig, fingerprint, parse_config
+from streamq.config import StreamQConfig, parse_config
 from streamq.console import progress_bar, timer
 from streamq.durable import sync_all, sync_files
 from streamq.errors import ConfigError, LabelsChangedError, StoreExistsError, StreamQError
+from streamq.export_common import MANIFEST, check_out, labels_changed_message, listing
 from streamq.faults import retrying
 from streamq.fs import Location, check_access, join, location, storage_errors
 from streamq.lock import check_writer
-from streamq.names import output_name, source_name
+from streamq.names import output_name
+from streamq.results import labels_identity, load_fit, read_identity, ready_labels
 from streamq.scheduler import runner
+from streamq.selection import parse_ids, select_images
 from streamq.store import PIXELS, Collection, Store, open_array, store_location
 
 if TYPE_CHECKING:
@@ -63,7 +66,6 @@ __all__ = ["ExportSummary", "export", "labels_identity", "name_key", "output_nam
 log = logging.getLogger(__name__)
 
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
-MANIFEST = ".streamq-export.json"
 TMP_DIR = ".streamq-tmp-files"  # half-written files live here until renamed; emptied at every start
 RECORDS_DIR = ".streamq-records"  # completion records: files written, their CRC-32, the palette
 RECORDS_INDEX = "index.json"  # the records of a finished run, merged
@@ -375,12 +377,6 @@ def _check_labels(args: dict[str, Any]) -> None:
         raise LabelsChangedError(labels_changed_message(args["store"].url))
 
 
-def labels_changed_message(store: str) -> str:
-    return (f"{store}: the labels changed under this export (the store was quantized again, "
-            "refitted or ingested again meanwhile); nothing made from them is kept as done: "
-            "run the export again once that has finished")
-
-
 def _write_file_record(args: dict[str, Any], written: dict[str, list[int]]) -> None:
     """The task's completion record: the files it wrote, their checksums, the palette."""
     if not written:
@@ -395,28 +391,6 @@ def _write_file_record(args: dict[str, Any], written: dict[str, list[int]]) -> N
     retrying(lambda: rec.write_bytes(data), "write", rec.url, args.get("retry"), write=True)
     if args["out"].is_local:  # its name in the records folder, and that folder's in OUT
         sync_files([rec.url], up_to=args["out"].url)
-
-
-def _parse_ids(ids: str | list[int] | None, n: int) -> list[int] | None:
-    if ids is None:
-        return None
-    if isinstance(ids, list):
-        out = ids
-    else:
-        out = []
-        for part in ids.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-            if not m:
-                raise ConfigError(f"--ids value {part!r} is not an id or a range like 10-20")
-            a, b = int(m.group(1)), int(m.group(2) or m.group(1))
-            out.extend(range(a, b + 1))
-    bad = [i for i in out if not 0 <= i < n]
-    if bad:
-        raise ConfigError(f"--ids names image {bad[0]}, but ids run from 0 to {n - 1}")
-    return sorted(set(out))
 
 
 def export(store: str | Location, out: str | Location, *, zarr: bool = False,
@@ -459,8 +433,6 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     identity = labels_identity(st, per_image, labels=not dither)  # re-checked by every task
     alpha = None
     if per_image is None:
-        from streamq.fit import load_fit
-
         fitted = load_fit(st.location)
         palette = fitted.palette.tolist()
         alpha = None if fitted.alpha is None else fitted.alpha.tolist()
@@ -472,7 +444,7 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     k = len(palette) if palette is not None else per_image
     if dither and k is not None and k > 256:
         raise ConfigError(f"--dither needs a palette of at most 256 colours, this one has {k}")
-    chosen = _select(coll, labels, _parse_ids(ids, len(coll)))
+    chosen = select_images(coll, labels, parse_ids(ids, len(coll)))
     chosen, too_large = _without_large(st, coll, chosen)
     out_loc = location(out, storage_options if storage_options is not None
                        else (cfg.storage_options or st.location.options))
@@ -486,7 +458,7 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     given = st.section("fit").get("palette_source") if per_image is None else None
     if given:  # a palette given to quantize --palette: where it came from
         manifest["palette_source"] = given
-    _check_out(out_loc, st)
+    check_out(out_loc, st)
     ext = FORMATS[format]
     options = {"compress_level": png_level} if format == "png" else {"quality": quality}
     # any source name makes a valid name: see streamq.names.output_name
@@ -566,35 +538,6 @@ def _without_large(st: Store, coll: Collection, chosen: list[int]) -> tuple[list
     return [i for i in chosen if i not in skip], large
 
 
-def labels_identity(st: Store, per_image: int | None, labels: bool = True) -> str:
-    """A fingerprint of what an export reads from ``st``: the ingest (pixels, image table),
-    the palette's fit (shared, or per-image when ``per_image`` = K) and, with ``labels``, the
-    labelling: its state and ``labels_id``, new whenever quantize starts writing labels. Every
-    process that changes any of them changes it first, so a reader that finds it unchanged
-    after a read has read what it started with."""
-    ingest = st.section("ingest")
-    parts: dict[str, Any] = {"ingest": [ingest.get(k) for k in (
-        "state", "source_fingerprint", "settings_fingerprint")]}
-    if per_image is None:
-        fit, q = st.section("fit"), st.section("quantize")
-        keys: tuple[str, ...] = ("state", "fit_fingerprint", "labels_id")
-    else:
-        fit, q = st.section("per_image"), st.section(f"per_image_quantize_k{per_image}")
-        keys = ("state", "fingerprint", "labels_id")
-    parts["fit"] = [fit.get("state"), fit.get("fingerprint")]
-    if labels:
-        parts["labels"] = [q.get(k) for k in keys]
-    return fingerprint(parts)
-
-
-def read_identity(store: Location, per_image: int | None, labels: bool = True) -> str | None:
-    """:func:`labels_identity` of the store as it is now (None when it cannot be opened)."""
-    try:
-        return labels_identity(Store.open(store), per_image, labels)
-    except StreamQError:
-        return None
-
-
 def recorded_files(out: str | Location, fit: str | None = None) -> dict[str, list[int]]:
     """``{file relative to OUT: [crc32, size]}`` of every file the records of the export at
     ``out`` vouch for (only those made with the palette of fingerprint ``fit``, when given:
@@ -645,62 +588,6 @@ def _listing_sizes(out_loc: Location) -> dict[str, int]:
         return {f"{out_loc.scheme}://{p}": int(info.get("size") or 0) for p, info in found.items()}
 
 
-def ready_labels(st: Store, per_image: int | None) -> str:
-    """Fingerprint of the palette whose labels ``st`` holds complete: the shared fit's, or
-    (``per_image`` = K) the per-image fit's; missing or stale labels are refused in one line."""
-    if per_image is None:
-        q = st.section("quantize")
-        fit_fp = st.section("fit").get("fingerprint")
-        ok = q.get("state") == "complete" and q.get("fit_fingerprint") == fit_fp
-    else:
-        from streamq.per_image import load_per_image
-
-        load_per_image(st.location, per_image)  # checks they exist
-        q = st.section(f"per_image_quantize_k{per_image}")
-        fit_fp = st.section("per_image").get("fingerprint")
-        ok = q.get("state") == "complete" and q.get("fingerprint") == fit_fp
-    if not ok:
-        state = q.get("state", "missing")
-        state = "stale (the palette was refitted)" if state in ("stale", "complete") else state
-        raise StreamQError(f"{st.path}: labels are {state}; run `streamq quantize` first")
-    return str(fit_fp)
-
-
-def _select(coll: Collection, labels: list[str] | None, ids: list[int] | None) -> list[int]:
-    chosen = list(range(len(coll))) if ids is None else ids
-    if labels:
-        known = set(coll.labels)
-        missing = [lab for lab in labels if lab not in known]
-        if missing:
-            raise ConfigError(f"--label {missing[0]!r} is not a label of this collection")
-        wanted = set(labels)
-        chosen = [i for i in chosen if coll.labels[i] in wanted]
-    return chosen
-
-
-def _check_out(out_loc: Location, st: Store) -> None:
-    """Refuse an output folder that is, holds or sits inside the store or the source tree."""
-    out = out_loc.url
-    if not out_loc.is_local:  # only a store under the same URL scheme can overlap
-        other = st.path
-        if "://" in other and other.split("://")[0] == out.split("://")[0]:
-            a, b = out.rstrip("/") + "/", other.rstrip("/") + "/"
-            if a.startswith(b) or b.startswith(a):
-                raise StoreExistsError(f"output {out} overlaps the store {other}; choose another URL")
-        return
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise StoreExistsError(f"output folder {out} is a file; choose a folder")
-    real = os.path.realpath(out)
-    root = st.section("ingest").get("root")
-    for what, other in (("the store", st.path),
-                        ("the ingested source folder", root and source_name(root))):
-        if not other or "://" in other:
-            continue
-        o = os.path.realpath(other)
-        if os.path.commonpath([real, o]) in (real, o):
-            raise StoreExistsError(f"output folder {out} overlaps {what} {other}; choose another folder")
-
-
 def _check_manifest(out_loc: Location, manifest: dict[str, Any], overwrite: bool,
                     planned: list[str]) -> None:
     """Refuse an export into a folder holding a different one, unless ``overwrite``.
@@ -749,16 +636,7 @@ def _remove_existing(out_loc: Location, planned: list[str]) -> None:
     if out_loc.is_local:
         out_loc.remove_files(planned)  # missing ones are skipped
         return
-    have = _listing(out_loc)
+    have = listing(out_loc)
     out_loc.remove_files(p for p in planned if p in have)
 
 
-def _listing(out_loc: Location) -> set[str]:
-    """URLs of every object under ``out_loc`` (one paginated listing)."""
-    with storage_errors(out_loc):
-        fs = out_loc.filesystem()
-        fs.invalidate_cache(out_loc.url)
-        try:
-            return {f"{out_loc.scheme}://{p}" for p in fs.find(out_loc.url)}
-        except FileNotFoundError:
-            return set()

@@ -48,19 +48,11 @@ from streamq.config import StreamQConfig, fingerprint, parse_config
 from streamq.console import progress_bar, timer
 from streamq.durable import checksum
 from streamq.errors import ConfigError, LabelsChangedError, StoreExistsError, StreamQError
-from streamq.export import (
-    MANIFEST,
-    _check_out,
-    _listing,
-    _parse_ids,
-    _select,
-    labels_changed_message,
-    labels_identity,
-    read_identity,
-    ready_labels,
-)
+from streamq.export_common import MANIFEST, check_out, labels_changed_message, listing
 from streamq.fs import Location, check_access, location, storage_errors
+from streamq.results import labels_identity, load_fit, read_identity, ready_labels
 from streamq.scheduler import runner
+from streamq.selection import parse_ids, select_images
 from streamq.store import (
     Collection,
     Store,
@@ -134,8 +126,6 @@ def _per_image_ks(per_image: int | Sequence[int] | None) -> list[int] | None:
 def _results(st: Store, ks: list[int] | None) -> list[_Result]:
     """What to export: the shared palette's labels, or those of each per-image K."""
     if ks is None:
-        from streamq.fit import load_fit
-
         fp = ready_labels(st, None)
         fit = load_fit(st.location)
         plan = [("", "quantize", {"palette": "shared", "k": fit.k, "color_space": fit.color_space,
@@ -220,14 +210,14 @@ def export_zarr(store: str | Location, out: str | Location, *, labels: list[str]
     st = Store.open(store_location(store, storage_options, cfg.storage_options))
     coll = Collection(st)
     results = _results(st, _per_image_ks(per_image))
-    parsed = _parse_ids(ids, len(coll))
-    chosen = np.asarray(_select(coll, labels, parsed), dtype=np.int64)
+    parsed = parse_ids(ids, len(coll))
+    chosen = np.asarray(select_images(coll, labels, parsed), dtype=np.int64)
     if not len(chosen):
         raise ConfigError("the selection (--ids / --label) holds no image; nothing to export")
     out_loc = location(out, storage_options if storage_options is not None
                        else (cfg.storage_options or st.location.options))
     check_access(out_loc)
-    _check_out(out_loc, st)
+    check_out(out_loc, st)
 
     sizes = coll.heights[chosen] * coll.widths[chosen]
     offsets = np.zeros(len(chosen), dtype=np.int64)
@@ -335,8 +325,6 @@ def _write_tables(st: Store, coll: Collection, dest: Store, results: list[_Resul
         "width": coll.widths[chosen], "offset": offsets})
     for r in results:
         if not r.group:
-            from streamq.fit import load_fit
-
             fit = load_fit(st.location)
             palette = np.asarray(fit.palette, dtype=np.uint8)
             if fit.alpha is not None:  # straight RGBA
@@ -498,7 +486,7 @@ def _create(out_loc: Location, fp: str, replace: bool) -> zarr.Group:
                     os.remove(path)
         else:
             root = out_loc.join("zarr.json").url
-            out_loc.remove_files(sorted(k for k in _listing(out_loc) if k != root))
+            out_loc.remove_files(sorted(k for k in listing(out_loc) if k != root))
     with storage_errors(out_loc):
         return zarr.create_group(zarr_root(out_loc), overwrite=True, zarr_format=3, attributes={
             ATTR: {"format_version": FORMAT_VERSION, "state": "planning", "fingerprint": fp}})

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from streamq.config import StreamQConfig, fingerprint, to_dict
 from streamq.console import progress_bar, timer
 from streamq.errors import ConfigError
 from streamq.metrics import psnr
+from streamq.results import FIT, FitResult, clear_fit, save_fit
 from streamq.rgba import (
     codes_to_rgba,
     count_rgba,
@@ -44,10 +45,8 @@ from streamq.rgba import (
     to_metric,
 )
 from streamq.scheduler import Runner, runner
+from streamq.selection import refuse_alpha
 from streamq.store import ALPHA, COLOR_CHUNK, Collection, Store, count_compressors, open_array
-
-if TYPE_CHECKING:
-    from streamq.fit import FitResult
 
 __all__ = ["fit_rgba", "kmeans_rgba", "refuse_alpha", "rgba_histogram", "rgba_mse"]
 
@@ -57,14 +56,6 @@ COLORS_RGBA = "colors_rgba"
 PIXELS_PER_TASK = 8 * 2**20  # pixels one counting task reads
 GRID_SHIFT = 3  # the starts race on cells of 8 levels per channel (32 per channel)
 FINISHERS = 2
-
-
-def refuse_alpha(coll: Collection, what: str) -> None:
-    """One line, for a stage that works in RGB only, when ``coll`` has images with alpha."""
-    if coll.n_alpha:
-        raise ConfigError(
-            f"{coll.path} has {coll.n_alpha} images with alpha; {what} works on opaque colours "
-            "only: ingest again with --alpha flatten (composited on the background) to use it")
 
 
 # -- the RGBA histogram --------------------------------------------------------------------------
@@ -276,8 +267,6 @@ def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fp: str, clear: bo
              progress: bool | None) -> FitResult:
     """Fit the palette of a collection with alpha (see the module docstring). ``fp`` is the
     fit's fingerprint; ``clear`` replaces a fit already in the store."""
-    from streamq.fit import FIT, FitResult, _clear, _save_result
-
     fcfg = cfg.fit
     if fcfg.color_space != "rgb":
         raise ConfigError(
@@ -290,9 +279,8 @@ def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fp: str, clear: bo
         run.check_paths(st.path)
         facts = run.facts()
         if clear:
-            _clear(st)
+            clear_fit(st)
         st.set_section(FIT, {"state": "running", "fingerprint": fp, "config": to_dict(fcfg)})
-        st.mark_stale(fp)
         with timer("RGBA histogram", timings):
             codes, counts = rgba_histogram(run, st, coll, progress)
     if len(codes) < fcfg.colors:
@@ -326,7 +314,7 @@ def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fp: str, clear: bo
         steps=best["iterations"], pixels_seen=best["iterations"] * n_px, stop_reason=reason,
         mse=mse, psnr=psnr(mse), seconds=round(time.perf_counter() - started, 3),
         seed=fcfg.seed, config=to_dict(fcfg), alpha=alpha)
-    _save_result(st, result, fp, timings, facts,
+    save_fit(st, result, fp, timings, facts,
                  {"starts": best["starts"], "rgba": {"histogram": fingerprint(_data(st)),
                                                      "n_distinct": len(codes)}})
     log.info("%s", result)

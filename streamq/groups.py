@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,7 +46,7 @@ from streamq.config import (
 )
 from streamq.console import timer
 from streamq.descriptors import DESCRIPTORS, describe, n_features, prepare, read_plan
-from streamq.errors import ConfigError, StoreMismatchError, StreamQError
+from streamq.errors import ConfigError, StageNotReadyError, StoreMismatchError, StreamQError
 from streamq.fs import Location, check_access
 from streamq.lock import store_lock
 from streamq.minibatch import (
@@ -58,6 +57,19 @@ from streamq.minibatch import (
     step_limit,
     stream_partial_fit,
 )
+from streamq.results import (
+    FIT,
+    GROUP_CENTERS,
+    GROUP_DISTANCE,
+    GROUP_LABELS,
+    GROUP_OF_IMAGE,
+    GROUP_OVERLAP,
+    GROUPS,
+    QUANTIZE,
+    ImageGroups,
+    labels_state,
+    load_groups,
+)
 from streamq.scheduler import Runner, runner
 from streamq.store import Collection, Store, open_array, store_location, write_record
 
@@ -65,95 +77,30 @@ __all__ = ["ImageGroups", "cluster_images", "load_groups"]
 
 log = logging.getLogger(__name__)
 
-SECTION = "groups"
+SECTION = GROUPS
 CHECKPOINT = "groups/checkpoint"
-CENTERS = "groups/centers"
+CENTERS = GROUP_CENTERS
 HISTORY = "groups/history"
-GROUP = "groups/images/group"
-DISTANCE = "groups/images/distance"
+GROUP = GROUP_OF_IMAGE
+DISTANCE = GROUP_DISTANCE
 ASSIGN_RECORDS = "groups/assign_records"
-OVERLAP = "groups/overlap"
-LABELS = "groups/labels"
+OVERLAP = GROUP_OVERLAP
+LABELS = GROUP_LABELS
 # Keys that change how fast grouping runs or how often it saves, not what it computes.
 _NON_SEMANTIC = {"enabled", "prefetch", "checkpoint_steps", "checkpoint_seconds", "pixels_per_task"}
 
 
-@dataclass
-class ImageGroups:
-    """Image groups of a store; ``str()`` is the one-line summary the CLI prints.
-
-    ``group[i]`` is image ``i``'s group, ``distance[i]`` its Euclidean distance to that
-    group's centre; ``centers`` are ``(G, D)`` in the clustered space (descriptors with
-    moments weighted). ``ari``, ``nmi`` and the contingency table compare the groups with
-    the images' labels (None when no image has a label).
-    """
-
-    store: str
-    groups: int
-    descriptor: str
-    moments_weight: float
-    k: int
-    group: np.ndarray  # (N,) int32
-    distance: np.ndarray  # (N,) float64
-    centers: np.ndarray  # (G, D) float64
-    sizes: np.ndarray  # (G,) int64
-    ari: float | None
-    nmi: float | None
-    label_names: list[str]  # the columns of the contingency table
-    overlap: dict[str, np.ndarray]  # non-zero cells: group, label (index), count
-    steps: int
-    stop_reason: str
-    inertia: float  # mean squared distance of an image to its group centre
-    seconds: float
-    seed: int
-    config: dict[str, Any] = field(default_factory=dict)
-    status: str = "grouped"
-
-    @property
-    def contingency(self) -> np.ndarray:
-        """``(G, L)`` int64: images of group ``g`` with label ``label_names[l]``."""
-        table = np.zeros((self.groups, len(self.label_names)), dtype=np.int64)
-        table[self.overlap["group"], self.overlap["label"]] = self.overlap["count"]
-        return table
-
-    def members(self, g: int) -> np.ndarray:
-        """Ids of the images of group ``g``, closest to its centre first."""
-        ids = np.flatnonzero(self.group == g)
-        return ids[np.argsort(self.distance[ids], kind="stable")]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (the per-image arrays are left out: see :func:`load_groups`)."""
-        return {"store": self.store, "groups": self.groups, "descriptor": self.descriptor,
-                "moments_weight": self.moments_weight, "k": self.k, "sizes": self.sizes.tolist(),
-                "ari": self.ari, "nmi": self.nmi, "steps": self.steps,
-                "stop_reason": self.stop_reason, "inertia": self.inertia,
-                "seconds": self.seconds, "seed": self.seed, "config": self.config,
-                "status": self.status}
-
-    def __str__(self) -> str:
-        text = (f"{self.status}: {len(self.group)} images in {self.groups} groups "
-                f"({self.descriptor}, K={self.k}), sizes {' '.join(map(str, self.sizes))}")
-        if self.ari is not None:
-            text += f"; ARI {self.ari:.3f}, NMI {self.nmi:.3f} against the image labels"
-        return text + f"; {self.steps} steps, stopped: {self.stop_reason}"
-
-
 def _palette_labels(st: Store) -> tuple[str, int]:
     """Fingerprint and K of the shared palette whose labels are complete, or a clear error."""
-    fit = st.section("fit")
-    if fit.get("state") != "complete":
-        raise StreamQError(f"{st.path} has no shared palette; run `streamq fit` and "
-                           "`streamq quantize` first")
-    q = st.section("quantize")
-    if q.get("state") == "complete" and q.get("fit_fingerprint") == fit.get("fingerprint"):
-        return str(fit["fingerprint"]), int(q["k"])
-    if not q:
-        what = "has no pixel labels yet"
-    elif q.get("state") in ("stale", "complete"):
-        what = "has stale labels (the palette was refitted)"
-    else:
-        what = "has unfinished labels"
-    raise StreamQError(f"{st.path} {what}; run `streamq quantize` first")
+    if st.section(FIT).get("state") != "complete":
+        raise StageNotReadyError(f"{st.path} has no shared palette", "streamq fit",
+                                 "streamq quantize")
+    state, fit_fp = labels_state(st)
+    if state == "complete":
+        return str(fit_fp), int(st.section(QUANTIZE)["k"])
+    what = {"missing": "has no pixel labels yet",
+            "stale": "has stale labels (the palette was refitted)"}.get(state, "has unfinished labels")
+    raise StageNotReadyError(f"{st.path} {what}", "streamq quantize")
 
 
 def _weights(gcfg: ClusterImagesConfig, k: int) -> np.ndarray:
@@ -388,40 +335,4 @@ def _consolidate(st: Store, coll: Collection, n_groups: int) -> dict[str, Any]:
     st.write_table(OVERLAP, cells)
     return summary
 
-
-def load_groups(store: str | Location, storage_options: dict[str, Any] | None = None) -> ImageGroups:
-    """The image groups saved in ``store`` by :func:`cluster_images`."""
-    st = Store.open(store, storage_options=storage_options)
-    sec = st.section(SECTION)
-    if sec.get("state") == "stale" or (sec and sec.get("fit_fingerprint") != st.section("fit").get("fingerprint")):
-        raise StreamQError(f"{st.path}: the image groups are stale (the palette was refitted); "
-                           "run `streamq quantize` and `streamq cluster-images`")
-    if sec.get("state") != "complete":
-        raise StreamQError(f"{st.path} has no image groups; run `streamq cluster-images` first")
-    s, cfg = sec["summary"], sec["config"]
-    cells = st.read_table(OVERLAP, ("group", "label", "count"))
-    return ImageGroups(
-        store=st.path, groups=s["groups"], descriptor=cfg["descriptor"],
-        moments_weight=cfg["moments_weight"], k=sec["k"],
-        group=np.asarray(st.group[GROUP][:]), distance=np.asarray(st.group[DISTANCE][:]),
-        centers=np.asarray(st.group[CENTERS][:]), sizes=np.asarray(s["sizes"], dtype=np.int64),
-        ari=s["ari"], nmi=s["nmi"],
-        label_names=[str(v) for v in st.read_table(LABELS, ("name",))["name"]],
-        overlap={key: v.astype(np.int64) for key, v in cells.items()},
-        steps=s["steps"], stop_reason=s["stop_reason"], inertia=s["inertia"],
-        seconds=sec.get("seconds", 0.0), seed=cfg["seed"], config=cfg)
-
-
-def summary_of(store: Store) -> dict[str, Any] | None:
-    """The groups section of an open store for ``streamq info`` (None when there is none)."""
-    sec = store.section(SECTION)
-    if not sec:
-        return None
-    state = sec.get("state")
-    if state == "complete" and sec.get("fit_fingerprint") != store.section("fit").get("fingerprint"):
-        state = "stale"
-    cfg = sec.get("config", {})
-    return {"state": state, "descriptor": cfg.get("descriptor"), "k": sec.get("k"),
-            **{key: sec.get("summary", {}).get(key) for key in
-               ("groups", "sizes", "ari", "nmi", "n_labels", "steps", "stop_reason")}}
 

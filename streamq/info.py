@@ -1,123 +1,28 @@
 """Looking at a collection: the tutorial's exploration step, at scale.
 
-:func:`collection_info` gathers counts from the store's tables only (no pixel is read);
-:func:`format_info` renders them as text; :func:`save_grid` draws a grid of sample images
+:func:`collection_info` (:mod:`streamq.overview`) gathers counts from the store's tables only
+(no pixel is read); :func:`format_info` renders them as text; :func:`save_grid` draws a grid of sample images
 titled with their labels, like the tutorial's face grid.
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
 from typing import Any
 
 import numpy as np
 
+from streamq.describe import describe_quality, describe_source
 from streamq.fs import Location
-from streamq.store import PIXELS, Collection, open_store
+from streamq.overview import collection_info
+from streamq.results import worst_images
+from streamq.store import Collection, open_store
 
 __all__ = ["collection_info", "format_info", "save_grid", "worst_images"]
 
 
-def collection_info(store: str | os.PathLike[str] | Location | Collection, top: int = 10,
-                    storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Counts and shapes of a collection, JSON-ready (``storage_options`` for URLs)."""
-    coll = store if isinstance(store, Collection) else open_store(store, storage_options)
-    labels = Counter(coll.labels)
-    shapes = Counter(f"{h}x{w}" for h, w in coll.shapes)
-    stored = coll.store.stored_bytes(PIXELS)
-    ingest = coll.store.section("ingest")
-    ranked = labels.most_common()
-    alpha = {"n_images_with_alpha": coll.n_alpha} if coll.n_alpha else {}  # only then: as before
-    return {
-        "store": coll.path,
-        "source": ingest.get("root") or ingest.get("source"),
-        "n_images": len(coll),
-        **alpha,
-        "n_pixels": coll.n_pixels,
-        "raw_bytes": coll.n_pixels * 3,
-        "stored_bytes": stored,
-        "n_labels": len(labels),
-        "labels_top": [{"label": k, "count": v} for k, v in ranked[:top]],
-        "labels_tail": {"n_labels": max(0, len(ranked) - top),
-                        "n_images": sum(v for _, v in ranked[top:])},
-        "labels_with_one_image": sum(1 for v in labels.values() if v == 1),
-        "shapes_top": [{"shape": k, "count": v} for k, v in shapes.most_common(top)],
-        "n_shapes": len(shapes),
-        "n_skipped": len(coll.skipped),
-        "skipped": [{"path": s.path, "reason": s.reason} for s in coll.skipped],
-        "settings": ingest.get("settings", {}),
-        "fit": _fit_summary(coll),
-        "labels": _labels_summary(coll),
-        "per_image": _per_image_summary(coll),
-        "groups": _groups_summary(coll),
-    }
-
-
-def _groups_summary(coll: Collection) -> dict[str, Any] | None:
-    from streamq.groups import summary_of
-
-    return summary_of(coll.store)
-
-
-def _per_image_summary(coll: Collection) -> dict[str, Any] | None:
-    sec = coll.store.section("per_image")
-    if not sec:
-        return None
-    out: dict[str, Any] = {"state": sec.get("state"), "colors": sec.get("colors"),
-                           "sample": sec.get("config", {}).get("sample"),
-                           "method": sec.get("config", {}).get("method", "kmeans"), "results": {}}
-    if sec.get("fixed_colors"):
-        out["fixed_colors"] = sec["fixed_colors"]
-    for k in sec.get("colors") or []:
-        q = coll.store.section(f"per_image_quantize_k{k}")
-        out["results"][str(k)] = {"labels": q.get("state", "missing"), "mean_psnr": q.get("mean_psnr")}
-    return out
-
-
-def worst_images(psnr: np.ndarray, n: int) -> list[int]:
-    """Ids of the ``n`` images with the lowest PSNR, lowest first (lower id first on ties)."""
-    return [int(i) for i in np.argsort(np.asarray(psnr, dtype=np.float64), kind="stable")[:n]]
-
-
-def _labels_summary(coll: Collection) -> dict[str, Any] | None:
-    q = coll.store.section("quantize")
-    if not q:
-        return None
-    out = {k: q.get(k) for k in ("state", "k", "mse", "psnr")}
-    if q.get("state") == "complete":
-        t = coll.store.read_table("quantize/images", ("psnr",))
-        out["worst"] = [{"id": i, "path": coll.paths[i], "psnr": float(t["psnr"][i])}
-                        for i in worst_images(t["psnr"], 5)]
-        if q.get("ssim"):  # per-image SSIM (streamq.ssim); NaN: smaller than its window
-            v = coll.store.read_table("quantize/images", ("ssim",))["ssim"].astype(np.float64)
-            out.update({k: q.get(k) for k in ("ssim_mean", "ssim_min", "ssim_images")})
-            out["worst_ssim"] = [{"id": i, "path": coll.paths[i], "ssim": float(v[i])}
-                                 for i in worst_images(v, 5) if np.isfinite(v[i])]
-    return out
-
-
-def _fit_summary(coll: Collection) -> dict[str, Any] | None:
-    fit = coll.store.section("fit")
-    if not fit:
-        return None
-    out = {"state": fit.get("state"), **fit.get("summary", {}),
-           "palette_source": fit.get("palette_source")}  # None: a k-means fit
-    if fit.get("error"):  # a quality search that failed below its MIN (streamq.quality)
-        out.update(error=fit["error"], quality=fit.get("quality"))
-    if fit.get("fixed_colors"):
-        out["fixed_colors"] = fit["fixed_colors"]
-    if fit.get("state") == "complete":
-        p = coll.store.read_table("fit/palette", ("r", "g", "b", "count"))
-        out["palette_hex"] = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in zip(p["r"], p["g"], p["b"], strict=True)]
-        out["counts"] = [int(c) for c in p["count"]]
-    return out
-
-
 def _fixed_line(record: dict[str, Any]) -> str:
     """Fixed colours (:meth:`streamq.fixed.FixedColors.record`) in one line."""
-    from streamq.palettes import describe_source
-
     shown = " ".join(record["colors"][:8]) + (" ..." if record["n"] > 8 else "")
     return (f"{record['n']} colours, entries {record['positions']}: {shown} "
             f"(from {describe_source(record['source'])})")
@@ -155,8 +60,6 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
         elif fit["state"] != "complete":
             lines.append(f"palette      {fit['state']} (rerun `streamq fit` to finish it)")
         elif fit.get("palette_source"):
-            from streamq.palettes import describe_source
-
             lines.append(f"palette      K={fit['k']} given ({fit['color_space']}), "
                          f"PSNR {fit['psnr']:.2f} dB")
             lines.append(f"from         {describe_source(fit['palette_source'])}")
@@ -166,8 +69,6 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
                          f"PSNR {fit['psnr']:.2f} dB")
             lines.append(f"stopped      {fit['stop_reason']}")
             if fit.get("quality"):
-                from streamq.quality import describe_quality
-
                 lines.append(f"target       {describe_quality(fit['quality'])}")
             if fit.get("fixed_colors"):
                 lines.append(f"fixed        {_fixed_line(fit['fixed_colors'])}")

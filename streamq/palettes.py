@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from streamq.describe import describe_source
 from streamq.errors import ConfigError
 
 __all__ = ["FORMATS", "MAX_COLORS", "Palette", "check_palette_path", "describe_source",
@@ -59,8 +60,6 @@ log = logging.getLogger(__name__)
 MAX_COLORS = 65_536
 #: File formats by extension (anything else is read as an image and cannot be written).
 FORMATS = {".gpl": "gpl", ".act": "act", ".json": "json", ".hex": "text", ".txt": "text"}
-_NAMES = {"gpl": "GIMP palette", "act": "Adobe colour table", "json": "JSON palette",
-          "text": "hex colour list", "image": "image", "store": "store"}
 _HEX = re.compile(r"#?([0-9a-fA-F]{6})")
 _EXPECTED = ("expected a palette file (.gpl, .act, .json, .hex or .txt), an image or a "
              "streamq store")
@@ -90,25 +89,6 @@ class Palette:
 def colors_sha256(colors: np.ndarray) -> str:
     """The identity of a list of colours: SHA-256 of their uint8 bytes, in order."""
     return hashlib.sha256(np.ascontiguousarray(colors, dtype=np.uint8).tobytes()).hexdigest()
-
-
-def describe_source(source: dict[str, Any] | None) -> str:
-    """One phrase for where a palette came from (``info``, the report, summaries)."""
-    if not source:
-        return "k-means fit"
-    kind = source.get("kind")
-    path = source.get("path")
-    k = source.get("n_colors")
-    if kind == "store":
-        return (f"the fitted palette of store {path} (K={k}, {source.get('algorithm')}, "
-                f"{source.get('color_space')})")
-    if kind == "image":
-        what = ("the palette entries its pixels use" if source.get("image_palette")
-                else "its distinct colours")
-        return f"{k} colours of image {path} ({what})"
-    name = source.get("name")
-    named = f" {name!r}" if name else ""
-    return f"{k} colours of {_NAMES.get(str(kind), str(kind))}{named} {path}"
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -316,7 +296,7 @@ def _read_image(src: str, background: tuple[int, int, int], max_pixels: int) -> 
 
 def _read_store(src: str, storage_options: dict[str, Any] | None) -> Palette:
     from streamq.errors import StoreLayoutError
-    from streamq.fit import load_fit
+    from streamq.results import load_fit
     from streamq.store import Store
 
     try:

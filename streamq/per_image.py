@@ -34,13 +34,15 @@ from streamq.colorspace import to_space
 from streamq.config import PerImageConfig, StreamQConfig, fingerprint, parse_config, to_dict
 from streamq.console import progress_bar, timer
 from streamq.durable import checksum
-from streamq.errors import ConfigError, StoreMismatchError, StreamQError
+from streamq.errors import ConfigError, StageNotReadyError, StoreMismatchError
 from streamq.faults import retrying
 from streamq.fixed import FixedColors, read_fixed_colors
 from streamq.fs import Location, check_access
 from streamq.lock import store_lock
 from streamq.metrics import errors_from_records
+from streamq.results import labels_state, load_per_image, per_image_labels
 from streamq.scheduler import runner
+from streamq.selection import refuse_alpha
 from streamq.store import (
     PIXELS,
     Collection,
@@ -230,8 +232,6 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
     pcfg = cfg.per_image
     st = Store.open(store, mode="r+")
     coll = Collection(st)
-    from streamq.fit_alpha import refuse_alpha
-
     refuse_alpha(coll, "fit --per-image")
     fixed = None
     if pcfg.fixed_colors is not None:
@@ -302,25 +302,8 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             st.write_array(f"per_image/k{k}/palette", np.round(np.clip(centres * 255, 0, 255)).astype(np.uint8))
         st.set_section(SECTION, {**st.section(SECTION), "state": "complete", "timings": timings,
                                  "runtime": facts, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        for k in pcfg.colors:  # labels of earlier palettes are stale now
-            q = st.section(f"per_image_quantize_k{k}")
-            if q and q.get("fingerprint") != fp:
-                st.set_section(f"per_image_quantize_k{k}", {**q, "state": "stale"})
     st.set_section(SECTION, {**st.section(SECTION), "timings": timings})  # with consolidating
     return _summary(st, "fitted", timings, len(coll))
-
-
-def load_per_image(store: str | Location, k: int,
-                   storage_options: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(centres, palettes)`` of every image for ``k``: ``(N, k, 3)`` float and uint8."""
-    st = Store.open(store, storage_options=storage_options)
-    sec = st.section(SECTION)
-    if sec.get("state") != "complete" or k not in sec.get("colors", []):
-        have = sec.get("colors") if sec.get("state") == "complete" else "none"
-        raise StreamQError(f"{st.path} has no per-image palettes for K={k} (fitted: {have}); "
-                           f"run `streamq fit --per-image --colors {k}`")
-    return (np.asarray(st.group[f"per_image/k{k}/center"][:]),
-            np.asarray(st.group[f"per_image/k{k}/palette"][:]))
 
 
 def _label_task(args: dict[str, Any]) -> dict[str, Any]:
@@ -335,7 +318,7 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     expect = args.get("expect")
     verified = False  # labels recorded and intact, their SSIM missing (labelled with --no-ssim)
     if expect is not None:  # recorded by an earlier run: keep it if its labels are intact
-        from streamq.durable import recorded_labels_ok
+        from streamq.results import recorded_labels_ok
 
         if recorded_labels_ok(store, name, lo, hi, expect, args["fit"], args.get("retry")):
             if not want_ssim or "ssim" in expect:
@@ -420,7 +403,7 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
     coll = Collection(st)
     sec = st.section(SECTION)
     if sec.get("state") != "complete":
-        raise StreamQError(f"{st.path} has no per-image palettes; run `streamq fit --per-image` first")
+        raise StageNotReadyError(f"{st.path} has no per-image palettes", "streamq fit --per-image")
     fp = sec["fingerprint"]
     pixels = st.pixels()
     chunk, _ = st.pixel_layout()
@@ -430,10 +413,10 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
     sections = {k: st.section(f"per_image_quantize_k{k}") for k in sec["colors"]}
     want_ssim = cfg.quantize.ssim
 
-    def up_to_date(q: dict[str, Any]) -> bool:  # labels of these palettes (SSIM aside)
-        return q.get("state") == "complete" and q.get("fingerprint") == fp
+    def up_to_date(k: int) -> bool:  # labels of these palettes (SSIM aside)
+        return labels_state(st, k)[0] == "complete"
 
-    pending = [k for k, q in sections.items() if overwrite or not up_to_date(q)
+    pending = [k for k, q in sections.items() if overwrite or not up_to_date(k)
                or (want_ssim and not q.get("ssim"))]
     if not pending:  # nothing to do: no cluster to start
         log.info("Per-image labels in %s are up to date; nothing to do", st.path)
@@ -509,8 +492,7 @@ def _summary(st: Store, status: str, timings: dict[str, float] | None = None,
     n_images = len(Collection(st)) if n_images is None else n_images
     mean = {}
     for k in sec.get("colors", []):
-        q = st.section(f"per_image_quantize_k{k}")
-        if q.get("state") == "complete":
-            mean[k] = q["mean_psnr"]
+        if labels_state(st, k)[0] == "complete":
+            mean[k] = st.section(per_image_labels(k))["mean_psnr"]
     return PerImageSummary(store=st.path, colors=list(sec.get("colors", [])), n_images=n_images,
                            status=status, mean_psnr=mean, timings=timings or {})

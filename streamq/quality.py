@@ -3,7 +3,7 @@
 ``fit.quality = [MIN, MAX]`` (PSNR in dB over every pixel) asks for the smallest K of
 ``fit.k_range = [LO, HI]`` whose palette reaches MAX, as pngquant's ``--quality MIN-MAX``.
 Each K tried is fitted exactly as ``streamq fit -k K --algorithm lloyd`` with the same seed,
-``n_init``, ``init``, ``tol`` and ``max_iter`` fits it (:func:`streamq.fit._fit_exact`: k-means++
+``n_init``, ``init``, ``tol`` and ``max_iter`` fits it (:func:`streamq.lloyd.fit_exact`: k-means++
 starts raced on the colour grid, the best finished by exact Lloyd on every distinct colour,
 each start a Dask task), and its MSE is exact, from the colour histogram
 (:mod:`streamq.histogram`). So a search costs one histogram, read once, and a few Lloyd runs
@@ -43,8 +43,11 @@ import numpy as np
 from streamq.checkpoint import read_checkpoint, write_checkpoint
 from streamq.colorspace import to_rgb8
 from streamq.config import FitConfig, fingerprint, to_dict
+from streamq.describe import describe_quality
 from streamq.errors import ConfigError, StreamQError
+from streamq.lloyd import ensure_distinct, exact_mse, fit_exact, join_history, points
 from streamq.metrics import psnr
+from streamq.results import CHECKPOINT, HISTORY_KEYS, FitResult, save_fit
 from streamq.scheduler import Runner
 from streamq.store import Store
 
@@ -103,30 +106,14 @@ def search_config(fcfg: FitConfig) -> FitConfig:
     return dataclasses.replace(fcfg, algorithm="lloyd", colors=fcfg.k_range[1])
 
 
-def describe_quality(q: dict[str, Any]) -> str:
-    """The search's outcome in one phrase, for the summary line and ``streamq info``."""
-    qmin, qmax, (lo, hi), k = q["min"], q["max"], q["searched"], q["k"]
-    tried = {int(t): float(m) for t, m in q["tried"]}
-    n = f"{len(tried)} K fitted"
-    head = f"quality {qmin:g}-{qmax:g} dB"
-    if not q["reached"]:
-        return (f"{head}: no K in {lo}..{hi} reaches {qmax:g} dB; K={k}, the largest, gives "
-                f"{psnr(tried[k]):.2f} dB (at least MIN); {n}")
-    if k == lo:
-        return f"{head}: K={k}, the smallest K in {lo}..{hi}, reaches {qmax:g} dB; {n}"
-    return (f"{head}: K={k} is the smallest K in {lo}..{hi} reaching {qmax:g} dB (K={k - 1}: "
-            f"{psnr(tried[k - 1]):.2f} dB); {n}")
-
-
 def search(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndarray,
            counts: np.ndarray, progress: bool | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Find the K of the target ``fcfg.quality`` (see the module's docstring).
 
     Returns the chosen K's record (``k``, ``mse``, ``centers``, ``counts``, ``best``: the
-    Lloyd result of :func:`streamq.fit._fit_exact`) and the search's record for the summary.
+    Lloyd result of :func:`streamq.lloyd.fit_exact`) and the search's record for the summary.
     Raises :class:`QualityError` when the largest K stays below MIN.
     """
-    from streamq.fit import CHECKPOINT, _ensure_distinct, _exact_mse, _fit_exact, _points
 
     assert fcfg.quality is not None
     qmin, qmax = fcfg.quality
@@ -136,7 +123,7 @@ def search(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndarray,
                           f"the smallest K of key 'fit.k_range' {[lo, hi]}; start the range at "
                           f"{len(codes)} or below")
     hi = min(hi, len(codes))  # K = the distinct colours: every pixel exact
-    x = _points(codes, fcfg.color_space)
+    x = points(codes, fcfg.color_space)
     ckpt = read_checkpoint(st, CHECKPOINT, fp, "fit")
     tried: list[dict[str, Any]] = list(ckpt["tried"]) if ckpt and "tried" in ckpt else []
 
@@ -145,10 +132,10 @@ def search(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndarray,
             if rec["k"] == k:
                 log.info("quality search: K=%d: PSNR %.2f dB (recorded)", k, psnr(rec["mse"]))
                 return rec
-        best = _fit_exact(run, st, dataclasses.replace(fcfg, colors=k), fingerprint([fp, k]),
+        best = fit_exact(run, st, dataclasses.replace(fcfg, colors=k), fingerprint([fp, k]),
                           None, progress)
-        centres = _ensure_distinct(best["centers"], x, fcfg.color_space)
-        mse, pixel_counts = _exact_mse(x, codes, counts, centres,
+        centres = ensure_distinct(best["centers"], x, fcfg.color_space)
+        mse, pixel_counts = exact_mse(x, codes, counts, centres,
                                        to_rgb8(centres, fcfg.color_space))
         rec = {"k": k, "mse": mse, "centers": centres, "counts": pixel_counts, "best": best}
         tried.append(rec)
@@ -189,16 +176,15 @@ def fit_quality(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndar
                 counts: np.ndarray, timings: dict[str, float], facts: dict[str, Any],
                 started: float, progress: bool | None) -> Any:
     """The quality search of :func:`streamq.fit.fit`, after the histogram: the chosen K's
-    palette saved as the store's fit; a :class:`streamq.fit.FitResult`."""
+    palette saved as the store's fit; a :class:`streamq.results.FitResult`."""
     from streamq.console import timer
-    from streamq.fit import HISTORY_KEYS, FitResult, _join_history, _save_result
 
     with timer("quality search", timings):
         chosen, record = search(run, st, fcfg, fp, codes, counts, progress)
     fk = dataclasses.replace(fcfg, colors=chosen["k"])
     empty = {"history": {k: np.zeros(0) for k in HISTORY_KEYS}, "steps": 0, "pixels_seen": 0,
              "stop_reason": ""}
-    info = _join_history(empty, chosen["best"], int(counts.sum()), fk)
+    info = join_history(empty, chosen["best"], int(counts.sum()), fk)
     centres = np.asarray(chosen["centers"], np.float64)
     result = FitResult(
         store=st.path, k=chosen["k"], algorithm=fcfg.algorithm, color_space=fcfg.color_space,
@@ -208,6 +194,6 @@ def fit_quality(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndar
         mse=float(chosen["mse"]), psnr=psnr(float(chosen["mse"])),
         seconds=round(time.perf_counter() - started, 3), seed=fcfg.seed, config=to_dict(fcfg),
         quality=record)
-    _save_result(st, result, fp, timings, facts, {"starts": chosen["best"]["results"]})
+    save_fit(st, result, fp, timings, facts, {"starts": chosen["best"]["results"]})
     log.info("%s", result)
     return result

@@ -31,12 +31,13 @@ import numpy as np
 
 from streamq.config import StreamQConfig, parse_config
 from streamq.console import progress_bar, timer
-from streamq.durable import checksum, recorded_labels_ok
-from streamq.errors import ConfigError, StreamQError
+from streamq.durable import checksum
+from streamq.errors import ConfigError, StageNotReadyError, StreamQError
 from streamq.faults import retrying
 from streamq.fs import Location
 from streamq.lock import store_lock
 from streamq.metrics import errors_from_records, psnr
+from streamq.results import labels_state, load_fit, recorded_labels_ok
 from streamq.scheduler import runner
 from streamq.store import (
     ALPHA,
@@ -244,7 +245,7 @@ def _quantize(store: Location, cfg: StreamQConfig, progress: bool | None,
     shared = st.section("fit").get("state") == "complete"
     per_image = st.section("per_image").get("state") == "complete"
     if not shared and not per_image:
-        raise StreamQError(f"{st.path} has no fitted palette; run `streamq fit` first")
+        raise StageNotReadyError(f"{st.path} has no fitted palette", "streamq fit")
     result: Any = _quantize_shared(st, cfg, progress, overwrite) if shared else None
     if per_image:
         summary = quantize_per_image(st.location, config=cfg, progress=progress,
@@ -255,8 +256,6 @@ def _quantize(store: Location, cfg: StreamQConfig, progress: bool | None,
 
 def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
                      overwrite: bool = False) -> QuantizeSummary:
-    from streamq.fit import load_fit
-
     coll = Collection(st)
     fit_sec = st.section("fit")
     fit_fp = fit_sec["fingerprint"]
@@ -265,7 +264,7 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
     if want_ssim and st.has(ALPHA):  # SSIM is defined here on the luma of opaque colours
         log.info("SSIM is not computed for a collection with alpha")
         want_ssim = False
-    if sec.get("fit_fingerprint") == fit_fp and sec.get("state") == "complete" and not overwrite:
+    if labels_state(st)[0] == "complete" and not overwrite:
         if sec.get("ssim") or not want_ssim:
             log.info("Labels in %s are up to date; nothing to do", st.path)
             return _summary(st, "already complete", sec.get("timings", {}))

@@ -35,9 +35,10 @@ import numpy as np
 from streamq.colorspace import to_space
 from streamq.config import StreamQConfig, fingerprint
 from streamq.errors import StoreMismatchError
-from streamq.fit import FIT, HISTORY_KEYS, FitResult, _clear, _save_result, load_fit
 from streamq.metrics import psnr
 from streamq.palettes import Palette, colors_sha256, describe_source, read_palette
+from streamq.results import FIT, HISTORY_KEYS, FitResult, clear_fit, load_fit, save_fit
+from streamq.selection import refuse_alpha
 from streamq.store import Collection, Store
 
 __all__ = ["use_palette"]
@@ -58,8 +59,6 @@ def use_palette(st: Store, src: str | os.PathLike[str], cfg: StreamQConfig, *,
     reach ``src`` at a URL (default: ``cfg``'s).
     """
     coll = Collection(st)  # a finished ingest
-    from streamq.fit_alpha import refuse_alpha
-
     refuse_alpha(coll, "quantize --palette")
     settings = st.section("ingest").get("settings", {})
     options = storage_options if storage_options is not None else dict(cfg.storage_options)
@@ -82,8 +81,7 @@ def use_palette(st: Store, src: str | os.PathLike[str], cfg: StreamQConfig, *,
                                  f"replace it with the palette of {os.fspath(src)}")
     started = time.perf_counter()
     if prev:
-        _clear(st)
-    st.mark_stale(fp)  # labels and image groups of the old palette
+        clear_fit(st)
     result = FitResult(
         store=st.path, k=pal.k, algorithm="palette", color_space=space, centers=centres,
         palette=pal.colors, counts=np.zeros(pal.k, np.int64),
@@ -102,7 +100,7 @@ def use_palette(st: Store, src: str | os.PathLike[str], cfg: StreamQConfig, *,
     timings["labelling colours"] = round(time.perf_counter() - t0, 3)
     result.psnr = psnr(result.mse)
     result.seconds = round(time.perf_counter() - started, 3)
-    _save_result(st, result, fp, timings, facts, {"palette_source": source})
+    save_fit(st, result, fp, timings, facts, {"palette_source": source})
     log.info("%s", result)
     return result
 

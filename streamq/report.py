@@ -36,8 +36,20 @@ import numpy as np
 
 from streamq.config import ReportConfig, StreamQConfig, parse_config
 from streamq.console import timer
+from streamq.describe import describe_source
 from streamq.errors import ConfigError, StoreLayoutError, StreamQError
 from streamq.fs import Location
+from streamq.overview import collection_info
+from streamq.results import (
+    QUANTIZE,
+    groups_summary,
+    labels_state,
+    load_groups,
+    per_image_labels,
+    result_state,
+    worst_images,
+)
+from streamq.selection import parse_ids, select_images
 from streamq.store import Collection, Store, store_location
 
 __all__ = ["SECTIONS", "Context", "ReportSummary", "Result", "Section", "report"]
@@ -259,8 +271,6 @@ def overview(ctx: Context) -> Section:
                 f"{_fmt_psnr(s['psnr'])}" if fit.get("state") == "complete" else
                 "rerun `streamq fit` to finish it")
         if fit.get("state") == "complete" and fit.get("palette_source"):
-            from streamq.palettes import describe_source
-
             what += f", given: {describe_source(fit['palette_source'])}"
         rows.append(["shared palette", fit.get("state"), what])
     if per.get("state") == "complete":
@@ -367,8 +377,6 @@ def palette(ctx: Context) -> Section | None:
         body += (f"<h3>Shared palette: {len(hexes)} colours</h3><p>Sorted by pixel count "
                  "(every pixel of the collection, counted on its colour histogram).</p>")
         if fit.get("palette_source"):
-            from streamq.palettes import describe_source
-
             body += (f'<p class="palette-source">Given, not fitted: '
                      f"{esc(describe_source(fit['palette_source']))}.</p>")
         body += swatches_html(rgb, np.asarray(fit["counts"]), ctx.cfg.max_colors)
@@ -451,8 +459,6 @@ def convergence(ctx: Context) -> Section | None:
             "No finished shared fit, so no convergence curve: run `streamq fit STORE`."))
     s = fit["summary"]
     if fit.get("palette_source"):
-        from streamq.palettes import describe_source
-
         return Section("convergence", "Convergence", "<p>The shared palette was given (" +
                        esc(describe_source(fit["palette_source"])) + "), not fitted: there is "
                        "no convergence curve.</p>")
@@ -533,8 +539,6 @@ def quality(ctx: Context) -> Section | None:
     (by PSNR) with thumbnails."""
     if ctx.coll is None:
         return None
-    from streamq.info import worst_images
-
     ready = [r for r in ctx.results if r.ready]
     if not ready:
         return Section("quality", "Image quality (PSNR)", ctx.note(
@@ -581,9 +585,7 @@ def quality(ctx: Context) -> Section | None:
 
 def _groups_state(ctx: Context) -> dict[str, Any] | None:
     """The groups section of the store as ``streamq info`` shows it (None when there is none)."""
-    from streamq.groups import summary_of
-
-    return summary_of(ctx.store)
+    return groups_summary(ctx.store)
 
 
 def _groups_command(ctx: Context, state: str) -> str:
@@ -647,8 +649,6 @@ def image_groups(ctx: Context) -> Section | None:
         what = {"missing": "No image groups yet", "stale": "The image groups are stale (the "
                 "palette was refitted)"}.get(state, f"The image groups are {state} (interrupted)")
         return Section("groups", title, ctx.note(f"{what}: {_groups_command(ctx, state)}."))
-    from streamq.groups import load_groups
-
     shared = next((r for r in ctx.results if r.key == "shared"), None)
     if shared is None or shared.shared_palette is None:  # a refit under way
         return Section("groups", title, ctx.note(
@@ -725,7 +725,8 @@ def run_facts(ctx: Context) -> Section:
         cluster = rt.get("cluster", "not recorded")
         if "cluster" in cluster and rt.get("workers"):
             cluster += f", {rt['workers']} workers"
-        rows.append([name, sec.get("state", ""), sec.get("finished", ""), cluster,
+        state = result_state(st, key) if "state" in sec else ""  # labels, groups: stale?
+        rows.append([name, state, sec.get("finished", ""), cluster,
                      _seconds(total), breakdown or "not recorded"])
         if rt.get("versions"):
             versions[name] = rt["versions"]
@@ -783,12 +784,11 @@ def _results(st: Store) -> tuple[list[Result], list[str]]:
     """The label sets of the store, and a note for each K in its attributes that is not one
     (a damaged store: such a value is shown, escaped, and left out)."""
     out, problems = [], []
-    fit, q = st.section("fit"), st.section("quantize")
+    fit, q = st.section("fit"), st.section(QUANTIZE)
     if fit.get("state") == "complete":
         p = st.read_table("fit/palette", ("r", "g", "b"))
         k = fit["summary"]["k"]
-        state = ("complete" if q.get("state") == "complete" and q.get("fit_fingerprint") == fit["fingerprint"]
-                 else "stale" if q.get("state") in ("complete", "stale") else q.get("state", "missing"))
+        state = labels_state(st)[0]
         out.append(Result("shared", f"shared K={k}", k, state, "quantize/labels", None,
                           np.stack([p["r"], p["g"], p["b"]], 1).astype(np.uint8),
                           _psnr(st, "quantize/images") if state == "complete" else None,
@@ -803,9 +803,8 @@ def _results(st: Store) -> tuple[list[Result], list[str]]:
                 problems.append(f"the per-image K value {value!r} (store attribute "
                                 "per_image.colors) is not a positive integer: left out.")
                 continue
-            q = st.section(f"per_image_quantize_k{k}")
-            state = ("complete" if q.get("state") == "complete" and q.get("fingerprint") == per["fingerprint"]
-                     else "stale" if q.get("state") in ("complete", "stale") else q.get("state", "missing"))
+            q = st.section(per_image_labels(k))
+            state = labels_state(st, k)[0]
             out.append(Result(f"k{k}", f"per-image K={k}", k, state, f"per_image/k{k}/labels",
                               f"per_image/k{k}/palette", None,
                               _psnr(st, f"per_image/k{k}/images") if state == "complete" else None,
@@ -824,9 +823,7 @@ def _ssim(st: Store, prefix: str) -> np.ndarray:
 
 
 def _sample(coll: Collection, n: int, seed: int, ids: Any, labels: Sequence[str] | None) -> list[int]:
-    from streamq.export import _parse_ids, _select
-
-    pool = _select(coll, list(labels) if labels else None, _parse_ids(ids, len(coll)))
+    pool = select_images(coll, list(labels) if labels else None, parse_ids(ids, len(coll)))
     if not pool and (ids is not None or labels):
         raise ConfigError(f"no image has both ids {ids} and labels {list(labels or [])}; "
                           "choose others")
@@ -886,8 +883,6 @@ def report(store: str | os.PathLike[str] | Location, out: str | os.PathLike[str]
     results: list[Result] = []
     problems: list[str] = []
     if coll is not None:
-        from streamq.info import collection_info
-
         info = collection_info(coll, top=rcfg.top_labels)
         sample = _sample(coll, rcfg.samples, rcfg.seed, ids, labels)
         results, problems = _results(st)

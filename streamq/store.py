@@ -69,8 +69,6 @@ COLOR_CHUNK = 1 << 18  # colours per chunk of a colour table (2 MiB of int64 cod
 N_CODES = 1 << 24  # distinct 24-bit colours
 IMAGE_COLUMNS = ("path", "label", "mode", "offset", "height", "width")
 SKIP_COLUMNS = ("path", "reason")
-# Sections whose results belong to one palette: attribute ``fit_fingerprint`` names it.
-PALETTE_RESULTS = ("quantize", "groups")
 
 
 def labels_dtype(k: int) -> np.dtype:
@@ -184,13 +182,6 @@ class Store:
         root = self.location.url
         target = os.path.join(root, *name.split("/")) if name else os.path.join(root, "zarr.json")
         durable.sync_tree(target, root)
-
-    def mark_stale(self, fit_fingerprint: str) -> None:
-        """Mark every result computed with another palette than ``fit_fingerprint`` stale."""
-        for name in PALETTE_RESULTS:
-            sec = self.section(name)
-            if sec and sec.get("fit_fingerprint") != fit_fingerprint and sec.get("state") != "stale":
-                self.set_section(name, {**sec, "state": "stale"})
 
     # -- arrays --------------------------------------------------------------------
     def create_array(self, name: str, **kwargs: Any) -> zarr.Array:
@@ -653,13 +644,13 @@ class Collection:
     def pixel_labels(self, i: int, per_image: int | None = None) -> np.ndarray:
         """Palette labels of image ``i`` as an ``(H, W)`` array (after ``quantize``; with
         ``per_image`` = K those of the image's own K-colour palette)."""
-        from streamq.arrays import read_image
+        from streamq.images import read_image
 
         return read_image(self, i, "labels", per_image)
 
     def quantized(self, i: int, per_image: int | None = None) -> np.ndarray:
         """Image ``i`` quantized: each pixel its palette colour, ``(H, W, 3)`` uint8."""
-        from streamq.arrays import read_image
+        from streamq.images import read_image
 
         return read_image(self, i, "quantized", per_image)
 
@@ -667,8 +658,8 @@ class Collection:
                 stack: bool = False, chunk_pixels: int | None = None) -> Any:
         """Lazy Dask arrays of every image's ``pixels``, ``labels`` or ``quantized`` pixels:
         a list, or with ``stack`` one ``(N, H, W[, 3])`` array (see
-        :func:`streamq.arrays.dask_images`)."""
-        from streamq.arrays import dask_images
+        :func:`streamq.images.dask_images`)."""
+        from streamq.images import dask_images
 
         return dask_images(self, kind, per_image=per_image, stack=stack, chunk_pixels=chunk_pixels)
 

@@ -252,12 +252,12 @@ def test_info_and_cli_show_the_fit(store_copy):
 
 
 def test_duplicate_palette_colours_are_replaced_by_worst_served_pixels():
-    from streamq.fit import _ensure_distinct
+    from streamq.lloyd import ensure_distinct
 
     rng = np.random.default_rng(0)
     val = to_space(rng.integers(0, 256, size=(5000, 3), dtype=np.uint8), "rgb").astype(np.float64)
     centres = np.repeat(val[:1], 6, axis=0)  # six identical centres
     centres[1] = val[1]
-    out = _ensure_distinct(centres, val, "rgb")
+    out = ensure_distinct(centres, val, "rgb")
     assert len({tuple(c) for c in to_rgb8(out, "rgb")}) == 6
     np.testing.assert_array_equal(out[:2], centres[:2])  # the first of each colour stays

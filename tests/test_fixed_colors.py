@@ -24,12 +24,12 @@ import streamq.store
 from streamq.cli.main import cli
 from streamq.colorspace import to_space
 from streamq.errors import ConfigError, StoreMismatchError
-from streamq.fit import GRID_BITS
 from streamq.kmeans import codes_to_points, distinct_colours, initial_centers, kmeans, lloyd
 from streamq.kmeans.codes import cell_means, rgb_to_codes
 from streamq.kmeans.filtering import lloyd_cells
 from streamq.kmeans.plusplus import cell_order
 from streamq.kmeans.starts import fixed_first
+from streamq.lloyd import GRID_BITS
 
 # white, black and three brand colours, white repeated (dropped: kept once, first place)
 BRAND = [(255, 255, 255), (0, 0, 0), (0xE3, 0x06, 0x13), (0x00, 0x5C, 0xA9), (0xFF, 0xCC, 0x00),

@@ -10,7 +10,7 @@ import zarr
 
 import streamq
 from streamq.colorspace import to_space
-from streamq.errors import StreamQError
+from streamq.errors import StageNotReadyError, StreamQError
 from streamq.quantize import quantize
 
 
@@ -101,6 +101,20 @@ def test_rerun_noop_and_refit_makes_labels_stale(store):
     assert np.all(d[np.arange(len(x)), ours] <= best + 1e-12)
     assert np.any(ours != old)
     assert ours.max() == 6  # the new seventh colour is used
+
+
+def test_labels_of_another_palette_are_stale_for_every_reader(store):
+    """One rule: labels whose palette is not the store's fit are stale for every reader, by
+    the fingerprints alone (a refit writes nothing into the labels' own record)."""
+    streamq.fit(store, colors=6, max_steps=20, scheduler="threads")
+    quantize(store, scheduler="threads")
+    group = zarr.open_group(store, mode="r+")
+    group.attrs["fit"] = {**group.attrs["fit"], "fingerprint": "another palette"}
+    assert group.attrs["quantize"]["state"] == "complete"  # its record says nothing more
+    assert streamq.collection_info(store)["labels"]["state"] == "stale"
+    with pytest.raises(StageNotReadyError, match=r"labels are stale \(the palette was refitted\); "
+                                                 r"run `streamq quantize` first"):
+        streamq.export(store, store + "-out")
 
 
 def test_quantize_needs_a_palette(store):

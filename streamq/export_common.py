@@ -1,0 +1,60 @@
+"""What both exports share: their manifest's name, the check of the output folder, the
+listing of what it holds and the message of labels changed under an export.
+
+:mod:`streamq.export` (image files) and :mod:`streamq.export_zarr` (arrays) import it and
+not each other's internals.
+"""
+
+from __future__ import annotations
+
+import os
+
+from streamq.errors import StoreExistsError
+from streamq.fs import Location, storage_errors
+from streamq.names import source_name
+from streamq.store import Store
+
+__all__ = ["MANIFEST", "check_out", "labels_changed_message", "listing"]
+
+MANIFEST = ".streamq-export.json"
+
+
+def check_out(out_loc: Location, st: Store) -> None:
+    """Refuse an output folder that is, holds or sits inside the store or the source tree."""
+    out = out_loc.url
+    if not out_loc.is_local:  # only a store under the same URL scheme can overlap
+        other = st.path
+        if "://" in other and other.split("://")[0] == out.split("://")[0]:
+            a, b = out.rstrip("/") + "/", other.rstrip("/") + "/"
+            if a.startswith(b) or b.startswith(a):
+                raise StoreExistsError(f"output {out} overlaps the store {other}; choose another URL")
+        return
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise StoreExistsError(f"output folder {out} is a file; choose a folder")
+    real = os.path.realpath(out)
+    root = st.section("ingest").get("root")
+    for what, other in (("the store", st.path),
+                        ("the ingested source folder", root and source_name(root))):
+        if not other or "://" in other:
+            continue
+        o = os.path.realpath(other)
+        if os.path.commonpath([real, o]) in (real, o):
+            raise StoreExistsError(f"output folder {out} overlaps {what} {other}; choose another folder")
+
+
+def listing(out_loc: Location) -> set[str]:
+    """URLs of every object under ``out_loc`` (one paginated listing)."""
+    with storage_errors(out_loc):
+        fs = out_loc.filesystem()
+        fs.invalidate_cache(out_loc.url)
+        try:
+            return {f"{out_loc.scheme}://{p}" for p in fs.find(out_loc.url)}
+        except FileNotFoundError:
+            return set()
+
+
+def labels_changed_message(store: str) -> str:
+    """The one line of :class:`~streamq.errors.LabelsChangedError` for ``store``."""
+    return (f"{store}: the labels changed under this export (the store was quantized again, "
+            "refitted or ingested again meanwhile); nothing made from them is kept as done: "
+            "run the export again once that has finished")

@@ -1,0 +1,244 @@
+"""The exact phase of a fit: Lloyd's k-means on the colour histogram, several starts side by side.
+
+The mini-batch centres (when there are any) and ``n_init`` k-means++ starts race to
+convergence on a coarse grid of the histogram (one Dask task each); the ``FINISHERS`` best
+run exact Lloyd on every distinct colour (one task each), each checkpointed in its own slot
+of ``fit/starts``; the lowest exact inertia wins (the first start on ties). Used by
+:mod:`streamq.fit` (phase 2, or ``--algorithm lloyd`` alone), :mod:`streamq.quality` (one
+such fit per K tried) and :mod:`streamq.estimator`; it imports neither.
+
+Also here: the histogram's colours as points of the fit's colour space (:func:`points`),
+the exact MSE over every pixel (:func:`exact_mse`) and the uint8 palette made distinct
+(:func:`ensure_distinct`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from streamq.checkpoint import decode_state, encode_state
+from streamq.colorspace import to_rgb8, to_space
+from streamq.config import FitConfig, fingerprint
+from streamq.fs import Location
+from streamq.results import STARTS
+from streamq.scheduler import Runner
+from streamq.store import Store, open_array
+
+__all__ = ["FINISHERS", "GRID_BITS", "ensure_distinct", "exact_mse", "fit_exact", "join_history",
+           "points"]
+
+log = logging.getLogger(__name__)
+
+
+def points(codes: np.ndarray, space: str) -> np.ndarray:
+    """The distinct colours ``codes`` as float64 points of the fit's colour space."""
+    from streamq.kmeans.codes import codes_to_rgb
+
+    return to_space(codes_to_rgb(codes), space).astype(np.float64)
+
+
+def exact_mse(x: np.ndarray, codes: np.ndarray, counts: np.ndarray, centres: np.ndarray,
+               palette: np.ndarray) -> tuple[float, np.ndarray]:
+    """MSE over every pixel (uint8 RGB units; nearest centre in the fit's space, compared with
+    its palette colour, as quantize does) and the pixels of each palette colour."""
+    from streamq.kmeans.codes import codes_to_rgb
+    from streamq.kmeans.nearest import assign
+
+    labels, _ = assign(x, centres, n_threads=os.cpu_count() or 1)
+    err = ((codes_to_rgb(codes).astype(np.float64) - palette[labels].astype(np.float64)) ** 2).sum(1)
+    n = float(counts.sum())
+    pixel_counts = np.bincount(labels, weights=counts, minlength=len(centres)).astype(np.int64)
+    return float((err * counts).sum() / (3 * n)), pixel_counts
+
+
+def ensure_distinct(centres: np.ndarray, points: np.ndarray, space: str) -> np.ndarray:
+    """Make the uint8 palette hold K distinct colours where the data allows: every centre
+    whose uint8 colour repeats an earlier centre's moves to a colour of the collection not in
+    the palette yet, worst served first (:func:`streamq.kmeans.nearest.spread_duplicates`)."""
+    from streamq.kmeans.nearest import spread_duplicates
+
+    rgb_points: np.ndarray | None = None
+
+    def colour(i: int) -> tuple[Any, ...]:
+        nonlocal rgb_points
+        if rgb_points is None:  # only once a colour repeats
+            rgb_points = to_rgb8(points, space)
+        return tuple(rgb_points[i])
+
+    return spread_duplicates(centres, points, to_rgb8(centres, space), colour)
+
+
+def join_history(info: dict[str, Any], best: dict[str, Any], n_px: int,
+                  fcfg: FitConfig) -> dict[str, Any]:
+    """The mini-batch history followed by the winning Lloyd start's iterations."""
+    h = {k: np.asarray(v) for k, v in info["history"].items()}
+    rows = np.asarray(best["history"], dtype=np.float64).reshape(-1, 3)
+    steps0 = int(info["steps"])
+    seen0 = int(info["pixels_seen"])
+    h["step"] = np.concatenate([h["step"], steps0 + rows[:, 0]]).astype(np.int64)
+    h["pixels_seen"] = np.concatenate([h["pixels_seen"], seen0 + rows[:, 0] * n_px]).astype(np.int64)
+    h["shift"] = np.concatenate([h["shift"], rows[:, 1]])
+    objective = np.full(len(rows), np.nan)  # Lloyd's objective: known at the end
+    objective[-1:] = best["inertia"] / n_px
+    h["inertia"] = np.concatenate([h["inertia"], objective])
+    n_iter = int(best["iteration"])
+    which = ("the mini-batch centres" if best["from_minibatch"]
+             else f"k-means++ start {best['start'] - (best['n_starts'] - fcfg.n_init) + 1}")
+    how = {"labels": "converged (no label changed)",
+           "tol": f"converged (squared centre shift within tol={fcfg.tol:g} of the variance)",
+           "max_iter": f"max_iter={fcfg.max_iter}"}[best["stop"]]
+    lloyd = (f"exact Lloyd on every pixel, best of {best['n_starts']} starts raced on the "
+             f"colour grid, {FINISHERS} finished ({which}): {how} after "
+             f"{best['grid_iterations']} + {n_iter} iterations")
+    reason = f"{info['stop_reason']}; {lloyd}" if info["stop_reason"] else lloyd
+    return {"history": h, "steps": steps0 + n_iter, "pixels_seen": seen0 + n_iter * n_px,
+            "stop_reason": reason}
+
+
+GRID_BITS = 6  # the race runs on a 64-level-per-channel grid of the histogram
+FINISHERS = 2  # starts finished on every distinct colour
+
+_POINTS: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+
+
+def _worker_points(store: Location, key: str, space: str) -> dict[str, np.ndarray]:
+    """The histogram as weighted points, and its coarse grid, read once per process and fit."""
+    from streamq.kmeans.codes import cell_means
+
+    k = (store.url, key, space)
+    if k not in _POINTS:
+        _POINTS.clear()  # one histogram at a time
+        codes = np.asarray(open_array(store, "colors/code")[:], dtype=np.int64)
+        counts = np.asarray(open_array(store, "colors/count")[:], dtype=np.float64)
+        x = points(codes, space)
+        gx, gw = cell_means(codes, counts, x, GRID_BITS)
+        if 2 * len(gx) > len(x):  # a grid that saves little: race on the colours themselves
+            gx, gw = x, counts
+        _POINTS[k] = {"x": x, "w": counts, "gx": gx, "gw": gw}
+    return _POINTS[k]
+
+
+def _layout(p: dict[str, Any], which: str) -> tuple[np.ndarray, ...] | None:
+    """The cell layout of the points ``which`` (``x`` or ``gx``), made once per process, for
+    colour points only (:func:`streamq.kmeans.converge` and k-means++ use it)."""
+    from streamq.kmeans.plusplus import cell_layout
+
+    pts = p[which]
+    if pts.shape[1] != 3:
+        return None
+    if "layout_" + which not in p:
+        p["layout_" + which] = cell_layout(pts)
+    return p["layout_" + which]
+
+
+def _slot(args: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    slot = open_array(args["store"], STARTS, mode="r+")
+    text = str(slot[args["start"]])
+    state = decode_state(text) if text else None
+    if state is not None and state.get("fingerprint") != args["fingerprint"]:
+        state = None
+    return slot, state
+
+
+def _held(args: dict[str, Any]) -> np.ndarray | None:
+    """The mask of a start's fixed centres (its first ones), or None."""
+    from streamq.kmeans.starts import fixed_first
+
+    fixed = args.get("fixed")
+    return None if fixed is None else fixed_first(args["k"], len(fixed))
+
+
+def _race_task(args: dict[str, Any]) -> dict[str, Any]:
+    """One start (the given centres or k-means++) run to convergence on the coarse grid."""
+    from streamq.kmeans import converge, initial_centers
+
+    slot, state = _slot(args)
+    if state is not None:
+        return state
+    p = _worker_points(args["store"], args["key"], args["space"])
+    layout = _layout(p, "gx")
+    init, fixed = args["init"], args.get("fixed")
+    if init is None:  # k-means++ start j draws from its own generator
+        init = initial_centers(p["gx"], p["gw"], args["k"], args["init_method"],
+                               np.random.default_rng([args["seed"], 1000 + args["plusplus"]]),
+                               layout, fixed)
+    res = converge(p["gx"], p["gw"], init, layout=layout, tol=0, max_iter=args["max_iter"],
+                   fixed=_held(args))  # to a fixed point
+    state = {"fingerprint": args["fingerprint"], "start": args["start"], "done": False,
+             "grid_inertia": res.inertia, "grid_iterations": res.n_iter,
+             "centers": res.centers, "iteration": 0, "history": []}
+    slot[args["start"]] = encode_state(state)
+    return state
+
+
+def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
+    """Exact Lloyd on every distinct colour from a start's grid result, checkpointed in its slot."""
+    from streamq.kmeans import converge
+
+    slot, state = _slot(args)
+    assert state is not None, "a start is finished after its race"
+    if state["done"]:
+        return state
+    p = _worker_points(args["store"], args["key"], args["space"])
+    history: list[list[float]] = list(state["history"])
+    last_save = [time.monotonic()]
+
+    def on_iter(it: int, centers: np.ndarray, rows: list[tuple[int, float, int]]) -> None:
+        if (it % args["checkpoint_steps"] == 0
+                or time.monotonic() - last_save[0] > args["checkpoint_seconds"]):
+            slot[args["start"]] = encode_state({**state, "centers": centers, "iteration": it,
+                                                "history": history + [list(r) for r in rows]})
+            last_save[0] = time.monotonic()
+
+    res = converge(p["x"], p["w"], np.asarray(state["centers"]), layout=_layout(p, "x"),
+                   tol=args["tol"], max_iter=args["max_iter"], start_iter=state["iteration"],
+                   on_iter=on_iter, fixed=_held(args))
+    history.extend(list(r) for r in res.history)
+    done = {**state, "done": True, "centers": res.centers, "iteration": res.n_iter,
+            "history": history, "inertia": res.inertia, "stop": res.stop}
+    slot[args["start"]] = encode_state(done)
+    return done
+
+
+def fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centres: np.ndarray | None,
+               progress: bool | None, fixed: np.ndarray | None = None) -> dict[str, Any]:
+    """The mini-batch centres (if any) and ``n_init`` k-means++ starts race to convergence on
+    the coarse colour grid (one task each); the ``FINISHERS`` best run exact Lloyd on every
+    distinct colour (one task each); the lowest exact inertia wins (the first start on ties).
+    Every start holds the ``fixed`` centres (its first ones)."""
+    inits: list[np.ndarray | None] = [] if mb_centres is None else [np.asarray(mb_centres)]
+    inits += [None] * fcfg.n_init
+    if not st.has(STARTS) or st.group[STARTS].shape[0] != len(inits):
+        st.create_records(STARTS, len(inits))
+    sec = st.section("colors")
+    key = fingerprint([sec.get("data"), sec.get("n_distinct")])
+    base = {"store": st.location, "fingerprint": fp, "key": key, "space": fcfg.color_space,
+            "k": fcfg.colors, "init_method": fcfg.init, "seed": fcfg.seed, "tol": fcfg.tol,
+            "max_iter": fcfg.max_iter, "checkpoint_steps": fcfg.checkpoint_steps,
+            "checkpoint_seconds": fcfg.checkpoint_seconds, "fixed": fixed}
+    first = len(inits) - fcfg.n_init  # slot of k-means++ start 0
+    futures = {run.submit(_race_task, {**base, "start": s, "init": init, "plusplus": s - first}): 1
+               for s, init in enumerate(inits)}
+    raced = sorted(run.wait(futures, "lloyd starts", "start", progress),
+                   key=lambda r: (r["grid_inertia"], r["start"]))
+    finishers = sorted(r["start"] for r in raced[:FINISHERS])
+    futures = {run.submit(_finish_task, {**base, "start": s}): 1 for s in finishers}
+    results = sorted(run.wait(futures, "exact lloyd", "start", progress), key=lambda r: r["start"])
+    best = min(results, key=lambda r: (r["inertia"], r["start"]))
+    best["n_starts"] = len(inits)
+    best["from_minibatch"] = mb_centres is not None and best["start"] == 0
+    done = {r["start"]: r for r in results}
+    best["results"] = [
+        {"start": r["start"], "grid_inertia": r["grid_inertia"],
+         "grid_iterations": r["grid_iterations"],
+         **({"inertia": done[r["start"]]["inertia"], "iterations": done[r["start"]]["iteration"],
+             "stop": done[r["start"]]["stop"]} if r["start"] in done else {})}
+        for r in sorted(raced, key=lambda r: r["start"])]
+    for r in best["results"]:
+        log.debug("lloyd start %s", r)
+    return best

@@ -1,0 +1,408 @@
+"""The read side of a store's results: what each stage left, read back, and whether it is current.
+
+This is the store layer's half that knows the stages' results (:mod:`streamq.store` knows
+the collection itself). A stage writes its result through it and reads another stage's only
+here, so no stage imports another:
+
+* the shared palette: :class:`FitResult`, :func:`load_fit`, and :func:`save_fit` /
+  :func:`clear_fit` for the stages that make one (``fit``, ``fit --quality``, a palette with
+  alpha, ``quantize --palette``);
+* per-image palettes: :func:`load_per_image`;
+* labels: :func:`labels_state`, :func:`ready_labels` ("are the labels current for this
+  palette?"), :func:`labels_identity` (what an export reads, to notice a change under it)
+  and :func:`recorded_labels_ok` (are a chunk's labels those its record vouches for?);
+* image groups: :class:`ImageGroups`, :func:`load_groups`, :func:`groups_summary`;
+* :func:`worst_images`, the ranking ``info`` and the report share.
+
+**Staleness: one mechanism.** A result made with a palette -- the labels (section
+``quantize``, or ``per_image_quantize_k{K}`` for per-image palettes) and the image groups --
+records that palette's fingerprint. It is current when its state is ``complete`` and that
+fingerprint is the palette's now; otherwise a finished one is ``stale``
+(:func:`result_state`). Nothing is written when a palette is refitted: a "stale" mark
+written after the new fit (as ``Store.mark_stale`` did) could be lost to a kill between the
+two writes and is one more record to keep in step with the fingerprints, while comparing the
+fingerprints is always right, needs no write from a reader, and reads the ``stale`` states
+older versions wrote as stale too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamq.checkpoint import clear_checkpoint
+from streamq.config import fingerprint
+from streamq.describe import describe_quality, describe_source
+from streamq.durable import checksum
+from streamq.errors import StageNotReadyError, StreamQError
+from streamq.faults import retrying
+from streamq.fs import Location
+from streamq.store import Store, open_array
+
+__all__ = ["FitResult", "ImageGroups", "clear_fit", "groups_summary", "labels_identity",
+           "labels_state", "load_fit", "load_groups", "load_per_image", "read_identity",
+           "ready_labels", "recorded_labels_ok", "result_state", "save_fit", "worst_images"]
+
+# -- names: the sections and arrays of each stage's result ------------------------------------
+FIT = "fit"
+FIT_PALETTE = "fit/palette"
+FIT_HISTORY = "fit/history"
+CHECKPOINT = "fit/checkpoint"
+STARTS = "fit/starts"  # one slot per exact Lloyd start: its checkpoint, then its result
+HISTORY_KEYS = ("step", "pixels_seen", "shift", "inertia")
+QUANTIZE = "quantize"
+PER_IMAGE = "per_image"
+GROUPS = "groups"
+GROUP_CENTERS = "groups/centers"
+GROUP_OF_IMAGE = "groups/images/group"
+GROUP_DISTANCE = "groups/images/distance"
+GROUP_OVERLAP = "groups/overlap"
+GROUP_LABELS = "groups/labels"
+
+
+def per_image_labels(k: int) -> str:
+    """The section of the labels of the per-image palettes of ``k`` colours."""
+    return f"per_image_quantize_k{k}"
+
+
+# -- staleness: the one rule -------------------------------------------------------------------
+def _palette_of(name: str) -> tuple[str, str] | None:
+    """``(palette section, key of its fingerprint in section name)`` of a result made with
+    a palette, None for any other section."""
+    if name in (QUANTIZE, GROUPS):
+        return FIT, "fit_fingerprint"
+    if name.startswith("per_image_quantize_k"):
+        return PER_IMAGE, "fingerprint"
+    return None
+
+
+def result_state(st: Store, name: str) -> str:
+    """The state of section ``name`` as every reader shows it (``missing`` when there is
+    none): a finished result made with a palette that is not the store's palette now is
+    ``stale`` (see the module docstring)."""
+    sec = st.section(name)
+    state = str(sec.get("state", "missing"))
+    palette = _palette_of(name)
+    if palette is None:
+        return state
+    owner, key = palette
+    if state == "complete" and sec.get(key) == st.section(owner).get("fingerprint"):
+        return "complete"
+    return "stale" if state in ("complete", "stale") else state
+
+
+def labels_state(st: Store, per_image: int | None = None) -> tuple[str, str | None]:
+    """``(state, palette fingerprint)`` of the labels of the shared palette, or of the
+    per-image palettes of ``per_image`` colours: the state is ``complete`` only for labels
+    of the palette the store holds now (:func:`result_state`)."""
+    if per_image is None:
+        return result_state(st, QUANTIZE), st.section(FIT).get("fingerprint")
+    return (result_state(st, per_image_labels(per_image)),
+            st.section(PER_IMAGE).get("fingerprint"))
+
+
+def ready_labels(st: Store, per_image: int | None) -> str:
+    """Fingerprint of the palette whose labels ``st`` holds complete: the shared fit's, or
+    (``per_image`` = K) the per-image fit's; missing or stale labels are refused in one line."""
+    if per_image is not None:
+        load_per_image(st.location, per_image)  # checks they exist
+    state, fit_fp = labels_state(st, per_image)
+    if state != "complete":
+        state = "stale (the palette was refitted)" if state == "stale" else state
+        raise StageNotReadyError(f"{st.path}: labels are {state}", "streamq quantize")
+    return str(fit_fp)
+
+
+def labels_identity(st: Store, per_image: int | None, labels: bool = True) -> str:
+    """A fingerprint of what an export reads from ``st``: the ingest (pixels, image table),
+    the palette's fit (shared, or per-image when ``per_image`` = K) and, with ``labels``, the
+    labelling: its state and ``labels_id``, new whenever quantize starts writing labels. Every
+    process that changes any of them changes it first, so a reader that finds it unchanged
+    after a read has read what it started with."""
+    ingest = st.section("ingest")
+    parts: dict[str, Any] = {"ingest": [ingest.get(k) for k in (
+        "state", "source_fingerprint", "settings_fingerprint")]}
+    if per_image is None:
+        fit, q = st.section(FIT), st.section(QUANTIZE)
+        keys: tuple[str, ...] = ("state", "fit_fingerprint", "labels_id")
+    else:
+        fit, q = st.section(PER_IMAGE), st.section(per_image_labels(per_image))
+        keys = ("state", "fingerprint", "labels_id")
+    parts["fit"] = [fit.get("state"), fit.get("fingerprint")]
+    if labels:
+        parts["labels"] = [q.get(k) for k in keys]
+    return fingerprint(parts)
+
+
+def read_identity(store: Location, per_image: int | None, labels: bool = True) -> str | None:
+    """:func:`labels_identity` of the store as it is now (None when it cannot be opened)."""
+    try:
+        return labels_identity(Store.open(store), per_image, labels)
+    except StreamQError:
+        return None
+
+
+def recorded_labels_ok(store: Location, name: str, lo: int, hi: int, record: dict[str, Any],
+                       fit: str, retry: Any) -> bool:
+    """Whether labels ``[lo, hi)`` of array ``name`` are those a completion record of an
+    earlier run vouches for: labels of the same palette (``fit``, its fingerprint: labels
+    are a function of it) with the same checksum."""
+    if record.get("fit") != fit:
+        return False
+    if "crc32" not in record:
+        return True
+    try:
+        data = retrying(lambda: np.asarray(open_array(store, name)[lo:hi]), "read",
+                        store.join(name).url, retry)
+    except StreamQError:
+        raise
+    except Exception:  # noqa: BLE001  (a chunk that no longer decodes: torn, rewrite it)
+        return False
+    return checksum(data) == record["crc32"]
+
+
+# -- the shared palette ---------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    """A fitted palette; ``str()`` is the one-line summary the CLI prints."""
+
+    store: str
+    k: int
+    algorithm: str
+    color_space: str
+    centers: np.ndarray  # (K, 3) float64 in the fit's colour space
+    palette: np.ndarray  # (K, 3) uint8 sRGB
+    counts: np.ndarray  # (K,) int64, pixels per colour (exact)
+    history: dict[str, np.ndarray]
+    steps: int
+    pixels_seen: int
+    stop_reason: str
+    mse: float  # exact, over every pixel, in uint8 RGB units (mean over pixels and channels)
+    psnr: float
+    seconds: float
+    seed: int
+    config: dict[str, Any] = field(default_factory=dict)
+    status: str = "fitted"
+    # A given palette (quantize --palette): where it came from (streamq.palettes); None: k-means
+    palette_source: dict[str, Any] | None = None
+    # fit --quality: the target, the K range searched and every K tried (streamq.quality)
+    quality: dict[str, Any] | None = None
+    n_fixed: int = 0  # the first n_fixed colours are fixed colours (streamq.fixed), kept exactly
+    # (K,) uint8 alpha of each colour for a collection with alpha (streamq.fit_alpha): then
+    # ``centers`` are (K, 4) premultiplied RGBA in [0, 1], ``palette`` straight colours, and
+    # MSE/PSNR over premultiplied RGBA; None for an opaque collection
+    alpha: np.ndarray | None = None
+
+    def label_space(self) -> tuple[str, np.ndarray]:
+        """The colour space and centres quantize labels pixels in: the fit's, except for a
+        given palette's own colours in RGB, compared in integer uint8 units (``rgb8``) so
+        that colours at equal distances tie exactly (and the lowest index wins)."""
+        if self.color_space == "rgb" and (self.palette_source or {}).get("centers") == "palette":
+            return "rgb8", self.palette.astype(np.float64)
+        return self.color_space, self.centers
+
+    def estimator(self) -> Any:
+        """The palette as a fitted scikit-learn ``KMeans`` (predict works on ``to_space`` pixels)."""
+        from sklearn.cluster import KMeans
+
+        est = KMeans(n_clusters=self.k, init=self.centers, n_init=1)
+        est.cluster_centers_ = self.centers.copy()
+        est.n_features_in_ = self.centers.shape[1]
+        est._n_features_out = self.k
+        est._n_threads = 1
+        est.labels_ = np.zeros(0, dtype=np.int32)
+        est.inertia_ = float("nan")
+        est.n_iter_ = self.steps
+        return est
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in ("centers", "palette", "counts"):
+            d[key] = np.asarray(d[key]).tolist()
+        if self.alpha is not None:
+            d["alpha"] = np.asarray(self.alpha).tolist()
+        d["history"] = {k: np.asarray(v).tolist() for k, v in self.history.items()}
+        return d
+
+    def __str__(self) -> str:
+        if self.palette_source is not None:
+            return (f"{self.status}: K={self.k} given palette ({self.color_space}): "
+                    f"{describe_source(self.palette_source)}; MSE {self.mse:.2f} / PSNR "
+                    f"{self.psnr:.2f} dB over every pixel")
+        fixed = f", {self.n_fixed} fixed" if self.n_fixed else ""
+        line = (f"{self.status}: K={self.k} ({self.algorithm}, {self.color_space}{fixed}), "
+                f"{self.steps} steps, {self.pixels_seen / 1e6:.2f} Mpx seen, "
+                f"MSE {self.mse:.2f} / PSNR {self.psnr:.2f} dB over every pixel, "
+                f"stopped: {self.stop_reason}, {self.seconds:.1f} s")
+        if self.quality is not None:
+            line += f"; {describe_quality(self.quality)}"
+        return line
+
+
+def clear_fit(st: Store) -> None:
+    """Forget the store's fit and its working state (before a new fit replaces it)."""
+    st.set_section(FIT, {})
+    clear_checkpoint(st, CHECKPOINT)
+    if st.has(STARTS):
+        st.create_records(STARTS, 0)
+
+
+def save_fit(st: Store, r: FitResult, fp: str, timings: dict[str, float],
+                 facts: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Save ``r`` as the store's fit (fingerprint ``fp``), then drop the fit's working state."""
+    columns = {f"center_{j}": r.centers[:, j] for j in range(r.centers.shape[1])}
+    columns.update({"r": r.palette[:, 0], "g": r.palette[:, 1], "b": r.palette[:, 2]})
+    if r.alpha is not None:  # a palette with alpha (streamq.fit_alpha)
+        columns["a"] = r.alpha
+    st.write_table(FIT_PALETTE, {**columns, "count": r.counts})
+    st.write_table(FIT_HISTORY, {k: np.asarray(v) for k, v in r.history.items()})
+    summary = {k: v for k, v in asdict(r).items()
+               if k not in ("centers", "palette", "counts", "history", "config", "status",
+                            "palette_source", "alpha") and (k != "quality" or r.quality is not None)
+               and (k != "n_fixed" or r.n_fixed)}
+    st.set_section(FIT, {"state": "complete", "fingerprint": fp, "config": r.config,
+                         "summary": summary, "timings": timings, "runtime": facts, **extra,
+                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    clear_checkpoint(st, CHECKPOINT)  # the result is saved; the working state is not needed
+
+
+def load_fit(store: str | Location, storage_options: dict[str, Any] | None = None) -> FitResult:
+    """The palette saved in ``store`` by :func:`fit`."""
+    st = Store.open(store, storage_options=storage_options)
+    sec = st.section(FIT)
+    if sec.get("state") != "complete":
+        raise StageNotReadyError(f"{st.path} has no fitted palette", "streamq fit")
+    rgba = st.has(f"{FIT_PALETTE}/a")  # a palette with alpha (streamq.fit_alpha)
+    dims = 4 if rgba else 3
+    p = st.read_table(FIT_PALETTE, tuple(f"center_{j}" for j in range(dims))
+                      + ("r", "g", "b", "count") + (("a",) if rgba else ()))
+    h = st.read_table(FIT_HISTORY, HISTORY_KEYS)
+    s = sec["summary"]
+    return FitResult(
+        store=st.path, k=s["k"], algorithm=s["algorithm"], color_space=s["color_space"],
+        centers=np.stack([p[f"center_{j}"] for j in range(dims)], 1),
+        palette=np.stack([p["r"], p["g"], p["b"]], 1).astype(np.uint8), counts=p["count"],
+        history=h, steps=s["steps"], pixels_seen=s["pixels_seen"], stop_reason=s["stop_reason"],
+        mse=s["mse"], psnr=s["psnr"], seconds=s["seconds"], seed=s["seed"], config=sec["config"],
+        status="given" if sec.get("palette_source") else "fitted",
+        palette_source=sec.get("palette_source"), quality=s.get("quality"),
+        n_fixed=int(s.get("n_fixed", 0)), alpha=p["a"].astype(np.uint8) if rgba else None)
+
+
+# -- per-image palettes --------------------------------------------------------------------------
+def load_per_image(store: str | Location, k: int,
+                   storage_options: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(centres, palettes)`` of every image for ``k``: ``(N, k, 3)`` float and uint8."""
+    st = Store.open(store, storage_options=storage_options)
+    sec = st.section(PER_IMAGE)
+    if sec.get("state") != "complete" or k not in sec.get("colors", []):
+        have = sec.get("colors") if sec.get("state") == "complete" else "none"
+        raise StageNotReadyError(f"{st.path} has no per-image palettes for K={k} (fitted: {have})",
+                                 f"streamq fit --per-image --colors {k}")
+    return (np.asarray(st.group[f"per_image/k{k}/center"][:]),
+            np.asarray(st.group[f"per_image/k{k}/palette"][:]))
+
+
+# -- image groups -------------------------------------------------------------------------------
+@dataclass
+class ImageGroups:
+    """Image groups of a store; ``str()`` is the one-line summary the CLI prints.
+
+    ``group[i]`` is image ``i``'s group, ``distance[i]`` its Euclidean distance to that
+    group's centre; ``centers`` are ``(G, D)`` in the clustered space (descriptors with
+    moments weighted). ``ari``, ``nmi`` and the contingency table compare the groups with
+    the images' labels (None when no image has a label).
+    """
+
+    store: str
+    groups: int
+    descriptor: str
+    moments_weight: float
+    k: int
+    group: np.ndarray  # (N,) int32
+    distance: np.ndarray  # (N,) float64
+    centers: np.ndarray  # (G, D) float64
+    sizes: np.ndarray  # (G,) int64
+    ari: float | None
+    nmi: float | None
+    label_names: list[str]  # the columns of the contingency table
+    overlap: dict[str, np.ndarray]  # non-zero cells: group, label (index), count
+    steps: int
+    stop_reason: str
+    inertia: float  # mean squared distance of an image to its group centre
+    seconds: float
+    seed: int
+    config: dict[str, Any] = field(default_factory=dict)
+    status: str = "grouped"
+
+    @property
+    def contingency(self) -> np.ndarray:
+        """``(G, L)`` int64: images of group ``g`` with label ``label_names[l]``."""
+        table = np.zeros((self.groups, len(self.label_names)), dtype=np.int64)
+        table[self.overlap["group"], self.overlap["label"]] = self.overlap["count"]
+        return table
+
+    def members(self, g: int) -> np.ndarray:
+        """Ids of the images of group ``g``, closest to its centre first."""
+        ids = np.flatnonzero(self.group == g)
+        return ids[np.argsort(self.distance[ids], kind="stable")]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (the per-image arrays are left out: see :func:`load_groups`)."""
+        return {"store": self.store, "groups": self.groups, "descriptor": self.descriptor,
+                "moments_weight": self.moments_weight, "k": self.k, "sizes": self.sizes.tolist(),
+                "ari": self.ari, "nmi": self.nmi, "steps": self.steps,
+                "stop_reason": self.stop_reason, "inertia": self.inertia,
+                "seconds": self.seconds, "seed": self.seed, "config": self.config,
+                "status": self.status}
+
+    def __str__(self) -> str:
+        text = (f"{self.status}: {len(self.group)} images in {self.groups} groups "
+                f"({self.descriptor}, K={self.k}), sizes {' '.join(map(str, self.sizes))}")
+        if self.ari is not None:
+            text += f"; ARI {self.ari:.3f}, NMI {self.nmi:.3f} against the image labels"
+        return text + f"; {self.steps} steps, stopped: {self.stop_reason}"
+
+
+def load_groups(store: str | Location, storage_options: dict[str, Any] | None = None) -> ImageGroups:
+    """The image groups saved in ``store`` by :func:`cluster_images`."""
+    st = Store.open(store, storage_options=storage_options)
+    sec = st.section(GROUPS)
+    state = result_state(st, GROUPS)
+    if state == "stale":
+        raise StageNotReadyError(f"{st.path}: the image groups are stale (the palette was "
+                                 "refitted)", "streamq quantize", "streamq cluster-images")
+    if state != "complete":
+        raise StageNotReadyError(f"{st.path} has no image groups", "streamq cluster-images")
+    s, cfg = sec["summary"], sec["config"]
+    cells = st.read_table(GROUP_OVERLAP, ("group", "label", "count"))
+    return ImageGroups(
+        store=st.path, groups=s["groups"], descriptor=cfg["descriptor"],
+        moments_weight=cfg["moments_weight"], k=sec["k"],
+        group=np.asarray(st.group[GROUP_OF_IMAGE][:]), distance=np.asarray(st.group[GROUP_DISTANCE][:]),
+        centers=np.asarray(st.group[GROUP_CENTERS][:]), sizes=np.asarray(s["sizes"], dtype=np.int64),
+        ari=s["ari"], nmi=s["nmi"],
+        label_names=[str(v) for v in st.read_table(GROUP_LABELS, ("name",))["name"]],
+        overlap={key: v.astype(np.int64) for key, v in cells.items()},
+        steps=s["steps"], stop_reason=s["stop_reason"], inertia=s["inertia"],
+        seconds=sec.get("seconds", 0.0), seed=cfg["seed"], config=cfg)
+
+
+def groups_summary(store: Store) -> dict[str, Any] | None:
+    """The groups section of an open store for ``streamq info`` (None when there is none)."""
+    sec = store.section(GROUPS)
+    if not sec:
+        return None
+    state = result_state(store, GROUPS)
+    cfg = sec.get("config", {})
+    return {"state": state, "descriptor": cfg.get("descriptor"), "k": sec.get("k"),
+            **{key: sec.get("summary", {}).get(key) for key in
+               ("groups", "sizes", "ari", "nmi", "n_labels", "steps", "stop_reason")}}
+
+
+def worst_images(psnr: np.ndarray, n: int) -> list[int]:
+    """Ids of the ``n`` images with the lowest PSNR, lowest first (lower id first on ties)."""
+    return [int(i) for i in np.argsort(np.asarray(psnr, dtype=np.float64), kind="stable")[:n]]
