@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from streamq.errors import StoreLayoutError, StreamQError
+from streamq.errors import StreamQError
 from streamq.lock import check_writer
 
 if TYPE_CHECKING:
@@ -107,10 +107,7 @@ def restore_estimator(state: dict[str, Any]) -> Any:
 
 def _slot(st: Store, name: str) -> zarr.Array:
     """The one-string array of slot ``name``."""
-    arr = st.group[name]
-    if not isinstance(arr, zarr.Array):
-        raise StoreLayoutError(f"{st.path}: {name} is a Zarr group, expected the checkpoint array")
-    return arr
+    return st.array(name)
 
 
 def read_checkpoint(st: Store, name: str, fingerprint: str, what: str) -> dict[str, Any] | None:

@@ -33,13 +33,14 @@ def check_out(out_loc: Location, st: Store) -> None:
         raise StoreExistsError(f"output folder {out} is a file; choose a folder")
     real = os.path.realpath(out)
     root = st.section("ingest").get("root")
-    for what, other in (("the store", st.path),
-                        ("the ingested source folder", root and source_name(root))):
-        if not other or "://" in other:
+    candidates: tuple[tuple[str, str | None], ...] = (
+        ("the store", st.path), ("the ingested source folder", root and source_name(root)))
+    for what, place in candidates:
+        if not place or "://" in place:
             continue
-        o = os.path.realpath(other)
+        o = os.path.realpath(place)
         if os.path.commonpath([real, o]) in (real, o):
-            raise StoreExistsError(f"output folder {out} overlaps {what} {other}; choose another folder")
+            raise StoreExistsError(f"output folder {out} overlaps {what} {place}; choose another folder")
 
 
 def listing(out_loc: Location) -> set[str]:

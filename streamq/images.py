@@ -34,7 +34,7 @@ def _labels_source(coll: Collection, per_image: int | None) -> tuple[str, str, n
     if per_image is None:
         return "quantize/labels", identity, load_fit(st.location).palette
     return (f"per_image/k{per_image}/labels", identity,
-            np.asarray(st.group[f"per_image/k{per_image}/palette"][:], dtype=np.uint8))
+            np.asarray(st.array(f"per_image/k{per_image}/palette")[:], dtype=np.uint8))
 
 
 class _ImageRows:

@@ -213,7 +213,7 @@ def fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centres: np.n
     Every start holds the ``fixed`` centres (its first ones)."""
     inits: list[np.ndarray | None] = [] if mb_centres is None else [np.asarray(mb_centres)]
     inits += [None] * fcfg.n_init
-    if not st.has(STARTS) or st.group[STARTS].shape[0] != len(inits):
+    if not st.has(STARTS) or st.array(STARTS).shape[0] != len(inits):
         st.create_records(STARTS, len(inits))
     sec = st.section("colors")
     key = fingerprint([sec.get("data"), sec.get("n_distinct")])

@@ -302,8 +302,8 @@ def load_per_image(store: str | Location, k: int,
         have = sec.get("colors") if sec.get("state") == "complete" else "none"
         raise StageNotReadyError(f"{st.path} has no per-image palettes for K={k} (fitted: {have})",
                                  f"streamq fit --per-image --colors {k}")
-    return (np.asarray(st.group[f"per_image/k{k}/center"][:]),
-            np.asarray(st.group[f"per_image/k{k}/palette"][:]))
+    return (np.asarray(st.array(f"per_image/k{k}/center")[:]),
+            np.asarray(st.array(f"per_image/k{k}/palette")[:]))
 
 
 # -- image groups -------------------------------------------------------------------------------
@@ -382,8 +382,8 @@ def load_groups(store: str | Location, storage_options: dict[str, Any] | None = 
     return ImageGroups(
         store=st.path, groups=s["groups"], descriptor=cfg["descriptor"],
         moments_weight=cfg["moments_weight"], k=sec["k"],
-        group=np.asarray(st.group[GROUP_OF_IMAGE][:]), distance=np.asarray(st.group[GROUP_DISTANCE][:]),
-        centers=np.asarray(st.group[GROUP_CENTERS][:]), sizes=np.asarray(s["sizes"], dtype=np.int64),
+        group=np.asarray(st.array(GROUP_OF_IMAGE)[:]), distance=np.asarray(st.array(GROUP_DISTANCE)[:]),
+        centers=np.asarray(st.array(GROUP_CENTERS)[:]), sizes=np.asarray(s["sizes"], dtype=np.int64),
         ari=s["ari"], nmi=s["nmi"],
         label_names=[str(v) for v in st.read_table(GROUP_LABELS, ("name",))["name"]],
         overlap={key: v.astype(np.int64) for key, v in cells.items()},

@@ -264,6 +264,13 @@ class Store:
             arr[:] = data
         self.sync(name)
 
+    def array(self, name: str) -> zarr.Array:
+        """Array ``name`` of the store (a group there is a layout error)."""
+        node = self.group[name]
+        if not isinstance(node, zarr.Array):
+            raise StoreLayoutError(f"{self.path}: {name} is a Zarr group, expected an array")
+        return node
+
     def has(self, name: str) -> bool:
         try:
             self.group[name]
