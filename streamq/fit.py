@@ -46,6 +46,7 @@ from streamq.checkpoint import (
     restore_estimator,
     write_checkpoint,
 )
+from streamq.clock import timestamp
 from streamq.colorspace import to_rgb8, to_space
 from streamq.config import FitConfig, StreamQConfig, differences, fingerprint, parse_config, to_dict
 from streamq.console import timer
@@ -631,7 +632,7 @@ def _save_result(st: Store, r: FitResult, fp: str, timings: dict[str, float],
                and (k != "n_fixed" or r.n_fixed)}
     st.set_section(FIT, {"state": "complete", "fingerprint": fp, "config": r.config,
                          "summary": summary, "timings": timings, "runtime": facts, **extra,
-                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                         "finished": timestamp()})
     clear_checkpoint(st, CHECKPOINT)  # the result is saved; the working state is not needed
 
 

@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamq import redact
 from streamq._version import __version__
+from streamq.clock import timestamp
 from streamq.errors import ConfigError, LockLostError, StoreLayoutError, StoreLockedError
 
 if TYPE_CHECKING:
@@ -492,7 +493,7 @@ class StoreLock:
             "store": self.path[: -len(LOCK_SUFFIX)],
             "command": redact.command(command) if command else _command_line(),
             "operation": operation, "host": _hostname(), "pid": os.getpid(), "user": _user(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "started": timestamp(),
             "process_start": _process_start(os.getpid()),
             "boot_id": _boot_id(), "pid_ns": _pid_ns(),
             "heartbeat": time.time(), "heartbeat_interval": self.heartbeat,
