@@ -1,10 +1,29 @@
 """Configuration: frozen per-stage dataclasses, YAML loading and validation.
 
 A configuration is a :class:`StreamQConfig` made of one section per stage. It is read
-from YAML (``configs/*.yaml``), from a dict, or built in Python; command-line flags
-override single keys with dotted names (``ingest.chunk_pixels``). Every key is checked
-once, here: an unknown key or a bad value raises :class:`~streamq.errors.ConfigError`
-with a one-line message naming the key, the value and what was expected.
+from YAML (``configs/*.yaml``), from a dict, or built in Python; environment variables and
+command-line flags override single keys with dotted names (``ingest.chunk_pixels``). Every
+key is checked once, here: an unknown key or a bad value raises
+:class:`~streamq.errors.ConfigError` with a one-line message naming the key, the value and
+what was expected (and the variable, for one from the environment).
+
+**Environment.** ``STREAMQ_SECTION__KEY=VALUE`` sets any key (``STREAMQ_FIT__COLORS=32``,
+``STREAMQ_STORAGE_OPTIONS__ENDPOINT_URL=http://...``; a top-level key without ``__``:
+``STREAMQ_STORE``), the name in any case, the value read as YAML as in a config file (``true``,
+``[2, 6, 30]``, ``null``). The order, later winning: defaults, the config file, the
+environment, the flags (the dotted-key overrides of :func:`load_config` and of the library's
+functions). A mapping given to :func:`parse_config` stands for a config file; a
+:class:`StreamQConfig` built in Python is taken as it is. ``STREAMQ_SCHEDULER`` is the older
+name of ``dask.scheduler`` and ranks below the config file, as it always has.
+
+Why not donfig, which zarr brings (``ZARR_ASYNC__CONCURRENCY`` style), for this: its
+``collect_env`` reads values with :func:`ast.literal_eval` (Python's ``True``/``None``, while
+streamq's config files are YAML: ``true``/``null``), takes every ``STREAMQ_*`` variable as a
+key (``STREAMQ_SCHEDULER`` and variables of other tools would become unknown keys) and returns
+the merged keys without the variable each came from, so a bad value could not be named by its
+variable; and its :class:`~donfig.Config` is a process-wide mutable configuration with its own
+search path of YAML files, a second source of truth beside these frozen dataclasses. The names
+follow its convention (``PREFIX_SECTION__KEY``), so they read like zarr's and Dask's.
 """
 
 from __future__ import annotations
@@ -38,6 +57,7 @@ __all__ = [
     "ReportConfig",
     "RetryConfig",
     "StreamQConfig",
+    "environment_overrides",
     "fingerprint",
     "load_config",
     "parse_config",
@@ -351,7 +371,7 @@ class StreamQConfig:
             if value is None:
                 continue
             _set_dotted(data, key.replace("__", "."), value)
-        return parse_config(data)
+        return parse_config(data, environment=False)
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -485,10 +505,77 @@ def _parse_section(cls: type, data: Any, prefix: str, source: str) -> Any:
     return cls(**values)
 
 
-def parse_config(data: Mapping[str, Any] | StreamQConfig | None, source: str = "") -> StreamQConfig:
-    """Validate a mapping (for example parsed YAML) and return a :class:`StreamQConfig`."""
+ENV_PREFIX = "STREAMQ_"
+_TOP_LEVEL = ("store", "storage_options", "source_options")  # keys outside any section
+
+
+def environment_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The keys set by ``STREAMQ_SECTION__KEY`` variables of ``environ`` (default
+    ``os.environ``), as nested mappings, each checked on its own.
+
+    Raises
+    ------
+    ConfigError
+        Naming the variable, for a key that does not exist, a value that is not YAML or
+        one that the key does not take.
+    """
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        dotted = key.replace("__", ".")
+        if "__" not in key and key not in _TOP_LEVEL:
+            continue  # STREAMQ_SCHEDULER (see parse_config), and variables of tools and tests
+        if not environ[name].strip():
+            continue  # set to nothing: not set
+        where = f"environment variable {name}"
+        try:
+            value = yaml.safe_load(environ[name])
+        except yaml.YAMLError:
+            raise ConfigError(f"{where} has value {_shown(dotted, environ[name])}, which is not a "
+                              "YAML value (as in a config file: 32, true, [2, 6, 30], "
+                              "'s3://b/x')") from None
+        one: dict[str, Any] = {}
+        _set_dotted(one, dotted, value)
+        _parse_section(StreamQConfig, one, "", where)  # the key exists and takes the value
+        _set_dotted(out, dotted, value)
+    return out
+
+
+def _merged(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with ``overrides`` laid over it, key by key into nested mappings (a section
+    given as a dataclass is taken apart first)."""
+    out = dict(data)
+    for key, value in overrides.items():
+        below = out.get(key)
+        if dataclasses.is_dataclass(below) and not isinstance(below, type):
+            below = to_dict(below)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            out[key] = _merged(below, value)
+        elif isinstance(value, Mapping) and below is not None:
+            continue  # not a mapping: left for its own one-line error
+        else:
+            out[key] = value
+    return out
+
+
+def parse_config(data: Mapping[str, Any] | StreamQConfig | None, source: str = "", *,
+                 environment: bool = True) -> StreamQConfig:
+    """Validate a mapping (for example parsed YAML) and return a :class:`StreamQConfig`.
+
+    With ``environment`` the ``STREAMQ_SECTION__KEY`` variables override its keys (see the
+    module's doc); a :class:`StreamQConfig` is returned as it is.
+    """
     if isinstance(data, StreamQConfig):
         return data
+    if environment:
+        overrides = environment_overrides()
+        if overrides:
+            if data is not None and not isinstance(data, Mapping):
+                _parse_section(StreamQConfig, data, "", source)  # its own one-line error
+            data = _merged(data or {}, overrides)
     cfg = _parse_section(StreamQConfig, data, "", source)
     redact.remember(cfg.storage_options)  # kept out of every message from now on
     redact.remember(cfg.source_options)

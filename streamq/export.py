@@ -49,7 +49,7 @@ from streamq.durable import sync_all, sync_files
 from streamq.errors import ConfigError, LabelsChangedError, StoreExistsError, StreamQError
 from streamq.export_common import MANIFEST, check_out, labels_changed_message, listing
 from streamq.faults import retrying
-from streamq.fs import Location, check_access, join, location, storage_errors
+from streamq.fs import Location, check_access, join, location, storage_errors, write_atomic
 from streamq.lock import check_writer
 from streamq.names import output_name
 from streamq.results import labels_identity, load_fit, read_identity, ready_labels
@@ -192,22 +192,6 @@ def _encode(img: Any, fmt: str, options: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(data: bytes, path: str, tmp_dir: str) -> None:
-    """Write ``path`` through a temporary file and a rename: a file that exists is complete
-    (made durable with the rest of its task's files, before the task's record)."""
-    import uuid
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(tmp_dir, f"{uuid.uuid4().hex}{os.path.splitext(path)[1]}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _contiguous_runs(images: list[tuple[int, str, int, int, int]]
                      ) -> Iterator[list[tuple[int, str, int, int, int]]]:
     """Split ``(id, path, offset, h, w)`` rows into runs whose pixels lie back to back."""
@@ -317,8 +301,8 @@ def _export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
                 check_writer()  # under `streamq run`: the store's lock must still be this job's
                 paths.append(path)
                 if fs is None:
-                    retrying(lambda d=encoded, p=path: _write_atomic(d, p, args["tmp_dir"]),
-                             "write", path, retry, write=True)
+                    retrying(lambda d=encoded, p=path: write_atomic(  # made durable below
+                        p, d, sync=False, tmp_dir=args["tmp_dir"]), "write", path, retry, write=True)
                 else:
                     fs.pipe_file(path, encoded)  # one PUT: complete or absent
                 if root is not None:

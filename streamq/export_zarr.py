@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -44,6 +43,7 @@ import numpy as np
 import zarr
 
 from streamq._version import __version__
+from streamq.clock import timestamp
 from streamq.config import StreamQConfig, fingerprint, parse_config
 from streamq.console import progress_bar, timer
 from streamq.durable import checksum
@@ -308,7 +308,7 @@ def export_zarr(store: str | Location, out: str | Location, *, labels: list[str]
         if labels_identity(now, r.k) != r.identity:  # quantized again meanwhile
             raise LabelsChangedError(labels_changed_message(st.path))
     dest.set_section(ATTR, {**dest.section(ATTR), "state": "complete", "timings": timings,
-                            "runtime": facts, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                            "runtime": facts, "finished": timestamp()})
     summary = ZarrExportSummary(out=out_loc.url, results=names, n_images=len(chosen),
                                 n_pixels=n_pixels, n_chunks=total, n_written=written,
                                 n_existing=done, status="exported", timings=timings)

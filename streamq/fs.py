@@ -7,8 +7,9 @@ labels never pass through the client. Local paths stay plain paths handled by ``
 Zarr's ``LocalStore``), as fast as before; URLs go through fsspec.
 
 Whole-file writes are atomic in both worlds: locally a temporary file is fsynced and renamed
-over the target; on an object store one object is written by one PUT, which readers see
-whole or not at all.
+over the target, then its folder is fsynced (:func:`write_atomic`, the one place streamq
+does this: lock files, palettes, reports and exported images all go through it); on an
+object store one object is written by one PUT, which readers see whole or not at all.
 
 Deletes name their files or keys one by one (:meth:`Location.remove_files`,
 :func:`delete_keys`): fsspec's ``rm`` reads ``[``, ``*`` and ``?`` in a path as a glob
@@ -38,7 +39,7 @@ from streamq import redact
 from streamq.errors import StoreError
 
 __all__ = ["SCHEMES", "Location", "check_access", "delete_keys", "join", "location",
-           "looks_like_url", "storage_errors"]
+           "looks_like_url", "storage_errors", "write_atomic", "write_new"]
 
 log = logging.getLogger(__name__)
 
@@ -156,18 +157,7 @@ class Location:
             with storage_errors(self):
                 self.filesystem().pipe_file(self.url, data)
             return
-        folder = os.path.dirname(self.url)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(self.url)}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.url)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_atomic(self.url, data)
 
     def remove(self) -> None:
         """Remove one file; a missing one is fine."""
@@ -218,6 +208,57 @@ class Location:
                               or os.environ.get("AWS_ENDPOINT_URL_S3")
                               or os.environ.get("AWS_ENDPOINT_URL")
                               or "the default AWS endpoint"))
+
+
+def write_new(path: str, data: bytes, mode: int = 0o666, sync: bool = True) -> None:
+    """Create the local file ``path`` (which must not exist) holding ``data``, with permission
+    bits ``mode`` (less the umask), fsynced unless ``sync`` is false."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        if sync:
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def write_atomic(path: str, data: bytes, *, mode: int = 0o666, sync: bool = True,
+                 tmp_dir: str | None = None) -> None:
+    """Write the local file ``path`` whole or not at all: readers see the old file or the new.
+
+    ``data`` goes to a temporary file (in ``path``'s folder, or in ``tmp_dir`` on the same
+    filesystem), which is fsynced and renamed over ``path``; then the folder is fsynced, where
+    the filesystem allows it, so that the new name survives a power loss too. Missing folders
+    of ``path`` are made. ``mode``: the file's permission bits (less the umask). ``sync``
+    false skips both fsyncs, for a caller that makes many files durable at once later
+    (:func:`streamq.durable.sync_all`). The temporary file is removed when anything fails.
+    """
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    stem = os.fsencode(os.path.basename(path))[:100].decode("utf-8", "ignore")  # NAME_MAX
+    tmp = os.path.join(tmp_dir or folder, f".{stem}.{uuid.uuid4().hex}.tmp")
+    try:
+        write_new(tmp, data, mode, sync)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    if sync:
+        _fsync_folder(folder)
+
+
+def _fsync_folder(folder: str) -> None:
+    """fsync a folder, so that a rename in it is kept; a filesystem that refuses is fine."""
+    try:
+        fd = os.open(folder or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def location(target: str | os.PathLike[str] | Location,

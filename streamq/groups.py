@@ -36,6 +36,7 @@ from streamq.checkpoint import (
     restore_estimator,
     write_checkpoint,
 )
+from streamq.clock import timestamp
 from streamq.config import (
     ClusterImagesConfig,
     StreamQConfig,
@@ -219,7 +220,7 @@ def _cluster_images(store: Location, cfg: StreamQConfig, overwrite: bool,
     seconds = round(time.perf_counter() - started, 3)
     st.set_section(SECTION, {**sec, "state": "complete", "summary": {**summary, **sec["clustering"]},
                              "timings": timings, "seconds": seconds,
-                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                             "finished": timestamp()})
     clear_checkpoint(st, CHECKPOINT)
     result = load_groups(st.location)
     log.info("%s", result)

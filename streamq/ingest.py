@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -44,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from streamq import bands, redact, sources
+from streamq.clock import timestamp
 from streamq.config import IngestConfig, RetryConfig, StreamQConfig, fingerprint, parse_config
 from streamq.console import progress_bar, timer
 from streamq.decode import Header
@@ -711,7 +711,7 @@ def _consolidate(st: Store, timings: dict[str, float], facts: dict[str, Any]) ->
     st.write_table(SKIPPED, {"path": [p for p, _ in skipped], "reason": [r for _, r in skipped]})
     state = st.section("ingest")
     state.update({"state": "complete", "timings": timings, "runtime": facts,
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                  "finished": timestamp()})
     st.set_section("ingest", state)
 
 

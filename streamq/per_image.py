@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from streamq.clock import timestamp
 from streamq.colorspace import to_space
 from streamq.config import PerImageConfig, StreamQConfig, fingerprint, parse_config, to_dict
 from streamq.console import progress_bar, timer
@@ -301,7 +302,7 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             st.write_array(f"per_image/k{k}/center", centres)
             st.write_array(f"per_image/k{k}/palette", np.round(np.clip(centres * 255, 0, 255)).astype(np.uint8))
         st.set_section(SECTION, {**st.section(SECTION), "state": "complete", "timings": timings,
-                                 "runtime": facts, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                                 "runtime": facts, "finished": timestamp()})
     st.set_section(SECTION, {**st.section(SECTION), "timings": timings})  # with consolidating
     return _summary(st, "fitted", timings, len(coll))
 
@@ -473,7 +474,7 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
                                   **stats,
                                   "timings": {"labelling": round(time.perf_counter() - started, 3)},
                                   "runtime": facts,
-                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                                  "finished": timestamp()})
     return _summary(st, "quantized", timings, len(coll))
 
 

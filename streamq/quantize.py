@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from streamq.clock import timestamp
 from streamq.config import StreamQConfig, parse_config
 from streamq.console import progress_bar, timer
 from streamq.durable import checksum
@@ -351,7 +351,7 @@ def _consolidate(st: Store, coll: Collection, fit_fp: str, k: int, timings: dict
     st.set_section(QUANTIZE, {"state": "complete", "fit_fingerprint": fit_fp, "k": k,
                               "labels_id": st.section(QUANTIZE).get("labels_id"),
                               "mse": total, "psnr": psnr(total), **stats, "timings": timings,
-                              "runtime": facts, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                              "runtime": facts, "finished": timestamp()})
 
 
 def _summary(st: Store, status: str, timings: dict[str, float]) -> QuantizeSummary:

@@ -34,11 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from streamq.clock import timestamp
 from streamq.config import ReportConfig, StreamQConfig, parse_config
 from streamq.console import timer
 from streamq.describe import describe_source
 from streamq.errors import ConfigError, StoreLayoutError, StreamQError
-from streamq.fs import Location
+from streamq.fs import Location, write_atomic
 from streamq.overview import collection_info
 from streamq.results import (
     QUANTIZE,
@@ -897,12 +898,8 @@ def report(store: str | os.PathLike[str] | Location, out: str | os.PathLike[str]
         if section is not None:
             built.append(section)
     page = _page(st, built)
-    tmp = out + ".partial"
     try:
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        os.replace(tmp, out)
+        write_atomic(out, page.encode("utf-8"))
     except OSError as exc:
         raise StreamQError(f"cannot write the report {out}: {exc.strerror or exc}; choose "
                            "another place for OUT") from exc
@@ -942,7 +939,7 @@ def _page(st: Store, sections: list[Section]) -> str:
     nav = "".join(f'<a href="#{esc(s.id)}">{esc(s.title)}</a>' for s in sections)
     body = "".join(f'<section id="{esc(s.id)}"><h2>{esc(s.title)}</h2>{s.body}</section>'
                    for s in sections)
-    made = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    made = timestamp(readable=True)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
             "img-src data:; style-src 'unsafe-inline'\">"

@@ -27,13 +27,13 @@ older versions wrote as stale too.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from streamq.checkpoint import clear_checkpoint
+from streamq.clock import timestamp
 from streamq.config import fingerprint
 from streamq.describe import describe_quality, describe_source
 from streamq.durable import checksum
@@ -265,7 +265,7 @@ def save_fit(st: Store, r: FitResult, fp: str, timings: dict[str, float],
                and (k != "n_fixed" or r.n_fixed)}
     st.set_section(FIT, {"state": "complete", "fingerprint": fp, "config": r.config,
                          "summary": summary, "timings": timings, "runtime": facts, **extra,
-                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                         "finished": timestamp()})
     clear_checkpoint(st, CHECKPOINT)  # the result is saved; the working state is not needed
 
 

@@ -57,6 +57,50 @@ def test_env_scheduler(monkeypatch):
     assert parse_config({"dask": {"scheduler": "threads"}}).dask.scheduler == "threads"
 
 
+def test_env_overrides_any_key_between_file_and_flags(tmp_path, monkeypatch):
+    p = tmp_path / "c.yaml"
+    p.write_text("fit:\n  colors: 8\n  seed: 3\nper_image:\n  colors: [2, 6]\n")
+    monkeypatch.setenv("STREAMQ_FIT__COLORS", "32")
+    monkeypatch.setenv("streamq_ingest__strict", "true")  # any case, YAML values
+    monkeypatch.setenv("STREAMQ_PER_IMAGE__COLORS", "[4, 9]")
+    monkeypatch.setenv("STREAMQ_STORAGE_OPTIONS__CLIENT_KWARGS__REGION_NAME", "eu")
+    monkeypatch.setenv("STREAMQ_STORE", "/data/x.zarr")
+    monkeypatch.setenv("STREAMQ_REPORT__OUT", "")  # set to nothing: not set
+    monkeypatch.setenv("STREAMQ_CHROMIUM", "/usr/bin/chromium")  # not a config key: ignored
+    cfg = load_config(p)
+    assert (cfg.fit.colors, cfg.fit.seed, cfg.ingest.strict) == (32, 3, True)
+    assert cfg.per_image.colors == (4, 9)
+    assert cfg.storage_options == {"client_kwargs": {"region_name": "eu"}}
+    assert (cfg.store, cfg.report.out) == ("/data/x.zarr", None)
+    assert load_config(p, **{"fit.colors": 64}).fit.colors == 64  # flags win
+    assert parse_config({}).fit.colors == 32  # library calls see it too
+    monkeypatch.setenv("STREAMQ_DASK__SCHEDULER", "sync")
+    monkeypatch.setenv("STREAMQ_SCHEDULER", "threads")  # the older name ranks lower
+    assert parse_config({"dask": {"scheduler": "tcp://127.0.0.1:9"}}).dask.scheduler == "sync"
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("STREAMQ_FIT__COLORS", "many", "environment variable STREAMQ_FIT__COLORS: key 'fit.colors' "
+                                    "has value 'many', expected an integer"),
+    ("STREAMQ_FIT__COLORS", "1", "environment variable STREAMQ_FIT__COLORS: key 'fit.colors' has "
+                                 "value 1, expected an integer from 2 to 65536"),
+    ("STREAMQ_FIT__COLOURS", "8", "environment variable STREAMQ_FIT__COLOURS: unknown key "
+                                  "'fit.colours'"),
+    ("STREAMQ_INGST__CODEC", "lz4", "environment variable STREAMQ_INGST__CODEC: unknown key 'ingst'"),
+    ("STREAMQ_INGEST__CODEC", "[lz4", "environment variable STREAMQ_INGEST__CODEC has value '[lz4', "
+                                      "which is not a YAML value"),
+    ("STREAMQ_STORAGE_OPTIONS", "sEcReT", "environment variable STREAMQ_STORAGE_OPTIONS: key "
+                                          "'storage_options' has value of type str (not shown"),
+])
+def test_env_bad_value_one_line_naming_the_variable(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as err:
+        load_config()
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+    assert "sEcReT" not in str(err.value)
+
+
 def test_default_yaml_lists_every_key_with_its_default():
     from pathlib import Path
 

@@ -235,3 +235,22 @@ def test_torn_zarr_export_chunk_is_found_and_rewritten(quantized, tmp_path):
     a, b = zarr.open_group(str(ref), mode="r"), zarr.open_group(str(out), mode="r")
     np.testing.assert_array_equal(a["labels"][:], b["labels"][:])
     assert b.attrs["streamq_export"]["state"] == "complete"
+
+
+def test_write_atomic_replaces_whole_files_and_leaves_no_temporary(tmp_path):
+    from streamq.clock import timestamp
+    from streamq.fs import write_atomic
+
+    long = tmp_path / "deep" / ("é" * 120 + ".png")  # 240 bytes: a temporary name still fits
+    write_atomic(str(long), b"first")
+    write_atomic(str(long), b"second", mode=0o600)
+    assert long.read_bytes() == b"second"
+    assert os.stat(long).st_mode & 0o777 == 0o600
+    target = tmp_path / "taken"
+    (target / "inside").mkdir(parents=True)  # a folder with files cannot be replaced by a file
+    with pytest.raises(IsADirectoryError):
+        write_atomic(str(target), b"x")
+    assert sorted(os.listdir(tmp_path)) == ["deep", "taken"]  # no temporary file left behind
+    assert os.listdir(tmp_path / "deep") == [long.name]
+    assert len(timestamp()) == 24
+    assert (timestamp()[10], timestamp(readable=True)[10]) == ("T", " ")

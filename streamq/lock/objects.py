@@ -1,6 +1,7 @@
 """The store's write lock on an object store (S3): conditional writes and a lease.
 
-The backend of :mod:`streamq.lock` for stores at URLs. The lock is the object ``STORE.lock``
+The backend of :mod:`streamq.lock` for stores at URLs (:mod:`streamq.lock.local` is the one for
+local paths). The lock is the object ``STORE.lock``
 beside the store's prefix (``s3://bucket/faces.zarr`` -> ``s3://bucket/faces.zarr.lock``),
 holding the same JSON owner record as a local lock file, and outside the store for the same
 reasons (``ingest --overwrite`` replaces every object of the store; a first ingest locks a
@@ -9,7 +10,7 @@ one request that the server applies only if a condition holds, atomically:
 
 * **Take**: PUT with ``If-None-Match: *``, which fails (412) when the object exists.
 * **Take over** a stale lock that was read with ETag ``E`` (stale by the rules of
-  :func:`streamq.lock._stale_reason`): PUT our record with ``If-Match: E``. Of several jobs
+  :func:`streamq.lock.owner.stale_reason`): PUT our record with ``If-Match: E``. Of several jobs
   judging the same stale lock, exactly one succeeds: the first PUT changes the ETag.
 * **Heartbeat**: PUT our record with ``If-Match`` on the ETag of our last write. A 412 whose
   object now holds another token means the lock was taken over (or removed: 404); the job
@@ -53,12 +54,12 @@ from typing import TYPE_CHECKING, Any
 
 from streamq import redact
 from streamq.errors import StoreError
+from streamq.lock.owner import LockOwner, parse
 
 if TYPE_CHECKING:
     from streamq.fs import Location
-    from streamq.lock import LockOwner
 
-__all__ = ["ObjectFiles", "Support", "unsupported_message"]
+__all__ = ["ObjectFiles", "Support", "check_support", "unsupported_message"]
 
 log = logging.getLogger("streamq.lock")
 
@@ -250,13 +251,11 @@ class ObjectFiles:
         """Replace our lock with ``data`` only if it still holds ``token``: a PUT with
         ``If-Match`` on the ETag of our last write. Returns None when replaced, else what the
         object holds instead (``b""`` when it is gone)."""
-        from streamq.lock import _parse
-
         for _ in range(_TRIES):
             etag = self._etag.get(path)
             if etag is None:
                 got = self._get(path)
-                if got is None or _parse(got[0]).token != token:
+                if got is None or parse(got[0]).token != token:
                     return b"" if got is None else got[0]
                 etag = self._etag[path] = got[1]
             try:
@@ -267,7 +266,7 @@ class ObjectFiles:
                 got = self._get(path)
                 if got is None:
                     return b""
-                if _parse(got[0]).token != token:
+                if parse(got[0]).token != token:
                     return got[0]
                 self._etag[path] = got[1]  # still ours: our retried PUT, or our record rewritten
                 if got[0] == data:
@@ -303,11 +302,9 @@ class ObjectFiles:
 
     def remove_if_token(self, path: str, token: str) -> bool:
         """Delete our lock if it still holds ``token`` (release)."""
-        from streamq.lock import _parse
-
         if not self.support(path).conditional_delete:
             got = self._get(path)
-            if got is None or _parse(got[0]).token != token:
+            if got is None or parse(got[0]).token != token:
                 return False
             with contextlib.suppress(FileNotFoundError):
                 self._request("delete_object", path)  # read-compare-delete: see the module doc
@@ -316,7 +313,7 @@ class ObjectFiles:
         for _ in range(_TRIES):
             if etag is None:
                 got = self._get(path)
-                if got is None or _parse(got[0]).token != token:
+                if got is None or parse(got[0]).token != token:
                     return False
                 etag = got[1]
             try:
