@@ -57,6 +57,7 @@ from streamq.lock import store_lock
 from streamq.metrics import psnr
 from streamq.minibatch import LoopSettings, LoopState, new_model, step_limit, stream_partial_fit
 from streamq.scheduler import Runner, runner
+from streamq.stage import Task, run_tasks
 from streamq.store import Collection, Store, open_array, store_location
 
 __all__ = ["FitResult", "collection_mse", "fit", "load_fit"]
@@ -551,13 +552,14 @@ def _fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centres: np.
             "max_iter": fcfg.max_iter, "checkpoint_steps": fcfg.checkpoint_steps,
             "checkpoint_seconds": fcfg.checkpoint_seconds, "fixed": fixed}
     first = len(inits) - fcfg.n_init  # slot of k-means++ start 0
-    futures = {run.submit(_race_task, {**base, "start": s, "init": init, "plusplus": s - first}): 1
-               for s, init in enumerate(inits)}
-    raced = sorted(run.wait(futures, "lloyd starts", "start", progress),
+    raced = sorted(run_tasks(run, [Task(_race_task, {**base, "start": s, "init": init,
+                                                     "plusplus": s - first})
+                                   for s, init in enumerate(inits)],
+                             "lloyd starts", "start", progress),
                    key=lambda r: (r["grid_inertia"], r["start"]))
     finishers = sorted(r["start"] for r in raced[:FINISHERS])
-    futures = {run.submit(_finish_task, {**base, "start": s}): 1 for s in finishers}
-    results = sorted(run.wait(futures, "exact lloyd", "start", progress), key=lambda r: r["start"])
+    results = sorted(run_tasks(run, [Task(_finish_task, {**base, "start": s}) for s in finishers],
+                               "exact lloyd", "start", progress), key=lambda r: r["start"])
     best = min(results, key=lambda r: (r["inertia"], r["start"]))
     best["n_starts"] = len(inits)
     best["from_minibatch"] = mb_centres is not None and best["start"] == 0
