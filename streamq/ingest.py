@@ -643,7 +643,7 @@ def _run_tasks(run: Runner, st: Store, source: SourceRoot, icfg: IngestConfig,
     keep_alpha = st.has(ALPHA)  # made by the plan (never by a plan of an older streamq)
     log.info("%d of %d write tasks to run, %d to check", sum(1 for r in reports if not r),
              len(reports), sum(1 for r in reports if r))
-    tasks = []
+    todo = []
     for t in range(len(reports)):
         a = int(tasks["chunk_start"][t]) * chunk
         b = min(int(tasks["chunk_stop"][t]) * chunk, n_pixels)
@@ -656,7 +656,7 @@ def _run_tasks(run: Runner, st: Store, source: SourceRoot, icfg: IngestConfig,
                 "background": list(icfg.background), "retry": retry, "plan": plan_id,
                 "alpha": keep_alpha,
                 "expect": json.loads(reports[t]) if reports[t] else None}
-        tasks.append(Task(_write_task, args, b - a, t))
+        todo.append(Task(_write_task, args, b - a, t))
 
     def add(task: Task, result: tuple[Any, ...]) -> bool:
         _, codes, counts, status = result  # the counts the task stored
@@ -664,7 +664,7 @@ def _run_tasks(run: Runner, st: Store, source: SourceRoot, icfg: IngestConfig,
         added.add(task.key)
         return status == "redone"
 
-    run_tasks(run, tasks, "ingesting", "px", progress, on_result=add, redone="ingest task(s)",
+    run_tasks(run, todo, "ingesting", "px", progress, on_result=add, redone="ingest task(s)",
               logger=log)
     return totals, added
 

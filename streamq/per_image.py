@@ -275,7 +275,7 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
         t = st.read_table("per_image/tasks", ("first", "last"))
         records = st.records(RECORDS)
         pending = [i for i in range(len(records)) if not records[i]]
-        tasks = []
+        todo = []
         # the largest tasks first, so that no worker is left with a big one at the end
         cost = {ti: int(sizes[int(t["first"][ti]):int(t["last"][ti]) + 1].sum()) for ti in pending}
         for ti in sorted(pending, key=lambda ti: -cost[ti]):
@@ -287,8 +287,8 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
                     "colors": list(pcfg.colors), "sample": pcfg.sample, "seed": pcfg.seed,
                     "init": pcfg.init, "n_init": pcfg.n_init, "method": pcfg.method,
                     "fixed": None if fixed is None else fixed.rgb.tolist()}
-            tasks.append(Task(_fit_task, args, len(images)))
-        run_tasks(run, tasks, "per-image fit", "image", progress)
+            todo.append(Task(_fit_task, args, len(images)))
+        run_tasks(run, todo, "per-image fit", "image", progress)
     with timer("consolidating", timings):
         records = st.records(RECORDS)
         for k in pcfg.colors:
