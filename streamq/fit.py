@@ -552,14 +552,14 @@ def _fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centres: np.
             "max_iter": fcfg.max_iter, "checkpoint_steps": fcfg.checkpoint_steps,
             "checkpoint_seconds": fcfg.checkpoint_seconds, "fixed": fixed}
     first = len(inits) - fcfg.n_init  # slot of k-means++ start 0
-    raced = sorted(run_tasks(run, [Task(_race_task, {**base, "start": s, "init": init,
-                                                     "plusplus": s - first})
-                                   for s, init in enumerate(inits)],
-                             "lloyd starts", "start", progress),
+    starts = [Task(_race_task, {**base, "start": s, "init": init, "plusplus": s - first})
+              for s, init in enumerate(inits)]
+    raced = sorted(run_tasks(run, starts, "lloyd starts", "start", progress),
                    key=lambda r: (r["grid_inertia"], r["start"]))
-    finishers = sorted(r["start"] for r in raced[:FINISHERS])
-    results = sorted(run_tasks(run, [Task(_finish_task, {**base, "start": s}) for s in finishers],
-                               "exact lloyd", "start", progress), key=lambda r: r["start"])
+    finishers = [Task(_finish_task, {**base, "start": s})
+                 for s in sorted(r["start"] for r in raced[:FINISHERS])]
+    results = sorted(run_tasks(run, finishers, "exact lloyd", "start", progress),
+                     key=lambda r: r["start"])
     best = min(results, key=lambda r: (r["inertia"], r["start"]))
     best["n_starts"] = len(inits)
     best["from_minibatch"] = mb_centres is not None and best["start"] == 0
