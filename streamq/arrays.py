@@ -21,7 +21,6 @@ live in the store layer (:mod:`streamq.images`) and are imported here as before.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from streamq.config import StreamQConfig, fingerprint
-from streamq.console import progress_bar, timer
+from streamq.console import timer
 from streamq.decode import _composite, _scale16, premultiply
 from streamq.errors import ConfigError
 from streamq.fs import Location, check_access
@@ -52,6 +51,7 @@ from streamq.kmeans.histogram import ColorTotals
 from streamq.lock import check_writer, guard_task, store_lock
 from streamq.names import stored_name
 from streamq.scheduler import Runner, runner
+from streamq.stage import Task, run_tasks
 from streamq.store import ALPHA, PLAN, Store, store_location
 
 __all__ = ["KINDS", "dask_images", "ingest_array", "read_image"]  # reads: streamq.images
@@ -211,14 +211,6 @@ def _submit(run: Runner, fn: Any, args: dict[str, Any], parts: Sequence[Any]) ->
     return run.client.compute(dask.delayed(guard_task(fn), pure=False)(args, *parts))
 
 
-def _first_done(run: Runner, futures: Sequence[Any]) -> set[Any]:
-    if run.client is not None:
-        from distributed import wait
-
-        return set(wait(list(futures), return_when="FIRST_COMPLETED").done)
-    return set(cf.wait(list(futures), return_when=cf.FIRST_COMPLETED).done)
-
-
 def ingest_array(array: Any, store: str | os.PathLike[str] | Location, *,
                  names: Sequence[str] | None = None, labels: Sequence[str] | None = None,
                  source_id: str | None = None,
@@ -369,46 +361,25 @@ def _run_array_tasks(run: Runner, st: Store, src: _Source, names: list[str],
     """Run the write tasks a few at a time (twice the workers): a task recorded by an earlier
     run is checked first and written again only if its data no longer matches its record."""
     totals, added = ColorTotals(), set()
-    todo = list(_task_args(st, cfg, background, names))
+    todo = [Task(_verify_task if args["expect"] is not None else _fill_task, args, n,
+                 args["task"]) for args, n in _task_args(st, cfg, background, names)]
     if not todo:
         return totals, added
-    window = max(4, 2 * run.n_workers)
-    pending: dict[Any, tuple[str, dict[str, Any], int]] = {}
-    queue = iter(todo)
-    redone: list[int] = []
 
-    def submit(step: str, args: dict[str, Any], n: int) -> None:
-        if step == "check":
-            pending[run.submit(_verify_task, args)] = (step, args, n)
-        else:
-            pending[_submit(run, _fill_task, args, _parts(src, args))] = (step, args, n)
+    def submit(run: Runner, task: Task) -> Any:  # a write's inputs: read only when it starts
+        if task.fn is _verify_task:
+            return run.submit(_verify_task, task.arg)
+        return _submit(run, _fill_task, task.arg, _parts(src, task.arg))
 
-    def fill() -> None:
-        while len(pending) < window:
-            item = next(queue, None)
-            if item is None:
-                return
-            args, n = item
-            submit("check" if args["expect"] is not None else "write", args, n)
+    def add(task: Task, result: Any) -> Task | None:
+        if task.fn is _verify_task and result is None:  # no longer what its record says
+            return Task(_fill_task, task.arg, task.weight, task.key)
+        codes, counts = result if task.fn is _verify_task else result[1:3]
+        totals.add(codes, counts)
+        added.add(task.key)
+        return None
 
-    with progress_bar(sum(n for _, n in todo), "ingesting", "px", progress) as bar:
-        fill()
-        while pending:
-            for fut in _first_done(run, list(pending)):
-                check_writer()
-                step, args, n = pending.pop(fut)
-                result = fut.result()
-                if step == "check" and result is None:  # no longer what its record says
-                    redone.append(args["task"])
-                    submit("write", args, n)
-                    continue
-                codes, counts = result if step == "check" else result[1:3]
-                totals.add(codes, counts)
-                added.add(args["task"])
-                bar.update(n)
-            fill()
-    if redone:
-        log.warning("%d ingest task(s) recorded by an earlier run no longer matched their "
-                    "records and were written again: %s", len(redone),
-                    ", ".join(map(str, sorted(redone)[:10])))
+    run_tasks(run, todo, "ingesting", "px", progress, on_result=add,
+              window=max(4, 2 * run.n_workers), redone="ingest task(s)", logger=log,
+              submit=submit)
     return totals, added

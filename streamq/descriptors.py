@@ -23,6 +23,7 @@ import numpy as np
 
 from streamq.errors import StreamQError
 from streamq.scheduler import Runner
+from streamq.stage import Task, run_tasks
 from streamq.store import PIXELS, Collection, Store, open_array, runs_by_weight, write_record
 
 __all__ = ["DESCRIPTORS", "KINDS", "N_MOMENTS", "describe", "describe_image", "n_features",
@@ -120,15 +121,15 @@ def describe(run: Runner, st: Store, coll: Collection, kind: str, k: int, pixels
     sizes = coll.heights * coll.widths
     tasks = read_plan(st)
     records = st.records(RECORDS)
-    futures = {}
+    todo = []
     for i, (r0, r1) in enumerate(tasks):
         if records[i]:
             continue
         images = [(j, int(coll.offsets[j]), int(sizes[j])) for j in range(r0, r1)]
         args = {"store": st.location, "task": i, "rows": [r0, r1], "images": images, "k": k,
                 "kind": kind, "budget": pixels_per_task}
-        futures[run.submit(_describe_task, args)] = r1 - r0
-    run.wait(futures, "describing", "image", progress, total=len(coll))
+        todo.append(Task(_describe_task, args, r1 - r0))
+    run_tasks(run, todo, "describing", "image", progress, total=len(coll))
     if any(not r for r in st.records(RECORDS)):
         raise StreamQError(f"{st.path}: some descriptor tasks have no completion record; "
                            "rerun `streamq cluster-images`")

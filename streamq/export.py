@@ -44,7 +44,7 @@ import numpy as np
 
 from streamq._version import __version__
 from streamq.config import StreamQConfig, parse_config
-from streamq.console import progress_bar, timer
+from streamq.console import timer
 from streamq.durable import sync_all, sync_files
 from streamq.errors import ConfigError, LabelsChangedError, StoreExistsError, StreamQError
 from streamq.export_common import MANIFEST, check_out, labels_changed_message, listing
@@ -55,6 +55,7 @@ from streamq.names import output_name
 from streamq.results import labels_identity, load_fit, read_identity, ready_labels
 from streamq.scheduler import runner
 from streamq.selection import parse_ids, select_images
+from streamq.stage import Task, run_tasks
 from streamq.store import PIXELS, Collection, Store, open_array, store_location
 
 if TYPE_CHECKING:
@@ -481,19 +482,18 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
               "background": st.section("ingest").get("settings", {}).get("background",
                                                                          [255, 255, 255])}
     written, existing = 0, len(chosen) - len(todo)
+
+    def add(task: Task, result: tuple[int, int]) -> None:
+        nonlocal written, existing
+        written += result[0]
+        existing += result[1]
+
     with timer("exporting", timings), runner(cfg.dask) as run:
         run.check_paths(st.path, out)
-        futures = {}
-        for t in tasks:
-            expect = {r: recorded[r] for r in (_rel(root, item[1]) for item in t) if r in recorded}
-            futures[run.submit(_export_task, {**common, "images": t, "expect": expect})] = len(t)
-        with progress_bar(len(chosen), "exporting", "image", progress) as bar:
-            bar.update(existing)
-            for fut in run.as_completed(futures):
-                w, e = fut.result()
-                written += w
-                existing += e
-                bar.update(futures[fut])
+        run_tasks(run, [Task(_export_task, {**common, "images": t, "expect": {
+                        r: recorded[r] for r in (_rel(root, item[1]) for item in t)
+                        if r in recorded}}, len(t)) for t in tasks],
+                  "exporting", "image", progress, on_result=add, total=len(chosen))
     if tmp_dir is not None:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     # The last check, before the summary: every record of this run names these labels.

@@ -45,7 +45,7 @@ import zarr
 from streamq._version import __version__
 from streamq.clock import timestamp
 from streamq.config import StreamQConfig, fingerprint, parse_config
-from streamq.console import progress_bar, timer
+from streamq.console import timer
 from streamq.durable import checksum
 from streamq.errors import ConfigError, LabelsChangedError, StoreExistsError, StreamQError
 from streamq.export_common import MANIFEST, check_out, labels_changed_message, listing
@@ -53,6 +53,7 @@ from streamq.fs import Location, check_access, location, storage_errors
 from streamq.results import labels_identity, load_fit, read_identity, ready_labels
 from streamq.scheduler import runner
 from streamq.selection import parse_ids, select_images
+from streamq.stage import Task, run_tasks
 from streamq.store import (
     Collection,
     Store,
@@ -272,30 +273,31 @@ def export_zarr(store: str | Location, out: str | Location, *, labels: list[str]
             dest.set_section(ATTR, attrs)  # the plan is complete: from here on, resume
     dest = Store(out_loc, group)
     src_offsets = coll.offsets[chosen]
-    done = 0
+    done = written = 0
+
+    def count(task: Task, result: dict[str, Any]) -> None:
+        nonlocal done, written
+        if result.get("status") == "verified":
+            done += 1
+        else:
+            written += 1
+
     with timer("copying labels", timings), runner(cfg.dask) as run:
         run.check_paths(st.path, out_loc.url)
         facts = run.facts()
-        futures = []
+        tasks = []
         for r in results:
             records = dest.records(r.name("label_records"))
             for c in range(n_chunks):  # recorded chunks too: each task checks its record first
                 lo, hi = c * shard, min((c + 1) * shard, n_pixels)
                 segments, n_img = _segments(src_offsets, offsets, sizes, lo, hi)
-                futures.append(run.submit(_copy_task, {
+                tasks.append(Task(_copy_task, {
                     "store": st.location, "out": out_loc, "source": r.labels,
                     "labels": r.name("labels"), "records": r.name("label_records"),
                     "chunk_index": c, "lo": lo, "hi": hi, "segments": segments,
                     "n_images": n_img, "per_image": r.k, "identity": r.identity,
                     "expect": json.loads(records[c]) if records[c] else None}))
-        written = 0
-        with progress_bar(total, "exporting labels", "chunk", progress) as bar:
-            for fut in run.as_completed(futures):
-                if fut.result().get("status") == "verified":
-                    done += 1
-                else:
-                    written += 1
-                bar.update(1)
+        run_tasks(run, tasks, "exporting labels", "chunk", progress, on_result=count)
     now = Store.open(st.location)  # attributes as they are now, not as first read
     for r in results:
         if any(not rec for rec in dest.records(r.name("label_records"))):

@@ -31,7 +31,7 @@ import numpy as np
 
 from streamq.batches import PixelSource
 from streamq.config import StreamQConfig, fingerprint, to_dict
-from streamq.console import progress_bar, timer
+from streamq.console import timer
 from streamq.errors import ConfigError
 from streamq.metrics import psnr
 from streamq.results import FIT, FitResult, clear_fit, save_fit
@@ -46,6 +46,7 @@ from streamq.rgba import (
 )
 from streamq.scheduler import Runner, runner
 from streamq.selection import refuse_alpha
+from streamq.stage import Task, run_tasks
 from streamq.store import ALPHA, COLOR_CHUNK, Collection, Store, count_compressors, open_array
 
 __all__ = ["fit_rgba", "kmeans_rgba", "refuse_alpha", "rgba_histogram", "rgba_mse"]
@@ -90,12 +91,8 @@ def rgba_histogram(run: Runner, st: Store, coll: Collection,
     n_chunks = len(source.weights)
     step = max(1, PIXELS_PER_TASK // source.chunk)
     groups = [(source, c, min(c + step, n_chunks)) for c in range(0, n_chunks, step)]
-    futures = {run.submit(_count_task, g): g[2] - g[1] for g in groups}
-    parts = []
-    with progress_bar(n_chunks, "RGBA histogram", "chunk", progress) as bar:
-        for fut in run.as_completed(futures):
-            parts.append(fut.result())
-            bar.update(futures[fut])
+    parts = run_tasks(run, [Task(_count_task, g, g[2] - g[1]) for g in groups],
+                      "RGBA histogram", "chunk", progress)
     codes, counts = merge_counts(parts)
     st.set_section(COLORS_RGBA, {"state": "writing"})
     st.write_table(COLORS_RGBA, {"code": codes, "count": counts}, chunk=COLOR_CHUNK,

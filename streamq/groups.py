@@ -72,6 +72,7 @@ from streamq.results import (
     load_groups,
 )
 from streamq.scheduler import Runner, runner
+from streamq.stage import Task, run_tasks
 from streamq.store import Collection, Store, open_array, store_location, write_record
 
 __all__ = ["ImageGroups", "cluster_images", "load_groups"]
@@ -304,9 +305,9 @@ def _assign(run: Runner, st: Store, gcfg: ClusterImagesConfig, k: int,
     common = {"store": st.location, "centers": centres.tolist(), "weights": _weights(gcfg, k).tolist()}
     records = st.records(ASSIGN_RECORDS)
     tasks = read_plan(st)
-    futures = {run.submit(_assign_task, {**common, "task": i, "rows": [r0, r1]}): r1 - r0
-               for i, (r0, r1) in enumerate(tasks) if not records[i]}
-    run.wait(futures, "assigning", "image", progress, total=tasks[-1][1] if tasks else 0)
+    run_tasks(run, [Task(_assign_task, {**common, "task": i, "rows": [r0, r1]}, r1 - r0)
+                    for i, (r0, r1) in enumerate(tasks) if not records[i]],
+              "assigning", "image", progress, total=tasks[-1][1] if tasks else 0)
     if any(not r for r in st.records(ASSIGN_RECORDS)):
         raise StreamQError(f"{st.path}: some group assignment tasks have no completion record; "
                            "rerun `streamq cluster-images`")

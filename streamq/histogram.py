@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from streamq.batches import PixelSource
-from streamq.console import progress_bar
 from streamq.errors import StreamQError
 from streamq.fs import Location
 from streamq.kmeans.histogram import ColorTotals, count_colors
+from streamq.stage import Task, run_tasks
 from streamq.store import (
     COLOR_CHUNK,
     COLORS,
@@ -122,12 +122,9 @@ def _one_pass(run: Any, source: PixelSource, progress: bool | None) -> tuple[np.
     n_chunks = len(source.weights)
     step = max(1, PIXELS_PER_TASK // source.chunk)
     groups = [(source, c, min(c + step, n_chunks)) for c in range(0, n_chunks, step)]
-    futures = {run.submit(_count_task, g): g[2] - g[1] for g in groups}
     totals = ColorTotals()
-    with progress_bar(n_chunks, "histogram", "chunk", progress) as bar:
-        for fut in run.as_completed(futures):
-            totals.add(*fut.result())
-            bar.update(futures[fut])
+    run_tasks(run, [Task(_count_task, g, g[2] - g[1]) for g in groups], "histogram", "chunk",
+              progress, on_result=lambda task, counted: totals.add(*counted))
     return totals.result()
 
 

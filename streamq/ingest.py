@@ -45,7 +45,7 @@ from PIL import Image
 from streamq import bands, redact, sources
 from streamq.clock import timestamp
 from streamq.config import IngestConfig, RetryConfig, StreamQConfig, fingerprint, parse_config
-from streamq.console import progress_bar, timer
+from streamq.console import timer
 from streamq.decode import Header
 from streamq.durable import checksum
 from streamq.errors import ConfigError, StoreMismatchError, StreamQError
@@ -57,6 +57,7 @@ from streamq.lock import store_lock
 from streamq.names import source_name, stored_name
 from streamq.scheduler import Runner, runner
 from streamq.sources import SourceRoot
+from streamq.stage import Task, run_tasks
 from streamq.store import (
     ALPHA,
     ALPHA_FORMAT_VERSION,
@@ -568,13 +569,13 @@ def _scan(run: Runner, source: SourceRoot, rel: list[str], icfg: IngestConfig,
     names = [stored_name(r) for r in rel]  # plain text to the workers, whatever the names
     batches = [(source, names[i:i + n], icfg.max_pixels, retry,
                 [sizes.get(r) for r in rel[i:i + n]], icfg.large) for i in range(0, len(rel), n)]
-    futures = {run.submit(_scan_batch, b): i for i, b in enumerate(batches)}
     results: list[Any] = [None] * len(batches)
-    with progress_bar(len(rel), "scanning", "file", progress) as bar:
-        for fut in run.as_completed(futures):
-            i = futures[fut]
-            results[i] = fut.result()
-            bar.update(len(batches[i][1]))
+
+    def keep(task: Task, headers: list[Any]) -> None:
+        results[task.key] = headers
+
+    run_tasks(run, [Task(_scan_batch, b, len(b[1]), i) for i, b in enumerate(batches)],
+              "scanning", "file", progress, on_result=keep)
     return [h for batch in results for h in batch]
 
 
@@ -642,7 +643,7 @@ def _run_tasks(run: Runner, st: Store, source: SourceRoot, icfg: IngestConfig,
     keep_alpha = st.has(ALPHA)  # made by the plan (never by a plan of an older streamq)
     log.info("%d of %d write tasks to run, %d to check", sum(1 for r in reports if not r),
              len(reports), sum(1 for r in reports if r))
-    futures = {}
+    todo = []
     for t in range(len(reports)):
         a = int(tasks["chunk_start"][t]) * chunk
         b = min(int(tasks["chunk_stop"][t]) * chunk, n_pixels)
@@ -655,21 +656,16 @@ def _run_tasks(run: Runner, st: Store, source: SourceRoot, icfg: IngestConfig,
                 "background": list(icfg.background), "retry": retry, "plan": plan_id,
                 "alpha": keep_alpha,
                 "expect": json.loads(reports[t]) if reports[t] else None}
-        futures[run.submit(_write_task, args)] = (t, b - a)
-    redone = []
-    with progress_bar(sum(n for _, n in futures.values()), "ingesting", "px", progress) as bar:
-        for fut in run.as_completed(list(futures)):
-            _, codes, counts, status = fut.result()  # the counts the task stored
-            t, n = futures.pop(fut)  # released: the worker drops its copy
-            totals.add(codes, counts)  # summed while the other tasks run
-            added.add(t)
-            bar.update(n)
-            if status == "redone":
-                redone.append(t)
-    if redone:
-        log.warning("%d ingest task(s) recorded by an earlier run no longer matched their "
-                    "records (lost in a power loss?) and were written again: %s", len(redone),
-                    ", ".join(map(str, sorted(redone)[:10])))
+        todo.append(Task(_write_task, args, b - a, t))
+
+    def add(task: Task, result: tuple[Any, ...]) -> bool:
+        _, codes, counts, status = result  # the counts the task stored
+        totals.add(codes, counts)  # summed while the other tasks run
+        added.add(task.key)
+        return status == "redone"
+
+    run_tasks(run, todo, "ingesting", "px", progress, on_result=add, redone="ingest task(s)",
+              logger=log)
     return totals, added
 
 

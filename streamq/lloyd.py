@@ -27,6 +27,7 @@ from streamq.config import FitConfig, fingerprint
 from streamq.fs import Location
 from streamq.results import STARTS
 from streamq.scheduler import Runner
+from streamq.stage import Task, run_tasks
 from streamq.store import Store, open_array
 
 __all__ = ["FINISHERS", "GRID_BITS", "ensure_distinct", "exact_mse", "fit_exact", "join_history",
@@ -222,13 +223,14 @@ def fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centres: np.n
             "max_iter": fcfg.max_iter, "checkpoint_steps": fcfg.checkpoint_steps,
             "checkpoint_seconds": fcfg.checkpoint_seconds, "fixed": fixed}
     first = len(inits) - fcfg.n_init  # slot of k-means++ start 0
-    futures = {run.submit(_race_task, {**base, "start": s, "init": init, "plusplus": s - first}): 1
-               for s, init in enumerate(inits)}
-    raced = sorted(run.wait(futures, "lloyd starts", "start", progress),
+    starts = [Task(_race_task, {**base, "start": s, "init": init, "plusplus": s - first})
+              for s, init in enumerate(inits)]
+    raced = sorted(run_tasks(run, starts, "lloyd starts", "start", progress),
                    key=lambda r: (r["grid_inertia"], r["start"]))
-    finishers = sorted(r["start"] for r in raced[:FINISHERS])
-    futures = {run.submit(_finish_task, {**base, "start": s}): 1 for s in finishers}
-    results = sorted(run.wait(futures, "exact lloyd", "start", progress), key=lambda r: r["start"])
+    finishers = [Task(_finish_task, {**base, "start": s})
+                 for s in sorted(r["start"] for r in raced[:FINISHERS])]
+    results = sorted(run_tasks(run, finishers, "exact lloyd", "start", progress),
+                     key=lambda r: r["start"])
     best = min(results, key=lambda r: (r["inertia"], r["start"]))
     best["n_starts"] = len(inits)
     best["from_minibatch"] = mb_centres is not None and best["start"] == 0

@@ -33,7 +33,7 @@ import numpy as np
 from streamq.clock import timestamp
 from streamq.colorspace import to_space
 from streamq.config import PerImageConfig, StreamQConfig, fingerprint, parse_config, to_dict
-from streamq.console import progress_bar, timer
+from streamq.console import timer
 from streamq.durable import checksum
 from streamq.errors import ConfigError, StageNotReadyError, StoreMismatchError
 from streamq.faults import retrying
@@ -44,6 +44,7 @@ from streamq.metrics import errors_from_records
 from streamq.results import labels_state, load_per_image, per_image_labels
 from streamq.scheduler import runner
 from streamq.selection import refuse_alpha
+from streamq.stage import Task, run_tasks
 from streamq.store import (
     PIXELS,
     Collection,
@@ -275,7 +276,7 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
         t = st.read_table("per_image/tasks", ("first", "last"))
         records = st.records(RECORDS)
         pending = [i for i in range(len(records)) if not records[i]]
-        futures = {}
+        todo = []
         # the largest tasks first, so that no worker is left with a big one at the end
         cost = {ti: int(sizes[int(t["first"][ti]):int(t["last"][ti]) + 1].sum()) for ti in pending}
         for ti in sorted(pending, key=lambda ti: -cost[ti]):
@@ -287,11 +288,8 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
                     "colors": list(pcfg.colors), "sample": pcfg.sample, "seed": pcfg.seed,
                     "init": pcfg.init, "n_init": pcfg.n_init, "method": pcfg.method,
                     "fixed": None if fixed is None else fixed.rgb.tolist()}
-            futures[run.submit(_fit_task, args)] = len(images)
-        with progress_bar(sum(futures.values()), "per-image fit", "image", progress) as bar:
-            for fut in run.as_completed(futures):
-                fut.result()
-                bar.update(futures[fut])
+            todo.append(Task(_fit_task, args, len(images)))
+        run_tasks(run, todo, "per-image fit", "image", progress)
     with timer("consolidating", timings):
         records = st.records(RECORDS)
         for k in pcfg.colors:
@@ -441,21 +439,18 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
                                       "labels_id": labels_id})
             labels_id = st.section(name).get("labels_id")
             records = st.records(f"per_image/k{k}/label_records")
-            futures = []
+            tasks = []
             todo = [c for c in range(n_chunks) if not records[c]]
             threads = max(1, run.n_workers // max(1, len(todo)))
             for c in range(n_chunks):  # recorded chunks too: each task checks its record first
                 images = coll.overlapping(c * chunk, (c + 1) * chunk)
                 shapes = [[int(coll.heights[i]), int(coll.widths[i])] for i, _, _ in images]
-                futures.append(run.submit(_label_task, {
+                tasks.append(Task(_label_task, {
                     "store": st.location, "chunk_index": c, "chunk": chunk, "k": k,
                     "images": images, "shapes": shapes, "ssim": want_ssim,
                     "threads": threads, "retry": cfg.retry,
                     "fit": fp, "expect": json.loads(records[c]) if records[c] else None}))
-            with progress_bar(len(futures), f"labelling K={k}", "chunk", progress) as bar:
-                for fut in run.as_completed(futures):
-                    fut.result()
-                    bar.update(1)
+            run_tasks(run, tasks, f"labelling K={k}", "chunk", progress)
             records = st.records(f"per_image/k{k}/label_records")
             errors = errors_from_records(records, sizes)
             stats: dict[str, Any] = {"ssim": want_ssim}

@@ -30,7 +30,7 @@ import numpy as np
 
 from streamq.clock import timestamp
 from streamq.config import StreamQConfig, parse_config
-from streamq.console import progress_bar, timer
+from streamq.console import timer
 from streamq.durable import checksum
 from streamq.errors import ConfigError, StageNotReadyError, StreamQError
 from streamq.faults import retrying
@@ -39,6 +39,7 @@ from streamq.lock import store_lock
 from streamq.metrics import errors_from_records, psnr
 from streamq.results import labels_state, load_fit, recorded_labels_ok
 from streamq.scheduler import runner
+from streamq.stage import Task, run_tasks
 from streamq.store import (
     ALPHA,
     PIXELS,
@@ -304,23 +305,15 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
     with timer("labelling", timings), runner(cfg.dask) as run:
         run.check_paths(st.path)
         facts = run.facts()
-        futures = {}
+        tasks = []
         for c in range(n_chunks):  # recorded chunks too: each task checks its record first
             images = coll.overlapping(c * chunk, (c + 1) * chunk)
             shapes = [[int(coll.heights[i]), int(coll.widths[i])] for i, _, _ in images]
             expect = json.loads(records[c]) if records[c] else None
-            futures[run.submit(_quantize_task, {**common, "chunk_index": c, "images": images,
-                                                "shapes": shapes, "expect": expect})] = c
-        redone = []
-        with progress_bar(len(futures), "quantizing", "chunk", progress) as bar:
-            for fut in run.as_completed(futures):
-                if fut.result().get("status") == "redone":
-                    redone.append(futures[fut])
-                bar.update(1)
-        if redone:
-            log.warning("%d label chunk(s) recorded by an earlier run no longer matched their "
-                        "records (lost in a power loss?) and were written again: %s",
-                        len(redone), ", ".join(map(str, sorted(redone)[:10])))
+            tasks.append(Task(_quantize_task, {**common, "chunk_index": c, "images": images,
+                                               "shapes": shapes, "expect": expect}, key=c))
+        run_tasks(run, tasks, "quantizing", "chunk", progress, redone="label chunk(s)", logger=log,
+                  on_result=lambda task, report: report.get("status") == "redone")
     with timer("consolidating", timings):
         channels = 3 if result.alpha is None else 4
         write(lambda: _consolidate(st, coll, fit_fp, result.k, timings, facts, want_ssim,

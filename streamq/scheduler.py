@@ -1,8 +1,8 @@
 """Where tasks run: a local cluster, an existing Dask cluster, or this process.
 
 :func:`runner` is a context manager yielding a :class:`Runner`, a small executor
-interface (``submit`` / ``as_completed``) that stages use without knowing which
-backend is behind it.
+interface (``submit``) that stages use without knowing which backend is behind it; the loop
+that runs a stage's tasks on it is :func:`streamq.stage.run_tasks`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import concurrent.futures as cf
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -77,37 +77,6 @@ class Runner:
             return self.client.submit(fn, *args, pure=False, **kwargs)
         assert self._pool is not None
         return self._pool.submit(fn, *args, **kwargs)
-
-    def as_completed(self, futures: Iterable[Any]) -> Iterator[Any]:
-        """The futures as they finish; under a store lock, each only while it is still ours."""
-        from streamq.lock import check_writer
-
-        futures = list(futures)
-        if self.client is not None:
-            from distributed import as_completed
-
-            done: Iterable[Any] = as_completed(futures)
-        else:
-            done = cf.as_completed(futures)
-        for fut in done:
-            check_writer()
-            yield fut
-
-    def wait(self, futures: Mapping[Any, int], desc: str, unit: str, progress: bool | None,
-             total: int | None = None) -> list[Any]:
-        """Wait for ``futures`` (each worth its value on a progress bar of ``total``, by
-        default their sum; the rest counts as done already); results in completion order."""
-        from streamq.console import progress_bar
-
-        todo = sum(futures.values())
-        total = todo if total is None else total
-        results = []
-        with progress_bar(total, desc, unit, progress) as bar:
-            bar.update(total - todo)
-            for fut in self.as_completed(futures):
-                results.append(fut.result())
-                bar.update(futures[fut])
-        return results
 
     def map_ordered(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
         """Run ``fn(item)`` for every item and return the results in input order."""

@@ -30,6 +30,19 @@ def test_layers_and_stage_independence_hold():
     assert "0 broken" in res.stdout
 
 
+def test_every_module_has_a_layer():
+    """A new module must be placed in a layer, or the contracts would not look at it."""
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layers = next(c for c in cfg["contracts"] if c["id"] == "layers")["layers"]
+    listed = {name.strip() for layer in layers for name in layer.replace("|", ":").split(":")}
+    modules = {f"streamq.{p.stem if p.is_file() else p.name}"
+               for p in (ROOT / "streamq").iterdir()
+               if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
+    assert modules - listed == set(), "modules in no layer of [tool.importlinter]"
+
+
 @pytest.mark.parametrize(("module", "imported", "message"), [
     ("report", "streamq.export", "streamq.report is not allowed to import streamq.export"),
     ("store", "streamq.fit", "streamq.store is not allowed to import streamq.fit"),

@@ -1,0 +1,69 @@
+"""The stage skeleton (streamq.stage.run_tasks) on real runners: threads and a Dask cluster."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from streamq.config import DaskConfig
+from streamq.scheduler import runner
+from streamq.stage import Task, run_tasks
+
+_lock = threading.Lock()
+_running = {"now": 0, "most": 0}
+
+
+def _counted(x: int) -> int:
+    """x squared, counting how many calls run at once in this process."""
+    with _lock:
+        _running["now"] += 1
+        _running["most"] = max(_running["most"], _running["now"])
+    time.sleep(0.02)
+    with _lock:
+        _running["now"] -= 1
+    return x * x
+
+
+def _square_or_fail(x: int) -> int:
+    if x == 3:
+        raise ValueError("task 3 cannot be squared")
+    return x * x
+
+
+def test_window_resubmission_and_the_warning_on_threads(caplog):
+    """At most ``window`` tasks in flight, a task given back by on_result runs in the first
+    one's place, and the tasks written again are named once, on the stage's logger."""
+    _running.update(now=0, most=0)
+    seen: dict[int, int] = {}
+    stage_log = logging.getLogger("streamq.test_stage")
+
+    def on_result(task: Task, result: int) -> Task | bool | None:
+        seen[task.key] = result
+        if task.fn is _counted and task.key % 3 == 0:  # "no longer matches its record"
+            return Task(_square_or_fail, task.arg + 100, task.weight, task.key)
+        return task.key == 4
+
+    tasks = [Task(_counted, i, 1, i) for i in range(10)]
+    with caplog.at_level(logging.WARNING, logger="streamq"), \
+            runner(DaskConfig(scheduler="threads", n_workers=4)) as run:
+        out = run_tasks(run, tasks, "testing", "task", False, on_result=on_result, window=2,
+                        redone="test task(s)", logger=stage_log)
+    assert out == []  # on_result took the results
+    assert _running["most"] <= 2
+    assert seen == {i: (i + 100) ** 2 if i % 3 == 0 else i * i for i in range(10)}
+    warnings = [r for r in caplog.records if r.name == "streamq.test_stage"]
+    assert [r.getMessage() for r in warnings] == [
+        "5 test task(s) recorded by an earlier run no longer matched their records (lost in a "
+        "power loss?) and were written again: 0, 3, 4, 6, 9"]
+
+
+def test_results_and_a_failing_task_on_dask(cluster_address):
+    """On a Dask cluster: every result comes back, and a task's error is raised as it is."""
+    with runner(DaskConfig(scheduler=cluster_address)) as run:
+        assert sorted(run_tasks(run, [Task(_square_or_fail, i) for i in (1, 2, 4, 5)],
+                                "testing", "task", False)) == [1, 4, 16, 25]
+        with pytest.raises(ValueError, match="task 3 cannot be squared"):
+            run_tasks(run, [Task(_square_or_fail, i) for i in range(6)], "testing", "task", False)
