@@ -44,7 +44,7 @@ def test_every_module_has_a_layer():
 
 
 @pytest.mark.parametrize(("module", "imported", "message"), [
-    ("report", "streamq.export", "streamq.report is not allowed to import streamq.export"),
+    ("report/page", "streamq.export", "streamq.report is not allowed to import streamq.export"),
     ("store", "streamq.fit", "streamq.store is not allowed to import streamq.fit"),
     ("fit/alpha", "streamq.fit.driver",
      "streamq.fit.alpha is not allowed to import streamq.fit.driver"),
