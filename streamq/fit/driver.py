@@ -46,7 +46,7 @@ from streamq.config import FitConfig, StreamQConfig, differences, fingerprint, p
 from streamq.console import timer
 from streamq.describe import describe_source
 from streamq.errors import ConfigError, StoreMismatchError
-from streamq.fit.lloyd import ensure_distinct, exact_mse, fit_exact, join_history, points
+from streamq.fit.lloyd import FitInfo, ensure_distinct, exact_mse, fit_exact, join_history, points
 from streamq.fit.minibatch import fit_minibatch
 from streamq.fixed import FixedColors, read_fixed_colors
 from streamq.fs import Location, check_access
@@ -190,8 +190,9 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
         x = points(codes, fcfg.color_space)
         held = None if fixed is None else fixed.centres(fcfg.color_space)
         ckpt = read_checkpoint(st, CHECKPOINT, fp, "fit")
-        mb_centres, info = None, {"history": {k: np.zeros(0) for k in HISTORY_KEYS}, "steps": 0,
-                                  "pixels_seen": 0, "stop_reason": ""}
+        mb_centres: np.ndarray | None = None
+        info: FitInfo = {"history": {k: np.zeros(0) for k in HISTORY_KEYS}, "steps": 0,
+                         "pixels_seen": 0, "stop_reason": ""}
         if fcfg.algorithm == "minibatch":
             if ckpt is not None and ckpt.get("phase") == "exact":
                 mb_centres, info = ckpt["minibatch_centres"], ckpt["minibatch_info"]
@@ -207,6 +208,7 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
     centres = ensure_distinct(best["centers"], x, fcfg.color_space)
     palette = to_rgb8(centres, fcfg.color_space)
     if fixed is not None:  # held by every step; stored as the given uint8 values
+        assert held is not None, "the fixed colours' centres are held"
         assert np.array_equal(centres[:fixed.n], held), "fixed centres moved"
         palette[:fixed.n] = fixed.rgb
     mse, pixel_counts = exact_mse(x, codes, counts, centres, palette)

@@ -21,7 +21,7 @@ from streamq.checkpoint import estimator_state, restore_estimator, write_checkpo
 from streamq.colorspace import to_space
 from streamq.config import FitConfig
 from streamq.console import timer
-from streamq.fit.lloyd import points
+from streamq.fit.lloyd import FitInfo, points
 from streamq.minibatch import LoopSettings, LoopState, new_model, step_limit, stream_partial_fit
 from streamq.results import CHECKPOINT, HISTORY_KEYS
 from streamq.scheduler import Runner
@@ -52,7 +52,7 @@ def initial_centres(run: Runner, source: PixelSource, fcfg: FitConfig, x_all: np
 def fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig, fp: str,
                   ckpt: dict[str, Any] | None, x_all: np.ndarray, counts_all: np.ndarray,
                   progress: bool | None, fixed: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, dict[str, Any]]:
+                  ) -> tuple[np.ndarray, FitInfo]:
     """The mini-batch phase from the checkpoint ``ckpt`` (or from new initial centres): its
     centres (float64, ``fixed`` exactly as given) and its history and stop reason.
     ``x_all``/``counts_all`` are the histogram's points and counts."""
@@ -83,7 +83,7 @@ def fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig, 
                                      prepare=lambda x: to_space(x, fcfg.color_space), fixed=fixed)
     history = state.history_arrays()
     history["pixels_seen"] = history.pop("seen")
-    info = {"history": {k: history[k] for k in HISTORY_KEYS}, "steps": state.cursor,
+    info: FitInfo = {"history": {k: history[k] for k in HISTORY_KEYS}, "steps": state.cursor,
             "pixels_seen": state.seen, "stop_reason": f"mini-batch: {stop_reason}"}
     centres = model.cluster_centers_.astype(np.float64)
     if fixed is not None:  # exactly, not their float32 copies in the model

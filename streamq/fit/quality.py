@@ -45,7 +45,7 @@ from streamq.colorspace import to_rgb8
 from streamq.config import FitConfig, fingerprint, to_dict
 from streamq.describe import describe_quality
 from streamq.errors import ConfigError, StreamQError
-from streamq.fit.lloyd import ensure_distinct, exact_mse, fit_exact, join_history, points
+from streamq.fit.lloyd import FitInfo, ensure_distinct, exact_mse, fit_exact, join_history, points
 from streamq.metrics import psnr
 from streamq.results import CHECKPOINT, HISTORY_KEYS, FitResult, save_fit
 from streamq.scheduler import Runner
@@ -182,8 +182,8 @@ def fit_quality(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndar
     with timer("quality search", timings):
         chosen, record = search(run, st, fcfg, fp, codes, counts, progress)
     fk = dataclasses.replace(fcfg, colors=chosen["k"])
-    empty = {"history": {k: np.zeros(0) for k in HISTORY_KEYS}, "steps": 0, "pixels_seen": 0,
-             "stop_reason": ""}
+    empty: FitInfo = {"history": {k: np.zeros(0) for k in HISTORY_KEYS}, "steps": 0,
+                      "pixels_seen": 0, "stop_reason": ""}
     info = join_history(empty, chosen["best"], int(counts.sum()), fk)
     centres = np.asarray(chosen["centers"], np.float64)
     result = FitResult(

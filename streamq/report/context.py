@@ -89,12 +89,13 @@ class Context:
     def palette(self, result: Result, i: int) -> np.ndarray:
         if result.shared_palette is not None:
             return result.shared_palette
-        return np.asarray(self.store.group[result.palettes][i])
+        assert result.palettes is not None, "a result without a shared palette has per-image ones"
+        return np.asarray(self.store.array(result.palettes)[i])
 
     def label_counts(self, result: Result, i: int) -> np.ndarray:
         """Pixels of image ``i`` per palette colour (all its labels, read a slice at a time)."""
         assert self.coll is not None
-        arr = self.store.group[result.labels]
+        arr = self.store.array(result.labels)
         off, n = int(self.coll.offsets[i]), int(self.coll.heights[i] * self.coll.widths[i])
         counts = np.zeros(result.k, dtype=np.int64)
         for a in range(off, off + n, READ_WHOLE):
@@ -106,7 +107,7 @@ class Context:
         key = (name, i, side)
         if key not in self._cache:
             assert self.coll is not None
-            arr = self.store.group[name]
+            arr = self.store.array(name)
             off, h, w = int(self.coll.offsets[i]), int(self.coll.heights[i]), int(self.coll.widths[i])
             self._cache[key] = _read_strided(arr, off, h, w, side)
         return self._cache[key]

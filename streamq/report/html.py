@@ -13,9 +13,12 @@ import re
 import struct
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["THUMB_SIDE", "Raw", "array_html", "attr_name", "contingency_html", "esc",
            "figure_html", "fmt_psnr", "fmt_seconds", "fmt_ssim", "histogram_bar_html",
@@ -68,7 +71,12 @@ def array_html(rgb: np.ndarray, alt: str, side: int = THUMB_SIDE) -> str:
     return f'<img class="thumb" src="{uri}" width="{w}" height="{h}" alt="{esc(alt)}">'
 
 
-def new_figure(width: float, height: float, layout: str | None = "constrained") -> Any:
+Layout = Literal["constrained", "compressed", "tight"]
+
+
+def new_figure(width: float, height: float, layout: Layout | None = "constrained") -> Figure:
+    """A matplotlib figure of ``width`` x ``height`` inches, laid out by ``layout`` (None:
+    positions set by hand)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout=layout)

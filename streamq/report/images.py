@@ -25,6 +25,12 @@ __all__ = ["PREVIEW_SIDE", "before_after", "quality"]
 PREVIEW_SIDE = 320  # longest side of an image in the before/after figures (pixels read)
 
 
+def _psnr(r: Result) -> np.ndarray:
+    """Per-image PSNR of a complete result (read with it by :func:`read_results`)."""
+    assert r.psnr is not None, "a complete result has per-image PSNR"
+    return r.psnr
+
+
 def before_after(ctx: Context) -> Section | None:
     """Sampled images next to their quantized versions, one row per image, every K side by side."""
     if ctx.coll is None or not len(ctx.coll):
@@ -40,7 +46,7 @@ def before_after(ctx: Context) -> Section | None:
     for i in ctx.sample:
         panels = [(coll.labels[i] or f"#{i}", ctx.image(i, PREVIEW_SIDE))]
         for r in ready:
-            panels.append((f"{r.title}\nPSNR {fmt_psnr(float(r.psnr[i]))}",
+            panels.append((f"{r.title}\nPSNR {fmt_psnr(float(_psnr(r)[i]))}",
                            ctx.quantized(r, i, PREVIEW_SIDE)))
         h, w = panels[0][1].shape[:2]
         cell, top = 2.6, 0.45  # inches per panel, inches for two title lines
@@ -59,29 +65,29 @@ def before_after(ctx: Context) -> Section | None:
                          parse_math=False)
         caption = " · ".join([f"#{i} {coll.labels[i]} ({coll.paths[i]}, {h}×{w} shown of "
                               f"{coll.heights[i]}×{coll.widths[i]})"]
-                             + [f"{r.title}: PSNR {fmt_psnr(float(r.psnr[i]))}" for r in ready])
-        psnrs = " ".join(f'data-psnr-{attr_name(r.key)}="{float(r.psnr[i])!r}"' for r in ready)
-        img = figure_html(fig, f"image {i} before and after quantization")
-        width = img.split('width="', 1)[1].split('"', 1)[0]
+                             + [f"{r.title}: PSNR {fmt_psnr(float(_psnr(r)[i]))}" for r in ready])
+        psnrs = " ".join(f'data-psnr-{attr_name(r.key)}="{float(_psnr(r)[i])!r}"' for r in ready)
+        tag = figure_html(fig, f"image {i} before and after quantization")
+        width = tag.split('width="', 1)[1].split('"', 1)[0]
         figures.append(f'<figure class="pair" data-id="{i}" {psnrs} style="width:{width}px">'
-                       f"{img}<figcaption>{esc(caption)}</figcaption></figure>")
+                       f"{tag}<figcaption>{esc(caption)}</figcaption></figure>")
     body += f'<div class="pairs">{"".join(figures)}</div>'
     return Section("samples", "Before and after", body)
 
 
 def _ssim_html(ctx: Context, ready: list[Result]) -> str:
     """The distribution of per-image SSIM of every result that has it, and its statistics."""
-    have = [r for r in ready if r.ssim is not None]
+    have = [(r, r.ssim) for r in ready if r.ssim is not None]
     notes = "".join(ctx.note(f"No SSIM for {r.title}: it was quantized with --no-ssim; "
                              "`streamq quantize STORE` adds it.") for r in ready if r.ssim is None)
     if not have:
         return notes
     fig = new_figure(7, 3.4)
     ax = fig.add_subplot()
-    finite = [r.ssim[np.isfinite(r.ssim)] for r in have]
+    finite = [ssim[np.isfinite(ssim)] for _, ssim in have]
     lo = min((float(f.min()) for f in finite if len(f)), default=0.0)
-    bins = np.linspace(min(lo, 1 - 1e-6), 1.0, 31)
-    for r, f in zip(have, finite, strict=True):
+    bins = np.linspace(min(lo, 1 - 1e-6), 1.0, 31).tolist()
+    for (r, _), f in zip(have, finite, strict=True):
         ax.hist(f, bins=bins, histtype="step", lw=1.5,
                 label=f"{r.title} (median {np.median(f):.3f})" if len(f) else r.title)
     ax.set_xlabel("SSIM (luma, 11x11 Gaussian window, sigma 1.5)")
@@ -92,7 +98,7 @@ def _ssim_html(ctx: Context, ready: list[Result]) -> str:
     body += table_html(["result", "images", "min", "median", "mean", "max", "none (< 11x11)"], [
         [r.title, len(f), *(f"{fn(f):.4f}" if len(f) else "—"
                             for fn in (np.min, np.median, np.mean, np.max)),
-         int(len(r.ssim) - len(f))] for r, f in zip(have, finite, strict=True)], "ssim-stats")
+         int(len(ssim) - len(f))] for (r, ssim), f in zip(have, finite, strict=True)], "ssim-stats")
     return body + notes
 
 
@@ -107,10 +113,10 @@ def quality(ctx: Context) -> Section | None:
             "No per-image PSNR yet: it is computed by `streamq quantize STORE`."))
     fig = new_figure(7, 3.4)
     ax = fig.add_subplot()
-    finite = [r.psnr[np.isfinite(r.psnr)] for r in ready]
+    finite = [_psnr(r)[np.isfinite(_psnr(r))] for r in ready]
     lo = min((float(f.min()) for f in finite if len(f)), default=0.0)
     hi = max((float(f.max()) for f in finite if len(f)), default=1.0)
-    bins = np.linspace(lo, max(hi, lo + 1e-6), 31)
+    bins = np.linspace(lo, max(hi, lo + 1e-6), 31).tolist()
     for r, f in zip(ready, finite, strict=True):
         ax.hist(f, bins=bins, histtype="step", lw=1.5, label=f"{r.title} (median {np.median(f):.1f} dB)"
                 if len(f) else r.title)
@@ -120,21 +126,21 @@ def quality(ctx: Context) -> Section | None:
     ax.legend(loc="upper left", fontsize=8)
     body = figure_html(fig, "histogram of per-image PSNR")
     body += table_html(["result", "images", "min", "median", "mean", "max", "exact (inf)"], [
-        [r.title, len(r.psnr), *(f"{fn(f):.2f}" if len(f) else "—"
+        [r.title, len(_psnr(r)), *(f"{fn(f):.2f}" if len(f) else "—"
                                  for fn in (np.min, np.median, np.mean, np.max)),
-         int(np.isinf(r.psnr).sum())] for r, f in zip(ready, finite, strict=True)], "psnr-stats")
+         int(np.isinf(_psnr(r)).sum())] for r, f in zip(ready, finite, strict=True)], "psnr-stats")
     body += _ssim_html(ctx, ready)
     coll = ctx.coll
     for r in ready if ctx.cfg.worst else []:
-        worst = worst_images(r.psnr, ctx.cfg.worst)
+        worst = worst_images(_psnr(r), ctx.cfg.worst)
         rows = []
         for rank, i in enumerate(worst, 1):
             thumbs = Raw(array_html(ctx.image(i, THUMB_SIDE), f"image {i}") + " "
                          + array_html(ctx.quantized(r, i, THUMB_SIDE), f"image {i}, {r.title}"))
             ssim = None if r.ssim is None else float(r.ssim[i])
             rows.append([rank, i, coll.labels[i], coll.paths[i],
-                         Raw(f'<span class="psnr" data-psnr="{float(r.psnr[i])!r}">'
-                             f"{esc(fmt_psnr(float(r.psnr[i])))}</span>"),
+                         Raw(f'<span class="psnr" data-psnr="{float(_psnr(r)[i])!r}">'
+                             f"{esc(fmt_psnr(float(_psnr(r)[i])))}</span>"),
                          Raw(f'<span class="ssim" data-ssim="{"" if ssim is None else repr(ssim)}">'
                              f"{esc(fmt_ssim(ssim))}</span>"), thumbs])
         body += (f'<h3>Worst {len(worst)} images by PSNR, {esc(r.title)}</h3>'
