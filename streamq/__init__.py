@@ -8,7 +8,6 @@ store at any stage.
 """
 
 from streamq._version import __version__
-from streamq.arrays import ingest_array
 from streamq.config import StreamQConfig, load_config
 from streamq.errors import (
     ConfigError,
@@ -25,7 +24,7 @@ from streamq.export import ExportSummary, export
 from streamq.export_zarr import ZarrExportSummary, export_zarr
 from streamq.fit import collection_mse, fit
 from streamq.groups import cluster_images
-from streamq.ingest import IngestSummary, ingest
+from streamq.ingest import IngestSummary, ingest, ingest_array
 from streamq.lock import store_lock
 from streamq.overview import collection_info
 from streamq.palettes import Palette, read_palette, write_palette

@@ -509,7 +509,7 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
 
 def _without_large(st: Store, coll: Collection, chosen: list[int]) -> tuple[list[int], list[int]]:
     """``(chosen images to write, those over the ingest's max_pixels)``: an image that large
-    was read in bands (:mod:`streamq.bands`) and is never encoded whole."""
+    was read in bands (:mod:`streamq.ingest.bands`) and is never encoded whole."""
     limit = st.section("ingest").get("settings", {}).get("max_pixels")
     if limit is None:
         return chosen, []
