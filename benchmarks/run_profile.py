@@ -210,8 +210,8 @@ def profile_tasks(st: Any, cfg: Any, args: argparse.Namespace, run_dir: Path
     from streamq.batches import PixelSource
     from streamq.fit import _source, load_fit
     from streamq.fs import location
-    from streamq.histogram import PIXELS_PER_HIST_TASK, _hist_task
     from streamq.store import PLAN, Collection
+    from streamq.store.histogram import PIXELS_PER_HIST_TASK, _hist_task
 
     n = args.sample_tasks + 1  # the first is the warm-up
     coll = Collection(st)

@@ -52,11 +52,11 @@ from streamq.faults import retrying
 from streamq.fs import Location, check_access, join, location, storage_errors, write_atomic
 from streamq.lock import check_writer
 from streamq.names import output_name
-from streamq.results import labels_identity, load_fit, read_identity, ready_labels
 from streamq.scheduler import runner
-from streamq.selection import parse_ids, select_images
 from streamq.stage import Task, run_tasks
 from streamq.store import PIXELS, Collection, Store, open_array, store_location
+from streamq.store.results import labels_identity, load_fit, read_identity, ready_labels
+from streamq.store.selection import parse_ids, select_images
 
 if TYPE_CHECKING:
     from streamq.export_zarr import ZarrExportSummary

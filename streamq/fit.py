@@ -35,12 +35,6 @@ from typing import Any
 import numpy as np
 
 from streamq.batches import STREAM_INIT, STREAM_TRAIN, PixelSource, draw_sample, draw_task
-from streamq.checkpoint import (
-    estimator_state,
-    read_checkpoint,
-    restore_estimator,
-    write_checkpoint,
-)
 from streamq.colorspace import to_rgb8, to_space
 from streamq.config import FitConfig, StreamQConfig, differences, fingerprint, parse_config, to_dict
 from streamq.console import timer
@@ -48,12 +42,20 @@ from streamq.describe import describe_source
 from streamq.errors import ConfigError, StoreMismatchError
 from streamq.fixed import FixedColors, read_fixed_colors
 from streamq.fs import Location, check_access, location
-from streamq.histogram import histogram
 from streamq.lloyd import ensure_distinct, exact_mse, fit_exact, join_history, points
 from streamq.lock import store_lock
 from streamq.metrics import psnr
 from streamq.minibatch import LoopSettings, LoopState, new_model, step_limit, stream_partial_fit
-from streamq.results import (
+from streamq.scheduler import Runner, runner
+from streamq.store import Collection, Store, store_location
+from streamq.store.checkpoint import (
+    estimator_state,
+    read_checkpoint,
+    restore_estimator,
+    write_checkpoint,
+)
+from streamq.store.histogram import histogram
+from streamq.store.results import (
     CHECKPOINT,
     FIT,
     HISTORY_KEYS,
@@ -62,8 +64,6 @@ from streamq.results import (
     load_fit,
     save_fit,
 )
-from streamq.scheduler import Runner, runner
-from streamq.store import Collection, Store, store_location
 
 __all__ = ["FitResult", "collection_mse", "fit", "load_fit"]
 

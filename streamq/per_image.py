@@ -25,7 +25,6 @@ import os
 import time
 import uuid
 import warnings
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,9 +40,7 @@ from streamq.fixed import FixedColors, read_fixed_colors
 from streamq.fs import Location, check_access
 from streamq.lock import store_lock
 from streamq.metrics import errors_from_records
-from streamq.results import labels_state, load_per_image, per_image_labels
 from streamq.scheduler import runner
-from streamq.selection import refuse_alpha
 from streamq.stage import Task, run_tasks
 from streamq.store import (
     PIXELS,
@@ -55,33 +52,17 @@ from streamq.store import (
     write_record,
     write_rows,
 )
+from streamq.store.results import labels_state, load_per_image
+from streamq.store.selection import refuse_alpha
+from streamq.store.summaries import PerImageSummary, per_image_summary, summary_of
 
 __all__ = ["PerImageSummary", "fit_image", "fit_per_image", "load_per_image", "quantize_per_image",
-           "sample_index"]
+           "sample_index", "summary_of"]
 
 log = logging.getLogger(__name__)
 
 SECTION = "per_image"
 RECORDS = "per_image/records"
-
-
-@dataclass
-class PerImageSummary:
-    store: str
-    colors: list[int]
-    n_images: int
-    status: str
-    mean_psnr: dict[int, float] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        text = f"{self.status}: per-image palettes K={','.join(map(str, self.colors))} for {self.n_images} images"
-        if self.mean_psnr:
-            text += "; mean PSNR " + ", ".join(f"K={k}: {v:.2f} dB" for k, v in self.mean_psnr.items())
-        return text
 
 
 def sample_size(n: int, k: int, sample: float) -> int:
@@ -255,7 +236,7 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
                 f"method={old.get('method', 'kmeans')}); "
                 "pass --overwrite to replace them")
         if sec.get("state") == "complete":
-            return _summary(st, "already complete")
+            return per_image_summary(st, "already complete")
     timings: dict[str, float] = {}
     sizes = coll.heights * coll.widths
     with timer("per-image fit", timings), runner(cfg.dask) as run:
@@ -302,7 +283,7 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
         st.set_section(SECTION, {**st.section(SECTION), "state": "complete", "timings": timings,
                                  "runtime": facts, "finished": timestamp()})
     st.set_section(SECTION, {**st.section(SECTION), "timings": timings})  # with consolidating
-    return _summary(st, "fitted", timings, len(coll))
+    return per_image_summary(st, "fitted", timings, len(coll))
 
 
 def _label_task(args: dict[str, Any]) -> dict[str, Any]:
@@ -317,7 +298,7 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     expect = args.get("expect")
     verified = False  # labels recorded and intact, their SSIM missing (labelled with --no-ssim)
     if expect is not None:  # recorded by an earlier run: keep it if its labels are intact
-        from streamq.results import recorded_labels_ok
+        from streamq.store.results import recorded_labels_ok
 
         if recorded_labels_ok(store, name, lo, hi, expect, args["fit"], args.get("retry")):
             if not want_ssim or "ssim" in expect:
@@ -419,7 +400,7 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
                or (want_ssim and not q.get("ssim"))]
     if not pending:  # nothing to do: no cluster to start
         log.info("Per-image labels in %s are up to date; nothing to do", st.path)
-        return _summary(st, "already complete", timings, len(coll))
+        return per_image_summary(st, "already complete", timings, len(coll))
     with timer("per-image labelling", timings), runner(cfg.dask) as run:
         run.check_paths(st.path)
         facts = run.facts()
@@ -470,25 +451,4 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
                                   "timings": {"labelling": round(time.perf_counter() - started, 3)},
                                   "runtime": facts,
                                   "finished": timestamp()})
-    return _summary(st, "quantized", timings, len(coll))
-
-
-def summary_of(store: str | Location,
-               storage_options: dict[str, Any] | None = None) -> PerImageSummary | None:
-    """The per-image results in ``store``, or None when there are none."""
-    st = Store.open(store, storage_options=storage_options)
-    if st.section(SECTION).get("state") != "complete":
-        return None
-    return _summary(st, "per-image")
-
-
-def _summary(st: Store, status: str, timings: dict[str, float] | None = None,
-             n_images: int | None = None) -> PerImageSummary:
-    sec = st.section(SECTION)
-    n_images = len(Collection(st)) if n_images is None else n_images
-    mean = {}
-    for k in sec.get("colors", []):
-        if labels_state(st, k)[0] == "complete":
-            mean[k] = st.section(per_image_labels(k))["mean_psnr"]
-    return PerImageSummary(store=st.path, colors=list(sec.get("colors", [])), n_images=n_images,
-                           status=status, mean_psnr=mean, timings=timings or {})
+    return per_image_summary(st, "quantized", timings, len(coll))

@@ -40,16 +40,16 @@ from typing import Any
 
 import numpy as np
 
-from streamq.checkpoint import read_checkpoint, write_checkpoint
 from streamq.colorspace import to_rgb8
 from streamq.config import FitConfig, fingerprint, to_dict
 from streamq.describe import describe_quality
 from streamq.errors import ConfigError, StreamQError
 from streamq.lloyd import ensure_distinct, exact_mse, fit_exact, join_history, points
 from streamq.metrics import psnr
-from streamq.results import CHECKPOINT, HISTORY_KEYS, FitResult, save_fit
 from streamq.scheduler import Runner
 from streamq.store import Store
+from streamq.store.checkpoint import read_checkpoint, write_checkpoint
+from streamq.store.results import CHECKPOINT, HISTORY_KEYS, FitResult, save_fit
 
 __all__ = ["EXIT_STATUS", "QualityError", "check_flags", "describe_quality", "fit_quality", "parse_range", "search",
            "search_config"]

@@ -37,7 +37,6 @@ from streamq.faults import retrying
 from streamq.fs import Location
 from streamq.lock import store_lock
 from streamq.metrics import errors_from_records, psnr
-from streamq.results import labels_state, load_fit, recorded_labels_ok
 from streamq.scheduler import runner
 from streamq.stage import Task, run_tasks
 from streamq.store import (
@@ -51,6 +50,7 @@ from streamq.store import (
     write_record,
     write_rows,
 )
+from streamq.store.results import labels_state, load_fit, recorded_labels_ok
 
 __all__ = ["QuantizeSummary", "labels_dtype", "quantize"]
 

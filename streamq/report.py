@@ -40,8 +40,9 @@ from streamq.console import timer
 from streamq.describe import describe_source
 from streamq.errors import ConfigError, StoreLayoutError, StreamQError
 from streamq.fs import Location, write_atomic
-from streamq.overview import collection_info
-from streamq.results import (
+from streamq.store import Collection, Store, store_location
+from streamq.store.overview import collection_info
+from streamq.store.results import (
     QUANTIZE,
     groups_summary,
     labels_state,
@@ -50,8 +51,7 @@ from streamq.results import (
     result_state,
     worst_images,
 )
-from streamq.selection import parse_ids, select_images
-from streamq.store import Collection, Store, store_location
+from streamq.store.selection import parse_ids, select_images
 
 __all__ = ["SECTIONS", "Context", "ReportSummary", "Result", "Section", "report"]
 

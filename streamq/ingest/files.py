@@ -51,7 +51,6 @@ from streamq.durable import checksum
 from streamq.errors import ConfigError, StoreMismatchError, StreamQError
 from streamq.faults import is_transient, retrying
 from streamq.fs import Location, check_access
-from streamq.histogram import merge_task_colors, save_histogram
 from streamq.ingest import bands, sources
 from streamq.ingest.sources import SourceRoot
 from streamq.kmeans.histogram import ColorTotals, count_colors
@@ -76,6 +75,7 @@ from streamq.store import (
     write_task_colors,
     write_task_report,
 )
+from streamq.store.histogram import merge_task_colors, save_histogram
 
 __all__ = ["IngestSummary", "ingest", "list_sources"]
 

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from streamq.checkpoint import clear_checkpoint
 from streamq.clock import timestamp
 from streamq.config import fingerprint
 from streamq.describe import describe_quality, describe_source
@@ -40,7 +39,8 @@ from streamq.durable import checksum
 from streamq.errors import StageNotReadyError, StreamQError
 from streamq.faults import retrying
 from streamq.fs import Location
-from streamq.store import Store, open_array
+from streamq.store.checkpoint import clear_checkpoint
+from streamq.store.layout import Store, open_array
 
 __all__ = ["FitResult", "ImageGroups", "clear_fit", "groups_summary", "labels_identity",
            "labels_state", "load_fit", "load_groups", "load_per_image", "read_identity",
