@@ -206,7 +206,7 @@ def profile_tasks(st: Any, cfg: Any, args: argparse.Namespace, run_dir: Path
 
     ex = importlib.import_module("streamq.export")  # the modules, not the functions the
     ing = importlib.import_module("streamq.ingest.files")  # package re-exports under their names
-    qz = importlib.import_module("streamq.quantize")
+    qz = importlib.import_module("streamq.quantize.shared")
     from streamq.batches import PixelSource
     from streamq.fit import _source, load_fit
     from streamq.fs import location

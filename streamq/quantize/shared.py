@@ -14,7 +14,7 @@ rerun runs only tasks without a record (or, when SSIM is wanted, without SSIM in
 palette makes old labels stale, and they are recomputed.
 
 ``palette=SRC`` first makes a given palette (a palette file, an image or another store) the
-store's shared palette (:mod:`streamq.remap`); it is then labelled like a fitted one.
+store's shared palette (:mod:`streamq.quantize.remap`); it is then labelled like a fitted one.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
     ``quantize.color_space``) labels with a given palette instead of a fitted one: a ``.gpl``, ``.act``,
     ``.json`` or ``.hex``/``.txt`` file, an image or another store (see
     :mod:`streamq.palettes`), which becomes the store's shared palette (see
-    :mod:`streamq.remap`). ``color_space`` (``rgb`` or ``oklab``) is the space distances are
+    :mod:`streamq.quantize.remap`). ``color_space`` (``rgb`` or ``oklab``) is the space distances are
     measured in (default: the source store's fit's, else this store's fit's, else ``rgb``);
     ``overwrite`` replaces another palette of the store (a fit or another given palette). The
     same palette again changes nothing.
@@ -231,7 +231,7 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
     loc = store_location(store, storage_options, cfg.storage_options)
     with store_lock(loc, operation="quantize", config=cfg.lock):
         if palette is not None:
-            from streamq.remap import use_palette
+            from streamq.quantize.remap import use_palette
 
             use_palette(Store.open(loc, mode="r+"), palette, cfg, color_space=color_space,
                         overwrite=overwrite, progress=progress, storage_options=storage_options)
@@ -240,7 +240,7 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
 
 def _quantize(store: Location, cfg: StreamQConfig, progress: bool | None,
               overwrite: bool = False) -> Any:
-    from streamq.per_image import quantize_per_image
+    from streamq.quantize.per_image import quantize_per_image
 
     st = Store.open(store, mode="r+")
     shared = st.section("fit").get("state") == "complete"
