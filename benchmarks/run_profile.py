@@ -204,7 +204,7 @@ def profile_tasks(st: Any, cfg: Any, args: argparse.Namespace, run_dir: Path
     """cProfile of a few tasks of each stage, run in this process on the finished store."""
     import importlib
 
-    ex = importlib.import_module("streamq.export")  # the modules, not the functions the
+    ex = importlib.import_module("streamq.export.files")  # the modules, not the functions the
     ing = importlib.import_module("streamq.ingest.files")  # package re-exports under their names
     qz = importlib.import_module("streamq.quantize.shared")
     from streamq.batches import PixelSource

@@ -20,8 +20,7 @@ from streamq.errors import (
     StoreMismatchError,
     StreamQError,
 )
-from streamq.export import ExportSummary, export
-from streamq.export_zarr import ZarrExportSummary, export_zarr
+from streamq.export import ExportSummary, ZarrExportSummary, export, export_zarr
 from streamq.fit import collection_mse, fit
 from streamq.groups import cluster_images
 from streamq.ingest import IngestSummary, ingest, ingest_array

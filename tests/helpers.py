@@ -142,7 +142,7 @@ def stage_progress(store, out=None, storage_options=None) -> tuple[str, int]:
 
 
 def _n_exported(out, storage_options=None) -> int:
-    from streamq.export import MANIFEST, TMP_DIR
+    from streamq.export.files import MANIFEST, TMP_DIR
 
     out = str(out)
     if "://" in out:

@@ -48,7 +48,7 @@ from streamq.config import StreamQConfig, fingerprint, parse_config
 from streamq.console import timer
 from streamq.durable import checksum
 from streamq.errors import ConfigError, LabelsChangedError, StoreExistsError, StreamQError
-from streamq.export_common import MANIFEST, check_out, labels_changed_message, listing
+from streamq.export.common import MANIFEST, check_out, labels_changed_message, listing
 from streamq.fs import Location, check_access, location, storage_errors
 from streamq.scheduler import runner
 from streamq.stage import Task, run_tasks
@@ -104,7 +104,7 @@ class _Result:
     labels: str  # the store's labels array
     errors: str | None  # prefix of the store's images/{mse,psnr[,ssim]}, when written
     info: dict[str, Any]  # what the export's attributes say about it
-    identity: str  # the labels it was planned from (streamq.export.labels_identity)
+    identity: str  # the labels it was planned from (streamq.store.results.labels_identity)
 
     @property
     def k(self) -> int | None:
