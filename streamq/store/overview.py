@@ -99,7 +99,7 @@ def _fit_summary(coll: Collection) -> dict[str, Any] | None:
         return None
     out = {"state": fit.get("state"), **fit.get("summary", {}),
            "palette_source": fit.get("palette_source")}  # None: a k-means fit
-    if fit.get("error"):  # a quality search that failed below its MIN (streamq.quality)
+    if fit.get("error"):  # a quality search that failed below its MIN (streamq.fit.quality)
         out.update(error=fit["error"], quality=fit.get("quality"))
     if fit.get("fixed_colors"):
         out["fixed_colors"] = fit["fixed_colors"]

@@ -3,10 +3,10 @@
 ``fit.quality = [MIN, MAX]`` (PSNR in dB over every pixel) asks for the smallest K of
 ``fit.k_range = [LO, HI]`` whose palette reaches MAX, as pngquant's ``--quality MIN-MAX``.
 Each K tried is fitted exactly as ``streamq fit -k K --algorithm lloyd`` with the same seed,
-``n_init``, ``init``, ``tol`` and ``max_iter`` fits it (:func:`streamq.lloyd.fit_exact`: k-means++
-starts raced on the colour grid, the best finished by exact Lloyd on every distinct colour,
-each start a Dask task), and its MSE is exact, from the colour histogram
-(:mod:`streamq.histogram`). So a search costs one histogram, read once, and a few Lloyd runs
+``n_init``, ``init``, ``tol`` and ``max_iter`` fits it (:func:`streamq.fit.lloyd.fit_exact`:
+k-means++ starts raced on the colour grid, the best finished by exact Lloyd on every distinct
+colour, each start a Dask task), and its MSE is exact, from the colour histogram
+(:mod:`streamq.store.histogram`). So a search costs one histogram, read once, and a few Lloyd runs
 on it, never a pass over the pixels per K.
 
 **The search.** ``HI`` is fitted first (capped at the number of distinct colours, where the
@@ -20,7 +20,7 @@ target, reach MAX too. The result is the smallest K reaching MAX whose predecess
 found with about ``log2(HI - LO)`` fits instead of ``HI - LO``; the record lists every K tried.
 
 **Resume.** Each K's result (its centres, pixels per colour, MSE and Lloyd record) is added
-to the fit's checkpoint (JSON, :mod:`streamq.checkpoint`) as soon as it is known, and the K
+to the fit's checkpoint (JSON, :mod:`streamq.store.checkpoint`) as soon as it is known, and the K
 being fitted checkpoints its Lloyd starts as any fit does; a rerun after ``kill -9`` reads
 them back and continues, ending with the same K and palette. A search that fails below MIN
 leaves its record, so a rerun fails again at once.
@@ -44,7 +44,7 @@ from streamq.colorspace import to_rgb8
 from streamq.config import FitConfig, fingerprint, to_dict
 from streamq.describe import describe_quality
 from streamq.errors import ConfigError, StreamQError
-from streamq.lloyd import ensure_distinct, exact_mse, fit_exact, join_history, points
+from streamq.fit.lloyd import ensure_distinct, exact_mse, fit_exact, join_history, points
 from streamq.metrics import psnr
 from streamq.scheduler import Runner
 from streamq.store import Store
@@ -111,7 +111,7 @@ def search(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndarray,
     """Find the K of the target ``fcfg.quality`` (see the module's docstring).
 
     Returns the chosen K's record (``k``, ``mse``, ``centers``, ``counts``, ``best``: the
-    Lloyd result of :func:`streamq.lloyd.fit_exact`) and the search's record for the summary.
+    Lloyd result of :func:`streamq.fit.lloyd.fit_exact`) and the search's record for the summary.
     Raises :class:`QualityError` when the largest K stays below MIN.
     """
 
@@ -176,7 +176,7 @@ def fit_quality(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndar
                 counts: np.ndarray, timings: dict[str, float], facts: dict[str, Any],
                 started: float, progress: bool | None) -> Any:
     """The quality search of :func:`streamq.fit.fit`, after the histogram: the chosen K's
-    palette saved as the store's fit; a :class:`streamq.results.FitResult`."""
+    palette saved as the store's fit; a :class:`streamq.store.results.FitResult`."""
     from streamq.console import timer
 
     with timer("quality search", timings):

@@ -4,8 +4,9 @@ The mini-batch centres (when there are any) and ``n_init`` k-means++ starts race
 convergence on a coarse grid of the histogram (one Dask task each); the ``FINISHERS`` best
 run exact Lloyd on every distinct colour (one task each), each checkpointed in its own slot
 of ``fit/starts``; the lowest exact inertia wins (the first start on ties). Used by
-:mod:`streamq.fit` (phase 2, or ``--algorithm lloyd`` alone), :mod:`streamq.quality` (one
-such fit per K tried) and :mod:`streamq.estimator`; it imports neither.
+:mod:`streamq.fit.driver` (phase 2, or ``--algorithm lloyd`` alone), :mod:`streamq.fit.quality`
+(one such fit per K tried), :mod:`streamq.fit.minibatch` and :mod:`streamq.fit.evaluate` (the
+points, the exact MSE) and :mod:`streamq.estimator`; it imports none of them.
 
 Also here: the histogram's colours as points of the fit's colour space (:func:`points`),
 the exact MSE over every pixel (:func:`exact_mse`) and the uint8 palette made distinct
