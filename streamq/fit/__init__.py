@@ -11,8 +11,8 @@ Modules, each importing only those below it:
   ``MiniBatchKMeans``);
 - :mod:`streamq.fit.lloyd`: phase 2, exact Lloyd on the colour histogram, and the exact MSE.
 
-:class:`FitResult` and :func:`load_fit` live in the store layer (:mod:`streamq.store.results`) and
-are named here too.
+:class:`FitResult` and :func:`load_fit` live in the store layer
+(:mod:`streamq.store.results`) and are named here too.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Fit one palette for a whole collection: exact K-Means over every pixel.
 
 An RGB8 collection of any size has at most ``2**24`` distinct colours, so K-Means over every
-pixel is K-Means over the collection's colour histogram (``streamq.store.histogram``: each distinct
-colour weighted by its pixel count) — a bounded problem whatever the number of pixels. The
-fit runs in two phases:
+pixel is K-Means over the collection's colour histogram (``streamq.store.histogram``: each
+distinct colour weighted by its pixel count) — a bounded problem whatever the number of
+pixels. The fit runs in two phases:
 
 1. ``minibatch`` only: a scikit-learn ``MiniBatchKMeans`` on the client is updated with
    ``partial_fit`` on pixel batches that Dask workers draw collection-wide

@@ -208,10 +208,10 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
     ``quantize.color_space``) labels with a given palette instead of a fitted one: a ``.gpl``, ``.act``,
     ``.json`` or ``.hex``/``.txt`` file, an image or another store (see
     :mod:`streamq.palettes`), which becomes the store's shared palette (see
-    :mod:`streamq.quantize.remap`). ``color_space`` (``rgb`` or ``oklab``) is the space distances are
-    measured in (default: the source store's fit's, else this store's fit's, else ``rgb``);
-    ``overwrite`` replaces another palette of the store (a fit or another given palette). The
-    same palette again changes nothing.
+    :mod:`streamq.quantize.remap`). ``color_space`` (``rgb`` or ``oklab``) is the space
+    distances are measured in (default: the source store's fit's, else this store's fit's,
+    else ``rgb``); ``overwrite`` replaces another palette of the store (a fit or another given
+    palette). The same palette again changes nothing.
 
     ``ssim`` (default: ``config``'s ``quantize.ssim``, true) also computes each image's SSIM
     (:mod:`streamq.ssim`); labels recorded without it get it on the next run that wants it.

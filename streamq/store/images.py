@@ -2,7 +2,8 @@
 at a time (:func:`read_image`) or as lazy Dask arrays that read rows of the store when
 computed (:func:`dask_images`); also methods of :class:`~streamq.store.Collection`.
 
-Part of the store layer: labels are read only when current (:func:`streamq.store.results.ready_labels`).
+Part of the store layer: labels are read only when current
+(:func:`streamq.store.results.ready_labels`).
 """
 
 from __future__ import annotations
