@@ -5,7 +5,7 @@ Builds (once, cached in ``--workdir``) a tiled BigTIFF mosaic of crops of the bu
 local Dask cluster (``--workers`` processes, ``--memory-limit`` each) runs and times:
 
 1. ``ingest``: the mosaic is over ``max_pixels``, so every write task reads only its rows
-   through tifffile's Zarr interface (:mod:`streamq.bands`);
+   through tifffile's Zarr interface (:mod:`streamq.ingest.bands`);
 2. ``fit``: a ``--colors`` palette (mini-batch then exact Lloyd on the colour histogram);
 3. ``quantize``: a label for every pixel (SSIM off);
 4. ``export``: ``--zarr`` (an image over max_pixels is never written as one image file).

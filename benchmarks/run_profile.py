@@ -204,14 +204,14 @@ def profile_tasks(st: Any, cfg: Any, args: argparse.Namespace, run_dir: Path
     """cProfile of a few tasks of each stage, run in this process on the finished store."""
     import importlib
 
-    ex = importlib.import_module("streamq.export")  # the modules, not the functions the
-    ing = importlib.import_module("streamq.ingest")  # package re-exports under their names
-    qz = importlib.import_module("streamq.quantize")
+    ex = importlib.import_module("streamq.export.files")  # the modules, not the functions the
+    ing = importlib.import_module("streamq.ingest.files")  # package re-exports under their names
+    qz = importlib.import_module("streamq.quantize.shared")
     from streamq.batches import PixelSource
     from streamq.fit import load_fit
     from streamq.fs import location
-    from streamq.histogram import PIXELS_PER_HIST_TASK, _hist_task
     from streamq.store import PLAN, Collection
+    from streamq.store.histogram import PIXELS_PER_HIST_TASK, _hist_task
 
     n = args.sample_tasks + 1  # the first is the warm-up
     coll = Collection(st)

@@ -8,7 +8,6 @@ store at any stage.
 """
 
 from streamq._version import __version__
-from streamq.arrays import ingest_array
 from streamq.config import StreamQConfig, load_config
 from streamq.errors import (
     ConfigError,
@@ -21,20 +20,19 @@ from streamq.errors import (
     StoreMismatchError,
     StreamQError,
 )
-from streamq.export import ExportSummary, export
-from streamq.export_zarr import ZarrExportSummary, export_zarr
+from streamq.export import ExportSummary, ZarrExportSummary, export, export_zarr
 from streamq.fit import collection_mse, fit
 from streamq.groups import cluster_images
-from streamq.ingest import IngestSummary, ingest
+from streamq.ingest import IngestSummary, ingest, ingest_array
 from streamq.lock import store_lock
-from streamq.overview import collection_info
 from streamq.palettes import Palette, read_palette, write_palette
 from streamq.per_image import PerImageSummary, fit_per_image
 from streamq.pipeline import RunReport, run
 from streamq.quantize import QuantizeSummary, quantize
 from streamq.report import ReportSummary, report
-from streamq.results import FitResult, ImageGroups, load_fit, load_groups
 from streamq.store import Collection, open_store
+from streamq.store.overview import collection_info
+from streamq.store.results import FitResult, ImageGroups, load_fit, load_groups
 
 
 def __getattr__(name: str) -> object:

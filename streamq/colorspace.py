@@ -6,7 +6,7 @@ k-means measures distances: ``rgb`` is ``value / 255`` (so ``tol`` is in [0, 1] 
 back to the sRGB uint8 palette that is always stored beside them.
 
 ``rgb8`` is not a fit's space but the one a given palette's own colours are labelled in
-(``quantize --palette``, :meth:`streamq.results.FitResult.label_space`): the uint8 values as
+(``quantize --palette``, :meth:`streamq.store.results.FitResult.label_space`): the uint8 values as
 floats, so squared distances are exact integers and equal distances tie exactly.
 """
 

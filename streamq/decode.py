@@ -22,7 +22,7 @@ An error of the machine rather than of the file (EIO, EMFILE, ENOSPC, ESTALE, EA
 ``MemoryError``..., see :func:`streamq.faults.is_transient`) is raised instead, for the
 caller to retry: it says nothing about the file.
 
-An image is given as a path, or -- for sources read over a network (:mod:`streamq.sources`)
+An image is given as a path, or -- for sources read over a network (:mod:`streamq.ingest.sources`)
 -- as the file's bytes or an open binary file object with a ``size`` attribute.
 """
 

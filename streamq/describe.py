@@ -1,7 +1,7 @@
 """One phrase for a record a result keeps: where a palette came from, what a K search found.
 
 These read JSON-ready records only (a palette's ``source``, :mod:`streamq.palettes`; a fit's
-``quality``, :mod:`streamq.quality`), so the store layer, the stages and the CLI describe
+``quality``, :mod:`streamq.fit.quality`), so the store layer, the stages and the CLI describe
 results the same way without importing the stage that made them.
 """
 

@@ -15,7 +15,7 @@ same rule applies: a timeout, a connection refused, reset or closed, and an answ
 status 408, 429 or 5xx (S3's ``SlowDown``, ``ServiceUnavailable``, ``InternalError``) are
 transient; an answer that is about the object itself -- 403 (access denied) or 404 (no such
 key) -- is not, and is left to the caller to report in one line (see
-:mod:`streamq.sources`).
+:mod:`streamq.ingest.sources`).
 """
 
 from __future__ import annotations

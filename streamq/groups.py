@@ -29,13 +29,6 @@ from typing import Any
 import numpy as np
 
 from streamq.batches import STREAM_INIT, STREAM_TRAIN, PixelSource, draw_sample, draw_task
-from streamq.checkpoint import (
-    clear_checkpoint,
-    estimator_state,
-    read_checkpoint,
-    restore_estimator,
-    write_checkpoint,
-)
 from streamq.clock import timestamp
 from streamq.config import (
     ClusterImagesConfig,
@@ -58,7 +51,17 @@ from streamq.minibatch import (
     step_limit,
     stream_partial_fit,
 )
-from streamq.results import (
+from streamq.scheduler import Runner, runner
+from streamq.stage import Task, run_tasks
+from streamq.store import Collection, Store, open_array, store_location, write_record
+from streamq.store.checkpoint import (
+    clear_checkpoint,
+    estimator_state,
+    read_checkpoint,
+    restore_estimator,
+    write_checkpoint,
+)
+from streamq.store.results import (
     FIT,
     GROUP_CENTERS,
     GROUP_DISTANCE,
@@ -71,9 +74,6 @@ from streamq.results import (
     labels_state,
     load_groups,
 )
-from streamq.scheduler import Runner, runner
-from streamq.stage import Task, run_tasks
-from streamq.store import Collection, Store, open_array, store_location, write_record
 
 __all__ = ["ImageGroups", "cluster_images", "load_groups"]
 

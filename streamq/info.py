@@ -1,6 +1,6 @@
 """Looking at a collection: the tutorial's exploration step, at scale.
 
-:func:`collection_info` (:mod:`streamq.overview`) gathers counts from the store's tables only
+:func:`collection_info` (:mod:`streamq.store.overview`) gathers counts from the store's tables only
 (no pixel is read); :func:`format_info` renders them as text; :func:`save_grid` draws a grid of sample images
 titled with their labels, like the tutorial's face grid.
 """
@@ -14,9 +14,9 @@ import numpy as np
 
 from streamq.describe import describe_quality, describe_source
 from streamq.fs import Location
-from streamq.overview import collection_info
-from streamq.results import worst_images
 from streamq.store import Collection, open_store
+from streamq.store.overview import collection_info
+from streamq.store.results import worst_images
 
 __all__ = ["collection_info", "format_info", "save_grid", "worst_images"]
 

@@ -70,7 +70,7 @@ class LoopState:
     history: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in HISTORY_KEYS})
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (through ``streamq.checkpoint``) state for a checkpoint."""
+        """JSON-ready (through ``streamq.store.checkpoint``) state for a checkpoint."""
         return {"cursor": self.cursor, "seen": self.seen, "calm": self.calm, "scale": self.scale,
                 "history": {k: np.asarray(v) for k, v in self.history.items()}}
 

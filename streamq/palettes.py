@@ -296,8 +296,8 @@ def _read_image(src: str, background: tuple[int, int, int], max_pixels: int) -> 
 
 def _read_store(src: str, storage_options: dict[str, Any] | None) -> Palette:
     from streamq.errors import StoreLayoutError
-    from streamq.results import load_fit
     from streamq.store import Store
+    from streamq.store.results import load_fit
 
     try:
         st = Store.open(src, storage_options=storage_options)

@@ -7,7 +7,8 @@ the fit: ``kmeans`` is the tutorial's scikit-learn ``KMeans`` on the sample, ``h
 the same k-means on the sample's distinct colours with compiled loops
 (:mod:`streamq.kmeans`), many times faster at large K. Fitting runs in Dask tasks over
 groups of images, each recording its palettes when done (so a rerun fits only unfinished
-groups); labelling runs per chunk like the shared-palette quantize.
+groups). Labelling with these palettes is part of ``quantize``
+(:mod:`streamq.quantize.per_image`), chunk by chunk like the shared-palette labels.
 
 With fixed colours (``fixed_colors``, :mod:`streamq.fixed`; the ``histogram`` method only:
 scikit-learn's ``KMeans`` cannot hold centres) every palette's first ``F`` entries are those
@@ -21,11 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import time
-import uuid
 import warnings
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,54 +31,31 @@ from streamq.clock import timestamp
 from streamq.colorspace import to_space
 from streamq.config import PerImageConfig, StreamQConfig, fingerprint, parse_config, to_dict
 from streamq.console import timer
-from streamq.durable import checksum
-from streamq.errors import ConfigError, StageNotReadyError, StoreMismatchError
-from streamq.faults import retrying
+from streamq.errors import ConfigError, StoreMismatchError
 from streamq.fixed import FixedColors, read_fixed_colors
 from streamq.fs import Location, check_access
 from streamq.lock import store_lock
-from streamq.metrics import errors_from_records
-from streamq.results import labels_state, load_per_image, per_image_labels
 from streamq.scheduler import runner
-from streamq.selection import refuse_alpha
 from streamq.stage import Task, run_tasks
 from streamq.store import (
     PIXELS,
     Collection,
     Store,
-    labels_dtype,
     open_array,
     store_location,
     write_record,
-    write_rows,
 )
+from streamq.store.results import load_per_image
+from streamq.store.selection import refuse_alpha
+from streamq.store.summaries import PerImageSummary, per_image_summary, summary_of
 
-__all__ = ["PerImageSummary", "fit_image", "fit_per_image", "load_per_image", "quantize_per_image",
-           "sample_index"]
+__all__ = ["PerImageSummary", "fit_image", "fit_per_image", "load_per_image", "sample_index",
+           "summary_of"]
 
 log = logging.getLogger(__name__)
 
 SECTION = "per_image"
 RECORDS = "per_image/records"
-
-
-@dataclass
-class PerImageSummary:
-    store: str
-    colors: list[int]
-    n_images: int
-    status: str
-    mean_psnr: dict[int, float] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        text = f"{self.status}: per-image palettes K={','.join(map(str, self.colors))} for {self.n_images} images"
-        if self.mean_psnr:
-            text += "; mean PSNR " + ", ".join(f"K={k}: {v:.2f} dB" for k, v in self.mean_psnr.items())
-        return text
 
 
 def sample_size(n: int, k: int, sample: float) -> int:
@@ -255,7 +229,7 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
                 f"method={old.get('method', 'kmeans')}); "
                 "pass --overwrite to replace them")
         if sec.get("state") == "complete":
-            return _summary(st, "already complete")
+            return per_image_summary(st, "already complete")
     timings: dict[str, float] = {}
     sizes = coll.heights * coll.widths
     with timer("per-image fit", timings), runner(cfg.dask) as run:
@@ -302,197 +276,4 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
         st.set_section(SECTION, {**st.section(SECTION), "state": "complete", "timings": timings,
                                  "runtime": facts, "finished": timestamp()})
     st.set_section(SECTION, {**st.section(SECTION), "timings": timings})  # with consolidating
-    return _summary(st, "fitted", timings, len(coll))
-
-
-def _label_task(args: dict[str, Any]) -> dict[str, Any]:
-    from streamq.kmeans.nearest import label_pixels
-
-    store, c, chunk, k = args["store"], args["chunk_index"], args["chunk"], args["k"]
-    pixels = open_array(store, PIXELS)
-    lo = c * chunk
-    hi = min(lo + chunk, pixels.shape[0])
-    name = f"per_image/k{k}/labels"
-    want_ssim = args.get("ssim", False)
-    expect = args.get("expect")
-    verified = False  # labels recorded and intact, their SSIM missing (labelled with --no-ssim)
-    if expect is not None:  # recorded by an earlier run: keep it if its labels are intact
-        from streamq.results import recorded_labels_ok
-
-        if recorded_labels_ok(store, name, lo, hi, expect, args["fit"], args.get("retry")):
-            if not want_ssim or "ssim" in expect:
-                return {**expect, "status": "verified"}
-            verified = True
-    start, stop = lo, hi  # the pixels read: the chunk, and the rows around it SSIM needs
-    if want_ssim:
-        from streamq.ssim import halo
-
-        start, stop = halo(args["images"], args["shapes"], lo, hi)
-    ext = np.asarray(pixels[start:stop])
-    rgb = ext[lo - start:hi - start]
-    labels = np.zeros(hi - lo, dtype=labels_dtype(k))
-    centres = open_array(store, f"per_image/k{k}/center")
-    palettes = open_array(store, f"per_image/k{k}/palette")
-    ids = [i for i, _, _ in args["images"]]
-    cen = np.asarray(centres[min(ids):max(ids) + 1]) if ids else None
-    pal = np.asarray(palettes[min(ids):max(ids) + 1]) if ids else None
-
-    def one(image: tuple[int, int, int]) -> list[int]:
-        assert cen is not None, "read for the images of this chunk"
-        assert pal is not None, "read for the images of this chunk"
-        image_id, off, size = image
-        a, b = max(off, lo) - lo, min(off + size, hi) - lo
-        j = image_id - min(ids)
-        lab, err, _ = label_pixels(rgb[a:b], cen[j], pal[j])  # exact nearest centre
-        labels[a:b] = lab
-        return [int(image_id), err]
-
-    threads = min(args.get("threads", 1), len(ids), os.cpu_count() or 1)
-    if threads > 1:  # fewer chunks than workers: this task uses the idle cores (no GIL held)
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(threads) as pool:
-            sse = list(pool.map(one, args["images"]))
-    else:
-        sse = [one(image) for image in args["images"]]
-    retry = args.get("retry")
-    if verified:
-        report = dict(expect or {})
-    else:
-        out = open_array(store, name, mode="r+")
-
-        def write_labels() -> None:
-            write_rows(store, name, out, lo, hi, labels)  # durable before the record
-
-        retrying(write_labels, "write", store.join(name).url, retry, write=True)
-        report = {"sse": sse, "crc32": checksum(labels), "fit": args["fit"]}
-    if want_ssim:
-        from streamq.ssim import chunk_ssim, luma
-
-        assert cen is not None, "a chunk overlaps at least one image"
-        assert pal is not None, "a chunk overlaps at least one image"
-        parts = [labels]  # the rows around the chunk, labelled again with their image's palette
-        if start < lo:
-            j = args["images"][0][0] - min(ids)
-            parts.insert(0, label_pixels(ext[:lo - start], cen[j], pal[j])[0].astype(labels.dtype))
-        if stop > hi:
-            j = args["images"][-1][0] - min(ids)
-            parts.append(label_pixels(ext[hi - start:], cen[j], pal[j])[0].astype(labels.dtype))
-        report["ssim"] = chunk_ssim(ext, np.concatenate(parts), start, lo, hi, args["images"],
-                                    args["shapes"], lambda i: luma(pal[i - min(ids)]))
-    records = f"per_image/k{k}/label_records"
-    retrying(lambda: write_record(store, records, c, report), "write", store.join(records).url,
-             retry, write=True)  # the completion record, after the labels
-    status = "ssim added" if verified else "redone" if expect is not None else "ran"
-    return {**report, "status": status}
-
-
-def quantize_per_image(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None = None,
-                       progress: bool | None = None, scheduler: str | None = None,
-                       storage_options: dict[str, Any] | None = None,
-                       overwrite: bool = False) -> PerImageSummary:
-    """Label every pixel with its image's own palette, for every fitted K (resumable;
-    ``overwrite`` labels again even the K whose labels are up to date)."""
-    cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
-    loc = store_location(store, storage_options, cfg.storage_options)
-    check_access(loc)
-    with store_lock(loc, operation="quantize --per-image", config=cfg.lock):
-        return _quantize_per_image(loc, cfg, progress, overwrite)
-
-
-def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | None,
-                        overwrite: bool = False) -> PerImageSummary:
-    st = Store.open(store, mode="r+")
-    coll = Collection(st)
-    sec = st.section(SECTION)
-    if sec.get("state") != "complete":
-        raise StageNotReadyError(f"{st.path} has no per-image palettes", "streamq fit --per-image")
-    fp = sec["fingerprint"]
-    pixels = st.pixels()
-    chunk, _ = st.pixel_layout()
-    n_chunks = -(-int(pixels.shape[0]) // chunk)
-    sizes = coll.heights * coll.widths
-    timings: dict[str, float] = {}
-    sections = {k: st.section(f"per_image_quantize_k{k}") for k in sec["colors"]}
-    want_ssim = cfg.quantize.ssim
-
-    def up_to_date(k: int) -> bool:  # labels of these palettes (SSIM aside)
-        return labels_state(st, k)[0] == "complete"
-
-    pending = [k for k, q in sections.items() if overwrite or not up_to_date(k)
-               or (want_ssim and not q.get("ssim"))]
-    if not pending:  # nothing to do: no cluster to start
-        log.info("Per-image labels in %s are up to date; nothing to do", st.path)
-        return _summary(st, "already complete", timings, len(coll))
-    with timer("per-image labelling", timings), runner(cfg.dask) as run:
-        run.check_paths(st.path)
-        facts = run.facts()
-        for k in pending:
-            name = f"per_image_quantize_k{k}"
-            q = sections[k]
-            started = time.perf_counter()
-            keep = q.get("state") == "running" and q.get("fingerprint") == fp or up_to_date(k)
-            if not keep or overwrite:  # (up to date: only their SSIM is missing)
-                # a new labelling (see streamq.quantize)
-                new_id = uuid.uuid4().hex
-                st.set_section(name, {"state": "starting", "fingerprint": fp,
-                                      "labels_id": new_id})
-                st.create_labels(f"per_image/k{k}/labels", labels_dtype(k))
-                st.create_records(f"per_image/k{k}/label_records", n_chunks)
-                st.set_section(name, {"state": "running", "fingerprint": fp,
-                                      "labels_id": new_id})
-            labels_id = st.section(name).get("labels_id")
-            records = st.records(f"per_image/k{k}/label_records")
-            tasks = []
-            todo = [c for c in range(n_chunks) if not records[c]]
-            threads = max(1, run.n_workers // max(1, len(todo)))
-            for c in range(n_chunks):  # recorded chunks too: each task checks its record first
-                images = coll.overlapping(c * chunk, (c + 1) * chunk)
-                shapes = [[int(coll.heights[i]), int(coll.widths[i])] for i, _, _ in images]
-                tasks.append(Task(_label_task, {
-                    "store": st.location, "chunk_index": c, "chunk": chunk, "k": k,
-                    "images": images, "shapes": shapes, "ssim": want_ssim,
-                    "threads": threads, "retry": cfg.retry,
-                    "fit": fp, "expect": json.loads(records[c]) if records[c] else None}))
-            run_tasks(run, tasks, f"labelling K={k}", "chunk", progress)
-            records = st.records(f"per_image/k{k}/label_records")
-            errors = errors_from_records(records, sizes)
-            stats: dict[str, Any] = {"ssim": want_ssim}
-            if want_ssim:
-                from streamq.ssim import ssim_from_records, ssim_stats
-
-                errors["ssim"] = ssim_from_records(records,
-                                                   np.stack([coll.heights, coll.widths], 1))
-                stats.update(ssim_stats(errors["ssim"]))
-            elif st.has(f"per_image/k{k}/images/ssim"):  # of earlier labels: not these
-                st.remove(f"per_image/k{k}/images/ssim")
-            st.write_table(f"per_image/k{k}/images", errors)
-            finite = errors["psnr"][np.isfinite(errors["psnr"])]
-            st.set_section(name, {"state": "complete", "fingerprint": fp, "labels_id": labels_id,
-                                  "mean_psnr": float(finite.mean()) if len(finite) else 0.0,
-                                  **stats,
-                                  "timings": {"labelling": round(time.perf_counter() - started, 3)},
-                                  "runtime": facts,
-                                  "finished": timestamp()})
-    return _summary(st, "quantized", timings, len(coll))
-
-
-def summary_of(store: str | Location,
-               storage_options: dict[str, Any] | None = None) -> PerImageSummary | None:
-    """The per-image results in ``store``, or None when there are none."""
-    st = Store.open(store, storage_options=storage_options)
-    if st.section(SECTION).get("state") != "complete":
-        return None
-    return _summary(st, "per-image")
-
-
-def _summary(st: Store, status: str, timings: dict[str, float] | None = None,
-             n_images: int | None = None) -> PerImageSummary:
-    sec = st.section(SECTION)
-    n_images = len(Collection(st)) if n_images is None else n_images
-    mean = {}
-    for k in sec.get("colors", []):
-        if labels_state(st, k)[0] == "complete":
-            mean[k] = st.section(per_image_labels(k))["mean_psnr"]
-    return PerImageSummary(store=st.path, colors=list(sec.get("colors", [])), n_images=n_images,
-                           status=status, mean_psnr=mean, timings=timings or {})
+    return per_image_summary(st, "fitted", timings, len(coll))

@@ -77,8 +77,8 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
                                                  progress=progress)
         elif cfg.quantize.palette is None:
             report.stages["fit"] = fit(cfg.store, config=cfg, overwrite=overwrite, progress=progress)
-        # quantize.palette: the given palette takes the fit's place (streamq.remap); overwrite
-        # then also replaces another palette of the store
+        # quantize.palette: the given palette takes the fit's place (streamq.quantize.remap);
+        # overwrite then also replaces another palette of the store
         labelled = quantize(cfg.store, config=cfg, progress=progress,
                             overwrite=overwrite and cfg.quantize.palette is not None)
         if cfg.quantize.palette is not None:

@@ -20,7 +20,7 @@ pixels in premultiplied RGBA as well) and the nearest-centre search of
 difference ``δ`` on every channel on white and nothing on black: ``3δ²/2``. In libimagequant
 alpha is scaled like an average channel (``LIQ_WEIGHT_A`` 0.625 beside the channel weights
 0.5, 1, 0.45); here every channel weighs 1, alpha included. As libimagequant does, the fit
-never moves a fully transparent palette entry (:mod:`streamq.fit_alpha`).
+never moves a fully transparent palette entry (:mod:`streamq.fit.alpha`).
 
 **Errors** (MSE, PSNR) of images with alpha are over premultiplied RGBA in uint8 units: the
 mean over pixels and the four channels ``r', g', b', a`` of the squared difference between

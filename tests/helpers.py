@@ -97,7 +97,7 @@ def stage_progress(store, out=None, storage_options=None) -> tuple[str, int]:
     ``("", 0)`` before ingest has a plan, and while what it reads is half-written (look
     again); ``("done", 0)`` when the store is finished and no ``out`` is given.
     """
-    from streamq.checkpoint import decode_state
+    from streamq.store.checkpoint import decode_state
 
     def done(name: str) -> int:
         return sum(1 for r in g[name][:] if r)
@@ -142,7 +142,7 @@ def stage_progress(store, out=None, storage_options=None) -> tuple[str, int]:
 
 
 def _n_exported(out, storage_options=None) -> int:
-    from streamq.export import MANIFEST, TMP_DIR
+    from streamq.export.files import MANIFEST, TMP_DIR
 
     out = str(out)
     if "://" in out:

@@ -45,15 +45,22 @@ def test_every_module_has_a_layer():
 
 @pytest.mark.parametrize(("module", "imported", "message"), [
     ("report/page", "streamq.export", "streamq.report is not allowed to import streamq.export"),
-    ("store", "streamq.fit", "streamq.store is not allowed to import streamq.fit"),
+    ("store/layout", "streamq.fit", "streamq.store is not allowed to import streamq.fit"),
     ("fit/alpha", "streamq.fit.driver",
      "streamq.fit.alpha is not allowed to import streamq.fit.driver"),
-], ids=["stage-imports-stage", "store-imports-stage", "cycle-in-a-family"])
+    ("ingest/sources", "streamq.ingest.files",
+     "streamq.ingest.sources is not allowed to import streamq.ingest.files"),
+    ("store/results", "streamq.store.overview",
+     "streamq.store.results is not allowed to import streamq.store.overview"),
+], ids=["stage-imports-stage", "store-imports-stage", "cycle-in-fit", "cycle-in-ingest",
+        "cycle-in-the-store"])
 def test_a_broken_layering_is_caught(tmp_path, module, imported, message):
     shutil.copytree(ROOT / "streamq", tmp_path / "streamq",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    with open(tmp_path / "streamq" / f"{module}.py", "a") as f:  # a function-level import
+    path = tmp_path / "streamq" / f"{module}.py"
+    assert path.is_file()
+    with open(path, "a") as f:  # a function-level import
         f.write(f"\n\ndef _uses_it() -> None:\n    import {imported}  # noqa: F401\n")
     res = _lint(tmp_path)
     assert res.returncode != 0

@@ -1,4 +1,4 @@
-"""Images over max_pixels read in bands of rows (streamq.bands): a tiled BigTIFF mosaic of
+"""Images over max_pixels read in bands of rows (streamq.ingest.bands): a tiled BigTIFF mosaic of
 photo crops ingested in bands is the same store content as the same image decoded whole."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import zarr
 from PIL import Image
 
 import streamq
-from streamq import bands
 from streamq.examples import write_mosaic
+from streamq.ingest import bands
 
 H, W = 1200, 1700
 LIMIT = 500_000  # max_pixels for the band path: the mosaic has 2 Mpx

@@ -231,7 +231,7 @@ def test_more_than_256_colours_and_a_refit(faces_store, tmp_path, monkeypatch):
     for i, img in rebuilt(out).items():
         np.testing.assert_array_equal(img, store_image(store, i))
     # a refit while an export runs (readers take no lock) fails it instead of completing it
-    ez = importlib.import_module("streamq.export_zarr")  # the module, not streamq.export_zarr()
+    ez = importlib.import_module("streamq.export.zarr")  # the module (streamq.export: a function)
     copy = ez._copy_task
 
     def refit_meanwhile(args):

@@ -10,11 +10,11 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 
 import streamq
 from streamq.batches import STREAM_TRAIN, PixelSource, draw_pixels
-from streamq.checkpoint import CheckpointMismatchError
 from streamq.colorspace import to_rgb8, to_space
 from streamq.errors import ConfigError, StoreMismatchError
 from streamq.fit import fit
 from streamq.kmeans import codes_to_rgb, initial_centers
+from streamq.store.checkpoint import CheckpointMismatchError
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,8 @@ def test_streamed_fit_equals_plain_partial_fit_loop(store_copy):
     source = PixelSource.of_collection(coll)
     from streamq.config import FitConfig
     from streamq.fit.minibatch import initial_centres
-    from streamq.histogram import histogram
     from streamq.scheduler import Runner, _SyncPool
+    from streamq.store.histogram import histogram
 
     fcfg = FitConfig(colors=8, seed=5, batch_size=4096, batches_per_task=3)
     run = Runner(None, _SyncPool(), "sync")
@@ -156,10 +156,10 @@ def test_rerun_noop_and_refusals(store_copy):
 
 
 def test_checkpoint_from_other_sklearn_refused(store_copy):
-    from streamq.checkpoint import encode_state, estimator_state
     from streamq.config import FitConfig
     from streamq.fit.driver import _fit_fingerprint
     from streamq.store import Store
+    from streamq.store.checkpoint import encode_state, estimator_state
 
     fit(store_copy, colors=4, max_steps=10, scheduler="threads")
     st = Store.open(store_copy, mode="r+")

@@ -234,9 +234,9 @@ def test_streamed_fit_is_a_plain_partial_fit_loop_with_fixed_centres_put_back(st
     from streamq.batches import STREAM_TRAIN, PixelSource, draw_pixels
     from streamq.config import FitConfig
     from streamq.fit.minibatch import initial_centres
-    from streamq.histogram import histogram
     from streamq.kmeans import codes_to_rgb
     from streamq.scheduler import Runner, _SyncPool
+    from streamq.store.histogram import histogram
 
     streamq.fit(store_copy, colors=9, seed=5, max_steps=12, batch_size=4096, batches_per_task=3,
                 n_init=1, fixed_colors=brand_gpl, scheduler="threads")

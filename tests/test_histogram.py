@@ -15,10 +15,10 @@ from helpers import assert_histogram, run_until, store_bincount, streamq_cmd
 
 import streamq
 from streamq.examples import make_collection
-from streamq.histogram import histogram, load_histogram
 from streamq.kmeans import histogram as kernel
 from streamq.kmeans.histogram import ColorTotals, count_colors
 from streamq.store import Store
+from streamq.store.histogram import histogram, load_histogram
 
 
 def _unique(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -238,13 +238,13 @@ def test_old_store_gets_one_pass_once(faces_store, tmp_path, cluster_address, ca
     as_old_store(faces_store, path)
     assert load_histogram(str(path)) is None
     kw = dict(algorithm="lloyd", color_space="oklab", scheduler=cluster_address, progress=False)
-    with caplog.at_level("INFO", logger="streamq.histogram"):
+    with caplog.at_level("INFO", logger="streamq.store.histogram"):
         first = streamq.fit(path, colors=6, **kw)
     assert_histogram(path, computed="pass")
     section = zarr.open_group(str(path), mode="r").attrs["colors"]
     files = _table_files(path)
     assert files
-    with caplog.at_level("INFO", logger="streamq.histogram"):
+    with caplog.at_level("INFO", logger="streamq.store.histogram"):
         second = streamq.fit(path, colors=7, overwrite=True, **kw)
     passes = [r for r in caplog.records if "counting the colours of every pixel" in r.message]
     assert len(passes) == 1  # the first fit's pass, and no other

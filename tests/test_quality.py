@@ -14,11 +14,11 @@ from helpers import streamq_cmd
 from PIL import Image
 
 import streamq
-from streamq.checkpoint import decode_state
 from streamq.cli.main import cli
 from streamq.colorspace import to_space
 from streamq.errors import ConfigError
 from streamq.metrics import psnr
+from streamq.store.checkpoint import decode_state
 
 QUALITY = ["--quality", "20-29.5", "--k-range", "2-32", "--n-init", "2", "--scheduler", "threads"]
 

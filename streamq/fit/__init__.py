@@ -11,14 +11,14 @@ Modules, each importing only those below it:
   ``MiniBatchKMeans``);
 - :mod:`streamq.fit.lloyd`: phase 2, exact Lloyd on the colour histogram, and the exact MSE.
 
-:class:`FitResult` and :func:`load_fit` live in the store layer (:mod:`streamq.results`) and
-are named here too.
+:class:`FitResult` and :func:`load_fit` live in the store layer
+(:mod:`streamq.store.results`) and are named here too.
 """
 
 from __future__ import annotations
 
 from streamq.fit.driver import fit
 from streamq.fit.evaluate import collection_mse
-from streamq.results import FitResult, load_fit
+from streamq.store.results import FitResult, load_fit
 
 __all__ = ["FitResult", "collection_mse", "fit", "load_fit"]

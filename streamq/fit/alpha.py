@@ -34,7 +34,6 @@ from streamq.config import StreamQConfig, fingerprint, to_dict
 from streamq.console import timer
 from streamq.errors import ConfigError
 from streamq.metrics import psnr
-from streamq.results import FIT, FitResult, clear_fit, save_fit
 from streamq.rgba import (
     codes_to_rgba,
     count_rgba,
@@ -45,9 +44,10 @@ from streamq.rgba import (
     to_metric,
 )
 from streamq.scheduler import Runner, runner
-from streamq.selection import refuse_alpha
 from streamq.stage import Task, run_tasks
 from streamq.store import ALPHA, COLOR_CHUNK, Collection, Store, count_compressors, open_array
+from streamq.store.results import FIT, FitResult, clear_fit, save_fit
+from streamq.store.selection import refuse_alpha
 
 __all__ = ["fit_rgba", "kmeans_rgba", "refuse_alpha", "rgba_histogram", "rgba_mse"]
 

@@ -1,9 +1,9 @@
 """Fit one palette for a whole collection: exact K-Means over every pixel.
 
 An RGB8 collection of any size has at most ``2**24`` distinct colours, so K-Means over every
-pixel is K-Means over the collection's colour histogram (``streamq.histogram``: each distinct
-colour weighted by its pixel count) — a bounded problem whatever the number of pixels. The
-fit runs in two phases:
+pixel is K-Means over the collection's colour histogram (``streamq.store.histogram``: each
+distinct colour weighted by its pixel count) — a bounded problem whatever the number of
+pixels. The fit runs in two phases:
 
 1. ``minibatch`` only: a scikit-learn ``MiniBatchKMeans`` on the client is updated with
    ``partial_fit`` on pixel batches that Dask workers draw collection-wide
@@ -20,7 +20,7 @@ centres are those colours in both phases: the mini-batch model's are put back af
 step, and every Lloyd start holds them (k-means++ starts from them); the other ``K - F``
 move.
 
-Both phases checkpoint in the store (``streamq.checkpoint``, JSON): the mini-batch state
+Both phases checkpoint in the store (``streamq.store.checkpoint``, JSON): the mini-batch state
 every ``checkpoint_steps`` steps or ``checkpoint_seconds`` seconds, and each Lloyd start in
 its own slot of ``fit/starts`` as often. Rerunning the same command after ``kill -9`` gives
 a bit-identical palette. The summary's MSE is exact: over every pixel, from the histogram.
@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 
 from streamq.batches import PixelSource
-from streamq.checkpoint import read_checkpoint, write_checkpoint
 from streamq.colorspace import to_rgb8
 from streamq.config import FitConfig, StreamQConfig, differences, fingerprint, parse_config, to_dict
 from streamq.console import timer
@@ -50,10 +49,13 @@ from streamq.fit.lloyd import FitInfo, ensure_distinct, exact_mse, fit_exact, jo
 from streamq.fit.minibatch import fit_minibatch
 from streamq.fixed import FixedColors, read_fixed_colors
 from streamq.fs import Location, check_access
-from streamq.histogram import histogram
 from streamq.lock import store_lock
 from streamq.metrics import psnr
-from streamq.results import (
+from streamq.scheduler import runner
+from streamq.store import Collection, Store, store_location
+from streamq.store.checkpoint import read_checkpoint, write_checkpoint
+from streamq.store.histogram import histogram
+from streamq.store.results import (
     CHECKPOINT,
     FIT,
     HISTORY_KEYS,
@@ -62,8 +64,6 @@ from streamq.results import (
     load_fit,
     save_fit,
 )
-from streamq.scheduler import runner
-from streamq.store import Collection, Store, store_location
 
 __all__ = ["fit"]
 

@@ -1,5 +1,5 @@
 """How good a palette is over a whole collection: :func:`collection_mse`, exact, from the
-store's colour histogram (:mod:`streamq.histogram`), or from its RGBA histogram for a
+store's colour histogram (:mod:`streamq.store.histogram`), or from its RGBA histogram for a
 collection with alpha (:mod:`streamq.fit.alpha`)."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import numpy as np
 from streamq.colorspace import to_rgb8
 from streamq.fit.lloyd import exact_mse, points
 from streamq.fs import Location, check_access, location
-from streamq.histogram import histogram
 from streamq.lock import store_lock
-from streamq.results import load_fit
 from streamq.scheduler import runner
 from streamq.store import Collection, Store
+from streamq.store.histogram import histogram
+from streamq.store.results import load_fit
 
 __all__ = ["collection_mse"]
 

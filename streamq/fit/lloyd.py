@@ -22,14 +22,14 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from streamq.checkpoint import decode_state, encode_state
 from streamq.colorspace import to_rgb8, to_space
 from streamq.config import FitConfig, fingerprint
 from streamq.fs import Location
-from streamq.results import STARTS
 from streamq.scheduler import Runner
 from streamq.stage import Task, run_tasks
 from streamq.store import Store, open_array
+from streamq.store.checkpoint import decode_state, encode_state
+from streamq.store.results import STARTS
 
 __all__ = ["FINISHERS", "GRID_BITS", "FitInfo", "ensure_distinct", "exact_mse", "fit_exact",
            "join_history", "points"]

@@ -3,7 +3,7 @@
 A scikit-learn ``MiniBatchKMeans`` on the client starts from k-means on a collection-wide
 sample of distinct colours (:func:`initial_centres`) and is updated with ``partial_fit`` on
 pixel batches that Dask workers draw collection-wide (:mod:`streamq.batches`, the loop of
-:mod:`streamq.minibatch`). Its state is checkpointed as JSON (:mod:`streamq.checkpoint`), so
+:mod:`streamq.minibatch`). Its state is checkpointed as JSON (:mod:`streamq.store.checkpoint`), so
 a rerun after a kill resumes at the step it stopped at with the same model. Its centres are
 only a start for the exact phase (:mod:`streamq.fit.lloyd`); :mod:`streamq.fit.driver` runs
 both.
@@ -17,15 +17,15 @@ from typing import Any
 import numpy as np
 
 from streamq.batches import STREAM_INIT, STREAM_TRAIN, PixelSource, draw_sample, draw_task
-from streamq.checkpoint import estimator_state, restore_estimator, write_checkpoint
 from streamq.colorspace import to_space
 from streamq.config import FitConfig
 from streamq.console import timer
 from streamq.fit.lloyd import FitInfo, points
 from streamq.minibatch import LoopSettings, LoopState, new_model, step_limit, stream_partial_fit
-from streamq.results import CHECKPOINT, HISTORY_KEYS
 from streamq.scheduler import Runner
 from streamq.store import Store
+from streamq.store.checkpoint import estimator_state, restore_estimator, write_checkpoint
+from streamq.store.results import CHECKPOINT, HISTORY_KEYS
 
 __all__ = ["fit_minibatch", "initial_centres"]
 

@@ -6,7 +6,7 @@ Each K tried is fitted exactly as ``streamq fit -k K --algorithm lloyd`` with th
 ``n_init``, ``init``, ``tol`` and ``max_iter`` fits it (:func:`streamq.fit.lloyd.fit_exact`:
 k-means++ starts raced on the colour grid, the best finished by exact Lloyd on every distinct
 colour, each start a Dask task), and its MSE is exact, from the colour histogram
-(:mod:`streamq.histogram`). So a search costs one histogram, read once, and a few Lloyd runs
+(:mod:`streamq.store.histogram`). So a search costs one histogram, read once, and a few Lloyd runs
 on it, never a pass over the pixels per K.
 
 **The search.** ``HI`` is fitted first (capped at the number of distinct colours, where the
@@ -20,7 +20,7 @@ target, reach MAX too. The result is the smallest K reaching MAX whose predecess
 found with about ``log2(HI - LO)`` fits instead of ``HI - LO``; the record lists every K tried.
 
 **Resume.** Each K's result (its centres, pixels per colour, MSE and Lloyd record) is added
-to the fit's checkpoint (JSON, :mod:`streamq.checkpoint`) as soon as it is known, and the K
+to the fit's checkpoint (JSON, :mod:`streamq.store.checkpoint`) as soon as it is known, and the K
 being fitted checkpoints its Lloyd starts as any fit does; a rerun after ``kill -9`` reads
 them back and continues, ending with the same K and palette. A search that fails below MIN
 leaves its record, so a rerun fails again at once.
@@ -40,16 +40,16 @@ from typing import Any
 
 import numpy as np
 
-from streamq.checkpoint import read_checkpoint, write_checkpoint
 from streamq.colorspace import to_rgb8
 from streamq.config import FitConfig, fingerprint, to_dict
 from streamq.describe import describe_quality
 from streamq.errors import ConfigError, StreamQError
 from streamq.fit.lloyd import FitInfo, ensure_distinct, exact_mse, fit_exact, join_history, points
 from streamq.metrics import psnr
-from streamq.results import CHECKPOINT, HISTORY_KEYS, FitResult, save_fit
 from streamq.scheduler import Runner
 from streamq.store import Store
+from streamq.store.checkpoint import read_checkpoint, write_checkpoint
+from streamq.store.results import CHECKPOINT, HISTORY_KEYS, FitResult, save_fit
 
 __all__ = ["EXIT_STATUS", "QualityError", "check_flags", "describe_quality", "fit_quality", "parse_range", "search",
            "search_config"]
@@ -176,7 +176,7 @@ def fit_quality(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndar
                 counts: np.ndarray, timings: dict[str, float], facts: dict[str, Any],
                 started: float, progress: bool | None) -> Any:
     """The quality search of :func:`streamq.fit.fit`, after the histogram: the chosen K's
-    palette saved as the store's fit; a :class:`streamq.results.FitResult`."""
+    palette saved as the store's fit; a :class:`streamq.store.results.FitResult`."""
     from streamq.console import timer
 
     with timer("quality search", timings):

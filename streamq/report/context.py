@@ -16,9 +16,9 @@ import numpy as np
 from streamq.config import ReportConfig
 from streamq.errors import ConfigError
 from streamq.report.html import esc
-from streamq.results import QUANTIZE, labels_state, per_image_labels
-from streamq.selection import parse_ids, select_images
 from streamq.store import Collection, Store
+from streamq.store.results import QUANTIZE, labels_state, per_image_labels
+from streamq.store.selection import parse_ids, select_images
 
 __all__ = ["READ_WHOLE", "Context", "Result", "Section", "read_results", "sample_images"]
 

@@ -18,7 +18,7 @@ from streamq.report.html import (
     new_figure,
     table_html,
 )
-from streamq.results import worst_images
+from streamq.store.results import worst_images
 
 __all__ = ["PREVIEW_SIDE", "before_after", "quality"]
 

@@ -30,7 +30,6 @@ from streamq.config import StreamQConfig, parse_config
 from streamq.console import timer
 from streamq.errors import ConfigError, StoreLayoutError, StreamQError
 from streamq.fs import Location, write_atomic
-from streamq.overview import collection_info
 from streamq.report.context import Context, Result, Section, read_results, sample_images
 from streamq.report.groups import image_groups
 from streamq.report.html import esc
@@ -38,6 +37,7 @@ from streamq.report.images import before_after, quality
 from streamq.report.palettes import convergence, palette
 from streamq.report.summary import collection, overview, run_facts
 from streamq.store import Collection, Store, store_location
+from streamq.store.overview import collection_info
 
 __all__ = ["SECTIONS", "ReportSummary", "report"]
 

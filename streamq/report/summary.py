@@ -13,7 +13,7 @@ from streamq.describe import describe_source
 from streamq.report.context import Context, Section
 from streamq.report.groups import groups_command, groups_state
 from streamq.report.html import esc, figure_html, fmt_psnr, fmt_seconds, new_figure, table_html
-from streamq.results import result_state
+from streamq.store.results import result_state
 
 __all__ = ["collection", "overview", "run_facts"]
 

@@ -37,9 +37,9 @@ from streamq.config import StreamQConfig, fingerprint
 from streamq.errors import StoreMismatchError
 from streamq.metrics import psnr
 from streamq.palettes import Palette, colors_sha256, describe_source, read_palette
-from streamq.results import FIT, HISTORY_KEYS, FitResult, clear_fit, load_fit, save_fit
-from streamq.selection import refuse_alpha
 from streamq.store import Collection, Store
+from streamq.store.results import FIT, HISTORY_KEYS, FitResult, clear_fit, load_fit, save_fit
+from streamq.store.selection import refuse_alpha
 
 __all__ = ["use_palette"]
 
@@ -136,8 +136,8 @@ def _histogram(st: Store, coll: Collection, cfg: StreamQConfig,
                progress: bool | None) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     """The collection's colour histogram: the stored one, else made once (a Dask pass for a
     store ingested before ingest counted colours); with the facts of where it ran."""
-    from streamq.histogram import histogram, load_histogram
     from streamq.scheduler import library_versions, runner
+    from streamq.store.histogram import histogram, load_histogram
 
     stored = load_histogram(st)
     if stored is not None:

@@ -24,7 +24,7 @@ from streamq.errors import StreamQError
 from streamq.lock import check_writer
 
 if TYPE_CHECKING:
-    from streamq.store import Store
+    from streamq.store.layout import Store
 
 __all__ = ["CheckpointMismatchError", "clear_checkpoint", "decode_state", "encode_state",
            "estimator_state", "read_checkpoint", "restore_estimator", "write_checkpoint"]

@@ -146,13 +146,13 @@ def read_rows(src: ImageSource, r0: int, r1: int, keep_alpha: bool,
 
 @contextlib.contextmanager
 def opened(source: Any, rel: str) -> Iterator[ImageSource]:
-    """The image ``rel`` of ``source`` (a :class:`streamq.sources.SourceRoot`) to read in
+    """The image ``rel`` of ``source`` (a :class:`streamq.ingest.sources.SourceRoot`) to read in
     bands: its path, or for a URL source a file object reading ranges of the object."""
     path = source.path(rel)
     if source.is_local:
         yield path
         return
-    from streamq.sources import HEADER_BLOCK, _filesystem
+    from streamq.ingest.sources import HEADER_BLOCK, _filesystem
 
     fs, target = _filesystem(path, source.options)
     with fs.open(target, "rb", block_size=HEADER_BLOCK) as f:

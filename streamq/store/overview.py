@@ -2,7 +2,7 @@
 
 :func:`collection_info` reads the store's tables and attributes only (no pixel is read); it
 is the data of ``streamq info`` (:mod:`streamq.info` renders it as text) and of the report's
-overview, so both show every result's state by the one rule of :mod:`streamq.results`.
+overview, so both show every result's state by the one rule of :mod:`streamq.store.results`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from streamq.fs import Location
-from streamq.results import groups_summary, labels_state, per_image_labels, worst_images
-from streamq.store import PIXELS, Collection, open_store
+from streamq.store.layout import PIXELS, Collection, open_store
+from streamq.store.results import groups_summary, labels_state, per_image_labels, worst_images
 
 __all__ = ["collection_info"]
 
@@ -99,7 +99,7 @@ def _fit_summary(coll: Collection) -> dict[str, Any] | None:
         return None
     out = {"state": fit.get("state"), **fit.get("summary", {}),
            "palette_source": fit.get("palette_source")}  # None: a k-means fit
-    if fit.get("error"):  # a quality search that failed below its MIN (streamq.quality)
+    if fit.get("error"):  # a quality search that failed below its MIN (streamq.fit.quality)
         out.update(error=fit["error"], quality=fit.get("quality"))
     if fit.get("fixed_colors"):
         out["fixed_colors"] = fit["fixed_colors"]

@@ -4,7 +4,7 @@ Files mirror the source tree (``Person/Person_0001.jpg`` -> ``OUT/Person/Person_
 a palette PNG (mode ``P``) for K <= 256, else RGB; ``--format jpeg|webp`` writes RGB;
 ``--dither`` re-quantizes the stored pixels to the palette with Floyd-Steinberg error
 diffusion (Pillow's, nearest colour in RGB). A palette with alpha (a collection with
-transparent images, :mod:`streamq.fit_alpha`) gives palette PNGs with a ``tRNS`` chunk (the
+transparent images, :mod:`streamq.fit.alpha`) gives palette PNGs with a ``tRNS`` chunk (the
 alpha of each entry up to the last transparent one), RGBA PNG and WebP files, and JPEG files
 composited on the ingest's ``background``. Output paths never leave OUT, whatever the
 stored names contain; a byte of a source name that is not UTF-8 is written ``%HH``
@@ -23,7 +23,7 @@ reason outside the image (a full disk...) is retried, then stops the export in o
 ``OUT/.streamq-export.json`` records what made the files; a different export into the same
 OUT is refused unless ``overwrite``.
 The compact form -- labels + palette + image table as arrays, no image files -- is
-``export(..., zarr=True)`` (:mod:`streamq.export_zarr`).
+``export(..., zarr=True)`` (:mod:`streamq.export.zarr`).
 """
 
 from __future__ import annotations
@@ -48,19 +48,19 @@ from streamq.config import StreamQConfig, parse_config
 from streamq.console import timer
 from streamq.durable import sync_all, sync_files
 from streamq.errors import ConfigError, LabelsChangedError, StoreExistsError, StreamQError
-from streamq.export_common import MANIFEST, check_out, labels_changed_message, listing
+from streamq.export.common import MANIFEST, check_out, labels_changed_message, listing
 from streamq.faults import retrying
 from streamq.fs import Location, check_access, join, location, storage_errors, write_atomic
 from streamq.lock import check_writer
 from streamq.names import output_name
-from streamq.results import labels_identity, load_fit, read_identity, ready_labels
 from streamq.scheduler import runner
-from streamq.selection import parse_ids, select_images
 from streamq.stage import Task, run_tasks
 from streamq.store import PIXELS, Collection, Store, open_array, store_location
+from streamq.store.results import labels_identity, load_fit, read_identity, ready_labels
+from streamq.store.selection import parse_ids, select_images
 
 if TYPE_CHECKING:
-    from streamq.export_zarr import ZarrExportSummary
+    from streamq.export.zarr import ZarrExportSummary
 
 __all__ = ["ExportSummary", "export", "labels_identity", "name_key", "output_names",
            "recorded_files", "safe_output_path"]
@@ -397,14 +397,14 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     ``store`` and ``out`` are local paths or URLs (``s3://bucket/out``); ``storage_options``
     (default: ``config``'s, else the store's) reach both. ``format`` is ``png`` (default),
     ``jpeg`` or ``webp``. With ``zarr=True``, ``out`` becomes a Zarr store of labels,
-    palettes and the image table instead (:func:`streamq.export_zarr.export_zarr`; there
+    palettes and the image table instead (:func:`streamq.export.zarr.export_zarr`; there
     ``per_image`` may list several K).
     """
     if zarr:
         if format is not None or dither:
             raise ConfigError("--format and --dither apply to image files; --zarr writes the "
                               "labels and palettes themselves")
-        from streamq.export_zarr import export_zarr
+        from streamq.export.zarr import export_zarr
 
         return export_zarr(store, out, labels=labels, ids=ids, per_image=per_image,
                            overwrite=overwrite, config=config, scheduler=scheduler,
@@ -517,7 +517,7 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
 
 def _without_large(st: Store, coll: Collection, chosen: list[int]) -> tuple[list[int], list[int]]:
     """``(chosen images to write, those over the ingest's max_pixels)``: an image that large
-    was read in bands (:mod:`streamq.bands`) and is never encoded whole."""
+    was read in bands (:mod:`streamq.ingest.bands`) and is never encoded whole."""
     limit = st.section("ingest").get("settings", {}).get("max_pixels")
     if limit is None:
         return chosen, []

@@ -48,11 +48,9 @@ from streamq.config import StreamQConfig, fingerprint, parse_config
 from streamq.console import timer
 from streamq.durable import checksum
 from streamq.errors import ConfigError, LabelsChangedError, StoreExistsError, StreamQError
-from streamq.export_common import MANIFEST, check_out, labels_changed_message, listing
+from streamq.export.common import MANIFEST, check_out, labels_changed_message, listing
 from streamq.fs import Location, check_access, location, storage_errors
-from streamq.results import labels_identity, load_fit, read_identity, ready_labels
 from streamq.scheduler import runner
-from streamq.selection import parse_ids, select_images
 from streamq.stage import Task, run_tasks
 from streamq.store import (
     Collection,
@@ -64,6 +62,8 @@ from streamq.store import (
     write_rows,
     zarr_root,
 )
+from streamq.store.results import labels_identity, load_fit, read_identity, ready_labels
+from streamq.store.selection import parse_ids, select_images
 
 __all__ = ["FORMAT_VERSION", "ZarrExportSummary", "export_zarr"]
 
@@ -104,7 +104,7 @@ class _Result:
     labels: str  # the store's labels array
     errors: str | None  # prefix of the store's images/{mse,psnr[,ssim]}, when written
     info: dict[str, Any]  # what the export's attributes say about it
-    identity: str  # the labels it was planned from (streamq.export.labels_identity)
+    identity: str  # the labels it was planned from (streamq.store.results.labels_identity)
 
     @property
     def k(self) -> int | None:

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from streamq.checkpoint import clear_checkpoint
 from streamq.clock import timestamp
 from streamq.config import fingerprint
 from streamq.describe import describe_quality, describe_source
@@ -40,7 +39,8 @@ from streamq.durable import checksum
 from streamq.errors import StageNotReadyError, StreamQError
 from streamq.faults import retrying
 from streamq.fs import Location
-from streamq.store import Store, open_array
+from streamq.store.checkpoint import clear_checkpoint
+from streamq.store.layout import Store, open_array
 
 __all__ = ["FitResult", "ImageGroups", "clear_fit", "groups_summary", "labels_identity",
            "labels_state", "load_fit", "load_groups", "load_per_image", "read_identity",
@@ -188,10 +188,10 @@ class FitResult:
     status: str = "fitted"
     # A given palette (quantize --palette): where it came from (streamq.palettes); None: k-means
     palette_source: dict[str, Any] | None = None
-    # fit --quality: the target, the K range searched and every K tried (streamq.quality)
+    # fit --quality: the target, the K range searched and every K tried (streamq.fit.quality)
     quality: dict[str, Any] | None = None
     n_fixed: int = 0  # the first n_fixed colours are fixed colours (streamq.fixed), kept exactly
-    # (K,) uint8 alpha of each colour for a collection with alpha (streamq.fit_alpha): then
+    # (K,) uint8 alpha of each colour for a collection with alpha (streamq.fit.alpha): then
     # ``centers`` are (K, 4) premultiplied RGBA in [0, 1], ``palette`` straight colours, and
     # MSE/PSNR over premultiplied RGBA; None for an opaque collection
     alpha: np.ndarray | None = None
@@ -255,7 +255,7 @@ def save_fit(st: Store, r: FitResult, fp: str, timings: dict[str, float],
     """Save ``r`` as the store's fit (fingerprint ``fp``), then drop the fit's working state."""
     columns = {f"center_{j}": r.centers[:, j] for j in range(r.centers.shape[1])}
     columns.update({"r": r.palette[:, 0], "g": r.palette[:, 1], "b": r.palette[:, 2]})
-    if r.alpha is not None:  # a palette with alpha (streamq.fit_alpha)
+    if r.alpha is not None:  # a palette with alpha (streamq.fit.alpha)
         columns["a"] = r.alpha
     st.write_table(FIT_PALETTE, {**columns, "count": r.counts})
     st.write_table(FIT_HISTORY, {k: np.asarray(v) for k, v in r.history.items()})
@@ -275,7 +275,7 @@ def load_fit(store: str | Location, storage_options: dict[str, Any] | None = Non
     sec = st.section(FIT)
     if sec.get("state") != "complete":
         raise StageNotReadyError(f"{st.path} has no fitted palette", "streamq fit")
-    rgba = st.has(f"{FIT_PALETTE}/a")  # a palette with alpha (streamq.fit_alpha)
+    rgba = st.has(f"{FIT_PALETTE}/a")  # a palette with alpha (streamq.fit.alpha)
     dims = 4 if rgba else 3
     p = st.read_table(FIT_PALETTE, tuple(f"center_{j}" for j in range(dims))
                       + ("r", "g", "b", "count") + (("a",) if rgba else ()))

@@ -29,7 +29,7 @@ from streamq.errors import StreamQError
 from streamq.fs import Location
 from streamq.kmeans.histogram import ColorTotals, count_colors
 from streamq.stage import Task, run_tasks
-from streamq.store import (
+from streamq.store.layout import (
     COLOR_CHUNK,
     COLORS,
     TASK_COLORS,

@@ -2,7 +2,8 @@
 at a time (:func:`read_image`) or as lazy Dask arrays that read rows of the store when
 computed (:func:`dask_images`); also methods of :class:`~streamq.store.Collection`.
 
-Part of the store layer: labels are read only when current (:func:`streamq.results.ready_labels`).
+Part of the store layer: labels are read only when current
+(:func:`streamq.store.results.ready_labels`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import numpy as np
 
 from streamq.errors import ConfigError
 from streamq.fs import Location
-from streamq.results import load_fit, ready_labels
-from streamq.store import PIXELS, Collection, Store, open_array
+from streamq.store.layout import PIXELS, Collection, Store, open_array
+from streamq.store.results import load_fit, ready_labels
 
 __all__ = ["KINDS", "dask_images", "read_image"]
 

@@ -1,7 +1,7 @@
 """What both exports share: their manifest's name, the check of the output folder, the
 listing of what it holds and the message of labels changed under an export.
 
-:mod:`streamq.export` (image files) and :mod:`streamq.export_zarr` (arrays) import it and
+:mod:`streamq.export.files` (image files) and :mod:`streamq.export.zarr` (arrays) import it and
 not each other's internals.
 """
 

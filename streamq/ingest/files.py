@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from streamq import bands, redact, sources
+from streamq import redact
 from streamq.clock import timestamp
 from streamq.config import IngestConfig, RetryConfig, StreamQConfig, fingerprint, parse_config
 from streamq.console import timer
@@ -52,12 +52,12 @@ from streamq.durable import checksum
 from streamq.errors import ConfigError, StoreMismatchError, StreamQError
 from streamq.faults import is_transient, retrying
 from streamq.fs import Location, check_access
-from streamq.histogram import merge_task_colors, save_histogram
+from streamq.ingest import bands, sources
+from streamq.ingest.sources import SourceRoot
 from streamq.kmeans.histogram import ColorTotals, count_colors
 from streamq.lock import store_lock
 from streamq.names import source_name, stored_name
 from streamq.scheduler import Runner, runner
-from streamq.sources import SourceRoot
 from streamq.stage import Task, run_tasks
 from streamq.store import (
     ALPHA,
@@ -76,6 +76,7 @@ from streamq.store import (
     write_task_colors,
     write_task_report,
 )
+from streamq.store.histogram import merge_task_colors, save_histogram
 
 __all__ = ["IngestSummary", "ingest", "list_sources"]
 
@@ -196,9 +197,9 @@ def _source_fingerprint(root: str, rel: Sequence[str]) -> str:
 # -- 2. header scan ------------------------------------------------------------------------
 def _scan_batch(args: tuple[Any, ...]) -> list[tuple[int, int, str, bool] | str]:
     """Headers of files given by their stored names (see :mod:`streamq.names`), read where
-    they live (a folder, or a URL: :mod:`streamq.sources`). ``args``: source, names,
+    they live (a folder, or a URL: :mod:`streamq.ingest.sources`). ``args``: source, names,
     max_pixels, retry, sizes and optionally ``ingest.large``: with ``bands``, a TIFF over
-    max_pixels gets its header for reading in bands (:mod:`streamq.bands`)."""
+    max_pixels gets its header for reading in bands (:mod:`streamq.ingest.bands`)."""
     source, rels, max_pixels, retry, sizes, *rest = args
     found = list(source.headers(rels, sizes, max_pixels, retry))
     if rest and rest[0] == "bands":
@@ -300,7 +301,7 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
     stored: list[tuple[int, int]] = []  # rows of buf holding decoded pixels
     source, background = args["source"], tuple(args["background"])
     max_pixels = args["max_pixels"]
-    # an image over max_pixels is in the plan only to be read in bands (streamq.bands)
+    # an image over max_pixels is in the plan only to be read in bands (streamq.ingest.bands)
     decoded = source.pixels([item[1] for item in args["images"] if item[3] * item[4] <= max_pixels],
                             max_pixels, background, retry, alpha=keep_alpha)
     for image_id, rel, off, h, w in args["images"]:
@@ -337,7 +338,7 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
 
 def _fill_bands(args: dict[str, Any], buf: np.ndarray, abuf: np.ndarray | None, rel: str,
                 off: int, w: int, lo: int, hi: int) -> bool | str:
-    """Pixels ``[lo, hi)`` of an image read in bands (:mod:`streamq.bands`) into the task's
+    """Pixels ``[lo, hi)`` of an image read in bands (:mod:`streamq.ingest.bands`) into the task's
     buffers; return whether a stored alpha is below 255 there, or the reason it failed."""
     a = args["px_start"]
     transparent = False
@@ -423,7 +424,7 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | L
         A folder, a glob pattern, or a text file listing paths (see :func:`list_sources`);
         or a URL read by the workers themselves: a prefix (``s3://bucket/photos/``), a glob,
         one image, or a text file listing URLs, local or at a URL (see
-        :mod:`streamq.sources`). ``None`` takes ``ingest.source`` from ``config``.
+        :mod:`streamq.ingest.sources`). ``None`` takes ``ingest.source`` from ``config``.
     store : str or path
         Where the Zarr store is written: a local folder or a URL such as
         ``s3://bucket/faces.zarr``; ``None`` takes ``store`` from ``config``.
@@ -440,7 +441,7 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | L
     source_options : dict, optional
         Options of the source's filesystem when it is a URL; default: ``source_options`` of
         ``config``, else the store's storage options when the store is local or on the same
-        kind of URL (see :func:`streamq.sources.source_options`).
+        kind of URL (see :func:`streamq.ingest.sources.source_options`).
 
     Returns
     -------
@@ -467,7 +468,7 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | L
 def _list_inputs(src: str, options: dict[str, Any], retry: RetryConfig
                  ) -> tuple[SourceRoot, list[str], list[tuple[str, str]], str, dict[str, int]]:
     """``(where the images are, sorted names, listed-but-missing skips, fingerprint, sizes)``
-    of a local source (:func:`list_sources`) or a URL source (:mod:`streamq.sources`)."""
+    of a local source (:func:`list_sources`) or a URL source (:mod:`streamq.ingest.sources`)."""
     src = sources.local_path(src)
     listing = sources.list_urls(src, options, retry) if sources.is_remote(src) \
         else sources.local_url_list(src)

@@ -6,7 +6,7 @@
 or 4 (RGBA: alpha kept as ingest keeps a file's, see ``ingest.alpha``), uint8
 or uint16 (scaled as ingest scales 16-bit files: ``round(v * 255 / 65535)``). The images are
 planned and written as a file ingest writes them -- the same plan, write tasks, colour counts
-and completion records (:mod:`streamq.ingest`) -- so the store is the same as one made from
+and completion records (:mod:`streamq.ingest.files`) -- so the store is the same as one made from
 the same images as files, and a rerun resumes. Each write task gets only the rows of the
 images that overlap its shards: a Dask array's rows are read by the task on the worker (the
 source is never gathered on the client), a NumPy array's rows are sent with the task, and
@@ -16,7 +16,7 @@ tasks at a time.
 **Out** (:func:`read_image`, :func:`dask_images`, also as methods of
 :class:`~streamq.store.Collection`): an image's pixels, its palette labels or its quantized
 pixels, one at a time or as lazy Dask arrays that read rows of the store when computed. They
-live in the store layer (:mod:`streamq.images`) and are imported here as before.
+live in the store layer (:mod:`streamq.store.images`) and are imported here as before.
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ from streamq.console import timer
 from streamq.decode import _composite, _scale16, premultiply
 from streamq.errors import ConfigError
 from streamq.fs import Location, check_access
-from streamq.images import KINDS, dask_images, read_image
-from streamq.ingest import (
+from streamq.ingest.files import (
     IngestSummary,
     _open_or_create,
     _settings,
@@ -53,8 +52,9 @@ from streamq.names import stored_name
 from streamq.scheduler import Runner, runner
 from streamq.stage import Task, run_tasks
 from streamq.store import ALPHA, PLAN, Store, store_location
+from streamq.store.images import KINDS, dask_images, read_image
 
-__all__ = ["KINDS", "dask_images", "ingest_array", "read_image"]  # reads: streamq.images
+__all__ = ["KINDS", "dask_images", "ingest_array", "read_image"]  # reads: streamq.store.images
 
 log = logging.getLogger(__name__)
 

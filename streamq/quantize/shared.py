@@ -14,7 +14,7 @@ rerun runs only tasks without a record (or, when SSIM is wanted, without SSIM in
 palette makes old labels stale, and they are recomputed.
 
 ``palette=SRC`` first makes a given palette (a palette file, an image or another store) the
-store's shared palette (:mod:`streamq.remap`); it is then labelled like a fitted one.
+store's shared palette (:mod:`streamq.quantize.remap`); it is then labelled like a fitted one.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from streamq.faults import retrying
 from streamq.fs import Location
 from streamq.lock import store_lock
 from streamq.metrics import errors_from_records, psnr
-from streamq.results import labels_state, load_fit, recorded_labels_ok
 from streamq.scheduler import runner
 from streamq.stage import Task, run_tasks
 from streamq.store import (
@@ -51,9 +50,10 @@ from streamq.store import (
     write_record,
     write_rows,
 )
+from streamq.store.results import labels_state, load_fit, recorded_labels_ok
 
 if TYPE_CHECKING:
-    from streamq.per_image import PerImageSummary
+    from streamq.store.summaries import PerImageSummary
 
 __all__ = ["QuantizeSummary", "labels_dtype", "quantize"]
 
@@ -208,10 +208,10 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
     ``quantize.color_space``) labels with a given palette instead of a fitted one: a ``.gpl``, ``.act``,
     ``.json`` or ``.hex``/``.txt`` file, an image or another store (see
     :mod:`streamq.palettes`), which becomes the store's shared palette (see
-    :mod:`streamq.remap`). ``color_space`` (``rgb`` or ``oklab``) is the space distances are
-    measured in (default: the source store's fit's, else this store's fit's, else ``rgb``);
-    ``overwrite`` replaces another palette of the store (a fit or another given palette). The
-    same palette again changes nothing.
+    :mod:`streamq.quantize.remap`). ``color_space`` (``rgb`` or ``oklab``) is the space
+    distances are measured in (default: the source store's fit's, else this store's fit's,
+    else ``rgb``); ``overwrite`` replaces another palette of the store (a fit or another given
+    palette). The same palette again changes nothing.
 
     ``ssim`` (default: ``config``'s ``quantize.ssim``, true) also computes each image's SSIM
     (:mod:`streamq.ssim`); labels recorded without it get it on the next run that wants it.
@@ -235,7 +235,7 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
     loc = store_location(store, storage_options, cfg.storage_options)
     with store_lock(loc, operation="quantize", config=cfg.lock):
         if palette is not None:
-            from streamq.remap import use_palette
+            from streamq.quantize.remap import use_palette
 
             use_palette(Store.open(loc, mode="r+"), palette, cfg, color_space=color_space,
                         overwrite=overwrite, progress=progress, storage_options=storage_options)
@@ -244,7 +244,7 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
 
 def _quantize(store: Location, cfg: StreamQConfig, progress: bool | None,
               overwrite: bool = False) -> QuantizeSummary | PerImageSummary:
-    from streamq.per_image import quantize_per_image
+    from streamq.quantize.per_image import quantize_per_image
 
     st = Store.open(store, mode="r+")
     shared = st.section("fit").get("state") == "complete"

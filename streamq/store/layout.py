@@ -651,13 +651,13 @@ class Collection:
     def pixel_labels(self, i: int, per_image: int | None = None) -> np.ndarray:
         """Palette labels of image ``i`` as an ``(H, W)`` array (after ``quantize``; with
         ``per_image`` = K those of the image's own K-colour palette)."""
-        from streamq.images import read_image
+        from streamq.store.images import read_image
 
         return read_image(self, i, "labels", per_image)
 
     def quantized(self, i: int, per_image: int | None = None) -> np.ndarray:
         """Image ``i`` quantized: each pixel its palette colour, ``(H, W, 3)`` uint8."""
-        from streamq.images import read_image
+        from streamq.store.images import read_image
 
         return read_image(self, i, "quantized", per_image)
 
@@ -665,8 +665,8 @@ class Collection:
                 stack: bool = False, chunk_pixels: int | None = None) -> Any:
         """Lazy Dask arrays of every image's ``pixels``, ``labels`` or ``quantized`` pixels:
         a list, or with ``stack`` one ``(N, H, W[, 3])`` array (see
-        :func:`streamq.images.dask_images`)."""
-        from streamq.images import dask_images
+        :func:`streamq.store.images.dask_images`)."""
+        from streamq.store.images import dask_images
 
         return dask_images(self, kind, per_image=per_image, stack=stack, chunk_pixels=chunk_pixels)
 

@@ -1,0 +1,60 @@
+"""The per-image palettes' results as one summary: what ``fit --per-image`` and the per-image
+labelling of ``quantize`` return, and what ``streamq quantize`` prints of them.
+
+Part of the store layer: the per-image fit (:mod:`streamq.per_image`) and the per-image
+labelling (:mod:`streamq.quantize.per_image`) describe the same results without importing
+each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from streamq.fs import Location
+from streamq.store.layout import Collection, Store
+from streamq.store.results import PER_IMAGE, labels_state, per_image_labels
+
+__all__ = ["PerImageSummary", "per_image_summary", "summary_of"]
+
+
+@dataclass
+class PerImageSummary:
+    store: str
+    colors: list[int]
+    n_images: int
+    status: str
+    mean_psnr: dict[int, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        text = f"{self.status}: per-image palettes K={','.join(map(str, self.colors))} for {self.n_images} images"
+        if self.mean_psnr:
+            text += "; mean PSNR " + ", ".join(f"K={k}: {v:.2f} dB" for k, v in self.mean_psnr.items())
+        return text
+
+
+def summary_of(store: str | Location,
+               storage_options: dict[str, Any] | None = None) -> PerImageSummary | None:
+    """The per-image results in ``store``, or None when there are none."""
+    st = Store.open(store, storage_options=storage_options)
+    if st.section(PER_IMAGE).get("state") != "complete":
+        return None
+    return per_image_summary(st, "per-image")
+
+
+def per_image_summary(st: Store, status: str, timings: dict[str, float] | None = None,
+                      n_images: int | None = None) -> PerImageSummary:
+    """The summary of ``st``'s per-image palettes: the mean PSNR of every K whose labels are
+    current, with ``status`` and ``timings`` of the stage that returns it."""
+    sec = st.section(PER_IMAGE)
+    n_images = len(Collection(st)) if n_images is None else n_images
+    mean = {}
+    for k in sec.get("colors", []):
+        if labels_state(st, k)[0] == "complete":
+            mean[k] = st.section(per_image_labels(k))["mean_psnr"]
+    return PerImageSummary(store=st.path, colors=list(sec.get("colors", [])), n_images=n_images,
+                           status=status, mean_psnr=mean, timings=timings or {})
