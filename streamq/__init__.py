@@ -35,6 +35,7 @@ from streamq.quantize import QuantizeSummary, quantize
 from streamq.report import ReportSummary, report
 from streamq.results import FitResult, ImageGroups, load_fit, load_groups
 from streamq.store import Collection, open_store
+from streamq.upgrade import UpgradeSummary, upgrade
 
 
 def __getattr__(name: str) -> object:
@@ -66,6 +67,7 @@ __all__ = [
     "StoreMismatchError",
     "StreamQConfig",
     "StreamQError",
+    "UpgradeSummary",
     "ZarrExportSummary",
     "__version__",
     "cluster_images",
@@ -86,5 +88,6 @@ __all__ = [
     "report",
     "run",
     "store_lock",
+    "upgrade",
     "write_palette",
 ]

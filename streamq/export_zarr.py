@@ -50,7 +50,7 @@ from streamq.durable import checksum
 from streamq.errors import ConfigError, LabelsChangedError, StoreExistsError, StreamQError
 from streamq.export_common import MANIFEST, check_out, labels_changed_message, listing
 from streamq.fs import Location, check_access, location, storage_errors
-from streamq.results import labels_identity, load_fit, read_identity, ready_labels
+from streamq.results import CENTERS, labels_identity, load_fit, read_identity, ready_labels
 from streamq.scheduler import runner
 from streamq.selection import parse_ids, select_images
 from streamq.stage import Task, run_tasks
@@ -334,7 +334,7 @@ def _write_tables(st: Store, coll: Collection, dest: Store, results: list[_Resul
             dest.write_array("palette", palette)
             dest.write_array("centers", np.asarray(fit.centers, dtype=np.float64))
         else:
-            for src, dst in (("palette", "palette"), ("center", "centers")):
+            for src, dst in (("palette", "palette"), (CENTERS, "centers")):
                 _copy_rows(st, f"per_image/{r.group}/{src}", dest, r.name(dst), chosen)
         if r.errors is not None:
             errors = st.read_table(r.errors, ("mse", "psnr", "ssim") if r.info.get("ssim")

@@ -60,7 +60,6 @@ from streamq.sources import SourceRoot
 from streamq.stage import Task, run_tasks
 from streamq.store import (
     ALPHA,
-    ALPHA_FORMAT_VERSION,
     IMAGES,
     PIXELS,
     PLAN,
@@ -697,8 +696,7 @@ def _consolidate(st: Store, timings: dict[str, float], facts: dict[str, Any]) ->
     st.write_table(IMAGES, {k: (v[keep] if len(v) else v) for k, v in plan.items()})
     has_alpha = np.asarray([i in alpha for i in range(len(plan["path"]))], dtype=bool)[keep]
     if has_alpha.any():
-        st.write_table(IMAGES, {"has_alpha": has_alpha})
-        st.set_section("streamq", {**st.section("streamq"), "format_version": ALPHA_FORMAT_VERSION})
+        st.write_table(IMAGES, {"has_alpha": has_alpha})  # same format version as opaque
     elif st.has(ALPHA):  # no image is transparent after all: the store of an opaque collection
         st.remove(ALPHA)
     scan = st.read_table("ingest/scan_skipped", ("path", "reason"))

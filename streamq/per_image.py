@@ -41,7 +41,7 @@ from streamq.fixed import FixedColors, read_fixed_colors
 from streamq.fs import Location, check_access
 from streamq.lock import store_lock
 from streamq.metrics import errors_from_records
-from streamq.results import labels_state, load_per_image, per_image_labels
+from streamq.results import labels_state, load_per_image, per_image_centers, per_image_labels
 from streamq.scheduler import runner
 from streamq.selection import refuse_alpha
 from streamq.stage import Task, run_tasks
@@ -297,7 +297,7 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             for r in records:
                 for image_id, flat in json.loads(r)[str(k)]:
                     centres[image_id] = np.asarray(flat, dtype=np.float64).reshape(k, 3)
-            st.write_array(f"per_image/k{k}/center", centres)
+            st.write_array(per_image_centers(k), centres)
             st.write_array(f"per_image/k{k}/palette", np.round(np.clip(centres * 255, 0, 255)).astype(np.uint8))
         st.set_section(SECTION, {**st.section(SECTION), "state": "complete", "timings": timings,
                                  "runtime": facts, "finished": timestamp()})
@@ -331,7 +331,7 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     ext = np.asarray(pixels[start:stop])
     rgb = ext[lo - start:hi - start]
     labels = np.zeros(hi - lo, dtype=labels_dtype(k))
-    centres = open_array(store, f"per_image/k{k}/center")
+    centres = open_array(store, per_image_centers(k))
     palettes = open_array(store, f"per_image/k{k}/palette")
     ids = [i for i, _, _ in args["images"]]
     cen = np.asarray(centres[min(ids):max(ids) + 1]) if ids else None
