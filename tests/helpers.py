@@ -62,7 +62,7 @@ def assert_same_results(store_a, store_b, out_a=None, out_b=None, n_files=None) 
     assert_same_store(store_a, store_b)
     ga, gb = zarr.open_group(str(store_a), mode="r"), zarr.open_group(str(store_b), mode="r")
     for name in ("quantize/labels", "fit/palette/r", "fit/palette/g", "fit/palette/b",
-                 "fit/palette/center_0", "quantize/images/sse", "quantize/images/ssim"):
+                 "fit/palette/centers_0", "quantize/images/sse", "quantize/images/ssim"):
         assert np.array_equal(ga[name][:], gb[name][:]), name
     if out_a is not None:
         fa, fb = output_files(out_a), output_files(out_b)

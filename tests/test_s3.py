@@ -105,7 +105,7 @@ def test_pipeline_on_s3_matches_local(pair):
     gl = zarr.open_group(pair["local"], mode="r")
     gs = zarr.open_group(pair["s3"], mode="r", storage_options=opts)
     for name in ("pixels", "images/path", "images/offset", "quantize/labels", "fit/palette/r",
-                 "fit/palette/center_0", "quantize/images/sse"):
+                 "fit/palette/centers_0", "quantize/images/sse"):
         np.testing.assert_array_equal(gl[name][:], gs[name][:], err_msg=name)
     assert gs.attrs["quantize"]["state"] == "complete"
     # Every exported image: the same pixels and palette, read back with boto3.
@@ -252,7 +252,7 @@ def test_per_image_on_s3_matches_local(pair, cluster_address):
     gl = zarr.open_group(pair["local"], mode="r")
     gs = zarr.open_group(pair["s3"], mode="r", storage_options=opts)
     for k in (4,):
-        for name in ("center", "palette", "labels", "images/sse"):
+        for name in ("centers", "palette", "labels", "images/sse"):
             np.testing.assert_array_equal(gl[f"per_image/k{k}/{name}"][:], gs[f"per_image/k{k}/{name}"][:],
                                           err_msg=f"k{k}/{name}")
 
@@ -328,8 +328,8 @@ def test_run_on_s3_killed_and_rerun(s3, faces_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     gl = zarr.open_group(str(tmp_path / "ref.zarr"), mode="r")
     gs = zarr.open_group(store, mode="r", storage_options=s3)
-    for name in ("pixels", "images/path", "fit/palette/center_0", "fit/palette/center_1",
-                 "fit/palette/center_2", "fit/palette/r", "fit/history/shift", "quantize/labels"):
+    for name in ("pixels", "images/path", "fit/palette/centers_0", "fit/palette/centers_1",
+                 "fit/palette/centers_2", "fit/palette/r", "fit/history/shift", "quantize/labels"):
         np.testing.assert_array_equal(gl[name][:], gs[name][:], err_msg=name)
     _assert_same_images(_local_files(tmp_path / "ref-out"), _objects(s3, "resume-out"), 48)
 
