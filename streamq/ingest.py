@@ -60,12 +60,14 @@ from streamq.sources import SourceRoot
 from streamq.stage import Task, run_tasks
 from streamq.store import (
     ALPHA,
+    FORMAT_VERSION,
     IMAGES,
     PIXELS,
     PLAN,
     SKIPPED,
     TASK_COLORS,
     TASKS,
+    UPGRADABLE_VERSIONS,
     Store,
     is_store,
     open_array,
@@ -545,7 +547,11 @@ def finish_ingest(st: Store, totals: ColorTotals, added: set[int], status: str,
 def _open_or_create(p: Location, root: str, source_fp: str, settings_fp: str, overwrite: bool) -> Store:
     check_access(p)
     if p.exists() and is_store(p):
-        st = Store.open(p, mode="r+")
+        # a store of an older format: replaced with --overwrite, else `streamq upgrade` first
+        older = UPGRADABLE_VERSIONS if overwrite else ()
+        st = Store.open(p, mode="r+", versions=(FORMAT_VERSION, *older))
+        if st.section("streamq")["format_version"] != FORMAT_VERSION:
+            return Store.create(p, overwrite=True)
         state = st.section("ingest")
         if state.get("state") in (None, "planning"):
             pass  # created or interrupted before its plan was saved: nothing to keep

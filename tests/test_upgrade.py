@@ -144,3 +144,16 @@ def test_an_unfinished_fit_checkpoint_is_upgraded(current, tmp_path):
     assert list(got) == list(state)
     np.testing.assert_array_equal(got["minibatch_centers"], centres)
     assert streamq.load_fit(str(path)).k == streamq.load_fit(str(current)).k
+
+
+def test_ingest_overwrite_replaces_an_older_store(older, photo_dir):
+    """Without --overwrite a rerun of ingest is refused with the upgrade line; with it the
+    store is replaced by one of today's format, whatever its inputs."""
+    with pytest.raises(StoreLayoutError, match="run `streamq upgrade"):
+        streamq.ingest(photo_dir, str(older), chunk_pixels=20_000, scheduler="threads",
+                       progress=False)
+    streamq.ingest(photo_dir, str(older), chunk_pixels=20_000, overwrite=True,
+                   scheduler="threads", progress=False)
+    g = zarr.open_group(str(older), mode="r")
+    assert g.attrs["streamq"]["format_version"] == FORMAT_VERSION
+    assert "fit" not in g  # a new store: the old results went with it
