@@ -208,7 +208,7 @@ def profile_tasks(st: Any, cfg: Any, args: argparse.Namespace, run_dir: Path
     ing = importlib.import_module("streamq.ingest")  # package re-exports under their names
     qz = importlib.import_module("streamq.quantize")
     from streamq.batches import PixelSource
-    from streamq.fit import _source, load_fit
+    from streamq.fit import load_fit
     from streamq.fs import location
     from streamq.histogram import PIXELS_PER_HIST_TASK, _hist_task
     from streamq.store import PLAN, Collection
@@ -240,7 +240,7 @@ def profile_tasks(st: Any, cfg: Any, args: argparse.Namespace, run_dir: Path
         evict([os.path.join(root, str(p)) for p in plan["path"]])
     out["ingest write task"] = profile_calls(ing._write_task, ingest_calls, args.top)
 
-    source: PixelSource = _source(coll)
+    source = PixelSource.of_collection(coll)
     step = max(1, PIXELS_PER_HIST_TASK // source.chunk)
     nb = len(source.weights)
     starts = np.linspace(0, max(0, nb - step - 1), n).astype(int)

@@ -142,7 +142,8 @@ def _source(array: Any) -> _Source:
         _check_image(f"image {i}", tuple(int(n) for n in a.shape), a.dtype)
         kinds.add(_kind(a))
     kind = "dask" if "dask" in kinds else "numpy" if kinds == {"numpy"} else "other"
-    return _Source(images, None, kind, [tuple(int(n) for n in a.shape) for a in images],
+    return _Source(images, None, kind,
+                   [(int(a.shape[0]), int(a.shape[1]), int(a.shape[2])) for a in images],
                    [np.dtype(a.dtype) for a in images], f"sequence of {len(images)} images")
 
 
@@ -160,7 +161,8 @@ def _rgb8(part: Any, background: Sequence[int], keep_alpha: bool = False
             alpha = np.ascontiguousarray(a[..., 3], dtype=np.uint8)
             a = premultiply(a)
         else:
-            a = _composite(a, tuple(background))
+            r, g, b = background
+            a = _composite(a, (r, g, b))
     return np.ascontiguousarray(a, dtype=np.uint8), alpha
 
 
@@ -360,7 +362,7 @@ def _run_array_tasks(run: Runner, st: Store, src: _Source, names: list[str],
                      background: Sequence[int], cfg: StreamQConfig, progress: bool | None) -> tuple[ColorTotals, set[int]]:
     """Run the write tasks a few at a time (twice the workers): a task recorded by an earlier
     run is checked first and written again only if its data no longer matches its record."""
-    totals, added = ColorTotals(), set()
+    totals, added = ColorTotals(), set[int]()
     todo = [Task(_verify_task if args["expect"] is not None else _fill_task, args, n,
                  args["task"]) for args, n in _task_args(st, cfg, background, names)]
     if not todo:

@@ -392,10 +392,10 @@ def _type_name(tp: Any) -> str:
     if origin is dict:
         return "a mapping of option names to plain values (text, numbers, true/false, lists)"
     if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return "a list of " + _type_name(args[0]).replace("an integer", "integers")
-        return "a list of " + str(len(args)) + " values"
+        items = typing.get_args(tp)
+        if len(items) == 2 and items[1] is Ellipsis:
+            return "a list of " + _type_name(items[0]).replace("an integer", "integers")
+        return "a list of " + str(len(items)) + " values"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
@@ -488,7 +488,7 @@ def _parse_section(cls: type, data: Any, prefix: str, source: str) -> Any:
     for name, value in data.items():
         key = prefix + name
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             values[name] = _parse_section(tp, value, key + ".", source)
             continue
         try:
@@ -653,7 +653,7 @@ def describe() -> list[tuple[str, Any, str]]:
             if dataclasses.is_dataclass(hints[f.name]):
                 walk(hints[f.name], prefix + f.name + ".")
             else:
-                default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+                default = f.default_factory() if callable(f.default_factory) else f.default
                 rows.append((prefix + f.name, default, f.metadata.get("doc", "")))
 
     walk(StreamQConfig, "")

@@ -38,7 +38,7 @@ def checksum(data: np.ndarray) -> int:
     """CRC-32 of an array's values as little-endian bytes in C order (0 for no values)."""
     a = np.asarray(data)
     a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
-    return zlib.crc32(a.view(np.uint8).reshape(-1))
+    return zlib.crc32(a.view(np.uint8).reshape(-1).data)
 
 
 def _fsync(path: str, directory: bool = False) -> None:
@@ -88,7 +88,8 @@ def sync_tree(root: str, up_to: str | None = None) -> None:
     """fsync every file and folder under ``root`` (a file or a folder), then the folders above
     it up to ``up_to``."""
     if os.path.isdir(root):
-        files, folders = [], []
+        files: list[str] = []
+        folders: list[str] = []
         for dirpath, _, names in os.walk(root):
             folders.append(dirpath)
             files.extend(os.path.join(dirpath, n) for n in names)

@@ -252,8 +252,8 @@ class ColorQuantizer(OneToOneFeatureMixin, ClusterMixin, TransformerMixin, BaseE
 
     def _fit_store(self, X: Any, algorithm: str, seed: int) -> ColorQuantizer:
         from streamq.fit import fit
+        from streamq.fit.lloyd import points
         from streamq.kmeans.nearest import inertia
-        from streamq.lloyd import points
         from streamq.store import Collection, Store
 
         target = X.store.location if isinstance(X, Collection) else X
@@ -296,11 +296,11 @@ class ColorQuantizer(OneToOneFeatureMixin, ClusterMixin, TransformerMixin, BaseE
 
     def _fit_colours(self, codes: np.ndarray, counts: np.ndarray, seed: int) -> None:
         """Exact K-Means on a colour histogram, as the exact phase of ``streamq fit``."""
+        from streamq.fit.lloyd import FINISHERS, GRID_BITS, ensure_distinct, points
         from streamq.kmeans import converge, initial_centers
         from streamq.kmeans.codes import cell_means
         from streamq.kmeans.nearest import inertia
         from streamq.kmeans.plusplus import cell_layout
-        from streamq.lloyd import FINISHERS, GRID_BITS, ensure_distinct, points
 
         k, space = int(self.n_colors), self.color_space
         if len(codes) < k:

@@ -29,6 +29,7 @@ The compact form -- labels + palette + image table as arrays, no image files -- 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -219,6 +220,11 @@ def _file_ok(path: str, expect: list[int] | None) -> bool:
         return False
 
 
+def _read_rows(arr: Any, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` of ``arr`` (read again when a transient fault is retried)."""
+    return np.asarray(arr[start:stop])
+
+
 def _export_task(args: dict[str, Any]) -> tuple[int, int]:
     out: Location = args["out"]
     with storage_errors(out):
@@ -270,7 +276,7 @@ def _export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
         for run in _contiguous_runs(todo):
             start, stop = run[0][2], run[-1][2] + run[-1][3] * run[-1][4]
             try:
-                block = retrying(lambda a=start, b=stop: np.asarray(source[a:b]), "read",
+                block = retrying(functools.partial(_read_rows, source, start, stop), "read",
                                  store.join(name).url, retry)
                 run_palettes = (np.asarray(palettes[run[0][0]:run[-1][0] + 1])
                                 if palettes is not None else None)
@@ -302,8 +308,9 @@ def _export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
                 check_writer()  # under `streamq run`: the store's lock must still be this job's
                 paths.append(path)
                 if fs is None:
-                    retrying(lambda d=encoded, p=path: write_atomic(  # made durable below
-                        p, d, sync=False, tmp_dir=args["tmp_dir"]), "write", path, retry, write=True)
+                    retrying(functools.partial(write_atomic, path, encoded,  # made durable below
+                                               sync=False, tmp_dir=args["tmp_dir"]),
+                             "write", path, retry, write=True)
                 else:
                     fs.pipe_file(path, encoded)  # one PUT: complete or absent
                 if root is not None:
@@ -435,6 +442,7 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
                        else (cfg.storage_options or st.location.options))
     check_access(out_loc)
     out = out_loc.url
+    manifest: dict[str, Any]
     manifest = {"store": st.path, "fit_fingerprint": fit_fp, "per_image": per_image,
                 "format": format, "dither": dither,
                 "png_level": png_level, "quality": quality, "streamq": __version__}
@@ -468,7 +476,7 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     if not out_loc.is_local:
         sizes = _listing_sizes(out_loc)
         todo = [i for i in chosen if sizes.get(path_of[i]) != (
-            recorded.get(_rel(root, path_of[i])) or [None, -1])[1]]
+            recorded.get(_rel(root, path_of[i])) or (None, -1))[1]]
     tasks = [[(i, path_of[i], int(coll.offsets[i]), int(coll.heights[i]), int(coll.widths[i]))
               for i in group] for group in coll.groups_by_pixels(todo, PIXELS_PER_TASK)]
     tmp_dir = os.path.join(out, TMP_DIR) if out_loc.is_local else None  # S3: one PUT per file

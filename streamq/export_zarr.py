@@ -126,6 +126,7 @@ def _per_image_ks(per_image: int | Sequence[int] | None) -> list[int] | None:
 
 def _results(st: Store, ks: list[int] | None) -> list[_Result]:
     """What to export: the shared palette's labels, or those of each per-image K."""
+    plan: list[tuple[str, str, dict[str, Any]]]
     if ks is None:
         fp = ready_labels(st, None)
         fit = load_fit(st.location)
@@ -344,7 +345,7 @@ def _write_tables(st: Store, coll: Collection, dest: Store, results: list[_Resul
 
 def _copy_rows(st: Store, src: str, dest: Store, dst: str, rows: np.ndarray) -> None:
     """Rows ``rows`` of the store's array ``src`` as a new array ``dst``, a block at a time."""
-    a = st.group[src]
+    a = st.array(src)
     arr = dest.create_array(dst, shape=(len(rows),) + tuple(a.shape[1:]), dtype=a.dtype,
                             chunks=(max(1, min(len(rows), ROW_CHUNK)),) + tuple(a.shape[1:]),
                             fill_value=0)

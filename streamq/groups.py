@@ -301,7 +301,7 @@ def _assign_task(args: dict[str, Any]) -> dict[str, Any]:
 def _assign(run: Runner, st: Store, gcfg: ClusterImagesConfig, k: int,
             progress: bool | None) -> None:
     """Every image's nearest group centre, by the tasks that have no record yet."""
-    centres = np.asarray(st.group[CENTERS][:])
+    centres = np.asarray(st.array(CENTERS)[:])
     common = {"store": st.location, "centers": centres.tolist(), "weights": _weights(gcfg, k).tolist()}
     records = st.records(ASSIGN_RECORDS)
     tasks = read_plan(st)
@@ -317,8 +317,8 @@ def _consolidate(st: Store, coll: Collection, n_groups: int) -> dict[str, Any]:
     """Group sizes and the overlap of groups and image labels (stored); the summary numbers."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    group = np.asarray(st.group[GROUP][:]).astype(np.int64)
-    distance = np.asarray(st.group[DISTANCE][:])
+    group = np.asarray(st.array(GROUP)[:]).astype(np.int64)
+    distance = np.asarray(st.array(DISTANCE)[:])
     sizes = np.bincount(group, minlength=n_groups)
     summary: dict[str, Any] = {"groups": n_groups, "sizes": sizes.tolist(),
                                "inertia": float((distance ** 2).mean()) if len(group) else 0.0,

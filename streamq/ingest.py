@@ -30,6 +30,7 @@ never recorded as a bad input (:mod:`streamq.faults`).
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -204,7 +205,7 @@ def _scan_batch(args: tuple[Any, ...]) -> list[tuple[int, int, str, bool] | str]
     if rest and rest[0] == "bands":
         for i, h in enumerate(found):
             if isinstance(h, str) and bands.over_limit(h):
-                found[i] = retrying(lambda rel=rels[i], h=h: _band_header(source, rel, h),
+                found[i] = retrying(functools.partial(_band_header, source, rels[i], h),
                                     "read", source.path(rels[i]), retry)
     return [(h.height, h.width, h.mode, h.alpha) if isinstance(h, Header) else h
             for h in found]
@@ -306,13 +307,13 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
     for image_id, rel, off, h, w in args["images"]:
         if h * w > max_pixels:
             lo, hi = max(off, a), min(off + h * w, b)
-            found = retrying(lambda i=(rel, off, w, lo, hi): _fill_bands(args, buf, abuf, *i),
-                             "read", source.path(rel), retry)
-            if isinstance(found, str):  # any task meeting the failure records it
-                failed.append([int(image_id), found])
+            banded = retrying(functools.partial(_fill_bands, args, buf, abuf, rel, off, w, lo, hi),
+                              "read", source.path(rel), retry)
+            if isinstance(banded, str):  # any task meeting the failure records it
+                failed.append([int(image_id), banded])
                 continue
             stored.append((lo - a, hi - a))
-            if found:
+            if banded:
                 with_alpha.append(int(image_id))
             continue
         got = next(decoded)
@@ -450,10 +451,10 @@ def ingest(src: str | os.PathLike[str] | None, store: str | os.PathLike[str] | L
                         {"ingest.source": None if src is None else os.fspath(src)})
     if cfg.ingest.source is None:
         raise ConfigError("no source given: pass SRC or set key 'ingest.source'")
-    if cfg.store is None and store is None:
+    target = store if isinstance(store, Location) else cfg.store  # cfg.store: a path given
+    if target is None:
         raise ConfigError("no store given: pass STORE or set key 'store'")
-    loc = store_location(store if isinstance(store, Location) else cfg.store, storage_options,
-                         cfg.storage_options)
+    loc = store_location(target, storage_options, cfg.storage_options)
     if isinstance(source_options, Mapping):
         redact.remember(source_options)
     src_options = sources.source_options(
@@ -481,6 +482,7 @@ def _list_inputs(src: str, options: dict[str, Any], retry: RetryConfig
 def _ingest(loc: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | None,
             src_options: dict[str, Any] | None = None) -> IngestSummary:
     icfg = cfg.ingest
+    assert icfg.source is not None, "ingest() refuses a missing source"
     timings: dict[str, float] = {}
     with timer("listing inputs", timings):
         source, rel, missing, source_fp, sizes = _list_inputs(icfg.source, src_options or {},

@@ -338,6 +338,8 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     pal = np.asarray(palettes[min(ids):max(ids) + 1]) if ids else None
 
     def one(image: tuple[int, int, int]) -> list[int]:
+        assert cen is not None, "read for the images of this chunk"
+        assert pal is not None, "read for the images of this chunk"
         image_id, off, size = image
         a, b = max(off, lo) - lo, min(off + size, hi) - lo
         j = image_id - min(ids)
@@ -367,6 +369,8 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     if want_ssim:
         from streamq.ssim import chunk_ssim, luma
 
+        assert cen is not None, "a chunk overlaps at least one image"
+        assert pal is not None, "a chunk overlaps at least one image"
         parts = [labels]  # the rows around the chunk, labelled again with their image's palette
         if start < lo:
             j = args["images"][0][0] - min(ids)
@@ -427,16 +431,16 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
             name = f"per_image_quantize_k{k}"
             q = sections[k]
             started = time.perf_counter()
-            keep = q.get("state") == "running" and q.get("fingerprint") == fp or up_to_date(q)
+            keep = q.get("state") == "running" and q.get("fingerprint") == fp or up_to_date(k)
             if not keep or overwrite:  # (up to date: only their SSIM is missing)
                 # a new labelling (see streamq.quantize)
-                labels_id = uuid.uuid4().hex
+                new_id = uuid.uuid4().hex
                 st.set_section(name, {"state": "starting", "fingerprint": fp,
-                                      "labels_id": labels_id})
+                                      "labels_id": new_id})
                 st.create_labels(f"per_image/k{k}/labels", labels_dtype(k))
                 st.create_records(f"per_image/k{k}/label_records", n_chunks)
                 st.set_section(name, {"state": "running", "fingerprint": fp,
-                                      "labels_id": labels_id})
+                                      "labels_id": new_id})
             labels_id = st.section(name).get("labels_id")
             records = st.records(f"per_image/k{k}/label_records")
             tasks = []

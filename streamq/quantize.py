@@ -24,7 +24,7 @@ import logging
 import os
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,6 +51,9 @@ from streamq.store import (
     write_record,
     write_rows,
 )
+
+if TYPE_CHECKING:
+    from streamq.per_image import PerImageSummary
 
 __all__ = ["QuantizeSummary", "labels_dtype", "quantize"]
 
@@ -193,7 +196,8 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
              progress: bool | None = None, scheduler: str | None = None,
              storage_options: dict[str, Any] | None = None,
              overwrite: bool = False, palette: str | os.PathLike[str] | None = None,
-             color_space: str | None = None, ssim: bool | None = None) -> QuantizeSummary:
+             color_space: str | None = None, ssim: bool | None = None
+             ) -> QuantizeSummary | PerImageSummary:
     """Label every pixel of ``store`` with its nearest palette colour (resumable).
 
     Labels are computed for the shared palette and for per-image palettes, whichever are
@@ -214,7 +218,7 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
 
     Returns
     -------
-    QuantizeSummary
+    QuantizeSummary or PerImageSummary
         With the collection's exact MSE and PSNR (per-image values are in the store); a
         ``PerImageSummary`` when only per-image palettes are fitted.
     """
@@ -239,7 +243,7 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
 
 
 def _quantize(store: Location, cfg: StreamQConfig, progress: bool | None,
-              overwrite: bool = False) -> Any:
+              overwrite: bool = False) -> QuantizeSummary | PerImageSummary:
     from streamq.per_image import quantize_per_image
 
     st = Store.open(store, mode="r+")
@@ -247,11 +251,13 @@ def _quantize(store: Location, cfg: StreamQConfig, progress: bool | None,
     per_image = st.section("per_image").get("state") == "complete"
     if not shared and not per_image:
         raise StageNotReadyError(f"{st.path} has no fitted palette", "streamq fit")
-    result: Any = _quantize_shared(st, cfg, progress, overwrite) if shared else None
+    result: QuantizeSummary | PerImageSummary | None = (
+        _quantize_shared(st, cfg, progress, overwrite) if shared else None)
     if per_image:
         summary = quantize_per_image(st.location, config=cfg, progress=progress,
                                      overwrite=overwrite)
         result = result or summary
+    assert result is not None, "a store with a fitted palette has labels"
     return result
 
 

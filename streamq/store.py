@@ -34,7 +34,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -133,7 +133,7 @@ class Store:
         return cls(loc, group)
 
     @classmethod
-    def open(cls, target: StoreTarget, mode: str = "r",
+    def open(cls, target: StoreTarget, mode: Literal["r", "r+"] = "r",
              storage_options: Mapping[str, Any] | None = None,
              versions: Sequence[int] = READ_VERSIONS) -> Store:
         """Open an existing store, checking that it is one and of a version we read (one of
@@ -321,7 +321,7 @@ class Store:
     def read_table(self, prefix: str, names: Sequence[str]) -> dict[str, np.ndarray]:
         out = {}
         for name in names:
-            data = self.group[f"{prefix}/{name}"][:]
+            data = np.asarray(self.array(f"{prefix}/{name}")[:])
             out[name] = np.asarray(data, dtype=object if data.dtype.kind in "TUO" else data.dtype)
         return out
 
@@ -337,7 +337,7 @@ class Store:
         A record that cannot be read or is not a JSON object (torn by a power loss on a
         filesystem that did not keep what it was told to) reads as ``""``: its task runs again.
         """
-        arr = self.group[name]
+        arr = self.array(name)
         try:
             values = list(np.asarray(arr[:], dtype=object))
         except Exception:  # noqa: BLE001  (a damaged chunk: read them one by one)
@@ -368,7 +368,7 @@ class Store:
         its completion record exists; it gives ``n``)."""
         if not n:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        part = np.asarray(self.group[TASK_COLORS][task, :, :n])
+        part = np.asarray(self.array(TASK_COLORS)[task, :, :n])
         return part[0], part[1]
 
 
@@ -605,7 +605,7 @@ class Collection:
         self._pixels = store.pixels()
         self._alpha = store.alpha() if store.has(HAS_ALPHA) else None
         #: (N,) bool: which images have a transparent pixel (alpha kept, see read_alpha)
-        self.has_alpha: np.ndarray = (np.asarray(store.group[HAS_ALPHA][:], dtype=bool)
+        self.has_alpha: np.ndarray = (np.asarray(store.array(HAS_ALPHA)[:], dtype=bool)
                                       if self._alpha is not None else np.zeros(len(self.paths), bool))
 
     @property

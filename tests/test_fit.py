@@ -106,7 +106,7 @@ def test_streamed_fit_equals_plain_partial_fit_loop(store_copy):
     coll = streamq.open_store(store_copy)
     source = PixelSource.of_collection(coll)
     from streamq.config import FitConfig
-    from streamq.fit import _initial_centres
+    from streamq.fit.minibatch import initial_centres
     from streamq.histogram import histogram
     from streamq.scheduler import Runner, _SyncPool
 
@@ -114,7 +114,7 @@ def test_streamed_fit_equals_plain_partial_fit_loop(store_copy):
     run = Runner(None, _SyncPool(), "sync")
     codes, counts = histogram(run, coll.store, source)
     x = to_space(codes_to_rgb(codes), "rgb").astype(np.float64)
-    init = _initial_centres(run, source, fcfg, x, counts)
+    init = initial_centres(run, source, fcfg, x, counts)
     ref = MiniBatchKMeans(8, init=init, n_init=1, batch_size=4096, compute_labels=False, random_state=5)
     for t in range(4):
         data = draw_pixels(source, 5, STREAM_TRAIN, t, 3 * 4096, fcfg.blocks_per_task)
@@ -158,7 +158,7 @@ def test_rerun_noop_and_refusals(store_copy):
 def test_checkpoint_from_other_sklearn_refused(store_copy):
     from streamq.checkpoint import encode_state, estimator_state
     from streamq.config import FitConfig
-    from streamq.fit import _fit_fingerprint
+    from streamq.fit.driver import _fit_fingerprint
     from streamq.store import Store
 
     fit(store_copy, colors=4, max_steps=10, scheduler="threads")
@@ -252,7 +252,7 @@ def test_info_and_cli_show_the_fit(store_copy):
 
 
 def test_duplicate_palette_colours_are_replaced_by_worst_served_pixels():
-    from streamq.lloyd import ensure_distinct
+    from streamq.fit.lloyd import ensure_distinct
 
     rng = np.random.default_rng(0)
     val = to_space(rng.integers(0, 256, size=(5000, 3), dtype=np.uint8), "rgb").astype(np.float64)

@@ -24,12 +24,12 @@ import streamq.store
 from streamq.cli.main import cli
 from streamq.colorspace import to_space
 from streamq.errors import ConfigError, StoreMismatchError
+from streamq.fit.lloyd import GRID_BITS
 from streamq.kmeans import codes_to_points, distinct_colours, initial_centers, kmeans, lloyd
 from streamq.kmeans.codes import cell_means, rgb_to_codes
 from streamq.kmeans.filtering import lloyd_cells
 from streamq.kmeans.plusplus import cell_order
 from streamq.kmeans.starts import fixed_first
-from streamq.lloyd import GRID_BITS
 
 # white, black and three brand colours, white repeated (dropped: kept once, first place)
 BRAND = [(255, 255, 255), (0, 0, 0), (0xE3, 0x06, 0x13), (0x00, 0x5C, 0xA9), (0xFF, 0xCC, 0x00),
@@ -233,7 +233,7 @@ def test_streamed_fit_is_a_plain_partial_fit_loop_with_fixed_centres_put_back(st
 
     from streamq.batches import STREAM_TRAIN, PixelSource, draw_pixels
     from streamq.config import FitConfig
-    from streamq.fit import _initial_centres
+    from streamq.fit.minibatch import initial_centres
     from streamq.histogram import histogram
     from streamq.kmeans import codes_to_rgb
     from streamq.scheduler import Runner, _SyncPool
@@ -247,7 +247,7 @@ def test_streamed_fit_is_a_plain_partial_fit_loop_with_fixed_centres_put_back(st
     codes, counts = histogram(run, coll.store, source)
     x = to_space(codes_to_rgb(codes), "rgb").astype(np.float64)
     held = to_space(FIXED, "rgb")
-    init = _initial_centres(run, source, fcfg, x, counts, held.astype(np.float64))
+    init = initial_centres(run, source, fcfg, x, counts, held.astype(np.float64))
     assert np.array_equal(init[:5], held)
     ref = MiniBatchKMeans(9, init=init, n_init=1, batch_size=4096, compute_labels=False,
                           random_state=5)

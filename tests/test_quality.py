@@ -110,7 +110,7 @@ def test_search_resumes_after_kill_with_the_same_k_and_palette(searched, faces_s
     assert status is None, "the search ended before the kill"
     before = tried()
     assert 2 <= len(before) < len(searched[1]["quality"]["tried"])
-    with caplog.at_level("INFO", logger="streamq.quality"):
+    with caplog.at_level("INFO", logger="streamq.fit.quality"):
         res = streamq.fit(path, quality=(20, 29.5), k_range=(2, 32), n_init=2,
                           scheduler="threads")
     assert res.k == searched[1]["k"]

@@ -546,7 +546,7 @@ def test_image_groups_read_only_the_images_shown(groups_store, tmp_path):
 @pytest.mark.parametrize(("h", "w", "side"), [(2100, 2000, 320), (30, 50, 320), (301, 7, 96)])
 def test_strided_preview_equals_numpy_slicing(h, w, side):
     """Large images are read row by row at the displayed stride: same pixels as slicing."""
-    from streamq.report import READ_WHOLE, _read_strided
+    from streamq.report.context import READ_WHOLE, _read_strided
 
     rng = np.random.default_rng(h)
     img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)

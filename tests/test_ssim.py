@@ -213,6 +213,24 @@ def test_per_image_palettes_get_ssim_too(small_store):
     assert g.attrs["per_image_quantize_k4"]["ssim_mean"] == pytest.approx(np.mean(ref))
 
 
+def test_per_image_ssim_is_added_to_the_labels_there(small_store):
+    """Labels of the per-image palettes made with --no-ssim are kept when SSIM is wanted
+    later: only their SSIM is computed, as for the shared palette."""
+    fit_per_image(small_store, colors=[4], sample=0.5, pixels_per_task=100_000,
+                  scheduler="threads")
+    streamq.quantize(small_store, ssim=False, scheduler="threads", progress=False)
+    g = zarr.open_group(small_store, mode="r")
+    before = g.attrs["per_image_quantize_k4"]["labels_id"]
+    labels = np.asarray(g["per_image/k4/labels"][:])
+    streamq.quantize(small_store, scheduler="threads", progress=False)
+    g = zarr.open_group(small_store, mode="r")
+    assert g.attrs["per_image_quantize_k4"]["labels_id"] == before
+    assert g.attrs["per_image_quantize_k4"]["ssim"] is True
+    records = [json.loads(r) for r in g["per_image/k4/label_records"][:]]
+    assert all("ssim" in r for r in records)
+    np.testing.assert_array_equal(g["per_image/k4/labels"][:], labels)
+
+
 def test_given_palette_gets_ssim(small_store, photo_store):
     # quantize --palette: another store's palette, labelled through the same chunkwise path
     streamq.quantize(small_store, palette=photo_store, overwrite=True, scheduler="threads")

@@ -104,7 +104,7 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
     """
     from streamq.config import load_config
     from streamq.fit import fit
-    from streamq.quality import check_flags, parse_range
+    from streamq.fit.quality import check_flags, parse_range
 
     check_flags(quality, k_range, colors=colors, per_image=per_image, algorithm=algorithm)
     targets = {"fit.quality": None if quality is None else parse_range(quality, "--quality"),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from streamq.cli.common import (
@@ -64,7 +62,7 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
     to the lowest index (its position in SRC).
     """
     from streamq.config import load_config
-    from streamq.quantize import quantize
+    from streamq.quantize import QuantizeSummary, quantize
 
     cfg = load_config(config_path, **{"store": store, "dask.scheduler": scheduler,
                                       "quantize.palette": palette,
@@ -81,7 +79,7 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
 
     summary = quantize(location, config=cfg, progress=progress_flag(ctx, progress),
                        overwrite=overwrite, palette=palette, color_space=color_space)
-    summaries: list[Any] = [summary]
+    summaries: list[QuantizeSummary | PerImageSummary] = [summary]
     per_image = summary_of(location, cfg.storage_options)
     if per_image is not None and not isinstance(summary, PerImageSummary):
         summaries.append(per_image)

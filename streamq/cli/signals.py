@@ -93,7 +93,7 @@ def call_exiting_on_signals(fn: Callable[[], object], quiet_logs: bool = True) -
             wake.clear()
             # Later each time, at a random phase: not into the same callback each time.
             time.sleep(min(0.2, 0.01 * (1 + attempt)) * rng.uniform(0.5, 1.5))
-            _thread.interrupt_main(received[0])
+            _thread.interrupt_main(signal.Signals(received[0]))
 
     threading.Thread(target=again, name="streamq-signals", daemon=True).start()
 

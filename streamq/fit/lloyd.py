@@ -4,8 +4,9 @@ The mini-batch centres (when there are any) and ``n_init`` k-means++ starts race
 convergence on a coarse grid of the histogram (one Dask task each); the ``FINISHERS`` best
 run exact Lloyd on every distinct colour (one task each), each checkpointed in its own slot
 of ``fit/starts``; the lowest exact inertia wins (the first start on ties). Used by
-:mod:`streamq.fit` (phase 2, or ``--algorithm lloyd`` alone), :mod:`streamq.quality` (one
-such fit per K tried) and :mod:`streamq.estimator`; it imports neither.
+:mod:`streamq.fit.driver` (phase 2, or ``--algorithm lloyd`` alone), :mod:`streamq.fit.quality`
+(one such fit per K tried), :mod:`streamq.fit.minibatch` and :mod:`streamq.fit.evaluate` (the
+points, the exact MSE) and :mod:`streamq.estimator`; it imports none of them.
 
 Also here: the histogram's colours as points of the fit's colour space (:func:`points`),
 the exact MSE over every pixel (:func:`exact_mse`) and the uint8 palette made distinct
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -30,8 +31,8 @@ from streamq.scheduler import Runner
 from streamq.stage import Task, run_tasks
 from streamq.store import Store, open_array
 
-__all__ = ["FINISHERS", "GRID_BITS", "ensure_distinct", "exact_mse", "fit_exact", "join_history",
-           "points"]
+__all__ = ["FINISHERS", "GRID_BITS", "FitInfo", "ensure_distinct", "exact_mse", "fit_exact",
+           "join_history", "points"]
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,17 @@ def ensure_distinct(centres: np.ndarray, points: np.ndarray, space: str) -> np.n
     return spread_duplicates(centres, points, to_rgb8(centres, space), colour)
 
 
-def join_history(info: dict[str, Any], best: dict[str, Any], n_px: int,
-                  fcfg: FitConfig) -> dict[str, Any]:
+class FitInfo(TypedDict):
+    """The progress of a fit: its history (arrays of ``streamq.results.HISTORY_KEYS``), its
+    steps and pixels seen, and why it stopped."""
+
+    history: dict[str, np.ndarray]
+    steps: int
+    pixels_seen: int
+    stop_reason: str
+
+
+def join_history(info: FitInfo, best: dict[str, Any], n_px: int, fcfg: FitConfig) -> FitInfo:
     """The mini-batch history followed by the winning Lloyd start's iterations."""
     h = {k: np.asarray(v) for k, v in info["history"].items()}
     rows = np.asarray(best["history"], dtype=np.float64).reshape(-1, 3)

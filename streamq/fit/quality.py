@@ -3,9 +3,9 @@
 ``fit.quality = [MIN, MAX]`` (PSNR in dB over every pixel) asks for the smallest K of
 ``fit.k_range = [LO, HI]`` whose palette reaches MAX, as pngquant's ``--quality MIN-MAX``.
 Each K tried is fitted exactly as ``streamq fit -k K --algorithm lloyd`` with the same seed,
-``n_init``, ``init``, ``tol`` and ``max_iter`` fits it (:func:`streamq.lloyd.fit_exact`: k-means++
-starts raced on the colour grid, the best finished by exact Lloyd on every distinct colour,
-each start a Dask task), and its MSE is exact, from the colour histogram
+``n_init``, ``init``, ``tol`` and ``max_iter`` fits it (:func:`streamq.fit.lloyd.fit_exact`:
+k-means++ starts raced on the colour grid, the best finished by exact Lloyd on every distinct
+colour, each start a Dask task), and its MSE is exact, from the colour histogram
 (:mod:`streamq.histogram`). So a search costs one histogram, read once, and a few Lloyd runs
 on it, never a pass over the pixels per K.
 
@@ -45,7 +45,7 @@ from streamq.colorspace import to_rgb8
 from streamq.config import FitConfig, fingerprint, to_dict
 from streamq.describe import describe_quality
 from streamq.errors import ConfigError, StreamQError
-from streamq.lloyd import ensure_distinct, exact_mse, fit_exact, join_history, points
+from streamq.fit.lloyd import FitInfo, ensure_distinct, exact_mse, fit_exact, join_history, points
 from streamq.metrics import psnr
 from streamq.results import CHECKPOINT, HISTORY_KEYS, FitResult, save_fit
 from streamq.scheduler import Runner
@@ -111,7 +111,7 @@ def search(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndarray,
     """Find the K of the target ``fcfg.quality`` (see the module's docstring).
 
     Returns the chosen K's record (``k``, ``mse``, ``centers``, ``counts``, ``best``: the
-    Lloyd result of :func:`streamq.lloyd.fit_exact`) and the search's record for the summary.
+    Lloyd result of :func:`streamq.fit.lloyd.fit_exact`) and the search's record for the summary.
     Raises :class:`QualityError` when the largest K stays below MIN.
     """
 
@@ -182,8 +182,8 @@ def fit_quality(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndar
     with timer("quality search", timings):
         chosen, record = search(run, st, fcfg, fp, codes, counts, progress)
     fk = dataclasses.replace(fcfg, colors=chosen["k"])
-    empty = {"history": {k: np.zeros(0) for k in HISTORY_KEYS}, "steps": 0, "pixels_seen": 0,
-             "stop_reason": ""}
+    empty: FitInfo = {"history": {k: np.zeros(0) for k in HISTORY_KEYS}, "steps": 0,
+                      "pixels_seen": 0, "stop_reason": ""}
     info = join_history(empty, chosen["best"], int(counts.sum()), fk)
     centres = np.asarray(chosen["centers"], np.float64)
     result = FitResult(

@@ -85,8 +85,8 @@ def rgba_histogram(run: Runner, st: Store, coll: Collection,
     describes this ingest, else one Dask pass over the pixels, then stored."""
     sec = st.section(COLORS_RGBA)
     if sec.get("state") == "complete" and sec.get("data") == _data(st):
-        return (np.asarray(st.group[f"{COLORS_RGBA}/code"][:], np.int64),
-                np.asarray(st.group[f"{COLORS_RGBA}/count"][:], np.int64))
+        return (np.asarray(st.array(f"{COLORS_RGBA}/code")[:], np.int64),
+                np.asarray(st.array(f"{COLORS_RGBA}/count")[:], np.int64))
     source = PixelSource.of_collection(coll)
     n_chunks = len(source.weights)
     step = max(1, PIXELS_PER_TASK // source.chunk)

@@ -24,6 +24,11 @@ Both phases checkpoint in the store (``streamq.checkpoint``, JSON): the mini-bat
 every ``checkpoint_steps`` steps or ``checkpoint_seconds`` seconds, and each Lloyd start in
 its own slot of ``fit/starts`` as often. Rerunning the same command after ``kill -9`` gives
 a bit-identical palette. The summary's MSE is exact: over every pixel, from the histogram.
+
+This module is the driver (checks, fingerprint, the phases in order, the result saved); the
+phases live beside it: phase 1 in :mod:`streamq.fit.minibatch`, phase 2 in
+:mod:`streamq.fit.lloyd`, the fit of a collection with alpha in :mod:`streamq.fit.alpha`
+and a quality target instead of K in :mod:`streamq.fit.quality`.
 """
 
 from __future__ import annotations
@@ -34,25 +39,20 @@ from typing import Any
 
 import numpy as np
 
-from streamq.batches import STREAM_INIT, STREAM_TRAIN, PixelSource, draw_sample, draw_task
-from streamq.checkpoint import (
-    estimator_state,
-    read_checkpoint,
-    restore_estimator,
-    write_checkpoint,
-)
-from streamq.colorspace import to_rgb8, to_space
+from streamq.batches import PixelSource
+from streamq.checkpoint import read_checkpoint, write_checkpoint
+from streamq.colorspace import to_rgb8
 from streamq.config import FitConfig, StreamQConfig, differences, fingerprint, parse_config, to_dict
 from streamq.console import timer
 from streamq.describe import describe_source
 from streamq.errors import ConfigError, StoreMismatchError
+from streamq.fit.lloyd import FitInfo, ensure_distinct, exact_mse, fit_exact, join_history, points
+from streamq.fit.minibatch import fit_minibatch
 from streamq.fixed import FixedColors, read_fixed_colors
-from streamq.fs import Location, check_access, location
+from streamq.fs import Location, check_access
 from streamq.histogram import histogram
-from streamq.lloyd import ensure_distinct, exact_mse, fit_exact, join_history, points
 from streamq.lock import store_lock
 from streamq.metrics import psnr
-from streamq.minibatch import LoopSettings, LoopState, new_model, step_limit, stream_partial_fit
 from streamq.results import (
     CHECKPOINT,
     FIT,
@@ -62,10 +62,10 @@ from streamq.results import (
     load_fit,
     save_fit,
 )
-from streamq.scheduler import Runner, runner
+from streamq.scheduler import runner
 from streamq.store import Collection, Store, store_location
 
-__all__ = ["FitResult", "collection_mse", "fit", "load_fit"]
+__all__ = ["fit"]
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ def fit(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None 
         Full configuration; ``options`` override its ``fit`` keys (``colors=64``,
         ``algorithm="lloyd"``, ``seed=1``, ...) and ``scheduler=...`` its ``dask.scheduler``.
         ``quality=(MIN, MAX)`` (and ``k_range=(LO, HI)``) chooses K instead of ``colors``:
-        the smallest reaching MAX dB (:mod:`streamq.quality`; below MIN it raises
-        :class:`streamq.quality.QualityError`).
+        the smallest reaching MAX dB (:mod:`streamq.fit.quality`; below MIN it raises
+        :class:`streamq.fit.quality.QualityError`).
     overwrite : bool, default=False
         Start a new fit, replacing any palette or checkpoint in the store. Without it, a
         finished fit with the same parameters is returned as is, an interrupted one is
@@ -126,8 +126,8 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
     if fcfg.quality is not None and fcfg.fixed_colors is not None:
         raise ConfigError("key 'fit.fixed_colors' does not go with 'fit.quality' (the K search "
                           "fits without fixed colours); give --colors K with --fixed-colors")
-    if fcfg.quality is not None:  # a K search: exact Lloyd at each K (streamq.quality)
-        from streamq.quality import search_config
+    if fcfg.quality is not None:  # a K search: exact Lloyd at each K (streamq.fit.quality)
+        from streamq.fit.quality import search_config
 
         fcfg = search_config(fcfg)
     st = Store.open(store, mode="r+")
@@ -160,7 +160,7 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
                 "pass --overwrite to replace it")
 
     if coll.n_alpha:  # images with alpha: k-means on premultiplied RGBA
-        from streamq.fit_alpha import fit_rgba
+        from streamq.fit.alpha import fit_rgba
 
         return fit_rgba(st, coll, cfg, fp, bool(prev and overwrite), progress)
     started = time.perf_counter()
@@ -180,7 +180,7 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
         with timer("histogram", timings):
             codes, counts = histogram(run, st, source, progress)
         if fcfg.quality is not None:  # the smallest K reaching a PSNR target
-            from streamq.quality import fit_quality
+            from streamq.fit.quality import fit_quality
 
             return fit_quality(run, st, fcfg, fp, codes, counts, timings, facts, started, progress)
         if len(codes) < fcfg.colors:
@@ -190,15 +190,16 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
         x = points(codes, fcfg.color_space)
         held = None if fixed is None else fixed.centres(fcfg.color_space)
         ckpt = read_checkpoint(st, CHECKPOINT, fp, "fit")
-        mb_centres, info = None, {"history": {k: np.zeros(0) for k in HISTORY_KEYS}, "steps": 0,
-                                  "pixels_seen": 0, "stop_reason": ""}
+        mb_centres: np.ndarray | None = None
+        info: FitInfo = {"history": {k: np.zeros(0) for k in HISTORY_KEYS}, "steps": 0,
+                         "pixels_seen": 0, "stop_reason": ""}
         if fcfg.algorithm == "minibatch":
             if ckpt is not None and ckpt.get("phase") == "exact":
                 mb_centres, info = ckpt["minibatch_centers"], ckpt["minibatch_info"]
             else:
                 with timer("mini-batch fit", timings):
-                    mb_centres, info = _fit_minibatch(run, st, source, fcfg, fp, ckpt, x, counts,
-                                                      progress, held)
+                    mb_centres, info = fit_minibatch(run, st, source, fcfg, fp, ckpt, x, counts,
+                                                     progress, held)
                 write_checkpoint(st, CHECKPOINT, {"fingerprint": fp, "phase": "exact",
                                                   "minibatch_centers": mb_centres,
                                                   "minibatch_info": info})
@@ -207,6 +208,7 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
     centres = ensure_distinct(best["centers"], x, fcfg.color_space)
     palette = to_rgb8(centres, fcfg.color_space)
     if fixed is not None:  # held by every step; stored as the given uint8 values
+        assert held is not None, "the fixed colours' centres are held"
         assert np.array_equal(centres[:fixed.n], held), "fixed centres moved"
         palette[:fixed.n] = fixed.rgb
     mse, pixel_counts = exact_mse(x, codes, counts, centres, palette)
@@ -225,97 +227,3 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
     save_fit(st, result, fp, timings, facts, extra)
     log.info("%s", result)
     return result
-
-
-def collection_mse(store: str | Location, centers: np.ndarray | None = None,
-                   color_space: str | None = None, scheduler: str | None = "threads",
-                   storage_options: dict[str, Any] | None = None) -> float:
-    """Exact MSE (uint8 RGB units) of a palette over every pixel of the collection (for a
-    collection with alpha: ``(K, 4)`` premultiplied RGBA centres, MSE over premultiplied RGBA).
-
-    Each pixel goes to its nearest centre in the fit's colour space and is compared with that
-    centre's RGB colour, as quantize does. Uses the store's colour histogram (computed once
-    for a store ingested without one). Defaults to the store's fitted palette.
-    """
-    from streamq.config import DaskConfig
-
-    loc = location(store, storage_options)
-    check_access(loc)
-    with store_lock(loc, operation="collection_mse"):  # may store the colour histogram
-        st = Store.open(loc, mode="r+")
-        if centers is None:
-            res = load_fit(st.location)
-            centers, color_space = res.centers, res.color_space
-        space = color_space or "rgb"
-        coll = Collection(st)
-        with runner(DaskConfig(scheduler=scheduler)) as run:
-            run.check_paths(st.path)
-            if coll.n_alpha:  # premultiplied RGBA centres, errors over the four channels
-                from streamq.fit_alpha import rgba_mse
-
-                return rgba_mse(run, st, coll, np.asarray(centers, dtype=np.float64))
-            codes, counts = histogram(run, st)
-    centers = np.asarray(centers, dtype=np.float64)
-    return exact_mse(points(codes, space), codes, counts, centers, to_rgb8(centers, space))[0]
-
-
-# --- phase 1: the streamed mini-batch fit -------------------------------------------------------
-
-def _initial_centres(run: Runner, source: PixelSource, fcfg: FitConfig, x_all: np.ndarray,
-                     counts_all: np.ndarray, fixed: np.ndarray | None = None) -> np.ndarray:
-    """k-means (one k-means++ start, to the default ``tol``) on the distinct colours of a
-    collection-wide sample, or on the whole histogram when the sample has fewer than K colours:
-    a start for the mini-batch steps, which only give a start for the exact phase. ``fixed``
-    centres come first and stay."""
-    from streamq.kmeans import kmeans
-    from streamq.kmeans.codes import distinct_colours
-
-    sample = draw_sample(run, source, fcfg.seed, STREAM_INIT, fcfg.init_size, fcfg.blocks_per_task)
-    codes, counts = distinct_colours(sample)
-    x, w = (points(codes, fcfg.color_space), counts) if len(codes) >= fcfg.colors else (x_all, counts_all)
-    res = kmeans(x, w, fcfg.colors, np.random.default_rng([fcfg.seed, STREAM_INIT]),
-                 init=fcfg.init, n_init=1, max_iter=fcfg.max_iter, fixed=fixed)
-    return res.centers.astype(np.float32)
-
-
-def _fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig, fp: str,
-                   ckpt: dict[str, Any] | None, x_all: np.ndarray, counts_all: np.ndarray,
-                   progress: bool | None, fixed: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, dict[str, Any]]:
-    from streamq.kmeans.bounded import tolerance
-
-    B, G = fcfg.batch_size, fcfg.batches_per_task
-    if ckpt is not None and ckpt.get("phase") == "minibatch":
-        model = restore_estimator(ckpt["model"])
-        state = LoopState.from_dict(ckpt)
-        log.info("Resuming the mini-batch fit at step %d", state.cursor)
-    else:
-        with timer("initial centres"):
-            init = _initial_centres(run, source, fcfg, x_all, counts_all, fixed)
-        model = new_model(fcfg.colors, init, B, fcfg.seed, fcfg.reassignment_ratio)
-        state = LoopState(scale=tolerance(x_all, counts_all, 1.0))  # the pixels' variance
-    max_steps, limit_name = step_limit(fcfg.max_steps, fcfg.max_epochs, source.n_valid, B,
-                                       max_pixels=fcfg.max_pixels)
-
-    def save() -> None:
-        write_checkpoint(st, CHECKPOINT, {"fingerprint": fp, "phase": "minibatch",
-                                          "model": estimator_state(model), **state.to_dict()})
-
-    def task(i: int) -> tuple[Any, Any]:
-        return draw_task, (source, fcfg.seed, STREAM_TRAIN, i, G * B, fcfg.blocks_per_task)
-
-    stop_reason = stream_partial_fit(run, model, task, LoopSettings.of(fcfg), state, max_steps,
-                                     limit_name, save, progress=progress,
-                                     prepare=lambda x: to_space(x, fcfg.color_space), fixed=fixed)
-    history = state.history_arrays()
-    history["pixels_seen"] = history.pop("seen")
-    info = {"history": {k: history[k] for k in HISTORY_KEYS}, "steps": state.cursor,
-            "pixels_seen": state.seen, "stop_reason": f"mini-batch: {stop_reason}"}
-    centres = model.cluster_centers_.astype(np.float64)
-    if fixed is not None:  # exactly, not their float32 copies in the model
-        centres[:len(fixed)] = fixed
-    return centres, info
-
-
-
-

@@ -1,0 +1,108 @@
+"""The report's sections about the fit: the palettes (the shared one by pixel count, a
+sample of per-image ones) and the shared fit's convergence curves."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamq.describe import describe_source
+from streamq.report.context import Context, Section
+from streamq.report.html import esc, figure_html, fmt_psnr, new_figure, swatches_html, table_html
+
+__all__ = ["PER_IMAGE_PALETTES", "convergence", "palette"]
+
+PER_IMAGE_PALETTES = 4  # sampled images whose per-image palettes are shown
+
+
+def palette(ctx: Context) -> Section | None:
+    """The shared palette as swatches by pixel count; a sample of per-image palettes."""
+    if ctx.coll is None:
+        return None
+    body = ""
+    fit = ctx.info.get("fit") if ctx.info else None
+    if fit and fit.get("state") == "complete":
+        hexes = fit["palette_hex"]
+        rgb = np.asarray([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in hexes], dtype=np.uint8)
+        body += (f"<h3>Shared palette: {len(hexes)} colours</h3><p>Sorted by pixel count "
+                 "(every pixel of the collection, counted on its colour histogram).</p>")
+        if fit.get("palette_source"):
+            body += (f'<p class="palette-source">Given, not fitted: '
+                     f"{esc(describe_source(fit['palette_source']))}.</p>")
+        body += swatches_html(rgb, np.asarray(fit["counts"]), ctx.cfg.max_colors)
+    elif fit:
+        body += ctx.note(f"The shared palette is {fit.get('state')}: rerun `streamq fit`.")
+    per = [r for r in ctx.results if r.palettes is not None]
+    if per:
+        shown = ctx.sample[:PER_IMAGE_PALETTES]
+        body += (f"<h3>Per-image palettes of {len(shown)} sampled images</h3>"
+                 "<p>Each image's own palette per K, sorted by its pixel count in that image "
+                 "(palette order where its labels are missing).</p>")
+        for i in shown:
+            rows = "".join(
+                f'<div class="pi-k"><span>K={esc(r.k)}</span>'
+                + swatches_html(ctx.palette(r, i), ctx.label_counts(r, i) if r.ready else None,
+                                ctx.cfg.max_colors) + "</div>" for r in per)
+            body += (f'<div class="per-image-palette" data-id="{i}"><h4>#{i} '
+                     f"{esc(ctx.coll.labels[i])} <small>{esc(ctx.coll.paths[i])}</small></h4>"
+                     f"{rows}</div>")
+    if not body:
+        return Section("palette", "Palette", ctx.note(
+            "No palette fitted: run `streamq fit STORE -k K` or `streamq fit STORE --per-image`."))
+    return Section("palette", "Palette", body)
+
+
+def convergence(ctx: Context) -> Section | None:
+    """The shared fit's history: centre shift and batch inertia (mini-batch) or MSE (Lloyd)."""
+    if ctx.coll is None:
+        return None
+    fit = ctx.store.section("fit")
+    if fit.get("state") != "complete":
+        if ctx.store.section("per_image"):
+            return Section("convergence", "Convergence", "<p>Per-image palettes are k-means fits "
+                           "of single images: there is no collection-wide convergence curve.</p>")
+        return Section("convergence", "Convergence", ctx.note(
+            "No finished shared fit, so no convergence curve: run `streamq fit STORE`."))
+    s = fit["summary"]
+    if fit.get("palette_source"):
+        return Section("convergence", "Convergence", "<p>The shared palette was given (" +
+                       esc(describe_source(fit["palette_source"])) + "), not fitted: there is "
+                       "no convergence curve.</p>")
+    h = ctx.store.read_table("fit/history", ("step", "pixels_seen", "shift", "inertia"))
+    lloyd = s["algorithm"] == "lloyd"
+    tol = fit.get("config", {}).get("tol")
+    fig = new_figure(9, 3.4)
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    x = h["step"] if lloyd else h["pixels_seen"]
+    xlabel = "Lloyd iteration" if lloyd else "pixels seen"
+    shift = np.maximum(h["shift"].astype(float), 1e-12)
+    ax1.plot(x, shift, lw=1)
+    ax1.set_yscale("log")
+    if tol:
+        ax1.axhline(tol, color="#c44e52", ls="--", lw=1, label=f"tol = {tol:g}")
+        ax1.legend(loc="upper right")
+    ax1.set_xlabel(xlabel)
+    ax1.set_ylabel("largest centre shift")
+    ax1.set_title("Centre shift")
+    rgb = s.get("color_space") == "rgb"
+    inertia = h["inertia"].astype(float) * (255.0 ** 2 / 3 if rgb else 1.0)
+    ax2.plot(x, inertia, lw=1, color="#55a868", alpha=0.5 if not lloyd and len(x) > 20 else 1)
+    if not lloyd and len(x) > 20:  # batch values are noisy: add a running mean
+        w = max(5, len(x) // 20)
+        mean = np.convolve(inertia, np.ones(w) / w, mode="valid")
+        ax2.plot(x[w - 1:], mean, lw=1.5, color="#2d6a3e", label=f"mean of {w} batches")
+        ax2.legend(loc="upper right")
+    ax2.set_xlabel(xlabel)
+    if lloyd:
+        ax2.set_ylabel("MSE (uint8 RGB units)" if rgb else "mean squared OKLab distance")
+        ax2.set_title("MSE per iteration (every pixel)")
+    else:
+        ax2.set_ylabel("MSE (uint8 RGB units)" if rgb else "mean squared OKLab distance")
+        ax2.set_title("Batch inertia (before each update)")
+    body = figure_html(fig, "convergence curves of the fit")
+    body += table_html(["", ""], [
+        ["algorithm", f"{s['algorithm']} in {s['color_space']}"], ["K", s["k"]],
+        ["steps" if not lloyd else "iterations", f"{s['steps']:,}"],
+        ["pixels seen", f"{s['pixels_seen']:,}"], ["stopped", s["stop_reason"]],
+        ["MSE / PSNR", f"{s['mse']:.2f} / {fmt_psnr(s['psnr'])} (every pixel)"],
+        ["history points", f"{len(x):,}"]], "facts")
+    return Section("convergence", "Convergence", body)
