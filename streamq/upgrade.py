@@ -4,13 +4,9 @@ Store format 3 spells centres ``centers`` in every name on disk, as scikit-learn
 (``cluster_centers_``); formats 1 and 2 (2: a store with alpha) spelled them ``center``. The
 upgrade renames, and recomputes nothing:
 
-=====================================  ======================================
-format 1 and 2                         format 3
-=====================================  ======================================
-``fit/palette/center_{j}``             ``fit/palette/centers_{j}``
-``per_image/k{K}/center``              ``per_image/k{K}/centers``
-``minibatch_centres`` (fit checkpoint)  ``minibatch_centers``
-=====================================  ======================================
+- ``fit/palette/center_{j}`` -> ``fit/palette/centers_{j}``;
+- ``per_image/k{K}/center`` -> ``per_image/k{K}/centers``;
+- the fit checkpoint's key ``minibatch_centres`` -> ``minibatch_centers``.
 
 (:data:`RENAMES` holds the array renames; :mod:`streamq.results` the current names.) Any
 other streamq refuses a store of an older format in one line that names this command
