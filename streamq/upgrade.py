@@ -8,9 +8,9 @@ upgrade renames, and recomputes nothing:
 - ``per_image/k{K}/center`` -> ``per_image/k{K}/centers``;
 - the fit checkpoint's key ``minibatch_centres`` -> ``minibatch_centers``.
 
-(:data:`RENAMES` holds the array renames; :mod:`streamq.results` the current names.) Any
-other streamq refuses a store of an older format in one line that names this command
-(:meth:`streamq.store.Store.open`).
+(:data:`RENAMES` holds the array renames; :mod:`streamq.results` the current names.) Every
+other command refuses a store of an older format in one line that names this one
+(:meth:`streamq.store.Store.open`; ``ingest --overwrite`` replaces it instead).
 
 **Resumable.** The upgrade holds the store's lock and takes steps that each leave the store
 in a state a rerun finishes from, wherever a kill stops it:
