@@ -112,8 +112,10 @@ def histogram(store: Path, workdir: Path) -> tuple[np.ndarray, np.ndarray, str]:
     pixel counts, read shard by shard with zarr (cached under the store's ingest identity)."""
     g = zarr.open_group(str(store), mode="r")
     ing = g.attrs["ingest"]
-    if g.attrs["streamq"]["format_version"] != 1 or ing["state"] != "complete":
-        raise RuntimeError(f"{store}: not a finished streamq store (format 1)")
+    # formats 1 and 3 hold the same pixels (3 renamed only centres); no alpha: opaque pixels
+    if (g.attrs["streamq"]["format_version"] not in (1, 3) or "alpha" in g
+            or ing["state"] != "complete"):
+        raise RuntimeError(f"{store}: not a finished streamq store of opaque images (format 1 or 3)")
     ident = hashlib.sha256(json.dumps([ing["source_fingerprint"], ing["settings_fingerprint"],
                                        ing.get("finished")]).encode()).hexdigest()[:16]
     cache = workdir / f"hist-{ident}.npz"

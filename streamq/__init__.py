@@ -33,6 +33,7 @@ from streamq.report import ReportSummary, report
 from streamq.store import Collection, open_store
 from streamq.store.overview import collection_info
 from streamq.store.results import FitResult, ImageGroups, load_fit, load_groups
+from streamq.store.upgrade import UpgradeSummary, upgrade
 
 
 def __getattr__(name: str) -> object:
@@ -64,6 +65,7 @@ __all__ = [
     "StoreMismatchError",
     "StreamQConfig",
     "StreamQError",
+    "UpgradeSummary",
     "ZarrExportSummary",
     "__version__",
     "cluster_images",
@@ -84,5 +86,6 @@ __all__ = [
     "report",
     "run",
     "store_lock",
+    "upgrade",
     "write_palette",
 ]

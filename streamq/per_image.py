@@ -45,7 +45,7 @@ from streamq.store import (
     store_location,
     write_record,
 )
-from streamq.store.results import load_per_image
+from streamq.store.results import load_per_image, per_image_centers
 from streamq.store.selection import refuse_alpha
 from streamq.store.summaries import PerImageSummary, per_image_summary, summary_of
 
@@ -271,7 +271,7 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             for r in records:
                 for image_id, flat in json.loads(r)[str(k)]:
                     centres[image_id] = np.asarray(flat, dtype=np.float64).reshape(k, 3)
-            st.write_array(f"per_image/k{k}/center", centres)
+            st.write_array(per_image_centers(k), centres)
             st.write_array(f"per_image/k{k}/palette", np.round(np.clip(centres * 255, 0, 255)).astype(np.uint8))
         st.set_section(SECTION, {**st.section(SECTION), "state": "complete", "timings": timings,
                                  "runtime": facts, "finished": timestamp()})

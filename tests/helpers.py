@@ -62,7 +62,7 @@ def assert_same_results(store_a, store_b, out_a=None, out_b=None, n_files=None) 
     assert_same_store(store_a, store_b)
     ga, gb = zarr.open_group(str(store_a), mode="r"), zarr.open_group(str(store_b), mode="r")
     for name in ("quantize/labels", "fit/palette/r", "fit/palette/g", "fit/palette/b",
-                 "fit/palette/center_0", "quantize/images/sse", "quantize/images/ssim"):
+                 "fit/palette/centers_0", "quantize/images/sse", "quantize/images/ssim"):
         assert np.array_equal(ga[name][:], gb[name][:]), name
     if out_a is not None:
         fa, fb = output_files(out_a), output_files(out_b)
@@ -525,3 +525,46 @@ def write_alpha_collection(root, n: int = 6, seed: int = 3) -> dict[str, str]:
     Image.fromarray(photos["Chelsea"][100:160, 100:180]).save(root / "plain/cat.jpg", quality=90)
     kinds["plain/cat.jpg"] = "opaque"
     return kinds
+
+
+# -- stores of an older format ------------------------------------------------------------------
+def as_older_format(store, storage_options=None) -> list[tuple[str, str]]:
+    """Rewrite a store of the current format as the streamq before store format 3 wrote it,
+    with zarr alone: every array ``streamq.store.upgrade.RENAMES`` renames back under its old name
+    (``centers`` -> ``center``), the fit checkpoint's keys likewise, format version 1 (2 with
+    alpha). Returns ``(old, new)`` of the arrays renamed."""
+    import json
+    import re
+
+    from streamq.store.upgrade import CHECKPOINT_RENAMES, RENAMES
+
+    g = zarr.open_group(str(store), mode="r+", storage_options=storage_options)
+    folders = ["fit/palette"] + ([f"per_image/{k}" for k in g["per_image"].group_keys()]
+                                 if "per_image" in g else [])
+    done = []
+    for folder in folders:
+        for name in sorted(g[folder].array_keys()):
+            new = f"{folder}/{name}"
+            old = f"{folder}/{name.replace('centers', 'center')}"
+            if old != new and any(re.fullmatch(o, old) and re.sub(f"^(?:{o})$", n, old) == new
+                                  for o, n in RENAMES.items()):
+                zarr.from_array(g.store, data=g[new], name=old)
+                del g[new]
+                done.append((old, new))
+    text = str(g["fit/checkpoint"][0]) if "fit/checkpoint" in g else ""
+    if text:
+        state = json.loads(text)
+        back = {v: k for k, v in CHECKPOINT_RENAMES.items()}
+        g["fit/checkpoint"][0] = json.dumps({back.get(k, k): v for k, v in state.items()},
+                                            separators=(",", ":"))
+    g.attrs["streamq"] = {**g.attrs["streamq"], "format_version": 2 if "alpha" in g else 1}
+    return done
+
+
+def tree_bytes(root) -> dict[str, bytes]:
+    """``{relative path: bytes}`` of every file under the folder ``root``."""
+    from pathlib import Path
+
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}

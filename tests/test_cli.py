@@ -18,7 +18,7 @@ def runner():
 
 
 PIPELINE = ["example", "ingest", "info", "fit", "quantize", "cluster-images", "export", "report",
-            "run", "unlock", "warmup"]
+            "run", "unlock", "upgrade", "warmup"]
 
 
 def test_help_lists_commands_in_pipeline_order(runner):

@@ -123,7 +123,7 @@ def test_worker_killed_during_fit(src, reference, ingested, procs, tmp_path):
     _kill_worker_during(procs, lambda: streamq.fit(str(store), config=cfg, progress=False),
                         "draw_task")
     ref, got = zarr.open_group(str(reference / "ref.zarr"), mode="r"), zarr.open_group(str(store), mode="r")
-    for name in ("fit/palette/center_0", "fit/palette/center_1", "fit/palette/center_2",
+    for name in ("fit/palette/centers_0", "fit/palette/centers_1", "fit/palette/centers_2",
                  "fit/palette/r", "fit/palette/g", "fit/palette/b"):
         assert np.array_equal(ref[name][:], got[name][:]), name
 

@@ -178,7 +178,7 @@ def test_per_image_palettes_one_group_per_k(per_image_store, tmp_path, cluster_a
     for k in (2, 6):
         assert g[f"k{k}/palette"].shape == (len(coll), k, 3)
         np.testing.assert_array_equal(g[f"k{k}/palette"][:], src[f"per_image/k{k}/palette"][:])
-        np.testing.assert_array_equal(g[f"k{k}/centers"][:], src[f"per_image/k{k}/center"][:])
+        np.testing.assert_array_equal(g[f"k{k}/centers"][:], src[f"per_image/k{k}/centers"][:])
         for name in ("mse", "ssim"):
             np.testing.assert_array_equal(g[f"k{k}/images/{name}"][:],
                                           src[f"per_image/k{k}/images/{name}"][:])

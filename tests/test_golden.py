@@ -26,10 +26,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-#: ``{regular expression of an old array name: new name}``: arrays renamed on disk.
-RENAMED: dict[str, str] = {}
-#: ``{key: new value}``: what a bump of the store format version changes, by its key.
-FORMAT_VERSION_CHANGES: dict[str, Any] = {}
+from streamq.store.upgrade import RENAMES
+
+#: ``{regular expression of an old array name: new name}``: arrays renamed on disk. Store
+#: format 3 spells centres ``centers`` (``streamq upgrade`` renames the same arrays).
+RENAMED: dict[str, str] = dict(RENAMES)
+#: ``{key: new value}``: what a bump of the store format version changes, by its key. Every
+#: store is at format 3 (with or without alpha).
+FORMAT_VERSION_CHANGES: dict[str, Any] = {
+    f"{part} :: format_version": 3 for part in ("shared", "per_image_histogram", "given_palette",
+                                                "alpha")}
 
 SEP = " :: "
 ARRAY_TABLES = ("store", "zarr_export")  # keys whose entries are named by an array's path

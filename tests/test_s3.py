@@ -105,7 +105,7 @@ def test_pipeline_on_s3_matches_local(pair):
     gl = zarr.open_group(pair["local"], mode="r")
     gs = zarr.open_group(pair["s3"], mode="r", storage_options=opts)
     for name in ("pixels", "images/path", "images/offset", "quantize/labels", "fit/palette/r",
-                 "fit/palette/center_0", "quantize/images/sse"):
+                 "fit/palette/centers_0", "quantize/images/sse"):
         np.testing.assert_array_equal(gl[name][:], gs[name][:], err_msg=name)
     assert gs.attrs["quantize"]["state"] == "complete"
     # Every exported image: the same pixels and palette, read back with boto3.
@@ -252,9 +252,42 @@ def test_per_image_on_s3_matches_local(pair, cluster_address):
     gl = zarr.open_group(pair["local"], mode="r")
     gs = zarr.open_group(pair["s3"], mode="r", storage_options=opts)
     for k in (4,):
-        for name in ("center", "palette", "labels", "images/sse"):
+        for name in ("centers", "palette", "labels", "images/sse"):
             np.testing.assert_array_equal(gl[f"per_image/k{k}/{name}"][:], gs[f"per_image/k{k}/{name}"][:],
                                           err_msg=f"k{k}/{name}")
+
+
+def test_upgrade_on_s3(s3, photo_store):
+    """A store of an older format on S3 is refused in one line; ``streamq upgrade`` stopped
+    midway (a rename's copy made and the old array's metadata removed) and run again leaves
+    the objects of the store of today, byte for byte."""
+    from helpers import as_older_format, tree_bytes
+
+    from streamq.store import Store
+    from streamq.store.upgrade import rename_array, renames_left
+
+    url = f"s3://{BUCKET}/upgrade.zarr"
+    fs = location(url, s3).filesystem()
+    current = tree_bytes(photo_store)
+    for name, data in current.items():
+        fs.pipe_file(f"{BUCKET}/upgrade.zarr/{name}", data)
+    assert len(as_older_format(url, storage_options=s3)) == 3  # fit/palette/centers_{0,1,2}
+    message = (f"{url} uses store format 1; run `streamq upgrade {url}` to rename its arrays "
+               "(nothing is recomputed)")
+    with pytest.raises(streamq.StoreLayoutError) as err:
+        streamq.load_fit(url, storage_options=s3)
+    assert str(err.value) == message
+    st = Store.open(url, mode="r+", storage_options=s3, versions=(1,))
+    old, new = renames_left(st)[0]
+    rename_array(st, old, new, step=2)
+    assert _objects(s3, f"upgrade.zarr/{old}")  # its chunks, left for the rerun
+    res = CliRunner().invoke(cli, ["upgrade", url, *_flags(s3)])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == (f"upgraded {url} from store format 1 to 3: 3 arrays renamed "
+                                  "(nothing recomputed)")
+    assert _objects(s3, "upgrade.zarr") == current
+    res = CliRunner().invoke(cli, ["upgrade", url, *_flags(s3)])
+    assert res.output.strip() == f"{url} is already at store format 3"
 
 
 def test_colour_histogram_cache_on_s3(pair, cluster_address):
@@ -328,8 +361,8 @@ def test_run_on_s3_killed_and_rerun(s3, faces_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     gl = zarr.open_group(str(tmp_path / "ref.zarr"), mode="r")
     gs = zarr.open_group(store, mode="r", storage_options=s3)
-    for name in ("pixels", "images/path", "fit/palette/center_0", "fit/palette/center_1",
-                 "fit/palette/center_2", "fit/palette/r", "fit/history/shift", "quantize/labels"):
+    for name in ("pixels", "images/path", "fit/palette/centers_0", "fit/palette/centers_1",
+                 "fit/palette/centers_2", "fit/palette/r", "fit/history/shift", "quantize/labels"):
         np.testing.assert_array_equal(gl[name][:], gs[name][:], err_msg=name)
     _assert_same_images(_local_files(tmp_path / "ref-out"), _objects(s3, "resume-out"), 48)
 

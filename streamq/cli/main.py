@@ -2,7 +2,7 @@
 
 Each command lives beside its stage family (``ingest.py``: example, ingest; ``fit.py``;
 ``quantize.py``: quantize, cluster-images; ``export.py``; ``view.py``: info, report;
-``run.py``; ``tools.py``: unlock, warmup); what they share is in ``common.py`` (errors as
+``run.py``; ``tools.py``: unlock, upgrade, warmup); what they share is in ``common.py`` (errors as
 one line, printing a result) and ``options.py`` (shared options, defaults from the config).
 """
 
@@ -18,7 +18,7 @@ from streamq.cli.fit import fit_cmd
 from streamq.cli.ingest import example_cmd, ingest_cmd
 from streamq.cli.quantize import cluster_images_cmd, quantize_cmd
 from streamq.cli.run import run_cmd
-from streamq.cli.tools import unlock_cmd, warmup_cmd
+from streamq.cli.tools import unlock_cmd, upgrade_cmd, warmup_cmd
 from streamq.cli.view import info_cmd, report_cmd
 
 log = logging.getLogger("streamq.cli")
@@ -26,7 +26,7 @@ log = logging.getLogger("streamq.cli")
 
 #: ``streamq --help`` lists the commands in this order: the pipeline, then the helpers.
 ORDER = ["example", "ingest", "info", "fit", "quantize", "cluster-images", "export", "report",
-         "run", "unlock", "warmup"]
+         "run", "unlock", "upgrade", "warmup"]
 
 
 class _Ordered(click.Group):
@@ -57,7 +57,7 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
 
 
 for _command in (example_cmd, ingest_cmd, info_cmd, fit_cmd, quantize_cmd, cluster_images_cmd,
-                 export_cmd, report_cmd, run_cmd, unlock_cmd, warmup_cmd):
+                 export_cmd, report_cmd, run_cmd, unlock_cmd, upgrade_cmd, warmup_cmd):
     cli.add_command(_command)
 
 

@@ -1,11 +1,11 @@
-"""``streamq unlock`` and ``streamq warmup``: helpers beside the pipeline."""
+"""``streamq unlock``, ``streamq upgrade`` and ``streamq warmup``: helpers beside the pipeline."""
 
 from __future__ import annotations
 
 import click
 
-from streamq.cli.common import handle_errors
-from streamq.cli.options import config_opt, storage_opt, storage_overrides
+from streamq.cli.common import echo_result, handle_errors, lock_overrides
+from streamq.cli.options import config_opt, json_opt, no_lock_opt, storage_opt, storage_overrides
 
 
 @click.command("unlock", short_help="Remove the write lock of a job that is gone.")
@@ -34,6 +34,28 @@ def unlock_cmd(store: str, force: bool, config_path: str | None,
     else:
         owner, why = removed
         click.echo(f"removed the lock of {owner.describe()}: {why}")
+
+
+@click.command("upgrade", short_help="Rename the arrays of a store of an older format.")
+@click.argument("store")
+@config_opt
+@storage_opt
+@no_lock_opt
+@json_opt
+@handle_errors
+def upgrade_cmd(store: str, config_path: str | None, storage_options: tuple[str, ...],
+                no_lock: bool, as_json: bool) -> None:
+    """Bring STORE, written by an older streamq, to the current store format in place.
+
+    Renames its arrays and keys (format 3 spells centres `centers`, as scikit-learn);
+    nothing is recomputed. Holds the store's write lock; if it is stopped, run it again to
+    finish. A store already current is left as it is. STORE may be a URL (s3://...).
+    """
+    from streamq.config import load_config
+    from streamq.store.upgrade import upgrade
+
+    cfg = load_config(config_path, **storage_overrides(storage_options), **lock_overrides(no_lock))
+    echo_result(upgrade(store, config=cfg), as_json)
 
 
 @click.command("warmup", short_help="Compile the per-image kernels ahead of their first use.")

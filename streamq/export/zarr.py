@@ -62,7 +62,7 @@ from streamq.store import (
     write_rows,
     zarr_root,
 )
-from streamq.store.results import labels_identity, load_fit, read_identity, ready_labels
+from streamq.store.results import CENTERS, labels_identity, load_fit, read_identity, ready_labels
 from streamq.store.selection import parse_ids, select_images
 
 __all__ = ["FORMAT_VERSION", "ZarrExportSummary", "export_zarr"]
@@ -335,7 +335,7 @@ def _write_tables(st: Store, coll: Collection, dest: Store, results: list[_Resul
             dest.write_array("palette", palette)
             dest.write_array("centers", np.asarray(fit.centers, dtype=np.float64))
         else:
-            for src, dst in (("palette", "palette"), ("center", "centers")):
+            for src, dst in (("palette", "palette"), (CENTERS, "centers")):
                 _copy_rows(st, f"per_image/{r.group}/{src}", dest, r.name(dst), chosen)
         if r.errors is not None:
             errors = st.read_table(r.errors, ("mse", "psnr", "ssim") if r.info.get("ssim")

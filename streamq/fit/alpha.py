@@ -18,7 +18,7 @@ same palette (the histogram, once stored, is not counted again). Only ``color_sp
 
 The palette is stored as straight (not premultiplied) colours ``fit/palette/{r,g,b}`` with
 their alpha ``fit/palette/a``, and the float centres in premultiplied RGBA
-``fit/palette/center_{0..3}``. Its MSE/PSNR are over premultiplied RGBA (four channels).
+``fit/palette/centers_{0..3}``. Its MSE/PSNR are over premultiplied RGBA (four channels).
 """
 
 from __future__ import annotations

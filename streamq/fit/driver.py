@@ -195,13 +195,13 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
                          "pixels_seen": 0, "stop_reason": ""}
         if fcfg.algorithm == "minibatch":
             if ckpt is not None and ckpt.get("phase") == "exact":
-                mb_centres, info = ckpt["minibatch_centres"], ckpt["minibatch_info"]
+                mb_centres, info = ckpt["minibatch_centers"], ckpt["minibatch_info"]
             else:
                 with timer("mini-batch fit", timings):
                     mb_centres, info = fit_minibatch(run, st, source, fcfg, fp, ckpt, x, counts,
                                                      progress, held)
                 write_checkpoint(st, CHECKPOINT, {"fingerprint": fp, "phase": "exact",
-                                                  "minibatch_centres": mb_centres,
+                                                  "minibatch_centers": mb_centres,
                                                   "minibatch_info": info})
         with timer("exact lloyd", timings):
             best = fit_exact(run, st, fcfg, fp, mb_centres, progress, held)

@@ -76,7 +76,7 @@ def ensure_distinct(centres: np.ndarray, points: np.ndarray, space: str) -> np.n
 
 
 class FitInfo(TypedDict):
-    """The progress of a fit: its history (arrays of ``streamq.results.HISTORY_KEYS``), its
+    """The progress of a fit: its history (arrays of ``streamq.store.results.HISTORY_KEYS``), its
     steps and pixels seen, and why it stopped."""
 
     history: dict[str, np.ndarray]

@@ -61,13 +61,14 @@ from streamq.scheduler import Runner, runner
 from streamq.stage import Task, run_tasks
 from streamq.store import (
     ALPHA,
-    ALPHA_FORMAT_VERSION,
+    FORMAT_VERSION,
     IMAGES,
     PIXELS,
     PLAN,
     SKIPPED,
     TASK_COLORS,
     TASKS,
+    UPGRADABLE_VERSIONS,
     Store,
     is_store,
     open_array,
@@ -549,7 +550,11 @@ def finish_ingest(st: Store, totals: ColorTotals, added: set[int], status: str,
 def _open_or_create(p: Location, root: str, source_fp: str, settings_fp: str, overwrite: bool) -> Store:
     check_access(p)
     if p.exists() and is_store(p):
-        st = Store.open(p, mode="r+")
+        # a store of an older format: replaced with --overwrite, else `streamq upgrade` first
+        older = UPGRADABLE_VERSIONS if overwrite else ()
+        st = Store.open(p, mode="r+", versions=(FORMAT_VERSION, *older))
+        if st.section("streamq")["format_version"] != FORMAT_VERSION:
+            return Store.create(p, overwrite=True)
         state = st.section("ingest")
         if state.get("state") in (None, "planning"):
             pass  # created or interrupted before its plan was saved: nothing to keep
@@ -700,8 +705,7 @@ def _consolidate(st: Store, timings: dict[str, float], facts: dict[str, Any]) ->
     st.write_table(IMAGES, {k: (v[keep] if len(v) else v) for k, v in plan.items()})
     has_alpha = np.asarray([i in alpha for i in range(len(plan["path"]))], dtype=bool)[keep]
     if has_alpha.any():
-        st.write_table(IMAGES, {"has_alpha": has_alpha})
-        st.set_section("streamq", {**st.section("streamq"), "format_version": ALPHA_FORMAT_VERSION})
+        st.write_table(IMAGES, {"has_alpha": has_alpha})  # same format version as opaque
     elif st.has(ALPHA):  # no image is transparent after all: the store of an opaque collection
         st.remove(ALPHA)
     scan = st.read_table("ingest/scan_skipped", ("path", "reason"))

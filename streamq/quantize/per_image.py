@@ -44,7 +44,7 @@ from streamq.store import (
     write_record,
     write_rows,
 )
-from streamq.store.results import PER_IMAGE, labels_state
+from streamq.store.results import PER_IMAGE, labels_state, per_image_centers
 from streamq.store.summaries import PerImageSummary, per_image_summary
 
 __all__ = ["quantize_per_image"]
@@ -78,7 +78,7 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     ext = np.asarray(pixels[start:stop])
     rgb = ext[lo - start:hi - start]
     labels = np.zeros(hi - lo, dtype=labels_dtype(k))
-    centres = open_array(store, f"per_image/k{k}/center")
+    centres = open_array(store, per_image_centers(k))
     palettes = open_array(store, f"per_image/k{k}/palette")
     ids = [i for i, _, _ in args["images"]]
     cen = np.asarray(centres[min(ids):max(ids) + 1]) if ids else None

@@ -20,7 +20,6 @@ reads as it always did.
 
 from streamq.store.layout import (
     ALPHA,
-    ALPHA_FORMAT_VERSION,
     COLOR_CHUNK,
     COLORS,
     FORMAT_VERSION,
@@ -36,6 +35,7 @@ from streamq.store.layout import (
     TABLE_CHUNK,
     TASK_COLORS,
     TASKS,
+    UPGRADABLE_VERSIONS,
     Collection,
     Skipped,
     Store,
@@ -58,7 +58,7 @@ from streamq.store.layout import (
 )
 
 __all__ = [
-    "ALPHA", "ALPHA_FORMAT_VERSION", "COLORS", "COLOR_CHUNK", "FORMAT_VERSION", "HAS_ALPHA",
+    "ALPHA", "UPGRADABLE_VERSIONS", "COLORS", "COLOR_CHUNK", "FORMAT_VERSION", "HAS_ALPHA",
     "IMAGES", "IMAGE_COLUMNS", "N_CODES", "PIXELS", "PLAN", "READ_VERSIONS", "SKIPPED",
     "SKIP_COLUMNS", "TABLE_CHUNK", "TASKS", "TASK_COLORS", "Collection", "Skipped", "Store",
     "StoreTarget", "compressors", "count_compressors", "is_store", "labels_dtype", "open_array",

@@ -47,14 +47,18 @@ from streamq.errors import StoreError, StoreExistsError, StoreLayoutError, Strea
 from streamq.fs import Location, check_access, delete_keys, location, storage_errors
 from streamq.lock import check_writer
 
-__all__ = ["ALPHA", "ALPHA_FORMAT_VERSION", "FORMAT_VERSION", "HAS_ALPHA", "Collection", "Store", "labels_dtype", "open_array", "open_store",
+__all__ = ["ALPHA", "FORMAT_VERSION", "HAS_ALPHA", "UPGRADABLE_VERSIONS", "Collection", "Store", "labels_dtype", "open_array", "open_store",
            "runs_by_weight"]
 
-FORMAT_VERSION = 1
-#: the version of a store with an image that keeps its alpha (``alpha``, ``images/has_alpha``):
-#: a reader of version 1 only would take its premultiplied pixels for opaque ones
-ALPHA_FORMAT_VERSION = 2
-READ_VERSIONS = (FORMAT_VERSION, ALPHA_FORMAT_VERSION)
+#: The version of every store this streamq writes, with or without alpha (``alpha``,
+#: ``images/has_alpha`` say whether the images keep theirs): 3 spells centres ``centers`` in
+#: every name (``fit/palette/centers_0``, ``per_image/k{K}/centers``), as scikit-learn does.
+FORMAT_VERSION = 3
+#: Versions ``streamq upgrade`` brings to :data:`FORMAT_VERSION` by renaming arrays (nothing is
+#: recomputed): 1, and 2 for a store with alpha (a reader of 1 only refused it), spelled
+#: ``center`` (see :mod:`streamq.store.upgrade`).
+UPGRADABLE_VERSIONS = (1, 2)
+READ_VERSIONS = (FORMAT_VERSION,)
 TABLE_CHUNK = 65_536
 PIXELS = "pixels"
 ALPHA = "alpha"
@@ -130,8 +134,10 @@ class Store:
 
     @classmethod
     def open(cls, target: StoreTarget, mode: Literal["r", "r+"] = "r",
-             storage_options: Mapping[str, Any] | None = None) -> Store:
-        """Open an existing store, checking that it is one and of a version we read."""
+             storage_options: Mapping[str, Any] | None = None,
+             versions: Sequence[int] = READ_VERSIONS) -> Store:
+        """Open an existing store, checking that it is one and of a version we read (one of
+        ``versions``: :mod:`streamq.store.upgrade` opens older ones too)."""
         loc = location(target, storage_options)
         path = loc.url
         check_access(loc)
@@ -153,10 +159,14 @@ class Store:
         meta = group.attrs.get("streamq")
         if not isinstance(meta, dict) or "format_version" not in meta:
             raise StoreLayoutError(f"{path} is a Zarr group but not a streamq store")
-        if meta["format_version"] not in READ_VERSIONS:
+        version = meta["format_version"]
+        if version in UPGRADABLE_VERSIONS and version not in versions:
+            raise StoreLayoutError(f"{path} uses store format {version}; run `streamq upgrade "
+                                   f"{path}` to rename its arrays (nothing is recomputed)")
+        if version not in versions:
             raise StoreLayoutError(
                 f"{path} has store format_version {meta['format_version']}, this streamq "
-                f"{__version__} reads versions {', '.join(map(str, READ_VERSIONS))}"
+                f"{__version__} reads versions {', '.join(map(str, versions))}"
             )
         return cls(loc, group)
 

@@ -61,11 +61,25 @@ GROUP_OF_IMAGE = "groups/images/group"
 GROUP_DISTANCE = "groups/images/distance"
 GROUP_OVERLAP = "groups/overlap"
 GROUP_LABELS = "groups/labels"
+#: How centres are spelled in every name on disk (store format 3; scikit-learn's spelling):
+#: the columns ``fit/palette/centers_{j}`` and the arrays ``per_image/k{K}/centers``,
+#: ``groups/centers``. The older names are in :data:`streamq.store.upgrade.RENAMES`.
+CENTERS = "centers"
 
 
 def per_image_labels(k: int) -> str:
     """The section of the labels of the per-image palettes of ``k`` colours."""
     return f"per_image_quantize_k{k}"
+
+
+def fit_center_columns(dims: int) -> tuple[str, ...]:
+    """The columns of ``fit/palette`` holding the centres' ``dims`` coordinates."""
+    return tuple(f"{CENTERS}_{j}" for j in range(dims))
+
+
+def per_image_centers(k: int) -> str:
+    """The ``(N, k, D)`` float centres of the per-image palettes of ``k`` colours."""
+    return f"{PER_IMAGE}/k{k}/{CENTERS}"
 
 
 # -- staleness: the one rule -------------------------------------------------------------------
@@ -253,7 +267,7 @@ def clear_fit(st: Store) -> None:
 def save_fit(st: Store, r: FitResult, fp: str, timings: dict[str, float],
                  facts: dict[str, Any], extra: dict[str, Any]) -> None:
     """Save ``r`` as the store's fit (fingerprint ``fp``), then drop the fit's working state."""
-    columns = {f"center_{j}": r.centers[:, j] for j in range(r.centers.shape[1])}
+    columns = {c: r.centers[:, j] for j, c in enumerate(fit_center_columns(r.centers.shape[1]))}
     columns.update({"r": r.palette[:, 0], "g": r.palette[:, 1], "b": r.palette[:, 2]})
     if r.alpha is not None:  # a palette with alpha (streamq.fit.alpha)
         columns["a"] = r.alpha
@@ -277,13 +291,13 @@ def load_fit(store: str | Location, storage_options: dict[str, Any] | None = Non
         raise StageNotReadyError(f"{st.path} has no fitted palette", "streamq fit")
     rgba = st.has(f"{FIT_PALETTE}/a")  # a palette with alpha (streamq.fit.alpha)
     dims = 4 if rgba else 3
-    p = st.read_table(FIT_PALETTE, tuple(f"center_{j}" for j in range(dims))
+    p = st.read_table(FIT_PALETTE, fit_center_columns(dims)
                       + ("r", "g", "b", "count") + (("a",) if rgba else ()))
     h = st.read_table(FIT_HISTORY, HISTORY_KEYS)
     s = sec["summary"]
     return FitResult(
         store=st.path, k=s["k"], algorithm=s["algorithm"], color_space=s["color_space"],
-        centers=np.stack([p[f"center_{j}"] for j in range(dims)], 1),
+        centers=np.stack([p[c] for c in fit_center_columns(dims)], 1),
         palette=np.stack([p["r"], p["g"], p["b"]], 1).astype(np.uint8), counts=p["count"],
         history=h, steps=s["steps"], pixels_seen=s["pixels_seen"], stop_reason=s["stop_reason"],
         mse=s["mse"], psnr=s["psnr"], seconds=s["seconds"], seed=s["seed"], config=sec["config"],
@@ -302,7 +316,7 @@ def load_per_image(store: str | Location, k: int,
         have = sec.get("colors") if sec.get("state") == "complete" else "none"
         raise StageNotReadyError(f"{st.path} has no per-image palettes for K={k} (fitted: {have})",
                                  f"streamq fit --per-image --colors {k}")
-    return (np.asarray(st.array(f"per_image/k{k}/center")[:]),
+    return (np.asarray(st.array(per_image_centers(k))[:]),
             np.asarray(st.array(f"per_image/k{k}/palette")[:]))
 
 
