@@ -65,7 +65,7 @@ def test_an_older_store_is_refused_in_one_line(older):
 
 def test_upgrade_gives_the_store_of_today(current, older):
     before = tree_bytes(older)
-    summary = streamq.store.upgrade(str(older))
+    summary = streamq.upgrade(str(older))
     assert (summary.from_version, summary.to_version) == (1, FORMAT_VERSION)
     assert len(summary.renamed) == 4
     assert str(summary) == (f"upgraded {older} from store format 1 to {FORMAT_VERSION}: "
@@ -78,7 +78,7 @@ def test_upgrade_gives_the_store_of_today(current, older):
 
 
 def test_upgrade_of_a_current_store_changes_nothing(older):
-    streamq.store.upgrade(str(older))
+    streamq.upgrade(str(older))
     before = tree_bytes(older)
     res = CliRunner().invoke(cli, ["upgrade", str(older)])
     assert res.exit_code == 0, res.output
@@ -124,7 +124,7 @@ def test_a_partial_copy_is_made_again(current, older):
     rename_array(st, old, new, step=1)
     chunk = next(p for p in sorted((older / new).rglob("*")) if p.is_file() and p.name != "zarr.json")
     chunk.unlink()
-    streamq.store.upgrade(str(older))
+    streamq.upgrade(str(older))
     assert tree_bytes(older) == tree_bytes(current)
 
 
@@ -139,7 +139,7 @@ def test_an_unfinished_fit_checkpoint_is_upgraded(current, tmp_path):
     zarr.open_array(str(path / "fit/checkpoint"), mode="r+")[0] = encode_state(state)
     as_older_format(path)
     assert "minibatch_centres" in str(zarr.open_array(str(path / "fit/checkpoint"), mode="r")[0])
-    streamq.store.upgrade(str(path))
+    streamq.upgrade(str(path))
     got = decode_state(str(zarr.open_array(str(path / "fit/checkpoint"), mode="r")[0]))
     assert list(got) == list(state)
     np.testing.assert_array_equal(got["minibatch_centers"], centres)
