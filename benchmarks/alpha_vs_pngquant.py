@@ -229,10 +229,10 @@ def measure_paths(mpx: float, k: int = 64, repeats: int = 3) -> dict[str, float]
     alpha = soft_mask(side, side).reshape(-1)[:n]
     prem = premultiply(np.concatenate([rgb, alpha[:, None]], axis=1))
     rng = np.random.default_rng(0)
-    centres = np.concatenate([rgb[rng.choice(n, k, replace=False)] / 255.0, np.ones((k, 1))], 1)
-    centres[: k // 4, 3] = rng.random(k // 4)
-    centres[:, :3] *= centres[:, 3:]
-    pal, a = palette_of(centres)
+    centers = np.concatenate([rgb[rng.choice(n, k, replace=False)] / 255.0, np.ones((k, 1))], 1)
+    centers[: k // 4, 3] = rng.random(k // 4)
+    centers[:, :3] *= centers[:, 3:]
+    pal, a = palette_of(centers)
     ends = np.zeros(0, np.int64)
 
     def best(fn: Any) -> float:
@@ -243,9 +243,9 @@ def measure_paths(mpx: float, k: int = 64, repeats: int = 3) -> dict[str, float]
             times.append(time.perf_counter() - t0)
         return n / 1e6 / min(times)
 
-    table = LabelTable(centres[:, :3], pal, "rgb")
+    table = LabelTable(centers[:, :3], pal, "rgb")
     table.labels_sse(rgb, np.uint8, ends)  # filled: the steady state of a worker
-    rgba_table = RgbaLabels(centres, pal, a)
+    rgba_table = RgbaLabels(centers, pal, a)
     return {"mpx": n / 1e6, "k": k,
             "count_24bit_mpx_s": best(lambda: count_colors(rgb)),
             "count_rgba_mpx_s": best(lambda: count_rgba(prem, alpha)),

@@ -331,10 +331,10 @@ class ColorQuantizer(OneToOneFeatureMixin, ClusterMixin, TransformerMixin, BaseE
             best = converge(x, w, start, layout=layout, tol=float(self.tol),
                             max_iter=self.max_iter)
             n_iter = best.n_iter
-        centres = ensure_distinct(best.centers, x, space)
-        self.cluster_centers_ = centres
-        self.palette_ = to_rgb8(centres, space)
-        self.inertia_ = inertia(x, w, centres)
+        centers = ensure_distinct(best.centers, x, space)
+        self.cluster_centers_ = centers
+        self.palette_ = to_rgb8(centers, space)
+        self.inertia_ = inertia(x, w, centers)
         self.n_iter_ = int(n_iter)
 
     def _fit_points(self, rows: np.ndarray, seed: int) -> None:

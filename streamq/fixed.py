@@ -49,7 +49,7 @@ class FixedColors:
 
         return colors_sha256(self.rgb)
 
-    def centres(self, space: str) -> np.ndarray:
+    def centers(self, space: str) -> np.ndarray:
         """``(F, 3)`` float64 points in colour space ``space``, as the fit computes the
         points of the collection's colours."""
         from streamq.colorspace import to_space

@@ -206,8 +206,8 @@ def _cluster_images(store: Location, cfg: StreamQConfig, overwrite: bool,
             sec = {**sec, "state": "clustering"}
             st.set_section(SECTION, sec)
             with timer("clustering", timings):
-                centres, info = _cluster(run, st, n, k, gcfg, fp, progress)
-            st.write_array(CENTERS, centres)
+                centers, info = _cluster(run, st, n, k, gcfg, fp, progress)
+            st.write_array(CENTERS, centers)
             st.write_table(HISTORY, info.pop("history"))
             st.create_rows(GROUP, (n,), gcfg.rows_per_chunk, np.int32)
             st.create_rows(DISTANCE, (n,), gcfg.rows_per_chunk, np.float64)
@@ -241,7 +241,7 @@ def _cluster(run: Runner, st: Store, n: int, k: int, gcfg: ClusterImagesConfig, 
         log.info("Resuming the image grouping at step %d", state.cursor)
     else:
         with timer("initial group centres"):
-            init, scale = _initial_centres(run, st, source, n, weights, gcfg)
+            init, scale = _initial_centers(run, st, source, n, weights, gcfg)
             model = new_model(gcfg.groups, init, B, gcfg.seed, gcfg.reassignment_ratio)
         state = LoopState(scale=scale)
     max_steps, limit_name = step_limit(gcfg.max_steps, gcfg.max_epochs, n, B)
@@ -261,7 +261,7 @@ def _cluster(run: Runner, st: Store, n: int, k: int, gcfg: ClusterImagesConfig, 
     return model.cluster_centers_.astype(np.float64), info
 
 
-def _initial_centres(run: Runner, st: Store, source: PixelSource, n: int, weights: np.ndarray,
+def _initial_centers(run: Runner, st: Store, source: PixelSource, n: int, weights: np.ndarray,
                      gcfg: ClusterImagesConfig) -> tuple[np.ndarray, float]:
     """k-means (best of ``n_init`` k-means++ starts) on every descriptor, or on a
     collection-wide sample, and the sample's mean variance per coordinate."""
@@ -301,8 +301,8 @@ def _assign_task(args: dict[str, Any]) -> dict[str, Any]:
 def _assign(run: Runner, st: Store, gcfg: ClusterImagesConfig, k: int,
             progress: bool | None) -> None:
     """Every image's nearest group centre, by the tasks that have no record yet."""
-    centres = np.asarray(st.array(CENTERS)[:])
-    common = {"store": st.location, "centers": centres.tolist(), "weights": _weights(gcfg, k).tolist()}
+    centers = np.asarray(st.array(CENTERS)[:])
+    common = {"store": st.location, "centers": centers.tolist(), "weights": _weights(gcfg, k).tolist()}
     records = st.records(ASSIGN_RECORDS)
     tasks = read_plan(st)
     run_tasks(run, [Task(_assign_task, {**common, "task": i, "rows": [r0, r1]}, r1 - r0)

@@ -267,12 +267,12 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
     with timer("consolidating", timings):
         records = st.records(RECORDS)
         for k in pcfg.colors:
-            centres = np.zeros((len(coll), k, 3), dtype=np.float64)
+            centers = np.zeros((len(coll), k, 3), dtype=np.float64)
             for r in records:
                 for image_id, flat in json.loads(r)[str(k)]:
-                    centres[image_id] = np.asarray(flat, dtype=np.float64).reshape(k, 3)
-            st.write_array(per_image_centers(k), centres)
-            st.write_array(f"per_image/k{k}/palette", np.round(np.clip(centres * 255, 0, 255)).astype(np.uint8))
+                    centers[image_id] = np.asarray(flat, dtype=np.float64).reshape(k, 3)
+            st.write_array(per_image_centers(k), centers)
+            st.write_array(f"per_image/k{k}/palette", np.round(np.clip(centers * 255, 0, 255)).astype(np.uint8))
         st.set_section(SECTION, {**st.section(SECTION), "state": "complete", "timings": timings,
                                  "runtime": facts, "finished": timestamp()})
     st.set_section(SECTION, {**st.section(SECTION), "timings": timings})  # with consolidating

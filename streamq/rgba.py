@@ -124,14 +124,14 @@ def merge_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
     return codes[first], np.add.reduceat(counts, first).astype(np.int64)
 
 
-def palette_of(centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def palette_of(centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The uint8 palette of premultiplied RGBA centres ``(K, 4)`` in ``[0, 1]``: straight
     (not premultiplied) colours ``(K, 3)``, as a PNG holds them, and alphas ``(K,)``.
 
     Alpha is rounded; the colour is the straight colour whose premultiplied value
     (:func:`premultiplied`) is nearest the centre's premultiplied colour; a fully
     transparent entry is black."""
-    c = np.clip(np.asarray(centres, dtype=np.float64), 0.0, 1.0)
+    c = np.clip(np.asarray(centers, dtype=np.float64), 0.0, 1.0)
     a = np.round(c[:, 3] * 255).astype(np.int64)
     target = np.minimum(c[:, :3] * 255, a[:, None])
     # candidates around target * 255 / a: the one whose premultiplied value is nearest
@@ -156,7 +156,7 @@ def premultiplied(palette: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.concatenate([premultiply(rgba), rgba[:, 3:]], axis=1)
 
 
-def _opaque_table(metric_centres: np.ndarray, target: np.ndarray) -> LabelTable:
+def _opaque_table(metric_centers: np.ndarray, target: np.ndarray) -> LabelTable:
     """A :class:`~streamq.kmeans.table.LabelTable` of opaque colours (K <= 256): labels by
     the RGBA distance, errors over the four channels (at most ``4 * 255**2``: the packed
     entry's 18 bits hold it)."""
@@ -175,7 +175,7 @@ def _opaque_table(metric_centres: np.ndarray, target: np.ndarray) -> LabelTable:
                     return
                 colours = codes_to_rgb(new).astype(np.int64)
                 rgba = np.concatenate([colours, np.full((len(new), 1), 255)], axis=1)
-                lab, _ = assign(to_metric(rgba / 255.0), metric_centres)
+                lab, _ = assign(to_metric(rgba / 255.0), metric_centers)
                 err = ((rgba - target[lab]) ** 2).sum(1)
                 self.lut[new] = (lab.astype(np.int64) | (err << 8)).astype(np.int32)
 
@@ -186,17 +186,17 @@ class RgbaLabels:
     """Exact nearest-centre labels of premultiplied RGBA pixels (first centre on ties), and
     their squared errors against the palette's premultiplied colours.
 
-    ``centres``: ``(K, 4)`` premultiplied RGBA in ``[0, 1]`` (the fit's float centres);
+    ``centers``: ``(K, 4)`` premultiplied RGBA in ``[0, 1]`` (the fit's float centres);
     ``palette``, ``alpha``: the uint8 palette errors are measured against. Opaque pixels go
     through a lazily filled ``2**24`` label table (K <= 256; 80 MB, worth it over many
     pixels: ``table=False`` labels them by their distinct colours too), the others through
     their distinct colours."""
 
-    def __init__(self, centres: np.ndarray, palette: np.ndarray, alpha: np.ndarray,
+    def __init__(self, centers: np.ndarray, palette: np.ndarray, alpha: np.ndarray,
                  table: bool = True) -> None:
-        self.metric_centres = np.ascontiguousarray(to_metric(centres))
+        self.metric_centers = np.ascontiguousarray(to_metric(centers))
         self.target = premultiplied(palette, alpha).astype(np.int64)
-        self.table = (_opaque_table(self.metric_centres, self.target)
+        self.table = (_opaque_table(self.metric_centers, self.target)
                       if table and len(self.target) <= 256 else None)
         lab, err = self.distinct(np.zeros(1, np.int64))  # the fully transparent colour
         self.clear_label, self.clear_err = int(lab[0]), int(err[0])
@@ -209,7 +209,7 @@ class RgbaLabels:
         err = np.empty(len(codes), np.int64)
         for s in range(0, len(codes), _BLOCK):
             rgba = codes_to_rgba(codes[s:s + _BLOCK])
-            lab, _ = assign(to_metric(rgba / 255.0), self.metric_centres)
+            lab, _ = assign(to_metric(rgba / 255.0), self.metric_centers)
             labels[s:s + _BLOCK] = lab
             err[s:s + _BLOCK] = ((rgba.astype(np.int64) - self.target[lab]) ** 2).sum(1)
         return labels, err

@@ -273,9 +273,9 @@ def test_rgba_labels_and_counts_split_by_alpha(k):
     rgba = np.dstack([photo, soft_mask(*photo.shape[:2], seed=5)]).reshape(-1, 4)
     prem, alpha = premultiply(rgba), rgba[:, 3]
     rng = np.random.default_rng(2)
-    centres = np.concatenate([prem, alpha[:, None]], 1)[rng.choice(len(rgba), k)] / 255.0
-    pal, a = palette_of(centres)
-    table = RgbaLabels(centres, pal, a)
+    centers = np.concatenate([prem, alpha[:, None]], 1)[rng.choice(len(rgba), k)] / 255.0
+    pal, a = palette_of(centers)
+    table = RgbaLabels(centers, pal, a)
     ends = np.sort(rng.integers(0, len(rgba), 9))
     labels, sse = table.labels_sse(prem, alpha, np.uint16, ends)
     lab, err = table.distinct(rgba_codes(prem, alpha))

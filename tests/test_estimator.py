@@ -34,8 +34,8 @@ def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
 
 
-def _argmin(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    d = ((points.astype(np.float64)[:, None, :] - centres[None]) ** 2).sum(-1)
+def _argmin(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    d = ((points.astype(np.float64)[:, None, :] - centers[None]) ** 2).sum(-1)
     return np.argmin(d, axis=1)  # first centre on ties
 
 
@@ -58,7 +58,7 @@ def test_predict_equals_brute_force_argmin(photo, space):
     assert q.inertia_ == pytest.approx((d ** 2).sum(), rel=1e-9)
 
 
-def test_same_start_same_centres_as_scikit_learn_kmeans(photo):
+def test_same_start_same_centers_as_scikit_learn_kmeans(photo):
     from sklearn.cluster import KMeans
 
     x = to_space(photo.reshape(-1, 3), "rgb").astype(np.float64)

@@ -40,10 +40,10 @@ def store_copy(fit_store, tmp_path):
     return str(dst)
 
 
-def full_mse(pixels, palette, centres, space="rgb"):
+def full_mse(pixels, palette, centers, space="rgb"):
     from streamq.kmeans import assign
 
-    labels, _ = assign(to_space(pixels, space), centres)
+    labels, _ = assign(to_space(pixels, space), centers)
     return float(((pixels.astype(float) - palette[labels].astype(float)) ** 2).mean())
 
 
@@ -106,7 +106,7 @@ def test_streamed_fit_equals_plain_partial_fit_loop(store_copy):
     coll = streamq.open_store(store_copy)
     source = PixelSource.of_collection(coll)
     from streamq.config import FitConfig
-    from streamq.fit.minibatch import initial_centres
+    from streamq.fit.minibatch import initial_centers
     from streamq.scheduler import Runner, _SyncPool
     from streamq.store.histogram import histogram
 
@@ -114,7 +114,7 @@ def test_streamed_fit_equals_plain_partial_fit_loop(store_copy):
     run = Runner(None, _SyncPool(), "sync")
     codes, counts = histogram(run, coll.store, source)
     x = to_space(codes_to_rgb(codes), "rgb").astype(np.float64)
-    init = initial_centres(run, source, fcfg, x, counts)
+    init = initial_centers(run, source, fcfg, x, counts)
     ref = MiniBatchKMeans(8, init=init, n_init=1, batch_size=4096, compute_labels=False, random_state=5)
     for t in range(4):
         data = draw_pixels(source, 5, STREAM_TRAIN, t, 3 * 4096, fcfg.blocks_per_task)
@@ -256,8 +256,8 @@ def test_duplicate_palette_colours_are_replaced_by_worst_served_pixels():
 
     rng = np.random.default_rng(0)
     val = to_space(rng.integers(0, 256, size=(5000, 3), dtype=np.uint8), "rgb").astype(np.float64)
-    centres = np.repeat(val[:1], 6, axis=0)  # six identical centres
-    centres[1] = val[1]
-    out = ensure_distinct(centres, val, "rgb")
+    centers = np.repeat(val[:1], 6, axis=0)  # six identical centres
+    centers[1] = val[1]
+    out = ensure_distinct(centers, val, "rgb")
     assert len({tuple(c) for c in to_rgb8(out, "rgb")}) == 6
-    np.testing.assert_array_equal(out[:2], centres[:2])  # the first of each colour stays
+    np.testing.assert_array_equal(out[:2], centers[:2])  # the first of each colour stays

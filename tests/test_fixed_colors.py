@@ -42,9 +42,9 @@ def _labels(x, c):
     return ((x[:, None, :] - c[None]) ** 2).sum(2).argmin(1)
 
 
-def reference_lloyd(x, w, centres, fixed, tol=0.0, max_iter=1000):
+def reference_lloyd(x, w, centers, fixed, tol=0.0, max_iter=1000):
     """Weighted Lloyd with the centres of mask ``fixed`` held: ``(centres, inertia)``."""
-    c = np.array(centres, dtype=np.float64)
+    c = np.array(centers, dtype=np.float64)
     k = len(c)
     mean = np.average(x, axis=0, weights=w)
     threshold = tol * np.average((x - mean) ** 2, axis=0, weights=w).mean()
@@ -106,7 +106,7 @@ def photo_points():
 
 # -- the k-means core ----------------------------------------------------------------------------
 @pytest.mark.parametrize("form", ["bounded", "cells"])
-def test_lloyd_holds_fixed_centres_and_matches_the_reference(photo_points, form):
+def test_lloyd_holds_fixed_centers_and_matches_the_reference(photo_points, form):
     """Fixed centres at any positions (one far from every colour: always empty, never
     refilled when a free cluster is) stay bit for bit; the free ones end where the NumPy
     reference ends."""
@@ -131,7 +131,7 @@ def test_lloyd_holds_fixed_centres_and_matches_the_reference(photo_points, form)
     assert not np.array_equal(plain.centers[8], start[8])
 
 
-def test_kmeans_plusplus_starts_from_the_fixed_centres(photo_points):
+def test_kmeans_plusplus_starts_from_the_fixed_centers(photo_points):
     x, w = photo_points
     held = to_space(FIXED, "rgb").astype(np.float64)
     ours = initial_centers(x, w, 16, "k-means++", np.random.default_rng(7), fixed=held)
@@ -144,7 +144,7 @@ def test_kmeans_plusplus_starts_from_the_fixed_centres(photo_points):
     assert len(np.unique(rnd[5:], axis=0)) == 11
 
 
-def test_kmeans_with_fixed_centres_converges_as_the_reference(photo_points):
+def test_kmeans_with_fixed_centers_converges_as_the_reference(photo_points):
     x, w = photo_points
     held = to_space(FIXED, "rgb").astype(np.float64)
     res = kmeans(x, w, 16, np.random.default_rng(1), n_init=2, tol=0, fixed=held)
@@ -225,7 +225,7 @@ def test_minibatch_fit_keeps_fixed_colours(store_copy, brand_gpl, histogram_poin
     assert inertia(x, counts, res.centers) <= ref_inertia * (1 + 1e-9)
 
 
-def test_streamed_fit_is_a_plain_partial_fit_loop_with_fixed_centres_put_back(store_copy,
+def test_streamed_fit_is_a_plain_partial_fit_loop_with_fixed_centers_put_back(store_copy,
                                                                             brand_gpl):
     """The mini-batch phase: scikit-learn's partial_fit over the seeded batches, the fixed
     centres set back after every step (they drift otherwise), from a start that holds them."""
@@ -233,7 +233,7 @@ def test_streamed_fit_is_a_plain_partial_fit_loop_with_fixed_centres_put_back(st
 
     from streamq.batches import STREAM_TRAIN, PixelSource, draw_pixels
     from streamq.config import FitConfig
-    from streamq.fit.minibatch import initial_centres
+    from streamq.fit.minibatch import initial_centers
     from streamq.kmeans import codes_to_rgb
     from streamq.scheduler import Runner, _SyncPool
     from streamq.store.histogram import histogram
@@ -247,7 +247,7 @@ def test_streamed_fit_is_a_plain_partial_fit_loop_with_fixed_centres_put_back(st
     codes, counts = histogram(run, coll.store, source)
     x = to_space(codes_to_rgb(codes), "rgb").astype(np.float64)
     held = to_space(FIXED, "rgb")
-    init = initial_centres(run, source, fcfg, x, counts, held.astype(np.float64))
+    init = initial_centers(run, source, fcfg, x, counts, held.astype(np.float64))
     assert np.array_equal(init[:5], held)
     ref = MiniBatchKMeans(9, init=init, n_init=1, batch_size=4096, compute_labels=False,
                           random_state=5)
@@ -307,9 +307,9 @@ def test_per_image_palettes_keep_fixed_colours(store_copy, brand_gpl):
     coll = streamq.open_store(store_copy)
     held = codes_to_points((FIXED.astype(np.int64) << [16, 8, 0]).sum(1))
     for k in (6, 12):
-        centres, palettes = load_per_image(store_copy, k)
+        centers, palettes = load_per_image(store_copy, k)
         assert (palettes[:, :5] == FIXED).all()
-        assert np.array_equal(centres[:, :5], np.broadcast_to(held, (len(coll), 5, 3)))
+        assert np.array_equal(centers[:, :5], np.broadcast_to(held, (len(coll), 5, 3)))
         for image_id in (0, 7):  # the rest: as the reference Lloyd from the same start
             rgb = coll.read(image_id).reshape(-1, 3)
             codes, w = _sample_histogram(rgb, sample_size(len(rgb), k, 0.7), 0, image_id)
@@ -317,7 +317,7 @@ def test_per_image_palettes_keep_fixed_colours(store_copy, brand_gpl):
             start = initial_centers(x, w, k, "k-means++", np.random.default_rng([0, image_id, k]),
                                     fixed=held)
             _, ref_inertia = reference_lloyd(x, w, start, fixed_first(k, 5), tol=1e-4)
-            assert inertia(x, w, centres[image_id]) <= ref_inertia * (1 + 1e-9)
+            assert inertia(x, w, centers[image_id]) <= ref_inertia * (1 + 1e-9)
     with pytest.raises(ConfigError, match="needs per_image.method 'histogram'"):
         streamq.fit_per_image(store_copy, colors=[6], fixed_colors=brand_gpl, overwrite=True,
                               scheduler="threads")

@@ -83,22 +83,22 @@ def _labels(x, c):
     return ((x[:, None, :] - c[None]) ** 2).sum(2).argmin(1)
 
 
-def _reference_lloyd(x, w, centres, tol=1e-4, max_iter=300):
+def _reference_lloyd(x, w, centers, tol=1e-4, max_iter=300):
     """Weighted Lloyd from its definition: argmin labels, exact integer sums of the fixed-point
     points, scikit-learn's stopping rule and empty-cluster rule."""
     X, W, f = fixed_point(x, w)
     xq = X * 2.0**-f
     mean = np.average(xq, axis=0, weights=w)
     threshold = tol * np.average((xq - mean) ** 2, axis=0, weights=w).mean()
-    k, d = centres.shape
-    labels = _labels(xq, centres)
+    k, d = centers.shape
+    labels = _labels(xq, centers)
     for it in range(1, max_iter + 1):
         sums = np.zeros((k, d), np.int64)
         np.add.at(sums, labels, W[:, None] * X)
         weight = np.bincount(labels, weights=W, minlength=k).astype(np.int64)
         empty = np.flatnonzero(weight == 0)
         if len(empty):  # the farthest points from their centres, moved with their weight
-            far = np.argsort(-((xq - centres[labels]) ** 2).sum(1), kind="stable")
+            far = np.argsort(-((xq - centers[labels]) ** 2).sum(1), kind="stable")
             for j, i in zip(empty, far, strict=False):
                 sums[labels[i]] -= W[i] * X[i]
                 weight[labels[i]] -= W[i]
@@ -106,17 +106,17 @@ def _reference_lloyd(x, w, centres, tol=1e-4, max_iter=300):
                 labels[i] = j
         safe = np.where(weight > 0, weight, 1).astype(np.float64)
         new = np.where(weight[:, None] > 0, sums.astype(np.float64) / safe[:, None] * 2.0**-f,
-                       centres)
-        shift = ((new - centres) ** 2).sum()
-        centres = new
-        new_labels = _labels(xq, centres)
+                       centers)
+        shift = ((new - centers) ** 2).sum()
+        centers = new
+        new_labels = _labels(xq, centers)
         changed = (new_labels != labels).any()
         labels = new_labels
         if tol > 0 and shift <= threshold:
-            return centres, it, "tol"
+            return centers, it, "tol"
         if not changed and not len(empty):
-            return centres, it, "labels"
-    return centres, max_iter, "max_iter"
+            return centers, it, "labels"
+    return centers, max_iter, "max_iter"
 
 
 def test_codes_round_trip_and_distinct_colours(photo):
@@ -328,8 +328,8 @@ def test_lloyd_resumed_from_any_checkpoint_is_identical(points, tol):
     ref = lloyd(x, w, start, tol=tol, max_iter=1000,
                 on_iter=lambda it, c, rows: saved.append((it, c.copy(), list(rows))))
     assert len(saved) == ref.n_iter - 1  # every update the run went on from
-    for it, centres, rows in saved[:: max(1, len(saved) // 6)] + saved[-1:]:
-        resumed = lloyd(x, w, centres, tol=tol, max_iter=1000, start_iter=it)
+    for it, centers, rows in saved[:: max(1, len(saved) // 6)] + saved[-1:]:
+        resumed = lloyd(x, w, centers, tol=tol, max_iter=1000, start_iter=it)
         np.testing.assert_array_equal(resumed.centers, ref.centers)
         assert (resumed.n_iter, resumed.stop) == (ref.n_iter, ref.stop)
         assert rows + resumed.history == ref.history
@@ -350,8 +350,8 @@ def test_lloyd_cells_checkpoints_and_resumes_as_bounded_lloyd(whole_photo, tol):
     for (it_a, c_a, rows_a), (it_b, c_b, rows_b) in zip(saved, seen, strict=True):
         assert (it_a, rows_a) == (it_b, rows_b)
         np.testing.assert_array_equal(c_a, c_b)
-    for it, centres, rows in saved[:: max(1, len(saved) // 5)] + saved[-1:]:
-        resumed = lloyd_cells(x, w, centres, tol=tol, max_iter=300, order=order, start=cells,
+    for it, centers, rows in saved[:: max(1, len(saved) // 5)] + saved[-1:]:
+        resumed = lloyd_cells(x, w, centers, tol=tol, max_iter=300, order=order, start=cells,
                               start_iter=it)
         np.testing.assert_array_equal(resumed.centers, ref.centers)
         assert (resumed.n_iter, resumed.stop) == (ref.n_iter, ref.stop)
@@ -375,14 +375,14 @@ def test_lloyd_any_dimension_and_max_iter():
 
 
 @pytest.mark.parametrize("k", [2, 7, 64, 256])
-def test_labels_are_the_exact_nearest_centre(photo, k):
+def test_labels_are_the_exact_nearest_center(photo, k):
     rng = np.random.default_rng(k)
-    centres = rng.random((k, 3))
-    centres[-1] = centres[0]  # an exact tie: argmin takes the first
+    centers = rng.random((k, 3))
+    centers[-1] = centers[0]  # an exact tie: argmin takes the first
     x = to_space(photo, "rgb").astype(np.float64)
-    ref = _labels(x, centres)
-    palette = np.round(centres * 255).astype(np.uint8)
-    labels, sse, err = label_pixels(photo, centres, palette, want_err=True)
+    ref = _labels(x, centers)
+    palette = np.round(centers * 255).astype(np.uint8)
+    labels, sse, err = label_pixels(photo, centers, palette, want_err=True)
     np.testing.assert_array_equal(labels, ref)
     expected = ((photo.astype(np.int64) - palette[ref]) ** 2).sum(1)
     np.testing.assert_array_equal(err, expected)
@@ -390,13 +390,13 @@ def test_labels_are_the_exact_nearest_centre(photo, k):
     assert not (labels == k - 1).any()
 
 
-def test_labels_of_fitted_centres_on_pixel_lattice_ties():
+def test_labels_of_fitted_centers_on_pixel_lattice_ties():
     # centres on the colour lattice itself and a pixel exactly between two of them
-    centres = to_space(np.array([[10, 10, 10], [12, 10, 10], [200, 30, 40]], np.uint8), "rgb")
+    centers = to_space(np.array([[10, 10, 10], [12, 10, 10], [200, 30, 40]], np.uint8), "rgb")
     pixels = np.array([[11, 10, 10], [10, 10, 10], [12, 10, 10], [199, 30, 40]], np.uint8)
-    labels, _, _ = label_pixels(pixels, centres)
+    labels, _, _ = label_pixels(pixels, centers)
     x = to_space(pixels, "rgb").astype(np.float64)
-    np.testing.assert_array_equal(labels, _labels(x, centres.astype(np.float64)))
+    np.testing.assert_array_equal(labels, _labels(x, centers.astype(np.float64)))
 
 
 def test_kmeans_is_deterministic_and_handles_few_points(photo):

@@ -46,12 +46,12 @@ def _reference(path_on_disk, image_id, k, seed=4, sample=0.7):
 @pytest.mark.parametrize("k", [2, 6, 30])
 def test_same_result_as_a_plain_sklearn_loop(fitted, faces_dir, k):
     coll = streamq.open_store(fitted)
-    centres, palettes = load_per_image(fitted, k)
+    centers, palettes = load_per_image(fitted, k)
     labels = zarr.open_array(f"{fitted}/per_image/k{k}/labels", mode="r")
     psnr = zarr.open_group(fitted, mode="r")[f"per_image/k{k}/images/psnr"][:]
     for i in (0, 11, len(coll) - 1):
         km, rgb, x = _reference(faces_dir / coll.paths[i], i, k)
-        np.testing.assert_array_equal(centres[i], km.cluster_centers_.astype(np.float64))
+        np.testing.assert_array_equal(centers[i], km.cluster_centers_.astype(np.float64))
         a, n = int(coll.offsets[i]), len(rgb)
         ours = np.asarray(labels[a:a + n]).astype(np.int64)
         ref = km.predict(x)
@@ -134,15 +134,15 @@ def fitted_hist(faces_dir, tmp_path_factory, cluster_address):
 @pytest.mark.parametrize("k", [2, 6, 30])
 def test_histogram_method_same_as_in_memory_and_exact_labels(fitted_hist, faces_dir, k):
     coll = streamq.open_store(fitted_hist)
-    centres, palettes = load_per_image(fitted_hist, k)
+    centers, palettes = load_per_image(fitted_hist, k)
     labels = zarr.open_array(f"{fitted_hist}/per_image/k{k}/labels", mode="r")
     psnr = zarr.open_group(fitted_hist, mode="r")[f"per_image/k{k}/images/psnr"][:]
     for i in (0, 11, len(coll) - 1):
         rgb = pillow_rgb(faces_dir / coll.paths[i]).reshape(-1, 3)  # decoded again, in memory
         ref = fit_image(rgb, k, 0.7, 4, i, method="histogram")
-        np.testing.assert_array_equal(centres[i], ref)  # bit for bit, whatever ran it
+        np.testing.assert_array_equal(centers[i], ref)  # bit for bit, whatever ran it
         x = to_space(rgb, "rgb").astype(np.float64)
-        nearest = ((x[:, None, :] - centres[i][None]) ** 2).sum(2).argmin(1)
+        nearest = ((x[:, None, :] - centers[i][None]) ** 2).sum(2).argmin(1)
         a = int(coll.offsets[i])
         np.testing.assert_array_equal(np.asarray(labels[a:a + len(rgb)]), nearest)
         mse = ((rgb - palettes[i][nearest].astype(float)) ** 2).mean()

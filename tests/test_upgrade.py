@@ -133,8 +133,8 @@ def test_an_unfinished_fit_checkpoint_is_upgraded(current, tmp_path):
     centres ``minibatch_centres`` before format 3: renamed, the values the same."""
     path = tmp_path / "ckpt.zarr"
     shutil.copytree(current, path)
-    centres = np.linspace(0, 1, 12).reshape(4, 3)
-    state = {"fingerprint": "f", "phase": "exact", "minibatch_centers": centres,
+    centers = np.linspace(0, 1, 12).reshape(4, 3)
+    state = {"fingerprint": "f", "phase": "exact", "minibatch_centers": centers,
              "minibatch_info": {"steps": 3}}
     zarr.open_array(str(path / "fit/checkpoint"), mode="r+")[0] = encode_state(state)
     as_older_format(path)
@@ -142,7 +142,7 @@ def test_an_unfinished_fit_checkpoint_is_upgraded(current, tmp_path):
     streamq.upgrade(str(path))
     got = decode_state(str(zarr.open_array(str(path / "fit/checkpoint"), mode="r")[0]))
     assert list(got) == list(state)
-    np.testing.assert_array_equal(got["minibatch_centers"], centres)
+    np.testing.assert_array_equal(got["minibatch_centers"], centers)
     assert streamq.load_fit(str(path)).k == streamq.load_fit(str(current)).k
 
 

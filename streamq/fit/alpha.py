@@ -116,15 +116,15 @@ def _grid(codes: np.ndarray, counts: np.ndarray, x: np.ndarray) -> tuple[np.ndar
     return means, w
 
 
-def _lloyd(x: np.ndarray, w: np.ndarray, centres: np.ndarray, fixed: int, tol: float,
+def _lloyd(x: np.ndarray, w: np.ndarray, centers: np.ndarray, fixed: int, tol: float,
            max_iter: int) -> dict[str, Any]:
-    """Weighted Lloyd from ``centres`` whose first ``fixed`` rows never move (libimagequant
+    """Weighted Lloyd from ``centers`` whose first ``fixed`` rows never move (libimagequant
     never moves a fully transparent entry). A cluster left empty takes the point farthest
     from its centre. Stops when no label changes, on scikit-learn's ``tol`` rule (the squared
     centre shift at most ``tol`` times the points' mean variance) or after ``max_iter``."""
     from streamq.kmeans.nearest import assign
 
-    c = np.array(centres, dtype=np.float64)
+    c = np.array(centers, dtype=np.float64)
     k = len(c)
     wsum = float(w.sum())
     mean = (w[:, None] * x).sum(0) / wsum
@@ -195,33 +195,33 @@ def _kmeans(x: np.ndarray, w: np.ndarray, codes: np.ndarray, k: int, n_init: int
                        for gi, s, r in sorted(raced, key=lambda r: r[1])]}
 
 
-def _ensure_distinct(centres: np.ndarray, x: np.ndarray, rgba: np.ndarray) -> np.ndarray:
+def _ensure_distinct(centers: np.ndarray, x: np.ndarray, rgba: np.ndarray) -> np.ndarray:
     """Move every centre (metric space) whose uint8 RGBA entry repeats an earlier one to the
     colour worst served by the palette that is not in it yet
     (:func:`streamq.kmeans.nearest.spread_duplicates`)."""
     from streamq.kmeans.nearest import spread_duplicates
 
-    pal, alpha = palette_of(from_metric(centres))
+    pal, alpha = palette_of(from_metric(centers))
 
     def entry(i: int) -> tuple[Any, ...]:
         p, a = palette_of(rgba[i:i + 1] / 255.0)
         return (*p[0], a[0])
 
-    return spread_duplicates(centres, x, np.concatenate([pal, alpha[:, None]], axis=1), entry)
+    return spread_duplicates(centers, x, np.concatenate([pal, alpha[:, None]], axis=1), entry)
 
 
-def exact_errors(x: np.ndarray, rgba: np.ndarray, counts: np.ndarray, centres: np.ndarray,
+def exact_errors(x: np.ndarray, rgba: np.ndarray, counts: np.ndarray, centers: np.ndarray,
                  palette: np.ndarray, alpha: np.ndarray) -> tuple[float, np.ndarray]:
     """MSE over premultiplied RGBA (uint8 units, four channels) of every pixel labelled with
     its nearest centre (metric space) and compared with that entry's premultiplied colour;
     and the pixels of each entry."""
     from streamq.kmeans.nearest import assign
 
-    labels, _ = assign(x, centres)
+    labels, _ = assign(x, centers)
     target = premultiplied(palette, alpha).astype(np.int64)
     err = ((rgba.astype(np.int64) - target[labels]) ** 2).sum(1)
     n = float(counts.sum())
-    per = np.bincount(labels, weights=counts, minlength=len(centres)).astype(np.int64)
+    per = np.bincount(labels, weights=counts, minlength=len(centers)).astype(np.int64)
     return float((err * counts).sum() / (4 * n)), per
 
 
@@ -237,25 +237,25 @@ def kmeans_rgba(codes: np.ndarray, counts: np.ndarray, k: int, *, n_init: int = 
     rgba = codes_to_rgba(codes)
     x = to_metric(rgba / 255.0)
     best = _kmeans(x, counts, codes, k, n_init, seed, init, tol, max_iter)
-    centres = _ensure_distinct(best["centers"], x, rgba)
-    palette, alpha = palette_of(from_metric(centres))
+    centers = _ensure_distinct(best["centers"], x, rgba)
+    palette, alpha = palette_of(from_metric(centers))
     # entries with transparency first (the fully transparent one, when pinned, at 0): a
     # palette PNG's tRNS chunk then stops at the last of them, as pngquant orders it
     order = np.lexsort((np.arange(len(alpha)), alpha == 255))
-    return {**best, "metric_centers": centres[order], "palette": palette[order],
+    return {**best, "metric_centers": centers[order], "palette": palette[order],
             "alpha": alpha[order]}
 
 
-def rgba_mse(run: Runner, st: Store, coll: Collection, centres: np.ndarray) -> float:
-    """Exact MSE over premultiplied RGBA of the palette of ``centres`` (``(K, 4)``
+def rgba_mse(run: Runner, st: Store, coll: Collection, centers: np.ndarray) -> float:
+    """Exact MSE over premultiplied RGBA of the palette of ``centers`` (``(K, 4)``
     premultiplied RGBA in [0, 1]) over every pixel of ``coll``."""
-    if centres.ndim != 2 or centres.shape[1] != 4:
+    if centers.ndim != 2 or centers.shape[1] != 4:
         raise ConfigError(f"{st.path} has images with alpha: centres must be (K, 4) "
-                          f"premultiplied RGBA, got shape {centres.shape}")
+                          f"premultiplied RGBA, got shape {centers.shape}")
     codes, counts = rgba_histogram(run, st, coll)
     rgba = codes_to_rgba(codes)
-    palette, alpha = palette_of(centres)
-    return exact_errors(to_metric(rgba / 255.0), rgba, counts, to_metric(centres), palette,
+    palette, alpha = palette_of(centers)
+    return exact_errors(to_metric(rgba / 255.0), rgba, counts, to_metric(centers), palette,
                         alpha)[0]
 
 
@@ -287,9 +287,9 @@ def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fp: str, clear: bo
     with timer("exact lloyd", timings):
         best = kmeans_rgba(codes, counts, fcfg.colors, n_init=fcfg.n_init, seed=fcfg.seed,
                            init=fcfg.init, tol=fcfg.tol, max_iter=fcfg.max_iter)
-    centres, palette, alpha = best["metric_centers"], best["palette"], best["alpha"]
+    centers, palette, alpha = best["metric_centers"], best["palette"], best["alpha"]
     x = to_metric(codes_to_rgba(codes) / 255.0)
-    mse, pixel_counts = exact_errors(x, codes_to_rgba(codes), counts, centres, palette, alpha)
+    mse, pixel_counts = exact_errors(x, codes_to_rgba(codes), counts, centers, palette, alpha)
     n_px = int(counts.sum())
     rows = np.asarray(best["history"], dtype=np.float64).reshape(-1, 3)
     objective = np.full(len(rows), np.nan)
@@ -307,7 +307,7 @@ def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fp: str, clear: bo
               f"{best['iterations']} iterations")
     result = FitResult(
         store=st.path, k=fcfg.colors, algorithm=fcfg.algorithm, color_space="rgb",
-        centers=from_metric(centres), palette=palette, counts=pixel_counts, history=history,
+        centers=from_metric(centers), palette=palette, counts=pixel_counts, history=history,
         steps=best["iterations"], pixels_seen=best["iterations"] * n_px, stop_reason=reason,
         mse=mse, psnr=psnr(mse), seconds=round(time.perf_counter() - started, 3),
         seed=fcfg.seed, config=to_dict(fcfg), alpha=alpha)

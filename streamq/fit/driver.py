@@ -188,42 +188,42 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
                 f"the collection has only {len(codes)} distinct colours, fewer than "
                 f"colors={fcfg.colors}; choose --colors {len(codes)} or fewer")
         x = points(codes, fcfg.color_space)
-        held = None if fixed is None else fixed.centres(fcfg.color_space)
+        held = None if fixed is None else fixed.centers(fcfg.color_space)
         ckpt = read_checkpoint(st, CHECKPOINT, fp, "fit")
-        mb_centres: np.ndarray | None = None
+        mb_centers: np.ndarray | None = None
         info: FitInfo = {"history": {k: np.zeros(0) for k in HISTORY_KEYS}, "steps": 0,
                          "pixels_seen": 0, "stop_reason": ""}
         if fcfg.algorithm == "minibatch":
             if ckpt is not None and ckpt.get("phase") == "exact":
-                mb_centres, info = ckpt["minibatch_centers"], ckpt["minibatch_info"]
+                mb_centers, info = ckpt["minibatch_centers"], ckpt["minibatch_info"]
             else:
                 with timer("mini-batch fit", timings):
-                    mb_centres, info = fit_minibatch(run, st, source, fcfg, fp, ckpt, x, counts,
+                    mb_centers, info = fit_minibatch(run, st, source, fcfg, fp, ckpt, x, counts,
                                                      progress, held)
                 write_checkpoint(st, CHECKPOINT, {"fingerprint": fp, "phase": "exact",
-                                                  "minibatch_centers": mb_centres,
+                                                  "minibatch_centers": mb_centers,
                                                   "minibatch_info": info})
         with timer("exact lloyd", timings):
-            best = fit_exact(run, st, fcfg, fp, mb_centres, progress, held)
-    centres = ensure_distinct(best["centers"], x, fcfg.color_space)
-    palette = to_rgb8(centres, fcfg.color_space)
+            best = fit_exact(run, st, fcfg, fp, mb_centers, progress, held)
+    centers = ensure_distinct(best["centers"], x, fcfg.color_space)
+    palette = to_rgb8(centers, fcfg.color_space)
     if fixed is not None:  # held by every step; stored as the given uint8 values
         assert held is not None, "the fixed colours' centres are held"
-        assert np.array_equal(centres[:fixed.n], held), "fixed centres moved"
+        assert np.array_equal(centers[:fixed.n], held), "fixed centres moved"
         palette[:fixed.n] = fixed.rgb
-    mse, pixel_counts = exact_mse(x, codes, counts, centres, palette)
+    mse, pixel_counts = exact_mse(x, codes, counts, centers, palette)
     info = join_history(info, best, int(counts.sum()), fcfg)
     result = FitResult(
         store=st.path, k=fcfg.colors, algorithm=fcfg.algorithm, color_space=fcfg.color_space,
-        centers=centres, palette=palette, counts=pixel_counts, history=info["history"],
+        centers=centers, palette=palette, counts=pixel_counts, history=info["history"],
         steps=info["steps"], pixels_seen=info["pixels_seen"], stop_reason=info["stop_reason"],
         mse=mse, psnr=psnr(mse), seconds=round(time.perf_counter() - started, 3),
         seed=fcfg.seed, config=to_dict(fcfg), n_fixed=0 if fixed is None else fixed.n)
     extra: dict[str, Any] = {"starts": best["results"]}
     if fixed is not None:
         extra["fixed_colors"] = fixed.record()
-    if mb_centres is not None:  # the mini-batch phase's palette, before the exact phase
-        extra["minibatch_centers"] = np.asarray(mb_centres).tolist()
+    if mb_centers is not None:  # the mini-batch phase's palette, before the exact phase
+        extra["minibatch_centers"] = np.asarray(mb_centers).tolist()
     save_fit(st, result, fp, timings, facts, extra)
     log.info("%s", result)
     return result

@@ -44,21 +44,21 @@ def points(codes: np.ndarray, space: str) -> np.ndarray:
     return to_space(codes_to_rgb(codes), space).astype(np.float64)
 
 
-def exact_mse(x: np.ndarray, codes: np.ndarray, counts: np.ndarray, centres: np.ndarray,
+def exact_mse(x: np.ndarray, codes: np.ndarray, counts: np.ndarray, centers: np.ndarray,
                palette: np.ndarray) -> tuple[float, np.ndarray]:
     """MSE over every pixel (uint8 RGB units; nearest centre in the fit's space, compared with
     its palette colour, as quantize does) and the pixels of each palette colour."""
     from streamq.kmeans.codes import codes_to_rgb
     from streamq.kmeans.nearest import assign
 
-    labels, _ = assign(x, centres, n_threads=os.cpu_count() or 1)
+    labels, _ = assign(x, centers, n_threads=os.cpu_count() or 1)
     err = ((codes_to_rgb(codes).astype(np.float64) - palette[labels].astype(np.float64)) ** 2).sum(1)
     n = float(counts.sum())
-    pixel_counts = np.bincount(labels, weights=counts, minlength=len(centres)).astype(np.int64)
+    pixel_counts = np.bincount(labels, weights=counts, minlength=len(centers)).astype(np.int64)
     return float((err * counts).sum() / (3 * n)), pixel_counts
 
 
-def ensure_distinct(centres: np.ndarray, points: np.ndarray, space: str) -> np.ndarray:
+def ensure_distinct(centers: np.ndarray, points: np.ndarray, space: str) -> np.ndarray:
     """Make the uint8 palette hold K distinct colours where the data allows: every centre
     whose uint8 colour repeats an earlier centre's moves to a colour of the collection not in
     the palette yet, worst served first (:func:`streamq.kmeans.nearest.spread_duplicates`)."""
@@ -72,7 +72,7 @@ def ensure_distinct(centres: np.ndarray, points: np.ndarray, space: str) -> np.n
             rgb_points = to_rgb8(points, space)
         return tuple(rgb_points[i])
 
-    return spread_duplicates(centres, points, to_rgb8(centres, space), colour)
+    return spread_duplicates(centers, points, to_rgb8(centers, space), colour)
 
 
 class FitInfo(TypedDict):
@@ -216,13 +216,13 @@ def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
     return done
 
 
-def fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centres: np.ndarray | None,
+def fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centers: np.ndarray | None,
                progress: bool | None, fixed: np.ndarray | None = None) -> dict[str, Any]:
     """The mini-batch centres (if any) and ``n_init`` k-means++ starts race to convergence on
     the coarse colour grid (one task each); the ``FINISHERS`` best run exact Lloyd on every
     distinct colour (one task each); the lowest exact inertia wins (the first start on ties).
     Every start holds the ``fixed`` centres (its first ones)."""
-    inits: list[np.ndarray | None] = [] if mb_centres is None else [np.asarray(mb_centres)]
+    inits: list[np.ndarray | None] = [] if mb_centers is None else [np.asarray(mb_centers)]
     inits += [None] * fcfg.n_init
     if not st.has(STARTS) or st.array(STARTS).shape[0] != len(inits):
         st.create_records(STARTS, len(inits))
@@ -243,7 +243,7 @@ def fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centres: np.n
                      key=lambda r: r["start"])
     best = min(results, key=lambda r: (r["inertia"], r["start"]))
     best["n_starts"] = len(inits)
-    best["from_minibatch"] = mb_centres is not None and best["start"] == 0
+    best["from_minibatch"] = mb_centers is not None and best["start"] == 0
     done = {r["start"]: r for r in results}
     best["results"] = [
         {"start": r["start"], "grid_inertia": r["grid_inertia"],

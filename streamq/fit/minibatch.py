@@ -1,7 +1,7 @@
 """Phase 1 of the shared fit: the streamed mini-batch fit (``algorithm: minibatch``).
 
 A scikit-learn ``MiniBatchKMeans`` on the client starts from k-means on a collection-wide
-sample of distinct colours (:func:`initial_centres`) and is updated with ``partial_fit`` on
+sample of distinct colours (:func:`initial_centers`) and is updated with ``partial_fit`` on
 pixel batches that Dask workers draw collection-wide (:mod:`streamq.batches`, the loop of
 :mod:`streamq.minibatch`). Its state is checkpointed as JSON (:mod:`streamq.store.checkpoint`), so
 a rerun after a kill resumes at the step it stopped at with the same model. Its centres are
@@ -27,12 +27,12 @@ from streamq.store import Store
 from streamq.store.checkpoint import estimator_state, restore_estimator, write_checkpoint
 from streamq.store.results import CHECKPOINT, HISTORY_KEYS
 
-__all__ = ["fit_minibatch", "initial_centres"]
+__all__ = ["fit_minibatch", "initial_centers"]
 
 log = logging.getLogger(__name__)
 
 
-def initial_centres(run: Runner, source: PixelSource, fcfg: FitConfig, x_all: np.ndarray,
+def initial_centers(run: Runner, source: PixelSource, fcfg: FitConfig, x_all: np.ndarray,
                     counts_all: np.ndarray, fixed: np.ndarray | None = None) -> np.ndarray:
     """k-means (one k-means++ start, to the default ``tol``) on the distinct colours of a
     collection-wide sample, or on the whole histogram when the sample has fewer than K colours:
@@ -65,7 +65,7 @@ def fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig, 
         log.info("Resuming the mini-batch fit at step %d", state.cursor)
     else:
         with timer("initial centres"):
-            init = initial_centres(run, source, fcfg, x_all, counts_all, fixed)
+            init = initial_centers(run, source, fcfg, x_all, counts_all, fixed)
         model = new_model(fcfg.colors, init, B, fcfg.seed, fcfg.reassignment_ratio)
         state = LoopState(scale=tolerance(x_all, counts_all, 1.0))  # the pixels' variance
     max_steps, limit_name = step_limit(fcfg.max_steps, fcfg.max_epochs, source.n_valid, B,
@@ -85,7 +85,7 @@ def fit_minibatch(run: Runner, st: Store, source: PixelSource, fcfg: FitConfig, 
     history["pixels_seen"] = history.pop("seen")
     info: FitInfo = {"history": {k: history[k] for k in HISTORY_KEYS}, "steps": state.cursor,
             "pixels_seen": state.seen, "stop_reason": f"mini-batch: {stop_reason}"}
-    centres = model.cluster_centers_.astype(np.float64)
+    centers = model.cluster_centers_.astype(np.float64)
     if fixed is not None:  # exactly, not their float32 copies in the model
-        centres[:len(fixed)] = fixed
-    return centres, info
+        centers[:len(fixed)] = fixed
+    return centers, info

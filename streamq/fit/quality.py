@@ -134,10 +134,10 @@ def search(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndarray,
                 return rec
         best = fit_exact(run, st, dataclasses.replace(fcfg, colors=k), fingerprint([fp, k]),
                           None, progress)
-        centres = ensure_distinct(best["centers"], x, fcfg.color_space)
-        mse, pixel_counts = exact_mse(x, codes, counts, centres,
-                                       to_rgb8(centres, fcfg.color_space))
-        rec = {"k": k, "mse": mse, "centers": centres, "counts": pixel_counts, "best": best}
+        centers = ensure_distinct(best["centers"], x, fcfg.color_space)
+        mse, pixel_counts = exact_mse(x, codes, counts, centers,
+                                       to_rgb8(centers, fcfg.color_space))
+        rec = {"k": k, "mse": mse, "centers": centers, "counts": pixel_counts, "best": best}
         tried.append(rec)
         write_checkpoint(st, CHECKPOINT, {"fingerprint": fp, "phase": "quality", "tried": tried})
         log.info("quality search: K=%d: PSNR %.2f dB", k, psnr(mse))
@@ -185,10 +185,10 @@ def fit_quality(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndar
     empty: FitInfo = {"history": {k: np.zeros(0) for k in HISTORY_KEYS}, "steps": 0,
                       "pixels_seen": 0, "stop_reason": ""}
     info = join_history(empty, chosen["best"], int(counts.sum()), fk)
-    centres = np.asarray(chosen["centers"], np.float64)
+    centers = np.asarray(chosen["centers"], np.float64)
     result = FitResult(
         store=st.path, k=chosen["k"], algorithm=fcfg.algorithm, color_space=fcfg.color_space,
-        centers=centres, palette=to_rgb8(centres, fcfg.color_space),
+        centers=centers, palette=to_rgb8(centers, fcfg.color_space),
         counts=np.asarray(chosen["counts"], np.int64), history=info["history"],
         steps=info["steps"], pixels_seen=info["pixels_seen"], stop_reason=info["stop_reason"],
         mse=float(chosen["mse"]), psnr=psnr(float(chosen["mse"])),

@@ -56,7 +56,7 @@ from streamq.kmeans.nearest import (
     _d2,
     _nearest3,
     _principal,
-    _sort_centres,
+    _sort_centers,
     assign,
 )
 
@@ -314,7 +314,7 @@ class _Bounded:
         self.d0 = np.empty(n)
         self.due = np.empty(n)
         self.drift = 0.0
-        _sort_centres(c, self.axis, self.order, self.sp)
+        _sort_centers(c, self.axis, self.order, self.sp)
         _search_all(x, self.px, c, self.order, self.sp, self.labels, self.second, self.d3,
                     self.d0, self.due)
 
@@ -326,7 +326,7 @@ class _Bounded:
     def relabel(self, c: np.ndarray, travel: float, X: np.ndarray, W: np.ndarray,
                 S: np.ndarray, N: np.ndarray) -> int:
         self.drift += 2.0 * travel
-        _sort_centres(c, self.axis, self.order, self.sp)
+        _sort_centers(c, self.axis, self.order, self.sp)
         return _relabel(self.x, X, W, self.px, c, self.order, self.sp, self.drift, self.labels,
                         self.second, self.d3, self.d0, self.due, S, N)
 

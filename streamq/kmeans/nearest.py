@@ -24,7 +24,7 @@ import numpy as np
 
 from streamq.kmeans.codes import CHANNEL, code24, pixels_in
 
-__all__ = ["SORTED_FROM_K", "assign", "assign_rows", "inertia", "label_pixels", "sorted_centres",
+__all__ = ["SORTED_FROM_K", "assign", "assign_rows", "inertia", "label_pixels", "sorted_centers",
            "spread_duplicates"]
 
 _GREY = np.full(3, 1 / math.sqrt(3))
@@ -86,7 +86,7 @@ def _d2(x: np.ndarray, i: int, c: np.ndarray, j: int) -> float:
     return a * a + b * b + d * d
 
 
-def _sort_centres(c: np.ndarray, axis: np.ndarray, order: np.ndarray, sp: np.ndarray) -> None:
+def _sort_centers(c: np.ndarray, axis: np.ndarray, order: np.ndarray, sp: np.ndarray) -> None:
     """Fill ``order`` (centres by projection on ``axis``, stable) and ``sp`` (their sorted
     projections). In NumPy: a compiled sort costs seconds of compilation for microseconds of
     work on at most a few thousand centres."""
@@ -236,42 +236,42 @@ def _assign(x: np.ndarray, c: np.ndarray, axis: np.ndarray, order: np.ndarray, s
         dist[i] = d
 
 
-def assign_rows(x: np.ndarray, centres: np.ndarray,
+def assign_rows(x: np.ndarray, centers: np.ndarray,
                 search: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                 labels: np.ndarray | None = None, dist: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centre (first on ties) and squared distance of each ``(n, 3)`` float64 row.
 
-    ``search`` is :func:`sorted_centres` of ``centres`` (computed when None); ``labels``
+    ``search`` is :func:`sorted_centers` of ``centers`` (computed when None); ``labels``
     (int64) and ``dist`` (float64) are filled when given.
     """
-    c = np.ascontiguousarray(centres, dtype=np.float64)
+    c = np.ascontiguousarray(centers, dtype=np.float64)
     x = np.ascontiguousarray(x, dtype=np.float64)
     labels = np.empty(len(x), dtype=np.int64) if labels is None else labels
     dist = np.empty(len(x), dtype=np.float64) if dist is None else dist
     if len(x):
-        _assign(x, c, *(search or sorted_centres(c)), labels, dist)
+        _assign(x, c, *(search or sorted_centers(c)), labels, dist)
     return labels, dist
 
 
-def sorted_centres(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sorted_centers(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(axis, order, sorted projections)`` of the centres ``c``: what the searches need."""
-    return _sorted_centres(np.ascontiguousarray(c, dtype=np.float64))
+    return _sorted_centers(np.ascontiguousarray(c, dtype=np.float64))
 
 
-def _sorted_centres(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sorted_centers(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     axis = _axis(c)
     order = np.empty(len(c), dtype=np.int64)
     sp = np.empty(len(c))
-    _sort_centres(c, axis, order, sp)
+    _sort_centers(c, axis, order, sp)
     return axis, order, sp
 
 
-def inertia(x: np.ndarray, w: np.ndarray, centres: np.ndarray) -> float:
+def inertia(x: np.ndarray, w: np.ndarray, centers: np.ndarray) -> float:
     """``sum(w * D**2)``: weighted squared distance of each point to its nearest centre."""
-    c = np.ascontiguousarray(centres, dtype=np.float64)
+    c = np.ascontiguousarray(centers, dtype=np.float64)
     return float(_inertia(np.ascontiguousarray(x, np.float64), np.asarray(w, np.float64), c,
-                          *_sorted_centres(c)))
+                          *_sorted_centers(c)))
 
 
 _CACHE_BITS = 14  # entries of the label cache: 2**14 colours
@@ -313,7 +313,7 @@ def _label(rgb: np.ndarray, table: np.ndarray, c: np.ndarray, order: np.ndarray,
     return total
 
 
-def label_pixels(rgb: np.ndarray, centres: np.ndarray, palette: np.ndarray | None = None,
+def label_pixels(rgb: np.ndarray, centers: np.ndarray, palette: np.ndarray | None = None,
                  want_err: bool = False) -> tuple[np.ndarray, int, np.ndarray]:
     """Exact nearest centre of ``(n, 3)`` uint8 pixels, in ``value / 255`` coordinates.
 
@@ -323,11 +323,11 @@ def label_pixels(rgb: np.ndarray, centres: np.ndarray, palette: np.ndarray | Non
     ``want_err`` (else an empty array).
     """
     rgb = pixels_in(rgb)
-    c = np.ascontiguousarray(centres, dtype=np.float64)
+    c = np.ascontiguousarray(centers, dtype=np.float64)
     if palette is None:
         palette = np.round(np.clip(c * 255, 0, 255)).astype(np.uint8)
     pal = np.ascontiguousarray(palette, dtype=np.int64)
-    axis, order, sp = _sorted_centres(c)
+    axis, order, sp = _sorted_centers(c)
     labels = np.empty(len(rgb), dtype=np.int64)
     err = np.empty(len(rgb) if want_err else 0, dtype=np.int64)
     size = 1 << _CACHE_BITS
@@ -383,7 +383,7 @@ def assign(x: np.ndarray, centers: np.ndarray, n_threads: int = 1) -> tuple[np.n
     dist = np.empty(len(x), dtype=np.float64)
     if not len(x):
         return labels, dist
-    sort = (sorted_centres(centers) if x.shape[1] == 3 and len(centers) >= SORTED_FROM_K
+    sort = (sorted_centers(centers) if x.shape[1] == 3 and len(centers) >= SORTED_FROM_K
             else None)
     if n_threads <= 1 or len(x) < 100_000:
         _assign_block(x, centers, sort, labels, dist)
@@ -401,19 +401,19 @@ def assign(x: np.ndarray, centers: np.ndarray, n_threads: int = 1) -> tuple[np.n
     return labels, dist
 
 
-def spread_duplicates(centres: np.ndarray, points: np.ndarray, centre_keys: np.ndarray,
+def spread_duplicates(centers: np.ndarray, points: np.ndarray, center_keys: np.ndarray,
                       point_key: Callable[[int], tuple[Any, ...]]) -> np.ndarray:
-    """Move every centre whose key (a row of ``centre_keys``: its palette entry) repeats an
+    """Move every centre whose key (a row of ``center_keys``: its palette entry) repeats an
     earlier centre's to a point whose key (``point_key(i)``) is not taken yet, taking the
     points worst served by the centres first (one assignment pass, whatever the number of
-    duplicates); ``centres`` themselves when no key repeats."""
-    _, first = np.unique(centre_keys, axis=0, return_index=True)
-    dup = np.setdiff1d(np.arange(len(centres)), first)
+    duplicates); ``centers`` themselves when no key repeats."""
+    _, first = np.unique(center_keys, axis=0, return_index=True)
+    dup = np.setdiff1d(np.arange(len(centers)), first)
     if not len(dup):
-        return centres
-    centres = centres.copy()
-    _, d = assign(points, centres)
-    used = {tuple(k) for k in centre_keys[first]}
+        return centers
+    centers = centers.copy()
+    _, d = assign(points, centers)
+    used = {tuple(k) for k in center_keys[first]}
     todo = list(dup)
     for i in np.argsort(-d, kind="stable"):
         if not todo:
@@ -421,5 +421,5 @@ def spread_duplicates(centres: np.ndarray, points: np.ndarray, centre_keys: np.n
         key = point_key(int(i))
         if key not in used:
             used.add(key)
-            centres[todo.pop(0)] = points[i]
-    return centres
+            centers[todo.pop(0)] = points[i]
+    return centers

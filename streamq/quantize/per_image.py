@@ -78,10 +78,10 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     ext = np.asarray(pixels[start:stop])
     rgb = ext[lo - start:hi - start]
     labels = np.zeros(hi - lo, dtype=labels_dtype(k))
-    centres = open_array(store, per_image_centers(k))
+    centers = open_array(store, per_image_centers(k))
     palettes = open_array(store, f"per_image/k{k}/palette")
     ids = [i for i, _, _ in args["images"]]
-    cen = np.asarray(centres[min(ids):max(ids) + 1]) if ids else None
+    cen = np.asarray(centers[min(ids):max(ids) + 1]) if ids else None
     pal = np.asarray(palettes[min(ids):max(ids) + 1]) if ids else None
 
     def one(image: tuple[int, int, int]) -> list[int]:

@@ -68,9 +68,9 @@ def use_palette(st: Store, src: str | os.PathLike[str], cfg: StreamQConfig, *,
     prev = st.section(FIT)
     space = (color_space or pal.color_space or prev.get("config", {}).get("color_space")
              or "rgb")
-    centres, whose = _centres(pal, space)
+    centers, whose = _centers(pal, space)
     source = {**pal.source, "centers": whose}
-    fp = _fingerprint(st, pal, space, centres, whose)
+    fp = _fingerprint(st, pal, space, centers, whose)
     if prev.get("fingerprint") == fp and prev.get("state") == "complete":
         log.info("%s already has this palette (%s); nothing to do", st.path, pal.describe())
         result = load_fit(st.location)
@@ -83,7 +83,7 @@ def use_palette(st: Store, src: str | os.PathLike[str], cfg: StreamQConfig, *,
     if prev:
         clear_fit(st)
     result = FitResult(
-        store=st.path, k=pal.k, algorithm="palette", color_space=space, centers=centres,
+        store=st.path, k=pal.k, algorithm="palette", color_space=space, centers=centers,
         palette=pal.colors, counts=np.zeros(pal.k, np.int64),
         history={k: np.zeros(0, np.int64 if k in ("step", "pixels_seen") else np.float64)
                  for k in HISTORY_KEYS},
@@ -105,7 +105,7 @@ def use_palette(st: Store, src: str | os.PathLike[str], cfg: StreamQConfig, *,
     return result
 
 
-def _centres(pal: Palette, space: str) -> tuple[np.ndarray, str]:
+def _centers(pal: Palette, space: str) -> tuple[np.ndarray, str]:
     """The centres in ``space`` and whose they are: a source store's own (when its fit is
     in ``space``), else the palette colours'."""
     if pal.centers is not None and pal.color_space == space:
@@ -113,12 +113,12 @@ def _centres(pal: Palette, space: str) -> tuple[np.ndarray, str]:
     return to_space(pal.colors, space).astype(np.float64), "palette"
 
 
-def _fingerprint(st: Store, pal: Palette, space: str, centres: np.ndarray, whose: str) -> str:
+def _fingerprint(st: Store, pal: Palette, space: str, centers: np.ndarray, whose: str) -> str:
     ingest = st.section("ingest")
     return fingerprint({
         "data": [ingest.get("source_fingerprint"), ingest.get("settings_fingerprint")],
         "palette": {"colors": colors_sha256(pal.colors), "color_space": space, "centers": whose,
-                    "centers_sha256": colors_sha256(np.ascontiguousarray(centres, "<f8")
+                    "centers_sha256": colors_sha256(np.ascontiguousarray(centers, "<f8")
                                                     .view(np.uint8).reshape(-1, 3))}})
 
 
@@ -155,13 +155,13 @@ def _counts_mse(result: FitResult, codes: np.ndarray, counts: np.ndarray) -> tup
     from streamq.kmeans.codes import codes_to_rgb
     from streamq.kmeans.nearest import assign
 
-    space, centres = result.label_space()
+    space, centers = result.label_space()
     palette = result.palette.astype(np.int64)
     per_colour = np.zeros(result.k, np.int64)
     sse = 0
     for a in range(0, len(codes), _BLOCK):
         rgb = codes_to_rgb(codes[a:a + _BLOCK])
-        labels, _ = assign(to_space(rgb, space), centres, n_threads=os.cpu_count() or 1)
+        labels, _ = assign(to_space(rgb, space), centers, n_threads=os.cpu_count() or 1)
         n = counts[a:a + _BLOCK]
         err = ((rgb.astype(np.int64) - palette[labels]) ** 2).sum(1)
         sse += int((err * n).sum())
