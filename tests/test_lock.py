@@ -102,9 +102,28 @@ class SlowFiles(LocalFiles):
         super().remove(path)
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_started():
+    """Processes a test started are gone, and their pipes closed, when it ends."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 def _start(script: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _STARTED.append(proc)
+    return proc
 
 
 def _hold(store: Path, command: str) -> subprocess.Popen:
@@ -243,6 +262,7 @@ def test_second_writer_refused_readers_work_and_kill9_is_taken_over(quantized, t
 def test_pid_reused_by_another_process_is_stale(store_dir, caplog):
     other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                              stdin=subprocess.PIPE)
+    _STARTED.append(other)
     try:
         # A live pid of this host, but that process started long after the lock's owner did.
         _write_lock(store_dir, pid=other.pid, process_start=psutil.Process(other.pid).create_time() - 3600)
@@ -544,6 +564,7 @@ def test_a_live_holder_in_its_own_pid_namespace_is_not_broken(store_dir):
                                "-c", HOLDER, str(store_dir), "contained-job"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
+    _STARTED.append(holder)
     try:
         assert holder.stdout.readline() == "locked\n", holder.stderr.read()
         owner = read_lock(store_dir)
