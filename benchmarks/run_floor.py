@@ -212,7 +212,7 @@ def _stage_of(line: str, current: str) -> str:
     name = logger.split()[-1]
     if name == "streamq.scheduler" and "Started a local Dask cluster" in msg:
         return "start"
-    sub = name.split(".", 1)[1] if "." in name else ""
+    sub = name.split(".")[1] if "." in name else ""  # streamq.ingest.files -> ingest
     if sub in ("ingest", "fit", "quantize", "export"):
         return sub
     if name == "streamq" and msg.startswith("Finished "):
