@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from streamq.cli.options import json_opt, no_lock_opt, overwrite_opt, progress_opt
 from streamq.errors import StreamQError
 
 NO_STORE = "no store given: pass STORE or set key 'store' in --config"
@@ -81,3 +82,13 @@ def progress_flag(ctx: click.Context, progress: bool | None) -> bool | None:
 def lock_overrides(no_lock: bool) -> dict[str, Any]:
     """``--no-lock`` as a config override (absent: the config file decides)."""
     return {"lock.enabled": False} if no_lock else {}
+
+
+def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The closing options of a command that writes a store, in their help order:
+    ``--no-lock``, ``--overwrite``, ``--progress``, ``--json``; then the click context and
+    :func:`handle_errors`."""
+    for deco in (handle_errors, click.pass_context, json_opt, progress_opt, overwrite_opt,
+                 no_lock_opt):
+        fn = deco(fn)
+    return fn

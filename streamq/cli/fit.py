@@ -10,17 +10,13 @@ from streamq.cli.common import (
     NO_STORE,
     Output,
     echo_result,
-    handle_errors,
+    job_options,
     lock_overrides,
     progress_flag,
 )
 from streamq.cli.options import (
     config_opt,
-    json_opt,
     max_steps_opt,
-    no_lock_opt,
-    overwrite_opt,
-    progress_opt,
     scheduler_opt,
     seed_opt,
     shown_default,
@@ -83,12 +79,7 @@ from streamq.cli.options import (
                    "for quantize --palette. K counts them (-k 64 with 8 fixed fits 56); "
                    "repeats are dropped. With --per-image: --method histogram.")
 @storage_opt
-@no_lock_opt
-@overwrite_opt
-@progress_opt
-@json_opt
-@click.pass_context
-@handle_errors
+@job_options
 def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, scheduler: str | None,
             colors: str | None, per_image: bool, sample: float | None, method: str | None,
             algorithm: str | None, init: str | None, n_init: int | None,

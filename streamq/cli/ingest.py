@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import click
 
-from streamq.cli.common import echo_result, handle_errors, lock_overrides, progress_flag
+from streamq.cli.common import (
+    echo_result,
+    handle_errors,
+    job_options,
+    lock_overrides,
+    progress_flag,
+)
 from streamq.cli.options import (
     config_opt,
-    json_opt,
-    no_lock_opt,
-    overwrite_opt,
-    progress_opt,
     scheduler_opt,
     shown_default,
     source_opt,
@@ -58,12 +60,7 @@ def example_cmd(out: str, n_images: int, seed: int, size: int | None) -> None:
                    f"never whole; skip: skip every one {shown_default('ingest.large')}.")
 @storage_opt
 @source_opt
-@no_lock_opt
-@overwrite_opt
-@progress_opt
-@json_opt
-@click.pass_context
-@handle_errors
+@job_options
 def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_path: str | None,
                scheduler: str | None, chunk_pixels: int | None, codec: str | None,
                max_pixels: int | None, strict: bool | None, alpha: str | None,

@@ -9,6 +9,7 @@ from streamq.cli.common import (
     Output,
     echo_result,
     handle_errors,
+    job_options,
     lock_overrides,
     progress_flag,
 )
@@ -17,7 +18,6 @@ from streamq.cli.options import (
     json_opt,
     max_steps_opt,
     no_lock_opt,
-    overwrite_opt,
     progress_opt,
     scheduler_opt,
     seed_opt,
@@ -118,12 +118,7 @@ def quantize_cmd(ctx: click.Context, store: str | None, config_path: str | None,
 @max_steps_opt("cluster_images.max_steps")
 @seed_opt("cluster_images.seed")
 @storage_opt
-@no_lock_opt
-@overwrite_opt
-@progress_opt
-@json_opt
-@click.pass_context
-@handle_errors
+@job_options
 def cluster_images_cmd(ctx: click.Context, store: str | None, config_path: str | None,
                        scheduler: str | None, groups: int | None, descriptor: str | None,
                        moments_weight: float | None, batch_size: int | None, tol: float | None,

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import click
 
-from streamq.cli.common import echo_result, handle_errors, lock_overrides, progress_flag
+from streamq.cli.common import echo_result, job_options, lock_overrides, progress_flag
 from streamq.cli.options import (
-    json_opt,
-    no_lock_opt,
-    overwrite_opt,
-    progress_opt,
     scheduler_opt,
     source_opt,
     source_overrides,
@@ -23,12 +19,7 @@ from streamq.cli.options import (
 @scheduler_opt
 @storage_opt
 @source_opt
-@no_lock_opt
-@overwrite_opt
-@progress_opt
-@json_opt
-@click.pass_context
-@handle_errors
+@job_options
 def run_cmd(ctx: click.Context, config_path: str, scheduler: str | None,
             storage_options: tuple[str, ...], source_options: tuple[str, ...], no_lock: bool,
             overwrite: bool, progress: bool | None, as_json: bool) -> None:
