@@ -31,7 +31,7 @@ import os
 import posixpath
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,16 +132,27 @@ class Location:
         """Names directly below this folder or prefix (``[]`` when there is none)."""
         if self.is_local:
             return os.listdir(self.url) if os.path.isdir(self.url) else []
+        entries = self._listed(lambda fs: fs.ls(self.url, detail=False)) or []
+        own = self.url.split("://", 1)[1].rstrip("/")
+        return sorted({posixpath.basename(str(e).rstrip("/")) for e in entries
+                       if str(e).rstrip("/") != own})
+
+    def object_sizes(self) -> dict[str, int]:
+        """``{URL: size}`` of every object below this prefix of a URL, from one fresh
+        (paginated) listing; ``{}`` when there is none."""
+        found = self._listed(lambda fs: fs.find(self.url, detail=True)) or {}
+        return {f"{self.scheme}://{p}": int(info.get("size") or 0) for p, info in found.items()}
+
+    def _listed(self, call: Callable[[Any], Any]) -> Any:
+        """``call(filesystem)`` after dropping fsspec's cached listings of this URL; None when
+        there is nothing at it."""
         with storage_errors(self):
             fs = self.filesystem()
             fs.invalidate_cache(self.url)
             try:
-                entries = fs.ls(self.url, detail=False)
+                return call(fs)
             except FileNotFoundError:
-                return []
-        own = self.url.split("://", 1)[1].rstrip("/")
-        return sorted({posixpath.basename(str(e).rstrip("/")) for e in entries
-                       if str(e).rstrip("/") != own})
+                return None
 
     def read_bytes(self) -> bytes:
         if self.is_local:
