@@ -208,6 +208,8 @@ def profile_tasks(st: Any, cfg: Any, args: argparse.Namespace, run_dir: Path
     ing = importlib.import_module("streamq.ingest.files")  # package re-exports under their names
     qz = importlib.import_module("streamq.quantize.shared")
     from streamq.batches import PixelSource
+    from streamq.export import safe_output_path
+    from streamq.export.write import export_images
     from streamq.fit import load_fit
     from streamq.fs import location
     from streamq.store import PLAN, Collection
@@ -269,11 +271,11 @@ def profile_tasks(st: Any, cfg: Any, args: argparse.Namespace, run_dir: Path
                 "tmp_dir": str(tmp_dir)}
     e_calls = []
     for g in np.linspace(0, len(groups) - 1, n).astype(int):
-        items = [(i, ex.safe_output_path(str(scratch), coll.paths[i], ".png", f"{i:08d}"),
+        items = [(i, safe_output_path(str(scratch), coll.paths[i], ".png", f"{i:08d}"),
                   int(coll.offsets[i]), int(coll.heights[i]), int(coll.widths[i]))
                  for i in groups[g]]
         e_calls.append(({**e_common, "images": items}, None))
-    out["export task"] = profile_calls(ex._export_images, e_calls, args.top)
+    out["export task"] = profile_calls(export_images, e_calls, args.top)
     return out
 
 

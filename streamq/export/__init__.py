@@ -1,23 +1,28 @@
 """Export: the quantized images out of a store (the last stage).
 
-* :mod:`streamq.export.files` -- every image rebuilt from its labels and the palette, as
-  files under OUT (PNG, JPEG, WebP), resumable with records (:func:`export`);
-* :mod:`streamq.export.zarr` -- labels, palettes and the image table as one stand-alone Zarr
-  store (``export(..., zarr=True)``, :func:`export_zarr`);
-* :mod:`streamq.export.common` -- what both share: the manifest's name, the check of the
-  output folder, its listing and the message of labels changed under an export.
+Image files (:func:`export`):
 
-One way only: ``files -> zarr -> common`` (``pyproject.toml``, ``export-family``).
+* :mod:`streamq.export.files` -- the driver: options, the chosen images, their files' names,
+  the tasks;
+* :mod:`streamq.export.paths` -- where each image's file goes: safe paths inside OUT, names no
+  file system takes for one file;
+* :mod:`streamq.export.write` -- the task: reads labels, writes the files, records them;
+* :mod:`streamq.export.encode` -- one image file's bytes from its labels and palette (Pillow);
+* :mod:`streamq.export.records` -- OUT's manifest and completion records.
+
+Arrays: :mod:`streamq.export.zarr` -- labels, palettes and the image table as one
+stand-alone Zarr store (``export(..., zarr=True)``, :func:`export_zarr`).
+
+Both: :mod:`streamq.export.common` -- the manifest's name, the check of the output folder and
+the message of labels changed under an export.
+
+One way only (``pyproject.toml``, ``export-package``): ``files`` -> ``zarr`` -> ``write`` ->
+``encode``, ``records``, ``paths`` -> ``common``.
 """
 
-from streamq.export.files import (
-    ExportSummary,
-    export,
-    name_key,
-    output_names,
-    recorded_files,
-    safe_output_path,
-)
+from streamq.export.files import ExportSummary, export
+from streamq.export.paths import name_key, output_names, safe_output_path
+from streamq.export.records import recorded_files
 from streamq.export.zarr import ZarrExportSummary, export_zarr
 
 __all__ = ["ExportSummary", "ZarrExportSummary", "export", "export_zarr", "name_key",
