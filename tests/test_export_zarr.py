@@ -232,14 +232,14 @@ def test_more_than_256_colours_and_a_refit(faces_store, tmp_path, monkeypatch):
         np.testing.assert_array_equal(img, store_image(store, i))
     # a refit while an export runs (readers take no lock) fails it instead of completing it
     ez = importlib.import_module("streamq.export.zarr")  # the module (streamq.export: a function)
-    copy = ez._copy_task
+    copy = ez.copy_task
 
     def refit_meanwhile(args):
         g = zarr.open_group(store, mode="r+")
         g.attrs["fit"] = {**g.attrs["fit"], "fingerprint": "refitted"}
         return copy(args)
 
-    monkeypatch.setattr(ez, "_copy_task", refit_meanwhile)
+    monkeypatch.setattr(ez, "copy_task", refit_meanwhile)
     with pytest.raises(StreamQError, match="refitted"):
         streamq.export(store, tmp_path / "during.zarr", zarr=True, scheduler="sync", progress=False)
     assert export_attrs(tmp_path / "during.zarr")["state"] == "writing"

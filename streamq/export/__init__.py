@@ -10,14 +10,20 @@ Image files (:func:`export`):
 * :mod:`streamq.export.encode` -- one image file's bytes from its labels and palette (Pillow);
 * :mod:`streamq.export.records` -- OUT's manifest and completion records.
 
-Arrays: :mod:`streamq.export.zarr` -- labels, palettes and the image table as one
-stand-alone Zarr store (``export(..., zarr=True)``, :func:`export_zarr`).
+Arrays, a stand-alone Zarr store (``export(..., zarr=True)``, :func:`export_zarr`):
+
+* :mod:`streamq.export.zarr` -- the driver;
+* :mod:`streamq.export.zarr_plan` -- what the export holds: its results, the labels' layout;
+* :mod:`streamq.export.zarr_out` -- what is at OUT: refused, replaced, created or reopened;
+* :mod:`streamq.export.zarr_tables` -- the image table and palettes, written by the client;
+* :mod:`streamq.export.zarr_copy` -- the tasks: one chunk of labels each, then its record.
 
 Both: :mod:`streamq.export.common` -- the manifest's name, the check of the output folder and
 the message of labels changed under an export.
 
-One way only (``pyproject.toml``, ``export-package``): ``files`` -> ``zarr`` -> ``write`` ->
-``encode``, ``records``, ``paths`` -> ``common``.
+One way only (``pyproject.toml``, ``export-package``): ``files`` -> ``zarr`` -> the task
+modules and ``zarr_out``, ``zarr_tables`` -> ``encode``, ``records``, ``paths``,
+``zarr_plan`` -> ``common``.
 """
 
 from streamq.export.files import ExportSummary, export

@@ -1,5 +1,5 @@
-"""What both exports share: their manifest's name, the check of the output folder, the
-listing of what it holds and the message of labels changed under an export.
+"""What both exports share: their manifest's name, the check of the output folder and the
+message of labels changed under an export.
 
 :mod:`streamq.export.files` (image files) and :mod:`streamq.export.zarr` (arrays) import it and
 not each other's internals.
@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 
 from streamq.errors import StoreExistsError
-from streamq.fs import Location, storage_errors
+from streamq.fs import Location
 from streamq.names import source_name
 from streamq.store import Store
 
-__all__ = ["MANIFEST", "check_out", "labels_changed_message", "listing"]
+__all__ = ["MANIFEST", "check_out", "labels_changed_message"]
 
 MANIFEST = ".streamq-export.json"
 
@@ -41,17 +41,6 @@ def check_out(out_loc: Location, st: Store) -> None:
         o = os.path.realpath(place)
         if os.path.commonpath([real, o]) in (real, o):
             raise StoreExistsError(f"output folder {out} overlaps {what} {place}; choose another folder")
-
-
-def listing(out_loc: Location) -> set[str]:
-    """URLs of every object under ``out_loc`` (one paginated listing)."""
-    with storage_errors(out_loc):
-        fs = out_loc.filesystem()
-        fs.invalidate_cache(out_loc.url)
-        try:
-            return {f"{out_loc.scheme}://{p}" for p in fs.find(out_loc.url)}
-        except FileNotFoundError:
-            return set()
 
 
 def labels_changed_message(store: str) -> str:

@@ -1,0 +1,53 @@
+"""The small arrays of a Zarr export, written by the client before any task starts: the image
+table, each result's palettes (and centres) and its per-image errors.
+
+A kill while they are written makes the rerun write them again (the export's state is then
+still ``planning``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamq.export.zarr_plan import Result
+from streamq.store import Collection, Store
+from streamq.store.results import CENTERS, load_fit
+
+__all__ = ["ROW_CHUNK", "write_tables"]
+
+ROW_CHUNK = 4096  # rows per chunk of the per-image palette arrays (and per client write)
+
+
+def write_tables(st: Store, coll: Collection, dest: Store, results: list[Result],
+                 chosen: np.ndarray, offsets: np.ndarray) -> None:
+    """The image table, then each result's palettes and per-image errors (client writes)."""
+    dest.write_table("images", {
+        "id": chosen, "path": [coll.paths[i] for i in chosen],
+        "label": [coll.labels[i] for i in chosen], "height": coll.heights[chosen],
+        "width": coll.widths[chosen], "offset": offsets})
+    for r in results:
+        if not r.group:
+            fit = load_fit(st.location)
+            palette = np.asarray(fit.palette, dtype=np.uint8)
+            if fit.alpha is not None:  # straight RGBA
+                palette = np.concatenate([palette, fit.alpha.reshape(-1, 1)], axis=1)
+            dest.write_array("palette", palette)
+            dest.write_array("centers", np.asarray(fit.centers, dtype=np.float64))
+        else:
+            for src, dst in (("palette", "palette"), (CENTERS, "centers")):
+                _copy_rows(st, f"per_image/{r.group}/{src}", dest, r.name(dst), chosen)
+        if r.errors is not None:
+            errors = st.read_table(r.errors, ("mse", "psnr", "ssim") if r.info.get("ssim")
+                                   else ("mse", "psnr"))
+            dest.write_table(r.name("images"), {k: v[chosen] for k, v in errors.items()})
+
+
+def _copy_rows(st: Store, src: str, dest: Store, dst: str, rows: np.ndarray) -> None:
+    """Rows ``rows`` of the store's array ``src`` as a new array ``dst``, a block at a time."""
+    a = st.array(src)
+    arr = dest.create_array(dst, shape=(len(rows),) + tuple(a.shape[1:]), dtype=a.dtype,
+                            chunks=(max(1, min(len(rows), ROW_CHUNK)),) + tuple(a.shape[1:]),
+                            fill_value=0)
+    for r0 in range(0, len(rows), ROW_CHUNK):
+        part = rows[r0:r0 + ROW_CHUNK]
+        arr[r0:r0 + len(part)] = a.get_orthogonal_selection((part,))
