@@ -124,20 +124,27 @@ class LabelTable:
 
     def _fill(self, rgb: np.ndarray, idx: np.ndarray) -> None:
         """Compute the table entries of the colours of ``rgb[idx]`` that have none yet."""
-        from streamq.colorspace import to_space
-
         with self._lock:
             new = _distinct(rgb, idx, self._seen)
             new = new[self.lut[new] < 0]
             if not len(new):
                 return
-            colours = codes_to_rgb(new)
-            lab, _ = assign(to_space(colours, self.space), self.centers)
-            if self.packed:
-                err = ((colours.astype(np.int64) - self.palette[lab]) ** 2).sum(1)
+            lab, err = self._label_colours(codes_to_rgb(new))
+            if err is not None:
                 self.lut[new] = (lab.astype(np.int64) | (err << 8)).astype(np.int32)
             else:
                 self.lut[new] = lab
+
+    def _label_colours(self, colours: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels of the ``(n, 3)`` uint8 ``colours`` and, for a packed table, their squared
+        errors to their palette colours (int64; else None): what their entries hold. A table
+        that measures another way (:mod:`streamq.rgba`'s opaque colours) overrides this."""
+        from streamq.colorspace import to_space
+
+        lab, _ = assign(to_space(colours, self.space), self.centers)
+        if not self.packed:
+            return lab, None
+        return lab, ((colours.astype(np.int64) - self.palette[lab]) ** 2).sum(1)
 
     def labels_sse(self, rgb: np.ndarray, dtype: Any, ends: np.ndarray,
                    want_err: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
