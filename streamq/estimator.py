@@ -1,5 +1,10 @@
 """``ColorQuantizer``: streamq's palette fit as a scikit-learn estimator.
 
+One module of over 400 lines on purpose: it holds one thing, the estimator class (with the
+few helpers only it uses), whose length is scikit-learn's convention of a full parameter and
+attribute docstring and one ``fit``/``predict``/``transform`` path per kind of ``X`` below;
+the work itself is :mod:`streamq.kmeans` and :func:`streamq.fit`.
+
 ``fit`` learns ``n_colors`` centres from pixels; ``predict`` gives each pixel the index of its
 nearest centre (exact, first centre on ties); ``transform`` gives each pixel its palette
 colour. ``X`` may be

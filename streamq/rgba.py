@@ -163,21 +163,13 @@ def _opaque_table(metric_centers: np.ndarray, target: np.ndarray) -> LabelTable:
     from streamq.kmeans.table import LabelTable
 
     class _Opaque(LabelTable):
-        def _fill(self, rgb: np.ndarray, idx: np.ndarray) -> None:
-            from streamq.kmeans.codes import codes_to_rgb
+        def _label_colours(self, colours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             from streamq.kmeans.nearest import assign
-            from streamq.kmeans.table import _distinct
 
-            with self._lock:
-                new = _distinct(rgb, idx, self._seen)
-                new = new[self.lut[new] < 0]
-                if not len(new):
-                    return
-                colours = codes_to_rgb(new).astype(np.int64)
-                rgba = np.concatenate([colours, np.full((len(new), 1), 255)], axis=1)
-                lab, _ = assign(to_metric(rgba / 255.0), metric_centers)
-                err = ((rgba - target[lab]) ** 2).sum(1)
-                self.lut[new] = (lab.astype(np.int64) | (err << 8)).astype(np.int32)
+            rgba = np.concatenate([colours.astype(np.int64),
+                                   np.full((len(colours), 1), 255)], axis=1)
+            lab, _ = assign(to_metric(rgba / 255.0), metric_centers)
+            return lab, ((rgba - target[lab]) ** 2).sum(1)
 
     return _Opaque(np.zeros((len(target), 3)), target[:, :3], "rgb")
 

@@ -1,5 +1,10 @@
 """Weighted Lloyd iterations with distance bounds and exact sums.
 
+One module of about 400 lines on purpose: one compiled kernel family, the bounded Lloyd. Its
+kernels (exact sums, moves, means, empty-cluster relocation, relabelling with bounds) and
+the driver that runs them share one state (fixed-point points, integer sums, per-point
+bounds) whose invariants are explained once, here; apart, neither half reads on its own.
+
 :func:`lloyd` runs Lloyd's algorithm on points ``x`` with integer weights ``w`` (a colour
 histogram: the distinct colours and their pixel counts, which is *exactly* k-means over every
 pixel, since identical pixels always share a cluster). Each iteration labels every point with

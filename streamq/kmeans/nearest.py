@@ -8,7 +8,7 @@ K. Results are those of an ``argmin`` over float64 squared distances summed coor
 coordinate (no expansion trick): only the speed depends on the axis.
 
 Used everywhere a colour meets a palette: the bounded Lloyd of :mod:`streamq.kmeans.bounded`,
-the label tables of :mod:`streamq.kmeans.table`, per-image labels (:func:`label_pixels`),
+the pixel labels of :mod:`streamq.kmeans.table` (its label table, and per-image labels),
 inertia. Loops are serial and release the GIL; :func:`assign` splits large inputs over
 threads (each row's result does not depend on the split).
 """
@@ -22,9 +22,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from streamq.kmeans.codes import CHANNEL, code24, pixels_in
-
-__all__ = ["SORTED_FROM_K", "assign", "assign_rows", "inertia", "label_pixels", "sorted_centers",
+__all__ = ["SORTED_FROM_K", "assign", "assign_rows", "inertia", "sorted_centers",
            "spread_duplicates"]
 
 _GREY = np.full(3, 1 / math.sqrt(3))
@@ -272,68 +270,6 @@ def inertia(x: np.ndarray, w: np.ndarray, centers: np.ndarray) -> float:
     c = np.ascontiguousarray(centers, dtype=np.float64)
     return float(_inertia(np.ascontiguousarray(x, np.float64), np.asarray(w, np.float64), c,
                           *_sorted_centers(c)))
-
-
-_CACHE_BITS = 14  # entries of the label cache: 2**14 colours
-
-
-@numba.njit(nogil=True, cache=True)
-def _label(rgb: np.ndarray, table: np.ndarray, c: np.ndarray, order: np.ndarray,
-           sp: np.ndarray, axis: np.ndarray, palette: np.ndarray, labels: np.ndarray,
-           err: np.ndarray, q: np.ndarray, key: np.ndarray, value: np.ndarray) -> int:
-    """Label pixels through a direct-mapped cache of recent colours (photos repeat colours):
-    ``key[slot]`` is the code + 1 of the colour held (zeros: empty), ``value[slot]`` its
-    label and error packed. ``q`` is a ``(1, 3)`` work row (the work arrays come from the
-    caller: a NumPy allocation in compiled code costs tenths of a second of compilation)."""
-    mask = key.shape[0] - 1
-    lab = 0
-    total = 0
-    for i in range(rgb.shape[0]):
-        code = code24(rgb, i)
-        slot = ((code * 2654435761) >> 11) & mask
-        if key[slot] == code + 1:
-            v = value[slot]
-            lab = v & 0xFFFFF
-            e = v >> 20
-        else:
-            for t in range(3):
-                q[0, t] = table[rgb[i, t]]
-            p = q[0, 0] * axis[0] + q[0, 1] * axis[1] + q[0, 2] * axis[2]
-            lab, _ = _nearest(q, 0, p, c, order, sp, lab)  # the previous centre bounds first
-            e = 0
-            for t in range(3):
-                dv = np.int64(rgb[i, t]) - palette[lab, t]
-                e += dv * dv
-            key[slot] = code + 1
-            value[slot] = lab | (e << 20)
-        labels[i] = lab
-        if err.shape[0]:
-            err[i] = e
-        total += e
-    return total
-
-
-def label_pixels(rgb: np.ndarray, centers: np.ndarray, palette: np.ndarray | None = None,
-                 want_err: bool = False) -> tuple[np.ndarray, int, np.ndarray]:
-    """Exact nearest centre of ``(n, 3)`` uint8 pixels, in ``value / 255`` coordinates.
-
-    The same labels as an ``argmin`` over float64 squared distances (first centre on ties).
-    Returns ``(labels, sse, err)``: int64 labels, the summed squared RGB error to ``palette``
-    (``(k, 3)`` uint8, default the rounded centres), and the error per pixel (int64) when
-    ``want_err`` (else an empty array).
-    """
-    rgb = pixels_in(rgb)
-    c = np.ascontiguousarray(centers, dtype=np.float64)
-    if palette is None:
-        palette = np.round(np.clip(c * 255, 0, 255)).astype(np.uint8)
-    pal = np.ascontiguousarray(palette, dtype=np.int64)
-    axis, order, sp = _sorted_centers(c)
-    labels = np.empty(len(rgb), dtype=np.int64)
-    err = np.empty(len(rgb) if want_err else 0, dtype=np.int64)
-    size = 1 << _CACHE_BITS
-    sse = _label(rgb, CHANNEL, c, order, sp, axis, pal, labels, err, np.empty((1, 3)),
-                 np.zeros(size, np.int64), np.empty(size, np.int64)) if len(rgb) else 0
-    return labels, int(sse), err
 
 
 # Serial loop for rows of any dimension; parallelism comes from Dask tasks or from the thread

@@ -51,14 +51,14 @@ def per_image_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
     """``(dispatcher, argument types)`` of the per-image path (``--method histogram``), the
     costliest to compile first: k-means++, Lloyd, pixel labels (for the quantize that
     follows the fit), the sample's shuffle and colour counts."""
-    from streamq.kmeans import codes, filtering, nearest, plusplus, sampling
+    from streamq.kmeans import codes, filtering, plusplus, sampling, table
 
     return [
         (plusplus._kmeanspp, (_F2, _F1, _I1, _F2, _F2, types.int64[:, :, ::1], _F1, _F1, _I64,
                               _I64, _F2, _I1, _F1, _F1, _F1)),
         (filtering._run, (_F2, _I2, _I1, _I1, _F2, _F2, _F2, _F2, _F64, _F64, _BOOL, _I64, _I1,
                           _F1, _I1, _I2, _I1, _I1, _F1, _I1, _F1, _F1, _BOOL, _B1)),
-        (nearest._label, (_RGB, _F1, _F2, _I1, _F1, _F1, _I2, _I1, _I1, _F2, _I1, _I1)),
+        (table._label, (_RGB, _F1, _F2, _I1, _F1, _F1, _I2, _I1, _I1, _F2, _I1, _I1)),
         (sampling._shuffle, (types.int32[::1], _I64, _I64, types.uint32[::1], _I1)),
         (codes._count_codes, (_RGB, types.uint8[::1], _BOOL, types.int32[::1], _I1)),
     ]

@@ -1,8 +1,11 @@
-"""Exact labels of 24-bit colours through a lazily filled ``2**24`` lookup table.
+"""Exact labels of uint8 pixels against a palette, each distinct colour searched once.
 
 Quantize labels every pixel of a collection against one palette: each worker keeps a
-:class:`LabelTable`, computes the nearest centre (:func:`streamq.kmeans.nearest.assign`)
-only for colours it has not met yet, and looks every other pixel up.
+:class:`LabelTable`, a lazily filled ``2**24`` lookup table, computes the nearest centre
+(:func:`streamq.kmeans.nearest.assign`) only for colours it has not met yet, and looks every
+other pixel up. One image's pixels against its own palette (the per-image results) go through
+:func:`label_pixels` instead: a small cache of recent colours in front of the sorted search
+of :mod:`streamq.kmeans.nearest`.
 """
 
 from __future__ import annotations
@@ -12,11 +15,10 @@ from typing import Any
 import numba
 import numpy as np
 
-from streamq.kmeans.codes import code24, codes_to_rgb
-from streamq.kmeans.nearest import assign
+from streamq.kmeans.codes import CHANNEL, code24, codes_to_rgb, pixels_in
+from streamq.kmeans.nearest import _nearest, _sorted_centers, assign
 
-__all__ = ["LabelTable"]
-
+__all__ = ["LabelTable", "label_pixels"]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -124,20 +126,27 @@ class LabelTable:
 
     def _fill(self, rgb: np.ndarray, idx: np.ndarray) -> None:
         """Compute the table entries of the colours of ``rgb[idx]`` that have none yet."""
-        from streamq.colorspace import to_space
-
         with self._lock:
             new = _distinct(rgb, idx, self._seen)
             new = new[self.lut[new] < 0]
             if not len(new):
                 return
-            colours = codes_to_rgb(new)
-            lab, _ = assign(to_space(colours, self.space), self.centers)
-            if self.packed:
-                err = ((colours.astype(np.int64) - self.palette[lab]) ** 2).sum(1)
+            lab, err = self._label_colours(codes_to_rgb(new))
+            if err is not None:
                 self.lut[new] = (lab.astype(np.int64) | (err << 8)).astype(np.int32)
             else:
                 self.lut[new] = lab
+
+    def _label_colours(self, colours: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels of the ``(n, 3)`` uint8 ``colours`` and, for a packed table, their squared
+        errors to their palette colours (int64; else None): what their entries hold. A table
+        that measures another way (:mod:`streamq.rgba`'s opaque colours) overrides this."""
+        from streamq.colorspace import to_space
+
+        lab, _ = assign(to_space(colours, self.space), self.centers)
+        if not self.packed:
+            return lab, None
+        return lab, ((colours.astype(np.int64) - self.palette[lab]) ** 2).sum(1)
 
     def labels_sse(self, rgb: np.ndarray, dtype: Any, ends: np.ndarray,
                    want_err: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -173,3 +182,65 @@ class LabelTable:
         ``(n, 3)`` uint8 pixels."""
         labels, _, err = self.labels_sse(rgb, dtype, np.zeros(0, np.int64), want_err=True)
         return labels, err
+
+
+_CACHE_BITS = 14  # entries of the label cache: 2**14 colours
+
+
+@numba.njit(nogil=True, cache=True)
+def _label(rgb: np.ndarray, table: np.ndarray, c: np.ndarray, order: np.ndarray,
+           sp: np.ndarray, axis: np.ndarray, palette: np.ndarray, labels: np.ndarray,
+           err: np.ndarray, q: np.ndarray, key: np.ndarray, value: np.ndarray) -> int:
+    """Label pixels through a direct-mapped cache of recent colours (photos repeat colours):
+    ``key[slot]`` is the code + 1 of the colour held (zeros: empty), ``value[slot]`` its
+    label and error packed. ``q`` is a ``(1, 3)`` work row (the work arrays come from the
+    caller: a NumPy allocation in compiled code costs tenths of a second of compilation)."""
+    mask = key.shape[0] - 1
+    lab = 0
+    total = 0
+    for i in range(rgb.shape[0]):
+        code = code24(rgb, i)
+        slot = ((code * 2654435761) >> 11) & mask
+        if key[slot] == code + 1:
+            v = value[slot]
+            lab = v & 0xFFFFF
+            e = v >> 20
+        else:
+            for t in range(3):
+                q[0, t] = table[rgb[i, t]]
+            p = q[0, 0] * axis[0] + q[0, 1] * axis[1] + q[0, 2] * axis[2]
+            lab, _ = _nearest(q, 0, p, c, order, sp, lab)  # the previous centre bounds first
+            e = 0
+            for t in range(3):
+                dv = np.int64(rgb[i, t]) - palette[lab, t]
+                e += dv * dv
+            key[slot] = code + 1
+            value[slot] = lab | (e << 20)
+        labels[i] = lab
+        if err.shape[0]:
+            err[i] = e
+        total += e
+    return total
+
+
+def label_pixels(rgb: np.ndarray, centers: np.ndarray, palette: np.ndarray | None = None,
+                 want_err: bool = False) -> tuple[np.ndarray, int, np.ndarray]:
+    """Exact nearest centre of ``(n, 3)`` uint8 pixels, in ``value / 255`` coordinates.
+
+    The same labels as an ``argmin`` over float64 squared distances (first centre on ties).
+    Returns ``(labels, sse, err)``: int64 labels, the summed squared RGB error to ``palette``
+    (``(k, 3)`` uint8, default the rounded centres), and the error per pixel (int64) when
+    ``want_err`` (else an empty array).
+    """
+    rgb = pixels_in(rgb)
+    c = np.ascontiguousarray(centers, dtype=np.float64)
+    if palette is None:
+        palette = np.round(np.clip(c * 255, 0, 255)).astype(np.uint8)
+    pal = np.ascontiguousarray(palette, dtype=np.int64)
+    axis, order, sp = _sorted_centers(c)
+    labels = np.empty(len(rgb), dtype=np.int64)
+    err = np.empty(len(rgb) if want_err else 0, dtype=np.int64)
+    size = 1 << _CACHE_BITS
+    sse = _label(rgb, CHANNEL, c, order, sp, axis, pal, labels, err, np.empty((1, 3)),
+                 np.zeros(size, np.int64), np.empty(size, np.int64)) if len(rgb) else 0
+    return labels, int(sse), err

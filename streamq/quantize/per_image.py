@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 
 def _label_task(args: dict[str, Any]) -> dict[str, Any]:
-    from streamq.kmeans.nearest import label_pixels
+    from streamq.kmeans.table import label_pixels
 
     store, c, chunk, k = args["store"], args["chunk_index"], args["chunk"], args["k"]
     pixels = open_array(store, PIXELS)

@@ -1,55 +1,37 @@
-"""Where stores and outputs live: a local folder, or an fsspec URL such as ``s3://bucket/x.zarr``.
+"""Where stores and outputs live: a :class:`Location`, a local path or an fsspec URL.
 
 A :class:`Location` is an absolute local path or a URL, plus the storage options that reach
 it (for S3: ``endpoint_url``, ``key``/``secret``, ``anon``, ``client_kwargs``...). It is
 small and picklable: Dask tasks receive it and open the store themselves, so pixels and
 labels never pass through the client. Local paths stay plain paths handled by ``os`` (and
-Zarr's ``LocalStore``), as fast as before; URLs go through fsspec.
-
-Whole-file writes are atomic in both worlds: locally a temporary file is fsynced and renamed
-over the target, then its folder is fsynced (:func:`write_atomic`, the one place streamq
-does this: lock files, palettes, reports and exported images all go through it); on an
-object store one object is written by one PUT, which readers see whole or not at all.
+Zarr's ``LocalStore``), as fast as before; URLs go through fsspec. :func:`location` checks
+and normalises a path or URL into one.
 
 Deletes name their files or keys one by one (:meth:`Location.remove_files`,
 :func:`delete_keys`): fsspec's ``rm`` reads ``[``, ``*`` and ``?`` in a path as a glob
 pattern, so ``photo[1].png`` would delete ``photo1.png`` and keep itself. streamq never calls
 it, and Zarr's stores at URLs delete through :func:`delete_keys` too (``store.zarr_root``).
-
-Problems with a URL -- an unknown scheme, a missing package, no credentials, an unreachable
-endpoint, a missing bucket, access denied -- become one-line :class:`~streamq.errors.StoreError`
-messages that say what to check (:func:`storage_errors`, :func:`check_access`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
 import os
 import posixpath
 import re
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from streamq import redact
 from streamq.errors import StoreError
+from streamq.fs.access import SCHEMES, storage_errors
+from streamq.fs.atomic import write_atomic
 
-__all__ = ["SCHEMES", "Location", "check_access", "delete_keys", "join", "location",
-           "looks_like_url", "storage_errors", "write_atomic", "write_new"]
+__all__ = ["Location", "delete_keys", "join", "location", "looks_like_url"]
 
-log = logging.getLogger(__name__)
-
-SCHEMES = {"s3": "s3fs"}  # URL scheme -> the package that implements it
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(/+)")
-_UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError",
-                "ReadTimeoutError", "ProxyConnectionError", "ClientConnectorError",
-                "ServerTimeoutError", "ConnectionRefusedError", "FSTimeoutError"}
-_NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}
-_CHECKED: set[str] = set()  # buckets found usable by this process (scheme, bucket, options)
 _DELETE_BATCH = 1000  # keys per S3 DeleteObjects request (its limit)
 _DELETE_CONCURRENCY = 4  # DeleteObjects requests in flight
 # s3fs reads this in any path as "the object version ...", silently dropping it from the key
@@ -221,57 +203,6 @@ class Location:
                               or "the default AWS endpoint"))
 
 
-def write_new(path: str, data: bytes, mode: int = 0o666, sync: bool = True) -> None:
-    """Create the local file ``path`` (which must not exist) holding ``data``, with permission
-    bits ``mode`` (less the umask), fsynced unless ``sync`` is false."""
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        if sync:
-            fh.flush()
-            os.fsync(fh.fileno())
-
-
-def write_atomic(path: str, data: bytes, *, mode: int = 0o666, sync: bool = True,
-                 tmp_dir: str | None = None) -> None:
-    """Write the local file ``path`` whole or not at all: readers see the old file or the new.
-
-    ``data`` goes to a temporary file (in ``path``'s folder, or in ``tmp_dir`` on the same
-    filesystem), which is fsynced and renamed over ``path``; then the folder is fsynced, where
-    the filesystem allows it, so that the new name survives a power loss too. Missing folders
-    of ``path`` are made. ``mode``: the file's permission bits (less the umask). ``sync``
-    false skips both fsyncs, for a caller that makes many files durable at once later
-    (:func:`streamq.durable.sync_all`). The temporary file is removed when anything fails.
-    """
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    stem = os.fsencode(os.path.basename(path))[:100].decode("utf-8", "ignore")  # NAME_MAX
-    tmp = os.path.join(tmp_dir or folder, f".{stem}.{uuid.uuid4().hex}.tmp")
-    try:
-        write_new(tmp, data, mode, sync)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-    if sync:
-        _fsync_folder(folder)
-
-
-def _fsync_folder(folder: str) -> None:
-    """fsync a folder, so that a rename in it is kept; a filesystem that refuses is fine."""
-    try:
-        fd = os.open(folder or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def location(target: str | os.PathLike[str] | Location,
              storage_options: Mapping[str, Any] | None = None) -> Location:
     """Check and normalise a store or output path: a local path, ``file://`` or ``s3://``.
@@ -366,93 +297,3 @@ async def delete_keys(fs: Any, paths: Sequence[str]) -> None:
                 await fs._rm_file(p)
     for p in paths:
         fs.invalidate_cache(p)
-
-
-def _explain(exc: BaseException, loc: Location, kind: str = "storage") -> str | None:
-    """A one-line message for a failure to use ``loc``, or None to let ``exc`` through.
-
-    ``kind`` names the options that reach it in the hints: ``storage`` (stores and outputs,
-    key ``storage_options``) or ``source`` (ingest's sources, key ``source_options``)."""
-    names = {c.__name__ for c in type(exc).__mro__}
-    if names & _NO_CREDENTIALS:
-        return (f"no credentials for {loc.url}: set {kind} options 'key' and 'secret' (or "
-                "'anon: true' for a public bucket), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-    if names & _UNREACHABLE:
-        return (f"cannot reach {loc.endpoint()} for {loc.url} ({type(exc).__name__}): check {kind} "
-                "option 'endpoint_url', the network, and that the server is running")
-    if isinstance(exc, ValueError) and str(exc).startswith("Invalid endpoint"):
-        return (f"{redact.text(str(exc))} for {loc.url}: {kind} option 'endpoint_url' must look "
-                "like http://HOST:PORT")
-    if isinstance(exc, PermissionError):
-        return (f"access to {loc.url} was denied ({redact.text(str(exc))}): check {kind} options "
-                "'key'/'secret' and the bucket's permissions")
-    if isinstance(exc, ImportError):
-        package = SCHEMES.get(loc.scheme, loc.scheme)
-        return f"{loc.url} needs the {package} package: pip install 'streamq[{loc.scheme}]'"
-    return None
-
-
-@contextlib.contextmanager
-def storage_errors(loc: Location, kind: str = "storage") -> Iterator[None]:
-    """Turn credential, network and permission failures on ``loc`` into one-line StoreErrors
-    (``kind``: which options the hints name, see :func:`_explain`)."""
-    if loc.is_local:
-        yield
-        return
-    try:
-        yield
-    except StoreError:
-        raise
-    except Exception as exc:
-        message = _explain(exc, loc, kind)
-        if message is None:
-            raise
-        raise StoreError(message) from None
-
-
-def check_access(loc: Location, kind: str = "storage") -> None:
-    """Fail early, in one line, when a URL cannot be used (no-op for local paths).
-
-    Looks at the bucket with few retries (a wrong endpoint fails in about a second instead
-    of the dozen seconds of the provider's retry schedule), once per process and bucket:
-    a missing bucket, missing
-    credentials or an unreachable endpoint each give a :class:`StoreError` naming the URL
-    and what to check. Being refused the bucket itself is not fatal: access may be granted
-    to objects only, and later calls tell. ``kind`` names the options in the hints
-    (``storage`` or ``source``, see :func:`_explain`).
-    """
-    if loc.is_local:
-        return
-    key = json.dumps([loc.scheme, loc.bucket, loc.options], sort_keys=True, default=repr)
-    if key in _CHECKED:
-        return
-    try:
-        _probe(loc, kind)
-    except (TypeError, ValueError, AttributeError) as exc:  # s3fs/botocore on a bad option
-        raise StoreError(
-            f"{kind} options for {loc.url} were not accepted by {SCHEMES[loc.scheme]} "
-            f"({type(exc).__name__}: {redact.text(str(exc))}); check key '{kind}_options' "
-            f"(given: {redact.options(loc.options)})") from None
-    _CHECKED.add(key)
-
-
-def _probe(loc: Location, kind: str = "storage") -> None:
-    """Look at the bucket of ``loc``, with few retries (see :func:`check_access`)."""
-    extra: dict[str, Any] = {}
-    if loc.scheme == "s3":
-        config = dict(loc.options.get("config_kwargs") or {})
-        config.setdefault("retries", {"max_attempts": 2})
-        config.setdefault("connect_timeout", 10)
-        extra["config_kwargs"] = config
-    probe = Location(loc.url, {k: v for k, v in loc.options.items() if k != "config_kwargs"})
-    fs = probe.filesystem(**extra)
-    with storage_errors(loc, kind):
-        try:
-            fs.info(loc.bucket)
-        except FileNotFoundError:
-            fix = "create it, or check" if kind == "storage" else "check"
-            raise StoreError(
-                f"bucket {loc.bucket!r} of {loc.url} does not exist at {loc.endpoint()}: {fix} "
-                f"the URL and {kind} option 'endpoint_url'") from None
-        except PermissionError as exc:
-            log.debug("No access to bucket %s itself (%s); going on", loc.bucket, exc)
