@@ -16,11 +16,11 @@ import unicodedata
 from collections.abc import Sequence
 
 from streamq.fs import join
+from streamq.fs.location import VERSION_MARK
 
 __all__ = ["inside", "name_key", "output_names", "safe_output_path"]
 
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-_VERSION_MARK = "?versionId="  # s3fs reads it as an object version: never part of a name
 
 
 def safe_output_path(out: str, rel: str, ext: str, fallback: str) -> str:
@@ -41,7 +41,7 @@ def _clean_parts(rel: str, ext: str, fallback: str) -> list[str]:
         if p in ("", "."):
             continue
         p = "_" if p == ".." else _BAD_CHARS.sub("_", p)
-        parts.append(p.replace(_VERSION_MARK, "_versionId="))
+        parts.append(p.replace(VERSION_MARK, "_versionId="))
     if not parts:
         parts = [fallback]
     stem, _ = os.path.splitext(parts[-1])

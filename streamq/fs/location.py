@@ -35,7 +35,7 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(/+)")
 _DELETE_BATCH = 1000  # keys per S3 DeleteObjects request (its limit)
 _DELETE_CONCURRENCY = 4  # DeleteObjects requests in flight
 # s3fs reads this in any path as "the object version ...", silently dropping it from the key
-_VERSION_MARK = "?versionId="
+VERSION_MARK = "?versionId="  # s3fs reads it as an object version: never part of a key
 
 
 def looks_like_url(text: str) -> bool:
@@ -240,8 +240,8 @@ def location(target: str | os.PathLike[str] | Location,
     rest = rest.strip("/")
     if not rest:
         raise StoreError(f"{text!r} names no bucket: use {example}")
-    if _VERSION_MARK in rest:
-        raise StoreError(f"{text!r} holds {_VERSION_MARK!r}, which {SCHEMES[scheme]} reads as an "
+    if VERSION_MARK in rest:
+        raise StoreError(f"{text!r} holds {VERSION_MARK!r}, which {SCHEMES[scheme]} reads as an "
                          "object version, not as part of the name: choose another name")
     if storage_options is not None and not isinstance(storage_options, Mapping):
         raise StoreError(f"storage options for {text} must be a mapping of option names to "
