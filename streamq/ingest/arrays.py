@@ -38,7 +38,7 @@ from streamq.errors import ConfigError
 from streamq.fs import Location, check_access
 from streamq.ingest.finish import IngestSummary, _summary, finish_ingest
 from streamq.ingest.plan import _open_or_create, _settings, _write_plan, ingest_config
-from streamq.ingest.task import _verify_task, store_task_pixels
+from streamq.ingest.task import _verify_task, put_pixels, store_task_pixels
 from streamq.kmeans.histogram import ColorTotals
 from streamq.lock import check_writer, guard_task, store_lock
 from streamq.names import stored_name
@@ -173,13 +173,9 @@ def _fill_task(args: dict[str, Any], *parts: Any) -> tuple[dict[str, Any], np.nd
         rgb, alpha = _rgb8(part, args["background"], keep_alpha)
         base = off + r0 * w  # the pixel index of the part's first row
         lo, hi = max(off, a), min(off + h * w, b)
-        buf[lo - a: hi - a] = rgb.reshape(-1, 3)[lo - base: hi - base]
         stored.append((lo - a, hi - a))
-        if alpha is not None and abuf is not None:
-            rows = alpha.reshape(-1)[lo - base: hi - base]
-            abuf[lo - a: hi - a] = rows
-            if len(rows) and int(rows.min()) < 255:
-                with_alpha.append(int(row))
+        if put_pixels(buf, abuf, a, lo, hi, base, rgb, alpha):
+            with_alpha.append(int(row))
     status = "redone" if args.get("expect") is not None else "ran"
     return (*store_task_pixels(args, buf, stored, [], abuf, with_alpha), status)
 

@@ -31,14 +31,7 @@ from streamq.config import IngestConfig, StreamQConfig, parse_config
 from streamq.errors import StoreMismatchError
 from streamq.fs import Location, check_access
 from streamq.names import stored_name
-from streamq.store import (
-    ALPHA,
-    FORMAT_VERSION,
-    PLAN,
-    UPGRADABLE_VERSIONS,
-    Store,
-    is_store,
-)
+from streamq.store import ALPHA, FORMAT_VERSION, PLAN, UPGRADABLE_VERSIONS, Store, is_store
 
 __all__ = ["MAX_CHUNKS_PER_TASK", "ingest_config", "plan_tasks"]
 

@@ -34,7 +34,7 @@ from streamq.store import (
     write_task_report,
 )
 
-__all__ = ["store_task_pixels"]
+__all__ = ["put_pixels", "store_task_pixels"]
 
 
 def _colors_checksum(codes: np.ndarray, counts: np.ndarray) -> int:
@@ -119,15 +119,10 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
             if a <= off < b:  # the task holding the image's first pixel records it
                 failed.append([int(image_id), rgb])
             continue
-        flat = rgb.reshape(-1, 3)
         lo, hi = max(off, a), min(off + h * w, b)
-        buf[lo - a: hi - a] = flat[lo - off: hi - off]
         stored.append((lo - a, hi - a))
-        if alpha is not None and abuf is not None:
-            part = alpha.reshape(-1)[lo - off: hi - off]
-            abuf[lo - a: hi - a] = part
-            if len(part) and int(part.min()) < 255:
-                with_alpha.append(int(image_id))
+        if put_pixels(buf, abuf, a, lo, hi, off, rgb, alpha):
+            with_alpha.append(int(image_id))
     return (*store_task_pixels(args, buf, stored, failed, abuf, with_alpha), status)
 
 
@@ -143,11 +138,7 @@ def _fill_bands(args: dict[str, Any], buf: np.ndarray, abuf: np.ndarray | None, 
                                                    abuf is not None, tuple(args["background"])):
                 start = off + top * w  # the pixel index of the band's first pixel
                 p, q = max(lo, start), min(hi, start + rgb.shape[0] * w)
-                buf[p - a: q - a] = rgb.reshape(-1, 3)[p - start: q - start]
-                if alpha is not None and abuf is not None:
-                    part = alpha.reshape(-1)[p - start: q - start]
-                    abuf[p - a: q - a] = part
-                    transparent = transparent or (len(part) > 0 and int(part.min()) < 255)
+                transparent = put_pixels(buf, abuf, a, p, q, start, rgb, alpha) or transparent
     except StreamQError:
         raise
     except Exception as exc:
@@ -155,6 +146,20 @@ def _fill_bands(args: dict[str, Any], buf: np.ndarray, abuf: np.ndarray | None, 
             raise
         return f"cannot read image in bands: {type(exc).__name__}: {exc}"
     return transparent
+
+
+def put_pixels(buf: np.ndarray, abuf: np.ndarray | None, a: int, lo: int, hi: int, start: int,
+               rgb: np.ndarray, alpha: np.ndarray | None) -> bool:
+    """Copy pixels ``[lo, hi)`` (indices in ``pixels``) of an image whose ``rgb`` (and
+    ``alpha``) begin at pixel ``start`` into a task's buffers ``buf`` (and ``abuf``, when the
+    plan made the alpha array), which begin at pixel ``a``; return whether an alpha copied is
+    below 255."""
+    buf[lo - a: hi - a] = rgb.reshape(-1, 3)[lo - start: hi - start]
+    if alpha is None or abuf is None:
+        return False
+    part = alpha.reshape(-1)[lo - start: hi - start]
+    abuf[lo - a: hi - a] = part
+    return len(part) > 0 and int(part.min()) < 255
 
 
 def store_task_pixels(args: dict[str, Any], buf: np.ndarray, stored: list[tuple[int, int]],
