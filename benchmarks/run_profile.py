@@ -205,7 +205,7 @@ def profile_tasks(st: Any, cfg: Any, args: argparse.Namespace, run_dir: Path
     import importlib
 
     ex = importlib.import_module("streamq.export.files")  # the modules, not the functions the
-    ing = importlib.import_module("streamq.ingest.files")  # package re-exports under their names
+    ing = importlib.import_module("streamq.ingest.task")  # package re-exports under their names
     qz = importlib.import_module("streamq.quantize.shared")
     from streamq.batches import PixelSource
     from streamq.export import safe_output_path

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 import streamq
 from streamq.errors import ConfigError, StoreLayoutError, StoreMismatchError
-from streamq.ingest.files import list_sources, plan_tasks
+from streamq.ingest.local import list_sources
+from streamq.ingest.plan import plan_tasks
 
 
 def test_every_image_equals_pillow_decode(faces_store, faces_dir):

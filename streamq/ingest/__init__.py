@@ -1,16 +1,30 @@
 """Ingest: images into a store (the first stage).
 
-* :mod:`streamq.ingest.files` -- image files (a folder, a glob, a list, a URL prefix): list,
-  scan headers, plan write tasks, write pixels, colour counts and records; the plan, task and
-  record machinery that :mod:`~streamq.ingest.arrays` shares;
-* :mod:`streamq.ingest.arrays` -- in-memory, Dask or Zarr arrays (:func:`ingest_array`);
-* :mod:`streamq.ingest.bands` -- images over ``max_pixels`` read in bands of rows;
-* :mod:`streamq.ingest.sources` -- sources at URLs: listing, fingerprint, reading on a worker.
+Two ways in, side by side, over the same steps:
 
-One way only: ``arrays -> files -> bands -> sources`` (``pyproject.toml``, ``ingest-family``).
+* :mod:`streamq.ingest.files` -- image files (a folder, a glob, a list, a URL prefix)
+  (:func:`ingest`);
+* :mod:`streamq.ingest.arrays` -- in-memory, Dask or Zarr arrays (:func:`ingest_array`).
+
+The steps, in the order an image meets them:
+
+* :mod:`streamq.ingest.local` -- local files listed (:func:`list_sources`), their fingerprint;
+* :mod:`streamq.ingest.urls` -- sources at URLs listed on the client, their fingerprint;
+* :mod:`streamq.ingest.scan` -- every file's header, read on the workers;
+* :mod:`streamq.ingest.plan` -- the plan: images packed, chunks grouped into write tasks,
+  whether a store's plan is kept on a rerun;
+* :mod:`streamq.ingest.task` -- the write task: pixels, colour counts, completion record;
+* :mod:`streamq.ingest.finish` -- colour counts merged, records consolidated, the summary;
+* :mod:`streamq.ingest.bands` -- images over ``max_pixels`` read in bands of rows;
+* :mod:`streamq.ingest.sources` -- where the images are, and reading them on a worker.
+
+One way only: ``files | arrays -> local | urls | scan | plan | task | finish -> bands ->
+sources`` (``pyproject.toml``, ``ingest-package``).
 """
 
 from streamq.ingest.arrays import ingest_array
-from streamq.ingest.files import IngestSummary, ingest, list_sources
+from streamq.ingest.files import ingest
+from streamq.ingest.finish import IngestSummary
+from streamq.ingest.local import list_sources
 
 __all__ = ["IngestSummary", "ingest", "ingest_array", "list_sources"]

@@ -6,7 +6,8 @@
 or 4 (RGBA: alpha kept as ingest keeps a file's, see ``ingest.alpha``), uint8
 or uint16 (scaled as ingest scales 16-bit files: ``round(v * 255 / 65535)``). The images are
 planned and written as a file ingest writes them -- the same plan, write tasks, colour counts
-and completion records (:mod:`streamq.ingest.files`) -- so the store is the same as one made from
+and completion records (:mod:`~streamq.ingest.plan`, :mod:`~streamq.ingest.task`,
+:mod:`~streamq.ingest.finish`) -- so the store is the same as one made from
 the same images as files, and a rerun resumes. Each write task gets only the rows of the
 images that overlap its shards: a Dask array's rows are read by the task on the worker (the
 source is never gathered on the client), a NumPy array's rows are sent with the task, and
@@ -35,17 +36,9 @@ from streamq.console import timer
 from streamq.decode import _composite, _scale16, premultiply
 from streamq.errors import ConfigError
 from streamq.fs import Location, check_access
-from streamq.ingest.files import (
-    IngestSummary,
-    _open_or_create,
-    _settings,
-    _summary,
-    _verify_task,
-    _write_plan,
-    finish_ingest,
-    ingest_config,
-    store_task_pixels,
-)
+from streamq.ingest.finish import IngestSummary, _summary, finish_ingest
+from streamq.ingest.plan import _open_or_create, _settings, _write_plan, ingest_config
+from streamq.ingest.task import _verify_task, put_pixels, store_task_pixels
 from streamq.kmeans.histogram import ColorTotals
 from streamq.lock import check_writer, guard_task, store_lock
 from streamq.names import stored_name
@@ -180,13 +173,9 @@ def _fill_task(args: dict[str, Any], *parts: Any) -> tuple[dict[str, Any], np.nd
         rgb, alpha = _rgb8(part, args["background"], keep_alpha)
         base = off + r0 * w  # the pixel index of the part's first row
         lo, hi = max(off, a), min(off + h * w, b)
-        buf[lo - a: hi - a] = rgb.reshape(-1, 3)[lo - base: hi - base]
         stored.append((lo - a, hi - a))
-        if alpha is not None and abuf is not None:
-            rows = alpha.reshape(-1)[lo - base: hi - base]
-            abuf[lo - a: hi - a] = rows
-            if len(rows) and int(rows.min()) < 255:
-                with_alpha.append(int(row))
+        if put_pixels(buf, abuf, a, lo, hi, base, rgb, alpha):
+            with_alpha.append(int(row))
     status = "redone" if args.get("expect") is not None else "ran"
     return (*store_task_pixels(args, buf, stored, [], abuf, with_alpha), status)
 

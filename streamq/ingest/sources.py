@@ -1,21 +1,13 @@
-"""Where ingest's images come from: a local folder, glob or list file, or URLs.
+"""Where ingest's images are, and reading them on a worker: a local folder, or URLs.
 
 A source given as a URL (``s3://bucket/photos/``, ``gs://...``, any protocol of an installed
 fsspec filesystem), or a text file listing URLs (local or itself at a URL, such as
-``https://host/list.txt``), is **listed by the client** and **read by the workers** straight
-from where it lives: a task receives the :class:`SourceRoot` (the URL prefix and the storage
-options that reach it) and the names of its images, and opens each itself. No pixel and no
-file passes through the client.
+``https://host/list.txt``), is **listed by the client** (:mod:`streamq.ingest.urls`) and
+**read by the workers** straight from where it lives: a task receives the
+:class:`SourceRoot` (the URL prefix and the storage options that reach it) and the names of
+its images, and opens each itself. No pixel and no file passes through the client. A local
+source (:mod:`streamq.ingest.local`) is a :class:`SourceRoot` too, its folder.
 
-- **Listing** (:func:`list_urls`): a prefix is listed recursively (one paginated listing on
-  S3) and filtered by image extension, like a local folder; a glob (``s3://b/p/**/*.jpg``)
-  by fsspec's glob; one image URL is a collection of one; any other object is read as a list
-  of URLs (or of keys relative to it). Names are relative to the common prefix, so image ids,
-  labels (the parent folder) and export paths are those of the same files on a disk.
-- **Fingerprint** (:func:`fingerprint`): name, size, ETag and modification time of every
-  object, as the listing gives them; a rerun on changed objects is refused as on a disk. For
-  a list of URLs the list itself is fingerprinted (its objects are not looked at by the
-  client).
 - **Reading** (:meth:`SourceRoot.header`, :meth:`SourceRoot.pixels`): the header scan reads
   through a buffered file (the first block of 256 KiB is usually enough; over HTTP, whose
   servers need not answer range requests, the whole file); the write task fetches the whole
@@ -24,20 +16,14 @@ file passes through the client.
   a fault of the machine (:mod:`streamq.faults`), then stops the stage in one line. An object
   that is not there (404) is a skipped input with its reason, as a missing listed file is.
   Access denied (401/403), no credentials or an unreachable endpoint stop the stage in one
-  line naming the URL and the options to check; so do a missing bucket or prefix at listing.
-
-URLs with credentials (``user:password@``), HTTP URLs with a query string (``?...``, often a
-signature) and object versions (``?versionId=``) are refused: names are stored in the store,
-and none of these may be written there.
+  line naming the URL and the options to check (:func:`explain`); so do a missing bucket or
+  prefix at listing.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import logging
 import os
-import posixpath
 import re
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -50,9 +36,9 @@ import numpy as np
 from streamq import redact
 from streamq.config import RetryConfig
 from streamq.decode import Header, decode_rgb, decode_rgba, read_header
-from streamq.errors import ConfigError, StoreError, StreamQError
+from streamq.errors import StoreError, StreamQError
 from streamq.faults import http_status, retrying
-from streamq.fs import Location, check_access, looks_like_url
+from streamq.fs import Location, looks_like_url
 from streamq.names import source_name
 
 #: What :meth:`SourceRoot.pixels` gives per image: the RGB pixels, ``(rgb, alpha)``, or the
@@ -62,10 +48,7 @@ Decoded: TypeAlias = np.ndarray | tuple[np.ndarray, np.ndarray | None] | str
 T = TypeVar("T")
 A = TypeVar("A")
 
-__all__ = ["Listing", "SourceRoot", "explain", "fingerprint", "is_remote", "list_urls",
-           "local_path", "local_url_list", "source_options", "url_list_lines"]
-
-log = logging.getLogger(__name__)
+__all__ = ["SourceRoot", "explain", "is_remote", "local_path", "source_options"]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(/*)")
 _GLOB_CHARS = set("*?[")
@@ -112,22 +95,6 @@ def _image_extensions() -> set[str]:
 
     Image.init()
     return {ext.lower() for ext in Image.registered_extensions()}
-
-
-def _check_url(url: str, where: str) -> str:
-    """``url`` if it may be stored as a name, else a one-line ConfigError."""
-    if redact.url(url) != url:
-        raise ConfigError(f"{where}: {redact.url(url)!r} has credentials in the URL: give them "
-                          "as source options (e.g. 'key' and 'secret') instead")
-    if _scheme(url) in _HTTP and ("?" in url or "#" in url):
-        raise ConfigError(f"{where}: {url.split('?', 1)[0].split('#', 1)[0]}?... has a query "
-                          "string or fragment, which may hold a signature and would be stored "
-                          "as the image's name: list plain URLs and give credentials as source "
-                          "options")
-    if "?versionId=" in url:
-        raise ConfigError(f"{where}: {url!r} names an object version (?versionId=), which "
-                          "would be stored as part of the image's name: list plain URLs")
-    return url
 
 
 # -- reading on the workers ----------------------------------------------------------------
@@ -324,182 +291,3 @@ def _filesystem(url: str, options: Mapping[str, Any]) -> tuple[Any, str]:
                          f"({_detail(exc)}); check --source-option / key 'source_options' "
                          f"(given: {redact.options(options)})") from None
     return fs, url if scheme in _HTTP else fs._strip_protocol(url)
-
-
-# -- listing on the client -----------------------------------------------------------------
-@dataclass
-class Listing:
-    """What a URL source holds: ``root`` (a URL prefix), the image names relative to it
-    (sorted), their sizes and stamps (size, ETag, modification time) when the listing gave
-    them, and the text of a list of URLs when the source was one."""
-
-    root: str
-    rel: list[str]
-    sizes: dict[str, int] = field(default_factory=dict)
-    stamps: dict[str, str] = field(default_factory=dict)
-    list_text: str | None = None
-
-    def source(self, options: Mapping[str, Any]) -> SourceRoot:
-        return SourceRoot(self.root, dict(options))
-
-
-def _stamp(info: Mapping[str, Any]) -> str:
-    etag = next((info[k] for k in ("ETag", "etag", "md5Hash", "crc32c", "checksum")
-                 if info.get(k)), "")
-    mtime = next((info[k] for k in ("LastModified", "mtime", "updated", "last_modified",
-                                    "modified", "created") if info.get(k)), "")
-    return f"{info.get('size')}\0{str(etag).strip(chr(34))}\0{mtime}"
-
-
-def fingerprint(listing: Listing) -> str:
-    """Hash of the root, every name and (where the listing gave them) size, ETag and mtime;
-    of the list's text for a list of URLs."""
-    h = hashlib.sha256(listing.root.encode())
-    if listing.list_text is not None:
-        h.update(b"\0list\0" + listing.list_text.encode())
-    for r in listing.rel:
-        h.update(r.encode("utf-8", "surrogateescape") + b"\0"
-                 + listing.stamps.get(r, "").encode() + b"\n")
-    return h.hexdigest()[:16]
-
-
-def url_list_lines(text: str, where: str, base: str | None = None) -> list[str] | None:
-    """The URLs of a list (one a line, ``#`` comments), or None when its first entry is not
-    a URL (a list of local paths). Relative entries are joined to ``base`` (the list's own
-    URL folder) when given; a list mixing URLs and paths otherwise is a ConfigError."""
-    entries = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
-               if line.strip() and not line.strip().startswith("#")]
-    if not entries or (base is None and not looks_like_url(entries[0][1])):
-        return None
-    urls = []
-    for n, line in entries:
-        if not looks_like_url(line):
-            if base is None:
-                raise ConfigError(f"{where} line {n}: {line!r} is not a URL, but the list starts "
-                                  "with URLs: list URLs only, or paths only")
-            line = posixpath.join(base, line)
-        urls.append(_check_url(line, f"{where} line {n}"))
-    schemes = sorted({_scheme(u) for u in urls})
-    if len(schemes) > 1:
-        raise ConfigError(f"{where} lists URLs of several schemes ({', '.join(schemes)}): list "
-                          "one kind (one set of source options reaches them)")
-    if schemes == ["file"]:
-        raise ConfigError(f"{where} lists file:// URLs: list plain paths instead")
-    return urls
-
-
-def _from_urls(urls: Sequence[str], text: str) -> Listing:
-    """Root = the longest common folder of the URLs; names relative to it."""
-    scheme = _scheme(urls[0])
-    bodies = sorted({u.split("://", 1)[1] for u in urls})
-    common = posixpath.commonpath([posixpath.dirname(b) or "." for b in bodies]) \
-        if len(bodies) > 1 else posixpath.dirname(bodies[0])
-    common = "" if common == "." else common
-    root = f"{scheme}://{common}"
-    rel = [b[len(common):].lstrip("/") if common else b for b in bodies]
-    return Listing(root=root, rel=sorted(rel), list_text=text)
-
-
-def local_url_list(src: str) -> Listing | None:
-    """The URLs listed by the local text file ``src``, or None when it is not a list of
-    URLs (a folder, an image, a list of paths: :func:`streamq.ingest.list_sources` reads it)."""
-    if not os.path.isfile(src) or os.path.splitext(src)[1].lower() in _image_extensions():
-        return None
-    try:
-        with open(src, encoding="utf-8") as fh:
-            text = fh.read()
-    except (UnicodeDecodeError, OSError):
-        return None
-    urls = url_list_lines(text, f"source list {src}")
-    return None if urls is None else _from_urls(urls, text)
-
-
-def list_urls(src: str, options: Mapping[str, Any], retry: RetryConfig | None = None) -> Listing:
-    """List the URL source ``src`` (transient faults retried as ``retry`` says).
-
-    Raises one-line errors: :class:`StoreError` for access problems (missing bucket, access
-    denied, no credentials, unreachable endpoint, unknown scheme, missing package),
-    :class:`ConfigError` for a source that holds no images or a malformed list.
-    """
-    _check_url(src, "source")
-    scheme = _scheme(src)
-    if scheme == "s3":
-        check_access(Location(src.rstrip("/"), dict(options)), "source")
-    fs, path = _filesystem(src, options)
-    try:
-        return retrying(lambda: _list(fs, src, path, scheme), "list", src, retry)
-    except (StoreError, ConfigError):
-        raise
-    except Exception as exc:
-        message = explain(exc, src, options)
-        if message is None:
-            raise
-        raise StoreError(message) from None
-
-
-def _list(fs: Any, src: str, path: str, scheme: str) -> Listing:
-    exts = _image_extensions()
-
-    def is_image(p: str) -> bool:
-        return posixpath.splitext(p)[1].lower() in exts
-
-    def url_of(p: str) -> str:
-        return p if scheme in _HTTP else f"{scheme}://{p.lstrip('/')}"
-
-    if scheme in _HTTP:  # no listing over HTTP: one image, or a list of URLs
-        if is_image(path):
-            return _from_urls([src], src)
-        try:
-            text = bytes(fs.cat_file(path)).decode("utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"source list {src} does not exist (404)") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"source {src} is neither an image nor a UTF-8 text file listing "
-                              "URLs") from None
-        urls = url_list_lines(text, f"source list {src}", base=posixpath.dirname(src))
-        if not urls:
-            raise ConfigError(f"source list {src} names no images")
-        return _from_urls(urls, text)
-
-    if _GLOB_CHARS & set(path):
-        prefix = path[: min(path.index(c) for c in _GLOB_CHARS if c in path)]
-        root = posixpath.dirname(prefix).rstrip("/")
-        found = {p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"}
-        if not found:
-            raise ConfigError(f"source pattern {src!r} matches no objects")
-    else:
-        fs.invalidate_cache(path)
-        try:
-            info = fs.info(path)
-        except FileNotFoundError:
-            raise ConfigError(f"source {src} does not exist: no object or prefix of that name "
-                              "(check the URL)") from None
-        if info.get("type") == "directory":
-            root = path.rstrip("/")
-            found = {p: i for p, i in fs.find(root, detail=True).items()
-                     if i.get("type", "file") == "file" and is_image(p)}
-            if not found:
-                raise ConfigError(f"source {src} holds no image objects (by extension, as "
-                                  "Pillow knows them)")
-        elif is_image(path):
-            root, found = posixpath.dirname(path), {path: info}
-        else:  # a list of URLs (or of names relative to it)
-            try:
-                text = bytes(fs.cat_file(path)).decode("utf-8")
-            except UnicodeDecodeError:
-                raise ConfigError(f"source {src} is neither an image nor a UTF-8 text file "
-                                  "listing URLs") from None
-            urls = url_list_lines(text, f"source list {src}",
-                                  base=posixpath.dirname(url_of(path)))
-            if not urls:
-                raise ConfigError(f"source list {src} names no images")
-            return _from_urls(urls, text)
-    rel, sizes, stamps = [], {}, {}
-    for p, info in found.items():
-        r = p[len(root):].lstrip("/")
-        rel.append(r)
-        if info.get("size") is not None:
-            sizes[r] = int(info["size"])
-        stamps[r] = _stamp(info)
-    log.info("Listed %d image objects under %s", len(rel), url_of(root))
-    return Listing(root=url_of(root), rel=sorted(rel), sizes=sizes, stamps=stamps)

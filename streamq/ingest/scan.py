@@ -1,0 +1,61 @@
+"""The header scan: every input's size, mode and possible transparency, read on the workers.
+
+Cheap (a header, not the pixels), and enough to give each image its place in the flat
+``pixels`` array (:mod:`streamq.ingest.plan`). The files are read where they live: a folder
+or a URL (:class:`streamq.ingest.sources.SourceRoot`); a TIFF over ``max_pixels`` gets the
+header of an image read in bands (:mod:`streamq.ingest.bands`). An input that cannot be used
+gets the reason instead, and is recorded as skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from streamq.config import IngestConfig, RetryConfig
+from streamq.decode import Header
+from streamq.faults import retrying
+from streamq.ingest import bands
+from streamq.ingest.sources import SourceRoot
+from streamq.names import stored_name
+from streamq.scheduler import Runner
+from streamq.stage import Task, run_tasks
+
+
+def _scan_batch(args: tuple[Any, ...]) -> list[tuple[int, int, str, bool] | str]:
+    """Headers of files given by their stored names (see :mod:`streamq.names`), read where
+    they live (a folder, or a URL: :mod:`streamq.ingest.sources`). ``args``: source, names,
+    max_pixels, retry, sizes and optionally ``ingest.large``: with ``bands``, a TIFF over
+    max_pixels gets its header for reading in bands (:mod:`streamq.ingest.bands`)."""
+    source, rels, max_pixels, retry, sizes, *rest = args
+    found = list(source.headers(rels, sizes, max_pixels, retry))
+    if rest and rest[0] == "bands":
+        for i, h in enumerate(found):
+            if isinstance(h, str) and bands.over_limit(h):
+                found[i] = retrying(functools.partial(_band_header, source, rels[i], h),
+                                    "read", source.path(rels[i]), retry)
+    return [(h.height, h.width, h.mode, h.alpha) if isinstance(h, Header) else h
+            for h in found]
+
+
+def _band_header(source: SourceRoot, rel: str, reason: str) -> Header | str:
+    with bands.opened(source, rel) as src:
+        return bands.band_header(src, reason)
+
+
+def _scan(run: Runner, source: SourceRoot, rel: list[str], icfg: IngestConfig,
+          retry: RetryConfig, progress: bool | None, sizes: dict[str, int]) -> list[Any]:
+    """The header of every name of ``rel`` (or the reason it cannot be used), in order, read
+    by tasks of ``ingest.files_per_scan_task`` files each."""
+    n = icfg.files_per_scan_task
+    names = [stored_name(r) for r in rel]  # plain text to the workers, whatever the names
+    batches = [(source, names[i:i + n], icfg.max_pixels, retry,
+                [sizes.get(r) for r in rel[i:i + n]], icfg.large) for i in range(0, len(rel), n)]
+    results: list[Any] = [None] * len(batches)
+
+    def keep(task: Task, headers: list[Any]) -> None:
+        results[task.key] = headers
+
+    run_tasks(run, [Task(_scan_batch, b, len(b[1]), i) for i, b in enumerate(batches)],
+              "scanning", "file", progress, on_result=keep)
+    return [h for batch in results for h in batch]
