@@ -29,15 +29,10 @@ from streamq.errors import StreamQError
 from streamq.fs import Location
 from streamq.kmeans.histogram import ColorTotals, count_colors
 from streamq.stage import Task, run_tasks
-from streamq.store.layout import (
-    COLOR_CHUNK,
-    COLORS,
-    TASK_COLORS,
-    Collection,
-    Store,
-    count_compressors,
-    open_array,
-)
+from streamq.store.arrays import COLOR_CHUNK, count_compressors, open_array
+from streamq.store.images import Collection
+from streamq.store.layout import Store
+from streamq.store.names import COLORS, TASK_COLORS
 
 __all__ = ["histogram", "load_histogram", "merge_task_colors", "save_histogram"]
 
