@@ -56,6 +56,7 @@ from streamq.names import output_name
 from streamq.scheduler import runner
 from streamq.stage import Task, run_tasks
 from streamq.store import PIXELS, Collection, Store, open_array, store_location
+from streamq.store.names import labels_path, per_image_palette
 from streamq.store.results import labels_identity, load_fit, read_identity, ready_labels
 from streamq.store.selection import parse_ids, select_images
 
@@ -245,7 +246,7 @@ def _export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
     fmt = args["format"]
     k_img = args["per_image"]
     store = args["store"]
-    labels_name = f"per_image/k{k_img}/labels" if k_img else "quantize/labels"
+    labels_name = labels_path(k_img or None)
     expect = args.get("expect") or {}
     root = args.get("root")
     if fs is not None:  # an object store: the client sent only files without a matching record
@@ -269,7 +270,7 @@ def _export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
     try:
         try:
             source = open_array(store, name)
-            palettes = open_array(store, f"per_image/k{k_img}/palette") if k_img else None
+            palettes = open_array(store, per_image_palette(k_img)) if k_img else None
         except Exception:
             _check_labels(args)  # replaced meanwhile: say so rather than what failed
             raise

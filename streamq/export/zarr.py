@@ -62,7 +62,8 @@ from streamq.store import (
     write_rows,
     zarr_root,
 )
-from streamq.store.results import CENTERS, labels_identity, load_fit, read_identity, ready_labels
+from streamq.store.names import image_errors_path, labels_path, per_image_centers, per_image_palette
+from streamq.store.results import labels_identity, load_fit, read_identity, ready_labels
 from streamq.store.selection import parse_ids, select_images
 
 __all__ = ["FORMAT_VERSION", "ZarrExportSummary", "export_zarr"]
@@ -126,11 +127,11 @@ def _per_image_ks(per_image: int | Sequence[int] | None) -> list[int] | None:
 
 def _results(st: Store, ks: list[int] | None) -> list[_Result]:
     """What to export: the shared palette's labels, or those of each per-image K."""
-    plan: list[tuple[str, str, dict[str, Any]]]
+    plan: list[tuple[str, int | None, dict[str, Any]]]
     if ks is None:
         fp = ready_labels(st, None)
         fit = load_fit(st.location)
-        plan = [("", "quantize", {"palette": "shared", "k": fit.k, "color_space": fit.color_space,
+        plan = [("", None, {"palette": "shared", "k": fit.k, "color_space": fit.color_space,
                                   "algorithm": fit.algorithm, "seed": fit.seed,
                                   "fit_fingerprint": fp,
                                   "palette_source": fit.palette_source})]
@@ -138,13 +139,13 @@ def _results(st: Store, ks: list[int] | None) -> list[_Result]:
             plan[0][2]["alpha"] = True
     else:
         pcfg = st.section("per_image").get("config", {})
-        plan = [(f"k{k}", f"per_image/k{k}", {
+        plan = [(f"k{k}", k, {
             "palette": "per-image", "k": k, "color_space": "rgb", "sample": pcfg.get("sample"),
             "seed": pcfg.get("seed"), "fit_fingerprint": ready_labels(st, k)}) for k in ks]
     results = []
-    for group, prefix, info in plan:
-        labels = "quantize/labels" if not group else f"{prefix}/labels"
-        errors = f"{prefix}/images"
+    for group, k_of, info in plan:
+        labels = labels_path(k_of)
+        errors = image_errors_path(k_of)
         has_errors = st.has(f"{errors}/mse") and st.has(f"{errors}/psnr")
         has_ssim = has_errors and st.has(f"{errors}/ssim")  # quantize.ssim (streamq.ssim)
         pre = f"{group}/" if group else ""
@@ -335,8 +336,9 @@ def _write_tables(st: Store, coll: Collection, dest: Store, results: list[_Resul
             dest.write_array("palette", palette)
             dest.write_array("centers", np.asarray(fit.centers, dtype=np.float64))
         else:
-            for src, dst in (("palette", "palette"), (CENTERS, "centers")):
-                _copy_rows(st, f"per_image/{r.group}/{src}", dest, r.name(dst), chosen)
+            k = int(r.info["k"])
+            for src, dst in ((per_image_palette(k), "palette"), (per_image_centers(k), "centers")):
+                _copy_rows(st, src, dest, r.name(dst), chosen)
         if r.errors is not None:
             errors = st.read_table(r.errors, ("mse", "psnr", "ssim") if r.info.get("ssim")
                                    else ("mse", "psnr"))

@@ -65,8 +65,10 @@ from streamq.store import (
     IMAGES,
     PIXELS,
     PLAN,
+    SCAN_SKIPPED,
     SKIPPED,
     TASK_COLORS,
+    TASK_REPORTS,
     TASKS,
     UPGRADABLE_VERSIONS,
     Store,
@@ -398,7 +400,7 @@ def store_task_pixels(args: dict[str, Any], buf: np.ndarray, stored: list[tuple[
     if args.get("plan") is not None:
         report["plan"] = args["plan"]
     # the completion record, after the data
-    write(lambda: write_task_report(store, args["task"], report), f"{TASKS}/report")
+    write(lambda: write_task_report(store, args["task"], report), TASK_REPORTS)
     return report, codes, counts
 
 
@@ -610,7 +612,7 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
         "mode": [headers[i][2] for i in ok],
         "offset": offsets, "height": heights, "width": widths,
     })
-    st.write_table("ingest/scan_skipped", {"path": [p for p, _ in skipped],
+    st.write_table(SCAN_SKIPPED, {"path": [p for p, _ in skipped],
                                             "reason": [r for _, r in skipped]})
     st.create_pixels(n_pixels, icfg.chunk_pixels, icfg.block_pixels, icfg.codec, icfg.level)
     if maybe_alpha:  # some image may be transparent: its alpha, written by the same tasks
@@ -634,7 +636,7 @@ def _run_tasks(run: Runner, st: Store, source: SourceRoot, icfg: IngestConfig,
     against their records' checksums; any that differs runs again); return the sum of their
     colour counts and their ids."""
     plan = st.read_table(PLAN, ("path", "offset", "height", "width"))
-    tasks = st.read_table("ingest/tasks", ("chunk_start", "chunk_stop"))
+    tasks = st.read_table(TASKS, ("chunk_start", "chunk_stop"))
     reports = st.task_reports()
     sec = st.section("ingest")
     # in every record: one of another plan (left by a replaced store) is never trusted
@@ -708,7 +710,7 @@ def _consolidate(st: Store, timings: dict[str, float], facts: dict[str, Any]) ->
         st.write_table(IMAGES, {"has_alpha": has_alpha})  # same format version as opaque
     elif st.has(ALPHA):  # no image is transparent after all: the store of an opaque collection
         st.remove(ALPHA)
-    scan = st.read_table("ingest/scan_skipped", ("path", "reason"))
+    scan = st.read_table(SCAN_SKIPPED, ("path", "reason"))
     skipped = sorted(list(zip(scan["path"], scan["reason"], strict=True))
                      + [(plan["path"][i], reason) for i, reason in failed.items()])
     st.write_table(SKIPPED, {"path": [p for p, _ in skipped], "reason": [r for _, r in skipped]})
