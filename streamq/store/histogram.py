@@ -132,8 +132,8 @@ def _count_tasks(source: PixelSource, rgba: bool) -> list[Task]:
     each, weighted by their chunks."""
     n_chunks = len(source.weights)
     step = max(1, PIXELS_PER_TASK // source.chunk)
-    return [Task(_count_task, (source, c, min(c + step, n_chunks), rgba), min(c + step, n_chunks) - c)
-            for c in range(0, n_chunks, step)]
+    spans = [(c, min(c + step, n_chunks)) for c in range(0, n_chunks, step)]
+    return [Task(_count_task, (source, c0, c1, rgba), c1 - c0) for c0, c1 in spans]
 
 
 def _one_pass(run: Any, source: PixelSource, progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
