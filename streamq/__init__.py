@@ -31,8 +31,9 @@ from streamq.pipeline import RunReport, run
 from streamq.quantize import QuantizeSummary, quantize
 from streamq.report import ReportSummary, report
 from streamq.store import Collection, open_store
+from streamq.store.image_groups import ImageGroups, load_groups
 from streamq.store.overview import collection_info
-from streamq.store.results import FitResult, ImageGroups, load_fit, load_groups
+from streamq.store.results import FitResult, load_fit
 from streamq.store.upgrade import UpgradeSummary, upgrade
 
 

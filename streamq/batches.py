@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from streamq.fs import Location
+from streamq.store.names import PIXELS
 
 if TYPE_CHECKING:
     from streamq.store import Collection
@@ -46,11 +47,11 @@ class PixelSource:
     run_start: np.ndarray  # int64, sorted, disjoint runs [start, stop) of valid pixels
     run_stop: np.ndarray
     weights: np.ndarray  # float64 per chunk: valid pixels in it
-    array: str = "pixels"  # the array read, inside the store
+    array: str = PIXELS  # the array read, inside the store
 
     @classmethod
     def from_images(cls, store: Location, chunk: int, n_chunks: int,
-                    offsets: np.ndarray, sizes: np.ndarray, array: str = "pixels") -> PixelSource:
+                    offsets: np.ndarray, sizes: np.ndarray, array: str = PIXELS) -> PixelSource:
         order = np.argsort(offsets, kind="stable")
         starts, stops = offsets[order].astype(np.int64), (offsets + sizes)[order].astype(np.int64)
         keep = stops > starts

@@ -25,15 +25,21 @@ from streamq.errors import StreamQError
 from streamq.scheduler import Runner
 from streamq.stage import Task, run_tasks
 from streamq.store import PIXELS, Collection, Store, open_array, runs_by_weight, write_record
+from streamq.store.names import (
+    GROUP_DESCRIBE_RECORDS,
+    GROUP_DESCRIPTORS,
+    GROUP_TASKS,
+    labels_path,
+)
 
 __all__ = ["DESCRIPTORS", "KINDS", "N_MOMENTS", "describe", "describe_image", "n_features",
            "plan", "read_plan"]
 
 log = logging.getLogger(__name__)
 
-DESCRIPTORS = "groups/descriptors"
-RECORDS = "groups/describe_records"
-TASKS = "groups/tasks"
+DESCRIPTORS = GROUP_DESCRIPTORS
+RECORDS = GROUP_DESCRIBE_RECORDS
+TASKS = GROUP_TASKS
 KINDS = ("histogram", "histogram+moments")
 N_MOMENTS = 6
 
@@ -96,7 +102,7 @@ def read_plan(st: Store) -> list[tuple[int, int]]:
 def _describe_task(args: dict[str, Any]) -> dict[str, Any]:
     store, k, kind = args["store"], args["k"], args["kind"]
     r0, r1 = args["rows"]
-    labels = open_array(store, "quantize/labels")
+    labels = open_array(store, labels_path())
     pixels = open_array(store, PIXELS) if kind == "histogram+moments" else None
     images = args["images"]
     out = np.zeros((r1 - r0, n_features(kind, k)))

@@ -61,31 +61,33 @@ from streamq.store.checkpoint import (
     restore_estimator,
     write_checkpoint,
 )
-from streamq.store.results import (
+from streamq.store.image_groups import ImageGroups, load_groups
+from streamq.store.names import (
     FIT,
+    GROUP_ASSIGN_RECORDS,
     GROUP_CENTERS,
+    GROUP_CHECKPOINT,
     GROUP_DISTANCE,
+    GROUP_HISTORY,
     GROUP_LABELS,
     GROUP_OF_IMAGE,
     GROUP_OVERLAP,
     GROUPS,
     QUANTIZE,
-    ImageGroups,
-    labels_state,
-    load_groups,
 )
+from streamq.store.results import labels_state
 
 __all__ = ["ImageGroups", "cluster_images", "load_groups"]
 
 log = logging.getLogger(__name__)
 
 SECTION = GROUPS
-CHECKPOINT = "groups/checkpoint"
+CHECKPOINT = GROUP_CHECKPOINT
 CENTERS = GROUP_CENTERS
-HISTORY = "groups/history"
+HISTORY = GROUP_HISTORY
 GROUP = GROUP_OF_IMAGE
 DISTANCE = GROUP_DISTANCE
-ASSIGN_RECORDS = "groups/assign_records"
+ASSIGN_RECORDS = GROUP_ASSIGN_RECORDS
 OVERLAP = GROUP_OVERLAP
 LABELS = GROUP_LABELS
 # Keys that change how fast grouping runs or how often it saves, not what it computes.

@@ -45,7 +45,14 @@ from streamq.store import (
     store_location,
     write_record,
 )
-from streamq.store.results import load_per_image, per_image_centers
+from streamq.store.names import (
+    PER_IMAGE,
+    PER_IMAGE_RECORDS,
+    PER_IMAGE_TASKS,
+    per_image_centers,
+    per_image_palette,
+)
+from streamq.store.results import load_per_image
 from streamq.store.selection import refuse_alpha
 from streamq.store.summaries import PerImageSummary, per_image_summary, summary_of
 
@@ -54,8 +61,8 @@ __all__ = ["PerImageSummary", "fit_image", "fit_per_image", "load_per_image", "s
 
 log = logging.getLogger(__name__)
 
-SECTION = "per_image"
-RECORDS = "per_image/records"
+SECTION = PER_IMAGE
+RECORDS = PER_IMAGE_RECORDS
 
 
 def sample_size(n: int, k: int, sample: float) -> int:
@@ -241,13 +248,13 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             budget = min(pcfg.pixels_per_task, max(1, -(-int(sizes.sum()) // (4 * run.n_workers))))
             tasks = coll.groups_by_pixels(range(len(coll)), budget)
             st.set_section(SECTION, {"state": "planning", "fingerprint": fp})
-            st.write_table("per_image/tasks", {"first": np.asarray([t[0] for t in tasks], np.int64),
+            st.write_table(PER_IMAGE_TASKS, {"first": np.asarray([t[0] for t in tasks], np.int64),
                                                "last": np.asarray([t[-1] for t in tasks], np.int64)})
             st.create_records(RECORDS, len(tasks))
             extra = {} if fixed is None else {"fixed_colors": fixed.record()}
             st.set_section(SECTION, {"state": "running", "fingerprint": fp, "config": to_dict(pcfg),
                                      "colors": list(pcfg.colors), "n_tasks": len(tasks), **extra})
-        t = st.read_table("per_image/tasks", ("first", "last"))
+        t = st.read_table(PER_IMAGE_TASKS, ("first", "last"))
         records = st.records(RECORDS)
         pending = [i for i in range(len(records)) if not records[i]]
         todo = []
@@ -272,7 +279,7 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
                 for image_id, flat in json.loads(r)[str(k)]:
                     centers[image_id] = np.asarray(flat, dtype=np.float64).reshape(k, 3)
             st.write_array(per_image_centers(k), centers)
-            st.write_array(f"per_image/k{k}/palette", np.round(np.clip(centers * 255, 0, 255)).astype(np.uint8))
+            st.write_array(per_image_palette(k), np.round(np.clip(centers * 255, 0, 255)).astype(np.uint8))
         st.set_section(SECTION, {**st.section(SECTION), "state": "complete", "timings": timings,
                                  "runtime": facts, "finished": timestamp()})
     st.set_section(SECTION, {**st.section(SECTION), "timings": timings})  # with consolidating

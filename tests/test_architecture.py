@@ -65,3 +65,52 @@ def test_a_broken_layering_is_caught(tmp_path, module, imported, message):
     res = _lint(tmp_path)
     assert res.returncode != 0
     assert message in res.stdout, res.stdout
+
+
+def _top_groups() -> set[str]:
+    """The top-level names of a store (``pixels``, ``ingest``, ``fit``, ``per_image``, ...):
+    the first part of every name :mod:`streamq.store.names` spells."""
+    from streamq.store import names
+
+    return {value.split("/")[0] for key, value in vars(names).items()
+            if key.isupper() and isinstance(value, str)}
+
+
+def _path_literals(source: str, groups: set[str]) -> list[tuple[int, str]]:
+    """``(line, text)`` of every string in ``source`` (docstrings aside) that spells a path
+    inside a store: a top-level name followed by ``/``, in a literal or at the start of an
+    f-string."""
+    import ast
+
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef
+                                | ast.AsyncFunctionDef)
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and id(node) not in docstrings and node.value.split("/")[0] in groups \
+                and "/" in node.value:
+            found.append((node.lineno, node.value))
+    return found
+
+
+def test_only_the_store_layer_spells_a_path_in_a_store():
+    """Every array name and path is spelled once, in ``streamq.store.names``: a stage (or
+    anything outside ``streamq/store/``) imports it instead of writing ``"quantize/labels"``."""
+    groups = _top_groups()
+    assert {"pixels", "ingest", "fit", "quantize", "per_image", "groups"} <= groups
+    found = [f"{path.relative_to(ROOT)}:{line}: {text!r}"
+             for path in sorted((ROOT / "streamq").rglob("*.py"))
+             if "store" not in path.relative_to(ROOT / "streamq").parts[:1]
+             for line, text in _path_literals(path.read_text(), groups)]
+    assert found == [], "paths spelled outside streamq/store/names.py:\n" + "\n".join(found)
+
+
+def test_a_path_spelled_in_a_stage_is_caught():
+    source = ('"""Writes quantize/labels (a docstring may say so)."""\n'
+              'LABELS = "quantize/labels"\n'
+              'def palette(k):\n    return f"per_image/k{k}/palette"\n')
+    assert _path_literals(source, _top_groups()) == [(2, "quantize/labels"), (4, "per_image/k")]

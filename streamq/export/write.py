@@ -31,6 +31,7 @@ from streamq.faults import retrying
 from streamq.fs import Location, storage_errors, write_atomic
 from streamq.lock import check_writer
 from streamq.store import PIXELS, open_array
+from streamq.store.names import labels_path, per_image_palette
 from streamq.store.results import read_identity
 
 __all__ = ["export_images", "export_task"]
@@ -54,7 +55,7 @@ def export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
     """
     k_img = args["per_image"]
     store = args["store"]
-    labels_name = f"per_image/k{k_img}/labels" if k_img else "quantize/labels"
+    labels_name = labels_path(k_img or None)
     expect = args.get("expect") or {}
     root = args.get("root")
     if fs is not None:  # an object store: the client sent only files without a matching record
@@ -79,7 +80,7 @@ def export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
     try:
         try:
             source = open_array(store, name)
-            palettes = open_array(store, f"per_image/k{k_img}/palette") if k_img else None
+            palettes = open_array(store, per_image_palette(k_img)) if k_img else None
         except Exception:
             _check_labels(args)  # replaced meanwhile: say so rather than what failed
             raise

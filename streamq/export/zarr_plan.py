@@ -15,6 +15,7 @@ from typing import Any
 
 from streamq.errors import ConfigError
 from streamq.store import Store, open_array
+from streamq.store.names import image_errors_path, labels_path
 from streamq.store.results import labels_identity, load_fit, ready_labels
 
 __all__ = ["ATTR", "FORMAT_VERSION", "Result", "id_ranges", "labels_layout", "per_image_ks",
@@ -55,11 +56,11 @@ def per_image_ks(per_image: int | Sequence[int] | None) -> list[int] | None:
 
 def plan_results(st: Store, ks: list[int] | None) -> list[Result]:
     """What to export: the shared palette's labels, or those of each per-image K."""
-    plan: list[tuple[str, str, dict[str, Any]]]
+    plan: list[tuple[str, int | None, dict[str, Any]]]
     if ks is None:
         fp = ready_labels(st, None)
         fit = load_fit(st.location)
-        plan = [("", "quantize", {"palette": "shared", "k": fit.k, "color_space": fit.color_space,
+        plan = [("", None, {"palette": "shared", "k": fit.k, "color_space": fit.color_space,
                                   "algorithm": fit.algorithm, "seed": fit.seed,
                                   "fit_fingerprint": fp,
                                   "palette_source": fit.palette_source})]
@@ -67,13 +68,13 @@ def plan_results(st: Store, ks: list[int] | None) -> list[Result]:
             plan[0][2]["alpha"] = True
     else:
         pcfg = st.section("per_image").get("config", {})
-        plan = [(f"k{k}", f"per_image/k{k}", {
+        plan = [(f"k{k}", k, {
             "palette": "per-image", "k": k, "color_space": "rgb", "sample": pcfg.get("sample"),
             "seed": pcfg.get("seed"), "fit_fingerprint": ready_labels(st, k)}) for k in ks]
     results = []
-    for group, prefix, info in plan:
-        labels = "quantize/labels" if not group else f"{prefix}/labels"
-        errors = f"{prefix}/images"
+    for group, k_of, info in plan:
+        labels = labels_path(k_of)
+        errors = image_errors_path(k_of)
         has_errors = st.has(f"{errors}/mse") and st.has(f"{errors}/psnr")
         has_ssim = has_errors and st.has(f"{errors}/ssim")  # quantize.ssim (streamq.ssim)
         pre = f"{group}/" if group else ""

@@ -11,7 +11,8 @@ import numpy as np
 
 from streamq.export.zarr_plan import Result
 from streamq.store import Collection, Store
-from streamq.store.results import CENTERS, load_fit
+from streamq.store.names import per_image_centers, per_image_palette
+from streamq.store.results import load_fit
 
 __all__ = ["ROW_CHUNK", "write_tables"]
 
@@ -34,8 +35,9 @@ def write_tables(st: Store, coll: Collection, dest: Store, results: list[Result]
             dest.write_array("palette", palette)
             dest.write_array("centers", np.asarray(fit.centers, dtype=np.float64))
         else:
-            for src, dst in (("palette", "palette"), (CENTERS, "centers")):
-                _copy_rows(st, f"per_image/{r.group}/{src}", dest, r.name(dst), chosen)
+            k = int(r.info["k"])
+            for src, dst in ((per_image_palette(k), "palette"), (per_image_centers(k), "centers")):
+                _copy_rows(st, src, dest, r.name(dst), chosen)
         if r.errors is not None:
             errors = st.read_table(r.errors, ("mse", "psnr", "ssim") if r.info.get("ssim")
                                    else ("mse", "psnr"))

@@ -6,8 +6,9 @@ hands over to :func:`fit_rgba`: k-means with the alpha-aware distance of
 distance) over every pixel, opaque ones included (alpha 255). It runs on the collection's
 **RGBA histogram** — every distinct premultiplied RGBA colour with its pixel count, table
 ``colors_rgba`` — counted in one Dask pass over ``pixels`` and ``alpha`` at the first fit and
-kept in the store (a 32-bit colour has no dense counting table: each task sorts its
-pixels' codes, the client merges the sorted counts).
+kept in the store (:func:`streamq.store.histogram.rgba_histogram`, the counting tasks of the RGB
+histogram; a 32-bit colour has no dense counting table: each task sorts its pixels' codes, the
+client merges the sorted counts).
 
 As the RGB fit's exact phase: ``n_init`` weighted k-means++ starts run Lloyd to a fixed
 point on a coarse grid of the histogram (cell means, 32 levels per channel), the best two
@@ -29,23 +30,20 @@ from typing import Any
 
 import numpy as np
 
-from streamq.batches import PixelSource
 from streamq.config import StreamQConfig, fingerprint, to_dict
 from streamq.console import timer
 from streamq.errors import ConfigError
 from streamq.metrics import psnr
 from streamq.rgba import (
     codes_to_rgba,
-    count_rgba,
     from_metric,
-    merge_counts,
     palette_of,
     premultiplied,
     to_metric,
 )
 from streamq.scheduler import Runner, runner
-from streamq.stage import Task, run_tasks
-from streamq.store import ALPHA, COLOR_CHUNK, Collection, Store, count_compressors, open_array
+from streamq.store import Collection, Store
+from streamq.store.histogram import ingest_data, rgba_histogram
 from streamq.store.results import FIT, FitResult, clear_fit, save_fit
 from streamq.store.selection import refuse_alpha
 
@@ -53,54 +51,8 @@ __all__ = ["fit_rgba", "kmeans_rgba", "refuse_alpha", "rgba_histogram", "rgba_ms
 
 log = logging.getLogger(__name__)
 
-COLORS_RGBA = "colors_rgba"
-PIXELS_PER_TASK = 8 * 2**20  # pixels one counting task reads
 GRID_SHIFT = 3  # the starts race on cells of 8 levels per channel (32 per channel)
 FINISHERS = 2
-
-
-# -- the RGBA histogram --------------------------------------------------------------------------
-def _count_task(args: tuple[PixelSource, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """RGBA colour counts of the valid pixels of chunks ``[c0, c1)``."""
-    source, c0, c1 = args
-    a, b = source.chunk_runs(c0, c1)
-    if not len(a):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    lo = c0 * source.chunk
-    rgb = np.asarray(open_array(source.store, "pixels")[lo:lo + int(b[-1])])
-    alpha = np.asarray(open_array(source.store, ALPHA)[lo:lo + int(b[-1])])
-    keep = np.concatenate([np.arange(s, e) for s, e in zip(a, b, strict=True)])
-    return count_rgba(rgb[keep], alpha[keep])
-
-
-def _data(st: Store) -> list[Any]:
-    sec = st.section("ingest")
-    return [sec.get("source_fingerprint"), sec.get("settings_fingerprint")]
-
-
-def rgba_histogram(run: Runner, st: Store, coll: Collection,
-                   progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Every distinct premultiplied RGBA colour of the collection (codes of
-    :func:`streamq.rgba.rgba_codes`, sorted) and its pixel count: the stored table when it
-    describes this ingest, else one Dask pass over the pixels, then stored."""
-    sec = st.section(COLORS_RGBA)
-    if sec.get("state") == "complete" and sec.get("data") == _data(st):
-        return (np.asarray(st.array(f"{COLORS_RGBA}/code")[:], np.int64),
-                np.asarray(st.array(f"{COLORS_RGBA}/count")[:], np.int64))
-    source = PixelSource.of_collection(coll)
-    n_chunks = len(source.weights)
-    step = max(1, PIXELS_PER_TASK // source.chunk)
-    groups = [(source, c, min(c + step, n_chunks)) for c in range(0, n_chunks, step)]
-    parts = run_tasks(run, [Task(_count_task, g, g[2] - g[1]) for g in groups],
-                      "RGBA histogram", "chunk", progress)
-    codes, counts = merge_counts(parts)
-    st.set_section(COLORS_RGBA, {"state": "writing"})
-    st.write_table(COLORS_RGBA, {"code": codes, "count": counts}, chunk=COLOR_CHUNK,
-                   codecs=count_compressors())
-    st.set_section(COLORS_RGBA, {"state": "complete", "data": _data(st),
-                                 "n_distinct": len(codes), "n_pixels": int(counts.sum()),
-                                 "computed": "pass"})
-    return codes, counts
 
 
 # -- k-means ---------------------------------------------------------------------------------------
@@ -312,7 +264,7 @@ def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fp: str, clear: bo
         mse=mse, psnr=psnr(mse), seconds=round(time.perf_counter() - started, 3),
         seed=fcfg.seed, config=to_dict(fcfg), alpha=alpha)
     save_fit(st, result, fp, timings, facts,
-                 {"starts": best["starts"], "rgba": {"histogram": fingerprint(_data(st)),
+                 {"starts": best["starts"], "rgba": {"histogram": fingerprint(ingest_data(st)),
                                                      "n_distinct": len(codes)}})
     log.info("%s", result)
     return result

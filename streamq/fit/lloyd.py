@@ -29,6 +29,7 @@ from streamq.scheduler import Runner
 from streamq.stage import Task, run_tasks
 from streamq.store import Store, open_array
 from streamq.store.checkpoint import decode_state, encode_state
+from streamq.store.names import COLOR_CODES, COLOR_COUNTS
 from streamq.store.results import STARTS
 
 __all__ = ["FINISHERS", "GRID_BITS", "FitInfo", "ensure_distinct", "exact_mse", "fit_exact",
@@ -124,8 +125,8 @@ def _worker_points(store: Location, key: str, space: str) -> dict[str, np.ndarra
     k = (store.url, key, space)
     if k not in _POINTS:
         _POINTS.clear()  # one histogram at a time
-        codes = np.asarray(open_array(store, "colors/code")[:], dtype=np.int64)
-        counts = np.asarray(open_array(store, "colors/count")[:], dtype=np.float64)
+        codes = np.asarray(open_array(store, COLOR_CODES)[:], dtype=np.int64)
+        counts = np.asarray(open_array(store, COLOR_COUNTS)[:], dtype=np.float64)
         x = points(codes, space)
         gx, gw = cell_means(codes, counts, x, GRID_BITS)
         if 2 * len(gx) > len(x):  # a grid that saves little: race on the colours themselves

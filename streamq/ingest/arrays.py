@@ -44,7 +44,7 @@ from streamq.lock import check_writer, guard_task, store_lock
 from streamq.names import stored_name
 from streamq.scheduler import Runner, runner
 from streamq.stage import Task, run_tasks
-from streamq.store import ALPHA, PLAN, Store, store_location
+from streamq.store import ALPHA, PLAN, TASKS, Store, store_location
 from streamq.store.images import KINDS, dask_images, read_image
 
 __all__ = ["KINDS", "dask_images", "ingest_array", "read_image"]  # reads: streamq.store.images
@@ -309,7 +309,7 @@ def _task_args(st: Store, cfg: StreamQConfig, background: Sequence[int], names: 
     number in the source, offset, shape and first row."""
     plan = st.read_table(PLAN, ("path", "offset", "height", "width"))
     index = {stored_name(name): i for i, name in enumerate(names)}
-    tasks = st.read_table("ingest/tasks", ("chunk_start", "chunk_stop"))
+    tasks = st.read_table(TASKS, ("chunk_start", "chunk_stop"))
     reports = st.task_reports()
     sec = st.section("ingest")
     plan_id = fingerprint([sec.get("source_fingerprint"), sec.get("settings_fingerprint")])

@@ -58,7 +58,7 @@ from streamq.lock import store_lock
 from streamq.names import source_name, stored_name
 from streamq.scheduler import Runner, runner
 from streamq.stage import Task, run_tasks
-from streamq.store import ALPHA, PLAN, Store, store_location
+from streamq.store import ALPHA, PLAN, TASKS, Store, store_location
 
 __all__ = ["IngestSummary", "ingest", "list_sources"]
 
@@ -176,7 +176,7 @@ def _run_tasks(run: Runner, st: Store, source: SourceRoot, icfg: IngestConfig,
     against their records' checksums; any that differs runs again); return the sum of their
     colour counts and their ids."""
     plan = st.read_table(PLAN, ("path", "offset", "height", "width"))
-    tasks = st.read_table("ingest/tasks", ("chunk_start", "chunk_stop"))
+    tasks = st.read_table(TASKS, ("chunk_start", "chunk_stop"))
     reports = st.task_reports()
     sec = st.section("ingest")
     # in every record: one of another plan (left by a replaced store) is never trusted

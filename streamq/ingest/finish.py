@@ -22,7 +22,7 @@ from streamq.clock import timestamp
 from streamq.console import timer
 from streamq.errors import StreamQError
 from streamq.kmeans.histogram import ColorTotals
-from streamq.store import ALPHA, IMAGES, PIXELS, PLAN, SKIPPED, Store
+from streamq.store import ALPHA, IMAGES, PIXELS, PLAN, SCAN_SKIPPED, SKIPPED, Store
 from streamq.store.histogram import merge_task_colors, save_histogram
 
 __all__ = ["IngestSummary", "finish_ingest"]
@@ -104,7 +104,7 @@ def _consolidate(st: Store, timings: dict[str, float], facts: dict[str, Any]) ->
         st.write_table(IMAGES, {"has_alpha": has_alpha})  # same format version as opaque
     elif st.has(ALPHA):  # no image is transparent after all: the store of an opaque collection
         st.remove(ALPHA)
-    scan = st.read_table("ingest/scan_skipped", ("path", "reason"))
+    scan = st.read_table(SCAN_SKIPPED, ("path", "reason"))
     skipped = sorted(list(zip(scan["path"], scan["reason"], strict=True))
                      + [(plan["path"][i], reason) for i, reason in failed.items()])
     st.write_table(SKIPPED, {"path": [p for p, _ in skipped], "reason": [r for _, r in skipped]})

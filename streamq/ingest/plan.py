@@ -31,7 +31,15 @@ from streamq.config import IngestConfig, StreamQConfig, parse_config
 from streamq.errors import StoreMismatchError
 from streamq.fs import Location, check_access
 from streamq.names import stored_name
-from streamq.store import ALPHA, FORMAT_VERSION, PLAN, UPGRADABLE_VERSIONS, Store, is_store
+from streamq.store import (
+    ALPHA,
+    FORMAT_VERSION,
+    PLAN,
+    SCAN_SKIPPED,
+    UPGRADABLE_VERSIONS,
+    Store,
+    is_store,
+)
 
 __all__ = ["MAX_CHUNKS_PER_TASK", "ingest_config", "plan_tasks"]
 
@@ -140,7 +148,7 @@ def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
         "mode": [headers[i][2] for i in ok],
         "offset": offsets, "height": heights, "width": widths,
     })
-    st.write_table("ingest/scan_skipped", {"path": [p for p, _ in skipped],
+    st.write_table(SCAN_SKIPPED, {"path": [p for p, _ in skipped],
                                             "reason": [r for _, r in skipped]})
     st.create_pixels(n_pixels, icfg.chunk_pixels, icfg.block_pixels, icfg.codec, icfg.level)
     if maybe_alpha:  # some image may be transparent: its alpha, written by the same tasks

@@ -44,7 +44,15 @@ from streamq.store import (
     write_record,
     write_rows,
 )
-from streamq.store.results import PER_IMAGE, labels_state, per_image_centers
+from streamq.store.names import (
+    PER_IMAGE,
+    image_errors_path,
+    label_records_path,
+    labels_path,
+    per_image_centers,
+    per_image_palette,
+)
+from streamq.store.results import labels_state
 from streamq.store.summaries import PerImageSummary, per_image_summary
 
 __all__ = ["quantize_per_image"]
@@ -59,7 +67,7 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     pixels = open_array(store, PIXELS)
     lo = c * chunk
     hi = min(lo + chunk, pixels.shape[0])
-    name = f"per_image/k{k}/labels"
+    name = labels_path(k)
     want_ssim = args.get("ssim", False)
     expect = args.get("expect")
     verified = False  # labels recorded and intact, their SSIM missing (labelled with --no-ssim)
@@ -79,7 +87,7 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     rgb = ext[lo - start:hi - start]
     labels = np.zeros(hi - lo, dtype=labels_dtype(k))
     centers = open_array(store, per_image_centers(k))
-    palettes = open_array(store, f"per_image/k{k}/palette")
+    palettes = open_array(store, per_image_palette(k))
     ids = [i for i, _, _ in args["images"]]
     cen = np.asarray(centers[min(ids):max(ids) + 1]) if ids else None
     pal = np.asarray(palettes[min(ids):max(ids) + 1]) if ids else None
@@ -127,7 +135,7 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
             parts.append(label_pixels(ext[hi - start:], cen[j], pal[j])[0].astype(labels.dtype))
         report["ssim"] = chunk_ssim(ext, np.concatenate(parts), start, lo, hi, args["images"],
                                     args["shapes"], lambda i: luma(pal[i - min(ids)]))
-    records = f"per_image/k{k}/label_records"
+    records = label_records_path(k)
     retrying(lambda: write_record(store, records, c, report), "write", store.join(records).url,
              retry, write=True)  # the completion record, after the labels
     status = "ssim added" if verified else "redone" if expect is not None else "ran"
@@ -184,12 +192,12 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
                 new_id = uuid.uuid4().hex
                 st.set_section(name, {"state": "starting", "fingerprint": fp,
                                       "labels_id": new_id})
-                st.create_labels(f"per_image/k{k}/labels", labels_dtype(k))
-                st.create_records(f"per_image/k{k}/label_records", n_chunks)
+                st.create_labels(labels_path(k), labels_dtype(k))
+                st.create_records(label_records_path(k), n_chunks)
                 st.set_section(name, {"state": "running", "fingerprint": fp,
                                       "labels_id": new_id})
             labels_id = st.section(name).get("labels_id")
-            records = st.records(f"per_image/k{k}/label_records")
+            records = st.records(label_records_path(k))
             tasks = []
             todo = [c for c in range(n_chunks) if not records[c]]
             threads = max(1, run.n_workers // max(1, len(todo)))
@@ -202,7 +210,7 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
                     "threads": threads, "retry": cfg.retry,
                     "fit": fp, "expect": json.loads(records[c]) if records[c] else None}))
             run_tasks(run, tasks, f"labelling K={k}", "chunk", progress)
-            records = st.records(f"per_image/k{k}/label_records")
+            records = st.records(label_records_path(k))
             errors = errors_from_records(records, sizes)
             stats: dict[str, Any] = {"ssim": want_ssim}
             if want_ssim:
@@ -211,9 +219,9 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
                 errors["ssim"] = ssim_from_records(records,
                                                    np.stack([coll.heights, coll.widths], 1))
                 stats.update(ssim_stats(errors["ssim"]))
-            elif st.has(f"per_image/k{k}/images/ssim"):  # of earlier labels: not these
-                st.remove(f"per_image/k{k}/images/ssim")
-            st.write_table(f"per_image/k{k}/images", errors)
+            elif st.has(f"{image_errors_path(k)}/ssim"):  # of earlier labels: not these
+                st.remove(f"{image_errors_path(k)}/ssim")
+            st.write_table(image_errors_path(k), errors)
             finite = errors["psnr"][np.isfinite(errors["psnr"])]
             st.set_section(name, {"state": "complete", "fingerprint": fp, "labels_id": labels_id,
                                   "mean_psnr": float(finite.mean()) if len(finite) else 0.0,

@@ -50,6 +50,7 @@ from streamq.store import (
     write_record,
     write_rows,
 )
+from streamq.store.names import QUANTIZE, image_errors_path, label_records_path, labels_path
 from streamq.store.results import labels_state, load_fit, recorded_labels_ok
 
 if TYPE_CHECKING:
@@ -59,9 +60,8 @@ __all__ = ["QuantizeSummary", "labels_dtype", "quantize"]
 
 log = logging.getLogger(__name__)
 
-QUANTIZE = "quantize"
-LABELS = "quantize/labels"
-RECORDS = "quantize/records"
+LABELS = labels_path()
+RECORDS = label_records_path()
 _TABLES: dict[str, Any] = {}  # per worker process: fit fingerprint -> LabelTable
 
 
@@ -343,9 +343,9 @@ def _consolidate(st: Store, coll: Collection, fit_fp: str, k: int, timings: dict
 
         errors["ssim"] = ssim_from_records(records, np.stack([coll.heights, coll.widths], 1))
         stats.update(ssim_stats(errors["ssim"]))
-    elif st.has("quantize/images/ssim"):  # of earlier labels: not these
-        st.remove("quantize/images/ssim")
-    st.write_table("quantize/images", errors)
+    elif st.has(f"{image_errors_path()}/ssim"):  # of earlier labels: not these
+        st.remove(f"{image_errors_path()}/ssim")
+    st.write_table(image_errors_path(), errors)
     total = float(errors["sse"].sum() / max(1, channels * sizes.sum()))
     st.set_section(QUANTIZE, {"state": "complete", "fit_fingerprint": fit_fp, "k": k,
                               "labels_id": st.section(QUANTIZE).get("labels_id"),

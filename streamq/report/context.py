@@ -17,7 +17,16 @@ from streamq.config import ReportConfig
 from streamq.errors import ConfigError
 from streamq.report.html import esc
 from streamq.store import Collection, Store
-from streamq.store.results import QUANTIZE, labels_state, per_image_labels
+from streamq.store.names import (
+    FIT_PALETTE,
+    PIXELS,
+    QUANTIZE,
+    image_errors_path,
+    labels_path,
+    per_image_labels,
+    per_image_palette,
+)
+from streamq.store.results import labels_state
 from streamq.store.selection import parse_ids, select_images
 
 __all__ = ["READ_WHOLE", "Context", "Result", "Section", "read_results", "sample_images"]
@@ -79,7 +88,7 @@ class Context:
 
     def image(self, i: int, side: int) -> np.ndarray:
         """Image ``i``, shrunk by striding to at most ``side`` pixels on its longest side."""
-        return self._read("pixels", i, side)
+        return self._read(PIXELS, i, side)
 
     def quantized(self, result: Result, i: int, side: int) -> np.ndarray:
         """Image ``i`` rebuilt from ``result``'s labels and palette, as :meth:`image` is shrunk."""
@@ -129,14 +138,14 @@ def read_results(st: Store) -> tuple[list[Result], list[str]]:
     out, problems = [], []
     fit, q = st.section("fit"), st.section(QUANTIZE)
     if fit.get("state") == "complete":
-        p = st.read_table("fit/palette", ("r", "g", "b"))
+        p = st.read_table(FIT_PALETTE, ("r", "g", "b"))
         k = fit["summary"]["k"]
         state = labels_state(st)[0]
-        out.append(Result("shared", f"shared K={k}", k, state, "quantize/labels", None,
+        out.append(Result("shared", f"shared K={k}", k, state, labels_path(), None,
                           np.stack([p["r"], p["g"], p["b"]], 1).astype(np.uint8),
-                          _psnr(st, "quantize/images") if state == "complete" else None,
+                          _psnr(st, image_errors_path()) if state == "complete" else None,
                           "streamq quantize STORE",
-                          _ssim(st, "quantize/images") if state == "complete" and q.get("ssim")
+                          _ssim(st, image_errors_path()) if state == "complete" and q.get("ssim")
                           else None))
     per = st.section("per_image")
     if per.get("state") == "complete":
@@ -148,11 +157,11 @@ def read_results(st: Store) -> tuple[list[Result], list[str]]:
                 continue
             q = st.section(per_image_labels(k))
             state = labels_state(st, k)[0]
-            out.append(Result(f"k{k}", f"per-image K={k}", k, state, f"per_image/k{k}/labels",
-                              f"per_image/k{k}/palette", None,
-                              _psnr(st, f"per_image/k{k}/images") if state == "complete" else None,
+            out.append(Result(f"k{k}", f"per-image K={k}", k, state, labels_path(k),
+                              per_image_palette(k), None,
+                              _psnr(st, image_errors_path(k)) if state == "complete" else None,
                               "streamq quantize STORE",
-                              _ssim(st, f"per_image/k{k}/images")
+                              _ssim(st, image_errors_path(k))
                               if state == "complete" and q.get("ssim") else None))
     return out, problems
 

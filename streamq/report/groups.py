@@ -8,7 +8,7 @@ from typing import Any
 
 from streamq.report.context import Context, Section
 from streamq.report.html import THUMB_SIDE, array_html, contingency_html, esc, histogram_bar_html
-from streamq.store.results import groups_summary, load_groups
+from streamq.store.image_groups import groups_summary, load_groups
 
 __all__ = ["groups_command", "groups_state", "image_groups"]
 

@@ -8,6 +8,7 @@ import numpy as np
 from streamq.describe import describe_source
 from streamq.report.context import Context, Section
 from streamq.report.html import esc, figure_html, fmt_psnr, new_figure, swatches_html, table_html
+from streamq.store.names import FIT_HISTORY, HISTORY_KEYS
 
 __all__ = ["PER_IMAGE_PALETTES", "convergence", "palette"]
 
@@ -67,7 +68,7 @@ def convergence(ctx: Context) -> Section | None:
         return Section("convergence", "Convergence", "<p>The shared palette was given (" +
                        esc(describe_source(fit["palette_source"])) + "), not fitted: there is "
                        "no convergence curve.</p>")
-    h = ctx.store.read_table("fit/history", ("step", "pixels_seen", "shift", "inertia"))
+    h = ctx.store.read_table(FIT_HISTORY, HISTORY_KEYS)
     lloyd = s["algorithm"] == "lloyd"
     tol = fit.get("config", {}).get("tol")
     fig = new_figure(9, 3.4)

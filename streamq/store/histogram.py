@@ -10,7 +10,11 @@ its completion record, and the rows are summed into ``colors/{code,count}`` at t
 end (:func:`merge_task_colors`, :func:`save_histogram`). For a store ingested before ingest
 counted colours, :func:`histogram` makes it once, in one Dask pass over the pixels.
 
-Section ``colors`` says whose data the table describes::
+A collection with alpha also has an RGBA histogram, table ``colors_rgba``: every distinct
+premultiplied RGBA colour and its count (:func:`rgba_histogram`, made in one pass at its
+first fit by the same counting tasks, reading ``alpha`` beside ``pixels``).
+
+Section ``colors`` (and ``colors_rgba``) says whose data the table describes::
 
     {"state": "complete", "data": [source_fingerprint, settings_fingerprint],
      "n_distinct": 1234567, "n_pixels": 827062500, "computed": "ingest"}
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,25 +32,25 @@ from streamq.batches import PixelSource
 from streamq.errors import StreamQError
 from streamq.fs import Location
 from streamq.kmeans.histogram import ColorTotals, count_colors
+from streamq.rgba import count_rgba, merge_counts
 from streamq.stage import Task, run_tasks
-from streamq.store.layout import (
-    COLOR_CHUNK,
-    COLORS,
-    TASK_COLORS,
-    Collection,
-    Store,
-    count_compressors,
-    open_array,
-)
+from streamq.store.arrays import COLOR_CHUNK, count_compressors, open_array
+from streamq.store.images import Collection
+from streamq.store.layout import Store
+from streamq.store.names import ALPHA, COLORS, COLORS_RGBA, TASK_COLORS
 
-__all__ = ["histogram", "load_histogram", "merge_task_colors", "save_histogram"]
+__all__ = ["histogram", "ingest_data", "load_histogram", "merge_task_colors", "rgba_histogram",
+           "save_histogram"]
+
+if TYPE_CHECKING:
+    from streamq.scheduler import Runner
 
 log = logging.getLogger(__name__)
 
-PIXELS_PER_TASK = 8 * 2**20  # pixels read and counted by one task of the one-pass histogram
+PIXELS_PER_TASK = 8 * 2**20  # pixels read and counted by one task of a counting pass
 
 
-def _data(st: Store) -> list[Any]:
+def ingest_data(st: Store) -> list[Any]:
     """What the histogram describes: the store's ingest (inputs and settings)."""
     ingest = st.section("ingest")
     return [ingest.get("source_fingerprint"), ingest.get("settings_fingerprint")]
@@ -57,7 +61,7 @@ def load_histogram(store: Store | Location | str) -> tuple[np.ndarray, np.ndarra
     complete histogram of its current ingest."""
     st = store if isinstance(store, Store) else Store.open(store)
     sec = st.section(COLORS)
-    if sec.get("state") != "complete" or sec.get("data") != _data(st):
+    if sec.get("state") != "complete" or sec.get("data") != ingest_data(st):
         return None
     t = st.read_table(COLORS, ("code", "count"))
     return t["code"].astype(np.int64), t["count"].astype(np.int64)
@@ -69,7 +73,7 @@ def save_histogram(st: Store, codes: np.ndarray, counts: np.ndarray, computed: s
     st.set_section(COLORS, {})  # a kill while the table is rewritten leaves no complete one
     st.write_table(COLORS, {"code": np.asarray(codes, np.int64), "count": np.asarray(counts, np.int64)},
                    COLOR_CHUNK, count_compressors())
-    st.set_section(COLORS, {"state": "complete", "data": _data(st), "n_distinct": len(codes),
+    st.set_section(COLORS, {"state": "complete", "data": ingest_data(st), "n_distinct": len(codes),
                             "n_pixels": int(np.sum(counts)), "computed": computed})
 
 
@@ -106,25 +110,36 @@ def task_part(st: Store, task: int, record: dict[str, Any]) -> tuple[np.ndarray,
     return codes, counts
 
 
-# -- the one pass, for stores ingested before ingest counted colours --------------------------
-def _count_task(args: tuple[PixelSource, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Colour counts of the valid pixels of chunks ``[c0, c1)`` of the source."""
-    source, c0, c1 = args
+# -- counting every pixel in one Dask pass --------------------------------------------------------
+def _count_task(args: tuple[PixelSource, int, int, bool]) -> tuple[np.ndarray, np.ndarray]:
+    """Colour counts of the valid pixels of chunks ``[c0, c1)`` of the source: their 24-bit
+    RGB codes, or with ``rgba`` their premultiplied RGBA codes (``alpha`` read beside)."""
+    source, c0, c1, rgba = args
     a, b = source.chunk_runs(c0, c1)
     if not len(a):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     lo = c0 * source.chunk
     data = np.asarray(open_array(source.store, source.array)[lo:lo + int(b[-1])])
-    return count_colors(data, a, b)
+    if not rgba:
+        return count_colors(data, a, b)
+    alpha = np.asarray(open_array(source.store, ALPHA)[lo:lo + int(b[-1])])
+    keep = np.concatenate([np.arange(s, e) for s, e in zip(a, b, strict=True)])
+    return count_rgba(data[keep], alpha[keep])
+
+
+def _count_tasks(source: PixelSource, rgba: bool) -> list[Task]:
+    """The tasks of one counting pass over ``source``: about :data:`PIXELS_PER_TASK` pixels
+    each, weighted by their chunks."""
+    n_chunks = len(source.weights)
+    step = max(1, PIXELS_PER_TASK // source.chunk)
+    spans = [(c, min(c + step, n_chunks)) for c in range(0, n_chunks, step)]
+    return [Task(_count_task, (source, c0, c1, rgba), c1 - c0) for c0, c1 in spans]
 
 
 def _one_pass(run: Any, source: PixelSource, progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
-    n_chunks = len(source.weights)
-    step = max(1, PIXELS_PER_TASK // source.chunk)
-    groups = [(source, c, min(c + step, n_chunks)) for c in range(0, n_chunks, step)]
     totals = ColorTotals()
-    run_tasks(run, [Task(_count_task, g, g[2] - g[1]) for g in groups], "histogram", "chunk",
-              progress, on_result=lambda task, counted: totals.add(*counted))
+    run_tasks(run, _count_tasks(source, rgba=False), "histogram", "chunk", progress,
+              on_result=lambda task, counted: totals.add(*counted))
     return totals.result()
 
 
@@ -151,4 +166,27 @@ def histogram(run: Any, st: Store, source: PixelSource | None = None,
         codes, counts = _one_pass(run, source, progress)
         computed = "pass"
     save_histogram(st, codes, counts, computed)
+    return codes, counts
+
+
+# -- the RGBA histogram of a collection with alpha -------------------------------------------------
+def rgba_histogram(run: Runner, st: Store, coll: Collection,
+                   progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every distinct premultiplied RGBA colour of the collection (codes of
+    :func:`streamq.rgba.rgba_codes`, sorted) and its pixel count: the stored table
+    ``colors_rgba`` when it describes this ingest, else one Dask pass over the pixels and
+    their alpha, then stored (the fit of a collection with alpha, :mod:`streamq.fit.alpha`)."""
+    sec = st.section(COLORS_RGBA)
+    if sec.get("state") == "complete" and sec.get("data") == ingest_data(st):
+        t = st.read_table(COLORS_RGBA, ("code", "count"))
+        return t["code"].astype(np.int64), t["count"].astype(np.int64)
+    parts = run_tasks(run, _count_tasks(PixelSource.of_collection(coll), rgba=True),
+                      "RGBA histogram", "chunk", progress)
+    codes, counts = merge_counts(parts)
+    st.set_section(COLORS_RGBA, {"state": "writing"})
+    st.write_table(COLORS_RGBA, {"code": codes, "count": counts}, chunk=COLOR_CHUNK,
+                   codecs=count_compressors())
+    st.set_section(COLORS_RGBA, {"state": "complete", "data": ingest_data(st),
+                                 "n_distinct": len(codes), "n_pixels": int(counts.sum()),
+                                 "computed": "pass"})
     return codes, counts

@@ -1,54 +1,45 @@
-"""The on-disk layout of a collection: the only module that knows names and paths.
+"""A store as a whole: opening and creating it, its sections (attributes), tables and records.
 
-A store is a Zarr v3 group (see ``docs/store-format.md``)::
-
-    STORE/
-      zarr.json                 attributes: "streamq" (format), "ingest" (state, settings, summary)
-      pixels/                   (P, 3) uint8, every image's pixels back to back, row-major
-      alpha/                    (P,) uint8 alpha of every pixel, laid out like pixels; only in
-                                a store with an image that has a transparent pixel
-      images/{path,label,mode,offset,height,width}   one row per stored image (id = row)
-      images/has_alpha          (N,) bool: the image has a transparent pixel (only with alpha/)
-      skipped/{path,reason}     inputs that were not stored, and why
-      ingest/plan/...           the ingest plan (every image with a readable header)
-      ingest/tasks/{chunk_start,chunk_stop,report}   one row per write task; "report" is
-                                the completion record, written after the task's pixels
-      ingest/colors             (T, 2, 2**24) int64: row t holds the d_t distinct colours of
-                                the pixels task t stored ([t, 0, :d_t]) and their counts
-                                ([t, 1, :d_t]), written by the task before its record
-      colors/{code,count}       the collection's colour histogram (the rows summed)
-
-Every array is written whole by one writer, or chunk by chunk by the one task that owns
-that chunk, so no two writers ever touch the same chunk.
+:class:`Store` is the client's handle on a collection's Zarr v3 group (the names inside it
+are :mod:`streamq.store.names`, the layout ``docs/store-format.md``): it creates the store and
+checks the format of one it opens, reads and writes the top-level attribute sections, creates
+arrays laid out like ``pixels``, and reads and writes tables (columns ``prefix/<name>``) and
+completion records. What the tasks do on the workers -- open an array, write the rows they
+own, then their record -- is :mod:`streamq.store.arrays`; a finished collection read back is
+:class:`streamq.store.images.Collection`.
 
 A store lives in a local folder (Zarr's ``LocalStore``) or at a URL such as
 ``s3://bucket/collection.zarr`` (Zarr's ``FsspecStore``), given as a
-:class:`~streamq.fs.Location`; Dask tasks receive the location and open arrays themselves
-(:func:`open_array`).
+:class:`~streamq.fs.Location`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
-from zarr.storage import FsspecStore
 
 from streamq import durable
 from streamq._version import __version__
-from streamq.errors import StoreError, StoreExistsError, StoreLayoutError, StreamQError
-from streamq.fs import Location, check_access, delete_keys, location, storage_errors
+from streamq.errors import StoreError, StoreExistsError, StoreLayoutError
+from streamq.fs import Location, check_access, location, storage_errors
 from streamq.lock import check_writer
+from streamq.store.arrays import (
+    COLOR_CHUNK,
+    N_CODES,
+    TABLE_CHUNK,
+    compressors,
+    count_compressors,
+    zarr_root,
+)
+from streamq.store.names import ALPHA, PIXELS, TASK_COLORS, TASK_REPORTS, TASKS
 
-__all__ = ["ALPHA", "FORMAT_VERSION", "HAS_ALPHA", "UPGRADABLE_VERSIONS", "Collection", "Store", "labels_dtype", "open_array", "open_store",
-           "runs_by_weight"]
+__all__ = ["FORMAT_VERSION", "READ_VERSIONS", "UPGRADABLE_VERSIONS", "Store", "StoreTarget",
+           "is_store", "store_location"]
 
 #: The version of every store this streamq writes, with or without alpha (``alpha``,
 #: ``images/has_alpha`` say whether the images keep theirs): 3 spells centres ``centers`` in
@@ -59,42 +50,6 @@ FORMAT_VERSION = 3
 #: ``center`` (see :mod:`streamq.store.upgrade`).
 UPGRADABLE_VERSIONS = (1, 2)
 READ_VERSIONS = (FORMAT_VERSION,)
-TABLE_CHUNK = 65_536
-PIXELS = "pixels"
-ALPHA = "alpha"
-HAS_ALPHA = "images/has_alpha"
-IMAGES = "images"
-SKIPPED = "skipped"
-PLAN = "ingest/plan"
-TASKS = "ingest/tasks"
-TASK_COLORS = "ingest/colors"
-COLORS = "colors"
-COLOR_CHUNK = 1 << 18  # colours per chunk of a colour table (2 MiB of int64 codes)
-N_CODES = 1 << 24  # distinct 24-bit colours
-IMAGE_COLUMNS = ("path", "label", "mode", "offset", "height", "width")
-SKIP_COLUMNS = ("path", "reason")
-
-
-def labels_dtype(k: int) -> np.dtype:
-    """uint8 labels for K <= 256 colours, uint16 above."""
-    return np.dtype(np.uint8 if k <= 256 else np.uint16)
-
-
-def count_compressors() -> Any:
-    """The codec of colour tables (sorted int64 codes, counts): Blosc-LZ4 over shuffled
-    bytes, fast enough for the write tasks and the merge, and compact on these numbers."""
-    return [BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle)]
-
-
-def compressors(codec: str, level: int | None) -> Any:
-    """The Zarr compressor list for a codec name from the config."""
-    if codec == "zstd":
-        return [ZstdCodec(level=1 if level is None else level)]
-    if codec == "lz4":
-        return [BloscCodec(cname="lz4", clevel=5 if level is None else level,
-                           shuffle=BloscShuffle.noshuffle, typesize=1)]
-    return None
-
 
 StoreTarget = str | os.PathLike[str] | Location
 
@@ -353,7 +308,7 @@ class Store:
 
     def create_task_table(self, chunk_start: np.ndarray, chunk_stop: np.ndarray) -> None:
         self.write_table(TASKS, {"chunk_start": chunk_start, "chunk_stop": chunk_stop})
-        self.create_records(f"{TASKS}/report", len(chunk_start))
+        self.create_records(TASK_REPORTS, len(chunk_start))
         check_writer()
         zarr.create_array(self._root, name=TASK_COLORS, shape=(len(chunk_start), 2, N_CODES),
                           chunks=(1, 2, COLOR_CHUNK), dtype="int64", fill_value=0,
@@ -361,7 +316,7 @@ class Store:
         self.sync(TASK_COLORS)
 
     def task_reports(self) -> np.ndarray:
-        return self.records(f"{TASKS}/report")
+        return self.records(TASK_REPORTS)
 
     def task_colors(self, task: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` colours and counts that write task ``task`` stored (trust them only once
@@ -428,275 +383,6 @@ def is_store(loc: Location) -> bool:
 def _entries(loc: Location) -> list[str]:
     return os.listdir(loc.url) if loc.is_local else loc.listdir()
 
-
-def zarr_root(loc: Location, read_only: bool = False) -> Any:
-    """What Zarr opens for ``loc``: the path itself (``LocalStore``) or an ``FsspecStore``."""
-    if loc.is_local:
-        return loc.url
-    options = dict(loc.options)
-    if loc.scheme == "s3":
-        # Chunks and shards are small objects: one GET each, without the HEAD that s3fs
-        # sends first to split large objects into concurrent ranged reads.
-        options.setdefault("max_concurrency", 1)
-    with storage_errors(loc):
-        return _LiteralFsspecStore.from_url(loc.url, storage_options=options, read_only=read_only)
-
-
-class _LiteralFsspecStore(FsspecStore):
-    """Zarr's ``FsspecStore``, deleting named keys only.
-
-    ``FsspecStore`` deletes with fsspec's ``rm``, which reads ``[``, ``*`` and ``?`` in a path
-    as a glob: replacing ``s3://b/photos[1].zarr`` (every create with ``overwrite=True``) would
-    delete ``s3://b/photos1.zarr`` instead. Here a key is deleted by its name, and a "folder"
-    by listing the keys under its prefix (a literal listing) and deleting each of them.
-    """
-
-    def _path(self, key: str) -> str:
-        return f"{self.path.rstrip('/')}/{key}".rstrip("/") if key else self.path.rstrip("/")
-
-    async def delete(self, key: str) -> None:
-        self._check_writable()
-        with contextlib.suppress(*self.allowed_exceptions):
-            await delete_keys(self.fs, [self._path(key)])
-
-    async def delete_dir(self, prefix: str) -> None:
-        self._check_writable()
-        root = self._path(prefix)
-        with contextlib.suppress(*self.allowed_exceptions):
-            keys = await self.fs._find(root)
-            await delete_keys(self.fs, [k for k in keys if k.startswith(root + "/")])
-
-    async def clear(self) -> None:
-        await self.delete_dir("")
-
-
-def open_array(loc: Location, name: str, mode: str = "r") -> zarr.Array:
-    """Open array ``name`` of the store at ``loc`` (what Dask tasks call, on the workers).
-
-    Opening to write first checks that a job holding the store lock still holds it.
-    """
-    if mode != "r":
-        check_writer()
-    if loc.is_local:
-        return zarr.open_array(f"{loc.url}/{name}", mode=mode)
-    return zarr.open_array(zarr_root(loc, read_only=mode == "r"), path=name, mode=mode,
-                           zarr_format=3)
-
-
-def write_record(store: Location, name: str, i: int, report: Mapping[str, Any]) -> None:
-    """Record that task ``i`` finished (called by the task itself, after its data).
-
-    The record is its own chunk: one file locally, one object (one PUT) on an object store.
-    """
-    arr = open_array(store, name, mode="r+")
-    arr[i] = json.dumps(report, sort_keys=True)
-    if store.is_local:  # the record's own file: durable before anything trusts it
-        durable.sync_files(durable.chunk_files(store.url, name, arr, i, i + 1), up_to=store.url)
-
-
-def sync_written(store: Location, name: str, arr: zarr.Array, lo: int, hi: int) -> None:
-    """Make the chunks of rows ``[lo, hi)`` of array ``name`` that a task just wrote durable
-    (local stores; a PUT to an object store is): called before the task's record."""
-    if store.is_local:
-        durable.sync_chunks(store.url, name, arr, lo, hi)
-
-
-def write_rows(store: Location, name: str, arr: zarr.Array, lo: int, hi: int,
-               data: np.ndarray) -> None:
-    """``arr[lo:hi] = data`` (rows of whole chunks a task owns), then :func:`sync_written`.
-
-    Zarr reads a shard before writing into it; one torn by a power loss (it no longer
-    decodes) is removed and the write done again: the task owns it and rewrites all of it.
-    """
-    try:
-        arr[lo:hi] = data
-    except (OSError, MemoryError, StreamQError):
-        raise
-    except Exception:  # noqa: BLE001  (a damaged chunk in the way)
-        remove_chunks(store, name, durable.chunk_keys(arr, lo, hi))
-        arr[lo:hi] = data
-    sync_written(store, name, arr, lo, hi)
-
-
-def remove_chunks(store: Location, name: str, keys: Sequence[str]) -> None:
-    """Remove chunk ``keys`` of array ``name`` (a torn chunk, before it is written again)."""
-    store.remove_files([store.join(*name.split("/"), *k.split("/")).url for k in keys])
-
-
-def runs_by_weight(weights: Sequence[int], budget: int) -> list[range]:
-    """Split positions ``0..len(weights)-1`` (in order) into runs whose weights add up to
-    about ``budget``: each run closes as soon as it reaches ``budget``."""
-    runs: list[range] = []
-    start, total = 0, 0
-    for i, w in enumerate(weights):
-        total += int(w)
-        if total >= budget:
-            runs.append(range(start, i + 1))
-            start, total = i + 1, 0
-    if start < len(weights):
-        runs.append(range(start, len(weights)))
-    return runs
-
-
-def write_task_report(store: Location, task: int, report: Mapping[str, Any]) -> None:
-    """Completion record of an ingest write task."""
-    write_record(store, f"{TASKS}/report", task, report)
-
-
-def write_task_colors(store: Location, task: int, codes: np.ndarray, counts: np.ndarray) -> None:
-    """The colour counts of the pixels ingest write task ``task`` stores (called by the
-    task, before its completion record: the record gives their number and vouches for them).
-
-    One row of one array made at planning: no array to create per task (a quarter of the
-    cost of writing two new arrays; measured 4 vs 11-13 ms per task of 90 k colours).
-    """
-    if len(codes):
-        part = open_array(store, TASK_COLORS, mode="r+")
-        data = np.stack([np.asarray(codes, np.int64), np.asarray(counts, np.int64)])
-        keys = [part.metadata.encode_chunk_key((task, 0, j))
-                for j in range(-(-len(codes) // COLOR_CHUNK))]
-        try:
-            part[task, :, :len(codes)] = data
-        except (OSError, MemoryError, StreamQError):
-            raise
-        except Exception:  # noqa: BLE001  (a torn chunk of the row in the way: rewritten)
-            remove_chunks(store, TASK_COLORS, keys)
-            part[task, :, :len(codes)] = data
-        if store.is_local:
-            durable.sync_files([os.path.join(store.url, *TASK_COLORS.split("/"), *k.split("/"))
-                                for k in keys], up_to=store.url)
-
-
-# -- reading a finished collection -------------------------------------------------------
-@dataclass(frozen=True)
-class Skipped:
-    path: str
-    reason: str
-
-
-class Collection:
-    """A finished collection: ``len()``, ``read(i)``, ``paths``, ``labels``, ``shapes``;
-    after quantize ``pixel_labels(i)`` and ``quantized(i)``; ``to_dask()`` for lazy arrays.
-
-    Examples
-    --------
-    >>> coll = open_store("faces.zarr")            # doctest: +SKIP
-    >>> coll.read(0).shape                         # doctest: +SKIP
-    (250, 250, 3)
-    """
-
-    def __init__(self, store: Store) -> None:
-        state = store.section("ingest").get("state")
-        if state != "complete":
-            raise StoreLayoutError(
-                f"{store.path} has no finished ingest (state: {state or 'none'}); "
-                "run `streamq ingest` to finish it"
-            )
-        self.store = store
-        t = store.read_table(IMAGES, IMAGE_COLUMNS)
-        self.paths: list[str] = [str(p) for p in t["path"]]
-        self.labels: list[str] = [str(v) for v in t["label"]]
-        self.modes: list[str] = [str(v) for v in t["mode"]]
-        self.offsets: np.ndarray = t["offset"].astype(np.int64)
-        self.heights: np.ndarray = t["height"].astype(np.int64)
-        self.widths: np.ndarray = t["width"].astype(np.int64)
-        s = store.read_table(SKIPPED, SKIP_COLUMNS)
-        self.skipped: list[Skipped] = [Skipped(str(p), str(r)) for p, r in zip(s["path"], s["reason"], strict=True)]
-        self._pixels = store.pixels()
-        self._alpha = store.alpha() if store.has(HAS_ALPHA) else None
-        #: (N,) bool: which images have a transparent pixel (alpha kept, see read_alpha)
-        self.has_alpha: np.ndarray = (np.asarray(store.array(HAS_ALPHA)[:], dtype=bool)
-                                      if self._alpha is not None else np.zeros(len(self.paths), bool))
-
-    @property
-    def path(self) -> str:
-        return self.store.path
-
-    @property
-    def shapes(self) -> list[tuple[int, int]]:
-        return [(int(h), int(w)) for h, w in zip(self.heights, self.widths, strict=True)]
-
-    @property
-    def n_pixels(self) -> int:
-        return int((self.heights * self.widths).sum())
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def groups_by_pixels(self, ids: Sequence[int], budget: int) -> list[list[int]]:
-        """Split ``ids`` (in order) into runs of about ``budget`` pixels: one task each."""
-        ids = list(ids)
-        sizes = [int(self.heights[i] * self.widths[i]) for i in ids]
-        return [[ids[j] for j in run] for run in runs_by_weight(sizes, budget)]
-
-    def overlapping(self, lo: int, hi: int) -> list[tuple[int, int, int]]:
-        """``(id, offset, n_pixels)`` of every image with pixels in ``[lo, hi)``."""
-        sizes = self.heights * self.widths
-        i0 = int(np.searchsorted(self.offsets + sizes, lo, side="right"))
-        i1 = int(np.searchsorted(self.offsets, hi, side="left"))
-        return [(i, int(self.offsets[i]), int(sizes[i])) for i in range(i0, i1) if sizes[i]]
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for i in range(len(self)):
-            yield self.read(i)
-
-    @property
-    def n_alpha(self) -> int:
-        """Number of images with a transparent pixel (0: an opaque collection)."""
-        return int(self.has_alpha.sum())
-
-    def _span(self, i: int) -> tuple[int, int, int]:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"image id {i} out of range for a collection of {n} images")
-        i %= n
-        return int(self.offsets[i]), int(self.heights[i]), int(self.widths[i])
-
-    def read(self, i: int) -> np.ndarray:
-        """Pixels of image ``i`` as an ``(H, W, 3)`` uint8 array (for an image with alpha:
-        its colours premultiplied by alpha, see :meth:`read_alpha`)."""
-        start, h, w = self._span(i)
-        return np.asarray(self._pixels[start:start + h * w]).reshape(h, w, 3)
-
-    def pixel_labels(self, i: int, per_image: int | None = None) -> np.ndarray:
-        """Palette labels of image ``i`` as an ``(H, W)`` array (after ``quantize``; with
-        ``per_image`` = K those of the image's own K-colour palette)."""
-        from streamq.store.images import read_image
-
-        return read_image(self, i, "labels", per_image)
-
-    def quantized(self, i: int, per_image: int | None = None) -> np.ndarray:
-        """Image ``i`` quantized: each pixel its palette colour, ``(H, W, 3)`` uint8."""
-        from streamq.store.images import read_image
-
-        return read_image(self, i, "quantized", per_image)
-
-    def to_dask(self, kind: str = "pixels", *, per_image: int | None = None,
-                stack: bool = False, chunk_pixels: int | None = None) -> Any:
-        """Lazy Dask arrays of every image's ``pixels``, ``labels`` or ``quantized`` pixels:
-        a list, or with ``stack`` one ``(N, H, W[, 3])`` array (see
-        :func:`streamq.store.images.dask_images`)."""
-        from streamq.store.images import dask_images
-
-        return dask_images(self, kind, per_image=per_image, stack=stack, chunk_pixels=chunk_pixels)
-
-    def read_alpha(self, i: int) -> np.ndarray:
-        """Alpha of image ``i`` as an ``(H, W)`` uint8 array (255 everywhere for an image
-        without transparent pixels)."""
-        start, h, w = self._span(i)
-        if self._alpha is None or not self.has_alpha[i]:
-            return np.full((h, w), 255, np.uint8)
-        return np.asarray(self._alpha[start:start + h * w]).reshape(h, w)
-
-    def __repr__(self) -> str:
-        alpha = f", {self.n_alpha} with alpha" if self.n_alpha else ""
-        return (f"<Collection {self.path}: {len(self)} images{alpha}, {self.n_pixels} pixels, "
-                f"{len(set(self.labels))} labels, {len(self.skipped)} skipped>")
-
-
-def open_store(path: StoreTarget, storage_options: Mapping[str, Any] | None = None) -> Collection:
-    """Open a finished store for reading (``storage_options`` for URLs such as ``s3://``)."""
-    return Collection(Store.open(path, storage_options=storage_options))
 
 
 def store_location(store: StoreTarget, storage_options: Mapping[str, Any] | None,

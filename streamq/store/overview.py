@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from streamq.fs import Location
-from streamq.store.layout import PIXELS, Collection, open_store
-from streamq.store.results import groups_summary, labels_state, per_image_labels, worst_images
+from streamq.store.image_groups import groups_summary
+from streamq.store.images import Collection, open_store
+from streamq.store.names import FIT_PALETTE, PIXELS, image_errors_path, per_image_labels
+from streamq.store.results import labels_state, worst_images
 
 __all__ = ["collection_info"]
 
@@ -82,11 +84,11 @@ def _labels_summary(coll: Collection) -> dict[str, Any] | None:
     out = {k: q.get(k) for k in ("state", "k", "mse", "psnr")}
     out["state"] = labels_state(coll.store)[0]
     if out["state"] == "complete":
-        t = coll.store.read_table("quantize/images", ("psnr",))
+        t = coll.store.read_table(image_errors_path(), ("psnr",))
         out["worst"] = [{"id": i, "path": coll.paths[i], "psnr": float(t["psnr"][i])}
                         for i in worst_images(t["psnr"], 5)]
         if q.get("ssim"):  # per-image SSIM (streamq.ssim); NaN: smaller than its window
-            v = coll.store.read_table("quantize/images", ("ssim",))["ssim"].astype(np.float64)
+            v = coll.store.read_table(image_errors_path(), ("ssim",))["ssim"].astype(np.float64)
             out.update({k: q.get(k) for k in ("ssim_mean", "ssim_min", "ssim_images")})
             out["worst_ssim"] = [{"id": i, "path": coll.paths[i], "ssim": float(v[i])}
                                  for i in worst_images(v, 5) if np.isfinite(v[i])]
@@ -104,7 +106,7 @@ def _fit_summary(coll: Collection) -> dict[str, Any] | None:
     if fit.get("fixed_colors"):
         out["fixed_colors"] = fit["fixed_colors"]
     if fit.get("state") == "complete":
-        p = coll.store.read_table("fit/palette", ("r", "g", "b", "count"))
+        p = coll.store.read_table(FIT_PALETTE, ("r", "g", "b", "count"))
         out["palette_hex"] = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in zip(p["r"], p["g"], p["b"], strict=True)]
         out["counts"] = [int(c) for c in p["count"]]
     return out

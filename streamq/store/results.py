@@ -11,7 +11,6 @@ here, so no stage imports another:
 * labels: :func:`labels_state`, :func:`ready_labels` ("are the labels current for this
   palette?"), :func:`labels_identity` (what an export reads, to notice a change under it)
   and :func:`recorded_labels_ok` (are a chunk's labels those its record vouches for?);
-* image groups: :class:`ImageGroups`, :func:`load_groups`, :func:`groups_summary`;
 * :func:`worst_images`, the ranking ``info`` and the report share.
 
 **Staleness: one mechanism.** A result made with a palette -- the labels (section
@@ -39,48 +38,31 @@ from streamq.durable import checksum
 from streamq.errors import StageNotReadyError, StreamQError
 from streamq.faults import retrying
 from streamq.fs import Location
+from streamq.store.arrays import open_array
 from streamq.store.checkpoint import clear_checkpoint
-from streamq.store.layout import Store, open_array
+from streamq.store.layout import Store
+from streamq.store.names import (  # re-exported: the stages import these names from here too
+    CENTERS,
+    CHECKPOINT,
+    FIT,
+    FIT_HISTORY,
+    FIT_PALETTE,
+    GROUPS,
+    HISTORY_KEYS,
+    PER_IMAGE,
+    QUANTIZE,
+    STARTS,
+    fit_center_columns,
+    per_image_centers,
+    per_image_labels,
+    per_image_palette,
+)
 
-__all__ = ["FitResult", "ImageGroups", "clear_fit", "groups_summary", "labels_identity",
-           "labels_state", "load_fit", "load_groups", "load_per_image", "read_identity",
-           "ready_labels", "recorded_labels_ok", "result_state", "save_fit", "worst_images"]
-
-# -- names: the sections and arrays of each stage's result ------------------------------------
-FIT = "fit"
-FIT_PALETTE = "fit/palette"
-FIT_HISTORY = "fit/history"
-CHECKPOINT = "fit/checkpoint"
-STARTS = "fit/starts"  # one slot per exact Lloyd start: its checkpoint, then its result
-HISTORY_KEYS = ("step", "pixels_seen", "shift", "inertia")
-QUANTIZE = "quantize"
-PER_IMAGE = "per_image"
-GROUPS = "groups"
-GROUP_CENTERS = "groups/centers"
-GROUP_OF_IMAGE = "groups/images/group"
-GROUP_DISTANCE = "groups/images/distance"
-GROUP_OVERLAP = "groups/overlap"
-GROUP_LABELS = "groups/labels"
-#: How centres are spelled in every name on disk (store format 3; scikit-learn's spelling):
-#: the columns ``fit/palette/centers_{j}`` and the arrays ``per_image/k{K}/centers``,
-#: ``groups/centers``. The older names are in :data:`streamq.store.upgrade.RENAMES`.
-CENTERS = "centers"
-
-
-def per_image_labels(k: int) -> str:
-    """The section of the labels of the per-image palettes of ``k`` colours."""
-    return f"per_image_quantize_k{k}"
-
-
-def fit_center_columns(dims: int) -> tuple[str, ...]:
-    """The columns of ``fit/palette`` holding the centres' ``dims`` coordinates."""
-    return tuple(f"{CENTERS}_{j}" for j in range(dims))
-
-
-def per_image_centers(k: int) -> str:
-    """The ``(N, k, D)`` float centres of the per-image palettes of ``k`` colours."""
-    return f"{PER_IMAGE}/k{k}/{CENTERS}"
-
+__all__ = ["CENTERS", "CHECKPOINT", "FIT", "FIT_HISTORY", "FIT_PALETTE", "HISTORY_KEYS",
+           "PER_IMAGE", "QUANTIZE", "STARTS", "FitResult", "clear_fit", "fit_center_columns",
+           "labels_identity", "labels_state", "load_fit", "load_per_image", "per_image_centers",
+           "per_image_labels", "read_identity", "ready_labels", "recorded_labels_ok",
+           "result_state", "save_fit", "worst_images"]
 
 # -- staleness: the one rule -------------------------------------------------------------------
 def _palette_of(name: str) -> tuple[str, str] | None:
@@ -317,104 +299,7 @@ def load_per_image(store: str | Location, k: int,
         raise StageNotReadyError(f"{st.path} has no per-image palettes for K={k} (fitted: {have})",
                                  f"streamq fit --per-image --colors {k}")
     return (np.asarray(st.array(per_image_centers(k))[:]),
-            np.asarray(st.array(f"per_image/k{k}/palette")[:]))
-
-
-# -- image groups -------------------------------------------------------------------------------
-@dataclass
-class ImageGroups:
-    """Image groups of a store; ``str()`` is the one-line summary the CLI prints.
-
-    ``group[i]`` is image ``i``'s group, ``distance[i]`` its Euclidean distance to that
-    group's centre; ``centers`` are ``(G, D)`` in the clustered space (descriptors with
-    moments weighted). ``ari``, ``nmi`` and the contingency table compare the groups with
-    the images' labels (None when no image has a label).
-    """
-
-    store: str
-    groups: int
-    descriptor: str
-    moments_weight: float
-    k: int
-    group: np.ndarray  # (N,) int32
-    distance: np.ndarray  # (N,) float64
-    centers: np.ndarray  # (G, D) float64
-    sizes: np.ndarray  # (G,) int64
-    ari: float | None
-    nmi: float | None
-    label_names: list[str]  # the columns of the contingency table
-    overlap: dict[str, np.ndarray]  # non-zero cells: group, label (index), count
-    steps: int
-    stop_reason: str
-    inertia: float  # mean squared distance of an image to its group centre
-    seconds: float
-    seed: int
-    config: dict[str, Any] = field(default_factory=dict)
-    status: str = "grouped"
-
-    @property
-    def contingency(self) -> np.ndarray:
-        """``(G, L)`` int64: images of group ``g`` with label ``label_names[l]``."""
-        table = np.zeros((self.groups, len(self.label_names)), dtype=np.int64)
-        table[self.overlap["group"], self.overlap["label"]] = self.overlap["count"]
-        return table
-
-    def members(self, g: int) -> np.ndarray:
-        """Ids of the images of group ``g``, closest to its centre first."""
-        ids = np.flatnonzero(self.group == g)
-        return ids[np.argsort(self.distance[ids], kind="stable")]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (the per-image arrays are left out: see :func:`load_groups`)."""
-        return {"store": self.store, "groups": self.groups, "descriptor": self.descriptor,
-                "moments_weight": self.moments_weight, "k": self.k, "sizes": self.sizes.tolist(),
-                "ari": self.ari, "nmi": self.nmi, "steps": self.steps,
-                "stop_reason": self.stop_reason, "inertia": self.inertia,
-                "seconds": self.seconds, "seed": self.seed, "config": self.config,
-                "status": self.status}
-
-    def __str__(self) -> str:
-        text = (f"{self.status}: {len(self.group)} images in {self.groups} groups "
-                f"({self.descriptor}, K={self.k}), sizes {' '.join(map(str, self.sizes))}")
-        if self.ari is not None:
-            text += f"; ARI {self.ari:.3f}, NMI {self.nmi:.3f} against the image labels"
-        return text + f"; {self.steps} steps, stopped: {self.stop_reason}"
-
-
-def load_groups(store: str | Location, storage_options: dict[str, Any] | None = None) -> ImageGroups:
-    """The image groups saved in ``store`` by :func:`cluster_images`."""
-    st = Store.open(store, storage_options=storage_options)
-    sec = st.section(GROUPS)
-    state = result_state(st, GROUPS)
-    if state == "stale":
-        raise StageNotReadyError(f"{st.path}: the image groups are stale (the palette was "
-                                 "refitted)", "streamq quantize", "streamq cluster-images")
-    if state != "complete":
-        raise StageNotReadyError(f"{st.path} has no image groups", "streamq cluster-images")
-    s, cfg = sec["summary"], sec["config"]
-    cells = st.read_table(GROUP_OVERLAP, ("group", "label", "count"))
-    return ImageGroups(
-        store=st.path, groups=s["groups"], descriptor=cfg["descriptor"],
-        moments_weight=cfg["moments_weight"], k=sec["k"],
-        group=np.asarray(st.array(GROUP_OF_IMAGE)[:]), distance=np.asarray(st.array(GROUP_DISTANCE)[:]),
-        centers=np.asarray(st.array(GROUP_CENTERS)[:]), sizes=np.asarray(s["sizes"], dtype=np.int64),
-        ari=s["ari"], nmi=s["nmi"],
-        label_names=[str(v) for v in st.read_table(GROUP_LABELS, ("name",))["name"]],
-        overlap={key: v.astype(np.int64) for key, v in cells.items()},
-        steps=s["steps"], stop_reason=s["stop_reason"], inertia=s["inertia"],
-        seconds=sec.get("seconds", 0.0), seed=cfg["seed"], config=cfg)
-
-
-def groups_summary(store: Store) -> dict[str, Any] | None:
-    """The groups section of an open store for ``streamq info`` (None when there is none)."""
-    sec = store.section(GROUPS)
-    if not sec:
-        return None
-    state = result_state(store, GROUPS)
-    cfg = sec.get("config", {})
-    return {"state": state, "descriptor": cfg.get("descriptor"), "k": sec.get("k"),
-            **{key: sec.get("summary", {}).get(key) for key in
-               ("groups", "sizes", "ari", "nmi", "n_labels", "steps", "stop_reason")}}
+            np.asarray(st.array(per_image_palette(k))[:]))
 
 
 def worst_images(psnr: np.ndarray, n: int) -> list[int]:

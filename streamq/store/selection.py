@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from streamq.errors import ConfigError
-from streamq.store.layout import Collection
+from streamq.store.images import Collection
 
 __all__ = ["parse_ids", "refuse_alpha", "select_images"]
 

@@ -12,8 +12,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from streamq.fs import Location
-from streamq.store.layout import Collection, Store
-from streamq.store.results import PER_IMAGE, labels_state, per_image_labels
+from streamq.store.images import Collection
+from streamq.store.layout import Store
+from streamq.store.names import PER_IMAGE, per_image_labels
+from streamq.store.results import labels_state
 
 __all__ = ["PerImageSummary", "per_image_summary", "summary_of"]
 

@@ -43,6 +43,7 @@ from streamq.config import StreamQConfig, parse_config
 from streamq.errors import StoreLayoutError
 from streamq.fs import check_access
 from streamq.lock import check_writer, store_lock
+from streamq.store.arrays import zarr_root
 from streamq.store.checkpoint import decode_state, write_checkpoint
 from streamq.store.layout import (
     FORMAT_VERSION,
@@ -51,9 +52,8 @@ from streamq.store.layout import (
     Store,
     StoreTarget,
     store_location,
-    zarr_root,
 )
-from streamq.store.results import CHECKPOINT, FIT_PALETTE, PER_IMAGE
+from streamq.store.names import CHECKPOINT, FIT_PALETTE, PER_IMAGE
 
 __all__ = ["CHECKPOINT_RENAMES", "RENAMES", "UpgradeSummary", "rename_array", "upgrade"]
 
