@@ -93,7 +93,7 @@ def use_palette(st: Store, src: str | os.PathLike[str], cfg: StreamQConfig, *,
         status="given", palette_source=source)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    facts, (codes, counts) = _histogram(st, coll, cfg, progress)
+    facts, (codes, counts) = _color_histogram(st, coll, cfg, progress)
     timings["histogram"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     result.counts, result.mse = _counts_mse(result, codes, counts)
@@ -132,7 +132,7 @@ def _what(prev: dict[str, Any]) -> str:
     return f"a fitted palette (K={s.get('k')}, {s.get('algorithm')}, {s.get('color_space')})"
 
 
-def _histogram(st: Store, coll: Collection, cfg: StreamQConfig,
+def _color_histogram(st: Store, coll: Collection, cfg: StreamQConfig,
                progress: bool | None) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     """The collection's colour histogram: the stored one, else made once (a Dask pass for a
     store ingested before ingest counted colours); with the facts of where it ran."""

@@ -26,7 +26,7 @@ from streamq.report.html import (
     contingency_html,
     esc,
     figure_html,
-    histogram_bar_html,
+    palette_shares_html,
     swatches_html,
     table_html,
 )
@@ -38,5 +38,5 @@ from streamq.report.summary import collection, overview, run_facts
 __all__ = ["PER_IMAGE_PALETTES", "PREVIEW_SIDE", "READ_WHOLE", "SECTIONS", "THUMB_SIDE",
            "Context", "Raw", "ReportSummary", "Result", "Section", "array_html", "attr_name",
            "before_after", "collection", "contingency_html", "convergence", "esc", "figure_html",
-           "histogram_bar_html", "image_groups", "overview", "palette", "quality", "report",
+           "palette_shares_html", "image_groups", "overview", "palette", "quality", "report",
            "run_facts", "swatches_html", "table_html"]

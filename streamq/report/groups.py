@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from streamq.report.context import Context, Section
-from streamq.report.html import THUMB_SIDE, array_html, contingency_html, esc, histogram_bar_html
+from streamq.report.html import THUMB_SIDE, array_html, contingency_html, esc, palette_shares_html
 from streamq.store.image_groups import groups_summary, load_groups
 
 __all__ = ["groups_command", "groups_state", "image_groups"]
@@ -69,7 +69,7 @@ def image_groups(ctx: Context) -> Section | None:
             figs = '<p class="note">No image is nearest to this centre.</p>'
         blocks.append(f'<div class="group" data-group="{g}" data-size="{size}">'
                       f"<h3>Group {g} · {size:,} image{'s' if size != 1 else ''}</h3>"
-                      + histogram_bar_html(shared.shared_palette, res.centers[g, :res.k])
+                      + palette_shares_html(shared.shared_palette, res.centers[g, :res.k])
                       + f'<div class="members">{figs}</div>{more}</div>')
     body += f'<div class="groups">{"".join(blocks)}</div>'
     if res.groups > limit:

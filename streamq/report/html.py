@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["THUMB_SIDE", "Raw", "array_html", "attr_name", "contingency_html", "esc",
-           "figure_html", "fmt_psnr", "fmt_seconds", "fmt_ssim", "histogram_bar_html",
+           "figure_html", "fmt_psnr", "fmt_seconds", "fmt_ssim", "palette_shares_html",
            "new_figure", "swatches_html", "table_html"]
 
 THUMB_SIDE = 96  # longest side of a thumbnail in the worst-images lists
@@ -131,7 +131,7 @@ def fmt_ssim(v: float | None) -> str:
     return "—" if v is None or not np.isfinite(v) else f"{v:.4f}"
 
 
-def histogram_bar_html(palette: np.ndarray, shares: np.ndarray) -> str:
+def palette_shares_html(palette: np.ndarray, shares: np.ndarray) -> str:
     """A stacked bar of palette colours, each as wide as its share (largest first)."""
     shares = np.clip(np.asarray(shares, dtype=np.float64), 0, None)
     total = float(shares.sum())
