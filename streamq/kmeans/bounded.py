@@ -56,13 +56,13 @@ import numba
 import numpy as np
 
 from streamq.kmeans.nearest import (
-    _EPS,
-    _covariance,
-    _d2,
-    _nearest3,
-    _principal,
-    _sort_centers,
+    BOUND_EPS,
     assign,
+    covariance,
+    nearest3,
+    principal_axis,
+    sort_centers_into,
+    squared_distance,
 )
 
 __all__ = ["LloydResult", "fixed_mask", "fixed_point", "lloyd", "tolerance"]
@@ -230,12 +230,12 @@ def _objective(x: np.ndarray, w: np.ndarray, labels: np.ndarray, c: np.ndarray) 
 def _search(x: np.ndarray, i: int, px: np.ndarray, c: np.ndarray, order: np.ndarray,
             sp: np.ndarray, second: np.ndarray, d3: np.ndarray, d0: np.ndarray,
             due: np.ndarray, drift: float) -> int:
-    a1, b1, a2, b2, b3 = _nearest3(x, i, px[i], c, order, sp)
+    a1, b1, a2, b2, b3 = nearest3(x, i, px[i], c, order, sp)
     r1 = math.sqrt(b1)
     second[i] = a2
     d3[i] = math.sqrt(b3)
     d0[i] = drift
-    due[i] = drift + (math.sqrt(b2) - r1) - _EPS
+    due[i] = drift + (math.sqrt(b2) - r1) - BOUND_EPS
     return a1
 
 
@@ -265,11 +265,11 @@ def _relabel(x: np.ndarray, X: np.ndarray, W: np.ndarray, px: np.ndarray, c: np.
             continue
         a = labels[i]
         b = second[i]
-        r1 = math.sqrt(_d2(x, i, c, a))
-        r2 = math.sqrt(_d2(x, i, c, b)) if b >= 0 else np.inf
+        r1 = math.sqrt(squared_distance(x, i, c, a))
+        r2 = math.sqrt(squared_distance(x, i, c, b)) if b >= 0 else np.inf
         r3 = d3[i] - 0.5 * (drift - d0[i])  # a lower bound for every other centre
-        if r1 + _EPS < r2 and r1 + _EPS < r3:  # still nearest: a new due
-            due[i] = min(drift + (r2 - r1), d3[i] - r1 + 0.5 * (drift + d0[i])) - _EPS
+        if r1 + BOUND_EPS < r2 and r1 + BOUND_EPS < r3:  # still nearest: a new due
+            due[i] = min(drift + (r2 - r1), d3[i] - r1 + 0.5 * (drift + d0[i])) - BOUND_EPS
             continue
         a1 = _search(x, i, px, c, order, sp, second, d3, d0, due, drift)
         if a1 != a:
@@ -309,7 +309,7 @@ class _Bounded:
     def __init__(self, x: np.ndarray, w: np.ndarray, c: np.ndarray) -> None:
         n, k = len(x), len(c)
         self.x = x
-        self.axis = _principal(_covariance(x, w))
+        self.axis = principal_axis(covariance(x, w))
         self.px = x @ self.axis
         self.order = np.empty(k, dtype=np.int64)
         self.sp = np.empty(k)
@@ -319,7 +319,7 @@ class _Bounded:
         self.d0 = np.empty(n)
         self.due = np.empty(n)
         self.drift = 0.0
-        _sort_centers(c, self.axis, self.order, self.sp)
+        sort_centers_into(c, self.axis, self.order, self.sp)
         _search_all(x, self.px, c, self.order, self.sp, self.labels, self.second, self.d3,
                     self.d0, self.due)
 
@@ -331,7 +331,7 @@ class _Bounded:
     def relabel(self, c: np.ndarray, travel: float, X: np.ndarray, W: np.ndarray,
                 S: np.ndarray, N: np.ndarray) -> int:
         self.drift += 2.0 * travel
-        _sort_centers(c, self.axis, self.order, self.sp)
+        sort_centers_into(c, self.axis, self.order, self.sp)
         return _relabel(self.x, X, W, self.px, c, self.order, self.sp, self.drift, self.labels,
                         self.second, self.d3, self.d0, self.due, S, N)
 

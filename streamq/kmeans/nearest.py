@@ -22,15 +22,18 @@ from typing import Any
 import numba
 import numpy as np
 
-__all__ = ["SORTED_FROM_K", "assign", "assign_rows", "inertia", "sorted_centers",
-           "spread_duplicates"]
+__all__ = ["BOUND_EPS", "SORTED_FROM_K", "assign", "assign_rows", "covariance", "inertia",
+           "nearest3", "nearest_from", "principal_axis", "sort_centers_into", "sorted_centers",
+           "spread_duplicates", "squared_distance"]
 
 _GREY = np.full(3, 1 / math.sqrt(3))
-_EPS = 1e-12  # slack on every bound test: float rounding never prunes a candidate that counts
+BOUND_EPS = 1e-12  # slack on every bound test: float rounding never prunes a candidate that counts
 
 
 @numba.njit(nogil=True, cache=True)
-def _covariance(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+def covariance(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted ``(3, 3)`` covariance of the rows of ``x`` (weights ``w``; zeros when the
+    weights sum to zero or less)."""
     total = 0.0
     mean = np.zeros(3)
     for i in range(x.shape[0]):
@@ -53,7 +56,7 @@ def _covariance(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return cov
 
 
-def _principal(cov: np.ndarray) -> np.ndarray:
+def principal_axis(cov: np.ndarray) -> np.ndarray:
     """Unit principal axis of a covariance (the grey axis when degenerate)."""
     if not np.isfinite(cov).all() or not cov.any():
         return _GREY.copy()
@@ -73,18 +76,19 @@ def _axis(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     if not total > 0:
         return _GREY.copy()
     d = x - (w @ x) / total
-    return _principal((d * w[:, None]).T @ d / total)
+    return principal_axis((d * w[:, None]).T @ d / total)
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _d2(x: np.ndarray, i: int, c: np.ndarray, j: int) -> float:
+def squared_distance(x: np.ndarray, i: int, c: np.ndarray, j: int) -> float:
+    """Squared distance between row ``i`` of ``x`` and row ``j`` of ``c`` (3-d rows)."""
     a = x[i, 0] - c[j, 0]
     b = x[i, 1] - c[j, 1]
     d = x[i, 2] - c[j, 2]
     return a * a + b * b + d * d
 
 
-def _sort_centers(c: np.ndarray, axis: np.ndarray, order: np.ndarray, sp: np.ndarray) -> None:
+def sort_centers_into(c: np.ndarray, axis: np.ndarray, order: np.ndarray, sp: np.ndarray) -> None:
     """Fill ``order`` (centres by projection on ``axis``, stable) and ``sp`` (their sorted
     projections). In NumPy: a compiled sort costs seconds of compilation for microseconds of
     work on at most a few thousand centres."""
@@ -109,7 +113,7 @@ def _first_at_least(sp: np.ndarray, p: float) -> int:
 
 
 @numba.njit(nogil=True, cache=True)
-def _nearest3(x: np.ndarray, i: int, p: float, c: np.ndarray, order: np.ndarray,
+def nearest3(x: np.ndarray, i: int, p: float, c: np.ndarray, order: np.ndarray,
               sp: np.ndarray) -> tuple[int, float, int, float, float]:
     """The nearest centre of point ``i`` (first on ties) and its squared distance, the second
     nearest and its squared distance, and the squared distance to the third nearest (inf when
@@ -124,7 +128,7 @@ def _nearest3(x: np.ndarray, i: int, p: float, c: np.ndarray, order: np.ndarray,
     a2 = -1
     if k <= 8:  # a few centres: look at all of them
         for j in range(k):
-            s = _d2(x, i, c, j)
+            s = squared_distance(x, i, c, j)
             if s < b1:
                 b3 = b2
                 b2 = b1
@@ -146,7 +150,7 @@ def _nearest3(x: np.ndarray, i: int, p: float, c: np.ndarray, order: np.ndarray,
                 if up >= k:
                     continue
                 g = sp[up] - p
-                if g * g > b3 + _EPS:
+                if g * g > b3 + BOUND_EPS:
                     up = k
                     continue
                 j = order[up]
@@ -155,12 +159,12 @@ def _nearest3(x: np.ndarray, i: int, p: float, c: np.ndarray, order: np.ndarray,
                 if down < 0:
                     continue
                 g = p - sp[down]
-                if g * g > b3 + _EPS:
+                if g * g > b3 + BOUND_EPS:
                     down = -1
                     continue
                 j = order[down]
                 down -= 1
-            s = _d2(x, i, c, j)
+            s = squared_distance(x, i, c, j)
             if s < b1 or (s == b1 and j < a1):
                 b3 = b2
                 b2 = b1
@@ -177,33 +181,33 @@ def _nearest3(x: np.ndarray, i: int, p: float, c: np.ndarray, order: np.ndarray,
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _nearest(x: np.ndarray, i: int, p: float, c: np.ndarray, order: np.ndarray, sp: np.ndarray,
+def nearest_from(x: np.ndarray, i: int, p: float, c: np.ndarray, order: np.ndarray, sp: np.ndarray,
              a: int) -> tuple[int, float]:
     """Nearest centre of point ``i`` (first on ties) and its squared distance, searched
     outward from the projection ``p`` with centre ``a`` as the first bound."""
     k = c.shape[0]
-    best = _d2(x, i, c, a)
+    best = squared_distance(x, i, c, a)
     up = _first_at_least(sp, p)
     down = up - 1
     while up < k or down >= 0:
         if up < k:
             g = sp[up] - p
-            if g * g > best + _EPS:
+            if g * g > best + BOUND_EPS:
                 up = k
             else:
                 j = order[up]
-                s = _d2(x, i, c, j)
+                s = squared_distance(x, i, c, j)
                 if s < best or (s == best and j < a):
                     best = s
                     a = j
                 up += 1
         if down >= 0:
             g = p - sp[down]
-            if g * g > best + _EPS:
+            if g * g > best + BOUND_EPS:
                 down = -1
             else:
                 j = order[down]
-                s = _d2(x, i, c, j)
+                s = squared_distance(x, i, c, j)
                 if s < best or (s == best and j < a):
                     best = s
                     a = j
@@ -218,7 +222,7 @@ def _inertia(x: np.ndarray, w: np.ndarray, c: np.ndarray, axis: np.ndarray, orde
     a = 0
     for i in range(x.shape[0]):
         p = x[i, 0] * axis[0] + x[i, 1] * axis[1] + x[i, 2] * axis[2]
-        a, d = _nearest(x, i, p, c, order, sp, a)
+        a, d = nearest_from(x, i, p, c, order, sp, a)
         total += w[i] * d
     return total
 
@@ -229,7 +233,7 @@ def _assign(x: np.ndarray, c: np.ndarray, axis: np.ndarray, order: np.ndarray, s
     a = 0
     for i in range(x.shape[0]):
         p = x[i, 0] * axis[0] + x[i, 1] * axis[1] + x[i, 2] * axis[2]
-        a, d = _nearest(x, i, p, c, order, sp, a)  # the previous row's centre bounds first
+        a, d = nearest_from(x, i, p, c, order, sp, a)  # the previous row's centre bounds first
         labels[i] = a
         dist[i] = d
 
@@ -261,7 +265,7 @@ def _sorted_centers(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     axis = _axis(c)
     order = np.empty(len(c), dtype=np.int64)
     sp = np.empty(len(c))
-    _sort_centers(c, axis, order, sp)
+    sort_centers_into(c, axis, order, sp)
     return axis, order, sp
 
 

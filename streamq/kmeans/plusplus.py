@@ -23,7 +23,7 @@ import math
 import numba
 import numpy as np
 
-from streamq.kmeans.nearest import _EPS
+from streamq.kmeans.nearest import BOUND_EPS
 
 __all__ = ["cell_layout", "cell_order", "kmeans_plusplus"]
 
@@ -127,7 +127,7 @@ def _kmeanspp(x: np.ndarray, w: np.ndarray, start: np.ndarray, lo: np.ndarray, h
                     y = x[j, u]
                     g = lo[cc, u] - y if y < lo[cc, u] else (y - hi[cc, u] if y > hi[cc, u] else 0.0)
                     box += g * g
-                if box > cmax[cc] + _EPS:
+                if box > cmax[cc] + BOUND_EPS:
                     continue  # the cell's box is farther than any of its points' current distance
                 part = 0.0
                 changed = False

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 from streamq.kmeans.codes import CHANNEL, code24, codes_to_rgb, pixels_in
-from streamq.kmeans.nearest import _nearest, _sorted_centers, assign
+from streamq.kmeans.nearest import assign, nearest_from, sorted_centers
 
 __all__ = ["LabelTable", "label_pixels"]
 
@@ -209,7 +209,7 @@ def _label(rgb: np.ndarray, table: np.ndarray, c: np.ndarray, order: np.ndarray,
             for t in range(3):
                 q[0, t] = table[rgb[i, t]]
             p = q[0, 0] * axis[0] + q[0, 1] * axis[1] + q[0, 2] * axis[2]
-            lab, _ = _nearest(q, 0, p, c, order, sp, lab)  # the previous centre bounds first
+            lab, _ = nearest_from(q, 0, p, c, order, sp, lab)  # the previous centre bounds first
             e = 0
             for t in range(3):
                 dv = np.int64(rgb[i, t]) - palette[lab, t]
@@ -237,7 +237,7 @@ def label_pixels(rgb: np.ndarray, centers: np.ndarray, palette: np.ndarray | Non
     if palette is None:
         palette = np.round(np.clip(c * 255, 0, 255)).astype(np.uint8)
     pal = np.ascontiguousarray(palette, dtype=np.int64)
-    axis, order, sp = _sorted_centers(c)
+    axis, order, sp = sorted_centers(c)
     labels = np.empty(len(rgb), dtype=np.int64)
     err = np.empty(len(rgb) if want_err else 0, dtype=np.int64)
     size = 1 << _CACHE_BITS
