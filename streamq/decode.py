@@ -41,7 +41,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from streamq.faults import is_transient
 
-__all__ = ["Header", "ImageSource", "decode_rgb", "decode_rgba", "premultiply", "read_header"]
+__all__ = ["Header", "ImageSource", "composite", "decode_rgb", "decode_rgba", "openable",
+           "premultiply", "read_header", "scale16"]
 
 #: A path, the file's bytes, or an open binary file object with a ``size`` attribute.
 ImageSource = str | bytes | IO[bytes]
@@ -84,7 +85,7 @@ def _size(src: ImageSource) -> int:
     return int(src.size)  # type: ignore[attr-defined]
 
 
-def _stream(src: ImageSource) -> str | IO[bytes]:
+def openable(src: ImageSource) -> str | IO[bytes]:
     """What Pillow, pypng and tifffile open: the path, or a file object at its start."""
     if isinstance(src, str):
         return src
@@ -109,7 +110,7 @@ def _open(path: ImageSource, max_pixels: int) -> Image.Image:
             # Pillow's limit is process-wide: ours for this open only, the caller's kept
             old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
             try:
-                return Image.open(_stream(path))
+                return Image.open(openable(path))
             finally:
                 Image.MAX_IMAGE_PIXELS = old
     except Image.DecompressionBombError:
@@ -169,12 +170,14 @@ def read_header(path: ImageSource, max_pixels: int) -> Header | str:
         return f"cannot read image header: {type(exc).__name__}: {exc}"
 
 
-def _scale16(a: np.ndarray) -> np.ndarray:
+def scale16(a: np.ndarray) -> np.ndarray:
+    """16-bit samples as uint8, rounded to the nearest of 0..255."""
     a = np.clip(a.astype(np.int64), 0, 65535)
     return ((a * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def _composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+def composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """``(..., 4)`` uint8 RGBA over the opaque ``background``: ``(..., 3)`` uint8, rounded."""
     rgb = rgba[..., :3].astype(np.uint32)
     a = rgba[..., 3:4].astype(np.uint32)
     bg = np.asarray(background, dtype=np.uint32)
@@ -186,7 +189,7 @@ def _read_rgb16(path: ImageSource, im: Image.Image) -> np.ndarray:
     if im.format == "PNG":
         import png
 
-        stream = _stream(path)
+        stream = openable(path)
         with open(stream, "rb") if isinstance(stream, str) else nullcontext(stream) as fh:
             w, h, rows, info = png.Reader(file=fh).asDirect()
             data = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows])
@@ -197,7 +200,7 @@ def _read_rgb16(path: ImageSource, im: Image.Image) -> np.ndarray:
     if im.format == "TIFF":
         import tifffile
 
-        data = tifffile.imread(_stream(path), key=0)
+        data = tifffile.imread(openable(path), key=0)
         if data.dtype != np.uint16 or data.ndim != 3 or data.shape[2] not in (3, 4):
             raise _Skip(f"unexpected 16-bit TIFF layout {data.dtype} {data.shape}")
         return data
@@ -207,7 +210,7 @@ def _read_rgb16(path: ImageSource, im: Image.Image) -> np.ndarray:
 def premultiply(rgba: np.ndarray) -> np.ndarray:
     """The colours of ``(..., 4)`` uint8 RGBA premultiplied by alpha, as uint8 RGB:
     ``(c * a + 127) // 255`` (the composite on black)."""
-    return _composite(rgba, (0, 0, 0))
+    return composite(rgba, (0, 0, 0))
 
 
 def _to_array(path: ImageSource, im: Image.Image, header: Header) -> np.ndarray:
@@ -215,14 +218,14 @@ def _to_array(path: ImageSource, im: Image.Image, header: Header) -> np.ndarray:
     that may hold transparent pixels."""
     mode = im.mode
     if header.mode in ("RGB;16", "RGBA;16"):
-        data = _scale16(_read_rgb16(path, im))
+        data = scale16(_read_rgb16(path, im))
         method = _EXIF_TRANSPOSE.get(_orientation(im))
         if method is not None:
             data = np.asarray(Image.fromarray(data).transpose(method))
         return data
     im = ImageOps.exif_transpose(im)
     if mode.startswith("I;16") or mode == "I":
-        return np.repeat(_scale16(np.asarray(im))[..., None], 3, axis=2)
+        return np.repeat(scale16(np.asarray(im))[..., None], 3, axis=2)
     has_key = "transparency" in im.info
     if mode in _ALPHA_MODES or has_key:
         return np.asarray(im.convert("RGBA"))
@@ -261,7 +264,7 @@ def decode_rgb(path: ImageSource, max_pixels: int,
     data = _decoded(path, max_pixels)
     if isinstance(data, str):
         return data
-    rgb = _composite(data, background) if data.shape[2] == 4 else data
+    rgb = composite(data, background) if data.shape[2] == 4 else data
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 

@@ -66,9 +66,9 @@ def _is_dask(X: Any) -> bool:
 
 def _to_rgb8(a: np.ndarray) -> np.ndarray:
     if a.dtype == np.uint16:
-        from streamq.decode import _scale16
+        from streamq.decode import scale16
 
-        return _scale16(a)
+        return scale16(a)
     return np.asarray(a, dtype=np.uint8)
 
 

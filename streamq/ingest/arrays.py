@@ -33,7 +33,7 @@ import numpy as np
 
 from streamq.config import StreamQConfig, fingerprint
 from streamq.console import timer
-from streamq.decode import _composite, _scale16, premultiply
+from streamq.decode import composite, premultiply, scale16
 from streamq.errors import ConfigError
 from streamq.fs import Location, check_access
 from streamq.ingest.finish import IngestSummary, _summary, finish_ingest
@@ -147,7 +147,7 @@ def _rgb8(part: Any, background: Sequence[int], keep_alpha: bool = False
     alpha array), else composited on ``background``."""
     a = np.asarray(part)
     if a.dtype == np.uint16:
-        a = _scale16(a)
+        a = scale16(a)
     alpha = None
     if a.shape[-1] == 4:
         if keep_alpha:
@@ -155,7 +155,7 @@ def _rgb8(part: Any, background: Sequence[int], keep_alpha: bool = False
             a = premultiply(a)
         else:
             r, g, b = background
-            a = _composite(a, (r, g, b))
+            a = composite(a, (r, g, b))
     return np.ascontiguousarray(a, dtype=np.uint8), alpha
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from streamq.decode import Header, ImageSource, _composite, _scale16, _stream, premultiply
+from streamq.decode import Header, ImageSource, composite, openable, premultiply, scale16
 from streamq.faults import is_transient
 
 __all__ = ["BAND_PIXELS", "LARGE", "band_header", "is_tiff", "over_limit", "read_rows"]
@@ -52,7 +52,7 @@ def over_limit(reason: str) -> bool:
 def _page(src: ImageSource) -> Iterator[Any]:
     import tifffile
 
-    with tifffile.TiffFile(_stream(src)) as tf:
+    with tifffile.TiffFile(openable(src)) as tf:
         yield tf.pages[0]
 
 
@@ -91,7 +91,7 @@ def band_header(src: ImageSource, reason: str) -> Header | str:
 
     Raises the error of a transient fault."""
     try:
-        stream = _stream(src)
+        stream = openable(src)
         if isinstance(stream, str):
             with open(stream, "rb") as fh:
                 head = fh.read(4)
@@ -115,13 +115,13 @@ def _convert(data: np.ndarray, keep_alpha: bool, background: tuple[int, int, int
              ) -> tuple[np.ndarray, np.ndarray | None]:
     """Rows as decoded by :mod:`streamq.decode`: RGB uint8 and, for an alpha kept, its plane."""
     if data.dtype == np.uint16:
-        data = _scale16(data)
+        data = scale16(data)
     if data.ndim == 2:
         data = np.repeat(data[..., None], 3, axis=2)
     if data.shape[2] == 4:
         if keep_alpha:
             return premultiply(data), np.ascontiguousarray(data[..., 3])
-        return _composite(data, background), None
+        return composite(data, background), None
     return np.ascontiguousarray(data, dtype=np.uint8), None
 
 
