@@ -25,10 +25,9 @@ The package: :mod:`~streamq.fs.location` (:class:`Location`, :func:`location`, d
 errors); the first imports the other two.
 """
 
-from streamq.fs.access import SCHEMES, check_access, storage_errors
-from streamq.fs.access import _explain as _explain  # ingest.sources explains with it
+from streamq.fs.access import SCHEMES, check_access, explain_failure, storage_errors
 from streamq.fs.atomic import write_atomic, write_new
 from streamq.fs.location import Location, delete_keys, join, location, looks_like_url
 
-__all__ = ["SCHEMES", "Location", "check_access", "delete_keys", "join", "location",
-           "looks_like_url", "storage_errors", "write_atomic", "write_new"]
+__all__ = ["SCHEMES", "Location", "check_access", "delete_keys", "explain_failure", "join",
+           "location", "looks_like_url", "storage_errors", "write_atomic", "write_new"]

@@ -20,7 +20,7 @@ from streamq.errors import StoreError
 if TYPE_CHECKING:
     from streamq.fs.location import Location
 
-__all__ = ["SCHEMES", "check_access", "storage_errors"]
+__all__ = ["SCHEMES", "check_access", "explain_failure", "storage_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ _NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "CredentialR
 _CHECKED: set[str] = set()  # buckets found usable by this process (scheme, bucket, options)
 
 
-def _explain(exc: BaseException, loc: Location, kind: str = "storage") -> str | None:
+def explain_failure(exc: BaseException, loc: Location, kind: str = "storage") -> str | None:
     """A one-line message for a failure to use ``loc``, or None to let ``exc`` through.
 
     ``kind`` names the options that reach it in the hints: ``storage`` (stores and outputs,
@@ -59,7 +59,7 @@ def _explain(exc: BaseException, loc: Location, kind: str = "storage") -> str | 
 @contextlib.contextmanager
 def storage_errors(loc: Location, kind: str = "storage") -> Iterator[None]:
     """Turn credential, network and permission failures on ``loc`` into one-line StoreErrors
-    (``kind``: which options the hints name, see :func:`_explain`)."""
+    (``kind``: which options the hints name, see :func:`explain_failure`)."""
     if loc.is_local:
         yield
         return
@@ -68,7 +68,7 @@ def storage_errors(loc: Location, kind: str = "storage") -> Iterator[None]:
     except StoreError:
         raise
     except Exception as exc:
-        message = _explain(exc, loc, kind)
+        message = explain_failure(exc, loc, kind)
         if message is None:
             raise
         raise StoreError(message) from None
@@ -83,7 +83,7 @@ def check_access(loc: Location, kind: str = "storage") -> None:
     credentials or an unreachable endpoint each give a :class:`StoreError` naming the URL
     and what to check. Being refused the bucket itself is not fatal: access may be granted
     to objects only, and later calls tell. ``kind`` names the options in the hints
-    (``storage`` or ``source``, see :func:`_explain`).
+    (``storage`` or ``source``, see :func:`explain_failure`).
     """
     if loc.is_local:
         return

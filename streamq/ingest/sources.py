@@ -266,9 +266,9 @@ def explain(exc: BaseException, url: str, options: Mapping[str, Any]) -> str | N
 
 
 def fs_explain(exc: BaseException, loc: Location) -> str | None:
-    from streamq.fs import _explain
+    from streamq.fs import explain_failure
 
-    return _explain(exc, loc, "source")
+    return explain_failure(exc, loc, "source")
 
 
 def _filesystem(url: str, options: Mapping[str, Any]) -> tuple[Any, str]:
