@@ -152,8 +152,8 @@ def opened(source: Any, rel: str) -> Iterator[ImageSource]:
     if source.is_local:
         yield path
         return
-    from streamq.ingest.sources import HEADER_BLOCK, _filesystem
+    from streamq.ingest.sources import HEADER_BLOCK, filesystem
 
-    fs, target = _filesystem(path, source.options)
+    fs, target = filesystem(path, source.options)
     with fs.open(target, "rb", block_size=HEADER_BLOCK) as f:
         yield f

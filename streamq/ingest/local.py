@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 
 from streamq.errors import ConfigError
-from streamq.ingest.sources import _GLOB_CHARS, _image_extensions
+from streamq.ingest.sources import GLOB_CHARS, image_extensions
 
 __all__ = ["list_sources"]
 
@@ -33,14 +33,14 @@ def list_sources(src: str | os.PathLike[str]) -> tuple[str, list[str], list[tupl
     missing: list[tuple[str, str]] = []
     if os.path.isdir(src):
         root = os.path.abspath(src)
-        exts = _image_extensions()
+        exts = image_extensions()
         files = []
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in filenames:
                 if os.path.splitext(name)[1].lower() in exts:
                     files.append(os.path.join(dirpath, name))
-    elif os.path.isfile(src) and os.path.splitext(src)[1].lower() in _image_extensions():
+    elif os.path.isfile(src) and os.path.splitext(src)[1].lower() in image_extensions():
         root = os.path.dirname(os.path.abspath(src))
         files = [os.path.abspath(src)]
     elif os.path.isfile(src):
@@ -64,8 +64,8 @@ def list_sources(src: str | os.PathLike[str]) -> tuple[str, list[str], list[tupl
             raise ConfigError(f"source list {src} names no files")
         inside = all(os.path.commonpath([base, p]) == base for p in files)
         root = base if inside or not files else os.path.commonpath([os.path.dirname(p) for p in files])
-    elif _GLOB_CHARS & set(src):
-        prefix = src[: min(src.index(c) for c in _GLOB_CHARS if c in src)]
+    elif GLOB_CHARS & set(src):
+        prefix = src[: min(src.index(c) for c in GLOB_CHARS if c in src)]
         root = os.path.abspath(os.path.dirname(prefix) or ".")
         files = [os.path.abspath(p) for p in glob.glob(src, recursive=True) if os.path.isfile(p)]
         if not files:

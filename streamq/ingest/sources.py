@@ -48,25 +48,27 @@ Decoded: TypeAlias = np.ndarray | tuple[np.ndarray, np.ndarray | None] | str
 T = TypeVar("T")
 A = TypeVar("A")
 
-__all__ = ["SourceRoot", "explain", "is_remote", "local_path", "source_options"]
+__all__ = ["GLOB_CHARS", "HTTP_SCHEMES", "SourceRoot", "explain", "filesystem", "image_extensions",
+           "is_remote", "local_path", "source_options", "url_scheme"]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(/*)")
-_GLOB_CHARS = set("*?[")
+GLOB_CHARS = set("*?[")  # a source holding one of these is a glob pattern
 HEADER_BLOCK = 256 * 1024  # bytes per request of the header scan's buffered reads
 CONCURRENCY = 8  # requests in flight per task reading a URL source
-_HTTP = ("http", "https")
+HTTP_SCHEMES = ("http", "https")  # no listing, no range requests: files are fetched whole
 _DENIED = (401, 403)
 
 
 # -- what a source is ------------------------------------------------------------------------
-def _scheme(text: str) -> str:
+def url_scheme(text: str) -> str:
+    """The scheme of ``text`` in lower case (``s3``, ``https``, ``file``...); ``""`` for a path."""
     m = _SCHEME.match(text)
     return m.group(1).lower() if m else ""
 
 
 def is_remote(src: str) -> bool:
     """Whether ``src`` is a URL read through fsspec (``file://`` is a local path)."""
-    return looks_like_url(src) and _scheme(src) != "file"
+    return looks_like_url(src) and url_scheme(src) != "file"
 
 
 def local_path(src: str) -> str:
@@ -84,13 +86,14 @@ def source_options(src: str, given: Mapping[str, Any] | None, store: str | None,
     is local or uses the same scheme as ``src``, else none."""
     if given:
         return dict(given)
-    store_scheme = _scheme(store) if store and looks_like_url(store) else ""
-    if storage_options and store_scheme in ("", "file", _scheme(src)):
+    store_scheme = url_scheme(store) if store and looks_like_url(store) else ""
+    if storage_options and store_scheme in ("", "file", url_scheme(src)):
         return dict(storage_options)
     return {}
 
 
-def _image_extensions() -> set[str]:
+def image_extensions() -> set[str]:
+    """The file extensions Pillow reads (lower case, with the dot): the images of a folder."""
     from PIL import Image
 
     Image.init()
@@ -160,8 +163,8 @@ class SourceRoot:
             return retrying(lambda: read_header(path, max_pixels), "read", path, retry)
 
         def attempt() -> Header | str:
-            fs, target = _filesystem(path, self.options)
-            if _scheme(path) in _HTTP:  # servers need not support ranges: fetch it whole
+            fs, target = filesystem(path, self.options)
+            if url_scheme(path) in HTTP_SCHEMES:  # servers need not support ranges: fetch it whole
                 return read_header(bytes(fs.cat_file(target)), max_pixels)
             kw = {"size": size} if size is not None else {}
             with fs.open(target, "rb", block_size=HEADER_BLOCK, cache_type="readahead", **kw) as f:
@@ -203,7 +206,7 @@ class SourceRoot:
         path = self.path(rel)
 
         def attempt() -> bytes:
-            fs, target = _filesystem(path, self.options)
+            fs, target = filesystem(path, self.options)
             return bytes(fs.cat_file(target))
 
         return self._reading(attempt, path, retry)
@@ -251,7 +254,7 @@ def explain(exc: BaseException, url: str, options: Mapping[str, Any]) -> str | N
     if isinstance(exc, PermissionError) or status in _DENIED:
         return (f"access to {url} was denied ({_detail(exc)}): check source options "
                 "(--source-option, key 'source_options') and the permissions of the source")
-    if _scheme(url) == "s3":
+    if url_scheme(url) == "s3":
         message = fs_explain(exc, Location(url, dict(options)))
         if message is not None:
             return message
@@ -271,11 +274,11 @@ def fs_explain(exc: BaseException, loc: Location) -> str | None:
     return explain_failure(exc, loc, "source")
 
 
-def _filesystem(url: str, options: Mapping[str, Any]) -> tuple[Any, str]:
+def filesystem(url: str, options: Mapping[str, Any]) -> tuple[Any, str]:
     """The fsspec filesystem of ``url`` (instances are cached by fsspec) and its path in it."""
     import fsspec
 
-    scheme = _scheme(url)
+    scheme = url_scheme(url)
     try:
         cls = fsspec.get_filesystem_class(scheme)
     except ValueError:
@@ -290,4 +293,4 @@ def _filesystem(url: str, options: Mapping[str, Any]) -> tuple[Any, str]:
         raise StoreError(f"source options for {url} were not accepted by {cls.__name__} "
                          f"({_detail(exc)}); check --source-option / key 'source_options' "
                          f"(given: {redact.options(options)})") from None
-    return fs, url if scheme in _HTTP else fs._strip_protocol(url)
+    return fs, url if scheme in HTTP_SCHEMES else fs._strip_protocol(url)

@@ -33,13 +33,13 @@ from streamq.errors import ConfigError, StoreError
 from streamq.faults import retrying
 from streamq.fs import Location, check_access, looks_like_url
 from streamq.ingest.sources import (
-    _GLOB_CHARS,
-    _HTTP,
+    GLOB_CHARS,
+    HTTP_SCHEMES,
     SourceRoot,
-    _filesystem,
-    _image_extensions,
-    _scheme,
     explain,
+    filesystem,
+    image_extensions,
+    url_scheme,
 )
 
 __all__ = ["Listing", "fingerprint", "list_urls", "local_url_list", "url_list_lines"]
@@ -52,7 +52,7 @@ def _check_url(url: str, where: str) -> str:
     if redact.url(url) != url:
         raise ConfigError(f"{where}: {redact.url(url)!r} has credentials in the URL: give them "
                           "as source options (e.g. 'key' and 'secret') instead")
-    if _scheme(url) in _HTTP and ("?" in url or "#" in url):
+    if url_scheme(url) in HTTP_SCHEMES and ("?" in url or "#" in url):
         raise ConfigError(f"{where}: {url.split('?', 1)[0].split('#', 1)[0]}?... has a query "
                           "string or fragment, which may hold a signature and would be stored "
                           "as the image's name: list plain URLs and give credentials as source "
@@ -115,7 +115,7 @@ def url_list_lines(text: str, where: str, base: str | None = None) -> list[str] 
                                   "with URLs: list URLs only, or paths only")
             line = posixpath.join(base, line)
         urls.append(_check_url(line, f"{where} line {n}"))
-    schemes = sorted({_scheme(u) for u in urls})
+    schemes = sorted({url_scheme(u) for u in urls})
     if len(schemes) > 1:
         raise ConfigError(f"{where} lists URLs of several schemes ({', '.join(schemes)}): list "
                           "one kind (one set of source options reaches them)")
@@ -126,7 +126,7 @@ def url_list_lines(text: str, where: str, base: str | None = None) -> list[str] 
 
 def _from_urls(urls: Sequence[str], text: str) -> Listing:
     """Root = the longest common folder of the URLs; names relative to it."""
-    scheme = _scheme(urls[0])
+    scheme = url_scheme(urls[0])
     bodies = sorted({u.split("://", 1)[1] for u in urls})
     common = posixpath.commonpath([posixpath.dirname(b) or "." for b in bodies]) \
         if len(bodies) > 1 else posixpath.dirname(bodies[0])
@@ -139,7 +139,7 @@ def _from_urls(urls: Sequence[str], text: str) -> Listing:
 def local_url_list(src: str) -> Listing | None:
     """The URLs listed by the local text file ``src``, or None when it is not a list of
     URLs (a folder, an image, a list of paths: :func:`streamq.ingest.list_sources` reads it)."""
-    if not os.path.isfile(src) or os.path.splitext(src)[1].lower() in _image_extensions():
+    if not os.path.isfile(src) or os.path.splitext(src)[1].lower() in image_extensions():
         return None
     try:
         with open(src, encoding="utf-8") as fh:
@@ -158,10 +158,10 @@ def list_urls(src: str, options: Mapping[str, Any], retry: RetryConfig | None = 
     :class:`ConfigError` for a source that holds no images or a malformed list.
     """
     _check_url(src, "source")
-    scheme = _scheme(src)
+    scheme = url_scheme(src)
     if scheme == "s3":
         check_access(Location(src.rstrip("/"), dict(options)), "source")
-    fs, path = _filesystem(src, options)
+    fs, path = filesystem(src, options)
     try:
         return retrying(lambda: _list(fs, src, path, scheme), "list", src, retry)
     except (StoreError, ConfigError):
@@ -174,15 +174,15 @@ def list_urls(src: str, options: Mapping[str, Any], retry: RetryConfig | None = 
 
 
 def _list(fs: Any, src: str, path: str, scheme: str) -> Listing:
-    exts = _image_extensions()
+    exts = image_extensions()
 
     def is_image(p: str) -> bool:
         return posixpath.splitext(p)[1].lower() in exts
 
     def url_of(p: str) -> str:
-        return p if scheme in _HTTP else f"{scheme}://{p.lstrip('/')}"
+        return p if scheme in HTTP_SCHEMES else f"{scheme}://{p.lstrip('/')}"
 
-    if scheme in _HTTP:  # no listing over HTTP: one image, or a list of URLs
+    if scheme in HTTP_SCHEMES:  # no listing over HTTP: one image, or a list of URLs
         if is_image(path):
             return _from_urls([src], src)
         try:
@@ -197,8 +197,8 @@ def _list(fs: Any, src: str, path: str, scheme: str) -> Listing:
             raise ConfigError(f"source list {src} names no images")
         return _from_urls(urls, text)
 
-    if _GLOB_CHARS & set(path):
-        prefix = path[: min(path.index(c) for c in _GLOB_CHARS if c in path)]
+    if GLOB_CHARS & set(path):
+        prefix = path[: min(path.index(c) for c in GLOB_CHARS if c in path)]
         root = posixpath.dirname(prefix).rstrip("/")
         found = {p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"}
         if not found:
