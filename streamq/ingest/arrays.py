@@ -36,8 +36,8 @@ from streamq.console import timer
 from streamq.decode import composite, premultiply, scale16
 from streamq.errors import ConfigError
 from streamq.fs import Location, check_access
-from streamq.ingest.finish import IngestSummary, _summary, finish_ingest
-from streamq.ingest.plan import _open_or_create, _settings, _write_plan, ingest_config
+from streamq.ingest.finish import IngestSummary, finish_ingest, ingest_summary
+from streamq.ingest.plan import ingest_config, open_or_create, plan_settings, write_plan
 from streamq.ingest.task import _verify_task, put_pixels, store_task_pixels
 from streamq.kmeans.histogram import ColorTotals
 from streamq.lock import check_writer, guard_task, store_lock
@@ -266,13 +266,13 @@ def _ingest_array(loc: Location, cfg: StreamQConfig, src: _Source, names: list[s
     with timer("identifying the array", timings):
         source_fp = fingerprint({"array": source_id or src.token(), "names": names,
                                  "labels": labels})
-    settings = _settings(icfg)
+    settings = plan_settings(icfg)
     settings_fp = fingerprint(settings)
-    st = _open_or_create(loc, "", source_fp, settings_fp, overwrite)
+    st = open_or_create(loc, "", source_fp, settings_fp, overwrite)
     state = st.section("ingest")
     if state.get("state") == "complete":
         log.info("Store %s already holds this ingest; nothing to do", st.path)
-        return _summary(st, "already complete", state.get("timings", {}))
+        return ingest_summary(st, "already complete", state.get("timings", {}))
     status = "resumed" if state.get("state") == "planned" else "ingested"
 
     def write(fn: Any) -> None:
@@ -292,8 +292,8 @@ def _ingest_array(loc: Location, cfg: StreamQConfig, src: _Source, names: list[s
                 # RGBA images may carry transparent pixels: alpha kept as ingest keeps it
                 headers.append((h, w, _MODES[c] + _DTYPES[dtype], c == 4))
         with timer("planning", timings):
-            write(lambda: _write_plan(st, "", names, headers, [], icfg, source_fp, settings_fp,
-                                      settings, labels=labels, extra={"source": src.description}))
+            write(lambda: write_plan(st, "", names, headers, [], icfg, source_fp, settings_fp,
+                                     settings, labels=labels, extra={"source": src.description}))
     with runner(cfg.dask) as run:
         run.check_paths(st.path)
         facts = run.facts()

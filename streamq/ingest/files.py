@@ -47,10 +47,10 @@ from streamq.errors import ConfigError
 from streamq.faults import retrying
 from streamq.fs import Location, check_access
 from streamq.ingest import sources, urls
-from streamq.ingest.finish import IngestSummary, _summary, finish_ingest
-from streamq.ingest.local import _source_fingerprint, list_sources
-from streamq.ingest.plan import _open_or_create, _settings, _write_plan, ingest_config
-from streamq.ingest.scan import _scan
+from streamq.ingest.finish import IngestSummary, finish_ingest, ingest_summary
+from streamq.ingest.local import list_sources, source_fingerprint
+from streamq.ingest.plan import ingest_config, open_or_create, plan_settings, write_plan
+from streamq.ingest.scan import scan_headers
 from streamq.ingest.sources import SourceRoot
 from streamq.ingest.task import _write_task
 from streamq.kmeans.histogram import ColorTotals
@@ -129,7 +129,7 @@ def _list_inputs(src: str, options: dict[str, Any], retry: RetryConfig
         return (listing.source(options), listing.rel, [], urls.fingerprint(listing),
                 listing.sizes)
     root, rel, missing = list_sources(src)
-    return SourceRoot(stored_name(root)), rel, missing, _source_fingerprint(root, rel), {}
+    return SourceRoot(stored_name(root)), rel, missing, source_fingerprint(root, rel), {}
 
 
 def _ingest(loc: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | None,
@@ -141,14 +141,14 @@ def _ingest(loc: Location, cfg: StreamQConfig, overwrite: bool, progress: bool |
         source, rel, missing, source_fp, sizes = _list_inputs(icfg.source, src_options or {},
                                                                  cfg.retry)
         root = source_name(source.root)
-    settings = _settings(icfg)
+    settings = plan_settings(icfg)
     settings_fp = fingerprint(settings)
 
-    st = _open_or_create(loc, root, source_fp, settings_fp, overwrite)
+    st = open_or_create(loc, root, source_fp, settings_fp, overwrite)
     state = st.section("ingest")
     if state.get("state") == "complete":
         log.info("Store %s already holds this ingest; nothing to do", st.path)
-        return _summary(st, "already complete", state.get("timings", {}))
+        return ingest_summary(st, "already complete", state.get("timings", {}))
 
     status = "resumed" if state.get("state") == "planned" else "ingested"
     retry = cfg.retry
@@ -161,10 +161,10 @@ def _ingest(loc: Location, cfg: StreamQConfig, overwrite: bool, progress: bool |
         facts = run.facts()
         if state.get("state") != "planned":
             with timer("scanning headers", timings):
-                headers = _scan(run, source, rel, icfg, retry, progress, sizes)
+                headers = scan_headers(run, source, rel, icfg, retry, progress, sizes)
             with timer("planning", timings):
-                write(lambda: _write_plan(st, root, rel, headers, missing, icfg, source_fp,
-                                          settings_fp, settings))
+                write(lambda: write_plan(st, root, rel, headers, missing, icfg, source_fp,
+                                         settings_fp, settings))
         with timer("decoding and writing", timings):
             totals, added = _run_tasks(run, st, source, icfg, retry, progress)
     return finish_ingest(st, totals, added, status, timings, facts, write)

@@ -25,7 +25,7 @@ from streamq.kmeans.histogram import ColorTotals
 from streamq.store import ALPHA, IMAGES, PIXELS, PLAN, SCAN_SKIPPED, SKIPPED, Store
 from streamq.store.histogram import merge_task_colors, save_histogram
 
-__all__ = ["IngestSummary", "finish_ingest"]
+__all__ = ["IngestSummary", "finish_ingest", "ingest_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def finish_ingest(st: Store, totals: ColorTotals, added: set[int], status: str,
     with timer("consolidating", timings):
         write(lambda: _consolidate(st, timings, facts))
     write(lambda: st.set_section("ingest", {**st.section("ingest"), "timings": timings}))
-    summary = _summary(st, status, timings)
+    summary = ingest_summary(st, status, timings)
     log.info("%s", summary)
     return summary
 
@@ -114,7 +114,8 @@ def _consolidate(st: Store, timings: dict[str, float], facts: dict[str, Any]) ->
     st.set_section("ingest", state)
 
 
-def _summary(st: Store, status: str, timings: dict[str, float]) -> IngestSummary:
+def ingest_summary(st: Store, status: str, timings: dict[str, float]) -> IngestSummary:
+    """What :func:`finish_ingest` returns for the store ``st``, with ``status`` and ``timings``."""
     from streamq.store import Collection
 
     coll = Collection(st)

@@ -3,7 +3,7 @@
 A source is a folder (searched recursively for files with an image extension), a glob
 pattern, a text file listing one path per line, or one image file (:func:`list_sources`).
 The names come out sorted by relative path, so image ids are stable. The fingerprint
-(:func:`_source_fingerprint`: name, size and mtime of every file) tells a rerun on the same
+(:func:`source_fingerprint`: name, size and mtime of every file) tells a rerun on the same
 files, which resumes, from one on changed files, which is refused. Sources at URLs are
 listed by :mod:`streamq.ingest.urls`.
 """
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from streamq.errors import ConfigError
 from streamq.ingest.sources import GLOB_CHARS, image_extensions
 
-__all__ = ["list_sources"]
+__all__ = ["list_sources", "source_fingerprint"]
 
 
 def list_sources(src: str | os.PathLike[str]) -> tuple[str, list[str], list[tuple[str, str]]]:
@@ -78,7 +78,7 @@ def list_sources(src: str | os.PathLike[str]) -> tuple[str, list[str], list[tupl
     return root, rel, missing
 
 
-def _source_fingerprint(root: str, rel: Sequence[str]) -> str:
+def source_fingerprint(root: str, rel: Sequence[str]) -> str:
     """Hash of the name (its bytes: any name), size and mtime of every input."""
     h = hashlib.sha256(os.fsencode(root))
     for r in rel:

@@ -5,14 +5,14 @@ chunks are grouped into write *tasks* (:func:`plan_tasks`). A task owns its chun
 and decodes every image that overlaps them, so no chunk ever has two writers; a task
 boundary is put where no large image straddles it (an image that does straddle is decoded
 by both tasks, each writing its own part). The plan is saved in the store
-(:func:`_write_plan`): the image table, the inputs skipped at the scan, the ``pixels`` array
+(:func:`write_plan`): the image table, the inputs skipped at the scan, the ``pixels`` array
 and the task table. When some image may hold transparent pixels (and ``alpha`` is ``keep``),
 the plan also makes the ``alpha`` array, laid out like ``pixels`` and written by the same
 tasks.
 
 A plan is identified by the fingerprint of its inputs and of its settings
-(:func:`_settings`): a store holding the same plan is resumed, one holding another is
-refused without ``overwrite`` (:func:`_open_or_create`). File and array ingests share all of
+(:func:`plan_settings`): a store holding the same plan is resumed, one holding another is
+refused without ``overwrite`` (:func:`open_or_create`). File and array ingests share all of
 this.
 """
 
@@ -41,14 +41,17 @@ from streamq.store import (
     is_store,
 )
 
-__all__ = ["MAX_CHUNKS_PER_TASK", "ingest_config", "plan_tasks"]
+__all__ = ["MAX_CHUNKS_PER_TASK", "ingest_config", "open_or_create", "plan_settings", "plan_tasks",
+           "write_plan"]
 
 log = logging.getLogger(__name__)
 
 MAX_CHUNKS_PER_TASK = 8
 
 
-def _settings(cfg: IngestConfig) -> dict[str, Any]:
+def plan_settings(cfg: IngestConfig) -> dict[str, Any]:
+    """The ingest settings that shape a plan (their fingerprint identifies it with the
+    inputs'); keys at their default since before they existed are left out."""
     keep = ("chunk_pixels", "block_pixels", "codec", "level", "max_pixels", "background")
     out = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k in keep}
     if cfg.alpha != "keep":  # the default is left out: settings as before alpha was kept
@@ -72,7 +75,11 @@ def ingest_config(config: StreamQConfig | dict[str, Any] | None,
            "store": None if store is None or isinstance(store, Location) else os.fspath(store)})
 
 
-def _open_or_create(p: Location, root: str, source_fp: str, settings_fp: str, overwrite: bool) -> Store:
+def open_or_create(p: Location, root: str, source_fp: str, settings_fp: str,
+                   overwrite: bool) -> Store:
+    """The store at ``p`` to ingest into: the one there when it holds this plan (or no plan
+    yet), a new one when there is none or ``overwrite`` replaces it (another plan, an older
+    format), else a one-line error."""
     check_access(p)
     if p.exists() and is_store(p):
         # a store of an older format: replaced with --overwrite, else `streamq upgrade` first
@@ -125,10 +132,10 @@ def _label_of(root: str, rel: str) -> str:
     return os.path.basename(os.path.dirname(os.path.join(root, rel)))
 
 
-def _write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
-                missing: list[tuple[str, str]], icfg: IngestConfig,
+def write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
+               missing: list[tuple[str, str]], icfg: IngestConfig,
                 source_fp: str, settings_fp: str, settings: dict[str, Any],
-                labels: Sequence[str] | None = None, extra: dict[str, Any] | None = None) -> None:
+               labels: Sequence[str] | None = None, extra: dict[str, Any] | None = None) -> None:
     """Save the plan: the image table, the skipped inputs, the pixel array and the write tasks.
     ``labels`` (one per input) replace the folder names; ``extra`` adds keys to the section."""
     ok = [i for i, h in enumerate(headers) if not isinstance(h, str)]

@@ -43,8 +43,8 @@ def _band_header(source: SourceRoot, rel: str, reason: str) -> Header | str:
         return bands.band_header(src, reason)
 
 
-def _scan(run: Runner, source: SourceRoot, rel: list[str], icfg: IngestConfig,
-          retry: RetryConfig, progress: bool | None, sizes: dict[str, int]) -> list[Any]:
+def scan_headers(run: Runner, source: SourceRoot, rel: list[str], icfg: IngestConfig,
+                 retry: RetryConfig, progress: bool | None, sizes: dict[str, int]) -> list[Any]:
     """The header of every name of ``rel`` (or the reason it cannot be used), in order, read
     by tasks of ``ingest.files_per_scan_task`` files each."""
     n = icfg.files_per_scan_task
