@@ -1,6 +1,6 @@
 """Records vouch only for what is really there: an export beside a re-quantize records no file
 made from changing labels, and a chunk or file torn after its record (a power loss) is found and
-written again by the same command."""
+written again by a rerun of the same stage."""
 
 from __future__ import annotations
 
@@ -109,10 +109,9 @@ def test_export_beside_a_requantize_records_no_wrong_file(quantized, tmp_path, c
         assert export.poll() is None, "the export finished before it could be paused"
         os.killpg(export.pid, signal.SIGSTOP)
         assert len(_pngs(out)) < n // 2
-        if change == "refit and quantize":
-            subprocess.run(streamq_cmd("-q", "fit", store, "-k", "8", "--seed", "1",
-                                       "--max-steps", "10", "--batch-size", "2048",
-                                       "--overwrite", "--scheduler", "threads"), check=True)
+        if change == "refit and quantize":  # in this process: the export is paused meanwhile
+            streamq.fit(store, colors=8, seed=1, max_steps=10, batch_size=2048, overwrite=True,
+                        scheduler="threads")
             quantize = streamq_cmd("-q", "quantize", store, "--scheduler", "threads")
         else:
             quantize = streamq_cmd("-q", "quantize", store, "--overwrite", "--scheduler", "threads")
@@ -143,10 +142,9 @@ def test_export_beside_a_requantize_records_no_wrong_file(quantized, tmp_path, c
 
     recorded = recorded_files(out)
     assert all(_exported_ok(store, out, rel) for rel in recorded)
-    # once the quantize is done, the same command finishes the export correctly
-    again = ["--overwrite"] if change == "refit and quantize" else []  # the palette changed
-    subprocess.run(streamq_cmd("-q", "export", store, str(out), "--ids", ids, "--scheduler",
-                               "threads", *again), check=True)
+    # once the quantize is done, the same export finishes correctly
+    again = change == "refit and quantize"  # the palette changed: --overwrite
+    streamq.export(store, out, ids=ids, overwrite=again, scheduler="threads", progress=False)
     fresh = tmp_path / "fresh"
     streamq.export(store, fresh, ids=ids, scheduler="threads", progress=False)
     assert output_files(out) == output_files(fresh)
@@ -179,7 +177,7 @@ def test_torn_pixel_chunk_is_found_and_rewritten(small_dir, tmp_path):
     task = done[1]
     chunk = int(zarr.open_array(str(store / "ingest/tasks/chunk_start"), mode="r")[task])
     _tear(store / "pixels" / "c" / str(chunk) / "0")
-    subprocess.run(cmd, check=True)
+    streamq.ingest(small_dir, store, chunk_pixels=8192, scheduler="threads", progress=False)
     assert_same_store(ref, store)
     assert_histogram(store)
 
@@ -194,7 +192,7 @@ def test_torn_label_chunk_is_found_and_rewritten(fitted, quantized, tmp_path):
     done = _records(records)
     assert 3 <= len(done) < n_chunks
     _tear(store / "quantize" / "labels" / "c" / str(done[1]))
-    subprocess.run(cmd, check=True)
+    streamq.quantize(str(store), scheduler="threads", progress=False)
     a, b = zarr.open_group(quantized, mode="r"), zarr.open_group(str(store), mode="r")
     for name in ("quantize/labels", "quantize/images/sse"):
         np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
@@ -203,16 +201,14 @@ def test_torn_label_chunk_is_found_and_rewritten(fitted, quantized, tmp_path):
 
 def test_torn_exported_file_is_found_and_rewritten(quantized, tmp_path):
     out = tmp_path / "out"
-    cmd = streamq_cmd("-q", "export", quantized, str(out), "--scheduler", "threads")
-    subprocess.run(cmd, check=True)
+    streamq.export(quantized, out, scheduler="threads", progress=False)
     want = output_files(out)
     files = _pngs(out)
     _tear(out / files[3])
     (out / files[7]).write_bytes(b"")  # renamed, none of its data on disk
-    done = subprocess.run(cmd + ["--json"], check=True, capture_output=True, text=True)
+    summary = streamq.export(quantized, out, scheduler="threads", progress=False)
     assert output_files(out) == want
-    summary = json.loads(done.stdout)
-    assert (summary["n_written"], summary["n_existing"]) == (2, len(files) - 2)
+    assert (summary.n_written, summary.n_existing) == (2, len(files) - 2)
 
 
 def test_torn_zarr_export_chunk_is_found_and_rewritten(quantized, tmp_path):
@@ -231,7 +227,8 @@ def test_torn_zarr_export_chunk_is_found_and_rewritten(quantized, tmp_path):
     shard = zarr.open_array(str(out / "labels"), mode="r").shards
     c = done[1] * 2048 // (shard[0] if shard else 2048)
     _tear(out / "labels" / "c" / str(c))
-    subprocess.run(cmd, check=True)
+    streamq.export(quantized, out, zarr=True, config=streamq.load_config(cfg),
+                   scheduler="threads", progress=False)
     a, b = zarr.open_group(str(ref), mode="r"), zarr.open_group(str(out), mode="r")
     np.testing.assert_array_equal(a["labels"][:], b["labels"][:])
     assert b.attrs["streamq_export"]["state"] == "complete"

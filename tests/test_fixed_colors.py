@@ -105,11 +105,12 @@ def photo_points():
 
 
 # -- the k-means core ----------------------------------------------------------------------------
-@pytest.mark.parametrize("form", ["bounded", "cells"])
-def test_lloyd_holds_fixed_centers_and_matches_the_reference(photo_points, form):
-    """Fixed centres at any positions (one far from every colour: always empty, never
-    refilled when a free cluster is) stay bit for bit; the free ones end where the NumPy
-    reference ends."""
+@pytest.fixture(scope="module")
+def held_start(photo_points):
+    """A start with fixed centres at any positions (one far from every colour: always empty,
+    never refilled when a free cluster is) and a free duplicate, and where the NumPy
+    reference Lloyd ends from it: ``(start, fixed, reference centres, reference inertia)``
+    (the one reference of both forms of Lloyd)."""
     x, w = photo_points
     k = 10
     start = initial_centers(x, w, k, "k-means++", np.random.default_rng(3))
@@ -119,11 +120,21 @@ def test_lloyd_holds_fixed_centers_and_matches_the_reference(photo_points, form)
     start[4] = [0.0, 0.0, 0.0]
     start[8] = [3.0, -2.0, 3.0]  # far from every colour: an empty cluster that must stay
     start[9] = start[2]  # a free duplicate: empty, so the empty-cluster rule runs
+    return (start, fixed, *reference_lloyd(x, w, start, fixed))
+
+
+@pytest.mark.parametrize("form", ["bounded", "cells"])
+def test_lloyd_holds_fixed_centers_and_matches_the_reference(photo_points, held_start, form):
+    """Fixed centres at any positions (one far from every colour: always empty, never
+    refilled when a free cluster is) stay bit for bit; the free ones end where the NumPy
+    reference ends."""
+    x, w = photo_points
+    start, fixed, ref, ref_inertia = held_start
+    start = start.copy()  # each form from its own copy
     run = lloyd if form == "bounded" else lloyd_cells
     res = run(x, w, start, tol=0, max_iter=500, fixed=fixed)
     assert np.array_equal(res.centers[fixed], start[fixed])
     assert res.stop == "labels"
-    ref, ref_inertia = reference_lloyd(x, w, start, fixed)
     np.testing.assert_allclose(res.centers, ref, atol=1e-9)
     assert res.inertia <= ref_inertia * (1 + 1e-12)
     assert not (res.labels == 8).any()

@@ -20,9 +20,27 @@ from streamq.per_image import fit_image, fit_per_image, load_per_image, sample_i
 
 
 @pytest.fixture(scope="module")
-def fitted(faces_dir, tmp_path_factory, cluster_address):
+def few_faces(tmp_path_factory):
+    """A third of the session's faces collection (same kind of crops): what is checked here
+    is per image, and the per-image fits cost per image."""
+    from streamq.examples import make_collection
+
+    root = tmp_path_factory.mktemp("few_faces")
+    make_collection(root, 16, seed=1, min_side=30, max_side=160)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ingested(few_faces, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("pi_src") / "faces.zarr")
+    streamq.ingest(few_faces, path, chunk_pixels=30_000, scheduler="threads", progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(ingested, tmp_path_factory, cluster_address):
     path = str(tmp_path_factory.mktemp("pi") / "pi.zarr")
-    streamq.ingest(faces_dir, path, chunk_pixels=30_000, scheduler="threads", progress=False)
+    shutil.copytree(ingested, path)
     fit_per_image(path, colors=[2, 6, 30], sample=0.7, seed=4, pixels_per_task=100_000,
                   scheduler=cluster_address)
     streamq.quantize(path, scheduler=cluster_address)
@@ -44,13 +62,13 @@ def _reference(path_on_disk, image_id, k, seed=4, sample=0.7):
 
 
 @pytest.mark.parametrize("k", [2, 6, 30])
-def test_same_result_as_a_plain_sklearn_loop(fitted, faces_dir, k):
+def test_same_result_as_a_plain_sklearn_loop(fitted, few_faces, k):
     coll = streamq.open_store(fitted)
     centers, palettes = load_per_image(fitted, k)
     labels = zarr.open_array(f"{fitted}/per_image/k{k}/labels", mode="r")
     psnr = zarr.open_group(fitted, mode="r")[f"per_image/k{k}/images/psnr"][:]
     for i in (0, 11, len(coll) - 1):
-        km, rgb, x = _reference(faces_dir / coll.paths[i], i, k)
+        km, rgb, x = _reference(few_faces / coll.paths[i], i, k)
         np.testing.assert_array_equal(centers[i], km.cluster_centers_.astype(np.float64))
         a, n = int(coll.offsets[i]), len(rgb)
         ours = np.asarray(labels[a:a + n]).astype(np.int64)
@@ -115,16 +133,16 @@ def test_cli_per_image_and_list_needs_flag(fitted, tmp_path):
     r = CliRunner().invoke(cli, ["fit", copy, "--per-image", "-k", "3,4", "--sample", "0.5",
                                  "--method", "histogram", "--scheduler", "threads", "--overwrite"])
     assert r.exit_code == 0, r.output
-    assert r.output.startswith("fitted: per-image palettes K=3,4 for 48 images")
+    assert r.output.startswith("fitted: per-image palettes K=3,4 for 16 images")
     assert "method histogram" in CliRunner().invoke(cli, ["info", copy]).output
 
 
 # --- the histogram method -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def fitted_hist(faces_dir, tmp_path_factory, cluster_address):
+def fitted_hist(ingested, tmp_path_factory, cluster_address):
     path = str(tmp_path_factory.mktemp("pih") / "pih.zarr")
-    streamq.ingest(faces_dir, path, chunk_pixels=30_000, scheduler="threads", progress=False)
+    shutil.copytree(ingested, path)
     fit_per_image(path, colors=[2, 6, 30], sample=0.7, seed=4, method="histogram",
                   pixels_per_task=100_000, scheduler=cluster_address)
     streamq.quantize(path, scheduler=cluster_address)
@@ -132,13 +150,13 @@ def fitted_hist(faces_dir, tmp_path_factory, cluster_address):
 
 
 @pytest.mark.parametrize("k", [2, 6, 30])
-def test_histogram_method_same_as_in_memory_and_exact_labels(fitted_hist, faces_dir, k):
+def test_histogram_method_same_as_in_memory_and_exact_labels(fitted_hist, few_faces, k):
     coll = streamq.open_store(fitted_hist)
     centers, palettes = load_per_image(fitted_hist, k)
     labels = zarr.open_array(f"{fitted_hist}/per_image/k{k}/labels", mode="r")
     psnr = zarr.open_group(fitted_hist, mode="r")[f"per_image/k{k}/images/psnr"][:]
     for i in (0, 11, len(coll) - 1):
-        rgb = pillow_rgb(faces_dir / coll.paths[i]).reshape(-1, 3)  # decoded again, in memory
+        rgb = pillow_rgb(few_faces / coll.paths[i]).reshape(-1, 3)  # decoded again, in memory
         ref = fit_image(rgb, k, 0.7, 4, i, method="histogram")
         np.testing.assert_array_equal(centers[i], ref)  # bit for bit, whatever ran it
         x = to_space(rgb, "rgb").astype(np.float64)
