@@ -1,26 +1,39 @@
 """No credential given as a storage option (or in a URL) is written anywhere or printed.
 
-Every command runs as a real process with a known secret in its storage options (local
-stores accept and ignore them, so the whole pipeline runs on disk; URLs with bad values
-fail before any network use), then every file written under the test's folder (stores,
-outputs, report, lock files, Dask's scratch space: TMPDIR points there) and everything
-printed is searched for the secret.
+Every command runs with a known secret in its storage options (local stores accept and
+ignore them, so the whole pipeline runs on disk; URLs with bad values fail before any network
+use), then every file written under the test's folder (stores, outputs, report, lock files,
+Dask's scratch space: TMPDIR points there) and everything printed is searched for the secret.
+
+A job killed while it holds its lock, and ``run`` on a local Dask cluster (worker processes),
+are real processes; the other commands run in this process through click as a fresh
+``streamq`` process would (:func:`_invoke`: its command line, working folder, TMPDIR, log
+handler on its own stderr, no credential remembered from an earlier command, every warning
+kept as printed), which saves starting Python, Dask and zarr again for each of them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 from helpers import streamq_cmd
+from PIL import Image
 
+from streamq.cli.main import cli
 from streamq.examples import make_collection
 
 SECRET = f"S3cr3t{uuid.uuid4().hex}"
@@ -59,12 +72,18 @@ class LockWatcher(threading.Thread):
 
 
 @pytest.fixture
-def sandbox(tmp_path):
+def sandbox(tmp_path, monkeypatch):
     work = tmp_path / "work"
     (work / "tmp").mkdir(parents=True)
     make_collection(work / "src", 8, seed=2, min_side=24, max_side=64)
     env = {**os.environ, "TMPDIR": str(work / "tmp"), "STREAMQ_SCHEDULER": ""}
     env.pop("STREAMQ_SCHEDULER")
+    # what the commands run in this process see: the same folder, TMPDIR and environment
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("TMPDIR", str(work / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(work / "tmp"))
+    monkeypatch.delenv("STREAMQ_SCHEDULER", raising=False)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # ingest sets it
     watcher = LockWatcher(work)
     watcher.start()
     yield work, env, watcher
@@ -72,12 +91,45 @@ def sandbox(tmp_path):
     watcher.join()
 
 
-def _run(work: Path, env: dict, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run(streamq_cmd(*args), cwd=work, env=env, capture_output=True, text=True,
-                         timeout=300)
-    if ok:
-        assert res.returncode == 0, (args, res.stderr)
-    return res
+@dataclass
+class Printed:
+    """What an in-process command printed, and how it ended."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    warned: list[str]  # the text of every warning raised, as Python would print it
+
+
+def _invoke(monkeypatch: pytest.MonkeyPatch, *args: str) -> Printed:
+    """``streamq ARGS`` run in this process as a fresh ``streamq`` process would run it: its
+    command line in ``sys.argv`` (what the lock file records), no credential remembered from
+    an earlier command (each process starts with none), the ``streamq`` log handler on this
+    command's stderr, and every warning kept (a process prints them on stderr)."""
+    from streamq import console, redact
+
+    monkeypatch.setattr(sys, "argv", ["streamq", *args])
+    monkeypatch.setattr(redact, "_seen", set())
+    logger, client_log = logging.getLogger("streamq"), logging.getLogger("distributed.client")
+    old, level, filters = console._handler, logger.level, list(client_log.filters)
+    if old is not None:
+        logger.removeHandler(old)
+    console._handler = None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = CliRunner().invoke(cli, list(args), prog_name="streamq")
+    finally:
+        if console._handler is not None:
+            logger.removeHandler(console._handler)
+        console._handler = old
+        if old is not None:
+            logger.addHandler(old)
+        logger.setLevel(level)
+        client_log.filters[:] = filters
+    return Printed(res.exit_code, res.stdout, res.stderr,
+                   [warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+                    for w in caught])
 
 
 def _no_secret_in_files(root: Path, skip: set[Path]) -> int:
@@ -92,68 +144,72 @@ def _no_secret_in_files(root: Path, skip: set[Path]) -> int:
     return n
 
 
-def test_no_command_writes_or_prints_a_storage_option_secret(sandbox):
+def test_no_command_writes_or_prints_a_storage_option_secret(sandbox, monkeypatch):
     work, env, watcher = sandbox
     printed: list[str] = []
 
-    def run(*args: str) -> subprocess.CompletedProcess:
-        res = _run(work, env, "-v", *args)
-        printed.extend([res.stdout, res.stderr])
+    def run(*args: str) -> Printed:
+        res = _invoke(monkeypatch, "-v", *args)
+        printed.extend([res.stdout, res.stderr, *res.warned])
+        assert res.exit_code == 0, (args, res.stderr)
         return res
 
-    # Killed once it holds the lock (the lock file stays behind), then run again: the take-over
-    # names the killed job by its command line.
-    lock = work / "s.zarr.lock"
-    ingest = ["ingest", "src", "s.zarr", "--chunk-pixels", "4096", "--scheduler", "threads"]
-    job = subprocess.Popen(streamq_cmd(*ingest, *FLAGS), cwd=work, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not lock.exists():
-        assert job.poll() is None, job.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.002)
-    job.kill()
-    printed.extend(job.communicate())
-    record = json.loads(lock.read_bytes())
-    assert record["command"] == (
-        "streamq ingest src s.zarr --chunk-pixels 4096 --scheduler threads --storage-option "
-        "'secret=***' --storage-option 'key=***' --storage-option "
-        "'endpoint_url=http://***@127.0.0.1:9' --storage-option "
-        "'client_kwargs.aws_session_token=***' --storage-option "
-        "client_kwargs.region_name=eu-west-1")
-    assert os.stat(lock).st_mode & 0o777 == 0o600
-    res = run(*ingest, *FLAGS)
-    assert "Removed the stale lock" in res.stderr  # it names the killed job's command ...
-    assert "'secret=***'" in res.stderr  # ... without its secret
-
-    # Every other command on the local store, the secret in its storage options.
-    run("fit", "s.zarr", "-k", "4", "--max-steps", "8", "--batch-size", "256", "--scheduler",
-        "threads", *FLAGS)
-    run("fit", "s.zarr", "--per-image", "--colors", "2,3", "--scheduler", "threads", *FLAGS)
-    run("quantize", "s.zarr", "--scheduler", "threads", *FLAGS)
-    run("cluster-images", "s.zarr", "--groups", "2", "--scheduler", "threads", *FLAGS)
-    readers = [["export", "s.zarr", "out", "--scheduler", "threads"],
-               ["export", "s.zarr", "out.zarr", "--zarr", "--per-image", "2,3", "--scheduler",
-                "threads"],
-               ["report", "s.zarr", "report.html"]]  # plain HTML: no browser involved
-    procs = [subprocess.Popen(streamq_cmd("-v", *args, *FLAGS), cwd=work, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for args in readers]
-    for args, proc in zip(readers, procs, strict=True):
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, (args, err)
-        printed.extend([out, err])
-    assert (work / "report.html").stat().st_size > 10_000
-    assert len(list((work / "out").rglob("*.png"))) == 8
-
-    # `run` from a YAML file with storage options, on a local Dask cluster (worker processes).
+    # `run` from a YAML file with storage options, on a local Dask cluster (worker processes),
+    # as a real process on a store of its own: it runs beside the commands below.
     cfg = work / "run.yaml"
     cfg.write_text(yaml.safe_dump({
         "store": "r.zarr", "storage_options": _options(SECRET), "ingest": {"source": "src"},
         "dask": {"n_workers": 1}, "fit": {"colors": 3, "max_steps": 8, "batch_size": 256},
         "cluster_images": {"enabled": True, "groups": 2},
         "export": {"out": "r-out"}, "report": {"out": "r-report.html"}}))
-    run("run", str(cfg))
+    pipeline = subprocess.Popen(streamq_cmd("-v", "run", str(cfg)), cwd=work, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Killed once it holds the lock (the lock file stays behind), then run again: the
+        # take-over names the killed job by its command line.
+        lock = work / "s.zarr.lock"
+        ingest = ["ingest", "src", "s.zarr", "--chunk-pixels", "4096", "--scheduler", "threads"]
+        job = subprocess.Popen(streamq_cmd(*ingest, *FLAGS), cwd=work, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not lock.exists():
+            assert job.poll() is None, job.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        job.kill()
+        printed.extend(job.communicate())
+        record = json.loads(lock.read_bytes())
+        assert record["command"] == (
+            "streamq ingest src s.zarr --chunk-pixels 4096 --scheduler threads --storage-option "
+            "'secret=***' --storage-option 'key=***' --storage-option "
+            "'endpoint_url=http://***@127.0.0.1:9' --storage-option "
+            "'client_kwargs.aws_session_token=***' --storage-option "
+            "client_kwargs.region_name=eu-west-1")
+        assert os.stat(lock).st_mode & 0o777 == 0o600
+        res = run(*ingest, *FLAGS)
+        assert "Removed the stale lock" in res.stderr  # it names the killed job's command ...
+        assert "'secret=***'" in res.stderr  # ... without its secret
+
+        # Every other command on the local store, the secret in its storage options.
+        run("fit", "s.zarr", "-k", "4", "--max-steps", "8", "--batch-size", "256",
+            "--scheduler", "threads", *FLAGS)
+        run("fit", "s.zarr", "--per-image", "--colors", "2,3", "--scheduler", "threads", *FLAGS)
+        run("quantize", "s.zarr", "--scheduler", "threads", *FLAGS)
+        run("cluster-images", "s.zarr", "--groups", "2", "--scheduler", "threads", *FLAGS)
+        run("export", "s.zarr", "out", "--scheduler", "threads", *FLAGS)
+        run("export", "s.zarr", "out.zarr", "--zarr", "--per-image", "2,3", "--scheduler",
+            "threads", *FLAGS)
+        run("report", "s.zarr", "report.html", *FLAGS)  # plain HTML: no browser involved
+        assert (work / "report.html").stat().st_size > 10_000
+        assert len(list((work / "out").rglob("*.png"))) == 8
+
+        out, err = pipeline.communicate(timeout=300)
+    finally:
+        if pipeline.poll() is None:
+            pipeline.kill()
+            pipeline.communicate()
+    assert pipeline.returncode == 0, err
+    printed.extend([out, err])
     assert (work / "r-report.html").is_file()
     assert len(list((work / "r-out").rglob("*.png"))) == 8
 
@@ -165,9 +221,10 @@ def test_no_command_writes_or_prints_a_storage_option_secret(sandbox):
     assert any((work / "tmp").rglob("*"))  # Dask's scratch space was there to search
 
 
-def test_bad_storage_options_are_refused_without_showing_them(tmp_path):
+def test_bad_storage_options_are_refused_without_showing_them(tmp_path, monkeypatch):
     """Each refusal is one line (click's usage error for a malformed flag) without the value;
-    each case has its own secret, so none is hidden by one noted before."""
+    each case has its own secret, so none is hidden by one noted before (and each runs as a
+    fresh process would: :func:`_invoke`)."""
     secrets = {}
 
     def secret(name: str) -> str:
@@ -196,10 +253,7 @@ def test_bad_storage_options_are_refused_without_showing_them(tmp_path):
                         .replace("secret=", f"secret={secret(name)}"))
         assert secret(name) in path.read_text()
         cases[name] = ["info", str(store), "--config", str(path)]
-    env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true"}
-    procs = {name: subprocess.Popen(streamq_cmd(*args), env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-             for name, args in cases.items()}
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     expected = {"no KEY=": "a value without '='", "credentials in the URL": "s3://***@bucket",
                 "credentials in endpoint_url": "storage option 'client_kwargs.endpoint_url' "
                                                "(http://***@127.0.0.1:1) has credentials",
@@ -208,14 +262,15 @@ def test_bad_storage_options_are_refused_without_showing_them(tmp_path):
                                         "by s3fs (AttributeError: ",
                 "not JSON": "{'secret': '***', 'since': '***'}",
                 "not a mapping": "of type str (not shown"}
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=120)
-        assert secret(name) not in out + err, (name, err)
+    for name, args in cases.items():
+        res = _invoke(monkeypatch, *args)
+        err = res.stderr
+        assert secret(name) not in "".join([res.stdout, err, *res.warned]), (name, err)
         assert expected[name] in err, (name, err)
         if name == "no KEY=":
-            assert proc.returncode == 2  # click's usage error
+            assert res.exit_code == 2  # click's usage error
         else:
-            assert proc.returncode == 1
+            assert res.exit_code == 1
             assert err.count("\n") == 1, (name, err)
             assert err.startswith("error: "), (name, err)
 
