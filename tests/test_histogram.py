@@ -159,7 +159,7 @@ def test_ingest_histogram_leaves_out_failed_images(odd_store):
 @pytest.fixture(scope="module")
 def resume_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("hist_resume_src")
-    make_collection(root, 60, seed=4, size=200)
+    make_collection(root, 24, seed=4, size=200)
     return root
 
 

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 import zarr
+from click.testing import CliRunner
 from helpers import (
     assert_histogram,
     assert_same_store,
@@ -18,6 +19,8 @@ from helpers import (
     streamq_cmd,
 )
 
+import streamq
+from streamq.cli.main import cli
 from streamq.examples import make_collection
 
 pytestmark = pytest.mark.slow
@@ -26,7 +29,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def big_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume_src")
-    make_collection(root, 80, seed=3, size=160)
+    make_collection(root, 48, seed=3, size=160)
     return root
 
 
@@ -37,24 +40,26 @@ def _ingest_cmd(src, store, sched):
 
 @pytest.fixture(scope="module")
 def ref_store(big_dir, tmp_path_factory):
-    """An uninterrupted ingest on the threaded scheduler, the reference of the kill tests."""
+    """An uninterrupted ingest on the threaded scheduler (through the library API, with the
+    command's settings), the reference of the kill tests."""
     path = tmp_path_factory.mktemp("ingest_ref") / "ref.zarr"
-    subprocess.run(_ingest_cmd(big_dir, path, "threads"), check=True)
+    streamq.ingest(big_dir, path, chunk_pixels=16384, scheduler="threads", progress=False)
     return path
 
 
 @pytest.mark.parametrize("sched", ["threads", "local"])
 def test_kill_during_ingest_then_rerun(big_dir, ref_store, tmp_path, sched):
-    """kill -9 after a number of write tasks chosen by a seeded RNG (three times, or twice on
-    a local cluster, resuming in between), then the same command: the same store and colour
-    counts (as the threaded scheduler's uninterrupted ingest: the store does not depend on it)."""
+    """kill -9 after a number of write tasks chosen by a seeded RNG (twice, resuming in
+    between, on the threaded scheduler; once on a local cluster), each in the first two thirds
+    of the tasks (the rest of the stage outlasts a slow poll), then the same command: the same store and colour counts (as the threaded
+    scheduler's uninterrupted ingest: the store does not depend on it)."""
     sched_arg = sched
     ref = ref_store
     n_tasks = zarr.open_group(str(ref), mode="r")["ingest/tasks/report"].shape[0]
     assert n_tasks >= 8
     rng = random.Random(11 if sched == "threads" else 12)
     store = tmp_path / "killed.zarr"
-    for n in sorted(rng.sample(range(1, n_tasks - 1), 3 if sched == "threads" else 2)):
+    for n in sorted(rng.sample(range(1, n_tasks * 2 // 3), 2 if sched == "threads" else 1)):
         kill = kill_when(_ingest_cmd(big_dir, store, sched_arg), reached(store, "ingest", n),
                          progress=functools.partial(stage_progress, store))
         assert kill.seen[0] == "ingest", kill.seen  # killed inside the stage
@@ -66,8 +71,9 @@ def test_kill_during_ingest_then_rerun(big_dir, ref_store, tmp_path, sched):
 
 @pytest.mark.parametrize("algorithm", ["minibatch", "lloyd", "minibatch+fixed"])
 def test_kill_during_fit_then_rerun_is_bit_identical(ref_store, tmp_path, algorithm):
-    """kill -9 inside each phase (mini-batch steps, exact Lloyd iterations), at points chosen
-    from observed progress, then the same command: the same palette bit for bit (with fixed
+    """kill -9 inside each phase (mini-batch steps, exact Lloyd iterations; twice in Lloyd,
+    early and late, when it is the only phase), at points chosen from observed progress (none
+    in the last quarter of a phase: the rest of it outlasts a slow poll), then the same command: the same palette bit for bit (with fixed
     colours too: the mini-batch model's are put back after every step)."""
     import shutil
 
@@ -81,21 +87,25 @@ def test_kill_during_fit_then_rerun_is_bit_identical(ref_store, tmp_path, algori
     (tmp_path / "fixed.hex").write_text("ffffff\n000000\ne30613\n005ca9\n")
     cfg.write_text(
         "dask:\n  scheduler: threads\n"
-        f"fit:\n  colors: 24\n  algorithm: {algorithm}\n  tol: 0\n  max_steps: 60\n"
+        f"fit:\n  colors: 24\n  algorithm: {algorithm}\n  tol: 0\n  max_steps: 30\n"
         "  batch_size: 16384\n  checkpoint_steps: 3\n  max_iter: 400\n  n_init: 2\n"
         + ("  fixed_colors: fixed.hex\n" if fixed else ""))
     ref, killed = tmp_path / "ref.zarr", tmp_path / "killed.zarr"
     shutil.copytree(ref_store, ref)
     shutil.copytree(ref_store, killed)
-    subprocess.run(streamq_cmd("-q", "fit", str(ref), "--config", str(cfg)), check=True)
+    ran = CliRunner().invoke(cli, ["-q", "fit", str(ref), "--config", str(cfg)])  # in-process
+    assert ran.exit_code == 0, ran.output
     a = load_fit(str(ref))
     n_iter = min(r["iterations"] for r in Store.open(str(ref)).section("fit")["starts"]
                  if "iterations" in r)  # the starts that were finished on every colour
     rng = random.Random(21 if algorithm == "minibatch" else 22)
-    points = [("fit:lloyd", rng.randint(3, max(3, n_iter // 3))),
-              ("fit:lloyd", rng.randint(n_iter // 2, max(n_iter // 2, n_iter - 3)))]
+    assert n_iter >= 12
     if algorithm == "minibatch":
-        points.insert(0, ("fit:minibatch", rng.randint(6, 40)))
+        points = [("fit:minibatch", rng.randint(6, 15)),  # of 30 steps
+                  ("fit:lloyd", rng.randint(3, n_iter * 3 // 4))]
+    else:
+        points = [("fit:lloyd", rng.randint(3, n_iter // 3)),
+                  ("fit:lloyd", rng.randint(n_iter // 2, n_iter * 3 // 4))]
     for phase, step in points:
         kill = kill_when(streamq_cmd("-q", "fit", str(killed), "--config", str(cfg)),
                          reached(killed, phase, step),
