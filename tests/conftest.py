@@ -127,6 +127,15 @@ def faces_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def lock_src(tmp_path_factory) -> Path:
+    """24 small crops for the tests of a store's write lock (test_s3.LOCK_SOURCE): session-
+    scoped, so those tests are not tied to one ``pytest -n`` worker as a module's would be."""
+    root = tmp_path_factory.mktemp("locksrc")
+    make_collection(root, 24, seed=5, min_side=40, max_side=90)
+    return root
+
+
 def _odd_images(root: Path) -> dict[str, str]:
     """Write one file per odd mode and per kind of bad input; return {relpath: kind}."""
     from sklearn.datasets import load_sample_image

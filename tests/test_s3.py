@@ -38,6 +38,9 @@ from streamq.export import safe_output_path
 from streamq.fs import location
 
 FIT = dict(colors=8, max_steps=40, tol=1e-9, batch_size=4096, init_size=20_000, checkpoint_steps=3)
+#: Images of the collection the pipeline runs on, on local disk and on S3 (every request to the
+#: S3 server costs time: the point is the comparison, not the size).
+N_PAIR = 16
 
 
 def _client(opts):
@@ -74,10 +77,15 @@ def _assert_same_images(local: dict[str, bytes], remote: dict[str, bytes], n: in
 
 
 @pytest.fixture(scope="module")
-def pair(s3, faces_dir, tmp_path_factory, cluster_address):
-    """The faces pipeline (ingest -> fit -> quantize -> export) on local disk and on S3, on the
-    session's Dask cluster (its worker processes open the S3 store themselves)."""
+def pair(s3, tmp_path_factory, cluster_address):
+    """A faces pipeline (ingest -> fit -> quantize -> export) of ``N_PAIR`` mixed-size crops
+    on local disk and on S3, on the session's Dask cluster (its worker processes open the S3
+    store themselves)."""
+    from streamq.examples import make_collection
+
     root = tmp_path_factory.mktemp("s3pair")
+    faces_dir = root / "faces"
+    make_collection(faces_dir, N_PAIR, seed=1, min_side=30, max_side=160)
     local, remote = str(root / "faces.zarr"), f"s3://{BUCKET}/faces.zarr"
     out_local, out_remote = root / "faces-out", f"s3://{BUCKET}/faces-out"
     results = {}
@@ -100,7 +108,7 @@ def test_pipeline_on_s3_matches_local(pair):
     assert fit_l.steps == fit_s.steps > FIT["max_steps"]  # mini-batch steps + exact iterations
     assert np.array_equal(fit_l.history["step"], fit_s.history["step"])
     assert q_l.mse == q_s.mse
-    assert e_s.n_written == e_l.n_written == 48
+    assert e_s.n_written == e_l.n_written == N_PAIR
     # Read the S3 store with zarr's own URL handling, not streamq's.
     gl = zarr.open_group(pair["local"], mode="r")
     gs = zarr.open_group(pair["s3"], mode="r", storage_options=opts)
@@ -109,7 +117,7 @@ def test_pipeline_on_s3_matches_local(pair):
         np.testing.assert_array_equal(gl[name][:], gs[name][:], err_msg=name)
     assert gs.attrs["quantize"]["state"] == "complete"
     # Every exported image: the same pixels and palette, read back with boto3.
-    _assert_same_images(_local_files(pair["out_local"]), _objects(opts, "faces-out"), 48)
+    _assert_same_images(_local_files(pair["out_local"]), _objects(opts, "faces-out"), N_PAIR)
     # No credential was written anywhere in the store or the export.
     for prefix in ("faces.zarr", "faces-out"):
         assert not [k for k, v in _objects(opts, prefix).items() if SECRET.encode() in v]
@@ -130,7 +138,7 @@ def test_info_on_s3(pair):
             "--storage-option", "client_kwargs.region_name=us-east-1"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert "images       48" in result.output
+    assert f"images       {N_PAIR}" in result.output
     assert "palette      K=8" in result.output
 
 
@@ -163,7 +171,7 @@ def test_export_to_s3_rerun_skips_and_overwrite_keeps_other_objects(pair, cluste
     opts = pair["options"]
     again = streamq.export(pair["s3"], pair["out_s3"], scheduler=cluster_address, progress=False,
                            storage_options=opts)
-    assert (again.n_written, again.n_existing) == (0, 48)
+    assert (again.n_written, again.n_existing) == (0, N_PAIR)
     client = _client(opts)
     client.put_object(Bucket=BUCKET, Key="faces-out/notes.txt", Body=b"mine")
     first = sorted(k for k in _objects(opts, "faces-out") if k.endswith(".png"))[0]
@@ -174,7 +182,7 @@ def test_export_to_s3_rerun_skips_and_overwrite_keeps_other_objects(pair, cluste
     after = _objects(opts, "faces-out")
     assert after["notes.txt"] == b"mine"  # not an export file: left alone
     _assert_same_images(_local_files(pair["out_local"]),
-                        {k: v for k, v in after.items() if k != "notes.txt"}, 48)
+                        {k: v for k, v in after.items() if k != "notes.txt"}, N_PAIR)
 
 
 def test_glob_characters_in_names_and_urls(s3, tmp_path):
@@ -220,11 +228,11 @@ def test_glob_characters_in_names_and_urls(s3, tmp_path):
 def test_zarr_export_on_s3_matches_local(pair, cluster_address, tmp_path):
     opts = pair["options"]
     out_s3, out_local = f"s3://{BUCKET}/faces-labels.zarr", tmp_path / "faces-labels.zarr"
-    s = streamq.export(pair["s3"], out_s3, zarr=True, ids="0-39", scheduler=cluster_address,
+    s = streamq.export(pair["s3"], out_s3, zarr=True, ids="0-11", scheduler=cluster_address,
                        progress=False, storage_options=opts)
-    streamq.export(pair["local"], out_local, zarr=True, ids="0-39", scheduler="threads",
+    streamq.export(pair["local"], out_local, zarr=True, ids="0-11", scheduler="threads",
                    progress=False)
-    assert (s.status, s.n_images) == ("exported", 40)
+    assert (s.status, s.n_images) == ("exported", 12)
     gl = zarr.open_group(str(out_local), mode="r")
     gs = zarr.open_group(out_s3, mode="r", storage_options=opts)  # zarr's own URL handling
     names = sorted(n for n, a in gl.members(max_depth=None) if isinstance(a, zarr.Array))
@@ -234,7 +242,7 @@ def test_zarr_export_on_s3_matches_local(pair, cluster_address, tmp_path):
         np.testing.assert_array_equal(gl[name][:], gs[name][:], err_msg=name)
     assert gs.attrs["streamq_export"]["state"] == "complete"
     before = _objects(opts, "faces-labels.zarr")
-    again = streamq.export(pair["s3"], out_s3, zarr=True, ids="0-39", scheduler="threads",
+    again = streamq.export(pair["s3"], out_s3, zarr=True, ids="0-11", scheduler="threads",
                            progress=False, storage_options=opts)
     assert again.status == "already complete"
     assert _objects(opts, "faces-labels.zarr") == before
@@ -322,7 +330,7 @@ def test_image_groups_and_report_on_s3(pair, cluster_address, tmp_path):
 def _run_config(path, src, store, out, opts):
     lines = [f"store: {store}", "dask:\n  scheduler: threads",
              f"ingest:\n  source: {src}\n  chunk_pixels: 32768",
-             "fit:\n" + "".join(f"  {k}: {v}\n" for k, v in {**FIT, "colors": 6, "max_steps": 60,
+             "fit:\n" + "".join(f"  {k}: {v}\n" for k, v in {**FIT, "colors": 6, "max_steps": 48,
                                                            "tol": "1.0e-9"}.items()),
              f"export:\n  out: {out}"]
     if opts is not None:
@@ -332,20 +340,25 @@ def _run_config(path, src, store, out, opts):
 
 
 @pytest.mark.slow
-def test_run_on_s3_killed_and_rerun(s3, faces_dir, tmp_path):
+def test_run_on_s3_killed_and_rerun(s3, tmp_path):
     """kill -9 inside the fit's mini-batch steps, then inside the export (points chosen by a
     seeded RNG, observed in the bucket), then the same command: the same store and images as
-    the pipeline on local disk."""
-    ref = _run_config(tmp_path / "ref.yaml", faces_dir, "ref.zarr", "ref-out", None)
-    subprocess.run(streamq_cmd("-q", "run", str(ref)), check=True)
+    the pipeline on local disk (an uninterrupted run, in this process)."""
+    from streamq.examples import make_collection
+
+    src, n_images = tmp_path / "faces", 24
+    make_collection(src, n_images, seed=1, min_side=30, max_side=120)
+    streamq.run(_run_config(tmp_path / "ref.yaml", src, "ref.zarr", "ref-out", None), progress=False)
     store, out = f"s3://{BUCKET}/resume.zarr", f"s3://{BUCKET}/resume-out"
-    cfg = _run_config(tmp_path / "s3.yaml", faces_dir, store, out, s3)
+    cfg = _run_config(tmp_path / "s3.yaml", src, store, out, s3)
     rng = random.Random(41)
     client = _client(s3)
     progress = functools.partial(stage_progress, store, out, s3)
-    # early in the 60 mini-batch steps: a poll of the bucket takes tens of ms, so a late target
-    # can be overtaken by the end of the phase on a busy machine
-    for stage, n in (("fit:minibatch", 3 * rng.randint(1, 5)), ("export", rng.randint(1, 24))):
+    # in the first third of the 48 mini-batch steps and the first half of the images: a poll
+    # of the bucket takes tens of ms, so a late target can be overtaken by the end of the phase
+    # on a busy machine
+    for stage, n in (("fit:minibatch", 3 * rng.randint(1, 5)),
+                     ("export", rng.randint(1, n_images // 2))):
         kill = kill_when(streamq_cmd("-q", "run", str(cfg)), reached(store, stage, n, out, s3),
                          interval=0.05, progress=progress)
         assert kill.seen[0] == stage, kill.seen  # killed inside the stage
@@ -353,7 +366,7 @@ def test_run_on_s3_killed_and_rerun(s3, faces_dir, tmp_path):
             root = json.loads(client.get_object(Bucket=BUCKET, Key="resume.zarr/zarr.json")["Body"].read())
             assert root["attributes"]["fit"]["state"] == "running"
     # The last run takes its storage options from flags instead of the file.
-    bare = _run_config(tmp_path / "bare.yaml", faces_dir, store, out, None)
+    bare = _run_config(tmp_path / "bare.yaml", src, store, out, None)
     flags = [x for k, v in (("endpoint_url", s3["endpoint_url"]), ("key", s3["key"]),
                             ("secret", s3["secret"]), ("client_kwargs.region_name", "us-east-1"))
              for x in ("--storage-option", f"{k}={v}")]
@@ -364,7 +377,7 @@ def test_run_on_s3_killed_and_rerun(s3, faces_dir, tmp_path):
     for name in ("pixels", "images/path", "fit/palette/centers_0", "fit/palette/centers_1",
                  "fit/palette/centers_2", "fit/palette/r", "fit/history/shift", "quantize/labels"):
         np.testing.assert_array_equal(gl[name][:], gs[name][:], err_msg=name)
-    _assert_same_images(_local_files(tmp_path / "ref-out"), _objects(s3, "resume-out"), 48)
+    _assert_same_images(_local_files(tmp_path / "ref-out"), _objects(s3, "resume-out"), n_images)
 
 
 # -- failures: one line, saying what to check ------------------------------------------------------
@@ -512,16 +525,7 @@ def test_version_marker_in_url_is_refused():
 
 
 # -- the write lock of a store on S3 -------------------------------------------------------------
-LOCK_SOURCE = 24  # images of the lock tests' collection: about 25 ingest tasks of 4096 pixels
-
-
-@pytest.fixture(scope="module")
-def lock_src(tmp_path_factory):
-    from streamq.examples import make_collection
-
-    root = tmp_path_factory.mktemp("locksrc")
-    make_collection(root, LOCK_SOURCE, seed=5, min_side=40, max_side=90)
-    return root
+LOCK_SOURCE = 24  # images of conftest's lock_src: about 25 ingest tasks of 4096 pixels
 
 
 def _flags(opts) -> list[str]:
