@@ -27,7 +27,8 @@ def mosaic_dir(tmp_path_factory):
     """A tiled BigTIFF mosaic of photo crops, a small PNG crop of it, and a PNG over LIMIT."""
     root = tmp_path_factory.mktemp("mosaic")
     write_mosaic(root / "big.tif", H, W, seed=3)
-    crop = np.asarray(Image.open(root / "big.tif"))
+    with Image.open(root / "big.tif") as im:
+        crop = np.asarray(im)
     Image.fromarray(crop[100:400, 200:700]).save(root / "small.png")
     Image.fromarray(crop[:500, :1100]).save(root / "wide.png")  # 0.55 Mpx: skipped at LIMIT
     (root.parent / "palette.hex").write_text("\n".join(PALETTE) + "\n")
@@ -55,12 +56,14 @@ def banded(mosaic_dir, tmp_path_factory, cluster_address):
     return path, summary
 
 
-def test_band_ingest_equals_whole_decode(mosaic_dir, whole_store, banded):
+def test_band_ingest_equals_whole_decode(mosaic_dir, whole_store, banded, request):
     banded, summary = banded
     # the mosaic is read in bands; the PNG over the limit is skipped as before
     assert [s[0] for s in summary.skipped_first] == ["wide.png"]
     assert "max_pixels=500000" in summary.skipped_first[0][1]
-    tiles = zarr.open(tifffile.imread(mosaic_dir / "big.tif", aszarr=True), mode="r")
+    tiff_store = tifffile.imread(mosaic_dir / "big.tif", aszarr=True)
+    request.addfinalizer(tiff_store.close)  # the store holds the file open
+    tiles = zarr.open(tiff_store, mode="r")
     whole = streamq.open_store(whole_store)
     coll = streamq.open_store(banded)
     assert list(coll.paths) == ["big.tif", "small.png"]
