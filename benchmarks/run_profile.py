@@ -212,8 +212,9 @@ def profile_tasks(st: Any, cfg: Any, args: argparse.Namespace, run_dir: Path
     from streamq.export.write import export_images
     from streamq.fit import load_fit
     from streamq.fs import location
-    from streamq.store import PLAN, Collection
-    from streamq.store.histogram import PIXELS_PER_HIST_TASK, _hist_task
+    from streamq.ingest.sources import SourceRoot
+    from streamq.store import PLAN, TASKS, Collection
+    from streamq.store.histogram import PIXELS_PER_TASK, _count_task
 
     n = args.sample_tasks + 1  # the first is the warm-up
     coll = Collection(st)
@@ -221,7 +222,7 @@ def profile_tasks(st: Any, cfg: Any, args: argparse.Namespace, run_dir: Path
 
     # ingest: _write_task rewrites its shard with the same bytes
     plan = st.read_table(PLAN, ("path", "offset", "height", "width"))
-    tasks = st.read_table("ingest/tasks", ("chunk_start", "chunk_stop"))
+    tasks = st.read_table(TASKS, ("chunk_start", "chunk_stop"))
     chunk, _ = st.pixel_layout()
     offsets, sizes = plan["offset"], plan["height"] * plan["width"]
     ends, total = offsets + sizes, int(sizes.sum())
@@ -234,7 +235,7 @@ def profile_tasks(st: Any, cfg: Any, args: argparse.Namespace, run_dir: Path
         hi = int(np.searchsorted(offsets, b, side="left"))
         images = [(i, str(plan["path"][i]), int(offsets[i]), int(plan["height"][i]),
                    int(plan["width"][i])) for i in range(lo, hi)]
-        ingest_calls.append(({"store": st.location, "task": int(t), "root": root,
+        ingest_calls.append(({"store": st.location, "task": int(t), "source": SourceRoot(root),
                               "px_start": a, "px_stop": b, "images": images,
                               "max_pixels": cfg.ingest.max_pixels,
                               "background": list(cfg.ingest.background)},))
@@ -243,11 +244,12 @@ def profile_tasks(st: Any, cfg: Any, args: argparse.Namespace, run_dir: Path
     out["ingest write task"] = profile_calls(ing._write_task, ingest_calls, args.top)
 
     source = PixelSource.of_collection(coll)
-    step = max(1, PIXELS_PER_HIST_TASK // source.chunk)
+    step = max(1, PIXELS_PER_TASK // source.chunk)
     nb = len(source.weights)
     starts = np.linspace(0, max(0, nb - step - 1), n).astype(int)
     out["fit histogram task"] = profile_calls(
-        _hist_task, [((source, int(c), min(int(c) + step, nb)),) for c in starts], args.top)
+        _count_task, [((source, int(c), min(int(c) + step, nb), False),) for c in starts],
+        args.top)
 
     fit = load_fit(st.location)
     fit_fp = st.section("fit")["fingerprint"]
@@ -255,10 +257,12 @@ def profile_tasks(st: Any, cfg: Any, args: argparse.Namespace, run_dir: Path
     n_chunks = -(-int(st.pixels().shape[0]) // qchunk)
     common = {"store": st.location, "chunk": qchunk, "fit_fingerprint": fit_fp,
               "space": fit.color_space, "centers": fit.centers.tolist(),
-              "palette": fit.palette.tolist()}
-    q_calls = [({**common, "chunk_index": int(c),
-                 "images": coll.overlapping(int(c) * qchunk, (int(c) + 1) * qchunk)},)
-               for c in np.linspace(0, n_chunks - 1, n).astype(int)]
+              "palette": fit.palette.tolist(), "ssim": cfg.quantize.ssim}
+    q_calls = []
+    for c in np.linspace(0, n_chunks - 1, n).astype(int):
+        images = coll.overlapping(int(c) * qchunk, (int(c) + 1) * qchunk)
+        shapes = [[int(coll.heights[i]), int(coll.widths[i])] for i, _, _ in images]
+        q_calls.append(({**common, "chunk_index": int(c), "images": images, "shapes": shapes},))
     out["quantize task"] = profile_calls(qz._quantize_task, q_calls, args.top)
 
     scratch = run_dir / "png-profile"
