@@ -85,9 +85,12 @@ def s3(tmp_path_factory):
     import boto3
 
     port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "server.log", "wb")
+    folder = tmp_path_factory.mktemp("moto")
+    log = open(folder / "server.log", "wb")
+    # where moto's request recorder writes (test_s3._requests_to), not the working folder
+    env = {**os.environ, "MOTO_RECORDER_FILEPATH": str(folder / "recording")}
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
     endpoint = f"http://127.0.0.1:{port}"
     old = os.environ.get("AWS_EC2_METADATA_DISABLED")
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"  # never look for instance credentials

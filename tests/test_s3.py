@@ -517,6 +517,47 @@ def test_zarr_deletes_on_a_store_url_with_glob_characters(s3):
     assert client.get_object(Bucket=BUCKET, Key="z1.zarr/a/c/0")["Body"].read() == b"a user's object"
 
 
+def _requests_to(s3, call) -> list[tuple[str, str]]:
+    """``(method, key)`` of every request that ``call()`` sends to the moto server (its
+    request recorder)."""
+    import urllib.request
+
+    api = s3["endpoint_url"] + "/moto-api/recorder/"
+    for step in ("reset-recording", "start-recording"):
+        urllib.request.urlopen(urllib.request.Request(api + step, method="POST")).close()
+    try:
+        call()
+    finally:
+        urllib.request.urlopen(urllib.request.Request(api + "stop-recording", method="POST")).close()
+    with urllib.request.urlopen(api + "download-recording") as answer:
+        lines = [json.loads(line) for line in answer.read().decode().splitlines() if line.strip()]
+    return [(r["method"], r["url"].split("?")[0].partition(f"/{BUCKET}/")[2]) for r in lines]
+
+
+def test_creating_a_table_on_s3_reads_each_group_once(s3):
+    """Zarr checks every group above each array it creates: the columns of one table ask the
+    bucket once per group, not once per column; and a group removed in between is made
+    again by the next table below it."""
+    from streamq.store import Store, zarr_root
+
+    url = f"s3://{BUCKET}/tables.zarr"
+    st = Store.create(url, storage_options=s3)
+    columns = {name: np.arange(10) for name in "uvwxyz"}
+    sent = _requests_to(s3, lambda: st.write_table("a/b", columns, chunk=4))
+    for group in ("tables.zarr/zarr.json", "tables.zarr/a/zarr.json", "tables.zarr/a/b/zarr.json"):
+        assert sent.count(("GET", group)) <= 1, (group, sent)
+        assert sent.count(("HEAD", group)) <= 1, (group, sent)
+    st.write_table("a/b", {name: np.arange(3) for name in "uv"}, chunk=4)  # rewritten shorter
+    st.remove("a")
+    st.write_table("a/b", {"u": np.arange(3)}, chunk=4)
+    keys = _objects(s3, "tables.zarr")
+    assert {"a/zarr.json", "a/b/zarr.json", "a/b/u/c/0"} <= set(keys)
+    assert not [k for k in keys if k.startswith(("a/b/u/c/1", "a/b/v/"))]
+    group = zarr.open_group(zarr_root(location(url, s3), read_only=True), mode="r")
+    assert list(group["a"].group_keys()) == ["b"]
+    np.testing.assert_array_equal(group["a/b/u"][:], np.arange(3))
+
+
 def test_version_marker_in_url_is_refused():
     # s3fs would read the rest as an object version and write or delete another key
     with pytest.raises(StoreError, match=r"holds '\?versionId=', which s3fs reads as an object "

@@ -30,7 +30,8 @@ from streamq.store.names import TASK_COLORS, TASK_REPORTS
 
 __all__ = ["COLOR_CHUNK", "N_CODES", "TABLE_CHUNK", "compressors", "count_compressors",
            "labels_dtype", "open_array", "remove_chunks", "runs_by_weight", "sync_written",
-           "write_record", "write_rows", "write_task_colors", "write_task_report", "zarr_root"]
+           "write_record", "write_rows", "write_task_colors", "write_task_report", "zarr_root",
+           "creating_root"]
 
 TABLE_CHUNK = 65_536
 COLOR_CHUNK = 1 << 18  # colours per chunk of a colour table (2 MiB of int64 codes)
@@ -63,6 +64,22 @@ StoreTarget = str | os.PathLike[str] | Location
 
 def zarr_root(loc: Location, read_only: bool = False) -> Any:
     """What Zarr opens for ``loc``: the path itself (``LocalStore``) or an ``FsspecStore``."""
+    return _zarr_root(loc, _LiteralFsspecStore, read_only)
+
+
+def creating_root(loc: Location) -> Any:
+    """What Zarr creates arrays in for ``loc``: as :func:`zarr_root`, but at a URL a store
+    that remembers the groups it has seen (:class:`_GroupsSeenStore`).
+
+    Take a new one for each batch of arrays one writer creates in one go (the columns of a
+    table, the arrays of a plan), and use it for nothing else: each array Zarr creates checks
+    every group above it (a GET and a HEAD of each ``zarr.json``, the store's own included),
+    and within one batch those answers cannot change.
+    """
+    return _zarr_root(loc, _GroupsSeenStore, False)
+
+
+def _zarr_root(loc: Location, kind: type[FsspecStore], read_only: bool) -> Any:
     if loc.is_local:
         return loc.url
     options = dict(loc.options)
@@ -71,7 +88,7 @@ def zarr_root(loc: Location, read_only: bool = False) -> Any:
         # sends first to split large objects into concurrent ranged reads.
         options.setdefault("max_concurrency", 1)
     with storage_errors(loc):
-        return _LiteralFsspecStore.from_url(loc.url, storage_options=options, read_only=read_only)
+        return kind.from_url(loc.url, storage_options=options, read_only=read_only)
 
 
 class _LiteralFsspecStore(FsspecStore):
@@ -95,11 +112,74 @@ class _LiteralFsspecStore(FsspecStore):
         self._check_writable()
         root = self._path(prefix)
         with contextlib.suppress(*self.allowed_exceptions):
-            keys = await self.fs._find(root)
+            if hasattr(self.fs, "_lsdir"):  # s3fs: one (paginated) listing of the keys below
+                # (``_find`` follows an empty one with a HEAD and a second listing of ``root``
+                # itself: every array Zarr creates with ``overwrite`` paid both)
+                found = await self.fs._lsdir(root, delimiter="")
+                keys = [str(f["name"]) for f in found if f.get("type") != "directory"]
+            else:
+                keys = await self.fs._find(root)
             await delete_keys(self.fs, [k for k in keys if k.startswith(root + "/")])
 
     async def clear(self) -> None:
         await self.delete_dir("")
+
+
+class _GroupsSeenStore(_LiteralFsspecStore):
+    """A store for creating arrays (:func:`creating_root`): the ``zarr.json`` of a group that
+    it has read or written is answered from memory until it writes or deletes that key or a
+    prefix above it; every other read goes to the bucket.
+
+    Zarr checks the groups above each array it creates (is one of them an array? does its
+    ``zarr.json`` exist?); a batch of arrays below the same groups asks that again and again.
+    """
+
+    def _seen(self) -> dict[str, bytes]:
+        seen: dict[str, bytes] | None = self.__dict__.get("_groups_seen")
+        if seen is None:
+            seen = self.__dict__["_groups_seen"] = {}
+        return seen
+
+    def _remember(self, key: str, value: Any) -> None:
+        if key.rpartition("/")[2] != "zarr.json" or value is None:
+            return
+        data = value.to_bytes()
+        try:
+            node = json.loads(data).get("node_type")
+        except (ValueError, AttributeError):
+            return
+        if node == "group":
+            self._seen()[key] = data
+
+    def _forget(self, prefix: str) -> None:
+        seen = self._seen()
+        for key in [k for k in seen if not prefix or k == prefix or k.startswith(prefix + "/")]:
+            del seen[key]
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        data = self._seen().get(key) if byte_range is None else None
+        if data is not None:
+            return prototype.buffer.from_bytes(data)
+        value = await super().get(key, prototype, byte_range)
+        if byte_range is None:
+            self._remember(key, value)
+        return value
+
+    async def exists(self, key: str) -> bool:
+        return key in self._seen() or await super().exists(key)
+
+    async def set(self, key: str, value: Any, byte_range: Any = None) -> None:
+        self._forget(key)
+        await super().set(key, value, byte_range)
+        self._remember(key, value)
+
+    async def delete(self, key: str) -> None:
+        self._forget(key)
+        await super().delete(key)
+
+    async def delete_dir(self, prefix: str) -> None:
+        self._forget(prefix)
+        await super().delete_dir(prefix)
 
 
 def open_array(loc: Location, name: str, mode: str = "r") -> zarr.Array:

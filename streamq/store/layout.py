@@ -15,9 +15,10 @@ A store lives in a local folder (Zarr's ``LocalStore``) or at a URL such as
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -34,6 +35,7 @@ from streamq.store.arrays import (
     TABLE_CHUNK,
     compressors,
     count_compressors,
+    creating_root,
     zarr_root,
 )
 from streamq.store.names import ALPHA, PIXELS, TASK_COLORS, TASK_REPORTS, TASKS
@@ -61,7 +63,7 @@ class Store:
         self.location = loc
         self.path = loc.url
         self.group = group
-        self._root = zarr_root(loc)
+        self._batch: Any = None
 
     # -- opening -----------------------------------------------------------------
     @classmethod
@@ -149,10 +151,25 @@ class Store:
         durable.sync_tree(target, root)
 
     # -- arrays --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _creating(self) -> Iterator[Any]:
+        """What arrays are created in: one root shared by the arrays created inside the
+        outermost ``with`` (at a URL it answers Zarr's checks of the groups above them from
+        what it has already seen: see :func:`~streamq.store.arrays.creating_root`)."""
+        if self._batch is not None:
+            yield self._batch
+            return
+        self._batch = creating_root(self.location)
+        try:
+            yield self._batch
+        finally:
+            self._batch = None
+
     def create_array(self, name: str, **kwargs: Any) -> zarr.Array:
         """``zarr.create_array`` at ``name`` inside this store (``overwrite=True``)."""
         check_writer()
-        arr = zarr.create_array(self._root, name=name, overwrite=True, **kwargs)
+        with self._creating() as root:
+            arr = zarr.create_array(root, name=name, overwrite=True, **kwargs)
         self.sync(name)
         return arr
 
@@ -167,18 +184,19 @@ class Store:
         check_writer()
         block = max(1, min(block_pixels, chunk_pixels, n_pixels))
         shard = -(-max(1, min(chunk_pixels, n_pixels)) // block) * block
-        zarr.create_array(
-            self._root,
-            name=PIXELS,
-            shape=(n_pixels, 3),
-            shards=(shard, 3) if shard > block else None,
-            chunks=(block, 3),
-            dtype="uint8",
-            fill_value=0,
-            compressors=compressors(codec, level),
-            dimension_names=["pixel", "channel"],
-            overwrite=True,
-        )
+        with self._creating() as root:
+            zarr.create_array(
+                root,
+                name=PIXELS,
+                shape=(n_pixels, 3),
+                shards=(shard, 3) if shard > block else None,
+                chunks=(block, 3),
+                dtype="uint8",
+                fill_value=0,
+                compressors=compressors(codec, level),
+                dimension_names=["pixel", "channel"],
+                overwrite=True,
+            )
         self.sync(PIXELS)
 
     def pixels(self) -> zarr.Array:
@@ -196,11 +214,12 @@ class Store:
         check_writer()
         shard, block = self.pixel_layout()
         settings = self.section("ingest").get("settings", {})
-        arr = zarr.create_array(
-            self._root, name=name, shape=(int(self.pixels().shape[0]),),
-            shards=(shard,) if shard > block else None, chunks=(block,), dtype=dtype,
-            fill_value=fill_value, overwrite=True, dimension_names=["pixel"],
-            compressors=compressors(settings.get("codec", "lz4"), settings.get("level")))
+        with self._creating() as root:
+            arr = zarr.create_array(
+                root, name=name, shape=(int(self.pixels().shape[0]),),
+                shards=(shard,) if shard > block else None, chunks=(block,), dtype=dtype,
+                fill_value=fill_value, overwrite=True, dimension_names=["pixel"],
+                compressors=compressors(settings.get("codec", "lz4"), settings.get("level")))
         self.sync(name)
         return arr
 
@@ -213,20 +232,22 @@ class Store:
         """An empty array of one row per image, in chunks of ``rows_per_chunk`` whole rows
         (the unit one task writes)."""
         check_writer()
-        arr = zarr.create_array(self._root, name=name, shape=shape, dtype=dtype, fill_value=0,
-                                chunks=(max(1, min(rows_per_chunk, shape[0])),) + shape[1:],
-                                overwrite=True)
+        with self._creating() as root:
+            arr = zarr.create_array(root, name=name, shape=shape, dtype=dtype, fill_value=0,
+                                    chunks=(max(1, min(rows_per_chunk, shape[0])),) + shape[1:],
+                                    overwrite=True)
         self.sync(name)
         return arr
 
     def write_array(self, name: str, data: np.ndarray) -> None:
         """Write a whole n-d array at once (one writer), chunked along its first axis."""
         check_writer()
-        arr = zarr.create_array(self._root, name=name, shape=data.shape, dtype=data.dtype,
-                                chunks=(max(1, min(len(data), 4096)),) + data.shape[1:],
-                                overwrite=True)
-        if data.size:
-            arr[:] = data
+        with self._creating() as root:
+            arr = zarr.create_array(root, name=name, shape=data.shape, dtype=data.dtype,
+                                    chunks=(max(1, min(len(data), 4096)),) + data.shape[1:],
+                                    overwrite=True)
+            if data.size:
+                arr[:] = data
         self.sync(name)
 
     def array(self, name: str) -> zarr.Array:
@@ -258,19 +279,20 @@ class Store:
         lengths = {len(v) for v in columns.values()}
         if len(lengths) > 1:
             raise ValueError(f"columns of {prefix} differ in length: {lengths}")
-        for name, values in columns.items():
-            data = _as_column(values)
-            arr = zarr.create_array(
-                self._root,
-                name=f"{prefix}/{name}",
-                shape=data.shape,
-                chunks=(max(1, min(len(data), chunk)),),
-                dtype=data.dtype if data.dtype.kind != "U" else str,
-                compressors=codecs,
-                overwrite=True,
-            )
-            if len(data):
-                arr[:] = data
+        with self._creating() as root:
+            for name, values in columns.items():
+                data = _as_column(values)
+                arr = zarr.create_array(
+                    root,
+                    name=f"{prefix}/{name}",
+                    shape=data.shape,
+                    chunks=(max(1, min(len(data), chunk)),),
+                    dtype=data.dtype if data.dtype.kind != "U" else str,
+                    compressors=codecs,
+                    overwrite=True,
+                )
+                if len(data):
+                    arr[:] = data
         self.sync(prefix)
 
     def read_table(self, prefix: str, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -283,7 +305,8 @@ class Store:
     def create_records(self, name: str, n: int) -> None:
         """``n`` empty completion records (one chunk each: each task writes only its own)."""
         check_writer()
-        zarr.create_array(self._root, name=name, shape=(n,), chunks=(1,), dtype=str, overwrite=True)
+        with self._creating() as root:
+            zarr.create_array(root, name=name, shape=(n,), chunks=(1,), dtype=str, overwrite=True)
         self.sync(name)
 
     def records(self, name: str) -> np.ndarray:
@@ -307,12 +330,13 @@ class Store:
         return out
 
     def create_task_table(self, chunk_start: np.ndarray, chunk_stop: np.ndarray) -> None:
-        self.write_table(TASKS, {"chunk_start": chunk_start, "chunk_stop": chunk_stop})
-        self.create_records(TASK_REPORTS, len(chunk_start))
-        check_writer()
-        zarr.create_array(self._root, name=TASK_COLORS, shape=(len(chunk_start), 2, N_CODES),
-                          chunks=(1, 2, COLOR_CHUNK), dtype="int64", fill_value=0,
-                          compressors=count_compressors(), overwrite=True)
+        with self._creating() as root:
+            self.write_table(TASKS, {"chunk_start": chunk_start, "chunk_stop": chunk_stop})
+            self.create_records(TASK_REPORTS, len(chunk_start))
+            check_writer()
+            zarr.create_array(root, name=TASK_COLORS, shape=(len(chunk_start), 2, N_CODES),
+                              chunks=(1, 2, COLOR_CHUNK), dtype="int64", fill_value=0,
+                              compressors=count_compressors(), overwrite=True)
         self.sync(TASK_COLORS)
 
     def task_reports(self) -> np.ndarray:
