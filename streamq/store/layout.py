@@ -153,9 +153,8 @@ class Store:
     # -- arrays --------------------------------------------------------------------
     @contextlib.contextmanager
     def _creating(self) -> Iterator[Any]:
-        """What arrays are created in: one root shared by the arrays created inside the
-        outermost ``with`` (at a URL it answers Zarr's checks of the groups above them from
-        what it has already seen: see :func:`~streamq.store.arrays.creating_root`)."""
+        """The root the arrays created inside the outermost ``with`` share
+        (:func:`~streamq.store.arrays.creating_root`)."""
         if self._batch is not None:
             yield self._batch
             return
@@ -185,18 +184,10 @@ class Store:
         block = max(1, min(block_pixels, chunk_pixels, n_pixels))
         shard = -(-max(1, min(chunk_pixels, n_pixels)) // block) * block
         with self._creating() as root:
-            zarr.create_array(
-                root,
-                name=PIXELS,
-                shape=(n_pixels, 3),
-                shards=(shard, 3) if shard > block else None,
-                chunks=(block, 3),
-                dtype="uint8",
-                fill_value=0,
-                compressors=compressors(codec, level),
-                dimension_names=["pixel", "channel"],
-                overwrite=True,
-            )
+            zarr.create_array(root, name=PIXELS, shape=(n_pixels, 3),
+                              shards=(shard, 3) if shard > block else None, chunks=(block, 3),
+                              dtype="uint8", fill_value=0, compressors=compressors(codec, level),
+                              dimension_names=["pixel", "channel"], overwrite=True)
         self.sync(PIXELS)
 
     def pixels(self) -> zarr.Array:
@@ -282,15 +273,10 @@ class Store:
         with self._creating() as root:
             for name, values in columns.items():
                 data = _as_column(values)
-                arr = zarr.create_array(
-                    root,
-                    name=f"{prefix}/{name}",
-                    shape=data.shape,
-                    chunks=(max(1, min(len(data), chunk)),),
-                    dtype=data.dtype if data.dtype.kind != "U" else str,
-                    compressors=codecs,
-                    overwrite=True,
-                )
+                arr = zarr.create_array(root, name=f"{prefix}/{name}", shape=data.shape,
+                                        chunks=(max(1, min(len(data), chunk)),),
+                                        dtype=data.dtype if data.dtype.kind != "U" else str,
+                                        compressors=codecs, overwrite=True)
                 if len(data):
                     arr[:] = data
         self.sync(prefix)
