@@ -144,7 +144,7 @@ def _ingest(loc: Location, cfg: StreamQConfig, overwrite: bool, progress: bool |
     settings = plan_settings(icfg)
     settings_fp = fingerprint(settings)
 
-    st = open_or_create(loc, root, source_fp, settings_fp, overwrite)
+    st = open_or_create(loc, source_fp, settings_fp, overwrite)
     state = st.section("ingest")
     if state.get("state") == "complete":
         log.info("Store %s already holds this ingest; nothing to do", st.path)

@@ -75,8 +75,7 @@ def ingest_config(config: StreamQConfig | dict[str, Any] | None,
            "store": None if store is None or isinstance(store, Location) else os.fspath(store)})
 
 
-def open_or_create(p: Location, root: str, source_fp: str, settings_fp: str,
-                   overwrite: bool) -> Store:
+def open_or_create(p: Location, source_fp: str, settings_fp: str, overwrite: bool) -> Store:
     """The store at ``p`` to ingest into: the one there when it holds this plan (or no plan
     yet), a new one when there is none or ``overwrite`` replaces it (another plan, an older
     format), else a one-line error."""

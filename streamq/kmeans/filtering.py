@@ -33,10 +33,10 @@ import numba
 import numpy as np
 
 from streamq.kmeans.bounded import LloydResult, fixed_mask, fixed_point, tolerance
+from streamq.kmeans.nearest import BOUND_EPS
 
 __all__ = ["lloyd_cells"]
 
-_EPS = 1e-12  # slack on every bound test (as streamq.kmeans.nearest): rounding never prunes a tie
 
 
 @numba.njit(nogil=True, cache=True)
@@ -128,13 +128,13 @@ def _run(x: np.ndarray, X: np.ndarray, W: np.ndarray, start: np.ndarray, lo: np.
             m = 0
             second = np.inf
             for j in range(k):
-                if mind[j] <= ub + _EPS:
+                if mind[j] <= ub + BOUND_EPS:
                     cand[m] = j
                     m += 1
                 else:
                     second = min(second, mind[j])
             if m == 1:  # one candidate for the whole box
-                due[b] = drift + (math.sqrt(second) - math.sqrt(ub)) - _EPS
+                due[b] = drift + (math.sqrt(second) - math.sqrt(ub)) - BOUND_EPS
                 if pure[b] == cand[0]:
                     continue
             else:
