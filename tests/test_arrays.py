@@ -209,3 +209,27 @@ def test_zarr_array_in_stacked_pixels_out_and_missing_labels(tmp_path):
         expect = labels[coll.offsets[i]:coll.offsets[i] + 21 * 33].reshape(21, 33)
         np.testing.assert_array_equal(coll.pixel_labels(i, per_image=3), expect)
         np.testing.assert_array_equal(quantized[i].compute(scheduler="sync"), palettes[i][expect])
+
+
+def test_xarray_data_arrays_equal_the_arrays_inside_and_name_the_images(tmp_path):
+    """An xarray ``DataArray`` (over NumPy or over Dask) ingests as the array it wraps; the
+    coordinate on its first dimension names the images, as ``names=`` would."""
+    import dask.array as da
+    import xarray as xr
+
+    data = np.stack(_crops(5, 23, 31, seed=8))
+    names = [f"scene/{c}" for c in "vwxyz"]
+    dims = ("image", "y", "x", "band")
+    streamq.ingest_array(data, tmp_path / "plain.zarr", names=names, scheduler="threads",
+                         progress=False, **SMALL)
+    for kind, values in (("numpy", data), ("dask", da.from_array(data, chunks=(2, 9, 31, 3)))):
+        wrapped = xr.DataArray(values, dims=dims, coords={"image": names})
+        out = str(tmp_path / f"{kind}.zarr")
+        streamq.ingest_array(wrapped, out, scheduler="threads", progress=False, **SMALL)
+        _same_data(str(tmp_path / "plain.zarr"), out)
+        assert streamq.open_store(out).paths == names
+    # without a coordinate: numbered, as for a plain array
+    bare = xr.DataArray(data, dims=dims)
+    streamq.ingest_array(bare, tmp_path / "bare.zarr", scheduler="threads", progress=False,
+                         **SMALL)
+    assert streamq.open_store(tmp_path / "bare.zarr").paths == [f"{i:06d}" for i in range(5)]

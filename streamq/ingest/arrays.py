@@ -92,6 +92,16 @@ def _unwrap(a: Any) -> Any:
     return a
 
 
+def _coordinate_names(a: Any) -> list[str] | None:
+    """The image names an xarray ``DataArray`` of shape ``(N, H, W, C)`` carries: the values
+    of a coordinate on its first dimension, when it has one."""
+    dims = getattr(a, "dims", None)
+    coords = getattr(a, "coords", None)
+    if not dims or coords is None or len(dims) != 4 or dims[0] not in coords:
+        return None
+    return [str(v) for v in np.asarray(coords[dims[0]].values).tolist()]
+
+
 def _kind(a: Any) -> str:
     from dask.base import is_dask_collection
 
@@ -223,7 +233,8 @@ def ingest_array(array: Any, store: str | os.PathLike[str] | Location, *,
         Where the store is written: a local folder or a URL such as ``s3://bucket/x.zarr``.
     names : sequence of str, optional
         One unique name per image, stored as its path (exports use it: ``"cats/tom"`` is
-        exported as ``cats/tom.png``); default ``000000``, ``000001``, ...
+        exported as ``cats/tom.png``); default: an xarray ``DataArray``'s coordinate on its
+        first dimension when it has one, else ``000000``, ``000001``, ...
     labels : sequence of str, optional
         One label per image (default: the folder part of its name, ``""`` without one).
     source_id : str, optional
@@ -239,6 +250,8 @@ def ingest_array(array: Any, store: str | os.PathLike[str] | Location, *,
     IngestSummary
     """
     cfg = ingest_config(config, store, options)
+    if names is None:
+        names = _coordinate_names(array)
     src = _source(array)
     n = len(src.shapes)
     if names is None:
