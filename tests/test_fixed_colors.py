@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -310,8 +311,9 @@ def test_same_colours_elsewhere_resume_other_colours_refused(store_copy, brand_g
 
 
 # -- per-image palettes --------------------------------------------------------------------------
-def test_per_image_palettes_keep_fixed_colours(store_copy, brand_gpl):
+def test_per_image_palettes_keep_fixed_colours(store_copy, brand_gpl, tmp_path):
     from streamq.per_image import _sample_histogram, load_per_image, sample_size
+    from streamq.report.palettes import palette
 
     streamq.fit_per_image(store_copy, colors=[6, 12], method="histogram", fixed_colors=brand_gpl,
                           scheduler="threads", progress=False)
@@ -329,6 +331,9 @@ def test_per_image_palettes_keep_fixed_colours(store_copy, brand_gpl):
                                     fixed=held)
             _, ref_inertia = reference_lloyd(x, w, start, fixed_first(k, 5), tol=1e-4)
             assert inertia(x, w, centers[image_id]) <= ref_inertia * (1 + 1e-9)
+    streamq.report(store_copy, tmp_path / "r.html", sections=[palette])  # named in the report
+    html = (tmp_path / "r.html").read_text()
+    assert html.count('<div class="fixed-colors"><h4>Fixed colours: 5, kept exactly') == 1
     with pytest.raises(ConfigError, match="needs per_image.method 'histogram'"):
         streamq.fit_per_image(store_copy, colors=[6], fixed_colors=brand_gpl, overwrite=True,
                               scheduler="threads")
@@ -366,3 +371,26 @@ def test_bad_fixed_colours_are_one_line_errors(store_copy, tmp_path, content, ar
     assert len(lines) == 1, result.output
     assert message.format(src=src) in lines[0]
     assert streamq.store.Store.open(store_copy).section("fit") == before  # nothing written
+
+
+def test_report_shows_the_fixed_colours_and_their_source(store_copy, brand_gpl, tmp_path):
+    """The report's palette section lists the fixed colours, in palette order, and names
+    their source; a palette fitted without them shows no such block."""
+    from streamq.report.palettes import palette
+
+    streamq.fit(store_copy, colors=8, algorithm="lloyd", n_init=1, fixed_colors=brand_gpl,
+                scheduler="threads")
+    page = tmp_path / "fixed.html"
+    streamq.report(store_copy, page, sections=[palette])
+    html = page.read_text()
+    block = html[html.index('<div class="fixed-colors">'):]
+    block = block[:block.index("</div></div>")]
+    hexes = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in FIXED.tolist()]
+    assert f"Fixed colours: {len(FIXED)}, kept exactly as entries 0..{len(FIXED) - 1}" in block
+    assert Path(brand_gpl).name in block
+    shown = [part.split('"', 1)[0] for part in block.split('data-hex="')[1:]]
+    assert shown == hexes
+    streamq.fit(store_copy, colors=8, algorithm="lloyd", n_init=1, overwrite=True,
+                scheduler="threads")
+    streamq.report(store_copy, page, sections=[palette])
+    assert 'class="fixed-colors"' not in page.read_text()

@@ -3,6 +3,8 @@ sample of per-image ones) and the shared fit's convergence curves."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from streamq.describe import describe_source
@@ -30,6 +32,8 @@ def palette(ctx: Context) -> Section | None:
             body += (f'<p class="palette-source">Given, not fitted: '
                      f"{esc(describe_source(fit['palette_source']))}.</p>")
         body += swatches_html(rgb, np.asarray(fit["counts"]), ctx.cfg.max_colors)
+        if fit.get("fixed_colors"):
+            body += _fixed_html(fit["fixed_colors"])
     elif fit:
         body += ctx.note(f"The shared palette is {fit.get('state')}: rerun `streamq fit`.")
     per = [r for r in ctx.results if r.palettes is not None]
@@ -38,6 +42,9 @@ def palette(ctx: Context) -> Section | None:
         body += (f"<h3>Per-image palettes of {len(shown)} sampled images</h3>"
                  "<p>Each image's own palette per K, sorted by its pixel count in that image "
                  "(palette order where its labels are missing).</p>")
+        fixed = (ctx.info.get("per_image") or {}).get("fixed_colors") if ctx.info else None
+        if fixed:
+            body += _fixed_html(fixed)
         for i in shown:
             rows = "".join(
                 f'<div class="pi-k"><span>K={esc(r.k)}</span>'
@@ -50,6 +57,18 @@ def palette(ctx: Context) -> Section | None:
         return Section("palette", "Palette", ctx.note(
             "No palette fitted: run `streamq fit STORE -k K` or `streamq fit STORE --per-image`."))
     return Section("palette", "Palette", body)
+
+
+def _fixed_html(record: dict[str, Any]) -> str:
+    """The fixed colours of a fit (:meth:`streamq.fixed.FixedColors.record`): where they came
+    from and their swatches in palette order (the shared palette above shows their counts)."""
+    n = int(record["n"])
+    rgb = np.asarray([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in record["colors"]],
+                     dtype=np.uint8)
+    return (f'<div class="fixed-colors"><h4>Fixed colours: {n}, kept exactly as entries '
+            f"{esc(record['positions'])}</h4><p>From {esc(describe_source(record['source']))}; "
+            "the fit moved only the other entries.</p>"
+            + swatches_html(rgb, None, n) + "</div>")
 
 
 def convergence(ctx: Context) -> Section | None:
