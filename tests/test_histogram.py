@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import threading
 
 import numpy as np
 import pytest
 import zarr
-from helpers import assert_histogram, run_until, store_bincount, streamq_cmd
+from helpers import assert_histogram, store_bincount
 
 import streamq
-from streamq.examples import make_collection
 from streamq.kmeans import histogram as kernel
 from streamq.kmeans.histogram import ColorTotals, count_colors
 from streamq.store import Store
@@ -156,37 +154,9 @@ def test_ingest_histogram_leaves_out_failed_images(odd_store):
 
 
 # -- resumes --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def resume_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hist_resume_src")
-    make_collection(root, 24, seed=4, size=200)
-    return root
-
-
-def _ingest_cmd(src, store):
-    return streamq_cmd("-q", "ingest", str(src), str(store), "--chunk-pixels", "8192",
-                       "--scheduler", "threads")
-
-
-def _n_records(path) -> int:
-    try:
-        reports = zarr.open_array(f"{path}/ingest/tasks/report", mode="r")[:]
-    except Exception:  # not planned yet
-        return 0
-    return sum(bool(r) for r in reports)
-
-
-def test_kill_during_ingest_then_rerun(resume_dir, tmp_path):
-    """kill -9 once 5 write tasks have recorded, then the same command: the rerun sums the
-    rows of the killed run's tasks with the counts of its own."""
-    store = tmp_path / "killed.zarr"
-    code = run_until(_ingest_cmd(resume_dir, store), lambda: _n_records(store) >= 5)
-    assert code is None, "ingest finished before it was killed"
-    n_tasks = zarr.open_array(f"{store}/ingest/tasks/report", mode="r").shape[0]
-    assert 5 <= _n_records(store) < n_tasks
-    done = subprocess.run(_ingest_cmd(resume_dir, store), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert_histogram(store)
+# A kill -9 mid-ingest and the same command again (the rerun sums the rows of the killed run's
+# tasks with the counts of its own): test_resume.test_kill_during_ingest_then_rerun, which
+# ends with assert_histogram on both schedulers.
 
 
 def test_interrupted_merge_is_redone(faces_store, faces_dir, tmp_path, cluster_address):
