@@ -273,10 +273,17 @@ class ProcessCluster:
         self.scheduler: subprocess.Popen | None = None
         self.workers: dict[str, subprocess.Popen] = {}
         self._n = 0
-        self.start_scheduler()
-        for _ in range(n_workers):
-            self.add_worker(worker_prefix)
-        self.wait_for_workers(n_workers)
+        # the workers start beside the scheduler (each waits for its scheduler file): their
+        # imports overlap the scheduler's instead of following them
+        self.start_scheduler(wait=False)
+        try:
+            for _ in range(n_workers):
+                self.add_worker(worker_prefix)
+            self._wait_for_scheduler_file()
+            self.wait_for_workers(n_workers)
+        except BaseException:
+            self.close()  # no process left behind
+            raise
 
     @property
     def address(self) -> str:
@@ -291,7 +298,7 @@ class ProcessCluster:
             return subprocess.Popen([*prefix, sys.executable, "-m", *args], stdout=log,
                                     stderr=log, start_new_session=True, env=env)
 
-    def start_scheduler(self) -> None:
+    def start_scheduler(self, wait: bool = True) -> None:
         if os.path.exists(self.scheduler_file):
             os.remove(self.scheduler_file)
         self.scheduler = self._popen(
@@ -299,11 +306,16 @@ class ProcessCluster:
              "--dashboard-address", ":0", "--scheduler-file", self.scheduler_file,
              "--idle-timeout", "600", *self._tls,
              *(["--protocol", "tls"] if self._tls else [])], "scheduler.log")
+        if wait:
+            self._wait_for_scheduler_file()
+
+    def _wait_for_scheduler_file(self) -> None:
+        assert self.scheduler is not None
         deadline = time.monotonic() + 30
         while not os.path.exists(self.scheduler_file):
             if time.monotonic() > deadline or self.scheduler.poll() is not None:
                 raise RuntimeError("the dask scheduler did not start; see scheduler.log")
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     def add_worker(self, prefix: tuple[str, ...] = ()) -> str:
         """Start one single-threaded worker process (its command after ``prefix``); its name."""

@@ -164,13 +164,12 @@ def _tear(path) -> None:
         fh.truncate(size // 2)
 
 
-def test_torn_pixel_chunk_is_found_and_rewritten(small_dir, tmp_path):
-    ref, store = tmp_path / "ref.zarr", tmp_path / "torn.zarr"
+def test_torn_pixel_chunk_is_found_and_rewritten(small_dir, fitted, tmp_path):
+    ref, store = fitted, tmp_path / "torn.zarr"  # ref: an uninterrupted ingest, same chunks
     cmd = streamq_cmd("-q", "ingest", str(small_dir), str(store), "--chunk-pixels", "8192",
                       "--scheduler", "threads")
-    streamq.ingest(small_dir, ref, chunk_pixels=8192, scheduler="threads", progress=False)
     reports = store / "ingest" / "tasks" / "report"
-    n_tasks = zarr.open_array(str(ref / "ingest/tasks/report"), mode="r").shape[0]
+    n_tasks = zarr.open_array(f"{ref}/ingest/tasks/report", mode="r").shape[0]
     assert run_until(cmd, lambda: len(_records(reports)) >= 3) is None  # killed mid-ingest
     done = _records(reports)
     assert 3 <= len(done) < n_tasks
