@@ -132,10 +132,11 @@ def faces_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def lock_src(tmp_path_factory) -> Path:
-    """24 small crops for the tests of a store's write lock (test_s3.LOCK_SOURCE): session-
-    scoped, so those tests are not tied to one ``pytest -n`` worker as a module's would be."""
+    """12 small crops for the tests of a store's write lock (test_s3.LOCK_SOURCE): session-
+    scoped, so those tests are not tied to one ``pytest -n`` worker as a module's would be;
+    enough ingest tasks that a job stopped at its first record has most of its work left."""
     root = tmp_path_factory.mktemp("locksrc")
-    make_collection(root, 24, seed=5, min_side=40, max_side=90)
+    make_collection(root, 12, seed=5, min_side=40, max_side=90)
     return root
 
 

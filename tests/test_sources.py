@@ -34,7 +34,7 @@ from streamq import redact
 from streamq.cli.main import cli
 from streamq.examples import make_collection, source_photos
 
-N_JPEG, N_PNG = 60, 16
+N_JPEG, N_PNG = 30, 8  # small: every object costs requests to the S3 server
 PREFIX = "photos"  # the key prefix in the bucket, and the local folder's name
 URL = f"s3://{BUCKET}/{PREFIX}/"
 SETTINGS = dict(chunk_pixels=2048, block_pixels=1024, max_pixels=4000)
