@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -216,6 +217,20 @@ def faces_store(faces_dir, tmp_path_factory, cluster_address) -> str:
 
     path = str(tmp_path_factory.mktemp("stores") / "faces.zarr")
     streamq.ingest(faces_dir, path, chunk_pixels=20_000, scheduler=cluster_address, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def faces_per_image_store(faces_store, tmp_path_factory, cluster_address) -> str:
+    """The faces collection with per-image palettes for K = 2, 6, 30 (the tutorial), quantized,
+    both on the session cluster. Tests that change it work on a copy."""
+    import streamq
+
+    path = str(tmp_path_factory.mktemp("stores") / "faces_per_image.zarr")
+    shutil.copytree(faces_store, path)
+    streamq.fit_per_image(path, colors=[2, 6, 30], sample=0.7, seed=3, pixels_per_task=200_000,
+                          scheduler=cluster_address, progress=False)
+    streamq.quantize(path, scheduler=cluster_address, progress=False)
     return path
 
 

@@ -232,21 +232,40 @@ def _alpha(work: Path) -> dict[str, Any]:
             "zarr_export": store_digest(work / "alpha-arrays.zarr")}
 
 
-def run_all(work) -> dict[str, Any]:
-    """Make the collections under ``work``, run every stage, return every digest."""
+def _ingested(work: Path) -> None:
+    """The collection of ``shared``, ``per_image_histogram`` and ``given_palette``, ingested
+    as ``work/ingested.zarr``."""
     import streamq
     from streamq.examples import make_collection
 
-    work = Path(work)
     src = work / "src"
     make_collection(src, 8, seed=5, min_side=24, max_side=56,
                     names=["Coffee", "Flower", "Rocket"])
     streamq.ingest(src, work / "ingested.zarr", chunk_pixels=4096, scheduler=SCHED,
                    progress=False)
-    return {"shared": _shared(src, work),
-            "per_image_histogram": _per_image_histogram(work),
-            "given_palette": _given_palette(work),
-            "alpha": _alpha(work)}
+
+
+#: The parts of :func:`run_all`, each independent of the others given the ingested collection.
+PARTS: dict[str, Any] = {"shared": lambda work: _shared(work / "src", work),
+                         "per_image_histogram": _per_image_histogram,
+                         "given_palette": _given_palette,
+                         "alpha": _alpha}
+
+
+def run_part(work, part: str) -> dict[str, Any]:
+    """Make what ``part`` needs under ``work``, run its stages, return its digests (the same
+    as ``run_all(work)[part]``)."""
+    work = Path(work)
+    if part != "alpha":
+        _ingested(work)
+    return PARTS[part](work)
+
+
+def run_all(work) -> dict[str, Any]:
+    """Make the collections under ``work``, run every stage, return every digest."""
+    work = Path(work)
+    _ingested(work)
+    return {part: run(work) for part, run in PARTS.items()}
 
 
 if __name__ == "__main__":

@@ -48,7 +48,32 @@ def make_opaque_collection(root) -> None:
         "P", palette=Image.Palette.ADAPTIVE, colors=24).save(root / "png/palette.png")
 
 
+#: bytes of an array read at a time for its digest
+_SLAB = 1 << 24
+
+
+def _feed(h, arr, prefix: tuple[int, ...] = ()) -> None:
+    """Hash the bytes of ``arr[prefix]`` in C order, reading at most about :data:`_SLAB` bytes
+    at a time: the same digest as hashing ``arr[:].tobytes()``, without holding a mostly empty
+    array (a histogram over 2**24 colours is 268 MB) in memory twice."""
+    rest = arr.shape[len(prefix):]
+    per_index = int(np.prod(rest[1:], dtype=np.int64)) * arr.dtype.itemsize
+    if not rest or per_index * rest[0] <= _SLAB:
+        h.update(np.ascontiguousarray(arr[prefix] if prefix else arr[...]).tobytes())
+    elif per_index > _SLAB:
+        for i in range(rest[0]):
+            _feed(h, arr, (*prefix, i))
+    else:
+        step = _SLAB // per_index
+        for a in range(0, rest[0], step):
+            h.update(np.ascontiguousarray(arr[(*prefix, slice(a, a + step))]).tobytes())
+
+
 def _array_digest(arr) -> str:
+    if arr.dtype.kind not in "OUT" and arr.nbytes > _SLAB:
+        h = hashlib.sha256(f"{arr.dtype.kind}{arr.dtype.itemsize}{arr.shape}".encode())
+        _feed(h, arr)
+        return h.hexdigest()
     data = np.asarray(arr[:])
     h = hashlib.sha256(f"{data.dtype.kind}{data.dtype.itemsize}{data.shape}".encode())
     if data.dtype.kind in "OUT":

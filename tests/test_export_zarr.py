@@ -20,7 +20,6 @@ from PIL import Image
 import streamq
 from streamq.cli.main import cli
 from streamq.errors import ConfigError, StoreExistsError, StreamQError
-from streamq.per_image import fit_per_image
 
 ARRAY_TYPES = {"uint8", "uint16", "int64", "float64", "string"}
 
@@ -156,13 +155,10 @@ def test_selection_repacks_labels(photo_store, tmp_path):
     assert export_attrs(tmp_path / "lab.zarr")["selection"]["labels"] == [label]
 
 
-@pytest.fixture(scope="module")
-def per_image_store(faces_store, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("zpi") / "pi.zarr")
-    shutil.copytree(faces_store, path)
-    fit_per_image(path, colors=[2, 6], sample=0.7, seed=1, scheduler="threads")
-    streamq.quantize(path, scheduler="threads")
-    return path
+@pytest.fixture
+def per_image_store(faces_per_image_store):
+    """Per-image palettes for K = 2, 6, 30 (conftest: built once per session)."""
+    return faces_per_image_store
 
 
 def test_per_image_palettes_one_group_per_k(per_image_store, tmp_path, cluster_address):
@@ -197,8 +193,8 @@ def test_per_image_palettes_one_group_per_k(per_image_store, tmp_path, cluster_a
     np.testing.assert_array_equal(sel["k6/palette"][:], src["per_image/k6/palette"][:][[0, 7, 8, 9]])
     for i, img in rebuilt(tmp_path / "sel.zarr", "k6").items():
         np.testing.assert_array_equal(img, store_image(per_image_store, i, "k6"))
-    with pytest.raises(StreamQError, match="no per-image palettes for K=30"):
-        streamq.export(per_image_store, tmp_path / "x.zarr", zarr=True, per_image=30)
+    with pytest.raises(StreamQError, match="no per-image palettes for K=7"):
+        streamq.export(per_image_store, tmp_path / "x.zarr", zarr=True, per_image=7)
     with pytest.raises(ConfigError, match="one K at a time"):
         streamq.export(per_image_store, tmp_path / "y", per_image=[2, 6])
 
@@ -246,7 +242,7 @@ def test_more_than_256_colours_and_a_refit(faces_store, tmp_path, monkeypatch):
 
 def test_kill_mid_export_then_rerun_gives_the_same_arrays(photo_store, tmp_path):
     cfg = tmp_path / "small-chunks.yaml"
-    cfg.write_text("export:\n  zarr_chunk_pixels: 2048\n")
+    cfg.write_text("export:\n  zarr_chunk_pixels: 4096\n")  # ~110 chunks
     ref = tmp_path / "ref.zarr"
     streamq.export(photo_store, ref, zarr=True, config=streamq.load_config(cfg), scheduler="threads",
                    progress=False)

@@ -26,28 +26,23 @@ EVIL = "<img src=x onerror=console.error('label-xss')>&amp;\"'"
 
 
 # -- stores at each stage ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def shared_store(faces_store, tmp_path_factory, cluster_address):
-    """The faces collection with one 12-colour palette, quantized on the cluster."""
-    path = str(tmp_path_factory.mktemp("rep") / "shared.zarr")
-    shutil.copytree(faces_store, path)
-    streamq.fit(path, colors=12, max_steps=40, batch_size=8192, scheduler="threads")
-    streamq.quantize(path, scheduler=cluster_address)
-    return path
+# Session-scoped (the collections of conftest, built once per test process and shared with
+# other modules): the tests of this module spread over the ``pytest -n`` workers instead of
+# running as one serial unit. Tests that change a store work on a copy.
+@pytest.fixture
+def shared_store(photo_store):
+    """A collection (48 images) with one 12-colour palette, quantized on the cluster: the
+    session's photo store."""
+    return photo_store
 
 
-@pytest.fixture(scope="module")
-def per_image_store(faces_store, tmp_path_factory, cluster_address):
+@pytest.fixture
+def per_image_store(faces_per_image_store):
     """The faces collection with per-image palettes for K = 2, 6, 30 (the tutorial)."""
-    path = str(tmp_path_factory.mktemp("rep") / "per_image.zarr")
-    shutil.copytree(faces_store, path)
-    fit_per_image(path, colors=[2, 6, 30], sample=0.7, seed=3, pixels_per_task=200_000,
-                  scheduler=cluster_address)
-    streamq.quantize(path, scheduler=cluster_address)
-    return path
+    return faces_per_image_store
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def evil_dir(tmp_path_factory):
     """Crops of a bundled photo under a folder whose name is HTML, plus a bad file."""
     from sklearn.datasets import load_sample_image
@@ -63,7 +58,7 @@ def evil_dir(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lloyd_store(evil_dir, tmp_path_factory):
     """The HTML-named collection fitted with exact Lloyd and quantized."""
     path = str(tmp_path_factory.mktemp("rep") / "lloyd.zarr")
@@ -73,7 +68,7 @@ def lloyd_store(evil_dir, tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def groups_store(photo_store, tmp_path_factory):
     """The photo collection (12-colour palette, quantized) grouped into 4 image groups."""
     path = str(tmp_path_factory.mktemp("rep") / "groups.zarr")
@@ -83,7 +78,7 @@ def groups_store(photo_store, tmp_path_factory):
 
 
 # -- the browser -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser():
     """Debian's Chromium, headless, driven by Playwright (no browser download); installed by
     the test session itself on a machine that lacks it (see helpers.chromium)."""
@@ -100,8 +95,10 @@ def browser():
 
 
 @contextmanager
-def opened(browser, html_path, shot_path):
-    """Open the page offline; check it loads with every image and no console error."""
+def opened(browser, html_path, shot_path=None):
+    """Open the page offline; check it loads with every image and no console error; with
+    ``shot_path``, also that it has images and a full-page screenshot shows them (a page of a
+    few sections, ``shot_path=None``, may have none)."""
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     errors, requests = [], []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -113,10 +110,13 @@ def opened(browser, html_path, shot_path):
         assert response.ok
         images = page.eval_on_selector_all(
             "img", "els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])")
-        assert images, "the page has no images"
         assert all(c and w > 0 and h > 0 for c, w, h in images), images
         assert errors == []
         assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+        if shot_path is None:
+            yield page
+            return
+        assert images, "the page has no images"
         page.screenshot(path=str(shot_path), full_page=True)
         with Image.open(shot_path) as im:
             assert im.format == "PNG"
@@ -414,9 +414,12 @@ def test_image_groups_section(groups_store, browser, tmp_path):
                        str(table[:, rest].sum()), str(len(group))])
         assert rows == expect
         assert "image groups" in page.inner_text("#run")
-    # with room for every label: one column each, no "other"
-    streamq.report(groups_store, out, samples=1, worst=0, group_samples=0)
-    with opened(browser, out, tmp_path / "groups2.png") as page:
+    # with room for every label: one column each, no "other" (the groups section alone)
+    from streamq.report import image_groups
+
+    streamq.report(groups_store, out, samples=1, worst=0, group_samples=0,
+                   sections=[image_groups])
+    with opened(browser, out) as page:
         assert page.query_selector_all("figure.member") == []
         assert _texts(page, "table.contingency thead th") == ["group", *names, "images"]
         rows = [r.split("\t") for r in _texts(page, "table.contingency tbody tr")]
@@ -424,21 +427,25 @@ def test_image_groups_section(groups_store, browser, tmp_path):
 
 
 def test_image_groups_stale_after_a_refit(groups_store, tmp_path):
+    from streamq.report import image_groups, overview
+
+    # the overview says what is missing, the groups section what is shown
+    only = {"samples": 1, "worst": 0, "sections": [overview, image_groups]}
     path = str(tmp_path / "g.zarr")
     shutil.copytree(groups_store, path)
     streamq.fit(path, colors=6, max_steps=10, scheduler="threads", overwrite=True)
     out = tmp_path / "stale.html"
-    summary = streamq.report(path, out, samples=1, worst=0)
+    summary = streamq.report(path, out, **only)
     step = "run `streamq quantize STORE`, then `streamq cluster-images STORE`"
     assert f"image groups are stale: {step}." in summary.missing
     text = out.read_text()
     assert f"The image groups are stale (the palette was refitted): {step}." in text
     assert 'class="group"' not in text
     streamq.quantize(path, scheduler="threads")
-    summary = streamq.report(path, out, samples=1, worst=0)
+    summary = streamq.report(path, out, **only)
     assert summary.missing == ["image groups are stale: run `streamq cluster-images STORE`."]
     streamq.cluster_images(path, groups=4, scheduler="threads")
-    assert streamq.report(path, out, samples=1, worst=0).missing == []
+    assert streamq.report(path, out, **only).missing == []
     assert out.read_text().count('class="group"') == 4
 
 
