@@ -336,7 +336,7 @@ def test_image_groups_and_report_on_s3(pair, cluster_address, tmp_path):
 def _run_config(path, src, store, out, opts):
     lines = [f"store: {store}", "dask:\n  scheduler: threads",
              f"ingest:\n  source: {src}\n  chunk_pixels: 32768",
-             "fit:\n" + "".join(f"  {k}: {v}\n" for k, v in {**FIT, "colors": 6, "max_steps": 24,
+             "fit:\n" + "".join(f"  {k}: {v}\n" for k, v in {**FIT, "colors": 6, "max_steps": 48,
                                                            "tol": "1.0e-9"}.items()),
              f"export:\n  out: {out}"]
     if opts is not None:
@@ -352,7 +352,7 @@ def test_run_on_s3_killed_and_rerun(s3, tmp_path):
     the pipeline on local disk (an uninterrupted run, in this process)."""
     from streamq.examples import make_collection
 
-    src, n_images = tmp_path / "faces", 16
+    src, n_images = tmp_path / "faces", 24
     make_collection(src, n_images, seed=1, min_side=30, max_side=120)
     streamq.run(_run_config(tmp_path / "ref.yaml", src, "ref.zarr", "ref-out", None), progress=False)
     store, out = f"s3://{BUCKET}/resume.zarr", f"s3://{BUCKET}/resume-out"
@@ -360,10 +360,10 @@ def test_run_on_s3_killed_and_rerun(s3, tmp_path):
     rng = random.Random(41)
     client = _client(s3)
     progress = functools.partial(stage_progress, store, out, s3)
-    # in the first 3/8 of the 24 mini-batch steps and the first half of the images: a poll
+    # in the first third of the 48 mini-batch steps and the first half of the images: a poll
     # of the bucket takes tens of ms, so a late target can be overtaken by the end of the phase
     # on a busy machine
-    for stage, n in (("fit:minibatch", 3 * rng.randint(1, 3)),
+    for stage, n in (("fit:minibatch", 3 * rng.randint(1, 5)),
                      ("export", rng.randint(1, n_images // 2))):
         kill = kill_when(streamq_cmd("-q", "run", str(cfg)), reached(store, stage, n, out, s3),
                          interval=0.05, progress=progress)
