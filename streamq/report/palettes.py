@@ -25,7 +25,7 @@ def palette(ctx: Context) -> Section | None:
     fit = ctx.info.get("fit") if ctx.info else None
     if fit and fit.get("state") == "complete":
         hexes = fit["palette_hex"]
-        rgb = np.asarray([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in hexes], dtype=np.uint8)
+        rgb = _hex_rgb(hexes)
         body += (f"<h3>Shared palette: {len(hexes)} colours</h3><p>Sorted by pixel count "
                  "(every pixel of the collection, counted on its colour histogram).</p>")
         if fit.get("palette_source"):
@@ -63,12 +63,15 @@ def _fixed_html(record: dict[str, Any]) -> str:
     """The fixed colours of a fit (:meth:`streamq.fixed.FixedColors.record`): where they came
     from and their swatches in palette order (the shared palette above shows their counts)."""
     n = int(record["n"])
-    rgb = np.asarray([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in record["colors"]],
-                     dtype=np.uint8)
     return (f'<div class="fixed-colors"><h4>Fixed colours: {n}, kept exactly as entries '
             f"{esc(record['positions'])}</h4><p>From {esc(describe_source(record['source']))}; "
             "the fit moved only the other entries.</p>"
-            + swatches_html(rgb, None, n) + "</div>")
+            + swatches_html(_hex_rgb(record["colors"]), None, n) + "</div>")
+
+
+def _hex_rgb(hexes: list[str]) -> np.ndarray:
+    """``(K, 3)`` uint8 colours of ``#rrggbb`` strings (as the store records palettes)."""
+    return np.asarray([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in hexes], dtype=np.uint8)
 
 
 def convergence(ctx: Context) -> Section | None:
