@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8, help="images of the generated collection")
     ap.add_argument("--pipeline", action="store_true", help="also fit, quantize and export")
     ap.add_argument("--scheduler", default="sync", help="the stages' Dask scheduler")
+    ap.add_argument("--keys", type=int, default=0, metavar="N",
+                    help="also list the N keys requested most often (method, key)")
     args = ap.parse_args()
 
     import boto3
@@ -93,6 +95,11 @@ def main() -> None:
     print("  by method:", dict(collections.Counter(m for m, _ in requests)))
     for (method, kind), n in collections.Counter((m, _kind(p)) for m, p in requests).most_common():
         print(f"  {n:5d} {method} {kind}")
+    if args.keys:
+        print(f"  the {args.keys} keys requested most often:")
+        for (method, key), n in collections.Counter(
+                (m, p.split("?")[0]) for m, p in requests).most_common(args.keys):
+            print(f"  {n:5d} {method} {key}")
 
 
 if __name__ == "__main__":
