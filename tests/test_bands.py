@@ -91,16 +91,18 @@ def test_bands_read_only_their_rows(mosaic_dir, tmp_path):
     tall = np.vstack([np.asarray(Image.open(mosaic_dir / "big.tif"))[:, :600]] * 3)
     src = str(tmp_path / "tall.tif")
     tifffile.imwrite(src, tall, photometric="rgb", tile=(64, 64), compression="zlib")
-    next(bands.read_rows(src, 0, 1, False, (255, 255, 255)))  # imports done before measuring
+    with bands.tiff_rows(src) as rows:  # imports done before measuring
+        next(bands.read_rows(rows, 0, 1, False, (255, 255, 255)))
     tracemalloc.start()
     try:
         got = []
-        for top, rgb, alpha in bands.read_rows(src, 500, 3000, False, (255, 255, 255),
-                                               band_pixels=30_000):
-            assert alpha is None
-            assert rgb.shape[0] * 600 <= 30_000
-            np.testing.assert_array_equal(rgb, tall[top:top + rgb.shape[0]])
-            got.append(top + rgb.shape[0])
+        with bands.tiff_rows(src) as rows:
+            for top, rgb, alpha in bands.read_rows(rows, 500, 3000, False, (255, 255, 255),
+                                                   band_pixels=30_000):
+                assert alpha is None
+                assert rgb.shape[0] * 600 <= 30_000
+                np.testing.assert_array_equal(rgb, tall[top:top + rgb.shape[0]])
+                got.append(top + rgb.shape[0])
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -56,8 +56,9 @@ def example_cmd(out: str, n_images: int, seed: int, size: int | None) -> None:
               help="keep: images with transparent pixels keep their alpha; flatten: composite "
                    f"them on the background {shown_default('ingest.alpha')}.")
 @click.option("--large", type=click.Choice(["bands", "skip"]), default=None,
-              help="Images over --max-pixels: bands: read a TIFF/BigTIFF in bands of rows, "
-                   f"never whole; skip: skip every one {shown_default('ingest.large')}.")
+              help="Images over --max-pixels: bands: read a TIFF/BigTIFF (or a Zarr image, "
+                   "read so at any size) in bands of rows, never whole; skip: skip every one "
+                   f"{shown_default('ingest.large')}.")
 @storage_opt
 @source_opt
 @job_options
@@ -71,6 +72,7 @@ def ingest_cmd(ctx: click.Context, src: str | None, store: str | None, config_pa
     SRC may be a URL read by the workers themselves: a prefix such as s3://bucket/photos/, a
     glob, or a text file (local or at a URL) listing image URLs (see --source-option).
     STORE is a folder or a URL such as s3://bucket/faces.zarr (see --storage-option).
+    A folder named *.zarr (a Zarr array or an OME-Zarr image) is one image, read in bands.
     Parallel on Dask and resumable: rerun the same command after an interruption.
     Unreadable inputs are skipped and recorded with a reason (see `streamq info`).
     """

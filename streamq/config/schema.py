@@ -87,7 +87,8 @@ class IngestConfig:
         "colours + alpha plane); flatten: composite every image on background")
     large: Literal["bands", "skip"] = _opt(
         "bands", doc="images over max_pixels: bands: a TIFF/BigTIFF is read in bands of rows by "
-        "the write tasks, never whole (others are skipped); skip: every one is skipped")
+        "the write tasks, never whole, as a Zarr image (a *.zarr folder) of any size always is "
+        "(others are skipped); skip: every one is skipped")
     strict: bool = _opt(False, doc="exit non-zero when any input was skipped")
     files_per_scan_task: int = _opt(512, _at_least(1), "files per header-scan task")
 

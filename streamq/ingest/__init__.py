@@ -15,11 +15,13 @@ The steps, in the order an image meets them:
   whether a store's plan is kept on a rerun;
 * :mod:`streamq.ingest.task` -- the write task: pixels, colour counts, completion record;
 * :mod:`streamq.ingest.finish` -- colour counts merged, records consolidated, the summary;
-* :mod:`streamq.ingest.bands` -- images over ``max_pixels`` read in bands of rows;
+* :mod:`streamq.ingest.bands` -- images read in bands of rows (TIFFs over ``max_pixels``,
+  Zarr images);
+* :mod:`streamq.ingest.zarr_images` -- Zarr and OME-Zarr images: layout, rows, fingerprint;
 * :mod:`streamq.ingest.sources` -- where the images are, and reading them on a worker.
 
 One way only: ``files | arrays -> local | urls | scan | plan | task | finish -> bands ->
-sources`` (``pyproject.toml``, ``ingest-package``).
+sources | zarr_images`` (``pyproject.toml``, ``ingest-package``).
 """
 
 from streamq.ingest.arrays import ingest_array

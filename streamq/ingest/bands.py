@@ -1,11 +1,18 @@
-"""Images too large to decode whole, read in bands of rows.
+"""Images read in bands of rows: TIFFs too large to decode whole, and Zarr images.
 
-An image with more pixels than ``ingest.max_pixels`` is skipped, as Pillow decodes a file
-whole -- unless it is a TIFF or BigTIFF (tiled or in strips) and ``ingest.large`` is
-``bands`` (the default). Such an image is then planned like any other (its place in the flat
-``pixels`` array), and each write task reads, through tifffile's Zarr interface to the first
-page, only the rows of the image that fall into the shards it owns, a band of at most
-:data:`BAND_PIXELS` pixels at a time. No process ever holds the whole image.
+One seam for every image that is never decoded whole: a write task opens the image
+(:func:`opened`, a :class:`Rows`) and reads only the rows that fall into the shards it owns,
+a band of at most :data:`BAND_PIXELS` pixels at a time (:func:`read_rows`). No process ever
+holds the whole image. Two kinds of image come this way:
+
+- **Zarr and OME-Zarr images** (a directory named ``*.zarr``, :mod:`streamq.ingest.zarr_images`),
+  whatever their size: the header from the metadata (:func:`header_of`), the rows from the
+  chunks that hold them.
+- **TIFFs over max_pixels.** An image with more pixels than ``ingest.max_pixels`` is skipped,
+  as Pillow decodes a file whole -- unless it is a TIFF or BigTIFF (tiled or in strips) and
+  ``ingest.large`` is ``bands`` (the default). Such an image is then planned like any other
+  (its place in the flat ``pixels`` array), its header read by :func:`band_header` and its
+  rows through tifffile's Zarr interface to the first page (:func:`tiff_rows`).
 
 The pixels are those a whole decode gives (:mod:`streamq.decode`): 8-bit RGB as stored,
 16-bit samples scaled by ``round(v * 255 / 65535)``, grey repeated on three channels, and
@@ -19,15 +26,18 @@ skipped: Pillow decodes them whole.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from streamq.decode import Header, ImageSource, composite, openable, premultiply, scale16
 from streamq.faults import is_transient
+from streamq.ingest import zarr_images
 
-__all__ = ["BAND_PIXELS", "LARGE", "band_header", "is_tiff", "over_limit", "read_rows"]
+__all__ = ["BAND_PIXELS", "LARGE", "Rows", "band_header", "header_of", "is_banded", "is_tiff",
+           "opened", "over_limit", "read_rows", "tiff_rows"]
 
 #: What ``ingest.large`` may be.
 LARGE = ("bands", "skip")
@@ -125,29 +135,103 @@ def _convert(data: np.ndarray, keep_alpha: bool, background: tuple[int, int, int
     return np.ascontiguousarray(data, dtype=np.uint8), None
 
 
-def read_rows(src: ImageSource, r0: int, r1: int, keep_alpha: bool,
-              background: tuple[int, int, int], band_pixels: int = BAND_PIXELS
-              ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-    """Rows ``[r0, r1)`` of the TIFF ``src`` as ``(first row, (n, W, 3) RGB uint8, alpha or
-    None)`` bands of at most ``band_pixels`` pixels (at least one row each), read through
-    tifffile's Zarr store of its first page: only the tiles or strips of those rows."""
+def is_banded(rel: str, height: int, width: int, max_pixels: int) -> bool:
+    """Whether the planned image ``rel`` (a stored name) is read in bands by the write tasks:
+    a Zarr image always, any other over ``max_pixels`` (the scan planned it only so)."""
+    return zarr_images.is_zarr_name(rel) or height * width > max_pixels
+
+
+def header_of(source: Any, rel: str, max_pixels: int, large: str) -> Header | str:
+    """The :class:`Header` of the Zarr image ``rel`` of ``source`` (a
+    :class:`streamq.ingest.sources.SourceRoot`) from its metadata, or the reason it cannot be
+    ingested (also: over ``max_pixels`` with ``large`` other than ``bands``).
+
+    Raises the error of a transient fault."""
+    try:
+        image = zarr_images.open_image(source.path(rel), None if source.is_local
+                                       else source.options)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        return f"cannot read Zarr image: {type(exc).__name__}: {exc}"
+    if isinstance(image, str):
+        return image
+    if large != "bands" and image.height * image.width > max_pixels:
+        return f"image is larger than the limit max_pixels={max_pixels}"
+    return Header(width=image.width, height=image.height, mode=image.mode,
+                  alpha=image.channels == 4)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """An opened image read in bands: its ``width``, the rows of one of its tiles, strips or
+    chunks (``block``: bands aligned to it read each once) and ``read(top, bottom)``, its rows
+    as stored, ``(n, W)`` or ``(n, W, C)`` uint8 or uint16."""
+
+    width: int
+    block: int
+    read: Callable[[int, int], np.ndarray]
+
+
+@contextlib.contextmanager
+def tiff_rows(src: ImageSource) -> Iterator[Rows]:
+    """The rows of the TIFF ``src``, read through tifffile's Zarr store of its first page:
+    only the tiles or strips of the rows read."""
     import zarr
 
     with _page(src) as page:
         arr = zarr.open(page.aszarr(), mode="r")
         assert isinstance(arr, zarr.Array), "the Zarr store of one TIFF page holds one array"
-        w = int(page.imagewidth)
-        step = max(1, band_pixels // max(w, 1))
-        for top in range(r0, r1, step):
-            rgb, alpha = _convert(np.asarray(arr[top:min(top + step, r1)]), keep_alpha,
-                                  background)
-            yield top, rgb, alpha
+        block = int(page.tilelength if page.is_tiled else page.rowsperstrip or 1)
+        yield Rows(int(page.imagewidth), max(1, block),
+                   lambda top, bottom: np.asarray(arr[top:bottom]))
+
+
+def zarr_rows(path: str, options: Any = None) -> Rows:
+    """The rows of the Zarr image at ``path`` (:mod:`streamq.ingest.zarr_images`); a
+    ValueError saying why when it cannot be read (it changed since the scan)."""
+    image = zarr_images.open_image(path, options)
+    if isinstance(image, str):
+        raise ValueError(image)
+    return Rows(image.width, image.chunk_rows, image.rows)
+
+
+def read_rows(rows: Rows, r0: int, r1: int, keep_alpha: bool,
+              background: tuple[int, int, int], band_pixels: int | None = None
+              ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """Rows ``[r0, r1)`` of the image ``rows`` as ``(first row, (n, W, 3) RGB uint8, alpha
+    or None)`` bands of at most ``band_pixels`` pixels (default :data:`BAND_PIXELS`, read at
+    the call) and at least one row each, converted as
+    :mod:`streamq.decode` converts a whole image. A band is a whole number of the image's
+    blocks when a block fits in it, on the grid of the band height."""
+    step = max(1, (band_pixels or BAND_PIXELS) // max(rows.width, 1))
+    if step >= rows.block > 1:
+        step -= step % rows.block
+    top = r0
+    while top < r1:
+        bottom = min(r1, (top // step + 1) * step)
+        rgb, alpha = _convert(np.asarray(rows.read(top, bottom)), keep_alpha, background)
+        yield top, rgb, alpha
+        top = bottom
 
 
 @contextlib.contextmanager
-def opened(source: Any, rel: str) -> Iterator[ImageSource]:
+def opened(source: Any, rel: str) -> Iterator[Rows]:
     """The image ``rel`` of ``source`` (a :class:`streamq.ingest.sources.SourceRoot`) to read in
-    bands: its path, or for a URL source a file object reading ranges of the object."""
+    bands: a Zarr image through zarr (a URL with the source's options), a TIFF from its path or,
+    for a URL source, a file object reading ranges of the object."""
+    path = source.path(rel)
+    if zarr_images.is_zarr_name(rel):
+        yield zarr_rows(path, None if source.is_local else source.options)
+        return
+    with tiff_stream(source, rel) as src, tiff_rows(src) as rows:
+        yield rows
+
+
+@contextlib.contextmanager
+def tiff_stream(source: Any, rel: str) -> Iterator[ImageSource]:
+    """The TIFF ``rel`` of ``source``: its path, or for a URL source a file object reading
+    ranges of the object."""
     path = source.path(rel)
     if source.is_local:
         yield path

@@ -13,8 +13,8 @@ lives in its own module:
    into chunks, and consecutive chunks are grouped into write *tasks*, each owning its
    chunks outright. The plan is saved in the store.
 4. **Write**: pending tasks run on the workers (:mod:`streamq.ingest.task`; the images are
-   read where they live, :mod:`streamq.ingest.sources`, an image over ``max_pixels`` in
-   bands, :mod:`streamq.ingest.bands`); each writes its pixels, the counts of the colours of
+   read where they live, :mod:`streamq.ingest.sources`, an image over ``max_pixels`` or a
+   Zarr image in bands, :mod:`streamq.ingest.bands`); each writes its pixels, the counts of the colours of
    those pixels, and then its completion record. A rerun runs only tasks without a record,
    then (:mod:`streamq.ingest.finish`) sums the colour counts into the collection's
    histogram (table ``colors``) and consolidates the records into the final image table and

@@ -3,7 +3,8 @@
 Cheap (a header, not the pixels), and enough to give each image its place in the flat
 ``pixels`` array (:mod:`streamq.ingest.plan`). The files are read where they live: a folder
 or a URL (:class:`streamq.ingest.sources.SourceRoot`); a TIFF over ``max_pixels`` gets the
-header of an image read in bands (:mod:`streamq.ingest.bands`). An input that cannot be used
+header of an image read in bands (:mod:`streamq.ingest.bands`), a Zarr image its header
+from its metadata. An input that cannot be used
 gets the reason instead, and is recorded as skipped.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 from streamq.config import IngestConfig, RetryConfig
 from streamq.decode import Header
 from streamq.faults import retrying
-from streamq.ingest import bands
+from streamq.ingest import bands, zarr_images
 from streamq.ingest.sources import SourceRoot
 from streamq.names import stored_name
 from streamq.scheduler import Runner
@@ -26,20 +27,29 @@ def _scan_batch(args: tuple[Any, ...]) -> list[tuple[int, int, str, bool] | str]
     """Headers of files given by their stored names (see :mod:`streamq.names`), read where
     they live (a folder, or a URL: :mod:`streamq.ingest.sources`). ``args``: source, names,
     max_pixels, retry, sizes and optionally ``ingest.large``: with ``bands``, a TIFF over
-    max_pixels gets its header for reading in bands (:mod:`streamq.ingest.bands`)."""
+    max_pixels gets its header for reading in bands (:mod:`streamq.ingest.bands`). A Zarr
+    image's header is read from its metadata (:func:`streamq.ingest.bands.header_of`)."""
     source, rels, max_pixels, retry, sizes, *rest = args
-    found = list(source.headers(rels, sizes, max_pixels, retry))
-    if rest and rest[0] == "bands":
-        for i, h in enumerate(found):
-            if isinstance(h, str) and bands.over_limit(h):
-                found[i] = retrying(functools.partial(_band_header, source, rels[i], h),
-                                    "read", source.path(rels[i]), retry)
+    large = rest[0] if rest else "bands"
+    files = [i for i, r in enumerate(rels) if not zarr_images.is_zarr_name(r)]
+    found: list[Header | str] = [""] * len(rels)
+    for i, h in zip(files, source.headers([rels[i] for i in files], [sizes[i] for i in files],
+                                          max_pixels, retry), strict=True):
+        found[i] = h
+    for i, rel in enumerate(rels):
+        h = found[i]
+        if zarr_images.is_zarr_name(rel):
+            found[i] = retrying(functools.partial(bands.header_of, source, rel, max_pixels,
+                                                  large), "read", source.path(rel), retry)
+        elif large == "bands" and isinstance(h, str) and bands.over_limit(h):
+            found[i] = retrying(functools.partial(_band_header, source, rel, h),
+                                "read", source.path(rel), retry)
     return [(h.height, h.width, h.mode, h.alpha) if isinstance(h, Header) else h
             for h in found]
 
 
 def _band_header(source: SourceRoot, rel: str, reason: str) -> Header | str:
-    with bands.opened(source, rel) as src:
+    with bands.tiff_stream(source, rel) as src:
         return bands.band_header(src, reason)
 
 

@@ -1,8 +1,8 @@
 """The write task of an ingest (runs on a worker): pixels, colour counts, then the record.
 
 A task owns whole chunks of ``pixels`` (and of ``alpha``). It decodes every image that
-overlaps them (:func:`_write_task`; an image over ``max_pixels`` is read in bands,
-:mod:`streamq.ingest.bands`), writes their pixels, the counts of the colours of those
+overlaps them (:func:`_write_task`; a Zarr image, or an image over ``max_pixels``, is read
+in bands, :mod:`streamq.ingest.bands`), writes their pixels, the counts of the colours of those
 pixels, and then its completion record, with checksums of both (:func:`store_task_pixels`,
 also the end of an array ingest's task). A task recorded by an earlier run is checked
 against its record's checksums (:func:`_verify_task`) and runs again only when they differ.
@@ -96,11 +96,12 @@ def _write_task(args: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.nd
     stored: list[tuple[int, int]] = []  # rows of buf holding decoded pixels
     source, background = args["source"], tuple(args["background"])
     max_pixels = args["max_pixels"]
-    # an image over max_pixels is in the plan only to be read in bands (streamq.ingest.bands)
-    decoded = source.pixels([item[1] for item in args["images"] if item[3] * item[4] <= max_pixels],
+    # a Zarr image, or one over max_pixels (then in the plan only so), is read in bands
+    decoded = source.pixels([item[1] for item in args["images"]
+                             if not bands.is_banded(item[1], item[3], item[4], max_pixels)],
                             max_pixels, background, retry, alpha=keep_alpha)
     for image_id, rel, off, h, w in args["images"]:
-        if h * w > max_pixels:
+        if bands.is_banded(rel, h, w, max_pixels):
             lo, hi = max(off, a), min(off + h * w, b)
             banded = retrying(functools.partial(_fill_bands, args, buf, abuf, rel, off, w, lo, hi),
                               "read", source.path(rel), retry)
@@ -133,8 +134,8 @@ def _fill_bands(args: dict[str, Any], buf: np.ndarray, abuf: np.ndarray | None, 
     a = args["px_start"]
     transparent = False
     try:
-        with bands.opened(args["source"], rel) as src:
-            for top, rgb, alpha in bands.read_rows(src, (lo - off) // w, -(-(hi - off) // w),
+        with bands.opened(args["source"], rel) as rows:
+            for top, rgb, alpha in bands.read_rows(rows, (lo - off) // w, -(-(hi - off) // w),
                                                    abuf is not None, tuple(args["background"])):
                 start = off + top * w  # the pixel index of the band's first pixel
                 p, q = max(lo, start), min(hi, start + rgb.shape[0] * w)

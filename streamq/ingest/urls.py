@@ -1,13 +1,14 @@
 """Sources at URLs, listed by the client: which images a URL names, and their fingerprint.
 
 - **Listing** (:func:`list_urls`): a prefix is listed recursively (one paginated listing on
-  S3) and filtered by image extension, like a local folder; a glob (``s3://b/p/**/*.jpg``)
+  S3) and filtered by image extension, like a local folder, the objects under a ``*.zarr``
+  folder making one Zarr image (:mod:`streamq.ingest.zarr_images`); a glob (``s3://b/p/**/*.jpg``)
   by fsspec's glob; one image URL is a collection of one; any other object is read as a list
   of URLs (or of keys relative to it). A local text file listing URLs is read by
   :func:`local_url_list`. Names are relative to the common prefix, so image ids, labels (the
   parent folder) and export paths are those of the same files on a disk.
 - **Fingerprint** (:func:`fingerprint`): name, size, ETag and modification time of every
-  object, as the listing gives them; a rerun on changed objects is refused as on a disk. For
+  object, as the listing gives them (for a Zarr image, of every object under its folder); a rerun on changed objects is refused as on a disk. For
   a list of URLs the list itself is fingerprinted (its objects are not looked at by the
   client).
 
@@ -41,6 +42,9 @@ from streamq.ingest.sources import (
     image_extensions,
     url_scheme,
 )
+from streamq.ingest.zarr_images import is_zarr_name
+
+_ZARR_ROOT = ("zarr.json", ".zarray", ".zgroup")  # a folder holding one is a Zarr node
 
 __all__ = ["Listing", "fingerprint", "list_urls", "local_url_list", "url_list_lines"]
 
@@ -97,6 +101,42 @@ def fingerprint(listing: Listing) -> str:
         h.update(r.encode("utf-8", "surrogateescape") + b"\0"
                  + listing.stamps.get(r, "").encode() + b"\n")
     return h.hexdigest()[:16]
+
+
+def _zarr_of(p: str) -> str | None:
+    """The Zarr image (a ``*.zarr`` folder) holding the object ``p``, or None."""
+    parts = p.split("/")
+    k = next((n for n, part in enumerate(parts[:-1]) if is_zarr_name(part)), None)
+    return None if k is None else "/".join(parts[:k + 1])
+
+
+def _zarr_info(objects: Mapping[str, Any], folder: str) -> dict[str, Any]:
+    """The listing entry of the Zarr image ``folder``: no size, and as its checksum a hash of
+    the name and stamp (size, ETag, mtime) of every object under it (the ETags of its
+    metadata documents stand for their bytes)."""
+    h = hashlib.sha256()
+    for p in sorted(objects):
+        if p.startswith(folder.rstrip("/") + "/"):
+            h.update(p[len(folder):].encode() + b"\0" + _stamp(objects[p]).encode() + b"\n")
+    return {"type": "directory", "checksum": "zarr:" + h.hexdigest()}
+
+
+def _images(objects: Mapping[str, Any], is_image: Any) -> dict[str, Any]:
+    """The images of a recursive listing: files with an image extension, and Zarr images
+    (the objects under a ``*.zarr`` folder as one entry, :func:`_zarr_info`)."""
+    found: dict[str, Any] = {}
+    zarrs: dict[str, dict[str, Any]] = {}
+    for p, i in objects.items():
+        if i.get("type", "file") != "file":
+            continue
+        folder = _zarr_of(p)
+        if folder is not None:
+            zarrs.setdefault(folder, {})[p] = i
+        elif is_image(p):
+            found[p] = i
+    for folder, inside in zarrs.items():
+        found[folder] = _zarr_info(inside, folder)
+    return found
 
 
 def url_list_lines(text: str, where: str, base: str | None = None) -> list[str] | None:
@@ -200,7 +240,12 @@ def _list(fs: Any, src: str, path: str, scheme: str) -> Listing:
     if GLOB_CHARS & set(path):
         prefix = path[: min(path.index(c) for c in GLOB_CHARS if c in path)]
         root = posixpath.dirname(prefix).rstrip("/")
-        found = {p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"}
+        matched = fs.glob(path, detail=True)
+        found = {p: i for p, i in matched.items() if i.get("type") == "file"
+                 and _zarr_of(p) is None}
+        for p, i in matched.items():
+            if i.get("type") == "directory" and is_zarr_name(p) and _zarr_of(p) is None:
+                found[p.rstrip("/")] = _zarr_info(fs.find(p, detail=True), p)
         if not found:
             raise ConfigError(f"source pattern {src!r} matches no objects")
     else:
@@ -212,11 +257,15 @@ def _list(fs: Any, src: str, path: str, scheme: str) -> Listing:
                               "(check the URL)") from None
         if info.get("type") == "directory":
             root = path.rstrip("/")
-            found = {p: i for p, i in fs.find(root, detail=True).items()
-                     if i.get("type", "file") == "file" and is_image(p)}
+            objects = fs.find(root, detail=True)
+            if is_zarr_name(root) and any(posixpath.relpath(p, root) in _ZARR_ROOT
+                                          for p in objects):  # one Zarr image
+                root, found = posixpath.dirname(root), {root: _zarr_info(objects, root)}
+            else:
+                found = _images(objects, is_image)
             if not found:
                 raise ConfigError(f"source {src} holds no image objects (by extension, as "
-                                  "Pillow knows them)")
+                                  "Pillow knows them, or Zarr images)")
         elif is_image(path):
             root, found = posixpath.dirname(path), {path: info}
         else:  # a list of URLs (or of names relative to it)
