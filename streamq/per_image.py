@@ -305,6 +305,16 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
     return {"n": len(args["images"])}
 
 
+def _config_record(pcfg: PerImageConfig) -> dict[str, Any]:
+    """The keys recorded in the section: without a quality target, those recorded before there
+    was one (its keys would change every store's attribute and the report's tables)."""
+    out = to_dict(pcfg)
+    if out.get("quality") is None:
+        out.pop("quality", None)
+        out.pop("k_range", None)
+    return out
+
+
 def _fingerprint(st: Store, pcfg: PerImageConfig, fixed: FixedColors | None = None) -> str:
     ingest = st.section("ingest")
     semantic = {k: v for k, v in to_dict(pcfg).items() if k not in ("enabled", "pixels_per_task")}
@@ -327,9 +337,15 @@ def fit_per_image(store: str | Location, *, config: StreamQConfig | dict[str, An
                   overwrite: bool = False, progress: bool | None = None,
                   scheduler: str | None = None, storage_options: dict[str, Any] | None = None,
                   **options: Any) -> PerImageSummary:
-    """Fit one palette per image and per K (``options`` override ``per_image`` keys)."""
+    """Fit one palette per image and per K (``options`` override ``per_image`` keys), or
+    with ``quality=[MIN, MAX]`` one per image of the smallest K of ``k_range`` reaching MAX
+    (see the module's docstring; raises :class:`streamq.errors.QualityError` after the fit
+    when some image stays below MIN)."""
     cfg = parse_config(config)
     cfg = cfg.replace(**{f"per_image.{k}": v for k, v in options.items()}, **{"dask.scheduler": scheduler})
+    if cfg.per_image.quality is not None and cfg.per_image.fixed_colors is not None:
+        raise ConfigError("keys 'per_image.quality' and 'per_image.fixed_colors' do not go "
+                          "together yet: give one or the other")
     loc = store_location(store, storage_options, cfg.storage_options)
     check_access(loc)
     with store_lock(loc, operation="fit --per-image", config=cfg.lock):
@@ -343,9 +359,6 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
     coll = Collection(st)
     refuse_alpha(coll, "fit --per-image")
     fixed = None
-    if pcfg.quality is not None and pcfg.fixed_colors is not None:
-        raise ConfigError("keys 'per_image.quality' and 'per_image.fixed_colors' do not go "
-                          "together yet: give one or the other")
     if pcfg.fixed_colors is not None:
         if pcfg.method != "histogram":
             raise ConfigError(f"key 'per_image.fixed_colors' needs per_image.method 'histogram', "
@@ -389,8 +402,9 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             if pcfg.quality is not None:
                 extra["quality"] = {"min": pcfg.quality[0], "max": pcfg.quality[1],
                                     "k_range": list(pcfg.k_range)}
-            st.set_section(SECTION, {"state": "running", "fingerprint": fp, "config": to_dict(pcfg),
-                                     "colors": colors, "n_tasks": len(tasks), **extra})
+            st.set_section(SECTION, {"state": "running", "fingerprint": fp,
+                                     "config": _config_record(pcfg), "colors": colors,
+                                     "n_tasks": len(tasks), **extra})
         t = st.read_table(PER_IMAGE_TASKS, ("first", "last"))
         records = st.records(RECORDS)
         pending = [i for i in range(len(records)) if not records[i]]
