@@ -135,7 +135,8 @@ def test_each_image_gets_the_smallest_k_reaching_max(quality_store, few_photos):
     g = zarr.open_group(path, mode="r")
     labels = g[f"per_image/k{HI}/labels"][:]
     for i in range(len(coll)):
-        own = labels[int(coll.offsets[i]):int(coll.offsets[i]) + int(coll.heights[i] * coll.widths[i])]
+        off, n = int(coll.offsets[i]), int(coll.heights[i] * coll.widths[i])
+        own = labels[off:off + n]
         assert own.max() < t["k"][i]
     np.testing.assert_allclose(g[f"per_image/k{HI}/images/psnr"][:], t["psnr"], rtol=1e-9)
 
@@ -237,7 +238,8 @@ def test_resumes_after_kill_with_the_same_choice(quality_store, ingested, tmp_pa
     for c in ("k", "mse", "met"):
         np.testing.assert_array_equal(got[c], want[c])
     g, w = zarr.open_group(path, mode="r"), zarr.open_group(quality_store[0], mode="r")
-    np.testing.assert_array_equal(g[f"per_image/k{HI}/centers"][:], w[f"per_image/k{HI}/centers"][:])
+    name = f"per_image/k{HI}/centers"
+    np.testing.assert_array_equal(g[name][:], w[name][:])
     for r in after:  # each record: its images' K, as the table has them
         for image_id, k, mse, _, tried in json.loads(r)["quality"]:
             assert (k, mse) == (want["k"][image_id], want["mse"][image_id])
