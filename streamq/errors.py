@@ -14,6 +14,7 @@ __all__ = [
     "FaultError",
     "LabelsChangedError",
     "LockLostError",
+    "QualityError",
     "StoreError",
     "StoreExistsError",
     "StoreLayoutError",
@@ -30,6 +31,14 @@ class StreamQError(Exception):
 
 class ConfigError(StreamQError, ValueError):
     """A configuration key, value or command-line flag is not valid."""
+
+
+class QualityError(StreamQError):
+    """A quality target's MIN was not reached even at the largest K searched: by the shared
+    palette (``fit --quality``) or by some images' own palettes (``fit --per-image
+    --quality``). Exit status 99, as pngquant's."""
+
+    exit_status = 99
 
 
 class StoreLayoutError(StreamQError, FileNotFoundError):

@@ -98,6 +98,17 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
                      f"image's pixels, method {p['method']} ({p['state']})")
         if p.get("fixed_colors"):
             lines.append(f"  fixed      {_fixed_line(p['fixed_colors'])}")
+        if p.get("quality"):
+            q = p["quality"]
+            lo, hi = q["k_range"]
+            lines.append(f"  quality    {q['min']:g}-{q['max']:g} dB, K in {lo}..{hi} for each "
+                         f"image (palettes padded to K={hi}): mean K {q['mean_k']:.1f}, "
+                         f"{q['met']} of {info['n_images']} reached {q['max']:g} dB, "
+                         f"{q['below_min']} below MIN")
+            for b in q["below"][:max_skipped]:
+                lines.append(f"  below MIN  {b['path']}: {b['reason']}")
+            if len(q["below"]) > max_skipped:
+                lines.append(f"  ... {len(q['below']) - max_skipped} more below MIN (see --json)")
         for k, r in p["results"].items():
             psnr = f"mean PSNR {r['mean_psnr']:.2f} dB" if r["mean_psnr"] is not None else ""
             lines.append(f"  K={k:<4} labels {r['labels']}  {psnr}")

@@ -14,8 +14,33 @@ With fixed colours (``fixed_colors``, :mod:`streamq.fixed`; the ``histogram`` me
 scikit-learn's ``KMeans`` cannot hold centres) every palette's first ``F`` entries are those
 colours and k-means fits the other ``K - F`` of each image.
 
+**A quality target** (``quality = [MIN, MAX]``, ``fit --per-image --quality MIN-MAX``)
+instead of a list of K: each image gets the smallest K of ``k_range = [LO, HI]`` whose palette
+reaches MAX dB PSNR on that image's pixels, as pngquant's ``--quality`` does per file. The
+palette of each K tried is the same :func:`fit_image` fit a list of K would give (one
+generator per image and K, so it does not depend on which other K were tried), except that a K
+of at least the image's distinct colours takes those colours themselves (every pixel exact).
+Its PSNR is exact: every distinct colour of the whole image (not of the sample) is labelled
+with its nearest centre and its error counted as many times as it occurs, which equals
+labelling every pixel, at the cost of one image histogram. The search (:func:`search_image`)
+is deterministic: K = LO, 2 LO, 4 LO, ... until one reaches MAX, then a binary search between
+the last K that missed and it, which ends on a K reaching MAX whose K - 1 was fitted and
+misses it (unless K = LO). When even HI misses MAX, HI is kept (pngquant's rule: between MIN
+and MAX the best the range allows), and below MIN the image is recorded as below MIN with that
+palette. Galloping up from LO (the shared search starts at HI) because a per-image fit's
+cost grows with K and most images need far fewer than HI colours: the K fitted stay below twice
+the answer, about ``2 log2(K / LO)`` fits (6 faces, K in 2..64 for 30 dB: 28 fits against 36
+HI-first and 48 for a scan from LO, same K). k-means gives a local optimum, so PSNR is not
+strictly monotone in K and a smaller K the search skipped may, rarely, also reach MAX. Images
+below MIN do not stop the others: the fit finishes, then raises
+:class:`streamq.errors.QualityError` (exit status 99, one line naming them).
+
 Layout: ``per_image/k{K}/{center,palette}`` hold ``(N, K, 3)`` arrays, ``labels`` the
-``(P,)`` labels, ``images/{sse,mse,psnr}`` the per-image errors.
+``(P,)`` labels, ``images/{sse,mse,psnr}`` the per-image errors. A quality fit stores its
+palettes as the one K = HI, each padded to HI entries by repeating its first (nearest-centre
+ties go to the lowest index, so no label ever points past the image's own K), and the table
+``per_image/quality/{k,mse,psnr,met,reason}``: each image's K, its exact error, whether it
+reached MAX and why not when it is below MIN.
 """
 
 from __future__ import annotations
@@ -23,6 +48,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,10 +57,11 @@ from streamq.clock import timestamp
 from streamq.colorspace import to_space
 from streamq.config import PerImageConfig, StreamQConfig, fingerprint, parse_config, to_dict
 from streamq.console import timer
-from streamq.errors import ConfigError, StoreMismatchError
+from streamq.errors import ConfigError, QualityError, StoreMismatchError
 from streamq.fixed import FixedColors, read_fixed_colors
 from streamq.fs import Location, check_access
 from streamq.lock import store_lock
+from streamq.metrics import psnr
 from streamq.scheduler import runner
 from streamq.stage import Task, run_tasks
 from streamq.store import (
@@ -47,6 +74,7 @@ from streamq.store import (
 )
 from streamq.store.names import (
     PER_IMAGE,
+    PER_IMAGE_QUALITY,
     PER_IMAGE_RECORDS,
     PER_IMAGE_TASKS,
     per_image_centers,
@@ -56,8 +84,8 @@ from streamq.store.results import load_per_image
 from streamq.store.selection import refuse_alpha
 from streamq.store.summaries import PerImageSummary, per_image_summary, summary_of
 
-__all__ = ["PerImageSummary", "fit_image", "fit_per_image", "load_per_image", "sample_index",
-           "summary_of"]
+__all__ = ["PerImageSummary", "fit_image", "fit_per_image", "image_psnr", "load_per_image",
+           "quality_palette", "sample_index", "search_image", "summary_of"]
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +184,98 @@ def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
     return km.cluster_centers_.astype(np.float64)
 
 
+def quality_palette(rgb: np.ndarray, k: int, colours: tuple[np.ndarray, np.ndarray],
+                    fit: Callable[[int], np.ndarray]) -> np.ndarray:
+    """The ``(k, 3)`` palette a quality search measures for one image: ``fit(k)`` (the image's
+    :func:`fit_image`), or when ``k`` is at least the image's distinct colours (``colours``:
+    its :func:`streamq.kmeans.distinct_colours`), those colours themselves, the rest
+    repeating the first: the sample may miss colours, the image's own colours miss none."""
+    from streamq.kmeans import codes_to_points
+
+    codes = colours[0]
+    if k < len(codes):
+        return fit(k)
+    x = codes_to_points(codes)
+    return np.concatenate([x, np.repeat(x[:1], k - len(x), axis=0)])
+
+
+def image_psnr(colours: tuple[np.ndarray, np.ndarray], centers: np.ndarray) -> tuple[float, float]:
+    """``(MSE, PSNR)`` of an image quantized with ``centers``, over every pixel: each distinct
+    colour labelled by its exact nearest centre (as quantize labels pixels) and compared with
+    the rounded palette colour, weighted by how many pixels have it."""
+    from streamq.kmeans import codes_to_rgb, label_pixels
+
+    codes, counts = colours
+    if len(codes) == 0:
+        return 0.0, psnr(0.0)
+    _, _, err = label_pixels(codes_to_rgb(codes), centers, want_err=True)
+    mse = float((err * counts).sum()) / (3.0 * float(counts.sum()))
+    return mse, psnr(mse)
+
+
+def search_image(rgb: np.ndarray, k_range: tuple[int, int] | list[int],
+                 quality: tuple[float, float] | list[float],
+                 fit: Callable[[int], np.ndarray]) -> dict[str, Any]:
+    """The smallest K of ``k_range`` whose palette reaches ``quality[1]`` dB on this image.
+
+    ``fit(k)`` is the image's :func:`fit_image` for ``k``; HI is capped at the image's distinct
+    colours (where the palette is exact). K = LO, 2 LO, 4 LO, ... (the last capped at HI) are
+    measured until one reaches MAX; then a binary search between the last K that missed and
+    that one ends on a K reaching MAX whose K - 1 was measured and misses it (unless K = LO).
+    When even HI misses MAX, HI is kept, and below MIN the image is below MIN with that
+    palette (``reason`` says so). The K tried depend only on the PSNRs, and each palette only
+    on the image and K: a rerun makes the same choice. Returns ``k``, ``centers`` (``(k, 3)``), ``mse``, ``reason``
+    (``""`` unless below MIN) and ``tried`` (``[[K, MSE], ...]`` in the order measured).
+    """
+    from streamq.kmeans import distinct_colours
+
+    qmin, qmax = quality
+    colours = distinct_colours(rgb)
+    top = max(1, min(int(k_range[1]), len(colours[0])))  # an image of d < HI colours: K = d exact
+    lo = min(int(k_range[0]), top)
+    measured: dict[int, tuple[np.ndarray, float]] = {}
+    tried: list[list[Any]] = []
+
+    def quality_of(k: int) -> float:
+        if k not in measured:
+            centers = quality_palette(rgb, k, colours, fit)
+            mse, value = image_psnr(colours, centers)
+            measured[k] = (centers, mse)
+            tried.append([k, mse])
+            return value
+        return psnr(measured[k][1])
+
+    # Galloping from LO (LO, 2 LO, 4 LO, ... capped at HI): a fit's cost grows with K, so the
+    # K tried stay within twice the answer instead of starting at HI.
+    a, b = lo - 1, None  # a: the largest K measured to miss MAX (LO - 1: none yet)
+    probe = lo
+    while True:
+        if quality_of(probe) >= qmax:
+            b = probe
+            break
+        a = probe
+        if probe == top:
+            break
+        probe = min(top, 2 * probe)
+    reason = ""
+    if b is None:  # even HI misses MAX: kept if at least MIN (the best the range allows)
+        k = top
+        if psnr(measured[top][1]) < qmin:
+            reason = (f"below MIN {qmin:g} dB: K={top}, the largest searched, gives PSNR "
+                      f"{psnr(measured[top][1]):.2f} dB")
+    else:  # a misses, b reaches: the binary search between them
+        a += 1
+        while a < b:
+            mid = (a + b) // 2
+            if quality_of(mid) >= qmax:
+                b = mid
+            else:
+                a = mid + 1
+        k = b
+    centers, mse = measured[k]
+    return {"k": k, "centers": centers, "mse": mse, "reason": reason, "tried": tried}
+
+
 def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
     if args["method"] == "histogram":  # on a cold numba cache, the workers share the compiling
         from streamq.kmeans.precompile import precompile
@@ -166,22 +286,50 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
     data = np.asarray(pixels[a:b])
     result: dict[str, list[Any]] = {str(k): [] for k in args["colors"]}
     fixed = None if args.get("fixed") is None else np.asarray(args["fixed"], np.uint8).reshape(-1, 3)
+    quality = args.get("quality")
+    if quality is not None:
+        result["quality"] = []
     for image_id, off, size in args["images"]:
         rgb = data[off - a: off - a + size]
         index: dict[int, np.ndarray] = {}  # one sample per image, whatever the K (unless tiny)
         hist: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # and its histogram
-        for k in args["colors"]:
+
+        def fit(k: int, rgb: np.ndarray = rgb, size: int = size, image_id: int = image_id,
+                index: dict[int, np.ndarray] = index,
+                hist: dict[int, tuple[np.ndarray, np.ndarray]] = hist) -> np.ndarray:
             m = sample_size(size, k, args["sample"])
             if args["method"] == "histogram":
                 if m not in hist and m >= k:
                     hist[m] = _sample_histogram(rgb, m, args["seed"], image_id)
             elif m not in index:
                 index[m] = sample_index(size, k, args["sample"], args["seed"], image_id)
-            c = fit_image(rgb, k, args["sample"], args["seed"], image_id, args["init"],
-                          args["n_init"], args["method"], index.get(m), hist.get(m), fixed)
+            return fit_image(rgb, k, args["sample"], args["seed"], image_id, args["init"],
+                             args["n_init"], args["method"], index.get(m), hist.get(m), fixed)
+
+        if quality is not None:  # one K per image, padded to HI (see the module's docstring)
+            found = search_image(rgb, args["k_range"], quality, fit)
+            hi = int(args["k_range"][1])
+            c = np.concatenate([found["centers"],  # the rest repeat the first entry
+                                np.repeat(found["centers"][:1], hi - found["k"], axis=0)])
+            result[str(hi)].append([image_id, c.reshape(-1).tolist()])
+            result["quality"].append([image_id, found["k"], found["mse"], found["reason"],
+                                      found["tried"]])
+            continue
+        for k in args["colors"]:
+            c = fit(k)
             result[str(k)].append([image_id, c.reshape(-1).tolist()])
     write_record(args["store"], RECORDS, args["task"], result)
     return {"n": len(args["images"])}
+
+
+def _config_record(pcfg: PerImageConfig) -> dict[str, Any]:
+    """The keys recorded in the section: without a quality target, those recorded before there
+    was one (its keys would change every store's attribute and the report's tables)."""
+    out = to_dict(pcfg)
+    if out.get("quality") is None:
+        out.pop("quality", None)
+        out.pop("k_range", None)
+    return out
 
 
 def _fingerprint(st: Store, pcfg: PerImageConfig, fixed: FixedColors | None = None) -> str:
@@ -193,6 +341,11 @@ def _fingerprint(st: Store, pcfg: PerImageConfig, fixed: FixedColors | None = No
         semantic["fixed_colors"] = fixed.sha256
     if semantic.get("method") == "kmeans":  # the only method before there was a choice
         del semantic["method"]
+    if semantic.get("quality") is None:  # as before there was a quality target
+        semantic.pop("quality", None)
+        semantic.pop("k_range", None)
+    else:  # the K come from the range, not the list
+        semantic.pop("colors", None)
     return fingerprint({"data": [ingest.get("source_fingerprint"), ingest.get("settings_fingerprint")],
                         "per_image": semantic})
 
@@ -201,9 +354,15 @@ def fit_per_image(store: str | Location, *, config: StreamQConfig | dict[str, An
                   overwrite: bool = False, progress: bool | None = None,
                   scheduler: str | None = None, storage_options: dict[str, Any] | None = None,
                   **options: Any) -> PerImageSummary:
-    """Fit one palette per image and per K (``options`` override ``per_image`` keys)."""
+    """Fit one palette per image and per K (``options`` override ``per_image`` keys), or
+    with ``quality=[MIN, MAX]`` one per image of the smallest K of ``k_range`` reaching MAX
+    (see the module's docstring; raises :class:`streamq.errors.QualityError` after the fit
+    when some image stays below MIN)."""
     cfg = parse_config(config)
     cfg = cfg.replace(**{f"per_image.{k}": v for k, v in options.items()}, **{"dask.scheduler": scheduler})
+    if cfg.per_image.quality is not None and cfg.per_image.fixed_colors is not None:
+        raise ConfigError("keys 'per_image.quality' and 'per_image.fixed_colors' do not go "
+                          "together yet: give one or the other")
     loc = store_location(store, storage_options, cfg.storage_options)
     check_access(loc)
     with store_lock(loc, operation="fit --per-image", config=cfg.lock):
@@ -233,10 +392,15 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             raise StoreMismatchError(
                 f"{st.path} already has per-image palettes with other parameters (colors="
                 f"{old.get('colors')}, sample={old.get('sample')}, seed={old.get('seed')}, "
-                f"method={old.get('method', 'kmeans')}); "
-                "pass --overwrite to replace them")
+                f"method={old.get('method', 'kmeans')}"
+                + (f", quality={old.get('quality')}, k_range={old.get('k_range')}"
+                   if old.get("quality") or pcfg.quality else "")
+                + "); pass --overwrite to replace them")
         if sec.get("state") == "complete":
-            return per_image_summary(st, "already complete")
+            summary = per_image_summary(st, "already complete")
+            _refuse_below_min(st, summary)  # as the first run ended: a rerun fails again at once
+            return summary
+    colors = list(pcfg.colors) if pcfg.quality is None else [pcfg.k_range[1]]
     timings: dict[str, float] = {}
     sizes = coll.heights * coll.widths
     with timer("per-image fit", timings), runner(cfg.dask) as run:
@@ -251,9 +415,13 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             st.write_table(PER_IMAGE_TASKS, {"first": np.asarray([t[0] for t in tasks], np.int64),
                                                "last": np.asarray([t[-1] for t in tasks], np.int64)})
             st.create_records(RECORDS, len(tasks))
-            extra = {} if fixed is None else {"fixed_colors": fixed.record()}
-            st.set_section(SECTION, {"state": "running", "fingerprint": fp, "config": to_dict(pcfg),
-                                     "colors": list(pcfg.colors), "n_tasks": len(tasks), **extra})
+            extra: dict[str, Any] = {} if fixed is None else {"fixed_colors": fixed.record()}
+            if pcfg.quality is not None:
+                extra["quality"] = {"min": pcfg.quality[0], "max": pcfg.quality[1],
+                                    "k_range": list(pcfg.k_range)}
+            st.set_section(SECTION, {"state": "running", "fingerprint": fp,
+                                     "config": _config_record(pcfg), "colors": colors,
+                                     "n_tasks": len(tasks), **extra})
         t = st.read_table(PER_IMAGE_TASKS, ("first", "last"))
         records = st.records(RECORDS)
         pending = [i for i in range(len(records)) if not records[i]]
@@ -266,21 +434,62 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             a = images[0][1]
             b = images[-1][1] + images[-1][2]
             args = {"store": st.location, "task": ti, "px_start": a, "px_stop": b, "images": images,
-                    "colors": list(pcfg.colors), "sample": pcfg.sample, "seed": pcfg.seed,
+                    "colors": colors, "sample": pcfg.sample, "seed": pcfg.seed,
                     "init": pcfg.init, "n_init": pcfg.n_init, "method": pcfg.method,
                     "fixed": None if fixed is None else fixed.rgb.tolist()}
+            if pcfg.quality is not None:
+                args.update(quality=list(pcfg.quality), k_range=list(pcfg.k_range))
             todo.append(Task(_fit_task, args, len(images)))
         run_tasks(run, todo, "per-image fit", "image", progress)
     with timer("consolidating", timings):
         records = st.records(RECORDS)
-        for k in pcfg.colors:
+        for k in colors:
             centers = np.zeros((len(coll), k, 3), dtype=np.float64)
             for r in records:
                 for image_id, flat in json.loads(r)[str(k)]:
                     centers[image_id] = np.asarray(flat, dtype=np.float64).reshape(k, 3)
             st.write_array(per_image_centers(k), centers)
             st.write_array(per_image_palette(k), np.round(np.clip(centers * 255, 0, 255)).astype(np.uint8))
-        st.set_section(SECTION, {**st.section(SECTION), "state": "complete", "timings": timings,
-                                 "runtime": facts, "finished": timestamp()})
+        done: dict[str, Any] = {}
+        if pcfg.quality is not None:
+            done["quality"] = _write_quality(st, records, len(coll), pcfg)
+        st.set_section(SECTION, {**st.section(SECTION), **done, "state": "complete",
+                                 "timings": timings, "runtime": facts, "finished": timestamp()})
     st.set_section(SECTION, {**st.section(SECTION), "timings": timings})  # with consolidating
-    return per_image_summary(st, "fitted", timings, len(coll))
+    summary = per_image_summary(st, "fitted", timings, len(coll))
+    _refuse_below_min(st, summary)
+    return summary
+
+
+def _write_quality(st: Store, records: np.ndarray, n: int, pcfg: PerImageConfig) -> dict[str, Any]:
+    """The table ``per_image/quality`` from the task records; the section's record of it
+    (target, range, mean K, images that reached MAX, images below MIN)."""
+    assert pcfg.quality is not None
+    k = np.zeros(n, np.int64)
+    mse = np.zeros(n, np.float64)
+    reason = [""] * n
+    for r in records:
+        for image_id, kk, m, why, _ in json.loads(r)["quality"]:
+            k[image_id], mse[image_id], reason[image_id] = kk, m, why
+    value = np.asarray([psnr(m) for m in mse], np.float64)
+    met = value >= pcfg.quality[1]
+    st.write_table(PER_IMAGE_QUALITY, {"k": k, "mse": mse, "psnr": value, "met": met,
+                                       "reason": reason})
+    return {"min": pcfg.quality[0], "max": pcfg.quality[1], "k_range": list(pcfg.k_range),
+            "mean_k": float(k.mean()) if n else 0.0, "met": int(met.sum()),
+            "below_min": sum(1 for w in reason if w)}
+
+
+def _refuse_below_min(st: Store, summary: PerImageSummary) -> None:
+    """Raise :class:`QualityError` (exit status 99) when a quality fit left images below MIN:
+    one line naming how many, and the first few (their palettes are stored all the same)."""
+    q = summary.quality
+    if not q or not q["below_min"]:
+        return
+    names = [f"{im['path']} ({im['psnr']:.2f} dB at K={im['k']})" for im in q["images"]
+             if im["reason"]]
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    raise QualityError(f"{st.path}: {len(names)} of {summary.n_images} images stay below MIN "
+                       f"{q['min']:g} dB even with K={q['k_range'][1]}: {', '.join(names[:3])}"
+                       f"{more}; the others are fitted; widen key 'per_image.k_range' "
+                       "(--k-range) or lower MIN")

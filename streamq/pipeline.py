@@ -52,7 +52,10 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
     if cfg.fit.quality is not None and cfg.per_image.enabled:
         raise ConfigError("key 'fit.quality' chooses the K of the shared palette, but "
                           "'per_image.enabled' is true (per-image palettes take their K from "
-                          "'per_image.colors')")
+                          "'per_image.colors', or 'per_image.quality')")
+    if cfg.per_image.quality is not None and cfg.per_image.enabled:
+        raise ConfigError("key 'per_image.quality' is not run by streamq run yet: use "
+                          "`streamq fit --per-image --quality MIN-MAX`, then quantize and export")
     if cfg.quantize.palette is not None and cfg.per_image.enabled:
         raise ConfigError("key 'quantize.palette' gives the shared palette, but "
                           "'per_image.enabled' is true (per-image palettes only)")

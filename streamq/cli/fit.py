@@ -66,9 +66,12 @@ from streamq.cli.options import (
 @click.option("--quality", metavar="MIN-MAX", default=None,
               help="Instead of -k: the smallest K in --k-range whose palette (exact Lloyd, as "
                    "--algorithm lloyd) reaches PSNR MAX dB over every pixel; exit status 99 "
-                   "when even the largest K stays below MIN. MAX alone: MIN is 0.")
+                   "when even the largest K stays below MIN. MAX alone: MIN is 0. With "
+                   "--per-image: for each image, over its own pixels (exit 99 when some image "
+                   "stays below MIN; the others are fitted).")
 @click.option("--k-range", "k_range", metavar="LO-HI", default=None,
-              help=f"--quality: the K searched {shown_default('fit.k_range', '-')}.")
+              help=f"--quality: the K searched {shown_default('fit.k_range', '-')} (with "
+                   "--per-image: for each image, at most 256).")
 @click.option("--save-palette", "save_palette", metavar="FILE", default=None,
               help="Also write the palette to FILE: .gpl (GIMP), .act (Adobe, at most 256 "
                    "colours), .json or .hex/.txt, by its extension; give it to `streamq "
@@ -109,7 +112,8 @@ def fit_cmd(ctx: click.Context, store: str | None, config_path: str | None, sche
         cfg = load_config(config_path, **{
             "store": store, "dask.scheduler": scheduler, "per_image.colors": colors,
             "per_image.sample": sample, "per_image.method": method, "per_image.init": init,
-            "per_image.seed": seed, "per_image.fixed_colors": fixed_colors},
+            "per_image.seed": seed, "per_image.fixed_colors": fixed_colors,
+            **{f"per_image.{k.split('.')[1]}": v for k, v in targets.items()}},
             **storage_overrides(storage_options), **lock_overrides(no_lock))
         if cfg.store is None:
             raise click.UsageError(NO_STORE)

@@ -164,6 +164,12 @@ def _ks(v: Any) -> str | None:
         "distinct integers from 2 to 256"
 
 
+def _per_image_k_range(v: Any) -> str | None:
+    lo, hi = v
+    return None if 2 <= lo <= hi <= 256 else \
+        "[LO, HI]: the K searched, integers with 2 <= LO <= HI <= 256, e.g. [2, 64]"
+
+
 @dataclass(frozen=True)
 class PerImageConfig:
     """One palette per image: the tutorial's k-means on a pixel sample, at collection scale."""
@@ -183,6 +189,12 @@ class PerImageConfig:
     fixed_colors: str | None = _opt(
         None, doc="histogram method: palette source whose colours every image's palette keeps "
                   "exactly as its first entries; each K counts them")
+    quality: tuple[float, float] | None = _opt(
+        None, _quality, "[MIN, MAX] PSNR in dB over each image's pixels: each image gets the "
+        "smallest K of k_range whose palette reaches MAX (colors is then not used); an image "
+        "below MIN even at the largest K is recorded, and the fit ends with exit status 99")
+    k_range: tuple[int, int] = _opt((2, 256), _per_image_k_range,
+                                    "quality: the K searched for each image, [LO, HI]")
 
 
 @dataclass(frozen=True)

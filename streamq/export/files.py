@@ -46,7 +46,13 @@ from streamq.names import output_name
 from streamq.scheduler import runner
 from streamq.stage import Task, run_tasks
 from streamq.store import Collection, Store, store_location
-from streamq.store.results import labels_identity, load_fit, read_identity, ready_labels
+from streamq.store.results import (
+    labels_identity,
+    load_fit,
+    per_image_quality,
+    read_identity,
+    ready_labels,
+)
 from streamq.store.selection import parse_ids, select_images
 
 if TYPE_CHECKING:
@@ -187,6 +193,9 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     if tmp_dir is not None:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a killed run
         os.makedirs(tmp_dir)
+    n_colors = None  # a quality fit: each image's own K (its palette is padded to the largest)
+    if per_image is not None and (chosen_k := per_image_quality(st)) is not None:
+        n_colors = {i: int(chosen_k["k"][i]) for i in chosen}
     common = {"store": st.location, "out": out_loc, "palette": palette, "per_image": per_image,
               "format": format, "dither": dither, "options": options, "tmp_dir": tmp_dir,
               "retry": cfg.retry, "labels": identity, "fit": fit_fp, "root": root,
@@ -202,7 +211,8 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
 
     with timer("exporting", timings), runner(cfg.dask) as run:
         run.check_paths(st.path, out)
-        run_tasks(run, [Task(export_task, {**common, "images": t, "expect": {
+        run_tasks(run, [Task(export_task, {**common, "images": t, **_own_k(n_colors, t),
+                                           "expect": {
                         r: recorded[r] for r in (record_key(root, item[1]) for item in t)
                         if r in recorded}}, len(t)) for t in tasks],
                   "exporting", "image", progress, on_result=add, total=len(chosen))
@@ -217,6 +227,11 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
                             manifest=out_loc.join(MANIFEST).url, too_large=too_large)
     log.info("%s", summary)
     return summary
+
+
+def _own_k(n_colors: dict[int, int] | None, images: list[Any]) -> dict[str, Any]:
+    """The task argument ``n_colors`` (each image's own K) of a quality fit's images."""
+    return {} if n_colors is None else {"n_colors": {item[0]: n_colors[item[0]] for item in images}}
 
 
 def _without_large(st: Store, coll: Collection, chosen: list[int]) -> tuple[list[int], list[int]]:

@@ -98,6 +98,8 @@ def export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
             for image_id, path, off, h, w in run:
                 palette = np.asarray(run_palettes[image_id - run[0][0]] if run_palettes is not None
                                      else args["palette"], dtype=np.uint8)
+                if "n_colors" in args:  # a quality fit: the image's own K entries, not the padding
+                    palette = palette[:args["n_colors"][image_id]]
                 encoded = encoder.encode(block[off - start:off - start + h * w], h, w, palette)
                 check_writer()  # under `streamq run`: the store's lock must still be this job's
                 paths.append(path)

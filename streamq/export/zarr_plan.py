@@ -67,6 +67,9 @@ def plan_results(st: Store, ks: list[int] | None) -> list[Result]:
         if fit.alpha is not None:  # only then: an opaque collection's export is unchanged
             plan[0][2]["alpha"] = True
     else:
+        if st.section("per_image").get("quality"):
+            raise ConfigError(f"{st.path}: --zarr does not export per-image palettes chosen by "
+                              "--quality yet (each image its own K); export them as image files")
         pcfg = st.section("per_image").get("config", {})
         plan = [(f"k{k}", k, {
             "palette": "per-image", "k": k, "color_space": "rgb", "sample": pcfg.get("sample"),

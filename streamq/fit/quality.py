@@ -43,7 +43,7 @@ import numpy as np
 from streamq.colorspace import to_rgb8
 from streamq.config import FitConfig, fingerprint, to_dict
 from streamq.describe import describe_quality
-from streamq.errors import ConfigError, StreamQError
+from streamq.errors import ConfigError, QualityError
 from streamq.fit.lloyd import FitInfo, ensure_distinct, exact_mse, fit_exact, join_history, points
 from streamq.metrics import psnr
 from streamq.scheduler import Runner
@@ -56,14 +56,8 @@ __all__ = ["EXIT_STATUS", "QualityError", "check_flags", "describe_quality", "fi
 
 log = logging.getLogger(__name__)
 
-EXIT_STATUS = 99  # as pngquant's when the quality is below MIN
+EXIT_STATUS = QualityError.exit_status  # 99, as pngquant's when the quality is below MIN
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
-
-
-class QualityError(StreamQError):
-    """Even the largest K searched gives a PSNR below the quality target's MIN."""
-
-    exit_status = EXIT_STATUS
 
 
 def parse_range(text: str, flag: str, integers: bool = False) -> list[float] | list[int]:
@@ -88,13 +82,10 @@ def check_flags(quality: Any, k_range: Any, *, colors: Any = None, per_image: bo
         if k_range is not None:
             raise ConfigError("--k-range goes with --quality MIN-MAX (the K searched)")
         return
-    if per_image:
-        raise ConfigError("--quality chooses the K of the shared palette; per-image palettes "
-                          "take their K as a list (--per-image --colors 2,6,30)")
     if colors is not None:
         raise ConfigError("--colors and --quality exclude each other: --quality chooses K "
                           "in --k-range")
-    if algorithm == "minibatch":
+    if algorithm == "minibatch" and not per_image:
         raise ConfigError("--quality fits each K by exact Lloyd on the colour histogram "
                           "(--algorithm lloyd), not minibatch")
 

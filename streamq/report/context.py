@@ -148,7 +148,11 @@ def read_results(st: Store) -> tuple[list[Result], list[str]]:
                           _ssim(st, image_errors_path()) if state == "complete" and q.get("ssim")
                           else None))
     per = st.section("per_image")
-    if per.get("state") == "complete":
+    if per.get("state") == "complete" and per.get("quality"):
+        problems.append("the per-image palettes chosen by quality (each image its own K, "
+                        "store attribute per_image.quality) are not in the report yet: left "
+                        "out; see `streamq info` and export them as files.")
+    elif per.get("state") == "complete":
         for value in per.get("colors") or []:
             k = _count(value)
             if k is None:

@@ -25,6 +25,7 @@ A store is a Zarr v3 group (see ``docs/store-format.md``)::
                                 records and the per-image errors
       per_image/{tasks,records}, per_image/k{K}/{centers,palette,labels,label_records,images}
                                 the per-image palettes of K colours and their labels
+      per_image/quality/{k,mse,psnr,met,reason}   a quality fit's K of each image
       groups/...                the image groups (descriptors, centres, checkpoint, ...)
 
 Stages and the other store modules import these names; none spells a path itself
@@ -71,6 +72,9 @@ QUANTIZE = "quantize"
 PER_IMAGE = "per_image"
 PER_IMAGE_TASKS = f"{PER_IMAGE}/tasks"
 PER_IMAGE_RECORDS = f"{PER_IMAGE}/records"
+#: a quality fit's choice per image (``fit --per-image --quality``): columns k, mse, psnr, met, reason
+PER_IMAGE_QUALITY = f"{PER_IMAGE}/quality"
+QUALITY_COLUMNS = ("k", "mse", "psnr", "met", "reason")
 
 # -- image groups ----------------------------------------------------------------------------------
 GROUPS = "groups"

@@ -17,7 +17,7 @@ from streamq.fs import Location
 from streamq.store.image_groups import groups_summary
 from streamq.store.images import Collection, open_store
 from streamq.store.names import FIT_PALETTE, PIXELS, image_errors_path, per_image_labels
-from streamq.store.results import labels_state, worst_images
+from streamq.store.results import labels_state, per_image_quality, worst_images
 
 __all__ = ["collection_info"]
 
@@ -70,6 +70,12 @@ def _per_image_summary(coll: Collection) -> dict[str, Any] | None:
                            "method": sec.get("config", {}).get("method", "kmeans"), "results": {}}
     if sec.get("fixed_colors"):
         out["fixed_colors"] = sec["fixed_colors"]
+    table = per_image_quality(coll.store)
+    if table is not None:  # a quality fit: each image's K; those below MIN, and why
+        out["quality"] = {**sec["quality"], "below": [
+            {"id": i, "path": coll.paths[i], "k": int(table["k"][i]),
+             "psnr": float(table["psnr"][i]), "reason": str(table["reason"][i])}
+            for i in range(len(table["k"])) if table["reason"][i]]}
     for k in sec.get("colors") or []:
         q = coll.store.section(per_image_labels(k))
         out["results"][str(k)] = {"labels": labels_state(coll.store, k)[0],

@@ -50,6 +50,8 @@ from streamq.store.names import (  # re-exported: the stages import these names 
     GROUPS,
     HISTORY_KEYS,
     PER_IMAGE,
+    PER_IMAGE_QUALITY,
+    QUALITY_COLUMNS,
     QUANTIZE,
     STARTS,
     fit_center_columns,
@@ -61,7 +63,7 @@ from streamq.store.names import (  # re-exported: the stages import these names 
 __all__ = ["CENTERS", "CHECKPOINT", "FIT", "FIT_HISTORY", "FIT_PALETTE", "HISTORY_KEYS",
            "PER_IMAGE", "QUANTIZE", "STARTS", "FitResult", "clear_fit", "fit_center_columns",
            "labels_identity", "labels_state", "load_fit", "load_per_image", "per_image_centers",
-           "per_image_labels", "read_identity", "ready_labels", "recorded_labels_ok",
+           "per_image_labels", "per_image_quality", "read_identity", "ready_labels", "recorded_labels_ok",
            "result_state", "save_fit", "worst_images"]
 
 # -- staleness: the one rule -------------------------------------------------------------------
@@ -300,6 +302,16 @@ def load_per_image(store: str | Location, k: int,
                                  f"streamq fit --per-image --colors {k}")
     return (np.asarray(st.array(per_image_centers(k))[:]),
             np.asarray(st.array(per_image_palette(k))[:]))
+
+
+def per_image_quality(st: Store) -> dict[str, np.ndarray] | None:
+    """A complete per-image quality fit's choice of each image (``fit --per-image
+    --quality``): the columns ``k``, ``mse``, ``psnr``, ``met`` (reached MAX) and ``reason``
+    (why below MIN, else ``""``); None for palettes fitted for a list of K."""
+    sec = st.section(PER_IMAGE)
+    if sec.get("state") != "complete" or not sec.get("quality"):
+        return None
+    return st.read_table(PER_IMAGE_QUALITY, QUALITY_COLUMNS)
 
 
 def worst_images(psnr: np.ndarray, n: int) -> list[int]:

@@ -15,7 +15,7 @@ from streamq.fs import Location
 from streamq.store.images import Collection
 from streamq.store.layout import Store
 from streamq.store.names import PER_IMAGE, per_image_labels
-from streamq.store.results import labels_state
+from streamq.store.results import labels_state, per_image_quality
 
 __all__ = ["PerImageSummary", "per_image_summary", "summary_of"]
 
@@ -28,13 +28,30 @@ class PerImageSummary:
     status: str
     mean_psnr: dict[int, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    #: a quality fit (``fit --per-image --quality``): target, range, mean K, how many images
+    #: reached MAX and how many stayed below MIN, and ``images``: each image's ``id``,
+    #: ``path``, ``k``, ``psnr``, ``met`` and ``reason``; None for a list of K
+    quality: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["quality"] is None:  # a list of K: as before there were quality targets
+            del out["quality"]
+        return out
 
     def __str__(self) -> str:
-        text = f"{self.status}: per-image palettes K={','.join(map(str, self.colors))} for {self.n_images} images"
-        if self.mean_psnr:
+        q = self.quality
+        if q is None:
+            text = f"{self.status}: per-image palettes K={','.join(map(str, self.colors))} for {self.n_images} images"
+        else:
+            lo, hi = q["k_range"]
+            text = (f"{self.status}: per-image palettes for {self.n_images} images, quality "
+                    f"{q['min']:g}-{q['max']:g} dB, K in {lo}..{hi}: mean K {q['mean_k']:.1f}, "
+                    f"{q['met']} of {self.n_images} reached {q['max']:g} dB"
+                    + (f", {q['below_min']} below MIN" if q["below_min"] else ""))
+        if self.mean_psnr and q is not None:  # one result, each image at its own K
+            text += f"; mean PSNR of the labels {next(iter(self.mean_psnr.values())):.2f} dB"
+        elif self.mean_psnr:
             text += "; mean PSNR " + ", ".join(f"K={k}: {v:.2f} dB" for k, v in self.mean_psnr.items())
         return text
 
@@ -58,5 +75,13 @@ def per_image_summary(st: Store, status: str, timings: dict[str, float] | None =
     for k in sec.get("colors", []):
         if labels_state(st, k)[0] == "complete":
             mean[k] = st.section(per_image_labels(k))["mean_psnr"]
+    quality = None
+    table = per_image_quality(st)
+    if table is not None:
+        paths = Collection(st).paths
+        quality = {**sec["quality"], "images": [
+            {"id": i, "path": paths[i], "k": int(table["k"][i]), "psnr": float(table["psnr"][i]),
+             "met": bool(table["met"][i]), "reason": str(table["reason"][i])}
+            for i in range(len(table["k"]))]}
     return PerImageSummary(store=st.path, colors=list(sec.get("colors", [])), n_images=n_images,
-                           status=status, mean_psnr=mean, timings=timings or {})
+                           status=status, mean_psnr=mean, timings=timings or {}, quality=quality)
