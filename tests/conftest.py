@@ -17,6 +17,11 @@ from PIL import Image
 
 from streamq.examples import make_collection
 
+# gcsfs (2026.10) asks a bucket's type through Google's gRPC storage-control API before its
+# first request, and waits 60 s for an answer that the GCS emulator of the tests never gives.
+# Set before any process of the session (cluster workers included) imports gcsfs.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
 # -- how the suite spreads over ``pytest -n`` workers (pyproject: --dist loadgroup) ------------
 #: A test of these marks runs real subprocesses or clusters.
 _HEAVY_MARKS = ("slow", "distributed")
@@ -79,6 +84,50 @@ def cluster_address():
         yield cluster.scheduler_address
 
 
+def _serve(cmd: list[str], port: int, log_path: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start a local server process on ``port`` (127.0.0.1) and wait until it accepts."""
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{cmd[0]} did not start: see {log_path}") from None
+            time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+    """A Google Cloud Storage emulator (``gcp-storage-emulator``, in memory) in its own process on
+    127.0.0.1, with one bucket; yields the gcsfs storage options that reach it."""
+    import gcsfs
+
+    port = free_port()
+    folder = tmp_path_factory.mktemp("gcs")
+    proc = _serve([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+                   "--port", str(port), "--in-memory"], port, folder / "server.log")
+    try:
+        opts = {"endpoint_url": f"http://127.0.0.1:{port}", "token": "anon", "project": "streamq-test"}
+        gcsfs.GCSFileSystem(**opts, skip_instance_cache=True).mkdir(BUCKET)
+        yield opts
+    finally:
+        _stop(proc)
+
+
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """moto's S3 server in its own process on 127.0.0.1, with one bucket; yields the storage
@@ -87,36 +136,20 @@ def s3(tmp_path_factory):
 
     port = free_port()
     folder = tmp_path_factory.mktemp("moto")
-    log = open(folder / "server.log", "wb")
     # where moto's request recorder writes (test_s3._requests_to), not the working folder
     env = {**os.environ, "MOTO_RECORDER_FILEPATH": str(folder / "recording")}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = _serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port,
+                  folder / "server.log", env)
     endpoint = f"http://127.0.0.1:{port}"
     old = os.environ.get("AWS_EC2_METADATA_DISABLED")
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"  # never look for instance credentials
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
         boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="streamq-test",
                      aws_secret_access_key=SECRET, region_name="us-east-1").create_bucket(Bucket=BUCKET)
         yield {"endpoint_url": endpoint, "key": "streamq-test", "secret": SECRET,
                "client_kwargs": {"region_name": "us-east-1"}}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        _stop(proc)
         if old is None:
             os.environ.pop("AWS_EC2_METADATA_DISABLED", None)
         else:

@@ -359,3 +359,24 @@ def test_source_options_never_shown():
     with pytest.raises(streamq.ConfigError) as err:
         streamq.load_config(None, **{"source_options": 5})
     assert "not shown" in str(err.value)
+
+
+def test_gcs_bucket_ingest_equals_local_ingest(photos, local_ref, gcs, cluster_address, tmp_path):
+    """``gs://`` (gcsfs, on a Google Cloud Storage emulator on loopback): the same store as the
+    same files on disk, read by the cluster's workers; the rerun finds it complete."""
+    import gcsfs
+
+    root, names = photos
+    fs = gcsfs.GCSFileSystem(**gcs, skip_instance_cache=True)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: fs.pipe(f"{BUCKET}/{PREFIX}/{n}", (root / n).read_bytes()), names))
+    url, store = f"gs://{BUCKET}/{PREFIX}/", tmp_path / "gcs.zarr"
+    summary = streamq.ingest(url, store, scheduler=cluster_address, progress=False,
+                             storage_options=gcs, **SETTINGS)
+    assert (summary.status, summary.n_images) == ("ingested", N_JPEG + N_PNG)
+    assert_same_store(local_ref, store)
+    assert {s.path: s.reason for s in streamq.open_store(store).skipped} == BAD
+    assert zarr.open_group(str(store), mode="r").attrs["ingest"]["root"] == f"gs://{BUCKET}/{PREFIX}"
+    again = streamq.ingest(url, store, scheduler="threads", progress=False, storage_options=gcs,
+                           **SETTINGS)
+    assert again.status == "already complete"
