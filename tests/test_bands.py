@@ -218,6 +218,38 @@ def test_per_image_palettes_export_as_tiled_bigtiff(banded, tmp_path):
         np.testing.assert_array_equal(page.colormap[:, :6].T, palette.astype(np.uint16) * 257)
 
 
+def test_alpha_image_over_max_pixels_exports_as_rgba_bigtiff(tmp_path):
+    """An RGBA TIFF read in bands (alpha kept) comes out as an RGBA BigTIFF (unassociated
+    alpha: straight colours, as the RGBA PNG) equal to the fitted RGBA palette[labels]."""
+    from streamq.store.results import load_fit
+
+    h, w = 700, 900
+    yy, xx = np.mgrid[:h, :w]
+    rgba = np.stack([xx * 255 // w, yy * 255 // h, np.full((h, w), 128),
+                     np.select([xx < w // 3, xx < 2 * w // 3], [0, 128], 255)],
+                    axis=2).astype(np.uint8)
+    (tmp_path / "src").mkdir()
+    tifffile.imwrite(tmp_path / "src" / "a.tif", rgba, photometric="rgb",
+                     extrasamples=["unassalpha"], tile=(64, 64))
+    store = str(tmp_path / "s.zarr")
+    streamq.ingest(tmp_path / "src", store, scheduler="threads", progress=False,
+                   max_pixels=LIMIT)
+    streamq.fit(store, colors=8, scheduler="threads")
+    streamq.quantize(store, scheduler="threads", progress=False, ssim=False)
+    summary = streamq.export(store, tmp_path / "out", scheduler="threads", progress=False)
+    assert summary.tiled == [0]
+    fitted = load_fit(store)
+    assert fitted.alpha is not None
+    table = np.concatenate([fitted.palette, fitted.alpha[:, None]], axis=1).astype(np.uint8)
+    labels = np.asarray(zarr.open_group(store, mode="r")["quantize/labels"][:h * w])
+    with tifffile.TiffFile(tmp_path / "out" / "a.tif") as tf:
+        page = tf.pages[0]
+        assert tf.is_bigtiff
+        assert page.is_tiled
+        assert tuple(page.extrasamples) == (tifffile.EXTRASAMPLE.UNASSALPHA,)
+        np.testing.assert_array_equal(page.asarray(), table[labels].reshape(h, w, 4))
+
+
 def test_killed_tiled_export_leaves_no_torn_file(banded, tmp_path):
     """kill -9 while the BigTIFF is half written (its temporary file seen growing): no file
     under its name, and a rerun gives the files of an export never killed, byte for byte."""
@@ -242,6 +274,24 @@ def test_killed_tiled_export_leaves_no_torn_file(banded, tmp_path):
     assert summary.n_written >= 1
     assert output_files(out) == output_files(clean)
     assert not list(tmp_dir.glob("*")) if tmp_dir.exists() else True
+
+
+def test_tiled_export_to_s3(banded, s3, tmp_path):
+    """To an object store the BigTIFF is written to a local temporary file and uploaded: the
+    object is the file a local export writes, and a rerun uploads nothing."""
+    import fsspec
+    from helpers import BUCKET
+
+    store = banded[0]
+    streamq.export(store, tmp_path / "local", scheduler="threads", progress=False)
+    url = f"s3://{BUCKET}/tiled-out"
+    summary = streamq.export(store, url, scheduler="threads", progress=False,
+                             storage_options=s3)
+    assert (summary.tiled, summary.too_large, summary.n_written) == ([0], [], 2)
+    fs = fsspec.filesystem("s3", **s3)
+    assert fs.cat_file(f"{url}/big.tif") == (tmp_path / "local" / "big.tif").read_bytes()
+    again = streamq.export(store, url, scheduler="threads", progress=False, storage_options=s3)
+    assert (again.n_written, again.n_existing) == (0, 2)
 
 
 def test_write_tiff_rgb_rgba_and_bounded_memory(tmp_path):

@@ -4,7 +4,11 @@ Files mirror the source tree (``Person/Person_0001.jpg`` -> ``OUT/Person/Person_
 a palette PNG (mode ``P``) for K <= 256, else RGB; ``--format jpeg|webp`` writes RGB;
 ``--dither`` re-quantizes the stored pixels to the palette with Floyd-Steinberg error
 diffusion; a palette with alpha gives ``tRNS`` palette PNGs, RGBA PNG and WebP files and JPEG
-files composited on the ingest's ``background`` (:mod:`streamq.export.encode`). Output paths
+files composited on the ingest's ``background`` (:mod:`streamq.export.encode`). An image over
+the ingest's ``max_pixels`` (read in bands) is never encoded whole: whatever ``format``, it
+is a tiled BigTIFF (``name.tif``) written a row of tiles at a time (:mod:`streamq.export.tiff`),
+a task of its own; with ``dither`` it is not written (error diffusion needs the whole image)
+and listed in :attr:`ExportSummary.too_large`. Output paths
 never leave OUT, whatever the stored names contain; a byte of a source name that is not UTF-8
 is written ``%HH`` (:func:`streamq.names.output_name`), and names that some file system would
 take for one file get distinct names, decided over the whole collection
