@@ -8,7 +8,9 @@ local Dask cluster (``--workers`` processes, ``--memory-limit`` each) runs and t
    through tifffile's Zarr interface (:mod:`streamq.ingest.bands`);
 2. ``fit``: a ``--colors`` palette (mini-batch then exact Lloyd on the colour histogram);
 3. ``quantize``: a label for every pixel (SSIM off);
-4. ``export``: ``--zarr`` (an image over max_pixels is never written as one image file).
+4. ``export``: ``--zarr``, the labels chunk by chunk;
+5. ``export files``: the file export, which writes an image over max_pixels as a tiled
+   palette BigTIFF a row of tiles at a time (:mod:`streamq.export.tiff`); its size is printed.
 
 Peak RSS is sampled every 0.2 s for the client and each worker process, per stage.
 
@@ -71,6 +73,7 @@ def main() -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     store, out = str(run_dir / "mosaic.zarr"), str(run_dir / "out.zarr")
+    files = run_dir / "out-files"
 
     from distributed import LocalCluster
 
@@ -87,6 +90,8 @@ def main() -> None:
                                                   ssim=False)),
             ("export", lambda: streamq.export(store, out, zarr=True, scheduler=addr,
                                               progress=False)),
+            ("export files", lambda: streamq.export(store, files, scheduler=addr,
+                                                    progress=False)),
         ]
         for name, fn in steps:
             with sampler.stage(name):
@@ -95,6 +100,9 @@ def main() -> None:
                 stages[name] = time.perf_counter() - t0
             print(f"{name}: {stages[name]:.1f} s  {str(summary).splitlines()[0]}", flush=True)
         results = {name: sampler.result(name) for name in stages}
+    tif = files / f"{src.stem}.tif"
+    tif_bytes = tif.stat().st_size
+    print(f"{tif.name}: {tif_bytes / 2**20:.0f} MiB tiled BigTIFF", flush=True)
     n_px = args.height * args.width
     rows = []
     for name, secs in stages.items():
@@ -112,6 +120,7 @@ def main() -> None:
     write_results(args.json, {"width": args.width, "height": args.height,
                               "max_pixels": args.max_pixels, "workers": args.workers,
                               "memory_limit": args.memory_limit, "colors": args.colors,
+                              "tiff_bytes": tif_bytes,
                               "seconds": stages, "memory": results, "git": git_commit()},
                   args.md, table)
 

@@ -3,6 +3,7 @@ photo crops ingested in bands is the same store content as the same image decode
 
 from __future__ import annotations
 
+import io
 import shutil
 import tracemalloc
 
@@ -14,6 +15,7 @@ from PIL import Image
 
 import streamq
 from streamq.examples import write_mosaic
+from streamq.export import tiff
 from streamq.ingest import bands
 
 H, W = 1200, 1700
@@ -135,21 +137,213 @@ def test_a_tiff_layout_not_read_in_bands_is_skipped_with_why(tmp_path):
     assert "planar samples cannot be read in bands" in reason
 
 
-def test_export_leaves_images_over_max_pixels_to_zarr(banded, tmp_path):
-    """A store whose mosaic was read in bands exports its other images as PNGs and says
-    that the mosaic needs --zarr; the Zarr export holds its labels."""
+def _labels_and_palette(store, per_image=None):
+    """The mosaic's labels ``(H, W)`` and palette straight from the store's arrays."""
+    g = zarr.open_group(store, mode="r")
+    if per_image is None:
+        lab = g["quantize/labels"]
+        pal = np.stack([np.asarray(g[f"fit/palette/{c}"]) for c in "rgb"], axis=1)
+    else:
+        lab = g[f"per_image/k{per_image}/labels"]
+        pal = np.asarray(g[f"per_image/k{per_image}/palette"][0])
+    return np.asarray(lab[:H * W]).reshape(H, W), pal.astype(np.uint8)
+
+
+def test_export_writes_images_over_max_pixels_as_tiled_bigtiff(banded, whole_store, tmp_path):
+    """The mosaic read in bands is exported as a tiled palette BigTIFF whose pixels are those
+    of the PNG the same image gives when under the limit; a rerun writes nothing."""
     store = banded[0]
-    summary = streamq.export(store, tmp_path / "out", scheduler="threads", progress=False)
-    assert summary.too_large == [0]
-    assert summary.n_images == 1
-    assert "1 image(s) over max_pixels not written" in str(summary)
-    assert "--zarr" in str(summary)
-    assert (tmp_path / "out" / "small.png").is_file()
-    assert not list((tmp_path / "out").glob("big*"))
+    out = tmp_path / "out"
+    summary = streamq.export(store, out, scheduler="threads", progress=False)
+    assert (summary.too_large, summary.tiled) == ([], [0])
+    assert (summary.n_images, summary.n_written) == (2, 2)
+    assert "1 over max_pixels as tiled BigTIFF" in str(summary)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == \
+        ["big.tif", "small.png"]
+    labels, palette = _labels_and_palette(store)
+    with tifffile.TiffFile(out / "big.tif") as tf:
+        page = tf.pages[0]
+        assert tf.is_bigtiff
+        assert page.is_tiled
+        assert page.photometric == tifffile.PHOTOMETRIC.PALETTE
+        assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        assert page.tilelength * W <= tiff.BAND_PIXELS  # a row of tiles is at most a band
+        got = page.asarray()
+        colormap = page.colormap
+    np.testing.assert_array_equal(got, labels)
+    np.testing.assert_array_equal(colormap[:, :len(palette)].T, palette.astype(np.uint16) * 257)
+    # the independent reference: Pillow's PNG of the same image, exported whole (under the
+    # limit in the store ingested without one), against the TIFF as Pillow reads it
+    whole = streamq.export(whole_store, tmp_path / "whole", scheduler="threads", progress=False)
+    assert whole.tiled == []
+    with Image.open(tmp_path / "whole" / "big.png") as png, Image.open(out / "big.tif") as tif:
+        assert tif.mode == "P"
+        np.testing.assert_array_equal(np.asarray(tif.convert("RGB")),
+                                      np.asarray(png.convert("RGB")))
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("big*")}
+    again = streamq.export(store, out, scheduler="threads", progress=False)
+    assert (again.n_written, again.n_existing) == (0, 2)
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("big*")} == before
+    # the compact form still holds the mosaic's labels
     streamq.export(store, tmp_path / "out.zarr", zarr=True, scheduler="threads", progress=False)
-    labels = zarr.open_group(tmp_path / "out.zarr", mode="r")["labels"]
-    ref = zarr.open_group(store, mode="r")["quantize/labels"]
-    np.testing.assert_array_equal(np.asarray(labels[:H * W]), np.asarray(ref[:H * W]))
+    arr = zarr.open_group(tmp_path / "out.zarr", mode="r")["labels"]
+    np.testing.assert_array_equal(np.asarray(arr[:H * W]).reshape(H, W), labels)
+
+
+def test_export_with_dither_leaves_images_over_max_pixels_out(banded, tmp_path):
+    """Error diffusion needs the whole image: with --dither the mosaic is not written, and the
+    summary says how to export it."""
+    summary = streamq.export(banded[0], tmp_path / "out", dither=True, scheduler="threads",
+                             progress=False)
+    assert (summary.too_large, summary.tiled, summary.n_images) == ([0], [], 1)
+    assert "1 image(s) over max_pixels not written (--dither" in str(summary)
+    assert "--zarr" in str(summary)
+    assert [p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")] == \
+        ["small.png"]
+
+
+def test_per_image_palettes_export_as_tiled_bigtiff(banded, tmp_path):
+    """Per-image palettes take the same path: the mosaic's own palette is the colormap."""
+    store = str(tmp_path / "pi.zarr")
+    shutil.copytree(banded[0], store)
+    streamq.fit_per_image(store, colors=[6], sample=0.05, seed=4, scheduler="threads")
+    streamq.quantize(store, scheduler="threads", progress=False, ssim=False)
+    summary = streamq.export(store, tmp_path / "out", per_image=6, scheduler="threads",
+                             progress=False)
+    assert summary.tiled == [0]
+    labels, palette = _labels_and_palette(store, per_image=6)
+    with tifffile.TiffFile(tmp_path / "out" / "big.tif") as tf:
+        page = tf.pages[0]
+        assert tf.is_bigtiff
+        assert page.is_tiled
+        np.testing.assert_array_equal(page.asarray(), labels)
+        np.testing.assert_array_equal(page.colormap[:, :6].T, palette.astype(np.uint16) * 257)
+
+
+def test_alpha_image_over_max_pixels_exports_as_rgba_bigtiff(tmp_path):
+    """An RGBA TIFF read in bands (alpha kept) comes out as an RGBA BigTIFF (unassociated
+    alpha: straight colours, as the RGBA PNG) equal to the fitted RGBA palette[labels]."""
+    from streamq.store.results import load_fit
+
+    h, w = 700, 900
+    yy, xx = np.mgrid[:h, :w]
+    rgba = np.stack([xx * 255 // w, yy * 255 // h, np.full((h, w), 128),
+                     np.select([xx < w // 3, xx < 2 * w // 3], [0, 128], 255)],
+                    axis=2).astype(np.uint8)
+    (tmp_path / "src").mkdir()
+    tifffile.imwrite(tmp_path / "src" / "a.tif", rgba, photometric="rgb",
+                     extrasamples=["unassalpha"], tile=(64, 64))
+    store = str(tmp_path / "s.zarr")
+    streamq.ingest(tmp_path / "src", store, scheduler="threads", progress=False,
+                   max_pixels=LIMIT)
+    streamq.fit(store, colors=8, scheduler="threads")
+    streamq.quantize(store, scheduler="threads", progress=False, ssim=False)
+    summary = streamq.export(store, tmp_path / "out", scheduler="threads", progress=False)
+    assert summary.tiled == [0]
+    fitted = load_fit(store)
+    assert fitted.alpha is not None
+    table = np.concatenate([fitted.palette, fitted.alpha[:, None]], axis=1).astype(np.uint8)
+    labels = np.asarray(zarr.open_group(store, mode="r")["quantize/labels"][:h * w])
+    with tifffile.TiffFile(tmp_path / "out" / "a.tif") as tf:
+        page = tf.pages[0]
+        assert tf.is_bigtiff
+        assert page.is_tiled
+        assert tuple(page.extrasamples) == (tifffile.EXTRASAMPLE.UNASSALPHA,)
+        np.testing.assert_array_equal(page.asarray(), table[labels].reshape(h, w, 4))
+
+
+def test_killed_tiled_export_leaves_no_torn_file(banded, tmp_path):
+    """kill -9 while the BigTIFF is half written (its temporary file seen growing): no file
+    under its name, and a rerun gives the files of an export never killed, byte for byte."""
+    from helpers import kill_when, output_files, streamq_cmd
+
+    store = banded[0]
+    clean = tmp_path / "clean"
+    streamq.export(store, clean, scheduler="threads", progress=False)
+    out = tmp_path / "out"
+    tmp_dir = out / ".streamq-tmp-files"
+
+    def half_written():
+        return any(p.name.startswith(".big.tif.") and p.stat().st_size > 0
+                   for p in (tmp_dir.iterdir() if tmp_dir.is_dir() else ()))
+
+    kill_when(streamq_cmd("-q", "export", store, str(out), "--scheduler", "threads"),
+              half_written, interval=0.001)
+    torn = out / "big.tif"
+    if torn.exists():  # renamed between the last poll and the kill: then it is whole
+        assert torn.read_bytes() == (clean / "big.tif").read_bytes()
+    summary = streamq.export(store, out, scheduler="threads", progress=False)
+    assert summary.n_written >= 1
+    assert output_files(out) == output_files(clean)
+    assert not list(tmp_dir.glob("*")) if tmp_dir.exists() else True
+
+
+def test_tiled_export_to_s3(banded, s3, tmp_path):
+    """To an object store the BigTIFF is written to a local temporary file and uploaded: the
+    object is the file a local export writes, and a rerun uploads nothing."""
+    import fsspec
+    from helpers import BUCKET
+
+    store = banded[0]
+    streamq.export(store, tmp_path / "local", scheduler="threads", progress=False)
+    url = f"s3://{BUCKET}/tiled-out"
+    summary = streamq.export(store, url, scheduler="threads", progress=False,
+                             storage_options=s3)
+    assert (summary.tiled, summary.too_large, summary.n_written) == ([0], [], 2)
+    fs = fsspec.filesystem("s3", **s3)
+    assert fs.cat_file(f"{url}/big.tif") == (tmp_path / "local" / "big.tif").read_bytes()
+    again = streamq.export(store, url, scheduler="threads", progress=False, storage_options=s3)
+    assert (again.n_written, again.n_existing) == (0, 2)
+
+
+def test_write_tiff_rgb_rgba_and_bounded_memory(tmp_path):
+    """K > 256 gives RGB, a palette with alpha RGBA (unassociated), each equal to
+    palette[labels]; the labels are taken a band at a time and never held whole."""
+    rng = np.random.default_rng(5)
+    h, w = 700, 900
+    lab = rng.integers(0, 300, (h, w)).astype(np.uint16)
+    pal = rng.integers(0, 256, (300, 3)).astype(np.uint8)
+    alpha = rng.integers(0, 256, 300).astype(np.uint8)
+    tile = tiff.tile_shape(w, band_pixels=40_000)
+    assert tile == (32, 256)
+    for a, extra in ((None, ()), (alpha, (tifffile.EXTRASAMPLE.UNASSALPHA,))):
+        buf = io.BytesIO()
+        tiff.write_tiff(buf, (lab[y:y + tile[0]] for y in range(0, h, tile[0])), h, w, pal, a,
+                        tile)
+        buf.seek(0)
+        with tifffile.TiffFile(buf) as tf:
+            page = tf.pages[0]
+            assert tf.is_bigtiff
+            assert page.is_tiled
+            assert page.photometric == tifffile.PHOTOMETRIC.RGB
+            assert tuple(page.extrasamples) == extra
+            ref = pal[lab] if a is None else np.concatenate([pal, a[:, None]], axis=1)[lab]
+            np.testing.assert_array_equal(page.asarray(), ref)
+    # memory: a tall RGB image made band by band (never whole anywhere) into a file
+    h = 6000
+
+    def bands():
+        for y in range(0, h, tile[0]):
+            yield np.random.default_rng(y).integers(0, 300, (min(tile[0], h - y), w),
+                                                    dtype=np.uint16)
+
+    with open(tmp_path / "tall.tif", "w+b") as fh:
+        tracemalloc.start()
+        try:
+            tiff.write_tiff(fh, bands(), h, w, pal, None, tile, level=0)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        fh.seek(0)
+        with tifffile.TiffFile(fh) as tf:
+            assert tf.pages[0].shape == (h, w, 3)
+    assert peak < h * w * 3 / 10, f"peak {peak} bytes for an image of {h * w * 3}"
+
+
+def test_write_tiff_refuses_missing_rows():
+    with pytest.raises(ValueError, match="rows of labels"):
+        tiff.write_tiff(io.BytesIO(), [np.zeros((16, 32), np.uint8)], 32, 32,
+                        np.zeros((2, 3), np.uint8), None, (16, 256))
 
 
 def test_cli_large_skip(mosaic_dir, tmp_path):

@@ -35,7 +35,8 @@ from streamq.cli.options import (
 @click.option("--label", "labels", multiple=True, help="Only images with this label (repeatable).")
 @click.option("--ids", default=None, help="Only these image ids, e.g. 0,5,10-20.")
 @click.option("--png-level", type=int, default=None,
-              help=f"zlib level of PNG files, 0..9 {shown_default('export.png_level')}.")
+              help="zlib level of PNG files and of the tiled TIFFs of images over max_pixels, "
+                   f"0..9 {shown_default('export.png_level')}.")
 @click.option("--per-image", "per_image", default=None, metavar="K",
               help="Export the per-image palettes of this K instead of the shared palette "
                    "(--zarr: also a list such as 2,6,30, one group per K).")
@@ -55,6 +56,8 @@ def export_cmd(ctx: click.Context, store: str | None, out: str | None, config_pa
     OUT is a folder or a URL such as s3://bucket/faces-64 (one object per image). Names
     that a case-insensitive file system would take for one file (A.jpg, a.JPG) are told
     apart as a~2.png, ...: the summary counts them and OUT/.streamq-export.json lists them.
+    An image over the ingest's max_pixels (read in bands) is written as a tiled BigTIFF,
+    name.tif, a row of tiles at a time (not with --dither: listed as not written).
 
     With --zarr, OUT (e.g. faces-labels.zarr) becomes a stand-alone Zarr store of the
     palette, the labels of the selected images packed back to back, and the image table

@@ -8,6 +8,8 @@ Image files (:func:`export`):
   file system takes for one file;
 * :mod:`streamq.export.write` -- the task: reads labels, writes the files, records them;
 * :mod:`streamq.export.encode` -- one image file's bytes from its labels and palette (Pillow);
+* :mod:`streamq.export.tiff` -- an image over max_pixels as a tiled BigTIFF, a row of tiles at
+  a time (tifffile);
 * :mod:`streamq.export.records` -- OUT's manifest and completion records.
 
 Arrays, a stand-alone Zarr store (``export(..., zarr=True)``, :func:`export_zarr`):
@@ -22,7 +24,7 @@ Both: :mod:`streamq.export.common` -- the manifest's name, the check of the outp
 the message of labels changed under an export.
 
 One way only (``pyproject.toml``, ``export-package``): ``files`` -> ``zarr`` -> the task
-modules and ``zarr_out``, ``zarr_tables`` -> ``encode``, ``records``, ``paths``,
+modules and ``zarr_out``, ``zarr_tables`` -> ``encode``, ``tiff``, ``records``, ``paths``,
 ``zarr_plan`` -> ``common``.
 """
 

@@ -4,7 +4,11 @@ Files mirror the source tree (``Person/Person_0001.jpg`` -> ``OUT/Person/Person_
 a palette PNG (mode ``P``) for K <= 256, else RGB; ``--format jpeg|webp`` writes RGB;
 ``--dither`` re-quantizes the stored pixels to the palette with Floyd-Steinberg error
 diffusion; a palette with alpha gives ``tRNS`` palette PNGs, RGBA PNG and WebP files and JPEG
-files composited on the ingest's ``background`` (:mod:`streamq.export.encode`). Output paths
+files composited on the ingest's ``background`` (:mod:`streamq.export.encode`). An image over
+the ingest's ``max_pixels`` (read in bands) is never encoded whole: whatever ``format``, it
+is a tiled BigTIFF (``name.tif``) written a row of tiles at a time (:mod:`streamq.export.tiff`),
+a task of its own; with ``dither`` it is not written (error diffusion needs the whole image)
+and listed in :attr:`ExportSummary.too_large`. Output paths
 never leave OUT, whatever the stored names contain; a byte of a source name that is not UTF-8
 is written ``%HH`` (:func:`streamq.names.output_name`), and names that some file system would
 take for one file get distinct names, decided over the whole collection
@@ -32,6 +36,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from streamq._version import __version__
 from streamq.config import StreamQConfig, parse_config
 from streamq.console import timer
@@ -39,6 +45,7 @@ from streamq.errors import ConfigError, LabelsChangedError
 from streamq.export.common import MANIFEST, check_out, labels_changed_message
 from streamq.export.paths import inside, output_names
 from streamq.export.records import check_manifest, merge_records, record_key, recorded_files
+from streamq.export.tiff import EXT as TIFF_EXT
 from streamq.export.write import export_task
 from streamq.faults import retrying
 from streamq.fs import Location, check_access, location
@@ -79,9 +86,12 @@ class ExportSummary:
     #: (``{"id", "path", "file"}``); the manifest lists those of the whole collection
     renamed: list[dict[str, Any]] = field(default_factory=list)
     manifest: str = ""
-    #: selected images over ``ingest.max_pixels`` (read in bands at ingest): not written, as
-    #: an image file is encoded whole; ``--zarr`` exports them chunk by chunk
+    #: selected images over ``ingest.max_pixels`` (read in bands at ingest) not written: only
+    #: with ``dither`` (error diffusion runs over the whole image); ``--zarr`` exports them
     too_large: list[int] = field(default_factory=list)
+    #: selected images over ``ingest.max_pixels``, written (or found) as tiled BigTIFF files
+    #: (:mod:`streamq.export.tiff`), whatever ``format``
+    tiled: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,10 +99,14 @@ class ExportSummary:
     def __str__(self) -> str:
         renamed = (f"; {len(self.renamed)} renamed as their names clash with others', listed in "
                    f"{self.manifest}" if self.renamed else "")
-        large = (f"; {len(self.too_large)} image(s) over max_pixels not written (an image "
-                 "file is encoded whole): export them with --zarr" if self.too_large else "")
+        tiled = (f"; {len(self.tiled)} over max_pixels as tiled BigTIFF (.tif)"
+                 if self.tiled else "")
+        large = (f"; {len(self.too_large)} image(s) over max_pixels not written (--dither "
+                 "needs the whole image): export them without --dither or with --zarr"
+                 if self.too_large else "")
         return (f"exported {self.n_images} images as {self.format} to {self.out} "
-                f"({self.n_written} written, {self.n_existing} already there{renamed}{large})")
+                f"({self.n_written} written, {self.n_existing} already there{renamed}{tiled}"
+                f"{large})")
 
 
 def export(store: str | Location, out: str | Location, *, zarr: bool = False,
@@ -147,7 +161,9 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     if dither and k is not None and k > 256:
         raise ConfigError(f"--dither needs a palette of at most 256 colours, this one has {k}")
     chosen = select_images(coll, labels, parse_ids(ids, len(coll)))
-    chosen, too_large = _without_large(st, coll, chosen)
+    tiled_over, large = _large(st, coll)
+    too_large = [i for i in chosen if large[i]] if dither else []
+    chosen, tiled = _without_dithered(coll, chosen, too_large, tiled_over)
     out_loc = location(out, storage_options if storage_options is not None
                        else (cfg.storage_options or st.location.options))
     check_access(out_loc)
@@ -164,9 +180,11 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     check_out(out_loc, st)
     ext = FORMATS[format]
     options = {"compress_level": png_level} if format == "png" else {"quality": quality}
+    # an image over max_pixels is a tiled BigTIFF (unless dithered: then it is not written)
+    exts = [TIFF_EXT if big and not dither else ext for big in large]
     # any source name makes a valid name: see streamq.names.output_name
-    names, clashes = output_names([output_name(p) for p in coll.paths], ext)
-    paths = [inside(out, names[i].split("/"), f"{i:08d}{ext}") for i in chosen]
+    names, clashes = output_names([output_name(p) for p in coll.paths], exts)
+    paths = [inside(out, names[i].split("/"), f"{i:08d}{exts[i]}") for i in chosen]
     manifest["renamed"] = [{"id": i, "path": coll.paths[i], "file": name}
                            for i, name in sorted(clashes.items())]
     renamed = [{"id": i, "path": coll.paths[i], "file": clashes[i]} for i in chosen
@@ -187,8 +205,11 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
         sizes = out_loc.object_sizes()
         todo = [i for i in chosen if sizes.get(path_of[i]) != (
             recorded.get(record_key(root, path_of[i])) or (None, -1))[1]]
+    # an image over max_pixels is a task of its own (a row of tiles at a time)
+    groups = coll.groups_by_pixels([i for i in todo if not large[i]], PIXELS_PER_TASK)
+    groups += [[i] for i in todo if large[i]]
     tasks = [[(i, path_of[i], int(coll.offsets[i]), int(coll.heights[i]), int(coll.widths[i]))
-              for i in group] for group in coll.groups_by_pixels(todo, PIXELS_PER_TASK)]
+              for i in group] for group in groups]
     tmp_dir = os.path.join(out, TMP_DIR) if out_loc.is_local else None  # S3: one PUT per file
     if tmp_dir is not None:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a killed run
@@ -199,7 +220,8 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     common = {"store": st.location, "out": out_loc, "palette": palette, "per_image": per_image,
               "format": format, "dither": dither, "options": options, "tmp_dir": tmp_dir,
               "retry": cfg.retry, "labels": identity, "fit": fit_fp, "root": root,
-              "alpha": alpha,
+              "alpha": alpha, "tiled_over": None if dither else tiled_over,
+              "tiff_level": png_level,
               "background": st.section("ingest").get("settings", {}).get("background",
                                                                          [255, 255, 255])}
     written, existing = 0, len(chosen) - len(todo)
@@ -224,7 +246,8 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     retrying(lambda: merge_records(out_loc, fit_fp), "write", out, cfg.retry, write=True)
     summary = ExportSummary(out=out, format=format, n_images=len(chosen), n_written=written,
                             n_existing=existing, timings=timings, renamed=renamed,
-                            manifest=out_loc.join(MANIFEST).url, too_large=too_large)
+                            manifest=out_loc.join(MANIFEST).url, too_large=too_large,
+                            tiled=tiled)
     log.info("%s", summary)
     return summary
 
@@ -234,16 +257,28 @@ def _own_k(n_colors: dict[int, int] | None, images: list[Any]) -> dict[str, Any]
     return {} if n_colors is None else {"n_colors": {item[0]: n_colors[item[0]] for item in images}}
 
 
-def _without_large(st: Store, coll: Collection, chosen: list[int]) -> tuple[list[int], list[int]]:
-    """``(chosen images to write, those over the ingest's max_pixels)``: an image that large
-    was read in bands (:mod:`streamq.ingest.bands`) and is never encoded whole."""
+def _large(st: Store, coll: Collection) -> tuple[int | None, list[bool]]:
+    """``(the ingest's max_pixels, whether each image of the collection is over it)``: such an
+    image was read in bands (:mod:`streamq.ingest.bands`) and is never encoded whole."""
     limit = st.section("ingest").get("settings", {}).get("max_pixels")
     if limit is None:
+        return None, [False] * len(coll)
+    sizes = coll.heights.astype(np.int64) * coll.widths.astype(np.int64)
+    return int(limit), (sizes > int(limit)).tolist()
+
+
+def _without_dithered(coll: Collection, chosen: list[int], too_large: list[int],
+                      limit: int | None) -> tuple[list[int], list[int]]:
+    """``(chosen images to write, those of them over max_pixels)``, less ``too_large``: with
+    ``--dither`` an image over max_pixels is not written, as error diffusion runs over the
+    whole image."""
+    for i in too_large:
+        log.warning("image %d (%s, %dx%d) is over max_pixels=%s: not written with --dither "
+                    "(error diffusion needs the whole image); export it without --dither or "
+                    "with --zarr", i, coll.paths[i], int(coll.widths[i]), int(coll.heights[i]),
+                    limit)
+    skip = set(too_large)
+    chosen = [i for i in chosen if i not in skip]
+    if limit is None:
         return chosen, []
-    large = [i for i in chosen if int(coll.heights[i]) * int(coll.widths[i]) > int(limit)]
-    for i in large:
-        log.warning("image %d (%s, %dx%d) is over max_pixels=%d: not written as a file (it "
-                    "would be encoded whole); export it with --zarr", i, coll.paths[i],
-                    int(coll.widths[i]), int(coll.heights[i]), int(limit))
-    skip = set(large)
-    return [i for i in chosen if i not in skip], large
+    return chosen, [i for i in chosen if int(coll.heights[i]) * int(coll.widths[i]) > limit]

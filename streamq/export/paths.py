@@ -68,18 +68,22 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
 
 
-def output_names(paths: Sequence[str], ext: str) -> tuple[list[str], dict[int, str]]:
+def output_names(paths: Sequence[str], ext: str | Sequence[str]
+                 ) -> tuple[list[str], dict[int, str]]:
     """The file name (relative to OUT, ``/``-separated) of every image of a collection, and
     ``{id: name}`` of those not named after their image.
 
-    An image's name is its stored path made safe (:func:`safe_output_path`) with ``ext``.
+    An image's name is its stored path made safe (:func:`safe_output_path`) with ``ext``
+    (one for all, or one per image: an image over ``max_pixels`` is a ``.tif``).
     Names are compared by :func:`name_key`; where several images share one (``A.jpg``,
     ``a.JPG``; ``photo.jpg``, ``photo.png``), or a name is also a folder of other images,
     the image with the lowest id keeps it and the others get the first free
     ``stem~2``, ``stem~3``, ... in id order (never a name another image has). It is decided
     over the whole collection, so any selection, rerun or resume gives an image one name.
     """
-    natural = ["/".join(_clean_parts(p, ext, f"{i:08d}")) for i, p in enumerate(paths)]
+    exts = [ext] * len(paths) if isinstance(ext, str) else list(ext)
+    natural = ["/".join(_clean_parts(p, e, f"{i:08d}"))
+               for i, (p, e) in enumerate(zip(paths, exts, strict=True))]
     keys = [name_key(n) for n in natural]
     folders = {k[:j] for k in keys for j, c in enumerate(k) if c == "/"}
     taken: set[str] = set()

@@ -24,8 +24,8 @@ from streamq.faults import retrying
 from streamq.fs import Location, location
 from streamq.lock import check_writer
 
-__all__ = ["RECORDS_DIR", "RECORDS_INDEX", "check_manifest", "file_ok", "merge_records",
-           "record_key", "recorded_files", "write_file_record"]
+__all__ = ["RECORDS_DIR", "RECORDS_INDEX", "check_manifest", "file_crc32", "file_ok",
+           "merge_records", "record_key", "recorded_files", "write_file_record"]
 
 RECORDS_DIR = ".streamq-records"  # completion records: files written, their CRC-32, the palette
 RECORDS_INDEX = "index.json"  # the records of a finished run, merged
@@ -133,10 +133,19 @@ def file_ok(path: str, expect: list[int] | None) -> bool:
     try:
         if os.path.getsize(path) != expect[1]:
             return False
-        with open(path, "rb") as fh:
-            return zlib.crc32(fh.read()) == expect[0]
+        return file_crc32(path) == expect[0]
     except OSError:
         return False
+
+
+def file_crc32(path: str, block: int = 1 << 22) -> int:
+    """The CRC-32 of local file ``path``, read a block at a time (a tiled BigTIFF may be
+    larger than memory)."""
+    crc = 0
+    with open(path, "rb") as fh:
+        while data := fh.read(block):
+            crc = zlib.crc32(data, crc)
+    return crc
 
 
 def write_file_record(out: Location, fit: str, written: dict[str, list[int]],

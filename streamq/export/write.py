@@ -4,6 +4,10 @@ Each task reads the labels of its images in runs of neighbours (one read per run
 image), encodes each image (:class:`~streamq.export.encode.Encoder`) and writes it under a
 temporary name then renames it (on an object store: one PUT per file); it then makes its files
 durable and writes its completion record (:func:`~streamq.export.records.write_file_record`).
+An image over ``tiled_over`` pixels (the ingest's ``max_pixels``) is not encoded whole: its
+labels are read a row of tiles at a time into a tiled BigTIFF (:mod:`streamq.export.tiff`),
+written under a temporary name, fsynced and renamed (on an object store: written to a local
+temporary file, then uploaded).
 After each read of labels and before its record, it checks that the store's labels are still
 those the export started with (readers take no lock: a quantize or refit may run beside it),
 else removes what it wrote and stops the export in one line
@@ -16,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import tempfile
+import uuid
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -26,7 +32,8 @@ from streamq.durable import sync_all
 from streamq.errors import LabelsChangedError, StreamQError
 from streamq.export.common import labels_changed_message
 from streamq.export.encode import Encoder
-from streamq.export.records import file_ok, record_key, write_file_record
+from streamq.export.records import file_crc32, file_ok, record_key, write_file_record
+from streamq.export.tiff import EXT, tile_shape, write_tiff
 from streamq.faults import retrying
 from streamq.fs import Location, storage_errors, write_atomic
 from streamq.lock import check_writer
@@ -84,7 +91,10 @@ def export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
         except Exception:
             _check_labels(args)  # replaced meanwhile: say so rather than what failed
             raise
-        for run in _contiguous_runs(todo):
+        tiled_over = args.get("tiled_over")
+        tiled = [item for item in todo
+                 if tiled_over is not None and item[3] * item[4] > tiled_over]
+        for run in _contiguous_runs([item for item in todo if item not in tiled]):
             start, stop = run[0][2], run[-1][2] + run[-1][3] * run[-1][4]
             try:
                 block = retrying(functools.partial(_read_rows, source, start, stop), "read",
@@ -111,6 +121,12 @@ def export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
                     fs.pipe_file(path, encoded)  # one PUT: complete or absent
                 if root is not None:
                     written[record_key(root, path)] = [zlib.crc32(encoded), len(encoded)]
+        for item in tiled:  # each a band of tile rows at a time, never whole
+            check_writer()
+            paths.append(item[1])
+            checked = _write_tiled(args, item, source, palettes, alpha, fs)
+            if root is not None:
+                written[record_key(root, item[1])] = list(checked)
         if root is not None:
             if fs is None:
                 retrying(lambda: sync_all(paths, up_to=root), "write", root, retry, write=True)
@@ -120,6 +136,64 @@ def export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
         _remove_written(args["out"], paths)  # not counted as done: a rerun writes them again
         raise
     return len(paths), existing
+
+
+def _write_tiled(args: dict[str, Any], item: tuple[int, str, int, int, int], source: Any,
+                 palettes: Any, alpha: np.ndarray | None, fs: Any) -> tuple[int, int]:
+    """Write an image over ``max_pixels`` as a tiled BigTIFF (:mod:`streamq.export.tiff`) from
+    its labels, read a row of tiles at a time; return the file's ``(crc32, size)``.
+
+    Locally the file is written under a temporary name in ``tmp_dir``, fsynced and renamed
+    into place; on an object store it is written to a local temporary file (tifffile seeks
+    back into what it wrote) and uploaded (one multipart upload: complete or absent). Either
+    way the labels are checked once it is written and before it takes its name."""
+    image_id, path, off, h, w = item
+    retry = args.get("retry")
+    palette = np.asarray(palettes[image_id] if palettes is not None else args["palette"],
+                         dtype=np.uint8)
+    tile = tile_shape(w)
+    level = int(args.get("tiff_level", 1))
+    url = args["store"].join(labels_path(args["per_image"] or None)).url
+
+    def bands() -> Iterator[np.ndarray]:
+        for top in range(0, h, tile[0]):
+            rows = min(tile[0], h - top)
+            start = off + top * w
+            try:
+                band = retrying(functools.partial(_read_rows, source, start, start + rows * w),
+                                "read", url, retry)
+            except Exception:
+                _check_labels(args)
+                raise
+            yield band.reshape(rows, w)
+
+    def write(tmp: str) -> tuple[int, int]:
+        with open(tmp, "wb") as fh:
+            write_tiff(fh, bands(), h, w, palette, alpha, tile, level)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _check_labels(args)  # what was read is what the export started with
+        return file_crc32(tmp), os.path.getsize(tmp)
+
+    if fs is None:
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        stem = os.fsencode(os.path.basename(path))[:100].decode("utf-8", "ignore")  # NAME_MAX
+        tmp = os.path.join(args["tmp_dir"] or folder, f".{stem}.{uuid.uuid4().hex}.tmp")
+    else:
+        handle, tmp = tempfile.mkstemp(prefix=".streamq-export-", suffix=EXT)
+        os.close(handle)
+    try:
+        checked = retrying(functools.partial(write, tmp), "write", path, retry, write=True)
+        check_writer()
+        if fs is None:
+            os.replace(tmp, path)  # made durable with the task's other files
+        else:
+            fs.put_file(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    return checked
 
 
 def _contiguous_runs(images: list[tuple[int, str, int, int, int]]
