@@ -18,6 +18,7 @@ import functools
 import os
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ from streamq.faults import retrying
 from streamq.fs import Location, storage_errors, write_atomic
 from streamq.lock import check_writer
 from streamq.store import PIXELS, open_array
-from streamq.store.names import labels_path, per_image_palette
+from streamq.store.names import labels_path, per_image_alpha, per_image_palette
 from streamq.store.results import read_identity
 
 __all__ = ["export_images", "export_task"]
@@ -81,6 +82,8 @@ def export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
         try:
             source = open_array(store, name)
             palettes = open_array(store, per_image_palette(k_img)) if k_img else None
+            alphas = (open_array(store, per_image_alpha(k_img))
+                      if k_img and args.get("per_image_alpha") else None)
         except Exception:
             _check_labels(args)  # replaced meanwhile: say so rather than what failed
             raise
@@ -91,6 +94,8 @@ def export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
                                  store.join(name).url, retry)
                 run_palettes = (np.asarray(palettes[run[0][0]:run[-1][0] + 1])
                                 if palettes is not None else None)
+                run_alphas = (np.asarray(alphas[run[0][0]:run[-1][0] + 1])
+                              if alphas is not None else None)
             except Exception:
                 _check_labels(args)
                 raise
@@ -100,7 +105,11 @@ def export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
                                      else args["palette"], dtype=np.uint8)
                 if "n_colors" in args:  # a quality fit: the image's own K entries, not the padding
                     palette = palette[:args["n_colors"][image_id]]
-                encoded = encoder.encode(block[off - start:off - start + h * w], h, w, palette)
+                coder = encoder
+                if run_alphas is not None:  # its own palette's alpha (none if all opaque)
+                    own = np.asarray(run_alphas[image_id - run[0][0]], dtype=np.uint8)
+                    coder = replace(encoder, alpha=own if (own < 255).any() else None)
+                encoded = coder.encode(block[off - start:off - start + h * w], h, w, palette)
                 check_writer()  # under `streamq run`: the store's lock must still be this job's
                 paths.append(path)
                 if fs is None:
