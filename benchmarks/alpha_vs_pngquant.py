@@ -18,7 +18,7 @@ over pixels and the four channels of the squared difference, colours premultipli
 
 - ``pngquant --nofs --speed 3 K`` (no dithering, as streamq), one image per call, on a
   pool of as many processes as cores; times include reading and writing the PNGs.
-- ``streamq per image``: :func:`streamq.fit.alpha.kmeans_rgba` on each image's own RGBA
+- ``streamq per image``: :func:`streamq.kmeans.rgba.kmeans_rgba` on each image's own RGBA
   histogram (``n_init`` 4), labels (:class:`streamq.rgba.RgbaLabels`) and the palette PNG
   with its tRNS chunk, one image per task on a pool of as many processes as cores (warmed
   up first: numba compiled and imported); times include reading and writing the PNGs.
@@ -158,7 +158,7 @@ def _pngquant(args: tuple[str, str, int]) -> None:
 def _streamq_one(args: tuple[str, str, int]) -> None:
     """One image's own palette with streamq's RGBA k-means, written as a palette PNG."""
     from streamq.decode import premultiply
-    from streamq.fit.alpha import kmeans_rgba
+    from streamq.kmeans.rgba import kmeans_rgba
     from streamq.rgba import RgbaLabels, count_rgba, from_metric
 
     src, dst, k = args

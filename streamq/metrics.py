@@ -17,10 +17,10 @@ def psnr(mse: float) -> float:
 
 
 def errors_from_records(records: Iterable[str], sizes: np.ndarray,
-                        channels: int = 3) -> dict[str, np.ndarray]:
+                        channels: int | np.ndarray = 3) -> dict[str, np.ndarray]:
     """Sum the ``[image_id, squared_error]`` pairs of completion records into per-image
     ``sse``, ``mse`` and ``psnr`` arrays (``sizes``: pixels per image; ``channels`` per
-    pixel: 3, or 4 for errors over premultiplied RGBA)."""
+    pixel: 3, or 4 for errors over premultiplied RGBA; or one per image)."""
     sse = np.zeros(len(sizes), dtype=np.int64)
     for r in records:
         for image_id, value in json.loads(r)["sse"]:

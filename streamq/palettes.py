@@ -4,17 +4,20 @@
 
 * ``.gpl`` (GIMP): the line ``GIMP Palette``, optional ``Name:``, ``Columns:`` and ``#``
   comment lines, then one colour a line: three integers 0..255 and an optional name. A
-  ``Channels: RGBA`` palette is refused (streamq has no alpha).
+  ``Channels: RGBA`` palette is refused (give alpha in ``.json`` or ``.hex``).
 * ``.act`` (Adobe colour table): 256 RGB triples (768 bytes), optionally followed by a
   big-endian 2-byte count of the colours in use and a 2-byte transparent index (772 bytes;
   the index is ignored). Only the first ``count`` colours are read.
 * ``.json``: a list of ``"#rrggbb"`` strings (the ``#`` is optional) or ``[r, g, b]``
-  triples of integers, or an object ``{"colors": [...], "name": "..."}``.
-* ``.hex`` / ``.txt``: one ``#rrggbb`` or ``rrggbb`` a line (Lospec's ``.hex``); anything
-  after the colour is a name; blank lines and lines starting with ``;`` or ``//`` are skipped.
+  triples of integers, or an object ``{"colors": [...], "name": "..."}``; ``"#rrggbbaa"``
+  and ``[r, g, b, a]`` give a colour its (straight) alpha.
+* ``.hex`` / ``.txt``: one ``#rrggbb`` or ``rrggbb`` (``#rrggbbaa`` with alpha) a line
+  (Lospec's ``.hex``); anything after the colour is a name; blank lines and lines starting
+  with ``;`` or ``//`` are skipped.
 * any other file: an image. A palette image (mode ``P``) gives the entries of its palette
   that its pixels use, in palette order (unused entries, such as a GIF's padding, are left
-  out); any other image gives its distinct colours, decoded as ingest decodes them
+  out), with their ``tRNS`` alpha when it has one; any other image gives its distinct
+  colours, decoded as ingest decodes them
   (:mod:`streamq.decode`: transparency composited on ``background``), in ``(r, g, b)``
   order, and more than 65,536 of them is an error.
 * a folder holding a streamq store, or a URL (``s3://...``) without one of the palette file
@@ -23,6 +26,10 @@
   labels that store's own quantize gives.
 
 Palette files may also be at a URL (``s3://bucket/brand.gpl``); images are local files.
+
+A palette with alpha (:attr:`Palette.alpha`, and ``alpha_sha256`` in its source) is used
+with alpha only on a collection with alpha (``quantize --palette``); an opaque collection
+takes its colours as before.
 
 The colours keep their order: label ``i`` is the file's colour ``i``. A colour that repeats
 an earlier one stays in place (so the numbering still matches the file) but is never chosen:
@@ -60,7 +67,7 @@ log = logging.getLogger(__name__)
 MAX_COLORS = 65_536
 #: File formats by extension (anything else is read as an image and cannot be written).
 FORMATS = {".gpl": "gpl", ".act": "act", ".json": "json", ".hex": "text", ".txt": "text"}
-_HEX = re.compile(r"#?([0-9a-fA-F]{6})")
+_HEX = re.compile(r"#?([0-9a-fA-F]{6}(?:[0-9a-fA-F]{2})?)")  # rrggbb, or rrggbbaa
 _EXPECTED = ("expected a palette file (.gpl, .act, .json, .hex or .txt), an image or a "
              "streamq store")
 
@@ -69,10 +76,11 @@ _EXPECTED = ("expected a palette file (.gpl, .act, .json, .hex or .txt), an imag
 class Palette:
     """Colours read from a palette source, in the source's order."""
 
-    colors: np.ndarray  # (K, 3) uint8 sRGB
+    colors: np.ndarray  # (K, 3) uint8 sRGB (straight, not premultiplied)
     source: dict[str, Any] = field(default_factory=dict)  # where from (JSON-ready)
     centers: np.ndarray | None = None  # a store's float centres, in ``color_space``
     color_space: str | None = None  # a store's fit's colour space
+    alpha: np.ndarray | None = None  # (K,) uint8 alpha of each colour, when the source has it
 
     @property
     def k(self) -> int:
@@ -131,8 +139,13 @@ def read_palette(src: str | os.PathLike[str], *, storage_options: dict[str, Any]
 
 
 def _palette(src: str, colors: Any, source: dict[str, Any], centers: np.ndarray | None = None,
-             color_space: str | None = None) -> Palette:
-    """Check the size of a list of colours and note its repeats; the :class:`Palette`."""
+             color_space: str | None = None, alpha: np.ndarray | None = None) -> Palette:
+    """Check the size of a list of colours and note its repeats; the :class:`Palette`.
+    ``colors`` may be a list of ``[r, g, b]`` and ``[r, g, b, a]``: then the palette has
+    alpha (255 where a colour gives none)."""
+    if isinstance(colors, list) and any(len(c) == 4 for c in colors):
+        alpha = np.asarray([c[3] if len(c) == 4 else 255 for c in colors], np.uint8)
+        colors = [c[:3] for c in colors]
     arr = np.asarray(colors, dtype=np.int64).reshape(-1, 3)
     if not len(arr):
         raise ConfigError(f"palette {src}: no colours (an empty palette); expected 1 to "
@@ -149,7 +162,10 @@ def _palette(src: str, colors: Any, source: dict[str, Any], centers: np.ndarray 
                     len(colors8) - n_distinct, len(colors8))
     source = {**source, "n_colors": len(colors8), "n_distinct": n_distinct,
               "sha256": colors_sha256(colors8)}
-    return Palette(colors8, source, centers, color_space)
+    if alpha is not None:  # only then: an opaque palette's source is as before
+        alpha = np.asarray(alpha, np.uint8).reshape(-1)
+        source["alpha_sha256"] = colors_sha256(alpha)
+    return Palette(colors8, source, centers, color_space, alpha)
 
 
 def _lines(src: str, data: bytes) -> list[str]:
@@ -184,7 +200,7 @@ def _parse_gpl(src: str, data: bytes) -> tuple[list[list[int]], str | None]:
                 name = value.strip()
             elif key == "Channels" and value.strip().upper() != "RGB":
                 raise ConfigError(f"palette {src}, line {n}: Channels {value.strip()!r}, "
-                                  "expected RGB (streamq palettes have no alpha)")
+                                  "expected RGB (give colours with alpha in .json or .hex)")
             continue
         parts = s.split(None, 3)
         try:
@@ -212,19 +228,23 @@ def _parse_act(src: str, data: bytes) -> tuple[list[list[int]], str | None]:
     return table[:n].tolist(), None
 
 
+def _hex_color(digits: str) -> list[int]:
+    """``[r, g, b]`` of ``rrggbb``, ``[r, g, b, a]`` of ``rrggbbaa``."""
+    return [int(digits[j:j + 2], 16) for j in range(0, len(digits), 2)]
+
+
 def _json_color(src: str, i: int, value: Any) -> list[int]:
     if isinstance(value, str):
         m = _HEX.fullmatch(value.strip())
         if m:
-            code = int(m.group(1), 16)
-            return [code >> 16, (code >> 8) & 255, code & 255]
-    elif (isinstance(value, list) and len(value) == 3
+            return _hex_color(m.group(1))
+    elif (isinstance(value, list) and len(value) in (3, 4)
           and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)):
         return list(value)
     shown = json.dumps(value)
     shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    raise ConfigError(f"palette {src}: colour {i} is {shown}, expected \"#rrggbb\" or "
-                      "[r, g, b] with integers 0..255")
+    raise ConfigError(f"palette {src}: colour {i} is {shown}, expected \"#rrggbb\", "
+                      "\"#rrggbbaa\", [r, g, b] or [r, g, b, a] with integers 0..255")
 
 
 def _parse_json(src: str, data: bytes) -> tuple[list[list[int]], str | None]:
@@ -254,9 +274,8 @@ def _parse_text(src: str, data: bytes) -> tuple[list[list[int]], str | None]:
         m = _HEX.fullmatch(s.split(None, 1)[0])
         if not m:
             raise ConfigError(f"palette {src}, line {n}: expected a colour as #rrggbb or "
-                              f"rrggbb, got {_shown(s)}")
-        code = int(m.group(1), 16)
-        colors.append([code >> 16, (code >> 8) & 255, code & 255])
+                              f"rrggbb (#rrggbbaa with alpha), got {_shown(s)}")
+        colors.append(_hex_color(m.group(1)))
     return colors, None
 
 
@@ -270,7 +289,7 @@ def _read_image(src: str, background: tuple[int, int, int], max_pixels: int) -> 
 
     source = {"kind": "image", "path": os.path.abspath(src),
               "name": os.path.splitext(os.path.basename(src))[0]}
-    entries = used = None
+    entries = used = alpha = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -279,11 +298,20 @@ def _read_image(src: str, background: tuple[int, int, int], max_pixels: int) -> 
                     im.load()
                     entries = np.asarray(im.getpalette("RGB") or [], np.uint8).reshape(-1, 3)
                     used = np.unique(np.asarray(im))
+                    trns = im.info.get("transparency")
+                    if trns is not None and len(entries):  # tRNS: the entries' alpha
+                        alpha = np.full(len(entries), 255, np.uint8)
+                        if isinstance(trns, bytes):
+                            alpha[:min(len(trns), len(alpha))] = np.frombuffer(
+                                trns, np.uint8)[:len(alpha)]
+                        elif isinstance(trns, int) and trns < len(alpha):
+                            alpha[trns] = 0
     except Exception:  # not an image (or not one Pillow reads): decode_rgb says why
         entries = None
     if entries is not None and used is not None and len(used) and used[-1] < len(entries):
         return _palette(src, entries[used], {**source, "image_palette": True,
-                                             "palette_entries": len(entries)})
+                                             "palette_entries": len(entries)},
+                        alpha=None if alpha is None else alpha[used])
     rgb = decode_rgb(src, max_pixels, background)
     if isinstance(rgb, str):
         raise ConfigError(f"palette {src}: {_EXPECTED}; as an image: {rgb}")
@@ -315,7 +343,7 @@ def _read_store(src: str, storage_options: dict[str, Any] | None) -> Palette:
               "centers": given.get("centers", "palette") if given else "fit",
               **({"given": given} if given else {})}
     return _palette(src, res.palette, source, np.asarray(res.centers, np.float64),
-                    res.color_space)
+                    res.color_space, res.alpha)  # with alpha: (K, 4) premultiplied centres
 
 
 # -- writing -----------------------------------------------------------------------------------

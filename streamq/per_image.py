@@ -35,7 +35,15 @@ strictly monotone in K and a smaller K the search skipped may, rarely, also reac
 below MIN do not stop the others: the fit finishes, then raises
 :class:`streamq.errors.QualityError` (exit status 99, one line naming them).
 
-Layout: ``per_image/k{K}/{center,palette}`` hold ``(N, K, 3)`` arrays, ``labels`` the
+**Images with alpha** (method ``histogram``): each gets an RGBA palette, the shared alpha
+fit's k-means (:func:`streamq.kmeans.rgba.kmeans_rgba`: premultiplied RGBA, libimagequant's
+alpha weighting, the fully transparent entry pinned) on its sample's RGBA histogram
+(:func:`fit_image_rgba`); the other images of the collection keep their RGB fit, exactly as in
+a store without alpha. ``kmeans`` (scikit-learn cannot hold the transparent entry fixed),
+``quality`` and ``fixed_colors`` are refused in one line for such a collection.
+
+Layout: ``per_image/k{K}/{centers,palette}`` hold ``(N, K, 3)`` arrays (with alpha: ``(N, K,
+4)`` premultiplied RGBA centres and the companion ``(N, K)`` ``per_image/k{K}/alpha``), ``labels`` the
 ``(P,)`` labels, ``images/{sse,mse,psnr}`` the per-image errors. A quality fit stores its
 palettes as the one K = HI, each padded to HI entries by repeating its first (nearest-centre
 ties go to the lowest index, so no label ever points past the image's own K), and the table
@@ -65,6 +73,7 @@ from streamq.metrics import psnr
 from streamq.scheduler import runner
 from streamq.stage import Task, run_tasks
 from streamq.store import (
+    ALPHA,
     PIXELS,
     Collection,
     Store,
@@ -77,14 +86,15 @@ from streamq.store.names import (
     PER_IMAGE_QUALITY,
     PER_IMAGE_RECORDS,
     PER_IMAGE_TASKS,
+    per_image_alpha,
     per_image_centers,
     per_image_palette,
 )
 from streamq.store.results import load_per_image
-from streamq.store.selection import refuse_alpha
 from streamq.store.summaries import PerImageSummary, per_image_summary, summary_of
 
-__all__ = ["PerImageSummary", "fit_image", "fit_per_image", "image_psnr", "load_per_image",
+__all__ = ["PerImageSummary", "fit_image", "fit_image_rgba", "fit_per_image", "image_psnr",
+           "load_per_image",
            "quality_palette", "sample_index", "search_image", "summary_of"]
 
 log = logging.getLogger(__name__)
@@ -182,6 +192,62 @@ def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
         warnings.simplefilter("ignore")  # fewer distinct colours than k: duplicate centres
         km = KMeans(n_clusters=k, init=init, n_init=n_init, random_state=seed).fit(x)
     return km.cluster_centers_.astype(np.float64)
+
+
+def fit_image_rgba(rgb: np.ndarray, alpha: np.ndarray, k: int, sample: float, seed: int,
+                   image_id: int, init: str = "k-means++", n_init: int = 1) -> np.ndarray:
+    """The palette of one image with alpha: the shared RGBA fit's k-means
+    (:func:`streamq.kmeans.rgba.kmeans_rgba`: premultiplied RGBA, libimagequant's alpha
+    weighting, the fully transparent entry pinned) on the RGBA histogram of the image's seeded
+    ``sample`` (the pixels :func:`sample_index` picks, as the RGB fit samples them).
+
+    ``rgb`` ``(n, 3)`` premultiplied uint8 and ``alpha`` ``(n,)``; returns ``(k, 4)``
+    premultiplied RGBA centres in [0, 1], entries with transparency first. A sample of fewer
+    than ``k`` distinct colours takes the whole image's; an image of fewer than ``k`` takes
+    those colours themselves, the rest repeating the first (ties label the first)."""
+    from streamq.kmeans.rgba import kmeans_rgba
+    from streamq.rgba import codes_to_rgba, count_rgba, from_metric
+
+    index = sample_index(len(rgb), k, sample, seed, image_id)
+    codes, counts = count_rgba(rgb[index], alpha[index])
+    if len(codes) < k:
+        codes, counts = count_rgba(rgb, alpha)
+    if len(codes) < k:
+        rgba = codes_to_rgba(codes)
+        rgba = rgba[np.lexsort((np.arange(len(rgba)), rgba[:, 3] == 255))]  # transparent first
+        x = rgba.astype(np.float64) / 255.0
+        return np.concatenate([x, np.repeat(x[:1], k - len(x), axis=0)])
+    # one generator per (image, K) as for RGB palettes
+    res = kmeans_rgba(codes, counts, k, n_init=n_init, seed=[seed, image_id, k], init=init)
+    return np.asarray(from_metric(res["metric_centers"]), dtype=np.float64)
+
+
+def _rgba_refusal(pcfg: PerImageConfig) -> str | None:
+    """Why these settings cannot fit the palettes of images with alpha (None: they can)."""
+    if pcfg.method != "histogram":
+        return (f"per_image.method {pcfg.method!r} (scikit-learn's KMeans) cannot keep the fully "
+                "transparent entry fixed as the RGBA fit does; add --method histogram")
+    if pcfg.quality is not None:
+        return "key 'per_image.quality' (--quality) is not available for them yet"
+    if pcfg.fixed_colors is not None:
+        return "key 'per_image.fixed_colors' is not available for them yet"
+    return None
+
+
+def _palettes(centers: np.ndarray, has_alpha: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The uint8 palettes ``(N, K, 3)`` of centres ``(N, K, D)``, and for D = 4 their alpha
+    ``(N, K)``: an opaque image's entries rounded as in an opaque store (alpha 255), an image
+    with alpha's by :func:`streamq.rgba.palette_of` (straight colours, as a PNG holds them)."""
+    palette = np.round(np.clip(centers[..., :3] * 255, 0, 255)).astype(np.uint8)
+    if centers.shape[-1] == 3:
+        return palette, None
+    from streamq.rgba import palette_of
+
+    alpha = np.full(centers.shape[:2], 255, np.uint8)
+    for i in np.flatnonzero(has_alpha):
+        palette[i], alpha[i] = palette_of(centers[i])
+    return palette, alpha
 
 
 def quality_palette(rgb: np.ndarray, k: int, colours: tuple[np.ndarray, np.ndarray],
@@ -284,6 +350,8 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
     pixels = open_array(args["store"], PIXELS)
     a, b = args["px_start"], args["px_stop"]
     data = np.asarray(pixels[a:b])
+    with_alpha = set(args.get("with_alpha") or ())  # images with alpha: RGBA palettes
+    alpha = np.asarray(open_array(args["store"], ALPHA)[a:b]) if with_alpha else None
     result: dict[str, list[Any]] = {str(k): [] for k in args["colors"]}
     fixed = None if args.get("fixed") is None else np.asarray(args["fixed"], np.uint8).reshape(-1, 3)
     quality = args.get("quality")
@@ -314,6 +382,13 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
             result[str(hi)].append([image_id, c.reshape(-1).tolist()])
             result["quality"].append([image_id, found["k"], found["mse"], found["reason"],
                                       found["tried"]])
+            continue
+        if image_id in with_alpha:  # (k, 4) premultiplied RGBA centres
+            assert alpha is not None, "read for the images with alpha"
+            for k in args["colors"]:
+                c = fit_image_rgba(rgb, alpha[off - a: off - a + size], k, args["sample"],
+                                   args["seed"], image_id, args["init"], args["n_init"])
+                result[str(k)].append([image_id, c.reshape(-1).tolist()])
             continue
         for k in args["colors"]:
             c = fit(k)
@@ -374,7 +449,9 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
     pcfg = cfg.per_image
     st = Store.open(store, mode="r+")
     coll = Collection(st)
-    refuse_alpha(coll, "fit --per-image")
+    if coll.n_alpha and (why := _rgba_refusal(pcfg)) is not None:
+        raise ConfigError(f"{st.path} has {coll.n_alpha} images with alpha, fitted per image in "
+                          f"premultiplied RGBA: {why} (or ingest with --alpha flatten)")
     fixed = None
     if pcfg.fixed_colors is not None:
         if pcfg.method != "histogram":
@@ -437,19 +514,27 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
                     "colors": colors, "sample": pcfg.sample, "seed": pcfg.seed,
                     "init": pcfg.init, "n_init": pcfg.n_init, "method": pcfg.method,
                     "fixed": None if fixed is None else fixed.rgb.tolist()}
+            if coll.n_alpha:  # only then: an opaque store's tasks are unchanged
+                args["with_alpha"] = [i for i in ids if coll.has_alpha[i]]
             if pcfg.quality is not None:
                 args.update(quality=list(pcfg.quality), k_range=list(pcfg.k_range))
             todo.append(Task(_fit_task, args, len(images)))
         run_tasks(run, todo, "per-image fit", "image", progress)
     with timer("consolidating", timings):
         records = st.records(RECORDS)
+        dims = 4 if coll.n_alpha else 3  # premultiplied RGBA centres beside images with alpha
         for k in colors:
-            centers = np.zeros((len(coll), k, 3), dtype=np.float64)
+            centers = np.zeros((len(coll), k, dims), dtype=np.float64)
+            centers[..., 3:] = 1.0  # an opaque image's centres: alpha 1
             for r in records:
                 for image_id, flat in json.loads(r)[str(k)]:
-                    centers[image_id] = np.asarray(flat, dtype=np.float64).reshape(k, 3)
+                    c = np.asarray(flat, dtype=np.float64).reshape(k, -1)
+                    centers[image_id, :, :c.shape[1]] = c
+            palette, alpha = _palettes(centers, coll.has_alpha)
             st.write_array(per_image_centers(k), centers)
-            st.write_array(per_image_palette(k), np.round(np.clip(centers * 255, 0, 255)).astype(np.uint8))
+            st.write_array(per_image_palette(k), palette)
+            if alpha is not None:
+                st.write_array(per_image_alpha(k), alpha)
         done: dict[str, Any] = {}
         if pcfg.quality is not None:
             done["quality"] = _write_quality(st, records, len(coll), pcfg)

@@ -42,6 +42,7 @@ codes of the chunk, then one nearest-centre search per distinct colour
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     from streamq.kmeans.table import LabelTable
 
 __all__ = ["RgbaLabels", "codes_to_rgba", "count_rgba", "from_metric", "merge_counts",
-           "palette_of", "premultiplied", "rgba_codes", "to_metric"]
+           "metric8", "palette_of", "premultiplied", "rgba_codes", "to_metric"]
 
 _H = math.sqrt(3.0) / 2.0
 _BLOCK = 1 << 20  # distinct colours labelled at once (bounds the distance buffers)
@@ -156,7 +157,18 @@ def premultiplied(palette: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.concatenate([premultiply(rgba), rgba[:, 3:]], axis=1)
 
 
-def _opaque_table(metric_centers: np.ndarray, target: np.ndarray) -> LabelTable:
+def metric8(rgba: np.ndarray) -> np.ndarray:
+    """Points ``(n, 6)`` of ``(n, 4)`` uint8 premultiplied RGBA whose squared Euclidean
+    distance is ``4 · 255² · d`` in integers, ``(2r' − a, 2g' − a, 2b' − a, a, a, a)``: the
+    alpha term ``3Δa²`` spelled as three coordinates instead of one scaled by ``√3``, so that
+    float64 sums are exact and equal distances tie exactly (a given palette's colours)."""
+    v = np.asarray(rgba, dtype=np.float64).reshape(-1, 4)
+    a = v[:, 3:4]
+    return np.concatenate([2 * v[:, :3] - a, a, a, a], axis=1)
+
+
+def _opaque_table(metric_centers: np.ndarray, target: np.ndarray,
+                  points: Callable[[np.ndarray], np.ndarray]) -> LabelTable:
     """A :class:`~streamq.kmeans.table.LabelTable` of opaque colours (K <= 256): labels by
     the RGBA distance, errors over the four channels (at most ``4 * 255**2``: the packed
     entry's 18 bits hold it)."""
@@ -168,7 +180,7 @@ def _opaque_table(metric_centers: np.ndarray, target: np.ndarray) -> LabelTable:
 
             rgba = np.concatenate([colours.astype(np.int64),
                                    np.full((len(colours), 1), 255)], axis=1)
-            lab, _ = assign(to_metric(rgba / 255.0), metric_centers)
+            lab, _ = assign(points(rgba), metric_centers)
             return lab, ((rgba - target[lab]) ** 2).sum(1)
 
     return _Opaque(np.zeros((len(target), 3)), target[:, :3], "rgb")
@@ -182,13 +194,19 @@ class RgbaLabels:
     ``palette``, ``alpha``: the uint8 palette errors are measured against. Opaque pixels go
     through a lazily filled ``2**24`` label table (K <= 256; 80 MB, worth it over many
     pixels: ``table=False`` labels them by their distinct colours too), the others through
-    their distinct colours."""
+    their distinct colours. ``exact``: the centres are uint8 colours (a given palette's,
+    ``centers * 255`` integers) compared in the integer space of :func:`metric8`, so that
+    equal distances tie exactly (the first centre wins)."""
 
     def __init__(self, centers: np.ndarray, palette: np.ndarray, alpha: np.ndarray,
-                 table: bool = True) -> None:
-        self.metric_centers = np.ascontiguousarray(to_metric(centers))
+                 table: bool = True, exact: bool = False) -> None:
+        self.points: Callable[[np.ndarray], np.ndarray] = (
+            metric8 if exact else (lambda rgba: to_metric(rgba / 255.0)))
+        self.metric_centers = np.ascontiguousarray(
+            metric8(np.round(np.asarray(centers, np.float64) * 255)) if exact
+            else to_metric(centers))
         self.target = premultiplied(palette, alpha).astype(np.int64)
-        self.table = (_opaque_table(self.metric_centers, self.target)
+        self.table = (_opaque_table(self.metric_centers, self.target, self.points)
                       if table and len(self.target) <= 256 else None)
         lab, err = self.distinct(np.zeros(1, np.int64))  # the fully transparent colour
         self.clear_label, self.clear_err = int(lab[0]), int(err[0])
@@ -201,7 +219,7 @@ class RgbaLabels:
         err = np.empty(len(codes), np.int64)
         for s in range(0, len(codes), _BLOCK):
             rgba = codes_to_rgba(codes[s:s + _BLOCK])
-            lab, _ = assign(to_metric(rgba / 255.0), self.metric_centers)
+            lab, _ = assign(self.points(rgba), self.metric_centers)
             labels[s:s + _BLOCK] = lab
             err[s:s + _BLOCK] = ((rgba.astype(np.int64) - self.target[lab]) ** 2).sum(1)
         return labels, err

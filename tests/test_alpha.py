@@ -15,6 +15,7 @@ from PIL import Image
 
 import streamq
 from streamq.errors import ConfigError
+from streamq.per_image import load_per_image
 from streamq.store import FORMAT_VERSION
 from streamq.store.upgrade import renamed
 
@@ -248,18 +249,26 @@ def test_resumed_ingest_checks_alpha_rows(alpha_store, tmp_path):
 def test_rgb_only_stages_refuse_alpha(alpha_store, tmp_path):
     copy = tmp_path / "copy.zarr"
     shutil.copytree(alpha_store, copy)
-    with pytest.raises(ConfigError, match=r"has 8 images with alpha; fit --per-image works on"):
-        streamq.fit_per_image(copy, colors=[4], scheduler="threads")
+    for options, why in (({}, r"per_image.method 'kmeans' \(scikit-learn's KMeans\) cannot keep"),
+                         ({"method": "histogram", "quality": [20, 30], "k_range": [2, 8]},
+                          r"key 'per_image.quality' \(--quality\) is not available")):
+        with pytest.raises(ConfigError, match=r"has 8 images with alpha, fitted per image in "
+                           r"premultiplied RGBA: " + why) as err:
+            streamq.fit_per_image(copy, colors=[4], scheduler="threads", **options)
+        assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="color_space 'oklab' is not available"):
         streamq.fit(copy, colors=4, color_space="oklab", overwrite=True, scheduler="threads")
     pal = tmp_path / "p.json"
-    pal.write_text('["#000000", "#ffffff"]')
-    with pytest.raises(ConfigError, match="quantize --palette works on opaque colours only"):
-        streamq.quantize(copy, palette=pal, scheduler="threads")
+    pal.write_text('["#000000", "#ffffff80"]')
+    with pytest.raises(ConfigError, match=r"has 8 images with alpha, labelled in premultiplied "
+                       r"RGBA: color_space 'oklab' is not available") as err:
+        streamq.quantize(copy, palette=pal, color_space="oklab", overwrite=True,
+                         scheduler="threads")
+    assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("k", [40, 300])
-def test_rgba_labels_and_counts_split_by_alpha(k):
+@pytest.mark.parametrize(("k", "exact"), [(40, False), (300, False), (40, True)])
+def test_rgba_labels_and_counts_split_by_alpha(k, exact):
     """Opaque pixels through the 24-bit table, transparent ones at once, soft ones by their
     distinct colours: the same labels, segment errors and counts as every pixel by its own
     nearest-centre search (K > 256: no table)."""
@@ -275,11 +284,19 @@ def test_rgba_labels_and_counts_split_by_alpha(k):
     rng = np.random.default_rng(2)
     centers = np.concatenate([prem, alpha[:, None]], 1)[rng.choice(len(rgba), k)] / 255.0
     pal, a = palette_of(centers)
-    table = RgbaLabels(centers, pal, a)
+    table = RgbaLabels(centers, pal, a, exact=exact)
     ends = np.sort(rng.integers(0, len(rgba), 9))
     labels, sse = table.labels_sse(prem, alpha, np.uint16, ends)
     lab, err = table.distinct(rgba_codes(prem, alpha))
     np.testing.assert_array_equal(labels, lab)
+    if exact:  # uint8 centres in integer units: a brute force in integers, ties to the first
+        some = rng.choice(len(rgba), 4000, replace=False)
+        px = np.concatenate([prem, alpha[:, None]], 1)[some].astype(np.int64)
+        d = px[:, None] - np.round(centers * 255).astype(np.int64)[None]
+        dist = (d[..., :3] ** 2).sum(2) + ((d[..., :3] - d[..., 3:]) ** 2).sum(2)
+        np.testing.assert_array_equal(labels[some], np.argmin(dist, axis=1))
+        tied = (dist == dist.min(1, keepdims=True)).sum(1) > 1
+        assert tied.any()  # the sample has exact ties (repeated centres), all to the first
     bounds = np.concatenate([[0], ends, [len(rgba)]])
     np.testing.assert_array_equal(sse, [err[x:y].sum() for x, y in zip(bounds[:-1], bounds[1:],
                                                                            strict=True)])
@@ -320,3 +337,214 @@ def test_interrupted_rgba_fit_reruns_to_the_same_palette(alpha_store, tmp_path):
     np.testing.assert_array_equal(again.alpha, done.alpha)
     np.testing.assert_array_equal(again.palette, done.palette)
     assert zarr.open_group(str(copy), mode="r").attrs["colors_rgba"]["state"] == "complete"
+
+
+# -- per-image palettes with alpha -----------------------------------------------------------------
+def _premultiplied_px(coll, i: int) -> np.ndarray:
+    """``(n, 4)`` premultiplied RGBA in [0, 1] of image ``i`` as stored."""
+    return np.dstack([coll.read(i), coll.read_alpha(i)]).reshape(-1, 4).astype(np.float64) / 255
+
+
+def _nearest_rgba(px: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Brute force: the index of each pixel's nearest centre by the mean of the squared errors
+    of the two composites (on black and on white), ties to the lowest index."""
+    black, white = px[:, :3], px[:, :3] + 1 - px[:, 3:]
+    cb, cw = centers[:, :3], centers[:, :3] + 1 - centers[:, 3:]
+    d = (((black[:, None] - cb[None]) ** 2).sum(2) + ((white[:, None] - cw[None]) ** 2).sum(2)) / 2
+    return np.argmin(d, axis=1)
+
+
+def _image_labels(g, coll, k: int, i: int) -> np.ndarray:
+    off, n = int(coll.offsets[i]), int(coll.heights[i] * coll.widths[i])
+    return np.asarray(g[f"per_image/k{k}/labels"][off:off + n])
+
+
+def test_per_image_palettes_with_alpha(alpha_store, alpha_dir, tmp_path, cluster_address):
+    """Each image with alpha gets its own RGBA palette (every pixel fitted: sample 1): every
+    pixel labelled with its nearest centre in premultiplied RGBA (numpy brute force), every
+    centre but the pinned transparent one the mean of its pixels, errors over premultiplied
+    RGBA, and palette PNGs whose decoded alpha is the quantized alpha."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(alpha_store, copy)
+    ks = [5, K]
+    streamq.fit_per_image(copy, colors=ks, method="histogram", sample=1.0, n_init=2,
+                          scheduler=cluster_address, progress=False)
+    streamq.quantize(copy, scheduler=cluster_address, progress=False)
+    coll = streamq.open_store(copy)
+    g = zarr.open_group(str(copy), mode="r")
+    for k in ks:
+        centers, palettes = load_per_image(str(copy), k)
+        alphas = np.asarray(g[f"per_image/k{k}/alpha"][:])
+        assert centers.shape == (len(coll), k, 4)
+        assert (alphas[~coll.has_alpha] == 255).all()
+        np.testing.assert_array_equal(centers[~coll.has_alpha][..., 3], 1.0)
+        for i in np.flatnonzero(coll.has_alpha):
+            px, c = _premultiplied_px(coll, i), centers[i]
+            labels = _nearest_rgba(px, c)
+            np.testing.assert_array_equal(_image_labels(g, coll, k, i), labels, err_msg=str(i))
+            fixed = 0
+            if (px[:, 3] == 0).any():  # the fully transparent colour kept, exactly, first
+                np.testing.assert_array_equal(c[0], 0)
+                assert alphas[i, 0] == 0
+                fixed = 1
+            assert (np.diff((alphas[i] == 255).astype(int)) >= 0).all()  # transparent first
+            for j in range(fixed, k):
+                if (labels == j).any():
+                    np.testing.assert_allclose(c[j], px[labels == j].mean(0), rtol=0, atol=1e-12)
+            pal = np.concatenate([palettes[i], alphas[i][:, None]], axis=1)
+            target = np.concatenate([_premultiply(pal), pal[:, 3:]], axis=1).astype(np.float64)
+            mse = ((px * 255 - target[labels]) ** 2).mean()
+            assert g[f"per_image/k{k}/images/mse"][i] == pytest.approx(mse, rel=1e-12)
+    out = tmp_path / "png"
+    streamq.export(copy, out, per_image=K, scheduler=cluster_address, progress=False)
+    _, palettes = load_per_image(str(copy), K)
+    alphas = np.asarray(g[f"per_image/k{K}/alpha"][:])
+    for i, name in enumerate(coll.paths):
+        h, w = int(coll.heights[i]), int(coll.widths[i])
+        labels = _image_labels(g, coll, K, i).reshape(h, w)
+        with Image.open((out / name).with_suffix(".png")) as im:
+            assert im.mode == "P"
+            trns = im.info.get("transparency")
+            decoded = np.asarray(im.convert("RGBA"))
+        np.testing.assert_array_equal(decoded[..., 3], alphas[i][labels], err_msg=name)
+        np.testing.assert_array_equal(decoded[..., :3], palettes[i][labels], err_msg=name)
+        if coll.has_alpha[i]:
+            assert (decoded[..., 3][_source_rgba(alpha_dir[0] / name)[..., 3] == 0] == 0).all()
+        else:
+            assert trns is None, name  # an opaque image's file as from an opaque store
+    manifest = json.loads((out / ".streamq-export.json").read_text())
+    assert manifest["alpha"] is True
+
+
+def test_per_image_opaque_images_as_in_an_opaque_store(alpha_store, alpha_dir, tmp_path,
+                                                       cluster_address):
+    """Beside images with alpha, an opaque image's palette, labels and errors are those of the
+    same image in a store without alpha (the collection ingested with --alpha flatten: same
+    ids); images with alpha, fitted on a 70% sample, still label each pixel with its nearest
+    RGBA centre."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(alpha_store, copy)
+    flat = tmp_path / "flat.zarr"
+    streamq.ingest(alpha_dir[0], flat, alpha="flatten", chunk_pixels=4096, scheduler="threads",
+                   progress=False)
+    for store in (copy, flat):
+        streamq.fit_per_image(store, colors=[K], method="histogram", scheduler=cluster_address,
+                              progress=False)
+        streamq.quantize(store, scheduler=cluster_address, progress=False)
+    coll, fcoll = streamq.open_store(copy), streamq.open_store(flat)
+    assert coll.paths == fcoll.paths
+    assert not fcoll.has_alpha.any()
+    g, f = zarr.open_group(str(copy), mode="r"), zarr.open_group(str(flat), mode="r")
+    assert "per_image/k12/alpha" not in f
+    assert f[f"per_image/k{K}/centers"].shape[2] == 3
+    opaque = np.flatnonzero(~coll.has_alpha)
+    assert len(opaque) == 2
+    for i in opaque:
+        np.testing.assert_array_equal(g[f"per_image/k{K}/centers"][i][:, :3],
+                                      f[f"per_image/k{K}/centers"][i])
+        np.testing.assert_array_equal(g[f"per_image/k{K}/palette"][i],
+                                      f[f"per_image/k{K}/palette"][i])
+        np.testing.assert_array_equal(_image_labels(g, coll, K, i), _image_labels(f, fcoll, K, i))
+        for col in ("sse", "mse", "psnr"):
+            assert g[f"per_image/k{K}/images/{col}"][i] == f[f"per_image/k{K}/images/{col}"][i]
+    centers = np.asarray(g[f"per_image/k{K}/centers"][:])
+    for i in np.flatnonzero(coll.has_alpha):
+        np.testing.assert_array_equal(_image_labels(g, coll, K, i),
+                                      _nearest_rgba(_premultiplied_px(coll, i), centers[i]))
+
+
+def test_per_image_alpha_refusals(alpha_store, tmp_path):
+    """What per-image palettes with alpha cannot do yet says so in one line."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(alpha_store, copy)
+    streamq.fit_per_image(copy, colors=[4], method="histogram", scheduler="threads",
+                          progress=False)
+    streamq.quantize(copy, scheduler="threads", progress=False)
+    with pytest.raises(ConfigError, match="--dither is not available for a palette with alpha"
+                       ) as err:
+        streamq.export(copy, tmp_path / "d", per_image=4, dither=True, scheduler="threads")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="--zarr does not export per-image palettes with alpha"
+                       ) as err:
+        streamq.export(copy, tmp_path / "z.zarr", zarr=True, per_image=4, scheduler="threads")
+    assert "\n" not in str(err.value)
+    pal = tmp_path / "p.json"
+    pal.write_text('["#000000"]')
+    with pytest.raises(ConfigError, match="key 'per_image.fixed_colors' is not available"):
+        streamq.fit_per_image(copy, colors=[4], method="histogram", fixed_colors=str(pal),
+                              overwrite=True, scheduler="threads")
+
+
+# -- a given palette with alpha --------------------------------------------------------------------
+def _all_px(coll) -> np.ndarray:
+    return np.concatenate([_premultiplied_px(coll, i) for i in range(len(coll))])
+
+
+def test_quantize_with_an_rgba_palette_file(alpha_store, tmp_path, cluster_address):
+    """``quantize --palette`` with ``#rrggbbaa`` colours: every pixel (opaque images too)
+    labelled with its nearest colour in premultiplied RGBA (numpy brute force), MSE over
+    premultiplied RGBA, and the exported PNGs' alpha is the palette's."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(alpha_store, copy)
+    given = ["#00000000", "#ffffff", "#20406080", "#c08040c0", "#ff000040", "#3060a0",
+             "#e0d0b0", "#40302010"]
+    pal = tmp_path / "p.json"
+    pal.write_text(json.dumps(given))
+    streamq.quantize(copy, palette=pal, overwrite=True, scheduler=cluster_address,
+                     progress=False)
+    rgba = np.asarray([[int(c[j:j + 2], 16) for j in (1, 3, 5)]
+                       + [int(c[7:9], 16) if len(c) == 9 else 255] for c in given], np.uint8)
+    fit = streamq.load_fit(str(copy))
+    np.testing.assert_array_equal(fit.palette, rgba[:, :3])
+    np.testing.assert_array_equal(fit.alpha, rgba[:, 3])
+    target = np.concatenate([_premultiply(rgba), rgba[:, 3:]], axis=1).astype(np.float64)
+    coll = streamq.open_store(copy)
+    px = _all_px(coll)
+    # integer distances (a given palette's colours tie exactly: the first wins)
+    d8 = np.round(px * 255).astype(np.int64)[:, None] - target.astype(np.int64)[None]
+    labels = np.argmin((d8[..., :3] ** 2).sum(2) + ((d8[..., :3] - d8[..., 3:]) ** 2).sum(2),
+                       axis=1)
+    g = zarr.open_group(str(copy), mode="r")
+    stored = np.concatenate([g["quantize/labels"][int(o):int(o) + int(h * w)]
+                             for o, h, w in zip(coll.offsets, coll.heights, coll.widths,
+                                                strict=True)])
+    np.testing.assert_array_equal(stored, labels)
+    assert len(np.unique(labels)) >= 6  # transparent, soft and opaque entries all chosen
+    mse = ((px * 255 - target[labels]) ** 2).mean()
+    assert g.attrs["quantize"]["mse"] == pytest.approx(mse, rel=1e-12)
+    assert fit.mse == pytest.approx(mse, rel=1e-12)
+    np.testing.assert_array_equal(fit.counts, np.bincount(labels, minlength=len(given)))
+    out = tmp_path / "png"
+    streamq.export(copy, out, ids=[0, 8], scheduler=cluster_address, progress=False)
+    for i in (0, 8):
+        h, w = int(coll.heights[i]), int(coll.widths[i])
+        off = int(coll.offsets[i])
+        with Image.open((out / coll.paths[i]).with_suffix(".png")) as im:
+            decoded = np.asarray(im.convert("RGBA"))
+        np.testing.assert_array_equal(decoded.reshape(-1, 4), rgba[labels[off:off + h * w]])
+
+
+def test_quantize_with_an_alpha_store_or_trns_image(alpha_store, tmp_path, cluster_address):
+    """Another alpha store's fit as the palette gives that store's own labels (its RGBA
+    centres travel with it); a palette PNG with ``tRNS`` gives its entries' alpha."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(alpha_store, copy)
+    streamq.quantize(copy, palette=alpha_store, overwrite=True, scheduler=cluster_address,
+                     progress=False)
+    a, b = zarr.open_group(alpha_store, mode="r"), zarr.open_group(str(copy), mode="r")
+    np.testing.assert_array_equal(b["quantize/labels"][:], a["quantize/labels"][:])
+    assert b.attrs["quantize"]["mse"] == a.attrs["quantize"]["mse"]
+    fit = streamq.load_fit(str(copy))
+    np.testing.assert_array_equal(fit.alpha, streamq.load_fit(alpha_store).alpha)
+    assert fit.palette_source["centers"] == "fit"
+
+    from streamq.palettes import read_palette
+
+    img = Image.new("P", (4, 1))
+    img.putpalette([0, 0, 0, 200, 100, 50, 10, 20, 30, 250, 250, 250])
+    img.putdata([0, 1, 2, 3])
+    img.save(tmp_path / "p.png", transparency=bytes([0, 128, 255]))
+    got = read_palette(tmp_path / "p.png")
+    np.testing.assert_array_equal(got.alpha, [0, 128, 255, 255])
+    np.testing.assert_array_equal(got.colors, [[0, 0, 0], [200, 100, 50], [10, 20, 30],
+                                               [250, 250, 250]])

@@ -141,15 +141,17 @@ def test_bad_palette_files_are_one_line_errors(tmp_path):
         tmp_path, "g.act", bytes(768) + b"\x00\x00\xff\xff")
     assert "colour count 300" in _bad(tmp_path, "h.act", bytes(768) + b"\x01\x2c\xff\xff")
     assert "not valid JSON" in _bad(tmp_path, "i.json", '["#000000",')
-    assert 'colour 1 is "#12345", expected "#rrggbb" or [r, g, b]' in _bad(
+    assert 'colour 1 is "#12345", expected "#rrggbb", "#rrggbbaa", [r, g, b] or [r, g, b, a]' in _bad(
         tmp_path, "j.json", '["#000000", "#12345"]')
+    assert 'colour 0 is "#1234567"' in _bad(tmp_path, "j2.json", '["#1234567"]')
+    assert "colour 0 is [1, 2, 3, 4, 5]" in _bad(tmp_path, "j3.json", "[[1, 2, 3, 4, 5]]")
     assert "colour 0 is [0, 0, 256]" in _bad(tmp_path, "k.json", "[[0, 0, 256]]")
     assert "colour 0 is [0.5, 0, 0]" in _bad(tmp_path, "l.json", "[[0.5, 0, 0]]")
     assert "expected a JSON list of colours" in _bad(tmp_path, "m.json", '{"colours": []}')
     assert "no colours (an empty palette)" in _bad(tmp_path, "n.json", "[]")
     assert "65,537 colours, expected at most 65,536" in _bad(
         tmp_path, "o.json", json.dumps(["#000000"] * 65_537))
-    assert "line 2: expected a colour as #rrggbb or rrggbb, got 'red'" in _bad(
+    assert "line 2: expected a colour as #rrggbb or rrggbb (#rrggbbaa with alpha), got 'red'" in _bad(
         tmp_path, "p.hex", "ffffff\nred\n")
     assert "not UTF-8 text" in _bad(tmp_path, "q.txt", b"\xff\xfe\x00z")
     assert "expected a palette file (.gpl, .act, .json, .hex or .txt), an image or a streamq " \
@@ -180,3 +182,23 @@ def test_cli_bad_palette_is_one_line_on_stderr(faces_store, tmp_path):
     res = CliRunner().invoke(cli, ["quantize", faces_store, "--color-space", "oklab"])
     assert res.exit_code == 2
     assert "--color-space goes with --palette SRC" in res.output
+
+
+def test_colours_with_alpha(tmp_path):
+    """``#rrggbbaa`` and ``[r, g, b, a]`` give colours their alpha (255 where a colour gives
+    none) and the source an ``alpha_sha256``; a palette without alpha has neither."""
+    p = tmp_path / "a.json"
+    p.write_text('["#11223380", [1, 2, 3, 4], "#ffffff"]')
+    pal = read_palette(p)
+    np.testing.assert_array_equal(pal.colors, [[0x11, 0x22, 0x33], [1, 2, 3], [255, 255, 255]])
+    np.testing.assert_array_equal(pal.alpha, [0x80, 4, 255])
+    assert "alpha_sha256" in pal.source
+    h = tmp_path / "a.hex"
+    h.write_text("#aabbccdd glass\n001122\n")
+    pal = read_palette(h)
+    np.testing.assert_array_equal(pal.colors, [[0xAA, 0xBB, 0xCC], [0, 0x11, 0x22]])
+    np.testing.assert_array_equal(pal.alpha, [0xDD, 255])
+    q = tmp_path / "b.json"
+    q.write_text('["#112233"]')
+    assert read_palette(q).alpha is None
+    assert "alpha_sha256" not in read_palette(q).source

@@ -53,6 +53,7 @@ from streamq.names import output_name
 from streamq.scheduler import runner
 from streamq.stage import Task, run_tasks
 from streamq.store import Collection, Store, store_location
+from streamq.store.names import per_image_alpha
 from streamq.store.results import (
     labels_identity,
     load_fit,
@@ -154,7 +155,9 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
         alpha = None if fitted.alpha is None else fitted.alpha.tolist()
     else:
         palette = None
-    if alpha is not None and dither:
+    # per-image palettes with alpha (straight colours and their alpha, each image its own)
+    rgba_per_image = per_image is not None and st.has(per_image_alpha(per_image))
+    if (alpha is not None or rgba_per_image) and dither:
         raise ConfigError("--dither is not available for a palette with alpha (this store's "
                           "images have transparent pixels)")
     k = len(palette) if palette is not None else per_image
@@ -172,7 +175,7 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     manifest = {"store": st.path, "fit_fingerprint": fit_fp, "per_image": per_image,
                 "format": format, "dither": dither,
                 "png_level": png_level, "quality": quality, "streamq": __version__}
-    if alpha is not None:  # only then: the manifest of an opaque collection is unchanged
+    if alpha is not None or rgba_per_image:  # only then: an opaque collection's is unchanged
         manifest["alpha"] = True
     given = st.section("fit").get("palette_source") if per_image is None else None
     if given:  # a palette given to quantize --palette: where it came from
@@ -222,6 +225,7 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
               "retry": cfg.retry, "labels": identity, "fit": fit_fp, "root": root,
               "alpha": alpha, "tiled_over": None if dither else tiled_over,
               "tiff_level": png_level,
+              **({"per_image_alpha": True} if rgba_per_image else {}),
               "background": st.section("ingest").get("settings", {}).get("background",
                                                                          [255, 255, 255])}
     written, existing = 0, len(chosen) - len(todo)

@@ -24,6 +24,7 @@ import tempfile
 import uuid
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ from streamq.faults import retrying
 from streamq.fs import Location, storage_errors, write_atomic
 from streamq.lock import check_writer
 from streamq.store import PIXELS, open_array
-from streamq.store.names import labels_path, per_image_palette
+from streamq.store.names import labels_path, per_image_alpha, per_image_palette
 from streamq.store.results import read_identity
 
 __all__ = ["export_images", "export_task"]
@@ -88,6 +89,8 @@ def export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
         try:
             source = open_array(store, name)
             palettes = open_array(store, per_image_palette(k_img)) if k_img else None
+            alphas = (open_array(store, per_image_alpha(k_img))
+                      if k_img and args.get("per_image_alpha") else None)
         except Exception:
             _check_labels(args)  # replaced meanwhile: say so rather than what failed
             raise
@@ -101,16 +104,19 @@ def export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
                                  store.join(name).url, retry)
                 run_palettes = (np.asarray(palettes[run[0][0]:run[-1][0] + 1])
                                 if palettes is not None else None)
+                run_alphas = (np.asarray(alphas[run[0][0]:run[-1][0] + 1])
+                              if alphas is not None else None)
             except Exception:
                 _check_labels(args)
                 raise
             _check_labels(args)  # what was read is what the export started with
             for image_id, path, off, h, w in run:
-                palette = np.asarray(run_palettes[image_id - run[0][0]] if run_palettes is not None
-                                     else args["palette"], dtype=np.uint8)
-                if "n_colors" in args:  # a quality fit: the image's own K entries, not the padding
-                    palette = palette[:args["n_colors"][image_id]]
-                encoded = encoder.encode(block[off - start:off - start + h * w], h, w, palette)
+                j = image_id - run[0][0]
+                palette, own = _own_palette(args, image_id, None if run_palettes is None
+                                            else run_palettes[j], None if run_alphas is None
+                                            else run_alphas[j], encoder.alpha)
+                coder = encoder if own is encoder.alpha else replace(encoder, alpha=own)
+                encoded = coder.encode(block[off - start:off - start + h * w], h, w, palette)
                 check_writer()  # under `streamq run`: the store's lock must still be this job's
                 paths.append(path)
                 if fs is None:
@@ -124,7 +130,10 @@ def export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
         for item in tiled:  # each a band of tile rows at a time, never whole
             check_writer()
             paths.append(item[1])
-            checked = _write_tiled(args, item, source, palettes, alpha, fs)
+            palette, own = _own_palette(args, item[0], None if palettes is None
+                                        else palettes[item[0]], None if alphas is None
+                                        else alphas[item[0]], alpha)
+            checked = _write_tiled(args, item, source, palette, own, fs)
             if root is not None:
                 written[record_key(root, item[1])] = list(checked)
         if root is not None:
@@ -138,8 +147,22 @@ def export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
     return len(paths), existing
 
 
+def _own_palette(args: dict[str, Any], image_id: int, palette: Any, alpha: Any,
+                 shared_alpha: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(palette, alpha)`` an image is written with: its own palette (per-image fits) or the
+    shared one, only its own K entries for a quality fit (not the padding), and its own
+    palette's alpha (None when all opaque) for per-image palettes with alpha."""
+    pal = np.asarray(args["palette"] if palette is None else palette, dtype=np.uint8)
+    if "n_colors" in args:  # a quality fit: the image's own K entries, not the padding
+        pal = pal[:args["n_colors"][image_id]]
+    if alpha is None:
+        return pal, shared_alpha
+    own = np.asarray(alpha, dtype=np.uint8)
+    return pal, (own if (own < 255).any() else None)
+
+
 def _write_tiled(args: dict[str, Any], item: tuple[int, str, int, int, int], source: Any,
-                 palettes: Any, alpha: np.ndarray | None, fs: Any) -> tuple[int, int]:
+                 palette: np.ndarray, alpha: np.ndarray | None, fs: Any) -> tuple[int, int]:
     """Write an image over ``max_pixels`` as a tiled BigTIFF (:mod:`streamq.export.tiff`) from
     its labels, read a row of tiles at a time; return the file's ``(crc32, size)``.
 
@@ -149,8 +172,6 @@ def _write_tiled(args: dict[str, Any], item: tuple[int, str, int, int, int], sou
     way the labels are checked once it is written and before it takes its name."""
     image_id, path, off, h, w = item
     retry = args.get("retry")
-    palette = np.asarray(palettes[image_id] if palettes is not None else args["palette"],
-                         dtype=np.uint8)
     tile = tile_shape(w)
     level = int(args.get("tiff_level", 1))
     url = args["store"].join(labels_path(args["per_image"] or None)).url

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamq.errors import ConfigError
-from streamq.store import Store, open_array
+from streamq.store import ALPHA, Store, open_array
 from streamq.store.names import image_errors_path, labels_path
 from streamq.store.results import labels_identity, load_fit, ready_labels
 
@@ -70,6 +70,9 @@ def plan_results(st: Store, ks: list[int] | None) -> list[Result]:
         if st.section("per_image").get("quality"):
             raise ConfigError(f"{st.path}: --zarr does not export per-image palettes chosen by "
                               "--quality yet (each image its own K); export them as image files")
+        if st.has(ALPHA):
+            raise ConfigError(f"{st.path}: --zarr does not export per-image palettes with alpha "
+                              "yet; export them as image files (PNG keeps the transparency)")
         pcfg = st.section("per_image").get("config", {})
         plan = [(f"k{k}", k, {
             "palette": "per-image", "k": k, "color_space": "rgb", "sample": pcfg.get("sample"),

@@ -11,7 +11,9 @@ quantize's label tables call these, so each step has one definition:
   or a cache of recent colours for one image;
 - :mod:`streamq.kmeans.plusplus`: greedy weighted k-means++;
 - :mod:`streamq.kmeans.bounded`: weighted Lloyd with distance bounds, scikit-learn's ``tol``;
-- :mod:`streamq.kmeans.starts`: starts + Lloyd, best of several.
+- :mod:`streamq.kmeans.starts`: starts + Lloyd, best of several;
+- :mod:`streamq.kmeans.rgba`: exact k-means on a premultiplied RGBA histogram (colours with
+  alpha: the shared fit and the per-image fit of images with alpha).
 """
 
 from streamq.kmeans.bounded import LloydResult, fixed_point, lloyd, tolerance

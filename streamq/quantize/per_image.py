@@ -7,6 +7,11 @@ sums of each image's SSIM map over its pixels in the chunk. A rerun keeps the ch
 record and labels are intact; new palettes make old labels stale. :func:`quantize` runs it
 after the shared-palette labels when the store has per-image palettes.
 
+An image with alpha (its palette RGBA, ``per_image/k{K}/alpha``) is labelled by exact nearest
+centre in premultiplied RGBA (:class:`streamq.rgba.RgbaLabels`, ties to the lowest index) and
+its errors are over premultiplied RGBA, four channels; an opaque image beside it as in a store
+without alpha. No SSIM for a collection with alpha.
+
 Layout: ``per_image/k{K}/labels`` the ``(P,)`` labels, ``per_image/k{K}/label_records`` one
 record per chunk, ``per_image/k{K}/images/{sse,mse,psnr,ssim}`` the per-image errors, section
 ``per_image_quantize_k{K}`` the state.
@@ -35,6 +40,7 @@ from streamq.metrics import errors_from_records
 from streamq.scheduler import runner
 from streamq.stage import Task, run_tasks
 from streamq.store import (
+    ALPHA,
     PIXELS,
     Collection,
     Store,
@@ -49,6 +55,7 @@ from streamq.store.names import (
     image_errors_path,
     label_records_path,
     labels_path,
+    per_image_alpha,
     per_image_centers,
     per_image_palette,
 )
@@ -91,6 +98,11 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     ids = [i for i, _, _ in args["images"]]
     cen = np.asarray(centers[min(ids):max(ids) + 1]) if ids else None
     pal = np.asarray(palettes[min(ids):max(ids) + 1]) if ids else None
+    with_alpha = set(args.get("with_alpha") or ())  # images with alpha: RGBA palettes
+    alpha = pal_alpha = None
+    if with_alpha:
+        alpha = np.asarray(open_array(store, ALPHA)[lo:hi])
+        pal_alpha = np.asarray(open_array(store, per_image_alpha(k))[min(ids):max(ids) + 1])
 
     def one(image: tuple[int, int, int]) -> list[int]:
         assert cen is not None, "read for the images of this chunk"
@@ -98,7 +110,17 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
         image_id, off, size = image
         a, b = max(off, lo) - lo, min(off + size, hi) - lo
         j = image_id - min(ids)
-        lab, err, _ = label_pixels(rgb[a:b], cen[j], pal[j])  # exact nearest centre
+        if image_id in with_alpha:  # exact nearest centre in premultiplied RGBA
+            from streamq.rgba import RgbaLabels
+
+            assert alpha is not None, "read for the images with alpha"
+            assert pal_alpha is not None, "read for the images with alpha"
+            rgba = RgbaLabels(cen[j], pal[j], pal_alpha[j], table=False)  # one image: no table
+            lab, sse = rgba.labels_sse(rgb[a:b], alpha[a:b], labels.dtype,
+                                       np.zeros(0, np.int64))
+            labels[a:b] = lab
+            return [int(image_id), int(sse[0])]
+        lab, err, _ = label_pixels(rgb[a:b], cen[j][:, :3], pal[j])  # exact nearest centre
         labels[a:b] = lab
         return [int(image_id), err]
 
@@ -170,6 +192,11 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
     timings: dict[str, float] = {}
     sections = {k: st.section(f"per_image_quantize_k{k}") for k in sec["colors"]}
     want_ssim = cfg.quantize.ssim
+    if want_ssim and coll.n_alpha:  # SSIM is defined here on the luma of opaque colours
+        log.info("SSIM is not computed for a collection with alpha")
+        want_ssim = False
+    # the errors of an image with alpha are over premultiplied RGBA, of an opaque one over RGB
+    channels = np.where(coll.has_alpha, 4, 3) if coll.n_alpha else 3
 
     def up_to_date(k: int) -> bool:  # labels of these palettes (SSIM aside)
         return labels_state(st, k)[0] == "complete"
@@ -208,10 +235,12 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
                     "store": st.location, "chunk_index": c, "chunk": chunk, "k": k,
                     "images": images, "shapes": shapes, "ssim": want_ssim,
                     "threads": threads, "retry": cfg.retry,
+                    **({"with_alpha": [i for i, _, _ in images if coll.has_alpha[i]]}
+                       if coll.n_alpha else {}),
                     "fit": fp, "expect": json.loads(records[c]) if records[c] else None}))
             run_tasks(run, tasks, f"labelling K={k}", "chunk", progress)
             records = st.records(label_records_path(k))
-            errors = errors_from_records(records, sizes)
+            errors = errors_from_records(records, sizes, channels)
             stats: dict[str, Any] = {"ssim": want_ssim}
             if want_ssim:
                 from streamq.ssim import ssim_from_records, ssim_stats

@@ -96,7 +96,7 @@ def _table(args: dict[str, Any]) -> Any:
         _TABLES.clear()  # one palette at a time: the table is 64 MiB
         if args.get("alpha") is not None:  # a palette with alpha: premultiplied RGBA
             table = RgbaLabels(np.asarray(args["centers"]), np.asarray(args["palette"]),
-                               np.asarray(args["alpha"]))
+                               np.asarray(args["alpha"]), exact=args["space"] == "rgba8")
         else:
             table = LabelTable(np.asarray(args["centers"]), np.asarray(args["palette"]),
                                args["space"])

@@ -24,7 +24,8 @@ A store is a Zarr v3 group (see ``docs/store-format.md``)::
       quantize/{labels,records,images}   labels of the shared palette, their completion
                                 records and the per-image errors
       per_image/{tasks,records}, per_image/k{K}/{centers,palette,labels,label_records,images}
-                                the per-image palettes of K colours and their labels
+                                the per-image palettes of K colours and their labels;
+                                per_image/k{K}/alpha with images with alpha
       per_image/quality/{k,mse,psnr,met,reason}   a quality fit's K of each image
       groups/...                the image groups (descriptors, centres, checkpoint, ...)
 
@@ -102,13 +103,20 @@ def per_image_path(k: int) -> str:
 
 
 def per_image_centers(k: int) -> str:
-    """The ``(N, k, D)`` float centres of the per-image palettes of ``k`` colours."""
+    """The ``(N, k, D)`` float centres of the per-image palettes of ``k`` colours (D = 3; 4,
+    premultiplied RGBA, in a store with images with alpha)."""
     return f"{per_image_path(k)}/{CENTERS}"
 
 
 def per_image_palette(k: int) -> str:
     """The ``(N, k, 3)`` uint8 per-image palettes of ``k`` colours."""
     return f"{per_image_path(k)}/palette"
+
+
+def per_image_alpha(k: int) -> str:
+    """The ``(N, k)`` uint8 alpha of the per-image palettes of ``k`` colours: only in a store
+    with images with alpha (beside ``(N, k, 4)`` premultiplied RGBA centres)."""
+    return f"{per_image_path(k)}/alpha"
 
 
 def per_image_labels(k: int) -> str:

@@ -197,9 +197,14 @@ class FitResult:
     def label_space(self) -> tuple[str, np.ndarray]:
         """The colour space and centres quantize labels pixels in: the fit's, except for a
         given palette's own colours in RGB, compared in integer uint8 units (``rgb8``) so
-        that colours at equal distances tie exactly (and the lowest index wins)."""
-        if self.color_space == "rgb" and (self.palette_source or {}).get("centers") == "palette":
+        that colours at equal distances tie exactly (and the lowest index wins); a palette
+        with alpha labels with its premultiplied RGBA centres (:class:`streamq.rgba.RgbaLabels`),
+        a given one's (``rgba8``) in integer units likewise."""
+        given = (self.palette_source or {}).get("centers") == "palette"
+        if self.color_space == "rgb" and self.alpha is None and given:
             return "rgb8", self.palette.astype(np.float64)
+        if self.alpha is not None and given:  # RgbaLabels(exact=True): integer distances
+            return "rgba8", self.centers
         return self.color_space, self.centers
 
     def estimator(self) -> Any:

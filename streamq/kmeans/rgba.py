@@ -1,0 +1,175 @@
+"""Exact k-means on premultiplied RGBA histograms: the palette of colours with alpha.
+
+No I/O: a histogram in (distinct codes of :func:`streamq.rgba.rgba_codes`, sorted, and their
+counts), a palette out. The shared fit of a collection with alpha (:mod:`streamq.fit.alpha`)
+runs it on the collection's RGBA histogram, the per-image fit (:mod:`streamq.per_image`) on
+each transparent image's sample, so both fit alike: weighted k-means++ starts race Lloyd on a
+coarse grid of the histogram, the best finish by exact Lloyd on every distinct colour, in the
+metric space of :func:`streamq.rgba.to_metric` (libimagequant's comparison on black and on
+white, as a Euclidean distance); the fully transparent colour, when present, is an entry of
+its own that never moves (as libimagequant does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from streamq.rgba import codes_to_rgba, from_metric, palette_of, premultiplied, to_metric
+
+__all__ = ["FINISHERS", "exact_errors", "kmeans_rgba"]
+
+GRID_SHIFT = 3  # the starts race on cells of 8 levels per channel (32 per channel)
+FINISHERS = 2
+
+
+def _grid(codes: np.ndarray, counts: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted means of the points ``x`` per grid cell (codes >> GRID_SHIFT per channel);
+    the fully transparent colour (code 0) is a cell of its own, the first."""
+    mask = (0xFF >> GRID_SHIFT) << GRID_SHIFT
+    cell = np.where(codes == 0, -1, codes & ((mask << 24) | (mask << 16) | (mask << 8) | mask))
+    uniq, inv = np.unique(cell, return_inverse=True)
+    w = np.bincount(inv, weights=counts, minlength=len(uniq))
+    means = np.stack([np.bincount(inv, weights=counts * x[:, j], minlength=len(uniq))
+                      for j in range(x.shape[1])], axis=1) / w[:, None]
+    return means, w
+
+
+def _lloyd(x: np.ndarray, w: np.ndarray, centers: np.ndarray, fixed: int, tol: float,
+           max_iter: int) -> dict[str, Any]:
+    """Weighted Lloyd from ``centers`` whose first ``fixed`` rows never move (libimagequant
+    never moves a fully transparent entry). A cluster left empty takes the point farthest
+    from its centre. Stops when no label changes, on scikit-learn's ``tol`` rule (the squared
+    centre shift at most ``tol`` times the points' mean variance) or after ``max_iter``."""
+    from streamq.kmeans.nearest import assign
+
+    c = np.array(centers, dtype=np.float64)
+    k = len(c)
+    wsum = float(w.sum())
+    mean = (w[:, None] * x).sum(0) / wsum
+    threshold = tol * float((w * ((x - mean) ** 2).sum(1)).sum() / wsum / x.shape[1])
+    labels, d = assign(x, c)
+    history: list[tuple[int, float, int]] = []
+    stop, it = "max_iter", 0
+    while it < max_iter:
+        n = np.bincount(labels, weights=w, minlength=k)
+        new = c.copy()
+        for j in range(x.shape[1]):
+            s = np.bincount(labels, weights=w * x[:, j], minlength=k)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                new[:, j] = np.where(n > 0, s / np.maximum(n, 1e-300), c[:, j])
+        new[:fixed] = c[:fixed]
+        empty = [j for j in range(fixed, k) if n[j] == 0]
+        if empty:  # the farthest points refill the empty clusters
+            far = np.argsort(-d, kind="stable")[:len(empty)]
+            new[empty] = x[far]
+        shift = float(((new - c) ** 2).sum())
+        c = new
+        it += 1
+        new_labels, d = assign(x, c)
+        changed = int((new_labels != labels).sum())
+        labels = new_labels
+        history.append((it, shift, changed))
+        if tol > 0 and shift <= threshold:
+            stop = "tol"
+            break
+        if changed == 0 and not empty:
+            stop = "labels"
+            break
+    return {"centers": c, "inertia": float((w * d).sum()), "n_iter": it, "stop": stop,
+            "history": history}
+
+
+def _kmeans(x: np.ndarray, w: np.ndarray, codes: np.ndarray, k: int, n_init: int,
+            seed: int | Sequence[int],
+            init: str, tol: float, max_iter: int) -> dict[str, Any]:
+    """Best of ``n_init`` starts raced on the grid, ``FINISHERS`` finished on every colour.
+    With fully transparent pixels (code 0) the first centre is fully transparent and stays so."""
+    from streamq.kmeans import initial_centers
+
+    fixed = 1 if len(codes) and codes[0] == 0 else 0
+    gx, gw = _grid(codes, w, x)
+    if 2 * len(gx) > len(x) or len(gx) < k:  # a grid that saves little: race on the colours
+        gx, gw = x, w.astype(np.float64)
+    pin = np.zeros((fixed, x.shape[1]))
+    free = gx[fixed:] if fixed and np.all(gx[0] == 0) else gx  # the pinned point is no start
+    fw = gw[len(gx) - len(free):]
+    raced = []
+    for j in range(n_init):
+        start = initial_centers(free, fw, k - fixed, init,
+                                 np.random.default_rng([*_seeds(seed), 1000 + j]))
+        res = _lloyd(gx, gw, np.concatenate([pin, start]), fixed, 0.0, max_iter)
+        raced.append((res["inertia"], j, res))
+    raced.sort(key=lambda r: (r[0], r[1]))
+    finished = []
+    for _, j, res in raced[:FINISHERS]:
+        exact = _lloyd(x, w.astype(np.float64), res["centers"], fixed, tol, max_iter)
+        finished.append((exact["inertia"], j, exact, res))
+    inertia, j, best, grid = min(finished, key=lambda r: (r[0], r[1]))
+    done = {fj: e for _, fj, e, _ in finished}
+    return {"centers": best["centers"], "inertia": inertia, "start": j, "stop": best["stop"],
+            "history": best["history"], "iterations": best["n_iter"], "fixed": fixed,
+            "grid_iterations": grid["n_iter"],
+            "starts": [{"start": s, "grid_inertia": gi, "grid_iterations": r["n_iter"],
+                        **({"inertia": done[s]["inertia"], "iterations": done[s]["n_iter"],
+                            "stop": done[s]["stop"]} if s in done else {})}
+                       for gi, s, r in sorted(raced, key=lambda r: r[1])]}
+
+
+def _ensure_distinct(centers: np.ndarray, x: np.ndarray, rgba: np.ndarray) -> np.ndarray:
+    """Move every centre (metric space) whose uint8 RGBA entry repeats an earlier one to the
+    colour worst served by the palette that is not in it yet
+    (:func:`streamq.kmeans.nearest.spread_duplicates`)."""
+    from streamq.kmeans.nearest import spread_duplicates
+
+    pal, alpha = palette_of(from_metric(centers))
+
+    def entry(i: int) -> tuple[Any, ...]:
+        p, a = palette_of(rgba[i:i + 1] / 255.0)
+        return (*p[0], a[0])
+
+    return spread_duplicates(centers, x, np.concatenate([pal, alpha[:, None]], axis=1), entry)
+
+
+def exact_errors(x: np.ndarray, rgba: np.ndarray, counts: np.ndarray, centers: np.ndarray,
+                 palette: np.ndarray, alpha: np.ndarray) -> tuple[float, np.ndarray]:
+    """MSE over premultiplied RGBA (uint8 units, four channels) of every pixel labelled with
+    its nearest centre (metric space) and compared with that entry's premultiplied colour;
+    and the pixels of each entry."""
+    from streamq.kmeans.nearest import assign
+
+    labels, _ = assign(x, centers)
+    target = premultiplied(palette, alpha).astype(np.int64)
+    err = ((rgba.astype(np.int64) - target[labels]) ** 2).sum(1)
+    n = float(counts.sum())
+    per = np.bincount(labels, weights=counts, minlength=len(centers)).astype(np.int64)
+    return float((err * counts).sum() / (4 * n)), per
+
+
+def kmeans_rgba(codes: np.ndarray, counts: np.ndarray, k: int, *, n_init: int = 16,
+                seed: int | Sequence[int] = 0, init: str = "k-means++", tol: float = 0.0,
+                max_iter: int = 1000) -> dict[str, Any]:
+    """The palette of an RGBA histogram (distinct codes of :func:`streamq.rgba.rgba_codes`,
+    sorted, and their counts; at least ``k`` of them): the k-means of :func:`fit_rgba`, with
+    K distinct uint8 entries where the data allows, those with transparency first.
+
+    Returns ``_kmeans``'s dict with ``metric_centers`` (``(K, 4)`` in the metric space of
+    :func:`streamq.rgba.to_metric`), ``palette`` (straight ``(K, 3)`` uint8) and ``alpha``."""
+    rgba = codes_to_rgba(codes)
+    x = to_metric(rgba / 255.0)
+    best = _kmeans(x, counts, codes, k, n_init, seed, init, tol, max_iter)
+    centers = _ensure_distinct(best["centers"], x, rgba)
+    palette, alpha = palette_of(from_metric(centers))
+    # entries with transparency first (the fully transparent one, when pinned, at 0): a
+    # palette PNG's tRNS chunk then stops at the last of them, as pngquant orders it
+    order = np.lexsort((np.arange(len(alpha)), alpha == 255))
+    return {**best, "metric_centers": centers[order], "palette": palette[order],
+            "alpha": alpha[order]}
+
+
+def _seeds(seed: int | Sequence[int]) -> list[int]:
+    """The seed as a list: an int (the shared fit), or several (a per-image fit's seed, image
+    and K), so that each start's generator is ``[*seeds, 1000 + start]``."""
+    return [int(seed)] if isinstance(seed, int | np.integer) else [int(s) for s in seed]
