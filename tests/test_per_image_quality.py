@@ -244,3 +244,98 @@ def test_resumes_after_kill_with_the_same_choice(quality_store, ingested, tmp_pa
         for image_id, k, mse, _, tried in json.loads(r)["quality"]:
             assert (k, mse) == (want["k"][image_id], want["mse"][image_id])
             assert [k, mse] in tried
+
+
+def test_zarr_export_holds_each_images_own_k(quality_store, tmp_path):
+    """--zarr of a quality fit (no --per-image: the store has no shared palette, so its one
+    group k{HI}): each image's K beside its padded palette, equal to the store's."""
+    path, _ = quality_store
+    out = tmp_path / "q-labels.zarr"
+    summary = streamq.export(path, str(out), zarr=True, ids="1-4,6", scheduler="threads",
+                             progress=False)
+    assert summary.results == [f"per-image K={HI}"]
+    coll = streamq.open_store(path)
+    g, e = zarr.open_group(path, mode="r"), zarr.open_group(str(out), mode="r")
+    t = _table(path)
+    ids = e["images/id"][:]
+    assert ids.tolist() == [1, 2, 3, 4, 6]
+    for c in ("k", "mse", "psnr", "met", "reason"):
+        np.testing.assert_array_equal(e[f"k{HI}/quality/{c}"][:], t[c][ids])
+    palettes, labels = g[f"per_image/k{HI}/palette"][:], g[f"per_image/k{HI}/labels"][:]
+    np.testing.assert_array_equal(e[f"k{HI}/palette"][:], palettes[ids])
+    np.testing.assert_array_equal(e[f"k{HI}/centers"][:], g[f"per_image/k{HI}/centers"][:][ids])
+    np.testing.assert_array_equal(e[f"k{HI}/images/psnr"][:], t["psnr"][ids])
+    off, h, w = (e[f"images/{c}"][:] for c in ("offset", "height", "width"))
+    out_labels, own_k = e[f"k{HI}/labels"][:], e[f"k{HI}/quality/k"][:]
+    for j, i in enumerate(ids):
+        n = int(h[j] * w[j])
+        src = labels[int(coll.offsets[i]):int(coll.offsets[i]) + n]
+        mine = out_labels[int(off[j]):int(off[j]) + n]
+        np.testing.assert_array_equal(mine, src)
+        assert mine.max() < own_k[j]
+        # the image read as the attributes say: its own K entries only
+        own = e[f"k{HI}/palette"][j][:own_k[j]]
+        np.testing.assert_array_equal(own[mine].reshape(int(h[j]), int(w[j]), 3),
+                                      palettes[i][src].reshape(int(h[j]), int(w[j]), 3))
+    info = e.attrs["streamq_export"]["results"][0]
+    assert info["group"] == f"k{HI}"
+    assert info["quality"] == {"min": MIN, "max": MAX, "k_range": [LO, HI],
+                               "own_k": f"k{HI}/quality/k"}
+    assert f"k{HI}/palette[j][:k{HI}/quality/k[j]]" in info["read"]
+    # --per-image HI names the same export: a rerun finds it complete
+    again = streamq.export(path, str(out), zarr=True, ids="1-4,6", per_image=HI,
+                           scheduler="threads", progress=False)
+    assert again.status == "already complete"
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".streamq" not in p.as_posix()}
+
+
+def test_run_with_a_quality_target_equals_fit_quantize_export(ingested, few_photos, tmp_path):
+    """`streamq run` with per_image.quality: fit, quantize and export as the separate commands
+    do (export without --per-image takes the fit's one group), and exit 99 after finishing when
+    images stay below MIN, as fit does; a rerun writes a Zarr export and fails again."""
+    fit_args = ["--quality", "33-40", "--k-range", "2-4", "--method", "histogram", "--seed",
+                "3", "--scheduler", "threads", "--no-progress"]
+    ref = str(tmp_path / "ref.zarr")
+    shutil.copytree(ingested, ref)
+    fitted = CliRunner().invoke(cli, ["fit", ref, "--per-image", *fit_args])
+    assert fitted.exit_code == 99, fitted.output
+    for args in (["quantize", ref], ["export", ref, str(tmp_path / "ref-out")],
+                 ["export", ref, str(tmp_path / "ref.out.zarr"), "--zarr"]):
+        done = CliRunner().invoke(cli, [*args, "--scheduler", "threads", "--no-progress"])
+        assert done.exit_code == 0, done.output
+
+    store = str(tmp_path / "run.zarr")
+    shutil.copytree(ingested, store)  # the run's ingest finds it complete
+    cfg = tmp_path / "run.yaml"
+
+    def config(**export):
+        cfg.write_text(json.dumps({
+            "store": store, "ingest": {"source": str(few_photos), "chunk_pixels": 20_000},
+            "dask": {"scheduler": "threads"}, "export": export,
+            "per_image": {"enabled": True, "quality": [33, 40], "k_range": [2, 4],
+                          "method": "histogram", "seed": 3}}))
+
+    config(out=str(tmp_path / "run-out"))
+    first = CliRunner().invoke(cli, ["run", str(cfg), "--no-progress"])
+    assert first.exit_code == 99, first.output
+    assert first.output.strip().splitlines() == [fitted.output.strip().replace(ref, store)]
+    for c in ("k", "mse", "psnr", "met", "reason"):
+        np.testing.assert_array_equal(_table(store)[c], _table(ref)[c])
+    g, w = zarr.open_group(store, mode="r"), zarr.open_group(ref, mode="r")
+    for name in ("centers", "palette", "labels", "images/psnr"):
+        np.testing.assert_array_equal(g[f"per_image/k4/{name}"][:], w[f"per_image/k4/{name}"][:])
+    want = _files(tmp_path / "ref-out")
+    assert len(want) == len(streamq.open_store(ref))
+    assert _files(tmp_path / "run-out") == want
+
+    config(out=str(tmp_path / "run.out.zarr"), zarr=True)
+    second = CliRunner().invoke(cli, ["run", str(cfg), "--no-progress"])
+    assert (second.exit_code, second.output) == (99, first.output)
+    a, b = (zarr.open_group(str(tmp_path / p), mode="r") for p in ("run.out.zarr", "ref.out.zarr"))
+    assert a.attrs["streamq_export"]["state"] == "complete"
+    for name in ("images/id", "k4/palette", "k4/labels", "k4/quality/k", "k4/quality/reason"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
