@@ -171,7 +171,8 @@ def read_results(st: Store) -> tuple[list[Result], list[str]]:
             q = st.section(per_image_labels(k))
             state = labels_state(st, k)[0]
             title = (f"per-image K={k}" if chosen is None else
-                     f"per-image quality, K {per['quality']['k_range'][0]}..{k}")
+                     f"per-image quality, K "
+                     f"{((per.get('quality') or {}).get('k_range') or ['?'])[0]}..{k}")
             out.append(Result(f"k{k}", title, k, state, labels_path(k),
                               per_image_palette(k), None,
                               _psnr(st, image_errors_path(k)) if state == "complete" else None,

@@ -57,7 +57,7 @@ def palette(ctx: Context) -> Section | None:
             body += _fixed_html(fixed)
         for i in shown:
             rows = "".join(
-                f'<div class="pi-k" data-k="{r.own_k(i)}"><span>{esc(_k_label(r, i))}</span>'
+                f'<div class="pi-k"{_own_k_attr(r, i)}><span>{esc(_k_label(r, i))}</span>'
                 + swatches_html(ctx.palette(r, i), ctx.label_counts(r, i) if r.ready else None,
                                 ctx.cfg.max_colors) + "</div>" for r in per)
             body += (f'<div class="per-image-palette" data-id="{i}"><h4>#{i} '
@@ -71,6 +71,11 @@ def palette(ctx: Context) -> Section | None:
 
 def _k_label(r: Result, i: int) -> str:
     return f"K={r.k}" if r.quality is None else f"K={r.own_k(i)} (quality, of {r.k})"
+
+
+def _own_k_attr(r: Result, i: int) -> str:
+    """``data-k`` of a quality fit's palette row (other pages stay byte for byte as before)."""
+    return "" if r.quality is None else f' data-k="{r.own_k(i)}"'
 
 
 def chosen_k(ctx: Context) -> Section | None:
