@@ -12,7 +12,8 @@ groups). Labelling with these palettes is part of ``quantize``
 
 With fixed colours (``fixed_colors``, :mod:`streamq.fixed`; the ``histogram`` method only:
 scikit-learn's ``KMeans`` cannot hold centres) every palette's first ``F`` entries are those
-colours and k-means fits the other ``K - F`` of each image.
+colours and k-means fits the other ``K - F`` of each image; with a quality target too (``F``
+below LO), each K tried holds them, and the exact palette is they and the image's other colours.
 
 **A quality target** (``quality = [MIN, MAX]``, ``fit --per-image --quality MIN-MAX``)
 instead of a list of K: each image gets the smallest K of ``k_range = [LO, HI]`` whose palette
@@ -93,9 +94,9 @@ from streamq.store.names import (
 from streamq.store.results import load_per_image
 from streamq.store.summaries import PerImageSummary, per_image_summary, summary_of
 
-__all__ = ["PerImageSummary", "fit_image", "fit_image_rgba", "fit_per_image", "image_psnr",
-           "load_per_image",
-           "quality_palette", "sample_index", "search_image", "summary_of"]
+__all__ = ["PerImageSummary", "exact_codes", "fit_image", "fit_image_rgba", "fit_per_image",
+           "image_psnr", "load_per_image", "quality_palette", "sample_index", "search_image",
+           "summary_of"]
 
 log = logging.getLogger(__name__)
 
@@ -250,15 +251,31 @@ def _palettes(centers: np.ndarray, has_alpha: np.ndarray
     return palette, alpha
 
 
-def quality_palette(rgb: np.ndarray, k: int, colours: tuple[np.ndarray, np.ndarray],
-                    fit: Callable[[int], np.ndarray]) -> np.ndarray:
-    """The ``(k, 3)`` palette a quality search measures for one image: ``fit(k)`` (the image's
-    :func:`fit_image`), or when ``k`` is at least the image's distinct colours (``colours``:
-    its :func:`streamq.kmeans.distinct_colours`), those colours themselves, the rest
-    repeating the first: the sample may miss colours, the image's own colours miss none."""
-    from streamq.kmeans import codes_to_points
+def exact_codes(colours: tuple[np.ndarray, np.ndarray], fixed: np.ndarray | None = None
+                ) -> np.ndarray:
+    """Colour codes of the exact palette of an image (``colours``: its
+    :func:`streamq.kmeans.distinct_colours`): its distinct colours, or with fixed colours
+    (``(F, 3)`` uint8) those first, then the image's colours that are not among them."""
+    from streamq.kmeans import rgb_to_codes
 
     codes = colours[0]
+    if fixed is None or not len(fixed):
+        return codes
+    held = rgb_to_codes(np.asarray(fixed, np.uint8))
+    return np.concatenate([held, codes[~np.isin(codes, held)]])
+
+
+def quality_palette(rgb: np.ndarray, k: int, colours: tuple[np.ndarray, np.ndarray],
+                    fit: Callable[[int], np.ndarray],
+                    fixed: np.ndarray | None = None) -> np.ndarray:
+    """The ``(k, 3)`` palette a quality search measures for one image: ``fit(k)`` (the image's
+    :func:`fit_image`), or when ``k`` is at least the entries of its exact palette
+    (:func:`exact_codes`: its distinct colours, after the ``fixed`` ones), those colours
+    themselves, the rest repeating the first: the sample may miss colours, the image's own
+    colours miss none."""
+    from streamq.kmeans import codes_to_points
+
+    codes = exact_codes(colours, fixed)
     if k < len(codes):
         return fit(k)
     x = codes_to_points(codes)
@@ -281,11 +298,13 @@ def image_psnr(colours: tuple[np.ndarray, np.ndarray], centers: np.ndarray) -> t
 
 def search_image(rgb: np.ndarray, k_range: tuple[int, int] | list[int],
                  quality: tuple[float, float] | list[float],
-                 fit: Callable[[int], np.ndarray]) -> dict[str, Any]:
+                 fit: Callable[[int], np.ndarray],
+                 fixed: np.ndarray | None = None) -> dict[str, Any]:
     """The smallest K of ``k_range`` whose palette reaches ``quality[1]`` dB on this image.
 
-    ``fit(k)`` is the image's :func:`fit_image` for ``k``; HI is capped at the image's distinct
-    colours (where the palette is exact). K = LO, 2 LO, 4 LO, ... (the last capped at HI) are
+    ``fit(k)`` is the image's :func:`fit_image` for ``k`` (with ``fixed`` colours, ``(F, 3)``
+    uint8 and ``F`` < LO, its first ``F`` entries); HI is capped at the entries of the image's
+    exact palette (:func:`exact_codes`: its distinct colours, after the fixed ones). K = LO, 2 LO, 4 LO, ... (the last capped at HI) are
     measured until one reaches MAX; then a binary search between the last K that missed and
     that one ends on a K reaching MAX whose K - 1 was measured and misses it (unless K = LO).
     When even HI misses MAX, HI is kept, and below MIN the image is below MIN with that
@@ -297,14 +316,15 @@ def search_image(rgb: np.ndarray, k_range: tuple[int, int] | list[int],
 
     qmin, qmax = quality
     colours = distinct_colours(rgb)
-    top = max(1, min(int(k_range[1]), len(colours[0])))  # an image of d < HI colours: K = d exact
+    # an image of d < HI colours: K = d exact (with fixed colours: F + those not among them)
+    top = max(1, min(int(k_range[1]), len(exact_codes(colours, fixed))))
     lo = min(int(k_range[0]), top)
     measured: dict[int, tuple[np.ndarray, float]] = {}
     tried: list[list[Any]] = []
 
     def quality_of(k: int) -> float:
         if k not in measured:
-            centers = quality_palette(rgb, k, colours, fit)
+            centers = quality_palette(rgb, k, colours, fit, fixed)
             mse, value = image_psnr(colours, centers)
             measured[k] = (centers, mse)
             tried.append([k, mse])
@@ -375,7 +395,7 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
                              args["n_init"], args["method"], index.get(m), hist.get(m), fixed)
 
         if quality is not None:  # one K per image, padded to HI (see the module's docstring)
-            found = search_image(rgb, args["k_range"], quality, fit)
+            found = search_image(rgb, args["k_range"], quality, fit, fixed)
             hi = int(args["k_range"][1])
             c = np.concatenate([found["centers"],  # the rest repeat the first entry
                                 np.repeat(found["centers"][:1], hi - found["k"], axis=0)])
@@ -435,9 +455,6 @@ def fit_per_image(store: str | Location, *, config: StreamQConfig | dict[str, An
     when some image stays below MIN)."""
     cfg = parse_config(config)
     cfg = cfg.replace(**{f"per_image.{k}": v for k, v in options.items()}, **{"dask.scheduler": scheduler})
-    if cfg.per_image.quality is not None and cfg.per_image.fixed_colors is not None:
-        raise ConfigError("keys 'per_image.quality' and 'per_image.fixed_colors' do not go "
-                          "together yet: give one or the other")
     loc = store_location(store, storage_options, cfg.storage_options)
     check_access(loc)
     with store_lock(loc, operation="fit --per-image", config=cfg.lock):
@@ -458,7 +475,8 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             raise ConfigError(f"key 'per_image.fixed_colors' needs per_image.method 'histogram', "
                               f"got {pcfg.method!r} (scikit-learn's KMeans cannot hold centres "
                               "fixed); add --method histogram")
-        fixed = read_fixed_colors(pcfg.fixed_colors, min(pcfg.colors),
+        fixed = read_fixed_colors(pcfg.fixed_colors, min(pcfg.colors) if pcfg.quality is None
+                                  else pcfg.k_range[0],
                                   key="per_image.fixed_colors",
                                   storage_options=cfg.storage_options or None)
     fp = _fingerprint(st, pcfg, fixed)

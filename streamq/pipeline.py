@@ -3,6 +3,11 @@ configuration. With key ``quantize.palette`` the given palette takes the fit's p
 
 Every stage is resumable and a no-op when already done, so rerunning the same command after
 an interruption at any point finishes with the same outputs as an uninterrupted run.
+
+With key ``per_image.quality`` each image gets its own K (:mod:`streamq.per_image`): the
+export is that fit's one K group (``k{HI}``: OUT itself, or one Zarr group). Images below MIN
+do not stop the run: every stage finishes, then the run raises the fit's
+:class:`~streamq.errors.QualityError` (exit status 99), as ``fit`` does.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamq.config import StreamQConfig, load_config, parse_config
-from streamq.errors import ConfigError
+from streamq.errors import ConfigError, QualityError
 from streamq.fs import check_access, join, location
 
 __all__ = ["RunReport", "run"]
@@ -53,9 +58,6 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
         raise ConfigError("key 'fit.quality' chooses the K of the shared palette, but "
                           "'per_image.enabled' is true (per-image palettes take their K from "
                           "'per_image.colors', or 'per_image.quality')")
-    if cfg.per_image.quality is not None and cfg.per_image.enabled:
-        raise ConfigError("key 'per_image.quality' is not run by streamq run yet: use "
-                          "`streamq fit --per-image --quality MIN-MAX`, then quantize and export")
     if cfg.quantize.palette is not None and cfg.per_image.enabled:
         raise ConfigError("key 'quantize.palette' gives the shared palette, but "
                           "'per_image.enabled' is true (per-image palettes only)")
@@ -68,6 +70,10 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
     loc = location(cfg.store, cfg.storage_options)  # a bad URL is refused before anything
     check_access(loc)
     report = RunReport()
+    below_min: QualityError | None = None  # a per-image quality fit left images below MIN
+    # a per-image quality fit has one K group, HI (each image its own K, padded to HI)
+    per_image_ks = ((cfg.per_image.k_range[1],) if cfg.per_image.quality is not None
+                    else tuple(cfg.per_image.colors))
     # One lock for every stage (the stages take it again: it is re-entrant in this thread),
     # so no other job can slip in between two stages; and one cluster for every stage.
     with (store_lock(loc, operation="run", create=True, config=cfg.lock),
@@ -76,8 +82,12 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
         if cfg.per_image.enabled:
             from streamq.per_image import fit_per_image
 
-            report.stages["fit"] = fit_per_image(cfg.store, config=cfg, overwrite=overwrite,
-                                                 progress=progress)
+            try:
+                report.stages["fit"] = fit_per_image(cfg.store, config=cfg, overwrite=overwrite,
+                                                     progress=progress)
+            except QualityError as err:  # every palette is stored: finish, then fail as fit does
+                below_min = err
+                report.stages["fit"] = str(err)
         elif cfg.quantize.palette is None:
             report.stages["fit"] = fit(cfg.store, config=cfg, overwrite=overwrite, progress=progress)
         # quantize.palette: the given palette takes the fit's place (streamq.quantize.remap);
@@ -98,14 +108,16 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
         if e.out is not None and e.zarr:  # one Zarr store; per-image: one group per K
             ks = e.per_image
             if ks is None and cfg.per_image.enabled:
-                ks = tuple(cfg.per_image.colors)
+                ks = per_image_ks
             report.stages["export"] = export(cfg.store, e.out, zarr=True, per_image=ks,
                                              overwrite=overwrite, config=cfg, progress=progress)
         elif e.out is not None:
             to_files = functools.partial(
                 export, cfg.store, format=e.format, dither=e.dither, png_level=e.png_level,
                 quality=e.quality, overwrite=overwrite, config=cfg, progress=progress)
-            if cfg.per_image.enabled:  # one folder per K: OUT/k2, OUT/k6, ...
+            if cfg.per_image.enabled and cfg.per_image.quality is not None:  # one K: OUT
+                report.stages["export"] = to_files(e.out, per_image=per_image_ks[0])
+            elif cfg.per_image.enabled:  # one folder per K: OUT/k2, OUT/k6, ...
                 for k in cfg.per_image.colors:
                     report.stages[f"export k={k}"] = to_files(join(e.out, f"k{k}"), per_image=k)
             else:
@@ -114,4 +126,6 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
         from streamq.report import report as write_report
 
         report.stages["report"] = write_report(cfg.store, config=cfg)
+    if below_min is not None:
+        raise below_min
     return report

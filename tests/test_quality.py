@@ -176,8 +176,6 @@ def test_range_capped_at_the_distinct_colours(tmp_path):
      "key 'per_image.k_range' has value [2, 300], expected [LO, HI]: the K searched, integers "
      "with 2 <= LO <= HI <= 256"),
     (["--quality", "30-40", "--per-image", "-k", "8"], "--colors and --quality exclude each other"),
-    (["--quality", "30-40", "--per-image", "--fixed-colors", "p.gpl", "--method", "histogram"],
-     "keys 'per_image.quality' and 'per_image.fixed_colors' do not go together yet"),
     (["--quality", "30-40", "--algorithm", "minibatch"], "--quality fits each K by exact Lloyd"),
 ])
 def test_bad_quality_arguments_are_one_line(tmp_path, flags, message):

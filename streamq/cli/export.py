@@ -39,7 +39,8 @@ from streamq.cli.options import (
                    f"0..9 {shown_default('export.png_level')}.")
 @click.option("--per-image", "per_image", default=None, metavar="K",
               help="Export the per-image palettes of this K instead of the shared palette "
-                   "(--zarr: also a list such as 2,6,30, one group per K).")
+                   "(--zarr: also a list such as 2,6,30, one group per K). Default for a store "
+                   "with no shared palette but a per-image --quality fit: that fit's K group.")
 @storage_opt
 @overwrite_opt
 @progress_opt

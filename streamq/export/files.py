@@ -55,6 +55,7 @@ from streamq.stage import Task, run_tasks
 from streamq.store import Collection, Store, store_location
 from streamq.store.names import per_image_alpha
 from streamq.store.results import (
+    default_per_image,
     labels_identity,
     load_fit,
     per_image_quality,
@@ -123,7 +124,8 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     (default: ``config``'s, else the store's) reach both. ``format`` is ``png`` (default),
     ``jpeg`` or ``webp``. With ``zarr=True``, ``out`` becomes a Zarr store of labels,
     palettes and the image table instead (:func:`streamq.export.zarr.export_zarr`; there
-    ``per_image`` may list several K).
+    ``per_image`` may list several K). Without ``per_image``, a store whose only palettes
+    come from a per-image quality fit exports those (their one K group, HI).
     """
     if zarr:
         if format is not None or dither:
@@ -146,6 +148,8 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
     st = Store.open(store_location(store, storage_options, cfg.storage_options))
     coll = Collection(st)
+    if per_image is None:  # a per-image quality fit and no shared palette: its one K group
+        per_image = default_per_image(st)
     fit_fp = ready_labels(st, per_image)
     identity = labels_identity(st, per_image, labels=not dither)  # re-checked by every task
     alpha = None

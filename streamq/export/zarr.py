@@ -14,6 +14,8 @@ table -- and nothing else: no pixels, no working state, no image files. Layout
       images/{mse,psnr[,ssim]}        its per-image errors (and SSIM), when quantize wrote them
       k{K}/{palette,centers,labels,images/{mse,psnr[,ssim]}}   or one group per per-image K:
                                       (n,K,3) palettes and centres, one row per exported image
+      k{HI}/quality/{k,mse,psnr,met,reason}   a per-image quality fit: each image's own K
+                                      (its palette row is padded to HI), its error, why below MIN
       label_records, k{K}/label_records   completion record of each chunk of a labels array
 
 Labels are re-packed: the exported images lie back to back from offset 0, in id order, so
@@ -65,7 +67,7 @@ from streamq.fs import Location, check_access, location
 from streamq.scheduler import runner
 from streamq.stage import Task, run_tasks
 from streamq.store import Collection, Store, compressors, store_location
-from streamq.store.results import labels_identity, ready_labels
+from streamq.store.results import default_per_image, labels_identity, ready_labels
 from streamq.store.selection import parse_ids, select_images
 
 __all__ = ["FORMAT_VERSION", "ZarrExportSummary", "export_zarr"]
@@ -112,7 +114,8 @@ def export_zarr(store: str | Location, out: str | Location, *, labels: list[str]
         labels are re-packed back to back and their offsets re-numbered from 0.
     per_image : int or list of int, optional
         Export the per-image palettes and labels of these K (one group ``k{K}`` each)
-        instead of the shared palette's.
+        instead of the shared palette's. Default: the shared palette's, or when the store
+        has none but a per-image quality fit, that fit's one group ``k{HI}``.
     overwrite : bool
         Replace an earlier export at ``out`` made from another store, palette or selection.
         Anything at ``out`` that is not a streamq Zarr export is never replaced.
@@ -126,6 +129,8 @@ def export_zarr(store: str | Location, out: str | Location, *, labels: list[str]
     cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
     st = Store.open(store_location(store, storage_options, cfg.storage_options))
     coll = Collection(st)
+    if per_image is None:  # a per-image quality fit and no shared palette: its one K group
+        per_image = default_per_image(st)
     results = plan_results(st, per_image_ks(per_image))
     parsed = parse_ids(ids, len(coll))
     chosen = np.asarray(select_images(coll, labels, parsed), dtype=np.int64)

@@ -18,11 +18,12 @@ from streamq.store import ALPHA, Store, open_array
 from streamq.store.names import image_errors_path, labels_path
 from streamq.store.results import labels_identity, load_fit, ready_labels
 
-__all__ = ["ATTR", "FORMAT_VERSION", "Result", "id_ranges", "labels_layout", "per_image_ks",
+__all__ = ["ATTR", "FORMAT_VERSION", "QUALITY_GROUP", "Result", "id_ranges", "labels_layout", "per_image_ks",
            "plan_results"]
 
 ATTR = "streamq_export"  # the export's attribute in its zarr.json
 FORMAT_VERSION = 1
+QUALITY_GROUP = "quality"  # k{HI}/quality/{k,mse,psnr,met,reason}: a quality fit's choice per image
 
 
 @dataclass(frozen=True)
@@ -67,16 +68,20 @@ def plan_results(st: Store, ks: list[int] | None) -> list[Result]:
         if fit.alpha is not None:  # only then: an opaque collection's export is unchanged
             plan[0][2]["alpha"] = True
     else:
-        if st.section("per_image").get("quality"):
-            raise ConfigError(f"{st.path}: --zarr does not export per-image palettes chosen by "
-                              "--quality yet (each image its own K); export them as image files")
         if st.has(ALPHA):
             raise ConfigError(f"{st.path}: --zarr does not export per-image palettes with alpha "
                               "yet; export them as image files (PNG keeps the transparency)")
-        pcfg = st.section("per_image").get("config", {})
+        sec = st.section("per_image")
+        pcfg = sec.get("config", {})
         plan = [(f"k{k}", k, {
             "palette": "per-image", "k": k, "color_space": "rgb", "sample": pcfg.get("sample"),
             "seed": pcfg.get("seed"), "fit_fingerprint": ready_labels(st, k)}) for k in ks]
+        if sec.get("quality"):  # one K group (HI); each image's own K in k{HI}/quality/k
+            q = sec["quality"]
+            for group, _, info in plan:
+                info["quality"] = {"min": q["min"], "max": q["max"],
+                                   "k_range": list(q["k_range"]),
+                                   "own_k": f"{group}/{QUALITY_GROUP}/k"}
     results = []
     for group, k_of, info in plan:
         labels = labels_path(k_of)
@@ -85,6 +90,8 @@ def plan_results(st: Store, ks: list[int] | None) -> list[Result]:
         has_ssim = has_errors and st.has(f"{errors}/ssim")  # quantize.ssim (streamq.ssim)
         pre = f"{group}/" if group else ""
         pal = f"{pre}palette[j]" if group else "palette"
+        if info.get("quality"):  # the image's own entries: labels never reach past them
+            pal = f"{pre}palette[j][:{info['quality']['own_k']}[j]]"
         bands = 4 if info.get("alpha") else 3
         info = {"group": group, **info, "labels_dtype": str(open_array(st.location, labels).dtype),
                 "errors": has_errors, "ssim": has_ssim,

@@ -1,5 +1,6 @@
 """The small arrays of a Zarr export, written by the client before any task starts: the image
-table, each result's palettes (and centres) and its per-image errors.
+table, each result's palettes (and centres), its per-image errors and, for the palettes of a
+per-image quality fit, each image's chosen K (``k{HI}/quality``).
 
 A kill while they are written makes the rerun write them again (the export's state is then
 still ``planning``).
@@ -9,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamq.export.zarr_plan import Result
+from streamq.export.zarr_plan import QUALITY_GROUP, Result
 from streamq.store import Collection, Store
 from streamq.store.names import per_image_centers, per_image_palette
-from streamq.store.results import load_fit
+from streamq.store.results import load_fit, per_image_quality
 
 __all__ = ["ROW_CHUNK", "write_tables"]
 
@@ -38,6 +39,10 @@ def write_tables(st: Store, coll: Collection, dest: Store, results: list[Result]
             k = int(r.info["k"])
             for src, dst in ((per_image_palette(k), "palette"), (per_image_centers(k), "centers")):
                 _copy_rows(st, src, dest, r.name(dst), chosen)
+            if r.info.get("quality"):  # each image's own K (its palette row is padded to K)
+                table = per_image_quality(st)
+                assert table is not None, "plan_results marks only a complete quality fit"
+                dest.write_table(r.name(QUALITY_GROUP), {c: v[chosen] for c, v in table.items()})
         if r.errors is not None:
             errors = st.read_table(r.errors, ("mse", "psnr", "ssim") if r.info.get("ssim")
                                    else ("mse", "psnr"))

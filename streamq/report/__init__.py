@@ -6,7 +6,7 @@ Modules, each importing only those below it:
   the page around them;
 - the sections: :mod:`streamq.report.summary` (overview, collection, run facts), which
   uses :mod:`streamq.report.groups` (image groups), beside :mod:`streamq.report.palettes`
-  (palettes, convergence) and :mod:`streamq.report.images` (before/after, quality);
+  (palettes, a per-image quality fit's K, convergence) and :mod:`streamq.report.images` (before/after, quality);
 - :mod:`streamq.report.context`: what a report is made of (:class:`Section`,
   :class:`Result`, :class:`Context`) and the store read for it;
 - :mod:`streamq.report.html`: HTML and figure helpers.
@@ -32,11 +32,12 @@ from streamq.report.html import (
 )
 from streamq.report.images import PREVIEW_SIDE, before_after, quality
 from streamq.report.page import SECTIONS, ReportSummary, report
-from streamq.report.palettes import PER_IMAGE_PALETTES, convergence, palette
+from streamq.report.palettes import PER_IMAGE_PALETTES, chosen_k, convergence, palette
 from streamq.report.summary import collection, overview, run_facts
 
 __all__ = ["PER_IMAGE_PALETTES", "PREVIEW_SIDE", "READ_WHOLE", "SECTIONS", "THUMB_SIDE",
            "Context", "Raw", "ReportSummary", "Result", "Section", "array_html", "attr_name",
-           "before_after", "collection", "contingency_html", "convergence", "esc", "figure_html",
+           "before_after", "chosen_k", "collection", "contingency_html", "convergence", "esc",
+           "figure_html",
            "palette_shares_html", "image_groups", "overview", "palette", "quality", "report",
            "run_facts", "swatches_html", "table_html"]

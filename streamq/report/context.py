@@ -26,7 +26,7 @@ from streamq.store.names import (
     per_image_labels,
     per_image_palette,
 )
-from streamq.store.results import labels_state
+from streamq.store.results import labels_state, per_image_quality
 from streamq.store.selection import parse_ids, select_images
 
 __all__ = ["READ_WHOLE", "Context", "Result", "Section", "read_results", "sample_images"]
@@ -62,6 +62,17 @@ class Result:
     psnr: np.ndarray | None  # per-image PSNR when complete
     command: str  # what makes it complete
     ssim: np.ndarray | None = None  # per-image SSIM when complete and computed (NaN: too small)
+    #: a per-image quality fit (``fit --per-image --quality``): each image's own K (its palette
+    #: row is padded to ``k``; labels stay below it) and its table ``per_image/quality``
+    quality: dict[str, np.ndarray] | None = None
+
+    def own_k(self, i: int) -> int:
+        """Entries of image ``i``'s palette: ``k``, or its own K in a quality fit."""
+        return self.k if self.quality is None else int(self.quality["k"][i])
+
+    def title_of(self, i: int) -> str:
+        """The result's title for image ``i`` (a quality fit: with the image's own K)."""
+        return self.title if self.quality is None else f"per-image K={self.own_k(i)} (quality)"
 
     @property
     def ready(self) -> bool:
@@ -99,10 +110,11 @@ class Context:
         if result.shared_palette is not None:
             return result.shared_palette
         assert result.palettes is not None, "a result without a shared palette has per-image ones"
-        return np.asarray(self.store.array(result.palettes)[i])
+        return np.asarray(self.store.array(result.palettes)[i])[:result.own_k(i)]
 
     def label_counts(self, result: Result, i: int) -> np.ndarray:
-        """Pixels of image ``i`` per palette colour (all its labels, read a slice at a time)."""
+        """Pixels of image ``i`` per colour of its palette (:meth:`palette`: a quality fit's own
+        K entries), from all its labels, read a slice at a time."""
         assert self.coll is not None
         arr = self.store.array(result.labels)
         off, n = int(self.coll.offsets[i]), int(self.coll.heights[i] * self.coll.widths[i])
@@ -110,7 +122,7 @@ class Context:
         for a in range(off, off + n, READ_WHOLE):
             part = np.asarray(arr[a:min(a + READ_WHOLE, off + n)]).astype(np.int64)
             counts += np.bincount(part, minlength=result.k)[:result.k]
-        return counts
+        return counts[:result.own_k(i)]
 
     def _read(self, name: str, i: int, side: int) -> np.ndarray:
         key = (name, i, side)
@@ -148,11 +160,8 @@ def read_results(st: Store) -> tuple[list[Result], list[str]]:
                           _ssim(st, image_errors_path()) if state == "complete" and q.get("ssim")
                           else None))
     per = st.section("per_image")
-    if per.get("state") == "complete" and per.get("quality"):
-        problems.append("the per-image palettes chosen by quality (each image its own K, "
-                        "store attribute per_image.quality) are not in the report yet: left "
-                        "out; see `streamq info` and export them as files.")
-    elif per.get("state") == "complete":
+    chosen = per_image_quality(st)  # a quality fit: one K group (HI), each image its own K
+    if per.get("state") == "complete":
         for value in per.get("colors") or []:
             k = _count(value)
             if k is None:
@@ -161,12 +170,15 @@ def read_results(st: Store) -> tuple[list[Result], list[str]]:
                 continue
             q = st.section(per_image_labels(k))
             state = labels_state(st, k)[0]
-            out.append(Result(f"k{k}", f"per-image K={k}", k, state, labels_path(k),
+            title = (f"per-image K={k}" if chosen is None else
+                     f"per-image quality, K "
+                     f"{((per.get('quality') or {}).get('k_range') or ['?'])[0]}..{k}")
+            out.append(Result(f"k{k}", title, k, state, labels_path(k),
                               per_image_palette(k), None,
                               _psnr(st, image_errors_path(k)) if state == "complete" else None,
                               "streamq quantize STORE",
                               _ssim(st, image_errors_path(k))
-                              if state == "complete" and q.get("ssim") else None))
+                              if state == "complete" and q.get("ssim") else None, chosen))
     return out, problems
 
 

@@ -46,7 +46,7 @@ def before_after(ctx: Context) -> Section | None:
     for i in ctx.sample:
         panels = [(coll.labels[i] or f"#{i}", ctx.image(i, PREVIEW_SIDE))]
         for r in ready:
-            panels.append((f"{r.title}\nPSNR {fmt_psnr(float(_psnr(r)[i]))}",
+            panels.append((f"{r.title_of(i)}\nPSNR {fmt_psnr(float(_psnr(r)[i]))}",
                            ctx.quantized(r, i, PREVIEW_SIDE)))
         h, w = panels[0][1].shape[:2]
         cell, top = 2.6, 0.45  # inches per panel, inches for two title lines
@@ -65,7 +65,8 @@ def before_after(ctx: Context) -> Section | None:
                          parse_math=False)
         caption = " · ".join([f"#{i} {coll.labels[i]} ({coll.paths[i]}, {h}×{w} shown of "
                               f"{coll.heights[i]}×{coll.widths[i]})"]
-                             + [f"{r.title}: PSNR {fmt_psnr(float(_psnr(r)[i]))}" for r in ready])
+                             + [f"{r.title_of(i)}: PSNR {fmt_psnr(float(_psnr(r)[i]))}"
+                                for r in ready])
         psnrs = " ".join(f'data-psnr-{attr_name(r.key)}="{float(_psnr(r)[i])!r}"' for r in ready)
         tag = figure_html(fig, f"image {i} before and after quantization")
         width = tag.split('width="', 1)[1].split('"', 1)[0]

@@ -34,7 +34,7 @@ from streamq.report.context import Context, Result, Section, read_results, sampl
 from streamq.report.groups import image_groups
 from streamq.report.html import esc
 from streamq.report.images import before_after, quality
-from streamq.report.palettes import convergence, palette
+from streamq.report.palettes import chosen_k, convergence, palette
 from streamq.report.summary import collection, overview, run_facts
 from streamq.store import Collection, Store, store_location
 from streamq.store.overview import collection_info
@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 #: The page, in order. A builder takes the :class:`Context` and returns a :class:`Section`
 #: (or ``None`` to leave it out); add a section by adding a builder here.
 SECTIONS: list[Callable[[Context], Section | None]] = [
-    overview, collection, palette, before_after, convergence, quality, image_groups, run_facts]
+    overview, collection, palette, chosen_k, before_after, convergence, quality, image_groups,
+    run_facts]
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The report's sections about the fit: the palettes (the shared one by pixel count, a
-sample of per-image ones) and the shared fit's convergence curves."""
+sample of per-image ones), a per-image quality fit's chosen K and the shared fit's
+convergence curves."""
 
 from __future__ import annotations
 
@@ -8,13 +9,22 @@ from typing import Any
 import numpy as np
 
 from streamq.describe import describe_source
-from streamq.report.context import Context, Section
-from streamq.report.html import esc, figure_html, fmt_psnr, new_figure, swatches_html, table_html
-from streamq.store.names import FIT_HISTORY, HISTORY_KEYS
+from streamq.report.context import Context, Result, Section
+from streamq.report.html import (
+    Raw,
+    esc,
+    figure_html,
+    fmt_psnr,
+    new_figure,
+    swatches_html,
+    table_html,
+)
+from streamq.store.names import FIT_HISTORY, HISTORY_KEYS, PER_IMAGE_QUALITY
 
-__all__ = ["PER_IMAGE_PALETTES", "convergence", "palette"]
+__all__ = ["CHOSEN_K_ROWS", "PER_IMAGE_PALETTES", "chosen_k", "convergence", "palette"]
 
 PER_IMAGE_PALETTES = 4  # sampled images whose per-image palettes are shown
+CHOSEN_K_ROWS = 500  # images listed with their chosen K (and below MIN) by a quality fit
 
 
 def palette(ctx: Context) -> Section | None:
@@ -47,7 +57,7 @@ def palette(ctx: Context) -> Section | None:
             body += _fixed_html(fixed)
         for i in shown:
             rows = "".join(
-                f'<div class="pi-k"><span>K={esc(r.k)}</span>'
+                f'<div class="pi-k"{_own_k_attr(r, i)}><span>{esc(_k_label(r, i))}</span>'
                 + swatches_html(ctx.palette(r, i), ctx.label_counts(r, i) if r.ready else None,
                                 ctx.cfg.max_colors) + "</div>" for r in per)
             body += (f'<div class="per-image-palette" data-id="{i}"><h4>#{i} '
@@ -57,6 +67,58 @@ def palette(ctx: Context) -> Section | None:
         return Section("palette", "Palette", ctx.note(
             "No palette fitted: run `streamq fit STORE -k K` or `streamq fit STORE --per-image`."))
     return Section("palette", "Palette", body)
+
+
+def _k_label(r: Result, i: int) -> str:
+    return f"K={r.k}" if r.quality is None else f"K={r.own_k(i)} (quality, of {r.k})"
+
+
+def _own_k_attr(r: Result, i: int) -> str:
+    """``data-k`` of a quality fit's palette row (other pages stay byte for byte as before)."""
+    return "" if r.quality is None else f' data-k="{r.own_k(i)}"'
+
+
+def chosen_k(ctx: Context) -> Section | None:
+    """A per-image quality fit's choice (``fit --per-image --quality``): the target, how many
+    images took each K, the images below MIN and why, and every image's K and PSNR (the first
+    :data:`CHOSEN_K_ROWS`). None without such a fit."""
+    r = next((r for r in ctx.results if r.quality is not None), None)
+    if ctx.coll is None or r is None or r.quality is None:
+        return None
+    q, coll, n = r.quality, ctx.coll, len(r.quality["k"])
+    target = ctx.store.section("per_image").get("quality") or {}
+    lo, hi = target.get("k_range", ["?", r.k])
+    below = [i for i in range(n) if q["reason"][i]]
+    body = (f"<p>Each image has the smallest K in {esc(lo)}..{esc(hi)} whose own palette "
+            f"reaches {esc(target.get('max'))} dB PSNR over its pixels (MIN "
+            f"{esc(target.get('min'))} dB): mean K {float(np.mean(q['k'])) if n else 0:.1f}, "
+            f"{int(np.sum(q['met']))} of {n} images reached MAX, {len(below)} below MIN. "
+            f"Palettes are stored padded to K={esc(r.k)}; only each image's own K entries are "
+            "shown.</p>")
+    ks, counts = np.unique(np.asarray(q["k"], np.int64), return_counts=True)
+    body += "<h3>Images per chosen K</h3>" + table_html(
+        ["K", "images"], [[int(k), int(c)] for k, c in zip(ks, counts, strict=True)], "k-counts")
+
+    def row(i: int) -> list[Any]:
+        return [i, coll.labels[i], coll.paths[i],
+                Raw(f'<span class="k" data-k="{int(q["k"][i])}">{int(q["k"][i])}</span>'),
+                Raw(f'<span class="psnr" data-psnr="{float(q["psnr"][i])!r}">'
+                    f"{esc(fmt_psnr(float(q['psnr'][i])))}</span>")]
+
+    if below:
+        body += (f"<h3>Below MIN: {len(below)} images</h3>"
+                 + table_html(["id", "label", "path", "K", "PSNR", "why"],
+                              [row(i) + [q["reason"][i]] for i in below[:CHOSEN_K_ROWS]],
+                              "below-min"))
+    shown = min(n, CHOSEN_K_ROWS)
+    body += (f"<h3>Every image's K and PSNR{f' (the first {shown} of {n})' if shown < n else ''}"
+             "</h3>" + table_html(["id", "label", "path", "K", "PSNR", "reached MAX"],
+                                  [row(i) + ["yes" if q["met"][i] else "no"]
+                                   for i in range(shown)], "chosen-k"))
+    if shown < n:
+        body += (f"<p>The store's table {esc(PER_IMAGE_QUALITY)} (and `streamq export STORE "
+                 "OUT.zarr --zarr`) has every image.</p>")
+    return Section("per-image-quality", "Per-image quality target", body)
 
 
 def _fixed_html(record: dict[str, Any]) -> str:

@@ -61,10 +61,10 @@ from streamq.store.names import (  # re-exported: the stages import these names 
 )
 
 __all__ = ["CENTERS", "CHECKPOINT", "FIT", "FIT_HISTORY", "FIT_PALETTE", "HISTORY_KEYS",
-           "PER_IMAGE", "QUANTIZE", "STARTS", "FitResult", "clear_fit", "fit_center_columns",
-           "labels_identity", "labels_state", "load_fit", "load_per_image", "per_image_centers",
-           "per_image_labels", "per_image_quality", "read_identity", "ready_labels", "recorded_labels_ok",
-           "result_state", "save_fit", "worst_images"]
+           "PER_IMAGE", "QUANTIZE", "STARTS", "FitResult", "clear_fit", "default_per_image",
+           "fit_center_columns", "labels_identity", "labels_state", "load_fit", "load_per_image",
+           "per_image_centers", "per_image_labels", "per_image_quality", "read_identity",
+           "ready_labels", "recorded_labels_ok", "result_state", "save_fit", "worst_images"]
 
 # -- staleness: the one rule -------------------------------------------------------------------
 def _palette_of(name: str) -> tuple[str, str] | None:
@@ -317,6 +317,17 @@ def per_image_quality(st: Store) -> dict[str, np.ndarray] | None:
     if sec.get("state") != "complete" or not sec.get("quality"):
         return None
     return st.read_table(PER_IMAGE_QUALITY, QUALITY_COLUMNS)
+
+
+def default_per_image(st: Store) -> int | None:
+    """The per-image K an export takes when none is given: HI of a complete per-image quality
+    fit (its only K group) when the store has no shared palette; else None (the shared one)."""
+    if st.section(FIT).get("state") == "complete":
+        return None
+    sec = st.section(PER_IMAGE)
+    if sec.get("state") != "complete" or not sec.get("quality"):
+        return None
+    return int(sec["quality"]["k_range"][1])
 
 
 def worst_images(psnr: np.ndarray, n: int) -> list[int]:
