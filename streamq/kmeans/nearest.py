@@ -132,7 +132,8 @@ def nearest3(x: np.ndarray, i: int, p: float, c: np.ndarray, order: np.ndarray,
     nearest and its squared distance, and the squared distance to the third nearest (inf when
     there are only two centres). ``p`` is the point's projection, ``sp`` the sorted
     projections of the centres (``order[r]`` is the centre of rank ``r``): the search goes
-    outward from ``p`` and stops on each side when the gap alone exceeds the third distance."""
+    outward from ``p`` and stops on each side when the gap alone exceeds the third distance.
+    Rows of any dimension (a projection gap never exceeds the distance along a unit axis)."""
     k = c.shape[0]
     b1 = np.inf
     b2 = np.inf
