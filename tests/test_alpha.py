@@ -267,6 +267,79 @@ def test_rgb_only_stages_refuse_alpha(alpha_store, tmp_path):
     assert "\n" not in str(err.value)
 
 
+def _plain_lloyd(x, w, c, fixed):
+    """Independent reference: weighted Lloyd with every point against every centre, the
+    first ``fixed`` centres held, an empty free cluster refilled by the point farthest from
+    its centre (which leaves its cluster); run to zero label changes. Returns the centres,
+    the labels and one ``(changed labels, squared shift)`` row per update."""
+    c = np.array(c, dtype=np.float64)
+    k = len(c)
+    labels = ((x[:, None] - c[None]) ** 2).sum(2).argmin(1)
+    rows = []
+    while True:
+        n = np.bincount(labels, weights=w, minlength=k)
+        empty = [j for j in range(fixed, k) if n[j] == 0]
+        far = np.argsort(-((x - c[labels]) ** 2).sum(1), kind="stable")
+        for j, i in zip(empty, far, strict=False):
+            labels[i] = j
+        n = np.bincount(labels, weights=w, minlength=k)
+        new = c.copy()
+        for j in range(fixed, k):
+            if n[j] > 0:
+                new[j] = (w[labels == j, None] * x[labels == j]).sum(0) / n[j]
+        shift = ((new - c) ** 2).sum()
+        c = new
+        relabelled = ((x[:, None] - c[None]) ** 2).sum(2).argmin(1)
+        rows.append((int((relabelled != labels).sum()), shift))
+        labels = relabelled
+        if rows[-1][0] == 0 and not empty:
+            return c, labels, rows
+
+
+@pytest.mark.parametrize("k", [12, 64])
+def test_rgba_lloyd_is_plain_weighted_lloyd(alpha_dir, k):
+    """The alpha fit's Lloyd (the core's, with distance bounds on the 4-d points) against a
+    plain NumPy Lloyd from the same k-means++ start, on the distinct premultiplied RGBA
+    colours of the cut-outs: the same labels and changes at every update, the same centres
+    to 1e-12. Both run on the points the core works on, rounded to its fixed point (at most
+    2**-41 away): colours lie on a 1/255 lattice, where exact ties are common and the last
+    bit decides them."""
+    from streamq.kmeans import initial_centers, lloyd
+    from streamq.kmeans.bounded import fixed_point
+    from streamq.kmeans.rgba import _lloyd
+    from streamq.rgba import to_metric
+
+    root, kinds = alpha_dir
+    px = np.concatenate([np.concatenate([_premultiply(a), a[..., 3:]], axis=2).reshape(-1, 4)
+                         for a in (_source_rgba(root / name) for name in sorted(kinds))])
+    rgba, w = np.unique(px, axis=0, return_counts=True)
+    assert (rgba[0] == 0).all()
+    assert ((rgba[:, 3] > 0) & (rgba[:, 3] < 255)).sum() > 1000
+    x = to_metric(rgba / 255.0)
+    xi, _, f = fixed_point(x, w)
+    xq = xi * 2.0**-f
+    assert np.abs(xq - x).max() <= 2.0**-41
+    w = w.astype(np.float64)
+    start = np.concatenate([np.zeros((1, 4)), initial_centers(
+        x[1:], w[1:], k - 1, "k-means++", np.random.default_rng(7))])
+    ref_c, ref_labels, rows = _plain_lloyd(xq, w, start, 1)
+    assert len(rows) > 3
+    got = _lloyd(x, w, start, 1, 0.0, 1000)
+    assert got["stop"] == "labels"
+    assert got["n_iter"] == len(rows)
+    assert [h[2] for h in got["history"]] == [r[0] for r in rows]
+    np.testing.assert_allclose([h[1] for h in got["history"]], [r[1] for r in rows],
+                               rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(got["centers"], ref_c, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(got["centers"][0], 0)  # the transparent centre held
+    assert got["inertia"] == pytest.approx(float((w * ((xq - ref_c[ref_labels]) ** 2).sum(1)).sum()),
+                                           rel=1e-12)
+    res = lloyd(x, w, start, tol=0.0, max_iter=1000, fixed=np.arange(k) < 1)
+    np.testing.assert_array_equal(res.labels, ref_labels)
+    plain = lloyd(x, w, start, tol=0.0, max_iter=1000, fixed=np.arange(k) < 1, bounds=False)
+    np.testing.assert_array_equal(plain.centers, res.centers)  # bounds change no bit
+
+
 @pytest.mark.parametrize(("k", "exact"), [(40, False), (300, False), (40, True)])
 def test_rgba_labels_and_counts_split_by_alpha(k, exact):
     """Opaque pixels through the 24-bit table, transparent ones at once, soft ones by their

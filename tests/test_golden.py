@@ -17,6 +17,12 @@ a refactor:
 - :data:`FORMAT_VERSION_CHANGES`: values that change because the store format version is
   bumped, by their key as a failure names it, e.g. ``{"shared :: format_version": 3,
   "alpha :: format_version": 3}``. Anything else that differs is a change of output.
+
+An intended change of output (not a refactor) rewrites only the digests it changes, in a
+commit that names them and says why. Done once: the alpha fit's Lloyd became the core's
+(exact fixed-point sums), which moved the stored float centres of the alpha part by at most
+4.6e-13 (``fit/palette/center_0..3``, ``fit/history/inertia`` and ``shift``, the ``--zarr``
+export's ``centers``); its palettes, labels, errors and image files did not change.
 """
 
 from __future__ import annotations

@@ -16,14 +16,18 @@ points. The labels are exact at every iteration; only the work differs:
   cluster's weighted sum is an exact integer. A point that changes cluster moves its weight
   from one sum to the other: an update costs the points that moved, not all of them, and
   the centres do not depend on the order of anything (threads, resumes, bounds or not).
-- **3-d points skip work with distance bounds.** When a point is searched, it remembers its
+- **Colours skip work with distance bounds** (3-d points, and the 4-d premultiplied RGBA of
+  :mod:`streamq.fit.alpha`). When a point is searched, it remembers its
   nearest and second nearest centre and the distance to the third; every iteration adds the
   largest centre travel to a running total ``D``. A point is looked at again only when ``D``
   has grown past its slack (the gap between its own centre and the others, shrunk by at most
   two travels per iteration); then its two distances are measured anew, and only if that does
-  not settle it is it searched (by the sorted search of :mod:`streamq.kmeans.nearest`). Late
-  iterations look at the few points near a boundary; one pass over an array of ``n`` slacks
-  finds them.
+  not settle it is it searched (by the sorted search of :mod:`streamq.kmeans.nearest`: centres
+  sorted by their projection on the points' principal axis, exact in any dimension since a
+  projection gap never exceeds the distance). Late iterations look at the few points near a
+  boundary; one pass over an array of ``n`` slacks finds them. The bounds themselves hold in
+  any dimension; ``BOUNDED_DIMS`` keeps them to the low dimensions where one projection
+  still prunes the search.
 - Points of other dimensions (image descriptors) are labelled by a plain loop over every centre.
 
 **Stopping** (one rule, scikit-learn's): after each update, stop when the squared centre
@@ -65,9 +69,10 @@ from streamq.kmeans.nearest import (
     squared_distance,
 )
 
-__all__ = ["LloydResult", "fixed_mask", "fixed_point", "lloyd", "tolerance"]
+__all__ = ["BOUNDED_DIMS", "LloydResult", "fixed_mask", "fixed_point", "lloyd", "tolerance"]
 
 MAX_TOTAL_WEIGHT = 2**46  # int64 sums of 2**16-scaled points: a fit over ~70 Tpx at most
+BOUNDED_DIMS = (3, 4)  # RGB colours and premultiplied RGBA: labelled with distance bounds
 
 
 @dataclass
@@ -224,7 +229,7 @@ def _objective(x: np.ndarray, w: np.ndarray, labels: np.ndarray, c: np.ndarray) 
     return total
 
 
-# --- the labelling step with bounds (3-d) -------------------------------------------------------
+# --- the labelling step with bounds (3-d and 4-d) ---------------------------------------------
 
 @numba.njit(nogil=True, cache=True, inline="always")
 def _search(x: np.ndarray, i: int, px: np.ndarray, c: np.ndarray, order: np.ndarray,
@@ -304,7 +309,7 @@ def _relabel_plain(x: np.ndarray, X: np.ndarray, W: np.ndarray, c: np.ndarray,
 
 
 class _Bounded:
-    """The labelling step of 3-d points with bounds, kept across iterations."""
+    """The labelling step of points of ``BOUNDED_DIMS`` with bounds, kept across iterations."""
 
     def __init__(self, x: np.ndarray, w: np.ndarray, c: np.ndarray) -> None:
         n, k = len(x), len(c)
@@ -366,7 +371,7 @@ def lloyd(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol: floa
     on from, ``on_iter(it, centers, history)`` is called with the new centres and this call's
     history so far: one ``(it, shift, changed)`` row per update (the summed squared centre
     shift, and how many labels the new centres changed). Saving ``centers`` and ``it`` there
-    is a complete checkpoint. ``bounds=False`` labels 3-d points without bounds (the same
+    is a complete checkpoint. ``bounds=False`` labels points without bounds (the same
     result, slower: for comparisons). ``fixed`` (``(K,)`` booleans) marks the centres that
     never move (see the module docstring).
     """
@@ -379,7 +384,8 @@ def lloyd(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol: floa
         raise ValueError(f"centers of shape {c.shape} do not match points of shape {xq.shape}")
     threshold = tolerance(xq, w, tol)
     held = fixed_mask(fixed, len(c))
-    step = _Bounded(xq, w, c) if bounds and xq.shape[1] == 3 else _Plain(xq, w, c)
+    step = (_Bounded(xq, w, c) if bounds and xq.shape[1] in BOUNDED_DIMS
+            else _Plain(xq, w, c))
     S = np.empty(c.shape, dtype=np.int64)
     N = np.empty(len(c), dtype=np.int64)
     _sums(X, W, step.labels, S, N)

@@ -32,34 +32,36 @@ BOUND_EPS = 1e-12  # slack on every bound test: float rounding never prunes a ca
 
 @numba.njit(nogil=True, cache=True)
 def covariance(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted ``(3, 3)`` covariance of the rows of ``x`` (weights ``w``; zeros when the
+    """Weighted ``(d, d)`` covariance of the rows of ``x`` (weights ``w``; zeros when the
     weights sum to zero or less)."""
+    d = x.shape[1]
     total = 0.0
-    mean = np.zeros(3)
+    mean = np.zeros(d)
     for i in range(x.shape[0]):
         total += w[i]
-        for t in range(3):
+        for t in range(d):
             mean[t] += w[i] * x[i, t]
-    cov = np.zeros((3, 3))
+    cov = np.zeros((d, d))
     if total <= 0:
         return cov
     mean /= total
     for i in range(x.shape[0]):
-        for a in range(3):
+        for a in range(d):
             da = x[i, a] - mean[a]
-            for b in range(a, 3):
+            for b in range(a, d):
                 cov[a, b] += w[i] * da * (x[i, b] - mean[b])
-    for a in range(3):
-        for b in range(a, 3):
+    for a in range(d):
+        for b in range(a, d):
             cov[a, b] /= total
             cov[b, a] = cov[a, b]
     return cov
 
 
 def principal_axis(cov: np.ndarray) -> np.ndarray:
-    """Unit principal axis of a covariance (the grey axis when degenerate)."""
+    """Unit principal axis of a ``(d, d)`` covariance (the diagonal, the grey axis of colours,
+    when degenerate)."""
     if not np.isfinite(cov).all() or not cov.any():
-        return _GREY.copy()
+        return _GREY.copy() if len(cov) == 3 else np.full(len(cov), 1 / math.sqrt(len(cov)))
     axis = np.linalg.eigh(cov)[1][:, -1]
     return np.ascontiguousarray(axis / np.linalg.norm(axis), dtype=np.float64)
 
@@ -81,18 +83,29 @@ def _axis(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 
 @numba.njit(nogil=True, cache=True, inline="always")
 def squared_distance(x: np.ndarray, i: int, c: np.ndarray, j: int) -> float:
-    """Squared distance between row ``i`` of ``x`` and row ``j`` of ``c`` (3-d rows)."""
-    a = x[i, 0] - c[j, 0]
-    b = x[i, 1] - c[j, 1]
-    d = x[i, 2] - c[j, 2]
-    return a * a + b * b + d * d
+    """Squared distance between row ``i`` of ``x`` and row ``j`` of ``c`` (rows of any
+    dimension; 3-d rows, colours, unrolled)."""
+    if x.shape[1] == 3:
+        a = x[i, 0] - c[j, 0]
+        b = x[i, 1] - c[j, 1]
+        d = x[i, 2] - c[j, 2]
+        return a * a + b * b + d * d
+    s = 0.0
+    for t in range(x.shape[1]):
+        e = x[i, t] - c[j, t]
+        s += e * e
+    return s
 
 
 def sort_centers_into(c: np.ndarray, axis: np.ndarray, order: np.ndarray, sp: np.ndarray) -> None:
     """Fill ``order`` (centres by projection on ``axis``, stable) and ``sp`` (their sorted
     projections). In NumPy: a compiled sort costs seconds of compilation for microseconds of
-    work on at most a few thousand centres."""
-    pc = c[:, 0] * axis[0] + c[:, 1] * axis[1] + c[:, 2] * axis[2]
+    work on at most a few thousand centres. Any dimension (summed coordinate by coordinate,
+    as ``x @ axis`` of the points' projections up to rounding, which the searches' slack
+    ``BOUND_EPS`` absorbs)."""
+    pc = c[:, 0] * axis[0]
+    for t in range(1, c.shape[1]):
+        pc = pc + c[:, t] * axis[t]
     order[:] = np.argsort(pc, kind="stable")
     sp[:] = pc[order]
 
@@ -119,7 +132,8 @@ def nearest3(x: np.ndarray, i: int, p: float, c: np.ndarray, order: np.ndarray,
     nearest and its squared distance, and the squared distance to the third nearest (inf when
     there are only two centres). ``p`` is the point's projection, ``sp`` the sorted
     projections of the centres (``order[r]`` is the centre of rank ``r``): the search goes
-    outward from ``p`` and stops on each side when the gap alone exceeds the third distance."""
+    outward from ``p`` and stops on each side when the gap alone exceeds the third distance.
+    Rows of any dimension (a projection gap never exceeds the distance along a unit axis)."""
     k = c.shape[0]
     b1 = np.inf
     b2 = np.inf

@@ -40,46 +40,16 @@ def _grid(codes: np.ndarray, counts: np.ndarray, x: np.ndarray) -> tuple[np.ndar
 def _lloyd(x: np.ndarray, w: np.ndarray, centers: np.ndarray, fixed: int, tol: float,
            max_iter: int) -> dict[str, Any]:
     """Weighted Lloyd from ``centers`` whose first ``fixed`` rows never move (libimagequant
-    never moves a fully transparent entry). A cluster left empty takes the point farthest
-    from its centre. Stops when no label changes, on scikit-learn's ``tol`` rule (the squared
-    centre shift at most ``tol`` times the points' mean variance) or after ``max_iter``."""
-    from streamq.kmeans.nearest import assign
+    never moves a fully transparent entry): the core's :func:`streamq.kmeans.bounded.lloyd` on
+    the 4-d points (exact fixed-point sums, distance bounds; whole weights). A cluster left
+    empty takes the point farthest from its centre. Stops when no label changes, on
+    scikit-learn's ``tol`` rule (the squared centre shift at most ``tol`` times the points'
+    mean variance) or after ``max_iter``."""
+    from streamq.kmeans.bounded import lloyd
 
-    c = np.array(centers, dtype=np.float64)
-    k = len(c)
-    wsum = float(w.sum())
-    mean = (w[:, None] * x).sum(0) / wsum
-    threshold = tol * float((w * ((x - mean) ** 2).sum(1)).sum() / wsum / x.shape[1])
-    labels, d = assign(x, c)
-    history: list[tuple[int, float, int]] = []
-    stop, it = "max_iter", 0
-    while it < max_iter:
-        n = np.bincount(labels, weights=w, minlength=k)
-        new = c.copy()
-        for j in range(x.shape[1]):
-            s = np.bincount(labels, weights=w * x[:, j], minlength=k)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                new[:, j] = np.where(n > 0, s / np.maximum(n, 1e-300), c[:, j])
-        new[:fixed] = c[:fixed]
-        empty = [j for j in range(fixed, k) if n[j] == 0]
-        if empty:  # the farthest points refill the empty clusters
-            far = np.argsort(-d, kind="stable")[:len(empty)]
-            new[empty] = x[far]
-        shift = float(((new - c) ** 2).sum())
-        c = new
-        it += 1
-        new_labels, d = assign(x, c)
-        changed = int((new_labels != labels).sum())
-        labels = new_labels
-        history.append((it, shift, changed))
-        if tol > 0 and shift <= threshold:
-            stop = "tol"
-            break
-        if changed == 0 and not empty:
-            stop = "labels"
-            break
-    return {"centers": c, "inertia": float((w * d).sum()), "n_iter": it, "stop": stop,
-            "history": history}
+    res = lloyd(x, w, centers, tol=tol, max_iter=max_iter, fixed=np.arange(len(centers)) < fixed)
+    return {"centers": res.centers, "inertia": res.inertia, "n_iter": res.n_iter,
+            "stop": res.stop, "history": res.history}
 
 
 def _kmeans(x: np.ndarray, w: np.ndarray, codes: np.ndarray, k: int, n_init: int,
