@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["OPTION_FLAGS", "PUBLIC_OPTIONS", "REDACTED", "argv", "command", "options", "remember",
+__all__ = ["OPTION_FLAGS", "PUBLIC_OPTIONS", "PUBLIC_VALUES", "REDACTED", "argv", "command", "options", "remember",
            "text", "url"]
 
 REDACTED = "***"
@@ -34,8 +34,11 @@ PUBLIC_OPTIONS = frozenset({
     "endpoint_url", "anon", "region_name", "use_ssl", "requester_pays", "version_aware",
     "default_block_size", "default_cache_type", "default_fill_cache", "cache_regions",
     "max_concurrency", "fixed_upload_size", "connect_timeout", "read_timeout", "retries",
-    "max_attempts", "mode", "signature_version", "addressing_style", "profile",
+    "max_attempts", "mode", "signature_version", "addressing_style", "profile", "project",
 })
+#: Values of other options that name a way to authenticate, not a credential (gcsfs's
+#: ``token="anon"``, ...): shown and never scrubbed from text.
+PUBLIC_VALUES = {"token": frozenset({"anon", "google_default", "cache", "cloud", "browser"})}
 
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s?#@'\"]+@")
 _MIN_SECRET = 4  # shorter values are not scrubbed from free text (they would mangle it)
@@ -48,17 +51,23 @@ def url(value: str) -> str:
     return _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", value)
 
 
+def _public(key: str, value: Any) -> bool:
+    return key in PUBLIC_OPTIONS or (isinstance(value, str)
+                                     and value in PUBLIC_VALUES.get(key, frozenset()))
+
+
 def _value(key: str, value: Any) -> Any:
     if isinstance(value, Mapping):
         return options(value)
-    if key in PUBLIC_OPTIONS:
+    if _public(key, value):
         return url(value) if isinstance(value, str) else value
     return REDACTED
 
 
 def options(opts: Mapping[str, Any] | Any) -> Any:
     """A copy of storage options that is safe to show: keys kept, values of keys outside
-    :data:`PUBLIC_OPTIONS` replaced by ``***`` (nested mappings alike, URLs without userinfo).
+    :data:`PUBLIC_OPTIONS` (or of a :data:`PUBLIC_VALUES` value) replaced by ``***`` (nested
+    mappings alike, URLs without userinfo).
 
     Anything but a mapping becomes ``***``.
     """
@@ -83,7 +92,7 @@ def remember(opts: Mapping[str, Any] | None) -> None:
             for v in node:
                 walk(v, key)
         elif isinstance(node, str):
-            if key not in PUBLIC_OPTIONS:
+            if not _public(key, node):
                 found.append(node)
             for m in re.finditer(r"(?i)[a-z][a-z0-9+.-]*://([^/\s?#@'\"]+)@", node):
                 found.extend(p for p in m.group(1).split(":") if p)

@@ -293,3 +293,22 @@ def test_redaction_rules():
         "streamq", "--storage-option", "***", "s3://***@c/d"]
     redact.remember(opts)
     assert redact.text("boom: hunter2-secret at http://x:y@h") == "boom: *** at http://***@h"
+
+
+def test_authentication_methods_are_not_secrets():
+    """gcsfs's ``token="anon"`` (a way to authenticate, not a credential) is shown and never
+    scrubbed from text, while a token that is a credential is; a GCP project is a place."""
+    from streamq import redact
+
+    assert redact.options({"token": "anon", "project": "p1"}) == {"token": "anon", "project": "p1"}
+    assert redact.options({"token": "ya29.a-real-token"}) == {"token": "***"}
+    before = set(redact._seen)
+    try:
+        redact.remember({"token": "anon", "project": "my-project"})
+        assert redact.text("anon=true in my-project") == "anon=true in my-project"
+        redact.remember({"token": "ya29.a-real-token"})
+        assert redact.text("bad token ya29.a-real-token") == "bad token ***"
+    finally:
+        redact._seen.clear()
+        redact._seen.update(before)
+
