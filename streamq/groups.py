@@ -36,6 +36,7 @@ from streamq.config import (
     differences,
     fingerprint,
     parse_config,
+    replaced,
     to_dict,
 )
 from streamq.console import timer
@@ -140,8 +141,8 @@ def cluster_images(store: str | Location, *, config: StreamQConfig | dict[str, A
     ImageGroups
     """
     cfg = parse_config(config)
-    cfg = cfg.replace(**{f"cluster_images.{k}": v for k, v in options.items()},
-                      **{"dask.scheduler": scheduler})
+    cfg = replaced(cfg, {**{f"cluster_images.{k}": v for k, v in options.items()},
+                         "dask.scheduler": scheduler})
     loc = store_location(store, storage_options, cfg.storage_options)
     check_access(loc)
     with store_lock(loc, operation="cluster-images", config=cfg.lock):

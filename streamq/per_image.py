@@ -64,7 +64,14 @@ import numpy as np
 
 from streamq.clock import timestamp
 from streamq.colorspace import to_space
-from streamq.config import PerImageConfig, StreamQConfig, fingerprint, parse_config, to_dict
+from streamq.config import (
+    PerImageConfig,
+    StreamQConfig,
+    fingerprint,
+    parse_config,
+    replaced,
+    to_dict,
+)
 from streamq.console import timer
 from streamq.errors import ConfigError, QualityError, StoreMismatchError
 from streamq.fixed import FixedColors, read_fixed_colors
@@ -454,7 +461,8 @@ def fit_per_image(store: str | Location, *, config: StreamQConfig | dict[str, An
     (see the module's docstring; raises :class:`streamq.errors.QualityError` after the fit
     when some image stays below MIN)."""
     cfg = parse_config(config)
-    cfg = cfg.replace(**{f"per_image.{k}": v for k, v in options.items()}, **{"dask.scheduler": scheduler})
+    cfg = replaced(cfg, {**{f"per_image.{k}": v for k, v in options.items()},
+                         "dask.scheduler": scheduler})
     loc = store_location(store, storage_options, cfg.storage_options)
     check_access(loc)
     with store_lock(loc, operation="fit --per-image", config=cfg.lock):

@@ -4,7 +4,7 @@ A configuration is a :class:`StreamQConfig` made of one section per stage: the k
 types, defaults, checks and help texts are :mod:`streamq.config.schema`; reading one from
 YAML, a mapping or the environment, and checking every key once with a one-line
 :class:`~streamq.errors.ConfigError`, is :mod:`streamq.config.loading` (which imports the
-schema; the schema's ``StreamQConfig.replace`` calls back into it when called).
+schema, never the other way); :func:`replaced` gives a checked copy with dotted keys changed.
 """
 
 # ENV_PREFIX, describe, differences and to_dict: importable from here as before, outside
@@ -17,6 +17,7 @@ from streamq.config.loading import (
     fingerprint,
     load_config,
     parse_config,
+    replaced,
 )
 from streamq.config.loading import to_dict as to_dict
 from streamq.config.schema import (
@@ -49,4 +50,5 @@ __all__ = [
     "fingerprint",
     "load_config",
     "parse_config",
+    "replaced",
 ]

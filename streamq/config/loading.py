@@ -290,7 +290,7 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
             if isinstance(node, dict) and isinstance(node.get(key), str):
                 node[key] = _resolve(node[key], base)
     cfg = parse_config(data, source)
-    return cfg.replace(**overrides) if overrides else cfg
+    return replaced(cfg, overrides) if overrides else cfg
 
 
 def _resolve(value: str, base: Path) -> str:
@@ -336,7 +336,7 @@ def describe() -> list[tuple[str, Any, str]]:
 
 
 def replaced(cfg: StreamQConfig, dotted: Mapping[str, Any]) -> StreamQConfig:
-    """:meth:`StreamQConfig.replace`: ``cfg`` with dotted keys replaced (``None`` ignored),
+    """``cfg`` with dotted keys (``{"ingest.codec": "lz4"}``) replaced (``None`` ignored),
     checked again."""
     data = to_dict(cfg)
     for key, value in dotted.items():

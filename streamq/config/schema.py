@@ -341,9 +341,3 @@ class StreamQConfig:
     lock: LockConfig = field(default_factory=LockConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
 
-    def replace(self, **dotted: Any) -> StreamQConfig:
-        """Return a copy with dotted keys (``ingest.codec="lz4"``) replaced; ``None`` is ignored."""
-        from streamq.config.loading import replaced  # checking is loading's (it imports this)
-
-        return replaced(self, dotted)
-

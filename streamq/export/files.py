@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from streamq._version import __version__
-from streamq.config import StreamQConfig, parse_config
+from streamq.config import StreamQConfig, parse_config, replaced
 from streamq.console import timer
 from streamq.errors import ConfigError, LabelsChangedError
 from streamq.export.common import MANIFEST, check_out, labels_changed_message
@@ -145,7 +145,7 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
             raise ConfigError(f"--per-image {','.join(map(str, ks))}: image files are exported "
                               "for one K at a time (several K in one output need --zarr)")
         per_image = int(ks[0])
-    cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
+    cfg = replaced(parse_config(config), {"dask.scheduler": scheduler})
     st = Store.open(store_location(store, storage_options, cfg.storage_options))
     coll = Collection(st)
     if per_image is None:  # a per-image quality fit and no shared palette: its one K group

@@ -48,7 +48,7 @@ import numpy as np
 
 from streamq._version import __version__
 from streamq.clock import timestamp
-from streamq.config import StreamQConfig, fingerprint, parse_config
+from streamq.config import StreamQConfig, fingerprint, parse_config, replaced
 from streamq.console import timer
 from streamq.errors import ConfigError, LabelsChangedError, StoreExistsError, StreamQError
 from streamq.export.common import check_out, labels_changed_message
@@ -126,7 +126,7 @@ def export_zarr(store: str | Location, out: str | Location, *, labels: list[str]
         Status ``exported``, or ``already complete`` when ``out`` held this export finished
         (then nothing is written).
     """
-    cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
+    cfg = replaced(parse_config(config), {"dask.scheduler": scheduler})
     st = Store.open(store_location(store, storage_options, cfg.storage_options))
     coll = Collection(st)
     if per_image is None:  # a per-image quality fit and no shared palette: its one K group

@@ -41,7 +41,15 @@ import numpy as np
 
 from streamq.batches import PixelSource
 from streamq.colorspace import to_rgb8
-from streamq.config import FitConfig, StreamQConfig, differences, fingerprint, parse_config, to_dict
+from streamq.config import (
+    FitConfig,
+    StreamQConfig,
+    differences,
+    fingerprint,
+    parse_config,
+    replaced,
+    to_dict,
+)
 from streamq.console import timer
 from streamq.describe import describe_source
 from streamq.errors import ConfigError, StoreMismatchError
@@ -114,7 +122,7 @@ def fit(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None 
     """
     cfg = parse_config(config)
     sched = options.pop("scheduler", None)
-    cfg = cfg.replace(**{f"fit.{k}": v for k, v in options.items()}, **{"dask.scheduler": sched})
+    cfg = replaced(cfg, {**{f"fit.{k}": v for k, v in options.items()}, "dask.scheduler": sched})
     loc = store_location(store, storage_options, cfg.storage_options)
     check_access(loc)
     with store_lock(loc, operation="fit", config=cfg.lock):

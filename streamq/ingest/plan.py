@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from streamq.config import IngestConfig, StreamQConfig, parse_config
+from streamq.config import IngestConfig, StreamQConfig, parse_config, replaced
 from streamq.errors import StoreMismatchError
 from streamq.fs import Location, check_access
 from streamq.names import stored_name
@@ -69,10 +69,10 @@ def ingest_config(config: StreamQConfig | dict[str, Any] | None,
     a path or URL, and the ``extra`` keys."""
     options = dict(options)
     sched = options.pop("scheduler", None)
-    return parse_config(config).replace(
+    return replaced(parse_config(config), {
         **{f"ingest.{k}": v for k, v in options.items()}, **(extra or {}),
-        **{"dask.scheduler": sched,
-           "store": None if store is None or isinstance(store, Location) else os.fspath(store)})
+        "dask.scheduler": sched,
+        "store": None if store is None or isinstance(store, Location) else os.fspath(store)})
 
 
 def open_or_create(p: Location, source_fp: str, settings_fp: str, overwrite: bool) -> Store:

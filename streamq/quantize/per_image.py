@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from streamq.clock import timestamp
-from streamq.config import StreamQConfig, parse_config
+from streamq.config import StreamQConfig, parse_config, replaced
 from streamq.console import timer
 from streamq.durable import checksum
 from streamq.errors import StageNotReadyError
@@ -170,7 +170,7 @@ def quantize_per_image(store: str | Location, *, config: StreamQConfig | dict[st
                        overwrite: bool = False) -> PerImageSummary:
     """Label every pixel with its image's own palette, for every fitted K (resumable;
     ``overwrite`` labels again even the K whose labels are up to date)."""
-    cfg = parse_config(config).replace(**{"dask.scheduler": scheduler})
+    cfg = replaced(parse_config(config), {"dask.scheduler": scheduler})
     loc = store_location(store, storage_options, cfg.storage_options)
     check_access(loc)
     with store_lock(loc, operation="quantize --per-image", config=cfg.lock):

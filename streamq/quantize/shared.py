@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from streamq.clock import timestamp
-from streamq.config import StreamQConfig, parse_config
+from streamq.config import StreamQConfig, parse_config, replaced
 from streamq.console import timer
 from streamq.durable import checksum
 from streamq.errors import ConfigError, StageNotReadyError, StreamQError
@@ -224,7 +224,7 @@ def quantize(store: str | Location, *, config: StreamQConfig | dict[str, Any] | 
     """
     from streamq.colorspace import SPACES
 
-    cfg = parse_config(config).replace(**{"dask.scheduler": scheduler, "quantize.ssim": ssim})
+    cfg = replaced(parse_config(config), {"dask.scheduler": scheduler, "quantize.ssim": ssim})
     palette = palette if palette is not None else cfg.quantize.palette  # or key quantize.*
     color_space = color_space if color_space is not None else cfg.quantize.color_space
     if palette is None and color_space is not None:

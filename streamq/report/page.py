@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamq.clock import timestamp
-from streamq.config import StreamQConfig, parse_config
+from streamq.config import StreamQConfig, parse_config, replaced
 from streamq.console import timer
 from streamq.errors import ConfigError, StoreLayoutError, StreamQError
 from streamq.fs import Location, write_atomic
@@ -98,8 +98,8 @@ def report(store: str | os.PathLike[str] | Location, out: str | os.PathLike[str]
     ReportSummary
     """
     started = time.perf_counter()
-    cfg = parse_config(config).replace(**{f"report.{k}": v for k, v in options.items()},
-                                       **{"report.out": None if out is None else os.fspath(out)})
+    cfg = replaced(parse_config(config), {**{f"report.{k}": v for k, v in options.items()},
+                                            "report.out": None if out is None else os.fspath(out)})
     rcfg = cfg.report
     if rcfg.out is None:
         raise ConfigError("no output given: pass OUT or set key 'report.out'")
