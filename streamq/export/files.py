@@ -170,7 +170,7 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
     chosen = select_images(coll, labels, parse_ids(ids, len(coll)))
     tiled_over, large = _large(st, coll)
     too_large = [i for i in chosen if large[i]] if dither else []
-    chosen, tiled = _without_dithered(coll, chosen, too_large, tiled_over)
+    chosen, tiled = _without_dithered(coll, chosen, too_large, tiled_over, large)
     out_loc = location(out, storage_options if storage_options is not None
                        else (cfg.storage_options or st.location.options))
     check_access(out_loc)
@@ -276,7 +276,7 @@ def _large(st: Store, coll: Collection) -> tuple[int | None, list[bool]]:
 
 
 def _without_dithered(coll: Collection, chosen: list[int], too_large: list[int],
-                      limit: int | None) -> tuple[list[int], list[int]]:
+                      limit: int | None, large: list[bool]) -> tuple[list[int], list[int]]:
     """``(chosen images to write, those of them over max_pixels)``, less ``too_large``: with
     ``--dither`` an image over max_pixels is not written, as error diffusion runs over the
     whole image."""
@@ -287,6 +287,4 @@ def _without_dithered(coll: Collection, chosen: list[int], too_large: list[int],
                     limit)
     skip = set(too_large)
     chosen = [i for i in chosen if i not in skip]
-    if limit is None:
-        return chosen, []
-    return chosen, [i for i in chosen if int(coll.heights[i]) * int(coll.widths[i]) > limit]
+    return chosen, [i for i in chosen if large[i]]

@@ -70,15 +70,15 @@ def per_image_summary(st: Store, status: str, timings: dict[str, float] | None =
     """The summary of ``st``'s per-image palettes: the mean PSNR of every K whose labels are
     current, with ``status`` and ``timings`` of the stage that returns it."""
     sec = st.section(PER_IMAGE)
-    n_images = len(Collection(st)) if n_images is None else n_images
+    table = per_image_quality(st)
+    paths = Collection(st).paths if n_images is None or table is not None else []
+    n_images = len(paths) if n_images is None else n_images
     mean = {}
     for k in sec.get("colors", []):
         if labels_state(st, k)[0] == "complete":
             mean[k] = st.section(per_image_labels(k))["mean_psnr"]
     quality = None
-    table = per_image_quality(st)
     if table is not None:
-        paths = Collection(st).paths
         quality = {**sec["quality"], "images": [
             {"id": i, "path": paths[i], "k": int(table["k"][i]), "psnr": float(table["psnr"][i]),
              "met": bool(table["met"][i]), "reason": str(table["reason"][i])}
