@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from streamq.errors import ConfigError
 from streamq.ingest.sources import GLOB_CHARS, image_extensions
-from streamq.ingest.zarr_images import dir_fingerprint, is_zarr_dir, is_zarr_name
+from streamq.ingest.zarr_images import NODE_META, dir_fingerprint, is_zarr_dir, is_zarr_name
 
 __all__ = ["list_sources", "source_fingerprint"]
 
@@ -91,7 +91,7 @@ def list_sources(src: str | os.PathLike[str]) -> tuple[str, list[str], list[tupl
 def _holds_zarr_metadata(path: str) -> bool:
     """Whether the folder ``path`` is a Zarr node itself (given as the source: one image),
     not a folder of images that happens to be named ``*.zarr``."""
-    return any(os.path.isfile(os.path.join(path, m)) for m in ("zarr.json", ".zarray", ".zgroup"))
+    return any(os.path.isfile(os.path.join(path, m)) for m in NODE_META)
 
 
 def source_fingerprint(root: str, rel: Sequence[str]) -> str:

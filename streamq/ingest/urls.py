@@ -42,9 +42,7 @@ from streamq.ingest.sources import (
     image_extensions,
     url_scheme,
 )
-from streamq.ingest.zarr_images import is_zarr_name
-
-_ZARR_ROOT = ("zarr.json", ".zarray", ".zgroup")  # a folder holding one is a Zarr node
+from streamq.ingest.zarr_images import NODE_META, is_zarr_name
 
 __all__ = ["Listing", "fingerprint", "list_urls", "local_url_list", "url_list_lines"]
 
@@ -258,7 +256,7 @@ def _list(fs: Any, src: str, path: str, scheme: str) -> Listing:
         if info.get("type") == "directory":
             root = path.rstrip("/")
             objects = fs.find(root, detail=True)
-            if is_zarr_name(root) and any(posixpath.relpath(p, root) in _ZARR_ROOT
+            if is_zarr_name(root) and any(posixpath.relpath(p, root) in NODE_META
                                           for p in objects):  # one Zarr image
                 root, found = posixpath.dirname(root), {root: _zarr_info(objects, root)}
             else:

@@ -34,10 +34,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ZarrImage", "dir_fingerprint", "is_zarr_dir", "is_zarr_name", "open_image"]
+__all__ = ["NODE_META", "ZarrImage", "dir_fingerprint", "is_zarr_dir", "is_zarr_name", "open_image"]
 
 SUFFIX = ".zarr"
-_META = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
+NODE_META = ("zarr.json", ".zarray", ".zgroup")  # a folder holding one of these is a Zarr node
+_META = (*NODE_META, ".zattrs")  # every metadata document (v3, and v2 with its attributes)
 _SAMPLES = (np.dtype(np.uint8), np.dtype(np.uint16))
 _CHANNELS = {1: "L", 3: "RGB", 4: "RGBA"}
 _KEPT = ("y", "x", "c")  # the axes a row band keeps, in the order it returns them

@@ -61,7 +61,7 @@ def principal_axis(cov: np.ndarray) -> np.ndarray:
     """Unit principal axis of a ``(d, d)`` covariance (the diagonal, the grey axis of colours,
     when degenerate)."""
     if not np.isfinite(cov).all() or not cov.any():
-        return _GREY.copy() if len(cov) == 3 else np.full(len(cov), 1 / math.sqrt(len(cov)))
+        return np.full(len(cov), 1 / math.sqrt(len(cov)))  # the grey axis, in any dimension
     axis = np.linalg.eigh(cov)[1][:, -1]
     return np.ascontiguousarray(axis / np.linalg.norm(axis), dtype=np.float64)
 

@@ -33,6 +33,7 @@ histogram, labelled by the same rule as quantize's label tables.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -88,9 +89,9 @@ def use_palette(st: Store, src: str | os.PathLike[str], cfg: StreamQConfig, *,
         if pal.alpha is not None or (pal.centers is not None and pal.centers.shape[1] != 3):
             log.info("palette %s has alpha: an opaque collection takes its colours only",
                      pal.describe())
-            pal = Palette(pal.colors, {k: v for k, v in pal.source.items()
-                                       if k != "alpha_sha256"},
-                          pal.centers if pal.alpha is None else None, pal.color_space)
+            pal = dataclasses.replace(
+                pal, source={k: v for k, v in pal.source.items() if k != "alpha_sha256"},
+                centers=pal.centers if pal.alpha is None else None, alpha=None)
         centers, whose = _centers(pal, space)
         source = {**pal.source, "centers": whose}
     fp = _fingerprint(st, pal, space, centers, whose)
