@@ -22,12 +22,13 @@ messages that say what to check (:func:`storage_errors`, :func:`check_access`).
 
 The package: :mod:`~streamq.fs.location` (:class:`Location`, :func:`location`, deletes),
 :mod:`~streamq.fs.atomic` (whole local files) and :mod:`~streamq.fs.access` (the one-line
-errors); the first imports the other two.
+errors, for anything shaped like a Location: :class:`~streamq.fs.access.Target`); the first
+imports the other two.
 """
 
-from streamq.fs.access import SCHEMES, check_access, explain_failure, storage_errors
+from streamq.fs.access import SCHEMES, explain_failure, storage_errors
 from streamq.fs.atomic import write_atomic, write_new
-from streamq.fs.location import Location, delete_keys, join, location, looks_like_url
+from streamq.fs.location import Location, check_access, delete_keys, join, location, looks_like_url
 
 __all__ = ["SCHEMES", "Location", "check_access", "delete_keys", "explain_failure", "join",
            "location", "looks_like_url", "storage_errors", "write_atomic", "write_new"]

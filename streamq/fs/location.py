@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
+import logging
 import os
 import posixpath
 import re
@@ -29,7 +32,9 @@ from streamq.errors import StoreError
 from streamq.fs.access import SCHEMES, storage_errors
 from streamq.fs.atomic import write_atomic
 
-__all__ = ["Location", "delete_keys", "join", "location", "looks_like_url"]
+__all__ = ["Location", "check_access", "delete_keys", "join", "location", "looks_like_url"]
+
+log = logging.getLogger(__name__)
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(/+)")
 _DELETE_BATCH = 1000  # keys per S3 DeleteObjects request (its limit)
@@ -297,3 +302,55 @@ async def delete_keys(fs: Any, paths: Sequence[str]) -> None:
                 await fs._rm_file(p)
     for p in paths:
         fs.invalidate_cache(p)
+
+
+_CHECKED: set[str] = set()  # buckets found usable by this process (scheme, bucket, options)
+
+
+def check_access(loc: Location, kind: str = "storage") -> None:
+    """Fail early, in one line, when a URL cannot be used (no-op for local paths).
+
+    Looks at the bucket with few retries (a wrong endpoint fails in about a second instead
+    of the dozen seconds of the provider's retry schedule), once per process and bucket:
+    a missing bucket, missing
+    credentials or an unreachable endpoint each give a :class:`StoreError` naming the URL
+    and what to check. Being refused the bucket itself is not fatal: access may be granted
+    to objects only, and later calls tell. ``kind`` names the options in the hints
+    (``storage`` or ``source``, see :func:`explain_failure`).
+    """
+    if loc.is_local:
+        return
+    key = json.dumps([loc.scheme, loc.bucket, loc.options], sort_keys=True, default=repr)
+    if key in _CHECKED:
+        return
+    try:
+        _probe(loc, kind)
+    except (TypeError, ValueError, AttributeError) as exc:  # s3fs/botocore on a bad option
+        raise StoreError(
+            f"{kind} options for {loc.url} were not accepted by {SCHEMES[loc.scheme]} "
+            f"({type(exc).__name__}: {redact.text(str(exc))}); check key '{kind}_options' "
+            f"(given: {redact.options(loc.options)})") from None
+    _CHECKED.add(key)
+
+
+def _probe(loc: Location, kind: str = "storage") -> None:
+    """Look at the bucket of ``loc``, with few retries (see :func:`check_access`)."""
+    extra: dict[str, Any] = {}
+    if loc.scheme == "s3":
+        config = dict(loc.options.get("config_kwargs") or {})
+        config.setdefault("retries", {"max_attempts": 2})
+        config.setdefault("connect_timeout", 10)
+        extra["config_kwargs"] = config
+    probe = dataclasses.replace(loc, options={k: v for k, v in loc.options.items()
+                                              if k != "config_kwargs"})
+    fs = probe.filesystem(**extra)
+    with storage_errors(loc, kind):
+        try:
+            fs.info(loc.bucket)
+        except FileNotFoundError:
+            fix = "create it, or check" if kind == "storage" else "check"
+            raise StoreError(
+                f"bucket {loc.bucket!r} of {loc.url} does not exist at {loc.endpoint()}: {fix} "
+                f"the URL and {kind} option 'endpoint_url'") from None
+        except PermissionError as exc:
+            log.debug("No access to bucket %s itself (%s); going on", loc.bucket, exc)
