@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from helpers import write_alpha_collection
+from helpers import alpha_ssim_reference, ssim_reference, write_alpha_collection
 from PIL import Image
 
 import streamq
@@ -175,6 +175,33 @@ def test_zarr_export_has_rgba_palette(alpha_store, tmp_path, cluster_address):
     res = g.attrs["streamq_export"]["results"][0]
     assert res["alpha"] is True
     assert res["read"].endswith("width[j], 4)")
+
+
+def test_ssim_with_alpha(alpha_store, alpha_dir, tmp_path, cluster_address):
+    """Every image's stored SSIM equals scikit-image's on the original and quantized images
+    (from the source files and the palette) composited on black and on white, averaged; a
+    run with --no-ssim, then one without it, adds the same values to the labels there."""
+    coll = streamq.open_store(alpha_store)
+    g = zarr.open_group(alpha_store, mode="r")
+    stored = np.asarray(g["quantize/images/ssim"][:])
+    ref = []
+    for i, name in enumerate(coll.paths):
+        labels, pal = _quantized(alpha_store, i)
+        ref.append(alpha_ssim_reference(_source_rgba(alpha_dir[0] / name), pal[labels]))
+    np.testing.assert_allclose(stored, ref, rtol=0, atol=1e-6)
+    sec = g.attrs["quantize"]
+    assert sec["ssim"] is True
+    assert sec["ssim_images"] == len(coll)
+    assert sec["ssim_mean"] == pytest.approx(np.mean(ref), abs=1e-6)
+    assert (np.asarray(g["fit/palette/a"][:]) < 255).any()  # opaque images compared on both
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(alpha_store, copy)
+    streamq.quantize(copy, ssim=False, overwrite=True, scheduler=cluster_address, progress=False)
+    assert "ssim" not in zarr.open_group(str(copy), mode="r")["quantize/images"]
+    added = streamq.quantize(copy, scheduler="threads", progress=False)
+    assert added.ssim == sec["ssim_mean"]
+    np.testing.assert_array_equal(zarr.open_group(str(copy), mode="r")["quantize/images/ssim"][:],
+                                  stored)
 
 
 def test_opaque_collection_unchanged(tmp_path, cluster_address):
@@ -468,6 +495,16 @@ def test_per_image_palettes_with_alpha(alpha_store, alpha_dir, tmp_path, cluster
             target = np.concatenate([_premultiply(pal), pal[:, 3:]], axis=1).astype(np.float64)
             mse = ((px * 255 - target[labels]) ** 2).mean()
             assert g[f"per_image/k{k}/images/mse"][i] == pytest.approx(mse, rel=1e-12)
+            h, w = int(coll.heights[i]), int(coll.widths[i])
+            ssim = alpha_ssim_reference(_source_rgba(alpha_dir[0] / coll.paths[i]),
+                                        pal[labels].reshape(h, w, 4))
+            assert g[f"per_image/k{k}/images/ssim"][i] == pytest.approx(ssim, abs=1e-6)
+        for i in np.flatnonzero(~coll.has_alpha):  # an opaque image: the SSIM without alpha
+            h, w = int(coll.heights[i]), int(coll.widths[i])
+            q = palettes[i][_image_labels(g, coll, k, i)].reshape(h, w, 3)
+            assert g[f"per_image/k{k}/images/ssim"][i] == pytest.approx(
+                ssim_reference(coll.read(i), q), abs=1e-6)
+        assert g.attrs[f"per_image_quantize_k{k}"]["ssim_images"] == len(coll)
     out = tmp_path / "png"
     streamq.export(copy, out, per_image=K, scheduler=cluster_address, progress=False)
     _, palettes = load_per_image(str(copy), K)
@@ -518,7 +555,7 @@ def test_per_image_opaque_images_as_in_an_opaque_store(alpha_store, alpha_dir, t
         np.testing.assert_array_equal(g[f"per_image/k{K}/palette"][i],
                                       f[f"per_image/k{K}/palette"][i])
         np.testing.assert_array_equal(_image_labels(g, coll, K, i), _image_labels(f, fcoll, K, i))
-        for col in ("sse", "mse", "psnr"):
+        for col in ("sse", "mse", "psnr", "ssim"):  # SSIM too: to the last bit
             assert g[f"per_image/k{K}/images/{col}"][i] == f[f"per_image/k{K}/images/{col}"][i]
     centers = np.asarray(g[f"per_image/k{K}/centers"][:])
     for i in np.flatnonzero(coll.has_alpha):
