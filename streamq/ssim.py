@@ -14,10 +14,20 @@ use_sample_covariance=False, data_range=255)``, the settings of the paper:
   itself, whatever the border mode. An image smaller than 11 x 11 has no SSIM (NaN), as
   scikit-image refuses it.
 
+**An image with alpha** is compared the way the RGBA distance of :mod:`streamq.rgba`
+(libimagequant's) compares colours: composited on black and on white. Its SSIM is the mean
+of the SSIM above of the original and the quantized image composited on black and of the
+two composited on white. The store holds premultiplied colours, so a pixel ``(r', g', b')``
+with alpha ``a`` is ``(r', g', b')`` on black and ``(r' + 255 - a, ...)`` on white, both
+uint8 (``r' <= a``); a palette colour is premultiplied first, as its errors are
+(:func:`composite_luts`). An opaque image keeps the SSIM above, computed once (on black and
+on white it is the same image).
+
 Quantize computes it chunkwise: the task that owns a chunk of pixels sums the SSIM map over
 the interior pixels whose flat index lies in its chunk, reading the 5 rows above and below
 (the *halo*, :func:`halo`) from the neighbouring chunks and labelling them again in memory.
-Its completion record holds ``[image_id, sum, count]`` per image, and
+Its completion record holds ``[image_id, sum, count]`` per image (with alpha: the mean of the
+sums on black and on white), and
 :func:`ssim_from_records` adds them up in chunk order, so a rerun gives the same numbers to
 the last bit. The kernel keeps the horizontally filtered rows in a ring of 11 rows, so every
 pixel is filtered once whatever the image width.
@@ -32,8 +42,8 @@ from collections.abc import Callable, Iterable, Sequence
 import numba
 import numpy as np
 
-__all__ = ["LUMA", "RADIUS", "chunk_ssim", "halo", "luma", "ssim", "ssim_from_records",
-           "ssim_stats", "window"]
+__all__ = ["LUMA", "RADIUS", "chunk_ssim", "composite_luts", "halo", "luma", "on_white", "ssim",
+           "ssim_from_records", "ssim_stats", "window"]
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B
 SIGMA = 1.5
@@ -57,6 +67,21 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)
     return (LUMA[0] * rgb[..., 0].astype(np.float64) + LUMA[1] * rgb[..., 1]) \
         + LUMA[2] * rgb[..., 2]
+
+
+def on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Premultiplied uint8 colours ``(..., 3)`` with their alpha ``(...)`` composited on
+    white: ``c' + 255 - a`` (uint8: ``c' <= a``). On black they are ``rgb`` itself."""
+    rgb = np.asarray(rgb)
+    return (rgb + (255 - np.asarray(alpha, dtype=np.uint8))[..., None]).astype(np.uint8)
+
+
+def composite_luts(rgba: np.ndarray) -> np.ndarray:
+    """``(2, K)`` luma of a palette's ``(K, 4)`` uint8 premultiplied RGBA colours composited
+    on black (row 0) and on white (row 1): what :func:`chunk_ssim` takes for an image with
+    alpha."""
+    rgba = np.asarray(rgba, dtype=np.uint8).reshape(-1, 4)
+    return np.stack([luma(rgba[:, :3]), luma(on_white(rgba[:, :3], rgba[:, 3]))])
 
 
 @numba.njit(nogil=True, cache=True)
@@ -144,11 +169,17 @@ def _ssim_sum(rgb: np.ndarray, labels: np.ndarray, lut: np.ndarray, height: int,
 
 def ssim(original: np.ndarray, quantized: np.ndarray) -> float:
     """SSIM of two ``(H, W, 3)`` uint8 RGB images on their BT.601 luma (NaN when smaller
-    than 11 x 11): what quantize stores per image, computed on whole images."""
+    than 11 x 11): what quantize stores per image, computed on whole images. Two
+    ``(H, W, 4)`` uint8 images are premultiplied RGBA (as the store holds them): the mean of
+    the SSIM of the two composited on black and of the two composited on white."""
     a = np.asarray(original)
     b = np.asarray(quantized)
-    if a.shape != b.shape or a.ndim != 3 or a.shape[2] != 3:
-        raise ValueError(f"expected two (H, W, 3) images of one shape, got {a.shape} and {b.shape}")
+    if a.shape != b.shape or a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise ValueError(f"expected two (H, W, 3) or (H, W, 4) images of one shape, got "
+                         f"{a.shape} and {b.shape}")
+    if a.shape[2] == 4:
+        return (ssim(a[..., :3], b[..., :3]) + ssim(on_white(a[..., :3], a[..., 3]),
+                                                    on_white(b[..., :3], b[..., 3]))) / 2
     h, w = a.shape[:2]
     from streamq.kmeans.codes import codes_to_rgb, rgb_to_codes
 
@@ -179,13 +210,18 @@ def halo(images: Iterable[Sequence[int]], shapes: Sequence[Sequence[int]], lo: i
 
 def chunk_ssim(rgb: np.ndarray, labels: np.ndarray, start: int, lo: int, hi: int,
                images: Iterable[Sequence[int]], shapes: Sequence[Sequence[int]],
-               lut_of: Callable[[int], np.ndarray]) -> list[list[float | int]]:
+               lut_of: Callable[[int], np.ndarray],
+               alpha: np.ndarray | None = None) -> list[list[float | int]]:
     """``[image_id, sum, count]`` of the SSIM map over each image's interior pixels in the
     chunk ``[lo, hi)``: ``rgb`` and ``labels`` hold the pixels ``start ..`` (at least
-    :func:`halo`), ``lut_of(image_id)`` the luma of the palette its labels index."""
+    :func:`halo`), ``lut_of(image_id)`` the luma of the palette its labels index. An image
+    compared with alpha has a ``(2, K)`` one (:func:`composite_luts`): its sum is then the
+    mean of the sums on black and on white, and ``alpha`` holds the alpha of the pixels
+    ``start ..`` (``rgb`` premultiplied)."""
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     labels = np.ascontiguousarray(labels)
     w = window()
+    white: np.ndarray | None = None  # the pixels on white, made for the first image with alpha
     out: list[list[float | int]] = []
     for (image_id, off, size), (h, wd) in zip(images, shapes, strict=True):
         p0, p1 = max(off, lo) - off, min(off + size, hi) - off
@@ -199,8 +235,19 @@ def chunk_ssim(rgb: np.ndarray, labels: np.ndarray, start: int, lo: int, hi: int
         if s < 0 or e > len(rgb) or e > len(labels):  # the kernel does not check bounds
             raise ValueError(f"image {image_id}: its SSIM window reaches pixels {s + start}.."
                              f"{e + start}, outside those given ({start}..{start + len(rgb)})")
-        total, count = _ssim_sum(rgb[s:], labels[s:], lut_of(int(image_id)), int(h), int(wd),
-                                 row0, p0, p1, w)
+        lut = np.asarray(lut_of(int(image_id)), dtype=np.float64)
+        if lut.ndim == 1:  # opaque
+            total, count = _ssim_sum(rgb[s:], labels[s:], lut, int(h), int(wd), row0, p0, p1, w)
+        else:  # with alpha: the mean of the two composites
+            if alpha is None:
+                raise ValueError(f"image {image_id}: compared with alpha, but no alpha given")
+            if white is None:
+                white = np.ascontiguousarray(on_white(rgb, np.asarray(alpha)[:len(rgb)]))
+            black_sum, count = _ssim_sum(rgb[s:], labels[s:], np.ascontiguousarray(lut[0]),
+                                         int(h), int(wd), row0, p0, p1, w)
+            white_sum, _ = _ssim_sum(white[s:], labels[s:], np.ascontiguousarray(lut[1]),
+                                     int(h), int(wd), row0, p0, p1, w)
+            total = (black_sum + white_sum) / 2
         out.append([int(image_id), float(total), int(count)])
     return out
 

@@ -580,3 +580,27 @@ def tree_bytes(root) -> dict[str, bytes]:
     root = Path(root)
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file()}
+
+
+def ssim_reference(original: np.ndarray, quantized: np.ndarray) -> float:
+    """scikit-image's SSIM with the paper's settings on the BT.601 luma of both images."""
+    from skimage.metrics import structural_similarity
+
+    y = np.array([0.299, 0.587, 0.114])
+    return structural_similarity(original.astype(np.float64) @ y,
+                                 quantized.astype(np.float64) @ y, gaussian_weights=True,
+                                 sigma=1.5, use_sample_covariance=False, data_range=255)
+
+
+def composites(rgba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Straight uint8 RGBA ``(H, W, 4)`` composited on black and on white, in float64 and
+    rounded half up (as ingest premultiplies)."""
+    c, a = rgba[..., :3].astype(np.float64), rgba[..., 3:].astype(np.float64) / 255
+    return np.floor(c * a + 0.5), np.floor(c * a + 255 * (1 - a) + 0.5)
+
+
+def alpha_ssim_reference(original: np.ndarray, quantized: np.ndarray) -> float:
+    """The SSIM of two straight RGBA images: scikit-image's on their composites on black and
+    on white (:func:`composites`), averaged."""
+    (ob, ow), (qb, qw) = composites(original), composites(quantized)
+    return (ssim_reference(ob, qb) + ssim_reference(ow, qw)) / 2

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from helpers import write_alpha_collection
+from helpers import alpha_ssim_reference, ssim_reference, write_alpha_collection
 from PIL import Image
 
 import streamq
@@ -175,6 +175,33 @@ def test_zarr_export_has_rgba_palette(alpha_store, tmp_path, cluster_address):
     res = g.attrs["streamq_export"]["results"][0]
     assert res["alpha"] is True
     assert res["read"].endswith("width[j], 4)")
+
+
+def test_ssim_with_alpha(alpha_store, alpha_dir, tmp_path, cluster_address):
+    """Every image's stored SSIM equals scikit-image's on the original and quantized images
+    (from the source files and the palette) composited on black and on white, averaged; a
+    run with --no-ssim, then one without it, adds the same values to the labels there."""
+    coll = streamq.open_store(alpha_store)
+    g = zarr.open_group(alpha_store, mode="r")
+    stored = np.asarray(g["quantize/images/ssim"][:])
+    ref = []
+    for i, name in enumerate(coll.paths):
+        labels, pal = _quantized(alpha_store, i)
+        ref.append(alpha_ssim_reference(_source_rgba(alpha_dir[0] / name), pal[labels]))
+    np.testing.assert_allclose(stored, ref, rtol=0, atol=1e-6)
+    sec = g.attrs["quantize"]
+    assert sec["ssim"] is True
+    assert sec["ssim_images"] == len(coll)
+    assert sec["ssim_mean"] == pytest.approx(np.mean(ref), abs=1e-6)
+    assert (np.asarray(g["fit/palette/a"][:]) < 255).any()  # opaque images compared on both
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(alpha_store, copy)
+    streamq.quantize(copy, ssim=False, overwrite=True, scheduler=cluster_address, progress=False)
+    assert "ssim" not in zarr.open_group(str(copy), mode="r")["quantize/images"]
+    added = streamq.quantize(copy, scheduler="threads", progress=False)
+    assert added.ssim == sec["ssim_mean"]
+    np.testing.assert_array_equal(zarr.open_group(str(copy), mode="r")["quantize/images/ssim"][:],
+                                  stored)
 
 
 def test_opaque_collection_unchanged(tmp_path, cluster_address):
@@ -468,6 +495,16 @@ def test_per_image_palettes_with_alpha(alpha_store, alpha_dir, tmp_path, cluster
             target = np.concatenate([_premultiply(pal), pal[:, 3:]], axis=1).astype(np.float64)
             mse = ((px * 255 - target[labels]) ** 2).mean()
             assert g[f"per_image/k{k}/images/mse"][i] == pytest.approx(mse, rel=1e-12)
+            h, w = int(coll.heights[i]), int(coll.widths[i])
+            ssim = alpha_ssim_reference(_source_rgba(alpha_dir[0] / coll.paths[i]),
+                                        pal[labels].reshape(h, w, 4))
+            assert g[f"per_image/k{k}/images/ssim"][i] == pytest.approx(ssim, abs=1e-6)
+        for i in np.flatnonzero(~coll.has_alpha):  # an opaque image: the SSIM without alpha
+            h, w = int(coll.heights[i]), int(coll.widths[i])
+            q = palettes[i][_image_labels(g, coll, k, i)].reshape(h, w, 3)
+            assert g[f"per_image/k{k}/images/ssim"][i] == pytest.approx(
+                ssim_reference(coll.read(i), q), abs=1e-6)
+        assert g.attrs[f"per_image_quantize_k{k}"]["ssim_images"] == len(coll)
     out = tmp_path / "png"
     streamq.export(copy, out, per_image=K, scheduler=cluster_address, progress=False)
     _, palettes = load_per_image(str(copy), K)
@@ -487,6 +524,30 @@ def test_per_image_palettes_with_alpha(alpha_store, alpha_dir, tmp_path, cluster
             assert trns is None, name  # an opaque image's file as from an opaque store
     manifest = json.loads((out / ".streamq-export.json").read_text())
     assert manifest["alpha"] is True
+    # --zarr: each image's palette as straight RGBA, its alpha beside its colours; decoded
+    # with plain zarr + numpy, equal to the PNGs' decoded RGBA (images with alpha and opaque)
+    zout = tmp_path / "arrays.zarr"
+    streamq.export(copy, zout, zarr=True, per_image=ks, scheduler=cluster_address,
+                   progress=False)
+    z = zarr.open_group(str(zout), mode="r")
+    results = {r["group"]: r for r in z.attrs["streamq_export"]["results"]}
+    for k in ks:
+        assert results[f"k{k}"]["alpha"] is True
+        assert results[f"k{k}"]["read"].endswith("width[j], 4)")
+        centers, palettes = load_per_image(str(copy), k)
+        alphas = np.asarray(g[f"per_image/k{k}/alpha"][:])
+        assert z[f"k{k}/palette"].shape == (len(coll), k, 4)
+        np.testing.assert_array_equal(z[f"k{k}/centers"][:], centers)
+        labels, palette = z[f"k{k}/labels"][:], z[f"k{k}/palette"][:]
+        for j, i in enumerate(z["images/id"][:]):
+            o, h, w = (int(z[f"images/{c}"][j]) for c in ("offset", "height", "width"))
+            got = palette[j][labels[o:o + h * w]].reshape(h, w, 4)
+            lab = _image_labels(g, coll, k, i).reshape(h, w)
+            np.testing.assert_array_equal(got, np.dstack([palettes[i][lab], alphas[i][lab]]))
+            if k == K:
+                with Image.open((out / coll.paths[i]).with_suffix(".png")) as im:
+                    np.testing.assert_array_equal(got, np.asarray(im.convert("RGBA")))
+            assert (got[..., 3] == 255).all() != bool(coll.has_alpha[i])
 
 
 def test_per_image_opaque_images_as_in_an_opaque_store(alpha_store, alpha_dir, tmp_path,
@@ -518,7 +579,7 @@ def test_per_image_opaque_images_as_in_an_opaque_store(alpha_store, alpha_dir, t
         np.testing.assert_array_equal(g[f"per_image/k{K}/palette"][i],
                                       f[f"per_image/k{K}/palette"][i])
         np.testing.assert_array_equal(_image_labels(g, coll, K, i), _image_labels(f, fcoll, K, i))
-        for col in ("sse", "mse", "psnr"):
+        for col in ("sse", "mse", "psnr", "ssim"):  # SSIM too: to the last bit
             assert g[f"per_image/k{K}/images/{col}"][i] == f[f"per_image/k{K}/images/{col}"][i]
     centers = np.asarray(g[f"per_image/k{K}/centers"][:])
     for i in np.flatnonzero(coll.has_alpha):
@@ -536,10 +597,6 @@ def test_per_image_alpha_refusals(alpha_store, tmp_path):
     with pytest.raises(ConfigError, match="--dither is not available for a palette with alpha"
                        ) as err:
         streamq.export(copy, tmp_path / "d", per_image=4, dither=True, scheduler="threads")
-    assert "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="--zarr does not export per-image palettes with alpha"
-                       ) as err:
-        streamq.export(copy, tmp_path / "z.zarr", zarr=True, per_image=4, scheduler="threads")
     assert "\n" not in str(err.value)
     pal = tmp_path / "p.json"
     pal.write_text('["#000000"]')

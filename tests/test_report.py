@@ -337,6 +337,79 @@ def test_labels_without_ssim_are_named(lloyd_store, tmp_path):
     assert text.count('<span class="ssim" data-ssim="">—</span>') == 3
 
 
+@pytest.fixture(scope="session")
+def alpha_report_store(tmp_path_factory):
+    """Cut-outs with soft alpha beside opaque images: a 6-colour RGBA fit and per-image RGBA
+    palettes of 4 colours, quantized with SSIM."""
+    from helpers import write_alpha_collection
+
+    root = tmp_path_factory.mktemp("alpha_rep")
+    write_alpha_collection(root / "src")
+    path = str(root / "alpha.zarr")
+    streamq.ingest(root / "src", path, chunk_pixels=4096, scheduler="threads", progress=False)
+    streamq.fit(path, colors=6, n_init=2, scheduler="threads")
+    fit_per_image(path, colors=[4], method="histogram", scheduler="threads", progress=False)
+    streamq.quantize(path, scheduler="threads", progress=False)
+    return path
+
+
+def test_palettes_with_alpha_and_their_ssim(alpha_report_store, browser, tmp_path):
+    """A collection with alpha: the shared palette and the per-image palettes of images with
+    alpha show each entry's alpha (``data-alpha``, ``#rrggbbaa``, over a checkerboard), an
+    opaque image's palette as before; the SSIM figure and statistics are there and equal the
+    stored values."""
+    store = alpha_report_store
+    coll = streamq.open_store(store)
+    g = zarr.open_group(store, mode="r")
+    opaque = [int(i) for i in np.flatnonzero(~coll.has_alpha)]
+    with_alpha = [int(i) for i in np.flatnonzero(coll.has_alpha)]
+    ids = sorted(with_alpha[:3] + opaque[:1])
+    out = tmp_path / "alpha.html"
+    streamq.report(store, out, ids=ids, samples=4, worst=3)
+    r, gr, b, a, count = (np.asarray(g[f"fit/palette/{c}"][:])
+                          for c in ("r", "g", "b", "a", "count"))
+    assert (a < 255).any()
+    order = sorted(range(len(count)), key=lambda j: (-count[j], j))
+    with opened(browser, out) as page:
+        shared = "#palette > .swatches .swatch"
+        assert _data(page, shared, "data-hex") == \
+            [f"#{r[j]:02x}{gr[j]:02x}{b[j]:02x}" for j in order]
+        assert [int(v) for v in _data(page, shared, "data-alpha")] == [int(a[j]) for j in order]
+        for text, j in zip(_texts(page, shared), order, strict=True):
+            assert text.startswith(f"#{r[j]:02x}{gr[j]:02x}{b[j]:02x}{a[j]:02x}")
+        styles = _data(page, shared, "style")
+        assert all("repeating-conic-gradient" in st for st in styles)
+        assert "checkerboard" in page.inner_text("#palette .alpha-note")
+        blocks = page.query_selector_all(".per-image-palette")
+        assert sorted(int(bl.get_attribute("data-id")) for bl in blocks) == ids
+        pal, alpha = np.asarray(g["per_image/k4/palette"][:]), np.asarray(g["per_image/k4/alpha"][:])
+        for block in blocks:
+            i = int(block.get_attribute("data-id"))
+            o, n = int(coll.offsets[i]), int(coll.heights[i] * coll.widths[i])
+            counts = np.bincount(np.asarray(g["per_image/k4/labels"][o:o + n]).astype(np.int64),
+                                 minlength=4)
+            order = sorted(range(4), key=lambda j: (-counts[j], j))
+            (row,) = block.eval_on_selector_all(".pi-k", "rows => rows.map(r => Array.from("
+                                                "r.querySelectorAll('.swatch'), s => [s.dataset.hex, "
+                                                "s.dataset.alpha ?? null, Number(s.dataset.count)]))")
+            want_alpha = ([int(alpha[i, j]) for j in order] if coll.has_alpha[i]
+                          else [None] * 4)
+            assert row == [["#{:02x}{:02x}{:02x}".format(*pal[i, j]),
+                            None if v is None else str(v), int(counts[j])]
+                           for j, v in zip(order, want_alpha, strict=True)], i
+        # SSIM of both results, as stored
+        assert len(page.query_selector_all("#quality img.ssim-hist")) == 1
+        assert str(len(with_alpha)) in page.inner_text("#quality .ssim-alpha")
+        stats = [t.split("\t") for t in _texts(page, "table.ssim-stats tbody tr")]
+        for row, name in zip(stats, ("quantize/images/ssim", "per_image/k4/images/ssim"),
+                             strict=True):
+            v = np.asarray(g[name][:])
+            assert np.isfinite(v).all()
+            assert row[1:6] == [str(len(v)), *(f"{fn(v):.4f}" for fn in
+                                               (np.min, np.median, np.mean, np.max))]
+        assert [row[0] for row in stats] == ["shared K=6", "per-image K=4"]
+
+
 def _groups_reference(store):
     """Groups x labels counts by a plain loop over ``groups/images/group`` and ``images/label``."""
     g = zarr.open_group(store, mode="r")

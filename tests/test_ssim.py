@@ -10,27 +10,42 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from skimage.metrics import structural_similarity
+from helpers import alpha_ssim_reference as alpha_reference
+from helpers import composites, soft_mask
+from helpers import ssim_reference as reference
 
 import streamq
 from streamq.cli.main import cli
 from streamq.examples import source_photos
 from streamq.per_image import fit_per_image
-from streamq.ssim import chunk_ssim, halo, luma, ssim
-
-
-def reference(original: np.ndarray, quantized: np.ndarray) -> float:
-    """scikit-image's SSIM with the paper's settings on the BT.601 luma of both images."""
-    y = np.array([0.299, 0.587, 0.114])
-    return structural_similarity(original.astype(np.float64) @ y,
-                                 quantized.astype(np.float64) @ y, gaussian_weights=True,
-                                 sigma=1.5, use_sample_covariance=False, data_range=255)
+from streamq.rgba import premultiplied
+from streamq.ssim import chunk_ssim, composite_luts, halo, luma, ssim
 
 
 def nearest(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """Labels of the nearest palette colours (plain numpy argmin)."""
     d = ((rgb.reshape(-1, 1, 3).astype(np.int64) - palette[None].astype(np.int64)) ** 2).sum(2)
     return d.argmin(1)
+
+
+def premultiplied_image(rgba: np.ndarray) -> np.ndarray:
+    """``(H, W, 4)`` premultiplied RGBA (as the store holds it) of a straight one."""
+    return premultiplied(rgba[..., :3].reshape(-1, 3), rgba[..., 3].reshape(-1)).reshape(
+        rgba.shape)
+
+
+def cut_out(img: np.ndarray, seed: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A straight RGBA cut-out of ``img`` (soft mask), its labels and a ``(k, 4)`` straight
+    RGBA palette of its own pixels (fully transparent pixels: colour 0, as ingest stores them)."""
+    h, w = img.shape[:2]
+    rgba = np.dstack([img, soft_mask(h, w, seed)])
+    rgba[rgba[..., 3] == 0, :3] = 0
+    flat = rgba.reshape(-1, 4)
+    pal = flat[np.random.default_rng(seed).choice(len(flat), k, replace=False)]
+    pre = premultiplied_image(rgba).reshape(-1, 4).astype(np.int64)
+    ppre = premultiplied(pal[:, :3], pal[:, 3]).astype(np.int64)
+    labels = ((pre[:, None] - ppre[None]) ** 2).sum(2).argmin(1)
+    return rgba, labels, pal
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +112,74 @@ def test_chunk_sums_add_up_to_the_whole_image(photos, chunk):
         assert count[j] == max(h - 10, 0) * max(w - 10, 0)
         if count[j]:
             assert total[j] / count[j] == pytest.approx(reference(img, q), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["Coffee", "Astronaut", "Chelsea"])
+def test_with_alpha_is_the_mean_on_black_and_on_white(photos, name):
+    """An image with alpha: the mean of scikit-image's SSIM of the composites on black and on
+    white; an opaque one (alpha 255 everywhere) as without alpha, to the last bit."""
+    img = photos[name][::3, ::3]
+    for k, seed in ((3, 0), (16, 1), (48, 2)):
+        rgba, labels, pal = cut_out(img, seed, k)
+        q = pal[labels].reshape(rgba.shape)
+        got = ssim(premultiplied_image(rgba), premultiplied_image(q))
+        assert got == pytest.approx(alpha_reference(rgba, q), abs=1e-6)
+        (ob, ow), (qb, qw) = composites(rgba), composites(q)
+        assert reference(ob, qb) != pytest.approx(reference(ow, qw), abs=1e-3)  # both count
+    opaque = np.dstack([img, np.full(img.shape[:2], 255, np.uint8)])
+    labels, palette = quantized_by(img, 8, 5)
+    q = palette[labels].reshape(img.shape)
+    q4 = np.dstack([q, np.full(img.shape[:2], 255, np.uint8)])
+    assert ssim(opaque, q4) == ssim(img, q)
+
+
+@pytest.mark.parametrize("chunk", [7, 1000, 100_000])
+def test_chunk_sums_with_alpha_add_up(photos, chunk):
+    # Images with alpha beside opaque ones, back to back in chunks: the sums of an image
+    # with alpha (its (2, K) luma) add up to the mean SSIM on black and on white, an opaque
+    # image's to its SSIM without alpha
+    imgs = [photos["Flower"][:40, :64], photos["Rocket"][100:140, 200:260],
+            photos["Coins"][:30, :50], photos["Grace_Hopper"][200:260, 100:131]]
+    has_alpha = [True, False, True, True]
+    rgba, labels, pals = [], [], []
+    for j, (img, alpha) in enumerate(zip(imgs, has_alpha, strict=True)):
+        if alpha:
+            im, lab, pal = cut_out(img, 10 + j, 6)
+        else:
+            lab, pal = quantized_by(img, 6, 10 + j)
+            im = np.dstack([img, np.full(img.shape[:2], 255, np.uint8)])
+            pal = np.concatenate([pal, np.full((6, 1), 255, np.uint8)], axis=1)
+        rgba.append(im)
+        labels.append(lab)
+        pals.append(pal)
+    pre = np.concatenate([premultiplied_image(i).reshape(-1, 4) for i in rgba])
+    lab = np.concatenate(labels).astype(np.uint8)
+    sizes = [i.shape[0] * i.shape[1] for i in imgs]
+    offsets = np.cumsum([0] + sizes[:-1])
+
+    def lut_of(j: int) -> np.ndarray:
+        if has_alpha[j]:
+            return composite_luts(premultiplied(pals[j][:, :3], pals[j][:, 3]))
+        return luma(pals[j][:, :3])
+
+    total, count = np.zeros(len(imgs)), np.zeros(len(imgs), np.int64)
+    for lo in range(0, len(pre), chunk):
+        hi = min(lo + chunk, len(pre))
+        over = [(j, int(offsets[j]), sizes[j]) for j in range(len(imgs))
+                if offsets[j] < hi and offsets[j] + sizes[j] > lo]
+        shapes = [imgs[j].shape[:2] for j, _, _ in over]
+        a, b = halo(over, shapes, lo, hi)
+        for j, s, n in chunk_ssim(pre[a:b, :3], lab[a:b], a, lo, hi, over, shapes, lut_of,
+                                  alpha=pre[a:b, 3]):
+            total[j] += s
+            count[j] += n
+    for j, im in enumerate(rgba):
+        q = pals[j][labels[j]].reshape(im.shape)
+        want = alpha_reference(im, q) if has_alpha[j] else reference(im[..., :3], q[..., :3])
+        assert total[j] / count[j] == pytest.approx(want, abs=1e-6)
+    with pytest.raises(ValueError, match="compared with alpha, but no alpha given"):
+        chunk_ssim(pre[:, :3], lab, 0, 0, len(pre), [(0, 0, sizes[0])], [imgs[0].shape[:2]],
+                   lut_of)
 
 
 def stored_references(store: str, labels: str, palette_of) -> list[float]:

@@ -14,6 +14,7 @@ table -- and nothing else: no pixels, no working state, no image files. Layout
       images/{mse,psnr[,ssim]}        its per-image errors (and SSIM), when quantize wrote them
       k{K}/{palette,centers,labels,images/{mse,psnr[,ssim]}}   or one group per per-image K:
                                       (n,K,3) palettes and centres, one row per exported image
+                                      (with alpha: (n,K,4), as the shared palette's)
       k{HI}/quality/{k,mse,psnr,met,reason}   a per-image quality fit: each image's own K
                                       (its palette row is padded to HI), its error, why below MIN
       label_records, k{K}/label_records   completion record of each chunk of a labels array

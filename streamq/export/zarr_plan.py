@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamq.errors import ConfigError
-from streamq.store import ALPHA, Store, open_array
-from streamq.store.names import image_errors_path, labels_path
+from streamq.store import Store, open_array
+from streamq.store.names import image_errors_path, labels_path, per_image_alpha
 from streamq.store.results import labels_identity, load_fit, ready_labels
 
 __all__ = ["ATTR", "FORMAT_VERSION", "QUALITY_GROUP", "Result", "id_ranges", "labels_layout", "per_image_ks",
@@ -68,14 +68,14 @@ def plan_results(st: Store, ks: list[int] | None) -> list[Result]:
         if fit.alpha is not None:  # only then: an opaque collection's export is unchanged
             plan[0][2]["alpha"] = True
     else:
-        if st.has(ALPHA):
-            raise ConfigError(f"{st.path}: --zarr does not export per-image palettes with alpha "
-                              "yet; export them as image files (PNG keeps the transparency)")
         sec = st.section("per_image")
         pcfg = sec.get("config", {})
         plan = [(f"k{k}", k, {
             "palette": "per-image", "k": k, "color_space": "rgb", "sample": pcfg.get("sample"),
             "seed": pcfg.get("seed"), "fit_fingerprint": ready_labels(st, k)}) for k in ks]
+        for _, k, info in plan:  # palettes with alpha: (n, K, 4) straight RGBA, as the shared
+            if k is not None and st.has(per_image_alpha(k)):  # only then: opaque unchanged
+                info["alpha"] = True
         if sec.get("quality"):  # one K group (HI); each image's own K in k{HI}/quality/k
             q = sec["quality"]
             for group, _, info in plan:

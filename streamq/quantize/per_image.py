@@ -9,8 +9,9 @@ after the shared-palette labels when the store has per-image palettes.
 
 An image with alpha (its palette RGBA, ``per_image/k{K}/alpha``) is labelled by exact nearest
 centre in premultiplied RGBA (:class:`streamq.rgba.RgbaLabels`, ties to the lowest index) and
-its errors are over premultiplied RGBA, four channels; an opaque image beside it as in a store
-without alpha. No SSIM for a collection with alpha.
+its errors are over premultiplied RGBA, four channels, and its SSIM is the mean of those on
+black and on white (:mod:`streamq.ssim`); an opaque image beside it as in a store without
+alpha.
 
 Layout: ``per_image/k{K}/labels`` the ``(P,)`` labels, ``per_image/k{K}/label_records`` one
 record per chunk, ``per_image/k{K}/images/{sse,mse,psnr,ssim}`` the per-image errors, section
@@ -99,9 +100,10 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
     cen = np.asarray(centers[min(ids):max(ids) + 1]) if ids else None
     pal = np.asarray(palettes[min(ids):max(ids) + 1]) if ids else None
     with_alpha = set(args.get("with_alpha") or ())  # images with alpha: RGBA palettes
-    alpha = pal_alpha = None
-    if with_alpha:
-        alpha = np.asarray(open_array(store, ALPHA)[lo:hi])
+    alpha = ext_alpha = pal_alpha = None
+    if with_alpha:  # (with SSIM: the rows around the chunk too)
+        ext_alpha = np.asarray(open_array(store, ALPHA)[start:stop])
+        alpha = ext_alpha[lo - start:hi - start]
         pal_alpha = np.asarray(open_array(store, per_image_alpha(k))[min(ids):max(ids) + 1])
 
     def one(image: tuple[int, int, int]) -> list[int]:
@@ -144,19 +146,39 @@ def _label_task(args: dict[str, Any]) -> dict[str, Any]:
         retrying(write_labels, "write", store.join(name).url, retry, write=True)
         report = {"sse": sse, "crc32": checksum(labels), "fit": args["fit"]}
     if want_ssim:
-        from streamq.ssim import chunk_ssim, luma
+        from streamq.ssim import chunk_ssim, composite_luts, luma
 
         assert cen is not None, "a chunk overlaps at least one image"
         assert pal is not None, "a chunk overlaps at least one image"
+
+        def relabel(image_id: int, a: int, b: int) -> np.ndarray:
+            """The pixels ``ext[a:b]`` of ``image_id`` labelled with its palette."""
+            j = image_id - min(ids)
+            if image_id in with_alpha:
+                from streamq.rgba import RgbaLabels
+
+                assert ext_alpha is not None, "read for the images with alpha"
+                assert pal_alpha is not None, "read for the images with alpha"
+                return RgbaLabels(cen[j], pal[j], pal_alpha[j], table=False).labels_sse(
+                    ext[a:b], ext_alpha[a:b], labels.dtype, np.zeros(0, np.int64))[0]
+            return label_pixels(ext[a:b], cen[j][:, :3], pal[j])[0].astype(labels.dtype)
+
+        def lut_of(image_id: int) -> np.ndarray:  # with alpha: on black and on white
+            j = image_id - min(ids)
+            if image_id in with_alpha:
+                from streamq.rgba import premultiplied
+
+                assert pal_alpha is not None, "read for the images with alpha"
+                return composite_luts(premultiplied(pal[j], pal_alpha[j]))
+            return luma(pal[j])
+
         parts = [labels]  # the rows around the chunk, labelled again with their image's palette
         if start < lo:
-            j = args["images"][0][0] - min(ids)
-            parts.insert(0, label_pixels(ext[:lo - start], cen[j], pal[j])[0].astype(labels.dtype))
+            parts.insert(0, relabel(args["images"][0][0], 0, lo - start))
         if stop > hi:
-            j = args["images"][-1][0] - min(ids)
-            parts.append(label_pixels(ext[hi - start:], cen[j], pal[j])[0].astype(labels.dtype))
+            parts.append(relabel(args["images"][-1][0], hi - start, stop - start))
         report["ssim"] = chunk_ssim(ext, np.concatenate(parts), start, lo, hi, args["images"],
-                                    args["shapes"], lambda i: luma(pal[i - min(ids)]))
+                                    args["shapes"], lut_of, alpha=ext_alpha)
     records = label_records_path(k)
     retrying(lambda: write_record(store, records, c, report), "write", store.join(records).url,
              retry, write=True)  # the completion record, after the labels
@@ -192,9 +214,6 @@ def _quantize_per_image(store: Location, cfg: StreamQConfig, progress: bool | No
     timings: dict[str, float] = {}
     sections = {k: st.section(f"per_image_quantize_k{k}") for k in sec["colors"]}
     want_ssim = cfg.quantize.ssim
-    if want_ssim and coll.n_alpha:  # SSIM is defined here on the luma of opaque colours
-        log.info("SSIM is not computed for a collection with alpha")
-        want_ssim = False
     # the errors of an image with alpha are over premultiplied RGBA, of an opaque one over RGB
     channels = np.where(coll.has_alpha, 4, 3) if coll.n_alpha else 3
 

@@ -105,22 +105,41 @@ def _table(args: dict[str, Any]) -> Any:
 
 
 def _ssim_sums(args: dict[str, Any], table: Any, ext: np.ndarray, start: int, lo: int, hi: int,
-               labels: np.ndarray) -> list[list[float | int]]:
+               labels: np.ndarray, ext_alpha: np.ndarray | None = None
+               ) -> list[list[float | int]]:
     """SSIM sums of the images of chunk ``[lo, hi)`` (``labels``), from the pixels ``ext``
-    read from ``start`` on: the rows around the chunk are labelled again here."""
-    from streamq.ssim import chunk_ssim, luma
+    (and, with a palette with alpha, their alpha ``ext_alpha``) read from ``start`` on: the
+    rows around the chunk are labelled again here. An image is compared on black and on
+    white (:mod:`streamq.ssim`) when it has alpha or the palette has a translucent colour."""
+    from streamq.ssim import chunk_ssim, composite_luts, luma
 
-    one = np.zeros(1, np.int64)
+    def relabel(a: int, b: int) -> np.ndarray:
+        one = np.asarray([b - a], np.int64)
+        if ext_alpha is not None:
+            return table.labels_sse(ext[a:b], ext_alpha[a:b], labels.dtype, one)[0]
+        return table.labels_sse(ext[a:b], labels.dtype, one)[0]
+
     parts = [labels]
     if start < lo:
-        one[0] = lo - start
-        parts.insert(0, table.labels_sse(ext[:lo - start], labels.dtype, one)[0])
+        parts.insert(0, relabel(0, lo - start))
     if start + len(ext) > hi:
-        one[0] = start + len(ext) - hi
-        parts.append(table.labels_sse(ext[hi - start:], labels.dtype, one)[0])
-    lut = luma(np.asarray(args["palette"], dtype=np.uint8))
+        parts.append(relabel(hi - start, len(ext)))
+    palette = np.asarray(args["palette"], dtype=np.uint8)
+    lut = luma(palette)
+    both = None  # a palette with alpha: its luma on black and on white
+    with_alpha = set(args.get("with_alpha") or ())
+    if args.get("alpha") is not None:
+        from streamq.rgba import premultiplied
+
+        pal_alpha = np.asarray(args["alpha"], dtype=np.uint8)
+        both = composite_luts(premultiplied(palette, pal_alpha))
+        if (pal_alpha < 255).any():  # its quantized images may be translucent: every image
+            with_alpha = {int(i) for i, _, _ in args["images"]}
+
+    def lut_of(image_id: int) -> np.ndarray:
+        return both if both is not None and image_id in with_alpha else lut
     return chunk_ssim(ext, np.concatenate(parts) if len(parts) > 1 else labels, start, lo, hi,
-                      args["images"], args["shapes"], lambda _: lut)
+                      args["images"], args["shapes"], lut_of, alpha=ext_alpha)
 
 
 def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
@@ -139,22 +158,31 @@ def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
         return retrying(lambda: np.asarray(pixels[start:stop]), "read", store.join(PIXELS).url,
                         retry)
 
+    def read_alpha() -> np.ndarray | None:  # a palette with alpha: the pixels' alpha too
+        if args.get("alpha") is None:
+            return None
+        return retrying(lambda: np.asarray(open_array(store, ALPHA)[start:stop]), "read",
+                        store.join(ALPHA).url, retry)
+
     expect = args.get("expect")
     if expect is not None:  # recorded by an earlier run: keep it if its labels are intact
         if recorded_labels_ok(store, LABELS, lo, hi, expect, args["fit_fingerprint"], retry):
             if not want_ssim or "ssim" in expect:
                 return {**expect, "status": "verified"}
             # labelled without SSIM (--no-ssim): the same labels again, in memory, for it
-            ext = read()
+            ext, ext_alpha = read(), read_alpha()
             dtype = labels_dtype(len(args["palette"]))
-            labels = _table(args).labels_sse(ext[lo - start:hi - start], dtype,
-                                             np.asarray([hi - lo], np.int64))[0]
-            report = {**expect,
-                      "ssim": _ssim_sums(args, _table(args), ext, start, lo, hi, labels)}
+            one = np.asarray([hi - lo], np.int64)
+            own = ext[lo - start:hi - start]
+            labels = (_table(args).labels_sse(own, dtype, one) if ext_alpha is None else
+                      _table(args).labels_sse(own, ext_alpha[lo - start:hi - start], dtype,
+                                              one))[0]
+            report = {**expect, "ssim": _ssim_sums(args, _table(args), ext, start, lo, hi,
+                                                   labels, ext_alpha)}
             retrying(lambda: write_record(store, RECORDS, c, report), "write",
                      store.join(RECORDS).url, retry, write=True)
             return {**report, "status": "ssim added"}
-    ext = read()
+    ext, ext_alpha = read(), read_alpha()
     rgb = ext[lo - start:hi - start]
     out = open_array(store, LABELS, mode="r+")
     # Segments of this shard: each image's part of it, and the gaps between (skipped inputs).
@@ -169,11 +197,9 @@ def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
         pos = b
     if pos < hi - lo:
         bounds.append(hi - lo)
-    if args.get("alpha") is not None:
-        alpha = retrying(lambda: np.asarray(open_array(store, ALPHA)[lo:hi]), "read",
-                         store.join(ALPHA).url, retry)
-        labels, seg_sse = _table(args).labels_sse(rgb, alpha, out.dtype,
-                                                  np.asarray(bounds, np.int64))
+    if ext_alpha is not None:
+        labels, seg_sse = _table(args).labels_sse(rgb, ext_alpha[lo - start:hi - start],
+                                                  out.dtype, np.asarray(bounds, np.int64))
     else:
         labels, seg_sse, _ = _table(args).labels_sse(rgb, out.dtype, np.asarray(bounds, np.int64))
 
@@ -186,7 +212,7 @@ def _quantize_task(args: dict[str, Any]) -> dict[str, Any]:
     report = {"sse": sse, "pixels": int(hi - lo), "crc32": checksum(labels),
               "fit": args["fit_fingerprint"]}
     if want_ssim:
-        report["ssim"] = _ssim_sums(args, _table(args), ext, start, lo, hi, labels)
+        report["ssim"] = _ssim_sums(args, _table(args), ext, start, lo, hi, labels, ext_alpha)
     retrying(lambda: write_record(store, RECORDS, c, report), "write", store.join(RECORDS).url,
              retry, write=True)  # the completion record, after the labels
     return {**report, "status": "redone" if expect is not None else "ran"}
@@ -268,9 +294,6 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
     fit_fp = fit_sec["fingerprint"]
     sec = st.section(QUANTIZE)
     want_ssim = cfg.quantize.ssim
-    if want_ssim and st.has(ALPHA):  # SSIM is defined here on the luma of opaque colours
-        log.info("SSIM is not computed for a collection with alpha")
-        want_ssim = False
     if labels_state(st)[0] == "complete" and not overwrite:
         if sec.get("ssim") or not want_ssim:
             log.info("Labels in %s are up to date; nothing to do", st.path)
@@ -308,6 +331,9 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
               "retry": cfg.retry, "ssim": want_ssim}
     if result.alpha is not None:  # a palette with alpha: errors over premultiplied RGBA
         common["alpha"] = result.alpha.tolist()
+    # the images whose SSIM compares them on black and on white (streamq.ssim)
+    with_alpha = ({int(i) for i in np.flatnonzero(coll.has_alpha)}
+                  if result.alpha is not None and want_ssim else set())
     with timer("labelling", timings), runner(cfg.dask) as run:
         run.check_paths(st.path)
         facts = run.facts()
@@ -316,8 +342,11 @@ def _quantize_shared(st: Store, cfg: StreamQConfig, progress: bool | None,
             images = coll.overlapping(c * chunk, (c + 1) * chunk)
             shapes = [[int(coll.heights[i]), int(coll.widths[i])] for i, _, _ in images]
             expect = json.loads(records[c]) if records[c] else None
+            extra = ({"with_alpha": [i for i, _, _ in images if i in with_alpha]}
+                     if with_alpha else {})
             tasks.append(Task(_quantize_task, {**common, "chunk_index": c, "images": images,
-                                               "shapes": shapes, "expect": expect}, key=c))
+                                               "shapes": shapes, "expect": expect, **extra},
+                              key=c))
         run_tasks(run, tasks, "quantizing", "chunk", progress, redone="label chunk(s)", logger=log,
                   on_result=lambda task, report: report.get("status") == "redone")
     with timer("consolidating", timings):

@@ -23,6 +23,7 @@ from streamq.store.names import (
     QUANTIZE,
     image_errors_path,
     labels_path,
+    per_image_alpha,
     per_image_labels,
     per_image_palette,
 )
@@ -111,6 +112,23 @@ class Context:
             return result.shared_palette
         assert result.palettes is not None, "a result without a shared palette has per-image ones"
         return np.asarray(self.store.array(result.palettes)[i])[:result.own_k(i)]
+
+    def palette_alpha(self, result: Result, i: int) -> np.ndarray | None:
+        """The alpha of image ``i``'s palette (:meth:`palette`) when it has alpha: the shared
+        palette of a fit with alpha, the per-image palette of an image with alpha; else None."""
+        if result.shared_palette is not None:
+            return self.shared_alpha
+        assert self.coll is not None
+        name = per_image_alpha(result.k)
+        if not self.coll.has_alpha[i] or not self.store.has(name):
+            return None
+        return np.asarray(self.store.array(name)[i])[:result.own_k(i)]
+
+    @property
+    def shared_alpha(self) -> np.ndarray | None:
+        """``(K,)`` alpha of the shared palette (None: no fit with alpha)."""
+        name = f"{FIT_PALETTE}/a"
+        return np.asarray(self.store.array(name)[:]) if self.store.has(name) else None
 
     def label_counts(self, result: Result, i: int) -> np.ndarray:
         """Pixels of image ``i`` per colour of its palette (:meth:`palette`: a quality fit's own

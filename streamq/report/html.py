@@ -95,8 +95,12 @@ class Raw(str):
     """Markup built here (already escaped): put into a table as is."""
 
 
-def swatches_html(palette: np.ndarray, counts: np.ndarray | None, limit: int) -> str:
-    """Colour swatches with hex codes and pixel counts, most used first (index order on ties)."""
+def swatches_html(palette: np.ndarray, counts: np.ndarray | None, limit: int,
+                  alpha: np.ndarray | None = None) -> str:
+    """Colour swatches with hex codes and pixel counts, most used first (index order on ties).
+    With ``alpha`` (a palette with alpha: each entry's straight colour and its alpha), each
+    swatch is its colour over a checkerboard, labelled ``#rrggbbaa``, ``data-alpha`` its
+    alpha; without it, swatches are as they always were."""
     order = (np.argsort(-np.asarray(counts, dtype=np.int64), kind="stable") if counts is not None
              else np.arange(len(palette)))
     total = int(np.sum(counts)) if counts is not None else 0
@@ -104,16 +108,27 @@ def swatches_html(palette: np.ndarray, counts: np.ndarray | None, limit: int) ->
     for j in order[:limit]:
         r, g, b = (int(v) for v in palette[j])
         hexcode = f"#{r:02x}{g:02x}{b:02x}"
-        ink = "#000" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "#fff"
+        if alpha is None:
+            shown, extra = hexcode, ""
+            style = f"background:{hexcode}"
+            ink = "#000" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "#fff"
+        else:
+            a = int(alpha[j])
+            shown = f"{hexcode}{a:02x}"
+            extra = f' data-alpha="{a}"'
+            style = (f"background:linear-gradient({shown},{shown}),"
+                     f"repeating-conic-gradient(#c8c8c8 0 25%,#fff 0 50%) 0 0/12px 12px")
+            over = (0.299 * r + 0.587 * g + 0.114 * b) * a / 255 + 228 * (1 - a / 255)
+            ink = "#000" if over > 140 else "#fff"  # on the checkerboard's mean grey
         if counts is None:
-            label, data = hexcode, ""
+            label, data = shown, ""
         else:
             c = int(counts[j])
             share = f" ({c / total:.1%})" if total else ""
-            label = f"{hexcode}<br>{c:,}{share}"
+            label = f"{shown}<br>{c:,}{share}"
             data = f' data-count="{c}"'
-        cells.append(f'<div class="swatch" data-index="{int(j)}" data-hex="{hexcode}"{data} '
-                     f'style="background:{hexcode};color:{ink}">{label}</div>')
+        cells.append(f'<div class="swatch" data-index="{int(j)}" data-hex="{hexcode}"{extra}{data} '
+                     f'style="{style};color:{ink}">{label}</div>')
     more = (f'<p class="note">{len(order) - limit} more colours not shown '
             f"(report.max_colors={limit}).</p>" if len(order) > limit else "")
     return f'<div class="swatches">{"".join(cells)}</div>{more}'

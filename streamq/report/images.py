@@ -100,6 +100,10 @@ def _ssim_html(ctx: Context, ready: list[Result]) -> str:
         [r.title, len(f), *(f"{fn(f):.4f}" if len(f) else "—"
                             for fn in (np.min, np.median, np.mean, np.max)),
          int(len(ssim) - len(f))] for (r, ssim), f in zip(have, finite, strict=True)], "ssim-stats")
+    if ctx.coll is not None and ctx.coll.n_alpha:  # how an image with alpha is compared
+        body += (f'<p class="ssim-alpha">For the {ctx.coll.n_alpha} images with alpha, SSIM is '
+                 "the mean of the SSIM of the original and quantized images composited on "
+                 "black and of the two composited on white.</p>")
     return body + notes
 
 

@@ -24,6 +24,9 @@ from streamq.store.names import FIT_HISTORY, HISTORY_KEYS, PER_IMAGE_QUALITY
 __all__ = ["CHOSEN_K_ROWS", "PER_IMAGE_PALETTES", "chosen_k", "convergence", "palette"]
 
 PER_IMAGE_PALETTES = 4  # sampled images whose per-image palettes are shown
+_ALPHA_NOTE = ('<p class="alpha-note">Palettes with alpha: each colour is drawn over a '
+               "checkerboard, its code <code>#rrggbbaa</code> (the straight colour, then its "
+               "alpha).</p>")
 CHOSEN_K_ROWS = 500  # images listed with their chosen K (and below MIN) by a quality fit
 
 
@@ -41,7 +44,10 @@ def palette(ctx: Context) -> Section | None:
         if fit.get("palette_source"):
             body += (f'<p class="palette-source">Given, not fitted: '
                      f"{esc(describe_source(fit['palette_source']))}.</p>")
-        body += swatches_html(rgb, np.asarray(fit["counts"]), ctx.cfg.max_colors)
+        alpha = ctx.shared_alpha
+        if alpha is not None:
+            body += _ALPHA_NOTE
+        body += swatches_html(rgb, np.asarray(fit["counts"]), ctx.cfg.max_colors, alpha)
         if fit.get("fixed_colors"):
             body += _fixed_html(fit["fixed_colors"])
     elif fit:
@@ -52,6 +58,8 @@ def palette(ctx: Context) -> Section | None:
         body += (f"<h3>Per-image palettes of {len(shown)} sampled images</h3>"
                  "<p>Each image's own palette per K, sorted by its pixel count in that image "
                  "(palette order where its labels are missing).</p>")
+        if any(ctx.coll.has_alpha[i] for i in shown):
+            body += _ALPHA_NOTE
         fixed = (ctx.info.get("per_image") or {}).get("fixed_colors") if ctx.info else None
         if fixed:
             body += _fixed_html(fixed)
@@ -59,7 +67,8 @@ def palette(ctx: Context) -> Section | None:
             rows = "".join(
                 f'<div class="pi-k"{_own_k_attr(r, i)}><span>{esc(_k_label(r, i))}</span>'
                 + swatches_html(ctx.palette(r, i), ctx.label_counts(r, i) if r.ready else None,
-                                ctx.cfg.max_colors) + "</div>" for r in per)
+                                ctx.cfg.max_colors, ctx.palette_alpha(r, i)) + "</div>"
+                for r in per)
             body += (f'<div class="per-image-palette" data-id="{i}"><h4>#{i} '
                      f"{esc(ctx.coll.labels[i])} <small>{esc(ctx.coll.paths[i])}</small></h4>"
                      f"{rows}</div>")
