@@ -74,7 +74,8 @@ def format_info(info: dict[str, Any], max_skipped: int = 20) -> str:
                 lines.append(f"fixed        {_fixed_line(fit['fixed_colors'])}")
         if fit["state"] == "complete":
             order = np.argsort(fit["counts"])[::-1][:16]
-            lines.append("colours      " + " ".join(fit["palette_hex"][i] for i in order)
+            hexes = fit.get("palette_rgba_hex") or fit["palette_hex"]  # #rrggbbaa with alpha
+            lines.append("colours      " + " ".join(hexes[i] for i in order)
                          + (" ..." if fit["k"] > 16 else ""))
     q = info.get("labels")
     if q:

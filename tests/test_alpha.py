@@ -123,6 +123,22 @@ def test_fit_is_exact_kmeans_on_rgba(alpha_store):
                                [e.sum() / (4 * n) for e, n in zip(per_image, sizes, strict=True)])
 
 
+def test_info_shows_the_palette_with_its_alpha(alpha_store):
+    """``info`` lists a palette with alpha as #rrggbbaa, by pixel count, from the store's own
+    palette table."""
+    from streamq.info import format_info
+
+    fit = streamq.load_fit(alpha_store)
+    info = streamq.collection_info(alpha_store)
+    want = [f"#{r:02x}{g:02x}{b:02x}{a:02x}"
+            for (r, g, b), a in zip(fit.palette, fit.alpha, strict=True)]
+    assert info["fit"]["palette_rgba_hex"] == want
+    line = next(x for x in format_info(info).splitlines() if x.startswith("colours"))
+    order = np.argsort(info["fit"]["counts"])[::-1][:16]
+    assert line.split()[1:1 + len(order)] == [want[i] for i in order]
+    assert any(a < 255 for a in fit.alpha)  # the pinned transparent entry at least
+
+
 def test_png_export_keeps_transparency(alpha_store, alpha_dir, tmp_path, cluster_address):
     root, kinds = alpha_dir
     out = tmp_path / "png"

@@ -115,4 +115,8 @@ def _fit_summary(coll: Collection) -> dict[str, Any] | None:
         p = coll.store.read_table(FIT_PALETTE, ("r", "g", "b", "count"))
         out["palette_hex"] = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in zip(p["r"], p["g"], p["b"], strict=True)]
         out["counts"] = [int(c) for c in p["count"]]
+        if coll.store.has(f"{FIT_PALETTE}/a"):  # a palette with alpha: #rrggbbaa beside it
+            alpha = np.asarray(coll.store.array(f"{FIT_PALETTE}/a")[:]).tolist()
+            out["palette_rgba_hex"] = [f"{h}{a:02x}" for h, a in
+                                       zip(out["palette_hex"], alpha, strict=True)]
     return out
