@@ -153,6 +153,9 @@ def test_one_task_owns_every_chunk_of_a_png_read_in_strips(strips):
     coll = streamq.open_store(path)
     shard = int(g["pixels"].shards[0])
     assert shard == CHUNK
+    # the plan flags the PNGs read in strips, and only them (their tasks stream their shards)
+    flags = dict(zip(g["ingest/plan/path"][:], g["ingest/plan/sequential"][:], strict=True))
+    assert sorted(p for p, f in flags.items() if f) == STREAMED
     for i, (h, w) in enumerate(coll.shapes):
         if h * w <= LIMIT:
             continue
@@ -277,18 +280,44 @@ def test_quantize_and_export_of_a_store_with_strips(strips, whole_store, png_dir
     np.testing.assert_array_equal(got[..., 3], 255)
 
 
-@pytest.mark.slow
-def test_kill_during_a_streamed_png_then_rerun(tmp_path):
-    """kill -9 of the ingest once the task of a PNG read in strips has written some of its
-    shards (their files seen) and before its record, then the same command: the store of a
-    run never killed."""
-    src = tmp_path / "src"
+def _kill_source(root):
+    """A 4 Mpx PNG (62 shards of 65536 pixels, one task) between two small ones."""
+    src = root / "src"
     src.mkdir()
     Image.fromarray(_photo(40, 50, 1)).save(src / "a.png")
     big = np.vstack([np.hstack([_photo(400, 500, 10 * r + c) for c in range(4)])
                      for r in range(5)])  # 2000 x 2000
     Image.fromarray(big).save(src / "b.png")
     Image.fromarray(_photo(40, 50, 2)).save(src / "c.png")
+    return src
+
+
+def _shards_written(store, n: int):
+    """A predicate: ``n`` shards of ``pixels`` on disk and no task recorded (the PNG's task
+    is the only one): inside that task."""
+    shards = store / "pixels" / "c"
+
+    def written() -> bool:
+        stage, done = stage_progress(store)
+        return stage == "ingest" and done == 0 and shards.is_dir() \
+            and len(list(shards.iterdir())) >= n
+
+    return written
+
+
+def _assert_same_ingest(ref, store) -> None:
+    assert_same_store(ref, store)
+    g, gr = zarr.open_group(str(store), mode="r"), zarr.open_group(str(ref), mode="r")
+    for name in ("colors/code", "colors/count", "ingest/tasks/report"):
+        np.testing.assert_array_equal(g[name][:], gr[name][:], err_msg=name)
+
+
+@pytest.mark.slow
+def test_kill_during_a_streamed_png_then_rerun(tmp_path):
+    """kill -9 of the ingest once the task of a PNG read in strips has written some of its
+    shards (their files seen) and before its record, then the same command: the store of a
+    run never killed."""
+    src = _kill_source(tmp_path)
     args = ["-q", "ingest", str(src), "", "--max-pixels", str(LIMIT), "--chunk-pixels",
             "65536", "--scheduler", "threads"]
     ref = tmp_path / "ref.zarr"
@@ -297,22 +326,49 @@ def test_kill_during_a_streamed_png_then_rerun(tmp_path):
     assert ran.exit_code == 0, ran.output
     killed = tmp_path / "killed.zarr"
     args[3] = str(killed)
-    shards = killed / "pixels" / "c"
-    n_shards = -(-(2000 * 2000 + 4000) // 65536)
-
-    def written() -> bool:  # some shards of the PNG's task on disk, its record not
-        stage, done = stage_progress(killed)
-        return stage == "ingest" and done == 0 and shards.is_dir() \
-            and len(list(shards.iterdir())) >= 8
-
-    kill = kill_when(streamq_cmd(*args), written, progress=functools.partial(stage_progress, killed))
+    kill = kill_when(streamq_cmd(*args), _shards_written(killed, 8),
+                     progress=functools.partial(stage_progress, killed))
     assert kill.seen == ("ingest", 0), kill.seen
-    assert len(list(shards.iterdir())) < n_shards
+    assert len(list((killed / "pixels" / "c").iterdir())) < -(-(2000 * 2000 + 4000) // 65536)
     ran = CliRunner().invoke(cli, args)  # the same command, in this process
     assert ran.exit_code == 0, ran.output
-    assert_same_store(ref, killed)
-    g, gr = zarr.open_group(str(killed), mode="r"), zarr.open_group(str(ref), mode="r")
-    for name in ("colors/code", "colors/count"):
-        np.testing.assert_array_equal(g[name][:], gr[name][:], err_msg=name)
-    np.testing.assert_array_equal(np.asarray(g["pixels"][4000 + 2000 * 2000 - 10:][:, 0]),
-                                  np.asarray(gr["pixels"][4000 + 2000 * 2000 - 10:][:, 0]))
+    _assert_same_ingest(ref, killed)
+
+
+@pytest.mark.distributed
+def test_worker_killed_during_a_streamed_png(tmp_path):
+    """kill -9 of the worker running the PNG's task once it has written some shards: the
+    task runs again on another worker, and the store is that of a run never killed."""
+    import threading
+
+    from helpers import ProcessCluster, wait_until
+
+    src = _kill_source(tmp_path)
+    settings = {"max_pixels": LIMIT, "chunk_pixels": 65536, "progress": False}
+    ref = tmp_path / "ref.zarr"
+    streamq.ingest(src, ref, scheduler="threads", **settings)
+    store = tmp_path / "killed.zarr"
+    errors: list[BaseException] = []
+    with ProcessCluster(tmp_path / "dask", n_workers=2) as procs, procs.client() as client:
+        names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+
+        def run() -> None:
+            try:
+                streamq.ingest(src, store, scheduler=procs.address, **settings)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        wait_until(lambda: _shards_written(store, 8)() or not thread.is_alive(), timeout=300,
+                   interval=0.005)
+        busy = [names[a] for a, keys in client.processing().items()
+                if a in names and any(str(k).startswith("_write_task") for k in keys)]
+        assert busy, "no worker was running the PNG's task when its shards were seen"
+        assert _shards_written(store, 8)(), "the task ended before the kill point"
+        procs.kill_worker(busy[0])  # mid-task
+        procs.add_worker()
+        thread.join(timeout=300)
+        assert not thread.is_alive()
+    assert not errors, errors
+    _assert_same_ingest(ref, store)

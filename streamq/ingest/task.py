@@ -5,7 +5,14 @@ overlaps them (:func:`_write_task`; a Zarr image, or an image over ``max_pixels`
 in bands, :mod:`streamq.ingest.bands`), writes their pixels, the counts of the colours of those
 pixels, and then its completion record, with checksums of both (:func:`store_task_pixels`,
 also the end of an array ingest's task). A task recorded by an earlier run is checked
-against its record's checksums (:func:`_verify_task`) and runs again only when they differ.
+against its record's checksums (:func:`_verify_task`, reading :data:`VERIFY_PIXELS` at a
+time) and runs again only when they differ.
+
+The task holding a PNG over ``max_pixels`` owns every chunk of it (the PNG is read in strips,
+from its first row, :mod:`streamq.ingest.png_rows`) -- possibly a gigapixel: it never holds
+its pixels at once but writes each shard as soon as it is whole (:class:`_ShardSink`), with
+the record a task holding them all would write. Killed part-way, it has no record and runs
+again whole, writing the same shards.
 
 Transient faults of reads and writes are retried (:func:`streamq.faults.retrying`); one that
 lasts fails the task, and so the stage, before its record is written.
