@@ -372,3 +372,26 @@ def test_worker_killed_during_a_streamed_png(tmp_path):
         assert not thread.is_alive()
     assert not errors, errors
     _assert_same_ingest(ref, store)
+
+
+def test_pngs_in_strips_from_a_bucket(png_dir, strips, s3):
+    """The same PNGs read in strips from a bucket (moto on loopback; ranges of the objects
+    read by the tasks): the store of the local folder."""
+    import boto3
+    from helpers import BUCKET
+
+    client = boto3.client("s3", endpoint_url=s3["endpoint_url"], aws_access_key_id=s3["key"],
+                          aws_secret_access_key=s3["secret"], region_name="us-east-1")
+    for p in sorted(png_dir.iterdir()):
+        client.put_object(Bucket=BUCKET, Key=f"pngs/{p.name}", Body=p.read_bytes())
+    store = png_dir.parent / "bucket.zarr"
+    summary = _ingest(f"s3://{BUCKET}/pngs/", store, max_pixels=LIMIT, source_options=s3)
+    assert {p for p, _ in summary.skipped_first} == {"n_interlaced.png", "o_big.jpg"}
+    local = streamq.open_store(strips[0])
+    coll = streamq.open_store(store)
+    assert list(coll.paths) == list(local.paths)
+    flags = zarr.open_group(str(store), mode="r")["ingest/plan/sequential"][:]
+    assert int(flags.sum()) == len(STREAMED)
+    for i, name in enumerate(coll.paths):
+        np.testing.assert_array_equal(coll.read(i), local.read(i), err_msg=name)
+        np.testing.assert_array_equal(coll.read_alpha(i), local.read_alpha(i), err_msg=name)
