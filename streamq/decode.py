@@ -70,6 +70,9 @@ class Header:
     height: int
     mode: str  # Pillow's mode of the file ("RGB", "P", "I;16", ...), "RGB;16" for 16-bit RGB
     alpha: bool = False  # the file may hold transparent pixels (an alpha band or a colour key)
+    # its rows can only be read in order from the first (a PNG over max_pixels read in strips):
+    # one write task owns every chunk of it (streamq.ingest.plan)
+    sequential: bool = False
 
 
 class _Skip(Exception):

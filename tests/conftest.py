@@ -229,9 +229,10 @@ def _odd_images(root: Path) -> dict[str, str]:
     jpg = root / "bad/truncated.jpg"
     rgb.save(jpg, quality=90)
     jpg.write_bytes(jpg.read_bytes()[:400])
-    Image.new("RGB", (300, 200)).save(root / "bad/too_big.png")
+    # over max_pixels: a JPEG (a PNG would be read in strips, tests/test_png_strips.py)
+    Image.new("RGB", (300, 200)).save(root / "bad/too_big.jpg")
     for name in ("bad/empty.jpg", "bad/not_an_image.png", "bad/truncated.png",
-                 "bad/truncated.jpg", "bad/too_big.png"):
+                 "bad/truncated.jpg", "bad/too_big.jpg"):
         kinds[name] = "bad"
     (root / "notes.txt").write_text("not an image extension: ignored by folder listing")
     return kinds

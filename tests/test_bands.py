@@ -26,13 +26,14 @@ PALETTE = ["#000000", "#ffffff", "#808080", "#c04030", "#30a050", "#3050c0", "#e
 
 @pytest.fixture(scope="module")
 def mosaic_dir(tmp_path_factory):
-    """A tiled BigTIFF mosaic of photo crops, a small PNG crop of it, and a PNG over LIMIT."""
+    """A tiled BigTIFF mosaic of photo crops, a small PNG crop of it, and a JPEG over LIMIT."""
     root = tmp_path_factory.mktemp("mosaic")
     write_mosaic(root / "big.tif", H, W, seed=3)
     with Image.open(root / "big.tif") as im:
         crop = np.asarray(im)
     Image.fromarray(crop[100:400, 200:700]).save(root / "small.png")
-    Image.fromarray(crop[:500, :1100]).save(root / "wide.png")  # 0.55 Mpx: skipped at LIMIT
+    # 0.55 Mpx: skipped at LIMIT (a JPEG: Pillow decodes it whole; PNGs: tests/test_png_strips.py)
+    Image.fromarray(crop[:500, :1100]).save(root / "wide.jpg", quality=90)
     (root.parent / "palette.hex").write_text("\n".join(PALETTE) + "\n")
     return root
 
@@ -60,8 +61,8 @@ def banded(mosaic_dir, tmp_path_factory, cluster_address):
 
 def test_band_ingest_equals_whole_decode(mosaic_dir, whole_store, banded, request):
     banded, summary = banded
-    # the mosaic is read in bands; the PNG over the limit is skipped as before
-    assert [s[0] for s in summary.skipped_first] == ["wide.png"]
+    # the mosaic is read in bands; the JPEG over the limit is skipped as before
+    assert [s[0] for s in summary.skipped_first] == ["wide.jpg"]
     assert "max_pixels=500000" in summary.skipped_first[0][1]
     tiff_store = tifffile.imread(mosaic_dir / "big.tif", aszarr=True)
     request.addfinalizer(tiff_store.close)  # the store holds the file open
@@ -76,7 +77,7 @@ def test_band_ingest_equals_whole_decode(mosaic_dir, whole_store, banded, reques
         rows = min(512, H - top)
         got = np.asarray(pixels[top * W:(top + rows) * W]).reshape(rows, W, 3)
         np.testing.assert_array_equal(got, tiles[top:top + rows])
-    # byte for byte what the whole decode stored (the PNG, wide.png skipped, follows)
+    # byte for byte what the whole decode stored (the PNG, wide.jpg skipped, follows)
     ref = zarr.open_group(whole_store, mode="r")["pixels"]
     a = int(whole.offsets[whole.paths.index("small.png")])
     np.testing.assert_array_equal(np.asarray(pixels[n:]), np.asarray(ref[a:a + 300 * 500]))

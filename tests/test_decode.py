@@ -107,7 +107,7 @@ EXPECTED_SKIPS = {
     "bad/not_an_image.png": "not an image",
     "bad/truncated.png": "truncated",
     "bad/truncated.jpg": "runcated",
-    "bad/too_big.png": "max_pixels=50000",
+    "bad/too_big.jpg": "max_pixels=50000",
     "modes/f32.tif": "floating-point",
 }
 

@@ -15,13 +15,14 @@ The steps, in the order an image meets them:
   whether a store's plan is kept on a rerun;
 * :mod:`streamq.ingest.task` -- the write task: pixels, colour counts, completion record;
 * :mod:`streamq.ingest.finish` -- colour counts merged, records consolidated, the summary;
-* :mod:`streamq.ingest.bands` -- images read in bands of rows (TIFFs over ``max_pixels``,
-  Zarr images);
+* :mod:`streamq.ingest.bands` -- images read in bands of rows (TIFFs and PNGs over
+  ``max_pixels``, Zarr images);
 * :mod:`streamq.ingest.zarr_images` -- Zarr and OME-Zarr images: layout, rows, fingerprint;
+* :mod:`streamq.ingest.png_rows` -- a PNG's rows read in order from the first (strips);
 * :mod:`streamq.ingest.sources` -- where the images are, and reading them on a worker.
 
 One way only: ``files | arrays -> local | urls | scan | plan | task | finish -> bands ->
-sources | zarr_images`` (``pyproject.toml``, ``ingest-package``).
+sources | zarr_images | png_rows`` (``pyproject.toml``, ``ingest-package``).
 """
 
 from streamq.ingest.arrays import ingest_array

@@ -1,9 +1,9 @@
-"""Images read in bands of rows: TIFFs too large to decode whole, and Zarr images.
+"""Images read in bands of rows: TIFFs and PNGs too large to decode whole, and Zarr images.
 
 One seam for every image that is never decoded whole: a write task opens the image
 (:func:`opened`, a :class:`Rows`) and reads only the rows that fall into the shards it owns,
 a band of at most :data:`BAND_PIXELS` pixels at a time (:func:`read_rows`). No process ever
-holds the whole image. Two kinds of image come this way:
+holds the whole image. Three kinds of image come this way:
 
 - **Zarr and OME-Zarr images** (a directory named ``*.zarr``, :mod:`streamq.ingest.zarr_images`),
   whatever their size: the header from the metadata (:func:`header_of`), the rows from the
@@ -13,14 +13,20 @@ holds the whole image. Two kinds of image come this way:
   ``ingest.large`` is ``bands`` (the default). Such an image is then planned like any other
   (its place in the flat ``pixels`` array), its header read by :func:`band_header` and its
   rows through tifffile's Zarr interface to the first page (:func:`tiff_rows`).
+- **PNGs over max_pixels**, likewise, but read in strips from the first row
+  (:func:`png_strips`, :mod:`streamq.ingest.png_rows`): a PNG is one zlib stream whose row
+  filters refer to the row above, so a row deep in the image costs every row above it. Its
+  header is ``sequential``: the plan gives one task every chunk it touches
+  (:func:`streamq.ingest.plan.plan_tasks`), which reads it once, in order. An interlaced PNG
+  cannot be read so (no row is whole before the last pass) and stays skipped, saying why.
 
 The pixels are those a whole decode gives (:mod:`streamq.decode`): 8-bit RGB as stored,
 16-bit samples scaled by ``round(v * 255 / 65535)``, grey repeated on three channels, and
 an alpha channel (unassociated alpha only) kept premultiplied or composited on the
 background as for any other image. A TIFF whose layout Pillow would convert otherwise (an
 orientation tag other than 1, planar samples, palette, CMYK, YCbCr, associated alpha, float
-samples...) stays skipped, with the reason saying so. PNG and JPEG files over the limit stay
-skipped: Pillow decodes them whole.
+samples...) stays skipped, with the reason saying so. JPEG files over the limit stay
+skipped: Pillow decodes them whole, and has no strip decoding of a JPEG.
 """
 
 from __future__ import annotations
@@ -34,10 +40,10 @@ import numpy as np
 
 from streamq.decode import Header, ImageSource, composite, openable, premultiply, scale16
 from streamq.faults import is_transient
-from streamq.ingest import zarr_images
+from streamq.ingest import png_rows, zarr_images
 
 __all__ = ["BAND_PIXELS", "LARGE", "Rows", "band_header", "header_of", "is_banded", "is_tiff",
-           "opened", "over_limit", "read_rows", "tiff_rows"]
+           "opened", "over_limit", "png_strips", "read_rows", "tiff_rows"]
 
 #: What ``ingest.large`` may be.
 LARGE = ("bands", "skip")
@@ -96,17 +102,22 @@ def _layout(page: Any) -> str:
 
 
 def band_header(src: ImageSource, reason: str) -> Header | str:
-    """The :class:`Header` of a TIFF to read in bands, or ``reason`` (why it was skipped)
-    when the file is not a TIFF, and ``reason`` with why not when its layout cannot be.
+    """The :class:`Header` of a TIFF to read in bands or of a PNG to read in strips
+    (``sequential``), or ``reason`` (why it was skipped) when the file is neither, and
+    ``reason`` with why not when its layout cannot be.
 
     Raises the error of a transient fault."""
     try:
         stream = openable(src)
-        if isinstance(stream, str):
-            with open(stream, "rb") as fh:
-                head = fh.read(4)
-        else:
-            head = stream.read(4)
+        with open(stream, "rb") if isinstance(stream, str) else contextlib.nullcontext(stream) as fh:
+            head = fh.read(8)
+            if png_rows.is_png(head):
+                fh.seek(0)
+                png = png_rows.read_layout(fh)
+                if isinstance(png, str):
+                    return f"{reason}; {png}"
+                return Header(width=png.width, height=png.height, mode=png.mode,
+                              alpha=png.alpha, sequential=True)
         if not is_tiff(head):
             return reason
         with _page(src) as page:
@@ -216,16 +227,31 @@ def read_rows(rows: Rows, r0: int, r1: int, keep_alpha: bool,
 
 
 @contextlib.contextmanager
+def png_strips(src: ImageSource) -> Iterator[Rows]:
+    """The rows of the PNG ``src`` (:class:`streamq.ingest.png_rows.PngRows`): read forward
+    only, each row once; a read of rows behind those read is a ValueError."""
+    stream = openable(src)
+    with open(stream, "rb") if isinstance(stream, str) else contextlib.nullcontext(stream) as fh:
+        png = png_rows.PngRows(fh)
+        yield Rows(png.width, 1, png.read)
+
+
+@contextlib.contextmanager
 def opened(source: Any, rel: str) -> Iterator[Rows]:
     """The image ``rel`` of ``source`` (a :class:`streamq.ingest.sources.SourceRoot`) to read in
-    bands: a Zarr image through zarr (a URL with the source's options), a TIFF from its path or,
-    for a URL source, a file object reading ranges of the object."""
+    bands: a Zarr image through zarr (a URL with the source's options), a TIFF or a PNG (read
+    forward, :func:`png_strips`) from its path or, for a URL source, a file object reading
+    ranges of the object."""
     path = source.path(rel)
     if zarr_images.is_zarr_name(rel):
         yield zarr_rows(path, None if source.is_local else source.options)
         return
-    with tiff_stream(source, rel) as src, tiff_rows(src) as rows:
-        yield rows
+    with tiff_stream(source, rel) as src:
+        stream = openable(src)
+        with open(stream, "rb") if isinstance(stream, str) else contextlib.nullcontext(stream) as fh:
+            head = fh.read(8)
+        with (png_strips if png_rows.is_png(head) else tiff_rows)(src) as rows:
+            yield rows
 
 
 @contextlib.contextmanager

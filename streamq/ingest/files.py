@@ -49,7 +49,13 @@ from streamq.fs import Location, check_access
 from streamq.ingest import sources, urls
 from streamq.ingest.finish import IngestSummary, finish_ingest, ingest_summary
 from streamq.ingest.local import list_sources, source_fingerprint
-from streamq.ingest.plan import ingest_config, open_or_create, plan_settings, write_plan
+from streamq.ingest.plan import (
+    STREAMED,
+    ingest_config,
+    open_or_create,
+    plan_settings,
+    write_plan,
+)
 from streamq.ingest.scan import scan_headers
 from streamq.ingest.sources import SourceRoot
 from streamq.ingest.task import _write_task
@@ -191,6 +197,9 @@ def _run_tasks(run: Runner, st: Store, source: SourceRoot, icfg: IngestConfig,
     n_pixels = int(sizes.sum())
     chunk, _ = st.pixel_layout()
     keep_alpha = st.has(ALPHA)  # made by the plan (never by a plan of an older streamq)
+    # PNGs read in strips: the task holding one streams its shards (plan.STREAMED)
+    streamed = st.read_table(PLAN, (STREAMED,))[STREAMED].astype(bool) \
+        if st.has(f"{PLAN}/{STREAMED}") else np.zeros(len(offsets), bool)
     log.info("%d of %d write tasks to run, %d to check", sum(1 for r in reports if not r),
              len(reports), sum(1 for r in reports if r))
     todo = []
@@ -204,7 +213,8 @@ def _run_tasks(run: Runner, st: Store, source: SourceRoot, icfg: IngestConfig,
         args = {"store": st.location, "task": t, "source": source, "px_start": a,
                 "px_stop": b, "images": images, "max_pixels": icfg.max_pixels,
                 "background": list(icfg.background), "retry": retry, "plan": plan_id,
-                "alpha": keep_alpha,
+                "alpha": keep_alpha, "shard": chunk,
+                "stream": bool(streamed[lo:hi].any()),
                 "expect": json.loads(reports[t]) if reports[t] else None}
         todo.append(Task(_write_task, args, b - a, t))
 

@@ -4,7 +4,9 @@ Images are packed back to back (no padding), the array is cut into chunks, and c
 chunks are grouped into write *tasks* (:func:`plan_tasks`). A task owns its chunks outright
 and decodes every image that overlaps them, so no chunk ever has two writers; a task
 boundary is put where no large image straddles it (an image that does straddle is decoded
-by both tasks, each writing its own part). The plan is saved in the store
+by both tasks, each writing its own part). A PNG over ``max_pixels`` can only be read from
+its first row on, so one task owns every chunk it touches (neighbours sharing its first and
+last chunks included) and writes them in turn as it reads the rows. The plan is saved in the store
 (:func:`write_plan`): the image table, the inputs skipped at the scan, the ``pixels`` array
 and the task table. When some image may hold transparent pixels (and ``alpha`` is ``keep``),
 the plan also makes the ``alpha`` array, laid out like ``pixels`` and written by the same
@@ -41,12 +43,15 @@ from streamq.store import (
     is_store,
 )
 
-__all__ = ["MAX_CHUNKS_PER_TASK", "ingest_config", "open_or_create", "plan_settings", "plan_tasks",
+__all__ = ["MAX_CHUNKS_PER_TASK", "STREAMED", "ingest_config", "open_or_create", "plan_settings", "plan_tasks",
            "write_plan"]
 
 log = logging.getLogger(__name__)
 
 MAX_CHUNKS_PER_TASK = 8
+#: The column of the plan's image table flagging the images read in strips from their first
+#: row (PNGs over max_pixels); written only when there is one.
+STREAMED = "sequential"
 
 
 def plan_settings(cfg: IngestConfig) -> dict[str, Any]:
@@ -102,16 +107,40 @@ def open_or_create(p: Location, source_fp: str, settings_fp: str, overwrite: boo
     return Store.create(p, overwrite=overwrite)
 
 
+def sequential_spans(offsets: np.ndarray, sizes: np.ndarray, sequential: np.ndarray,
+                     chunk: int) -> list[tuple[int, int]]:
+    """The chunk ranges ``[first, stop)`` that one task each must own whole: those of the
+    ``sequential`` images (a PNG read in strips), overlapping ranges merged."""
+    spans: list[tuple[int, int]] = []
+    for i in np.flatnonzero(np.asarray(sequential, bool) & (np.asarray(sizes) > 0)):
+        lo, hi = int(offsets[i]) // chunk, -(-(int(offsets[i]) + int(sizes[i])) // chunk)
+        if spans and lo < spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(hi, spans[-1][1]))
+        else:
+            spans.append((lo, hi))
+    return spans
+
+
 def plan_tasks(offsets: np.ndarray, sizes: np.ndarray, n_pixels: int, chunk: int,
-               max_chunks: int = MAX_CHUNKS_PER_TASK) -> tuple[np.ndarray, np.ndarray]:
+               max_chunks: int = MAX_CHUNKS_PER_TASK, sequential: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Group chunks into write tasks; return ``(chunk_start, chunk_stop)`` per task.
 
     A boundary between chunks becomes a task boundary when the image straddling it (if
     any) is at most 1/8 of a chunk, or when the task already has ``max_chunks`` chunks.
+    The chunks an image of ``sequential`` touches (a PNG read in strips: its rows only in
+    order, from the first) are one task of their own, whatever their number
+    (:func:`sequential_spans`): no boundary inside, one at each end.
     """
     n_chunks = -(-n_pixels // chunk) if n_pixels else 0
     if n_chunks == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    inside = np.zeros(n_chunks + 1, bool)  # chunk boundaries no task may have
+    forced = np.zeros(n_chunks + 1, bool)  # and those every plan has
+    if sequential is not None:
+        for lo, hi in sequential_spans(offsets, sizes, sequential, chunk):
+            inside[lo + 1:hi] = True
+            forced[[lo, hi]] = True
     bounds = np.arange(1, n_chunks, dtype=np.int64) * chunk
     idx = np.searchsorted(offsets, bounds, side="right") - 1
     ends = offsets + sizes
@@ -119,7 +148,9 @@ def plan_tasks(offsets: np.ndarray, sizes: np.ndarray, n_pixels: int, chunk: int
                         & (ends[np.maximum(idx, 0)] > bounds), sizes[np.maximum(idx, 0)], 0)
     starts, stops = [0], []
     for b, cost in zip(range(1, n_chunks), straddle, strict=True):
-        if b - starts[-1] >= max_chunks or cost <= chunk // 8:
+        if inside[b]:
+            continue
+        if forced[b] or b - starts[-1] >= max_chunks or cost <= chunk // 8:
             stops.append(b)
             starts.append(b)
     stops.append(n_chunks)
@@ -142,6 +173,8 @@ def write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
         + [(stored_name(rel[i]), h) for i, h in enumerate(headers) if isinstance(h, str)]
     heights = np.asarray([headers[i][0] for i in ok], dtype=np.int64)
     maybe_alpha = icfg.alpha == "keep" and any(headers[i][3] for i in ok)
+    # a PNG read in strips (a fifth element of its header): one task owns all its chunks
+    sequential = np.asarray([len(headers[i]) > 4 and bool(headers[i][4]) for i in ok], bool)
     widths = np.asarray([headers[i][1] for i in ok], dtype=np.int64)
     sizes = heights * widths
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if len(ok) else np.zeros(0, np.int64)
@@ -153,6 +186,8 @@ def write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
                   for i in ok],
         "mode": [headers[i][2] for i in ok],
         "offset": offsets, "height": heights, "width": widths,
+        # only when some image is read in strips: other plans are as before
+        **({STREAMED: sequential.astype(np.uint8)} if sequential.any() else {}),
     })
     st.write_table(SCAN_SKIPPED, {"path": [p for p, _ in skipped],
                                             "reason": [r for _, r in skipped]})
@@ -160,7 +195,7 @@ def write_plan(st: Store, root: str, rel: list[str], headers: list[Any],
     if maybe_alpha:  # some image may be transparent: its alpha, written by the same tasks
         st.create_labels(ALPHA, "uint8", fill_value=255)
     shard, _ = st.pixel_layout()
-    starts, stops = plan_tasks(offsets, sizes, n_pixels, shard)
+    starts, stops = plan_tasks(offsets, sizes, n_pixels, shard, sequential=sequential)
     st.create_task_table(starts, stops)
     st.set_section("ingest", {
         "state": "planned", "root": stored_name(root), "source_fingerprint": source_fp,

@@ -3,8 +3,8 @@
 Cheap (a header, not the pixels), and enough to give each image its place in the flat
 ``pixels`` array (:mod:`streamq.ingest.plan`). The files are read where they live: a folder
 or a URL (:class:`streamq.ingest.sources.SourceRoot`); a TIFF over ``max_pixels`` gets the
-header of an image read in bands (:mod:`streamq.ingest.bands`), a Zarr image its header
-from its metadata. An input that cannot be used
+header of an image read in bands, a PNG over it the header of an image read in strips from
+its first row (:mod:`streamq.ingest.bands`), a Zarr image its header from its metadata. An input that cannot be used
 gets the reason instead, and is recorded as skipped.
 """
 
@@ -23,11 +23,12 @@ from streamq.scheduler import Runner
 from streamq.stage import Task, run_tasks
 
 
-def _scan_batch(args: tuple[Any, ...]) -> list[tuple[int, int, str, bool] | str]:
+def _scan_batch(args: tuple[Any, ...]) -> list[tuple[Any, ...] | str]:
     """Headers of files given by their stored names (see :mod:`streamq.names`), read where
     they live (a folder, or a URL: :mod:`streamq.ingest.sources`). ``args``: source, names,
-    max_pixels, retry, sizes and optionally ``ingest.large``: with ``bands``, a TIFF over
-    max_pixels gets its header for reading in bands (:mod:`streamq.ingest.bands`). A Zarr
+    max_pixels, retry, sizes and optionally ``ingest.large``: with ``bands``, a TIFF or PNG
+    over max_pixels gets its header for reading in bands (:mod:`streamq.ingest.bands`; a PNG's
+    has a fifth element, True: its rows are read in order, by one task). A Zarr
     image's header is read from its metadata (:func:`streamq.ingest.bands.header_of`)."""
     source, rels, max_pixels, retry, sizes, *rest = args
     large = rest[0] if rest else "bands"
@@ -44,8 +45,9 @@ def _scan_batch(args: tuple[Any, ...]) -> list[tuple[int, int, str, bool] | str]
         elif large == "bands" and isinstance(h, str) and bands.over_limit(h):
             found[i] = retrying(functools.partial(_band_header, source, rel, h),
                                 "read", source.path(rel), retry)
-    return [(h.height, h.width, h.mode, h.alpha) if isinstance(h, Header) else h
-            for h in found]
+    # a fifth element only for a PNG read in strips: the plans of other inputs as before
+    return [((h.height, h.width, h.mode, h.alpha) + ((True,) if h.sequential else ()))
+            if isinstance(h, Header) else h for h in found]
 
 
 def _band_header(source: SourceRoot, rel: str, reason: str) -> Header | str:
