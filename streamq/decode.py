@@ -199,6 +199,8 @@ def _read_rgb16(path: ImageSource, im: Image.Image) -> np.ndarray:
         data = data.reshape(h, w, info["planes"])
         if info.get("bitdepth", 16) != 16:
             raise _Skip(f"unexpected PNG bit depth {info.get('bitdepth')}")
+        if info["planes"] == 2:  # grey + alpha, which Pillow opens as RGBA: grey on R, G, B
+            data = data[..., [0, 0, 0, 1]]
         return data
     if im.format == "TIFF":
         import tifffile

@@ -102,6 +102,33 @@ def test_16bit_rgb_is_scaled_not_truncated(odd_store, odd_dir, name):
     assert (expected != (raw >> 8)).any()
 
 
+def test_16bit_grey_alpha_png_is_scaled_grey_and_alpha(tmp_path):
+    """A 16-bit grey + alpha PNG (which Pillow opens as RGBA) is its grey on R, G and B and
+    its alpha, both scaled; the reference reads the file's two planes with pypng."""
+    import png
+
+    from streamq.decode import decode_rgba, read_header
+
+    rng = np.random.default_rng(5)
+    raw = rng.integers(0, 65536, (12, 2 * 17), dtype=np.uint16)
+    raw[0, 1] = 0  # a fully transparent pixel
+    path = tmp_path / "la16.png"
+    with open(path, "wb") as fh:
+        png.Writer(17, 12, greyscale=True, alpha=True, bitdepth=16).write(fh, raw.tolist())
+    header = read_header(str(path), 10_000)
+    assert not isinstance(header, str), header
+    assert header.alpha
+    got = decode_rgba(str(path), 10_000)
+    assert not isinstance(got, str), got
+    rgb, alpha = got
+    planes = np.round(raw.reshape(12, 17, 2).astype(np.int64) * 255 / 65535).astype(np.int64)
+    grey, a = planes[..., 0], planes[..., 1]
+    assert alpha is not None
+    np.testing.assert_array_equal(alpha, a)
+    premultiplied = (grey * a + 127) // 255
+    np.testing.assert_array_equal(rgb, np.repeat(premultiplied[..., None], 3, axis=2))
+
+
 EXPECTED_SKIPS = {
     "bad/empty.jpg": "empty file",
     "bad/not_an_image.png": "not an image",
