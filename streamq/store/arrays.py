@@ -203,7 +203,7 @@ def write_record(store: Location, name: str, i: int, report: Mapping[str, Any]) 
     arr = open_array(store, name, mode="r+")
     arr[i] = json.dumps(report, sort_keys=True)
     if store.is_local:  # the record's own file: durable before anything trusts it
-        durable.sync_files(durable.chunk_files(store.url, name, arr, i, i + 1), up_to=store.url)
+        durable.sync_chunks(store.url, name, arr, i, i + 1)
 
 
 def sync_written(store: Location, name: str, arr: zarr.Array, lo: int, hi: int) -> None:
@@ -275,5 +275,5 @@ def write_task_colors(store: Location, task: int, codes: np.ndarray, counts: np.
             remove_chunks(store, TASK_COLORS, keys)
             part[task, :, :len(codes)] = data
         if store.is_local:
-            durable.sync_files([os.path.join(store.url, *TASK_COLORS.split("/"), *k.split("/"))
-                                for k in keys], up_to=store.url)
+            folder = durable.array_folder(store.url, TASK_COLORS)
+            durable.sync_files([os.path.join(folder, *k.split("/")) for k in keys], up_to=folder)

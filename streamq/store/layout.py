@@ -64,6 +64,7 @@ class Store:
         self.path = loc.url
         self.group = group
         self._batch: Any = None
+        self._unsynced: dict[str, None] = {}  # what the outermost batch makes durable at its end
 
     # -- opening -----------------------------------------------------------------
     @classmethod
@@ -136,19 +137,35 @@ class Store:
     def set_section(self, name: str, value: Mapping[str, Any]) -> None:
         """Write a top-level attribute; NaN and infinities become null (strict JSON)."""
         check_writer()
+        self._sync_unsynced()  # an attribute vouches for what was written before it
         self.group.attrs[name] = _finite(json.loads(json.dumps(value)))
-        self.sync("zarr.json")
+        if self.location.is_local:
+            durable.sync_trees([os.path.join(self.location.url, "zarr.json")], self.location.url)
 
-    def sync(self, name: str = "") -> None:
-        """Make array, group or file ``name`` (``""``: the store's own ``zarr.json``) durable
-        with everything in it, and its name in each folder up to the store (local stores only:
-        an object store keeps a PUT that returned). Every client write ends with it, so no
-        attribute -- ``complete`` -- reaches the disk before what it vouches for."""
+    def sync(self, *names: str) -> None:
+        """Make each array, group or file of ``names`` (``""``: the store's own ``zarr.json``)
+        durable with everything in it, and its name in each folder up to the store (local
+        stores only: an object store keeps a PUT that returned). Every client write ends with
+        it, so no attribute -- ``complete`` -- reaches the disk before what it vouches for.
+
+        Inside a batch of writes (:meth:`_creating`) the names are kept and made durable
+        together when the outermost batch ends, before the call that opened it returns: a
+        folder that several of them share -- the store's own -- is fsynced once, after the
+        last write into it."""
         if not self.location.is_local:
             return
         root = self.location.url
-        target = os.path.join(root, *name.split("/")) if name else os.path.join(root, "zarr.json")
-        durable.sync_tree(target, root)
+        targets = []
+        for n in names:
+            parts = n.split("/") if n else ["zarr.json"]
+            # the groups between the store and ``n``: Zarr writes their zarr.json when it
+            # makes them, as parents of an array
+            targets += [os.path.join(root, *parts[:i], "zarr.json") for i in range(1, len(parts))]
+            targets.append(os.path.join(root, *parts))
+        if self._batch is not None:
+            self._unsynced.update(dict.fromkeys(targets))
+            return
+        durable.sync_trees(targets, root)
 
     # -- arrays --------------------------------------------------------------------
     @contextlib.contextmanager
@@ -161,15 +178,24 @@ class Store:
         self._batch = creating_root(self.location)
         try:
             yield self._batch
+        except BaseException:
+            self._unsynced = {}  # the call failed: what it wrote vouches for nothing
+            raise
         finally:
             self._batch = None
+        self._sync_unsynced()  # the batch's writes all done: durable before its call returns
+
+    def _sync_unsynced(self) -> None:
+        unsynced, self._unsynced = list(self._unsynced), {}
+        if unsynced:
+            durable.sync_trees(unsynced, self.location.url)
 
     def create_array(self, name: str, **kwargs: Any) -> zarr.Array:
         """``zarr.create_array`` at ``name`` inside this store (``overwrite=True``)."""
         check_writer()
         with self._creating() as root:
             arr = zarr.create_array(root, name=name, overwrite=True, **kwargs)
-        self.sync(name)
+            self.sync(name)
         return arr
 
     def stored_bytes(self, name: str) -> int:
@@ -188,7 +214,7 @@ class Store:
                               shards=(shard, 3) if shard > block else None, chunks=(block, 3),
                               dtype="uint8", fill_value=0, compressors=compressors(codec, level),
                               dimension_names=["pixel", "channel"], overwrite=True)
-        self.sync(PIXELS)
+            self.sync(PIXELS)
 
     def pixels(self) -> zarr.Array:
         return self.group[PIXELS]  # type: ignore[return-value]
@@ -211,7 +237,7 @@ class Store:
                 shards=(shard,) if shard > block else None, chunks=(block,), dtype=dtype,
                 fill_value=fill_value, overwrite=True, dimension_names=["pixel"],
                 compressors=compressors(settings.get("codec", "lz4"), settings.get("level")))
-        self.sync(name)
+            self.sync(name)
         return arr
 
     def alpha(self) -> zarr.Array | None:
@@ -227,7 +253,7 @@ class Store:
             arr = zarr.create_array(root, name=name, shape=shape, dtype=dtype, fill_value=0,
                                     chunks=(max(1, min(rows_per_chunk, shape[0])),) + shape[1:],
                                     overwrite=True)
-        self.sync(name)
+            self.sync(name)
         return arr
 
     def write_array(self, name: str, data: np.ndarray) -> None:
@@ -239,7 +265,7 @@ class Store:
                                     overwrite=True)
             if data.size:
                 arr[:] = data
-        self.sync(name)
+            self.sync(name)
 
     def array(self, name: str) -> zarr.Array:
         """Array ``name`` of the store (a group there is a layout error)."""
@@ -260,7 +286,11 @@ class Store:
         holds)."""
         check_writer()
         del self.group[name]
-        self.sync(name.rpartition("/")[0])
+        if self.location.is_local:  # its name gone from its folder (and that folder's zarr.json)
+            root = self.location.url
+            parent = name.rpartition("/")[0]
+            durable.sync_files([os.path.join(root, *parent.split("/"), "zarr.json"),
+                                os.path.join(root, *name.split("/"))], up_to=root)
 
     def write_table(self, prefix: str, columns: Mapping[str, np.ndarray | Sequence[Any]],
                     chunk: int = TABLE_CHUNK, codecs: Any = "auto") -> None:
@@ -279,7 +309,8 @@ class Store:
                                         compressors=codecs, overwrite=True)
                 if len(data):
                     arr[:] = data
-        self.sync(prefix)
+            # the columns written and the table's own zarr.json, not the table's other columns
+            self.sync(*(f"{prefix}/{name}" for name in columns), f"{prefix}/zarr.json")
 
     def read_table(self, prefix: str, names: Sequence[str]) -> dict[str, np.ndarray]:
         out = {}
@@ -293,7 +324,7 @@ class Store:
         check_writer()
         with self._creating() as root:
             zarr.create_array(root, name=name, shape=(n,), chunks=(1,), dtype=str, overwrite=True)
-        self.sync(name)
+            self.sync(name)
 
     def records(self, name: str) -> np.ndarray:
         """Completion records as an object array of JSON strings (``""`` while pending).
@@ -323,7 +354,7 @@ class Store:
             zarr.create_array(root, name=TASK_COLORS, shape=(len(chunk_start), 2, N_CODES),
                               chunks=(1, 2, COLOR_CHUNK), dtype="int64", fill_value=0,
                               compressors=count_compressors(), overwrite=True)
-        self.sync(TASK_COLORS)
+            self.sync(TASK_COLORS)
 
     def task_reports(self) -> np.ndarray:
         return self.records(TASK_REPORTS)
