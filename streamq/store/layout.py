@@ -59,11 +59,14 @@ StoreTarget = str | os.PathLike[str] | Location
 class Store:
     """A streamq store at ``location`` (a local folder or a URL); ``path`` is its text."""
 
-    def __init__(self, loc: Location, group: zarr.Group) -> None:
+    def __init__(self, loc: Location, group: zarr.Group, new: bool = False) -> None:
         self.location = loc
         self.path = loc.url
         self.group = group
         self._batch: Any = None
+        # ``new``: this handle created the store where nothing was; then the names of the
+        # arrays it has created since (nothing else is stored there: :meth:`_absent`)
+        self._created: set[str] | None = set() if new else None
         self._unsynced: dict[str, None] = {}  # what the outermost batch makes durable at its end
 
     # -- opening -----------------------------------------------------------------
@@ -88,7 +91,7 @@ class Store:
                 "streamq": {"format_version": FORMAT_VERSION, "created_with": __version__}})
         if loc.is_local:  # the new store's name in its parent folder too
             durable.sync_tree(os.path.join(path, "zarr.json"), os.path.dirname(path))
-        return cls(loc, group)
+        return cls(loc, group, new=not exists)
 
     @classmethod
     def open(cls, target: StoreTarget, mode: Literal["r", "r+"] = "r",
@@ -175,7 +178,8 @@ class Store:
         if self._batch is not None:
             yield self._batch
             return
-        self._batch = creating_root(self.location)
+        self._batch = creating_root(self.location,
+                                    self._absent if self._created is not None else None)
         try:
             yield self._batch
         except BaseException:
@@ -184,6 +188,27 @@ class Store:
         finally:
             self._batch = None
         self._sync_unsynced()  # the batch's writes all done: durable before its call returns
+
+    def _absent(self, prefix: str) -> bool:
+        """Whether nothing can be stored below ``prefix`` (a store this handle created where
+        nothing was, and no array it created since at, above or below ``prefix``): Zarr's
+        deletion before an array created with ``overwrite`` is then skipped
+        (:func:`~streamq.store.arrays.creating_root`). Tasks write only inside arrays the
+        client created; an existing store replaced (``overwrite``) keeps every deletion."""
+        if self._created is None:
+            return False
+        p = prefix.strip("/")
+        return bool(p) and not any(n == p or n.startswith(p + "/") or p.startswith(n + "/")
+                                   for n in self._created)
+
+    def _new_array(self, root: Any, name: str, **kwargs: Any) -> zarr.Array:
+        """``zarr.create_array(root, name=name, ...)``, remembering ``name`` (:meth:`_absent`)
+        once it is created -- or failed half-way, leaving keys there."""
+        try:
+            return zarr.create_array(root, name=name, **kwargs)
+        finally:
+            if self._created is not None:
+                self._created.add(name)
 
     def _sync_unsynced(self) -> None:
         unsynced, self._unsynced = list(self._unsynced), {}
@@ -194,7 +219,7 @@ class Store:
         """``zarr.create_array`` at ``name`` inside this store (``overwrite=True``)."""
         check_writer()
         with self._creating() as root:
-            arr = zarr.create_array(root, name=name, overwrite=True, **kwargs)
+            arr = self._new_array(root, name, overwrite=True, **kwargs)
             self.sync(name)
         return arr
 
@@ -210,7 +235,7 @@ class Store:
         block = max(1, min(block_pixels, chunk_pixels, n_pixels))
         shard = -(-max(1, min(chunk_pixels, n_pixels)) // block) * block
         with self._creating() as root:
-            zarr.create_array(root, name=PIXELS, shape=(n_pixels, 3),
+            self._new_array(root, PIXELS, shape=(n_pixels, 3),
                               shards=(shard, 3) if shard > block else None, chunks=(block, 3),
                               dtype="uint8", fill_value=0, compressors=compressors(codec, level),
                               dimension_names=["pixel", "channel"], overwrite=True)
@@ -232,8 +257,8 @@ class Store:
         shard, block = self.pixel_layout()
         settings = self.section("ingest").get("settings", {})
         with self._creating() as root:
-            arr = zarr.create_array(
-                root, name=name, shape=(int(self.pixels().shape[0]),),
+            arr = self._new_array(
+                root, name, shape=(int(self.pixels().shape[0]),),
                 shards=(shard,) if shard > block else None, chunks=(block,), dtype=dtype,
                 fill_value=fill_value, overwrite=True, dimension_names=["pixel"],
                 compressors=compressors(settings.get("codec", "lz4"), settings.get("level")))
@@ -250,7 +275,7 @@ class Store:
         (the unit one task writes)."""
         check_writer()
         with self._creating() as root:
-            arr = zarr.create_array(root, name=name, shape=shape, dtype=dtype, fill_value=0,
+            arr = self._new_array(root, name, shape=shape, dtype=dtype, fill_value=0,
                                     chunks=(max(1, min(rows_per_chunk, shape[0])),) + shape[1:],
                                     overwrite=True)
             self.sync(name)
@@ -260,7 +285,7 @@ class Store:
         """Write a whole n-d array at once (one writer), chunked along its first axis."""
         check_writer()
         with self._creating() as root:
-            arr = zarr.create_array(root, name=name, shape=data.shape, dtype=data.dtype,
+            arr = self._new_array(root, name, shape=data.shape, dtype=data.dtype,
                                     chunks=(max(1, min(len(data), 4096)),) + data.shape[1:],
                                     overwrite=True)
             if data.size:
@@ -303,7 +328,7 @@ class Store:
         with self._creating() as root:
             for name, values in columns.items():
                 data = _as_column(values)
-                arr = zarr.create_array(root, name=f"{prefix}/{name}", shape=data.shape,
+                arr = self._new_array(root, f"{prefix}/{name}", shape=data.shape,
                                         chunks=(max(1, min(len(data), chunk)),),
                                         dtype=data.dtype if data.dtype.kind != "U" else str,
                                         compressors=codecs, overwrite=True)
@@ -323,7 +348,7 @@ class Store:
         """``n`` empty completion records (one chunk each: each task writes only its own)."""
         check_writer()
         with self._creating() as root:
-            zarr.create_array(root, name=name, shape=(n,), chunks=(1,), dtype=str, overwrite=True)
+            self._new_array(root, name, shape=(n,), chunks=(1,), dtype=str, overwrite=True)
             self.sync(name)
 
     def records(self, name: str) -> np.ndarray:
@@ -351,7 +376,7 @@ class Store:
             self.write_table(TASKS, {"chunk_start": chunk_start, "chunk_stop": chunk_stop})
             self.create_records(TASK_REPORTS, len(chunk_start))
             check_writer()
-            zarr.create_array(root, name=TASK_COLORS, shape=(len(chunk_start), 2, N_CODES),
+            self._new_array(root, TASK_COLORS, shape=(len(chunk_start), 2, N_CODES),
                               chunks=(1, 2, COLOR_CHUNK), dtype="int64", fill_value=0,
                               compressors=count_compressors(), overwrite=True)
             self.sync(TASK_COLORS)
