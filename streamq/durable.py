@@ -4,9 +4,11 @@ Zarr's ``LocalStore`` writes a chunk to a temporary file and renames it, without
 after a power loss the renamed file may be empty, shorter or missing, while a completion record
 written after it survived. Where streamq writes local files:
 
-- a task fsyncs the chunk files it wrote, and the folders from theirs up to the store, before
-  it writes its completion record, then fsyncs the record (:func:`sync_chunks`,
-  :func:`sync_files`); an export task does the same for its image files (:func:`sync_all`);
+- a task fsyncs the chunk files it wrote, and the folders from theirs up to the array's own
+  (the client made the folders above durable when it created the array; a task adds nothing
+  to them), before it writes its completion record, then fsyncs the record the same way
+  (:func:`sync_chunks`, :func:`sync_files`); an export task does the same for its image
+  files (:func:`sync_all`);
 - the client fsyncs every array it creates and every attribute it writes (``zarr.json``), so a
   state such as ``complete`` is never on disk before what it vouches for;
 - every completion record carries a checksum of what it vouches for (:func:`checksum`): a
@@ -28,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["checksum", "chunk_files", "chunk_keys", "sync_all", "sync_chunks", "sync_files",
-           "sync_tree"]
+__all__ = ["array_folder", "checksum", "chunk_files", "chunk_keys", "sync_all", "sync_chunks",
+           "sync_files", "sync_tree", "sync_trees"]
 
 _LIBC: Any = None
 
@@ -87,20 +89,33 @@ def sync_files(paths: Iterable[str], up_to: str | None = None) -> None:
 def sync_tree(root: str, up_to: str | None = None) -> None:
     """fsync every file and folder under ``root`` (a file or a folder), then the folders above
     it up to ``up_to``."""
-    if os.path.isdir(root):
-        files: list[str] = []
-        folders: list[str] = []
-        for dirpath, _, names in os.walk(root):
-            folders.append(dirpath)
-            files.extend(os.path.join(dirpath, n) for n in names)
-        for p in files:
-            _fsync(p)
-        for f in reversed(folders):
-            _fsync(f, directory=True)
-    else:
-        _fsync(root)
-    for f in _parents(root, up_to):
+    sync_trees([root], up_to)
+
+
+def sync_trees(roots: Iterable[str], up_to: str | None = None) -> None:
+    """:func:`sync_tree` of each of ``roots`` at once: each file and each folder -- a folder
+    shared by several of them, the store's own -- fsynced once (what one client call, or a
+    batch of them, wrote: :meth:`streamq.store.Store.sync`)."""
+    files: dict[str, None] = {}
+    folders: dict[str, None] = {}
+    above: dict[str, None] = {}
+    for root in roots:
+        if os.path.isdir(root):
+            inside: list[str] = []
+            for dirpath, _, names in os.walk(root):
+                inside.append(dirpath)
+                files.update(dict.fromkeys(os.path.join(dirpath, n) for n in names))
+            folders.update(dict.fromkeys(reversed(inside)))
+        else:
+            files.setdefault(root)
+        above.update(dict.fromkeys(_parents(root, up_to)))
+    for p in files:
+        _fsync(p)
+    for f in folders:
         _fsync(f, directory=True)
+    for f in above:
+        if f not in folders:
+            _fsync(f, directory=True)
 
 
 def chunk_keys(arr: Any, lo: int, hi: int) -> list[str]:
@@ -119,10 +134,20 @@ def chunk_files(root: str, name: str, arr: Any, lo: int, hi: int) -> list[str]:
     return [os.path.join(root, *name.split("/"), *k.split("/")) for k in chunk_keys(arr, lo, hi)]
 
 
+def array_folder(root: str, name: str) -> str:
+    """The folder of array ``name`` of the local store ``root``."""
+    return os.path.join(root, *name.split("/"))
+
+
 def sync_chunks(root: str, name: str, arr: Any, lo: int, hi: int) -> None:
     """fsync the chunk files holding rows ``[lo, hi)`` of array ``name`` of the local store
-    ``root`` and their folders up to the store (a chunk of fill values has no file: skipped)."""
-    sync_files(chunk_files(root, name, arr, lo, hi), up_to=root)
+    ``root`` and their folders up to the array's own (a chunk of fill values has no file:
+    skipped).
+
+    Not the folders above the array: the client made them durable when it created the array
+    (:meth:`streamq.store.Store.sync`), and a task adds nothing to them -- only chunk files,
+    and the folders of their keys, inside the array's folder."""
+    sync_files(chunk_files(root, name, arr, lo, hi), up_to=array_folder(root, name))
 
 
 def _syncfs(fd: int) -> bool:

@@ -255,6 +255,21 @@ def faces_store(faces_dir, tmp_path_factory, cluster_address) -> str:
 
 
 @pytest.fixture(scope="session")
+def faces_300_store(faces_store, tmp_path_factory) -> str:
+    """The faces collection with a 300-colour palette (more than a palette PNG holds: uint16
+    labels), quantized, once per session: few starts and iterations, as the count of colours
+    is what its tests need. Tests that change it work on a copy."""
+    import streamq
+
+    path = str(tmp_path_factory.mktemp("stores") / "big.zarr")
+    shutil.copytree(faces_store, path)
+    streamq.fit(path, colors=300, max_steps=5, batch_size=4096, init_size=20_000, n_init=2,
+                max_iter=20, scheduler="threads")
+    streamq.quantize(path, scheduler="threads")
+    return path
+
+
+@pytest.fixture(scope="session")
 def faces_per_image_store(faces_store, tmp_path_factory, cluster_address) -> str:
     """The faces collection with per-image palettes for K = 2, 6, 30 (the tutorial), quantized,
     both on the session cluster. Tests that change it work on a copy."""

@@ -311,8 +311,16 @@ class ProcessCluster:
 
     def _wait_for_scheduler_file(self) -> None:
         assert self.scheduler is not None
+        import json
+
         deadline = time.monotonic() + 30
-        while not os.path.exists(self.scheduler_file):
+        while True:  # the scheduler writes its file in place: wait until it is whole
+            try:
+                with open(self.scheduler_file) as f:
+                    if json.load(f).get("address"):
+                        return
+            except (FileNotFoundError, ValueError):
+                pass
             if time.monotonic() > deadline or self.scheduler.poll() is not None:
                 raise RuntimeError("the dask scheduler did not start; see scheduler.log")
             time.sleep(0.02)

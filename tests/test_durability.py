@@ -250,3 +250,28 @@ def test_write_atomic_replaces_whole_files_and_leaves_no_temporary(tmp_path):
     assert os.listdir(tmp_path / "deep") == [long.name]
     assert len(timestamp()) == 24
     assert (timestamp()[10], timestamp(readable=True)[10]) == ("T", " ")
+
+
+def test_fsyncs_cover_every_new_name_once(tmp_path, monkeypatch):
+    """One client call makes every file and folder it created durable, each once, and its
+    name in every folder up to the store; a task's record fsyncs its file and the folders up
+    to its array's own (the folders above are the client's, durable since it made the array,
+    and a task adds nothing to them)."""
+    from streamq import durable
+    from streamq.store import TASK_REPORTS, Store, write_task_report
+
+    root = tmp_path / "s.zarr"
+    st = Store.create(root)
+    synced: list[str] = []
+    real = durable._fsync
+    monkeypatch.setattr(durable, "_fsync", lambda p, directory=False: (
+        synced.append(os.path.abspath(p)), real(p, directory))[1])
+    st.create_task_table(np.array([0, 5]), np.array([5, 10]))
+    made = {str(root / "ingest")} | {os.path.join(d, n) for d, dirs, files in
+                                     os.walk(root / "ingest") for n in dirs + files}
+    assert made | {str(root)} <= set(synced), sorted(made - set(synced))
+    assert len(synced) == len(set(synced)), sorted(synced)
+    synced.clear()
+    write_task_report(st.location, 1, {"task": 1})
+    rec = root.joinpath(*TASK_REPORTS.split("/"))
+    assert sorted(synced) == sorted(map(str, (rec, rec / "c", rec / "c" / "1")))

@@ -129,11 +129,9 @@ def test_hostile_names_in_a_store(quantized, tmp_path):
     assert not os.path.exists("/tmp/absolute.png")
 
 
-def test_more_than_256_colours_export_rgb(faces_dir, tmp_path):
-    store = str(tmp_path / "big.zarr")
-    streamq.ingest(faces_dir, store, chunk_pixels=50_000, scheduler="threads", progress=False)
-    streamq.fit(store, colors=300, max_steps=10, batch_size=8192, scheduler="threads")
-    streamq.quantize(store, scheduler="threads")
+def test_more_than_256_colours_export_rgb(faces_300_store, tmp_path):
+    store = faces_300_store  # fitted with 300 colours and quantized (read only here)
+    assert streamq.load_fit(store).k == 300
     streamq.export(store, tmp_path / "out", ids=[0, 1], scheduler="threads")
     coll = streamq.open_store(store)
     for i in (0, 1):

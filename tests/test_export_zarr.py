@@ -199,13 +199,11 @@ def test_per_image_palettes_one_group_per_k(per_image_store, tmp_path, cluster_a
         streamq.export(per_image_store, tmp_path / "y", per_image=[2, 6])
 
 
-def test_more_than_256_colours_and_a_refit(faces_store, tmp_path, monkeypatch):
+def test_more_than_256_colours_and_a_refit(faces_300_store, tmp_path, monkeypatch):
     store = str(tmp_path / "big.zarr")
-    shutil.copytree(faces_store, store)
+    shutil.copytree(faces_300_store, store)  # fitted with 300 colours and quantized
     fit = dict(colors=300, max_steps=5, batch_size=4096, init_size=20_000, n_init=2, max_iter=20,
                scheduler="threads")  # few starts and iterations: the count of colours matters here
-    streamq.fit(store, **fit)
-    streamq.quantize(store, scheduler="threads")
     out = tmp_path / "big-labels.zarr"
     streamq.export(store, out, zarr=True, scheduler="threads", progress=False)
     g = zarr.open_group(str(out), mode="r")

@@ -376,8 +376,9 @@ def test_run_on_s3_killed_and_rerun(s3, tmp_path):
     flags = [x for k, v in (("endpoint_url", s3["endpoint_url"]), ("key", s3["key"]),
                             ("secret", s3["secret"]), ("client_kwargs.region_name", "us-east-1"))
              for x in ("--storage-option", f"{k}={v}")]
-    done = subprocess.run(streamq_cmd("run", str(bare), *flags), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    # the same command, in this process (the rerun is not about the process; the kills are)
+    done = CliRunner().invoke(cli, ["run", str(bare), *flags])
+    assert done.exit_code == 0, done.output
     gl = zarr.open_group(str(tmp_path / "ref.zarr"), mode="r")
     gs = zarr.open_group(store, mode="r", storage_options=s3)
     for name in ("pixels", "images/path", "fit/palette/centers_0", "fit/palette/centers_1",
@@ -523,9 +524,9 @@ def test_zarr_deletes_on_a_store_url_with_glob_characters(s3):
     assert client.get_object(Bucket=BUCKET, Key="z1.zarr/a/c/0")["Body"].read() == b"a user's object"
 
 
-def _requests_to(s3, call) -> list[tuple[str, str]]:
+def _requests_to(s3, call, listings: bool = False) -> list[tuple[str, str]]:
     """``(method, key)`` of every request that ``call()`` sends to the moto server (its
-    request recorder)."""
+    request recorder); with ``listings``, only the bucket listings, as ``("LIST", prefix)``."""
     import urllib.request
 
     api = s3["endpoint_url"] + "/moto-api/recorder/"
@@ -537,6 +538,11 @@ def _requests_to(s3, call) -> list[tuple[str, str]]:
         urllib.request.urlopen(urllib.request.Request(api + "stop-recording", method="POST")).close()
     with urllib.request.urlopen(api + "download-recording") as answer:
         lines = [json.loads(line) for line in answer.read().decode().splitlines() if line.strip()]
+    if listings:
+        from urllib.parse import parse_qs, urlsplit
+
+        queries = [parse_qs(urlsplit(r["url"]).query) for r in lines if r["method"] == "GET"]
+        return [("LIST", q.get("prefix", [""])[0]) for q in queries if "list-type" in q]
     return [(r["method"], r["url"].split("?")[0].partition(f"/{BUCKET}/")[2]) for r in lines]
 
 
@@ -562,6 +568,33 @@ def test_creating_a_table_on_s3_reads_each_group_once(s3):
     group = zarr.open_group(zarr_root(location(url, s3), read_only=True), mode="r")
     assert list(group["a"].group_keys()) == ["b"]
     np.testing.assert_array_equal(group["a/b/u"][:], np.arange(3))
+
+
+def test_arrays_of_a_new_s3_store_skip_listing_what_cannot_be_there(s3):
+    """In a store this call created where nothing was, Zarr's deletion before each array
+    created with ``overwrite`` (a listing of its prefix) is skipped: nothing can be there. An
+    array created again at a name the store has written still replaces what was there, and a
+    store replaced with ``--overwrite`` keeps every deletion."""
+    from streamq.store import Store
+
+    url = f"s3://{BUCKET}/fresh.zarr"
+    st = Store.create(url, storage_options=s3)
+    listed = _requests_to(s3, lambda: st.write_table("t", {n: np.arange(10) for n in "uvw"},
+                                                     chunk=4), listings=True)
+    assert not [p for _, p in listed if p.startswith(("fresh.zarr/t/u", "fresh.zarr/t/v",
+                                                       "fresh.zarr/t/w"))], listed
+    listed = _requests_to(s3, lambda: st.write_table("t", {"u": np.arange(3)}, chunk=4),
+                          listings=True)
+    assert ("LIST", "fresh.zarr/t/u/") in listed, listed  # t/u was written: listed, deleted
+    keys = _objects(s3, "fresh.zarr")
+    assert "t/u/c/0" in keys
+    assert not [k for k in keys if k.startswith(("t/u/c/1", "t/u/c/2"))]
+    assert "t/v/c/2" in keys
+    again = Store.create(url, overwrite=True, storage_options=s3)
+    listed = _requests_to(s3, lambda: again.write_table("t", {"v": np.arange(2)}, chunk=4),
+                          listings=True)
+    assert ("LIST", "fresh.zarr/t/v/") in listed, listed  # a store replaced: deletions kept
+    assert not [k for k in _objects(s3, "fresh.zarr") if k.startswith(("t/u/", "t/v/c/1"))]
 
 
 def test_version_marker_in_url_is_refused():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,7 +67,7 @@ def zarr_root(loc: Location, read_only: bool = False) -> Any:
     return _zarr_root(loc, _LiteralFsspecStore, read_only)
 
 
-def creating_root(loc: Location) -> Any:
+def creating_root(loc: Location, absent: Callable[[str], bool] | None = None) -> Any:
     """What Zarr creates arrays in for ``loc``: as :func:`zarr_root`, but at a URL a store
     that remembers the groups it has seen (:class:`_GroupsSeenStore`).
 
@@ -75,8 +75,16 @@ def creating_root(loc: Location) -> Any:
     table, the arrays of a plan), and use it for nothing else: each array Zarr creates checks
     every group above it (a GET and a HEAD of each ``zarr.json``, the store's own included),
     and within one batch those answers cannot change.
+
+    ``absent(prefix)``: whether the caller knows that nothing is stored below ``prefix`` (a
+    store it has just created, where it has written nothing there yet); Zarr's deletion of
+    what an array created with ``overwrite`` replaces is then skipped -- a listing of the
+    prefix (a request) that could only come back empty.
     """
-    return _zarr_root(loc, _GroupsSeenStore, False)
+    root = _zarr_root(loc, _GroupsSeenStore, False)
+    if absent is not None and isinstance(root, _GroupsSeenStore):
+        root.__dict__["_absent"] = absent
+    return root
 
 
 def _zarr_root(loc: Location, kind: type[FsspecStore], read_only: bool) -> Any:
@@ -179,6 +187,10 @@ class _GroupsSeenStore(_LiteralFsspecStore):
 
     async def delete_dir(self, prefix: str) -> None:
         self._forget(prefix)
+        absent = self.__dict__.get("_absent")
+        if absent is not None and absent(prefix):  # known empty (creating_root): no listing
+            self._check_writable()
+            return
         await super().delete_dir(prefix)
 
 
@@ -203,7 +215,7 @@ def write_record(store: Location, name: str, i: int, report: Mapping[str, Any]) 
     arr = open_array(store, name, mode="r+")
     arr[i] = json.dumps(report, sort_keys=True)
     if store.is_local:  # the record's own file: durable before anything trusts it
-        durable.sync_files(durable.chunk_files(store.url, name, arr, i, i + 1), up_to=store.url)
+        durable.sync_chunks(store.url, name, arr, i, i + 1)
 
 
 def sync_written(store: Location, name: str, arr: zarr.Array, lo: int, hi: int) -> None:
@@ -275,5 +287,5 @@ def write_task_colors(store: Location, task: int, codes: np.ndarray, counts: np.
             remove_chunks(store, TASK_COLORS, keys)
             part[task, :, :len(codes)] = data
         if store.is_local:
-            durable.sync_files([os.path.join(store.url, *TASK_COLORS.split("/"), *k.split("/"))
-                                for k in keys], up_to=store.url)
+            folder = durable.array_folder(store.url, TASK_COLORS)
+            durable.sync_files([os.path.join(folder, *k.split("/")) for k in keys], up_to=folder)

@@ -59,11 +59,15 @@ StoreTarget = str | os.PathLike[str] | Location
 class Store:
     """A streamq store at ``location`` (a local folder or a URL); ``path`` is its text."""
 
-    def __init__(self, loc: Location, group: zarr.Group) -> None:
+    def __init__(self, loc: Location, group: zarr.Group, new: bool = False) -> None:
         self.location = loc
         self.path = loc.url
         self.group = group
         self._batch: Any = None
+        # ``new``: this handle created the store where nothing was; then the names of the
+        # arrays it has created since (nothing else is stored there: :meth:`_absent`)
+        self._created: set[str] | None = set() if new else None
+        self._unsynced: dict[str, None] = {}  # what the outermost batch makes durable at its end
 
     # -- opening -----------------------------------------------------------------
     @classmethod
@@ -87,7 +91,7 @@ class Store:
                 "streamq": {"format_version": FORMAT_VERSION, "created_with": __version__}})
         if loc.is_local:  # the new store's name in its parent folder too
             durable.sync_tree(os.path.join(path, "zarr.json"), os.path.dirname(path))
-        return cls(loc, group)
+        return cls(loc, group, new=not exists)
 
     @classmethod
     def open(cls, target: StoreTarget, mode: Literal["r", "r+"] = "r",
@@ -136,19 +140,35 @@ class Store:
     def set_section(self, name: str, value: Mapping[str, Any]) -> None:
         """Write a top-level attribute; NaN and infinities become null (strict JSON)."""
         check_writer()
+        self._sync_unsynced()  # an attribute vouches for what was written before it
         self.group.attrs[name] = _finite(json.loads(json.dumps(value)))
-        self.sync("zarr.json")
+        if self.location.is_local:
+            durable.sync_trees([os.path.join(self.location.url, "zarr.json")], self.location.url)
 
-    def sync(self, name: str = "") -> None:
-        """Make array, group or file ``name`` (``""``: the store's own ``zarr.json``) durable
-        with everything in it, and its name in each folder up to the store (local stores only:
-        an object store keeps a PUT that returned). Every client write ends with it, so no
-        attribute -- ``complete`` -- reaches the disk before what it vouches for."""
+    def sync(self, *names: str) -> None:
+        """Make each array, group or file of ``names`` (``""``: the store's own ``zarr.json``)
+        durable with everything in it, and its name in each folder up to the store (local
+        stores only: an object store keeps a PUT that returned). Every client write ends with
+        it, so no attribute -- ``complete`` -- reaches the disk before what it vouches for.
+
+        Inside a batch of writes (:meth:`_creating`) the names are kept and made durable
+        together when the outermost batch ends, before the call that opened it returns: a
+        folder that several of them share -- the store's own -- is fsynced once, after the
+        last write into it."""
         if not self.location.is_local:
             return
         root = self.location.url
-        target = os.path.join(root, *name.split("/")) if name else os.path.join(root, "zarr.json")
-        durable.sync_tree(target, root)
+        targets = []
+        for n in names:
+            parts = n.split("/") if n else ["zarr.json"]
+            # the groups between the store and ``n``: Zarr writes their zarr.json when it
+            # makes them, as parents of an array
+            targets += [os.path.join(root, *parts[:i], "zarr.json") for i in range(1, len(parts))]
+            targets.append(os.path.join(root, *parts))
+        if self._batch is not None:
+            self._unsynced.update(dict.fromkeys(targets))
+            return
+        durable.sync_trees(targets, root)
 
     # -- arrays --------------------------------------------------------------------
     @contextlib.contextmanager
@@ -158,18 +178,49 @@ class Store:
         if self._batch is not None:
             yield self._batch
             return
-        self._batch = creating_root(self.location)
+        self._batch = creating_root(self.location,
+                                    self._absent if self._created is not None else None)
         try:
             yield self._batch
+        except BaseException:
+            self._unsynced = {}  # the call failed: what it wrote vouches for nothing
+            raise
         finally:
             self._batch = None
+        self._sync_unsynced()  # the batch's writes all done: durable before its call returns
+
+    def _absent(self, prefix: str) -> bool:
+        """Whether nothing can be stored below ``prefix`` (a store this handle created where
+        nothing was, and no array it created since at, above or below ``prefix``): Zarr's
+        deletion before an array created with ``overwrite`` is then skipped
+        (:func:`~streamq.store.arrays.creating_root`). Tasks write only inside arrays the
+        client created; an existing store replaced (``overwrite``) keeps every deletion."""
+        if self._created is None:
+            return False
+        p = prefix.strip("/")
+        return bool(p) and not any(n == p or n.startswith(p + "/") or p.startswith(n + "/")
+                                   for n in self._created)
+
+    def _new_array(self, root: Any, name: str, **kwargs: Any) -> zarr.Array:
+        """``zarr.create_array(root, name=name, ...)``, remembering ``name`` (:meth:`_absent`)
+        once it is created -- or failed half-way, leaving keys there."""
+        try:
+            return zarr.create_array(root, name=name, **kwargs)
+        finally:
+            if self._created is not None:
+                self._created.add(name)
+
+    def _sync_unsynced(self) -> None:
+        unsynced, self._unsynced = list(self._unsynced), {}
+        if unsynced:
+            durable.sync_trees(unsynced, self.location.url)
 
     def create_array(self, name: str, **kwargs: Any) -> zarr.Array:
         """``zarr.create_array`` at ``name`` inside this store (``overwrite=True``)."""
         check_writer()
         with self._creating() as root:
-            arr = zarr.create_array(root, name=name, overwrite=True, **kwargs)
-        self.sync(name)
+            arr = self._new_array(root, name, overwrite=True, **kwargs)
+            self.sync(name)
         return arr
 
     def stored_bytes(self, name: str) -> int:
@@ -184,11 +235,11 @@ class Store:
         block = max(1, min(block_pixels, chunk_pixels, n_pixels))
         shard = -(-max(1, min(chunk_pixels, n_pixels)) // block) * block
         with self._creating() as root:
-            zarr.create_array(root, name=PIXELS, shape=(n_pixels, 3),
+            self._new_array(root, PIXELS, shape=(n_pixels, 3),
                               shards=(shard, 3) if shard > block else None, chunks=(block, 3),
                               dtype="uint8", fill_value=0, compressors=compressors(codec, level),
                               dimension_names=["pixel", "channel"], overwrite=True)
-        self.sync(PIXELS)
+            self.sync(PIXELS)
 
     def pixels(self) -> zarr.Array:
         return self.group[PIXELS]  # type: ignore[return-value]
@@ -206,12 +257,12 @@ class Store:
         shard, block = self.pixel_layout()
         settings = self.section("ingest").get("settings", {})
         with self._creating() as root:
-            arr = zarr.create_array(
-                root, name=name, shape=(int(self.pixels().shape[0]),),
+            arr = self._new_array(
+                root, name, shape=(int(self.pixels().shape[0]),),
                 shards=(shard,) if shard > block else None, chunks=(block,), dtype=dtype,
                 fill_value=fill_value, overwrite=True, dimension_names=["pixel"],
                 compressors=compressors(settings.get("codec", "lz4"), settings.get("level")))
-        self.sync(name)
+            self.sync(name)
         return arr
 
     def alpha(self) -> zarr.Array | None:
@@ -224,22 +275,22 @@ class Store:
         (the unit one task writes)."""
         check_writer()
         with self._creating() as root:
-            arr = zarr.create_array(root, name=name, shape=shape, dtype=dtype, fill_value=0,
+            arr = self._new_array(root, name, shape=shape, dtype=dtype, fill_value=0,
                                     chunks=(max(1, min(rows_per_chunk, shape[0])),) + shape[1:],
                                     overwrite=True)
-        self.sync(name)
+            self.sync(name)
         return arr
 
     def write_array(self, name: str, data: np.ndarray) -> None:
         """Write a whole n-d array at once (one writer), chunked along its first axis."""
         check_writer()
         with self._creating() as root:
-            arr = zarr.create_array(root, name=name, shape=data.shape, dtype=data.dtype,
+            arr = self._new_array(root, name, shape=data.shape, dtype=data.dtype,
                                     chunks=(max(1, min(len(data), 4096)),) + data.shape[1:],
                                     overwrite=True)
             if data.size:
                 arr[:] = data
-        self.sync(name)
+            self.sync(name)
 
     def array(self, name: str) -> zarr.Array:
         """Array ``name`` of the store (a group there is a layout error)."""
@@ -260,7 +311,11 @@ class Store:
         holds)."""
         check_writer()
         del self.group[name]
-        self.sync(name.rpartition("/")[0])
+        if self.location.is_local:  # its name gone from its folder (and that folder's zarr.json)
+            root = self.location.url
+            parent = name.rpartition("/")[0]
+            durable.sync_files([os.path.join(root, *parent.split("/"), "zarr.json"),
+                                os.path.join(root, *name.split("/"))], up_to=root)
 
     def write_table(self, prefix: str, columns: Mapping[str, np.ndarray | Sequence[Any]],
                     chunk: int = TABLE_CHUNK, codecs: Any = "auto") -> None:
@@ -273,13 +328,14 @@ class Store:
         with self._creating() as root:
             for name, values in columns.items():
                 data = _as_column(values)
-                arr = zarr.create_array(root, name=f"{prefix}/{name}", shape=data.shape,
+                arr = self._new_array(root, f"{prefix}/{name}", shape=data.shape,
                                         chunks=(max(1, min(len(data), chunk)),),
                                         dtype=data.dtype if data.dtype.kind != "U" else str,
                                         compressors=codecs, overwrite=True)
                 if len(data):
                     arr[:] = data
-        self.sync(prefix)
+            # the columns written and the table's own zarr.json, not the table's other columns
+            self.sync(*(f"{prefix}/{name}" for name in columns), f"{prefix}/zarr.json")
 
     def read_table(self, prefix: str, names: Sequence[str]) -> dict[str, np.ndarray]:
         out = {}
@@ -292,8 +348,8 @@ class Store:
         """``n`` empty completion records (one chunk each: each task writes only its own)."""
         check_writer()
         with self._creating() as root:
-            zarr.create_array(root, name=name, shape=(n,), chunks=(1,), dtype=str, overwrite=True)
-        self.sync(name)
+            self._new_array(root, name, shape=(n,), chunks=(1,), dtype=str, overwrite=True)
+            self.sync(name)
 
     def records(self, name: str) -> np.ndarray:
         """Completion records as an object array of JSON strings (``""`` while pending).
@@ -320,10 +376,10 @@ class Store:
             self.write_table(TASKS, {"chunk_start": chunk_start, "chunk_stop": chunk_stop})
             self.create_records(TASK_REPORTS, len(chunk_start))
             check_writer()
-            zarr.create_array(root, name=TASK_COLORS, shape=(len(chunk_start), 2, N_CODES),
+            self._new_array(root, TASK_COLORS, shape=(len(chunk_start), 2, N_CODES),
                               chunks=(1, 2, COLOR_CHUNK), dtype="int64", fill_value=0,
                               compressors=count_compressors(), overwrite=True)
-        self.sync(TASK_COLORS)
+            self.sync(TASK_COLORS)
 
     def task_reports(self) -> np.ndarray:
         return self.records(TASK_REPORTS)
