@@ -1,0 +1,230 @@
+"""The shared fit of a collection with alpha with the options of the RGB fit: fixed colours
+(``--fixed-colors``, held in premultiplied RGBA) and a quality target (``--quality``, the K
+search on the RGBA histogram).
+
+References: plain NumPy Lloyd in the metric space of :mod:`streamq.rgba` (every point against
+every centre, the held centres never moved), and the brute-force premultiplied RGBA error of
+every pixel of the store, independent of the fit's histogram."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+from helpers import write_alpha_collection
+from PIL import Image
+
+import streamq
+from streamq.cli.main import cli
+
+K = 12
+# straight RGBA: an opaque brand red, a half-transparent blue, a faint yellow ([r, g, b, a]),
+# the red again (dropped: kept once, first place)
+GIVEN = ["#e30613", "#005ca980", [255, 204, 0, 40], "#e30613"]
+FIXED = np.array([[0xE3, 0x06, 0x13, 255], [0x00, 0x5C, 0xA9, 0x80], [255, 204, 0, 40]],
+                 np.uint8)
+
+
+@pytest.fixture(scope="module")
+def alpha_src(tmp_path_factory):
+    root = tmp_path_factory.mktemp("alpha_fit_src")
+    write_alpha_collection(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def base_store(alpha_src, tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("alpha_fit") / "alpha.zarr")
+    streamq.ingest(alpha_src, path, chunk_pixels=4096, scheduler="threads", progress=False)
+    return path
+
+
+@pytest.fixture
+def store_copy(base_store, tmp_path) -> str:
+    dst = tmp_path / "copy.zarr"
+    shutil.copytree(base_store, dst)
+    return str(dst)
+
+
+def _premultiply(rgba: np.ndarray) -> np.ndarray:
+    """``(n, 4)`` straight uint8 RGBA as premultiplied RGBA (round half up, as ingest)."""
+    c, a = rgba[:, :3].astype(np.float64), rgba[:, 3:].astype(np.float64)
+    return np.concatenate([np.floor(c * a / 255 + 0.5), a], axis=1).astype(np.uint8)
+
+
+def _pixels(store: str) -> np.ndarray:
+    """Every pixel of the store as ``(n, 4)`` uint8 premultiplied RGBA, read image by image."""
+    coll = streamq.open_store(store)
+    return np.concatenate([np.dstack([coll.read(i), coll.read_alpha(i)]).reshape(-1, 4)
+                           for i in range(len(coll))])
+
+
+def _metric(p: np.ndarray) -> np.ndarray:
+    """Premultiplied RGBA in [0, 1] as points whose squared distance is the mean of the squared
+    errors of the two composites (on black and on white), written from that definition:
+    ``|c|^2 + |c - a|^2`` per channel over 2 is ``|c - a/2|^2 + a^2/4``."""
+    return np.concatenate([p[:, :3] - p[:, 3:] / 2, np.repeat(p[:, 3:] / 2, 3, axis=1)], axis=1)
+
+
+def _plain_lloyd(x, w, c, n_fixed):
+    """Weighted Lloyd to zero label changes, the first ``n_fixed`` centres held, an empty free
+    cluster refilled by the point farthest from its centre: ``(centres, inertia)``."""
+    c = np.array(c, dtype=np.float64)
+    k = len(c)
+    labels = ((x[:, None] - c[None]) ** 2).sum(2).argmin(1)
+    while True:
+        n = np.bincount(labels, weights=w, minlength=k)
+        empty = [j for j in range(n_fixed, k) if n[j] == 0]
+        far = np.argsort(-((x - c[labels]) ** 2).sum(1), kind="stable")
+        for j, i in zip(empty, far, strict=False):
+            labels[i] = j
+        n = np.bincount(labels, weights=w, minlength=k)
+        for j in range(n_fixed, k):
+            if n[j] > 0:
+                c[j] = (w[labels == j, None] * x[labels == j]).sum(0) / n[j]
+        relabelled = ((x[:, None] - c[None]) ** 2).sum(2).argmin(1)
+        if (relabelled == labels).all() and not empty:
+            return c, _inertia(x, w, c)
+        labels = relabelled
+
+
+def _inertia(x, w, c):
+    return float((w * ((x[:, None] - c[None]) ** 2).sum(2).min(1)).sum())
+
+
+def _check_labels(store: str, px: np.ndarray, centers: np.ndarray, palette: np.ndarray,
+                  alpha: np.ndarray) -> float:
+    """Brute force: every stored label (quantize's) is a nearest centre of its pixel by the
+    mean of the squared errors of the two composites, on black and on white (exact ties, which
+    colours on the 1/255 lattice such as fixed ones make, may go either way); returns the MSE
+    over premultiplied RGBA of those labels, over the four channels."""
+    coll = streamq.open_store(store)
+    g = zarr.open_group(store, mode="r")
+    labels = np.concatenate([g["quantize/labels"][int(o):int(o) + int(h * w)]
+                             for o, h, w in zip(coll.offsets, coll.heights, coll.widths,
+                                                strict=True)]).astype(np.int64)
+    p = px / 255.0
+    black, white = p[:, :3], p[:, :3] + 1 - p[:, 3:]
+    cb, cw = centers[:, :3], centers[:, :3] + 1 - centers[:, 3:]
+    d = ((black[:, None] - cb[None]) ** 2).sum(2) + ((white[:, None] - cw[None]) ** 2).sum(2)
+    chosen = d[np.arange(len(d)), labels]
+    assert (chosen <= d.min(1) + 1e-12).all()
+    target = _premultiply(np.concatenate([palette, alpha[:, None]], axis=1)).astype(np.float64)
+    return float(((px.astype(np.float64) - target[labels]) ** 2).mean())
+
+
+# -- fixed colours -------------------------------------------------------------------------------
+def test_fixed_colours_are_held_exactly_in_premultiplied_rgba(store_copy, tmp_path):
+    from streamq.kmeans import initial_centers
+    from streamq.kmeans.rgba import _grid
+    from streamq.rgba import rgba_codes, to_metric
+
+    fx = tmp_path / "fx.json"
+    fx.write_text(json.dumps(GIVEN))
+    res = streamq.fit(store_copy, colors=K, fixed_colors=str(fx), n_init=1, seed=3,
+                      scheduler="threads")
+    assert res.n_fixed == 3  # the repeated red was dropped
+    np.testing.assert_array_equal(res.palette[:3], FIXED[:, :3])  # straight, as given
+    np.testing.assert_array_equal(res.alpha[:3], FIXED[:, 3])
+    np.testing.assert_array_equal(res.centers[:3], _premultiply(FIXED) / 255.0)
+    # the fully transparent entry stays pinned, first after the fixed colours
+    np.testing.assert_array_equal(res.centers[3], 0)
+    assert res.alpha[3] == 0
+    assert (np.diff((res.alpha[3:] == 255).astype(int)) >= 0).all()  # then transparent first
+    assert len(np.unique(np.concatenate([res.palette, res.alpha[:, None]], axis=1), axis=0)) == K
+    assert "(lloyd, premultiplied RGBA, 3 fixed)" in str(res)
+    assert "minibatch" not in str(res)
+    loaded = streamq.load_fit(store_copy)
+    np.testing.assert_array_equal(loaded.palette, res.palette)
+    np.testing.assert_array_equal(loaded.alpha, res.alpha)
+    assert loaded.n_fixed == 3
+    sec = streamq.store.Store.open(store_copy).section("fit")
+    assert sec["fixed_colors"]["colors"] == ["#e30613", "#005ca980", "#ffcc0028"]
+    # quantize labels each pixel with a nearest entry; the fit's MSE is theirs (brute force)
+    streamq.quantize(store_copy, scheduler="threads", progress=False)
+    px = _pixels(store_copy)
+    mse = _check_labels(store_copy, px, res.centers, res.palette, res.alpha)
+    assert res.mse == pytest.approx(mse, rel=1e-12)
+    g = zarr.open_group(store_copy, mode="r")
+    assert g.attrs["quantize"]["mse"] == pytest.approx(mse, rel=1e-12)
+    # at least as good as the plain Lloyd from the same start (held: the three colours and
+    # the transparent one), run as the fit runs it: on the colour grid, then on every colour
+    rgba, w = np.unique(px, axis=0, return_counts=True)
+    codes = rgba_codes(rgba[:, :3], rgba[:, 3])
+    order = np.argsort(codes)
+    codes, rgba, w = codes[order], rgba[order], w[order].astype(np.float64)
+    assert codes[0] == 0
+    xm = to_metric(rgba / 255.0)  # the module's points: the same distances as _metric's
+    sample = rgba[::997] / 255.0
+    np.testing.assert_allclose(((to_metric(sample)[:, None] - to_metric(sample)[None]) ** 2).sum(2),
+                               ((_metric(sample)[:, None] - _metric(sample)[None]) ** 2).sum(2),
+                               atol=1e-12)
+    gx, gw = _grid(codes, w, xm)
+    if 2 * len(gx) > len(xm) or len(gx) < K:
+        gx, gw = xm, w
+    start = initial_centers(gx[1:], gw[1:], K - 1, "k-means++", np.random.default_rng([3, 1000]),
+                            fixed=to_metric(_premultiply(FIXED) / 255.0))
+    start = np.concatenate([start[:3], np.zeros((1, 4)), start[3:]])
+    on_grid, _ = _plain_lloyd(gx, gw, start, 4)
+    _, ref = _plain_lloyd(xm, w, on_grid, 4)
+    assert _inertia(xm, w, to_metric(res.centers)) <= ref * (1 + 1e-9)
+    # export: the fixed colours are the PNG's first entries, with their alpha
+    out = tmp_path / "png"
+    streamq.export(store_copy, out, ids=[0], scheduler="threads", progress=False)
+    with Image.open(next(out.rglob("*.png"))) as im:
+        pal = np.asarray(im.getpalette("RGB"), np.uint8).reshape(-1, 3)
+        trns = im.info["transparency"]
+    np.testing.assert_array_equal(pal[:3], FIXED[:, :3])
+    assert list(trns[:3]) == FIXED[:, 3].tolist()
+
+
+def test_a_transparent_fixed_colour_is_the_pinned_entry(store_copy, tmp_path):
+    """A fixed colour of alpha 0 is the fully transparent point: it takes the pinned entry's
+    place (entry 0, its straight colour as given), no second transparent entry is made."""
+    fx = tmp_path / "fx.hex"
+    fx.write_text("#ff000000\n#ffffff\n")
+    res = streamq.fit(store_copy, colors=6, fixed_colors=str(fx), n_init=1,
+                      scheduler="threads")
+    assert res.n_fixed == 2
+    np.testing.assert_array_equal(res.palette[:2], [[255, 0, 0], [255, 255, 255]])
+    np.testing.assert_array_equal(res.alpha[:2], [0, 255])
+    np.testing.assert_array_equal(res.centers[0], 0)
+    assert (res.alpha[1:] > 0).all()
+    assert "2 fixed colours kept" in res.stop_reason
+    assert "the fully transparent colour" not in res.stop_reason
+
+
+def test_opaque_fixed_colours_on_an_opaque_store_ignore_alpha(tmp_path, alpha_src):
+    """An opaque collection takes fixed colours without their alpha, as before: the colours
+    of ``#rrggbbaa`` are held and the fingerprint is that of the same colours as ``#rrggbb``."""
+    flat = tmp_path / "flat.zarr"
+    streamq.ingest(alpha_src, flat, alpha="flatten", chunk_pixels=4096, scheduler="threads",
+                   progress=False)
+    fx = tmp_path / "fx.json"
+    fx.write_text('["#e3061380", "#005ca9"]')
+    res = streamq.fit(flat, colors=6, algorithm="lloyd", fixed_colors=str(fx), n_init=1,
+                      scheduler="threads")
+    assert res.alpha is None
+    np.testing.assert_array_equal(res.palette[:2], [[0xE3, 6, 0x13], [0, 0x5C, 0xA9]])
+    plain = tmp_path / "plain.json"
+    plain.write_text('["#e30613", "#005ca9"]')
+    again = streamq.fit(flat, colors=6, algorithm="lloyd", fixed_colors=str(plain), n_init=1,
+                        scheduler="threads")
+    assert again.status == "already complete"
+
+
+def test_fixed_colours_cli_on_a_store_with_alpha(store_copy, tmp_path):
+    fx = tmp_path / "fx.json"
+    fx.write_text('["#ff0000", "#00ff00"]')
+    result = CliRunner().invoke(cli, ["fit", store_copy, "--colors", "8", "--fixed-colors",
+                                      str(fx), "--scheduler", "threads"])
+    assert result.exit_code == 0, result.output
+    fit = streamq.load_fit(store_copy)
+    np.testing.assert_array_equal(fit.palette[:2], [[255, 0, 0], [0, 255, 0]])
+    np.testing.assert_array_equal(fit.alpha[:2], [255, 255])
+    info = CliRunner().invoke(cli, ["info", store_copy])
+    assert "fixed        2 colours, entries 0..1: #ff0000 #00ff00" in info.output
