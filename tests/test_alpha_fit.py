@@ -20,6 +20,8 @@ from PIL import Image
 
 import streamq
 from streamq.cli.main import cli
+from streamq.errors import QualityError
+from streamq.metrics import psnr
 
 K = 12
 # straight RGBA: an opaque brand red, a half-transparent blue, a faint yellow ([r, g, b, a]),
@@ -228,3 +230,61 @@ def test_fixed_colours_cli_on_a_store_with_alpha(store_copy, tmp_path):
     np.testing.assert_array_equal(fit.alpha[:2], [255, 255])
     info = CliRunner().invoke(cli, ["info", store_copy])
     assert "fixed        2 colours, entries 0..1: #ff0000 #00ff00" in info.output
+
+
+# -- a quality target ----------------------------------------------------------------------------
+def test_quality_search_on_rgba_is_the_smallest_k_reaching_max(store_copy, tmp_path):
+    """The K search on the RGBA histogram: the chosen K's PSNR (over premultiplied RGBA, brute
+    force from quantize's labels) reaches MAX, K - 1 fitted on its own (``fit -k K-1``) misses
+    it, and the chosen palette is the one ``fit -k K`` gives."""
+    qmax = 24.0
+    res = streamq.fit(store_copy, quality=(20, qmax), k_range=(2, 40), n_init=2,
+                      scheduler="threads")
+    k = res.k
+    assert 2 < k < 40
+    assert res.alpha is not None
+    assert len(res.alpha) == k
+    assert res.algorithm == "lloyd"
+    assert res.psnr >= qmax
+    q = res.quality
+    assert q["k"] == k
+    assert q["reached"] is True
+    assert q["searched"] == [2, 40]
+    tried = dict((int(kk), m) for kk, m in q["tried"])
+    assert k - 1 in tried
+    assert psnr(tried[k - 1]) < qmax
+    assert f"K={k} is the smallest" in str(res)
+    streamq.quantize(store_copy, scheduler="threads", progress=False)
+    mse = _check_labels(store_copy, _pixels(store_copy), res.centers, res.palette, res.alpha)
+    assert res.mse == pytest.approx(mse, rel=1e-12)
+    # independent fits of K - 1 and K
+    below = tmp_path / "below.zarr"
+    shutil.copytree(store_copy, below)
+    prev = streamq.fit(below, colors=k - 1, n_init=2, scheduler="threads", overwrite=True)
+    assert prev.psnr < qmax
+    assert prev.mse == pytest.approx(tried[k - 1], rel=1e-12)
+    same = streamq.fit(below, colors=k, n_init=2, scheduler="threads", overwrite=True)
+    np.testing.assert_array_equal(same.palette, res.palette)
+    np.testing.assert_array_equal(same.alpha, res.alpha)
+    np.testing.assert_array_equal(same.centers, res.centers)
+    assert same.mse == res.mse
+
+
+def test_quality_below_min_on_rgba_exits_99(store_copy):
+    result = CliRunner().invoke(cli, ["fit", store_copy, "--quality", "60-70", "--k-range", "2-6",
+                                      "--scheduler", "threads"])
+    assert result.exit_code == 99, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert "quality 60-70 dB not reached: K=6, the largest K searched (2..6)" in lines[0]
+    sec = streamq.store.Store.open(store_copy).section("fit")
+    assert sec["state"] == "failed"
+    assert sec["quality"]["reached"] is False
+    assert [k for k, _ in sec["quality"]["tried"]] == [6]
+    with pytest.raises(QualityError):  # a rerun fails again
+        streamq.fit(store_copy, quality=(60, 70), k_range=(2, 6), scheduler="threads")
+    # a quality target and fixed colours together stay refused, as for an opaque store
+    result = CliRunner().invoke(cli, ["fit", store_copy, "--quality", "20-24", "--fixed-colors",
+                                      "x.json", "--scheduler", "threads", "--overwrite"])
+    assert result.exit_code == 1
+    assert "does not go with 'fit.quality'" in result.output

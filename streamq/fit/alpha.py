@@ -27,6 +27,13 @@ The palette is stored as straight (not premultiplied) colours ``fit/palette/{r,g
 their alpha ``fit/palette/a``, and the float centres in premultiplied RGBA
 ``fit/palette/centers_{0..3}``. Its MSE/PSNR are over premultiplied RGBA (four channels).
 The result says what ran: ``algorithm`` ``lloyd``.
+
+A quality target (``fit.quality``, ``fit --quality MIN-MAX``) runs the K search of
+:mod:`streamq.fit.quality` (:func:`streamq.fit.quality.search_k`) with this k-means at each K
+tried, on the RGBA histogram (read once), PSNR over premultiplied RGBA: the smallest K of
+``fit.k_range`` reaching MAX (each K's palette the one ``fit -k K`` gives), exit 99 below MIN.
+Nothing is checkpointed per K (each K's fit is a deterministic function of the histogram and
+the seed): a rerun after a kill searches again to the same K and palette.
 """
 
 from __future__ import annotations
@@ -69,12 +76,12 @@ def rgba_mse(run: Runner, st: Store, coll: Collection, centers: np.ndarray) -> f
 
 
 # -- the stage -------------------------------------------------------------------------------------
-def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fp: str, clear: bool,
-             progress: bool | None, fixed: FixedColors | None = None) -> FitResult:
-    """Fit the palette of a collection with alpha (see the module docstring). ``fp`` is the
-    fit's fingerprint; ``clear`` replaces a fit already in the store; ``fixed``: fixed colours
-    read with their alpha (:mod:`streamq.fixed`), the palette's first entries."""
-    fcfg = cfg.fit
+def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fcfg: FitConfig, fp: str,
+             clear: bool, progress: bool | None, fixed: FixedColors | None = None) -> FitResult:
+    """Fit the palette of a collection with alpha (see the module docstring). ``fcfg`` are
+    the fit keys (a quality search's: :func:`streamq.fit.quality.search_config`); ``fp`` is
+    the fit's fingerprint; ``clear`` replaces a fit already in the store; ``fixed``: fixed
+    colours read with their alpha (:mod:`streamq.fixed`), the palette's first entries."""
     if fcfg.color_space != "rgb":
         raise ConfigError(
             f"{st.path} has {coll.n_alpha} images with alpha, fitted in premultiplied RGBA: "
@@ -90,6 +97,19 @@ def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fp: str, clear: bo
         st.set_section(FIT, {"state": "running", "fingerprint": fp, "config": to_dict(fcfg)})
         with timer("RGBA histogram", timings):
             codes, counts = rgba_histogram(run, st, coll, progress)
+    extra: dict[str, Any] = {"rgba": {"histogram": fingerprint(ingest_data(st)),
+                                      "n_distinct": len(codes)}}
+    if fcfg.quality is not None:  # the smallest K reaching a PSNR target
+        from streamq.fit.quality import search_k
+
+        with timer("quality search", timings):
+            chosen, record = search_k(
+                st, fcfg, len(codes), lambda k: {"k": k, **_kmeans(codes, counts, fcfg, k, None)},
+                [], what="RGBA colours")
+        result = _result(st, fcfg, chosen["k"], codes, counts, chosen, started, None, record)
+        save_fit(st, result, fp, timings, facts, {"starts": chosen["starts"], **extra})
+        log.info("%s", result)
+        return result
     if len(codes) < fcfg.colors:
         raise ConfigError(
             f"the collection has only {len(codes)} distinct RGBA colours, fewer than "
@@ -97,9 +117,7 @@ def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fp: str, clear: bo
     with timer("exact lloyd", timings):
         best = _kmeans(codes, counts, fcfg, fcfg.colors, fixed)
     result = _result(st, fcfg, fcfg.colors, codes, counts, best, started, fixed)
-    extra: dict[str, Any] = {"starts": best["starts"],
-                             "rgba": {"histogram": fingerprint(ingest_data(st)),
-                                      "n_distinct": len(codes)}}
+    extra = {"starts": best["starts"], **extra}
     if fixed is not None:
         extra["fixed_colors"] = fixed.record()
     save_fit(st, result, fp, timings, facts, extra)

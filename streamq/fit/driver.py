@@ -171,7 +171,7 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
     if coll.n_alpha:  # images with alpha: k-means on premultiplied RGBA
         from streamq.fit.alpha import fit_rgba
 
-        return fit_rgba(st, coll, cfg, fp, bool(prev and overwrite), progress, fixed)
+        return fit_rgba(st, coll, cfg, fcfg, fp, bool(prev and overwrite), progress, fixed)
     started = time.perf_counter()
     source = PixelSource.of_collection(coll)
     timings: dict[str, float] = {}
