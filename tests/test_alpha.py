@@ -249,13 +249,11 @@ def test_resumed_ingest_checks_alpha_rows(alpha_store, tmp_path):
 def test_rgb_only_stages_refuse_alpha(alpha_store, tmp_path):
     copy = tmp_path / "copy.zarr"
     shutil.copytree(alpha_store, copy)
-    for options, why in (({}, r"per_image.method 'kmeans' \(scikit-learn's KMeans\) cannot keep"),
-                         ({"method": "histogram", "quality": [20, 30], "k_range": [2, 8]},
-                          r"key 'per_image.quality' \(--quality\) is not available")):
-        with pytest.raises(ConfigError, match=r"has 8 images with alpha, fitted per image in "
-                           r"premultiplied RGBA: " + why) as err:
-            streamq.fit_per_image(copy, colors=[4], scheduler="threads", **options)
-        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"has 8 images with alpha, fitted per image in "
+                       r"premultiplied RGBA: per_image.method 'kmeans' \(scikit-learn's KMeans\) "
+                       r"cannot keep") as err:
+        streamq.fit_per_image(copy, colors=[4], scheduler="threads")
+    assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="color_space 'oklab' is not available"):
         streamq.fit(copy, colors=4, color_space="oklab", overwrite=True, scheduler="threads")
     pal = tmp_path / "p.json"
@@ -527,7 +525,8 @@ def test_per_image_opaque_images_as_in_an_opaque_store(alpha_store, alpha_dir, t
 
 
 def test_per_image_alpha_refusals(alpha_store, tmp_path):
-    """What per-image palettes with alpha cannot do yet says so in one line."""
+    """What per-image palettes with alpha cannot do yet says so in one line (their
+    ``--quality`` and ``--fixed-colors`` work: tests/test_alpha_fit.py)."""
     copy = tmp_path / "copy.zarr"
     shutil.copytree(alpha_store, copy)
     streamq.fit_per_image(copy, colors=[4], method="histogram", scheduler="threads",
@@ -541,11 +540,6 @@ def test_per_image_alpha_refusals(alpha_store, tmp_path):
                        ) as err:
         streamq.export(copy, tmp_path / "z.zarr", zarr=True, per_image=4, scheduler="threads")
     assert "\n" not in str(err.value)
-    pal = tmp_path / "p.json"
-    pal.write_text('["#000000"]')
-    with pytest.raises(ConfigError, match="key 'per_image.fixed_colors' is not available"):
-        streamq.fit_per_image(copy, colors=[4], method="histogram", fixed_colors=str(pal),
-                              overwrite=True, scheduler="threads")
 
 
 # -- a given palette with alpha --------------------------------------------------------------------

@@ -288,3 +288,161 @@ def test_quality_below_min_on_rgba_exits_99(store_copy):
                                       "x.json", "--scheduler", "threads", "--overwrite"])
     assert result.exit_code == 1
     assert "does not go with 'fit.quality'" in result.output
+
+
+# -- per-image palettes with alpha ----------------------------------------------------------------
+def _image_px(coll, i: int) -> np.ndarray:
+    """``(n, 4)`` uint8 premultiplied RGBA of image ``i`` as stored."""
+    return np.dstack([coll.read(i), coll.read_alpha(i)]).reshape(-1, 4)
+
+
+def _distances(px: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Brute force: the mean of the squared errors of the two composites (on black and on
+    white) of every pixel against every centre (premultiplied RGBA in [0, 1])."""
+    p = px / 255.0
+    black, white = p[:, :3], p[:, :3] + 1 - p[:, 3:]
+    cb, cw = centers[:, :3], centers[:, :3] + 1 - centers[:, 3:]
+    return ((black[:, None] - cb[None]) ** 2).sum(2) + ((white[:, None] - cw[None]) ** 2).sum(2)
+
+
+def _brute_psnr_rgba(px: np.ndarray, centers: np.ndarray, palette: np.ndarray,
+                     alpha: np.ndarray) -> float:
+    """PSNR over premultiplied RGBA of every pixel on its nearest centre (first on ties) shown
+    as its uint8 entry (straight ``palette`` and ``alpha``, premultiplied as a decoder does)."""
+    labels = _distances(px, centers).argmin(1)
+    target = _premultiply(np.concatenate([palette, alpha[:, None]], axis=1)).astype(np.float64)
+    return psnr(float(((px.astype(np.float64) - target[labels]) ** 2).mean()))
+
+
+def _flat_twin(alpha_src, tmp_path, **kw):
+    """The same collection ingested with --alpha flatten (same ids; opaque images' pixels
+    identical), fitted per image with ``kw``: its per-image group."""
+    flat = tmp_path / "flat.zarr"
+    streamq.ingest(alpha_src, flat, alpha="flatten", chunk_pixels=4096, scheduler="threads",
+                   progress=False)
+    streamq.fit_per_image(flat, method="histogram", scheduler="threads", progress=False, **kw)
+    return zarr.open_group(str(flat), mode="r")
+
+
+def test_per_image_quality_with_alpha(store_copy, alpha_src, tmp_path):
+    """Each image with alpha gets the smallest K of the range whose RGBA palette reaches MAX
+    over premultiplied RGBA (brute force over every pixel); its palette is the per-image RGBA
+    fit of that K, K - 1 fitted on its own misses MAX; opaque images beside them get the K,
+    palette and PSNR of a store without alpha."""
+    from streamq.per_image import fit_image_rgba
+    from streamq.rgba import palette_of
+
+    lo, hi, qmax = 4, 24, 27.0
+    kw = {"quality": [18, qmax], "k_range": [lo, hi], "seed": 1}
+    streamq.fit_per_image(store_copy, method="histogram", scheduler="threads", progress=False,
+                          **kw)
+    coll = streamq.open_store(store_copy)
+    g = zarr.open_group(store_copy, mode="r")
+    centers = g[f"per_image/k{hi}/centers"][:]
+    palettes, alphas = g[f"per_image/k{hi}/palette"][:], g[f"per_image/k{hi}/alpha"][:]
+    t = {c: g[f"per_image/quality/{c}"][:] for c in ("k", "psnr", "met")}
+    between = 0
+    for i in np.flatnonzero(coll.has_alpha):
+        px, k = _image_px(coll, i), int(t["k"][i])
+        d = len(np.unique(px, axis=0))
+        top = min(hi, d)
+        assert min(lo, top) <= k <= top
+        np.testing.assert_array_equal(centers[i][k:], np.repeat(centers[i][:1], hi - k, 0))
+        value = _brute_psnr_rgba(px, centers[i][:k], palettes[i][:k], alphas[i][:k])
+        assert value == pytest.approx(float(t["psnr"][i]), rel=1e-9)
+        if k < d:
+            want = fit_image_rgba(coll.read(i).reshape(-1, 3), coll.read_alpha(i).reshape(-1), k,
+                                  0.7, 1, int(i))
+            np.testing.assert_allclose(centers[i][:k], want, rtol=0, atol=1e-12)
+        assert bool(t["met"][i]) == (value >= qmax)
+        if value >= qmax and k > lo:
+            c = fit_image_rgba(coll.read(i).reshape(-1, 3), coll.read_alpha(i).reshape(-1),
+                               k - 1, 0.7, 1, int(i))
+            below = _brute_psnr_rgba(px, c, *palette_of(c))
+            assert below < qmax, (coll.paths[i], k, below)
+            between += k < top
+        elif value < qmax:
+            assert k == top
+    assert between >= 2  # the rule was exercised between LO and the top
+    # quantize's per-image PSNR over premultiplied RGBA is the search's
+    streamq.quantize(store_copy, scheduler="threads", progress=False)
+    g = zarr.open_group(store_copy, mode="r")
+    np.testing.assert_allclose(g[f"per_image/k{hi}/images/psnr"][:], t["psnr"], rtol=1e-9)
+    f = _flat_twin(alpha_src, tmp_path, **kw)
+    for i in np.flatnonzero(~coll.has_alpha):
+        assert f["per_image/quality/k"][i] == t["k"][i]
+        assert f["per_image/quality/psnr"][i] == t["psnr"][i]
+        np.testing.assert_array_equal(f[f"per_image/k{hi}/centers"][i], centers[i][:, :3])
+        np.testing.assert_array_equal(f[f"per_image/k{hi}/palette"][i], palettes[i])
+        assert (alphas[i] == 255).all()
+
+
+def test_per_image_fixed_colours_with_alpha(store_copy, alpha_src, tmp_path):
+    """--fixed-colors per image on a store with alpha (every pixel fitted: sample 1): each
+    image with alpha holds them as its first entries (straight RGBA as given, centres their
+    premultiplied value exactly), the transparent entry pinned after them, every other centre
+    the mean of its pixels (brute-force nearest labels); with a quality target every K tried
+    holds them; opaque images as in a store without alpha."""
+    fx = tmp_path / "fx.json"
+    fx.write_text(json.dumps(GIVEN))
+    ks = [6, K]
+    streamq.fit_per_image(store_copy, colors=ks, method="histogram", sample=1.0, n_init=2,
+                          fixed_colors=str(fx), scheduler="threads", progress=False)
+    coll = streamq.open_store(store_copy)
+    g = zarr.open_group(store_copy, mode="r")
+    held = _premultiply(FIXED) / 255.0
+    for k in ks:
+        centers = g[f"per_image/k{k}/centers"][:]
+        palettes, alphas = g[f"per_image/k{k}/palette"][:], g[f"per_image/k{k}/alpha"][:]
+        for i in np.flatnonzero(coll.has_alpha):
+            np.testing.assert_array_equal(palettes[i][:3], FIXED[:, :3])
+            np.testing.assert_array_equal(alphas[i][:3], FIXED[:, 3])
+            np.testing.assert_array_equal(centers[i][:3], held)
+            px = _image_px(coll, i)
+            n_held = 3
+            if (px[:, 3] == 0).any():  # the pinned transparent entry, right after them
+                np.testing.assert_array_equal(centers[i][3], 0)
+                n_held = 4
+            dist = _distances(px, centers[i])
+            labels = dist.argmin(1)
+            for j in range(n_held, k):
+                mine = labels == j
+                if mine.any():
+                    np.testing.assert_allclose(centers[i][j], (px[mine] / 255.0).mean(0),
+                                               rtol=0, atol=1e-9)
+        f = _flat_twin(alpha_src, tmp_path / str(k), colors=[k], sample=1.0, n_init=2,
+                       fixed_colors=str(fx))
+        for i in np.flatnonzero(~coll.has_alpha):
+            np.testing.assert_array_equal(f[f"per_image/k{k}/centers"][i], centers[i][:, :3])
+            np.testing.assert_array_equal(f[f"per_image/k{k}/palette"][i], palettes[i])
+            np.testing.assert_array_equal(palettes[i][:3], FIXED[:, :3])
+    sec = g.attrs["per_image"]
+    assert sec["fixed_colors"]["colors"] == ["#e30613", "#005ca980", "#ffcc0028"]
+    # with a quality target: every K tried holds them, quantize's PSNR is the search's
+    streamq.fit_per_image(store_copy, quality=[18, 26], k_range=[5, 16], method="histogram",
+                          fixed_colors=str(fx), overwrite=True, scheduler="threads",
+                          progress=False)
+    streamq.quantize(store_copy, scheduler="threads", progress=False)
+    g = zarr.open_group(store_copy, mode="r")
+    palettes, alphas = g["per_image/k16/palette"][:], g["per_image/k16/alpha"][:]
+    for i in np.flatnonzero(coll.has_alpha):
+        np.testing.assert_array_equal(palettes[i][:3], FIXED[:, :3])
+        np.testing.assert_array_equal(alphas[i][:3], FIXED[:, 3])
+    assert (g["per_image/quality/k"][:] >= 5).all()
+    np.testing.assert_allclose(g["per_image/k16/images/psnr"][:], g["per_image/quality/psnr"][:],
+                               rtol=1e-9)
+
+
+def test_per_image_quality_below_min_with_alpha_exits_99(store_copy):
+    args = ["fit", store_copy, "--per-image", "--method", "histogram", "--quality", "45-50",
+            "--k-range", "2-3", "--scheduler", "threads", "--no-progress"]
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code == 99, out.output
+    lines = out.output.strip().splitlines()
+    assert len(lines) == 1
+    assert "images stay below MIN 45 dB even with K=3" in lines[0]
+    coll = streamq.open_store(store_copy)
+    g = zarr.open_group(store_copy, mode="r")
+    reason = g["per_image/quality/reason"][:]
+    assert all(str(reason[i]).startswith("below MIN 45 dB: K=3")
+               for i in np.flatnonzero(coll.has_alpha))
