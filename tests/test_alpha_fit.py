@@ -368,6 +368,21 @@ def test_per_image_quality_with_alpha(store_copy, alpha_src, tmp_path):
     streamq.quantize(store_copy, scheduler="threads", progress=False)
     g = zarr.open_group(store_copy, mode="r")
     np.testing.assert_allclose(g[f"per_image/k{hi}/images/psnr"][:], t["psnr"], rtol=1e-9)
+    # exported: each image's own K entries, with their alpha (tRNS within the palette)
+    out = tmp_path / "png"
+    streamq.export(store_copy, out, per_image=hi, scheduler="threads", progress=False)
+    for i in np.flatnonzero(coll.has_alpha):
+        k = int(t["k"][i])
+        off, h, w = int(coll.offsets[i]), int(coll.heights[i]), int(coll.widths[i])
+        labels = np.asarray(g[f"per_image/k{hi}/labels"][off:off + h * w])
+        assert labels.max() < k
+        with Image.open((out / coll.paths[i]).with_suffix(".png")) as im:
+            assert im.mode == "P"
+            trns = im.info["transparency"]  # bytes, or the one transparent entry's index
+            assert (len(trns) if isinstance(trns, bytes) else trns + 1) <= k
+            decoded = np.asarray(im.convert("RGBA")).reshape(-1, 4)
+        np.testing.assert_array_equal(decoded[:, :3], palettes[i][labels])
+        np.testing.assert_array_equal(decoded[:, 3], alphas[i][labels])
     f = _flat_twin(alpha_src, tmp_path, **kw)
     for i in np.flatnonzero(~coll.has_alpha):
         assert f["per_image/quality/k"][i] == t["k"][i]

@@ -157,7 +157,7 @@ def _own_palette(args: dict[str, Any], image_id: int, palette: Any, alpha: Any,
         pal = pal[:args["n_colors"][image_id]]
     if alpha is None:
         return pal, shared_alpha
-    own = np.asarray(alpha, dtype=np.uint8)
+    own = np.asarray(alpha, dtype=np.uint8)[:len(pal)]  # a quality fit's: its own K too
     return pal, (own if (own < 255).any() else None)
 
 
