@@ -461,3 +461,133 @@ def test_per_image_quality_below_min_with_alpha_exits_99(store_copy):
     reason = g["per_image/quality/reason"][:]
     assert all(str(reason[i]).startswith("below MIN 45 dB: K=3")
                for i in np.flatnonzero(coll.has_alpha))
+
+
+# -- export --dither with alpha -------------------------------------------------------------------
+def _gradient(h: int = 96, w: int = 128) -> np.ndarray:
+    """A smooth straight-RGBA gradient: grey ramps across (64..192), alpha down from a fully
+    transparent band (the top 16 rows) through 85 to opaque."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    grey = 64 + 128 * x / (w - 1)
+    a = np.where(y < 16, 0, 85 + 170 * (y - 16) / (h - 17))
+    return np.round(np.stack([grey, grey, grey, a], 2)).astype(np.uint8)
+
+
+# its palette: greys 64, 128, 192 at alphas 85, 170, 255 and the transparent colour, so that
+# every premultiplied pixel lies in the hull of the entries (a cell's four corners)
+LATTICE = ["#00000000"] + [f"#{g:02x}{g:02x}{g:02x}{a:02x}" for a in (85, 170, 255)
+                           for g in (64, 128, 192)]
+
+
+def test_dither_with_alpha_diffuses_in_premultiplied_rgba(tmp_path):
+    """``export --dither`` of a palette with alpha: the PNG decodes to palette entries only,
+    fully transparent source pixels stay alpha 0, and averaged over 8x8 blocks the dithered
+    image is closer to the source (premultiplied RGBA) than the un-dithered one, whose flat
+    bands carry a local bias."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rgba = _gradient()
+    Image.fromarray(rgba, mode="RGBA").save(src / "gradient.png")
+    store = str(tmp_path / "g.zarr")
+    streamq.ingest(src, store, scheduler="threads", progress=False)
+    pal = tmp_path / "lattice.json"
+    pal.write_text(json.dumps(LATTICE))
+    streamq.quantize(store, palette=str(pal), scheduler="threads", progress=False)
+    fit = streamq.load_fit(store)
+    decoded = {}
+    for dither in (False, True):
+        out = tmp_path / f"out{int(dither)}"
+        streamq.export(store, out, dither=dither, scheduler="threads", progress=False)
+        with Image.open(out / "gradient.png") as im:
+            assert im.mode == "P"
+            decoded[dither] = np.asarray(im.convert("RGBA"))
+    entries = {tuple(e) for e in np.concatenate([fit.palette, fit.alpha[:, None]], 1).tolist()}
+    src_px = _premultiply(rgba.reshape(-1, 4)).astype(np.float64).reshape(rgba.shape)
+    bias = {}
+    for dither, img in decoded.items():
+        assert {tuple(c) for c in img.reshape(-1, 4).tolist()} <= entries  # entries only
+        assert (img[..., 3][rgba[..., 3] == 0] == 0).all()  # transparent stays transparent
+        px = _premultiply(img.reshape(-1, 4)).astype(np.float64).reshape(rgba.shape)
+        diff = (px - src_px).reshape(12, 8, 16, 8, 4).mean((1, 3))  # 8x8 block means
+        bias[dither] = float(np.sqrt((diff ** 2).mean()))
+    assert not np.array_equal(decoded[True], decoded[False])
+    assert bias[True] < 0.5 * bias[False], bias
+    # as JPEG (composited on the background) and WebP too
+    for fmt in ("webp", "jpeg"):
+        out = tmp_path / fmt
+        streamq.export(store, out, dither=True, format=fmt, scheduler="threads", progress=False)
+        with Image.open(next(out.rglob(f"*.{'jpg' if fmt == 'jpeg' else fmt}"))) as im:
+            assert im.size == (rgba.shape[1], rgba.shape[0])
+
+
+def test_dither_rgba_labels_are_nearest_to_the_diffused_values():
+    """The reference loop written from the definition (raster Floyd–Steinberg, nearest entry by
+    the composites on black and on white, transparent pixels skipped) gives the same labels."""
+    from streamq.dither import dither_rgba
+
+    rgba = _gradient(24, 20)
+    px = _premultiply(rgba.reshape(-1, 4))
+    pal = np.array([[0, 0, 0], [200, 120, 90], [60, 180, 120], [220, 60, 140], [90, 90, 200]],
+                   np.uint8)
+    pal_a = np.array([0, 255, 128, 200, 60], np.uint8)
+    got = dither_rgba(px[:, :3], px[:, 3], 24, 20, pal, pal_a)
+    target = _premultiply(np.concatenate([pal, pal_a[:, None]], 1)).astype(np.float64)
+    v = px.reshape(24, 20, 4).astype(np.float64)
+    want = np.zeros((24, 20), np.int64)
+    for y in range(24):
+        for x in range(20):
+            if px.reshape(24, 20, 4)[y, x, 3] == 0:
+                want[y, x] = 0  # nearest (0, 0, 0, 0): the transparent entry
+                continue
+            u = v[y, x].copy()
+            p = u.copy()
+            p[3] = np.clip(p[3], 0, 255)
+            p[:3] = np.clip(p[:3], 0, p[3])
+            d = (((p[:3] / 255 - target[:, :3] / 255) ** 2).sum(1)
+                 + (((p[:3] + 255 - p[3]) / 255 - (target[:, :3] + 255 - target[:, 3:]) / 255)
+                    ** 2).sum(1))
+            j = int(d.argmin())
+            want[y, x] = j
+            e = np.clip(u - target[j], -64, 64)  # before clipping, clamped
+            for dy, dx, f in ((0, 1, 7), (1, -1, 3), (1, 0, 5), (1, 1, 1)):
+                yy, xx = y + dy, x + dx
+                if 0 <= yy < 24 and 0 <= xx < 20 and px.reshape(24, 20, 4)[yy, xx, 3] != 0:
+                    v[yy, xx] += e * f / 16
+    np.testing.assert_array_equal(got, want)
+
+
+def test_per_image_dither_with_alpha(store_copy, alpha_src, tmp_path):
+    """``export --per-image K --dither``: an image with alpha is dithered to its own RGBA
+    palette (its entries only, transparent pixels stay transparent); an opaque image beside it
+    decodes as the same image dithered from a store without alpha."""
+    streamq.fit_per_image(store_copy, colors=[6], method="histogram", scheduler="threads",
+                          progress=False)
+    streamq.quantize(store_copy, scheduler="threads", progress=False)
+    out = tmp_path / "d"
+    streamq.export(store_copy, out, per_image=6, dither=True, scheduler="threads",
+                   progress=False)
+    coll = streamq.open_store(store_copy)
+    g = zarr.open_group(store_copy, mode="r")
+    palettes, alphas = g["per_image/k6/palette"][:], g["per_image/k6/alpha"][:]
+    _flat_twin(alpha_src, tmp_path, colors=[6])
+    flat = tmp_path / "flat.zarr"
+    streamq.quantize(flat, scheduler="threads", progress=False)
+    flat_out = tmp_path / "fd"
+    streamq.export(flat, flat_out, per_image=6, dither=True, scheduler="threads", progress=False)
+    changed = 0
+    for i, name in enumerate(coll.paths):
+        with Image.open((out / name).with_suffix(".png")) as im:
+            decoded = np.asarray(im.convert("RGBA"))
+        if coll.has_alpha[i]:
+            own = {tuple(e) for e in np.concatenate([palettes[i], alphas[i][:, None]], 1).tolist()}
+            assert {tuple(c) for c in decoded.reshape(-1, 4).tolist()} <= own
+            assert (decoded[..., 3][coll.read_alpha(i) == 0] == 0).all()
+            h, w = int(coll.heights[i]), int(coll.widths[i])
+            off = int(coll.offsets[i])
+            labels = np.asarray(g["per_image/k6/labels"][off:off + h * w]).reshape(h, w)
+            plain = np.concatenate([palettes[i], alphas[i][:, None]], 1)[labels]
+            changed += not np.array_equal(plain, decoded)
+        else:
+            with Image.open((flat_out / name).with_suffix(".png")) as im:
+                np.testing.assert_array_equal(decoded, np.asarray(im.convert("RGBA")))
+    assert changed >= 1
