@@ -14,6 +14,13 @@ palette source works: a ``.gpl``, ``.act``, JSON or hex list file, an image or a
   it (:mod:`streamq.kmeans`: a ``fixed`` mask in Lloyd, k-means++ seeded from the fixed
   centres, and the mini-batch model's fixed centres put back after every step), and the
   stored palette holds the given uint8 values, in RGB as in OKLab.
+* **Alpha.** For a collection with alpha (:mod:`streamq.fit.alpha`, per-image palettes of
+  images with alpha) a fixed colour has an alpha: ``#rrggbbaa`` or ``[r, g, b, a]`` give it,
+  any other colour is opaque (255). Its point is its premultiplied RGBA colour in the metric
+  space of :mod:`streamq.rgba` (the point of the collection's pixels of that colour), held
+  by the RGBA k-means; the stored palette holds the given straight colour and alpha. Colours
+  are distinct by their premultiplied value (every fully transparent colour is one point).
+  An opaque collection takes the colours without their alpha, as before.
 """
 
 from __future__ import annotations
@@ -36,8 +43,9 @@ log = logging.getLogger(__name__)
 class FixedColors:
     """The distinct fixed colours of a source, in its order."""
 
-    rgb: np.ndarray  # (F, 3) uint8 sRGB
+    rgb: np.ndarray  # (F, 3) uint8 sRGB (straight, not premultiplied)
     source: dict[str, Any]  # where they came from (streamq.palettes' description)
+    alpha: np.ndarray | None = None  # (F,) uint8 alpha, read for a collection with alpha
 
     @property
     def n(self) -> int:
@@ -47,7 +55,20 @@ class FixedColors:
     def sha256(self) -> str:
         from streamq.palettes import colors_sha256
 
-        return colors_sha256(self.rgb)
+        if self.alpha is None:  # an opaque collection's fingerprint, as before alpha
+            return colors_sha256(self.rgb)
+        return colors_sha256(self.rgba())
+
+    def rgba(self) -> np.ndarray:
+        """``(F, 4)`` uint8 straight RGBA (alpha 255 when none was read)."""
+        a = np.full(self.n, 255, np.uint8) if self.alpha is None else self.alpha
+        return np.concatenate([self.rgb, a[:, None]], axis=1)
+
+    def premultiplied(self) -> np.ndarray:
+        """``(F, 4)`` uint8 premultiplied RGBA, as ingest stores a pixel of that colour."""
+        from streamq.rgba import premultiplied
+
+        return premultiplied(self.rgb, self.rgba()[:, 3])
 
     def centers(self, space: str) -> np.ndarray:
         """``(F, 3)`` float64 points in colour space ``space``, as the fit computes the
@@ -59,7 +80,8 @@ class FixedColors:
     def record(self) -> dict[str, Any]:
         """JSON-ready description for the store (``info`` and the report show it)."""
         return {"n": self.n, "positions": f"0..{self.n - 1}", "sha256": self.sha256,
-                "colors": [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in self.rgb.tolist()],
+                "colors": [f"#{r:02x}{g:02x}{b:02x}" + (f"{a:02x}" if a < 255 else "")
+                           for r, g, b, a in self.rgba().tolist()],
                 "source": self.source}
 
     def describe(self) -> str:
@@ -69,9 +91,12 @@ class FixedColors:
 
 
 def read_fixed_colors(src: str | os.PathLike[str], colors: int, *, key: str = "fit.fixed_colors",
-                      storage_options: dict[str, Any] | None = None) -> FixedColors:
+                      storage_options: dict[str, Any] | None = None,
+                      with_alpha: bool = False) -> FixedColors:
     """The fixed colours of ``src`` for a palette of ``colors`` entries (the smallest K of a
-    per-image list); ``key`` names the setting in errors.
+    per-image list); ``key`` names the setting in errors. ``with_alpha`` (a collection with
+    alpha): the colours keep their alpha (255 where ``src`` gives none) and are distinct by
+    their premultiplied RGBA value.
 
     Raises
     ------
@@ -86,7 +111,15 @@ def read_fixed_colors(src: str | os.PathLike[str], colors: int, *, key: str = "f
         pal = read_palette(text, storage_options=storage_options)
     except ConfigError as exc:
         raise ConfigError(f"fixed colours (key '{key}'): {exc}") from None
-    _, first = np.unique(pal.colors, axis=0, return_index=True)
+    alpha = None
+    if with_alpha:
+        from streamq.rgba import premultiplied
+
+        alpha = np.full(pal.k, 255, np.uint8) if pal.alpha is None else pal.alpha
+        ident = premultiplied(pal.colors, alpha)
+    else:
+        ident = pal.colors
+    _, first = np.unique(ident, axis=0, return_index=True)
     keep = np.sort(first)
     if len(keep) < pal.k:
         log.warning("fixed colours %s: %d of its %d colours repeat an earlier one; kept the first "
@@ -96,4 +129,5 @@ def read_fixed_colors(src: str | os.PathLike[str], colors: int, *, key: str = "f
         raise ConfigError(
             f"fixed colours {text} (key '{key}'): {len(rgb)} distinct colours, expected fewer "
             f"than colors={colors} (K counts the fixed colours; the fit chooses the other K - F)")
-    return FixedColors(rgb, pal.source)
+    return FixedColors(rgb, pal.source,
+                       None if alpha is None else np.ascontiguousarray(alpha[keep]))

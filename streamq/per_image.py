@@ -40,8 +40,12 @@ below MIN do not stop the others: the fit finishes, then raises
 fit's k-means (:func:`streamq.kmeans.rgba.kmeans_rgba`: premultiplied RGBA, libimagequant's
 alpha weighting, the fully transparent entry pinned) on its sample's RGBA histogram
 (:func:`fit_image_rgba`); the other images of the collection keep their RGB fit, exactly as in
-a store without alpha. ``kmeans`` (scikit-learn cannot hold the transparent entry fixed),
-``quality`` and ``fixed_colors`` are refused in one line for such a collection.
+a store without alpha. Fixed colours (read with their alpha) are each such image's first
+entries, held at their premultiplied colours, stored as given; a quality target searches each
+image's K alike (:func:`search_image_rgba`: PSNR over every pixel and the four premultiplied
+channels, the exact palette being the fixed colours and the image's other RGBA colours).
+``kmeans`` (scikit-learn cannot hold the transparent entry fixed) is refused in one line for
+such a collection.
 
 Layout: ``per_image/k{K}/{centers,palette}`` hold ``(N, K, 3)`` arrays (with alpha: ``(N, K,
 4)`` premultiplied RGBA centres and the companion ``(N, K)`` ``per_image/k{K}/alpha``), ``labels`` the
@@ -101,9 +105,9 @@ from streamq.store.names import (
 from streamq.store.results import load_per_image
 from streamq.store.summaries import PerImageSummary, per_image_summary, summary_of
 
-__all__ = ["PerImageSummary", "exact_codes", "fit_image", "fit_image_rgba", "fit_per_image",
-           "image_psnr", "load_per_image", "quality_palette", "sample_index", "search_image",
-           "summary_of"]
+__all__ = ["PerImageSummary", "exact_codes", "exact_rgba", "fit_image", "fit_image_rgba",
+           "fit_per_image", "image_psnr", "image_psnr_rgba", "load_per_image", "quality_palette",
+           "sample_index", "search_image", "search_image_rgba", "summary_of"]
 
 log = logging.getLogger(__name__)
 
@@ -203,31 +207,81 @@ def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
 
 
 def fit_image_rgba(rgb: np.ndarray, alpha: np.ndarray, k: int, sample: float, seed: int,
-                   image_id: int, init: str = "k-means++", n_init: int = 1) -> np.ndarray:
+                   image_id: int, init: str = "k-means++", n_init: int = 1,
+                   fixed: np.ndarray | None = None) -> np.ndarray:
     """The palette of one image with alpha: the shared RGBA fit's k-means
     (:func:`streamq.kmeans.rgba.kmeans_rgba`: premultiplied RGBA, libimagequant's alpha
     weighting, the fully transparent entry pinned) on the RGBA histogram of the image's seeded
     ``sample`` (the pixels :func:`sample_index` picks, as the RGB fit samples them).
 
     ``rgb`` ``(n, 3)`` premultiplied uint8 and ``alpha`` ``(n,)``; returns ``(k, 4)``
-    premultiplied RGBA centres in [0, 1], entries with transparency first. A sample of fewer
-    than ``k`` distinct colours takes the whole image's; an image of fewer than ``k`` takes
-    those colours themselves, the rest repeating the first (ties label the first)."""
+    premultiplied RGBA centres in [0, 1], entries with transparency first. ``fixed``
+    (``(F, 4)`` uint8 straight RGBA, :meth:`streamq.fixed.FixedColors.rgba`) are the first
+    ``F`` entries, held at their premultiplied colours. A sample of fewer than ``k`` distinct
+    colours takes the whole image's; an image whose exact palette (:func:`exact_rgba`) has
+    fewer than ``k`` entries takes it, the rest repeating the first (ties label the first)."""
     from streamq.kmeans.rgba import kmeans_rgba
-    from streamq.rgba import codes_to_rgba, count_rgba, from_metric
+    from streamq.rgba import count_rgba
 
     index = sample_index(len(rgb), k, sample, seed, image_id)
     codes, counts = count_rgba(rgb[index], alpha[index])
     if len(codes) < k:
         codes, counts = count_rgba(rgb, alpha)
-    if len(codes) < k:
-        rgba = codes_to_rgba(codes)
-        rgba = rgba[np.lexsort((np.arange(len(rgba)), rgba[:, 3] == 255))]  # transparent first
-        x = rgba.astype(np.float64) / 255.0
-        return np.concatenate([x, np.repeat(x[:1], k - len(x), axis=0)])
+    exact = exact_rgba(codes, fixed)
+    if len(exact) < k:
+        return np.concatenate([exact, np.repeat(exact[:1], k - len(exact), axis=0)])
     # one generator per (image, K) as for RGB palettes
-    res = kmeans_rgba(codes, counts, k, n_init=n_init, seed=[seed, image_id, k], init=init)
-    return np.asarray(from_metric(res["metric_centers"]), dtype=np.float64)
+    res = kmeans_rgba(codes, counts, k, n_init=n_init, seed=[seed, image_id, k], init=init,
+                      fixed=fixed)
+    return np.asarray(res["centers"], dtype=np.float64)
+
+
+def exact_rgba(codes: np.ndarray, fixed: np.ndarray | None = None) -> np.ndarray:
+    """The exact palette of an image with alpha whose distinct RGBA ``codes``
+    (:func:`streamq.rgba.count_rgba`) are given, as ``(n, 4)`` premultiplied RGBA centres in
+    [0, 1]: the ``fixed`` colours (``(F, 4)`` uint8 straight RGBA) first, then the image's
+    colours that are not among them, those with transparency first."""
+    from streamq.rgba import codes_to_rgba, premultiplied, rgba_codes
+
+    rgba = codes_to_rgba(codes)
+    held = np.zeros((0, 4), np.uint8)
+    if fixed is not None and len(fixed):
+        given = np.asarray(fixed, np.uint8).reshape(-1, 4)
+        held = premultiplied(given[:, :3], given[:, 3])
+        rgba = rgba[~np.isin(codes, rgba_codes(held[:, :3], held[:, 3]))]
+    rgba = rgba[np.lexsort((np.arange(len(rgba)), rgba[:, 3] == 255))]  # transparent first
+    return np.concatenate([held, rgba]).astype(np.float64) / 255.0
+
+
+def image_psnr_rgba(colours: tuple[np.ndarray, np.ndarray], centers: np.ndarray,
+                    fixed: np.ndarray | None = None) -> tuple[float, float]:
+    """``(MSE, PSNR)`` of an image with alpha quantized with ``centers`` (``(k, 4)``
+    premultiplied RGBA), over every pixel and the four premultiplied channels: each distinct
+    colour (``colours``: :func:`streamq.rgba.count_rgba` of the whole image) labelled by its
+    exact nearest centre, as quantize labels it, and compared with its uint8 entry."""
+    from streamq.kmeans.rgba import exact_errors
+    from streamq.rgba import codes_to_rgba, to_metric
+
+    codes, counts = colours
+    if len(codes) == 0:
+        return 0.0, psnr(0.0)
+    palette, alpha = _rgba_palette(centers, fixed)
+    rgba = codes_to_rgba(codes)
+    mse = exact_errors(to_metric(rgba / 255.0), rgba, counts, to_metric(centers), palette,
+                       alpha)[0]
+    return mse, psnr(mse)
+
+
+def _rgba_palette(centers: np.ndarray, fixed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 straight palette and alpha of premultiplied RGBA ``centers``
+    (:func:`streamq.rgba.palette_of`), the ``fixed`` colours' entries as given."""
+    from streamq.rgba import palette_of
+
+    palette, alpha = palette_of(centers)
+    if fixed is not None and len(fixed):
+        given = np.asarray(fixed, np.uint8).reshape(-1, 4)
+        palette[:len(given)], alpha[:len(given)] = given[:, :3], given[:, 3]
+    return palette, alpha
 
 
 def _rgba_refusal(pcfg: PerImageConfig) -> str | None:
@@ -235,26 +289,21 @@ def _rgba_refusal(pcfg: PerImageConfig) -> str | None:
     if pcfg.method != "histogram":
         return (f"per_image.method {pcfg.method!r} (scikit-learn's KMeans) cannot keep the fully "
                 "transparent entry fixed as the RGBA fit does; add --method histogram")
-    if pcfg.quality is not None:
-        return "key 'per_image.quality' (--quality) is not available for them yet"
-    if pcfg.fixed_colors is not None:
-        return "key 'per_image.fixed_colors' is not available for them yet"
     return None
 
 
-def _palettes(centers: np.ndarray, has_alpha: np.ndarray
+def _palettes(centers: np.ndarray, has_alpha: np.ndarray, fixed: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray | None]:
     """The uint8 palettes ``(N, K, 3)`` of centres ``(N, K, D)``, and for D = 4 their alpha
     ``(N, K)``: an opaque image's entries rounded as in an opaque store (alpha 255), an image
-    with alpha's by :func:`streamq.rgba.palette_of` (straight colours, as a PNG holds them)."""
+    with alpha's by :func:`streamq.rgba.palette_of` (straight colours, as a PNG holds them),
+    its ``fixed`` colours' entries (``(F, 4)`` straight RGBA) as given."""
     palette = np.round(np.clip(centers[..., :3] * 255, 0, 255)).astype(np.uint8)
     if centers.shape[-1] == 3:
         return palette, None
-    from streamq.rgba import palette_of
-
     alpha = np.full(centers.shape[:2], 255, np.uint8)
     for i in np.flatnonzero(has_alpha):
-        palette[i], alpha[i] = palette_of(centers[i])
+        palette[i], alpha[i] = _rgba_palette(centers[i], fixed)
     return palette, alpha
 
 
@@ -321,21 +370,58 @@ def search_image(rgb: np.ndarray, k_range: tuple[int, int] | list[int],
     """
     from streamq.kmeans import distinct_colours
 
-    qmin, qmax = quality
     colours = distinct_colours(rgb)
     # an image of d < HI colours: K = d exact (with fixed colours: F + those not among them)
     top = max(1, min(int(k_range[1]), len(exact_codes(colours, fixed))))
+
+    def measure(k: int) -> tuple[np.ndarray, float]:
+        centers = quality_palette(rgb, k, colours, fit, fixed)
+        return centers, image_psnr(colours, centers)[0]
+
+    return _search(k_range, quality, top, measure)
+
+
+def search_image_rgba(rgb: np.ndarray, alpha: np.ndarray, k_range: tuple[int, int] | list[int],
+                      quality: tuple[float, float] | list[float], args: dict[str, Any],
+                      image_id: int, fixed: np.ndarray | None = None) -> dict[str, Any]:
+    """:func:`search_image` for an image with alpha (``rgb`` premultiplied, ``alpha``): each K
+    tried is :func:`fit_image_rgba` with the task's ``sample``, ``seed``, ``init`` and
+    ``n_init`` (``fixed``: ``(F, 4)`` straight RGBA, its first entries), or from the entries
+    of the image's exact RGBA palette (:func:`exact_rgba`) on, that palette; its MSE is over
+    every pixel and the four premultiplied channels (:func:`image_psnr_rgba`). Centres are
+    ``(k, 4)`` premultiplied RGBA."""
+    from streamq.rgba import count_rgba
+
+    colours = count_rgba(rgb, alpha)
+    exact = exact_rgba(colours[0], fixed)
+    top = max(1, min(int(k_range[1]), len(exact)))
+
+    def measure(k: int) -> tuple[np.ndarray, float]:
+        if k < len(exact):
+            centers = fit_image_rgba(rgb, alpha, k, args["sample"], args["seed"], image_id,
+                                     args["init"], args["n_init"], fixed)
+        else:
+            centers = np.concatenate([exact, np.repeat(exact[:1], k - len(exact), axis=0)])
+        return centers, image_psnr_rgba(colours, centers, fixed)[0]
+
+    return _search(k_range, quality, top, measure)
+
+
+def _search(k_range: tuple[int, int] | list[int], quality: tuple[float, float] | list[float],
+            top: int, measure: Callable[[int], tuple[np.ndarray, float]]) -> dict[str, Any]:
+    """The galloping and binary search of :func:`search_image` up to ``top`` (HI capped at the
+    image's exact palette); ``measure(k)`` is K's ``(centres, MSE)``."""
+    qmin, qmax = quality
     lo = min(int(k_range[0]), top)
     measured: dict[int, tuple[np.ndarray, float]] = {}
     tried: list[list[Any]] = []
 
     def quality_of(k: int) -> float:
         if k not in measured:
-            centers = quality_palette(rgb, k, colours, fit, fixed)
-            mse, value = image_psnr(colours, centers)
+            centers, mse = measure(k)
             measured[k] = (centers, mse)
             tried.append([k, mse])
-            return value
+            return psnr(mse)
         return psnr(measured[k][1])
 
     # Galloping from LO (LO, 2 LO, 4 LO, ... capped at HI): a fit's cost grows with K, so the
@@ -381,6 +467,8 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
     alpha = np.asarray(open_array(args["store"], ALPHA)[a:b]) if with_alpha else None
     result: dict[str, list[Any]] = {str(k): [] for k in args["colors"]}
     fixed = None if args.get("fixed") is None else np.asarray(args["fixed"], np.uint8).reshape(-1, 3)
+    fixed_rgba = (None if args.get("fixed_rgba") is None
+                  else np.asarray(args["fixed_rgba"], np.uint8).reshape(-1, 4))
     quality = args.get("quality")
     if quality is not None:
         result["quality"] = []
@@ -402,7 +490,12 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
                              args["n_init"], args["method"], index.get(m), hist.get(m), fixed)
 
         if quality is not None:  # one K per image, padded to HI (see the module's docstring)
-            found = search_image(rgb, args["k_range"], quality, fit, fixed)
+            if image_id in with_alpha:  # (k, 4) premultiplied RGBA centres
+                assert alpha is not None, "read for the images with alpha"
+                found = search_image_rgba(rgb, alpha[off - a: off - a + size], args["k_range"],
+                                          quality, args, image_id, fixed_rgba)
+            else:
+                found = search_image(rgb, args["k_range"], quality, fit, fixed)
             hi = int(args["k_range"][1])
             c = np.concatenate([found["centers"],  # the rest repeat the first entry
                                 np.repeat(found["centers"][:1], hi - found["k"], axis=0)])
@@ -414,7 +507,8 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
             assert alpha is not None, "read for the images with alpha"
             for k in args["colors"]:
                 c = fit_image_rgba(rgb, alpha[off - a: off - a + size], k, args["sample"],
-                                   args["seed"], image_id, args["init"], args["n_init"])
+                                   args["seed"], image_id, args["init"], args["n_init"],
+                                   fixed_rgba)
                 result[str(k)].append([image_id, c.reshape(-1).tolist()])
             continue
         for k in args["colors"]:
@@ -486,7 +580,8 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
         fixed = read_fixed_colors(pcfg.fixed_colors, min(pcfg.colors) if pcfg.quality is None
                                   else pcfg.k_range[0],
                                   key="per_image.fixed_colors",
-                                  storage_options=cfg.storage_options or None)
+                                  storage_options=cfg.storage_options or None,
+                                  with_alpha=bool(coll.n_alpha))
     fp = _fingerprint(st, pcfg, fixed)
     sec = st.section(SECTION)
     if sec and not overwrite:
@@ -542,6 +637,8 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
                     "fixed": None if fixed is None else fixed.rgb.tolist()}
             if coll.n_alpha:  # only then: an opaque store's tasks are unchanged
                 args["with_alpha"] = [i for i in ids if coll.has_alpha[i]]
+                if fixed is not None:  # images with alpha hold them with their alpha
+                    args["fixed_rgba"] = fixed.rgba().tolist()
             if pcfg.quality is not None:
                 args.update(quality=list(pcfg.quality), k_range=list(pcfg.k_range))
             todo.append(Task(_fit_task, args, len(images)))
@@ -556,7 +653,9 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
                 for image_id, flat in json.loads(r)[str(k)]:
                     c = np.asarray(flat, dtype=np.float64).reshape(k, -1)
                     centers[image_id, :, :c.shape[1]] = c
-            palette, alpha = _palettes(centers, coll.has_alpha)
+            palette, alpha = _palettes(centers, coll.has_alpha,
+                                       None if fixed is None or fixed.alpha is None
+                                       else fixed.rgba())
             st.write_array(per_image_centers(k), centers)
             st.write_array(per_image_palette(k), palette)
             if alpha is not None:

@@ -4,7 +4,8 @@ A palette PNG (mode ``P``) for K <= 256, else RGB; JPEG and WebP are RGB. ``dith
 re-quantizes the stored pixels to the palette with Floyd-Steinberg error diffusion (Pillow's,
 nearest colour in RGB). A palette with alpha gives palette PNGs with a ``tRNS`` chunk (the
 alpha of each entry up to the last transparent one), RGBA PNG and WebP files, and JPEG files
-composited on the ingest's ``background``.
+composited on the ingest's ``background``; ``dither`` with it diffuses the error in
+premultiplied RGBA (:mod:`streamq.dither`), then writes the labels so found as above.
 """
 
 from __future__ import annotations
@@ -29,15 +30,22 @@ class Encoder:
     alpha: np.ndarray | None = None  # the palette's alpha (uint8), when it has one
     background: Sequence[int] = (255, 255, 255)  # JPEG: transparent pixels composited on it
 
-    def encode(self, data: np.ndarray, height: int, width: int, palette: np.ndarray) -> bytes:
+    def encode(self, data: np.ndarray, height: int, width: int, palette: np.ndarray,
+               pixel_alpha: np.ndarray | None = None) -> bytes:
         """The file of an image: ``data`` its labels (``height * width``), or its stored RGB
-        pixels when dithering, and ``palette`` its (K, 3) uint8 colours."""
+        pixels when dithering (with a palette with alpha: premultiplied, their alpha
+        ``pixel_alpha``), and ``palette`` its (K, 3) uint8 colours."""
         from PIL import Image
 
         fmt, h, w = self.format, height, width
         k = len(palette)
         flat_pal = palette.reshape(-1).tolist()
-        if self.dither:
+        if self.dither and self.alpha is not None:  # error diffusion in premultiplied RGBA
+            from streamq.dither import dither_rgba
+
+            assert pixel_alpha is not None, "the pixels' alpha is read to dither with alpha"
+            data = dither_rgba(data, pixel_alpha, h, w, palette, self.alpha).reshape(-1)
+        if self.dither and self.alpha is None:
             pal_img = Image.new("P", (1, 1))
             pal_img.putpalette(flat_pal + flat_pal[-3:] * (256 - k))
             img = Image.fromarray(data.reshape(h, w, 3)).quantize(

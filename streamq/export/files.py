@@ -3,7 +3,7 @@
 Files mirror the source tree (``Person/Person_0001.jpg`` -> ``OUT/Person/Person_0001.png``):
 a palette PNG (mode ``P``) for K <= 256, else RGB; ``--format jpeg|webp`` writes RGB;
 ``--dither`` re-quantizes the stored pixels to the palette with Floyd-Steinberg error
-diffusion; a palette with alpha gives ``tRNS`` palette PNGs, RGBA PNG and WebP files and JPEG
+diffusion (with alpha: in premultiplied RGBA, :mod:`streamq.dither`); a palette with alpha gives ``tRNS`` palette PNGs, RGBA PNG and WebP files and JPEG
 files composited on the ingest's ``background`` (:mod:`streamq.export.encode`). An image over
 the ingest's ``max_pixels`` (read in bands) is never encoded whole: whatever ``format``, it
 is a tiled BigTIFF (``name.tif``) written a row of tiles at a time (:mod:`streamq.export.tiff`),
@@ -161,9 +161,6 @@ def export(store: str | Location, out: str | Location, *, zarr: bool = False,
         palette = None
     # per-image palettes with alpha (straight colours and their alpha, each image its own)
     rgba_per_image = per_image is not None and st.has(per_image_alpha(per_image))
-    if (alpha is not None or rgba_per_image) and dither:
-        raise ConfigError("--dither is not available for a palette with alpha (this store's "
-                          "images have transparent pixels)")
     k = len(palette) if palette is not None else per_image
     if dither and k is not None and k > 256:
         raise ConfigError(f"--dither needs a palette of at most 256 colours, this one has {k}")

@@ -38,7 +38,7 @@ from streamq.export.tiff import EXT, tile_shape, write_tiff
 from streamq.faults import retrying
 from streamq.fs import Location, storage_errors, write_atomic
 from streamq.lock import check_writer
-from streamq.store import PIXELS, open_array
+from streamq.store import ALPHA, PIXELS, open_array
 from streamq.store.names import labels_path, per_image_alpha, per_image_palette
 from streamq.store.results import read_identity
 
@@ -88,6 +88,9 @@ def export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
     try:
         try:
             source = open_array(store, name)
+            # dithering to a palette with alpha: the pixels' alpha too (a store with alpha)
+            alpha_src = (open_array(store, ALPHA) if args["dither"] and (
+                alpha is not None or args.get("per_image_alpha")) else None)
             palettes = open_array(store, per_image_palette(k_img)) if k_img else None
             alphas = (open_array(store, per_image_alpha(k_img))
                       if k_img and args.get("per_image_alpha") else None)
@@ -106,6 +109,9 @@ def export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
                                 if palettes is not None else None)
                 run_alphas = (np.asarray(alphas[run[0][0]:run[-1][0] + 1])
                               if alphas is not None else None)
+                px_alpha = (retrying(functools.partial(_read_rows, alpha_src, start, stop),
+                                     "read", store.join(ALPHA).url, retry)
+                            if alpha_src is not None else None)
             except Exception:
                 _check_labels(args)
                 raise
@@ -116,7 +122,9 @@ def export_images(args: dict[str, Any], fs: Any) -> tuple[int, int]:
                                             else run_palettes[j], None if run_alphas is None
                                             else run_alphas[j], encoder.alpha)
                 coder = encoder if own is encoder.alpha else replace(encoder, alpha=own)
-                encoded = coder.encode(block[off - start:off - start + h * w], h, w, palette)
+                encoded = coder.encode(block[off - start:off - start + h * w], h, w, palette,
+                                       None if px_alpha is None
+                                       else px_alpha[off - start:off - start + h * w])
                 check_writer()  # under `streamq run`: the store's lock must still be this job's
                 paths.append(path)
                 if fs is None:
@@ -157,7 +165,7 @@ def _own_palette(args: dict[str, Any], image_id: int, palette: Any, alpha: Any,
         pal = pal[:args["n_colors"][image_id]]
     if alpha is None:
         return pal, shared_alpha
-    own = np.asarray(alpha, dtype=np.uint8)
+    own = np.asarray(alpha, dtype=np.uint8)[:len(pal)]  # a quality fit's: its own K too
     return pal, (own if (own < 255).any() else None)
 
 

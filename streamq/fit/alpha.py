@@ -18,24 +18,39 @@ mini-batch phase (``algorithm`` makes no difference here) and no checkpoint: the
 deterministic function of the histogram and the seed, so a rerun after a kill gives the
 same palette (the histogram, once stored, is not counted again). Only ``color_space: rgb``.
 
+With fixed colours (``fit.fixed_colors``, :mod:`streamq.fixed` read with their alpha) the
+palette's first ``F`` entries are those colours, held at their premultiplied RGBA points by
+every start and Lloyd step (:func:`streamq.kmeans.rgba.kmeans_rgba`); the pinned fully
+transparent entry follows them.
+
 The palette is stored as straight (not premultiplied) colours ``fit/palette/{r,g,b}`` with
 their alpha ``fit/palette/a``, and the float centres in premultiplied RGBA
 ``fit/palette/centers_{0..3}``. Its MSE/PSNR are over premultiplied RGBA (four channels).
+The result says what ran: ``algorithm`` ``lloyd``.
+
+A quality target (``fit.quality``, ``fit --quality MIN-MAX``) runs the K search of
+:mod:`streamq.fit.quality` (:func:`streamq.fit.quality.search_k`) with this k-means at each K
+tried, on the RGBA histogram (read once), PSNR over premultiplied RGBA: the smallest K of
+``fit.k_range`` reaching MAX (each K's palette the one ``fit -k K`` gives), exit 99 below MIN.
+Nothing is checkpointed per K (each K's fit is a deterministic function of the histogram and
+the seed): a rerun after a kill searches again to the same K and palette.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import numpy as np
 
-from streamq.config import StreamQConfig, fingerprint, to_dict
+from streamq.config import FitConfig, StreamQConfig, fingerprint, to_dict
 from streamq.console import timer
 from streamq.errors import ConfigError
+from streamq.fixed import FixedColors
 from streamq.kmeans.rgba import FINISHERS, exact_errors, kmeans_rgba
 from streamq.metrics import psnr
-from streamq.rgba import codes_to_rgba, from_metric, palette_of, to_metric
+from streamq.rgba import codes_to_rgba, palette_of, to_metric
 from streamq.scheduler import Runner, runner
 from streamq.store import Collection, Store
 from streamq.store.histogram import ingest_data, rgba_histogram
@@ -61,11 +76,12 @@ def rgba_mse(run: Runner, st: Store, coll: Collection, centers: np.ndarray) -> f
 
 
 # -- the stage -------------------------------------------------------------------------------------
-def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fp: str, clear: bool,
-             progress: bool | None) -> FitResult:
-    """Fit the palette of a collection with alpha (see the module docstring). ``fp`` is the
-    fit's fingerprint; ``clear`` replaces a fit already in the store."""
-    fcfg = cfg.fit
+def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fcfg: FitConfig, fp: str,
+             clear: bool, progress: bool | None, fixed: FixedColors | None = None) -> FitResult:
+    """Fit the palette of a collection with alpha (see the module docstring). ``fcfg`` are
+    the fit keys (a quality search's: :func:`streamq.fit.quality.search_config`); ``fp`` is
+    the fit's fingerprint; ``clear`` replaces a fit already in the store; ``fixed``: fixed
+    colours read with their alpha (:mod:`streamq.fixed`), the palette's first entries."""
     if fcfg.color_space != "rgb":
         raise ConfigError(
             f"{st.path} has {coll.n_alpha} images with alpha, fitted in premultiplied RGBA: "
@@ -81,16 +97,52 @@ def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fp: str, clear: bo
         st.set_section(FIT, {"state": "running", "fingerprint": fp, "config": to_dict(fcfg)})
         with timer("RGBA histogram", timings):
             codes, counts = rgba_histogram(run, st, coll, progress)
+    extra: dict[str, Any] = {"rgba": {"histogram": fingerprint(ingest_data(st)),
+                                      "n_distinct": len(codes)}}
+    if fcfg.quality is not None:  # the smallest K reaching a PSNR target
+        from streamq.fit.quality import search_k
+
+        with timer("quality search", timings):
+            chosen, record = search_k(
+                st, fcfg, len(codes), lambda k: {"k": k, **_kmeans(codes, counts, fcfg, k, None)},
+                [], what="RGBA colours")
+        result = _result(st, fcfg, chosen["k"], codes, counts, chosen, started, None, record)
+        save_fit(st, result, fp, timings, facts, {"starts": chosen["starts"], **extra})
+        log.info("%s", result)
+        return result
     if len(codes) < fcfg.colors:
         raise ConfigError(
             f"the collection has only {len(codes)} distinct RGBA colours, fewer than "
             f"colors={fcfg.colors}; choose --colors {len(codes)} or fewer")
     with timer("exact lloyd", timings):
-        best = kmeans_rgba(codes, counts, fcfg.colors, n_init=fcfg.n_init, seed=fcfg.seed,
-                           init=fcfg.init, tol=fcfg.tol, max_iter=fcfg.max_iter)
-    centers, palette, alpha = best["metric_centers"], best["palette"], best["alpha"]
-    x = to_metric(codes_to_rgba(codes) / 255.0)
-    mse, pixel_counts = exact_errors(x, codes_to_rgba(codes), counts, centers, palette, alpha)
+        best = _kmeans(codes, counts, fcfg, fcfg.colors, fixed)
+    result = _result(st, fcfg, fcfg.colors, codes, counts, best, started, fixed)
+    extra = {"starts": best["starts"], **extra}
+    if fixed is not None:
+        extra["fixed_colors"] = fixed.record()
+    save_fit(st, result, fp, timings, facts, extra)
+    log.info("%s", result)
+    return result
+
+
+def _kmeans(codes: np.ndarray, counts: np.ndarray, fcfg: FitConfig, k: int,
+            fixed: FixedColors | None) -> dict[str, Any]:
+    """The RGBA k-means of ``k`` colours with the fit's seed and starts, and its exact MSE
+    (``mse``) and pixels per entry (``counts``)."""
+    best = kmeans_rgba(codes, counts, k, n_init=fcfg.n_init, seed=fcfg.seed, init=fcfg.init,
+                       tol=fcfg.tol, max_iter=fcfg.max_iter,
+                       fixed=None if fixed is None else fixed.rgba())
+    rgba = codes_to_rgba(codes)
+    mse, pixel_counts = exact_errors(to_metric(rgba / 255.0), rgba, counts,
+                                     best["metric_centers"], best["palette"], best["alpha"])
+    return {**best, "mse": mse, "counts": pixel_counts}
+
+
+def _result(st: Store, fcfg: FitConfig, k: int, codes: np.ndarray, counts: np.ndarray,
+            best: dict[str, Any], started: float, fixed: FixedColors | None,
+            quality: dict[str, Any] | None = None) -> FitResult:
+    """The :class:`FitResult` of an RGBA k-means (``_kmeans``'s dict): what ran is exact
+    Lloyd (``algorithm`` lloyd, whatever the config says: there is no mini-batch phase)."""
     n_px = int(counts.sum())
     rows = np.asarray(best["history"], dtype=np.float64).reshape(-1, 3)
     objective = np.full(len(rows), np.nan)
@@ -101,19 +153,19 @@ def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fp: str, clear: bo
     how = {"labels": "converged (no label changed)",
            "tol": f"converged (squared centre shift within tol={fcfg.tol:g} of the variance)",
            "max_iter": f"max_iter={fcfg.max_iter}"}[best["stop"]]
-    pinned = ", the fully transparent colour kept" if best["fixed"] else ""
+    held = [f"{fixed.n} fixed colours"] if fixed is not None else []
+    held += ["the fully transparent colour"] if best["fixed"] else []
+    pinned = f", {' and '.join(held)} kept" if held else ""
     reason = (f"exact Lloyd on every premultiplied RGBA colour ({len(codes)}{pinned}), best of "
               f"{fcfg.n_init} starts raced on the colour grid, {FINISHERS} finished "
               f"(k-means++ start {best['start'] + 1}): {how} after {best['grid_iterations']} + "
               f"{best['iterations']} iterations")
-    result = FitResult(
-        store=st.path, k=fcfg.colors, algorithm=fcfg.algorithm, color_space="rgb",
-        centers=from_metric(centers), palette=palette, counts=pixel_counts, history=history,
+    mse = float(best["mse"])
+    return FitResult(
+        store=st.path, k=k, algorithm="lloyd", color_space="rgb",
+        centers=np.asarray(best["centers"], np.float64), palette=best["palette"],
+        counts=np.asarray(best["counts"], np.int64), history=history,
         steps=best["iterations"], pixels_seen=best["iterations"] * n_px, stop_reason=reason,
         mse=mse, psnr=psnr(mse), seconds=round(time.perf_counter() - started, 3),
-        seed=fcfg.seed, config=to_dict(fcfg), alpha=alpha)
-    save_fit(st, result, fp, timings, facts,
-                 {"starts": best["starts"], "rgba": {"histogram": fingerprint(ingest_data(st)),
-                                                     "n_distinct": len(codes)}})
-    log.info("%s", result)
-    return result
+        seed=fcfg.seed, config=to_dict(fcfg), alpha=best["alpha"], quality=quality,
+        n_fixed=0 if fixed is None else fixed.n)

@@ -146,7 +146,8 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
         raise ConfigError(f"key 'fit.batch_size' has value {fcfg.batch_size}, expected at least "
                           f"colors={fcfg.colors} (each step needs a pixel per centre)")
     fixed = (read_fixed_colors(fcfg.fixed_colors, fcfg.colors,
-                               storage_options=cfg.storage_options or None)
+                               storage_options=cfg.storage_options or None,
+                               with_alpha=bool(coll.n_alpha))
              if fcfg.fixed_colors is not None else None)
     fp = _fit_fingerprint(st, fcfg, fixed)
     prev = st.section(FIT)
@@ -170,7 +171,7 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
     if coll.n_alpha:  # images with alpha: k-means on premultiplied RGBA
         from streamq.fit.alpha import fit_rgba
 
-        return fit_rgba(st, coll, cfg, fp, bool(prev and overwrite), progress)
+        return fit_rgba(st, coll, cfg, fcfg, fp, bool(prev and overwrite), progress, fixed)
     started = time.perf_counter()
     source = PixelSource.of_collection(coll)
     timings: dict[str, float] = {}

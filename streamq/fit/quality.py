@@ -25,6 +25,10 @@ being fitted checkpoints its Lloyd starts as any fit does; a rerun after ``kill 
 them back and continues, ending with the same K and palette. A search that fails below MIN
 leaves its record, so a rerun fails again at once.
 
+**With alpha.** A collection with alpha runs the same search (:func:`search_k`) with the
+RGBA fit of :mod:`streamq.fit.alpha` at each K, on the RGBA histogram, PSNR over
+premultiplied RGBA; that fit keeps no checkpoint, so neither does its search.
+
 **What is stored.** The fit is saved as any fit (``fit/palette``, ``fit/history``, attribute
 ``fit``) with ``algorithm = "lloyd"`` and ``k`` the chosen K; ``summary.quality`` holds the
 target, the range searched and every K tried with its MSE, and ``streamq info`` shows it.
@@ -36,6 +40,7 @@ import dataclasses
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -52,7 +57,7 @@ from streamq.store.checkpoint import read_checkpoint, write_checkpoint
 from streamq.store.results import CHECKPOINT, HISTORY_KEYS, FitResult, save_fit
 
 __all__ = ["EXIT_STATUS", "QualityError", "check_flags", "describe_quality", "fit_quality", "parse_range", "search",
-           "search_config"]
+           "search_config", "search_k"]
 
 log = logging.getLogger(__name__)
 
@@ -105,33 +110,51 @@ def search(run: Runner, st: Store, fcfg: FitConfig, fp: str, codes: np.ndarray,
     Lloyd result of :func:`streamq.fit.lloyd.fit_exact`) and the search's record for the summary.
     Raises :class:`QualityError` when the largest K stays below MIN.
     """
-
-    assert fcfg.quality is not None
-    qmin, qmax = fcfg.quality
-    lo, hi = fcfg.k_range
-    if len(codes) < lo:
-        raise ConfigError(f"the collection has only {len(codes)} distinct colours, fewer than "
-                          f"the smallest K of key 'fit.k_range' {[lo, hi]}; start the range at "
-                          f"{len(codes)} or below")
-    hi = min(hi, len(codes))  # K = the distinct colours: every pixel exact
     x = points(codes, fcfg.color_space)
     ckpt = read_checkpoint(st, CHECKPOINT, fp, "fit")
     tried: list[dict[str, Any]] = list(ckpt["tried"]) if ckpt and "tried" in ckpt else []
+
+    def fit_k(k: int) -> dict[str, Any]:
+        best = fit_exact(run, st, dataclasses.replace(fcfg, colors=k), fingerprint([fp, k]),
+                          None, progress)
+        centers = ensure_distinct(best["centers"], x, fcfg.color_space)
+        mse, pixel_counts = exact_mse(x, codes, counts, centers,
+                                       to_rgb8(centers, fcfg.color_space))
+        return {"k": k, "mse": mse, "centers": centers, "counts": pixel_counts, "best": best}
+
+    def save(done: list[dict[str, Any]]) -> None:
+        write_checkpoint(st, CHECKPOINT, {"fingerprint": fp, "phase": "quality", "tried": done})
+
+    return search_k(st, fcfg, len(codes), fit_k, tried, save)
+
+
+def search_k(st: Store, fcfg: FitConfig, n_distinct: int, fit_k: Callable[[int], dict[str, Any]],
+             tried: list[dict[str, Any]], save: Callable[[list[dict[str, Any]]], None] | None = None,
+             what: str = "colours") -> tuple[dict[str, Any], dict[str, Any]]:
+    """The search of the module's docstring over any fit: ``fit_k(k)`` fits K colours and
+    returns a record with ``k`` and ``mse`` (the exact MSE); ``tried`` holds the records known
+    already (a resumed search), ``save`` keeps them after each new one. ``n_distinct`` colours
+    (``what``) cap the range. Returns the chosen record and the search's record; raises
+    :class:`QualityError` when the largest K stays below MIN."""
+    assert fcfg.quality is not None
+    qmin, qmax = fcfg.quality
+    lo, hi = fcfg.k_range
+    if n_distinct < lo:
+        raise ConfigError(f"the collection has only {n_distinct} distinct {what}, fewer than "
+                          f"the smallest K of key 'fit.k_range' {[lo, hi]}; start the range at "
+                          f"{n_distinct} or below")
+    hi = min(hi, n_distinct)  # K = the distinct colours: every pixel exact
 
     def fitted(k: int) -> dict[str, Any]:
         for rec in tried:
             if rec["k"] == k:
                 log.info("quality search: K=%d: PSNR %.2f dB (recorded)", k, psnr(rec["mse"]))
                 return rec
-        best = fit_exact(run, st, dataclasses.replace(fcfg, colors=k), fingerprint([fp, k]),
-                          None, progress)
-        centers = ensure_distinct(best["centers"], x, fcfg.color_space)
-        mse, pixel_counts = exact_mse(x, codes, counts, centers,
-                                       to_rgb8(centers, fcfg.color_space))
-        rec = {"k": k, "mse": mse, "centers": centers, "counts": pixel_counts, "best": best}
+        rec = fit_k(k)
         tried.append(rec)
-        write_checkpoint(st, CHECKPOINT, {"fingerprint": fp, "phase": "quality", "tried": tried})
-        log.info("quality search: K=%d: PSNR %.2f dB", k, psnr(mse))
+        if save is not None:
+            save(tried)
+        log.info("quality search: K=%d: PSNR %.2f dB", k, psnr(rec["mse"]))
         return rec
 
     def reaches(rec: dict[str, Any]) -> bool:

@@ -54,23 +54,30 @@ def _lloyd(x: np.ndarray, w: np.ndarray, centers: np.ndarray, fixed: int, tol: f
 
 def _kmeans(x: np.ndarray, w: np.ndarray, codes: np.ndarray, k: int, n_init: int,
             seed: int | Sequence[int],
-            init: str, tol: float, max_iter: int) -> dict[str, Any]:
+            init: str, tol: float, max_iter: int, held: np.ndarray | None = None) -> dict[str, Any]:
     """Best of ``n_init`` starts raced on the grid, ``FINISHERS`` finished on every colour.
-    With fully transparent pixels (code 0) the first centre is fully transparent and stays so."""
+    ``held`` (``(F, 4)`` metric points, fixed colours) are the first ``F`` centres and never
+    move (k-means++ starts from them); with fully transparent pixels (code 0) the next centre
+    is fully transparent and stays so (unless a fixed colour is that point already)."""
     from streamq.kmeans import initial_centers
 
-    fixed = 1 if len(codes) and codes[0] == 0 else 0
+    user = np.zeros((0, x.shape[1])) if held is None else np.asarray(held, np.float64)
+    clear = 1 if len(codes) and codes[0] == 0 else 0
+    pinned = 1 if clear and not (user == 0).all(1).any() else 0
+    fixed = len(user) + pinned
     gx, gw = _grid(codes, w, x)
     if 2 * len(gx) > len(x) or len(gx) < k:  # a grid that saves little: race on the colours
         gx, gw = x, w.astype(np.float64)
-    pin = np.zeros((fixed, x.shape[1]))
-    free = gx[fixed:] if fixed and np.all(gx[0] == 0) else gx  # the pinned point is no start
+    pin = np.zeros((pinned, x.shape[1]))
+    free = gx[clear:] if clear and np.all(gx[0] == 0) else gx  # the pinned point is no start
     fw = gw[len(gx) - len(free):]
     raced = []
     for j in range(n_init):
-        start = initial_centers(free, fw, k - fixed, init,
-                                 np.random.default_rng([*_seeds(seed), 1000 + j]))
-        res = _lloyd(gx, gw, np.concatenate([pin, start]), fixed, 0.0, max_iter)
+        start = initial_centers(free, fw, k - pinned, init,
+                                 np.random.default_rng([*_seeds(seed), 1000 + j]),
+                                 fixed=user if len(user) else None)
+        res = _lloyd(gx, gw, np.concatenate([user, pin, start[len(user):]]), fixed, 0.0,
+                     max_iter)
         raced.append((res["inertia"], j, res))
     raced.sort(key=lambda r: (r[0], r[1]))
     finished = []
@@ -80,7 +87,8 @@ def _kmeans(x: np.ndarray, w: np.ndarray, codes: np.ndarray, k: int, n_init: int
     inertia, j, best, grid = min(finished, key=lambda r: (r[0], r[1]))
     done = {fj: e for _, fj, e, _ in finished}
     return {"centers": best["centers"], "inertia": inertia, "start": j, "stop": best["stop"],
-            "history": best["history"], "iterations": best["n_iter"], "fixed": fixed,
+            "history": best["history"], "iterations": best["n_iter"], "fixed": pinned,
+            "n_fixed": len(user),
             "grid_iterations": grid["n_iter"],
             "starts": [{"start": s, "grid_inertia": gi, "grid_iterations": r["n_iter"],
                         **({"inertia": done[s]["inertia"], "iterations": done[s]["n_iter"],
@@ -120,23 +128,45 @@ def exact_errors(x: np.ndarray, rgba: np.ndarray, counts: np.ndarray, centers: n
 
 def kmeans_rgba(codes: np.ndarray, counts: np.ndarray, k: int, *, n_init: int = 16,
                 seed: int | Sequence[int] = 0, init: str = "k-means++", tol: float = 0.0,
-                max_iter: int = 1000) -> dict[str, Any]:
+                max_iter: int = 1000, fixed: np.ndarray | None = None) -> dict[str, Any]:
     """The palette of an RGBA histogram (distinct codes of :func:`streamq.rgba.rgba_codes`,
     sorted, and their counts; at least ``k`` of them): the k-means of :func:`fit_rgba`, with
     K distinct uint8 entries where the data allows, those with transparency first.
 
+    ``fixed`` (``(F, 4)`` uint8 straight RGBA, distinct premultiplied values, ``F < K``):
+    fixed colours (:mod:`streamq.fixed`), the first ``F`` entries in their order, held at
+    their premultiplied colour's point and stored as given; the other entries follow, those
+    with transparency first.
+
     Returns ``_kmeans``'s dict with ``metric_centers`` (``(K, 4)`` in the metric space of
-    :func:`streamq.rgba.to_metric`), ``palette`` (straight ``(K, 3)`` uint8) and ``alpha``."""
+    :func:`streamq.rgba.to_metric`), ``centers`` (premultiplied RGBA in ``[0, 1]``: a fixed
+    colour's exactly its uint8 value / 255), ``palette`` (straight ``(K, 3)`` uint8) and
+    ``alpha``."""
     rgba = codes_to_rgba(codes)
     x = to_metric(rgba / 255.0)
-    best = _kmeans(x, counts, codes, k, n_init, seed, init, tol, max_iter)
+    n_fixed = 0 if fixed is None else len(fixed)
+    exact = None
+    if n_fixed:
+        assert fixed is not None
+        given = np.asarray(fixed, np.uint8).reshape(-1, 4)
+        exact = premultiplied(given[:, :3], given[:, 3]) / 255.0
+    best = _kmeans(x, counts, codes, k, n_init, seed, init, tol, max_iter,
+                   None if exact is None else to_metric(exact))
     centers = _ensure_distinct(best["centers"], x, rgba)
-    palette, alpha = palette_of(from_metric(centers))
-    # entries with transparency first (the fully transparent one, when pinned, at 0): a
-    # palette PNG's tRNS chunk then stops at the last of them, as pngquant orders it
-    order = np.lexsort((np.arange(len(alpha)), alpha == 255))
-    return {**best, "metric_centers": centers[order], "palette": palette[order],
-            "alpha": alpha[order]}
+    plain = from_metric(centers)
+    palette, alpha = palette_of(plain)
+    if exact is not None:  # held by every step; stored as given
+        assert fixed is not None
+        plain[:n_fixed] = exact
+        palette[:n_fixed], alpha[:n_fixed] = given[:, :3], given[:, 3]
+    # entries with transparency first (the fully transparent one, when pinned, first after
+    # the fixed colours): a palette PNG's tRNS chunk then stops at the last of them, as
+    # pngquant orders it
+    rest = np.arange(n_fixed, len(alpha))
+    order = np.concatenate([np.arange(n_fixed),
+                            rest[np.lexsort((rest, alpha[rest] == 255))]]).astype(np.int64)
+    return {**best, "metric_centers": centers[order], "centers": plain[order],
+            "palette": palette[order], "alpha": alpha[order]}
 
 
 def _seeds(seed: int | Sequence[int]) -> list[int]:

@@ -236,7 +236,8 @@ class FitResult:
                     f"{describe_source(self.palette_source)}; MSE {self.mse:.2f} / PSNR "
                     f"{self.psnr:.2f} dB over every pixel")
         fixed = f", {self.n_fixed} fixed" if self.n_fixed else ""
-        line = (f"{self.status}: K={self.k} ({self.algorithm}, {self.color_space}{fixed}), "
+        space = "premultiplied RGBA" if self.alpha is not None else self.color_space
+        line = (f"{self.status}: K={self.k} ({self.algorithm}, {space}{fixed}), "
                 f"{self.steps} steps, {self.pixels_seen / 1e6:.2f} Mpx seen, "
                 f"MSE {self.mse:.2f} / PSNR {self.psnr:.2f} dB over every pixel, "
                 f"stopped: {self.stop_reason}, {self.seconds:.1f} s")
