@@ -30,7 +30,10 @@ def photo() -> np.ndarray:
 # features) are clustered as generic points by the same k-means core. n_colors=3 as the checks
 # cluster 3 blobs; none is expected to fail.
 @parametrize_with_checks([ColorQuantizer(n_colors=3)])
-def test_scikit_learn_estimator_checks(estimator, check):
+def test_scikit_learn_estimator_checks(estimator, check, monkeypatch):
+    # scikit-learn skips its array API check (NumPy inputs with array API dispatch on must give
+    # the same results) unless SCIPY_ARRAY_API is set: set it, so that check runs too.
+    monkeypatch.setenv("SCIPY_ARRAY_API", "1")
     check(estimator)
 
 
