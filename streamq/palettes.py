@@ -156,10 +156,15 @@ def _palette(src: str, colors: Any, source: dict[str, Any], centers: np.ndarray 
         raise ConfigError(f"palette {src}: a colour value outside 0..255")
     colors8 = arr.astype(np.uint8)
     n_distinct = len(np.unique(colors8, axis=0))
-    if n_distinct < len(colors8):
+    if alpha is not None:  # entries with the same colour and another alpha are distinct
+        rgba = np.column_stack([colors8, np.asarray(alpha, np.uint8).reshape(-1)])
+        n_repeats = len(rgba) - len(np.unique(rgba, axis=0))
+    else:
+        n_repeats = len(colors8) - n_distinct
+    if n_repeats:
         log.warning("palette %s: %d of its %d colours repeat an earlier one; only the first of "
                     "equal colours is ever used (ties go to the lowest index)", src,
-                    len(colors8) - n_distinct, len(colors8))
+                    n_repeats, len(colors8))
     source = {**source, "n_colors": len(colors8), "n_distinct": n_distinct,
               "sha256": colors_sha256(colors8)}
     if alpha is not None:  # only then: an opaque palette's source is as before

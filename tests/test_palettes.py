@@ -202,3 +202,19 @@ def test_colours_with_alpha(tmp_path):
     q.write_text('["#112233"]')
     assert read_palette(q).alpha is None
     assert "alpha_sha256" not in read_palette(q).source
+
+
+def test_repeated_colours_warn_counting_alpha(tmp_path, caplog):
+    """A colour repeated with another alpha is another entry (no warning); the same colour with
+    the same alpha is a repeat (one warning naming how many)."""
+    p = tmp_path / "a.json"
+    p.write_text('["#ff000080", "#ff0000ff", "#00ff00"]')
+    with caplog.at_level("WARNING", logger="streamq.palettes"):
+        read_palette(p)
+    assert not [r for r in caplog.records if "repeat" in r.getMessage()]
+    p.write_text('["#ff000080", "#ff000080", "#ff0000"]')
+    with caplog.at_level("WARNING", logger="streamq.palettes"):
+        read_palette(p)
+    warned = [r.getMessage() for r in caplog.records if "repeat" in r.getMessage()]
+    assert len(warned) == 1
+    assert "1 of its 3 colours repeat" in warned[0]
