@@ -40,7 +40,7 @@ URL = f"s3://{BUCKET}/{PREFIX}/"
 SETTINGS = dict(chunk_pixels=2048, block_pixels=1024, max_pixels=4000)
 BAD = {"bad/empty.jpg": "empty file (0 bytes)",
        "bad/not_an_image.png": "not an image Pillow can identify",
-       "bad/big.png": "image has 4096 pixels, over the limit max_pixels=4000"}
+       "bad/big.jpg": "image has 4096 pixels, over the limit max_pixels=4000"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,7 +67,8 @@ def _write_photos(root: Path) -> list[str]:
     (root / "bad").mkdir()
     (root / "bad/empty.jpg").write_bytes(b"")
     (root / "bad/not_an_image.png").write_text("hello, I am text")
-    Image.fromarray(photos[sorted(photos)[0]][:64, :64]).save(root / "bad/big.png")
+    # over max_pixels: a JPEG (a PNG would be read in strips)
+    Image.fromarray(photos[sorted(photos)[0]][:64, :64]).save(root / "bad/big.jpg")
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
