@@ -612,3 +612,32 @@ def alpha_ssim_reference(original: np.ndarray, quantized: np.ndarray) -> float:
     on white (:func:`composites`), averaged."""
     (ob, ow), (qb, qw) = composites(original), composites(quantized)
     return (ssim_reference(ob, qb) + ssim_reference(ow, qw)) / 2
+
+
+def plain_weighted_lloyd(x, w, c, fixed):
+    """Independent reference: weighted Lloyd with every point against every centre, the
+    first ``fixed`` centres held, an empty free cluster refilled by the point farthest from
+    its centre (which leaves its cluster); run to zero label changes. Returns the centres,
+    the labels and one ``(changed labels, squared shift)`` row per update."""
+    c = np.array(c, dtype=np.float64)
+    k = len(c)
+    labels = ((x[:, None] - c[None]) ** 2).sum(2).argmin(1)
+    rows = []
+    while True:
+        n = np.bincount(labels, weights=w, minlength=k)
+        empty = [j for j in range(fixed, k) if n[j] == 0]
+        far = np.argsort(-((x - c[labels]) ** 2).sum(1), kind="stable")
+        for j, i in zip(empty, far, strict=False):
+            labels[i] = j
+        n = np.bincount(labels, weights=w, minlength=k)
+        new = c.copy()
+        for j in range(fixed, k):
+            if n[j] > 0:
+                new[j] = (w[labels == j, None] * x[labels == j]).sum(0) / n[j]
+        shift = ((new - c) ** 2).sum()
+        c = new
+        relabelled = ((x[:, None] - c[None]) ** 2).sum(2).argmin(1)
+        rows.append((int((relabelled != labels).sum()), shift))
+        labels = relabelled
+        if rows[-1][0] == 0 and not empty:
+            return c, labels, rows

@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from helpers import alpha_ssim_reference, ssim_reference, write_alpha_collection
+from helpers import (
+    alpha_ssim_reference,
+    plain_weighted_lloyd,
+    ssim_reference,
+    write_alpha_collection,
+)
 from PIL import Image
 
 import streamq
@@ -308,35 +313,6 @@ def test_rgb_only_stages_refuse_alpha(alpha_store, tmp_path):
     assert "\n" not in str(err.value)
 
 
-def _plain_lloyd(x, w, c, fixed):
-    """Independent reference: weighted Lloyd with every point against every centre, the
-    first ``fixed`` centres held, an empty free cluster refilled by the point farthest from
-    its centre (which leaves its cluster); run to zero label changes. Returns the centres,
-    the labels and one ``(changed labels, squared shift)`` row per update."""
-    c = np.array(c, dtype=np.float64)
-    k = len(c)
-    labels = ((x[:, None] - c[None]) ** 2).sum(2).argmin(1)
-    rows = []
-    while True:
-        n = np.bincount(labels, weights=w, minlength=k)
-        empty = [j for j in range(fixed, k) if n[j] == 0]
-        far = np.argsort(-((x - c[labels]) ** 2).sum(1), kind="stable")
-        for j, i in zip(empty, far, strict=False):
-            labels[i] = j
-        n = np.bincount(labels, weights=w, minlength=k)
-        new = c.copy()
-        for j in range(fixed, k):
-            if n[j] > 0:
-                new[j] = (w[labels == j, None] * x[labels == j]).sum(0) / n[j]
-        shift = ((new - c) ** 2).sum()
-        c = new
-        relabelled = ((x[:, None] - c[None]) ** 2).sum(2).argmin(1)
-        rows.append((int((relabelled != labels).sum()), shift))
-        labels = relabelled
-        if rows[-1][0] == 0 and not empty:
-            return c, labels, rows
-
-
 @pytest.mark.parametrize("k", [12, 64])
 def test_rgba_lloyd_is_plain_weighted_lloyd(alpha_dir, k):
     """The alpha fit's Lloyd (the core's, with distance bounds on the 4-d points) against a
@@ -363,7 +339,7 @@ def test_rgba_lloyd_is_plain_weighted_lloyd(alpha_dir, k):
     w = w.astype(np.float64)
     start = np.concatenate([np.zeros((1, 4)), initial_centers(
         x[1:], w[1:], k - 1, "k-means++", np.random.default_rng(7))])
-    ref_c, ref_labels, rows = _plain_lloyd(xq, w, start, 1)
+    ref_c, ref_labels, rows = plain_weighted_lloyd(xq, w, start, 1)
     assert len(rows) > 3
     got = _lloyd(x, w, start, 1, 0.0, 1000)
     assert got["stop"] == "labels"

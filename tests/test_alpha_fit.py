@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from helpers import write_alpha_collection
+from helpers import plain_weighted_lloyd, write_alpha_collection
 from PIL import Image
 
 import streamq
@@ -73,25 +73,10 @@ def _metric(p: np.ndarray) -> np.ndarray:
 
 
 def _plain_lloyd(x, w, c, n_fixed):
-    """Weighted Lloyd to zero label changes, the first ``n_fixed`` centres held, an empty free
-    cluster refilled by the point farthest from its centre: ``(centres, inertia)``."""
-    c = np.array(c, dtype=np.float64)
-    k = len(c)
-    labels = ((x[:, None] - c[None]) ** 2).sum(2).argmin(1)
-    while True:
-        n = np.bincount(labels, weights=w, minlength=k)
-        empty = [j for j in range(n_fixed, k) if n[j] == 0]
-        far = np.argsort(-((x - c[labels]) ** 2).sum(1), kind="stable")
-        for j, i in zip(empty, far, strict=False):
-            labels[i] = j
-        n = np.bincount(labels, weights=w, minlength=k)
-        for j in range(n_fixed, k):
-            if n[j] > 0:
-                c[j] = (w[labels == j, None] * x[labels == j]).sum(0) / n[j]
-        relabelled = ((x[:, None] - c[None]) ** 2).sum(2).argmin(1)
-        if (relabelled == labels).all() and not empty:
-            return c, _inertia(x, w, c)
-        labels = relabelled
+    """Weighted Lloyd to zero label changes (:func:`helpers.plain_weighted_lloyd`), the first
+    ``n_fixed`` centres held: ``(centres, inertia)``."""
+    c, _, _ = plain_weighted_lloyd(x, w, c, n_fixed)
+    return c, _inertia(x, w, c)
 
 
 def _inertia(x, w, c):
