@@ -106,13 +106,20 @@ from streamq.store.results import load_per_image
 from streamq.store.summaries import PerImageSummary, per_image_summary, summary_of
 
 __all__ = ["PerImageSummary", "exact_codes", "exact_rgba", "fit_image", "fit_image_rgba",
-           "fit_per_image", "image_psnr", "image_psnr_rgba", "load_per_image", "quality_palette",
+           "fit_per_image", "image_psnr", "image_psnr_rgba", "load_per_image", "padded",
            "sample_index", "search_image", "search_image_rgba", "summary_of"]
 
 log = logging.getLogger(__name__)
 
 SECTION = PER_IMAGE
 RECORDS = PER_IMAGE_RECORDS
+
+
+def padded(x: np.ndarray, k: int) -> np.ndarray:
+    """``x`` (``(n, d)``, n <= k) grown to ``k`` rows by repeating its first: the palette of
+    an image with fewer colours than K (a repeated entry never wins a tie, so labels never
+    point at the padding)."""
+    return np.concatenate([x, np.repeat(x[:1], k - len(x), axis=0)])
 
 
 def sample_size(n: int, k: int, sample: float) -> int:
@@ -180,7 +187,7 @@ def fit_image(rgb: np.ndarray, k: int, sample: float, seed: int, image_id: int,
                       fixed=codes_to_points(rgb_to_codes(np.asarray(fixed, np.uint8)))).centers
     if m < k:  # fewer pixels than colours: every pixel is a centre, the rest repeat the first
         x = to_space(rgb, "rgb")
-        return np.concatenate([x, np.repeat(x[:1], k - n, axis=0)]).astype(np.float64)
+        return padded(x, k).astype(np.float64)
     if method == "histogram":
         from streamq.kmeans import codes_to_points, distinct_colours, kmeans
 
@@ -229,7 +236,7 @@ def fit_image_rgba(rgb: np.ndarray, alpha: np.ndarray, k: int, sample: float, se
         codes, counts = count_rgba(rgb, alpha)
     exact = exact_rgba(codes, fixed)
     if len(exact) < k:
-        return np.concatenate([exact, np.repeat(exact[:1], k - len(exact), axis=0)])
+        return padded(exact, k)
     # one generator per (image, K) as for RGB palettes
     res = kmeans_rgba(codes, counts, k, n_init=n_init, seed=[seed, image_id, k], init=init,
                       fixed=fixed)
@@ -321,23 +328,6 @@ def exact_codes(colours: tuple[np.ndarray, np.ndarray], fixed: np.ndarray | None
     return np.concatenate([held, codes[~np.isin(codes, held)]])
 
 
-def quality_palette(rgb: np.ndarray, k: int, colours: tuple[np.ndarray, np.ndarray],
-                    fit: Callable[[int], np.ndarray],
-                    fixed: np.ndarray | None = None) -> np.ndarray:
-    """The ``(k, 3)`` palette a quality search measures for one image: ``fit(k)`` (the image's
-    :func:`fit_image`), or when ``k`` is at least the entries of its exact palette
-    (:func:`exact_codes`: its distinct colours, after the ``fixed`` ones), those colours
-    themselves, the rest repeating the first: the sample may miss colours, the image's own
-    colours miss none."""
-    from streamq.kmeans import codes_to_points
-
-    codes = exact_codes(colours, fixed)
-    if k < len(codes):
-        return fit(k)
-    x = codes_to_points(codes)
-    return np.concatenate([x, np.repeat(x[:1], k - len(x), axis=0)])
-
-
 def image_psnr(colours: tuple[np.ndarray, np.ndarray], centers: np.ndarray) -> tuple[float, float]:
     """``(MSE, PSNR)`` of an image quantized with ``centers``, over every pixel: each distinct
     colour labelled by its exact nearest centre (as quantize labels pixels) and compared with
@@ -368,14 +358,17 @@ def search_image(rgb: np.ndarray, k_range: tuple[int, int] | list[int],
     on the image and K: a rerun makes the same choice. Returns ``k``, ``centers`` (``(k, 3)``), ``mse``, ``reason``
     (``""`` unless below MIN) and ``tried`` (``[[K, MSE], ...]`` in the order measured).
     """
-    from streamq.kmeans import distinct_colours
+    from streamq.kmeans import codes_to_points, distinct_colours
 
     colours = distinct_colours(rgb)
+    exact = codes_to_points(exact_codes(colours, fixed))
     # an image of d < HI colours: K = d exact (with fixed colours: F + those not among them)
-    top = max(1, min(int(k_range[1]), len(exact_codes(colours, fixed))))
+    top = max(1, min(int(k_range[1]), len(exact)))
 
     def measure(k: int) -> tuple[np.ndarray, float]:
-        centers = quality_palette(rgb, k, colours, fit, fixed)
+        # from the exact palette's size on, its colours themselves: the sample may miss
+        # colours, the image's own colours miss none
+        centers = fit(k) if k < len(exact) else padded(exact, k)
         return centers, image_psnr(colours, centers)[0]
 
     return _search(k_range, quality, top, measure)
@@ -401,7 +394,7 @@ def search_image_rgba(rgb: np.ndarray, alpha: np.ndarray, k_range: tuple[int, in
             centers = fit_image_rgba(rgb, alpha, k, args["sample"], args["seed"], image_id,
                                      args["init"], args["n_init"], fixed)
         else:
-            centers = np.concatenate([exact, np.repeat(exact[:1], k - len(exact), axis=0)])
+            centers = padded(exact, k)
         return centers, image_psnr_rgba(colours, centers, fixed)[0]
 
     return _search(k_range, quality, top, measure)
@@ -644,13 +637,13 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             todo.append(Task(_fit_task, args, len(images)))
         run_tasks(run, todo, "per-image fit", "image", progress)
     with timer("consolidating", timings):
-        records = st.records(RECORDS)
+        parsed = [json.loads(r) for r in st.records(RECORDS)]  # once, read for every K
         dims = 4 if coll.n_alpha else 3  # premultiplied RGBA centres beside images with alpha
         for k in colors:
             centers = np.zeros((len(coll), k, dims), dtype=np.float64)
             centers[..., 3:] = 1.0  # an opaque image's centres: alpha 1
-            for r in records:
-                for image_id, flat in json.loads(r)[str(k)]:
+            for r in parsed:
+                for image_id, flat in r[str(k)]:
                     c = np.asarray(flat, dtype=np.float64).reshape(k, -1)
                     centers[image_id, :, :c.shape[1]] = c
             palette, alpha = _palettes(centers, coll.has_alpha,
@@ -662,7 +655,7 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
                 st.write_array(per_image_alpha(k), alpha)
         done: dict[str, Any] = {}
         if pcfg.quality is not None:
-            done["quality"] = _write_quality(st, records, len(coll), pcfg)
+            done["quality"] = _write_quality(st, parsed, len(coll), pcfg)
         st.set_section(SECTION, {**st.section(SECTION), **done, "state": "complete",
                                  "timings": timings, "runtime": facts, "finished": timestamp()})
     st.set_section(SECTION, {**st.section(SECTION), "timings": timings})  # with consolidating
@@ -671,15 +664,16 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
     return summary
 
 
-def _write_quality(st: Store, records: np.ndarray, n: int, pcfg: PerImageConfig) -> dict[str, Any]:
-    """The table ``per_image/quality`` from the task records; the section's record of it
+def _write_quality(st: Store, records: list[dict[str, Any]], n: int, pcfg: PerImageConfig
+                   ) -> dict[str, Any]:
+    """The table ``per_image/quality`` from the (parsed) task records; the section's record of it
     (target, range, mean K, images that reached MAX, images below MIN)."""
     assert pcfg.quality is not None
     k = np.zeros(n, np.int64)
     mse = np.zeros(n, np.float64)
     reason = [""] * n
     for r in records:
-        for image_id, kk, m, why, _ in json.loads(r)["quality"]:
+        for image_id, kk, m, why, _ in r["quality"]:
             k[image_id], mse[image_id], reason[image_id] = kk, m, why
     value = np.asarray([psnr(m) for m in mse], np.float64)
     met = value >= pcfg.quality[1]
