@@ -591,7 +591,7 @@ def _fit_per_image(store: Location, cfg: StreamQConfig, overwrite: bool, progres
             summary = per_image_summary(st, "already complete")
             _refuse_below_min(st, summary)  # as the first run ended: a rerun fails again at once
             return summary
-    colors = list(pcfg.colors) if pcfg.quality is None else [pcfg.k_range[1]]
+    colors = list(pcfg.groups)
     timings: dict[str, float] = {}
     sizes = coll.heights * coll.widths
     with timer("per-image fit", timings), runner(cfg.dask) as run:

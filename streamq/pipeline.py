@@ -71,9 +71,7 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
     check_access(loc)
     report = RunReport()
     below_min: QualityError | None = None  # a per-image quality fit left images below MIN
-    # a per-image quality fit has one K group, HI (each image its own K, padded to HI)
-    per_image_ks = ((cfg.per_image.k_range[1],) if cfg.per_image.quality is not None
-                    else tuple(cfg.per_image.colors))
+    per_image_ks = cfg.per_image.groups
     # One lock for every stage (the stages take it again: it is re-entrant in this thread),
     # so no other job can slip in between two stages; and one cluster for every stage.
     with (store_lock(loc, operation="run", create=True, config=cfg.lock),

@@ -440,6 +440,8 @@ def test_report_shows_each_images_k_psnr_and_own_palette(quality_store, tmp_path
     assert [[int(a) for a in r] for r in page.rows["k-counts"] if r] == \
         [[int(k), int(c)] for k, c in zip(ks, counts, strict=True)]
     assert "below-min" not in page.rows  # MIN 20 dB: none below
+    assert (f"mean K {t['k'].mean():.1f}, {int(t['met'].sum())} of {len(coll)} images reached "
+            "MAX, 0 below MIN") in html
     # each sampled image's palette: its own K entries, by pixel count in its labels
     palettes, labels = g[f"per_image/k{HI}/palette"][:], g[f"per_image/k{HI}/labels"][:]
     assert page.swatches

@@ -196,6 +196,12 @@ class PerImageConfig:
     k_range: tuple[int, int] = _opt((2, 256), _per_image_k_range,
                                     "quality: the K searched for each image, [LO, HI]")
 
+    @property
+    def groups(self) -> tuple[int, ...]:
+        """The K groups a fit with these settings writes (``per_image/k{K}``): one per K of
+        ``colors``, or with ``quality`` the one group HI (each image its own K, padded to HI)."""
+        return (self.k_range[1],) if self.quality is not None else tuple(self.colors)
+
 
 @dataclass(frozen=True)
 class QuantizeConfig:

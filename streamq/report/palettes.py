@@ -98,10 +98,12 @@ def chosen_k(ctx: Context) -> Section | None:
     target = ctx.store.section("per_image").get("quality") or {}
     lo, hi = target.get("k_range", ["?", r.k])
     below = [i for i in range(n) if q["reason"][i]]
+    # mean K and the counts as the fit recorded them (streamq.per_image._write_quality)
     body = (f"<p>Each image has the smallest K in {esc(lo)}..{esc(hi)} whose own palette "
             f"reaches {esc(target.get('max'))} dB PSNR over its pixels (MIN "
-            f"{esc(target.get('min'))} dB): mean K {float(np.mean(q['k'])) if n else 0:.1f}, "
-            f"{int(np.sum(q['met']))} of {n} images reached MAX, {len(below)} below MIN. "
+            f"{esc(target.get('min'))} dB): mean K {float(target.get('mean_k', 0.0)):.1f}, "
+            f"{esc(target.get('met'))} of {n} images reached MAX, "
+            f"{esc(target.get('below_min'))} below MIN. "
             f"Palettes are stored padded to K={esc(r.k)}; only each image's own K entries are "
             "shown.</p>")
     ks, counts = np.unique(np.asarray(q["k"], np.int64), return_counts=True)
