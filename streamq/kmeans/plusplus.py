@@ -254,7 +254,8 @@ def _kmeanspp_tree(x: np.ndarray, w: np.ndarray, order: np.ndarray, xs: np.ndarr
                    cend: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int, i0: int,
                    uniforms: np.ndarray, chosen: np.ndarray, closest: np.ndarray,
                    cs: np.ndarray, cum: np.ndarray, cmax: np.ndarray, stack: np.ndarray,
-                   visited: np.ndarray, picks: np.ndarray, estimates: np.ndarray) -> None:
+                   visited: np.ndarray, picks: np.ndarray, estimates: np.ndarray,
+                   firsts: np.ndarray) -> None:
     """:func:`_kmeanspp_plain`'s centres, bit for bit, without its scan of every point for
     every candidate: the points also sit in the tree of :func:`tree_layout` (``xs``, ``ws``
     in its ``order``; node ``v`` holds the points ``pfirst[v]:pend[v]`` in the box
@@ -274,14 +275,17 @@ def _kmeanspp_tree(x: np.ndarray, w: np.ndarray, order: np.ndarray, xs: np.ndarr
     at most the potential: ``unit`` takes 8 times that). A candidate ahead of every other
     by more than twice that bound is the plain loop's choice; when several are that close,
     their potentials are summed exactly as the plain loop sums them (lattice colours tie
-    often). A candidate at the coordinates of an earlier one has its potential exactly and
-    never wins (the plain loop keeps the first of equals).
+    often; that sum starts from the running sum before the first point the candidate brings
+    closer, the plain loop's own partial sum up to there). A candidate at the coordinates of
+    an earlier one has its potential exactly and never wins (the plain loop keeps the first
+    of equals).
 
     ``closest`` (the points' order) is each point's squared distance to the first centre
     ``i0`` (computed here) or, with ``i0 = -1``, to the fixed centres already; ``cs`` is the
-    same in the tree's order. ``cum``, ``cmax``, ``stack``, ``visited`` (one per node),
-    ``picks`` and ``estimates`` (one per trial) are work arrays: a NumPy allocation in
-    compiled code costs compilation time.
+    same in the tree's order. ``cum`` (one per point), ``cmax``, ``stack``, ``visited`` (one
+    per node), ``picks``, ``estimates`` and ``firsts`` (one per trial) are work arrays: a
+    NumPy allocation in compiled code costs compilation time. Weights are at least 0 (the
+    rounding bound holds for sums of terms of one sign).
     """
     n, d = x.shape
     nodes = pfirst.shape[0]
@@ -334,8 +338,9 @@ def _kmeanspp_tree(x: np.ndarray, w: np.ndarray, order: np.ndarray, xs: np.ndarr
                         for s in range(trials):
                             if picks[s] < 0 or estimates[s] > bar:
                                 continue
-                            total = 0.0
-                            for i in range(n):
+                            i1 = firsts[s]  # the terms before it are the running sum's
+                            total = cum[i1 - 1] if i1 > 0 else 0.0
+                            for i in range(i1, n):
                                 dd = 0.0
                                 for u in range(d):
                                     e = x[i, u] - x[picks[s], u]
@@ -377,6 +382,7 @@ def _kmeanspp_tree(x: np.ndarray, w: np.ndarray, order: np.ndarray, xs: np.ndarr
                     continue
             # the gain of j: the nodes whose box is nearer than their farthest point
             gain = 0.0
+            improved = n  # the first point (in the points' order) j brings closer
             top = 0
             stack[0] = 0
             seen = 0
@@ -412,6 +418,7 @@ def _kmeanspp_tree(x: np.ndarray, w: np.ndarray, order: np.ndarray, xs: np.ndarr
                             changed = True
                         else:
                             gain += ws[p] * (cs[p] - dd)
+                            improved = min(improved, order[p])
                 if changed:
                     m = 0.0
                     for p in range(pfirst[v], pend[v]):
@@ -427,6 +434,7 @@ def _kmeanspp_tree(x: np.ndarray, w: np.ndarray, order: np.ndarray, xs: np.ndarr
                 chosen[c] = j
             else:
                 estimates[t] = pot - gain
+                firsts[t] = improved
 
 
 TREE_FROM = 200_000  # point-candidate distances: fewer take the plain loop
@@ -497,7 +505,8 @@ def _plain_by_tree(x: np.ndarray, w: np.ndarray, k: int, i0: int, uniforms: np.n
     _kmeanspp_tree(x, w, order, xs, np.ascontiguousarray(w[order]), pfirst, pend, cfirst, cend,
                    lo, hi, k, i0, uniforms, chosen, closest, np.empty(len(x)),
                    np.empty(len(x)), np.empty(nodes), np.empty(nodes, np.int64),
-                   np.empty(nodes, np.int64), np.empty(trials, np.int64), np.empty(trials))
+                   np.empty(nodes, np.int64), np.empty(trials, np.int64), np.empty(trials),
+                   np.empty(trials, np.int64))
 
 
 def _first(w: np.ndarray, u: float) -> int:
