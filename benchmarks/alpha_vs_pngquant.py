@@ -286,7 +286,8 @@ def main() -> None:
             LocalCluster(n_workers=args.workers, threads_per_worker=1,
                          dashboard_address=":0") as cluster:
         warm = sets["icons"][:1] * args.workers  # imports and numba in every process
-        per_image_round(pool, _streamq_one, warm, work / "warm", 4)
+        for k in sorted({4, max(ks)}):  # (the kernels of large K too: k-means++'s tree)
+            per_image_round(pool, _streamq_one, warm, work / "warm", k)
         per_image_round(pool, _pngquant, warm, work / "warm", 4)
         for name, paths in sets.items():
             for k in ks:

@@ -1,4 +1,4 @@
-"""The RGBA Lloyd of :func:`streamq.fit.alpha.kmeans_rgba` against the plain one it replaced.
+"""The RGBA Lloyd and k-means++ of :func:`streamq.kmeans.rgba.kmeans_rgba` against the plain ones.
 
 ``kmeans_rgba`` ran a NumPy weighted Lloyd that searched all K centres for every distinct
 colour at every iteration; it now runs the core :func:`streamq.kmeans.lloyd` on the 4-d
@@ -7,12 +7,19 @@ per-image fit of ``alpha_vs_pngquant.py``) on each image's own RGBA histogram wi
 Lloyd, the two interleaved round by round (median of ``--repeats``) so that a busy machine
 slows both alike, and says whether they give the same palette.
 
+``--compare plusplus`` times the k-means++ starts instead: the plain loop over every point
+for every candidate (``streamq.kmeans.plusplus._kmeanspp_plain``, which 4-d points took
+before) against the search tree that now gives its centres (:func:`_kmeanspp_tree`), the
+whole ``kmeans_rgba`` and the k-means++ calls within it, wall and CPU time (the machine may
+be busy: CPU time is the steadier), and whether the palettes are the same (they must be).
+
 Images (found on this machine, as ``alpha_vs_pngquant.py``): ``icons`` (installed icons with
 soft edges) and ``cutouts`` (the bundled photos under a soft elliptical mask, downscaled to
 ``--cutout-side`` pixels wide)::
 
     python benchmarks/rgba_lloyd.py                      # K = 16, 64, 256
     python benchmarks/rgba_lloyd.py --colors 64 --repeats 1
+    python benchmarks/rgba_lloyd.py --compare plusplus --repeats 5
 """
 
 from __future__ import annotations
@@ -33,8 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from alpha_vs_pngquant import find_icons, soft_mask  # noqa: E402
 from common import markdown_table  # noqa: E402
 
-# by module path: ``streamq.fit`` is also the name of the stage function
-alpha = importlib.import_module("streamq.fit.alpha")
+# by module path (the RGBA k-means moved from ``streamq.fit.alpha`` to ``streamq.kmeans.rgba``)
+alpha = importlib.import_module("streamq.kmeans.rgba")
+plusplus = importlib.import_module("streamq.kmeans.plusplus")
+starts = importlib.import_module("streamq.kmeans.starts")
 
 
 def plain_lloyd(x: np.ndarray, w: np.ndarray, centers: np.ndarray, fixed: int, tol: float,
@@ -111,6 +120,68 @@ def run_set(hists: list[tuple[np.ndarray, np.ndarray]], k: int, lloyd: Any) -> t
     return time.perf_counter() - t0, res
 
 
+class Timed:
+    """``starts.kmeans_plusplus`` wrapped: the wall and CPU seconds spent in it."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+        self.inner = starts.kmeans_plusplus
+
+    def __call__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        w0, c0 = time.perf_counter(), time.process_time()
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.wall += time.perf_counter() - w0
+            self.cpu += time.process_time() - c0
+
+
+def run_plusplus(hists: list[tuple[np.ndarray, np.ndarray]], k: int, tree: bool
+                 ) -> tuple[list[float], list]:
+    """``kmeans_rgba`` on every histogram with k-means++ by the tree (as it is) or by the
+    plain loop (the tree's threshold out of reach): [wall, CPU, k-means++ wall, k-means++
+    CPU] seconds, and the results."""
+    saved = plusplus.TREE_FROM
+    plusplus.TREE_FROM = saved if tree else 10**18
+    timed = Timed()
+    starts.kmeans_plusplus = timed
+    try:
+        w0, c0 = time.perf_counter(), time.process_time()
+        res = [alpha.kmeans_rgba(c, n, min(k, len(c)), n_init=4) for c, n in hists]
+        times = [time.perf_counter() - w0, time.process_time() - c0, timed.wall, timed.cpu]
+    finally:
+        plusplus.TREE_FROM = saved
+        starts.kmeans_plusplus = timed.inner
+    return times, res
+
+
+def compare_plusplus(sets: dict[str, list], colors: list[int], repeats: int) -> None:
+    run_plusplus(sets["icons"][:2], 256, True)  # numba compiled or loaded
+    run_plusplus(sets["icons"][:2], 256, False)
+    rows = []
+    for name, hists in sets.items():
+        for k in colors:
+            before, after = [], []
+            for _ in range(repeats):
+                tb, old = run_plusplus(hists, k, False)
+                ta, new = run_plusplus(hists, k, True)
+                before.append(tb)
+                after.append(ta)
+            same = sum(np.array_equal(o["metric_centers"], n["metric_centers"])
+                       and np.array_equal(o["palette"], n["palette"])
+                       and np.array_equal(o["alpha"], n["alpha"]) for o, n in zip(old, new, strict=True))
+            b = [statistics.median(t[i] for t in before) for i in range(4)]
+            a = [statistics.median(t[i] for t in after) for i in range(4)]
+            rows.append([name, k, len(hists), f"{b[0]:.2f} / {b[1]:.2f}", f"{a[0]:.2f} / {a[1]:.2f}",
+                         f"{b[1] / a[1]:.2f}x", f"{b[2]:.3f} / {b[3]:.3f}", f"{a[2]:.3f} / {a[3]:.3f}",
+                         f"{b[3] / a[3]:.2f}x", f"{same}/{len(hists)}"])
+            print(" | ".join(map(str, rows[-1])), flush=True)
+    print(markdown_table(["set", "K", "images", "kmeans_rgba, plain k-means++ (s wall / CPU)",
+                          "kmeans_rgba, tree (s wall / CPU)", "CPU speed-up",
+                          "k-means++ plain (s wall / CPU)", "k-means++ tree (s wall / CPU)",
+                          "k-means++ CPU speed-up", "same centres"], rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--colors", default="16,64,256")
@@ -118,6 +189,7 @@ def main() -> None:
     ap.add_argument("--cutouts", type=int, default=3, help="this many bundled photos")
     ap.add_argument("--cutout-side", type=int, default=320)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compare", choices=("lloyd", "plusplus"), default="lloyd")
     args = ap.parse_args()
     core = alpha._lloyd
     sets = {"icons": [histogram(load(p)) for p in find_icons(args.icons)],
@@ -126,6 +198,9 @@ def main() -> None:
         print(f"{name}: {len(hists)} images, distinct colours per image "
               f"{int(np.median([len(c) for c, _ in hists]))} median, "
               f"{max(len(c) for c, _ in hists)} max", flush=True)
+    if args.compare == "plusplus":
+        compare_plusplus(sets, [int(k) for k in args.colors.split(",")], args.repeats)
+        return
     run_set(sets["icons"][:2], 16, core)  # numba compiled or loaded
     rows = []
     for name, hists in sets.items():

@@ -664,3 +664,52 @@ def test_quantize_with_an_alpha_store_or_trns_image(alpha_store, tmp_path, clust
     np.testing.assert_array_equal(got.alpha, [0, 128, 255, 255])
     np.testing.assert_array_equal(got.colors, [[0, 0, 0], [200, 100, 50], [10, 20, 30],
                                                [250, 250, 250]])
+
+
+@pytest.mark.parametrize("k", [2, 16, 256])
+def test_rgba_kmeans_plusplus_is_the_plain_loop(alpha_dir, k, monkeypatch):
+    """k-means++ on real premultiplied RGBA (the cut-outs' distinct colours in the metric
+    space, and the coarse grid's means kmeans_rgba races its starts on) by the search tree
+    gives the plain loop's centres bit for bit (the loop kept as the reference), called
+    directly and through kmeans_plusplus (which takes the tree where it pays), and the
+    palettes of kmeans_rgba are the same either way."""
+    from streamq.kmeans import plusplus
+    from streamq.kmeans.rgba import _grid, kmeans_rgba
+    from streamq.rgba import rgba_codes, to_metric
+
+    root, kinds = alpha_dir
+    px = np.concatenate([np.concatenate([_premultiply(a), a[..., 3:]], axis=2).reshape(-1, 4)
+                         for a in (_source_rgba(root / name) for name in sorted(kinds))])
+    rgba, counts = np.unique(px, axis=0, return_counts=True)
+    codes = rgba_codes(rgba[:, :3], rgba[:, 3])
+    assert np.all(np.diff(codes) > 0)
+    x = to_metric(rgba / 255.0)
+    gx, gw = _grid(codes, counts, x)
+    assert len(gx) > 300
+    runs = []
+    by_tree = plusplus._plain_by_tree
+    monkeypatch.setattr(plusplus, "_plain_by_tree", lambda *a: runs.append(len(a[0])) or by_tree(*a))
+    trials = 2 + int(np.log(k))
+    for points, w in ((x, counts.astype(np.float64)), (gx, gw)):
+        for seed in range(3):
+            rng = [seed, k]
+            ours = plusplus.kmeans_plusplus(points, w, k, np.random.default_rng(rng))
+            x0, w0 = np.ascontiguousarray(points), np.ascontiguousarray(w)
+            g = np.random.default_rng(rng)
+            first, uniforms = g.random(), g.random((k, trials))
+            chosen = np.empty(k, np.int64)
+            plusplus._kmeanspp_plain(x0, w0, k, plusplus._first(w0, first), uniforms, chosen,
+                                     np.empty(len(x0)))
+            np.testing.assert_array_equal(ours, x0[chosen], err_msg=f"seed {seed}")
+            tree = np.empty(k, np.int64)  # the tree itself, whether it pays or not
+            by_tree(x0, w0, k, plusplus._first(w0, first), uniforms, tree, np.empty(len(x0)))
+            np.testing.assert_array_equal(tree, chosen, err_msg=f"seed {seed}")
+    assert runs == [len(p) for p in (x, gx) if plusplus._tree_pays(len(p), k, trials)
+                    for _ in range(3)]
+    assert len(runs) == (6 if k == 256 else 0)  # (the tree pays at K = 256 here)
+    ours = kmeans_rgba(codes, counts, k, n_init=4, seed=5)
+    monkeypatch.setattr(plusplus, "TREE_FROM", 10**18)  # the plain loop only
+    ref = kmeans_rgba(codes, counts, k, n_init=4, seed=5)
+    np.testing.assert_array_equal(ours["metric_centers"], ref["metric_centers"])
+    np.testing.assert_array_equal(ours["palette"], ref["palette"])
+    np.testing.assert_array_equal(ours["alpha"], ref["alpha"])

@@ -435,3 +435,85 @@ def test_same_quality_as_sklearn_kmeans_on_the_sample(photo):
         e_ours = label_pixels(photo, ours)[1]
         e_ref = label_pixels(photo, km.cluster_centers_)[1]
         assert 10 * np.log10(e_ref / e_ours) > -0.1  # dB
+
+
+def _plain_kmeanspp(x, w, k, rng, fixed=None):
+    """k-means++ by the module's plain loop (every point for every candidate, in the points'
+    order), on the draws :func:`kmeans_plusplus` takes from ``rng``: the reference of the
+    4-d search tree."""
+    from streamq.kmeans import plusplus
+
+    x = np.ascontiguousarray(x, np.float64)
+    w = np.ascontiguousarray(w, np.float64)
+    trials = 2 + int(math.log(k))
+    if fixed is None:
+        first = rng.random()
+        uniforms = rng.random((k, trials))
+        chosen = np.empty(k, np.int64)
+        plusplus._kmeanspp_plain(x, w, k, plusplus._first(w, first), uniforms, chosen,
+                                 np.empty(len(x)))
+        return x[chosen]
+    m = k - len(fixed) + 1
+    uniforms = rng.random((m, trials))
+    chosen = np.empty(m, np.int64)
+    plusplus._kmeanspp_plain(x, w, m, -1, uniforms, chosen, plusplus._to_fixed(x, fixed))
+    return np.concatenate([fixed, x[chosen[1:]]])
+
+
+@pytest.fixture
+def tree_always(monkeypatch):
+    """k-means++ on 4-d points by the search tree whatever their number; counts its runs."""
+    from streamq.kmeans import plusplus
+
+    runs = []
+    by_tree = plusplus._plain_by_tree
+
+    def counted(*args):
+        runs.append(len(args[0]))
+        return by_tree(*args)
+
+    monkeypatch.setattr(plusplus, "TREE_FROM", 0)
+    monkeypatch.setattr(plusplus, "TREE_SETUP", 0)
+    monkeypatch.setattr(plusplus, "_plain_by_tree", counted)
+    return runs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kmeans_plusplus_4d_tree_is_the_plain_loop(seed, tree_always):
+    # random weighted 4-d points: on a coarse lattice (duplicates, exact ties of distance and
+    # weight, fewer distinct points than K at times) or continuous, a few far outliers
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(300, 3000))
+    if seed % 2:
+        x = rng.integers(0, 4, size=(n, 4)) / 3.0
+        w = rng.integers(1, 4, size=n).astype(float)
+    else:
+        x = rng.normal(size=(n, 4)) * np.array([1.0, 0.5, 2.0, 0.1])
+        x[:5] *= 40
+        w = rng.exponential(size=n) + 0.01
+    for k in (2, 16, 256):
+        ours = kmeans_plusplus(x, w, k, np.random.default_rng([seed, k]))
+        ref = _plain_kmeanspp(x, w, k, np.random.default_rng([seed, k]))
+        np.testing.assert_array_equal(ours, ref, err_msg=f"k={k}")
+        if seed % 2 == 0:
+            assert len(np.unique(ours, axis=0)) == k
+    held = x[:3] + 0.01  # fixed centres: the others from them
+    np.testing.assert_array_equal(kmeans_plusplus(x, w, 40, np.random.default_rng(seed), fixed=held),
+                                  _plain_kmeanspp(x, w, 40, np.random.default_rng(seed), held))
+    assert tree_always == [n] * 4
+
+
+def test_kmeans_plusplus_4d_takes_the_tree_when_it_pays(monkeypatch):
+    from streamq.kmeans import plusplus
+
+    runs = []
+    by_tree = plusplus._plain_by_tree
+    monkeypatch.setattr(plusplus, "_plain_by_tree", lambda *a: runs.append(len(a[0])) or by_tree(*a))
+    rng = np.random.default_rng(0)
+    x, w = rng.random((4000, 4)), rng.integers(1, 9, 4000).astype(float)
+    for k in (4, 64):
+        np.testing.assert_array_equal(kmeans_plusplus(x, w, k, np.random.default_rng(k)),
+                                      _plain_kmeanspp(x, w, k, np.random.default_rng(k)))
+    assert runs == [4000]  # 4000 points, K = 64: the tree; K = 4: the plain loop
+    with pytest.raises(ValueError, match="64-bit code"):
+        plusplus.tree_layout(x, bits=16)
