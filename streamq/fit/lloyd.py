@@ -5,12 +5,12 @@ convergence on a coarse grid of the histogram (one Dask task each); the ``FINISH
 run exact Lloyd on every distinct colour (one task each), each checkpointed in its own slot
 of ``fit/starts``; the lowest exact inertia wins (the first start on ties). A finisher first
 goes to a fixed point on a finer grid (``FINE_BITS``) when that grid holds at most
-``FINE_SHARE`` of the distinct colours: its iterations cost about half of one on every
-colour and take over part of the slow tail (13,233 photo tiles, 2.3 M colours, iterations
-on every colour without / with it, 3 starts each: K = 16: 73/32, 156/148, 46/45 (+80, 31,
-32 on the finer grid: about even in time); K = 64: 107/58, 109/66, 324/140; K = 256:
-342/251 (-18% CPU time at K = 64 and 256)). The result is a fixed point of Lloyd on every
-colour either way. Used by
+``FINE_SHARE`` of the distinct colours and K is at most ``FINE_MAX_K``: its iterations cost
+about half of one on every colour and take over part of the slow tail. On 13,233 photo
+tiles (2.3 M colours; ``benchmarks/finish_grid.py``, 3 raced k-means++ starts per K, CPU
+time of one finisher, summed over the 3) it took K = 16 from 9.6 to 4.7 s (-51%) and K = 64
+from 14.7 to 11.3 s (-23%), the same inertia within 0.006%; at K = 256 it cost 9% more (one start 1.8x): not
+used there. The result is a fixed point of Lloyd on every colour either way. Used by
 :mod:`streamq.fit.driver` (phase 2, or ``--algorithm lloyd`` alone), :mod:`streamq.fit.quality`
 (one such fit per K tried), :mod:`streamq.fit.minibatch` and :mod:`streamq.fit.evaluate` (the
 points, the exact MSE) and :mod:`streamq.estimator`; it imports none of them.
@@ -128,6 +128,7 @@ def join_history(info: FitInfo, best: dict[str, Any], n_px: int, fcfg: FitConfig
 GRID_BITS = 6  # the race runs on a 64-level-per-channel grid of the histogram
 FINE_BITS = 7  # the finishers first converge on a 128-level grid, when it is much smaller
 FINE_SHARE = 0.75  # ... at most this share of the distinct colours
+FINE_MAX_K = 64  # ... for up to this many centres (above, it saved nothing measurable)
 FINISHERS = 2  # starts finished on every distinct colour
 
 _POINTS: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
@@ -216,7 +217,8 @@ def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
     if state["done"]:
         return state
     p = _worker_points(args["store"], args["key"], args["space"])
-    if "fx" in p and "fine_iterations" not in state:  # first to a fixed point on the finer grid
+    if "fx" in p and args["k"] <= FINE_MAX_K and "fine_iterations" not in state:
+        # first to a fixed point on the finer grid
         res = converge(p["fx"], p["fw"], np.asarray(state["centers"]), layout=_layout(p, "fx"),
                        tol=0, max_iter=args["max_iter"], fixed=_held(args))
         state = {**state, "centers": res.centers, "fine_iterations": res.n_iter}
