@@ -36,11 +36,13 @@ __all__ = ["array_folder", "checksum", "chunk_files", "chunk_keys", "sync_all", 
 _LIBC: Any = None
 
 
-def checksum(data: np.ndarray) -> int:
-    """CRC-32 of an array's values as little-endian bytes in C order (0 for no values)."""
+def checksum(data: np.ndarray, crc: int = 0) -> int:
+    """CRC-32 of an array's values as little-endian bytes in C order (0 for no values);
+    ``crc``: the running value of the arrays before it, so the checksums of consecutive row
+    blocks, each carried into the next, give the checksum of all the rows at once."""
     a = np.asarray(data)
     a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
-    return zlib.crc32(a.view(np.uint8).reshape(-1).data)
+    return zlib.crc32(a.view(np.uint8).reshape(-1).data, crc)
 
 
 def _fsync(path: str, directory: bool = False) -> None:

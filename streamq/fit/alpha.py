@@ -99,28 +99,27 @@ def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fcfg: FitConfig, f
             codes, counts = rgba_histogram(run, st, coll, progress)
     extra: dict[str, Any] = {"rgba": {"histogram": fingerprint(ingest_data(st)),
                                       "n_distinct": len(codes)}}
+    record = None
     if fcfg.quality is not None:  # the smallest K reaching a PSNR target
         from streamq.fit.quality import search_k
 
         with timer("quality search", timings):
-            chosen, record = search_k(
+            best, record = search_k(
                 st, fcfg, len(codes), lambda k: {"k": k, **_kmeans(codes, counts, fcfg, k, None)},
                 [], what="RGBA colours")
-        result = _result(st, fcfg, chosen["k"], codes, counts, chosen, started, None, record)
-        save_fit(st, result, fp, timings, facts, {"starts": chosen["starts"], **extra})
-        log.info("%s", result)
-        return result
-    if len(codes) < fcfg.colors:
-        raise ConfigError(
-            f"the collection has only {len(codes)} distinct RGBA colours, fewer than "
-            f"colors={fcfg.colors}; choose --colors {len(codes)} or fewer")
-    with timer("exact lloyd", timings):
-        best = _kmeans(codes, counts, fcfg, fcfg.colors, fixed)
-    result = _result(st, fcfg, fcfg.colors, codes, counts, best, started, fixed)
-    extra = {"starts": best["starts"], **extra}
-    if fixed is not None:
-        extra["fixed_colors"] = fixed.record()
-    save_fit(st, result, fp, timings, facts, extra)
+        k = best["k"]
+    else:
+        if len(codes) < fcfg.colors:
+            raise ConfigError(
+                f"the collection has only {len(codes)} distinct RGBA colours, fewer than "
+                f"colors={fcfg.colors}; choose --colors {len(codes)} or fewer")
+        with timer("exact lloyd", timings):
+            best = _kmeans(codes, counts, fcfg, fcfg.colors, fixed)
+        k = fcfg.colors
+        if fixed is not None:
+            extra["fixed_colors"] = fixed.record()
+    result = _result(st, fcfg, k, codes, counts, best, started, fixed, record)
+    save_fit(st, result, fp, timings, facts, {"starts": best["starts"], **extra})
     log.info("%s", result)
     return result
 

@@ -21,7 +21,6 @@ lasts fails the task, and so the stage, before its record is written.
 from __future__ import annotations
 
 import functools
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -71,10 +70,8 @@ def _verify_task(args: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
         if "colors_crc32" in record and _colors_checksum(part[0], part[1]) != record["colors_crc32"]:
             return None
         if args.get("alpha"):  # the alpha rows: as recorded, or all 255 (no transparent pixel)
-            opaque = 0
-            for p in range(a, b, VERIFY_PIXELS):
-                opaque = zlib.crc32(b"\xff" * (min(b, p + VERIFY_PIXELS) - p), opaque)
-            if _crc(store, ALPHA, a, b, retry) != record.get("alpha_crc32", opaque):
+            if _crc(store, ALPHA, a, b, retry) != (record["alpha_crc32"] if "alpha_crc32" in record
+                                                    else _opaque_crc(b - a)):
                 return None
     except StreamQError:
         raise
@@ -93,9 +90,17 @@ def _crc(store: Any, name: str, a: int, b: int, retry: Any) -> int:
     crc = 0
     for p in range(a, b, VERIFY_PIXELS):
         q = min(b, p + VERIFY_PIXELS)
-        rows = retrying(functools.partial(_read, store, name, p, q), "read",
-                        store.join(name).url, retry)
-        crc = zlib.crc32(np.ascontiguousarray(rows).reshape(-1).data, crc)
+        crc = checksum(retrying(functools.partial(_read, store, name, p, q), "read",
+                                store.join(name).url, retry), crc)
+    return crc
+
+
+def _opaque_crc(n: int) -> int:
+    """The checksum of ``n`` alpha values of 255 (an opaque task's alpha rows), made
+    :data:`VERIFY_PIXELS` at a time."""
+    crc = 0
+    for p in range(0, n, VERIFY_PIXELS):
+        crc = checksum(np.full(min(n - p, VERIFY_PIXELS), 255, np.uint8), crc)
     return crc
 
 
@@ -268,8 +273,8 @@ class _ShardSink:
         write(PIXELS, buf)
         if abuf is not None:
             write(ALPHA, abuf)
-            self.alpha_crc = zlib.crc32(abuf.data, self.alpha_crc)
-        self.crc = zlib.crc32(np.ascontiguousarray(buf).reshape(-1).data, self.crc)
+            self.alpha_crc = checksum(abuf, self.alpha_crc)
+        self.crc = checksum(buf, self.crc)
         runs = np.asarray(self.runs, np.int64).reshape(-1, 2) - lo
         self.totals.add(*count_colors(buf, runs[:, 0], runs[:, 1]))
         self.lo, self.runs = end, []
