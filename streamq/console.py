@@ -29,13 +29,20 @@ def set_log_level(level: int) -> None:
         _handler.setFormatter(_Redacting("%(levelname)s %(name)s: %(message)s"))
         log.addHandler(_handler)
     log.setLevel(level)
-    # Dask's client logs its own account (with tracebacks) of a lost scheduler; streamq turns
-    # that into one line of its own, so below -v the client's messages stay out of the way.
-    client_log = logging.getLogger("distributed.client")
-    for f in [f for f in client_log.filters if isinstance(f, _BelowCritical)]:
-        client_log.removeFilter(f)
-    if level > logging.INFO:
-        client_log.addFilter(_BelowCritical())
+    # Dask's client (and its batched comm to the scheduler) log their own account, with
+    # tracebacks, of a lost scheduler; streamq turns that into one line of its own, so below
+    # -v those messages stay out of the way.
+    for name in _CLIENT_LOGGERS:
+        client_log = logging.getLogger(name)
+        for f in [f for f in client_log.filters if isinstance(f, _BelowCritical)]:
+            client_log.removeFilter(f)
+        if level > logging.INFO:
+            client_log.addFilter(_BelowCritical())
+
+
+# Loggers of the client's side of a Dask connection; a filter on a logger sees only the
+# records logged through that logger, so each is named.
+_CLIENT_LOGGERS = ("distributed.client", "distributed.batched")
 
 
 class _Redacting(logging.Formatter):

@@ -261,3 +261,35 @@ def test_help_defaults_are_the_config_defaults():
         text = sep.join(map(str, value)) if isinstance(value, tuple) else str(value)
         assert f"[default: {text}" in shown[where], (where, key, shown[where])
     assert "[default: 2,6,30]" in shown[("fit", "--colors")]  # per_image.colors
+
+
+@pytest.mark.parametrize("name", ["distributed.client", "distributed.batched"])
+def test_client_side_dask_logs_stay_quiet_below_verbose(name):
+    """A lost scheduler makes Dask's client and its batched comm log tracebacks; below -v
+    the CLI's one line is all a user sees, and -v lets them through again."""
+    import logging
+
+    from streamq import console
+
+    target = logging.getLogger(name)
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler, saved, level = Keep(), list(target.filters), target.level
+    target.addHandler(handler)
+    target.setLevel(logging.DEBUG)
+    try:
+        console.set_log_level(logging.WARNING)
+        target.info("Batched Comm Closed")
+        target.error("lost the connection")
+        assert seen == []
+        console.set_log_level(logging.INFO)
+        target.info("Batched Comm Closed")
+        assert seen == ["Batched Comm Closed"]
+    finally:
+        target.removeHandler(handler)
+        target.filters[:] = saved
+        target.setLevel(level)

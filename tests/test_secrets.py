@@ -110,8 +110,10 @@ def _invoke(monkeypatch: pytest.MonkeyPatch, *args: str) -> Printed:
 
     monkeypatch.setattr(sys, "argv", ["streamq", *args])
     monkeypatch.setattr(redact, "_seen", set())
-    logger, client_log = logging.getLogger("streamq"), logging.getLogger("distributed.client")
-    old, level, filters = console._handler, logger.level, list(client_log.filters)
+    logger = logging.getLogger("streamq")
+    client_logs = [logging.getLogger(name) for name in console._CLIENT_LOGGERS]
+    old, level = console._handler, logger.level
+    filters = [list(c.filters) for c in client_logs]
     if old is not None:
         logger.removeHandler(old)
     console._handler = None
@@ -126,7 +128,8 @@ def _invoke(monkeypatch: pytest.MonkeyPatch, *args: str) -> Printed:
         if old is not None:
             logger.addHandler(old)
         logger.setLevel(level)
-        client_log.filters[:] = filters
+        for c, f in zip(client_logs, filters, strict=True):
+            c.filters[:] = f
     return Printed(res.exit_code, res.stdout, res.stderr,
                    [warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
                     for w in caught])
