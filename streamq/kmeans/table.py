@@ -29,6 +29,7 @@ def _lookup_all(rgb: np.ndarray, lut: np.ndarray, palette: np.ndarray, packed: b
     Writes ``labels[i]`` and adds each pixel's squared RGB error to ``sse[s]`` of its segment
     (segment ``s`` is ``[ends[s - 1], ends[s])``; the last ends at ``len(rgb)``). A ``packed``
     table holds ``label | error << 8`` (K <= 256): the error is a shift, not a computation.
+    Every entry is stored plus one: 0 is a colour not met yet.
     """
     n_miss = 0
     start = 0
@@ -37,7 +38,7 @@ def _lookup_all(rgb: np.ndarray, lut: np.ndarray, palette: np.ndarray, packed: b
         acc = np.int64(0)
         for i in range(start, stop):
             c = code24(rgb, i)
-            v = lut[c]
+            v = lut[c] - 1
             if v < 0:
                 misses[n_miss] = i
                 n_miss += 1
@@ -68,7 +69,7 @@ def _lookup_some(rgb: np.ndarray, idx: np.ndarray, lut: np.ndarray, palette: np.
         while s < ends.shape[0] - 1 and i >= ends[s]:
             s += 1
         c = code24(rgb, i)
-        v = lut[c]
+        v = lut[c] - 1
         if v < 0:
             n_miss += 1
             continue
@@ -118,7 +119,9 @@ class LabelTable:
         self.palette = np.ascontiguousarray(palette, dtype=np.int64)
         self.space = space
         self.packed = len(self.palette) <= 256
-        self.lut = np.full(1 << 24, -1, dtype=np.int32)
+        # entry + 1, 0 for a colour not met yet: zeros, so the pages of colours never met are
+        # never touched (filling 64 MiB with -1 cost every table tens of ms)
+        self.lut = np.zeros(1 << 24, dtype=np.int32)
         self._seen = np.zeros(1 << 24, dtype=np.bool_)
         import threading
 
@@ -128,14 +131,14 @@ class LabelTable:
         """Compute the table entries of the colours of ``rgb[idx]`` that have none yet."""
         with self._lock:
             new = _distinct(rgb, idx, self._seen)
-            new = new[self.lut[new] < 0]
+            new = new[self.lut[new] == 0]
             if not len(new):
                 return
             lab, err = self._label_colours(codes_to_rgb(new))
             if err is not None:
-                self.lut[new] = (lab.astype(np.int64) | (err << 8)).astype(np.int32)
+                self.lut[new] = ((lab.astype(np.int64) | (err << 8)) + 1).astype(np.int32)
             else:
-                self.lut[new] = lab
+                self.lut[new] = lab + 1
 
     def _label_colours(self, colours: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Labels of the ``(n, 3)`` uint8 ``colours`` and, for a packed table, their squared
