@@ -210,12 +210,6 @@ def count_colors(rgb: np.ndarray, starts: np.ndarray | None = None,
     return codes.astype(np.int64), counts
 
 
-@numba.njit(nogil=True, cache=True)
-def _add(total: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> None:
-    for j in range(codes.shape[0]):
-        total[codes[j]] += counts[j]
-
-
 class ColorTotals:
     """The exact sum of sparse colour histograms, in a dense int64 table of ``2**24``
     counters (128 MiB, allocated on the first :meth:`add`).
@@ -245,7 +239,10 @@ class ColorTotals:
                              f"[{codes.min()}, {codes.max()}]")
         if self._total is None:
             self._total = np.zeros(N_CODES, dtype=np.int64)
-        _add(self._total, codes, counts)
+        if len(codes) == 1 or bool((codes[1:] > codes[:-1]).all()):
+            self._total[codes] += counts  # distinct codes (a count_colors result): one pass
+        else:
+            np.add.at(self._total, codes, counts)  # repeated codes add up
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """``(codes, counts)`` of every colour with a nonzero total, codes sorted (int64)."""
