@@ -19,6 +19,9 @@ __all__ = ["progress_bar", "set_log_level", "timer"]
 
 log = logging.getLogger("streamq")
 _handler: logging.Handler | None = None
+# Loggers of the client's side of a Dask connection; a filter on a logger sees only the
+# records logged through that logger, so each is named.
+_CLIENT_LOGGERS = ("distributed.client", "distributed.batched")
 
 
 def set_log_level(level: int) -> None:
@@ -38,11 +41,6 @@ def set_log_level(level: int) -> None:
             client_log.removeFilter(f)
         if level > logging.INFO:
             client_log.addFilter(_BelowCritical())
-
-
-# Loggers of the client's side of a Dask connection; a filter on a logger sees only the
-# records logged through that logger, so each is named.
-_CLIENT_LOGGERS = ("distributed.client", "distributed.batched")
 
 
 class _Redacting(logging.Formatter):

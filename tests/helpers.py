@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +72,34 @@ def assert_same_results(store_a, store_b, out_a=None, out_b=None, n_files=None) 
         assert fa == fb
         if n_files is not None:
             assert len(fa) == n_files
+
+
+@contextmanager
+def console_state() -> Iterator[None]:
+    """Run the block with the CLI's logging as a fresh process has it (no ``streamq`` log
+    handler yet), then put back the process-wide logging state that
+    :func:`streamq.console.set_log_level` changes: the ``streamq`` logger's handler and level
+    and the filters of Dask's client-side loggers."""
+    from streamq import console
+
+    logger = logging.getLogger("streamq")
+    client_logs = [logging.getLogger(name) for name in console._CLIENT_LOGGERS]
+    old, level = console._handler, logger.level
+    filters = [list(c.filters) for c in client_logs]
+    if old is not None:
+        logger.removeHandler(old)
+    console._handler = None
+    try:
+        yield
+    finally:
+        if console._handler is not None:
+            logger.removeHandler(console._handler)
+        console._handler = old
+        if old is not None:
+            logger.addHandler(old)
+        logger.setLevel(level)
+        for c, f in zip(client_logs, filters, strict=True):
+            c.filters[:] = f
 
 
 def streamq_cmd(*args: str) -> list[str]:
@@ -187,11 +218,16 @@ class Kill:
             self.stderr
 
 
-def _lower_priority() -> None:
-    """In a job that a test kills at an observed point: run it at a lower CPU priority than
-    the test watching it, so that on a busy machine the watcher's polls are not starved while
-    the job runs past the point (the job's work and results do not depend on its priority)."""
-    os.nice(10)
+def _lower_priority(pid: int) -> None:
+    """Run a job that a test kills at an observed point (and the processes it starts) at a
+    lower CPU priority than the test watching it, so that on a busy machine the watcher's
+    polls are not starved while the job runs past the point (the job's work and results do
+    not depend on its priority). Set from here, right after the start, not in the child
+    before its exec: the test process has threads, with which ``preexec_fn`` is unsafe."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, 10)
+    except ProcessLookupError:  # already gone: nothing to slow down
+        pass
 
 
 def kill_when(cmd: list[str], predicate, sig: int = signal.SIGKILL, timeout: float = 300,
@@ -211,7 +247,8 @@ def kill_when(cmd: list[str], predicate, sig: int = signal.SIGKILL, timeout: flo
 
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                                stderr=err, env=env, text=True, preexec_fn=_lower_priority)
+                                stderr=err, env=env, text=True)
+        _lower_priority(proc.pid)
         deadline = time.monotonic() + timeout
         try:
             while not predicate():
@@ -400,7 +437,8 @@ def run_until(cmd: list[str], predicate, timeout: float = 120, env: dict | None 
     ``predicate()`` is true (polled every 5 ms): a kill at a chosen point of the run, not at a
     guessed time. Returns the exit code if it finished first, else None."""
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env, preexec_fn=_lower_priority)
+                            stderr=subprocess.DEVNULL, env=env)
+    _lower_priority(proc.pid)
     deadline = time.monotonic() + timeout
     while proc.poll() is None:
         if predicate() or time.monotonic() > deadline:

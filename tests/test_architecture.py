@@ -114,3 +114,21 @@ def test_a_path_spelled_in_a_stage_is_caught():
               'LABELS = "quantize/labels"\n'
               'def palette(k):\n    return f"per_image/k{k}/palette"\n')
     assert _path_literals(source, _top_groups()) == [(2, "quantize/labels"), (4, "per_image/k")]
+
+
+def test_the_lazy_top_level_names_are_the_public_ones():
+    """``streamq`` imports its public names on first use: each name of ``__all__`` has a
+    module to come from (and no other name does), and resolves there to itself, also after
+    the subpackage of the same name (``streamq.fit``, ...) was imported."""
+    code = ("import importlib, streamq\n"
+            "assert set(streamq.__all__) == set(streamq._WHERE) | {'__version__'}\n"
+            "for mod in ('streamq.fit', 'streamq.ingest', 'streamq.quantize', 'streamq.export',"
+            " 'streamq.report'):\n"
+            "    importlib.import_module(mod)\n"
+            "for name in streamq.__all__:\n"
+            "    value = getattr(streamq, name)\n"
+            "    if name != '__version__':\n"
+            "        assert value is getattr(importlib.import_module(streamq._WHERE[name]), name), name\n"
+            "assert callable(streamq.fit) and callable(streamq.report)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

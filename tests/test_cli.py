@@ -6,6 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from helpers import console_state
 from PIL import Image
 
 from streamq import __version__
@@ -278,18 +279,18 @@ def test_client_side_dask_logs_stay_quiet_below_verbose(name):
         def emit(self, record: logging.LogRecord) -> None:
             seen.append(record.getMessage())
 
-    handler, saved, level = Keep(), list(target.filters), target.level
+    handler, level = Keep(), target.level
     target.addHandler(handler)
     target.setLevel(logging.DEBUG)
     try:
-        console.set_log_level(logging.WARNING)
-        target.info("Batched Comm Closed")
-        target.error("lost the connection")
-        assert seen == []
-        console.set_log_level(logging.INFO)
-        target.info("Batched Comm Closed")
-        assert seen == ["Batched Comm Closed"]
+        with console_state():
+            console.set_log_level(logging.WARNING)
+            target.info("Batched Comm Closed")
+            target.error("lost the connection")
+            assert seen == []
+            console.set_log_level(logging.INFO)
+            target.info("Batched Comm Closed")
+            assert seen == ["Batched Comm Closed"]
     finally:
         target.removeHandler(handler)
-        target.filters[:] = saved
         target.setLevel(level)

@@ -15,7 +15,6 @@ kept as printed), which saves starting Python, Dask and zarr again for each of t
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers import streamq_cmd
+from helpers import console_state, streamq_cmd
 from PIL import Image
 
 from streamq.cli.main import cli
@@ -106,30 +105,13 @@ def _invoke(monkeypatch: pytest.MonkeyPatch, *args: str) -> Printed:
     command line in ``sys.argv`` (what the lock file records), no credential remembered from
     an earlier command (each process starts with none), the ``streamq`` log handler on this
     command's stderr, and every warning kept (a process prints them on stderr)."""
-    from streamq import console, redact
+    from streamq import redact
 
     monkeypatch.setattr(sys, "argv", ["streamq", *args])
     monkeypatch.setattr(redact, "_seen", set())
-    logger = logging.getLogger("streamq")
-    client_logs = [logging.getLogger(name) for name in console._CLIENT_LOGGERS]
-    old, level = console._handler, logger.level
-    filters = [list(c.filters) for c in client_logs]
-    if old is not None:
-        logger.removeHandler(old)
-    console._handler = None
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            res = CliRunner().invoke(cli, list(args), prog_name="streamq")
-    finally:
-        if console._handler is not None:
-            logger.removeHandler(console._handler)
-        console._handler = old
-        if old is not None:
-            logger.addHandler(old)
-        logger.setLevel(level)
-        for c, f in zip(client_logs, filters, strict=True):
-            c.filters[:] = f
+    with console_state(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = CliRunner().invoke(cli, list(args), prog_name="streamq")
     return Printed(res.exit_code, res.stdout, res.stderr,
                    [warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
                     for w in caught])

@@ -239,7 +239,7 @@ class ColorTotals:
                              f"[{codes.min()}, {codes.max()}]")
         if self._total is None:
             self._total = np.zeros(N_CODES, dtype=np.int64)
-        if len(codes) == 1 or bool((codes[1:] > codes[:-1]).all()):
+        if bool((codes[1:] > codes[:-1]).all()):
             self._total[codes] += counts  # distinct codes (a count_colors result): one pass
         else:
             np.add.at(self._total, codes, counts)  # repeated codes add up
