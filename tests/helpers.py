@@ -230,18 +230,46 @@ def _lower_priority(pid: int) -> None:
         pass
 
 
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to process group ``pgid``; False if the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _frozen_check(proc: subprocess.Popen, predicate) -> bool:
+    """``predicate()`` read while the job's whole process group is stopped (SIGSTOP), so the
+    job cannot run past the point while a poll is slow or the watcher waits for a core: the
+    job runs only between two checks (``interval`` s, at its lower priority), and the state
+    a check sees is the state it is killed in. The group stays stopped when the predicate
+    holds (the caller signals it, then continues it)."""
+    if not _signal_group(proc.pid, signal.SIGSTOP):
+        return False
+    hit = False
+    try:
+        hit = bool(predicate())
+    finally:
+        if not hit:
+            _signal_group(proc.pid, signal.SIGCONT)
+    return hit
+
+
 def kill_when(cmd: list[str], predicate, sig: int = signal.SIGKILL, timeout: float = 300,
               interval: float = 0.005, env: dict | None = None, progress=None) -> Kill:
     """Start ``cmd`` in its own process group and send ``sig`` as soon as ``predicate()``
-    holds (polled every ``interval`` s): a kill at a chosen point of the run, not at a guessed
-    time. SIGKILL goes to the whole group (nothing survives, as with ``kill -9`` on a job),
-    SIGTERM to the command's process alone (``kill PID``), SIGINT to the whole group (Ctrl-C
-    in a terminal); after SIGTERM and SIGINT the command must end by itself within a minute,
-    and leave no process of its group behind.
+    holds (checked every ``interval`` s with the job stopped, see :func:`_frozen_check`): a
+    kill at a chosen point of the run, not at a guessed time. SIGKILL goes to the whole group
+    (nothing survives, as with ``kill -9`` on a job), SIGTERM to the command's process alone
+    (``kill PID``), SIGINT to the whole group (Ctrl-C in a terminal); after SIGTERM and
+    SIGINT the command must end by itself within a minute, and leave no process of its group
+    behind.
 
     Fails unless the predicate held while the command was still running (a kill that lands
     after the end proves nothing). ``progress()`` (e.g. a :func:`stage_progress` partial)
-    is read once more right after the predicate held and returned as ``seen``.
+    is read with the job still stopped and returned as ``seen``; the failure message of a
+    command that ended first shows it too.
     """
     import tempfile
 
@@ -251,11 +279,13 @@ def kill_when(cmd: list[str], predicate, sig: int = signal.SIGKILL, timeout: flo
         _lower_priority(proc.pid)
         deadline = time.monotonic() + timeout
         try:
-            while not predicate():
+            while not _frozen_check(proc, predicate):
                 if proc.poll() is not None:
                     err.seek(0)
+                    last = progress() if progress is not None else None
                     raise AssertionError(f"the command ended (status {proc.returncode}) before "
-                                         f"the kill point: {err.read()[-2000:]}")
+                                         f"the kill point (last seen: {last}): "
+                                         f"{err.read()[-2000:]}")
                 if time.monotonic() > deadline:
                     raise AssertionError(f"kill point not reached in {timeout:g} s")
                 time.sleep(interval)
@@ -265,6 +295,7 @@ def kill_when(cmd: list[str], predicate, sig: int = signal.SIGKILL, timeout: flo
                 os.kill(proc.pid, sig)
             else:
                 os.killpg(proc.pid, sig)
+            _signal_group(proc.pid, signal.SIGCONT)  # a stopped job handles SIGTERM/SIGINT
             returncode = proc.wait(timeout=60)
             if sig != signal.SIGKILL:
                 _wait_group_gone(proc.pid)
@@ -434,18 +465,16 @@ def wait_until(predicate, timeout: float = 60, interval: float = 0.02) -> None:
 
 def run_until(cmd: list[str], predicate, timeout: float = 120, env: dict | None = None) -> int | None:
     """Start ``cmd`` in its own process group and SIGKILL the whole group as soon as
-    ``predicate()`` is true (polled every 5 ms): a kill at a chosen point of the run, not at a
-    guessed time. Returns the exit code if it finished first, else None."""
+    ``predicate()`` is true (checked every 5 ms with the job stopped, see
+    :func:`_frozen_check`): a kill at a chosen point of the run, not at a guessed time.
+    Returns the exit code if it finished first, else None."""
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env)
     _lower_priority(proc.pid)
     deadline = time.monotonic() + timeout
     while proc.poll() is None:
-        if predicate() or time.monotonic() > deadline:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if _frozen_check(proc, predicate) or time.monotonic() > deadline:
+            _signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
             return None
         time.sleep(0.005)
