@@ -256,6 +256,18 @@ def _frozen_check(proc: subprocess.Popen, predicate) -> bool:
     return hit
 
 
+def _watch(proc: subprocess.Popen, predicate, interval: float) -> bool:
+    """One :func:`_frozen_check`, then, if the point is not reached, let the job run for
+    ``interval`` s or as long as the check took, whichever is longer, up to 50 ms (a check
+    that reads a store on S3 takes tens of ms: the job must not spend most of its time
+    stopped; a check slowed by a busy machine must not give the job a long run)."""
+    start = time.monotonic()
+    if _frozen_check(proc, predicate):
+        return True
+    time.sleep(max(interval, min(time.monotonic() - start, 0.05)))
+    return False
+
+
 def kill_when(cmd: list[str], predicate, sig: int = signal.SIGKILL, timeout: float = 300,
               interval: float = 0.005, env: dict | None = None, progress=None) -> Kill:
     """Start ``cmd`` in its own process group and send ``sig`` as soon as ``predicate()``
@@ -279,7 +291,7 @@ def kill_when(cmd: list[str], predicate, sig: int = signal.SIGKILL, timeout: flo
         _lower_priority(proc.pid)
         deadline = time.monotonic() + timeout
         try:
-            while not _frozen_check(proc, predicate):
+            while not _watch(proc, predicate, interval):
                 if proc.poll() is not None:
                     err.seek(0)
                     last = progress() if progress is not None else None
@@ -288,7 +300,6 @@ def kill_when(cmd: list[str], predicate, sig: int = signal.SIGKILL, timeout: flo
                                          f"{err.read()[-2000:]}")
                 if time.monotonic() > deadline:
                     raise AssertionError(f"kill point not reached in {timeout:g} s")
-                time.sleep(interval)
             seen = progress() if progress is not None else None
             assert proc.poll() is None, "the command ended as the kill point was reached"
             if sig == signal.SIGTERM:
@@ -473,11 +484,10 @@ def run_until(cmd: list[str], predicate, timeout: float = 120, env: dict | None 
     _lower_priority(proc.pid)
     deadline = time.monotonic() + timeout
     while proc.poll() is None:
-        if _frozen_check(proc, predicate) or time.monotonic() > deadline:
+        if _watch(proc, predicate, 0.005) or time.monotonic() > deadline:
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
             return None
-        time.sleep(0.005)
     return proc.returncode
 
 

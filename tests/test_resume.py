@@ -90,7 +90,7 @@ def test_kill_during_fit_then_rerun_is_bit_identical(ref_store, tmp_path, algori
     (tmp_path / "fixed.hex").write_text("ffffff\n000000\ne30613\n005ca9\n")
     cfg.write_text(
         "dask:\n  scheduler: threads\n"
-        f"fit:\n  colors: 24\n  algorithm: {algorithm}\n  tol: 0\n  max_steps: 20\n"
+        f"fit:\n  colors: 24\n  algorithm: {algorithm}\n  tol: 0\n  max_steps: 40\n"
         "  batch_size: 16384\n  checkpoint_steps: 3\n  max_iter: 400\n  n_init: 2\n"
         + ("  fixed_colors: fixed.hex\n" if fixed else ""))
     ref, killed = tmp_path / "ref.zarr", tmp_path / "killed.zarr"
@@ -106,7 +106,7 @@ def test_kill_during_fit_then_rerun_is_bit_identical(ref_store, tmp_path, algori
     # Lloyd on every colour starts from a fixed point on the finer grid (streamq.fit.lloyd), so
     # it is short here: its kill points lie in its first half, where the rest outlasts a poll
     if algorithm == "minibatch":
-        points = [("fit:minibatch", rng.randint(4, 10)),  # of 20 steps: the first half
+        points = [("fit:minibatch", rng.randint(4, 16)),  # of 40 steps: the first 40%
                   ("fit:lloyd", rng.randint(3, n_iter // 3))]
     else:
         points = [("fit:lloyd", rng.randint(3, n_iter // 4)),
