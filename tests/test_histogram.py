@@ -113,9 +113,23 @@ def test_kernel_from_two_threads_at_once():
     assert not errors
 
 
-def test_color_totals_sum_parts_exactly():
+@pytest.mark.parametrize("dense_at", [ColorTotals.DENSE_AT, 10_000, 1])
+def test_color_totals_sum_parts_exactly(dense_at, monkeypatch):
+    """Kept sparse, turned dense part way through, or dense from the first part: the same
+    exact sums (also of parts with repeated codes, against ``np.add.at``)."""
+    monkeypatch.setattr(ColorTotals, "DENSE_AT", dense_at)
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, size=(30_000, 3), dtype=np.uint8) // 16
+    repeated = ColorTotals()
+    codes = rng.integers(0, 1 << 24, 3000)
+    codes[1000:2000] = codes[:1000]  # a part's codes need not be distinct or sorted
+    counts = rng.integers(1, 50, 3000)
+    for part in (slice(0, 1500), slice(1500, 3000)):
+        repeated.add(codes[part], counts[part])
+    expected = np.zeros(1 << 24, np.int64)
+    np.add.at(expected, codes, counts)
+    assert repeated.result()[0].tolist() == np.flatnonzero(expected).tolist()
+    assert repeated.result()[1].tolist() == expected[np.flatnonzero(expected)].tolist()
     totals = ColorTotals()
     assert len(totals.result()[0]) == 0
     for a in range(0, len(rgb), 7000):
