@@ -134,6 +134,9 @@ def stage_progress(store, out=None, storage_options=None) -> tuple[str, int]:
         return sum(1 for r in g[name][:] if r)
 
     try:
+        if storage_options and str(store).startswith("s3://"):
+            # one GET a key, without the HEAD s3fs sends first (as streamq opens its stores)
+            storage_options = {"max_concurrency": 1, **storage_options}
         g = zarr.open_group(str(store), mode="r", storage_options=storage_options)
         attrs = g.attrs.asdict()
         sec = attrs.get("ingest", {})
