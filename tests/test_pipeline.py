@@ -113,6 +113,7 @@ def test_kill_run_inside_each_stage(src, ref, tmp_path, sched):
         kill = kill_when(streamq_cmd("-q", "run", str(cfg)), reached(store, stage, n, out), sig,
                          progress=functools.partial(stage_progress, store, out))
         assert kill.seen[0] == stage, (stage, n, kill.seen)  # killed inside the stage
+        assert stage != "export" or kill.seen[1] < N_IMAGES, kill.seen  # before its end
         if sig == signal.SIGKILL:
             assert kill.returncode == -signal.SIGKILL
         else:
