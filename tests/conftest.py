@@ -10,12 +10,26 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pytest
-from helpers import BUCKET, PER_PHOTO, PHOTOS, SECRET, free_port
-from PIL import Image
+# Dask's monitoring, which the tests never read, is the larger part of an idle cluster's CPU: a
+# worker samples its threads' stacks every 10 ms for the dashboard's profile and every process
+# checks its event loop every 20 ms. An idle two-worker LocalCluster took 5.8 CPU-s a minute
+# (its two workers and the test process), 1.5 with these; the session's clusters idle most of
+# the run. Set before any process of the session imports dask (subprocesses inherit them).
+for _key, _value in (("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "False"),
+                     ("DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL", "1s"),
+                     ("DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL", "2s")):
+    os.environ.setdefault(_key, _value)
+if "dask" in sys.modules:  # imported by a plugin first: read the environment again
+    import dask.config
 
-from streamq.examples import make_collection
+    dask.config.refresh()
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from helpers import BUCKET, PER_PHOTO, PHOTOS, SECRET, free_port  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from streamq.examples import make_collection  # noqa: E402
 
 # gcsfs (2026.10) asks a bucket's type through Google's gRPC storage-control API before its
 # first request, and waits 60 s for an answer that the GCS emulator of the tests never gives.
