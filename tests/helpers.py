@@ -162,10 +162,41 @@ class _LocalView(_ZarrView):
         if (meta["chunk_grid"]["configuration"]["chunk_shape"] != [1]
                 or meta["chunk_key_encoding"].get("name") != "default"):
             return sum(1 for r in self[name][:] if r)
+        return self._count_chunks(name)
+
+    def _count_chunks(self, name: str) -> int:
         try:
             return sum(1 for e in os.scandir(self.root / name / "c") if e.name.isdigit())
         except FileNotFoundError:  # no record yet
             return 0
+
+
+class _BucketView(_LocalView):
+    """The same from a store at a URL, by fsspec: one GET for the attributes, one listing for
+    the records of an array (through zarr, one GET for every record)."""
+
+    def __init__(self, url: str, storage_options) -> None:
+        import fsspec
+
+        self.url, self.options = url.rstrip("/"), storage_options or {}
+        self.fs, self.path = fsspec.core.url_to_fs(self.url, **self.options)
+        self.fs.invalidate_cache()
+
+    def _meta(self, name: str = "") -> dict:
+        return json.loads(self.fs.cat_file(f"{self.path}/{name}/zarr.json".replace("//", "/")))
+
+    def __contains__(self, name: str) -> bool:
+        return self.fs.exists(f"{self.path}/{name}/zarr.json")
+
+    def __getitem__(self, name: str):
+        return zarr.open_group(self.url, mode="r", storage_options=self.options)[name]
+
+    def _count_chunks(self, name: str) -> int:
+        try:
+            keys = self.fs.ls(f"{self.path}/{name}/c", detail=False)
+        except FileNotFoundError:
+            return 0
+        return sum(1 for k in keys if k.rsplit("/", 1)[-1].isdigit())
 
 
 def stage_progress(store, out=None, storage_options=None) -> tuple[str, int]:
@@ -191,8 +222,7 @@ def stage_progress(store, out=None, storage_options=None) -> tuple[str, int]:
             if storage_options and str(store).startswith("s3://"):
                 # one GET a key, without the HEAD s3fs sends first (as streamq opens its stores)
                 storage_options = {"max_concurrency": 1, **storage_options}
-            view: _ZarrView | _LocalView = _ZarrView(zarr.open_group(
-                str(store), mode="r", storage_options=storage_options))
+            view: _ZarrView | _LocalView = _BucketView(str(store), storage_options)
         else:
             view = _LocalView(store)
         attrs = view.attrs()
