@@ -155,7 +155,23 @@ class _LocalView(_ZarrView):
         return (self.root / name / "zarr.json").is_file()
 
     def __getitem__(self, name: str):
-        return zarr.open_array(str(self.root / name), mode="r")
+        """The strings of a record or checkpoint array (one chunk each, vlen-utf8 then zstd,
+        as streamq writes them) decoded from their files: through zarr, reading the 17
+        k-means starts' checkpoints took 10 ms. Other arrays: through zarr."""
+        meta = self._meta(name)
+        codecs = [c["name"] for c in meta["codecs"]]
+        if (meta["data_type"] != "string" or len(meta["shape"]) != 1 or codecs != ["vlen-utf8", "zstd"]
+                or meta["chunk_grid"]["configuration"]["chunk_shape"] != [1]
+                or meta["chunk_key_encoding"].get("name") != "default"):
+            return zarr.open_array(str(self.root / name), mode="r")
+        from numcodecs import VLenUTF8, Zstd
+
+        out = np.full(meta["shape"][0], meta["fill_value"], dtype=object)
+        for e in os.scandir(self.root / name / "c") if (self.root / name / "c").is_dir() else ():
+            if e.name.isdigit() and int(e.name) < len(out):
+                with open(e.path, "rb") as f:
+                    out[int(e.name)] = VLenUTF8().decode(Zstd().decode(f.read()))[0]
+        return out
 
     def done(self, name: str) -> int:
         meta = self._meta(name)  # KeyError/FileNotFoundError for a missing array, as zarr
