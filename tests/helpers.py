@@ -114,33 +114,20 @@ STAGES = ("ingest", "fit", "fit:minibatch", "fit:lloyd", "quantize", "groups:des
           "groups:cluster", "groups:assign", "export")
 
 
-class _ZarrView:
-    """What :func:`stage_progress` reads from a store, through zarr (a store at a URL)."""
-
-    def __init__(self, group: zarr.Group) -> None:
-        self.group = group
-
-    def attrs(self) -> dict:
-        return self.group.attrs.asdict()
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.group
-
-    def __getitem__(self, name: str):
-        return self.group[name]
-
-    def done(self, name: str) -> int:
-        """Records written in the record array ``name``."""
-        return sum(1 for r in self.group[name][:] if r)
+def _row_chunks(meta: dict) -> bool:
+    """A 1-d array of one element per chunk file ``c/<i>`` (zarr.json ``meta``): records and
+    checkpoints, as streamq writes them."""
+    return (len(meta["shape"]) == 1 and meta["chunk_grid"]["configuration"]["chunk_shape"] == [1]
+            and meta["chunk_key_encoding"].get("name") == "default")
 
 
-class _LocalView(_ZarrView):
-    """The same from a local store's files: the attributes from the root's ``zarr.json``,
-    and the records of a record array counted as its chunk files (a record is its own chunk,
-    written by zarr through a temporary file and a rename, and never the fill value ``""``,
-    which zarr stores as no file). Kill tests read this every few milliseconds with the job
-    stopped: through zarr, one look at a quantize in progress took ~12 ms (reading every
-    record), as long as the job ran between two looks."""
+class _LocalView:
+    """What :func:`stage_progress` reads from a local store, from its files: the attributes
+    from the root's ``zarr.json``, and the records of a record array counted as its chunk
+    files (a record is its own chunk, written by zarr through a temporary file and a rename,
+    and never the fill value ``""``, which zarr stores as no file). Kill tests read this
+    every few milliseconds with the job stopped: through zarr, one look at a quantize in
+    progress took ~12 ms (reading every record), as long as the job ran between two looks."""
 
     def __init__(self, root) -> None:
         self.root = Path(root)
@@ -160,9 +147,7 @@ class _LocalView(_ZarrView):
         k-means starts' checkpoints took 10 ms. Other arrays: through zarr."""
         meta = self._meta(name)
         codecs = [c["name"] for c in meta["codecs"]]
-        if (meta["data_type"] != "string" or len(meta["shape"]) != 1 or codecs != ["vlen-utf8", "zstd"]
-                or meta["chunk_grid"]["configuration"]["chunk_shape"] != [1]
-                or meta["chunk_key_encoding"].get("name") != "default"):
+        if meta["data_type"] != "string" or codecs != ["vlen-utf8", "zstd"] or not _row_chunks(meta):
             return zarr.open_array(str(self.root / name), mode="r")
         from numcodecs import VLenUTF8, Zstd
 
@@ -174,9 +159,8 @@ class _LocalView(_ZarrView):
         return out
 
     def done(self, name: str) -> int:
-        meta = self._meta(name)  # KeyError/FileNotFoundError for a missing array, as zarr
-        if (meta["chunk_grid"]["configuration"]["chunk_shape"] != [1]
-                or meta["chunk_key_encoding"].get("name") != "default"):
+        """Records written in the record array ``name``."""
+        if not _row_chunks(self._meta(name)):  # missing: KeyError/FileNotFoundError, as zarr
             return sum(1 for r in self[name][:] if r)
         return self._count_chunks(name)
 
@@ -198,18 +182,21 @@ class _BucketView(_LocalView):
         self.fs, self.path = fsspec.core.url_to_fs(self.url, **self.options)
         self.fs.invalidate_cache()
 
+    def _key(self, *parts: str) -> str:
+        return "/".join([self.path, *(p for p in parts if p)])
+
     def _meta(self, name: str = "") -> dict:
-        return json.loads(self.fs.cat_file(f"{self.path}/{name}/zarr.json".replace("//", "/")))
+        return json.loads(self.fs.cat_file(self._key(name, "zarr.json")))
 
     def __contains__(self, name: str) -> bool:
-        return self.fs.exists(f"{self.path}/{name}/zarr.json")
+        return self.fs.exists(self._key(name, "zarr.json"))
 
     def __getitem__(self, name: str):
         return zarr.open_group(self.url, mode="r", storage_options=self.options)[name]
 
     def _count_chunks(self, name: str) -> int:
         try:
-            keys = self.fs.ls(f"{self.path}/{name}/c", detail=False)
+            keys = self.fs.ls(self._key(name, "c"), detail=False)
         except FileNotFoundError:
             return 0
         return sum(1 for k in keys if k.rsplit("/", 1)[-1].isdigit())
@@ -238,11 +225,11 @@ def stage_progress(store, out=None, storage_options=None) -> tuple[str, int]:
             if storage_options and str(store).startswith("s3://"):
                 # one GET a key, without the HEAD s3fs sends first (as streamq opens its stores)
                 storage_options = {"max_concurrency": 1, **storage_options}
-            view: _ZarrView | _LocalView = _BucketView(str(store), storage_options)
+            view: _LocalView = _BucketView(str(store), storage_options)
         else:
             view = _LocalView(store)
         attrs = view.attrs()
-        done, g = view.done, view
+        done = view.done
         sec = attrs.get("ingest", {})
         if sec.get("state") != "complete":
             return ("ingest", done("ingest/tasks/report")) if sec.get("state") == "planned" else ("", 0)
@@ -250,14 +237,14 @@ def stage_progress(store, out=None, storage_options=None) -> tuple[str, int]:
         if fit.get("state") != "complete":
             if fit.get("state") != "running":
                 return "fit", 0
-            text = str(g["fit/checkpoint"][0]) if "fit/checkpoint" in g else ""
+            text = str(view["fit/checkpoint"][0]) if "fit/checkpoint" in view else ""
             state = decode_state(text) if text else {}
             if state.get("phase") == "minibatch":
                 return "fit:minibatch", int(state["cursor"])
             if state.get("phase") != "exact" and fit["config"]["algorithm"] == "minibatch":
                 return "fit:minibatch", 0
             its = [decode_state(str(t)).get("iteration", 0)
-                   for t in (g["fit/starts"][:] if "fit/starts" in g else []) if t]
+                   for t in (view["fit/starts"][:] if "fit/starts" in view else []) if t]
             return "fit:lloyd", max(its, default=0)
         q = attrs.get("quantize", {})
         if q.get("fit_fingerprint") != fit["fingerprint"] or q.get("state") != "complete":
@@ -268,7 +255,7 @@ def stage_progress(store, out=None, storage_options=None) -> tuple[str, int]:
             return "groups:describe", 0 if groups["state"] == "planning" else done(
                 "groups/describe_records")
         if groups.get("state") == "clustering":
-            text = str(g["groups/checkpoint"][0]) if "groups/checkpoint" in g else ""
+            text = str(view["groups/checkpoint"][0]) if "groups/checkpoint" in view else ""
             return "groups:cluster", int(decode_state(text)["cursor"]) if text else 0
         if groups.get("state") == "assigning":
             return "groups:assign", done("groups/assign_records")
