@@ -253,7 +253,7 @@ _COLD_SCRIPT = _CHINA + """
 from click.testing import CliRunner
 from streamq.cli.main import cli
 
-warm = CliRunner().invoke(cli, ["warmup"])  # the command, in this process
+warm = CliRunner().invoke(cli, ["warmup", "per-image"])  # the command, in this process
 assert warm.exit_code == 0, warm.output
 assert precompile() == 0  # all done by the command
 for k, px in ((2, rgb), (30, rgb.copy())):  # pixels read-only (as Pillow gives them) and not
@@ -287,7 +287,7 @@ def _output(proc) -> str:
 
 def test_warmup_compiles_the_signatures_the_path_calls_and_leaves_nothing_to_compile(tmp_path):
     # On an empty numba cache, two processes at once (as a cluster's workers start) each run
-    # `streamq warmup`: the kernels are compiled for the declared types (the command reports
+    # `streamq warmup per-image`: the kernels are compiled for the declared types (the command reports
     # the 5 kernels), and a fit and labelling after it add no other signatures, whether the
     # pixels are writable (read from the store) or not (decoded by Pillow). So the cache holds
     # what the warmup compiled and nothing else: a later process fits and labels a real photo

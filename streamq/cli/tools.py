@@ -58,22 +58,25 @@ def upgrade_cmd(store: str, config_path: str | None, storage_options: tuple[str,
     echo_result(upgrade(store, config=cfg), as_json)
 
 
-@click.command("warmup", short_help="Compile the per-image kernels ahead of their first use.")
+@click.command("warmup", short_help="Compile streamq's kernels ahead of their first use.")
+@click.argument("groups", nargs=-1, metavar="[GROUP]...",
+                type=click.Choice(["ingest", "fit", "per-image", "quantize", "ssim"]))
 @click.pass_context
 @handle_errors
-def warmup_cmd(ctx: click.Context) -> None:
-    """Compile the loops of `fit --per-image --method histogram` and of its labelling into
-    numba's on-disk cache, so that the first fit does not compile them (a few seconds).
+def warmup_cmd(ctx: click.Context, groups: tuple[str, ...]) -> None:
+    """Compile streamq's compiled loops into numba's on-disk cache, so that no job pays for
+    compiling them (about 22 s for all of them in one process, shared by the processes that
+    run this command at the same time).
 
-    Once per installation (and after an upgrade of streamq or numba), for example in the
-    image or environment build; later runs only load them. Cluster workers share the cache
-    when they share the installation's files.
+    GROUP limits it to the kernels of ingest, fit (the shared palette), per-image
+    (`fit --per-image --method histogram`), quantize (labels, dithering) or ssim; all by
+    default. Once per installation (and after an upgrade of streamq or numba), for example in
+    the image or environment build; later runs only load them. Cluster workers share the
+    cache when they share the installation's files.
     """
-    import time
+    from streamq.warmup import warmup
 
-    from streamq.kmeans.precompile import precompile
-
-    t0 = time.perf_counter()
-    n = precompile()
+    n, seconds = warmup(groups or None)
     if not ctx.obj["quiet"]:
-        click.echo(f"{n} per-image kernels compiled or loaded in {time.perf_counter() - t0:.1f} s")
+        what = " ".join(groups) + " " if groups else ""
+        click.echo(f"{n} {what}kernels compiled or loaded in {seconds:.1f} s")

@@ -20,6 +20,7 @@ import hashlib
 import inspect
 import logging
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -28,23 +29,37 @@ from typing import Any
 import numba
 from numba import types
 
-__all__ = ["per_image_kernels", "precompile"]
+__all__ = ["count_kernels", "fit_kernels", "label_kernels", "per_image_kernels", "precompile",
+           "signature"]
 
 log = logging.getLogger(__name__)
 
-_F1 = types.float64[::1]
-_F2 = types.float64[:, ::1]
-_I1 = types.int64[::1]
-_I2 = types.int64[:, ::1]
-_I64 = types.int64
-_F64 = types.float64
-_BOOL = types.boolean
-_B1 = types.boolean[::1]
-# pixels: read-only (streamq.kmeans.codes.pixels_in)
-_RGB = types.Array(types.uint8, 2, "C", readonly=True)
-
 _done: set[tuple[str, str]] = set()
 _guard = threading.Lock()
+
+_SCALARS: dict[str, Any] = {"i8": types.int64, "f8": types.float64, "b1": types.boolean}
+_DTYPES: dict[str, Any] = {"u1": types.uint8, "u2": types.uint16, "i4": types.int32, "u4": types.uint32,
+           "i8": types.int64, "f8": types.float64, "b1": types.boolean}
+
+
+def signature(spec: str) -> tuple[Any, ...]:
+    """numba argument types from a compact spec: ``"f8[2] i8[1]ro i8 b1"`` is a C-contiguous
+    2-d float64 array, a read-only 1-d int64 array (``ro``), an int64 and a bool.
+
+    Kernels get C-contiguous arrays (``np.ascontiguousarray`` or fresh ``np.empty``) and
+    int64/float64/bool scalars; pixels decoded by Pillow or viewed read-only
+    (:func:`streamq.kmeans.codes.pixels_in`) are read-only arrays.
+    """
+    out = []
+    for token in spec.split():
+        m = re.fullmatch(r"([a-z]\d)(?:\[(\d)\](ro)?)?", token)
+        if m is None or (m.group(2) is None and m.group(1) not in _SCALARS) \
+                or m.group(1) not in _DTYPES:
+            raise ValueError(f"bad kernel argument type {token!r} in {spec!r}")
+        code, ndim, ro = m.groups()
+        out.append(_SCALARS[code] if ndim is None
+                   else types.Array(_DTYPES[code], int(ndim), "C", readonly=bool(ro)))
+    return tuple(out)
 
 
 def per_image_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
@@ -54,14 +69,73 @@ def per_image_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
     from streamq.kmeans import codes, filtering, plusplus, sampling, table
 
     return [
-        (plusplus._kmeanspp, (_F2, _F1, _I1, _F2, _F2, types.int64[:, :, ::1], _F1, _F1, _I64,
-                              _I64, _F2, _I1, _F1, _F1, _F1)),
-        (filtering._run, (_F2, _I2, _I1, _I1, _F2, _F2, _F2, _F2, _F64, _F64, _BOOL, _I64, _I1,
-                          _F1, _I1, _I2, _I1, _I1, _F1, _I1, _F1, _F1, _BOOL, _B1)),
-        (table._label, (_RGB, _F1, _F2, _I1, _F1, _F1, _I2, _I1, _I1, _F2, _I1, _I1)),
-        (sampling._shuffle, (types.int32[::1], _I64, _I64, types.uint32[::1], _I1)),
-        (codes._count_codes, (_RGB, types.uint8[::1], _BOOL, types.int32[::1], _I1)),
+        (plusplus._kmeanspp, signature("f8[2] f8[1] i8[1] f8[2] f8[2] i8[3] f8[1] f8[1] i8 i8 "
+                                       "f8[2] i8[1] f8[1] f8[1] f8[1]")),
+        (filtering._run, signature("f8[2] i8[2] i8[1] i8[1] f8[2] f8[2] f8[2] f8[2] f8 f8 b1 i8 "
+                                   "i8[1] f8[1] i8[1] i8[2] i8[1] i8[1] f8[1] i8[1] f8[1] f8[1] "
+                                   "b1 b1[1]")),
+        (table._label, signature("u1[2]ro f8[1] f8[2] i8[1] f8[1] f8[1] i8[2] i8[1] i8[1] f8[2] "
+                                 "i8[1] i8[1]")),
+        (sampling._shuffle, signature("i4[1] i8 i8 u4[1] i8[1]")),
+        (codes._count_codes, signature("u1[2]ro u1[1] b1 i4[1] i8[1]")),
     ]
+
+
+def fit_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
+    """The shared fit's kernels: weighted k-means++ (greedy, and its tree for many
+    candidates), the bounded Lloyd over the colour histogram, exact assignment and inertia."""
+    from streamq.kmeans import bounded, nearest, plusplus
+
+    return [(d, signature(spec)) for d, spec in (
+        (plusplus._kmeanspp_tree, "f8[2] f8[1] i8[1] f8[2] f8[1] i8[1] i8[1] i8[1] i8[1] f8[2] "
+                                  "f8[2] i8 i8 f8[2] i8[1] f8[1] f8[1] f8[1] f8[1] i8[1] i8[1] "
+                                  "i8[1] f8[1] i8[1]"),
+        (plusplus._kmeanspp_plain, "f8[2] f8[1] i8 i8 f8[2] i8[1] f8[1]"),
+        (bounded._sums, "i8[2] i8[1] i8[1] i8[2] i8[1]"),
+        (bounded._move, "i8[2] i8[1] i8 i8 i8 i8[2] i8[1]"),
+        (bounded._means, "i8[2] i8[1] f8[2] f8 f8[2] b1[1]"),
+        (bounded._relocate, "f8[2] i8[2] i8[1] i8[1] f8[2] i8[2] i8[1] i8[1] b1[1]"),
+        (bounded._shift, "f8[2] f8[2]"),
+        (bounded._objective, "f8[2] f8[1] i8[1] f8[2]"),
+        (bounded._search_all, "f8[2] f8[1] f8[2] i8[1] f8[1] i8[1] i8[1] f8[1] f8[1] f8[1]"),
+        (bounded._relabel, "f8[2] i8[2] i8[1] f8[1] f8[2] i8[1] f8[1] f8 i8[1] i8[1] f8[1] "
+                           "f8[1] f8[1] i8[2] i8[1]"),
+        (bounded._relabel_plain, "f8[2] i8[2] i8[1] f8[2] i8[1] i8[2] i8[1]"),
+        (nearest.covariance, "f8[2] f8[1]"),
+        (nearest._first_at_least, "f8[1] f8"),
+        (nearest.nearest3, "f8[2] i8 f8 f8[2] i8[1] f8[1]"),
+        (nearest._inertia, "f8[2] f8[1] f8[2] f8[1] i8[1] f8[1]"),
+        (nearest._assign, "f8[2] f8[2] f8[1] i8[1] f8[1] i8[1] f8[1]"),
+        (nearest._assign_plain, "f8[2] f8[2] i8[1] f8[1]"),
+    )]
+
+
+def count_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
+    """Counting colours: a block of pixels (stored, or decoded read-only) into the 24-bit
+    histogram, sorted and gathered."""
+    from streamq.kmeans import histogram
+
+    return [(d, signature(spec)) for d, spec in (
+        (histogram._count, "u1[2] i8[1] i8[1] u1[1] u4[1] u4[1] u4[1]"),
+        (histogram._count, "u1[2]ro i8[1] i8[1] u1[1] u4[1] u4[1] u4[1]"),
+        (histogram._radix_sort24, "u4[1] u4[1]"),
+        (histogram._take, "u1[1] u4[1] u4[1]"),
+    )]
+
+
+def label_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
+    """Labelling pixels with a palette's 24-bit lookup table: uint8 labels up to 256
+    colours, uint16 beyond; the table's distinct colours first."""
+    from streamq.kmeans import table
+
+    return [(d, signature(spec)) for d, spec in (
+        (table._distinct, "u1[2] i8[1] b1[1]"),
+        (table._lookup_all, "u1[2] i4[1] i8[2] b1 u1[1] i8[1] i8[1] i8[1]"),
+        (table._lookup_all, "u1[2] i4[1] i8[2] b1 u2[1] i8[1] i8[1] i8[1]"),
+        (table._lookup_some, "u1[2] i8[1] i4[1] i8[2] b1 u1[1] i8[1] i8[1] i4[1]"),
+        (table._lookup_some, "u1[2] i8[1] i4[1] i8[2] b1 u2[1] i8[1] i8[1] i4[1]"),
+        (table._lookup_some, "u1[2] i8[1] i4[1] i8[2] b1 i4[1] i8[1] i8[1] i4[1]"),
+    )]
 
 
 def _key(dispatcher: Any) -> str:
