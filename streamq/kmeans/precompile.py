@@ -30,7 +30,7 @@ import numba
 from numba import types
 
 __all__ = ["count_kernels", "fit_kernels", "label_kernels", "per_image_kernels", "precompile",
-           "signature"]
+           "signature", "typed"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,11 @@ def signature(spec: str) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def typed(kernels: tuple[tuple[Any, str], ...]) -> list[tuple[Any, tuple[Any, ...]]]:
+    """``(dispatcher, spec)`` pairs as ``(dispatcher, argument types)`` (:func:`signature`)."""
+    return [(d, signature(spec)) for d, spec in kernels]
+
+
 def per_image_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
     """``(dispatcher, argument types)`` of the per-image path (``--method histogram``), the
     costliest to compile first: k-means++, Lloyd, pixel labels (for the quantize that
@@ -86,7 +91,7 @@ def fit_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
     candidates), the bounded Lloyd over the colour histogram, exact assignment and inertia."""
     from streamq.kmeans import bounded, nearest, plusplus
 
-    return [(d, signature(spec)) for d, spec in (
+    return typed((
         (plusplus._kmeanspp_tree, "f8[2] f8[1] i8[1] f8[2] f8[1] i8[1] i8[1] i8[1] i8[1] f8[2] "
                                   "f8[2] i8 i8 f8[2] i8[1] f8[1] f8[1] f8[1] f8[1] i8[1] i8[1] "
                                   "i8[1] f8[1] i8[1]"),
@@ -107,7 +112,7 @@ def fit_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
         (nearest._inertia, "f8[2] f8[1] f8[2] f8[1] i8[1] f8[1]"),
         (nearest._assign, "f8[2] f8[2] f8[1] i8[1] f8[1] i8[1] f8[1]"),
         (nearest._assign_plain, "f8[2] f8[2] i8[1] f8[1]"),
-    )]
+    ))
 
 
 def count_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
@@ -115,12 +120,12 @@ def count_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
     histogram, sorted and gathered."""
     from streamq.kmeans import histogram
 
-    return [(d, signature(spec)) for d, spec in (
+    return typed((
         (histogram._count, "u1[2] i8[1] i8[1] u1[1] u4[1] u4[1] u4[1]"),
         (histogram._count, "u1[2]ro i8[1] i8[1] u1[1] u4[1] u4[1] u4[1]"),
         (histogram._radix_sort24, "u4[1] u4[1]"),
         (histogram._take, "u1[1] u4[1] u4[1]"),
-    )]
+    ))
 
 
 def label_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
@@ -128,14 +133,14 @@ def label_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
     colours, uint16 beyond; the table's distinct colours first."""
     from streamq.kmeans import table
 
-    return [(d, signature(spec)) for d, spec in (
+    return typed((
         (table._distinct, "u1[2] i8[1] b1[1]"),
         (table._lookup_all, "u1[2] i4[1] i8[2] b1 u1[1] i8[1] i8[1] i8[1]"),
         (table._lookup_all, "u1[2] i4[1] i8[2] b1 u2[1] i8[1] i8[1] i8[1]"),
         (table._lookup_some, "u1[2] i8[1] i4[1] i8[2] b1 u1[1] i8[1] i8[1] i4[1]"),
         (table._lookup_some, "u1[2] i8[1] i4[1] i8[2] b1 u2[1] i8[1] i8[1] i4[1]"),
         (table._lookup_some, "u1[2] i8[1] i4[1] i8[2] b1 i4[1] i8[1] i8[1] i4[1]"),
-    )]
+    ))
 
 
 def _key(dispatcher: Any) -> str:
