@@ -287,8 +287,8 @@ def _output(proc) -> str:
 
 def test_warmup_compiles_the_signatures_the_path_calls_and_leaves_nothing_to_compile(tmp_path):
     # On an empty numba cache, two processes at once (as a cluster's workers start) each run
-    # `streamq warmup per-image`: the kernels are compiled for the declared types (the command reports
-    # the 5 kernels), and a fit and labelling after it add no other signatures, whether the
+    # `streamq warmup per-image`: the kernels are compiled for the declared types (the command
+    # reports the 5 kernels), and a fit and labelling after it add no other signatures, whether the
     # pixels are writable (read from the store) or not (decoded by Pillow). So the cache holds
     # what the warmup compiled and nothing else: a later process fits and labels a real photo
     # loading every kernel from that cache, compiling none.

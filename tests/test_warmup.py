@@ -2,9 +2,10 @@
 
 The test session runs ``streamq warmup`` before the first test (conftest's
 ``pytest_configure``), so numba's cache holds every kernel of that list. A process that then
-runs every stage (ingest with a PNG read in strips and one with alpha, the shared fit, quantize with its SSIM,
-a dithered export, per-image palettes, more than 256 colours) calls numba's kernels only with
-argument types of the list: any other type would be a compile on a user's first job.
+runs every stage (ingest with a PNG read in strips and one with alpha, the shared fit,
+quantize with its SSIM, a dithered export, per-image palettes, more than 256 colours) calls
+numba's kernels only with argument types of the list: any other type would be a compile on a
+user's first job.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import click
 
 from streamq.cli.common import echo_result, handle_errors, lock_overrides
 from streamq.cli.options import config_opt, json_opt, no_lock_opt, storage_opt, storage_overrides
+from streamq.warmup import GROUPS  # names only: the kernels are imported when it runs
 
 
 @click.command("unlock", short_help="Remove the write lock of a job that is gone.")
@@ -60,7 +61,7 @@ def upgrade_cmd(store: str, config_path: str | None, storage_options: tuple[str,
 
 @click.command("warmup", short_help="Compile streamq's kernels ahead of their first use.")
 @click.argument("groups", nargs=-1, metavar="[GROUP]...",
-                type=click.Choice(["ingest", "fit", "per-image", "quantize", "ssim"]))
+                type=click.Choice(list(GROUPS)))
 @click.pass_context
 @handle_errors
 def warmup_cmd(ctx: click.Context, groups: tuple[str, ...]) -> None:

@@ -38,8 +38,9 @@ _done: set[tuple[str, str]] = set()
 _guard = threading.Lock()
 
 _SCALARS: dict[str, Any] = {"i8": types.int64, "f8": types.float64, "b1": types.boolean}
-_DTYPES: dict[str, Any] = {"u1": types.uint8, "u2": types.uint16, "i4": types.int32, "u4": types.uint32,
-           "i8": types.int64, "f8": types.float64, "b1": types.boolean}
+_DTYPES: dict[str, Any] = {"u1": types.uint8, "u2": types.uint16, "i4": types.int32,
+                           "u4": types.uint32, "i8": types.int64, "f8": types.float64,
+                           "b1": types.boolean}
 
 
 def signature(spec: str) -> tuple[Any, ...]:
@@ -53,10 +54,9 @@ def signature(spec: str) -> tuple[Any, ...]:
     out = []
     for token in spec.split():
         m = re.fullmatch(r"([a-z]\d)(?:\[(\d)\](ro)?)?", token)
-        if m is None or (m.group(2) is None and m.group(1) not in _SCALARS) \
-                or m.group(1) not in _DTYPES:
+        code, ndim, ro = m.groups() if m else ("", None, None)
+        if code not in (_SCALARS if ndim is None else _DTYPES):
             raise ValueError(f"bad kernel argument type {token!r} in {spec!r}")
-        code, ndim, ro = m.groups()
         out.append(_SCALARS[code] if ndim is None
                    else types.Array(_DTYPES[code], int(ndim), "C", readonly=bool(ro)))
     return tuple(out)
