@@ -8,15 +8,21 @@ compile the same kernels at once. :func:`warmup` compiles every kernel a stage c
 argument types it calls with, sharing the work between the processes that run it together
 (:func:`streamq.kmeans.precompile.precompile`); a test checks that a whole pipeline after it
 compiles nothing more.
+
+It also writes the bytecode of streamq's own modules (:func:`compile_bytecode`). An editable
+install (``pip install -e``) has none, and where ``PYTHONDONTWRITEBYTECODE`` is set no
+process writes it: each one that imports streamq (every job, every cluster worker) then
+compiled its ~100 modules from source again, ~0.25 s of CPU.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["GROUPS", "kernels", "warmup"]
+__all__ = ["GROUPS", "compile_bytecode", "kernels", "warmup"]
 
 
 def _ingest() -> list[tuple[Any, tuple[Any, ...]]]:
@@ -88,12 +94,25 @@ def kernels(groups: Iterable[str] | None = None) -> list[tuple[Any, tuple[Any, .
     return out
 
 
+def compile_bytecode(root: str | os.PathLike[str] | None = None) -> bool:
+    """Write the bytecode of every module under ``root`` (streamq's package folder by default)
+    whose ``__pycache__`` file is missing or out of date with its source, as ``pip install``
+    does for a regular install; False if some could not be written (a read-only
+    installation: imports then compile in memory, as before). Processes that run it at once
+    are safe: each file is replaced atomically."""
+    import compileall
+
+    return bool(compileall.compile_dir(root or os.path.dirname(__file__), quiet=2))
+
+
 def warmup(groups: Iterable[str] | None = None) -> tuple[int, float]:
-    """Compile (or load from numba's cache) the kernels of ``groups`` (all by default);
-    returns how many this call compiled or loaded, and the seconds it took. Processes that
-    run it at the same time share the compiling."""
+    """Write streamq's bytecode (:func:`compile_bytecode`), then compile (or load from
+    numba's cache) the kernels of ``groups`` (all by default); returns how many kernels this
+    call compiled or loaded, and the seconds it took. Processes that run it at the same time
+    share the compiling."""
     from streamq.kmeans.precompile import precompile
 
     t0 = time.perf_counter()
+    compile_bytecode()
     n = precompile(kernels(groups))
     return n, time.perf_counter() - t0

@@ -73,3 +73,31 @@ def test_a_pipeline_after_warmup_calls_only_warmed_kernel_types(faces_dir, tmp_p
     assert seen["extra"] == []  # every kernel call was of a warmed type
     # and the run reached a kernel of every group (so the check above covered them)
     assert seen["groups"] == sorted(["ingest", "fit", "per-image", "quantize", "ssim"])
+
+
+def test_bytecode_of_every_module_is_written_once(tmp_path):
+    """``streamq warmup`` writes the bytecode that an editable install lacks (each process
+    that imports streamq would compile its modules again), and leaves current files alone."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    import streamq
+    from streamq.warmup import compile_bytecode
+
+    pkg = tmp_path / "streamq"
+    shutil.copytree(Path(streamq.__file__).parent, pkg,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    sources = sorted(pkg.rglob("*.py"))
+    assert len(sources) > 50
+    assert compile_bytecode(pkg)
+    cached = [Path(importlib.util.cache_from_source(str(p))) for p in sources]
+    assert all(c.is_file() for c in cached)
+    for src, pyc in zip(sources, cached, strict=True):  # stamped with the source's mtime and size
+        header = pyc.read_bytes()[:16]
+        stat = src.stat()
+        assert int.from_bytes(header[8:12], "little") == int(stat.st_mtime) & 0xFFFFFFFF
+        assert int.from_bytes(header[12:16], "little") == stat.st_size
+    written = [c.stat().st_mtime_ns for c in cached]
+    assert compile_bytecode(pkg)
+    assert [c.stat().st_mtime_ns for c in cached] == written  # up to date: nothing rewritten

@@ -67,7 +67,8 @@ def upgrade_cmd(store: str, config_path: str | None, storage_options: tuple[str,
 def warmup_cmd(ctx: click.Context, groups: tuple[str, ...]) -> None:
     """Compile streamq's compiled loops into numba's on-disk cache, so that no job pays for
     compiling them (about 22 s for all of them in one process, shared by the processes that
-    run this command at the same time).
+    run this command at the same time), and write the bytecode of streamq's modules where
+    it is missing (an editable install, or PYTHONDONTWRITEBYTECODE set).
 
     GROUP limits it to the kernels of ingest, fit (the shared palette), per-image
     (`fit --per-image --method histogram`), quantize (labels, dithering) or ssim; all by
