@@ -101,8 +101,12 @@ def compile_bytecode(root: str | os.PathLike[str] | None = None) -> bool:
     installation: imports then compile in memory, as before). Processes that run it at once
     are safe: each file is replaced atomically."""
     import compileall
+    import py_compile
 
-    return bool(compileall.compile_dir(root or os.path.dirname(__file__), quiet=2))
+    # stamped with the source's time and size, as imports write them (not by hash, which
+    # compileall picks when SOURCE_DATE_EPOCH is set)
+    return bool(compileall.compile_dir(root or os.path.dirname(__file__), quiet=2,
+                                       invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP))
 
 
 def warmup(groups: Iterable[str] | None = None) -> tuple[int, float]:
