@@ -295,18 +295,28 @@ _RANK = {"": 0, "ingest": 1, "fit": 2, "fit:minibatch": 2, "fit:lloyd": 2, "quan
 def reached(store, stage: str, n: int, out=None, storage_options=None):
     """A predicate for :func:`kill_when`: the job is in ``stage`` with at least ``n`` done.
 
-    Its ``far()`` says the job is still two ranks or more before ``stage`` (e.g. fitting,
-    for a kill in the export): :func:`kill_when` then looks again without stopping the job,
-    which a stage as long as a whole fit can no longer run past."""
+    On a store at a URL, its ``far()`` says the job is still two ranks or more before
+    ``stage`` (e.g. fitting, for a kill in the export): :func:`kill_when` then looks again
+    without stopping the job, which a stage as long as a whole fit can no longer run past.
+    A look at a bucket takes ~50 ms, during which a stopped job waits; a look at a local
+    store takes ~1 ms, and there every look stops the job (with looks made while it ran,
+    5 of 40 kills in a 60-image export on a loaded machine came after its last file; 0 of
+    16 with every look stopping it)."""
     def predicate() -> bool:
         now, at = stage_progress(store, out, storage_options)
         return now == stage and at >= n
 
-    def far() -> bool:
-        now, _ = stage_progress(store, out, storage_options)
-        return _RANK[now] < _RANK[stage] - 1
+    near = [False]
 
-    predicate.far = far  # type: ignore[attr-defined]
+    def far() -> bool:
+        # once near, always near: a look that caught a file being written reads as ("", 0)
+        if not near[0]:
+            now, _ = stage_progress(store, out, storage_options)
+            near[0] = _RANK[now] >= _RANK[stage] - 1
+        return not near[0]
+
+    if "://" in str(store):
+        predicate.far = far  # type: ignore[attr-defined]
     return predicate
 
 
