@@ -306,6 +306,8 @@ def reached(store, stage: str, n: int, out=None, storage_options=None):
         now, at = stage_progress(store, out, storage_options)
         return now == stage and at >= n
 
+    if "://" not in str(store):
+        return predicate
     near = [False]
 
     def far() -> bool:
@@ -315,8 +317,7 @@ def reached(store, stage: str, n: int, out=None, storage_options=None):
             near[0] = _RANK[now] >= _RANK[stage] - 1
         return not near[0]
 
-    if "://" in str(store):
-        predicate.far = far  # type: ignore[attr-defined]
+    predicate.far = far  # type: ignore[attr-defined]
     return predicate
 
 

@@ -73,17 +73,15 @@ def per_image_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
     follows the fit), the sample's shuffle and colour counts."""
     from streamq.kmeans import codes, filtering, plusplus, sampling, table
 
-    return [
-        (plusplus._kmeanspp, signature("f8[2] f8[1] i8[1] f8[2] f8[2] i8[3] f8[1] f8[1] i8 i8 "
-                                       "f8[2] i8[1] f8[1] f8[1] f8[1]")),
-        (filtering._run, signature("f8[2] i8[2] i8[1] i8[1] f8[2] f8[2] f8[2] f8[2] f8 f8 b1 i8 "
-                                   "i8[1] f8[1] i8[1] i8[2] i8[1] i8[1] f8[1] i8[1] f8[1] f8[1] "
-                                   "b1 b1[1]")),
-        (table._label, signature("u1[2]ro f8[1] f8[2] i8[1] f8[1] f8[1] i8[2] i8[1] i8[1] f8[2] "
-                                 "i8[1] i8[1]")),
-        (sampling._shuffle, signature("i4[1] i8 i8 u4[1] i8[1]")),
-        (codes._count_codes, signature("u1[2]ro u1[1] b1 i4[1] i8[1]")),
-    ]
+    return typed((
+        (plusplus._kmeanspp, "f8[2] f8[1] i8[1] f8[2] f8[2] i8[3] f8[1] f8[1] i8 i8 f8[2] i8[1] "
+                             "f8[1] f8[1] f8[1]"),
+        (filtering._run, "f8[2] i8[2] i8[1] i8[1] f8[2] f8[2] f8[2] f8[2] f8 f8 b1 i8 i8[1] f8[1] "
+                         "i8[1] i8[2] i8[1] i8[1] f8[1] i8[1] f8[1] f8[1] b1 b1[1]"),
+        (table._label, "u1[2]ro f8[1] f8[2] i8[1] f8[1] f8[1] i8[2] i8[1] i8[1] f8[2] i8[1] i8[1]"),
+        (sampling._shuffle, "i4[1] i8 i8 u4[1] i8[1]"),
+        (codes._count_codes, "u1[2]ro u1[1] b1 i4[1] i8[1]"),
+    ))
 
 
 def fit_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
