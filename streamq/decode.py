@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import IO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from streamq.faults import is_transient
 
@@ -222,13 +222,15 @@ def _to_array(path: ImageSource, im: Image.Image, header: Header) -> np.ndarray:
     """``(H, W, 3)`` RGB, or ``(H, W, 4)`` RGBA (straight, not premultiplied) for an image
     that may hold transparent pixels."""
     mode = im.mode
+    # the table of ImageOps.exif_transpose, which also copies an image that is upright
+    method = _EXIF_TRANSPOSE.get(_orientation(im))
     if header.mode in ("RGB;16", "RGBA;16"):
         data = scale16(_read_rgb16(path, im))
-        method = _EXIF_TRANSPOSE.get(_orientation(im))
         if method is not None:
             data = np.asarray(Image.fromarray(data).transpose(method))
         return data
-    im = ImageOps.exif_transpose(im)
+    if method is not None:
+        im = im.transpose(method)
     if mode.startswith("I;16") or mode == "I":
         return np.repeat(scale16(np.asarray(im))[..., None], 3, axis=2)
     has_key = "transparency" in im.info

@@ -166,6 +166,17 @@ def _worker_malloc_settings() -> dict[str, int]:
     return out
 
 
+def _worker_profile_settings() -> dict[str, bool]:
+    """Dask's statistical profiler off in local workers.
+
+    Every worker samples the stacks of all its threads every 10 ms for the dashboard's
+    Profile page; in a local cluster's ingest that took a few percent of the workers' CPU
+    (see docs/benchmarks.md). The workers of a cluster given by address keep their own
+    settings: start one and pass its address to see the profile.
+    """
+    return {"distributed.worker.profile.enabled": False}
+
+
 def _start_local_cluster(**kwargs: Any) -> Any:
     """A started ``LocalCluster(**kwargs)``, closed again if this thread is interrupted (by
     a signal's exception) while it starts.
@@ -242,7 +253,8 @@ def runner(cfg: DaskConfig) -> Iterator[Runner]:
         n_workers = cfg.n_workers or os.cpu_count() or 1
         import dask
 
-        with dask.config.set(_worker_malloc_settings()):  # only for the workers started here
+        # only for the workers started here
+        with dask.config.set({**_worker_malloc_settings(), **_worker_profile_settings()}):
             cluster = _start_local_cluster(
                 n_workers=n_workers,
                 threads_per_worker=cfg.threads_per_worker or 1,

@@ -97,6 +97,29 @@ def test_sequence_of_mixed_images_equals_files(tmp_path):
     assert streamq.open_store(tmp_path / "array.zarr").modes[-2:] == ["RGB;16", "RGBA"]
 
 
+def test_pixel_chunks_of_zeros_are_written_and_opaque_alpha_chunks_are_not(tmp_path):
+    """Write tasks store every pixel chunk, zeros only or not (Zarr's compare with the fill
+    value is left out: ``streamq.store.arrays.every_chunk``), and still skip alpha chunks of
+    255 (an opaque image stores no alpha); what is read back is the images either way."""
+    black = np.zeros((64, 64, 4), np.uint8)
+    black[..., 3] = 255  # opaque black: pixel shards of zeros, alpha shards of 255
+    clear = np.dstack([_crops(1, 64, 64, seed=6)[0], np.full((64, 64), 128, np.uint8)])
+    path = tmp_path / "a.zarr"
+    streamq.ingest_array([black, clear], path, scheduler="sync", progress=False,
+                         chunk_pixels=2048, block_pixels=1024)  # 2 shards an image
+
+    def shards(name: str) -> list[int]:
+        root = path / name / "c"
+        return sorted(int(p.relative_to(root).parts[0]) for p in root.rglob("*") if p.is_file())
+
+    assert shards("pixels") == [0, 1, 2, 3]
+    assert shards("alpha") == [2, 3]
+    coll = streamq.open_store(path)
+    np.testing.assert_array_equal(coll.read(0), black[..., :3])
+    np.testing.assert_array_equal(coll.read_alpha(0), black[..., 3])
+    np.testing.assert_array_equal(coll.read_alpha(1), clear[..., 3])
+
+
 class Frames:
     """An array-like that is not NumPy, Dask or Zarr: shape, dtype, slicing, ``__array__``;
     it counts the images it is asked for, and fails on ``fail_at`` (an unreadable source)."""
