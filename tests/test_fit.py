@@ -172,6 +172,45 @@ def test_same_seed_same_palette_on_any_scheduler(store_copy, fit_store, cluster_
         assert np.array_equal(r, results[0])
 
 
+def test_workers_get_ready_for_the_exact_phase_in_the_background(store_copy, cluster_address):
+    """``prepare_exact`` (called as the mini-batch phase starts) leaves every worker of a Dask
+    cluster holding the points, grids and cell layouts its exact tasks would compute: the
+    same arrays as computed here."""
+    import time
+
+    from distributed import Client
+
+    from streamq.config import FitConfig
+    from streamq.fit import lloyd
+    from streamq.scheduler import Runner
+    from streamq.store import Store
+
+    st = Store.open(store_copy)
+    key = lloyd._histogram_key(st)
+    mine = lloyd._worker_points(st.location, key, "rgb")
+
+    def held(url: str) -> dict | None:
+        from streamq.fit import lloyd as worker_lloyd
+
+        p = worker_lloyd._POINTS.get((url, key, "rgb"))
+        if p is None or not all("layout_" + w in p for w in ("gx", "x")):
+            return None
+        return {name: p[name] for name in ("x", "w", "gx", "gw")}
+
+    with Client(cluster_address) as client:
+        lloyd.prepare_exact(Runner(client, None, "test"), st, FitConfig(colors=12))
+        deadline = time.monotonic() + 120
+        got = client.run(held, st.location.url)
+        while not all(got.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            got = client.run(held, st.location.url)
+    assert len(got) == 2
+    for arrays in got.values():
+        assert arrays is not None, "a worker did not prepare"
+        for name, a in arrays.items():
+            np.testing.assert_array_equal(a, mine[name])
+
+
 def test_rerun_noop_and_refusals(store_copy):
     a = fit(store_copy, colors=5, seed=1, max_steps=20, scheduler="threads")
     b = fit(store_copy, colors=5, seed=1, max_steps=20, scheduler="threads")

@@ -517,3 +517,30 @@ def test_kmeans_plusplus_4d_takes_the_tree_when_it_pays(monkeypatch):
     assert runs == [4000]  # 4000 points, K = 64: the tree; K = 4: the plain loop
     with pytest.raises(ValueError, match="64-bit code"):
         plusplus.tree_layout(x, bits=16)
+
+
+@pytest.mark.parametrize(("n_colors", "bits"), [(5000, 3), (5000, 6), (300, 6)])
+def test_cell_means_equal_a_plain_loop(n_colors, bits):
+    """The coarse grid's weighted means and weights, whether summed densely over every cell
+    (many colours for the grid) or over the occupied cells (few), equal a plain loop that adds
+    each colour to its cell in order: bit for bit."""
+    from streamq.kmeans.codes import cell_means, codes_to_rgb
+
+    rng = np.random.default_rng(n_colors + bits)
+    codes = np.unique(rng.integers(0, 1 << 24, size=n_colors))
+    counts = rng.integers(1, 1000, size=len(codes)).astype(np.float64)
+    x = to_space(codes_to_rgb(codes), "oklab").astype(np.float64)
+    means, weight = cell_means(codes, counts, x, bits)
+    sums: dict[int, list[float]] = {}
+    for c, n, p in zip(codes.tolist(), counts.tolist(), x.tolist(), strict=True):
+        r, g, b = c >> 16, (c >> 8) & 255, c & 255
+        cell = (r >> (8 - bits)) << (2 * bits) | (g >> (8 - bits)) << bits | (b >> (8 - bits))
+        acc = sums.setdefault(cell, [0.0, 0.0, 0.0, 0.0])
+        acc[0] += n
+        for j in range(3):
+            acc[j + 1] += n * p[j]
+    cells = sorted(sums)
+    expected_w = np.array([sums[c][0] for c in cells])
+    expected = np.array([sums[c][1:] for c in cells]) / expected_w[:, None]
+    np.testing.assert_array_equal(weight, expected_w)
+    np.testing.assert_array_equal(means, expected)

@@ -53,7 +53,15 @@ from streamq.config import (
 from streamq.console import timer
 from streamq.describe import describe_source
 from streamq.errors import ConfigError, StoreMismatchError
-from streamq.fit.lloyd import FitInfo, ensure_distinct, exact_mse, fit_exact, join_history, points
+from streamq.fit.lloyd import (
+    FitInfo,
+    ensure_distinct,
+    exact_mse,
+    fit_exact,
+    join_history,
+    points,
+    prepare_exact,
+)
 from streamq.fit.minibatch import fit_minibatch
 from streamq.fixed import FixedColors, read_fixed_colors
 from streamq.fs import Location, check_access
@@ -206,6 +214,7 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
             if ckpt is not None and ckpt.get("phase") == "exact":
                 mb_centers, info = ckpt["minibatch_centers"], ckpt["minibatch_info"]
             else:
+                prepare_exact(run, st, fcfg)  # the workers, while the client steps
                 with timer("mini-batch fit", timings):
                     mb_centers, info = fit_minibatch(run, st, source, fcfg, fp, ckpt, x, counts,
                                                      progress, held)

@@ -105,14 +105,26 @@ def cell_means(codes: np.ndarray, counts: np.ndarray, points: np.ndarray, bits: 
 
     Cells are in code order; a cell is at most ``2**(8 - bits)`` levels wide per channel, so
     k-means on the cells lands near k-means on the colours at a fraction of the cost.
+
+    The sums run over the cells' index itself (dense, ``8**bits`` bins) when the histogram
+    has at least an eighth as many colours as the grid has cells, else over the occupied
+    cells found by sorting; the sums are added in the same order either way, so both give
+    the same bits. On 2.3 M colours the dense form takes 0.035 s instead of 0.20 s at 64
+    levels, 0.07 s instead of 0.21 s at 128.
     """
     codes = np.asarray(codes, np.int64)
     shift = 8 - bits
     key = (((codes >> (16 + shift)) & ((1 << bits) - 1)) << (2 * bits)
            | ((codes >> (8 + shift)) & ((1 << bits) - 1)) << bits
            | ((codes & 255) >> shift))
-    _, inverse = np.unique(key, return_inverse=True)
-    weight = np.bincount(inverse, weights=counts)
-    means = np.stack([np.bincount(inverse, weights=counts * points[:, j])
-                      for j in range(points.shape[1])], 1) / weight[:, None]
-    return means, weight
+    n_cells = 1 << (3 * bits)
+    if 8 * len(key) >= n_cells:
+        occupied = np.flatnonzero(np.bincount(key, minlength=n_cells))
+        weight = np.bincount(key, weights=counts, minlength=n_cells)[occupied]
+        sums = [np.bincount(key, weights=counts * points[:, j], minlength=n_cells)[occupied]
+                for j in range(points.shape[1])]
+    else:
+        _, inverse = np.unique(key, return_inverse=True)
+        weight = np.bincount(inverse, weights=counts)
+        sums = [np.bincount(inverse, weights=counts * points[:, j]) for j in range(points.shape[1])]
+    return np.stack(sums, 1) / weight[:, None], weight

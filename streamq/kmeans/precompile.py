@@ -29,8 +29,8 @@ from typing import Any
 import numba
 from numba import types
 
-__all__ = ["count_kernels", "fit_kernels", "label_kernels", "per_image_kernels", "precompile",
-           "signature", "typed"]
+__all__ = ["count_kernels", "fit_kernels", "label_kernels", "machine_lock", "per_image_kernels",
+           "precompile", "signature", "typed"]
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _key(dispatcher: Any) -> str:
 
 
 @contextlib.contextmanager
-def _file_lock(key: str, wait: bool) -> Iterator[bool]:
+def machine_lock(key: str, wait: bool) -> Iterator[bool]:
     """Hold an exclusive lock file for ``key`` (in the temporary directory, so per machine);
     yields whether it is held (False: another process holds it and ``wait`` is off). Where
     locks are not available (no ``fcntl``, a file another user owns), yields True unlocked."""
@@ -156,7 +156,7 @@ def _file_lock(key: str, wait: bool) -> Iterator[bool]:
     except ImportError:  # Windows: every process compiles for itself
         yield True
         return
-    name = "streamq-numba-" + hashlib.sha1(key.encode()).hexdigest()[:20] + ".lock"
+    name = "streamq-" + hashlib.sha1(key.encode()).hexdigest()[:20] + ".lock"
     try:
         fd = os.open(os.path.join(tempfile.gettempdir(), name), os.O_RDWR | os.O_CREAT, 0o666)
     except OSError:
@@ -190,14 +190,14 @@ def precompile(kernels: list[tuple[Any, tuple[Any, ...]]] | None = None) -> int:
     with _guard:  # one thread of a process at a time (numba has its own compiler lock too)
         held: list[tuple[Any, tuple[Any, ...]]] = []
         for dispatcher, sig in todo:
-            with _file_lock(_key(dispatcher), wait=False) as mine:
+            with machine_lock(_key(dispatcher), wait=False) as mine:
                 if mine:
                     dispatcher.compile(sig)
                     _done.add((_key(dispatcher), str(sig)))
                 else:
                     held.append((dispatcher, sig))
         for dispatcher, sig in held:  # compiled by another process meanwhile: load it
-            with _file_lock(_key(dispatcher), wait=True):
+            with machine_lock(_key(dispatcher), wait=True):
                 dispatcher.compile(sig)
                 _done.add((_key(dispatcher), str(sig)))
     log.debug("Compiled or loaded %s kernels", len(todo))
