@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -275,3 +276,34 @@ def test_fsyncs_cover_every_new_name_once(tmp_path, monkeypatch):
     write_task_report(st.location, 1, {"task": 1})
     rec = root.joinpath(*TASK_REPORTS.split("/"))
     assert sorted(synced) == sorted(map(str, (rec, rec / "c", rec / "c" / "1")))
+
+
+def test_ingest_records_come_after_their_pixels_are_durable(small_dir, tmp_path, monkeypatch):
+    """A write task writes its completion record only once its pixel shards are on disk,
+    however slow the disk: every shard file of a task is fsynced before its record."""
+    from streamq import durable
+    from streamq.ingest import task as task_module
+    from streamq.store import TASKS, Store
+
+    events: list[tuple[str, object]] = []
+    real_fsync, real_report = durable._fsync, task_module.write_task_report
+
+    def slow_fsync(p: str, directory: bool = False) -> None:
+        if os.sep + "pixels" + os.sep in p:
+            time.sleep(0.05)  # a slow disk: a task that did not wait would record first
+        real_fsync(p, directory)
+        events.append(("fsync", os.path.abspath(p)))
+
+    monkeypatch.setattr(durable, "_fsync", slow_fsync)
+    monkeypatch.setattr(task_module, "write_task_report", lambda store, t, report: (
+        events.append(("record", t)), real_report(store, t, report))[1])
+    path = tmp_path / "s.zarr"
+    streamq.ingest(small_dir, path, chunk_pixels=8192, block_pixels=2048, scheduler="sync",
+                   progress=False)
+    tasks = Store.open(path).read_table(TASKS, ("chunk_start", "chunk_stop"))
+    assert len(tasks["chunk_start"]) > 3
+    for t, (c0, c1) in enumerate(zip(tasks["chunk_start"], tasks["chunk_stop"], strict=True)):
+        at = events.index(("record", t))
+        before = {p for kind, p in events[:at] if kind == "fsync"}
+        shards = {str(path / "pixels" / "c" / str(c) / "0") for c in range(int(c0), int(c1))}
+        assert shards <= before, (t, sorted(shards - before))

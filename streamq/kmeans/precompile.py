@@ -153,7 +153,7 @@ def machine_lock(key: str, wait: bool) -> Iterator[bool]:
     locks are not available (no ``fcntl``, a file another user owns), yields True unlocked."""
     try:
         import fcntl
-    except ImportError:  # Windows: every process compiles for itself
+    except ImportError:  # Windows: every process goes on alone
         yield True
         return
     name = "streamq-" + hashlib.sha1(key.encode()).hexdigest()[:20] + ".lock"
