@@ -192,3 +192,27 @@ def test_sharded_layout_reads_blocks(faces_dir, tmp_path):
     labels = zarr.open_array(f"{path}/quantize/labels", mode="r")
     assert labels.shards == (65_536,)
     assert labels.chunks == (16_384,)
+
+
+def test_scan_results_cross_to_the_client_as_text_unchanged(tmp_path):
+    """A scan task sends its headers as one JSON text (a list of tuples costs Dask ~16 ms a
+    task to send); read back they equal the task's own list: sizes, modes, alpha, the fifth
+    element of a PNG read in strips, and skip reasons, non-ASCII ones too."""
+    from PIL import Image
+
+    from streamq.config import RetryConfig
+    from streamq.ingest.scan import _from_text, _scan_batch, _scan_batch_text
+    from streamq.ingest.sources import SourceRoot
+    from streamq.names import stored_name
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    Image.fromarray(rng.integers(0, 256, (40, 50, 4), dtype=np.uint8)).save(tmp_path / "big.png")
+    Image.fromarray(rng.integers(0, 256, (9, 7), dtype=np.uint8)).save(tmp_path / "grey.png")
+    (tmp_path / "café.jpg").write_bytes(b"not an image")
+    names = [stored_name(n) for n in ("a.jpg", "big.png", "café.jpg", "grey.png")]
+    args = (SourceRoot(stored_name(str(tmp_path))), names, 1000, RetryConfig(), [None] * 4)
+    direct = _scan_batch(args)
+    assert len(direct[1]) == 5  # read in strips
+    assert isinstance(direct[2], str)  # skipped
+    assert _from_text(_scan_batch_text(args)) == direct
