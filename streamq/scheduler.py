@@ -167,12 +167,13 @@ def _worker_malloc_settings() -> dict[str, int]:
 
 
 def _worker_profile_settings() -> dict[str, bool]:
-    """Dask's statistical profiler off in local workers.
+    """Dask's statistical profiler off in a local cluster (its workers, and its scheduler,
+    which is made under the same settings).
 
     Every worker samples the stacks of all its threads every 10 ms for the dashboard's
     Profile page; in a local cluster's ingest that took a few percent of the workers' CPU
-    (see docs/benchmarks.md). The workers of a cluster given by address keep their own
-    settings: start one and pass its address to see the profile.
+    (see docs/benchmarks.md). A cluster given by address keeps its own settings: start one
+    and pass its address to see the profile.
     """
     return {"distributed.worker.profile.enabled": False}
 

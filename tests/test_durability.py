@@ -290,7 +290,7 @@ def test_ingest_records_come_after_their_pixels_are_durable(small_dir, tmp_path,
 
     def slow_fsync(p: str, directory: bool = False) -> None:
         if os.sep + "pixels" + os.sep in p:
-            time.sleep(0.05)  # a slow disk: a task that did not wait would record first
+            time.sleep(0.01)  # a slow disk: a task that did not wait would record first
         real_fsync(p, directory)
         events.append(("fsync", os.path.abspath(p)))
 

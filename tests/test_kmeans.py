@@ -519,11 +519,11 @@ def test_kmeans_plusplus_4d_takes_the_tree_when_it_pays(monkeypatch):
         plusplus.tree_layout(x, bits=16)
 
 
-@pytest.mark.parametrize(("n_colors", "bits"), [(5000, 3), (5000, 6), (300, 6)])
+@pytest.mark.parametrize(("n_colors", "bits"), [(5000, 3), (40_000, 6), (5000, 6), (300, 7)])
 def test_cell_means_equal_a_plain_loop(n_colors, bits):
     """The coarse grid's weighted means and weights, whether summed densely over every cell
-    (many colours for the grid) or over the occupied cells (few), equal a plain loop that adds
-    each colour to its cell in order: bit for bit."""
+    (many colours for the grid: 5000 at 3 bits, 40,000 at the race's 6) or over the occupied
+    cells (few), equal a plain loop that adds each colour to its cell in order: bit for bit."""
     from streamq.kmeans.codes import cell_means, codes_to_rgb
 
     rng = np.random.default_rng(n_colors + bits)

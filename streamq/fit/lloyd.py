@@ -200,31 +200,54 @@ def prepare_exact(run: Runner, st: Store, fcfg: FitConfig) -> None:
 
 
 def _prepare_in_background(store: Location, key: str, space: str, k: int, init: str) -> None:
-    threading.Thread(target=_prepare, args=(store, key, space, k, init), daemon=True,
-                     name="streamq-prepare-exact").start()
+    threading.Thread(target=_prepare, args=(store, key, space, k, init, time.monotonic()),
+                     daemon=True, name="streamq-prepare-exact").start()
 
 
-def _prepare(store: Location, key: str, space: str, k: int, init: str) -> None:
+#: Seconds a worker waits for its turn to prepare (another worker of the machine preparing
+#: takes ~1.2 s); after that the exact phase is near or under way, and its tasks do the work.
+PREPARE_WAIT = 5.0
+
+
+def _prepare(store: Location, key: str, space: str, k: int, init: str, asked: float) -> None:
     """Read the histogram, build its grids and layouts, and load the kernels of a race (one
     start, two iterations on the coarse grid), in this process; one worker of a machine at a
     time (a lock file), so that the client's mini-batch steps keep a core: with both
-    workers preparing at once, the mini-batch phase took 0.3-0.5 s longer."""
+    workers preparing at once, the mini-batch phase took 0.3-0.5 s longer.
+
+    A worker that waited more than :data:`PREPARE_WAIT` seconds for its turn, or whose
+    points are already there (made by a task), does nothing: a late preparation would only
+    take a core from the exact tasks, or replace the points of a later fit."""
     from streamq.kmeans.precompile import machine_lock
 
     try:
-        with machine_lock("prepare-exact", wait=True):
-            from streamq.kmeans import converge, initial_centers
-
-            p = _worker_points(store, key, space)
-            for which in ("gx", "fx", "x"):
-                if which in p:
-                    _layout(p, which)
-            k = min(k, len(p["gx"]))
-            start = initial_centers(p["gx"], p["gw"], k, init, np.random.default_rng(0),
-                                    _layout(p, "gx"), None)
-            converge(p["gx"], p["gw"], start, layout=_layout(p, "gx"), tol=0, max_iter=2)
+        while True:
+            with machine_lock("prepare-exact", wait=False) as mine:
+                if mine:
+                    with _POINTS_LOCK:
+                        if (store.url, key, space) in _POINTS:
+                            return
+                    _prepare_now(store, key, space, k, init)
+                    return
+            if time.monotonic() - asked > PREPARE_WAIT:
+                log.debug("Not preparing for the exact phase: no turn within %s s", PREPARE_WAIT)
+                return
+            time.sleep(0.05)
     except Exception as exc:  # noqa: BLE001  (the exact tasks meet any real problem again)
-        log.debug("Preparing for the exact phase failed: %s", exc)
+        log.info("Preparing for the exact phase failed (the exact tasks do it): %s", exc)
+
+
+def _prepare_now(store: Location, key: str, space: str, k: int, init: str) -> None:
+    from streamq.kmeans import converge, initial_centers
+
+    p = _worker_points(store, key, space)
+    for which in ("gx", "fx", "x"):
+        if which in p:
+            _layout(p, which)
+    k = min(k, len(p["gx"]))
+    start = initial_centers(p["gx"], p["gw"], k, init, np.random.default_rng(0),
+                            _layout(p, "gx"), None)
+    converge(p["gx"], p["gw"], start, layout=_layout(p, "gx"), tol=0, max_iter=2)
 
 
 def _slot(args: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
