@@ -118,13 +118,16 @@ def cell_means(codes: np.ndarray, counts: np.ndarray, points: np.ndarray, bits: 
            | ((codes >> (8 + shift)) & ((1 << bits) - 1)) << bits
            | ((codes & 255) >> shift))
     n_cells = 1 << (3 * bits)
-    if 8 * len(key) >= n_cells:
-        occupied = np.flatnonzero(np.bincount(key, minlength=n_cells))
-        weight = np.bincount(key, weights=counts, minlength=n_cells)[occupied]
-        sums = [np.bincount(key, weights=counts * points[:, j], minlength=n_cells)[occupied]
-                for j in range(points.shape[1])]
-    else:
-        _, inverse = np.unique(key, return_inverse=True)
-        weight = np.bincount(inverse, weights=counts)
-        sums = [np.bincount(inverse, weights=counts * points[:, j]) for j in range(points.shape[1])]
+    if 8 * len(key) >= n_cells:  # every cell a bin, the occupied ones kept
+        index, bins = key, n_cells
+        occupied: np.ndarray | slice = np.flatnonzero(np.bincount(key, minlength=n_cells))
+    else:  # the occupied cells numbered in order
+        _, index = np.unique(key, return_inverse=True)
+        bins, occupied = 0, slice(None)
+
+    def total(values: np.ndarray) -> np.ndarray:
+        return np.bincount(index, weights=values, minlength=bins)[occupied]
+
+    weight = total(counts)
+    sums = [total(counts * points[:, j]) for j in range(points.shape[1])]
     return np.stack(sums, 1) / weight[:, None], weight
