@@ -232,8 +232,11 @@ def test_lloyd_cells_is_bounded_lloyd_bit_for_bit(whole_photo, k, tol):
     x, w = whole_photo
     start = kmeans_plusplus(x, w, k, np.random.default_rng(k))
     order, cells = cell_order(x)
-    _same_result(lloyd_cells(x, w, start, tol=tol, max_iter=120, order=order, start=cells),
-                 lloyd(x, w, start, tol=tol, max_iter=120))
+    ours = lloyd_cells(x, w, start, tol=tol, max_iter=120, order=order, start=cells)
+    _same_result(ours, lloyd(x, w, start, tol=tol, max_iter=120))
+    # the cells labelled by three threads: the same run
+    _same_result(lloyd_cells(x, w, start, tol=tol, max_iter=120, order=order, start=cells,
+                             n_threads=3), ours)
     # any grouping of the points into cells: the same result
     one = np.array([0, len(x)])
     _same_result(lloyd_cells(x, w, start, tol=tol, max_iter=120, order=np.arange(len(x)), start=one),
@@ -252,6 +255,7 @@ def test_lloyd_cells_ties_and_empty_clusters_as_bounded(seed):
     start = np.concatenate([x[:1].repeat(k // 2, 0), rng.random((k - k // 2, 3)) * 2 - 0.5])
     for tol in (1e-4, 0.0):
         _same_result(lloyd_cells(x, w, start, tol=tol), lloyd(x, w, start, tol=tol))
+        _same_result(lloyd_cells(x, w, start, tol=tol, n_threads=2), lloyd(x, w, start, tol=tol))
     for max_iter in (0, 1, 2):
         _same_result(lloyd_cells(x, None, start, max_iter=max_iter),
                      lloyd(x, None, start, max_iter=max_iter))
@@ -343,14 +347,14 @@ def test_lloyd_cells_checkpoints_and_resumes_as_bounded_lloyd(whole_photo, tol):
     seen, saved = [], []
     ref = lloyd(x, w, start, tol=tol, max_iter=300,
                 on_iter=lambda it, c, rows: seen.append((it, c.copy(), list(rows))))
-    ours = lloyd_cells(x, w, start, tol=tol, max_iter=300, order=order, start=cells,
+    ours = lloyd_cells(x, w, start, tol=tol, max_iter=300, order=order, start=cells, n_threads=2,
                        on_iter=lambda it, c, rows: saved.append((it, c.copy(), list(rows))))
     _same_result(ours, ref)
     assert len(saved) == len(seen) == ref.n_iter - 1
     for (it_a, c_a, rows_a), (it_b, c_b, rows_b) in zip(saved, seen, strict=True):
         assert (it_a, rows_a) == (it_b, rows_b)
         np.testing.assert_array_equal(c_a, c_b)
-    for it, centers, rows in saved[:: max(1, len(saved) // 5)] + saved[-1:]:
+    for it, centers, rows in saved[:: max(1, len(saved) // 5)] + saved[-1:]:  # on one thread
         resumed = lloyd_cells(x, w, centers, tol=tol, max_iter=300, order=order, start=cells,
                               start_iter=it)
         np.testing.assert_array_equal(resumed.centers, ref.centers)

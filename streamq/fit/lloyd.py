@@ -2,15 +2,24 @@
 
 The mini-batch centres (when there are any) and ``n_init`` k-means++ starts race to
 convergence on a coarse grid of the histogram (one Dask task each); the ``FINISHERS`` best
-run exact Lloyd on every distinct colour (one task each), each checkpointed in its own slot
-of ``fit/starts``; the lowest exact inertia wins (the first start on ties). A finisher first
-goes to a fixed point on a finer grid (``FINE_BITS``) when that grid holds at most
-``FINE_SHARE`` of the distinct colours and K is at most ``FINE_MAX_K``: its iterations cost
-about half of one on every colour and take over part of the slow tail. On 13,233 photo
-tiles (2.3 M colours; ``benchmarks/finish_grid.py``, 3 raced k-means++ starts per K, CPU
-time of one finisher, summed over the 3) it took K = 16 from 9.6 to 4.7 s (-51%) and K = 64
-from 14.7 to 11.3 s (-23%), the same inertia within 0.006%; at K = 256 it cost 9% more (one start 1.8x): not
-used there. The result is a fixed point of Lloyd on every colour either way. Used by
+run exact Lloyd on every distinct colour (one task each, on every core of its worker:
+:func:`~streamq.kmeans.filtering.lloyd_cells` gives the same result on any number of
+threads), each checkpointed in its own slot of ``fit/starts``; the lowest exact inertia wins
+(the first start on ties).
+
+When the histogram has a finer grid (``FINE_BITS``) holding at most ``FINE_SHARE`` of the
+distinct colours and K is at most ``FINE_MAX_K``, the ``FINISHERS`` best first go to a fixed
+point on it (one task each), and only the best there (the first start on ties) is finished
+on every colour. Iterations on that grid cost about half of one on every colour and take
+over part of the slow tail: on 13,233 photo tiles (2.3 M colours;
+``benchmarks/finish_grid.py``, 3 raced k-means++ starts per K, CPU time of one finisher,
+summed over the 3) it took K = 16 from 9.6 to 4.7 s (-51%) and K = 64 from 14.7 to 11.3 s
+(-23%), the same inertia within 0.006%; at K = 256 it cost 9% more (one start 1.8x): not
+used there. Its ranking picked the start that finishing both would have picked in all 14
+fits of K = 8, 16, 24, 32, 48 and 64, two seeds each, on that collection (the two, finished,
+ended 0 to 0.5% apart in inertia), and finishing one start instead of two saves a
+finisher's time (K = 64: the exact phase went from 7.1 to 5.5 s). The result is a fixed
+point of Lloyd on every colour either way. Used by
 :mod:`streamq.fit.driver` (phase 2, or ``--algorithm lloyd`` alone), :mod:`streamq.fit.quality`
 (one such fit per K tried), :mod:`streamq.fit.minibatch` and :mod:`streamq.fit.evaluate` (the
 points, the exact MSE) and :mod:`streamq.estimator`; it imports none of them.
@@ -118,9 +127,11 @@ def join_history(info: FitInfo, best: dict[str, Any], n_px: int, fcfg: FitConfig
     how = {"labels": "converged (no label changed)",
            "tol": f"converged (squared centre shift within tol={fcfg.tol:g} of the variance)",
            "max_iter": f"max_iter={fcfg.max_iter}"}[best["stop"]]
+    fine = (f"the best {best['n_fine']} taken on the {2 ** FINE_BITS}-level grid, "
+            if best.get("n_fine") else "")
     lloyd = (f"exact Lloyd on every pixel, best of {best['n_starts']} starts raced on the "
-             f"colour grid, {FINISHERS} finished ({which}): {how} after "
-             f"{best['grid_iterations']} + {_fine(best)}{n_iter} iterations")
+             f"colour grid, {fine}{best.get('n_finished', FINISHERS)} finished ({which}): "
+             f"{how} after {best['grid_iterations']} + {_fine(best)}{n_iter} iterations")
     reason = f"{info['stop_reason']}; {lloyd}" if info["stop_reason"] else lloyd
     return {"history": h, "steps": steps0 + n_iter, "pixels_seen": seen0 + n_iter * n_px,
             "stop_reason": reason}
@@ -130,7 +141,7 @@ GRID_BITS = 6  # the race runs on a 64-level-per-channel grid of the histogram
 FINE_BITS = 7  # the finishers first converge on a 128-level grid, when it is much smaller
 FINE_SHARE = 0.75  # ... at most this share of the distinct colours
 FINE_MAX_K = 64  # ... for up to this many centres (above, it saved nothing measurable)
-FINISHERS = 2  # starts finished on every distinct colour
+FINISHERS = 2  # starts finished on every distinct colour (or ranked on the finer grid)
 
 _POINTS: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
 _POINTS_LOCK = threading.Lock()  # the tasks and the preparing thread of a process share them
@@ -290,8 +301,34 @@ def _race_task(args: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _fine_task(args: dict[str, Any]) -> dict[str, Any]:
+    """A start's grid result taken to a fixed point on the finer grid, when it has one (see
+    the module docstring), checkpointed in its slot: its ``fine_inertia`` there ranks it."""
+    from streamq.kmeans import converge
+
+    slot, state = _slot(args)
+    assert state is not None, "a start goes to the finer grid after its race"
+    if state["done"] or "fine_iterations" in state:
+        return state
+    p = _worker_points(args["store"], args["key"], args["space"])
+    if "fx" not in p or args["k"] > FINE_MAX_K:
+        return state
+    res = converge(p["fx"], p["fw"], np.asarray(state["centers"]), layout=_layout(p, "fx"),
+                   tol=0, max_iter=args["max_iter"], fixed=_held(args), n_threads=_THREADS)
+    state = {**state, "centers": res.centers, "fine_iterations": res.n_iter,
+             "fine_inertia": res.inertia}
+    slot[args["start"]] = encode_state(state)
+    return state
+
+
+#: Threads of a finishing task: the finishers are the last tasks of a fit, fewer than the
+#: cores, and each may use them all (the same result on any number, see ``lloyd_cells``).
+_THREADS = os.cpu_count() or 1
+
+
 def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
-    """Exact Lloyd on every distinct colour from a start's grid result, checkpointed in its slot."""
+    """Exact Lloyd on every distinct colour from a start's grid (or finer grid) result,
+    checkpointed in its slot."""
     from streamq.kmeans import converge
 
     slot, state = _slot(args)
@@ -299,12 +336,6 @@ def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
     if state["done"]:
         return state
     p = _worker_points(args["store"], args["key"], args["space"])
-    if "fx" in p and args["k"] <= FINE_MAX_K and "fine_iterations" not in state:
-        # first to a fixed point on the finer grid
-        res = converge(p["fx"], p["fw"], np.asarray(state["centers"]), layout=_layout(p, "fx"),
-                       tol=0, max_iter=args["max_iter"], fixed=_held(args))
-        state = {**state, "centers": res.centers, "fine_iterations": res.n_iter}
-        slot[args["start"]] = encode_state(state)
     history: list[list[float]] = list(state["history"])
     last_save = [time.monotonic()]
 
@@ -317,7 +348,7 @@ def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
 
     res = converge(p["x"], p["w"], np.asarray(state["centers"]), layout=_layout(p, "x"),
                    tol=args["tol"], max_iter=args["max_iter"], start_iter=state["iteration"],
-                   on_iter=on_iter, fixed=_held(args))
+                   on_iter=on_iter, fixed=_held(args), n_threads=_THREADS)
     history.extend(list(r) for r in res.history)
     done = {**state, "done": True, "centers": res.centers, "iteration": res.n_iter,
             "history": history, "inertia": res.inertia, "stop": res.stop}
@@ -328,9 +359,10 @@ def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
 def fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centers: np.ndarray | None,
                progress: bool | None, fixed: np.ndarray | None = None) -> dict[str, Any]:
     """The mini-batch centres (if any) and ``n_init`` k-means++ starts race to convergence on
-    the coarse colour grid (one task each); the ``FINISHERS`` best run exact Lloyd on every
-    distinct colour (one task each); the lowest exact inertia wins (the first start on ties).
-    Every start holds the ``fixed`` centres (its first ones)."""
+    the coarse colour grid (one task each); the ``FINISHERS`` best go to a fixed point on the
+    finer grid when there is one, and the best there, or else all of them, run exact Lloyd
+    on every distinct colour (one task each); the lowest exact inertia wins (the first start
+    on ties). Every start holds the ``fixed`` centres (its first ones)."""
     inits: list[np.ndarray | None] = [] if mb_centers is None else [np.asarray(mb_centers)]
     inits += [None] * fcfg.n_init
     if not st.has(STARTS) or st.array(STARTS).shape[0] != len(inits):
@@ -345,21 +377,28 @@ def fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centers: np.n
               for s, init in enumerate(inits)]
     raced = sorted(run_tasks(run, starts, "lloyd starts", "start", progress),
                    key=lambda r: (r["grid_inertia"], r["start"]))
-    finishers = [Task(_finish_task, {**base, "start": s})
-                 for s in sorted(r["start"] for r in raced[:FINISHERS])]
+    top = sorted(r["start"] for r in raced[:FINISHERS])
+    fine = run_tasks(run, [Task(_fine_task, {**base, "start": s}) for s in top], "finer grid",
+                     "start", progress)
+    if all("fine_inertia" in r for r in fine):  # the finer grid ranks them: finish the best
+        top = [min(fine, key=lambda r: (r["fine_inertia"], r["start"]))["start"]]
+    finishers = [Task(_finish_task, {**base, "start": s}) for s in top]
     results = sorted(run_tasks(run, finishers, "exact lloyd", "start", progress),
                      key=lambda r: r["start"])
     best = min(results, key=lambda r: (r["inertia"], r["start"]))
     best["n_starts"] = len(inits)
+    best["n_fine"] = sum(1 for r in fine if "fine_inertia" in r)
+    best["n_finished"] = len(results)
     best["from_minibatch"] = mb_centers is not None and best["start"] == 0
     done = {r["start"]: r for r in results}
+    fined = {r["start"]: r for r in fine if "fine_inertia" in r}
     best["results"] = [
         {"start": r["start"], "grid_inertia": r["grid_inertia"],
          "grid_iterations": r["grid_iterations"],
+         **({"fine_iterations": fined[r["start"]]["fine_iterations"],
+             "fine_inertia": fined[r["start"]]["fine_inertia"]} if r["start"] in fined else {}),
          **({"inertia": done[r["start"]]["inertia"], "iterations": done[r["start"]]["iteration"],
-             "stop": done[r["start"]]["stop"]} if r["start"] in done else {}),
-         **({"fine_iterations": done[r["start"]]["fine_iterations"]}
-            if done.get(r["start"], {}).get("fine_iterations") else {})}
+             "stop": done[r["start"]]["stop"]} if r["start"] in done else {})}
         for r in sorted(raced, key=lambda r: r["start"])]
     for r in best["results"]:
         log.debug("lloyd start %s", r)

@@ -40,75 +40,67 @@ __all__ = ["lloyd_cells"]
 
 
 @numba.njit(nogil=True, cache=True)
-def _run(x: np.ndarray, X: np.ndarray, W: np.ndarray, start: np.ndarray, lo: np.ndarray,
-         hi: np.ndarray, c: np.ndarray, new: np.ndarray, scale: float, threshold: float,
-         use_tol: bool, max_iter: int, labels: np.ndarray, shifts: np.ndarray, changes: np.ndarray,
-         S: np.ndarray, N: np.ndarray, cand: np.ndarray, mind: np.ndarray, pure: np.ndarray,
-         due: np.ndarray, state: np.ndarray, resume: bool, fixed: np.ndarray) -> int:
-    """Lloyd on points ``x`` (fixed-point values ``X``, weights ``W``) sorted by cell (cell
-    ``b`` holds points ``start[b]:start[b+1]`` in the box ``lo[b]``..``hi[b]``), from the
-    centres ``c`` (updated in place) and ``state`` = ``[updates done, drift, empty clusters]``.
+def _update(c: np.ndarray, new: np.ndarray, S: np.ndarray, N: np.ndarray, scale: float,
+            fixed: np.ndarray, state: np.ndarray, resume: bool, max_iter: int) -> int:
+    """One centre update from the sums ``S``, ``N``: returns -1 (done: ``state`` =
+    ``[updates done, drift, empty clusters, summed squared shift, clusters refilled]``),
+    0 (``max_iter`` updates done already) or 3 (clusters left empty: ``new`` holds the means,
+    ``state[2]`` how many; the caller refills them and calls again with ``resume``)."""
+    k = c.shape[0]
+    if int(state[0]) >= max_iter:
+        return 0
+    # the centres of the sums (an empty cluster keeps its centre)
+    n_empty = 0
+    for j in range(k):
+        if fixed[j]:
+            for t in range(3):
+                new[j, t] = c[j, t]
+        elif N[j] > 0:
+            for t in range(3):
+                new[j, t] = np.float64(S[j, t]) / np.float64(N[j]) * scale
+        else:
+            n_empty += 1
+            for t in range(3):
+                new[j, t] = c[j, t]
+    if resume:  # the empty clusters were refilled: these are the means after it
+        n_empty = int(state[2])
+    elif n_empty:
+        state[2] = n_empty
+        return 3
+    shift = 0.0
+    top = 0.0
+    for j in range(k):
+        q = 0.0
+        for t in range(3):
+            e = new[j, t] - c[j, t]
+            q += e * e
+        shift += q
+        top = max(top, q)
+    for j in range(k):
+        for t in range(3):
+            c[j, t] = new[j, t]
+    state[0] += 1
+    state[1] += 2.0 * math.sqrt(top)  # twice the largest centre travel, summed over the updates
+    state[3] = shift
+    state[4] = n_empty
+    return -1
 
-    Returns 0 (``max_iter`` reached), 1 (``tol``), 2 (no label changed) or 3: an update left
-    clusters empty; ``new`` holds its means and ``state[2]`` the number of empty clusters,
-    and the caller refills them (``labels``, ``S``, ``N``; the cells of the moved points get
-    ``pure = -1``) and calls again with ``resume``. ``labels`` (all -1 before the first call),
-    ``shifts`` and ``changes`` (one per update) are filled. The rest are work arrays,
-    allocated by the caller (every NumPy allocation in compiled code costs tenths of a second
-    of compilation): ``S``, ``N`` zeros; ``pure`` (the label of every point of a cell, or -1)
-    all -1; ``due`` (a pure cell needs no look while the drift stays below it) all -inf.
-    A centre ``j`` with ``fixed[j]`` keeps its place: it takes its nearest points like any
-    other, but its update leaves it where it is, and it is never counted as empty.
-    """
+
+@numba.njit(nogil=True, cache=True)
+def _label(x: np.ndarray, X: np.ndarray, W: np.ndarray, start: np.ndarray, lo: np.ndarray,
+           hi: np.ndarray, c: np.ndarray, labels: np.ndarray, S: np.ndarray, N: np.ndarray,
+           cand: np.ndarray, mind: np.ndarray, pure: np.ndarray, due: np.ndarray, drift: float,
+           part: int, parts: int, block: int) -> int:
+    """Label the points of the cells of blocks ``part``, ``part + parts``, ... (``block``
+    cells each) with their exact nearest centre, moving the weight of every point that
+    changes cluster in ``S``, ``N`` (integers: the sums do not depend on the order of the
+    moves, so parts may run in threads, each on sums of its own, added up after). Returns
+    how many labels changed. ``cand``, ``mind`` are work arrays (``k`` each) of this part."""
     k = c.shape[0]
     nc = start.shape[0] - 1
-    it = int(state[0])
-    drift = state[1]  # twice the largest centre travel, summed over the updates
-    update = it > 0 or resume  # the first call labels the points before any update
-    n_empty = 0
-    shift = 0.0
-    while True:
-        if update:
-            if it >= max_iter:
-                return 0
-            # --- the update: centres of the sums (an empty cluster keeps its centre) ---
-            n_empty = 0
-            for j in range(k):
-                if fixed[j]:
-                    for t in range(3):
-                        new[j, t] = c[j, t]
-                elif N[j] > 0:
-                    for t in range(3):
-                        new[j, t] = np.float64(S[j, t]) / np.float64(N[j]) * scale
-                else:
-                    n_empty += 1
-                    for t in range(3):
-                        new[j, t] = c[j, t]
-            if resume:  # the empty clusters were refilled: these are the means after it
-                n_empty = int(state[2])
-                resume = False
-            elif n_empty:
-                state[2] = n_empty
-                return 3
-            shift = 0.0
-            top = 0.0
-            for j in range(k):
-                q = 0.0
-                for t in range(3):
-                    e = new[j, t] - c[j, t]
-                    q += e * e
-                shift += q
-                top = max(top, q)
-            drift += 2.0 * math.sqrt(top)
-            for j in range(k):
-                for t in range(3):
-                    c[j, t] = new[j, t]
-            it += 1
-            state[0] = it
-            state[1] = drift
-        # --- the labelling: exact nearest centres, cell by cell; the sums follow the moves ---
-        changed = 0
-        for b in range(nc):
+    changed = 0
+    for first in range(part * block, nc, parts * block):
+        for b in range(first, min(first + block, nc)):
             if pure[b] >= 0 and due[b] > drift:
                 continue
             ub = np.inf
@@ -169,25 +161,114 @@ def _run(x: np.ndarray, X: np.ndarray, W: np.ndarray, start: np.ndarray, lo: np.
                 elif arg != same:
                     same = -1
             pure[b] = max(same, -1)
+    return changed
+
+
+@numba.njit(nogil=True, cache=True)
+def _run(x: np.ndarray, X: np.ndarray, W: np.ndarray, start: np.ndarray, lo: np.ndarray,
+         hi: np.ndarray, c: np.ndarray, new: np.ndarray, scale: float, threshold: float,
+         use_tol: bool, max_iter: int, labels: np.ndarray, shifts: np.ndarray, changes: np.ndarray,
+         S: np.ndarray, N: np.ndarray, cand: np.ndarray, mind: np.ndarray, pure: np.ndarray,
+         due: np.ndarray, state: np.ndarray, resume: bool, fixed: np.ndarray) -> int:
+    """Lloyd on points ``x`` (fixed-point values ``X``, weights ``W``) sorted by cell (cell
+    ``b`` holds points ``start[b]:start[b+1]`` in the box ``lo[b]``..``hi[b]``), from the
+    centres ``c`` (updated in place) and ``state`` (:func:`_update`'s), on one thread.
+
+    Returns 0 (``max_iter`` reached), 1 (``tol``), 2 (no label changed) or 3: an update left
+    clusters empty; ``new`` holds its means and ``state[2]`` the number of empty clusters,
+    and the caller refills them (``labels``, ``S``, ``N``; the cells of the moved points get
+    ``pure = -1``) and calls again with ``resume``. ``labels`` (all -1 before the first call),
+    ``shifts`` and ``changes`` (one per update) are filled. The rest are work arrays,
+    allocated by the caller (every NumPy allocation in compiled code costs tenths of a second
+    of compilation): ``S``, ``N`` zeros; ``pure`` (the label of every point of a cell, or -1)
+    all -1; ``due`` (a pure cell needs no look while the drift stays below it) all -inf.
+    A centre ``j`` with ``fixed[j]`` keeps its place: it takes its nearest points like any
+    other, but its update leaves it where it is, and it is never counted as empty.
+    """
+    update = state[0] > 0 or resume  # the first call labels the points before any update
+    nc = start.shape[0] - 1
+    while True:
         if update:
-            shifts[it - 1] = shift
+            stop = _update(c, new, S, N, scale, fixed, state, resume, max_iter)
+            if stop >= 0:
+                return stop
+            resume = False
+        changed = _label(x, X, W, start, lo, hi, c, labels, S, N, cand, mind, pure, due,
+                         state[1], 0, 1, max(nc, 1))
+        if update:
+            it = int(state[0])
+            shifts[it - 1] = state[3]
             changes[it - 1] = changed
-            if use_tol and shift <= threshold:
+            if use_tol and state[3] <= threshold:
                 return 1
-            if changed == 0 and n_empty == 0:
+            if changed == 0 and state[4] == 0:
                 return 2
         update = True
 
 
 _STOP_NAMES = ("max_iter", "tol", "labels")
 _REFILL = 3
+BLOCK = 16  # cells a thread labels in a row (threads take blocks in turn: the work evens out)
+
+
+class _Threads:
+    """:func:`_run` with the labelling split among ``n`` threads (its compiled parts,
+    :func:`_update` and :func:`_label`, release the GIL), each moving weights in sums of its
+    own that are added up after each labelling: integers, so the same sums, hence the same
+    run, bit for bit, as one thread."""
+
+    def __init__(self, n: int, k: int) -> None:
+        import concurrent.futures as cf
+
+        self.n = n
+        self.pool = cf.ThreadPoolExecutor(max_workers=n, thread_name_prefix="streamq-lloyd")
+        self.work = [(np.zeros((k, 3), np.int64), np.zeros(k, np.int64), np.empty(k, np.int64),
+                      np.empty(k)) for _ in range(n)]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def run(self, x: np.ndarray, X: np.ndarray, W: np.ndarray, start: np.ndarray,
+            lo: np.ndarray, hi: np.ndarray, c: np.ndarray, new: np.ndarray, scale: float,
+            threshold: float, use_tol: bool, max_iter: int, labels: np.ndarray,
+            shifts: np.ndarray, changes: np.ndarray, S: np.ndarray, N: np.ndarray,
+            _cand: np.ndarray, _mind: np.ndarray, pure: np.ndarray, due: np.ndarray,
+            state: np.ndarray, resume: bool, fixed: np.ndarray) -> int:
+        def part(i: int) -> int:
+            dS, dN, cand, mind = self.work[i]
+            dS[:] = 0
+            dN[:] = 0
+            return int(_label(x, X, W, start, lo, hi, c, labels, dS, dN, cand, mind, pure, due,
+                              float(state[1]), i, self.n, BLOCK))
+
+        update = state[0] > 0 or resume
+        while True:
+            if update:
+                stop = _update(c, new, S, N, scale, fixed, state, resume, max_iter)
+                if stop >= 0:
+                    return stop
+                resume = False
+            changed = sum(self.pool.map(part, range(self.n)))
+            for dS, dN, _, _ in self.work:
+                S += dS
+                N += dN
+            if update:
+                it = int(state[0])
+                shifts[it - 1] = state[3]
+                changes[it - 1] = changed
+                if use_tol and state[3] <= threshold:
+                    return 1
+                if changed == 0 and state[4] == 0:
+                    return 2
+            update = True
 
 
 def lloyd_cells(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol: float = 1e-4,
                 max_iter: int = 300, order: np.ndarray | None = None,
                 start: np.ndarray | None = None, start_iter: int = 0,
                 on_iter: Callable[[int, np.ndarray, list[tuple[int, float, int]]], object]
-                | None = None, fixed: np.ndarray | None = None) -> LloydResult:
+                | None = None, fixed: np.ndarray | None = None, n_threads: int = 1
+                ) -> LloydResult:
     """:func:`streamq.kmeans.bounded.lloyd` of 3-d points (the same arguments, checkpoints
     included): the same :class:`~streamq.kmeans.bounded.LloydResult`, bit for bit.
 
@@ -199,7 +280,8 @@ def lloyd_cells(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol
     ``order`` and ``start`` are a grouping of the points into cells, as
     :func:`streamq.kmeans.plusplus.cell_order` returns (computed when None); any grouping
     gives the same result, a compact one gives it sooner. ``fixed`` is ``lloyd``'s: a mask of
-    the centres that never move.
+    the centres that never move. ``n_threads`` label the cells in blocks side by side (the
+    same result; worth it for a large histogram on otherwise idle cores).
     """
     x = np.ascontiguousarray(x, np.float64)
     if x.ndim != 2 or x.shape[1] != 3 or not len(x):
@@ -232,28 +314,34 @@ def lloyd_cells(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol
     new = np.empty((k, 3))
     pure = np.full(nc, -1, np.int64)
     due = np.full(nc, -np.inf)
-    state = np.zeros(3)
+    state = np.zeros(5)
     work = (np.empty(k, np.int64), np.empty(k), pure, due, state)
+    threads = _Threads(n_threads, k) if n_threads > 1 else None
+    run = _run if threads is None else threads.run
     threshold = tolerance(xq, w, tol)
     held = fixed_mask(fixed, k)
     resume = False
     limit = total if on_iter is None else min(total, 1)  # updates before handing back
     rows: list[tuple[int, float, int]] = []
-    while True:
-        stop = _run(xs, Xs, Ws, start, lo, hi, c, new, scale, threshold, tol > 0, limit, labels,
-                    shifts, changes, S, N, *work, resume, held)
-        if stop == _REFILL:
-            _refill(xq, order, start, c, labels, Xs, Ws, S, N, pure, due, held)
-            resume = True
-            continue
-        resume = False
-        if stop == 0 and limit < total and on_iter is not None:  # a pause after an update
-            i = limit - 1
-            rows.append((start_iter + limit, float(shifts[i]), int(changes[i])))
-            on_iter(start_iter + limit, c, rows)
-            limit += 1
-            continue
-        break
+    try:
+        while True:
+            stop = run(xs, Xs, Ws, start, lo, hi, c, new, scale, threshold, tol > 0, limit,
+                       labels, shifts, changes, S, N, *work, resume, held)
+            if stop == _REFILL:
+                _refill(xq, order, start, c, labels, Xs, Ws, S, N, pure, due, held)
+                resume = True
+                continue
+            resume = False
+            if stop == 0 and limit < total and on_iter is not None:  # a pause after an update
+                i = limit - 1
+                rows.append((start_iter + limit, float(shifts[i]), int(changes[i])))
+                on_iter(start_iter + limit, c, rows)
+                limit += 1
+                continue
+            break
+    finally:
+        if threads is not None:
+            threads.close()
     it = int(state[0])
     out = np.empty(n, dtype=np.int64)
     out[order] = labels

@@ -86,10 +86,14 @@ def per_image_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
 
 def fit_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
     """The shared fit's kernels: weighted k-means++ (greedy, and its tree for many
-    candidates), the bounded Lloyd over the colour histogram, exact assignment and inertia."""
-    from streamq.kmeans import bounded, nearest, plusplus
+    candidates), the bounded Lloyd over the colour histogram (and the parts of its cell by
+    cell form that threads run), exact assignment and inertia."""
+    from streamq.kmeans import bounded, filtering, nearest, plusplus
 
     return typed((
+        (filtering._update, "f8[2] f8[2] i8[2] i8[1] f8 b1[1] f8[1] b1 i8"),
+        (filtering._label, "f8[2] i8[2] i8[1] i8[1] f8[2] f8[2] f8[2] i8[1] i8[2] i8[1] i8[1] "
+                           "f8[1] i8[1] f8[1] f8 i8 i8 i8"),
         (plusplus._kmeanspp_tree, "f8[2] f8[1] i8[1] f8[2] f8[1] i8[1] i8[1] i8[1] i8[1] f8[2] "
                                   "f8[2] i8 i8 f8[2] i8[1] f8[1] f8[1] f8[1] f8[1] i8[1] i8[1] "
                                   "i8[1] f8[1] i8[1]"),
