@@ -1,11 +1,16 @@
 """The exact phase of a fit: Lloyd's k-means on the colour histogram, several starts side by side.
 
-The mini-batch centres (when there are any) and ``n_init`` k-means++ starts race to
-convergence on a coarse grid of the histogram (one Dask task each); the ``FINISHERS`` best
+The mini-batch centres (when there are any) and ``n_init`` k-means++ starts race on a
+coarse grid of the histogram (one Dask task each) until their centres settle (``RACE_TOL``,
+scikit-learn's rule and default); the ``FINISHERS`` best go on to a fixed point there, then
 run exact Lloyd on every distinct colour (one task each, on every core of its worker:
 :func:`~streamq.kmeans.filtering.lloyd_cells` gives the same result on any number of
 threads), each checkpointed in its own slot of ``fit/starts``; the lowest exact inertia wins
-(the first start on ties).
+(the first start on ties). Ranking the starts before they converge cut the race's time by
+40-45% (16 starts on the photo collection below, K = 16 to 256, two seeds each) and kept the
+same two starts in 7 of 8 fits (in the eighth, one of the two changed; the other, kept
+either way, is the one that finishes best); the starts kept reach the fixed point an
+unbroken run would have, bit for bit.
 
 When the histogram has a finer grid (``FINE_BITS``) holding at most ``FINE_SHARE`` of the
 distinct colours and K is at most ``FINE_MAX_K``, the ``FINISHERS`` best first go to a fixed
@@ -138,6 +143,8 @@ def join_history(info: FitInfo, best: dict[str, Any], n_px: int, fcfg: FitConfig
 
 
 GRID_BITS = 6  # the race runs on a 64-level-per-channel grid of the histogram
+RACE_TOL = 1e-4  # ... until the squared centre shift is within this of the variance (then
+# the starts it keeps go on to a fixed point there)
 FINE_BITS = 7  # the finishers first converge on a 128-level grid, when it is much smaller
 FINE_SHARE = 0.75  # ... at most this share of the distinct colours
 FINE_MAX_K = 64  # ... for up to this many centres (above, it saved nothing measurable)
@@ -288,7 +295,8 @@ def _held(args: dict[str, Any]) -> np.ndarray | None:
 
 
 def _race_task(args: dict[str, Any]) -> dict[str, Any]:
-    """One start (the given centres or k-means++) run to convergence on the coarse grid."""
+    """One start (the given centres or k-means++) run on the coarse grid until its centres
+    settle (``RACE_TOL``): far enough to rank it."""
     from streamq.kmeans import converge, initial_centers
 
     slot, state = _slot(args)
@@ -301,18 +309,42 @@ def _race_task(args: dict[str, Any]) -> dict[str, Any]:
         init = initial_centers(p["gx"], p["gw"], args["k"], args["init_method"],
                                np.random.default_rng([args["seed"], 1000 + args["plusplus"]]),
                                layout, fixed)
-    res = converge(p["gx"], p["gw"], init, layout=layout, tol=0, max_iter=args["max_iter"],
-                   fixed=_held(args))  # to a fixed point
+    res = converge(p["gx"], p["gw"], init, layout=layout, tol=RACE_TOL,
+                   max_iter=args["max_iter"], fixed=_held(args))
     state = {"fingerprint": args["fingerprint"], "start": args["start"], "done": False,
              "grid_inertia": res.inertia, "grid_iterations": res.n_iter,
-             "centers": res.centers, "iteration": 0, "history": []}
+             "grid_done": res.stop != "tol", "centers": res.centers, "iteration": 0,
+             "history": []}
+    slot[args["start"]] = encode_state(state)
+    return state
+
+
+#: Threads of the tasks after the race: they are the last tasks of a fit, fewer than the
+#: cores, and each may use them all (the same result on any number, see ``lloyd_cells``).
+_THREADS = os.cpu_count() or 1
+
+
+def _to_grid_fixed_point(p: dict[str, Any], args: dict[str, Any], slot: Any,
+                         state: dict[str, Any]) -> dict[str, Any]:
+    """A raced start taken on to a fixed point of the coarse grid (the race stopped it at
+    ``RACE_TOL``): Lloyd goes on from its centres and iteration count, which gives what an
+    unbroken run to a fixed point would have; checkpointed in its slot."""
+    from streamq.kmeans import converge
+
+    if state.get("grid_done", True):
+        return state
+    res = converge(p["gx"], p["gw"], np.asarray(state["centers"]), layout=_layout(p, "gx"),
+                   tol=0, max_iter=args["max_iter"], start_iter=state["grid_iterations"],
+                   fixed=_held(args), n_threads=_THREADS)
+    state = {**state, "centers": res.centers, "grid_iterations": res.n_iter, "grid_done": True}
     slot[args["start"]] = encode_state(state)
     return state
 
 
 def _fine_task(args: dict[str, Any]) -> dict[str, Any]:
-    """A start's grid result taken to a fixed point on the finer grid, when it has one (see
-    the module docstring), checkpointed in its slot: its ``fine_inertia`` there ranks it."""
+    """A raced start taken to a fixed point of the coarse grid, then of the finer grid when
+    the histogram has one (see the module docstring), checkpointed in its slot: its
+    ``fine_inertia`` there ranks it."""
     from streamq.kmeans import converge
 
     slot, state = _slot(args)
@@ -320,6 +352,7 @@ def _fine_task(args: dict[str, Any]) -> dict[str, Any]:
     if state["done"] or "fine_iterations" in state:
         return state
     p = _worker_points(args["store"], args["key"], args["space"])
+    state = _to_grid_fixed_point(p, args, slot, state)
     if "fx" not in p or args["k"] > FINE_MAX_K:
         return state
     res = converge(p["fx"], p["fw"], np.asarray(state["centers"]), layout=_layout(p, "fx"),
@@ -328,11 +361,6 @@ def _fine_task(args: dict[str, Any]) -> dict[str, Any]:
              "fine_inertia": res.inertia}
     slot[args["start"]] = encode_state(state)
     return state
-
-
-#: Threads of a finishing task: the finishers are the last tasks of a fit, fewer than the
-#: cores, and each may use them all (the same result on any number, see ``lloyd_cells``).
-_THREADS = os.cpu_count() or 1
 
 
 def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
@@ -345,6 +373,7 @@ def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
     if state["done"]:
         return state
     p = _worker_points(args["store"], args["key"], args["space"])
+    state = _to_grid_fixed_point(p, args, slot, state)
     history: list[list[float]] = list(state["history"])
     last_save = [time.monotonic()]
 
@@ -367,8 +396,8 @@ def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
 
 def fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centers: np.ndarray | None,
                progress: bool | None, fixed: np.ndarray | None = None) -> dict[str, Any]:
-    """The mini-batch centres (if any) and ``n_init`` k-means++ starts race to convergence on
-    the coarse colour grid (one task each); the ``FINISHERS`` best go to a fixed point on the
+    """The mini-batch centres (if any) and ``n_init`` k-means++ starts race on the coarse
+    colour grid (one task each); the ``FINISHERS`` best go to a fixed point there and on the
     finer grid when there is one, and the best there, or else all of them, run exact Lloyd
     on every distinct colour (one task each); the lowest exact inertia wins (the first start
     on ties). Every start holds the ``fixed`` centres (its first ones)."""
