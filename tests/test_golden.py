@@ -22,7 +22,12 @@ An intended change of output (not a refactor) rewrites only the digests it chang
 commit that names them and says why. Done once: the alpha fit's Lloyd became the core's
 (exact fixed-point sums), which moved the stored float centres of the alpha part by at most
 4.6e-13 (``fit/palette/center_0..3``, ``fit/history/inertia`` and ``shift``, the ``--zarr``
-export's ``centers``); its palettes, labels, errors and image files did not change.
+export's ``centers``); its palettes, labels, errors and image files did not change. And a
+second time: the exact phase's race ranks its starts once their centres settle, before a
+fixed point (``streamq.fit.lloyd.RACE_TOL``), which changed the shared part's
+``fit/starts`` records (the race's inertias and iteration counts, and a ``grid_done`` field
+per start) and nothing else; the opaque reference of ``tests/test_alpha.py`` changed the same
+way.
 """
 
 from __future__ import annotations
