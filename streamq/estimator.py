@@ -300,7 +300,9 @@ class ColorQuantizer(OneToOneFeatureMixin, ClusterMixin, TransformerMixin, BaseE
         return self
 
     def _fit_colours(self, codes: np.ndarray, counts: np.ndarray, seed: int) -> None:
-        """Exact K-Means on a colour histogram, as the exact phase of ``streamq fit``."""
+        """Exact K-Means on a colour histogram, as the exact phase of ``streamq fit`` in its
+        plainest form: the starts race to a fixed point on the coarse grid and the best
+        ``FINISHERS`` finish on every colour (no early ranking, no finer grid)."""
         from streamq.fit.lloyd import FINISHERS, GRID_BITS, ensure_distinct, points
         from streamq.kmeans import converge, initial_centers
         from streamq.kmeans.codes import cell_means

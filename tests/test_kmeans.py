@@ -112,10 +112,10 @@ def _reference_lloyd(x, w, centers, tol=1e-4, max_iter=300):
         new_labels = _labels(xq, centers)
         changed = (new_labels != labels).any()
         labels = new_labels
-        if tol > 0 and shift <= threshold:
-            return centers, it, "tol"
         if not changed and not len(empty):
             return centers, it, "labels"
+        if tol > 0 and shift <= threshold:
+            return centers, it, "tol"
     return centers, max_iter, "max_iter"
 
 

@@ -48,8 +48,9 @@ from streamq.cli.options import (
 @click.option("--init", type=click.Choice(["k-means++", "random"]), default=None,
               help=f"Initial centres {shown_default('fit.init')}.")
 @click.option("--n-init", type=int, default=None,
-              help="k-means++ starts raced on the colour grid, side by side; the best 2 finish "
-                   f"on every colour {shown_default('fit.n_init')}.")
+              help="k-means++ starts raced on the colour grid, side by side; the best 2 go on, "
+                   "and are finished on every colour (only the better one when a finer grid "
+                   f"ranks them) {shown_default('fit.n_init')}.")
 @click.option("--color-space", type=click.Choice(["rgb", "oklab"]), default=None,
               help=f"Space distances are measured in {shown_default('fit.color_space')}.")
 @click.option("--tol", type=float, default=None,

@@ -124,8 +124,9 @@ class FitConfig:
     init_size: int = _opt(200_000, _at_least(2),
                           "minibatch: pixels of the initial sample (drawn collection-wide)")
     n_init: int = _opt(16, _at_least(1), "k-means++ starts raced on the colour grid, each a "
-                       "task (minibatch adds its own result as one more start); the best 2 "
-                       "finish on every colour")
+                       "task (minibatch adds its own result as one more start); the best 2 go "
+                       "on, and are finished on every colour (only the better one when a "
+                       "finer grid ranks them)")
     batch_size: int = _opt(65_536, _at_least(16), "pixels per partial_fit step")
     batches_per_task: int = _opt(8, _at_least(1), "batches drawn by one sampling task")
     blocks_per_task: int = _opt(64, _at_least(1), "inner chunks one sampling task reads")

@@ -11,7 +11,8 @@ histogram; a 32-bit colour has no dense counting table: each task sorts its pixe
 client merges the sorted counts).
 
 The k-means (:func:`streamq.kmeans.rgba.kmeans_rgba`, shared with the per-image fit of images
-with alpha) is as the RGB fit's exact phase: ``n_init`` weighted k-means++ starts run Lloyd to a fixed
+with alpha) is as the RGB fit's exact phase was before its race stopped early and its finer
+grid (:mod:`streamq.fit.lloyd`): ``n_init`` weighted k-means++ starts run Lloyd to a fixed
 point on a coarse grid of the histogram (cell means, 32 levels per channel), the best two
 finish by exact Lloyd on every distinct colour, the lowest exact inertia wins. There is no
 mini-batch phase (``algorithm`` makes no difference here) and no checkpoint: the fit is a

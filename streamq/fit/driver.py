@@ -214,10 +214,12 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
             if ckpt is not None and ckpt.get("phase") == "exact":
                 mb_centers, info = ckpt["minibatch_centers"], ckpt["minibatch_info"]
             else:
-                prepare_exact(run, st, fcfg)  # the workers, while the client steps
+                asking = prepare_exact(run, st, fcfg)  # the workers, while the client steps
                 with timer("mini-batch fit", timings):
                     mb_centers, info = fit_minibatch(run, st, source, fcfg, fp, ckpt, x, counts,
                                                      progress, held)
+                if asking is not None:
+                    asking.join(timeout=5)  # answered long since (not left waiting on a closed client)
                 write_checkpoint(st, CHECKPOINT, {"fingerprint": fp, "phase": "exact",
                                                   "minibatch_centers": mb_centers,
                                                   "minibatch_info": info})

@@ -197,7 +197,7 @@ def _histogram_key(st: Store) -> str:
     return fingerprint([sec.get("data"), sec.get("n_distinct")])
 
 
-def prepare_exact(run: Runner, st: Store, fcfg: FitConfig) -> None:
+def prepare_exact(run: Runner, st: Store, fcfg: FitConfig) -> threading.Thread | None:
     """Get every worker ready for the exact phase while the mini-batch phase runs.
 
     Each worker's first exact task would otherwise import the k-means core, load its
@@ -208,13 +208,13 @@ def prepare_exact(run: Runner, st: Store, fcfg: FitConfig) -> None:
     under way. Only on a Dask cluster: in-process runners would take the client's own CPU.
     The palette is the same either way (the tasks compute the same arrays).
 
-    The request goes from a thread of its own and this returns at once: a fresh worker
-    imports the fit's modules before it runs the request (~0.4 s), which the client's
-    mini-batch phase would otherwise wait for.
+    The request goes from a thread of its own, returned (the caller joins it before the
+    exact phase): a fresh worker imports the fit's modules before it runs the request
+    (~0.4 s), which the client's mini-batch phase would otherwise wait for.
     """
     client = run.client
     if client is None:
-        return
+        return None
     args = (st.location, _histogram_key(st), fcfg.color_space, fcfg.colors, fcfg.init)
 
     def ask() -> None:
@@ -223,7 +223,9 @@ def prepare_exact(run: Runner, st: Store, fcfg: FitConfig) -> None:
         except Exception as exc:  # noqa: BLE001  (a speed-up only: the exact tasks do the work)
             log.debug("Workers not prepared for the exact phase: %s", exc)
 
-    threading.Thread(target=ask, daemon=True, name="streamq-prepare-exact").start()
+    asking = threading.Thread(target=ask, daemon=True, name="streamq-prepare-exact")
+    asking.start()
+    return asking
 
 
 def _prepare_in_background(store: Location, key: str, space: str, k: int, init: str) -> None:
@@ -281,7 +283,8 @@ def _slot(args: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
     slot = open_array(args["store"], STARTS, mode="r+")
     text = str(slot[args["start"]])
     state = decode_state(text) if text else None
-    if state is not None and state.get("fingerprint") != args["fingerprint"]:
+    if state is not None and (state.get("fingerprint") != args["fingerprint"]
+                              or "grid_done" not in state):  # (or of a race run to its end)
         state = None
     return slot, state
 
@@ -319,9 +322,10 @@ def _race_task(args: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-#: Threads of the tasks after the race: they are the last tasks of a fit, fewer than the
-#: cores, and each may use them all (the same result on any number, see ``lloyd_cells``).
-_THREADS = os.cpu_count() or 1
+#: Threads of the tasks after the race, the last tasks of a fit and only two: each labels on
+#: every core its process may use (the same result on any number, see ``lloyd_cells``); two
+#: at once on one machine share them.
+_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _to_grid_fixed_point(p: dict[str, Any], args: dict[str, Any], slot: Any,
@@ -331,7 +335,7 @@ def _to_grid_fixed_point(p: dict[str, Any], args: dict[str, Any], slot: Any,
     unbroken run to a fixed point would have; checkpointed in its slot."""
     from streamq.kmeans import converge
 
-    if state.get("grid_done", True):
+    if state["grid_done"]:
         return state
     res = converge(p["gx"], p["gw"], np.asarray(state["centers"]), layout=_layout(p, "gx"),
                    tol=0, max_iter=args["max_iter"], start_iter=state["grid_iterations"],
@@ -416,7 +420,7 @@ def fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centers: np.n
     raced = sorted(run_tasks(run, starts, "lloyd starts", "start", progress),
                    key=lambda r: (r["grid_inertia"], r["start"]))
     top = sorted(r["start"] for r in raced[:FINISHERS])
-    fine = run_tasks(run, [Task(_fine_task, {**base, "start": s}) for s in top], "finer grid",
+    fine = run_tasks(run, [Task(_fine_task, {**base, "start": s}) for s in top], "best starts",
                      "start", progress)
     if all("fine_inertia" in r for r in fine):  # the finer grid ranks them: finish the best
         top = [min(fine, key=lambda r: (r["fine_inertia"], r["start"]))["start"]]
@@ -430,9 +434,10 @@ def fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centers: np.n
     best["from_minibatch"] = mb_centers is not None and best["start"] == 0
     done = {r["start"]: r for r in results}
     fined = {r["start"]: r for r in fine if "fine_inertia" in r}
+    kept = {r["start"]: r for r in fine}  # at the grid's fixed point: their iterations there
     best["results"] = [
         {"start": r["start"], "grid_inertia": r["grid_inertia"],
-         "grid_iterations": r["grid_iterations"],
+         "grid_iterations": kept.get(r["start"], r)["grid_iterations"],
          **({"fine_iterations": fined[r["start"]]["fine_iterations"],
              "fine_inertia": fined[r["start"]]["fine_inertia"]} if r["start"] in fined else {}),
          **({"inertia": done[r["start"]]["inertia"], "iterations": done[r["start"]]["iteration"],

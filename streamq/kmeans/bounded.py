@@ -35,7 +35,8 @@ shifts summed over all centres are at most ``tol`` times the mean per-coordinate
 the data (the *weighted* variance: the variance of the pixels the points stand for), or when
 the labels no longer change (then the centres are a fixed point: another update would give
 the same centres bit for bit), or after ``max_iter`` updates. ``tol=0`` runs to zero label
-changes.
+changes. When an update meets both rules, the stop is reported as the fixed point
+(``"labels"``): a run stopped by ``tol`` is known not to be one, and can go on.
 
 **Empty clusters** (as scikit-learn): a cluster left without points takes the point farthest
 from its own centre (squared distance, unweighted; ties to the lowest index), whose weight
@@ -405,11 +406,11 @@ def lloyd(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol: floa
         it += 1
         changed = step.relabel(c, travel, X, W, S, N)
         history.append((it, float(shift), int(changed)))
+        if changed == 0 and n_empty == 0:  # a fixed point (whatever tol says)
+            stop = "labels"
+            break
         if tol > 0 and shift <= threshold:
             stop = "tol"
-            break
-        if changed == 0 and n_empty == 0:
-            stop = "labels"
             break
         if on_iter is not None:
             on_iter(it, c, history)
