@@ -7,7 +7,8 @@ run exact Lloyd on every distinct colour (one task each, on every core of its wo
 :func:`~streamq.kmeans.filtering.lloyd_cells` gives the same result on any number of
 threads), each checkpointed in its own slot of ``fit/starts``; the lowest exact inertia wins
 (the first start on ties). Ranking the starts before they converge cut the race's time by
-40-45% (16 starts on the photo collection below, K = 16 to 256, two seeds each) and kept the
+29-46% (16 starts on the photo collection below, K = 16 to 256, two seeds each;
+``benchmarks/exact_ranking.py``) and kept the
 same two starts in 7 of 8 fits (in the eighth, one of the two changed; the other, kept
 either way, is the one that finishes best); the starts kept reach the fixed point an
 unbroken run would have, bit for bit.
