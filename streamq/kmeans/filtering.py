@@ -89,6 +89,22 @@ def _update(c: np.ndarray, new: np.ndarray, S: np.ndarray, N: np.ndarray, scale:
 
 
 @numba.njit(nogil=True, cache=True)
+def _record(state: np.ndarray, changed: int, shifts: np.ndarray, changes: np.ndarray,
+            use_tol: bool, threshold: float) -> int:
+    """After the labelling that follows an update: its shift and label changes recorded, and
+    2 (a fixed point: no label changed, no cluster refilled; whatever ``tol`` says), 1
+    (``tol``) or -1 (go on)."""
+    it = int(state[0])
+    shifts[it - 1] = state[3]
+    changes[it - 1] = changed
+    if changed == 0 and state[4] == 0:
+        return 2
+    if use_tol and state[3] <= threshold:
+        return 1
+    return -1
+
+
+@numba.njit(nogil=True, cache=True)
 def _label(x: np.ndarray, X: np.ndarray, W: np.ndarray, start: np.ndarray, lo: np.ndarray,
            hi: np.ndarray, c: np.ndarray, labels: np.ndarray, S: np.ndarray, N: np.ndarray,
            cand: np.ndarray, mind: np.ndarray, pure: np.ndarray, due: np.ndarray, drift: float,
@@ -199,13 +215,9 @@ def _run(x: np.ndarray, X: np.ndarray, W: np.ndarray, start: np.ndarray, lo: np.
         changed = _label(x, X, W, start, lo, hi, c, labels, S, N, cand, mind, pure, due,
                          state[1], nc - nc, nc - nc + 1, max(nc, 1))
         if update:
-            it = int(state[0])
-            shifts[it - 1] = state[3]
-            changes[it - 1] = changed
-            if changed == 0 and state[4] == 0:  # a fixed point (whatever tol says)
-                return 2
-            if use_tol and state[3] <= threshold:
-                return 1
+            stop = _record(state, changed, shifts, changes, use_tol, threshold)
+            if stop >= 0:
+                return stop
         update = True
 
 
@@ -256,13 +268,9 @@ class _Threads:
                 S += dS
                 N += dN
             if update:
-                it = int(state[0])
-                shifts[it - 1] = state[3]
-                changes[it - 1] = changed
-                if changed == 0 and state[4] == 0:
-                    return 2
-                if use_tol and state[3] <= threshold:
-                    return 1
+                stop = _record(state, changed, shifts, changes, use_tol, threshold)
+                if stop >= 0:
+                    return stop
             update = True
 
 

@@ -92,6 +92,7 @@ def fit_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
 
     return typed((
         (filtering._update, "f8[2] f8[2] i8[2] i8[1] f8 b1[1] f8[1] b1 i8"),
+        (filtering._record, "f8[1] i8 f8[1] i8[1] b1 f8"),
         (filtering._label, "f8[2] i8[2] i8[1] i8[1] f8[2] f8[2] f8[2] i8[1] i8[2] i8[1] i8[1] "
                            "f8[1] i8[1] f8[1] f8 i8 i8 i8"),
         (plusplus._kmeanspp_tree, "f8[2] f8[1] i8[1] f8[2] f8[1] i8[1] i8[1] i8[1] i8[1] f8[2] "
