@@ -21,7 +21,7 @@ over part of the slow tail: on 13,233 photo tiles (2.3 M colours;
 ``benchmarks/finish_grid.py``, 3 raced k-means++ starts per K, CPU time of one finisher,
 summed over the 3) it took K = 16 from 9.6 to 4.7 s (-51%) and K = 64 from 14.7 to 11.3 s
 (-23%), the same inertia within 0.006%; at K = 256 it cost 9% more (one start 1.8x): not
-used there. Its ranking picked the start that finishing both would have picked in all 14
+used there. Its ranking picked the start that finishing both would have picked in all 12
 fits of K = 8, 16, 24, 32, 48 and 64, two seeds each, on that collection (the two, finished,
 ended 0 to 0.5% apart in inertia), and finishing one start instead of two saves a
 finisher's time (K = 64: the exact phase went from 7.1 to 5.5 s). The result is a fixed
