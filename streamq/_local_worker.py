@@ -13,9 +13,27 @@ scheduler that went first.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
+import threading
 from typing import Any
+
+#: What the tasks of every stage import (Zarr under the store layer, numba under the k-means
+#: core; ~0.3 s of a worker's first task): imported in a background thread as the worker
+#: starts, while the command sets up its first tasks.
+WARM_IMPORTS = ("streamq.store", "streamq.kmeans")
+
+
+def _import_in_background() -> None:
+    def run() -> None:
+        for name in WARM_IMPORTS:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001, S112  (a speed-up only: the tasks import it again)
+                continue
+
+    threading.Thread(target=run, daemon=True, name="streamq-warm-imports").start()
 
 
 class _QuietWhenEnding(logging.Filter):
@@ -52,3 +70,4 @@ def dask_setup(worker: Any) -> None:
     for name in ("", "distributed"):
         for handler in logging.getLogger(name).handlers:
             handler.addFilter(quiet)
+    _import_in_background()
