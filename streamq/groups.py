@@ -183,10 +183,10 @@ def _cluster_images(store: Location, cfg: StreamQConfig, overwrite: bool,
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    from threadpoolctl import threadpool_limits
+    from streamq.minibatch import client_threads
 
     # The model update runs on the client: one thread, one result, and no fight with workers.
-    with runner(cfg.dask) as run, threadpool_limits(limits=1):
+    with runner(cfg.dask) as run, client_threads(1):
         run.check_paths(st.path)
         if overwrite or sec.get("fingerprint") != fp or sec.get("state") == "planning":
             reuse = sec.get("descriptor_fingerprint") == desc_fp and bool(sec.get("described"))

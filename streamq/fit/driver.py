@@ -183,11 +183,12 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
     started = time.perf_counter()
     source = PixelSource.of_collection(coll)
     timings: dict[str, float] = {}
-    from threadpoolctl import threadpool_limits
+    from streamq.minibatch import client_threads, import_model_early
 
-    # The model update runs on the client: keep its OpenMP/BLAS threads from fighting the
-    # workers for the same cores (k=64 partial_fit drops from ~8 to ~1.4 Mpx/s when they do).
-    with runner(cfg.dask) as run, threadpool_limits(limits=fcfg.client_threads or 1):
+    minibatch = fcfg.algorithm == "minibatch" and fcfg.quality is None
+    if minibatch:
+        import_model_early()  # while the cluster starts
+    with runner(cfg.dask) as run, client_threads(fcfg.client_threads or 1, model=minibatch):
         run.check_paths(st.path)
         facts = run.facts()
         # Everything is checked and the cluster reached: only now touch the stored fit.
