@@ -329,3 +329,26 @@ def test_duplicate_palette_colours_are_replaced_by_worst_served_pixels():
     out = ensure_distinct(centers, val, "rgb")
     assert len({tuple(c) for c in to_rgb8(out, "rgb")}) == 6
     np.testing.assert_array_equal(out[:2], centers[:2])  # the first of each colour stays
+
+
+def test_the_client_model_runs_on_one_thread_in_a_fresh_process():
+    """threadpoolctl limits only the libraries loaded when its block starts: in a process that
+    has not imported scikit-learn yet, ``client_threads`` must load its OpenMP runtime first,
+    or ``partial_fit`` runs on every core beside the workers (it did: ``_n_threads`` 2)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np\n"
+        "assert 'sklearn' not in sys.modules\n"
+        "from streamq.minibatch import client_threads, new_model\n"
+        "x = np.random.default_rng(0).random((2000, 3))\n"
+        "with client_threads(1):\n"
+        "    m = new_model(4, x[:4], 1000, 0, 0.01)\n"
+        "    m.partial_fit(x[:1000])\n"
+        "print(m._n_threads)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "1"
