@@ -103,17 +103,13 @@ def step_limit(max_steps: int, max_epochs: float, n_items: int, batch_size: int,
 
 
 def import_model_early() -> None:
-    """Import scikit-learn's clustering (~1 s in a fresh process) and load the client's
-    compiled kernels in a background thread, while the command starts its cluster.
-    :func:`client_threads` imports the same module: it finds it done, or waits for it."""
+    """Import scikit-learn's clustering (~1 s in a fresh process) in a background thread,
+    while the command starts its cluster. :func:`client_threads` imports the same module:
+    it finds it done, or waits for it."""
     def run() -> None:
         try:
             import sklearn.cluster  # noqa: F401
-
-            from streamq.kmeans.precompile import fit_kernels, precompile
-
-            precompile(fit_kernels())
-        except Exception as exc:  # noqa: BLE001  (a speed-up only: the fit imports them again)
+        except Exception as exc:  # noqa: BLE001  (a speed-up only: the fit imports it again)
             log.debug("Early import failed: %s", exc)
 
     threading.Thread(target=run, daemon=True, name="streamq-import-model").start()

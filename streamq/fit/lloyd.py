@@ -434,13 +434,12 @@ def fit_exact(run: Runner, st: Store, fcfg: FitConfig, fp: str, mb_centers: np.n
     best["n_finished"] = len(results)
     best["from_minibatch"] = mb_centers is not None and best["start"] == 0
     done = {r["start"]: r for r in results}
-    fined = {r["start"]: r for r in fine if "fine_inertia" in r}
-    kept = {r["start"]: r for r in fine}  # at the grid's fixed point: their iterations there
+    kept = {r["start"]: r for r in fine}  # at the grid's fixed point (and the finer grid's)
     best["results"] = [
         {"start": r["start"], "grid_inertia": r["grid_inertia"],
          "grid_iterations": kept.get(r["start"], r)["grid_iterations"],
-         **({"fine_iterations": fined[r["start"]]["fine_iterations"],
-             "fine_inertia": fined[r["start"]]["fine_inertia"]} if r["start"] in fined else {}),
+         **{key: kept[r["start"]][key] for key in ("fine_iterations", "fine_inertia")
+            if key in kept.get(r["start"], {})},
          **({"inertia": done[r["start"]]["inertia"], "iterations": done[r["start"]]["iteration"],
              "stop": done[r["start"]]["stop"]} if r["start"] in done else {})}
         for r in sorted(raced, key=lambda r: r["start"])]
