@@ -214,6 +214,37 @@ def _start_local_cluster(**kwargs: Any) -> Any:
 
 
 @contextmanager
+def _local_cluster(cfg: DaskConfig, n_workers: int, processes: bool) -> Iterator[Any]:
+    """A started ``LocalCluster`` of ``n_workers``, closed on the way out.
+
+    Worker processes get streamq's preload (quiet, signal-proof, early imports) and
+    malloc settings. Workers in this process share its memory, so Dask's per-worker memory
+    limit (which measures the whole process) is off for them: the stages that run on them
+    hold bounded data (the fit: a histogram of at most 2**24 colours and a few batches).
+    """
+    import dask
+
+    settings: dict[str, Any] = {**_worker_profile_settings()}
+    kwargs: dict[str, Any] = {"n_workers": n_workers, "dashboard_address": ":0",
+                              "threads_per_worker": cfg.threads_per_worker or 1,
+                              "processes": processes}
+    if processes:
+        settings.update(_worker_malloc_settings())
+        kwargs.update(
+            memory_limit=cfg.memory_limit or "auto",
+            # workers that ignore SIGINT/SIGTERM, close quietly (streamq._local_worker)
+            preload=[*dask.config.get("distributed.worker.preload", []), "streamq._local_worker"])
+    else:
+        kwargs.update(memory_limit=0)
+    with dask.config.set(settings):  # only for the workers started here
+        cluster = _start_local_cluster(**kwargs)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@contextmanager
 def shared(run: Runner) -> Iterator[Runner]:
     """Make every :func:`runner` inside this block reuse ``run`` (one cluster for a pipeline)."""
     token = _SHARED.set(run)
@@ -224,10 +255,12 @@ def shared(run: Runner) -> Iterator[Runner]:
 
 
 @contextmanager
-def runner(cfg: DaskConfig) -> Iterator[Runner]:
+def runner(cfg: DaskConfig, *, threads: bool = False) -> Iterator[Runner]:
     """Open the backend named by ``cfg.scheduler`` and close what was opened here.
 
-    Inside :func:`shared`, the shared runner is yielded instead and left open.
+    ``threads``: the stage's tasks release the GIL (compiled kernels), so a local cluster's
+    workers are threads of this process unless ``cfg.processes`` says otherwise. Inside
+    :func:`shared`, the shared runner is yielded instead and left open.
     """
     active = _SHARED.get()
     if active is not None:
@@ -252,27 +285,12 @@ def runner(cfg: DaskConfig) -> Iterator[Runner]:
 
     if sched is None:
         n_workers = cfg.n_workers or os.cpu_count() or 1
-        import dask
-
-        # only for the workers started here
-        with dask.config.set({**_worker_malloc_settings(), **_worker_profile_settings()}):
-            cluster = _start_local_cluster(
-                n_workers=n_workers,
-                threads_per_worker=cfg.threads_per_worker or 1,
-                memory_limit=cfg.memory_limit or "auto",
-                processes=True,
-                dashboard_address=":0",
-                # workers that ignore SIGINT/SIGTERM, close quietly (streamq._local_worker)
-                preload=[*dask.config.get("distributed.worker.preload", []),
-                         "streamq._local_worker"],
-            )
-        try:
-            with Client(cluster) as client:
-                log.info("Started a local Dask cluster: %s workers, dashboard %s",
-                         n_workers, client.dashboard_link)
-                yield Runner(client, None, f"local cluster ({n_workers} workers)")
-        finally:
-            cluster.close()
+        processes = cfg.processes if cfg.processes is not None else not threads
+        with _local_cluster(cfg, n_workers, processes) as cluster, Client(cluster) as client:
+            kind = "" if processes else " in this process"
+            log.info("Started a local Dask cluster%s: %s workers, dashboard %s",
+                     kind, n_workers, client.dashboard_link)
+            yield Runner(client, None, f"local cluster{kind} ({n_workers} workers)")
         return
 
     from streamq import redact

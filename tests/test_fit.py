@@ -168,6 +168,11 @@ def test_same_seed_same_palette_on_any_scheduler(store_copy, fit_store, cluster_
         p = tmp_path / "procs1.zarr"
         shutil.copytree(fit_store, p)
         results.append(fit(str(p), scheduler=one.scheduler_address, **kw).centers)
+    p = tmp_path / "default.zarr"  # no scheduler: a local cluster of threads of this process
+    shutil.copytree(fit_store, p)
+    results.append(fit(str(p), **kw).centers)
+    runtime = streamq.open_store(str(p)).store.section("fit")["runtime"]
+    assert runtime["cluster"] == f"local cluster in this process ({runtime['workers']} workers)"
     for r in results[1:]:
         assert np.array_equal(r, results[0])
 

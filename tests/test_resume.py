@@ -77,7 +77,8 @@ def test_kill_during_fit_then_rerun_is_bit_identical(ref_store, tmp_path, algori
     """kill -9 inside each phase (mini-batch steps, exact Lloyd iterations; twice in Lloyd,
     early and later, when it is the only phase), at points chosen from observed progress (none
     in the second half of Lloyd: the rest of it outlasts a slow poll), then the same command: the same palette bit for bit (with fixed
-    colours too: the mini-batch model's are put back after every step)."""
+    colours too: the mini-batch model's are put back after every step). Lloyd runs on the
+    default local cluster, whose workers are threads of the killed process."""
     import shutil
 
     import numpy as np
@@ -88,9 +89,9 @@ def test_kill_during_fit_then_rerun_is_bit_identical(ref_store, tmp_path, algori
     algorithm, _, fixed = algorithm.partition("+")
     cfg = tmp_path / "fit.yaml"
     (tmp_path / "fixed.hex").write_text("ffffff\n000000\ne30613\n005ca9\n")
-    cfg.write_text(
-        "dask:\n  scheduler: threads\n"
-        f"fit:\n  colors: 24\n  algorithm: {algorithm}\n  tol: 0\n  max_steps: 40\n"
+    cfg.write_text(  # lloyd: the default local cluster (threads of the command's process)
+        ("" if algorithm == "lloyd" else "dask:\n  scheduler: threads\n")
+        + f"fit:\n  colors: 24\n  algorithm: {algorithm}\n  tol: 0\n  max_steps: 40\n"
         "  batch_size: 16384\n  checkpoint_steps: 3\n  max_iter: 400\n  n_init: 2\n"
         + ("  fixed_colors: fixed.hex\n" if fixed else ""))
     ref, killed = tmp_path / "ref.zarr", tmp_path / "killed.zarr"

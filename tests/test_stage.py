@@ -67,3 +67,21 @@ def test_results_and_a_failing_task_on_dask(cluster_address):
                                 "testing", "task", False)) == [1, 4, 16, 25]
         with pytest.raises(ValueError, match="task 3 cannot be squared"):
             run_tasks(run, [Task(_square_or_fail, i) for i in range(6)], "testing", "task", False)
+
+
+def test_local_cluster_workers_are_threads_here_or_processes():
+    """``runner(..., threads=True)`` (the fit) starts a local cluster whose workers are threads
+    of this process; key ``dask.processes`` decides either way when it is set."""
+    import os
+
+    here = os.getpid()
+    with runner(DaskConfig(n_workers=2), threads=True) as run:
+        assert set(run.client.run(os.getpid).values()) == {here}
+        assert run.n_workers == 2
+        assert run.description == "local cluster in this process (2 workers)"
+    with runner(DaskConfig(n_workers=1, processes=False)) as run:
+        assert set(run.client.run(os.getpid).values()) == {here}
+    with runner(DaskConfig(n_workers=1, processes=True), threads=True) as run:
+        pids = set(run.client.run(os.getpid).values())
+        assert len(pids) == 1 and here not in pids
+        assert run.description == "local cluster (1 workers)"

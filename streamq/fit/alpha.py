@@ -90,7 +90,7 @@ def fit_rgba(st: Store, coll: Collection, cfg: StreamQConfig, fcfg: FitConfig, f
             "with alpha: flatten")
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    with runner(cfg.dask) as run:
+    with runner(cfg.dask, threads=True) as run:
         run.check_paths(st.path)
         facts = run.facts()
         if clear:

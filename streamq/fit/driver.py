@@ -188,7 +188,8 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
     minibatch = fcfg.algorithm == "minibatch" and fcfg.quality is None
     if minibatch:
         import_model_early()  # while the cluster starts
-    with runner(cfg.dask) as run, client_threads(fcfg.client_threads or 1, model=minibatch):
+    with (runner(cfg.dask, threads=True) as run,
+          client_threads(fcfg.client_threads or 1, model=minibatch)):
         run.check_paths(st.path)
         facts = run.facts()
         # Everything is checked and the cluster reached: only now touch the stored fit.

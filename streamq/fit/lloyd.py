@@ -206,7 +206,9 @@ def prepare_exact(run: Runner, st: Store, fcfg: FitConfig) -> threading.Thread |
     on 2.3 M colours, on every worker at once, while the mini-batch phase leaves most of a
     core idle (its steps run on the client). So each worker starts a background thread that
     does all of it (:func:`_prepare`) and the exact tasks find it done, or wait for the part
-    under way. Only on a Dask cluster: in-process runners would take the client's own CPU.
+    under way. Only on a Dask cluster (on one of threads in this process, the fit's
+    default, one preparation serves every worker): the thread pool and synchronous runners
+    would take the client's own CPU.
     The palette is the same either way (the tasks compute the same arrays).
 
     The request goes from a thread of its own, returned (the caller joins it before the
