@@ -83,5 +83,6 @@ def test_local_cluster_workers_are_threads_here_or_processes():
         assert set(run.client.run(os.getpid).values()) == {here}
     with runner(DaskConfig(n_workers=1, processes=True), threads=True) as run:
         pids = set(run.client.run(os.getpid).values())
-        assert len(pids) == 1 and here not in pids
+        assert len(pids) == 1
+        assert here not in pids
         assert run.description == "local cluster (1 workers)"
