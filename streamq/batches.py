@@ -137,6 +137,7 @@ def draw_pixels(source: PixelSource, seed: int, stream: int, index: int, n: int,
     share = np.full(len(slots), n // len(slots))
     share[: n % len(slots)] += 1
     arr = open_array(source.store, source.array)
+    reader = _block_reader(source, arr)
     parts = []
     for c in np.unique(slots):
         m = int(share[slots == c].sum())
@@ -147,10 +148,21 @@ def draw_pixels(source: PixelSource, seed: int, stream: int, index: int, n: int,
         r = np.searchsorted(cum, u, side="right")
         pos_in_chunk = a[r] + (u - (cum[r] - lengths[r]))
         lo = int(c) * source.chunk
-        data = np.asarray(arr[lo:lo + int(b[-1])])
+        data = reader.read(int(c)) if reader else np.asarray(arr[lo:lo + int(b[-1])])
         parts.append(data[pos_in_chunk])
     out = np.concatenate(parts)
     return out[rng.permutation(len(out))]
+
+
+def _block_reader(source: PixelSource, arr: Any) -> Any:
+    """A :class:`~streamq.store.blocks.BlockReader` of ``arr`` when the source's chunks are
+    its blocks on a local disk (the pixel array), else None (read through Zarr)."""
+    from streamq.store.blocks import BlockReader
+
+    if not source.store.is_local:
+        return None
+    reader = BlockReader.of(source.store.url, source.array, arr)
+    return reader if reader is not None and reader.chunk == source.chunk else None
 
 
 def draw_task(args: tuple[PixelSource, int, int, int, int, int]) -> np.ndarray:
