@@ -11,6 +11,7 @@ import concurrent.futures as cf
 import functools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -19,10 +20,25 @@ from typing import Any
 from streamq.config import DaskConfig
 from streamq.errors import ConfigError, StreamQError
 
-__all__ = ["Runner", "library_versions", "runner", "shared"]
+__all__ = ["Runner", "StopRequested", "library_versions", "runner", "shared", "stopping"]
 
 log = logging.getLogger(__name__)
 _SHARED: ContextVar[Runner | None] = ContextVar("streamq_runner", default=None)
+_STOPPING = threading.Event()
+
+
+class StopRequested(Exception):
+    """Raised by a long task that saw :func:`stopping` (its work is checkpointed)."""
+
+
+def stopping() -> bool:
+    """Is a local cluster of this process's threads closing on an error or a signal?
+
+    Python cannot stop a running thread, and closing such a cluster waits for the tasks it
+    runs; so long tasks (the fit's Lloyd runs, whose every iteration can be minutes of a
+    large fit) look at this between steps and raise :class:`StopRequested`. Their progress is
+    in their checkpoints: the next run goes on from it."""
+    return _STOPPING.is_set()
 
 
 class Runner:
@@ -236,12 +252,19 @@ def _local_cluster(cfg: DaskConfig, n_workers: int, processes: bool) -> Iterator
             preload=[*dask.config.get("distributed.worker.preload", []), "streamq._local_worker"])
     else:
         kwargs.update(memory_limit=0)
+        if cfg.memory_limit:
+            log.warning("dask.memory_limit=%s is not applied: the local cluster's workers are "
+                        "threads of this process (set dask.processes: true to limit them)",
+                        cfg.memory_limit)
     with dask.config.set(settings):  # only for the workers started here
         cluster = _start_local_cluster(**kwargs)
     try:
         yield cluster
     finally:
-        cluster.close()
+        try:
+            cluster.close()
+        finally:
+            _STOPPING.clear()
 
 
 @contextmanager
@@ -290,7 +313,12 @@ def runner(cfg: DaskConfig, *, threads: bool = False) -> Iterator[Runner]:
             kind = "" if processes else " in this process"
             log.info("Started a local Dask cluster%s: %s workers, dashboard %s",
                      kind, n_workers, client.dashboard_link)
-            yield Runner(client, None, f"local cluster{kind} ({n_workers} workers)")
+            try:
+                yield Runner(client, None, f"local cluster{kind} ({n_workers} workers)")
+            except BaseException:
+                if not processes:  # its running tasks end at their next step
+                    _STOPPING.set()
+                raise
         return
 
     from streamq import redact

@@ -71,6 +71,35 @@ def test_a_torn_shard_index_is_an_error(tmp_path):
         reader.read(SHARD // BLOCK)
 
 
+def test_a_shard_cut_short_is_an_error(tmp_path):
+    """An index (with its checksum intact) that points past the end of its file: an error
+    naming the file (Zarr 3.1 would return fill values)."""
+    arr, _ = _pixels(tmp_path, "none")
+    shard = tmp_path / "pixels" / "c" / "1" / "0"
+    raw = shard.read_bytes()
+    index = raw[-(16 * (SHARD // BLOCK) + 4):]
+    shard.write_bytes(raw[:100] + index)  # the data cut, the same index after it
+    reader = BlockReader.of(str(tmp_path), "pixels", arr)
+    with pytest.raises(StreamQError, match=r"c/1/0: shard file ends inside inner chunk"):
+        reader.read(SHARD // BLOCK + 3)
+
+
+def test_one_block_per_shard_and_an_array_smaller_than_a_shard(tmp_path):
+    one = zarr.create_array(f"{tmp_path}/one", shape=(3000, 3), shards=(1024, 3),
+                            chunks=(1024, 3), dtype="uint8", fill_value=0,
+                            compressors=compressors("lz4", None))
+    small = zarr.create_array(f"{tmp_path}/small", shape=(1500, 3), shards=(4096, 3),
+                              chunks=(1024, 3), dtype="uint8", fill_value=0,
+                              compressors=compressors("zstd", None))
+    rng = np.random.default_rng(1)
+    for name, arr in (("one", one), ("small", small)):
+        arr[:] = rng.integers(0, 256, arr.shape, dtype=np.uint8)
+        reader = BlockReader.of(str(tmp_path), name, arr)
+        assert reader is not None
+        for c in range(-(-arr.shape[0] // 1024)):
+            np.testing.assert_array_equal(reader.read(c), arr[c * 1024:(c + 1) * 1024])
+
+
 def test_draws_are_the_same_through_either_reader(tmp_path, monkeypatch):
     """The sampler's draws (streamq.batches) are the same pixels whichever way it reads."""
     from streamq import batches
@@ -81,6 +110,9 @@ def test_draws_are_the_same_through_either_reader(tmp_path, monkeypatch):
     n_blocks = -(-data.shape[0] // BLOCK)
     source = PixelSource.from_images(location(str(tmp_path)), BLOCK, n_blocks, offsets, sizes)
     assert batches._block_reader(source, arr) is not None
+    other = PixelSource.from_images(location(str(tmp_path)), BLOCK // 2, 2 * n_blocks, offsets,
+                                    sizes)  # chunks that are not the array's blocks
+    assert batches._block_reader(other, arr) is None
     direct = [draw_pixels(source, 3, 2, i, 5000, 4) for i in range(6)]
     monkeypatch.setattr(batches, "_block_reader", lambda source, arr: None)
     through_zarr = [draw_pixels(source, 3, 2, i, 5000, 4) for i in range(6)]

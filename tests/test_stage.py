@@ -86,3 +86,41 @@ def test_local_cluster_workers_are_threads_here_or_processes():
         assert len(pids) == 1
         assert here not in pids
         assert run.description == "local cluster (1 workers)"
+
+
+def _until_stopping(limit: float) -> str:
+    """A long task of a cluster of threads: runs until the cluster closes, or ``limit`` s."""
+    from streamq.scheduler import stopping
+
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if stopping():
+            return "stopped"
+        time.sleep(0.01)
+    return "ran out"
+
+
+def test_a_cluster_of_threads_closing_on_an_error_tells_its_tasks_to_stop():
+    """Python cannot stop a thread, and closing a local cluster of threads waits for its
+    running tasks: on an error (or a signal's exception) ``stopping()`` holds until the
+    cluster is closed, so that long tasks end at their next step instead of running on."""
+    from streamq.scheduler import stopping
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        _interrupted_while_a_task_runs()
+    assert time.monotonic() - started < 15  # not until Dask gives up waiting (~30 s) or 120 s
+    assert not stopping()  # cleared once the cluster is closed
+    # ... and an uninterrupted cluster's tasks never see it
+    with runner(DaskConfig(n_workers=1), threads=True) as run:
+        assert run.submit(_until_stopping, 0.2).result() == "ran out"
+
+
+def _interrupted_while_a_task_runs() -> None:
+    with runner(DaskConfig(n_workers=1), threads=True) as run:
+        future = run.submit(_until_stopping, 120)  # (held: a released future is forgotten)
+        deadline = time.monotonic() + 30
+        while not any(run.client.processing().values()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert future.status == "pending"
+        raise KeyboardInterrupt

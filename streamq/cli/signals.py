@@ -9,7 +9,9 @@ store's lock is given back, a local Dask cluster is closed). The process then ex
 restores the default handlers, so a second one ends the process at once, cleanup or not; what
 is not cleaned up then is what a ``kill -9`` leaves, which every stage resumes from. With
 ``--scheduler threads``, tasks already running in this process finish first (Python cannot
-stop a thread); the workers of a local cluster ignore both signals (``streamq._local_worker``).
+stop a thread); on the fit's default local cluster of threads, its long tasks (Lloyd runs)
+see :func:`streamq.scheduler.stopping` and end at their next iteration; the workers of a
+local cluster of processes ignore both signals (``streamq._local_worker``).
 """
 
 from __future__ import annotations

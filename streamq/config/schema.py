@@ -69,8 +69,9 @@ class DaskConfig:
     threads_per_worker: int | None = _opt(None, _at_least(1), "threads per local worker")
     memory_limit: str | None = _opt(None, doc="memory limit per local worker process, e.g. '2GiB'")
     processes: bool | None = _opt(None, doc="local cluster workers as processes (true) or as "
-                                  "threads of this process (false); default: threads for the "
-                                  "fit, processes for the other stages")
+                                  "threads of this process (false, for every stage: as "
+                                  "--scheduler threads, on Dask); default: threads for the "
+                                  "shared palette's fit, processes for the other stages")
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ from streamq.fit.lloyd import (
     join_history,
     points,
     prepare_exact,
+    release_points,
 )
 from streamq.fit.minibatch import fit_minibatch
 from streamq.fixed import FixedColors, read_fixed_colors
@@ -134,7 +135,10 @@ def fit(store: str | Location, *, config: StreamQConfig | dict[str, Any] | None 
     loc = store_location(store, storage_options, cfg.storage_options)
     check_access(loc)
     with store_lock(loc, operation="fit", config=cfg.lock):
-        return _fit(loc, cfg, overwrite, progress)
+        try:
+            return _fit(loc, cfg, overwrite, progress)
+        finally:  # the default workers are threads of this process, which lives on
+            release_points()
 
 
 def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | None) -> FitResult:

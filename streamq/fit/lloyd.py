@@ -41,6 +41,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TypedDict
 
 import numpy as np
@@ -56,7 +57,7 @@ from streamq.store.names import COLOR_CODES, COLOR_COUNTS
 from streamq.store.results import STARTS
 
 __all__ = ["FINISHERS", "GRID_BITS", "FitInfo", "ensure_distinct", "exact_mse", "fit_exact",
-           "join_history", "points", "prepare_exact"]
+           "join_history", "points", "prepare_exact", "release_points"]
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,13 @@ def _worker_points(store: Location, key: str, space: str) -> dict[str, np.ndarra
         return _POINTS[k]
 
 
+def release_points() -> None:
+    """Drop this process's cached points (:func:`_worker_points`): called by the fit when it
+    ends, as its workers may be threads of the calling process, which lives on after it."""
+    with _POINTS_LOCK:
+        _POINTS.clear()
+
+
 def _layout(p: dict[str, Any], which: str) -> tuple[np.ndarray, ...] | None:
     """The cell layout of the points ``which`` (``x`` or ``gx``), made once per process, for
     colour points only (:func:`streamq.kmeans.converge` and k-means++ use it)."""
@@ -206,9 +214,9 @@ def prepare_exact(run: Runner, st: Store, fcfg: FitConfig) -> threading.Thread |
     on 2.3 M colours, on every worker at once, while the mini-batch phase leaves most of a
     core idle (its steps run on the client). So each worker starts a background thread that
     does all of it (:func:`_prepare`) and the exact tasks find it done, or wait for the part
-    under way. Only on a Dask cluster (on one of threads in this process, the fit's
-    default, one preparation serves every worker): the thread pool and synchronous runners
-    would take the client's own CPU.
+    under way. Only on a Dask cluster, including the fit's default local cluster of threads
+    of this process (there one preparation, in a thread of its own, serves every worker);
+    not on the thread pool and synchronous runners.
     The palette is the same either way (the tasks compute the same arrays).
 
     The request goes from a thread of its own, returned (the caller joins it before the
@@ -282,6 +290,25 @@ def _prepare_now(store: Location, key: str, space: str, k: int, init: str) -> No
     converge(p["gx"], p["gw"], start, layout=_layout(p, "gx"), tol=0, max_iter=2)
 
 
+IterHook = Callable[[int, np.ndarray, list[tuple[int, float, int]]], None]
+
+
+def _unless_stopping(then: IterHook | None = None) -> IterHook:
+    """An ``on_iter`` hook that ends the Lloyd run when its cluster of threads is closing
+    (:func:`streamq.scheduler.stopping`; a Ctrl-C would otherwise wait for the whole run),
+    then calls ``then``. The results are those of a run without it (a hook only pauses the
+    compiled loop between updates)."""
+    from streamq.scheduler import StopRequested, stopping
+
+    def hook(it: int, centers: np.ndarray, rows: list[tuple[int, float, int]]) -> None:
+        if stopping():
+            raise StopRequested(f"Lloyd stopped at iteration {it}: the command is ending")
+        if then is not None:
+            then(it, centers, rows)
+
+    return hook
+
+
 def _slot(args: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
     slot = open_array(args["store"], STARTS, mode="r+")
     text = str(slot[args["start"]])
@@ -316,7 +343,7 @@ def _race_task(args: dict[str, Any]) -> dict[str, Any]:
                                np.random.default_rng([args["seed"], 1000 + args["plusplus"]]),
                                layout, fixed)
     res = converge(p["gx"], p["gw"], init, layout=layout, tol=RACE_TOL,
-                   max_iter=args["max_iter"], fixed=_held(args))
+                   max_iter=args["max_iter"], fixed=_held(args), on_iter=_unless_stopping())
     state = {"fingerprint": args["fingerprint"], "start": args["start"], "done": False,
              "grid_inertia": res.inertia, "grid_iterations": res.n_iter,
              "grid_done": res.stop != "tol", "centers": res.centers, "iteration": 0,
@@ -342,7 +369,7 @@ def _to_grid_fixed_point(p: dict[str, Any], args: dict[str, Any], slot: Any,
         return state
     res = converge(p["gx"], p["gw"], np.asarray(state["centers"]), layout=_layout(p, "gx"),
                    tol=0, max_iter=args["max_iter"], start_iter=state["grid_iterations"],
-                   fixed=_held(args), n_threads=_THREADS)
+                   fixed=_held(args), n_threads=_THREADS, on_iter=_unless_stopping())
     state = {**state, "centers": res.centers, "grid_iterations": res.n_iter, "grid_done": True}
     slot[args["start"]] = encode_state(state)
     return state
@@ -363,7 +390,8 @@ def _fine_task(args: dict[str, Any]) -> dict[str, Any]:
     if "fx" not in p or args["k"] > FINE_MAX_K:
         return state
     res = converge(p["fx"], p["fw"], np.asarray(state["centers"]), layout=_layout(p, "fx"),
-                   tol=0, max_iter=args["max_iter"], fixed=_held(args), n_threads=_THREADS)
+                   tol=0, max_iter=args["max_iter"], fixed=_held(args), n_threads=_THREADS,
+                   on_iter=_unless_stopping())
     state = {**state, "centers": res.centers, "fine_iterations": res.n_iter,
              "fine_inertia": res.inertia}
     slot[args["start"]] = encode_state(state)
@@ -393,7 +421,7 @@ def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
 
     res = converge(p["x"], p["w"], np.asarray(state["centers"]), layout=_layout(p, "x"),
                    tol=args["tol"], max_iter=args["max_iter"], start_iter=state["iteration"],
-                   on_iter=on_iter, fixed=_held(args), n_threads=_THREADS)
+                   on_iter=_unless_stopping(on_iter), fixed=_held(args), n_threads=_THREADS)
     history.extend(list(r) for r in res.history)
     done = {**state, "done": True, "centers": res.centers, "iteration": res.n_iter,
             "history": history, "inertia": res.inertia, "stop": res.stop}

@@ -13,8 +13,10 @@ Only for what streamq writes on a local disk: one shard along the first axis of 
 inner codecs ``bytes`` then nothing, Blosc or Zstd, the index at the end with its CRC-32C.
 For anything else (an object store, other codecs) :meth:`BlockReader.of` returns None and
 the caller reads through Zarr. The values are Zarr's own, bit for bit
-(``tests/test_arrays.py`` compares them on every codec, on missing chunks and shards and on
-a short last chunk); an index whose checksum does not match is an error, as in Zarr.
+(``tests/test_blocks.py`` compares them on every codec, on missing chunks and shards and on
+a short last chunk); an index whose checksum does not match is an error, as in Zarr, and so
+is an index entry that points past the end of the file (where Zarr 3.1 returns fill values).
+Stored blocks come back read-only (views of the decoded bytes).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from streamq.durable import chunk_files
+from streamq.durable import array_folder, chunk_files
 from streamq.errors import StreamQError
 
 __all__ = ["BlockReader"]
@@ -53,6 +55,10 @@ class BlockReader:
         from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
         from zarr.codecs.sharding import ShardingCodecIndexLocation
 
+        if not hasattr(os, "pread"):  # (not on Windows)
+            return None
+        if not os.path.isfile(os.path.join(array_folder(root, name), "zarr.json")):
+            return None  # not where this array lives: no guessing at its files
         codecs = arr.metadata.codecs
         if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or arr.ndim != 2:
             return None
