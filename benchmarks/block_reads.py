@@ -3,7 +3,7 @@
 On an ingested store, in one process, alternating:
 
 - **64 block reads**: 64 random blocks (inner chunks) of ``pixels``, by
-  :class:`streamq.store.blocks.BlockReader` and by Zarr (``arr[lo:hi]``), the same blocks;
+  :class:`streamq.store.shards.LocalShards` and by Zarr (``arr[lo:hi]``), the same blocks;
 - **one draw**: :func:`streamq.batches.draw_pixels` of 8 batches of 65,536 pixels from 64
   blocks (one sampling task of the default fit), with the direct reader and with Zarr.
 
@@ -31,7 +31,7 @@ import streamq  # noqa: E402
 from streamq import batches  # noqa: E402
 from streamq.batches import PixelSource, draw_pixels  # noqa: E402
 from streamq.store import open_array  # noqa: E402
-from streamq.store.blocks import BlockReader  # noqa: E402
+from streamq.store.shards import LocalShards  # noqa: E402
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     coll = streamq.open_store(str(Path(args.store).resolve()))
     source = PixelSource.of_collection(coll)
     arr = open_array(source.store, source.array)
-    reader = BlockReader.of(source.store.url, source.array, arr)
+    reader = LocalShards.of(source.store.url, source.array, arr)
     if reader is None or reader.chunk != source.chunk:
         raise SystemExit(f"{args.store}: not a local sharded pixel array the direct reader reads")
     chunk, n_blocks = source.chunk, len(source.weights)

@@ -155,13 +155,13 @@ def draw_pixels(source: PixelSource, seed: int, stream: int, index: int, n: int,
 
 
 def _block_reader(source: PixelSource, arr: Any) -> Any:
-    """A :class:`~streamq.store.blocks.BlockReader` of ``arr`` when the source's chunks are
+    """A :class:`~streamq.store.shards.LocalShards` of ``arr`` when the source's chunks are
     its blocks on a local disk (the pixel array), else None (read through Zarr)."""
-    from streamq.store.blocks import BlockReader
+    from streamq.store.shards import LocalShards
 
     if not source.store.is_local:
         return None
-    reader = BlockReader.of(source.store.url, source.array, arr)
+    reader = LocalShards.of(source.store.url, source.array, arr)
     return reader if reader is not None and reader.chunk == source.chunk else None
 
 

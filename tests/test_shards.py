@@ -10,7 +10,7 @@ from streamq.batches import PixelSource, draw_pixels
 from streamq.errors import StreamQError
 from streamq.fs import location
 from streamq.store.arrays import compressors
-from streamq.store.blocks import BlockReader
+from streamq.store.shards import LocalShards
 
 BLOCK, SHARD = 1024, 4096
 
@@ -34,7 +34,7 @@ def _pixels(root, codec: str, n: int = 5 * SHARD + 700) -> tuple[zarr.Array, np.
 def test_every_block_equals_zarrs_rows(tmp_path, codec):
     arr, data = _pixels(tmp_path, codec)
     assert not (tmp_path / "pixels" / "c" / "2" / "0").exists()  # the shard of zeros: no file
-    reader = BlockReader.of(str(tmp_path), "pixels", arr)
+    reader = LocalShards.of(str(tmp_path), "pixels", arr)
     assert reader is not None
     n_blocks = -(-data.shape[0] // BLOCK)
     for c in range(n_blocks):
@@ -51,10 +51,10 @@ def test_every_block_equals_zarrs_rows(tmp_path, codec):
 def test_layouts_it_does_not_read_go_through_zarr(tmp_path):
     plain = zarr.create_array(f"{tmp_path}/plain", shape=(4096, 3), chunks=(1024, 3),
                               dtype="uint8", fill_value=0)  # no shards
-    assert BlockReader.of(str(tmp_path), "plain", plain) is None
+    assert LocalShards.of(str(tmp_path), "plain", plain) is None
     wide = zarr.create_array(f"{tmp_path}/wide", shape=(4096, 3), shards=(4096, 3),
-                             chunks=(1024, 3), dtype="uint16", fill_value=0)  # 2-byte values
-    assert BlockReader.of(str(tmp_path), "wide", wide) is None
+                             chunks=(1024, 3), dtype="float32", fill_value=0)  # 4-byte values
+    assert LocalShards.of(str(tmp_path), "wide", wide) is None
 
 
 def test_a_torn_shard_index_is_an_error(tmp_path):
@@ -63,7 +63,7 @@ def test_a_torn_shard_index_is_an_error(tmp_path):
     raw = bytearray(shard.read_bytes())
     raw[-10] ^= 0xFF  # inside the index: its checksum no longer matches
     shard.write_bytes(bytes(raw))
-    reader = BlockReader.of(str(tmp_path), "pixels", arr)
+    reader = LocalShards.of(str(tmp_path), "pixels", arr)
     with pytest.raises(StreamQError, match=r"c/1/0: the shard index's checksum does not match"):
         reader.read(SHARD // BLOCK)
     shard.write_bytes(b"\0" * 10)
@@ -79,7 +79,7 @@ def test_a_shard_cut_short_is_an_error(tmp_path):
     raw = shard.read_bytes()
     index = raw[-(16 * (SHARD // BLOCK) + 4):]
     shard.write_bytes(raw[:100] + index)  # the data cut, the same index after it
-    reader = BlockReader.of(str(tmp_path), "pixels", arr)
+    reader = LocalShards.of(str(tmp_path), "pixels", arr)
     with pytest.raises(StreamQError, match=r"c/1/0: shard file ends inside inner chunk"):
         reader.read(SHARD // BLOCK + 3)
 
@@ -94,7 +94,7 @@ def test_one_block_per_shard_and_an_array_smaller_than_a_shard(tmp_path):
     rng = np.random.default_rng(1)
     for name, arr in (("one", one), ("small", small)):
         arr[:] = rng.integers(0, 256, arr.shape, dtype=np.uint8)
-        reader = BlockReader.of(str(tmp_path), name, arr)
+        reader = LocalShards.of(str(tmp_path), name, arr)
         assert reader is not None
         for c in range(-(-arr.shape[0] // 1024)):
             np.testing.assert_array_equal(reader.read(c), arr[c * 1024:(c + 1) * 1024])
@@ -118,3 +118,65 @@ def test_draws_are_the_same_through_either_reader(tmp_path, monkeypatch):
     through_zarr = [draw_pixels(source, 3, 2, i, 5000, 4) for i in range(6)]
     for a, b in zip(direct, through_zarr, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _zarr_and_ours(tmp_path, shape, shards, chunks, dtype, codec, fill=0):
+    """The same empty array twice: one Zarr writes, one LocalShards writes."""
+    out = []
+    for name in ("by_zarr", "by_us"):
+        zarr.create_array(f"{tmp_path}/{name}", shape=shape, shards=shards, chunks=chunks,
+                          dtype=dtype, fill_value=fill, compressors=compressors(codec, None))
+        out.append(zarr.open_array(f"{tmp_path}/{name}", mode="r+"))
+    return out
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "zarr.json"}
+
+
+@pytest.mark.parametrize(("shape", "dtype", "codec"), [
+    ((5 * SHARD + 700, 3), "uint8", "lz4"),    # pixels, a short last shard and block
+    ((5 * SHARD + 700, 3), "uint8", "zstd"),
+    ((3 * SHARD, 3), "uint8", "none"),
+    ((4 * SHARD + 1500,), "uint8", "lz4"),     # labels, K <= 256
+    ((4 * SHARD + 1500,), "uint16", "lz4"),    # labels, K > 256
+    ((4 * SHARD + 1500,), "uint16", "zstd"),
+])
+def test_written_shards_are_the_files_zarr_writes(tmp_path, shape, dtype, codec):
+    """Whole shards written by LocalShards are Zarr's files byte for byte (every block
+    stored, zeros too, as the tasks' writer stores them), and read back the same."""
+    from streamq.store.arrays import every_chunk
+
+    rng = np.random.default_rng(2)
+    top = 256 if dtype == "uint8" else 700
+    data = rng.integers(0, top, shape).astype(dtype)
+    data[BLOCK:2 * BLOCK] = 0  # a block of fill values: stored all the same
+    by_zarr, by_us = _zarr_and_ours(tmp_path, shape, (SHARD, *shape[1:]), (BLOCK, *shape[1:]),
+                                    dtype, codec)
+    every_chunk(by_zarr)[:] = data
+    shards = LocalShards.of(str(tmp_path), "by_us", by_us)
+    assert shards is not None
+    assert shards.write(0, 2 * SHARD, data[:2 * SHARD])  # several shards at once
+    assert shards.write(2 * SHARD, shape[0], data[2 * SHARD:])  # the rest, to the array's end
+    assert _files(tmp_path / "by_us") == _files(tmp_path / "by_zarr")
+    np.testing.assert_array_equal(by_us[:], data)
+
+
+def test_rows_that_are_not_whole_shards_are_left_to_zarr(tmp_path):
+    """write() refuses (writing nothing) anything but whole shards; write_rows then writes
+    through Zarr, with the same values."""
+    from streamq.fs import location
+    from streamq.store.arrays import write_rows
+
+    _, arr = _zarr_and_ours(tmp_path, (3 * SHARD, 3), (SHARD, 3), (BLOCK, 3), "uint8", "lz4")
+    shards = LocalShards.of(str(tmp_path), "by_us", arr)
+    data = np.full((SHARD, 3), 7, np.uint8)
+    for lo, hi in ((BLOCK, BLOCK + SHARD), (0, SHARD - 1), (SHARD, 3 * SHARD + 1)):
+        assert not shards.write(lo, hi, data[:hi - lo] if hi - lo <= SHARD else
+                                np.zeros((hi - lo, 3), np.uint8))
+    assert not (tmp_path / "by_us" / "c").exists()
+    write_rows(location(str(tmp_path)), "by_us", arr, BLOCK, BLOCK + SHARD, data)
+    got = zarr.open_array(f"{tmp_path}/by_us", mode="r")[:]
+    assert (got[BLOCK:BLOCK + SHARD] == 7).all()
+    assert (got[:BLOCK] == 0).all()
