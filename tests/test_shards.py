@@ -180,3 +180,49 @@ def test_rows_that_are_not_whole_shards_are_left_to_zarr(tmp_path):
     got = zarr.open_array(f"{tmp_path}/by_us", mode="r")[:]
     assert (got[BLOCK:BLOCK + SHARD] == 7).all()
     assert (got[:BLOCK] == 0).all()
+
+
+@pytest.mark.parametrize("fill", [0, 255])
+def test_big_blocks_written_from_the_main_thread_are_zarrs_files(tmp_path, fill):
+    """Blocks of 3 MiB, far over Blosc's block size, written from the main thread (where
+    numcodecs, left to itself, compresses on several threads, in an order that varies from
+    call to call; Zarr's import turns that off), and labels whose fill value is not 0:
+    Zarr's files, every time."""
+    import threading
+
+    from streamq.store.arrays import every_chunk
+
+    assert threading.current_thread() is threading.main_thread()
+    big = 1 << 20
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 4, (4 * big, 3), dtype=np.uint8)  # compressible, as labels are
+    data[::7] = rng.integers(0, 256, (len(data[::7]), 3))
+    data[:big // 2] = fill
+    by_zarr, by_us = _zarr_and_ours(tmp_path, data.shape, (2 * big, 3), (big, 3), "uint8",
+                                    "lz4", fill)
+    every_chunk(by_zarr)[:] = data
+    want = _files(tmp_path / "by_zarr")
+    shards = LocalShards.of(str(tmp_path), "by_us", by_us)
+    for _ in range(3):
+        assert shards.write(0, data.shape[0], data)
+        assert _files(tmp_path / "by_us") == want
+
+
+def test_write_rows_replaces_a_torn_shard_whole(tmp_path):
+    """write_rows on whole shards of a local array writes them directly: a longer, torn file
+    in the way is replaced whole, no temporary file is left, and the rows read back."""
+    from streamq.fs import location
+    from streamq.store.arrays import write_rows
+
+    by_zarr, arr = _zarr_and_ours(tmp_path, (2 * SHARD, 3), (SHARD, 3), (BLOCK, 3), "uint8",
+                                  "lz4")
+    shard = tmp_path / "by_us" / "c" / "1" / "0"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"\x07" * (20 * SHARD))  # torn: longer than any real shard
+    data = np.random.default_rng(4).integers(0, 256, (2 * SHARD, 3), dtype=np.uint8)
+    write_rows(location(str(tmp_path)), "by_us", arr, 0, 2 * SHARD, data)
+    from streamq.store.arrays import every_chunk
+
+    every_chunk(by_zarr)[:] = data
+    assert _files(tmp_path / "by_us") == _files(tmp_path / "by_zarr")  # no .partial left
+    np.testing.assert_array_equal(zarr.open_array(f"{tmp_path}/by_us", mode="r")[:], data)

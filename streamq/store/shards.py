@@ -27,7 +27,9 @@ values). Stored blocks come back read-only (views of the decoded bytes).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ from streamq.errors import StreamQError
 __all__ = ["LocalShards"]
 
 _EMPTY = 2**64 - 1  # offset and length of an inner chunk that has no bytes
+
 
 
 class LocalShards:
@@ -110,8 +113,15 @@ class LocalShards:
     def write(self, lo: int, hi: int, data: np.ndarray) -> bool:
         """Write rows ``[lo, hi)`` (``data``) as whole shard files, each the file Zarr would
         write (every inner chunk stored, fill values or not); False, with nothing written,
-        when ``[lo, hi)`` is not whole shards (the array's last may be short). In place, as
-        Zarr writes: the caller makes the files durable and vouches for them by a record."""
+        when ``[lo, hi)`` is not whole shards (the array's last may be short). As Zarr's
+        local store does, each file is written under a temporary name and renamed over the
+        shard (a reader sees the old file or the new one, whole); the caller makes the files
+        durable and vouches for them by a record.
+
+        Blosc compresses on one thread, as in Zarr: numcodecs would use several when called
+        from the main thread, in an order that varies from call to call, but importing
+        ``zarr.codecs`` (which :meth:`of` does) turns that off for the process
+        (``numcodecs.blosc.use_threads = False``)."""
         rows = self.per_shard * self.chunk
         if not (0 <= lo < hi <= self.rows) or lo % rows or (hi % rows and hi != self.rows):
             return False
@@ -139,11 +149,18 @@ class LocalShards:
             index[j] = (offset, len(enc))
             offset += len(enc)
         table = index.tobytes()
-        parts.append(table + np.uint32(google_crc32c.value(table)).tobytes())
+        parts.append(table + np.array(google_crc32c.value(table), dtype="<u4").tobytes())
         path = self._path(shard)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.writelines(parts)
+        tmp = f"{path}.{uuid.uuid4().hex}.partial"
+        try:
+            with open(tmp, "wb") as f:
+                f.writelines(parts)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
 
     def read(self, c: int) -> np.ndarray:
         """The rows of block ``c`` (fewer in the array's last block), as Zarr returns them."""
@@ -179,7 +196,8 @@ class LocalShards:
         import google_crc32c
 
         index, crc = raw[:-4], raw[-4:]
-        if len(raw) != self._index_bytes or np.uint32(google_crc32c.value(index)).tobytes() != crc:
+        if (len(raw) != self._index_bytes
+                or np.array(google_crc32c.value(index), dtype="<u4").tobytes() != crc):
             raise StreamQError(f"{path}: the shard index's checksum does not match (a torn or "
                                "foreign file)")
         entries = np.frombuffer(index, dtype="<u8").reshape(self.per_shard, 2)
