@@ -34,6 +34,7 @@ from common import markdown_table, median  # noqa: E402
 import streamq  # noqa: E402
 from streamq import batches  # noqa: E402
 from streamq.batches import PixelSource, draw_pixels  # noqa: E402
+from streamq.fs import location  # noqa: E402
 from streamq.store import open_array  # noqa: E402
 from streamq.store.shards import LocalShards  # noqa: E402
 
@@ -47,7 +48,7 @@ def main() -> None:
     coll = streamq.open_store(str(Path(args.store).resolve()))
     source = PixelSource.of_collection(coll)
     arr = open_array(source.store, source.array)
-    reader = LocalShards.of(source.store.url, source.array, arr)
+    reader = LocalShards.of(source.store, source.array, arr)
     if reader is None or reader.chunk != source.chunk:
         raise SystemExit(f"{args.store}: not a local sharded pixel array the direct reader reads")
     chunk, n_blocks = source.chunk, len(source.weights)
@@ -112,7 +113,7 @@ def _writes(src: Any, n: int) -> dict[str, list[float]]:
                               chunks=src.chunks, dtype=src.dtype, fill_value=0,
                               compressors=src.compressors)
             made[name] = zarr.open_array(f"{d}/{name}", mode="r+")
-        shards = LocalShards.of(d, "direct", made["direct"])
+        shards = LocalShards.of(location(d), "direct", made["direct"])
         assert shards is not None
         for i in range(n):
             data = np.asarray(src[i * shard:(i + 1) * shard])

@@ -159,9 +159,7 @@ def _block_reader(source: PixelSource, arr: Any) -> Any:
     its blocks on a local disk (the pixel array), else None (read through Zarr)."""
     from streamq.store.shards import LocalShards
 
-    if not source.store.is_local:
-        return None
-    reader = LocalShards.of(source.store.url, source.array, arr)
+    reader = LocalShards.of(source.store, source.array, arr)
     return reader if reader is not None and reader.chunk == source.chunk else None
 
 

@@ -260,6 +260,10 @@ def _local_cluster(cfg: DaskConfig, n_workers: int, processes: bool) -> Iterator
         cluster = _start_local_cluster(**kwargs)
     try:
         yield cluster
+    except BaseException:
+        if not processes:  # closing waits for its running tasks: they end at their next step
+            _STOPPING.set()
+        raise
     finally:
         try:
             cluster.close()
@@ -313,12 +317,7 @@ def runner(cfg: DaskConfig, *, threads: bool = False) -> Iterator[Runner]:
             kind = "" if processes else " in this process"
             log.info("Started a local Dask cluster%s: %s workers, dashboard %s",
                      kind, n_workers, client.dashboard_link)
-            try:
-                yield Runner(client, None, f"local cluster{kind} ({n_workers} workers)")
-            except BaseException:
-                if not processes:  # its running tasks end at their next step
-                    _STOPPING.set()
-                raise
+            yield Runner(client, None, f"local cluster{kind} ({n_workers} workers)")
         return
 
     from streamq import redact

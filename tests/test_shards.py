@@ -34,7 +34,7 @@ def _pixels(root, codec: str, n: int = 5 * SHARD + 700) -> tuple[zarr.Array, np.
 def test_every_block_equals_zarrs_rows(tmp_path, codec):
     arr, data = _pixels(tmp_path, codec)
     assert not (tmp_path / "pixels" / "c" / "2" / "0").exists()  # the shard of zeros: no file
-    reader = LocalShards.of(str(tmp_path), "pixels", arr)
+    reader = LocalShards.of(location(str(tmp_path)), "pixels", arr)
     assert reader is not None
     n_blocks = -(-data.shape[0] // BLOCK)
     for c in range(n_blocks):
@@ -51,10 +51,10 @@ def test_every_block_equals_zarrs_rows(tmp_path, codec):
 def test_layouts_it_does_not_read_go_through_zarr(tmp_path):
     plain = zarr.create_array(f"{tmp_path}/plain", shape=(4096, 3), chunks=(1024, 3),
                               dtype="uint8", fill_value=0)  # no shards
-    assert LocalShards.of(str(tmp_path), "plain", plain) is None
+    assert LocalShards.of(location(str(tmp_path)), "plain", plain) is None
     wide = zarr.create_array(f"{tmp_path}/wide", shape=(4096, 3), shards=(4096, 3),
                              chunks=(1024, 3), dtype="float32", fill_value=0)  # 4-byte values
-    assert LocalShards.of(str(tmp_path), "wide", wide) is None
+    assert LocalShards.of(location(str(tmp_path)), "wide", wide) is None
 
 
 def test_a_torn_shard_index_is_an_error(tmp_path):
@@ -63,7 +63,7 @@ def test_a_torn_shard_index_is_an_error(tmp_path):
     raw = bytearray(shard.read_bytes())
     raw[-10] ^= 0xFF  # inside the index: its checksum no longer matches
     shard.write_bytes(bytes(raw))
-    reader = LocalShards.of(str(tmp_path), "pixels", arr)
+    reader = LocalShards.of(location(str(tmp_path)), "pixels", arr)
     with pytest.raises(StreamQError, match=r"c/1/0: the shard index's checksum does not match"):
         reader.read(SHARD // BLOCK)
     shard.write_bytes(b"\0" * 10)
@@ -79,7 +79,7 @@ def test_a_shard_cut_short_is_an_error(tmp_path):
     raw = shard.read_bytes()
     index = raw[-(16 * (SHARD // BLOCK) + 4):]
     shard.write_bytes(raw[:100] + index)  # the data cut, the same index after it
-    reader = LocalShards.of(str(tmp_path), "pixels", arr)
+    reader = LocalShards.of(location(str(tmp_path)), "pixels", arr)
     with pytest.raises(StreamQError, match=r"c/1/0: shard file ends inside inner chunk"):
         reader.read(SHARD // BLOCK + 3)
 
@@ -94,7 +94,7 @@ def test_one_block_per_shard_and_an_array_smaller_than_a_shard(tmp_path):
     rng = np.random.default_rng(1)
     for name, arr in (("one", one), ("small", small)):
         arr[:] = rng.integers(0, 256, arr.shape, dtype=np.uint8)
-        reader = LocalShards.of(str(tmp_path), name, arr)
+        reader = LocalShards.of(location(str(tmp_path)), name, arr)
         assert reader is not None
         for c in range(-(-arr.shape[0] // 1024)):
             np.testing.assert_array_equal(reader.read(c), arr[c * 1024:(c + 1) * 1024])
@@ -155,7 +155,7 @@ def test_written_shards_are_the_files_zarr_writes(tmp_path, shape, dtype, codec)
     by_zarr, by_us = _zarr_and_ours(tmp_path, shape, (SHARD, *shape[1:]), (BLOCK, *shape[1:]),
                                     dtype, codec)
     every_chunk(by_zarr)[:] = data
-    shards = LocalShards.of(str(tmp_path), "by_us", by_us)
+    shards = LocalShards.of(location(str(tmp_path)), "by_us", by_us)
     assert shards is not None
     assert shards.write(0, 2 * SHARD, data[:2 * SHARD])  # several shards at once
     assert shards.write(2 * SHARD, shape[0], data[2 * SHARD:])  # the rest, to the array's end
@@ -170,7 +170,7 @@ def test_rows_that_are_not_whole_shards_are_left_to_zarr(tmp_path):
     from streamq.store.arrays import write_rows
 
     _, arr = _zarr_and_ours(tmp_path, (3 * SHARD, 3), (SHARD, 3), (BLOCK, 3), "uint8", "lz4")
-    shards = LocalShards.of(str(tmp_path), "by_us", arr)
+    shards = LocalShards.of(location(str(tmp_path)), "by_us", arr)
     data = np.full((SHARD, 3), 7, np.uint8)
     for lo, hi in ((BLOCK, BLOCK + SHARD), (0, SHARD - 1), (SHARD, 3 * SHARD + 1)):
         assert not shards.write(lo, hi, data[:hi - lo] if hi - lo <= SHARD else
@@ -202,7 +202,7 @@ def test_big_blocks_written_from_the_main_thread_are_zarrs_files(tmp_path, fill)
                                     "lz4", fill)
     every_chunk(by_zarr)[:] = data
     want = _files(tmp_path / "by_zarr")
-    shards = LocalShards.of(str(tmp_path), "by_us", by_us)
+    shards = LocalShards.of(location(str(tmp_path)), "by_us", by_us)
     for _ in range(3):
         assert shards.write(0, data.shape[0], data)
         assert _files(tmp_path / "by_us") == want

@@ -253,13 +253,12 @@ def write_rows(store: Location, name: str, arr: zarr.Array, lo: int, hi: int,
     removed and the write done again: the task owns it and rewrites all of it.
     """
     if name not in SPARSE:
-        if store.is_local:  # whole shards of a local array: the files Zarr would write
-            from streamq.store.shards import LocalShards
+        from streamq.store.shards import LocalShards
 
-            shards = LocalShards.of(store.url, name, arr)
-            if shards is not None and shards.write(lo, hi, data):
-                sync_written(store, name, arr, lo, hi)
-                return
+        shards = LocalShards.of(store, name, arr)  # whole shards of a local array: Zarr's files
+        if shards is not None and shards.write(lo, hi, data):
+            sync_written(store, name, arr, lo, hi)
+            return
         arr = every_chunk(arr)
     try:
         arr[lo:hi] = data

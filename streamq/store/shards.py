@@ -37,11 +37,36 @@ import numpy as np
 
 from streamq.durable import array_folder, chunk_files
 from streamq.errors import StreamQError
+from streamq.fs import Location
 
 __all__ = ["LocalShards"]
 
 _EMPTY = 2**64 - 1  # offset and length of an inner chunk that has no bytes
+_UNSUPPORTED = object()  # (None is a codec here: the raw bytes)
 
+
+def _numcodecs(codecs: list[Any]) -> Any:
+    """The numcodecs codec doing what Zarr's ``codecs`` (after ``bytes``) do, as Zarr makes it
+    (``zarr.codecs.blosc``, ``zarr.codecs.zstd``): None for none, else
+    :data:`_UNSUPPORTED`."""
+    import numcodecs
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if not codecs:
+        return None
+    c = codecs[0]
+    if len(codecs) == 1 and isinstance(c, BloscCodec):
+        shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[c.shuffle.value]
+        config = {"cname": c.cname.value, "clevel": c.clevel, "shuffle": shuffle,
+                  "blocksize": c.blocksize, "typesize": c.typesize}
+        try:
+            return numcodecs.Blosc(**config)
+        except TypeError:  # numcodecs < 0.16 takes no typesize, nor does Zarr give it one
+            config.pop("typesize")
+            return numcodecs.Blosc(**config)
+    if len(codecs) == 1 and isinstance(c, ZstdCodec):
+        return numcodecs.Zstd(level=c.level, checksum=c.checksum)
+    return _UNSUPPORTED
 
 
 class LocalShards:
@@ -59,14 +84,16 @@ class LocalShards:
         self._index_bytes = 16 * self.per_shard + 4
 
     @classmethod
-    def of(cls, root: str, name: str, arr: Any) -> LocalShards | None:
-        """The shards of array ``name`` (opened as ``arr``) of the local store folder
-        ``root``, or None when its layout is not one this module reads and writes."""
-        from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+    def of(cls, store: Location, name: str, arr: Any) -> LocalShards | None:
+        """The shards of array ``name`` (opened as ``arr``) of ``store``, or None when the
+        store is not a local folder or the array's layout is not one this module reads and
+        writes."""
+        from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
         from zarr.codecs.sharding import ShardingCodecIndexLocation
 
-        if not hasattr(os, "pread"):  # (not on Windows)
+        if not store.is_local or not hasattr(os, "pread"):  # (no pread on Windows)
             return None
+        root = store.url
         if not os.path.isfile(os.path.join(array_folder(root, name), "zarr.json")):
             return None  # not where this array lives: no guessing at its files
         codecs = arr.metadata.codecs
@@ -87,25 +114,8 @@ class LocalShards:
                 or (dtype.itemsize > 1 and (first.endian is None
                                             or first.endian.value != "little"))):
             return None
-        if not rest:
-            return cls(root, name, arr, None)
-        if len(rest) != 1:
-            return None
-        import numcodecs
-
-        c = rest[0]
-        if isinstance(c, BloscCodec):  # as Zarr makes it (zarr.codecs.blosc)
-            shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[c.shuffle.value]
-            config = {"cname": c.cname.value, "clevel": c.clevel, "shuffle": shuffle,
-                      "blocksize": c.blocksize, "typesize": c.typesize}
-            try:
-                return cls(root, name, arr, numcodecs.Blosc(**config))
-            except TypeError:  # numcodecs < 0.16 takes no typesize, nor does Zarr give it one
-                config.pop("typesize")
-                return cls(root, name, arr, numcodecs.Blosc(**config))
-        if isinstance(c, ZstdCodec):
-            return cls(root, name, arr, numcodecs.Zstd(level=c.level, checksum=c.checksum))
-        return None
+        codec = _numcodecs(rest)
+        return None if codec is _UNSUPPORTED else cls(root, name, arr, codec)
 
     def _path(self, shard: int) -> str:
         row = shard * self.per_shard * self.chunk
