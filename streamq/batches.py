@@ -148,7 +148,7 @@ def draw_pixels(source: PixelSource, seed: int, stream: int, index: int, n: int,
         r = np.searchsorted(cum, u, side="right")
         pos_in_chunk = a[r] + (u - (cum[r] - lengths[r]))
         lo = int(c) * source.chunk
-        data = reader.read(int(c)) if reader else np.asarray(arr[lo:lo + int(b[-1])])
+        data = reader.read(int(c), scratch=True) if reader else np.asarray(arr[lo:lo + int(b[-1])])
         parts.append(data[pos_in_chunk])
     out = np.concatenate(parts)
     return out[rng.permutation(len(out))]

@@ -29,7 +29,7 @@ from streamq.kmeans import (
     rgb_to_codes,
     tolerance,
 )
-from streamq.kmeans.filtering import lloyd_cells
+from streamq.kmeans.filtering import CellPoints, lloyd_cells
 from streamq.kmeans.plusplus import cell_layout, cell_order
 
 
@@ -128,6 +128,23 @@ def test_codes_round_trip_and_distinct_colours(photo):
     np.testing.assert_array_equal(rgb_to_codes(codes_to_rgb(codes)), codes)
     np.testing.assert_array_equal(codes_to_points(codes),
                                   to_space(codes_to_rgb(codes), "rgb").astype(np.float64))
+
+
+def test_squared_errors_against_every_pixel(photo):
+    """The histogram's squared error and pixels per palette colour: those of every pixel of
+    the photo replaced by its label's colour (plain numpy, pixel by pixel)."""
+    from streamq.kmeans.codes import squared_errors
+
+    codes, counts = distinct_colours(photo)
+    rng = np.random.default_rng(3)
+    palette = rng.integers(0, 256, (7, 3), dtype=np.uint8)
+    labels = rng.integers(0, 7, len(codes))
+    sse, per_colour = squared_errors(codes, counts, labels, palette)
+    pixel_label = labels[np.searchsorted(codes, rgb_to_codes(photo))]
+    err = photo.astype(np.int64) - palette[pixel_label].astype(np.int64)
+    assert sse == int((err ** 2).sum())
+    np.testing.assert_array_equal(per_colour, np.bincount(pixel_label, minlength=7))
+    assert squared_errors(codes[:0], counts[:0], labels[:0], palette)[0] == 0
 
 
 def test_distinct_colours_of_chosen_rows(photo):
@@ -241,6 +258,27 @@ def test_lloyd_cells_is_bounded_lloyd_bit_for_bit(whole_photo, k, tol):
     one = np.array([0, len(x)])
     _same_result(lloyd_cells(x, w, start, tol=tol, max_iter=120, order=np.arange(len(x)), start=one),
                  lloyd(x, w, start, tol=tol, max_iter=120))
+
+
+def test_lloyd_cells_runs_sharing_their_cell_points_from_threads(whole_photo):
+    """Runs from several starts on one CellPoints, at once from threads (each labelling on
+    two more): each the result of a run of its own."""
+    import concurrent.futures as cf
+
+    x, w = whole_photo
+    order, cells = cell_order(x)
+    shared = CellPoints(x, w, order, cells)
+    starts = [kmeans_plusplus(x, w, k, np.random.default_rng(k)) for k in (2, 6, 16, 30, 6, 16)]
+    alone = [lloyd_cells(x, w, s, tol=0, max_iter=80) for s in starts]
+    with cf.ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda s: lloyd_cells(x, w, s, tol=0, max_iter=80, cells=shared,
+                                                       n_threads=2), starts))
+    for a, b in zip(alone, together, strict=True):
+        _same_result(a, b)
+    _same_result(lloyd_cells(x, w, starts[2], tol=1e-4, cells=shared),
+                 lloyd(x, w, starts[2], tol=1e-4))
+    with pytest.raises(ValueError, match="cells of"):
+        lloyd_cells(x[:-1], w[:-1], starts[0], cells=shared)
 
 
 @pytest.mark.parametrize("seed", range(12))

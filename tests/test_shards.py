@@ -46,6 +46,9 @@ def test_every_block_equals_zarrs_rows(tmp_path, codec):
     assert reader.read(n_blocks - 1).shape == (700, 3)  # the short last block
     with pytest.raises(IndexError):
         reader.read(n_blocks)
+    # into this thread's reused buffers: the same rows, each read until the next one
+    for c in [*range(n_blocks), 0, n_blocks - 1, 1]:
+        np.testing.assert_array_equal(reader.read(c, scratch=True), data[c * BLOCK:(c + 1) * BLOCK])
 
 
 def test_layouts_it_does_not_read_go_through_zarr(tmp_path):

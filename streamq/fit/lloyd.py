@@ -70,17 +70,16 @@ def points(codes: np.ndarray, space: str) -> np.ndarray:
 
 
 def exact_mse(x: np.ndarray, codes: np.ndarray, counts: np.ndarray, centers: np.ndarray,
-               palette: np.ndarray) -> tuple[float, np.ndarray]:
+              palette: np.ndarray) -> tuple[float, np.ndarray]:
     """MSE over every pixel (uint8 RGB units; nearest centre in the fit's space, compared with
     its palette colour, as quantize does) and the pixels of each palette colour."""
-    from streamq.kmeans.codes import codes_to_rgb
+    from streamq.kmeans.codes import squared_errors
     from streamq.kmeans.nearest import assign
 
     labels, _ = assign(x, centers, n_threads=os.cpu_count() or 1)
-    err = ((codes_to_rgb(codes).astype(np.float64) - palette[labels].astype(np.float64)) ** 2).sum(1)
-    n = float(counts.sum())
-    pixel_counts = np.bincount(labels, weights=counts, minlength=len(centers)).astype(np.int64)
-    return float((err * counts).sum() / (3 * n)), pixel_counts
+    sse, pixel_counts = squared_errors(codes, counts, labels, palette)
+    n = int(counts.sum())
+    return (sse / (3 * n) if n else 0.0), pixel_counts
 
 
 def ensure_distinct(centers: np.ndarray, points: np.ndarray, space: str) -> np.ndarray:
@@ -187,8 +186,8 @@ def release_points() -> None:
 
 
 def _layout(p: dict[str, Any], which: str) -> tuple[np.ndarray, ...] | None:
-    """The cell layout of the points ``which`` (``x`` or ``gx``), made once per process, for
-    colour points only (:func:`streamq.kmeans.converge` and k-means++ use it)."""
+    """The cell layout of the points ``which`` (``x``, ``gx`` or ``fx``), made once per process,
+    for colour points only (k-means++ uses it)."""
     from streamq.kmeans.plusplus import cell_layout
 
     pts = p[which]
@@ -198,6 +197,24 @@ def _layout(p: dict[str, Any], which: str) -> tuple[np.ndarray, ...] | None:
         if "layout_" + which not in p:
             p["layout_" + which] = cell_layout(pts)
         return p["layout_" + which]
+
+
+_WEIGHTS = {"x": "w", "gx": "gw", "fx": "fw"}
+
+
+def _cells(p: dict[str, Any], which: str) -> Any:
+    """The points ``which`` arranged for Lloyd (:class:`~streamq.kmeans.filtering.CellPoints`,
+    on their layout), made once per process and shared by every run on them; None for
+    points other than colours."""
+    from streamq.kmeans.filtering import CellPoints
+
+    layout = _layout(p, which)
+    if layout is None:
+        return None
+    with _POINTS_LOCK:
+        if "cells_" + which not in p:
+            p["cells_" + which] = CellPoints(p[which], p[_WEIGHTS[which]], layout[0], layout[1])
+        return p["cells_" + which]
 
 
 def _histogram_key(st: Store) -> str:
@@ -283,11 +300,11 @@ def _prepare_now(store: Location, key: str, space: str, k: int, init: str) -> No
     p = _worker_points(store, key, space)
     for which in ("gx", "fx", "x"):
         if which in p:
-            _layout(p, which)
+            _cells(p, which)
     k = min(k, len(p["gx"]))
     start = initial_centers(p["gx"], p["gw"], k, init, np.random.default_rng(0),
                             _layout(p, "gx"), None)
-    converge(p["gx"], p["gw"], start, layout=_layout(p, "gx"), tol=0, max_iter=2)
+    converge(p["gx"], p["gw"], start, cells=_cells(p, "gx"), tol=0, max_iter=2)
 
 
 IterHook = Callable[[int, np.ndarray, list[tuple[int, float, int]]], None]
@@ -342,7 +359,7 @@ def _race_task(args: dict[str, Any]) -> dict[str, Any]:
         init = initial_centers(p["gx"], p["gw"], args["k"], args["init_method"],
                                np.random.default_rng([args["seed"], 1000 + args["plusplus"]]),
                                layout, fixed)
-    res = converge(p["gx"], p["gw"], init, layout=layout, tol=RACE_TOL,
+    res = converge(p["gx"], p["gw"], init, cells=_cells(p, "gx"), tol=RACE_TOL,
                    max_iter=args["max_iter"], fixed=_held(args), on_iter=_unless_stopping())
     state = {"fingerprint": args["fingerprint"], "start": args["start"], "done": False,
              "grid_inertia": res.inertia, "grid_iterations": res.n_iter,
@@ -367,7 +384,7 @@ def _to_grid_fixed_point(p: dict[str, Any], args: dict[str, Any], slot: Any,
 
     if state["grid_done"]:
         return state
-    res = converge(p["gx"], p["gw"], np.asarray(state["centers"]), layout=_layout(p, "gx"),
+    res = converge(p["gx"], p["gw"], np.asarray(state["centers"]), cells=_cells(p, "gx"),
                    tol=0, max_iter=args["max_iter"], start_iter=state["grid_iterations"],
                    fixed=_held(args), n_threads=_THREADS, on_iter=_unless_stopping())
     state = {**state, "centers": res.centers, "grid_iterations": res.n_iter, "grid_done": True}
@@ -389,7 +406,7 @@ def _fine_task(args: dict[str, Any]) -> dict[str, Any]:
     state = _to_grid_fixed_point(p, args, slot, state)
     if "fx" not in p or args["k"] > FINE_MAX_K:
         return state
-    res = converge(p["fx"], p["fw"], np.asarray(state["centers"]), layout=_layout(p, "fx"),
+    res = converge(p["fx"], p["fw"], np.asarray(state["centers"]), cells=_cells(p, "fx"),
                    tol=0, max_iter=args["max_iter"], fixed=_held(args), n_threads=_THREADS,
                    on_iter=_unless_stopping())
     state = {**state, "centers": res.centers, "fine_iterations": res.n_iter,
@@ -419,7 +436,7 @@ def _finish_task(args: dict[str, Any]) -> dict[str, Any]:
                                                 "history": history + [list(r) for r in rows]})
             last_save[0] = time.monotonic()
 
-    res = converge(p["x"], p["w"], np.asarray(state["centers"]), layout=_layout(p, "x"),
+    res = converge(p["x"], p["w"], np.asarray(state["centers"]), cells=_cells(p, "x"),
                    tol=args["tol"], max_iter=args["max_iter"], start_iter=state["iteration"],
                    on_iter=_unless_stopping(on_iter), fixed=_held(args), n_threads=_THREADS)
     history.extend(list(r) for r in res.history)

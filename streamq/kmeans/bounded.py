@@ -70,7 +70,8 @@ from streamq.kmeans.nearest import (
     squared_distance,
 )
 
-__all__ = ["BOUNDED_DIMS", "LloydResult", "fixed_mask", "fixed_point", "lloyd", "tolerance"]
+__all__ = ["BOUNDED_DIMS", "LloydResult", "fixed_mask", "fixed_point", "lloyd", "objective",
+           "tolerance"]
 
 MAX_TOTAL_WEIGHT = 2**46  # int64 sums of 2**16-scaled points: a fit over ~70 Tpx at most
 BOUNDED_DIMS = (3, 4)  # RGB colours and premultiplied RGBA: labelled with distance bounds
@@ -219,7 +220,9 @@ def _shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 @numba.njit(nogil=True, cache=True)
-def _objective(x: np.ndarray, w: np.ndarray, labels: np.ndarray, c: np.ndarray) -> float:
+def objective(x: np.ndarray, w: np.ndarray, labels: np.ndarray, c: np.ndarray) -> float:
+    """The inertia ``sum(w * squared distance to the centre of each point's label)``, summed
+    in point order (the one figure both Lloyd forms report)."""
     total = 0.0
     for i in range(x.shape[0]):
         s = 0.0
@@ -415,5 +418,5 @@ def lloyd(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol: floa
         if on_iter is not None:
             on_iter(it, c, history)
     labels = step.labels
-    return LloydResult(centers=c, labels=labels, inertia=float(_objective(xq, w, labels, c)),
+    return LloydResult(centers=c, labels=labels, inertia=float(objective(xq, w, labels, c)),
                        n_iter=it, stop=stop, history=history)

@@ -29,15 +29,16 @@ of the cells) are run from Python, the labelling on that many threads: the same 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 
 import numba
 import numpy as np
 
-from streamq.kmeans.bounded import LloydResult, fixed_mask, fixed_point, tolerance
+from streamq.kmeans.bounded import LloydResult, fixed_mask, fixed_point, objective, tolerance
 from streamq.kmeans.nearest import BOUND_EPS
 
-__all__ = ["lloyd_cells"]
+__all__ = ["CellPoints", "lloyd_cells"]
 
 
 
@@ -274,12 +275,73 @@ class _Threads:
             update = True
 
 
+class CellPoints:
+    """Weighted 3-d points arranged for :func:`lloyd_cells`, made once and used by any number
+    of runs (at once too, from several threads): their fixed-point values (in the points' own
+    order, and sorted by cell with their integer weights), each cell's bounding box, and
+    spare label arrays.
+
+    A run on a few million colours otherwise sorts and copies ~0.4 GB of arrays before its
+    first iteration and frees them after its last: on a virtual machine that hands freed
+    memory back to its host, touching new memory again cost 60-260 ms per 56 MB (measured
+    here), more than the iterations of a well-started run.
+    """
+
+    def __init__(self, x: np.ndarray, w: np.ndarray | None = None, order: np.ndarray | None = None,
+                 start: np.ndarray | None = None) -> None:
+        x = np.ascontiguousarray(x, np.float64)
+        if x.ndim != 2 or x.shape[1] != 3 or not len(x):
+            raise ValueError(f"lloyd_cells takes 3-d points, got shape {x.shape}")
+        self.w = np.ones(len(x)) if w is None else np.ascontiguousarray(w, np.float64)
+        X, W, f = fixed_point(x, self.w)
+        self.scale = 2.0 ** -f
+        self.xq = X * self.scale  # the points the runs work on (exact in float64)
+        if order is None or start is None:
+            from streamq.kmeans.plusplus import cell_order
+
+            order, start = cell_order(self.xq)
+        self.order = np.ascontiguousarray(order, np.int64)
+        self.start = np.ascontiguousarray(start, np.int64)
+        self.xs = np.ascontiguousarray(self.xq[self.order])
+        self.Xs = np.ascontiguousarray(X[self.order])
+        self.Ws = np.ascontiguousarray(W[self.order])
+        self.lo = np.ascontiguousarray(np.minimum.reduceat(self.xs, self.start[:-1], axis=0))
+        self.hi = np.ascontiguousarray(np.maximum.reduceat(self.xs, self.start[:-1], axis=0))
+        self._spread: float | None = None
+        self._spare: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.xq)
+
+    def threshold(self, tol: float) -> float:
+        """:func:`~streamq.kmeans.bounded.tolerance` of these points (computed once)."""
+        if tol == 0:
+            return 0.0
+        with self._lock:
+            if self._spread is None:
+                self._spread = tolerance(self.xq, self.w, 1.0)
+        return float(tol * self._spread)
+
+    def labels(self) -> np.ndarray:
+        """A label array of every point, all -1 (a spare one when there is one)."""
+        with self._lock:
+            out = self._spare.pop() if self._spare else np.empty(len(self.xq), np.int64)
+        out.fill(-1)
+        return out
+
+    def give_back(self, labels: np.ndarray) -> None:
+        """Return a label array from :meth:`labels` once its run is over."""
+        with self._lock:
+            self._spare.append(labels)
+
+
 def lloyd_cells(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol: float = 1e-4,
                 max_iter: int = 300, order: np.ndarray | None = None,
                 start: np.ndarray | None = None, start_iter: int = 0,
                 on_iter: Callable[[int, np.ndarray, list[tuple[int, float, int]]], object]
-                | None = None, fixed: np.ndarray | None = None, n_threads: int = 1
-                ) -> LloydResult:
+                | None = None, fixed: np.ndarray | None = None, n_threads: int = 1,
+                cells: CellPoints | None = None) -> LloydResult:
     """:func:`streamq.kmeans.bounded.lloyd` of 3-d points (the same arguments, checkpoints
     included): the same :class:`~streamq.kmeans.bounded.LloydResult`, bit for bit.
 
@@ -290,33 +352,20 @@ def lloyd_cells(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol
 
     ``order`` and ``start`` are a grouping of the points into cells, as
     :func:`streamq.kmeans.plusplus.cell_order` returns (computed when None); any grouping
-    gives the same result, a compact one gives it sooner. ``fixed`` is ``lloyd``'s: a mask of
-    the centres that never move. ``n_threads`` label the cells in blocks side by side (the
-    same result; worth it for a large histogram on otherwise idle cores).
+    gives the same result, a compact one gives it sooner. ``cells`` is
+    :class:`CellPoints` of ``x`` and ``w`` made before (then ``order`` and ``start`` are its
+    own): for several runs on the same points. ``fixed`` is ``lloyd``'s: a mask of the
+    centres that never move. ``n_threads`` label the cells in blocks side by side (the same
+    result; worth it for a large histogram on otherwise idle cores).
     """
-    x = np.ascontiguousarray(x, np.float64)
-    if x.ndim != 2 or x.shape[1] != 3 or not len(x):
-        raise ValueError(f"lloyd_cells takes 3-d points, got shape {x.shape}")
-    w = np.ones(len(x)) if w is None else np.ascontiguousarray(w, np.float64)
-    X, W, f = fixed_point(x, w)
-    scale = 2.0 ** -f
-    xq = X * scale
+    if cells is None:
+        cells = CellPoints(x, w, order, start)
+    elif len(cells) != len(x):
+        raise ValueError(f"cells of {len(cells)} points given with {len(x)} points")
     c = np.array(centers, dtype=np.float64, order="C")
     if c.ndim != 2 or c.shape[1] != 3:
-        raise ValueError(f"centers of shape {c.shape} do not match points of shape {x.shape}")
-    if order is None or start is None:
-        from streamq.kmeans.plusplus import cell_order
-
-        order, start = cell_order(xq)
-    order = np.ascontiguousarray(order, np.int64)
-    start = np.ascontiguousarray(start, np.int64)
-    n, k, nc = len(x), len(c), len(start) - 1
-    xs = np.ascontiguousarray(xq[order])
-    Xs = np.ascontiguousarray(X[order])
-    Ws = np.ascontiguousarray(W[order])
-    lo = np.ascontiguousarray(np.minimum.reduceat(xs, start[:-1], axis=0))
-    hi = np.ascontiguousarray(np.maximum.reduceat(xs, start[:-1], axis=0))
-    labels = np.full(n, -1, dtype=np.int64)
+        raise ValueError(f"centers of shape {c.shape} do not match points of shape {np.shape(x)}")
+    n, k, nc = len(cells), len(c), len(cells.start) - 1
     total = max(max_iter - start_iter, 0)  # updates left to this call
     shifts = np.empty(total)
     changes = np.empty(total, dtype=np.int64)
@@ -328,19 +377,22 @@ def lloyd_cells(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol
     state = np.zeros(5)
     work = (np.empty(k, np.int64), np.empty(k), pure, due, state)
 
-    threshold = tolerance(xq, w, tol)
+    threshold = cells.threshold(tol)
     held = fixed_mask(fixed, k)
     resume = False
     limit = total if on_iter is None else min(total, 1)  # updates before handing back
     rows: list[tuple[int, float, int]] = []
     threads = _Threads(n_threads, k) if n_threads > 1 else None
     run = _run if threads is None else threads.run
+    labels = cells.labels()
     try:
         while True:
-            stop = run(xs, Xs, Ws, start, lo, hi, c, new, scale, threshold, tol > 0, limit,
-                       labels, shifts, changes, S, N, *work, resume, held)
+            stop = run(cells.xs, cells.Xs, cells.Ws, cells.start, cells.lo, cells.hi, c, new,
+                       cells.scale, threshold, tol > 0, limit, labels, shifts, changes, S, N,
+                       *work, resume, held)
             if stop == _REFILL:
-                _refill(xq, order, start, c, labels, Xs, Ws, S, N, pure, due, held)
+                _refill(cells.xq, cells.order, cells.start, c, labels, cells.Xs, cells.Ws, S, N,
+                        pure, due, held)
                 resume = True
                 continue
             resume = False
@@ -351,17 +403,16 @@ def lloyd_cells(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *, tol
                 limit += 1
                 continue
             break
+        out = np.empty(n, dtype=np.int64)
+        out[cells.order] = labels
     finally:
         if threads is not None:
             threads.close()
+        cells.give_back(labels)
     it = int(state[0])
-    out = np.empty(n, dtype=np.int64)
-    out[order] = labels
-    e = xq - c[out]
-    inertia = np.cumsum(w * (e[:, 0] * e[:, 0] + e[:, 1] * e[:, 1] + e[:, 2] * e[:, 2]))[-1]
     history = [(start_iter + i + 1, float(shifts[i]), int(changes[i])) for i in range(it)]
-    return LloydResult(centers=c, labels=out, inertia=float(inertia), n_iter=start_iter + it,
-                       stop=_STOP_NAMES[stop], history=history)
+    return LloydResult(centers=c, labels=out, inertia=float(objective(cells.xq, cells.w, out, c)),
+                       n_iter=start_iter + it, stop=_STOP_NAMES[stop], history=history)
 
 
 def _refill(xq: np.ndarray, order: np.ndarray, start: np.ndarray, c: np.ndarray,

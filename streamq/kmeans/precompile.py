@@ -88,9 +88,10 @@ def fit_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
     """The shared fit's kernels: weighted k-means++ (greedy, and its tree for many
     candidates), the bounded Lloyd over the colour histogram (and the parts of its cell by
     cell form that threads run), exact assignment and inertia."""
-    from streamq.kmeans import bounded, filtering, nearest, plusplus
+    from streamq.kmeans import bounded, codes, filtering, nearest, plusplus
 
     return typed((
+        (codes._squared_errors, "i8[1] i8[1] i8[1] i8[2] i8[1]"),
         (filtering._update, "f8[2] f8[2] i8[2] i8[1] f8 b1[1] f8[1] b1 i8"),
         (filtering._record, "f8[1] i8 f8[1] i8[1] b1 f8"),
         (filtering._label, "f8[2] i8[2] i8[1] i8[1] f8[2] f8[2] f8[2] i8[1] i8[2] i8[1] i8[1] "
@@ -104,7 +105,7 @@ def fit_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
         (bounded._means, "i8[2] i8[1] f8[2] f8 f8[2] b1[1]"),
         (bounded._relocate, "f8[2] i8[2] i8[1] i8[1] f8[2] i8[2] i8[1] i8[1] b1[1]"),
         (bounded._shift, "f8[2] f8[2]"),
-        (bounded._objective, "f8[2] f8[1] i8[1] f8[2]"),
+        (bounded.objective, "f8[2] f8[1] i8[1] f8[2]"),
         (bounded._search_all, "f8[2] f8[1] f8[2] i8[1] f8[1] i8[1] i8[1] f8[1] f8[1] f8[1]"),
         (bounded._relabel, "f8[2] i8[2] i8[1] f8[1] f8[2] i8[1] f8[1] f8 i8[1] i8[1] f8[1] "
                            "f8[1] f8[1] i8[2] i8[1]"),

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from streamq.kmeans.bounded import LloydResult, lloyd
-from streamq.kmeans.filtering import lloyd_cells
+from streamq.kmeans.filtering import CellPoints, lloyd_cells
 from streamq.kmeans.plusplus import cell_layout, kmeans_plusplus
 
 __all__ = ["CELLS_MAX_K", "INITS", "converge", "fixed_first", "initial_centers", "kmeans"]
@@ -53,15 +53,19 @@ def initial_centers(x: np.ndarray, w: np.ndarray | None, k: int, init: str,
 
 def converge(x: np.ndarray, w: np.ndarray | None, centers: np.ndarray, *,
              layout: tuple[np.ndarray, ...] | None = None, n_threads: int = 1,
-             **kwargs: Any) -> LloydResult:
+             cells: CellPoints | None = None, **kwargs: Any) -> LloydResult:
     """Lloyd from ``centers`` (``kwargs`` as :func:`~streamq.kmeans.bounded.lloyd`'s:
     ``tol``, ``max_iter``, ``start_iter``, ``on_iter``, ``fixed``) by whichever of its two equal forms is
     faster: :func:`~streamq.kmeans.filtering.lloyd_cells` for colours (3-d points) and up to
-    ``CELLS_MAX_K`` centres, on ``layout`` (:func:`~streamq.kmeans.plusplus.cell_layout` of
-    ``x``, computed when None), on ``n_threads``; else the bounds of
-    :func:`~streamq.kmeans.bounded.lloyd`, on one thread. The result is the same either way."""
+    ``CELLS_MAX_K`` centres, on ``cells`` (:class:`~streamq.kmeans.filtering.CellPoints` of
+    ``x`` and ``w``, for runs that share them) or else ``layout``
+    (:func:`~streamq.kmeans.plusplus.cell_layout` of ``x``, computed when None), on
+    ``n_threads``; else the bounds of :func:`~streamq.kmeans.bounded.lloyd`, on one thread.
+    The result is the same either way."""
     x = np.ascontiguousarray(x, np.float64)
     if x.ndim == 2 and x.shape[1] == 3 and len(centers) <= CELLS_MAX_K and len(x) > 0:
+        if cells is not None:
+            return lloyd_cells(x, w, centers, cells=cells, n_threads=n_threads, **kwargs)
         if layout is None:
             layout = cell_layout(x)
         return lloyd_cells(x, w, centers, order=layout[0], start=layout[1], n_threads=n_threads,

@@ -196,20 +196,18 @@ def _color_histogram(st: Store, coll: Collection, cfg: StreamQConfig, progress: 
 def _counts_mse(result: FitResult, codes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, float]:
     """Pixels per palette colour and the MSE over every pixel (uint8 RGB units), each
     distinct colour labelled as quantize's label tables label it."""
-    from streamq.kmeans.codes import codes_to_rgb
+    from streamq.kmeans.codes import codes_to_rgb, squared_errors
     from streamq.kmeans.nearest import assign
 
     space, centers = result.label_space()
-    palette = result.palette.astype(np.int64)
     per_colour = np.zeros(result.k, np.int64)
     sse = 0
     for a in range(0, len(codes), _BLOCK):
-        rgb = codes_to_rgb(codes[a:a + _BLOCK])
-        labels, _ = assign(to_space(rgb, space), centers, n_threads=os.cpu_count() or 1)
-        n = counts[a:a + _BLOCK]
-        err = ((rgb.astype(np.int64) - palette[labels]) ** 2).sum(1)
-        sse += int((err * n).sum())
-        np.add.at(per_colour, labels, n)
+        labels, _ = assign(to_space(codes_to_rgb(codes[a:a + _BLOCK]), space), centers,
+                           n_threads=os.cpu_count() or 1)
+        part, per = squared_errors(codes[a:a + _BLOCK], counts[a:a + _BLOCK], labels, result.palette)
+        sse += part
+        per_colour += per
     total = int(counts.sum())
     return per_colour, (sse / (3 * total) if total else 0.0)
 
