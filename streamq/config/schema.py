@@ -145,7 +145,7 @@ class FitConfig:
                       "the pixels' mean variance (scikit-learn's rule); 0: exact Lloyd runs to "
                       "zero label changes, mini-batch to max_steps")
     patience: int = _opt(10, _at_least(1), "minibatch: ... for this many consecutive steps")
-    max_steps: int = _opt(100, _at_least(1), "minibatch: stop after this many steps")
+    max_steps: int = _opt(24, _at_least(1), "minibatch: stop after this many steps")
     max_pixels: int | None = _opt(None, _at_least(1), "minibatch: stop after this many sampled pixels")
     max_epochs: float = _opt(20.0, _positive,
                              "minibatch: stop after sampling this many times the collection")

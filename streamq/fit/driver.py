@@ -62,6 +62,7 @@ from streamq.fit.lloyd import (
     points,
     prepare_exact,
     release_points,
+    share_points,
 )
 from streamq.fit.minibatch import fit_minibatch
 from streamq.fixed import FixedColors, read_fixed_colors
@@ -211,6 +212,7 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
                 f"the collection has only {len(codes)} distinct colours, fewer than "
                 f"colors={fcfg.colors}; choose --colors {len(codes)} or fewer")
         x = points(codes, fcfg.color_space)
+        share_points(st, codes, counts, x, fcfg.color_space)  # (workers that are threads of this process)
         held = None if fixed is None else fixed.centers(fcfg.color_space)
         ckpt = read_checkpoint(st, CHECKPOINT, fp, "fit")
         mb_centers: np.ndarray | None = None

@@ -70,7 +70,7 @@ from streamq.kmeans.nearest import (
     squared_distance,
 )
 
-__all__ = ["BOUNDED_DIMS", "LloydResult", "fixed_mask", "fixed_point", "lloyd", "objective",
+__all__ = ["BOUNDED_DIMS", "LloydResult", "fixed_bits", "fixed_mask", "fixed_point", "lloyd", "objective",
            "tolerance"]
 
 MAX_TOTAL_WEIGHT = 2**46  # int64 sums of 2**16-scaled points: a fit over ~70 Tpx at most
@@ -114,23 +114,38 @@ def fixed_mask(fixed: np.ndarray | None, k: int) -> np.ndarray:
     return mask
 
 
+@numba.njit(nogil=True, cache=True)
+def _whole(w: np.ndarray) -> bool:
+    """Are all weights whole non-negative numbers? (One pass, no temporary arrays.)"""
+    for v in w:
+        if not (v >= 0 and v == np.rint(v)):
+            return False
+    return True
+
+
+def fixed_bits(x: np.ndarray, w: np.ndarray) -> int:
+    """The ``F`` of :func:`fixed_point` (the weights checked), without making the points."""
+    w = np.ascontiguousarray(w, np.float64)
+    if len(w) and not _whole(w):
+        raise ValueError("weights must be whole non-negative numbers (pixel counts)")
+    total = float(w.sum())
+    if total >= MAX_TOTAL_WEIGHT:
+        raise ValueError(f"total weight {total:.3g} is over {MAX_TOTAL_WEIGHT:.3g}: split the fit")
+    x = np.asarray(x, np.float64)
+    span = max(1.0, float(x.max(initial=0.0)), -float(x.min(initial=0.0)))
+    bits = math.ceil(math.log2(max(total, 1.0) * span + 1))
+    return min(40, 62 - bits)
+
+
 def fixed_point(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """``(X, W, F)``: the points as int64 ``round(x * 2**F)`` and the weights as int64, with
     the largest ``F <= 40`` for which every weighted sum ``sum(W * X)`` fits in int64.
 
     ``w`` must hold whole numbers (pixel counts) adding up to less than ``MAX_TOTAL_WEIGHT``.
     """
-    w = np.asarray(w, np.float64)
-    if len(w) and (not np.all(w >= 0) or not np.array_equal(w, np.round(w))):
-        raise ValueError("weights must be whole non-negative numbers (pixel counts)")
-    total = float(w.sum())
-    if total >= MAX_TOTAL_WEIGHT:
-        raise ValueError(f"total weight {total:.3g} is over {MAX_TOTAL_WEIGHT:.3g}: split the fit")
-    span = max(1.0, float(np.abs(x).max(initial=0.0)))
-    bits = math.ceil(math.log2(max(total, 1.0) * span + 1))
-    f = min(40, 62 - bits)
+    f = fixed_bits(x, w)
     return (np.round(np.asarray(x, np.float64) * 2.0**f).astype(np.int64),
-            w.astype(np.int64), f)
+            np.asarray(w, np.float64).astype(np.int64), f)
 
 
 # --- the update step (any dimension) -----------------------------------------------------------

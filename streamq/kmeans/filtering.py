@@ -35,7 +35,7 @@ from collections.abc import Callable
 import numba
 import numpy as np
 
-from streamq.kmeans.bounded import LloydResult, fixed_mask, fixed_point, objective, tolerance
+from streamq.kmeans.bounded import LloydResult, fixed_bits, fixed_mask, objective, tolerance
 from streamq.kmeans.nearest import BOUND_EPS
 
 __all__ = ["CellPoints", "lloyd_cells"]
@@ -275,6 +275,36 @@ class _Threads:
             update = True
 
 
+@numba.njit(nogil=True, cache=True)
+def _arrange(x: np.ndarray, w: np.ndarray, order: np.ndarray, start: np.ndarray, up: float,
+             scale: float, xq: np.ndarray, xs: np.ndarray, Xs: np.ndarray, Ws: np.ndarray,
+             lo: np.ndarray, hi: np.ndarray) -> None:
+    """:func:`~streamq.kmeans.bounded.fixed_point` of the points (``round(x * up)``, ``up =
+    2**F``) and weights, sorted by ``order``, the same values into ``Xs``, ``Ws`` and, times
+    ``scale``, into ``xs`` (sorted) and ``xq`` (in point order); each cell's bounding box
+    into ``lo``, ``hi`` (``np.minimum.reduceat``'s, as the cells of ``start`` give them)."""
+    n = order.shape[0]
+    for p in range(n):
+        i = order[p]
+        Ws[p] = np.int64(w[i])
+        for t in range(3):
+            v = np.int64(np.rint(x[i, t] * up))
+            Xs[p, t] = v
+            q = v * scale
+            xs[p, t] = q
+            xq[i, t] = q
+    for b in range(start.shape[0] - 1):
+        a, e = start[b], max(start[b + 1], start[b] + 1)  # reduceat: an empty cell is its first
+        for t in range(3):
+            low = xs[a, t]
+            high = xs[a, t]
+            for p in range(a + 1, e):
+                low = min(low, xs[p, t])
+                high = max(high, xs[p, t])
+            lo[b, t] = low
+            hi[b, t] = high
+
+
 class CellPoints:
     """Weighted 3-d points arranged for :func:`lloyd_cells`, made once and used by any number
     of runs (at once too, from several threads): their fixed-point values (in the points' own
@@ -293,20 +323,26 @@ class CellPoints:
         if x.ndim != 2 or x.shape[1] != 3 or not len(x):
             raise ValueError(f"lloyd_cells takes 3-d points, got shape {x.shape}")
         self.w = np.ones(len(x)) if w is None else np.ascontiguousarray(w, np.float64)
-        X, W, f = fixed_point(x, self.w)
+        if self.w.shape != (len(x),):
+            raise ValueError(f"{self.w.shape} weights given for {len(x)} points")
+        f = fixed_bits(x, self.w)
         self.scale = 2.0 ** -f
-        self.xq = X * self.scale  # the points the runs work on (exact in float64)
         if order is None or start is None:
             from streamq.kmeans.plusplus import cell_order
 
-            order, start = cell_order(self.xq)
+            order, start = cell_order(np.round(x * 2.0**f) * self.scale)
         self.order = np.ascontiguousarray(order, np.int64)
         self.start = np.ascontiguousarray(start, np.int64)
-        self.xs = np.ascontiguousarray(self.xq[self.order])
-        self.Xs = np.ascontiguousarray(X[self.order])
-        self.Ws = np.ascontiguousarray(W[self.order])
-        self.lo = np.ascontiguousarray(np.minimum.reduceat(self.xs, self.start[:-1], axis=0))
-        self.hi = np.ascontiguousarray(np.maximum.reduceat(self.xs, self.start[:-1], axis=0))
+        n, nc = len(x), len(self.start) - 1
+        # fixed_point's values, made in one pass (no temporary arrays; see the class doc)
+        self.xq = np.empty((n, 3))  # the points the runs work on (exact in float64)
+        self.xs = np.empty((n, 3))  # ... sorted by cell
+        self.Xs = np.empty((n, 3), np.int64)
+        self.Ws = np.empty(n, np.int64)
+        self.lo = np.empty((nc, 3))
+        self.hi = np.empty((nc, 3))
+        _arrange(x, self.w, self.order, self.start, 2.0**f, self.scale, self.xq, self.xs, self.Xs,
+                 self.Ws, self.lo, self.hi)
         self._spread: float | None = None
         self._spare: list[np.ndarray] = []
         self._lock = threading.Lock()

@@ -69,15 +69,18 @@ def typed(kernels: tuple[tuple[Any, str], ...]) -> list[tuple[Any, tuple[Any, ..
 
 def per_image_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
     """``(dispatcher, argument types)`` of the per-image path (``--method histogram``), the
-    costliest to compile first: k-means++, Lloyd, pixel labels (for the quantize that
-    follows the fit), the sample's shuffle and colour counts."""
-    from streamq.kmeans import codes, filtering, plusplus, sampling, table
+    costliest to compile first: k-means++, Lloyd (and its points arranged by cell, their
+    weights checked), pixel labels (for the quantize that follows the fit), the sample's
+    shuffle and colour counts."""
+    from streamq.kmeans import bounded, codes, filtering, plusplus, sampling, table
 
     return typed((
         (plusplus._kmeanspp, "f8[2] f8[1] i8[1] f8[2] f8[2] i8[3] f8[1] f8[1] i8 i8 f8[2] i8[1] "
                              "f8[1] f8[1] f8[1]"),
         (filtering._run, "f8[2] i8[2] i8[1] i8[1] f8[2] f8[2] f8[2] f8[2] f8 f8 b1 i8 i8[1] f8[1] "
                          "i8[1] i8[2] i8[1] i8[1] f8[1] i8[1] f8[1] f8[1] b1 b1[1]"),
+        (filtering._arrange, "f8[2] f8[1] i8[1] i8[1] f8 f8 f8[2] f8[2] i8[2] i8[1] f8[2] f8[2]"),
+        (bounded._whole, "f8[1]"),
         (table._label, "u1[2]ro f8[1] f8[2] i8[1] f8[1] f8[1] i8[2] i8[1] i8[1] f8[2] i8[1] i8[1]"),
         (sampling._shuffle, "i4[1] i8 i8 u4[1] i8[1]"),
         (codes._count_codes, "u1[2]ro u1[1] b1 i4[1] i8[1]"),
@@ -92,6 +95,8 @@ def fit_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
 
     return typed((
         (codes._squared_errors, "i8[1] i8[1] i8[1] i8[2] i8[1]"),
+        (filtering._arrange, "f8[2] f8[1] i8[1] i8[1] f8 f8 f8[2] f8[2] i8[2] i8[1] f8[2] f8[2]"),
+        (bounded._whole, "f8[1]"),
         (filtering._update, "f8[2] f8[2] i8[2] i8[1] f8 b1[1] f8[1] b1 i8"),
         (filtering._record, "f8[1] i8 f8[1] i8[1] b1 f8"),
         (filtering._label, "f8[2] i8[2] i8[1] i8[1] f8[2] f8[2] f8[2] i8[1] i8[2] i8[1] i8[1] "
