@@ -179,8 +179,8 @@ def test_same_seed_same_palette_on_any_scheduler(store_copy, fit_store, cluster_
 
 def test_workers_get_ready_for_the_exact_phase_in_the_background(store_copy, cluster_address):
     """``prepare_exact`` (called as the mini-batch phase starts) leaves every worker of a Dask
-    cluster holding the points, grids and cell layouts its exact tasks would compute: the
-    same arrays as computed here."""
+    cluster holding the points, grids, cell layouts and points arranged by cell its exact
+    tasks would compute: the same arrays as computed here."""
     import time
 
     from distributed import Client
@@ -192,15 +192,18 @@ def test_workers_get_ready_for_the_exact_phase_in_the_background(store_copy, clu
 
     st = Store.open(store_copy)
     key = lloyd._histogram_key(st)
-    mine = lloyd._worker_points(st.location, key, "rgb")
+    mine = dict(lloyd._worker_points(st.location, key, "rgb"))
+    cells = lloyd._cells(mine, "x")
+    mine.update({"cells_x.xs": cells.xs, "cells_x.Ws": cells.Ws})
 
     def held(url: str) -> dict | None:
         from streamq.fit import lloyd as worker_lloyd
 
         p = worker_lloyd._POINTS.get((url, key, "rgb"))
-        if p is None or not all("layout_" + w in p for w in ("gx", "x")):
+        if p is None or not all("cells_" + worker_lloyd._same_as_x(p, w) in p for w in ("gx", "x")):
             return None
-        return {name: p[name] for name in ("x", "w", "gx", "gw")}
+        return {**{name: p[name] for name in ("x", "w", "gx", "gw")},
+                "cells_x.xs": p["cells_x"].xs, "cells_x.Ws": p["cells_x"].Ws}
 
     with Client(cluster_address) as client:
         lloyd.prepare_exact(Runner(client, None, "test"), st, FitConfig(colors=12))
@@ -214,6 +217,30 @@ def test_workers_get_ready_for_the_exact_phase_in_the_background(store_copy, clu
         assert arrays is not None, "a worker did not prepare"
         for name, a in arrays.items():
             np.testing.assert_array_equal(a, mine[name])
+
+
+def test_the_drivers_histogram_is_handed_to_tasks_of_its_process(store_copy):
+    """What ``share_points`` gives is what the exact tasks of this process use (not a copy
+    read again), until ``release_points``; another colour space reads its own."""
+    from streamq.fit import lloyd
+    from streamq.store import Store
+    from streamq.store.histogram import load_histogram
+
+    st = Store.open(store_copy)
+    stored = load_histogram(st)
+    assert stored is not None, "the ingest counted the colours"
+    codes, counts = stored
+    x = lloyd.points(codes, "rgb")
+    key = lloyd._histogram_key(st)
+    lloyd.release_points()
+    try:
+        lloyd.share_points(st, codes, counts, x, "rgb")
+        assert lloyd._worker_points(st.location, key, "rgb")["x"] is x
+        assert lloyd._worker_points(st.location, key, "oklab")["x"] is not x
+    finally:
+        lloyd.release_points()
+    assert lloyd._worker_points(st.location, key, "rgb")["x"] is not x
+    lloyd.release_points()
 
 
 def test_rerun_noop_and_refusals(store_copy):

@@ -145,6 +145,11 @@ def test_squared_errors_against_every_pixel(photo):
     assert sse == int((err ** 2).sum())
     np.testing.assert_array_equal(per_colour, np.bincount(pixel_label, minlength=7))
     assert squared_errors(codes[:0], counts[:0], labels[:0], palette)[0] == 0
+    # past int64: white and near-white shown as black, 2**46 pixels in all
+    big = np.array([2**45, 2**44, 2**44], np.int64)
+    near = np.array([0xFFFFFF, 0xFEFFFF, 0xFFFFFE])
+    sse, _ = squared_errors(near, big, np.zeros(3, np.int64), np.zeros((1, 3), np.uint8))
+    assert sse == 2**45 * 3 * 255**2 + 2**44 * (254**2 + 2 * 255**2) * 2 > 2**63
 
 
 def test_distinct_colours_of_chosen_rows(photo):
@@ -279,6 +284,19 @@ def test_lloyd_cells_runs_sharing_their_cell_points_from_threads(whole_photo):
                  lloyd(x, w, starts[2], tol=1e-4))
     with pytest.raises(ValueError, match="cells of"):
         lloyd_cells(x[:-1], w[:-1], starts[0], cells=shared)
+    with pytest.raises(ValueError, match="not a grouping"):
+        CellPoints(x, w, order, cells[:-1])  # the last cell's points left out
+
+
+@pytest.mark.parametrize("bad", [-1.0, 2.5, np.nan])
+def test_weights_must_be_pixel_counts(bad):
+    x = np.random.default_rng(0).random((50, 3))
+    w = np.ones(50)
+    w[17] = bad
+    for make in (lambda: CellPoints(x, w), lambda: fixed_point(x, w),
+                 lambda: lloyd(x, w, x[:3])):
+        with pytest.raises(ValueError, match="whole non-negative"):
+            make()
 
 
 @pytest.mark.parametrize("seed", range(12))

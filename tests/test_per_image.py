@@ -288,14 +288,14 @@ def _output(proc) -> str:
 def test_warmup_compiles_the_signatures_the_path_calls_and_leaves_nothing_to_compile(tmp_path):
     # On an empty numba cache, two processes at once (as a cluster's workers start) each run
     # `streamq warmup per-image`: the kernels are compiled for the declared types (the command
-    # reports the 7 kernels), and a fit and labelling after it add no other signatures, whether the
+    # reports the 8 kernels), and a fit and labelling after it add no other signatures, whether the
     # pixels are writable (read from the store) or not (decoded by Pillow). So the cache holds
     # what the warmup compiled and nothing else: a later process fits and labels a real photo
     # loading every kernel from that cache, compiling none.
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
     for p in [_python(_COLD_SCRIPT, env) for _ in range(2)]:
         warm, signatures = _output(p).splitlines()
-        assert warm.startswith("7 per-image kernels compiled or loaded in"), warm
-        assert signatures == "[1, 1, 1, 1, 1, 1, 1]"
-    assert len(list((tmp_path / "numba").rglob("*.nbi"))) >= 7
-    assert _output(_python(_AFTER_WARMUP_SCRIPT, env)) == "7 0"
+        assert warm.startswith("8 per-image kernels compiled or loaded in"), warm
+        assert signatures == "[1, 1, 1, 1, 1, 1, 1, 1]"
+    assert len(list((tmp_path / "numba").rglob("*.nbi"))) >= 8
+    assert _output(_python(_AFTER_WARMUP_SCRIPT, env)) == "8 0"

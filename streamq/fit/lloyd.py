@@ -163,9 +163,10 @@ def share_points(st: Store, codes: np.ndarray, counts: np.ndarray, x: np.ndarray
     default local cluster), they take these arrays instead of reading and converting the
     same ones again (~100 MB of new memory on 2.3 M colours). Dropped by
     :func:`release_points`."""
+    key = (st.location.url, _histogram_key(st), space)
     with _POINTS_LOCK:
         _GIVEN.clear()
-        _GIVEN[(st.location.url, _histogram_key(st), space)] = (codes, counts, x)
+        _GIVEN[key] = (codes, counts, x)
 
 
 def _worker_points(store: Location, key: str, space: str) -> dict[str, np.ndarray]:
@@ -205,18 +206,35 @@ def release_points() -> None:
         _GIVEN.clear()
 
 
+def _once(p: dict[str, Any], key: str, make: Callable[[], Any]) -> Any:
+    """``p[key]``, made by ``make()`` the first time, by one thread at a time per key (not
+    under ``_POINTS_LOCK``: a large entry takes a while, and the others need not wait)."""
+    got = p.get(key)
+    if got is not None:
+        return got
+    with _POINTS_LOCK:
+        lock = p.setdefault("lock_" + key, threading.Lock())
+    with lock:
+        if key not in p:
+            p[key] = make()
+        return p[key]
+
+
+def _same_as_x(p: dict[str, Any], which: str) -> str:
+    """``x`` when the points ``which`` are the colours themselves (a grid that saved little),
+    so that their layout and cells are made once."""
+    return "x" if p[which] is p["x"] else which
+
+
 def _layout(p: dict[str, Any], which: str) -> tuple[np.ndarray, ...] | None:
     """The cell layout of the points ``which`` (``x``, ``gx`` or ``fx``), made once per process,
-    for colour points only (k-means++ uses it)."""
+    for colour points only (k-means++ and :func:`_cells` use it)."""
     from streamq.kmeans.plusplus import cell_layout
 
-    pts = p[which]
-    if pts.shape[1] != 3:
+    which = _same_as_x(p, which)
+    if p[which].shape[1] != 3:
         return None
-    with _POINTS_LOCK:
-        if "layout_" + which not in p:
-            p["layout_" + which] = cell_layout(pts)
-        return p["layout_" + which]
+    return _once(p, "layout_" + which, lambda: cell_layout(p[which]))
 
 
 _WEIGHTS = {"x": "w", "gx": "gw", "fx": "fw"}
@@ -228,13 +246,12 @@ def _cells(p: dict[str, Any], which: str) -> Any:
     points other than colours."""
     from streamq.kmeans.filtering import CellPoints
 
+    which = _same_as_x(p, which)
     layout = _layout(p, which)
     if layout is None:
         return None
-    with _POINTS_LOCK:
-        if "cells_" + which not in p:
-            p["cells_" + which] = CellPoints(p[which], p[_WEIGHTS[which]], layout[0], layout[1])
-        return p["cells_" + which]
+    return _once(p, "cells_" + which,
+                 lambda: CellPoints(p[which], p[_WEIGHTS[which]], layout[0], layout[1]))
 
 
 def _histogram_key(st: Store) -> str:

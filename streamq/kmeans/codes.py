@@ -65,33 +65,39 @@ def _count_codes(rgb: np.ndarray, mask: np.ndarray, every: bool, table: np.ndarr
 
 @numba.njit(nogil=True, cache=True)
 def _squared_errors(codes: np.ndarray, counts: np.ndarray, labels: np.ndarray,
-                    palette: np.ndarray, per_colour: np.ndarray) -> int:
-    sse = 0
+                    palette: np.ndarray, per_colour: np.ndarray) -> tuple[np.uint64, np.uint64]:
+    """The sum as two uint64 words (high, low): a colour's error times its count fits in
+    uint64 (at most 3 * 255**2 * 2**46 pixels), the sum of them may not."""
+    hi = np.uint64(0)
+    lo = np.uint64(0)
     for i in range(codes.shape[0]):
         code = codes[i]
         j = labels[i]
         dr = ((code >> 16) & 255) - palette[j, 0]
         dg = ((code >> 8) & 255) - palette[j, 1]
         db = (code & 255) - palette[j, 2]
-        sse += (dr * dr + dg * dg + db * db) * counts[i]
+        part = np.uint64(dr * dr + dg * dg + db * db) * np.uint64(counts[i])
+        lo += part
+        if lo < part:  # it wrapped
+            hi += np.uint64(1)
         per_colour[j] += counts[i]
-    return sse
+    return hi, lo
 
 
 def squared_errors(codes: np.ndarray, counts: np.ndarray, labels: np.ndarray,
                    palette: np.ndarray) -> tuple[int, np.ndarray]:
     """``(sse, per_colour)``: the squared error summed over R, G and B and over every pixel
-    (an exact integer) when each colour ``codes[i]``, seen ``counts[i]`` times, is replaced by
-    ``palette[labels[i]]`` (``(K, 3)`` uint8), and the pixels of each palette colour (int64).
-    One pass, no temporary arrays."""
+    (an exact integer, whatever the number of pixels) when each colour ``codes[i]``, seen
+    ``counts[i]`` times, is replaced by ``palette[labels[i]]`` (``(K, 3)`` uint8), and the
+    pixels of each palette colour (int64). One pass, no temporary arrays."""
     pal = np.ascontiguousarray(palette, np.int64)
     per_colour = np.zeros(len(pal), np.int64)
     if not len(codes):
         return 0, per_colour
-    sse = _squared_errors(np.ascontiguousarray(codes, np.int64),
-                          np.ascontiguousarray(counts, np.int64),
-                          np.ascontiguousarray(labels, np.int64), pal, per_colour)
-    return int(sse), per_colour
+    hi, lo = _squared_errors(np.ascontiguousarray(codes, np.int64),
+                             np.ascontiguousarray(counts, np.int64),
+                             np.ascontiguousarray(labels, np.int64), pal, per_colour)
+    return (int(hi) << 64) | int(lo), per_colour
 
 
 def pixels_in(rgb: np.ndarray) -> np.ndarray:

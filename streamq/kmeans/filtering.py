@@ -334,6 +334,10 @@ class CellPoints:
         self.order = np.ascontiguousarray(order, np.int64)
         self.start = np.ascontiguousarray(start, np.int64)
         n, nc = len(x), len(self.start) - 1
+        if (self.order.shape != (n,) or nc < 1 or self.start[0] != 0 or self.start[-1] != n
+                or np.any(np.diff(self.start) < 0)):
+            raise ValueError(f"order of shape {self.order.shape} and start {self.start[:3]}..."
+                             f"{self.start[-1:]} are not a grouping of {n} points into cells")
         # fixed_point's values, made in one pass (no temporary arrays; see the class doc)
         self.xq = np.empty((n, 3))  # the points the runs work on (exact in float64)
         self.xs = np.empty((n, 3))  # ... sorted by cell

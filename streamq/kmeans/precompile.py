@@ -69,8 +69,8 @@ def typed(kernels: tuple[tuple[Any, str], ...]) -> list[tuple[Any, tuple[Any, ..
 
 def per_image_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
     """``(dispatcher, argument types)`` of the per-image path (``--method histogram``), the
-    costliest to compile first: k-means++, Lloyd (and its points arranged by cell, their
-    weights checked), pixel labels (for the quantize that follows the fit), the sample's
+    costliest to compile first: k-means++, Lloyd (its points arranged by cell, their weights
+    checked, its inertia), pixel labels (for the quantize that follows the fit), the sample's
     shuffle and colour counts."""
     from streamq.kmeans import bounded, codes, filtering, plusplus, sampling, table
 
@@ -81,6 +81,7 @@ def per_image_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
                          "i8[1] i8[2] i8[1] i8[1] f8[1] i8[1] f8[1] f8[1] b1 b1[1]"),
         (filtering._arrange, "f8[2] f8[1] i8[1] i8[1] f8 f8 f8[2] f8[2] i8[2] i8[1] f8[2] f8[2]"),
         (bounded._whole, "f8[1]"),
+        (bounded.objective, "f8[2] f8[1] i8[1] f8[2]"),
         (table._label, "u1[2]ro f8[1] f8[2] i8[1] f8[1] f8[1] i8[2] i8[1] i8[1] f8[2] i8[1] i8[1]"),
         (sampling._shuffle, "i4[1] i8 i8 u4[1] i8[1]"),
         (codes._count_codes, "u1[2]ro u1[1] b1 i4[1] i8[1]"),
@@ -139,10 +140,12 @@ def count_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
 
 def label_kernels() -> list[tuple[Any, tuple[Any, ...]]]:
     """Labelling pixels with a palette's 24-bit lookup table: uint8 labels up to 256
-    colours, uint16 beyond; the table's distinct colours first."""
-    from streamq.kmeans import table
+    colours, uint16 beyond; the table's distinct colours first; the squared error of a given
+    palette over the histogram."""
+    from streamq.kmeans import codes, table
 
     return typed((
+        (codes._squared_errors, "i8[1] i8[1] i8[1] i8[2] i8[1]"),
         (table._distinct, "u1[2] i8[1] b1[1]"),
         (table._lookup_all, "u1[2] i4[1] i8[2] b1 u1[1] i8[1] i8[1] i8[1]"),
         (table._lookup_all, "u1[2] i4[1] i8[2] b1 u2[1] i8[1] i8[1] i8[1]"),
