@@ -43,6 +43,7 @@ from streamq.fs import Location
 __all__ = ["LocalShards"]
 
 _EMPTY = 2**64 - 1  # offset and length of an inner chunk that has no bytes
+_UNSUPPORTED = object()  # (None is a codec here: the raw bytes)
 _SCRATCH = threading.local()  # each thread's buffers for LocalShards.read(scratch=True)
 
 
@@ -54,7 +55,6 @@ def _scratch(name: str, size: int) -> np.ndarray:
         buf = np.empty(size, np.uint8)
         setattr(_SCRATCH, name, buf)
     return buf[:size]
-_UNSUPPORTED = object()  # (None is a codec here: the raw bytes)
 
 
 def _numcodecs(codecs: list[Any]) -> Any:
@@ -212,7 +212,7 @@ class LocalShards:
             offset, length = self._entry(raw, path, pos)
             if offset == _EMPTY:
                 return self._filled(hi - lo)
-            if not scratch:
+            if not scratch or not hasattr(os, "preadv"):
                 data: Any = os.pread(fd, length, offset)
                 got = len(data)
             else:
