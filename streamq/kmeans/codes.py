@@ -150,10 +150,19 @@ def cell_means(codes: np.ndarray, counts: np.ndarray, points: np.ndarray, bits: 
     levels, 0.07 s instead of 0.21 s at 128.
     """
     codes = np.asarray(codes, np.int64)
-    shift = 8 - bits
-    key = (((codes >> (16 + shift)) & ((1 << bits) - 1)) << (2 * bits)
-           | ((codes >> (8 + shift)) & ((1 << bits) - 1)) << bits
-           | ((codes & 255) >> shift))
+    shift, mask = 8 - bits, (1 << bits) - 1
+    # the cell of each colour, in place (two work arrays, not seven)
+    key = codes >> (16 + shift)
+    key &= mask
+    key <<= 2 * bits
+    part = codes >> (8 + shift)
+    part &= mask
+    part <<= bits
+    key |= part
+    np.bitwise_and(codes, 255, out=part)
+    part >>= shift
+    key |= part
+    del part
     n_cells = 1 << (3 * bits)
     if 8 * len(key) >= n_cells:  # every cell a bin, the occupied ones kept
         index, bins = key, n_cells
@@ -166,5 +175,6 @@ def cell_means(codes: np.ndarray, counts: np.ndarray, points: np.ndarray, bits: 
         return np.bincount(index, weights=values, minlength=bins)[occupied]
 
     weight = total(counts)
-    sums = [total(counts * points[:, j]) for j in range(points.shape[1])]
+    weighted = np.empty(len(codes))
+    sums = [total(np.multiply(counts, points[:, j], out=weighted)) for j in range(points.shape[1])]
     return np.stack(sums, 1) / weight[:, None], weight
