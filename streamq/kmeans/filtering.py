@@ -327,10 +327,10 @@ class CellPoints:
             raise ValueError(f"{self.w.shape} weights given for {len(x)} points")
         f = fixed_bits(x, self.w)
         self.scale = 2.0 ** -f
-        if order is None or start is None:
+        if order is None or start is None:  # (any grouping gives the same runs)
             from streamq.kmeans.plusplus import cell_order
 
-            order, start = cell_order(np.round(x * 2.0**f) * self.scale)
+            order, start = cell_order(x)
         self.order = np.ascontiguousarray(order, np.int64)
         self.start = np.ascontiguousarray(start, np.int64)
         n, nc = len(x), len(self.start) - 1

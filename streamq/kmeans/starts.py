@@ -99,12 +99,10 @@ def kmeans(x: np.ndarray, w: np.ndarray | None, k: int, rng: np.random.Generator
             return lloyd_cells(x, w, c, max_iter=0, order=layout[0], start=layout[1], fixed=mask)
         return lloyd(x, w, c, max_iter=0, fixed=mask)
     best: LloydResult | None = None
-    shared = (CellPoints(x, w, layout[0], layout[1])
-              if layout is not None and n_init > 1 else None)  # (one start makes its own)
+    shared = None if layout is None else CellPoints(x, w, layout[0], layout[1])  # every start's
     for _ in range(n_init):
         start = initial_centers(x, w, k, init, rng, layout, held)
-        result = converge(x, w, start, layout=layout, cells=shared, tol=tol, max_iter=max_iter,
-                          fixed=mask)
+        result = converge(x, w, start, cells=shared, tol=tol, max_iter=max_iter, fixed=mask)
         if best is None or result.inertia < best.inertia:
             best = result
     assert best is not None

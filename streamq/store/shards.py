@@ -202,7 +202,6 @@ class LocalShards:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:  # a shard of fill values only
             return self._filled(hi - lo)
-        block = self.chunk * self._row_bytes
         try:
             size = os.fstat(fd).st_size
             if size < self._index_bytes:
@@ -216,7 +215,7 @@ class LocalShards:
                 data: Any = os.pread(fd, length, offset)
                 got = len(data)
             else:
-                data = _scratch("raw", length if self._codec is not None else block)[:length]
+                data = _scratch("raw", length)
                 got = os.preadv(fd, [data], offset)
         finally:
             os.close(fd)
@@ -226,7 +225,7 @@ class LocalShards:
         if self._codec is None:
             out = np.frombuffer(data, dtype=self.dtype)
         else:
-            into = _scratch("block", block) if scratch else None
+            into = _scratch("block", self.chunk * self._row_bytes) if scratch else None
             out = np.frombuffer(self._codec.decode(data, out=into), dtype=self.dtype)
         return out.reshape(-1, *self.row_shape)[: hi - lo]
 
