@@ -45,11 +45,14 @@ class Runner:
     """Submit functions and collect their futures, on Dask or in this process."""
 
     def __init__(self, client: Any | None, pool: cf.Executor | None, description: str,
-                 remote: bool = False) -> None:
+                 remote: bool = False, default_processes: bool = False) -> None:
         self.client = client
         self._pool = pool
         self.description = description
         self.remote = remote  # workers may live on other machines
+        # a local cluster of worker processes by default (not by the user's choice): a stage
+        # whose tasks release the GIL gets threads of this process instead (see runner)
+        self.default_processes = default_processes
         self._seen: set[str] = set()
 
     def check_paths(self, *paths: str) -> None:
@@ -287,10 +290,14 @@ def runner(cfg: DaskConfig, *, threads: bool = False) -> Iterator[Runner]:
 
     ``threads``: the stage's tasks release the GIL (compiled kernels), so a local cluster's
     workers are threads of this process unless ``cfg.processes`` says otherwise. Inside
-    :func:`shared`, the shared runner is yielded instead and left open.
+    :func:`shared`, the shared runner is yielded instead and left open; except that a stage
+    asking for ``threads`` gets a local cluster of threads of its own when the shared one is
+    a local cluster of processes only by default: the fit's exact phase, whose every worker
+    process would otherwise read the histogram and build its grids again, took 9-13 s in
+    worker processes against 6.6-7.1 s in threads (K = 64, 2.3 M colours, 2 cores).
     """
     active = _SHARED.get()
-    if active is not None:
+    if active is not None and not (threads and active.default_processes):
         yield active
         return
     sched = cfg.scheduler
@@ -317,7 +324,8 @@ def runner(cfg: DaskConfig, *, threads: bool = False) -> Iterator[Runner]:
             kind = "" if processes else " in this process"
             log.info("Started a local Dask cluster%s: %s workers, dashboard %s",
                      kind, n_workers, client.dashboard_link)
-            yield Runner(client, None, f"local cluster{kind} ({n_workers} workers)")
+            yield Runner(client, None, f"local cluster{kind} ({n_workers} workers)",
+                         default_processes=processes and cfg.processes is None)
         return
 
     from streamq import redact

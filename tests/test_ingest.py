@@ -13,6 +13,7 @@ from conftest import pillow_rgb
 from helpers import assert_same_store
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 import streamq
 from streamq.errors import ConfigError, StoreLayoutError, StoreMismatchError
@@ -216,3 +217,50 @@ def test_scan_results_cross_to_the_client_as_text_unchanged(tmp_path):
     assert len(direct[1]) == 5  # read in strips
     assert isinstance(direct[2], str)  # skipped
     assert _from_text(_scan_batch_text(args)) == direct
+
+
+def test_files_are_asked_for_ahead_of_their_reads(tmp_path, monkeypatch):
+    """The header scan and the write tasks ask the kernel to read local files ahead
+    (``posix_fadvise(WILLNEED)``): every file, in order, at least the next one and files up
+    to the budget ahead of each read; a file that cannot be opened is left to its read."""
+    from streamq.ingest import sources
+
+    paths = []
+    for i in range(8):
+        p = tmp_path / f"{i}.bin"
+        p.write_bytes(b"x" * 1000)
+        paths.append(str(p))
+    missing = str(tmp_path / "missing.jpg")
+    assert sources.will_need([*paths[:2], missing]) == [1000, 1000, 0]
+
+    asked: list[str] = []
+    real = sources.will_need
+
+    def spy(names, length=0):
+        asked.extend(names)
+        return real(names, length)
+
+    monkeypatch.setattr(sources, "will_need", spy)
+    seen = []
+    for i, path in enumerate(sources._read_ahead(paths, budget=2500)):
+        seen.append(path)
+        # this file and the next ones up to 2,500 bytes: the file after it, and one more
+        assert asked == paths[:min(len(paths), i + 3)]
+    assert seen == paths
+    asked.clear()
+    assert list(sources._read_ahead(paths, budget=0)) == paths  # at least the next file
+    assert asked == paths
+
+
+def test_a_missing_file_is_skipped_with_read_ahead(tmp_path):
+    """A file that disappears between the listing and its read is a skip with its reason,
+    whatever the read-ahead asked for."""
+    from streamq.config import RetryConfig
+    from streamq.ingest.sources import SourceRoot
+
+    img = tmp_path / "a.png"
+    Image.new("RGB", (4, 3), (10, 20, 30)).save(img)
+    got = list(SourceRoot(str(tmp_path)).pixels(["a.png", "gone.png"], 10**6, (0, 0, 0),
+                                                  RetryConfig(attempts=1)))
+    assert got[0].shape == (3, 4, 3)
+    assert got[1] == "cannot read file: No such file or directory"

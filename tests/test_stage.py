@@ -88,6 +88,30 @@ def test_local_cluster_workers_are_threads_here_or_processes():
         assert run.description == "local cluster (1 workers)"
 
 
+def test_a_shared_cluster_of_processes_by_default_lends_threads_to_the_fit():
+    """Inside ``shared`` (``streamq run``), a stage asking for threads (the fit) gets threads
+    of this process when the shared local cluster has worker processes only by default;
+    other stages, and every stage when ``dask.processes`` is set, get the shared cluster."""
+    import os
+
+    from streamq.scheduler import shared
+
+    here = os.getpid()
+    with runner(DaskConfig(n_workers=1)) as run, shared(run):
+        assert run.default_processes
+        with runner(DaskConfig(n_workers=1)) as same:
+            assert same is run
+        with runner(DaskConfig(n_workers=1), threads=True) as own:
+            assert own is not run
+            assert set(own.client.run(os.getpid).values()) == {here}
+            assert own.description == "local cluster in this process (1 workers)"
+    with runner(DaskConfig(n_workers=1, processes=True)) as run, shared(run):
+        assert not run.default_processes
+        with runner(DaskConfig(n_workers=1, processes=True), threads=True) as same:
+            assert same is run
+            assert here not in set(same.client.run(os.getpid).values())
+
+
 def _until_stopping(limit: float) -> str:
     """A long task of a cluster of threads: runs until the cluster closes, or ``limit`` s."""
     from streamq.scheduler import stopping
