@@ -292,9 +292,11 @@ def runner(cfg: DaskConfig, *, threads: bool = False) -> Iterator[Runner]:
     workers are threads of this process unless ``cfg.processes`` says otherwise. Inside
     :func:`shared`, the shared runner is yielded instead and left open; except that a stage
     asking for ``threads`` gets a local cluster of threads of its own when the shared one is
-    a local cluster of processes only by default: the fit's exact phase, whose every worker
-    process would otherwise read the histogram and build its grids again, took 9-13 s in
-    worker processes against 6.6-7.1 s in threads (K = 64, 2.3 M colours, 2 cores).
+    a local cluster of processes only by default (``streamq run``'s fit). In worker processes
+    each worker reads the histogram and builds the fit's points again, and keeps them for the
+    rest of the run: ~0.7 GB per worker at 2.3 M colours (threads share the client's, freed
+    after the fit); the exact phase took 4.8-8.1 s there against 3.9-4.7 s in threads
+    (K = 64, 2 cores; docs/benchmarks.md).
     """
     active = _SHARED.get()
     if active is not None and not (threads and active.default_processes):

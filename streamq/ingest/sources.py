@@ -11,7 +11,9 @@ source (:mod:`streamq.ingest.local`) is a :class:`SourceRoot` too, its folder.
 - **Reading** (:meth:`SourceRoot.header`, :meth:`SourceRoot.pixels`): the header scan reads
   through a buffered file (the first block of 256 KiB is usually enough; over HTTP, whose
   servers need not answer range requests, the whole file); the write task fetches the whole
-  object in one request and decodes it from memory.
+  object in one request and decodes it from memory. Local files are asked for ahead of their
+  reads (:func:`will_need`: the scan's headers, the next 64 MiB of a write task's files), so
+  that files not in the page cache do not wait for the disk one after the other.
 - **Failures**: a timeout, a failed connection or an HTTP 408/429/5xx answer is retried like
   a fault of the machine (:mod:`streamq.faults`), then stops the stage in one line. An object
   that is not there (404) is a skipped input with its reason, as a missing listed file is.
