@@ -10,7 +10,8 @@ quality 90; image ``i`` depends only on ``(--seed, i)``. Built once on all cores
 ``--workdir``.
 
 Then, timed end to end and per stage, what ``streamq run`` does: one Dask cluster for the whole
-pipeline (the default local cluster a user gets, or ``--scheduler ADDRESS``), ingest, fit
+pipeline (the default local cluster a user gets, whose fit runs on threads of this process,
+or ``--scheduler ADDRESS``), ingest, fit
 (K = 64, mini-batch, the defaults), quantize, export to palette PNGs; the store and the PNGs
 are deleted afterwards. With ``--repeats N`` every stage is run N times from an empty store and
 the medians are reported. Peak RSS of this process and all its children (local cluster: the
@@ -150,7 +151,8 @@ def build_lfw(workdir: Path, n_images: int, n_names: int, seed: int,
 # -- one end-to-end run ------------------------------------------------------------------------
 def run_once(src: Path, store: Path, out: Path, args: argparse.Namespace,
              sampler: TreeSampler, tag: str) -> dict[str, Any]:
-    """``streamq run``'s pipeline on one cluster, each stage timed (as streamq.pipeline.run)."""
+    """``streamq run``'s pipeline on one cluster (the fit on threads of this process, as
+    ``streamq.scheduler.runner`` gives it), each stage timed (as streamq.pipeline.run)."""
     cfg = parse_config({"store": str(store), "ingest": {"source": str(src)},
                         "fit": {"colors": args.colors, "seed": args.seed},
                         "export": {"out": str(out)},

@@ -73,7 +73,9 @@ def run(config: StreamQConfig | dict[str, Any] | str | os.PathLike[str], *,
     below_min: QualityError | None = None  # a per-image quality fit left images below MIN
     per_image_ks = cfg.per_image.groups
     # One lock for every stage (the stages take it again: it is re-entrant in this thread),
-    # so no other job can slip in between two stages; and one cluster for every stage.
+    # so no other job can slip in between two stages; and one cluster for every stage (a
+    # local one of worker processes by default lends the shared fit threads of this process:
+    # streamq.scheduler.runner).
     with (store_lock(loc, operation="run", create=True, config=cfg.lock),
           runner(cfg.dask) as run, shared(run)):
         report.stages["ingest"] = ingest(None, None, config=cfg, overwrite=overwrite, progress=progress)

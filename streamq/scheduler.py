@@ -276,7 +276,8 @@ def _local_cluster(cfg: DaskConfig, n_workers: int, processes: bool) -> Iterator
 
 @contextmanager
 def shared(run: Runner) -> Iterator[Runner]:
-    """Make every :func:`runner` inside this block reuse ``run`` (one cluster for a pipeline)."""
+    """Make every :func:`runner` inside this block reuse ``run`` (one cluster for a pipeline;
+    a stage asking for threads may get its own, see :func:`runner`)."""
     token = _SHARED.set(run)
     try:
         yield run
@@ -326,8 +327,11 @@ def runner(cfg: DaskConfig, *, threads: bool = False) -> Iterator[Runner]:
             kind = "" if processes else " in this process"
             log.info("Started a local Dask cluster%s: %s workers, dashboard %s",
                      kind, n_workers, client.dashboard_link)
+            # processes by default: neither dask.processes nor a memory limit (which only
+            # worker processes apply) chose them
             yield Runner(client, None, f"local cluster{kind} ({n_workers} workers)",
-                         default_processes=processes and cfg.processes is None)
+                         default_processes=(processes and cfg.processes is None
+                                            and not cfg.memory_limit))
         return
 
     from streamq import redact

@@ -29,7 +29,9 @@ from streamq.faults import is_transient, retrying
 
 # Runs the streamq CLI; the opens of one file whose ordinal numbers are listed find no free
 # file descriptor: just before them every free descriptor is taken (the kernel then answers
-# EMFILE), and the next audited event of any other kind gives them back.
+# EMFILE), and the next audited event of any other kind gives them back. The opens that only
+# ask the kernel to read the file ahead (streamq.ingest.sources.will_need: os.open with
+# O_NONBLOCK) are not reads: not counted, never failed.
 FD_SHORTAGE = textwrap.dedent('''
     import os, resource, sys
 
@@ -42,7 +44,8 @@ FD_SHORTAGE = textwrap.dedent('''
 
     def hook(event, args):
         if event == "open" and isinstance(args[0], (str, bytes)) \\
-                and os.path.abspath(os.fsdecode(args[0])) == target:
+                and os.path.abspath(os.fsdecode(args[0])) == target \\
+                and not (args[1] is None and args[2] & os.O_NONBLOCK):  # not read-ahead hints
             opens[0] += 1
             if opens[0] in fail:
                 try:

@@ -219,42 +219,62 @@ def test_scan_results_cross_to_the_client_as_text_unchanged(tmp_path):
     assert _from_text(_scan_batch_text(args)) == direct
 
 
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise") or not os.path.isdir("/proc/self/fd"),
+                    reason="a hint this platform lacks (or no /proc to name a descriptor's file)")
 def test_files_are_asked_for_ahead_of_their_reads(tmp_path, monkeypatch):
     """The header scan and the write tasks ask the kernel to read local files ahead
-    (``posix_fadvise(WILLNEED)``): every file, in order, at least the next one and files up
-    to the budget ahead of each read; a file that cannot be opened is left to its read."""
+    (``posix_fadvise(WILLNEED)``): the scan a whole batch's first blocks before its first
+    header; a write task, in order, at least the next file and files up to the budget ahead
+    of each read. A missing file, a folder or a FIFO is left to its read."""
     from streamq.ingest import sources
 
+    tmp_path = type(tmp_path)(os.path.realpath(tmp_path))  # as /proc/self/fd names it
     paths = []
     for i in range(8):
         p = tmp_path / f"{i}.bin"
         p.write_bytes(b"x" * 1000)
         paths.append(str(p))
-    missing = str(tmp_path / "missing.jpg")
-    assert sources.will_need([*paths[:2], missing]) == [1000, 1000, 0]
+    os.mkfifo(tmp_path / "fifo.jpg")
+    events: list[tuple[str, ...]] = []
+    real_advise = os.posix_fadvise
 
-    asked: list[str] = []
-    real = sources.will_need
+    def advise(fd, offset, length, advice):
+        events.append(("advise", os.readlink(f"/proc/self/fd/{fd}"), str(length), str(advice)))
+        return real_advise(fd, offset, length, advice)
 
-    def spy(names, length=0):
-        asked.extend(names)
-        return real(names, length)
+    monkeypatch.setattr(os, "posix_fadvise", advise)
+    odd = [str(tmp_path / "missing.jpg"), str(tmp_path), str(tmp_path / "fifo.jpg")]
+    assert sources.will_need([*paths[:2], *odd], 123) == [1000, 1000, 0, 0, 0]
+    assert [e[2:] for e in events] == [("123", str(os.POSIX_FADV_WILLNEED))] * 2
 
-    monkeypatch.setattr(sources, "will_need", spy)
-    seen = []
-    for i, path in enumerate(sources._read_ahead(paths, budget=2500)):
-        seen.append(path)
-        # this file and the next ones up to 2,500 bytes: the file after it, and one more
-        assert asked == paths[:min(len(paths), i + 3)]
-    assert seen == paths
-    asked.clear()
-    assert list(sources._read_ahead(paths, budget=0)) == paths  # at least the next file
-    assert asked == paths
+    def asked() -> list[str]:
+        return [e[1] for e in events if e[0] == "advise"]
+
+    for budget, ahead in ((2500, 3), (0, 2)):  # 2,500 bytes: this file and 2 more; 0: the next
+        events.clear()
+        seen = []
+        for i, path in enumerate(sources._read_ahead(paths, budget=budget)):
+            seen.append(path)
+            assert asked() == paths[:min(len(paths), i + ahead)]
+        assert seen == paths
+
+    # the scan: every header of the batch asked for (its first block) before the first read
+    events.clear()
+    real_header = sources.read_header
+    monkeypatch.setattr(sources, "read_header", lambda path, mp: (
+        events.append(("read", path)), real_header(path, mp))[1])
+    root = sources.SourceRoot(str(tmp_path))
+    names = [os.path.basename(p) for p in paths[:4]]
+    root.headers(names, [None] * 4, 10**6, None)
+    assert events[:4] == [("advise", p, str(sources.HEADER_BLOCK), str(os.POSIX_FADV_WILLNEED))
+                          for p in paths[:4]]
+    assert [e[1] for e in events[4:]] == paths[:4]
+    assert all(e[0] == "read" for e in events[4:])
 
 
 def test_a_missing_file_is_skipped_with_read_ahead(tmp_path):
-    """A file that disappears between the listing and its read is a skip with its reason,
-    whatever the read-ahead asked for."""
+    """A file that disappears between the listing and its read is a skip with its reason: the
+    read-ahead's hint on it raises nothing."""
     from streamq.config import RetryConfig
     from streamq.ingest.sources import SourceRoot
 
