@@ -91,7 +91,8 @@ def test_local_cluster_workers_are_threads_here_or_processes():
 def test_a_shared_cluster_of_processes_by_default_lends_threads_to_the_fit():
     """Inside ``shared`` (``streamq run``), a stage asking for threads (the fit) gets threads
     of this process when the shared local cluster has worker processes only by default;
-    other stages, and every stage when ``dask.processes`` is set, get the shared cluster."""
+    other stages, and every stage when ``dask.processes`` or a memory limit is set, get the
+    shared cluster."""
     import os
 
     from streamq.scheduler import shared
@@ -105,6 +106,10 @@ def test_a_shared_cluster_of_processes_by_default_lends_threads_to_the_fit():
             assert own is not run
             assert set(own.client.run(os.getpid).values()) == {here}
             assert own.description == "local cluster in this process (1 workers)"
+    with runner(DaskConfig(n_workers=1, memory_limit="2GiB")) as run, shared(run):
+        assert not run.default_processes  # a memory limit: only worker processes apply it
+        with runner(DaskConfig(n_workers=1, memory_limit="2GiB"), threads=True) as same:
+            assert same is run
     with runner(DaskConfig(n_workers=1, processes=True)) as run, shared(run):
         assert not run.default_processes
         with runner(DaskConfig(n_workers=1, processes=True), threads=True) as same:

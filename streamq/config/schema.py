@@ -67,7 +67,9 @@ class DaskConfig:
     scheduler: str | None = _opt(None, doc="None, 'threads', 'sync' or a scheduler address")
     n_workers: int | None = _opt(None, _at_least(1), "local cluster workers (default: cores)")
     threads_per_worker: int | None = _opt(None, _at_least(1), "threads per local worker")
-    memory_limit: str | None = _opt(None, doc="memory limit per local worker process, e.g. '2GiB'")
+    memory_limit: str | None = _opt(None, doc="memory limit per local worker process, e.g. "
+                                    "'2GiB' (set, streamq run's fit stays on the worker "
+                                    "processes too)")
     processes: bool | None = _opt(None, doc="local cluster workers as processes (true) or as "
                                   "threads of this process (false, for every stage: as "
                                   "--scheduler threads, on Dask); default: threads for the "
