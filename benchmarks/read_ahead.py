@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import git_commit, median, write_results  # noqa: E402
+from common import evict, git_commit, median, write_results  # noqa: E402
 
 from streamq.decode import decode_rgb, read_header  # noqa: E402
 from streamq.ingest.local import list_sources  # noqa: E402
@@ -38,16 +38,6 @@ from streamq.ingest.sources import SourceRoot  # noqa: E402
 MAX_PIXELS = 10**9
 HEADER_BATCH = 512  # files per scan task (ingest.files_per_scan_task's default)
 DECODE_GROUP = 64  # about the photos of one 4 Mi-pixel write task
-
-
-def evict(paths: list[str]) -> None:
-    """Drop these files' pages from the page cache (clean pages: nothing is lost)."""
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def passes(src: SourceRoot, rel: list[str], paths: list[str]) -> dict[str, Callable[[], int]]:

@@ -66,6 +66,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     du,
+    evict,
     exit_on_signals,
     git_commit,
     kill_descendants,
@@ -108,16 +109,6 @@ def _sizes(args: tuple[str, list[str]]) -> list[tuple[int, int]]:
         with Image.open(os.path.join(src, rel)) as im:
             out.append(im.size)
     return out
-
-
-def evict(paths: list[str]) -> None:
-    """Drop these files' pages from the page cache (clean pages: nothing is lost)."""
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def read_all(paths: list[str]) -> int:
