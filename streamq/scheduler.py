@@ -294,10 +294,9 @@ def runner(cfg: DaskConfig, *, threads: bool = False) -> Iterator[Runner]:
     :func:`shared`, the shared runner is yielded instead and left open; except that a stage
     asking for ``threads`` gets a local cluster of threads of its own when the shared one is
     a local cluster of processes only by default (``streamq run``'s fit). In worker processes
-    each worker reads the histogram and builds the fit's points again, and keeps them for the
-    rest of the run: ~0.7 GB per worker at 2.3 M colours (threads share the client's, freed
-    after the fit); the exact phase took 4.8-8.1 s there against 3.9-4.7 s in threads
-    (K = 64, 2 cores; docs/benchmarks.md).
+    each worker reads the histogram and builds the fit's points again (~0.7 GB per worker at
+    2.3 M colours; threads share the client's): the exact phase took 4.8-8.1 s there against
+    3.9-4.7 s in threads (K = 64, 2 cores; docs/benchmarks.md).
     """
     active = _SHARED.get()
     if active is not None and not (threads and active.default_processes):

@@ -384,3 +384,18 @@ def test_the_client_model_runs_on_one_thread_in_a_fresh_process():
                           timeout=120, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "1"
+
+
+def test_worker_processes_keep_no_points_after_the_fit(store_copy, cluster_address):
+    """A cluster that lives on after the fit (given by address, or ``streamq run``'s with
+    ``dask.processes: true``) keeps none of the fit's cached points (``release_workers``)."""
+    from distributed import Client
+
+    def held() -> int:
+        from streamq.fit import lloyd as worker_lloyd
+
+        return len(worker_lloyd._POINTS)
+
+    fit(store_copy, colors=6, seed=2, max_steps=8, scheduler=cluster_address, overwrite=True)
+    with Client(cluster_address) as client:
+        assert list(client.run(held).values()) == [0, 0]

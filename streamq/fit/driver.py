@@ -62,6 +62,7 @@ from streamq.fit.lloyd import (
     points,
     prepare_exact,
     release_points,
+    release_workers,
     share_points,
 )
 from streamq.fit.minibatch import fit_minibatch
@@ -206,7 +207,10 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
         if fcfg.quality is not None:  # the smallest K reaching a PSNR target
             from streamq.fit.quality import fit_quality
 
-            return fit_quality(run, st, fcfg, fp, codes, counts, timings, facts, started, progress)
+            found = fit_quality(run, st, fcfg, fp, codes, counts, timings, facts, started,
+                                progress)
+            release_workers(run)  # (only once it ended well: a lost cluster is not waited for)
+            return found
         if len(codes) < fcfg.colors:
             raise ConfigError(
                 f"the collection has only {len(codes)} distinct colours, fewer than "
@@ -233,6 +237,7 @@ def _fit(store: Location, cfg: StreamQConfig, overwrite: bool, progress: bool | 
                                                   "minibatch_info": info})
         with timer("exact lloyd", timings):
             best = fit_exact(run, st, fcfg, fp, mb_centers, progress, held)
+        release_workers(run)  # worker processes would keep their points
     centers = ensure_distinct(best["centers"], x, fcfg.color_space)
     palette = to_rgb8(centers, fcfg.color_space)
     if fixed is not None:  # held by every step; stored as the given uint8 values

@@ -57,7 +57,8 @@ from streamq.store.names import COLOR_CODES, COLOR_COUNTS
 from streamq.store.results import STARTS
 
 __all__ = ["FINISHERS", "GRID_BITS", "FitInfo", "ensure_distinct", "exact_mse", "fit_exact",
-           "join_history", "points", "prepare_exact", "release_points", "share_points"]
+           "join_history", "points", "prepare_exact", "release_points", "release_workers",
+           "share_points"]
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ FINISHERS = 2  # starts finished on every distinct colour (or ranked on the fine
 _POINTS: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
 _POINTS_LOCK = threading.Lock()  # the tasks and the preparing thread of a process share them
 _GIVEN: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_RELEASES = [0]  # how many times release_points ran: a preparation asked before one is stale
 
 
 def share_points(st: Store, codes: np.ndarray, counts: np.ndarray, x: np.ndarray,
@@ -204,6 +206,21 @@ def release_points() -> None:
     with _POINTS_LOCK:
         _POINTS.clear()
         _GIVEN.clear()
+        _RELEASES[0] += 1
+
+
+def release_workers(run: Runner) -> None:
+    """Drop the points the workers of ``run`` cached for the fit (:func:`release_points` on
+    each): ~0.7 GB per worker process at 2.3 M colours, which a cluster that lives on (later
+    stages of ``streamq run`` with ``dask.processes: true``, or a cluster given by address)
+    would otherwise hold until the next fit. Best effort: a worker that cannot be reached
+    keeps them, and the fit's result stands."""
+    if run.client is None:
+        return
+    try:
+        run.client.run(release_points)
+    except Exception as exc:  # noqa: BLE001  (memory, not a result)
+        log.debug("The workers' points were not released: %s", exc)
 
 
 def _once(p: dict[str, Any], key: str, make: Callable[[], Any]) -> Any:
@@ -294,7 +311,8 @@ def prepare_exact(run: Runner, st: Store, fcfg: FitConfig) -> threading.Thread |
 
 
 def _prepare_in_background(store: Location, key: str, space: str, k: int, init: str) -> None:
-    threading.Thread(target=_prepare, args=(store, key, space, k, init, time.monotonic()),
+    threading.Thread(target=_prepare, args=(store, key, space, k, init, time.monotonic(),
+                                            _RELEASES[0]),
                      daemon=True, name="streamq-prepare-exact").start()
 
 
@@ -303,15 +321,18 @@ def _prepare_in_background(store: Location, key: str, space: str, k: int, init: 
 PREPARE_WAIT = 5.0
 
 
-def _prepare(store: Location, key: str, space: str, k: int, init: str, asked: float) -> None:
+def _prepare(store: Location, key: str, space: str, k: int, init: str, asked: float,
+             released: int) -> None:
     """Read the histogram, build its grids and layouts, and load the kernels of a race (one
     start, two iterations on the coarse grid), in this process; one worker of a machine at a
     time (a lock file), so that the client's mini-batch steps keep a core: with both
     workers preparing at once, the mini-batch phase took 0.3-0.5 s longer.
 
-    A worker that waited more than :data:`PREPARE_WAIT` seconds for its turn, or whose
-    points are already there (made by a task), does nothing: a late preparation would only
-    take a core from the exact tasks, or replace the points of a later fit."""
+    A worker that waited more than :data:`PREPARE_WAIT` seconds for its turn, whose points
+    are already there (made by a task), or whose fit has ended meanwhile (``released``, the
+    count of :func:`release_points` when it was asked, is out of date) does nothing: a late
+    preparation would only take a core from the exact tasks, replace the points of a later
+    fit, or hold points no fit will use."""
     from streamq.kmeans.precompile import machine_lock
 
     try:
@@ -319,7 +340,7 @@ def _prepare(store: Location, key: str, space: str, k: int, init: str, asked: fl
             with machine_lock("prepare-exact", wait=False) as mine:
                 if mine:
                     with _POINTS_LOCK:
-                        if (store.url, key, space) in _POINTS:
+                        if (store.url, key, space) in _POINTS or released != _RELEASES[0]:
                             return
                     _prepare_now(store, key, space, k, init)
                     return
