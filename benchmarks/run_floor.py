@@ -37,6 +37,9 @@ during it (machine busy time from ``/proc/stat`` minus ours), since the machine 
 Medians over ``--repeats`` are reported. Output: a Markdown table (``--md``) and JSON
 (``--json``: command, git commit, library versions, every pass).
 
+The ``streamq run`` it starts imports streamq from this script's own repository (put first
+on its ``PYTHONPATH``): to measure another tree, run that tree's copy of the script.
+
 Run from the repository root (wrap heavy runs in the shared lock)::
 
     flock /tmp/streamq-bench.lock python benchmarks/run_floor.py --repeats 3 \\
