@@ -37,8 +37,9 @@ during it (machine busy time from ``/proc/stat`` minus ours), since the machine 
 Medians over ``--repeats`` are reported. Output: a Markdown table (``--md``) and JSON
 (``--json``: command, git commit, library versions, every pass).
 
-The ``streamq run`` it starts imports streamq from this script's own repository (put first
-on its ``PYTHONPATH``): to measure another tree, run that tree's copy of the script.
+The ``streamq run`` it starts imports the streamq this script imports (its folder first on
+the subprocess's ``PYTHONPATH``): ``PYTHONPATH=TREE`` measures that tree, whichever copy of
+the script runs.
 
 Run from the repository root (wrap heavy runs in the shared lock)::
 
@@ -82,7 +83,9 @@ import streamq  # noqa: E402
 from streamq.config import ExportConfig  # noqa: E402
 from streamq.scheduler import library_versions  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+#: The folder that holds the streamq this process imported (a worktree on PYTHONPATH, or the
+#: installed one): the ``streamq run`` it starts imports the same
+STREAMQ_ROOT = Path(streamq.__file__).resolve().parent.parent
 DEFAULT_SRC = Path("/tmp/streamq-bench/photoset-13233-250-s0")
 IMAGE_EXTS = (".jpg", ".jpeg")
 STAGES = ("start", "ingest", "fit", "quantize", "export", "close")
@@ -330,7 +333,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     cmd = streamq_command()
     env = {k: v for k, v in os.environ.items() if k != "STREAMQ_SCHEDULER"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([str(STREAMQ_ROOT),
+                                         *filter(None, [env.get("PYTHONPATH")])])
     args.workdir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-floor-", dir=args.workdir))
     passes: dict[str, list[dict[str, Any]]] = {k: [] for k in ("decode", "write", "floor", "run")}
