@@ -249,13 +249,14 @@ def will_need(paths: Sequence[str], length: int = 0) -> list[int]:
         return sizes
     for i, path in enumerate(paths):
         try:
-            if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO or a device
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):  # never open a FIFO or a device
                 continue
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
         except (OSError, ValueError):
             continue
+        sizes[i] = st.st_size
         try:
-            sizes[i] = os.fstat(fd).st_size
             os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)
         except OSError:
             pass
@@ -273,10 +274,8 @@ READ_AHEAD = 64 * 2**20
 
 def _read_ahead(paths: Sequence[str], budget: int = READ_AHEAD) -> Iterator[str]:
     """``paths`` in order, each yielded once the files after it, up to ``budget`` bytes (at
-    least the next), are being read in the background (:func:`will_need`)."""
-    if not CAN_ADVISE:
-        yield from paths
-        return
+    least the next), are being read in the background (:func:`will_need`; where it does
+    nothing, every size is 0 and the paths come as they are)."""
     ahead: deque[int] = deque()  # sizes of the files asked for and not yet yielded
     pending = 0
     j = 0
